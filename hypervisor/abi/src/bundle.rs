@@ -1,0 +1,321 @@
+//! The boot bundle: the manifest and the guest images, packed by `xtask`
+//! into one file that QEMU hands the hypervisor as its PVH module.
+//!
+//! Little-endian, length-prefixed, no padding:
+//!
+//! ```text
+//! magic    8 bytes  "HVBNDL01"
+//! flags    u32      FLAG_*
+//! images   u32 count, then per image: name (str), data (bytes)
+//! guests   u32 count, then per guest: name (str), image index (u32),
+//!          count (u32), memory in bytes (u64), argc (u32), args (str each)
+//! str      = u32 length + UTF-8 bytes;  bytes = u64 length + bytes
+//! ```
+//!
+//! The decoder checks every length against what is left and never panics:
+//! a bundle that does not parse stops the hypervisor with a clear error.
+//! Image bytes are not validated here; the hypervisor's image loader does
+//! that per image, so one bad image costs only its own guests.
+
+use core::fmt;
+
+/// First bytes of every bundle.
+pub const MAGIC: &[u8; 8] = b"HVBNDL01";
+/// Power QEMU off (via `isa-debug-exit`) once no guest is left.
+pub const FLAG_EXIT_WHEN_IDLE: u32 = 1 << 0;
+
+/// Limits that keep a decoded bundle sane.
+pub const MAX_IMAGES: u32 = 4096;
+pub const MAX_GUESTS: u32 = 65_536;
+pub const MAX_ARGS: u32 = 256;
+
+/// An image in the bundle: its display name (file name) and raw bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Image<'a> {
+    pub name: &'a str,
+    pub data: &'a [u8],
+}
+
+/// A guest entry of the manifest: `count` instances of `image`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Guest<'a> {
+    pub name: &'a str,
+    pub image: u32,
+    pub count: u32,
+    pub memory: u64,
+    args: &'a [u8],
+    argc: u32,
+}
+
+impl<'a> Guest<'a> {
+    /// The application arguments, in order.
+    pub fn args(&self) -> impl Iterator<Item = &'a str> + 'a {
+        let mut r = Reader { buf: self.args };
+        (0..self.argc).map_while(move |_| r.str().ok())
+    }
+
+    /// Number of application arguments.
+    pub fn argc(&self) -> u32 {
+        self.argc
+    }
+}
+
+/// A decoded bundle. Images and guests are decoded lazily from the
+/// validated byte ranges.
+#[derive(Clone, Copy, Debug)]
+pub struct Bundle<'a> {
+    pub flags: u32,
+    image_count: u32,
+    images: &'a [u8],
+    guest_count: u32,
+    guests: &'a [u8],
+}
+
+/// Why a bundle did not decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    BadMagic,
+    Truncated,
+    NotUtf8,
+    TooMany(&'static str),
+    BadImageIndex { guest: u32, image: u32 },
+    TrailingBytes,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::BadMagic => f.write_str("not a bundle (bad magic)"),
+            Error::Truncated => f.write_str("bundle is truncated"),
+            Error::NotUtf8 => f.write_str("bundle holds a string that is not UTF-8"),
+            Error::TooMany(what) => write!(f, "bundle holds too many {what}"),
+            Error::BadImageIndex { guest, image } => {
+                write!(f, "guest entry {guest} names image {image}, which is not in the bundle")
+            }
+            Error::TrailingBytes => f.write_str("bundle has trailing bytes"),
+        }
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        if n > self.buf.len() {
+            return Err(Error::Truncated);
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+    fn u32(&mut self) -> Result<u32, Error> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, Error> {
+        let lo = self.u32()? as u64;
+        let hi = self.u32()? as u64;
+        Ok(lo | (hi << 32))
+    }
+    fn str(&mut self) -> Result<&'a str, Error> {
+        let n = self.u32()? as usize;
+        core::str::from_utf8(self.take(n)?).map_err(|_| Error::NotUtf8)
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], Error> {
+        let n = usize::try_from(self.u64()?).map_err(|_| Error::Truncated)?;
+        self.take(n)
+    }
+    fn image(&mut self) -> Result<Image<'a>, Error> {
+        Ok(Image { name: self.str()?, data: self.bytes()? })
+    }
+    fn guest(&mut self) -> Result<Guest<'a>, Error> {
+        let name = self.str()?;
+        let image = self.u32()?;
+        let count = self.u32()?;
+        let memory = self.u64()?;
+        let argc = self.u32()?;
+        if argc > MAX_ARGS {
+            return Err(Error::TooMany("arguments"));
+        }
+        let start = self.buf;
+        for _ in 0..argc {
+            self.str()?;
+        }
+        let args = &start[..start.len() - self.buf.len()];
+        Ok(Guest { name, image, count, memory, args, argc })
+    }
+}
+
+impl<'a> Bundle<'a> {
+    /// Decodes and fully validates a bundle.
+    pub fn parse(buf: &'a [u8]) -> Result<Self, Error> {
+        let mut r = Reader { buf };
+        if r.take(MAGIC.len()).map_err(|_| Error::BadMagic)? != MAGIC {
+            return Err(Error::BadMagic);
+        }
+        let flags = r.u32()?;
+        let image_count = r.u32()?;
+        if image_count > MAX_IMAGES {
+            return Err(Error::TooMany("images"));
+        }
+        let images = r.buf;
+        for _ in 0..image_count {
+            r.image()?;
+        }
+        let images = &images[..images.len() - r.buf.len()];
+        let guest_count = r.u32()?;
+        if guest_count > MAX_GUESTS {
+            return Err(Error::TooMany("guest entries"));
+        }
+        let guests = r.buf;
+        for i in 0..guest_count {
+            let g = r.guest()?;
+            if g.image >= image_count {
+                return Err(Error::BadImageIndex { guest: i, image: g.image });
+            }
+        }
+        let guests = &guests[..guests.len() - r.buf.len()];
+        if !r.buf.is_empty() {
+            return Err(Error::TrailingBytes);
+        }
+        Ok(Bundle { flags, image_count, images, guest_count, guests })
+    }
+
+    /// The images, in bundle order (a guest's `image` indexes this).
+    pub fn images(&self) -> impl Iterator<Item = Image<'a>> + 'a {
+        let mut r = Reader { buf: self.images };
+        (0..self.image_count).map_while(move |_| r.image().ok())
+    }
+
+    /// The guest entries, in manifest order.
+    pub fn guests(&self) -> impl Iterator<Item = Guest<'a>> + 'a {
+        let mut r = Reader { buf: self.guests };
+        (0..self.guest_count).map_while(move |_| r.guest().ok())
+    }
+
+    pub fn image_count(&self) -> u32 {
+        self.image_count
+    }
+}
+
+/// Builds a bundle (used by `xtask`).
+#[cfg(feature = "alloc")]
+#[derive(Default)]
+pub struct Writer {
+    flags: u32,
+    images: alloc::vec::Vec<u8>,
+    image_count: u32,
+    guests: alloc::vec::Vec<u8>,
+    guest_count: u32,
+}
+
+#[cfg(feature = "alloc")]
+impl Writer {
+    pub fn new(flags: u32) -> Self {
+        Self { flags, ..Self::default() }
+    }
+
+    /// Adds an image and returns its index.
+    pub fn image(&mut self, name: &str, data: &[u8]) -> u32 {
+        put_str(&mut self.images, name);
+        self.images.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        self.images.extend_from_slice(data);
+        self.image_count += 1;
+        self.image_count - 1
+    }
+
+    /// Adds a guest entry.
+    pub fn guest<S: AsRef<str>>(&mut self, name: &str, image: u32, count: u32, memory: u64, args: &[S]) {
+        put_str(&mut self.guests, name);
+        self.guests.extend_from_slice(&image.to_le_bytes());
+        self.guests.extend_from_slice(&count.to_le_bytes());
+        self.guests.extend_from_slice(&memory.to_le_bytes());
+        self.guests.extend_from_slice(&(args.len() as u32).to_le_bytes());
+        for a in args {
+            put_str(&mut self.guests, a.as_ref());
+        }
+        self.guest_count += 1;
+    }
+
+    pub fn finish(self) -> alloc::vec::Vec<u8> {
+        let mut out = alloc::vec::Vec::with_capacity(24 + self.images.len() + self.guests.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.flags.to_le_bytes());
+        out.extend_from_slice(&self.image_count.to_le_bytes());
+        out.extend_from_slice(&self.images);
+        out.extend_from_slice(&self.guest_count.to_le_bytes());
+        out.extend_from_slice(&self.guests);
+        out
+    }
+}
+
+#[cfg(feature = "alloc")]
+fn put_str(out: &mut alloc::vec::Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    fn sample() -> Vec<u8> {
+        let mut w = Writer::new(FLAG_EXIT_WHEN_IDLE);
+        let hello = w.image("hello.hermit", b"tar bytes");
+        let evil = w.image("evil.hermit", b"");
+        w.guest("hello", hello, 3, 2 << 20, &["a", "b c"]);
+        w.guest("evil", evil, 1, 1 << 20, &[] as &[&str]);
+        w.finish()
+    }
+
+    #[test]
+    fn round_trip() {
+        let buf = sample();
+        let b = Bundle::parse(&buf).unwrap();
+        assert_eq!(b.flags, FLAG_EXIT_WHEN_IDLE);
+        let images: Vec<_> = b.images().collect();
+        assert_eq!(images.len(), 2);
+        assert_eq!(images[0], Image { name: "hello.hermit", data: b"tar bytes" });
+        assert_eq!(images[1].data, b"");
+        let guests: Vec<_> = b.guests().collect();
+        assert_eq!(guests.len(), 2);
+        assert_eq!((guests[0].name, guests[0].image, guests[0].count, guests[0].memory), ("hello", 0, 3, 2 << 20));
+        assert_eq!(guests[0].args().collect::<Vec<_>>(), ["a", "b c"]);
+        assert_eq!(guests[1].args().count(), 0);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let buf = sample();
+        for n in 0..buf.len() {
+            assert!(Bundle::parse(&buf[..n]).is_err(), "prefix of {n} bytes parsed");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_magic_trailing_bytes_and_bad_index() {
+        let mut buf = sample();
+        buf[0] = b'X';
+        assert_eq!(Bundle::parse(&buf).unwrap_err(), Error::BadMagic);
+
+        let mut buf = sample();
+        buf.push(0);
+        assert_eq!(Bundle::parse(&buf).unwrap_err(), Error::TrailingBytes);
+
+        let mut w = Writer::new(0);
+        w.guest("x", 5, 1, 4096, &[] as &[&str]);
+        assert_eq!(Bundle::parse(&w.finish()).unwrap_err(), Error::BadImageIndex { guest: 0, image: 5 });
+    }
+
+    #[test]
+    fn huge_lengths_do_not_panic() {
+        let mut buf = Vec::from(&MAGIC[..]);
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        buf.extend_from_slice(&1u32.to_le_bytes());
+        buf.extend_from_slice(&u32::MAX.to_le_bytes()); // name length
+        assert_eq!(Bundle::parse(&buf).unwrap_err(), Error::Truncated);
+    }
+}

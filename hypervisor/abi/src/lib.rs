@@ -1,0 +1,198 @@
+//! The contract between the hypervisor and its guests, and between `xtask`
+//! and the hypervisor.
+//!
+//! Everything both sides must agree on lives here and nowhere else:
+//! hypercall numbers and results ([`Hypercall`], [`HcError`]), the guest's
+//! virtual memory layout ([`layout`]), the start-info page ([`StartInfo`]),
+//! the ELF note that stamps an image with the ABI it was built for
+//! ([`note`]), and the bundle that carries the manifest and the images into
+//! the hypervisor at boot ([`bundle`]).
+//!
+//! The crate is `no_std`, has no `unsafe`, and is tested on the host.
+#![no_std]
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+pub mod bundle;
+pub mod layout;
+pub mod note;
+
+/// Version of this contract. Images carry the version they were built
+/// against in an ELF note ([`note`]); the hypervisor refuses any other.
+pub const ABI_VERSION: u32 = 1;
+
+/// Hypercall numbers, passed in `rax` to `syscall`.
+///
+/// Arguments go in `rdi`, `rsi`, `rdx`, `r10`, `r8`, `r9` (the Linux
+/// convention: `rcx` and `r11` are clobbered by `syscall`). The result comes
+/// back in `rax`: a value `>= 0` on success, or `-(HcError as i64)`.
+///
+/// A hypercall with an unknown number, or with a pointer or length that does
+/// not lie inside the caller's own mappings, stops the caller: a guest that
+/// sends garbage is broken or hostile, and an error code would only let it
+/// probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Hypercall {
+    /// `console_write(ptr, len)`: write `len` bytes at `ptr` to the guest's
+    /// console. Returns the number of bytes taken (always `len`).
+    ConsoleWrite = 1,
+    /// `exit(code)`: stop the calling guest with exit code `code` (an `i32`
+    /// in `edi`). Does not return.
+    Exit = 2,
+    /// `yield()`: give the CPU to the next runnable guest. Returns 0.
+    Yield = 3,
+}
+
+impl TryFrom<u64> for Hypercall {
+    type Error = u64;
+
+    fn try_from(nr: u64) -> Result<Self, u64> {
+        Ok(match nr {
+            1 => Self::ConsoleWrite,
+            2 => Self::Exit,
+            3 => Self::Yield,
+            other => return Err(other),
+        })
+    }
+}
+
+impl Hypercall {
+    /// The name used in lifecycle lines and docs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::ConsoleWrite => "console_write",
+            Self::Exit => "exit",
+            Self::Yield => "yield",
+        }
+    }
+}
+
+/// Error results of a hypercall, returned negated in `rax`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i64)]
+pub enum HcError {
+    /// An argument is out of range (not a pointer problem: those stop the guest).
+    Invalid = 22,
+}
+
+/// Largest single `console_write`; longer writes are split by the libos.
+pub const CONSOLE_WRITE_MAX: usize = 4096;
+
+/// The start-info record the hypervisor writes into every guest's read-only
+/// start page at [`layout::START_INFO`], after hermit-entry's `RawBootInfo`.
+///
+/// Strings are given as guest virtual address + length and point into the
+/// same read-only page.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct StartInfo {
+    /// [`START_MAGIC`].
+    pub magic: u64,
+    /// [`ABI_VERSION`] of the hypervisor that started the guest.
+    pub abi_version: u32,
+    /// Number of application arguments in the `args` blob.
+    pub argc: u32,
+    /// The instance name, e.g. `hello-0`.
+    pub name_addr: u64,
+    pub name_len: u64,
+    /// Application arguments, each terminated by a NUL byte.
+    pub args_addr: u64,
+    pub args_len: u64,
+    /// The heap: zero-filled, read-write memory, given on first touch.
+    pub heap_start: u64,
+    pub heap_len: u64,
+    /// The stack the guest was entered on (`rsp` starts at `stack_top`).
+    pub stack_bottom: u64,
+    pub stack_top: u64,
+    /// The guest's memory limit in bytes (image, heap, stack and page tables).
+    pub memory_limit: u64,
+}
+
+impl StartInfo {
+    /// Size of the record in bytes.
+    pub const SIZE: usize = core::mem::size_of::<StartInfo>();
+
+    /// The record's bytes, exactly as `#[repr(C)]` lays it out (little
+    /// endian, no padding), for the hypervisor to copy into the start page.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        let fields: [&[u8]; 13] = [
+            &self.magic.to_le_bytes(),
+            &self.abi_version.to_le_bytes(),
+            &self.argc.to_le_bytes(),
+            &self.name_addr.to_le_bytes(),
+            &self.name_len.to_le_bytes(),
+            &self.args_addr.to_le_bytes(),
+            &self.args_len.to_le_bytes(),
+            &self.heap_start.to_le_bytes(),
+            &self.heap_len.to_le_bytes(),
+            &self.stack_bottom.to_le_bytes(),
+            &self.stack_top.to_le_bytes(),
+            &self.memory_limit.to_le_bytes(),
+            &[],
+        ];
+        let mut at = 0;
+        for f in fields {
+            out[at..at + f.len()].copy_from_slice(f);
+            at += f.len();
+        }
+        out
+    }
+}
+
+/// Value of [`StartInfo::magic`].
+pub const START_MAGIC: u64 = u64::from_le_bytes(*b"HVSTART1");
+
+/// Status values the hypervisor writes to QEMU's `isa-debug-exit` port.
+///
+/// QEMU exits with `(value << 1) | 1`, so neither can be mistaken for QEMU's
+/// own failure status 1.
+pub mod debug_exit {
+    /// I/O port of the `isa-debug-exit` device (`iobase=0xf4,iosize=0x04`).
+    pub const PORT: u16 = 0xf4;
+    /// Every guest is gone and the hypervisor is healthy.
+    pub const SUCCESS: u8 = 0x10;
+    /// The hypervisor itself failed (panic, bad bundle, CPU exception in ring 0).
+    pub const FAILURE: u8 = 0x11;
+    /// QEMU's process exit status for [`SUCCESS`].
+    pub const fn qemu_status(value: u8) -> i32 {
+        ((value as i32) << 1) | 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hypercall_numbers_round_trip() {
+        for hc in [Hypercall::ConsoleWrite, Hypercall::Exit, Hypercall::Yield] {
+            assert_eq!(Hypercall::try_from(hc as u64), Ok(hc));
+        }
+        assert_eq!(Hypercall::try_from(0), Err(0));
+        assert_eq!(Hypercall::try_from(u64::MAX), Err(u64::MAX));
+    }
+
+    #[test]
+    fn start_info_bytes_follow_the_repr_c_layout() {
+        use core::mem::offset_of;
+        let si = StartInfo { magic: 1, abi_version: 2, argc: 3, name_addr: 4, memory_limit: 12, ..Default::default() };
+        let b = si.to_bytes();
+        let at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+        assert_eq!(StartInfo::SIZE, 88);
+        assert_eq!(at(offset_of!(StartInfo, magic)), 1);
+        assert_eq!(u32::from_le_bytes(b[8..12].try_into().unwrap()), 2);
+        assert_eq!(u32::from_le_bytes(b[offset_of!(StartInfo, argc)..][..4].try_into().unwrap()), 3);
+        assert_eq!(at(offset_of!(StartInfo, name_addr)), 4);
+        assert_eq!(at(offset_of!(StartInfo, memory_limit)), 12);
+    }
+
+    #[test]
+    fn debug_exit_statuses_are_distinct_from_qemu_failure() {
+        assert_eq!(debug_exit::qemu_status(debug_exit::SUCCESS), 33);
+        assert_eq!(debug_exit::qemu_status(debug_exit::FAILURE), 35);
+    }
+}

@@ -1,0 +1,71 @@
+//! Per-guest console: bytes from `console_write` are gathered into lines and
+//! printed with the guest's name in front, so that guests' output does not
+//! interleave mid-line and a guest cannot forge hypervisor lines or send
+//! terminal escape sequences.
+
+use alloc::vec::Vec;
+
+/// Longest line kept before it is printed anyway.
+pub const LINE_MAX: usize = 200;
+
+#[derive(Debug, Default)]
+pub struct LineBuffer {
+    line: Vec<u8>,
+}
+
+impl LineBuffer {
+    /// Adds bytes; calls `emit` with each completed line (without the
+    /// newline, control characters replaced by `.`).
+    pub fn push(&mut self, bytes: &[u8], emit: &mut impl FnMut(&str)) {
+        for &b in bytes {
+            match b {
+                b'\n' => self.flush(emit),
+                b'\r' => {}
+                _ => {
+                    let printable = b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80;
+                    self.line.push(if printable { b } else { b'.' });
+                    if self.line.len() >= LINE_MAX {
+                        self.flush(emit);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Emits what is left (at exit).
+    pub fn flush(&mut self, emit: &mut impl FnMut(&str)) {
+        if !self.line.is_empty() {
+            emit(&alloc::string::String::from_utf8_lossy(&self.line));
+            self.line.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(chunks: &[&[u8]]) -> Vec<String> {
+        let mut lb = LineBuffer::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            lb.push(c, &mut |l| out.push(l.to_string()));
+        }
+        lb.flush(&mut |l| out.push(l.to_string()));
+        out
+    }
+
+    #[test]
+    fn joins_chunks_into_lines() {
+        assert_eq!(lines(&[b"hel", b"lo\nwor", b"ld\r\n", b"tail"]), ["hello", "world", "tail"]);
+    }
+
+    #[test]
+    fn escapes_control_characters_and_bounds_lines() {
+        assert_eq!(lines(&[b"\x1b[2Jx\x07"]), [".[2Jx."]);
+        let long = vec![b'a'; LINE_MAX * 2 + 5];
+        let l = lines(&[&long]);
+        assert_eq!(l.len(), 3);
+        assert!(l.iter().all(|s| s.len() <= LINE_MAX));
+    }
+}

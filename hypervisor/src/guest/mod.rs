@@ -1,0 +1,308 @@
+//! Guest lifecycle: a validated image becomes shared frames once
+//! ([`LoadedImage`]); each instance gets its own address space over them
+//! ([`Guest::create`]), runs, and leaves through [`Guest::handle_exit`],
+//! which turns every exit (hypercall, fault, interrupt) into a [`Step`].
+
+pub mod console;
+pub mod fault;
+pub mod regs;
+
+use crate::image::Image;
+use crate::mm::paging::Pte;
+use crate::mm::user::{Fault, GuestMemory};
+use crate::mm::{FRAME_SIZE, PhysAddr, PhysMem, paging::AddressSpace};
+use abi::layout::{self, HEAP_START, PAGE_SIZE, STACK_MAX, STACK_TOP, START_PAGE};
+use abi::{CONSOLE_WRITE_MAX, Hypercall, StartInfo};
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use console::LineBuffer;
+use regs::{FpuState, Regs, VECTOR_SYSCALL};
+
+/// One page of a loaded image.
+#[derive(Clone, Copy, Debug)]
+pub struct ImagePage {
+    pub vaddr: u64,
+    /// Shared pages are mapped as they are; writable pages are a pristine
+    /// copy that each instance copies.
+    pub frame: PhysAddr,
+    pub flags: Pte,
+    pub writable: bool,
+}
+
+/// An image in memory, ready to be instantiated any number of times.
+#[derive(Debug)]
+pub struct LoadedImage {
+    pub name: String,
+    pub entry: u64,
+    pub pages: Vec<ImagePage>,
+    pub app_args: Vec<String>,
+    pub vaddr_range: core::ops::Range<u64>,
+}
+
+impl LoadedImage {
+    /// Copies a validated image's pages into frames. Returns `None` (having
+    /// freed what it took) if memory runs out.
+    pub fn load(mem: &mut impl PhysMem, name: &str, image: &Image) -> Option<Self> {
+        let mut pages = Vec::new();
+        let mut buf = Box::new([0u8; 4096]);
+        for seg in &image.segments {
+            let writable = seg.perms.contains(crate::image::Perms::WRITE);
+            let mut flags = Pte::empty();
+            if writable {
+                flags |= Pte::WRITABLE;
+            }
+            if !seg.perms.contains(crate::image::Perms::EXECUTE) {
+                flags |= Pte::NO_EXECUTE;
+            }
+            for vaddr in seg.pages().step_by(PAGE_SIZE as usize) {
+                let Some(frame) = mem.alloc() else {
+                    pages.iter().for_each(|p: &ImagePage| mem.free(p.frame));
+                    return None;
+                };
+                image.fill_page(vaddr, &mut buf);
+                mem.write(frame, 0, &buf[..]);
+                pages.push(ImagePage { vaddr, frame, flags, writable });
+            }
+        }
+        Some(Self {
+            name: name.into(),
+            entry: image.entry,
+            pages,
+            app_args: image.app_args.clone(),
+            vaddr_range: image.vaddr_range(),
+        })
+    }
+
+    /// Bytes each instance must copy (writable pages).
+    pub fn private_bytes(&self) -> u64 {
+        self.pages.iter().filter(|p| p.writable).count() as u64 * FRAME_SIZE
+    }
+
+    /// Bytes all instances share (read-only pages).
+    pub fn shared_bytes(&self) -> u64 {
+        self.pages.iter().filter(|p| !p.writable).count() as u64 * FRAME_SIZE
+    }
+}
+
+/// What the scheduler does with a guest after an exit.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Enter it again at once.
+    Resume,
+    /// Put it at the back of the run queue.
+    Yield,
+    /// It called `exit(code)`.
+    Exited(i32),
+    /// It is stopped for the given reason (fault, bad hypercall, limit).
+    Stopped(String),
+}
+
+/// A running guest instance.
+pub struct Guest {
+    pub name: String,
+    pub memory: GuestMemory,
+    pub regs: Regs,
+    pub fpu: Box<FpuState>,
+    /// Whether the next entry may use `sysret` (the last exit was a
+    /// `syscall`); otherwise `iretq` restores every register.
+    pub via_sysret: bool,
+    console: LineBuffer,
+}
+
+/// Why a guest could not be created.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CreateError {
+    /// The memory limit is below what the image needs to start.
+    TooSmall { needed: u64, limit: u64 },
+    /// Name and arguments do not fit in the start page.
+    ArgsTooLong,
+    /// The machine has no frames left.
+    MachineOutOfMemory,
+}
+
+impl core::fmt::Display for CreateError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CreateError::TooSmall { needed, limit } => {
+                write!(f, "memory {} KiB is too small: the image needs at least {} KiB", limit / 1024, needed.div_ceil(1024))
+            }
+            CreateError::ArgsTooLong => f.write_str("name and arguments do not fit in the start page"),
+            CreateError::MachineOutOfMemory => f.write_str("the machine is out of memory"),
+        }
+    }
+}
+
+impl Guest {
+    /// Builds an instance of `image`: its own address space with the
+    /// image's read-only pages shared, its writable pages copied, demand-zero
+    /// heap and stack, and the start page. `write_boot_info` puts
+    /// hermit-entry's `RawBootInfo` at the start of the start page's frame.
+    pub fn create<M: PhysMem>(
+        mem: &mut M,
+        kernel_root: PhysAddr,
+        image: &LoadedImage,
+        name: &str,
+        args: &[&str],
+        memory_limit: u64,
+        write_boot_info: impl FnOnce(&mut M, PhysAddr),
+    ) -> Result<Self, CreateError> {
+        // Image copies, start page, and a handful of page tables.
+        let needed = image.private_bytes() + PAGE_SIZE + 8 * PAGE_SIZE;
+        if memory_limit < needed {
+            return Err(CreateError::TooSmall { needed, limit: memory_limit });
+        }
+        let strings = start_strings(name, args).ok_or(CreateError::ArgsTooLong)?;
+        let space = AddressSpace::new(mem, kernel_root).ok_or(CreateError::MachineOutOfMemory)?;
+        let heap = HEAP_START..HEAP_START + memory_limit;
+        let stack = STACK_TOP - STACK_MAX..STACK_TOP;
+        let mut memory = GuestMemory::new(space, heap.clone(), stack.clone(), memory_limit);
+
+        let built = (|| {
+            let mut buf = Box::new([0u8; 4096]);
+            for p in &image.pages {
+                if p.writable {
+                    let f = mem.alloc().ok_or(Fault::MachineOutOfMemory)?;
+                    mem.read(p.frame, 0, &mut buf[..]);
+                    mem.write(f, 0, &buf[..]);
+                    memory.map_private(mem, p.vaddr, f, p.flags).inspect_err(|_| mem.free(f))?;
+                } else {
+                    memory.map_shared(mem, p.vaddr, p.frame, p.flags)?;
+                }
+            }
+            let page = mem.alloc().ok_or(Fault::MachineOutOfMemory)?;
+            let si = StartInfo {
+                magic: abi::START_MAGIC,
+                abi_version: abi::ABI_VERSION,
+                argc: args.len() as u32,
+                name_addr: START_PAGE + layout::START_STRINGS_OFFSET,
+                name_len: name.len() as u64,
+                args_addr: START_PAGE + layout::START_STRINGS_OFFSET + name.len() as u64 + 1,
+                args_len: (strings.len() - name.len() - 1) as u64,
+                heap_start: heap.start,
+                heap_len: heap.end - heap.start,
+                stack_bottom: stack.start,
+                stack_top: stack.end,
+                memory_limit,
+            };
+            mem.write(page, layout::START_INFO_OFFSET as usize, &si.to_bytes());
+            mem.write(page, layout::START_STRINGS_OFFSET as usize, &strings);
+            write_boot_info(mem, page);
+            memory.map_private(mem, START_PAGE, page, Pte::NO_EXECUTE).inspect_err(|_| mem.free(page))
+        })();
+        if let Err(e) = built {
+            memory.destroy(mem);
+            return Err(match e {
+                Fault::OutOfMemory { limit } => CreateError::TooSmall { needed, limit },
+                _ => CreateError::MachineOutOfMemory,
+            });
+        }
+
+        let regs = Regs {
+            rip: image.entry,
+            // As if `call`ed: rsp + 8 is 16-byte aligned at the first instruction.
+            rsp: STACK_TOP - 8,
+            rdi: START_PAGE,
+            rsi: 0,
+            rflags: regs::RFLAGS_FIXED,
+            ..Regs::default()
+        };
+        Ok(Self { name: name.into(), memory, regs, fpu: Box::default(), via_sysret: false, console: LineBuffer::default() })
+    }
+
+    /// Decides what follows an exit. Console output goes to `out` as whole
+    /// lines prefixed with the guest's name.
+    pub fn handle_exit(&mut self, mem: &mut impl PhysMem, out: &mut impl FnMut(&str)) -> Step {
+        let r = &self.regs;
+        self.via_sysret = r.vector == VECTOR_SYSCALL;
+        let step = match r.vector {
+            VECTOR_SYSCALL => self.hypercall(mem, out),
+            14 if r.error & 1 == 0 => match self.memory.fault_in(mem, r.cr2) {
+                Ok(_) => Step::Resume,
+                Err(Fault::OutOfMemory { limit }) => {
+                    Step::Stopped(format!("out of memory: touched {:#x} beyond its {} KiB limit", r.cr2, limit / 1024))
+                }
+                Err(Fault::MachineOutOfMemory) => Step::Stopped("the machine is out of memory".into()),
+                Err(_) => self.fault_step(mem),
+            },
+            0..=31 => self.fault_step(mem),
+            // External interrupts: the guest was preempted.
+            _ => Step::Yield,
+        };
+        if matches!(step, Step::Resume | Step::Yield) && self.regs.rip >= layout::USER_END {
+            // Only a `syscall` in the last bytes of the guest half can get
+            // here; never `sysret`/`iret` to a non-canonical address.
+            return Step::Stopped(format!("return address {:#x} is not canonical (syscall at the end of the guest half)", self.regs.rip));
+        }
+        step
+    }
+
+    /// Flushes a partial console line (call when the guest is gone).
+    pub fn flush_console(&mut self, out: &mut impl FnMut(&str)) {
+        let name = &self.name;
+        self.console.flush(&mut |l| out(&format!("{name}| {l}")));
+    }
+
+    fn fault_step(&mut self, mem: &mut impl PhysMem) -> Step {
+        let r = self.regs.clone();
+        let mut insn = [0u8; 4];
+        let n = (0..insn.len()).take_while(|&i| self.memory.read(mem, r.rip + i as u64, &mut insn[i..i + 1]).is_ok()).count();
+        let guard = STACK_TOP - STACK_MAX - PAGE_SIZE..STACK_TOP - STACK_MAX;
+        Step::Stopped(fault::describe(&fault::FaultInfo {
+            vector: r.vector,
+            error: r.error,
+            cr2: r.cr2,
+            rip: r.rip,
+            insn: &insn[..n],
+            stack_guard: r.vector == 14 && guard.contains(&r.cr2),
+        }))
+    }
+
+    fn hypercall(&mut self, mem: &mut impl PhysMem, out: &mut impl FnMut(&str)) -> Step {
+        let (nr, a0, a1) = (self.regs.rax, self.regs.rdi, self.regs.rsi);
+        let Ok(hc) = Hypercall::try_from(nr) else {
+            return Step::Stopped(format!("bad hypercall: unknown number {nr:#x}"));
+        };
+        match hc {
+            Hypercall::ConsoleWrite => {
+                if a1 > CONSOLE_WRITE_MAX as u64 {
+                    return Step::Stopped(format!("bad hypercall console_write: length {a1:#x} exceeds {CONSOLE_WRITE_MAX}"));
+                }
+                let mut buf = [0u8; CONSOLE_WRITE_MAX];
+                let buf = &mut buf[..a1 as usize];
+                if let Err(e) = self.memory.read(mem, a0, buf) {
+                    return Step::Stopped(format!("bad hypercall console_write: buffer {a0:#x}+{a1:#x}: {e}"));
+                }
+                let name = &self.name;
+                self.console.push(buf, &mut |l| out(&format!("{name}| {l}")));
+                self.regs.rax = a1;
+                Step::Resume
+            }
+            Hypercall::Exit => Step::Exited(a0 as u32 as i32),
+            Hypercall::Yield => {
+                self.regs.rax = 0;
+                Step::Yield
+            }
+        }
+    }
+
+    /// Returns every frame the guest owns to `mem`.
+    pub fn destroy(self, mem: &mut impl PhysMem) -> usize {
+        self.memory.destroy(mem)
+    }
+}
+
+/// The start page's string area: the name, NUL, then each argument and a
+/// NUL. `None` if it does not fit.
+fn start_strings(name: &str, args: &[&str]) -> Option<Vec<u8>> {
+    let mut s = Vec::new();
+    for part in core::iter::once(&name).chain(args) {
+        s.extend_from_slice(part.as_bytes());
+        s.push(0);
+    }
+    (s.len() as u64 <= layout::START_STRINGS_MAX && name.len() <= layout::NAME_MAX).then_some(s)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,82 @@
+//! The saved state of a guest's CPU, shared with the entry/exit assembly.
+
+/// General registers, the interrupt frame, and why the guest last exited.
+/// The assembly in `arch::x86_64::entry` reads and writes these fields by
+/// offset (`core::mem::offset_of!`), so the layout is `#[repr(C)]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Regs {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rsp: u64,
+    pub rflags: u64,
+    /// Why the guest last left: a CPU vector (0..=255) or [`VECTOR_SYSCALL`].
+    pub vector: u64,
+    /// The exception's error code (0 where the CPU pushes none).
+    pub error: u64,
+    /// CR2 at the time of the exit (the faulting address for #PF).
+    pub cr2: u64,
+}
+
+/// `Regs::vector` after a `syscall` (outside the CPU's vector space).
+pub const VECTOR_SYSCALL: u64 = 256;
+
+/// RFLAGS bits a guest may control: the arithmetic flags and DF.
+pub const RFLAGS_USER: u64 = 0x0cd5;
+/// RFLAGS bits always set for a guest: IF and the reserved bit 1.
+pub const RFLAGS_FIXED: u64 = 0x202;
+
+impl Regs {
+    /// RFLAGS as the guest will run with it: its own arithmetic flags, and
+    /// interrupts on, IOPL 0, no trap, no nested task, no alignment check.
+    pub fn entry_rflags(&self) -> u64 {
+        (self.rflags & RFLAGS_USER) | RFLAGS_FIXED
+    }
+}
+
+/// The x87/SSE state, as `fxsave64` stores it.
+#[derive(Clone)]
+#[repr(C, align(16))]
+pub struct FpuState(pub [u8; 512]);
+
+impl Default for FpuState {
+    /// The state after `fninit` with SSE exceptions masked (FCW 0x37f,
+    /// MXCSR 0x1f80).
+    fn default() -> Self {
+        let mut s = [0u8; 512];
+        s[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+        s[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        Self(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guests_cannot_raise_their_privileges_through_rflags() {
+        let r = Regs { rflags: u64::MAX, ..Default::default() };
+        let f = r.entry_rflags();
+        assert_eq!(f & (3 << 12), 0, "IOPL");
+        assert_eq!(f & (1 << 8), 0, "TF");
+        assert_eq!(f & (1 << 14), 0, "NT");
+        assert_eq!(f & (1 << 17), 0, "VM");
+        assert_eq!(f & (1 << 18), 0, "AC");
+        assert_ne!(f & (1 << 9), 0, "IF");
+    }
+}

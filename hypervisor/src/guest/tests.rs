@@ -1,0 +1,151 @@
+use super::*;
+use crate::image::{Image, Perms, Segment};
+use crate::mm::testmem::TestMem;
+
+/// An image with one page of text (0x401000) and one page of data (0x402000).
+fn image() -> Image {
+    let mut elf = vec![0u8; 0x2000];
+    elf[0..4].copy_from_slice(b"TEXT");
+    elf[0x1000..0x1004].copy_from_slice(b"DATA");
+    Image {
+        elf,
+        entry: 0x401000,
+        segments: vec![
+            Segment { vaddr: 0x401000, mem_size: 0x1000, file_offset: 0, file_size: 0x1000, perms: Perms::READ | Perms::EXECUTE },
+            Segment { vaddr: 0x402000, mem_size: 0x1000, file_offset: 0x1000, file_size: 4, perms: Perms::READ | Perms::WRITE },
+        ],
+        tls: None,
+        app_args: vec![],
+        kernel_name: "k".into(),
+    }
+}
+
+fn setup() -> (TestMem, PhysAddr, LoadedImage) {
+    let mut mem = TestMem::new(10_000);
+    let k = mem.alloc().unwrap();
+    let li = LoadedImage::load(&mut mem, "t.hermit", &image()).unwrap();
+    (mem, k, li)
+}
+
+fn syscall(g: &mut Guest, nr: u64, a0: u64, a1: u64) {
+    g.regs.vector = VECTOR_SYSCALL;
+    g.regs.rax = nr;
+    g.regs.rdi = a0;
+    g.regs.rsi = a1;
+}
+
+#[test]
+fn instances_share_text_and_copy_data() {
+    let (mut mem, k, li) = setup();
+    assert_eq!((li.shared_bytes(), li.private_bytes()), (4096, 4096));
+    let mut a = Guest::create(&mut mem, k, &li, "t-0", &["x"], 1 << 20, |_, _| {}).unwrap();
+    let mut b = Guest::create(&mut mem, k, &li, "t-1", &[], 1 << 20, |_, _| {}).unwrap();
+    let text = |g: &Guest, mem: &TestMem| g.memory.space.translate(mem, 0x401000).unwrap().0;
+    let data = |g: &Guest, mem: &TestMem| g.memory.space.translate(mem, 0x402000).unwrap().0;
+    assert_eq!(text(&a, &mem), text(&b, &mem), "text is shared");
+    assert_ne!(data(&a, &mem), data(&b, &mem), "data is private");
+    a.memory.write(&mut mem, 0x402000, b"MINE").unwrap();
+    let mut buf = [0u8; 4];
+    b.memory.read(&mut mem, 0x402000, &mut buf).unwrap();
+    assert_eq!(&buf, b"DATA", "a write in one instance is not seen by another");
+    assert_eq!(a.memory.write(&mut mem, 0x401000, b"x"), Err(Fault::Protection(0x401000)));
+
+    // The start page carries the name and arguments.
+    let mut si = [0u8; StartInfo::SIZE];
+    a.memory.read(&mut mem, abi::layout::START_INFO, &mut si).unwrap();
+    assert_eq!(si[..8], abi::START_MAGIC.to_le_bytes());
+    let mut s = [0u8; 6];
+    a.memory.read(&mut mem, START_PAGE + layout::START_STRINGS_OFFSET, &mut s).unwrap();
+    assert_eq!(&s, b"t-0\0x\0");
+    assert_eq!(a.regs.rip, 0x401000);
+    assert_eq!(a.regs.rsp % 16, 8);
+
+    let live = mem.live;
+    let freed = a.destroy(&mut mem) + b.destroy(&mut mem);
+    assert_eq!(mem.live, live - freed);
+    assert_eq!(mem.live, 1 + li.pages.len(), "only the kernel root and the image remain");
+}
+
+#[test]
+fn hypercalls_write_lines_yield_and_exit() {
+    let (mut mem, k, li) = setup();
+    let mut g = Guest::create(&mut mem, k, &li, "g-0", &[], 1 << 20, |_, _| {}).unwrap();
+    g.memory.write(&mut mem, HEAP_START, b"hi\nthere").unwrap();
+    let mut out = Vec::new();
+    syscall(&mut g, Hypercall::ConsoleWrite as u64, HEAP_START, 8);
+    assert_eq!(g.handle_exit(&mut mem, &mut |l| out.push(l.to_string())), Step::Resume);
+    assert_eq!(g.regs.rax, 8);
+    assert!(g.via_sysret);
+    g.flush_console(&mut |l| out.push(l.to_string()));
+    assert_eq!(out, ["g-0| hi", "g-0| there"]);
+    syscall(&mut g, Hypercall::Yield as u64, 0, 0);
+    assert_eq!(g.handle_exit(&mut mem, &mut |_| {}), Step::Yield);
+    syscall(&mut g, Hypercall::Exit as u64, (-3i32) as u32 as u64, 0);
+    assert_eq!(g.handle_exit(&mut mem, &mut |_| {}), Step::Exited(-3));
+}
+
+#[test]
+fn bad_hypercalls_stop_the_guest() {
+    let (mut mem, k, li) = setup();
+    let mut g = Guest::create(&mut mem, k, &li, "g-0", &[], 1 << 20, |_, _| {}).unwrap();
+    let mut stop = |g: &mut Guest, nr, a0, a1| {
+        syscall(g, nr, a0, a1);
+        match g.handle_exit(&mut mem, &mut |_| {}) {
+            Step::Stopped(why) => why,
+            other => panic!("not stopped: {other:?}"),
+        }
+    };
+    let cw = Hypercall::ConsoleWrite as u64;
+    assert!(stop(&mut g, cw, 0xffff_ffff_8000_0000, 16).contains("leaves the guest's half"));
+    assert!(stop(&mut g, cw, u64::MAX - 8, 64).contains("leaves the guest's half"));
+    assert!(stop(&mut g, cw, 0x1000, 16).contains("not mapped"));
+    assert!(stop(&mut g, cw, 0x401000, 1 << 40).contains("exceeds"));
+    assert_eq!(stop(&mut g, 0xdead, 0, 0), "bad hypercall: unknown number 0xdead");
+}
+
+#[test]
+fn faults_stop_with_reasons_and_demand_zero_resumes() {
+    let (mut mem, k, li) = setup();
+    let mut g = Guest::create(&mut mem, k, &li, "g-0", &[], 64 * 1024, |_, _| {}).unwrap();
+    // First touch of the stack: not present, in a zero-fill region.
+    g.regs = Regs { vector: 14, error: 0b110, cr2: STACK_TOP - 16, rip: 0x401000, ..Regs::default() };
+    assert_eq!(g.handle_exit(&mut mem, &mut |_| {}), Step::Resume);
+    assert!(!g.via_sysret, "after a fault every register is restored with iret");
+    g.regs = Regs { vector: 14, error: 0b110, cr2: 0xdead_0000, rip: 0x401000, ..Regs::default() };
+    assert_eq!(
+        g.handle_exit(&mut mem, &mut |_| {}),
+        Step::Stopped("page fault: write to unmapped address 0xdead0000 at ip 0x401000".into())
+    );
+    g.regs = Regs { vector: 14, error: 0b110, cr2: STACK_TOP - STACK_MAX - 8, rip: 0x401000, ..Regs::default() };
+    assert!(matches!(g.handle_exit(&mut mem, &mut |_| {}), Step::Stopped(s) if s.starts_with("stack overflow")));
+    // Touching the heap beyond the limit.
+    let mut i = 0;
+    let step = loop {
+        g.regs = Regs { vector: 14, error: 0b110, cr2: HEAP_START + i * 4096, rip: 0x401000, ..Regs::default() };
+        match g.handle_exit(&mut mem, &mut |_| {}) {
+            Step::Resume => i += 1,
+            other => break other,
+        }
+    };
+    assert!(matches!(step, Step::Stopped(s) if s.starts_with("out of memory")));
+    assert!(g.memory.charged_bytes() <= 64 * 1024);
+}
+
+#[test]
+fn a_syscall_at_the_end_of_the_guest_half_is_never_returned_to() {
+    let (mut mem, k, li) = setup();
+    let mut g = Guest::create(&mut mem, k, &li, "g-0", &[], 1 << 20, |_, _| {}).unwrap();
+    syscall(&mut g, Hypercall::Yield as u64, 0, 0);
+    g.regs.rip = layout::USER_END;
+    assert!(matches!(g.handle_exit(&mut mem, &mut |_| {}), Step::Stopped(s) if s.contains("not canonical")));
+}
+
+#[test]
+fn creation_refuses_too_little_memory_and_long_args() {
+    let (mut mem, k, li) = setup();
+    let live = mem.live;
+    assert!(matches!(Guest::create(&mut mem, k, &li, "g", &[], 8192, |_, _| {}), Err(CreateError::TooSmall { .. })));
+    let long = "x".repeat(5000);
+    assert!(matches!(Guest::create(&mut mem, k, &li, "g", &[&long], 1 << 20, |_, _| {}), Err(CreateError::ArgsTooLong)));
+    assert_eq!(mem.live, live, "a failed creation leaks nothing");
+}

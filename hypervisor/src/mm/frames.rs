@@ -1,0 +1,158 @@
+//! The physical frame allocator: a bitmap over all usable RAM.
+//!
+//! One bit per 4 KiB frame (set = free), a rotating search hint, and an
+//! exact count of free frames so that memory accounting is cheap. The
+//! bitmap itself lives in memory the caller carves out at boot.
+
+use super::{FRAME_SIZE, PhysAddr};
+use core::ops::Range;
+
+pub struct FrameAllocator<'a> {
+    bits: &'a mut [u64],
+    /// Physical address of the frame that bit 0 stands for.
+    base: PhysAddr,
+    free: usize,
+    total: usize,
+    hint: usize,
+}
+
+impl<'a> FrameAllocator<'a> {
+    /// Number of `u64` words of bitmap needed to cover `[base, end)`.
+    pub fn words_for(span: Range<PhysAddr>) -> usize {
+        let frames = (span.end.saturating_sub(span.start) / FRAME_SIZE) as usize;
+        frames.div_ceil(64)
+    }
+
+    /// An allocator covering `[base, base + 64 * bits.len() frames)`, with
+    /// every frame taken until [`Self::add_free`] releases it.
+    pub fn new(bits: &'a mut [u64], base: PhysAddr) -> Self {
+        bits.fill(0);
+        Self { bits, base: base & !(FRAME_SIZE - 1), free: 0, total: 0, hint: 0 }
+    }
+
+    /// Marks the whole frames inside `range` free (partial frames at the
+    /// ends and anything outside the bitmap's span are ignored).
+    pub fn add_free(&mut self, range: Range<PhysAddr>) {
+        let start = range.start.div_ceil(FRAME_SIZE) * FRAME_SIZE;
+        let end = range.end / FRAME_SIZE * FRAME_SIZE;
+        let mut pa = start.max(self.base);
+        while pa < end {
+            let Some(i) = self.index(pa) else { break };
+            if self.bits[i / 64] & (1 << (i % 64)) == 0 {
+                self.bits[i / 64] |= 1 << (i % 64);
+                self.free += 1;
+                self.total += 1;
+            }
+            pa += FRAME_SIZE;
+        }
+    }
+
+    /// Marks the frames overlapping `range` as taken (for memory that was
+    /// handed out before the allocator existed).
+    pub fn reserve(&mut self, range: Range<PhysAddr>) {
+        let mut pa = range.start / FRAME_SIZE * FRAME_SIZE;
+        while pa < range.end {
+            if let Some(i) = self.index(pa) {
+                if self.bits[i / 64] & (1 << (i % 64)) != 0 {
+                    self.bits[i / 64] &= !(1 << (i % 64));
+                    self.free -= 1;
+                    self.total -= 1;
+                }
+            }
+            pa += FRAME_SIZE;
+        }
+    }
+
+    fn index(&self, pa: PhysAddr) -> Option<usize> {
+        let i = (pa.checked_sub(self.base)? / FRAME_SIZE) as usize;
+        (i < self.bits.len() * 64).then_some(i)
+    }
+
+    /// Takes a free frame (not zeroed).
+    pub fn alloc(&mut self) -> Option<PhysAddr> {
+        if self.free == 0 {
+            return None;
+        }
+        let n = self.bits.len();
+        for k in 0..n {
+            let w = (self.hint + k) % n;
+            let word = self.bits[w];
+            if word != 0 {
+                let bit = word.trailing_zeros() as usize;
+                self.bits[w] &= !(1 << bit);
+                self.free -= 1;
+                self.hint = w;
+                return Some(self.base + ((w * 64 + bit) as u64) * FRAME_SIZE);
+            }
+        }
+        None
+    }
+
+    /// Returns a frame. Returns `false` (and changes nothing) for a frame
+    /// that is outside the allocator or already free: a caller bug that must
+    /// not corrupt the count.
+    pub fn free(&mut self, pa: PhysAddr) -> bool {
+        match self.index(pa) {
+            Some(i) if pa % FRAME_SIZE == 0 && self.bits[i / 64] & (1 << (i % 64)) == 0 => {
+                self.bits[i / 64] |= 1 << (i % 64);
+                self.free += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn free_frames(&self) -> usize {
+        self.free
+    }
+
+    /// Frames this allocator manages (free or in use).
+    pub fn total_frames(&self) -> usize {
+        self.total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hands_out_only_free_frames_and_takes_them_back() {
+        let mut bits = vec![0u64; FrameAllocator::words_for(0x10_0000..0x20_0000)];
+        let mut fa = FrameAllocator::new(&mut bits, 0x10_0000);
+        fa.add_free(0x10_0800..0x11_0000); // partial first frame is skipped
+        assert_eq!(fa.free_frames(), 15);
+        fa.reserve(0x10_3000..0x10_3001);
+        assert_eq!(fa.free_frames(), 14);
+
+        let mut got = Vec::new();
+        while let Some(f) = fa.alloc() {
+            assert!(f >= 0x10_1000 && f < 0x11_0000 && f != 0x10_3000);
+            assert_eq!(f % FRAME_SIZE, 0);
+            got.push(f);
+        }
+        assert_eq!(got.len(), 14);
+        got.sort();
+        got.dedup();
+        assert_eq!(got.len(), 14, "a frame was handed out twice");
+        assert_eq!(fa.free_frames(), 0);
+
+        for f in &got {
+            assert!(fa.free(*f));
+        }
+        assert_eq!(fa.free_frames(), 14);
+        assert!(!fa.free(got[0]), "double free must be refused");
+        assert!(!fa.free(0x10_3000 + 1), "unaligned free must be refused");
+        assert!(!fa.free(0x9000_0000), "foreign frame must be refused");
+        assert_eq!(fa.free_frames(), 14);
+        assert_eq!(fa.total_frames(), 14);
+    }
+
+    #[test]
+    fn ranges_outside_the_span_are_ignored() {
+        let mut bits = vec![0u64; 1];
+        let mut fa = FrameAllocator::new(&mut bits, 0x1000);
+        fa.add_free(0..u64::MAX / 2);
+        assert_eq!(fa.free_frames(), 64);
+    }
+}

@@ -1,0 +1,246 @@
+//! x86_64 four-level page tables, built and torn down over [`PhysMem`].
+//!
+//! The lower half of every address space belongs to one guest; the upper
+//! half (PML4 entries 256..512) is the hypervisor's and is shared by copying
+//! the kernel's top-level entries into each new PML4.
+
+use super::{FRAME_SIZE, PhysAddr, PhysMem};
+
+bitflags::bitflags! {
+    /// Page-table entry bits.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Pte: u64 {
+        const PRESENT = 1 << 0;
+        const WRITABLE = 1 << 1;
+        const USER = 1 << 2;
+        const ACCESSED = 1 << 5;
+        const DIRTY = 1 << 6;
+        /// A 2 MiB (level 2) or 1 GiB (level 3) leaf.
+        const HUGE = 1 << 7;
+        const GLOBAL = 1 << 8;
+        /// Software bit: the frame is shared (image text), not owned by
+        /// this address space, and must not be freed with it.
+        const SHARED = 1 << 9;
+        const NO_EXECUTE = 1 << 63;
+    }
+}
+
+/// Bits of an entry that hold the physical address.
+pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+/// First address of the hypervisor's half.
+pub const KERNEL_HALF: u64 = 0xffff_8000_0000_0000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    OutOfMemory,
+    AlreadyMapped,
+    /// Not page-aligned, or not in the half this call may touch.
+    BadAddress,
+}
+
+fn index(va: u64, level: u32) -> usize {
+    ((va >> (12 + 9 * (level - 1))) & 0x1ff) as usize
+}
+
+/// Maps `va -> pa` with a leaf at `level` (1 = 4 KiB, 2 = 2 MiB, 3 = 1 GiB)
+/// in the tree rooted at `root`, creating intermediate tables with
+/// `table_flags`. Returns how many table frames it allocated.
+pub fn map(
+    mem: &mut impl PhysMem,
+    root: PhysAddr,
+    va: u64,
+    pa: PhysAddr,
+    flags: Pte,
+    level: u32,
+    table_flags: Pte,
+) -> Result<usize, MapError> {
+    let size = FRAME_SIZE << (9 * (level - 1));
+    if !(1..=3).contains(&level) || va % size != 0 || pa % size != 0 {
+        return Err(MapError::BadAddress);
+    }
+    let mut table = root;
+    let mut created = 0;
+    for l in (level + 1..=4).rev() {
+        let i = index(va, l);
+        let e = mem.read_pte(table, i);
+        table = if e & Pte::PRESENT.bits() != 0 {
+            if e & Pte::HUGE.bits() != 0 {
+                return Err(MapError::AlreadyMapped);
+            }
+            e & ADDR_MASK
+        } else {
+            let t = mem.alloc().ok_or(MapError::OutOfMemory)?;
+            created += 1;
+            mem.write_pte(table, i, t | table_flags.bits() | Pte::PRESENT.bits());
+            t
+        };
+    }
+    let i = index(va, level);
+    if mem.read_pte(table, i) & Pte::PRESENT.bits() != 0 {
+        return Err(MapError::AlreadyMapped);
+    }
+    let leaf = if level > 1 { flags | Pte::HUGE } else { flags };
+    mem.write_pte(table, i, pa | leaf.bits() | Pte::PRESENT.bits());
+    Ok(created)
+}
+
+/// Looks up the 4 KiB-granular translation of `va`: the physical address
+/// and the flags of the leaf. Huge leaves are honoured.
+pub fn translate(mem: &impl PhysMem, root: PhysAddr, va: u64) -> Option<(PhysAddr, Pte)> {
+    let mut table = root;
+    for level in (1..=4).rev() {
+        let e = mem.read_pte(table, index(va, level));
+        if e & Pte::PRESENT.bits() == 0 {
+            return None;
+        }
+        if level == 1 || e & Pte::HUGE.bits() != 0 {
+            let size = FRAME_SIZE << (9 * (level - 1));
+            let base = e & ADDR_MASK & !(size - 1);
+            return Some((base + (va & (size - 1)), Pte::from_bits_retain(e & !ADDR_MASK)));
+        }
+        table = e & ADDR_MASK;
+    }
+    None
+}
+
+/// A guest's address space: its own PML4 with the hypervisor's half shared.
+#[derive(Debug)]
+pub struct AddressSpace {
+    root: PhysAddr,
+    /// Page-table frames this space owns (PML4 included).
+    tables: usize,
+}
+
+impl AddressSpace {
+    /// A new, empty guest half over a copy of `kernel_root`'s upper half.
+    pub fn new(mem: &mut impl PhysMem, kernel_root: PhysAddr) -> Option<Self> {
+        let root = mem.alloc()?;
+        for i in 256..512 {
+            let e = mem.read_pte(kernel_root, i);
+            mem.write_pte(root, i, e);
+        }
+        Some(Self { root, tables: 1 })
+    }
+
+    /// The value for CR3.
+    pub fn root(&self) -> PhysAddr {
+        self.root
+    }
+
+    /// Page-table frames in use by this space.
+    pub fn table_frames(&self) -> usize {
+        self.tables
+    }
+
+    /// Maps one user page. `flags` gets `USER` and `PRESENT` added.
+    pub fn map_user(&mut self, mem: &mut impl PhysMem, va: u64, pa: PhysAddr, flags: Pte) -> Result<(), MapError> {
+        if va >= abi::layout::USER_END {
+            return Err(MapError::BadAddress);
+        }
+        let table_flags = Pte::WRITABLE | Pte::USER;
+        self.tables += map(mem, self.root, va, pa, flags | Pte::USER, 1, table_flags)?;
+        Ok(())
+    }
+
+    pub fn translate(&self, mem: &impl PhysMem, va: u64) -> Option<(PhysAddr, Pte)> {
+        if va >= abi::layout::USER_END {
+            return None;
+        }
+        translate(mem, self.root, va)
+    }
+
+    /// Frees every page table and every owned (non-`SHARED`) frame of the
+    /// guest half, and the PML4. Returns the number of owned data frames
+    /// freed.
+    pub fn destroy(self, mem: &mut impl PhysMem) -> usize {
+        fn walk(mem: &mut impl PhysMem, table: PhysAddr, level: u32, range: core::ops::Range<usize>) -> usize {
+            let mut freed = 0;
+            for i in range {
+                let e = mem.read_pte(table, i);
+                if e & Pte::PRESENT.bits() == 0 {
+                    continue;
+                }
+                let pa = e & ADDR_MASK;
+                if level == 1 {
+                    if e & Pte::SHARED.bits() == 0 {
+                        mem.free(pa);
+                        freed += 1;
+                    }
+                } else {
+                    freed += walk(mem, pa, level - 1, 0..512);
+                    mem.free(pa);
+                }
+            }
+            freed
+        }
+        let freed = walk(mem, self.root, 4, 0..256);
+        mem.free(self.root);
+        freed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mm::testmem::TestMem;
+
+    fn kernel_root(mem: &mut TestMem) -> PhysAddr {
+        let root = mem.alloc().unwrap();
+        let data = mem.alloc().unwrap();
+        map(mem, root, 0xffff_ffff_8000_0000, data, Pte::WRITABLE, 1, Pte::WRITABLE).unwrap();
+        root
+    }
+
+    #[test]
+    fn maps_translates_and_shares_the_kernel_half() {
+        let mut mem = TestMem::new(100);
+        let k = kernel_root(&mut mem);
+        let mut a = AddressSpace::new(&mut mem, k).unwrap();
+        let f = mem.alloc().unwrap();
+        a.map_user(&mut mem, 0x40_0000, f, Pte::WRITABLE | Pte::NO_EXECUTE).unwrap();
+        let (pa, fl) = a.translate(&mem, 0x40_0123).unwrap();
+        assert_eq!(pa, f + 0x123);
+        assert!(fl.contains(Pte::USER | Pte::WRITABLE | Pte::NO_EXECUTE | Pte::PRESENT));
+        assert_eq!(a.translate(&mem, 0x40_1000), None);
+        assert_eq!(a.translate(&mem, 0xffff_ffff_8000_0000), None, "kernel half is not the guest's");
+        assert!(translate(&mem, a.root(), 0xffff_ffff_8000_0000).is_some(), "kernel half is shared");
+        assert_eq!(a.map_user(&mut mem, 0x40_0000, f, Pte::empty()), Err(MapError::AlreadyMapped));
+        assert_eq!(a.map_user(&mut mem, 0x40_0001, f, Pte::empty()), Err(MapError::BadAddress));
+        assert_eq!(a.map_user(&mut mem, abi::layout::USER_END, f, Pte::empty()), Err(MapError::BadAddress));
+        assert_eq!(a.table_frames(), 4);
+    }
+
+    #[test]
+    fn destroy_returns_owned_frames_and_tables_but_not_shared_ones() {
+        let mut mem = TestMem::new(100);
+        let k = kernel_root(&mut mem);
+        let before = mem.live;
+        let shared = mem.alloc().unwrap();
+        let mut a = AddressSpace::new(&mut mem, k).unwrap();
+        a.map_user(&mut mem, 0x1_0000, shared, Pte::SHARED).unwrap();
+        for i in 0..3 {
+            let f = mem.alloc().unwrap();
+            a.map_user(&mut mem, 0x7fff_0000_0000 + i * 4096, f, Pte::WRITABLE).unwrap();
+        }
+        assert_eq!(a.destroy(&mut mem), 3);
+        assert_eq!(mem.live, before + 1, "only the shared frame is left");
+    }
+
+    #[test]
+    fn out_of_memory_is_an_error() {
+        let mut mem = TestMem::new(6);
+        let k = kernel_root(&mut mem);
+        let mut a = AddressSpace::new(&mut mem, k).unwrap();
+        assert_eq!(a.map_user(&mut mem, 0x1000, 0x1000, Pte::empty()), Err(MapError::OutOfMemory));
+    }
+
+    #[test]
+    fn huge_leaves_translate() {
+        let mut mem = TestMem::new(10);
+        let root = mem.alloc().unwrap();
+        map(&mut mem, root, KERNEL_HALF, 0x4000_0000, Pte::WRITABLE, 3, Pte::WRITABLE).unwrap();
+        map(&mut mem, root, KERNEL_HALF + (1 << 30), 0x20_0000, Pte::WRITABLE, 2, Pte::WRITABLE).unwrap();
+        assert_eq!(translate(&mem, root, KERNEL_HALF + 0x1234_5678).unwrap().0, 0x5234_5678);
+        assert_eq!(translate(&mem, root, KERNEL_HALF + (1 << 30) + 0x1_2345).unwrap().0, 0x21_2345);
+    }
+}

@@ -1,0 +1,252 @@
+//! A guest's memory as the hypervisor sees it: its address space, the
+//! regions that are filled with zeroes on first touch, and the checked copy
+//! routines through which every guest pointer passes.
+//!
+//! Guest pointers are allegations (Hubris `umem.rs`): a range is accepted
+//! only if it does not wrap, lies in the guest half, and every page of it is
+//! mapped user-accessible (and writable, for writes) in this guest's own
+//! tables. Data is copied through the frames' physical addresses, so the
+//! hypervisor never dereferences a guest address and SMAP stays on.
+
+use super::paging::{AddressSpace, MapError, Pte};
+use super::{FRAME_SIZE, PhysAddr, PhysMem};
+use abi::layout::{USER_END, page_down};
+use core::ops::Range;
+
+/// Why a guest memory access failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The address is not mapped and not in a demand-zero region.
+    Unmapped(u64),
+    /// Mapped, but not with the access asked for (e.g. write to text).
+    Protection(u64),
+    /// The range wraps around or leaves the guest half.
+    OutOfRange { addr: u64, len: u64 },
+    /// The guest hit its memory limit.
+    OutOfMemory { limit: u64 },
+    /// The machine ran out of frames.
+    MachineOutOfMemory,
+}
+
+impl core::fmt::Display for Fault {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Fault::Unmapped(a) => write!(f, "address {a:#x} is not mapped"),
+            Fault::Protection(a) => write!(f, "address {a:#x} is not writable"),
+            Fault::OutOfRange { addr, len } => write!(f, "range {addr:#x}+{len:#x} leaves the guest's half"),
+            Fault::OutOfMemory { limit } => write!(f, "out of memory (limit {} KiB)", limit / 1024),
+            Fault::MachineOutOfMemory => f.write_str("the machine is out of memory"),
+        }
+    }
+}
+
+/// A guest's memory: address space, demand-zero regions, and accounting.
+#[derive(Debug)]
+pub struct GuestMemory {
+    pub space: AddressSpace,
+    /// Regions filled with zero pages on first touch (heap, stack).
+    zero_fill: [Range<u64>; 2],
+    /// Frames charged to the guest: private data frames plus page tables.
+    charged: u64,
+    limit_frames: u64,
+}
+
+impl GuestMemory {
+    pub fn new(space: AddressSpace, heap: Range<u64>, stack: Range<u64>, limit_bytes: u64) -> Self {
+        let charged = space.table_frames() as u64;
+        Self { space, zero_fill: [heap, stack], charged, limit_frames: limit_bytes / FRAME_SIZE }
+    }
+
+    /// Bytes charged to the guest (private pages and page tables).
+    pub fn charged_bytes(&self) -> u64 {
+        self.charged * FRAME_SIZE
+    }
+
+    pub fn limit_bytes(&self) -> u64 {
+        self.limit_frames * FRAME_SIZE
+    }
+
+    /// Maps a frame the guest owns, charging it (and any new page tables)
+    /// against the limit.
+    pub fn map_private(&mut self, mem: &mut impl PhysMem, va: u64, pa: PhysAddr, flags: Pte) -> Result<(), Fault> {
+        self.map(mem, va, pa, flags, 1)
+    }
+
+    /// Maps a frame shared with other guests; only page tables are charged.
+    pub fn map_shared(&mut self, mem: &mut impl PhysMem, va: u64, pa: PhysAddr, flags: Pte) -> Result<(), Fault> {
+        self.map(mem, va, pa, flags | Pte::SHARED, 0)
+    }
+
+    fn map(&mut self, mem: &mut impl PhysMem, va: u64, pa: PhysAddr, flags: Pte, cost: u64) -> Result<(), Fault> {
+        // Worst case three new tables; refuse before touching anything.
+        if self.charged + cost + 3 > self.limit_frames {
+            return Err(Fault::OutOfMemory { limit: self.limit_bytes() });
+        }
+        let tables = self.space.table_frames();
+        let r = self.space.map_user(mem, va, pa, flags);
+        self.charged += (self.space.table_frames() - tables) as u64;
+        match r {
+            Ok(()) => {
+                self.charged += cost;
+                Ok(())
+            }
+            Err(MapError::OutOfMemory) => Err(Fault::MachineOutOfMemory),
+            Err(MapError::AlreadyMapped | MapError::BadAddress) => Err(Fault::Unmapped(va)),
+        }
+    }
+
+    /// Whether `va` lies in a demand-zero region.
+    pub fn is_zero_fill(&self, va: u64) -> bool {
+        self.zero_fill.iter().any(|r| r.contains(&va))
+    }
+
+    /// Resolves a page fault at `va`: maps a zeroed page if `va` is in a
+    /// demand-zero region and not yet present. Any other fault is the
+    /// guest's and is returned.
+    pub fn fault_in(&mut self, mem: &mut impl PhysMem, va: u64) -> Result<PhysAddr, Fault> {
+        if !self.is_zero_fill(va) {
+            return Err(Fault::Unmapped(va));
+        }
+        if let Some((pa, _)) = self.space.translate(mem, page_down(va)) {
+            return Ok(pa);
+        }
+        if self.charged + 4 > self.limit_frames {
+            return Err(Fault::OutOfMemory { limit: self.limit_bytes() });
+        }
+        let frame = mem.alloc().ok_or(Fault::MachineOutOfMemory)?;
+        if let Err(e) = self.map_private(mem, page_down(va), frame, Pte::WRITABLE | Pte::NO_EXECUTE) {
+            mem.free(frame);
+            return Err(e);
+        }
+        Ok(frame)
+    }
+
+    /// The frame behind the guest page at `va`, checked for `write` access,
+    /// faulting in demand-zero pages.
+    fn page(&mut self, mem: &mut impl PhysMem, va: u64, write: bool) -> Result<PhysAddr, Fault> {
+        match self.space.translate(mem, va) {
+            Some((pa, fl)) => {
+                if !fl.contains(Pte::USER) || (write && !fl.contains(Pte::WRITABLE)) {
+                    return Err(Fault::Protection(va));
+                }
+                Ok(page_down(pa))
+            }
+            None => self.fault_in(mem, va).map(page_down),
+        }
+    }
+
+    /// Checks a guest range for wrap-around and for staying in the guest half.
+    pub fn check_range(addr: u64, len: u64) -> Result<(), Fault> {
+        match addr.checked_add(len) {
+            Some(end) if end <= USER_END => Ok(()),
+            _ => Err(Fault::OutOfRange { addr, len }),
+        }
+    }
+
+    /// Copies guest memory at `addr` into `dst` (copy-in: the hypervisor
+    /// then works on its own copy, so the guest cannot change it under us).
+    pub fn read(&mut self, mem: &mut impl PhysMem, addr: u64, dst: &mut [u8]) -> Result<(), Fault> {
+        Self::check_range(addr, dst.len() as u64)?;
+        let mut done = 0;
+        while done < dst.len() {
+            let va = addr + done as u64;
+            let off = (va % FRAME_SIZE) as usize;
+            let n = (FRAME_SIZE as usize - off).min(dst.len() - done);
+            let frame = self.page(mem, va, false)?;
+            mem.read(frame, off, &mut dst[done..done + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Copies `src` into guest memory at `addr`.
+    pub fn write(&mut self, mem: &mut impl PhysMem, addr: u64, src: &[u8]) -> Result<(), Fault> {
+        Self::check_range(addr, src.len() as u64)?;
+        let mut done = 0;
+        while done < src.len() {
+            let va = addr + done as u64;
+            let off = (va % FRAME_SIZE) as usize;
+            let n = (FRAME_SIZE as usize - off).min(src.len() - done);
+            let frame = self.page(mem, va, true)?;
+            mem.write(frame, off, &src[done..done + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Frees everything the guest owns. Returns the frames freed.
+    pub fn destroy(self, mem: &mut impl PhysMem) -> usize {
+        let tables = self.space.table_frames();
+        self.space.destroy(mem) + tables
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mm::testmem::TestMem;
+
+    fn guest(mem: &mut TestMem, limit: u64) -> GuestMemory {
+        let k = mem.alloc().unwrap();
+        let space = AddressSpace::new(mem, k).unwrap();
+        GuestMemory::new(space, 0x10_0000..0x20_0000, 0x7000_0000..0x7001_0000, limit)
+    }
+
+    #[test]
+    fn copies_across_pages_and_zero_fills_on_demand() {
+        let mut mem = TestMem::new(1000);
+        let mut g = guest(&mut mem, 1 << 20);
+        let data: Vec<u8> = (0..6000u32).map(|i| i as u8).collect();
+        g.write(&mut mem, 0x10_0ff0, &data).unwrap();
+        let mut back = vec![0; 6000];
+        g.read(&mut mem, 0x10_0ff0, &mut back).unwrap();
+        assert_eq!(back, data);
+        let mut z = [1u8; 16];
+        g.read(&mut mem, 0x7000_8000, &mut z).unwrap();
+        assert_eq!(z, [0; 16]);
+    }
+
+    #[test]
+    fn bad_pointers_are_refused() {
+        let mut mem = TestMem::new(1000);
+        let mut g = guest(&mut mem, 1 << 20);
+        let mut b = [0u8; 8];
+        assert_eq!(g.read(&mut mem, 0x5000, &mut b), Err(Fault::Unmapped(0x5000)));
+        assert!(matches!(g.read(&mut mem, u64::MAX - 3, &mut b), Err(Fault::OutOfRange { .. })));
+        assert!(matches!(g.read(&mut mem, 0xffff_8000_0000_0000, &mut b), Err(Fault::OutOfRange { .. })));
+        assert!(matches!(g.read(&mut mem, USER_END - 4, &mut b), Err(Fault::OutOfRange { .. })));
+        // Read-only page: readable, not writable.
+        let f = mem.alloc().unwrap();
+        g.map_shared(&mut mem, 0x40_0000, f, Pte::empty()).unwrap();
+        g.read(&mut mem, 0x40_0000, &mut b).unwrap();
+        assert_eq!(g.write(&mut mem, 0x40_0000, &b), Err(Fault::Protection(0x40_0000)));
+        // A range that starts mapped and runs into unmapped memory.
+        let mut big = vec![0u8; 8192];
+        assert_eq!(g.read(&mut mem, 0x40_0000, &mut big), Err(Fault::Unmapped(0x40_1000)));
+    }
+
+    #[test]
+    fn the_limit_is_enforced_and_destroy_returns_everything() {
+        let mut mem = TestMem::new(1000);
+        let k_live = {
+            let g = guest(&mut mem, 16 * 4096);
+            let live = mem.live;
+            g.destroy(&mut mem);
+            assert_eq!(mem.live, live - 1);
+            mem.live
+        };
+        let mut g = guest(&mut mem, 16 * 4096);
+        let mut touched = 0;
+        let err = loop {
+            match g.fault_in(&mut mem, 0x10_0000 + touched * 4096) {
+                Ok(_) => touched += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err, Fault::OutOfMemory { limit: 16 * 4096 });
+        assert!(g.charged_bytes() <= 16 * 4096);
+        assert!(touched >= 8);
+        g.destroy(&mut mem);
+        assert_eq!(mem.live, k_live + 1, "only the second kernel root is left");
+    }
+}

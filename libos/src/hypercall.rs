@@ -1,0 +1,38 @@
+//! Raw hypercalls: `syscall` with the number in `rax`, arguments in `rdi`,
+//! `rsi`, `rdx`, `r10`, `r8`, `r9`, the result in `rax` (see `abi::Hypercall`).
+
+use abi::Hypercall;
+use core::arch::asm;
+
+#[inline(always)]
+fn hypercall2(nr: Hypercall, a0: u64, a1: u64) -> i64 {
+    let ret: i64;
+    // SAFETY: `syscall` enters the hypervisor, which validates every
+    // argument; it clobbers rcx and r11 and preserves everything else.
+    unsafe {
+        asm!("syscall", inlateout("rax") nr as u64 => ret, in("rdi") a0, in("rsi") a1,
+             lateout("rcx") _, lateout("r11") _, options(nostack));
+    }
+    ret
+}
+
+/// Writes bytes to the guest's console (split into chunks the hypervisor accepts).
+pub fn console_write(bytes: &[u8]) {
+    for chunk in bytes.chunks(abi::CONSOLE_WRITE_MAX) {
+        hypercall2(Hypercall::ConsoleWrite, chunk.as_ptr() as u64, chunk.len() as u64);
+    }
+}
+
+/// Gives the CPU to the next runnable guest.
+pub fn yield_now() {
+    hypercall2(Hypercall::Yield, 0, 0);
+}
+
+/// Stops this guest with `code`.
+pub fn exit(code: i32) -> ! {
+    hypercall2(Hypercall::Exit, code as u32 as u64, 0);
+    // The hypervisor never returns from exit.
+    loop {
+        core::hint::spin_loop();
+    }
+}
