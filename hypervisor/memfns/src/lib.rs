@@ -81,3 +81,12 @@ pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
 /// Unwinding is never used (`panic = "abort"`), but `core` references it.
 #[unsafe(no_mangle)]
 pub extern "C" fn rust_eh_personality() {}
+
+/// Referenced by the precompiled `core`/`alloc` landing pads; never reached
+/// with `panic = "abort"`.
+#[unsafe(no_mangle)]
+pub extern "C" fn _Unwind_Resume() -> ! {
+    loop {
+        core::hint::spin_loop();
+    }
+}

@@ -112,9 +112,42 @@ impl<'a> FrameAllocator<'a> {
     }
 }
 
+/// Finds `size` bytes (frame-aligned) of RAM that overlap none of the
+/// `reserved` ranges: the lowest such place at or above 1 MiB.
+pub fn find_free(ram: &[Range<PhysAddr>], reserved: &[Range<PhysAddr>], size: u64) -> Option<PhysAddr> {
+    let mut best: Option<PhysAddr> = None;
+    for r in ram {
+        let mut start = r.start.max(1 << 20).div_ceil(FRAME_SIZE) * FRAME_SIZE;
+        'retry: loop {
+            let end = start.checked_add(size)?;
+            if end > r.end {
+                break;
+            }
+            for x in reserved {
+                if x.start < end && start < x.end {
+                    start = x.end.div_ceil(FRAME_SIZE) * FRAME_SIZE;
+                    continue 'retry;
+                }
+            }
+            best = Some(best.map_or(start, |b| b.min(start)));
+            break;
+        }
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_free_skips_reserved_ranges_and_low_memory() {
+        let ram = [0..0x9_f000, 0x10_0000..0x800_0000];
+        let reserved = [0x10_0000..0x40_0000, 0x40_0000..0x40_1000, 0x50_0000..0x60_0000];
+        assert_eq!(find_free(&ram, &reserved, 0x1000), Some(0x40_1000));
+        assert_eq!(find_free(&ram, &reserved, 0x10_0000), Some(0x60_0000));
+        assert_eq!(find_free(&ram, &reserved, 0x1000_0000), None);
+    }
 
     #[test]
     fn hands_out_only_free_frames_and_takes_them_back() {

@@ -1,0 +1,90 @@
+//! CPU features, control registers and model-specific registers.
+
+use core::arch::x86_64::__cpuid_count;
+use x86_64::registers::model_specific::Msr;
+
+pub const MSR_STAR: u32 = 0xc000_0081;
+pub const MSR_LSTAR: u32 = 0xc000_0082;
+pub const MSR_SFMASK: u32 = 0xc000_0084;
+pub const MSR_GS_BASE: u32 = 0xc000_0101;
+pub const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+
+/// The features the hypervisor uses or hardens with, read once at boot.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Features {
+    pub nx: bool,
+    pub smep: bool,
+    pub smap: bool,
+    pub umip: bool,
+    pub pdpe1gb: bool,
+    pub pge: bool,
+}
+
+pub fn features() -> Features {
+    let (l1, l7, e1) = (__cpuid_count(1, 0), __cpuid_count(7, 0), __cpuid_count(0x8000_0001, 0));
+    Features {
+        nx: e1.edx & (1 << 20) != 0,
+        pdpe1gb: e1.edx & (1 << 26) != 0,
+        pge: l1.edx & (1 << 13) != 0,
+        smep: l7.ebx & (1 << 7) != 0,
+        smap: l7.ebx & (1 << 20) != 0,
+        umip: l7.ecx & (1 << 2) != 0,
+    }
+}
+
+/// # Safety
+/// The caller knows what the MSR controls and that the value is valid.
+pub unsafe fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: forwarded to the caller.
+    unsafe { Msr::new(msr).write(value) }
+}
+
+pub fn read_cr4() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR4 has no side effects.
+    unsafe { core::arch::asm!("mov {}, cr4", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// # Safety
+/// The new value keeps paging, PAE and SSE on and enables only features the
+/// CPU has.
+pub unsafe fn write_cr4(v: u64) {
+    // SAFETY: forwarded to the caller.
+    unsafe { core::arch::asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags)) };
+}
+
+/// Switches to the page tables rooted at `pml4`.
+///
+/// # Safety
+/// `pml4` maps the hypervisor (code, data, stacks, direct map) exactly as
+/// the current tables do.
+pub unsafe fn write_cr3(pml4: u64) {
+    // SAFETY: forwarded to the caller.
+    unsafe { core::arch::asm!("mov cr3, {}", in(reg) pml4, options(nostack, preserves_flags)) };
+}
+
+/// Stops this CPU for good.
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: interrupts stay off; this CPU simply stops.
+        unsafe { core::arch::asm!("cli; hlt", options(nomem, nostack)) };
+    }
+}
+
+/// Ends QEMU through `isa-debug-exit` with `value` (see `abi::debug_exit`).
+/// Returns only when the device is absent.
+pub fn debug_exit(value: u8) {
+    // SAFETY: port 0xf4 is the debug-exit device or nothing.
+    unsafe { x86_64::instructions::port::Port::<u32>::new(abi::debug_exit::PORT).write(value as u32) };
+}
+
+/// Masks every line of the legacy 8259 PICs: the hypervisor takes no
+/// interrupts from them (their default vectors collide with exceptions).
+pub fn mask_pic() {
+    // SAFETY: writing the PICs' mask registers only masks interrupt lines.
+    unsafe {
+        x86_64::instructions::port::Port::<u8>::new(0x21).write(0xff);
+        x86_64::instructions::port::Port::<u8>::new(0xa1).write(0xff);
+    }
+}

@@ -1,0 +1,333 @@
+//! Entering and leaving guests: `syscall` entry, the 256 interrupt and
+//! exception stubs, and `enter_guest`.
+//!
+//! The model is a vCPU run loop, as in KVM's `KVM_RUN`: the hypervisor calls
+//! [`run`] with a guest's saved registers; the guest runs in ring 3 until it
+//! makes a hypercall or takes an exception or interrupt; the entry code
+//! saves every guest register into the same [`Regs`] (with the vector that
+//! ended the run) and returns from [`run`] as if from a function call. There
+//! is one hypervisor stack per CPU and no per-guest kernel stack, which keeps
+//! a guest's hypervisor-side cost to its `Regs` and FPU area.
+
+use super::cpu::{self, MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_SFMASK, MSR_STAR};
+use super::gdt::{IST_DOUBLE_FAULT, IST_EXCEPTION, IST_MACHINE_CHECK, IST_NMI, KERNEL_CS, KERNEL_DS};
+use core::arch::{asm, global_asm};
+use core::mem::offset_of;
+use hypervisor::guest::regs::{FpuState, Regs};
+use x86_64::VirtAddr;
+use x86_64::instructions::tables::lidt;
+use x86_64::structures::DescriptorTablePointer;
+
+/// Per-CPU block, reached through `GS` while in the hypervisor.
+#[repr(C)]
+struct PerCpu {
+    this: u64,
+    /// The hypervisor's `rsp` inside `enter_guest`, restored on exit.
+    kernel_rsp: u64,
+    /// Where the running guest's registers are saved.
+    regs: u64,
+    /// Scratch for the guest `rsp` during `syscall` entry.
+    user_rsp: u64,
+    /// The running guest's FPU/SSE area.
+    fpu: u64,
+}
+
+static mut PERCPU: PerCpu = PerCpu { this: 0, kernel_rsp: 0, regs: 0, user_rsp: 0, fpu: 0 };
+
+/// MXCSR for the hypervisor's own code (all exceptions masked).
+#[unsafe(no_mangle)]
+static KERNEL_MXCSR: u32 = 0x1f80;
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Gate {
+    offset_low: u16,
+    selector: u16,
+    ist: u8,
+    attributes: u8,
+    offset_mid: u16,
+    offset_high: u32,
+    reserved: u32,
+}
+
+static mut IDT: [Gate; 256] = [Gate { offset_low: 0, selector: 0, ist: 0, attributes: 0, offset_mid: 0, offset_high: 0, reserved: 0 }; 256];
+
+unsafe extern "C" {
+    fn interrupt_stubs();
+    fn syscall_entry();
+    fn enter_guest(regs: *mut Regs, sysret: u64);
+}
+
+/// Loads the IDT, the per-CPU block and the `syscall` MSRs.
+pub fn init() {
+    let stubs = interrupt_stubs as *const () as u64;
+    for v in 0..256usize {
+        let addr = stubs + 16 * v as u64;
+        let ist = match v {
+            2 => IST_NMI,
+            8 => IST_DOUBLE_FAULT,
+            18 => IST_MACHINE_CHECK,
+            _ => IST_EXCEPTION,
+        };
+        let gate = Gate {
+            offset_low: addr as u16,
+            selector: KERNEL_CS,
+            ist: ist as u8,
+            // Present, DPL 0 (so `int n` from ring 3 is a #GP), interrupt gate.
+            attributes: 0x8e,
+            offset_mid: (addr >> 16) as u16,
+            offset_high: (addr >> 32) as u32,
+            reserved: 0,
+        };
+        // SAFETY: single-threaded boot; nothing reads the IDT before lidt.
+        unsafe { IDT[v] = gate };
+    }
+    // SAFETY: the IDT is static and every gate points at a stub below; the
+    // per-CPU block is static; the MSR values follow the GDT layout
+    // (gdt.rs) and the entry code below.
+    unsafe {
+        lidt(&DescriptorTablePointer { limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16, base: VirtAddr::new(&raw const IDT as u64) });
+        let percpu = &raw mut PERCPU;
+        (*percpu).this = percpu as u64;
+        cpu::wrmsr(MSR_GS_BASE, percpu as u64);
+        cpu::wrmsr(MSR_KERNEL_GS_BASE, 0);
+        cpu::wrmsr(MSR_STAR, ((KERNEL_DS as u64) << 48) | ((KERNEL_CS as u64) << 32));
+        cpu::wrmsr(MSR_LSTAR, syscall_entry as *const () as u64);
+        // Clear TF, IF, DF, IOPL, NT and AC on entry.
+        cpu::wrmsr(MSR_SFMASK, 0x4_7700);
+    }
+}
+
+/// Runs the guest until its next exit; afterwards `regs` holds its state and
+/// `regs.vector` says why it stopped.
+pub fn run(regs: &mut Regs, fpu: &mut FpuState, sysret: bool) {
+    regs.rflags = regs.entry_rflags();
+    debug_assert!(regs.rip < abi::layout::USER_END);
+    // SAFETY: `regs` and `fpu` outlive the call and are reached only through
+    // the per-CPU block while the guest runs; the current CR3 maps the
+    // guest's half; rflags is sanitised above and rip is canonical (checked
+    // by `Guest::handle_exit`), so iret/sysret cannot fault in ring 0.
+    unsafe {
+        let percpu = &raw mut PERCPU;
+        (*percpu).fpu = fpu as *mut FpuState as u64;
+        enter_guest(regs, sysret as u64);
+    }
+}
+
+/// Interrupt frame as the stub leaves it for [`kernel_fault`].
+#[repr(C)]
+pub struct KernelFrame {
+    pub vector: u64,
+    pub error: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+/// An exception in the hypervisor itself: report and stop the machine.
+#[unsafe(no_mangle)]
+extern "C" fn kernel_fault(frame: &KernelFrame) -> ! {
+    let cr2: u64;
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack)) };
+    panic!(
+        "CPU exception {} (error {:#x}) in the hypervisor at ip {:#x}, rsp {:#x}, cr2 {:#x}",
+        frame.vector, frame.error, frame.rip, frame.rsp, cr2
+    );
+}
+
+global_asm!(
+    r#"
+    .text
+    .altmacro
+    .macro stub v
+    .p2align 4
+    .if (\v == 8) || ((\v >= 10) && (\v <= 14)) || (\v == 17) || (\v == 21) || (\v == 29) || (\v == 30)
+    .else
+    pushq $0
+    .endif
+    pushq $\v
+    jmp exception_common
+    .endm
+
+    .p2align 4
+    .global interrupt_stubs
+interrupt_stubs:
+    .set v, 0
+    .rept 256
+    stub %v
+    .set v, v + 1
+    .endr
+    .noaltmacro
+
+exception_common:
+    testb $3, 24(%rsp)
+    jz 1f
+    swapgs
+    pushq %rax
+    movq %gs:{regs}, %rax
+    movq %rbx, {rbx}(%rax)
+    movq %rcx, {rcx}(%rax)
+    movq %rdx, {rdx}(%rax)
+    movq %rsi, {rsi}(%rax)
+    movq %rdi, {rdi}(%rax)
+    movq %rbp, {rbp}(%rax)
+    movq %r8, {r8}(%rax)
+    movq %r9, {r9}(%rax)
+    movq %r10, {r10}(%rax)
+    movq %r11, {r11}(%rax)
+    movq %r12, {r12}(%rax)
+    movq %r13, {r13}(%rax)
+    movq %r14, {r14}(%rax)
+    movq %r15, {r15}(%rax)
+    popq %rbx
+    movq %rbx, {rax}(%rax)
+    popq %rbx
+    movq %rbx, {vector}(%rax)
+    popq %rbx
+    movq %rbx, {error}(%rax)
+    popq %rbx
+    movq %rbx, {rip}(%rax)
+    popq %rbx
+    popq %rbx
+    movq %rbx, {rflags}(%rax)
+    popq %rbx
+    movq %rbx, {rsp}(%rax)
+    popq %rbx
+    movq %cr2, %rbx
+    movq %rbx, {cr2}(%rax)
+    jmp guest_exit
+1:
+    movq %rsp, %rdi
+    subq $8, %rsp
+    call kernel_fault
+    ud2
+
+    .global syscall_entry
+syscall_entry:
+    swapgs
+    movq %rsp, %gs:{user_rsp}
+    movq %gs:{regs}, %rsp
+    movq %rax, {rax}(%rsp)
+    movq %rbx, {rbx}(%rsp)
+    movq %rcx, {rcx}(%rsp)
+    movq %rdx, {rdx}(%rsp)
+    movq %rsi, {rsi}(%rsp)
+    movq %rdi, {rdi}(%rsp)
+    movq %rbp, {rbp}(%rsp)
+    movq %r8, {r8}(%rsp)
+    movq %r9, {r9}(%rsp)
+    movq %r10, {r10}(%rsp)
+    movq %r11, {r11}(%rsp)
+    movq %r12, {r12}(%rsp)
+    movq %r13, {r13}(%rsp)
+    movq %r14, {r14}(%rsp)
+    movq %r15, {r15}(%rsp)
+    movq %rcx, {rip}(%rsp)
+    movq %r11, {rflags}(%rsp)
+    movq %gs:{user_rsp}, %rax
+    movq %rax, {rsp}(%rsp)
+    movq $256, {vector}(%rsp)
+    movq $0, {error}(%rsp)
+
+guest_exit:
+    movq %gs:{fpu}, %rax
+    fxsave64 (%rax)
+    ldmxcsr KERNEL_MXCSR(%rip)
+    fninit
+    movq %gs:{kernel_rsp}, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbp
+    popq %rbx
+    ret
+
+    .global enter_guest
+enter_guest:
+    pushq %rbx
+    pushq %rbp
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, %gs:{kernel_rsp}
+    movq %rdi, %gs:{regs}
+    movq %gs:{fpu}, %rax
+    fxrstor64 (%rax)
+    testq %rsi, %rsi
+    jnz 2f
+    pushq ${user_ds}
+    pushq {rsp}(%rdi)
+    pushq {rflags}(%rdi)
+    pushq ${user_cs}
+    pushq {rip}(%rdi)
+    movq {rax}(%rdi), %rax
+    movq {rbx}(%rdi), %rbx
+    movq {rcx}(%rdi), %rcx
+    movq {rdx}(%rdi), %rdx
+    movq {rsi}(%rdi), %rsi
+    movq {rbp}(%rdi), %rbp
+    movq {r8}(%rdi), %r8
+    movq {r9}(%rdi), %r9
+    movq {r10}(%rdi), %r10
+    movq {r11}(%rdi), %r11
+    movq {r12}(%rdi), %r12
+    movq {r13}(%rdi), %r13
+    movq {r14}(%rdi), %r14
+    movq {r15}(%rdi), %r15
+    movq {rdi}(%rdi), %rdi
+    swapgs
+    iretq
+2:
+    movq {rip}(%rdi), %rcx
+    movq {rflags}(%rdi), %r11
+    movq {rax}(%rdi), %rax
+    movq {rbx}(%rdi), %rbx
+    movq {rdx}(%rdi), %rdx
+    movq {rsi}(%rdi), %rsi
+    movq {rbp}(%rdi), %rbp
+    movq {r8}(%rdi), %r8
+    movq {r9}(%rdi), %r9
+    movq {r10}(%rdi), %r10
+    movq {r12}(%rdi), %r12
+    movq {r13}(%rdi), %r13
+    movq {r14}(%rdi), %r14
+    movq {r15}(%rdi), %r15
+    movq {rsp}(%rdi), %rsp
+    movq {rdi}(%rdi), %rdi
+    swapgs
+    sysretq
+    "#,
+    rax = const offset_of!(Regs, rax),
+    rbx = const offset_of!(Regs, rbx),
+    rcx = const offset_of!(Regs, rcx),
+    rdx = const offset_of!(Regs, rdx),
+    rsi = const offset_of!(Regs, rsi),
+    rdi = const offset_of!(Regs, rdi),
+    rbp = const offset_of!(Regs, rbp),
+    r8 = const offset_of!(Regs, r8),
+    r9 = const offset_of!(Regs, r9),
+    r10 = const offset_of!(Regs, r10),
+    r11 = const offset_of!(Regs, r11),
+    r12 = const offset_of!(Regs, r12),
+    r13 = const offset_of!(Regs, r13),
+    r14 = const offset_of!(Regs, r14),
+    r15 = const offset_of!(Regs, r15),
+    rip = const offset_of!(Regs, rip),
+    rsp = const offset_of!(Regs, rsp),
+    rflags = const offset_of!(Regs, rflags),
+    vector = const offset_of!(Regs, vector),
+    error = const offset_of!(Regs, error),
+    cr2 = const offset_of!(Regs, cr2),
+    regs = const offset_of!(PerCpu, regs),
+    user_rsp = const offset_of!(PerCpu, user_rsp),
+    fpu = const offset_of!(PerCpu, fpu),
+    kernel_rsp = const offset_of!(PerCpu, kernel_rsp),
+    user_ds = const super::gdt::USER_DS,
+    user_cs = const super::gdt::USER_CS,
+    options(att_syntax)
+);

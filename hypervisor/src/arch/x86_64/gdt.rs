@@ -1,0 +1,65 @@
+//! Segments: the GDT, the TSS with its interrupt stacks, and the selectors
+//! that `syscall`/`sysret` derive from `STAR`.
+
+use super::boot::Stack;
+use spin::Once;
+use x86_64::VirtAddr;
+use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
+use x86_64::instructions::tables::load_tss;
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
+use x86_64::structures::tss::TaskStateSegment;
+
+pub const KERNEL_CS: u16 = 0x08;
+pub const KERNEL_DS: u16 = 0x10;
+/// Ring-3 data and code: `sysret` loads SS = STAR[63:48] + 8 and
+/// CS = STAR[63:48] + 16, so user data must sit right below user code.
+pub const USER_DS: u16 = 0x18 | 3;
+pub const USER_CS: u16 = 0x20 | 3;
+
+/// Interrupt stacks (TSS IST slots 1..=4): every IDT entry uses one, so an
+/// interrupt never lands on the stack the hypervisor's Rust code was using
+/// (the precompiled `core` uses the red zone).
+pub const IST_EXCEPTION: u16 = 1;
+pub const IST_DOUBLE_FAULT: u16 = 2;
+pub const IST_NMI: u16 = 3;
+pub const IST_MACHINE_CHECK: u16 = 4;
+const IST_SIZE: usize = 16 * 1024;
+
+static mut IST_STACKS: [Stack<IST_SIZE>; 4] = [const { Stack([0; IST_SIZE]) }; 4];
+static TSS: Once<TaskStateSegment> = Once::new();
+static GDT: Once<GlobalDescriptorTable> = Once::new();
+
+pub fn init() {
+    let tss = TSS.call_once(|| {
+        let mut tss = TaskStateSegment::new();
+        for i in 0..4 {
+            // SAFETY: only the address is taken; the stacks are used by the
+            // CPU alone, one per IST slot.
+            let base = unsafe { &raw const IST_STACKS[i] } as u64;
+            tss.interrupt_stack_table[i] = VirtAddr::new(base + IST_SIZE as u64);
+        }
+        tss
+    });
+    let gdt = GDT.call_once(|| {
+        let mut gdt = GlobalDescriptorTable::new();
+        let selectors = [
+            gdt.append(Descriptor::kernel_code_segment()),
+            gdt.append(Descriptor::kernel_data_segment()),
+            gdt.append(Descriptor::user_data_segment()),
+            gdt.append(Descriptor::user_code_segment()),
+        ];
+        assert_eq!(selectors.map(|s| s.0), [KERNEL_CS, KERNEL_DS, USER_DS, USER_CS]);
+        gdt.append(Descriptor::tss_segment(tss));
+        gdt
+    });
+    gdt.load();
+    // SAFETY: the selectors name the descriptors just loaded; the TSS
+    // descriptor follows the four segments (index 5, selector 0x28).
+    unsafe {
+        CS::set_reg(SegmentSelector(KERNEL_CS));
+        SS::set_reg(SegmentSelector(KERNEL_DS));
+        DS::set_reg(SegmentSelector(0));
+        ES::set_reg(SegmentSelector(0));
+        load_tss(SegmentSelector(0x28));
+    }
+}

@@ -1,0 +1,13 @@
+//! The x86_64 layer: everything that needs a privileged instruction, each
+//! hardware concept in its own file, each `unsafe` block with its reason.
+//!
+//! Assumes: ring 0, long mode entered by `boot`, one CPU, interrupts off
+//! whenever hypervisor code runs (guests run with them on).
+
+pub mod boot;
+pub mod cpu;
+pub mod entry;
+pub mod gdt;
+pub mod paging;
+pub mod pvh;
+pub mod serial;

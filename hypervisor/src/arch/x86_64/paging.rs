@@ -1,0 +1,220 @@
+//! The hypervisor's page tables and its view of physical memory.
+//!
+//! `init` replaces the boot tables with the real ones: every byte of RAM
+//! mapped once at [`PHYS_OFFSET`] (read-write, no-execute, supervisor), and
+//! the hypervisor image at `KERNEL_VMA` with per-section permissions (text
+//! read-execute, rodata read-only, data read-write no-execute). The lower
+//! half is left empty for guests; each guest's PML4 copies the upper half.
+
+use hypervisor::mm::frames::{self, FrameAllocator};
+use hypervisor::mm::paging::{self, Pte};
+use hypervisor::mm::{FRAME_SIZE, PhysAddr, PhysMem};
+use core::ops::Range;
+
+/// Where all of physical memory is mapped.
+pub const PHYS_OFFSET: u64 = 0xffff_8000_0000_0000;
+/// Where the hypervisor image is linked (see hypervisor.ld).
+pub const KERNEL_VMA: u64 = 0xffff_ffff_8000_0000;
+
+unsafe extern "C" {
+    static __text_start: u8;
+    static __text_end: u8;
+    static __rodata_start: u8;
+    static __rodata_end: u8;
+    static __data_start: u8;
+    static __kernel_end: u8;
+}
+
+fn sym(s: &u8) -> u64 {
+    s as *const u8 as u64
+}
+
+/// Physical range of the hypervisor image.
+pub fn kernel_image() -> Range<PhysAddr> {
+    // SAFETY: linker-defined symbols; only their addresses are used.
+    let end = unsafe { sym(&__kernel_end) };
+    0x10_0000..end - KERNEL_VMA
+}
+
+#[repr(C, align(4096))]
+struct Frame([u8; 4096]);
+const POOL: usize = 96;
+/// Frames for the hypervisor's own tables, taken before the frame
+/// allocator exists. They live in .bss, so they are reachable both before
+/// and after the switch through the image mapping.
+static mut EARLY_POOL: [Frame; POOL] = [const { Frame([0; 4096]) }; POOL];
+
+struct EarlyMem {
+    next: usize,
+}
+
+impl EarlyMem {
+    fn ptr(pa: PhysAddr) -> *mut u8 {
+        (pa + KERNEL_VMA) as *mut u8
+    }
+}
+
+impl PhysMem for EarlyMem {
+    fn alloc(&mut self) -> Option<PhysAddr> {
+        if self.next == POOL {
+            return None;
+        }
+        // SAFETY: each pool frame is handed out once; .bss is zeroed at boot.
+        let va = unsafe { &raw mut EARLY_POOL[self.next] } as u64;
+        self.next += 1;
+        Some(va - KERNEL_VMA)
+    }
+    fn free(&mut self, _: PhysAddr) {}
+    fn read_pte(&self, table: PhysAddr, index: usize) -> u64 {
+        // SAFETY: `table` is a pool frame (mapped at KERNEL_VMA + pa).
+        unsafe { (Self::ptr(table) as *const u64).add(index).read() }
+    }
+    fn write_pte(&mut self, table: PhysAddr, index: usize, value: u64) {
+        // SAFETY: as in read_pte.
+        unsafe { (Self::ptr(table) as *mut u64).add(index).write(value) }
+    }
+    fn write(&mut self, _: PhysAddr, _: usize, _: &[u8]) {
+        unreachable!("early memory holds page tables only")
+    }
+    fn read(&self, _: PhysAddr, _: usize, _: &mut [u8]) {
+        unreachable!("early memory holds page tables only")
+    }
+}
+
+/// Builds the hypervisor's tables, switches to them and returns the root.
+///
+/// # Safety
+/// Called once, on the boot tables, before anything uses the direct map.
+pub unsafe fn init(max_phys: u64, features: &super::cpu::Features) -> PhysAddr {
+    let mut mem = EarlyMem { next: 0 };
+    let root = mem.alloc().expect("early pool");
+    let table = Pte::WRITABLE;
+    let global = if features.pge { Pte::GLOBAL } else { Pte::empty() };
+    let nx = if features.nx { Pte::NO_EXECUTE } else { Pte::empty() };
+    let (level, step) = if features.pdpe1gb { (3, 1u64 << 30) } else { (2, 2u64 << 20) };
+    let mut pa = 0;
+    while pa < max_phys {
+        paging::map(&mut mem, root, PHYS_OFFSET + pa, pa, Pte::WRITABLE | nx | global, level, table)
+            .expect("direct map: early pool too small");
+        pa += step;
+    }
+    // SAFETY: linker-defined symbols; only their addresses are used.
+    let sections = unsafe {
+        [
+            (sym(&__text_start)..sym(&__text_end), global),
+            (sym(&__rodata_start)..sym(&__rodata_end), nx | global),
+            (sym(&__data_start)..sym(&__kernel_end), Pte::WRITABLE | nx | global),
+        ]
+    };
+    for (range, flags) in sections {
+        let mut va = range.start;
+        while va < range.end {
+            paging::map(&mut mem, root, va, va - KERNEL_VMA, flags, 1, table).expect("kernel map");
+            va += FRAME_SIZE;
+        }
+    }
+    // SAFETY: the new tables map the image, its stacks and .bss as the boot
+    // tables did (at KERNEL_VMA), plus the direct map.
+    unsafe { super::cpu::write_cr3(root) };
+    root
+}
+
+/// Physical memory through the direct map, with the frame allocator.
+pub struct DirectMem {
+    pub frames: FrameAllocator<'static>,
+}
+
+fn direct(pa: PhysAddr) -> *mut u8 {
+    (PHYS_OFFSET + pa) as *mut u8
+}
+
+/// Returns the direct-map address of physical `pa`.
+pub fn phys_to_virt(pa: PhysAddr) -> u64 {
+    PHYS_OFFSET + pa
+}
+
+impl DirectMem {
+    /// Sets up the frame allocator over the RAM in `ram`, minus `reserved`
+    /// and the bitmap itself. Returns the allocator and the physical range
+    /// carved out for the hypervisor's heap (`heap_size` bytes).
+    pub fn new(ram: &[Range<PhysAddr>], reserved: &[Range<PhysAddr>], heap_size: u64) -> Option<(Self, Range<PhysAddr>)> {
+        let max = ram.iter().map(|r| r.end).max()?;
+        let words = FrameAllocator::words_for(0..max);
+        let bitmap_bytes = (words as u64 * 8).div_ceil(FRAME_SIZE) * FRAME_SIZE;
+        let bitmap = frames::find_free(ram, reserved, bitmap_bytes)?;
+        let mut more: heapless_ranges::Ranges = heapless_ranges::Ranges::new(reserved);
+        more.push(bitmap..bitmap + bitmap_bytes);
+        let heap = frames::find_free(ram, more.as_slice(), heap_size)?;
+        more.push(heap..heap + heap_size);
+        // SAFETY: the bitmap range is RAM that nothing else uses (found
+        // above, reserved below) and is mapped by the direct map.
+        let bits = unsafe { core::slice::from_raw_parts_mut(direct(bitmap) as *mut u64, words) };
+        let mut frames = FrameAllocator::new(bits, 0);
+        for r in ram {
+            frames.add_free(r.clone());
+        }
+        for r in more.as_slice() {
+            frames.reserve(r.clone());
+        }
+        Some((Self { frames }, heap..heap + heap_size))
+    }
+}
+
+/// A small fixed-capacity list of ranges (no heap exists yet at boot).
+mod heapless_ranges {
+    use core::ops::Range;
+    pub struct Ranges {
+        items: [Range<u64>; 16],
+        len: usize,
+    }
+    impl Ranges {
+        pub fn new(from: &[Range<u64>]) -> Self {
+            let mut r = Self { items: [const { 0..0 }; 16], len: 0 };
+            for x in from {
+                r.push(x.clone());
+            }
+            r
+        }
+        pub fn push(&mut self, x: Range<u64>) {
+            self.items[self.len] = x;
+            self.len += 1;
+        }
+        pub fn as_slice(&self) -> &[Range<u64>] {
+            &self.items[..self.len]
+        }
+    }
+}
+
+impl PhysMem for DirectMem {
+    fn alloc(&mut self) -> Option<PhysAddr> {
+        let pa = self.frames.alloc()?;
+        // SAFETY: a free frame from the allocator, mapped by the direct map.
+        unsafe { core::ptr::write_bytes(direct(pa), 0, FRAME_SIZE as usize) };
+        Some(pa)
+    }
+    fn free(&mut self, frame: PhysAddr) {
+        if !self.frames.free(frame) {
+            panic!("freeing frame {frame:#x} that is not in use");
+        }
+    }
+    fn read_pte(&self, table: PhysAddr, index: usize) -> u64 {
+        debug_assert!(index < 512);
+        // SAFETY: `table` is a page-table frame (direct-mapped), index < 512.
+        unsafe { (direct(table) as *const u64).add(index).read_volatile() }
+    }
+    fn write_pte(&mut self, table: PhysAddr, index: usize, value: u64) {
+        debug_assert!(index < 512);
+        // SAFETY: as in read_pte.
+        unsafe { (direct(table) as *mut u64).add(index).write_volatile(value) }
+    }
+    fn write(&mut self, frame: PhysAddr, offset: usize, src: &[u8]) {
+        assert!(offset + src.len() <= FRAME_SIZE as usize);
+        // SAFETY: inside one direct-mapped frame (checked above).
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), direct(frame).add(offset), src.len()) }
+    }
+    fn read(&self, frame: PhysAddr, offset: usize, dst: &mut [u8]) {
+        assert!(offset + dst.len() <= FRAME_SIZE as usize);
+        // SAFETY: inside one direct-mapped frame (checked above).
+        unsafe { core::ptr::copy_nonoverlapping(direct(frame).add(offset), dst.as_mut_ptr(), dst.len()) }
+    }
+}

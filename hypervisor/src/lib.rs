@@ -1,0 +1,11 @@
+//! The hypervisor's host-testable core: everything that needs no privileged
+//! instruction. The bootable binary (`src/main.rs`, feature `bare-metal`)
+//! adds the x86_64 layer on top and is built by `cargo xtask build`.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod image;
+pub mod mm;
+pub mod guest;

@@ -1,0 +1,105 @@
+//! The bootable hypervisor (`cargo xtask build`).
+//!
+//! Boot order: PVH entry (`arch::x86_64::boot`) → [`kernel_main`]: serial
+//! console, CPU features, real page tables, frame allocator and heap, GDT,
+//! IDT and `syscall` → the bundle from the PVH module → [`run::run`], which
+//! loads the images, starts the guests and schedules them until none is left.
+//!
+//! Assumes one CPU in ring 0 with interrupts off while hypervisor code runs.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod arch;
+mod console;
+mod run;
+
+use arch::x86_64::{cpu, entry, gdt, paging, pvh, serial};
+use talc::{ErrOnOom, Span, Talc, Talck};
+
+#[global_allocator]
+static HEAP: Talck<spin::Mutex<()>, ErrOnOom> = Talc::new(ErrOnOom).lock();
+
+/// Entered from the boot stub with the physical address of the PVH start info.
+#[unsafe(no_mangle)]
+extern "C" fn kernel_main(start_info: u32) -> ! {
+    serial::init();
+    println!("[hv] hypervisor {} booting", env!("CARGO_PKG_VERSION"));
+    // SAFETY: still on the boot tables, which identity-map low memory.
+    let boot = match unsafe { pvh::read(start_info as u64) } {
+        Ok(b) => b,
+        Err(e) => panic!("{e}"),
+    };
+    let features = cpu::features();
+    let mut ram_buf = [const { 0..0 }; pvh::MAX_MEMMAP];
+    let mut n = 0;
+    for e in boot.memmap().iter().filter(|e| e.kind == pvh::RAM) {
+        ram_buf[n] = e.addr..e.addr.saturating_add(e.size);
+        n += 1;
+    }
+    let ram = &ram_buf[..n];
+    let max_phys = ram.iter().map(|r| r.end).max().unwrap_or(0);
+    // SAFETY: called once, on the boot tables.
+    let kernel_root = unsafe { paging::init(max_phys, &features) };
+    harden(&features);
+
+    let module = boot.module.map(|(pa, len)| pa..pa + len);
+    let reserved = [0..0x10_0000, paging::kernel_image(), module.clone().unwrap_or(0..0)];
+    let total: u64 = ram.iter().map(|r| r.end - r.start).sum();
+    let heap_size = (total / 8).clamp(8 << 20, 256 << 20) & !0xfff;
+    let Some((mem, heap)) = paging::DirectMem::new(ram, &reserved, heap_size) else {
+        panic!("not enough memory for the frame bitmap and a {} MiB heap", heap_size >> 20);
+    };
+    // SAFETY: the heap range is RAM reserved for it alone, direct-mapped.
+    unsafe {
+        let base = paging::phys_to_virt(heap.start) as *mut u8;
+        HEAP.lock().claim(Span::from_base_size(base, (heap.end - heap.start) as usize)).expect("heap claim");
+    }
+    gdt::init();
+    entry::init();
+    cpu::mask_pic();
+    println!(
+        "[hv] {} MiB RAM, {} MiB free for guests; nx={} smep={} smap={} umip={}",
+        total >> 20,
+        (mem.frames.free_frames() as u64 * 4096) >> 20,
+        features.nx,
+        features.smep,
+        features.smap,
+        features.umip
+    );
+
+    let Some(module) = module else { panic!("no bundle: boot with -initrd <bundle>") };
+    // SAFETY: the module is reserved RAM that nothing writes, direct-mapped.
+    let bundle = unsafe {
+        core::slice::from_raw_parts(paging::phys_to_virt(module.start) as *const u8, (module.end - module.start) as usize)
+    };
+    run::run(mem, kernel_root, bundle)
+}
+
+/// Turns on the protections the CPU has: SMEP and SMAP (the hypervisor
+/// neither executes nor touches guest pages through guest addresses), UMIP
+/// (guests cannot read descriptor-table addresses) and global pages.
+fn harden(f: &cpu::Features) {
+    let mut cr4 = cpu::read_cr4();
+    for (on, bit) in [(f.smep, 20), (f.smap, 21), (f.umip, 11), (f.pge, 7)] {
+        if on {
+            cr4 |= 1 << bit;
+        }
+    }
+    // SAFETY: only features CPUID reports are enabled; the hypervisor never
+    // accesses user pages directly (all guest memory goes through the
+    // direct map), so SMAP/SMEP cannot trip on our own code.
+    unsafe { cpu::write_cr4(cr4) };
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    // Not through the console lock: the panic may have happened while it was held.
+    let _ = core::fmt::Write::write_fmt(&mut serial::Serial, format_args!("[hv] PANIC: {info}\n"));
+    cpu::debug_exit(abi::debug_exit::FAILURE);
+    cpu::halt_forever()
+}
+
+// Linked for `core`; see the memfns crate.
+use memfns as _;

@@ -1,0 +1,144 @@
+//! Building the hypervisor binary and the guest apps.
+//!
+//! Both are freestanding ELF files built with the stable toolchain for
+//! `x86_64-unknown-linux-gnu` with the flags below (see docs/ARCHITECTURE.md).
+//! Each build happens at most once per process, however many threads ask.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::cmd::{cargo, run};
+use crate::{pack, workspace_root};
+
+/// The target triple every bare-metal piece is built for.
+pub const TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// RUSTFLAGS for the hypervisor, whose linker script is `hypervisor/hypervisor.ld`.
+pub fn hypervisor_rustflags(root: &Path) -> String {
+    let script = root.join("hypervisor/hypervisor.ld");
+    [
+        "-C relocation-model=static",
+        "-C code-model=kernel",
+        "-C link-arg=-nostartfiles",
+        "-C link-arg=-nostdlib",
+        "-C link-arg=-static",
+        "-C link-arg=-no-pie",
+        "-C link-arg=-Wl,--build-id=none",
+        &format!("-C link-arg=-T{}", script.display()),
+    ]
+    .join(" ")
+}
+
+/// RUSTFLAGS for guest apps: static, non-PIE, 4 KiB-aligned segments with
+/// code apart from data (so text pages can be shared read-only).
+pub const GUEST_RUSTFLAGS: &str = "-C relocation-model=static -C link-arg=-nostartfiles -C link-arg=-nostdlib \
+     -C link-arg=-static -C link-arg=-no-pie -C link-arg=-Wl,-z,max-page-size=4096 \
+     -C link-arg=-Wl,-z,separate-code -C link-arg=-Wl,--build-id=none";
+
+/// Locks `m`, ignoring poisoning (a panicked build left nothing half-cached).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Builds the hypervisor and returns the path of its ELF
+/// (`target/hv/x86_64-unknown-linux-gnu/release/hypervisor`).
+pub fn build_hypervisor() -> Result<PathBuf> {
+    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut built = lock(&BUILT);
+    if let Some(path) = &*built {
+        return Ok(path.clone());
+    }
+    let root = workspace_root();
+    if root.to_string_lossy().contains(char::is_whitespace) {
+        bail!(
+            "the workspace path {} contains whitespace, which RUSTFLAGS cannot carry",
+            root.display()
+        );
+    }
+    run(cargo()
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "hypervisor",
+            "--bin",
+            "hypervisor",
+            "--features",
+            "bare-metal",
+        ])
+        .args(["--target", TARGET, "--target-dir", "target/hv"])
+        .env("RUSTFLAGS", hypervisor_rustflags(root)))?;
+    let path = root
+        .join("target/hv")
+        .join(TARGET)
+        .join("release/hypervisor");
+    *built = Some(path.clone());
+    Ok(path)
+}
+
+/// The apps under `apps/` (directories with a Cargo.toml), sorted.
+pub fn apps() -> Result<Vec<String>> {
+    let dir = workspace_root().join("apps");
+    let mut apps = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.join("Cargo.toml").is_file()
+            && let Some(name) = path.file_name().and_then(|n| n.to_str())
+        {
+            apps.push(name.to_string());
+        }
+    }
+    apps.sort();
+    Ok(apps)
+}
+
+/// Builds apps (one cargo invocation for all of them) and packs each into a
+/// Hermit image `target/guests/<app>.hermit`; returns the image paths in the
+/// order asked.
+pub fn build_apps(names: &[&str]) -> Result<Vec<PathBuf>> {
+    static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+    let known = apps()?;
+    for name in names {
+        if !known.iter().any(|a| a == name) {
+            bail!("app '{name}' does not exist (apps: {})", known.join(", "));
+        }
+    }
+    let mut guard = lock(&BUILT);
+    let built = guard.get_or_insert_with(HashMap::new);
+    let mut missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !built.contains_key(*n))
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if !missing.is_empty() {
+        let mut cmd = cargo();
+        cmd.args(["build", "--release"]);
+        for app in &missing {
+            cmd.args(["-p", app]);
+        }
+        cmd.args(["--target", TARGET, "--target-dir", "target/guest"])
+            .env("RUSTFLAGS", GUEST_RUSTFLAGS);
+        run(&mut cmd)?;
+        let root = workspace_root();
+        for app in missing {
+            let elf_path = root
+                .join("target/guest")
+                .join(TARGET)
+                .join("release")
+                .join(app);
+            let elf =
+                fs::read(&elf_path).with_context(|| format!("reading {}", elf_path.display()))?;
+            let image = pack::hermit_image(app, &elf).with_context(|| format!("packing {app}"))?;
+            let path = root.join("target/guests").join(format!("{app}.hermit"));
+            pack::write_atomically(&path, &image)?;
+            built.insert(app.to_string(), path);
+        }
+    }
+    Ok(names.iter().map(|n| built[*n].clone()).collect())
+}

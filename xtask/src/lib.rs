@@ -1,0 +1,37 @@
+//! `cargo xtask`: builds the hypervisor and guest images, boots them under
+//! QEMU, and runs the tests.
+//!
+//! The library half is what the integration tests use to boot machines:
+//! [`prepare`] builds and packs everything a [`RunConfig`] names, and
+//! [`run_captured`] boots it with a timeout and returns the console text.
+//!
+//! Every external command is echoed as `$ cmd args` on stderr before it runs.
+//! Nested cargo calls run in the workspace root with the outer cargo's
+//! `CARGO*`/`RUST*` variables removed.
+#![forbid(unsafe_code)]
+
+mod build;
+mod cmd;
+pub mod manifest;
+pub mod pack;
+mod qemu;
+
+use std::path::Path;
+
+pub use anyhow::{Error, Result};
+
+pub use build::{
+    GUEST_RUSTFLAGS, TARGET, apps, build_apps, build_hypervisor, hypervisor_rustflags,
+};
+pub use cmd::{cargo, echo, run};
+pub use qemu::{
+    Accel, ManifestSource, Prepared, QEMU, RunConfig, RunOutput, check_exit, ensure_qemu,
+    host_has_hardware_virtualization, prepare, qemu_command, run_captured, run_interactive,
+};
+
+/// The workspace root (the directory above `xtask/`).
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lies inside the workspace")
+}

@@ -1,0 +1,652 @@
+//! The run manifest: which guests to boot, how many of each, with how much
+//! memory and which arguments.
+//!
+//! ```toml
+//! [[guest]]
+//! name = "hello"          # [a-z0-9_-]+, at most 48 bytes; instances are hello-0, hello-1, ...
+//! app = "hello"           # a directory under apps/ ...
+//! # image = "x.hermit"    # ... or a Hermit image, relative to the manifest's directory
+//! count = 3               # default 1, at most 65536
+//! memory = "2 MiB"        # default "2 MiB", at least 64 KiB, at most the machine's memory
+//! args = ["a", "b"]       # default []
+//! ```
+//!
+//! Every error names the manifest and the line it is about, and all of them
+//! are found before QEMU starts.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use abi::layout::{NAME_MAX, START_STRINGS_MAX};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The manifest `cargo xtask run` uses when no `--manifest` is given.
+pub const DEFAULT_MANIFEST: &str = r#"# Three hello guests.
+[[guest]]
+name = "hello"
+app = "hello"
+count = 3
+memory = "1 MiB"
+args = ["from", "the", "default", "manifest"]
+"#;
+
+/// One kibibyte.
+pub const KIB: u64 = 1 << 10;
+/// One mebibyte.
+pub const MIB: u64 = 1 << 20;
+/// One gibibyte.
+pub const GIB: u64 = 1 << 30;
+/// One tebibyte.
+pub const TIB: u64 = 1 << 40;
+
+/// Memory of a guest that does not say.
+pub const DEFAULT_GUEST_MEMORY: u64 = 2 * MIB;
+/// The least memory a guest may ask for.
+pub const MIN_GUEST_MEMORY: u64 = 64 * KIB;
+/// Longest guest name; `-<instance>` is appended to it.
+pub const NAME_LEN_MAX: usize = 48;
+/// Most instances of one guest entry.
+pub const COUNT_MAX: u32 = 65_536;
+
+/// A parsed and validated manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    /// The guest entries, in file order; never empty.
+    pub guests: Vec<Guest>,
+}
+
+/// One `[[guest]]` entry: `count` instances of one image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Guest {
+    pub name: String,
+    pub source: Source,
+    pub count: u32,
+    /// Memory limit per instance, in bytes.
+    pub memory: u64,
+    pub args: Vec<String>,
+    /// Line of the entry in the manifest (for later messages).
+    pub line: usize,
+}
+
+/// Where a guest's image comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// An app under `apps/`, built with `build-app`.
+    App(String),
+    /// A Hermit image file (already resolved against the manifest's directory).
+    Image(PathBuf),
+}
+
+/// What validation needs to know about the world.
+#[derive(Clone, Copy, Debug)]
+pub struct Context<'a> {
+    /// How messages name the manifest, e.g. `manifest.toml`.
+    pub file: &'a str,
+    /// `image` paths are relative to this directory.
+    pub base_dir: &'a Path,
+    /// The apps that exist (directories under `apps/`).
+    pub apps: &'a [String],
+    /// Memory of the (virtual) machine in bytes; no guest may ask for more.
+    pub machine_memory: u64,
+}
+
+/// A manifest error: `file:line: message`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    pub file: String,
+    /// 1-based; `None` when the error is about the whole file.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file, line, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    #[serde(default)]
+    guest: Vec<Spanned<RawGuest>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuest {
+    name: Spanned<String>,
+    app: Option<Spanned<String>>,
+    image: Option<Spanned<String>>,
+    count: Option<Spanned<i64>>,
+    memory: Option<Spanned<String>>,
+    args: Option<Spanned<Vec<String>>>,
+}
+
+/// Parses and validates a manifest.
+pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
+    let err = |span: Option<Range<usize>>, message: String| Error {
+        file: cx.file.to_string(),
+        line: span.map(|s| line_of(text, s.start)),
+        message,
+    };
+    let raw: RawManifest =
+        toml::from_str(text).map_err(|e| err(e.span(), e.message().trim().to_string()))?;
+    if raw.guest.is_empty() {
+        return Err(err(None, "no guests: add a [[guest]] table".into()));
+    }
+    let mut guests: Vec<Guest> = Vec::with_capacity(raw.guest.len());
+    for entry in raw.guest {
+        let entry_span = entry.span();
+        let g = entry.into_inner();
+
+        let count = match &g.count {
+            None => 1,
+            Some(c) => match u32::try_from(*c.get_ref()) {
+                Ok(n) if (1..=COUNT_MAX).contains(&n) => n,
+                _ => {
+                    return Err(err(
+                        Some(c.span()),
+                        format!("count {} is not in 1..={COUNT_MAX}", c.get_ref()),
+                    ));
+                }
+            },
+        };
+
+        let name = g.name.get_ref();
+        let name_err = |m: String| err(Some(g.name.span()), m);
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
+        {
+            return Err(name_err(format!(
+                "name '{name}' must be made of a-z, 0-9, '_' and '-'"
+            )));
+        }
+        if name.len() > NAME_LEN_MAX {
+            return Err(name_err(format!(
+                "name '{name}' is longer than {NAME_LEN_MAX} bytes"
+            )));
+        }
+        let longest_instance = instance_name(name, count - 1);
+        if longest_instance.len() > NAME_MAX {
+            return Err(name_err(format!(
+                "instance name '{longest_instance}' is longer than {NAME_MAX} bytes"
+            )));
+        }
+        if let Some(first) = guests.iter().find(|o| o.name == *name) {
+            return Err(name_err(format!(
+                "duplicate guest name '{name}' (first used on line {})",
+                first.line
+            )));
+        }
+
+        let source = match (&g.app, &g.image) {
+            (Some(app), None) => {
+                let a = app.get_ref();
+                if !cx.apps.iter().any(|x| x == a) {
+                    return Err(err(
+                        Some(app.span()),
+                        format!("app '{a}' does not exist (apps: {})", cx.apps.join(", ")),
+                    ));
+                }
+                Source::App(a.clone())
+            }
+            (None, Some(image)) => {
+                let path = cx.base_dir.join(image.get_ref());
+                if !path.is_file() {
+                    return Err(err(
+                        Some(image.span()),
+                        format!(
+                            "image '{}' not found (looked for {})",
+                            image.get_ref(),
+                            path.display()
+                        ),
+                    ));
+                }
+                Source::Image(path)
+            }
+            (Some(_), Some(image)) => {
+                return Err(err(
+                    Some(image.span()),
+                    format!("guest '{name}' has both app and image; give one"),
+                ));
+            }
+            (None, None) => {
+                return Err(err(
+                    Some(entry_span),
+                    format!("guest '{name}' needs app = \"...\" or image = \"...\""),
+                ));
+            }
+        };
+
+        let memory = match &g.memory {
+            None => DEFAULT_GUEST_MEMORY,
+            Some(m) => {
+                let text = m.get_ref();
+                let merr = |why: String| err(Some(m.span()), format!("memory \"{text}\" {why}"));
+                let bytes =
+                    parse_size(text).map_err(|why| merr(format!("is not a size: {why}")))?;
+                if bytes < MIN_GUEST_MEMORY {
+                    return Err(merr(format!(
+                        "is less than the minimum {}",
+                        format_size(MIN_GUEST_MEMORY)
+                    )));
+                }
+                if bytes > cx.machine_memory {
+                    return Err(merr(format!(
+                        "is more than the machine's {}",
+                        format_size(cx.machine_memory)
+                    )));
+                }
+                bytes
+            }
+        };
+
+        let args = match g.args {
+            None => Vec::new(),
+            Some(args) => {
+                let span = args.span();
+                let args = args.into_inner();
+                let aerr = |m: String| err(Some(span.clone()), m);
+                if args.iter().any(|a| a.contains('\0')) {
+                    return Err(aerr("an argument contains a NUL byte".into()));
+                }
+                if args.len() > abi::bundle::MAX_ARGS as usize {
+                    return Err(aerr(format!(
+                        "{} arguments; at most {} fit",
+                        args.len(),
+                        abi::bundle::MAX_ARGS
+                    )));
+                }
+                let bytes: usize =
+                    longest_instance.len() + 1 + args.iter().map(|a| a.len() + 1).sum::<usize>();
+                if bytes as u64 > START_STRINGS_MAX {
+                    return Err(aerr(format!(
+                        "the name and arguments take {bytes} bytes; at most {START_STRINGS_MAX} fit in the start page"
+                    )));
+                }
+                args
+            }
+        };
+
+        guests.push(Guest {
+            name: name.clone(),
+            source,
+            count,
+            memory,
+            args,
+            line: line_of(text, entry_span.start),
+        });
+    }
+    Ok(Manifest { guests })
+}
+
+/// The name of instance `i` of guest `name`: `name-i`.
+pub fn instance_name(name: &str, i: u32) -> String {
+    format!("{name}-{i}")
+}
+
+/// 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Parses a size: `"65536"` (bytes), `"512 KiB"`, `"2 MiB"`, `"1 GiB"`,
+/// `"1 TiB"`, or the short forms `K`, `M`, `G`, `T` (all powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let s = text.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = s.split_at(digits);
+    if number.is_empty() {
+        return Err(
+            "expected a number of bytes, optionally with a unit (KiB, MiB, GiB, TiB)".into(),
+        );
+    }
+    let multiplier = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => KIB,
+        "m" | "mib" => MIB,
+        "g" | "gib" => GIB,
+        "t" | "tib" => TIB,
+        "kb" | "mb" | "gb" | "tb" => {
+            let u = unit.trim_start();
+            return Err(format!(
+                "'{u}' is ambiguous; write {}iB",
+                &u[..1].to_ascii_uppercase()
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "unknown unit '{}' (use KiB, MiB, GiB or TiB)",
+                unit.trim_start()
+            ));
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| "is too large".into())
+}
+
+/// Formats a byte count with the largest binary unit that divides it.
+pub fn format_size(bytes: u64) -> String {
+    for (unit, name) in [(TIB, "TiB"), (GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")] {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
+            return format!("{} {name}", bytes / unit);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apps() -> Vec<String> {
+        vec!["hello".into(), "hostile".into()]
+    }
+
+    fn check(text: &str) -> Result<Manifest, Error> {
+        let apps = apps();
+        let base = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cx = Context {
+            file: "manifest.toml",
+            base_dir: base,
+            apps: &apps,
+            machine_memory: 512 * MIB,
+        };
+        parse(text, &cx)
+    }
+
+    /// Asserts that `text` fails on `line` with a message containing `needle`.
+    fn fails(text: &str, line: Option<usize>, needle: &str) {
+        let e = check(text).expect_err("manifest should not parse");
+        assert_eq!(e.line, line, "wrong line in: {e}");
+        assert!(e.message.contains(needle), "'{needle}' not in: {e}");
+        assert!(e.to_string().starts_with("manifest.toml:"), "{e}");
+    }
+
+    #[test]
+    fn default_manifest_parses() {
+        let m = check(DEFAULT_MANIFEST).unwrap();
+        assert_eq!(
+            m.guests,
+            [Guest {
+                name: "hello".into(),
+                source: Source::App("hello".into()),
+                count: 3,
+                memory: MIB,
+                args: ["from", "the", "default", "manifest"]
+                    .map(String::from)
+                    .to_vec(),
+                line: 2,
+            }]
+        );
+    }
+
+    #[test]
+    fn defaults_and_image() {
+        let m = check("[[guest]]\nname = \"a\"\napp = \"hello\"\n\n[[guest]]\nname = \"b_2\"\nimage = \"Cargo.toml\"\n")
+            .unwrap();
+        assert_eq!(m.guests.len(), 2);
+        let a = &m.guests[0];
+        assert_eq!(
+            (a.count, a.memory, a.args.len(), a.line),
+            (1, DEFAULT_GUEST_MEMORY, 0, 1)
+        );
+        assert_eq!(
+            m.guests[1].source,
+            Source::Image(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        );
+        assert_eq!(m.guests[1].line, 5);
+    }
+
+    #[test]
+    fn unknown_key() {
+        let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\ncolour = \"red\"\n").unwrap_err();
+        assert_eq!(e.line, Some(4));
+        assert!(
+            e.to_string()
+                .starts_with("manifest.toml:4: unknown field `colour`, expected one of"),
+            "{e}"
+        );
+        fails(
+            "[[guests]]\nname = \"a\"\n",
+            Some(1),
+            "unknown field `guests`",
+        );
+    }
+
+    #[test]
+    fn syntax_and_type_errors() {
+        fails("[[guest]]\nname = \"a\"\napp = hello\n", Some(3), "");
+        fails(
+            "[[guest]]\nname = \"a\"\napp = \"hello\"\ncount = \"3\"\n",
+            Some(4),
+            "",
+        );
+        fails(
+            "[[guest]]\nname = \"a\"\napp = \"hello\"\nmemory = 65536\n",
+            Some(4),
+            "",
+        );
+    }
+
+    #[test]
+    fn missing_name() {
+        fails(
+            "\n[[guest]]\napp = \"hello\"\n",
+            Some(2),
+            "missing field `name`",
+        );
+    }
+
+    #[test]
+    fn missing_app() {
+        let e = check("[[guest]]\nname = \"a\"\napp = \"nope\"\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "manifest.toml:3: app 'nope' does not exist (apps: hello, hostile)"
+        );
+    }
+
+    #[test]
+    fn neither_or_both_app_and_image() {
+        fails(
+            "[[guest]]\nname = \"a\"\n\n[[guest]]\nname = \"b\"\ncount = 2\n",
+            Some(1),
+            "needs app",
+        );
+        fails(
+            "[[guest]]\nname = \"a\"\napp = \"hello\"\nimage = \"Cargo.toml\"\n",
+            Some(4),
+            "both app and image",
+        );
+    }
+
+    #[test]
+    fn image_not_found() {
+        fails(
+            "[[guest]]\nname = \"a\"\nimage = \"nope.hermit\"\n",
+            Some(3),
+            "image 'nope.hermit' not found",
+        );
+        // A directory is not an image file.
+        fails(
+            "[[guest]]\nname = \"a\"\nimage = \"src\"\n",
+            Some(3),
+            "not found",
+        );
+    }
+
+    #[test]
+    fn bad_memory() {
+        let e =
+            check("[[guest]]\nname = \"a\"\napp = \"hello\"\n\nmemory = \"3 TiB\"\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "manifest.toml:5: memory \"3 TiB\" is more than the machine's 512 MiB"
+        );
+        fails(
+            "[[guest]]\nname = \"a\"\napp = \"hello\"\nmemory = \"lots\"\n",
+            Some(4),
+            "is not a size",
+        );
+        fails(
+            "[[guest]]\nname = \"a\"\napp = \"hello\"\nmemory = \"2 MB\"\n",
+            Some(4),
+            "ambiguous",
+        );
+        fails(
+            "[[guest]]\nname = \"a\"\napp = \"hello\"\nmemory = \"32 KiB\"\n",
+            Some(4),
+            "less than the minimum 64 KiB",
+        );
+    }
+
+    #[test]
+    fn bad_count() {
+        fails(
+            "[[guest]]\nname = \"a\"\napp = \"hello\"\ncount = 0\n",
+            Some(4),
+            "count 0",
+        );
+        fails(
+            "[[guest]]\nname = \"a\"\napp = \"hello\"\ncount = 65537\n",
+            Some(4),
+            "count 65537",
+        );
+        fails(
+            "[[guest]]\nname = \"a\"\napp = \"hello\"\ncount = -1\n",
+            Some(4),
+            "count -1",
+        );
+        assert_eq!(
+            check("[[guest]]\nname = \"a\"\napp = \"hello\"\ncount = 65536\n")
+                .unwrap()
+                .guests[0]
+                .count,
+            65536
+        );
+    }
+
+    #[test]
+    fn bad_names() {
+        fails(
+            "[[guest]]\nname = \"Hello\"\napp = \"hello\"\n",
+            Some(2),
+            "must be made of",
+        );
+        fails(
+            "[[guest]]\nname = \"\"\napp = \"hello\"\n",
+            Some(2),
+            "must be made of",
+        );
+        fails(
+            "[[guest]]\nname = \"a b\"\napp = \"hello\"\n",
+            Some(2),
+            "must be made of",
+        );
+        let long = "x".repeat(NAME_LEN_MAX + 1);
+        fails(
+            &format!("[[guest]]\nname = \"{long}\"\napp = \"hello\"\n"),
+            Some(2),
+            "longer than 48",
+        );
+        let max = "x".repeat(NAME_LEN_MAX);
+        assert!(
+            check(&format!(
+                "[[guest]]\nname = \"{max}\"\napp = \"hello\"\ncount = 65536\n"
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn duplicate_names() {
+        let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\n[[guest]]\nname = \"a\"\napp = \"hostile\"\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "manifest.toml:5: duplicate guest name 'a' (first used on line 1)"
+        );
+    }
+
+    #[test]
+    fn empty_guest_list() {
+        let e = check("# nothing\n").unwrap_err();
+        assert_eq!(e.line, None);
+        assert_eq!(
+            e.to_string(),
+            "manifest.toml: no guests: add a [[guest]] table"
+        );
+    }
+
+    #[test]
+    fn args_must_fit_the_start_page() {
+        // Instance name "a-0" + NUL = 4 bytes; each argument takes its length + 1.
+        let room = START_STRINGS_MAX as usize - 4;
+        let fits = format!(
+            "[[guest]]\nname = \"a\"\napp = \"hello\"\nargs = [\"{}\"]\n",
+            "x".repeat(room - 1)
+        );
+        assert!(check(&fits).is_ok());
+        let too_long = format!(
+            "[[guest]]\nname = \"a\"\napp = \"hello\"\nargs = [\"{}\"]\n",
+            "x".repeat(room)
+        );
+        fails(&too_long, Some(4), "start page");
+        fails(
+            "[[guest]]\nname = \"a\"\napp = \"hello\"\nargs = [\"a\\u0000b\"]\n",
+            Some(4),
+            "NUL",
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("512 KiB"), Ok(512 * KIB));
+        assert_eq!(parse_size("2 MiB"), Ok(2 * MIB));
+        assert_eq!(parse_size("2M"), Ok(2 * MIB));
+        assert_eq!(parse_size("512m"), Ok(512 * MIB));
+        assert_eq!(parse_size(" 1 GiB "), Ok(GIB));
+        assert_eq!(parse_size("3 TiB"), Ok(3 * TIB));
+        assert_eq!(parse_size("100 B"), Ok(100));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("1.5 GiB").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("2 MB").unwrap_err().contains("write MiB"));
+        assert!(
+            parse_size("2 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(parse_size("99999999999999999999").is_err());
+        assert!(parse_size("20000000 TiB").is_err());
+    }
+
+    #[test]
+    fn size_formatting() {
+        assert_eq!(format_size(512 * MIB), "512 MiB");
+        assert_eq!(format_size(MIB + 512 * KIB), "1536 KiB");
+        assert_eq!(format_size(2 * GIB), "2 GiB");
+        assert_eq!(format_size(100), "100 bytes");
+        assert_eq!(format_size(0), "0 bytes");
+    }
+}

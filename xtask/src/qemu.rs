@@ -1,0 +1,461 @@
+//! Booting the hypervisor and a manifest of guests under QEMU, interactively
+//! (`cargo xtask run`) or with the console captured (integration tests).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use abi::debug_exit::{FAILURE, SUCCESS, qemu_status};
+use anyhow::{Context as _, Result, bail};
+
+use crate::build::{apps, build_apps, build_hypervisor};
+use crate::cmd::{echo, run};
+use crate::manifest::{self, DEFAULT_MANIFEST, MIB, Source, format_size, parse_size};
+use crate::{pack, workspace_root};
+
+/// The QEMU binary.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// How QEMU executes the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// KVM if the CPU has vmx/svm and /dev/kvm exists, else TCG.
+    Auto,
+    /// QEMU's emulator; works everywhere.
+    Tcg,
+    /// Hardware virtualization.
+    Kvm,
+}
+
+impl Accel {
+    /// `Auto` decided for this machine; others unchanged.
+    pub fn resolve(self) -> Accel {
+        match self {
+            Accel::Auto if host_has_hardware_virtualization() => Accel::Kvm,
+            Accel::Auto => Accel::Tcg,
+            other => other,
+        }
+    }
+
+    /// The name QEMU's `-accel` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Auto => "auto",
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        }
+    }
+}
+
+/// True if /proc/cpuinfo shows `vmx` or `svm` and /dev/kvm exists. (A
+/// /dev/kvm alone is not enough: without those flags KVM cannot run our
+/// ring-0 code natively.)
+pub fn host_has_hardware_virtualization() -> bool {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flag = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    flag && Path::new("/dev/kvm").exists()
+}
+
+/// Makes sure QEMU is installed: as root, installs it with apt-get;
+/// otherwise fails with the command to run.
+pub fn ensure_qemu() -> Result<()> {
+    if on_path(QEMU) {
+        return Ok(());
+    }
+    let mut id = Command::new("id");
+    id.arg("-u");
+    echo(&id);
+    let uid = id.output().context("running `id -u`")?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        bail!(
+            "{QEMU} is not installed; install it with:\n    sudo apt-get install -y qemu-system-x86"
+        );
+    }
+    eprintln!("{QEMU} is not installed; installing it");
+    let apt = || {
+        let mut cmd = Command::new("apt-get");
+        cmd.env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    let install = || run(apt().args(["install", "-y", "qemu-system-x86"]));
+    if install().is_err() {
+        run(apt().arg("update"))?;
+        install()?;
+    }
+    if !on_path(QEMU) {
+        bail!("installed qemu-system-x86 but {QEMU} is still not on PATH");
+    }
+    Ok(())
+}
+
+fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .filter_map(|dir| fs::metadata(dir.join(program)).ok())
+        .any(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Where the manifest comes from.
+#[derive(Clone, Debug)]
+pub enum ManifestSource {
+    /// [`DEFAULT_MANIFEST`].
+    Default,
+    /// A file; `image` paths are relative to its directory.
+    File(PathBuf),
+    /// Text (e.g. from a test); `image` paths are relative to `base_dir`.
+    Text { text: String, base_dir: PathBuf },
+}
+
+/// What to boot and on what machine.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub manifest: ManifestSource,
+    /// Power QEMU off once the last guest is gone.
+    pub exit_when_idle: bool,
+    pub accel: Accel,
+    /// Number of CPUs (`-smp`).
+    pub smp: u32,
+    /// Machine memory (`-m`), a size such as "512M"; whole MiB.
+    pub memory: String,
+    /// Where to write the bundle; `None` picks a fresh file under
+    /// `target/run/` that is removed when the [`Prepared`] is dropped.
+    pub bundle: Option<PathBuf>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            manifest: ManifestSource::Default,
+            exit_when_idle: false,
+            accel: Accel::Auto,
+            smp: 1,
+            memory: "512M".into(),
+            bundle: None,
+        }
+    }
+}
+
+/// A machine ready to boot: everything built and packed.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The hypervisor ELF (`-kernel`).
+    pub kernel: PathBuf,
+    /// The bundle (`-initrd`).
+    pub bundle: PathBuf,
+    /// QEMU's arguments (without the program name).
+    pub qemu_args: Vec<String>,
+    /// A few lines for humans: guests, machine, what happens next.
+    pub summary: String,
+    /// The accelerator chosen (never `Auto`).
+    pub accel: Accel,
+    remove_bundle: bool,
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if self.remove_bundle {
+            let _ = fs::remove_file(&self.bundle);
+        }
+    }
+}
+
+/// Validates the manifest, builds the hypervisor and the apps it names
+/// (once per process), packs the bundle and assembles QEMU's command line.
+/// Nothing is built if the manifest or the machine settings are wrong.
+pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
+    let machine_memory =
+        parse_size(&cfg.memory).map_err(|e| anyhow::anyhow!("--memory {:?}: {e}", cfg.memory))?;
+    if !machine_memory.is_multiple_of(MIB) || machine_memory < 16 * MIB {
+        bail!(
+            "--memory {:?}: must be whole MiB and at least 16 MiB",
+            cfg.memory
+        );
+    }
+    if cfg.smp == 0 {
+        bail!("--smp must be at least 1");
+    }
+
+    let root = workspace_root();
+    let (text, file, base_dir) = match &cfg.manifest {
+        ManifestSource::Default => (
+            DEFAULT_MANIFEST.to_string(),
+            "<built-in manifest>".to_string(),
+            root.to_path_buf(),
+        ),
+        ManifestSource::File(path) => {
+            let text = fs::read_to_string(path)
+                .with_context(|| format!("reading manifest {}", path.display()))?;
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            (text, path.display().to_string(), dir.to_path_buf())
+        }
+        ManifestSource::Text { text, base_dir } => {
+            (text.clone(), "<manifest>".to_string(), base_dir.clone())
+        }
+    };
+    let known_apps = apps()?;
+    let cx = manifest::Context {
+        file: &file,
+        base_dir: &base_dir,
+        apps: &known_apps,
+        machine_memory,
+    };
+    let manifest = manifest::parse(&text, &cx)?;
+
+    let kernel = build_hypervisor()?;
+    let mut wanted: Vec<&str> = Vec::new();
+    for g in &manifest.guests {
+        if let Source::App(app) = &g.source
+            && !wanted.contains(&app.as_str())
+        {
+            wanted.push(app);
+        }
+    }
+    let images = build_apps(&wanted)?;
+    let app_images: HashMap<String, PathBuf> =
+        wanted.iter().map(|a| a.to_string()).zip(images).collect();
+
+    let flags = if cfg.exit_when_idle {
+        abi::bundle::FLAG_EXIT_WHEN_IDLE
+    } else {
+        0
+    };
+    let data = pack::bundle(&manifest, &app_images, flags)?;
+    let (bundle, remove_bundle) = match &cfg.bundle {
+        Some(path) => (path.clone(), false),
+        None => {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            (
+                root.join(format!("target/run/bundle-{}-{n}.bin", std::process::id())),
+                true,
+            )
+        }
+    };
+    pack::write_atomically(&bundle, &data)?;
+
+    let accel = cfg.accel.resolve();
+    // Paths go in as separate arguments: they may contain spaces.
+    let mut qemu_args: Vec<String> = format!(
+        "-machine pc -cpu max -accel {} -smp {} -m {}M -nodefaults -display none -no-reboot \
+         -serial stdio -monitor none -device isa-debug-exit,iobase=0xf4,iosize=0x04",
+        accel.as_str(),
+        cfg.smp,
+        machine_memory / MIB
+    )
+    .split_whitespace()
+    .map(String::from)
+    .collect();
+    for (flag, path) in [("-kernel", &kernel), ("-initrd", &bundle)] {
+        qemu_args.extend([flag.to_string(), path.display().to_string()]);
+    }
+
+    let guests: Vec<String> = manifest
+        .guests
+        .iter()
+        .map(|g| format!("{} × {} ({} each)", g.name, g.count, format_size(g.memory)))
+        .collect();
+    let cpus = if cfg.smp == 1 {
+        "1 CPU".to_string()
+    } else {
+        format!("{} CPUs", cfg.smp)
+    };
+    let next = if cfg.exit_when_idle {
+        "QEMU exits when the last guest is gone"
+    } else {
+        "console follows; Ctrl-C stops QEMU"
+    };
+    let summary = format!(
+        "guests: {}\nmachine: {}, {cpus}, {}\n{next}",
+        guests.join(", "),
+        accel.as_str(),
+        format_size(machine_memory)
+    );
+
+    Ok(Prepared {
+        kernel,
+        bundle,
+        qemu_args,
+        summary,
+        accel,
+        remove_bundle,
+    })
+}
+
+/// The QEMU command for `p` (stdio not set up).
+pub fn qemu_command(p: &Prepared) -> Command {
+    let mut cmd = Command::new(QEMU);
+    cmd.args(&p.qemu_args);
+    cmd
+}
+
+/// Maps QEMU's exit status to a result: the hypervisor's
+/// [`SUCCESS`] is `Ok`; its [`FAILURE`], any other status, or death by a
+/// signal (`None`) is an error saying which.
+pub fn check_exit(status: Option<i32>) -> Result<()> {
+    match status {
+        Some(s) if s == qemu_status(SUCCESS) => Ok(()),
+        Some(s) if s == qemu_status(FAILURE) => bail!("hypervisor failed"),
+        // With -no-reboot, a reset (a triple fault) ends QEMU with status 0.
+        Some(0) => bail!("QEMU exited with status 0 (a reset such as a triple fault, or Ctrl-C)"),
+        Some(s) => bail!("QEMU exited with status {s}"),
+        None => bail!("QEMU was killed by a signal"),
+    }
+}
+
+/// A QEMU process that is killed when this is dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits for the child until `timeout`, killing it then; `None` if killed.
+fn wait_until(child: &mut KillOnDrop, timeout: Option<Duration>) -> Result<Option<ExitStatus>> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        if let Some(status) = child.0.try_wait().context("waiting for QEMU")? {
+            return Ok(Some(status));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            let _ = child.0.kill();
+            let _ = child.0.wait();
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Boots `p` with the console on this process's stdout (the `run` command)
+/// and maps QEMU's exit with [`check_exit`]. With a `timeout`, QEMU is
+/// stopped after that long, which is an error.
+pub fn run_interactive(p: &Prepared, timeout: Option<Duration>) -> Result<()> {
+    let mut cmd = qemu_command(p);
+    echo(&cmd);
+    let mut child = KillOnDrop(cmd.spawn().context("starting QEMU")?);
+    match wait_until(&mut child, timeout)? {
+        Some(status) => check_exit(status.code()),
+        None => bail!(
+            "stopped QEMU after the {} s timeout",
+            timeout.unwrap_or_default().as_secs()
+        ),
+    }
+}
+
+/// What a captured QEMU run produced.
+#[derive(Clone, Debug)]
+pub struct RunOutput {
+    /// QEMU's exit code; `None` if it was killed (on timeout or by a signal).
+    pub status: Option<i32>,
+    /// Everything the machine wrote to its serial console.
+    pub console: String,
+    /// QEMU's own messages (errors about its command line, ...).
+    pub stderr: String,
+    /// QEMU was killed because it ran longer than the timeout.
+    pub timed_out: bool,
+}
+
+impl RunOutput {
+    /// True if the hypervisor reported success through `isa-debug-exit`.
+    pub fn success(&self) -> bool {
+        self.status == Some(qemu_status(SUCCESS))
+    }
+}
+
+/// Boots `p` with stdin closed and stdout (the console) and stderr captured.
+/// QEMU is killed after `timeout`, and also if this function unwinds.
+pub fn run_captured(p: &Prepared, timeout: Duration) -> Result<RunOutput> {
+    let mut cmd = qemu_command(p);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    echo(&cmd);
+    let mut child = KillOnDrop(
+        cmd.spawn()
+            .context("starting QEMU (is qemu-system-x86 installed?)")?,
+    );
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let stdout = drain(child.0.stdout.take().map(|s| Box::new(s) as _));
+    let stderr = drain(child.0.stderr.take().map(|s| Box::new(s) as _));
+    let status = wait_until(&mut child, Some(timeout))?;
+    drop(child);
+    Ok(RunOutput {
+        status: status.and_then(|s| s.code()),
+        console: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+        timed_out: status.is_none(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_mapping() {
+        assert!(check_exit(Some(33)).is_ok());
+        assert_eq!(
+            check_exit(Some(35)).unwrap_err().to_string(),
+            "hypervisor failed"
+        );
+        assert_eq!(
+            check_exit(Some(1)).unwrap_err().to_string(),
+            "QEMU exited with status 1"
+        );
+        assert!(
+            check_exit(Some(0))
+                .unwrap_err()
+                .to_string()
+                .starts_with("QEMU exited with status 0")
+        );
+        assert!(check_exit(None).is_err());
+    }
+
+    #[test]
+    fn bad_machine_settings_are_refused_before_building() {
+        let cfg = RunConfig {
+            memory: "lots".into(),
+            ..RunConfig::default()
+        };
+        assert!(prepare(&cfg).unwrap_err().to_string().contains("--memory"));
+        let cfg = RunConfig {
+            memory: "1500K".into(),
+            ..RunConfig::default()
+        };
+        assert!(prepare(&cfg).is_err());
+        let cfg = RunConfig {
+            smp: 0,
+            ..RunConfig::default()
+        };
+        assert!(prepare(&cfg).is_err());
+    }
+
+    #[test]
+    fn accel_resolution() {
+        assert_eq!(Accel::Tcg.resolve(), Accel::Tcg);
+        assert_eq!(Accel::Kvm.resolve(), Accel::Kvm);
+        assert_ne!(Accel::Auto.resolve(), Accel::Auto);
+    }
+}
