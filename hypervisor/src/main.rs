@@ -60,9 +60,9 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     entry::init();
     cpu::mask_pic();
     println!(
-        "[hv] {} MiB RAM, {} MiB free for guests; nx={} smep={} smap={} umip={}",
+        "[hv] {} MiB RAM, {} KiB free for guests; nx={} smep={} smap={} umip={}",
         total >> 20,
-        (mem.frames.free_frames() as u64 * 4096) >> 20,
+        mem.frames.free_frames() as u64 * 4,
         features.nx,
         features.smep,
         features.smap,

@@ -121,9 +121,12 @@ pub fn run(mut mem: DirectMem, kernel_root: u64, bundle: &[u8]) -> ! {
         }
     }
 
+    for img in images.into_iter().flatten() {
+        img.unload(&mut mem);
+    }
     println!(
-        "[hv] no guests left: {exited} exited, {stopped} stopped, {not_started} not started; {} MiB free",
-        (mem.frames.free_frames() as u64 * 4096) >> 20
+        "[hv] no guests left: {exited} exited, {stopped} stopped, {not_started} not started; {} KiB free",
+        mem.frames.free_frames() as u64 * 4
     );
     if bundle.flags & FLAG_EXIT_WHEN_IDLE != 0 {
         cpu::debug_exit(abi::debug_exit::SUCCESS);

@@ -64,7 +64,13 @@ pub fn describe(f: &FaultInfo<'_>) -> String {
         7 => format!("device not available at ip {at:#x}"),
         13 => {
             if f.error & 2 != 0 {
-                format!("int {:#x} is not allowed (general protection fault at ip {at:#x})", f.error >> 3)
+                // The gate's vector: from the instruction where it can be read
+                // (QEMU's error code scales the IDT index by 16, not 8).
+                let vector = match f.insn {
+                    [0xcd, v, ..] => *v as u64,
+                    _ => f.error >> 3,
+                };
+                format!("int {vector:#x} is not allowed (general protection fault at ip {at:#x})")
             } else if let Some(name) = privileged_insn(f.insn) {
                 format!("privileged instruction {name} at ip {at:#x}")
             } else {
@@ -112,7 +118,8 @@ mod tests {
         assert_eq!(d(13, 0, 0, &[0xee]), "privileged instruction in/out (port I/O) at ip 0x401000");
         assert_eq!(d(13, 0, 0, &[0x66, 0xec]), "privileged instruction in/out (port I/O) at ip 0x401000");
         assert_eq!(d(13, 0, 0, &[0x0f, 0x01, 0x10]), "privileged instruction system table instruction (lgdt/lidt/...) at ip 0x401000");
-        assert_eq!(d(13, 0x80 << 3 | 2, 0, &[0xcd, 0x80]), "int 0x80 is not allowed (general protection fault at ip 0x401000)");
+        assert_eq!(d(13, 0x80 << 4 | 2, 0, &[0xcd, 0x80]), "int 0x80 is not allowed (general protection fault at ip 0x401000)");
+        assert_eq!(d(13, 0x21 << 3 | 2, 0, &[]), "int 0x21 is not allowed (general protection fault at ip 0x401000)");
         assert_eq!(d(13, 0, 0, &[0x90]), "general protection fault (error 0x0) at ip 0x401000");
         assert_eq!(d(13, 0, 0, &[]), "general protection fault (error 0x0) at ip 0x401000");
     }

@@ -75,6 +75,13 @@ impl LoadedImage {
         })
     }
 
+    /// Returns the image's frames (once no instance is left).
+    pub fn unload(self, mem: &mut impl PhysMem) {
+        for p in self.pages {
+            mem.free(p.frame);
+        }
+    }
+
     /// Bytes each instance must copy (writable pages).
     pub fn private_bytes(&self) -> u64 {
         self.pages.iter().filter(|p| p.writable).count() as u64 * FRAME_SIZE

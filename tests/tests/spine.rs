@@ -1,0 +1,182 @@
+//! The spine, end to end: the hypervisor boots under QEMU, runs guests in
+//! ring 3, and stops every hostile guest and rejects every malformed image
+//! while the well-behaved guests of the same manifest run to completion.
+
+use integration_tests::{RunOutput, boot, temp_file, try_boot};
+use std::fmt::Write;
+
+/// Asserts that the console has a line equal to `line`.
+#[track_caller]
+fn has_line(out: &RunOutput, line: &str) {
+    assert!(out.console.lines().any(|l| l == line), "no line {line:?} in the console:\n{}", out.console);
+}
+
+/// Asserts that the console has a line starting with `prefix` and
+/// containing `part`; returns it.
+#[track_caller]
+fn line_with<'a>(out: &'a RunOutput, prefix: &str, part: &str) -> &'a str {
+    out.console
+        .lines()
+        .find(|l| l.starts_with(prefix) && l.contains(part))
+        .unwrap_or_else(|| panic!("no line starting {prefix:?} containing {part:?} in the console:\n{}", out.console))
+}
+
+/// The final summary's counts, after checking that every frame the guests
+/// and images took was given back.
+#[track_caller]
+fn summary(out: &RunOutput) -> String {
+    let free_at_boot = line_with(out, "[hv] ", " KiB free for guests").split(", ").nth(1).unwrap().split(' ').next().unwrap();
+    let last = line_with(out, "[hv] no guests left: ", " KiB free");
+    let (counts, free) = last.trim_start_matches("[hv] no guests left: ").split_once("; ").unwrap();
+    assert_eq!(free, format!("{free_at_boot} KiB free"), "memory was not all returned");
+    counts.to_string()
+}
+
+#[test]
+fn three_hello_guests_print_their_own_names_and_exit_0() {
+    let out = boot(
+        r#"
+        [[guest]]
+        name = "hello"
+        app = "hello"
+        count = 3
+        memory = "1 MiB"
+        args = ["a", "b c"]
+        "#,
+        120,
+    );
+    assert!(out.success(), "QEMU did not end with the hypervisor's success status: {:?}\n{}", out.status, out.console);
+    for i in 0..3 {
+        has_line(&out, &format!("hello-{i}| Hello from hello-{i}! args: [\"a\", \"b c\"]"));
+        has_line(&out, &format!("[hv] guest hello-{i} exited with code 0"));
+    }
+    assert_eq!(summary(&out), "3 exited, 0 stopped, 0 not started");
+}
+
+/// Each attack of apps/hostile and the start of the reason it must be
+/// stopped with.
+const ATTACKS: &[(&str, &str)] = &[
+    ("pagefault", "page fault: write to unmapped address 0xdead0000"),
+    ("kernel-read", "page fault: read to unmapped address 0xffffffff80000000"),
+    ("write-text", "page fault: write to protected address"),
+    ("hlt", "privileged instruction hlt"),
+    ("cli", "privileged instruction cli"),
+    ("wrmsr", "privileged instruction wrmsr"),
+    ("cr3", "privileged instruction mov to control register"),
+    ("in", "privileged instruction in/out (port I/O)"),
+    ("out", "privileged instruction in/out (port I/O)"),
+    ("lgdt", "privileged instruction system table instruction"),
+    ("int", "int 0x80 is not allowed"),
+    ("divide", "divide error"),
+    ("ud2", "invalid opcode"),
+    ("stack", "stack overflow"),
+    ("bad-pointer", "bad hypercall console_write: buffer 0xffffffff80000000+0x10"),
+    ("wrap-pointer", "bad hypercall console_write: buffer 0xfffffffffffffff7+0x40"),
+    ("huge-length", "bad hypercall console_write: length 0x10000000000 exceeds 4096"),
+    ("bad-hypercall", "bad hypercall: unknown number 0xdead"),
+    ("oom", "out of memory"),
+];
+
+/// Malformed images: file name, bytes, and the start of the rejection reason.
+fn bad_images() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    let hello = std::fs::read(&xtask::build_apps(&["hello"]).expect("build hello")[0]).expect("read hello image");
+    let elf = std::fs::read(xtask::workspace_root().join("target/guest/x86_64-unknown-linux-gnu/release/hello")).unwrap();
+
+    // A tar with the kernel but no hermit.toml.
+    let mut no_config = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(elf.len() as u64);
+    h.set_mode(0o755);
+    h.set_cksum();
+    no_config.append_data(&mut h, "hello", &elf[..]).unwrap();
+    let no_config = no_config.into_inner().unwrap();
+
+    // hello's ELF with its first segment moved into the hypervisor's half.
+    let mut high = elf.clone();
+    let phoff = u64::from_le_bytes(high[32..40].try_into().unwrap()) as usize;
+    let phnum = u16::from_le_bytes(high[56..58].try_into().unwrap()) as usize;
+    let load = (0..phnum).map(|i| phoff + i * 56).find(|&p| high[p..p + 4] == 1u32.to_le_bytes()).unwrap();
+    high[load + 16..load + 24].copy_from_slice(&0xffff_8000_0000_0000u64.to_le_bytes());
+    let high = xtask::pack::hermit_image("hello", &high).unwrap();
+
+    vec![
+        ("random.hermit", (0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect(), "not a tar archive"),
+        ("truncated.hermit", hello[..hello.len() / 2].to_vec(), "gzip data is corrupt or truncated"),
+        ("noconfig.hermit", no_config, "hermit.toml is missing"),
+        ("kernelhalf.hermit", high, "segment 1 [0xffff800000000000, 0xffff800000003000) reaches into the hypervisor's half"),
+    ]
+}
+
+#[test]
+fn hostile_guests_are_stopped_and_bad_images_rejected_while_hello_guests_finish() {
+    let mut manifest = String::from("[[guest]]\nname = \"hello\"\napp = \"hello\"\ncount = 2\nmemory = \"1 MiB\"\n");
+    for (attack, _) in ATTACKS {
+        // Enough memory that the stack reaches its guard page before the limit.
+        let memory = if *attack == "stack" { "2 MiB" } else { "256 KiB" };
+        write!(manifest, "[[guest]]\nname = \"h-{attack}\"\napp = \"hostile\"\nmemory = \"{memory}\"\nargs = [\"{attack}\"]\n").unwrap();
+    }
+    let images = bad_images();
+    for (i, (name, bytes, _)) in images.iter().enumerate() {
+        let path = temp_file(name, bytes);
+        write!(manifest, "[[guest]]\nname = \"bad{i}\"\nimage = \"{}\"\n", path.display()).unwrap();
+    }
+    manifest.push_str("[[guest]]\nname = \"last\"\napp = \"hello\"\nargs = [\"still\", \"here\"]\n");
+
+    let out = boot(&manifest, 240);
+    assert!(out.success(), "the hypervisor itself failed: {:?}\n{}", out.status, out.console);
+    for (attack, reason) in ATTACKS {
+        let line = line_with(&out, &format!("[hv] guest h-{attack}-0 stopped: "), reason);
+        assert!(line.contains(" at ip 0x") || line.contains("hypercall") || line.contains("out of memory"), "{line}");
+        // The attack really started (the guest printed before attacking).
+        has_line(&out, &format!("h-{attack}-0| h-{attack}-0: trying {attack}"));
+        assert!(!out.console.contains(&format!("h-{attack}-0: survived")), "{attack} was not stopped");
+    }
+    for (i, (name, _, reason)) in images.iter().enumerate() {
+        line_with(&out, "[hv] image ", &format!("{name} rejected: {reason}"));
+        has_line(&out, &format!("[hv] guest bad{i}-0 not started: its image was rejected"));
+    }
+    for g in ["hello-0", "hello-1"] {
+        has_line(&out, &format!("{g}| Hello from {g}! args: []"));
+        has_line(&out, &format!("[hv] guest {g} exited with code 0"));
+    }
+    has_line(&out, "last-0| Hello from last-0! args: [\"still\", \"here\"]");
+    has_line(&out, "[hv] guest last-0 exited with code 0");
+    let stopped = ATTACKS.len();
+    assert_eq!(summary(&out), format!("3 exited, {stopped} stopped, {} not started", images.len()));
+}
+
+#[test]
+fn a_panicking_guest_reports_its_message_and_exits_101() {
+    let out = boot("[[guest]]\nname = \"p\"\napp = \"hostile\"\nargs = [\"panic\"]\n", 120);
+    assert!(out.success(), "{}", out.console);
+    line_with(&out, "p-0| panicked at ", "hostile guest panics on purpose");
+    has_line(&out, "[hv] guest p-0 exited with code 101");
+}
+
+#[test]
+fn a_guest_that_outgrows_its_memory_is_stopped_and_others_run() {
+    let out = boot(
+        "[[guest]]\nname = \"tiny\"\napp = \"hello\"\nmemory = \"64 KiB\"\n\
+         [[guest]]\nname = \"ok\"\napp = \"hello\"\n",
+        120,
+    );
+    assert!(out.success(), "{}", out.console);
+    line_with(&out, "[hv] guest tiny-0 stopped: ", "out of memory: touched 0x5000");
+    has_line(&out, "[hv] guest ok-0 exited with code 0");
+}
+
+#[test]
+fn bad_manifests_are_refused_before_qemu_starts_naming_the_line() {
+    let cases = [
+        ("[[guest]]\nname = \"a\"\napp = \"hello\"\ncolour = \"red\"\n", "<manifest>:4: unknown field `colour`"),
+        ("[[guest]]\nname = \"a\"\napp = \"nope\"\n", "<manifest>:3: app 'nope' does not exist"),
+        ("[[guest]]\nname = \"a\"\napp = \"hello\"\nmemory = \"3 TiB\"\n", "<manifest>:4: memory \"3 TiB\" is more than"),
+    ];
+    for (toml, expected) in cases {
+        let err = match try_boot(toml, 30) {
+            Ok(out) => panic!("manifest was accepted; console:\n{}", out.console),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains(expected), "error {err:?} does not contain {expected:?}");
+    }
+}
