@@ -39,6 +39,16 @@ pub const USER_END: u64 = 0x0000_8000_0000_0000;
 /// Longest instance name (bytes).
 pub const NAME_MAX: usize = 64;
 
+// The regions are ordered and disjoint, checked at compile time.
+const _: () = {
+    assert!(USER_MIN < IMAGE_END);
+    assert!(IMAGE_END <= HEAP_START);
+    assert!(STACK_TOP - STACK_MAX - PAGE_SIZE > HEAP_START);
+    assert!(STACK_TOP < START_PAGE);
+    assert!(START_PAGE + PAGE_SIZE <= USER_END);
+    assert!(START_STRINGS_OFFSET >= START_INFO_OFFSET + core::mem::size_of::<crate::StartInfo>() as u64);
+};
+
 /// Rounds `x` up to a page boundary, or `None` on overflow.
 pub const fn page_up(x: u64) -> Option<u64> {
     match x.checked_add(PAGE_SIZE - 1) {
@@ -55,16 +65,6 @@ pub const fn page_down(x: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn regions_are_ordered_and_disjoint() {
-        assert!(USER_MIN < IMAGE_END);
-        assert!(IMAGE_END <= HEAP_START);
-        assert!(STACK_TOP - STACK_MAX - PAGE_SIZE > HEAP_START);
-        assert!(STACK_TOP < START_PAGE);
-        assert!(START_PAGE + PAGE_SIZE <= USER_END);
-        assert!(START_STRINGS_OFFSET >= START_INFO_OFFSET + core::mem::size_of::<crate::StartInfo>() as u64);
-    }
 
     #[test]
     fn page_rounding() {

@@ -52,13 +52,12 @@ impl<'a> FrameAllocator<'a> {
     pub fn reserve(&mut self, range: Range<PhysAddr>) {
         let mut pa = range.start / FRAME_SIZE * FRAME_SIZE;
         while pa < range.end {
-            if let Some(i) = self.index(pa) {
-                if self.bits[i / 64] & (1 << (i % 64)) != 0 {
+            if let Some(i) = self.index(pa)
+                && self.bits[i / 64] & (1 << (i % 64)) != 0 {
                     self.bits[i / 64] &= !(1 << (i % 64));
                     self.free -= 1;
                     self.total -= 1;
                 }
-            }
             pa += FRAME_SIZE;
         }
     }
@@ -93,7 +92,7 @@ impl<'a> FrameAllocator<'a> {
     /// not corrupt the count.
     pub fn free(&mut self, pa: PhysAddr) -> bool {
         match self.index(pa) {
-            Some(i) if pa % FRAME_SIZE == 0 && self.bits[i / 64] & (1 << (i % 64)) == 0 => {
+            Some(i) if pa.is_multiple_of(FRAME_SIZE) && self.bits[i / 64] & (1 << (i % 64)) == 0 => {
                 self.bits[i / 64] |= 1 << (i % 64);
                 self.free += 1;
                 true
@@ -160,7 +159,7 @@ mod tests {
 
         let mut got = Vec::new();
         while let Some(f) = fa.alloc() {
-            assert!(f >= 0x10_1000 && f < 0x11_0000 && f != 0x10_3000);
+            assert!((0x10_1000..0x11_0000).contains(&f) && f != 0x10_3000);
             assert_eq!(f % FRAME_SIZE, 0);
             got.push(f);
         }

@@ -55,7 +55,7 @@ pub fn map(
     table_flags: Pte,
 ) -> Result<usize, MapError> {
     let size = FRAME_SIZE << (9 * (level - 1));
-    if !(1..=3).contains(&level) || va % size != 0 || pa % size != 0 {
+    if !(1..=3).contains(&level) || !va.is_multiple_of(size) || !pa.is_multiple_of(size) {
         return Err(MapError::BadAddress);
     }
     let mut table = root;
