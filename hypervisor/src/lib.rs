@@ -8,4 +8,6 @@ extern crate alloc;
 
 pub mod image;
 pub mod mm;
+pub mod sched;
+pub mod time;
 pub mod guest;

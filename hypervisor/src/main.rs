@@ -15,7 +15,7 @@ mod arch;
 mod console;
 mod run;
 
-use arch::x86_64::{cpu, entry, gdt, paging, pvh, serial};
+use arch::x86_64::{apic, clock, cpu, entry, gdt, paging, pvh, serial};
 use talc::{ErrOnOom, Span, Talc, Talck};
 
 #[global_allocator]
@@ -32,6 +32,9 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         Err(e) => panic!("{e}"),
     };
     let features = cpu::features();
+    if !features.nx {
+        panic!("this CPU has no NX (no-execute) bit; the hypervisor needs it to keep guests' data from running");
+    }
     let mut ram_buf = [const { 0..0 }; pvh::MAX_MEMMAP];
     let mut n = 0;
     for e in boot.memmap().iter().filter(|e| e.kind == pvh::RAM) {
@@ -59,6 +62,18 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     gdt::init();
     entry::init();
     cpu::mask_pic();
+    let mut mem = mem;
+    paging::map_mmio(&mut mem, kernel_root, apic::APIC_VA, apic::base());
+    let tsc_hz = clock::calibrate_tsc();
+    let time = abi::time::TimeInfo::new(tsc_hz, cpu::rdtsc(), clock::wall_clock_ns());
+    apic::init(tsc_hz);
+    println!(
+        "[hv] TSC {}.{:03} GHz, APIC timer in {} mode, wall clock {} s since the epoch",
+        tsc_hz / 1_000_000_000,
+        tsc_hz / 1_000_000 % 1000,
+        if cpu::has_tsc_deadline() { "TSC-deadline" } else { "one-shot" },
+        time.boot_wall_ns / 1_000_000_000
+    );
     println!(
         "[hv] {} MiB RAM, {} KiB free for guests; nx={} smep={} smap={} umip={}",
         total >> 20,
@@ -74,7 +89,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let bundle = unsafe {
         core::slice::from_raw_parts(paging::phys_to_virt(module.start) as *const u8, (module.end - module.start) as usize)
     };
-    run::run(mem, kernel_root, bundle)
+    run::run(mem, kernel_root, time, bundle)
 }
 
 /// Turns on the protections the CPU has: SMEP and SMAP (the hypervisor

@@ -9,6 +9,8 @@
 //! count = 3               # default 1, at most 65536
 //! memory = "2 MiB"        # default "2 MiB", at least 64 KiB, at most the machine's memory
 //! args = ["a", "b"]       # default []
+//! weight = 100            # CPU share relative to other guests, 1..=10000, default 100
+//! cap = 25                # at most this percent of one CPU, 1..=100, default none
 //! ```
 //!
 //! Every error names the manifest and the line it is about, and all of them
@@ -43,6 +45,9 @@ pub const TIB: u64 = 1 << 40;
 
 /// Memory of a guest that does not say.
 pub const DEFAULT_GUEST_MEMORY: u64 = 2 * MIB;
+/// A guest's CPU weight when the manifest names none.
+pub const DEFAULT_WEIGHT: u32 = 100;
+
 /// The least memory a guest may ask for.
 pub const MIN_GUEST_MEMORY: u64 = 64 * KIB;
 /// Longest guest name; `-<instance>` is appended to it.
@@ -66,6 +71,10 @@ pub struct Guest {
     /// Memory limit per instance, in bytes.
     pub memory: u64,
     pub args: Vec<String>,
+    /// Share of the CPU relative to other guests (default 100).
+    pub weight: u32,
+    /// Most CPU the guest may use, in percent of one CPU (`None`: no cap).
+    pub cap: Option<u32>,
     /// Line of the entry in the manifest (for later messages).
     pub line: usize,
 }
@@ -128,6 +137,8 @@ struct RawGuest {
     count: Option<Spanned<i64>>,
     memory: Option<Spanned<String>>,
     args: Option<Spanned<Vec<String>>>,
+    weight: Option<Spanned<i64>>,
+    cap: Option<Spanned<i64>>,
 }
 
 /// Parses and validates a manifest.
@@ -278,12 +289,22 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
             }
         };
 
+        let ranged = |v: &Option<Spanned<i64>>, key: &str, range: std::ops::RangeInclusive<i64>, what: &str| match v {
+            None => Ok(None),
+            Some(v) if range.contains(v.get_ref()) => Ok(Some(*v.get_ref() as u32)),
+            Some(v) => Err(err(Some(v.span()), format!("{key} {} is not {what}", v.get_ref()))),
+        };
+        let weight = ranged(&g.weight, "weight", 1..=10_000, "between 1 and 10000")?.unwrap_or(DEFAULT_WEIGHT);
+        let cap = ranged(&g.cap, "cap", 1..=100, "a percentage between 1 and 100")?;
+
         guests.push(Guest {
             name: name.clone(),
             source,
             count,
             memory,
             args,
+            weight,
+            cap,
             line: line_of(text, entry_span.start),
         });
     }
@@ -394,6 +415,8 @@ mod tests {
                 args: ["from", "the", "default", "manifest"]
                     .map(String::from)
                     .to_vec(),
+                weight: DEFAULT_WEIGHT,
+                cap: None,
                 line: 2,
             }]
         );
@@ -492,6 +515,18 @@ mod tests {
             Some(3),
             "not found",
         );
+    }
+
+    #[test]
+    fn weight_and_cap() {
+        let m = check("[[guest]]\nname = \"a\"\napp = \"hello\"\nweight = 200\ncap = 25\n").unwrap();
+        assert_eq!((m.guests[0].weight, m.guests[0].cap), (200, Some(25)));
+        let m = check("[[guest]]\nname = \"a\"\napp = \"hello\"\n").unwrap();
+        assert_eq!((m.guests[0].weight, m.guests[0].cap), (DEFAULT_WEIGHT, None));
+        let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\n\ncap = 0\n").unwrap_err();
+        assert_eq!(e.to_string(), "manifest.toml:5: cap 0 is not a percentage between 1 and 100");
+        let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\nweight = 0\n").unwrap_err();
+        assert_eq!(e.to_string(), "manifest.toml:4: weight 0 is not between 1 and 10000");
     }
 
     #[test]

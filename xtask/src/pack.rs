@@ -68,7 +68,7 @@ pub fn bundle(
                 i
             }
         };
-        writer.guest(&guest.name, image, guest.count, guest.memory, &guest.args);
+        writer.guest(&guest.name, image, guest.count, guest.memory, guest.weight, guest.cap.unwrap_or(0), &guest.args);
     }
     Ok(writer.finish())
 }
@@ -106,6 +106,8 @@ mod tests {
             count,
             memory,
             args: args.iter().map(|a| a.to_string()).collect(),
+            weight: crate::manifest::DEFAULT_WEIGHT,
+            cap: None,
             line: 1,
         }
     }

@@ -8,7 +8,8 @@
 //! flags    u32      FLAG_*
 //! images   u32 count, then per image: name (str), data (bytes)
 //! guests   u32 count, then per guest: name (str), image index (u32),
-//!          count (u32), memory in bytes (u64), argc (u32), args (str each)
+//!          count (u32), memory in bytes (u64), weight (u32),
+//!          cap in percent of one CPU (u32, 0 = none), argc (u32), args (str each)
 //! str      = u32 length + UTF-8 bytes;  bytes = u64 length + bytes
 //! ```
 //!
@@ -20,7 +21,7 @@
 use core::fmt;
 
 /// First bytes of every bundle.
-pub const MAGIC: &[u8; 8] = b"HVBNDL01";
+pub const MAGIC: &[u8; 8] = b"HVBNDL02";
 /// Power QEMU off (via `isa-debug-exit`) once no guest is left.
 pub const FLAG_EXIT_WHEN_IDLE: u32 = 1 << 0;
 
@@ -43,6 +44,9 @@ pub struct Guest<'a> {
     pub image: u32,
     pub count: u32,
     pub memory: u64,
+    pub weight: u32,
+    /// Percent of one CPU; 0 means no cap.
+    pub cap: u32,
     args: &'a [u8],
     argc: u32,
 }
@@ -135,6 +139,8 @@ impl<'a> Reader<'a> {
         let image = self.u32()?;
         let count = self.u32()?;
         let memory = self.u64()?;
+        let weight = self.u32()?;
+        let cap = self.u32()?;
         let argc = self.u32()?;
         if argc > MAX_ARGS {
             return Err(Error::TooMany("arguments"));
@@ -144,7 +150,7 @@ impl<'a> Reader<'a> {
             self.str()?;
         }
         let args = &start[..start.len() - self.buf.len()];
-        Ok(Guest { name, image, count, memory, args, argc })
+        Ok(Guest { name, image, count, memory, weight, cap, args, argc })
     }
 }
 
@@ -227,11 +233,14 @@ impl Writer {
     }
 
     /// Adds a guest entry.
-    pub fn guest<S: AsRef<str>>(&mut self, name: &str, image: u32, count: u32, memory: u64, args: &[S]) {
+    #[allow(clippy::too_many_arguments)]
+    pub fn guest<S: AsRef<str>>(&mut self, name: &str, image: u32, count: u32, memory: u64, weight: u32, cap: u32, args: &[S]) {
         put_str(&mut self.guests, name);
         self.guests.extend_from_slice(&image.to_le_bytes());
         self.guests.extend_from_slice(&count.to_le_bytes());
         self.guests.extend_from_slice(&memory.to_le_bytes());
+        self.guests.extend_from_slice(&weight.to_le_bytes());
+        self.guests.extend_from_slice(&cap.to_le_bytes());
         self.guests.extend_from_slice(&(args.len() as u32).to_le_bytes());
         for a in args {
             put_str(&mut self.guests, a.as_ref());
@@ -266,8 +275,8 @@ mod tests {
         let mut w = Writer::new(FLAG_EXIT_WHEN_IDLE);
         let hello = w.image("hello.hermit", b"tar bytes");
         let evil = w.image("evil.hermit", b"");
-        w.guest("hello", hello, 3, 2 << 20, &["a", "b c"]);
-        w.guest("evil", evil, 1, 1 << 20, &[] as &[&str]);
+        w.guest("hello", hello, 3, 2 << 20, 200, 25, &["a", "b c"]);
+        w.guest("evil", evil, 1, 1 << 20, 100, 0, &[] as &[&str]);
         w.finish()
     }
 
@@ -283,6 +292,7 @@ mod tests {
         let guests: Vec<_> = b.guests().collect();
         assert_eq!(guests.len(), 2);
         assert_eq!((guests[0].name, guests[0].image, guests[0].count, guests[0].memory), ("hello", 0, 3, 2 << 20));
+        assert_eq!((guests[0].weight, guests[0].cap), (200, 25));
         assert_eq!(guests[0].args().collect::<Vec<_>>(), ["a", "b c"]);
         assert_eq!(guests[1].args().count(), 0);
     }
@@ -306,7 +316,7 @@ mod tests {
         assert_eq!(Bundle::parse(&buf).unwrap_err(), Error::TrailingBytes);
 
         let mut w = Writer::new(0);
-        w.guest("x", 5, 1, 4096, &[] as &[&str]);
+        w.guest("x", 5, 1, 4096, 100, 0, &[] as &[&str]);
         assert_eq!(Bundle::parse(&w.finish()).unwrap_err(), Error::BadImageIndex { guest: 0, image: 5 });
     }
 

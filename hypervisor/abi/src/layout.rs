@@ -8,6 +8,8 @@
 //! 0x0000_0000_0001_0000  image segments, where the ELF puts them (< IMAGE_END)
 //! 0x0000_5000_0000_0000  heap, zero-filled on first touch (StartInfo::heap_*)
 //! 0x0000_7ffe_ff00_0000  stack, zero-filled on first touch, guard page below
+//! 0x0000_7fff_e000_0000  time page, read-only, the same for all guests (time::TimeInfo)
+//! 0x0000_7fff_e000_1000  event page, read-write, the guest's own (time::events)
 //! 0x0000_7fff_f000_0000  start page, read-only: RawBootInfo + StartInfo + strings
 //! 0x0000_8000_0000_0000  end of the guest half (USER_END)
 //! ```
@@ -24,6 +26,10 @@ pub const HEAP_START: u64 = 0x0000_5000_0000_0000;
 pub const STACK_TOP: u64 = 0x0000_7fff_0000_0000;
 /// Largest stack a guest may grow; one unmapped guard page lies below it.
 pub const STACK_MAX: u64 = 1 << 20;
+/// The time page (read-only, shared by all guests).
+pub const TIME_PAGE: u64 = 0x0000_7fff_e000_0000;
+/// The guest's event page (read-write).
+pub const EVENT_PAGE: u64 = 0x0000_7fff_e000_1000;
 /// The start page: hermit-entry's `RawBootInfo` at offset 0.
 pub const START_PAGE: u64 = 0x0000_7fff_f000_0000;
 /// Offset of [`crate::StartInfo`] within the start page.
@@ -44,7 +50,8 @@ const _: () = {
     assert!(USER_MIN < IMAGE_END);
     assert!(IMAGE_END <= HEAP_START);
     assert!(STACK_TOP - STACK_MAX - PAGE_SIZE > HEAP_START);
-    assert!(STACK_TOP < START_PAGE);
+    assert!(STACK_TOP < TIME_PAGE);
+    assert!(EVENT_PAGE + PAGE_SIZE <= START_PAGE);
     assert!(START_PAGE + PAGE_SIZE <= USER_END);
     assert!(START_STRINGS_OFFSET >= START_INFO_OFFSET + core::mem::size_of::<crate::StartInfo>() as u64);
 };

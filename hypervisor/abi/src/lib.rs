@@ -18,6 +18,7 @@ extern crate alloc;
 pub mod bundle;
 pub mod layout;
 pub mod note;
+pub mod time;
 
 /// Version of this contract. Images carry the version they were built
 /// against in an ELF note ([`note`]); the hypervisor refuses any other.
@@ -44,6 +45,12 @@ pub enum Hypercall {
     Exit = 2,
     /// `yield()`: give the CPU to the next runnable guest. Returns 0.
     Yield = 3,
+    /// `block(deadline_ns)`: sleep until an event bit is set in the event
+    /// page or the monotonic clock reaches `deadline_ns` (`u64::MAX`: no
+    /// deadline). Returns at once if an event is already pending or the
+    /// deadline has passed (then `time::events::TIMER` is set). Returns the
+    /// pending event bits.
+    Block = 4,
 }
 
 impl TryFrom<u64> for Hypercall {
@@ -54,6 +61,7 @@ impl TryFrom<u64> for Hypercall {
             1 => Self::ConsoleWrite,
             2 => Self::Exit,
             3 => Self::Yield,
+            4 => Self::Block,
             other => return Err(other),
         })
     }
@@ -66,6 +74,7 @@ impl Hypercall {
             Self::ConsoleWrite => "console_write",
             Self::Exit => "exit",
             Self::Yield => "yield",
+            Self::Block => "block",
         }
     }
 }
@@ -169,7 +178,7 @@ mod tests {
 
     #[test]
     fn hypercall_numbers_round_trip() {
-        for hc in [Hypercall::ConsoleWrite, Hypercall::Exit, Hypercall::Yield] {
+        for hc in [Hypercall::ConsoleWrite, Hypercall::Exit, Hypercall::Yield, Hypercall::Block] {
             assert_eq!(Hypercall::try_from(hc as u64), Ok(hc));
         }
         assert_eq!(Hypercall::try_from(0), Err(0));

@@ -100,6 +100,11 @@ pub enum Step {
     Resume,
     /// Put it at the back of the run queue.
     Yield,
+    /// An interrupt (the timer) took the CPU from it; it stays runnable.
+    Preempted,
+    /// It sleeps until an event or the monotonic clock reaches `deadline`
+    /// (ns; `u64::MAX`: no deadline). Resume it with [`Guest::wake_from_block`].
+    Block { deadline: u64 },
     /// It called `exit(code)`.
     Exited(i32),
     /// It is stopped for the given reason (fault, bad hypercall, limit).
@@ -115,7 +120,22 @@ pub struct Guest {
     /// Whether the next entry may use `sysret` (the last exit was a
     /// `syscall`); otherwise `iretq` restores every register.
     pub via_sysret: bool,
+    /// In a `block` hypercall: on resume it returns the pending events.
+    blocked: bool,
     console: LineBuffer,
+    pub stats: Stats,
+}
+
+/// What a guest has cost, for the accounting lines.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub cpu_ns: u64,
+    pub wakeups: u64,
+    pub preemptions: u64,
+    pub yields: u64,
+    pub hypercalls: u64,
+    /// CPU time per CPU (index = CPU number).
+    pub cpu_ns_per_cpu: Vec<u64>,
 }
 
 /// Why a guest could not be created.
@@ -144,19 +164,22 @@ impl core::fmt::Display for CreateError {
 impl Guest {
     /// Builds an instance of `image`: its own address space with the
     /// image's read-only pages shared, its writable pages copied, demand-zero
-    /// heap and stack, and the start page. `write_boot_info` puts
-    /// hermit-entry's `RawBootInfo` at the start of the start page's frame.
+    /// heap and stack, the shared time page (`time_page`, read-only), its
+    /// event page, and the start page. `write_boot_info` puts hermit-entry's
+    /// `RawBootInfo` at the start of the start page's frame.
+    #[allow(clippy::too_many_arguments)]
     pub fn create<M: PhysMem>(
         mem: &mut M,
         kernel_root: PhysAddr,
+        time_page: PhysAddr,
         image: &LoadedImage,
         name: &str,
         args: &[&str],
         memory_limit: u64,
         write_boot_info: impl FnOnce(&mut M, PhysAddr),
     ) -> Result<Self, CreateError> {
-        // Image copies, start page, and a handful of page tables.
-        let needed = image.private_bytes() + PAGE_SIZE + 8 * PAGE_SIZE;
+        // Image copies, start and event pages, and a handful of page tables.
+        let needed = image.private_bytes() + 2 * PAGE_SIZE + 8 * PAGE_SIZE;
         if memory_limit < needed {
             return Err(CreateError::TooSmall { needed, limit: memory_limit });
         }
@@ -178,6 +201,9 @@ impl Guest {
                     memory.map_shared(mem, p.vaddr, p.frame, p.flags)?;
                 }
             }
+            memory.map_shared(mem, layout::TIME_PAGE, time_page, Pte::NO_EXECUTE)?;
+            let events = mem.alloc().ok_or(Fault::MachineOutOfMemory)?;
+            memory.map_private(mem, layout::EVENT_PAGE, events, Pte::WRITABLE | Pte::NO_EXECUTE).inspect_err(|_| mem.free(events))?;
             let page = mem.alloc().ok_or(Fault::MachineOutOfMemory)?;
             let si = StartInfo {
                 magic: abi::START_MAGIC,
@@ -215,7 +241,16 @@ impl Guest {
             rflags: regs::RFLAGS_FIXED,
             ..Regs::default()
         };
-        Ok(Self { name: name.into(), memory, regs, fpu: Box::default(), via_sysret: false, console: LineBuffer::default() })
+        Ok(Self {
+            name: name.into(),
+            memory,
+            regs,
+            fpu: Box::default(),
+            via_sysret: false,
+            blocked: false,
+            console: LineBuffer::default(),
+            stats: Stats::default(),
+        })
     }
 
     /// Decides what follows an exit. Console output goes to `out` as whole
@@ -235,14 +270,42 @@ impl Guest {
             },
             0..=31 => self.fault_step(mem),
             // External interrupts: the guest was preempted.
-            _ => Step::Yield,
+            _ => {
+                self.stats.preemptions += 1;
+                Step::Preempted
+            }
         };
-        if matches!(step, Step::Resume | Step::Yield) && self.regs.rip >= layout::USER_END {
+        if matches!(step, Step::Resume | Step::Yield | Step::Preempted | Step::Block { .. }) && self.regs.rip >= layout::USER_END {
             // Only a `syscall` in the last bytes of the guest half can get
             // here; never `sysret`/`iret` to a non-canonical address.
             return Step::Stopped(format!("return address {:#x} is not canonical (syscall at the end of the guest half)", self.regs.rip));
         }
         step
+    }
+
+    /// The guest's pending event bits (read once from its event page).
+    pub fn pending_events(&mut self, mem: &mut impl PhysMem) -> u64 {
+        let mut b = [0u8; 8];
+        match self.memory.read(mem, layout::EVENT_PAGE, &mut b) {
+            Ok(()) => u64::from_le_bytes(b),
+            Err(_) => 0,
+        }
+    }
+
+    /// Sets event bits in the guest's event page.
+    pub fn raise_events(&mut self, mem: &mut impl PhysMem, bits: u64) {
+        let now = self.pending_events(mem) | bits;
+        let _ = self.memory.write(mem, layout::EVENT_PAGE, &now.to_le_bytes());
+    }
+
+    /// Call before entering the guest: completes a `block` hypercall it
+    /// is in, which returns the pending event bits.
+    pub fn wake_from_block(&mut self, mem: &mut impl PhysMem) {
+        if self.blocked {
+            self.blocked = false;
+            self.regs.rax = self.pending_events(mem);
+            self.stats.wakeups += 1;
+        }
     }
 
     /// Flushes a partial console line (call when the guest is gone).
@@ -268,6 +331,7 @@ impl Guest {
 
     fn hypercall(&mut self, mem: &mut impl PhysMem, out: &mut impl FnMut(&str)) -> Step {
         let (nr, a0, a1) = (self.regs.rax, self.regs.rdi, self.regs.rsi);
+        self.stats.hypercalls += 1;
         let Ok(hc) = Hypercall::try_from(nr) else {
             return Step::Stopped(format!("bad hypercall: unknown number {nr:#x}"));
         };
@@ -289,7 +353,18 @@ impl Guest {
             Hypercall::Exit => Step::Exited(a0 as u32 as i32),
             Hypercall::Yield => {
                 self.regs.rax = 0;
+                self.stats.yields += 1;
                 Step::Yield
+            }
+            Hypercall::Block => {
+                let pending = self.pending_events(mem);
+                if pending != 0 {
+                    self.regs.rax = pending;
+                    Step::Resume
+                } else {
+                    self.blocked = true;
+                    Step::Block { deadline: a0 }
+                }
             }
         }
     }

@@ -20,11 +20,17 @@ fn image() -> Image {
     }
 }
 
-fn setup() -> (TestMem, PhysAddr, LoadedImage) {
+/// Simulated memory, a kernel root and a time page, and the loaded image.
+fn setup() -> (TestMem, (PhysAddr, PhysAddr), LoadedImage) {
     let mut mem = TestMem::new(10_000);
     let k = mem.alloc().unwrap();
+    let t = mem.alloc().unwrap();
     let li = LoadedImage::load(&mut mem, "t.hermit", &image()).unwrap();
-    (mem, k, li)
+    (mem, (k, t), li)
+}
+
+fn create(mem: &mut TestMem, (k, t): (PhysAddr, PhysAddr), li: &LoadedImage, name: &str, args: &[&str], limit: u64) -> Result<Guest, CreateError> {
+    Guest::create(mem, k, t, li, name, args, limit, |_, _| {})
 }
 
 fn syscall(g: &mut Guest, nr: u64, a0: u64, a1: u64) {
@@ -38,8 +44,8 @@ fn syscall(g: &mut Guest, nr: u64, a0: u64, a1: u64) {
 fn instances_share_text_and_copy_data() {
     let (mut mem, k, li) = setup();
     assert_eq!((li.shared_bytes(), li.private_bytes()), (4096, 4096));
-    let mut a = Guest::create(&mut mem, k, &li, "t-0", &["x"], 1 << 20, |_, _| {}).unwrap();
-    let mut b = Guest::create(&mut mem, k, &li, "t-1", &[], 1 << 20, |_, _| {}).unwrap();
+    let mut a = create(&mut mem, k, &li, "t-0", &["x"], 1 << 20).unwrap();
+    let mut b = create(&mut mem, k, &li, "t-1", &[], 1 << 20).unwrap();
     let text = |g: &Guest, mem: &TestMem| g.memory.space.translate(mem, 0x401000).unwrap().0;
     let data = |g: &Guest, mem: &TestMem| g.memory.space.translate(mem, 0x402000).unwrap().0;
     assert_eq!(text(&a, &mem), text(&b, &mem), "text is shared");
@@ -63,13 +69,13 @@ fn instances_share_text_and_copy_data() {
     let live = mem.live;
     let freed = a.destroy(&mut mem) + b.destroy(&mut mem);
     assert_eq!(mem.live, live - freed);
-    assert_eq!(mem.live, 1 + li.pages.len(), "only the kernel root and the image remain");
+    assert_eq!(mem.live, 2 + li.pages.len(), "only the kernel root, the time page and the image remain");
 }
 
 #[test]
 fn hypercalls_write_lines_yield_and_exit() {
     let (mut mem, k, li) = setup();
-    let mut g = Guest::create(&mut mem, k, &li, "g-0", &[], 1 << 20, |_, _| {}).unwrap();
+    let mut g = create(&mut mem, k, &li, "g-0", &[], 1 << 20).unwrap();
     g.memory.write(&mut mem, HEAP_START, b"hi\nthere").unwrap();
     let mut out = Vec::new();
     syscall(&mut g, Hypercall::ConsoleWrite as u64, HEAP_START, 8);
@@ -85,9 +91,28 @@ fn hypercalls_write_lines_yield_and_exit() {
 }
 
 #[test]
+fn block_returns_at_once_with_pending_events_and_otherwise_sleeps() {
+    let (mut mem, k, li) = setup();
+    let mut g = create(&mut mem, k, &li, "g-0", &[], 1 << 20).unwrap();
+    syscall(&mut g, Hypercall::Block as u64, 5_000, 0);
+    assert_eq!(g.handle_exit(&mut mem, &mut |_| {}), Step::Block { deadline: 5_000 });
+    g.raise_events(&mut mem, abi::time::events::TIMER);
+    g.wake_from_block(&mut mem);
+    assert_eq!(g.regs.rax, abi::time::events::TIMER);
+    // The event is still pending (the guest clears it), so the next block returns at once.
+    syscall(&mut g, Hypercall::Block as u64, u64::MAX, 0);
+    assert_eq!(g.handle_exit(&mut mem, &mut |_| {}), Step::Resume);
+    assert_eq!(g.regs.rax, abi::time::events::TIMER);
+    // The time page is shared and read-only.
+    let mut b = [0u8; 1];
+    g.memory.read(&mut mem, abi::layout::TIME_PAGE, &mut b).unwrap();
+    assert_eq!(g.memory.write(&mut mem, abi::layout::TIME_PAGE, &b), Err(Fault::Protection(abi::layout::TIME_PAGE)));
+}
+
+#[test]
 fn bad_hypercalls_stop_the_guest() {
     let (mut mem, k, li) = setup();
-    let mut g = Guest::create(&mut mem, k, &li, "g-0", &[], 1 << 20, |_, _| {}).unwrap();
+    let mut g = create(&mut mem, k, &li, "g-0", &[], 1 << 20).unwrap();
     let mut stop = |g: &mut Guest, nr, a0, a1| {
         syscall(g, nr, a0, a1);
         match g.handle_exit(&mut mem, &mut |_| {}) {
@@ -106,7 +131,7 @@ fn bad_hypercalls_stop_the_guest() {
 #[test]
 fn faults_stop_with_reasons_and_demand_zero_resumes() {
     let (mut mem, k, li) = setup();
-    let mut g = Guest::create(&mut mem, k, &li, "g-0", &[], 64 * 1024, |_, _| {}).unwrap();
+    let mut g = create(&mut mem, k, &li, "g-0", &[], 64 * 1024).unwrap();
     // First touch of the stack: not present, in a zero-fill region.
     g.regs = Regs { vector: 14, error: 0b110, cr2: STACK_TOP - 16, rip: 0x401000, ..Regs::default() };
     assert_eq!(g.handle_exit(&mut mem, &mut |_| {}), Step::Resume);
@@ -134,7 +159,7 @@ fn faults_stop_with_reasons_and_demand_zero_resumes() {
 #[test]
 fn a_syscall_at_the_end_of_the_guest_half_is_never_returned_to() {
     let (mut mem, k, li) = setup();
-    let mut g = Guest::create(&mut mem, k, &li, "g-0", &[], 1 << 20, |_, _| {}).unwrap();
+    let mut g = create(&mut mem, k, &li, "g-0", &[], 1 << 20).unwrap();
     syscall(&mut g, Hypercall::Yield as u64, 0, 0);
     g.regs.rip = layout::USER_END;
     assert!(matches!(g.handle_exit(&mut mem, &mut |_| {}), Step::Stopped(s) if s.contains("not canonical")));
@@ -144,8 +169,8 @@ fn a_syscall_at_the_end_of_the_guest_half_is_never_returned_to() {
 fn creation_refuses_too_little_memory_and_long_args() {
     let (mut mem, k, li) = setup();
     let live = mem.live;
-    assert!(matches!(Guest::create(&mut mem, k, &li, "g", &[], 8192, |_, _| {}), Err(CreateError::TooSmall { .. })));
+    assert!(matches!(create(&mut mem, k, &li, "g", &[], 8192), Err(CreateError::TooSmall { .. })));
     let long = "x".repeat(5000);
-    assert!(matches!(Guest::create(&mut mem, k, &li, "g", &[&long], 1 << 20, |_, _| {}), Err(CreateError::ArgsTooLong)));
+    assert!(matches!(create(&mut mem, k, &li, "g", &[&long], 1 << 20), Err(CreateError::ArgsTooLong)));
     assert_eq!(mem.live, live, "a failed creation leaks nothing");
 }

@@ -13,6 +13,8 @@ bitflags::bitflags! {
         const PRESENT = 1 << 0;
         const WRITABLE = 1 << 1;
         const USER = 1 << 2;
+        const WRITE_THROUGH = 1 << 3;
+        const NO_CACHE = 1 << 4;
         const ACCESSED = 1 << 5;
         const DIRTY = 1 << 6;
         /// A 2 MiB (level 2) or 1 GiB (level 3) leaf.

@@ -39,6 +39,30 @@ pub unsafe fn wrmsr(msr: u32, value: u64) {
     unsafe { Msr::new(msr).write(value) }
 }
 
+pub fn rdmsr(msr: u32) -> u64 {
+    // SAFETY: only called with architectural MSRs that exist on x86_64.
+    unsafe { Msr::new(msr).read() }
+}
+
+/// Whether the APIC timer has TSC-deadline mode.
+pub fn has_tsc_deadline() -> bool {
+    __cpuid_count(1, 0).ecx & (1 << 24) != 0
+}
+
+/// Reads the time-stamp counter.
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no side effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Halts until the next interrupt, then returns with interrupts off again.
+/// The interrupt is taken on an IST stack (entry.rs) and returns here.
+pub fn idle() {
+    // SAFETY: `sti; hlt` is the atomic enable-and-wait idiom (the interrupt
+    // shadow of sti covers hlt); the ring-0 interrupt path only returns.
+    unsafe { core::arch::asm!("sti; hlt; cli", options(nomem, nostack)) };
+}
+
 pub fn read_cr4() -> u64 {
     let v: u64;
     // SAFETY: reading CR4 has no side effects.

@@ -200,10 +200,17 @@ exception_common:
     movq %rbx, {cr2}(%rax)
     jmp guest_exit
 1:
+    cmpq $32, (%rsp)
+    jae 3f
     movq %rsp, %rdi
     subq $8, %rsp
     call kernel_fault
     ud2
+3:
+    /* An interrupt in the hypervisor (only while idle in cpu::idle): the
+       idle loop sends the EOI; just return. */
+    addq $16, %rsp
+    iretq
 
     .global syscall_entry
 syscall_entry:

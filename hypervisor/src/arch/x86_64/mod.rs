@@ -4,7 +4,9 @@
 //! Assumes: ring 0, long mode entered by `boot`, one CPU, interrupts off
 //! whenever hypervisor code runs (guests run with them on).
 
+pub mod apic;
 pub mod boot;
+pub mod clock;
 pub mod cpu;
 pub mod entry;
 pub mod gdt;

@@ -119,6 +119,13 @@ pub unsafe fn init(max_phys: u64, features: &super::cpu::Features) -> PhysAddr {
     root
 }
 
+/// Maps one page of device registers (uncached, no-execute) at `va` in
+/// the hypervisor's half, which every guest's PML4 shares.
+pub fn map_mmio(mem: &mut DirectMem, root: PhysAddr, va: u64, pa: PhysAddr) {
+    let flags = Pte::WRITABLE | Pte::NO_CACHE | Pte::WRITE_THROUGH | Pte::NO_EXECUTE;
+    paging::map(mem, root, va, pa, flags, 1, Pte::WRITABLE).expect("mapping device registers");
+}
+
 /// Physical memory through the direct map, with the frame allocator.
 pub struct DirectMem {
     pub frames: FrameAllocator<'static>,

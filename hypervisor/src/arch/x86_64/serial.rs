@@ -40,6 +40,11 @@ impl core::fmt::Write for Serial {
     }
 }
 
+/// A byte typed on the console, if one is waiting.
+pub fn try_read() -> Option<u8> {
+    (inb(COM1 + 5) & 1 != 0).then(|| inb(COM1))
+}
+
 fn put(b: u8) {
     while inb(COM1 + 5) & 0x20 == 0 {
         core::hint::spin_loop();

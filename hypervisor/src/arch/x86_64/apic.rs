@@ -1,0 +1,84 @@
+//! The local APIC (xAPIC, MMIO) and its timer: one-shot count mode, or
+//! TSC-deadline mode where the CPU has it.
+
+use super::cpu;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Where the APIC's registers are mapped (uncached), see `paging::map_mmio`.
+pub const APIC_VA: u64 = 0xffff_ffff_fee0_0000;
+/// Vector of the timer interrupt.
+pub const TIMER_VECTOR: u8 = 32;
+/// Vector for spurious interrupts (needs no EOI).
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+
+const MSR_APIC_BASE: u32 = 0x1b;
+const MSR_TSC_DEADLINE: u32 = 0x6e0;
+const REG_EOI: u64 = 0xb0;
+const REG_SVR: u64 = 0xf0;
+const REG_LVT_TIMER: u64 = 0x320;
+const REG_INITIAL: u64 = 0x380;
+const REG_CURRENT: u64 = 0x390;
+const REG_DIVIDE: u64 = 0x3e0;
+
+static TSC_DEADLINE: AtomicBool = AtomicBool::new(false);
+/// APIC timer ticks (divide by 16) per 2^32 TSC ticks.
+static TICKS_PER_TSC: AtomicU64 = AtomicU64::new(0);
+
+fn read(reg: u64) -> u32 {
+    // SAFETY: APIC_VA maps the APIC's register page (uncached); `reg` is a
+    // valid, aligned register offset.
+    unsafe { ((APIC_VA + reg) as *const u32).read_volatile() }
+}
+
+fn write(reg: u64, v: u32) {
+    // SAFETY: as in `read`.
+    unsafe { ((APIC_VA + reg) as *mut u32).write_volatile(v) }
+}
+
+/// The APIC's physical base address.
+pub fn base() -> u64 {
+    cpu::rdmsr(MSR_APIC_BASE) & 0x000f_ffff_ffff_f000
+}
+
+/// Enables this CPU's APIC and calibrates its timer against the TSC.
+pub fn init(tsc_hz: u64) {
+    // SAFETY: sets the global-enable bit of IA32_APIC_BASE, keeping the base.
+    unsafe { cpu::wrmsr(MSR_APIC_BASE, cpu::rdmsr(MSR_APIC_BASE) | (1 << 11)) };
+    write(REG_SVR, 0x100 | SPURIOUS_VECTOR as u32);
+    let deadline = cpu::has_tsc_deadline();
+    TSC_DEADLINE.store(deadline, Ordering::Relaxed);
+    if deadline {
+        write(REG_LVT_TIMER, (0b10 << 17) | TIMER_VECTOR as u32);
+        return;
+    }
+    // Count APIC ticks over 10 ms of TSC.
+    write(REG_DIVIDE, 0b0011); // divide by 16
+    write(REG_LVT_TIMER, (1 << 16) | TIMER_VECTOR as u32); // masked while measuring
+    let window = tsc_hz / 100;
+    let start = cpu::rdtsc();
+    write(REG_INITIAL, u32::MAX);
+    while cpu::rdtsc() - start < window {
+        core::hint::spin_loop();
+    }
+    let ticks = (u32::MAX - read(REG_CURRENT)) as u64;
+    write(REG_INITIAL, 0);
+    TICKS_PER_TSC.store((ticks << 32) / window.max(1), Ordering::Relaxed);
+    write(REG_LVT_TIMER, TIMER_VECTOR as u32); // one-shot
+}
+
+/// Arms the timer to fire at TSC value `deadline` (at once if it passed).
+pub fn arm(deadline: u64) {
+    if TSC_DEADLINE.load(Ordering::Relaxed) {
+        // SAFETY: IA32_TSC_DEADLINE exists (CPUID checked in init).
+        unsafe { cpu::wrmsr(MSR_TSC_DEADLINE, deadline.max(1)) };
+        return;
+    }
+    let delta = deadline.saturating_sub(cpu::rdtsc());
+    let ticks = ((delta as u128 * TICKS_PER_TSC.load(Ordering::Relaxed) as u128) >> 32).clamp(1, u32::MAX as u128);
+    write(REG_INITIAL, ticks as u32);
+}
+
+/// Acknowledges the interrupt being serviced.
+pub fn eoi() {
+    write(REG_EOI, 0);
+}
