@@ -28,6 +28,20 @@ pub fn yield_now() {
     hypercall2(Hypercall::Yield, 0, 0);
 }
 
+/// Sleeps until an event bit is set or the monotonic clock reaches
+/// `deadline_ns`; returns the pending event bits (still set).
+pub fn block(deadline_ns: u64) -> u64 {
+    hypercall2(Hypercall::Block, deadline_ns, 0) as u64
+}
+
+/// Clears `bits` in this guest's event page; returns the bits that were set.
+pub fn take_events(bits: u64) -> u64 {
+    // SAFETY: the event page is mapped read-write at this fixed address for
+    // the guest's whole life; the hypervisor only ORs bits into it.
+    let page = unsafe { &*(abi::layout::EVENT_PAGE as *const core::sync::atomic::AtomicU64) };
+    page.fetch_and(!bits, core::sync::atomic::Ordering::AcqRel) & bits
+}
+
 /// Stops this guest with `code`.
 pub fn exit(code: i32) -> ! {
     hypercall2(Hypercall::Exit, code as u32 as u64, 0);

@@ -16,6 +16,8 @@ extern crate alloc;
 pub mod console;
 pub mod hypercall;
 mod rt;
+pub mod task;
+pub mod time;
 
 pub use rt::{args, exit, name, start_info};
 
@@ -27,10 +29,17 @@ pub mod __private {
 }
 
 /// Declares the guest's main function: `fn main()` or `fn main() -> i32`
-/// (the exit code). Expands to the entry point and the ELF notes that mark
-/// the binary as a Hermit image for this hypervisor's ABI.
+/// (the exit code), or with `async`, an `async fn main()` run by the
+/// executor in [`task`]. Expands to the entry point and the ELF notes that
+/// mark the binary as a Hermit image for this hypervisor's ABI.
 #[macro_export]
 macro_rules! main {
+    (async $main:path) => {
+        fn __libos_async_main() -> i32 {
+            $crate::__private::Termination::code($crate::task::block_on($main()))
+        }
+        $crate::main!(__libos_async_main);
+    };
     ($main:path) => {
         $crate::__private::hermit_entry::define_entry_version!();
 

@@ -16,6 +16,10 @@
 //! | `bad-hypercall` | calls a hypercall number that does not exist        |
 //! | `oom`         | allocates without bound                               |
 //! | `panic`       | panics (exits 101)                                    |
+//! | `spin`        | spins forever (`loop {}`)                             |
+//! | `yield-storm` | yields in a tight loop, forever                       |
+//! | `block-storm` | blocks with a deadline in the past in a tight loop    |
+//! | `block-forever` | blocks with no deadline and no event source          |
 #![no_std]
 #![no_main]
 
@@ -91,6 +95,19 @@ fn main() -> i32 {
                 }
             }
             "panic" => panic!("hostile guest panics on purpose"),
+            "spin" => loop {
+                core::hint::spin_loop();
+            },
+            "yield-storm" => loop {
+                libos::hypercall::yield_now();
+            },
+            "block-storm" => loop {
+                libos::hypercall::block(0);
+            },
+            "block-forever" => {
+                let woke = libos::hypercall::block(u64::MAX);
+                println!("woke with events {woke:#x}");
+            }
             other => {
                 println!("unknown attack {other:?}");
                 return 2;

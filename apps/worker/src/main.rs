@@ -1,0 +1,74 @@
+//! Workloads that exercise the scheduler and the clock. The first argument
+//! picks one:
+//!
+//! | arguments     | what it does                                                   |
+//! |---------------|----------------------------------------------------------------|
+//! | `count N`     | counts to N, prints `counted to N`, exits 0                    |
+//! | `busy MS`     | spins for MS milliseconds of wall time, prints `busy for NS ns` |
+//! | `sleep MS`    | sleeps MS ms (async), prints `slept NS ns`                     |
+//! | `tasks`       | spawns tasks sleeping 30, 10 and 20 ms, prints the order they finished |
+#![no_std]
+#![no_main]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+use core::time::Duration;
+use libos::println;
+use libos::task::{join_all, sleep, spawn};
+use libos::time::Instant;
+
+libos::main!(async main);
+
+fn number(arg: Option<&str>) -> u64 {
+    arg.and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("expected a number, got {arg:?}"))
+}
+
+async fn main() -> i32 {
+    let args: Vec<&str> = libos::args().collect();
+    match args.first().copied() {
+        Some("count") => {
+            let n = number(args.get(1).copied());
+            let mut i = 0u64;
+            while i < n {
+                i = core::hint::black_box(i + 1);
+            }
+            println!("counted to {i}");
+        }
+        Some("busy") => {
+            let window = Duration::from_millis(number(args.get(1).copied()));
+            let start = Instant::now();
+            let mut spins = 0u64;
+            while start.elapsed() < window {
+                spins = core::hint::black_box(spins + 1);
+            }
+            println!("busy for {} ns", start.elapsed().as_nanos());
+        }
+        Some("sleep") => {
+            let start = Instant::now();
+            sleep(Duration::from_millis(number(args.get(1).copied()))).await;
+            println!("slept {} ns", start.elapsed().as_nanos());
+        }
+        Some("tasks") => {
+            let start = Instant::now();
+            let handles: Vec<_> = [30u64, 10, 20]
+                .into_iter()
+                .map(|ms| {
+                    spawn(async move {
+                        sleep(Duration::from_millis(ms)).await;
+                        println!("task {ms} done");
+                        ms
+                    })
+                })
+                .collect();
+            let results = join_all(handles).await;
+            println!("joined {results:?} after {} ms", start.elapsed().as_millis());
+        }
+        other => {
+            println!("unknown workload {other:?}");
+            return 2;
+        }
+    }
+    0
+}

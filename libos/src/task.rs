@@ -1,0 +1,214 @@
+//! A small single-threaded async executor: [`block_on`], [`spawn`],
+//! [`sleep`] and [`JoinHandle`]s to join tasks.
+//!
+//! When no task is ready, the executor blocks in the hypervisor until the
+//! earliest timer is due or an event arrives; it never busy-polls.
+
+use crate::time::{Instant, block_until};
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::rc::Rc;
+use alloc::vec::Vec;
+use core::cell::RefCell;
+use core::future::Future;
+use core::pin::Pin;
+use core::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
+use core::time::Duration;
+use spin::Mutex;
+
+type Task = Pin<Box<dyn Future<Output = ()>>>;
+
+/// Tasks ready to be polled, by id. A `Mutex` only because `Waker`s must be
+/// `Send + Sync`; a guest is single-threaded, so it is never contended.
+static READY: Mutex<VecDeque<usize>> = Mutex::new(VecDeque::new());
+/// Pending timers: (deadline, sequence) -> the waker to call.
+static TIMERS: Mutex<BTreeMap<(Instant, u64), Waker>> = Mutex::new(BTreeMap::new());
+static TIMER_SEQ: Mutex<u64> = Mutex::new(0);
+
+struct Executor {
+    tasks: Vec<Option<Task>>,
+    free: Vec<usize>,
+}
+
+/// Tasks spawned but not yet handed to the running executor.
+static SPAWNED: Mutex<Vec<SendTask>> = Mutex::new(Vec::new());
+
+/// A task handed over through `SPAWNED`. Guests are single-threaded, so the
+/// `!Send` future never crosses a thread.
+struct SendTask(Task);
+// SAFETY: a guest has exactly one thread; `SPAWNED` is only a hand-over
+// list inside it.
+unsafe impl Send for SendTask {}
+
+const VTABLE: RawWakerVTable = RawWakerVTable::new(
+    |data| RawWaker::new(data, &VTABLE),
+    |data| READY.lock().push_back(data as usize),
+    |data| READY.lock().push_back(data as usize),
+    |_| {},
+);
+
+fn waker(id: usize) -> Waker {
+    // SAFETY: the vtable's functions treat `data` as a plain task id and
+    // never dereference it; they are all thread-safe (a spin mutex).
+    unsafe { Waker::from_raw(RawWaker::new(id as *const (), &VTABLE)) }
+}
+
+/// Runs `main` (and every task it spawns) to completion of `main`.
+pub fn block_on<T: 'static>(main: impl Future<Output = T> + 'static) -> T {
+    let out: Rc<RefCell<Option<T>>> = Rc::new(RefCell::new(None));
+    let slot = out.clone();
+    let mut ex = Executor { tasks: Vec::new(), free: Vec::new() };
+    ex.add(Box::pin(async move {
+        *slot.borrow_mut() = Some(main.await);
+    }));
+    loop {
+        ex.adopt_spawned();
+        let next = READY.lock().pop_front();
+        if let Some(id) = next {
+            ex.poll(id);
+            if let Some(v) = out.borrow_mut().take() {
+                return v;
+            }
+            continue;
+        }
+        if fire_timers() {
+            continue;
+        }
+        // Nothing to do: sleep in the hypervisor until the next timer.
+        let deadline = TIMERS.lock().first_key_value().map_or(Instant::MAX, |(k, _)| k.0);
+        block_until(deadline);
+    }
+}
+
+impl Executor {
+    fn add(&mut self, task: Task) {
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.tasks[id] = Some(task);
+                id
+            }
+            None => {
+                self.tasks.push(Some(task));
+                self.tasks.len() - 1
+            }
+        };
+        READY.lock().push_back(id);
+    }
+
+    fn adopt_spawned(&mut self) {
+        let spawned: Vec<SendTask> = core::mem::take(&mut *SPAWNED.lock());
+        for t in spawned {
+            self.add(t.0);
+        }
+    }
+
+    fn poll(&mut self, id: usize) {
+        let Some(Some(task)) = self.tasks.get_mut(id) else { return };
+        let w = waker(id);
+        if task.as_mut().poll(&mut Context::from_waker(&w)).is_ready() {
+            self.tasks[id] = None;
+            self.free.push(id);
+        }
+    }
+}
+
+/// Wakes every timer that is due; returns whether any was.
+fn fire_timers() -> bool {
+    let now = Instant::now();
+    let mut fired = false;
+    loop {
+        let due = {
+            let mut t = TIMERS.lock();
+            match t.first_key_value() {
+                Some((k, _)) if k.0 <= now => t.pop_first().map(|(_, w)| w),
+                _ => None,
+            }
+        };
+        match due {
+            Some(w) => {
+                w.wake();
+                fired = true;
+            }
+            None => return fired,
+        }
+    }
+}
+
+/// The result of a spawned task, awaitable.
+pub struct JoinHandle<T> {
+    state: Rc<RefCell<(Option<T>, Option<Waker>)>>,
+}
+
+impl<T> Future for JoinHandle<T> {
+    type Output = T;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let mut s = self.state.borrow_mut();
+        match s.0.take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                s.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Starts `fut` as a task of the running executor.
+pub fn spawn<T: 'static>(fut: impl Future<Output = T> + 'static) -> JoinHandle<T> {
+    let state: Rc<RefCell<(Option<T>, Option<Waker>)>> = Rc::new(RefCell::new((None, None)));
+    let s = state.clone();
+    let task: Task = Box::pin(async move {
+        let v = fut.await;
+        let mut st = s.borrow_mut();
+        st.0 = Some(v);
+        if let Some(w) = st.1.take() {
+            w.wake();
+        }
+    });
+    SPAWNED.lock().push(SendTask(task));
+    JoinHandle { state }
+}
+
+/// Waits for every handle, returning the results in order.
+pub async fn join_all<T>(handles: Vec<JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await);
+    }
+    out
+}
+
+/// Completes at `deadline`.
+pub struct Sleep {
+    deadline: Instant,
+    registered: bool,
+}
+
+impl Future for Sleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.deadline {
+            return Poll::Ready(());
+        }
+        if !self.registered {
+            let seq = {
+                let mut s = TIMER_SEQ.lock();
+                *s += 1;
+                *s
+            };
+            TIMERS.lock().insert((self.deadline, seq), cx.waker().clone());
+            self.registered = true;
+        }
+        Poll::Pending
+    }
+}
+
+/// Completes after `d`.
+pub fn sleep(d: Duration) -> Sleep {
+    Sleep { deadline: Instant::now().saturating_add(d), registered: false }
+}
+
+/// Completes at `deadline`.
+pub fn sleep_until(deadline: Instant) -> Sleep {
+    Sleep { deadline, registered: false }
+}

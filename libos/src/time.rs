@@ -1,0 +1,74 @@
+//! Time without hypercalls: the TSC and the hypervisor's read-only time
+//! page (`abi::time::TimeInfo`), plus sleeping through `block`.
+
+use abi::time::TimeInfo;
+use core::time::Duration;
+
+fn info() -> TimeInfo {
+    // SAFETY: the hypervisor maps the time page read-only at this fixed
+    // address before the first instruction and never changes it.
+    unsafe { core::ptr::read_volatile(abi::layout::TIME_PAGE as *const TimeInfo) }
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC is allowed in ring 3 (CR4.TSD is clear) and has no side effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// A point on the monotonic clock (nanoseconds since the hypervisor booted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Instant(u64);
+
+impl Instant {
+    /// The end of time: blocking until it waits for an event only.
+    pub const MAX: Instant = Instant(u64::MAX);
+
+    pub fn now() -> Self {
+        Instant(info().ns(rdtsc()))
+    }
+
+    /// Nanoseconds since the hypervisor booted.
+    pub fn as_nanos(self) -> u64 {
+        self.0
+    }
+
+    pub fn elapsed(self) -> Duration {
+        Self::now().duration_since(self)
+    }
+
+    /// Zero if `earlier` is later.
+    pub fn duration_since(self, earlier: Instant) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+
+    pub fn checked_add(self, d: Duration) -> Option<Instant> {
+        let ns = u64::try_from(d.as_nanos()).ok()?;
+        self.0.checked_add(ns).map(Instant)
+    }
+
+    /// `self + d`, or the end of time if that overflows.
+    pub fn saturating_add(self, d: Duration) -> Instant {
+        self.checked_add(d).unwrap_or(Instant(u64::MAX))
+    }
+}
+
+/// Wall-clock time: nanoseconds since the Unix epoch.
+pub fn wall_clock_ns() -> u64 {
+    let i = info();
+    i.boot_wall_ns.saturating_add(i.ns(rdtsc()))
+}
+
+/// Sleeps until an event is pending or `deadline` passes; returns the
+/// pending event bits (see `abi::time::events`) and clears them.
+pub fn block_until(deadline: Instant) -> u64 {
+    let bits = crate::hypercall::block(deadline.0);
+    crate::hypercall::take_events(bits)
+}
+
+/// Sleeps for at least `d` (other guests run meanwhile).
+pub fn sleep(d: Duration) {
+    let deadline = Instant::now().saturating_add(d);
+    while Instant::now() < deadline {
+        block_until(deadline);
+    }
+}
