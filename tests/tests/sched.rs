@@ -1,0 +1,111 @@
+//! CPU and time: preemption, fair shares with weights and caps, blocking,
+//! timers, and many guests at once.
+
+use integration_tests::{RunOutput, boot};
+
+/// The `guest_stats` JSON line of `guest`, as (field, value) lookups.
+fn stats<'a>(out: &'a RunOutput, guest: &str) -> &'a str {
+    let needle = format!(r#""guest":"{guest}""#);
+    out.console
+        .lines()
+        .find(|l| l.starts_with(r#"{"event":"guest_stats""#) && l.contains(&needle))
+        .unwrap_or_else(|| panic!("no stats line for {guest}:\n{}", out.console))
+}
+
+fn field(line: &str, key: &str) -> u64 {
+    let at = line.find(&format!(r#""{key}":"#)).unwrap_or_else(|| panic!("no {key} in {line}")) + key.len() + 3;
+    line[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
+/// The window a `worker busy` guest measured for itself, in ns.
+fn busy_window(out: &RunOutput, guest: &str) -> u64 {
+    let prefix = format!("{guest}| busy for ");
+    let line = out.console.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("{guest} did not finish:\n{}", out.console));
+    line[prefix.len()..].trim_end_matches(" ns").parse().unwrap()
+}
+
+#[test]
+fn spinning_and_storming_guests_cannot_starve_workers() {
+    let mut manifest = String::new();
+    for attack in ["spin", "yield-storm", "block-storm"] {
+        manifest.push_str(&format!("[[guest]]\nname = \"{attack}\"\napp = \"hostile\"\nargs = [\"{attack}\"]\n"));
+    }
+    manifest.push_str("[[guest]]\nname = \"worker\"\napp = \"worker\"\ncount = 3\nargs = [\"count\", \"20000000\"]\n");
+    // The attackers never end, so QEMU is stopped by the timeout; by then
+    // every worker must have finished.
+    let out = boot(&manifest, 25);
+    assert!(out.timed_out, "the attackers should still be running:\n{}", out.console);
+    for i in 0..3 {
+        assert!(
+            out.console.lines().any(|l| l == format!("[hv] guest worker-{i} exited with code 0")),
+            "worker-{i} did not finish beside the attackers:\n{}",
+            out.console
+        );
+    }
+    for attack in ["spin", "yield-storm", "block-storm"] {
+        assert!(out.console.contains(&format!("{attack}-0| {attack}-0: trying {attack}")), "{attack} never ran");
+        assert!(!out.console.contains(&format!("guest {attack}-0 stopped")), "{attack} should be contained, not stopped");
+    }
+}
+
+#[test]
+fn weights_two_to_one_share_the_cpu_two_to_one() {
+    let out = boot(
+        "[[guest]]\nname = \"heavy\"\napp = \"worker\"\nweight = 200\nargs = [\"busy\", \"2000\"]\n\
+         [[guest]]\nname = \"light\"\napp = \"worker\"\nweight = 100\nargs = [\"busy\", \"2000\"]\n",
+        120,
+    );
+    assert!(out.success(), "{}", out.console);
+    let heavy = field(stats(&out, "heavy-0"), "cpu_ns") as f64;
+    let light = field(stats(&out, "light-0"), "cpu_ns") as f64;
+    let ratio = heavy / light;
+    assert!((ratio - 2.0).abs() <= 0.2, "CPU shares heavy {heavy} / light {light} = {ratio}, not within 10% of 2");
+    assert!(field(stats(&out, "heavy-0"), "preemptions") > 10, "busy guests must be preempted");
+}
+
+#[test]
+fn a_capped_guest_stays_at_or_below_its_cap_on_an_idle_machine() {
+    let out = boot("[[guest]]\nname = \"capped\"\napp = \"worker\"\ncap = 25\nargs = [\"busy\", \"1500\"]\n", 120);
+    assert!(out.success(), "{}", out.console);
+    let cpu = field(stats(&out, "capped-0"), "cpu_ns") as f64;
+    let window = busy_window(&out, "capped-0") as f64;
+    let share = cpu / window;
+    // cpu_ns also counts start-up before the window, so this is conservative.
+    assert!(share <= 0.255, "capped at 25% but used {:.1}% of its {window} ns window", share * 100.0);
+    assert!(share >= 0.15, "a 25% cap on an idle machine should give close to 25%, got {:.1}%", share * 100.0);
+}
+
+#[test]
+fn timers_sleep_and_tasks_complete_in_deadline_order() {
+    let out = boot(
+        "[[guest]]\nname = \"tasks\"\napp = \"worker\"\nargs = [\"tasks\"]\n\
+         [[guest]]\nname = \"sleep\"\napp = \"worker\"\nargs = [\"sleep\", \"100\"]\n\
+         [[guest]]\nname = \"past\"\napp = \"hostile\"\nargs = [\"block-storm\"]\n\
+         [[guest]]\nname = \"forever\"\napp = \"hostile\"\nargs = [\"block-forever\"]\n",
+        20,
+    );
+    let lines: Vec<&str> = out.console.lines().filter(|l| l.starts_with("tasks-0| ")).collect();
+    assert_eq!(lines.len(), 4, "{}", out.console);
+    assert_eq!(lines[..3], ["tasks-0| task 10 done", "tasks-0| task 20 done", "tasks-0| task 30 done"], "{}", out.console);
+    assert!(lines[3].starts_with("tasks-0| joined [30, 10, 20] after "), "{}", out.console);
+    let slept: u64 = out.console.lines().find_map(|l| l.strip_prefix("sleep-0| slept ")).expect("sleep finished").trim_end_matches(" ns").parse().unwrap();
+    assert!((100_000_000..150_000_000).contains(&slept), "asked for 100 ms, slept {slept} ns");
+    // The sleeper woke once, by its timer, not by polling.
+    assert!(field(stats(&out, "sleep-0"), "wakeups") <= 2, "{}", stats(&out, "sleep-0"));
+    // A guest blocked with no deadline and no event source sleeps until
+    // woken, costing nothing; the storm of past deadlines keeps returning.
+    assert!(out.timed_out, "block-forever and block-storm never end:\n{}", out.console);
+    assert!(!out.console.contains("forever-0| woke"), "nothing should wake block-forever");
+}
+
+#[test]
+fn a_thousand_hello_guests_boot_and_all_exit_0() {
+    let out = boot("[[guest]]\nname = \"h\"\napp = \"hello\"\ncount = 1000\nmemory = \"256 KiB\"\n", 400);
+    assert!(out.success(), "status {:?}\n{}", out.status, &out.console[out.console.len().saturating_sub(3000)..]);
+    let exited = out.console.lines().filter(|l| l.starts_with("[hv] guest h-") && l.ends_with(" exited with code 0")).count();
+    assert_eq!(exited, 1000);
+    for i in [0, 499, 999] {
+        assert!(out.console.contains(&format!("h-{i}| Hello from h-{i}! args: []")));
+    }
+    assert!(out.console.contains("[hv] no guests left: 1000 exited, 0 stopped, 0 not started"));
+}
