@@ -51,7 +51,7 @@ impl Host {
         let s = &g.stats;
         let per_cpu: Vec<String> = s.cpu_ns_per_cpu.iter().map(|n| format!("{n}")).collect();
         format!(
-            r#"{{"event":"guest_stats","guest":"{}","state":"{state}","cpu_ns":{},"cpu_ns_per_cpu":[{}],"wakeups":{},"preemptions":{},"yields":{},"hypercalls":{},"memory_bytes":{},"memory_limit":{}}}"#,
+            r#"{{"event":"guest_stats","guest":"{}","state":"{state}","cpu_ns":{},"cpu_ns_per_cpu":[{}],"wakeups":{},"preemptions":{},"yields":{},"hypercalls":{},"memory_bytes":{},"memory_limit":{},"created_ns":{},"first_entry_ns":{}}}"#,
             g.name,
             s.cpu_ns,
             per_cpu.join(","),
@@ -60,7 +60,9 @@ impl Host {
             s.yields,
             s.hypercalls,
             g.memory.charged_bytes(),
-            g.memory.limit_bytes()
+            g.memory.limit_bytes(),
+            s.created_ns,
+            s.first_entry_ns
         )
     }
 
@@ -118,6 +120,9 @@ impl Host {
         apic::arm(deadline);
         let g = self.guests[id].as_mut().expect("scheduled guest exists");
         g.wake_from_block(&mut self.mem);
+        if g.stats.first_entry_ns == 0 {
+            g.stats.first_entry_ns = self.time.ns(start).max(1);
+        }
         // SAFETY: the guest's PML4 maps the hypervisor's half like every
         // other address space (copied from the kernel root at creation).
         unsafe { cpu::write_cr3(g.memory.space.root()) };
@@ -234,11 +239,13 @@ pub fn run(mut mem: DirectMem, kernel_root: u64, time: TimeInfo, bundle: &[u8]) 
             };
             let args: Vec<&str> =
                 if manifest_args.is_empty() { image.app_args.iter().map(String::as_str).collect() } else { manifest_args.clone() };
+            let created_ns = host.now();
             let created = Guest::create(&mut host.mem, kernel_root, time_page, image, &name, &args, entry.memory, |_, page| {
                 write_boot_info(page, image, entry.memory, &time)
             });
             match created {
-                Ok(g) => {
+                Ok(mut g) => {
+                    g.stats.created_ns = created_ns;
                     println!("[hv] guest {name} started (image {}, memory {})", image.name, sizes(entry.memory));
                     let id = host.guests.len();
                     host.guests.push(Some(g));

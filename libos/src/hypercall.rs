@@ -23,6 +23,11 @@ pub fn console_write(bytes: &[u8]) {
     }
 }
 
+/// Does nothing in the hypervisor: the cost of a round trip.
+pub fn nop() {
+    hypercall2(Hypercall::Nop, 0, 0);
+}
+
 /// Gives the CPU to the next runnable guest.
 pub fn yield_now() {
     hypercall2(Hypercall::Yield, 0, 0);

@@ -51,6 +51,9 @@ pub enum Hypercall {
     /// deadline has passed (then `time::events::TIMER` is set). Returns the
     /// pending event bits.
     Block = 4,
+    /// `nop()`: does nothing and returns 0; the cost of a hypercall round
+    /// trip (`cargo xtask bench hypercall`).
+    Nop = 5,
 }
 
 impl TryFrom<u64> for Hypercall {
@@ -62,6 +65,7 @@ impl TryFrom<u64> for Hypercall {
             2 => Self::Exit,
             3 => Self::Yield,
             4 => Self::Block,
+            5 => Self::Nop,
             other => return Err(other),
         })
     }
@@ -75,6 +79,7 @@ impl Hypercall {
             Self::Exit => "exit",
             Self::Yield => "yield",
             Self::Block => "block",
+            Self::Nop => "nop",
         }
     }
 }
@@ -178,7 +183,7 @@ mod tests {
 
     #[test]
     fn hypercall_numbers_round_trip() {
-        for hc in [Hypercall::ConsoleWrite, Hypercall::Exit, Hypercall::Yield, Hypercall::Block] {
+        for hc in [Hypercall::ConsoleWrite, Hypercall::Exit, Hypercall::Yield, Hypercall::Block, Hypercall::Nop] {
             assert_eq!(Hypercall::try_from(hc as u64), Ok(hc));
         }
         assert_eq!(Hypercall::try_from(0), Err(0));

@@ -134,6 +134,10 @@ pub struct Stats {
     pub preemptions: u64,
     pub yields: u64,
     pub hypercalls: u64,
+    /// Monotonic ns when the hypervisor began creating the guest, and when
+    /// it first entered it (0 until then).
+    pub created_ns: u64,
+    pub first_entry_ns: u64,
     /// CPU time per CPU (index = CPU number).
     pub cpu_ns_per_cpu: Vec<u64>,
 }
@@ -355,6 +359,10 @@ impl Guest {
                 self.regs.rax = 0;
                 self.stats.yields += 1;
                 Step::Yield
+            }
+            Hypercall::Nop => {
+                self.regs.rax = 0;
+                Step::Resume
             }
             Hypercall::Block => {
                 let pending = self.pending_events(mem);
