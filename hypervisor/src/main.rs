@@ -15,7 +15,8 @@ mod arch;
 mod console;
 mod run;
 
-use arch::x86_64::{apic, clock, cpu, entry, gdt, paging, pvh, serial};
+use arch::x86_64::{apic, clock, cpu, entry, gdt, paging, pvh, serial, smp};
+use core::sync::atomic::{AtomicU64, Ordering};
 use talc::{ErrOnOom, Span, Talc, Talck};
 
 #[global_allocator]
@@ -51,7 +52,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let reserved = [0..0x10_0000, paging::kernel_image(), module.clone().unwrap_or(0..0)];
     let total: u64 = ram.iter().map(|r| r.end - r.start).sum();
     let heap_size = (total / 8).clamp(8 << 20, 256 << 20) & !0xfff;
-    let Some((mem, heap)) = paging::DirectMem::new(ram, &reserved, heap_size) else {
+    let Some(heap) = paging::init_frames(ram, &reserved, heap_size) else {
         panic!("not enough memory for the frame bitmap and a {} MiB heap", heap_size >> 20);
     };
     // SAFETY: the heap range is RAM reserved for it alone, direct-mapped.
@@ -59,11 +60,11 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         let base = paging::phys_to_virt(heap.start) as *mut u8;
         HEAP.lock().claim(Span::from_base_size(base, (heap.end - heap.start) as usize)).expect("heap claim");
     }
-    gdt::init();
-    entry::init();
+    gdt::init(0);
+    entry::init_idt();
+    entry::init_cpu(0);
     cpu::mask_pic();
-    let mut mem = mem;
-    paging::map_mmio(&mut mem, kernel_root, apic::APIC_VA, apic::base());
+    paging::map_mmio(kernel_root, apic::APIC_VA, apic::base());
     let tsc_hz = clock::calibrate_tsc();
     let time = abi::time::TimeInfo::new(tsc_hz, cpu::rdtsc(), clock::wall_clock_ns());
     apic::init(tsc_hz);
@@ -74,10 +75,15 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         if cpu::has_tsc_deadline() { "TSC-deadline" } else { "one-shot" },
         time.boot_wall_ns / 1_000_000_000
     );
+
+    KERNEL_ROOT.store(kernel_root, Ordering::Release);
+    let cpus = smp::start_aps(kernel_root, tsc_hz);
     println!(
-        "[hv] {} MiB RAM, {} KiB free for guests; nx={} smep={} smap={} umip={}",
+        "[hv] {} CPU{}, {} MiB RAM, {} KiB free for guests; nx={} smep={} smap={} umip={}",
+        cpus,
+        if cpus == 1 { "" } else { "s" },
         total >> 20,
-        mem.frames.free_frames() as u64 * 4,
+        paging::free_frames() as u64 * 4,
         features.nx,
         features.smep,
         features.smap,
@@ -89,7 +95,28 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let bundle = unsafe {
         core::slice::from_raw_parts(paging::phys_to_virt(module.start) as *const u8, (module.end - module.start) as usize)
     };
-    run::run(mem, kernel_root, time, bundle)
+    run::run(kernel_root, time, cpus, bundle)
+}
+
+/// The hypervisor's PML4, for the application processors.
+static KERNEL_ROOT: AtomicU64 = AtomicU64::new(0);
+
+/// Entered by each application processor from the SMP trampoline with its
+/// CPU index, on the stack the boot CPU prepared for it.
+#[unsafe(no_mangle)]
+extern "C" fn ap_main(cpu: u32) -> ! {
+    let cpu = cpu as usize;
+    if cpu >= smp::MAX_CPUS {
+        cpu::halt_forever();
+    }
+    // SAFETY: the kernel root maps the hypervisor exactly as the
+    // trampoline's table does in the upper half, where this code runs.
+    unsafe { cpu::write_cr3(KERNEL_ROOT.load(Ordering::Acquire)) };
+    gdt::init(cpu);
+    entry::init_cpu(cpu);
+    harden(&cpu::features());
+    apic::init_ap();
+    run::ap_entry(cpu)
 }
 
 /// Turns on the protections the CPU has: SMEP and SMAP (the hypervisor

@@ -58,6 +58,15 @@ struct Entity {
     used_in_period: u64,
 }
 
+/// A runnable guest moving from one CPU's scheduler to another's: its
+/// standing relative to its old queue carries over to the new one.
+#[derive(Debug)]
+pub struct Migrant {
+    entity: Entity,
+    /// How far its virtual runtime was ahead of the old queue's minimum.
+    lag: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct Scheduler {
     ents: Vec<Option<Entity>>,
@@ -206,6 +215,31 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// Guests waiting to run (not counting the one running).
+    pub fn runnable_len(&self) -> usize {
+        self.runnable.len()
+    }
+
+    /// Removes the runnable guest that is least owed CPU (the largest
+    /// virtual runtime), for another CPU to run.
+    pub fn take_migrant(&mut self) -> Option<(Id, Migrant)> {
+        let (v, id) = self.runnable.pop_last()?;
+        let entity = self.ents.get_mut(id)?.take()?;
+        Some((id, Migrant { lag: v.saturating_sub(self.min_vruntime), entity }))
+    }
+
+    /// Adds a guest taken from another CPU's scheduler.
+    pub fn add_migrant(&mut self, id: Id, m: Migrant) {
+        if self.ents.len() <= id {
+            self.ents.resize_with(id + 1, || None);
+        }
+        let mut e = m.entity;
+        e.vruntime = self.min_vruntime.saturating_add(m.lag);
+        e.state = State::Runnable;
+        self.runnable.insert((e.vruntime, id));
+        self.ents[id] = Some(e);
     }
 
     /// The earliest time a blocked or throttled guest becomes runnable.
@@ -392,6 +426,29 @@ mod tests {
             .collect();
         assert_eq!(order[0], a);
         assert!(order.iter().filter(|&&i| i == a).count() <= 4, "{order:?}");
+    }
+
+    #[test]
+    fn migrants_keep_their_place_relative_to_the_queue() {
+        let mut a = Scheduler::new();
+        let mut b = Scheduler::new();
+        a.add(0, DEFAULT_WEIGHT, None, 0);
+        a.add(1, 200, None, 0);
+        // Let `a` advance so its min_vruntime differs from `b`'s.
+        let mut now = 0;
+        for _ in 0..10 {
+            let (id, slice) = a.pick(now).unwrap();
+            now += slice;
+            a.put(id, now, slice, Stop::Preempted);
+        }
+        assert_eq!(a.runnable_len(), 2);
+        let (id, m) = a.take_migrant().unwrap();
+        assert_eq!(a.runnable_len(), 1);
+        assert_eq!(a.state(id), None, "gone from the old queue");
+        b.add_migrant(id, m);
+        assert_eq!(b.state(id), Some(State::Runnable));
+        assert_eq!(b.pick(now).map(|p| p.0), Some(id));
+        assert!(a.pick(now).is_some());
     }
 
     #[test]

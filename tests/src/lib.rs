@@ -23,6 +23,15 @@ pub fn boot(manifest_toml: &str, timeout_secs: u64) -> RunOutput {
 /// Like [`boot`], but returns refusals (a bad manifest, a failed build) as
 /// errors; `format!("{e:#}")` gives the whole message.
 pub fn try_boot(manifest_toml: &str, timeout_secs: u64) -> Result<RunOutput> {
+    try_boot_smp(manifest_toml, timeout_secs, 1)
+}
+
+/// Like [`boot`], on a machine with `cpus` CPUs.
+pub fn boot_smp(manifest_toml: &str, timeout_secs: u64, cpus: u32) -> RunOutput {
+    try_boot_smp(manifest_toml, timeout_secs, cpus).unwrap_or_else(|e| panic!("could not boot: {e:#}"))
+}
+
+fn try_boot_smp(manifest_toml: &str, timeout_secs: u64, cpus: u32) -> Result<RunOutput> {
     xtask::ensure_qemu()?;
     let cfg = xtask::RunConfig {
         manifest: xtask::ManifestSource::Text {
@@ -30,6 +39,7 @@ pub fn try_boot(manifest_toml: &str, timeout_secs: u64) -> Result<RunOutput> {
             base_dir: workspace_root().to_path_buf(),
         },
         exit_when_idle: true,
+        smp: cpus,
         ..xtask::RunConfig::default()
     };
     let prepared = xtask::prepare(&cfg)?;

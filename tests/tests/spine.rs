@@ -25,7 +25,8 @@ fn line_with<'a>(out: &'a RunOutput, prefix: &str, part: &str) -> &'a str {
 /// and images took was given back.
 #[track_caller]
 fn summary(out: &RunOutput) -> String {
-    let free_at_boot = line_with(out, "[hv] ", " KiB free for guests").split(", ").nth(1).unwrap().split(' ').next().unwrap();
+    let boot_line = line_with(out, "[hv] ", " KiB free for guests");
+    let free_at_boot = boot_line.split(", ").find(|p| p.contains(" KiB free for guests")).unwrap().split(' ').next().unwrap();
     let last = line_with(out, "[hv] no guests left: ", " KiB free");
     let (counts, free) = last.trim_start_matches("[hv] no guests left: ").split_once("; ").unwrap();
     assert_eq!(free, format!("{free_at_boot} KiB free"), "memory was not all returned");

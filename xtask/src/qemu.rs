@@ -180,8 +180,8 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
             cfg.memory
         );
     }
-    if cfg.smp == 0 {
-        bail!("--smp must be at least 1");
+    if !(1..=16).contains(&cfg.smp) {
+        bail!("--smp must be between 1 and 16 (the hypervisor drives at most 16 CPUs)");
     }
 
     let root = workspace_root();

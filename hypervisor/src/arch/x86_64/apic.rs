@@ -14,6 +14,8 @@ pub const SPURIOUS_VECTOR: u8 = 0xff;
 const MSR_APIC_BASE: u32 = 0x1b;
 const MSR_TSC_DEADLINE: u32 = 0x6e0;
 const REG_EOI: u64 = 0xb0;
+const REG_ICR_LOW: u64 = 0x300;
+const REG_ICR_HIGH: u64 = 0x310;
 const REG_SVR: u64 = 0xf0;
 const REG_LVT_TIMER: u64 = 0x320;
 const REG_INITIAL: u64 = 0x380;
@@ -40,11 +42,37 @@ pub fn base() -> u64 {
     cpu::rdmsr(MSR_APIC_BASE) & 0x000f_ffff_ffff_f000
 }
 
-/// Enables this CPU's APIC and calibrates its timer against the TSC.
-pub fn init(tsc_hz: u64) {
+fn enable() {
     // SAFETY: sets the global-enable bit of IA32_APIC_BASE, keeping the base.
     unsafe { cpu::wrmsr(MSR_APIC_BASE, cpu::rdmsr(MSR_APIC_BASE) | (1 << 11)) };
     write(REG_SVR, 0x100 | SPURIOUS_VECTOR as u32);
+}
+
+/// Enables an application processor's APIC with the boot CPU's timer
+/// calibration (all APICs run off the same bus clock).
+pub fn init_ap() {
+    enable();
+    if TSC_DEADLINE.load(Ordering::Relaxed) {
+        write(REG_LVT_TIMER, (0b10 << 17) | TIMER_VECTOR as u32);
+    } else {
+        write(REG_DIVIDE, 0b0011);
+        write(REG_LVT_TIMER, TIMER_VECTOR as u32);
+    }
+}
+
+/// Sends an IPI with the "all excluding self" shorthand (`low` holds the
+/// delivery mode and vector) and waits until it is delivered.
+pub fn ipi_all_others(low: u32) {
+    write(REG_ICR_HIGH, 0);
+    write(REG_ICR_LOW, low | (0b11 << 18));
+    while read(REG_ICR_LOW) & (1 << 12) != 0 {
+        core::hint::spin_loop();
+    }
+}
+
+/// Enables the boot CPU's APIC and calibrates its timer against the TSC.
+pub fn init(tsc_hz: u64) {
+    enable();
     let deadline = cpu::has_tsc_deadline();
     TSC_DEADLINE.store(deadline, Ordering::Relaxed);
     if deadline {

@@ -21,6 +21,7 @@ use x86_64::structures::DescriptorTablePointer;
 /// Per-CPU block, reached through `GS` while in the hypervisor.
 #[repr(C)]
 struct PerCpu {
+    /// Address of this block (`gs:0`).
     this: u64,
     /// The hypervisor's `rsp` inside `enter_guest`, restored on exit.
     kernel_rsp: u64,
@@ -30,9 +31,21 @@ struct PerCpu {
     user_rsp: u64,
     /// The running guest's FPU/SSE area.
     fpu: u64,
+    /// This CPU's index (0 = the boot CPU).
+    index: u64,
 }
 
-static mut PERCPU: PerCpu = PerCpu { this: 0, kernel_rsp: 0, regs: 0, user_rsp: 0, fpu: 0 };
+static mut PERCPU: [PerCpu; super::smp::MAX_CPUS] =
+    [const { PerCpu { this: 0, kernel_rsp: 0, regs: 0, user_rsp: 0, fpu: 0, index: 0 } }; super::smp::MAX_CPUS];
+
+fn percpu() -> *mut PerCpu {
+    let p: u64;
+    // SAFETY: GS points at this CPU's PerCpu block while in the hypervisor
+    // (set in `init_cpu`, swapped only around guest execution).
+    unsafe { asm!("mov {}, gs:[0]", out(reg) p, options(nostack, readonly, preserves_flags)) };
+    p as *mut PerCpu
+}
+
 
 /// MXCSR for the hypervisor's own code (all exceptions masked).
 #[unsafe(no_mangle)]
@@ -58,8 +71,8 @@ unsafe extern "C" {
     fn enter_guest(regs: *mut Regs, sysret: u64);
 }
 
-/// Loads the IDT, the per-CPU block and the `syscall` MSRs.
-pub fn init() {
+/// Fills the shared IDT (once, on the boot CPU).
+pub fn init_idt() {
     let stubs = interrupt_stubs as *const () as u64;
     for v in 0..256usize {
         let addr = stubs + 16 * v as u64;
@@ -82,13 +95,18 @@ pub fn init() {
         // SAFETY: single-threaded boot; nothing reads the IDT before lidt.
         unsafe { IDT[v] = gate };
     }
-    // SAFETY: the IDT is static and every gate points at a stub below; the
-    // per-CPU block is static; the MSR values follow the GDT layout
-    // (gdt.rs) and the entry code below.
+}
+
+/// Loads the IDT, this CPU's per-CPU block and the `syscall` MSRs.
+pub fn init_cpu(cpu: usize) {
+    // SAFETY: the IDT is static and filled (init_idt); each CPU's per-CPU
+    // block is its own; the MSR values follow the GDT layout (gdt.rs) and
+    // the entry code below.
     unsafe {
         lidt(&DescriptorTablePointer { limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16, base: VirtAddr::new(&raw const IDT as u64) });
-        let percpu = &raw mut PERCPU;
+        let percpu = &raw mut PERCPU[cpu];
         (*percpu).this = percpu as u64;
+        (*percpu).index = cpu as u64;
         cpu::wrmsr(MSR_GS_BASE, percpu as u64);
         cpu::wrmsr(MSR_KERNEL_GS_BASE, 0);
         cpu::wrmsr(MSR_STAR, ((KERNEL_DS as u64) << 48) | ((KERNEL_CS as u64) << 32));
@@ -108,8 +126,7 @@ pub fn run(regs: &mut Regs, fpu: &mut FpuState, sysret: bool) {
     // guest's half; rflags is sanitised above and rip is canonical (checked
     // by `Guest::handle_exit`), so iret/sysret cannot fault in ring 0.
     unsafe {
-        let percpu = &raw mut PERCPU;
-        (*percpu).fpu = fpu as *mut FpuState as u64;
+        (*percpu()).fpu = fpu as *mut FpuState as u64;
         enter_guest(regs, sysret as u64);
     }
 }

@@ -1,7 +1,7 @@
 //! Segments: the GDT, the TSS with its interrupt stacks, and the selectors
 //! that `syscall`/`sysret` derive from `STAR`.
 
-use super::boot::Stack;
+use alloc::boxed::Box;
 use spin::Once;
 use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
@@ -25,22 +25,23 @@ pub const IST_NMI: u16 = 3;
 pub const IST_MACHINE_CHECK: u16 = 4;
 const IST_SIZE: usize = 16 * 1024;
 
-static mut IST_STACKS: [Stack<IST_SIZE>; 4] = [const { Stack([0; IST_SIZE]) }; 4];
-static TSS: Once<TaskStateSegment> = Once::new();
-static GDT: Once<GlobalDescriptorTable> = Once::new();
+/// Each CPU has its own TSS (its own interrupt stacks) and so its own GDT.
+static TSS: [Once<TaskStateSegment>; super::smp::MAX_CPUS] = [const { Once::new() }; super::smp::MAX_CPUS];
+static GDT: [Once<GlobalDescriptorTable>; super::smp::MAX_CPUS] = [const { Once::new() }; super::smp::MAX_CPUS];
 
-pub fn init() {
-    let tss = TSS.call_once(|| {
+/// Loads CPU `cpu`'s GDT and TSS (needs the heap for the stacks).
+pub fn init(cpu: usize) {
+    let tss = TSS[cpu].call_once(|| {
         let mut tss = TaskStateSegment::new();
         for i in 0..4 {
-            // SAFETY: only the address is taken; the stacks are used by the
-            // CPU alone, one per IST slot.
-            let base = unsafe { &raw const IST_STACKS[i] } as u64;
-            tss.interrupt_stack_table[i] = VirtAddr::new(base + IST_SIZE as u64);
+            #[repr(C, align(16))]
+            struct IstStack([u8; IST_SIZE]);
+            let stack = Box::leak(Box::new(IstStack([0; IST_SIZE])));
+            tss.interrupt_stack_table[i] = VirtAddr::new(stack as *mut IstStack as u64 + IST_SIZE as u64);
         }
         tss
     });
-    let gdt = GDT.call_once(|| {
+    let gdt = GDT[cpu].call_once(|| {
         let mut gdt = GlobalDescriptorTable::new();
         let selectors = [
             gdt.append(Descriptor::kernel_code_segment()),

@@ -13,3 +13,4 @@ pub mod gdt;
 pub mod paging;
 pub mod pvh;
 pub mod serial;
+pub mod smp;

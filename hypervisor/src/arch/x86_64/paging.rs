@@ -10,6 +10,7 @@ use hypervisor::mm::frames::{self, FrameAllocator};
 use hypervisor::mm::paging::{self, Pte};
 use hypervisor::mm::{FRAME_SIZE, PhysAddr, PhysMem};
 use core::ops::Range;
+use spin::Mutex;
 
 /// Where all of physical memory is mapped.
 pub const PHYS_OFFSET: u64 = 0xffff_8000_0000_0000;
@@ -121,15 +122,23 @@ pub unsafe fn init(max_phys: u64, features: &super::cpu::Features) -> PhysAddr {
 
 /// Maps one page of device registers (uncached, no-execute) at `va` in
 /// the hypervisor's half, which every guest's PML4 shares.
-pub fn map_mmio(mem: &mut DirectMem, root: PhysAddr, va: u64, pa: PhysAddr) {
+pub fn map_mmio(root: PhysAddr, va: u64, pa: PhysAddr) {
     let flags = Pte::WRITABLE | Pte::NO_CACHE | Pte::WRITE_THROUGH | Pte::NO_EXECUTE;
-    paging::map(mem, root, va, pa, flags, 1, Pte::WRITABLE).expect("mapping device registers");
+    paging::map(&mut Mem, root, va, pa, flags, 1, Pte::WRITABLE).expect("mapping device registers");
 }
 
-/// Physical memory through the direct map, with the frame allocator.
-pub struct DirectMem {
-    pub frames: FrameAllocator<'static>,
+/// The frame allocator, shared by all CPUs.
+static FRAMES: Mutex<Option<FrameAllocator<'static>>> = Mutex::new(None);
+
+/// Free frames right now.
+pub fn free_frames() -> usize {
+    FRAMES.lock().as_ref().map_or(0, |f| f.free_frames())
 }
+
+/// Physical memory through the direct map; frames from the shared
+/// allocator. A handle with no state, so every CPU can hold one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Mem;
 
 fn direct(pa: PhysAddr) -> *mut u8 {
     (PHYS_OFFSET + pa) as *mut u8
@@ -140,31 +149,30 @@ pub fn phys_to_virt(pa: PhysAddr) -> u64 {
     PHYS_OFFSET + pa
 }
 
-impl DirectMem {
-    /// Sets up the frame allocator over the RAM in `ram`, minus `reserved`
-    /// and the bitmap itself. Returns the allocator and the physical range
-    /// carved out for the hypervisor's heap (`heap_size` bytes).
-    pub fn new(ram: &[Range<PhysAddr>], reserved: &[Range<PhysAddr>], heap_size: u64) -> Option<(Self, Range<PhysAddr>)> {
-        let max = ram.iter().map(|r| r.end).max()?;
-        let words = FrameAllocator::words_for(0..max);
-        let bitmap_bytes = (words as u64 * 8).div_ceil(FRAME_SIZE) * FRAME_SIZE;
-        let bitmap = frames::find_free(ram, reserved, bitmap_bytes)?;
-        let mut more: heapless_ranges::Ranges = heapless_ranges::Ranges::new(reserved);
-        more.push(bitmap..bitmap + bitmap_bytes);
-        let heap = frames::find_free(ram, more.as_slice(), heap_size)?;
-        more.push(heap..heap + heap_size);
-        // SAFETY: the bitmap range is RAM that nothing else uses (found
-        // above, reserved below) and is mapped by the direct map.
-        let bits = unsafe { core::slice::from_raw_parts_mut(direct(bitmap) as *mut u64, words) };
-        let mut frames = FrameAllocator::new(bits, 0);
-        for r in ram {
-            frames.add_free(r.clone());
-        }
-        for r in more.as_slice() {
-            frames.reserve(r.clone());
-        }
-        Some((Self { frames }, heap..heap + heap_size))
+/// Sets up the frame allocator over the RAM in `ram`, minus `reserved`
+/// and the bitmap itself. Returns the physical range carved out for the
+/// hypervisor's heap (`heap_size` bytes).
+pub fn init_frames(ram: &[Range<PhysAddr>], reserved: &[Range<PhysAddr>], heap_size: u64) -> Option<Range<PhysAddr>> {
+    let max = ram.iter().map(|r| r.end).max()?;
+    let words = FrameAllocator::words_for(0..max);
+    let bitmap_bytes = (words as u64 * 8).div_ceil(FRAME_SIZE) * FRAME_SIZE;
+    let bitmap = frames::find_free(ram, reserved, bitmap_bytes)?;
+    let mut more: heapless_ranges::Ranges = heapless_ranges::Ranges::new(reserved);
+    more.push(bitmap..bitmap + bitmap_bytes);
+    let heap = frames::find_free(ram, more.as_slice(), heap_size)?;
+    more.push(heap..heap + heap_size);
+    // SAFETY: the bitmap range is RAM that nothing else uses (found
+    // above, reserved below) and is mapped by the direct map.
+    let bits = unsafe { core::slice::from_raw_parts_mut(direct(bitmap) as *mut u64, words) };
+    let mut frames = FrameAllocator::new(bits, 0);
+    for r in ram {
+        frames.add_free(r.clone());
     }
+    for r in more.as_slice() {
+        frames.reserve(r.clone());
+    }
+    *FRAMES.lock() = Some(frames);
+    Some(heap..heap + heap_size)
 }
 
 /// A small fixed-capacity list of ranges (no heap exists yet at boot).
@@ -192,15 +200,15 @@ mod heapless_ranges {
     }
 }
 
-impl PhysMem for DirectMem {
+impl PhysMem for Mem {
     fn alloc(&mut self) -> Option<PhysAddr> {
-        let pa = self.frames.alloc()?;
+        let pa = FRAMES.lock().as_mut()?.alloc()?;
         // SAFETY: a free frame from the allocator, mapped by the direct map.
         unsafe { core::ptr::write_bytes(direct(pa), 0, FRAME_SIZE as usize) };
         Some(pa)
     }
     fn free(&mut self, frame: PhysAddr) {
-        if !self.frames.free(frame) {
+        if !FRAMES.lock().as_mut().is_some_and(|f| f.free(frame)) {
             panic!("freeing frame {frame:#x} that is not in use");
         }
     }
