@@ -26,6 +26,26 @@ pub fn try_boot(manifest_toml: &str, timeout_secs: u64) -> Result<RunOutput> {
     try_boot_smp(manifest_toml, timeout_secs, 1)
 }
 
+/// Like [`boot`], typing `input` on the hypervisor's console two seconds
+/// after QEMU starts.
+pub fn boot_with_input(manifest_toml: &str, timeout_secs: u64, input: &str) -> RunOutput {
+    let run = || -> Result<RunOutput> {
+        xtask::ensure_qemu()?;
+        let prepared = xtask::prepare(&config(manifest_toml, 1))?;
+        xtask::run_captured_with_input(&prepared, Duration::from_secs(timeout_secs), input.as_bytes(), Duration::from_secs(2))
+    };
+    run().unwrap_or_else(|e| panic!("could not boot: {e:#}"))
+}
+
+fn config(manifest_toml: &str, cpus: u32) -> xtask::RunConfig {
+    xtask::RunConfig {
+        manifest: xtask::ManifestSource::Text { text: manifest_toml.to_string(), base_dir: workspace_root().to_path_buf() },
+        exit_when_idle: true,
+        smp: cpus,
+        ..xtask::RunConfig::default()
+    }
+}
+
 /// Like [`boot`], on a machine with `cpus` CPUs.
 pub fn boot_smp(manifest_toml: &str, timeout_secs: u64, cpus: u32) -> RunOutput {
     try_boot_smp(manifest_toml, timeout_secs, cpus).unwrap_or_else(|e| panic!("could not boot: {e:#}"))
@@ -33,16 +53,7 @@ pub fn boot_smp(manifest_toml: &str, timeout_secs: u64, cpus: u32) -> RunOutput 
 
 fn try_boot_smp(manifest_toml: &str, timeout_secs: u64, cpus: u32) -> Result<RunOutput> {
     xtask::ensure_qemu()?;
-    let cfg = xtask::RunConfig {
-        manifest: xtask::ManifestSource::Text {
-            text: manifest_toml.to_string(),
-            base_dir: workspace_root().to_path_buf(),
-        },
-        exit_when_idle: true,
-        smp: cpus,
-        ..xtask::RunConfig::default()
-    };
-    let prepared = xtask::prepare(&cfg)?;
+    let prepared = xtask::prepare(&config(manifest_toml, cpus))?;
     xtask::run_captured(&prepared, Duration::from_secs(timeout_secs))
 }
 

@@ -132,3 +132,18 @@ fn guests_run_on_every_cpu() {
         assert!(*ns as f64 > total * 0.3, "CPU {cpu} did {ns} ns of {total}: {per_cpu:?}");
     }
 }
+
+#[test]
+fn the_stats_command_prints_a_json_line_per_waiting_guest() {
+    let out = integration_tests::boot_with_input(
+        "[[guest]]\nname = \"idle\"\napp = \"hostile\"\ncount = 2\nargs = [\"block-forever\"]\n",
+        10,
+        "stats\n",
+    );
+    assert!(out.timed_out, "blocked guests never end:\n{}", out.console);
+    for g in ["idle-0", "idle-1"] {
+        let line = stats(&out, g);
+        assert!(line.contains(r#""state":"running""#), "{line}");
+        assert!(field(line, "memory_bytes") > 0, "{line}");
+    }
+}

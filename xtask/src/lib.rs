@@ -10,8 +10,10 @@
 //! `CARGO*`/`RUST*` variables removed.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 mod build;
 mod cmd;
+pub mod linux;
 pub mod manifest;
 pub mod pack;
 mod qemu;
@@ -26,7 +28,7 @@ pub use build::{
 pub use cmd::{cargo, echo, run};
 pub use qemu::{
     Accel, ManifestSource, Prepared, QEMU, RunConfig, RunOutput, check_exit, ensure_qemu,
-    host_has_hardware_virtualization, prepare, qemu_command, run_captured, run_interactive,
+    host_has_hardware_virtualization, prepare, qemu_command, run_captured, run_captured_with_input, run_interactive,
 };
 
 /// The workspace root (the directory above `xtask/`).

@@ -379,8 +379,14 @@ impl RunOutput {
 /// Boots `p` with stdin closed and stdout (the console) and stderr captured.
 /// QEMU is killed after `timeout`, and also if this function unwinds.
 pub fn run_captured(p: &Prepared, timeout: Duration) -> Result<RunOutput> {
+    run_captured_with_input(p, timeout, b"", Duration::ZERO)
+}
+
+/// Like [`run_captured`], typing `input` on the console `after` the start
+/// (bytes typed before the hypervisor set up its UART would be lost).
+pub fn run_captured_with_input(p: &Prepared, timeout: Duration, input: &[u8], after: Duration) -> Result<RunOutput> {
     let mut cmd = qemu_command(p);
-    cmd.stdin(Stdio::null())
+    cmd.stdin(if input.is_empty() { Stdio::null() } else { Stdio::piped() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     echo(&cmd);
@@ -388,6 +394,14 @@ pub fn run_captured(p: &Prepared, timeout: Duration) -> Result<RunOutput> {
         cmd.spawn()
             .context("starting QEMU (is qemu-system-x86 installed?)")?,
     );
+    if let Some(mut stdin) = child.0.stdin.take() {
+        let input = input.to_vec();
+        thread::spawn(move || {
+            use std::io::Write;
+            thread::sleep(after);
+            let _ = stdin.write_all(&input);
+        });
+    }
     let drain = |r: Option<Box<dyn Read + Send>>| {
         thread::spawn(move || {
             let mut buf = Vec::new();
