@@ -35,7 +35,7 @@ const _: () = assert!(core::mem::size_of::<RawBootInfo>() as u64 <= abi::layout:
 const IDLE_TICK_NS: u64 = 10_000_000;
 
 fn sizes(bytes: u64) -> String {
-    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 { format!("{} MiB", bytes >> 20) } else { format!("{} KiB", bytes >> 10) }
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) { format!("{} MiB", bytes >> 20) } else { format!("{} KiB", bytes >> 10) }
 }
 
 /// What all CPUs share.

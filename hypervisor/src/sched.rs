@@ -190,13 +190,14 @@ impl Scheduler {
         debug_assert_eq!(e.state, State::Running);
         e.vruntime = e.vruntime.saturating_add(ran_ns.saturating_mul(DEFAULT_WEIGHT as u64) / e.weight);
         e.used_in_period = e.used_in_period.saturating_add(ran_ns);
-        if let Some(budget) = e.budget {
-            if e.used_in_period >= budget && !matches!(why, Stop::Blocked { .. }) {
-                let until = e.period_start.saturating_add(CAP_PERIOD_NS).max(now);
-                e.state = State::Throttled { until };
-                self.timers.insert((until, id));
-                return;
-            }
+        if let Some(budget) = e.budget
+            && e.used_in_period >= budget
+            && !matches!(why, Stop::Blocked { .. })
+        {
+            let until = e.period_start.saturating_add(CAP_PERIOD_NS).max(now);
+            e.state = State::Throttled { until };
+            self.timers.insert((until, id));
+            return;
         }
         match why {
             Stop::Preempted => self.make_runnable(id, false),

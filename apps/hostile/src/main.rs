@@ -51,8 +51,9 @@ fn recurse(depth: u64) -> u64 {
 fn main() -> i32 {
     let attack = libos::args().next().unwrap_or("");
     println!("{}: trying {attack}", libos::name());
-    // SAFETY (all blocks below): each one deliberately does something a
-    // guest must not; the hypervisor stops the guest before it returns.
+    // SAFETY: each arm deliberately does something a guest must not; the
+    // hypervisor stops the guest before it returns. Nothing here can harm
+    // anything but this guest.
     unsafe {
         match attack {
             "pagefault" => core::ptr::write_volatile(0xdead_0000 as *mut u64, 1),

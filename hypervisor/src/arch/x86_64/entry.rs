@@ -72,6 +72,7 @@ unsafe extern "C" {
 }
 
 /// Fills the shared IDT (once, on the boot CPU).
+#[allow(clippy::needless_range_loop)] // `IDT` is a `static mut`: index, don't borrow.
 pub fn init_idt() {
     let stubs = interrupt_stubs as *const () as u64;
     for v in 0..256usize {
