@@ -29,6 +29,8 @@ enum Command {
     },
     /// Boot the hypervisor and a manifest of guests under QEMU.
     Run(RunArgs),
+    /// Benchmark the hypervisor against a Linux peer VM on the same QEMU machine.
+    Bench(xtask::bench::BenchArgs),
     /// Run the host tests and the QEMU integration tests (`cargo test`).
     Test {
         /// Arguments for `cargo test`, e.g. `-- -p xtask -- --nocapture`.
@@ -55,8 +57,8 @@ struct RunArgs {
     /// QEMU accelerator; auto picks kvm only if the CPU has vmx/svm.
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
     accel: Accel,
-    /// Number of CPUs.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=255))]
+    /// Number of CPUs (the hypervisor drives up to 16).
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
     smp: u32,
     /// Machine memory, e.g. 512M or 1 GiB.
     #[arg(long, value_name = "SIZE", default_value = "512M")]
@@ -102,6 +104,7 @@ impl Command {
                 eprintln!("{}", prepared.summary);
                 xtask::run_interactive(&prepared, args.timeout.map(Duration::from_secs))?;
             }
+            Command::Bench(args) => xtask::bench::run(&args)?,
             Command::Test { args } => {
                 xtask::ensure_qemu()?;
                 let start = Instant::now();
