@@ -147,3 +147,17 @@ fn the_stats_command_prints_a_json_line_per_waiting_guest() {
         assert!(field(line, "memory_bytes") > 0, "{line}");
     }
 }
+
+#[test]
+fn fpu_state_survives_preemption_and_migration() {
+    let mut manifest = String::new();
+    for seed in 1..=4 {
+        manifest.push_str(&format!("[[guest]]\nname = \"f{seed}\"\napp = \"worker\"\nargs = [\"fpu\", \"{seed}\", \"3000000\"]\n"));
+    }
+    let out = integration_tests::boot_smp(&manifest, 180, 2);
+    assert!(out.success(), "{}", out.console);
+    for seed in 1..=4 {
+        assert!(out.console.contains(&format!("f{seed}-0| fpu ok ")), "guest f{seed} lost FPU state:\n{}", out.console);
+        assert!(field(stats(&out, &format!("f{seed}-0")), "preemptions") > 5, "f{seed} was not preempted enough to prove anything");
+    }
+}

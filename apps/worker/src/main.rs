@@ -7,6 +7,7 @@
 //! | `busy MS`     | spins for MS milliseconds of wall time, prints `busy for NS ns` |
 //! | `sleep MS`    | sleeps MS ms (async), prints `slept NS ns`                     |
 //! | `tasks`       | spawns tasks sleeping 30, 10 and 20 ms, prints the order they finished |
+//! | `fpu SEED N`  | runs an N-step floating-point recurrence twice and prints whether both agree |
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -64,6 +65,27 @@ async fn main() -> i32 {
                 .collect();
             let results = join_all(handles).await;
             println!("joined {results:?} after {} ms", start.elapsed().as_millis());
+        }
+        Some("fpu") => {
+            // SSE registers hold the state across preemptions; if another
+            // guest's (or the hypervisor's) state leaked in, the runs differ.
+            let seed = number(args.get(1).copied()) as f64;
+            let n = number(args.get(2).copied());
+            let run = || {
+                let (mut a, mut b) = (seed, 1.0 / (seed + 1.0));
+                for i in 0..n {
+                    a = core::hint::black_box(a * 1.000_000_1 + b);
+                    b = core::hint::black_box(b * 0.999_999_9 + (i & 7) as f64 * 1e-9);
+                }
+                (a, b)
+            };
+            let (first, second) = (run(), run());
+            if first == second {
+                println!("fpu ok {:e}", first.0);
+            } else {
+                println!("fpu MISMATCH {first:?} {second:?}");
+                return 1;
+            }
         }
         other => {
             println!("unknown workload {other:?}");

@@ -258,10 +258,12 @@ syscall_entry:
     movq $0, {error}(%rsp)
 
 guest_exit:
+    /* Save the guest's x87/SSE state and give the hypervisor's code (the
+       precompiled core uses SSE) a MXCSR with every exception masked. The
+       x87 control word is left alone: the hypervisor does no x87 math. */
     movq %gs:{fpu}, %rax
     fxsave64 (%rax)
     ldmxcsr KERNEL_MXCSR(%rip)
-    fninit
     movq %gs:{kernel_rsp}, %rsp
     popq %r15
     popq %r14
