@@ -57,6 +57,22 @@ pub unsafe trait RingMemory {
     fn write(&self, offset: usize, src: &[u8]);
 }
 
+// SAFETY: forwards to `T`, which upholds the contract.
+unsafe impl<T: RingMemory + ?Sized> RingMemory for &T {
+    fn load(&self, offset: usize) -> u32 {
+        (**self).load(offset)
+    }
+    fn store(&self, offset: usize, v: u32) {
+        (**self).store(offset, v)
+    }
+    fn read(&self, offset: usize, dst: &mut [u8]) {
+        (**self).read(offset, dst)
+    }
+    fn write(&self, offset: usize, src: &[u8]) {
+        (**self).write(offset, src)
+    }
+}
+
 /// How a peer broke the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RingError {
