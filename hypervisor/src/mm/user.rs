@@ -143,35 +143,38 @@ impl GuestMemory {
         }
     }
 
-    /// Copies guest memory at `addr` into `dst` (copy-in: the hypervisor
-    /// then works on its own copy, so the guest cannot change it under us).
-    pub fn read(&mut self, mem: &mut impl PhysMem, addr: u64, dst: &mut [u8]) -> Result<(), Fault> {
-        Self::check_range(addr, dst.len() as u64)?;
+    /// Walks `[addr, addr + len)` page by page, checked for `write` access,
+    /// calling `f(mem, frame, offset in frame, range in the buffer)`.
+    fn each_page<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        addr: u64,
+        len: usize,
+        write: bool,
+        mut f: impl FnMut(&mut M, PhysAddr, usize, Range<usize>),
+    ) -> Result<(), Fault> {
+        Self::check_range(addr, len as u64)?;
         let mut done = 0;
-        while done < dst.len() {
+        while done < len {
             let va = addr + done as u64;
             let off = (va % FRAME_SIZE) as usize;
-            let n = (FRAME_SIZE as usize - off).min(dst.len() - done);
-            let frame = self.page(mem, va, false)?;
-            mem.read(frame, off, &mut dst[done..done + n]);
+            let n = (FRAME_SIZE as usize - off).min(len - done);
+            let frame = self.page(mem, va, write)?;
+            f(mem, frame, off, done..done + n);
             done += n;
         }
         Ok(())
     }
 
+    /// Copies guest memory at `addr` into `dst` (copy-in: the hypervisor
+    /// then works on its own copy, so the guest cannot change it under us).
+    pub fn read(&mut self, mem: &mut impl PhysMem, addr: u64, dst: &mut [u8]) -> Result<(), Fault> {
+        self.each_page(mem, addr, dst.len(), false, |mem, frame, off, r| mem.read(frame, off, &mut dst[r]))
+    }
+
     /// Copies `src` into guest memory at `addr`.
     pub fn write(&mut self, mem: &mut impl PhysMem, addr: u64, src: &[u8]) -> Result<(), Fault> {
-        Self::check_range(addr, src.len() as u64)?;
-        let mut done = 0;
-        while done < src.len() {
-            let va = addr + done as u64;
-            let off = (va % FRAME_SIZE) as usize;
-            let n = (FRAME_SIZE as usize - off).min(src.len() - done);
-            let frame = self.page(mem, va, true)?;
-            mem.write(frame, off, &src[done..done + n]);
-            done += n;
-        }
-        Ok(())
+        self.each_page(mem, addr, src.len(), true, |mem, frame, off, r| mem.write(frame, off, &src[r]))
     }
 
     /// Frees everything the guest owns. Returns the frames freed.
