@@ -8,6 +8,7 @@ extern crate alloc;
 
 pub mod image;
 pub mod mm;
+pub mod net;
 pub mod sched;
 pub mod time;
 pub mod guest;

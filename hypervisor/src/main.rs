@@ -14,6 +14,7 @@ extern crate alloc;
 mod arch;
 mod console;
 mod run;
+mod vnic;
 
 use arch::x86_64::{apic, clock, cpu, entry, gdt, paging, pvh, serial, smp};
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -68,6 +69,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let tsc_hz = clock::calibrate_tsc();
     let time = abi::time::TimeInfo::new(tsc_hz, cpu::rdtsc(), clock::wall_clock_ns());
     apic::init(tsc_hz);
+    apic::register(0);
     println!(
         "[hv] TSC {}.{:03} GHz, APIC timer in {} mode, wall clock {} s since the epoch",
         tsc_hz / 1_000_000_000,
@@ -116,6 +118,7 @@ extern "C" fn ap_main(cpu: u32) -> ! {
     entry::init_cpu(cpu);
     harden(&cpu::features());
     apic::init_ap();
+    apic::register(cpu);
     run::ap_entry(cpu)
 }
 

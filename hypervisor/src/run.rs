@@ -14,6 +14,7 @@
 
 use crate::arch::x86_64::paging::{Mem, free_frames, phys_to_virt};
 use crate::arch::x86_64::{apic, cpu, entry, serial};
+use crate::vnic::{self, Net, Port, RING_PAGES};
 use crate::println;
 use abi::bundle::{Bundle, FLAG_EXIT_WHEN_IDLE};
 use abi::time::{TimeInfo, events};
@@ -46,6 +47,11 @@ struct Host {
     guests: Mutex<Vec<Option<Box<Guest>>>>,
     /// One scheduler per CPU.
     scheds: Vec<Mutex<Scheduler>>,
+    /// The CPU whose scheduler holds each guest.
+    home: Vec<AtomicUsize>,
+    /// Each guest's event page frame (for raising events from any CPU).
+    event_frames: Vec<u64>,
+    net: Net,
     /// Guests not yet ended.
     live: AtomicUsize,
     exited: AtomicU32,
@@ -78,11 +84,32 @@ impl Host {
         }
         let Some((id, migrant)) = self.scheds[other].lock().take_migrant() else { return false };
         self.scheds[me].lock().add_migrant(id, migrant);
+        self.home[id].store(me, Ordering::Release);
         true
     }
 
+    /// Wakes guest `id` if it is blocked (an event arrived for it), and
+    /// interrupts its CPU if that is another one.
+    fn wake(&self, id: usize, me: usize) {
+        let home = self.home[id].load(Ordering::Acquire);
+        // A guest that is moving between CPUs was runnable: nothing to wake.
+        if self.scheds[home].lock().wake(id) && home != me {
+            apic::wake_cpu(home);
+        }
+    }
+
+    /// Forwards the frames guest `id` (named `name`) queued; disconnects
+    /// its vNIC if it lied in its ring.
+    fn drain(&self, id: usize, name: &str, me: usize) {
+        let now = self.now();
+        if let Err(why) = self.net.drain(id, now, &mut |g, _| self.wake(g, me)) {
+            self.net.disconnect(id);
+            println!("[hv] guest {name} vNIC disconnected: {why}");
+        }
+    }
+
     /// Runs guest `id` (taken out of the table) for at most `slice_ns`.
-    fn run_one(&self, g: &mut Guest, cpu_index: usize, slice_ns: u64, next_timer: Option<u64>) -> (Step, u64) {
+    fn run_one(&self, id: usize, g: &mut Guest, cpu_index: usize, slice_ns: u64, next_timer: Option<u64>) -> (Step, u64) {
         let mut mem = Mem;
         let start = cpu::rdtsc();
         // Preempt at the end of the slice, or earlier if a sleeper is due.
@@ -105,10 +132,14 @@ impl Host {
             if (32..255).contains(&vector) {
                 apic::eoi();
             }
-            if step != Step::Resume {
-                break step;
+            match step {
+                Step::Resume => {}
+                Step::NetKick => self.drain(id, &g.name, cpu_index),
+                step => break step,
             }
         };
+        // Whatever it queued goes out now that it stops running.
+        self.drain(id, &g.name, cpu_index);
         // SAFETY: back to the hypervisor's own tables: the guest may move
         // to another CPU and end there, freeing the tables it ran on.
         unsafe { cpu::write_cr3(self.kernel_root) };
@@ -159,13 +190,8 @@ impl Host {
                 s.expire(now, |id| timed_out.push(id));
                 (s.pick(now), s.next_timer())
             };
-            if !timed_out.is_empty() {
-                let mut guests = self.guests.lock();
-                for id in timed_out.drain(..) {
-                    if let Some(g) = guests[id].as_mut() {
-                        g.raise_events(&mut Mem, events::TIMER);
-                    }
-                }
+            for id in timed_out.drain(..) {
+                vnic::raise(self.event_frames[id], events::TIMER);
             }
             let Some((id, slice)) = pick else {
                 if self.balance(me, 1) {
@@ -180,19 +206,21 @@ impl Host {
                 continue;
             };
             let Some(mut g) = self.guests.lock()[id].take() else { continue };
-            let (step, ran) = self.run_one(&mut g, me, slice, next_timer);
+            let (step, ran) = self.run_one(id, &mut g, me, slice, next_timer);
             let now = self.now();
             let stop = match step {
-                Step::Resume | Step::Preempted => Stop::Preempted,
+                Step::Resume | Step::Preempted | Step::NetKick => Stop::Preempted,
                 Step::Yield => Stop::Yielded,
                 Step::Block { deadline } => Stop::Blocked { deadline },
                 Step::Exited(code) => {
                     self.scheds[me].lock().remove(id);
+                    self.net.disconnect(id);
                     self.finish(g, Ok(code));
                     continue;
                 }
                 Step::Stopped(why) => {
                     self.scheds[me].lock().remove(id);
+                    self.net.disconnect(id);
                     self.finish(g, Err(why));
                     continue;
                 }
@@ -282,6 +310,11 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
 
     let mut guests: Vec<Option<Box<Guest>>> = Vec::new();
     let mut scheds: Vec<Scheduler> = (0..cpus).map(|_| Scheduler::new()).collect();
+    let mut home: Vec<AtomicUsize> = Vec::new();
+    let mut event_frames: Vec<u64> = Vec::new();
+    let mut net = Net { switch: Mutex::new(hypervisor::net::switch::Switch::new()), ports: Vec::new(), guest_of_slot: Vec::new() };
+    // Addresses per tenant: 10.T.0.1 is the gateway, guests from 10.T.0.2.
+    let mut next_host: Vec<u32> = Vec::new();
     let mut not_started = 0u32;
     for entry in bundle.guests() {
         let image = &images[entry.image as usize];
@@ -300,16 +333,59 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
             let args: Vec<&str> =
                 if manifest_args.is_empty() { image.app_args.iter().map(String::as_str).collect() } else { manifest_args.clone() };
             let created_ns = time.ns(cpu::rdtsc());
-            let created = Guest::create(&mut mem, kernel_root, time_page, image, &name, &args, entry.memory, |_, page| {
-                write_boot_info(page, image, entry.memory, &time)
+            let id = guests.len();
+            let nic = (entry.tenant != abi::bundle::TENANT_NONE).then(|| {
+                let t = entry.tenant as usize;
+                if next_host.len() <= t {
+                    next_host.resize(t + 1, 2);
+                }
+                let n = next_host[t];
+                next_host[t] += 1;
+                let net8 = (entry.tenant % 256) as u8;
+                abi::NicInfo {
+                    magic: abi::NIC_MAGIC,
+                    prefix: 16,
+                    mac: [0x02, (id >> 24) as u8, (id >> 16) as u8, (id >> 8) as u8, id as u8, entry.tenant as u8, 0, 0],
+                    ipv4: [10, net8, (n >> 8) as u8, n as u8],
+                    gateway: [10, net8, 0, 1],
+                }
+            });
+            let created = Guest::create(&mut mem, kernel_root, time_page, image, &name, &args, entry.memory, |m, page| {
+                write_boot_info(page, image, entry.memory, &time);
+                if let Some(info) = &nic {
+                    m.write(page, abi::layout::NIC_INFO_OFFSET as usize, &info.to_bytes());
+                }
+            })
+            .map_err(|e| format!("{e}"))
+            .and_then(|mut g| {
+                let port = match &nic {
+                    Some(info) => Some(attach_nic(&mut g, &mut net, entry.tenant, info, id)?),
+                    None => None,
+                };
+                let events = g.memory.space.translate(&mem, abi::layout::EVENT_PAGE).map(|(pa, _)| pa).ok_or("no event page")?;
+                Ok((g, port, events))
             });
             match created {
-                Ok(mut g) => {
+                Ok((mut g, port, events)) => {
                     g.stats.created_ns = created_ns;
-                    println!("[hv] guest {name} started (image {}, memory {})", image.name, sizes(entry.memory));
-                    let id = guests.len();
+                    match &nic {
+                        Some(n) => println!(
+                            "[hv] guest {name} started (image {}, memory {}, ip {}.{}.{}.{}, tenant {})",
+                            image.name,
+                            sizes(entry.memory),
+                            n.ipv4[0],
+                            n.ipv4[1],
+                            n.ipv4[2],
+                            n.ipv4[3],
+                            entry.tenant
+                        ),
+                        None => println!("[hv] guest {name} started (image {}, memory {})", image.name, sizes(entry.memory)),
+                    }
                     guests.push(Some(Box::new(g)));
+                    net.ports.push(port);
+                    event_frames.push(events);
                     // Spread new guests over the CPUs; balancing evens out the rest.
+                    home.push(AtomicUsize::new(id % cpus));
                     scheds[id % cpus].add(id, entry.weight, cap, created_ns);
                 }
                 Err(e) => {
@@ -326,6 +402,9 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
         time,
         guests: Mutex::new(guests),
         scheds: scheds.into_iter().map(Mutex::new).collect(),
+        home,
+        event_frames,
+        net,
         live: AtomicUsize::new(live),
         exited: AtomicU32::new(0),
         stopped: AtomicU32::new(0),
@@ -347,6 +426,34 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
     }
     println!("[hv] idle; halting");
     cpu::halt_forever()
+}
+
+/// Gives a new guest its vNIC: ring frames mapped into it (charged to its
+/// memory) and a port on the switch.
+fn attach_nic(g: &mut Guest, net: &mut Net, tenant: u32, info: &abi::NicInfo, id: usize) -> Result<Port, String> {
+    let mut mem = Mem;
+    let mut rings = [[0u64; RING_PAGES]; 2];
+    for (ring, base) in rings.iter_mut().zip([abi::layout::NIC_TX_RING, abi::layout::NIC_RX_RING]) {
+        for (i, frame) in ring.iter_mut().enumerate() {
+            let f = mem.alloc().ok_or("the machine is out of memory")?;
+            let va = base + i as u64 * hypervisor::mm::FRAME_SIZE;
+            g.memory
+                .map_private(&mut mem, va, f, hypervisor::mm::paging::Pte::WRITABLE | hypervisor::mm::paging::Pte::NO_EXECUTE)
+                .map_err(|e| {
+                    mem.free(f);
+                    format!("vNIC rings: {e}")
+                })?;
+            *frame = f;
+        }
+    }
+    let mac = [info.mac[0], info.mac[1], info.mac[2], info.mac[3], info.mac[4], info.mac[5]];
+    let port = net.switch.lock().add_port(tenant, mac).map_err(|e| format!("switch: {e:?}"))?;
+    if net.guest_of_slot.len() <= port.slot() {
+        net.guest_of_slot.resize(port.slot() + 1, usize::MAX);
+    }
+    net.guest_of_slot[port.slot()] = id;
+    let events = g.memory.space.translate(&mem, abi::layout::EVENT_PAGE).map(|(pa, _)| pa).ok_or("no event page")?;
+    Ok(Port::new(port, rings[0], rings[1], events))
 }
 
 /// Puts hermit-entry's `RawBootInfo` at the start of the guest's start page.

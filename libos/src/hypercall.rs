@@ -28,6 +28,11 @@ pub fn nop() {
     hypercall2(Hypercall::Nop, 0, 0);
 }
 
+/// Asks the hypervisor to forward the frames in this guest's TX ring now.
+pub fn net_kick() {
+    hypercall2(Hypercall::NetKick, 0, 0);
+}
+
 /// Gives the CPU to the next runnable guest.
 pub fn yield_now() {
     hypercall2(Hypercall::Yield, 0, 0);

@@ -15,6 +15,7 @@ extern crate alloc;
 
 pub mod console;
 pub mod hypercall;
+pub mod net;
 mod rt;
 pub mod task;
 pub mod time;

@@ -77,6 +77,7 @@ pub unsafe fn start(_boot: &'static RawBootInfo, _cpu_id: u32, main: impl FnOnce
             let _ = HEAP.lock().claim(Span::from_base_size(si.heap_start as *mut u8, si.heap_len as usize));
         }
     }
+    crate::net::init();
     exit(main())
 }
 

@@ -63,10 +63,14 @@ pub fn block_on<T: 'static>(main: impl Future<Output = T> + 'static) -> T {
     }));
     loop {
         ex.adopt_spawned();
+        // Move frames in and out; this wakes the tasks whose sockets changed.
+        crate::net::poll();
         let next = READY.lock().pop_front();
         if let Some(id) = next {
             ex.poll(id);
             if let Some(v) = out.borrow_mut().take() {
+                crate::net::poll();
+                crate::net::kick();
                 return v;
             }
             continue;
@@ -74,9 +78,16 @@ pub fn block_on<T: 'static>(main: impl Future<Output = T> + 'static) -> T {
         if fire_timers() {
             continue;
         }
-        // Nothing to do: sleep in the hypervisor until the next timer.
-        let deadline = TIMERS.lock().first_key_value().map_or(Instant::MAX, |(k, _)| k.0);
-        block_until(deadline);
+        // Nothing to do: sleep in the hypervisor until the next timer, the
+        // network stack's next deadline, or an event (frames arriving). The
+        // hypervisor forwards our queued frames when we block.
+        let mut deadline = TIMERS.lock().first_key_value().map_or(Instant::MAX, |(k, _)| k.0);
+        if let Some(at) = crate::net::poll_at() {
+            deadline = deadline.min(at);
+        }
+        if deadline > Instant::now() {
+            block_until(deadline);
+        }
     }
 }
 
@@ -167,6 +178,13 @@ pub fn spawn<T: 'static>(fut: impl Future<Output = T> + 'static) -> JoinHandle<T
     });
     SPAWNED.lock().push(SendTask(task));
     JoinHandle { state }
+}
+
+impl<T> JoinHandle<T> {
+    /// The task's result if it has finished (without waiting).
+    pub fn try_take(&self) -> Option<T> {
+        self.state.borrow_mut().0.take()
+    }
 }
 
 /// Waits for every handle, returning the results in order.

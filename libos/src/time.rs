@@ -27,6 +27,11 @@ impl Instant {
         Instant(info().ns(rdtsc()))
     }
 
+    /// The point `ns` nanoseconds after the hypervisor booted.
+    pub const fn from_nanos(ns: u64) -> Instant {
+        Instant(ns)
+    }
+
     /// Nanoseconds since the hypervisor booted.
     pub fn as_nanos(self) -> u64 {
         self.0

@@ -11,6 +11,8 @@
 //! args = ["a", "b"]       # default []
 //! weight = 100            # CPU share relative to other guests, 1..=10000, default 100
 //! cap = 25                # at most this percent of one CPU, 1..=100, default none
+//! net = true              # give it a vNIC (default false; implied by tenant)
+//! tenant = "acme"         # its broadcast domain; guests of other tenants cannot reach it
 //! ```
 //!
 //! Every error names the manifest and the line it is about, and all of them
@@ -45,6 +47,9 @@ pub const TIB: u64 = 1 << 40;
 
 /// Memory of a guest that does not say.
 pub const DEFAULT_GUEST_MEMORY: u64 = 2 * MIB;
+/// The tenant of a guest with `net = true` and no `tenant`.
+pub const DEFAULT_TENANT: &str = "default";
+
 /// A guest's CPU weight when the manifest names none.
 pub const DEFAULT_WEIGHT: u32 = 100;
 
@@ -75,6 +80,8 @@ pub struct Guest {
     pub weight: u32,
     /// Most CPU the guest may use, in percent of one CPU (`None`: no cap).
     pub cap: Option<u32>,
+    /// The tenant (broadcast domain) of its vNIC; `None`: no vNIC.
+    pub tenant: Option<String>,
     /// Line of the entry in the manifest (for later messages).
     pub line: usize,
 }
@@ -139,6 +146,8 @@ struct RawGuest {
     args: Option<Spanned<Vec<String>>>,
     weight: Option<Spanned<i64>>,
     cap: Option<Spanned<i64>>,
+    net: Option<bool>,
+    tenant: Option<Spanned<String>>,
 }
 
 /// Parses and validates a manifest.
@@ -296,6 +305,20 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
         };
         let weight = ranged(&g.weight, "weight", 1..=10_000, "between 1 and 10000")?.unwrap_or(DEFAULT_WEIGHT);
         let cap = ranged(&g.cap, "cap", 1..=100, "a percentage between 1 and 100")?;
+        let tenant = match (&g.tenant, g.net) {
+            (Some(t), Some(false)) => {
+                return Err(err(Some(t.span()), "a tenant needs a vNIC, but net = false".into()));
+            }
+            (Some(t), _) => {
+                let name = t.get_ref();
+                if name.is_empty() || name.len() > 48 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                    return Err(err(Some(t.span()), format!("tenant \"{name}\" must be 1 to 48 of [A-Za-z0-9_-]")));
+                }
+                Some(name.clone())
+            }
+            (None, Some(true)) => Some(DEFAULT_TENANT.to_string()),
+            (None, _) => None,
+        };
 
         guests.push(Guest {
             name: name.clone(),
@@ -305,6 +328,7 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
             args,
             weight,
             cap,
+            tenant,
             line: line_of(text, entry_span.start),
         });
     }
@@ -417,6 +441,7 @@ mod tests {
                     .to_vec(),
                 weight: DEFAULT_WEIGHT,
                 cap: None,
+                tenant: None,
                 line: 2,
             }]
         );
@@ -527,6 +552,17 @@ mod tests {
         assert_eq!(e.to_string(), "manifest.toml:5: cap 0 is not a percentage between 1 and 100");
         let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\nweight = 0\n").unwrap_err();
         assert_eq!(e.to_string(), "manifest.toml:4: weight 0 is not between 1 and 10000");
+    }
+
+    #[test]
+    fn net_and_tenants() {
+        let m = check("[[guest]]\nname = \"a\"\napp = \"hello\"\nnet = true\n[[guest]]\nname = \"b\"\napp = \"hello\"\ntenant = \"acme\"\n[[guest]]\nname = \"c\"\napp = \"hello\"\n").unwrap();
+        let t: Vec<_> = m.guests.iter().map(|g| g.tenant.as_deref()).collect();
+        assert_eq!(t, [Some(DEFAULT_TENANT), Some("acme"), None]);
+        let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\nnet = false\ntenant = \"x\"\n").unwrap_err();
+        assert_eq!(e.to_string(), "manifest.toml:5: a tenant needs a vNIC, but net = false");
+        let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\ntenant = \"a b\"\n").unwrap_err();
+        assert!(e.to_string().starts_with("manifest.toml:4: tenant \"a b\" must be"), "{e}");
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub fn bundle(
 ) -> Result<Vec<u8>> {
     let mut writer = abi::bundle::Writer::new(flags);
     let mut index: HashMap<PathBuf, u32> = HashMap::new();
+    let mut tenants: Vec<String> = Vec::new();
     for guest in &manifest.guests {
         let path: &Path = match &guest.source {
             Source::App(app) => app_images
@@ -68,7 +69,18 @@ pub fn bundle(
                 i
             }
         };
-        writer.guest(&guest.name, image, guest.count, guest.memory, guest.weight, guest.cap.unwrap_or(0), &guest.args);
+        // Tenants are numbered in order of first appearance.
+        let tenant = match &guest.tenant {
+            None => abi::bundle::TENANT_NONE,
+            Some(t) => match tenants.iter().position(|x| x == t) {
+                Some(i) => i as u32,
+                None => {
+                    tenants.push(t.clone());
+                    tenants.len() as u32 - 1
+                }
+            },
+        };
+        writer.guest(&guest.name, image, guest.count, guest.memory, guest.weight, guest.cap.unwrap_or(0), tenant, &guest.args);
     }
     Ok(writer.finish())
 }
@@ -108,6 +120,7 @@ mod tests {
             args: args.iter().map(|a| a.to_string()).collect(),
             weight: crate::manifest::DEFAULT_WEIGHT,
             cap: None,
+            tenant: None,
             line: 1,
         }
     }

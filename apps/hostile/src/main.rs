@@ -20,6 +20,7 @@
 //! | `yield-storm` | yields in a tight loop, forever                       |
 //! | `block-storm` | blocks with a deadline in the past in a tight loop    |
 //! | `block-forever` | blocks with no deadline and no event source          |
+//! | `ring-lie`    | (needs a vNIC) claims 1000 frames in its 32-slot TX ring and kicks |
 #![no_std]
 #![no_main]
 
@@ -105,6 +106,14 @@ fn main() -> i32 {
             "block-storm" => loop {
                 libos::hypercall::block(0);
             },
+            "ring-lie" => {
+                let prod = (abi::layout::NIC_TX_RING + abi::ring::PROD_OFFSET as u64) as *mut u32;
+                core::ptr::write_volatile(prod, 1000);
+                libos::hypercall::net_kick();
+                // Still running: the hypervisor disconnects the vNIC, not the guest.
+                println!("{}: vNIC lie told", libos::name());
+                return 0;
+            }
             "block-forever" => {
                 let woke = libos::hypercall::block(u64::MAX);
                 println!("woke with events {woke:#x}");

@@ -9,7 +9,8 @@
 //! images   u32 count, then per image: name (str), data (bytes)
 //! guests   u32 count, then per guest: name (str), image index (u32),
 //!          count (u32), memory in bytes (u64), weight (u32),
-//!          cap in percent of one CPU (u32, 0 = none), argc (u32), args (str each)
+//!          cap in percent of one CPU (u32, 0 = none), tenant (u32, with
+//!          TENANT_NONE for no vNIC), argc (u32), args (str each)
 //! str      = u32 length + UTF-8 bytes;  bytes = u64 length + bytes
 //! ```
 //!
@@ -21,9 +22,12 @@
 use core::fmt;
 
 /// First bytes of every bundle.
-pub const MAGIC: &[u8; 8] = b"HVBNDL02";
+pub const MAGIC: &[u8; 8] = b"HVBNDL03";
 /// Power QEMU off (via `isa-debug-exit`) once no guest is left.
 pub const FLAG_EXIT_WHEN_IDLE: u32 = 1 << 0;
+
+/// `Guest::tenant` of a guest without a vNIC.
+pub const TENANT_NONE: u32 = u32::MAX;
 
 /// Limits that keep a decoded bundle sane.
 pub const MAX_IMAGES: u32 = 4096;
@@ -47,6 +51,8 @@ pub struct Guest<'a> {
     pub weight: u32,
     /// Percent of one CPU; 0 means no cap.
     pub cap: u32,
+    /// The tenant (broadcast domain) of its vNIC, or [`TENANT_NONE`].
+    pub tenant: u32,
     args: &'a [u8],
     argc: u32,
 }
@@ -141,6 +147,7 @@ impl<'a> Reader<'a> {
         let memory = self.u64()?;
         let weight = self.u32()?;
         let cap = self.u32()?;
+        let tenant = self.u32()?;
         let argc = self.u32()?;
         if argc > MAX_ARGS {
             return Err(Error::TooMany("arguments"));
@@ -150,7 +157,7 @@ impl<'a> Reader<'a> {
             self.str()?;
         }
         let args = &start[..start.len() - self.buf.len()];
-        Ok(Guest { name, image, count, memory, weight, cap, args, argc })
+        Ok(Guest { name, image, count, memory, weight, cap, tenant, args, argc })
     }
 }
 
@@ -234,13 +241,14 @@ impl Writer {
 
     /// Adds a guest entry.
     #[allow(clippy::too_many_arguments)]
-    pub fn guest<S: AsRef<str>>(&mut self, name: &str, image: u32, count: u32, memory: u64, weight: u32, cap: u32, args: &[S]) {
+    pub fn guest<S: AsRef<str>>(&mut self, name: &str, image: u32, count: u32, memory: u64, weight: u32, cap: u32, tenant: u32, args: &[S]) {
         put_str(&mut self.guests, name);
         self.guests.extend_from_slice(&image.to_le_bytes());
         self.guests.extend_from_slice(&count.to_le_bytes());
         self.guests.extend_from_slice(&memory.to_le_bytes());
         self.guests.extend_from_slice(&weight.to_le_bytes());
         self.guests.extend_from_slice(&cap.to_le_bytes());
+        self.guests.extend_from_slice(&tenant.to_le_bytes());
         self.guests.extend_from_slice(&(args.len() as u32).to_le_bytes());
         for a in args {
             put_str(&mut self.guests, a.as_ref());
@@ -275,8 +283,8 @@ mod tests {
         let mut w = Writer::new(FLAG_EXIT_WHEN_IDLE);
         let hello = w.image("hello.hermit", b"tar bytes");
         let evil = w.image("evil.hermit", b"");
-        w.guest("hello", hello, 3, 2 << 20, 200, 25, &["a", "b c"]);
-        w.guest("evil", evil, 1, 1 << 20, 100, 0, &[] as &[&str]);
+        w.guest("hello", hello, 3, 2 << 20, 200, 25, 7, &["a", "b c"]);
+        w.guest("evil", evil, 1, 1 << 20, 100, 0, TENANT_NONE, &[] as &[&str]);
         w.finish()
     }
 
@@ -292,7 +300,8 @@ mod tests {
         let guests: Vec<_> = b.guests().collect();
         assert_eq!(guests.len(), 2);
         assert_eq!((guests[0].name, guests[0].image, guests[0].count, guests[0].memory), ("hello", 0, 3, 2 << 20));
-        assert_eq!((guests[0].weight, guests[0].cap), (200, 25));
+        assert_eq!((guests[0].weight, guests[0].cap, guests[0].tenant), (200, 25, 7));
+        assert_eq!(guests[1].tenant, TENANT_NONE);
         assert_eq!(guests[0].args().collect::<Vec<_>>(), ["a", "b c"]);
         assert_eq!(guests[1].args().count(), 0);
     }
@@ -316,7 +325,7 @@ mod tests {
         assert_eq!(Bundle::parse(&buf).unwrap_err(), Error::TrailingBytes);
 
         let mut w = Writer::new(0);
-        w.guest("x", 5, 1, 4096, 100, 0, &[] as &[&str]);
+        w.guest("x", 5, 1, 4096, 100, 0, TENANT_NONE, &[] as &[&str]);
         assert_eq!(Bundle::parse(&w.finish()).unwrap_err(), Error::BadImageIndex { guest: 0, image: 5 });
     }
 

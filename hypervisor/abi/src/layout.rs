@@ -8,6 +8,7 @@
 //! 0x0000_0000_0001_0000  image segments, where the ELF puts them (< IMAGE_END)
 //! 0x0000_5000_0000_0000  heap, zero-filled on first touch (StartInfo::heap_*)
 //! 0x0000_7ffe_ff00_0000  stack, zero-filled on first touch, guard page below
+//! 0x0000_7fff_c000_0000  vNIC TX ring, then RX ring (ring::RING_BYTES each), read-write
 //! 0x0000_7fff_e000_0000  time page, read-only, the same for all guests (time::TimeInfo)
 //! 0x0000_7fff_e000_1000  event page, read-write, the guest's own (time::events)
 //! 0x0000_7fff_f000_0000  start page, read-only: RawBootInfo + StartInfo + strings
@@ -26,6 +27,12 @@ pub const HEAP_START: u64 = 0x0000_5000_0000_0000;
 pub const STACK_TOP: u64 = 0x0000_7fff_0000_0000;
 /// Largest stack a guest may grow; one unmapped guard page lies below it.
 pub const STACK_MAX: u64 = 1 << 20;
+/// The vNIC's TX ring (guest produces) and RX ring (hypervisor produces).
+pub const NIC_TX_RING: u64 = 0x0000_7fff_c000_0000;
+pub const NIC_RX_RING: u64 = NIC_TX_RING + 0x2_0000;
+/// Offset of [`crate::NicInfo`] within the start page.
+pub const NIC_INFO_OFFSET: u64 = 0x180;
+
 /// The time page (read-only, shared by all guests).
 pub const TIME_PAGE: u64 = 0x0000_7fff_e000_0000;
 /// The guest's event page (read-write).
@@ -50,7 +57,11 @@ const _: () = {
     assert!(USER_MIN < IMAGE_END);
     assert!(IMAGE_END <= HEAP_START);
     assert!(STACK_TOP - STACK_MAX - PAGE_SIZE > HEAP_START);
-    assert!(STACK_TOP < TIME_PAGE);
+    assert!(STACK_TOP < NIC_TX_RING);
+    assert!(NIC_RX_RING + crate::ring::RING_BYTES as u64 <= TIME_PAGE);
+    assert!(NIC_INFO_OFFSET >= START_INFO_OFFSET + core::mem::size_of::<crate::StartInfo>() as u64);
+    assert!(NIC_INFO_OFFSET + core::mem::size_of::<crate::NicInfo>() as u64 <= START_STRINGS_OFFSET);
+    assert!(crate::ring::RING_BYTES as u64 <= NIC_RX_RING - NIC_TX_RING);
     assert!(EVENT_PAGE + PAGE_SIZE <= START_PAGE);
     assert!(START_PAGE + PAGE_SIZE <= USER_END);
     assert!(START_STRINGS_OFFSET >= START_INFO_OFFSET + core::mem::size_of::<crate::StartInfo>() as u64);

@@ -25,7 +25,7 @@ pub mod time;
 
 /// Version of this contract. Images carry the version they were built
 /// against in an ELF note ([`note`]); the hypervisor refuses any other.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Hypercall numbers, passed in `rax` to `syscall`.
 ///
@@ -57,6 +57,10 @@ pub enum Hypercall {
     /// `nop()`: does nothing and returns 0; the cost of a hypercall round
     /// trip (`cargo xtask bench hypercall`).
     Nop = 5,
+    /// `net_kick()`: forward the frames waiting in the guest's TX ring now
+    /// (they are also forwarded whenever the guest blocks, yields or is
+    /// preempted, so a guest about to block need not kick). Returns 0.
+    NetKick = 6,
 }
 
 impl TryFrom<u64> for Hypercall {
@@ -69,6 +73,7 @@ impl TryFrom<u64> for Hypercall {
             3 => Self::Yield,
             4 => Self::Block,
             5 => Self::Nop,
+            6 => Self::NetKick,
             other => return Err(other),
         })
     }
@@ -83,6 +88,7 @@ impl Hypercall {
             Self::Yield => "yield",
             Self::Block => "block",
             Self::Nop => "nop",
+            Self::NetKick => "net_kick",
         }
     }
 }
@@ -160,6 +166,38 @@ impl StartInfo {
     }
 }
 
+/// The guest's network configuration, in the start page at
+/// [`layout::NIC_INFO_OFFSET`] (all zero when the guest has no vNIC). The
+/// rings are at [`layout::NIC_TX_RING`] and [`layout::NIC_RX_RING`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct NicInfo {
+    /// [`NIC_MAGIC`] when the guest has a vNIC.
+    pub magic: u32,
+    /// IPv4 prefix length.
+    pub prefix: u32,
+    /// MAC address (6 bytes, then 2 zero bytes).
+    pub mac: [u8; 8],
+    pub ipv4: [u8; 4],
+    pub gateway: [u8; 4],
+}
+
+pub const NIC_MAGIC: u32 = u32::from_le_bytes(*b"NIC1");
+
+impl NicInfo {
+    pub const SIZE: usize = core::mem::size_of::<NicInfo>();
+
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[0..4].copy_from_slice(&self.magic.to_le_bytes());
+        b[4..8].copy_from_slice(&self.prefix.to_le_bytes());
+        b[8..16].copy_from_slice(&self.mac);
+        b[16..20].copy_from_slice(&self.ipv4);
+        b[20..24].copy_from_slice(&self.gateway);
+        b
+    }
+}
+
 /// Value of [`StartInfo::magic`].
 pub const START_MAGIC: u64 = u64::from_le_bytes(*b"HVSTART1");
 
@@ -186,7 +224,7 @@ mod tests {
 
     #[test]
     fn hypercall_numbers_round_trip() {
-        for hc in [Hypercall::ConsoleWrite, Hypercall::Exit, Hypercall::Yield, Hypercall::Block, Hypercall::Nop] {
+        for hc in [Hypercall::ConsoleWrite, Hypercall::Exit, Hypercall::Yield, Hypercall::Block, Hypercall::Nop, Hypercall::NetKick] {
             assert_eq!(Hypercall::try_from(hc as u64), Ok(hc));
         }
         assert_eq!(Hypercall::try_from(0), Err(0));

@@ -57,6 +57,8 @@ impl TimeInfo {
 pub mod events {
     /// A `block` deadline passed.
     pub const TIMER: u64 = 1 << 0;
+    /// Frames arrived in the vNIC's RX ring.
+    pub const NET_RX: u64 = 1 << 1;
 }
 
 #[cfg(test)]

@@ -102,6 +102,8 @@ pub enum Step {
     Yield,
     /// An interrupt (the timer) took the CPU from it; it stays runnable.
     Preempted,
+    /// It asked for its vNIC's TX ring to be forwarded now; then resume it.
+    NetKick,
     /// It sleeps until an event or the monotonic clock reaches `deadline`
     /// (ns; `u64::MAX`: no deadline). Resume it with [`Guest::wake_from_block`].
     Block { deadline: u64 },
@@ -279,7 +281,7 @@ impl Guest {
                 Step::Preempted
             }
         };
-        if matches!(step, Step::Resume | Step::Yield | Step::Preempted | Step::Block { .. }) && self.regs.rip >= layout::USER_END {
+        if matches!(step, Step::Resume | Step::Yield | Step::Preempted | Step::NetKick | Step::Block { .. }) && self.regs.rip >= layout::USER_END {
             // Only a `syscall` in the last bytes of the guest half can get
             // here; never `sysret`/`iret` to a non-canonical address.
             return Step::Stopped(format!("return address {:#x} is not canonical (syscall at the end of the guest half)", self.regs.rip));
@@ -363,6 +365,10 @@ impl Guest {
             Hypercall::Nop => {
                 self.regs.rax = 0;
                 Step::Resume
+            }
+            Hypercall::NetKick => {
+                self.regs.rax = 0;
+                Step::NetKick
             }
             Hypercall::Block => {
                 let pending = self.pending_events(mem);

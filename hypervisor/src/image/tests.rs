@@ -1221,7 +1221,7 @@ fn wrong_abi_or_hermit_notes() {
     assert_eq!(e, ImageError::AbiVersion(7));
     assert_eq!(
         e.to_string(),
-        "image was built for hypervisor ABI v7; this hypervisor speaks v1"
+        format!("image was built for hypervisor ABI v7; this hypervisor speaks v{}", abi::ABI_VERSION)
     );
 
     let e = err(parse_spec(ElfSpec::valid().with(|s| {

@@ -13,6 +13,7 @@ pub const SPURIOUS_VECTOR: u8 = 0xff;
 
 const MSR_APIC_BASE: u32 = 0x1b;
 const MSR_TSC_DEADLINE: u32 = 0x6e0;
+const REG_ID: u64 = 0x20;
 const REG_EOI: u64 = 0xb0;
 const REG_ICR_LOW: u64 = 0x300;
 const REG_ICR_HIGH: u64 = 0x310;
@@ -22,7 +23,27 @@ const REG_INITIAL: u64 = 0x380;
 const REG_CURRENT: u64 = 0x390;
 const REG_DIVIDE: u64 = 0x3e0;
 
+/// Vector of the wake-up IPI (a guest on that CPU became runnable).
+pub const WAKE_VECTOR: u8 = 0xf0;
+
 static TSC_DEADLINE: AtomicBool = AtomicBool::new(false);
+/// APIC ids by CPU index, for IPIs.
+static IDS: [core::sync::atomic::AtomicU32; super::smp::MAX_CPUS] = [const { core::sync::atomic::AtomicU32::new(0) }; super::smp::MAX_CPUS];
+
+/// Records this CPU's APIC id under its index.
+pub fn register(cpu: usize) {
+    IDS[cpu].store(read(REG_ID) >> 24, Ordering::Relaxed);
+}
+
+/// Interrupts CPU `cpu` with the wake-up vector (it leaves `hlt`, or its
+/// guest exits, and it looks at its run queue again).
+pub fn wake_cpu(cpu: usize) {
+    write(REG_ICR_HIGH, IDS[cpu].load(Ordering::Relaxed) << 24);
+    write(REG_ICR_LOW, WAKE_VECTOR as u32);
+    while read(REG_ICR_LOW) & (1 << 12) != 0 {
+        core::hint::spin_loop();
+    }
+}
 /// APIC timer ticks (divide by 16) per 2^32 TSC ticks.
 static TICKS_PER_TSC: AtomicU64 = AtomicU64::new(0);
 

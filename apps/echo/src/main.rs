@@ -1,0 +1,152 @@
+//! Echo over TCP and UDP, and a client that checks it.
+//!
+//! | arguments                     | what it does                                        |
+//! |-------------------------------|-----------------------------------------------------|
+//! | (none) or `serve [PORT] [N]`  | echoes TCP connections and UDP datagrams on PORT (7); with N, exits 0 once N connections have come and gone |
+//! | `client IP N [PORT]`          | sends N messages of mixed sizes over TCP, checks each echo byte for byte, prints the result |
+//! | `probe IP [PORT]`             | tries one TCP connection for 2 s; prints `reachable` or `unreachable` |
+#![no_std]
+#![no_main]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::time::Duration;
+use libos::net::{Ipv4, TcpListener, TcpStream, UdpSocket};
+use libos::println;
+use libos::task::spawn;
+use libos::time::Instant;
+
+libos::main!(async main);
+
+fn parse_ip(s: &str) -> Option<Ipv4> {
+    let mut o = [0u8; 4];
+    let mut parts = s.split('.');
+    for b in &mut o {
+        *b = parts.next()?.parse().ok()?;
+    }
+    parts.next().is_none().then(|| Ipv4::from(o))
+}
+
+async fn serve(port: u16, max_connections: Option<usize>) -> i32 {
+    let Ok(mut listener) = TcpListener::bind(port, 16) else {
+        println!("cannot listen on port {port}");
+        return 1;
+    };
+    if let Ok(mut udp) = UdpSocket::bind(port) {
+        spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((n, ip, p)) = udp.recv_from(&mut buf).await {
+                let _ = udp.send_to(&buf[..n], ip, p);
+            }
+        });
+    }
+    let ip = libos::net::ipv4().map_or([0; 4], |a| a.octets());
+    println!("echo: listening on {}.{}.{}.{}:{port} (tcp and udp)", ip[0], ip[1], ip[2], ip[3]);
+    let mut served = Vec::new();
+    loop {
+        if max_connections.is_some_and(|n| served.len() >= n) {
+            libos::task::join_all(served).await;
+            println!("echo: served {} connections", max_connections.unwrap_or(0));
+            return 0;
+        }
+        match listener.accept().await {
+            Ok(mut conn) => {
+                served.push(spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    // Echo until the peer finishes; back-pressure comes from
+                    // write waiting for room in the send buffer.
+                    while let Ok(n @ 1..) = conn.read(&mut buf).await {
+                        if conn.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    conn.shutdown();
+                }));
+                if max_connections.is_none() {
+                    // Serving forever: finished connections need no handle.
+                    served.clear();
+                }
+            }
+            Err(e) => {
+                println!("accept failed: {e:?}");
+                return 1;
+            }
+        }
+    }
+}
+
+async fn client(ip: Ipv4, n: u32, port: u16) -> i32 {
+    let start = Instant::now();
+    let mut conn = match TcpStream::connect(ip, port).await {
+        Ok(c) => c,
+        Err(e) => {
+            println!("client: cannot connect: {e:?}");
+            return 1;
+        }
+    };
+    let mut bytes = 0u64;
+    let mut back = vec![0u8; 8192];
+    for i in 0..n {
+        // Mixed sizes from 1 byte to a few segments, with varied contents.
+        let len = 1 + (i as usize * 7919) % 6000;
+        let msg: Vec<u8> = (0..len).map(|j| (i as usize * 31 + j * 17) as u8).collect();
+        if conn.write_all(&msg).await.is_err() {
+            println!("client: write failed at message {i}");
+            return 1;
+        }
+        let mut got = 0;
+        while got < len {
+            match conn.read(&mut back[got..len]).await {
+                Ok(0) | Err(_) => {
+                    println!("client: connection ended at message {i}");
+                    return 1;
+                }
+                Ok(k) => got += k,
+            }
+        }
+        if back[..len] != msg[..] {
+            println!("client: message {i} came back different");
+            return 1;
+        }
+        bytes += len as u64;
+    }
+    conn.shutdown();
+    println!("client: {n} messages, {bytes} bytes echoed byte-exact in {} ms", start.elapsed().as_millis());
+    0
+}
+
+async fn probe(ip: Ipv4, port: u16) -> i32 {
+    let connect = spawn(TcpStream::connect(ip, port));
+    libos::task::sleep(Duration::from_secs(2)).await;
+    match connect.try_take() {
+        Some(Ok(_)) => println!("reachable"),
+        _ => println!("unreachable"),
+    }
+    0
+}
+
+async fn main() -> i32 {
+    let args: Vec<&str> = libos::args().collect();
+    let port = |i: usize| args.get(i).and_then(|p| p.parse().ok()).unwrap_or(7);
+    match args.first().copied() {
+        None | Some("serve") => serve(port(1), args.get(2).and_then(|n| n.parse().ok())).await,
+        Some("client") => match (args.get(1).and_then(|a| parse_ip(a)), args.get(2).and_then(|a| a.parse().ok())) {
+            (Some(ip), Some(n)) => client(ip, n, port(3)).await,
+            _ => {
+                println!("usage: client IP N [PORT]");
+                2
+            }
+        },
+        Some("probe") => match args.get(1).and_then(|a| parse_ip(a)) {
+            Some(ip) => probe(ip, port(2)).await,
+            None => 2,
+        },
+        Some(other) => {
+            println!("unknown mode {other:?}");
+            2
+        }
+    }
+}

@@ -1,0 +1,1228 @@
+//! The virtual switch: a learning L2 Ethernet bridge in which every tenant
+//! is a separate broadcast domain.
+//!
+//! Ports are guest vNICs (each with its tenant and its own MAC, fixed when
+//! the port is added) and at most one *uplink*, the outside world. The
+//! uplink belongs to exactly one tenant, chosen when it is added
+//! ([`Switch::add_uplink`]): the tenant whose guests the host and the
+//! network beyond it reach (the manifest's default tenant, 0, unless it
+//! says otherwise). Guests of every other tenant have no path outside the
+//! machine; routing between tenants is not the switch's business.
+//!
+//! For each frame handed to [`Switch::forward`]:
+//! 1. The sending port must exist ([`DropReason::UnknownPort`]); the frame
+//!    must be [`MIN_FRAME`]`..=`[`MTU_FRAME`] bytes (`Runt`, `Oversize`);
+//!    its source MAC must be unicast (`BadSource`).
+//! 2. Source-MAC enforcement: a guest port may send only with its own MAC;
+//!    the uplink may send with any MAC except a guest's of its tenant (the
+//!    outside cannot impersonate a local guest) (`Spoofed`).
+//! 3. Learning: the uplink's source MACs are learned per tenant with a
+//!    timestamp and forgotten [`AGE_NS`] after they were last seen. A
+//!    guest's own MAC is known from the moment the port is added and never
+//!    ages, so a guest's frames teach the switch nothing new.
+//! 4. Delivery, within the sender's tenant only and never back out of the
+//!    port the frame came in on: broadcast and multicast go to every other
+//!    port of the tenant (the uplink included if it is the tenant's);
+//!    a known unicast destination goes to its port; an unknown (or aged)
+//!    one floods like a broadcast. The MAC table is keyed by
+//!    `(tenant, MAC)`, so the same MAC in two tenants names two different
+//!    stations and a lookup can never find another tenant's port.
+//!
+//! Cost: a frame costs a few `BTreeMap` lookups plus one callback per
+//! receiver; flooding walks the tenant's own port list, never all ports.
+//! Adding and removing a guest port is `O(log n)`; removing the uplink
+//! walks the MAC table once. Nothing is allocated per frame.
+//!
+//! Frames are guest-supplied bytes: nothing here indexes by them or
+//! panics on them. Everything is counted: per port and in totals that
+//! survive removed ports (see [`Stats`] for the invariants).
+
+use abi::ring::{MIN_FRAME, MTU_FRAME};
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+/// A learned (outside) MAC is forgotten this long after it was last seen.
+pub const AGE_NS: u64 = 300 * 1_000_000_000;
+/// At most this many MACs are learned from the uplink by default (see
+/// [`Switch::with_max_learned`]); past it, new ones are not learned (their
+/// frames flood) until old ones age out. Bounds the memory the outside
+/// world can make the hypervisor spend.
+pub const DEFAULT_MAX_LEARNED: usize = 4096;
+/// How often (in frame timestamps) [`Switch::forward`] sweeps aged entries
+/// out of the table by itself.
+const SWEEP_NS: u64 = AGE_NS / 4;
+
+pub type Mac = [u8; 6];
+pub const BROADCAST: Mac = [0xff; 6];
+
+/// Multicast (and broadcast) MACs have the group bit set.
+pub fn is_multicast(mac: &Mac) -> bool {
+    mac[0] & 1 != 0
+}
+
+/// A switch port. A slot number plus a generation, so that the id of a
+/// removed port stays dead even after its slot is reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortId {
+    slot: u32,
+    generation: u32,
+}
+
+impl PortId {
+    /// A small dense number, unique among the ports that exist now (for
+    /// the caller's own per-port tables).
+    pub fn slot(self) -> usize {
+        self.slot as usize
+    }
+}
+
+/// Why a port could not be added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortError {
+    /// A guest's MAC must be unicast.
+    MulticastMac,
+    /// Another port of the tenant already has this MAC.
+    DuplicateMac,
+    /// There is already an uplink.
+    UplinkExists,
+    /// More than `u32::MAX` port slots.
+    TooManyPorts,
+}
+
+/// Why a frame was dropped before delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The sending port does not exist (never did, or was removed).
+    UnknownPort,
+    /// Shorter than an Ethernet header ([`MIN_FRAME`]).
+    Runt,
+    /// Longer than [`MTU_FRAME`].
+    Oversize,
+    /// The source MAC is multicast or broadcast.
+    BadSource,
+    /// A guest sent with a MAC not its own, or the uplink with a local
+    /// guest's MAC.
+    Spoofed,
+}
+
+/// What became of a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Accepted; handed to `copies` ports (0: nobody else to send it to,
+    /// e.g. the destination is the sender itself or the tenant has no
+    /// other port).
+    Forwarded {
+        copies: u32,
+    },
+    Dropped(DropReason),
+}
+
+/// Counters of one port, or of the whole switch ([`Switch::totals`]).
+///
+/// For every frame handed to [`Switch::forward`] exactly one of
+/// `rx_frames` (accepted) and the five `drop_*` counters goes up, at the
+/// sending port and in the totals (`drop_unknown_port` only in the totals:
+/// there is no port). An accepted frame is handed to zero or more ports;
+/// if zero, `unrouted` goes up as well. Each hand-over bumps, at the
+/// receiving port, `tx_frames`/`tx_bytes` if the receiver took it or
+/// `tx_full` if its ring was full. The totals are the sums over all ports
+/// that ever existed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Frames (and their bytes) accepted from this port.
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    /// Frames (and their bytes) delivered to this port.
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    /// Frames for this port that its receive ring had no room for.
+    pub tx_full: u64,
+    /// Accepted frames that had nowhere to go.
+    pub unrouted: u64,
+    /// Source MACs the uplink sent that the full table could not learn.
+    pub learn_full: u64,
+    pub drop_runt: u64,
+    pub drop_oversize: u64,
+    pub drop_bad_source: u64,
+    pub drop_spoofed: u64,
+    pub drop_unknown_port: u64,
+}
+
+impl Stats {
+    /// Every frame dropped before delivery.
+    pub fn dropped(&self) -> u64 {
+        self.drop_runt + self.drop_oversize + self.drop_bad_source + self.drop_spoofed + self.drop_unknown_port
+    }
+
+    fn count_drop(&mut self, why: DropReason) {
+        match why {
+            DropReason::UnknownPort => self.drop_unknown_port += 1,
+            DropReason::Runt => self.drop_runt += 1,
+            DropReason::Oversize => self.drop_oversize += 1,
+            DropReason::BadSource => self.drop_bad_source += 1,
+            DropReason::Spoofed => self.drop_spoofed += 1,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Guest { mac: Mac },
+    Uplink,
+}
+
+#[derive(Debug)]
+struct Port {
+    tenant: u32,
+    kind: Kind,
+    /// Where this port sits in its tenant's port list.
+    pos: usize,
+    stats: Stats,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    generation: u32,
+    port: Option<Port>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    port: PortId,
+    /// When the MAC was last seen; `None`: a guest's own, never ages.
+    seen_ns: Option<u64>,
+}
+
+impl Entry {
+    fn live(&self, now_ns: u64) -> bool {
+        match self.seen_ns {
+            None => true,
+            Some(seen) => now_ns.saturating_sub(seen) < AGE_NS,
+        }
+    }
+}
+
+/// The switch. See the module documentation for the rules.
+#[derive(Debug)]
+pub struct Switch {
+    slots: Vec<Slot>,
+    /// Slots of removed ports, to reuse.
+    free: Vec<u32>,
+    /// Each tenant's ports, for flooding. A tenant with no port has no
+    /// entry.
+    tenants: BTreeMap<u32, Vec<PortId>>,
+    /// `(tenant, MAC)` → port.
+    table: BTreeMap<(u32, Mac), Entry>,
+    uplink: Option<PortId>,
+    /// Entries with a timestamp (learned from the uplink) in `table`.
+    learned: usize,
+    max_learned: usize,
+    next_sweep_ns: u64,
+    totals: Stats,
+}
+
+impl Default for Switch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Switch {
+    pub fn new() -> Self {
+        Self::with_max_learned(DEFAULT_MAX_LEARNED)
+    }
+
+    /// A switch that learns at most `max_learned` outside MACs at a time.
+    pub fn with_max_learned(max_learned: usize) -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+            tenants: BTreeMap::new(),
+            table: BTreeMap::new(),
+            uplink: None,
+            learned: 0,
+            max_learned,
+            next_sweep_ns: SWEEP_NS,
+            totals: Stats::default(),
+        }
+    }
+
+    /// Adds a guest's vNIC to `tenant`. `mac` is the only source MAC the
+    /// port may send with, and frames to it reach the port from now on.
+    pub fn add_port(&mut self, tenant: u32, mac: Mac) -> Result<PortId, PortError> {
+        if is_multicast(&mac) {
+            return Err(PortError::MulticastMac);
+        }
+        if let Some(e) = self.table.get(&(tenant, mac))
+            && e.seen_ns.is_none()
+        {
+            return Err(PortError::DuplicateMac);
+        }
+        let id = self.insert(tenant, Kind::Guest { mac })?;
+        // A guest's MAC overrides the same MAC learned from the outside.
+        if let Some(old) = self.table.insert((tenant, mac), Entry { port: id, seen_ns: None })
+            && old.seen_ns.is_some()
+        {
+            self.learned = self.learned.saturating_sub(1);
+        }
+        Ok(id)
+    }
+
+    /// Adds the uplink, in `tenant` (see the module documentation).
+    pub fn add_uplink(&mut self, tenant: u32) -> Result<PortId, PortError> {
+        if self.uplink.is_some() {
+            return Err(PortError::UplinkExists);
+        }
+        let id = self.insert(tenant, Kind::Uplink)?;
+        self.uplink = Some(id);
+        Ok(id)
+    }
+
+    fn insert(&mut self, tenant: u32, kind: Kind) -> Result<PortId, PortError> {
+        let list = self.tenants.entry(tenant).or_default();
+        let port = Port { tenant, kind, pos: list.len(), stats: Stats::default() };
+        let id = match self.free.pop() {
+            Some(slot) => match self.slots.get_mut(slot as usize) {
+                Some(s) => {
+                    s.port = Some(port);
+                    PortId { slot, generation: s.generation }
+                }
+                None => return Err(PortError::TooManyPorts), // unreachable: free slots exist
+            },
+            None => {
+                let slot = u32::try_from(self.slots.len()).map_err(|_| PortError::TooManyPorts)?;
+                self.slots.push(Slot { generation: 0, port: Some(port) });
+                PortId { slot, generation: 0 }
+            }
+        };
+        list.push(id);
+        Ok(id)
+    }
+
+    /// Removes a port and every table entry that points at it; returns its
+    /// final counters, or `None` if there is no such port.
+    pub fn remove_port(&mut self, id: PortId) -> Option<Stats> {
+        let slot = self.slots.get_mut(id.slot as usize).filter(|s| s.generation == id.generation)?;
+        let port = slot.port.take()?;
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(id.slot);
+
+        if let Some(list) = self.tenants.get_mut(&port.tenant) {
+            if list.get(port.pos) == Some(&id) {
+                list.swap_remove(port.pos);
+                if let Some(&moved) = list.get(port.pos)
+                    && let Some(p) = port_in(&mut self.slots, moved)
+                {
+                    p.pos = port.pos;
+                }
+            }
+            if list.is_empty() {
+                self.tenants.remove(&port.tenant);
+            }
+        }
+        match port.kind {
+            Kind::Guest { mac } => {
+                if self.table.get(&(port.tenant, mac)).is_some_and(|e| e.port == id) {
+                    self.table.remove(&(port.tenant, mac));
+                }
+            }
+            Kind::Uplink => {
+                self.table.retain(|_, e| e.port != id);
+                self.learned = 0;
+                self.uplink = None;
+            }
+        }
+        Some(port.stats)
+    }
+
+    fn port(&self, id: PortId) -> Option<&Port> {
+        self.slots.get(id.slot as usize).filter(|s| s.generation == id.generation)?.port.as_ref()
+    }
+
+    /// The port's counters, if it exists.
+    pub fn stats(&self, id: PortId) -> Option<Stats> {
+        self.port(id).map(|p| p.stats)
+    }
+
+    /// The switch's counters: sums over every port that ever existed, plus
+    /// frames from unknown ports.
+    pub fn totals(&self) -> Stats {
+        self.totals
+    }
+
+    /// The port's tenant, if it exists.
+    pub fn tenant_of(&self, id: PortId) -> Option<u32> {
+        self.port(id).map(|p| p.tenant)
+    }
+
+    pub fn uplink(&self) -> Option<PortId> {
+        self.uplink
+    }
+
+    /// Ports that exist now.
+    pub fn port_count(&self) -> usize {
+        self.tenants.values().map(Vec::len).sum()
+    }
+
+    /// Outside MACs in the table now (aged ones included until swept).
+    pub fn learned_count(&self) -> usize {
+        self.learned
+    }
+
+    /// Where a frame from `tenant` to `mac` would go at `now_ns`, if it
+    /// would not flood.
+    pub fn lookup(&self, tenant: u32, mac: Mac, now_ns: u64) -> Option<PortId> {
+        self.table.get(&(tenant, mac)).filter(|e| e.live(now_ns)).map(|e| e.port)
+    }
+
+    /// Forgets every learned MAC not seen for [`AGE_NS`]; returns how many.
+    /// [`Switch::forward`] calls it every `AGE_NS / 4` of frame time, so
+    /// the caller need not; it walks the whole table.
+    pub fn expire(&mut self, now_ns: u64) -> usize {
+        let before = self.table.len();
+        self.table.retain(|_, e| e.live(now_ns));
+        let gone = before - self.table.len();
+        self.learned = self.learned.saturating_sub(gone);
+        self.next_sweep_ns = now_ns.saturating_add(SWEEP_NS);
+        gone
+    }
+
+    /// Switches one frame that `from` sent at `now_ns`: calls `out(port)`
+    /// once for each port that should receive it, in no particular order.
+    /// `out` copies the frame into that port's receive ring (or the
+    /// uplink's transmit queue) and returns `false` if there was no room.
+    pub fn forward(
+        &mut self,
+        from: PortId,
+        frame: &[u8],
+        now_ns: u64,
+        out: &mut impl FnMut(PortId) -> bool,
+    ) -> Verdict {
+        self.forward_header(from, frame, frame.len(), now_ns, out)
+    }
+
+    /// [`Switch::forward`] for a frame the caller has not copied: `header`
+    /// holds the frame's first bytes (at least the 14 of the Ethernet
+    /// header; anything after is ignored), copied out of the sender's
+    /// buffer, and `len` is the frame's length, read once. The decision
+    /// rests on these private copies only; `out` then writes `header` and
+    /// copies the rest from the sender's buffer.
+    pub fn forward_header(
+        &mut self,
+        from: PortId,
+        header: &[u8],
+        len: usize,
+        now_ns: u64,
+        out: &mut impl FnMut(PortId) -> bool,
+    ) -> Verdict {
+        if now_ns >= self.next_sweep_ns {
+            self.expire(now_ns);
+        }
+        let Some(port) = port_in(&mut self.slots, from) else {
+            return self.drop(None, DropReason::UnknownPort);
+        };
+        let (tenant, kind) = (port.tenant, port.kind);
+        if len < MIN_FRAME {
+            return self.drop(Some(from), DropReason::Runt);
+        }
+        if len > MTU_FRAME {
+            return self.drop(Some(from), DropReason::Oversize);
+        }
+        // A header shorter than an Ethernet header is a runt too, whatever
+        // `len` claims.
+        let (Some(dst), Some(src), true) = (mac_at(header, 0), mac_at(header, 6), header.len() >= MIN_FRAME) else {
+            return self.drop(Some(from), DropReason::Runt);
+        };
+        if is_multicast(&src) {
+            return self.drop(Some(from), DropReason::BadSource);
+        }
+        match kind {
+            Kind::Guest { mac } => {
+                if src != mac {
+                    return self.drop(Some(from), DropReason::Spoofed);
+                }
+            }
+            Kind::Uplink => match self.table.get_mut(&(tenant, src)) {
+                Some(e) if e.seen_ns.is_none() => return self.drop(Some(from), DropReason::Spoofed),
+                Some(e) => *e = Entry { port: from, seen_ns: Some(now_ns) },
+                None if self.learned < self.max_learned => {
+                    self.table.insert((tenant, src), Entry { port: from, seen_ns: Some(now_ns) });
+                    self.learned += 1;
+                }
+                None => {
+                    if let Some(p) = port_in(&mut self.slots, from) {
+                        p.stats.learn_full += 1;
+                    }
+                    self.totals.learn_full += 1;
+                }
+            },
+        }
+
+        let bytes = len as u64;
+        if let Some(p) = port_in(&mut self.slots, from) {
+            p.stats.rx_frames += 1;
+            p.stats.rx_bytes += bytes;
+        }
+        self.totals.rx_frames += 1;
+        self.totals.rx_bytes += bytes;
+
+        let unicast_to = if is_multicast(&dst) {
+            None
+        } else {
+            self.table
+                .get(&(tenant, dst))
+                .filter(|e| e.live(now_ns))
+                .map(|e| e.port)
+                // The table is keyed by tenant, so this always holds.
+                .filter(|&to| self.port(to).is_some_and(|p| p.tenant == tenant))
+        };
+        let mut copies = 0u32;
+        match unicast_to {
+            Some(to) => {
+                if to != from && deliver(&mut self.slots, &mut self.totals, to, bytes, out) {
+                    copies = 1;
+                }
+            }
+            None => {
+                for &to in self.tenants.get(&tenant).map(Vec::as_slice).unwrap_or_default() {
+                    if to != from && deliver(&mut self.slots, &mut self.totals, to, bytes, out) {
+                        copies += 1;
+                    }
+                }
+            }
+        }
+        if copies == 0 {
+            if let Some(p) = port_in(&mut self.slots, from) {
+                p.stats.unrouted += 1;
+            }
+            self.totals.unrouted += 1;
+        }
+        Verdict::Forwarded { copies }
+    }
+
+    fn drop(&mut self, from: Option<PortId>, why: DropReason) -> Verdict {
+        if let Some(p) = from.and_then(|id| port_in(&mut self.slots, id)) {
+            p.stats.count_drop(why);
+        }
+        self.totals.count_drop(why);
+        Verdict::Dropped(why)
+    }
+}
+
+fn port_in(slots: &mut [Slot], id: PortId) -> Option<&mut Port> {
+    slots.get_mut(id.slot as usize).filter(|s| s.generation == id.generation)?.port.as_mut()
+}
+
+fn mac_at(header: &[u8], at: usize) -> Option<Mac> {
+    header.get(at..at.checked_add(6)?)?.try_into().ok()
+}
+
+/// Hands a frame to `to` (a live port) and counts it; `false` if there is
+/// no such port and nothing was handed over.
+fn deliver(
+    slots: &mut [Slot],
+    totals: &mut Stats,
+    to: PortId,
+    bytes: u64,
+    out: &mut impl FnMut(PortId) -> bool,
+) -> bool {
+    let Some(p) = port_in(slots, to) else { return false };
+    let took = out(to);
+    if took {
+        p.stats.tx_frames += 1;
+        p.stats.tx_bytes += bytes;
+        totals.tx_frames += 1;
+        totals.tx_bytes += bytes;
+    } else {
+        p.stats.tx_full += 1;
+        totals.tx_full += 1;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    /// A guest MAC (locally administered, unicast).
+    fn mac(n: u32) -> Mac {
+        let b = n.to_be_bytes();
+        [0x02, 0, b[0], b[1], b[2], b[3]]
+    }
+
+    /// An outside station's MAC (QEMU's prefix).
+    fn outside(n: u8) -> Mac {
+        [0x52, 0x54, 0, 0x12, 0x34, n]
+    }
+
+    const MCAST: Mac = [0x01, 0x00, 0x5e, 0x00, 0x00, 0xfb];
+    const SEC: u64 = 1_000_000_000;
+
+    fn frame(dst: Mac, src: Mac, len: usize) -> Vec<u8> {
+        let mut f = vec![0u8; len.max(14)];
+        f[..6].copy_from_slice(&dst);
+        f[6..12].copy_from_slice(&src);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f.truncate(len);
+        f
+    }
+
+    /// Sends a frame; returns the verdict and the receivers, sorted.
+    fn send(sw: &mut Switch, from: PortId, f: &[u8], now: u64) -> (Verdict, Vec<PortId>) {
+        let mut got = Vec::new();
+        let v = sw.forward(from, f, now, &mut |p| {
+            got.push(p);
+            true
+        });
+        got.sort();
+        (v, got)
+    }
+
+    fn sorted(mut v: Vec<PortId>) -> Vec<PortId> {
+        v.sort();
+        v
+    }
+
+    fn fwd(copies: u32) -> Verdict {
+        Verdict::Forwarded { copies }
+    }
+
+    #[test]
+    fn a_guests_own_mac_is_known_from_the_start_and_never_ages() {
+        let mut sw = Switch::new();
+        let a = sw.add_port(1, mac(1)).unwrap();
+        let b = sw.add_port(1, mac(2)).unwrap();
+        let c = sw.add_port(1, mac(3)).unwrap();
+        assert_eq!(send(&mut sw, a, &frame(mac(2), mac(1), 60), 0), (fwd(1), vec![b]), "first frame already unicast");
+        let much_later = 100 * AGE_NS;
+        assert_eq!(send(&mut sw, c, &frame(mac(1), mac(3), 60), much_later), (fwd(1), vec![a]));
+        assert_eq!(sw.lookup(1, mac(2), u64::MAX), Some(b));
+        assert_eq!(sw.learned_count(), 0, "guests' frames teach nothing new");
+    }
+
+    #[test]
+    fn learning_floods_first_then_unicasts_both_ways() {
+        let mut sw = Switch::new();
+        let up = sw.add_uplink(0).unwrap();
+        let a = sw.add_port(0, mac(1)).unwrap();
+        let b = sw.add_port(0, mac(2)).unwrap();
+        let x = outside(9);
+        // A guest asks for an outside station nobody has seen: flood in the tenant.
+        assert_eq!(send(&mut sw, a, &frame(x, mac(1), 60), SEC), (fwd(2), sorted(vec![up, b])));
+        assert_eq!(sw.lookup(0, x, SEC), None);
+        // The reply comes in on the uplink, unicast to A; X is learned.
+        assert_eq!(send(&mut sw, up, &frame(mac(1), x, 60), 2 * SEC), (fwd(1), vec![a]));
+        assert_eq!(sw.lookup(0, x, 2 * SEC), Some(up));
+        assert_eq!(sw.learned_count(), 1);
+        // From now on both directions are unicast.
+        for t in 3..10 {
+            assert_eq!(send(&mut sw, a, &frame(x, mac(1), 100), t * SEC), (fwd(1), vec![up]));
+            assert_eq!(send(&mut sw, up, &frame(mac(1), x, 100), t * SEC), (fwd(1), vec![a]));
+        }
+        assert_eq!(sw.stats(b).unwrap().tx_frames, 1, "B saw only the first, flooded frame");
+    }
+
+    #[test]
+    fn learned_entries_age_out_and_flood_again() {
+        let mut sw = Switch::new();
+        let up = sw.add_uplink(0).unwrap();
+        let a = sw.add_port(0, mac(1)).unwrap();
+        let b = sw.add_port(0, mac(2)).unwrap();
+        let x = outside(1);
+        let t0 = 5 * SEC;
+        send(&mut sw, up, &frame(BROADCAST, x, 60), t0);
+        assert_eq!(send(&mut sw, a, &frame(x, mac(1), 60), t0 + AGE_NS - 1), (fwd(1), vec![up]));
+        // Aged: floods again (to the uplink and to B).
+        assert_eq!(send(&mut sw, a, &frame(x, mac(1), 60), t0 + AGE_NS), (fwd(2), sorted(vec![up, b])));
+        assert_eq!(sw.lookup(0, x, t0 + AGE_NS), None);
+        // Seen again: learned again, and each sighting restarts the clock.
+        let t1 = t0 + AGE_NS + SEC;
+        send(&mut sw, up, &frame(mac(1), x, 60), t1);
+        send(&mut sw, up, &frame(mac(1), x, 60), t1 + AGE_NS / 2);
+        assert_eq!(send(&mut sw, a, &frame(x, mac(1), 60), t1 + AGE_NS + 1), (fwd(1), vec![up]));
+        // The sweep forgets aged entries; the guests' own entries stay.
+        assert_eq!(sw.expire(t1 + 2 * AGE_NS), 1);
+        assert_eq!(sw.learned_count(), 0);
+        assert_eq!(sw.lookup(0, mac(2), t1 + 2 * AGE_NS), Some(b));
+        // A clock that steps back a little does not age or panic anything.
+        send(&mut sw, up, &frame(mac(1), x, 60), 10 * AGE_NS);
+        assert_eq!(sw.lookup(0, x, 10 * AGE_NS - SEC), Some(up));
+    }
+
+    #[test]
+    fn forward_sweeps_aged_entries_by_itself() {
+        let mut sw = Switch::new();
+        let up = sw.add_uplink(0).unwrap();
+        let a = sw.add_port(0, mac(1)).unwrap();
+        for n in 0..10 {
+            send(&mut sw, up, &frame(mac(1), outside(n), 60), 0);
+        }
+        assert_eq!(sw.learned_count(), 10);
+        send(&mut sw, a, &frame(BROADCAST, mac(1), 60), 2 * AGE_NS);
+        assert_eq!(sw.learned_count(), 0);
+    }
+
+    #[test]
+    fn tenants_are_separate_broadcast_domains() {
+        let mut sw = Switch::new();
+        let a1 = sw.add_port(1, mac(1)).unwrap();
+        let a2 = sw.add_port(1, mac(2)).unwrap();
+        let b1 = sw.add_port(2, mac(3)).unwrap();
+        let b2 = sw.add_port(2, mac(4)).unwrap();
+        // Broadcast and multicast stay in the tenant.
+        assert_eq!(send(&mut sw, a1, &frame(BROADCAST, mac(1), 60), 0), (fwd(1), vec![a2]));
+        assert_eq!(send(&mut sw, a1, &frame(MCAST, mac(1), 60), 0), (fwd(1), vec![a2]));
+        assert_eq!(send(&mut sw, b1, &frame(BROADCAST, mac(3), 60), 0), (fwd(1), vec![b2]));
+        // Unknown unicast floods in the tenant only.
+        assert_eq!(send(&mut sw, a1, &frame(mac(99), mac(1), 60), 0), (fwd(1), vec![a2]));
+        // Unicast to a MAC of the other tenant (that B knows) is unknown in A's tenant.
+        assert_eq!(send(&mut sw, a1, &frame(mac(3), mac(1), 60), 0), (fwd(1), vec![a2]));
+        assert_eq!(send(&mut sw, b1, &frame(mac(1), mac(3), 60), 0), (fwd(1), vec![b2]));
+        assert_eq!((sw.stats(b1).unwrap().tx_frames, sw.stats(b2).unwrap().tx_frames), (0, 2), "only B's frames");
+        // The same MAC in two tenants is two stations.
+        let a3 = sw.add_port(1, mac(7)).unwrap();
+        let b3 = sw.add_port(2, mac(7)).unwrap();
+        assert_eq!(send(&mut sw, a1, &frame(mac(7), mac(1), 60), 0), (fwd(1), vec![a3]));
+        assert_eq!(send(&mut sw, b1, &frame(mac(7), mac(3), 60), 0), (fwd(1), vec![b3]));
+        assert_eq!(send(&mut sw, a3, &frame(BROADCAST, mac(7), 60), 0), (fwd(2), sorted(vec![a1, a2])));
+        assert_eq!(send(&mut sw, b3, &frame(BROADCAST, mac(7), 60), 0), (fwd(2), sorted(vec![b1, b2])));
+        // Removing one leaves the other.
+        sw.remove_port(a3).unwrap();
+        assert_eq!(sw.lookup(1, mac(7), 0), None);
+        assert_eq!(sw.lookup(2, mac(7), 0), Some(b3));
+        // An outside station learned in the uplink's tenant is unknown in the other.
+        let up = sw.add_uplink(1).unwrap();
+        send(&mut sw, up, &frame(BROADCAST, outside(1), 60), 0);
+        assert_eq!(send(&mut sw, b1, &frame(outside(1), mac(3), 60), 0), (fwd(2), sorted(vec![b2, b3])));
+        assert_eq!(sw.stats(up).unwrap().tx_frames, 0);
+    }
+
+    #[test]
+    fn spoofed_frames_are_dropped_counted_and_do_not_poison_the_table() {
+        let mut sw = Switch::new();
+        let up = sw.add_uplink(0).unwrap();
+        let a = sw.add_port(0, mac(1)).unwrap();
+        let m = sw.add_port(0, mac(2)).unwrap();
+        let other = sw.add_port(3, mac(3)).unwrap();
+        // The mallory port claims to be A, and to be an outside station.
+        for src in [mac(1), outside(1), mac(3)] {
+            assert_eq!(
+                send(&mut sw, m, &frame(BROADCAST, src, 60), 0),
+                (Verdict::Dropped(DropReason::Spoofed), vec![])
+            );
+        }
+        assert_eq!(sw.stats(m).unwrap().drop_spoofed, 3);
+        assert_eq!(sw.stats(m).unwrap().rx_frames, 0);
+        assert_eq!(sw.lookup(0, mac(1), 0), Some(a), "not poisoned");
+        assert_eq!(sw.lookup(0, outside(1), 0), None);
+        assert_eq!(send(&mut sw, up, &frame(mac(1), outside(2), 60), 0), (fwd(1), vec![a]));
+        // The outside world may not claim a local guest's MAC either...
+        assert_eq!(send(&mut sw, up, &frame(mac(2), mac(1), 60), 0), (Verdict::Dropped(DropReason::Spoofed), vec![]));
+        assert_eq!(sw.lookup(0, mac(1), 0), Some(a));
+        // ...but a guest of another tenant is no local guest here.
+        assert_eq!(send(&mut sw, up, &frame(mac(1), mac(3), 60), 0), (fwd(1), vec![a]));
+        assert_eq!(sw.lookup(3, mac(3), 0), Some(other));
+        assert_eq!(sw.totals().drop_spoofed, 4);
+        assert_eq!(sw.stats(a).unwrap().tx_frames, 2);
+    }
+
+    #[test]
+    fn runts_oversized_and_group_sources_are_dropped_and_counted() {
+        let mut sw = Switch::new();
+        let a = sw.add_port(0, mac(1)).unwrap();
+        let b = sw.add_port(0, mac(2)).unwrap();
+        let drop = |why| (Verdict::Dropped(why), vec![]);
+        for len in [0, 1, 6, 12, 13] {
+            assert_eq!(send(&mut sw, a, &frame(mac(2), mac(1), len), 0), drop(DropReason::Runt), "{len}");
+        }
+        for len in [MTU_FRAME + 1, 2048, 9000, 70_000] {
+            assert_eq!(send(&mut sw, a, &frame(mac(2), mac(1), len), 0), drop(DropReason::Oversize), "{len}");
+        }
+        assert_eq!(send(&mut sw, a, &frame(mac(2), BROADCAST, 60), 0), drop(DropReason::BadSource));
+        assert_eq!(send(&mut sw, a, &frame(mac(2), MCAST, 60), 0), drop(DropReason::BadSource));
+        // The limits themselves pass.
+        assert_eq!(send(&mut sw, a, &frame(mac(2), mac(1), MIN_FRAME), 0), (fwd(1), vec![b]));
+        assert_eq!(send(&mut sw, a, &frame(mac(2), mac(1), MTU_FRAME), 0), (fwd(1), vec![b]));
+        let s = sw.stats(a).unwrap();
+        assert_eq!((s.drop_runt, s.drop_oversize, s.drop_bad_source, s.drop_spoofed), (5, 4, 2, 0));
+        assert_eq!((s.rx_frames, s.rx_bytes), (2, (MIN_FRAME + MTU_FRAME) as u64));
+        assert_eq!(sw.stats(b).unwrap().tx_bytes, (MIN_FRAME + MTU_FRAME) as u64);
+        // A port that does not exist.
+        let ghost = PortId { slot: 77, generation: 0 };
+        assert_eq!(send(&mut sw, ghost, &frame(mac(2), mac(1), 60), 0), drop(DropReason::UnknownPort));
+        let t = sw.totals();
+        assert_eq!((t.drop_runt, t.drop_oversize, t.drop_bad_source, t.drop_unknown_port), (5, 4, 2, 1));
+        assert_eq!(t.dropped(), 12);
+    }
+
+    #[test]
+    fn forward_header_decides_on_the_private_header_and_length() {
+        let mut sw = Switch::new();
+        let a = sw.add_port(0, mac(1)).unwrap();
+        let b = sw.add_port(0, mac(2)).unwrap();
+        let hdr = frame(mac(2), mac(1), 14);
+        let mut got = Vec::new();
+        let mut out = |p| {
+            got.push(p);
+            true
+        };
+        assert_eq!(sw.forward_header(a, &hdr, 1000, 0, &mut out), fwd(1));
+        assert_eq!(sw.forward_header(a, &hdr[..13], 1000, 0, &mut out), Verdict::Dropped(DropReason::Runt));
+        assert_eq!(sw.forward_header(a, &hdr, 13, 0, &mut out), Verdict::Dropped(DropReason::Runt));
+        assert_eq!(sw.forward_header(a, &hdr, 1515, 0, &mut out), Verdict::Dropped(DropReason::Oversize));
+        assert_eq!(got, vec![b]);
+        assert_eq!(sw.stats(b).unwrap().tx_bytes, 1000);
+    }
+
+    #[test]
+    fn a_frame_never_goes_back_out_the_port_it_came_in_on() {
+        let mut sw = Switch::new();
+        let up = sw.add_uplink(0).unwrap();
+        let a = sw.add_port(0, mac(1)).unwrap();
+        let lone = sw.add_port(5, mac(5)).unwrap();
+        // To itself.
+        assert_eq!(send(&mut sw, a, &frame(mac(1), mac(1), 60), 0), (fwd(0), vec![]));
+        // Outside to outside, both learned on the uplink.
+        send(&mut sw, up, &frame(BROADCAST, outside(1), 60), 0);
+        assert_eq!(send(&mut sw, up, &frame(outside(1), outside(2), 60), 0), (fwd(0), vec![]));
+        // Alone in its tenant.
+        assert_eq!(send(&mut sw, lone, &frame(BROADCAST, mac(5), 60), 0), (fwd(0), vec![]));
+        assert_eq!(sw.stats(a).unwrap().unrouted, 1);
+        assert_eq!(sw.stats(up).unwrap().unrouted, 1);
+        assert_eq!(sw.totals().unrouted, 3);
+        assert_eq!(sw.totals().rx_frames, 4);
+    }
+
+    #[test]
+    fn a_full_receive_ring_is_counted_at_the_receiver() {
+        let mut sw = Switch::new();
+        let a = sw.add_port(0, mac(1)).unwrap();
+        let b = sw.add_port(0, mac(2)).unwrap();
+        let c = sw.add_port(0, mac(3)).unwrap();
+        let v = sw.forward(a, &frame(BROADCAST, mac(1), 100), 0, &mut |p| p != b);
+        assert_eq!(v, fwd(2), "handed to both; B's ring was full");
+        assert_eq!((sw.stats(b).unwrap().tx_full, sw.stats(b).unwrap().tx_frames), (1, 0));
+        assert_eq!((sw.stats(c).unwrap().tx_full, sw.stats(c).unwrap().tx_frames), (0, 1));
+        assert_eq!(sw.totals().tx_full, 1);
+    }
+
+    #[test]
+    fn a_removed_port_gets_nothing_and_its_entries_are_gone() {
+        let mut sw = Switch::new();
+        let up = sw.add_uplink(0).unwrap();
+        let a = sw.add_port(0, mac(1)).unwrap();
+        let b = sw.add_port(0, mac(2)).unwrap();
+        let c = sw.add_port(0, mac(3)).unwrap();
+        send(&mut sw, a, &frame(mac(2), mac(1), 60), 0);
+        let last = sw.remove_port(b).unwrap();
+        assert_eq!(last.tx_frames, 1, "its final counters");
+        assert_eq!(sw.remove_port(b), None, "only once");
+        assert_eq!(sw.lookup(0, mac(2), 0), None);
+        // Its MAC is unknown now: floods, to everyone but B.
+        assert_eq!(send(&mut sw, a, &frame(mac(2), mac(1), 60), 0), (fwd(2), sorted(vec![up, c])));
+        assert_eq!(send(&mut sw, a, &frame(BROADCAST, mac(1), 60), 0), (fwd(2), sorted(vec![up, c])));
+        // Its id is dead, even once its slot is reused.
+        let d = sw.add_port(0, mac(2)).unwrap();
+        assert_eq!(d.slot(), b.slot());
+        assert_ne!(d, b);
+        assert_eq!(
+            send(&mut sw, b, &frame(BROADCAST, mac(2), 60), 0),
+            (Verdict::Dropped(DropReason::UnknownPort), vec![])
+        );
+        assert_eq!(sw.stats(b), None);
+        assert_eq!(sw.stats(d), Some(Stats::default()));
+        assert_eq!(send(&mut sw, a, &frame(mac(2), mac(1), 60), 0), (fwd(1), vec![d]));
+        // Removing the uplink forgets everything learned from it.
+        send(&mut sw, up, &frame(BROADCAST, outside(1), 60), 0);
+        send(&mut sw, up, &frame(BROADCAST, outside(2), 60), 0);
+        assert_eq!(sw.learned_count(), 2);
+        sw.remove_port(up).unwrap();
+        assert_eq!((sw.learned_count(), sw.lookup(0, outside(1), 0), sw.uplink()), (0, None, None));
+        assert_eq!(send(&mut sw, a, &frame(outside(1), mac(1), 60), 0), (fwd(2), sorted(vec![c, d])));
+        // Everything gone: the tables are empty.
+        for p in [a, c, d] {
+            sw.remove_port(p).unwrap();
+        }
+        assert!(sw.tenants.is_empty() && sw.table.is_empty());
+        assert_eq!(sw.port_count(), 0);
+    }
+
+    #[test]
+    fn the_uplink_learns_the_outside_and_carries_its_tenants_broadcasts() {
+        let mut sw = Switch::new();
+        let a = sw.add_port(0, mac(1)).unwrap();
+        let other = sw.add_port(1, mac(2)).unwrap();
+        let up = sw.add_uplink(0).unwrap();
+        assert_eq!(sw.add_uplink(1), Err(PortError::UplinkExists));
+        assert_eq!((sw.uplink(), sw.tenant_of(up)), (Some(up), Some(0)));
+        // Its tenant's broadcasts reach it; another tenant's do not.
+        assert_eq!(send(&mut sw, a, &frame(BROADCAST, mac(1), 60), 0), (fwd(1), vec![up]));
+        assert_eq!(send(&mut sw, other, &frame(BROADCAST, mac(2), 60), 0), (fwd(0), vec![]));
+        // It may send with any (unicast) source and learns each.
+        for n in 0..50 {
+            assert_eq!(send(&mut sw, up, &frame(BROADCAST, outside(n), 60), 0), (fwd(1), vec![a]));
+        }
+        assert_eq!(sw.learned_count(), 50);
+        for n in 0..50 {
+            assert_eq!(sw.lookup(0, outside(n), 0), Some(up));
+        }
+        assert_eq!(send(&mut sw, up, &frame(BROADCAST, MCAST, 60), 0).0, Verdict::Dropped(DropReason::BadSource));
+        // A guest added with a MAC seen outside takes it over.
+        let g = sw.add_port(0, outside(7)).unwrap();
+        assert_eq!(sw.lookup(0, outside(7), 0), Some(g));
+        assert_eq!(sw.learned_count(), 49);
+        assert_eq!(send(&mut sw, up, &frame(BROADCAST, outside(7), 60), 0).0, Verdict::Dropped(DropReason::Spoofed));
+        // And removing that guest does not hand the MAC back to the uplink.
+        sw.remove_port(g).unwrap();
+        assert_eq!(sw.lookup(0, outside(7), 0), None);
+    }
+
+    #[test]
+    fn the_learning_table_is_bounded() {
+        let mut sw = Switch::with_max_learned(8);
+        let up = sw.add_uplink(0).unwrap();
+        let a = sw.add_port(0, mac(1)).unwrap();
+        for n in 0..20 {
+            assert_eq!(send(&mut sw, up, &frame(mac(1), outside(n), 60), 0), (fwd(1), vec![a]), "still forwarded");
+        }
+        assert_eq!(sw.learned_count(), 8);
+        assert_eq!(sw.totals().learn_full, 12);
+        assert_eq!(sw.lookup(0, outside(0), 0), Some(up));
+        assert_eq!(sw.lookup(0, outside(8), 0), None);
+        // Seen-again entries refresh without needing room; aged ones make room.
+        send(&mut sw, up, &frame(mac(1), outside(0), 60), AGE_NS / 2);
+        send(&mut sw, up, &frame(mac(1), outside(15), 60), AGE_NS + 1);
+        assert_eq!(sw.lookup(0, outside(15), AGE_NS + 1), Some(up));
+        assert_eq!(sw.learned_count(), 2, "outside(0) and outside(15)");
+    }
+
+    #[test]
+    fn bad_ports_are_refused() {
+        let mut sw = Switch::new();
+        sw.add_port(0, mac(1)).unwrap();
+        assert_eq!(sw.add_port(0, mac(1)), Err(PortError::DuplicateMac));
+        assert_eq!(sw.add_port(0, BROADCAST), Err(PortError::MulticastMac));
+        assert_eq!(sw.add_port(0, MCAST), Err(PortError::MulticastMac));
+        assert!(sw.add_port(1, mac(1)).is_ok(), "same MAC, other tenant");
+        assert_eq!(sw.port_count(), 2);
+    }
+
+    #[test]
+    fn ten_thousand_ports_in_a_hundred_tenants() {
+        extern crate std;
+        use std::time::Instant;
+        const PORTS: u32 = 10_000;
+        const TENANTS: u32 = 100;
+        let mut sw = Switch::new();
+        let t = Instant::now();
+        let ids: Vec<PortId> = (0..PORTS).map(|i| sw.add_port(i % TENANTS, mac(i)).unwrap()).collect();
+        let up = sw.add_uplink(42).unwrap();
+        let added = t.elapsed();
+
+        let in_tenant =
+            |t: u32| -> Vec<PortId> { (0..PORTS).filter(|i| i % TENANTS == t).map(|i| ids[i as usize]).collect() };
+        // A broadcast in tenant 7 reaches exactly tenant 7's other ports.
+        let from = ids[7];
+        let (v, got) = send(&mut sw, from, &frame(BROADCAST, mac(7), 60), 0);
+        let want: Vec<PortId> = sorted(in_tenant(7).into_iter().filter(|&p| p != from).collect());
+        assert_eq!((v, &got), (fwd(PORTS / TENANTS - 1), &want));
+        assert_eq!(got.len(), 99);
+        // In tenant 42, the uplink too.
+        let (_, got) = send(&mut sw, ids[42], &frame(BROADCAST, mac(42), 60), 0);
+        assert_eq!(got.len(), 100);
+        assert!(got.contains(&up));
+
+        // Every port: one broadcast and one unicast to its tenant's next port.
+        let t = Instant::now();
+        let mut copies = 0u64;
+        for i in 0..PORTS {
+            let next = (i + TENANTS) % PORTS;
+            let mut count = |_| {
+                copies += 1;
+                true
+            };
+            sw.forward(ids[i as usize], &frame(BROADCAST, mac(i), 60), 1, &mut count);
+            assert_eq!(sw.forward(ids[i as usize], &frame(mac(next), mac(i), 60), 1, &mut count), fwd(1));
+        }
+        let forwarded = t.elapsed();
+        let per_tenant = u64::from(PORTS / TENANTS);
+        assert_eq!(copies, u64::from(PORTS) * per_tenant + per_tenant /* the uplink */);
+
+        let t = Instant::now();
+        for &id in &ids {
+            sw.remove_port(id).unwrap();
+        }
+        let removed = t.elapsed();
+        assert_eq!(sw.port_count(), 1);
+        assert!(sw.table.is_empty());
+        std::println!("10k ports: add {added:?}, 20k frames ({copies} copies) {forwarded:?}, remove {removed:?}");
+    }
+
+    /// xorshift64: deterministic, no dependencies.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn one_in(&mut self, n: u64) -> bool {
+            self.next().is_multiple_of(n)
+        }
+    }
+
+    /// The switch's rules written the slow, obvious way, to compare with.
+    #[derive(Default)]
+    struct Model {
+        /// (id, tenant, MAC; `None` for the uplink).
+        ports: Vec<(PortId, u32, Option<Mac>)>,
+        /// (tenant, MAC, port, last seen) learned from the uplink.
+        learned: Vec<(u32, Mac, PortId, u64)>,
+    }
+
+    impl Model {
+        fn expect(&mut self, from: PortId, f: &[u8], now: u64) -> (Verdict, Vec<PortId>) {
+            let drop = |why| (Verdict::Dropped(why), vec![]);
+            let Some(&(_, tenant, own)) = self.ports.iter().find(|p| p.0 == from) else {
+                return drop(DropReason::UnknownPort);
+            };
+            if f.len() < 14 {
+                return drop(DropReason::Runt);
+            }
+            if f.len() > 1514 {
+                return drop(DropReason::Oversize);
+            }
+            let dst: Mac = f[..6].try_into().unwrap();
+            let src: Mac = f[6..12].try_into().unwrap();
+            if src[0] & 1 == 1 {
+                return drop(DropReason::BadSource);
+            }
+            let guest_with = |m: Mac| self.ports.iter().find(|p| p.1 == tenant && p.2 == Some(m)).map(|p| p.0);
+            match own {
+                Some(m) if m != src => return drop(DropReason::Spoofed),
+                Some(_) => {}
+                None => {
+                    if guest_with(src).is_some() {
+                        return drop(DropReason::Spoofed);
+                    }
+                    match self.learned.iter_mut().find(|l| l.0 == tenant && l.1 == src) {
+                        Some(l) => (l.2, l.3) = (from, now),
+                        None => self.learned.push((tenant, src, from, now)),
+                    }
+                }
+            }
+            let known = if dst[0] & 1 == 1 {
+                None
+            } else {
+                guest_with(dst).or_else(|| {
+                    self.learned
+                        .iter()
+                        .find(|l| l.0 == tenant && l.1 == dst && now.saturating_sub(l.3) < AGE_NS)
+                        .map(|l| l.2)
+                })
+            };
+            let to: Vec<PortId> = match known {
+                Some(p) => vec![p],
+                None => self.ports.iter().filter(|p| p.1 == tenant).map(|p| p.0).collect(),
+            };
+            let to = sorted(to.into_iter().filter(|&p| p != from).collect());
+            (fwd(to.len() as u32), to)
+        }
+
+        fn add(&mut self, id: PortId, tenant: u32, mac: Option<Mac>) {
+            if let Some(m) = mac {
+                self.learned.retain(|l| !(l.0 == tenant && l.1 == m));
+            }
+            self.ports.push((id, tenant, mac));
+        }
+
+        fn remove(&mut self, id: PortId) {
+            self.ports.retain(|p| p.0 != id);
+            self.learned.retain(|l| l.2 != id);
+        }
+    }
+
+    fn add_stats(a: &mut Stats, b: &Stats) {
+        a.rx_frames += b.rx_frames;
+        a.rx_bytes += b.rx_bytes;
+        a.tx_frames += b.tx_frames;
+        a.tx_bytes += b.tx_bytes;
+        a.tx_full += b.tx_full;
+        a.unrouted += b.unrouted;
+        a.learn_full += b.learn_full;
+        a.drop_runt += b.drop_runt;
+        a.drop_oversize += b.drop_oversize;
+        a.drop_bad_source += b.drop_bad_source;
+        a.drop_spoofed += b.drop_spoofed;
+        a.drop_unknown_port += b.drop_unknown_port;
+    }
+
+    /// 100,000 random frames, many of them garbage, from random (and dead,
+    /// and made-up) ports while ports come and go: the switch never panics,
+    /// agrees with the model on every frame, and its counters add up:
+    /// - frames sent = accepted (`rx_frames`) + dropped, per reason exactly
+    ///   as the verdicts said;
+    /// - accepted frames with no receiver = `unrouted`;
+    /// - hand-overs = `tx_frames` + `tx_full` = the sum of the copies;
+    /// - bytes: `rx_bytes` = lengths of the accepted frames, `tx_bytes` =
+    ///   lengths of the frames receivers took;
+    /// - the totals = the sums over all live ports plus the final counters
+    ///   of every removed one (`drop_unknown_port` only in the totals).
+    #[test]
+    fn random_frames_never_panic_match_the_model_and_counters_add_up() {
+        const FRAMES: u64 = 100_000;
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut sw = Switch::new();
+        let mut model = Model::default();
+        let mut removed = Stats::default();
+        let mut dead: Vec<PortId> = Vec::new();
+        let outside_pool: Vec<Mac> = (0..16).map(outside).collect();
+        let macs = 48u32;
+
+        for i in 0..12u32 {
+            let (t, m) = (i % 3, mac(i));
+            model.add(sw.add_port(t, m).unwrap(), t, Some(m));
+        }
+        let up = sw.add_uplink(0).unwrap();
+        model.add(up, 0, None);
+
+        let (mut verdicts, mut handed, mut took, mut rx_bytes, mut tx_bytes) = ([0u64; 6], 0u64, 0u64, 0u64, 0u64);
+        let mut buf = [0u8; 2100];
+        let mut got: Vec<PortId> = Vec::new();
+        let mut now = 0u64;
+        for _ in 0..FRAMES {
+            // Ports come and go.
+            if rng.one_in(150) {
+                let (t, m) = (rng.below(4) as u32, mac(rng.below(macs as usize) as u32));
+                let dup = model.ports.iter().any(|p| p.1 == t && p.2 == Some(m));
+                match sw.add_port(t, m) {
+                    Ok(id) => {
+                        assert!(!dup);
+                        model.add(id, t, Some(m));
+                    }
+                    Err(e) => assert!(dup && e == PortError::DuplicateMac),
+                }
+            }
+            if rng.one_in(2000) {
+                let t = rng.below(3) as u32;
+                match sw.add_uplink(t) {
+                    Ok(id) => model.add(id, t, None),
+                    Err(e) => assert!(e == PortError::UplinkExists && sw.uplink().is_some()),
+                }
+            }
+            if rng.one_in(200) && !model.ports.is_empty() {
+                let id = model.ports[rng.below(model.ports.len())].0;
+                let last = sw.remove_port(id).unwrap();
+                add_stats(&mut removed, &last);
+                model.remove(id);
+                dead.push(id);
+            }
+
+            // Time mostly moves on, sometimes by a lot, rarely back a little.
+            now = match rng.below(100) {
+                0 => now + AGE_NS,
+                1 => now.saturating_sub(SEC),
+                _ => now + (rng.next() % (4 * SEC)),
+            };
+
+            // Who sends.
+            let from = match rng.below(50) {
+                0 if !dead.is_empty() => dead[rng.below(dead.len())],
+                1 => PortId { slot: rng.next() as u32 % 64, generation: rng.next() as u32 % 4 },
+                _ if !model.ports.is_empty() => model.ports[rng.below(model.ports.len())].0,
+                _ => PortId { slot: 0, generation: 0 },
+            };
+            let own = model.ports.iter().find(|p| p.0 == from).and_then(|p| p.2);
+
+            // What: lengths around every limit and plain garbage.
+            let len = match rng.below(10) {
+                0 => rng.below(buf.len()),
+                1 => rng.below(14),
+                2 => [0, 13, 14, 15, MTU_FRAME - 1, MTU_FRAME, MTU_FRAME + 1][rng.below(7)],
+                _ => 14 + rng.below(MTU_FRAME - 13),
+            };
+            let some_guest = |rng: &mut Rng| mac(rng.below(macs as usize) as u32);
+            let pick = |rng: &mut Rng| match rng.below(8) {
+                0 => BROADCAST,
+                1 => MCAST,
+                2 | 3 => outside_pool[rng.below(outside_pool.len())],
+                4 => {
+                    let mut m = [0u8; 6];
+                    m.iter_mut().for_each(|b| *b = rng.next() as u8);
+                    m
+                }
+                _ => some_guest(rng),
+            };
+            let dst = pick(&mut rng);
+            let src = match (own, rng.below(8)) {
+                (Some(m), 0..=5) => m,
+                _ => pick(&mut rng),
+            };
+            buf.iter_mut().for_each(|b| *b = rng.next() as u8);
+            buf[..6].copy_from_slice(&dst);
+            buf[6..12].copy_from_slice(&src);
+            let f = &buf[..len];
+
+            let want = model.expect(from, f, now);
+            got.clear();
+            let v = sw.forward(from, f, now, &mut |p| {
+                got.push(p);
+                let ok = !rng.one_in(16);
+                if ok {
+                    took += 1;
+                    tx_bytes += len as u64;
+                }
+                ok
+            });
+            got.sort();
+            assert_eq!((v, &got), (want.0, &want.1), "frame from {from:?} len {len} dst {dst:x?} src {src:x?}");
+            got.dedup();
+            assert_eq!(got.len(), want.1.len(), "no port gets a frame twice");
+            let tenant = sw.tenant_of(from);
+            assert!(got.iter().all(|&p| p != from && sw.tenant_of(p) == tenant), "never across tenants");
+
+            handed += got.len() as u64;
+            let slot = match v {
+                Verdict::Forwarded { copies } => {
+                    rx_bytes += len as u64;
+                    if copies == 0 { 5 } else { 0 }
+                }
+                Verdict::Dropped(DropReason::UnknownPort) => 1,
+                Verdict::Dropped(DropReason::Runt) => 2,
+                Verdict::Dropped(DropReason::Oversize) => 3,
+                Verdict::Dropped(DropReason::BadSource | DropReason::Spoofed) => 4,
+            };
+            verdicts[slot] += 1;
+        }
+
+        let t = sw.totals();
+        let [routed, unknown, runt, oversize, bad_or_spoofed, unrouted] = verdicts;
+        assert_eq!(t.rx_frames + t.dropped(), FRAMES);
+        assert_eq!(t.rx_frames, routed + unrouted);
+        assert_eq!(t.unrouted, unrouted);
+        assert_eq!((t.drop_unknown_port, t.drop_runt, t.drop_oversize), (unknown, runt, oversize));
+        assert_eq!(t.drop_bad_source + t.drop_spoofed, bad_or_spoofed);
+        assert_eq!((t.tx_frames + t.tx_full, t.tx_frames), (handed, took));
+        assert_eq!((t.rx_bytes, t.tx_bytes), (rx_bytes, tx_bytes));
+        let mut sum = removed;
+        for p in &model.ports {
+            add_stats(&mut sum, &sw.stats(p.0).unwrap());
+        }
+        sum.drop_unknown_port = t.drop_unknown_port;
+        assert_eq!(sum, t);
+        assert_eq!(sw.port_count(), model.ports.len());
+        extern crate std;
+        std::println!(
+            "verdicts [routed, unknown port, runt, oversize, bad source/spoofed, unrouted] {verdicts:?}; {t:?}"
+        );
+        // Every kind of frame happened.
+        assert!(verdicts.iter().all(|&n| n > 100), "{verdicts:?}");
+        assert!(t.drop_spoofed > 100 && t.drop_bad_source > 100 && t.tx_full > 100, "{t:?}");
+        assert!(!dead.is_empty());
+    }
+}

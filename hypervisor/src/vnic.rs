@@ -1,0 +1,195 @@
+//! The vNICs' back ends: each guest's rings, and the switch between them.
+//!
+//! A guest's TX ring is drained when it blocks, yields, is preempted, ends
+//! or kicks: each frame is copied out of the ring once, switched
+//! (`hypervisor::net::switch`), and copied into every receiver's RX ring,
+//! whose guest then gets `events::NET_RX` and is woken if it sleeps. A guest
+//! that breaks the ring protocol (an index beyond the ring, or moved
+//! backwards) is disconnected; a bad length only loses that frame.
+
+use crate::arch::x86_64::paging::phys_to_virt;
+use abi::ring::{Consumer, MTU_FRAME, Producer, RING_BYTES, RingError, RingMemory};
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use hypervisor::mm::{FRAME_SIZE, PhysAddr};
+use hypervisor::net::switch::{PortId, Switch};
+use spin::Mutex;
+
+/// Pages one ring occupies.
+pub const RING_PAGES: usize = RING_BYTES.div_ceil(FRAME_SIZE as usize);
+
+/// A ring in the physical frames of a guest, reached through the direct map.
+struct FrameRing<'a>(&'a [PhysAddr; RING_PAGES]);
+
+impl FrameRing<'_> {
+    fn at(&self, offset: usize) -> u64 {
+        phys_to_virt(self.0[offset / FRAME_SIZE as usize]) + (offset % FRAME_SIZE as usize) as u64
+    }
+
+    fn copy(&self, offset: usize, len: usize, mut f: impl FnMut(u64, core::ops::Range<usize>)) {
+        assert!(offset + len <= RING_BYTES);
+        let mut done = 0;
+        while done < len {
+            let o = offset + done;
+            let n = (FRAME_SIZE as usize - o % FRAME_SIZE as usize).min(len - done);
+            f(self.at(o), done..done + n);
+            done += n;
+        }
+    }
+}
+
+// SAFETY: the frames are the guest's ring pages, pinned while its port is
+// alive (ports are marked dead under their locks before the frames are
+// freed); offsets are bounds-checked against RING_BYTES; index accesses are
+// 4-byte aligned atomics.
+unsafe impl RingMemory for FrameRing<'_> {
+    fn load(&self, offset: usize) -> u32 {
+        assert!(offset % 4 == 0 && offset + 4 <= RING_BYTES);
+        // SAFETY: aligned, inside a pinned, direct-mapped frame.
+        unsafe { &*(self.at(offset) as *const AtomicU32) }.load(Ordering::Acquire)
+    }
+    fn store(&self, offset: usize, v: u32) {
+        assert!(offset % 4 == 0 && offset + 4 <= RING_BYTES);
+        // SAFETY: as in load.
+        unsafe { &*(self.at(offset) as *const AtomicU32) }.store(v, Ordering::Release)
+    }
+    fn read(&self, offset: usize, dst: &mut [u8]) {
+        self.copy(offset, dst.len(), |va, r| {
+            // SAFETY: inside one pinned frame (split by `copy`); the guest
+            // may write concurrently, which only changes the copied bytes.
+            let d = &mut dst[r];
+            unsafe { core::ptr::copy_nonoverlapping(va as *const u8, d.as_mut_ptr(), d.len()) }
+        });
+    }
+    fn write(&self, offset: usize, src: &[u8]) {
+        self.copy(offset, src.len(), |va, r| {
+            // SAFETY: as in read.
+            let s = &src[r];
+            unsafe { core::ptr::copy_nonoverlapping(s.as_ptr(), va as *mut u8, s.len()) }
+        });
+    }
+}
+
+/// Sets event bits in a guest's event page (atomically: other CPUs may set
+/// bits at the same time, and the guest clears them with an atomic AND).
+pub fn raise(event_frame: PhysAddr, bits: u64) {
+    // SAFETY: the event page is a pinned frame of a live guest; offset 0 is
+    // 8-byte aligned.
+    unsafe { &*(phys_to_virt(event_frame) as *const AtomicU64) }.fetch_or(bits, Ordering::AcqRel);
+}
+
+/// One guest's vNIC back end.
+pub struct Port {
+    pub switch_port: PortId,
+    pub tx_frames: [PhysAddr; RING_PAGES],
+    pub rx_frames: [PhysAddr; RING_PAGES],
+    pub event_frame: PhysAddr,
+    tx: Mutex<Consumer>,
+    rx: Mutex<Producer>,
+    /// Set (under the rx lock) when the guest ends or is disconnected.
+    dead: AtomicBool,
+    pub ring_errors: AtomicU64,
+}
+
+impl Port {
+    pub fn new(switch_port: PortId, tx_frames: [PhysAddr; RING_PAGES], rx_frames: [PhysAddr; RING_PAGES], event_frame: PhysAddr) -> Self {
+        Self {
+            switch_port,
+            tx_frames,
+            rx_frames,
+            event_frame,
+            tx: Mutex::new(Consumer::new()),
+            rx: Mutex::new(Producer::new()),
+            dead: AtomicBool::new(false),
+            ring_errors: AtomicU64::new(0),
+        }
+    }
+}
+
+/// All vNICs and the switch.
+pub struct Net {
+    pub switch: Mutex<Switch>,
+    /// Ports by guest id.
+    pub ports: Vec<Option<Port>>,
+    /// Guest id by switch port slot.
+    pub guest_of_slot: Vec<usize>,
+}
+
+impl Net {
+    /// Forwards every frame waiting in `guest`'s TX ring. Calls `wake` for
+    /// each guest that received frames. Returns why the guest must be
+    /// disconnected, if it broke the ring protocol.
+    pub fn drain(&self, guest: usize, now_ns: u64, wake: &mut impl FnMut(usize, PhysAddr)) -> Result<(), String> {
+        let Some(Some(port)) = self.ports.get(guest) else { return Ok(()) };
+        if port.dead.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let ring = FrameRing(&port.tx_frames);
+        let mut tx = port.tx.lock();
+        let mut frame = [0u8; MTU_FRAME];
+        let mut woken: Vec<usize> = Vec::new();
+        let result = loop {
+            match tx.pop(&ring, &mut frame) {
+                Ok(Some(n)) => {
+                    let mut switch = self.switch.lock();
+                    switch.forward(port.switch_port, &frame[..n], now_ns, &mut |dest| self.deliver(dest, &frame[..n], &mut woken));
+                }
+                Ok(None) => break Ok(()),
+                Err(RingError::BadLength { index, len }) => {
+                    port.ring_errors.fetch_add(1, Ordering::Relaxed);
+                    let _ = tx.skip(&ring);
+                    let _ = (index, len);
+                }
+                Err(e @ RingError::BadIndex { .. }) => break Err(alloc::format!("vNIC TX ring: {e}")),
+            }
+        };
+        tx.release(&ring);
+        drop(tx);
+        woken.sort_unstable();
+        woken.dedup();
+        for g in woken {
+            if let Some(Some(p)) = self.ports.get(g) {
+                raise(p.event_frame, abi::time::events::NET_RX);
+                wake(g, p.event_frame);
+            }
+        }
+        result
+    }
+
+    /// Copies a frame into the RX ring of the guest behind switch port
+    /// `dest`; returns whether it fit.
+    fn deliver(&self, dest: PortId, frame: &[u8], woken: &mut Vec<usize>) -> bool {
+        let Some(&g) = self.guest_of_slot.get(dest.slot()) else { return false };
+        let Some(Some(p)) = self.ports.get(g) else { return false };
+        let mut rx = p.rx.lock();
+        if p.dead.load(Ordering::Acquire) {
+            return false;
+        }
+        let ring = FrameRing(&p.rx_frames);
+        match rx.push(&ring, frame) {
+            Ok(true) => {
+                rx.publish(&ring);
+                woken.push(g);
+                true
+            }
+            Ok(false) => false,
+            Err(_) => {
+                // The guest moved its RX consumer index somewhere impossible.
+                p.ring_errors.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Disconnects `guest`'s vNIC (it ended or lied): nothing is delivered
+    /// to its rings any more, so their frames may be freed.
+    pub fn disconnect(&self, guest: usize) {
+        let Some(Some(p)) = self.ports.get(guest) else { return };
+        let _tx = p.tx.lock();
+        let _rx = p.rx.lock();
+        if !p.dead.swap(true, Ordering::AcqRel) {
+            self.switch.lock().remove_port(p.switch_port);
+        }
+    }
+}

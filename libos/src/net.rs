@@ -1,0 +1,348 @@
+//! Networking: smoltcp over the vNIC rings, with async TCP and UDP sockets.
+//!
+//! The interface is configured from the start page (`abi::NicInfo`: MAC,
+//! IPv4 address and prefix, gateway). The executor (`task`) polls the stack
+//! whenever it runs and blocks in the hypervisor until the stack's next
+//! deadline or an `events::NET_RX` wake-up, so an idle networked guest
+//! costs no CPU. Sockets wake the tasks waiting on them through smoltcp's
+//! wakers.
+
+use crate::time::Instant;
+use abi::ring::{RING_BYTES, RingMemory};
+use abi::{NIC_MAGIC, NicInfo, layout};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::future::poll_fn;
+use core::sync::atomic::{AtomicU32, Ordering};
+use core::task::Poll;
+use netdev::RingDevice;
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::{tcp, udp};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address};
+use spin::Mutex;
+
+pub use smoltcp::wire::Ipv4Address as Ipv4;
+
+/// A ring mapped at a fixed address of this guest.
+struct MappedRing {
+    base: u64,
+}
+
+// SAFETY: the hypervisor maps both rings read-write at their fixed
+// addresses for the guest's whole life (checked by NicInfo's magic);
+// every access below is bounds-checked against RING_BYTES, and index
+// loads/stores are 4-byte aligned atomics.
+unsafe impl RingMemory for MappedRing {
+    fn load(&self, offset: usize) -> u32 {
+        assert!(offset % 4 == 0 && offset + 4 <= RING_BYTES);
+        // SAFETY: in bounds and aligned (asserted), mapped (see above).
+        unsafe { &*((self.base + offset as u64) as *const AtomicU32) }.load(Ordering::Acquire)
+    }
+    fn store(&self, offset: usize, v: u32) {
+        assert!(offset % 4 == 0 && offset + 4 <= RING_BYTES);
+        // SAFETY: as in load.
+        unsafe { &*((self.base + offset as u64) as *const AtomicU32) }.store(v, Ordering::Release)
+    }
+    fn read(&self, offset: usize, dst: &mut [u8]) {
+        assert!(offset + dst.len() <= RING_BYTES);
+        // SAFETY: in bounds (asserted) of the mapped ring; the hypervisor may
+        // write concurrently, which only changes the bytes we copy.
+        unsafe { core::ptr::copy_nonoverlapping((self.base + offset as u64) as *const u8, dst.as_mut_ptr(), dst.len()) }
+    }
+    fn write(&self, offset: usize, src: &[u8]) {
+        assert!(offset + src.len() <= RING_BYTES);
+        // SAFETY: as in read.
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), (self.base + offset as u64) as *mut u8, src.len()) }
+    }
+}
+
+struct Stack {
+    dev: RingDevice<MappedRing>,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    /// Sockets dropped by their owner, removed once closed.
+    closing: Vec<SocketHandle>,
+    kicked_at: u32,
+    ip: Ipv4Address,
+}
+
+static STACK: Mutex<Option<Stack>> = Mutex::new(None);
+
+fn now() -> smoltcp::time::Instant {
+    smoltcp::time::Instant::from_micros((Instant::now().as_nanos() / 1000) as i64)
+}
+
+/// Brings the interface up if the hypervisor gave this guest a vNIC.
+pub(crate) fn init() {
+    // SAFETY: the start page is mapped read-only for the guest's life; the
+    // NicInfo record lies inside it (abi::layout checks this at compile time).
+    let info: NicInfo = unsafe { core::ptr::read_volatile((layout::START_PAGE + layout::NIC_INFO_OFFSET) as *const NicInfo) };
+    if info.magic != NIC_MAGIC {
+        return;
+    }
+    let mut dev = RingDevice::new(MappedRing { base: layout::NIC_TX_RING }, MappedRing { base: layout::NIC_RX_RING });
+    let mac = EthernetAddress([info.mac[0], info.mac[1], info.mac[2], info.mac[3], info.mac[4], info.mac[5]]);
+    let mut config = Config::new(HardwareAddress::Ethernet(mac));
+    config.random_seed = Instant::now().as_nanos() ^ u64::from_le_bytes(info.mac);
+    let mut iface = Interface::new(config, &mut dev, now());
+    let ip = Ipv4Address::from(info.ipv4);
+    iface.update_ip_addrs(|a| {
+        let _ = a.push(IpCidr::new(IpAddress::Ipv4(ip), info.prefix.min(32) as u8));
+    });
+    if info.gateway != [0; 4] {
+        let _ = iface.routes_mut().add_default_ipv4_route(Ipv4Address::from(info.gateway));
+    }
+    *STACK.lock() = Some(Stack { dev, iface, sockets: SocketSet::new(vec![]), closing: Vec::new(), kicked_at: 0, ip });
+}
+
+/// This guest's IPv4 address, if it has a vNIC.
+pub fn ipv4() -> Option<Ipv4Address> {
+    STACK.lock().as_ref().map(|s| s.ip)
+}
+
+/// Runs the stack: takes received frames, sends what sockets queued.
+/// Returns whether anything happened.
+pub(crate) fn poll() -> bool {
+    let mut guard = STACK.lock();
+    let Some(s) = guard.as_mut() else { return false };
+    let changed = s.iface.poll(now(), &mut s.dev, &mut s.sockets) != smoltcp::iface::PollResult::None;
+    let Stack { sockets, closing, .. } = s;
+    closing.retain(|&h| {
+        let done = sockets.get::<tcp::Socket>(h).state() == tcp::State::Closed;
+        if done {
+            sockets.remove(h);
+        }
+        !done
+    });
+    changed
+}
+
+/// When the stack next needs polling (retransmits, delayed ACKs), if ever.
+pub(crate) fn poll_at() -> Option<Instant> {
+    let mut guard = STACK.lock();
+    let s = guard.as_mut()?;
+    let at = s.iface.poll_at(now(), &s.sockets)?;
+    Some(Instant::from_nanos(at.total_micros().max(0) as u64 * 1000))
+}
+
+/// Asks the hypervisor to forward what was queued, if anything was, for a
+/// guest that keeps running instead of blocking.
+pub(crate) fn kick() {
+    let mut guard = STACK.lock();
+    let Some(s) = guard.as_mut() else { return };
+    if s.dev.tx_index() != s.kicked_at {
+        s.kicked_at = s.dev.tx_index();
+        crate::hypercall::net_kick();
+    }
+}
+
+fn with<R>(f: impl FnOnce(&mut Stack) -> R) -> Result<R, Error> {
+    STACK.lock().as_mut().map(f).ok_or(Error::NoNetwork)
+}
+
+/// Socket errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// This guest has no vNIC (`net = true` in the manifest).
+    NoNetwork,
+    /// The peer closed or reset the connection, or it could not be made.
+    ConnectionClosed,
+    /// The local port is in use or invalid.
+    AddressInUse,
+}
+
+fn new_tcp() -> tcp::Socket<'static> {
+    tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 16 * 1024]), tcp::SocketBuffer::new(vec![0; 16 * 1024]))
+}
+
+/// A TCP listening port with a backlog of sockets waiting for connections.
+pub struct TcpListener {
+    port: u16,
+    waiting: Vec<SocketHandle>,
+}
+
+impl TcpListener {
+    /// Listens on `port` with room for `backlog` connections being set up.
+    pub fn bind(port: u16, backlog: usize) -> Result<Self, Error> {
+        let mut waiting = Vec::new();
+        for _ in 0..backlog.max(1) {
+            waiting.push(Self::listen(port)?);
+        }
+        Ok(Self { port, waiting })
+    }
+
+    fn listen(port: u16) -> Result<SocketHandle, Error> {
+        with(|s| {
+            let mut sock = new_tcp();
+            sock.listen(port).map_err(|_| Error::AddressInUse)?;
+            Ok(s.sockets.add(sock))
+        })?
+    }
+
+    /// Waits for the next connection.
+    pub async fn accept(&mut self) -> Result<TcpStream, Error> {
+        let handle = poll_fn(|cx| {
+            let mut guard = STACK.lock();
+            let Some(s) = guard.as_mut() else { return Poll::Ready(Err(Error::NoNetwork)) };
+            for (i, &h) in self.waiting.iter().enumerate() {
+                let sock = s.sockets.get_mut::<tcp::Socket>(h);
+                if sock.may_send() || sock.may_recv() {
+                    return Poll::Ready(Ok(i));
+                }
+                sock.register_recv_waker(cx.waker());
+            }
+            Poll::Pending
+        })
+        .await?;
+        let h = self.waiting.swap_remove(handle);
+        self.waiting.push(Self::listen(self.port)?);
+        Ok(TcpStream { handle: h })
+    }
+}
+
+static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
+
+/// A TCP connection.
+pub struct TcpStream {
+    handle: SocketHandle,
+}
+
+impl TcpStream {
+    /// Connects to `addr:port`.
+    pub async fn connect(addr: Ipv4Address, port: u16) -> Result<Self, Error> {
+        let local = 49152 + (NEXT_PORT.fetch_add(1, Ordering::Relaxed) % 16384) as u16;
+        let handle = with(|s| {
+            let mut sock = new_tcp();
+            let cx = s.iface.context();
+            sock.connect(cx, IpEndpoint::new(IpAddress::Ipv4(addr), port), local).map_err(|_| Error::ConnectionClosed)?;
+            Ok(s.sockets.add(sock))
+        })??;
+        let stream = TcpStream { handle };
+        poll_fn(|cx| {
+            stream.socket(|sock| {
+                if sock.may_send() {
+                    Poll::Ready(Ok(()))
+                } else if sock.state() == tcp::State::Closed {
+                    Poll::Ready(Err(Error::ConnectionClosed))
+                } else {
+                    sock.register_send_waker(cx.waker());
+                    Poll::Pending
+                }
+            })
+        })
+        .await?;
+        Ok(stream)
+    }
+
+    fn socket<R>(&self, f: impl FnOnce(&mut tcp::Socket<'static>) -> Poll<Result<R, Error>>) -> Poll<Result<R, Error>> {
+        match STACK.lock().as_mut() {
+            Some(s) => f(s.sockets.get_mut::<tcp::Socket>(self.handle)),
+            None => Poll::Ready(Err(Error::NoNetwork)),
+        }
+    }
+
+    /// Reads what has arrived (at least one byte); `Ok(0)` when the peer
+    /// has finished sending.
+    pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
+        poll_fn(|cx| {
+            self.socket(|sock| {
+                if sock.can_recv() {
+                    return Poll::Ready(sock.recv_slice(buf).map_err(|_| Error::ConnectionClosed));
+                }
+                if !sock.may_recv() {
+                    return Poll::Ready(Ok(0));
+                }
+                sock.register_recv_waker(cx.waker());
+                Poll::Pending
+            })
+        })
+        .await
+    }
+
+    /// Writes some of `buf` (at least one byte), waiting for buffer space:
+    /// a slow peer slows the writer down rather than growing a buffer.
+    pub async fn write(&mut self, buf: &[u8]) -> Result<usize, Error> {
+        poll_fn(|cx| {
+            self.socket(|sock| {
+                if !sock.may_send() {
+                    return Poll::Ready(Err(Error::ConnectionClosed));
+                }
+                if sock.can_send() {
+                    return Poll::Ready(sock.send_slice(buf).map_err(|_| Error::ConnectionClosed));
+                }
+                sock.register_send_waker(cx.waker());
+                Poll::Pending
+            })
+        })
+        .await
+    }
+
+    /// Writes all of `buf`.
+    pub async fn write_all(&mut self, mut buf: &[u8]) -> Result<(), Error> {
+        while !buf.is_empty() {
+            let n = self.write(buf).await?;
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    /// Finishes sending (the peer reads end of stream).
+    pub fn shutdown(&mut self) {
+        let _ = with(|s| s.sockets.get_mut::<tcp::Socket>(self.handle).close());
+    }
+}
+
+impl Drop for TcpStream {
+    fn drop(&mut self) {
+        let _ = with(|s| {
+            s.sockets.get_mut::<tcp::Socket>(self.handle).close();
+            s.closing.push(self.handle);
+        });
+    }
+}
+
+/// A UDP socket.
+pub struct UdpSocket {
+    handle: SocketHandle,
+}
+
+impl UdpSocket {
+    pub fn bind(port: u16) -> Result<Self, Error> {
+        let buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 32], vec![0; 32 * 1024]);
+        let handle = with(|s| {
+            let mut sock = udp::Socket::new(buf(), buf());
+            sock.bind(port).map_err(|_| Error::AddressInUse)?;
+            Ok(s.sockets.add(sock))
+        })??;
+        Ok(Self { handle })
+    }
+
+    /// Waits for a datagram; returns its length and sender.
+    pub async fn recv_from(&mut self, buf: &mut [u8]) -> Result<(usize, Ipv4Address, u16), Error> {
+        poll_fn(|cx| match STACK.lock().as_mut() {
+            None => Poll::Ready(Err(Error::NoNetwork)),
+            Some(s) => {
+                let sock = s.sockets.get_mut::<udp::Socket>(self.handle);
+                match sock.recv_slice(buf) {
+                    Ok((n, meta)) => {
+                        let IpAddress::Ipv4(a) = meta.endpoint.addr;
+                        Poll::Ready(Ok((n, a, meta.endpoint.port)))
+                    }
+                    Err(_) => {
+                        sock.register_recv_waker(cx.waker());
+                        Poll::Pending
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Queues a datagram (dropped if the send buffer is full).
+    pub fn send_to(&mut self, buf: &[u8], addr: Ipv4Address, port: u16) -> Result<(), Error> {
+        with(|s| {
+            let sock = s.sockets.get_mut::<udp::Socket>(self.handle);
+            let _ = sock.send_slice(buf, IpEndpoint::new(IpAddress::Ipv4(addr), port));
+        })
+    }
+}

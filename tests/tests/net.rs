@@ -1,0 +1,68 @@
+//! Networking between guests: the shared-ring vNICs, the switch, smoltcp in
+//! the libos, and the echo guest.
+
+use integration_tests::boot_smp;
+
+fn line<'a>(console: &'a str, prefix: &str) -> Option<&'a str> {
+    console.lines().find(|l| l.starts_with(prefix))
+}
+
+#[test]
+fn ten_thousand_messages_echo_byte_exact_tenants_are_isolated_and_a_ring_liar_is_cut_off() {
+    let out = boot_smp(
+        r#"
+        [[guest]]
+        name = "echo"
+        app = "echo"
+        tenant = "a"
+        memory = "4 MiB"
+        args = ["serve", "7", "2"]
+
+        [[guest]]
+        name = "client"
+        app = "echo"
+        tenant = "a"
+        memory = "4 MiB"
+        args = ["client", "10.0.0.2", "10000"]
+
+        [[guest]]
+        name = "intruder"
+        app = "echo"
+        tenant = "b"
+        memory = "4 MiB"
+        args = ["probe", "10.0.0.2"]
+
+        [[guest]]
+        name = "neighbour"
+        app = "echo"
+        tenant = "a"
+        memory = "4 MiB"
+        args = ["probe", "10.0.0.2"]
+
+        [[guest]]
+        name = "liar"
+        app = "hostile"
+        tenant = "a"
+        memory = "4 MiB"
+        args = ["ring-lie"]
+        "#,
+        // The echo server exits after its two connections (client, neighbour).
+        150,
+        2,
+    );
+    let c = &out.console;
+    assert!(line(c, "[hv] guest echo-0 started (image echo.hermit, memory 4 MiB, ip 10.0.0.2, tenant 0)").is_some(), "{c}");
+    assert!(line(c, "echo-0| echo: listening on 10.0.0.2:7").is_some(), "{c}");
+    let client = line(c, "client-0| client: ").unwrap_or_else(|| panic!("the client never finished:\n{c}"));
+    assert!(client.starts_with("client-0| client: 10000 messages, 30007000 bytes echoed byte-exact in "), "{client}");
+    assert!(c.contains("[hv] guest client-0 exited with code 0"), "{c}");
+    // Tenant B cannot reach tenant A; tenant A can.
+    assert_eq!(line(c, "intruder-0| "), Some("intruder-0| unreachable"), "{c}");
+    assert_eq!(line(c, "neighbour-0| "), Some("neighbour-0| reachable"), "{c}");
+    // The liar's vNIC is cut off with the reason; the echo pair was unaffected.
+    let cut = line(c, "[hv] guest liar-0 vNIC disconnected: ").unwrap_or_else(|| panic!("the liar was not disconnected:\n{c}"));
+    assert!(cut.contains("producer index 1000 is not within 32 of consumer index 0"), "{cut}");
+    assert!(c.contains("[hv] guest liar-0 exited with code 0"), "{c}");
+    assert!(c.contains("echo-0| echo: served 2 connections"), "{c}");
+    assert!(out.success(), "status {:?}:\n{c}", out.status);
+}
