@@ -45,27 +45,27 @@ impl FrameRing<'_> {
 // 4-byte aligned atomics.
 unsafe impl RingMemory for FrameRing<'_> {
     fn load(&self, offset: usize) -> u32 {
-        assert!(offset % 4 == 0 && offset + 4 <= RING_BYTES);
+        assert!(offset.is_multiple_of(4) && offset + 4 <= RING_BYTES);
         // SAFETY: aligned, inside a pinned, direct-mapped frame.
         unsafe { &*(self.at(offset) as *const AtomicU32) }.load(Ordering::Acquire)
     }
     fn store(&self, offset: usize, v: u32) {
-        assert!(offset % 4 == 0 && offset + 4 <= RING_BYTES);
+        assert!(offset.is_multiple_of(4) && offset + 4 <= RING_BYTES);
         // SAFETY: as in load.
         unsafe { &*(self.at(offset) as *const AtomicU32) }.store(v, Ordering::Release)
     }
     fn read(&self, offset: usize, dst: &mut [u8]) {
         self.copy(offset, dst.len(), |va, r| {
+            let d = &mut dst[r];
             // SAFETY: inside one pinned frame (split by `copy`); the guest
             // may write concurrently, which only changes the copied bytes.
-            let d = &mut dst[r];
             unsafe { core::ptr::copy_nonoverlapping(va as *const u8, d.as_mut_ptr(), d.len()) }
         });
     }
     fn write(&self, offset: usize, src: &[u8]) {
         self.copy(offset, src.len(), |va, r| {
-            // SAFETY: as in read.
             let s = &src[r];
+            // SAFETY: as in read.
             unsafe { core::ptr::copy_nonoverlapping(s.as_ptr(), va as *mut u8, s.len()) }
         });
     }

@@ -34,12 +34,12 @@ struct MappedRing {
 // loads/stores are 4-byte aligned atomics.
 unsafe impl RingMemory for MappedRing {
     fn load(&self, offset: usize) -> u32 {
-        assert!(offset % 4 == 0 && offset + 4 <= RING_BYTES);
+        assert!(offset.is_multiple_of(4) && offset + 4 <= RING_BYTES);
         // SAFETY: in bounds and aligned (asserted), mapped (see above).
         unsafe { &*((self.base + offset as u64) as *const AtomicU32) }.load(Ordering::Acquire)
     }
     fn store(&self, offset: usize, v: u32) {
-        assert!(offset % 4 == 0 && offset + 4 <= RING_BYTES);
+        assert!(offset.is_multiple_of(4) && offset + 4 <= RING_BYTES);
         // SAFETY: as in load.
         unsafe { &*((self.base + offset as u64) as *const AtomicU32) }.store(v, Ordering::Release)
     }

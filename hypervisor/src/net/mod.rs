@@ -10,18 +10,16 @@
 //! ```
 //!
 //! Each guest's vNIC is a pair of rings ([`abi::ring`]) in pages shared with
-//! the hypervisor. When a guest kicks its TX ring (or the hypervisor polls
-//! it), the back end takes each frame's length once out of the slot, copies
-//! the 14-byte Ethernet header into a private buffer, and asks the switch
-//! ([`switch::Switch`]) where the frame goes: the switch decides from that
-//! private header and the length only, so a guest that rewrites its slot
-//! while the hypervisor reads it cannot change the decision (no double
-//! fetch). For every destination port the back end then writes the checked
-//! header and copies the payload straight from the sender's TX slot into the
-//! receiver's RX slot (or the uplink's transmit buffer): one copy per
-//! packet per receiver, no intermediate buffer. A full RX ring drops the
-//! frame for that receiver only (the switch counts it) and never blocks
-//! the sender.
+//! the hypervisor (the back end is `src/vnic.rs` in the binary). When a
+//! guest kicks its TX ring, or blocks, yields or is preempted, the back end
+//! copies each frame out of the slot once (length read once and checked),
+//! asks the switch ([`switch::Switch`]) where it goes, and copies it into
+//! every receiver's RX ring: two copies per packet per receiver today.
+//! [`switch::Switch::forward_header`] exists for the one-copy path (decide
+//! on a private copy of the header, then copy slot to slot), which is the
+//! next step. A full RX ring drops the frame for that receiver only (the
+//! switch counts it) and never blocks the sender. The uplink (virtio-net to
+//! the host) is not written yet.
 //!
 //! The switch is a learning L2 bridge in which every tenant is its own
 //! broadcast domain: a frame never leaves its tenant, a guest may send only
