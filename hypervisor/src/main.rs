@@ -14,6 +14,7 @@ extern crate alloc;
 mod arch;
 mod console;
 mod run;
+mod uplink;
 mod vnic;
 
 use arch::x86_64::{apic, clock, cpu, entry, gdt, paging, pvh, serial, smp};

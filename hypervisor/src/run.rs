@@ -34,6 +34,8 @@ const _: () = assert!(core::mem::size_of::<RawBootInfo>() as u64 <= abi::layout:
 
 /// An idle CPU wakes at least this often to look for work and for the end.
 const IDLE_TICK_NS: u64 = 10_000_000;
+/// How often an idle CPU 0 polls the uplink for frames from the host.
+const UPLINK_POLL_NS: u64 = 500_000;
 
 fn sizes(bytes: u64) -> String {
     if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) { format!("{} MiB", bytes >> 20) } else { format!("{} KiB", bytes >> 10) }
@@ -176,6 +178,8 @@ impl Host {
         loop {
             if me == 0 {
                 self.poll_console(&mut console_in);
+                let now = self.now();
+                self.net.poll_uplink(now, &mut |g| self.wake(g, me));
             }
             if self.live.load(Ordering::Acquire) == 0 {
                 return;
@@ -199,7 +203,9 @@ impl Host {
                 }
                 // Nothing runnable here: halt until the next deadline, or a
                 // tick to look for work and for the end.
-                let wake = next_timer.unwrap_or(u64::MAX).min(now + IDLE_TICK_NS);
+                // CPU 0 polls the uplink, so it looks more often when there is one.
+                let tick = if me == 0 && self.net.uplink.is_some() { UPLINK_POLL_NS } else { IDLE_TICK_NS };
+                let wake = next_timer.unwrap_or(u64::MAX).min(now + tick);
                 apic::arm(self.time.tsc(wake));
                 cpu::idle();
                 apic::eoi();
@@ -312,8 +318,22 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
     let mut scheds: Vec<Scheduler> = (0..cpus).map(|_| Scheduler::new()).collect();
     let mut home: Vec<AtomicUsize> = Vec::new();
     let mut event_frames: Vec<u64> = Vec::new();
-    let mut net = Net { switch: Mutex::new(hypervisor::net::switch::Switch::new()), ports: Vec::new(), guest_of_slot: Vec::new() };
-    // Addresses per tenant: 10.T.0.1 is the gateway, guests from 10.T.0.2.
+    let mut net = Net { switch: Mutex::new(hypervisor::net::switch::Switch::new()), uplink: None, ports: Vec::new(), guest_of_slot: Vec::new() };
+    match crate::uplink::Uplink::probe(kernel_root) {
+        Ok(Some(up)) => {
+            // The host reaches the first tenant (tenant 0) through it.
+            if let Ok(port) = net.switch.lock().add_uplink(0) {
+                println!(
+                    "[hv] uplink: virtio-net {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, tenant 0",
+                    up.mac[0], up.mac[1], up.mac[2], up.mac[3], up.mac[4], up.mac[5]
+                );
+                net.uplink = Some((port, Mutex::new(up)));
+            }
+        }
+        Ok(None) => {}
+        Err(why) => println!("[hv] uplink: {why}; guests can reach each other but not the host"),
+    }
+    // Guests with a vNIC so far, per tenant (see abi::guest_ipv4).
     let mut next_host: Vec<u32> = Vec::new();
     let mut not_started = 0u32;
     for entry in bundle.guests() {
@@ -337,17 +357,16 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
             let nic = (entry.tenant != abi::bundle::TENANT_NONE).then(|| {
                 let t = entry.tenant as usize;
                 if next_host.len() <= t {
-                    next_host.resize(t + 1, 2);
+                    next_host.resize(t + 1, 0);
                 }
                 let n = next_host[t];
                 next_host[t] += 1;
-                let net8 = (entry.tenant % 256) as u8;
                 abi::NicInfo {
                     magic: abi::NIC_MAGIC,
-                    prefix: 16,
+                    prefix: abi::GUEST_PREFIX,
                     mac: [0x02, (id >> 24) as u8, (id >> 16) as u8, (id >> 8) as u8, id as u8, entry.tenant as u8, 0, 0],
-                    ipv4: [10, net8, (n >> 8) as u8, n as u8],
-                    gateway: [10, net8, 0, 1],
+                    ipv4: abi::guest_ipv4(entry.tenant, n),
+                    gateway: abi::gateway_ipv4(entry.tenant),
                 }
             });
             let created = Guest::create(&mut mem, kernel_root, time_page, image, &name, &args, entry.memory, |m, page| {

@@ -110,6 +110,8 @@ impl Port {
 /// All vNICs and the switch.
 pub struct Net {
     pub switch: Mutex<Switch>,
+    /// The port to the host, and its driver.
+    pub uplink: Option<(PortId, Mutex<crate::uplink::Uplink>)>,
     /// Ports by guest id.
     pub ports: Vec<Option<Port>>,
     /// Guest id by switch port slot.
@@ -160,6 +162,11 @@ impl Net {
     /// Copies a frame into the RX ring of the guest behind switch port
     /// `dest`; returns whether it fit.
     fn deliver(&self, dest: PortId, frame: &[u8], woken: &mut Vec<usize>) -> bool {
+        if let Some((port, up)) = &self.uplink
+            && *port == dest
+        {
+            return up.lock().send(frame);
+        }
         let Some(&g) = self.guest_of_slot.get(dest.slot()) else { return false };
         let Some(Some(p)) = self.ports.get(g) else { return false };
         let mut rx = p.rx.lock();
@@ -178,6 +185,36 @@ impl Net {
                 // The guest moved its RX consumer index somewhere impossible.
                 p.ring_errors.fetch_add(1, Ordering::Relaxed);
                 false
+            }
+        }
+    }
+
+    /// Switches every frame the host sent to the guests; calls `wake` for
+    /// each guest that received some.
+    pub fn poll_uplink(&self, now_ns: u64, wake: &mut impl FnMut(usize)) {
+        let Some((port, up)) = &self.uplink else { return };
+        // Copy the frames out first: the switch may send back to the uplink
+        // (never to the sender, but keep the lock order switch -> uplink).
+        let mut frames: Vec<(usize, [u8; MTU_FRAME])> = Vec::new();
+        up.lock().receive(|f| {
+            let mut b = [0u8; MTU_FRAME];
+            b[..f.len()].copy_from_slice(f);
+            frames.push((f.len(), b));
+        });
+        if frames.is_empty() {
+            return;
+        }
+        let mut woken = Vec::new();
+        for (n, f) in &frames {
+            let mut switch = self.switch.lock();
+            switch.forward(*port, &f[..*n], now_ns, &mut |dest| self.deliver(dest, &f[..*n], &mut woken));
+        }
+        woken.sort_unstable();
+        woken.dedup();
+        for g in woken {
+            if let Some(Some(p)) = self.ports.get(g) {
+                raise(p.event_frame, abi::time::events::NET_RX);
+                wake(g);
             }
         }
     }

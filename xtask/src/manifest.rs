@@ -13,6 +13,7 @@
 //! cap = 25                # at most this percent of one CPU, 1..=100, default none
 //! net = true              # give it a vNIC (default false; implied by tenant)
 //! tenant = "acme"         # its broadcast domain; guests of other tenants cannot reach it
+//! ports = ["8080:7"]      # host 127.0.0.1:8080 -> this guest's port 7 ("HOST:GUEST[/udp]"); count 1, first tenant only
 //! ```
 //!
 //! Every error names the manifest and the line it is about, and all of them
@@ -82,8 +83,31 @@ pub struct Guest {
     pub cap: Option<u32>,
     /// The tenant (broadcast domain) of its vNIC; `None`: no vNIC.
     pub tenant: Option<String>,
+    /// Host ports forwarded to it: (protocol, host port, guest port).
+    pub ports: Vec<Forward>,
     /// Line of the entry in the manifest (for later messages).
     pub line: usize,
+}
+
+/// A host port forwarded to a guest's port through the uplink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forward {
+    pub udp: bool,
+    pub host: u16,
+    pub guest: u16,
+}
+
+/// Parses `"8080:80"` or `"5353:53/udp"`.
+pub fn parse_forward(s: &str) -> Option<Forward> {
+    let (ports, udp) = match s.split_once('/') {
+        None => (s, false),
+        Some((p, "tcp")) => (p, false),
+        Some((p, "udp")) => (p, true),
+        Some(_) => return None,
+    };
+    let (h, g) = ports.split_once(':')?;
+    let (host, guest) = (h.trim().parse().ok()?, g.trim().parse().ok()?);
+    (host != 0 && guest != 0).then_some(Forward { udp, host, guest })
 }
 
 /// Where a guest's image comes from.
@@ -148,6 +172,7 @@ struct RawGuest {
     cap: Option<Spanned<i64>>,
     net: Option<bool>,
     tenant: Option<Spanned<String>>,
+    ports: Option<Spanned<Vec<String>>>,
 }
 
 /// Parses and validates a manifest.
@@ -163,6 +188,8 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
         return Err(err(None, "no guests: add a [[guest]] table".into()));
     }
     let mut guests: Vec<Guest> = Vec::with_capacity(raw.guest.len());
+    let mut first_tenant: Option<String> = None;
+    let mut used_host_ports: Vec<(bool, u16)> = Vec::new();
     for entry in raw.guest {
         let entry_span = entry.span();
         let g = entry.into_inner();
@@ -317,8 +344,38 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
                 Some(name.clone())
             }
             (None, Some(true)) => Some(DEFAULT_TENANT.to_string()),
+            (None, _) if g.ports.is_some() => Some(DEFAULT_TENANT.to_string()),
             (None, _) => None,
         };
+        if let Some(t) = &tenant
+            && first_tenant.is_none()
+        {
+            first_tenant = Some(t.clone());
+        }
+        let mut ports = Vec::new();
+        if let Some(p) = &g.ports {
+            let perr = |m: String| err(Some(p.span()), m);
+            if g.net == Some(false) {
+                return Err(perr("ports need a vNIC, but net = false".into()));
+            }
+            if count != 1 {
+                return Err(perr(format!("ports can be forwarded to one instance only, and count is {count}")));
+            }
+            if tenant != first_tenant {
+                return Err(perr(format!(
+                    "ports reach only the first tenant's guests (tenant '{}'), the uplink's",
+                    first_tenant.clone().unwrap_or_default()
+                )));
+            }
+            for spec in p.get_ref() {
+                let f = parse_forward(spec).ok_or_else(|| perr(format!("port \"{spec}\" is not HOST:GUEST or HOST:GUEST/udp")))?;
+                if used_host_ports.contains(&(f.udp, f.host)) {
+                    return Err(perr(format!("host port {} is forwarded twice", f.host)));
+                }
+                used_host_ports.push((f.udp, f.host));
+                ports.push(f);
+            }
+        }
 
         guests.push(Guest {
             name: name.clone(),
@@ -329,6 +386,7 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
             weight,
             cap,
             tenant,
+            ports,
             line: line_of(text, entry_span.start),
         });
     }
@@ -442,6 +500,7 @@ mod tests {
                 weight: DEFAULT_WEIGHT,
                 cap: None,
                 tenant: None,
+                ports: Vec::new(),
                 line: 2,
             }]
         );
@@ -563,6 +622,21 @@ mod tests {
         assert_eq!(e.to_string(), "manifest.toml:5: a tenant needs a vNIC, but net = false");
         let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\ntenant = \"a b\"\n").unwrap_err();
         assert!(e.to_string().starts_with("manifest.toml:4: tenant \"a b\" must be"), "{e}");
+    }
+
+    #[test]
+    fn port_forwards() {
+        let m = check("[[guest]]\nname = \"e\"\napp = \"hello\"\nports = [\"8080:7\", \"5353:53/udp\"]\n").unwrap();
+        assert_eq!(m.guests[0].tenant.as_deref(), Some(DEFAULT_TENANT), "ports imply a vNIC");
+        assert_eq!(m.guests[0].ports, [Forward { udp: false, host: 8080, guest: 7 }, Forward { udp: true, host: 5353, guest: 53 }]);
+        let e = check("[[guest]]\nname = \"e\"\napp = \"hello\"\ncount = 2\nports = [\"8080:7\"]\n").unwrap_err();
+        assert_eq!(e.to_string(), "manifest.toml:5: ports can be forwarded to one instance only, and count is 2");
+        let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\ntenant = \"x\"\n[[guest]]\nname = \"b\"\napp = \"hello\"\ntenant = \"y\"\nports = [\"80:80\"]\n").unwrap_err();
+        assert!(e.to_string().starts_with("manifest.toml:9: ports reach only the first tenant's guests (tenant 'x')"), "{e}");
+        let e = check("[[guest]]\nname = \"e\"\napp = \"hello\"\nports = [\"80\"]\n").unwrap_err();
+        assert!(e.to_string().contains("is not HOST:GUEST"), "{e}");
+        let e = check("[[guest]]\nname = \"e\"\napp = \"hello\"\nports = [\"80:1\", \"80:2\"]\n").unwrap_err();
+        assert!(e.to_string().contains("host port 80 is forwarded twice"), "{e}");
     }
 
     #[test]

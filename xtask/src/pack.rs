@@ -121,6 +121,7 @@ mod tests {
             weight: crate::manifest::DEFAULT_WEIGHT,
             cap: None,
             tenant: None,
+            ports: Vec::new(),
             line: 1,
         }
     }

@@ -260,6 +260,8 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
     for (flag, path) in [("-kernel", &kernel), ("-initrd", &bundle)] {
         qemu_args.extend([flag.to_string(), path.display().to_string()]);
     }
+    let (netdev, reach) = uplink_args(&manifest);
+    qemu_args.extend(netdev);
 
     let guests: Vec<String> = manifest
         .guests
@@ -277,7 +279,7 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
         "console follows; Ctrl-C stops QEMU"
     };
     let summary = format!(
-        "guests: {}\nmachine: {}, {cpus}, {}\n{next}",
+        "guests: {}\nmachine: {}, {cpus}, {}{reach}\n{next}",
         guests.join(", "),
         accel.as_str(),
         format_size(machine_memory)
@@ -291,6 +293,40 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
         accel,
         remove_bundle,
     })
+}
+
+/// QEMU's NIC and user-mode network for a manifest whose guests have vNICs:
+/// a virtio-net (modern only) on a slirp network that is the first
+/// tenant's (`10.0.0.0/16`, QEMU as its gateway `10.0.0.1`), with the
+/// manifest's port forwards on 127.0.0.1. Returns the arguments and the
+/// lines telling where each forwarded service is.
+fn uplink_args(m: &manifest::Manifest) -> (Vec<String>, String) {
+    if m.guests.iter().all(|g| g.tenant.is_none()) {
+        return (Vec::new(), String::new());
+    }
+    let first = m.guests.iter().find_map(|g| g.tenant.clone());
+    let [a, b, c, d] = abi::gateway_ipv4(0);
+    let mut netdev = format!(
+        "user,id=uplink,net=10.0.0.0/{},host={a}.{b}.{c}.{d},dhcpstart=10.0.255.100,restrict=off",
+        abi::GUEST_PREFIX
+    );
+    let mut reach = String::new();
+    // Count guests with a vNIC in the first tenant, as the hypervisor does.
+    let mut n = 0;
+    for g in &m.guests {
+        if g.tenant.is_none() || g.tenant != first {
+            continue;
+        }
+        let [a, b, c, d] = abi::guest_ipv4(0, n);
+        for f in &g.ports {
+            let proto = if f.udp { "udp" } else { "tcp" };
+            netdev.push_str(&format!(",hostfwd={proto}:127.0.0.1:{}-{a}.{b}.{c}.{d}:{}", f.host, f.guest));
+            reach.push_str(&format!("\nreach {}-0 {proto}/{} at 127.0.0.1:{}", g.name, f.guest, f.host));
+        }
+        n += g.count;
+    }
+    let args = ["-netdev".into(), netdev, "-device".into(), "virtio-net-pci,netdev=uplink,disable-legacy=on".into()];
+    (args.into(), reach)
 }
 
 /// The QEMU command for `p` (stdio not set up).

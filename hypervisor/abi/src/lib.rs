@@ -184,6 +184,22 @@ pub struct NicInfo {
 
 pub const NIC_MAGIC: u32 = u32::from_le_bytes(*b"NIC1");
 
+/// Prefix length of every tenant's network, `10.T.0.0/16`.
+pub const GUEST_PREFIX: u32 = 16;
+
+/// The address of the `n`-th guest (from 0, in manifest order) with a vNIC
+/// in tenant `t`: `10.T.0.2` onwards. Shared by the hypervisor, which
+/// assigns it, and xtask, which forwards host ports to it.
+pub const fn guest_ipv4(tenant: u32, n: u32) -> [u8; 4] {
+    let h = n + 2;
+    [10, tenant as u8, (h >> 8) as u8, h as u8]
+}
+
+/// Tenant `t`'s gateway, `10.T.0.1` (QEMU's side of the uplink for tenant 0).
+pub const fn gateway_ipv4(tenant: u32) -> [u8; 4] {
+    [10, tenant as u8, 0, 1]
+}
+
 impl NicInfo {
     pub const SIZE: usize = core::mem::size_of::<NicInfo>();
 

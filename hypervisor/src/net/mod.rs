@@ -29,3 +29,4 @@
 //! are the mechanism around it.
 
 pub mod switch;
+pub mod virtq;

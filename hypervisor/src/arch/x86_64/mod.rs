@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod entry;
 pub mod gdt;
 pub mod paging;
+pub mod pci;
 pub mod pvh;
 pub mod serial;
 pub mod smp;

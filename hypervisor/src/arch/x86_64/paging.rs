@@ -127,6 +127,23 @@ pub fn map_mmio(root: PhysAddr, va: u64, pa: PhysAddr) {
     paging::map(&mut Mem, root, va, pa, flags, 1, Pte::WRITABLE).expect("mapping device registers");
 }
 
+/// Next free address in the window for device registers.
+static MMIO_NEXT: Mutex<u64> = Mutex::new(0xffff_ffff_f000_0000);
+
+/// Maps `len` bytes of device registers at physical `pa` (uncached) and
+/// returns the virtual address of `pa`.
+pub fn map_device(root: PhysAddr, pa: PhysAddr, len: u64) -> u64 {
+    let start = pa & !(FRAME_SIZE - 1);
+    let end = (pa + len).div_ceil(FRAME_SIZE) * FRAME_SIZE;
+    let mut next = MMIO_NEXT.lock();
+    let base = *next;
+    for (i, page) in (start..end).step_by(FRAME_SIZE as usize).enumerate() {
+        map_mmio(root, base + i as u64 * FRAME_SIZE, page);
+    }
+    *next = base + (end - start);
+    base + (pa - start)
+}
+
 /// The frame allocator, shared by all CPUs.
 static FRAMES: Mutex<Option<FrameAllocator<'static>>> = Mutex::new(None);
 
