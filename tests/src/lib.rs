@@ -69,3 +69,70 @@ pub fn temp_file(name: &str, data: &[u8]) -> PathBuf {
     std::fs::write(&path, data).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     path
 }
+
+/// A QEMU running in the background (for tests that talk to guests from
+/// the host); killed when dropped.
+pub struct Live {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Everything the console printed so far.
+    pub console: String,
+    _prepared: xtask::Prepared,
+}
+
+impl Live {
+    /// Boots `manifest_toml` on `cpus` CPUs and returns at once.
+    pub fn start(manifest_toml: &str, cpus: u32) -> Live {
+        xtask::ensure_qemu().expect("QEMU");
+        let mut cfg = config(manifest_toml, cpus);
+        cfg.exit_when_idle = false;
+        let prepared = xtask::prepare(&cfg).unwrap_or_else(|e| panic!("could not prepare: {e:#}"));
+        let mut child = xtask::qemu_command(&prepared)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting QEMU");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Live { child, lines, console: String::new(), _prepared: prepared }
+    }
+
+    /// Waits until a console line contains `needle`; false after `timeout`.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.console.push_str(&line);
+                    self.console.push('\n');
+                    if line.contains(needle) {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}

@@ -66,3 +66,47 @@ fn ten_thousand_messages_echo_byte_exact_tenants_are_isolated_and_a_ring_liar_is
     assert!(c.contains("echo-0| echo: served 2 connections"), "{c}");
     assert!(out.success(), "status {:?}:\n{c}", out.status);
 }
+
+#[test]
+fn a_host_client_reaches_the_echo_guest_through_a_forwarded_port() {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let port = integration_tests::free_port();
+    let mut live = integration_tests::Live::start(
+        &format!(
+            "[[guest]]\nname = \"echo\"\napp = \"echo\"\ntenant = \"a\"\nmemory = \"4 MiB\"\nports = [\"{port}:7\", \"{port}:7/udp\"]\n"
+        ),
+        2,
+    );
+    assert!(live.wait_for("echo-0| echo: listening on 10.0.0.2:7", Duration::from_secs(90)), "{}", live.console);
+    assert!(live.console.contains("[hv] uplink: virtio-net"), "{}", live.console);
+
+    // TCP: 64 KiB in one go, echoed back byte for byte.
+    let data: Vec<u8> = (0..65536u32).map(|i| (i * 13 + i / 256) as u8).collect();
+    let mut conn = (0..30)
+        .find_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok().or_else(|| {
+            std::thread::sleep(Duration::from_millis(500));
+            None
+        }))
+        .expect("connecting to the forwarded port");
+    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let writer = {
+        let mut w = conn.try_clone().unwrap();
+        let data = data.clone();
+        std::thread::spawn(move || w.write_all(&data))
+    };
+    let mut back = vec![0u8; data.len()];
+    conn.read_exact(&mut back).expect("reading the echo");
+    writer.join().unwrap().expect("writing");
+    assert!(back == data, "the echo differs");
+
+    // UDP.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    let got = (0..5).find_map(|_| {
+        udp.send_to(b"datagram via the uplink", ("127.0.0.1", port)).unwrap();
+        udp.recv(&mut buf).ok()
+    });
+    assert_eq!(got.map(|n| &buf[..n]), Some(&b"datagram via the uplink"[..]));
+}
