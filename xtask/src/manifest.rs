@@ -28,13 +28,19 @@ use serde::Deserialize;
 use toml::Spanned;
 
 /// The manifest `cargo xtask run` uses when no `--manifest` is given.
-pub const DEFAULT_MANIFEST: &str = r#"# Three hello guests.
+pub const DEFAULT_MANIFEST: &str = r#"# Three hello guests, and an echo server the host reaches on port 8007.
 [[guest]]
 name = "hello"
 app = "hello"
 count = 3
 memory = "1 MiB"
 args = ["from", "the", "default", "manifest"]
+
+[[guest]]
+name = "echo"
+app = "echo"
+memory = "4 MiB"
+ports = ["8007:7", "8007:7/udp"]
 "#;
 
 /// One kibibyte.
@@ -461,7 +467,7 @@ mod tests {
     use super::*;
 
     fn apps() -> Vec<String> {
-        vec!["hello".into(), "hostile".into()]
+        vec!["echo".into(), "hello".into(), "hostile".into()]
     }
 
     fn check(text: &str) -> Result<Manifest, Error> {
@@ -487,8 +493,11 @@ mod tests {
     #[test]
     fn default_manifest_parses() {
         let m = check(DEFAULT_MANIFEST).unwrap();
+        assert_eq!(m.guests.len(), 2);
+        assert_eq!(m.guests[1].name, "echo");
+        assert_eq!(m.guests[1].ports[0], Forward { udp: false, host: 8007, guest: 7 });
         assert_eq!(
-            m.guests,
+            m.guests[..1],
             [Guest {
                 name: "hello".into(),
                 source: Source::App("hello".into()),
@@ -568,7 +577,7 @@ mod tests {
         let e = check("[[guest]]\nname = \"a\"\napp = \"nope\"\n").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "manifest.toml:3: app 'nope' does not exist (apps: hello, hostile)"
+            "manifest.toml:3: app 'nope' does not exist (apps: echo, hello, hostile)"
         );
     }
 
