@@ -82,18 +82,20 @@ fn caps(f: pci::Function, root: u64) -> Option<Caps> {
             let bar = f.read8(ptr + 4);
             let offset = f.read32(ptr + 8) as u64;
             let length = f.read32(ptr + 12) as u64;
-            if bar < 6 && length > 0 && length <= 1 << 20 {
-                if let Some(base) = f.bar(bar).filter(|&b| b != 0) {
-                    let va = || map_device(root, base + offset, length);
-                    match kind {
-                        1 => common = Some(va()),
-                        2 => {
-                            notify = Some(va());
-                            mult = f.read32(ptr + 16);
-                        }
-                        4 => device = Some(va()),
-                        _ => {}
+            if bar < 6
+                && length > 0
+                && length <= 1 << 20
+                && let Some(base) = f.bar(bar).filter(|&b| b != 0)
+            {
+                let va = || map_device(root, base + offset, length);
+                match kind {
+                    1 => common = Some(va()),
+                    2 => {
+                        notify = Some(va());
+                        mult = f.read32(ptr + 16);
                     }
+                    4 => device = Some(va()),
+                    _ => {}
                 }
             }
         }

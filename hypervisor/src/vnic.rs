@@ -8,7 +8,7 @@
 //! backwards) is disconnected; a bad length only loses that frame.
 
 use crate::arch::x86_64::paging::phys_to_virt;
-use abi::ring::{Consumer, MTU_FRAME, Producer, RING_BYTES, RingError, RingMemory};
+use abi::ring::{Consumer, MIN_FRAME, MTU_FRAME, Producer, RING_BYTES, RingError, RingMemory};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -34,6 +34,26 @@ impl FrameRing<'_> {
             let o = offset + done;
             let n = (FRAME_SIZE as usize - o % FRAME_SIZE as usize).min(len - done);
             f(self.at(o), done..done + n);
+            done += n;
+        }
+    }
+}
+
+impl FrameRing<'_> {
+    /// Copies `len` bytes at `from` in this ring to `to` in `dst`, frame to
+    /// frame through the direct map: the packet's one copy.
+    fn copy_to(&self, from: usize, dst: &FrameRing<'_>, to: usize, len: usize) {
+        assert!(from + len <= RING_BYTES && to + len <= RING_BYTES);
+        let page = FRAME_SIZE as usize;
+        let mut done = 0;
+        while done < len {
+            let (s, d) = (from + done, to + done);
+            let n = (page - s % page).min(page - d % page).min(len - done);
+            // SAFETY: both ranges lie inside one pinned, direct-mapped frame
+            // each (split above), in different guests' rings, so they do not
+            // overlap; a guest writing its TX slot meanwhile only changes the
+            // bytes copied.
+            unsafe { core::ptr::copy_nonoverlapping(self.at(s) as *const u8, dst.at(d) as *mut u8, n) };
             done += n;
         }
     }
@@ -129,19 +149,25 @@ impl Net {
         }
         let ring = FrameRing(&port.tx_frames);
         let mut tx = port.tx.lock();
-        let mut frame = [0u8; MTU_FRAME];
         let mut woken: Vec<usize> = Vec::new();
         let result = loop {
-            match tx.pop(&ring, &mut frame) {
-                Ok(Some(n)) => {
+            match tx.peek(&ring) {
+                Ok(Some((at, len))) => {
+                    // Decide on a private copy of the header and the length
+                    // read once; then copy the frame slot to slot.
+                    let mut header = [0u8; MIN_FRAME];
+                    ring.read(at, &mut header);
                     let mut switch = self.switch.lock();
-                    switch.forward(port.switch_port, &frame[..n], now_ns, &mut |dest| self.deliver(dest, &frame[..n], &mut woken));
+                    switch.forward_header(port.switch_port, &header, len, now_ns, &mut |dest| {
+                        self.deliver_from(dest, &ring, at, &header, len, &mut woken)
+                    });
+                    drop(switch);
+                    let _ = tx.skip(&ring);
                 }
                 Ok(None) => break Ok(()),
-                Err(RingError::BadLength { index, len }) => {
+                Err(RingError::BadLength { .. }) => {
                     port.ring_errors.fetch_add(1, Ordering::Relaxed);
                     let _ = tx.skip(&ring);
-                    let _ = (index, len);
                 }
                 Err(e @ RingError::BadIndex { .. }) => break Err(alloc::format!("vNIC TX ring: {e}")),
             }
@@ -157,6 +183,33 @@ impl Net {
             }
         }
         result
+    }
+
+    /// Copies the `len`-byte frame at `at` in the sender's TX ring `src`
+    /// straight into the RX ring behind `dest` (one copy), with the checked
+    /// `header` in front; to the uplink through a buffer. Returns whether it
+    /// fit.
+    fn deliver_from(&self, dest: PortId, src: &FrameRing<'_>, at: usize, header: &[u8; MIN_FRAME], len: usize, woken: &mut Vec<usize>) -> bool {
+        if self.uplink.as_ref().is_some_and(|(p, _)| *p == dest) {
+            let mut frame = [0u8; MTU_FRAME];
+            frame[..MIN_FRAME].copy_from_slice(header);
+            src.read(at + MIN_FRAME, &mut frame[MIN_FRAME..len]);
+            return self.deliver(dest, &frame[..len], woken);
+        }
+        let Some(&g) = self.guest_of_slot.get(dest.slot()) else { return false };
+        let Some(Some(p)) = self.ports.get(g) else { return false };
+        let mut rx = p.rx.lock();
+        if p.dead.load(Ordering::Acquire) {
+            return false;
+        }
+        let ring = FrameRing(&p.rx_frames);
+        let Ok(Some(dst)) = rx.reserve(&ring, len) else { return false };
+        ring.write(dst, header);
+        src.copy_to(at + MIN_FRAME, &ring, dst + MIN_FRAME, len - MIN_FRAME);
+        rx.commit(&ring, len);
+        rx.publish(&ring);
+        woken.push(g);
+        true
     }
 
     /// Copies a frame into the RX ring of the guest behind switch port

@@ -140,6 +140,24 @@ impl Producer {
         Ok(true)
     }
 
+    /// Reserves the next slot for a frame of `len` bytes that the caller
+    /// writes itself at the returned offset (for copying straight from
+    /// another ring); `None` when the ring is full. Finish with
+    /// [`Producer::commit`].
+    pub fn reserve(&self, m: &impl RingMemory, len: usize) -> Result<Option<usize>, RingError> {
+        if !(MIN_FRAME..=MTU_FRAME).contains(&len) {
+            return Err(RingError::BadLength { index: self.prod, len: len.min(u16::MAX as usize) as u16 });
+        }
+        Ok((self.space(m)? > 0).then(|| slot_offset(self.prod) + 2))
+    }
+
+    /// Completes a [`Producer::reserve`]d slot holding `len` bytes (not yet
+    /// published).
+    pub fn commit(&mut self, m: &impl RingMemory, len: usize) {
+        m.write(slot_offset(self.prod), &(len as u16).to_le_bytes());
+        self.prod = self.prod.wrapping_add(1);
+    }
+
     /// Makes every pushed frame visible to the consumer.
     pub fn publish(&self, m: &impl RingMemory) {
         m.store(PROD_OFFSET, self.prod);
@@ -192,6 +210,23 @@ impl Consumer {
         m.read(at + 2, &mut buf[..n]);
         self.cons = self.cons.wrapping_add(1);
         Ok(Some(n))
+    }
+
+    /// The next frame without copying it: the offset of its bytes in the
+    /// ring and its length (read once and checked), or `None` if the ring is
+    /// empty. The frame stays in place until [`Consumer::skip`].
+    pub fn peek(&self, m: &impl RingMemory) -> Result<Option<(usize, usize)>, RingError> {
+        if self.pending(m)? == 0 {
+            return Ok(None);
+        }
+        let at = slot_offset(self.cons);
+        let mut len = [0u8; 2];
+        m.read(at, &mut len);
+        let len = u16::from_le_bytes(len);
+        if !(MIN_FRAME..=MTU_FRAME).contains(&(len as usize)) {
+            return Err(RingError::BadLength { index: self.cons, len });
+        }
+        Ok(Some((at + 2, len as usize)))
     }
 
     /// Skips the next frame (after a bad length), if there is one.
@@ -269,6 +304,34 @@ mod tests {
             c.release(&m);
         }
         assert_eq!(next_expected, p.index());
+    }
+
+    #[test]
+    fn frames_copy_straight_from_one_ring_to_another() {
+        let (a, b) = (VecRing::default(), VecRing::default());
+        let (mut pa, mut ca) = (Producer::new(), Consumer::new());
+        let (mut pb, mut cb) = (Producer::new(), Consumer::new());
+        let mut buf = [0u8; MTU_FRAME];
+        for i in 0..100u32 {
+            let f = frame(i, 14 + (i as usize * 37) % 1500);
+            assert!(pa.push(&a, &f).unwrap());
+            pa.publish(&a);
+            let (off, len) = ca.peek(&a).unwrap().unwrap();
+            assert_eq!(len, f.len());
+            let dst = pb.reserve(&b, len).unwrap().unwrap();
+            let mut tmp = alloc::vec![0u8; len];
+            a.read(off, &mut tmp);
+            b.write(dst, &tmp);
+            pb.commit(&b, len);
+            pb.publish(&b);
+            ca.skip(&a).unwrap();
+            ca.release(&a);
+            assert_eq!(cb.pop(&b, &mut buf).unwrap(), Some(f.len()));
+            assert_eq!(&buf[..f.len()], &f[..]);
+            cb.release(&b);
+        }
+        assert_eq!(ca.peek(&a), Ok(None));
+        assert!(matches!(pb.reserve(&b, 5), Err(RingError::BadLength { .. })));
     }
 
     #[test]

@@ -12,14 +12,15 @@
 //! Each guest's vNIC is a pair of rings ([`abi::ring`]) in pages shared with
 //! the hypervisor (the back end is `src/vnic.rs` in the binary). When a
 //! guest kicks its TX ring, or blocks, yields or is preempted, the back end
-//! copies each frame out of the slot once (length read once and checked),
-//! asks the switch ([`switch::Switch`]) where it goes, and copies it into
-//! every receiver's RX ring: two copies per packet per receiver today.
-//! [`switch::Switch::forward_header`] exists for the one-copy path (decide
-//! on a private copy of the header, then copy slot to slot), which is the
-//! next step. A full RX ring drops the frame for that receiver only (the
-//! switch counts it) and never blocks the sender. The uplink (virtio-net to
-//! the host) is not written yet.
+//! reads each frame's length once (checked) and copies its 14-byte header
+//! into a private buffer; the switch ([`switch::Switch::forward_header`])
+//! decides on that private copy only, so a guest rewriting its slot cannot
+//! change the decision (no double fetch). For each receiver the back end
+//! writes the checked header and copies the rest straight from the sender's
+//! TX slot into the receiver's RX slot: one copy per packet per receiver.
+//! Frames to and from the uplink (virtio-net, `src/uplink.rs`) go through a
+//! buffer. A full RX ring drops the frame for that receiver only (the
+//! switch counts it) and never blocks the sender.
 //!
 //! The switch is a learning L2 bridge in which every tenant is its own
 //! broadcast domain: a frame never leaves its tenant, a guest may send only
