@@ -12,3 +12,5 @@ pub mod net;
 pub mod sched;
 pub mod time;
 pub mod guest;
+#[cfg(test)]
+pub mod testutil;

@@ -196,30 +196,24 @@ impl Net {
             src.read(at + MIN_FRAME, &mut frame[MIN_FRAME..len]);
             return self.deliver(dest, &frame[..len], woken);
         }
-        let Some(&g) = self.guest_of_slot.get(dest.slot()) else { return false };
-        let Some(Some(p)) = self.ports.get(g) else { return false };
-        let mut rx = p.rx.lock();
-        if p.dead.load(Ordering::Acquire) {
-            return false;
-        }
-        let ring = FrameRing(&p.rx_frames);
-        let Ok(Some(dst)) = rx.reserve(&ring, len) else { return false };
-        ring.write(dst, header);
-        src.copy_to(at + MIN_FRAME, &ring, dst + MIN_FRAME, len - MIN_FRAME);
-        rx.commit(&ring, len);
-        rx.publish(&ring);
-        woken.push(g);
-        true
+        self.to_guest(dest, woken, |rx, ring| {
+            let Some(dst) = rx.reserve(ring, len)? else { return Ok(false) };
+            ring.write(dst, header);
+            src.copy_to(at + MIN_FRAME, ring, dst + MIN_FRAME, len - MIN_FRAME);
+            rx.commit(ring, len);
+            Ok(true)
+        })
     }
 
-    /// Copies a frame into the RX ring of the guest behind switch port
-    /// `dest`; returns whether it fit.
-    fn deliver(&self, dest: PortId, frame: &[u8], woken: &mut Vec<usize>) -> bool {
-        if let Some((port, up)) = &self.uplink
-            && *port == dest
-        {
-            return up.lock().send(frame);
-        }
+    /// Runs `fill` on the RX ring of the live guest behind switch port
+    /// `dest` (under its lock), publishes and notes the guest if it put a
+    /// frame there. Returns whether it did.
+    fn to_guest(
+        &self,
+        dest: PortId,
+        woken: &mut Vec<usize>,
+        fill: impl FnOnce(&mut Producer, &FrameRing<'_>) -> Result<bool, RingError>,
+    ) -> bool {
         let Some(&g) = self.guest_of_slot.get(dest.slot()) else { return false };
         let Some(Some(p)) = self.ports.get(g) else { return false };
         let mut rx = p.rx.lock();
@@ -227,7 +221,7 @@ impl Net {
             return false;
         }
         let ring = FrameRing(&p.rx_frames);
-        match rx.push(&ring, frame) {
+        match fill(&mut rx, &ring) {
             Ok(true) => {
                 rx.publish(&ring);
                 woken.push(g);
@@ -240,6 +234,17 @@ impl Net {
                 false
             }
         }
+    }
+
+    /// Copies a frame into the RX ring of the guest behind switch port
+    /// `dest`; returns whether it fit.
+    fn deliver(&self, dest: PortId, frame: &[u8], woken: &mut Vec<usize>) -> bool {
+        if let Some((port, up)) = &self.uplink
+            && *port == dest
+        {
+            return up.lock().send(frame);
+        }
+        self.to_guest(dest, woken, |rx, ring| rx.push(ring, frame))
     }
 
     /// Switches every frame the host sent to the guests; calls `wake` for

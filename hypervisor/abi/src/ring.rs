@@ -196,18 +196,11 @@ impl Consumer {
     /// released until [`Consumer::release`]. The length is copied out of
     /// shared memory once and checked before use.
     pub fn pop(&mut self, m: &impl RingMemory, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
-        if self.pending(m)? == 0 {
-            return Ok(None);
+        let Some((at, n)) = self.peek(m)? else { return Ok(None) };
+        if n > buf.len() {
+            return Err(RingError::BadLength { index: self.cons, len: n as u16 });
         }
-        let at = slot_offset(self.cons);
-        let mut len = [0u8; 2];
-        m.read(at, &mut len);
-        let len = u16::from_le_bytes(len);
-        let n = len as usize;
-        if !(MIN_FRAME..=MTU_FRAME).contains(&n) || n > buf.len() {
-            return Err(RingError::BadLength { index: self.cons, len });
-        }
-        m.read(at + 2, &mut buf[..n]);
+        m.read(at, &mut buf[..n]);
         self.cons = self.cons.wrapping_add(1);
         Ok(Some(n))
     }

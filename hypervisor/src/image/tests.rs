@@ -299,21 +299,7 @@ fn gzip(data: &[u8], flags: u8) -> Vec<u8> {
     out
 }
 
-/// A deterministic xorshift64 generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use crate::testutil::Rng;
 
 fn err(result: Result<Image, ImageError>) -> ImageError {
     match result {

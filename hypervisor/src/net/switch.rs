@@ -959,22 +959,7 @@ mod tests {
         std::println!("10k ports: add {added:?}, 20k frames ({copies} copies) {forwarded:?}, remove {removed:?}");
     }
 
-    /// xorshift64: deterministic, no dependencies.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-        fn one_in(&mut self, n: u64) -> bool {
-            self.next().is_multiple_of(n)
-        }
-    }
+    use crate::testutil::Rng;
 
     /// The switch's rules written the slow, obvious way, to compare with.
     #[derive(Default)]
