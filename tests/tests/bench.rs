@@ -1,10 +1,18 @@
 //! The benchmarks run end to end on their short setting and write
-//! well-formed JSON with both sides' figures. (They are not timed here:
+//! well-formed JSON with both sides' figures; the load-generator guests
+//! report sane figures against their servers. (Nothing is timed here:
 //! figures come from `cargo xtask bench`, see README.)
 
-use xtask::bench::{BenchArgs, Which, report_path};
+use std::sync::Mutex;
+use std::time::Duration;
 
-fn run(which: Which) -> serde_json::Value {
+use serde_json::Value;
+use xtask::bench::{BenchArgs, Which, guest_json, report_path};
+
+/// The tests here boot QEMU machines that compete for the CPUs: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn run(which: Which) -> Value {
     let args = BenchArgs { which, quick: true, accel: xtask::Accel::Auto, smp: 1, memory: "512M".into(), linux_append: None };
     let path = report_path(which);
     let _ = std::fs::remove_file(&path);
@@ -13,15 +21,20 @@ fn run(which: Which) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
-fn positive(v: &serde_json::Value, what: &str) -> f64 {
+fn positive(v: &Value, what: &str) -> f64 {
     let x = v.as_f64().unwrap_or_else(|| panic!("{what} is not a number: {v}"));
     assert!(x > 0.0, "{what} = {x}");
     x
 }
 
+fn has_http_app() -> bool {
+    xtask::apps().expect("listing apps").iter().any(|a| a == "http")
+}
+
 // One test, so the two benchmarks never run side by side and disturb each other.
 #[test]
 fn hypercall_and_boot_benchmarks_measure_both_sides_and_write_json() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let h = run(Which::Hypercall);
     assert_eq!(h["bench"], "hypercall");
     let ours = positive(&h["ours"]["cycles_per_call"], "our cycles per hypercall");
@@ -38,4 +51,157 @@ fn hypercall_and_boot_benchmarks_measure_both_sides_and_write_json() {
         positive(&row["per_guest_us"], "per guest");
     }
     positive(&b["linux"]["median_us"], "Linux fork+exec median");
+}
+
+/// A load generator's line: non-zero figures, well-formed latencies, no errors.
+fn check_load(v: &Value, rate_key: &str, what: &str) {
+    assert_eq!(v["errors"], 0, "{what}: {v}");
+    positive(&v[rate_key], &format!("{what} {rate_key}"));
+    positive(&v["duration_ms"], &format!("{what} duration"));
+    let lat = &v["latency_us"];
+    let p50 = positive(&lat["p50"], &format!("{what} p50"));
+    let p99 = positive(&lat["p99"], &format!("{what} p99"));
+    let max = positive(&lat["max"], &format!("{what} max"));
+    assert!(p50 <= p99 && p99 <= max, "{what}: {lat}");
+}
+
+#[test]
+fn net_benchmark_measures_our_guests_and_the_linux_peer_and_writes_json() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let n = run(Which::Net);
+    assert_eq!(n["bench"], "net");
+    let not_measured = n["not_measured"].as_array().expect("not_measured is a list");
+    // Our side: echo-bench against echo, every setting.
+    let echo = n["ours"]["echo"].as_array().expect("ours.echo is a list");
+    let settings = n["settings"]["echo"]["connections"].as_array().expect("settings");
+    assert_eq!(echo.len(), settings.len());
+    for (v, c) in echo.iter().zip(settings) {
+        assert_eq!(v["bench"], "echo", "{v}");
+        assert_eq!(&v["connections"], c);
+        check_load(v, "round_trips_per_sec", "ours echo");
+        positive(&v["round_trips"], "ours echo round trips");
+        positive(&v["bytes_per_sec"], "ours echo bytes/s");
+    }
+    if has_http_app() {
+        let http = &n["ours"]["http"];
+        check_load(http, "requests_per_sec", "ours http");
+        positive(&http["status"]["200"], "ours http 200s");
+        let host = &n["ours"]["host_http"];
+        if host.get("not_measured").is_none() {
+            positive(&host["requests_per_sec"], "host wrk -> ours");
+        }
+    }
+    // The Linux side: a figure, or a reason in not_measured.
+    for (key, m) in [("echo", &n["linux"]["echo"][0]), ("http", &n["linux"]["http"]), ("host_http", &n["linux"]["host_http"])] {
+        match m.get("not_measured") {
+            Some(why) => assert!(
+                not_measured.iter().any(|x| x["side"] == "linux" && x["reason"] == *why),
+                "linux {key}: {why} is missing from not_measured"
+            ),
+            None => {
+                let rate = m["round_trips_per_sec"].as_f64().or(m["requests_per_sec"].as_f64());
+                assert!(rate.is_some_and(|r| r > 0.0), "linux {key}: {m}");
+            }
+        }
+    }
+    // Ratios are ours / linux where both were measured.
+    let ours = n["ours"]["echo"][0]["round_trips_per_sec"].as_f64().unwrap();
+    if let Some(linux) = n["linux"]["echo"][0]["round_trips_per_sec"].as_f64() {
+        let ratio = n["ratio"][format!("echo_{}_conn", settings[0]).as_str()]
+            .as_f64()
+            .or_else(|| n["ratio"][format!("echo_{}_conns", settings[0]).as_str()].as_f64())
+            .expect("a ratio for the first echo setting");
+        assert!((ratio - ours / linux).abs() < 0.01 * ratio + 0.01, "ratio {ratio} != {ours} / {linux}");
+    }
+}
+
+#[test]
+fn load_generators_count_round_trips_and_requests_without_errors() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let http = has_http_app();
+    let mut manifest = String::from(
+        r#"
+        [[guest]]
+        name = "echo"
+        app = "echo"
+        tenant = "t"
+        memory = "16 MiB"
+        args = ["serve", "7"]
+
+        [[guest]]
+        name = "eb"
+        app = "echo-bench"
+        tenant = "t"
+        memory = "16 MiB"
+        args = ["10.0.0.2", "7", "1,4", "3000", "100x"]
+
+        [[guest]]
+        name = "usage"
+        app = "echo-bench"
+        tenant = "t"
+        args = ["10.0.0.2", "7"]
+        "#,
+    );
+    if http {
+        manifest += r#"
+        [[guest]]
+        name = "http"
+        app = "http"
+        tenant = "t"
+        memory = "32 MiB"
+        args = ["80", "300"]
+
+        [[guest]]
+        name = "load"
+        app = "http-load"
+        tenant = "t"
+        memory = "16 MiB"
+        args = ["10.0.0.5", "80", "/", "3", "50x", "200"]
+
+        [[guest]]
+        name = "load404"
+        app = "http-load"
+        tenant = "t"
+        memory = "16 MiB"
+        args = ["10.0.0.5", "80", "/nothing-here", "2", "20x"]
+        "#;
+    }
+    let mut live = integration_tests::Live::start(&manifest, 2);
+    let ends: Vec<&str> = if http { vec!["eb-0", "usage-0", "load-0", "load404-0"] } else { vec!["eb-0", "usage-0"] };
+    let mut ended = Vec::new();
+    while ended.len() < ends.len() {
+        assert!(live.wait_for("[hv] guest ", Duration::from_secs(120)), "timed out:\n{}", live.console);
+        for g in &ends {
+            if !ended.contains(g) && live.console.contains(&format!("[hv] guest {g} exited with code")) {
+                ended.push(g);
+            }
+        }
+    }
+    let c = &live.console;
+    assert!(c.contains("[hv] guest eb-0 exited with code 0"), "{c}");
+    assert!(c.contains("usage-0| usage: echo-bench IP PORT"), "{c}");
+    assert!(c.contains("[hv] guest usage-0 exited with code 2"), "{c}");
+    let lines = guest_json(c);
+    let echo: Vec<&Value> = lines.iter().filter(|(g, _)| g == "eb-0").map(|(_, v)| v).collect();
+    assert_eq!(echo.len(), 2, "{c}");
+    for (v, conns) in echo.iter().zip([1, 4]) {
+        assert_eq!(v["bench"], "echo");
+        assert_eq!(v["connections"], conns);
+        assert_eq!(v["message_bytes"], 3000);
+        // A count run: exactly 100 round trips per connection.
+        assert_eq!(v["round_trips"], 100 * conns, "{v}");
+        check_load(v, "round_trips_per_sec", "echo-bench");
+    }
+    if http {
+        assert!(c.contains("[hv] guest load-0 exited with code 0"), "{c}");
+        let load = lines.iter().find(|(g, _)| g == "load-0").map(|(_, v)| v).unwrap_or_else(|| panic!("{c}"));
+        assert_eq!(load["requests"], 150, "{load}");
+        assert_eq!(load["status"]["200"], 150, "{load}");
+        check_load(load, "requests_per_sec", "http-load");
+        // Each response: a head and a 300-byte body.
+        assert!(load["bytes_per_sec"].as_f64().unwrap() > 300.0 * load["requests_per_sec"].as_f64().unwrap());
+        let nf = lines.iter().find(|(g, _)| g == "load404-0").map(|(_, v)| v).unwrap_or_else(|| panic!("{c}"));
+        assert_eq!(nf["status"]["404"], 40, "{nf}");
+        assert_eq!(nf["errors"], 0, "{nf}");
+    }
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask bench hypercall|boot`: our hypervisor and a Linux peer VM
+//! `cargo xtask bench hypercall|boot|net`: our hypervisor and a Linux peer VM
 //! ([`crate::linux`]) measured in the same invocation, on the same QEMU
 //! machine (`-machine pc -cpu max -accel A -smp N -m M`). Each prints a
 //! table and writes `target/bench/<name>.json`.
@@ -11,9 +11,17 @@
 //!   `apps/bench first`, each timed by the hypervisor's `guest_stats`
 //!   (`created_ns`, `first_entry_ns`). Linux: fork + exec + wait of a static
 //!   binary (`peer spawn K`).
+//! - `net`: echo round trips/s and HTTP requests/s ([`NetSettings`]). Ours:
+//!   `apps/echo-bench` → `apps/echo` and `apps/http-load` → `apps/http` in
+//!   one tenant (two boots, each stopped once its load guest is done), and
+//!   the host's `wrk` through the forwarded port. Linux: one boot whose
+//!   `/init` runs `peer echo-client` → `peer echo-server` and `peer
+//!   http-load` → nginx over `lo`, then serves the host's `wrk` on `eth0`
+//!   ([`linux::net_init_script`]). A part that cannot run is reported as
+//!   not measured, with the reason, and the rest still runs.
 //!
-//! The console parsing ([`json_lines`], [`guest_stats`], [`boot_figures`])
-//! is host-tested below.
+//! The console parsing ([`json_lines`], [`guest_stats`], [`boot_figures`],
+//! [`GuestLines`], [`parse_wrk`]) is host-tested below.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -36,6 +44,9 @@ pub enum Which {
     Hypercall,
     /// Guests started per second and start latency vs. Linux fork+exec.
     Boot,
+    /// Echo round trips/s and HTTP requests/s, guest to guest and from the
+    /// host, vs. a Linux VM over its loopback and through its NIC.
+    Net,
 }
 
 impl Which {
@@ -43,6 +54,7 @@ impl Which {
         match self {
             Which::Hypercall => "hypercall",
             Which::Boot => "boot",
+            Which::Net => "net",
         }
     }
 }
@@ -110,6 +122,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let (table, report) = match args.which {
         Which::Hypercall => bench.hypercall()?,
         Which::Boot => bench.boot()?,
+        Which::Net => bench.net()?,
     };
     let path = report_path(args.which);
     fs::create_dir_all(path.parent().unwrap()).context("creating target/bench")?;
@@ -270,19 +283,23 @@ impl Bench {
         format!("bench {name} ({})", self.machine.describe())
     }
 
+    fn machine_json(&self) -> Value {
+        json!({
+            "accel": self.machine.accel.as_str(),
+            "smp": self.machine.smp,
+            "memory_mib": self.machine.memory_mib,
+            "cpu": "max",
+            "qemu": qemu_version(),
+            "host_cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        })
+    }
+
     fn report(&self, name: &str, ours_args: &[String], linux: &Peer) -> Value {
         json!({
             "bench": name,
             "date": iso_date(SystemTime::now()),
             "quick": self.quick,
-            "machine": {
-                "accel": self.machine.accel.as_str(),
-                "smp": self.machine.smp,
-                "memory_mib": self.machine.memory_mib,
-                "cpu": "max",
-                "qemu": qemu_version(),
-                "host_cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
-            },
+            "machine": self.machine_json(),
             "ours_build": build_info(),
             "qemu_args": { "ours": ours_args, "linux": linux.qemu_args },
             "linux_kernel": {
@@ -495,6 +512,883 @@ impl Bench {
             "started_per_sec": { "guests": last.guests, "ours_over_linux": rate_ratio },
             "per_guest": { "guests": last.guests, "ours_over_linux": per_ratio },
             "median_start_1_guest": { "ours_over_linux": start_ratio },
+        });
+        Ok((t, report))
+    }
+}
+
+/// The settings of `bench net`.
+#[derive(Clone, Debug)]
+pub struct NetSettings {
+    /// Echo runs, one per connection count, in turn.
+    pub echo_connections: Vec<usize>,
+    pub message_bytes: usize,
+    pub echo_ms: u64,
+    pub http_connections: usize,
+    /// The body of `/` (our http guest's second argument; nginx's `/`).
+    pub body_bytes: usize,
+    pub http_ms: u64,
+    /// The host's `wrk -c`.
+    pub host_connections: usize,
+    pub host_secs: u64,
+    /// Every run starts with this long unmeasured on its connections (a
+    /// separate 1 s wrk run for the host's).
+    pub warmup_ms: u64,
+}
+
+impl NetSettings {
+    /// The defaults (10 s per measurement), or 2 s each with `quick`.
+    pub fn new(quick: bool) -> Self {
+        let ms = if quick { 2_000 } else { 10_000 };
+        NetSettings {
+            echo_connections: vec![1, 16],
+            message_bytes: 64,
+            echo_ms: ms,
+            http_connections: 16,
+            body_bytes: 1024,
+            http_ms: ms,
+            host_connections: 16,
+            host_secs: ms / 1000,
+            warmup_ms: if quick { 500 } else { 1000 },
+        }
+    }
+
+    fn echo_list(&self) -> String {
+        let list: Vec<String> = self
+            .echo_connections
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        list.join(",")
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "echo": {
+                "connections": self.echo_connections,
+                "message_bytes": self.message_bytes,
+                "duration_ms": self.echo_ms,
+                "port": linux::ECHO_PORT,
+            },
+            "http": {
+                "connections": self.http_connections,
+                "path": "/",
+                "body_bytes": self.body_bytes,
+                "duration_ms": self.http_ms,
+                "port": linux::HTTP_PORT,
+            },
+            "host": {
+                "client": "wrk -t1 --latency --timeout 5s",
+                "connections": self.host_connections,
+                "duration_s": self.host_secs,
+                "warmup_s": 1,
+            },
+            "warmup_ms": self.warmup_ms,
+        })
+    }
+}
+
+/// One figure set on one side: the JSON the load generator printed, or why
+/// it was not measured.
+pub type Measured = std::result::Result<Value, String>;
+
+/// What one side of `bench net` measured.
+struct NetSide {
+    /// One per [`NetSettings::echo_connections`].
+    echo: Vec<Measured>,
+    http: Measured,
+    host: Measured,
+}
+
+fn measured_json(m: &Measured) -> Value {
+    match m {
+        Ok(v) => v.clone(),
+        Err(why) => json!({ "not_measured": why }),
+    }
+}
+
+/// The longest line the hypervisor prints for a guest before it breaks it
+/// (`hypervisor/src/guest/console.rs`, `LINE_MAX`).
+pub const GUEST_LINE_MAX: usize = 200;
+
+/// Splits `NAME| TEXT` into the guest's name and its text.
+fn guest_line(line: &str) -> Option<(&str, &str)> {
+    let (name, rest) = line.split_once("| ")?;
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    ok.then_some((name, rest))
+}
+
+/// Guest console lines with the pieces of a long line joined again (the
+/// hypervisor breaks a guest's line every [`GUEST_LINE_MAX`] bytes).
+#[derive(Default)]
+pub struct GuestLines {
+    pending: std::collections::HashMap<String, String>,
+}
+
+impl GuestLines {
+    /// Takes one console line; returns (guest, whole line) when a guest's
+    /// line is complete.
+    pub fn push(&mut self, line: &str) -> Option<(String, String)> {
+        let (name, text) = guest_line(line)?;
+        let buf = self.pending.entry(name.to_string()).or_default();
+        buf.push_str(text);
+        if text.len() >= GUEST_LINE_MAX {
+            return None;
+        }
+        Some((name.to_string(), std::mem::take(buf)))
+    }
+
+    /// Like [`push`](Self::push), for lines that are JSON objects.
+    pub fn push_json(&mut self, line: &str) -> Option<(String, Value)> {
+        let (who, text) = self.push(line)?;
+        parse_json(&text).map(|v| (who, v))
+    }
+}
+
+/// Every JSON object a guest printed (long lines joined), with its name.
+pub fn guest_json(console: &str) -> Vec<(String, Value)> {
+    let mut g = GuestLines::default();
+    console.lines().filter_map(|l| g.push_json(l)).collect()
+}
+
+/// A duration as wrk prints it (`207.00us`, `1.23ms`, `2.00s`, `1.00m`), in µs.
+fn wrk_us(s: &str) -> Option<f64> {
+    let (num, scale) = if let Some(n) = s.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1e6)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60e6)
+    } else {
+        return None;
+    };
+    num.parse::<f64>().ok().map(|v| v * scale)
+}
+
+/// The figures in `wrk --latency` output: requests, requests/s, latency
+/// (mean, p50, p75, p90, p99, max, in µs), socket errors and non-2xx/3xx
+/// responses. `None` without a `Requests/sec:` line.
+pub fn parse_wrk(out: &str) -> Option<Value> {
+    let mut rps = None;
+    let mut requests = None;
+    let mut lat = serde_json::Map::new();
+    let mut socket_errors = 0u64;
+    let mut non_2xx = 0u64;
+    for line in out.lines() {
+        let l = line.trim();
+        let words: Vec<&str> = l.split_whitespace().collect();
+        if let Some(v) = l.strip_prefix("Requests/sec:") {
+            rps = v.trim().parse::<f64>().ok();
+        } else if l.contains(" requests in ") {
+            requests = words.first().and_then(|w| w.parse::<u64>().ok());
+        } else if words.first() == Some(&"Latency") && words.len() >= 4 {
+            if let (Some(mean), Some(max)) = (wrk_us(words[1]), wrk_us(words[3])) {
+                lat.insert("mean".into(), json!(mean));
+                lat.insert("max".into(), json!(max));
+            }
+        } else if words.len() == 2
+            && let Some(p) = words[0].strip_suffix('%')
+            && let Some(us) = wrk_us(words[1])
+        {
+            let p = p.split('.').next().unwrap_or(p);
+            lat.insert(format!("p{p}"), json!(us));
+        } else if let Some(rest) = l.strip_prefix("Socket errors:") {
+            socket_errors = rest
+                .split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+                .sum();
+        } else if let Some(rest) = l.strip_prefix("Non-2xx or 3xx responses:") {
+            non_2xx = rest.trim().parse().unwrap_or(0);
+        }
+    }
+    Some(json!({
+        "bench": "wrk",
+        "requests": requests,
+        "requests_per_sec": rps?,
+        "latency_us": lat,
+        "socket_errors": socket_errors,
+        "non_2xx_3xx": non_2xx,
+        "errors": socket_errors + non_2xx,
+    }))
+}
+
+/// Waits (up to `patience`) until 127.0.0.1:`port` answers `GET /` with a
+/// status line (QEMU's forward accepts connections before anything listens
+/// behind it).
+fn wait_for_http(port: u16, patience: Duration) -> std::result::Result<(), String> {
+    use std::io::{Read as _, Write as _};
+    let give_up = Instant::now() + patience;
+    let mut last = String::new();
+    while Instant::now() < give_up {
+        let attempt = || -> std::io::Result<bool> {
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            c.set_read_timeout(Some(Duration::from_secs(3)))?;
+            c.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+            let mut buf = [0u8; 16];
+            let n = c.read(&mut buf)?;
+            Ok(buf[..n].starts_with(b"HTTP/1."))
+        };
+        match attempt() {
+            Ok(true) => return Ok(()),
+            Ok(false) => last = "no HTTP status line".into(),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Err(format!(
+        "127.0.0.1:{port} did not answer HTTP within {} s ({last})",
+        patience.as_secs()
+    ))
+}
+
+/// `wrk` on the host against 127.0.0.1:`port`, after a 1 s warm-up run
+/// whose figures are dropped.
+fn host_wrk(wrk: &std::path::Path, port: u16, connections: usize, secs: u64) -> Measured {
+    wait_for_http(port, Duration::from_secs(30))?;
+    let wrk_for = |secs: u64| {
+        let mut cmd = Command::new(wrk);
+        cmd.args([
+            "-t1".to_string(),
+            format!("-c{connections}"),
+            format!("-d{secs}s"),
+            "--latency".into(),
+            "--timeout".into(),
+            "5s".into(),
+            format!("http://127.0.0.1:{port}/"),
+        ]);
+        crate::cmd::echo(&cmd);
+        cmd.output().map_err(|e| format!("running wrk: {e}"))
+    };
+    wrk_for(1)?;
+    let out = wrk_for(secs)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_wrk(&text).ok_or_else(|| {
+        format!(
+            "wrk printed no figures: {}{}",
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn rate_of(v: &Value) -> Option<f64> {
+    v["round_trips_per_sec"]
+        .as_f64()
+        .or_else(|| v["requests_per_sec"].as_f64())
+}
+
+fn describe_result(v: &Value) -> String {
+    let lat = &v["latency_us"];
+    let rate = rate_of(v).unwrap_or(0.0);
+    let what = if v["bench"] == "echo" {
+        "round trips/s"
+    } else {
+        "requests/s"
+    };
+    format!(
+        "{rate:.0} {what}, p50 {:.0} µs, p99 {:.0} µs, {} errors",
+        lat["p50"].as_f64().unwrap_or(0.0),
+        lat["p99"].as_f64().unwrap_or(0.0),
+        v["errors"]
+    )
+}
+
+/// The lines that end one of our guests: exited, stopped or not started.
+fn guest_ended(line: &str, guest: &str) -> bool {
+    let Some(rest) = line.trim_start().strip_prefix("[hv] guest ") else {
+        return false;
+    };
+    let Some(rest) = rest.strip_prefix(guest) else {
+        return false;
+    };
+    [" exited", " stopped", " not started"]
+        .iter()
+        .any(|e| rest.starts_with(e))
+}
+
+impl Bench {
+    /// Boots our hypervisor with `manifest` (not exiting when idle) and
+    /// feeds each console line to `on_line` until it says stop, QEMU ends,
+    /// or `timeout`. Returns QEMU's arguments and the console.
+    fn ours_live(
+        &self,
+        what: &str,
+        manifest: String,
+        timeout: Duration,
+        mut on_line: impl FnMut(&str) -> linux::Reply,
+    ) -> Result<(Vec<String>, linux::Console)> {
+        let cfg = RunConfig {
+            manifest: ManifestSource::Text {
+                text: manifest,
+                base_dir: workspace_root().to_path_buf(),
+            },
+            exit_when_idle: false,
+            accel: self.machine.accel,
+            smp: self.machine.smp,
+            memory: format!("{}M", self.machine.memory_mib),
+            bundle: None,
+        };
+        let prepared = prepare(&cfg)?;
+        progress(&format!("booting our hypervisor: {what}…"));
+        let console = linux::boot_interactive(&prepared.qemu_args, timeout, |_, l| on_line(l))?;
+        progress(&format!(
+            "  ours done after {:.1} s",
+            console.elapsed.as_secs_f64()
+        ));
+        Ok((prepared.qemu_args.clone(), console))
+    }
+
+    /// echo-bench → echo in one tenant.
+    fn ours_echo(&self, st: &NetSettings) -> Result<(Vec<String>, Vec<Measured>)> {
+        let most = st.echo_connections.iter().copied().max().unwrap_or(1);
+        let memory = 16 + most / 8;
+        let manifest = format!(
+            "[[guest]]\nname = \"echo\"\napp = \"echo\"\ntenant = \"bench\"\nmemory = \"{memory} MiB\"\n\
+             args = [\"serve\", \"{port}\"]\n\n\
+             [[guest]]\nname = \"echo-bench\"\napp = \"echo-bench\"\ntenant = \"bench\"\nmemory = \"{memory} MiB\"\n\
+             args = [\"10.0.0.2\", \"{port}\", \"{}\", \"{}\", \"{}\", \"{}\"]\n",
+            st.echo_list(),
+            st.message_bytes,
+            st.echo_ms,
+            st.warmup_ms,
+            port = linux::ECHO_PORT,
+        );
+        let runs = st.echo_connections.len() as u64;
+        let timeout = Duration::from_secs(120 + runs * (st.echo_ms / 1000 + 25));
+        let mut lines = GuestLines::default();
+        let mut results = Vec::new();
+        let (args, console) = self.ours_live(
+            &format!("echo-bench → echo, {} connections", st.echo_list()),
+            manifest,
+            timeout,
+            |line| {
+                if let Some((who, v)) = lines.push_json(line)
+                    && who == "echo-bench-0"
+                    && v["bench"] == "echo"
+                {
+                    progress(&format!(
+                        "  ours echo, {} conns: {}",
+                        v["connections"],
+                        describe_result(&v)
+                    ));
+                    results.push(v);
+                }
+                if guest_ended(line, "echo-bench-0") || guest_ended(line, "echo-0") {
+                    linux::Reply::Stop
+                } else {
+                    linux::Reply::Continue
+                }
+            },
+        )?;
+        if results.len() != st.echo_connections.len() {
+            bail!(
+                "echo-bench reported {} of {} runs{}\n{}{}",
+                results.len(),
+                st.echo_connections.len(),
+                if console.timed_out {
+                    " (timed out)"
+                } else {
+                    ""
+                },
+                console.stderr,
+                console.tail(30)
+            );
+        }
+        Ok((args, results.into_iter().map(Ok).collect()))
+    }
+
+    /// http-load → http in one tenant, then the host's wrk through the
+    /// forwarded port.
+    fn ours_http(
+        &self,
+        st: &NetSettings,
+        wrk: std::result::Result<&std::path::Path, &str>,
+    ) -> Result<(Vec<String>, Measured, Measured)> {
+        let host_port = free_port()?;
+        let memory = 32 + st.http_connections / 4;
+        let manifest = format!(
+            "[[guest]]\nname = \"http\"\napp = \"http\"\ntenant = \"bench\"\nmemory = \"{memory} MiB\"\n\
+             args = [\"{port}\", \"{}\"]\nports = [\"{host_port}:{port}\"]\n\n\
+             [[guest]]\nname = \"http-load\"\napp = \"http-load\"\ntenant = \"bench\"\nmemory = \"{memory} MiB\"\n\
+             args = [\"10.0.0.2\", \"{port}\", \"/\", \"{}\", \"{}\", \"{}\"]\n",
+            st.body_bytes,
+            st.http_connections,
+            st.http_ms,
+            st.warmup_ms,
+            port = linux::HTTP_PORT,
+        );
+        let timeout = Duration::from_secs(180 + st.http_ms / 1000 + st.host_secs);
+        let mut lines = GuestLines::default();
+        let mut http = Err("http-load printed no result".to_string());
+        let mut host = Err("the http guest ended before the host's turn".to_string());
+        let (args, console) = self.ours_live(
+            &format!("http-load → http, {} connections", st.http_connections),
+            manifest,
+            timeout,
+            |line| {
+                if let Some((who, v)) = lines.push_json(line)
+                    && who == "http-load-0"
+                    && v["bench"] == "http"
+                {
+                    progress(&format!("  ours http: {}", describe_result(&v)));
+                    http = Ok(v);
+                }
+                if guest_ended(line, "http-0") {
+                    return linux::Reply::Stop;
+                }
+                if guest_ended(line, "http-load-0") {
+                    host = match wrk {
+                        Ok(wrk) => {
+                            progress(&format!(
+                                "  host wrk → our http guest (127.0.0.1:{host_port}), {} s…",
+                                st.host_secs
+                            ));
+                            let r = host_wrk(wrk, host_port, st.host_connections, st.host_secs);
+                            if let Ok(v) = &r {
+                                progress(&format!("  host → ours: {}", describe_result(v)));
+                            }
+                            r
+                        }
+                        Err(why) => Err(why.to_string()),
+                    };
+                    return linux::Reply::Stop;
+                }
+                linux::Reply::Continue
+            },
+        )?;
+        if http.is_err() {
+            let why = if console.timed_out {
+                "timed out"
+            } else {
+                "no result"
+            };
+            http = Err(format!(
+                "http-load → http: {why}; console tail:\n{}",
+                console.tail(15)
+            ));
+        }
+        Ok((args, http, host))
+    }
+
+    /// The Linux peer of `bench net`: one boot runs the echo and HTTP loads
+    /// over loopback, then serves the host's wrk through a forwarded port.
+    /// Whatever does not work is reported as not measured.
+    fn linux_net(
+        &self,
+        st: &NetSettings,
+        nginx: std::result::Result<&std::path::Path, &str>,
+        wrk: std::result::Result<&std::path::Path, &str>,
+    ) -> (NetSide, Value) {
+        let fail_all = |why: String| {
+            (
+                NetSide {
+                    echo: st
+                        .echo_connections
+                        .iter()
+                        .map(|_| Err(why.clone()))
+                        .collect(),
+                    http: Err(why.clone()),
+                    host: Err(why.clone()),
+                },
+                json!({ "not_measured": why }),
+            )
+        };
+        let kernel = match Kernel::find() {
+            Ok(k) => k,
+            Err(e) => return fail_all(format!("no Linux kernel: {e:#}")),
+        };
+        let program = match linux::build_peer_program() {
+            Ok(p) => p,
+            Err(e) => return fail_all(format!("building the peer program failed: {e:#}")),
+        };
+        let mut http_why = nginx.err().map(|e| format!("nginx: {e}"));
+        let mut host_why = match (&http_why, wrk) {
+            (Some(w), _) => Some(w.clone()),
+            (None, Err(e)) => Some(e.to_string()),
+            (None, Ok(_)) => None,
+        };
+        let modules: Result<Vec<PathBuf>> = linux::VIRTIO_NET_MODULES
+            .iter()
+            .map(|m| kernel.module(m))
+            .collect();
+        if let (None, Err(e)) = (&host_why, &modules) {
+            host_why = Some(format!("no virtio-net modules: {e:#}"));
+        }
+        let port = match free_port() {
+            Ok(p) => p,
+            Err(e) => return fail_all(format!("no free port: {e:#}")),
+        };
+        let mut plan = linux::NetPlan {
+            echo_connections: st.echo_list(),
+            message_bytes: st.message_bytes,
+            echo_length: st.echo_ms.to_string(),
+            nginx: http_why.is_none(),
+            http_connections: st.http_connections.to_string(),
+            http_length: st.http_ms.to_string(),
+            body_bytes: st.body_bytes,
+            warmup_ms: st.warmup_ms,
+            nic: host_why.is_none(),
+        };
+        let build = |plan: &linux::NetPlan| {
+            linux::initramfs_with(&linux::net_init_script(plan), &program, |t| {
+                if let (true, Ok(nginx)) = (plan.nginx, nginx) {
+                    linux::add_nginx(t, nginx, plan.body_bytes)?;
+                }
+                if plan.nic {
+                    linux::add_virtio_net(t, &kernel)?;
+                }
+                Ok(())
+            })
+        };
+        let image = match build(&plan) {
+            Ok(i) => i,
+            Err(e) => {
+                // Leave out what could not be added, keep the echo.
+                let why = format!("assembling the initramfs with nginx failed: {e:#}");
+                http_why.get_or_insert(why.clone());
+                host_why.get_or_insert(why);
+                plan.nginx = false;
+                plan.nic = false;
+                match build(&plan) {
+                    Ok(i) => i,
+                    Err(e) => return fail_all(format!("assembling the initramfs failed: {e:#}")),
+                }
+            }
+        };
+        let initrd = workspace_root().join("target/bench/peer-net.cpio.gz");
+        if let Err(e) = fs::write(&initrd, &image) {
+            return fail_all(format!("writing {}: {e}", initrd.display()));
+        }
+        let mut qemu_args = linux::qemu_args(&self.machine, &kernel.image, &initrd, &self.append);
+        if plan.nic {
+            qemu_args.extend(linux::nic_args(port));
+        }
+        progress(&format!(
+            "booting Linux peer {} ({} KiB initramfs{}{})…",
+            kernel.version,
+            image.len() / 1024,
+            if plan.nginx { ", nginx" } else { "" },
+            if plan.nic { ", virtio-net" } else { "" }
+        ));
+        let runs = st.echo_connections.len() as u64;
+        let timeout = Duration::from_secs(
+            180 + runs * (st.echo_ms / 1000 + 25) + st.http_ms / 1000 + st.host_secs + 60,
+        );
+        let mut echo: Vec<Value> = Vec::new();
+        let mut http: Option<Value> = None;
+        let mut host: Measured = Err(host_why
+            .clone()
+            .unwrap_or_else(|| "the peer never said it was serving".into()));
+        let mut failed: Vec<String> = Vec::new();
+        let mut up = Value::Null;
+        let console = linux::boot_interactive(&qemu_args, timeout, |t, line| {
+            let Some(v) = parse_json(line) else {
+                return linux::Reply::Continue;
+            };
+            if v["peer"] == "up" {
+                progress(&format!(
+                    "  Linux reached /init after {:.1} s (clock source {})",
+                    t.as_secs_f64(),
+                    v["clocksource"]
+                ));
+                up = v;
+            } else if v["bench"] == "echo" {
+                progress(&format!(
+                    "  linux echo, {} conns: {}",
+                    v["connections"],
+                    describe_result(&v)
+                ));
+                echo.push(v);
+            } else if v["bench"] == "http" {
+                progress(&format!("  linux http: {}", describe_result(&v)));
+                http = Some(v);
+            } else if v["peer"] == "failed" {
+                progress(&format!("  linux: {line}"));
+                failed.push(v["command"].as_str().unwrap_or("?").to_string());
+            } else if v["peer"] == "serving" {
+                if let Ok(wrk) = wrk {
+                    progress(&format!(
+                        "  host wrk → Linux nginx (127.0.0.1:{port}), {} s…",
+                        st.host_secs
+                    ));
+                    host = host_wrk(wrk, port, st.host_connections, st.host_secs);
+                    if let Ok(v) = &host {
+                        progress(&format!("  host → linux: {}", describe_result(v)));
+                    }
+                }
+                return linux::Reply::Type(b"done\n".to_vec());
+            }
+            linux::Reply::Continue
+        });
+        let console = match console {
+            Ok(c) => c,
+            Err(e) => return fail_all(format!("booting the Linux peer failed: {e:#}")),
+        };
+        progress(&format!(
+            "  Linux finished in {:.1} s",
+            console.elapsed.as_secs_f64()
+        ));
+        let ended = if console.timed_out {
+            format!(
+                "the Linux peer did not finish within {} s",
+                timeout.as_secs()
+            )
+        } else {
+            "the Linux peer printed no result".into()
+        };
+        let why = |command: &str, fallback: &str| {
+            if failed.iter().any(|f| f == command) {
+                format!("`{command}` failed in the Linux peer (console: target/bench/peer-net.log)")
+            } else {
+                fallback.to_string()
+            }
+        };
+        let echo_results = st
+            .echo_connections
+            .iter()
+            .map(|&c| {
+                echo.iter()
+                    .find(|v| v["connections"].as_u64() == Some(c as u64))
+                    .cloned()
+                    .ok_or_else(|| why("echo-client", &ended))
+            })
+            .collect();
+        let http = match (http, http_why) {
+            (Some(v), _) => Ok(v),
+            (None, Some(w)) => Err(w),
+            (None, None) if failed.iter().any(|f| f == "nginx") => Err(why("nginx", &ended)),
+            (None, None) => Err(why("http-load", &ended)),
+        };
+        if host.is_err() && failed.iter().any(|f| f == "eth0") {
+            host = Err(why("eth0", &ended));
+        }
+        let _ = fs::write(
+            workspace_root().join("target/bench/peer-net.log"),
+            console.text(),
+        );
+        let info = json!({
+            "version": kernel.version,
+            "cmdline": self.append,
+            "meltdown": up["meltdown"],
+            "spectre_v2": up["spectre_v2"],
+            "clocksource": up["clocksource"],
+            "tsc_mhz": up["tsc_mhz"],
+            "init_after_s": up["uptime_s"],
+            "wall_s": console.elapsed.as_secs_f64(),
+            "qemu_args": qemu_args,
+            "nginx": plan.nginx.then_some(linux::NGINX),
+        });
+        (
+            NetSide {
+                echo: echo_results,
+                http,
+                host,
+            },
+            info,
+        )
+    }
+
+    fn net(&self) -> Result<(String, Value)> {
+        let st = NetSettings::new(self.quick);
+        let (nginx, wrk) = linux::ensure_net_tools();
+        let (nginx, wrk) = (nginx.as_deref(), wrk.as_deref());
+        let wrk = wrk.map_err(String::as_str);
+
+        let (ours_echo_args, ours_echo) = self.ours_echo(&st)?;
+        let has_http = crate::build::apps()?.iter().any(|a| a == "http");
+        let (ours_http_args, ours_http, ours_host) = if has_http {
+            match self.ours_http(&st, wrk) {
+                Ok(r) => r,
+                Err(e) => {
+                    let why = format!("our http guest could not be booted: {e:#}");
+                    (Vec::new(), Err(why.clone()), Err(why))
+                }
+            }
+        } else {
+            let why = "apps/http does not exist".to_string();
+            (Vec::new(), Err(why.clone()), Err(why))
+        };
+        let ours = NetSide {
+            echo: ours_echo,
+            http: ours_http,
+            host: ours_host,
+        };
+        let (linux, linux_info) = self.linux_net(&st, nginx.map_err(String::as_str), wrk);
+
+        // The table.
+        struct Row<'a> {
+            key: String,
+            label: String,
+            unit: &'static str,
+            ours: &'a Measured,
+            linux: &'a Measured,
+            goal: bool,
+        }
+        let mut rows = Vec::new();
+        for (i, &c) in st.echo_connections.iter().enumerate() {
+            rows.push(Row {
+                key: format!("echo_{c}_conn{}", if c == 1 { "" } else { "s" }),
+                label: format!(
+                    "echo, {c} conn{}, {} B",
+                    if c == 1 { "" } else { "s" },
+                    st.message_bytes
+                ),
+                unit: "round trips/s",
+                ours: &ours.echo[i],
+                linux: &linux.echo[i],
+                goal: true,
+            });
+        }
+        rows.push(Row {
+            key: "http".into(),
+            label: format!(
+                "http, {} conns, {} B body",
+                st.http_connections, st.body_bytes
+            ),
+            unit: "requests/s",
+            ours: &ours.http,
+            linux: &linux.http,
+            goal: true,
+        });
+        rows.push(Row {
+            key: "host_http".into(),
+            label: format!("host wrk, {} conns", st.host_connections),
+            unit: "requests/s",
+            ours: &ours.host,
+            linux: &linux.host,
+            goal: false,
+        });
+
+        let mut t = self.header("net");
+        let _ = writeln!(
+            t,
+            "\n{:<44}{:>14} {:>14} {:>8}",
+            "", "ours", "linux", "ratio"
+        );
+        let mut ratios = serde_json::Map::new();
+        let mut goals = serde_json::Map::new();
+        let mut not_measured = Vec::new();
+        let mut notes = Vec::new();
+        for row in &rows {
+            let rate = |m: &Measured| m.as_ref().ok().and_then(rate_of);
+            let (o, l) = (rate(row.ours), rate(row.linux));
+            let ratio = o.zip(l).filter(|(_, l)| *l > 0.0).map(|(o, l)| o / l);
+            let cell =
+                |v: Option<f64>| v.map_or(format!("{:>14}", "n/m"), |v| format!("{v:>14.0}"));
+            let goal = if row.goal {
+                ratio.map_or("   goal >= 2x".to_string(), |r| {
+                    format!("   goal >= 2x{}", if r >= 2.0 { " (met)" } else { "" })
+                })
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                t,
+                "{:<29}{:>15}{} {} {:>8}{goal}",
+                row.label,
+                row.unit,
+                cell(o),
+                cell(l),
+                ratio.map_or("-".into(), |r| format!("{r:.2}x"))
+            );
+            let lat = |m: &Measured| {
+                m.as_ref().ok().map_or(format!("{:>14}", "-"), |v| {
+                    let l = &v["latency_us"];
+                    format!(
+                        "{:>14}",
+                        format!(
+                            "{:.0} / {:.0}",
+                            l["p50"].as_f64().unwrap_or(0.0),
+                            l["p99"].as_f64().unwrap_or(0.0)
+                        )
+                    )
+                })
+            };
+            let _ = writeln!(
+                t,
+                "{:<29}{:>15}{} {}",
+                "",
+                "p50 / p99 µs",
+                lat(row.ours),
+                lat(row.linux)
+            );
+            ratios.insert(row.key.clone(), json!(ratio));
+            if row.goal {
+                goals.insert(
+                    row.key.clone(),
+                    json!({ "ratio_at_least": 2.0, "met": ratio.map(|r| r >= 2.0) }),
+                );
+            }
+            for (side, m) in [("ours", row.ours), ("linux", row.linux)] {
+                match m {
+                    Err(why) => {
+                        let first = why.lines().next().unwrap_or("");
+                        notes.push(format!("not measured: {side} {}: {first}", row.label));
+                        not_measured.push(json!({ "side": side, "what": row.key, "reason": why }));
+                    }
+                    Ok(v) if v["errors"].as_u64().is_some_and(|e| e > 0) => {
+                        notes.push(format!("{side} {}: {} errors", row.label, v["errors"]));
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+        for n in &notes {
+            let _ = writeln!(t, "{n}");
+        }
+        let _ = write!(
+            t,
+            "ratio = ours / linux (higher is better for us); n/m = not measured\n\
+             ours: echo-bench → echo and http-load → http guests, one tenant, over the hypervisor's switch\n\
+             linux: peer echo-client → peer echo-server, peer http-load → nginx, over lo\n\
+             host: wrk -t1 through QEMU's user-net port forward (ours: to the http guest; linux: to nginx on eth0)"
+        );
+
+        let report = json!({
+            "bench": "net",
+            "date": iso_date(SystemTime::now()),
+            "quick": self.quick,
+            "machine": self.machine_json(),
+            "ours_build": build_info(),
+            "settings": st.json(),
+            "method": "Each load generator keeps its connections in lockstep (one message or request \
+                       outstanding per connection), all driven by one thread or executor; a latency \
+                       runs from the write to the last byte of the answer; rates are completed round \
+                       trips or responses per second of the run (connections made before the clock starts). \
+                       ours: apps/echo-bench -> apps/echo, apps/http-load -> apps/http, guests in one tenant. \
+                       linux: xtask/src/peer/net.c (echo-client -> echo-server, http-load -> nginx) over lo. \
+                       host: wrk through QEMU's user-net port forward.",
+            "qemu_args": {
+                "ours_echo": ours_echo_args,
+                "ours_http": ours_http_args,
+                "linux": linux_info["qemu_args"].clone(),
+            },
+            "linux_kernel": linux_info,
+            "ours": {
+                "echo": ours.echo.iter().map(measured_json).collect::<Vec<_>>(),
+                "http": measured_json(&ours.http),
+                "host_http": measured_json(&ours.host),
+            },
+            "linux": {
+                "echo": linux.echo.iter().map(measured_json).collect::<Vec<_>>(),
+                "http": measured_json(&linux.http),
+                "host_http": measured_json(&linux.host),
+            },
+            "ratio": ratios,
+            "goal": goals,
+            "not_measured": not_measured,
         });
         Ok((t, report))
     }
@@ -735,6 +1629,11 @@ pub fn report_path(which: Which) -> PathBuf {
         .join(format!("{}.json", which.name()))
 }
 
+/// The guests' latency histogram, tested on the host.
+#[cfg(test)]
+#[path = "../../apps/echo-bench/src/hist.rs"]
+mod guest_hist;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -837,6 +1736,152 @@ b-2| {\"bench\":\"hypercall\",\"iterations\":1000,\"rounds\":3,\"cycles_per_call
         assert_eq!(median(&mut []), None);
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn guest_histogram_buckets_and_quantiles() {
+        use super::guest_hist::{BUCKETS, Histogram, bucket, index};
+        // Buckets are contiguous, increasing and cover every u64.
+        assert_eq!(index(0), 0);
+        assert_eq!(index(63), 63);
+        assert_eq!(index(64), 64);
+        assert_eq!(index(u64::MAX), BUCKETS - 1);
+        let mut next = 0u64;
+        for i in 0..BUCKETS {
+            let (low, width) = bucket(i);
+            assert_eq!(low, next, "bucket {i}");
+            assert_eq!(index(low), i);
+            assert_eq!(index(low + (width - 1)), i);
+            // At most 1/32 of the value wide.
+            assert!(
+                width == 1 || width * 32 <= low,
+                "bucket {i}: {low} + {width}"
+            );
+            next = low.wrapping_add(width);
+        }
+        assert_eq!(next, 0, "the last bucket ends at u64::MAX");
+
+        let mut h = Histogram::new();
+        assert_eq!(h.quantile(0.5), 0);
+        for us in 1..=1000u64 {
+            h.record(us * 1000);
+        }
+        assert_eq!(h.count(), 1000);
+        assert_eq!(h.mean(), 500_500);
+        let within = |got: u64, want: u64| got.abs_diff(want) * 32 <= want;
+        assert!(within(h.quantile(0.5), 500_000), "{}", h.quantile(0.5));
+        assert!(within(h.quantile(0.99), 990_000), "{}", h.quantile(0.99));
+        assert_eq!(h.quantile(1.0), 1_000_000, "never above the maximum");
+        let v: Value = serde_json::from_str(&h.json_us()).unwrap();
+        assert_eq!(v["max"], 1000.0);
+        assert_eq!(v["mean"], 500.5);
+        assert!(
+            v["p90"].as_f64().unwrap() > 870.0 && v["p90"].as_f64().unwrap() < 930.0,
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn long_guest_lines_are_joined() {
+        let json = format!(
+            "{{\"bench\":\"echo\",\"pad\":\"{}\",\"errors\":0}}",
+            "x".repeat(2 * GUEST_LINE_MAX)
+        );
+        let (a, rest) = json.split_at(GUEST_LINE_MAX);
+        let (b, c) = rest.split_at(GUEST_LINE_MAX);
+        let console = format!(
+            "[hv] guest eb-0 started\neb-0| {a}\nother-0| {{\"x\":1}}\neb-0| {b}\n[hv] noise\neb-0| {c}\n\
+             eb-0| short line\n"
+        );
+        let got = guest_json(&console);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0], ("other-0".to_string(), json!({"x": 1})));
+        assert_eq!(got[1].0, "eb-0");
+        assert_eq!(got[1].1["errors"], 0);
+        assert_eq!(got[1].1["pad"].as_str().unwrap().len(), 2 * GUEST_LINE_MAX);
+        let mut g = GuestLines::default();
+        assert_eq!(
+            g.push("eb-0| short line"),
+            Some(("eb-0".into(), "short line".into()))
+        );
+        assert_eq!(g.push("[hv] guest eb-0 exited with code 0"), None);
+    }
+
+    #[test]
+    fn guest_end_lines() {
+        assert!(guest_ended(
+            "[hv] guest echo-bench-0 exited with code 0",
+            "echo-bench-0"
+        ));
+        assert!(guest_ended(
+            "\r[hv] guest http-0 stopped: page fault",
+            "http-0"
+        ));
+        assert!(guest_ended(
+            "[hv] guest http-0 not started: no image",
+            "http-0"
+        ));
+        assert!(!guest_ended(
+            "[hv] guest http-0 started (image http.hermit)",
+            "http-0"
+        ));
+        assert!(!guest_ended(
+            "[hv] guest http-load-0 exited with code 0",
+            "http-0"
+        ));
+        assert!(!guest_ended("http-0| [hv] guest http-0 exited", "http-0"));
+    }
+
+    #[test]
+    fn wrk_output_is_parsed() {
+        let out = "Running 2s test @ http://127.0.0.1:18080/
+  1 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   227.24us  180.87us   4.49ms   97.50%
+    Req/Sec    36.75k     7.06k   53.43k    65.00%
+  Latency Distribution
+     50%  207.00us
+     75%  255.00us
+     90%    1.31ms
+     99%    2.00s
+  72893 requests in 2.00s, 87.80MB read
+  Socket errors: connect 0, read 2, write 1, timeout 4
+  Non-2xx or 3xx responses: 5
+Requests/sec:  36441.16
+Transfer/sec:     43.89MB
+";
+        let v = parse_wrk(out).unwrap();
+        assert_eq!(v["requests"], 72893);
+        assert_eq!(v["requests_per_sec"], 36441.16);
+        let lat = &v["latency_us"];
+        assert_eq!(lat["p50"], 207.0);
+        assert_eq!(lat["p90"], 1310.0);
+        assert_eq!(lat["p99"], 2e6);
+        assert_eq!(lat["mean"], 227.24);
+        assert_eq!(lat["max"], 4490.0);
+        assert_eq!(v["socket_errors"], 7);
+        assert_eq!(v["non_2xx_3xx"], 5);
+        assert_eq!(v["errors"], 12);
+        assert_eq!(rate_of(&v), Some(36441.16));
+        assert!(parse_wrk("unable to connect to 127.0.0.1:1 Connection refused").is_none());
+    }
+
+    #[test]
+    fn net_settings_fit_the_time_budget() {
+        for quick in [false, true] {
+            let st = NetSettings::new(quick);
+            let secs = (st.echo_connections.len() as u64 * (st.echo_ms + st.warmup_ms)
+                + st.http_ms
+                + st.warmup_ms)
+                / 1000
+                * 2
+                + 2 * (st.host_secs + 1);
+            // Measurement time on both sides; boots and builds come on top.
+            assert!(secs < if quick { 30 } else { 150 }, "{secs} s");
+        }
+        let st = NetSettings::new(false);
+        assert_eq!(st.echo_list(), "1,16");
+        assert_eq!(st.json()["http"]["body_bytes"], 1024);
     }
 
     #[test]

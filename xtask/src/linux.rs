@@ -11,7 +11,13 @@
 //! - [`build_peer_program`] compiles `peer/peer.c` with `gcc -static -O2`;
 //! - [`Cpio`] writes a cpio "newc" archive by hand, [`initramfs`] fills it;
 //! - [`boot`] runs QEMU with a time limit and returns the console lines,
-//!   each with the time it arrived.
+//!   each with the time it arrived; [`boot_interactive`] also lets the
+//!   caller type on the console or stop QEMU as lines arrive.
+//!
+//! For `bench net`: [`ensure_net_tools`] (nginx-light, wrk), [`Tree`]
+//! (files with their parent directories, dynamically linked programs with
+//! the libraries `ldd` names), [`add_nginx`], [`add_virtio_net`],
+//! [`net_init_script`] and [`nic_args`].
 
 use std::fs;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -33,7 +39,7 @@ use crate::workspace_root;
 pub const BUSYBOX: &str = "/bin/busybox";
 
 /// The peer's benchmark program, compiled into `target/bench/peer`.
-const PEER_SOURCE: &str = "xtask/src/peer/peer.c";
+const PEER_SOURCES: &[&str] = &["xtask/src/peer/peer.c", "xtask/src/peer/net.c"];
 
 /// The kernel command line the peer boots with.
 pub const CMDLINE: &str = "console=ttyS0 quiet panic=-1";
@@ -209,7 +215,7 @@ fn version_key(v: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
-/// Compiles `peer/peer.c` into `target/bench/peer` (`gcc -static -O2`)
+/// Compiles `peer/peer.c` and `peer/net.c` into `target/bench/peer` (`gcc -static -O2`)
 /// and checks that the result is static.
 pub fn build_peer_program() -> Result<PathBuf> {
     let root = workspace_root();
@@ -219,7 +225,7 @@ pub fn build_peer_program() -> Result<PathBuf> {
         .current_dir(root)
         .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
         .arg(&out)
-        .arg(PEER_SOURCE))?;
+        .args(PEER_SOURCES))?;
     if !is_static_elf(&out) {
         bail!("{} is not a static executable", out.display());
     }
@@ -309,7 +315,7 @@ impl Cpio {
 /// The busybox applets `/init` uses, linked in `/bin`.
 const APPLETS: &[&str] = &[
     "sh", "mount", "mkdir", "cat", "echo", "printf", "cut", "dmesg", "sed", "head", "uname",
-    "poweroff", "sleep", "true", "false",
+    "poweroff", "sleep", "true", "false", "ip", "insmod", "kill", "tr",
 ];
 
 /// `/init` for the peer: mounts /proc, /sys and /dev, prints
@@ -346,23 +352,359 @@ poweroff -f
 /// The peer's initramfs, gzip'd: busybox and its applet links in /bin,
 /// `peer` as /bin/peer, `/init`, /dev/console, and empty /proc, /sys, /tmp.
 pub fn initramfs(init: &str, peer: &Path) -> Result<Vec<u8>> {
+    initramfs_with(init, peer, |_| Ok(()))
+}
+
+/// Like [`initramfs`], with more files that `extra` adds.
+pub fn initramfs_with(
+    init: &str,
+    peer: &Path,
+    extra: impl FnOnce(&mut Tree) -> Result<()>,
+) -> Result<Vec<u8>> {
     let busybox = fs::read(BUSYBOX).with_context(|| format!("reading {BUSYBOX}"))?;
     let peer = fs::read(peer).with_context(|| format!("reading {}", peer.display()))?;
-    let mut cpio = Cpio::new();
+    let mut tree = Tree::default();
     for dir in ["bin", "dev", "proc", "sys", "tmp"] {
-        cpio.dir(dir);
+        tree.dir(dir);
     }
     // The kernel opens /dev/console for /init before anything is mounted.
-    cpio.char_dev("dev/console", 5, 1);
-    cpio.file("bin/busybox", 0o755, &busybox);
+    tree.cpio.char_dev("dev/console", 5, 1);
+    tree.file("bin/busybox", 0o755, &busybox);
     for applet in APPLETS {
-        cpio.symlink(&format!("bin/{applet}"), "busybox");
+        tree.symlink(&format!("bin/{applet}"), "busybox");
     }
-    cpio.file("bin/peer", 0o755, &peer);
-    cpio.file("init", 0o755, init.as_bytes());
+    tree.file("bin/peer", 0o755, &peer);
+    tree.file("init", 0o755, init.as_bytes());
+    extra(&mut tree)?;
     let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
-    gz.write_all(&cpio.finish())?;
+    gz.write_all(&tree.cpio.finish())?;
     Ok(gz.finish()?)
+}
+
+/// A [`Cpio`] that creates each file's parent directories first, once.
+#[derive(Default)]
+pub struct Tree {
+    cpio: Cpio,
+    dirs: std::collections::BTreeSet<String>,
+}
+
+impl Tree {
+    /// `path` and its parents (relative, `a/b/c`), unless already there.
+    pub fn dir(&mut self, path: &str) {
+        let path = path.trim_matches('/');
+        if path.is_empty() || self.dirs.contains(path) {
+            return;
+        }
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
+        }
+        self.cpio.dir(path);
+        self.dirs.insert(path.to_string());
+    }
+
+    fn parent(&mut self, path: &str) -> String {
+        let path = path.trim_start_matches('/');
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
+        }
+        path.to_string()
+    }
+
+    /// A regular file (parents created as needed).
+    pub fn file(&mut self, path: &str, perm: u32, data: &[u8]) {
+        let path = self.parent(path);
+        self.cpio.file(&path, perm, data);
+    }
+
+    /// A symbolic link (parents created as needed).
+    pub fn symlink(&mut self, path: &str, target: &str) {
+        let path = self.parent(path);
+        self.cpio.symlink(&path, target);
+    }
+
+    /// The host file `host` at `path` (symbolic links followed), with its
+    /// permission bits.
+    pub fn copy(&mut self, host: &Path, path: &str) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let data = fs::read(host).with_context(|| format!("reading {}", host.display()))?;
+        let perm = fs::metadata(host)?.permissions().mode() & 0o777;
+        self.file(path, perm, &data);
+        Ok(())
+    }
+
+    /// A dynamically linked host program at the same path, with the shared
+    /// libraries `ldd` names and the program interpreter, each at the path
+    /// `ldd` gives.
+    pub fn dynamic_program(&mut self, program: &Path) -> Result<()> {
+        let out = Command::new("ldd")
+            .arg(program)
+            .output()
+            .context("running ldd")?;
+        if !out.status.success() {
+            bail!(
+                "ldd {} failed: {}",
+                program.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        self.copy(program, &program.display().to_string())?;
+        for lib in ldd_paths(&String::from_utf8_lossy(&out.stdout)) {
+            self.copy(&lib, &lib.display().to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// The files `ldd` output names: `libx.so => /path (0x...)` and the
+/// interpreter `/lib64/ld-linux-x86-64.so.2 (0x...)`; not the vDSO.
+pub fn ldd_paths(ldd: &str) -> Vec<PathBuf> {
+    ldd.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+/// The virtio modules a Debian kernel needs for a virtio-net NIC, in
+/// insmod order.
+pub const VIRTIO_NET_MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "failover",
+    "net_failover",
+    "virtio_net",
+];
+
+impl Kernel {
+    /// The file of module `name` (`name.ko`, uncompressed) in this kernel's tree.
+    pub fn module(&self, name: &str) -> Result<PathBuf> {
+        fn find(dir: &Path, file: &str) -> Option<PathBuf> {
+            for e in fs::read_dir(dir).ok()?.flatten() {
+                let p = e.path();
+                if e.file_type().ok()?.is_dir() {
+                    if let Some(found) = find(&p, file) {
+                        return Some(found);
+                    }
+                } else if e.file_name() == file {
+                    return Some(p);
+                }
+            }
+            None
+        }
+        find(&self.modules.join("kernel"), &format!("{name}.ko")).with_context(|| {
+            format!(
+                "no {name}.ko under {} (compressed modules are not supported)",
+                self.modules.display()
+            )
+        })
+    }
+}
+
+/// nginx (Debian's `nginx-light`) and `wrk` for the network benchmark.
+pub const NGINX: &str = "/usr/sbin/nginx";
+
+/// Makes sure nginx and wrk are installed (as root: apt-get install
+/// nginx-light wrk when missing). Returns, for each, its path or why it is
+/// not there.
+pub fn ensure_net_tools() -> (Result<PathBuf, String>, Result<PathBuf, String>) {
+    let wrk = || {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join("wrk"))
+            .find(|p| p.is_file())
+    };
+    let mut missing = Vec::new();
+    if !Path::new(NGINX).is_file() {
+        missing.push("nginx-light");
+    }
+    if wrk().is_none() {
+        missing.push("wrk");
+    }
+    let mut why = String::new();
+    if !missing.is_empty() {
+        let command = format!("apt-get install -y {}", missing.join(" "));
+        if is_root().unwrap_or(false) {
+            eprintln!(
+                "bench: installing {} for the network benchmark",
+                missing.join(", ")
+            );
+            let apt = || {
+                let mut cmd = Command::new("apt-get");
+                cmd.env("DEBIAN_FRONTEND", "noninteractive");
+                cmd
+            };
+            if run(apt().args(["install", "-y"]).args(&missing)).is_err() {
+                let _ = run(apt().arg("update"));
+                if let Err(e) = run(apt().args(["install", "-y"]).args(&missing)) {
+                    why = format!("`{command}` failed: {e:#}");
+                }
+            }
+        } else {
+            why = format!("not installed (run: sudo {command})");
+        }
+    }
+    let nginx = if Path::new(NGINX).is_file() {
+        Ok(PathBuf::from(NGINX))
+    } else {
+        Err(format!("{NGINX} {why}"))
+    };
+    let wrk = wrk().ok_or_else(|| format!("wrk {why}"));
+    (nginx, wrk)
+}
+
+/// What the Linux peer of `bench net` runs, in order: the echo server and
+/// client over loopback, then nginx and the HTTP load over loopback, then
+/// (with `nic`) eth0 up with nginx serving the host until a line is typed
+/// on the console.
+#[derive(Clone, Debug)]
+pub struct NetPlan {
+    /// `peer echo-client` settings: connections (e.g. "1,16"), message bytes, duration.
+    pub echo_connections: String,
+    pub message_bytes: usize,
+    /// `DURATION_MS` or `COUNTx`, as the guests take it.
+    pub echo_length: String,
+    /// nginx is in the initramfs.
+    pub nginx: bool,
+    pub http_connections: String,
+    pub http_length: String,
+    pub body_bytes: usize,
+    /// Unmeasured round trips or requests before each run, in ms.
+    pub warmup_ms: u64,
+    /// Insmod virtio-net, bring eth0 up as 10.0.2.15/24, serve the host.
+    pub nic: bool,
+}
+
+/// The port the peer's echo server and nginx listen on (as our guests).
+pub const ECHO_PORT: u16 = 7;
+pub const HTTP_PORT: u16 = 80;
+
+/// `/init` for `bench net`. Every result is a JSON line: `{"peer":"up",...}`,
+/// the clients' `{"bench":"echo"|"http",...}`, `{"peer":"failed","command":C}`
+/// for a part that did not work (the rest still runs),
+/// `{"peer":"serving","ip":"10.0.2.15","port":80}` when the host may start
+/// its load (the host then types a line), `{"peer":"done","status":16}`.
+pub fn net_init_script(plan: &NetPlan) -> String {
+    let mut s = String::from(
+        r#"#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+export LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu
+mhz=$(dmesg | sed -n 's/.*tsc: Detected \([0-9.]*\) MHz.*/\1/p' | head -n 1)
+printf '{"peer":"up","kernel":"%s","uptime_s":%s,"tsc_mhz":%s,"meltdown":"%s","spectre_v2":"%s","clocksource":"%s"}\n' \
+  "$(uname -r)" "$(cut -d' ' -f1 /proc/uptime)" "${mhz:-null}" \
+  "$(cat /sys/devices/system/cpu/vulnerabilities/meltdown 2>/dev/null)" \
+  "$(cat /sys/devices/system/cpu/vulnerabilities/spectre_v2 2>/dev/null)" \
+  "$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null)"
+failed() { printf '{"peer":"failed","command":"%s"}\n' "$1"; }
+ip link set lo up || failed "ip link set lo up"
+"#,
+    );
+    s += &format!(
+        "/bin/peer echo-server {ECHO_PORT} &\necho_server=$!\n\
+         /bin/peer echo-client 127.0.0.1 {ECHO_PORT} {} {} {} {} || failed echo-client\n\
+         kill $echo_server\n",
+        plan.echo_connections, plan.message_bytes, plan.echo_length, plan.warmup_ms
+    );
+    if plan.nginx {
+        s += &format!(
+            "if nginx -c /etc/nginx/nginx.conf; then\n  \
+             /bin/peer http-load 127.0.0.1 {HTTP_PORT} / {} {} {} || failed http-load\n\
+             else\n  failed nginx\nfi\n",
+            plan.http_connections, plan.http_length, plan.warmup_ms
+        );
+    }
+    if plan.nic {
+        let insmods: Vec<String> = VIRTIO_NET_MODULES
+            .iter()
+            .map(|m| format!("insmod /lib/modules/{m}.ko"))
+            .collect();
+        s += &format!(
+            "if {} && ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up; then\n  \
+             printf '{{\"peer\":\"serving\",\"ip\":\"10.0.2.15\",\"port\":{HTTP_PORT}}}\\n'\n  \
+             read -r reply\nelse\n  failed eth0\nfi\n",
+            insmods.join(" && ")
+        );
+    }
+    s += r#"printf '{"peer":"done","status":16}\n'
+/bin/peer debug-exit 16
+poweroff -f
+"#;
+    s
+}
+
+/// nginx's configuration for the peer: one process (`daemon on;
+/// master_process off; user root;`), no logs, keep-alive without a request
+/// limit, `/` answering `body_bytes` bytes from memory (`return 200`, the
+/// cheapest way nginx answers) or, above 2 KiB (longer than a
+/// configuration token may be), from `/www/index.html` with the file cache
+/// on; everything else 404.
+pub fn nginx_conf(body_bytes: usize) -> (String, Option<Vec<u8>>) {
+    let body = "x".repeat(body_bytes);
+    let (root, file) = if body_bytes <= 2048 {
+        (format!("location = / {{ return 200 \"{body}\"; }}"), None)
+    } else {
+        (
+            "location = / { root /www; index index.html; }\n    location = /index.html { root /www; }"
+                .to_string(),
+            Some(body.into_bytes()),
+        )
+    };
+    let conf = format!(
+        "daemon on;\nmaster_process off;\nuser root;\nworker_processes 1;\n\
+         error_log /tmp/nginx-error.log error;\npid /tmp/nginx.pid;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 100000000;\n  keepalive_timeout 600s;\n  \
+         default_type text/plain;\n  open_file_cache max=16;\n  \
+         server {{\n    listen {HTTP_PORT} backlog=1024;\n    {root}\n    location / {{ return 404; }}\n  }}\n}}\n"
+    );
+    (conf, file)
+}
+
+/// Adds nginx (with its libraries), its configuration and the files and
+/// directories it needs (DESIGN.md, "The Linux peer") to `tree`.
+pub fn add_nginx(tree: &mut Tree, nginx: &Path, body_bytes: usize) -> Result<()> {
+    tree.dynamic_program(nginx)?;
+    tree.symlink("bin/nginx", &nginx.display().to_string());
+    let (conf, file) = nginx_conf(body_bytes);
+    tree.file("etc/nginx/nginx.conf", 0o644, conf.as_bytes());
+    if let Some(body) = file {
+        tree.file("www/index.html", 0o644, &body);
+    }
+    tree.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
+    tree.file("etc/group", 0o644, b"root:x:0:\n");
+    for dir in ["var/lib/nginx", "var/log/nginx", "run", "var/lock", "root"] {
+        tree.dir(dir);
+    }
+    Ok(())
+}
+
+/// Adds the virtio-net modules of `kernel` as `/lib/modules/NAME.ko`.
+pub fn add_virtio_net(tree: &mut Tree, kernel: &Kernel) -> Result<()> {
+    for m in VIRTIO_NET_MODULES {
+        let path = kernel.module(m)?;
+        tree.copy(&path, &format!("lib/modules/{m}.ko"))?;
+    }
+    Ok(())
+}
+
+/// QEMU's NIC for the peer: virtio-net (modern, as our uplink) on a user
+/// network with host 127.0.0.1:`host_port` forwarded to its port 80.
+pub fn nic_args(host_port: u16) -> Vec<String> {
+    vec![
+        "-netdev".into(),
+        format!("user,id=n0,hostfwd=tcp:127.0.0.1:{host_port}-:{HTTP_PORT}"),
+        "-device".into(),
+        "virtio-net-pci,netdev=n0,disable-legacy=on".into(),
+    ]
 }
 
 /// What a peer boot produced.
@@ -419,6 +761,17 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// What [`boot_interactive`]'s line callback wants done next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Keep going.
+    Continue,
+    /// Type these bytes on the serial console (QEMU's stdin).
+    Type(Vec<u8>),
+    /// Stop QEMU now (a normal end for a machine that runs until stopped).
+    Stop,
+}
+
 /// Runs QEMU with `args`, stdin closed, collecting console lines as they
 /// arrive (`on_line` sees each one, e.g. for progress messages) until QEMU
 /// exits or `timeout` passes (then it is killed).
@@ -427,14 +780,32 @@ pub fn boot(
     timeout: Duration,
     mut on_line: impl FnMut(Duration, &str),
 ) -> Result<Console> {
+    boot_interactive(args, timeout, |t, line| {
+        on_line(t, line);
+        Reply::Continue
+    })
+}
+
+/// Runs QEMU with `args`, collecting console lines as they arrive; for each
+/// line `on_line` may type on the console or stop QEMU (it may also take its
+/// time, e.g. to run a load generator against the machine: lines keep
+/// being collected meanwhile). Ends when QEMU exits, when `on_line` says
+/// [`Reply::Stop`] (`status` is then `None`, `timed_out` false), or after
+/// `timeout` (QEMU is killed).
+pub fn boot_interactive(
+    args: &[String],
+    timeout: Duration,
+    mut on_line: impl FnMut(Duration, &str) -> Reply,
+) -> Result<Console> {
     let mut cmd = Command::new(QEMU);
     cmd.args(args)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     echo(&cmd);
     let start = Instant::now();
     let mut child = KillOnDrop(cmd.spawn().context("starting QEMU")?);
+    let mut stdin = child.0.stdin.take();
     let stdout = child.0.stdout.take().expect("piped stdout");
     let mut stderr = child.0.stderr.take().expect("piped stderr");
     let (tx, rx) = mpsc::channel();
@@ -458,14 +829,32 @@ pub fn boot(
     });
     let deadline = start + timeout;
     let mut lines = Vec::new();
-    let mut take = |rx: &mpsc::Receiver<(Duration, String)>, wait: Duration, lines: &mut Vec<_>| {
+    let mut stopped = false;
+    let mut take = |rx: &mpsc::Receiver<(Duration, String)>,
+                    wait: Duration,
+                    lines: &mut Vec<_>,
+                    stdin: &mut Option<std::process::ChildStdin>|
+     -> bool {
         while let Ok((t, line)) = rx.recv_timeout(wait) {
-            on_line(t, &line);
+            let reply = on_line(t, &line);
             lines.push((t, line));
+            match reply {
+                Reply::Continue => {}
+                Reply::Type(bytes) => {
+                    if let Some(w) = stdin.as_mut() {
+                        let _ = w.write_all(&bytes).and_then(|()| w.flush());
+                    }
+                }
+                Reply::Stop => return true,
+            }
         }
+        false
     };
     let status = loop {
-        take(&rx, Duration::from_millis(20), &mut lines);
+        if take(&rx, Duration::from_millis(20), &mut lines, &mut stdin) {
+            stopped = true;
+            break None;
+        }
         if let Some(status) = child.0.try_wait().context("waiting for QEMU")? {
             break Some(status);
         }
@@ -474,13 +863,17 @@ pub fn boot(
         }
     };
     let elapsed = start.elapsed();
+    drop(stdin);
     drop(child); // kills QEMU if it still runs, which ends the readers
     let _ = reader.join();
-    take(&rx, Duration::ZERO, &mut lines);
+    if !stopped {
+        // The last lines, after QEMU ended (nothing can be typed now).
+        take(&rx, Duration::ZERO, &mut lines, &mut None);
+    }
     Ok(Console {
         lines,
         status: status.and_then(|s| s.code()),
-        timed_out: status.is_none(),
+        timed_out: status.is_none() && !stopped,
         stderr: err_reader.join().unwrap_or_default(),
         elapsed,
     })
@@ -536,6 +929,105 @@ mod tests {
         let mut v = vec!["6.1.0-10-amd64", "6.1.0-9-amd64", "5.10.0-30-amd64"];
         v.sort_by_key(|v| version_key(v));
         assert_eq!(v, ["5.10.0-30-amd64", "6.1.0-9-amd64", "6.1.0-10-amd64"]);
+    }
+
+    #[test]
+    fn ldd_output_names_libraries_and_the_interpreter() {
+        let out = "\tlinux-vdso.so.1 (0x00007ff3d2930000)
+\tlibcrypt.so.1 => /lib/x86_64-linux-gnu/libcrypt.so.1 (0x00007ff3d278c000)
+\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007ff3d1e1e000)
+\tlibmissing.so => not found
+\t/lib64/ld-linux-x86-64.so.2 (0x00007ff3d2932000)
+";
+        let paths: Vec<String> = ldd_paths(out)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "/lib/x86_64-linux-gnu/libcrypt.so.1",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
+    }
+
+    #[test]
+    fn tree_creates_parents_once() {
+        let mut t = Tree::default();
+        t.dir("bin");
+        t.file("var/lib/nginx/x", 0o644, b"1");
+        t.file("var/lib/y", 0o644, b"2");
+        t.symlink("/lib64/ld.so", "/lib/ld.so");
+        let out = t.cpio.finish();
+        let count = |name: &[u8]| out.windows(name.len()).filter(|w| w == &name).count();
+        assert_eq!(count(b"var\0"), 1);
+        assert_eq!(count(b"var/lib\0"), 1);
+        assert_eq!(count(b"var/lib/nginx\0"), 1);
+        assert_eq!(count(b"lib64\0"), 1);
+        assert_eq!(count(b"lib64/ld.so\0"), 1);
+        let at = |name: &[u8]| out.windows(name.len()).position(|w| w == name).unwrap();
+        assert!(at(b"var/lib\0") < at(b"var/lib/nginx\0"));
+        assert!(at(b"var/lib/nginx\0") < at(b"var/lib/nginx/x\0"));
+    }
+
+    #[test]
+    fn net_init_runs_the_plan() {
+        let mut plan = NetPlan {
+            echo_connections: "1,16".into(),
+            message_bytes: 64,
+            echo_length: "10000".into(),
+            nginx: true,
+            http_connections: "16".into(),
+            http_length: "10000".into(),
+            body_bytes: 1024,
+            warmup_ms: 1000,
+            nic: true,
+        };
+        let s = net_init_script(&plan);
+        assert!(s.contains("mount -t tmpfs tmpfs /tmp"));
+        assert!(s.contains("ip link set lo up"));
+        assert!(s.contains("/bin/peer echo-server 7 &"));
+        assert!(s.contains(
+            "/bin/peer echo-client 127.0.0.1 7 1,16 64 10000 1000 || failed echo-client"
+        ));
+        assert!(s.contains("if nginx -c /etc/nginx/nginx.conf; then"));
+        assert!(s.contains("/bin/peer http-load 127.0.0.1 80 / 16 10000 1000 || failed http-load"));
+        assert!(s.contains("insmod /lib/modules/virtio_ring.ko && insmod /lib/modules/virtio.ko"));
+        assert!(s.contains("ip addr add 10.0.2.15/24 dev eth0"));
+        assert!(s.contains("read -r reply"));
+        assert!(s.ends_with("/bin/peer debug-exit 16\npoweroff -f\n"));
+        plan.nginx = false;
+        plan.nic = false;
+        let s = net_init_script(&plan);
+        assert!(!s.contains("nginx") && !s.contains("insmod") && !s.contains("read -r"));
+        for applet in ["ip", "insmod", "kill"] {
+            assert!(APPLETS.contains(&applet), "{applet}");
+        }
+    }
+
+    #[test]
+    fn nginx_answers_from_memory_or_a_file() {
+        let (conf, file) = nginx_conf(1024);
+        assert!(file.is_none());
+        assert!(conf.contains(&format!(
+            "location = / {{ return 200 \"{}\"; }}",
+            "x".repeat(1024)
+        )));
+        for line in [
+            "daemon on;",
+            "master_process off;",
+            "user root;",
+            "access_log off;",
+            "listen 80 backlog=1024;",
+        ] {
+            assert!(conf.contains(line), "{line}");
+        }
+        let (conf, file) = nginx_conf(100_000);
+        assert_eq!(file.map(|f| f.len()), Some(100_000));
+        assert!(conf.contains("root /www;"));
+        assert_eq!(conf.matches('{').count(), conf.matches('}').count());
     }
 
     #[test]

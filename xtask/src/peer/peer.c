@@ -14,6 +14,8 @@
  *   peer exit              exits 0 at once (the exec target)
  *   peer debug-exit CODE   ends QEMU through isa-debug-exit (port 0xf4):
  *                          QEMU exits with status (CODE << 1) | 1
+ *   peer echo-server PORT, peer echo-client ..., peer http-load ...
+ *                          the network workloads of `bench net` (net.c)
  *
  * The method (warm-up, rounds, median) is the same as apps/bench's, so the
  * two columns of the table measure the same thing.
@@ -29,6 +31,8 @@
 #include <time.h>
 #include <unistd.h>
 #include <x86intrin.h>
+
+#include "net.h"
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -139,6 +143,14 @@ int main(int argc, char **argv) {
         outb((unsigned char)code, 0xf4);
         return 1; /* still running: there is no isa-debug-exit device */
     }
-    fprintf(stderr, "usage: peer getppid N ROUNDS | spawn K | exit | debug-exit CODE\n");
+    if (!strcmp(cmd, "echo-server"))
+        return echo_server((int)number(argc > 2 ? argv[2] : NULL, "PORT"));
+    if (!strcmp(cmd, "echo-client"))
+        return echo_client(argc - 2, argv + 2);
+    if (!strcmp(cmd, "http-load"))
+        return http_load(argc - 2, argv + 2);
+    fprintf(stderr, "usage: peer getppid N ROUNDS | spawn K | exit | debug-exit CODE | echo-server PORT |\n"
+                    "       echo-client IP PORT CONNECTIONS MESSAGE_BYTES DURATION_MS|COUNTx |\n"
+                    "       http-load IP PORT PATH CONNECTIONS DURATION_MS|COUNTx\n");
     return 2;
 }

@@ -1,0 +1,228 @@
+//! Load generator for the echo guest (`apps/echo`): `CONNECTIONS` TCP
+//! connections, a task each, each sending a `MESSAGE_BYTES` message and
+//! waiting for all of its echo (checked byte for byte) before the next one,
+//! round after round, for `DURATION` (milliseconds, e.g. `10000`) or for a
+//! count of round trips per connection (e.g. `500x`).
+//!
+//! ```text
+//! echo-bench IP PORT CONNECTIONS MESSAGE_BYTES DURATION [WARMUP_MS]
+//! ```
+//!
+//! Prints one JSON line, then exits 0 (also when there were errors, which
+//! the line counts):
+//!
+//! ```text
+//! {"bench":"echo","connections":16,"message_bytes":64,"duration_ms":10004.1,"round_trips":91234,
+//!  "round_trips_per_sec":9119.6,"bytes_per_sec":583654.4,
+//!  "latency_us":{"p50":1701.4,"p90":2105.3,"p99":3002.1,"max":9123.0,"mean":1742.0},"errors":0}
+//! ```
+//!
+//! `CONNECTIONS` may be a list (`1,16`): each setting runs in turn and
+//! prints its own line. The connections are made (retrying for up to 10 s
+//! while the server is not yet listening) before the clock starts, and with
+//! `WARMUP_MS` they first run that long unmeasured (under TCG the first
+//! round trips also pay for translating the code); `duration_ms` runs from
+//! the start until the last connection finished its last round trip. A round trip's latency is from just before its write to
+//! the end of its echo (`libos::time::Instant`), kept in a log-linear
+//! histogram (`hist.rs`), not sample by sample. `bytes_per_sec` counts
+//! payload bytes echoed (each crosses the network twice). An error is a
+//! connection that could not be made, ended early, echoed different bytes,
+//! or was still stuck 10 s after the end; it stops that connection only.
+#![no_std]
+#![no_main]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+mod hist;
+
+use alloc::rc::Rc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::RefCell;
+use core::time::Duration;
+use hist::Histogram;
+use libos::net::{Ipv4, TcpStream};
+use libos::println;
+use libos::task::{sleep, spawn};
+use libos::time::Instant;
+
+libos::main!(async main);
+
+/// How long a run lasts, as given.
+#[derive(Clone, Copy)]
+enum Length {
+    Millis(u64),
+    /// Round trips per connection.
+    Count(u64),
+}
+
+/// When each connection stops.
+#[derive(Clone, Copy)]
+enum Until {
+    /// Start no round trip after this.
+    Time(Instant),
+    /// This many round trips.
+    Count(u64),
+}
+
+#[derive(Default)]
+struct Stats {
+    hist: Histogram,
+    errors: u64,
+    finished: usize,
+    last_end: Option<Instant>,
+}
+
+/// The connections, by id; a phase takes them out and puts back those
+/// that are still good.
+type Slots = Rc<RefCell<Vec<Option<TcpStream>>>>;
+
+/// Connects, retrying while the server is not yet there (refused) for up to `patience`.
+async fn connect(ip: Ipv4, port: u16, patience: Duration) -> Option<TcpStream> {
+    let give_up = Instant::now().saturating_add(patience);
+    loop {
+        match TcpStream::connect(ip, port).await {
+            Ok(c) => return Some(c),
+            Err(_) if Instant::now() < give_up => sleep(Duration::from_millis(100)).await,
+            Err(_) => return None,
+        }
+    }
+}
+
+async fn connection(mut conn: TcpStream, id: usize, len: usize, until: Until, stats: Rc<RefCell<Stats>>, slots: Slots) {
+    let mut msg: Vec<u8> = (0..len).map(|j| (j * 7 + id * 13) as u8).collect();
+    let mut back = vec![0u8; len];
+    let mut round: u64 = 0;
+    let ok = 'rounds: loop {
+        match until {
+            Until::Time(deadline) if Instant::now() >= deadline => break true,
+            Until::Count(n) if round >= n => break true,
+            _ => {}
+        }
+        // Vary the message from round to round (its first bytes carry the round).
+        for (b, r) in msg.iter_mut().zip(round.to_le_bytes()) {
+            *b = r;
+        }
+        let t0 = Instant::now();
+        if conn.write_all(&msg).await.is_err() {
+            break false;
+        }
+        let mut got = 0;
+        while got < len {
+            match conn.read(&mut back[got..]).await {
+                Ok(0) | Err(_) => break 'rounds false,
+                Ok(n) => got += n,
+            }
+        }
+        let ns = t0.elapsed().as_nanos() as u64;
+        if back != msg {
+            break false;
+        }
+        stats.borrow_mut().hist.record(ns);
+        round += 1;
+    };
+    let mut s = stats.borrow_mut();
+    if ok {
+        slots.borrow_mut()[id] = Some(conn);
+    } else {
+        s.errors += 1; // and `conn` is dropped, which closes it
+    }
+    s.finished += 1;
+    s.last_end = Some(Instant::now());
+}
+
+/// What one phase measured.
+struct Phase {
+    hist: Histogram,
+    errors: u64,
+    secs: f64,
+}
+
+/// Runs every connection in `slots` for `length`.
+async fn phase(slots: &Slots, len: usize, length: Length) -> Phase {
+    let stats = Rc::new(RefCell::new(Stats::default()));
+    let start = Instant::now();
+    let until = match length {
+        Length::Millis(ms) => Until::Time(start.saturating_add(Duration::from_millis(ms))),
+        Length::Count(n) => Until::Count(n),
+    };
+    let conns: Vec<(usize, TcpStream)> =
+        slots.borrow_mut().iter_mut().enumerate().filter_map(|(id, slot)| Some((id, slot.take()?))).collect();
+    let running = conns.len();
+    for (id, conn) in conns {
+        spawn(connection(conn, id, len, until, stats.clone(), slots.clone()));
+    }
+    // Wait for every connection, giving up on stuck ones 10 s after the end
+    // (a count run may take up to 10 minutes).
+    let hard = match until {
+        Until::Time(deadline) => deadline.saturating_add(Duration::from_secs(10)),
+        Until::Count(_) => start.saturating_add(Duration::from_secs(600)),
+    };
+    while stats.borrow().finished < running && Instant::now() < hard {
+        sleep(Duration::from_millis(10)).await;
+    }
+    let mut s = stats.borrow_mut();
+    let stuck = (running - s.finished) as u64;
+    let end = if stuck > 0 { Instant::now() } else { s.last_end.unwrap_or(start) };
+    Phase {
+        hist: core::mem::take(&mut s.hist),
+        errors: s.errors + stuck,
+        secs: end.duration_since(start).as_nanos() as f64 / 1e9,
+    }
+}
+
+async fn run(ip: Ipv4, port: u16, connections: usize, len: usize, length: Length, warmup_ms: u64) {
+    // Connect everything first, concurrently.
+    let connecting: Vec<_> = (0..connections).map(|_| spawn(connect(ip, port, Duration::from_secs(10)))).collect();
+    let slots: Slots = Rc::new(RefCell::new(libos::task::join_all(connecting).await));
+    let mut errors = slots.borrow().iter().filter(|c| c.is_none()).count() as u64;
+    if warmup_ms > 0 {
+        errors += phase(&slots, len, Length::Millis(warmup_ms)).await.errors;
+    }
+    let Phase { hist, errors: phase_errors, secs } = phase(&slots, len, length).await;
+    slots.borrow_mut().clear(); // closes them
+    let trips = hist.count();
+    let per_sec = |x: f64| if secs > 0.0 { x / secs } else { 0.0 };
+    println!(
+        "{{\"bench\":\"echo\",\"connections\":{connections},\"message_bytes\":{len},\"duration_ms\":{:.1},\
+         \"round_trips\":{trips},\"round_trips_per_sec\":{:.1},\"bytes_per_sec\":{:.1},\"latency_us\":{},\"errors\":{}}}",
+        secs * 1e3,
+        per_sec(trips as f64),
+        per_sec((trips * len as u64) as f64),
+        hist.json_us(),
+        errors + phase_errors
+    );
+}
+
+fn usage() -> i32 {
+    println!("usage: echo-bench IP PORT CONNECTIONS[,CONNECTIONS...] MESSAGE_BYTES DURATION_MS|COUNTx [WARMUP_MS]");
+    2
+}
+
+async fn main() -> i32 {
+    let args: Vec<&str> = libos::args().collect();
+    let (ip, port, conns, len, duration, warmup) = match args[..] {
+        [ip, port, conns, len, duration] => (ip, port, conns, len, duration, "0"),
+        [ip, port, conns, len, duration, warmup] => (ip, port, conns, len, duration, warmup),
+        _ => return usage(),
+    };
+    let (Ok(ip), Ok(port), Ok(len), Ok(warmup_ms)) =
+        (ip.parse::<Ipv4>(), port.parse::<u16>(), len.parse::<usize>(), warmup.parse::<u64>())
+    else {
+        return usage();
+    };
+    let length = match duration.strip_suffix('x') {
+        Some(n) => n.parse().ok().map(Length::Count),
+        None => duration.parse().ok().map(Length::Millis),
+    };
+    let counts: Option<Vec<usize>> = conns.split(',').map(|c| c.parse().ok().filter(|&c| c > 0)).collect();
+    let (Some(length), Some(counts)) = (length, counts) else { return usage() };
+    if len == 0 {
+        return usage();
+    }
+    for c in counts {
+        run(ip, port, c, len, length, warmup_ms).await;
+    }
+    0
+}
