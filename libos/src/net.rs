@@ -108,7 +108,9 @@ pub(crate) fn poll() -> bool {
     let changed = s.iface.poll(now(), &mut s.dev, &mut s.sockets) != smoltcp::iface::PollResult::None;
     let Stack { sockets, closing, .. } = s;
     closing.retain(|&h| {
-        let done = sockets.get::<tcp::Socket>(h).state() == tcp::State::Closed;
+        // TimeWait only guards against stray segments of an old connection;
+        // a guest does not keep 32 KiB of buffers for that.
+        let done = matches!(sockets.get::<tcp::Socket>(h).state(), tcp::State::Closed | tcp::State::TimeWait);
         if done {
             sockets.remove(h);
         }
@@ -295,7 +297,10 @@ impl TcpStream {
 impl Drop for TcpStream {
     fn drop(&mut self) {
         let _ = with(|s| {
-            s.sockets.get_mut::<tcp::Socket>(self.handle).close();
+            let sock = s.sockets.get_mut::<tcp::Socket>(self.handle);
+            sock.close();
+            // A peer that never finishes closing cannot pin the socket.
+            sock.set_timeout(Some(smoltcp::time::Duration::from_secs(30)));
             s.closing.push(self.handle);
         });
     }

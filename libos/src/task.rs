@@ -196,10 +196,12 @@ pub async fn join_all<T>(handles: Vec<JoinHandle<T>>) -> Vec<T> {
     out
 }
 
-/// Completes at `deadline`.
+/// Completes at `deadline`. Dropping it early (a timeout that lost a race)
+/// removes its timer.
 pub struct Sleep {
     deadline: Instant,
-    registered: bool,
+    /// Its key in `TIMERS` once registered.
+    key: Option<(Instant, u64)>,
 }
 
 impl Future for Sleep {
@@ -208,25 +210,35 @@ impl Future for Sleep {
         if Instant::now() >= self.deadline {
             return Poll::Ready(());
         }
-        if !self.registered {
-            let seq = {
+        let key = match self.key {
+            Some(k) => k,
+            None => {
                 let mut s = TIMER_SEQ.lock();
                 *s += 1;
-                *s
-            };
-            TIMERS.lock().insert((self.deadline, seq), cx.waker().clone());
-            self.registered = true;
-        }
+                (self.deadline, *s)
+            }
+        };
+        // (Re-)register with the waker of the task polling now.
+        TIMERS.lock().insert(key, cx.waker().clone());
+        self.key = Some(key);
         Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if let Some(k) = self.key {
+            TIMERS.lock().remove(&k);
+        }
     }
 }
 
 /// Completes after `d`.
 pub fn sleep(d: Duration) -> Sleep {
-    Sleep { deadline: Instant::now().saturating_add(d), registered: false }
+    Sleep { deadline: Instant::now().saturating_add(d), key: None }
 }
 
 /// Completes at `deadline`.
 pub fn sleep_until(deadline: Instant) -> Sleep {
-    Sleep { deadline, registered: false }
+    Sleep { deadline, key: None }
 }
