@@ -318,7 +318,7 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
     let mut scheds: Vec<Scheduler> = (0..cpus).map(|_| Scheduler::new()).collect();
     let mut home: Vec<AtomicUsize> = Vec::new();
     let mut event_frames: Vec<u64> = Vec::new();
-    let mut net = Net { switch: Mutex::new(hypervisor::net::switch::Switch::new()), uplink: None, ports: Vec::new(), guest_of_slot: Vec::new() };
+    let mut net = Net { switch: Mutex::new(hypervisor::net::switch::Switch::new()), uplink: None, ports: Vec::new(), guest_of_slot: Vec::new(), stalled: Mutex::new(Default::default()) };
     match crate::uplink::Uplink::probe(kernel_root) {
         Ok(Some(up)) => {
             // The host reaches the first tenant (tenant 0) through it.

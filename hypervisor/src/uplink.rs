@@ -186,12 +186,13 @@ impl Uplink {
         true
     }
 
-    /// Calls `f` with each frame the host sent, then gives the buffers back.
-    pub fn receive(&mut self, mut f: impl FnMut(&[u8])) {
+    /// Calls `f` with up to `max` frames the host sent, then gives the
+    /// buffers back; the rest stay in the queue for the next call.
+    pub fn receive(&mut self, max: usize, mut f: impl FnMut(&[u8])) {
         let mut mem = Mem;
         let mut frame = [0u8; MTU_FRAME];
         let mut returned = false;
-        loop {
+        for _ in 0..max {
             match self.rx.pop_used(&mut mem) {
                 Ok(Some(u)) => {
                     let len = (u.len as usize).saturating_sub(HDR);

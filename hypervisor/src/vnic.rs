@@ -136,7 +136,15 @@ pub struct Net {
     pub ports: Vec<Option<Port>>,
     /// Guest id by switch port slot.
     pub guest_of_slot: Vec<usize>,
+    /// Frames from the host waiting for room in a guest's RX ring, in
+    /// order, each with how often it was tried (see `poll_uplink`).
+    pub stalled: Mutex<alloc::collections::VecDeque<(alloc::boxed::Box<[u8]>, u32)>>,
 }
+
+/// Frames taken from the uplink per poll.
+const UPLINK_BATCH: usize = 32;
+/// Polls a frame from the host waits for a full ring before it is dropped.
+const STALL_TRIES: u32 = 200;
 
 impl Net {
     /// Forwards every frame waiting in `guest`'s TX ring. Calls `wake` for
@@ -249,24 +257,34 @@ impl Net {
 
     /// Switches every frame the host sent to the guests; calls `wake` for
     /// each guest that received some.
+    ///
+    /// Flow control: a frame for one guest whose RX ring is full waits
+    /// (with the frames behind it, in order) and nothing more is taken from
+    /// the device until it gets through, so the host's side holds the rest
+    /// instead of losing it; after `STALL_TRIES` polls it is dropped.
     pub fn poll_uplink(&self, now_ns: u64, wake: &mut impl FnMut(usize)) {
         let Some((port, up)) = &self.uplink else { return };
-        // Copy the frames out first: the switch may send back to the uplink
-        // (never to the sender, but keep the lock order switch -> uplink).
-        let mut frames: Vec<(usize, [u8; MTU_FRAME])> = Vec::new();
-        up.lock().receive(|f| {
-            let mut b = [0u8; MTU_FRAME];
-            b[..f.len()].copy_from_slice(f);
-            frames.push((f.len(), b));
-        });
-        if frames.is_empty() {
-            return;
+        let mut queue = core::mem::take(&mut *self.stalled.lock());
+        if queue.is_empty() {
+            // Copy frames out first: the switch may send to the uplink, and
+            // the lock order is switch -> uplink.
+            up.lock().receive(UPLINK_BATCH, |f| queue.push_back((f.into(), 0)));
         }
         let mut woken = Vec::new();
-        for (n, f) in &frames {
-            let mut switch = self.switch.lock();
-            switch.forward(*port, &f[..*n], now_ns, &mut |dest| self.deliver(dest, &f[..*n], &mut woken));
+        while let Some((f, tries)) = queue.pop_front() {
+            let (mut tried, mut took) = (0, 0);
+            self.switch.lock().forward(*port, &f, now_ns, &mut |dest| {
+                tried += 1;
+                let ok = self.deliver(dest, &f, &mut woken);
+                took += ok as u32;
+                ok
+            });
+            if tried == 1 && took == 0 && tries < STALL_TRIES {
+                queue.push_front((f, tries + 1));
+                break;
+            }
         }
+        *self.stalled.lock() = queue;
         woken.sort_unstable();
         woken.dedup();
         for g in woken {

@@ -32,8 +32,13 @@ fn has_http_app() -> bool {
 }
 
 // One test, so the two benchmarks never run side by side and disturb each other.
+/// The benchmarks build and boot the same peer files and compete for the
+/// CPUs: run them one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn hypercall_and_boot_benchmarks_measure_both_sides_and_write_json() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let h = run(Which::Hypercall);
     assert_eq!(h["bench"], "hypercall");
@@ -67,6 +72,7 @@ fn check_load(v: &Value, rate_key: &str, what: &str) {
 
 #[test]
 fn net_benchmark_measures_our_guests_and_the_linux_peer_and_writes_json() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let n = run(Which::Net);
     assert_eq!(n["bench"], "net");
@@ -117,6 +123,7 @@ fn net_benchmark_measures_our_guests_and_the_linux_peer_and_writes_json() {
 
 #[test]
 fn load_generators_count_round_trips_and_requests_without_errors() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let http = has_http_app();
     let mut manifest = String::from(
