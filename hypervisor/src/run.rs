@@ -233,6 +233,12 @@ impl Host {
             };
             self.guests.lock()[id] = Some(g);
             self.scheds[me].lock().put(id, now, ran, stop);
+            // An event raised by another CPU while this guest was on its way
+            // to sleep found it not yet blocked and could not wake it: the
+            // raiser sets the bit before it looks, so look again now.
+            if matches!(stop, Stop::Blocked { .. }) && vnic::pending(self.event_frames[id]) != 0 {
+                self.scheds[me].lock().wake(id);
+            }
         }
     }
 

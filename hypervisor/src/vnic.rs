@@ -99,6 +99,12 @@ pub fn raise(event_frame: PhysAddr, bits: u64) {
     unsafe { &*(phys_to_virt(event_frame) as *const AtomicU64) }.fetch_or(bits, Ordering::AcqRel);
 }
 
+/// The event bits pending in a guest's event page.
+pub fn pending(event_frame: PhysAddr) -> u64 {
+    // SAFETY: as in `raise`.
+    unsafe { &*(phys_to_virt(event_frame) as *const AtomicU64) }.load(Ordering::Acquire)
+}
+
 /// One guest's vNIC back end.
 pub struct Port {
     pub switch_port: PortId,
