@@ -3,12 +3,19 @@
 
 use integration_tests::boot_smp;
 
+/// The two boots here each run guests on two CPUs and the uplink; run them
+/// one at a time so that neither is starved of host CPU. (Under that load
+/// the 10,000-message test has hung twice in full-suite runs; see the
+/// session note on the networking issue.)
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn line<'a>(console: &'a str, prefix: &str) -> Option<&'a str> {
     console.lines().find(|l| l.starts_with(prefix))
 }
 
 #[test]
 fn ten_thousand_messages_echo_byte_exact_tenants_are_isolated_and_a_ring_liar_is_cut_off() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let out = boot_smp(
         r#"
         [[guest]]
@@ -69,6 +76,7 @@ fn ten_thousand_messages_echo_byte_exact_tenants_are_isolated_and_a_ring_liar_is
 
 #[test]
 fn a_host_client_reaches_the_echo_guest_through_a_forwarded_port() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     use std::io::{Read, Write};
     use std::time::Duration;
     let port = integration_tests::free_port();
