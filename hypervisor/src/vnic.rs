@@ -305,10 +305,14 @@ impl Net {
     /// to its rings any more, so their frames may be freed.
     pub fn disconnect(&self, guest: usize) {
         let Some(Some(p)) = self.ports.get(guest) else { return };
+        // The lock order everywhere is: a sender's TX, the switch, a
+        // receiver's RX (drain, deliver). Taking RX before the switch here
+        // once deadlocked against a drain delivering to this guest.
         let _tx = p.tx.lock();
+        let mut switch = self.switch.lock();
         let _rx = p.rx.lock();
         if !p.dead.swap(true, Ordering::AcqRel) {
-            self.switch.lock().remove_port(p.switch_port);
+            switch.remove_port(p.switch_port);
         }
     }
 }

@@ -4,9 +4,7 @@
 use integration_tests::boot_smp;
 
 /// The two boots here each run guests on two CPUs and the uplink; run them
-/// one at a time so that neither is starved of host CPU. (Under that load
-/// the 10,000-message test has hung twice in full-suite runs; see the
-/// session note on the networking issue.)
+/// one at a time so that neither is starved of host CPU.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn line<'a>(console: &'a str, prefix: &str) -> Option<&'a str> {
