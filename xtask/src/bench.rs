@@ -174,20 +174,22 @@ impl Peer {
 }
 
 impl Bench {
-    /// Boots our hypervisor with `manifest` and waits (at most `timeout`)
-    /// until every guest is gone.
-    fn ours(&self, what: &str, manifest: String, timeout: Duration) -> Result<Ours> {
-        let cfg = RunConfig {
-            manifest: ManifestSource::Text {
-                text: manifest,
-                base_dir: workspace_root().to_path_buf(),
-            },
-            exit_when_idle: true,
+    /// Our hypervisor with `manifest` on this bench's machine settings.
+    fn run_config(&self, manifest: String, exit_when_idle: bool) -> RunConfig {
+        RunConfig {
+            manifest: ManifestSource::Text { text: manifest, base_dir: workspace_root().to_path_buf() },
+            exit_when_idle,
             accel: self.machine.accel,
             smp: self.machine.smp,
             memory: format!("{}M", self.machine.memory_mib),
             bundle: None,
-        };
+        }
+    }
+
+    /// Boots our hypervisor with `manifest` and waits (at most `timeout`)
+    /// until every guest is gone.
+    fn ours(&self, what: &str, manifest: String, timeout: Duration) -> Result<Ours> {
+        let cfg = self.run_config(manifest, true);
         let prepared = prepare(&cfg)?;
         progress(&format!("booting our hypervisor: {what}…"));
         let start = Instant::now();
@@ -829,17 +831,7 @@ impl Bench {
         timeout: Duration,
         mut on_line: impl FnMut(&str) -> linux::Reply,
     ) -> Result<(Vec<String>, linux::Console)> {
-        let cfg = RunConfig {
-            manifest: ManifestSource::Text {
-                text: manifest,
-                base_dir: workspace_root().to_path_buf(),
-            },
-            exit_when_idle: false,
-            accel: self.machine.accel,
-            smp: self.machine.smp,
-            memory: format!("{}M", self.machine.memory_mib),
-            bundle: None,
-        };
+        let cfg = self.run_config(manifest, false);
         let prepared = prepare(&cfg)?;
         progress(&format!("booting our hypervisor: {what}…"));
         let console = linux::boot_interactive(&prepared.qemu_args, timeout, |_, l| on_line(l))?;
