@@ -35,6 +35,8 @@
 extern crate alloc;
 
 mod hist;
+mod length;
+use length::{Length, Until};
 
 use alloc::rc::Rc;
 use alloc::vec;
@@ -48,23 +50,6 @@ use libos::task::{sleep, spawn};
 use libos::time::Instant;
 
 libos::main!(async main);
-
-/// How long a run lasts, as given.
-#[derive(Clone, Copy)]
-enum Length {
-    Millis(u64),
-    /// Round trips per connection.
-    Count(u64),
-}
-
-/// When each connection stops.
-#[derive(Clone, Copy)]
-enum Until {
-    /// Start no round trip after this.
-    Time(Instant),
-    /// This many round trips.
-    Count(u64),
-}
 
 #[derive(Default)]
 struct Stats {
@@ -143,22 +128,15 @@ struct Phase {
 async fn phase(slots: &Slots, len: usize, length: Length) -> Phase {
     let stats = Rc::new(RefCell::new(Stats::default()));
     let start = Instant::now();
-    let until = match length {
-        Length::Millis(ms) => Until::Time(start.saturating_add(Duration::from_millis(ms))),
-        Length::Count(n) => Until::Count(n),
-    };
+    let until = length.until(start);
     let conns: Vec<(usize, TcpStream)> =
         slots.borrow_mut().iter_mut().enumerate().filter_map(|(id, slot)| Some((id, slot.take()?))).collect();
     let running = conns.len();
     for (id, conn) in conns {
         spawn(connection(conn, id, len, until, stats.clone(), slots.clone()));
     }
-    // Wait for every connection, giving up on stuck ones 10 s after the end
-    // (a count run may take up to 10 minutes).
-    let hard = match until {
-        Until::Time(deadline) => deadline.saturating_add(Duration::from_secs(10)),
-        Until::Count(_) => start.saturating_add(Duration::from_secs(600)),
-    };
+    // Wait for every connection, giving up on stuck ones.
+    let hard = until.give_up(start);
     while stats.borrow().finished < running && Instant::now() < hard {
         sleep(Duration::from_millis(10)).await;
     }
@@ -212,10 +190,7 @@ async fn main() -> i32 {
     else {
         return usage();
     };
-    let length = match duration.strip_suffix('x') {
-        Some(n) => n.parse().ok().map(Length::Count),
-        None => duration.parse().ok().map(Length::Millis),
-    };
+    let length = Length::parse(duration);
     let counts: Option<Vec<usize>> = conns.split(',').map(|c| c.parse().ok().filter(|&c| c > 0)).collect();
     let (Some(length), Some(counts)) = (length, counts) else { return usage() };
     if len == 0 {

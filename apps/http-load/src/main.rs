@@ -38,6 +38,9 @@ extern crate alloc;
 
 #[path = "../../echo-bench/src/hist.rs"]
 mod hist;
+#[path = "../../echo-bench/src/length.rs"]
+mod length;
+use length::{Length, Until};
 
 use alloc::format;
 use alloc::rc::Rc;
@@ -56,19 +59,6 @@ libos::main!(async main);
 
 /// Longest response head (status line and headers) accepted.
 const HEAD_MAX: usize = 16 * 1024;
-
-#[derive(Clone, Copy)]
-enum Length {
-    Millis(u64),
-    /// Requests per connection.
-    Count(u64),
-}
-
-#[derive(Clone, Copy)]
-enum Until {
-    Time(Instant),
-    Count(u64),
-}
 
 #[derive(Default)]
 struct Stats {
@@ -245,20 +235,15 @@ async fn connection(mut conn: TcpStream, id: usize, target: Target, until: Until
 async fn phase(slots: &Slots, target: &Target, length: Length) -> (Stats, f64) {
     let stats = Rc::new(RefCell::new(Stats::default()));
     let start = Instant::now();
-    let until = match length {
-        Length::Millis(ms) => Until::Time(start.saturating_add(Duration::from_millis(ms))),
-        Length::Count(n) => Until::Count(n),
-    };
+    let until = length.until(start);
     let conns: Vec<(usize, TcpStream)> =
         slots.borrow_mut().iter_mut().enumerate().filter_map(|(id, slot)| Some((id, slot.take()?))).collect();
     let running = conns.len();
     for (id, conn) in conns {
         spawn(connection(conn, id, target.clone(), until, stats.clone(), slots.clone()));
     }
-    let hard = match until {
-        Until::Time(deadline) => deadline.saturating_add(Duration::from_secs(10)),
-        Until::Count(_) => start.saturating_add(Duration::from_secs(600)),
-    };
+    // Wait for every connection, giving up on stuck ones.
+    let hard = until.give_up(start);
     while stats.borrow().finished < running && Instant::now() < hard {
         sleep(Duration::from_millis(10)).await;
     }
@@ -316,10 +301,7 @@ async fn main() -> i32 {
     if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
         return usage();
     }
-    let length = match duration.strip_suffix('x') {
-        Some(n) => n.parse().ok().map(Length::Count),
-        None => duration.parse().ok().map(Length::Millis),
-    };
+    let length = Length::parse(duration);
     let counts: Option<Vec<usize>> = conns.split(',').map(|c| c.parse().ok().filter(|&c| c > 0)).collect();
     let (Some(length), Some(counts)) = (length, counts) else { return usage() };
     for c in counts {
