@@ -69,6 +69,11 @@ fn ten_thousand_messages_echo_byte_exact_tenants_are_isolated_and_a_ring_liar_is
     assert!(cut.contains("producer index 1000 is not within 32 of consumer index 0"), "{cut}");
     assert!(c.contains("[hv] guest liar-0 exited with code 0"), "{c}");
     assert!(c.contains("echo-0| echo: served 2 connections"), "{c}");
+    // Every guest ends; if one does not, name it (this run once timed out
+    // with all the lines above present).
+    for g in ["echo-0", "client-0", "intruder-0", "neighbour-0", "liar-0"] {
+        assert!(c.contains(&format!("[hv] guest {g} exited with code 0")), "{g} did not exit:\n{c}");
+    }
     assert!(out.success(), "status {:?}:\n{c}", out.status);
 }
 
