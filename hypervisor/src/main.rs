@@ -24,6 +24,13 @@ use talc::{ErrOnOom, Span, Talc, Talck};
 #[global_allocator]
 static HEAP: Talck<spin::Mutex<()>, ErrOnOom> = Talc::new(ErrOnOom).lock();
 
+/// The hypervisor heap's size and the bytes allocated from it now.
+pub fn heap_usage() -> (usize, usize) {
+    let h = HEAP.lock();
+    let c = h.get_counters();
+    (c.claimed_bytes, c.allocated_bytes)
+}
+
 /// Entered from the boot stub with the physical address of the PVH start info.
 #[unsafe(no_mangle)]
 extern "C" fn kernel_main(start_info: u32) -> ! {

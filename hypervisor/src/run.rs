@@ -12,9 +12,9 @@
 //! REASON`, guests' own output as `NAME| TEXT`, and one JSON accounting line
 //! per guest when it ends (and for every guest when `stats` is typed).
 
-use crate::arch::x86_64::paging::{Mem, free_frames, phys_to_virt};
+use crate::arch::x86_64::paging::{Mem, free_frames, phys_to_virt, total_frames};
 use crate::arch::x86_64::{apic, cpu, entry, serial};
-use crate::vnic::{self, Net, Port, RING_PAGES};
+use crate::vnic::{self, Net, Port};
 use crate::println;
 use abi::bundle::{Bundle, FLAG_EXIT_WHEN_IDLE};
 use abi::time::{TimeInfo, events};
@@ -22,7 +22,7 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use hermit_entry::boot_info::{BootInfo, HardwareInfo, LoadInfo, PlatformInfo, RawBootInfo};
 use hypervisor::guest::{Guest, LoadedImage, Step};
 use hypervisor::image::Image;
@@ -58,6 +58,8 @@ struct Host {
     live: AtomicUsize,
     exited: AtomicU32,
     stopped: AtomicU32,
+    /// Time each CPU spent halted with nothing to run.
+    idle_ns: Vec<AtomicU64>,
 }
 
 static HOST: Once<Host> = Once::new();
@@ -136,6 +138,9 @@ impl Host {
             }
             match step {
                 Step::Resume => {}
+                // SAFETY: reloading the guest's own root (the one it runs
+                // on) only flushes the TLB after it gave pages back.
+                Step::FlushTlb => unsafe { cpu::write_cr3(g.memory.space.root()) },
                 Step::NetKick => self.drain(id, &g.name, cpu_index),
                 step => break step,
             }
@@ -155,13 +160,13 @@ impl Host {
     }
 
     /// Reports and frees a guest that ended.
-    fn finish(&self, mut g: Box<Guest>, how: Result<i32, String>) {
+    fn finish(&self, id: usize, mut g: Box<Guest>, how: Result<i32, String>) {
         g.flush_console(&mut |l| println!("{l}"));
         match &how {
             Ok(code) => println!("[hv] guest {} exited with code {code}", g.name),
             Err(why) => println!("[hv] guest {} stopped: {why}", g.name),
         }
-        println!("{}", stats_line(&g, if how.is_ok() { "exited" } else { "stopped" }));
+        println!("{}", stats_line(&g, if how.is_ok() { "exited" } else { "stopped" }, self.net.port(id)));
         match how {
             Ok(_) => self.exited.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.stopped.fetch_add(1, Ordering::Relaxed),
@@ -207,7 +212,9 @@ impl Host {
                 let tick = if me == 0 && self.net.uplink.is_some() { UPLINK_POLL_NS } else { IDLE_TICK_NS };
                 let wake = next_timer.unwrap_or(u64::MAX).min(now + tick);
                 apic::arm(self.time.tsc(wake));
+                let halted = cpu::rdtsc();
                 cpu::idle();
+                self.idle_ns[me].fetch_add(self.time.ns(cpu::rdtsc()) - self.time.ns(halted), Ordering::Relaxed);
                 apic::eoi();
                 continue;
             };
@@ -215,19 +222,19 @@ impl Host {
             let (step, ran) = self.run_one(id, &mut g, me, slice, next_timer);
             let now = self.now();
             let stop = match step {
-                Step::Resume | Step::Preempted | Step::NetKick => Stop::Preempted,
+                Step::Resume | Step::Preempted | Step::NetKick | Step::FlushTlb => Stop::Preempted,
                 Step::Yield => Stop::Yielded,
                 Step::Block { deadline } => Stop::Blocked { deadline },
                 Step::Exited(code) => {
                     self.scheds[me].lock().remove(id);
                     self.net.disconnect(id);
-                    self.finish(g, Ok(code));
+                    self.finish(id, g, Ok(code));
                     continue;
                 }
                 Step::Stopped(why) => {
                     self.scheds[me].lock().remove(id);
                     self.net.disconnect(id);
-                    self.finish(g, Err(why));
+                    self.finish(id, g, Err(why));
                     continue;
                 }
             };
@@ -242,15 +249,35 @@ impl Host {
         }
     }
 
+    /// One JSON line about the whole machine: memory (frames, the
+    /// hypervisor's heap) and how long each CPU has been idle.
+    fn machine_line(&self) -> String {
+        let (heap, heap_used) = crate::heap_usage();
+        let idle: Vec<String> = self.idle_ns.iter().map(|a| format!("{}", a.load(Ordering::Relaxed))).collect();
+        format!(
+            r#"{{"event":"machine","uptime_ns":{},"live":{},"exited":{},"stopped":{},"total_bytes":{},"free_bytes":{},"hv_heap_bytes":{heap},"hv_heap_used_bytes":{heap_used},"cpu_idle_ns":[{}]}}"#,
+            self.now(),
+            self.live.load(Ordering::Relaxed),
+            self.exited.load(Ordering::Relaxed),
+            self.stopped.load(Ordering::Relaxed),
+            total_frames() as u64 * 4096,
+            free_frames() as u64 * 4096,
+            idle.join(",")
+        )
+    }
+
     /// Reads console input; `stats` prints every waiting guest's accounting line.
     fn poll_console(&self, line: &mut String) {
         while let Some(b) = serial::try_read() {
             match b {
                 b'\r' | b'\n' => {
                     if line.trim() == "stats" {
-                        for g in self.guests.lock().iter().flatten() {
-                            println!("{}", stats_line(g, "running"));
+                        for (id, g) in self.guests.lock().iter().enumerate() {
+                            if let Some(g) = g {
+                                println!("{}", stats_line(g, "running", self.net.port(id)));
+                            }
                         }
+                        println!("{}", self.machine_line());
                     }
                     line.clear();
                 }
@@ -261,12 +288,25 @@ impl Host {
     }
 }
 
-/// One JSON line with what a guest has cost.
-fn stats_line(g: &Guest, state: &str) -> String {
+/// One JSON line with what a guest has cost. Memory: `memory_bytes` is
+/// what is charged against its limit (`private_bytes`, which includes its
+/// `ring_bytes`, plus `table_bytes`); `shared_bytes` is mapped but shared
+/// with other guests; `hv_bytes` is what the hypervisor holds for it
+/// outside its pages.
+fn stats_line(g: &Guest, state: &str, port: Option<&Port>) -> String {
     let s = &g.stats;
+    let m = &g.memory;
     let per_cpu: Vec<String> = s.cpu_ns_per_cpu.iter().map(|n| format!("{n}")).collect();
+    let ring_bytes = port.map_or(0, Port::ring_bytes);
+    let hv_bytes = g.record_bytes()
+        + (core::mem::size_of::<Option<Box<Guest>>>()
+            + core::mem::size_of::<AtomicUsize>()
+            + core::mem::size_of::<u64>()
+            + core::mem::size_of::<Option<Port>>()
+            + Scheduler::BYTES_PER_GUEST) as u64
+        + port.map_or(0, |p| p.record_bytes() + hypervisor::net::switch::Switch::BYTES_PER_PORT as u64);
     format!(
-        r#"{{"event":"guest_stats","guest":"{}","state":"{state}","cpu_ns":{},"cpu_ns_per_cpu":[{}],"wakeups":{},"preemptions":{},"yields":{},"hypercalls":{},"memory_bytes":{},"memory_limit":{},"created_ns":{},"first_entry_ns":{}}}"#,
+        r#"{{"event":"guest_stats","guest":"{}","state":"{state}","cpu_ns":{},"cpu_ns_per_cpu":[{}],"wakeups":{},"preemptions":{},"yields":{},"hypercalls":{},"memory_bytes":{},"memory_limit":{},"private_bytes":{},"ring_bytes":{ring_bytes},"table_bytes":{},"shared_bytes":{},"hv_bytes":{hv_bytes},"created_ns":{},"first_entry_ns":{}}}"#,
         g.name,
         s.cpu_ns,
         per_cpu.join(","),
@@ -274,8 +314,11 @@ fn stats_line(g: &Guest, state: &str) -> String {
         s.preemptions,
         s.yields,
         s.hypercalls,
-        g.memory.charged_bytes(),
-        g.memory.limit_bytes(),
+        m.charged_bytes(),
+        m.limit_bytes(),
+        m.private_bytes(),
+        m.table_bytes(),
+        m.shared_bytes(),
         s.created_ns,
         s.first_entry_ns
     )
@@ -345,7 +388,8 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
     for entry in bundle.guests() {
         let image = &images[entry.image as usize];
         let manifest_args: Vec<&str> = entry.args().collect();
-        let cap = (entry.cap != 0).then_some(entry.cap);
+        let st = entry.settings;
+        let cap = (st.cap != 0).then_some(st.cap);
         for i in 0..entry.count {
             let name = format!("{}-{i}", entry.name);
             let image = match image {
@@ -360,8 +404,8 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
                 if manifest_args.is_empty() { image.app_args.iter().map(String::as_str).collect() } else { manifest_args.clone() };
             let created_ns = time.ns(cpu::rdtsc());
             let id = guests.len();
-            let nic = (entry.tenant != abi::bundle::TENANT_NONE).then(|| {
-                let t = entry.tenant as usize;
+            let nic = (st.tenant != abi::bundle::TENANT_NONE).then(|| {
+                let t = st.tenant as usize;
                 if next_host.len() <= t {
                     next_host.resize(t + 1, 0);
                 }
@@ -370,13 +414,15 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
                 abi::NicInfo {
                     magic: abi::NIC_MAGIC,
                     prefix: abi::GUEST_PREFIX,
-                    mac: [0x02, (id >> 24) as u8, (id >> 16) as u8, (id >> 8) as u8, id as u8, entry.tenant as u8, 0, 0],
-                    ipv4: abi::guest_ipv4(entry.tenant, n),
-                    gateway: abi::gateway_ipv4(entry.tenant),
+                    mac: [0x02, (id >> 24) as u8, (id >> 16) as u8, (id >> 8) as u8, id as u8, st.tenant as u8, 0, 0],
+                    ipv4: abi::guest_ipv4(st.tenant, n),
+                    gateway: abi::gateway_ipv4(st.tenant),
+                    ring_slots: st.ring_slots,
+                    reserved: 0,
                 }
             });
-            let created = Guest::create(&mut mem, kernel_root, time_page, image, &name, &args, entry.memory, |m, page| {
-                write_boot_info(page, image, entry.memory, &time);
+            let created = Guest::create(&mut mem, kernel_root, time_page, image, &name, &args, st.memory, |m, page| {
+                write_boot_info(page, image, st.memory, &time);
                 if let Some(info) = &nic {
                     m.write(page, abi::layout::NIC_INFO_OFFSET as usize, &info.to_bytes());
                 }
@@ -384,10 +430,17 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
             .map_err(|e| format!("{e}"))
             .and_then(|mut g| {
                 let port = match &nic {
-                    Some(info) => Some(attach_nic(&mut g, &mut net, entry.tenant, info, id)?),
+                    Some(info) => match attach_nic(&mut g, &mut net, st.tenant, info, id) {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            // Every frame it got so far (ring pages too) goes back.
+                            g.destroy(&mut Mem);
+                            return Err(e);
+                        }
+                    },
                     None => None,
                 };
-                let events = g.memory.space.translate(&mem, abi::layout::EVENT_PAGE).map(|(pa, _)| pa).ok_or("no event page")?;
+                let events = g.memory.space.translate(&mem, abi::layout::EVENT_PAGE).map(|(pa, _)| pa).expect("create maps the event page");
                 Ok((g, port, events))
             });
             match created {
@@ -397,21 +450,21 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
                         Some(n) => println!(
                             "[hv] guest {name} started (image {}, memory {}, ip {}.{}.{}.{}, tenant {})",
                             image.name,
-                            sizes(entry.memory),
+                            sizes(st.memory),
                             n.ipv4[0],
                             n.ipv4[1],
                             n.ipv4[2],
                             n.ipv4[3],
-                            entry.tenant
+                            st.tenant
                         ),
-                        None => println!("[hv] guest {name} started (image {}, memory {})", image.name, sizes(entry.memory)),
+                        None => println!("[hv] guest {name} started (image {}, memory {})", image.name, sizes(st.memory)),
                     }
                     guests.push(Some(Box::new(g)));
                     net.ports.push(port);
                     event_frames.push(events);
                     // Spread new guests over the CPUs; balancing evens out the rest.
                     home.push(AtomicUsize::new(id % cpus));
-                    scheds[id % cpus].add(id, entry.weight, cap, created_ns);
+                    scheds[id % cpus].add(id, st.weight, cap, created_ns);
                 }
                 Err(e) => {
                     println!("[hv] guest {name} not started: {e}");
@@ -433,6 +486,7 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
         live: AtomicUsize::new(live),
         exited: AtomicU32::new(0),
         stopped: AtomicU32::new(0),
+        idle_ns: (0..cpus).map(|_| AtomicU64::new(0)).collect(),
     });
     host.cpu_loop(0);
 
@@ -440,6 +494,7 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
         img.unload(&mut mem);
     }
     mem.free(time_page);
+    println!("{}", host.machine_line());
     println!(
         "[hv] no guests left: {} exited, {} stopped, {not_started} not started; {} KiB free",
         host.exited.load(Ordering::Relaxed),
@@ -456,19 +511,24 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
 /// Gives a new guest its vNIC: ring frames mapped into it (charged to its
 /// memory) and a port on the switch.
 fn attach_nic(g: &mut Guest, net: &mut Net, tenant: u32, info: &abi::NicInfo, id: usize) -> Result<Port, String> {
+    use abi::ring::{slots_bytes, valid_slots};
+    use hypervisor::mm::{FRAME_SIZE, paging::Pte};
+    let slots = info.ring_slots;
+    if !valid_slots(slots) {
+        return Err(format!("ring_slots {slots} is not a power of two between {} and {}", abi::ring::SLOTS_MIN, abi::ring::SLOTS_MAX));
+    }
     let mut mem = Mem;
-    let mut rings = [[0u64; RING_PAGES]; 2];
+    let pages = slots_bytes(slots) / FRAME_SIZE as usize;
+    let mut rings: [Vec<u64>; 2] = [Vec::with_capacity(pages), Vec::with_capacity(pages)];
     for (ring, base) in rings.iter_mut().zip([abi::layout::NIC_TX_RING, abi::layout::NIC_RX_RING]) {
-        for (i, frame) in ring.iter_mut().enumerate() {
+        for i in 0..pages {
             let f = mem.alloc().ok_or("the machine is out of memory")?;
-            let va = base + i as u64 * hypervisor::mm::FRAME_SIZE;
-            g.memory
-                .map_private(&mut mem, va, f, hypervisor::mm::paging::Pte::WRITABLE | hypervisor::mm::paging::Pte::NO_EXECUTE)
-                .map_err(|e| {
-                    mem.free(f);
-                    format!("vNIC rings: {e}")
-                })?;
-            *frame = f;
+            let va = base + i as u64 * FRAME_SIZE;
+            g.memory.map_private(&mut mem, va, f, Pte::WRITABLE | Pte::NO_EXECUTE).map_err(|e| {
+                mem.free(f);
+                format!("vNIC rings: {e}")
+            })?;
+            ring.push(f);
         }
     }
     let mac = [info.mac[0], info.mac[1], info.mac[2], info.mac[3], info.mac[4], info.mac[5]];
@@ -478,7 +538,8 @@ fn attach_nic(g: &mut Guest, net: &mut Net, tenant: u32, info: &abi::NicInfo, id
     }
     net.guest_of_slot[port.slot()] = id;
     let events = g.memory.space.translate(&mem, abi::layout::EVENT_PAGE).map(|(pa, _)| pa).ok_or("no event page")?;
-    Ok(Port::new(port, rings[0], rings[1], events))
+    let [tx, rx] = rings;
+    Ok(Port::new(port, slots, tx.into_boxed_slice(), rx.into_boxed_slice(), events))
 }
 
 /// Puts hermit-entry's `RawBootInfo` at the start of the guest's start page.

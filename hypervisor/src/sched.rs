@@ -77,6 +77,10 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// What one guest costs a scheduler: its entry, and its key in the run
+    /// queue or the timer set (B-tree entries, node overhead not counted).
+    pub const BYTES_PER_GUEST: usize = core::mem::size_of::<Option<Entity>>() + core::mem::size_of::<(u64, Id)>();
+
     pub fn new() -> Self {
         Self::default()
     }

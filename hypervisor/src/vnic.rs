@@ -8,7 +8,8 @@
 //! backwards) is disconnected; a bad length only loses that frame.
 
 use crate::arch::x86_64::paging::phys_to_virt;
-use abi::ring::{Consumer, MIN_FRAME, MTU_FRAME, Producer, RING_BYTES, RingError, RingMemory};
+use abi::ring::{Consumer, INDEX_BYTES, MIN_FRAME, MTU_FRAME, Producer, RingError, RingMemory, SLOTS_OFFSET, ring_bytes};
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -16,19 +17,39 @@ use hypervisor::mm::{FRAME_SIZE, PhysAddr};
 use hypervisor::net::switch::{PortId, Switch};
 use spin::Mutex;
 
-/// Pages one ring occupies.
-pub const RING_PAGES: usize = RING_BYTES.div_ceil(FRAME_SIZE as usize);
+/// One ring of a guest, reached through the direct map: its index block in
+/// the guest's shared page, its slots in frames of their own.
+struct FrameRing<'a> {
+    /// Direct-map address of the index block.
+    indices: u64,
+    slots: &'a [PhysAddr],
+}
 
-/// A ring in the physical frames of a guest, reached through the direct map.
-struct FrameRing<'a>(&'a [PhysAddr; RING_PAGES]);
+impl<'a> FrameRing<'a> {
+    fn new(shared_page: PhysAddr, index_offset: u64, slots: &'a [PhysAddr]) -> Self {
+        Self { indices: phys_to_virt(shared_page) + index_offset, slots }
+    }
 
-impl FrameRing<'_> {
+    fn bytes(&self) -> usize {
+        SLOTS_OFFSET + self.slots.len() * FRAME_SIZE as usize
+    }
+
+    /// The direct-map address of slot-area `offset` (at or above SLOTS_OFFSET).
     fn at(&self, offset: usize) -> u64 {
-        phys_to_virt(self.0[offset / FRAME_SIZE as usize]) + (offset % FRAME_SIZE as usize) as u64
+        let o = offset - SLOTS_OFFSET;
+        phys_to_virt(self.slots[o / FRAME_SIZE as usize]) + (o % FRAME_SIZE as usize) as u64
+    }
+
+    /// The index at `offset` of the index block.
+    fn index(&self, offset: usize) -> &AtomicU32 {
+        assert!(offset.is_multiple_of(4) && offset + 4 <= INDEX_BYTES);
+        // SAFETY: inside the index block (asserted), which lies in the
+        // guest's shared page, a pinned, direct-mapped frame; 4-byte aligned.
+        unsafe { &*((self.indices + offset as u64) as *const AtomicU32) }
     }
 
     fn copy(&self, offset: usize, len: usize, mut f: impl FnMut(u64, core::ops::Range<usize>)) {
-        assert!(offset + len <= RING_BYTES);
+        assert!(offset >= SLOTS_OFFSET && offset + len <= self.bytes());
         let mut done = 0;
         while done < len {
             let o = offset + done;
@@ -37,13 +58,11 @@ impl FrameRing<'_> {
             done += n;
         }
     }
-}
 
-impl FrameRing<'_> {
     /// Copies `len` bytes at `from` in this ring to `to` in `dst`, frame to
     /// frame through the direct map: the packet's one copy.
     fn copy_to(&self, from: usize, dst: &FrameRing<'_>, to: usize, len: usize) {
-        assert!(from + len <= RING_BYTES && to + len <= RING_BYTES);
+        assert!(from >= SLOTS_OFFSET && to >= SLOTS_OFFSET && from + len <= self.bytes() && to + len <= dst.bytes());
         let page = FRAME_SIZE as usize;
         let mut done = 0;
         while done < len {
@@ -59,20 +78,16 @@ impl FrameRing<'_> {
     }
 }
 
-// SAFETY: the frames are the guest's ring pages, pinned while its port is
-// alive (ports are marked dead under their locks before the frames are
-// freed); offsets are bounds-checked against RING_BYTES; index accesses are
-// 4-byte aligned atomics.
+// SAFETY: the frames are the guest's shared page and ring pages, pinned
+// while its port is alive (ports are marked dead under their locks before
+// the frames are freed); offsets are bounds-checked against the index
+// block and the slots; index accesses are 4-byte aligned atomics.
 unsafe impl RingMemory for FrameRing<'_> {
     fn load(&self, offset: usize) -> u32 {
-        assert!(offset.is_multiple_of(4) && offset + 4 <= RING_BYTES);
-        // SAFETY: aligned, inside a pinned, direct-mapped frame.
-        unsafe { &*(self.at(offset) as *const AtomicU32) }.load(Ordering::Acquire)
+        self.index(offset).load(Ordering::Acquire)
     }
     fn store(&self, offset: usize, v: u32) {
-        assert!(offset.is_multiple_of(4) && offset + 4 <= RING_BYTES);
-        // SAFETY: as in load.
-        unsafe { &*(self.at(offset) as *const AtomicU32) }.store(v, Ordering::Release)
+        self.index(offset).store(v, Ordering::Release)
     }
     fn read(&self, offset: usize, dst: &mut [u8]) {
         self.copy(offset, dst.len(), |va, r| {
@@ -108,8 +123,10 @@ pub fn pending(event_frame: PhysAddr) -> u64 {
 /// One guest's vNIC back end.
 pub struct Port {
     pub switch_port: PortId,
-    pub tx_frames: [PhysAddr; RING_PAGES],
-    pub rx_frames: [PhysAddr; RING_PAGES],
+    /// The frames of the TX and RX rings' slots (pinned while the port lives).
+    pub tx_frames: Box<[PhysAddr]>,
+    pub rx_frames: Box<[PhysAddr]>,
+    /// The guest's shared page: event bits and both rings' indices.
     pub event_frame: PhysAddr,
     tx: Mutex<Consumer>,
     rx: Mutex<Producer>,
@@ -119,17 +136,32 @@ pub struct Port {
 }
 
 impl Port {
-    pub fn new(switch_port: PortId, tx_frames: [PhysAddr; RING_PAGES], rx_frames: [PhysAddr; RING_PAGES], event_frame: PhysAddr) -> Self {
+    /// A port over rings of `slots` slots whose slot pages are `tx_frames`
+    /// and `rx_frames` (`ring::slots_bytes(slots)` each).
+    pub fn new(switch_port: PortId, slots: u32, tx_frames: Box<[PhysAddr]>, rx_frames: Box<[PhysAddr]>, event_frame: PhysAddr) -> Self {
+        debug_assert!(ring_bytes(slots) == SLOTS_OFFSET + tx_frames.len() * FRAME_SIZE as usize && tx_frames.len() == rx_frames.len());
         Self {
             switch_port,
             tx_frames,
             rx_frames,
             event_frame,
-            tx: Mutex::new(Consumer::new()),
-            rx: Mutex::new(Producer::new()),
+            tx: Mutex::new(Consumer::new(slots)),
+            rx: Mutex::new(Producer::new(slots)),
             dead: AtomicBool::new(false),
             ring_errors: AtomicU64::new(0),
         }
+    }
+}
+
+impl Port {
+    /// Bytes of the guest's ring slots (both rings).
+    pub fn ring_bytes(&self) -> u64 {
+        (self.tx_frames.len() + self.rx_frames.len()) as u64 * FRAME_SIZE
+    }
+
+    /// Bytes the hypervisor holds for this port.
+    pub fn record_bytes(&self) -> u64 {
+        (core::mem::size_of::<Self>() + (self.tx_frames.len() + self.rx_frames.len()) * core::mem::size_of::<PhysAddr>()) as u64
     }
 }
 
@@ -153,6 +185,11 @@ const UPLINK_BATCH: usize = 32;
 const STALL_TRIES: u32 = 200;
 
 impl Net {
+    /// Guest `id`'s port, if it has one.
+    pub fn port(&self, id: usize) -> Option<&Port> {
+        self.ports.get(id).and_then(Option::as_ref)
+    }
+
     /// Forwards every frame waiting in `guest`'s TX ring. Calls `wake` for
     /// each guest that received frames. Returns why the guest must be
     /// disconnected, if it broke the ring protocol.
@@ -161,7 +198,7 @@ impl Net {
         if port.dead.load(Ordering::Acquire) {
             return Ok(());
         }
-        let ring = FrameRing(&port.tx_frames);
+        let ring = FrameRing::new(port.event_frame, abi::layout::NIC_TX_INDICES, &port.tx_frames);
         let mut tx = port.tx.lock();
         let mut woken: Vec<usize> = Vec::new();
         let result = loop {
@@ -234,7 +271,7 @@ impl Net {
         if p.dead.load(Ordering::Acquire) {
             return false;
         }
-        let ring = FrameRing(&p.rx_frames);
+        let ring = FrameRing::new(p.event_frame, abi::layout::NIC_RX_INDICES, &p.rx_frames);
         match fill(&mut rx, &ring) {
             Ok(true) => {
                 rx.publish(&ring);

@@ -33,6 +33,13 @@ pub fn net_kick() {
     hypercall2(Hypercall::NetKick, 0, 0);
 }
 
+/// Gives the hypervisor back the whole heap pages in `[addr, addr + len)`
+/// (page-aligned); they read as zero on the next touch. Returns the bytes
+/// given back.
+pub fn discard(addr: u64, len: u64) -> u64 {
+    hypercall2(Hypercall::Discard, addr, len) as u64
+}
+
 /// Gives the CPU to the next runnable guest.
 pub fn yield_now() {
     hypercall2(Hypercall::Yield, 0, 0);

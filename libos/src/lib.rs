@@ -15,6 +15,7 @@ extern crate alloc;
 
 pub mod console;
 pub mod hypercall;
+mod heap;
 pub mod net;
 mod rt;
 pub mod task;

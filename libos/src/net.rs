@@ -8,7 +8,7 @@
 //! wakers.
 
 use crate::time::Instant;
-use abi::ring::{RING_BYTES, RingMemory};
+use abi::ring::{INDEX_BYTES, RingMemory, SLOTS_OFFSET, ring_bytes, valid_slots};
 use abi::{NIC_MAGIC, NicInfo, layout};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -23,36 +23,55 @@ use spin::Mutex;
 
 pub use smoltcp::wire::Ipv4Address as Ipv4;
 
-/// A ring mapped at a fixed address of this guest.
+/// A ring mapped at fixed addresses of this guest: its index block in the
+/// shared page, its slots in pages of their own.
 struct MappedRing {
-    base: u64,
+    indices: u64,
+    slots: u64,
+    bytes: usize,
 }
 
-// SAFETY: the hypervisor maps both rings read-write at their fixed
-// addresses for the guest's whole life (checked by NicInfo's magic);
-// every access below is bounds-checked against RING_BYTES, and index
-// loads/stores are 4-byte aligned atomics.
+impl MappedRing {
+    fn new(indices: u64, slots_at: u64, slots: u32) -> Self {
+        Self { indices: layout::EVENT_PAGE + indices, slots: slots_at, bytes: ring_bytes(slots) }
+    }
+
+    fn index(&self, offset: usize) -> &AtomicU32 {
+        assert!(offset.is_multiple_of(4) && offset + 4 <= INDEX_BYTES);
+        // SAFETY: the shared page is mapped read-write for the guest's whole
+        // life; the index block lies inside it (abi::layout checks this at
+        // compile time) and the offset inside the block (asserted), aligned.
+        unsafe { &*((self.indices + offset as u64) as *const AtomicU32) }
+    }
+
+    /// The address of slot-area `offset`, checked for `len` bytes.
+    fn slot_addr(&self, offset: usize, len: usize) -> u64 {
+        assert!(offset >= SLOTS_OFFSET && offset + len <= self.bytes);
+        self.slots + (offset - SLOTS_OFFSET) as u64
+    }
+}
+
+// SAFETY: the hypervisor maps both rings' slots read-write at their fixed
+// addresses for the guest's whole life (NicInfo's magic says so), sized
+// for the slot count it announces; every access is bounds-checked, and
+// index loads/stores are 4-byte aligned atomics.
 unsafe impl RingMemory for MappedRing {
     fn load(&self, offset: usize) -> u32 {
-        assert!(offset.is_multiple_of(4) && offset + 4 <= RING_BYTES);
-        // SAFETY: in bounds and aligned (asserted), mapped (see above).
-        unsafe { &*((self.base + offset as u64) as *const AtomicU32) }.load(Ordering::Acquire)
+        self.index(offset).load(Ordering::Acquire)
     }
     fn store(&self, offset: usize, v: u32) {
-        assert!(offset.is_multiple_of(4) && offset + 4 <= RING_BYTES);
-        // SAFETY: as in load.
-        unsafe { &*((self.base + offset as u64) as *const AtomicU32) }.store(v, Ordering::Release)
+        self.index(offset).store(v, Ordering::Release)
     }
     fn read(&self, offset: usize, dst: &mut [u8]) {
-        assert!(offset + dst.len() <= RING_BYTES);
-        // SAFETY: in bounds (asserted) of the mapped ring; the hypervisor may
+        let at = self.slot_addr(offset, dst.len());
+        // SAFETY: in bounds (checked) of the mapped slots; the hypervisor may
         // write concurrently, which only changes the bytes we copy.
-        unsafe { core::ptr::copy_nonoverlapping((self.base + offset as u64) as *const u8, dst.as_mut_ptr(), dst.len()) }
+        unsafe { core::ptr::copy_nonoverlapping(at as *const u8, dst.as_mut_ptr(), dst.len()) }
     }
     fn write(&self, offset: usize, src: &[u8]) {
-        assert!(offset + src.len() <= RING_BYTES);
+        let at = self.slot_addr(offset, src.len());
         // SAFETY: as in read.
-        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), (self.base + offset as u64) as *mut u8, src.len()) }
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), at as *mut u8, src.len()) }
     }
 }
 
@@ -77,10 +96,13 @@ pub(crate) fn init() {
     // SAFETY: the start page is mapped read-only for the guest's life; the
     // NicInfo record lies inside it (abi::layout checks this at compile time).
     let info: NicInfo = unsafe { core::ptr::read_volatile((layout::START_PAGE + layout::NIC_INFO_OFFSET) as *const NicInfo) };
-    if info.magic != NIC_MAGIC {
+    if info.magic != NIC_MAGIC || !valid_slots(info.ring_slots) {
         return;
     }
-    let mut dev = RingDevice::new(MappedRing { base: layout::NIC_TX_RING }, MappedRing { base: layout::NIC_RX_RING });
+    let slots = info.ring_slots;
+    let tx = MappedRing::new(layout::NIC_TX_INDICES, layout::NIC_TX_RING, slots);
+    let rx = MappedRing::new(layout::NIC_RX_INDICES, layout::NIC_RX_RING, slots);
+    let mut dev = RingDevice::new(tx, rx, slots);
     let mac = EthernetAddress([info.mac[0], info.mac[1], info.mac[2], info.mac[3], info.mac[4], info.mac[5]]);
     let mut config = Config::new(HardwareAddress::Ethernet(mac));
     config.random_seed = Instant::now().as_nanos() ^ u64::from_le_bytes(info.mac);

@@ -2,10 +2,6 @@
 
 use abi::{START_MAGIC, StartInfo, layout};
 use hermit_entry::boot_info::RawBootInfo;
-use talc::{ErrOnOom, Span, Talc, Talck};
-
-#[global_allocator]
-static HEAP: Talck<spin::Mutex<()>, ErrOnOom> = Talc::new(ErrOnOom).lock();
 
 /// The start page the hypervisor wrote before entering us.
 pub fn start_info() -> &'static StartInfo {
@@ -71,11 +67,9 @@ pub unsafe fn start(_boot: &'static RawBootInfo, _cpu_id: u32, main: impl FnOnce
         exit(127);
     }
     if si.heap_len > 0 {
-        // SAFETY: the heap region is ours alone, zero-filled on first touch
-        // and never used for anything else.
-        unsafe {
-            let _ = HEAP.lock().claim(Span::from_base_size(si.heap_start as *mut u8, si.heap_len as usize));
-        }
+        // SAFETY: called once, before any allocation; the heap region is
+        // ours alone, zero-filled on first touch.
+        unsafe { crate::heap::init(si.heap_start, si.heap_len) };
     }
     crate::net::init();
     exit(main())

@@ -66,7 +66,7 @@ fn ten_thousand_messages_echo_byte_exact_tenants_are_isolated_and_a_ring_liar_is
     assert_eq!(line(c, "neighbour-0| "), Some("neighbour-0| reachable"), "{c}");
     // The liar's vNIC is cut off with the reason; the echo pair was unaffected.
     let cut = line(c, "[hv] guest liar-0 vNIC disconnected: ").unwrap_or_else(|| panic!("the liar was not disconnected:\n{c}"));
-    assert!(cut.contains("producer index 1000 is not within 32 of consumer index 0"), "{cut}");
+    assert!(cut.contains("producer index 1000 is not within 16 of consumer index 0"), "{cut}");
     assert!(c.contains("[hv] guest liar-0 exited with code 0"), "{c}");
     assert!(c.contains("echo-0| echo: served 2 connections"), "{c}");
     // Every guest ends; if one does not, name it (this run once timed out

@@ -57,7 +57,7 @@ fn three_hello_guests_print_their_own_names_and_exit_0() {
 /// Each attack of apps/hostile and the start of the reason it must be
 /// stopped with.
 const ATTACKS: &[(&str, &str)] = &[
-    ("pagefault", "page fault: write to unmapped address 0xdead0000"),
+    ("pagefault", "page fault: write to unmapped address 0x7000dead0000"),
     ("kernel-read", "page fault: read to unmapped address 0xffffffff80000000"),
     ("write-text", "page fault: write to protected address"),
     ("hlt", "privileged instruction hlt"),

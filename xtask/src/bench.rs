@@ -847,9 +847,9 @@ impl Bench {
         let most = st.echo_connections.iter().copied().max().unwrap_or(1);
         let memory = 16 + most / 8;
         let manifest = format!(
-            "[[guest]]\nname = \"echo\"\napp = \"echo\"\ntenant = \"bench\"\nmemory = \"{memory} MiB\"\n\
+            "[[guest]]\nname = \"echo\"\napp = \"echo\"\ntenant = \"bench\"\nmemory = \"{memory} MiB\"\nring_slots = 32\n\
              args = [\"serve\", \"{port}\"]\n\n\
-             [[guest]]\nname = \"echo-bench\"\napp = \"echo-bench\"\ntenant = \"bench\"\nmemory = \"{memory} MiB\"\n\
+             [[guest]]\nname = \"echo-bench\"\napp = \"echo-bench\"\ntenant = \"bench\"\nmemory = \"{memory} MiB\"\nring_slots = 32\n\
              args = [\"10.0.0.2\", \"{port}\", \"{}\", \"{}\", \"{}\", \"{}\"]\n",
             st.echo_list(),
             st.message_bytes,
@@ -911,9 +911,9 @@ impl Bench {
         let host_port = free_port()?;
         let memory = 32 + st.http_connections / 4;
         let manifest = format!(
-            "[[guest]]\nname = \"http\"\napp = \"http\"\ntenant = \"bench\"\nmemory = \"{memory} MiB\"\n\
+            "[[guest]]\nname = \"http\"\napp = \"http\"\ntenant = \"bench\"\nmemory = \"{memory} MiB\"\nring_slots = 32\n\
              args = [\"{port}\", \"{}\"]\nports = [\"{host_port}:{port}\"]\n\n\
-             [[guest]]\nname = \"http-load\"\napp = \"http-load\"\ntenant = \"bench\"\nmemory = \"{memory} MiB\"\n\
+             [[guest]]\nname = \"http-load\"\napp = \"http-load\"\ntenant = \"bench\"\nmemory = \"{memory} MiB\"\nring_slots = 32\n\
              args = [\"10.0.0.2\", \"{port}\", \"/\", \"{}\", \"{}\", \"{}\"]\n",
             st.body_bytes,
             st.http_connections,

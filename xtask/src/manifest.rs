@@ -13,6 +13,7 @@
 //! cap = 25                # at most this percent of one CPU, 1..=100, default none
 //! net = true              # give it a vNIC (default false; implied by tenant)
 //! tenant = "acme"         # its broadcast domain; guests of other tenants cannot reach it
+//! ring_slots = 16         # frames each vNIC ring holds: a power of two, 2..=128, default 16 (2 KiB each)
 //! ports = ["8080:7"]      # host 127.0.0.1:8080 -> this guest's port 7 ("HOST:GUEST[/udp]"); count 1, first tenant only
 //! ```
 //!
@@ -89,6 +90,8 @@ pub struct Guest {
     pub cap: Option<u32>,
     /// The tenant (broadcast domain) of its vNIC; `None`: no vNIC.
     pub tenant: Option<String>,
+    /// Slots in each of its vNIC's rings.
+    pub ring_slots: u32,
     /// Host ports forwarded to it: (protocol, host port, guest port).
     pub ports: Vec<Forward>,
     /// Line of the entry in the manifest (for later messages).
@@ -178,6 +181,7 @@ struct RawGuest {
     cap: Option<Spanned<i64>>,
     net: Option<bool>,
     tenant: Option<Spanned<String>>,
+    ring_slots: Option<Spanned<i64>>,
     ports: Option<Spanned<Vec<String>>>,
 }
 
@@ -338,6 +342,16 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
         };
         let weight = ranged(&g.weight, "weight", 1..=10_000, "between 1 and 10000")?.unwrap_or(DEFAULT_WEIGHT);
         let cap = ranged(&g.cap, "cap", 1..=100, "a percentage between 1 and 100")?;
+        let ring_slots = match &g.ring_slots {
+            None => abi::ring::SLOTS_DEFAULT,
+            Some(v) if u32::try_from(*v.get_ref()).is_ok_and(abi::ring::valid_slots) => *v.get_ref() as u32,
+            Some(v) => {
+                return Err(err(
+                    Some(v.span()),
+                    format!("ring_slots {} is not a power of two between {} and {}", v.get_ref(), abi::ring::SLOTS_MIN, abi::ring::SLOTS_MAX),
+                ));
+            }
+        };
         let tenant = match (&g.tenant, g.net) {
             (Some(t), Some(false)) => {
                 return Err(err(Some(t.span()), "a tenant needs a vNIC, but net = false".into()));
@@ -392,6 +406,7 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
             weight,
             cap,
             tenant,
+            ring_slots,
             ports,
             line: line_of(text, entry_span.start),
         });
@@ -509,6 +524,7 @@ mod tests {
                 weight: DEFAULT_WEIGHT,
                 cap: None,
                 tenant: None,
+                ring_slots: abi::ring::SLOTS_DEFAULT,
                 ports: Vec::new(),
                 line: 2,
             }]
@@ -620,6 +636,12 @@ mod tests {
         assert_eq!(e.to_string(), "manifest.toml:5: cap 0 is not a percentage between 1 and 100");
         let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\nweight = 0\n").unwrap_err();
         assert_eq!(e.to_string(), "manifest.toml:4: weight 0 is not between 1 and 10000");
+        let m = check("[[guest]]\nname = \"a\"\napp = \"hello\"\nring_slots = 4\n").unwrap();
+        assert_eq!(m.guests[0].ring_slots, 4);
+        for bad in ["3", "1", "256", "-2"] {
+            let e = check(&format!("[[guest]]\nname = \"a\"\napp = \"hello\"\nring_slots = {bad}\n")).unwrap_err();
+            assert_eq!(e.to_string(), format!("manifest.toml:4: ring_slots {bad} is not a power of two between 2 and 128"));
+        }
     }
 
     #[test]

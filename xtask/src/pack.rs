@@ -80,7 +80,14 @@ pub fn bundle(
                 }
             },
         };
-        writer.guest(&guest.name, image, guest.count, guest.memory, guest.weight, guest.cap.unwrap_or(0), tenant, &guest.args);
+        let settings = abi::bundle::Settings {
+            memory: guest.memory,
+            weight: guest.weight,
+            cap: guest.cap.unwrap_or(0),
+            tenant,
+            ring_slots: guest.ring_slots,
+        };
+        writer.guest(&guest.name, image, guest.count, &settings, &guest.args);
     }
     Ok(writer.finish())
 }
@@ -121,6 +128,7 @@ mod tests {
             weight: crate::manifest::DEFAULT_WEIGHT,
             cap: None,
             tenant: None,
+            ring_slots: abi::ring::SLOTS_DEFAULT,
             ports: Vec::new(),
             line: 1,
         }
@@ -188,7 +196,7 @@ mod tests {
                     g.name,
                     g.image,
                     g.count,
-                    g.memory,
+                    g.settings.memory,
                     g.args().collect::<Vec<_>>(),
                 )
             })

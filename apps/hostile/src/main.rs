@@ -57,7 +57,7 @@ fn main() -> i32 {
     // anything but this guest.
     unsafe {
         match attack {
-            "pagefault" => core::ptr::write_volatile(0xdead_0000 as *mut u64, 1),
+            "pagefault" => core::ptr::write_volatile(0x7000_dead_0000 as *mut u64, 1),
             "kernel-read" => {
                 core::ptr::read_volatile(0xffff_ffff_8000_0000 as *const u64);
             }
@@ -107,7 +107,7 @@ fn main() -> i32 {
                 libos::hypercall::block(0);
             },
             "ring-lie" => {
-                let prod = (abi::layout::NIC_TX_RING + abi::ring::PROD_OFFSET as u64) as *mut u32;
+                let prod = (abi::layout::EVENT_PAGE + abi::layout::NIC_TX_INDICES + abi::ring::PROD_OFFSET as u64) as *mut u32;
                 core::ptr::write_volatile(prod, 1000);
                 libos::hypercall::net_kick();
                 // Still running: the hypervisor disconnects the vNIC, not the guest.

@@ -4,13 +4,14 @@
 //! Little-endian, length-prefixed, no padding:
 //!
 //! ```text
-//! magic    8 bytes  "HVBNDL01"
+//! magic    8 bytes  "HVBNDL04"
 //! flags    u32      FLAG_*
 //! images   u32 count, then per image: name (str), data (bytes)
 //! guests   u32 count, then per guest: name (str), image index (u32),
-//!          count (u32), memory in bytes (u64), weight (u32),
-//!          cap in percent of one CPU (u32, 0 = none), tenant (u32, with
-//!          TENANT_NONE for no vNIC), argc (u32), args (str each)
+//!          count (u32), then the Settings: memory in bytes (u64),
+//!          weight (u32), cap in percent of one CPU (u32, 0 = none),
+//!          tenant (u32, TENANT_NONE for no vNIC), ring slots (u32);
+//!          then argc (u32), args (str each)
 //! str      = u32 length + UTF-8 bytes;  bytes = u64 length + bytes
 //! ```
 //!
@@ -22,7 +23,7 @@
 use core::fmt;
 
 /// First bytes of every bundle.
-pub const MAGIC: &[u8; 8] = b"HVBNDL03";
+pub const MAGIC: &[u8; 8] = b"HVBNDL04";
 /// Power QEMU off (via `isa-debug-exit`) once no guest is left.
 pub const FLAG_EXIT_WHEN_IDLE: u32 = 1 << 0;
 
@@ -41,18 +42,33 @@ pub struct Image<'a> {
     pub data: &'a [u8],
 }
 
-/// A guest entry of the manifest: `count` instances of `image`.
+/// What the manifest sets for each instance of a guest entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Guest<'a> {
-    pub name: &'a str,
-    pub image: u32,
-    pub count: u32,
+pub struct Settings {
+    /// Memory limit in bytes.
     pub memory: u64,
     pub weight: u32,
     /// Percent of one CPU; 0 means no cap.
     pub cap: u32,
     /// The tenant (broadcast domain) of its vNIC, or [`TENANT_NONE`].
     pub tenant: u32,
+    /// Slots in each of its vNIC's rings (`ring::valid_slots`).
+    pub ring_slots: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { memory: 2 << 20, weight: 100, cap: 0, tenant: TENANT_NONE, ring_slots: crate::ring::SLOTS_DEFAULT }
+    }
+}
+
+/// A guest entry of the manifest: `count` instances of `image`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Guest<'a> {
+    pub name: &'a str,
+    pub image: u32,
+    pub count: u32,
+    pub settings: Settings,
     args: &'a [u8],
     argc: u32,
 }
@@ -144,10 +160,7 @@ impl<'a> Reader<'a> {
         let name = self.str()?;
         let image = self.u32()?;
         let count = self.u32()?;
-        let memory = self.u64()?;
-        let weight = self.u32()?;
-        let cap = self.u32()?;
-        let tenant = self.u32()?;
+        let settings = Settings { memory: self.u64()?, weight: self.u32()?, cap: self.u32()?, tenant: self.u32()?, ring_slots: self.u32()? };
         let argc = self.u32()?;
         if argc > MAX_ARGS {
             return Err(Error::TooMany("arguments"));
@@ -157,7 +170,7 @@ impl<'a> Reader<'a> {
             self.str()?;
         }
         let args = &start[..start.len() - self.buf.len()];
-        Ok(Guest { name, image, count, memory, weight, cap, tenant, args, argc })
+        Ok(Guest { name, image, count, settings, args, argc })
     }
 }
 
@@ -240,15 +253,15 @@ impl Writer {
     }
 
     /// Adds a guest entry.
-    #[allow(clippy::too_many_arguments)]
-    pub fn guest<S: AsRef<str>>(&mut self, name: &str, image: u32, count: u32, memory: u64, weight: u32, cap: u32, tenant: u32, args: &[S]) {
+    pub fn guest<S: AsRef<str>>(&mut self, name: &str, image: u32, count: u32, settings: &Settings, args: &[S]) {
         put_str(&mut self.guests, name);
         self.guests.extend_from_slice(&image.to_le_bytes());
         self.guests.extend_from_slice(&count.to_le_bytes());
+        let Settings { memory, weight, cap, tenant, ring_slots } = *settings;
         self.guests.extend_from_slice(&memory.to_le_bytes());
-        self.guests.extend_from_slice(&weight.to_le_bytes());
-        self.guests.extend_from_slice(&cap.to_le_bytes());
-        self.guests.extend_from_slice(&tenant.to_le_bytes());
+        for v in [weight, cap, tenant, ring_slots] {
+            self.guests.extend_from_slice(&v.to_le_bytes());
+        }
         self.guests.extend_from_slice(&(args.len() as u32).to_le_bytes());
         for a in args {
             put_str(&mut self.guests, a.as_ref());
@@ -283,8 +296,8 @@ mod tests {
         let mut w = Writer::new(FLAG_EXIT_WHEN_IDLE);
         let hello = w.image("hello.hermit", b"tar bytes");
         let evil = w.image("evil.hermit", b"");
-        w.guest("hello", hello, 3, 2 << 20, 200, 25, 7, &["a", "b c"]);
-        w.guest("evil", evil, 1, 1 << 20, 100, 0, TENANT_NONE, &[] as &[&str]);
+        w.guest("hello", hello, 3, &Settings { memory: 2 << 20, weight: 200, cap: 25, tenant: 7, ring_slots: 8 }, &["a", "b c"]);
+        w.guest("evil", evil, 1, &Settings { memory: 1 << 20, ..Settings::default() }, &[] as &[&str]);
         w.finish()
     }
 
@@ -299,9 +312,9 @@ mod tests {
         assert_eq!(images[1].data, b"");
         let guests: Vec<_> = b.guests().collect();
         assert_eq!(guests.len(), 2);
-        assert_eq!((guests[0].name, guests[0].image, guests[0].count, guests[0].memory), ("hello", 0, 3, 2 << 20));
-        assert_eq!((guests[0].weight, guests[0].cap, guests[0].tenant), (200, 25, 7));
-        assert_eq!(guests[1].tenant, TENANT_NONE);
+        assert_eq!((guests[0].name, guests[0].image, guests[0].count), ("hello", 0, 3));
+        assert_eq!(guests[0].settings, Settings { memory: 2 << 20, weight: 200, cap: 25, tenant: 7, ring_slots: 8 });
+        assert_eq!(guests[1].settings.tenant, TENANT_NONE);
         assert_eq!(guests[0].args().collect::<Vec<_>>(), ["a", "b c"]);
         assert_eq!(guests[1].args().count(), 0);
     }
@@ -325,7 +338,7 @@ mod tests {
         assert_eq!(Bundle::parse(&buf).unwrap_err(), Error::TrailingBytes);
 
         let mut w = Writer::new(0);
-        w.guest("x", 5, 1, 4096, 100, 0, TENANT_NONE, &[] as &[&str]);
+        w.guest("x", 5, 1, &Settings { memory: 4096, ..Settings::default() }, &[] as &[&str]);
         assert_eq!(Bundle::parse(&w.finish()).unwrap_err(), Error::BadImageIndex { guest: 0, image: 5 });
     }
 

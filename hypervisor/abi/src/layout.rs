@@ -3,42 +3,67 @@
 //! The lower half (`0 .. USER_END`) belongs to the guest; the upper half is
 //! the hypervisor's, mapped supervisor-only in every address space.
 //!
+//! Everything a guest gets besides its image lies in one 2 MiB window
+//! (`WINDOW`) in the first GiB, and the heap starts inside it, so a small
+//! guest's whole address space needs five or six page tables: the PML4,
+//! one PDPT, one page directory, one page table for the image, one for the
+//! window, and one more once it touches a big heap block (the libos keeps
+//! those `HEAP_BIG_OFFSET` into the heap, still in the first GiB).
+//!
 //! ```text
-//! 0x0000_0000_0000_0000  unmapped (null guard, USER_MIN)
 //! 0x0000_0000_0001_0000  image segments, where the ELF puts them (< IMAGE_END)
-//! 0x0000_5000_0000_0000  heap, zero-filled on first touch (StartInfo::heap_*)
-//! 0x0000_7ffe_ff00_0000  stack, zero-filled on first touch, guard page below
-//! 0x0000_7fff_c000_0000  vNIC TX ring, then RX ring (ring::RING_BYTES each), read-write
-//! 0x0000_7fff_e000_0000  time page, read-only, the same for all guests (time::TimeInfo)
-//! 0x0000_7fff_e000_1000  event page, read-write, the guest's own (time::events)
-//! 0x0000_7fff_f000_0000  start page, read-only: RawBootInfo + StartInfo + strings
+//! 0x0000_0000_2000_0000  WINDOW: unmapped guard page below the stack
+//! 0x0000_0000_2000_1000  stack (STACK_MAX), zero-filled on first touch; grows down from STACK_TOP
+//! 0x0000_0000_2010_1000  start page, read-only: RawBootInfo + StartInfo + NicInfo + strings
+//! 0x0000_0000_2010_2000  time page, read-only, the same for all guests (time::TimeInfo)
+//! 0x0000_0000_2010_3000  shared page, read-write, the guest's own: event bits, vNIC ring indices
+//! 0x0000_0000_2010_4000  vNIC TX ring slots (up to ring::SLOTS_MAX), then RX ring slots
+//! 0x0000_0000_2018_4000  heap (HEAP_LEN of address space), zero-filled on first touch
+//! 0x0000_0100_2018_4000  end of the heap
 //! 0x0000_8000_0000_0000  end of the guest half (USER_END)
 //! ```
+//!
+//! Address space is not memory: a guest is charged only for the pages it
+//! touches (and its page tables), up to its memory limit.
 
 /// Page size used for every guest mapping.
 pub const PAGE_SIZE: u64 = 4096;
 /// Lowest address an image segment may use.
 pub const USER_MIN: u64 = 0x1_0000;
+/// The 2 MiB window that holds the stack, the fixed pages, the rings and
+/// the start of the heap.
+pub const WINDOW: u64 = 0x2000_0000;
 /// Image segments must end at or below this address.
-pub const IMAGE_END: u64 = 0x0000_4000_0000_0000;
-/// Start of the heap region.
-pub const HEAP_START: u64 = 0x0000_5000_0000_0000;
-/// Top of the initial stack (exclusive); the entry `rsp`.
-pub const STACK_TOP: u64 = 0x0000_7fff_0000_0000;
+pub const IMAGE_END: u64 = WINDOW;
 /// Largest stack a guest may grow; one unmapped guard page lies below it.
 pub const STACK_MAX: u64 = 1 << 20;
-/// The vNIC's TX ring (guest produces) and RX ring (hypervisor produces).
-pub const NIC_TX_RING: u64 = 0x0000_7fff_c000_0000;
-pub const NIC_RX_RING: u64 = NIC_TX_RING + 0x2_0000;
+/// Top of the initial stack (exclusive); the entry `rsp`.
+pub const STACK_TOP: u64 = WINDOW + PAGE_SIZE + STACK_MAX;
+/// The start page.
+pub const START_PAGE: u64 = STACK_TOP;
+/// The time page (read-only, shared by all guests).
+pub const TIME_PAGE: u64 = START_PAGE + PAGE_SIZE;
+/// The guest's shared page (read-write): the event bits at offset 0 (see
+/// `time::events`), the vNIC rings' indices at [`NIC_TX_INDICES`] and
+/// [`NIC_RX_INDICES`].
+pub const EVENT_PAGE: u64 = TIME_PAGE + PAGE_SIZE;
+/// Offsets in the shared page of the TX and RX rings' index blocks (each
+/// `prod` at +0, `cons` at +64: `ring::PROD_OFFSET`, `ring::CONS_OFFSET`).
+pub const NIC_TX_INDICES: u64 = 0x100;
+pub const NIC_RX_INDICES: u64 = 0x200;
+/// The vNIC's TX ring slots (guest produces) and RX ring slots (hypervisor
+/// produces), each `ring::slots_bytes(slots)` long.
+pub const NIC_TX_RING: u64 = EVENT_PAGE + PAGE_SIZE;
+pub const NIC_RX_RING: u64 = NIC_TX_RING + crate::ring::slots_bytes(crate::ring::SLOTS_MAX) as u64;
+/// Start of the heap region, right after the largest rings.
+pub const HEAP_START: u64 = NIC_RX_RING + crate::ring::slots_bytes(crate::ring::SLOTS_MAX) as u64;
+/// Address space given to the heap (1 TiB; memory is what the limit allows).
+pub const HEAP_LEN: u64 = 1 << 40;
+/// Where in the heap the libos starts its runs of whole pages for big
+/// blocks; small blocks live below (so at most this much of them).
+pub const HEAP_BIG_OFFSET: u64 = 256 << 20;
 /// Offset of [`crate::NicInfo`] within the start page.
 pub const NIC_INFO_OFFSET: u64 = 0x180;
-
-/// The time page (read-only, shared by all guests).
-pub const TIME_PAGE: u64 = 0x0000_7fff_e000_0000;
-/// The guest's event page (read-write).
-pub const EVENT_PAGE: u64 = 0x0000_7fff_e000_1000;
-/// The start page: hermit-entry's `RawBootInfo` at offset 0.
-pub const START_PAGE: u64 = 0x0000_7fff_f000_0000;
 /// Offset of [`crate::StartInfo`] within the start page.
 pub const START_INFO_OFFSET: u64 = 0x100;
 /// Offset of the name and argument strings within the start page.
@@ -52,18 +77,20 @@ pub const USER_END: u64 = 0x0000_8000_0000_0000;
 /// Longest instance name (bytes).
 pub const NAME_MAX: usize = 64;
 
-// The regions are ordered and disjoint, checked at compile time.
+// The regions are ordered, disjoint and where the docs say, checked at
+// compile time.
 const _: () = {
     assert!(USER_MIN < IMAGE_END);
-    assert!(IMAGE_END <= HEAP_START);
-    assert!(STACK_TOP - STACK_MAX - PAGE_SIZE > HEAP_START);
-    assert!(STACK_TOP < NIC_TX_RING);
-    assert!(NIC_RX_RING + crate::ring::RING_BYTES as u64 <= TIME_PAGE);
+    assert!(WINDOW % (2 << 20) == 0);
+    assert!(STACK_TOP - STACK_MAX - PAGE_SIZE == WINDOW);
+    assert!(HEAP_START < WINDOW + (2 << 20), "the heap starts inside the window");
+    assert!(HEAP_START.is_multiple_of(PAGE_SIZE));
+    assert!(HEAP_START + HEAP_LEN <= USER_END);
+    assert!((HEAP_START + HEAP_BIG_OFFSET) >> 30 == WINDOW >> 30, "big blocks start in the window's GiB");
+    assert!(NIC_TX_INDICES >= 8 && NIC_TX_INDICES + crate::ring::CONS_OFFSET as u64 + 4 <= NIC_RX_INDICES);
+    assert!(NIC_RX_INDICES + crate::ring::CONS_OFFSET as u64 + 4 <= PAGE_SIZE);
     assert!(NIC_INFO_OFFSET >= START_INFO_OFFSET + core::mem::size_of::<crate::StartInfo>() as u64);
     assert!(NIC_INFO_OFFSET + core::mem::size_of::<crate::NicInfo>() as u64 <= START_STRINGS_OFFSET);
-    assert!(crate::ring::RING_BYTES as u64 <= NIC_RX_RING - NIC_TX_RING);
-    assert!(EVENT_PAGE + PAGE_SIZE <= START_PAGE);
-    assert!(START_PAGE + PAGE_SIZE <= USER_END);
     assert!(START_STRINGS_OFFSET >= START_INFO_OFFSET + core::mem::size_of::<crate::StartInfo>() as u64);
 };
 

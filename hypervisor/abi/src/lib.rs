@@ -25,7 +25,7 @@ pub mod time;
 
 /// Version of this contract. Images carry the version they were built
 /// against in an ELF note ([`note`]); the hypervisor refuses any other.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Hypercall numbers, passed in `rax` to `syscall`.
 ///
@@ -61,6 +61,14 @@ pub enum Hypercall {
     /// (they are also forwarded whenever the guest blocks, yields or is
     /// preempted, so a guest about to block need not kick). Returns 0.
     NetKick = 6,
+    /// `discard(addr, len)`: the caller no longer needs the contents of
+    /// the whole pages in `[addr, addr + len)`, which must be page-aligned
+    /// and inside its heap: the hypervisor takes their frames back (no
+    /// longer charged to the guest) and the pages read as zero on the next
+    /// touch, like `madvise(MADV_DONTNEED)`. The libos's allocator uses it
+    /// so that big zeroed buffers (socket buffers) cost nothing until used
+    /// and freed ones return their memory. Returns the bytes given back.
+    Discard = 7,
 }
 
 impl TryFrom<u64> for Hypercall {
@@ -74,6 +82,7 @@ impl TryFrom<u64> for Hypercall {
             4 => Self::Block,
             5 => Self::Nop,
             6 => Self::NetKick,
+            7 => Self::Discard,
             other => return Err(other),
         })
     }
@@ -89,6 +98,7 @@ impl Hypercall {
             Self::Block => "block",
             Self::Nop => "nop",
             Self::NetKick => "net_kick",
+            Self::Discard => "discard",
         }
     }
 }
@@ -180,6 +190,9 @@ pub struct NicInfo {
     pub mac: [u8; 8],
     pub ipv4: [u8; 4],
     pub gateway: [u8; 4],
+    /// Slots in each ring (`ring::valid_slots`).
+    pub ring_slots: u32,
+    pub reserved: u32,
 }
 
 pub const NIC_MAGIC: u32 = u32::from_le_bytes(*b"NIC1");
@@ -210,6 +223,7 @@ impl NicInfo {
         b[8..16].copy_from_slice(&self.mac);
         b[16..20].copy_from_slice(&self.ipv4);
         b[20..24].copy_from_slice(&self.gateway);
+        b[24..28].copy_from_slice(&self.ring_slots.to_le_bytes());
         b
     }
 }
@@ -240,7 +254,7 @@ mod tests {
 
     #[test]
     fn hypercall_numbers_round_trip() {
-        for hc in [Hypercall::ConsoleWrite, Hypercall::Exit, Hypercall::Yield, Hypercall::Block, Hypercall::Nop, Hypercall::NetKick] {
+        for hc in [Hypercall::ConsoleWrite, Hypercall::Exit, Hypercall::Yield, Hypercall::Block, Hypercall::Nop, Hypercall::NetKick, Hypercall::Discard] {
             assert_eq!(Hypercall::try_from(hc as u64), Ok(hc));
         }
         assert_eq!(Hypercall::try_from(0), Err(0));

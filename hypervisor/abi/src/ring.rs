@@ -2,15 +2,16 @@
 //!
 //! A vNIC is two single-producer/single-consumer rings in memory shared by a
 //! guest and the hypervisor: TX (guest produces frames, hypervisor consumes)
-//! and RX (hypervisor produces, guest consumes). Each ring has
-//! [`SLOTS`] fixed slots of [`SLOT_SIZE`] bytes; slot `i % SLOTS` holds the
+//! and RX (hypervisor produces, guest consumes). Each ring has `slots`
+//! fixed slots of [`SLOT_SIZE`] bytes (a power of two up to [`SLOTS_MAX`],
+//! chosen per guest and told it in `NicInfo`); slot `i % slots` holds the
 //! frame of index `i`, and its first two bytes hold the frame's length. A
 //! slot has no address in it, so a guest cannot point the hypervisor
 //! anywhere: the worst it can say is a wrong length, which is checked.
 //!
 //! Indices are free-running `u32`s as in Xen's `io/ring.h`: the producer
 //! owns `prod`, the consumer owns `cons`, `prod - cons` (wrapping) is the
-//! number of frames in flight, and anything above [`SLOTS`] means the peer
+//! number of frames in flight, and anything above `slots` means the peer
 //! lies. Each side keeps a private copy of its own index and reads the
 //! peer's index once per batch; the producer writes the slot before
 //! publishing `prod` (release), the consumer reads `prod` (acquire) before
@@ -18,10 +19,17 @@
 //!
 //! Memory access goes through [`RingMemory`], so the same code runs over raw
 //! pointers in the guest, over physical frames in the hypervisor, and over a
-//! byte array in the tests.
+//! byte array in the tests. A ring is addressed as one region: its index
+//! block below [`SLOTS_OFFSET`] and its slots from there; the guest's rings
+//! keep their index blocks in the shared page and their slots in pages of
+//! their own (`layout::NIC_TX_INDICES`, `layout::NIC_TX_RING`).
 
-/// Slots per ring (a power of two).
-pub const SLOTS: u32 = 32;
+/// Most slots a ring may have.
+pub const SLOTS_MAX: u32 = 128;
+/// Fewest slots a ring may have.
+pub const SLOTS_MIN: u32 = 2;
+/// Slots per ring unless the manifest says otherwise.
+pub const SLOTS_DEFAULT: u32 = 16;
 /// Bytes per slot: a 2-byte length, then the frame.
 pub const SLOT_SIZE: usize = 2048;
 /// Largest Ethernet frame carried (no FCS): 1500 bytes of payload + header.
@@ -29,7 +37,7 @@ pub const MTU_FRAME: usize = 1514;
 /// Smallest frame: an Ethernet header.
 pub const MIN_FRAME: usize = 14;
 
-const _: () = assert!(SLOTS.is_power_of_two());
+const _: () = assert!(valid_slots(SLOTS_DEFAULT) && valid_slots(SLOTS_MAX) && valid_slots(SLOTS_MIN));
 const _: () = assert!(2 + MTU_FRAME <= SLOT_SIZE);
 
 /// Offsets of the ring's fields within its region. `prod` and `cons` sit on
@@ -37,15 +45,30 @@ const _: () = assert!(2 + MTU_FRAME <= SLOT_SIZE);
 pub const PROD_OFFSET: usize = 0;
 pub const CONS_OFFSET: usize = 64;
 pub const SLOTS_OFFSET: usize = 4096;
-/// Size of one ring's region.
-pub const RING_BYTES: usize = SLOTS_OFFSET + SLOTS as usize * SLOT_SIZE;
+/// Bytes of the index block that hold `prod` and `cons`.
+pub const INDEX_BYTES: usize = CONS_OFFSET + 4;
+
+/// Whether a ring may have `slots` slots.
+pub const fn valid_slots(slots: u32) -> bool {
+    slots.is_power_of_two() && slots >= SLOTS_MIN && slots <= SLOTS_MAX
+}
+
+/// Bytes of a ring's slots.
+pub const fn slots_bytes(slots: u32) -> usize {
+    slots as usize * SLOT_SIZE
+}
+
+/// Size of one ring's region as [`RingMemory`] addresses it.
+pub const fn ring_bytes(slots: u32) -> usize {
+    SLOTS_OFFSET + slots_bytes(slots)
+}
 
 /// Access to one ring's shared region.
 ///
 /// # Safety
 /// Implementations must make `load`/`store` single 4-byte atomic accesses
 /// with acquire/release ordering, and must keep every access inside the
-/// region (`offset + len <= RING_BYTES`) or fail.
+/// region (`offset + len <= ring_bytes(slots)`) or fail.
 pub unsafe trait RingMemory {
     /// Atomically loads the `u32` at `offset` (acquire).
     fn load(&self, offset: usize) -> u32;
@@ -76,9 +99,9 @@ unsafe impl<T: RingMemory + ?Sized> RingMemory for &T {
 /// How a peer broke the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RingError {
-    /// The peer's index is more than [`SLOTS`] ahead of ours (or behind:
+    /// The peer's index is more than `slots` ahead of ours (or behind:
     /// an index moved backwards wraps to a huge distance).
-    BadIndex { prod: u32, cons: u32 },
+    BadIndex { prod: u32, cons: u32, slots: u32 },
     /// A slot's length is below [`MIN_FRAME`] or above [`MTU_FRAME`].
     BadLength { index: u32, len: u16 },
 }
@@ -86,8 +109,8 @@ pub enum RingError {
 impl core::fmt::Display for RingError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match *self {
-            RingError::BadIndex { prod, cons } => {
-                write!(f, "producer index {prod} is not within {SLOTS} of consumer index {cons}")
+            RingError::BadIndex { prod, cons, slots } => {
+                write!(f, "producer index {prod} is not within {slots} of consumer index {cons}")
             }
             RingError::BadLength { index, len } => {
                 write!(f, "frame {index} has length {len}, outside {MIN_FRAME}..={MTU_FRAME}")
@@ -96,31 +119,36 @@ impl core::fmt::Display for RingError {
     }
 }
 
-fn slot_offset(index: u32) -> usize {
-    SLOTS_OFFSET + (index % SLOTS) as usize * SLOT_SIZE
+fn slot_offset(index: u32, slots: u32) -> usize {
+    SLOTS_OFFSET + (index & (slots - 1)) as usize * SLOT_SIZE
 }
 
 /// The producing side of a ring.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Producer {
     /// Our `prod`, never read back from shared memory.
     prod: u32,
+    slots: u32,
 }
 
 impl Producer {
-    /// A producer for a fresh ring (both indices 0).
-    pub const fn new() -> Self {
-        Self { prod: 0 }
+    /// A producer for a fresh ring (both indices 0) of `slots` slots.
+    ///
+    /// # Panics
+    /// If `slots` is not [`valid_slots`] (callers check what they are told).
+    pub const fn new(slots: u32) -> Self {
+        assert!(valid_slots(slots));
+        Self { prod: 0, slots }
     }
 
     /// Free slots, from the consumer's index as it is now.
     pub fn space(&self, m: &impl RingMemory) -> Result<u32, RingError> {
         let cons = m.load(CONS_OFFSET);
         let used = self.prod.wrapping_sub(cons);
-        if used > SLOTS {
-            return Err(RingError::BadIndex { prod: self.prod, cons });
+        if used > self.slots {
+            return Err(RingError::BadIndex { prod: self.prod, cons, slots: self.slots });
         }
-        Ok(SLOTS - used)
+        Ok(self.slots - used)
     }
 
     /// Writes `frame` into the next slot without publishing it; returns
@@ -133,7 +161,7 @@ impl Producer {
         if self.space(m)? == 0 {
             return Ok(false);
         }
-        let at = slot_offset(self.prod);
+        let at = slot_offset(self.prod, self.slots);
         m.write(at, &(frame.len() as u16).to_le_bytes());
         m.write(at + 2, frame);
         self.prod = self.prod.wrapping_add(1);
@@ -148,13 +176,13 @@ impl Producer {
         if !(MIN_FRAME..=MTU_FRAME).contains(&len) {
             return Err(RingError::BadLength { index: self.prod, len: len.min(u16::MAX as usize) as u16 });
         }
-        Ok((self.space(m)? > 0).then(|| slot_offset(self.prod) + 2))
+        Ok((self.space(m)? > 0).then(|| slot_offset(self.prod, self.slots) + 2))
     }
 
     /// Completes a [`Producer::reserve`]d slot holding `len` bytes (not yet
     /// published).
     pub fn commit(&mut self, m: &impl RingMemory, len: usize) {
-        m.write(slot_offset(self.prod), &(len as u16).to_le_bytes());
+        m.write(slot_offset(self.prod, self.slots), &(len as u16).to_le_bytes());
         self.prod = self.prod.wrapping_add(1);
     }
 
@@ -167,26 +195,42 @@ impl Producer {
     pub fn index(&self) -> u32 {
         self.prod
     }
+
+    /// Slots in this ring.
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
 }
 
 /// The consuming side of a ring.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Consumer {
     /// Our `cons`, never read back from shared memory.
     cons: u32,
+    slots: u32,
 }
 
 impl Consumer {
-    pub const fn new() -> Self {
-        Self { cons: 0 }
+    /// A consumer for a fresh ring of `slots` slots.
+    ///
+    /// # Panics
+    /// If `slots` is not [`valid_slots`].
+    pub const fn new(slots: u32) -> Self {
+        assert!(valid_slots(slots));
+        Self { cons: 0, slots }
+    }
+
+    /// Slots in this ring.
+    pub fn slots(&self) -> u32 {
+        self.slots
     }
 
     /// Frames waiting, from the producer's index as it is now.
     pub fn pending(&self, m: &impl RingMemory) -> Result<u32, RingError> {
         let prod = m.load(PROD_OFFSET);
         let n = prod.wrapping_sub(self.cons);
-        if n > SLOTS {
-            return Err(RingError::BadIndex { prod, cons: self.cons });
+        if n > self.slots {
+            return Err(RingError::BadIndex { prod, cons: self.cons, slots: self.slots });
         }
         Ok(n)
     }
@@ -212,7 +256,7 @@ impl Consumer {
         if self.pending(m)? == 0 {
             return Ok(None);
         }
-        let at = slot_offset(self.cons);
+        let at = slot_offset(self.cons, self.slots);
         let mut len = [0u8; 2];
         m.read(at, &mut len);
         let len = u16::from_le_bytes(len);
@@ -244,9 +288,17 @@ pub mod testing {
 
     pub struct VecRing(pub RefCell<alloc::vec::Vec<u8>>);
 
+    impl VecRing {
+        /// A zeroed ring region of `slots` slots.
+        pub fn new(slots: u32) -> Self {
+            Self(RefCell::new(alloc::vec![0; ring_bytes(slots)]))
+        }
+    }
+
     impl Default for VecRing {
+        /// A ring of [`SLOTS_DEFAULT`] slots.
         fn default() -> Self {
-            Self(RefCell::new(alloc::vec![0; RING_BYTES]))
+            Self::new(SLOTS_DEFAULT)
         }
     }
 
@@ -273,6 +325,9 @@ mod tests {
     use super::testing::VecRing;
     use super::*;
 
+    const SLOTS: u32 = SLOTS_DEFAULT;
+    const RING_BYTES: usize = ring_bytes(SLOTS);
+
     fn frame(i: u32, len: usize) -> alloc::vec::Vec<u8> {
         (0..len).map(|j| (i as usize * 31 + j) as u8).collect()
     }
@@ -280,7 +335,7 @@ mod tests {
     #[test]
     fn frames_cross_in_order_through_many_wraps() {
         let m = VecRing::default();
-        let (mut p, mut c) = (Producer::new(), Consumer::new());
+        let (mut p, mut c) = (Producer::new(SLOTS), Consumer::new(SLOTS));
         let mut buf = [0u8; MTU_FRAME];
         let mut next_expected = 0u32;
         for round in 0..1000u32 {
@@ -302,8 +357,8 @@ mod tests {
     #[test]
     fn frames_copy_straight_from_one_ring_to_another() {
         let (a, b) = (VecRing::default(), VecRing::default());
-        let (mut pa, mut ca) = (Producer::new(), Consumer::new());
-        let (mut pb, mut cb) = (Producer::new(), Consumer::new());
+        let (mut pa, mut ca) = (Producer::new(SLOTS), Consumer::new(SLOTS));
+        let (mut pb, mut cb) = (Producer::new(SLOTS), Consumer::new(SLOTS));
         let mut buf = [0u8; MTU_FRAME];
         for i in 0..100u32 {
             let f = frame(i, 14 + (i as usize * 37) % 1500);
@@ -330,7 +385,7 @@ mod tests {
     #[test]
     fn a_full_ring_refuses_and_nothing_is_lost() {
         let m = VecRing::default();
-        let (mut p, mut c) = (Producer::new(), Consumer::new());
+        let (mut p, mut c) = (Producer::new(SLOTS), Consumer::new(SLOTS));
         for i in 0..SLOTS {
             assert!(p.push(&m, &frame(i, 64)).unwrap());
         }
@@ -349,7 +404,7 @@ mod tests {
         let start = u32::MAX - 5;
         m.store(PROD_OFFSET, start);
         m.store(CONS_OFFSET, start);
-        let (mut p, mut c) = (Producer { prod: start }, Consumer { cons: start });
+        let (mut p, mut c) = (Producer { prod: start, slots: SLOTS }, Consumer { cons: start, slots: SLOTS });
         let mut buf = [0u8; MTU_FRAME];
         for i in 0..20 {
             assert!(p.push(&m, &frame(i, 100)).unwrap());
@@ -363,11 +418,11 @@ mod tests {
     #[test]
     fn a_lying_producer_is_caught() {
         let m = VecRing::default();
-        let mut c = Consumer::new();
+        let mut c = Consumer::new(SLOTS);
         let mut buf = [0u8; MTU_FRAME];
         // prod beyond the ring size.
         m.store(PROD_OFFSET, SLOTS + 1);
-        assert_eq!(c.pop(&m, &mut buf), Err(RingError::BadIndex { prod: SLOTS + 1, cons: 0 }));
+        assert_eq!(c.pop(&m, &mut buf), Err(RingError::BadIndex { prod: SLOTS + 1, cons: 0, slots: SLOTS }));
         // prod moved backwards (wraps to a huge distance).
         m.store(PROD_OFFSET, u32::MAX);
         assert!(matches!(c.pop(&m, &mut buf), Err(RingError::BadIndex { .. })));
@@ -376,7 +431,7 @@ mod tests {
             let m = VecRing::default();
             m.write(SLOTS_OFFSET, &len.to_le_bytes());
             m.store(PROD_OFFSET, 1);
-            let mut c = Consumer::new();
+            let mut c = Consumer::new(SLOTS);
             assert_eq!(c.pop(&m, &mut buf), Err(RingError::BadLength { index: 0, len }));
             c.skip(&m).unwrap();
             assert_eq!(c.pending(&m), Ok(0), "a bad frame can be skipped");
@@ -385,13 +440,13 @@ mod tests {
         m.write(SLOTS_OFFSET, &100u16.to_le_bytes());
         m.store(PROD_OFFSET, 1);
         let mut small = [0u8; 50];
-        assert!(matches!(Consumer::new().pop(&m, &mut small), Err(RingError::BadLength { .. })));
+        assert!(matches!(Consumer::new(SLOTS).pop(&m, &mut small), Err(RingError::BadLength { .. })));
     }
 
     #[test]
     fn a_lying_consumer_is_caught() {
         let m = VecRing::default();
-        let mut p = Producer::new();
+        let mut p = Producer::new(SLOTS);
         // cons ahead of prod (moved past what was produced).
         m.store(CONS_OFFSET, 5);
         assert!(matches!(p.push(&m, &frame(0, 64)), Err(RingError::BadIndex { .. })));
@@ -401,7 +456,7 @@ mod tests {
     #[test]
     fn producers_refuse_bad_frames() {
         let m = VecRing::default();
-        let mut p = Producer::new();
+        let mut p = Producer::new(SLOTS);
         assert!(matches!(p.push(&m, &[0; 10]), Err(RingError::BadLength { .. })));
         assert!(matches!(p.push(&m, &[0; MTU_FRAME + 1]), Err(RingError::BadLength { .. })));
         assert_eq!(p.index(), 0);
@@ -423,7 +478,7 @@ mod tests {
                 let at = (next() as usize) % (RING_BYTES - 4);
                 m.store(at & !3, next() as u32);
             }
-            let mut c = Consumer { cons: next() as u32 % 64 };
+            let mut c = Consumer { cons: next() as u32 % 64, slots: SLOTS };
             for _ in 0..40 {
                 match c.pop(&m, &mut buf) {
                     Ok(Some(n)) => assert!((MIN_FRAME..=MTU_FRAME).contains(&n)),

@@ -14,6 +14,11 @@ pub struct LineBuffer {
 }
 
 impl LineBuffer {
+    /// Bytes allocated for the line being collected.
+    pub fn capacity(&self) -> usize {
+        self.line.capacity()
+    }
+
     /// Adds bytes; calls `emit` with each completed line (without the
     /// newline, control characters replaced by `.`).
     pub fn push(&mut self, bytes: &[u8], emit: &mut impl FnMut(&str)) {

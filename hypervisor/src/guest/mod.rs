@@ -11,7 +11,7 @@ use crate::image::Image;
 use crate::mm::paging::Pte;
 use crate::mm::user::{Fault, GuestMemory};
 use crate::mm::{FRAME_SIZE, PhysAddr, PhysMem, paging::AddressSpace};
-use abi::layout::{self, HEAP_START, PAGE_SIZE, STACK_MAX, STACK_TOP, START_PAGE};
+use abi::layout::{self, HEAP_LEN, HEAP_START, PAGE_SIZE, STACK_MAX, STACK_TOP, START_PAGE};
 use abi::{CONSOLE_WRITE_MAX, Hypercall, StartInfo};
 use alloc::boxed::Box;
 use alloc::format;
@@ -104,6 +104,8 @@ pub enum Step {
     Preempted,
     /// It asked for its vNIC's TX ring to be forwarded now; then resume it.
     NetKick,
+    /// It gave pages back: flush this CPU's TLB, then resume it.
+    FlushTlb,
     /// It sleeps until an event or the monotonic clock reaches `deadline`
     /// (ns; `u64::MAX`: no deadline). Resume it with [`Guest::wake_from_block`].
     Block { deadline: u64 },
@@ -191,7 +193,7 @@ impl Guest {
         }
         let strings = start_strings(name, args).ok_or(CreateError::ArgsTooLong)?;
         let space = AddressSpace::new(mem, kernel_root).ok_or(CreateError::MachineOutOfMemory)?;
-        let heap = HEAP_START..HEAP_START + memory_limit;
+        let heap = HEAP_START..HEAP_START + HEAP_LEN;
         let stack = STACK_TOP - STACK_MAX..STACK_TOP;
         let mut memory = GuestMemory::new(space, heap.clone(), stack.clone(), memory_limit);
 
@@ -281,7 +283,9 @@ impl Guest {
                 Step::Preempted
             }
         };
-        if matches!(step, Step::Resume | Step::Yield | Step::Preempted | Step::NetKick | Step::Block { .. }) && self.regs.rip >= layout::USER_END {
+        if matches!(step, Step::Resume | Step::Yield | Step::Preempted | Step::NetKick | Step::FlushTlb | Step::Block { .. })
+            && self.regs.rip >= layout::USER_END
+        {
             // Only a `syscall` in the last bytes of the guest half can get
             // here; never `sysret`/`iret` to a non-canonical address.
             return Step::Stopped(format!("return address {:#x} is not canonical (syscall at the end of the guest half)", self.regs.rip));
@@ -312,6 +316,16 @@ impl Guest {
             self.regs.rax = self.pending_events(mem);
             self.stats.wakeups += 1;
         }
+    }
+
+    /// Bytes the hypervisor holds for this guest outside its pages: this
+    /// record, its FPU area, name, console line and accounting.
+    pub fn record_bytes(&self) -> u64 {
+        (core::mem::size_of::<Self>()
+            + core::mem::size_of::<FpuState>()
+            + self.name.capacity()
+            + self.console.capacity()
+            + self.stats.cpu_ns_per_cpu.capacity() * 8) as u64
     }
 
     /// Flushes a partial console line (call when the guest is gone).
@@ -369,6 +383,14 @@ impl Guest {
             Hypercall::NetKick => {
                 self.regs.rax = 0;
                 Step::NetKick
+            }
+            Hypercall::Discard => {
+                if !self.memory.is_discardable(a0, a1) {
+                    return Step::Stopped(format!("bad hypercall discard: {a0:#x}+{a1:#x} is not whole pages inside the heap"));
+                }
+                let pages = self.memory.discard(mem, a0, a0 + a1);
+                self.regs.rax = pages * PAGE_SIZE;
+                if pages > 0 { Step::FlushTlb } else { Step::Resume }
             }
             Hypercall::Block => {
                 let pending = self.pending_events(mem);

@@ -136,10 +136,10 @@ fn faults_stop_with_reasons_and_demand_zero_resumes() {
     g.regs = Regs { vector: 14, error: 0b110, cr2: STACK_TOP - 16, rip: 0x401000, ..Regs::default() };
     assert_eq!(g.handle_exit(&mut mem, &mut |_| {}), Step::Resume);
     assert!(!g.via_sysret, "after a fault every register is restored with iret");
-    g.regs = Regs { vector: 14, error: 0b110, cr2: 0xdead_0000, rip: 0x401000, ..Regs::default() };
+    g.regs = Regs { vector: 14, error: 0b110, cr2: 0x7000_dead_0000, rip: 0x401000, ..Regs::default() };
     assert_eq!(
         g.handle_exit(&mut mem, &mut |_| {}),
-        Step::Stopped("page fault: write to unmapped address 0xdead0000 at ip 0x401000".into())
+        Step::Stopped("page fault: write to unmapped address 0x7000dead0000 at ip 0x401000".into())
     );
     g.regs = Regs { vector: 14, error: 0b110, cr2: STACK_TOP - STACK_MAX - 8, rip: 0x401000, ..Regs::default() };
     assert!(matches!(g.handle_exit(&mut mem, &mut |_| {}), Step::Stopped(s) if s.starts_with("stack overflow")));

@@ -32,7 +32,7 @@ pub const MAX_IMAGE_BYTES: usize = 64 << 20;
 /// Largest `hermit.toml` we accept.
 pub const MAX_CONFIG_BYTES: usize = 64 << 10;
 /// Largest total memory (page-rounded) the loadable segments may occupy.
-pub const MAX_MAPPED_BYTES: u64 = 1 << 30;
+pub const MAX_MAPPED_BYTES: u64 = 256 << 20;
 
 bitflags::bitflags! {
     /// Access permissions of a segment, from the ELF `p_flags`.
@@ -461,7 +461,7 @@ impl fmt::Display for ImageError {
             SegmentsTooLarge { total } => {
                 write!(
                     f,
-                    "segments occupy {total:#x} bytes of memory; the limit is 1 GiB"
+                    "segments occupy {total:#x} bytes of memory; the limit is 256 MiB"
                 )
             }
             SegmentMisaligned {

@@ -1170,21 +1170,25 @@ fn absurd_memsz() {
     let e = err(parse_spec(
         ElfSpec::valid().with(|s| s.phdrs[DATA].memsz = 2 << 30),
     ));
+    assert!(matches!(e, ImageError::SegmentPastImageEnd { .. }), "{e}");
+    let e = err(parse_spec(
+        ElfSpec::valid().with(|s| s.phdrs[DATA].memsz = 300 << 20),
+    ));
     assert!(matches!(e, ImageError::SegmentsTooLarge { .. }), "{e}");
-    // Two segments of 600 MiB each.
+    // Two segments of 150 MiB each.
     let e = err(parse_spec(ElfSpec::valid().with(|s| {
-        s.phdrs[RODATA].memsz = 600 << 20;
-        s.phdrs[DATA].vaddr = 0x3000_5000;
-        s.phdrs[DATA].memsz = 600 << 20;
-        s.phdrs[TLS].vaddr = 0x3000_5000;
+        s.phdrs[RODATA].memsz = 150 << 20;
+        s.phdrs[DATA].vaddr = 0x0a00_5000;
+        s.phdrs[DATA].memsz = 150 << 20;
+        s.phdrs[TLS].vaddr = 0x0a00_5000;
     })));
     assert_eq!(
         e,
         ImageError::SegmentsTooLarge {
-            total: 0x2000 + 2 * 0x2580_0000
+            total: 0x2000 + 2 * 0x960_0000
         }
     );
-    assert!(e.to_string().ends_with("the limit is 1 GiB"));
+    assert!(e.to_string().ends_with("the limit is 256 MiB"));
 }
 
 #[test]

@@ -62,6 +62,11 @@ pub fn map(
     }
     let mut table = root;
     let mut created = 0;
+    // The tables this call allocates, and where the first is linked in: if
+    // memory runs out half-way, they are unlinked and freed, so a failed
+    // map leaves the tree (and its owner's count of table frames) as it was.
+    let mut new_tables = [0; 3];
+    let mut first_link = None;
     for l in (level + 1..=4).rev() {
         let i = index(va, l);
         let e = mem.read_pte(table, i);
@@ -71,7 +76,15 @@ pub fn map(
             }
             e & ADDR_MASK
         } else {
-            let t = mem.alloc().ok_or(MapError::OutOfMemory)?;
+            let Some(t) = mem.alloc() else {
+                if let Some((parent, pi)) = first_link {
+                    mem.write_pte(parent, pi, 0);
+                }
+                new_tables[..created].iter().for_each(|&t| mem.free(t));
+                return Err(MapError::OutOfMemory);
+            };
+            first_link.get_or_insert((table, i));
+            new_tables[created] = t;
             created += 1;
             mem.write_pte(table, i, t | table_flags.bits() | Pte::PRESENT.bits());
             t
@@ -151,6 +164,41 @@ impl AddressSpace {
         translate(mem, self.root, va)
     }
 
+    /// Unmaps every page mapped in `[start, end)` of the guest half
+    /// (page-aligned), calling `f` with each frame and its flags; returns
+    /// how many were unmapped. Walks only the tables that exist, so the
+    /// cost follows what is mapped, not the size of the range. Page tables
+    /// stay (they are reused by the next touch). The caller flushes the TLB.
+    pub fn unmap_user_range<M: PhysMem>(&mut self, mem: &mut M, start: u64, end: u64, f: &mut impl FnMut(&mut M, PhysAddr, Pte)) -> usize {
+        fn walk<M: PhysMem>(mem: &mut M, table: PhysAddr, level: u32, base: u64, start: u64, end: u64, f: &mut impl FnMut(&mut M, PhysAddr, Pte)) -> usize {
+            let span = FRAME_SIZE << (9 * (level - 1));
+            let lo = ((start.max(base) - base) / span) as usize;
+            let hi = (((end.min(base + 512 * span)) - 1 - base) / span) as usize;
+            let mut n = 0;
+            for i in lo..=hi {
+                let e = mem.read_pte(table, i);
+                if e & Pte::PRESENT.bits() == 0 {
+                    continue;
+                }
+                let pa = e & ADDR_MASK;
+                if level == 1 {
+                    mem.write_pte(table, i, 0);
+                    f(mem, pa, Pte::from_bits_retain(e & !ADDR_MASK));
+                    n += 1;
+                } else if e & Pte::HUGE.bits() == 0 {
+                    n += walk(mem, pa, level - 1, base + i as u64 * span, start, end, f);
+                }
+            }
+            n
+        }
+        let end = end.min(abi::layout::USER_END);
+        if start >= end || !start.is_multiple_of(FRAME_SIZE) || !end.is_multiple_of(FRAME_SIZE) {
+            return 0;
+        }
+        walk(mem, self.root, 4, 0, start, end, f)
+    }
+
+
     /// Frees every page table and every owned (non-`SHARED`) frame of the
     /// guest half, and the PML4. Returns the number of owned data frames
     /// freed.
@@ -191,6 +239,30 @@ mod tests {
         let data = mem.alloc().unwrap();
         map(mem, root, 0xffff_ffff_8000_0000, data, Pte::WRITABLE, 1, Pte::WRITABLE).unwrap();
         root
+    }
+
+    #[test]
+    fn a_map_that_runs_out_of_frames_half_way_leaves_nothing_behind() {
+        // Found by the hypercall fuzz target (fuzz/corpus/hypercall/
+        // regression-map-oom-tables): the tables a failed map had already
+        // linked in were not counted, so the guest was not charged for them
+        // and destroy() freed more frames than it reported.
+        let mut mem = TestMem::new(100);
+        let k = kernel_root(&mut mem);
+        let mut a = AddressSpace::new(&mut mem, k).unwrap();
+        let f = mem.alloc().unwrap();
+        let live = mem.live;
+        mem.limit = live + 2; // two of the three tables it needs
+        assert_eq!(a.map_user(&mut mem, 0x40_0000, f, Pte::WRITABLE), Err(MapError::OutOfMemory));
+        assert_eq!((a.table_frames(), mem.live), (1, live), "nothing allocated stays");
+        assert_eq!(a.translate(&mem, 0x40_0000), None);
+        mem.limit = 100;
+        a.map_user(&mut mem, 0x40_0000, f, Pte::WRITABLE).unwrap();
+        assert_eq!(a.table_frames(), 4);
+        assert_eq!(mem.live, live + 3);
+        let tables = a.table_frames();
+        assert_eq!(a.destroy(&mut mem) + tables, 1 + 4, "the data frame and every table");
+        assert_eq!(mem.live, live - 2, "only the kernel's frames remain");
     }
 
     #[test]
@@ -244,5 +316,30 @@ mod tests {
         map(&mut mem, root, KERNEL_HALF + (1 << 30), 0x20_0000, Pte::WRITABLE, 2, Pte::WRITABLE).unwrap();
         assert_eq!(translate(&mem, root, KERNEL_HALF + 0x1234_5678).unwrap().0, 0x5234_5678);
         assert_eq!(translate(&mem, root, KERNEL_HALF + (1 << 30) + 0x1_2345).unwrap().0, 0x21_2345);
+    }
+
+    #[test]
+    fn unmap_range_takes_only_what_is_mapped_inside_it() {
+        let mut mem = TestMem::new(100);
+        let k = kernel_root(&mut mem);
+        let mut a = AddressSpace::new(&mut mem, k).unwrap();
+        let base = 0x3fe0_0000u64;
+        for i in [0u64, 1, 2, 5, 600] {
+            let f = mem.alloc().unwrap();
+            a.map_user(&mut mem, base + i * 4096, f, Pte::WRITABLE).unwrap();
+        }
+        let mut got = Vec::new();
+        // Across a 2 MiB boundary, over a huge mostly-empty range.
+        let n = a.unmap_user_range(&mut mem, base + 4096, base + (1 << 40), &mut |m, pa, _| {
+            m.free(pa);
+            got.push(pa)
+        });
+        assert_eq!((n, got.len()), (4, 4));
+        assert!(a.translate(&mem, base).is_some(), "below the range stays");
+        for i in [1u64, 2, 5, 600] {
+            assert_eq!(a.translate(&mem, base + i * 4096), None);
+        }
+        assert_eq!(a.unmap_user_range(&mut mem, base + 1, base + 8192, &mut |_, _, _| {}), 0, "unaligned: nothing");
+        assert_eq!(a.unmap_user_range(&mut mem, 0, u64::MAX & !0xfff, &mut |m, pa, _| m.free(pa)), 1);
     }
 }

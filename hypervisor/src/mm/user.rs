@@ -46,20 +46,40 @@ pub struct GuestMemory {
     pub space: AddressSpace,
     /// Regions filled with zero pages on first touch (heap, stack).
     zero_fill: [Range<u64>; 2],
-    /// Frames charged to the guest: private data frames plus page tables.
-    charged: u64,
+    /// Frames the guest owns (not counting page tables).
+    private: u64,
+    /// Frames mapped that other guests share (image text, the time page).
+    shared: u64,
     limit_frames: u64,
 }
 
 impl GuestMemory {
     pub fn new(space: AddressSpace, heap: Range<u64>, stack: Range<u64>, limit_bytes: u64) -> Self {
-        let charged = space.table_frames() as u64;
-        Self { space, zero_fill: [heap, stack], charged, limit_frames: limit_bytes / FRAME_SIZE }
+        Self { space, zero_fill: [heap, stack], private: 0, shared: 0, limit_frames: limit_bytes / FRAME_SIZE }
     }
 
-    /// Bytes charged to the guest (private pages and page tables).
+    fn charged(&self) -> u64 {
+        self.private + self.space.table_frames() as u64
+    }
+
+    /// Bytes charged to the guest: its private pages and its page tables.
     pub fn charged_bytes(&self) -> u64 {
-        self.charged * FRAME_SIZE
+        self.charged() * FRAME_SIZE
+    }
+
+    /// Bytes of the guest's own pages (not page tables).
+    pub fn private_bytes(&self) -> u64 {
+        self.private * FRAME_SIZE
+    }
+
+    /// Bytes of page tables.
+    pub fn table_bytes(&self) -> u64 {
+        self.space.table_frames() as u64 * FRAME_SIZE
+    }
+
+    /// Bytes mapped that are shared with other guests (not charged).
+    pub fn shared_bytes(&self) -> u64 {
+        self.shared * FRAME_SIZE
     }
 
     pub fn limit_bytes(&self) -> u64 {
@@ -79,15 +99,13 @@ impl GuestMemory {
 
     fn map(&mut self, mem: &mut impl PhysMem, va: u64, pa: PhysAddr, flags: Pte, cost: u64) -> Result<(), Fault> {
         // Worst case three new tables; refuse before touching anything.
-        if self.charged + cost + 3 > self.limit_frames {
+        if self.charged() + cost + 3 > self.limit_frames {
             return Err(Fault::OutOfMemory { limit: self.limit_bytes() });
         }
-        let tables = self.space.table_frames();
-        let r = self.space.map_user(mem, va, pa, flags);
-        self.charged += (self.space.table_frames() - tables) as u64;
-        match r {
+        match self.space.map_user(mem, va, pa, flags) {
             Ok(()) => {
-                self.charged += cost;
+                self.private += cost;
+                self.shared += 1 - cost;
                 Ok(())
             }
             Err(MapError::OutOfMemory) => Err(Fault::MachineOutOfMemory),
@@ -110,7 +128,7 @@ impl GuestMemory {
         if let Some((pa, _)) = self.space.translate(mem, page_down(va)) {
             return Ok(pa);
         }
-        if self.charged + 4 > self.limit_frames {
+        if self.charged() + 4 > self.limit_frames {
             return Err(Fault::OutOfMemory { limit: self.limit_bytes() });
         }
         let frame = mem.alloc().ok_or(Fault::MachineOutOfMemory)?;
@@ -175,6 +193,28 @@ impl GuestMemory {
     /// Copies `src` into guest memory at `addr`.
     pub fn write(&mut self, mem: &mut impl PhysMem, addr: u64, src: &[u8]) -> Result<(), Fault> {
         self.each_page(mem, addr, src.len(), true, |mem, frame, off, r| mem.write(frame, off, &src[r]))
+    }
+
+    /// Gives back the pages mapped in `[start, end)` of a demand-zero
+    /// region (page-aligned; checked by the caller): their frames are
+    /// freed and the pages read as zero on the next touch. Returns how many
+    /// pages were given back; the caller flushes the TLB if any were.
+    pub fn discard(&mut self, mem: &mut impl PhysMem, start: u64, end: u64) -> u64 {
+        let mut freed = 0;
+        self.space.unmap_user_range(mem, start, end, &mut |mem, pa, flags| {
+            if !flags.contains(Pte::SHARED) {
+                mem.free(pa);
+                freed += 1;
+            }
+        });
+        self.private -= freed;
+        freed
+    }
+
+    /// Whether `[start, start + len)` is whole pages inside the heap.
+    pub fn is_discardable(&self, start: u64, len: u64) -> bool {
+        let heap = &self.zero_fill[0];
+        start.is_multiple_of(FRAME_SIZE) && len.is_multiple_of(FRAME_SIZE) && start.checked_add(len).is_some_and(|end| heap.start <= start && end <= heap.end)
     }
 
     /// Frees everything the guest owns. Returns the frames freed.
@@ -249,6 +289,18 @@ mod tests {
         assert_eq!(err, Fault::OutOfMemory { limit: 16 * 4096 });
         assert!(g.charged_bytes() <= 16 * 4096);
         assert!(touched >= 8);
+        // Giving pages back frees them and makes room under the limit again.
+        let before = (mem.live, g.charged_bytes());
+        assert_eq!(g.discard(&mut mem, 0x10_0000, 0x10_0000 + 4 * 4096), 4);
+        assert_eq!((mem.live, g.charged_bytes()), (before.0 - 4, before.1 - 4 * 4096));
+        let mut z = [1u8; 8];
+        g.read(&mut mem, 0x10_0000, &mut z).unwrap();
+        assert_eq!(z, [0; 8], "a discarded page reads as zero");
+        assert!(g.fault_in(&mut mem, 0x10_0000 + 4096).is_ok());
+        assert!(g.is_discardable(0x10_0000, 0x1_0000));
+        assert!(!g.is_discardable(0x10_0001, 0x1000) && !g.is_discardable(0x10_0000, 0x1001));
+        assert!(!g.is_discardable(0x10_0000, 0x20_0000), "past the region");
+        assert!(!g.is_discardable(0x40_0000, 0x1000) && !g.is_discardable(u64::MAX & !0xfff, 0x2000));
         g.destroy(&mut mem);
         assert_eq!(mem.live, k_live + 1, "only the second kernel root is left");
     }

@@ -228,6 +228,12 @@ impl Default for Switch {
 }
 
 impl Switch {
+    /// What one guest port costs the switch: its slot, its place in its
+    /// tenant's list and its MAC table entry (B-tree node overhead not
+    /// counted).
+    pub const BYTES_PER_PORT: usize =
+        core::mem::size_of::<Slot>() + core::mem::size_of::<PortId>() + core::mem::size_of::<((u32, Mac), Entry)>();
+
     pub fn new() -> Self {
         Self::with_max_learned(DEFAULT_MAX_LEARNED)
     }

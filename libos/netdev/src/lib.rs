@@ -40,13 +40,16 @@ pub struct RingDevice<M: RingMemory> {
 }
 
 impl<M: RingMemory> RingDevice<M> {
-    /// A device over fresh rings (both indices 0).
-    pub fn new(tx_mem: M, rx_mem: M) -> Self {
+    /// A device over fresh rings (both indices 0) of `slots` slots each.
+    ///
+    /// # Panics
+    /// If `slots` is not `abi::ring::valid_slots`.
+    pub fn new(tx_mem: M, rx_mem: M, slots: u32) -> Self {
         Self {
             tx_mem,
-            tx: Producer::new(),
+            tx: Producer::new(slots),
             rx_mem,
-            rx: Consumer::new(),
+            rx: Consumer::new(slots),
             rx_buf: [0; MTU_FRAME],
             tx_buf: [0; MTU_FRAME],
             stats: Stats::default(),
@@ -158,7 +161,7 @@ impl<M: RingMemory> phy::Device for RingDevice<M> {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = MTU_FRAME;
-        caps.max_burst_size = Some(abi::ring::SLOTS as usize);
+        caps.max_burst_size = Some(self.tx.slots() as usize);
         caps
     }
 }

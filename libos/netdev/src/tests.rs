@@ -17,7 +17,7 @@ struct Host<'r> {
 }
 
 fn host<'r>(tx: &'r VecRing, rx: &'r VecRing, n: u8) -> Host<'r> {
-    let mut dev = RingDevice::new(tx, rx);
+    let mut dev = RingDevice::new(tx, rx, abi::ring::SLOTS_DEFAULT);
     let config = Config::new(HardwareAddress::Ethernet(EthernetAddress([0x02, 0, 0, 0, 0, n])));
     let mut iface = Interface::new(config, &mut dev, Instant::ZERO);
     iface.update_ip_addrs(|a| a.push(IpCidr::new(IpAddress::v4(10, 0, 0, n), 24)).unwrap());
@@ -125,7 +125,7 @@ fn udp_datagrams_cross_in_both_directions() {
 #[test]
 fn a_lying_hypervisor_is_counted_not_trusted() {
     let (tx, rx) = (VecRing::default(), VecRing::default());
-    let mut dev = RingDevice::new(&tx, &rx);
+    let mut dev = RingDevice::new(&tx, &rx, abi::ring::SLOTS_DEFAULT);
     // A slot with a runt length, then an index far beyond the ring.
     rx.write(abi::ring::SLOTS_OFFSET, &3u16.to_le_bytes());
     rx.store(abi::ring::PROD_OFFSET, 1);

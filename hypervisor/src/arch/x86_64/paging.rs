@@ -152,6 +152,11 @@ pub fn free_frames() -> usize {
     FRAMES.lock().as_ref().map_or(0, |f| f.free_frames())
 }
 
+/// Frames the allocator manages (free or in use).
+pub fn total_frames() -> usize {
+    FRAMES.lock().as_ref().map_or(0, |f| f.total_frames())
+}
+
 /// Physical memory through the direct map; frames from the shared
 /// allocator. A handle with no state, so every CPU can hold one.
 #[derive(Clone, Copy, Debug, Default)]
