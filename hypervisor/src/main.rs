@@ -60,7 +60,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let module = boot.module.map(|(pa, len)| pa..pa + len);
     let reserved = [0..0x10_0000, paging::kernel_image(), module.clone().unwrap_or(0..0)];
     let total: u64 = ram.iter().map(|r| r.end - r.start).sum();
-    let heap_size = (total / 8).clamp(8 << 20, 256 << 20) & !0xfff;
+    let heap_size = (total / 16).clamp(8 << 20, 256 << 20) & !0xfff;
     let Some(heap) = paging::init_frames(ram, &reserved, heap_size) else {
         panic!("not enough memory for the frame bitmap and a {} MiB heap", heap_size >> 20);
     };

@@ -34,6 +34,15 @@ const _: () = assert!(core::mem::size_of::<RawBootInfo>() as u64 <= abi::layout:
 
 /// An idle CPU wakes at least this often to look for work and for the end.
 const IDLE_TICK_NS: u64 = 10_000_000;
+/// TSC ticks an application processor halts between looks for the guests
+/// (a few ms at any clock rate).
+const AP_WAIT_TSC: u64 = 10_000_000;
+/// Guest entries with more instances than this get progress lines instead
+/// of one line per guest.
+const QUIET_ABOVE: u32 = 100;
+/// A guest is not started unless the hypervisor's heap keeps this much free
+/// (its records, the switch, the schedulers grow with every guest).
+const HEAP_HEADROOM: usize = 1 << 20;
 /// How often an idle CPU 0 polls the uplink for frames from the host.
 const UPLINK_POLL_NS: u64 = 500_000;
 
@@ -306,7 +315,7 @@ fn stats_line(g: &Guest, state: &str, port: Option<&Port>) -> String {
             + Scheduler::BYTES_PER_GUEST) as u64
         + port.map_or(0, |p| p.record_bytes() + hypervisor::net::switch::Switch::BYTES_PER_PORT as u64);
     format!(
-        r#"{{"event":"guest_stats","guest":"{}","state":"{state}","cpu_ns":{},"cpu_ns_per_cpu":[{}],"wakeups":{},"preemptions":{},"yields":{},"hypercalls":{},"memory_bytes":{},"memory_limit":{},"private_bytes":{},"ring_bytes":{ring_bytes},"table_bytes":{},"shared_bytes":{},"hv_bytes":{hv_bytes},"created_ns":{},"first_entry_ns":{}}}"#,
+        r#"{{"event":"guest_stats","guest":"{}","state":"{state}","cpu_ns":{},"cpu_ns_per_cpu":[{}],"wakeups":{},"preemptions":{},"yields":{},"hypercalls":{},"memory_bytes":{},"memory_limit":{},"private_bytes":{},"ring_bytes":{ring_bytes},"table_bytes":{},"shared_bytes":{},"hv_bytes":{hv_bytes},"created_ns":{},"create_ns":{},"first_entry_ns":{}}}"#,
         g.name,
         s.cpu_ns,
         per_cpu.join(","),
@@ -320,6 +329,7 @@ fn stats_line(g: &Guest, state: &str, port: Option<&Port>) -> String {
         m.table_bytes(),
         m.shared_bytes(),
         s.created_ns,
+        s.create_ns,
         s.first_entry_ns
     )
 }
@@ -327,7 +337,16 @@ fn stats_line(g: &Guest, state: &str, port: Option<&Port>) -> String {
 /// An application processor: waits for the boot CPU to create the guests,
 /// then schedules until none is left, then halts.
 pub fn ap_entry(me: usize) -> ! {
-    let host = HOST.wait();
+    // Halt (not spin) while the boot CPU creates the guests: under
+    // emulation a spinning CPU takes a host core from the one working.
+    let host = loop {
+        if let Some(h) = HOST.get() {
+            break h;
+        }
+        apic::arm(cpu::rdtsc().saturating_add(AP_WAIT_TSC));
+        cpu::idle();
+        apic::eoi();
+    };
     host.cpu_loop(me);
     cpu::halt_forever()
 }
@@ -368,13 +387,20 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
     let mut home: Vec<AtomicUsize> = Vec::new();
     let mut event_frames: Vec<u64> = Vec::new();
     let mut net = Net { switch: Mutex::new(hypervisor::net::switch::Switch::new()), uplink: None, ports: Vec::new(), guest_of_slot: Vec::new(), stalled: Mutex::new(Default::default()) };
+    let free_before_uplink = free_frames();
     match crate::uplink::Uplink::probe(kernel_root) {
         Ok(Some(up)) => {
             // The host reaches the first tenant (tenant 0) through it.
             if let Ok(port) = net.switch.lock().add_uplink(0) {
                 println!(
-                    "[hv] uplink: virtio-net {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, tenant 0",
-                    up.mac[0], up.mac[1], up.mac[2], up.mac[3], up.mac[4], up.mac[5]
+                    "[hv] uplink: virtio-net {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, tenant 0, {} KiB of queues",
+                    up.mac[0],
+                    up.mac[1],
+                    up.mac[2],
+                    up.mac[3],
+                    up.mac[4],
+                    up.mac[5],
+                    (free_before_uplink - free_frames()) * 4
                 );
                 net.uplink = Some((port, Mutex::new(up)));
             }
@@ -385,7 +411,9 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
     // Guests with a vNIC so far, per tenant (see abi::guest_ipv4).
     let mut next_host: Vec<u32> = Vec::new();
     let mut not_started = 0u32;
+    let (mut started, mut create_ns) = (0u64, 0u64);
     for entry in bundle.guests() {
+        let mut nic_range: (Option<[u8; 4]>, Option<[u8; 4]>) = (None, None);
         let image = &images[entry.image as usize];
         let manifest_args: Vec<&str> = entry.args().collect();
         let st = entry.settings;
@@ -404,6 +432,12 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
                 if manifest_args.is_empty() { image.app_args.iter().map(String::as_str).collect() } else { manifest_args.clone() };
             let created_ns = time.ns(cpu::rdtsc());
             let id = guests.len();
+            let (heap, heap_used) = crate::heap_usage();
+            if heap - heap_used < HEAP_HEADROOM {
+                println!("[hv] guest {name} not started: the hypervisor's heap is full ({} used)", sizes(heap_used as u64));
+                not_started += 1;
+                continue;
+            }
             let nic = (st.tenant != abi::bundle::TENANT_NONE).then(|| {
                 let t = st.tenant as usize;
                 if next_host.len() <= t {
@@ -421,6 +455,10 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
                     reserved: 0,
                 }
             });
+            if let Some(n) = &nic {
+                nic_range.0.get_or_insert(n.ipv4);
+                nic_range.1 = Some(n.ipv4);
+            }
             let created = Guest::create(&mut mem, kernel_root, time_page, image, &name, &args, st.memory, |m, page| {
                 write_boot_info(page, image, st.memory, &time);
                 if let Some(info) = &nic {
@@ -446,7 +484,18 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
             match created {
                 Ok((mut g, port, events)) => {
                     g.stats.created_ns = created_ns;
+                    g.stats.create_ns = time.ns(cpu::rdtsc()) - created_ns;
+                    create_ns += g.stats.create_ns;
+                    started += 1;
+                    // A line per guest, except in the middle of a big entry:
+                    // there, progress every 1000 and a summary at the end.
+                    let loud = entry.count <= QUIET_ABOVE || i < 3;
                     match &nic {
+                        _ if !loud => {
+                            if (i + 1) % 1000 == 0 {
+                                println!("[hv] {}: {}/{} guests created", entry.name, i + 1, entry.count);
+                            }
+                        }
                         Some(n) => println!(
                             "[hv] guest {name} started (image {}, memory {}, ip {}.{}.{}.{}, tenant {})",
                             image.name,
@@ -472,6 +521,26 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
                 }
             }
         }
+        if entry.count > QUIET_ABOVE {
+            let last = nic_range.1.unwrap_or([0; 4]);
+            match nic_range.0 {
+                Some(a) => println!(
+                    "[hv] guests {0}-0..{0}-{1} created (ips {2}.{3}.{4}.{5}..{6}.{7}.{8}.{9}, tenant {10})",
+                    entry.name,
+                    entry.count - 1,
+                    a[0], a[1], a[2], a[3], last[0], last[1], last[2], last[3],
+                    st.tenant
+                ),
+                None => println!("[hv] guests {0}-0..{0}-{1} created", entry.name, entry.count - 1),
+            }
+        }
+    }
+    if started > 0 {
+        println!(
+            "[hv] created {started} guests in {} ms of hypervisor time ({} us each)",
+            create_ns / 1_000_000,
+            create_ns / 1000 / started
+        );
     }
 
     let live = guests.len();

@@ -57,6 +57,15 @@ impl Instant {
     }
 }
 
+impl core::ops::Add<Duration> for Instant {
+    type Output = Instant;
+
+    /// Saturates at the end of time rather than wrapping.
+    fn add(self, d: Duration) -> Instant {
+        self.saturating_add(d)
+    }
+}
+
 /// Wall-clock time: nanoseconds since the Unix epoch.
 pub fn wall_clock_ns() -> u64 {
     let i = info();

@@ -74,6 +74,7 @@ pub fn temp_file(name: &str, data: &[u8]) -> PathBuf {
 /// the host); killed when dropped.
 pub struct Live {
     child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
     lines: std::sync::mpsc::Receiver<String>,
     /// Everything the console printed so far.
     pub console: String,
@@ -83,17 +84,26 @@ pub struct Live {
 impl Live {
     /// Boots `manifest_toml` on `cpus` CPUs and returns at once.
     pub fn start(manifest_toml: &str, cpus: u32) -> Live {
+        Self::start_with_memory(manifest_toml, cpus, None)
+    }
+
+    /// Like [`Live::start`], with `memory` (e.g. `"1G"`) instead of the default.
+    pub fn start_with_memory(manifest_toml: &str, cpus: u32, memory: Option<&str>) -> Live {
         xtask::ensure_qemu().expect("QEMU");
         let mut cfg = config(manifest_toml, cpus);
         cfg.exit_when_idle = false;
+        if let Some(m) = memory {
+            cfg.memory = m.to_string();
+        }
         let prepared = xtask::prepare(&cfg).unwrap_or_else(|e| panic!("could not prepare: {e:#}"));
         let mut child = xtask::qemu_command(&prepared)
-            .stdin(std::process::Stdio::null())
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("starting QEMU");
         let stdout = child.stdout.take().expect("piped stdout");
+        let stdin = child.stdin.take();
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             use std::io::BufRead;
@@ -103,7 +113,14 @@ impl Live {
                 }
             }
         });
-        Live { child, lines, console: String::new(), _prepared: prepared }
+        Live { child, stdin, lines, console: String::new(), _prepared: prepared }
+    }
+
+    /// Types `text` on the hypervisor's console (e.g. `"stats\n"`).
+    pub fn send(&mut self, text: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("QEMU's stdin");
+        stdin.write_all(text.as_bytes()).and_then(|()| stdin.flush()).expect("writing to QEMU's console");
     }
 
     /// Waits until a console line contains `needle`; false after `timeout`.

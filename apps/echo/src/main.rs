@@ -5,6 +5,7 @@
 //! | (none) or `serve [PORT] [N]`  | echoes TCP connections and UDP datagrams on PORT (7); with N, exits 0 once N connections have come and gone |
 //! | `client IP N [PORT]`          | sends N messages of mixed sizes over TCP, checks each echo byte for byte, prints the result |
 //! | `probe IP [PORT]`             | tries one TCP connection for 2 s; prints `reachable` or `unreachable` |
+//! | `check N SAMPLES [PORT]`      | echoes one message with SAMPLES random guests among the first N of its tenant (`10.T.0.2` on); exits 0 if all answered |
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -128,6 +129,90 @@ async fn probe(ip: Ipv4, port: u16) -> i32 {
     0
 }
 
+/// Echoes a 32-byte message with `ip` twice on one connection: the first
+/// round trip in µs from the start of connect (it includes finding the
+/// peer's MAC), then the second on the open connection.
+async fn echo_twice(ip: Ipv4, port: u16) -> Option<(u64, u64)> {
+    let start = Instant::now();
+    let mut conn = TcpStream::connect(ip, port).await.ok()?;
+    let msg = *b"density check: are you there? ok";
+    let mut times = [0u64; 2];
+    for t in &mut times {
+        let at = Instant::now();
+        conn.write_all(&msg).await.ok()?;
+        let mut back = [0u8; 32];
+        let mut got = 0;
+        while got < back.len() {
+            match conn.read(&mut back[got..]).await {
+                Ok(0) | Err(_) => return None,
+                Ok(k) => got += k,
+            }
+        }
+        if back != msg {
+            return None;
+        }
+        *t = at.elapsed().as_micros() as u64;
+    }
+    conn.shutdown();
+    Some((times[0] + (Instant::now().duration_since(start).as_micros() as u64 - times[0] - times[1]), times[1]))
+}
+
+/// Echoes with `samples` guests picked at random among the first `n` of
+/// this guest's tenant, retrying each for up to 30 s (they may still be
+/// starting); prints what answered and how fast (first contact, which
+/// includes ARP and connecting, and a round trip on the open connection).
+async fn check(n: u32, samples: u32, port: u16) -> i32 {
+    let Some(me) = libos::net::ipv4() else {
+        println!("check: no network");
+        return 2;
+    };
+    let t = me.octets()[1];
+    let mut x = Instant::now().as_nanos() | 1;
+    let (mut firsts, mut rtts) = (Vec::new(), Vec::new());
+    for _ in 0..samples {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let h = (x % n as u64) as u32 + 2;
+        let ip = Ipv4::from([10, t, (h >> 8) as u8, h as u8]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let rtt = loop {
+            let attempt = spawn(echo_twice(ip, port));
+            let give_up = Instant::now() + Duration::from_secs(3);
+            let got = loop {
+                if let Some(r) = attempt.try_take() {
+                    break r;
+                }
+                if Instant::now() >= give_up {
+                    break None;
+                }
+                libos::task::sleep(Duration::from_millis(5)).await;
+            };
+            if got.is_some() || Instant::now() >= deadline {
+                break got;
+            }
+            libos::task::sleep(Duration::from_millis(200)).await;
+        };
+        match rtt {
+            Some((first, rtt)) => {
+                firsts.push(first);
+                rtts.push(rtt);
+            }
+            None => println!("check: {ip} did not answer"),
+        }
+    }
+    let median = |v: &mut Vec<u64>| {
+        v.sort_unstable();
+        (v.get(v.len() / 2).copied().unwrap_or(0), v.last().copied().unwrap_or(0))
+    };
+    let ((first, first_max), (rtt, rtt_max)) = (median(&mut firsts), median(&mut rtts));
+    println!(
+        "check: {}/{samples} answered, first contact median {first} us (max {first_max}), round trip median {rtt} us (max {rtt_max})",
+        rtts.len()
+    );
+    if rtts.len() as u32 == samples { 0 } else { 1 }
+}
+
 async fn main() -> i32 {
     let args: Vec<&str> = libos::args().collect();
     let port = |i: usize| args.get(i).and_then(|p| p.parse().ok()).unwrap_or(7);
@@ -137,6 +222,13 @@ async fn main() -> i32 {
             (Some(ip), Some(n)) => client(ip, n, port(3)).await,
             _ => {
                 println!("usage: client IP N [PORT]");
+                2
+            }
+        },
+        Some("check") => match (args.get(1).and_then(|a| a.parse().ok()), args.get(2).and_then(|a| a.parse().ok())) {
+            (Some(n @ 1..), Some(samples)) => check(n, samples, port(3)).await,
+            _ => {
+                println!("usage: check N SAMPLES [PORT]");
                 2
             }
         },

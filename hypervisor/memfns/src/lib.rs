@@ -15,7 +15,11 @@ pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut 
     // SAFETY: the caller guarantees both ranges are valid and disjoint; DF
     // is clear in both the hypervisor and guests (SysV ABI).
     unsafe {
-        asm!("rep movsb", inout("rcx") n => _, inout("rdi") dst => _, inout("rsi") src => _,
+        // Eight bytes at a time, then the rest: as fast as `rep movsb` on
+        // hardware with ERMS, and eight times fewer steps under emulation
+        // (QEMU's TCG runs a string instruction one element per step).
+        asm!("rep movsq", "mov ecx, {rest:e}", "rep movsb",
+             rest = in(reg) n & 7, inout("rcx") n >> 3 => _, inout("rdi") dst => _, inout("rsi") src => _,
              options(nostack, preserves_flags));
     }
     dst
@@ -48,7 +52,10 @@ pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut
 pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
     // SAFETY: the caller guarantees `dst` is valid for `n` bytes.
     unsafe {
-        asm!("rep stosb", inout("rcx") n => _, inout("rdi") dst => _, in("al") c as u8,
+        // As in memcpy: eight bytes at a time, then the rest.
+        asm!("rep stosq", "mov ecx, {rest:e}", "rep stosb",
+             rest = in(reg) n & 7, inout("rcx") n >> 3 => _, inout("rdi") dst => _,
+             in("rax") (c as u8 as u64).wrapping_mul(0x0101_0101_0101_0101),
              options(nostack, preserves_flags));
     }
     dst

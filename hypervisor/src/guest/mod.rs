@@ -142,6 +142,8 @@ pub struct Stats {
     /// it first entered it (0 until then).
     pub created_ns: u64,
     pub first_entry_ns: u64,
+    /// Hypervisor time spent creating it (address space, pages, vNIC).
+    pub create_ns: u64,
     /// CPU time per CPU (index = CPU number).
     pub cpu_ns_per_cpu: Vec<u64>,
 }
