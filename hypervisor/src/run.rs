@@ -275,7 +275,8 @@ impl Host {
         )
     }
 
-    /// Reads console input; `stats` prints every waiting guest's accounting line.
+    /// Reads console input: `stats` prints every waiting guest's accounting
+    /// line and the machine line, `machine` only the machine line.
     fn poll_console(&self, line: &mut String) {
         while let Some(b) = serial::try_read() {
             match b {
@@ -286,6 +287,8 @@ impl Host {
                                 println!("{}", stats_line(g, "running", self.net.port(id)));
                             }
                         }
+                        println!("{}", self.machine_line());
+                    } else if line.trim() == "machine" {
                         println!("{}", self.machine_line());
                     }
                     line.clear();

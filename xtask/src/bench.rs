@@ -1,4 +1,4 @@
-//! `cargo xtask bench hypercall|boot|net`: our hypervisor and a Linux peer VM
+//! `cargo xtask bench hypercall|boot|net|density`: our hypervisor and a Linux peer VM
 //! ([`crate::linux`]) measured in the same invocation, on the same QEMU
 //! machine (`-machine pc -cpu max -accel A -smp N -m M`). Each prints a
 //! table and writes `target/bench/<name>.json`.
@@ -20,6 +20,11 @@
 //!   ([`linux::net_init_script`]). A part that cannot run is reported as
 //!   not measured, with the reason, and the rest still runs.
 //!
+//! - `density`: idle echo guests per GiB of machine, bytes and start time
+//!   per guest, the idle machine's CPU, memory back after creating and
+//!   destroying 10,000 guests; Linux: idle busybox `nc` echo processes
+//!   (`peer density N`). See [`density`].
+//!
 //! The console parsing ([`json_lines`], [`guest_stats`], [`boot_figures`],
 //! [`GuestLines`], [`parse_wrk`]) is host-tested below.
 
@@ -37,6 +42,8 @@ use crate::manifest::{MIB, parse_size};
 use crate::qemu::{Accel, ManifestSource, QEMU, RunConfig, RunOutput, prepare, run_captured};
 use crate::workspace_root;
 
+mod density;
+
 /// Which benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Which {
@@ -47,6 +54,9 @@ pub enum Which {
     /// Echo round trips/s and HTTP requests/s, guest to guest and from the
     /// host, vs. a Linux VM over its loopback and through its NIC.
     Net,
+    /// Idle echo guests per GiB, bytes and start time per guest, idle CPU,
+    /// memory back after create/destroy, vs. idle busybox nc processes.
+    Density,
 }
 
 impl Which {
@@ -55,6 +65,7 @@ impl Which {
             Which::Hypercall => "hypercall",
             Which::Boot => "boot",
             Which::Net => "net",
+            Which::Density => "density",
         }
     }
 }
@@ -123,6 +134,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Which::Hypercall => bench.hypercall()?,
         Which::Boot => bench.boot()?,
         Which::Net => bench.net()?,
+        Which::Density => bench.density()?,
     };
     let path = report_path(args.which);
     fs::create_dir_all(path.parent().unwrap()).context("creating target/bench")?;

@@ -5,7 +5,7 @@
 //! | (none) or `serve [PORT] [N]`  | echoes TCP connections and UDP datagrams on PORT (7); with N, exits 0 once N connections have come and gone |
 //! | `client IP N [PORT]`          | sends N messages of mixed sizes over TCP, checks each echo byte for byte, prints the result |
 //! | `probe IP [PORT]`             | tries one TCP connection for 2 s; prints `reachable` or `unreachable` |
-//! | `check N SAMPLES [PORT]`      | echoes one message with SAMPLES random guests among the first N of its tenant (`10.T.0.2` on); exits 0 if all answered |
+//! | `check N SAMPLES [PORT] [FIRST]` | echoes with SAMPLES random guests among N of its tenant from its FIRST-th (0: `10.T.0.2`); exits 0 if all answered |
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -157,11 +157,11 @@ async fn echo_twice(ip: Ipv4, port: u16) -> Option<(u64, u64)> {
     Some((times[0] + (Instant::now().duration_since(start).as_micros() as u64 - times[0] - times[1]), times[1]))
 }
 
-/// Echoes with `samples` guests picked at random among the first `n` of
-/// this guest's tenant, retrying each for up to 30 s (they may still be
+/// Echoes with `samples` guests picked at random among `n` of this
+/// guest's tenant from its `first`-th, retrying each for up to 30 s (they may still be
 /// starting); prints what answered and how fast (first contact, which
 /// includes ARP and connecting, and a round trip on the open connection).
-async fn check(n: u32, samples: u32, port: u16) -> i32 {
+async fn check(n: u32, samples: u32, port: u16, first: u32) -> i32 {
     let Some(me) = libos::net::ipv4() else {
         println!("check: no network");
         return 2;
@@ -173,7 +173,7 @@ async fn check(n: u32, samples: u32, port: u16) -> i32 {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let h = (x % n as u64) as u32 + 2;
+        let h = first + (x % n as u64) as u32 + 2;
         let ip = Ipv4::from([10, t, (h >> 8) as u8, h as u8]);
         let deadline = Instant::now() + Duration::from_secs(30);
         let rtt = loop {
@@ -226,9 +226,9 @@ async fn main() -> i32 {
             }
         },
         Some("check") => match (args.get(1).and_then(|a| a.parse().ok()), args.get(2).and_then(|a| a.parse().ok())) {
-            (Some(n @ 1..), Some(samples)) => check(n, samples, port(3)).await,
+            (Some(n @ 1..), Some(samples)) => check(n, samples, port(3), args.get(4).and_then(|a| a.parse().ok()).unwrap_or(0)).await,
             _ => {
-                println!("usage: check N SAMPLES [PORT]");
+                println!("usage: check N SAMPLES [PORT] [FIRST]");
                 2
             }
         },

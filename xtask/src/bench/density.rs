@@ -1,0 +1,323 @@
+//! `bench density`: how many idle echo guests fit in a machine, what each
+//! costs, how fast they start, what the idle machine spends, and whether
+//! memory comes back — against idle busybox `nc` echo processes in the
+//! Linux peer.
+//!
+//! For each machine size (1 and 2 GiB; 512 MiB with `--quick`):
+//! 1. a probe boot of [`PROBE`] idle echo guests measures what one costs
+//!    (its charged memory) and what is free;
+//! 2. the fill boot starts as many as fit (97% of the room), with a
+//!    checker guest first in the tenant (`echo check N SAMPLES 7 1`) that
+//!    echoes with a random sample through the switch; once all are
+//!    listening and the checker has reported, `stats` gives every guest's
+//!    accounting, and two `machine` lines 10 s apart give the idle CPU.
+//!
+//! Then a create/destroy boot creates [`CYCLE`] networked guests that run
+//! and exit, and compares free memory before and after. The Linux peer runs
+//! `peer density N` (fork+exec of N `busybox nc` echo listeners, memory per
+//! process from MemAvailable, PSS and RSS).
+
+use super::*;
+
+/// Idle echo guests in the probe boot.
+const PROBE: usize = 200;
+/// Guests created and destroyed in the create/destroy boot.
+const CYCLE: usize = 10_000;
+/// Echo guests the checker samples.
+const SAMPLES: usize = 20;
+/// Listeners the Linux peer starts.
+const LINUX_PROCESSES: usize = 1000;
+/// The idle-CPU window.
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
+
+/// An idle echo guest: the smallest rings and a limit with room to serve.
+fn echo_entry(count: usize) -> String {
+    format!("[[guest]]\nname = \"e\"\napp = \"echo\"\ncount = {count}\nmemory = \"160 KiB\"\nring_slots = 4\nnet = true\n")
+}
+
+fn field(v: &Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or(0)
+}
+
+/// The `p`-th quantile (0..=1) of `v`, sorted in place.
+fn quantile(v: &mut [u64], p: f64) -> u64 {
+    v.sort_unstable();
+    v.get(((v.len().saturating_sub(1)) as f64 * p).round() as usize).copied().unwrap_or(0)
+}
+
+/// `[hv] created N guests in X ms of hypervisor time (...)`: (N, X).
+fn created_line(console: &str) -> Option<(u64, u64)> {
+    let l = console.lines().find(|l| l.starts_with("[hv] created ") && l.contains(" guests in "))?;
+    let mut w = l.split_whitespace();
+    let n = w.nth(2)?.parse().ok()?;
+    let ms = w.nth(2)?.parse().ok()?;
+    Some((n, ms))
+}
+
+/// Free KiB at boot less the uplink's queues, and at the end.
+fn free_before_after(console: &str) -> Option<(u64, u64)> {
+    let boot = console.lines().find(|l| l.contains(" KiB free for guests"))?;
+    let free: u64 = boot.split(", ").find(|p| p.contains(" KiB free for guests"))?.split(' ').next()?.parse().ok()?;
+    let uplink: u64 = console
+        .lines()
+        .find(|l| l.starts_with("[hv] uplink: virtio-net "))
+        .and_then(|l| l.rsplit(", ").next()?.trim_end_matches(" KiB of queues").parse().ok())
+        .unwrap_or(0);
+    let end = console.lines().find(|l| l.starts_with("[hv] no guests left: "))?;
+    let after = end.rsplit("; ").next()?.trim_end_matches(" KiB free").parse().ok()?;
+    Some((free - uplink, after))
+}
+
+/// What one fill boot measured.
+struct Fill {
+    memory_mib: u64,
+    guests: usize,
+    started: usize,
+    created_ms: u64,
+    create_us: (u64, u64),
+    boot_cpu_us: (u64, u64),
+    /// From the first guest's creation to the last one's first entry.
+    all_entered_ms: u64,
+    memory: Value,
+    check: String,
+    checked: (usize, usize),
+    idle_pct: f64,
+    wall_s: f64,
+}
+
+impl Bench {
+    pub(super) fn density(&self) -> Result<(String, Value)> {
+        let sizes: &[u64] = if self.quick { &[512] } else { &[1024, 2048] };
+        let mut fills = Vec::new();
+        let mut ours_args = Vec::new();
+        for &mib in sizes {
+            let (args, fill) = self.fill(mib)?;
+            ours_args = args;
+            fills.push(fill);
+        }
+        let cycle = if self.quick { CYCLE / 5 } else { CYCLE };
+        let at = Bench { machine: Machine { memory_mib: 1024, ..self.machine }, quick: self.quick, append: self.append.clone() };
+        let run = at.ours(
+            &format!("{cycle} networked guests created, run and destroyed"),
+            format!("[[guest]]\nname = \"c\"\napp = \"hello\"\ncount = {cycle}\nmemory = \"128 KiB\"\nring_slots = 2\nnet = true\n"),
+            Duration::from_secs(600),
+        )?;
+        let (cycle_created, cycle_ms) = created_line(&run.out.console).context("no `created` line in the create/destroy boot")?;
+        let (free_before, free_after) = free_before_after(&run.out.console).context("no free-memory lines in the create/destroy boot")?;
+
+        let linux = at.linux(&[format!("density {LINUX_PROCESSES}")], Duration::from_secs(900))?;
+        let lx = linux.result("density")?.clone();
+
+        let mut t = self.header("density");
+        t += "\n";
+        let cols: Vec<String> = fills.iter().map(|f| format!("{} MiB", f.memory_mib)).collect();
+        let row = |t: &mut String, name: &str, f: &dyn Fn(&Fill) -> String| {
+            let _ = write!(t, "\n  {name:<34}");
+            for fill in &fills {
+                let _ = write!(t, "{:>22}", f(fill));
+            }
+        };
+        let _ = write!(t, "\n  {:<34}", "ours: idle echo guests");
+        for c in &cols {
+            let _ = write!(t, "{c:>22}");
+        }
+        row(&mut t, "started (of tried)", &|f| format!("{} ({})", f.started, f.guests));
+        row(&mut t, "guests per GiB", &|f| format!("{:.0}", f.started as f64 * 1024.0 / f.memory_mib as f64));
+        row(&mut t, "charged per guest (median)", &|f| format!("{} B", f.memory["memory_bytes"]));
+        row(&mut t, "  private / rings / tables", &|f| {
+            format!("{}/{}/{} K", field(&f.memory, "private_bytes") / 1024, field(&f.memory, "ring_bytes") / 1024, field(&f.memory, "table_bytes") / 1024)
+        });
+        row(&mut t, "  hypervisor record", &|f| format!("{} B", f.memory["hv_bytes"]));
+        row(&mut t, "  shared (not charged)", &|f| format!("{} K", field(&f.memory, "shared_bytes") / 1024));
+        row(&mut t, "create, median / p99", &|f| format!("{} / {} us", f.create_us.0, f.create_us.1));
+        row(&mut t, "guest start CPU, median / p99", &|f| format!("{} / {} us", f.boot_cpu_us.0, f.boot_cpu_us.1));
+        row(&mut t, "all created (hypervisor time)", &|f| format!("{} ms", f.created_ms));
+        row(&mut t, "all entered after", &|f| format!("{} ms", f.all_entered_ms));
+        row(&mut t, "sample answered echo", &|f| format!("{}/{}", f.checked.0, f.checked.1));
+        row(&mut t, "idle machine CPU", &|f| format!("{:.2} %", f.idle_pct));
+        let _ = write!(
+            t,
+            "\n\n  ours: {cycle_created} networked guests created in {cycle_ms} ms of hypervisor time, run and destroyed; \
+             free {free_before} KiB before, {free_after} KiB after ({:.2}% back)",
+            free_after as f64 * 100.0 / free_before as f64
+        );
+        let lx_bytes = field(&lx, "bytes_per_process");
+        let _ = write!(
+            t,
+            "\n  linux: {} idle busybox nc echo processes: {} B each (MemAvailable), PSS {} B, RSS {} B; \
+             fork+exec to listening median {} us, fork+exec+exit median {} us",
+            lx["processes"], lx_bytes, lx["pss_bytes"], lx["rss_bytes"], lx["spawn_listen_us"]["median"], lx["fork_exec_us"]["median"]
+        );
+        let ours_bytes = fills.first().map_or(0, |f| field(&f.memory, "memory_bytes") + field(&f.memory, "hv_bytes"));
+        if lx_bytes > 0 && ours_bytes > 0 {
+            let _ = write!(t, "\n  memory per idle echo: ours {ours_bytes} B vs linux {lx_bytes} B ({:.1}x less)", lx_bytes as f64 / ours_bytes as f64);
+        }
+        t += "\n\n  goals: >= 10,000 idle echo guests per GiB (<= 100 KiB each); 10,000 starts in < 1 s of hypervisor time; \
+              idle CPU <= 1%; 100% of memory back.\n";
+
+        let mut report = self.report("density", &ours_args, &linux);
+        report["ours"] = json!({
+            "fills": fills.iter().map(|f| json!({
+                "memory_mib": f.memory_mib,
+                "tried": f.guests,
+                "started": f.started,
+                "guests_per_gib": f.started as f64 * 1024.0 / f.memory_mib as f64,
+                "per_guest_median": f.memory,
+                "create_us": { "median": f.create_us.0, "p99": f.create_us.1 },
+                "boot_cpu_us": { "median": f.boot_cpu_us.0, "p99": f.boot_cpu_us.1 },
+                "created_ms_hypervisor": f.created_ms,
+                "all_entered_ms": f.all_entered_ms,
+                "check": f.check,
+                "sample": { "answered": f.checked.0, "tried": f.checked.1 },
+                "idle_cpu_pct": f.idle_pct,
+                "idle_window_s": IDLE_WINDOW.as_secs(),
+                "wall_s": f.wall_s,
+            })).collect::<Vec<_>>(),
+            "create_destroy": {
+                "guests": cycle_created,
+                "created_ms_hypervisor": cycle_ms,
+                "free_kib_before": free_before,
+                "free_kib_after": free_after,
+                "wall_s": run.wall.as_secs_f64(),
+            },
+        });
+        report["linux"] = lx;
+        report["method"] = json!(
+            "ours: a probe boot of 200 idle echo guests (160 KiB limit, 4-slot rings) gives the charged memory per guest; \
+             the fill boot starts 97% of what fits, a checker guest echoes with 20 random ones through the switch, \
+             `stats` gives each guest's guest_stats line (medians here), and two `machine` lines 10 s apart give idle CPU \
+             = 1 - (idle time delta / (uptime delta * CPUs)). create/destroy: 10,000 hello guests with vNICs created, run \
+             and ended in one boot; free memory at boot (less the uplink's queues) vs. at the end. linux: `peer density 1000`."
+        );
+        Ok((t, report))
+    }
+
+    /// Probes, then fills a machine of `mib` MiB with idle echo guests.
+    fn fill(&self, mib: u64) -> Result<(Vec<String>, Fill)> {
+        let b = Bench { machine: Machine { memory_mib: mib, ..self.machine }, quick: self.quick, append: self.append.clone() };
+        // Probe: what one idle echo guest costs, and what is free.
+        let mut listening = 0;
+        let (_, probe) = b.ours_live(&format!("{PROBE} idle echo guests in {mib} MiB (probe)"), echo_entry(PROBE), Duration::from_secs(300), |l| {
+            if l.contains("| echo: listening") {
+                listening += 1;
+                if listening == PROBE {
+                    return linux::Reply::Type(b"stats\n".to_vec());
+                }
+            }
+            if l.starts_with(r#"{"event":"machine""#) { linux::Reply::Stop } else { linux::Reply::Continue }
+        })?;
+        let text = probe.text();
+        let per_guest = text
+            .lines()
+            .filter_map(parse_json)
+            .filter(|v| v["event"] == "guest_stats")
+            .map(|v| field(&v, "memory_bytes") + field(&v, "hv_bytes"))
+            .max()
+            .context("the probe boot printed no guest_stats")?;
+        let machine = text.lines().filter_map(parse_json).find(|v| v["event"] == "machine").context("the probe printed no machine line")?;
+        let room = field(&machine, "free_bytes") + PROBE as u64 * per_guest - (2 << 20);
+        let guests = ((room as f64 * 0.97) / per_guest as f64) as usize;
+        progress(&format!("  an idle echo guest costs {per_guest} B: {guests} fit in {mib} MiB"));
+
+        // Fill.
+        let manifest = format!(
+            "[[guest]]\nname = \"check\"\napp = \"echo\"\nmemory = \"1 MiB\"\nnet = true\nargs = [\"check\", \"{guests}\", \"{SAMPLES}\", \"7\", \"1\"]\n\n{}",
+            echo_entry(guests)
+        );
+        let (mut listening, mut checked, mut machines, mut asked) = (0usize, false, 0, false);
+        let start = Instant::now();
+        let (args, console) = b.ours_live(
+            &format!("{guests} idle echo guests in {mib} MiB"),
+            manifest,
+            Duration::from_secs(900 + guests as u64 / 10),
+            |l| {
+                if l.contains("| echo: listening") {
+                    listening += 1;
+                    if listening % 2000 == 0 {
+                        progress(&format!("  {listening} listening"));
+                    }
+                }
+                if l.starts_with("check-0| check: ") {
+                    checked = true;
+                    progress(&format!("  {l}"));
+                }
+                if l.starts_with(r#"{"event":"machine""#) {
+                    machines += 1;
+                    return match machines {
+                        1 => linux::Reply::Type(b"machine\n".to_vec()),
+                        2 => {
+                            std::thread::sleep(IDLE_WINDOW);
+                            linux::Reply::Type(b"machine\n".to_vec())
+                        }
+                        _ => linux::Reply::Stop,
+                    };
+                }
+                if !asked && checked && listening == guests {
+                    asked = true;
+                    // Let the last ones settle, then take everyone's accounting.
+                    std::thread::sleep(Duration::from_secs(2));
+                    return linux::Reply::Type(b"stats\n".to_vec());
+                }
+                linux::Reply::Continue
+            },
+        )?;
+        let text = console.text();
+        if machines < 3 {
+            bail!("the fill boot ended early ({listening} of {guests} listening, checker done: {checked}):\n{}", console.tail(30));
+        }
+        let stats: Vec<Value> =
+            text.lines().filter_map(parse_json).filter(|v| v["event"] == "guest_stats" && v["guest"].as_str().is_some_and(|g| g.starts_with("e-"))).collect();
+        let col = |k: &str| -> Vec<u64> { stats.iter().map(|v| field(v, k)).collect() };
+        let med = |k: &str| quantile(&mut col(k), 0.5);
+        let memory = json!({
+            "memory_bytes": med("memory_bytes"),
+            "private_bytes": med("private_bytes"),
+            "ring_bytes": med("ring_bytes"),
+            "table_bytes": med("table_bytes"),
+            "shared_bytes": med("shared_bytes"),
+            "hv_bytes": med("hv_bytes"),
+        });
+        let machines: Vec<Value> = text.lines().filter_map(parse_json).filter(|v| v["event"] == "machine").collect();
+        let (m0, m1) = (&machines[1], &machines[2]);
+        let idle = |m: &Value| m["cpu_idle_ns"].as_array().map_or(0, |a| a.iter().filter_map(Value::as_u64).sum::<u64>());
+        let cpus = m1["cpu_idle_ns"].as_array().map_or(1, Vec::len) as f64;
+        let busy = 1.0 - (idle(m1) - idle(m0)) as f64 / ((field(m1, "uptime_ns") - field(m0, "uptime_ns")) as f64 * cpus);
+        let check = text.lines().find(|l| l.starts_with("check-0| check: ")).unwrap_or("").trim_start_matches("check-0| ").to_string();
+        let answered = check.split_whitespace().nth(1).and_then(|s| s.split_once('/')).and_then(|(a, _)| a.parse().ok()).unwrap_or(0);
+        let created: Vec<u64> = col("created_ns");
+        let entered = col("first_entry_ns");
+        let fill = Fill {
+            memory_mib: mib,
+            guests,
+            started: listening,
+            created_ms: created_line(&text).map_or(0, |(_, ms)| ms),
+            create_us: (quantile(&mut col("create_ns"), 0.5) / 1000, quantile(&mut col("create_ns"), 0.99) / 1000),
+            boot_cpu_us: (quantile(&mut col("cpu_ns"), 0.5) / 1000, quantile(&mut col("cpu_ns"), 0.99) / 1000),
+            all_entered_ms: (entered.iter().max().unwrap_or(&0) - created.iter().min().unwrap_or(&0)) / 1_000_000,
+            memory,
+            check,
+            checked: (answered, SAMPLES),
+            idle_pct: busy.max(0.0) * 100.0,
+            wall_s: start.elapsed().as_secs_f64(),
+        };
+        Ok((args, fill))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_figures() {
+        let c = "[hv] 2 CPUs, 1023 MiB RAM, 980108 KiB free for guests; nx=true\n\
+                 [hv] uplink: virtio-net 52:54:00:12:34:56, tenant 0, 1052 KiB of queues\n\
+                 [hv] created 2000 guests in 593 ms of hypervisor time (296 us each)\n\
+                 [hv] no guests left: 2000 exited, 0 stopped, 0 not started; 979056 KiB free\n";
+        assert_eq!(created_line(c), Some((2000, 593)));
+        assert_eq!(free_before_after(c), Some((979056, 979056)));
+        assert_eq!(quantile(&mut [5, 1, 3, 2, 4], 0.5), 3);
+        assert_eq!(quantile(&mut [5, 1, 3, 2, 4], 0.99), 5);
+        assert_eq!(quantile(&mut [], 0.5), 0);
+    }
+}
