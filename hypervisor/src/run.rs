@@ -45,6 +45,9 @@ const QUIET_ABOVE: u32 = 100;
 const HEAP_HEADROOM: usize = 1 << 20;
 /// How often an idle CPU 0 polls the uplink for frames from the host.
 const UPLINK_POLL_NS: u64 = 500_000;
+/// ... for this long after the host last sent a frame; then every
+/// IDLE_TICK_NS (the first frame after a quiet second waits up to that).
+const UPLINK_ACTIVE_NS: u64 = 1_000_000_000;
 
 fn sizes(bytes: u64) -> String {
     if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) { format!("{} MiB", bytes >> 20) } else { format!("{} KiB", bytes >> 10) }
@@ -218,7 +221,10 @@ impl Host {
                 // Nothing runnable here: halt until the next deadline, or a
                 // tick to look for work and for the end.
                 // CPU 0 polls the uplink, so it looks more often when there is one.
-                let tick = if me == 0 && self.net.uplink.is_some() { UPLINK_POLL_NS } else { IDLE_TICK_NS };
+                // and often only while the host has been sending: an idle
+                // machine wakes 100 times a second, not 2000.
+                let busy_uplink = self.net.uplink.is_some() && now.saturating_sub(self.net.uplink_rx_ns.load(Ordering::Relaxed)) < UPLINK_ACTIVE_NS;
+                let tick = if me == 0 && busy_uplink { UPLINK_POLL_NS } else { IDLE_TICK_NS };
                 let wake = next_timer.unwrap_or(u64::MAX).min(now + tick);
                 apic::arm(self.time.tsc(wake));
                 let halted = cpu::rdtsc();
@@ -389,7 +395,7 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
     let mut scheds: Vec<Scheduler> = (0..cpus).map(|_| Scheduler::new()).collect();
     let mut home: Vec<AtomicUsize> = Vec::new();
     let mut event_frames: Vec<u64> = Vec::new();
-    let mut net = Net { switch: Mutex::new(hypervisor::net::switch::Switch::new()), uplink: None, ports: Vec::new(), guest_of_slot: Vec::new(), stalled: Mutex::new(Default::default()) };
+    let mut net = Net { switch: Mutex::new(hypervisor::net::switch::Switch::new()), uplink: None, ports: Vec::new(), guest_of_slot: Vec::new(), stalled: Mutex::new(Default::default()), uplink_rx_ns: AtomicU64::new(0) };
     let free_before_uplink = free_frames();
     match crate::uplink::Uplink::probe(kernel_root) {
         Ok(Some(up)) => {

@@ -177,6 +177,8 @@ pub struct Net {
     /// Frames from the host waiting for room in a guest's RX ring, in
     /// order, each with how often it was tried (see `poll_uplink`).
     pub stalled: Mutex<alloc::collections::VecDeque<(alloc::boxed::Box<[u8]>, u32)>>,
+    /// When (monotonic ns) a frame last came from the host.
+    pub uplink_rx_ns: AtomicU64,
 }
 
 /// Frames taken from the uplink per poll.
@@ -312,6 +314,9 @@ impl Net {
             // Copy frames out first: the switch may send to the uplink, and
             // the lock order is switch -> uplink.
             up.lock().receive(UPLINK_BATCH, |f| queue.push_back((f.into(), 0)));
+            if !queue.is_empty() {
+                self.uplink_rx_ns.store(now_ns, Ordering::Relaxed);
+            }
         }
         let mut woken = Vec::new();
         while let Some((f, tries)) = queue.pop_front() {
