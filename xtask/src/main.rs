@@ -1,6 +1,8 @@
 //! The `cargo xtask` command line.
 #![forbid(unsafe_code)]
 
+mod fuzz;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -31,6 +33,8 @@ enum Command {
     Run(RunArgs),
     /// Benchmark the hypervisor against a Linux peer VM on the same QEMU machine.
     Bench(xtask::bench::BenchArgs),
+    /// Fuzz the parsers of guest- and tenant-supplied bytes with libFuzzer (see fuzz/README.md).
+    Fuzz(fuzz::FuzzArgs),
     /// Run the host tests and the QEMU integration tests (`cargo test`).
     Test {
         /// Arguments for `cargo test`, e.g. `-- -p xtask -- --nocapture`.
@@ -105,6 +109,7 @@ impl Command {
                 xtask::run_interactive(&prepared, args.timeout.map(Duration::from_secs))?;
             }
             Command::Bench(args) => xtask::bench::run(&args)?,
+            Command::Fuzz(args) => fuzz::run(&args)?,
             Command::Test { args } => {
                 xtask::ensure_qemu()?;
                 let start = Instant::now();

@@ -1,0 +1,7 @@
+//! The targets' bodies and their seeds.
+
+pub mod hypercall;
+pub mod image;
+pub mod manifest;
+pub mod ring;
+pub mod switch;
