@@ -81,7 +81,7 @@ pub const NAME_MAX: usize = 64;
 // compile time.
 const _: () = {
     assert!(USER_MIN < IMAGE_END);
-    assert!(WINDOW % (2 << 20) == 0);
+    assert!(WINDOW.is_multiple_of(2 << 20));
     assert!(STACK_TOP - STACK_MAX - PAGE_SIZE == WINDOW);
     assert!(HEAP_START < WINDOW + (2 << 20), "the heap starts inside the window");
     assert!(HEAP_START.is_multiple_of(PAGE_SIZE));
