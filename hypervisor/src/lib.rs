@@ -7,6 +7,7 @@
 extern crate alloc;
 
 pub mod image;
+pub mod limit;
 pub mod mm;
 pub mod net;
 pub mod sched;

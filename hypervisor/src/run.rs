@@ -144,6 +144,7 @@ impl Host {
         let step = loop {
             entry::run(&mut g.regs, &mut g.fpu, g.via_sysret);
             let vector = g.regs.vector;
+            g.now_ns = self.time.ns(cpu::rdtsc());
             let step = g.handle_exit(&mut mem, &mut |l| println!("{l}"));
             if (32..255).contains(&vector) {
                 apic::eoi();
@@ -324,7 +325,7 @@ fn stats_line(g: &Guest, state: &str, port: Option<&Port>) -> String {
             + Scheduler::BYTES_PER_GUEST) as u64
         + port.map_or(0, |p| p.record_bytes() + hypervisor::net::switch::Switch::BYTES_PER_PORT as u64);
     format!(
-        r#"{{"event":"guest_stats","guest":"{}","state":"{state}","cpu_ns":{},"cpu_ns_per_cpu":[{}],"wakeups":{},"preemptions":{},"yields":{},"hypercalls":{},"memory_bytes":{},"memory_limit":{},"private_bytes":{},"ring_bytes":{ring_bytes},"table_bytes":{},"shared_bytes":{},"hv_bytes":{hv_bytes},"created_ns":{},"create_ns":{},"first_entry_ns":{}}}"#,
+        r#"{{"event":"guest_stats","guest":"{}","state":"{state}","cpu_ns":{},"cpu_ns_per_cpu":[{}],"wakeups":{},"preemptions":{},"yields":{},"hypercalls":{},"memory_bytes":{},"memory_limit":{},"private_bytes":{},"ring_bytes":{ring_bytes},"table_bytes":{},"shared_bytes":{},"hv_bytes":{hv_bytes},"console_dropped":{},"kicks_ignored":{},"nic_limited":{},"created_ns":{},"create_ns":{},"first_entry_ns":{}}}"#,
         g.name,
         s.cpu_ns,
         per_cpu.join(","),
@@ -337,6 +338,9 @@ fn stats_line(g: &Guest, state: &str, port: Option<&Port>) -> String {
         m.private_bytes(),
         m.table_bytes(),
         m.shared_bytes(),
+        g.console_limit.refused,
+        g.kick_limit.refused,
+        port.map_or(0, Port::limited),
         s.created_ns,
         s.create_ns,
         s.first_entry_ns
@@ -477,7 +481,7 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
             .map_err(|e| format!("{e}"))
             .and_then(|mut g| {
                 let port = match &nic {
-                    Some(info) => match attach_nic(&mut g, &mut net, st.tenant, info, id) {
+                    Some(info) => match attach_nic(&mut g, &mut net, &st, info, id) {
                         Ok(p) => Some(p),
                         Err(e) => {
                             // Every frame it got so far (ring pages too) goes back.
@@ -493,6 +497,8 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
             match created {
                 Ok((mut g, port, events)) => {
                     g.stats.created_ns = created_ns;
+                    g.console_limit = hypervisor::limit::TokenBucket::new(st.limits.console_bytes);
+                    g.kick_limit = hypervisor::limit::TokenBucket::new(st.limits.notifications);
                     g.stats.create_ns = time.ns(cpu::rdtsc()) - created_ns;
                     create_ns += g.stats.create_ns;
                     started += 1;
@@ -588,7 +594,8 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
 
 /// Gives a new guest its vNIC: ring frames mapped into it (charged to its
 /// memory) and a port on the switch.
-fn attach_nic(g: &mut Guest, net: &mut Net, tenant: u32, info: &abi::NicInfo, id: usize) -> Result<Port, String> {
+fn attach_nic(g: &mut Guest, net: &mut Net, st: &abi::bundle::Settings, info: &abi::NicInfo, id: usize) -> Result<Port, String> {
+    let tenant = st.tenant;
     use abi::ring::{slots_bytes, valid_slots};
     use hypervisor::mm::{FRAME_SIZE, paging::Pte};
     let slots = info.ring_slots;
@@ -617,7 +624,7 @@ fn attach_nic(g: &mut Guest, net: &mut Net, tenant: u32, info: &abi::NicInfo, id
     net.guest_of_slot[port.slot()] = id;
     let events = g.memory.space.translate(&mem, abi::layout::EVENT_PAGE).map(|(pa, _)| pa).ok_or("no event page")?;
     let [tx, rx] = rings;
-    Ok(Port::new(port, slots, tx.into_boxed_slice(), rx.into_boxed_slice(), events))
+    Ok(Port::new(port, slots, &st.limits, tx.into_boxed_slice(), rx.into_boxed_slice(), events))
 }
 
 /// Puts hermit-entry's `RawBootInfo` at the start of the guest's start page.

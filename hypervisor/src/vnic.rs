@@ -13,6 +13,7 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use hypervisor::limit::TokenBucket;
 use hypervisor::mm::{FRAME_SIZE, PhysAddr};
 use hypervisor::net::switch::{PortId, Switch};
 use spin::Mutex;
@@ -120,6 +121,29 @@ pub fn pending(event_frame: PhysAddr) -> u64 {
     unsafe { &*(phys_to_virt(event_frame) as *const AtomicU64) }.load(Ordering::Acquire)
 }
 
+/// A vNIC's TX side: the ring's consumer and the sender's rate limits.
+struct Tx {
+    ring: Consumer,
+    packets: TokenBucket,
+    bytes: TokenBucket,
+    broadcasts: TokenBucket,
+    /// Frames dropped for being over a limit.
+    limited: u64,
+}
+
+impl Tx {
+    /// Whether the sender's limits let this frame through now (if not, it
+    /// is counted and dropped).
+    fn allows(&mut self, now_ns: u64, header: &[u8; MIN_FRAME], len: usize) -> bool {
+        let dst: [u8; 6] = [header[0], header[1], header[2], header[3], header[4], header[5]];
+        let ok = self.packets.take(now_ns, 1)
+            && self.bytes.take(now_ns, len as u64)
+            && (!hypervisor::net::switch::is_multicast(&dst) || self.broadcasts.take(now_ns, 1));
+        self.limited += u64::from(!ok);
+        ok
+    }
+}
+
 /// One guest's vNIC back end.
 pub struct Port {
     pub switch_port: PortId,
@@ -128,7 +152,7 @@ pub struct Port {
     pub rx_frames: Box<[PhysAddr]>,
     /// The guest's shared page: event bits and both rings' indices.
     pub event_frame: PhysAddr,
-    tx: Mutex<Consumer>,
+    tx: Mutex<Tx>,
     rx: Mutex<Producer>,
     /// Set (under the rx lock) when the guest ends or is disconnected.
     dead: AtomicBool,
@@ -138,14 +162,20 @@ pub struct Port {
 impl Port {
     /// A port over rings of `slots` slots whose slot pages are `tx_frames`
     /// and `rx_frames` (`ring::slots_bytes(slots)` each).
-    pub fn new(switch_port: PortId, slots: u32, tx_frames: Box<[PhysAddr]>, rx_frames: Box<[PhysAddr]>, event_frame: PhysAddr) -> Self {
+    pub fn new(switch_port: PortId, slots: u32, limits: &abi::bundle::Limits, tx_frames: Box<[PhysAddr]>, rx_frames: Box<[PhysAddr]>, event_frame: PhysAddr) -> Self {
         debug_assert!(ring_bytes(slots) == SLOTS_OFFSET + tx_frames.len() * FRAME_SIZE as usize && tx_frames.len() == rx_frames.len());
         Self {
             switch_port,
             tx_frames,
             rx_frames,
             event_frame,
-            tx: Mutex::new(Consumer::new(slots)),
+            tx: Mutex::new(Tx {
+                ring: Consumer::new(slots),
+                packets: TokenBucket::new(limits.nic_packets),
+                bytes: TokenBucket::new(limits.nic_bytes),
+                broadcasts: TokenBucket::new(limits.nic_broadcasts),
+                limited: 0,
+            }),
             rx: Mutex::new(Producer::new(slots)),
             dead: AtomicBool::new(false),
             ring_errors: AtomicU64::new(0),
@@ -157,6 +187,11 @@ impl Port {
     /// Bytes of the guest's ring slots (both rings).
     pub fn ring_bytes(&self) -> u64 {
         (self.tx_frames.len() + self.rx_frames.len()) as u64 * FRAME_SIZE
+    }
+
+    /// Frames dropped for being over the sender's rate limits.
+    pub fn limited(&self) -> u64 {
+        self.tx.lock().limited
     }
 
     /// Bytes the hypervisor holds for this port.
@@ -204,28 +239,32 @@ impl Net {
         let mut tx = port.tx.lock();
         let mut woken: Vec<usize> = Vec::new();
         let result = loop {
-            match tx.peek(&ring) {
+            match tx.ring.peek(&ring) {
                 Ok(Some((at, len))) => {
                     // Decide on a private copy of the header and the length
                     // read once; then copy the frame slot to slot.
                     let mut header = [0u8; MIN_FRAME];
                     ring.read(at, &mut header);
+                    if !tx.allows(now_ns, &header, len) {
+                        let _ = tx.ring.skip(&ring);
+                        continue;
+                    }
                     let mut switch = self.switch.lock();
                     switch.forward_header(port.switch_port, &header, len, now_ns, &mut |dest| {
                         self.deliver_from(dest, &ring, at, &header, len, &mut woken)
                     });
                     drop(switch);
-                    let _ = tx.skip(&ring);
+                    let _ = tx.ring.skip(&ring);
                 }
                 Ok(None) => break Ok(()),
                 Err(RingError::BadLength { .. }) => {
                     port.ring_errors.fetch_add(1, Ordering::Relaxed);
-                    let _ = tx.skip(&ring);
+                    let _ = tx.ring.skip(&ring);
                 }
                 Err(e @ RingError::BadIndex { .. }) => break Err(alloc::format!("vNIC TX ring: {e}")),
             }
         };
-        tx.release(&ring);
+        tx.ring.release(&ring);
         drop(tx);
         woken.sort_unstable();
         woken.dedup();

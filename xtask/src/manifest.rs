@@ -14,6 +14,8 @@
 //! net = true              # give it a vNIC (default false; implied by tenant)
 //! tenant = "acme"         # its broadcast domain; guests of other tenants cannot reach it
 //! ring_slots = 16         # frames each vNIC ring holds: a power of two, 2..=128, default 16 (2 KiB each)
+//! limits = { nic_packets = 200000, nic_bytes = "256 MiB", nic_broadcasts = 1000, console_bytes = "64 KiB", notifications = 200000 }
+//!                         # per second, 0 = none; each key optional, defaults as shown
 //! ports = ["8080:7"]      # host 127.0.0.1:8080 -> this guest's port 7 ("HOST:GUEST[/udp]"); count 1, first tenant only
 //! ```
 //!
@@ -92,6 +94,8 @@ pub struct Guest {
     pub tenant: Option<String>,
     /// Slots in each of its vNIC's rings.
     pub ring_slots: u32,
+    /// Rate limits per second.
+    pub limits: abi::bundle::Limits,
     /// Host ports forwarded to it: (protocol, host port, guest port).
     pub ports: Vec<Forward>,
     /// Line of the entry in the manifest (for later messages).
@@ -182,7 +186,26 @@ struct RawGuest {
     net: Option<bool>,
     tenant: Option<Spanned<String>>,
     ring_slots: Option<Spanned<i64>>,
+    limits: Option<Spanned<RawLimits>>,
     ports: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    nic_packets: Option<i64>,
+    nic_bytes: Option<Amount>,
+    nic_broadcasts: Option<i64>,
+    console_bytes: Option<Amount>,
+    notifications: Option<i64>,
+}
+
+/// A count of bytes: a number, or a string with a unit ("64 KiB").
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Amount {
+    Number(i64),
+    Text(String),
 }
 
 /// Parses and validates a manifest.
@@ -352,6 +375,30 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
                 ));
             }
         };
+        let limits = match &g.limits {
+            None => abi::bundle::Limits::default(),
+            Some(l) => {
+                let lerr = |m: String| err(Some(l.span()), m);
+                let d = abi::bundle::Limits::default();
+                let count = |v: Option<i64>, key: &str, default: u64| match v {
+                    None => Ok(default),
+                    Some(n) => u64::try_from(n).map_err(|_| lerr(format!("limits.{key} {n} is negative"))),
+                };
+                let bytes = |v: &Option<Amount>, key: &str, default: u64| match v {
+                    None => Ok(default),
+                    Some(Amount::Number(n)) => u64::try_from(*n).map_err(|_| lerr(format!("limits.{key} {n} is negative"))),
+                    Some(Amount::Text(t)) => parse_size(t).map_err(|e| lerr(format!("limits.{key} \"{t}\": {e}"))),
+                };
+                let r = l.get_ref();
+                abi::bundle::Limits {
+                    nic_packets: count(r.nic_packets, "nic_packets", d.nic_packets)?,
+                    nic_bytes: bytes(&r.nic_bytes, "nic_bytes", d.nic_bytes)?,
+                    nic_broadcasts: count(r.nic_broadcasts, "nic_broadcasts", d.nic_broadcasts)?,
+                    console_bytes: bytes(&r.console_bytes, "console_bytes", d.console_bytes)?,
+                    notifications: count(r.notifications, "notifications", d.notifications)?,
+                }
+            }
+        };
         let tenant = match (&g.tenant, g.net) {
             (Some(t), Some(false)) => {
                 return Err(err(Some(t.span()), "a tenant needs a vNIC, but net = false".into()));
@@ -407,6 +454,7 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
             cap,
             tenant,
             ring_slots,
+            limits,
             ports,
             line: line_of(text, entry_span.start),
         });
@@ -525,6 +573,7 @@ mod tests {
                 cap: None,
                 tenant: None,
                 ring_slots: abi::ring::SLOTS_DEFAULT,
+                limits: abi::bundle::Limits::default(),
                 ports: Vec::new(),
                 line: 2,
             }]
@@ -636,6 +685,16 @@ mod tests {
         assert_eq!(e.to_string(), "manifest.toml:5: cap 0 is not a percentage between 1 and 100");
         let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\nweight = 0\n").unwrap_err();
         assert_eq!(e.to_string(), "manifest.toml:4: weight 0 is not between 1 and 10000");
+        let m = check("[[guest]]\nname = \"a\"\napp = \"hello\"\nlimits = { nic_packets = 10, console_bytes = \"1 KiB\", nic_bytes = 0 }\n").unwrap();
+        let l = m.guests[0].limits;
+        assert_eq!((l.nic_packets, l.console_bytes, l.nic_bytes), (10, 1024, 0));
+        assert_eq!(l.notifications, abi::bundle::Limits::default().notifications);
+        let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\nlimits = { nic_packets = -1 }\n").unwrap_err();
+        assert_eq!(e.to_string(), "manifest.toml:4: limits.nic_packets -1 is negative");
+        let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\nlimits = { console_bytes = \"1 KB\" }\n").unwrap_err();
+        assert!(e.to_string().starts_with("manifest.toml:4: limits.console_bytes \"1 KB\": "), "{e}");
+        let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\nlimits = { colour = 1 }\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `colour`"), "{e}");
         let m = check("[[guest]]\nname = \"a\"\napp = \"hello\"\nring_slots = 4\n").unwrap();
         assert_eq!(m.guests[0].ring_slots, 4);
         for bad in ["3", "1", "256", "-2"] {

@@ -86,6 +86,7 @@ pub fn bundle(
             cap: guest.cap.unwrap_or(0),
             tenant,
             ring_slots: guest.ring_slots,
+            limits: guest.limits,
         };
         writer.guest(&guest.name, image, guest.count, &settings, &guest.args);
     }
@@ -129,6 +130,7 @@ mod tests {
             cap: None,
             tenant: None,
             ring_slots: abi::ring::SLOTS_DEFAULT,
+            limits: abi::bundle::Limits::default(),
             ports: Vec::new(),
             line: 1,
         }

@@ -10,7 +10,9 @@
 //! guests   u32 count, then per guest: name (str), image index (u32),
 //!          count (u32), then the Settings: memory in bytes (u64),
 //!          weight (u32), cap in percent of one CPU (u32, 0 = none),
-//!          tenant (u32, TENANT_NONE for no vNIC), ring slots (u32);
+//!          tenant (u32, TENANT_NONE for no vNIC), ring slots (u32),
+//!          limits per second (u64 each: NIC packets, NIC bytes, NIC
+//!          broadcasts, console bytes, notifications; 0 = none);
 //!          then argc (u32), args (str each)
 //! str      = u32 length + UTF-8 bytes;  bytes = u64 length + bytes
 //! ```
@@ -23,7 +25,7 @@
 use core::fmt;
 
 /// First bytes of every bundle.
-pub const MAGIC: &[u8; 8] = b"HVBNDL04";
+pub const MAGIC: &[u8; 8] = b"HVBNDL05";
 /// Power QEMU off (via `isa-debug-exit`) once no guest is left.
 pub const FLAG_EXIT_WHEN_IDLE: u32 = 1 << 0;
 
@@ -54,11 +56,39 @@ pub struct Settings {
     pub tenant: u32,
     /// Slots in each of its vNIC's rings (`ring::valid_slots`).
     pub ring_slots: u32,
+    pub limits: Limits,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { memory: 2 << 20, weight: 100, cap: 0, tenant: TENANT_NONE, ring_slots: crate::ring::SLOTS_DEFAULT }
+        Self { memory: 2 << 20, weight: 100, cap: 0, tenant: TENANT_NONE, ring_slots: crate::ring::SLOTS_DEFAULT, limits: Limits::default() }
+    }
+}
+
+/// Per-guest rate limits, per second (0: no limit). Past its limit a
+/// guest's frames and console bytes are dropped and counted, and its
+/// notifications ignored (the work they ask for happens anyway when it
+/// next blocks or is preempted); a second's worth may come in a burst.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Frames it sends.
+    pub nic_packets: u64,
+    /// Bytes of frames it sends.
+    pub nic_bytes: u64,
+    /// Broadcast and multicast frames it sends (each reaches every guest of
+    /// its tenant).
+    pub nic_broadcasts: u64,
+    /// Bytes it writes to its console.
+    pub console_bytes: u64,
+    /// `net_kick` hypercalls.
+    pub notifications: u64,
+}
+
+impl Default for Limits {
+    /// Well above what the benchmarks need from one guest, well below what
+    /// starves its neighbours.
+    fn default() -> Self {
+        Self { nic_packets: 200_000, nic_bytes: 256 << 20, nic_broadcasts: 1000, console_bytes: 64 << 10, notifications: 200_000 }
     }
 }
 
@@ -160,7 +190,20 @@ impl<'a> Reader<'a> {
         let name = self.str()?;
         let image = self.u32()?;
         let count = self.u32()?;
-        let settings = Settings { memory: self.u64()?, weight: self.u32()?, cap: self.u32()?, tenant: self.u32()?, ring_slots: self.u32()? };
+        let settings = Settings {
+            memory: self.u64()?,
+            weight: self.u32()?,
+            cap: self.u32()?,
+            tenant: self.u32()?,
+            ring_slots: self.u32()?,
+            limits: Limits {
+                nic_packets: self.u64()?,
+                nic_bytes: self.u64()?,
+                nic_broadcasts: self.u64()?,
+                console_bytes: self.u64()?,
+                notifications: self.u64()?,
+            },
+        };
         let argc = self.u32()?;
         if argc > MAX_ARGS {
             return Err(Error::TooMany("arguments"));
@@ -257,9 +300,13 @@ impl Writer {
         put_str(&mut self.guests, name);
         self.guests.extend_from_slice(&image.to_le_bytes());
         self.guests.extend_from_slice(&count.to_le_bytes());
-        let Settings { memory, weight, cap, tenant, ring_slots } = *settings;
+        let Settings { memory, weight, cap, tenant, ring_slots, limits } = *settings;
         self.guests.extend_from_slice(&memory.to_le_bytes());
         for v in [weight, cap, tenant, ring_slots] {
+            self.guests.extend_from_slice(&v.to_le_bytes());
+        }
+        let Limits { nic_packets, nic_bytes, nic_broadcasts, console_bytes, notifications } = limits;
+        for v in [nic_packets, nic_bytes, nic_broadcasts, console_bytes, notifications] {
             self.guests.extend_from_slice(&v.to_le_bytes());
         }
         self.guests.extend_from_slice(&(args.len() as u32).to_le_bytes());
@@ -292,11 +339,13 @@ mod tests {
     use super::*;
     use alloc::vec::Vec;
 
+    const LIMITS: Limits = Limits { nic_packets: 1, nic_bytes: 2, nic_broadcasts: 3, console_bytes: 4, notifications: u64::MAX };
+
     fn sample() -> Vec<u8> {
         let mut w = Writer::new(FLAG_EXIT_WHEN_IDLE);
         let hello = w.image("hello.hermit", b"tar bytes");
         let evil = w.image("evil.hermit", b"");
-        w.guest("hello", hello, 3, &Settings { memory: 2 << 20, weight: 200, cap: 25, tenant: 7, ring_slots: 8 }, &["a", "b c"]);
+        w.guest("hello", hello, 3, &Settings { memory: 2 << 20, weight: 200, cap: 25, tenant: 7, ring_slots: 8, limits: LIMITS }, &["a", "b c"]);
         w.guest("evil", evil, 1, &Settings { memory: 1 << 20, ..Settings::default() }, &[] as &[&str]);
         w.finish()
     }
@@ -313,7 +362,8 @@ mod tests {
         let guests: Vec<_> = b.guests().collect();
         assert_eq!(guests.len(), 2);
         assert_eq!((guests[0].name, guests[0].image, guests[0].count), ("hello", 0, 3));
-        assert_eq!(guests[0].settings, Settings { memory: 2 << 20, weight: 200, cap: 25, tenant: 7, ring_slots: 8 });
+        assert_eq!(guests[0].settings, Settings { memory: 2 << 20, weight: 200, cap: 25, tenant: 7, ring_slots: 8, limits: LIMITS });
+        assert_eq!(guests[1].settings.limits, Limits::default());
         assert_eq!(guests[1].settings.tenant, TENANT_NONE);
         assert_eq!(guests[0].args().collect::<Vec<_>>(), ["a", "b c"]);
         assert_eq!(guests[1].args().count(), 0);

@@ -128,6 +128,13 @@ pub struct Guest {
     blocked: bool,
     console: LineBuffer,
     pub stats: Stats,
+    /// The monotonic clock (ns) at the latest exit, for the rate limits;
+    /// the run loop sets it.
+    pub now_ns: u64,
+    /// Console bytes per second.
+    pub console_limit: crate::limit::TokenBucket,
+    /// `net_kick`s per second.
+    pub kick_limit: crate::limit::TokenBucket,
 }
 
 /// What a guest has cost, for the accounting lines.
@@ -260,6 +267,9 @@ impl Guest {
             blocked: false,
             console: LineBuffer::default(),
             stats: Stats::default(),
+            now_ns: 0,
+            console_limit: crate::limit::TokenBucket::new(0),
+            kick_limit: crate::limit::TokenBucket::new(0),
         })
     }
 
@@ -367,9 +377,16 @@ impl Guest {
                 if let Err(e) = self.memory.read(mem, a0, buf) {
                     return Step::Stopped(format!("bad hypercall console_write: buffer {a0:#x}+{a1:#x}: {e}"));
                 }
+                self.regs.rax = a1;
+                if !self.console_limit.take(self.now_ns, a1) {
+                    // Over its rate: dropped and counted; said the first time.
+                    if self.console_limit.refused == a1 {
+                        out(&format!("[hv] guest {} console over its limit of {} bytes/s: dropping", self.name, self.console_limit.rate()));
+                    }
+                    return Step::Resume;
+                }
                 let name = &self.name;
                 self.console.push(buf, &mut |l| out(&format!("{name}| {l}")));
-                self.regs.rax = a1;
                 Step::Resume
             }
             Hypercall::Exit => Step::Exited(a0 as u32 as i32),
@@ -384,7 +401,9 @@ impl Guest {
             }
             Hypercall::NetKick => {
                 self.regs.rax = 0;
-                Step::NetKick
+                // Past its rate a kick does nothing: its frames still go out
+                // when it blocks, yields or is preempted.
+                if self.kick_limit.take(self.now_ns, 1) { Step::NetKick } else { Step::Resume }
             }
             Hypercall::Discard => {
                 if !self.memory.is_discardable(a0, a1) {

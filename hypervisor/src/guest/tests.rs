@@ -91,6 +91,35 @@ fn hypercalls_write_lines_yield_and_exit() {
 }
 
 #[test]
+fn console_and_kicks_past_their_rates_are_dropped_and_counted() {
+    let (mut mem, k, li) = setup();
+    let mut g = create(&mut mem, k, &li, "g-0", &[], 1 << 20).unwrap();
+    g.console_limit = crate::limit::TokenBucket::new(10);
+    g.kick_limit = crate::limit::TokenBucket::new(2);
+    g.memory.write(&mut mem, HEAP_START, b"0123456789abcdef").unwrap();
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        syscall(&mut g, Hypercall::ConsoleWrite as u64, HEAP_START, 4);
+        assert_eq!(g.handle_exit(&mut mem, &mut |l| out.push(l.to_string())), Step::Resume);
+        assert_eq!(g.regs.rax, 4, "the guest is told all was taken");
+    }
+    g.flush_console(&mut |l| out.push(l.to_string()));
+    assert_eq!(out, ["[hv] guest g-0 console over its limit of 10 bytes/s: dropping", "g-0| 01230123"]);
+    assert_eq!(g.console_limit.refused, 4);
+    let steps: Vec<Step> = (0..3)
+        .map(|_| {
+            syscall(&mut g, Hypercall::NetKick as u64, 0, 0);
+            g.handle_exit(&mut mem, &mut |_| {})
+        })
+        .collect();
+    assert_eq!(steps, [Step::NetKick, Step::NetKick, Step::Resume]);
+    // A second later the rates are back.
+    g.now_ns = 1_000_000_000;
+    syscall(&mut g, Hypercall::NetKick as u64, 0, 0);
+    assert_eq!(g.handle_exit(&mut mem, &mut |_| {}), Step::NetKick);
+}
+
+#[test]
 fn block_returns_at_once_with_pending_events_and_otherwise_sleeps() {
     let (mut mem, k, li) = setup();
     let mut g = create(&mut mem, k, &li, "g-0", &[], 1 << 20).unwrap();
