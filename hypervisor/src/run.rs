@@ -325,7 +325,7 @@ fn stats_line(g: &Guest, state: &str, port: Option<&Port>) -> String {
             + Scheduler::BYTES_PER_GUEST) as u64
         + port.map_or(0, |p| p.record_bytes() + hypervisor::net::switch::Switch::BYTES_PER_PORT as u64);
     format!(
-        r#"{{"event":"guest_stats","guest":"{}","state":"{state}","cpu_ns":{},"cpu_ns_per_cpu":[{}],"wakeups":{},"preemptions":{},"yields":{},"hypercalls":{},"memory_bytes":{},"memory_limit":{},"private_bytes":{},"ring_bytes":{ring_bytes},"table_bytes":{},"shared_bytes":{},"hv_bytes":{hv_bytes},"console_dropped":{},"kicks_ignored":{},"nic_limited":{},"created_ns":{},"create_ns":{},"first_entry_ns":{}}}"#,
+        r#"{{"event":"guest_stats","guest":"{}","state":"{state}","cpu_ns":{},"cpu_ns_per_cpu":[{}],"wakeups":{},"preemptions":{},"yields":{},"hypercalls":{},"memory_bytes":{},"memory_limit":{},"private_bytes":{},"ring_bytes":{ring_bytes},"table_bytes":{},"shared_bytes":{},"hv_bytes":{hv_bytes},"console_dropped":{},"kicks_ignored":{},"nic_limited":{},"ring_errors":{},"created_ns":{},"create_ns":{},"first_entry_ns":{}}}"#,
         g.name,
         s.cpu_ns,
         per_cpu.join(","),
@@ -341,6 +341,7 @@ fn stats_line(g: &Guest, state: &str, port: Option<&Port>) -> String {
         g.console_limit.refused,
         g.kick_limit.refused,
         port.map_or(0, Port::limited),
+        port.map_or(0, |p| p.ring_errors.load(Ordering::Relaxed)),
         s.created_ns,
         s.create_ns,
         s.first_entry_ns
@@ -572,6 +573,9 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
         stopped: AtomicU32::new(0),
         idle_ns: (0..cpus).map(|_| AtomicU64::new(0)).collect(),
     });
+    // Where the machine stands with every guest created (the hostile
+    // tests compare the hypervisor heap at the end with this).
+    println!("{}", host.machine_line());
     host.cpu_loop(0);
 
     for img in images.into_iter().flatten() {

@@ -54,30 +54,6 @@ fn three_hello_guests_print_their_own_names_and_exit_0() {
     assert_eq!(summary(&out), "3 exited, 0 stopped, 0 not started");
 }
 
-/// Each attack of apps/hostile and the start of the reason it must be
-/// stopped with.
-const ATTACKS: &[(&str, &str)] = &[
-    ("pagefault", "page fault: write to unmapped address 0x7000dead0000"),
-    ("kernel-read", "page fault: read to unmapped address 0xffffffff80000000"),
-    ("write-text", "page fault: write to protected address"),
-    ("hlt", "privileged instruction hlt"),
-    ("cli", "privileged instruction cli"),
-    ("wrmsr", "privileged instruction wrmsr"),
-    ("cr3", "privileged instruction mov to control register"),
-    ("in", "privileged instruction in/out (port I/O)"),
-    ("out", "privileged instruction in/out (port I/O)"),
-    ("lgdt", "privileged instruction system table instruction"),
-    ("int", "int 0x80 is not allowed"),
-    ("divide", "divide error"),
-    ("ud2", "invalid opcode"),
-    ("stack", "stack overflow"),
-    ("bad-pointer", "bad hypercall console_write: buffer 0xffffffff80000000+0x10"),
-    ("wrap-pointer", "bad hypercall console_write: buffer 0xfffffffffffffff7+0x40"),
-    ("huge-length", "bad hypercall console_write: length 0x10000000000 exceeds 4096"),
-    ("bad-hypercall", "bad hypercall: unknown number 0xdead"),
-    ("oom", "out of memory"),
-];
-
 /// Malformed images: file name, bytes, and the start of the rejection reason.
 fn bad_images() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     let hello = std::fs::read(&xtask::build_apps(&["hello"]).expect("build hello")[0]).expect("read hello image");
@@ -109,13 +85,9 @@ fn bad_images() -> Vec<(&'static str, Vec<u8>, &'static str)> {
 }
 
 #[test]
-fn hostile_guests_are_stopped_and_bad_images_rejected_while_hello_guests_finish() {
+fn bad_images_are_rejected_while_hello_guests_finish() {
+    // The attack guests run in tests/tests/hostile.rs, beside victims.
     let mut manifest = String::from("[[guest]]\nname = \"hello\"\napp = \"hello\"\ncount = 2\nmemory = \"1 MiB\"\n");
-    for (attack, _) in ATTACKS {
-        // Enough memory that the stack reaches its guard page before the limit.
-        let memory = if *attack == "stack" { "2 MiB" } else { "256 KiB" };
-        write!(manifest, "[[guest]]\nname = \"h-{attack}\"\napp = \"hostile\"\nmemory = \"{memory}\"\nargs = [\"{attack}\"]\n").unwrap();
-    }
     let images = bad_images();
     for (i, (name, bytes, _)) in images.iter().enumerate() {
         let path = temp_file(name, bytes);
@@ -125,13 +97,6 @@ fn hostile_guests_are_stopped_and_bad_images_rejected_while_hello_guests_finish(
 
     let out = boot(&manifest, 240);
     assert!(out.success(), "the hypervisor itself failed: {:?}\n{}", out.status, out.console);
-    for (attack, reason) in ATTACKS {
-        let line = line_with(&out, &format!("[hv] guest h-{attack}-0 stopped: "), reason);
-        assert!(line.contains(" at ip 0x") || line.contains("hypercall") || line.contains("out of memory"), "{line}");
-        // The attack really started (the guest printed before attacking).
-        has_line(&out, &format!("h-{attack}-0| h-{attack}-0: trying {attack}"));
-        assert!(!out.console.contains(&format!("h-{attack}-0: survived")), "{attack} was not stopped");
-    }
     for (i, (name, _, reason)) in images.iter().enumerate() {
         line_with(&out, "[hv] image ", &format!("{name} rejected: {reason}"));
         has_line(&out, &format!("[hv] guest bad{i}-0 not started: its image was rejected"));
@@ -142,8 +107,7 @@ fn hostile_guests_are_stopped_and_bad_images_rejected_while_hello_guests_finish(
     }
     has_line(&out, "last-0| Hello from last-0! args: [\"still\", \"here\"]");
     has_line(&out, "[hv] guest last-0 exited with code 0");
-    let stopped = ATTACKS.len();
-    assert_eq!(summary(&out), format!("3 exited, {stopped} stopped, {} not started", images.len()));
+    assert_eq!(summary(&out), format!("3 exited, 0 stopped, {} not started", images.len()));
 }
 
 #[test]

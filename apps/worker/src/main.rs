@@ -7,6 +7,7 @@
 //! | `busy MS`     | spins for MS milliseconds of wall time, prints `busy for NS ns` |
 //! | `sleep MS`    | sleeps MS ms (async), prints `slept NS ns`                     |
 //! | `tasks`       | spawns tasks sleeping 30, 10 and 20 ms, prints the order they finished |
+//! | `tick MS N`   | wakes every MS ms N times; prints `ticked N times, late by at most US us` |
 //! | `fpu SEED N`  | runs an N-step floating-point recurrence twice and prints whether both agree |
 #![no_std]
 #![no_main]
@@ -50,6 +51,19 @@ async fn main() -> i32 {
             let start = Instant::now();
             sleep(Duration::from_millis(number(args.get(1).copied()))).await;
             println!("slept {} ns", start.elapsed().as_nanos());
+        }
+        Some("tick") => {
+            // A victim that must keep its rhythm: how late is it ever woken?
+            let period = Duration::from_millis(number(args.get(1).copied()));
+            let n = number(args.get(2).copied());
+            let mut next = Instant::now() + period;
+            let mut worst = Duration::ZERO;
+            for _ in 0..n {
+                libos::task::sleep_until(next).await;
+                worst = worst.max(Instant::now().duration_since(next));
+                next = next + period;
+            }
+            println!("ticked {n} times, late by at most {} us", worst.as_micros());
         }
         Some("tasks") => {
             let start = Instant::now();

@@ -1,0 +1,139 @@
+//! The hostile-guest suite: every attack of `apps/hostile` in one boot,
+//! beside victims that must keep serving (an echo pair under load and a
+//! ticker that must keep its rhythm), on a hypervisor whose own memory must
+//! not grow.
+
+use integration_tests::Live;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// Attacks that must get the attacker stopped, and the start of the reason.
+const STOPPED: &[(&str, &str)] = &[
+    ("pagefault", "page fault: write to unmapped address 0x7000dead0000"),
+    ("kernel-read", "page fault: read to unmapped address 0xffffffff80000000"),
+    ("direct-map-write", "page fault: write to "),
+    ("write-text", "page fault: write to protected address"),
+    ("bad-stack", "page fault: write to unmapped address 0x8 "),
+    ("hlt", "privileged instruction hlt"),
+    ("cli", "privileged instruction cli"),
+    ("wrmsr", "privileged instruction wrmsr"),
+    ("cr3", "privileged instruction mov to control register"),
+    ("debug-regs", "privileged instruction mov debug register"),
+    ("in", "privileged instruction in/out (port I/O)"),
+    ("out", "privileged instruction in/out (port I/O)"),
+    ("lgdt", "privileged instruction system table instruction"),
+    ("int", "int 0x80 is not allowed"),
+    ("divide", "divide error"),
+    ("ud2", "invalid opcode"),
+    ("stack", "stack overflow"),
+    ("bad-pointer", "bad hypercall console_write: buffer 0xffffffff80000000+0x10"),
+    ("wrap-pointer", "bad hypercall console_write: buffer 0xfffffffffffffff7+0x40"),
+    ("huge-length", "bad hypercall console_write: length 0x10000000000 exceeds 4096"),
+    ("bad-hypercall", "bad hypercall: unknown number 0xdead"),
+    ("hypercall-garbage", "bad hypercall: unknown number 0x"),
+    ("discard-text", "bad hypercall discard: 0x"),
+    ("oom", "out of memory"),
+];
+
+/// Attacks the hypervisor contains without stopping the attacker (it exits
+/// 0 by itself), with a vNIC in the victims' tenant where `net`, and
+/// manifest extras.
+const CONTAINED: &[(&str, bool, &str)] = &[
+    ("ring-lie", true, ""),
+    ("ring-rewind", true, ""),
+    ("ring-bad-length", true, ""),
+    ("nic-flood", true, ""),
+    ("kick-storm", true, "limits = { notifications = 1000 }\n"),
+    ("console-flood", false, ""),
+    ("mov-ss-syscall", false, ""),
+];
+
+/// Attacks that never end; they must only cost their share of the CPU.
+const FOREVER: &[&str] = &["spin", "yield-storm", "block-storm", "block-forever"];
+
+fn json(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+#[test]
+fn every_attack_is_stopped_or_contained_while_the_victims_keep_serving() {
+    // Victims first: the echo server is 10.0.0.2 in tenant "v".
+    let mut m = String::from(
+        "[[guest]]\nname = \"echo\"\napp = \"echo\"\ntenant = \"v\"\nmemory = \"4 MiB\"\nargs = [\"serve\", \"7\"]\n\n\
+         [[guest]]\nname = \"client\"\napp = \"echo\"\ntenant = \"v\"\nmemory = \"4 MiB\"\nargs = [\"client\", \"10.0.0.2\", \"2000\"]\n\n\
+         [[guest]]\nname = \"tick\"\napp = \"worker\"\nmemory = \"1 MiB\"\nargs = [\"tick\", \"10\", \"500\"]\n\n",
+    );
+    for (attack, _) in STOPPED {
+        // Enough memory that the stack reaches its guard page before the limit.
+        let memory = if *attack == "stack" { "2 MiB" } else { "256 KiB" };
+        writeln!(m, "[[guest]]\nname = \"a-{attack}\"\napp = \"hostile\"\nmemory = \"{memory}\"\nargs = [\"{attack}\"]\n").unwrap();
+    }
+    for (attack, net, extra) in CONTAINED {
+        let tenant = if *net { "tenant = \"v\"\n" } else { "" };
+        writeln!(m, "[[guest]]\nname = \"a-{attack}\"\napp = \"hostile\"\nmemory = \"1 MiB\"\n{tenant}{extra}args = [\"{attack}\"]\n").unwrap();
+    }
+    for attack in FOREVER {
+        writeln!(m, "[[guest]]\nname = \"a-{attack}\"\napp = \"hostile\"\nmemory = \"256 KiB\"\nargs = [\"{attack}\"]\n").unwrap();
+    }
+
+    let mut live = Live::start(&m, 2);
+    let wait = |live: &mut Live, needle: &str| {
+        let seen = live.console.contains(needle) || live.wait_for(needle, Duration::from_secs(240));
+        assert!(seen, "no {needle:?} in:\n{}", live.console);
+    };
+    // The victims finish their work...
+    wait(&mut live, "client-0| client: 2000 messages");
+    wait(&mut live, "tick-0| ticked 500 times");
+    // ... and every finite attack has ended.
+    for (attack, _) in STOPPED {
+        wait(&mut live, &format!("[hv] guest a-{attack}-0 stopped: "));
+    }
+    for (attack, _, _) in CONTAINED {
+        wait(&mut live, &format!("[hv] guest a-{attack}-0 exited with code 0"));
+    }
+    live.send("stats\n");
+    // A new machine line (one was printed at creation) ends the listing.
+    assert!(live.wait_for(r#"{"event":"machine""#, Duration::from_secs(60)), "no stats:\n{}", live.console);
+    let c = live.console.clone();
+    let line = |needle: &str| c.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no {needle:?} in:\n{c}"));
+    let stats = |guest: &str| json(c.lines().find(|l| l.contains(&format!(r#""guest":"{guest}""#))).unwrap_or_else(|| panic!("no stats for {guest}:\n{c}")));
+
+    for (attack, reason) in STOPPED {
+        let l = line(&format!("[hv] guest a-{attack}-0 stopped: "));
+        assert!(l.contains(reason), "{attack}: {l}");
+        // The attack really started (the guest printed before attacking).
+        line(&format!("a-{attack}-0| a-{attack}-0: trying {attack}"));
+        assert!(!c.contains(&format!("a-{attack}-0: survived")), "{attack} was not stopped");
+    }
+    line("[hv] guest a-ring-lie-0 vNIC disconnected: vNIC TX ring: producer index 1000 is not within 16 of consumer index 0");
+    line("[hv] guest a-ring-rewind-0 vNIC disconnected: vNIC TX ring: producer index 0 is not within 16 of consumer index 2");
+    assert_eq!(stats("a-ring-bad-length-0")["ring_errors"], 2, "both bad lengths counted, the vNIC kept");
+    assert!(!c.contains("a-ring-bad-length-0 vNIC disconnected"));
+    let flood = stats("a-nic-flood-0");
+    assert!(flood["nic_limited"].as_u64().unwrap() > 0, "the broadcast flood was not limited: {flood}");
+    line("a-nic-flood-0| a-nic-flood-0: flooded ");
+    let kicks = stats("a-kick-storm-0");
+    assert!(kicks["kicks_ignored"].as_u64().unwrap() > 0, "{kicks}");
+    line("[hv] guest a-console-flood-0 console over its limit of 65536 bytes/s: dropping");
+    assert!(stats("a-console-flood-0")["console_dropped"].as_u64().unwrap() > 0);
+    line("a-mov-ss-syscall-0| a-mov-ss-syscall-0: mov ss + syscall returned 0");
+    for attack in FOREVER {
+        assert!(!c.contains(&format!("[hv] guest a-{attack}-0 stopped")), "{attack} should still be running");
+    }
+
+    // The victims kept serving: byte-exact echoes, and a ticker never more
+    // than a bounded delay late despite spinners, storms and floods.
+    let client = line("client-0| client: 2000 messages");
+    assert!(client.contains("echoed byte-exact"), "{client}");
+    let tick = line("tick-0| ticked 500 times, late by at most ");
+    let late_us: u64 = tick.rsplit("most ").next().unwrap().trim_end_matches(" us").parse().unwrap();
+    assert!(late_us < 500_000, "the ticker was {late_us} us late: {tick}");
+
+    // The hypervisor's own memory did not grow: its heap now holds no more
+    // than with every guest just created (attackers' records are gone).
+    let machines: Vec<serde_json::Value> = c.lines().filter(|l| l.starts_with(r#"{"event":"machine""#)).map(json).collect();
+    let (first, last) = (&machines[0], machines.last().unwrap());
+    let used = |v: &serde_json::Value| v["hv_heap_used_bytes"].as_u64().unwrap();
+    assert!(used(last) <= used(first) + 64 * 1024, "hypervisor heap grew from {} to {} bytes", used(first), used(last));
+    assert_eq!(last["stopped"], STOPPED.len() as u64, "{last}");
+}
