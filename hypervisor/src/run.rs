@@ -177,7 +177,12 @@ impl Host {
         g.flush_console(&mut |l| println!("{l}"));
         match &how {
             Ok(code) => println!("[hv] guest {} exited with code {code}", g.name),
-            Err(why) => println!("[hv] guest {} stopped: {why}", g.name),
+            Err(why) => {
+                println!("[hv] guest {} stopped: {why}", g.name);
+                for line in g.crash_report(&mut Mem) {
+                    println!("[hv] guest {} {line}", g.name);
+                }
+            }
         }
         println!("{}", stats_line(&g, if how.is_ok() { "exited" } else { "stopped" }, self.net.port(id)));
         match how {

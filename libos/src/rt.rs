@@ -81,7 +81,40 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         Some(l) => crate::println!("panicked at {}:{}: {}", l.file(), l.line(), info.message()),
         None => crate::println!("panicked: {}", info.message()),
     }
+    print_backtrace();
     exit(101)
+}
+
+/// Prints `backtrace: 0x...` with what look like return addresses (words
+/// pointing into our text just after a call) between the stack pointer and the top of the
+/// stack, innermost first, at most 16; `cargo xtask run` turns them into
+/// function names and lines with our ELF.
+#[inline(never)]
+fn print_backtrace() {
+    unsafe extern "C" {
+        // Defined by the linker's default script around the executable code.
+        static __executable_start: u8;
+        static etext: u8;
+    }
+    let text = (&raw const __executable_start) as u64..(&raw const etext) as u64;
+    let mut sp: u64;
+    // SAFETY: reads the stack pointer, nothing else.
+    unsafe { core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack)) };
+    let mut line = alloc::string::String::from("backtrace:");
+    let mut found = 0;
+    sp &= !7;
+    while sp + 8 <= layout::STACK_TOP && found < 16 {
+        // SAFETY: every page between the stack pointer and the top of the
+        // stack was touched on the way down, so it is mapped; aligned.
+        let v = unsafe { core::ptr::read_volatile(sp as *const u64) };
+        // SAFETY: inside our own text (checked first), which is mapped.
+        if text.contains(&v) && v - 7 >= text.start && abi::backtrace::follows_call(unsafe { &*((v - 7) as *const [u8; 7]) }) {
+            line += &alloc::format!(" {v:#x}");
+            found += 1;
+        }
+        sp += 8;
+    }
+    crate::println!("{line}");
 }
 
 // Linked for `core`; see the memfns crate.

@@ -117,6 +117,23 @@ fn a_panicking_guest_reports_its_message_and_exits_101() {
     assert!(out.success(), "{}", out.console);
     line_with(&out, "p-0| panicked at ", "hostile guest panics on purpose");
     has_line(&out, "[hv] guest p-0 exited with code 101");
+    // Its backtrace, symbolized by xtask with the guest's ELF: the frame
+    // that panicked is there with its file and line.
+    line_with(&out, "p-0| backtrace: 0x", "");
+    line_with(&out, "    #", "hostile::main at ");
+    line_with(&out, "    #", "core::panicking::panic_fmt");
+}
+
+#[test]
+fn a_stopped_guest_gets_a_crash_report_with_registers_and_a_symbolized_backtrace() {
+    let out = boot("[[guest]]\nname = \"f\"\napp = \"hostile\"\nargs = [\"pagefault\"]\n", 120);
+    assert!(out.success(), "{}", out.console);
+    line_with(&out, "[hv] guest f-0 stopped: ", "page fault: write to unmapped address 0x7000dead0000");
+    line_with(&out, "[hv] guest f-0 registers: rip=0x", "cr2=0x7000dead0000");
+    let trace = line_with(&out, "[hv] guest f-0 backtrace: 0x", "");
+    let first = out.console.lines().skip_while(|l| *l != trace).nth(1).unwrap_or("");
+    assert!(first.starts_with("    #0 0x") && first.contains("hostile::main at ") && first.contains("apps/hostile/src/main.rs:"), "{first}");
+    line_with(&out, "    #", "libos::rt::start at ");
 }
 
 #[test]

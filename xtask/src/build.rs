@@ -127,11 +127,7 @@ pub fn build_apps(names: &[&str]) -> Result<Vec<PathBuf>> {
         run(&mut cmd)?;
         let root = workspace_root();
         for app in missing {
-            let elf_path = root
-                .join("target/guest")
-                .join(TARGET)
-                .join("release")
-                .join(app);
+            let elf_path = app_elf(app);
             let elf =
                 fs::read(&elf_path).with_context(|| format!("reading {}", elf_path.display()))?;
             let image = pack::hermit_image(app, &elf).with_context(|| format!("packing {app}"))?;
@@ -141,4 +137,9 @@ pub fn build_apps(names: &[&str]) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(names.iter().map(|n| built[*n].clone()).collect())
+}
+
+/// The ELF `build_apps` built for `app` (with its DWARF, for symbolizing).
+pub fn app_elf(app: &str) -> PathBuf {
+    workspace_root().join("target/guest").join(TARGET).join("release").join(app)
 }

@@ -17,6 +17,7 @@ pub mod linux;
 pub mod manifest;
 pub mod pack;
 mod qemu;
+pub mod symbolize;
 
 use std::path::Path;
 

@@ -157,7 +157,16 @@ pub struct Prepared {
     pub summary: String,
     /// The accelerator chosen (never `Auto`).
     pub accel: Accel,
+    /// Each manifest entry's guest ELF, where it is an app (for backtraces).
+    pub elfs: Vec<(String, PathBuf)>,
     remove_bundle: bool,
+}
+
+impl Prepared {
+    /// A symbolizer for this run's guests' backtraces.
+    pub fn symbolizer(&self) -> crate::symbolize::Symbolizer {
+        crate::symbolize::Symbolizer::new(self.elfs.iter().cloned())
+    }
 }
 
 impl Drop for Prepared {
@@ -285,12 +294,21 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
         format_size(machine_memory)
     );
 
+    let elfs = manifest
+        .guests
+        .iter()
+        .filter_map(|g| match &g.source {
+            Source::App(app) => Some((g.name.clone(), crate::build::app_elf(app))),
+            _ => None,
+        })
+        .collect();
     Ok(Prepared {
         kernel,
         bundle,
         qemu_args,
         summary,
         accel,
+        elfs,
         remove_bundle,
     })
 }
@@ -381,9 +399,28 @@ fn wait_until(child: &mut KillOnDrop, timeout: Option<Duration>) -> Result<Optio
 /// stopped after that long, which is an error.
 pub fn run_interactive(p: &Prepared, timeout: Option<Duration>) -> Result<()> {
     let mut cmd = qemu_command(p);
+    cmd.stdout(Stdio::piped());
     echo(&cmd);
     let mut child = KillOnDrop(cmd.spawn().context("starting QEMU")?);
-    match wait_until(&mut child, timeout)? {
+    // The console goes through us so that backtraces get their symbols.
+    let stdout = child.0.stdout.take().expect("piped stdout");
+    let mut sym = p.symbolizer();
+    let printer = thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        let mut out = std::io::stdout();
+        for line in std::io::BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+            let _ = writeln!(out, "{line}");
+            for extra in sym.annotate(&line) {
+                let _ = writeln!(out, "{extra}");
+            }
+        }
+    });
+    let status = wait_until(&mut child, timeout)?;
+    // The console's last lines are still on their way through the printer.
+    if status.is_some() {
+        let _ = printer.join();
+    }
+    match status {
         Some(status) => check_exit(status.code()),
         None => bail!(
             "stopped QEMU after the {} s timeout",
@@ -453,7 +490,7 @@ pub fn run_captured_with_input(p: &Prepared, timeout: Duration, input: &[u8], af
     drop(child);
     Ok(RunOutput {
         status: status.and_then(|s| s.code()),
-        console: stdout.join().unwrap_or_default(),
+        console: p.symbolizer().annotate_all(&stdout.join().unwrap_or_default()),
         stderr: stderr.join().unwrap_or_default(),
         timed_out: status.is_none(),
     })

@@ -17,6 +17,7 @@
 extern crate alloc;
 
 pub mod bundle;
+pub mod backtrace;
 pub mod layout;
 pub mod note;
 #[allow(unsafe_code)] // the one `unsafe trait`, see ring.rs

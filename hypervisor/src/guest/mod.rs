@@ -82,6 +82,14 @@ impl LoadedImage {
         }
     }
 
+    /// The span of the image's executable pages (empty if it has none).
+    pub fn text_range(&self) -> core::ops::Range<u64> {
+        let mut exec = self.pages.iter().filter(|p| !p.flags.contains(Pte::NO_EXECUTE)).map(|p| p.vaddr);
+        let Some(first) = exec.next() else { return 0..0 };
+        let (lo, hi) = exec.fold((first, first), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        lo..hi + PAGE_SIZE
+    }
+
     /// Bytes each instance must copy (writable pages).
     pub fn private_bytes(&self) -> u64 {
         self.pages.iter().filter(|p| p.writable).count() as u64 * FRAME_SIZE
@@ -135,6 +143,8 @@ pub struct Guest {
     pub console_limit: crate::limit::TokenBucket,
     /// `net_kick`s per second.
     pub kick_limit: crate::limit::TokenBucket,
+    /// Where its image's executable pages lie (for crash reports).
+    text: core::ops::Range<u64>,
 }
 
 /// What a guest has cost, for the accounting lines.
@@ -270,6 +280,7 @@ impl Guest {
             now_ns: 0,
             console_limit: crate::limit::TokenBucket::new(0),
             kick_limit: crate::limit::TokenBucket::new(0),
+            text: image.text_range(),
         })
     }
 
@@ -338,6 +349,40 @@ impl Guest {
             + self.name.capacity()
             + self.console.capacity()
             + self.stats.cpu_ns_per_cpu.capacity() * 8) as u64
+    }
+
+    /// A crash report for a stopped guest: its registers, and a backtrace:
+    /// `rip`, then what looks like return addresses (words pointing into
+    /// its text just after a call) among the first 4 KiB of its stack, at
+    /// most 16 in all.
+    /// The guest's memory is read through its own tables, checked.
+    pub fn crash_report(&mut self, mem: &mut impl PhysMem) -> [String; 2] {
+        let r = self.regs.clone();
+        let registers = format!(
+            "rip={:#x} rsp={:#x} rbp={:#x} rflags={:#x} rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x} r8={:#x} r9={:#x} r10={:#x} r11={:#x} r12={:#x} r13={:#x} r14={:#x} r15={:#x} vector={} error={:#x} cr2={:#x}",
+            r.rip, r.rsp, r.rbp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14,
+            r.r15, r.vector, r.error, r.cr2
+        );
+        let mut trace = format!("{:#x}", r.rip);
+        let mut found = 1;
+        let mut word = [0u8; 8];
+        for i in 0..512u64 {
+            if found == 16 {
+                break;
+            }
+            let Some(at) = (r.rsp & !7).checked_add(i * 8) else { break };
+            // Only pages already there: a crash report must not allocate.
+            if self.memory.space.translate(mem, at).is_none() || self.memory.read(mem, at, &mut word).is_err() {
+                break;
+            }
+            let v = u64::from_le_bytes(word);
+            let mut before = [0u8; 7];
+            if self.text.contains(&v) && self.memory.read(mem, v - 7, &mut before).is_ok() && abi::backtrace::follows_call(&before) {
+                trace += &format!(" {v:#x}");
+                found += 1;
+            }
+        }
+        [format!("registers: {registers}"), format!("backtrace: {trace}")]
     }
 
     /// Flushes a partial console line (call when the guest is gone).
