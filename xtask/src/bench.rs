@@ -195,6 +195,7 @@ impl Bench {
             smp: self.machine.smp,
             memory: format!("{}M", self.machine.memory_mib),
             bundle: None,
+            gdb: None,
         }
     }
 

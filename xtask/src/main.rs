@@ -70,6 +70,10 @@ struct RunArgs {
     /// Stop QEMU (and fail) after this many seconds.
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
+    /// Start paused, with QEMU's gdbstub on 127.0.0.1:PORT, and print how
+    /// to attach gdb to the hypervisor and to the guests.
+    #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "1234")]
+    gdb: Option<u16>,
 }
 
 fn main() -> ExitCode {
@@ -103,6 +107,7 @@ impl Command {
                     smp: args.smp,
                     memory: args.memory,
                     bundle: Some(xtask::workspace_root().join("target/run/bundle.bin")),
+                    gdb: args.gdb,
                 };
                 let prepared = xtask::prepare(&cfg)?;
                 eprintln!("{}", prepared.summary);

@@ -129,6 +129,8 @@ pub struct RunConfig {
     /// Where to write the bundle; `None` picks a fresh file under
     /// `target/run/` that is removed when the [`Prepared`] is dropped.
     pub bundle: Option<PathBuf>,
+    /// Start paused with QEMU's gdbstub on this port of 127.0.0.1.
+    pub gdb: Option<u16>,
 }
 
 impl Default for RunConfig {
@@ -138,6 +140,7 @@ impl Default for RunConfig {
             exit_when_idle: false,
             accel: Accel::Auto,
             smp: 1,
+            gdb: None,
             memory: "512M".into(),
             bundle: None,
         }
@@ -271,6 +274,26 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
     }
     let (netdev, reach) = uplink_args(&manifest);
     qemu_args.extend(netdev);
+    let mut gdb_help = String::new();
+    if let Some(port) = cfg.gdb {
+        qemu_args.extend(["-gdb".to_string(), format!("tcp:127.0.0.1:{port}"), "-S".to_string()]);
+        let apps: Vec<String> = manifest
+            .guests
+            .iter()
+            .filter_map(|g| match &g.source {
+                Source::App(app) => Some(crate::build::app_elf(app).display().to_string()),
+                _ => None,
+            })
+            .collect();
+        gdb_help = format!(
+            "\ngdb: the machine waits, paused, for a debugger on 127.0.0.1:{port}. The hypervisor:\n  \
+             gdb {} -ex 'target remote 127.0.0.1:{port}'\n\
+             a guest: in that gdb, add its symbols (guests run at their ELF addresses, each in its own page tables;\n\
+             a breakpoint in a guest's code stops whichever instance of it runs there), then continue:\n{}",
+            kernel.display(),
+            apps.iter().map(|a| format!("  (gdb) add-symbol-file {a}\n")).collect::<String>()
+        );
+    }
 
     let guests: Vec<String> = manifest
         .guests
@@ -288,7 +311,7 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
         "console follows; Ctrl-C stops QEMU"
     };
     let summary = format!(
-        "guests: {}\nmachine: {}, {cpus}, {}{reach}\n{next}",
+        "guests: {}\nmachine: {}, {cpus}, {}{reach}{gdb_help}\n{next}",
         guests.join(", "),
         accel.as_str(),
         format_size(machine_memory)
