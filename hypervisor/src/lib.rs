@@ -6,6 +6,7 @@
 
 extern crate alloc;
 
+pub mod control;
 pub mod image;
 pub mod limit;
 pub mod mm;

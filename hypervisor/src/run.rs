@@ -72,7 +72,30 @@ struct Host {
     stopped: AtomicU32,
     /// Time each CPU spent halted with nothing to run.
     idle_ns: Vec<AtomicU64>,
+    /// What the control channel reports of every guest, by id, whichever
+    /// CPU has it (see `hypervisor::control`).
+    board: Vec<Board>,
+    /// Whether QEMU gave us a control channel (COM2).
+    control: bool,
 }
+
+/// A guest as the control channel sees it.
+struct Board {
+    name: String,
+    tenant: Option<u32>,
+    /// [`STATE_NAMES`] index.
+    state: core::sync::atomic::AtomicU8,
+    cpu_ns: AtomicU64,
+    memory_bytes: AtomicU64,
+    /// Set by `stop NAME`; the CPU that next takes the guest ends it.
+    kill: core::sync::atomic::AtomicBool,
+}
+
+const STATE_NAMES: [&str; 4] = ["waiting", "running", "exited", "stopped"];
+const WAITING: u8 = 0;
+const RUNNING: u8 = 1;
+const EXITED: u8 = 2;
+const STOPPED: u8 = 3;
 
 static HOST: Once<Host> = Once::new();
 
@@ -189,6 +212,7 @@ impl Host {
             Ok(_) => self.exited.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.stopped.fetch_add(1, Ordering::Relaxed),
         };
+        self.board[id].state.store(if how.is_ok() { EXITED } else { STOPPED }, Ordering::Relaxed);
         g.destroy(&mut Mem);
         self.live.fetch_sub(1, Ordering::Release);
     }
@@ -197,10 +221,14 @@ impl Host {
     fn cpu_loop(&self, me: usize) {
         let mut timed_out = Vec::new();
         let mut console_in = String::new();
+        let mut control_in = hypervisor::control::LineReader::default();
         let mut last_balance = 0;
         loop {
             if me == 0 {
                 self.poll_console(&mut console_in);
+                if self.control {
+                    self.poll_control(&mut control_in);
+                }
                 let now = self.now();
                 self.net.poll_uplink(now, &mut |g| self.wake(g, me));
             }
@@ -240,7 +268,18 @@ impl Host {
                 continue;
             };
             let Some(mut g) = self.guests.lock()[id].take() else { continue };
+            let board = &self.board[id];
+            if board.kill.load(Ordering::Acquire) {
+                self.scheds[me].lock().remove(id);
+                self.net.disconnect(id);
+                self.finish(id, g, Err("stopped by the operator (ctl stop)".into()));
+                continue;
+            }
+            board.state.store(RUNNING, Ordering::Relaxed);
             let (step, ran) = self.run_one(id, &mut g, me, slice, next_timer);
+            board.cpu_ns.store(g.stats.cpu_ns, Ordering::Relaxed);
+            board.memory_bytes.store(g.memory.charged_bytes(), Ordering::Relaxed);
+            board.state.store(WAITING, Ordering::Relaxed);
             let now = self.now();
             let stop = match step {
                 Step::Resume | Step::Preempted | Step::NetKick | Step::FlushTlb => Stop::Preempted,
@@ -267,6 +306,56 @@ impl Host {
             if matches!(stop, Stop::Blocked { .. }) && vnic::pending(self.event_frames[id]) != 0 {
                 self.scheds[me].lock().wake(id);
             }
+        }
+    }
+
+    /// Answers the requests waiting on the control channel.
+    fn poll_control(&self, reader: &mut hypervisor::control::LineReader) {
+        use hypervisor::control::{Request, json_str, parse};
+        while let Some(b) = serial::control_read() {
+            let Some(line) = reader.push(b) else { continue };
+            let answer = match line.as_deref().map_err(|e| *e).and_then(parse) {
+                Err(e) => format!(r#"{{"error":{}}}"#, json_str(e)),
+                Ok(Request::List) => {
+                    let switch = self.net.switch.lock();
+                    let rows: Vec<String> = self
+                        .board
+                        .iter()
+                        .enumerate()
+                        .map(|(id, b)| {
+                            let st = self.net.port(id).and_then(|p| switch.stats(p.switch_port)).unwrap_or_default();
+                            format!(
+                                r#"{{"name":{},"tenant":{},"state":"{}","cpu_ns":{},"memory_bytes":{},"sent_frames":{},"received_frames":{}}}"#,
+                                json_str(&b.name),
+                                b.tenant.map_or("null".into(), |t| format!("{t}")),
+                                STATE_NAMES[b.state.load(Ordering::Relaxed) as usize],
+                                b.cpu_ns.load(Ordering::Relaxed),
+                                b.memory_bytes.load(Ordering::Relaxed),
+                                st.rx_frames,
+                                st.tx_frames
+                            )
+                        })
+                        .collect();
+                    format!(r#"{{"guests":[{}]}}"#, rows.join(","))
+                }
+                Ok(Request::Stats) => {
+                    let rows: Vec<String> =
+                        self.guests.lock().iter().enumerate().filter_map(|(id, g)| Some(stats_line(g.as_ref()?, "running", self.net.port(id)))).collect();
+                    format!(r#"{{"guests":[{}],"machine":{}}}"#, rows.join(","), self.machine_line())
+                }
+                Ok(Request::Stop(name)) => match self.board.iter().position(|b| b.name == name) {
+                    None => format!(r#"{{"error":{}}}"#, json_str(&format!("no guest {name}"))),
+                    Some(id) if self.board[id].state.load(Ordering::Relaxed) >= EXITED => {
+                        format!(r#"{{"error":{}}}"#, json_str(&format!("guest {name} has already ended")))
+                    }
+                    Some(id) => {
+                        self.board[id].kill.store(true, Ordering::Release);
+                        self.wake(id, 0);
+                        format!(r#"{{"stopped":{}}}"#, json_str(name))
+                    }
+                },
+            };
+            serial::control_write_line(&answer);
         }
     }
 
@@ -405,6 +494,7 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
     let mut scheds: Vec<Scheduler> = (0..cpus).map(|_| Scheduler::new()).collect();
     let mut home: Vec<AtomicUsize> = Vec::new();
     let mut event_frames: Vec<u64> = Vec::new();
+    let mut board: Vec<Board> = Vec::new();
     let mut net = Net { switch: Mutex::new(hypervisor::net::switch::Switch::new()), uplink: None, ports: Vec::new(), guest_of_slot: Vec::new(), stalled: Mutex::new(Default::default()), uplink_rx_ns: AtomicU64::new(0) };
     let free_before_uplink = free_frames();
     match crate::uplink::Uplink::probe(kernel_root) {
@@ -532,6 +622,14 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
                     guests.push(Some(Box::new(g)));
                     net.ports.push(port);
                     event_frames.push(events);
+                    board.push(Board {
+                        name: name.clone(),
+                        tenant: nic.as_ref().map(|_| st.tenant),
+                        state: core::sync::atomic::AtomicU8::new(WAITING),
+                        cpu_ns: AtomicU64::new(0),
+                        memory_bytes: AtomicU64::new(0),
+                        kill: core::sync::atomic::AtomicBool::new(false),
+                    });
                     // Spread new guests over the CPUs; balancing evens out the rest.
                     home.push(AtomicUsize::new(id % cpus));
                     scheds[id % cpus].add(id, st.weight, cap, created_ns);
@@ -577,6 +675,8 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
         exited: AtomicU32::new(0),
         stopped: AtomicU32::new(0),
         idle_ns: (0..cpus).map(|_| AtomicU64::new(0)).collect(),
+        board,
+        control: serial::init_control(),
     });
     // Where the machine stands with every guest created (the hostile
     // tests compare the hypervisor heap at the end with this).

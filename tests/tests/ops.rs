@@ -72,3 +72,78 @@ fn run_gdb_starts_paused_with_a_gdbstub_and_says_how_to_attach() {
     let _ = qemu.kill();
     let _ = qemu.wait();
 }
+
+fn echo(port: u16, msg: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the forwarded port");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(msg).unwrap();
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).expect("the echo");
+    back
+}
+
+#[test]
+fn a_detached_hypervisor_is_listed_measured_and_stopped_guest_by_guest_through_ctl() {
+    xtask::ensure_qemu().unwrap();
+    let port = free_port();
+    let dir = workspace_root().join(format!("target/itest/detached-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = xtask::RunConfig {
+        manifest: xtask::ManifestSource::Text {
+            text: format!(
+                "[[guest]]\nname = \"a\"\napp = \"echo\"\ntenant = \"a\"\nports = [\"{port}:7\"]\n\n\
+                 [[guest]]\nname = \"b\"\napp = \"echo\"\ntenant = \"b\"\n\n\
+                 [[guest]]\nname = \"h\"\napp = \"hello\"\n"
+            ),
+            base_dir: workspace_root().to_path_buf(),
+        },
+        smp: 2,
+        bundle: Some(dir.join("bundle.bin")),
+        detach: Some(dir.clone()),
+        ..xtask::RunConfig::default()
+    };
+    let prepared = xtask::prepare(&cfg).unwrap();
+    let inst = xtask::ctl::detach(&prepared, &dir).unwrap();
+    struct Down(xtask::ctl::Instance);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = self.0.shutdown();
+        }
+    }
+    let inst = Down(inst);
+    let ctl = |req: &str| inst.0.request(req);
+    let guest = |list: &serde_json::Value, name: &str| {
+        list["guests"].as_array().unwrap().iter().find(|g| g["name"] == name).cloned().unwrap_or_else(|| panic!("no {name} in {list}"))
+    };
+
+    let list = ctl("list").unwrap();
+    assert_eq!(list["guests"].as_array().unwrap().len(), 3, "{list}");
+    assert_eq!((guest(&list, "a-0")["tenant"].clone(), guest(&list, "b-0")["tenant"].clone()), (0.into(), 1.into()), "{list}");
+
+    // Traffic flows to a-0 from the host, and its counters move.
+    assert_eq!(echo(port, b"hello through the uplink"), b"hello through the uplink");
+    let list = ctl("list").unwrap();
+    let a = guest(&list, "a-0");
+    assert!(a["sent_frames"].as_u64().unwrap() > 0 && a["received_frames"].as_u64().unwrap() > 0, "{a}");
+    let stats = ctl("stats").unwrap();
+    assert!(stats["machine"]["total_bytes"].as_u64().unwrap() > 0, "{stats}");
+
+    // Bad requests are refused with a reason, and nothing else happens.
+    assert_eq!(ctl("stop nope").unwrap_err().to_string(), "no guest nope");
+    assert_eq!(ctl("stop h-0").unwrap_err().to_string(), "guest h-0 has already ended");
+    assert!(ctl("format c:").unwrap_err().to_string().starts_with("unknown request"));
+
+    // Stop b-0; a-0 keeps serving.
+    assert_eq!(ctl("stop b-0").unwrap()["stopped"], "b-0");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while guest(&ctl("list").unwrap(), "b-0")["state"] != "stopped" {
+        assert!(Instant::now() < deadline, "b-0 was not stopped");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(echo(port, b"still here"), b"still here");
+    assert_eq!(guest(&ctl("list").unwrap(), "a-0")["state"], "waiting");
+    let logs = xtask::ctl::logs(&inst.0, "b-0").unwrap();
+    assert!(logs.contains("b-0| echo: listening on 10.1.0.2:7"), "{logs}");
+    assert!(logs.contains("[hv] guest b-0 stopped: stopped by the operator (ctl stop)"), "{logs}");
+    assert!(logs.contains("libos::rt::start at "), "the stop's crash report is symbolized: {logs}");
+}

@@ -196,6 +196,7 @@ impl Bench {
             memory: format!("{}M", self.machine.memory_mib),
             bundle: None,
             gdb: None,
+            detach: None,
         }
     }
 

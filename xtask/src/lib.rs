@@ -13,6 +13,7 @@
 pub mod bench;
 mod build;
 mod cmd;
+pub mod ctl;
 pub mod linux;
 pub mod manifest;
 pub mod pack;

@@ -35,12 +35,46 @@ enum Command {
     Bench(xtask::bench::BenchArgs),
     /// Fuzz the parsers of guest- and tenant-supplied bytes with libFuzzer (see fuzz/README.md).
     Fuzz(fuzz::FuzzArgs),
+    /// Talk to the hypervisor that `run --detach` started.
+    Ctl {
+        #[command(subcommand)]
+        what: Ctl,
+    },
     /// Run the host tests and the QEMU integration tests (`cargo test`).
     Test {
         /// Arguments for `cargo test`, e.g. `-- -p xtask -- --nocapture`.
         #[arg(last = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum Ctl {
+    /// Every guest: name, tenant, state, CPU, memory, frames sent and received.
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Per-guest accounting (CPU, memory, NIC, limits) and the machine's, as JSON.
+    Stats,
+    /// The list, refreshed every second (COUNT times; default until Ctrl-C).
+    Top {
+        #[arg(long, value_name = "COUNT")]
+        count: Option<u32>,
+    },
+    /// Stop a guest; the others keep running.
+    Stop { name: String },
+    /// A guest's console lines and the hypervisor's lines about it.
+    Logs { name: String },
+    /// Stop the detached hypervisor (QEMU).
+    Shutdown,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Table,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -70,6 +104,10 @@ struct RunArgs {
     /// Stop QEMU (and fail) after this many seconds.
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
+    /// Run in the background (console in target/run/detached/console.log);
+    /// then use `cargo xtask ctl`.
+    #[arg(long, conflicts_with_all = ["exit_when_idle", "gdb", "timeout"])]
+    detach: bool,
     /// Start paused, with QEMU's gdbstub on 127.0.0.1:PORT, and print how
     /// to attach gdb to the hypervisor and to the guests.
     #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "1234")]
@@ -108,13 +146,51 @@ impl Command {
                     memory: args.memory,
                     bundle: Some(xtask::workspace_root().join("target/run/bundle.bin")),
                     gdb: args.gdb,
+                    detach: None,
                 };
+                if args.detach {
+                    let dir = xtask::ctl::default_dir();
+                    std::fs::create_dir_all(&dir)?;
+                    let cfg = RunConfig { bundle: Some(dir.join("bundle.bin")), detach: Some(dir.clone()), ..cfg };
+                    let prepared = xtask::prepare(&cfg)?;
+                    eprintln!("{}", prepared.summary);
+                    let inst = xtask::ctl::detach(&prepared, &dir)?;
+                    println!(
+                        "detached: QEMU pid {}, console {}; `cargo xtask ctl list|stats|top|stop NAME|logs NAME|shutdown`",
+                        inst.pid,
+                        inst.console().display()
+                    );
+                    return Ok(());
+                }
                 let prepared = xtask::prepare(&cfg)?;
                 eprintln!("{}", prepared.summary);
                 xtask::run_interactive(&prepared, args.timeout.map(Duration::from_secs))?;
             }
             Command::Bench(args) => xtask::bench::run(&args)?,
             Command::Fuzz(args) => fuzz::run(&args)?,
+            Command::Ctl { what } => {
+                let inst = xtask::ctl::Instance::open(&xtask::ctl::default_dir())?;
+                match what {
+                    Ctl::List { output: Format::Json } => println!("{}", inst.request("list")?),
+                    Ctl::List { output: Format::Table } => print!("{}", xtask::ctl::table(&inst.request("list")?)),
+                    Ctl::Stats => println!("{}", inst.request("stats")?),
+                    Ctl::Top { count } => {
+                        for i in 0.. {
+                            if count.is_some_and(|c| i >= c) {
+                                break;
+                            }
+                            let t = xtask::ctl::table(&inst.request("list")?);
+                            // Clear the screen and home the cursor, then the table.
+                            print!("\x1b[2J\x1b[H{t}");
+                            std::io::Write::flush(&mut std::io::stdout())?;
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                    Ctl::Stop { name } => println!("{}", inst.request(&format!("stop {name}"))?),
+                    Ctl::Logs { name } => print!("{}", xtask::ctl::logs(&inst, &name)?),
+                    Ctl::Shutdown => inst.shutdown()?,
+                }
+            }
             Command::Test { args } => {
                 xtask::ensure_qemu()?;
                 let start = Instant::now();

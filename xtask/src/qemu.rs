@@ -131,6 +131,9 @@ pub struct RunConfig {
     pub bundle: Option<PathBuf>,
     /// Start paused with QEMU's gdbstub on this port of 127.0.0.1.
     pub gdb: Option<u16>,
+    /// Run detached: the console goes to `DIR/console.log` and the control
+    /// channel (COM2) is the Unix socket `DIR/control.sock` (see `ctl`).
+    pub detach: Option<PathBuf>,
 }
 
 impl Default for RunConfig {
@@ -141,6 +144,7 @@ impl Default for RunConfig {
             accel: Accel::Auto,
             smp: 1,
             gdb: None,
+            detach: None,
             memory: "512M".into(),
             bundle: None,
         }
@@ -269,6 +273,17 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
     .split_whitespace()
     .map(String::from)
     .collect();
+    if let Some(dir) = &cfg.detach {
+        // COM1 (the console) to a file instead of stdio, COM2 a socket.
+        let at = qemu_args.iter().position(|a| a == "stdio").expect("-serial stdio");
+        qemu_args[at] = format!("file:{}", dir.join("console.log").display());
+        qemu_args.extend([
+            "-chardev".to_string(),
+            format!("socket,id=ctl,path={},server=on,wait=off", dir.join("control.sock").display()),
+            "-serial".to_string(),
+            "chardev:ctl".to_string(),
+        ]);
+    }
     for (flag, path) in [("-kernel", &kernel), ("-initrd", &bundle)] {
         qemu_args.extend([flag.to_string(), path.display().to_string()]);
     }
@@ -305,7 +320,9 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
     } else {
         format!("{} CPUs", cfg.smp)
     };
-    let next = if cfg.exit_when_idle {
+    let next = if cfg.detach.is_some() {
+        "detaching: the console goes to console.log in the instance directory"
+    } else if cfg.exit_when_idle {
         "QEMU exits when the last guest is gone"
     } else {
         "console follows; Ctrl-C stops QEMU"

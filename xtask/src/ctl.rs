@@ -1,0 +1,171 @@
+//! A detached hypervisor and `cargo xtask ctl`, which talks to it.
+//!
+//! `cargo xtask run --detach` boots QEMU in the background with its files
+//! in one instance directory (`target/run/detached/`): `console.log` (the
+//! console), `control.sock` (the hypervisor's control channel, COM2, as a
+//! Unix socket), `bundle.bin`, and `instance.json` (QEMU's pid and the
+//! paths). `ctl` sends one request line on the socket and reads one JSON
+//! line back (the protocol is in `hypervisor/src/control.rs`).
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use crate::qemu::{Prepared, QEMU};
+
+/// The default instance directory.
+pub fn default_dir() -> PathBuf {
+    crate::workspace_root().join("target/run/detached")
+}
+
+/// A detached instance: where its files are.
+#[derive(Clone, Debug)]
+pub struct Instance {
+    pub dir: PathBuf,
+    pub pid: u32,
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+impl Instance {
+    /// The instance recorded in `dir`, if its QEMU still runs.
+    pub fn open(dir: &Path) -> Result<Instance> {
+        let text = fs::read_to_string(dir.join("instance.json"))
+            .with_context(|| format!("no detached hypervisor in {} (start one with `cargo xtask run --detach`)", dir.display()))?;
+        let v: Value = serde_json::from_str(&text).context("instance.json is not JSON")?;
+        let pid = v["pid"].as_u64().context("instance.json has no pid")? as u32;
+        if !alive(pid) {
+            bail!("the detached hypervisor (QEMU pid {pid}) is no longer running; its console is {}", dir.join("console.log").display());
+        }
+        Ok(Instance { dir: dir.to_path_buf(), pid })
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    pub fn console(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// Sends one request and returns the JSON answer; `{"error":..}`
+    /// answers become errors.
+    pub fn request(&self, line: &str) -> Result<Value> {
+        let mut s = UnixStream::connect(self.socket()).with_context(|| format!("connecting to {}", self.socket().display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.write_all(format!("{line}\n").as_bytes())?;
+        let mut answer = String::new();
+        BufReader::new(&s).read_line(&mut answer).context("no answer from the hypervisor")?;
+        let v: Value = serde_json::from_str(answer.trim()).with_context(|| format!("answer is not JSON: {answer:?}"))?;
+        if let Some(e) = v["error"].as_str() {
+            bail!("{e}");
+        }
+        Ok(v)
+    }
+
+    /// Stops QEMU.
+    pub fn shutdown(&self) -> Result<()> {
+        crate::run(Command::new("kill").arg(self.pid.to_string()))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(self.pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+/// Starts `p` (prepared with `detach: Some(dir)`) in the background.
+pub fn detach(p: &Prepared, dir: &Path) -> Result<Instance> {
+    if let Ok(old) = Instance::open(dir) {
+        bail!("a detached hypervisor already runs (QEMU pid {}); `cargo xtask ctl shutdown` stops it", old.pid);
+    }
+    let _ = fs::remove_file(dir.join("control.sock"));
+    let err = fs::File::create(dir.join("qemu.err"))?;
+    let child = Command::new(QEMU)
+        .args(&p.qemu_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .context("starting QEMU")?;
+    let inst = Instance { dir: dir.to_path_buf(), pid: child.id() };
+    let info = serde_json::json!({
+        "pid": inst.pid,
+        "control": inst.socket(),
+        "console": inst.console(),
+        "elfs": p.elfs.iter().map(|(n, e)| (n.clone(), e.display().to_string())).collect::<std::collections::BTreeMap<_, _>>(),
+    });
+    crate::pack::write_atomically(&dir.join("instance.json"), serde_json::to_string_pretty(&info)?.as_bytes())?;
+    // Wait until the hypervisor answers (QEMU makes the socket at once).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match inst.request("list") {
+            Ok(_) => return Ok(inst),
+            Err(_) if Instant::now() < deadline && alive(inst.pid) => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => bail!("the detached hypervisor does not answer: {e:#}\n{}", fs::read_to_string(dir.join("qemu.err")).unwrap_or_default()),
+        }
+    }
+}
+
+/// `ctl list -o table`: one row per guest.
+pub fn table(list: &Value) -> String {
+    let mut out = format!("{:<24} {:>6} {:<8} {:>12} {:>12} {:>10} {:>10}\n", "NAME", "TENANT", "STATE", "CPU ms", "MEMORY KiB", "SENT", "RECEIVED");
+    for g in list["guests"].as_array().into_iter().flatten() {
+        out += &format!(
+            "{:<24} {:>6} {:<8} {:>12.1} {:>12} {:>10} {:>10}\n",
+            g["name"].as_str().unwrap_or("?"),
+            g["tenant"].as_u64().map_or("-".to_string(), |t| t.to_string()),
+            g["state"].as_str().unwrap_or("?"),
+            g["cpu_ns"].as_u64().unwrap_or(0) as f64 / 1e6,
+            g["memory_bytes"].as_u64().unwrap_or(0) / 1024,
+            g["sent_frames"].as_u64().unwrap_or(0),
+            g["received_frames"].as_u64().unwrap_or(0),
+        );
+    }
+    out
+}
+
+/// `ctl logs NAME`: the guest's console lines and the hypervisor's lines
+/// about it, from the console log (backtraces symbolized).
+pub fn logs(inst: &Instance, name: &str) -> Result<String> {
+    let console = fs::read_to_string(inst.console()).with_context(|| format!("reading {}", inst.console().display()))?;
+    let elfs: Vec<(String, PathBuf)> = fs::read_to_string(inst.dir.join("instance.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v["elfs"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), PathBuf::from(v.as_str().unwrap_or("")))).collect()))
+        .unwrap_or_default();
+    let mine: String = console
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| l.starts_with(&format!("{name}| ")) || l.starts_with(&format!("[hv] guest {name} ")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    Ok(crate::symbolize::Symbolizer::new(elfs).annotate_all(&mine))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_has_a_row_per_guest() {
+        let v: Value = serde_json::from_str(
+            r#"{"guests":[{"name":"a-0","tenant":0,"state":"waiting","cpu_ns":1500000,"memory_bytes":90112,"sent_frames":3,"received_frames":4},
+                          {"name":"h-0","tenant":null,"state":"exited","cpu_ns":0,"memory_bytes":0,"sent_frames":0,"received_frames":0}]}"#,
+        )
+        .unwrap();
+        let t = table(&v);
+        assert_eq!(t.lines().count(), 3, "{t}");
+        assert!(t.lines().nth(1).unwrap().starts_with("a-0") && t.contains("  1.5 ") && t.contains(" 88 "), "{t}");
+        assert!(t.lines().nth(2).unwrap().contains(" - ") && t.contains("exited"), "{t}");
+    }
+}
