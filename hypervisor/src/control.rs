@@ -8,6 +8,7 @@
 //! | `list`         | `{"guests":[{"name":..,"tenant":..,"state":..,"cpu_ns":..,"memory_bytes":..,"tx_frames":..,"rx_frames":..},...]}` |
 //! | `stats`        | `{"guests":[GUEST_STATS,...],"machine":MACHINE}` (the console's JSON lines, for guests not on a CPU at that instant) |
 //! | `stop NAME`    | `{"stopped":"NAME"}` once it is marked; it ends at its next exit |
+//! | `capture WHAT COUNT SECS` | `{"capturing":"WHAT"}`, then one `{"wall_ns":..,"frame":"HEX"}` per frame that guest `WHAT` sends or receives (or that a guest of `tenant:T` sends, and frames from the host for tenant 0), until COUNT frames or SECS seconds, then `{"captured":N,"dropped":D}` (D: frames past a 256-frame backlog) |
 //! | anything else  | `{"error":"..."}` |
 
 /// Longest request line; longer ones are refused whole.
@@ -19,6 +20,7 @@ pub enum Request<'a> {
     List,
     Stats,
     Stop(&'a str),
+    Capture { what: &'a str, count: u32, secs: u32 },
 }
 
 /// Parses one request line (without its newline).
@@ -29,6 +31,13 @@ pub fn parse(line: &str) -> Result<Request<'_>, &'static str> {
         (Some("stats"), None) => Request::Stats,
         (Some("stop"), Some(name)) => Request::Stop(name),
         (Some("stop"), None) => return Err("stop needs a guest name"),
+        (Some("capture"), Some(what)) => {
+            let mut num = || words.next().and_then(|w| w.parse::<u32>().ok()).filter(|&n| n > 0);
+            match (num(), num()) {
+                (Some(count), Some(secs)) => Request::Capture { what, count, secs },
+                _ => return Err("capture needs a guest or tenant:N, a frame count and seconds, both above 0"),
+            }
+        }
         (None, _) => return Err("empty request"),
         _ => return Err("unknown request (list, stats, stop NAME)"),
     };
@@ -96,6 +105,8 @@ mod tests {
         assert_eq!(parse("list"), Ok(Request::List));
         assert_eq!(parse(" stats "), Ok(Request::Stats));
         assert_eq!(parse("stop echo-0"), Ok(Request::Stop("echo-0")));
+        assert_eq!(parse("capture tenant:1 10 5"), Ok(Request::Capture { what: "tenant:1", count: 10, secs: 5 }));
+        assert!(parse("capture a 0 5").is_err() && parse("capture a 10").is_err() && parse("capture a x 1").is_err());
         assert!(parse("stop").is_err() && parse("").is_err() && parse("rm -rf /").is_err() && parse("list x").is_err());
         let mut r = LineReader::default();
         let mut got = Vec::new();

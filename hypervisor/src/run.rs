@@ -343,6 +343,25 @@ impl Host {
                         self.guests.lock().iter().enumerate().filter_map(|(id, g)| Some(stats_line(g.as_ref()?, "running", self.net.port(id)))).collect();
                     format!(r#"{{"guests":[{}],"machine":{}}}"#, rows.join(","), self.machine_line())
                 }
+                Ok(Request::Capture { what, count, secs }) => {
+                    let target = match what.strip_prefix("tenant:") {
+                        Some(t) => t.parse().ok().map(vnic::CaptureTarget::Tenant),
+                        None => self.board.iter().position(|b| b.name == what).map(vnic::CaptureTarget::Guest),
+                    };
+                    match target {
+                        None => format!(r#"{{"error":{}}}"#, json_str(&format!("no guest or tenant {what}"))),
+                        Some(t) => {
+                            *self.net.capture.lock() = vnic::Capture {
+                                target: Some(t),
+                                max: count,
+                                until_ns: self.now().saturating_add(u64::from(secs) * 1_000_000_000),
+                                ..Default::default()
+                            };
+                            self.net.capturing.store(true, Ordering::Release);
+                            format!(r#"{{"capturing":{}}}"#, json_str(what))
+                        }
+                    }
+                }
                 Ok(Request::Stop(name)) => match self.board.iter().position(|b| b.name == name) {
                     None => format!(r#"{{"error":{}}}"#, json_str(&format!("no guest {name}"))),
                     Some(id) if self.board[id].state.load(Ordering::Relaxed) >= EXITED => {
@@ -356,6 +375,45 @@ impl Host {
                 },
             };
             serial::control_write_line(&answer);
+        }
+        if self.net.capturing.load(Ordering::Acquire) {
+            self.drain_capture();
+        }
+    }
+
+    /// Hands the captured frames to the control channel, and ends the
+    /// capture when it has its count or its time is up.
+    fn drain_capture(&self) {
+        loop {
+            let next = {
+                let mut c = self.net.capture.lock();
+                match c.frames.pop_front() {
+                    Some(f) => Ok(f),
+                    None if c.taken >= c.max || self.now() >= c.until_ns => {
+                        self.net.capturing.store(false, Ordering::Release);
+                        let end = format!(r#"{{"captured":{},"dropped":{}}}"#, c.taken, c.dropped);
+                        *c = Default::default();
+                        Err(Some(end))
+                    }
+                    None => Err(None),
+                }
+            };
+            match next {
+                Ok((ns, frame)) => {
+                    let mut hex = String::with_capacity(frame.len() * 2);
+                    for b in &frame {
+                        let _ = core::fmt::Write::write_fmt(&mut hex, format_args!("{b:02x}"));
+                    }
+                    let wall = self.time.boot_wall_ns.saturating_add(ns);
+                    serial::control_write_line(&format!(r#"{{"wall_ns":{wall},"frame":"{hex}"}}"#));
+                }
+                Err(end) => {
+                    if let Some(end) = end {
+                        serial::control_write_line(&end);
+                    }
+                    return;
+                }
+            }
         }
     }
 
@@ -495,7 +553,7 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
     let mut home: Vec<AtomicUsize> = Vec::new();
     let mut event_frames: Vec<u64> = Vec::new();
     let mut board: Vec<Board> = Vec::new();
-    let mut net = Net { switch: Mutex::new(hypervisor::net::switch::Switch::new()), uplink: None, ports: Vec::new(), guest_of_slot: Vec::new(), stalled: Mutex::new(Default::default()), uplink_rx_ns: AtomicU64::new(0) };
+    let mut net = Net { switch: Mutex::new(hypervisor::net::switch::Switch::new()), uplink: None, ports: Vec::new(), guest_of_slot: Vec::new(), stalled: Mutex::new(Default::default()), uplink_rx_ns: AtomicU64::new(0), capture: Mutex::new(Default::default()), capturing: core::sync::atomic::AtomicBool::new(false) };
     let free_before_uplink = free_frames();
     match crate::uplink::Uplink::probe(kernel_root) {
         Ok(Some(up)) => {
@@ -733,7 +791,7 @@ fn attach_nic(g: &mut Guest, net: &mut Net, st: &abi::bundle::Settings, info: &a
     net.guest_of_slot[port.slot()] = id;
     let events = g.memory.space.translate(&mem, abi::layout::EVENT_PAGE).map(|(pa, _)| pa).ok_or("no event page")?;
     let [tx, rx] = rings;
-    Ok(Port::new(port, slots, &st.limits, tx.into_boxed_slice(), rx.into_boxed_slice(), events))
+    Ok(Port::new(port, tenant, slots, &st.limits, tx.into_boxed_slice(), rx.into_boxed_slice(), events))
 }
 
 /// Puts hermit-entry's `RawBootInfo` at the start of the guest's start page.

@@ -147,6 +147,7 @@ impl Tx {
 /// One guest's vNIC back end.
 pub struct Port {
     pub switch_port: PortId,
+    pub tenant: u32,
     /// The frames of the TX and RX rings' slots (pinned while the port lives).
     pub tx_frames: Box<[PhysAddr]>,
     pub rx_frames: Box<[PhysAddr]>,
@@ -162,10 +163,19 @@ pub struct Port {
 impl Port {
     /// A port over rings of `slots` slots whose slot pages are `tx_frames`
     /// and `rx_frames` (`ring::slots_bytes(slots)` each).
-    pub fn new(switch_port: PortId, slots: u32, limits: &abi::bundle::Limits, tx_frames: Box<[PhysAddr]>, rx_frames: Box<[PhysAddr]>, event_frame: PhysAddr) -> Self {
+    pub fn new(
+        switch_port: PortId,
+        tenant: u32,
+        slots: u32,
+        limits: &abi::bundle::Limits,
+        tx_frames: Box<[PhysAddr]>,
+        rx_frames: Box<[PhysAddr]>,
+        event_frame: PhysAddr,
+    ) -> Self {
         debug_assert!(ring_bytes(slots) == SLOTS_OFFSET + tx_frames.len() * FRAME_SIZE as usize && tx_frames.len() == rx_frames.len());
         Self {
             switch_port,
+            tenant,
             tx_frames,
             rx_frames,
             event_frame,
@@ -214,6 +224,47 @@ pub struct Net {
     pub stalled: Mutex<alloc::collections::VecDeque<(alloc::boxed::Box<[u8]>, u32)>>,
     /// When (monotonic ns) a frame last came from the host.
     pub uplink_rx_ns: AtomicU64,
+    /// A packet capture in progress (`ctl capture`), if `capturing`.
+    pub capture: Mutex<Capture>,
+    pub capturing: AtomicBool,
+}
+
+/// What a capture takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaptureTarget {
+    /// Frames a guest (by id) sends or receives.
+    Guest(usize),
+    /// Frames the guests of a tenant send, and the host's for tenant 0.
+    Tenant(u32),
+}
+
+/// A capture: its target, the frames taken and not yet handed out.
+#[derive(Default)]
+pub struct Capture {
+    pub target: Option<CaptureTarget>,
+    /// (monotonic ns, frame), at most CAPTURE_BACKLOG.
+    pub frames: alloc::collections::VecDeque<(u64, Vec<u8>)>,
+    pub taken: u32,
+    pub max: u32,
+    pub until_ns: u64,
+    pub dropped: u64,
+}
+
+/// Frames a capture holds before it drops (the control channel is slow).
+const CAPTURE_BACKLOG: usize = 256;
+
+impl Capture {
+    fn push(&mut self, now_ns: u64, frame: &[u8]) {
+        if self.target.is_none() || self.taken >= self.max {
+            return;
+        }
+        self.taken += 1;
+        if self.frames.len() >= CAPTURE_BACKLOG {
+            self.dropped += 1;
+        } else {
+            self.frames.push_back((now_ns, frame.to_vec()));
+        }
+    }
 }
 
 /// Frames taken from the uplink per poll.
@@ -222,6 +273,17 @@ const UPLINK_BATCH: usize = 32;
 const STALL_TRIES: u32 = 200;
 
 impl Net {
+    /// Adds a frame to the capture if it is for `wants`; `fill` writes the
+    /// frame into a buffer and returns its length.
+    fn tap(&self, now_ns: u64, wants: impl Fn(CaptureTarget) -> bool, fill: impl FnOnce(&mut [u8; MTU_FRAME]) -> usize) {
+        let mut c = self.capture.lock();
+        if c.target.is_some_and(wants) {
+            let mut buf = [0u8; MTU_FRAME];
+            let n = fill(&mut buf);
+            c.push(now_ns, &buf[..n]);
+        }
+    }
+
     /// Guest `id`'s port, if it has one.
     pub fn port(&self, id: usize) -> Option<&Port> {
         self.ports.get(id).and_then(Option::as_ref)
@@ -249,9 +311,15 @@ impl Net {
                         let _ = tx.ring.skip(&ring);
                         continue;
                     }
+                    if self.capturing.load(Ordering::Relaxed) {
+                        self.tap(now_ns, |t| t == CaptureTarget::Guest(guest) || t == CaptureTarget::Tenant(port.tenant), |buf| {
+                            ring.read(at, &mut buf[..len]);
+                            len
+                        });
+                    }
                     let mut switch = self.switch.lock();
                     switch.forward_header(port.switch_port, &header, len, now_ns, &mut |dest| {
-                        self.deliver_from(dest, &ring, at, &header, len, &mut woken)
+                        self.deliver_from(dest, &ring, at, &header, len, &mut woken, now_ns)
                     });
                     drop(switch);
                     let _ = tx.ring.skip(&ring);
@@ -281,14 +349,15 @@ impl Net {
     /// straight into the RX ring behind `dest` (one copy), with the checked
     /// `header` in front; to the uplink through a buffer. Returns whether it
     /// fit.
-    fn deliver_from(&self, dest: PortId, src: &FrameRing<'_>, at: usize, header: &[u8; MIN_FRAME], len: usize, woken: &mut Vec<usize>) -> bool {
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_from(&self, dest: PortId, src: &FrameRing<'_>, at: usize, header: &[u8; MIN_FRAME], len: usize, woken: &mut Vec<usize>, now_ns: u64) -> bool {
         if self.uplink.as_ref().is_some_and(|(p, _)| *p == dest) {
             let mut frame = [0u8; MTU_FRAME];
             frame[..MIN_FRAME].copy_from_slice(header);
             src.read(at + MIN_FRAME, &mut frame[MIN_FRAME..len]);
-            return self.deliver(dest, &frame[..len], woken);
+            return self.deliver(dest, &frame[..len], woken, now_ns);
         }
-        self.to_guest(dest, woken, |rx, ring| {
+        self.to_guest(dest, woken, now_ns, |rx, ring| {
             let Some(dst) = rx.reserve(ring, len)? else { return Ok(false) };
             ring.write(dst, header);
             src.copy_to(at + MIN_FRAME, ring, dst + MIN_FRAME, len - MIN_FRAME);
@@ -304,6 +373,7 @@ impl Net {
         &self,
         dest: PortId,
         woken: &mut Vec<usize>,
+        now_ns: u64,
         fill: impl FnOnce(&mut Producer, &FrameRing<'_>) -> Result<bool, RingError>,
     ) -> bool {
         let Some(&g) = self.guest_of_slot.get(dest.slot()) else { return false };
@@ -315,6 +385,17 @@ impl Net {
         let ring = FrameRing::new(p.event_frame, abi::layout::NIC_RX_INDICES, &p.rx_frames);
         match fill(&mut rx, &ring) {
             Ok(true) => {
+                if self.capturing.load(Ordering::Relaxed) {
+                    // The frame just committed, read back from its slot.
+                    let at = abi::ring::SLOTS_OFFSET + (rx.index().wrapping_sub(1) & (rx.slots() - 1)) as usize * abi::ring::SLOT_SIZE;
+                    self.tap(now_ns, |t| t == CaptureTarget::Guest(g), |buf| {
+                        let mut len = [0u8; 2];
+                        ring.read(at, &mut len);
+                        let len = (u16::from_le_bytes(len) as usize).min(MTU_FRAME);
+                        ring.read(at + 2, &mut buf[..len]);
+                        len
+                    });
+                }
                 rx.publish(&ring);
                 woken.push(g);
                 true
@@ -330,13 +411,13 @@ impl Net {
 
     /// Copies a frame into the RX ring of the guest behind switch port
     /// `dest`; returns whether it fit.
-    fn deliver(&self, dest: PortId, frame: &[u8], woken: &mut Vec<usize>) -> bool {
+    fn deliver(&self, dest: PortId, frame: &[u8], woken: &mut Vec<usize>, now_ns: u64) -> bool {
         if let Some((port, up)) = &self.uplink
             && *port == dest
         {
             return up.lock().send(frame);
         }
-        self.to_guest(dest, woken, |rx, ring| rx.push(ring, frame))
+        self.to_guest(dest, woken, now_ns, |rx, ring| rx.push(ring, frame))
     }
 
     /// Switches every frame the host sent to the guests; calls `wake` for
@@ -358,11 +439,22 @@ impl Net {
             }
         }
         let mut woken = Vec::new();
+        if self.capturing.load(Ordering::Relaxed) {
+            let tenant = self.switch.lock().tenant_of(*port);
+            for (f, tries) in &queue {
+                if *tries == 0 {
+                    self.tap(now_ns, |t| Some(t) == tenant.map(CaptureTarget::Tenant), |buf| {
+                        buf[..f.len()].copy_from_slice(f);
+                        f.len()
+                    });
+                }
+            }
+        }
         while let Some((f, tries)) = queue.pop_front() {
             let (mut tried, mut took) = (0, 0);
             self.switch.lock().forward(*port, &f, now_ns, &mut |dest| {
                 tried += 1;
-                let ok = self.deliver(dest, &f, &mut woken);
+                let ok = self.deliver(dest, &f, &mut woken, now_ns);
                 took += ok as u32;
                 ok
             });

@@ -125,6 +125,36 @@ fn a_detached_hypervisor_is_listed_measured_and_stopped_guest_by_guest_through_c
     let list = ctl("list").unwrap();
     let a = guest(&list, "a-0");
     assert!(a["sent_frames"].as_u64().unwrap() > 0 && a["received_frames"].as_u64().unwrap() > 0, "{a}");
+    // A capture of a-0 while the host talks to it: a real pcap reader
+    // finds the TCP segments to port 7 with our payload in them.
+    let capture = {
+        let inst = inst.0.clone();
+        std::thread::spawn(move || inst.capture("a-0", 200, 4))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(echo(port, b"captured hello"), b"captured hello");
+    let (frames, dropped) = capture.join().unwrap().unwrap();
+    assert_eq!(dropped, 0);
+    let file = dir.join("a.pcap");
+    std::fs::write(&file, xtask::ctl::pcap(&frames)).unwrap();
+    let mut reader = pcap_file::pcap::PcapReader::new(std::fs::File::open(&file).unwrap()).expect("a pcap header");
+    let (mut to_port_7, mut from_port_7, mut payload) = (0, 0, false);
+    while let Some(pkt) = reader.next_packet() {
+        let d = pkt.expect("a pcap record").data;
+        // Ethernet / IPv4 / TCP
+        if d.len() < 54 || d[12..14] != [0x08, 0x00] || d[23] != 6 {
+            continue;
+        }
+        let ihl = (d[14] & 0xf) as usize * 4;
+        let tcp = &d[14 + ihl..];
+        let (sport, dport) = (u16::from_be_bytes([tcp[0], tcp[1]]), u16::from_be_bytes([tcp[2], tcp[3]]));
+        to_port_7 += usize::from(dport == 7 && d[30..34] == [10, 0, 0, 2]);
+        from_port_7 += usize::from(sport == 7);
+        payload |= d.windows(14).any(|w| w == b"captured hello");
+    }
+    assert!(to_port_7 >= 3 && from_port_7 >= 3 && payload, "{to_port_7} to, {from_port_7} from port 7, payload {payload}");
+    assert!(ctl("capture nope 1 1").unwrap_err().to_string().contains("no guest or tenant nope"));
+
     let stats = ctl("stats").unwrap();
     assert!(stats["machine"]["total_bytes"].as_u64().unwrap() > 0, "{stats}");
 

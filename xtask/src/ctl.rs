@@ -19,6 +19,9 @@ use serde_json::Value;
 
 use crate::qemu::{Prepared, QEMU};
 
+/// A captured frame: wall-clock ns and the bytes.
+pub type Frame = (u64, Vec<u8>);
+
 /// The default instance directory.
 pub fn default_dir() -> PathBuf {
     crate::workspace_root().join("target/run/detached")
@@ -72,6 +75,31 @@ impl Instance {
         Ok(v)
     }
 
+    /// Captures up to `count` frames of `what` (a guest, or `tenant:N`)
+    /// for at most `secs` seconds: (wall-clock ns, frame) each, and how many
+    /// the hypervisor had to drop.
+    pub fn capture(&self, what: &str, count: u32, secs: u32) -> Result<(Vec<Frame>, u64)> {
+        let mut s = UnixStream::connect(self.socket()).with_context(|| format!("connecting to {}", self.socket().display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(u64::from(secs) + 30)))?;
+        s.write_all(format!("capture {what} {count} {secs}\n").as_bytes())?;
+        let mut frames = Vec::new();
+        for line in BufReader::new(&s).lines() {
+            let line = line.context("the capture ended early")?;
+            let v: Value = serde_json::from_str(line.trim()).with_context(|| format!("not JSON: {line:?}"))?;
+            if let Some(e) = v["error"].as_str() {
+                bail!("{e}");
+            }
+            if let (Some(ns), Some(hex)) = (v["wall_ns"].as_u64(), v["frame"].as_str()) {
+                let bytes: Option<Vec<u8>> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect();
+                frames.push((ns, bytes.context("a frame is not hex")?));
+            }
+            if v.get("captured").is_some() {
+                return Ok((frames, v["dropped"].as_u64().unwrap_or(0)));
+            }
+        }
+        bail!("the capture ended early")
+    }
+
     /// Stops QEMU.
     pub fn shutdown(&self) -> Result<()> {
         crate::run(Command::new("kill").arg(self.pid.to_string()))?;
@@ -116,6 +144,28 @@ pub fn detach(p: &Prepared, dir: &Path) -> Result<Instance> {
     }
 }
 
+/// A pcap file (nanosecond timestamps, Ethernet) of `frames`.
+pub fn pcap(frames: &[Frame]) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Magic for nanosecond resolution, version 2.4, no zone, no sigfigs,
+    // snap length, link type 1 (Ethernet).
+    out.extend_from_slice(&0xa1b2_3c4du32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    for v in [0u32, 0, 65535, 1] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for (ns, f) in frames {
+        let secs = (ns / 1_000_000_000) as u32;
+        let nanos = (ns % 1_000_000_000) as u32;
+        for v in [secs, nanos, f.len() as u32, f.len() as u32] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(f);
+    }
+    out
+}
+
 /// `ctl list -o table`: one row per guest.
 pub fn table(list: &Value) -> String {
     let mut out = format!("{:<24} {:>6} {:<8} {:>12} {:>12} {:>10} {:>10}\n", "NAME", "TENANT", "STATE", "CPU ms", "MEMORY KiB", "SENT", "RECEIVED");
@@ -155,6 +205,17 @@ pub fn logs(inst: &Instance, name: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pcap_files_have_the_global_header_and_one_record_per_frame() {
+        let p = pcap(&[(1_500_000_007, vec![0xab; 60]), (2_000_000_000, vec![1, 2, 3])]);
+        assert_eq!(p.len(), 24 + 16 + 60 + 16 + 3);
+        assert_eq!(&p[..4], &0xa1b2_3c4du32.to_le_bytes());
+        assert_eq!(u32::from_le_bytes(p[20..24].try_into().unwrap()), 1, "Ethernet");
+        assert_eq!(u32::from_le_bytes(p[24..28].try_into().unwrap()), 1);
+        assert_eq!(u32::from_le_bytes(p[28..32].try_into().unwrap()), 500_000_007);
+        assert_eq!(u32::from_le_bytes(p[32..36].try_into().unwrap()), 60);
+    }
 
     #[test]
     fn the_table_has_a_row_per_guest() {

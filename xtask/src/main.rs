@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use xtask::{Accel, ManifestSource, RunConfig};
 
@@ -67,6 +67,20 @@ enum Ctl {
     Stop { name: String },
     /// A guest's console lines and the hypervisor's lines about it.
     Logs { name: String },
+    /// Capture frames of a guest (sent and received) or of `tenant:N`
+    /// (sent by its guests, and the host's for tenant 0) into a pcap file.
+    Capture {
+        what: String,
+        /// Where to write the pcap.
+        #[arg(short, long, value_name = "FILE")]
+        write: PathBuf,
+        /// Stop after this many frames.
+        #[arg(long, default_value_t = 100)]
+        count: u32,
+        /// Stop after this many seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+    },
     /// Stop the detached hypervisor (QEMU).
     Shutdown,
 }
@@ -188,6 +202,11 @@ impl Command {
                     }
                     Ctl::Stop { name } => println!("{}", inst.request(&format!("stop {name}"))?),
                     Ctl::Logs { name } => print!("{}", xtask::ctl::logs(&inst, &name)?),
+                    Ctl::Capture { what, write, count, seconds } => {
+                        let (frames, dropped) = inst.capture(&what, count, seconds)?;
+                        std::fs::write(&write, xtask::ctl::pcap(&frames)).with_context(|| format!("writing {}", write.display()))?;
+                        eprintln!("{} frames of {what} written to {} ({dropped} dropped)", frames.len(), write.display());
+                    }
                     Ctl::Shutdown => inst.shutdown()?,
                 }
             }
