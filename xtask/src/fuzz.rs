@@ -60,6 +60,11 @@ pub struct Outcome {
     pub crashes: Vec<PathBuf>,
 }
 
+/// One campaign's figures as a table row.
+fn row(o: &Outcome) -> String {
+    format!("{:<10} {:>12} {:>9.0} {:>10.0} {:>7} {:>8}", o.target, o.inputs, o.seconds, o.execs_per_sec, o.corpus, o.crashes.len())
+}
+
 pub fn run(args: &FuzzArgs) -> Result<()> {
     let targets: Vec<&str> = if args.target == "all" {
         TARGETS.to_vec()
@@ -92,28 +97,12 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
     let mut outcomes = Vec::new();
     for t in &targets {
         let o = campaign(&dir, root, t, args.runs, time)?;
-        eprintln!(
-            "fuzz {}: {} inputs in {:.0} s ({:.0} exec/s), corpus {}, {} crash(es)",
-            o.target,
-            o.inputs,
-            o.seconds,
-            o.execs_per_sec,
-            o.corpus,
-            o.crashes.len()
-        );
+        eprintln!("fuzz: {}", row(&o));
         outcomes.push(o);
     }
     println!("{:<10} {:>12} {:>9} {:>10} {:>7} {:>8}", "target", "inputs", "seconds", "exec/s", "corpus", "crashes");
     for o in &outcomes {
-        println!(
-            "{:<10} {:>12} {:>9.0} {:>10.0} {:>7} {:>8}",
-            o.target,
-            o.inputs,
-            o.seconds,
-            o.execs_per_sec,
-            o.corpus,
-            o.crashes.len()
-        );
+        println!("{}", row(o));
     }
     let crashes: Vec<String> = outcomes.iter().flat_map(|o| &o.crashes).map(|p| p.display().to_string()).collect();
     if !crashes.is_empty() {
