@@ -193,12 +193,14 @@ pub fn switch(data: &[u8]) {
                 }
             }
         }
-        // The switch agrees with the model about which ports exist.
+        // The switch agrees with the model about how many ports exist (and,
+        // at the end, about every id ever issued: checking them all after
+        // every operation made the target quadratic and slow).
         assert_eq!(sw.port_count(), live.len());
-        for id in &ids {
-            assert_eq!(sw.tenant_of(*id), live.get(id).map(|p| p.0), "tenant_of({id:?})");
-        }
         assert!(max_learned == 5 || sw.learned_count() <= max_learned, "learned {} > {max_learned}", sw.learned_count());
+    }
+    for id in &ids {
+        assert_eq!(sw.tenant_of(*id), live.get(id).map(|p| p.0), "tenant_of({id:?})");
     }
     let t = sw.totals();
     assert_eq!(t.rx_frames + t.dropped(), forwarded, "every frame is accepted or dropped once: {t:?}");
