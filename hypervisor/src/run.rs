@@ -54,9 +54,16 @@ fn sizes(bytes: u64) -> String {
 }
 
 /// What all CPUs share.
+///
+/// The per-guest tables have room for every guest id there will be (those
+/// of the bundle, and `SPARE_GUESTS` more with a control channel), so that
+/// guests created while others run never move them; ids below `count` are
+/// in use.
 struct Host {
     kernel_root: u64,
     time: TimeInfo,
+    time_page: u64,
+    cpus: usize,
     /// Guests by id; `None` while a CPU runs it (or after it ended).
     guests: Mutex<Vec<Option<Box<Guest>>>>,
     /// One scheduler per CPU.
@@ -64,7 +71,7 @@ struct Host {
     /// The CPU whose scheduler holds each guest.
     home: Vec<AtomicUsize>,
     /// Each guest's event page frame (for raising events from any CPU).
-    event_frames: Vec<u64>,
+    event_frames: Vec<AtomicU64>,
     net: Net,
     /// Guests not yet ended.
     live: AtomicUsize,
@@ -74,9 +81,18 @@ struct Host {
     idle_ns: Vec<AtomicU64>,
     /// What the control channel reports of every guest, by id, whichever
     /// CPU has it (see `hypervisor::control`).
-    board: Vec<Board>,
+    board: Vec<Once<Board>>,
+    /// Guest ids handed out.
+    count: AtomicUsize,
     /// Whether QEMU gave us a control channel (COM2).
     control: bool,
+    /// Keep running with no guest left (a control channel may start more).
+    keep_running: bool,
+    /// Set once the boot guests are created; the other CPUs wait for it.
+    ready: core::sync::atomic::AtomicBool,
+    /// Images by index: the bundle's, then those sent on the control channel.
+    images: Mutex<Vec<(String, Result<LoadedImage, String>)>>,
+    creating: Mutex<Creating>,
 }
 
 /// A guest as the control channel sees it.
@@ -102,6 +118,21 @@ static HOST: Once<Host> = Once::new();
 impl Host {
     fn now(&self) -> u64 {
         self.time.ns(cpu::rdtsc())
+    }
+
+    /// Guest `id`'s board (set before the guest can be scheduled).
+    fn board(&self, id: usize) -> &Board {
+        self.board[id].get().expect("a created guest has a board")
+    }
+
+    /// The id of the guest called `name`.
+    fn find(&self, name: &str) -> Option<usize> {
+        self.boards().find(|(_, b)| b.name == name).map(|(id, _)| id)
+    }
+
+    /// The boards of every guest created so far, with their ids.
+    fn boards(&self) -> impl Iterator<Item = (usize, &Board)> {
+        self.board[..self.count.load(Ordering::Acquire)].iter().enumerate().filter_map(|(id, b)| Some((id, b.get()?)))
     }
 
     fn busiest_other(&self, me: usize) -> Option<(usize, usize)> {
@@ -212,7 +243,7 @@ impl Host {
             Ok(_) => self.exited.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.stopped.fetch_add(1, Ordering::Relaxed),
         };
-        self.board[id].state.store(if how.is_ok() { EXITED } else { STOPPED }, Ordering::Relaxed);
+        self.board(id).state.store(if how.is_ok() { EXITED } else { STOPPED }, Ordering::Relaxed);
         g.destroy(&mut Mem);
         self.live.fetch_sub(1, Ordering::Release);
     }
@@ -232,7 +263,7 @@ impl Host {
                 let now = self.now();
                 self.net.poll_uplink(now, &mut |g| self.wake(g, me));
             }
-            if self.live.load(Ordering::Acquire) == 0 {
+            if self.live.load(Ordering::Acquire) == 0 && !self.keep_running {
                 return;
             }
             let now = self.now();
@@ -246,7 +277,7 @@ impl Host {
                 (s.pick(now), s.next_timer())
             };
             for id in timed_out.drain(..) {
-                vnic::raise(self.event_frames[id], events::TIMER);
+                vnic::raise(self.event_frames[id].load(Ordering::Acquire), events::TIMER);
             }
             let Some((id, slice)) = pick else {
                 if self.balance(me, 1) {
@@ -268,7 +299,7 @@ impl Host {
                 continue;
             };
             let Some(mut g) = self.guests.lock()[id].take() else { continue };
-            let board = &self.board[id];
+            let board = self.board(id);
             if board.kill.load(Ordering::Acquire) {
                 self.scheds[me].lock().remove(id);
                 self.net.disconnect(id);
@@ -303,7 +334,7 @@ impl Host {
             // An event raised by another CPU while this guest was on its way
             // to sleep found it not yet blocked and could not wake it: the
             // raiser sets the bit before it looks, so look again now.
-            if matches!(stop, Stop::Blocked { .. }) && vnic::pending(self.event_frames[id]) != 0 {
+            if matches!(stop, Stop::Blocked { .. }) && vnic::pending(self.event_frames[id].load(Ordering::Acquire)) != 0 {
                 self.scheds[me].lock().wake(id);
             }
         }
@@ -312,16 +343,91 @@ impl Host {
     /// Answers the requests waiting on the control channel.
     fn poll_control(&self, reader: &mut hypervisor::control::LineReader) {
         use hypervisor::control::{Request, json_str, parse};
-        while let Some(b) = serial::control_read() {
+        // The UART holds 16 bytes and nothing interrupts us when more come:
+        // once a request has begun (or an upload runs), keep reading until
+        // the line is in or the sender pauses, instead of a FIFO per tick.
+        let mut quiet_since = self.now();
+        loop {
+            let Some(b) = serial::control_read() else {
+                let busy = reader.in_progress() || self.creating.lock().upload.is_some();
+                if busy && self.now() - quiet_since < CONTROL_PATIENCE_NS {
+                    core::hint::spin_loop();
+                    continue;
+                }
+                break;
+            };
+            quiet_since = self.now();
             let Some(line) = reader.push(b) else { continue };
             let answer = match line.as_deref().map_err(|e| *e).and_then(parse) {
                 Err(e) => format!(r#"{{"error":{}}}"#, json_str(e)),
+                // Upload chunks are not answered (image-end says how it went).
+                Ok(Request::ImageData(bytes)) => {
+                    let mut c = self.creating.lock();
+                    match &mut c.upload {
+                        Some((_, len, data)) if data.len() + bytes.len() <= *len => data.extend_from_slice(&bytes),
+                        Some(_) => c.upload = Some((String::new(), 0, Vec::new())),
+                        None => {}
+                    }
+                    continue;
+                }
+                Ok(Request::Images) => {
+                    let names: Vec<String> = self.images.lock().iter().filter(|(_, i)| i.is_ok()).map(|(n, _)| json_str(n)).collect();
+                    format!(r#"{{"images":[{}]}}"#, names.join(","))
+                }
+                Ok(Request::ImageBegin { name, len }) => {
+                    if len > hypervisor::image::MAX_IMAGE_BYTES {
+                        format!(r#"{{"error":"the image is larger than {} MiB"}}"#, hypervisor::image::MAX_IMAGE_BYTES >> 20)
+                    } else if crate::heap_usage().0 - crate::heap_usage().1 < len.saturating_add(2 * HEAP_HEADROOM) {
+                        r#"{"error":"the hypervisor's heap has no room for that image now"}"#.into()
+                    } else if self.images.lock().len() >= MAX_IMAGES {
+                        format!(r#"{{"error":"{MAX_IMAGES} images are loaded already"}}"#)
+                    } else {
+                        self.creating.lock().upload = Some((name.into(), len, Vec::with_capacity(len)));
+                        format!(r#"{{"receiving":{}}}"#, json_str(name))
+                    }
+                }
+                Ok(Request::ImageEnd) => match self.creating.lock().upload.take() {
+                    Some((name, len, data)) if !name.is_empty() && data.len() == len => {
+                        let loaded = load_image(&name, &data);
+                        drop(data);
+                        match loaded {
+                            Ok(img) => {
+                                self.images.lock().push((name.clone(), Ok(img)));
+                                format!(r#"{{"image":{}}}"#, json_str(&name))
+                            }
+                            Err(why) => format!(r#"{{"error":{}}}"#, json_str(&format!("image {name} rejected: {why}"))),
+                        }
+                    }
+                    Some(_) => r#"{"error":"the upload did not match its length"}"#.into(),
+                    None => r#"{"error":"no upload in progress (image-begin first)"}"#.into(),
+                },
+                Ok(Request::Start { name, image, memory, tenant, args }) => {
+                    let index = self.images.lock().iter().position(|(n, i)| n == image && i.is_ok());
+                    match index {
+                        _ if self.find(name).is_some() => format!(r#"{{"error":{}}}"#, json_str(&format!("a guest named {name} exists already"))),
+                        // A limit the machine could never honour is a mistake (as in a manifest).
+                        _ if memory > total_frames() as u64 * 4096 => format!(
+                            r#"{{"error":{}}}"#,
+                            json_str(&format!("guest {name} not started: memory {} is more than the machine's {}", sizes(memory), sizes(total_frames() as u64 * 4096)))
+                        ),
+                        None => format!(r#"{{"error":{}}}"#, json_str(&format!("no image {image} (see images)"))),
+                        Some(i) => {
+                            let st = abi::bundle::Settings { memory, tenant: tenant.unwrap_or(abi::bundle::TENANT_NONE), ..Default::default() };
+                            match self.create_guest(name, i, &st, &args) {
+                                Ok(c) => {
+                                    println!("[hv] guest {name} started ({})", c.describe);
+                                    let ip = c.ip.map_or("null".into(), |a| format!(r#""{}.{}.{}.{}""#, a[0], a[1], a[2], a[3]));
+                                    format!(r#"{{"started":{},"ip":{ip}}}"#, json_str(name))
+                                }
+                                Err(e) => format!(r#"{{"error":{}}}"#, json_str(&format!("guest {name} not started: {e}"))),
+                            }
+                        }
+                    }
+                }
                 Ok(Request::List) => {
                     let switch = self.net.switch.lock();
                     let rows: Vec<String> = self
-                        .board
-                        .iter()
-                        .enumerate()
+                        .boards()
                         .map(|(id, b)| {
                             let st = self.net.port(id).and_then(|p| switch.stats(p.switch_port)).unwrap_or_default();
                             format!(
@@ -346,7 +452,7 @@ impl Host {
                 Ok(Request::Capture { what, count, secs }) => {
                     let target = match what.strip_prefix("tenant:") {
                         Some(t) => t.parse().ok().map(vnic::CaptureTarget::Tenant),
-                        None => self.board.iter().position(|b| b.name == what).map(vnic::CaptureTarget::Guest),
+                        None => self.find(what).map(vnic::CaptureTarget::Guest),
                     };
                     match target {
                         None => format!(r#"{{"error":{}}}"#, json_str(&format!("no guest or tenant {what}"))),
@@ -362,13 +468,13 @@ impl Host {
                         }
                     }
                 }
-                Ok(Request::Stop(name)) => match self.board.iter().position(|b| b.name == name) {
+                Ok(Request::Stop(name)) => match self.find(name) {
                     None => format!(r#"{{"error":{}}}"#, json_str(&format!("no guest {name}"))),
-                    Some(id) if self.board[id].state.load(Ordering::Relaxed) >= EXITED => {
+                    Some(id) if self.board(id).state.load(Ordering::Relaxed) >= EXITED => {
                         format!(r#"{{"error":{}}}"#, json_str(&format!("guest {name} has already ended")))
                     }
                     Some(id) => {
-                        self.board[id].kill.store(true, Ordering::Release);
+                        self.board(id).kill.store(true, Ordering::Release);
                         self.wake(id, 0);
                         format!(r#"{{"stopped":{}}}"#, json_str(name))
                     }
@@ -506,7 +612,7 @@ pub fn ap_entry(me: usize) -> ! {
     // Halt (not spin) while the boot CPU creates the guests: under
     // emulation a spinning CPU takes a host core from the one working.
     let host = loop {
-        if let Some(h) = HOST.get() {
+        if let Some(h) = HOST.get().filter(|h| h.ready.load(Ordering::Acquire)) {
             break h;
         }
         apic::arm(cpu::rdtsc().saturating_add(AP_WAIT_TSC));
@@ -529,31 +635,16 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
     let time_page = mem.alloc().expect("a frame for the time page");
     mem.write(time_page, 0, &time.to_bytes());
 
-    let mut images: Vec<Result<LoadedImage, String>> = Vec::new();
+    let mut images: Vec<(String, Result<LoadedImage, String>)> = Vec::new();
     for img in bundle.images() {
-        let loaded = match Image::parse(img.data) {
-            Ok(parsed) => LoadedImage::load(&mut mem, img.name, &parsed).ok_or_else(|| String::from("the machine is out of memory")),
-            Err(e) => Err(format!("{e}")),
-        };
-        match &loaded {
-            Ok(l) => println!(
-                "[hv] image {} loaded: entry {:#x}, {} shared, {} private per guest",
-                img.name,
-                l.entry,
-                sizes(l.shared_bytes()),
-                sizes(l.private_bytes())
-            ),
-            Err(why) => println!("[hv] image {} rejected: {why}", img.name),
-        }
-        images.push(loaded);
+        images.push((img.name.into(), load_image(img.name, img.data)));
     }
 
-    let mut guests: Vec<Option<Box<Guest>>> = Vec::new();
-    let mut scheds: Vec<Scheduler> = (0..cpus).map(|_| Scheduler::new()).collect();
-    let mut home: Vec<AtomicUsize> = Vec::new();
-    let mut event_frames: Vec<u64> = Vec::new();
-    let mut board: Vec<Board> = Vec::new();
-    let mut net = Net { switch: Mutex::new(hypervisor::net::switch::Switch::new()), uplink: None, ports: Vec::new(), guest_of_slot: Vec::new(), stalled: Mutex::new(Default::default()), uplink_rx_ns: AtomicU64::new(0), capture: Mutex::new(Default::default()), capturing: core::sync::atomic::AtomicBool::new(false) };
+    let boot_guests: usize = bundle.guests().map(|g| g.count as usize).sum();
+    let control = serial::init_control();
+    // Room for guests started later through the control channel.
+    let cap = boot_guests + if control { SPARE_GUESTS } else { 0 };
+    let mut net = Net::new(cap);
     let free_before_uplink = free_frames();
     match crate::uplink::Uplink::probe(kernel_root) {
         Ok(Some(up)) => {
@@ -575,122 +666,53 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
         Ok(None) => {}
         Err(why) => println!("[hv] uplink: {why}; guests can reach each other but not the host"),
     }
-    // Guests with a vNIC so far, per tenant (see abi::guest_ipv4).
-    let mut next_host: Vec<u32> = Vec::new();
+    let exit_when_idle = bundle.flags & FLAG_EXIT_WHEN_IDLE != 0;
+    let host = HOST.call_once(|| Host {
+        kernel_root,
+        time,
+        time_page,
+        cpus,
+        guests: Mutex::new((0..cap).map(|_| None).collect()),
+        scheds: (0..cpus).map(|_| Mutex::new(Scheduler::new())).collect(),
+        home: (0..cap).map(|_| AtomicUsize::new(0)).collect(),
+        event_frames: (0..cap).map(|_| AtomicU64::new(0)).collect(),
+        net,
+        live: AtomicUsize::new(0),
+        exited: AtomicU32::new(0),
+        stopped: AtomicU32::new(0),
+        idle_ns: (0..cpus).map(|_| AtomicU64::new(0)).collect(),
+        board: (0..cap).map(|_| Once::new()).collect(),
+        count: AtomicUsize::new(0),
+        control,
+        keep_running: control && !exit_when_idle,
+        ready: core::sync::atomic::AtomicBool::new(false),
+        images: Mutex::new(images),
+        creating: Mutex::new(Creating::default()),
+    });
+
     let mut not_started = 0u32;
     let (mut started, mut create_ns) = (0u64, 0u64);
     for entry in bundle.guests() {
         let mut nic_range: (Option<[u8; 4]>, Option<[u8; 4]>) = (None, None);
-        let image = &images[entry.image as usize];
         let manifest_args: Vec<&str> = entry.args().collect();
         let st = entry.settings;
-        let cap = (st.cap != 0).then_some(st.cap);
         for i in 0..entry.count {
             let name = format!("{}-{i}", entry.name);
-            let image = match image {
-                Ok(img) => img,
-                Err(_) => {
-                    println!("[hv] guest {name} not started: its image was rejected");
-                    not_started += 1;
-                    continue;
-                }
-            };
-            let args: Vec<&str> =
-                if manifest_args.is_empty() { image.app_args.iter().map(String::as_str).collect() } else { manifest_args.clone() };
-            let created_ns = time.ns(cpu::rdtsc());
-            let id = guests.len();
-            let (heap, heap_used) = crate::heap_usage();
-            if heap - heap_used < HEAP_HEADROOM {
-                println!("[hv] guest {name} not started: the hypervisor's heap is full ({} used)", sizes(heap_used as u64));
-                not_started += 1;
-                continue;
-            }
-            let nic = (st.tenant != abi::bundle::TENANT_NONE).then(|| {
-                let t = st.tenant as usize;
-                if next_host.len() <= t {
-                    next_host.resize(t + 1, 0);
-                }
-                let n = next_host[t];
-                next_host[t] += 1;
-                abi::NicInfo {
-                    magic: abi::NIC_MAGIC,
-                    prefix: abi::GUEST_PREFIX,
-                    mac: [0x02, (id >> 24) as u8, (id >> 16) as u8, (id >> 8) as u8, id as u8, st.tenant as u8, 0, 0],
-                    ipv4: abi::guest_ipv4(st.tenant, n),
-                    gateway: abi::gateway_ipv4(st.tenant),
-                    ring_slots: st.ring_slots,
-                    reserved: 0,
-                }
-            });
-            if let Some(n) = &nic {
-                nic_range.0.get_or_insert(n.ipv4);
-                nic_range.1 = Some(n.ipv4);
-            }
-            let created = Guest::create(&mut mem, kernel_root, time_page, image, &name, &args, st.memory, |m, page| {
-                write_boot_info(page, image, st.memory, &time);
-                if let Some(info) = &nic {
-                    m.write(page, abi::layout::NIC_INFO_OFFSET as usize, &info.to_bytes());
-                }
-            })
-            .map_err(|e| format!("{e}"))
-            .and_then(|mut g| {
-                let port = match &nic {
-                    Some(info) => match attach_nic(&mut g, &mut net, &st, info, id) {
-                        Ok(p) => Some(p),
-                        Err(e) => {
-                            // Every frame it got so far (ring pages too) goes back.
-                            g.destroy(&mut Mem);
-                            return Err(e);
-                        }
-                    },
-                    None => None,
-                };
-                let events = g.memory.space.translate(&mem, abi::layout::EVENT_PAGE).map(|(pa, _)| pa).expect("create maps the event page");
-                Ok((g, port, events))
-            });
-            match created {
-                Ok((mut g, port, events)) => {
-                    g.stats.created_ns = created_ns;
-                    g.console_limit = hypervisor::limit::TokenBucket::new(st.limits.console_bytes);
-                    g.kick_limit = hypervisor::limit::TokenBucket::new(st.limits.notifications);
-                    g.stats.create_ns = time.ns(cpu::rdtsc()) - created_ns;
-                    create_ns += g.stats.create_ns;
+            match host.create_guest(&name, entry.image as usize, &st, &manifest_args) {
+                Ok(c) => {
+                    create_ns += c.create_ns;
                     started += 1;
+                    if let Some(ip) = c.ip {
+                        nic_range.0.get_or_insert(ip);
+                        nic_range.1 = Some(ip);
+                    }
                     // A line per guest, except in the middle of a big entry:
                     // there, progress every 1000 and a summary at the end.
-                    let loud = entry.count <= QUIET_ABOVE || i < 3;
-                    match &nic {
-                        _ if !loud => {
-                            if (i + 1) % 1000 == 0 {
-                                println!("[hv] {}: {}/{} guests created", entry.name, i + 1, entry.count);
-                            }
-                        }
-                        Some(n) => println!(
-                            "[hv] guest {name} started (image {}, memory {}, ip {}.{}.{}.{}, tenant {})",
-                            image.name,
-                            sizes(st.memory),
-                            n.ipv4[0],
-                            n.ipv4[1],
-                            n.ipv4[2],
-                            n.ipv4[3],
-                            st.tenant
-                        ),
-                        None => println!("[hv] guest {name} started (image {}, memory {})", image.name, sizes(st.memory)),
+                    if entry.count <= QUIET_ABOVE || i < 3 {
+                        println!("[hv] guest {name} started ({})", c.describe);
+                    } else if (i + 1) % 1000 == 0 {
+                        println!("[hv] {}: {}/{} guests created", entry.name, i + 1, entry.count);
                     }
-                    guests.push(Some(Box::new(g)));
-                    net.ports.push(port);
-                    event_frames.push(events);
-                    board.push(Board {
-                        name: name.clone(),
-                        tenant: nic.as_ref().map(|_| st.tenant),
-                        state: core::sync::atomic::AtomicU8::new(WAITING),
-                        cpu_ns: AtomicU64::new(0),
-                        memory_bytes: AtomicU64::new(0),
-                        kill: core::sync::atomic::AtomicBool::new(false),
-                    });
-                    // Spread new guests over the CPUs; balancing evens out the rest.
-                    home.push(AtomicUsize::new(id % cpus));
-                    scheds[id % cpus].add(id, st.weight, cap, created_ns);
                 }
                 Err(e) => {
                     println!("[hv] guest {name} not started: {e}");
@@ -719,30 +741,16 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
             create_ns / 1000 / started
         );
     }
-
-    let live = guests.len();
-    let host = HOST.call_once(|| Host {
-        kernel_root,
-        time,
-        guests: Mutex::new(guests),
-        scheds: scheds.into_iter().map(Mutex::new).collect(),
-        home,
-        event_frames,
-        net,
-        live: AtomicUsize::new(live),
-        exited: AtomicU32::new(0),
-        stopped: AtomicU32::new(0),
-        idle_ns: (0..cpus).map(|_| AtomicU64::new(0)).collect(),
-        board,
-        control: serial::init_control(),
-    });
     // Where the machine stands with every guest created (the hostile
     // tests compare the hypervisor heap at the end with this).
     println!("{}", host.machine_line());
+    host.ready.store(true, Ordering::Release);
     host.cpu_loop(0);
 
-    for img in images.into_iter().flatten() {
-        img.unload(&mut mem);
+    for (_, img) in core::mem::take(&mut *host.images.lock()) {
+        if let Ok(img) = img {
+            img.unload(&mut mem);
+        }
     }
     mem.free(time_page);
     println!("{}", host.machine_line());
@@ -752,16 +760,160 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
         host.stopped.load(Ordering::Relaxed),
         free_frames() as u64 * 4
     );
-    if bundle.flags & FLAG_EXIT_WHEN_IDLE != 0 {
+    if exit_when_idle {
         cpu::debug_exit(abi::debug_exit::SUCCESS);
     }
     println!("[hv] idle; halting");
     cpu::halt_forever()
 }
 
+/// Validates and loads one image, saying so on the console.
+fn load_image(name: &str, data: &[u8]) -> Result<LoadedImage, String> {
+    let loaded = match Image::parse(data) {
+        Ok(parsed) => LoadedImage::load(&mut Mem, name, &parsed).ok_or_else(|| String::from("the machine is out of memory")),
+        Err(e) => Err(format!("{e}")),
+    };
+    match &loaded {
+        Ok(l) => println!(
+            "[hv] image {name} loaded: entry {:#x}, {} shared, {} private per guest",
+            l.entry,
+            sizes(l.shared_bytes()),
+            sizes(l.private_bytes())
+        ),
+        Err(why) => println!("[hv] image {name} rejected: {why}"),
+    }
+    loaded
+}
+
+/// How long CPU 0 keeps reading a control request that has begun while
+/// no byte comes.
+const CONTROL_PATIENCE_NS: u64 = 20_000_000;
+/// Most images loaded at once (the bundle's and uploads).
+const MAX_IMAGES: usize = 256;
+/// Room for guests started after boot through the control channel.
+const SPARE_GUESTS: usize = 1024;
+
+/// What creating guests needs to keep between them.
+#[derive(Default)]
+struct Creating {
+    /// Guests with a vNIC so far, per tenant (see abi::guest_ipv4).
+    next_host: Vec<u32>,
+    /// An image arriving over the control channel: name, size, bytes so far.
+    upload: Option<(String, usize, Vec<u8>)>,
+}
+
+/// A guest just created.
+struct Created {
+    create_ns: u64,
+    ip: Option<[u8; 4]>,
+    /// For the `started` line: image, memory, address, tenant.
+    describe: String,
+}
+
+impl Host {
+    /// Creates guest `name` from image `image` and makes it runnable (at
+    /// boot, and for `start` on the control channel).
+    fn create_guest(&self, name: &str, image: usize, st: &abi::bundle::Settings, args: &[&str]) -> Result<Created, String> {
+        let mut mem = Mem;
+        let mut creating = self.creating.lock();
+        let images = self.images.lock();
+        let Some((_, img)) = images.get(image) else { return Err(format!("there is no image {image}")) };
+        let img = img.as_ref().map_err(|_| String::from("its image was rejected"))?;
+        let args: Vec<&str> = if args.is_empty() { img.app_args.iter().map(String::as_str).collect() } else { args.to_vec() };
+        let (heap, heap_used) = crate::heap_usage();
+        if heap - heap_used < HEAP_HEADROOM {
+            return Err(format!("the hypervisor's heap is full ({} used)", sizes(heap_used as u64)));
+        }
+        let id = self.count.load(Ordering::Relaxed);
+        if id >= self.board.len() {
+            return Err(format!("no room for more guests ({} at most)", self.board.len()));
+        }
+        let created_ns = self.now();
+        let nic = (st.tenant != abi::bundle::TENANT_NONE).then(|| {
+            let t = st.tenant as usize;
+            if creating.next_host.len() <= t {
+                creating.next_host.resize(t + 1, 0);
+            }
+            let n = creating.next_host[t];
+            creating.next_host[t] += 1;
+            abi::NicInfo {
+                magic: abi::NIC_MAGIC,
+                prefix: abi::GUEST_PREFIX,
+                mac: [0x02, (id >> 24) as u8, (id >> 16) as u8, (id >> 8) as u8, id as u8, st.tenant as u8, 0, 0],
+                ipv4: abi::guest_ipv4(st.tenant, n),
+                gateway: abi::gateway_ipv4(st.tenant),
+                ring_slots: st.ring_slots,
+                reserved: 0,
+            }
+        });
+        let time = &self.time;
+        let mut g = Guest::create(&mut mem, self.kernel_root, self.time_page, img, name, &args, st.memory, |m, page| {
+            write_boot_info(page, img, st.memory, time);
+            if let Some(info) = &nic {
+                m.write(page, abi::layout::NIC_INFO_OFFSET as usize, &info.to_bytes());
+            }
+        })
+        .map_err(|e| format!("{e}"))?;
+        let port = match &nic {
+            Some(info) => match attach_nic(&mut g, &self.net, st, info, id) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    // Every frame it got so far (ring pages too) goes back.
+                    g.destroy(&mut mem);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        let events = g.memory.space.translate(&mem, abi::layout::EVENT_PAGE).map(|(pa, _)| pa).expect("create maps the event page");
+        g.stats.created_ns = created_ns;
+        g.console_limit = hypervisor::limit::TokenBucket::new(st.limits.console_bytes);
+        g.kick_limit = hypervisor::limit::TokenBucket::new(st.limits.notifications);
+        g.stats.create_ns = self.now() - created_ns;
+        let describe = match &nic {
+            Some(n) => format!(
+                "image {}, memory {}, ip {}.{}.{}.{}, tenant {}",
+                img.name,
+                sizes(st.memory),
+                n.ipv4[0],
+                n.ipv4[1],
+                n.ipv4[2],
+                n.ipv4[3],
+                st.tenant
+            ),
+            None => format!("image {}, memory {}", img.name, sizes(st.memory)),
+        };
+        let created = Created { create_ns: g.stats.create_ns, ip: nic.as_ref().map(|n| n.ipv4), describe };
+        // Publish it: tables first, the scheduler last.
+        self.guests.lock()[id] = Some(Box::new(g));
+        if let Some(p) = port {
+            self.net.ports[id].call_once(|| p);
+        }
+        self.event_frames[id].store(events, Ordering::Release);
+        self.board[id].call_once(|| Board {
+            name: name.into(),
+            tenant: nic.as_ref().map(|_| st.tenant),
+            state: core::sync::atomic::AtomicU8::new(WAITING),
+            cpu_ns: AtomicU64::new(0),
+            memory_bytes: AtomicU64::new(0),
+            kill: core::sync::atomic::AtomicBool::new(false),
+        });
+        self.count.store(id + 1, Ordering::Release);
+        self.live.fetch_add(1, Ordering::AcqRel);
+        // Spread new guests over the CPUs; balancing evens out the rest.
+        let cpu = id % self.cpus;
+        self.home[id].store(cpu, Ordering::Release);
+        self.scheds[cpu].lock().add(id, st.weight, (st.cap != 0).then_some(st.cap), created_ns);
+        if cpu != 0 {
+            apic::wake_cpu(cpu);
+        }
+        Ok(created)
+    }
+}
+
 /// Gives a new guest its vNIC: ring frames mapped into it (charged to its
 /// memory) and a port on the switch.
-fn attach_nic(g: &mut Guest, net: &mut Net, st: &abi::bundle::Settings, info: &abi::NicInfo, id: usize) -> Result<Port, String> {
+fn attach_nic(g: &mut Guest, net: &Net, st: &abi::bundle::Settings, info: &abi::NicInfo, id: usize) -> Result<Port, String> {
     let tenant = st.tenant;
     use abi::ring::{slots_bytes, valid_slots};
     use hypervisor::mm::{FRAME_SIZE, paging::Pte};
@@ -785,10 +937,13 @@ fn attach_nic(g: &mut Guest, net: &mut Net, st: &abi::bundle::Settings, info: &a
     }
     let mac = [info.mac[0], info.mac[1], info.mac[2], info.mac[3], info.mac[4], info.mac[5]];
     let port = net.switch.lock().add_port(tenant, mac).map_err(|e| format!("switch: {e:?}"))?;
-    if net.guest_of_slot.len() <= port.slot() {
-        net.guest_of_slot.resize(port.slot() + 1, usize::MAX);
+    match net.guest_of_slot.get(port.slot()) {
+        Some(slot) => slot.store(id, Ordering::Release),
+        None => {
+            net.switch.lock().remove_port(port);
+            return Err("no room for another vNIC".into());
+        }
     }
-    net.guest_of_slot[port.slot()] = id;
     let events = g.memory.space.translate(&mem, abi::layout::EVENT_PAGE).map(|(pa, _)| pa).ok_or("no event page")?;
     let [tx, rx] = rings;
     Ok(Port::new(port, tenant, slots, &st.limits, tx.into_boxed_slice(), rx.into_boxed_slice(), events))

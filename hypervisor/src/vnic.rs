@@ -16,7 +16,8 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use hypervisor::limit::TokenBucket;
 use hypervisor::mm::{FRAME_SIZE, PhysAddr};
 use hypervisor::net::switch::{PortId, Switch};
-use spin::Mutex;
+use core::sync::atomic::AtomicUsize;
+use spin::{Mutex, Once};
 
 /// One ring of a guest, reached through the direct map: its index block in
 /// the guest's shared page, its slots in frames of their own.
@@ -215,10 +216,11 @@ pub struct Net {
     pub switch: Mutex<Switch>,
     /// The port to the host, and its driver.
     pub uplink: Option<(PortId, Mutex<crate::uplink::Uplink>)>,
-    /// Ports by guest id.
-    pub ports: Vec<Option<Port>>,
-    /// Guest id by switch port slot.
-    pub guest_of_slot: Vec<usize>,
+    /// Ports by guest id (room for every guest id there will be; a port is
+    /// set once, when its guest is created).
+    pub ports: Vec<Once<Port>>,
+    /// Guest id by switch port slot (`usize::MAX`: none).
+    pub guest_of_slot: Vec<AtomicUsize>,
     /// Frames from the host waiting for room in a guest's RX ring, in
     /// order, each with how often it was tried (see `poll_uplink`).
     pub stalled: Mutex<alloc::collections::VecDeque<(alloc::boxed::Box<[u8]>, u32)>>,
@@ -273,6 +275,20 @@ const UPLINK_BATCH: usize = 32;
 const STALL_TRIES: u32 = 200;
 
 impl Net {
+    /// No ports yet, room for `guests` guests (and their switch ports).
+    pub fn new(guests: usize) -> Self {
+        Self {
+            switch: Mutex::new(Switch::new()),
+            uplink: None,
+            ports: (0..guests).map(|_| Once::new()).collect(),
+            guest_of_slot: (0..guests + 1).map(|_| AtomicUsize::new(usize::MAX)).collect(),
+            stalled: Mutex::new(Default::default()),
+            uplink_rx_ns: AtomicU64::new(0),
+            capture: Mutex::new(Default::default()),
+            capturing: AtomicBool::new(false),
+        }
+    }
+
     /// Adds a frame to the capture if it is for `wants`; `fill` writes the
     /// frame into a buffer and returns its length.
     fn tap(&self, now_ns: u64, wants: impl Fn(CaptureTarget) -> bool, fill: impl FnOnce(&mut [u8; MTU_FRAME]) -> usize) {
@@ -286,14 +302,14 @@ impl Net {
 
     /// Guest `id`'s port, if it has one.
     pub fn port(&self, id: usize) -> Option<&Port> {
-        self.ports.get(id).and_then(Option::as_ref)
+        self.ports.get(id).and_then(Once::get)
     }
 
     /// Forwards every frame waiting in `guest`'s TX ring. Calls `wake` for
     /// each guest that received frames. Returns why the guest must be
     /// disconnected, if it broke the ring protocol.
     pub fn drain(&self, guest: usize, now_ns: u64, wake: &mut impl FnMut(usize, PhysAddr)) -> Result<(), String> {
-        let Some(Some(port)) = self.ports.get(guest) else { return Ok(()) };
+        let Some(port) = self.port(guest) else { return Ok(()) };
         if port.dead.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -337,7 +353,7 @@ impl Net {
         woken.sort_unstable();
         woken.dedup();
         for g in woken {
-            if let Some(Some(p)) = self.ports.get(g) {
+            if let Some(p) = self.port(g) {
                 raise(p.event_frame, abi::time::events::NET_RX);
                 wake(g, p.event_frame);
             }
@@ -376,8 +392,8 @@ impl Net {
         now_ns: u64,
         fill: impl FnOnce(&mut Producer, &FrameRing<'_>) -> Result<bool, RingError>,
     ) -> bool {
-        let Some(&g) = self.guest_of_slot.get(dest.slot()) else { return false };
-        let Some(Some(p)) = self.ports.get(g) else { return false };
+        let Some(g) = self.guest_of_slot.get(dest.slot()).map(|g| g.load(Ordering::Acquire)) else { return false };
+        let Some(p) = self.port(g) else { return false };
         let mut rx = p.rx.lock();
         if p.dead.load(Ordering::Acquire) {
             return false;
@@ -467,7 +483,7 @@ impl Net {
         woken.sort_unstable();
         woken.dedup();
         for g in woken {
-            if let Some(Some(p)) = self.ports.get(g) {
+            if let Some(p) = self.port(g) {
                 raise(p.event_frame, abi::time::events::NET_RX);
                 wake(g);
             }
@@ -477,7 +493,7 @@ impl Net {
     /// Disconnects `guest`'s vNIC (it ended or lied): nothing is delivered
     /// to its rings any more, so their frames may be freed.
     pub fn disconnect(&self, guest: usize) {
-        let Some(Some(p)) = self.ports.get(guest) else { return };
+        let Some(p) = self.port(guest) else { return };
         // The lock order everywhere is: a sender's TX, the switch, a
         // receiver's RX (drain, deliver). Taking RX before the switch here
         // once deadlocked against a drain delivering to this guest.

@@ -177,3 +177,75 @@ fn a_detached_hypervisor_is_listed_measured_and_stopped_guest_by_guest_through_c
     assert!(logs.contains("[hv] guest b-0 stopped: stopped by the operator (ctl stop)"), "{logs}");
     assert!(logs.contains("libos::rt::start at "), "the stop's crash report is symbolized: {logs}");
 }
+
+#[test]
+fn guests_started_on_a_running_hypervisor_serve_their_tenant_and_bad_starts_are_refused() {
+    xtask::ensure_qemu().unwrap();
+    let dir = workspace_root().join(format!("target/itest/detached-start-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = xtask::RunConfig {
+        manifest: xtask::ManifestSource::Text { text: "[[guest]]\nname = \"h\"\napp = \"hello\"\n".into(), base_dir: workspace_root().to_path_buf() },
+        smp: 2,
+        bundle: Some(dir.join("bundle.bin")),
+        detach: Some(dir.clone()),
+        ..xtask::RunConfig::default()
+    };
+    let prepared = xtask::prepare(&cfg).unwrap();
+    let inst = xtask::ctl::detach(&prepared, &dir).unwrap();
+    struct Down(xtask::ctl::Instance);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = self.0.shutdown();
+        }
+    }
+    let inst = Down(inst);
+    let echo_image = xtask::build_apps(&["echo"]).unwrap().remove(0);
+    let elf = xtask::app_elf("echo");
+    let start = |name: &str, tenant: &str, args: &[&str]| {
+        let t = inst.0.tenant(tenant).unwrap();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        inst.0.start(name, &echo_image, Some(&elf), 2 << 20, Some(t), &args)
+    };
+    let wait_line = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let console = std::fs::read_to_string(inst.0.console()).unwrap_or_default();
+            if console.contains(needle) {
+                return console;
+            }
+            assert!(Instant::now() < deadline, "no {needle:?} in:\n{console}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    // The hello guest of the manifest has come and gone; the hypervisor
+    // keeps running for more.
+    wait_line("[hv] guest h-0 exited with code 0");
+    let a = start("a", "x", &[]).unwrap();
+    assert_eq!((a["started"].clone(), a["ip"].clone()), ("a".into(), "10.0.0.2".into()), "{a}");
+    let b = start("b", "y", &[]).unwrap();
+    assert_eq!(b["ip"], "10.1.0.2", "{b}");
+    // A checker in a's tenant echoes with it through the switch.
+    start("c", "x", &["check", "1", "3"]).unwrap();
+    wait_line("c| check: 3/3 answered");
+    wait_line("[hv] guest c exited with code 0");
+    let list = inst.0.request("list").unwrap();
+    let names: Vec<&str> = list["guests"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["h-0", "a", "b", "c"], "{list}");
+
+    // Bad starts: a duplicate name, an image that fails validation, more
+    // memory than the machine has. Each is refused with the reason.
+    assert_eq!(start("a", "x", &[]).unwrap_err().to_string(), "a guest named a exists already");
+    let junk = integration_tests::temp_file("junk.hermit", b"not a hermit image");
+    let e = inst.0.start("j", &junk, None, 2 << 20, None, &[]).unwrap_err();
+    assert!(format!("{e:#}").contains("rejected: not a tar archive"), "{e:#}");
+    let e = inst.0.start("big", &echo_image, Some(&elf), 64 << 30, None, &[]).unwrap_err();
+    assert!(e.to_string().contains("guest big not started"), "{e}");
+
+    // Stop a; b keeps serving its own tenant.
+    inst.0.request("stop a").unwrap();
+    start("d", "y", &["check", "1", "3"]).unwrap();
+    wait_line("d| check: 3/3 answered");
+    let logs = xtask::ctl::logs(&inst.0, "a").unwrap();
+    assert!(logs.contains("[hv] guest a stopped: stopped by the operator (ctl stop)"), "{logs}");
+}

@@ -100,6 +100,79 @@ impl Instance {
         bail!("the capture ended early")
     }
 
+    /// Sends requests on one connection and returns each answer (an empty
+    /// answer where `answered` says the request gets none).
+    fn requests(&self, lines: &[(String, bool)]) -> Result<Vec<Value>> {
+        let mut s = UnixStream::connect(self.socket()).with_context(|| format!("connecting to {}", self.socket().display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut reader = BufReader::new(s.try_clone()?);
+        let mut out = Vec::new();
+        for (line, answered) in lines {
+            s.write_all(format!("{line}\n").as_bytes())?;
+            if *answered {
+                let mut answer = String::new();
+                reader.read_line(&mut answer).context("no answer from the hypervisor")?;
+                let v: Value = serde_json::from_str(answer.trim()).with_context(|| format!("answer is not JSON: {answer:?}"))?;
+                if let Some(e) = v["error"].as_str() {
+                    bail!("{e}");
+                }
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Starts guest `name` from the Hermit image at `image` (sent first if
+    /// the hypervisor does not have an image of that file name yet) with
+    /// `memory` bytes, in `tenant` (none: no vNIC), with `args`; `elf`
+    /// (if known) symbolizes its backtraces in `ctl logs`. Returns the answer.
+    pub fn start(&self, name: &str, image: &Path, elf: Option<&Path>, memory: u64, tenant: Option<u32>, args: &[String]) -> Result<Value> {
+        let file = image.file_name().map(|n| n.to_string_lossy().into_owned()).context("the image has no file name")?;
+        let loaded = self.request("images")?;
+        if !loaded["images"].as_array().into_iter().flatten().any(|n| n == file.as_str()) {
+            let data = fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+            let mut lines = vec![(format!("image-begin {file} {}", data.len()), true)];
+            for chunk in data.chunks(4096) {
+                let hex: String = chunk.iter().map(|b| format!("{b:02x}")).collect();
+                lines.push((format!("image-data {hex}"), false));
+            }
+            lines.push(("image-end".into(), true));
+            self.requests(&lines).with_context(|| format!("sending {file}"))?;
+        }
+        let tenant = tenant.map_or("none".to_string(), |t| t.to_string());
+        let answer = self.request(&format!("start {name} {file} {memory} {tenant} {}", args.join(" ")))?;
+        if let Some(elf) = elf {
+            self.update(|v| v["elfs"][name] = Value::from(elf.display().to_string()))?;
+        }
+        Ok(answer)
+    }
+
+    /// The tenant numbered for `name` (the manifest's, in order of first
+    /// appearance, then those `start` added), adding it if it is new.
+    pub fn tenant(&self, name: &str) -> Result<u32> {
+        let mut n = 0;
+        self.update(|v| {
+            let list = v["tenants"].as_array().cloned().unwrap_or_default();
+            n = match list.iter().position(|t| t == name) {
+                Some(i) => i as u32,
+                None => {
+                    let mut list = list;
+                    list.push(Value::from(name));
+                    v["tenants"] = Value::from(list.clone());
+                    list.len() as u32 - 1
+                }
+            };
+        })?;
+        Ok(n)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Value)) -> Result<()> {
+        let path = self.dir.join("instance.json");
+        let mut v: Value = serde_json::from_str(&fs::read_to_string(&path)?)?;
+        f(&mut v);
+        crate::pack::write_atomically(&path, serde_json::to_string_pretty(&v)?.as_bytes())
+    }
+
     /// Stops QEMU.
     pub fn shutdown(&self) -> Result<()> {
         crate::run(Command::new("kill").arg(self.pid.to_string()))?;
@@ -131,6 +204,7 @@ pub fn detach(p: &Prepared, dir: &Path) -> Result<Instance> {
         "control": inst.socket(),
         "console": inst.console(),
         "elfs": p.elfs.iter().map(|(n, e)| (n.clone(), e.display().to_string())).collect::<std::collections::BTreeMap<_, _>>(),
+        "tenants": p.tenants,
     });
     crate::pack::write_atomically(&dir.join("instance.json"), serde_json::to_string_pretty(&info)?.as_bytes())?;
     // Wait until the hypervisor answers (QEMU makes the socket at once).

@@ -25,7 +25,7 @@ use std::path::Path;
 pub use anyhow::{Error, Result};
 
 pub use build::{
-    GUEST_RUSTFLAGS, TARGET, apps, build_apps, build_hypervisor, hypervisor_rustflags,
+    GUEST_RUSTFLAGS, TARGET, app_elf, apps, build_apps, build_hypervisor, hypervisor_rustflags,
 };
 pub use cmd::{cargo, echo, run};
 pub use qemu::{

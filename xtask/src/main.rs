@@ -63,6 +63,26 @@ enum Ctl {
         #[arg(long, value_name = "COUNT")]
         count: Option<u32>,
     },
+    /// Start a guest on the running hypervisor.
+    Start {
+        /// Its name (unique; [a-z0-9_-]).
+        name: String,
+        /// An app under apps/ (built as for run) ...
+        #[arg(long, conflicts_with = "image", required_unless_present = "image")]
+        app: Option<String>,
+        /// ... or a Hermit image file.
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
+        /// Its tenant (a vNIC in that broadcast domain); none: no vNIC.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Its memory limit, e.g. "2 MiB".
+        #[arg(long, default_value = "2 MiB")]
+        memory: String,
+        /// Application arguments.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Stop a guest; the others keep running.
     Stop { name: String },
     /// A guest's console lines and the hypervisor's lines about it.
@@ -199,6 +219,16 @@ impl Command {
                             std::io::Write::flush(&mut std::io::stdout())?;
                             std::thread::sleep(Duration::from_secs(1));
                         }
+                    }
+                    Ctl::Start { name, app, image, tenant, memory, args } => {
+                        let memory = xtask::manifest::parse_size(&memory).map_err(|e| anyhow::anyhow!("--memory {memory:?}: {e}"))?;
+                        let (image, elf) = match (app, image) {
+                            (Some(app), _) => (xtask::build_apps(&[app.as_str()])?.remove(0), Some(xtask::app_elf(&app))),
+                            (None, Some(image)) => (image, None),
+                            (None, None) => anyhow::bail!("--app or --image"),
+                        };
+                        let tenant = tenant.map(|t| inst.tenant(&t)).transpose()?;
+                        println!("{}", inst.start(&name, &image, elf.as_deref(), memory, tenant, &args)?);
                     }
                     Ctl::Stop { name } => println!("{}", inst.request(&format!("stop {name}"))?),
                     Ctl::Logs { name } => print!("{}", xtask::ctl::logs(&inst, &name)?),

@@ -166,6 +166,8 @@ pub struct Prepared {
     pub accel: Accel,
     /// Each manifest entry's guest ELF, where it is an app (for backtraces).
     pub elfs: Vec<(String, PathBuf)>,
+    /// Tenant names in the order that numbers them (the bundle's order).
+    pub tenants: Vec<String>,
     remove_bundle: bool,
 }
 
@@ -342,6 +344,12 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
             _ => None,
         })
         .collect();
+    let mut tenants: Vec<String> = Vec::new();
+    for t in manifest.guests.iter().filter_map(|g| g.tenant.clone()) {
+        if !tenants.contains(&t) {
+            tenants.push(t);
+        }
+    }
     Ok(Prepared {
         kernel,
         bundle,
@@ -349,6 +357,7 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
         summary,
         accel,
         elfs,
+        tenants,
         remove_bundle,
     })
 }
