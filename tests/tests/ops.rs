@@ -73,6 +73,33 @@ fn run_gdb_starts_paused_with_a_gdbstub_and_says_how_to_attach() {
     let _ = qemu.wait();
 }
 
+/// A hypervisor detached with `manifest` (2 CPUs) in its own directory
+/// `target/itest/detached-NAME-PID`, shut down when dropped.
+struct Detached(xtask::ctl::Instance);
+
+impl Detached {
+    fn start(name: &str, manifest: String) -> (Detached, std::path::PathBuf) {
+        xtask::ensure_qemu().unwrap();
+        let dir = workspace_root().join(format!("target/itest/detached-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = xtask::RunConfig {
+            manifest: xtask::ManifestSource::Text { text: manifest, base_dir: workspace_root().to_path_buf() },
+            smp: 2,
+            bundle: Some(dir.join("bundle.bin")),
+            detach: Some(dir.clone()),
+            ..xtask::RunConfig::default()
+        };
+        let prepared = xtask::prepare(&cfg).unwrap();
+        (Detached(xtask::ctl::detach(&prepared, &dir).unwrap()), dir)
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown();
+    }
+}
+
 fn echo(port: u16, msg: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the forwarded port");
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -84,33 +111,15 @@ fn echo(port: u16, msg: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_detached_hypervisor_is_listed_measured_and_stopped_guest_by_guest_through_ctl() {
-    xtask::ensure_qemu().unwrap();
     let port = free_port();
-    let dir = workspace_root().join(format!("target/itest/detached-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = xtask::RunConfig {
-        manifest: xtask::ManifestSource::Text {
-            text: format!(
+    let (inst, dir) = Detached::start(
+        "ctl",
+        format!(
                 "[[guest]]\nname = \"a\"\napp = \"echo\"\ntenant = \"a\"\nports = [\"{port}:7\"]\n\n\
                  [[guest]]\nname = \"b\"\napp = \"echo\"\ntenant = \"b\"\n\n\
                  [[guest]]\nname = \"h\"\napp = \"hello\"\n"
             ),
-            base_dir: workspace_root().to_path_buf(),
-        },
-        smp: 2,
-        bundle: Some(dir.join("bundle.bin")),
-        detach: Some(dir.clone()),
-        ..xtask::RunConfig::default()
-    };
-    let prepared = xtask::prepare(&cfg).unwrap();
-    let inst = xtask::ctl::detach(&prepared, &dir).unwrap();
-    struct Down(xtask::ctl::Instance);
-    impl Drop for Down {
-        fn drop(&mut self) {
-            let _ = self.0.shutdown();
-        }
-    }
-    let inst = Down(inst);
+    );
     let ctl = |req: &str| inst.0.request(req);
     let guest = |list: &serde_json::Value, name: &str| {
         list["guests"].as_array().unwrap().iter().find(|g| g["name"] == name).cloned().unwrap_or_else(|| panic!("no {name} in {list}"))
@@ -180,25 +189,7 @@ fn a_detached_hypervisor_is_listed_measured_and_stopped_guest_by_guest_through_c
 
 #[test]
 fn guests_started_on_a_running_hypervisor_serve_their_tenant_and_bad_starts_are_refused() {
-    xtask::ensure_qemu().unwrap();
-    let dir = workspace_root().join(format!("target/itest/detached-start-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = xtask::RunConfig {
-        manifest: xtask::ManifestSource::Text { text: "[[guest]]\nname = \"h\"\napp = \"hello\"\n".into(), base_dir: workspace_root().to_path_buf() },
-        smp: 2,
-        bundle: Some(dir.join("bundle.bin")),
-        detach: Some(dir.clone()),
-        ..xtask::RunConfig::default()
-    };
-    let prepared = xtask::prepare(&cfg).unwrap();
-    let inst = xtask::ctl::detach(&prepared, &dir).unwrap();
-    struct Down(xtask::ctl::Instance);
-    impl Drop for Down {
-        fn drop(&mut self) {
-            let _ = self.0.shutdown();
-        }
-    }
-    let inst = Down(inst);
+    let (inst, _dir) = Detached::start("start", "[[guest]]\nname = \"h\"\napp = \"hello\"\n".into());
     let echo_image = xtask::build_apps(&["echo"]).unwrap().remove(0);
     let elf = xtask::app_elf("echo");
     let start = |name: &str, tenant: &str, args: &[&str]| {
