@@ -197,6 +197,8 @@ impl Bench {
         let b = Bench { machine: Machine { memory_mib: mib, ..self.machine }, quick: self.quick, append: self.append.clone() };
         // Probe: what one idle echo guest costs, and what is free.
         let mut listening = 0;
+        // (A machine line also comes once the guests are created; only the
+        // one after `stats` counts.)
         let (_, probe) = b.ours_live(&format!("{PROBE} idle echo guests in {mib} MiB (probe)"), echo_entry(PROBE), Duration::from_secs(300), |l| {
             if l.contains("| echo: listening") {
                 listening += 1;
@@ -204,7 +206,7 @@ impl Bench {
                     return linux::Reply::Type(b"stats\n".to_vec());
                 }
             }
-            if l.starts_with(r#"{"event":"machine""#) { linux::Reply::Stop } else { linux::Reply::Continue }
+            if listening >= PROBE && l.starts_with(r#"{"event":"machine""#) { linux::Reply::Stop } else { linux::Reply::Continue }
         })?;
         let text = probe.text();
         let per_guest = text
@@ -214,7 +216,7 @@ impl Bench {
             .map(|v| field(&v, "memory_bytes") + field(&v, "hv_bytes"))
             .max()
             .context("the probe boot printed no guest_stats")?;
-        let machine = text.lines().filter_map(parse_json).find(|v| v["event"] == "machine").context("the probe printed no machine line")?;
+        let machine = text.lines().filter_map(parse_json).filter(|v| v["event"] == "machine").last().context("the probe printed no machine line")?;
         let room = field(&machine, "free_bytes") + PROBE as u64 * per_guest - (2 << 20);
         let guests = ((room as f64 * 0.97) / per_guest as f64) as usize;
         progress(&format!("  an idle echo guest costs {per_guest} B: {guests} fit in {mib} MiB"));
@@ -241,7 +243,7 @@ impl Bench {
                     checked = true;
                     progress(&format!("  {l}"));
                 }
-                if l.starts_with(r#"{"event":"machine""#) {
+                if asked && l.starts_with(r#"{"event":"machine""#) {
                     machines += 1;
                     return match machines {
                         1 => linux::Reply::Type(b"machine\n".to_vec()),
@@ -277,8 +279,9 @@ impl Bench {
             "shared_bytes": med("shared_bytes"),
             "hv_bytes": med("hv_bytes"),
         });
+        // The last three: after `stats`, then the two `machine` requests.
         let machines: Vec<Value> = text.lines().filter_map(parse_json).filter(|v| v["event"] == "machine").collect();
-        let (m0, m1) = (&machines[1], &machines[2]);
+        let (m0, m1) = (&machines[machines.len() - 2], &machines[machines.len() - 1]);
         let idle = |m: &Value| m["cpu_idle_ns"].as_array().map_or(0, |a| a.iter().filter_map(Value::as_u64).sum::<u64>());
         let cpus = m1["cpu_idle_ns"].as_array().map_or(1, Vec::len) as f64;
         let busy = 1.0 - (idle(m1) - idle(m0)) as f64 / ((field(m1, "uptime_ns") - field(m0, "uptime_ns")) as f64 * cpus);
