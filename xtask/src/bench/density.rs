@@ -216,7 +216,7 @@ impl Bench {
             .map(|v| field(&v, "memory_bytes") + field(&v, "hv_bytes"))
             .max()
             .context("the probe boot printed no guest_stats")?;
-        let machine = text.lines().filter_map(parse_json).filter(|v| v["event"] == "machine").last().context("the probe printed no machine line")?;
+        let machine = text.lines().rev().filter_map(parse_json).find(|v| v["event"] == "machine").context("the probe printed no machine line")?;
         let room = field(&machine, "free_bytes") + PROBE as u64 * per_guest - (2 << 20);
         let guests = ((room as f64 * 0.97) / per_guest as f64) as usize;
         progress(&format!("  an idle echo guest costs {per_guest} B: {guests} fit in {mib} MiB"));
