@@ -375,9 +375,10 @@ impl Host {
                     format!(r#"{{"images":[{}]}}"#, names.join(","))
                 }
                 Ok(Request::ImageBegin { name, len }) => {
+                    let (heap, heap_used) = crate::heap_usage();
                     if len > hypervisor::image::MAX_IMAGE_BYTES {
                         format!(r#"{{"error":"the image is larger than {} MiB"}}"#, hypervisor::image::MAX_IMAGE_BYTES >> 20)
-                    } else if crate::heap_usage().0 - crate::heap_usage().1 < len.saturating_add(2 * HEAP_HEADROOM) {
+                    } else if heap - heap_used < len.saturating_add(2 * HEAP_HEADROOM) {
                         r#"{"error":"the hypervisor's heap has no room for that image now"}"#.into()
                     } else if self.images.lock().len() >= MAX_IMAGES {
                         format!(r#"{{"error":"{MAX_IMAGES} images are loaded already"}}"#)

@@ -403,7 +403,7 @@ impl Net {
             Ok(true) => {
                 if self.capturing.load(Ordering::Relaxed) {
                     // The frame just committed, read back from its slot.
-                    let at = abi::ring::SLOTS_OFFSET + (rx.index().wrapping_sub(1) & (rx.slots() - 1)) as usize * abi::ring::SLOT_SIZE;
+                    let at = abi::ring::slot_offset(rx.index().wrapping_sub(1), rx.slots());
                     self.tap(now_ns, |t| t == CaptureTarget::Guest(g), |buf| {
                         let mut len = [0u8; 2];
                         ring.read(at, &mut len);

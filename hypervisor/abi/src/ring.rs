@@ -119,7 +119,8 @@ impl core::fmt::Display for RingError {
     }
 }
 
-fn slot_offset(index: u32, slots: u32) -> usize {
+/// Where in a ring of `slots` slots frame `index` lives (its length field).
+pub fn slot_offset(index: u32, slots: u32) -> usize {
     SLOTS_OFFSET + (index & (slots - 1)) as usize * SLOT_SIZE
 }
 
