@@ -23,7 +23,7 @@
 //! | `ring-lie`    | (needs a vNIC) claims 1000 frames in its TX ring and kicks |
 //! | `ring-rewind` | (needs a vNIC) sends two frames, then moves its producer index back |
 //! | `ring-bad-length` | (needs a vNIC) sends frames of length 0xffff and 3, then exits 0 |
-//! | `nic-flood`   | (needs a vNIC) sends minimum-size broadcast frames as fast as it can for 3 s, exits 0 |
+//! | `nic-flood [SECS]` | (needs a vNIC) sends minimum-size broadcast frames as fast as it can for SECS (3) s, exits 0 |
 //! | `kick-storm`  | (needs a vNIC) calls `net_kick` 2,000,000 times, exits 0 |
 //! | `console-flood` | prints 1 KiB lines for 3 s, exits 0                  |
 //! | `hypercall-garbage` | 100,000 valid hypercalls with random arguments and garbage in every other register, then an unknown number |
@@ -32,10 +32,13 @@
 //! | `debug-regs`  | writes DR7 to arm a breakpoint (privileged)           |
 //! | `bad-stack`   | points `rsp` at nothing and pushes                    |
 //! | `direct-map-write` | writes where the hypervisor maps all RAM (other guests' memory) |
+//! | `df-*`, `keep-secret` | exits taken with RFLAGS.DF and AC set, and a victim for them: see `flags.rs` |
 #![no_std]
 #![no_main]
 
 extern crate alloc;
+
+mod flags;
 
 use core::arch::asm;
 use libos::println;
@@ -125,6 +128,9 @@ fn recurse(depth: u64) -> u64 {
 fn main() -> i32 {
     let attack = libos::args().next().unwrap_or("");
     println!("{}: trying {attack}", libos::name());
+    if attack.starts_with("df-") || attack == "keep-secret" {
+        return flags::run(attack, libos::args().nth(1));
+    }
     // SAFETY: each arm deliberately does something a guest must not; the
     // hypervisor stops the guest before it returns. Nothing here can harm
     // anything but this guest.
@@ -208,7 +214,8 @@ fn main() -> i32 {
             "nic-flood" => {
                 let mut nic = RawNic::new();
                 let f = frame(nic.mac, [0xff; 6], 60);
-                let end = libos::time::Instant::now().as_nanos() + 3_000_000_000;
+                let secs: u64 = libos::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(3);
+                let end = libos::time::Instant::now().as_nanos() + secs * 1_000_000_000;
                 let mut sent = 0u64;
                 while libos::time::Instant::now().as_nanos() < end {
                     if nic.space() == 0 {

@@ -68,6 +68,9 @@ pub fn describe(f: &FaultInfo<'_>) -> String {
                 // (QEMU's error code scales the IDT index by 16, not 8).
                 let vector = match f.insn {
                     [0xcd, v, ..] => *v as u64,
+                    [0xcc, ..] => 3,
+                    [0xce, ..] => 4,
+                    [0xf1, ..] => 1,
                     _ => f.error >> 3,
                 };
                 format!("int {vector:#x} is not allowed (general protection fault at ip {at:#x})")

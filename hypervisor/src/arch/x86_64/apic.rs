@@ -23,6 +23,11 @@ const REG_INITIAL: u64 = 0x380;
 const REG_CURRENT: u64 = 0x390;
 const REG_DIVIDE: u64 = 0x3e0;
 
+/// The EOI register's address, for the interrupt stubs (entry.rs), which
+/// acknowledge every interrupt they take; as an `i64` because the stubs use
+/// it as a sign-extended 32-bit absolute address.
+pub const EOI_VA: i64 = (APIC_VA + REG_EOI) as i64;
+
 /// Vector of the wake-up IPI (a guest on that CPU became runnable).
 pub const WAKE_VECTOR: u8 = 0xf0;
 
@@ -127,7 +132,3 @@ pub fn arm(deadline: u64) {
     write(REG_INITIAL, ticks as u32);
 }
 
-/// Acknowledges the interrupt being serviced.
-pub fn eoi() {
-    write(REG_EOI, 0);
-}

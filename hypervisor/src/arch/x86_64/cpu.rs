@@ -55,6 +55,19 @@ pub fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
+/// RFLAGS.DF, the direction flag (string instructions run backwards).
+pub const RFLAGS_DF: u64 = 1 << 10;
+/// RFLAGS.AC, alignment check; in ring 0 it suspends SMAP.
+pub const RFLAGS_AC: u64 = 1 << 18;
+
+/// The current RFLAGS.
+pub fn rflags() -> u64 {
+    let v: u64;
+    // SAFETY: pushfq/pop only read the flags (the push is popped at once).
+    unsafe { core::arch::asm!("pushfq; pop {}", out(reg) v, options(nomem, preserves_flags)) };
+    v
+}
+
 /// Halts until the next interrupt, then returns with interrupts off again.
 /// The interrupt is taken on an IST stack (entry.rs) and returns here.
 pub fn idle() {

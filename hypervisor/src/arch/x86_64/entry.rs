@@ -130,6 +130,11 @@ pub fn run(regs: &mut Regs, fpu: &mut FpuState, sysret: bool) {
         (*percpu()).fpu = fpu as *mut FpuState as u64;
         enter_guest(regs, sysret as u64);
     }
+    // Every entry path sets the hypervisor's flags before Rust runs (SFMASK
+    // for `syscall`, `popfq` in the stubs); a path that forgot would hand
+    // the guest's DF or AC to everything after this.
+    let flags = cpu::rflags();
+    assert!(flags & (cpu::RFLAGS_DF | cpu::RFLAGS_AC) == 0, "guest exit with RFLAGS {flags:#x}: DF or AC leaked into the hypervisor");
 }
 
 /// Interrupt frame as the stub leaves it for [`kernel_fault`].
@@ -181,10 +186,29 @@ interrupt_stubs:
     .noaltmacro
 
 exception_common:
+    /* The hypervisor's own flags before anything else: the gate cleared
+       IF, TF and NT, but DF and AC are the interrupted code's. With DF set
+       every `rep movs`/`rep stos` runs backwards (a "zeroed" frame keeps its
+       contents and the 4 KiB below it are cleared), and AC set turns SMAP
+       off. `popfq` of a constant does both on any CPU (`clac` is #UD
+       without SMAP); the interrupted RFLAGS is safe in the frame. */
+    pushq $2
+    popfq
     testb $3, 24(%rsp)
     jz 1f
     swapgs
     pushq %rax
+    /* Acknowledge device interrupts and IPIs (32..=254) here, once per
+       interrupt taken, never later in Rust: an EOI sent per exit or per
+       idle wake-up is lost when two interrupts arrive for one, and the
+       vector then stays in service for good. 255 is the spurious vector
+       (no EOI). */
+    movq 8(%rsp), %rax
+    subq $32, %rax
+    cmpq $(255 - 32), %rax
+    jae 4f
+    movl $0, {apic_eoi}
+4:
     movq %gs:{regs}, %rax
     movq %rbx, {rbx}(%rax)
     movq %rcx, {rcx}(%rax)
@@ -225,8 +249,12 @@ exception_common:
     call kernel_fault
     ud2
 3:
-    /* An interrupt in the hypervisor (only while idle in cpu::idle): the
-       idle loop sends the EOI; just return. */
+    /* An interrupt in the hypervisor (only while idle in cpu::idle):
+       acknowledge it unless spurious, and return. */
+    cmpq $255, (%rsp)
+    je 5f
+    movl $0, {apic_eoi}
+5:
     addq $16, %rsp
     iretq
 
@@ -260,9 +288,13 @@ syscall_entry:
 guest_exit:
     /* Save the guest's x87/SSE state and give the hypervisor's code (the
        precompiled core uses SSE) a MXCSR with every exception masked. The
-       x87 control word is left alone: the hypervisor does no x87 math. */
+       x87 state is reset below. */
     movq %gs:{fpu}, %rax
     fxsave64 (%rax)
+    /* fninit: a known x87 control word and no pending x87 exception (the
+       guest may have unmasked one; fxsave does not clear it, and the next
+       waiting x87 instruction would raise #MF in ring 0). */
+    fninit
     ldmxcsr KERNEL_MXCSR(%rip)
     movq %gs:{kernel_rsp}, %rsp
     popq %r15
@@ -354,6 +386,7 @@ enter_guest:
     user_rsp = const offset_of!(PerCpu, user_rsp),
     fpu = const offset_of!(PerCpu, fpu),
     kernel_rsp = const offset_of!(PerCpu, kernel_rsp),
+    apic_eoi = const super::apic::EOI_VA,
     user_ds = const super::gdt::USER_DS,
     user_cs = const super::gdt::USER_CS,
     options(att_syntax)
