@@ -5,7 +5,7 @@
 //!
 //! | request        | answer |
 //! |----------------|--------|
-//! | `list`         | `{"guests":[{"name":..,"tenant":..,"state":..,"cpu_ns":..,"memory_bytes":..,"tx_frames":..,"rx_frames":..},...]}` |
+//! | `list`         | `{"guests":[{"name":..,"tenant":..,"state":..,"cpu_ns":..,"memory_bytes":..,"sent_frames":..,"received_frames":..},...]}` |
 //! | `stats`        | `{"guests":[GUEST_STATS,...],"machine":MACHINE}` (the console's JSON lines, for guests not on a CPU at that instant) |
 //! | `stop NAME`    | `{"stopped":"NAME"}` once it is marked; it ends at its next exit |
 //! | `capture WHAT COUNT SECS` | `{"capturing":"WHAT"}`, then one `{"wall_ns":..,"frame":"HEX"}` per frame that guest `WHAT` sends or receives (or that a guest of `tenant:T` sends, and frames from the host for tenant 0), until COUNT frames or SECS seconds, then `{"captured":N,"dropped":D}` (D: frames past a 256-frame backlog) |
@@ -13,6 +13,12 @@
 //! | `image-begin NAME LEN`, `image-data HEX`..., `image-end` | uploads a Hermit image of LEN bytes in chunks of at most 4096 bytes (hex); `image-end` answers `{"image":NAME}` once it is validated and loaded, or the reason it was rejected (the data lines are not answered) |
 //! | `start NAME IMAGE MEMORY TENANT [ARG...]` | creates guest NAME (unique, `[a-z0-9_-]`) from the loaded image IMAGE with MEMORY bytes, in tenant TENANT (a number, or `none` for no vNIC): `{"started":NAME,"ip":"10.T.0.N"\|null}` |
 //! | anything else  | `{"error":"..."}` |
+//!
+//! Every number is range-checked here: TENANT below [`abi::MAX_TENANTS`],
+//! LEN at most the largest image, MEMORY above 0 (the hypervisor checks it
+//! against the machine). A request that does not end within [`STALL_NS`]
+//! of its last byte, and an upload with no `image-data` for as long, are
+//! dropped with an error: a quiet client holds nothing but its buffer.
 
 /// Longest request line (an `image-data` line of 4096 bytes in hex fits);
 /// longer ones are refused whole.
@@ -21,6 +27,8 @@ pub const LINE_MAX: usize = 8448;
 pub const CHUNK_MAX: usize = 4096;
 /// Most arguments `start` passes.
 pub const ARGS_MAX: usize = 16;
+/// A request line, or an upload, quiet for this long is dropped.
+pub const STALL_NS: u64 = 5_000_000_000;
 
 /// A parsed request.
 #[derive(Debug, PartialEq, Eq)]
@@ -58,17 +66,18 @@ pub fn parse(line: &str) -> Result<Request<'_>, &'static str> {
         (Some("stop"), None) => return Err("stop needs a guest name"),
         (Some("images"), None) => Request::Images,
         (Some("image-begin"), Some(name)) => match words.next().and_then(|w| w.parse().ok()) {
-            Some(len) if good_name(name) => Request::ImageBegin { name, len },
+            Some(len) if good_name(name) && (1..=crate::image::MAX_IMAGE_BYTES).contains(&len) => Request::ImageBegin { name, len },
+            Some(_) if good_name(name) => return Err("image-begin: LEN must be 1 to 67108864 bytes"),
             _ => return Err("image-begin needs a name ([a-z0-9_.-]) and a length"),
         },
         (Some("image-data"), Some(h)) => Request::ImageData(hex(h).ok_or("image-data needs at most 4096 bytes in hex")?),
         (Some("image-end"), None) => Request::ImageEnd,
         (Some("start"), Some(name)) => {
             let image = words.next().ok_or("start needs NAME IMAGE MEMORY TENANT [ARG...]")?;
-            let memory = words.next().and_then(|w| w.parse().ok()).ok_or("start: MEMORY must be a number of bytes")?;
+            let memory = words.next().and_then(|w| w.parse().ok()).filter(|&m| m > 0).ok_or("start: MEMORY must be a number of bytes above 0")?;
             let tenant = match words.next() {
                 Some("none") => None,
-                Some(t) => Some(t.parse().map_err(|_| "start: TENANT must be a number or none")?),
+                Some(t) => Some(t.parse().ok().filter(|&t| t < abi::MAX_TENANTS).ok_or("start: TENANT must be a number below 256, or none")?),
                 None => return Err("start needs NAME IMAGE MEMORY TENANT [ARG...]"),
             };
             let args: alloc::vec::Vec<&str> = words.by_ref().collect();
@@ -88,7 +97,7 @@ pub fn parse(line: &str) -> Result<Request<'_>, &'static str> {
             }
         }
         (None, _) => return Err("empty request"),
-        _ => return Err("unknown request (list, stats, stop NAME)"),
+        _ => return Err("unknown request (list, stats, stop, capture, images, image-begin, image-data, image-end, start)"),
     };
     if words.next().is_some() {
         return Err("too many words");
@@ -101,6 +110,8 @@ pub fn parse(line: &str) -> Result<Request<'_>, &'static str> {
 pub struct LineReader {
     line: alloc::vec::Vec<u8>,
     overflow: bool,
+    /// When the last byte of the unfinished line came.
+    last_ns: u64,
 }
 
 impl LineReader {
@@ -109,9 +120,21 @@ impl LineReader {
         !self.line.is_empty() || self.overflow
     }
 
-    /// Feeds one byte; returns a complete line (or an error for one too
-    /// long or not UTF-8).
-    pub fn push(&mut self, b: u8) -> Option<Result<alloc::string::String, &'static str>> {
+    /// Whether an unfinished line has had no byte for [`STALL_NS`] at `now_ns`.
+    pub fn stalled(&self, now_ns: u64) -> bool {
+        self.in_progress() && now_ns.saturating_sub(self.last_ns) > STALL_NS
+    }
+
+    /// Forgets the unfinished line.
+    pub fn clear(&mut self) {
+        self.line = alloc::vec::Vec::new();
+        self.overflow = false;
+    }
+
+    /// Feeds one byte that came at `now_ns`; returns a complete line (or an
+    /// error for one too long or not UTF-8).
+    pub fn push(&mut self, b: u8, now_ns: u64) -> Option<Result<alloc::string::String, &'static str>> {
+        self.last_ns = now_ns;
         match b {
             b'\n' | b'\r' => {
                 let line = core::mem::take(&mut self.line);
@@ -128,6 +151,11 @@ impl LineReader {
                 None
             }
             _ => {
+                // LINE_MAX bounds it; reserve it whole once instead of growing.
+                if self.line.capacity() == 0 && self.line.try_reserve_exact(LINE_MAX).is_err() {
+                    self.overflow = true;
+                    return None;
+                }
                 self.line.push(b);
                 None
             }
@@ -174,11 +202,38 @@ mod tests {
         let mut r = LineReader::default();
         let mut got = Vec::new();
         for b in b"list\r\n\nstop a\n".iter().chain([b'x'; LINE_MAX + 1].iter()).chain(b"\n\xff\xfe\n".iter()) {
-            if let Some(l) = r.push(*b) {
+            if let Some(l) = r.push(*b, 0) {
                 got.push(l);
             }
         }
         assert_eq!(got, [Ok("list".into()), Ok("stop a".into()), Err("request too long"), Err("request is not UTF-8")]);
         assert_eq!(json_str("a\"b\\c\n"), r#""a\"b\\c\u000a""#);
+    }
+
+    #[test]
+    fn numbers_are_range_checked() {
+        // A tenant of 4 billion once made the hypervisor size a table by it.
+        assert!(parse("start w x 4096 4000000000").is_err());
+        assert!(parse("start w x 4096 256").is_err());
+        assert!(matches!(parse("start w x 4096 255"), Ok(Request::Start { tenant: Some(255), .. })));
+        assert!(parse("start w x 0 1").is_err() && parse("start w x 18446744073709551616 1").is_err());
+        assert!(parse("image-begin x 0").is_err() && parse("image-begin x 67108865").is_err() && parse("image-begin x 99999999999999999999999").is_err());
+        assert_eq!(parse("image-begin x 67108864"), Ok(Request::ImageBegin { name: "x", len: 67_108_864 }));
+        assert!(parse("capture a 4294967296 1").is_err());
+    }
+
+    #[test]
+    fn a_quiet_half_request_stalls_and_is_cleared() {
+        let mut r = LineReader::default();
+        assert!(!r.stalled(u64::MAX), "nothing begun, nothing stalled");
+        for b in b"lis" {
+            assert_eq!(r.push(*b, 1_000), None);
+        }
+        assert!(!r.stalled(1_000 + STALL_NS) && r.stalled(1_001 + STALL_NS));
+        r.clear();
+        assert!(!r.in_progress() && !r.stalled(u64::MAX));
+        // The next request is read whole, not glued to the dropped bytes.
+        let got: Vec<_> = b"list\n".iter().filter_map(|b| r.push(*b, 2)).collect();
+        assert_eq!(got, [Ok("list".into())]);
     }
 }

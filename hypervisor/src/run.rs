@@ -86,6 +86,8 @@ struct Host {
     count: AtomicUsize,
     /// Whether QEMU gave us a control channel (COM2).
     control: bool,
+    /// When the last control byte arrived.
+    control_rx_ns: AtomicU64,
     /// Keep running with no guest left (a control channel may start more).
     keep_running: bool,
     /// Set once the boot guests are created; the other CPUs wait for it.
@@ -118,6 +120,12 @@ static HOST: Once<Host> = Once::new();
 impl Host {
     fn now(&self) -> u64 {
         self.time.ns(cpu::rdtsc())
+    }
+
+    /// Whether control bytes are arriving (CPU 0 then looks every
+    /// [`CONTROL_POLL_NS`], and runs guests for short slices).
+    fn control_flowing(&self, now: u64) -> bool {
+        self.control && now.saturating_sub(self.control_rx_ns.load(Ordering::Relaxed)) < CONTROL_FLOWING_NS
     }
 
     /// Guest `id`'s board (set before the guest can be scheduled).
@@ -197,12 +205,8 @@ impl Host {
         unsafe { cpu::write_cr3(g.memory.space.root()) };
         let step = loop {
             entry::run(&mut g.regs, &mut g.fpu, g.via_sysret);
-            let vector = g.regs.vector;
             g.now_ns = self.time.ns(cpu::rdtsc());
             let step = g.handle_exit(&mut mem, &mut |l| println!("{l}"));
-            if (32..255).contains(&vector) {
-                apic::eoi();
-            }
             match step {
                 Step::Resume => {}
                 // SAFETY: reloading the guest's own root (the one it runs
@@ -289,13 +293,16 @@ impl Host {
                 // and often only while the host has been sending: an idle
                 // machine wakes 100 times a second, not 2000.
                 let busy_uplink = self.net.uplink.is_some() && now.saturating_sub(self.net.uplink_rx_ns.load(Ordering::Relaxed)) < UPLINK_ACTIVE_NS;
-                let tick = if me == 0 && busy_uplink { UPLINK_POLL_NS } else { IDLE_TICK_NS };
+                let tick = match me {
+                    0 if self.control_flowing(now) => CONTROL_POLL_NS,
+                    0 if busy_uplink => UPLINK_POLL_NS,
+                    _ => IDLE_TICK_NS,
+                };
                 let wake = next_timer.unwrap_or(u64::MAX).min(now + tick);
                 apic::arm(self.time.tsc(wake));
                 let halted = cpu::rdtsc();
                 cpu::idle();
                 self.idle_ns[me].fetch_add(self.time.ns(cpu::rdtsc()) - self.time.ns(halted), Ordering::Relaxed);
-                apic::eoi();
                 continue;
             };
             let Some(mut g) = self.guests.lock()[id].take() else { continue };
@@ -307,6 +314,7 @@ impl Host {
                 continue;
             }
             board.state.store(RUNNING, Ordering::Relaxed);
+            let slice = if me == 0 && self.control_flowing(now) { slice.min(CONTROL_SLICE_NS) } else { slice };
             let (step, ran) = self.run_one(id, &mut g, me, slice, next_timer);
             board.cpu_ns.store(g.stats.cpu_ns, Ordering::Relaxed);
             board.memory_bytes.store(g.memory.charged_bytes(), Ordering::Relaxed);
@@ -333,39 +341,43 @@ impl Host {
             self.scheds[me].lock().put(id, now, ran, stop);
             // An event raised by another CPU while this guest was on its way
             // to sleep found it not yet blocked and could not wake it: the
-            // raiser sets the bit before it looks, so look again now.
-            if matches!(stop, Stop::Blocked { .. }) && vnic::pending(self.event_frames[id].load(Ordering::Acquire)) != 0 {
+            // raiser sets the bit before it looks, so look again now. The
+            // same for `ctl stop`, which sets the kill flag before it wakes.
+            if matches!(stop, Stop::Blocked { .. })
+                && (vnic::pending(self.event_frames[id].load(Ordering::Acquire)) != 0 || board.kill.load(Ordering::Acquire))
+            {
                 self.scheds[me].lock().wake(id);
             }
         }
     }
 
     /// Answers the requests waiting on the control channel.
+    ///
+    /// Reads only what the UART holds now, a byte at a time, and never
+    /// waits for more: a client that sends half a request (or begins an
+    /// upload and goes quiet) costs nothing but its buffer, and is answered
+    /// with an error once it has been quiet for [`CONTROL_STALL_NS`]. While
+    /// bytes are flowing CPU 0 looks again soon ([`Host::control_flowing`]),
+    /// which is what keeps uploads fast with a 16-byte FIFO.
     fn poll_control(&self, reader: &mut hypervisor::control::LineReader) {
         use hypervisor::control::{Request, json_str, parse};
-        // The UART holds 16 bytes and nothing interrupts us when more come:
-        // once a request has begun (or an upload runs), keep reading until
-        // the line is in or the sender pauses, instead of a FIFO per tick.
-        let mut quiet_since = self.now();
-        loop {
-            let Some(b) = serial::control_read() else {
-                let busy = reader.in_progress() || self.creating.lock().upload.is_some();
-                if busy && self.now() - quiet_since < CONTROL_PATIENCE_NS {
-                    core::hint::spin_loop();
-                    continue;
-                }
-                break;
-            };
-            quiet_since = self.now();
-            let Some(line) = reader.push(b) else { continue };
+        let now = self.now();
+        while let Some(b) = serial::control_read() {
+            self.control_rx_ns.store(now, Ordering::Relaxed);
+            let Some(line) = reader.push(b, now) else { continue };
             let answer = match line.as_deref().map_err(|e| *e).and_then(parse) {
                 Err(e) => format!(r#"{{"error":{}}}"#, json_str(e)),
                 // Upload chunks are not answered (image-end says how it went).
                 Ok(Request::ImageData(bytes)) => {
                     let mut c = self.creating.lock();
                     match &mut c.upload {
-                        Some((_, len, data)) if data.len() + bytes.len() <= *len => data.extend_from_slice(&bytes),
-                        Some(_) => c.upload = Some((String::new(), 0, Vec::new())),
+                        Some(u) if u.data.len() + bytes.len() <= u.len => {
+                            // Within the capacity reserved at image-begin: no allocation.
+                            u.data.extend_from_slice(&bytes);
+                            u.last_ns = now;
+                        }
+                        // Too much: image-end reports the mismatch.
+                        Some(u) => u.overflowed = true,
                         None => {}
                     }
                     continue;
@@ -383,12 +395,18 @@ impl Host {
                     } else if self.images.lock().len() >= MAX_IMAGES {
                         format!(r#"{{"error":"{MAX_IMAGES} images are loaded already"}}"#)
                     } else {
-                        self.creating.lock().upload = Some((name.into(), len, Vec::with_capacity(len)));
-                        format!(r#"{{"receiving":{}}}"#, json_str(name))
+                        let mut data = Vec::new();
+                        match data.try_reserve_exact(len) {
+                            Ok(()) => {
+                                self.creating.lock().upload = Some(Upload { name: name.into(), len, data, last_ns: now, overflowed: false });
+                                format!(r#"{{"receiving":{}}}"#, json_str(name))
+                            }
+                            Err(_) => r#"{"error":"the hypervisor's heap has no room for that image now"}"#.into(),
+                        }
                     }
                 }
                 Ok(Request::ImageEnd) => match self.creating.lock().upload.take() {
-                    Some((name, len, data)) if !name.is_empty() && data.len() == len => {
+                    Some(Upload { name, len, data, overflowed: false, .. }) if data.len() == len => {
                         let loaded = load_image(&name, &data);
                         drop(data);
                         match loaded {
@@ -482,6 +500,18 @@ impl Host {
                 },
             };
             serial::control_write_line(&answer);
+        }
+        if reader.stalled(now) {
+            reader.clear();
+            serial::control_write_line(r#"{"error":"request timed out: no end of line within 5 s"}"#);
+        }
+        let mut c = self.creating.lock();
+        if c.upload.as_ref().is_some_and(|u| now.saturating_sub(u.last_ns) > hypervisor::control::STALL_NS) {
+            c.upload = None;
+            drop(c);
+            serial::control_write_line(r#"{"error":"upload timed out: no image-data within 5 s; begin again"}"#);
+        } else {
+            drop(c);
         }
         if self.net.capturing.load(Ordering::Acquire) {
             self.drain_capture();
@@ -618,7 +648,6 @@ pub fn ap_entry(me: usize) -> ! {
         }
         apic::arm(cpu::rdtsc().saturating_add(AP_WAIT_TSC));
         cpu::idle();
-        apic::eoi();
     };
     host.cpu_loop(me);
     cpu::halt_forever()
@@ -685,6 +714,7 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
         board: (0..cap).map(|_| Once::new()).collect(),
         count: AtomicUsize::new(0),
         control,
+        control_rx_ns: AtomicU64::new(0),
         keep_running: control && !exit_when_idle,
         ready: core::sync::atomic::AtomicBool::new(false),
         images: Mutex::new(images),
@@ -786,9 +816,13 @@ fn load_image(name: &str, data: &[u8]) -> Result<LoadedImage, String> {
     loaded
 }
 
-/// How long CPU 0 keeps reading a control request that has begun while
-/// no byte comes.
-const CONTROL_PATIENCE_NS: u64 = 20_000_000;
+/// How often an idle CPU 0 looks at the control channel while bytes are
+/// arriving (the UART holds 16 and does not interrupt).
+const CONTROL_POLL_NS: u64 = 50_000;
+/// The longest CPU 0 runs a guest while control bytes are arriving.
+const CONTROL_SLICE_NS: u64 = 200_000;
+/// Bytes count as arriving for this long after the last one.
+const CONTROL_FLOWING_NS: u64 = 2_000_000;
 /// Most images loaded at once (the bundle's and uploads).
 const MAX_IMAGES: usize = 256;
 /// Room for guests started after boot through the control channel.
@@ -799,8 +833,20 @@ const SPARE_GUESTS: usize = 1024;
 struct Creating {
     /// Guests with a vNIC so far, per tenant (see abi::guest_ipv4).
     next_host: Vec<u32>,
-    /// An image arriving over the control channel: name, size, bytes so far.
-    upload: Option<(String, usize, Vec<u8>)>,
+    /// An image arriving over the control channel.
+    upload: Option<Upload>,
+}
+
+/// An image arriving over the control channel (`image-begin`, `image-data`...).
+struct Upload {
+    name: String,
+    /// Its announced size; `data` has that capacity reserved.
+    len: usize,
+    data: Vec<u8>,
+    /// When the last chunk came (a quiet upload is dropped).
+    last_ns: u64,
+    /// More bytes came than announced.
+    overflowed: bool,
 }
 
 /// A guest just created.
@@ -830,14 +876,24 @@ impl Host {
             return Err(format!("no room for more guests ({} at most)", self.board.len()));
         }
         let created_ns = self.now();
-        let nic = (st.tenant != abi::bundle::TENANT_NONE).then(|| {
+        let nic = if st.tenant == abi::bundle::TENANT_NONE {
+            None
+        } else {
+            // Tenant numbers come from the bundle and the control channel:
+            // bounded before anything is sized by them.
+            if st.tenant >= abi::MAX_TENANTS {
+                return Err(format!("tenant {} is not below {}", st.tenant, abi::MAX_TENANTS));
+            }
             let t = st.tenant as usize;
             if creating.next_host.len() <= t {
                 creating.next_host.resize(t + 1, 0);
             }
             let n = creating.next_host[t];
+            if n >= abi::MAX_TENANT_HOSTS {
+                return Err(format!("tenant {} has no address left ({} guests with a vNIC at most)", st.tenant, abi::MAX_TENANT_HOSTS));
+            }
             creating.next_host[t] += 1;
-            abi::NicInfo {
+            Some(abi::NicInfo {
                 magic: abi::NIC_MAGIC,
                 prefix: abi::GUEST_PREFIX,
                 mac: [0x02, (id >> 24) as u8, (id >> 16) as u8, (id >> 8) as u8, id as u8, st.tenant as u8, 0, 0],
@@ -845,8 +901,8 @@ impl Host {
                 gateway: abi::gateway_ipv4(st.tenant),
                 ring_slots: st.ring_slots,
                 reserved: 0,
-            }
-        });
+            })
+        };
         let time = &self.time;
         let mut g = Guest::create(&mut mem, self.kernel_root, self.time_page, img, name, &args, st.memory, |m, page| {
             write_boot_info(page, img, st.memory, time);

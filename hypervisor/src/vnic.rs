@@ -110,6 +110,8 @@ unsafe impl RingMemory for FrameRing<'_> {
 
 /// Sets event bits in a guest's event page (atomically: other CPUs may set
 /// bits at the same time, and the guest clears them with an atomic AND).
+/// Only for a guest known to be alive (its own CPU's timers); deliveries
+/// go through [`Port::notify`].
 pub fn raise(event_frame: PhysAddr, bits: u64) {
     // SAFETY: the event page is a pinned frame of a live guest; offset 0 is
     // 8-byte aligned.
@@ -195,6 +197,20 @@ impl Port {
 }
 
 impl Port {
+    /// Sets event bits in the guest's event page, unless the port is dead.
+    /// Its guest may have ended and its event frame be free again (or a
+    /// page table by now): `disconnect` marks the port dead under the RX
+    /// lock before the guest is destroyed, so the frame stays the guest's
+    /// while this holds that lock and sees the port alive.
+    pub fn notify(&self, bits: u64) -> bool {
+        let _rx = self.rx.lock();
+        if self.dead.load(Ordering::Acquire) {
+            return false;
+        }
+        raise(self.event_frame, bits);
+        true
+    }
+
     /// Bytes of the guest's ring slots (both rings).
     pub fn ring_bytes(&self) -> u64 {
         (self.tx_frames.len() + self.rx_frames.len()) as u64 * FRAME_SIZE
@@ -353,8 +369,9 @@ impl Net {
         woken.sort_unstable();
         woken.dedup();
         for g in woken {
-            if let Some(p) = self.port(g) {
-                raise(p.event_frame, abi::time::events::NET_RX);
+            if let Some(p) = self.port(g)
+                && p.notify(abi::time::events::NET_RX)
+            {
                 wake(g, p.event_frame);
             }
         }
@@ -483,8 +500,9 @@ impl Net {
         woken.sort_unstable();
         woken.dedup();
         for g in woken {
-            if let Some(p) = self.port(g) {
-                raise(p.event_frame, abi::time::events::NET_RX);
+            if let Some(p) = self.port(g)
+                && p.notify(abi::time::events::NET_RX)
+            {
                 wake(g);
             }
         }

@@ -1,7 +1,7 @@
 //! CPU and time: preemption, fair shares with weights and caps, blocking,
 //! timers, and many guests at once.
 
-use integration_tests::{RunOutput, boot};
+use integration_tests::{RunOutput, boot, boot_smp};
 
 /// The `guest_stats` JSON line of `guest`, as (field, value) lookups.
 fn stats<'a>(out: &'a RunOutput, guest: &str) -> &'a str {
@@ -159,5 +159,39 @@ fn fpu_state_survives_preemption_and_migration() {
     for seed in 1..=4 {
         assert!(out.console.contains(&format!("f{seed}-0| fpu ok ")), "guest f{seed} lost FPU state:\n{}", out.console);
         assert!(field(stats(&out, &format!("f{seed}-0")), "preemptions") > 5, "f{seed} was not preempted enough to prove anything");
+    }
+}
+
+/// A flood of wake-up IPIs into a CPU whose timer ticks must not leave the
+/// timer vector in service: every interrupt gets its own EOI (the idle path
+/// once sent one EOI for two interrupts, and CPU 0 then never saw its timer
+/// again). `tick` is in the flooded tenant, so every broadcast wakes it
+/// with an IPI when it sleeps on the other CPU; `quiet` shares its CPU and
+/// needs that CPU's timer to keep its period after the flood.
+#[test]
+fn an_ipi_flood_leaves_every_cpu_timer_ticking() {
+    let out = boot_smp(
+        "[[guest]]\nname = \"tick\"\napp = \"worker\"\ntenant = \"v\"\nargs = [\"tick\", \"10\", \"500\"]\n\
+         [[guest]]\nname = \"flood\"\napp = \"hostile\"\ntenant = \"v\"\nmemory = \"1 MiB\"\n\
+         limits = { nic_broadcasts = 10000000, nic_packets = 10000000 }\nargs = [\"nic-flood\", \"4\"]\n\
+         [[guest]]\nname = \"quiet\"\napp = \"worker\"\nargs = [\"tick\", \"10\", \"800\"]\n",
+        180,
+        2,
+    );
+    assert!(out.success(), "{}", out.console);
+    let sent: u64 = out
+        .console
+        .lines()
+        .find_map(|l| l.strip_prefix("flood-0| flood-0: flooded ")?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the flood did not finish:\n{}", out.console));
+    assert!(sent > 1000, "too small a flood to test anything ({sent} frames)");
+    for (guest, n) in [("tick-0", 500), ("quiet-0", 800)] {
+        let line = out
+            .console
+            .lines()
+            .find(|l| l.starts_with(&format!("{guest}| ticked {n} times, late by at most ")))
+            .unwrap_or_else(|| panic!("{guest} did not finish:\n{}", out.console));
+        let late_us: u64 = line.rsplit("most ").next().unwrap().trim_end_matches(" us").parse().unwrap();
+        assert!(late_us < 500_000, "{guest} was {late_us} us late: {line}");
     }
 }

@@ -198,6 +198,12 @@ pub struct NicInfo {
 
 pub const NIC_MAGIC: u32 = u32::from_le_bytes(*b"NIC1");
 
+/// Tenants are numbered 0..MAX_TENANTS: the number is the second octet of
+/// the tenant's network.
+pub const MAX_TENANTS: u32 = 256;
+/// Guests with a vNIC per tenant: `10.T.0.2` to `10.T.255.254`.
+pub const MAX_TENANT_HOSTS: u32 = 65_533;
+
 /// Prefix length of every tenant's network, `10.T.0.0/16`.
 pub const GUEST_PREFIX: u32 = 16;
 
