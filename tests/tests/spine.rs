@@ -2,7 +2,7 @@
 //! ring 3, and stops every hostile guest and rejects every malformed image
 //! while the well-behaved guests of the same manifest run to completion.
 
-use integration_tests::{RunOutput, boot, temp_file, try_boot};
+use integration_tests::{RunOutput, boot, boot_smp, temp_file, try_boot};
 use std::fmt::Write;
 
 /// Asserts that the console has a line equal to `line`.
@@ -162,5 +162,18 @@ fn bad_manifests_are_refused_before_qemu_starts_naming_the_line() {
             Err(e) => format!("{e:#}"),
         };
         assert!(err.contains(expected), "error {err:?} does not contain {expected:?}");
+    }
+}
+
+/// CPUs past the 16 the hypervisor drives halt in the start-up trampoline
+/// before they read anything by their index (a 17th once loaded a stack
+/// from past the end of the table), and the rest run the guests.
+#[test]
+fn cpus_beyond_sixteen_are_parked_and_the_others_run_guests() {
+    let out = boot_smp("[[guest]]\nname = \"hello\"\napp = \"hello\"\ncount = 4\n", 240, 18);
+    assert!(out.success(), "{}", summary(&out));
+    has_line(&out, "[hv] 18 CPUs found; the hypervisor drives 16, the other 2 stay parked");
+    for i in 0..4 {
+        has_line(&out, &format!("[hv] guest hello-{i} exited with code 0"));
     }
 }

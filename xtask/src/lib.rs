@@ -29,7 +29,7 @@ pub use build::{
 };
 pub use cmd::{cargo, echo, run};
 pub use qemu::{
-    Accel, ManifestSource, Prepared, QEMU, RunConfig, RunOutput, check_exit, ensure_qemu,
+    Accel, MAX_SMP, ManifestSource, Prepared, QEMU, RunConfig, RunOutput, check_exit, ensure_qemu,
     host_has_hardware_virtualization, prepare, qemu_command, run_captured, run_captured_with_input, run_interactive,
 };
 

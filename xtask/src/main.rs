@@ -129,8 +129,8 @@ struct RunArgs {
     /// QEMU accelerator; auto picks kvm only if the CPU has vmx/svm.
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
     accel: Accel,
-    /// Number of CPUs (the hypervisor drives up to 16).
-    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    /// Number of CPUs (the hypervisor drives up to 16 and parks the rest).
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=xtask::MAX_SMP as i64))]
     smp: u32,
     /// Machine memory, e.g. 512M or 1 GiB.
     #[arg(long, value_name = "SIZE", default_value = "512M")]

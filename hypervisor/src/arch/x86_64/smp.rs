@@ -5,7 +5,9 @@
 //! mode to long mode on a small page table (the kernel's upper half plus an
 //! identity map of the first 2 MiB, where the trampoline runs), takes a CPU
 //! index with an atomic increment, loads the stack the boot CPU prepared for
-//! that index, and calls `ap_main(index)` in the upper half.
+//! that index, and calls `ap_main(index)` in the upper half. A CPU whose
+//! index is past [`MAX_CPUS`] halts in the trampoline before it reads
+//! anything by that index.
 
 use super::{apic, cpu, paging};
 use alloc::boxed::Box;
@@ -79,12 +81,17 @@ tr_64:
     movabs $AP_NEXT, %rax
     movl $1, %ecx
     lock xaddl %ecx, (%rax)
+    /* An index past the tables (more CPUs than MAX_CPUS) parks here,
+       before anything is read by it: no stack, no per-CPU block. */
+    cmpl ${max_cpus}, %ecx
+    jae 1f
     movabs $AP_STACKS, %rax
     movq (%rax,%rcx,8), %rsp
     movl %ecx, %edi
     movabs ${ap_main}, %rax
     call *%rax
-1:  hlt
+1:  cli
+    hlt
     jmp 1b
 
     .p2align 3
@@ -104,6 +111,7 @@ ap_trampoline_end:
     .text
     "#,
     ap_main = sym crate::ap_main,
+    max_cpus = const MAX_CPUS,
     options(att_syntax)
 );
 
@@ -168,5 +176,9 @@ pub fn start_aps(kernel_root: u64, tsc_hz: u64) -> usize {
         }
         seen = now;
     }
-    (seen as usize).min(MAX_CPUS)
+    let found = seen as usize;
+    if found > MAX_CPUS {
+        crate::println!("[hv] {found} CPUs found; the hypervisor drives {MAX_CPUS}, the other {} stay parked", found - MAX_CPUS);
+    }
+    found.min(MAX_CPUS)
 }
