@@ -20,7 +20,8 @@ impl LineBuffer {
     }
 
     /// Adds bytes; calls `emit` with each completed line (without the
-    /// newline, control characters replaced by `.`).
+    /// newline, control characters replaced by `.`: ASCII's here, C1 and
+    /// Unicode format controls in `flush`).
     pub fn push(&mut self, bytes: &[u8], emit: &mut impl FnMut(&str)) {
         for &b in bytes {
             match b {
@@ -40,10 +41,23 @@ impl LineBuffer {
     /// Emits what is left (at exit).
     pub fn flush(&mut self, emit: &mut impl FnMut(&str)) {
         if !self.line.is_empty() {
-            emit(&alloc::string::String::from_utf8_lossy(&self.line));
+            let text: alloc::string::String =
+                alloc::string::String::from_utf8_lossy(&self.line).chars().map(|c| if is_control(c) { '.' } else { c }).collect();
+            emit(&text);
             self.line.clear();
         }
     }
+}
+
+/// Characters a terminal acts on instead of showing, beyond ASCII's (those
+/// are replaced byte by byte in `push`): the C1 controls (U+0080..U+009F,
+/// among them CSI, which starts escape sequences on terminals that take
+/// 8-bit controls), and the Unicode format controls that reorder or hide
+/// text (bidi overrides and isolates, zero-width characters, line and
+/// paragraph separators), with which a line could show other text than it
+/// holds.
+fn is_control(c: char) -> bool {
+    matches!(c, '\u{80}'..='\u{9f}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}')
 }
 
 #[cfg(test)]
@@ -68,6 +82,10 @@ mod tests {
     #[test]
     fn escapes_control_characters_and_bounds_lines() {
         assert_eq!(lines(&[b"\x1b[2Jx\x07"]), [".[2Jx."]);
+        // C1 CSI (U+009B in UTF-8), a bidi override, a line separator, DEL.
+        assert_eq!(lines(&["a\u{9b}2Jb\u{202e}c\u{2028}d\x7f".as_bytes()]), ["a.2Jb.c.d."]);
+        // Other text passes, and invalid UTF-8 becomes U+FFFD.
+        assert_eq!(lines(&["héllo wörld ✓".as_bytes(), b"\xff\n"]), ["héllo wörld ✓\u{fffd}"]);
         let long = vec![b'a'; LINE_MAX * 2 + 5];
         let l = lines(&[&long]);
         assert_eq!(l.len(), 3);
