@@ -52,9 +52,8 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         n += 1;
     }
     let ram = &ram_buf[..n];
-    let max_phys = ram.iter().map(|r| r.end).max().unwrap_or(0);
     // SAFETY: called once, on the boot tables.
-    let kernel_root = unsafe { paging::init(max_phys, &features) };
+    let kernel_root = unsafe { paging::init(ram, &features) };
     harden(&features);
 
     let module = boot.module.map(|(pa, len)| pa..pa + len);

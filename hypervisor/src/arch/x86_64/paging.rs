@@ -1,7 +1,8 @@
 //! The hypervisor's page tables and its view of physical memory.
 //!
 //! `init` replaces the boot tables with the real ones: every byte of RAM
-//! mapped once at [`PHYS_OFFSET`] (read-write, no-execute, supervisor), and
+//! (and nothing but RAM) mapped once at [`PHYS_OFFSET`] (read-write,
+//! no-execute, supervisor), and
 //! the hypervisor image at `KERNEL_VMA` with per-section permissions (text
 //! read-execute, rodata read-only, data read-write no-execute). The lower
 //! half is left empty for guests; each guest's PML4 copies the upper half.
@@ -84,20 +85,37 @@ impl PhysMem for EarlyMem {
 
 /// Builds the hypervisor's tables, switches to them and returns the root.
 ///
+/// The direct map covers the RAM ranges of the memory map and nothing
+/// else: no device window is mapped write-back there (device registers are
+/// mapped uncached, once, by [`map_device`]), and the local APIC's page has
+/// no cacheable alias. Each range takes the largest pages that fit it.
+///
 /// # Safety
 /// Called once, on the boot tables, before anything uses the direct map.
-pub unsafe fn init(max_phys: u64, features: &super::cpu::Features) -> PhysAddr {
+pub unsafe fn init(ram: &[Range<PhysAddr>], features: &super::cpu::Features) -> PhysAddr {
     let mut mem = EarlyMem { next: 0 };
     let root = mem.alloc().expect("early pool");
     let table = Pte::WRITABLE;
     let global = if features.pge { Pte::GLOBAL } else { Pte::empty() };
     let nx = if features.nx { Pte::NO_EXECUTE } else { Pte::empty() };
-    let (level, step) = if features.pdpe1gb { (3, 1u64 << 30) } else { (2, 2u64 << 20) };
-    let mut pa = 0;
-    while pa < max_phys {
-        paging::map(&mut mem, root, PHYS_OFFSET + pa, pa, Pte::WRITABLE | nx | global, level, table)
-            .expect("direct map: early pool too small");
-        pa += step;
+    const MIB2: u64 = 2 << 20;
+    const GIB: u64 = 1 << 30;
+    for r in ram {
+        let (mut pa, end) = (r.start.next_multiple_of(FRAME_SIZE), r.end & !(FRAME_SIZE - 1));
+        while pa < end {
+            let fits = |size: u64| pa.is_multiple_of(size) && end - pa >= size;
+            let (level, size) = match () {
+                _ if features.pdpe1gb && fits(GIB) => (3, GIB),
+                _ if fits(MIB2) => (2, MIB2),
+                _ => (1, FRAME_SIZE),
+            };
+            match paging::map(&mut mem, root, PHYS_OFFSET + pa, pa, Pte::WRITABLE | nx | global, level, table) {
+                // Overlapping memory-map entries: mapped already.
+                Ok(_) | Err(paging::MapError::AlreadyMapped) => {}
+                Err(e) => panic!("direct map of {pa:#x}: {e:?} (early pool of {POOL} tables)"),
+            }
+            pa += size;
+        }
     }
     // SAFETY: linker-defined symbols; only their addresses are used.
     let sections = unsafe {
