@@ -697,6 +697,18 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
         Err(why) => println!("[hv] uplink: {why}; guests can reach each other but not the host"),
     }
     let exit_when_idle = bundle.flags & FLAG_EXIT_WHEN_IDLE != 0;
+    let spec = cpu::speculation();
+    let verw = (spec.mds && spec.md_clear) || bundle.flags & abi::bundle::FLAG_FORCE_MITIGATIONS != 0;
+    entry::clear_buffers_on_entry(verw);
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    println!(
+        "[hv] speculation: meltdown {}{}, mds {}{}; buffers cleared on every guest entry: {}",
+        yes(spec.meltdown),
+        if spec.meltdown { " (NOT mitigated: page-table isolation is not built yet)" } else { "" },
+        yes(spec.mds),
+        if spec.mds && !spec.md_clear { " (NOT mitigated: no MD_CLEAR microcode)" } else { "" },
+        if verw && !spec.mds { "yes (forced)" } else { yes(verw) }
+    );
     let host = HOST.call_once(|| Host {
         kernel_root,
         time,

@@ -42,6 +42,9 @@ fn config(manifest_toml: &str, cpus: u32) -> xtask::RunConfig {
         manifest: xtask::ManifestSource::Text { text: manifest_toml.to_string(), base_dir: workspace_root().to_path_buf() },
         exit_when_idle: true,
         smp: cpus,
+        // The speculation mitigations' path runs in every test, although
+        // TCG's CPU does not need it.
+        force_mitigations: true,
         ..xtask::RunConfig::default()
     }
 }

@@ -197,6 +197,8 @@ impl Bench {
             bundle: None,
             gdb: None,
             detach: None,
+            // Measure what this CPU needs, no more.
+            force_mitigations: false,
         }
     }
 

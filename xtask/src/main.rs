@@ -146,6 +146,10 @@ struct RunArgs {
     /// to attach gdb to the hypervisor and to the guests.
     #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "1234")]
     gdb: Option<u16>,
+    /// Clear CPU buffers (VERW) on every return to a guest even where the
+    /// CPU does not need it (the tests run this way).
+    #[arg(long)]
+    force_mitigations: bool,
 }
 
 fn main() -> ExitCode {
@@ -181,6 +185,7 @@ impl Command {
                     bundle: Some(xtask::workspace_root().join("target/run/bundle.bin")),
                     gdb: args.gdb,
                     detach: None,
+                    force_mitigations: args.force_mitigations,
                 };
                 if args.detach {
                     let dir = xtask::ctl::default_dir();

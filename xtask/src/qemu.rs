@@ -138,6 +138,9 @@ pub struct RunConfig {
     /// Run detached: the console goes to `DIR/console.log` and the control
     /// channel (COM2) is the Unix socket `DIR/control.sock` (see `ctl`).
     pub detach: Option<PathBuf>,
+    /// Clear CPU buffers on every return to a guest even where the CPU
+    /// does not need it (the speculation mitigations' path, tested here).
+    pub force_mitigations: bool,
 }
 
 impl Default for RunConfig {
@@ -151,6 +154,7 @@ impl Default for RunConfig {
             detach: None,
             memory: "512M".into(),
             bundle: None,
+            force_mitigations: false,
         }
     }
 }
@@ -250,6 +254,10 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
 
     let flags = if cfg.exit_when_idle {
         abi::bundle::FLAG_EXIT_WHEN_IDLE
+    } else {
+        0
+    } | if cfg.force_mitigations {
+        abi::bundle::FLAG_FORCE_MITIGATIONS
     } else {
         0
     };

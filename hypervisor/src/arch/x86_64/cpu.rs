@@ -32,6 +32,40 @@ pub fn features() -> Features {
     }
 }
 
+/// IA32_ARCH_CAPABILITIES: which speculation flaws the CPU does not have.
+const MSR_ARCH_CAPABILITIES: u32 = 0x10a;
+const ARCH_CAP_RDCL_NO: u64 = 1 << 0;
+const ARCH_CAP_MDS_NO: u64 = 1 << 5;
+const ARCH_CAP_TAA_NO: u64 = 1 << 8;
+
+/// The speculative-execution flaws that matter to a hypervisor whose
+/// guests share its page tables' upper half, as CPUID and
+/// IA32_ARCH_CAPABILITIES describe them (only Intel's CPUs have them;
+/// an Intel CPU without the MSR has them all).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Speculation {
+    /// Rogue data cache load (Meltdown): ring 3 reads supervisor pages
+    /// speculatively.
+    pub meltdown: bool,
+    /// Microarchitectural data sampling (and TSX async abort): ring 3
+    /// samples the CPU's internal buffers.
+    pub mds: bool,
+    /// VERW clears those buffers (the microcode has MD_CLEAR).
+    pub md_clear: bool,
+}
+
+pub fn speculation() -> Speculation {
+    let l0 = __cpuid_count(0, 0);
+    let intel = (l0.ebx, l0.edx, l0.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e); // "GenuineIntel"
+    let l7 = __cpuid_count(7, 0);
+    let caps = if l7.edx & (1 << 29) != 0 { rdmsr(MSR_ARCH_CAPABILITIES) } else { 0 };
+    Speculation {
+        meltdown: intel && caps & ARCH_CAP_RDCL_NO == 0,
+        mds: intel && caps & (ARCH_CAP_MDS_NO | ARCH_CAP_TAA_NO) != (ARCH_CAP_MDS_NO | ARCH_CAP_TAA_NO),
+        md_clear: l7.edx & (1 << 10) != 0,
+    }
+}
+
 /// # Safety
 /// The caller knows what the MSR controls and that the value is valid.
 pub unsafe fn wrmsr(msr: u32, value: u64) {

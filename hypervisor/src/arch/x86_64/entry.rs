@@ -47,6 +47,21 @@ fn percpu() -> *mut PerCpu {
 }
 
 
+/// Whether every return to a guest clears the CPU's buffers with VERW
+/// (set once at boot, before any guest runs: [`clear_buffers_on_entry`]).
+#[unsafe(no_mangle)]
+static VERW_ON_ENTRY: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+/// VERW's operand: any valid writable data selector.
+#[unsafe(no_mangle)]
+static VERW_SELECTOR: u16 = KERNEL_DS;
+
+/// Makes every return to a guest clear the CPU's internal buffers (VERW
+/// with MD_CLEAR microcode), so that nothing the hypervisor just handled
+/// can be sampled by the guest (MDS, TAA). Call before any guest runs.
+pub fn clear_buffers_on_entry(on: bool) {
+    VERW_ON_ENTRY.store(on as u8, core::sync::atomic::Ordering::Relaxed);
+}
+
 /// MXCSR for the hypervisor's own code (all exceptions masked).
 #[unsafe(no_mangle)]
 static KERNEL_MXCSR: u32 = 0x1f80;
@@ -339,6 +354,13 @@ enter_guest:
     movq {r14}(%rdi), %r14
     movq {r15}(%rdi), %r15
     movq {rdi}(%rdi), %rdi
+    /* Last, after every load of hypervisor memory: clear the CPU's
+       buffers where that is needed (VERW changes only ZF, and iretq
+       loads the guest's flags). */
+    testb $1, VERW_ON_ENTRY(%rip)
+    jz 6f
+    verw VERW_SELECTOR(%rip)
+6:
     swapgs
     iretq
 2:
@@ -358,6 +380,10 @@ enter_guest:
     movq {r15}(%rdi), %r15
     movq {rsp}(%rdi), %rsp
     movq {rdi}(%rdi), %rdi
+    testb $1, VERW_ON_ENTRY(%rip)
+    jz 7f
+    verw VERW_SELECTOR(%rip)
+7:
     swapgs
     sysretq
     "#,
