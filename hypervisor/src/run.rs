@@ -465,7 +465,7 @@ impl Host {
                 }
                 Ok(Request::Stats) => {
                     let rows: Vec<String> =
-                        self.guests.lock().iter().enumerate().filter_map(|(id, g)| Some(stats_line(g.as_ref()?, "running", self.net.port(id)))).collect();
+                        (0..self.count.load(Ordering::Acquire)).filter_map(|id| self.waiting_stats_line(id)).collect();
                     format!(r#"{{"guests":[{}],"machine":{}}}"#, rows.join(","), self.machine_line())
                 }
                 Ok(Request::Capture { what, count, secs }) => {
@@ -571,6 +571,14 @@ impl Host {
         )
     }
 
+    /// Guest `id`'s accounting line if it is waiting in the table (not on
+    /// a CPU, not ended). The table's lock is held for this one guest only,
+    /// so a listing of thousands does not keep every CPU from its guests.
+    fn waiting_stats_line(&self, id: usize) -> Option<String> {
+        let guests = self.guests.lock();
+        Some(stats_line(guests.get(id)?.as_ref()?, "running", self.net.port(id)))
+    }
+
     /// Reads console input: `stats` prints every waiting guest's accounting
     /// line and the machine line, `machine` only the machine line.
     fn poll_console(&self, line: &mut String) {
@@ -578,10 +586,8 @@ impl Host {
             match b {
                 b'\r' | b'\n' => {
                     if line.trim() == "stats" {
-                        for (id, g) in self.guests.lock().iter().enumerate() {
-                            if let Some(g) = g {
-                                println!("{}", stats_line(g, "running", self.net.port(id)));
-                            }
+                        for line in (0..self.count.load(Ordering::Acquire)).filter_map(|id| self.waiting_stats_line(id)) {
+                            println!("{line}");
                         }
                         println!("{}", self.machine_line());
                     } else if line.trim() == "machine" {
