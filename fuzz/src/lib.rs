@@ -18,6 +18,7 @@
 //! | [`hypercall`] | `Guest::handle_exit` with arbitrary registers | never resumes at a non-canonical ip; charges stay under the limit; destroying returns every frame |
 //! | [`ring`] | `abi::ring::Consumer` (and `Producer`) over a lying peer | no access outside the ring; lengths checked; indices move only as documented |
 //! | [`switch`] | `net::switch::Switch` operations and frames | never delivers across tenants or back to the sender; counters add up |
+//! | [`control`] | `control::Session` bytes and requests, over real image loading and guest creation | every answer is one JSON line; uploads stay within the room offered; stopping and unloading everything returns every frame |
 
 pub mod images;
 pub mod input;
@@ -25,6 +26,7 @@ pub mod mem;
 pub mod mutate;
 mod targets;
 
+pub use targets::control::control;
 pub use targets::hypercall::hypercall;
 pub use targets::image::image;
 pub use targets::manifest::manifest;
@@ -41,6 +43,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("hypercall", hypercall),
     ("ring", ring),
     ("switch", switch),
+    ("control", control),
 ];
 
 /// The target called `name`.
@@ -57,6 +60,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         "hypercall" => targets::hypercall::seeds(),
         "ring" => targets::ring::seeds(),
         "switch" => targets::switch::seeds(),
+        "control" => targets::control::seeds(),
         _ => Vec::new(),
     }
 }

@@ -42,9 +42,14 @@ fn switch() {
 }
 
 #[test]
+fn control() {
+    run("control");
+}
+
+#[test]
 fn every_target_has_a_short_run() {
     let names: Vec<&str> = fuzz::TARGETS.iter().map(|(n, _)| *n).collect();
-    assert_eq!(names, ["image", "manifest", "hypercall", "ring", "switch"]);
+    assert_eq!(names, ["image", "manifest", "hypercall", "ring", "switch", "control"]);
 }
 
 #[test]

@@ -256,7 +256,7 @@ impl Host {
     fn cpu_loop(&self, me: usize) {
         let mut timed_out = Vec::new();
         let mut console_in = String::new();
-        let mut control_in = hypervisor::control::LineReader::default();
+        let mut control_in = hypervisor::control::Session::default();
         let mut last_balance = 0;
         loop {
             if me == 0 {
@@ -351,167 +351,17 @@ impl Host {
         }
     }
 
-    /// Answers the requests waiting on the control channel.
-    ///
-    /// Reads only what the UART holds now, a byte at a time, and never
-    /// waits for more: a client that sends half a request (or begins an
-    /// upload and goes quiet) costs nothing but its buffer, and is answered
-    /// with an error once it has been quiet for [`CONTROL_STALL_NS`]. While
-    /// bytes are flowing CPU 0 looks again soon ([`Host::control_flowing`]),
-    /// which is what keeps uploads fast with a 16-byte FIFO.
-    fn poll_control(&self, reader: &mut hypervisor::control::LineReader) {
-        use hypervisor::control::{Request, json_str, parse};
+    /// Answers the requests waiting on the control channel
+    /// (`hypervisor::control::Session` reads and bounds them, and never
+    /// waits for a byte). While bytes are arriving CPU 0 looks again soon ([`Host::control_flowing`]), which is what keeps
+    /// uploads fast with the UART's 16-byte FIFO and no interrupt.
+    fn poll_control(&self, session: &mut hypervisor::control::Session) {
         let now = self.now();
-        while let Some(b) = serial::control_read() {
+        let read = session.poll(self, now, &mut serial::control_read, &mut |a| serial::control_write_line(a));
+        // Only bytes that arrive count: a client that went quiet half-way
+        // gets no faster polling, just its timeout.
+        if read > 0 {
             self.control_rx_ns.store(now, Ordering::Relaxed);
-            let Some(line) = reader.push(b, now) else { continue };
-            let answer = match line.as_deref().map_err(|e| *e).and_then(parse) {
-                Err(e) => format!(r#"{{"error":{}}}"#, json_str(e)),
-                // Upload chunks are not answered (image-end says how it went).
-                Ok(Request::ImageData(bytes)) => {
-                    let mut c = self.creating.lock();
-                    match &mut c.upload {
-                        Some(u) if u.data.len() + bytes.len() <= u.len => {
-                            // Within the capacity reserved at image-begin: no allocation.
-                            u.data.extend_from_slice(&bytes);
-                            u.last_ns = now;
-                        }
-                        // Too much: image-end reports the mismatch.
-                        Some(u) => u.overflowed = true,
-                        None => {}
-                    }
-                    continue;
-                }
-                Ok(Request::Images) => {
-                    let names: Vec<String> = self.images.lock().iter().filter(|(_, i)| i.is_ok()).map(|(n, _)| json_str(n)).collect();
-                    format!(r#"{{"images":[{}]}}"#, names.join(","))
-                }
-                Ok(Request::ImageBegin { name, len }) => {
-                    let (heap, heap_used) = crate::heap_usage();
-                    if len > hypervisor::image::MAX_IMAGE_BYTES {
-                        format!(r#"{{"error":"the image is larger than {} MiB"}}"#, hypervisor::image::MAX_IMAGE_BYTES >> 20)
-                    } else if heap - heap_used < len.saturating_add(2 * HEAP_HEADROOM) {
-                        r#"{"error":"the hypervisor's heap has no room for that image now"}"#.into()
-                    } else if self.images.lock().len() >= MAX_IMAGES {
-                        format!(r#"{{"error":"{MAX_IMAGES} images are loaded already"}}"#)
-                    } else {
-                        let mut data = Vec::new();
-                        match data.try_reserve_exact(len) {
-                            Ok(()) => {
-                                self.creating.lock().upload = Some(Upload { name: name.into(), len, data, last_ns: now, overflowed: false });
-                                format!(r#"{{"receiving":{}}}"#, json_str(name))
-                            }
-                            Err(_) => r#"{"error":"the hypervisor's heap has no room for that image now"}"#.into(),
-                        }
-                    }
-                }
-                Ok(Request::ImageEnd) => match self.creating.lock().upload.take() {
-                    Some(Upload { name, len, data, overflowed: false, .. }) if data.len() == len => {
-                        let loaded = load_image(&name, &data);
-                        drop(data);
-                        match loaded {
-                            Ok(img) => {
-                                self.images.lock().push((name.clone(), Ok(img)));
-                                format!(r#"{{"image":{}}}"#, json_str(&name))
-                            }
-                            Err(why) => format!(r#"{{"error":{}}}"#, json_str(&format!("image {name} rejected: {why}"))),
-                        }
-                    }
-                    Some(_) => r#"{"error":"the upload did not match its length"}"#.into(),
-                    None => r#"{"error":"no upload in progress (image-begin first)"}"#.into(),
-                },
-                Ok(Request::Start { name, image, memory, tenant, args }) => {
-                    let index = self.images.lock().iter().position(|(n, i)| n == image && i.is_ok());
-                    match index {
-                        _ if self.find(name).is_some() => format!(r#"{{"error":{}}}"#, json_str(&format!("a guest named {name} exists already"))),
-                        // A limit the machine could never honour is a mistake (as in a manifest).
-                        _ if memory > total_frames() as u64 * 4096 => format!(
-                            r#"{{"error":{}}}"#,
-                            json_str(&format!("guest {name} not started: memory {} is more than the machine's {}", sizes(memory), sizes(total_frames() as u64 * 4096)))
-                        ),
-                        None => format!(r#"{{"error":{}}}"#, json_str(&format!("no image {image} (see images)"))),
-                        Some(i) => {
-                            let st = abi::bundle::Settings { memory, tenant: tenant.unwrap_or(abi::bundle::TENANT_NONE), ..Default::default() };
-                            match self.create_guest(name, i, &st, &args) {
-                                Ok(c) => {
-                                    println!("[hv] guest {name} started ({})", c.describe);
-                                    let ip = c.ip.map_or("null".into(), |a| format!(r#""{}.{}.{}.{}""#, a[0], a[1], a[2], a[3]));
-                                    format!(r#"{{"started":{},"ip":{ip}}}"#, json_str(name))
-                                }
-                                Err(e) => format!(r#"{{"error":{}}}"#, json_str(&format!("guest {name} not started: {e}"))),
-                            }
-                        }
-                    }
-                }
-                Ok(Request::List) => {
-                    let switch = self.net.switch.lock();
-                    let rows: Vec<String> = self
-                        .boards()
-                        .map(|(id, b)| {
-                            let st = self.net.port(id).and_then(|p| switch.stats(p.switch_port)).unwrap_or_default();
-                            format!(
-                                r#"{{"name":{},"tenant":{},"state":"{}","cpu_ns":{},"memory_bytes":{},"sent_frames":{},"received_frames":{}}}"#,
-                                json_str(&b.name),
-                                b.tenant.map_or("null".into(), |t| format!("{t}")),
-                                STATE_NAMES[b.state.load(Ordering::Relaxed) as usize],
-                                b.cpu_ns.load(Ordering::Relaxed),
-                                b.memory_bytes.load(Ordering::Relaxed),
-                                st.rx_frames,
-                                st.tx_frames
-                            )
-                        })
-                        .collect();
-                    format!(r#"{{"guests":[{}]}}"#, rows.join(","))
-                }
-                Ok(Request::Stats) => {
-                    let rows: Vec<String> =
-                        (0..self.count.load(Ordering::Acquire)).filter_map(|id| self.waiting_stats_line(id)).collect();
-                    format!(r#"{{"guests":[{}],"machine":{}}}"#, rows.join(","), self.machine_line())
-                }
-                Ok(Request::Capture { what, count, secs }) => {
-                    let target = match what.strip_prefix("tenant:") {
-                        Some(t) => t.parse().ok().map(vnic::CaptureTarget::Tenant),
-                        None => self.find(what).map(vnic::CaptureTarget::Guest),
-                    };
-                    match target {
-                        None => format!(r#"{{"error":{}}}"#, json_str(&format!("no guest or tenant {what}"))),
-                        Some(t) => {
-                            *self.net.capture.lock() = vnic::Capture {
-                                target: Some(t),
-                                max: count,
-                                until_ns: self.now().saturating_add(u64::from(secs) * 1_000_000_000),
-                                ..Default::default()
-                            };
-                            self.net.capturing.store(true, Ordering::Release);
-                            format!(r#"{{"capturing":{}}}"#, json_str(what))
-                        }
-                    }
-                }
-                Ok(Request::Stop(name)) => match self.find(name) {
-                    None => format!(r#"{{"error":{}}}"#, json_str(&format!("no guest {name}"))),
-                    Some(id) if self.board(id).state.load(Ordering::Relaxed) >= EXITED => {
-                        format!(r#"{{"error":{}}}"#, json_str(&format!("guest {name} has already ended")))
-                    }
-                    Some(id) => {
-                        self.board(id).kill.store(true, Ordering::Release);
-                        self.wake(id, 0);
-                        format!(r#"{{"stopped":{}}}"#, json_str(name))
-                    }
-                },
-            };
-            serial::control_write_line(&answer);
-        }
-        if reader.stalled(now) {
-            reader.clear();
-            serial::control_write_line(r#"{"error":"request timed out: no end of line within 5 s"}"#);
-        }
-        let mut c = self.creating.lock();
-        if c.upload.as_ref().is_some_and(|u| now.saturating_sub(u.last_ns) > hypervisor::control::STALL_NS) {
-            c.upload = None;
-            drop(c);
-            serial::control_write_line(r#"{"error":"upload timed out: no image-data within 5 s; begin again"}"#);
-        } else {
-            drop(c);
         }
         if self.net.capturing.load(Ordering::Acquire) {
             self.drain_capture();
@@ -851,20 +701,6 @@ const SPARE_GUESTS: usize = 1024;
 struct Creating {
     /// Guests with a vNIC so far, per tenant (see abi::guest_ipv4).
     next_host: Vec<u32>,
-    /// An image arriving over the control channel.
-    upload: Option<Upload>,
-}
-
-/// An image arriving over the control channel (`image-begin`, `image-data`...).
-struct Upload {
-    name: String,
-    /// Its announced size; `data` has that capacity reserved.
-    len: usize,
-    data: Vec<u8>,
-    /// When the last chunk came (a quiet upload is dropped).
-    last_ns: u64,
-    /// More bytes came than announced.
-    overflowed: bool,
 }
 
 /// A guest just created.
@@ -1047,4 +883,85 @@ fn write_boot_info(page: u64, image: &LoadedImage, memory: u64, time: &TimeInfo)
     // mapped and not yet visible to the guest; RawBootInfo fits before
     // START_INFO_OFFSET (checked at compile time above).
     unsafe { core::ptr::write_unaligned(phys_to_virt(page) as *mut RawBootInfo, raw) };
+}
+
+impl hypervisor::control::ControlHost for Host {
+    fn upload_room(&self) -> usize {
+        let (heap, heap_used) = crate::heap_usage();
+        heap.saturating_sub(heap_used).saturating_sub(2 * HEAP_HEADROOM)
+    }
+
+    fn image_slot_free(&self) -> bool {
+        self.images.lock().len() < MAX_IMAGES
+    }
+
+    fn image_names(&self) -> Vec<String> {
+        self.images.lock().iter().filter(|(_, i)| i.is_ok()).map(|(n, _)| n.clone()).collect()
+    }
+
+    fn add_image(&self, name: &str, data: &[u8]) -> Result<(), String> {
+        let img = load_image(name, data)?;
+        self.images.lock().push((name.into(), Ok(img)));
+        Ok(())
+    }
+
+    fn start(&self, name: &str, image: &str, memory: u64, tenant: Option<u32>, args: &[&str]) -> Result<Option<[u8; 4]>, String> {
+        if self.find(name).is_some() {
+            return Err(format!("a guest named {name} exists already"));
+        }
+        // A limit the machine could never honour is a mistake (as in a manifest).
+        let machine = total_frames() as u64 * 4096;
+        if memory > machine {
+            return Err(format!("guest {name} not started: memory {} is more than the machine's {}", sizes(memory), sizes(machine)));
+        }
+        let index = self.images.lock().iter().position(|(n, i)| n == image && i.is_ok()).ok_or_else(|| format!("no image {image} (see images)"))?;
+        let st = abi::bundle::Settings { memory, tenant: tenant.unwrap_or(abi::bundle::TENANT_NONE), ..Default::default() };
+        let c = self.create_guest(name, index, &st, args).map_err(|e| format!("guest {name} not started: {e}"))?;
+        println!("[hv] guest {name} started ({})", c.describe);
+        Ok(c.ip)
+    }
+
+    fn stop(&self, name: &str) -> Result<(), String> {
+        let id = self.find(name).ok_or_else(|| format!("no guest {name}"))?;
+        if self.board(id).state.load(Ordering::Relaxed) >= EXITED {
+            return Err(format!("guest {name} has already ended"));
+        }
+        self.board(id).kill.store(true, Ordering::Release);
+        self.wake(id, 0);
+        Ok(())
+    }
+
+    fn list(&self, row: &mut dyn FnMut(hypervisor::control::Row<'_>)) {
+        let switch = self.net.switch.lock();
+        for (id, b) in self.boards() {
+            let st = self.net.port(id).and_then(|p| switch.stats(p.switch_port)).unwrap_or_default();
+            row(hypervisor::control::Row {
+                name: &b.name,
+                tenant: b.tenant,
+                state: STATE_NAMES[b.state.load(Ordering::Relaxed) as usize],
+                cpu_ns: b.cpu_ns.load(Ordering::Relaxed),
+                memory_bytes: b.memory_bytes.load(Ordering::Relaxed),
+                // The switch counts what it received from the port (the
+                // guest sent) and what it transmitted to it.
+                sent_frames: st.rx_frames,
+                received_frames: st.tx_frames,
+            });
+        }
+    }
+
+    fn stats(&self) -> (Vec<String>, String) {
+        ((0..self.count.load(Ordering::Acquire)).filter_map(|id| self.waiting_stats_line(id)).collect(), self.machine_line())
+    }
+
+    fn capture(&self, what: &str, count: u32, secs: u32) -> Result<(), String> {
+        let target = match what.strip_prefix("tenant:") {
+            Some(t) => t.parse().ok().map(vnic::CaptureTarget::Tenant),
+            None => self.find(what).map(vnic::CaptureTarget::Guest),
+        };
+        let t = target.ok_or_else(|| format!("no guest or tenant {what}"))?;
+        *self.net.capture.lock() =
+            vnic::Capture { target: Some(t), max: count, until_ns: self.now().saturating_add(u64::from(secs) * 1_000_000_000), ..Default::default() };
+        self.net.capturing.store(true, Ordering::Release);
+        Ok(())
+    }
 }

@@ -1,5 +1,6 @@
 //! The targets' bodies and their seeds.
 
+pub mod control;
 pub mod hypercall;
 pub mod image;
 pub mod manifest;

@@ -20,6 +20,10 @@
 //! of its last byte, and an upload with no `image-data` for as long, are
 //! dropped with an error: a quiet client holds nothing but its buffer.
 
+mod session;
+
+pub use session::{ControlHost, Row, Session};
+
 /// Longest request line (an `image-data` line of 4096 bytes in hex fits);
 /// longer ones are refused whole.
 pub const LINE_MAX: usize = 8448;

@@ -1,0 +1,234 @@
+//! The control channel's handling, not only its parsing: fuzz-chosen bytes
+//! and well-formed requests with fuzz-chosen numbers go through
+//! `control::Session` to a host with the hypervisor's real state behind
+//! it: uploaded images are validated and loaded by `Image::parse` and
+//! `LoadedImage::load`, guests are created by `Guest::create` and
+//! destroyed on `stop`, all over simulated memory of bounded size.
+//!
+//! Invariants: no panic; every answer is one line holding one JSON object;
+//! an upload holds at most what the host said it had room for; stopping
+//! every guest and unloading every image gives every frame back.
+
+use std::cell::RefCell;
+
+use hypervisor::control::{ControlHost, Row, STALL_NS, Session};
+use hypervisor::guest::{Guest, LoadedImage};
+use hypervisor::image::Image;
+use hypervisor::mm::PhysMem;
+
+use crate::images;
+use crate::input::Input;
+use crate::mem::FuzzMem;
+
+/// Bytes an upload may take (the hypervisor says what its heap has left).
+const ROOM: usize = 64 << 10;
+/// Frames of the simulated machine.
+const FRAMES: usize = 512;
+/// Most operations per input.
+const MAX_OPS: usize = 64;
+
+struct State {
+    mem: FuzzMem,
+    kernel_root: u64,
+    time_page: u64,
+    images: Vec<(String, LoadedImage)>,
+    guests: Vec<(String, Guest)>,
+}
+
+struct FuzzHost(RefCell<State>);
+
+impl ControlHost for FuzzHost {
+    fn upload_room(&self) -> usize {
+        ROOM
+    }
+    fn image_slot_free(&self) -> bool {
+        self.0.borrow().images.len() < 4
+    }
+    fn image_names(&self) -> Vec<String> {
+        self.0.borrow().images.iter().map(|(n, _)| n.clone()).collect()
+    }
+    fn add_image(&self, name: &str, data: &[u8]) -> Result<(), String> {
+        let parsed = Image::parse(data).map_err(|e| e.to_string())?;
+        let st = &mut *self.0.borrow_mut();
+        let loaded = LoadedImage::load(&mut st.mem, name, &parsed).ok_or("the machine is out of memory")?;
+        st.images.push((name.into(), loaded));
+        Ok(())
+    }
+    fn start(&self, name: &str, image: &str, memory: u64, _tenant: Option<u32>, args: &[&str]) -> Result<Option<[u8; 4]>, String> {
+        let st = &mut *self.0.borrow_mut();
+        if st.guests.iter().any(|(n, _)| n == name) {
+            return Err(format!("a guest named {name} exists already"));
+        }
+        let machine = (FRAMES * 4096) as u64;
+        if memory > machine {
+            return Err(format!("memory {memory} is more than the machine's {machine}"));
+        }
+        let img = st.images.iter().find(|(n, _)| n == image).map(|(_, i)| i).ok_or_else(|| format!("no image {image}"))?;
+        let g = Guest::create(&mut st.mem, st.kernel_root, st.time_page, img, name, args, memory, |_, _| {}).map_err(|e| e.to_string())?;
+        st.guests.push((name.into(), g));
+        Ok(None)
+    }
+    fn stop(&self, name: &str) -> Result<(), String> {
+        let st = &mut *self.0.borrow_mut();
+        let i = st.guests.iter().position(|(n, _)| n == name).ok_or_else(|| format!("no guest {name}"))?;
+        let (_, g) = st.guests.remove(i);
+        g.destroy(&mut st.mem);
+        Ok(())
+    }
+    fn list(&self, row: &mut dyn FnMut(Row<'_>)) {
+        for (n, g) in &self.0.borrow().guests {
+            row(Row { name: n, tenant: None, state: "waiting", cpu_ns: 0, memory_bytes: g.memory.charged_bytes(), sent_frames: 0, received_frames: 0 });
+        }
+    }
+    fn stats(&self) -> (Vec<String>, String) {
+        let st = self.0.borrow();
+        let guests = st.guests.iter().map(|(n, g)| format!(r#"{{"guest":"{n}","memory_bytes":{}}}"#, g.memory.charged_bytes())).collect();
+        (guests, format!(r#"{{"event":"machine","live_frames":{}}}"#, st.mem.live))
+    }
+    fn capture(&self, what: &str, _count: u32, _secs: u32) -> Result<(), String> {
+        let st = self.0.borrow();
+        match what.strip_prefix("tenant:") {
+            Some(t) => t.parse::<u32>().map(|_| ()).map_err(|_| format!("no tenant {t}")),
+            None if st.guests.iter().any(|(n, _)| n == what) => Ok(()),
+            None => Err(format!("no guest or tenant {what}")),
+        }
+    }
+}
+
+/// A valid image for uploads (the image target's smallest seed).
+fn valid_image() -> Vec<u8> {
+    images::hermit_tar(images::hermit_toml("hello", &["a"]).as_bytes(), &images::small_elf())
+}
+
+/// The valid image and its hex, made once.
+static IMAGE: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
+
+/// Each byte's two hex digits.
+const HEX: [[u8; 2]; 256] = {
+    let digits = *b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [digits[i >> 4], digits[i & 15]];
+        i += 1;
+    }
+    t
+};
+
+const NAMES: &[&str] = &["a", "b", "x.hermit", "up", "g-0", ""];
+
+fn name(inp: &mut Input<'_>) -> &'static str {
+    NAMES[inp.below(NAMES.len())]
+}
+
+fn number(inp: &mut Input<'_>) -> String {
+    match inp.u8() % 6 {
+        0 => inp.u8().to_string(),
+        1 => (inp.u32() as u64 * 4096).to_string(),
+        2 => inp.u64().to_string(),
+        3 => "99999999999999999999999".into(),
+        4 => format!("-{}", inp.u8()),
+        _ => String::from_utf8_lossy(inp.bytes(4)).into_owned(),
+    }
+}
+
+pub fn control(data: &[u8]) {
+    let mut inp = Input::new(data);
+    let mut mem = FuzzMem::new(FRAMES);
+    let kernel_root = mem.alloc().unwrap();
+    let time_page = mem.alloc().unwrap();
+    let host = FuzzHost(RefCell::new(State { mem, kernel_root, time_page, images: Vec::new(), guests: Vec::new() }));
+    let (image, image_hex) = IMAGE.get_or_init(|| {
+        let image = valid_image();
+        let hex = image.iter().flat_map(|&b| HEX[usize::from(b)]).collect();
+        (image, hex)
+    });
+    let mut session = Session::default();
+    let mut now = 0u64;
+    let mut answers = 0usize;
+    for _ in 0..MAX_OPS {
+        if inp.is_empty() {
+            break;
+        }
+        let mut bytes: Vec<u8> = Vec::new();
+        match inp.u8() % 8 {
+            // Raw bytes, anything at all.
+            0 => {
+                let n = inp.below(96);
+                bytes.extend_from_slice(inp.bytes(n));
+            }
+            // A well-formed request with fuzz-chosen words and numbers.
+            1..=3 => {
+                let req = match inp.u8() % 9 {
+                    0 => "list".to_string(),
+                    1 => "stats".into(),
+                    2 => "images".into(),
+                    3 => format!("stop {}", name(&mut inp)),
+                    4 => format!("start {} {} {} {}", name(&mut inp), name(&mut inp), number(&mut inp), number(&mut inp)),
+                    5 => format!("start {} x.hermit {} none a b", name(&mut inp), [65536u64, 1 << 20, 4 << 20][inp.below(3)]),
+                    6 => format!("capture {} {} {}", name(&mut inp), number(&mut inp), number(&mut inp)),
+                    7 => format!("image-begin {} {}", name(&mut inp), number(&mut inp)),
+                    _ => "image-end".into(),
+                };
+                bytes.extend_from_slice(req.as_bytes());
+                bytes.push(if inp.u8() < 240 { b'\n' } else { b'\r' });
+            }
+            // The valid image uploaded, perhaps corrupted, cut or padded.
+            4 => {
+                let mut hex = image_hex.clone();
+                if inp.bool() {
+                    let at = inp.below(image.len());
+                    let b = image[at] ^ (inp.u8() | 1);
+                    hex[2 * at..2 * at + 2].copy_from_slice(&HEX[usize::from(b)]);
+                }
+                let len = if inp.u8() < 32 { inp.below(image.len() + 64) } else { image.len() };
+                bytes.extend_from_slice(format!("image-begin x.hermit {len}\n").as_bytes());
+                for chunk in hex.chunks(2 + 2 * inp.below(4096)) {
+                    bytes.extend_from_slice(b"image-data ");
+                    bytes.extend_from_slice(chunk);
+                    bytes.push(b'\n');
+                }
+                if inp.u8() < 224 {
+                    bytes.extend_from_slice(b"image-end\n");
+                }
+            }
+            // Time passes: a little, or past the stall deadline.
+            5 => now += if inp.bool() { STALL_NS + 1 } else { inp.u32() as u64 },
+            // A line end alone, or a very long line.
+            6 => bytes.push(b'\n'),
+            // Rarely (it is 8 KiB of bytes to push): a line too long.
+            _ if inp.u8() < 8 => bytes.resize(hypervisor::control::LINE_MAX + inp.below(16), b'a'),
+            _ => bytes.extend_from_slice(b"image-data 00\n"),
+        }
+        let mut it = bytes.into_iter();
+        session.poll(&host, now, &mut || it.next(), &mut |a| {
+            answers += 1;
+            assert!(!a.contains('\n'), "an answer of more than one line: {a:?}");
+            let v: serde_json::Value = serde_json::from_str(a).unwrap_or_else(|e| panic!("answer is not JSON ({e}): {a:?}"));
+            assert!(v.is_object(), "answer is not a JSON object: {a:?}");
+        });
+        assert!(session.held_bytes() <= ROOM, "an upload holds {} bytes, more than the {ROOM} offered", session.held_bytes());
+    }
+    let _ = answers;
+    // Everything goes back: guests stopped, images unloaded.
+    let names: Vec<String> = host.0.borrow().guests.iter().map(|(n, _)| n.clone()).collect();
+    for n in names {
+        host.stop(&n).unwrap();
+    }
+    let mut st = host.0.into_inner();
+    for (_, img) in st.images.drain(..) {
+        img.unload(&mut st.mem);
+    }
+    assert_eq!(st.mem.live, 2, "frames leaked: {} live beyond the kernel root and time page", st.mem.live - 2);
+}
+
+pub fn seeds() -> Vec<Vec<u8>> {
+    // Upload the image, start two guests from it, list, stop one, go quiet
+    // half-way through a request and an upload.
+    vec![
+        vec![4, 0, 0, 255, 1, 5, 1, 0, 2, 0, 1, 5, 2, 0, 1, 0, 0, 1, 3, 0, 0],
+        vec![1, 7, 2, 1, 5, 1, 0, 0, 0, 0, 5, 1, 1, 0, 0],
+        [&[0u8, 3][..], b"lis", &[5, 1, 1, 2, 0]].concat(),
+        vec![7, 9, 6, 1, 4, 5, 0, 0, 0],
+    ]
+}

@@ -1,0 +1,310 @@
+//! A control-channel session: the state kept between bytes (the line being
+//! read, an image being uploaded) and the answer to every request, over a
+//! [`ControlHost`], which the hypervisor implements over its guest tables
+//! and the `control` fuzz target over simulated memory.
+//!
+//! Everything a client sends is bounded here before the host sees it: a
+//! line is at most [`LINE_MAX`](super::LINE_MAX) bytes, numbers are
+//! range-checked by [`parse`], an upload reserves its announced length once
+//! (fallibly, within what the host says it has room for) and never grows,
+//! and a half line or an upload quiet for [`STALL_NS`] is dropped with an
+//! error. Nothing here waits for a byte.
+
+use super::{LineReader, Request, STALL_NS, json_str, parse};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// A guest as `list` shows it.
+#[derive(Clone, Copy, Debug)]
+pub struct Row<'a> {
+    pub name: &'a str,
+    pub tenant: Option<u32>,
+    /// `waiting`, `running`, `exited` or `stopped`.
+    pub state: &'a str,
+    pub cpu_ns: u64,
+    pub memory_bytes: u64,
+    pub sent_frames: u64,
+    pub received_frames: u64,
+}
+
+/// What the control channel needs from the hypervisor.
+pub trait ControlHost {
+    /// Bytes an upload may reserve now (the heap's room, less headroom).
+    fn upload_room(&self) -> usize;
+    /// Whether one more image may be loaded.
+    fn image_slot_free(&self) -> bool;
+    /// The names of the images loaded (the bundle's, then uploads).
+    fn image_names(&self) -> Vec<String>;
+    /// Validates and loads an uploaded image; the reason if it is refused.
+    fn add_image(&self, name: &str, data: &[u8]) -> Result<(), String>;
+    /// Creates and starts a guest; its IPv4 address if it has a vNIC.
+    fn start(&self, name: &str, image: &str, memory: u64, tenant: Option<u32>, args: &[&str]) -> Result<Option<[u8; 4]>, String>;
+    /// Marks a guest to be stopped.
+    fn stop(&self, name: &str) -> Result<(), String>;
+    /// Calls `row` for every guest created so far.
+    fn list(&self, row: &mut dyn FnMut(Row<'_>));
+    /// The accounting records of the waiting guests and the machine's
+    /// record, each a JSON object.
+    fn stats(&self) -> (Vec<String>, String);
+    /// Starts capturing the frames of guest `what` or `tenant:N`.
+    fn capture(&self, what: &str, count: u32, secs: u32) -> Result<(), String>;
+}
+
+/// An image arriving in `image-data` chunks.
+struct Upload {
+    name: String,
+    /// Its announced length; `data` has exactly that capacity.
+    len: usize,
+    data: Vec<u8>,
+    /// When the last chunk came.
+    last_ns: u64,
+    /// More bytes came than announced.
+    overflowed: bool,
+}
+
+/// One client's session (the channel has one end).
+#[derive(Default)]
+pub struct Session {
+    reader: LineReader,
+    upload: Option<Upload>,
+}
+
+fn error(why: &str) -> String {
+    format!(r#"{{"error":{}}}"#, json_str(why))
+}
+
+impl Session {
+    /// Whether a request or an upload is under way (the caller then looks
+    /// at the channel again soon).
+    pub fn busy(&self) -> bool {
+        self.reader.in_progress() || self.upload.is_some()
+    }
+
+    /// Bytes held for the client (its unfinished line and upload).
+    pub fn held_bytes(&self) -> usize {
+        self.upload.as_ref().map_or(0, |u| u.data.capacity())
+    }
+
+    /// Handles the bytes `read` yields (what the channel holds now; it
+    /// must not wait for more) and then any request gone quiet at `now_ns`;
+    /// every answer goes to `answer`, one JSON line each. Returns the
+    /// number of bytes read.
+    pub fn poll(&mut self, host: &dyn ControlHost, now_ns: u64, read: &mut dyn FnMut() -> Option<u8>, answer: &mut dyn FnMut(&str)) -> usize {
+        let mut n = 0;
+        while let Some(b) = read() {
+            n += 1;
+            let Some(line) = self.reader.push(b, now_ns) else { continue };
+            if let Some(a) = self.handle(host, now_ns, line.as_deref().map_err(|e| *e)) {
+                answer(&a);
+            }
+        }
+        if self.reader.stalled(now_ns) {
+            self.reader.clear();
+            answer(&error("request timed out: no end of line within 5 s"));
+        }
+        if self.upload.as_ref().is_some_and(|u| now_ns.saturating_sub(u.last_ns) > STALL_NS) {
+            self.upload = None;
+            answer(&error("upload timed out: no image-data within 5 s; begin again"));
+        }
+        n
+    }
+
+    /// The answer to one request line; `None` for upload chunks, which are
+    /// not answered (`image-end` says how the upload went).
+    fn handle(&mut self, host: &dyn ControlHost, now_ns: u64, line: Result<&str, &'static str>) -> Option<String> {
+        let req = match line.and_then(parse) {
+            Ok(r) => r,
+            Err(e) => return Some(error(e)),
+        };
+        Some(match req {
+            Request::ImageData(bytes) => {
+                match &mut self.upload {
+                    Some(u) if u.data.len() + bytes.len() <= u.len => {
+                        // Within the capacity reserved at image-begin: no allocation.
+                        u.data.extend_from_slice(&bytes);
+                        u.last_ns = now_ns;
+                    }
+                    Some(u) => u.overflowed = true,
+                    None => {}
+                }
+                return None;
+            }
+            Request::ImageBegin { name, len } => {
+                self.upload = None;
+                if !host.image_slot_free() {
+                    error("no room for another image (the most are loaded already)")
+                } else if len > host.upload_room() {
+                    error("the hypervisor's heap has no room for that image now")
+                } else {
+                    let mut data = Vec::new();
+                    match data.try_reserve_exact(len) {
+                        Ok(()) => {
+                            self.upload = Some(Upload { name: name.into(), len, data, last_ns: now_ns, overflowed: false });
+                            format!(r#"{{"receiving":{}}}"#, json_str(name))
+                        }
+                        Err(_) => error("the hypervisor's heap has no room for that image now"),
+                    }
+                }
+            }
+            Request::ImageEnd => match self.upload.take() {
+                Some(Upload { name, len, data, overflowed: false, .. }) if data.len() == len => match host.add_image(&name, &data) {
+                    Ok(()) => format!(r#"{{"image":{}}}"#, json_str(&name)),
+                    Err(why) => error(&format!("image {name} rejected: {why}")),
+                },
+                Some(_) => error("the upload did not match its length"),
+                None => error("no upload in progress (image-begin first)"),
+            },
+            Request::Images => {
+                let names: Vec<String> = host.image_names().iter().map(|n| json_str(n)).collect();
+                format!(r#"{{"images":[{}]}}"#, names.join(","))
+            }
+            Request::Start { name, image, memory, tenant, args } => match host.start(name, image, memory, tenant, &args) {
+                Ok(ip) => {
+                    let ip = ip.map_or("null".into(), |a| format!(r#""{}.{}.{}.{}""#, a[0], a[1], a[2], a[3]));
+                    format!(r#"{{"started":{},"ip":{ip}}}"#, json_str(name))
+                }
+                Err(e) => error(&e),
+            },
+            Request::Stop(name) => match host.stop(name) {
+                Ok(()) => format!(r#"{{"stopped":{}}}"#, json_str(name)),
+                Err(e) => error(&e),
+            },
+            Request::List => {
+                let mut rows = Vec::new();
+                host.list(&mut |r| {
+                    rows.push(format!(
+                        r#"{{"name":{},"tenant":{},"state":{},"cpu_ns":{},"memory_bytes":{},"sent_frames":{},"received_frames":{}}}"#,
+                        json_str(r.name),
+                        r.tenant.map_or("null".into(), |t| format!("{t}")),
+                        json_str(r.state),
+                        r.cpu_ns,
+                        r.memory_bytes,
+                        r.sent_frames,
+                        r.received_frames
+                    ))
+                });
+                format!(r#"{{"guests":[{}]}}"#, rows.join(","))
+            }
+            Request::Stats => {
+                let (guests, machine) = host.stats();
+                format!(r#"{{"guests":[{}],"machine":{machine}}}"#, guests.join(","))
+            }
+            Request::Capture { what, count, secs } => match host.capture(what, count, secs) {
+                Ok(()) => format!(r#"{{"capturing":{}}}"#, json_str(what)),
+                Err(e) => error(&e),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::cell::RefCell;
+
+    /// A host that keeps images and guests by name and records the calls.
+    #[derive(Default)]
+    struct Books {
+        images: RefCell<Vec<(String, usize)>>,
+        guests: RefCell<Vec<String>>,
+        room: usize,
+    }
+
+    impl ControlHost for Books {
+        fn upload_room(&self) -> usize {
+            self.room
+        }
+        fn image_slot_free(&self) -> bool {
+            self.images.borrow().len() < 2
+        }
+        fn image_names(&self) -> Vec<String> {
+            self.images.borrow().iter().map(|(n, _)| n.clone()).collect()
+        }
+        fn add_image(&self, name: &str, data: &[u8]) -> Result<(), String> {
+            if data.first() == Some(&0) {
+                return Err("not an image".into());
+            }
+            self.images.borrow_mut().push((name.into(), data.len()));
+            Ok(())
+        }
+        fn start(&self, name: &str, image: &str, _: u64, tenant: Option<u32>, _: &[&str]) -> Result<Option<[u8; 4]>, String> {
+            if !self.images.borrow().iter().any(|(n, _)| n == image) {
+                return Err(format!("no image {image}"));
+            }
+            self.guests.borrow_mut().push(name.into());
+            Ok(tenant.map(|t| [10, t as u8, 0, 2]))
+        }
+        fn stop(&self, name: &str) -> Result<(), String> {
+            let mut g = self.guests.borrow_mut();
+            let i = g.iter().position(|n| n == name).ok_or(format!("no guest {name}"))?;
+            g.remove(i);
+            Ok(())
+        }
+        fn list(&self, row: &mut dyn FnMut(Row<'_>)) {
+            for n in self.guests.borrow().iter() {
+                row(Row { name: n, tenant: None, state: "waiting", cpu_ns: 1, memory_bytes: 2, sent_frames: 3, received_frames: 4 });
+            }
+        }
+        fn stats(&self) -> (Vec<String>, String) {
+            (vec!["{}".into()], r#"{"event":"machine"}"#.into())
+        }
+        fn capture(&self, _: &str, _: u32, _: u32) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// Sends `bytes` at `now`; returns the answers.
+    fn send(s: &mut Session, host: &Books, now: u64, bytes: &[u8]) -> Vec<String> {
+        let mut it = bytes.iter().copied();
+        let mut out = Vec::new();
+        s.poll(host, now, &mut || it.next(), &mut |a| out.push(a.to_string()));
+        out
+    }
+
+    #[test]
+    fn an_upload_is_loaded_then_started_listed_and_stopped() {
+        let host = Books { room: 1 << 20, ..Default::default() };
+        let mut s = Session::default();
+        assert_eq!(send(&mut s, &host, 0, b"image-begin a.hermit 3\n"), [r#"{"receiving":"a.hermit"}"#]);
+        assert!(s.busy() && s.held_bytes() >= 3);
+        assert_eq!(send(&mut s, &host, 1, b"image-data 0102\nimage-data 03\n"), Vec::<String>::new());
+        assert_eq!(send(&mut s, &host, 2, b"image-end\n"), [r#"{"image":"a.hermit"}"#]);
+        assert!(!s.busy());
+        assert_eq!(send(&mut s, &host, 3, b"start w a.hermit 4096 7\n"), [r#"{"started":"w","ip":"10.7.0.2"}"#]);
+        assert_eq!(
+            send(&mut s, &host, 4, b"list\nimages\n"),
+            [r#"{"guests":[{"name":"w","tenant":null,"state":"waiting","cpu_ns":1,"memory_bytes":2,"sent_frames":3,"received_frames":4}]}"#, r#"{"images":["a.hermit"]}"#]
+        );
+        assert_eq!(send(&mut s, &host, 5, b"stop w\nstop w\n"), [r#"{"stopped":"w"}"#, r#"{"error":"no guest w"}"#]);
+        assert_eq!(send(&mut s, &host, 6, b"stats\n"), [r#"{"guests":[{}],"machine":{"event":"machine"}}"#]);
+    }
+
+    #[test]
+    fn uploads_that_lie_or_stall_are_refused_and_hold_nothing() {
+        let host = Books { room: 100, ..Default::default() };
+        let mut s = Session::default();
+        // More than the host has room for: refused before any allocation.
+        assert!(send(&mut s, &host, 0, b"image-begin a 101\n")[0].contains("no room"));
+        assert_eq!(s.held_bytes(), 0);
+        // More data than announced.
+        send(&mut s, &host, 0, b"image-begin a 2\nimage-data 010203\n");
+        assert_eq!(send(&mut s, &host, 0, b"image-end\n"), [r#"{"error":"the upload did not match its length"}"#]);
+        // Less.
+        send(&mut s, &host, 0, b"image-begin a 2\nimage-data 01\n");
+        assert_eq!(send(&mut s, &host, 0, b"image-end\n"), [r#"{"error":"the upload did not match its length"}"#]);
+        // Rejected by the host, with its reason.
+        send(&mut s, &host, 0, b"image-begin a 1\nimage-data 00\n");
+        assert_eq!(send(&mut s, &host, 0, b"image-end\n"), [r#"{"error":"image a rejected: not an image"}"#]);
+        // Quiet for too long: dropped with an error, and its buffer freed.
+        send(&mut s, &host, 10, b"image-begin a 50\nimage-data 01\n");
+        assert_eq!(send(&mut s, &host, 10 + STALL_NS, b""), Vec::<String>::new());
+        assert!(send(&mut s, &host, 11 + STALL_NS, b"")[0].contains("upload timed out"));
+        assert_eq!((s.held_bytes(), s.busy()), (0, false));
+        // A half line, the same.
+        send(&mut s, &host, 20, b"lis");
+        assert!(send(&mut s, &host, 21 + STALL_NS, b"")[0].contains("request timed out"));
+        assert_eq!(send(&mut s, &host, 22 + STALL_NS, b"t\n"), [r#"{"error":"unknown request (list, stats, stop, capture, images, image-begin, image-data, image-end, start)"}"#]);
+        assert!(send(&mut s, &host, 0, b"image-end\n")[0].contains("no upload in progress"));
+    }
+}
