@@ -26,6 +26,7 @@
 //! | `nic-flood [SECS]` | (needs a vNIC) sends minimum-size broadcast frames as fast as it can for SECS (3) s, exits 0 |
 //! | `kick-storm`  | (needs a vNIC) calls `net_kick` 2,000,000 times, exits 0 |
 //! | `console-flood` | prints 1 KiB lines for 3 s, exits 0                  |
+//! | `rx-stall SECS` | (needs a vNIC) never consumes its RX ring (lets it fill) and asks its gateway for its MAC (ARP) every 20 ms for SECS seconds, exits 0 |
 //! | `hypercall-garbage` | 100,000 valid hypercalls with random arguments and garbage in every other register, then an unknown number |
 //! | `discard-text` | asks `discard` to give back its own text             |
 //! | `mov-ss-syscall` | `mov ss` then `syscall` (the interrupt-shadow hazard); exits 0 if it returns |
@@ -60,6 +61,8 @@ fn raw_hypercall(nr: u64, a0: u64, a1: u64) -> i64 {
 /// running: `main` is synchronous).
 struct RawNic {
     mac: [u8; 6],
+    ipv4: [u8; 4],
+    gateway: [u8; 4],
     slots: u32,
     prod: u32,
 }
@@ -74,7 +77,7 @@ impl RawNic {
             libos::exit(2);
         }
         let m = info.mac;
-        Self { mac: [m[0], m[1], m[2], m[3], m[4], m[5]], slots: info.ring_slots, prod: 0 }
+        Self { mac: [m[0], m[1], m[2], m[3], m[4], m[5]], ipv4: info.ipv4, gateway: info.gateway, slots: info.ring_slots, prod: 0 }
     }
 
     fn index(offset: usize) -> *mut u32 {
@@ -115,6 +118,20 @@ fn frame(src: [u8; 6], dst: [u8; 6], len: usize) -> alloc::vec::Vec<u8> {
     f[..6].copy_from_slice(&dst);
     f[6..12].copy_from_slice(&src);
     f[12..14].copy_from_slice(&[0x88, 0xb5]); // local experimental EtherType
+    f
+}
+
+/// A broadcast ARP request from `nic` asking who has `target`, padded to
+/// the minimum Ethernet frame.
+fn arp_request(nic: &RawNic, target: [u8; 4]) -> alloc::vec::Vec<u8> {
+    let mut f = frame(nic.mac, [0xff; 6], 60);
+    f[12..14].copy_from_slice(&[0x08, 0x06]);
+    // Ethernet, IPv4, 6-byte MACs, 4-byte addresses, request.
+    f[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f[22..28].copy_from_slice(&nic.mac);
+    f[28..32].copy_from_slice(&nic.ipv4);
+    f[32..38].copy_from_slice(&[0; 6]);
+    f[38..42].copy_from_slice(&target);
     f
 }
 
@@ -227,6 +244,26 @@ fn main() -> i32 {
                 }
                 libos::hypercall::net_kick();
                 println!("{}: flooded {sent} broadcast frames", libos::name());
+                return 0;
+            }
+            "rx-stall" => {
+                // Only the TX ring is driven: the RX consumer index never
+                // moves, so the ring fills with the gateway's answers and
+                // stays full while more keep coming.
+                let secs: u64 = libos::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10);
+                let mut nic = RawNic::new();
+                let ask = arp_request(&nic, nic.gateway);
+                let end = libos::time::Instant::now().as_nanos() + secs * 1_000_000_000;
+                let mut sent = 0u64;
+                while libos::time::Instant::now().as_nanos() < end {
+                    if nic.space() > 0 {
+                        nic.send(&ask);
+                        sent += 1;
+                    }
+                    libos::hypercall::net_kick();
+                    libos::time::sleep(core::time::Duration::from_millis(20));
+                }
+                println!("{}: sent {sent} ARP requests with a full RX ring", libos::name());
                 return 0;
             }
             "kick-storm" => {
