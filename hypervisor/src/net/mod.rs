@@ -20,7 +20,9 @@
 //! TX slot into the receiver's RX slot: one copy per packet per receiver.
 //! Frames to and from the uplink (virtio-net, `src/uplink.rs`) go through a
 //! buffer. A full RX ring drops the frame for that receiver only (the
-//! switch counts it) and never blocks the sender.
+//! switch counts it) and never blocks the sender; a frame from the host
+//! for one guest may instead wait a little in that guest's own bounded
+//! queue ([`uplink_queue`]).
 //!
 //! The switch is a learning L2 bridge in which every tenant is its own
 //! broadcast domain: a frame never leaves its tenant, a guest may send only
@@ -30,4 +32,5 @@
 //! are the mechanism around it.
 
 pub mod switch;
+pub mod uplink_queue;
 pub mod virtq;
