@@ -61,6 +61,8 @@ pub struct Uplink {
     pub rx_frames: u64,
     pub tx_frames: u64,
     pub dropped: u64,
+    /// Receive buffers given back since the device was last told.
+    rx_returned: bool,
 }
 
 /// The virtio PCI capabilities we need, as virtual addresses.
@@ -158,7 +160,7 @@ impl Uplink {
             *b = rd::<u8>(caps.device + i as u64);
         }
         wr::<u8>(c + DEVICE_STATUS, STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
-        let mut up = Uplink { common: c, rx, tx, rx_notify, tx_notify, mac, rx_frames: 0, tx_frames: 0, dropped: 0 };
+        let mut up = Uplink { common: c, rx, tx, rx_notify, tx_notify, mac, rx_frames: 0, tx_frames: 0, dropped: 0, rx_returned: false };
         while let Some(id) = up.rx.take() {
             up.rx.submit(&mut mem, id, 4096, true);
         }
@@ -186,34 +188,43 @@ impl Uplink {
         true
     }
 
-    /// Calls `f` with up to `max` frames the host sent, then gives the
-    /// buffers back; the rest stay in the queue for the next call.
-    pub fn receive(&mut self, max: usize, mut f: impl FnMut(&[u8])) {
+    /// Copies the next frame the host sent into `buf` and gives its
+    /// buffer back to the device (announced by [`Uplink::notify_rx`]);
+    /// returns its length, or `None` when none is waiting. Frames of a bad
+    /// length are skipped and counted.
+    pub fn receive(&mut self, buf: &mut [u8; MTU_FRAME]) -> Option<usize> {
         let mut mem = Mem;
-        let mut frame = [0u8; MTU_FRAME];
-        let mut returned = false;
-        for _ in 0..max {
+        for _ in 0..self.rx.size {
             match self.rx.pop_used(&mut mem) {
                 Ok(Some(u)) => {
                     let len = (u.len as usize).saturating_sub(HDR);
-                    if (MIN_FRAME..=MTU_FRAME).contains(&len) {
-                        mem.read(self.rx.buffer(u.id), HDR, &mut frame[..len]);
+                    let good = (MIN_FRAME..=MTU_FRAME).contains(&len);
+                    if good {
+                        mem.read(self.rx.buffer(u.id), HDR, &mut buf[..len]);
                         self.rx_frames += 1;
-                        f(&frame[..len]);
                     } else {
                         self.dropped += 1;
                     }
                     self.rx.submit(&mut mem, u.id, 4096, true);
-                    returned = true;
+                    self.rx_returned = true;
+                    if good {
+                        return Some(len);
+                    }
                 }
-                Ok(None) => break,
+                Ok(None) => return None,
                 Err(_) => {
                     self.dropped += 1;
-                    break;
+                    return None;
                 }
             }
         }
-        if returned {
+        None
+    }
+
+    /// Tells the device about the buffers [`Uplink::receive`] gave back
+    /// (once per batch, not per frame: each notification is an exit).
+    pub fn notify_rx(&mut self) {
+        if core::mem::take(&mut self.rx_returned) {
             core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
             wr::<u16>(self.rx_notify, 0);
         }

@@ -6,6 +6,10 @@
 //! whose guest then gets `events::NET_RX` and is woken if it sleeps. A guest
 //! that breaks the ring protocol (an index beyond the ring, or moved
 //! backwards) is disconnected; a bad length only loses that frame.
+//!
+//! Frames from the host (the uplink) for a guest whose RX ring is full wait
+//! in that guest's own bounded queue (`hypervisor::net::uplink_queue`),
+//! never in front of other guests' frames.
 
 use crate::arch::x86_64::paging::phys_to_virt;
 use abi::ring::{Consumer, INDEX_BYTES, MIN_FRAME, MTU_FRAME, Producer, RingError, RingMemory, SLOTS_OFFSET, ring_bytes};
@@ -15,7 +19,8 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use hypervisor::limit::TokenBucket;
 use hypervisor::mm::{FRAME_SIZE, PhysAddr};
-use hypervisor::net::switch::{PortId, Switch};
+use hypervisor::net::switch::{PortId, Switch, is_multicast};
+use hypervisor::net::uplink_queue::{Bounds, Offered, UplinkQueue};
 use core::sync::atomic::AtomicUsize;
 use spin::{Mutex, Once};
 
@@ -161,6 +166,10 @@ pub struct Port {
     /// Set (under the rx lock) when the guest ends or is disconnected.
     dead: AtomicBool,
     pub ring_errors: AtomicU64,
+    /// Frames from the host for this guest that its full RX ring never
+    /// took: flooded ones it had no room for, and ones that found its
+    /// queue full, waited too long, or were waiting when its vNIC went.
+    uplink_dropped: AtomicU64,
 }
 
 impl Port {
@@ -192,6 +201,7 @@ impl Port {
             rx: Mutex::new(Producer::new(slots)),
             dead: AtomicBool::new(false),
             ring_errors: AtomicU64::new(0),
+            uplink_dropped: AtomicU64::new(0),
         }
     }
 }
@@ -221,6 +231,17 @@ impl Port {
         self.tx.lock().limited
     }
 
+    /// Frames from the host lost to this guest's full RX ring.
+    pub fn uplink_dropped(&self) -> u64 {
+        self.uplink_dropped.load(Ordering::Relaxed)
+    }
+
+    fn count_uplink_drops(&self, n: usize) {
+        if n > 0 {
+            self.uplink_dropped.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
     /// Bytes the hypervisor holds for this port.
     pub fn record_bytes(&self) -> u64 {
         (core::mem::size_of::<Self>() + (self.tx_frames.len() + self.rx_frames.len()) * core::mem::size_of::<PhysAddr>()) as u64
@@ -237,9 +258,10 @@ pub struct Net {
     pub ports: Vec<Once<Port>>,
     /// Guest id by switch port slot (`usize::MAX`: none).
     pub guest_of_slot: Vec<AtomicUsize>,
-    /// Frames from the host waiting for room in a guest's RX ring, in
-    /// order, each with how often it was tried (see `poll_uplink`).
-    pub stalled: Mutex<alloc::collections::VecDeque<(alloc::boxed::Box<[u8]>, u32)>>,
+    /// Frames from the host waiting for room in a guest's RX ring, per
+    /// guest id (see `poll_uplink`). First in the lock order: taken by the
+    /// uplink's poll and by `disconnect` before anything else.
+    pub held: Mutex<UplinkQueue<usize>>,
     /// When (monotonic ns) a frame last came from the host.
     pub uplink_rx_ns: AtomicU64,
     /// A packet capture in progress (`ctl capture`), if `capturing`.
@@ -287,8 +309,6 @@ impl Capture {
 
 /// Frames taken from the uplink per poll.
 const UPLINK_BATCH: usize = 32;
-/// Polls a frame from the host waits for a full ring before it is dropped.
-const STALL_TRIES: u32 = 200;
 
 impl Net {
     /// No ports yet, room for `guests` guests (and their switch ports).
@@ -298,7 +318,7 @@ impl Net {
             uplink: None,
             ports: (0..guests).map(|_| Once::new()).collect(),
             guest_of_slot: (0..guests + 1).map(|_| AtomicUsize::new(usize::MAX)).collect(),
-            stalled: Mutex::new(Default::default()),
+            held: Mutex::new(UplinkQueue::new(Bounds::UPLINK)),
             uplink_rx_ns: AtomicU64::new(0),
             capture: Mutex::new(Default::default()),
             capturing: AtomicBool::new(false),
@@ -453,50 +473,46 @@ impl Net {
         self.to_guest(dest, woken, now_ns, |rx, ring| rx.push(ring, frame))
     }
 
-    /// Switches every frame the host sent to the guests; calls `wake` for
+    /// The guest (id and port) behind switch port `dest`, if any.
+    fn guest_at(&self, dest: PortId) -> Option<(usize, &Port)> {
+        let g = self.guest_of_slot.get(dest.slot())?.load(Ordering::Acquire);
+        Some((g, self.port(g)?))
+    }
+
+    /// Switches the frames the host sent to the guests; calls `wake` for
     /// each guest that received some.
     ///
-    /// Flow control: a frame for one guest whose RX ring is full waits
-    /// (with the frames behind it, in order) and nothing more is taken from
-    /// the device until it gets through, so the host's side holds the rest
-    /// instead of losing it; after `STALL_TRIES` polls it is dropped.
+    /// Flow control, per guest: a frame for one guest alone (unicast to a
+    /// MAC the switch knows) whose RX ring is full waits in that guest's
+    /// own queue, and the ones after it for that guest wait behind it; the
+    /// queues are retried first on every poll, bounded in frames and bytes,
+    /// and a frame that waited `Bounds::UPLINK.max_wait_ns` is dropped.
+    /// Broadcast and flooded frames go to whoever has room. So frames for
+    /// other guests never wait, and up to `UPLINK_BATCH` frames are taken
+    /// from the device on every poll.
     pub fn poll_uplink(&self, now_ns: u64, wake: &mut impl FnMut(usize)) {
         let Some((port, up)) = &self.uplink else { return };
-        let mut queue = core::mem::take(&mut *self.stalled.lock());
-        if queue.is_empty() {
-            // Copy frames out first: the switch may send to the uplink, and
-            // the lock order is switch -> uplink.
-            up.lock().receive(UPLINK_BATCH, |f| queue.push_back((f.into(), 0)));
-            if !queue.is_empty() {
-                self.uplink_rx_ns.store(now_ns, Ordering::Relaxed);
-            }
-        }
+        let mut held = self.held.lock();
         let mut woken = Vec::new();
-        if self.capturing.load(Ordering::Relaxed) {
-            let tenant = self.switch.lock().tenant_of(*port);
-            for (f, tries) in &queue {
-                if *tries == 0 {
-                    self.tap(now_ns, |t| Some(t) == tenant.map(CaptureTarget::Tenant), |buf| {
-                        buf[..f.len()].copy_from_slice(f);
-                        f.len()
-                    });
-                }
-            }
+        let mut next = held.next_waiting(None);
+        while let Some(g) = next {
+            self.retry_held(&mut held, g, now_ns, &mut woken);
+            next = held.next_waiting(Some(g));
         }
-        while let Some((f, tries)) = queue.pop_front() {
-            let (mut tried, mut took) = (0, 0);
-            self.switch.lock().forward(*port, &f, now_ns, &mut |dest| {
-                tried += 1;
-                let ok = self.deliver(dest, &f, &mut woken, now_ns);
-                took += ok as u32;
-                ok
-            });
-            if tried == 1 && took == 0 && tries < STALL_TRIES {
-                queue.push_front((f, tries + 1));
-                break;
-            }
+        let mut frame = [0u8; MTU_FRAME];
+        let mut took = 0;
+        while took < UPLINK_BATCH {
+            // One frame at a time, the uplink unlocked while it is
+            // switched (the lock order is switch -> uplink).
+            let Some(len) = up.lock().receive(&mut frame) else { break };
+            took += 1;
+            self.switch_host_frame(&mut held, *port, &frame[..len], now_ns, &mut woken);
         }
-        *self.stalled.lock() = queue;
+        up.lock().notify_rx();
+        drop(held);
+        if took > 0 {
+            self.uplink_rx_ns.store(now_ns, Ordering::Relaxed);
+        }
         woken.sort_unstable();
         woken.dedup();
         for g in woken {
@@ -508,18 +524,93 @@ impl Net {
         }
     }
 
+    /// Switches one frame from the host (see `poll_uplink`).
+    fn switch_host_frame(&self, held: &mut UplinkQueue<usize>, uplink: PortId, f: &[u8], now_ns: u64, woken: &mut Vec<usize>) {
+        let mut switch = self.switch.lock();
+        let tenant = switch.tenant_of(uplink);
+        if self.capturing.load(Ordering::Relaxed) {
+            self.tap(now_ns, |t| Some(t) == tenant.map(CaptureTarget::Tenant), |buf| {
+                buf[..f.len()].copy_from_slice(f);
+                f.len()
+            });
+        }
+        let dst = [f[0], f[1], f[2], f[3], f[4], f[5]];
+        // The one port it is for, if the switch will not flood it.
+        let one = if is_multicast(&dst) { None } else { tenant.and_then(|t| switch.lookup(t, dst, now_ns)) };
+        switch.forward(uplink, f, now_ns, &mut |dest| {
+            let Some((g, p)) = self.guest_at(dest) else { return false };
+            if Some(dest) == one {
+                match held.offer(g, f, now_ns, |f| self.to_guest(dest, woken, now_ns, |rx, ring| rx.push(ring, f))) {
+                    Offered::Delivered => true,
+                    Offered::Held => false,
+                    Offered::Dropped(_) => {
+                        p.count_uplink_drops(1);
+                        false
+                    }
+                }
+            } else {
+                let ok = self.deliver(dest, f, woken, now_ns);
+                p.count_uplink_drops(usize::from(!ok));
+                ok
+            }
+        });
+    }
+
+    /// Retries the frames waiting for guest `g` (in order, under its RX
+    /// lock), dropping those that waited too long.
+    fn retry_held(&self, held: &mut UplinkQueue<usize>, g: usize, now_ns: u64, woken: &mut Vec<usize>) {
+        let Some(p) = self.port(g) else {
+            held.remove(g);
+            return;
+        };
+        let mut rx = p.rx.lock();
+        if p.dead.load(Ordering::Acquire) {
+            // `disconnect` frees the queue; this only makes sure.
+            p.count_uplink_drops(held.remove(g));
+            return;
+        }
+        let ring = FrameRing::new(p.event_frame, abi::layout::NIC_RX_INDICES, &p.rx_frames);
+        let capturing = self.capturing.load(Ordering::Relaxed);
+        let done = held.retry(g, now_ns, |f| match rx.push(&ring, f) {
+            Ok(true) => {
+                if capturing {
+                    self.tap(now_ns, |t| t == CaptureTarget::Guest(g), |buf| {
+                        buf[..f.len()].copy_from_slice(f);
+                        f.len()
+                    });
+                }
+                true
+            }
+            Ok(false) => false,
+            Err(_) => {
+                // The guest moved its RX consumer index somewhere impossible.
+                p.ring_errors.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        });
+        if done.delivered > 0 {
+            rx.publish(&ring);
+            woken.push(g);
+        }
+        p.count_uplink_drops(done.expired);
+    }
+
     /// Disconnects `guest`'s vNIC (it ended or lied): nothing is delivered
-    /// to its rings any more, so their frames may be freed.
+    /// to its rings any more, so their frames may be freed; the host's
+    /// frames waiting for it are freed (and counted as dropped).
     pub fn disconnect(&self, guest: usize) {
         let Some(p) = self.port(guest) else { return };
-        // The lock order everywhere is: a sender's TX, the switch, a
-        // receiver's RX (drain, deliver). Taking RX before the switch here
-        // once deadlocked against a drain delivering to this guest.
+        // The lock order everywhere is: the uplink's held frames (poll),
+        // a sender's TX, the switch, a receiver's RX (drain, deliver), the
+        // uplink. Taking RX before the switch here once deadlocked against
+        // a drain delivering to this guest.
+        let mut held = self.held.lock();
         let _tx = p.tx.lock();
         let mut switch = self.switch.lock();
         let _rx = p.rx.lock();
         if !p.dead.swap(true, Ordering::AcqRel) {
             switch.remove_port(p.switch_port);
         }
+        p.count_uplink_drops(held.remove(guest));
     }
 }
