@@ -26,6 +26,12 @@ fn probe(port: u16, n: u32) -> Result<Duration, String> {
     Ok(start.elapsed())
 }
 
+/// The last `guest_stats` line of `guest`.
+fn stats(console: &str, guest: &str) -> serde_json::Value {
+    let l = console.lines().filter(|l| l.starts_with(r#"{"event":"guest_stats""#) && l.contains(&format!(r#""guest":"{guest}""#))).last();
+    serde_json::from_str(l.unwrap_or_else(|| panic!("no stats for {guest}:\n{console}"))).unwrap()
+}
+
 #[test]
 fn a_guest_with_a_full_rx_ring_does_not_stall_the_hosts_traffic_to_its_neighbours() {
     let port = integration_tests::free_port();
@@ -80,4 +86,14 @@ fn a_guest_with_a_full_rx_ring_does_not_stall_the_hosts_traffic_to_its_neighbour
     assert!(failed.is_empty(), "{} of {} probes failed:\n{}\n{c}", failed.len(), answered as usize + failed.len(), failed.join("\n"));
     // About one probe per 0.6 s over the attack's 20 s.
     assert!(answered >= 20, "too few probes during the attack: {answered}");
+
+    // What the attacker's full ring could not take was dropped and counted
+    // against it; the echo guest lost nothing.
+    wait(&mut live, r#""guest":"stall-0""#);
+    let dropped = stats(&live.console, "stall-0")["uplink_dropped"].as_u64().expect("uplink_dropped");
+    assert!(dropped > 0, "the attacker's frames were not dropped");
+    live.send("stats\n");
+    assert!(live.wait_for(r#""guest":"echo-0""#, Duration::from_secs(30)), "no stats:\n{}", live.console);
+    assert_eq!(stats(&live.console, "echo-0")["uplink_dropped"], 0);
+    println!("the attacker's full ring cost it {dropped} frames");
 }
