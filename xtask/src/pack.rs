@@ -177,6 +177,7 @@ mod tests {
                     &["c"],
                 ),
             ],
+            host_services: Vec::new(),
         };
         let apps = HashMap::from([("hello".to_string(), hello)]);
         let buf = bundle(&manifest, &apps, FLAG_EXIT_WHEN_IDLE).unwrap();
@@ -224,11 +225,13 @@ mod tests {
                 1 << 20,
                 &[],
             )],
+            host_services: Vec::new(),
         };
         let e = bundle(&manifest, &HashMap::new(), 0).unwrap_err();
         assert!(format!("{e:#}").contains("/nonexistent/x.hermit"), "{e:#}");
         let manifest = Manifest {
             guests: vec![guest("a", Source::App("nope".into()), 1, 1 << 20, &[])],
+            host_services: Vec::new(),
         };
         assert!(bundle(&manifest, &HashMap::new(), 0).is_err());
     }
