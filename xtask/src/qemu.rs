@@ -377,8 +377,12 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
 /// QEMU's NIC and user-mode network for a manifest whose guests have vNICs:
 /// a virtio-net (modern only) on a slirp network that is the first
 /// tenant's (`10.0.0.0/16`, QEMU as its gateway `10.0.0.1`), with the
-/// manifest's port forwards on 127.0.0.1. Returns the arguments and the
-/// lines telling where each forwarded service is.
+/// manifest's port forwards on 127.0.0.1. The network is restricted: the
+/// guests reach nothing of the host or beyond through the gateway (without
+/// it, every service on the host's loopback), except the manifest's
+/// `[host] services`, each a `guestfwd` from that port of
+/// [`abi::HOST_SERVICES_IPV4`] to the same port on 127.0.0.1. Returns the
+/// arguments and the lines telling where each forwarded service is.
 fn uplink_args(m: &manifest::Manifest) -> (Vec<String>, String) {
     if m.guests.iter().all(|g| g.tenant.is_none()) {
         return (Vec::new(), String::new());
@@ -386,10 +390,22 @@ fn uplink_args(m: &manifest::Manifest) -> (Vec<String>, String) {
     let first = m.guests.iter().find_map(|g| g.tenant.clone());
     let [a, b, c, d] = abi::gateway_ipv4(0);
     let mut netdev = format!(
-        "user,id=uplink,net=10.0.0.0/{},host={a}.{b}.{c}.{d},dhcpstart=10.0.255.100,restrict=off",
+        "user,id=uplink,net=10.0.0.0/{},host={a}.{b}.{c}.{d},dhcpstart=10.0.255.100,restrict=on",
         abi::GUEST_PREFIX
     );
     let mut reach = String::new();
+    let [a, b, c, d] = abi::HOST_SERVICES_IPV4;
+    for p in &m.host_services {
+        // QEMU connects to the service once, when it starts (and refuses
+        // to start if nothing listens there); the guests' connections to
+        // that port go over that one connection. (slirp refuses a guestfwd
+        // on its own address, the gateway.)
+        netdev.push_str(&format!(",guestfwd=tcp:{a}.{b}.{c}.{d}:{p}-tcp:127.0.0.1:{p}"));
+        reach.push_str(&format!(
+            "\nhost service 127.0.0.1:{p} reached by tenant {}'s guests at {a}.{b}.{c}.{d}:{p}",
+            first.as_deref().unwrap_or_default()
+        ));
+    }
     // Count guests with a vNIC in the first tenant, as the hypervisor does.
     let mut n = 0;
     for g in &m.guests {
@@ -598,6 +614,36 @@ mod tests {
             ..RunConfig::default()
         };
         assert!(prepare(&cfg).is_err());
+    }
+
+    fn manifest(text: &str) -> manifest::Manifest {
+        let apps = ["echo".to_string()];
+        let cx = manifest::Context { file: "m.toml", base_dir: Path::new("."), apps: &apps, machine_memory: 512 * MIB };
+        manifest::parse(text, &cx).unwrap()
+    }
+
+    #[test]
+    fn the_uplink_is_restricted_and_host_services_are_opt_in() {
+        let (args, _) = uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7\", \"8007:7/udp\"]\n"));
+        let netdev = &args[1];
+        assert_eq!(
+            netdev,
+            "user,id=uplink,net=10.0.0.0/16,host=10.0.0.1,dhcpstart=10.0.255.100,restrict=on,\
+             hostfwd=tcp:127.0.0.1:8007-10.0.0.2:7,hostfwd=udp:127.0.0.1:8007-10.0.0.2:7"
+        );
+        assert!(!netdev.contains("guestfwd"));
+        let (args, reach) = uplink_args(&manifest(
+            "[host]\nservices = [5432, 6379]\n\n[[guest]]\nname = \"e\"\napp = \"echo\"\ntenant = \"t\"\n",
+        ));
+        assert!(args[1].contains(",restrict=on,"), "{}", args[1]);
+        assert!(
+            args[1].ends_with(",guestfwd=tcp:10.0.255.254:5432-tcp:127.0.0.1:5432,guestfwd=tcp:10.0.255.254:6379-tcp:127.0.0.1:6379"),
+            "{}",
+            args[1]
+        );
+        assert!(reach.contains("host service 127.0.0.1:5432 reached by tenant t's guests at 10.0.255.254:5432"), "{reach}");
+        // No vNIC, no network at all.
+        assert!(uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\n")).0.is_empty());
     }
 
     #[test]
