@@ -1,10 +1,16 @@
 //! The uplink under attack: a guest that keeps its RX ring full must not
-//! hold up the host's frames for the other guests of its tenant.
+//! hold up the host's frames for the other guests of its tenant; and what
+//! of the host the guests may reach through it.
 
 use integration_tests::Live;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+/// The boots here run one at a time so that neither is starved of host CPU.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// How long one probe may take, connect to last byte of the echo.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -28,12 +34,13 @@ fn probe(port: u16, n: u32) -> Result<Duration, String> {
 
 /// The last `guest_stats` line of `guest`.
 fn stats(console: &str, guest: &str) -> serde_json::Value {
-    let l = console.lines().filter(|l| l.starts_with(r#"{"event":"guest_stats""#) && l.contains(&format!(r#""guest":"{guest}""#))).last();
+    let l = console.lines().rev().find(|l| l.starts_with(r#"{"event":"guest_stats""#) && l.contains(&format!(r#""guest":"{guest}""#)));
     serde_json::from_str(l.unwrap_or_else(|| panic!("no stats for {guest}:\n{console}"))).unwrap()
 }
 
 #[test]
 fn a_guest_with_a_full_rx_ring_does_not_stall_the_hosts_traffic_to_its_neighbours() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let port = integration_tests::free_port();
     // The echo server is 10.0.0.2 with a forwarded port; the attacker, in
     // the same tenant, lets its RX ring fill and asks QEMU (the gateway)
@@ -96,4 +103,50 @@ fn a_guest_with_a_full_rx_ring_does_not_stall_the_hosts_traffic_to_its_neighbour
     assert!(live.wait_for(r#""guest":"echo-0""#, Duration::from_secs(30)), "no stats:\n{}", live.console);
     assert_eq!(stats(&live.console, "echo-0")["uplink_dropped"], 0);
     println!("the attacker's full ring cost it {dropped} frames");
+}
+
+/// A TCP echo service on the host's 127.0.0.1; returns its port and the
+/// count of connections it accepted.
+fn host_echo_service() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a host service");
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().map_while(Result::ok) {
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut back = conn.try_clone().expect("cloning a socket");
+                let _ = std::io::copy(&mut &conn, &mut back);
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[test]
+fn guests_reach_a_host_service_only_when_the_manifest_opts_in() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Two services on the host's loopback: one the manifest lists, one not.
+    let (listed, _) = host_echo_service();
+    let (other, other_accepted) = host_echo_service();
+    let out = integration_tests::boot(
+        &format!(
+            "[host]\nservices = [{listed}]\n\n\
+             [[guest]]\nname = \"denied\"\napp = \"echo\"\ntenant = \"a\"\nmemory = \"4 MiB\"\nargs = [\"probe\", \"10.0.0.1\", \"{other}\"]\n\n\
+             [[guest]]\nname = \"allowed\"\napp = \"echo\"\ntenant = \"a\"\nmemory = \"4 MiB\"\nargs = [\"client\", \"10.0.255.254\", \"50\", \"{listed}\"]\n"
+        ),
+        150,
+    );
+    let c = &out.console;
+    let line = |prefix: &str| c.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix:?} in:\n{c}\n{}", out.stderr));
+    // Not listed: the gateway does not lead to the host's loopback (it did
+    // with QEMU's restrict=off).
+    assert_eq!(line("denied-0| "), "denied-0| unreachable");
+    assert_eq!(other_accepted.load(Ordering::SeqCst), 0, "the unlisted host service was reached");
+    // Listed: 50 messages through the host services' address, echoed by
+    // the host, byte-exact.
+    let client = line("allowed-0| client: ");
+    assert!(client.contains("50 messages") && client.contains("echoed byte-exact"), "{client}");
+    assert!(out.success(), "status {:?}:\n{c}\n{}", out.status, out.stderr);
 }
