@@ -113,7 +113,7 @@ enum Format {
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Without --manifest, boots three `hello` guests and an `echo` guest on 127.0.0.1:8007. A manifest lists guests:\n\n  \
+    after_help = "Without --manifest, boots three `hello` guests and an `echo` guest on 127.0.0.1:8007 (TCP). A manifest lists guests:\n\n  \
     [[guest]]\n  name = \"hello\"      # instances are hello-0, hello-1, ...\n  \
     app = \"hello\"       # a directory under apps/, or: image = \"path/to/x.hermit\"\n  \
     count = 3           # default 1\n  memory = \"2 MiB\"    # per instance, default 2 MiB\n  \

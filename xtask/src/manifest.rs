@@ -21,6 +21,8 @@
 //! [host]
 //! services = [5432]       # TCP ports on the host's 127.0.0.1 that the first tenant's guests may reach,
 //!                         # at 10.0.255.254:5432; default none: guests cannot reach the host
+//! restrict = true         # QEMU's restrict=on (default); false gives the first tenant's guests the host's
+//!                         # loopback and the outside network, and is needed for "/udp" ports
 //! ```
 //!
 //! Every error names the manifest and the line it is about, and all of them
@@ -35,7 +37,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 /// The manifest `cargo xtask run` uses when no `--manifest` is given.
-pub const DEFAULT_MANIFEST: &str = r#"# Three hello guests, and an echo server the host reaches on port 8007.
+pub const DEFAULT_MANIFEST: &str = r#"# Three hello guests, and an echo server the host reaches on TCP port 8007.
 [[guest]]
 name = "hello"
 app = "hello"
@@ -47,7 +49,7 @@ args = ["from", "the", "default", "manifest"]
 name = "echo"
 app = "echo"
 memory = "4 MiB"
-ports = ["8007:7", "8007:7/udp"]
+ports = ["8007:7"]
 "#;
 
 /// One kibibyte.
@@ -83,6 +85,9 @@ pub struct Manifest {
     /// tenant's guests may reach at [`abi::HOST_SERVICES_IPV4`], the same
     /// port there (`[host] services`); none by default.
     pub host_services: Vec<u16>,
+    /// QEMU's user network runs restricted (`[host] restrict`, default
+    /// true): the guests reach nothing of the host but `host_services`.
+    pub restrict: bool,
 }
 
 /// One `[[guest]]` entry: `count` instances of one image.
@@ -186,6 +191,7 @@ struct RawManifest {
 #[serde(deny_unknown_fields)]
 struct RawHost {
     services: Option<Spanned<Vec<Spanned<i64>>>>,
+    restrict: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -236,6 +242,7 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
     if raw.guest.is_empty() {
         return Err(err(None, "no guests: add a [[guest]] table".into()));
     }
+    let restrict = raw.host.as_ref().and_then(|h| h.restrict).unwrap_or(true);
     let mut guests: Vec<Guest> = Vec::with_capacity(raw.guest.len());
     let mut first_tenant: Option<String> = None;
     let mut used_host_ports: Vec<(bool, u16)> = Vec::new();
@@ -452,6 +459,11 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
             }
             for spec in p.get_ref() {
                 let f = parse_forward(spec).ok_or_else(|| perr(format!("port \"{spec}\" is not HOST:GUEST or HOST:GUEST/udp")))?;
+                if f.udp && restrict {
+                    return Err(perr(format!(
+                        "port \"{spec}\": a UDP forward needs [host] restrict = false (QEMU's restricted network drops the guests' UDP, answers included)"
+                    )));
+                }
                 if used_host_ports.contains(&(f.udp, f.host)) {
                     return Err(perr(format!("host port {} is forwarded twice", f.host)));
                 }
@@ -506,7 +518,7 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
             ));
         }
     }
-    Ok(Manifest { guests, host_services })
+    Ok(Manifest { guests, host_services, restrict })
 }
 
 /// The name of instance `i` of guest `name`: `name-i`.
@@ -763,7 +775,13 @@ mod tests {
 
     #[test]
     fn port_forwards() {
-        let m = check("[[guest]]\nname = \"e\"\napp = \"hello\"\nports = [\"8080:7\", \"5353:53/udp\"]\n").unwrap();
+        let e = check("[[guest]]\nname = \"e\"\napp = \"hello\"\nports = [\"8080:7\", \"5353:53/udp\"]\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "manifest.toml:4: port \"5353:53/udp\": a UDP forward needs [host] restrict = false (QEMU's restricted network drops the guests' UDP, answers included)"
+        );
+        let m = check("[host]\nrestrict = false\n[[guest]]\nname = \"e\"\napp = \"hello\"\nports = [\"8080:7\", \"5353:53/udp\"]\n").unwrap();
+        assert!(!m.restrict);
         assert_eq!(m.guests[0].tenant.as_deref(), Some(DEFAULT_TENANT), "ports imply a vNIC");
         assert_eq!(m.guests[0].ports, [Forward { udp: false, host: 8080, guest: 7 }, Forward { udp: true, host: 5353, guest: 53 }]);
         let e = check("[[guest]]\nname = \"e\"\napp = \"hello\"\ncount = 2\nports = [\"8080:7\"]\n").unwrap_err();
@@ -780,6 +798,9 @@ mod tests {
     fn host_services() {
         let m = check("[[guest]]\nname = \"e\"\napp = \"hello\"\nnet = true\n").unwrap();
         assert!(m.host_services.is_empty(), "guests reach no host service unless the manifest says so");
+        assert!(m.restrict, "QEMU's network is restricted unless the manifest says otherwise");
+        assert!(check("[host]\nrestrict = true\n[[guest]]\nname = \"e\"\napp = \"hello\"\n").unwrap().restrict);
+        fails("[host]\nrestrict = \"no\"\n[[guest]]\nname = \"e\"\napp = \"hello\"\n", Some(2), "");
         // The table may come before or after the guests.
         let m = check("[host]\nservices = [5432, 80]\n\n[[guest]]\nname = \"e\"\napp = \"hello\"\nnet = true\n").unwrap();
         assert_eq!(m.host_services, [5432, 80]);

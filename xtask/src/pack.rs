@@ -178,6 +178,7 @@ mod tests {
                 ),
             ],
             host_services: Vec::new(),
+            restrict: true,
         };
         let apps = HashMap::from([("hello".to_string(), hello)]);
         let buf = bundle(&manifest, &apps, FLAG_EXIT_WHEN_IDLE).unwrap();
@@ -226,12 +227,14 @@ mod tests {
                 &[],
             )],
             host_services: Vec::new(),
+            restrict: true,
         };
         let e = bundle(&manifest, &HashMap::new(), 0).unwrap_err();
         assert!(format!("{e:#}").contains("/nonexistent/x.hermit"), "{e:#}");
         let manifest = Manifest {
             guests: vec![guest("a", Source::App("nope".into()), 1, 1 << 20, &[])],
             host_services: Vec::new(),
+            restrict: true,
         };
         assert!(bundle(&manifest, &HashMap::new(), 0).is_err());
     }

@@ -377,10 +377,12 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
 /// QEMU's NIC and user-mode network for a manifest whose guests have vNICs:
 /// a virtio-net (modern only) on a slirp network that is the first
 /// tenant's (`10.0.0.0/16`, QEMU as its gateway `10.0.0.1`), with the
-/// manifest's port forwards on 127.0.0.1. The network is restricted: the
-/// guests reach nothing of the host or beyond through the gateway (without
-/// it, every service on the host's loopback), except the manifest's
-/// `[host] services`, each a `guestfwd` from that port of
+/// manifest's port forwards on 127.0.0.1. The network is restricted unless
+/// the manifest says `[host] restrict = false`: the guests reach nothing of
+/// the host or beyond through the gateway (without it, every service on
+/// the host's loopback; and slirp drops the guests' UDP, so UDP forwards
+/// need it off), except the manifest's `[host] services`, each a
+/// `guestfwd` from that port of
 /// [`abi::HOST_SERVICES_IPV4`] to the same port on 127.0.0.1. Returns the
 /// arguments and the lines telling where each forwarded service is.
 fn uplink_args(m: &manifest::Manifest) -> (Vec<String>, String) {
@@ -390,8 +392,9 @@ fn uplink_args(m: &manifest::Manifest) -> (Vec<String>, String) {
     let first = m.guests.iter().find_map(|g| g.tenant.clone());
     let [a, b, c, d] = abi::gateway_ipv4(0);
     let mut netdev = format!(
-        "user,id=uplink,net=10.0.0.0/{},host={a}.{b}.{c}.{d},dhcpstart=10.0.255.100,restrict=on",
-        abi::GUEST_PREFIX
+        "user,id=uplink,net=10.0.0.0/{},host={a}.{b}.{c}.{d},dhcpstart=10.0.255.100,restrict={}",
+        abi::GUEST_PREFIX,
+        if m.restrict { "on" } else { "off" }
     );
     let mut reach = String::new();
     let [a, b, c, d] = abi::HOST_SERVICES_IPV4;
@@ -624,14 +627,19 @@ mod tests {
 
     #[test]
     fn the_uplink_is_restricted_and_host_services_are_opt_in() {
-        let (args, _) = uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7\", \"8007:7/udp\"]\n"));
+        let (args, _) = uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7\", \"8008:8\"]\n"));
         let netdev = &args[1];
         assert_eq!(
             netdev,
             "user,id=uplink,net=10.0.0.0/16,host=10.0.0.1,dhcpstart=10.0.255.100,restrict=on,\
-             hostfwd=tcp:127.0.0.1:8007-10.0.0.2:7,hostfwd=udp:127.0.0.1:8007-10.0.0.2:7"
+             hostfwd=tcp:127.0.0.1:8007-10.0.0.2:7,hostfwd=tcp:127.0.0.1:8008-10.0.0.2:8"
         );
         assert!(!netdev.contains("guestfwd"));
+        // Open only when the manifest says so (UDP forwards need it).
+        let (args, _) = uplink_args(&manifest(
+            "[host]\nrestrict = false\n[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7/udp\"]\n",
+        ));
+        assert!(args[1].contains(",restrict=off,hostfwd=udp:127.0.0.1:8007-10.0.0.2:7"), "{}", args[1]);
         let (args, reach) = uplink_args(&manifest(
             "[host]\nservices = [5432, 6379]\n\n[[guest]]\nname = \"e\"\napp = \"echo\"\ntenant = \"t\"\n",
         ));

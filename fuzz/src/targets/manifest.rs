@@ -56,6 +56,7 @@ pub fn manifest(data: &[u8]) {
                 }
                 for f in &g.ports {
                     assert!(f.host != 0 && f.guest != 0, "{g:?}");
+                    assert!(!(f.udp && m.restrict), "a UDP forward on the restricted network: {g:?}");
                     assert!(!host_ports.contains(&(f.udp, f.host)), "host port forwarded twice: {g:?}");
                     host_ports.push((f.udp, f.host));
                 }
@@ -96,7 +97,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
     seeds.extend(
         [
             "[[guest]]\nname = \"a\"\napp = \"hello\"\n",
-            "[[guest]]\nname = \"web\"\napp = \"echo\"\ncount = 1\nmemory = \"4 MiB\"\nargs = [\"--port\", \"80\"]\nweight = 200\ncap = 50\nnet = true\ntenant = \"acme\"\nring_slots = 32\nports = [\"8080:80\", \"5353:53/udp\"]\n\n[[guest]]\nname = \"w_2\"\napp = \"hostile\"\ncount = 65536\nmemory = \"64K\"\ntenant = \"other\"\nring_slots = 2\n",
+            "[host]\nrestrict = false\n\n[[guest]]\nname = \"web\"\napp = \"echo\"\ncount = 1\nmemory = \"4 MiB\"\nargs = [\"--port\", \"80\"]\nweight = 200\ncap = 50\nnet = true\ntenant = \"acme\"\nring_slots = 32\nports = [\"8080:80\", \"5353:53/udp\"]\n\n[[guest]]\nname = \"w_2\"\napp = \"hostile\"\ncount = 65536\nmemory = \"64K\"\ntenant = \"other\"\nring_slots = 2\n",
             "[[guest]]\nname = \"x\"\nimage = \"/nonexistent.hermit\"\n",
             "[host]\nservices = [5432, 80]\n\n[[guest]]\nname = \"c\"\napp = \"echo\"\ntenant = \"t\"\ncount = 65532\n",
             "[[guest]]\nname = \"x\"\napp = \"hello\"\nmemory = \"1 TiB\"\n",
