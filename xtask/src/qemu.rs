@@ -379,12 +379,12 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
 /// tenant's (`10.0.0.0/16`, QEMU as its gateway `10.0.0.1`), with the
 /// manifest's port forwards on 127.0.0.1. The network is restricted unless
 /// the manifest says `[host] restrict = false`: the guests reach nothing of
-/// the host or beyond through the gateway (without it, every service on
-/// the host's loopback; and slirp drops the guests' UDP, so UDP forwards
-/// need it off), except the manifest's `[host] services`, each a
-/// `guestfwd` from that port of
-/// [`abi::HOST_SERVICES_IPV4`] to the same port on 127.0.0.1. Returns the
-/// arguments and the lines telling where each forwarded service is.
+/// the host or beyond, only answer on the TCP forwards (slirp drops all of
+/// their UDP, so UDP forwards need it off). Open, they reach every service
+/// on the host's loopback through the gateway and the outside network.
+/// No `guestfwd`: QEMU's shares one host connection among all the guests.
+/// Returns the arguments and the lines telling where each forwarded
+/// service is.
 fn uplink_args(m: &manifest::Manifest) -> (Vec<String>, String) {
     if m.guests.iter().all(|g| g.tenant.is_none()) {
         return (Vec::new(), String::new());
@@ -397,15 +397,9 @@ fn uplink_args(m: &manifest::Manifest) -> (Vec<String>, String) {
         if m.restrict { "on" } else { "off" }
     );
     let mut reach = String::new();
-    let [a, b, c, d] = abi::HOST_SERVICES_IPV4;
-    for p in &m.host_services {
-        // QEMU connects to the service once, when it starts (and refuses
-        // to start if nothing listens there); the guests' connections to
-        // that port go over that one connection. (slirp refuses a guestfwd
-        // on its own address, the gateway.)
-        netdev.push_str(&format!(",guestfwd=tcp:{a}.{b}.{c}.{d}:{p}-tcp:127.0.0.1:{p}"));
+    if !m.restrict {
         reach.push_str(&format!(
-            "\nhost service 127.0.0.1:{p} reached by tenant {}'s guests at {a}.{b}.{c}.{d}:{p}",
+            "\nunrestricted uplink ([host] restrict = false): tenant {}'s guests reach the host's loopback and the outside network through {a}.{b}.{c}.{d}",
             first.as_deref().unwrap_or_default()
         ));
     }
@@ -626,30 +620,27 @@ mod tests {
     }
 
     #[test]
-    fn the_uplink_is_restricted_and_host_services_are_opt_in() {
+    fn the_uplink_is_restricted_unless_the_manifest_opts_out() {
         let (args, _) = uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7\", \"8008:8\"]\n"));
-        let netdev = &args[1];
         assert_eq!(
-            netdev,
+            args[1],
             "user,id=uplink,net=10.0.0.0/16,host=10.0.0.1,dhcpstart=10.0.255.100,restrict=on,\
              hostfwd=tcp:127.0.0.1:8007-10.0.0.2:7,hostfwd=tcp:127.0.0.1:8008-10.0.0.2:8"
         );
-        assert!(!netdev.contains("guestfwd"));
+        let (args, reach) = uplink_args(&manifest("[host]\nrestrict = true\n[[guest]]\nname = \"e\"\napp = \"echo\"\ntenant = \"t\"\n"));
+        assert!(args[1].ends_with(",restrict=on"), "{}", args[1]);
+        assert!(!reach.contains("unrestricted"), "{reach}");
         // Open only when the manifest says so (UDP forwards need it).
-        let (args, _) = uplink_args(&manifest(
+        let (args, reach) = uplink_args(&manifest(
             "[host]\nrestrict = false\n[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7/udp\"]\n",
         ));
         assert!(args[1].contains(",restrict=off,hostfwd=udp:127.0.0.1:8007-10.0.0.2:7"), "{}", args[1]);
-        let (args, reach) = uplink_args(&manifest(
-            "[host]\nservices = [5432, 6379]\n\n[[guest]]\nname = \"e\"\napp = \"echo\"\ntenant = \"t\"\n",
-        ));
-        assert!(args[1].contains(",restrict=on,"), "{}", args[1]);
         assert!(
-            args[1].ends_with(",guestfwd=tcp:10.0.255.254:5432-tcp:127.0.0.1:5432,guestfwd=tcp:10.0.255.254:6379-tcp:127.0.0.1:6379"),
-            "{}",
-            args[1]
+            reach.contains("unrestricted uplink ([host] restrict = false): tenant default's guests reach the host's loopback and the outside network through 10.0.0.1"),
+            "{reach}"
         );
-        assert!(reach.contains("host service 127.0.0.1:5432 reached by tenant t's guests at 10.0.255.254:5432"), "{reach}");
+        // Never a guestfwd: QEMU's shares one host connection among the guests.
+        assert!(!args[1].contains("guestfwd"), "{}", args[1]);
         // No vNIC, no network at all.
         assert!(uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\n")).0.is_empty());
     }
