@@ -19,10 +19,9 @@
 //! ports = ["8080:7"]      # host 127.0.0.1:8080 -> this guest's port 7 ("HOST:GUEST[/udp]"); count 1, first tenant only
 //!
 //! [host]
-//! services = [5432]       # TCP ports on the host's 127.0.0.1 that the first tenant's guests may reach,
-//!                         # at 10.0.255.254:5432; default none: guests cannot reach the host
-//! restrict = true         # QEMU's restrict=on (default); false gives the first tenant's guests the host's
-//!                         # loopback and the outside network, and is needed for "/udp" ports
+//! restrict = true         # QEMU's restrict=on (default): the first tenant's guests reach nothing of the
+//!                         # host or beyond; false gives them the host's loopback services and the outside
+//!                         # network through 10.0.0.1, and is needed for "/udp" ports
 //! ```
 //!
 //! Every error names the manifest and the line it is about, and all of them
@@ -81,12 +80,11 @@ pub const COUNT_MAX: u32 = 65_536;
 pub struct Manifest {
     /// The guest entries, in file order; never empty.
     pub guests: Vec<Guest>,
-    /// TCP ports of services on the host's 127.0.0.1 that the first
-    /// tenant's guests may reach at [`abi::HOST_SERVICES_IPV4`], the same
-    /// port there (`[host] services`); none by default.
-    pub host_services: Vec<u16>,
     /// QEMU's user network runs restricted (`[host] restrict`, default
-    /// true): the guests reach nothing of the host but `host_services`.
+    /// true): the first tenant's guests reach nothing of the host or beyond
+    /// (they only answer on the host's TCP port forwards). False opens the
+    /// host's loopback services and the outside network to them through
+    /// the gateway: for trusted tenants only.
     pub restrict: bool,
 }
 
@@ -190,7 +188,6 @@ struct RawManifest {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHost {
-    services: Option<Spanned<Vec<Spanned<i64>>>>,
     restrict: Option<bool>,
 }
 
@@ -487,38 +484,7 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
             line: line_of(text, entry_span.start),
         });
     }
-    let mut host_services: Vec<u16> = Vec::new();
-    if let Some(services) = raw.host.and_then(|h| h.services) {
-        for port in services.get_ref() {
-            let p = u16::try_from(*port.get_ref())
-                .ok()
-                .filter(|&p| p != 0)
-                .ok_or_else(|| err(Some(port.span()), format!("host service port {} is not in 1..=65535", port.get_ref())))?;
-            if host_services.contains(&p) {
-                return Err(err(Some(port.span()), format!("host service port {p} is listed twice")));
-            }
-            host_services.push(p);
-        }
-        if !host_services.is_empty() && first_tenant.is_none() {
-            return Err(err(
-                Some(services.span()),
-                "host services are reached through the first tenant's uplink, but no guest has a vNIC".into(),
-            ));
-        }
-        // The services' address must not be a guest's.
-        let first_tenant_guests: u64 = guests.iter().filter(|g| g.tenant == first_tenant).map(|g| u64::from(g.count)).sum();
-        let [a, b, c, d] = abi::HOST_SERVICES_IPV4;
-        let room = (u64::from(c) << 8 | u64::from(d)) - 2;
-        if !host_services.is_empty() && first_tenant_guests > room {
-            return Err(err(
-                Some(services.span()),
-                format!(
-                    "with host services the first tenant has room for {room} guests ({a}.{b}.{c}.{d} is the host's), and it has {first_tenant_guests}"
-                ),
-            ));
-        }
-    }
-    Ok(Manifest { guests, host_services, restrict })
+    Ok(Manifest { guests, restrict })
 }
 
 /// The name of instance `i` of guest `name`: `name-i`.
@@ -795,31 +761,18 @@ mod tests {
     }
 
     #[test]
-    fn host_services() {
+    fn host_restrict() {
         let m = check("[[guest]]\nname = \"e\"\napp = \"hello\"\nnet = true\n").unwrap();
-        assert!(m.host_services.is_empty(), "guests reach no host service unless the manifest says so");
         assert!(m.restrict, "QEMU's network is restricted unless the manifest says otherwise");
         assert!(check("[host]\nrestrict = true\n[[guest]]\nname = \"e\"\napp = \"hello\"\n").unwrap().restrict);
-        fails("[host]\nrestrict = \"no\"\n[[guest]]\nname = \"e\"\napp = \"hello\"\n", Some(2), "");
         // The table may come before or after the guests.
-        let m = check("[host]\nservices = [5432, 80]\n\n[[guest]]\nname = \"e\"\napp = \"hello\"\nnet = true\n").unwrap();
-        assert_eq!(m.host_services, [5432, 80]);
-        let m = check("[[guest]]\nname = \"e\"\napp = \"hello\"\ntenant = \"x\"\n[host]\nservices = [9]\n").unwrap();
-        assert_eq!(m.host_services, [9]);
-        let m = check("[host]\nservices = []\n[[guest]]\nname = \"e\"\napp = \"hello\"\n").unwrap();
-        assert!(m.host_services.is_empty());
-        let e = check("[host]\nservices = [5432]\n[[guest]]\nname = \"e\"\napp = \"hello\"\n").unwrap_err();
-        assert_eq!(e.to_string(), "manifest.toml:2: host services are reached through the first tenant's uplink, but no guest has a vNIC");
-        let e = check("[host]\nservices = [\n  80,\n  0,\n]\n[[guest]]\nname = \"e\"\napp = \"hello\"\nnet = true\n").unwrap_err();
-        assert_eq!(e.to_string(), "manifest.toml:4: host service port 0 is not in 1..=65535");
-        let e = check("[host]\nservices = [65536]\n[[guest]]\nname = \"e\"\napp = \"hello\"\nnet = true\n").unwrap_err();
-        assert_eq!(e.to_string(), "manifest.toml:2: host service port 65536 is not in 1..=65535");
-        let e = check("[host]\nservices = [80]\n[[guest]]\nname = \"e\"\napp = \"hello\"\nnet = true\ncount = 65533\n").unwrap_err();
-        assert_eq!(e.to_string(), "manifest.toml:2: with host services the first tenant has room for 65532 guests (10.0.255.254 is the host's), and it has 65533");
-        assert!(check("[host]\nservices = [80]\n[[guest]]\nname = \"e\"\napp = \"hello\"\nnet = true\ncount = 65532\n").is_ok());
-        let e = check("[host]\nservices = [80, 80]\n[[guest]]\nname = \"e\"\napp = \"hello\"\nnet = true\n").unwrap_err();
-        assert_eq!(e.to_string(), "manifest.toml:2: host service port 80 is listed twice");
-        fails("[host]\nservices = [\"80\"]\n[[guest]]\nname = \"e\"\napp = \"hello\"\n", Some(2), "");
+        assert!(!check("[host]\nrestrict = false\n\n[[guest]]\nname = \"e\"\napp = \"hello\"\nnet = true\n").unwrap().restrict);
+        assert!(!check("[[guest]]\nname = \"e\"\napp = \"hello\"\ntenant = \"x\"\n[host]\nrestrict = false\n").unwrap().restrict);
+        assert!(check("[host]\n[[guest]]\nname = \"e\"\napp = \"hello\"\n").unwrap().restrict);
+        fails("[host]\nrestrict = \"no\"\n[[guest]]\nname = \"e\"\napp = \"hello\"\n", Some(2), "");
+        // `services` is gone: refused like any unknown key, with its line.
+        let e = check("[[guest]]\nname = \"e\"\napp = \"hello\"\nnet = true\n\n[host]\nservices = [5432]\n").unwrap_err();
+        assert_eq!(e.to_string(), "manifest.toml:7: unknown field `services`, expected `restrict`");
         fails("[host]\nports = [80]\n[[guest]]\nname = \"e\"\napp = \"hello\"\n", Some(2), "unknown field `ports`");
     }
 

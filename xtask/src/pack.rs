@@ -177,7 +177,6 @@ mod tests {
                     &["c"],
                 ),
             ],
-            host_services: Vec::new(),
             restrict: true,
         };
         let apps = HashMap::from([("hello".to_string(), hello)]);
@@ -226,14 +225,12 @@ mod tests {
                 1 << 20,
                 &[],
             )],
-            host_services: Vec::new(),
             restrict: true,
         };
         let e = bundle(&manifest, &HashMap::new(), 0).unwrap_err();
         assert!(format!("{e:#}").contains("/nonexistent/x.hermit"), "{e:#}");
         let manifest = Manifest {
             guests: vec![guest("a", Source::App("nope".into()), 1, 1 << 20, &[])],
-            host_services: Vec::new(),
             restrict: true,
         };
         assert!(bundle(&manifest, &HashMap::new(), 0).is_err());

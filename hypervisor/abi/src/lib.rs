@@ -220,14 +220,6 @@ pub const fn gateway_ipv4(tenant: u32) -> [u8; 4] {
     [10, tenant as u8, 0, 1]
 }
 
-/// Where the first tenant's guests reach the host's services that the
-/// manifest lists (`[host] services`): `10.0.255.254`, the same port. QEMU's
-/// user network forwards guests' connections only from an address of its
-/// own other than the gateway, so they get the network's last address, the
-/// one [`guest_ipv4`] would give the 65,533rd guest of tenant 0 (xtask
-/// refuses a manifest with host services and that many guests there).
-pub const HOST_SERVICES_IPV4: [u8; 4] = [10, 0, 255, 254];
-
 impl NicInfo {
     pub const SIZE: usize = core::mem::size_of::<NicInfo>();
 
