@@ -848,7 +848,7 @@ fn attach_nic(g: &mut Guest, net: &Net, st: &abi::bundle::Settings, info: &abi::
         }
     }
     let mac = [info.mac[0], info.mac[1], info.mac[2], info.mac[3], info.mac[4], info.mac[5]];
-    let port = net.switch.lock().add_port(tenant, mac).map_err(|e| format!("switch: {e:?}"))?;
+    let port = net.switch.lock().add_port(tenant, mac, info.ipv4).map_err(|e| format!("switch: {e:?}"))?;
     match net.guest_of_slot.get(port.slot()) {
         Some(slot) => slot.store(id, Ordering::Release),
         None => {

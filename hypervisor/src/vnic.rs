@@ -12,14 +12,14 @@
 //! never in front of other guests' frames.
 
 use crate::arch::x86_64::paging::phys_to_virt;
-use abi::ring::{Consumer, INDEX_BYTES, MIN_FRAME, MTU_FRAME, Producer, RingError, RingMemory, SLOTS_OFFSET, ring_bytes};
+use abi::ring::{Consumer, INDEX_BYTES, MTU_FRAME, Producer, RingError, RingMemory, SLOTS_OFFSET, ring_bytes};
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use hypervisor::limit::TokenBucket;
 use hypervisor::mm::{FRAME_SIZE, PhysAddr};
-use hypervisor::net::switch::{PortId, Switch, is_multicast};
+use hypervisor::net::switch::{INSPECT_BYTES, PortId, Switch, is_multicast};
 use hypervisor::net::uplink_queue::{Bounds, Offered, UplinkQueue};
 use core::sync::atomic::AtomicUsize;
 use spin::{Mutex, Once};
@@ -142,7 +142,7 @@ struct Tx {
 impl Tx {
     /// Whether the sender's limits let this frame through now (if not, it
     /// is counted and dropped).
-    fn allows(&mut self, now_ns: u64, header: &[u8; MIN_FRAME], len: usize) -> bool {
+    fn allows(&mut self, now_ns: u64, header: &[u8; INSPECT_BYTES], len: usize) -> bool {
         let dst: [u8; 6] = [header[0], header[1], header[2], header[3], header[4], header[5]];
         let ok = self.packets.take(now_ns, 1)
             && self.bytes.take(now_ns, len as u64)
@@ -357,8 +357,9 @@ impl Net {
                 Ok(Some((at, len))) => {
                     // Decide on a private copy of the header and the length
                     // read once; then copy the frame slot to slot.
-                    let mut header = [0u8; MIN_FRAME];
-                    ring.read(at, &mut header);
+                    let mut header = [0u8; INSPECT_BYTES];
+                    let hl = len.min(INSPECT_BYTES);
+                    ring.read(at, &mut header[..hl]);
                     if !tx.allows(now_ns, &header, len) {
                         let _ = tx.ring.skip(&ring);
                         continue;
@@ -370,8 +371,8 @@ impl Net {
                         });
                     }
                     let mut switch = self.switch.lock();
-                    switch.forward_header(port.switch_port, &header, len, now_ns, &mut |dest| {
-                        self.deliver_from(dest, &ring, at, &header, len, &mut woken, now_ns)
+                    switch.forward_header(port.switch_port, &header[..hl], len, now_ns, &mut |dest| {
+                        self.deliver_from(dest, &ring, at, &header[..hl], len, &mut woken, now_ns)
                     });
                     drop(switch);
                     let _ = tx.ring.skip(&ring);
@@ -400,20 +401,21 @@ impl Net {
 
     /// Copies the `len`-byte frame at `at` in the sender's TX ring `src`
     /// straight into the RX ring behind `dest` (one copy), with the checked
-    /// `header` in front; to the uplink through a buffer. Returns whether it
-    /// fit.
+    /// `header` (its first `header.len()` bytes, at most `len`) in front; to
+    /// the uplink through a buffer. Returns whether it fit.
     #[allow(clippy::too_many_arguments)]
-    fn deliver_from(&self, dest: PortId, src: &FrameRing<'_>, at: usize, header: &[u8; MIN_FRAME], len: usize, woken: &mut Vec<usize>, now_ns: u64) -> bool {
+    fn deliver_from(&self, dest: PortId, src: &FrameRing<'_>, at: usize, header: &[u8], len: usize, woken: &mut Vec<usize>, now_ns: u64) -> bool {
+        let hl = header.len();
         if self.uplink.as_ref().is_some_and(|(p, _)| *p == dest) {
             let mut frame = [0u8; MTU_FRAME];
-            frame[..MIN_FRAME].copy_from_slice(header);
-            src.read(at + MIN_FRAME, &mut frame[MIN_FRAME..len]);
+            frame[..hl].copy_from_slice(header);
+            src.read(at + hl, &mut frame[hl..len]);
             return self.deliver(dest, &frame[..len], woken, now_ns);
         }
         self.to_guest(dest, woken, now_ns, |rx, ring| {
             let Some(dst) = rx.reserve(ring, len)? else { return Ok(false) };
             ring.write(dst, header);
-            src.copy_to(at + MIN_FRAME, ring, dst + MIN_FRAME, len - MIN_FRAME);
+            src.copy_to(at + hl, ring, dst + hl, len - hl);
             rx.commit(ring, len);
             Ok(true)
         })

@@ -64,7 +64,10 @@ pub fn switch(data: &[u8]) {
                 let tenant = (inp.u8() % 3) as u32;
                 let m = mac(&mut inp);
                 let dup = live.values().any(|&(t, k)| t == tenant && k == Kind::Guest(m));
-                match sw.add_port(tenant, m) {
+                // A fresh address for every port (collisions are not this
+                // target's business yet).
+                let a = [10, 0, (ids.len() >> 8) as u8, ids.len() as u8];
+                match sw.add_port(tenant, m, a) {
                     Ok(id) => {
                         assert!(!is_multicast(&m) && !dup, "add_port({tenant}, {m:02x?}) accepted");
                         assert!(!ids.contains(&id), "port id {id:?} issued twice");
@@ -117,7 +120,7 @@ pub fn switch(data: &[u8]) {
                 // A frame from a live port (mostly), a dead one, or a forged id.
                 let from = if ids.is_empty() || inp.u8() < 8 {
                     // Not a live port: the id of a port that never existed.
-                    let forged = sw.add_port(99, [0x02, 0xff, 0, 0, 0, 0]).expect("tenant 99 is free");
+                    let forged = sw.add_port(99, [0x02, 0xff, 0, 0, 0, 0], [10, 99, 0, 2]).expect("tenant 99 is free");
                     sw.remove_port(forged);
                     ids.push(forged);
                     forged

@@ -1,8 +1,9 @@
 //! The virtual switch: a learning L2 Ethernet bridge in which every tenant
 //! is a separate broadcast domain.
 //!
-//! Ports are guest vNICs (each with its tenant and its own MAC, fixed when
-//! the port is added) and at most one *uplink*, the outside world. The
+//! Ports are guest vNICs (each with its tenant, its own MAC and its own
+//! IPv4 address, fixed when the port is added: the hypervisor assigns
+//! both) and at most one *uplink*, the outside world. The
 //! uplink belongs to exactly one tenant, chosen when it is added
 //! ([`Switch::add_uplink`]): the tenant whose guests the host and the
 //! network beyond it reach (the manifest's default tenant, 0, unless it
@@ -16,11 +17,35 @@
 //! 2. Source-MAC enforcement: a guest port may send only with its own MAC;
 //!    the uplink may send with any MAC except a guest's of its tenant (the
 //!    outside cannot impersonate a local guest) (`Spoofed`).
-//! 3. Learning: the uplink's source MACs are learned per tenant with a
+//! 3. Address inspection (IP source guard and ARP inspection, as Xen's
+//!    vif anti-spoofing rules and OVS do), on the first
+//!    [`INSPECT_BYTES`] of the frame, by EtherType (at offset 12):
+//!    - IPv4 (`0x0800`): the frame must hold a whole IPv4 header (version
+//!      4, IHL at least 5, `len` at least 34) and, from a guest, its
+//!      source address must be the port's own; from the uplink, it must
+//!      not be the address of a guest of the uplink's tenant
+//!      (`SpoofedIp`). 0.0.0.0 is not allowed either: the guests are
+//!      given their address and do not use DHCP.
+//!    - ARP (`0x0806`): it must be Ethernet/IPv4 ARP (htype 1, ptype
+//!      `0x0800`, hlen 6, plen 4, `len` at least 42); from a guest its
+//!      sender hardware and protocol addresses must be the port's own MAC
+//!      and IPv4 address; from the uplink, neither may be a guest's of its
+//!      tenant (`SpoofedArp`). The operation and the target fields are
+//!      not checked: they claim nothing about the sender.
+//!    - 802.1Q/802.1ad tags (`0x8100`, `0x88a8`, `0x9100`) from a guest
+//!      are dropped (`Tagged`): the tag would hide the fields above, and
+//!      no guest is given a VLAN. The uplink's pass: no guest stack here
+//!      reads a tagged frame.
+//!    - Every other EtherType (IPv6 included: no guest is given an IPv6
+//!      address and the libos has no IPv6) is forwarded within the tenant
+//!      uninspected, under rules 1, 2, 4 and 5 only.
+//!
+//!    A forged frame is dropped before it can teach the table anything.
+//! 4. Learning: the uplink's source MACs are learned per tenant with a
 //!    timestamp and forgotten [`AGE_NS`] after they were last seen. A
 //!    guest's own MAC is known from the moment the port is added and never
 //!    ages, so a guest's frames teach the switch nothing new.
-//! 4. Delivery, within the sender's tenant only and never back out of the
+//! 5. Delivery, within the sender's tenant only and never back out of the
 //!    port the frame came in on: broadcast and multicast go to every other
 //!    port of the tenant (the uplink included if it is the tenant's);
 //!    a known unicast destination goes to its port; an unknown (or aged)
@@ -33,8 +58,9 @@
 //! Adding and removing a guest port is `O(log n)`; removing the uplink
 //! walks the MAC table once. Nothing is allocated per frame.
 //!
-//! Frames are guest-supplied bytes: nothing here indexes by them or
-//! panics on them. Everything is counted: per port and in totals that
+//! Frames are guest-supplied bytes: they are read only through checked
+//! `get`s at fixed offsets; nothing here indexes by them or panics on
+//! them. Everything is counted: per port and in totals that
 //! survive removed ports (see [`Stats`] for the invariants).
 
 use abi::ring::{MIN_FRAME, MTU_FRAME};
@@ -53,7 +79,24 @@ pub const DEFAULT_MAX_LEARNED: usize = 4096;
 const SWEEP_NS: u64 = AGE_NS / 4;
 
 pub type Mac = [u8; 6];
+pub type Ipv4 = [u8; 4];
 pub const BROADCAST: Mac = [0xff; 6];
+
+/// How much of a frame's start the switch decides on: an Ethernet header
+/// and an Ethernet/IPv4 ARP body (14 + 28), which also covers an IPv4
+/// header's source address (bytes 26..30) and a VLAN tag (12..16).
+pub const INSPECT_BYTES: usize = 42;
+
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_ARP: u16 = 0x0806;
+/// 802.1Q, 802.1ad and the older pre-standard QinQ tag.
+const ETHERTYPE_TAGS: [u16; 3] = [0x8100, 0x88a8, 0x9100];
+/// Shortest IPv4 frame: Ethernet header and a 20-byte IPv4 header.
+const MIN_IPV4_FRAME: usize = 14 + 20;
+/// Shortest ARP frame: Ethernet header and a 28-byte Ethernet/IPv4 ARP body.
+const MIN_ARP_FRAME: usize = 14 + 28;
+/// ARP's htype (Ethernet), ptype (IPv4), hlen and plen, as they appear.
+const ARP_ETHERNET_IPV4: [u8; 6] = [0, 1, 0x08, 0x00, 6, 4];
 
 /// Multicast (and broadcast) MACs have the group bit set.
 pub fn is_multicast(mac: &Mac) -> bool {
@@ -76,6 +119,12 @@ impl PortId {
     }
 }
 
+/// Whether `ip` can be a guest's own address: not 0.0.0.0, not the
+/// limited broadcast, not multicast (224.0.0.0/4).
+pub fn is_unicast_ipv4(ip: &Ipv4) -> bool {
+    *ip != [0; 4] && *ip != [0xff; 4] && ip[0] & 0xf0 != 0xe0
+}
+
 /// Why a port could not be added.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PortError {
@@ -83,6 +132,10 @@ pub enum PortError {
     MulticastMac,
     /// Another port of the tenant already has this MAC.
     DuplicateMac,
+    /// A guest's IPv4 address must be unicast ([`is_unicast_ipv4`]).
+    BadIpv4,
+    /// Another port of the tenant already has this IPv4 address.
+    DuplicateIpv4,
     /// There is already an uplink.
     UplinkExists,
     /// More than `u32::MAX` port slots.
@@ -103,6 +156,23 @@ pub enum DropReason {
     /// A guest sent with a MAC not its own, or the uplink with a local
     /// guest's MAC.
     Spoofed,
+    /// An IPv4 frame from a guest with a source address not its own, from
+    /// the uplink with a local guest's, or too short or malformed to tell.
+    SpoofedIp,
+    /// An ARP frame from a guest whose sender MAC or IPv4 address is not
+    /// its own, from the uplink naming a local guest's, or not a whole
+    /// Ethernet/IPv4 ARP.
+    SpoofedArp,
+    /// A VLAN-tagged frame from a guest.
+    Tagged,
+}
+
+impl DropReason {
+    /// Whether the frame claimed an identity not its sender's, or hid
+    /// what it claimed (all but the size and port checks).
+    pub fn is_spoof(self) -> bool {
+        matches!(self, Self::Spoofed | Self::SpoofedIp | Self::SpoofedArp | Self::Tagged)
+    }
 }
 
 /// What became of a frame.
@@ -120,7 +190,7 @@ pub enum Verdict {
 /// Counters of one port, or of the whole switch ([`Switch::totals`]).
 ///
 /// For every frame handed to [`Switch::forward`] exactly one of
-/// `rx_frames` (accepted) and the five `drop_*` counters goes up, at the
+/// `rx_frames` (accepted) and the eight `drop_*` counters goes up, at the
 /// sending port and in the totals (`drop_unknown_port` only in the totals:
 /// there is no port). An accepted frame is handed to zero or more ports;
 /// if zero, `unrouted` goes up as well. Each hand-over bumps, at the
@@ -145,13 +215,22 @@ pub struct Stats {
     pub drop_oversize: u64,
     pub drop_bad_source: u64,
     pub drop_spoofed: u64,
+    pub drop_spoofed_ip: u64,
+    pub drop_spoofed_arp: u64,
+    pub drop_tagged: u64,
     pub drop_unknown_port: u64,
 }
 
 impl Stats {
     /// Every frame dropped before delivery.
     pub fn dropped(&self) -> u64 {
-        self.drop_runt + self.drop_oversize + self.drop_bad_source + self.drop_spoofed + self.drop_unknown_port
+        self.drop_runt + self.drop_oversize + self.drop_bad_source + self.spoofed() + self.drop_unknown_port
+    }
+
+    /// Frames dropped for a forged or hidden identity
+    /// ([`DropReason::is_spoof`]): MAC, IPv4, ARP, VLAN tag.
+    pub fn spoofed(&self) -> u64 {
+        self.drop_spoofed + self.drop_spoofed_ip + self.drop_spoofed_arp + self.drop_tagged
     }
 
     fn count_drop(&mut self, why: DropReason) {
@@ -161,13 +240,16 @@ impl Stats {
             DropReason::Oversize => self.drop_oversize += 1,
             DropReason::BadSource => self.drop_bad_source += 1,
             DropReason::Spoofed => self.drop_spoofed += 1,
+            DropReason::SpoofedIp => self.drop_spoofed_ip += 1,
+            DropReason::SpoofedArp => self.drop_spoofed_arp += 1,
+            DropReason::Tagged => self.drop_tagged += 1,
         }
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
-    Guest { mac: Mac },
+    Guest { mac: Mac, ip: Ipv4 },
     Uplink,
 }
 
@@ -213,6 +295,8 @@ pub struct Switch {
     tenants: BTreeMap<u32, Vec<PortId>>,
     /// `(tenant, MAC)` → port.
     table: BTreeMap<(u32, Mac), Entry>,
+    /// `(tenant, IPv4)` → guest port (the guests' own addresses only).
+    ips: BTreeMap<(u32, Ipv4), PortId>,
     uplink: Option<PortId>,
     /// Entries with a timestamp (learned from the uplink) in `table`.
     learned: usize,
@@ -229,10 +313,12 @@ impl Default for Switch {
 
 impl Switch {
     /// What one guest port costs the switch: its slot, its place in its
-    /// tenant's list and its MAC table entry (B-tree node overhead not
-    /// counted).
-    pub const BYTES_PER_PORT: usize =
-        core::mem::size_of::<Slot>() + core::mem::size_of::<PortId>() + core::mem::size_of::<((u32, Mac), Entry)>();
+    /// tenant's list, its MAC and its address table entries (B-tree node
+    /// overhead not counted).
+    pub const BYTES_PER_PORT: usize = core::mem::size_of::<Slot>()
+        + core::mem::size_of::<PortId>()
+        + core::mem::size_of::<((u32, Mac), Entry)>()
+        + core::mem::size_of::<((u32, Ipv4), PortId)>();
 
     pub fn new() -> Self {
         Self::with_max_learned(DEFAULT_MAX_LEARNED)
@@ -245,6 +331,7 @@ impl Switch {
             free: Vec::new(),
             tenants: BTreeMap::new(),
             table: BTreeMap::new(),
+            ips: BTreeMap::new(),
             uplink: None,
             learned: 0,
             max_learned,
@@ -254,23 +341,32 @@ impl Switch {
     }
 
     /// Adds a guest's vNIC to `tenant`. `mac` is the only source MAC the
-    /// port may send with, and frames to it reach the port from now on.
-    pub fn add_port(&mut self, tenant: u32, mac: Mac) -> Result<PortId, PortError> {
+    /// port may send with, and frames to it reach the port from now on;
+    /// `ip` is the only IPv4 source (and ARP sender) address it may use,
+    /// and the uplink may not claim it.
+    pub fn add_port(&mut self, tenant: u32, mac: Mac, ip: Ipv4) -> Result<PortId, PortError> {
         if is_multicast(&mac) {
             return Err(PortError::MulticastMac);
+        }
+        if !is_unicast_ipv4(&ip) {
+            return Err(PortError::BadIpv4);
         }
         if let Some(e) = self.table.get(&(tenant, mac))
             && e.seen_ns.is_none()
         {
             return Err(PortError::DuplicateMac);
         }
-        let id = self.insert(tenant, Kind::Guest { mac })?;
+        if self.ips.contains_key(&(tenant, ip)) {
+            return Err(PortError::DuplicateIpv4);
+        }
+        let id = self.insert(tenant, Kind::Guest { mac, ip })?;
         // A guest's MAC overrides the same MAC learned from the outside.
         if let Some(old) = self.table.insert((tenant, mac), Entry { port: id, seen_ns: None })
             && old.seen_ns.is_some()
         {
             self.learned = self.learned.saturating_sub(1);
         }
+        self.ips.insert((tenant, ip), id);
         Ok(id)
     }
 
@@ -327,9 +423,12 @@ impl Switch {
             }
         }
         match port.kind {
-            Kind::Guest { mac } => {
+            Kind::Guest { mac, ip } => {
                 if self.table.get(&(port.tenant, mac)).is_some_and(|e| e.port == id) {
                     self.table.remove(&(port.tenant, mac));
+                }
+                if self.ips.get(&(port.tenant, ip)) == Some(&id) {
+                    self.ips.remove(&(port.tenant, ip));
                 }
             }
             Kind::Uplink => {
@@ -408,11 +507,13 @@ impl Switch {
     }
 
     /// [`Switch::forward`] for a frame the caller has not copied: `header`
-    /// holds the frame's first bytes (at least the 14 of the Ethernet
-    /// header; anything after is ignored), copied out of the sender's
-    /// buffer, and `len` is the frame's length, read once. The decision
-    /// rests on these private copies only; `out` then writes `header` and
-    /// copies the rest from the sender's buffer.
+    /// holds the frame's first `len.min(`[`INSPECT_BYTES`]`)` bytes (at
+    /// least the 14 of the Ethernet header; anything past `INSPECT_BYTES`
+    /// is ignored; an IPv4 or ARP frame whose header copy is too short to
+    /// inspect is dropped), copied out of the sender's buffer, and `len` is
+    /// the frame's length, read once. The decision rests on these private
+    /// copies only; `out` then writes `header` and copies the rest from the
+    /// sender's buffer.
     pub fn forward_header(
         &mut self,
         from: PortId,
@@ -442,14 +543,18 @@ impl Switch {
         if is_multicast(&src) {
             return self.drop(Some(from), DropReason::BadSource);
         }
-        match kind {
-            Kind::Guest { mac } => {
-                if src != mac {
-                    return self.drop(Some(from), DropReason::Spoofed);
-                }
-            }
-            Kind::Uplink => match self.table.get_mut(&(tenant, src)) {
-                Some(e) if e.seen_ns.is_none() => return self.drop(Some(from), DropReason::Spoofed),
+        let spoofed = match kind {
+            Kind::Guest { mac, .. } => src != mac,
+            Kind::Uplink => self.is_guest_mac(tenant, &src),
+        };
+        if spoofed {
+            return self.drop(Some(from), DropReason::Spoofed);
+        }
+        if let Err(why) = self.inspect(tenant, kind, header, len) {
+            return self.drop(Some(from), why);
+        }
+        if kind == Kind::Uplink {
+            match self.table.get_mut(&(tenant, src)) {
                 Some(e) => *e = Entry { port: from, seen_ns: Some(now_ns) },
                 None if self.learned < self.max_learned => {
                     self.table.insert((tenant, src), Entry { port: from, seen_ns: Some(now_ns) });
@@ -461,7 +566,7 @@ impl Switch {
                     }
                     self.totals.learn_full += 1;
                 }
-            },
+            }
         }
 
         let bytes = len as u64;
@@ -506,6 +611,41 @@ impl Switch {
         Verdict::Forwarded { copies }
     }
 
+    /// Whether `mac` is the own MAC of a guest of `tenant`.
+    fn is_guest_mac(&self, tenant: u32, mac: &Mac) -> bool {
+        self.table.get(&(tenant, *mac)).is_some_and(|e| e.seen_ns.is_none())
+    }
+
+    /// Rule 3 of the module documentation: the addresses an IPv4 or ARP
+    /// frame claims for its sender, from the private `header` copy.
+    fn inspect(&self, tenant: u32, kind: Kind, header: &[u8], len: usize) -> Result<(), DropReason> {
+        let Some(ethertype) = u16_at(header, 12) else { return Err(DropReason::Runt) };
+        match ethertype {
+            ETHERTYPE_IPV4 => {
+                let whole = len >= MIN_IPV4_FRAME && header.get(14).is_some_and(|&b| b >> 4 == 4 && b & 0xf >= 5);
+                let ok = match (whole, ipv4_at(header, 26), kind) {
+                    (true, Some(src), Kind::Guest { ip, .. }) => src == ip,
+                    (true, Some(src), Kind::Uplink) => !self.ips.contains_key(&(tenant, src)),
+                    _ => false,
+                };
+                if ok { Ok(()) } else { Err(DropReason::SpoofedIp) }
+            }
+            ETHERTYPE_ARP => {
+                let whole = len >= MIN_ARP_FRAME && header.get(14..20) == Some(&ARP_ETHERNET_IPV4[..]);
+                let ok = match (whole, mac_at(header, 22), ipv4_at(header, 28), kind) {
+                    (true, Some(sha), Some(spa), Kind::Guest { mac, ip }) => sha == mac && spa == ip,
+                    (true, Some(sha), Some(spa), Kind::Uplink) => {
+                        !self.is_guest_mac(tenant, &sha) && !self.ips.contains_key(&(tenant, spa))
+                    }
+                    _ => false,
+                };
+                if ok { Ok(()) } else { Err(DropReason::SpoofedArp) }
+            }
+            t if ETHERTYPE_TAGS.contains(&t) && matches!(kind, Kind::Guest { .. }) => Err(DropReason::Tagged),
+            _ => Ok(()),
+        }
+    }
+
     fn drop(&mut self, from: Option<PortId>, why: DropReason) -> Verdict {
         if let Some(p) = from.and_then(|id| port_in(&mut self.slots, id)) {
             p.stats.count_drop(why);
@@ -521,6 +661,15 @@ fn port_in(slots: &mut [Slot], id: PortId) -> Option<&mut Port> {
 
 fn mac_at(header: &[u8], at: usize) -> Option<Mac> {
     header.get(at..at.checked_add(6)?)?.try_into().ok()
+}
+
+fn ipv4_at(header: &[u8], at: usize) -> Option<Ipv4> {
+    header.get(at..at.checked_add(4)?)?.try_into().ok()
+}
+
+fn u16_at(header: &[u8], at: usize) -> Option<u16> {
+    let b: [u8; 2] = header.get(at..at.checked_add(2)?)?.try_into().ok()?;
+    Some(u16::from_be_bytes(b))
 }
 
 /// Hands a frame to `to` (a live port) and counts it; `false` if there is
@@ -557,19 +706,60 @@ mod tests {
         [0x02, 0, b[0], b[1], b[2], b[3]]
     }
 
+    /// A guest's IPv4 address (unique for every `n` below 2^24).
+    fn ip(n: u32) -> Ipv4 {
+        let b = n.to_be_bytes();
+        [10, b[1], b[2], b[3]]
+    }
+
     /// An outside station's MAC (QEMU's prefix).
     fn outside(n: u8) -> Mac {
         [0x52, 0x54, 0, 0x12, 0x34, n]
     }
 
+    /// An outside station's IPv4 address (QEMU's own, or beyond it).
+    fn outside_ip(n: u8) -> Ipv4 {
+        [192, 168, 7, n]
+    }
+
     const MCAST: Mac = [0x01, 0x00, 0x5e, 0x00, 0x00, 0xfb];
     const SEC: u64 = 1_000_000_000;
 
+    /// A frame of an uninspected EtherType (local experimental).
     fn frame(dst: Mac, src: Mac, len: usize) -> Vec<u8> {
         let mut f = vec![0u8; len.max(14)];
         f[..6].copy_from_slice(&dst);
         f[6..12].copy_from_slice(&src);
+        f[12..14].copy_from_slice(&[0x88, 0xb5]);
+        f.truncate(len);
+        f
+    }
+
+    /// An IPv4 frame (a UDP header's worth of payload, 42 bytes, or `len`)
+    /// from `src_ip` to 10.255.0.1.
+    fn ipv4(dst: Mac, src: Mac, src_ip: Ipv4, len: usize) -> Vec<u8> {
+        let mut f = vec![0u8; len.max(42)];
+        f[..6].copy_from_slice(&dst);
+        f[6..12].copy_from_slice(&src);
         f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14..26].copy_from_slice(&[0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+        f[26..30].copy_from_slice(&src_ip);
+        f[30..34].copy_from_slice(&[10, 255, 0, 1]);
+        f.truncate(len);
+        f
+    }
+
+    /// An Ethernet/IPv4 ARP frame (42 bytes, or `len`): `op` 1 request, 2
+    /// reply; sender `sha`/`spa`, target `tpa`.
+    fn arp(dst: Mac, src: Mac, op: u8, sha: Mac, spa: Ipv4, tpa: Ipv4, len: usize) -> Vec<u8> {
+        let mut f = vec![0u8; len.max(42)];
+        f[..6].copy_from_slice(&dst);
+        f[6..12].copy_from_slice(&src);
+        f[12..14].copy_from_slice(&[0x08, 0x06]);
+        f[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, op]);
+        f[22..28].copy_from_slice(&sha);
+        f[28..32].copy_from_slice(&spa);
+        f[38..42].copy_from_slice(&tpa);
         f.truncate(len);
         f
     }
@@ -597,9 +787,9 @@ mod tests {
     #[test]
     fn a_guests_own_mac_is_known_from_the_start_and_never_ages() {
         let mut sw = Switch::new();
-        let a = sw.add_port(1, mac(1)).unwrap();
-        let b = sw.add_port(1, mac(2)).unwrap();
-        let c = sw.add_port(1, mac(3)).unwrap();
+        let a = sw.add_port(1, mac(1), ip(1)).unwrap();
+        let b = sw.add_port(1, mac(2), ip(2)).unwrap();
+        let c = sw.add_port(1, mac(3), ip(3)).unwrap();
         assert_eq!(send(&mut sw, a, &frame(mac(2), mac(1), 60), 0), (fwd(1), vec![b]), "first frame already unicast");
         let much_later = 100 * AGE_NS;
         assert_eq!(send(&mut sw, c, &frame(mac(1), mac(3), 60), much_later), (fwd(1), vec![a]));
@@ -611,8 +801,8 @@ mod tests {
     fn learning_floods_first_then_unicasts_both_ways() {
         let mut sw = Switch::new();
         let up = sw.add_uplink(0).unwrap();
-        let a = sw.add_port(0, mac(1)).unwrap();
-        let b = sw.add_port(0, mac(2)).unwrap();
+        let a = sw.add_port(0, mac(1), ip(1)).unwrap();
+        let b = sw.add_port(0, mac(2), ip(2)).unwrap();
         let x = outside(9);
         // A guest asks for an outside station nobody has seen: flood in the tenant.
         assert_eq!(send(&mut sw, a, &frame(x, mac(1), 60), SEC), (fwd(2), sorted(vec![up, b])));
@@ -633,8 +823,8 @@ mod tests {
     fn learned_entries_age_out_and_flood_again() {
         let mut sw = Switch::new();
         let up = sw.add_uplink(0).unwrap();
-        let a = sw.add_port(0, mac(1)).unwrap();
-        let b = sw.add_port(0, mac(2)).unwrap();
+        let a = sw.add_port(0, mac(1), ip(1)).unwrap();
+        let b = sw.add_port(0, mac(2), ip(2)).unwrap();
         let x = outside(1);
         let t0 = 5 * SEC;
         send(&mut sw, up, &frame(BROADCAST, x, 60), t0);
@@ -660,7 +850,7 @@ mod tests {
     fn forward_sweeps_aged_entries_by_itself() {
         let mut sw = Switch::new();
         let up = sw.add_uplink(0).unwrap();
-        let a = sw.add_port(0, mac(1)).unwrap();
+        let a = sw.add_port(0, mac(1), ip(1)).unwrap();
         for n in 0..10 {
             send(&mut sw, up, &frame(mac(1), outside(n), 60), 0);
         }
@@ -672,10 +862,10 @@ mod tests {
     #[test]
     fn tenants_are_separate_broadcast_domains() {
         let mut sw = Switch::new();
-        let a1 = sw.add_port(1, mac(1)).unwrap();
-        let a2 = sw.add_port(1, mac(2)).unwrap();
-        let b1 = sw.add_port(2, mac(3)).unwrap();
-        let b2 = sw.add_port(2, mac(4)).unwrap();
+        let a1 = sw.add_port(1, mac(1), ip(1)).unwrap();
+        let a2 = sw.add_port(1, mac(2), ip(2)).unwrap();
+        let b1 = sw.add_port(2, mac(3), ip(3)).unwrap();
+        let b2 = sw.add_port(2, mac(4), ip(4)).unwrap();
         // Broadcast and multicast stay in the tenant.
         assert_eq!(send(&mut sw, a1, &frame(BROADCAST, mac(1), 60), 0), (fwd(1), vec![a2]));
         assert_eq!(send(&mut sw, a1, &frame(MCAST, mac(1), 60), 0), (fwd(1), vec![a2]));
@@ -687,8 +877,8 @@ mod tests {
         assert_eq!(send(&mut sw, b1, &frame(mac(1), mac(3), 60), 0), (fwd(1), vec![b2]));
         assert_eq!((sw.stats(b1).unwrap().tx_frames, sw.stats(b2).unwrap().tx_frames), (0, 2), "only B's frames");
         // The same MAC in two tenants is two stations.
-        let a3 = sw.add_port(1, mac(7)).unwrap();
-        let b3 = sw.add_port(2, mac(7)).unwrap();
+        let a3 = sw.add_port(1, mac(7), ip(7)).unwrap();
+        let b3 = sw.add_port(2, mac(7), ip(7)).unwrap();
         assert_eq!(send(&mut sw, a1, &frame(mac(7), mac(1), 60), 0), (fwd(1), vec![a3]));
         assert_eq!(send(&mut sw, b1, &frame(mac(7), mac(3), 60), 0), (fwd(1), vec![b3]));
         assert_eq!(send(&mut sw, a3, &frame(BROADCAST, mac(7), 60), 0), (fwd(2), sorted(vec![a1, a2])));
@@ -708,9 +898,9 @@ mod tests {
     fn spoofed_frames_are_dropped_counted_and_do_not_poison_the_table() {
         let mut sw = Switch::new();
         let up = sw.add_uplink(0).unwrap();
-        let a = sw.add_port(0, mac(1)).unwrap();
-        let m = sw.add_port(0, mac(2)).unwrap();
-        let other = sw.add_port(3, mac(3)).unwrap();
+        let a = sw.add_port(0, mac(1), ip(1)).unwrap();
+        let m = sw.add_port(0, mac(2), ip(2)).unwrap();
+        let other = sw.add_port(3, mac(3), ip(3)).unwrap();
         // The mallory port claims to be A, and to be an outside station.
         for src in [mac(1), outside(1), mac(3)] {
             assert_eq!(
@@ -734,10 +924,168 @@ mod tests {
     }
 
     #[test]
+    fn forged_ipv4_sources_are_dropped_and_counted() {
+        let mut sw = Switch::new();
+        let up = sw.add_uplink(0).unwrap();
+        let a = sw.add_port(0, mac(1), ip(1)).unwrap();
+        let m = sw.add_port(0, mac(2), ip(2)).unwrap();
+        let drop = (Verdict::Dropped(DropReason::SpoofedIp), vec![]);
+        // Mallory, with its own MAC, claims A's address, an outside one,
+        // the unspecified one and a broadcast one.
+        for src in [ip(1), outside_ip(1), [0; 4], [255; 4], [10, 0, 255, 255]] {
+            assert_eq!(send(&mut sw, m, &ipv4(BROADCAST, mac(2), src, 60), 0), drop, "{src:?}");
+            assert_eq!(send(&mut sw, m, &ipv4(mac(1), mac(2), src, 60), 0), drop, "{src:?}");
+        }
+        let s = sw.stats(m).unwrap();
+        assert_eq!((s.drop_spoofed_ip, s.spoofed(), s.rx_frames), (10, 10, 0));
+        assert_eq!(sw.totals().drop_spoofed_ip, 10);
+        assert_eq!(sw.stats(a).unwrap().tx_frames, 0, "A got none of them");
+        // Its own address goes through, unicast and broadcast.
+        assert_eq!(send(&mut sw, m, &ipv4(mac(1), mac(2), ip(2), 60), 0), (fwd(1), vec![a]));
+        assert_eq!(send(&mut sw, m, &ipv4(BROADCAST, mac(2), ip(2), 42), 0), (fwd(2), sorted(vec![up, a])));
+        assert_eq!(sw.stats(m).unwrap().rx_frames, 2);
+    }
+
+    #[test]
+    fn forged_arp_senders_are_dropped_and_legitimate_arp_passes() {
+        let mut sw = Switch::new();
+        let up = sw.add_uplink(0).unwrap();
+        let a = sw.add_port(0, mac(1), ip(1)).unwrap();
+        let m = sw.add_port(0, mac(2), ip(2)).unwrap();
+        let drop = (Verdict::Dropped(DropReason::SpoofedArp), vec![]);
+        // The attack that worked: Mallory's own MAC everywhere, A's address
+        // as the sender's: gratuitous, as a reply to A, as a request.
+        assert_eq!(send(&mut sw, m, &arp(BROADCAST, mac(2), 2, mac(2), ip(1), ip(1), 42), 0), drop);
+        assert_eq!(send(&mut sw, m, &arp(mac(1), mac(2), 2, mac(2), ip(1), ip(1), 60), 0), drop);
+        assert_eq!(send(&mut sw, m, &arp(BROADCAST, mac(2), 1, mac(2), ip(1), ip(3), 42), 0), drop);
+        // QEMU's address (the gateway) is no more Mallory's than A's is.
+        assert_eq!(send(&mut sw, m, &arp(BROADCAST, mac(2), 2, mac(2), outside_ip(1), outside_ip(1), 42), 0), drop);
+        // Its own address with another MAC as the sender's, and an ARP probe.
+        assert_eq!(send(&mut sw, m, &arp(BROADCAST, mac(2), 2, mac(1), ip(2), ip(2), 42), 0), drop);
+        assert_eq!(send(&mut sw, m, &arp(BROADCAST, mac(2), 1, mac(2), [0; 4], ip(1), 42), 0), drop);
+        let s = sw.stats(m).unwrap();
+        assert_eq!((s.drop_spoofed_arp, s.spoofed(), s.rx_frames), (6, 6, 0));
+        assert_eq!((sw.stats(a).unwrap().tx_frames, sw.stats(up).unwrap().tx_frames), (0, 0));
+        // The real thing: A asks for M (broadcast), M answers (unicast), and
+        // announces itself (gratuitous).
+        assert_eq!(send(&mut sw, a, &arp(BROADCAST, mac(1), 1, mac(1), ip(1), ip(2), 42), 0), (fwd(2), sorted(vec![up, m])));
+        assert_eq!(send(&mut sw, m, &arp(mac(1), mac(2), 2, mac(2), ip(2), ip(1), 42), 0), (fwd(1), vec![a]));
+        assert_eq!(send(&mut sw, m, &arp(BROADCAST, mac(2), 2, mac(2), ip(2), ip(2), 60), 0), (fwd(2), sorted(vec![up, a])));
+        assert_eq!(sw.totals().drop_spoofed_arp, 6);
+        assert_eq!(sw.totals().rx_frames, 3);
+    }
+
+    #[test]
+    fn truncated_or_malformed_ipv4_and_arp_are_dropped() {
+        let mut sw = Switch::new();
+        let a = sw.add_port(0, mac(1), ip(1)).unwrap();
+        let b = sw.add_port(0, mac(2), ip(2)).unwrap();
+        let (bad_ip, bad_arp) = (Verdict::Dropped(DropReason::SpoofedIp), Verdict::Dropped(DropReason::SpoofedArp));
+        // Too short for an IPv4 header (even with the source in it: 30..33).
+        for len in [14, 15, 20, 26, 29, 30, 33] {
+            assert_eq!(send(&mut sw, a, &ipv4(mac(2), mac(1), ip(1), len), 0).0, bad_ip, "{len}");
+        }
+        assert_eq!(send(&mut sw, a, &ipv4(mac(2), mac(1), ip(1), 34), 0), (fwd(1), vec![b]));
+        // Not IPv4 inside: version 6, or a header length under 20 bytes.
+        for first in [0x65, 0x44, 0x40, 0x05, 0x00] {
+            let mut f = ipv4(mac(2), mac(1), ip(1), 60);
+            f[14] = first;
+            assert_eq!(send(&mut sw, a, &f, 0).0, bad_ip, "{first:#x}");
+        }
+        // ARP cut short, or not Ethernet/IPv4.
+        for len in [14, 15, 21, 28, 32, 41] {
+            assert_eq!(send(&mut sw, a, &arp(BROADCAST, mac(1), 1, mac(1), ip(1), ip(2), len), 0).0, bad_arp, "{len}");
+        }
+        for (at, v) in [(15, 6), (16, 0x86), (17, 0xdd), (18, 8), (19, 16)] {
+            let mut f = arp(BROADCAST, mac(1), 1, mac(1), ip(1), ip(2), 42);
+            f[at] = v;
+            assert_eq!(send(&mut sw, a, &f, 0).0, bad_arp, "byte {at} = {v:#x}");
+        }
+        let s = sw.stats(a).unwrap();
+        assert_eq!((s.drop_spoofed_ip, s.drop_spoofed_arp, s.rx_frames), (12, 11, 1));
+        // Other EtherTypes are not inspected: IPv6, and anything else.
+        let mut f = frame(mac(2), mac(1), 60);
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        assert_eq!(send(&mut sw, a, &f, 0), (fwd(1), vec![b]));
+        assert_eq!(send(&mut sw, a, &frame(mac(2), mac(1), 14), 0), (fwd(1), vec![b]));
+    }
+
+    #[test]
+    fn vlan_tagged_frames_from_guests_are_dropped() {
+        let mut sw = Switch::new();
+        let up = sw.add_uplink(0).unwrap();
+        let a = sw.add_port(0, mac(1), ip(1)).unwrap();
+        let b = sw.add_port(0, mac(2), ip(2)).unwrap();
+        for tag in [[0x81, 0x00], [0x88, 0xa8], [0x91, 0x00]] {
+            // A tag in front of an ARP that claims B's address.
+            let mut f = vec![0u8; 64];
+            f[..12].copy_from_slice(&[BROADCAST, mac(1)].concat());
+            f[12..14].copy_from_slice(&tag);
+            f[14..16].copy_from_slice(&[0, 7]); // VLAN 7
+            f[16..18].copy_from_slice(&[0x08, 0x06]);
+            f[18..46].copy_from_slice(&arp(BROADCAST, mac(1), 2, mac(1), ip(2), ip(2), 42)[14..]);
+            assert_eq!(send(&mut sw, a, &f, 0), (Verdict::Dropped(DropReason::Tagged), vec![]), "{tag:x?}");
+            // From the uplink it goes through (no guest here reads tags).
+            f[6..12].copy_from_slice(&outside(1));
+            assert_eq!(send(&mut sw, up, &f, 0), (fwd(2), sorted(vec![a, b])), "{tag:x?}");
+        }
+        assert_eq!((sw.stats(a).unwrap().drop_tagged, sw.stats(a).unwrap().spoofed()), (3, 3));
+        assert_eq!(sw.totals().drop_tagged, 3);
+    }
+
+    #[test]
+    fn the_uplink_cannot_claim_a_local_guests_address() {
+        let mut sw = Switch::new();
+        let up = sw.add_uplink(0).unwrap();
+        let a = sw.add_port(0, mac(1), ip(1)).unwrap();
+        let b = sw.add_port(0, mac(2), ip(2)).unwrap();
+        let elsewhere = sw.add_port(3, mac(3), ip(3)).unwrap();
+        let q = outside(1);
+        let drop = |why| (Verdict::Dropped(why), vec![]);
+        // QEMU (or whatever is behind it) sending as A: IPv4 from A's
+        // address, ARP with A's address or A's MAC as the sender's.
+        assert_eq!(send(&mut sw, up, &ipv4(mac(2), q, ip(1), 60), 0), drop(DropReason::SpoofedIp));
+        assert_eq!(send(&mut sw, up, &arp(mac(2), q, 2, q, ip(1), ip(2), 60), 0), drop(DropReason::SpoofedArp));
+        assert_eq!(send(&mut sw, up, &arp(BROADCAST, q, 1, q, ip(1), ip(2), 60), 0), drop(DropReason::SpoofedArp));
+        assert_eq!(send(&mut sw, up, &arp(BROADCAST, q, 2, mac(1), outside_ip(1), ip(2), 60), 0), drop(DropReason::SpoofedArp));
+        assert_eq!(send(&mut sw, up, &ipv4(mac(2), q, ip(1), 30), 0), drop(DropReason::SpoofedIp), "truncated");
+        let s = sw.stats(up).unwrap();
+        assert_eq!((s.drop_spoofed_ip, s.drop_spoofed_arp, s.rx_frames), (2, 3, 0));
+        assert_eq!(sw.lookup(0, q, 0), None, "a forged frame teaches the table nothing");
+        assert_eq!((sw.stats(a).unwrap().tx_frames, sw.stats(b).unwrap().tx_frames), (0, 0));
+        // QEMU as itself: its ARP request for B, then IPv4 from the outside.
+        assert_eq!(send(&mut sw, up, &arp(BROADCAST, q, 1, q, outside_ip(1), ip(2), 60), 0), (fwd(2), sorted(vec![a, b])));
+        assert_eq!(send(&mut sw, up, &ipv4(mac(2), q, outside_ip(9), 1000), 0), (fwd(1), vec![b]));
+        assert_eq!(sw.lookup(0, q, 0), Some(up));
+        // Another tenant's guest is no local guest of the uplink's tenant.
+        assert_eq!(send(&mut sw, up, &ipv4(mac(2), q, ip(3), 60), 0), (fwd(1), vec![b]));
+        assert_eq!(sw.stats(elsewhere).unwrap().tx_frames, 0);
+        // A removed guest's address is nobody's: the outside may use it,
+        // and a new guest may have it.
+        sw.remove_port(a).unwrap();
+        assert_eq!(send(&mut sw, up, &ipv4(mac(2), q, ip(1), 60), 0), (fwd(1), vec![b]));
+        let a2 = sw.add_port(0, mac(9), ip(1)).unwrap();
+        assert_eq!(send(&mut sw, up, &ipv4(mac(9), q, ip(1), 60), 0), drop(DropReason::SpoofedIp));
+        assert_eq!(send(&mut sw, a2, &ipv4(mac(2), mac(9), ip(1), 60), 0), (fwd(1), vec![b]));
+    }
+
+    #[test]
+    fn spoof_reasons_and_their_counters() {
+        use DropReason::*;
+        let spoofs = [Spoofed, SpoofedIp, SpoofedArp, Tagged];
+        for why in [UnknownPort, Runt, Oversize, BadSource, Spoofed, SpoofedIp, SpoofedArp, Tagged] {
+            assert_eq!(why.is_spoof(), spoofs.contains(&why), "{why:?}");
+            let mut s = Stats::default();
+            s.count_drop(why);
+            assert_eq!((s.dropped(), s.spoofed()), (1, u64::from(why.is_spoof())), "{why:?}");
+        }
+    }
+
+    #[test]
     fn runts_oversized_and_group_sources_are_dropped_and_counted() {
         let mut sw = Switch::new();
-        let a = sw.add_port(0, mac(1)).unwrap();
-        let b = sw.add_port(0, mac(2)).unwrap();
+        let a = sw.add_port(0, mac(1), ip(1)).unwrap();
+        let b = sw.add_port(0, mac(2), ip(2)).unwrap();
         let drop = |why| (Verdict::Dropped(why), vec![]);
         for len in [0, 1, 6, 12, 13] {
             assert_eq!(send(&mut sw, a, &frame(mac(2), mac(1), len), 0), drop(DropReason::Runt), "{len}");
@@ -765,8 +1113,8 @@ mod tests {
     #[test]
     fn forward_header_decides_on_the_private_header_and_length() {
         let mut sw = Switch::new();
-        let a = sw.add_port(0, mac(1)).unwrap();
-        let b = sw.add_port(0, mac(2)).unwrap();
+        let a = sw.add_port(0, mac(1), ip(1)).unwrap();
+        let b = sw.add_port(0, mac(2), ip(2)).unwrap();
         let hdr = frame(mac(2), mac(1), 14);
         let mut got = Vec::new();
         let mut out = |p| {
@@ -777,16 +1125,24 @@ mod tests {
         assert_eq!(sw.forward_header(a, &hdr[..13], 1000, 0, &mut out), Verdict::Dropped(DropReason::Runt));
         assert_eq!(sw.forward_header(a, &hdr, 13, 0, &mut out), Verdict::Dropped(DropReason::Runt));
         assert_eq!(sw.forward_header(a, &hdr, 1515, 0, &mut out), Verdict::Dropped(DropReason::Oversize));
-        assert_eq!(got, vec![b]);
-        assert_eq!(sw.stats(b).unwrap().tx_bytes, 1000);
+        // ARP and IPv4 are decided on the first INSPECT_BYTES of the copy;
+        // a copy too short to show the sender's addresses is dropped.
+        let arp_hdr = arp(mac(2), mac(1), 2, mac(1), ip(1), ip(2), INSPECT_BYTES);
+        assert_eq!(sw.forward_header(a, &arp_hdr, 60, 0, &mut out), fwd(1));
+        assert_eq!(sw.forward_header(a, &arp_hdr[..31], 60, 0, &mut out), Verdict::Dropped(DropReason::SpoofedArp));
+        let ip_hdr = ipv4(mac(2), mac(1), ip(1), INSPECT_BYTES);
+        assert_eq!(sw.forward_header(a, &ip_hdr, 1000, 0, &mut out), fwd(1));
+        assert_eq!(sw.forward_header(a, &ip_hdr[..29], 1000, 0, &mut out), Verdict::Dropped(DropReason::SpoofedIp));
+        assert_eq!(got, vec![b, b, b]);
+        assert_eq!(sw.stats(b).unwrap().tx_bytes, 2060);
     }
 
     #[test]
     fn a_frame_never_goes_back_out_the_port_it_came_in_on() {
         let mut sw = Switch::new();
         let up = sw.add_uplink(0).unwrap();
-        let a = sw.add_port(0, mac(1)).unwrap();
-        let lone = sw.add_port(5, mac(5)).unwrap();
+        let a = sw.add_port(0, mac(1), ip(1)).unwrap();
+        let lone = sw.add_port(5, mac(5), ip(5)).unwrap();
         // To itself.
         assert_eq!(send(&mut sw, a, &frame(mac(1), mac(1), 60), 0), (fwd(0), vec![]));
         // Outside to outside, both learned on the uplink.
@@ -803,9 +1159,9 @@ mod tests {
     #[test]
     fn a_full_receive_ring_is_counted_at_the_receiver() {
         let mut sw = Switch::new();
-        let a = sw.add_port(0, mac(1)).unwrap();
-        let b = sw.add_port(0, mac(2)).unwrap();
-        let c = sw.add_port(0, mac(3)).unwrap();
+        let a = sw.add_port(0, mac(1), ip(1)).unwrap();
+        let b = sw.add_port(0, mac(2), ip(2)).unwrap();
+        let c = sw.add_port(0, mac(3), ip(3)).unwrap();
         let v = sw.forward(a, &frame(BROADCAST, mac(1), 100), 0, &mut |p| p != b);
         assert_eq!(v, fwd(2), "handed to both; B's ring was full");
         assert_eq!((sw.stats(b).unwrap().tx_full, sw.stats(b).unwrap().tx_frames), (1, 0));
@@ -817,9 +1173,9 @@ mod tests {
     fn a_removed_port_gets_nothing_and_its_entries_are_gone() {
         let mut sw = Switch::new();
         let up = sw.add_uplink(0).unwrap();
-        let a = sw.add_port(0, mac(1)).unwrap();
-        let b = sw.add_port(0, mac(2)).unwrap();
-        let c = sw.add_port(0, mac(3)).unwrap();
+        let a = sw.add_port(0, mac(1), ip(1)).unwrap();
+        let b = sw.add_port(0, mac(2), ip(2)).unwrap();
+        let c = sw.add_port(0, mac(3), ip(3)).unwrap();
         send(&mut sw, a, &frame(mac(2), mac(1), 60), 0);
         let last = sw.remove_port(b).unwrap();
         assert_eq!(last.tx_frames, 1, "its final counters");
@@ -829,7 +1185,7 @@ mod tests {
         assert_eq!(send(&mut sw, a, &frame(mac(2), mac(1), 60), 0), (fwd(2), sorted(vec![up, c])));
         assert_eq!(send(&mut sw, a, &frame(BROADCAST, mac(1), 60), 0), (fwd(2), sorted(vec![up, c])));
         // Its id is dead, even once its slot is reused.
-        let d = sw.add_port(0, mac(2)).unwrap();
+        let d = sw.add_port(0, mac(2), ip(2)).unwrap();
         assert_eq!(d.slot(), b.slot());
         assert_ne!(d, b);
         assert_eq!(
@@ -857,8 +1213,8 @@ mod tests {
     #[test]
     fn the_uplink_learns_the_outside_and_carries_its_tenants_broadcasts() {
         let mut sw = Switch::new();
-        let a = sw.add_port(0, mac(1)).unwrap();
-        let other = sw.add_port(1, mac(2)).unwrap();
+        let a = sw.add_port(0, mac(1), ip(1)).unwrap();
+        let other = sw.add_port(1, mac(2), ip(2)).unwrap();
         let up = sw.add_uplink(0).unwrap();
         assert_eq!(sw.add_uplink(1), Err(PortError::UplinkExists));
         assert_eq!((sw.uplink(), sw.tenant_of(up)), (Some(up), Some(0)));
@@ -875,7 +1231,7 @@ mod tests {
         }
         assert_eq!(send(&mut sw, up, &frame(BROADCAST, MCAST, 60), 0).0, Verdict::Dropped(DropReason::BadSource));
         // A guest added with a MAC seen outside takes it over.
-        let g = sw.add_port(0, outside(7)).unwrap();
+        let g = sw.add_port(0, outside(7), ip(7)).unwrap();
         assert_eq!(sw.lookup(0, outside(7), 0), Some(g));
         assert_eq!(sw.learned_count(), 49);
         assert_eq!(send(&mut sw, up, &frame(BROADCAST, outside(7), 60), 0).0, Verdict::Dropped(DropReason::Spoofed));
@@ -888,7 +1244,7 @@ mod tests {
     fn the_learning_table_is_bounded() {
         let mut sw = Switch::with_max_learned(8);
         let up = sw.add_uplink(0).unwrap();
-        let a = sw.add_port(0, mac(1)).unwrap();
+        let a = sw.add_port(0, mac(1), ip(1)).unwrap();
         for n in 0..20 {
             assert_eq!(send(&mut sw, up, &frame(mac(1), outside(n), 60), 0), (fwd(1), vec![a]), "still forwarded");
         }
@@ -906,12 +1262,17 @@ mod tests {
     #[test]
     fn bad_ports_are_refused() {
         let mut sw = Switch::new();
-        sw.add_port(0, mac(1)).unwrap();
-        assert_eq!(sw.add_port(0, mac(1)), Err(PortError::DuplicateMac));
-        assert_eq!(sw.add_port(0, BROADCAST), Err(PortError::MulticastMac));
-        assert_eq!(sw.add_port(0, MCAST), Err(PortError::MulticastMac));
-        assert!(sw.add_port(1, mac(1)).is_ok(), "same MAC, other tenant");
-        assert_eq!(sw.port_count(), 2);
+        sw.add_port(0, mac(1), ip(1)).unwrap();
+        assert_eq!(sw.add_port(0, mac(1), ip(1)), Err(PortError::DuplicateMac));
+        assert_eq!(sw.add_port(0, BROADCAST, ip(8)), Err(PortError::MulticastMac));
+        assert_eq!(sw.add_port(0, MCAST, ip(8)), Err(PortError::MulticastMac));
+        assert_eq!(sw.add_port(0, mac(8), ip(1)), Err(PortError::DuplicateIpv4));
+        for bad in [[0; 4], [255; 4], [224, 0, 0, 1], [239, 1, 2, 3]] {
+            assert_eq!(sw.add_port(0, mac(8), bad), Err(PortError::BadIpv4), "{bad:?}");
+        }
+        assert!(sw.add_port(1, mac(9), ip(1)).is_ok(), "same address, other tenant");
+        assert!(sw.add_port(1, mac(1), ip(2)).is_ok(), "same MAC, other tenant");
+        assert_eq!(sw.port_count(), 3);
     }
 
     #[test]
@@ -922,7 +1283,7 @@ mod tests {
         const TENANTS: u32 = 100;
         let mut sw = Switch::new();
         let t = Instant::now();
-        let ids: Vec<PortId> = (0..PORTS).map(|i| sw.add_port(i % TENANTS, mac(i)).unwrap()).collect();
+        let ids: Vec<PortId> = (0..PORTS).map(|i| sw.add_port(i % TENANTS, mac(i), ip(i)).unwrap()).collect();
         let up = sw.add_uplink(42).unwrap();
         let added = t.elapsed();
 
@@ -972,6 +1333,8 @@ mod tests {
     struct Model {
         /// (id, tenant, MAC; `None` for the uplink).
         ports: Vec<(PortId, u32, Option<Mac>)>,
+        /// Each guest's address.
+        ips: Vec<(PortId, Ipv4)>,
         /// (tenant, MAC, port, last seen) learned from the uplink.
         learned: Vec<(u32, Mac, PortId, u64)>,
     }
@@ -994,17 +1357,45 @@ mod tests {
                 return drop(DropReason::BadSource);
             }
             let guest_with = |m: Mac| self.ports.iter().find(|p| p.1 == tenant && p.2 == Some(m)).map(|p| p.0);
+            let ip_of = |id: PortId| self.ips.iter().find(|i| i.0 == id).map(|i| i.1);
+            let guest_ip = |a: Ipv4| self.ips.iter().any(|&(id, i)| i == a && self.ports.iter().any(|p| p.0 == id && p.1 == tenant));
             match own {
                 Some(m) if m != src => return drop(DropReason::Spoofed),
-                Some(_) => {}
-                None => {
-                    if guest_with(src).is_some() {
-                        return drop(DropReason::Spoofed);
+                None if guest_with(src).is_some() => return drop(DropReason::Spoofed),
+                _ => {}
+            }
+            // Inspection (lengths first, so the slicing cannot fail).
+            match (f[12], f[13]) {
+                (0x08, 0x00) => {
+                    let ok = f.len() >= 34
+                        && f[14] >> 4 == 4
+                        && f[14] & 15 >= 5
+                        && match own {
+                            Some(_) => ip_of(from) == Some(f[26..30].try_into().unwrap()),
+                            None => !guest_ip(f[26..30].try_into().unwrap()),
+                        };
+                    if !ok {
+                        return drop(DropReason::SpoofedIp);
                     }
-                    match self.learned.iter_mut().find(|l| l.0 == tenant && l.1 == src) {
-                        Some(l) => (l.2, l.3) = (from, now),
-                        None => self.learned.push((tenant, src, from, now)),
+                }
+                (0x08, 0x06) => {
+                    let ok = f.len() >= 42
+                        && f[14..20] == [0, 1, 8, 0, 6, 4]
+                        && match own {
+                            Some(m) => f[22..28] == m && ip_of(from) == Some(f[28..32].try_into().unwrap()),
+                            None => guest_with(f[22..28].try_into().unwrap()).is_none() && !guest_ip(f[28..32].try_into().unwrap()),
+                        };
+                    if !ok {
+                        return drop(DropReason::SpoofedArp);
                     }
+                }
+                (0x81, 0x00) | (0x88, 0xa8) | (0x91, 0x00) if own.is_some() => return drop(DropReason::Tagged),
+                _ => {}
+            }
+            if own.is_none() {
+                match self.learned.iter_mut().find(|l| l.0 == tenant && l.1 == src) {
+                    Some(l) => (l.2, l.3) = (from, now),
+                    None => self.learned.push((tenant, src, from, now)),
                 }
             }
             let known = if dst[0] & 1 == 1 {
@@ -1025,15 +1416,17 @@ mod tests {
             (fwd(to.len() as u32), to)
         }
 
-        fn add(&mut self, id: PortId, tenant: u32, mac: Option<Mac>) {
-            if let Some(m) = mac {
+        fn add(&mut self, id: PortId, tenant: u32, guest: Option<(Mac, Ipv4)>) {
+            if let Some((m, a)) = guest {
                 self.learned.retain(|l| !(l.0 == tenant && l.1 == m));
+                self.ips.push((id, a));
             }
-            self.ports.push((id, tenant, mac));
+            self.ports.push((id, tenant, guest.map(|g| g.0)));
         }
 
         fn remove(&mut self, id: PortId) {
             self.ports.retain(|p| p.0 != id);
+            self.ips.retain(|i| i.0 != id);
             self.learned.retain(|l| l.2 != id);
         }
     }
@@ -1050,6 +1443,9 @@ mod tests {
         a.drop_oversize += b.drop_oversize;
         a.drop_bad_source += b.drop_bad_source;
         a.drop_spoofed += b.drop_spoofed;
+        a.drop_spoofed_ip += b.drop_spoofed_ip;
+        a.drop_spoofed_arp += b.drop_spoofed_arp;
+        a.drop_tagged += b.drop_tagged;
         a.drop_unknown_port += b.drop_unknown_port;
     }
 
@@ -1077,26 +1473,30 @@ mod tests {
 
         for i in 0..12u32 {
             let (t, m) = (i % 3, mac(i));
-            model.add(sw.add_port(t, m).unwrap(), t, Some(m));
+            model.add(sw.add_port(t, m, ip(i)).unwrap(), t, Some((m, ip(i))));
         }
         let up = sw.add_uplink(0).unwrap();
         model.add(up, 0, None);
 
-        let (mut verdicts, mut handed, mut took, mut rx_bytes, mut tx_bytes) = ([0u64; 6], 0u64, 0u64, 0u64, 0u64);
+        let (mut verdicts, mut handed, mut took, mut rx_bytes, mut tx_bytes) = ([0u64; 7], 0u64, 0u64, 0u64, 0u64);
+        // Accepted IPv4 and ARP frames, from guests and from the uplink.
+        let mut passed = [[0u64; 2]; 2];
         let mut buf = [0u8; 2100];
         let mut got: Vec<PortId> = Vec::new();
         let mut now = 0u64;
         for _ in 0..FRAMES {
             // Ports come and go.
             if rng.one_in(150) {
-                let (t, m) = (rng.below(4) as u32, mac(rng.below(macs as usize) as u32));
+                let (t, m, a) = (rng.below(4) as u32, mac(rng.below(macs as usize) as u32), ip(rng.below(macs as usize) as u32));
                 let dup = model.ports.iter().any(|p| p.1 == t && p.2 == Some(m));
-                match sw.add_port(t, m) {
+                let dup_ip = model.ips.iter().any(|&(id, i)| i == a && model.ports.iter().any(|p| p.0 == id && p.1 == t));
+                match sw.add_port(t, m, a) {
                     Ok(id) => {
-                        assert!(!dup);
-                        model.add(id, t, Some(m));
+                        assert!(!dup && !dup_ip);
+                        model.add(id, t, Some((m, a)));
                     }
-                    Err(e) => assert!(dup && e == PortError::DuplicateMac),
+                    Err(PortError::DuplicateMac) => assert!(dup),
+                    Err(e) => assert!(!dup && dup_ip && e == PortError::DuplicateIpv4, "{e:?}"),
                 }
             }
             if rng.one_in(2000) {
@@ -1129,6 +1529,7 @@ mod tests {
                 _ => PortId { slot: 0, generation: 0 },
             };
             let own = model.ports.iter().find(|p| p.0 == from).and_then(|p| p.2);
+            let own_ip = model.ips.iter().find(|i| i.0 == from).map(|i| i.1);
 
             // What: lengths around every limit and plain garbage.
             let len = match rng.below(10) {
@@ -1157,6 +1558,39 @@ mod tests {
             buf.iter_mut().for_each(|b| *b = rng.next() as u8);
             buf[..6].copy_from_slice(&dst);
             buf[6..12].copy_from_slice(&src);
+            // Mostly the sender's own address, else a neighbour's, an
+            // outside one, 0.0.0.0 or anything.
+            let pick_ip = |rng: &mut Rng| match (own_ip, rng.below(10)) {
+                (Some(a), 0..=5) => a,
+                (_, 0..=7) => ip(rng.below(macs as usize) as u32),
+                (_, 8) => [outside_ip(rng.next() as u8), [0; 4]][rng.below(2)],
+                _ => (rng.next() as u32).to_be_bytes(),
+            };
+            // EtherType: IPv4, ARP, a VLAN tag, or the random one.
+            let kind = rng.below(10);
+            match kind {
+                0..=2 => {
+                    buf[12..14].copy_from_slice(&[0x08, 0x00]);
+                    if !rng.one_in(8) {
+                        buf[14] = 0x45;
+                    }
+                    buf[26..30].copy_from_slice(&pick_ip(&mut rng));
+                }
+                3..=5 => {
+                    buf[12..14].copy_from_slice(&[0x08, 0x06]);
+                    if !rng.one_in(8) {
+                        buf[14..20].copy_from_slice(&[0, 1, 8, 0, 6, 4]);
+                    }
+                    let sha = match (own, rng.below(8)) {
+                        (Some(m), 0..=5) => m,
+                        _ => pick(&mut rng),
+                    };
+                    buf[22..28].copy_from_slice(&sha);
+                    buf[28..32].copy_from_slice(&pick_ip(&mut rng));
+                }
+                6 => buf[12..14].copy_from_slice(&[[0x81, 0x00], [0x88, 0xa8], [0x91, 0x00]][rng.below(3)]),
+                _ => {}
+            }
             let f = &buf[..len];
 
             let want = model.expect(from, f, now);
@@ -1181,23 +1615,28 @@ mod tests {
             let slot = match v {
                 Verdict::Forwarded { copies } => {
                     rx_bytes += len as u64;
+                    if kind <= 5 {
+                        passed[usize::from(own.is_none())][usize::from(kind >= 3)] += 1;
+                    }
                     if copies == 0 { 5 } else { 0 }
                 }
                 Verdict::Dropped(DropReason::UnknownPort) => 1,
                 Verdict::Dropped(DropReason::Runt) => 2,
                 Verdict::Dropped(DropReason::Oversize) => 3,
                 Verdict::Dropped(DropReason::BadSource | DropReason::Spoofed) => 4,
+                Verdict::Dropped(DropReason::SpoofedIp | DropReason::SpoofedArp | DropReason::Tagged) => 6,
             };
             verdicts[slot] += 1;
         }
 
         let t = sw.totals();
-        let [routed, unknown, runt, oversize, bad_or_spoofed, unrouted] = verdicts;
+        let [routed, unknown, runt, oversize, bad_or_spoofed, unrouted, inspected] = verdicts;
         assert_eq!(t.rx_frames + t.dropped(), FRAMES);
         assert_eq!(t.rx_frames, routed + unrouted);
         assert_eq!(t.unrouted, unrouted);
         assert_eq!((t.drop_unknown_port, t.drop_runt, t.drop_oversize), (unknown, runt, oversize));
         assert_eq!(t.drop_bad_source + t.drop_spoofed, bad_or_spoofed);
+        assert_eq!(t.drop_spoofed_ip + t.drop_spoofed_arp + t.drop_tagged, inspected);
         assert_eq!((t.tx_frames + t.tx_full, t.tx_frames), (handed, took));
         assert_eq!((t.rx_bytes, t.tx_bytes), (rx_bytes, tx_bytes));
         let mut sum = removed;
@@ -1209,11 +1648,14 @@ mod tests {
         assert_eq!(sw.port_count(), model.ports.len());
         extern crate std;
         std::println!(
-            "verdicts [routed, unknown port, runt, oversize, bad source/spoofed, unrouted] {verdicts:?}; {t:?}"
+            "verdicts [routed, unknown port, runt, oversize, bad source/spoofed, unrouted, inspection] {verdicts:?}; \
+             accepted [[guest IPv4, ARP], [uplink IPv4, ARP]] {passed:?}; {t:?}"
         );
         // Every kind of frame happened.
         assert!(verdicts.iter().all(|&n| n > 100), "{verdicts:?}");
         assert!(t.drop_spoofed > 100 && t.drop_bad_source > 100 && t.tx_full > 100, "{t:?}");
+        assert!(t.drop_spoofed_ip > 100 && t.drop_spoofed_arp > 100 && t.drop_tagged > 100, "{t:?}");
+        assert!(passed.iter().flatten().all(|&n| n > 100), "{passed:?}");
         assert!(!dead.is_empty());
     }
 }
