@@ -470,7 +470,7 @@ fn stats_line(g: &Guest, state: &str, port: Option<&Port>) -> String {
             + Scheduler::BYTES_PER_GUEST) as u64
         + port.map_or(0, |p| p.record_bytes() + hypervisor::net::switch::Switch::BYTES_PER_PORT as u64);
     format!(
-        r#"{{"event":"guest_stats","guest":"{}","state":"{state}","cpu_ns":{},"cpu_ns_per_cpu":[{}],"wakeups":{},"preemptions":{},"yields":{},"hypercalls":{},"memory_bytes":{},"memory_limit":{},"private_bytes":{},"ring_bytes":{ring_bytes},"table_bytes":{},"shared_bytes":{},"hv_bytes":{hv_bytes},"console_dropped":{},"kicks_ignored":{},"nic_limited":{},"ring_errors":{},"uplink_dropped":{},"created_ns":{},"create_ns":{},"first_entry_ns":{}}}"#,
+        r#"{{"event":"guest_stats","guest":"{}","state":"{state}","cpu_ns":{},"cpu_ns_per_cpu":[{}],"wakeups":{},"preemptions":{},"yields":{},"hypercalls":{},"memory_bytes":{},"memory_limit":{},"private_bytes":{},"ring_bytes":{ring_bytes},"table_bytes":{},"shared_bytes":{},"hv_bytes":{hv_bytes},"console_dropped":{},"kicks_ignored":{},"nic_limited":{},"ring_errors":{},"uplink_dropped":{},"spoofed_frames":{},"created_ns":{},"create_ns":{},"first_entry_ns":{}}}"#,
         g.name,
         s.cpu_ns,
         per_cpu.join(","),
@@ -488,6 +488,7 @@ fn stats_line(g: &Guest, state: &str, port: Option<&Port>) -> String {
         port.map_or(0, Port::limited),
         port.map_or(0, |p| p.ring_errors.load(Ordering::Relaxed)),
         port.map_or(0, Port::uplink_dropped),
+        port.map_or(0, |p| p.spoofed.load(Ordering::Relaxed)),
         s.created_ns,
         s.create_ns,
         s.first_entry_ns

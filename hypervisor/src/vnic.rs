@@ -19,7 +19,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use hypervisor::limit::TokenBucket;
 use hypervisor::mm::{FRAME_SIZE, PhysAddr};
-use hypervisor::net::switch::{INSPECT_BYTES, PortId, Switch, is_multicast};
+use hypervisor::net::switch::{INSPECT_BYTES, PortId, Switch, Verdict, is_multicast};
 use hypervisor::net::uplink_queue::{Bounds, Offered, UplinkQueue};
 use core::sync::atomic::AtomicUsize;
 use spin::{Mutex, Once};
@@ -170,6 +170,10 @@ pub struct Port {
     /// took: flooded ones it had no room for, and ones that found its
     /// queue full, waited too long, or were waiting when its vNIC went.
     uplink_dropped: AtomicU64,
+    /// Frames the switch dropped as spoofed (`DropReason::is_spoof`),
+    /// counted from its verdicts here so that the count outlives the
+    /// switch port.
+    pub spoofed: AtomicU64,
 }
 
 impl Port {
@@ -202,6 +206,7 @@ impl Port {
             dead: AtomicBool::new(false),
             ring_errors: AtomicU64::new(0),
             uplink_dropped: AtomicU64::new(0),
+            spoofed: AtomicU64::new(0),
         }
     }
 }
@@ -371,10 +376,15 @@ impl Net {
                         });
                     }
                     let mut switch = self.switch.lock();
-                    switch.forward_header(port.switch_port, &header[..hl], len, now_ns, &mut |dest| {
+                    let verdict = switch.forward_header(port.switch_port, &header[..hl], len, now_ns, &mut |dest| {
                         self.deliver_from(dest, &ring, at, &header[..hl], len, &mut woken, now_ns)
                     });
                     drop(switch);
+                    if let Verdict::Dropped(why) = verdict
+                        && why.is_spoof()
+                    {
+                        port.spoofed.fetch_add(1, Ordering::Relaxed);
+                    }
                     let _ = tx.ring.skip(&ring);
                 }
                 Ok(None) => break Ok(()),
