@@ -22,10 +22,10 @@
 //!    [`INSPECT_BYTES`] of the frame, by EtherType (at offset 12):
 //!    - IPv4 (`0x0800`): the frame must hold a whole IPv4 header (version
 //!      4, IHL at least 5, `len` at least 34) and, from a guest, its
-//!      source address must be the port's own; from the uplink, it must
-//!      not be the address of a guest of the uplink's tenant
-//!      (`SpoofedIp`). 0.0.0.0 is not allowed either: the guests are
-//!      given their address and do not use DHCP.
+//!      source address must be the port's own (so not 0.0.0.0 either:
+//!      guests are given their address and do not use DHCP); from the
+//!      uplink, it must not be the address of a guest of the uplink's
+//!      tenant (`SpoofedIp`).
 //!    - ARP (`0x0806`): it must be Ethernet/IPv4 ARP (htype 1, ptype
 //!      `0x0800`, hlen 6, plen 4, `len` at least 42); from a guest its
 //!      sender hardware and protocol addresses must be the port's own MAC
