@@ -242,6 +242,8 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
     let restrict = raw.host.as_ref().and_then(|h| h.restrict).unwrap_or(true);
     let mut guests: Vec<Guest> = Vec::with_capacity(raw.guest.len());
     let mut first_tenant: Option<String> = None;
+    // (tenant, guests with a vNIC in it so far)
+    let mut tenant_hosts: Vec<(String, u64)> = Vec::new();
     let mut used_host_ports: Vec<(bool, u16)> = Vec::new();
     for entry in raw.guest {
         let entry_span = entry.span();
@@ -438,6 +440,28 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
             && first_tenant.is_none()
         {
             first_tenant = Some(t.clone());
+        }
+        // Each tenant is a /16 (abi::guest_ipv4): at most 256 tenants, and
+        // 65,533 guests with a vNIC in each.
+        if let Some(t) = &tenant {
+            let span = g.tenant.as_ref().map_or(entry_span.clone(), |t| t.span());
+            let at = match tenant_hosts.iter().position(|(n, _)| n == t) {
+                Some(i) => i,
+                None if tenant_hosts.len() as u32 >= abi::MAX_TENANTS => {
+                    return Err(err(Some(span), format!("more than {} tenants", abi::MAX_TENANTS)));
+                }
+                None => {
+                    tenant_hosts.push((t.clone(), 0));
+                    tenant_hosts.len() - 1
+                }
+            };
+            tenant_hosts[at].1 += u64::from(count);
+            if tenant_hosts[at].1 > u64::from(abi::MAX_TENANT_HOSTS) {
+                return Err(err(
+                    Some(span),
+                    format!("tenant '{t}' has more than {} guests with a vNIC (its /16 has no more addresses)", abi::MAX_TENANT_HOSTS),
+                ));
+            }
         }
         let mut ports = Vec::new();
         if let Some(p) = &g.ports {
@@ -735,6 +759,13 @@ mod tests {
         assert_eq!(t, [Some(DEFAULT_TENANT), Some("acme"), None]);
         let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\nnet = false\ntenant = \"x\"\n").unwrap_err();
         assert_eq!(e.to_string(), "manifest.toml:5: a tenant needs a vNIC, but net = false");
+        // A tenant is a /16: 65,533 guests with a vNIC, and 256 tenants.
+        check("[[guest]]\nname = \"a\"\napp = \"hello\"\nnet = true\ncount = 65533\n").unwrap();
+        let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\nnet = true\ncount = 65533\n[[guest]]\nname = \"b\"\napp = \"hello\"\nnet = true\n").unwrap_err();
+        assert!(e.to_string().starts_with("manifest.toml:6: tenant 'default' has more than 65533 guests"), "{e}");
+        let many: String = (0..257).map(|i| format!("[[guest]]\nname = \"g{i}\"\napp = \"hello\"\ntenant = \"t{i}\"\n")).collect();
+        let e = check(&many).unwrap_err();
+        assert!(e.to_string().ends_with("more than 256 tenants"), "{e}");
         let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\ntenant = \"a b\"\n").unwrap_err();
         assert!(e.to_string().starts_with("manifest.toml:4: tenant \"a b\" must be"), "{e}");
     }
