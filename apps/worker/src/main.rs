@@ -6,7 +6,7 @@
 //! | `count N`     | counts to N, prints `counted to N`, exits 0                    |
 //! | `busy MS`     | spins for MS milliseconds of wall time, prints `busy for NS ns` |
 //! | `sleep MS`    | sleeps MS ms (async), prints `slept NS ns`                     |
-//! | `tasks`       | spawns tasks sleeping 30, 10 and 20 ms, prints the order they finished |
+//! | `tasks`       | spawns tasks sleeping until 30, 10 and 20 ms from one instant, prints the order they finished |
 //! | `tick MS N`   | wakes every MS ms N times; prints `ticked N times, late by at most US us` |
 //! | `fpu SEED N`  | runs an N-step floating-point recurrence twice and prints whether both agree |
 #![no_std]
@@ -18,7 +18,7 @@ extern crate alloc;
 use alloc::vec::Vec;
 use core::time::Duration;
 use libos::println;
-use libos::task::{join_all, sleep, spawn};
+use libos::task::{join_all, sleep, sleep_until, spawn};
 use libos::time::Instant;
 
 libos::main!(async main);
@@ -70,8 +70,12 @@ async fn main() -> i32 {
             let handles: Vec<_> = [30u64, 10, 20]
                 .into_iter()
                 .map(|ms| {
+                    // Deadlines from one instant: were each task to sleep
+                    // from its own first poll, a preemption between two
+                    // first polls could reorder them.
+                    let deadline = start + Duration::from_millis(ms);
                     spawn(async move {
-                        sleep(Duration::from_millis(ms)).await;
+                        sleep_until(deadline).await;
                         println!("task {ms} done");
                         ms
                     })
