@@ -134,32 +134,9 @@ impl Image {
         } else {
             file
         };
-        let entries = tar::entries(archive)?;
-
-        let config = tar::find(&entries, hermit_entry::config::Config::DEFAULT_PATH)
-            .ok_or(ImageError::ConfigMissing)?;
-        if config.len() > MAX_CONFIG_BYTES {
-            return Err(ImageError::ConfigTooLarge {
-                size: config.len() as u64,
-            });
-        }
-        let config = core::str::from_utf8(config).map_err(|_| ImageError::ConfigNotUtf8)?;
-        let config: hermit_entry::config::Config<'_> =
-            toml::from_str(config).map_err(|e| ImageError::Config(toml_reason(config, &e)))?;
-        let hermit_entry::config::Config::V1 { input, kernel, .. } = config;
-
-        let elf = tar::find(&entries, &kernel)
-            .ok_or_else(|| ImageError::KernelMissing(kernel.to_string()))?;
-        let plan = elf::parse(elf)?;
-
-        Ok(Image {
-            elf: elf.to_vec(),
-            entry: plan.entry,
-            segments: plan.segments,
-            tls: plan.tls,
-            app_args: input.app_args.iter().map(|a| a.to_string()).collect(),
-            kernel_name: kernel.to_string(),
-        })
+        let parts = Parts::find(archive)?;
+        let elf = archive.get(parts.kernel.clone()).unwrap_or_default().to_vec();
+        Ok(parts.into_image(elf))
     }
 
     /// The segment whose pages include the page at `page_vaddr`, if any.
@@ -217,6 +194,57 @@ impl Image {
         match (self.segments.first(), self.segments.last()) {
             (Some(first), Some(last)) => first.pages().start..last.pages().end,
             _ => 0..0,
+        }
+    }
+}
+
+/// What an archive says, before the kernel is copied out of it.
+struct Parts {
+    /// Where the kernel's bytes lie in the archive.
+    kernel: Range<usize>,
+    plan: elf::Plan,
+    app_args: Vec<String>,
+    kernel_name: String,
+}
+
+impl Parts {
+    /// Finds `hermit.toml` and the kernel it names in a tar archive and
+    /// validates both.
+    fn find(archive: &[u8]) -> Result<Parts, ImageError> {
+        let config_path = hermit_entry::config::Config::DEFAULT_PATH;
+        let config = tar::find(archive, config_path)?
+            .and_then(|r| archive.get(r))
+            .ok_or(ImageError::ConfigMissing)?;
+        if config.len() > MAX_CONFIG_BYTES {
+            return Err(ImageError::ConfigTooLarge {
+                size: config.len() as u64,
+            });
+        }
+        let config = core::str::from_utf8(config).map_err(|_| ImageError::ConfigNotUtf8)?;
+        let config: hermit_entry::config::Config<'_> =
+            toml::from_str(config).map_err(|e| ImageError::Config(toml_reason(config, &e)))?;
+        let hermit_entry::config::Config::V1 { input, kernel, .. } = config;
+
+        let missing = || ImageError::KernelMissing(kernel.to_string());
+        let range = tar::find(archive, &kernel)?.ok_or_else(missing)?;
+        let elf = archive.get(range.clone()).ok_or_else(missing)?;
+        let plan = elf::parse(elf)?;
+        Ok(Parts {
+            kernel: range,
+            plan,
+            app_args: input.app_args.iter().map(|a| a.to_string()).collect(),
+            kernel_name: kernel.to_string(),
+        })
+    }
+
+    fn into_image(self, elf: Vec<u8>) -> Image {
+        Image {
+            elf,
+            entry: self.plan.entry,
+            segments: self.plan.segments,
+            tls: self.plan.tls,
+            app_args: self.app_args,
+            kernel_name: self.kernel_name,
         }
     }
 }

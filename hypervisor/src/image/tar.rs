@@ -1,29 +1,42 @@
-//! A strict, non-panicking tar reader (POSIX ustar, GNU and pax archives).
+//! A strict, non-panicking tar reader (POSIX ustar, GNU and pax archives)
+//! that allocates nothing.
 //!
-//! It yields regular files only, under their full path (ustar prefix, GNU
+//! It finds regular files only, under their full path (ustar prefix, GNU
 //! `L` long names and pax `path` records applied); every other entry type is
 //! skipped. Headers must carry a correct checksum and an octal size, entry
 //! data must lie inside the archive, and the archive must end with a zero
 //! block.
 
-use alloc::vec::Vec;
+use core::ops::Range;
 
 use super::ImageError;
 
 const BLOCK: usize = 512;
 
-/// A regular file in the archive.
-pub(super) struct Entry<'a> {
-    /// Full path as stored, e.g. `./hermit.toml`.
-    pub name: Vec<u8>,
-    pub data: &'a [u8],
+/// Longest ustar path: a 155-byte prefix, a slash and a 100-byte name.
+const USTAR_PATH_MAX: usize = 155 + 1 + 100;
+
+/// Where in `archive` the data of the last regular file whose path equals
+/// `path` lies (ignoring leading `./` and `/` on both sides); `None` if there
+/// is no such file. The whole archive is checked either way. Nothing is
+/// allocated, whatever the archive holds.
+pub(super) fn find(archive: &[u8], path: &str) -> Result<Option<Range<usize>>, ImageError> {
+    let want = normalize(path.as_bytes());
+    let mut found = None;
+    walk(archive, |name, data| {
+        if normalize(name) == want {
+            found = Some(data);
+        }
+    })?;
+    Ok(found)
 }
 
-/// The regular files of `archive`, in archive order.
-pub(super) fn entries(archive: &[u8]) -> Result<Vec<Entry<'_>>, ImageError> {
-    let mut out = Vec::new();
+/// Calls `visit(path, data)` for each regular file of `archive`, in archive
+/// order, with its full path as stored (e.g. `./hermit.toml`) and where its
+/// data lies in `archive`; then checks that the archive ends properly.
+fn walk(archive: &[u8], mut visit: impl FnMut(&[u8], Range<usize>)) -> Result<(), ImageError> {
     // A name carried by a preceding GNU `L` entry or pax `x` header.
-    let mut long_name: Option<Vec<u8>> = None;
+    let mut long_name: Option<&[u8]> = None;
     let mut offset = 0usize;
     loop {
         let Some(header) = archive.get(offset..).and_then(|rest| rest.get(..BLOCK)) else {
@@ -38,7 +51,7 @@ pub(super) fn entries(archive: &[u8]) -> Result<Vec<Entry<'_>>, ImageError> {
             return if offset == 0 {
                 Err(ImageError::NotTar)
             } else {
-                Ok(out)
+                Ok(())
             };
         }
         let corrupt = |reason| {
@@ -63,6 +76,7 @@ pub(super) fn entries(archive: &[u8]) -> Result<Vec<Entry<'_>>, ImageError> {
             .checked_add(size)
             .and_then(|end| archive.get(data_start..end))
             .ok_or(truncated(offset))?;
+        let data_end = data_start + data.len();
         let next = size
             .checked_next_multiple_of(BLOCK)
             .and_then(|padded| data_start.checked_add(padded))
@@ -71,16 +85,20 @@ pub(super) fn entries(archive: &[u8]) -> Result<Vec<Entry<'_>>, ImageError> {
         match field(header, 156, 1).and_then(|t| t.first()).copied() {
             // Regular file (and the old contiguous-file type).
             Some(b'0' | 0 | b'7') => {
-                let name = long_name.take().unwrap_or_else(|| header_name(header));
-                out.push(Entry { name, data });
+                let mut buf = [0u8; USTAR_PATH_MAX];
+                let name = match long_name.take() {
+                    Some(name) => name,
+                    None => header_name(header, &mut buf),
+                };
+                visit(name, data_start..data_end);
             }
             // GNU long name for the next entry.
-            Some(b'L') => long_name = Some(until_nul(data).to_vec()),
+            Some(b'L') => long_name = Some(until_nul(data)),
             // pax extended header for the next entry.
             Some(b'x') => {
                 let path = pax_path(data).ok_or(corrupt("malformed pax extended header"))?;
                 if let Some(path) = path {
-                    long_name = Some(path.to_vec());
+                    long_name = Some(path);
                 }
             }
             // Directories, links, devices, pax globals, ...: not ours.
@@ -88,17 +106,6 @@ pub(super) fn entries(archive: &[u8]) -> Result<Vec<Entry<'_>>, ImageError> {
         }
         offset = next;
     }
-}
-
-/// The data of the last regular file whose path equals `path`, ignoring
-/// leading `./` and `/` on both sides.
-pub(super) fn find<'a>(entries: &[Entry<'a>], path: &str) -> Option<&'a [u8]> {
-    let want = normalize(path.as_bytes());
-    entries
-        .iter()
-        .rev()
-        .find(|e| normalize(&e.name) == want)
-        .map(|e| e.data)
 }
 
 fn normalize(mut path: &[u8]) -> &[u8] {
@@ -127,18 +134,23 @@ fn until_nul(bytes: &[u8]) -> &[u8] {
     bytes.split(|&b| b == 0).next().unwrap_or(bytes)
 }
 
-/// `prefix/name` for ustar headers, `name` otherwise.
-fn header_name(header: &[u8]) -> Vec<u8> {
+/// `prefix/name` for ustar headers (put together in `buf`), `name`
+/// otherwise.
+fn header_name<'a>(header: &'a [u8], buf: &'a mut [u8; USTAR_PATH_MAX]) -> &'a [u8] {
     let name = until_nul(field(header, 0, 100).unwrap_or_default());
     let ustar = field(header, 257, 6) == Some(b"ustar\0");
     let prefix = until_nul(field(header, 345, 155).unwrap_or_default());
-    let mut full = Vec::with_capacity(prefix.len() + 1 + name.len());
-    if ustar && !prefix.is_empty() {
-        full.extend_from_slice(prefix);
-        full.push(b'/');
+    if !ustar || prefix.is_empty() {
+        return name;
     }
-    full.extend_from_slice(name);
-    full
+    let mut len = 0;
+    for &b in prefix.iter().chain(b"/").chain(name) {
+        if let Some(slot) = buf.get_mut(len) {
+            *slot = b;
+            len += 1;
+        }
+    }
+    buf.get(..len).unwrap_or_default()
 }
 
 /// Parses an octal numeric field: optional leading spaces, octal digits,
