@@ -1,11 +1,25 @@
-//! gzip (RFC 1952) unwrapping: header fields, deflate via `miniz_oxide` with
-//! an output limit, and the CRC-32/length trailer.
+//! gzip (RFC 1952) unwrapping: header fields, deflate via `miniz_oxide`'s
+//! streaming core, and the CRC-32/length trailer.
+//!
+//! The output buffer is sized once, from the trailer, and never grown: the
+//! trailer's ISIZE (the uncompressed length) is read before anything is
+//! allocated, a member declaring more than the caller's budget is refused,
+//! and otherwise exactly ISIZE bytes are reserved with `try_reserve_exact`
+//! (a failure is [`ImageError::OutOfMemory`], not an abort) and the stream
+//! is inflated into them. A stream that would write past ISIZE is stopped
+//! there and refused, one that ends short of it fails the length check; so
+//! a lying trailer can make us allocate at most the budget, and a bomb
+//! (a small file that inflates to gigabytes) costs at most the budget in
+//! memory and about as much in inflation work. There is no ratio heuristic:
+//! a legitimate image that compresses 1000:1 is fine if it fits.
 
 use alloc::vec::Vec;
 
-use miniz_oxide::inflate::{TINFLStatus, decompress_to_vec_with_limit};
+use miniz_oxide::inflate::TINFLStatus;
+use miniz_oxide::inflate::core::inflate_flags::TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF;
+use miniz_oxide::inflate::core::{DecompressorOxide, decompress as inflate};
 
-use super::ImageError;
+use super::{ImageError, MAX_IMAGE_BYTES};
 
 const FHCRC: u8 = 1 << 1;
 const FEXTRA: u8 = 1 << 2;
@@ -13,13 +27,19 @@ const FNAME: u8 = 1 << 3;
 const FCOMMENT: u8 = 1 << 4;
 const FRESERVED: u8 = 0xe0;
 
+/// The deflate window: the farthest back a match can reach (RFC 1951).
+const WINDOW: usize = 32 << 10;
+
 /// Whether `file` starts with the gzip magic.
 pub(super) fn is_gzip(file: &[u8]) -> bool {
     file.starts_with(&[0x1f, 0x8b])
 }
 
-/// Decompresses a single-member gzip file into at most `limit` bytes.
-pub(super) fn decompress(file: &[u8], limit: usize) -> Result<Vec<u8>, ImageError> {
+/// Decompresses a single-member gzip file. It allocates at most
+/// `min(budget, MAX_IMAGE_BYTES)` bytes for the output (exactly what the
+/// trailer declares), plus the inflater's state (about 11 KiB) and, when it
+/// refuses the file, a 32 KiB window to [`survey`] the stream with.
+pub(super) fn decompress(file: &[u8], budget: usize) -> Result<Vec<u8>, ImageError> {
     let body = file
         .get(header_len(file)?..)
         .ok_or(ImageError::GzipHeader("truncated"))?;
@@ -28,22 +48,127 @@ pub(super) fn decompress(file: &[u8], limit: usize) -> Result<Vec<u8>, ImageErro
         .checked_sub(8)
         .map(|n| body.split_at(n))
         .ok_or(ImageError::GzipCorrupt)?;
-    let data = decompress_to_vec_with_limit(deflate, limit).map_err(|e| match e.status {
-        TINFLStatus::HasMoreOutput => ImageError::GzipTooLarge,
-        _ => ImageError::GzipCorrupt,
-    })?;
-    let crc = trailer
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .map(u32::from_le_bytes);
-    let size = trailer
-        .get(4..)
-        .and_then(|b| b.try_into().ok())
-        .map(u32::from_le_bytes);
-    if crc != Some(crc32(&data)) || size != Some(data.len() as u32) {
+    let crc = le_u32(trailer, 0).ok_or(ImageError::GzipCorrupt)?;
+    let declared = le_u32(trailer, 4).ok_or(ImageError::GzipCorrupt)?;
+    let limit = budget.min(MAX_IMAGE_BYTES);
+    let size = match usize::try_from(declared) {
+        Ok(size) if size <= limit => size,
+        _ => return Err(oversized(deflate, declared, budget)),
+    };
+
+    let out_of_memory = || ImageError::OutOfMemory {
+        needed: u64::from(declared),
+        available: budget as u64,
+    };
+    let mut inflater = inflater().ok_or_else(out_of_memory)?;
+    let state = inflater.first_mut().ok_or_else(out_of_memory)?;
+    let mut data = Vec::new();
+    data.try_reserve_exact(size).map_err(|_| out_of_memory())?;
+    data.resize(size, 0);
+    let flags = TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF;
+    let (status, _, written) = inflate(state, deflate, &mut data, 0, flags);
+    match status {
+        TINFLStatus::Done => {}
+        // The buffer is full and the stream has more: longer than declared,
+        // unless it turns out to be corrupt further on.
+        TINFLStatus::HasMoreOutput => {
+            drop(data);
+            drop(inflater);
+            return Err(match survey(deflate, limit) {
+                Survey::Corrupt => ImageError::GzipCorrupt,
+                Survey::Ends | Survey::Exceeds => ImageError::GzipLongerThanDeclared {
+                    declared: u64::from(declared),
+                },
+            });
+        }
+        _ => return Err(ImageError::GzipCorrupt),
+    }
+    if written != size || crc != crc32(&data) {
         return Err(ImageError::GzipChecksum);
     }
     Ok(data)
+}
+
+/// Why a member whose trailer declares more than we may allocate is
+/// refused. Its ISIZE may be a lie or garbage (a truncated file's last four
+/// bytes are deflate data), so the stream is surveyed to tell which: it
+/// really expands past the limit (too large, or no room for it), it ends
+/// first (the length does not match), or it is corrupt or truncated.
+fn oversized(deflate: &[u8], declared: u32, budget: usize) -> ImageError {
+    let limit = budget.min(MAX_IMAGE_BYTES);
+    match survey(deflate, limit) {
+        Survey::Exceeds if usize::try_from(declared).is_ok_and(|d| d <= MAX_IMAGE_BYTES) => {
+            ImageError::OutOfMemory {
+                needed: u64::from(declared),
+                available: budget as u64,
+            }
+        }
+        Survey::Exceeds => ImageError::GzipTooLarge {
+            declared: u64::from(declared),
+        },
+        Survey::Ends => ImageError::GzipChecksum,
+        Survey::Corrupt => ImageError::GzipCorrupt,
+    }
+}
+
+/// What inflating a deflate stream, output thrown away, showed.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Survey {
+    /// It is well-formed and ends within the limit.
+    Ends,
+    /// It goes on past the limit (whatever comes after), or the heap had no
+    /// room for the survey's 43 KiB of scratch, so the size is all we know.
+    Exceeds,
+    /// It is corrupt or truncated before the limit.
+    Corrupt,
+}
+
+/// Inflates `deflate` into a 32 KiB window that wraps, keeping only the
+/// count, and stops as soon as it passes `limit`: at most `limit` bytes of
+/// inflation work, and no memory sized by the input.
+pub(super) fn survey(deflate: &[u8], limit: usize) -> Survey {
+    let (Some(mut inflater), Some(mut window)) = (inflater(), zeroed(WINDOW)) else {
+        return Survey::Exceeds;
+    };
+    let Some(state) = inflater.first_mut() else {
+        return Survey::Exceeds;
+    };
+    let mut input = deflate;
+    let mut pos = 0usize;
+    let mut total = 0usize;
+    loop {
+        // No flags: the window wraps (its size is a power of two).
+        let (status, read, written) = inflate(state, input, &mut window, pos, 0);
+        total = total.saturating_add(written);
+        if total > limit {
+            return Survey::Exceeds;
+        }
+        match status {
+            TINFLStatus::HasMoreOutput if read > 0 || written > 0 => {
+                input = input.get(read..).unwrap_or_default();
+                pos = (pos + written) & (WINDOW - 1);
+            }
+            TINFLStatus::Done => return Survey::Ends,
+            _ => return Survey::Corrupt,
+        }
+    }
+}
+
+/// A fresh inflater on the heap (it is about 11 KiB), or `None` if the heap
+/// has no room for it.
+fn inflater() -> Option<Vec<DecompressorOxide>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(1).ok()?;
+    v.push(DecompressorOxide::new());
+    Some(v)
+}
+
+/// `len` zero bytes, or `None` if the heap has no room for them.
+fn zeroed(len: usize) -> Option<Vec<u8>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).ok()?;
+    v.resize(len, 0);
+    Some(v)
 }
 
 /// Length of the gzip header, with its optional fields, after checking it.
@@ -83,6 +208,12 @@ fn header_len(file: &[u8]) -> Result<usize, ImageError> {
 fn le_u16(bytes: &[u8], pos: usize) -> Option<u16> {
     Some(u16::from_le_bytes(
         bytes.get(pos..pos.checked_add(2)?)?.try_into().ok()?,
+    ))
+}
+
+fn le_u32(bytes: &[u8], pos: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(
+        bytes.get(pos..pos.checked_add(4)?)?.try_into().ok()?,
     ))
 }
 

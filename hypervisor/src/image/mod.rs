@@ -11,7 +11,11 @@
 //! Images come from outside the hypervisor, so nothing here trusts them:
 //! every size and offset is checked with checked arithmetic, every slice is
 //! taken with `get`, and no input can make this module panic (a mutation test
-//! holds it to that). The tar, gzip and ELF readers are our own for that
+//! holds it to that). Nor can an input make it allocate more than it is
+//! allowed to ([`Image::parse_within`]'s budget): the hypervisor's heap is
+//! small and a failed allocation aborts the machine, so a gzip image is
+//! unpacked into one buffer of the size its trailer declares, reserved
+//! fallibly, and the tar reader allocates nothing. The tar, gzip and ELF readers are our own for that
 //! reason: the ones in hermit-entry and its dependencies assert and unwrap.
 
 mod elf;
@@ -120,23 +124,63 @@ impl fmt::Debug for Image {
 }
 
 impl Image {
-    /// Parses and fully validates an image file (gzip-compressed tar or tar).
+    /// Parses and fully validates an image file (gzip-compressed tar or tar),
+    /// allowing it up to [`MAX_IMAGE_BYTES`] of memory: on the host, or
+    /// where the heap is known to have that much room. The hypervisor uses
+    /// [`Image::parse_within`].
     pub fn parse(file: &[u8]) -> Result<Image, ImageError> {
+        Image::parse_within(file, MAX_IMAGE_BYTES)
+    }
+
+    /// Parses and fully validates an image file, allocating at most `budget`
+    /// bytes for it: the unpacked archive of a gzip image (which then holds
+    /// [`Image::elf`]), or the copy of the kernel out of a plain tar. Pass
+    /// what the heap can spare; a budget above [`MAX_IMAGE_BYTES`] counts as
+    /// that. An image that needs more is refused with
+    /// [`ImageError::OutOfMemory`] (or [`ImageError::GzipTooLarge`] beyond
+    /// the hard limit) before anything that size is allocated, and every
+    /// allocation sized by the file is fallible, so a failing one is that
+    /// error too, never an abort.
+    ///
+    /// Beside the budget, parsing makes only small allocations bounded by
+    /// constants, not by the file: the inflater's state (about 11 KiB) and,
+    /// when refusing an oversized gzip member, a 32 KiB window; the program
+    /// header table (at most 64 entries); and `hermit.toml`'s parse (at most
+    /// [`MAX_CONFIG_BYTES`] of text), its arguments and the kernel's name.
+    pub fn parse_within(file: &[u8], budget: usize) -> Result<Image, ImageError> {
         if file.len() > MAX_IMAGE_BYTES {
             return Err(ImageError::TooLarge {
                 size: file.len() as u64,
             });
         }
-        let unpacked;
-        let archive = if gzip::is_gzip(file) {
-            unpacked = gzip::decompress(file, MAX_IMAGE_BYTES)?;
-            &unpacked[..]
+        if gzip::is_gzip(file) {
+            let unpacked = gzip::decompress(file, budget)?;
+            let parts = Parts::find(&unpacked)?;
+            // The kernel is moved to the front of the buffer it was
+            // unpacked into: no second copy (`truncate` and `drain` of an
+            // in-range prefix never panic).
+            let mut elf = unpacked;
+            elf.truncate(parts.kernel.end);
+            elf.drain(..parts.kernel.start.min(elf.len()));
+            Ok(parts.into_image(elf))
         } else {
-            file
-        };
-        let parts = Parts::find(archive)?;
-        let elf = archive.get(parts.kernel.clone()).unwrap_or_default().to_vec();
-        Ok(parts.into_image(elf))
+            let parts = Parts::find(file)?;
+            let kernel = file.get(parts.kernel.clone()).unwrap_or_default();
+            if kernel.len() > budget {
+                return Err(ImageError::OutOfMemory {
+                    needed: kernel.len() as u64,
+                    available: budget as u64,
+                });
+            }
+            let mut elf = Vec::new();
+            elf.try_reserve_exact(kernel.len())
+                .map_err(|_| ImageError::OutOfMemory {
+                    needed: kernel.len() as u64,
+                    available: budget as u64,
+                })?;
+            elf.extend_from_slice(kernel);
+            Ok(parts.into_image(elf))
+        }
     }
 
     /// The segment whose pages include the page at `page_vaddr`, if any.
@@ -282,10 +326,18 @@ pub enum ImageError {
     GzipHeader(&'static str),
     /// The deflate stream inside the gzip file is corrupt or truncated.
     GzipCorrupt,
-    /// The gzip file expands to more than [`MAX_IMAGE_BYTES`].
-    GzipTooLarge,
+    /// The gzip trailer declares an uncompressed size above
+    /// [`MAX_IMAGE_BYTES`] (and the data does expand past what we allow).
+    GzipTooLarge { declared: u64 },
+    /// The deflate stream goes on past the uncompressed size the gzip
+    /// trailer declares.
+    GzipLongerThanDeclared { declared: u64 },
     /// The gzip trailer's CRC-32 or length does not match the data.
     GzipChecksum,
+    /// Unpacking the image needs `needed` bytes of the hypervisor's heap and
+    /// the budget allows only `available` (or, if `needed <= available`,
+    /// allocating them failed).
+    OutOfMemory { needed: u64, available: u64 },
     /// The file starts with no valid tar header.
     NotTar,
     /// A tar header after the first is invalid.
@@ -400,8 +452,23 @@ impl fmt::Display for ImageError {
             TooLarge { size } => write!(f, "image is {size} bytes; the limit is 64 MiB"),
             GzipHeader(what) => write!(f, "gzip header is malformed: {what}"),
             GzipCorrupt => f.write_str("gzip data is corrupt or truncated"),
-            GzipTooLarge => f.write_str("gzip data expands to more than 64 MiB"),
+            GzipTooLarge { declared } => write!(
+                f,
+                "gzip trailer declares {declared} bytes uncompressed; the limit is 64 MiB"
+            ),
+            GzipLongerThanDeclared { declared } => write!(
+                f,
+                "gzip data expands past the {declared} bytes its trailer declares"
+            ),
             GzipChecksum => f.write_str("gzip data does not match its CRC-32 or length"),
+            OutOfMemory { needed, available } if needed > available => write!(
+                f,
+                "the hypervisor has no room to unpack it (needs {needed} bytes, has {available})"
+            ),
+            OutOfMemory { needed, .. } => write!(
+                f,
+                "the hypervisor has no room to unpack it (needs {needed} bytes, and allocating them failed)"
+            ),
             NotTar => f.write_str("not a tar archive (no valid tar header)"),
             TarCorrupt { offset, reason } => {
                 write!(f, "tar header at offset {offset:#x}: {reason}")

@@ -423,7 +423,8 @@ fn segments_are_sorted_by_address() {
 
 #[test]
 fn gzip_images_parse() {
-    let plain = image(&ElfSpec::valid().build());
+    let elf = ElfSpec::valid().build();
+    let plain = image(&elf);
     for flags in [
         0,
         FNAME,
@@ -436,6 +437,8 @@ fn gzip_images_parse() {
         let image =
             Image::parse(&gzip(&plain, flags)).unwrap_or_else(|e| panic!("flags {flags:#x}: {e}"));
         assert_eq!(image.entry, ENTRY);
+        // The kernel, moved to the front of the unpacked archive.
+        assert_eq!(image.elf, elf);
     }
 }
 
@@ -796,29 +799,212 @@ fn bad_toml() {
     );
 }
 
+/// `data` deflated (level 9), in a gzip file whose trailer holds `crc` and
+/// `isize` (pass `gzip::crc32(data)` and `data.len()` for an honest one).
+fn gzip_with_trailer(data: &[u8], crc: u32, isize: u32) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3];
+    out.extend(miniz_oxide::deflate::compress_to_vec(data, 9));
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&isize.to_le_bytes());
+    out
+}
+
+/// `file` with its trailer's ISIZE replaced.
+fn with_isize(file: &[u8], isize: u32) -> Vec<u8> {
+    let mut f = file.to_vec();
+    let n = f.len();
+    f[n - 4..].copy_from_slice(&isize.to_le_bytes());
+    f
+}
+
+/// The reproduced finding: about 60 KB that inflate to 60 MiB of zeros,
+/// with an honest trailer. Built once (it takes a while in a debug build).
+fn bomb() -> &'static [u8] {
+    static BOMB: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BOMB.get_or_init(|| {
+        let zeros = vec![0u8; BOMB_SIZE];
+        gzip_with_trailer(&zeros, gzip::crc32(&zeros), BOMB_SIZE as u32)
+    })
+}
+
+const BOMB_SIZE: usize = 60 << 20;
+
 #[test]
-fn gzip_bomb() {
-    // 2 MiB of zeros against a 1 MiB limit, straight to the decompressor...
-    let zeros = vec![0u8; 2 << 20];
-    let bomb = gzip(&zeros, 0);
+fn a_gzip_bomb_is_refused_within_its_budget() {
+    let bomb = bomb();
+    assert!(bomb.len() < 100 << 10, "{} bytes", bomb.len());
+    let budget = 8 << 20;
+    let e = err(Image::parse_within(bomb, budget));
     assert_eq!(
-        gzip::decompress(&bomb, 1 << 20),
-        Err(ImageError::GzipTooLarge)
+        e,
+        ImageError::OutOfMemory {
+            needed: BOMB_SIZE as u64,
+            available: budget as u64
+        }
     );
     assert_eq!(
-        gzip::decompress(&bomb, 2 << 20).map(|d| d.len()),
-        Ok(2 << 20)
+        e.to_string(),
+        "the hypervisor has no room to unpack it (needs 62914560 bytes, has 8388608)"
     );
-    // ...and a real one through `Image::parse`: 65 MiB of zeros.
-    let zeros = vec![0u8; 65 << 20];
-    let mut bomb = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
-    bomb.extend(miniz_oxide::deflate::compress_to_vec(&zeros, 1));
-    bomb.extend_from_slice(&gzip::crc32(&zeros).to_le_bytes());
-    bomb.extend_from_slice(&(zeros.len() as u32).to_le_bytes());
-    assert!(bomb.len() < 1 << 20);
-    let e = err(Image::parse(&bomb));
-    assert_eq!(e, ImageError::GzipTooLarge);
-    assert_eq!(e.to_string(), "gzip data expands to more than 64 MiB");
+    // Refused on the trailer's word, checked by inflating into a 32 KiB
+    // window only as far as the budget: the 60 MiB are never allocated.
+    assert_eq!(gzip::survey(&bomb[10..bomb.len() - 8], budget), gzip::Survey::Exceeds);
+
+    // A smaller bomb, 2 MiB of zeros, right at the edge of its budget
+    // (a 60 MiB one would do the same, only slower in a debug build).
+    let size = 2 << 20;
+    let zeros = vec![0u8; size];
+    let small = gzip_with_trailer(&zeros, gzip::crc32(&zeros), size as u32);
+    assert_eq!(err(Image::parse_within(&small, size)), ImageError::NotTar);
+    assert_eq!(err(Image::parse(&small)), ImageError::NotTar);
+    assert_eq!(
+        err(Image::parse_within(&small, size - 1)),
+        ImageError::OutOfMemory {
+            needed: size as u64,
+            available: size as u64 - 1
+        }
+    );
+}
+
+#[test]
+fn a_gzip_bomb_beyond_the_hard_limit() {
+    // The bomb's stream with a trailer claiming 65 MiB: past 64 MiB
+    // whatever the budget, once the stream is seen to go on past the
+    // budget...
+    let declared = 65 << 20;
+    let bomb = with_isize(bomb(), declared);
+    for budget in [1 << 20, 8 << 20, usize::MAX] {
+        let e = err(Image::parse_within(&bomb, budget));
+        if budget < BOMB_SIZE {
+            assert_eq!(e, ImageError::GzipTooLarge { declared: declared.into() });
+            assert_eq!(
+                e.to_string(),
+                "gzip trailer declares 68157440 bytes uncompressed; the limit is 64 MiB"
+            );
+        } else {
+            // ...while with room for 64 MiB it is seen to end at 60: a
+            // length that does not match.
+            assert_eq!(e, ImageError::GzipChecksum);
+        }
+    }
+}
+
+#[test]
+fn a_trailer_declaring_less_than_the_data_is_refused() {
+    // The bomb declaring 100 bytes: inflation stops after 100.
+    for declared in [0, 1, 100, 4 << 20] {
+        let bomb = with_isize(bomb(), declared);
+        let e = err(Image::parse_within(&bomb, 8 << 20));
+        assert_eq!(e, ImageError::GzipLongerThanDeclared { declared: declared.into() });
+    }
+    assert_eq!(
+        ImageError::GzipLongerThanDeclared { declared: 100 }.to_string(),
+        "gzip data expands past the 100 bytes its trailer declares"
+    );
+    // A valid image one byte longer than its trailer says.
+    let plain = image(&ElfSpec::valid().build());
+    let g = gzip_with_trailer(&plain, gzip::crc32(&plain), plain.len() as u32 - 1);
+    assert_eq!(
+        err(Image::parse(&g)),
+        ImageError::GzipLongerThanDeclared {
+            declared: plain.len() as u64 - 1
+        }
+    );
+}
+
+#[test]
+fn a_trailer_declaring_more_than_the_data_is_a_length_mismatch() {
+    let plain = image(&ElfSpec::valid().build());
+    let crc = gzip::crc32(&plain);
+    let n = plain.len();
+    let budget = 1 << 20;
+    // Within the budget (allocated, then found short), past it (surveyed,
+    // found short) and past the hard limit.
+    for declared in [n + 1, 2 * n, budget, budget + 1, MAX_IMAGE_BYTES + 1, u32::MAX as usize] {
+        let g = gzip_with_trailer(&plain, crc, declared as u32);
+        assert_eq!(
+            err(Image::parse_within(&g, budget)),
+            ImageError::GzipChecksum,
+            "declared {declared}"
+        );
+    }
+}
+
+#[test]
+fn a_truncated_gzip_is_corrupt_whatever_its_last_bytes_declare() {
+    // A truncated file's "trailer" is deflate data: it may declare any size.
+    let g = gzip_with_trailer(&[7u8; 300_000].repeat(2), 0, 0);
+    let body = &g[..g.len() - 8];
+    for declared in [0, 10, 1 << 16, 1 << 20, 100 << 20, u32::MAX] {
+        let mut t = body[..body.len() / 2].to_vec();
+        t.extend_from_slice(&[0, 0, 0, 0]);
+        t.extend_from_slice(&declared.to_le_bytes());
+        let e = err(Image::parse_within(&t, 1 << 20));
+        assert_eq!(e, ImageError::GzipCorrupt, "declared {declared}");
+    }
+}
+
+#[test]
+fn a_budget_smaller_than_a_valid_image_is_refused_cleanly() {
+    let elf = ElfSpec::valid().build();
+    let plain = image(&elf);
+    let gz = gzip(&plain, FNAME);
+    // gzip: the unpacked archive must fit.
+    let n = plain.len();
+    for budget in [0, 1, n - 1] {
+        assert_eq!(
+            err(Image::parse_within(&gz, budget)),
+            ImageError::OutOfMemory {
+                needed: n as u64,
+                available: budget as u64
+            },
+            "budget {budget}"
+        );
+    }
+    let image = Image::parse_within(&gz, n).unwrap();
+    assert_eq!(image.elf, elf);
+    // A plain tar: the kernel's copy must fit.
+    let k = elf.len();
+    assert_eq!(
+        err(Image::parse_within(&plain, k - 1)),
+        ImageError::OutOfMemory {
+            needed: k as u64,
+            available: k as u64 - 1
+        }
+    );
+    assert_eq!(Image::parse_within(&plain, k).unwrap().elf, elf);
+    // A budget beyond the hard limit is the hard limit.
+    assert_eq!(Image::parse_within(&gz, usize::MAX).unwrap().elf, elf);
+}
+
+#[test]
+fn out_of_memory_says_what_it_needed() {
+    assert_eq!(
+        ImageError::OutOfMemory {
+            needed: 4096,
+            available: 1024
+        }
+        .to_string(),
+        "the hypervisor has no room to unpack it (needs 4096 bytes, has 1024)"
+    );
+    assert_eq!(
+        ImageError::OutOfMemory {
+            needed: 4096,
+            available: 8192
+        }
+        .to_string(),
+        "the hypervisor has no room to unpack it (needs 4096 bytes, and allocating them failed)"
+    );
+}
+
+#[test]
+fn survey_counts_the_output_exactly() {
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 7 + i / 1000) as u8).collect();
+    let deflate = miniz_oxide::deflate::compress_to_vec(&data, 6);
+    assert_eq!(gzip::survey(&deflate, data.len()), gzip::Survey::Ends);
+    assert_eq!(gzip::survey(&deflate, data.len() - 1), gzip::Survey::Exceeds);
+    assert_eq!(gzip::survey(&deflate[..deflate.len() / 2], data.len()), gzip::Survey::Corrupt);
+    assert_eq!(gzip::survey(&[], 10), gzip::Survey::Corrupt);
 }
 
 #[test]
@@ -1413,6 +1599,16 @@ fn display_is_one_line_without_trailing_period() {
         ImageError::GzipHeader("truncated"),
         ImageError::GzipCorrupt,
         ImageError::GzipChecksum,
+        ImageError::GzipTooLarge { declared: 1 << 30 },
+        ImageError::GzipLongerThanDeclared { declared: 0 },
+        ImageError::OutOfMemory {
+            needed: 2,
+            available: 1,
+        },
+        ImageError::OutOfMemory {
+            needed: 1,
+            available: 2,
+        },
         ImageError::TarCorrupt {
             offset: 0x400,
             reason: "checksum does not match",
@@ -1564,10 +1760,16 @@ fn mutations_never_panic() {
     let gz = gzip(&archive, FEXTRA | FNAME | FCOMMENT | FHCRC);
     let n = gz.len();
     let gz_hot = [0..40, n - 8..n, 40..200];
-    for _ in 0..2_000 {
+    for i in 0..2_000 {
         let mut g = gz.clone();
         mutate(&mut rng, &mut g, &gz_hot);
-        if let Ok(image) = Image::parse(&g) {
+        // Every other round within a budget around the archive's size.
+        let result = if i % 2 == 0 {
+            Image::parse(&g)
+        } else {
+            Image::parse_within(&g, archive.len() - 2048 + rng.below(4096))
+        };
+        if let Ok(image) = result {
             touch(&image);
         }
     }
@@ -1584,3 +1786,4 @@ fn mutated_hermit_toml_never_panics() {
         let _ = Image::parse(&tar(&[("hermit.toml", &t), ("hello", &elf)]));
     }
 }
+
