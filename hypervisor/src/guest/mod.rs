@@ -43,9 +43,12 @@ pub struct LoadedImage {
 
 impl LoadedImage {
     /// Copies a validated image's pages into frames. Returns `None` (having
-    /// freed what it took) if memory runs out.
+    /// freed what it took) if memory runs out: frames, or the heap for the
+    /// page list (reserved once, fallibly: its size comes from the image).
     pub fn load(mem: &mut impl PhysMem, name: &str, image: &Image) -> Option<Self> {
+        let count = usize::try_from(image.mapped_bytes() / PAGE_SIZE).ok()?;
         let mut pages = Vec::new();
+        pages.try_reserve_exact(count).ok()?;
         let mut buf = Box::new([0u8; 4096]);
         for seg in &image.segments {
             let writable = seg.perms.contains(crate::image::Perms::WRITE);
