@@ -35,6 +35,14 @@ use abi::layout::{PAGE_SIZE, page_down, page_up};
 pub const MAX_IMAGE_BYTES: usize = 64 << 20;
 /// Largest `hermit.toml` we accept.
 pub const MAX_CONFIG_BYTES: usize = 64 << 10;
+/// Heap that parsing `hermit.toml` may take per byte of it, counted against
+/// [`Image::parse_within`]'s budget. The TOML parser's allocations are not
+/// fallible, so they are bounded up front instead: it lexes into a token and
+/// an event per byte and builds a tree, and hostile 64 KiB files (nested
+/// arrays, long lists of empty strings or tables) were measured at up to 95
+/// bytes per byte, 6 MiB in all; a valid one of 200 bytes takes 10 KiB. The
+/// `gzip` fuzz target checks the bound.
+pub const CONFIG_HEAP_PER_BYTE: usize = 128;
 /// Largest total memory (page-rounded) the loadable segments may occupy.
 pub const MAX_MAPPED_BYTES: u64 = 256 << 20;
 
@@ -133,20 +141,20 @@ impl Image {
     }
 
     /// Parses and fully validates an image file, allocating at most `budget`
-    /// bytes for it: the unpacked archive of a gzip image (which then holds
-    /// [`Image::elf`]), or the copy of the kernel out of a plain tar. Pass
-    /// what the heap can spare; a budget above [`MAX_IMAGE_BYTES`] counts as
-    /// that. An image that needs more is refused with
-    /// [`ImageError::OutOfMemory`] (or [`ImageError::GzipTooLarge`] beyond
-    /// the hard limit) before anything that size is allocated, and every
-    /// allocation sized by the file is fallible, so a failing one is that
-    /// error too, never an abort.
+    /// bytes for it at any time: the unpacked archive of a gzip image (which
+    /// then holds [`Image::elf`]) or the copy of the kernel out of a plain
+    /// tar, plus [`CONFIG_HEAP_PER_BYTE`] per byte of `hermit.toml` for its
+    /// parse and the arguments kept from it. Pass what the heap can spare; a
+    /// budget above [`MAX_IMAGE_BYTES`] counts as that for the archive. An
+    /// image that needs more is refused with [`ImageError::OutOfMemory`] (or
+    /// [`ImageError::GzipTooLarge`] beyond the hard limit) before anything
+    /// that size is allocated, and every allocation sized by the file is
+    /// fallible, so a failing one is that error too, never an abort.
     ///
     /// Beside the budget, parsing makes only small allocations bounded by
     /// constants, not by the file: the inflater's state (about 11 KiB) and,
-    /// when refusing an oversized gzip member, a 32 KiB window; the program
-    /// header table (at most 64 entries); and `hermit.toml`'s parse (at most
-    /// [`MAX_CONFIG_BYTES`] of text), its arguments and the kernel's name.
+    /// when refusing a gzip member, a 32 KiB window; the program header
+    /// table (at most 64 entries) and the segment list.
     pub fn parse_within(file: &[u8], budget: usize) -> Result<Image, ImageError> {
         if file.len() > MAX_IMAGE_BYTES {
             return Err(ImageError::TooLarge {
@@ -155,7 +163,7 @@ impl Image {
         }
         if gzip::is_gzip(file) {
             let unpacked = gzip::decompress(file, budget)?;
-            let parts = Parts::find(&unpacked)?;
+            let parts = Parts::find(&unpacked, unpacked.len(), budget)?;
             // The kernel is moved to the front of the buffer it was
             // unpacked into: no second copy (`truncate` and `drain` of an
             // in-range prefix never panic).
@@ -164,20 +172,20 @@ impl Image {
             elf.drain(..parts.kernel.start.min(elf.len()));
             Ok(parts.into_image(elf))
         } else {
-            let parts = Parts::find(file)?;
+            let parts = Parts::find(file, 0, budget)?;
             let kernel = file.get(parts.kernel.clone()).unwrap_or_default();
-            if kernel.len() > budget {
-                return Err(ImageError::OutOfMemory {
-                    needed: kernel.len() as u64,
-                    available: budget as u64,
-                });
+            // The arguments kept from hermit.toml are still held.
+            let needed = kernel.len().saturating_add(parts.config_cost);
+            let out_of_memory = || ImageError::OutOfMemory {
+                needed: needed as u64,
+                available: budget as u64,
+            };
+            if needed > budget {
+                return Err(out_of_memory());
             }
             let mut elf = Vec::new();
             elf.try_reserve_exact(kernel.len())
-                .map_err(|_| ImageError::OutOfMemory {
-                    needed: kernel.len() as u64,
-                    available: budget as u64,
-                })?;
+                .map_err(|_| out_of_memory())?;
             elf.extend_from_slice(kernel);
             Ok(parts.into_image(elf))
         }
@@ -246,6 +254,8 @@ impl Image {
 struct Parts {
     /// Where the kernel's bytes lie in the archive.
     kernel: Range<usize>,
+    /// What hermit.toml's parse was allowed (part of it still held).
+    config_cost: usize,
     plan: elf::Plan,
     app_args: Vec<String>,
     kernel_name: String,
@@ -253,8 +263,8 @@ struct Parts {
 
 impl Parts {
     /// Finds `hermit.toml` and the kernel it names in a tar archive and
-    /// validates both.
-    fn find(archive: &[u8]) -> Result<Parts, ImageError> {
+    /// validates both, with `held` bytes of the budget already taken.
+    fn find(archive: &[u8], held: usize, budget: usize) -> Result<Parts, ImageError> {
         let config_path = hermit_entry::config::Config::DEFAULT_PATH;
         let config = tar::find(archive, config_path)?
             .and_then(|r| archive.get(r))
@@ -262,6 +272,14 @@ impl Parts {
         if config.len() > MAX_CONFIG_BYTES {
             return Err(ImageError::ConfigTooLarge {
                 size: config.len() as u64,
+            });
+        }
+        let config_cost = config.len().saturating_mul(CONFIG_HEAP_PER_BYTE);
+        let needed = held.saturating_add(config_cost);
+        if needed > budget {
+            return Err(ImageError::OutOfMemory {
+                needed: needed as u64,
+                available: budget as u64,
             });
         }
         let config = core::str::from_utf8(config).map_err(|_| ImageError::ConfigNotUtf8)?;
@@ -275,6 +293,7 @@ impl Parts {
         let plan = elf::parse(elf)?;
         Ok(Parts {
             kernel: range,
+            config_cost,
             plan,
             app_args: input.app_args.iter().map(|a| a.to_string()).collect(),
             kernel_name: kernel.to_string(),

@@ -949,32 +949,48 @@ fn a_budget_smaller_than_a_valid_image_is_refused_cleanly() {
     let elf = ElfSpec::valid().build();
     let plain = image(&elf);
     let gz = gzip(&plain, FNAME);
-    // gzip: the unpacked archive must fit.
+    let oom = |needed: usize, budget: usize| ImageError::OutOfMemory {
+        needed: needed as u64,
+        available: budget as u64,
+    };
+    // hermit.toml's parse is allowed its share.
+    let config = TOML.len() * CONFIG_HEAP_PER_BYTE;
+    // gzip: the unpacked archive must fit (refused before it is unpacked),
+    // then the archive and the config's share together.
     let n = plain.len();
     for budget in [0, 1, n - 1] {
-        assert_eq!(
-            err(Image::parse_within(&gz, budget)),
-            ImageError::OutOfMemory {
-                needed: n as u64,
-                available: budget as u64
-            },
-            "budget {budget}"
-        );
+        assert_eq!(err(Image::parse_within(&gz, budget)), oom(n, budget), "budget {budget}");
     }
-    let image = Image::parse_within(&gz, n).unwrap();
+    for budget in [n, n + config - 1] {
+        assert_eq!(err(Image::parse_within(&gz, budget)), oom(n + config, budget), "budget {budget}");
+    }
+    let image = Image::parse_within(&gz, n + config).unwrap();
     assert_eq!(image.elf, elf);
-    // A plain tar: the kernel's copy must fit.
+    // A plain tar: the config's share, then the kernel's copy beside it.
     let k = elf.len();
+    assert_eq!(err(Image::parse_within(&plain, config - 1)), oom(config, config - 1));
+    assert_eq!(err(Image::parse_within(&plain, k + config - 1)), oom(k + config, k + config - 1));
+    assert_eq!(Image::parse_within(&plain, k + config).unwrap().elf, elf);
+    // A budget beyond the hard limit is the hard limit for the archive.
+    assert_eq!(Image::parse_within(&gz, usize::MAX).unwrap().elf, elf);
+    assert_eq!(Image::parse_within(&plain, usize::MAX).unwrap().elf, elf);
+}
+
+#[test]
+fn a_large_hermit_toml_needs_its_share_of_the_budget() {
+    let elf = ElfSpec::valid().build();
+    let padded = format!("{TOML}{}\n", "#".repeat(MAX_CONFIG_BYTES - TOML.len() - 1));
+    assert_eq!(padded.len(), MAX_CONFIG_BYTES);
+    let file = tar(&[("hermit.toml", padded.as_bytes()), ("hello", &elf)]);
+    let share = MAX_CONFIG_BYTES * CONFIG_HEAP_PER_BYTE;
     assert_eq!(
-        err(Image::parse_within(&plain, k - 1)),
+        err(Image::parse_within(&file, 4 << 20)),
         ImageError::OutOfMemory {
-            needed: k as u64,
-            available: k as u64 - 1
+            needed: share as u64,
+            available: 4 << 20
         }
     );
-    assert_eq!(Image::parse_within(&plain, k).unwrap().elf, elf);
-    // A budget beyond the hard limit is the hard limit.
-    assert_eq!(Image::parse_within(&gz, usize::MAX).unwrap().elf, elf);
+    assert!(Image::parse_within(&file, share + elf.len()).is_ok());
 }
 
 #[test]
