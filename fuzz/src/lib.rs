@@ -20,6 +20,8 @@
 //! | [`switch`] | `net::switch::Switch` operations and frames | never delivers across tenants or back to the sender; counters add up |
 //! | [`control`] | `control::Session` bytes and requests, over real image loading and guest creation | every answer is one JSON line; uploads stay within the room offered; stopping and unloading everything returns every frame |
 
+pub mod deflate;
+pub mod heap;
 pub mod images;
 pub mod input;
 pub mod mem;
