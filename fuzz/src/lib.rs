@@ -19,6 +19,7 @@
 //! | [`ring`] | `abi::ring::Consumer` (and `Producer`) over a lying peer | no access outside the ring; lengths checked; indices move only as documented |
 //! | [`switch`] | `net::switch::Switch` operations and frames | never delivers across tenants or back to the sender; counters add up |
 //! | [`control`] | `control::Session` bytes and requests, over real image loading and guest creation | every answer is one JSON line; uploads stay within the room offered; stopping and unloading everything returns every frame |
+//! | [`gzip`] | `Image::parse_within` (1/4 MiB budget) over gzip files with fuzz-written deflate streams and trailers | never allocates past the budget; refuses with the error the sizes call for |
 
 pub mod deflate;
 pub mod heap;
@@ -29,6 +30,7 @@ pub mod mutate;
 mod targets;
 
 pub use targets::control::control;
+pub use targets::gzip::gzip;
 pub use targets::hypercall::hypercall;
 pub use targets::image::image;
 pub use targets::manifest::manifest;
@@ -46,6 +48,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ring", ring),
     ("switch", switch),
     ("control", control),
+    ("gzip", gzip),
 ];
 
 /// The target called `name`.
@@ -63,6 +66,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         "ring" => targets::ring::seeds(),
         "switch" => targets::switch::seeds(),
         "control" => targets::control::seeds(),
+        "gzip" => targets::gzip::seeds(),
         _ => Vec::new(),
     }
 }

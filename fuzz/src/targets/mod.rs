@@ -1,6 +1,7 @@
 //! The targets' bodies and their seeds.
 
 pub mod control;
+pub mod gzip;
 pub mod hypercall;
 pub mod image;
 pub mod manifest;
