@@ -133,9 +133,9 @@ impl fmt::Debug for Image {
 
 impl Image {
     /// Parses and fully validates an image file (gzip-compressed tar or tar),
-    /// allowing it up to [`MAX_IMAGE_BYTES`] of memory: on the host, or
-    /// where the heap is known to have that much room. The hypervisor uses
-    /// [`Image::parse_within`].
+    /// allowing it up to [`MAX_IMAGE_BYTES`] of memory: for the host, or
+    /// where the heap is known to have that much room. In the hypervisor,
+    /// use [`Image::parse_within`] with what the heap can spare.
     pub fn parse(file: &[u8]) -> Result<Image, ImageError> {
         Image::parse_within(file, MAX_IMAGE_BYTES)
     }
@@ -154,7 +154,8 @@ impl Image {
     /// Beside the budget, parsing makes only small allocations bounded by
     /// constants, not by the file: the inflater's state (about 11 KiB) and,
     /// when refusing a gzip member, a 32 KiB window; the program header
-    /// table (at most 64 entries) and the segment list.
+    /// table (at most 64 entries) and the segment list; the TOML parser's
+    /// fixed overhead.
     pub fn parse_within(file: &[u8], budget: usize) -> Result<Image, ImageError> {
         if file.len() > MAX_IMAGE_BYTES {
             return Err(ImageError::TooLarge {
