@@ -38,7 +38,9 @@ pub(super) fn is_gzip(file: &[u8]) -> bool {
 /// Decompresses a single-member gzip file. It allocates at most
 /// `min(budget, MAX_IMAGE_BYTES)` bytes for the output (exactly what the
 /// trailer declares), plus the inflater's state (about 11 KiB) and, when it
-/// refuses the file, a 32 KiB window to [`survey`] the stream with.
+/// refuses the file, a 32 KiB window to [`survey`] the stream with (so that
+/// the refusal says what is wrong: a truncated file's "trailer" is deflate
+/// data and may declare anything).
 pub(super) fn decompress(file: &[u8], budget: usize) -> Result<Vec<u8>, ImageError> {
     let body = file
         .get(header_len(file)?..)
@@ -63,7 +65,10 @@ pub(super) fn decompress(file: &[u8], budget: usize) -> Result<Vec<u8>, ImageErr
     let mut inflater = inflater().ok_or_else(out_of_memory)?;
     let state = inflater.first_mut().ok_or_else(out_of_memory)?;
     let mut data = Vec::new();
-    data.try_reserve_exact(size).map_err(|_| out_of_memory())?;
+    if data.try_reserve_exact(size).is_err() {
+        drop(inflater);
+        return Err(no_room(deflate, size, budget));
+    }
     data.resize(size, 0);
     let flags = TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF;
     let (status, _, written) = inflate(state, deflate, &mut data, 0, flags);
@@ -76,9 +81,11 @@ pub(super) fn decompress(file: &[u8], budget: usize) -> Result<Vec<u8>, ImageErr
             drop(inflater);
             return Err(match survey(deflate, limit) {
                 Survey::Corrupt => ImageError::GzipCorrupt,
-                Survey::Ends | Survey::Exceeds => ImageError::GzipLongerThanDeclared {
-                    declared: u64::from(declared),
-                },
+                Survey::Ends(_) | Survey::Exceeds | Survey::NoRoom => {
+                    ImageError::GzipLongerThanDeclared {
+                        declared: u64::from(declared),
+                    }
+                }
             });
         }
         _ => return Err(ImageError::GzipCorrupt),
@@ -97,16 +104,41 @@ pub(super) fn decompress(file: &[u8], budget: usize) -> Result<Vec<u8>, ImageErr
 fn oversized(deflate: &[u8], declared: u32, budget: usize) -> ImageError {
     let limit = budget.min(MAX_IMAGE_BYTES);
     match survey(deflate, limit) {
-        Survey::Exceeds if usize::try_from(declared).is_ok_and(|d| d <= MAX_IMAGE_BYTES) => {
+        Survey::Exceeds | Survey::NoRoom
+            if usize::try_from(declared).is_ok_and(|d| d <= MAX_IMAGE_BYTES) =>
+        {
             ImageError::OutOfMemory {
                 needed: u64::from(declared),
                 available: budget as u64,
             }
         }
-        Survey::Exceeds => ImageError::GzipTooLarge {
+        Survey::Exceeds | Survey::NoRoom => ImageError::GzipTooLarge {
             declared: u64::from(declared),
         },
-        Survey::Ends => ImageError::GzipChecksum,
+        Survey::Ends(_) => ImageError::GzipChecksum,
+        Survey::Corrupt => ImageError::GzipCorrupt,
+    }
+}
+
+/// Why a member declaring `size` bytes, within the budget, is refused when
+/// the heap could not give us them after all (it is fragmented, or the
+/// budget was more than it had). As for [`oversized`], the stream is
+/// surveyed (up to `size`) so that a truncated or lying file is called
+/// that; only a stream that really is `size` bytes long is "no room".
+pub(super) fn no_room(deflate: &[u8], size: usize, budget: usize) -> ImageError {
+    match survey(deflate, size) {
+        Survey::Ends(n) if n == size => ImageError::OutOfMemory {
+            needed: size as u64,
+            available: budget as u64,
+        },
+        Survey::NoRoom => ImageError::OutOfMemory {
+            needed: size as u64,
+            available: budget as u64,
+        },
+        Survey::Ends(_) => ImageError::GzipChecksum,
+        Survey::Exceeds => ImageError::GzipLongerThanDeclared {
+            declared: size as u64,
+        },
         Survey::Corrupt => ImageError::GzipCorrupt,
     }
 }
@@ -114,13 +146,14 @@ fn oversized(deflate: &[u8], declared: u32, budget: usize) -> ImageError {
 /// What inflating a deflate stream, output thrown away, showed.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Survey {
-    /// It is well-formed and ends within the limit.
-    Ends,
-    /// It goes on past the limit (whatever comes after), or the heap had no
-    /// room for the survey's 43 KiB of scratch, so the size is all we know.
+    /// It is well-formed and ends after this many bytes, within the limit.
+    Ends(usize),
+    /// It goes on past the limit (whatever comes after).
     Exceeds,
     /// It is corrupt or truncated before the limit.
     Corrupt,
+    /// The heap had no room for the survey's 43 KiB of scratch.
+    NoRoom,
 }
 
 /// Inflates `deflate` into a 32 KiB window that wraps, keeping only the
@@ -128,10 +161,10 @@ pub(super) enum Survey {
 /// inflation work, and no memory sized by the input.
 pub(super) fn survey(deflate: &[u8], limit: usize) -> Survey {
     let (Some(mut inflater), Some(mut window)) = (inflater(), zeroed(WINDOW)) else {
-        return Survey::Exceeds;
+        return Survey::NoRoom;
     };
     let Some(state) = inflater.first_mut() else {
-        return Survey::Exceeds;
+        return Survey::NoRoom;
     };
     let mut input = deflate;
     let mut pos = 0usize;
@@ -148,7 +181,7 @@ pub(super) fn survey(deflate: &[u8], limit: usize) -> Survey {
                 input = input.get(read..).unwrap_or_default();
                 pos = (pos + written) & (WINDOW - 1);
             }
-            TINFLStatus::Done => return Survey::Ends,
+            TINFLStatus::Done => return Survey::Ends(total),
             _ => return Survey::Corrupt,
         }
     }

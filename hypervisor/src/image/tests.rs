@@ -1017,10 +1017,39 @@ fn out_of_memory_says_what_it_needed() {
 fn survey_counts_the_output_exactly() {
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 7 + i / 1000) as u8).collect();
     let deflate = miniz_oxide::deflate::compress_to_vec(&data, 6);
-    assert_eq!(gzip::survey(&deflate, data.len()), gzip::Survey::Ends);
-    assert_eq!(gzip::survey(&deflate, data.len() - 1), gzip::Survey::Exceeds);
-    assert_eq!(gzip::survey(&deflate[..deflate.len() / 2], data.len()), gzip::Survey::Corrupt);
+    let n = data.len();
+    assert_eq!(gzip::survey(&deflate, n), gzip::Survey::Ends(n));
+    assert_eq!(gzip::survey(&deflate, usize::MAX), gzip::Survey::Ends(n));
+    assert_eq!(gzip::survey(&deflate, n - 1), gzip::Survey::Exceeds);
+    assert_eq!(gzip::survey(&deflate[..deflate.len() / 2], n), gzip::Survey::Corrupt);
     assert_eq!(gzip::survey(&[], 10), gzip::Survey::Corrupt);
+}
+
+/// When the heap cannot give what the trailer declares (fragmented, or a
+/// budget larger than the heap), the refusal still says what is wrong.
+#[test]
+fn no_room_after_all_says_what_is_wrong() {
+    let data = vec![5u8; 50_000];
+    let deflate = miniz_oxide::deflate::compress_to_vec(&data, 6);
+    let n = data.len();
+    assert_eq!(
+        gzip::no_room(&deflate, n, 1 << 20),
+        ImageError::OutOfMemory {
+            needed: n as u64,
+            available: 1 << 20
+        }
+    );
+    assert_eq!(gzip::no_room(&deflate, n + 1, 1 << 20), ImageError::GzipChecksum);
+    assert_eq!(
+        gzip::no_room(&deflate, n - 1, 1 << 20),
+        ImageError::GzipLongerThanDeclared {
+            declared: n as u64 - 1
+        }
+    );
+    assert_eq!(
+        gzip::no_room(&deflate[..deflate.len() - 3], n, 1 << 20),
+        ImageError::GzipCorrupt
+    );
 }
 
 #[test]
