@@ -11,12 +11,14 @@
 //! Images come from outside the hypervisor, so nothing here trusts them:
 //! every size and offset is checked with checked arithmetic, every slice is
 //! taken with `get`, and no input can make this module panic (a mutation test
-//! holds it to that). Nor can an input make it allocate more than it is
-//! allowed to ([`Image::parse_within`]'s budget): the hypervisor's heap is
-//! small and a failed allocation aborts the machine, so a gzip image is
-//! unpacked into one buffer of the size its trailer declares, reserved
-//! fallibly, and the tar reader allocates nothing. The tar, gzip and ELF readers are our own for that
+//! holds it to that). The tar, gzip and ELF readers are our own for that
 //! reason: the ones in hermit-entry and its dependencies assert and unwrap.
+//!
+//! Nor can an input make this module allocate more than it is allowed to
+//! ([`Image::parse_within`]'s budget): the hypervisor's heap is small and a
+//! failed allocation aborts the machine, so a gzip image is unpacked into
+//! one buffer of the size its trailer declares, reserved fallibly, the tar
+//! reader allocates nothing, and `hermit.toml`'s parse is charged up front.
 
 mod elf;
 mod gzip;
@@ -347,7 +349,8 @@ pub enum ImageError {
     /// The deflate stream inside the gzip file is corrupt or truncated.
     GzipCorrupt,
     /// The gzip trailer declares an uncompressed size above
-    /// [`MAX_IMAGE_BYTES`] (and the data does expand past what we allow).
+    /// [`MAX_IMAGE_BYTES`] (and the data does expand past the budget, or
+    /// there was no room to look).
     GzipTooLarge { declared: u64 },
     /// The deflate stream goes on past the uncompressed size the gzip
     /// trailer declares.

@@ -848,7 +848,10 @@ fn a_gzip_bomb_is_refused_within_its_budget() {
     );
     // Refused on the trailer's word, checked by inflating into a 32 KiB
     // window only as far as the budget: the 60 MiB are never allocated.
-    assert_eq!(gzip::survey(&bomb[10..bomb.len() - 8], budget), gzip::Survey::Exceeds);
+    assert_eq!(
+        gzip::survey(&bomb[10..bomb.len() - 8], budget),
+        gzip::Survey::Exceeds
+    );
 
     // A smaller bomb, 2 MiB of zeros, right at the edge of its budget
     // (a 60 MiB one would do the same, only slower in a debug build).
@@ -876,7 +879,12 @@ fn a_gzip_bomb_beyond_the_hard_limit() {
     for budget in [1 << 20, 8 << 20, usize::MAX] {
         let e = err(Image::parse_within(&bomb, budget));
         if budget < BOMB_SIZE {
-            assert_eq!(e, ImageError::GzipTooLarge { declared: declared.into() });
+            assert_eq!(
+                e,
+                ImageError::GzipTooLarge {
+                    declared: declared.into()
+                }
+            );
             assert_eq!(
                 e.to_string(),
                 "gzip trailer declares 68157440 bytes uncompressed; the limit is 64 MiB"
@@ -895,7 +903,12 @@ fn a_trailer_declaring_less_than_the_data_is_refused() {
     for declared in [0, 1, 100, 4 << 20] {
         let bomb = with_isize(bomb(), declared);
         let e = err(Image::parse_within(&bomb, 8 << 20));
-        assert_eq!(e, ImageError::GzipLongerThanDeclared { declared: declared.into() });
+        assert_eq!(
+            e,
+            ImageError::GzipLongerThanDeclared {
+                declared: declared.into()
+            }
+        );
     }
     assert_eq!(
         ImageError::GzipLongerThanDeclared { declared: 100 }.to_string(),
@@ -920,7 +933,14 @@ fn a_trailer_declaring_more_than_the_data_is_a_length_mismatch() {
     let budget = 1 << 20;
     // Within the budget (allocated, then found short), past it (surveyed,
     // found short) and past the hard limit.
-    for declared in [n + 1, 2 * n, budget, budget + 1, MAX_IMAGE_BYTES + 1, u32::MAX as usize] {
+    for declared in [
+        n + 1,
+        2 * n,
+        budget,
+        budget + 1,
+        MAX_IMAGE_BYTES + 1,
+        u32::MAX as usize,
+    ] {
         let g = gzip_with_trailer(&plain, crc, declared as u32);
         assert_eq!(
             err(Image::parse_within(&g, budget)),
@@ -959,17 +979,31 @@ fn a_budget_smaller_than_a_valid_image_is_refused_cleanly() {
     // then the archive and the config's share together.
     let n = plain.len();
     for budget in [0, 1, n - 1] {
-        assert_eq!(err(Image::parse_within(&gz, budget)), oom(n, budget), "budget {budget}");
+        assert_eq!(
+            err(Image::parse_within(&gz, budget)),
+            oom(n, budget),
+            "budget {budget}"
+        );
     }
     for budget in [n, n + config - 1] {
-        assert_eq!(err(Image::parse_within(&gz, budget)), oom(n + config, budget), "budget {budget}");
+        assert_eq!(
+            err(Image::parse_within(&gz, budget)),
+            oom(n + config, budget),
+            "budget {budget}"
+        );
     }
     let image = Image::parse_within(&gz, n + config).unwrap();
     assert_eq!(image.elf, elf);
     // A plain tar: the config's share, then the kernel's copy beside it.
     let k = elf.len();
-    assert_eq!(err(Image::parse_within(&plain, config - 1)), oom(config, config - 1));
-    assert_eq!(err(Image::parse_within(&plain, k + config - 1)), oom(k + config, k + config - 1));
+    assert_eq!(
+        err(Image::parse_within(&plain, config - 1)),
+        oom(config, config - 1)
+    );
+    assert_eq!(
+        err(Image::parse_within(&plain, k + config - 1)),
+        oom(k + config, k + config - 1)
+    );
     assert_eq!(Image::parse_within(&plain, k + config).unwrap().elf, elf);
     // A budget beyond the hard limit is the hard limit for the archive.
     assert_eq!(Image::parse_within(&gz, usize::MAX).unwrap().elf, elf);
@@ -1021,7 +1055,10 @@ fn survey_counts_the_output_exactly() {
     assert_eq!(gzip::survey(&deflate, n), gzip::Survey::Ends(n));
     assert_eq!(gzip::survey(&deflate, usize::MAX), gzip::Survey::Ends(n));
     assert_eq!(gzip::survey(&deflate, n - 1), gzip::Survey::Exceeds);
-    assert_eq!(gzip::survey(&deflate[..deflate.len() / 2], n), gzip::Survey::Corrupt);
+    assert_eq!(
+        gzip::survey(&deflate[..deflate.len() / 2], n),
+        gzip::Survey::Corrupt
+    );
     assert_eq!(gzip::survey(&[], 10), gzip::Survey::Corrupt);
 }
 
@@ -1039,7 +1076,10 @@ fn no_room_after_all_says_what_is_wrong() {
             available: 1 << 20
         }
     );
-    assert_eq!(gzip::no_room(&deflate, n + 1, 1 << 20), ImageError::GzipChecksum);
+    assert_eq!(
+        gzip::no_room(&deflate, n + 1, 1 << 20),
+        ImageError::GzipChecksum
+    );
     assert_eq!(
         gzip::no_room(&deflate, n - 1, 1 << 20),
         ImageError::GzipLongerThanDeclared {
@@ -1831,4 +1871,3 @@ fn mutated_hermit_toml_never_panics() {
         let _ = Image::parse(&tar(&[("hermit.toml", &t), ("hello", &elf)]));
     }
 }
-
