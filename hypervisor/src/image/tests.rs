@@ -763,10 +763,11 @@ fn bad_toml() {
         "version = \"1\"\nkernel = \"hello\"\n[input]\nkernel_args = []\napp_args = [1]\n",
         "version = \"1\"\nkernel = \"hello\"\n[input]\nkernel_args = []\napp_args = []\n[requirements]\nmemory = \"1.00000000000000000000000000000000001 ZiB\"\n",
         "version = \"1\"\nkernel = \"hello\"\n[input]\nkernel_args = []\napp_args = []\n[requirements]\nmemory = \"99999999999999999999999999999999999999 EiB\"\n",
-        &format!("a = {}", "[".repeat(30_000)),
-        &format!("a = {}", "{b = ".repeat(10_000)),
-        &format!("{}= 1", "a.".repeat(20_000)),
-        &format!("{}= 1", "[a]\n".repeat(10_000)),
+        // Deep nesting, within the size limit.
+        &format!("a = {}", "[".repeat(8_000)),
+        &format!("a = {}", "{b = ".repeat(1_600)),
+        &format!("{}= 1", "a.".repeat(4_000)),
+        &format!("{}= 1", "[a]\n".repeat(2_000)),
         "",
     ] {
         let e = err(parse(toml.as_bytes()));
@@ -779,11 +780,16 @@ fn bad_toml() {
     }
     assert_eq!(err(parse(b"version = \xff")), ImageError::ConfigNotUtf8);
     let big = vec![b'#'; MAX_CONFIG_BYTES + 1];
+    let e = err(parse(&big));
     assert_eq!(
-        err(parse(&big)),
+        e,
         ImageError::ConfigTooLarge {
             size: big.len() as u64
         }
+    );
+    assert_eq!(
+        e.to_string(),
+        "hermit.toml is 8193 bytes; the limit is 8 KiB"
     );
 
     let e = err(parse(
@@ -1482,7 +1488,10 @@ fn wrong_abi_or_hermit_notes() {
     assert_eq!(e, ImageError::AbiVersion(7));
     assert_eq!(
         e.to_string(),
-        format!("image was built for hypervisor ABI v7; this hypervisor speaks v{}", abi::ABI_VERSION)
+        format!(
+            "image was built for hypervisor ABI v7; this hypervisor speaks v{}",
+            abi::ABI_VERSION
+        )
     );
 
     let e = err(parse_spec(ElfSpec::valid().with(|s| {
