@@ -19,7 +19,7 @@
 //! | [`ring`] | `abi::ring::Consumer` (and `Producer`) over a lying peer | no access outside the ring; lengths checked; indices move only as documented |
 //! | [`switch`] | `net::switch::Switch` operations and frames | never delivers across tenants or back to the sender; counters add up |
 //! | [`control`] | `control::Session` bytes and requests, over real image loading and guest creation | every answer is one JSON line; uploads stay within the room offered; stopping and unloading everything returns every frame |
-//! | [`gzip`] | `Image::parse_within` (1/4 MiB budget) over gzip files with fuzz-written deflate streams and trailers | never allocates past the budget; refuses with the error the sizes call for |
+//! | [`gzip`] | `Image::parse_within` (64 KiB to 16 MiB budgets) over gzip files with fuzz-written deflate streams and trailers | never allocates past the budget; refuses with the error the sizes call for |
 
 pub mod deflate;
 pub mod heap;

@@ -18,10 +18,10 @@
 //! - `6`: `(n: u8 + 1) << 16` zeros.
 //!
 //! The program's output stops growing past [`OUT_CAP`]. The budget is one
-//! of [`BUDGETS`] (`budget % 4`): the small ones refuse even valid images,
-//! the largest lets a hostile `hermit.toml` of up to 8 KiB reach the TOML
-//! parser, whose heap use is bounded only by the per-byte share of the
-//! budget it is allowed ([`CONFIG_HEAP_PER_BYTE`]). Knobs:
+//! of [`BUDGETS`] (`budget % 4`): the smallest refuses even valid images,
+//! the largest lets a hostile `hermit.toml` of up to the 8 KiB limit reach
+//! the TOML parser, whose heap use is bounded only by the per-byte share of
+//! the budget it is charged ([`CONFIG_HEAP_PER_BYTE`]). Knobs:
 //! - bits 0-1, what the output is: `0` the whole archive; `1`, `3` the tail
 //!   of the kernel of a valid image (after a small valid ELF); `2` the
 //!   image's `hermit.toml`;
@@ -40,7 +40,7 @@ use crate::images;
 use crate::input::Input;
 
 /// The budgets `parse_within` is given.
-pub const BUDGETS: [usize; 4] = [16 << 10, 64 << 10, 256 << 10, 1 << 20];
+pub const BUDGETS: [usize; 4] = [64 << 10, 512 << 10, 2 << 20, 16 << 20];
 /// Heap that parsing may use beyond the budget, for what no input sizes:
 /// the inflater (about 11 KiB), the 32 KiB window a refusal surveys the
 /// stream with, the program headers and segments, the kernel's name.
@@ -48,8 +48,8 @@ pub const ALLOWANCE: usize = 64 << 10;
 /// The largest allocation that no input sizes: the 32 KiB window a
 /// refusal surveys a gzip stream with.
 pub const WINDOW: usize = 32 << 10;
-/// Most bytes the program's output grows to: past every budget, and small
-/// enough that an input runs in milliseconds.
+/// Most bytes the program's output grows to: past the two smaller budgets,
+/// and small enough that an input runs in milliseconds.
 pub const OUT_CAP: usize = (1 << 20) + (256 << 10);
 
 pub fn gzip(data: &[u8]) {
@@ -285,9 +285,9 @@ fn knobs(wrap: u8, isize: u8) -> u8 {
     wrap | (isize << 2)
 }
 
-/// An input: knobs, budget 256 KiB, ISIZE argument, cut, program.
+/// An input: knobs, budget 512 KiB, ISIZE argument, cut, program.
 fn input(knobs: u8, isize: u32, cut: u16, program: &[u8]) -> Vec<u8> {
-    let mut v = vec![knobs, 2];
+    let mut v = vec![knobs, 1];
     v.extend_from_slice(&isize.to_le_bytes());
     v.extend_from_slice(&cut.to_le_bytes());
     v.extend_from_slice(program);
@@ -318,7 +318,9 @@ fn budget(i: u8, mut seed: Vec<u8>) -> Vec<u8> {
 pub fn seeds() -> Vec<Vec<u8>> {
     let archive = images::hermit_tar(images::hermit_toml("hello", &["x"]).as_bytes(), &images::small_elf());
     let text = [&[7u8 << 3 | 7][..], b"padding!"].concat();
-    let b = BUDGETS[2];
+    let b = BUDGETS[1];
+    // A table per dot: the costliest TOML known (see CONFIG_HEAP_PER_BYTE).
+    let dots = [stored(b"x = ["), stored(&b"{..............................}".repeat(40))].concat();
     let hostile_toml = [stored(b"x = ["), run(b'[', 3_400, 0), run(b']', 3_400, 0), stored(b"]\n")].concat();
     vec![
         // A valid image: its kernel's tail a short run, honest trailer.
@@ -337,8 +339,8 @@ pub fn seeds() -> Vec<Vec<u8>> {
         input(knobs(1, 2), 1, 0, &run(7, 3000, 0)),
         input(knobs(1, 2), 0xff, 0, &run(7, 3000, 0)),
         // Exactly the budget, and one past it.
-        input(knobs(0, 4), 0, 0, &run(0, (b / 4 - 1) as u16, 2)),
-        input(knobs(0, 5), 0, 0, &run(0, (b / 4 - 1) as u16, 2)),
+        input(knobs(0, 4), 0, 0, &run(0, (b / 8 - 1) as u16, 3)),
+        input(knobs(0, 5), 0, 0, &run(0, (b / 8 - 1) as u16, 3)),
         // Past the hard limit, for real (past the budget) or not.
         input(knobs(0, 6), 1, 0, &run(0, 0xffff, 4)),
         input(knobs(0, 7), 0, 0, &run(0, 10, 0)),
@@ -353,10 +355,12 @@ pub fn seeds() -> Vec<Vec<u8>> {
         input(knobs(2, 0), 0, 0, &stored(images::hermit_toml("hello", &["a", "b"]).as_bytes())),
         input(knobs(2, 0), 0, 0, &hostile_toml),
         budget(3, input(knobs(2, 0), 0, 0, &hostile_toml)),
-        // A valid image and a 16 KiB budget: no room for hermit.toml's share.
+        // A valid image and a 64 KiB budget: no room for hermit.toml's share.
         budget(0, input(knobs(1, 0), 0, 0, &run(0x90, 999, 0))),
-        // A 512 KiB kernel in a 1 MiB budget.
+        // A 512 KiB kernel in a 16 MiB budget.
         budget(3, input(knobs(1, 0), 0, 0, &run(0x90, 0xffff, 3))),
+        // The costliest known hermit.toml, with room for its share.
+        budget(3, input(knobs(2, 0), 0, 0, &dots)),
     ]
 }
 
@@ -393,12 +397,13 @@ mod tests {
             "Config",
             "OutOfMemory",
             "Ok",
+            "Config",
         ];
         assert_eq!(got, want);
         // The bomb's refusal, exactly.
         assert_eq!(
             check(&seeds()[4]).err(),
-            Some(ImageError::OutOfMemory { needed: 60 << 20, available: BUDGETS[2] as u64 })
+            Some(ImageError::OutOfMemory { needed: 60 << 20, available: BUDGETS[1] as u64 })
         );
     }
 
