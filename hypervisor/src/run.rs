@@ -669,8 +669,14 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
 }
 
 /// Validates and loads one image, saying so on the console.
+///
+/// Parsing may use what the hypervisor's heap can spare beside the guests'
+/// headroom, and no more: a gzip bomb (from the bundle or an upload) is
+/// refused by its declared size before anything that size is allocated.
 fn load_image(name: &str, data: &[u8]) -> Result<LoadedImage, String> {
-    let loaded = match Image::parse(data) {
+    let (heap, heap_used) = crate::heap_usage();
+    let budget = heap.saturating_sub(heap_used).saturating_sub(2 * HEAP_HEADROOM);
+    let loaded = match Image::parse_within(data, budget) {
         Ok(parsed) => LoadedImage::load(&mut Mem, name, &parsed).ok_or_else(|| String::from("the machine is out of memory")),
         Err(e) => Err(format!("{e}")),
     };

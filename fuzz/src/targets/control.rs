@@ -1,7 +1,7 @@
 //! The control channel's handling, not only its parsing: fuzz-chosen bytes
 //! and well-formed requests with fuzz-chosen numbers go through
 //! `control::Session` to a host with the hypervisor's real state behind
-//! it: uploaded images are validated and loaded by `Image::parse` and
+//! it: uploaded images are validated and loaded by `Image::parse_within` and
 //! `LoadedImage::load`, guests are created by `Guest::create` and
 //! destroyed on `stop`, all over simulated memory of bounded size.
 //!
@@ -22,6 +22,9 @@ use crate::mem::FuzzMem;
 
 /// Bytes an upload may take (the hypervisor says what its heap has left).
 const ROOM: usize = 64 << 10;
+/// What parsing an upload may use (hermit.toml's parse is charged 2 KiB a
+/// byte, so even the smallest image wants a few hundred KiB).
+const PARSE_BUDGET: usize = 1 << 20;
 /// Frames of the simulated machine.
 const FRAMES: usize = 512;
 /// Most operations per input.
@@ -48,7 +51,7 @@ impl ControlHost for FuzzHost {
         self.0.borrow().images.iter().map(|(n, _)| n.clone()).collect()
     }
     fn add_image(&self, name: &str, data: &[u8]) -> Result<(), String> {
-        let parsed = Image::parse(data).map_err(|e| e.to_string())?;
+        let parsed = Image::parse_within(data, PARSE_BUDGET).map_err(|e| e.to_string())?;
         let st = &mut *self.0.borrow_mut();
         let loaded = LoadedImage::load(&mut st.mem, name, &parsed).ok_or("the machine is out of memory")?;
         st.images.push((name.into(), loaded));
