@@ -231,6 +231,16 @@ fn guests_started_on_a_running_hypervisor_serve_their_tenant_and_bad_starts_are_
     let junk = integration_tests::temp_file("junk.hermit", b"not a hermit image");
     let e = inst.0.start("j", &junk, None, 2 << 20, None, &[]).unwrap_err();
     assert!(format!("{e:#}").contains("rejected: not a tar archive"), "{e:#}");
+    // A gzip bomb (60 MiB of zeros, about 60 KB uploaded) is refused by its
+    // declared size; it once took the hypervisor down with every guest.
+    let bomb = {
+        use std::io::Write as _;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&vec![0u8; 60 << 20]).unwrap();
+        integration_tests::temp_file("bomb.hermit", &gz.finish().unwrap())
+    };
+    let e = inst.0.start("bomb", &bomb, None, 2 << 20, None, &[]).unwrap_err();
+    assert!(format!("{e:#}").contains("rejected: the hypervisor has no room to unpack it"), "{e:#}");
     let e = inst.0.start("big", &echo_image, Some(&elf), 64 << 30, None, &[]).unwrap_err();
     assert!(e.to_string().contains("guest big not started"), "{e}");
 

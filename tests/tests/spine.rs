@@ -4,6 +4,7 @@
 
 use integration_tests::{RunOutput, boot, boot_smp, temp_file, try_boot};
 use std::fmt::Write;
+use std::io::Read as _;
 
 /// Asserts that the console has a line equal to `line`.
 #[track_caller]
@@ -83,7 +84,25 @@ fn bad_images() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     high[load + 16..load + 24].copy_from_slice(&0xffff_8000_0000_0000u64.to_le_bytes());
     let high = xtask::pack::hermit_image("hello", &high).unwrap();
 
+    // A gzip bomb: 60 MiB of zeros in a tar, about 60 KB compressed (it
+    // once aborted the hypervisor with a failed 30 MiB allocation; the
+    // hypervisor's heap is 32 MiB on this 512 MiB machine).
+    let bomb = {
+        use std::io::Write as _;
+        let mut t = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(60 << 20);
+        h.set_mode(0o755);
+        h.set_cksum();
+        t.append_data(&mut h, "hello", std::io::repeat(0).take(60 << 20)).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&t.into_inner().unwrap()).unwrap();
+        gz.finish().unwrap()
+    };
+    assert!(bomb.len() < 128 << 10, "the bomb is {} bytes", bomb.len());
+
     vec![
+        ("bomb.hermit", bomb, "the hypervisor has no room to unpack it (needs "),
         ("random.hermit", (0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect(), "not a tar archive"),
         ("truncated.hermit", hello[..hello.len() / 2].to_vec(), "gzip data is corrupt or truncated"),
         ("noconfig.hermit", no_config, "hermit.toml is missing"),
