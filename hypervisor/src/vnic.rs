@@ -19,6 +19,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use hypervisor::limit::TokenBucket;
 use hypervisor::mm::{FRAME_SIZE, PhysAddr};
+use hypervisor::net::gate::Gate;
 use hypervisor::net::switch::{INSPECT_BYTES, PortId, Switch, Verdict, is_multicast};
 use hypervisor::net::uplink_queue::{Bounds, Offered, UplinkQueue};
 use core::sync::atomic::AtomicUsize;
@@ -86,7 +87,7 @@ impl<'a> FrameRing<'a> {
 }
 
 // SAFETY: the frames are the guest's shared page and ring pages, pinned
-// while its port is alive (ports are marked dead under their locks before
+// while its port is alive (its RX gate is closed, under its locks, before
 // the frames are freed); offsets are bounds-checked against the index
 // block and the slots; index accesses are 4-byte aligned atomics.
 unsafe impl RingMemory for FrameRing<'_> {
@@ -162,9 +163,10 @@ pub struct Port {
     /// The guest's shared page: event bits and both rings' indices.
     pub event_frame: PhysAddr,
     tx: Mutex<Tx>,
-    rx: Mutex<Producer>,
-    /// Set (under the rx lock) when the guest ends or is disconnected.
-    dead: AtomicBool,
+    /// The RX producer behind a gate (`hypervisor::net::gate`): closed by
+    /// `disconnect` before the guest's pages may be freed, and every
+    /// delivery and event runs under it while it is open.
+    rx: Gate<Producer>,
     pub ring_errors: AtomicU64,
     /// Frames from the host for this guest that its full RX ring never
     /// took: flooded ones it had no room for, and ones that found its
@@ -202,8 +204,7 @@ impl Port {
                 broadcasts: TokenBucket::new(limits.nic_broadcasts),
                 limited: 0,
             }),
-            rx: Mutex::new(Producer::new(slots)),
-            dead: AtomicBool::new(false),
+            rx: Gate::new(Producer::new(slots)),
             ring_errors: AtomicU64::new(0),
             uplink_dropped: AtomicU64::new(0),
             spoofed: AtomicU64::new(0),
@@ -212,18 +213,13 @@ impl Port {
 }
 
 impl Port {
-    /// Sets event bits in the guest's event page, unless the port is dead.
+    /// Sets event bits in the guest's event page, unless the port is closed.
     /// Its guest may have ended and its event frame be free again (or a
-    /// page table by now): `disconnect` marks the port dead under the RX
-    /// lock before the guest is destroyed, so the frame stays the guest's
-    /// while this holds that lock and sees the port alive.
+    /// page table by now): `disconnect` closes the RX gate before the guest
+    /// is destroyed, so the frame stays the guest's while the gate is open
+    /// (the gate's host test destroys a receiver under delivering threads).
     pub fn notify(&self, bits: u64) -> bool {
-        let _rx = self.rx.lock();
-        if self.dead.load(Ordering::Acquire) {
-            return false;
-        }
-        raise(self.event_frame, bits);
-        true
+        self.rx.with(|_| raise(self.event_frame, bits)).is_some()
     }
 
     /// Bytes of the guest's ring slots (both rings).
@@ -351,7 +347,7 @@ impl Net {
     /// disconnected, if it broke the ring protocol.
     pub fn drain(&self, guest: usize, now_ns: u64, wake: &mut impl FnMut(usize, PhysAddr)) -> Result<(), String> {
         let Some(port) = self.port(guest) else { return Ok(()) };
-        if port.dead.load(Ordering::Acquire) {
+        if port.rx.is_closed() {
             return Ok(());
         }
         let ring = FrameRing::new(port.event_frame, abi::layout::NIC_TX_INDICES, &port.tx_frames);
@@ -443,8 +439,8 @@ impl Net {
     ) -> bool {
         let Some(g) = self.guest_of_slot.get(dest.slot()).map(|g| g.load(Ordering::Acquire)) else { return false };
         let Some(p) = self.port(g) else { return false };
-        let mut rx = p.rx.lock();
-        if p.dead.load(Ordering::Acquire) {
+        let (mut rx, open) = p.rx.lock();
+        if !open {
             return false;
         }
         let ring = FrameRing::new(p.event_frame, abi::layout::NIC_RX_INDICES, &p.rx_frames);
@@ -575,8 +571,8 @@ impl Net {
             held.remove(g);
             return;
         };
-        let mut rx = p.rx.lock();
-        if p.dead.load(Ordering::Acquire) {
+        let (mut rx, open) = p.rx.lock();
+        if !open {
             // `disconnect` frees the queue; this only makes sure.
             p.count_uplink_drops(held.remove(g));
             return;
@@ -619,8 +615,7 @@ impl Net {
         let mut held = self.held.lock();
         let _tx = p.tx.lock();
         let mut switch = self.switch.lock();
-        let _rx = p.rx.lock();
-        if !p.dead.swap(true, Ordering::AcqRel) {
+        if p.rx.close() {
             switch.remove_port(p.switch_port);
         }
         p.count_uplink_drops(held.remove(guest));

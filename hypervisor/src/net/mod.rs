@@ -34,6 +34,7 @@
 //! tested on the host; the rings, the notification and the virtio driver
 //! are the mechanism around it.
 
+pub mod gate;
 pub mod switch;
 pub mod uplink_queue;
 pub mod virtq;
