@@ -61,6 +61,9 @@ fn sizes(bytes: u64) -> String {
 /// in use.
 struct Host {
     kernel_root: u64,
+    /// What guests' tables map of the hypervisor: `kernel_root`'s upper
+    /// half, or with page-table isolation `paging::isolated_upper`.
+    guest_upper: u64,
     time: TimeInfo,
     time_page: u64,
     cpus: usize,
@@ -200,27 +203,37 @@ impl Host {
         if g.stats.first_entry_ns == 0 {
             g.stats.first_entry_ns = self.time.ns(start).max(1);
         }
-        // SAFETY: the guest's PML4 maps the hypervisor's half like every
-        // other address space (copied from the kernel root at creation).
-        unsafe { cpu::write_cr3(g.memory.space.root()) };
+        // Without isolation the hypervisor runs on the guest's tables
+        // between exits (they map its half too); with it, `entry::run`
+        // switches to them last and back first.
+        let isolated = entry::isolated();
+        let root = g.memory.space.root();
+        if !isolated {
+            // SAFETY: the guest's PML4 maps the hypervisor's half like every
+            // other address space (copied from the kernel root at creation).
+            unsafe { cpu::write_cr3(root) };
+        }
         let step = loop {
-            entry::run(&mut g.regs, &mut g.fpu, g.via_sysret);
+            entry::run(&mut g.regs, &mut g.fpu, g.via_sysret, root);
             g.now_ns = self.time.ns(cpu::rdtsc());
             let step = g.handle_exit(&mut mem, &mut |l| println!("{l}"));
             match step {
                 Step::Resume => {}
                 // SAFETY: reloading the guest's own root (the one it runs
-                // on) only flushes the TLB after it gave pages back.
-                Step::FlushTlb => unsafe { cpu::write_cr3(g.memory.space.root()) },
+                // on) only flushes the TLB after it gave pages back. (With
+                // isolation every entry loads it anyway.)
+                Step::FlushTlb if !isolated => unsafe { cpu::write_cr3(root) },
                 Step::NetKick => self.drain(id, &g.name, cpu_index),
                 step => break step,
             }
         };
         // Whatever it queued goes out now that it stops running.
         self.drain(id, &g.name, cpu_index);
-        // SAFETY: back to the hypervisor's own tables: the guest may move
-        // to another CPU and end there, freeing the tables it ran on.
-        unsafe { cpu::write_cr3(self.kernel_root) };
+        if !isolated {
+            // SAFETY: back to the hypervisor's own tables: the guest may move
+            // to another CPU and end there, freeing the tables it ran on.
+            unsafe { cpu::write_cr3(self.kernel_root) };
+        }
         let ran = self.time.ns(cpu::rdtsc()) - self.time.ns(start);
         g.stats.cpu_ns += ran;
         if g.stats.cpu_ns_per_cpu.len() <= cpu_index {
@@ -507,6 +520,10 @@ pub fn ap_entry(me: usize) -> ! {
         apic::arm(cpu::rdtsc().saturating_add(AP_WAIT_TSC));
         cpu::idle();
     };
+    // Decided by the boot CPU before `ready`.
+    if entry::isolated() {
+        cpu::disable_global_pages();
+    }
     host.cpu_loop(me);
     cpu::halt_forever()
 }
@@ -556,19 +573,38 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
     }
     let exit_when_idle = bundle.flags & FLAG_EXIT_WHEN_IDLE != 0;
     let spec = cpu::speculation();
-    let verw = (spec.mds && spec.md_clear) || bundle.flags & abi::bundle::FLAG_FORCE_MITIGATIONS != 0;
+    let forced = bundle.flags & abi::bundle::FLAG_FORCE_MITIGATIONS != 0;
+    let verw = (spec.mds && spec.md_clear) || forced;
     entry::clear_buffers_on_entry(verw);
+    // Page-table isolation where the CPU reads supervisor pages from ring
+    // 3 speculatively (or when forced): guests' tables map the image and
+    // the APIC, not the direct map.
+    let guest_upper = match (spec.meltdown || forced).then(|| crate::arch::x86_64::paging::isolated_upper(kernel_root)) {
+        Some(Some(upper)) => {
+            cpu::disable_global_pages();
+            entry::isolate(kernel_root);
+            upper
+        }
+        Some(None) => panic!("no memory for the isolated page tables"),
+        None => kernel_root,
+    };
     let yes = |b: bool| if b { "yes" } else { "no" };
+    let how = |needed: bool, on: bool| match (needed, on) {
+        (true, true) => "yes",
+        (false, true) => "yes (forced)",
+        (_, false) => "no",
+    };
     println!(
-        "[hv] speculation: meltdown {}{}, mds {}{}; buffers cleared on every guest entry: {}",
+        "[hv] speculation: meltdown {}, mds {}{}; page-table isolation: {}; buffers cleared on every guest entry: {}",
         yes(spec.meltdown),
-        if spec.meltdown { " (NOT mitigated: page-table isolation is not built yet)" } else { "" },
         yes(spec.mds),
         if spec.mds && !spec.md_clear { " (NOT mitigated: no MD_CLEAR microcode)" } else { "" },
-        if verw && !spec.mds { "yes (forced)" } else { yes(verw) }
+        how(spec.meltdown, entry::isolated()),
+        how(spec.mds, verw)
     );
     let host = HOST.call_once(|| Host {
         kernel_root,
+        guest_upper,
         time,
         time_page,
         cpus,
@@ -654,6 +690,9 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
         }
     }
     mem.free(time_page);
+    if host.guest_upper != kernel_root {
+        crate::arch::x86_64::paging::free_isolated_upper(host.guest_upper);
+    }
     println!("{}", host.machine_line());
     println!(
         "[hv] no guests left: {} exited, {} stopped, {not_started} not started; {} KiB free",
@@ -766,7 +805,7 @@ impl Host {
             })
         };
         let time = &self.time;
-        let mut g = Guest::create(&mut mem, self.kernel_root, self.time_page, img, name, &args, st.memory, |m, page| {
+        let mut g = Guest::create(&mut mem, self.guest_upper, self.time_page, img, name, &args, st.memory, |m, page| {
             write_boot_info(page, img, st.memory, time);
             if let Some(info) = &nic {
                 m.write(page, abi::layout::NIC_INFO_OFFSET as usize, &info.to_bytes());

@@ -53,10 +53,12 @@ fn three_hello_guests_print_their_own_names_and_exit_0() {
         has_line(&out, &format!("[hv] guest hello-{i} exited with code 0"));
     }
     assert_eq!(summary(&out), "3 exited, 0 stopped, 0 not started");
-    // The tests force the speculation mitigations' path on (TCG's CPU
-    // needs none), so every boot of the suite runs guests through VERW.
+    // The tests force the speculation mitigations on (TCG's CPU needs
+    // none), so every boot of the suite runs guests on isolated page tables
+    // and through VERW.
     assert!(
-        out.console.lines().any(|l| l.starts_with("[hv] speculation: ") && l.ends_with("buffers cleared on every guest entry: yes (forced)")),
+        out.console.lines().any(|l| l.starts_with("[hv] speculation: ")
+            && l.ends_with("page-table isolation: yes (forced); buffers cleared on every guest entry: yes (forced)")),
         "{}",
         out.console
     );

@@ -125,6 +125,14 @@ pub unsafe fn write_cr4(v: u64) {
     unsafe { core::arch::asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags)) };
 }
 
+/// Turns global pages off (and so flushes every TLB entry, global ones
+/// too): with page-table isolation no translation of the hypervisor's may
+/// outlive a switch to a guest's tables.
+pub fn disable_global_pages() {
+    // SAFETY: clearing CR4.PGE only stops global TLB entries.
+    unsafe { write_cr4(read_cr4() & !(1 << 7)) };
+}
+
 /// Switches to the page tables rooted at `pml4`.
 ///
 /// # Safety

@@ -33,10 +33,22 @@ struct PerCpu {
     fpu: u64,
     /// This CPU's index (0 = the boot CPU).
     index: u64,
+    /// Scratch for the return to a guest (its rax and rdi while the page
+    /// tables switch).
+    scratch: u64,
+    scratch2: u64,
+    /// The running guest's page-table root (switched to last, with
+    /// page-table isolation).
+    guest_cr3: u64,
+    /// The frame `iretq` returns to the guest with: here rather than on the
+    /// hypervisor's stack, which a guest's tables do not map under
+    /// page-table isolation.
+    iret: [u64; 5],
 }
 
 static mut PERCPU: [PerCpu; super::smp::MAX_CPUS] =
-    [const { PerCpu { this: 0, kernel_rsp: 0, regs: 0, user_rsp: 0, fpu: 0, index: 0 } }; super::smp::MAX_CPUS];
+    [const { PerCpu { this: 0, kernel_rsp: 0, regs: 0, user_rsp: 0, fpu: 0, index: 0, scratch: 0, scratch2: 0, guest_cr3: 0, iret: [0; 5] } };
+        super::smp::MAX_CPUS];
 
 fn percpu() -> *mut PerCpu {
     let p: u64;
@@ -46,6 +58,30 @@ fn percpu() -> *mut PerCpu {
     p as *mut PerCpu
 }
 
+
+/// Page-table isolation: guests run on tables that map the hypervisor's
+/// image and the local APIC but not the direct map (all RAM, every tenant's
+/// memory), and every entry switches to [`KERNEL_CR3`] before it touches
+/// anything else, every return to the guest's tables last (set once at
+/// boot, before any guest runs: [`isolate`]).
+#[unsafe(no_mangle)]
+static ISOLATE: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+/// The hypervisor's page-table root, for the entry paths.
+#[unsafe(no_mangle)]
+static KERNEL_CR3: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Turns page-table isolation on: from now on guests must be created on
+/// the isolated upper half (`paging::isolated_upper`) and entered with
+/// their root in [`run`]. Call before any guest runs.
+pub fn isolate(kernel_root: u64) {
+    KERNEL_CR3.store(kernel_root, core::sync::atomic::Ordering::Relaxed);
+    ISOLATE.store(1, core::sync::atomic::Ordering::Release);
+}
+
+/// Whether page-table isolation is on.
+pub fn isolated() -> bool {
+    ISOLATE.load(core::sync::atomic::Ordering::Acquire) != 0
+}
 
 /// Whether every return to a guest clears the CPU's buffers with VERW
 /// (set once at boot, before any guest runs: [`clear_buffers_on_entry`]).
@@ -133,8 +169,10 @@ pub fn init_cpu(cpu: usize) {
 }
 
 /// Runs the guest until its next exit; afterwards `regs` holds its state and
-/// `regs.vector` says why it stopped.
-pub fn run(regs: &mut Regs, fpu: &mut FpuState, sysret: bool) {
+/// `regs.vector` says why it stopped. `root` is the guest's page-table root:
+/// with isolation the return path switches to it last; without, the caller
+/// has loaded it.
+pub fn run(regs: &mut Regs, fpu: &mut FpuState, sysret: bool, root: u64) {
     regs.rflags = regs.entry_rflags();
     debug_assert!(regs.rip < abi::layout::USER_END);
     // SAFETY: `regs` and `fpu` outlive the call and are reached only through
@@ -143,6 +181,7 @@ pub fn run(regs: &mut Regs, fpu: &mut FpuState, sysret: bool) {
     // by `Guest::handle_exit`), so iret/sysret cannot fault in ring 0.
     unsafe {
         (*percpu()).fpu = fpu as *mut FpuState as u64;
+        (*percpu()).guest_cr3 = root;
         enter_guest(regs, sysret as u64);
     }
     // Every entry path sets the hypervisor's flags before Rust runs (SFMASK
@@ -213,6 +252,14 @@ exception_common:
     jz 1f
     swapgs
     pushq %rax
+    /* With isolation the guest's tables map no hypervisor memory beyond
+       the image: switch before anything else (the frame and this push are
+       on the interrupt stack, in the image). */
+    testb $1, ISOLATE(%rip)
+    jz 11f
+    movq KERNEL_CR3(%rip), %rax
+    movq %rax, %cr3
+11:
     /* Acknowledge device interrupts and IPIs (32..=254) here, once per
        interrupt taken, never later in Rust: an EOI sent per exit or per
        idle wake-up is lost when two interrupts arrive for one, and the
@@ -276,6 +323,15 @@ exception_common:
     .global syscall_entry
 syscall_entry:
     swapgs
+    /* As in exception_common: the hypervisor's tables first (the flags
+       this changes are the hypervisor's: the guest's are in r11). */
+    testb $1, ISOLATE(%rip)
+    jz 10f
+    movq %rax, %gs:{scratch}
+    movq KERNEL_CR3(%rip), %rax
+    movq %rax, %cr3
+    movq %gs:{scratch}, %rax
+10:
     movq %rsp, %gs:{user_rsp}
     movq %gs:{regs}, %rsp
     movq %rax, {rax}(%rsp)
@@ -334,12 +390,16 @@ enter_guest:
     fxrstor64 (%rax)
     testq %rsi, %rsi
     jnz 2f
+    /* iretq: the frame goes in this CPU's block (mapped in every guest's
+       tables), the registers from `regs` (which may not be), then the
+       guest's tables, then rax and rdi from the block. */
+    movq %gs:{this}, %rsp
+    addq ${iret_end}, %rsp
     pushq ${user_ds}
     pushq {rsp}(%rdi)
     pushq {rflags}(%rdi)
     pushq ${user_cs}
     pushq {rip}(%rdi)
-    movq {rax}(%rdi), %rax
     movq {rbx}(%rdi), %rbx
     movq {rcx}(%rdi), %rcx
     movq {rdx}(%rdi), %rdx
@@ -353,7 +413,17 @@ enter_guest:
     movq {r13}(%rdi), %r13
     movq {r14}(%rdi), %r14
     movq {r15}(%rdi), %r15
-    movq {rdi}(%rdi), %rdi
+    movq {rax}(%rdi), %rax
+    movq %rax, %gs:{scratch}
+    movq {rdi}(%rdi), %rax
+    movq %rax, %gs:{scratch2}
+    testb $1, ISOLATE(%rip)
+    jz 12f
+    movq %gs:{guest_cr3}, %rax
+    movq %rax, %cr3
+12:
+    movq %gs:{scratch}, %rax
+    movq %gs:{scratch2}, %rdi
     /* Last, after every load of hypervisor memory: clear the CPU's
        buffers where that is needed (VERW changes only ZF, and iretq
        loads the guest's flags). */
@@ -366,7 +436,6 @@ enter_guest:
 2:
     movq {rip}(%rdi), %rcx
     movq {rflags}(%rdi), %r11
-    movq {rax}(%rdi), %rax
     movq {rbx}(%rdi), %rbx
     movq {rdx}(%rdi), %rdx
     movq {rsi}(%rdi), %rsi
@@ -378,8 +447,20 @@ enter_guest:
     movq {r13}(%rdi), %r13
     movq {r14}(%rdi), %r14
     movq {r15}(%rdi), %r15
-    movq {rsp}(%rdi), %rsp
-    movq {rdi}(%rdi), %rdi
+    movq {rax}(%rdi), %rax
+    movq %rax, %gs:{scratch}
+    movq {rdi}(%rdi), %rax
+    movq %rax, %gs:{scratch2}
+    movq {rsp}(%rdi), %rax
+    movq %rax, %gs:{user_rsp}
+    testb $1, ISOLATE(%rip)
+    jz 13f
+    movq %gs:{guest_cr3}, %rax
+    movq %rax, %cr3
+13:
+    movq %gs:{scratch}, %rax
+    movq %gs:{scratch2}, %rdi
+    movq %gs:{user_rsp}, %rsp
     testb $1, VERW_ON_ENTRY(%rip)
     jz 7f
     verw VERW_SELECTOR(%rip)
@@ -412,6 +493,11 @@ enter_guest:
     user_rsp = const offset_of!(PerCpu, user_rsp),
     fpu = const offset_of!(PerCpu, fpu),
     kernel_rsp = const offset_of!(PerCpu, kernel_rsp),
+    this = const offset_of!(PerCpu, this),
+    scratch = const offset_of!(PerCpu, scratch),
+    scratch2 = const offset_of!(PerCpu, scratch2),
+    guest_cr3 = const offset_of!(PerCpu, guest_cr3),
+    iret_end = const offset_of!(PerCpu, iret) + 5 * 8,
     apic_eoi = const super::apic::EOI_VA,
     user_ds = const super::gdt::USER_DS,
     user_cs = const super::gdt::USER_CS,

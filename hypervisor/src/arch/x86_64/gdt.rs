@@ -1,7 +1,6 @@
 //! Segments: the GDT, the TSS with its interrupt stacks, and the selectors
 //! that `syscall`/`sysret` derive from `STAR`.
 
-use alloc::boxed::Box;
 use spin::Once;
 use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
@@ -29,15 +28,23 @@ const IST_SIZE: usize = 16 * 1024;
 static TSS: [Once<TaskStateSegment>; super::smp::MAX_CPUS] = [const { Once::new() }; super::smp::MAX_CPUS];
 static GDT: [Once<GlobalDescriptorTable>; super::smp::MAX_CPUS] = [const { Once::new() }; super::smp::MAX_CPUS];
 
-/// Loads CPU `cpu`'s GDT and TSS (needs the heap for the stacks).
+#[repr(C, align(16))]
+struct IstStack([u8; IST_SIZE]);
+
+/// The interrupt stacks, in the image rather than the heap: with page-table
+/// isolation a guest's tables map the image but not the direct map, and the
+/// CPU pushes an interrupt's frame before any code can switch tables.
+static mut IST_STACKS: [[IstStack; 4]; super::smp::MAX_CPUS] = [const { [const { IstStack([0; IST_SIZE]) }; 4] }; super::smp::MAX_CPUS];
+
+/// Loads CPU `cpu`'s GDT and TSS.
 pub fn init(cpu: usize) {
     let tss = TSS[cpu].call_once(|| {
         let mut tss = TaskStateSegment::new();
         for i in 0..4 {
-            #[repr(C, align(16))]
-            struct IstStack([u8; IST_SIZE]);
-            let stack = Box::leak(Box::new(IstStack([0; IST_SIZE])));
-            tss.interrupt_stack_table[i] = VirtAddr::new(stack as *mut IstStack as u64 + IST_SIZE as u64);
+            // SAFETY: only its address is taken; CPU `cpu`'s stacks are used
+            // by CPU `cpu` alone, through its TSS.
+            let stack = unsafe { &raw mut IST_STACKS[cpu][i] } as u64;
+            tss.interrupt_stack_table[i] = VirtAddr::new(stack + IST_SIZE as u64);
         }
         tss
     });

@@ -145,6 +145,41 @@ pub fn map_mmio(root: PhysAddr, va: u64, pa: PhysAddr) {
     paging::map(&mut Mem, root, va, pa, flags, 1, Pte::WRITABLE).expect("mapping device registers");
 }
 
+/// A PML4 whose upper half is all a guest's tables map of the hypervisor
+/// under page-table isolation: the hypervisor's image (code, data, the
+/// per-CPU blocks, descriptor tables and interrupt stacks the entry paths
+/// need) and the local APIC's page (the stubs send EOIs before switching
+/// tables back), but not the direct map (all RAM: every tenant's memory)
+/// nor any other device window. Guests created with it as their kernel
+/// root copy these entries; the tables are shared and never freed.
+pub fn isolated_upper(kernel_root: PhysAddr) -> Option<PhysAddr> {
+    let mut mem = Mem;
+    let top = mem.read_pte(kernel_root, 511);
+    let kernel_pdpt = top & paging::ADDR_MASK;
+    let apic_gib = mem.read_pte(kernel_pdpt, 511);
+    let kernel_pd = apic_gib & paging::ADDR_MASK;
+    let apic_index = ((super::apic::APIC_VA >> 21) & 0x1ff) as usize;
+    let (root, pdpt, pd) = (mem.alloc()?, mem.alloc()?, mem.alloc()?);
+    // The image's GiB (KERNEL_VMA) holds the image and nothing else: share it.
+    mem.write_pte(pdpt, ((KERNEL_VMA >> 30) & 0x1ff) as usize, mem.read_pte(kernel_pdpt, ((KERNEL_VMA >> 30) & 0x1ff) as usize));
+    // The last GiB holds the APIC and the device window: only the APIC's table.
+    mem.write_pte(pd, apic_index, mem.read_pte(kernel_pd, apic_index));
+    mem.write_pte(pdpt, 511, pd | (apic_gib & !paging::ADDR_MASK));
+    mem.write_pte(root, 511, pdpt | (top & !paging::ADDR_MASK));
+    Some(root)
+}
+
+/// Frees what [`isolated_upper`] made (its three tables; the image's and
+/// the APIC's tables are the kernel's), once no guest uses it.
+pub fn free_isolated_upper(root: PhysAddr) {
+    let mut mem = Mem;
+    let pdpt = mem.read_pte(root, 511) & paging::ADDR_MASK;
+    let pd = mem.read_pte(pdpt, 511) & paging::ADDR_MASK;
+    for t in [pd, pdpt, root] {
+        mem.free(t);
+    }
+}
+
 /// Next free address in the window for device registers.
 static MMIO_NEXT: Mutex<u64> = Mutex::new(0xffff_ffff_f000_0000);
 
