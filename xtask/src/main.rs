@@ -146,8 +146,9 @@ struct RunArgs {
     /// to attach gdb to the hypervisor and to the guests.
     #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "1234")]
     gdb: Option<u16>,
-    /// Clear CPU buffers (VERW) on every return to a guest even where the
-    /// CPU does not need it (the tests run this way).
+    /// Isolate guests' page tables and clear CPU buffers (VERW) on every
+    /// return to a guest even where the CPU does not need it (the tests
+    /// run this way).
     #[arg(long)]
     force_mitigations: bool,
 }

@@ -138,8 +138,9 @@ pub struct RunConfig {
     /// Run detached: the console goes to `DIR/console.log` and the control
     /// channel (COM2) is the Unix socket `DIR/control.sock` (see `ctl`).
     pub detach: Option<PathBuf>,
-    /// Clear CPU buffers on every return to a guest even where the CPU
-    /// does not need it (the speculation mitigations' path, tested here).
+    /// Isolate guests' page tables and clear CPU buffers on every return
+    /// to a guest even where the CPU does not need it (the speculation
+    /// mitigations' paths, tested here).
     pub force_mitigations: bool,
 }
 

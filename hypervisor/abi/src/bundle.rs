@@ -28,8 +28,9 @@ use core::fmt;
 pub const MAGIC: &[u8; 8] = b"HVBNDL05";
 /// Power QEMU off (via `isa-debug-exit`) once no guest is left.
 pub const FLAG_EXIT_WHEN_IDLE: u32 = 1 << 0;
-/// Clear the CPU's buffers (VERW) on every return to a guest even where
-/// the CPU does not need it (so that tests under TCG run that path).
+/// Run guests on isolated page tables and clear the CPU's buffers (VERW)
+/// on every return to a guest even where the CPU does not need either (so
+/// that tests under TCG run those paths).
 pub const FLAG_FORCE_MITIGATIONS: u32 = 1 << 1;
 
 /// `Guest::tenant` of a guest without a vNIC.
