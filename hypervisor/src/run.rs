@@ -219,10 +219,15 @@ impl Host {
             let step = g.handle_exit(&mut mem, &mut |l| println!("{l}"));
             match step {
                 Step::Resume => {}
-                // SAFETY: reloading the guest's own root (the one it runs
-                // on) only flushes the TLB after it gave pages back. (With
-                // isolation every entry loads it anyway.)
-                Step::FlushTlb if !isolated => unsafe { cpu::write_cr3(root) },
+                // With isolation every entry loads the guest's root, which
+                // flushes the TLB anyway.
+                Step::FlushTlb => {
+                    if !isolated {
+                        // SAFETY: reloading the guest's own root (the one it
+                        // runs on) only flushes the TLB after it gave pages back.
+                        unsafe { cpu::write_cr3(root) }
+                    }
+                }
                 Step::NetKick => self.drain(id, &g.name, cpu_index),
                 step => break step,
             }
@@ -366,8 +371,9 @@ impl Host {
 
     /// Answers the requests waiting on the control channel
     /// (`hypervisor::control::Session` reads and bounds them, and never
-    /// waits for a byte). While bytes are arriving CPU 0 looks again soon ([`Host::control_flowing`]), which is what keeps
-    /// uploads fast with the UART's 16-byte FIFO and no interrupt.
+    /// waits for a byte). While bytes are arriving CPU 0 looks again soon
+    /// ([`Host::control_flowing`]), which is what keeps uploads fast with
+    /// the UART's 16-byte FIFO and no interrupt.
     fn poll_control(&self, session: &mut hypervisor::control::Session) {
         let now = self.now();
         let read = session.poll(self, now, &mut serial::control_read, &mut |a| serial::control_write_line(a));
