@@ -239,6 +239,45 @@ interrupt_stubs:
     .endr
     .noaltmacro
 
+    /* Page-table isolation, the way in: the hypervisor's tables (with
+       isolation the guest's map no hypervisor memory beyond the image),
+       clobbering rax. */
+    .macro to_kernel_tables
+    testb $1, ISOLATE(%rip)
+    jz 80f
+    movq KERNEL_CR3(%rip), %rax
+    movq %rax, %cr3
+80:
+    .endm
+
+    /* The way out, once every register but rax and rdi holds the guest's
+       and rdi points at its `Regs`: rax and rdi go through this CPU's block
+       while the guest's tables come in (with isolation), since `Regs` may
+       not be mapped in them. */
+    .macro to_guest_tables
+    movq {rax}(%rdi), %rax
+    movq %rax, %gs:{scratch}
+    movq {rdi}(%rdi), %rax
+    movq %rax, %gs:{scratch2}
+    testb $1, ISOLATE(%rip)
+    jz 81f
+    movq %gs:{guest_cr3}, %rax
+    movq %rax, %cr3
+81:
+    movq %gs:{scratch}, %rax
+    movq %gs:{scratch2}, %rdi
+    .endm
+
+    /* Last before the return, after every load of hypervisor memory:
+       clear the CPU's buffers where that is needed (VERW changes only ZF;
+       iretq and sysretq load the guest's flags). */
+    .macro clear_buffers
+    testb $1, VERW_ON_ENTRY(%rip)
+    jz 82f
+    verw VERW_SELECTOR(%rip)
+82:
+    .endm
+
 exception_common:
     /* The hypervisor's own flags before anything else: the gate cleared
        IF, TF and NT, but DF and AC are the interrupted code's. With DF set
@@ -252,14 +291,9 @@ exception_common:
     jz 1f
     swapgs
     pushq %rax
-    /* With isolation the guest's tables map no hypervisor memory beyond
-       the image: switch before anything else (the frame and this push are
-       on the interrupt stack, in the image). */
-    testb $1, ISOLATE(%rip)
-    jz 11f
-    movq KERNEL_CR3(%rip), %rax
-    movq %rax, %cr3
-11:
+    /* Before anything else (the frame and this push are on the interrupt
+       stack, in the image). */
+    to_kernel_tables
     /* Acknowledge device interrupts and IPIs (32..=254) here, once per
        interrupt taken, never later in Rust: an EOI sent per exit or per
        idle wake-up is lost when two interrupts arrive for one, and the
@@ -325,13 +359,9 @@ syscall_entry:
     swapgs
     /* As in exception_common: the hypervisor's tables first (the flags
        this changes are the hypervisor's: the guest's are in r11). */
-    testb $1, ISOLATE(%rip)
-    jz 10f
     movq %rax, %gs:{scratch}
-    movq KERNEL_CR3(%rip), %rax
-    movq %rax, %cr3
+    to_kernel_tables
     movq %gs:{scratch}, %rax
-10:
     movq %rsp, %gs:{user_rsp}
     movq %gs:{regs}, %rsp
     movq %rax, {rax}(%rsp)
@@ -413,27 +443,14 @@ enter_guest:
     movq {r13}(%rdi), %r13
     movq {r14}(%rdi), %r14
     movq {r15}(%rdi), %r15
-    movq {rax}(%rdi), %rax
-    movq %rax, %gs:{scratch}
-    movq {rdi}(%rdi), %rax
-    movq %rax, %gs:{scratch2}
-    testb $1, ISOLATE(%rip)
-    jz 12f
-    movq %gs:{guest_cr3}, %rax
-    movq %rax, %cr3
-12:
-    movq %gs:{scratch}, %rax
-    movq %gs:{scratch2}, %rdi
-    /* Last, after every load of hypervisor memory: clear the CPU's
-       buffers where that is needed (VERW changes only ZF, and iretq
-       loads the guest's flags). */
-    testb $1, VERW_ON_ENTRY(%rip)
-    jz 6f
-    verw VERW_SELECTOR(%rip)
-6:
+    to_guest_tables
+    clear_buffers
     swapgs
     iretq
 2:
+    /* The guest's rsp through this CPU's block too (rax is free yet). */
+    movq {rsp}(%rdi), %rax
+    movq %rax, %gs:{user_rsp}
     movq {rip}(%rdi), %rcx
     movq {rflags}(%rdi), %r11
     movq {rbx}(%rdi), %rbx
@@ -447,24 +464,9 @@ enter_guest:
     movq {r13}(%rdi), %r13
     movq {r14}(%rdi), %r14
     movq {r15}(%rdi), %r15
-    movq {rax}(%rdi), %rax
-    movq %rax, %gs:{scratch}
-    movq {rdi}(%rdi), %rax
-    movq %rax, %gs:{scratch2}
-    movq {rsp}(%rdi), %rax
-    movq %rax, %gs:{user_rsp}
-    testb $1, ISOLATE(%rip)
-    jz 13f
-    movq %gs:{guest_cr3}, %rax
-    movq %rax, %cr3
-13:
-    movq %gs:{scratch}, %rax
-    movq %gs:{scratch2}, %rdi
+    to_guest_tables
     movq %gs:{user_rsp}, %rsp
-    testb $1, VERW_ON_ENTRY(%rip)
-    jz 7f
-    verw VERW_SELECTOR(%rip)
-7:
+    clear_buffers
     swapgs
     sysretq
     "#,
