@@ -437,8 +437,7 @@ impl Net {
         now_ns: u64,
         fill: impl FnOnce(&mut Producer, &FrameRing<'_>) -> Result<bool, RingError>,
     ) -> bool {
-        let Some(g) = self.guest_of_slot.get(dest.slot()).map(|g| g.load(Ordering::Acquire)) else { return false };
-        let Some(p) = self.port(g) else { return false };
+        let Some((g, p)) = self.guest_at(dest) else { return false };
         let (mut rx, open) = p.rx.lock();
         if !open {
             return false;
@@ -542,9 +541,13 @@ impl Net {
                 f.len()
             });
         }
-        let dst = [f[0], f[1], f[2], f[3], f[4], f[5]];
-        // The one port it is for, if the switch will not flood it.
-        let one = if is_multicast(&dst) { None } else { tenant.and_then(|t| switch.lookup(t, dst, now_ns)) };
+        // The one port it is for, if the switch will not flood it (a frame
+        // too short to name one is the switch's to refuse).
+        let dst: Option<[u8; 6]> = f.get(..6).and_then(|d| d.try_into().ok());
+        let one = match (dst, tenant) {
+            (Some(dst), Some(t)) if !is_multicast(&dst) => switch.lookup(t, dst, now_ns),
+            _ => None,
+        };
         switch.forward(uplink, f, now_ns, &mut |dest| {
             let Some((g, p)) = self.guest_at(dest) else { return false };
             if Some(dest) == one {

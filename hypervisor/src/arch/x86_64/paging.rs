@@ -151,7 +151,8 @@ pub fn map_mmio(root: PhysAddr, va: u64, pa: PhysAddr) {
 /// need) and the local APIC's page (the stubs send EOIs before switching
 /// tables back), but not the direct map (all RAM: every tenant's memory)
 /// nor any other device window. Guests created with it as their kernel
-/// root copy these entries; the tables are shared and never freed.
+/// root copy these entries; its three tables are shared by every guest and
+/// freed with [`free_isolated_upper`] once none is left.
 pub fn isolated_upper(kernel_root: PhysAddr) -> Option<PhysAddr> {
     let mut mem = Mem;
     let top = mem.read_pte(kernel_root, 511);
