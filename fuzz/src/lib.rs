@@ -75,12 +75,8 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
 /// seeds and the inputs of crashes found and fixed).
 pub fn checked_in_corpus(name: &str) -> Vec<Vec<u8>> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(name);
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .collect();
+    let mut files: Vec<_> =
+        std::fs::read_dir(dir).into_iter().flatten().filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
     files.sort();
     files.iter().filter_map(|p| std::fs::read(p).ok()).collect()
 }

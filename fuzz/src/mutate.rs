@@ -26,8 +26,32 @@ impl Rng {
 }
 
 const INTERESTING: &[u64] = &[
-    0, 1, 2, 0x7f, 0x80, 0xff, 0x100, 0x1000, 0x7fff, 0x8000, 0xffff, 0x1_0000, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff,
-    0x1_0000_0000, 0x7fff_ffff_ffff_ffff, 0x8000_0000_0000_0000, u64::MAX, u64::MAX - 1, 14, 13, 1514, 1515, 4096, 4095,
+    0,
+    1,
+    2,
+    0x7f,
+    0x80,
+    0xff,
+    0x100,
+    0x1000,
+    0x7fff,
+    0x8000,
+    0xffff,
+    0x1_0000,
+    0x7fff_ffff,
+    0x8000_0000,
+    0xffff_ffff,
+    0x1_0000_0000,
+    0x7fff_ffff_ffff_ffff,
+    0x8000_0000_0000_0000,
+    u64::MAX,
+    u64::MAX - 1,
+    14,
+    13,
+    1514,
+    1515,
+    4096,
+    4095,
 ];
 
 /// One new input: a corpus entry with 1 to 8 mutations stacked.

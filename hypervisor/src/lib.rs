@@ -7,12 +7,12 @@
 extern crate alloc;
 
 pub mod control;
+pub mod guest;
 pub mod image;
 pub mod limit;
 pub mod mm;
 pub mod net;
 pub mod sched;
-pub mod time;
-pub mod guest;
 #[cfg(test)]
 pub mod testutil;
+pub mod time;

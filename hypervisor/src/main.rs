@@ -101,9 +101,8 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
 
     let Some(module) = module else { panic!("no bundle: boot with -initrd <bundle>") };
     // SAFETY: the module is reserved RAM that nothing writes, direct-mapped.
-    let bundle = unsafe {
-        core::slice::from_raw_parts(paging::phys_to_virt(module.start) as *const u8, (module.end - module.start) as usize)
-    };
+    let bundle =
+        unsafe { core::slice::from_raw_parts(paging::phys_to_virt(module.start) as *const u8, (module.end - module.start) as usize) };
     run::run(kernel_root, time, cpus, bundle)
 }
 

@@ -14,8 +14,8 @@
 
 use crate::arch::x86_64::paging::{Mem, free_frames, phys_to_virt, total_frames};
 use crate::arch::x86_64::{apic, cpu, entry, serial};
-use crate::vnic::{self, Net, Port};
 use crate::println;
+use crate::vnic::{self, Net, Port};
 use abi::bundle::{Bundle, FLAG_EXIT_WHEN_IDLE};
 use abi::time::{TimeInfo, events};
 use alloc::boxed::Box;
@@ -147,10 +147,7 @@ impl Host {
     }
 
     fn busiest_other(&self, me: usize) -> Option<(usize, usize)> {
-        (0..self.scheds.len())
-            .filter(|&c| c != me)
-            .map(|c| (c, self.scheds[c].lock().runnable_len()))
-            .max_by_key(|&(_, n)| n)
+        (0..self.scheds.len()).filter(|&c| c != me).map(|c| (c, self.scheds[c].lock().runnable_len())).max_by_key(|&(_, n)| n)
     }
 
     /// Takes a runnable guest from the busiest other CPU if it has at
@@ -310,7 +307,8 @@ impl Host {
                 // CPU 0 polls the uplink, so it looks more often when there is one.
                 // and often only while the host has been sending: an idle
                 // machine wakes 100 times a second, not 2000.
-                let busy_uplink = self.net.uplink.is_some() && now.saturating_sub(self.net.uplink_rx_ns.load(Ordering::Relaxed)) < UPLINK_ACTIVE_NS;
+                let busy_uplink =
+                    self.net.uplink.is_some() && now.saturating_sub(self.net.uplink_rx_ns.load(Ordering::Relaxed)) < UPLINK_ACTIVE_NS;
                 let tick = match me {
                     0 if self.control_flowing(now) => CONTROL_POLL_NS,
                     0 if busy_uplink => UPLINK_POLL_NS,
@@ -670,7 +668,14 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
                     "[hv] guests {0}-0..{0}-{1} created (ips {2}.{3}.{4}.{5}..{6}.{7}.{8}.{9}, tenant {10})",
                     entry.name,
                     entry.count - 1,
-                    a[0], a[1], a[2], a[3], last[0], last[1], last[2], last[3],
+                    a[0],
+                    a[1],
+                    a[2],
+                    a[3],
+                    last[0],
+                    last[1],
+                    last[2],
+                    last[3],
                     st.tenant
                 ),
                 None => println!("[hv] guests {0}-0..{0}-{1} created", entry.name, entry.count - 1),
@@ -967,7 +972,8 @@ impl hypervisor::control::ControlHost for Host {
         if memory > machine {
             return Err(format!("guest {name} not started: memory {} is more than the machine's {}", sizes(memory), sizes(machine)));
         }
-        let index = self.images.lock().iter().position(|(n, i)| n == image && i.is_ok()).ok_or_else(|| format!("no image {image} (see images)"))?;
+        let index =
+            self.images.lock().iter().position(|(n, i)| n == image && i.is_ok()).ok_or_else(|| format!("no image {image} (see images)"))?;
         let st = abi::bundle::Settings { memory, tenant: tenant.unwrap_or(abi::bundle::TENANT_NONE), ..Default::default() };
         let c = self.create_guest(name, index, &st, args).map_err(|e| format!("guest {name} not started: {e}"))?;
         println!("[hv] guest {name} started ({})", c.describe);
@@ -1012,8 +1018,12 @@ impl hypervisor::control::ControlHost for Host {
             None => self.find(what).map(vnic::CaptureTarget::Guest),
         };
         let t = target.ok_or_else(|| format!("no guest or tenant {what}"))?;
-        *self.net.capture.lock() =
-            vnic::Capture { target: Some(t), max: count, until_ns: self.now().saturating_add(u64::from(secs) * 1_000_000_000), ..Default::default() };
+        *self.net.capture.lock() = vnic::Capture {
+            target: Some(t),
+            max: count,
+            until_ns: self.now().saturating_add(u64::from(secs) * 1_000_000_000),
+            ..Default::default()
+        };
         self.net.capturing.store(true, Ordering::Release);
         Ok(())
     }

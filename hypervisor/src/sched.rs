@@ -31,9 +31,13 @@ pub enum State {
     Runnable,
     Running,
     /// Waiting for an event, or until `deadline` (`u64::MAX`: none).
-    Blocked { deadline: u64 },
+    Blocked {
+        deadline: u64,
+    },
     /// Used up its cap; runnable again at `until`.
-    Throttled { until: u64 },
+    Throttled {
+        until: u64,
+    },
 }
 
 /// Why a guest stopped running.

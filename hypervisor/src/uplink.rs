@@ -9,7 +9,7 @@
 
 use crate::arch::x86_64::paging::{Mem, map_device};
 use crate::arch::x86_64::pci;
-use abi::ring::{MTU_FRAME, MIN_FRAME};
+use abi::ring::{MIN_FRAME, MTU_FRAME};
 use hypervisor::mm::PhysMem;
 use hypervisor::net::virtq::Virtq;
 

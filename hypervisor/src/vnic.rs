@@ -16,13 +16,13 @@ use abi::ring::{Consumer, INDEX_BYTES, MTU_FRAME, Producer, RingError, RingMemor
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::sync::atomic::AtomicUsize;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use hypervisor::limit::TokenBucket;
 use hypervisor::mm::{FRAME_SIZE, PhysAddr};
 use hypervisor::net::gate::Gate;
 use hypervisor::net::switch::{INSPECT_BYTES, PortId, Switch, Verdict, is_multicast};
 use hypervisor::net::uplink_queue::{Bounds, Offered, UplinkQueue};
-use core::sync::atomic::AtomicUsize;
 use spin::{Mutex, Once};
 
 /// One ring of a guest, reached through the direct map: its index block in
@@ -366,10 +366,14 @@ impl Net {
                         continue;
                     }
                     if self.capturing.load(Ordering::Relaxed) {
-                        self.tap(now_ns, |t| t == CaptureTarget::Guest(guest) || t == CaptureTarget::Tenant(port.tenant), |buf| {
-                            ring.read(at, &mut buf[..len]);
-                            len
-                        });
+                        self.tap(
+                            now_ns,
+                            |t| t == CaptureTarget::Guest(guest) || t == CaptureTarget::Tenant(port.tenant),
+                            |buf| {
+                                ring.read(at, &mut buf[..len]);
+                                len
+                            },
+                        );
                     }
                     let mut switch = self.switch.lock();
                     let verdict = switch.forward_header(port.switch_port, &header[..hl], len, now_ns, &mut |dest| {
@@ -410,7 +414,16 @@ impl Net {
     /// `header` (its first `header.len()` bytes, at most `len`) in front; to
     /// the uplink through a buffer. Returns whether it fit.
     #[allow(clippy::too_many_arguments)]
-    fn deliver_from(&self, dest: PortId, src: &FrameRing<'_>, at: usize, header: &[u8], len: usize, woken: &mut Vec<usize>, now_ns: u64) -> bool {
+    fn deliver_from(
+        &self,
+        dest: PortId,
+        src: &FrameRing<'_>,
+        at: usize,
+        header: &[u8],
+        len: usize,
+        woken: &mut Vec<usize>,
+        now_ns: u64,
+    ) -> bool {
         let hl = header.len();
         if self.uplink.as_ref().is_some_and(|(p, _)| *p == dest) {
             let mut frame = [0u8; MTU_FRAME];
@@ -448,13 +461,17 @@ impl Net {
                 if self.capturing.load(Ordering::Relaxed) {
                     // The frame just committed, read back from its slot.
                     let at = abi::ring::slot_offset(rx.index().wrapping_sub(1), rx.slots());
-                    self.tap(now_ns, |t| t == CaptureTarget::Guest(g), |buf| {
-                        let mut len = [0u8; 2];
-                        ring.read(at, &mut len);
-                        let len = (u16::from_le_bytes(len) as usize).min(MTU_FRAME);
-                        ring.read(at + 2, &mut buf[..len]);
-                        len
-                    });
+                    self.tap(
+                        now_ns,
+                        |t| t == CaptureTarget::Guest(g),
+                        |buf| {
+                            let mut len = [0u8; 2];
+                            ring.read(at, &mut len);
+                            let len = (u16::from_le_bytes(len) as usize).min(MTU_FRAME);
+                            ring.read(at + 2, &mut buf[..len]);
+                            len
+                        },
+                    );
                 }
                 rx.publish(&ring);
                 woken.push(g);
@@ -536,10 +553,14 @@ impl Net {
         let mut switch = self.switch.lock();
         let tenant = switch.tenant_of(uplink);
         if self.capturing.load(Ordering::Relaxed) {
-            self.tap(now_ns, |t| Some(t) == tenant.map(CaptureTarget::Tenant), |buf| {
-                buf[..f.len()].copy_from_slice(f);
-                f.len()
-            });
+            self.tap(
+                now_ns,
+                |t| Some(t) == tenant.map(CaptureTarget::Tenant),
+                |buf| {
+                    buf[..f.len()].copy_from_slice(f);
+                    f.len()
+                },
+            );
         }
         // The one port it is for, if the switch will not flood it (a frame
         // too short to name one is the switch's to refuse).
@@ -585,10 +606,14 @@ impl Net {
         let done = held.retry(g, now_ns, |f| match rx.push(&ring, f) {
             Ok(true) => {
                 if capturing {
-                    self.tap(now_ns, |t| t == CaptureTarget::Guest(g), |buf| {
-                        buf[..f.len()].copy_from_slice(f);
-                        f.len()
-                    });
+                    self.tap(
+                        now_ns,
+                        |t| t == CaptureTarget::Guest(g),
+                        |buf| {
+                            buf[..f.len()].copy_from_slice(f);
+                            f.len()
+                        },
+                    );
                 }
                 true
             }

@@ -14,8 +14,8 @@
 extern crate alloc;
 
 pub mod console;
-pub mod hypercall;
 mod heap;
+pub mod hypercall;
 pub mod net;
 mod rt;
 pub mod task;
@@ -54,10 +54,7 @@ macro_rules! main {
         /// # Safety
         /// Called once by the hypervisor with the start page mapped.
         #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn _start(
-            boot_info: &'static $crate::__private::hermit_entry::boot_info::RawBootInfo,
-            cpu_id: u32,
-        ) -> ! {
+        pub unsafe extern "C" fn _start(boot_info: &'static $crate::__private::hermit_entry::boot_info::RawBootInfo, cpu_id: u32) -> ! {
             // SAFETY: forwarded from the hypervisor's entry contract.
             unsafe { $crate::__private::start(boot_info, cpu_id, || $crate::__private::Termination::code($main())) }
         }

@@ -26,10 +26,7 @@ pub fn name() -> &'static str {
 /// The application arguments from the manifest (or the image's hermit.toml).
 pub fn args() -> impl Iterator<Item = &'static str> {
     let si = start_info();
-    start_str(si.args_addr, si.args_len)
-        .split(|&b| b == 0)
-        .take(si.argc as usize)
-        .map(|a| core::str::from_utf8(a).unwrap_or("?"))
+    start_str(si.args_addr, si.args_len).split(|&b| b == 0).take(si.argc as usize).map(|a| core::str::from_utf8(a).unwrap_or("?"))
 }
 
 /// Stops this guest with exit code `code`.
@@ -61,8 +58,10 @@ pub unsafe fn start(_boot: &'static RawBootInfo, _cpu_id: u32, main: impl FnOnce
     let si = start_info();
     let strings = layout::START_PAGE..layout::START_PAGE + layout::PAGE_SIZE;
     let inside = |a: u64, l: u64| a >= strings.start && a.checked_add(l).is_some_and(|e| e <= strings.end);
-    if si.magic != START_MAGIC || si.abi_version != abi::ABI_VERSION
-        || !inside(si.name_addr, si.name_len) || !inside(si.args_addr, si.args_len)
+    if si.magic != START_MAGIC
+        || si.abi_version != abi::ABI_VERSION
+        || !inside(si.name_addr, si.name_len)
+        || !inside(si.args_addr, si.args_len)
     {
         exit(127);
     }

@@ -19,9 +19,9 @@ fn free_at_boot_kib(console: &str) -> u64 {
     let line = lines_with(console, " KiB free for guests").next().expect("the boot line");
     let part = line.split(", ").find(|p| p.contains(" KiB free for guests")).unwrap();
     let free: u64 = part.split(' ').next().unwrap().parse().unwrap();
-    let uplink = lines_with(console, "[hv] uplink: virtio-net ").next().map_or(0, |l| {
-        l.rsplit(", ").next().unwrap().trim_end_matches(" KiB of queues").parse::<u64>().unwrap()
-    });
+    let uplink = lines_with(console, "[hv] uplink: virtio-net ")
+        .next()
+        .map_or(0, |l| l.rsplit(", ").next().unwrap().trim_end_matches(" KiB of queues").parse::<u64>().unwrap());
     free - uplink
 }
 
@@ -40,8 +40,10 @@ fn two_thousand_echo_guests_boot_share_their_image_and_a_sample_answers() {
 
     live.send("stats\n");
     assert!(live.wait_for(r#"{"event":"machine""#, Duration::from_secs(60)), "no machine line after stats:\n{}", live.console);
-    let stats: Vec<serde_json::Value> =
-        lines_with(&live.console, r#""event":"guest_stats""#).map(json).filter(|v| v["guest"].as_str().unwrap().starts_with("e-")).collect();
+    let stats: Vec<serde_json::Value> = lines_with(&live.console, r#""event":"guest_stats""#)
+        .map(json)
+        .filter(|v| v["guest"].as_str().unwrap().starts_with("e-"))
+        .collect();
     // `stats` lists the guests waiting at that moment: all, less any that
     // another CPU is running right then.
     assert!(stats.len() as u64 >= N - 1, "every echo guest is alive and waiting: {} listed", stats.len());
@@ -88,7 +90,8 @@ fn a_guest_that_allocates_without_bound_is_stopped_while_its_neighbours_answer()
 #[test]
 fn creating_and_destroying_thousands_of_networked_guests_returns_every_frame() {
     // 3,000 guests with vNICs, created, run to their end and destroyed.
-    let out = boot_smp("[[guest]]\nname = \"h\"\napp = \"hello\"\ncount = 3000\nmemory = \"128 KiB\"\nring_slots = 2\nnet = true\n", 300, 2);
+    let out =
+        boot_smp("[[guest]]\nname = \"h\"\napp = \"hello\"\ncount = 3000\nmemory = \"128 KiB\"\nring_slots = 2\nnet = true\n", 300, 2);
     let c = &out.console;
     assert!(out.success(), "{}", &c[c.len().saturating_sub(3000)..]);
     let last = lines_with(c, "[hv] no guests left: ").next().unwrap();

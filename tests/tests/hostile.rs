@@ -94,7 +94,8 @@ fn every_attack_is_stopped_or_contained_while_the_victims_keep_serving() {
         let tenant = if *net { "tenant = \"v\"\n" } else { "" };
         // The flag attacks fault in a megabyte of fresh pages.
         let memory = if attack.starts_with("df-") { "2 MiB" } else { "1 MiB" };
-        writeln!(m, "[[guest]]\nname = \"a-{attack}\"\napp = \"hostile\"\nmemory = \"{memory}\"\n{tenant}{extra}args = [\"{attack}\"]\n").unwrap();
+        writeln!(m, "[[guest]]\nname = \"a-{attack}\"\napp = \"hostile\"\nmemory = \"{memory}\"\n{tenant}{extra}args = [\"{attack}\"]\n")
+            .unwrap();
     }
     for attack in FOREVER {
         writeln!(m, "[[guest]]\nname = \"a-{attack}\"\napp = \"hostile\"\nmemory = \"256 KiB\"\nargs = [\"{attack}\"]\n").unwrap();

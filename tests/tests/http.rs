@@ -12,9 +12,7 @@ use integration_tests::{Live, free_port};
 /// it listens.
 fn boot(port: u16, args: &str, memory: &str) -> Live {
     let mut live = Live::start(
-        &format!(
-            "[[guest]]\nname = \"http\"\napp = \"http\"\nmemory = \"{memory}\"\nargs = [{args}]\nports = [\"{port}:80\"]\n"
-        ),
+        &format!("[[guest]]\nname = \"http\"\napp = \"http\"\nmemory = \"{memory}\"\nargs = [{args}]\nports = [\"{port}:80\"]\n"),
         2,
     );
     assert!(live.wait_for("http-0| http: listening on 10.0.0.2:80", Duration::from_secs(90)), "{}", live.console);

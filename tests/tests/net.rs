@@ -97,10 +97,12 @@ fn a_host_client_reaches_the_echo_guest_through_a_forwarded_port() {
     // TCP: 64 KiB in one go, echoed back byte for byte.
     let data: Vec<u8> = (0..65536u32).map(|i| (i * 13 + i / 256) as u8).collect();
     let mut conn = (0..30)
-        .find_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok().or_else(|| {
-            std::thread::sleep(Duration::from_millis(500));
-            None
-        }))
+        .find_map(|_| {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok().or_else(|| {
+                std::thread::sleep(Duration::from_millis(500));
+                None
+            })
+        })
         .expect("connecting to the forwarded port");
     conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let writer = {

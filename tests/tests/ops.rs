@@ -67,7 +67,8 @@ fn run_gdb_starts_paused_with_a_gdbstub_and_says_how_to_attach() {
     assert!(reply.contains("$T") || reply.contains("$S"), "not a stop reply: {reply:?}");
     // Nothing ran yet; continuing boots the hypervisor and its guest.
     gdb.write_all(&packet("c")).unwrap();
-    let ran = std::iter::from_fn(|| console.recv_timeout(Duration::from_secs(60)).ok()).any(|l| l == "[hv] guest hello-0 exited with code 0");
+    let ran =
+        std::iter::from_fn(|| console.recv_timeout(Duration::from_secs(60)).ok()).any(|l| l == "[hv] guest hello-0 exited with code 0");
     assert!(ran, "the machine did not run after continue");
     let _ = qemu.kill();
     let _ = qemu.wait();
@@ -116,10 +117,10 @@ fn a_detached_hypervisor_is_listed_measured_and_stopped_guest_by_guest_through_c
     let (inst, dir) = Detached::start(
         "ctl",
         format!(
-                "[[guest]]\nname = \"a\"\napp = \"echo\"\ntenant = \"a\"\nports = [\"{port}:7\"]\n\n\
+            "[[guest]]\nname = \"a\"\napp = \"echo\"\ntenant = \"a\"\nports = [\"{port}:7\"]\n\n\
                  [[guest]]\nname = \"b\"\napp = \"echo\"\ntenant = \"b\"\n\n\
                  [[guest]]\nname = \"h\"\napp = \"hello\"\n"
-            ),
+        ),
     );
     let ctl = |req: &str| inst.0.request(req);
     let guest = |list: &serde_json::Value, name: &str| {
@@ -262,7 +263,8 @@ fn guests_started_on_a_running_hypervisor_serve_their_tenant_and_bad_starts_are_
 fn a_quiet_or_lying_control_client_costs_nothing_and_is_answered() {
     use std::os::unix::net::UnixStream;
     // The ticker is guest 0: it lives on CPU 0, the one that reads the channel.
-    let (inst, _dir) = Detached::start("quiet", "[[guest]]\nname = \"tick\"\napp = \"worker\"\nargs = [\"tick\", \"10\", \"1200\"]\n".into());
+    let (inst, _dir) =
+        Detached::start("quiet", "[[guest]]\nname = \"tick\"\napp = \"worker\"\nargs = [\"tick\", \"10\", \"1200\"]\n".into());
     let mut s = UnixStream::connect(inst.0.socket()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut lines = BufReader::new(s.try_clone().unwrap()).lines();
@@ -282,7 +284,8 @@ fn a_quiet_or_lying_control_client_costs_nothing_and_is_answered() {
     s.write_all(b"image-end\n").unwrap();
     assert!(answer()["error"].as_str().unwrap().contains("no upload in progress"));
 
-    for bad in ["start x hello.hermit 4096 4000000000", "start x hello.hermit 0 1", "image-begin y 99999999999", "capture x 99999999999 1"] {
+    for bad in ["start x hello.hermit 4096 4000000000", "start x hello.hermit 0 1", "image-begin y 99999999999", "capture x 99999999999 1"]
+    {
         s.write_all(format!("{bad}\n").as_bytes()).unwrap();
         let a = answer();
         assert!(a["error"].is_string(), "{bad}: {a}");

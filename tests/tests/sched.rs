@@ -91,7 +91,14 @@ fn timers_sleep_and_tasks_complete_in_deadline_order() {
     assert_eq!(lines.len(), 4, "{}", out.console);
     assert_eq!(lines[..3], ["tasks-0| task 10 done", "tasks-0| task 20 done", "tasks-0| task 30 done"], "{}", out.console);
     assert!(lines[3].starts_with("tasks-0| joined [30, 10, 20] after "), "{}", out.console);
-    let slept: u64 = out.console.lines().find_map(|l| l.strip_prefix("sleep-0| slept ")).expect("sleep finished").trim_end_matches(" ns").parse().unwrap();
+    let slept: u64 = out
+        .console
+        .lines()
+        .find_map(|l| l.strip_prefix("sleep-0| slept "))
+        .expect("sleep finished")
+        .trim_end_matches(" ns")
+        .parse()
+        .unwrap();
     assert!((100_000_000..150_000_000).contains(&slept), "asked for 100 ms, slept {slept} ns");
     // The sleeper woke once, by its timer, not by polling.
     assert!(field(stats(&out, "sleep-0"), "wakeups") <= 2, "{}", stats(&out, "sleep-0"));

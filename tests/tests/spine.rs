@@ -160,7 +160,10 @@ fn a_stopped_guest_gets_a_crash_report_with_registers_and_a_symbolized_backtrace
     line_with(&out, "[hv] guest f-0 registers: rip=0x", "cr2=0x7000dead0000");
     let trace = line_with(&out, "[hv] guest f-0 backtrace: 0x", "");
     let first = out.console.lines().skip_while(|l| *l != trace).nth(1).unwrap_or("");
-    assert!(first.starts_with("    #0 0x") && first.contains("hostile::main at ") && first.contains("apps/hostile/src/main.rs:"), "{first}");
+    assert!(
+        first.starts_with("    #0 0x") && first.contains("hostile::main at ") && first.contains("apps/hostile/src/main.rs:"),
+        "{first}"
+    );
     line_with(&out, "    #", "libos::rt::start at ");
 }
 

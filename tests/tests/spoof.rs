@@ -19,7 +19,8 @@ fn json(line: &str) -> serde_json::Value {
 /// One TCP connection to the host's forward: 1 KiB out, the same back.
 fn echo_through_forward(port: u16, n: u32) -> Result<(), String> {
     let data: Vec<u8> = (0..1024u32).map(|i| (i * 7 + n) as u8).collect();
-    let mut conn = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
+    let mut conn = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
     conn.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
     conn.write_all(&data).map_err(|e| format!("write: {e}"))?;
     let mut back = vec![0u8; data.len()];
@@ -66,8 +67,8 @@ fn arp_and_ip_spoofers_intercept_nothing_in_a_tenant_or_through_the_uplink() {
 
     // The echo session in tenant "v", and both attackers' ends.
     let client_done = wait(&mut live, "client-0| client: ", 240);
-    let attackers_done = ["spoof-h-0", "spoof-v-0"]
-        .map(|g| wait(&mut live, &format!(r#""guest":"{g}","state":"exited""#), ATTACK_SECS + 120));
+    let attackers_done =
+        ["spoof-h-0", "spoof-v-0"].map(|g| wait(&mut live, &format!(r#""guest":"{g}","state":"exited""#), ATTACK_SECS + 120));
     let c = live.console.clone();
     let line = |needle: &str| c.lines().find(|l| l.contains(needle)).unwrap_or("(none)");
     let client = line("client-0| client: ");
@@ -90,7 +91,9 @@ fn arp_and_ip_spoofers_intercept_nothing_in_a_tenant_or_through_the_uplink() {
     };
     // Every forgery was dropped by the switch as spoofed (or, had there
     // been a burst, by the sender's rate limits before it).
-    let all_dropped = |g: &str| sent(g).is_some_and(|n| n > 0 && Some(n) == Some(spoofed(g).unwrap_or(0) + stats(g)["nic_limited"].as_u64().unwrap_or(0)));
+    let all_dropped = |g: &str| {
+        sent(g).is_some_and(|n| n > 0 && Some(n) == Some(spoofed(g).unwrap_or(0) + stats(g)["nic_limited"].as_u64().unwrap_or(0)))
+    };
     let at = |needle: &str| c.find(needle).unwrap_or(usize::MAX);
     let summary = format!(
         "forward connections (done {forward_during:?} after boot, attack ended first: {attack_ended_first}): {forward:?}\nclient: {client}\n\
@@ -117,5 +120,8 @@ fn arp_and_ip_spoofers_intercept_nothing_in_a_tenant_or_through_the_uplink() {
     assert!(all_dropped("spoof-h-0"), "{summary}\n{c}");
     // The connections were made while the attack ran, and it ended cleanly.
     assert!(!attack_ended_first, "{summary}");
-    assert!(c.contains("[hv] guest spoof-h-0 exited with code 0") && c.contains("[hv] guest spoof-v-0 exited with code 0"), "{summary}\n{c}");
+    assert!(
+        c.contains("[hv] guest spoof-h-0 exited with code 0") && c.contains("[hv] guest spoof-v-0 exited with code 0"),
+        "{summary}\n{c}"
+    );
 }

@@ -138,7 +138,9 @@ fn guests_reach_a_host_service_only_when_the_manifest_opts_in() {
     // default before, it did.)
     let (port, accepted) = host_echo_service();
     let out = integration_tests::boot(
-        &format!("[[guest]]\nname = \"denied\"\napp = \"echo\"\ntenant = \"a\"\nmemory = \"4 MiB\"\nargs = [\"probe\", \"10.0.0.1\", \"{port}\"]\n"),
+        &format!(
+            "[[guest]]\nname = \"denied\"\napp = \"echo\"\ntenant = \"a\"\nmemory = \"4 MiB\"\nargs = [\"probe\", \"10.0.0.1\", \"{port}\"]\n"
+        ),
         150,
     );
     assert_eq!(line(&out, "denied-0| "), "denied-0| unreachable");

@@ -72,10 +72,8 @@ impl Which {
 
 /// `cargo xtask bench` arguments.
 #[derive(Clone, Debug, clap::Args)]
-#[command(
-    after_help = "Both sides run under the same QEMU settings; results go to \
-    target/bench/<name>.json. Under TCG expect a few percent of noise between runs."
-)]
+#[command(after_help = "Both sides run under the same QEMU settings; results go to \
+    target/bench/<name>.json. Under TCG expect a few percent of noise between runs.")]
 pub struct BenchArgs {
     /// The benchmark.
     #[arg(value_enum)]
@@ -100,36 +98,19 @@ pub struct BenchArgs {
 
 /// Runs the benchmark `args` names.
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let memory =
-        parse_size(&args.memory).map_err(|e| anyhow::anyhow!("--memory {:?}: {e}", args.memory))?;
+    let memory = parse_size(&args.memory).map_err(|e| anyhow::anyhow!("--memory {:?}: {e}", args.memory))?;
     if !memory.is_multiple_of(MIB) || memory < 64 * MIB {
-        bail!(
-            "--memory {:?}: must be whole MiB and at least 64 MiB",
-            args.memory
-        );
+        bail!("--memory {:?}: must be whole MiB and at least 64 MiB", args.memory);
     }
-    let machine = Machine {
-        accel: args.accel.resolve(),
-        smp: args.smp,
-        memory_mib: memory / MIB,
-    };
+    let machine = Machine { accel: args.accel.resolve(), smp: args.smp, memory_mib: memory / MIB };
     crate::qemu::ensure_qemu()?;
     linux::ensure_packages()?;
     let append = match &args.linux_append {
         Some(extra) => format!("{} {extra}", linux::CMDLINE),
         None => linux::CMDLINE.to_string(),
     };
-    let bench = Bench {
-        machine,
-        quick: args.quick,
-        append,
-    };
-    progress(&format!(
-        "bench {} ({}){}",
-        args.which.name(),
-        machine.describe(),
-        if args.quick { ", quick" } else { "" }
-    ));
+    let bench = Bench { machine, quick: args.quick, append };
+    progress(&format!("bench {} ({}){}", args.which.name(), machine.describe(), if args.quick { ", quick" } else { "" }));
     let (table, report) = match args.which {
         Which::Hypercall => bench.hypercall()?,
         Which::Boot => bench.boot()?,
@@ -140,8 +121,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     fs::create_dir_all(path.parent().unwrap()).context("creating target/bench")?;
     let mut report = report;
     round_floats(&mut report);
-    fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
-        .with_context(|| format!("writing {}", path.display()))?;
+    fs::write(&path, serde_json::to_string_pretty(&report)? + "\n").with_context(|| format!("writing {}", path.display()))?;
     println!("{table}");
     progress(&format!("wrote {}", path.display()));
     Ok(())
@@ -178,10 +158,7 @@ struct Peer {
 
 impl Peer {
     fn result(&self, bench: &str) -> Result<&Value> {
-        self.results
-            .iter()
-            .find(|v| v["bench"] == bench)
-            .with_context(|| format!("the Linux peer printed no {bench} result"))
+        self.results.iter().find(|v| v["bench"] == bench).with_context(|| format!("the Linux peer printed no {bench} result"))
     }
 }
 
@@ -218,18 +195,10 @@ impl Bench {
             } else {
                 format!("QEMU exited with status {:?}", out.status)
             };
-            bail!(
-                "our hypervisor {why}\n{}{}",
-                out.stderr,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
+            bail!("our hypervisor {why}\n{}{}", out.stderr, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
         }
         progress(&format!("  ours finished in {:.1} s", wall.as_secs_f64()));
-        Ok(Ours {
-            qemu_args: prepared.qemu_args.clone(),
-            out,
-            wall,
-        })
+        Ok(Ours { qemu_args: prepared.qemu_args.clone(), out, wall })
     }
 
     /// Boots the Linux peer running `peer COMMAND` for each command.
@@ -240,59 +209,34 @@ impl Bench {
         let image = linux::initramfs(&linux::init_script(commands), &program)?;
         fs::write(&initrd, &image).with_context(|| format!("writing {}", initrd.display()))?;
         let qemu_args = linux::qemu_args(&self.machine, &kernel.image, &initrd, &self.append);
-        progress(&format!(
-            "booting Linux peer {} ({} KiB initramfs)…",
-            kernel.version,
-            image.len() / 1024
-        ));
+        progress(&format!("booting Linux peer {} ({} KiB initramfs)…", kernel.version, image.len() / 1024));
         let console = linux::boot(&qemu_args, timeout, |t, line| {
             let Some(v) = parse_json(line) else { return };
             if v["peer"] == "up" {
-                progress(&format!(
-                    "  Linux reached /init after {:.1} s; running {}…",
-                    t.as_secs_f64(),
-                    commands.join(", ")
-                ));
+                progress(&format!("  Linux reached /init after {:.1} s; running {}…", t.as_secs_f64(), commands.join(", ")));
             } else if v.get("bench").is_some() || v["peer"] == "failed" {
                 progress(&format!("  linux: {line}"));
             }
         })?;
         let text = console.text();
         let lines = json_lines(&text);
-        let up = lines
-            .iter()
-            .find(|(_, v)| v["peer"] == "up")
-            .map(|(_, v)| v.clone());
-        let done = lines
-            .iter()
-            .any(|(_, v)| v["peer"] == "done" && v["status"] == 16);
-        let ok =
-            done && console.status == Some(abi::debug_exit::qemu_status(abi::debug_exit::SUCCESS));
+        let up = lines.iter().find(|(_, v)| v["peer"] == "up").map(|(_, v)| v.clone());
+        let done = lines.iter().any(|(_, v)| v["peer"] == "done" && v["status"] == 16);
+        let ok = done && console.status == Some(abi::debug_exit::qemu_status(abi::debug_exit::SUCCESS));
         let Some(up) = up.filter(|_| ok) else {
             let why = if console.timed_out {
                 format!("did not finish within {} s", timeout.as_secs())
             } else {
                 format!("ended with QEMU status {:?}", console.status)
             };
-            bail!(
-                "the Linux peer {why}\n{}{}",
-                console.stderr,
-                console.tail(30)
-            );
+            bail!("the Linux peer {why}\n{}{}", console.stderr, console.tail(30));
         };
-        progress(&format!(
-            "  Linux finished in {:.1} s",
-            console.elapsed.as_secs_f64()
-        ));
+        progress(&format!("  Linux finished in {:.1} s", console.elapsed.as_secs_f64()));
         Ok(Peer {
             kernel,
             qemu_args,
             up,
-            results: lines
-                .into_iter()
-                .filter(|(_, v)| v.get("bench").is_some())
-                .map(|(_, v)| v)
-                .collect(),
+            results: lines.into_iter().filter(|(_, v)| v.get("bench").is_some()).map(|(_, v)| v).collect(),
             wall: console.elapsed,
         })
     }
@@ -332,19 +276,9 @@ impl Bench {
     }
 
     fn hypercall(&self) -> Result<(String, Value)> {
-        let (n, rounds) = if self.quick {
-            (20_000, 3)
-        } else {
-            (200_000, 7)
-        };
-        let manifest = format!(
-            "[[guest]]\nname = \"b\"\napp = \"bench\"\nargs = [\"hypercall\", \"{n}\", \"{rounds}\"]\n"
-        );
-        let ours = self.ours(
-            &format!("bench hypercall {n} × {rounds} rounds"),
-            manifest,
-            Duration::from_secs(180),
-        )?;
+        let (n, rounds) = if self.quick { (20_000, 3) } else { (200_000, 7) };
+        let manifest = format!("[[guest]]\nname = \"b\"\napp = \"bench\"\nargs = [\"hypercall\", \"{n}\", \"{rounds}\"]\n");
+        let ours = self.ours(&format!("bench hypercall {n} × {rounds} rounds"), manifest, Duration::from_secs(180))?;
         let ghz = tsc_ghz(&ours.out.console).context("no `[hv] TSC x.xxx GHz` line")?;
         let ours_v = json_lines(&ours.out.console)
             .into_iter()
@@ -355,27 +289,14 @@ impl Bench {
         let linux_v = linux.result("getppid")?;
 
         let get = |v: &Value, k: &str| v[k].as_f64().with_context(|| format!("no {k} in {v}"));
-        let (ours_c, linux_c) = (
-            get(&ours_v, "cycles_per_call")?,
-            get(linux_v, "cycles_per_call")?,
-        );
-        let (ours_min, linux_min) = (
-            get(&ours_v, "min_cycles_per_call")?,
-            get(linux_v, "min_cycles_per_call")?,
-        );
+        let (ours_c, linux_c) = (get(&ours_v, "cycles_per_call")?, get(linux_v, "cycles_per_call")?);
+        let (ours_min, linux_min) = (get(&ours_v, "min_cycles_per_call")?, get(linux_v, "min_cycles_per_call")?);
         let ratio = ours_c / linux_c;
 
         let mut t = self.header("hypercall");
         t += "\n                           ours      linux    ratio\n";
-        let _ = writeln!(
-            t,
-            "null call (cycles)   {ours_c:>10.1} {linux_c:>10.1}   {ratio:>5.2}x   goal <= 0.5x"
-        );
-        let _ = writeln!(
-            t,
-            "best round (cycles)  {ours_min:>10.1} {linux_min:>10.1}   {:>5.2}x",
-            ours_min / linux_min
-        );
+        let _ = writeln!(t, "null call (cycles)   {ours_c:>10.1} {linux_c:>10.1}   {ratio:>5.2}x   goal <= 0.5x");
+        let _ = writeln!(t, "best round (cycles)  {ours_min:>10.1} {linux_min:>10.1}   {:>5.2}x", ours_min / linux_min);
         let _ = write!(
             t,
             "null call (ns)       {:>10.0} {:>10.0}            at {ghz:.3} GHz\n\
@@ -415,27 +336,16 @@ impl Bench {
     }
 
     fn boot(&self) -> Result<(String, Value)> {
-        let (counts, spawns): (&[u32], u32) = if self.quick {
-            (&[1, 10, 100], 50)
-        } else {
-            (&[1, 100, 1000], 1000)
-        };
+        let (counts, spawns): (&[u32], u32) = if self.quick { (&[1, 10, 100], 50) } else { (&[1, 100, 1000], 1000) };
         let mut ours = Vec::new();
         let mut ours_args = Vec::new();
         for &count in counts {
-            let manifest = format!(
-                "[[guest]]\nname = \"b\"\napp = \"bench\"\ncount = {count}\nmemory = \"256 KiB\"\nargs = [\"first\"]\n"
-            );
+            let manifest = format!("[[guest]]\nname = \"b\"\napp = \"bench\"\ncount = {count}\nmemory = \"256 KiB\"\nargs = [\"first\"]\n");
             let guests = if count == 1 { "guest" } else { "guests" };
-            let run = self.ours(
-                &format!("{count} {guests} of bench first"),
-                manifest,
-                Duration::from_secs(120 + u64::from(count) / 4),
-            )?;
+            let run = self.ours(&format!("{count} {guests} of bench first"), manifest, Duration::from_secs(120 + u64::from(count) / 4))?;
             let stats = guest_stats(&run.out.console);
             let mains = guest_mains(&run.out.console);
-            let fig = boot_figures(&stats, &mains)
-                .with_context(|| format!("no guest_stats lines in the {count}-guest run"))?;
+            let fig = boot_figures(&stats, &mains).with_context(|| format!("no guest_stats lines in the {count}-guest run"))?;
             if fig.guests != count as usize {
                 bail!("{count} guests asked, {} reported stats", fig.guests);
             }
@@ -444,22 +354,14 @@ impl Bench {
         }
         let linux = self.linux(&[format!("spawn {spawns}")], Duration::from_secs(300))?;
         let spawn = linux.result("spawn")?;
-        let get = |k: &str| {
-            spawn[k]
-                .as_f64()
-                .with_context(|| format!("no {k} in {spawn}"))
-        };
+        let get = |k: &str| spawn[k].as_f64().with_context(|| format!("no {k} in {spawn}"));
         let (linux_med, linux_rate) = (get("median_us")?, get("spawns_per_sec")?);
 
         let mut t = self.header("boot");
         t += "\n                         started/s   all entered   median start     per guest\n";
         let opt = |v: Option<f64>| v.map_or(format!("{:>9}", "-"), |v| format!("{v:>9.0}"));
         for (f, _) in &ours {
-            let label = format!(
-                "ours, {} guest{}",
-                f.guests,
-                if f.guests == 1 { "" } else { "s" }
-            );
+            let label = format!("ours, {} guest{}", f.guests, if f.guests == 1 { "" } else { "s" });
             let _ = writeln!(
                 t,
                 "{label:<23}  {}  {:>9.2} ms  {:>10.1} µs  {:>9.1} µs",
@@ -572,11 +474,7 @@ impl NetSettings {
     }
 
     fn echo_list(&self) -> String {
-        let list: Vec<String> = self
-            .echo_connections
-            .iter()
-            .map(|c| c.to_string())
-            .collect();
+        let list: Vec<String> = self.echo_connections.iter().map(|c| c.to_string()).collect();
         list.join(",")
     }
 
@@ -632,10 +530,7 @@ pub const GUEST_LINE_MAX: usize = 200;
 /// Splits `NAME| TEXT` into the guest's name and its text.
 fn guest_line(line: &str) -> Option<(&str, &str)> {
     let (name, rest) = line.split_once("| ")?;
-    let ok = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     ok.then_some((name, rest))
 }
 
@@ -716,10 +611,7 @@ pub fn parse_wrk(out: &str) -> Option<Value> {
             let p = p.split('.').next().unwrap_or(p);
             lat.insert(format!("p{p}"), json!(us));
         } else if let Some(rest) = l.strip_prefix("Socket errors:") {
-            socket_errors = rest
-                .split(',')
-                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
-                .sum();
+            socket_errors = rest.split(',').filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok()).sum();
         } else if let Some(rest) = l.strip_prefix("Non-2xx or 3xx responses:") {
             non_2xx = rest.trim().parse().unwrap_or(0);
         }
@@ -758,10 +650,7 @@ fn wait_for_http(port: u16, patience: Duration) -> std::result::Result<(), Strin
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    Err(format!(
-        "127.0.0.1:{port} did not answer HTTP within {} s ({last})",
-        patience.as_secs()
-    ))
+    Err(format!("127.0.0.1:{port} did not answer HTTP within {} s ({last})", patience.as_secs()))
 }
 
 /// `wrk` on the host against 127.0.0.1:`port`, after a 1 s warm-up run
@@ -785,36 +674,22 @@ fn host_wrk(wrk: &std::path::Path, port: u16, connections: usize, secs: u64) -> 
     wrk_for(1)?;
     let out = wrk_for(secs)?;
     let text = String::from_utf8_lossy(&out.stdout);
-    parse_wrk(&text).ok_or_else(|| {
-        format!(
-            "wrk printed no figures: {}{}",
-            text.trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-    })
+    parse_wrk(&text).ok_or_else(|| format!("wrk printed no figures: {}{}", text.trim(), String::from_utf8_lossy(&out.stderr).trim()))
 }
 
 /// A TCP port on 127.0.0.1 that nothing listens on right now.
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn rate_of(v: &Value) -> Option<f64> {
-    v["round_trips_per_sec"]
-        .as_f64()
-        .or_else(|| v["requests_per_sec"].as_f64())
+    v["round_trips_per_sec"].as_f64().or_else(|| v["requests_per_sec"].as_f64())
 }
 
 fn describe_result(v: &Value) -> String {
     let lat = &v["latency_us"];
     let rate = rate_of(v).unwrap_or(0.0);
-    let what = if v["bench"] == "echo" {
-        "round trips/s"
-    } else {
-        "requests/s"
-    };
+    let what = if v["bench"] == "echo" { "round trips/s" } else { "requests/s" };
     format!(
         "{rate:.0} {what}, p50 {:.0} µs, p99 {:.0} µs, {} errors",
         lat["p50"].as_f64().unwrap_or(0.0),
@@ -831,9 +706,7 @@ fn guest_ended(line: &str, guest: &str) -> bool {
     let Some(rest) = rest.strip_prefix(guest) else {
         return false;
     };
-    [" exited", " stopped", " not started"]
-        .iter()
-        .any(|e| rest.starts_with(e))
+    [" exited", " stopped", " not started"].iter().any(|e| rest.starts_with(e))
 }
 
 impl Bench {
@@ -851,10 +724,7 @@ impl Bench {
         let prepared = prepare(&cfg)?;
         progress(&format!("booting our hypervisor: {what}…"));
         let console = linux::boot_interactive(&prepared.qemu_args, timeout, |_, l| on_line(l))?;
-        progress(&format!(
-            "  ours done after {:.1} s",
-            console.elapsed.as_secs_f64()
-        ));
+        progress(&format!("  ours done after {:.1} s", console.elapsed.as_secs_f64()));
         Ok((prepared.qemu_args.clone(), console))
     }
 
@@ -877,39 +747,23 @@ impl Bench {
         let timeout = Duration::from_secs(120 + runs * (st.echo_ms / 1000 + 25));
         let mut lines = GuestLines::default();
         let mut results = Vec::new();
-        let (args, console) = self.ours_live(
-            &format!("echo-bench → echo, {} connections", st.echo_list()),
-            manifest,
-            timeout,
-            |line| {
+        let (args, console) =
+            self.ours_live(&format!("echo-bench → echo, {} connections", st.echo_list()), manifest, timeout, |line| {
                 if let Some((who, v)) = lines.push_json(line)
                     && who == "echo-bench-0"
                     && v["bench"] == "echo"
                 {
-                    progress(&format!(
-                        "  ours echo, {} conns: {}",
-                        v["connections"],
-                        describe_result(&v)
-                    ));
+                    progress(&format!("  ours echo, {} conns: {}", v["connections"], describe_result(&v)));
                     results.push(v);
                 }
-                if guest_ended(line, "echo-bench-0") || guest_ended(line, "echo-0") {
-                    linux::Reply::Stop
-                } else {
-                    linux::Reply::Continue
-                }
-            },
-        )?;
+                if guest_ended(line, "echo-bench-0") || guest_ended(line, "echo-0") { linux::Reply::Stop } else { linux::Reply::Continue }
+            })?;
         if results.len() != st.echo_connections.len() {
             bail!(
                 "echo-bench reported {} of {} runs{}\n{}{}",
                 results.len(),
                 st.echo_connections.len(),
-                if console.timed_out {
-                    " (timed out)"
-                } else {
-                    ""
-                },
+                if console.timed_out { " (timed out)" } else { "" },
                 console.stderr,
                 console.tail(30)
             );
@@ -919,11 +773,7 @@ impl Bench {
 
     /// http-load → http in one tenant, then the host's wrk through the
     /// forwarded port.
-    fn ours_http(
-        &self,
-        st: &NetSettings,
-        wrk: std::result::Result<&std::path::Path, &str>,
-    ) -> Result<(Vec<String>, Measured, Measured)> {
+    fn ours_http(&self, st: &NetSettings, wrk: std::result::Result<&std::path::Path, &str>) -> Result<(Vec<String>, Measured, Measured)> {
         let host_port = free_port()?;
         let memory = 32 + st.http_connections / 4;
         let manifest = format!(
@@ -941,11 +791,8 @@ impl Bench {
         let mut lines = GuestLines::default();
         let mut http = Err("http-load printed no result".to_string());
         let mut host = Err("the http guest ended before the host's turn".to_string());
-        let (args, console) = self.ours_live(
-            &format!("http-load → http, {} connections", st.http_connections),
-            manifest,
-            timeout,
-            |line| {
+        let (args, console) =
+            self.ours_live(&format!("http-load → http, {} connections", st.http_connections), manifest, timeout, |line| {
                 if let Some((who, v)) = lines.push_json(line)
                     && who == "http-load-0"
                     && v["bench"] == "http"
@@ -959,10 +806,7 @@ impl Bench {
                 if guest_ended(line, "http-load-0") {
                     host = match wrk {
                         Ok(wrk) => {
-                            progress(&format!(
-                                "  host wrk → our http guest (127.0.0.1:{host_port}), {} s…",
-                                st.host_secs
-                            ));
+                            progress(&format!("  host wrk → our http guest (127.0.0.1:{host_port}), {} s…", st.host_secs));
                             let r = host_wrk(wrk, host_port, st.host_connections, st.host_secs);
                             if let Ok(v) = &r {
                                 progress(&format!("  host → ours: {}", describe_result(v)));
@@ -974,18 +818,10 @@ impl Bench {
                     return linux::Reply::Stop;
                 }
                 linux::Reply::Continue
-            },
-        )?;
+            })?;
         if http.is_err() {
-            let why = if console.timed_out {
-                "timed out"
-            } else {
-                "no result"
-            };
-            http = Err(format!(
-                "http-load → http: {why}; console tail:\n{}",
-                console.tail(15)
-            ));
+            let why = if console.timed_out { "timed out" } else { "no result" };
+            http = Err(format!("http-load → http: {why}; console tail:\n{}", console.tail(15)));
         }
         Ok((args, http, host))
     }
@@ -1002,11 +838,7 @@ impl Bench {
         let fail_all = |why: String| {
             (
                 NetSide {
-                    echo: st
-                        .echo_connections
-                        .iter()
-                        .map(|_| Err(why.clone()))
-                        .collect(),
+                    echo: st.echo_connections.iter().map(|_| Err(why.clone())).collect(),
                     http: Err(why.clone()),
                     host: Err(why.clone()),
                 },
@@ -1027,10 +859,7 @@ impl Bench {
             (None, Err(e)) => Some(e.to_string()),
             (None, Ok(_)) => None,
         };
-        let modules: Result<Vec<PathBuf>> = linux::VIRTIO_NET_MODULES
-            .iter()
-            .map(|m| kernel.module(m))
-            .collect();
+        let modules: Result<Vec<PathBuf>> = linux::VIRTIO_NET_MODULES.iter().map(|m| kernel.module(m)).collect();
         if let (None, Err(e)) = (&host_why, &modules) {
             host_why = Some(format!("no virtio-net modules: {e:#}"));
         }
@@ -1091,14 +920,10 @@ impl Bench {
             if plan.nic { ", virtio-net" } else { "" }
         ));
         let runs = st.echo_connections.len() as u64;
-        let timeout = Duration::from_secs(
-            180 + runs * (st.echo_ms / 1000 + 25) + st.http_ms / 1000 + st.host_secs + 60,
-        );
+        let timeout = Duration::from_secs(180 + runs * (st.echo_ms / 1000 + 25) + st.http_ms / 1000 + st.host_secs + 60);
         let mut echo: Vec<Value> = Vec::new();
         let mut http: Option<Value> = None;
-        let mut host: Measured = Err(host_why
-            .clone()
-            .unwrap_or_else(|| "the peer never said it was serving".into()));
+        let mut host: Measured = Err(host_why.clone().unwrap_or_else(|| "the peer never said it was serving".into()));
         let mut failed: Vec<String> = Vec::new();
         let mut up = Value::Null;
         let console = linux::boot_interactive(&qemu_args, timeout, |t, line| {
@@ -1106,18 +931,10 @@ impl Bench {
                 return linux::Reply::Continue;
             };
             if v["peer"] == "up" {
-                progress(&format!(
-                    "  Linux reached /init after {:.1} s (clock source {})",
-                    t.as_secs_f64(),
-                    v["clocksource"]
-                ));
+                progress(&format!("  Linux reached /init after {:.1} s (clock source {})", t.as_secs_f64(), v["clocksource"]));
                 up = v;
             } else if v["bench"] == "echo" {
-                progress(&format!(
-                    "  linux echo, {} conns: {}",
-                    v["connections"],
-                    describe_result(&v)
-                ));
+                progress(&format!("  linux echo, {} conns: {}", v["connections"], describe_result(&v)));
                 echo.push(v);
             } else if v["bench"] == "http" {
                 progress(&format!("  linux http: {}", describe_result(&v)));
@@ -1127,10 +944,7 @@ impl Bench {
                 failed.push(v["command"].as_str().unwrap_or("?").to_string());
             } else if v["peer"] == "serving" {
                 if let Ok(wrk) = wrk {
-                    progress(&format!(
-                        "  host wrk → Linux nginx (127.0.0.1:{port}), {} s…",
-                        st.host_secs
-                    ));
+                    progress(&format!("  host wrk → Linux nginx (127.0.0.1:{port}), {} s…", st.host_secs));
                     host = host_wrk(wrk, port, st.host_connections, st.host_secs);
                     if let Ok(v) = &host {
                         progress(&format!("  host → linux: {}", describe_result(v)));
@@ -1144,15 +958,9 @@ impl Bench {
             Ok(c) => c,
             Err(e) => return fail_all(format!("booting the Linux peer failed: {e:#}")),
         };
-        progress(&format!(
-            "  Linux finished in {:.1} s",
-            console.elapsed.as_secs_f64()
-        ));
+        progress(&format!("  Linux finished in {:.1} s", console.elapsed.as_secs_f64()));
         let ended = if console.timed_out {
-            format!(
-                "the Linux peer did not finish within {} s",
-                timeout.as_secs()
-            )
+            format!("the Linux peer did not finish within {} s", timeout.as_secs())
         } else {
             "the Linux peer printed no result".into()
         };
@@ -1166,12 +974,7 @@ impl Bench {
         let echo_results = st
             .echo_connections
             .iter()
-            .map(|&c| {
-                echo.iter()
-                    .find(|v| v["connections"].as_u64() == Some(c as u64))
-                    .cloned()
-                    .ok_or_else(|| why("echo-client", &ended))
-            })
+            .map(|&c| echo.iter().find(|v| v["connections"].as_u64() == Some(c as u64)).cloned().ok_or_else(|| why("echo-client", &ended)))
             .collect();
         let http = match (http, http_why) {
             (Some(v), _) => Ok(v),
@@ -1182,10 +985,7 @@ impl Bench {
         if host.is_err() && failed.iter().any(|f| f == "eth0") {
             host = Err(why("eth0", &ended));
         }
-        let _ = fs::write(
-            workspace_root().join("target/bench/peer-net.log"),
-            console.text(),
-        );
+        let _ = fs::write(workspace_root().join("target/bench/peer-net.log"), console.text());
         let info = json!({
             "version": kernel.version,
             "cmdline": self.append,
@@ -1198,14 +998,7 @@ impl Bench {
             "qemu_args": qemu_args,
             "nginx": plan.nginx.then_some(linux::NGINX),
         });
-        (
-            NetSide {
-                echo: echo_results,
-                http,
-                host,
-            },
-            info,
-        )
+        (NetSide { echo: echo_results, http, host }, info)
     }
 
     fn net(&self) -> Result<(String, Value)> {
@@ -1228,11 +1021,7 @@ impl Bench {
             let why = "apps/http does not exist".to_string();
             (Vec::new(), Err(why.clone()), Err(why))
         };
-        let ours = NetSide {
-            echo: ours_echo,
-            http: ours_http,
-            host: ours_host,
-        };
+        let ours = NetSide { echo: ours_echo, http: ours_http, host: ours_host };
         let (linux, linux_info) = self.linux_net(&st, nginx.map_err(String::as_str), wrk);
 
         // The table.
@@ -1248,11 +1037,7 @@ impl Bench {
         for (i, &c) in st.echo_connections.iter().enumerate() {
             rows.push(Row {
                 key: format!("echo_{c}_conn{}", if c == 1 { "" } else { "s" }),
-                label: format!(
-                    "echo, {c} conn{}, {} B",
-                    if c == 1 { "" } else { "s" },
-                    st.message_bytes
-                ),
+                label: format!("echo, {c} conn{}, {} B", if c == 1 { "" } else { "s" }, st.message_bytes),
                 unit: "round trips/s",
                 ours: &ours.echo[i],
                 linux: &linux.echo[i],
@@ -1261,10 +1046,7 @@ impl Bench {
         }
         rows.push(Row {
             key: "http".into(),
-            label: format!(
-                "http, {} conns, {} B body",
-                st.http_connections, st.body_bytes
-            ),
+            label: format!("http, {} conns, {} B body", st.http_connections, st.body_bytes),
             unit: "requests/s",
             ours: &ours.http,
             linux: &linux.http,
@@ -1280,11 +1062,7 @@ impl Bench {
         });
 
         let mut t = self.header("net");
-        let _ = writeln!(
-            t,
-            "\n{:<44}{:>14} {:>14} {:>8}",
-            "", "ours", "linux", "ratio"
-        );
+        let _ = writeln!(t, "\n{:<44}{:>14} {:>14} {:>8}", "", "ours", "linux", "ratio");
         let mut ratios = serde_json::Map::new();
         let mut goals = serde_json::Map::new();
         let mut not_measured = Vec::new();
@@ -1293,12 +1071,9 @@ impl Bench {
             let rate = |m: &Measured| m.as_ref().ok().and_then(rate_of);
             let (o, l) = (rate(row.ours), rate(row.linux));
             let ratio = o.zip(l).filter(|(_, l)| *l > 0.0).map(|(o, l)| o / l);
-            let cell =
-                |v: Option<f64>| v.map_or(format!("{:>14}", "n/m"), |v| format!("{v:>14.0}"));
+            let cell = |v: Option<f64>| v.map_or(format!("{:>14}", "n/m"), |v| format!("{v:>14.0}"));
             let goal = if row.goal {
-                ratio.map_or("   goal >= 2x".to_string(), |r| {
-                    format!("   goal >= 2x{}", if r >= 2.0 { " (met)" } else { "" })
-                })
+                ratio.map_or("   goal >= 2x".to_string(), |r| format!("   goal >= 2x{}", if r >= 2.0 { " (met)" } else { "" }))
             } else {
                 String::new()
             };
@@ -1314,30 +1089,13 @@ impl Bench {
             let lat = |m: &Measured| {
                 m.as_ref().ok().map_or(format!("{:>14}", "-"), |v| {
                     let l = &v["latency_us"];
-                    format!(
-                        "{:>14}",
-                        format!(
-                            "{:.0} / {:.0}",
-                            l["p50"].as_f64().unwrap_or(0.0),
-                            l["p99"].as_f64().unwrap_or(0.0)
-                        )
-                    )
+                    format!("{:>14}", format!("{:.0} / {:.0}", l["p50"].as_f64().unwrap_or(0.0), l["p99"].as_f64().unwrap_or(0.0)))
                 })
             };
-            let _ = writeln!(
-                t,
-                "{:<29}{:>15}{} {}",
-                "",
-                "p50 / p99 µs",
-                lat(row.ours),
-                lat(row.linux)
-            );
+            let _ = writeln!(t, "{:<29}{:>15}{} {}", "", "p50 / p99 µs", lat(row.ours), lat(row.linux));
             ratios.insert(row.key.clone(), json!(ratio));
             if row.goal {
-                goals.insert(
-                    row.key.clone(),
-                    json!({ "ratio_at_least": 2.0, "met": ratio.map(|r| r >= 2.0) }),
-                );
+                goals.insert(row.key.clone(), json!({ "ratio_at_least": 2.0, "met": ratio.map(|r| r >= 2.0) }));
             }
             for (side, m) in [("ours", row.ours), ("linux", row.linux)] {
                 match m {
@@ -1408,19 +1166,13 @@ fn parse_json(line: &str) -> Option<Value> {
     if !line.starts_with('{') {
         return None;
     }
-    serde_json::from_str::<Value>(line)
-        .ok()
-        .filter(Value::is_object)
+    serde_json::from_str::<Value>(line).ok().filter(Value::is_object)
 }
 
 /// Every JSON object line on a console, with the guest that printed it
 /// (`NAME| {...}`), or `None` for lines of the hypervisor or of Linux.
 pub fn json_lines(console: &str) -> Vec<(Option<&str>, Value)> {
-    let is_name = |n: &str| {
-        !n.is_empty()
-            && n.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-    };
+    let is_name = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     console
         .lines()
         .filter_map(|line| {
@@ -1435,14 +1187,7 @@ pub fn json_lines(console: &str) -> Vec<(Option<&str>, Value)> {
 
 /// The TSC rate from the hypervisor's `[hv] TSC 2.457 GHz, ...` line.
 pub fn tsc_ghz(console: &str) -> Option<f64> {
-    console.lines().find_map(|l| {
-        l.trim()
-            .strip_prefix("[hv] TSC ")?
-            .split_once(" GHz")?
-            .0
-            .parse()
-            .ok()
-    })
+    console.lines().find_map(|l| l.trim().strip_prefix("[hv] TSC ")?.split_once(" GHz")?.0.parse().ok())
 }
 
 /// The timestamps of one guest's `guest_stats` line.
@@ -1474,9 +1219,7 @@ pub fn guest_stats(console: &str) -> Vec<GuestStats> {
 pub fn guest_mains(console: &str) -> Vec<(String, u64)> {
     json_lines(console)
         .into_iter()
-        .filter_map(|(who, v)| {
-            (v["bench"] == "first").then(|| Some((who?.to_string(), v["ns"].as_u64()?)))?
-        })
+        .filter_map(|(who, v)| (v["bench"] == "first").then(|| Some((who?.to_string(), v["ns"].as_u64()?)))?)
         .collect()
 }
 
@@ -1514,10 +1257,7 @@ pub fn boot_figures(stats: &[GuestStats], mains: &[(String, u64)]) -> Option<Boo
     let last_created = entered.iter().map(|s| s.created_ns).max()?;
     let last_entry = entered.iter().map(|s| s.first_entry_ns).max()?;
     let n = entered.len();
-    let mut starts: Vec<f64> = entered
-        .iter()
-        .map(|s| s.first_entry_ns.saturating_sub(s.created_ns) as f64)
-        .collect();
+    let mut starts: Vec<f64> = entered.iter().map(|s| s.first_entry_ns.saturating_sub(s.created_ns) as f64).collect();
     let mut to_main: Vec<f64> = mains
         .iter()
         .filter_map(|(g, ns)| {
@@ -1530,8 +1270,7 @@ pub fn boot_figures(stats: &[GuestStats], mains: &[(String, u64)]) -> Option<Boo
     let mut gaps: Vec<f64> = created.windows(2).map(|w| (w[1] - w[0]) as f64).collect();
     Some(BootFigures {
         guests: n,
-        started_per_sec: (n > 1 && last_created > first_created)
-            .then(|| n as f64 / ((last_created - first_created) as f64 / 1e9)),
+        started_per_sec: (n > 1 && last_created > first_created).then(|| n as f64 / ((last_created - first_created) as f64 / 1e9)),
         span_ns: last_entry.saturating_sub(first_created) as f64,
         median_start_ns: median(&mut starts)?,
         median_to_main_ns: median(&mut to_main),
@@ -1555,10 +1294,7 @@ pub fn median(v: &mut [f64]) -> Option<f64> {
 fn round_floats(v: &mut Value) {
     match v {
         Value::Number(n) if n.is_f64() => {
-            if let Some(r) = n
-                .as_f64()
-                .and_then(|x| serde_json::Number::from_f64((x * 1e3).round() / 1e3))
-            {
+            if let Some(r) = n.as_f64().and_then(|x| serde_json::Number::from_f64((x * 1e3).round() / 1e3)) {
                 *n = r;
             }
         }
@@ -1582,35 +1318,19 @@ fn build_info() -> Value {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
     let commit = git(&["rev-parse", "--short", "HEAD"]);
-    let changed = git(&[
-        "status",
-        "--porcelain",
-        "--untracked-files=no",
-        "--",
-        "hypervisor",
-        "libos",
-        "apps",
-    ]);
+    let changed = git(&["status", "--porcelain", "--untracked-files=no", "--", "hypervisor", "libos", "apps"]);
     json!({ "commit": commit, "uncommitted_changes": changed.map(|c| !c.is_empty()) })
 }
 
 /// `qemu-system-x86_64 --version`'s first line.
 fn qemu_version() -> Option<String> {
     let out = Command::new(QEMU).arg("--version").output().ok()?;
-    Some(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()?
-            .trim()
-            .to_string(),
-    )
+    Some(String::from_utf8_lossy(&out.stdout).lines().next()?.trim().to_string())
 }
 
 /// `t` as `2026-11-25T20:22:15Z` (UTC).
 pub fn iso_date(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Howard Hinnant's civil_from_days, for days since 1970-01-01 >= 0.
     let z = days + 719_468;
@@ -1622,19 +1342,12 @@ pub fn iso_date(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + u64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Where the JSON of `which` goes.
 pub fn report_path(which: Which) -> PathBuf {
-    workspace_root()
-        .join("target/bench")
-        .join(format!("{}.json", which.name()))
+    workspace_root().join("target/bench").join(format!("{}.json", which.name()))
 }
 
 /// The guests' latency histogram, tested on the host.
@@ -1679,10 +1392,7 @@ b-2| {\"bench\":\"hypercall\",\"iterations\":1000,\"rounds\":3,\"cycles_per_call
                      {\"bench\":\"getppid\",\"cycles_per_call\":9000.5}\r\n";
         let lines = json_lines(linux);
         assert_eq!(lines.len(), 2);
-        assert_eq!(
-            lines[1],
-            (None, json!({"bench":"getppid","cycles_per_call":9000.5}))
-        );
+        assert_eq!(lines[1], (None, json!({"bench":"getppid","cycles_per_call":9000.5})));
     }
 
     #[test]
@@ -1695,20 +1405,9 @@ b-2| {\"bench\":\"hypercall\",\"iterations\":1000,\"rounds\":3,\"cycles_per_call
     fn boot_figures_from_guest_stats() {
         let stats = guest_stats(OURS);
         assert_eq!(stats.len(), 3);
-        assert_eq!(
-            stats[2],
-            GuestStats {
-                guest: "b-2".into(),
-                state: "stopped".into(),
-                created_ns: 3000,
-                first_entry_ns: 9000
-            }
-        );
+        assert_eq!(stats[2], GuestStats { guest: "b-2".into(), state: "stopped".into(), created_ns: 3000, first_entry_ns: 9000 });
         let mains = guest_mains(OURS);
-        assert_eq!(
-            mains,
-            [("b-0".to_string(), 2500), ("b-1".to_string(), 4000)]
-        );
+        assert_eq!(mains, [("b-0".to_string(), 2500), ("b-1".to_string(), 4000)]);
         let f = boot_figures(&stats, &mains).unwrap();
         assert_eq!(f.guests, 3);
         // 3 guests created over 2000 ns.
@@ -1733,10 +1432,7 @@ b-2| {\"bench\":\"hypercall\",\"iterations\":1000,\"rounds\":3,\"cycles_per_call
     fn json_floats_are_rounded() {
         let mut v = json!({"a": 1.23456, "b": [2.0004, 7], "c": {"d": 1e-9}, "e": "x"});
         round_floats(&mut v);
-        assert_eq!(
-            v,
-            json!({"a": 1.235, "b": [2.0, 7], "c": {"d": 0.0}, "e": "x"})
-        );
+        assert_eq!(v, json!({"a": 1.235, "b": [2.0, 7], "c": {"d": 0.0}, "e": "x"}));
     }
 
     #[test]
@@ -1761,10 +1457,7 @@ b-2| {\"bench\":\"hypercall\",\"iterations\":1000,\"rounds\":3,\"cycles_per_call
             assert_eq!(index(low), i);
             assert_eq!(index(low + (width - 1)), i);
             // At most 1/32 of the value wide.
-            assert!(
-                width == 1 || width * 32 <= low,
-                "bucket {i}: {low} + {width}"
-            );
+            assert!(width == 1 || width * 32 <= low, "bucket {i}: {low} + {width}");
             next = low.wrapping_add(width);
         }
         assert_eq!(next, 0, "the last bucket ends at u64::MAX");
@@ -1783,18 +1476,12 @@ b-2| {\"bench\":\"hypercall\",\"iterations\":1000,\"rounds\":3,\"cycles_per_call
         let v: Value = serde_json::from_str(&h.json_us()).unwrap();
         assert_eq!(v["max"], 1000.0);
         assert_eq!(v["mean"], 500.5);
-        assert!(
-            v["p90"].as_f64().unwrap() > 870.0 && v["p90"].as_f64().unwrap() < 930.0,
-            "{v}"
-        );
+        assert!(v["p90"].as_f64().unwrap() > 870.0 && v["p90"].as_f64().unwrap() < 930.0, "{v}");
     }
 
     #[test]
     fn long_guest_lines_are_joined() {
-        let json = format!(
-            "{{\"bench\":\"echo\",\"pad\":\"{}\",\"errors\":0}}",
-            "x".repeat(2 * GUEST_LINE_MAX)
-        );
+        let json = format!("{{\"bench\":\"echo\",\"pad\":\"{}\",\"errors\":0}}", "x".repeat(2 * GUEST_LINE_MAX));
         let (a, rest) = json.split_at(GUEST_LINE_MAX);
         let (b, c) = rest.split_at(GUEST_LINE_MAX);
         let console = format!(
@@ -1808,35 +1495,17 @@ b-2| {\"bench\":\"hypercall\",\"iterations\":1000,\"rounds\":3,\"cycles_per_call
         assert_eq!(got[1].1["errors"], 0);
         assert_eq!(got[1].1["pad"].as_str().unwrap().len(), 2 * GUEST_LINE_MAX);
         let mut g = GuestLines::default();
-        assert_eq!(
-            g.push("eb-0| short line"),
-            Some(("eb-0".into(), "short line".into()))
-        );
+        assert_eq!(g.push("eb-0| short line"), Some(("eb-0".into(), "short line".into())));
         assert_eq!(g.push("[hv] guest eb-0 exited with code 0"), None);
     }
 
     #[test]
     fn guest_end_lines() {
-        assert!(guest_ended(
-            "[hv] guest echo-bench-0 exited with code 0",
-            "echo-bench-0"
-        ));
-        assert!(guest_ended(
-            "\r[hv] guest http-0 stopped: page fault",
-            "http-0"
-        ));
-        assert!(guest_ended(
-            "[hv] guest http-0 not started: no image",
-            "http-0"
-        ));
-        assert!(!guest_ended(
-            "[hv] guest http-0 started (image http.hermit)",
-            "http-0"
-        ));
-        assert!(!guest_ended(
-            "[hv] guest http-load-0 exited with code 0",
-            "http-0"
-        ));
+        assert!(guest_ended("[hv] guest echo-bench-0 exited with code 0", "echo-bench-0"));
+        assert!(guest_ended("\r[hv] guest http-0 stopped: page fault", "http-0"));
+        assert!(guest_ended("[hv] guest http-0 not started: no image", "http-0"));
+        assert!(!guest_ended("[hv] guest http-0 started (image http.hermit)", "http-0"));
+        assert!(!guest_ended("[hv] guest http-load-0 exited with code 0", "http-0"));
         assert!(!guest_ended("http-0| [hv] guest http-0 exited", "http-0"));
     }
 
@@ -1878,11 +1547,7 @@ Transfer/sec:     43.89MB
     fn net_settings_fit_the_time_budget() {
         for quick in [false, true] {
             let st = NetSettings::new(quick);
-            let secs = (st.echo_connections.len() as u64 * (st.echo_ms + st.warmup_ms)
-                + st.http_ms
-                + st.warmup_ms)
-                / 1000
-                * 2
+            let secs = (st.echo_connections.len() as u64 * (st.echo_ms + st.warmup_ms) + st.http_ms + st.warmup_ms) / 1000 * 2
                 + 2 * (st.host_secs + 1);
             // Measurement time on both sides; boots and builds come on top.
             assert!(secs < if quick { 30 } else { 150 }, "{secs} s");

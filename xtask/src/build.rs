@@ -54,28 +54,13 @@ pub fn build_hypervisor() -> Result<PathBuf> {
     }
     let root = workspace_root();
     if root.to_string_lossy().contains(char::is_whitespace) {
-        bail!(
-            "the workspace path {} contains whitespace, which RUSTFLAGS cannot carry",
-            root.display()
-        );
+        bail!("the workspace path {} contains whitespace, which RUSTFLAGS cannot carry", root.display());
     }
     run(cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "hypervisor",
-            "--bin",
-            "hypervisor",
-            "--features",
-            "bare-metal",
-        ])
+        .args(["build", "--release", "-p", "hypervisor", "--bin", "hypervisor", "--features", "bare-metal"])
         .args(["--target", TARGET, "--target-dir", "target/hv"])
         .env("RUSTFLAGS", hypervisor_rustflags(root)))?;
-    let path = root
-        .join("target/hv")
-        .join(TARGET)
-        .join("release/hypervisor");
+    let path = root.join("target/hv").join(TARGET).join("release/hypervisor");
     *built = Some(path.clone());
     Ok(path)
 }
@@ -109,11 +94,7 @@ pub fn build_apps(names: &[&str]) -> Result<Vec<PathBuf>> {
     }
     let mut guard = lock(&BUILT);
     let built = guard.get_or_insert_with(HashMap::new);
-    let mut missing: Vec<&str> = names
-        .iter()
-        .copied()
-        .filter(|n| !built.contains_key(*n))
-        .collect();
+    let mut missing: Vec<&str> = names.iter().copied().filter(|n| !built.contains_key(*n)).collect();
     missing.sort_unstable();
     missing.dedup();
     if !missing.is_empty() {
@@ -122,14 +103,12 @@ pub fn build_apps(names: &[&str]) -> Result<Vec<PathBuf>> {
         for app in &missing {
             cmd.args(["-p", app]);
         }
-        cmd.args(["--target", TARGET, "--target-dir", "target/guest"])
-            .env("RUSTFLAGS", GUEST_RUSTFLAGS);
+        cmd.args(["--target", TARGET, "--target-dir", "target/guest"]).env("RUSTFLAGS", GUEST_RUSTFLAGS);
         run(&mut cmd)?;
         let root = workspace_root();
         for app in missing {
             let elf_path = app_elf(app);
-            let elf =
-                fs::read(&elf_path).with_context(|| format!("reading {}", elf_path.display()))?;
+            let elf = fs::read(&elf_path).with_context(|| format!("reading {}", elf_path.display()))?;
             let image = pack::hermit_image(app, &elf).with_context(|| format!("packing {app}"))?;
             let path = root.join("target/guests").join(format!("{app}.hermit"));
             pack::write_atomically(&path, &image)?;

@@ -14,12 +14,7 @@ use crate::workspace_root;
 /// (RUSTFLAGS, CARGO_TARGET_DIR, CARGO_MANIFEST_DIR, ... set by the outer
 /// cargo) is removed so it cannot leak into the inner build.
 /// `RUST_BACKTRACE` only affects how a panic is reported, never what is built.
-const KEEP_ENV: &[&str] = &[
-    "CARGO_HOME",
-    "RUSTUP_HOME",
-    "RUSTUP_TOOLCHAIN",
-    "RUST_BACKTRACE",
-];
+const KEEP_ENV: &[&str] = &["CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "RUST_BACKTRACE"];
 
 /// A `cargo` command (the cargo that runs us, if any) with a clean
 /// environment and the workspace root as working directory.
@@ -56,29 +51,16 @@ pub fn echo(cmd: &Command) {
 fn quote(s: &OsStr) -> String {
     let s = s.to_string_lossy();
     let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
-    if !s.is_empty() && s.chars().all(plain) {
-        s.into_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
+    if !s.is_empty() && s.chars().all(plain) { s.into_owned() } else { format!("'{}'", s.replace('\'', r"'\''")) }
 }
 
 /// Echoes and runs `cmd`, failing unless it exits successfully.
 pub fn run(cmd: &mut Command) -> Result<()> {
     echo(cmd);
-    let name = Path::new(cmd.get_program())
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start {name}"))?;
+    let name = Path::new(cmd.get_program()).file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let status = cmd.status().with_context(|| format!("could not start {name}"))?;
     if !status.success() {
-        let what = cmd
-            .get_args()
-            .next()
-            .map_or(name.clone(), |a| format!("{name} {}", a.to_string_lossy()));
+        let what = cmd.get_args().next().map_or(name.clone(), |a| format!("{name} {}", a.to_string_lossy()));
         bail!("`{what}` failed ({status})");
     }
     Ok(())
@@ -99,11 +81,7 @@ mod tests {
     #[test]
     fn nested_cargo_environment_is_clean() {
         let cmd = cargo();
-        let removed: Vec<_> = cmd
-            .get_envs()
-            .filter(|(_, v)| v.is_none())
-            .map(|(k, _)| k.to_owned())
-            .collect();
+        let removed: Vec<_> = cmd.get_envs().filter(|(_, v)| v.is_none()).map(|(k, _)| k.to_owned()).collect();
         // Under `cargo test` CARGO_MANIFEST_DIR is always set; it must not leak.
         assert!(removed.iter().any(|k| k == "CARGO_MANIFEST_DIR"));
         assert!(!removed.iter().any(|k| k == "CARGO_HOME" || k == "PATH"));

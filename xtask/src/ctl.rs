@@ -35,8 +35,7 @@ pub struct Instance {
 }
 
 fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    Path::new(&format!("/proc/{pid}")).exists() && fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
 impl Instance {
@@ -191,13 +190,8 @@ pub fn detach(p: &Prepared, dir: &Path) -> Result<Instance> {
     }
     let _ = fs::remove_file(dir.join("control.sock"));
     let err = fs::File::create(dir.join("qemu.err"))?;
-    let child = Command::new(QEMU)
-        .args(&p.qemu_args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(err)
-        .spawn()
-        .context("starting QEMU")?;
+    let child =
+        Command::new(QEMU).args(&p.qemu_args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(err).spawn().context("starting QEMU")?;
     let inst = Instance { dir: dir.to_path_buf(), pid: child.id() };
     let info = serde_json::json!({
         "pid": inst.pid,
@@ -213,7 +207,9 @@ pub fn detach(p: &Prepared, dir: &Path) -> Result<Instance> {
         match inst.request("list") {
             Ok(_) => return Ok(inst),
             Err(_) if Instant::now() < deadline && alive(inst.pid) => std::thread::sleep(Duration::from_millis(200)),
-            Err(e) => bail!("the detached hypervisor does not answer: {e:#}\n{}", fs::read_to_string(dir.join("qemu.err")).unwrap_or_default()),
+            Err(e) => {
+                bail!("the detached hypervisor does not answer: {e:#}\n{}", fs::read_to_string(dir.join("qemu.err")).unwrap_or_default())
+            }
         }
     }
 }
@@ -242,7 +238,8 @@ pub fn pcap(frames: &[Frame]) -> Vec<u8> {
 
 /// `ctl list -o table`: one row per guest.
 pub fn table(list: &Value) -> String {
-    let mut out = format!("{:<24} {:>6} {:<8} {:>12} {:>12} {:>10} {:>10}\n", "NAME", "TENANT", "STATE", "CPU ms", "MEMORY KiB", "SENT", "RECEIVED");
+    let mut out =
+        format!("{:<24} {:>6} {:<8} {:>12} {:>12} {:>10} {:>10}\n", "NAME", "TENANT", "STATE", "CPU ms", "MEMORY KiB", "SENT", "RECEIVED");
     for g in list["guests"].as_array().into_iter().flatten() {
         out += &format!(
             "{:<24} {:>6} {:<8} {:>12.1} {:>12} {:>10} {:>10}\n",

@@ -85,10 +85,16 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
     // The instrumented libFuzzer binaries (only those: `fuzz-seeds` has no
     // libFuzzer runtime to link the coverage hooks against).
     let mut build = xtask::cargo();
-    build
-        .env("RUSTFLAGS", RUSTFLAGS)
-        .env("CARGO_TARGET_DIR", dir.join("build"))
-        .args(["build", "--release", "-p", "fuzz", "--features", "libfuzzer", "--target", HOST]);
+    build.env("RUSTFLAGS", RUSTFLAGS).env("CARGO_TARGET_DIR", dir.join("build")).args([
+        "build",
+        "--release",
+        "-p",
+        "fuzz",
+        "--features",
+        "libfuzzer",
+        "--target",
+        HOST,
+    ]);
     for t in &targets {
         build.arg("--bin").arg(format!("fuzz_{t}"));
     }
@@ -141,11 +147,7 @@ fn campaign(dir: &Path, root: &Path, target: &str, runs: Option<u64>, time: Opti
     prefix.push("/");
     let mut artifact_prefix = std::ffi::OsString::from("-artifact_prefix=");
     artifact_prefix.push(prefix);
-    cmd.arg(artifact_prefix)
-        .arg("-print_final_stats=1")
-        .arg("-timeout=10")
-        .arg("-rss_limit_mb=2048")
-        .arg("-max_len=8192");
+    cmd.arg(artifact_prefix).arg("-print_final_stats=1").arg("-timeout=10").arg("-rss_limit_mb=2048").arg("-max_len=8192");
     if let Some(n) = runs {
         cmd.arg(format!("-runs={n}"));
     }

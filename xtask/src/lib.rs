@@ -24,18 +24,14 @@ use std::path::Path;
 
 pub use anyhow::{Error, Result};
 
-pub use build::{
-    GUEST_RUSTFLAGS, TARGET, app_elf, apps, build_apps, build_hypervisor, hypervisor_rustflags,
-};
+pub use build::{GUEST_RUSTFLAGS, TARGET, app_elf, apps, build_apps, build_hypervisor, hypervisor_rustflags};
 pub use cmd::{cargo, echo, run};
 pub use qemu::{
-    Accel, MAX_SMP, ManifestSource, Prepared, QEMU, RunConfig, RunOutput, check_exit, ensure_qemu,
-    host_has_hardware_virtualization, prepare, qemu_command, run_captured, run_captured_with_input, run_interactive,
+    Accel, MAX_SMP, ManifestSource, Prepared, QEMU, RunConfig, RunOutput, check_exit, ensure_qemu, host_has_hardware_virtualization,
+    prepare, qemu_command, run_captured, run_captured_with_input, run_interactive,
 };
 
 /// The workspace root (the directory above `xtask/`).
 pub fn workspace_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lies inside the workspace")
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lies inside the workspace")
 }

@@ -57,34 +57,21 @@ impl Machine {
     /// The QEMU arguments both sides share: `-machine pc -cpu max -accel ...
     /// -smp ... -m ...`.
     pub fn qemu_args(&self) -> Vec<String> {
-        format!(
-            "-machine pc -cpu max -accel {} -smp {} -m {}M",
-            self.accel.as_str(),
-            self.smp,
-            self.memory_mib
-        )
-        .split_whitespace()
-        .map(String::from)
-        .collect()
+        format!("-machine pc -cpu max -accel {} -smp {} -m {}M", self.accel.as_str(), self.smp, self.memory_mib)
+            .split_whitespace()
+            .map(String::from)
+            .collect()
     }
 
     /// E.g. `tcg, 1 CPU, 512 MiB`.
     pub fn describe(&self) -> String {
         let cpus = if self.smp == 1 { "CPU" } else { "CPUs" };
-        format!(
-            "{}, {} {cpus}, {} MiB",
-            self.accel.as_str(),
-            self.smp,
-            self.memory_mib
-        )
+        format!("{}, {} {cpus}, {} MiB", self.accel.as_str(), self.smp, self.memory_mib)
     }
 }
 
 fn is_root() -> Result<bool> {
-    let out = Command::new("id")
-        .arg("-u")
-        .output()
-        .context("running `id -u`")?;
+    let out = Command::new("id").arg("-u").output().context("running `id -u`")?;
     Ok(String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
@@ -95,33 +82,18 @@ pub fn is_static_elf(path: &Path) -> bool {
 }
 
 fn static_elf(elf: &[u8]) -> bool {
-    let u16_at = |o: usize| {
-        elf.get(o..o + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
-    };
-    let u32_at = |o: usize| {
-        elf.get(o..o + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-    };
-    let u64_at = |o: usize| {
-        elf.get(o..o + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
-    };
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+    let u64_at = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
     // 64-bit little-endian ELF.
     if !elf.starts_with(b"\x7fELF\x02\x01") {
         return false;
     }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
-    else {
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
         return false;
     };
     const PT_INTERP: u32 = 3;
-    (0..phnum).all(|i| {
-        phoff
-            .checked_add(i * phentsize)
-            .and_then(u32_at)
-            .is_some_and(|t| t != PT_INTERP)
-    })
+    (0..phnum).all(|i| phoff.checked_add(i * phentsize).and_then(u32_at).is_some_and(|t| t != PT_INTERP))
 }
 
 /// Makes sure the kernel, a static busybox and a static C toolchain are
@@ -146,15 +118,9 @@ pub fn ensure_packages() -> Result<()> {
     }
     let command = format!("apt-get install -y {}", missing.join(" "));
     if !is_root()? {
-        bail!(
-            "the Linux peer needs {}; install with:\n    sudo {command}",
-            missing.join(", ")
-        );
+        bail!("the Linux peer needs {}; install with:\n    sudo {command}", missing.join(", "));
     }
-    eprintln!(
-        "bench: installing {} for the Linux peer",
-        missing.join(", ")
-    );
+    eprintln!("bench: installing {} for the Linux peer", missing.join(", "));
     let apt = || {
         let mut cmd = Command::new("apt-get");
         cmd.env("DEBIAN_FRONTEND", "noninteractive");
@@ -210,9 +176,7 @@ impl Kernel {
 
 /// Orders `6.1.0-9-amd64` before `6.1.0-10-amd64`: numbers compare as numbers.
 fn version_key(v: &str) -> Vec<(u64, String)> {
-    v.split(|c: char| !c.is_ascii_alphanumeric())
-        .map(|part| (part.parse().unwrap_or(0), part.to_string()))
-        .collect()
+    v.split(|c: char| !c.is_ascii_alphanumeric()).map(|part| (part.parse().unwrap_or(0), part.to_string())).collect()
 }
 
 /// Compiles `peer/peer.c` and `peer/net.c` into `target/bench/peer` (`gcc -static -O2`)
@@ -221,11 +185,7 @@ pub fn build_peer_program() -> Result<PathBuf> {
     let root = workspace_root();
     let out = root.join("target/bench/peer");
     fs::create_dir_all(out.parent().unwrap()).context("creating target/bench")?;
-    run(Command::new("gcc")
-        .current_dir(root)
-        .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
-        .arg(&out)
-        .args(PEER_SOURCES))?;
+    run(Command::new("gcc").current_dir(root).args(["-static", "-O2", "-Wall", "-Werror", "-o"]).arg(&out).args(PEER_SOURCES))?;
     if !is_static_elf(&out) {
         bail!("{} is not a static executable", out.display());
     }
@@ -314,8 +274,8 @@ impl Cpio {
 
 /// The busybox applets `/init` uses, linked in `/bin`.
 const APPLETS: &[&str] = &[
-    "sh", "mount", "mkdir", "cat", "echo", "printf", "cut", "dmesg", "sed", "head", "uname",
-    "poweroff", "sleep", "true", "false", "ip", "insmod", "kill", "tr",
+    "sh", "mount", "mkdir", "cat", "echo", "printf", "cut", "dmesg", "sed", "head", "uname", "poweroff", "sleep", "true", "false", "ip",
+    "insmod", "kill", "tr",
 ];
 
 /// `/init` for the peer: mounts /proc, /sys and /dev, prints
@@ -338,9 +298,7 @@ status=16
 "#,
     );
     for c in commands {
-        s += &format!(
-            "/bin/peer {c} || {{ status=17; echo '{{\"peer\":\"failed\",\"command\":\"{c}\"}}'; }}\n"
-        );
+        s += &format!("/bin/peer {c} || {{ status=17; echo '{{\"peer\":\"failed\",\"command\":\"{c}\"}}'; }}\n");
     }
     s += r#"printf '{"peer":"done","status":%s}\n' $status
 /bin/peer debug-exit $status
@@ -356,11 +314,7 @@ pub fn initramfs(init: &str, peer: &Path) -> Result<Vec<u8>> {
 }
 
 /// Like [`initramfs`], with more files that `extra` adds.
-pub fn initramfs_with(
-    init: &str,
-    peer: &Path,
-    extra: impl FnOnce(&mut Tree) -> Result<()>,
-) -> Result<Vec<u8>> {
+pub fn initramfs_with(init: &str, peer: &Path, extra: impl FnOnce(&mut Tree) -> Result<()>) -> Result<Vec<u8>> {
     let busybox = fs::read(BUSYBOX).with_context(|| format!("reading {BUSYBOX}"))?;
     let peer = fs::read(peer).with_context(|| format!("reading {}", peer.display()))?;
     let mut tree = Tree::default();
@@ -436,16 +390,9 @@ impl Tree {
     /// libraries `ldd` names and the program interpreter, each at the path
     /// `ldd` gives.
     pub fn dynamic_program(&mut self, program: &Path) -> Result<()> {
-        let out = Command::new("ldd")
-            .arg(program)
-            .output()
-            .context("running ldd")?;
+        let out = Command::new("ldd").arg(program).output().context("running ldd")?;
         if !out.status.success() {
-            bail!(
-                "ldd {} failed: {}",
-                program.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            bail!("ldd {} failed: {}", program.display(), String::from_utf8_lossy(&out.stderr).trim());
         }
         self.copy(program, &program.display().to_string())?;
         for lib in ldd_paths(&String::from_utf8_lossy(&out.stdout)) {
@@ -472,16 +419,8 @@ pub fn ldd_paths(ldd: &str) -> Vec<PathBuf> {
 
 /// The virtio modules a Debian kernel needs for a virtio-net NIC, in
 /// insmod order.
-pub const VIRTIO_NET_MODULES: &[&str] = &[
-    "virtio_ring",
-    "virtio",
-    "virtio_pci_modern_dev",
-    "virtio_pci_legacy_dev",
-    "virtio_pci",
-    "failover",
-    "net_failover",
-    "virtio_net",
-];
+pub const VIRTIO_NET_MODULES: &[&str] =
+    &["virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "failover", "net_failover", "virtio_net"];
 
 impl Kernel {
     /// The file of module `name` (`name.ko`, uncompressed) in this kernel's tree.
@@ -499,12 +438,8 @@ impl Kernel {
             }
             None
         }
-        find(&self.modules.join("kernel"), &format!("{name}.ko")).with_context(|| {
-            format!(
-                "no {name}.ko under {} (compressed modules are not supported)",
-                self.modules.display()
-            )
-        })
+        find(&self.modules.join("kernel"), &format!("{name}.ko"))
+            .with_context(|| format!("no {name}.ko under {} (compressed modules are not supported)", self.modules.display()))
     }
 }
 
@@ -515,11 +450,7 @@ pub const NGINX: &str = "/usr/sbin/nginx";
 /// nginx-light wrk when missing). Returns, for each, its path or why it is
 /// not there.
 pub fn ensure_net_tools() -> (Result<PathBuf, String>, Result<PathBuf, String>) {
-    let wrk = || {
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .map(|d| d.join("wrk"))
-            .find(|p| p.is_file())
-    };
+    let wrk = || std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).map(|d| d.join("wrk")).find(|p| p.is_file());
     let mut missing = Vec::new();
     if !Path::new(NGINX).is_file() {
         missing.push("nginx-light");
@@ -531,10 +462,7 @@ pub fn ensure_net_tools() -> (Result<PathBuf, String>, Result<PathBuf, String>) 
     if !missing.is_empty() {
         let command = format!("apt-get install -y {}", missing.join(" "));
         if is_root().unwrap_or(false) {
-            eprintln!(
-                "bench: installing {} for the network benchmark",
-                missing.join(", ")
-            );
+            eprintln!("bench: installing {} for the network benchmark", missing.join(", "));
             let apt = || {
                 let mut cmd = Command::new("apt-get");
                 cmd.env("DEBIAN_FRONTEND", "noninteractive");
@@ -550,11 +478,7 @@ pub fn ensure_net_tools() -> (Result<PathBuf, String>, Result<PathBuf, String>) 
             why = format!("not installed (run: sudo {command})");
         }
     }
-    let nginx = if Path::new(NGINX).is_file() {
-        Ok(PathBuf::from(NGINX))
-    } else {
-        Err(format!("{NGINX} {why}"))
-    };
+    let nginx = if Path::new(NGINX).is_file() { Ok(PathBuf::from(NGINX)) } else { Err(format!("{NGINX} {why}")) };
     let wrk = wrk().ok_or_else(|| format!("wrk {why}"));
     (nginx, wrk)
 }
@@ -623,10 +547,7 @@ ip link set lo up || failed "ip link set lo up"
         );
     }
     if plan.nic {
-        let insmods: Vec<String> = VIRTIO_NET_MODULES
-            .iter()
-            .map(|m| format!("insmod /lib/modules/{m}.ko"))
-            .collect();
+        let insmods: Vec<String> = VIRTIO_NET_MODULES.iter().map(|m| format!("insmod /lib/modules/{m}.ko")).collect();
         s += &format!(
             "if {} && ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up; then\n  \
              printf '{{\"peer\":\"serving\",\"ip\":\"10.0.2.15\",\"port\":{HTTP_PORT}}}\\n'\n  \
@@ -652,11 +573,7 @@ pub fn nginx_conf(body_bytes: usize) -> (String, Option<Vec<u8>>) {
     let (root, file) = if body_bytes <= 2048 {
         (format!("location = / {{ return 200 \"{body}\"; }}"), None)
     } else {
-        (
-            "location = / { root /www; index index.html; }\n    location = /index.html { root /www; }"
-                .to_string(),
-            Some(body.into_bytes()),
-        )
+        ("location = / { root /www; index index.html; }\n    location = /index.html { root /www; }".to_string(), Some(body.into_bytes()))
     };
     let conf = format!(
         "daemon on;\nmaster_process off;\nuser root;\nworker_processes 1;\n\
@@ -730,10 +647,7 @@ impl Console {
     /// The last `n` lines, for error messages.
     pub fn tail(&self, n: usize) -> String {
         let start = self.lines.len().saturating_sub(n);
-        self.lines[start..]
-            .iter()
-            .map(|(_, l)| format!("{l}\n"))
-            .collect()
+        self.lines[start..].iter().map(|(_, l)| format!("{l}\n")).collect()
     }
 }
 
@@ -775,11 +689,7 @@ pub enum Reply {
 /// Runs QEMU with `args`, stdin closed, collecting console lines as they
 /// arrive (`on_line` sees each one, e.g. for progress messages) until QEMU
 /// exits or `timeout` passes (then it is killed).
-pub fn boot(
-    args: &[String],
-    timeout: Duration,
-    mut on_line: impl FnMut(Duration, &str),
-) -> Result<Console> {
+pub fn boot(args: &[String], timeout: Duration, mut on_line: impl FnMut(Duration, &str)) -> Result<Console> {
     boot_interactive(args, timeout, |t, line| {
         on_line(t, line);
         Reply::Continue
@@ -792,16 +702,9 @@ pub fn boot(
 /// being collected meanwhile). Ends when QEMU exits, when `on_line` says
 /// [`Reply::Stop`] (`status` is then `None`, `timed_out` false), or after
 /// `timeout` (QEMU is killed).
-pub fn boot_interactive(
-    args: &[String],
-    timeout: Duration,
-    mut on_line: impl FnMut(Duration, &str) -> Reply,
-) -> Result<Console> {
+pub fn boot_interactive(args: &[String], timeout: Duration, mut on_line: impl FnMut(Duration, &str) -> Reply) -> Result<Console> {
     let mut cmd = Command::new(QEMU);
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     echo(&cmd);
     let start = Instant::now();
     let mut child = KillOnDrop(cmd.spawn().context("starting QEMU")?);
@@ -813,9 +716,7 @@ pub fn boot_interactive(
         let mut r = BufReader::new(stdout);
         let mut buf = Vec::new();
         while r.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
-            let line = String::from_utf8_lossy(&buf)
-                .trim_end_matches(['\r', '\n'])
-                .to_string();
+            let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
             if tx.send((start.elapsed(), line)).is_err() {
                 break;
             }
@@ -939,18 +840,8 @@ mod tests {
 \tlibmissing.so => not found
 \t/lib64/ld-linux-x86-64.so.2 (0x00007ff3d2932000)
 ";
-        let paths: Vec<String> = ldd_paths(out)
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        assert_eq!(
-            paths,
-            [
-                "/lib/x86_64-linux-gnu/libcrypt.so.1",
-                "/lib/x86_64-linux-gnu/libc.so.6",
-                "/lib64/ld-linux-x86-64.so.2"
-            ]
-        );
+        let paths: Vec<String> = ldd_paths(out).iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(paths, ["/lib/x86_64-linux-gnu/libcrypt.so.1", "/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"]);
     }
 
     #[test]
@@ -989,9 +880,7 @@ mod tests {
         assert!(s.contains("mount -t tmpfs tmpfs /tmp"));
         assert!(s.contains("ip link set lo up"));
         assert!(s.contains("/bin/peer echo-server 7 &"));
-        assert!(s.contains(
-            "/bin/peer echo-client 127.0.0.1 7 1,16 64 10000 1000 || failed echo-client"
-        ));
+        assert!(s.contains("/bin/peer echo-client 127.0.0.1 7 1,16 64 10000 1000 || failed echo-client"));
         assert!(s.contains("if nginx -c /etc/nginx/nginx.conf; then"));
         assert!(s.contains("/bin/peer http-load 127.0.0.1 80 / 16 10000 1000 || failed http-load"));
         assert!(s.contains("insmod /lib/modules/virtio_ring.ko && insmod /lib/modules/virtio.ko"));
@@ -1011,17 +900,8 @@ mod tests {
     fn nginx_answers_from_memory_or_a_file() {
         let (conf, file) = nginx_conf(1024);
         assert!(file.is_none());
-        assert!(conf.contains(&format!(
-            "location = / {{ return 200 \"{}\"; }}",
-            "x".repeat(1024)
-        )));
-        for line in [
-            "daemon on;",
-            "master_process off;",
-            "user root;",
-            "access_log off;",
-            "listen 80 backlog=1024;",
-        ] {
+        assert!(conf.contains(&format!("location = / {{ return 200 \"{}\"; }}", "x".repeat(1024))));
+        for line in ["daemon on;", "master_process off;", "user root;", "access_log off;", "listen 80 backlog=1024;"] {
             assert!(conf.contains(line), "{line}");
         }
         let (conf, file) = nginx_conf(100_000);

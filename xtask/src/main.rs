@@ -176,9 +176,7 @@ impl Command {
             Command::Run(args) => {
                 xtask::ensure_qemu()?;
                 let cfg = RunConfig {
-                    manifest: args
-                        .manifest
-                        .map_or(ManifestSource::Default, ManifestSource::File),
+                    manifest: args.manifest.map_or(ManifestSource::Default, ManifestSource::File),
                     exit_when_idle: args.exit_when_idle,
                     accel: args.accel,
                     smp: args.smp,

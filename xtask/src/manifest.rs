@@ -234,8 +234,7 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
         line: span.map(|s| line_of(text, s.start)),
         message,
     };
-    let raw: RawManifest =
-        toml::from_str(text).map_err(|e| err(e.span(), e.message().trim().to_string()))?;
+    let raw: RawManifest = toml::from_str(text).map_err(|e| err(e.span(), e.message().trim().to_string()))?;
     if raw.guest.is_empty() {
         return Err(err(None, "no guests: add a [[guest]] table".into()));
     }
@@ -254,79 +253,47 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
             Some(c) => match u32::try_from(*c.get_ref()) {
                 Ok(n) if (1..=COUNT_MAX).contains(&n) => n,
                 _ => {
-                    return Err(err(
-                        Some(c.span()),
-                        format!("count {} is not in 1..={COUNT_MAX}", c.get_ref()),
-                    ));
+                    return Err(err(Some(c.span()), format!("count {} is not in 1..={COUNT_MAX}", c.get_ref())));
                 }
             },
         };
 
         let name = g.name.get_ref();
         let name_err = |m: String| err(Some(g.name.span()), m);
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
-        {
-            return Err(name_err(format!(
-                "name '{name}' must be made of a-z, 0-9, '_' and '-'"
-            )));
+        if name.is_empty() || !name.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-')) {
+            return Err(name_err(format!("name '{name}' must be made of a-z, 0-9, '_' and '-'")));
         }
         if name.len() > NAME_LEN_MAX {
-            return Err(name_err(format!(
-                "name '{name}' is longer than {NAME_LEN_MAX} bytes"
-            )));
+            return Err(name_err(format!("name '{name}' is longer than {NAME_LEN_MAX} bytes")));
         }
         let longest_instance = instance_name(name, count - 1);
         if longest_instance.len() > NAME_MAX {
-            return Err(name_err(format!(
-                "instance name '{longest_instance}' is longer than {NAME_MAX} bytes"
-            )));
+            return Err(name_err(format!("instance name '{longest_instance}' is longer than {NAME_MAX} bytes")));
         }
         if let Some(first) = guests.iter().find(|o| o.name == *name) {
-            return Err(name_err(format!(
-                "duplicate guest name '{name}' (first used on line {})",
-                first.line
-            )));
+            return Err(name_err(format!("duplicate guest name '{name}' (first used on line {})", first.line)));
         }
 
         let source = match (&g.app, &g.image) {
             (Some(app), None) => {
                 let a = app.get_ref();
                 if !cx.apps.iter().any(|x| x == a) {
-                    return Err(err(
-                        Some(app.span()),
-                        format!("app '{a}' does not exist (apps: {})", cx.apps.join(", ")),
-                    ));
+                    return Err(err(Some(app.span()), format!("app '{a}' does not exist (apps: {})", cx.apps.join(", "))));
                 }
                 Source::App(a.clone())
             }
             (None, Some(image)) => {
                 let path = cx.base_dir.join(image.get_ref());
                 if !path.is_file() {
-                    return Err(err(
-                        Some(image.span()),
-                        format!(
-                            "image '{}' not found (looked for {})",
-                            image.get_ref(),
-                            path.display()
-                        ),
-                    ));
+                    return Err(err(Some(image.span()), format!("image '{}' not found (looked for {})", image.get_ref(), path.display())));
                 }
                 Source::Image(path)
             }
             (Some(_), Some(image)) => {
-                return Err(err(
-                    Some(image.span()),
-                    format!("guest '{name}' has both app and image; give one"),
-                ));
+                return Err(err(Some(image.span()), format!("guest '{name}' has both app and image; give one")));
             }
             (None, None) => {
-                return Err(err(
-                    Some(entry_span),
-                    format!("guest '{name}' needs app = \"...\" or image = \"...\""),
-                ));
+                return Err(err(Some(entry_span), format!("guest '{name}' needs app = \"...\" or image = \"...\"")));
             }
         };
 
@@ -335,19 +302,12 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
             Some(m) => {
                 let text = m.get_ref();
                 let merr = |why: String| err(Some(m.span()), format!("memory \"{text}\" {why}"));
-                let bytes =
-                    parse_size(text).map_err(|why| merr(format!("is not a size: {why}")))?;
+                let bytes = parse_size(text).map_err(|why| merr(format!("is not a size: {why}")))?;
                 if bytes < MIN_GUEST_MEMORY {
-                    return Err(merr(format!(
-                        "is less than the minimum {}",
-                        format_size(MIN_GUEST_MEMORY)
-                    )));
+                    return Err(merr(format!("is less than the minimum {}", format_size(MIN_GUEST_MEMORY))));
                 }
                 if bytes > cx.machine_memory {
-                    return Err(merr(format!(
-                        "is more than the machine's {}",
-                        format_size(cx.machine_memory)
-                    )));
+                    return Err(merr(format!("is more than the machine's {}", format_size(cx.machine_memory))));
                 }
                 bytes
             }
@@ -363,14 +323,9 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
                     return Err(aerr("an argument contains a NUL byte".into()));
                 }
                 if args.len() > abi::bundle::MAX_ARGS as usize {
-                    return Err(aerr(format!(
-                        "{} arguments; at most {} fit",
-                        args.len(),
-                        abi::bundle::MAX_ARGS
-                    )));
+                    return Err(aerr(format!("{} arguments; at most {} fit", args.len(), abi::bundle::MAX_ARGS)));
                 }
-                let bytes: usize =
-                    longest_instance.len() + 1 + args.iter().map(|a| a.len() + 1).sum::<usize>();
+                let bytes: usize = longest_instance.len() + 1 + args.iter().map(|a| a.len() + 1).sum::<usize>();
                 if bytes as u64 > START_STRINGS_MAX {
                     return Err(aerr(format!(
                         "the name and arguments take {bytes} bytes; at most {START_STRINGS_MAX} fit in the start page"
@@ -393,7 +348,12 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
             Some(v) => {
                 return Err(err(
                     Some(v.span()),
-                    format!("ring_slots {} is not a power of two between {} and {}", v.get_ref(), abi::ring::SLOTS_MIN, abi::ring::SLOTS_MAX),
+                    format!(
+                        "ring_slots {} is not a power of two between {} and {}",
+                        v.get_ref(),
+                        abi::ring::SLOTS_MIN,
+                        abi::ring::SLOTS_MAX
+                    ),
                 ));
             }
         };
@@ -519,11 +479,7 @@ pub fn instance_name(name: &str, i: u32) -> String {
 /// 1-based line of byte `offset` in `text`.
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 /// Parses a size: `"65536"` (bytes), `"512 KiB"`, `"2 MiB"`, `"1 GiB"`,
@@ -533,9 +489,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();
     let (number, unit) = s.split_at(digits);
     if number.is_empty() {
-        return Err(
-            "expected a number of bytes, optionally with a unit (KiB, MiB, GiB, TiB)".into(),
-        );
+        return Err("expected a number of bytes, optionally with a unit (KiB, MiB, GiB, TiB)".into());
     }
     let multiplier = match unit.trim_start().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -545,23 +499,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "t" | "tib" => TIB,
         "kb" | "mb" | "gb" | "tb" => {
             let u = unit.trim_start();
-            return Err(format!(
-                "'{u}' is ambiguous; write {}iB",
-                &u[..1].to_ascii_uppercase()
-            ));
+            return Err(format!("'{u}' is ambiguous; write {}iB", &u[..1].to_ascii_uppercase()));
         }
         _ => {
-            return Err(format!(
-                "unknown unit '{}' (use KiB, MiB, GiB or TiB)",
-                unit.trim_start()
-            ));
+            return Err(format!("unknown unit '{}' (use KiB, MiB, GiB or TiB)", unit.trim_start()));
         }
     };
-    number
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(multiplier))
-        .ok_or_else(|| "is too large".into())
+    number.parse::<u64>().ok().and_then(|n| n.checked_mul(multiplier)).ok_or_else(|| "is too large".into())
 }
 
 /// Formats a byte count with the largest binary unit that divides it.
@@ -585,12 +529,7 @@ mod tests {
     fn check(text: &str) -> Result<Manifest, Error> {
         let apps = apps();
         let base = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let cx = Context {
-            file: "manifest.toml",
-            base_dir: base,
-            apps: &apps,
-            machine_memory: 512 * MIB,
-        };
+        let cx = Context { file: "manifest.toml", base_dir: base, apps: &apps, machine_memory: 512 * MIB };
         parse(text, &cx)
     }
 
@@ -615,9 +554,7 @@ mod tests {
                 source: Source::App("hello".into()),
                 count: 3,
                 memory: MIB,
-                args: ["from", "the", "default", "manifest"]
-                    .map(String::from)
-                    .to_vec(),
+                args: ["from", "the", "default", "manifest"].map(String::from).to_vec(),
                 weight: DEFAULT_WEIGHT,
                 cap: None,
                 tenant: None,
@@ -631,18 +568,11 @@ mod tests {
 
     #[test]
     fn defaults_and_image() {
-        let m = check("[[guest]]\nname = \"a\"\napp = \"hello\"\n\n[[guest]]\nname = \"b_2\"\nimage = \"Cargo.toml\"\n")
-            .unwrap();
+        let m = check("[[guest]]\nname = \"a\"\napp = \"hello\"\n\n[[guest]]\nname = \"b_2\"\nimage = \"Cargo.toml\"\n").unwrap();
         assert_eq!(m.guests.len(), 2);
         let a = &m.guests[0];
-        assert_eq!(
-            (a.count, a.memory, a.args.len(), a.line),
-            (1, DEFAULT_GUEST_MEMORY, 0, 1)
-        );
-        assert_eq!(
-            m.guests[1].source,
-            Source::Image(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-        );
+        assert_eq!((a.count, a.memory, a.args.len(), a.line), (1, DEFAULT_GUEST_MEMORY, 0, 1));
+        assert_eq!(m.guests[1].source, Source::Image(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")));
         assert_eq!(m.guests[1].line, 5);
     }
 
@@ -650,78 +580,39 @@ mod tests {
     fn unknown_key() {
         let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\ncolour = \"red\"\n").unwrap_err();
         assert_eq!(e.line, Some(4));
-        assert!(
-            e.to_string()
-                .starts_with("manifest.toml:4: unknown field `colour`, expected one of"),
-            "{e}"
-        );
-        fails(
-            "[[guests]]\nname = \"a\"\n",
-            Some(1),
-            "unknown field `guests`",
-        );
+        assert!(e.to_string().starts_with("manifest.toml:4: unknown field `colour`, expected one of"), "{e}");
+        fails("[[guests]]\nname = \"a\"\n", Some(1), "unknown field `guests`");
     }
 
     #[test]
     fn syntax_and_type_errors() {
         fails("[[guest]]\nname = \"a\"\napp = hello\n", Some(3), "");
-        fails(
-            "[[guest]]\nname = \"a\"\napp = \"hello\"\ncount = \"3\"\n",
-            Some(4),
-            "",
-        );
-        fails(
-            "[[guest]]\nname = \"a\"\napp = \"hello\"\nmemory = 65536\n",
-            Some(4),
-            "",
-        );
+        fails("[[guest]]\nname = \"a\"\napp = \"hello\"\ncount = \"3\"\n", Some(4), "");
+        fails("[[guest]]\nname = \"a\"\napp = \"hello\"\nmemory = 65536\n", Some(4), "");
     }
 
     #[test]
     fn missing_name() {
-        fails(
-            "\n[[guest]]\napp = \"hello\"\n",
-            Some(2),
-            "missing field `name`",
-        );
+        fails("\n[[guest]]\napp = \"hello\"\n", Some(2), "missing field `name`");
     }
 
     #[test]
     fn missing_app() {
         let e = check("[[guest]]\nname = \"a\"\napp = \"nope\"\n").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "manifest.toml:3: app 'nope' does not exist (apps: echo, hello, hostile)"
-        );
+        assert_eq!(e.to_string(), "manifest.toml:3: app 'nope' does not exist (apps: echo, hello, hostile)");
     }
 
     #[test]
     fn neither_or_both_app_and_image() {
-        fails(
-            "[[guest]]\nname = \"a\"\n\n[[guest]]\nname = \"b\"\ncount = 2\n",
-            Some(1),
-            "needs app",
-        );
-        fails(
-            "[[guest]]\nname = \"a\"\napp = \"hello\"\nimage = \"Cargo.toml\"\n",
-            Some(4),
-            "both app and image",
-        );
+        fails("[[guest]]\nname = \"a\"\n\n[[guest]]\nname = \"b\"\ncount = 2\n", Some(1), "needs app");
+        fails("[[guest]]\nname = \"a\"\napp = \"hello\"\nimage = \"Cargo.toml\"\n", Some(4), "both app and image");
     }
 
     #[test]
     fn image_not_found() {
-        fails(
-            "[[guest]]\nname = \"a\"\nimage = \"nope.hermit\"\n",
-            Some(3),
-            "image 'nope.hermit' not found",
-        );
+        fails("[[guest]]\nname = \"a\"\nimage = \"nope.hermit\"\n", Some(3), "image 'nope.hermit' not found");
         // A directory is not an image file.
-        fails(
-            "[[guest]]\nname = \"a\"\nimage = \"src\"\n",
-            Some(3),
-            "not found",
-        );
+        fails("[[guest]]\nname = \"a\"\nimage = \"src\"\n", Some(3), "not found");
     }
 
     #[test]
@@ -734,7 +625,9 @@ mod tests {
         assert_eq!(e.to_string(), "manifest.toml:5: cap 0 is not a percentage between 1 and 100");
         let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\nweight = 0\n").unwrap_err();
         assert_eq!(e.to_string(), "manifest.toml:4: weight 0 is not between 1 and 10000");
-        let m = check("[[guest]]\nname = \"a\"\napp = \"hello\"\nlimits = { nic_packets = 10, console_bytes = \"1 KiB\", nic_bytes = 0 }\n").unwrap();
+        let m =
+            check("[[guest]]\nname = \"a\"\napp = \"hello\"\nlimits = { nic_packets = 10, console_bytes = \"1 KiB\", nic_bytes = 0 }\n")
+                .unwrap();
         let l = m.guests[0].limits;
         assert_eq!((l.nic_packets, l.console_bytes, l.nic_bytes), (10, 1024, 0));
         assert_eq!(l.notifications, abi::bundle::Limits::default().notifications);
@@ -761,7 +654,10 @@ mod tests {
         assert_eq!(e.to_string(), "manifest.toml:5: a tenant needs a vNIC, but net = false");
         // A tenant is a /16: 65,533 guests with a vNIC, and 256 tenants.
         check("[[guest]]\nname = \"a\"\napp = \"hello\"\nnet = true\ncount = 65533\n").unwrap();
-        let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\nnet = true\ncount = 65533\n[[guest]]\nname = \"b\"\napp = \"hello\"\nnet = true\n").unwrap_err();
+        let e = check(
+            "[[guest]]\nname = \"a\"\napp = \"hello\"\nnet = true\ncount = 65533\n[[guest]]\nname = \"b\"\napp = \"hello\"\nnet = true\n",
+        )
+        .unwrap_err();
         assert!(e.to_string().starts_with("manifest.toml:6: tenant 'default' has more than 65533 guests"), "{e}");
         let many: String = (0..257).map(|i| format!("[[guest]]\nname = \"g{i}\"\napp = \"hello\"\ntenant = \"t{i}\"\n")).collect();
         let e = check(&many).unwrap_err();
@@ -777,7 +673,8 @@ mod tests {
             e.to_string(),
             "manifest.toml:4: port \"5353:53/udp\": a UDP forward needs [host] restrict = false (QEMU's restricted network drops the guests' UDP, answers included)"
         );
-        let m = check("[host]\nrestrict = false\n[[guest]]\nname = \"e\"\napp = \"hello\"\nports = [\"8080:7\", \"5353:53/udp\"]\n").unwrap();
+        let m =
+            check("[host]\nrestrict = false\n[[guest]]\nname = \"e\"\napp = \"hello\"\nports = [\"8080:7\", \"5353:53/udp\"]\n").unwrap();
         assert!(!m.restrict);
         assert_eq!(m.guests[0].tenant.as_deref(), Some(DEFAULT_TENANT), "ports imply a vNIC");
         assert_eq!(m.guests[0].ports, [Forward { udp: false, host: 8080, guest: 7 }, Forward { udp: true, host: 5353, guest: 53 }]);
@@ -809,125 +706,54 @@ mod tests {
 
     #[test]
     fn bad_memory() {
-        let e =
-            check("[[guest]]\nname = \"a\"\napp = \"hello\"\n\nmemory = \"3 TiB\"\n").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "manifest.toml:5: memory \"3 TiB\" is more than the machine's 512 MiB"
-        );
-        fails(
-            "[[guest]]\nname = \"a\"\napp = \"hello\"\nmemory = \"lots\"\n",
-            Some(4),
-            "is not a size",
-        );
-        fails(
-            "[[guest]]\nname = \"a\"\napp = \"hello\"\nmemory = \"2 MB\"\n",
-            Some(4),
-            "ambiguous",
-        );
-        fails(
-            "[[guest]]\nname = \"a\"\napp = \"hello\"\nmemory = \"32 KiB\"\n",
-            Some(4),
-            "less than the minimum 64 KiB",
-        );
+        let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\n\nmemory = \"3 TiB\"\n").unwrap_err();
+        assert_eq!(e.to_string(), "manifest.toml:5: memory \"3 TiB\" is more than the machine's 512 MiB");
+        fails("[[guest]]\nname = \"a\"\napp = \"hello\"\nmemory = \"lots\"\n", Some(4), "is not a size");
+        fails("[[guest]]\nname = \"a\"\napp = \"hello\"\nmemory = \"2 MB\"\n", Some(4), "ambiguous");
+        fails("[[guest]]\nname = \"a\"\napp = \"hello\"\nmemory = \"32 KiB\"\n", Some(4), "less than the minimum 64 KiB");
     }
 
     #[test]
     fn bad_count() {
-        fails(
-            "[[guest]]\nname = \"a\"\napp = \"hello\"\ncount = 0\n",
-            Some(4),
-            "count 0",
-        );
-        fails(
-            "[[guest]]\nname = \"a\"\napp = \"hello\"\ncount = 65537\n",
-            Some(4),
-            "count 65537",
-        );
-        fails(
-            "[[guest]]\nname = \"a\"\napp = \"hello\"\ncount = -1\n",
-            Some(4),
-            "count -1",
-        );
-        assert_eq!(
-            check("[[guest]]\nname = \"a\"\napp = \"hello\"\ncount = 65536\n")
-                .unwrap()
-                .guests[0]
-                .count,
-            65536
-        );
+        fails("[[guest]]\nname = \"a\"\napp = \"hello\"\ncount = 0\n", Some(4), "count 0");
+        fails("[[guest]]\nname = \"a\"\napp = \"hello\"\ncount = 65537\n", Some(4), "count 65537");
+        fails("[[guest]]\nname = \"a\"\napp = \"hello\"\ncount = -1\n", Some(4), "count -1");
+        assert_eq!(check("[[guest]]\nname = \"a\"\napp = \"hello\"\ncount = 65536\n").unwrap().guests[0].count, 65536);
     }
 
     #[test]
     fn bad_names() {
-        fails(
-            "[[guest]]\nname = \"Hello\"\napp = \"hello\"\n",
-            Some(2),
-            "must be made of",
-        );
-        fails(
-            "[[guest]]\nname = \"\"\napp = \"hello\"\n",
-            Some(2),
-            "must be made of",
-        );
-        fails(
-            "[[guest]]\nname = \"a b\"\napp = \"hello\"\n",
-            Some(2),
-            "must be made of",
-        );
+        fails("[[guest]]\nname = \"Hello\"\napp = \"hello\"\n", Some(2), "must be made of");
+        fails("[[guest]]\nname = \"\"\napp = \"hello\"\n", Some(2), "must be made of");
+        fails("[[guest]]\nname = \"a b\"\napp = \"hello\"\n", Some(2), "must be made of");
         let long = "x".repeat(NAME_LEN_MAX + 1);
-        fails(
-            &format!("[[guest]]\nname = \"{long}\"\napp = \"hello\"\n"),
-            Some(2),
-            "longer than 48",
-        );
+        fails(&format!("[[guest]]\nname = \"{long}\"\napp = \"hello\"\n"), Some(2), "longer than 48");
         let max = "x".repeat(NAME_LEN_MAX);
-        assert!(
-            check(&format!(
-                "[[guest]]\nname = \"{max}\"\napp = \"hello\"\ncount = 65536\n"
-            ))
-            .is_ok()
-        );
+        assert!(check(&format!("[[guest]]\nname = \"{max}\"\napp = \"hello\"\ncount = 65536\n")).is_ok());
     }
 
     #[test]
     fn duplicate_names() {
         let e = check("[[guest]]\nname = \"a\"\napp = \"hello\"\n[[guest]]\nname = \"a\"\napp = \"hostile\"\n").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "manifest.toml:5: duplicate guest name 'a' (first used on line 1)"
-        );
+        assert_eq!(e.to_string(), "manifest.toml:5: duplicate guest name 'a' (first used on line 1)");
     }
 
     #[test]
     fn empty_guest_list() {
         let e = check("# nothing\n").unwrap_err();
         assert_eq!(e.line, None);
-        assert_eq!(
-            e.to_string(),
-            "manifest.toml: no guests: add a [[guest]] table"
-        );
+        assert_eq!(e.to_string(), "manifest.toml: no guests: add a [[guest]] table");
     }
 
     #[test]
     fn args_must_fit_the_start_page() {
         // Instance name "a-0" + NUL = 4 bytes; each argument takes its length + 1.
         let room = START_STRINGS_MAX as usize - 4;
-        let fits = format!(
-            "[[guest]]\nname = \"a\"\napp = \"hello\"\nargs = [\"{}\"]\n",
-            "x".repeat(room - 1)
-        );
+        let fits = format!("[[guest]]\nname = \"a\"\napp = \"hello\"\nargs = [\"{}\"]\n", "x".repeat(room - 1));
         assert!(check(&fits).is_ok());
-        let too_long = format!(
-            "[[guest]]\nname = \"a\"\napp = \"hello\"\nargs = [\"{}\"]\n",
-            "x".repeat(room)
-        );
+        let too_long = format!("[[guest]]\nname = \"a\"\napp = \"hello\"\nargs = [\"{}\"]\n", "x".repeat(room));
         fails(&too_long, Some(4), "start page");
-        fails(
-            "[[guest]]\nname = \"a\"\napp = \"hello\"\nargs = [\"a\\u0000b\"]\n",
-            Some(4),
-            "NUL",
-        );
+        fails("[[guest]]\nname = \"a\"\napp = \"hello\"\nargs = [\"a\\u0000b\"]\n", Some(4), "NUL");
     }
 
     #[test]
@@ -945,11 +771,7 @@ mod tests {
         assert!(parse_size("1.5 GiB").is_err());
         assert!(parse_size("-1").is_err());
         assert!(parse_size("2 MB").unwrap_err().contains("write MiB"));
-        assert!(
-            parse_size("2 parsecs")
-                .unwrap_err()
-                .contains("unknown unit")
-        );
+        assert!(parse_size("2 parsecs").unwrap_err().contains("unknown unit"));
         assert!(parse_size("99999999999999999999").is_err());
         assert!(parse_size("20000000 TiB").is_err());
     }

@@ -22,10 +22,7 @@ pub fn hermit_toml(app: &str) -> String {
 /// the inputs (no timestamps, owners or modes from the host).
 pub fn hermit_image(app: &str, elf: &[u8]) -> io::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::best()));
-    for (name, data, mode) in [
-        ("hermit.toml", hermit_toml(app).as_bytes(), 0o644),
-        (app, elf, 0o755),
-    ] {
+    for (name, data, mode) in [("hermit.toml", hermit_toml(app).as_bytes(), 0o644), (app, elf, 0o755)] {
         let mut header = tar::Header::new_ustar();
         header.set_size(data.len() as u64);
         header.set_mode(mode);
@@ -39,31 +36,21 @@ pub fn hermit_image(app: &str, elf: &[u8]) -> io::Result<Vec<u8>> {
 /// Packs `manifest` into a bundle. `app_images` maps each app the manifest
 /// names to its built Hermit image. Guests that use the same image file share
 /// one image in the bundle, named by the file name (e.g. `hello.hermit`).
-pub fn bundle(
-    manifest: &Manifest,
-    app_images: &HashMap<String, PathBuf>,
-    flags: u32,
-) -> Result<Vec<u8>> {
+pub fn bundle(manifest: &Manifest, app_images: &HashMap<String, PathBuf>, flags: u32) -> Result<Vec<u8>> {
     let mut writer = abi::bundle::Writer::new(flags);
     let mut index: HashMap<PathBuf, u32> = HashMap::new();
     let mut tenants: Vec<String> = Vec::new();
     for guest in &manifest.guests {
         let path: &Path = match &guest.source {
-            Source::App(app) => app_images
-                .get(app)
-                .ok_or_else(|| anyhow!("app '{app}' was not built"))?,
+            Source::App(app) => app_images.get(app).ok_or_else(|| anyhow!("app '{app}' was not built"))?,
             Source::Image(path) => path,
         };
         let key = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let image = match index.get(&key) {
             Some(&i) => i,
             None => {
-                let data =
-                    fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
-                let name = path.file_name().map_or_else(
-                    || path.display().to_string(),
-                    |n| n.to_string_lossy().into(),
-                );
+                let data = fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
+                let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into());
                 let i = writer.image(&name, &data);
                 index.insert(key, i);
                 i
@@ -141,15 +128,9 @@ mod tests {
         let elf = b"\x7fELF pretend".repeat(100);
         let gz = hermit_image("hello", &elf).unwrap();
         assert_eq!(&gz[..2], b"\x1f\x8b", "not gzip");
-        assert_eq!(
-            gz,
-            hermit_image("hello", &elf).unwrap(),
-            "not deterministic"
-        );
+        assert_eq!(gz, hermit_image("hello", &elf).unwrap(), "not deterministic");
         let mut tar = Vec::new();
-        flate2::read::GzDecoder::new(&gz[..])
-            .read_to_end(&mut tar)
-            .unwrap();
+        flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut tar).unwrap();
         let parsed = hermit_entry::config::parse_tar(&tar).unwrap();
         assert_eq!(parsed.raw_kernel, &elf[..]);
         let hermit_entry::config::Config::V1 { kernel, input, .. } = parsed.config;
@@ -169,13 +150,7 @@ mod tests {
                 guest("a", Source::App("hello".into()), 3, 1 << 20, &["x", "y z"]),
                 guest("b", Source::Image(other.clone()), 1, 64 << 10, &[]),
                 // The same file as app "hello", reached by another path: shared.
-                guest(
-                    "c",
-                    Source::Image(dir.join(".").join("hello.hermit")),
-                    2,
-                    2 << 20,
-                    &["c"],
-                ),
+                guest("c", Source::Image(dir.join(".").join("hello.hermit")), 2, 2 << 20, &["c"]),
             ],
             restrict: true,
         };
@@ -185,54 +160,19 @@ mod tests {
         let b = Bundle::parse(&buf).unwrap();
         assert_eq!(b.flags, FLAG_EXIT_WHEN_IDLE);
         let images: Vec<_> = b.images().map(|i| (i.name, i.data)).collect();
-        assert_eq!(
-            images,
-            [
-                ("hello.hermit", &b"hello image"[..]),
-                ("other.hermit", &b"other image"[..])
-            ]
-        );
-        let guests: Vec<_> = b
-            .guests()
-            .map(|g| {
-                (
-                    g.name,
-                    g.image,
-                    g.count,
-                    g.settings.memory,
-                    g.args().collect::<Vec<_>>(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            guests,
-            [
-                ("a", 0, 3, 1 << 20, vec!["x", "y z"]),
-                ("b", 1, 1, 64 << 10, vec![]),
-                ("c", 0, 2, 2 << 20, vec!["c"]),
-            ]
-        );
+        assert_eq!(images, [("hello.hermit", &b"hello image"[..]), ("other.hermit", &b"other image"[..])]);
+        let guests: Vec<_> = b.guests().map(|g| (g.name, g.image, g.count, g.settings.memory, g.args().collect::<Vec<_>>())).collect();
+        assert_eq!(guests, [("a", 0, 3, 1 << 20, vec!["x", "y z"]), ("b", 1, 1, 64 << 10, vec![]), ("c", 0, 2, 2 << 20, vec!["c"]),]);
         fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn bundle_reports_missing_files() {
-        let manifest = Manifest {
-            guests: vec![guest(
-                "a",
-                Source::Image("/nonexistent/x.hermit".into()),
-                1,
-                1 << 20,
-                &[],
-            )],
-            restrict: true,
-        };
+        let manifest =
+            Manifest { guests: vec![guest("a", Source::Image("/nonexistent/x.hermit".into()), 1, 1 << 20, &[])], restrict: true };
         let e = bundle(&manifest, &HashMap::new(), 0).unwrap_err();
         assert!(format!("{e:#}").contains("/nonexistent/x.hermit"), "{e:#}");
-        let manifest = Manifest {
-            guests: vec![guest("a", Source::App("nope".into()), 1, 1 << 20, &[])],
-            restrict: true,
-        };
+        let manifest = Manifest { guests: vec![guest("a", Source::App("nope".into()), 1, 1 << 20, &[])], restrict: true };
         assert!(bundle(&manifest, &HashMap::new(), 0).is_err());
     }
 }

@@ -57,10 +57,7 @@ impl Accel {
 /// ring-0 code natively.)
 pub fn host_has_hardware_virtualization() -> bool {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let flag = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    let flag = cpuinfo.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
     flag && Path::new("/dev/kvm").exists()
 }
 
@@ -75,9 +72,7 @@ pub fn ensure_qemu() -> Result<()> {
     echo(&id);
     let uid = id.output().context("running `id -u`")?;
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        bail!(
-            "{QEMU} is not installed; install it with:\n    sudo apt-get install -y qemu-system-x86"
-        );
+        bail!("{QEMU} is not installed; install it with:\n    sudo apt-get install -y qemu-system-x86");
     }
     eprintln!("{QEMU} is not installed; installing it");
     let apt = || {
@@ -199,13 +194,9 @@ impl Drop for Prepared {
 /// (once per process), packs the bundle and assembles QEMU's command line.
 /// Nothing is built if the manifest or the machine settings are wrong.
 pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
-    let machine_memory =
-        parse_size(&cfg.memory).map_err(|e| anyhow::anyhow!("--memory {:?}: {e}", cfg.memory))?;
+    let machine_memory = parse_size(&cfg.memory).map_err(|e| anyhow::anyhow!("--memory {:?}: {e}", cfg.memory))?;
     if !machine_memory.is_multiple_of(MIB) || machine_memory < 16 * MIB {
-        bail!(
-            "--memory {:?}: must be whole MiB and at least 16 MiB",
-            cfg.memory
-        );
+        bail!("--memory {:?}: must be whole MiB and at least 16 MiB", cfg.memory);
     }
     if !(1..=MAX_SMP).contains(&cfg.smp) {
         bail!("--smp must be between 1 and {MAX_SMP} (the hypervisor drives 16 CPUs and leaves the rest parked)");
@@ -213,31 +204,16 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
 
     let root = workspace_root();
     let (text, file, base_dir) = match &cfg.manifest {
-        ManifestSource::Default => (
-            DEFAULT_MANIFEST.to_string(),
-            "<built-in manifest>".to_string(),
-            root.to_path_buf(),
-        ),
+        ManifestSource::Default => (DEFAULT_MANIFEST.to_string(), "<built-in manifest>".to_string(), root.to_path_buf()),
         ManifestSource::File(path) => {
-            let text = fs::read_to_string(path)
-                .with_context(|| format!("reading manifest {}", path.display()))?;
-            let dir = path
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
+            let text = fs::read_to_string(path).with_context(|| format!("reading manifest {}", path.display()))?;
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
             (text, path.display().to_string(), dir.to_path_buf())
         }
-        ManifestSource::Text { text, base_dir } => {
-            (text.clone(), "<manifest>".to_string(), base_dir.clone())
-        }
+        ManifestSource::Text { text, base_dir } => (text.clone(), "<manifest>".to_string(), base_dir.clone()),
     };
     let known_apps = apps()?;
-    let cx = manifest::Context {
-        file: &file,
-        base_dir: &base_dir,
-        apps: &known_apps,
-        machine_memory,
-    };
+    let cx = manifest::Context { file: &file, base_dir: &base_dir, apps: &known_apps, machine_memory };
     let manifest = manifest::parse(&text, &cx)?;
 
     let kernel = build_hypervisor()?;
@@ -250,28 +226,17 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
         }
     }
     let images = build_apps(&wanted)?;
-    let app_images: HashMap<String, PathBuf> =
-        wanted.iter().map(|a| a.to_string()).zip(images).collect();
+    let app_images: HashMap<String, PathBuf> = wanted.iter().map(|a| a.to_string()).zip(images).collect();
 
-    let flags = if cfg.exit_when_idle {
-        abi::bundle::FLAG_EXIT_WHEN_IDLE
-    } else {
-        0
-    } | if cfg.force_mitigations {
-        abi::bundle::FLAG_FORCE_MITIGATIONS
-    } else {
-        0
-    };
+    let flags = if cfg.exit_when_idle { abi::bundle::FLAG_EXIT_WHEN_IDLE } else { 0 }
+        | if cfg.force_mitigations { abi::bundle::FLAG_FORCE_MITIGATIONS } else { 0 };
     let data = pack::bundle(&manifest, &app_images, flags)?;
     let (bundle, remove_bundle) = match &cfg.bundle {
         Some(path) => (path.clone(), false),
         None => {
             static N: AtomicU32 = AtomicU32::new(0);
             let n = N.fetch_add(1, Ordering::Relaxed);
-            (
-                root.join(format!("target/run/bundle-{}-{n}.bin", std::process::id())),
-                true,
-            )
+            (root.join(format!("target/run/bundle-{}-{n}.bin", std::process::id())), true)
         }
     };
     pack::write_atomically(&bundle, &data)?;
@@ -325,16 +290,9 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
         );
     }
 
-    let guests: Vec<String> = manifest
-        .guests
-        .iter()
-        .map(|g| format!("{} × {} ({} each)", g.name, g.count, format_size(g.memory)))
-        .collect();
-    let cpus = if cfg.smp == 1 {
-        "1 CPU".to_string()
-    } else {
-        format!("{} CPUs", cfg.smp)
-    };
+    let guests: Vec<String> =
+        manifest.guests.iter().map(|g| format!("{} × {} ({} each)", g.name, g.count, format_size(g.memory))).collect();
+    let cpus = if cfg.smp == 1 { "1 CPU".to_string() } else { format!("{} CPUs", cfg.smp) };
     let next = if cfg.detach.is_some() {
         "detaching: the console goes to console.log in the instance directory"
     } else if cfg.exit_when_idle {
@@ -363,16 +321,7 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
             tenants.push(t);
         }
     }
-    Ok(Prepared {
-        kernel,
-        bundle,
-        qemu_args,
-        summary,
-        accel,
-        elfs,
-        tenants,
-        remove_bundle,
-    })
+    Ok(Prepared { kernel, bundle, qemu_args, summary, accel, elfs, tenants, remove_bundle })
 }
 
 /// QEMU's NIC and user-mode network for a manifest whose guests have vNICs:
@@ -497,10 +446,7 @@ pub fn run_interactive(p: &Prepared, timeout: Option<Duration>) -> Result<()> {
     }
     match status {
         Some(status) => check_exit(status.code()),
-        None => bail!(
-            "stopped QEMU after the {} s timeout",
-            timeout.unwrap_or_default().as_secs()
-        ),
+        None => bail!("stopped QEMU after the {} s timeout", timeout.unwrap_or_default().as_secs()),
     }
 }
 
@@ -534,14 +480,9 @@ pub fn run_captured(p: &Prepared, timeout: Duration) -> Result<RunOutput> {
 /// (bytes typed before the hypervisor set up its UART would be lost).
 pub fn run_captured_with_input(p: &Prepared, timeout: Duration, input: &[u8], after: Duration) -> Result<RunOutput> {
     let mut cmd = qemu_command(p);
-    cmd.stdin(if input.is_empty() { Stdio::null() } else { Stdio::piped() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if input.is_empty() { Stdio::null() } else { Stdio::piped() }).stdout(Stdio::piped()).stderr(Stdio::piped());
     echo(&cmd);
-    let mut child = KillOnDrop(
-        cmd.spawn()
-            .context("starting QEMU (is qemu-system-x86 installed?)")?,
-    );
+    let mut child = KillOnDrop(cmd.spawn().context("starting QEMU (is qemu-system-x86 installed?)")?);
     if let Some(mut stdin) = child.0.stdin.take() {
         let input = input.to_vec();
         thread::spawn(move || {
@@ -578,39 +519,19 @@ mod tests {
     #[test]
     fn exit_status_mapping() {
         assert!(check_exit(Some(33)).is_ok());
-        assert_eq!(
-            check_exit(Some(35)).unwrap_err().to_string(),
-            "hypervisor failed"
-        );
-        assert_eq!(
-            check_exit(Some(1)).unwrap_err().to_string(),
-            "QEMU exited with status 1"
-        );
-        assert!(
-            check_exit(Some(0))
-                .unwrap_err()
-                .to_string()
-                .starts_with("QEMU exited with status 0")
-        );
+        assert_eq!(check_exit(Some(35)).unwrap_err().to_string(), "hypervisor failed");
+        assert_eq!(check_exit(Some(1)).unwrap_err().to_string(), "QEMU exited with status 1");
+        assert!(check_exit(Some(0)).unwrap_err().to_string().starts_with("QEMU exited with status 0"));
         assert!(check_exit(None).is_err());
     }
 
     #[test]
     fn bad_machine_settings_are_refused_before_building() {
-        let cfg = RunConfig {
-            memory: "lots".into(),
-            ..RunConfig::default()
-        };
+        let cfg = RunConfig { memory: "lots".into(), ..RunConfig::default() };
         assert!(prepare(&cfg).unwrap_err().to_string().contains("--memory"));
-        let cfg = RunConfig {
-            memory: "1500K".into(),
-            ..RunConfig::default()
-        };
+        let cfg = RunConfig { memory: "1500K".into(), ..RunConfig::default() };
         assert!(prepare(&cfg).is_err());
-        let cfg = RunConfig {
-            smp: 0,
-            ..RunConfig::default()
-        };
+        let cfg = RunConfig { smp: 0, ..RunConfig::default() };
         assert!(prepare(&cfg).is_err());
     }
 
@@ -632,9 +553,8 @@ mod tests {
         assert!(args[1].ends_with(",restrict=on"), "{}", args[1]);
         assert!(!reach.contains("unrestricted"), "{reach}");
         // Open only when the manifest says so (UDP forwards need it).
-        let (args, reach) = uplink_args(&manifest(
-            "[host]\nrestrict = false\n[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7/udp\"]\n",
-        ));
+        let (args, reach) =
+            uplink_args(&manifest("[host]\nrestrict = false\n[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7/udp\"]\n"));
         assert!(args[1].contains(",restrict=off,hostfwd=udp:127.0.0.1:8007-10.0.0.2:7"), "{}", args[1]);
         assert!(
             reach.contains("unrestricted uplink ([host] restrict = false): tenant default's guests reach the host's loopback and the outside network through 10.0.0.1"),

@@ -58,12 +58,7 @@ pub fn bucket(i: usize) -> (u64, u64) {
 
 impl Histogram {
     pub fn new() -> Self {
-        Histogram {
-            counts: vec![0; BUCKETS],
-            count: 0,
-            sum: 0,
-            max: 0,
-        }
+        Histogram { counts: vec![0; BUCKETS], count: 0, sum: 0, max: 0 }
     }
 
     pub fn record(&mut self, ns: u64) {
@@ -78,11 +73,7 @@ impl Histogram {
     }
 
     pub fn mean(&self) -> u64 {
-        if self.count == 0 {
-            0
-        } else {
-            (self.sum / u128::from(self.count)) as u64
-        }
+        if self.count == 0 { 0 } else { (self.sum / u128::from(self.count)) as u64 }
     }
 
     /// The value at quantile `q` (0..=1): the midpoint of the bucket that

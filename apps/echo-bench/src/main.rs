@@ -143,11 +143,7 @@ async fn phase(slots: &Slots, len: usize, length: Length) -> Phase {
     let mut s = stats.borrow_mut();
     let stuck = (running - s.finished) as u64;
     let end = if stuck > 0 { Instant::now() } else { s.last_end.unwrap_or(start) };
-    Phase {
-        hist: core::mem::take(&mut s.hist),
-        errors: s.errors + stuck,
-        secs: end.duration_since(start).as_nanos() as f64 / 1e9,
-    }
+    Phase { hist: core::mem::take(&mut s.hist), errors: s.errors + stuck, secs: end.duration_since(start).as_nanos() as f64 / 1e9 }
 }
 
 async fn run(ip: Ipv4, port: u16, connections: usize, len: usize, length: Length, warmup_ms: u64) {
@@ -185,8 +181,7 @@ async fn main() -> i32 {
         [ip, port, conns, len, duration, warmup] => (ip, port, conns, len, duration, warmup),
         _ => return usage(),
     };
-    let (Ok(ip), Ok(port), Ok(len), Ok(warmup_ms)) =
-        (ip.parse::<Ipv4>(), port.parse::<u16>(), len.parse::<usize>(), warmup.parse::<u64>())
+    let (Ok(ip), Ok(port), Ok(len), Ok(warmup_ms)) = (ip.parse::<Ipv4>(), port.parse::<u16>(), len.parse::<usize>(), warmup.parse::<u64>())
     else {
         return usage();
     };

@@ -80,7 +80,14 @@ impl RawNic {
             libos::exit(2);
         }
         let m = info.mac;
-        Self { mac: [m[0], m[1], m[2], m[3], m[4], m[5]], ipv4: info.ipv4, gateway: info.gateway, slots: info.ring_slots, prod: 0, rx_cons: 0 }
+        Self {
+            mac: [m[0], m[1], m[2], m[3], m[4], m[5]],
+            ipv4: info.ipv4,
+            gateway: info.gateway,
+            slots: info.ring_slots,
+            prod: 0,
+            rx_cons: 0,
+        }
     }
 
     fn index(offset: usize) -> *mut u32 {
@@ -306,9 +313,15 @@ fn arp_spoof(victim: [u8; 4], secs: u64) -> i32 {
     println!(
         "{}: arp-spoof sent {arp} ARP and {ipv4} IPv4 frames claiming {}.{}.{}.{} in {secs} s, heard {} stations; received {received} frames, {intercepted} IPv4 to {}.{}.{}.{}",
         libos::name(),
-        v[0], v[1], v[2], v[3],
+        v[0],
+        v[1],
+        v[2],
+        v[3],
         heard.len(),
-        v[0], v[1], v[2], v[3]
+        v[0],
+        v[1],
+        v[2],
+        v[3]
     );
     0
 }

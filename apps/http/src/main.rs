@@ -263,9 +263,7 @@ impl Drop for Live {
 }
 
 fn usage() -> i32 {
-    println!(
-        "usage: http [PORT] [BODY_BYTES] [--idle-timeout SECS] [--header-timeout SECS] [--max-connections N] [--backlog N]"
-    );
+    println!("usage: http [PORT] [BODY_BYTES] [--idle-timeout SECS] [--header-timeout SECS] [--max-connections N] [--backlog N]");
     2
 }
 
@@ -320,9 +318,7 @@ async fn main() -> i32 {
         return usage();
     }
     let limit = libos::start_info().memory_limit;
-    let max_conns = max_conns.unwrap_or_else(|| {
-        (limit.saturating_sub(RESERVED_BYTES + body as u64) / CONNECTION_BYTES).max(1) as usize
-    });
+    let max_conns = max_conns.unwrap_or_else(|| (limit.saturating_sub(RESERVED_BYTES + body as u64) / CONNECTION_BYTES).max(1) as usize);
     let mut page = vec![0u8; body];
     httpcore::fill_page(&mut page);
     let cfg = Rc::new(Config { page, idle: Duration::from_secs(idle), header: Duration::from_secs(header) });

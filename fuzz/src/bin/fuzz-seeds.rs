@@ -23,9 +23,8 @@ fn main() -> ExitCode {
         }
         let out = dir.join(name);
         let seeds = fuzz::seeds(name);
-        let written = std::fs::create_dir_all(&out).and_then(|()| {
-            seeds.iter().enumerate().try_for_each(|(i, s)| std::fs::write(out.join(format!("seed-{i:02}")), s))
-        });
+        let written = std::fs::create_dir_all(&out)
+            .and_then(|()| seeds.iter().enumerate().try_for_each(|(i, s)| std::fs::write(out.join(format!("seed-{i:02}")), s)));
         if let Err(e) = written {
             eprintln!("cannot write {}: {e}", out.display());
             return ExitCode::FAILURE;

@@ -80,7 +80,15 @@ impl ControlHost for FuzzHost {
     }
     fn list(&self, row: &mut dyn FnMut(Row<'_>)) {
         for (n, g) in &self.0.borrow().guests {
-            row(Row { name: n, tenant: None, state: "waiting", cpu_ns: 0, memory_bytes: g.memory.charged_bytes(), sent_frames: 0, received_frames: 0 });
+            row(Row {
+                name: n,
+                tenant: None,
+                state: "waiting",
+                cpu_ns: 0,
+                memory_bytes: g.memory.charged_bytes(),
+                sent_frames: 0,
+                received_frames: 0,
+            });
         }
     }
     fn stats(&self) -> (Vec<String>, String) {

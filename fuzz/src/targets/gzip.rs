@@ -244,11 +244,8 @@ fn program(inp: &mut Input<'_>) -> Program {
         let mut push = |s: Sym| syms.push(s);
         match op & 7 {
             1 | 6 => {
-                let (v, n) = if op & 7 == 1 {
-                    (inp.u8(), (usize::from(inp.u16()) + 1) << (a % 16))
-                } else {
-                    (0, (usize::from(inp.u8()) + 1) << 16)
-                };
+                let (v, n) =
+                    if op & 7 == 1 { (inp.u8(), (usize::from(inp.u16()) + 1) << (a % 16)) } else { (0, (usize::from(inp.u8()) + 1) << 16) };
                 let n = n.min(OUT_CAP - len);
                 push(Sym::Lit(v));
                 len += 1 + repeat(n.saturating_sub(1), 1, &mut push);
@@ -401,10 +398,7 @@ mod tests {
         ];
         assert_eq!(got, want);
         // The bomb's refusal, exactly.
-        assert_eq!(
-            check(&seeds()[4]).err(),
-            Some(ImageError::OutOfMemory { needed: 60 << 20, available: BUDGETS[1] as u64 })
-        );
+        assert_eq!(check(&seeds()[4]).err(), Some(ImageError::OutOfMemory { needed: 60 << 20, available: BUDGETS[1] as u64 }));
     }
 
     /// The reproduced finding, through `parse_within` with the allocator
@@ -425,10 +419,7 @@ mod tests {
 
         let budget = 8 << 20;
         let (result, usage) = heap::track(|| Image::parse_within(&bomb, budget));
-        assert_eq!(
-            result.err(),
-            Some(ImageError::OutOfMemory { needed: size as u64, available: budget as u64 })
-        );
+        assert_eq!(result.err(), Some(ImageError::OutOfMemory { needed: size as u64, available: budget as u64 }));
         assert!(usage.peak < 64 << 10, "{usage:?}");
 
         // With room for it, a smaller one is unpacked into one allocation

@@ -160,7 +160,18 @@ pub fn hypercall(data: &[u8]) {
         let vector = g.regs.vector;
         if trace() {
             let r = &g.regs;
-            eprintln!("exit vector {} rax {:#x} rdi {:#x} rsi {:#x} cr2 {:#x} err {:#x} rip {:#x} live {} charged {}", r.vector, r.rax, r.rdi, r.rsi, r.cr2, r.error, r.rip, mem.live, g.memory.charged_bytes());
+            eprintln!(
+                "exit vector {} rax {:#x} rdi {:#x} rsi {:#x} cr2 {:#x} err {:#x} rip {:#x} live {} charged {}",
+                r.vector,
+                r.rax,
+                r.rdi,
+                r.rsi,
+                r.cr2,
+                r.error,
+                r.rip,
+                mem.live,
+                g.memory.charged_bytes()
+            );
         }
         let step = g.handle_exit(&mut mem, &mut |l: &str| {
             lines += 1;
@@ -236,21 +247,28 @@ pub fn seeds() -> Vec<Vec<u8>> {
             .op(&[0, Hypercall::Exit as u8, 7, 0, 0, 0, 0, 0, 0, 0, 5])
             .0,
         // Block, events arrive, block again.
-        Seed::new(2).op(&[0, Hypercall::Block as u8]).op(&[0xff; 8]).op(&[5]).op(&[7, 1, 0, 0, 0, 0, 0, 0, 0]).op(&[0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 5]).0,
-        // Discard heap pages after touching them.
-        Seed::new(3)
-            .op(&[4, 6, 0, 0])
-            .op(&[4, 6, 14, 1, 0, 0, 0])
-            .op(&[0, Hypercall::Discard as u8, 0, 0])
-            .op(&[3, 2])
+        Seed::new(2)
+            .op(&[0, Hypercall::Block as u8])
+            .op(&[0xff; 8])
+            .op(&[5])
+            .op(&[7, 1, 0, 0, 0, 0, 0, 0, 0])
+            .op(&[0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 5])
             .0,
+        // Discard heap pages after touching them.
+        Seed::new(3).op(&[4, 6, 0, 0]).op(&[4, 6, 14, 1, 0, 0, 0]).op(&[0, Hypercall::Discard as u8, 0, 0]).op(&[3, 2]).0,
         // Bad pointers: hypervisor half, wrapping, unmapped, past the limit.
         Seed::new(0).hc(cw, &[8, 0], &[0, 16]).0,
         Seed::new(0).hc(cw, &[9, 1], &[0, 64]).0,
         Seed::new(0).hc(cw, &[13, 0x10], &[0, 16]).0,
         Seed::new(0).hc(cw, &[11, 1], &[1]).0,
         // Page faults: stack, heap until the limit, the guard page, text write.
-        Seed::new(0).op(&[4, 6, 1, 2]).op(&[4, 6, 14, 0, 0, 0, 0]).op(&[4, 6, 14, 1, 0, 0, 0]).op(&[4, 6, 14, 2, 0, 0, 0]).op(&[4, 6, 14, 20, 0, 0, 0]).0,
+        Seed::new(0)
+            .op(&[4, 6, 1, 2])
+            .op(&[4, 6, 14, 0, 0, 0, 0])
+            .op(&[4, 6, 14, 1, 0, 0, 0])
+            .op(&[4, 6, 14, 2, 0, 0, 0])
+            .op(&[4, 6, 14, 20, 0, 0, 0])
+            .0,
         Seed::new(1).op(&[4, 6, 10, 1]).0,
         Seed::new(1).op(&[4, 7, 5, 0]).0,
         // Exceptions at the privileged instructions in the text, and an interrupt.

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use abi::layout::{NAME_MAX, START_STRINGS_MAX};
 use xtask::manifest::{
-    self, COUNT_MAX, Context, DEFAULT_MANIFEST, MIB, MIN_GUEST_MEMORY, NAME_LEN_MAX, Source, format_size, instance_name,
-    parse_forward, parse_size,
+    self, COUNT_MAX, Context, DEFAULT_MANIFEST, MIB, MIN_GUEST_MEMORY, NAME_LEN_MAX, Source, format_size, instance_name, parse_forward,
+    parse_size,
 };
 
 const MACHINE_MEMORY: u64 = 512 * MIB;

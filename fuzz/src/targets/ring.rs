@@ -15,8 +15,7 @@
 use std::cell::{Cell, RefCell};
 
 use abi::ring::{
-    CONS_OFFSET, Consumer, MIN_FRAME, MTU_FRAME, PROD_OFFSET, Producer, RingError, RingMemory, SLOT_SIZE, SLOTS_OFFSET,
-    ring_bytes,
+    CONS_OFFSET, Consumer, MIN_FRAME, MTU_FRAME, PROD_OFFSET, Producer, RingError, RingMemory, SLOT_SIZE, SLOTS_OFFSET, ring_bytes,
 };
 
 use crate::input::Input;
@@ -34,7 +33,12 @@ struct FuzzRing {
 
 impl FuzzRing {
     fn new(slots: u32) -> Self {
-        Self { bytes: RefCell::new(vec![0; ring_bytes(slots)]), accesses: Cell::new(0), tampers: RefCell::new(Vec::new()), tampered: Cell::new(0) }
+        Self {
+            bytes: RefCell::new(vec![0; ring_bytes(slots)]),
+            accesses: Cell::new(0),
+            tampers: RefCell::new(Vec::new()),
+            tampered: Cell::new(0),
+        }
     }
 
     fn size(&self) -> usize {

@@ -68,7 +68,13 @@ fn ipv4(inp: &mut Input<'_>) -> Ipv4 {
 /// Rule 3 of the switch, the slow obvious way: why a frame that passed
 /// rules 1 and 2 is dropped, judged on the `header` copy the switch saw
 /// and the claimed length `len`; `None`: it passes.
-fn inspection(kind: Kind, guest_ip: impl Fn(Ipv4) -> bool, guest_mac: impl Fn(Mac) -> bool, header: &[u8], len: usize) -> Option<DropReason> {
+fn inspection(
+    kind: Kind,
+    guest_ip: impl Fn(Ipv4) -> bool,
+    guest_mac: impl Fn(Mac) -> bool,
+    header: &[u8],
+    len: usize,
+) -> Option<DropReason> {
     let ip_at = |at: usize| -> Option<Ipv4> { header.get(at..at + 4).map(|b| b.try_into().unwrap()) };
     let mac_at = |at: usize| -> Option<Mac> { header.get(at..at + 6).map(|b| b.try_into().unwrap()) };
     match (header[12], header[13]) {
@@ -123,14 +129,19 @@ pub fn switch(data: &[u8]) {
                 let dup_ip = live.values().any(|&(t, k)| t == tenant && matches!(k, Kind::Guest(_, g) if g == a));
                 match sw.add_port(tenant, m, a) {
                     Ok(id) => {
-                        assert!(!is_multicast(&m) && is_unicast_ipv4(&a) && !dup && !dup_ip, "add_port({tenant}, {m:02x?}, {a:?}) accepted");
+                        assert!(
+                            !is_multicast(&m) && is_unicast_ipv4(&a) && !dup && !dup_ip,
+                            "add_port({tenant}, {m:02x?}, {a:?}) accepted"
+                        );
                         assert!(!ids.contains(&id), "port id {id:?} issued twice");
                         ids.push(id);
                         live.insert(id, (tenant, Kind::Guest(m, a)));
                     }
                     Err(PortError::MulticastMac) => assert!(is_multicast(&m)),
                     Err(PortError::BadIpv4) => assert!(!is_multicast(&m) && !is_unicast_ipv4(&a)),
-                    Err(PortError::DuplicateMac) => assert!(dup && !is_multicast(&m) && is_unicast_ipv4(&a), "duplicate refused with no duplicate"),
+                    Err(PortError::DuplicateMac) => {
+                        assert!(dup && !is_multicast(&m) && is_unicast_ipv4(&a), "duplicate refused with no duplicate")
+                    }
                     Err(PortError::DuplicateIpv4) => assert!(dup_ip && !dup, "duplicate address refused with no duplicate"),
                     Err(e) => panic!("add_port: {e:?}"),
                 }
@@ -275,7 +286,8 @@ pub fn switch(data: &[u8]) {
                         let why = inspection(kind, |a| guest_ip(&live, tenant, a), |m| guest_mac(&live, tenant, m), seen, len);
                         assert_eq!(why, None, "forwarded, but rule 3 says drop: {kind:?} {seen:02x?} len {len}");
                         // A unicast to a live guest of the tenant reaches exactly it.
-                        if let Some((&to, _)) = live.iter().find(|&(_, &(t, k))| t == tenant && matches!(k, Kind::Guest(g, _) if g == dst)) {
+                        if let Some((&to, _)) = live.iter().find(|&(_, &(t, k))| t == tenant && matches!(k, Kind::Guest(g, _) if g == dst))
+                        {
                             if to != from {
                                 assert_eq!(got, [to], "unicast to a guest's MAC went elsewhere");
                             } else {

@@ -65,7 +65,14 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { memory: 2 << 20, weight: 100, cap: 0, tenant: TENANT_NONE, ring_slots: crate::ring::SLOTS_DEFAULT, limits: Limits::default() }
+        Self {
+            memory: 2 << 20,
+            weight: 100,
+            cap: 0,
+            tenant: TENANT_NONE,
+            ring_slots: crate::ring::SLOTS_DEFAULT,
+            limits: Limits::default(),
+        }
     }
 }
 
@@ -349,7 +356,13 @@ mod tests {
         let mut w = Writer::new(FLAG_EXIT_WHEN_IDLE);
         let hello = w.image("hello.hermit", b"tar bytes");
         let evil = w.image("evil.hermit", b"");
-        w.guest("hello", hello, 3, &Settings { memory: 2 << 20, weight: 200, cap: 25, tenant: 7, ring_slots: 8, limits: LIMITS }, &["a", "b c"]);
+        w.guest(
+            "hello",
+            hello,
+            3,
+            &Settings { memory: 2 << 20, weight: 200, cap: 25, tenant: 7, ring_slots: 8, limits: LIMITS },
+            &["a", "b c"],
+        );
         w.guest("evil", evil, 1, &Settings { memory: 1 << 20, ..Settings::default() }, &[] as &[&str]);
         w.finish()
     }

@@ -16,8 +16,8 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
-pub mod bundle;
 pub mod backtrace;
+pub mod bundle;
 pub mod layout;
 pub mod note;
 #[allow(unsafe_code)] // the one `unsafe trait`, see ring.rs
@@ -261,7 +261,15 @@ mod tests {
 
     #[test]
     fn hypercall_numbers_round_trip() {
-        for hc in [Hypercall::ConsoleWrite, Hypercall::Exit, Hypercall::Yield, Hypercall::Block, Hypercall::Nop, Hypercall::NetKick, Hypercall::Discard] {
+        for hc in [
+            Hypercall::ConsoleWrite,
+            Hypercall::Exit,
+            Hypercall::Yield,
+            Hypercall::Block,
+            Hypercall::Nop,
+            Hypercall::NetKick,
+            Hypercall::Discard,
+        ] {
             assert_eq!(Hypercall::try_from(hc as u64), Ok(hc));
         }
         assert_eq!(Hypercall::try_from(0), Err(0));

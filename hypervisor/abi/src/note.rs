@@ -32,12 +32,6 @@ pub struct AbiNote {
 impl AbiNote {
     /// The note for this crate's [`crate::ABI_VERSION`].
     pub const fn current() -> Self {
-        Self {
-            namesz: NAME.len() as u32 + 1,
-            descsz: 4,
-            ty: TYPE,
-            name: *b"HVABI\0\0\0",
-            desc: crate::ABI_VERSION.to_le_bytes(),
-        }
+        Self { namesz: NAME.len() as u32 + 1, descsz: 4, ty: TYPE, name: *b"HVABI\0\0\0", desc: crate::ABI_VERSION.to_le_bytes() }
     }
 }

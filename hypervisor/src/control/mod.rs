@@ -50,7 +50,9 @@ pub enum Request<'a> {
 
 /// Whether `name` may name a guest or an image: 1 to 64 of [a-z0-9_.-].
 fn good_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= abi::layout::NAME_MAX && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b))
+    !name.is_empty()
+        && name.len() <= abi::layout::NAME_MAX
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b))
 }
 
 fn hex(s: &str) -> Option<alloc::vec::Vec<u8>> {
@@ -78,10 +80,13 @@ pub fn parse(line: &str) -> Result<Request<'_>, &'static str> {
         (Some("image-end"), None) => Request::ImageEnd,
         (Some("start"), Some(name)) => {
             let image = words.next().ok_or("start needs NAME IMAGE MEMORY TENANT [ARG...]")?;
-            let memory = words.next().and_then(|w| w.parse().ok()).filter(|&m| m > 0).ok_or("start: MEMORY must be a number of bytes above 0")?;
+            let memory =
+                words.next().and_then(|w| w.parse().ok()).filter(|&m| m > 0).ok_or("start: MEMORY must be a number of bytes above 0")?;
             let tenant = match words.next() {
                 Some("none") => None,
-                Some(t) => Some(t.parse().ok().filter(|&t| t < abi::MAX_TENANTS).ok_or("start: TENANT must be a number below 256, or none")?),
+                Some(t) => {
+                    Some(t.parse().ok().filter(|&t| t < abi::MAX_TENANTS).ok_or("start: TENANT must be a number below 256, or none")?)
+                }
                 None => return Err("start needs NAME IMAGE MEMORY TENANT [ARG...]"),
             };
             let args: alloc::vec::Vec<&str> = words.by_ref().collect();
@@ -200,7 +205,12 @@ mod tests {
             Ok(Request::Start { name: "web-1", image: "echo.hermit", memory: 1 << 20, tenant: Some(2), args: vec!["serve", "7"] })
         );
         assert_eq!(parse("start w x 4096 none").map(|r| matches!(r, Request::Start { tenant: None, .. })), Ok(true));
-        assert!(parse("start W x 4096 0").is_err() && parse("start w x lots 0").is_err() && parse("start w x 1 t").is_err() && parse("start w").is_err());
+        assert!(
+            parse("start W x 4096 0").is_err()
+                && parse("start w x lots 0").is_err()
+                && parse("start w x 1 t").is_err()
+                && parse("start w").is_err()
+        );
         assert!(parse("capture a 0 5").is_err() && parse("capture a 10").is_err() && parse("capture a x 1").is_err());
         assert!(parse("stop").is_err() && parse("").is_err() && parse("rm -rf /").is_err() && parse("list x").is_err());
         let mut r = LineReader::default();
@@ -221,7 +231,11 @@ mod tests {
         assert!(parse("start w x 4096 256").is_err());
         assert!(matches!(parse("start w x 4096 255"), Ok(Request::Start { tenant: Some(255), .. })));
         assert!(parse("start w x 0 1").is_err() && parse("start w x 18446744073709551616 1").is_err());
-        assert!(parse("image-begin x 0").is_err() && parse("image-begin x 67108865").is_err() && parse("image-begin x 99999999999999999999999").is_err());
+        assert!(
+            parse("image-begin x 0").is_err()
+                && parse("image-begin x 67108865").is_err()
+                && parse("image-begin x 99999999999999999999999").is_err()
+        );
         assert_eq!(parse("image-begin x 67108864"), Ok(Request::ImageBegin { name: "x", len: 67_108_864 }));
         assert!(parse("capture a 4294967296 1").is_err());
     }

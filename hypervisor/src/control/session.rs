@@ -90,7 +90,13 @@ impl Session {
     /// must not wait for more) and then any request gone quiet at `now_ns`;
     /// every answer goes to `answer`, one JSON line each. Returns the
     /// number of bytes read.
-    pub fn poll(&mut self, host: &dyn ControlHost, now_ns: u64, read: &mut dyn FnMut() -> Option<u8>, answer: &mut dyn FnMut(&str)) -> usize {
+    pub fn poll(
+        &mut self,
+        host: &dyn ControlHost,
+        now_ns: u64,
+        read: &mut dyn FnMut() -> Option<u8>,
+        answer: &mut dyn FnMut(&str),
+    ) -> usize {
         let mut n = 0;
         while let Some(b) = read() {
             n += 1;
@@ -274,7 +280,10 @@ mod tests {
         assert_eq!(send(&mut s, &host, 3, b"start w a.hermit 4096 7\n"), [r#"{"started":"w","ip":"10.7.0.2"}"#]);
         assert_eq!(
             send(&mut s, &host, 4, b"list\nimages\n"),
-            [r#"{"guests":[{"name":"w","tenant":null,"state":"waiting","cpu_ns":1,"memory_bytes":2,"sent_frames":3,"received_frames":4}]}"#, r#"{"images":["a.hermit"]}"#]
+            [
+                r#"{"guests":[{"name":"w","tenant":null,"state":"waiting","cpu_ns":1,"memory_bytes":2,"sent_frames":3,"received_frames":4}]}"#,
+                r#"{"images":["a.hermit"]}"#
+            ]
         );
         assert_eq!(send(&mut s, &host, 5, b"stop w\nstop w\n"), [r#"{"stopped":"w"}"#, r#"{"error":"no guest w"}"#]);
         assert_eq!(send(&mut s, &host, 6, b"stats\n"), [r#"{"guests":[{}],"machine":{"event":"machine"}}"#]);
@@ -304,7 +313,10 @@ mod tests {
         // A half line, the same.
         send(&mut s, &host, 20, b"lis");
         assert!(send(&mut s, &host, 21 + STALL_NS, b"")[0].contains("request timed out"));
-        assert_eq!(send(&mut s, &host, 22 + STALL_NS, b"t\n"), [r#"{"error":"unknown request (list, stats, stop, capture, images, image-begin, image-data, image-end, start)"}"#]);
+        assert_eq!(
+            send(&mut s, &host, 22 + STALL_NS, b"t\n"),
+            [r#"{"error":"unknown request (list, stats, stop, capture, images, image-begin, image-data, image-end, start)"}"#]
+        );
         assert!(send(&mut s, &host, 0, b"image-end\n")[0].contains("no upload in progress"));
     }
 }

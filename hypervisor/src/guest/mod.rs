@@ -69,13 +69,7 @@ impl LoadedImage {
                 pages.push(ImagePage { vaddr, frame, flags, writable });
             }
         }
-        Some(Self {
-            name: name.into(),
-            entry: image.entry,
-            pages,
-            app_args: image.app_args.clone(),
-            vaddr_range: image.vaddr_range(),
-        })
+        Some(Self { name: name.into(), entry: image.entry, pages, app_args: image.app_args.clone(), vaddr_range: image.vaddr_range() })
     }
 
     /// Returns the image's frames (once no instance is left).
@@ -363,8 +357,27 @@ impl Guest {
         let r = self.regs.clone();
         let registers = format!(
             "rip={:#x} rsp={:#x} rbp={:#x} rflags={:#x} rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x} r8={:#x} r9={:#x} r10={:#x} r11={:#x} r12={:#x} r13={:#x} r14={:#x} r15={:#x} vector={} error={:#x} cr2={:#x}",
-            r.rip, r.rsp, r.rbp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14,
-            r.r15, r.vector, r.error, r.cr2
+            r.rip,
+            r.rsp,
+            r.rbp,
+            r.rflags,
+            r.rax,
+            r.rbx,
+            r.rcx,
+            r.rdx,
+            r.rsi,
+            r.rdi,
+            r.r8,
+            r.r9,
+            r.r10,
+            r.r11,
+            r.r12,
+            r.r13,
+            r.r14,
+            r.r15,
+            r.vector,
+            r.error,
+            r.cr2
         );
         let mut trace = format!("{:#x}", r.rip);
         let mut found = 1;

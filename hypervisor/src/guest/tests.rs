@@ -29,7 +29,14 @@ fn setup() -> (TestMem, (PhysAddr, PhysAddr), LoadedImage) {
     (mem, (k, t), li)
 }
 
-fn create(mem: &mut TestMem, (k, t): (PhysAddr, PhysAddr), li: &LoadedImage, name: &str, args: &[&str], limit: u64) -> Result<Guest, CreateError> {
+fn create(
+    mem: &mut TestMem,
+    (k, t): (PhysAddr, PhysAddr),
+    li: &LoadedImage,
+    name: &str,
+    args: &[&str],
+    limit: u64,
+) -> Result<Guest, CreateError> {
     Guest::create(mem, k, t, li, name, args, limit, |_, _| {})
 }
 

@@ -58,9 +58,7 @@ fn le<const N: usize>(bytes: &[u8], off: usize) -> u64 {
 /// Parses and validates the kernel ELF `file`.
 pub(super) fn parse(file: &[u8]) -> Result<Plan, ImageError> {
     let file_size = file.len() as u64;
-    let ehdr = file
-        .get(..EHDR_SIZE)
-        .ok_or(ImageError::ElfTooShort { size: file_size })?;
+    let ehdr = file.get(..EHDR_SIZE).ok_or(ImageError::ElfTooShort { size: file_size })?;
     if ehdr.get(..4) != Some(b"\x7fELF") {
         return Err(ImageError::NotElf);
     }
@@ -92,13 +90,11 @@ pub(super) fn parse(file: &[u8]) -> Result<Plan, ImageError> {
     if phnum > MAX_PHDRS {
         return Err(ImageError::TooManyPhdrs(phnum));
     }
-    let table = span(phoff, u64::from(phnum) * PHDR_SIZE as u64)
-        .and_then(|r| file.get(r))
-        .ok_or(ImageError::PhdrsPastEnd {
-            offset: phoff,
-            count: phnum,
-            file_size,
-        })?;
+    let table = span(phoff, u64::from(phnum) * PHDR_SIZE as u64).and_then(|r| file.get(r)).ok_or(ImageError::PhdrsPastEnd {
+        offset: phoff,
+        count: phnum,
+        file_size,
+    })?;
     let phdrs: Vec<Phdr> = table
         .chunks_exact(PHDR_SIZE)
         .map(|ph| Phdr {
@@ -127,21 +123,12 @@ pub(super) fn parse(file: &[u8]) -> Result<Plan, ImageError> {
                     return Err(ImageError::MultipleTls);
                 }
                 if ph.filesz > ph.memsz {
-                    return Err(ImageError::SegmentFileSize {
-                        index,
-                        file_size: ph.filesz,
-                        mem_size: ph.memsz,
-                    });
+                    return Err(ImageError::SegmentFileSize { index, file_size: ph.filesz, mem_size: ph.memsz });
                 }
                 if ph.align != 0 && !ph.align.is_power_of_two() {
                     return Err(ImageError::TlsAlign(ph.align));
                 }
-                tls = Some(Tls {
-                    start: ph.vaddr,
-                    filesz: ph.filesz,
-                    memsz: ph.memsz,
-                    align: ph.align,
-                });
+                tls = Some(Tls { start: ph.vaddr, filesz: ph.filesz, memsz: ph.memsz, align: ph.align });
             }
             _ => {}
         }
@@ -169,10 +156,7 @@ pub(super) fn parse(file: &[u8]) -> Result<Plan, ImageError> {
     }
     let segments: Vec<Segment> = loads.into_iter().map(|(_, seg)| seg).collect();
 
-    if !segments
-        .iter()
-        .any(|s| s.perms.contains(Perms::EXECUTE) && s.contains(entry))
-    {
+    if !segments.iter().any(|s| s.perms.contains(Perms::EXECUTE) && s.contains(entry)) {
         return Err(ImageError::EntryNotExecutable { entry });
     }
 
@@ -180,78 +164,41 @@ pub(super) fn parse(file: &[u8]) -> Result<Plan, ImageError> {
         // The initialisation image must be loaded; `.tbss` needs no memory in
         // the image, so `memsz` may reach past the segment.
         let end = t.start.checked_add(t.filesz);
-        let inside = end.is_some_and(|end| {
-            segments
-                .iter()
-                .any(|s| s.contains(t.start) && end - s.vaddr <= s.mem_size)
-        });
+        let inside = end.is_some_and(|end| segments.iter().any(|s| s.contains(t.start) && end - s.vaddr <= s.mem_size));
         if !inside || t.start.checked_add(t.memsz).is_none() {
-            return Err(ImageError::TlsOutsideSegment {
-                start: t.start,
-                end: end.unwrap_or(u64::MAX),
-            });
+            return Err(ImageError::TlsOutsideSegment { start: t.start, end: end.unwrap_or(u64::MAX) });
         }
     }
 
     check_notes(file, &phdrs)?;
-    Ok(Plan {
-        entry,
-        segments,
-        tls,
-    })
+    Ok(Plan { entry, segments, tls })
 }
 
 /// Validates one `PT_LOAD`; `None` for an empty one (`p_memsz == 0`).
 fn load_segment(index: usize, ph: &Phdr, file_size: u64) -> Result<Option<Segment>, ImageError> {
     if ph.filesz > ph.memsz {
-        return Err(ImageError::SegmentFileSize {
-            index,
-            file_size: ph.filesz,
-            mem_size: ph.memsz,
-        });
+        return Err(ImageError::SegmentFileSize { index, file_size: ph.filesz, mem_size: ph.memsz });
     }
     check_file_range(index, ph, file_size)?;
     if ph.memsz == 0 {
         return Ok(None);
     }
     if ph.vaddr < USER_MIN {
-        return Err(ImageError::SegmentTooLow {
-            index,
-            vaddr: ph.vaddr,
-        });
+        return Err(ImageError::SegmentTooLow { index, vaddr: ph.vaddr });
     }
-    let end = ph
-        .vaddr
-        .checked_add(ph.memsz)
-        .and_then(page_up)
-        .ok_or(ImageError::SegmentWraps {
-            index,
-            vaddr: ph.vaddr,
-            mem_size: ph.memsz,
-        })?;
+    let end =
+        ph.vaddr.checked_add(ph.memsz).and_then(page_up).ok_or(ImageError::SegmentWraps { index, vaddr: ph.vaddr, mem_size: ph.memsz })?;
     if end > USER_END {
-        return Err(ImageError::SegmentInHypervisorHalf {
-            index,
-            start: ph.vaddr,
-            end,
-        });
+        return Err(ImageError::SegmentInHypervisorHalf { index, start: ph.vaddr, end });
     }
     if end > IMAGE_END {
-        return Err(ImageError::SegmentPastImageEnd {
-            index,
-            start: ph.vaddr,
-            end,
-        });
+        return Err(ImageError::SegmentPastImageEnd { index, start: ph.vaddr, end });
     }
     if ph.memsz > MAX_MAPPED_BYTES {
         return Err(ImageError::SegmentsTooLarge { total: ph.memsz });
     }
     if ph.align >= PAGE_SIZE && ph.vaddr % PAGE_SIZE != ph.offset % PAGE_SIZE {
-        return Err(ImageError::SegmentMisaligned {
-            index,
-            vaddr: ph.vaddr,
-            offset: ph.offset,
-        });
+        return Err(ImageError::SegmentMisaligned { index, vaddr: ph.vaddr, offset: ph.offset });
     }
     let mut perms = Perms::empty();
     perms.set(Perms::READ, ph.flags & PF_R != 0);
@@ -260,24 +207,13 @@ fn load_segment(index: usize, ph: &Phdr, file_size: u64) -> Result<Option<Segmen
     if perms.contains(Perms::WRITE | Perms::EXECUTE) {
         return Err(ImageError::WritableAndExecutable { index });
     }
-    Ok(Some(Segment {
-        vaddr: ph.vaddr,
-        mem_size: ph.memsz,
-        file_offset: ph.offset,
-        file_size: ph.filesz,
-        perms,
-    }))
+    Ok(Some(Segment { vaddr: ph.vaddr, mem_size: ph.memsz, file_offset: ph.offset, file_size: ph.filesz, perms }))
 }
 
 fn check_file_range(index: usize, ph: &Phdr, file_size: u64) -> Result<(), ImageError> {
     match ph.offset.checked_add(ph.filesz) {
         Some(end) if end <= file_size => Ok(()),
-        _ => Err(ImageError::SegmentPastFileEnd {
-            index,
-            offset: ph.offset,
-            size: ph.filesz,
-            file_size,
-        }),
+        _ => Err(ImageError::SegmentPastFileEnd { index, offset: ph.offset, size: ph.filesz, file_size }),
     }
 }
 
@@ -286,22 +222,13 @@ fn check_notes(file: &[u8], phdrs: &[Phdr]) -> Result<(), ImageError> {
     use abi::note;
     let mut hermit = false;
     let mut abi = false;
-    for (index, ph) in phdrs
-        .iter()
-        .enumerate()
-        .filter(|(_, ph)| ph.p_type == PT_NOTE)
-    {
+    for (index, ph) in phdrs.iter().enumerate().filter(|(_, ph)| ph.p_type == PT_NOTE) {
         check_file_range(index, ph, file.len() as u64)?;
-        let notes = span(ph.offset, ph.filesz)
-            .and_then(|r| file.get(r))
-            .unwrap_or_default();
+        let notes = span(ph.offset, ph.filesz).and_then(|r| file.get(r)).unwrap_or_default();
         let pad = if ph.align == 8 { 8 } else { 4 };
         let mut pos = 0usize;
         while pos < notes.len() {
-            let truncated = ImageError::NoteTruncated {
-                index,
-                offset: ph.offset + pos as u64,
-            };
+            let truncated = ImageError::NoteTruncated { index, offset: ph.offset + pos as u64 };
             let header = notes.get(pos..pos + 12).ok_or(truncated.clone())?;
             let namesz = le::<4>(header, 0) as u32;
             let descsz = le::<4>(header, 4) as u32;
@@ -310,30 +237,18 @@ fn check_notes(file: &[u8], phdrs: &[Phdr]) -> Result<(), ImageError> {
                 return Err(ImageError::NoteNameEmpty);
             }
             let name_start = pos + 12;
-            let name_end = name_start
-                .checked_add(namesz as usize)
-                .ok_or(truncated.clone())?;
-            let desc_start = name_end
-                .checked_next_multiple_of(pad)
-                .ok_or(truncated.clone())?;
-            let desc_end = desc_start
-                .checked_add(descsz as usize)
-                .ok_or(truncated.clone())?;
+            let name_end = name_start.checked_add(namesz as usize).ok_or(truncated.clone())?;
+            let desc_start = name_end.checked_next_multiple_of(pad).ok_or(truncated.clone())?;
+            let desc_end = desc_start.checked_add(descsz as usize).ok_or(truncated.clone())?;
             // The padding after the last note may be cut off by `p_filesz`.
-            let next = desc_end
-                .checked_next_multiple_of(pad)
-                .ok_or(truncated.clone())?;
+            let next = desc_end.checked_next_multiple_of(pad).ok_or(truncated.clone())?;
             let name = notes.get(name_start..name_end).ok_or(truncated.clone())?;
             let desc = notes.get(desc_start..desc_end).ok_or(truncated.clone())?;
             let name = name.strip_suffix(b"\0").unwrap_or(name);
 
             if name == note::HERMIT_NAME && ty == note::HERMIT_TYPE {
                 let [version] = desc else {
-                    return Err(ImageError::NoteDescSize {
-                        note: "HERMIT",
-                        size: descsz,
-                        expected: 1,
-                    });
+                    return Err(ImageError::NoteDescSize { note: "HERMIT", size: descsz, expected: 1 });
                 };
                 if *version != note::HERMIT_ENTRY_VERSION {
                     return Err(ImageError::HermitVersion(*version));
@@ -341,11 +256,7 @@ fn check_notes(file: &[u8], phdrs: &[Phdr]) -> Result<(), ImageError> {
                 hermit = true;
             } else if name == note::NAME && ty == note::TYPE {
                 let Ok(version) = <[u8; 4]>::try_from(desc) else {
-                    return Err(ImageError::NoteDescSize {
-                        note: "HVABI",
-                        size: descsz,
-                        expected: 4,
-                    });
+                    return Err(ImageError::NoteDescSize { note: "HVABI", size: descsz, expected: 4 });
                 };
                 let version = u32::from_le_bytes(version);
                 if version != abi::ABI_VERSION {

@@ -42,14 +42,8 @@ pub(super) fn is_gzip(file: &[u8]) -> bool {
 /// the refusal says what is wrong: a truncated file's "trailer" is deflate
 /// data and may declare anything).
 pub(super) fn decompress(file: &[u8], budget: usize) -> Result<Vec<u8>, ImageError> {
-    let body = file
-        .get(header_len(file)?..)
-        .ok_or(ImageError::GzipHeader("truncated"))?;
-    let (deflate, trailer) = body
-        .len()
-        .checked_sub(8)
-        .map(|n| body.split_at(n))
-        .ok_or(ImageError::GzipCorrupt)?;
+    let body = file.get(header_len(file)?..).ok_or(ImageError::GzipHeader("truncated"))?;
+    let (deflate, trailer) = body.len().checked_sub(8).map(|n| body.split_at(n)).ok_or(ImageError::GzipCorrupt)?;
     let crc = le_u32(trailer, 0).ok_or(ImageError::GzipCorrupt)?;
     let declared = le_u32(trailer, 4).ok_or(ImageError::GzipCorrupt)?;
     let limit = budget.min(MAX_IMAGE_BYTES);
@@ -58,10 +52,7 @@ pub(super) fn decompress(file: &[u8], budget: usize) -> Result<Vec<u8>, ImageErr
         _ => return Err(oversized(deflate, declared, budget)),
     };
 
-    let out_of_memory = || ImageError::OutOfMemory {
-        needed: u64::from(declared),
-        available: budget as u64,
-    };
+    let out_of_memory = || ImageError::OutOfMemory { needed: u64::from(declared), available: budget as u64 };
     let mut inflater = inflater().ok_or_else(out_of_memory)?;
     let state = inflater.first_mut().ok_or_else(out_of_memory)?;
     let mut data = Vec::new();
@@ -81,11 +72,7 @@ pub(super) fn decompress(file: &[u8], budget: usize) -> Result<Vec<u8>, ImageErr
             drop(inflater);
             return Err(match survey(deflate, limit) {
                 Survey::Corrupt => ImageError::GzipCorrupt,
-                Survey::Ends(_) | Survey::Exceeds | Survey::NoRoom => {
-                    ImageError::GzipLongerThanDeclared {
-                        declared: u64::from(declared),
-                    }
-                }
+                Survey::Ends(_) | Survey::Exceeds | Survey::NoRoom => ImageError::GzipLongerThanDeclared { declared: u64::from(declared) },
             });
         }
         _ => return Err(ImageError::GzipCorrupt),
@@ -104,17 +91,10 @@ pub(super) fn decompress(file: &[u8], budget: usize) -> Result<Vec<u8>, ImageErr
 fn oversized(deflate: &[u8], declared: u32, budget: usize) -> ImageError {
     let limit = budget.min(MAX_IMAGE_BYTES);
     match survey(deflate, limit) {
-        Survey::Exceeds | Survey::NoRoom
-            if usize::try_from(declared).is_ok_and(|d| d <= MAX_IMAGE_BYTES) =>
-        {
-            ImageError::OutOfMemory {
-                needed: u64::from(declared),
-                available: budget as u64,
-            }
+        Survey::Exceeds | Survey::NoRoom if usize::try_from(declared).is_ok_and(|d| d <= MAX_IMAGE_BYTES) => {
+            ImageError::OutOfMemory { needed: u64::from(declared), available: budget as u64 }
         }
-        Survey::Exceeds | Survey::NoRoom => ImageError::GzipTooLarge {
-            declared: u64::from(declared),
-        },
+        Survey::Exceeds | Survey::NoRoom => ImageError::GzipTooLarge { declared: u64::from(declared) },
         Survey::Ends(_) => ImageError::GzipChecksum,
         Survey::Corrupt => ImageError::GzipCorrupt,
     }
@@ -127,18 +107,10 @@ fn oversized(deflate: &[u8], declared: u32, budget: usize) -> ImageError {
 /// that; only a stream that really is `size` bytes long is "no room".
 pub(super) fn no_room(deflate: &[u8], size: usize, budget: usize) -> ImageError {
     match survey(deflate, size) {
-        Survey::Ends(n) if n == size => ImageError::OutOfMemory {
-            needed: size as u64,
-            available: budget as u64,
-        },
-        Survey::NoRoom => ImageError::OutOfMemory {
-            needed: size as u64,
-            available: budget as u64,
-        },
+        Survey::Ends(n) if n == size => ImageError::OutOfMemory { needed: size as u64, available: budget as u64 },
+        Survey::NoRoom => ImageError::OutOfMemory { needed: size as u64, available: budget as u64 },
         Survey::Ends(_) => ImageError::GzipChecksum,
-        Survey::Exceeds => ImageError::GzipLongerThanDeclared {
-            declared: size as u64,
-        },
+        Survey::Exceeds => ImageError::GzipLongerThanDeclared { declared: size as u64 },
         Survey::Corrupt => ImageError::GzipCorrupt,
     }
 }
@@ -239,15 +211,11 @@ fn header_len(file: &[u8]) -> Result<usize, ImageError> {
 }
 
 fn le_u16(bytes: &[u8], pos: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(
-        bytes.get(pos..pos.checked_add(2)?)?.try_into().ok()?,
-    ))
+    Some(u16::from_le_bytes(bytes.get(pos..pos.checked_add(2)?)?.try_into().ok()?))
 }
 
 fn le_u32(bytes: &[u8], pos: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        bytes.get(pos..pos.checked_add(4)?)?.try_into().ok()?,
-    ))
+    Some(u32::from_le_bytes(bytes.get(pos..pos.checked_add(4)?)?.try_into().ok()?))
 }
 
 /// CRC-32 (IEEE 802.3, reflected, as in gzip and zip).
@@ -259,11 +227,7 @@ pub(super) fn crc32(data: &[u8]) -> u32 {
             let mut c = i as u32;
             let mut k = 0;
             while k < 8 {
-                c = if c & 1 != 0 {
-                    0xedb8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
+                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
                 k += 1;
             }
             table[i] = c;
@@ -271,7 +235,5 @@ pub(super) fn crc32(data: &[u8]) -> u32 {
         }
         table
     };
-    !data
-        .iter()
-        .fold(!0u32, |c, &b| TABLE[usize::from((c as u8) ^ b)] ^ (c >> 8))
+    !data.iter().fold(!0u32, |c, &b| TABLE[usize::from((c as u8) ^ b)] ^ (c >> 8))
 }

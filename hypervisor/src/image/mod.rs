@@ -164,9 +164,7 @@ impl Image {
     /// fixed overhead.
     pub fn parse_within(file: &[u8], budget: usize) -> Result<Image, ImageError> {
         if file.len() > MAX_IMAGE_BYTES {
-            return Err(ImageError::TooLarge {
-                size: file.len() as u64,
-            });
+            return Err(ImageError::TooLarge { size: file.len() as u64 });
         }
         if gzip::is_gzip(file) {
             let unpacked = gzip::decompress(file, budget)?;
@@ -183,16 +181,12 @@ impl Image {
             let kernel = file.get(parts.kernel.clone()).unwrap_or_default();
             // The arguments kept from hermit.toml are still held.
             let needed = kernel.len().saturating_add(parts.config_cost);
-            let out_of_memory = || ImageError::OutOfMemory {
-                needed: needed as u64,
-                available: budget as u64,
-            };
+            let out_of_memory = || ImageError::OutOfMemory { needed: needed as u64, available: budget as u64 };
             if needed > budget {
                 return Err(out_of_memory());
             }
             let mut elf = Vec::new();
-            elf.try_reserve_exact(kernel.len())
-                .map_err(|_| out_of_memory())?;
+            elf.try_reserve_exact(kernel.len()).map_err(|_| out_of_memory())?;
             elf.extend_from_slice(kernel);
             Ok(parts.into_image(elf))
         }
@@ -200,9 +194,7 @@ impl Image {
 
     /// The segment whose pages include the page at `page_vaddr`, if any.
     pub fn segment_at(&self, page_vaddr: u64) -> Option<&Segment> {
-        self.segments
-            .iter()
-            .find(|s| s.pages().contains(&page_down(page_vaddr)))
+        self.segments.iter().find(|s| s.pages().contains(&page_down(page_vaddr)))
     }
 
     /// Fills `out` with the contents of the page at page-aligned `page_vaddr`:
@@ -226,15 +218,9 @@ impl Image {
         if start < end {
             // Both ranges are at most one page long; `elf.get` bounds the source.
             let len = end - start;
-            let src = seg
-                .file_offset
-                .checked_add(start - seg.vaddr)
-                .and_then(|o| span(o, len));
+            let src = seg.file_offset.checked_add(start - seg.vaddr).and_then(|o| span(o, len));
             let dst = span(start - page_vaddr, len);
-            if let (Some(src), Some(dst)) = (
-                src.and_then(|r| self.elf.get(r)),
-                dst.and_then(|r| out.get_mut(r)),
-            ) {
+            if let (Some(src), Some(dst)) = (src.and_then(|r| self.elf.get(r)), dst.and_then(|r| out.get_mut(r))) {
                 dst.copy_from_slice(src);
             }
         }
@@ -243,9 +229,7 @@ impl Image {
 
     /// Total bytes of the pages the image occupies.
     pub fn mapped_bytes(&self) -> u64 {
-        self.segments.iter().fold(0u64, |sum, s| {
-            sum.saturating_add(s.pages().end - s.pages().start)
-        })
+        self.segments.iter().fold(0u64, |sum, s| sum.saturating_add(s.pages().end - s.pages().start))
     }
 
     /// From the lowest page the image occupies to the end of its highest.
@@ -273,25 +257,17 @@ impl Parts {
     /// validates both, with `held` bytes of the budget already taken.
     fn find(archive: &[u8], held: usize, budget: usize) -> Result<Parts, ImageError> {
         let config_path = hermit_entry::config::Config::DEFAULT_PATH;
-        let config = tar::find(archive, config_path)?
-            .and_then(|r| archive.get(r))
-            .ok_or(ImageError::ConfigMissing)?;
+        let config = tar::find(archive, config_path)?.and_then(|r| archive.get(r)).ok_or(ImageError::ConfigMissing)?;
         if config.len() > MAX_CONFIG_BYTES {
-            return Err(ImageError::ConfigTooLarge {
-                size: config.len() as u64,
-            });
+            return Err(ImageError::ConfigTooLarge { size: config.len() as u64 });
         }
         let config_cost = config.len().saturating_mul(CONFIG_HEAP_PER_BYTE);
         let needed = held.saturating_add(config_cost);
         if needed > budget {
-            return Err(ImageError::OutOfMemory {
-                needed: needed as u64,
-                available: budget as u64,
-            });
+            return Err(ImageError::OutOfMemory { needed: needed as u64, available: budget as u64 });
         }
         let config = core::str::from_utf8(config).map_err(|_| ImageError::ConfigNotUtf8)?;
-        let config: hermit_entry::config::Config<'_> =
-            toml::from_str(config).map_err(|e| ImageError::Config(toml_reason(config, &e)))?;
+        let config: hermit_entry::config::Config<'_> = toml::from_str(config).map_err(|e| ImageError::Config(toml_reason(config, &e)))?;
         let hermit_entry::config::Config::V1 { input, kernel, .. } = config;
 
         let missing = || ImageError::KernelMissing(kernel.to_string());
@@ -331,10 +307,7 @@ fn toml_reason(input: &str, e: &toml::de::Error) -> String {
     let msg = e.message().lines().next().unwrap_or("invalid TOML").trim();
     match e.span() {
         Some(span) => {
-            let line = input
-                .get(..span.start)
-                .map_or(0, |s| s.matches('\n').count())
-                + 1;
+            let line = input.get(..span.start).map_or(0, |s| s.matches('\n').count()) + 1;
             alloc::format!("line {line}: {msg}")
         }
         None => msg.to_string(),
@@ -400,34 +373,17 @@ pub enum ImageError {
     /// More than 64 program headers.
     TooManyPhdrs(u16),
     /// The program header table does not fit in the file.
-    PhdrsPastEnd {
-        offset: u64,
-        count: u16,
-        file_size: u64,
-    },
+    PhdrsPastEnd { offset: u64, count: u16, file_size: u64 },
     /// No non-empty `PT_LOAD` segment.
     NoLoadSegment,
     /// A segment's file range does not fit in the file.
-    SegmentPastFileEnd {
-        index: usize,
-        offset: u64,
-        size: u64,
-        file_size: u64,
-    },
+    SegmentPastFileEnd { index: usize, offset: u64, size: u64, file_size: u64 },
     /// A segment's `p_filesz` exceeds its `p_memsz`.
-    SegmentFileSize {
-        index: usize,
-        file_size: u64,
-        mem_size: u64,
-    },
+    SegmentFileSize { index: usize, file_size: u64, mem_size: u64 },
     /// A segment starts below `abi::layout::USER_MIN`.
     SegmentTooLow { index: usize, vaddr: u64 },
     /// `vaddr + memsz` (rounded up to a page) overflows.
-    SegmentWraps {
-        index: usize,
-        vaddr: u64,
-        mem_size: u64,
-    },
+    SegmentWraps { index: usize, vaddr: u64, mem_size: u64 },
     /// A segment reaches `abi::layout::USER_END` or beyond.
     SegmentInHypervisorHalf { index: usize, start: u64, end: u64 },
     /// A segment reaches past `abi::layout::IMAGE_END`.
@@ -435,11 +391,7 @@ pub enum ImageError {
     /// The segments occupy more than [`MAX_MAPPED_BYTES`].
     SegmentsTooLarge { total: u64 },
     /// `p_vaddr` and `p_offset` differ modulo the page size.
-    SegmentMisaligned {
-        index: usize,
-        vaddr: u64,
-        offset: u64,
-    },
+    SegmentMisaligned { index: usize, vaddr: u64, offset: u64 },
     /// Two loadable segments touch the same page.
     SegmentsSharePage { first: usize, second: usize },
     /// A segment is both writable and executable.
@@ -457,11 +409,7 @@ pub enum ImageError {
     /// A note has `namesz == 0`.
     NoteNameEmpty,
     /// A required note has a descriptor of the wrong size.
-    NoteDescSize {
-        note: &'static str,
-        size: u32,
-        expected: u32,
-    },
+    NoteDescSize { note: &'static str, size: u32, expected: u32 },
     /// No hermit-entry version note.
     MissingHermitNote,
     /// The hermit-entry version note names another version.
@@ -479,49 +427,30 @@ impl fmt::Display for ImageError {
             TooLarge { size } => write!(f, "image is {size} bytes; the limit is 64 MiB"),
             GzipHeader(what) => write!(f, "gzip header is malformed: {what}"),
             GzipCorrupt => f.write_str("gzip data is corrupt or truncated"),
-            GzipTooLarge { declared } => write!(
-                f,
-                "gzip trailer declares {declared} bytes uncompressed; the limit is 64 MiB"
-            ),
-            GzipLongerThanDeclared { declared } => write!(
-                f,
-                "gzip data expands past the {declared} bytes its trailer declares"
-            ),
+            GzipTooLarge { declared } => write!(f, "gzip trailer declares {declared} bytes uncompressed; the limit is 64 MiB"),
+            GzipLongerThanDeclared { declared } => write!(f, "gzip data expands past the {declared} bytes its trailer declares"),
             GzipChecksum => f.write_str("gzip data does not match its CRC-32 or length"),
-            OutOfMemory { needed, available } if needed > available => write!(
-                f,
-                "the hypervisor has no room to unpack it (needs {needed} bytes, has {available})"
-            ),
-            OutOfMemory { needed, .. } => write!(
-                f,
-                "the hypervisor has no room to unpack it (needs {needed} bytes, and allocating them failed)"
-            ),
+            OutOfMemory { needed, available } if needed > available => {
+                write!(f, "the hypervisor has no room to unpack it (needs {needed} bytes, has {available})")
+            }
+            OutOfMemory { needed, .. } => {
+                write!(f, "the hypervisor has no room to unpack it (needs {needed} bytes, and allocating them failed)")
+            }
             NotTar => f.write_str("not a tar archive (no valid tar header)"),
             TarCorrupt { offset, reason } => {
                 write!(f, "tar header at offset {offset:#x}: {reason}")
             }
             TarTruncated { offset } => {
-                write!(
-                    f,
-                    "tar archive is truncated (ends inside the entry at offset {offset:#x})"
-                )
+                write!(f, "tar archive is truncated (ends inside the entry at offset {offset:#x})")
             }
             ConfigMissing => f.write_str("hermit.toml is missing"),
             ConfigTooLarge { size } => {
-                write!(
-                    f,
-                    "hermit.toml is {size} bytes; the limit is {} KiB",
-                    MAX_CONFIG_BYTES >> 10
-                )
+                write!(f, "hermit.toml is {size} bytes; the limit is {} KiB", MAX_CONFIG_BYTES >> 10)
             }
             ConfigNotUtf8 => f.write_str("hermit.toml is not valid UTF-8"),
             Config(reason) => write!(f, "hermit.toml: {reason}"),
             KernelMissing(name) => {
-                write!(
-                    f,
-                    "kernel '{}' named by hermit.toml is not in the archive",
-                    name.escape_debug()
-                )
+                write!(f, "kernel '{}' named by hermit.toml is not in the archive", name.escape_debug())
             }
             ElfTooShort { size } => {
                 write!(f, "kernel is {size} bytes, too short for an ELF header")
@@ -534,50 +463,24 @@ impl fmt::Display for ImageError {
             ElfType(t) => write!(f, "kernel ELF type {t} is not an executable"),
             PhentSize(s) => write!(f, "ELF program header size is {s} bytes, expected 56"),
             TooManyPhdrs(n) => write!(f, "ELF has {n} program headers; the limit is 64"),
-            PhdrsPastEnd {
-                offset,
-                count,
-                file_size,
-            } => write!(
-                f,
-                "ELF program header table (offset {offset:#x}, {count} entries) lies past the end of the {file_size}-byte file"
-            ),
+            PhdrsPastEnd { offset, count, file_size } => {
+                write!(f, "ELF program header table (offset {offset:#x}, {count} entries) lies past the end of the {file_size}-byte file")
+            }
             NoLoadSegment => f.write_str("ELF has no loadable segment"),
-            SegmentPastFileEnd {
-                index,
-                offset,
-                size,
-                file_size,
-            } => write!(
-                f,
-                "segment {index} file range (offset {offset:#x}, {size:#x} bytes) lies past the end of the {file_size}-byte file"
-            ),
-            SegmentFileSize {
-                index,
-                file_size,
-                mem_size,
-            } => write!(
-                f,
-                "segment {index} has more file bytes ({file_size:#x}) than memory bytes ({mem_size:#x})"
-            ),
-            SegmentTooLow { index, vaddr } => write!(
-                f,
-                "segment {index} starts at {vaddr:#x}, below the lowest image address {:#x}",
-                abi::layout::USER_MIN
-            ),
-            SegmentWraps {
-                index,
-                vaddr,
-                mem_size,
-            } => write!(
-                f,
-                "segment {index} at {vaddr:#x} with size {mem_size:#x} wraps around the address space"
-            ),
+            SegmentPastFileEnd { index, offset, size, file_size } => {
+                write!(f, "segment {index} file range (offset {offset:#x}, {size:#x} bytes) lies past the end of the {file_size}-byte file")
+            }
+            SegmentFileSize { index, file_size, mem_size } => {
+                write!(f, "segment {index} has more file bytes ({file_size:#x}) than memory bytes ({mem_size:#x})")
+            }
+            SegmentTooLow { index, vaddr } => {
+                write!(f, "segment {index} starts at {vaddr:#x}, below the lowest image address {:#x}", abi::layout::USER_MIN)
+            }
+            SegmentWraps { index, vaddr, mem_size } => {
+                write!(f, "segment {index} at {vaddr:#x} with size {mem_size:#x} wraps around the address space")
+            }
             SegmentInHypervisorHalf { index, start, end } => {
-                write!(
-                    f,
-                    "segment {index} [{start:#x}, {end:#x}) reaches into the hypervisor's half"
-                )
+                write!(f, "segment {index} [{start:#x}, {end:#x}) reaches into the hypervisor's half")
             }
             SegmentPastImageEnd { index, start, end } => write!(
                 f,
@@ -585,19 +488,11 @@ impl fmt::Display for ImageError {
                 abi::layout::IMAGE_END
             ),
             SegmentsTooLarge { total } => {
-                write!(
-                    f,
-                    "segments occupy {total:#x} bytes of memory; the limit is 256 MiB"
-                )
+                write!(f, "segments occupy {total:#x} bytes of memory; the limit is 256 MiB")
             }
-            SegmentMisaligned {
-                index,
-                vaddr,
-                offset,
-            } => write!(
-                f,
-                "segment {index} address {vaddr:#x} and file offset {offset:#x} differ modulo the page size"
-            ),
+            SegmentMisaligned { index, vaddr, offset } => {
+                write!(f, "segment {index} address {vaddr:#x} and file offset {offset:#x} differ modulo the page size")
+            }
             SegmentsSharePage { first, second } => {
                 write!(f, "segments {first} and {second} share a page")
             }
@@ -605,50 +500,26 @@ impl fmt::Display for ImageError {
                 write!(f, "segment {index} is both writable and executable")
             }
             EntryNotExecutable { entry } => {
-                write!(
-                    f,
-                    "entry point {entry:#x} is not inside an executable segment"
-                )
+                write!(f, "entry point {entry:#x} is not inside an executable segment")
             }
             MultipleTls => f.write_str("ELF has more than one TLS segment"),
             TlsAlign(a) => write!(f, "TLS alignment {a:#x} is not a power of two"),
             TlsOutsideSegment { start, end } => {
-                write!(
-                    f,
-                    "TLS image [{start:#x}, {end:#x}) is not inside a loadable segment"
-                )
+                write!(f, "TLS image [{start:#x}, {end:#x}) is not inside a loadable segment")
             }
             NoteTruncated { index, offset } => {
-                write!(
-                    f,
-                    "note at offset {offset:#x} runs past the end of note segment {index}"
-                )
+                write!(f, "note at offset {offset:#x} runs past the end of note segment {index}")
             }
             NoteNameEmpty => f.write_str("zero-length note name"),
-            NoteDescSize {
-                note,
-                size,
-                expected,
-            } => {
-                write!(
-                    f,
-                    "{note} note has a {size}-byte descriptor, expected {expected}"
-                )
+            NoteDescSize { note, size, expected } => {
+                write!(f, "{note} note has a {size}-byte descriptor, expected {expected}")
             }
             MissingHermitNote => f.write_str("image has no HERMIT entry-version note"),
-            HermitVersion(v) => write!(
-                f,
-                "image was built for hermit-entry version {v}; this hypervisor speaks {}",
-                abi::note::HERMIT_ENTRY_VERSION
-            ),
-            MissingAbiNote => {
-                f.write_str("image has no HVABI note (not built for this hypervisor)")
+            HermitVersion(v) => {
+                write!(f, "image was built for hermit-entry version {v}; this hypervisor speaks {}", abi::note::HERMIT_ENTRY_VERSION)
             }
-            AbiVersion(v) => write!(
-                f,
-                "image was built for hypervisor ABI v{v}; this hypervisor speaks v{}",
-                abi::ABI_VERSION
-            ),
+            MissingAbiNote => f.write_str("image has no HVABI note (not built for this hypervisor)"),
+            AbiVersion(v) => write!(f, "image was built for hypervisor ABI v{v}; this hypervisor speaks v{}", abi::ABI_VERSION),
         }
     }
 }

@@ -41,28 +41,13 @@ fn walk(archive: &[u8], mut visit: impl FnMut(&[u8], Range<usize>)) -> Result<()
     loop {
         let Some(header) = archive.get(offset..).and_then(|rest| rest.get(..BLOCK)) else {
             // Out of data without an end-of-archive block.
-            return Err(if offset == 0 {
-                ImageError::NotTar
-            } else {
-                truncated(offset)
-            });
+            return Err(if offset == 0 { ImageError::NotTar } else { truncated(offset) });
         };
         if header.iter().all(|&b| b == 0) {
-            return if offset == 0 {
-                Err(ImageError::NotTar)
-            } else {
-                Ok(())
-            };
+            return if offset == 0 { Err(ImageError::NotTar) } else { Ok(()) };
         }
         let corrupt = |reason| {
-            if offset == 0 {
-                ImageError::NotTar
-            } else {
-                ImageError::TarCorrupt {
-                    offset: offset as u64,
-                    reason,
-                }
-            }
+            if offset == 0 { ImageError::NotTar } else { ImageError::TarCorrupt { offset: offset as u64, reason } }
         };
         if !checksum_ok(header) {
             return Err(corrupt("checksum does not match"));
@@ -72,15 +57,9 @@ fn walk(archive: &[u8], mut visit: impl FnMut(&[u8], Range<usize>)) -> Result<()
             .and_then(|s| usize::try_from(s).ok())
             .ok_or(corrupt("size field is not an octal number"))?;
         let data_start = offset + BLOCK;
-        let data = data_start
-            .checked_add(size)
-            .and_then(|end| archive.get(data_start..end))
-            .ok_or(truncated(offset))?;
+        let data = data_start.checked_add(size).and_then(|end| archive.get(data_start..end)).ok_or(truncated(offset))?;
         let data_end = data_start + data.len();
-        let next = size
-            .checked_next_multiple_of(BLOCK)
-            .and_then(|padded| data_start.checked_add(padded))
-            .ok_or(truncated(offset))?;
+        let next = size.checked_next_multiple_of(BLOCK).and_then(|padded| data_start.checked_add(padded)).ok_or(truncated(offset))?;
 
         match field(header, 156, 1).and_then(|t| t.first()).copied() {
             // Regular file (and the old contiguous-file type).
@@ -121,9 +100,7 @@ fn normalize(mut path: &[u8]) -> &[u8] {
 }
 
 fn truncated(offset: usize) -> ImageError {
-    ImageError::TarTruncated {
-        offset: offset as u64,
-    }
+    ImageError::TarTruncated { offset: offset as u64 }
 }
 
 fn field(header: &[u8], start: usize, len: usize) -> Option<&[u8]> {
@@ -195,10 +172,7 @@ fn pax_path(mut records: &[u8]) -> Option<Option<&[u8]>> {
     let mut path = None;
     while !records.is_empty() {
         let space = records.iter().position(|&b| b == b' ')?;
-        let len: usize = core::str::from_utf8(records.get(..space)?)
-            .ok()?
-            .parse()
-            .ok()?;
+        let len: usize = core::str::from_utf8(records.get(..space)?).ok()?.parse().ok()?;
         let record = records.get(space + 1..len)?;
         let record = record.strip_suffix(b"\n")?;
         record.iter().position(|&b| b == b'=')?;

@@ -39,15 +39,7 @@ struct Ph {
 }
 
 fn ph(p_type: u32, flags: u32, offset: u64, vaddr: u64, filesz: u64, memsz: u64, align: u64) -> Ph {
-    Ph {
-        p_type,
-        flags,
-        offset,
-        vaddr,
-        filesz,
-        memsz,
-        align,
-    }
+    Ph { p_type, flags, offset, vaddr, filesz, memsz, align }
 }
 
 /// A description of an ELF file; [`ElfSpec::build`] lays it out.
@@ -79,11 +71,7 @@ fn note(name: &[u8], ty: u32, desc: &[u8]) -> Vec<u8> {
 }
 
 fn hermit_note() -> Vec<u8> {
-    note(
-        abi::note::HERMIT_NAME,
-        abi::note::HERMIT_TYPE,
-        &[abi::note::HERMIT_ENTRY_VERSION],
-    )
+    note(abi::note::HERMIT_NAME, abi::note::HERMIT_TYPE, &[abi::note::HERMIT_ENTRY_VERSION])
 }
 
 fn abi_note(version: u32) -> Vec<u8> {
@@ -101,25 +89,9 @@ impl ElfSpec {
             machine: 62,
             entry: ENTRY,
             phdrs: vec![
-                ph(
-                    PT_LOAD,
-                    PF_R | PF_X,
-                    0x1000,
-                    0x20_1000,
-                    0x1234,
-                    0x1234,
-                    0x1000,
-                ),
+                ph(PT_LOAD, PF_R | PF_X, 0x1000, 0x20_1000, 0x1234, 0x1234, 0x1000),
                 ph(PT_LOAD, PF_R, 0x3000, 0x20_3000, 0x800, 0x800, 0x1000),
-                ph(
-                    PT_LOAD,
-                    PF_R | PF_W,
-                    0x4000,
-                    0x20_5000,
-                    0x300,
-                    0x2100,
-                    0x1000,
-                ),
+                ph(PT_LOAD, PF_R | PF_W, 0x4000, 0x20_5000, 0x300, 0x2100, 0x1000),
                 ph(PT_NOTE, PF_R, 0x3000, 0x20_3000, 0, 0, 4),
                 ph(PT_TLS, PF_R, 0x4000, 0x20_5000, 0x10, 0x40, 8),
             ],
@@ -144,12 +116,7 @@ impl ElfSpec {
             .filter(|p| p.p_type == PT_LOAD || p.p_type == PT_NOTE)
             .filter_map(|p| Some((p.offset as usize, p.offset.checked_add(p.filesz)? as usize)))
             .filter(|&(_, end)| end <= 1 << 20);
-        let len = ranges
-            .clone()
-            .map(|(_, end)| end)
-            .chain([64 + 56 * phdrs.len()])
-            .max()
-            .unwrap();
+        let len = ranges.clone().map(|(_, end)| end).chain([64 + 56 * phdrs.len()]).max().unwrap();
         let mut elf = vec![0u8; len];
         for (start, end) in ranges {
             for (i, b) in elf[start..end].iter_mut().enumerate() {
@@ -249,11 +216,7 @@ fn tar_push(out: &mut Vec<u8>, header: [u8; 512], data: &[u8]) {
 fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, data) in files {
-        tar_push(
-            &mut out,
-            tar_header(name.as_bytes(), b"", data.len(), b'0', false),
-            data,
-        );
+        tar_push(&mut out, tar_header(name.as_bytes(), b"", data.len(), b'0', false), data);
     }
     out.extend_from_slice(&[0; 1024]);
     out
@@ -323,38 +286,12 @@ fn valid_image_parses() {
     assert_eq!(
         image.segments,
         [
-            Segment {
-                vaddr: 0x20_1000,
-                mem_size: 0x1234,
-                file_offset: 0x1000,
-                file_size: 0x1234,
-                perms: Perms::READ | Perms::EXECUTE
-            },
-            Segment {
-                vaddr: 0x20_3000,
-                mem_size: 0x800,
-                file_offset: 0x3000,
-                file_size: 0x800,
-                perms: Perms::READ
-            },
-            Segment {
-                vaddr: 0x20_5000,
-                mem_size: 0x2100,
-                file_offset: 0x4000,
-                file_size: 0x300,
-                perms: Perms::READ | Perms::WRITE
-            },
+            Segment { vaddr: 0x20_1000, mem_size: 0x1234, file_offset: 0x1000, file_size: 0x1234, perms: Perms::READ | Perms::EXECUTE },
+            Segment { vaddr: 0x20_3000, mem_size: 0x800, file_offset: 0x3000, file_size: 0x800, perms: Perms::READ },
+            Segment { vaddr: 0x20_5000, mem_size: 0x2100, file_offset: 0x4000, file_size: 0x300, perms: Perms::READ | Perms::WRITE },
         ]
     );
-    assert_eq!(
-        image.tls,
-        Some(Tls {
-            start: 0x20_5000,
-            filesz: 0x10,
-            memsz: 0x40,
-            align: 8
-        })
-    );
+    assert_eq!(image.tls, Some(Tls { start: 0x20_5000, filesz: 0x10, memsz: 0x40, align: 8 }));
     assert_eq!(image.segments[0].pages(), 0x20_1000..0x20_3000);
     assert_eq!(image.segments[2].pages(), 0x20_5000..0x20_8000);
     assert_eq!(image.mapped_bytes(), 6 * 4096);
@@ -425,17 +362,8 @@ fn segments_are_sorted_by_address() {
 fn gzip_images_parse() {
     let elf = ElfSpec::valid().build();
     let plain = image(&elf);
-    for flags in [
-        0,
-        FNAME,
-        FEXTRA | FNAME | FCOMMENT | FHCRC,
-        FEXTRA,
-        FCOMMENT,
-        FHCRC,
-        1,
-    ] {
-        let image =
-            Image::parse(&gzip(&plain, flags)).unwrap_or_else(|e| panic!("flags {flags:#x}: {e}"));
+    for flags in [0, FNAME, FEXTRA | FNAME | FCOMMENT | FHCRC, FEXTRA, FCOMMENT, FHCRC, 1] {
+        let image = Image::parse(&gzip(&plain, flags)).unwrap_or_else(|e| panic!("flags {flags:#x}: {e}"));
         assert_eq!(image.entry, ENTRY);
         // The kernel, moved to the front of the unpacked archive.
         assert_eq!(image.elf, elf);
@@ -454,21 +382,13 @@ fn tar_names_are_normalized_and_last_wins() {
     let mut bad = elf.clone();
     bad[18] = 183; // aarch64
     let toml = TOML.replace("kernel = \"hello\"", "kernel = \"./bin/hello\"");
-    let archive = tar(&[
-        ("./hermit.toml", toml.as_bytes()),
-        ("/bin/hello", &bad),
-        ("bin/hello", &elf),
-    ]);
+    let archive = tar(&[("./hermit.toml", toml.as_bytes()), ("/bin/hello", &bad), ("bin/hello", &elf)]);
     let image = Image::parse(&archive).unwrap();
     assert_eq!(image.kernel_name, "./bin/hello");
     assert_eq!(image.elf, elf);
 
     // The other order: the bad kernel wins.
-    let archive = tar(&[
-        ("hermit.toml", toml.as_bytes()),
-        ("bin/hello", &elf),
-        ("./bin/hello", &bad),
-    ]);
+    let archive = tar(&[("hermit.toml", toml.as_bytes()), ("bin/hello", &elf), ("./bin/hello", &bad)]);
     assert_eq!(err(Image::parse(&archive)), ImageError::ElfMachine(183));
 }
 
@@ -484,97 +404,44 @@ fn tar_prefix_long_names_and_other_entry_types() {
     let toml_short = TOML.replace("kernel = \"hello\"", &format!("kernel = \"{short}\""));
     let mut a = Vec::new();
     tar_push(&mut a, tar_header(b"./", b"", 0, b'5', false), &[]);
-    tar_push(
-        &mut a,
-        tar_header(b"hermit.toml", b"", toml_short.len(), b'0', false),
-        toml_short.as_bytes(),
-    );
-    tar_push(
-        &mut a,
-        tar_header(b"hello", dir.as_bytes(), elf.len(), b'0', false),
-        &elf,
-    );
+    tar_push(&mut a, tar_header(b"hermit.toml", b"", toml_short.len(), b'0', false), toml_short.as_bytes());
+    tar_push(&mut a, tar_header(b"hello", dir.as_bytes(), elf.len(), b'0', false), &elf);
     a.extend_from_slice(&[0; 1024]);
     assert_eq!(Image::parse(&a).unwrap().kernel_name, short);
 
     // GNU long name ('L'), plus a symlink and a directory to skip.
     let mut a = Vec::new();
-    tar_push(
-        &mut a,
-        tar_header(b"hermit.toml", b"", toml.len(), b'0', true),
-        toml.as_bytes(),
-    );
+    tar_push(&mut a, tar_header(b"hermit.toml", b"", toml.len(), b'0', true), toml.as_bytes());
     tar_push(&mut a, tar_header(b"link", b"", 0, b'2', true), &[]);
     let mut name = long.clone().into_bytes();
     name.push(0);
-    tar_push(
-        &mut a,
-        tar_header(b"././@LongLink", b"", name.len(), b'L', true),
-        &name,
-    );
-    tar_push(
-        &mut a,
-        tar_header(&long.as_bytes()[..100], b"", elf.len(), b'0', true),
-        &elf,
-    );
+    tar_push(&mut a, tar_header(b"././@LongLink", b"", name.len(), b'L', true), &name);
+    tar_push(&mut a, tar_header(&long.as_bytes()[..100], b"", elf.len(), b'0', true), &elf);
     a.extend_from_slice(&[0; 1024]);
     assert_eq!(Image::parse(&a).unwrap().elf, elf);
 
     // pax extended header ('x') with a path record.
     let mut a = Vec::new();
-    tar_push(
-        &mut a,
-        tar_header(b"hermit.toml", b"", toml.len(), b'0', false),
-        toml.as_bytes(),
-    );
+    tar_push(&mut a, tar_header(b"hermit.toml", b"", toml.len(), b'0', false), toml.as_bytes());
     let body = format!(" path={long}\n");
     let mut len = body.len() + 1;
     while format!("{len}{body}").len() != len {
         len += 1;
     }
     let record = format!("17 mtime=12345.5\n{len}{body}");
-    tar_push(
-        &mut a,
-        tar_header(b"PaxHeaders/x", b"", record.len(), b'x', false),
-        record.as_bytes(),
-    );
-    tar_push(
-        &mut a,
-        tar_header(b"truncated-name", b"", elf.len(), b'0', false),
-        &elf,
-    );
+    tar_push(&mut a, tar_header(b"PaxHeaders/x", b"", record.len(), b'x', false), record.as_bytes());
+    tar_push(&mut a, tar_header(b"truncated-name", b"", elf.len(), b'0', false), &elf);
     a.extend_from_slice(&[0; 1024]);
     assert_eq!(Image::parse(&a).unwrap().elf, elf);
 
     // A malformed pax header.
-    for record in [
-        "18 mtime=12345.5\n",
-        "5 a=b",
-        "x path=a\n",
-        "0 path=a\n",
-        "99 path=a\n",
-    ] {
+    for record in ["18 mtime=12345.5\n", "5 a=b", "x path=a\n", "0 path=a\n", "99 path=a\n"] {
         let mut a = Vec::new();
-        tar_push(
-            &mut a,
-            tar_header(b"hermit.toml", b"", toml.len(), b'0', false),
-            toml.as_bytes(),
-        );
-        tar_push(
-            &mut a,
-            tar_header(b"PaxHeaders/x", b"", record.len(), b'x', false),
-            record.as_bytes(),
-        );
+        tar_push(&mut a, tar_header(b"hermit.toml", b"", toml.len(), b'0', false), toml.as_bytes());
+        tar_push(&mut a, tar_header(b"PaxHeaders/x", b"", record.len(), b'x', false), record.as_bytes());
         a.extend_from_slice(&[0; 1024]);
         let e = err(Image::parse(&a));
-        assert_eq!(
-            e,
-            ImageError::TarCorrupt {
-                offset: 1024,
-                reason: "malformed pax extended header"
-            },
-            "{record:?}"
-        );
+        assert_eq!(e, ImageError::TarCorrupt { offset: 1024, reason: "malformed pax extended header" }, "{record:?}");
     }
 }
 
@@ -598,13 +465,7 @@ fn real_tar_and_gzip_archives() {
         let toml = TOML.replace("kernel = \"hello\"", &format!("kernel = \"{kernel}\""));
         std::fs::write(dir.join("src/hermit.toml"), toml).unwrap();
         let out = dir.join(file);
-        let status = Command::new("tar")
-            .args(args)
-            .arg(&out)
-            .arg("-C")
-            .arg(dir.join("src"))
-            .arg(".")
-            .status();
+        let status = Command::new("tar").args(args).arg(&out).arg("-C").arg(dir.join("src")).arg(".").status();
         match status {
             Ok(s) if s.success() => {}
             _ => {
@@ -612,19 +473,13 @@ fn real_tar_and_gzip_archives() {
                 continue;
             }
         }
-        let image =
-            Image::parse(&std::fs::read(&out).unwrap()).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let image = Image::parse(&std::fs::read(&out).unwrap()).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(image.elf, elf, "{file}");
     }
     // gzip(1) with a file name in the header.
     let plain = dir.join("plain.tar");
     std::fs::write(&plain, image(&elf)).unwrap();
-    if Command::new("gzip")
-        .args(["-9", "-N", "-f"])
-        .arg(&plain)
-        .status()
-        .is_ok_and(|s| s.success())
-    {
+    if Command::new("gzip").args(["-9", "-N", "-f"]).arg(&plain).status().is_ok_and(|s| s.success()) {
         let gz = std::fs::read(dir.join("plain.tar.gz")).unwrap();
         assert_eq!(Image::parse(&gz).unwrap().elf, elf);
     }
@@ -639,35 +494,18 @@ fn real_tar_and_gzip_archives() {
 fn too_large_file() {
     let file = vec![0u8; MAX_IMAGE_BYTES + 1];
     let e = err(Image::parse(&file));
-    assert_eq!(
-        e,
-        ImageError::TooLarge {
-            size: MAX_IMAGE_BYTES as u64 + 1
-        }
-    );
-    assert_eq!(
-        e.to_string(),
-        "image is 67108865 bytes; the limit is 64 MiB"
-    );
+    assert_eq!(e, ImageError::TooLarge { size: MAX_IMAGE_BYTES as u64 + 1 });
+    assert_eq!(e.to_string(), "image is 67108865 bytes; the limit is 64 MiB");
 }
 
 #[test]
 fn not_a_tar() {
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let random: Vec<u8> = (0..4096).map(|_| rng.next() as u8).collect();
-    for file in [
-        &random[..],
-        &[],
-        &[0u8; 1024],
-        b"hello world",
-        &random[..511],
-    ] {
+    for file in [&random[..], &[], &[0u8; 1024], b"hello world", &random[..511]] {
         assert_eq!(err(Image::parse(file)), ImageError::NotTar);
     }
-    assert_eq!(
-        ImageError::NotTar.to_string(),
-        "not a tar archive (no valid tar header)"
-    );
+    assert_eq!(ImageError::NotTar.to_string(), "not a tar archive (no valid tar header)");
 }
 
 #[test]
@@ -675,18 +513,12 @@ fn truncated_tar() {
     let archive = image(&ElfSpec::valid().build());
     for len in 0..archive.len() - 1024 {
         let e = err(Image::parse(&archive[..len]));
-        assert!(
-            matches!(e, ImageError::NotTar | ImageError::TarTruncated { .. }),
-            "{len}: {e}"
-        );
+        assert!(matches!(e, ImageError::NotTar | ImageError::TarTruncated { .. }), "{len}: {e}");
     }
     // An entry whose data runs past the end.
     let e = err(Image::parse(&archive[..2000]));
     assert_eq!(e, ImageError::TarTruncated { offset: 1024 });
-    assert_eq!(
-        e.to_string(),
-        "tar archive is truncated (ends inside the entry at offset 0x400)"
-    );
+    assert_eq!(e.to_string(), "tar archive is truncated (ends inside the entry at offset 0x400)");
 }
 
 #[test]
@@ -695,31 +527,19 @@ fn corrupt_tar_headers() {
     // Second header (the kernel's) at 1024: break its checksum.
     let mut a = archive.clone();
     a[1024] ^= 1;
-    assert_eq!(
-        err(Image::parse(&a)),
-        ImageError::TarCorrupt {
-            offset: 1024,
-            reason: "checksum does not match"
-        }
-    );
+    assert_eq!(err(Image::parse(&a)), ImageError::TarCorrupt { offset: 1024, reason: "checksum does not match" });
     // A non-octal size with a correct checksum.
     let mut a = archive.clone();
     let mut h: [u8; 512] = a[1024..1536].try_into().unwrap();
     h[124..136].copy_from_slice(b"00000009999\0");
     seal(&mut h);
     a[1024..1536].copy_from_slice(&h);
-    assert!(matches!(
-        err(Image::parse(&a)),
-        ImageError::TarCorrupt { offset: 1024, .. }
-    ));
+    assert!(matches!(err(Image::parse(&a)), ImageError::TarCorrupt { offset: 1024, .. }));
     // A huge size.
     h[124..136].copy_from_slice(b"77777777777\0");
     seal(&mut h);
     a[1024..1536].copy_from_slice(&h);
-    assert_eq!(
-        err(Image::parse(&a)),
-        ImageError::TarTruncated { offset: 1024 }
-    );
+    assert_eq!(err(Image::parse(&a)), ImageError::TarTruncated { offset: 1024 });
     // Corrupting the first header means it is not a tar at all.
     let mut a = archive;
     a[148] = b'x';
@@ -728,10 +548,7 @@ fn corrupt_tar_headers() {
 
 #[test]
 fn missing_hermit_toml() {
-    let archive = tar(&[
-        ("hello", &ElfSpec::valid().build()),
-        ("dir/hermit.toml", TOML.as_bytes()),
-    ]);
+    let archive = tar(&[("hello", &ElfSpec::valid().build()), ("dir/hermit.toml", TOML.as_bytes())]);
     let e = err(Image::parse(&archive));
     assert_eq!(e, ImageError::ConfigMissing);
     assert_eq!(e.to_string(), "hermit.toml is missing");
@@ -739,16 +556,10 @@ fn missing_hermit_toml() {
 
 #[test]
 fn kernel_missing() {
-    let archive = tar(&[
-        ("hermit.toml", TOML.as_bytes()),
-        ("hello.elf", &ElfSpec::valid().build()),
-    ]);
+    let archive = tar(&[("hermit.toml", TOML.as_bytes()), ("hello.elf", &ElfSpec::valid().build())]);
     let e = err(Image::parse(&archive));
     assert_eq!(e, ImageError::KernelMissing("hello".into()));
-    assert_eq!(
-        e.to_string(),
-        "kernel 'hello' named by hermit.toml is not in the archive"
-    );
+    assert_eq!(e.to_string(), "kernel 'hello' named by hermit.toml is not in the archive");
 }
 
 #[test]
@@ -772,37 +583,20 @@ fn bad_toml() {
     ] {
         let e = err(parse(toml.as_bytes()));
         let short: String = toml.chars().take(60).collect();
-        let ImageError::Config(reason) = &e else {
-            panic!("{short:?}: {e:?}")
-        };
+        let ImageError::Config(reason) = &e else { panic!("{short:?}: {e:?}") };
         assert!(!reason.contains('\n'), "{reason}");
         assert!(e.to_string().starts_with("hermit.toml: "), "{e}");
     }
     assert_eq!(err(parse(b"version = \xff")), ImageError::ConfigNotUtf8);
     let big = vec![b'#'; MAX_CONFIG_BYTES + 1];
     let e = err(parse(&big));
-    assert_eq!(
-        e,
-        ImageError::ConfigTooLarge {
-            size: big.len() as u64
-        }
-    );
-    assert_eq!(
-        e.to_string(),
-        "hermit.toml is 8193 bytes; the limit is 8 KiB"
-    );
+    assert_eq!(e, ImageError::ConfigTooLarge { size: big.len() as u64 });
+    assert_eq!(e.to_string(), "hermit.toml is 8193 bytes; the limit is 8 KiB");
 
-    let e = err(parse(
-        b"version = \"1\"\n\nkernel = \n[input]\nkernel_args = []\napp_args = []\n",
-    ));
+    let e = err(parse(b"version = \"1\"\n\nkernel = \n[input]\nkernel_args = []\napp_args = []\n"));
     assert!(e.to_string().starts_with("hermit.toml: line 3: "), "{e}");
-    let e = err(parse(
-        b"version = \"1\"\n\nkernel = 5\n[input]\nkernel_args = []\napp_args = []\n",
-    ));
-    assert_eq!(
-        e.to_string(),
-        "hermit.toml: invalid type: integer `5`, expected a string"
-    );
+    let e = err(parse(b"version = \"1\"\n\nkernel = 5\n[input]\nkernel_args = []\napp_args = []\n"));
+    assert_eq!(e.to_string(), "hermit.toml: invalid type: integer `5`, expected a string");
 }
 
 /// `data` deflated (level 9), in a gzip file whose trailer holds `crc` and
@@ -841,23 +635,11 @@ fn a_gzip_bomb_is_refused_within_its_budget() {
     assert!(bomb.len() < 100 << 10, "{} bytes", bomb.len());
     let budget = 8 << 20;
     let e = err(Image::parse_within(bomb, budget));
-    assert_eq!(
-        e,
-        ImageError::OutOfMemory {
-            needed: BOMB_SIZE as u64,
-            available: budget as u64
-        }
-    );
-    assert_eq!(
-        e.to_string(),
-        "the hypervisor has no room to unpack it (needs 62914560 bytes, has 8388608)"
-    );
+    assert_eq!(e, ImageError::OutOfMemory { needed: BOMB_SIZE as u64, available: budget as u64 });
+    assert_eq!(e.to_string(), "the hypervisor has no room to unpack it (needs 62914560 bytes, has 8388608)");
     // Refused on the trailer's word, checked by inflating into a 32 KiB
     // window only as far as the budget: the 60 MiB are never allocated.
-    assert_eq!(
-        gzip::survey(&bomb[10..bomb.len() - 8], budget),
-        gzip::Survey::Exceeds
-    );
+    assert_eq!(gzip::survey(&bomb[10..bomb.len() - 8], budget), gzip::Survey::Exceeds);
 
     // A smaller bomb, 2 MiB of zeros, right at the edge of its budget
     // (a 60 MiB one would do the same, only slower in a debug build).
@@ -866,13 +648,7 @@ fn a_gzip_bomb_is_refused_within_its_budget() {
     let small = gzip_with_trailer(&zeros, gzip::crc32(&zeros), size as u32);
     assert_eq!(err(Image::parse_within(&small, size)), ImageError::NotTar);
     assert_eq!(err(Image::parse(&small)), ImageError::NotTar);
-    assert_eq!(
-        err(Image::parse_within(&small, size - 1)),
-        ImageError::OutOfMemory {
-            needed: size as u64,
-            available: size as u64 - 1
-        }
-    );
+    assert_eq!(err(Image::parse_within(&small, size - 1)), ImageError::OutOfMemory { needed: size as u64, available: size as u64 - 1 });
 }
 
 #[test]
@@ -885,16 +661,8 @@ fn a_gzip_bomb_beyond_the_hard_limit() {
     for budget in [1 << 20, 8 << 20, usize::MAX] {
         let e = err(Image::parse_within(&bomb, budget));
         if budget < BOMB_SIZE {
-            assert_eq!(
-                e,
-                ImageError::GzipTooLarge {
-                    declared: declared.into()
-                }
-            );
-            assert_eq!(
-                e.to_string(),
-                "gzip trailer declares 68157440 bytes uncompressed; the limit is 64 MiB"
-            );
+            assert_eq!(e, ImageError::GzipTooLarge { declared: declared.into() });
+            assert_eq!(e.to_string(), "gzip trailer declares 68157440 bytes uncompressed; the limit is 64 MiB");
         } else {
             // ...while with room for 64 MiB it is seen to end at 60: a
             // length that does not match.
@@ -909,12 +677,7 @@ fn a_trailer_declaring_less_than_the_data_is_refused() {
     for declared in [0, 1, 100, 4 << 20] {
         let bomb = with_isize(bomb(), declared);
         let e = err(Image::parse_within(&bomb, 8 << 20));
-        assert_eq!(
-            e,
-            ImageError::GzipLongerThanDeclared {
-                declared: declared.into()
-            }
-        );
+        assert_eq!(e, ImageError::GzipLongerThanDeclared { declared: declared.into() });
     }
     assert_eq!(
         ImageError::GzipLongerThanDeclared { declared: 100 }.to_string(),
@@ -923,12 +686,7 @@ fn a_trailer_declaring_less_than_the_data_is_refused() {
     // A valid image one byte longer than its trailer says.
     let plain = image(&ElfSpec::valid().build());
     let g = gzip_with_trailer(&plain, gzip::crc32(&plain), plain.len() as u32 - 1);
-    assert_eq!(
-        err(Image::parse(&g)),
-        ImageError::GzipLongerThanDeclared {
-            declared: plain.len() as u64 - 1
-        }
-    );
+    assert_eq!(err(Image::parse(&g)), ImageError::GzipLongerThanDeclared { declared: plain.len() as u64 - 1 });
 }
 
 #[test]
@@ -939,20 +697,9 @@ fn a_trailer_declaring_more_than_the_data_is_a_length_mismatch() {
     let budget = 1 << 20;
     // Within the budget (allocated, then found short), past it (surveyed,
     // found short) and past the hard limit.
-    for declared in [
-        n + 1,
-        2 * n,
-        budget,
-        budget + 1,
-        MAX_IMAGE_BYTES + 1,
-        u32::MAX as usize,
-    ] {
+    for declared in [n + 1, 2 * n, budget, budget + 1, MAX_IMAGE_BYTES + 1, u32::MAX as usize] {
         let g = gzip_with_trailer(&plain, crc, declared as u32);
-        assert_eq!(
-            err(Image::parse_within(&g, budget)),
-            ImageError::GzipChecksum,
-            "declared {declared}"
-        );
+        assert_eq!(err(Image::parse_within(&g, budget)), ImageError::GzipChecksum, "declared {declared}");
     }
 }
 
@@ -975,41 +722,24 @@ fn a_budget_smaller_than_a_valid_image_is_refused_cleanly() {
     let elf = ElfSpec::valid().build();
     let plain = image(&elf);
     let gz = gzip(&plain, FNAME);
-    let oom = |needed: usize, budget: usize| ImageError::OutOfMemory {
-        needed: needed as u64,
-        available: budget as u64,
-    };
+    let oom = |needed: usize, budget: usize| ImageError::OutOfMemory { needed: needed as u64, available: budget as u64 };
     // hermit.toml's parse is allowed its share.
     let config = TOML.len() * CONFIG_HEAP_PER_BYTE;
     // gzip: the unpacked archive must fit (refused before it is unpacked),
     // then the archive and the config's share together.
     let n = plain.len();
     for budget in [0, 1, n - 1] {
-        assert_eq!(
-            err(Image::parse_within(&gz, budget)),
-            oom(n, budget),
-            "budget {budget}"
-        );
+        assert_eq!(err(Image::parse_within(&gz, budget)), oom(n, budget), "budget {budget}");
     }
     for budget in [n, n + config - 1] {
-        assert_eq!(
-            err(Image::parse_within(&gz, budget)),
-            oom(n + config, budget),
-            "budget {budget}"
-        );
+        assert_eq!(err(Image::parse_within(&gz, budget)), oom(n + config, budget), "budget {budget}");
     }
     let image = Image::parse_within(&gz, n + config).unwrap();
     assert_eq!(image.elf, elf);
     // A plain tar: the config's share, then the kernel's copy beside it.
     let k = elf.len();
-    assert_eq!(
-        err(Image::parse_within(&plain, config - 1)),
-        oom(config, config - 1)
-    );
-    assert_eq!(
-        err(Image::parse_within(&plain, k + config - 1)),
-        oom(k + config, k + config - 1)
-    );
+    assert_eq!(err(Image::parse_within(&plain, config - 1)), oom(config, config - 1));
+    assert_eq!(err(Image::parse_within(&plain, k + config - 1)), oom(k + config, k + config - 1));
     assert_eq!(Image::parse_within(&plain, k + config).unwrap().elf, elf);
     // A budget beyond the hard limit is the hard limit for the archive.
     assert_eq!(Image::parse_within(&gz, usize::MAX).unwrap().elf, elf);
@@ -1023,32 +753,18 @@ fn a_large_hermit_toml_needs_its_share_of_the_budget() {
     assert_eq!(padded.len(), MAX_CONFIG_BYTES);
     let file = tar(&[("hermit.toml", padded.as_bytes()), ("hello", &elf)]);
     let share = MAX_CONFIG_BYTES * CONFIG_HEAP_PER_BYTE;
-    assert_eq!(
-        err(Image::parse_within(&file, 4 << 20)),
-        ImageError::OutOfMemory {
-            needed: share as u64,
-            available: 4 << 20
-        }
-    );
+    assert_eq!(err(Image::parse_within(&file, 4 << 20)), ImageError::OutOfMemory { needed: share as u64, available: 4 << 20 });
     assert!(Image::parse_within(&file, share + elf.len()).is_ok());
 }
 
 #[test]
 fn out_of_memory_says_what_it_needed() {
     assert_eq!(
-        ImageError::OutOfMemory {
-            needed: 4096,
-            available: 1024
-        }
-        .to_string(),
+        ImageError::OutOfMemory { needed: 4096, available: 1024 }.to_string(),
         "the hypervisor has no room to unpack it (needs 4096 bytes, has 1024)"
     );
     assert_eq!(
-        ImageError::OutOfMemory {
-            needed: 4096,
-            available: 8192
-        }
-        .to_string(),
+        ImageError::OutOfMemory { needed: 4096, available: 8192 }.to_string(),
         "the hypervisor has no room to unpack it (needs 4096 bytes, and allocating them failed)"
     );
 }
@@ -1061,10 +777,7 @@ fn survey_counts_the_output_exactly() {
     assert_eq!(gzip::survey(&deflate, n), gzip::Survey::Ends(n));
     assert_eq!(gzip::survey(&deflate, usize::MAX), gzip::Survey::Ends(n));
     assert_eq!(gzip::survey(&deflate, n - 1), gzip::Survey::Exceeds);
-    assert_eq!(
-        gzip::survey(&deflate[..deflate.len() / 2], n),
-        gzip::Survey::Corrupt
-    );
+    assert_eq!(gzip::survey(&deflate[..deflate.len() / 2], n), gzip::Survey::Corrupt);
     assert_eq!(gzip::survey(&[], 10), gzip::Survey::Corrupt);
 }
 
@@ -1075,27 +788,10 @@ fn no_room_after_all_says_what_is_wrong() {
     let data = vec![5u8; 50_000];
     let deflate = miniz_oxide::deflate::compress_to_vec(&data, 6);
     let n = data.len();
-    assert_eq!(
-        gzip::no_room(&deflate, n, 1 << 20),
-        ImageError::OutOfMemory {
-            needed: n as u64,
-            available: 1 << 20
-        }
-    );
-    assert_eq!(
-        gzip::no_room(&deflate, n + 1, 1 << 20),
-        ImageError::GzipChecksum
-    );
-    assert_eq!(
-        gzip::no_room(&deflate, n - 1, 1 << 20),
-        ImageError::GzipLongerThanDeclared {
-            declared: n as u64 - 1
-        }
-    );
-    assert_eq!(
-        gzip::no_room(&deflate[..deflate.len() - 3], n, 1 << 20),
-        ImageError::GzipCorrupt
-    );
+    assert_eq!(gzip::no_room(&deflate, n, 1 << 20), ImageError::OutOfMemory { needed: n as u64, available: 1 << 20 });
+    assert_eq!(gzip::no_room(&deflate, n + 1, 1 << 20), ImageError::GzipChecksum);
+    assert_eq!(gzip::no_room(&deflate, n - 1, 1 << 20), ImageError::GzipLongerThanDeclared { declared: n as u64 - 1 });
+    assert_eq!(gzip::no_room(&deflate[..deflate.len() - 3], n, 1 << 20), ImageError::GzipCorrupt);
 }
 
 #[test]
@@ -1117,55 +813,31 @@ fn corrupt_gzip() {
     for b in &mut g[body..body + 16] {
         *b = 0xff;
     }
-    assert!(matches!(
-        err(Image::parse(&g)),
-        ImageError::GzipCorrupt | ImageError::GzipChecksum
-    ));
+    assert!(matches!(err(Image::parse(&g)), ImageError::GzipCorrupt | ImageError::GzipChecksum));
     // Every truncation.
     for len in 0..good.len() {
         let e = err(Image::parse(&good[..len]));
         assert!(
-            matches!(
-                e,
-                ImageError::NotTar
-                    | ImageError::GzipHeader(_)
-                    | ImageError::GzipCorrupt
-                    | ImageError::GzipChecksum
-            ),
+            matches!(e, ImageError::NotTar | ImageError::GzipHeader(_) | ImageError::GzipCorrupt | ImageError::GzipChecksum),
             "{len}: {e:?}"
         );
     }
     // Header problems.
     let mut g = good.clone();
     g[2] = 7;
-    assert_eq!(
-        err(Image::parse(&g)),
-        ImageError::GzipHeader("compression method is not deflate")
-    );
+    assert_eq!(err(Image::parse(&g)), ImageError::GzipHeader("compression method is not deflate"));
     let mut g = good.clone();
     g[3] |= 0x80;
-    assert_eq!(
-        err(Image::parse(&g)),
-        ImageError::GzipHeader("reserved flag bits are set")
-    );
+    assert_eq!(err(Image::parse(&g)), ImageError::GzipHeader("reserved flag bits are set"));
     let mut g = good.clone();
     g[body - 1] ^= 1;
-    assert_eq!(
-        err(Image::parse(&g)),
-        ImageError::GzipHeader("header CRC does not match")
-    );
+    assert_eq!(err(Image::parse(&g)), ImageError::GzipHeader("header CRC does not match"));
     let mut g = gzip(&plain, FEXTRA);
     g[10] = 0xff;
     g[11] = 0xff;
-    assert!(matches!(
-        err(Image::parse(&g)),
-        ImageError::GzipHeader(_) | ImageError::GzipCorrupt
-    ));
+    assert!(matches!(err(Image::parse(&g)), ImageError::GzipHeader(_) | ImageError::GzipCorrupt));
     // A gzip of something that is not a tar.
-    assert_eq!(
-        err(Image::parse(&gzip(b"not a tar", 0))),
-        ImageError::NotTar
-    );
+    assert_eq!(err(Image::parse(&gzip(b"not a tar", 0))), ImageError::NotTar);
 }
 
 // ---------------------------------------------------------------------------
@@ -1176,27 +848,11 @@ fn corrupt_gzip() {
 fn truncated_elf_every_prefix() {
     let elf = ElfSpec::valid().build();
     for len in 0..elf.len() {
-        assert!(
-            elf::parse(&elf[..len]).is_err(),
-            "prefix of {len} bytes parsed"
-        );
+        assert!(elf::parse(&elf[..len]).is_err(), "prefix of {len} bytes parsed");
     }
-    assert_eq!(
-        err(parse_elf(&elf[..10])),
-        ImageError::ElfTooShort { size: 10 }
-    );
-    assert_eq!(
-        err(parse_elf(&elf[..100])),
-        ImageError::PhdrsPastEnd {
-            offset: 64,
-            count: 5,
-            file_size: 100
-        }
-    );
-    assert!(matches!(
-        err(parse_elf(&elf[..elf.len() - 1])),
-        ImageError::SegmentPastFileEnd { index: DATA, .. }
-    ));
+    assert_eq!(err(parse_elf(&elf[..10])), ImageError::ElfTooShort { size: 10 });
+    assert_eq!(err(parse_elf(&elf[..100])), ImageError::PhdrsPastEnd { offset: 64, count: 5, file_size: 100 });
+    assert!(matches!(err(parse_elf(&elf[..elf.len() - 1])), ImageError::SegmentPastFileEnd { index: DATA, .. }));
 }
 
 #[test]
@@ -1217,10 +873,7 @@ fn bad_elf_header() {
     assert_eq!(patched(56, 65), ImageError::TooManyPhdrs(65));
     let e = patched(16, 3);
     assert_eq!(e, ImageError::PositionIndependent);
-    assert_eq!(
-        e.to_string(),
-        "position-independent images are not supported"
-    );
+    assert_eq!(e.to_string(), "position-independent images are not supported");
 }
 
 #[test]
@@ -1228,76 +881,31 @@ fn program_headers_past_the_end() {
     let mut elf = ElfSpec::valid().build();
     put(&mut elf, 32, 0x4300 - 56 * 4, 8);
     let e = err(parse_elf(&elf));
-    assert_eq!(
-        e,
-        ImageError::PhdrsPastEnd {
-            offset: 0x4300 - 224,
-            count: 5,
-            file_size: 0x4300
-        }
-    );
-    assert_eq!(
-        e.to_string(),
-        "ELF program header table (offset 0x4220, 5 entries) lies past the end of the 17152-byte file"
-    );
+    assert_eq!(e, ImageError::PhdrsPastEnd { offset: 0x4300 - 224, count: 5, file_size: 0x4300 });
+    assert_eq!(e.to_string(), "ELF program header table (offset 0x4220, 5 entries) lies past the end of the 17152-byte file");
     put(&mut elf, 32, u64::MAX - 8, 8);
-    assert!(matches!(
-        err(parse_elf(&elf)),
-        ImageError::PhdrsPastEnd { .. }
-    ));
+    assert!(matches!(err(parse_elf(&elf)), ImageError::PhdrsPastEnd { .. }));
 }
 
 #[test]
 fn segment_file_range_past_the_end() {
-    for (offset, filesz) in [
-        (0x4000, 0x301),
-        (0x4300, 1),
-        (u64::MAX, 0x300),
-        (0x4000, u64::MAX),
-    ] {
+    for (offset, filesz) in [(0x4000, 0x301), (0x4300, 1), (u64::MAX, 0x300), (0x4000, u64::MAX)] {
         let mut elf = ElfSpec::valid().build();
         let o = 64 + 56 * DATA;
         put(&mut elf, o + 8, offset, 8);
         put(&mut elf, o + 32, filesz, 8);
         put(&mut elf, o + 40, filesz.max(0x2100), 8);
         let e = err(parse_elf(&elf));
-        assert_eq!(
-            e,
-            ImageError::SegmentPastFileEnd {
-                index: DATA,
-                offset,
-                size: filesz,
-                file_size: 0x4300
-            },
-            "{e}"
-        );
+        assert_eq!(e, ImageError::SegmentPastFileEnd { index: DATA, offset, size: filesz, file_size: 0x4300 }, "{e}");
     }
 }
 
 #[test]
 fn filesz_larger_than_memsz() {
-    let e = err(parse_spec(
-        ElfSpec::valid().with(|s| s.phdrs[DATA].memsz = 0x2ff),
-    ));
-    assert_eq!(
-        e,
-        ImageError::SegmentFileSize {
-            index: DATA,
-            file_size: 0x300,
-            mem_size: 0x2ff
-        }
-    );
-    let e = err(parse_spec(
-        ElfSpec::valid().with(|s| s.phdrs[TLS].memsz = 0x8),
-    ));
-    assert_eq!(
-        e,
-        ImageError::SegmentFileSize {
-            index: TLS,
-            file_size: 0x10,
-            mem_size: 0x8
-        }
-    );
+    let e = err(parse_spec(ElfSpec::valid().with(|s| s.phdrs[DATA].memsz = 0x2ff)));
+    assert_eq!(e, ImageError::SegmentFileSize { index: DATA, file_size: 0x300, mem_size: 0x2ff });
+    let e = err(parse_spec(ElfSpec::valid().with(|s| s.phdrs[TLS].memsz = 0x8)));
+    assert_eq!(e, ImageError::SegmentFileSize { index: TLS, file_size: 0x10, mem_size: 0x8 });
 }
 
 #[test]
@@ -1315,13 +923,7 @@ fn zero_length_note_name() {
 
 #[test]
 fn note_sizes_overflowing() {
-    for (namesz, descsz) in [
-        (u32::MAX, 4),
-        (4, u32::MAX),
-        (u32::MAX - 2, u32::MAX - 2),
-        (0x1000, 4),
-        (4, 0x1000),
-    ] {
+    for (namesz, descsz) in [(u32::MAX, 4), (4, u32::MAX), (u32::MAX - 2, u32::MAX - 2), (0x1000, 4), (4, 0x1000)] {
         let spec = ElfSpec::valid().with(|s| {
             let mut n = hermit_note();
             n[0..4].copy_from_slice(&namesz.to_le_bytes());
@@ -1330,74 +932,35 @@ fn note_sizes_overflowing() {
             s.notes.extend(n);
         });
         let e = err(parse_spec(spec));
-        assert!(
-            matches!(e, ImageError::NoteTruncated { index: NOTE, .. }),
-            "{namesz:#x}/{descsz:#x}: {e}"
-        );
+        assert!(matches!(e, ImageError::NoteTruncated { index: NOTE, .. }), "{namesz:#x}/{descsz:#x}: {e}");
     }
     // A note header cut short by p_filesz.
-    let e = err(parse_spec(
-        ElfSpec::valid().with(|s| s.notes.extend_from_slice(&[5, 0, 0, 0])),
-    ));
+    let e = err(parse_spec(ElfSpec::valid().with(|s| s.notes.extend_from_slice(&[5, 0, 0, 0]))));
     assert!(matches!(e, ImageError::NoteTruncated { .. }), "{e}");
     // A note segment outside the file.
     let mut elf = ElfSpec::valid().build();
     put(&mut elf, 64 + 56 * NOTE + 8, 0x4300, 8);
     let e = err(parse_elf(&elf));
-    assert!(
-        matches!(e, ImageError::SegmentPastFileEnd { index: NOTE, .. }),
-        "{e}"
-    );
+    assert!(matches!(e, ImageError::SegmentPastFileEnd { index: NOTE, .. }), "{e}");
 }
 
 #[test]
 fn segment_in_the_hypervisor_half() {
-    let e = err(parse_spec(
-        ElfSpec::valid().with(|s| s.phdrs[DATA].vaddr = 0xffff_8000_0000_0000),
-    ));
-    assert_eq!(
-        e,
-        ImageError::SegmentInHypervisorHalf {
-            index: DATA,
-            start: 0xffff_8000_0000_0000,
-            end: 0xffff_8000_0000_3000
-        }
-    );
-    assert_eq!(
-        e.to_string(),
-        "segment 2 [0xffff800000000000, 0xffff800000003000) reaches into the hypervisor's half"
-    );
+    let e = err(parse_spec(ElfSpec::valid().with(|s| s.phdrs[DATA].vaddr = 0xffff_8000_0000_0000)));
+    assert_eq!(e, ImageError::SegmentInHypervisorHalf { index: DATA, start: 0xffff_8000_0000_0000, end: 0xffff_8000_0000_3000 });
+    assert_eq!(e.to_string(), "segment 2 [0xffff800000000000, 0xffff800000003000) reaches into the hypervisor's half");
     // Starting in the guest half, ending beyond it; and non-canonical.
-    for vaddr in [
-        0x7fff_ffff_f000,
-        0x7fff_ffff_e000,
-        0x0000_9000_0000_0000,
-        0xff00_0000_0000_0000,
-    ] {
-        let e = err(parse_spec(
-            ElfSpec::valid().with(|s| s.phdrs[DATA].vaddr = vaddr),
-        ));
-        assert!(
-            matches!(e, ImageError::SegmentInHypervisorHalf { index: DATA, .. }),
-            "{vaddr:#x}: {e}"
-        );
+    for vaddr in [0x7fff_ffff_f000, 0x7fff_ffff_e000, 0x0000_9000_0000_0000, 0xff00_0000_0000_0000] {
+        let e = err(parse_spec(ElfSpec::valid().with(|s| s.phdrs[DATA].vaddr = vaddr)));
+        assert!(matches!(e, ImageError::SegmentInHypervisorHalf { index: DATA, .. }), "{vaddr:#x}: {e}");
     }
 }
 
 #[test]
 fn segment_past_image_end_or_below_user_min() {
-    let e =
-        err(parse_spec(ElfSpec::valid().with(|s| {
-            s.phdrs[DATA].vaddr = abi::layout::IMAGE_END - 0x1000
-        })));
-    assert!(
-        matches!(e, ImageError::SegmentPastImageEnd { index: DATA, .. }),
-        "{e}"
-    );
-    assert!(
-        e.to_string()
-            .contains("reaches past the end of the image region")
-    );
+    let e = err(parse_spec(ElfSpec::valid().with(|s| s.phdrs[DATA].vaddr = abi::layout::IMAGE_END - 0x1000)));
+    assert!(matches!(e, ImageError::SegmentPastImageEnd { index: DATA, .. }), "{e}");
+    assert!(e.to_string().contains("reaches past the end of the image region"));
     // Ending exactly at IMAGE_END is fine.
     let image = parse_spec(ElfSpec::valid().with(|s| {
         s.phdrs[DATA].vaddr = abi::layout::IMAGE_END - 0x3000;
@@ -1406,51 +969,28 @@ fn segment_past_image_end_or_below_user_min() {
     .unwrap();
     assert_eq!(image.vaddr_range().end, abi::layout::IMAGE_END);
 
-    let e = err(parse_spec(
-        ElfSpec::valid().with(|s| s.phdrs[TEXT].vaddr = 0x1000),
-    ));
-    assert_eq!(
-        e,
-        ImageError::SegmentTooLow {
-            index: TEXT,
-            vaddr: 0x1000
-        }
-    );
+    let e = err(parse_spec(ElfSpec::valid().with(|s| s.phdrs[TEXT].vaddr = 0x1000)));
+    assert_eq!(e, ImageError::SegmentTooLow { index: TEXT, vaddr: 0x1000 });
 }
 
 #[test]
 fn segment_wrapping_around() {
-    for (vaddr, memsz) in [
-        (0xffff_ffff_ffff_f000, 0x2000),
-        (0xffff_ffff_ffff_f001, 0xfff),
-        (0xffff_ffff_ffff_e000, 0x1001),
-        (0x20_5000, u64::MAX),
-    ] {
+    for (vaddr, memsz) in
+        [(0xffff_ffff_ffff_f000, 0x2000), (0xffff_ffff_ffff_f001, 0xfff), (0xffff_ffff_ffff_e000, 0x1001), (0x20_5000, u64::MAX)]
+    {
         let e = err(parse_spec(ElfSpec::valid().with(|s| {
             s.phdrs[DATA].vaddr = vaddr;
             s.phdrs[DATA].memsz = memsz;
         })));
-        assert_eq!(
-            e,
-            ImageError::SegmentWraps {
-                index: DATA,
-                vaddr,
-                mem_size: memsz
-            },
-            "{e}"
-        );
+        assert_eq!(e, ImageError::SegmentWraps { index: DATA, vaddr, mem_size: memsz }, "{e}");
     }
 }
 
 #[test]
 fn absurd_memsz() {
-    let e = err(parse_spec(
-        ElfSpec::valid().with(|s| s.phdrs[DATA].memsz = 2 << 30),
-    ));
+    let e = err(parse_spec(ElfSpec::valid().with(|s| s.phdrs[DATA].memsz = 2 << 30)));
     assert!(matches!(e, ImageError::SegmentPastImageEnd { .. }), "{e}");
-    let e = err(parse_spec(
-        ElfSpec::valid().with(|s| s.phdrs[DATA].memsz = 300 << 20),
-    ));
+    let e = err(parse_spec(ElfSpec::valid().with(|s| s.phdrs[DATA].memsz = 300 << 20)));
     assert!(matches!(e, ImageError::SegmentsTooLarge { .. }), "{e}");
     // Two segments of 150 MiB each.
     let e = err(parse_spec(ElfSpec::valid().with(|s| {
@@ -1459,26 +999,17 @@ fn absurd_memsz() {
         s.phdrs[DATA].memsz = 150 << 20;
         s.phdrs[TLS].vaddr = 0x0a00_5000;
     })));
-    assert_eq!(
-        e,
-        ImageError::SegmentsTooLarge {
-            total: 0x2000 + 2 * 0x960_0000
-        }
-    );
+    assert_eq!(e, ImageError::SegmentsTooLarge { total: 0x2000 + 2 * 0x960_0000 });
     assert!(e.to_string().ends_with("the limit is 256 MiB"));
 }
 
 #[test]
 fn wrong_abi_or_hermit_notes() {
-    let e = err(parse_spec(
-        ElfSpec::valid().with(|s| s.notes = abi_note(abi::ABI_VERSION)),
-    ));
+    let e = err(parse_spec(ElfSpec::valid().with(|s| s.notes = abi_note(abi::ABI_VERSION))));
     assert_eq!(e, ImageError::MissingHermitNote);
     assert_eq!(e.to_string(), "image has no HERMIT entry-version note");
 
-    let e = err(parse_spec(
-        ElfSpec::valid().with(|s| s.notes = hermit_note()),
-    ));
+    let e = err(parse_spec(ElfSpec::valid().with(|s| s.notes = hermit_note())));
     assert_eq!(e, ImageError::MissingAbiNote);
 
     let e = err(parse_spec(ElfSpec::valid().with(|s| {
@@ -1486,13 +1017,7 @@ fn wrong_abi_or_hermit_notes() {
         s.notes.extend(abi_note(7));
     })));
     assert_eq!(e, ImageError::AbiVersion(7));
-    assert_eq!(
-        e.to_string(),
-        format!(
-            "image was built for hypervisor ABI v7; this hypervisor speaks v{}",
-            abi::ABI_VERSION
-        )
-    );
+    assert_eq!(e.to_string(), format!("image was built for hypervisor ABI v7; this hypervisor speaks v{}", abi::ABI_VERSION));
 
     let e = err(parse_spec(ElfSpec::valid().with(|s| {
         s.notes = note(abi::note::HERMIT_NAME, abi::note::HERMIT_TYPE, &[3]);
@@ -1502,26 +1027,14 @@ fn wrong_abi_or_hermit_notes() {
 
     let e = err(parse_spec(ElfSpec::valid().with(|s| {
         s.notes = hermit_note();
-        s.notes.extend(note(
-            abi::note::NAME,
-            abi::note::TYPE,
-            &[1, 0, 0, 0, 0, 0, 0, 0],
-        ));
+        s.notes.extend(note(abi::note::NAME, abi::note::TYPE, &[1, 0, 0, 0, 0, 0, 0, 0]));
     })));
-    assert_eq!(
-        e,
-        ImageError::NoteDescSize {
-            note: "HVABI",
-            size: 8,
-            expected: 4
-        }
-    );
+    assert_eq!(e, ImageError::NoteDescSize { note: "HVABI", size: 8, expected: 4 });
 
     // Right name, wrong type, and right type, wrong name: not our notes.
     let e = err(parse_spec(ElfSpec::valid().with(|s| {
         s.notes = note(abi::note::HERMIT_NAME, 0x5a01, &[4]);
-        s.notes
-            .extend(note(b"HERMIX", abi::note::HERMIT_TYPE, &[4]));
+        s.notes.extend(note(b"HERMIX", abi::note::HERMIT_TYPE, &[4]));
         s.notes.extend(abi_note(abi::ABI_VERSION));
     })));
     assert_eq!(e, ImageError::MissingHermitNote);
@@ -1558,9 +1071,7 @@ fn notes_with_8_byte_alignment_and_in_two_segments() {
 
 #[test]
 fn writable_and_executable_segment() {
-    let e = err(parse_spec(
-        ElfSpec::valid().with(|s| s.phdrs[DATA].flags = PF_R | PF_W | PF_X),
-    ));
+    let e = err(parse_spec(ElfSpec::valid().with(|s| s.phdrs[DATA].flags = PF_R | PF_W | PF_X)));
     assert_eq!(e, ImageError::WritableAndExecutable { index: DATA });
     assert_eq!(e.to_string(), "segment 2 is both writable and executable");
 }
@@ -1571,13 +1082,7 @@ fn segments_sharing_a_page() {
     let e = err(parse_spec(ElfSpec::valid().with(|s| {
         s.phdrs[RODATA].vaddr = 0x20_2000;
     })));
-    assert_eq!(
-        e,
-        ImageError::SegmentsSharePage {
-            first: TEXT,
-            second: RODATA
-        }
-    );
+    assert_eq!(e, ImageError::SegmentsSharePage { first: TEXT, second: RODATA });
     assert_eq!(e.to_string(), "segments 0 and 1 share a page");
     // Fully overlapping, listed in reverse order.
     let e = err(parse_spec(ElfSpec::valid().with(|s| {
@@ -1585,30 +1090,15 @@ fn segments_sharing_a_page() {
         s.phdrs[TEXT].flags = PF_R;
         s.entry = 0x20_5000;
     })));
-    assert_eq!(
-        e,
-        ImageError::SegmentsSharePage {
-            first: TEXT,
-            second: DATA
-        }
-    );
+    assert_eq!(e, ImageError::SegmentsSharePage { first: TEXT, second: DATA });
     // Adjacent pages are fine.
     assert!(parse_spec(ElfSpec::valid().with(|s| s.phdrs[RODATA].vaddr = 0x20_4000)).is_ok());
 }
 
 #[test]
 fn misaligned_segment() {
-    let e = err(parse_spec(
-        ElfSpec::valid().with(|s| s.phdrs[RODATA].vaddr = 0x20_3800),
-    ));
-    assert_eq!(
-        e,
-        ImageError::SegmentMisaligned {
-            index: RODATA,
-            vaddr: 0x20_3800,
-            offset: 0x3000
-        }
-    );
+    let e = err(parse_spec(ElfSpec::valid().with(|s| s.phdrs[RODATA].vaddr = 0x20_3800)));
+    assert_eq!(e, ImageError::SegmentMisaligned { index: RODATA, vaddr: 0x20_3800, offset: 0x3000 });
     // With p_align below a page the congruence is not required.
     assert!(
         parse_spec(ElfSpec::valid().with(|s| {
@@ -1642,27 +1132,13 @@ fn no_load_segment() {
 
 #[test]
 fn tls_checks() {
-    let e = err(parse_spec(
-        ElfSpec::valid().with(|s| s.phdrs[TLS].vaddr = 0x20_4000),
-    ));
-    assert_eq!(
-        e,
-        ImageError::TlsOutsideSegment {
-            start: 0x20_4000,
-            end: 0x20_4010
-        }
-    );
-    let e = err(parse_spec(
-        ElfSpec::valid().with(|s| s.phdrs[TLS].vaddr = 0x20_7100 - 8),
-    ));
+    let e = err(parse_spec(ElfSpec::valid().with(|s| s.phdrs[TLS].vaddr = 0x20_4000)));
+    assert_eq!(e, ImageError::TlsOutsideSegment { start: 0x20_4000, end: 0x20_4010 });
+    let e = err(parse_spec(ElfSpec::valid().with(|s| s.phdrs[TLS].vaddr = 0x20_7100 - 8)));
     assert!(matches!(e, ImageError::TlsOutsideSegment { .. }), "{e}");
-    let e = err(parse_spec(
-        ElfSpec::valid().with(|s| s.phdrs[TLS].align = 3),
-    ));
+    let e = err(parse_spec(ElfSpec::valid().with(|s| s.phdrs[TLS].align = 3)));
     assert_eq!(e, ImageError::TlsAlign(3));
-    let e = err(parse_spec(
-        ElfSpec::valid().with(|s| s.phdrs.push(s.phdrs[TLS].clone())),
-    ));
+    let e = err(parse_spec(ElfSpec::valid().with(|s| s.phdrs.push(s.phdrs[TLS].clone()))));
     assert_eq!(e, ImageError::MultipleTls);
     let e = err(parse_spec(ElfSpec::valid().with(|s| {
         s.phdrs[TLS].vaddr = u64::MAX - 4;
@@ -1695,18 +1171,9 @@ fn display_is_one_line_without_trailing_period() {
         ImageError::GzipChecksum,
         ImageError::GzipTooLarge { declared: 1 << 30 },
         ImageError::GzipLongerThanDeclared { declared: 0 },
-        ImageError::OutOfMemory {
-            needed: 2,
-            available: 1,
-        },
-        ImageError::OutOfMemory {
-            needed: 1,
-            available: 2,
-        },
-        ImageError::TarCorrupt {
-            offset: 0x400,
-            reason: "checksum does not match",
-        },
+        ImageError::OutOfMemory { needed: 2, available: 1 },
+        ImageError::OutOfMemory { needed: 1, available: 2 },
+        ImageError::TarCorrupt { offset: 0x400, reason: "checksum does not match" },
         ImageError::ConfigTooLarge { size: 1 },
         ImageError::ConfigNotUtf8,
         ImageError::Config("line 1: x".into()),
@@ -1714,37 +1181,18 @@ fn display_is_one_line_without_trailing_period() {
         ImageError::ElfTooShort { size: 3 },
         ImageError::NotElf,
         ImageError::NoLoadSegment,
-        ImageError::SegmentPastFileEnd {
-            index: 1,
-            offset: 2,
-            size: 3,
-            file_size: 4,
-        },
-        ImageError::SegmentWraps {
-            index: 1,
-            vaddr: 2,
-            mem_size: 3,
-        },
+        ImageError::SegmentPastFileEnd { index: 1, offset: 2, size: 3, file_size: 4 },
+        ImageError::SegmentWraps { index: 1, vaddr: 2, mem_size: 3 },
         ImageError::SegmentsTooLarge { total: 1 << 31 },
         ImageError::EntryNotExecutable { entry: 0x1000 },
-        ImageError::NoteTruncated {
-            index: 3,
-            offset: 0x3000,
-        },
-        ImageError::NoteDescSize {
-            note: "HERMIT",
-            size: 2,
-            expected: 1,
-        },
+        ImageError::NoteTruncated { index: 3, offset: 0x3000 },
+        ImageError::NoteDescSize { note: "HERMIT", size: 2, expected: 1 },
         ImageError::MissingAbiNote,
         ImageError::HermitVersion(3),
     ];
     for e in errors {
         let s = e.to_string();
-        assert!(
-            !s.contains('\n') && !s.ends_with('.') && !s.is_empty(),
-            "{s:?}"
-        );
+        assert!(!s.contains('\n') && !s.ends_with('.') && !s.is_empty(), "{s:?}");
     }
 }
 
@@ -1759,12 +1207,7 @@ fn touch(image: &Image) {
     let mut page = [0u8; 4096];
     for seg in &image.segments {
         let pages = seg.pages();
-        for addr in pages
-            .clone()
-            .step_by(4096)
-            .take(4)
-            .chain([pages.end.saturating_sub(4096)])
-        {
+        for addr in pages.clone().step_by(4096).take(4).chain([pages.end.saturating_sub(4096)]) {
             assert!(image.fill_page(addr, &mut page));
         }
     }
@@ -1788,14 +1231,7 @@ fn mutate(rng: &mut Rng, buf: &mut Vec<u8>, hot: &[Range<usize>]) {
             2 => buf[at] = [0, 0xff, 0x7f, 0x80, 1][rng.below(5)],
             3 => {
                 // A whole random or extreme 8-byte field.
-                let v = [
-                    rng.next(),
-                    u64::MAX,
-                    0,
-                    1 << 63,
-                    0xffff_8000_0000_0000,
-                    0x1000,
-                ][rng.below(6)];
+                let v = [rng.next(), u64::MAX, 0, 1 << 63, 0xffff_8000_0000_0000, 0x1000][rng.below(6)];
                 let at = at & !7;
                 for (i, b) in v.to_le_bytes().iter().enumerate() {
                     if let Some(x) = buf.get_mut(at + i) {
@@ -1858,11 +1294,7 @@ fn mutations_never_panic() {
         let mut g = gz.clone();
         mutate(&mut rng, &mut g, &gz_hot);
         // Every other round within a budget around the archive's size.
-        let result = if i % 2 == 0 {
-            Image::parse(&g)
-        } else {
-            Image::parse_within(&g, archive.len() - 2048 + rng.below(4096))
-        };
+        let result = if i % 2 == 0 { Image::parse(&g) } else { Image::parse_within(&g, archive.len() - 2048 + rng.below(4096)) };
         if let Ok(image) = result {
             touch(&image);
         }

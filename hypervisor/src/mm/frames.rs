@@ -53,11 +53,12 @@ impl<'a> FrameAllocator<'a> {
         let mut pa = range.start / FRAME_SIZE * FRAME_SIZE;
         while pa < range.end {
             if let Some(i) = self.index(pa)
-                && self.bits[i / 64] & (1 << (i % 64)) != 0 {
-                    self.bits[i / 64] &= !(1 << (i % 64));
-                    self.free -= 1;
-                    self.total -= 1;
-                }
+                && self.bits[i / 64] & (1 << (i % 64)) != 0
+            {
+                self.bits[i / 64] &= !(1 << (i % 64));
+                self.free -= 1;
+                self.total -= 1;
+            }
             pa += FRAME_SIZE;
         }
     }

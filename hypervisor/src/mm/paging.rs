@@ -170,7 +170,15 @@ impl AddressSpace {
     /// cost follows what is mapped, not the size of the range. Page tables
     /// stay (they are reused by the next touch). The caller flushes the TLB.
     pub fn unmap_user_range<M: PhysMem>(&mut self, mem: &mut M, start: u64, end: u64, f: &mut impl FnMut(&mut M, PhysAddr, Pte)) -> usize {
-        fn walk<M: PhysMem>(mem: &mut M, table: PhysAddr, level: u32, base: u64, start: u64, end: u64, f: &mut impl FnMut(&mut M, PhysAddr, Pte)) -> usize {
+        fn walk<M: PhysMem>(
+            mem: &mut M,
+            table: PhysAddr,
+            level: u32,
+            base: u64,
+            start: u64,
+            end: u64,
+            f: &mut impl FnMut(&mut M, PhysAddr, Pte),
+        ) -> usize {
             let span = FRAME_SIZE << (9 * (level - 1));
             let lo = ((start.max(base) - base) / span) as usize;
             let hi = (((end.min(base + 512 * span)) - 1 - base) / span) as usize;
@@ -197,7 +205,6 @@ impl AddressSpace {
         }
         walk(mem, self.root, 4, 0, start, end, f)
     }
-
 
     /// Frees every page table and every owned (non-`SHARED`) frame of the
     /// guest half, and the PML4. Returns the number of owned data frames

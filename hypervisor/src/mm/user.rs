@@ -214,7 +214,9 @@ impl GuestMemory {
     /// Whether `[start, start + len)` is whole pages inside the heap.
     pub fn is_discardable(&self, start: u64, len: u64) -> bool {
         let heap = &self.zero_fill[0];
-        start.is_multiple_of(FRAME_SIZE) && len.is_multiple_of(FRAME_SIZE) && start.checked_add(len).is_some_and(|end| heap.start <= start && end <= heap.end)
+        start.is_multiple_of(FRAME_SIZE)
+            && len.is_multiple_of(FRAME_SIZE)
+            && start.checked_add(len).is_some_and(|end| heap.start <= start && end <= heap.end)
     }
 
     /// Frees everything the guest owns. Returns the frames freed.

@@ -496,13 +496,7 @@ impl Switch {
     /// once for each port that should receive it, in no particular order.
     /// `out` copies the frame into that port's receive ring (or the
     /// uplink's transmit queue) and returns `false` if there was no room.
-    pub fn forward(
-        &mut self,
-        from: PortId,
-        frame: &[u8],
-        now_ns: u64,
-        out: &mut impl FnMut(PortId) -> bool,
-    ) -> Verdict {
+    pub fn forward(&mut self, from: PortId, frame: &[u8], now_ns: u64, out: &mut impl FnMut(PortId) -> bool) -> Verdict {
         self.forward_header(from, frame, frame.len(), now_ns, out)
     }
 
@@ -674,13 +668,7 @@ fn u16_at(header: &[u8], at: usize) -> Option<u16> {
 
 /// Hands a frame to `to` (a live port) and counts it; `false` if there is
 /// no such port and nothing was handed over.
-fn deliver(
-    slots: &mut [Slot],
-    totals: &mut Stats,
-    to: PortId,
-    bytes: u64,
-    out: &mut impl FnMut(PortId) -> bool,
-) -> bool {
+fn deliver(slots: &mut [Slot], totals: &mut Stats, to: PortId, bytes: u64, out: &mut impl FnMut(PortId) -> bool) -> bool {
     let Some(p) = port_in(slots, to) else { return false };
     let took = out(to);
     if took {
@@ -903,10 +891,7 @@ mod tests {
         let other = sw.add_port(3, mac(3), ip(3)).unwrap();
         // The mallory port claims to be A, and to be an outside station.
         for src in [mac(1), outside(1), mac(3)] {
-            assert_eq!(
-                send(&mut sw, m, &frame(BROADCAST, src, 60), 0),
-                (Verdict::Dropped(DropReason::Spoofed), vec![])
-            );
+            assert_eq!(send(&mut sw, m, &frame(BROADCAST, src, 60), 0), (Verdict::Dropped(DropReason::Spoofed), vec![]));
         }
         assert_eq!(sw.stats(m).unwrap().drop_spoofed, 3);
         assert_eq!(sw.stats(m).unwrap().rx_frames, 0);
@@ -1188,10 +1173,7 @@ mod tests {
         let d = sw.add_port(0, mac(2), ip(2)).unwrap();
         assert_eq!(d.slot(), b.slot());
         assert_ne!(d, b);
-        assert_eq!(
-            send(&mut sw, b, &frame(BROADCAST, mac(2), 60), 0),
-            (Verdict::Dropped(DropReason::UnknownPort), vec![])
-        );
+        assert_eq!(send(&mut sw, b, &frame(BROADCAST, mac(2), 60), 0), (Verdict::Dropped(DropReason::UnknownPort), vec![]));
         assert_eq!(sw.stats(b), None);
         assert_eq!(sw.stats(d), Some(Stats::default()));
         assert_eq!(send(&mut sw, a, &frame(mac(2), mac(1), 60), 0), (fwd(1), vec![d]));
@@ -1287,8 +1269,7 @@ mod tests {
         let up = sw.add_uplink(42).unwrap();
         let added = t.elapsed();
 
-        let in_tenant =
-            |t: u32| -> Vec<PortId> { (0..PORTS).filter(|i| i % TENANTS == t).map(|i| ids[i as usize]).collect() };
+        let in_tenant = |t: u32| -> Vec<PortId> { (0..PORTS).filter(|i| i % TENANTS == t).map(|i| ids[i as usize]).collect() };
         // A broadcast in tenant 7 reaches exactly tenant 7's other ports.
         let from = ids[7];
         let (v, got) = send(&mut sw, from, &frame(BROADCAST, mac(7), 60), 0);
@@ -1401,12 +1382,8 @@ mod tests {
             let known = if dst[0] & 1 == 1 {
                 None
             } else {
-                guest_with(dst).or_else(|| {
-                    self.learned
-                        .iter()
-                        .find(|l| l.0 == tenant && l.1 == dst && now.saturating_sub(l.3) < AGE_NS)
-                        .map(|l| l.2)
-                })
+                guest_with(dst)
+                    .or_else(|| self.learned.iter().find(|l| l.0 == tenant && l.1 == dst && now.saturating_sub(l.3) < AGE_NS).map(|l| l.2))
             };
             let to: Vec<PortId> = match known {
                 Some(p) => vec![p],

@@ -147,7 +147,12 @@ mod tests {
             let id = rd16(mem, q.avail, 4 + 2 * (*seen % q.size) as usize);
             let mut d = [0u8; 16];
             mem.read(q.desc, 16 * id as usize, &mut d);
-            out.push((id, u64::from_le_bytes(d[0..8].try_into().unwrap()), u32::from_le_bytes(d[8..12].try_into().unwrap()), u16::from_le_bytes(d[12..14].try_into().unwrap())));
+            out.push((
+                id,
+                u64::from_le_bytes(d[0..8].try_into().unwrap()),
+                u32::from_le_bytes(d[8..12].try_into().unwrap()),
+                u16::from_le_bytes(d[12..14].try_into().unwrap()),
+            ));
             let slot = (*used_idx % q.size) as usize;
             let mut e = [0u8; 8];
             e[0..4].copy_from_slice(&(id as u32).to_le_bytes());

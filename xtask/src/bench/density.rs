@@ -125,7 +125,12 @@ impl Bench {
         row(&mut t, "guests per GiB", &|f| format!("{:.0}", f.started as f64 * 1024.0 / f.memory_mib as f64));
         row(&mut t, "charged per guest (median)", &|f| format!("{} B", f.memory["memory_bytes"]));
         row(&mut t, "  private / rings / tables", &|f| {
-            format!("{}/{}/{} K", field(&f.memory, "private_bytes") / 1024, field(&f.memory, "ring_bytes") / 1024, field(&f.memory, "table_bytes") / 1024)
+            format!(
+                "{}/{}/{} K",
+                field(&f.memory, "private_bytes") / 1024,
+                field(&f.memory, "ring_bytes") / 1024,
+                field(&f.memory, "table_bytes") / 1024
+            )
         });
         row(&mut t, "  hypervisor record", &|f| format!("{} B", f.memory["hv_bytes"]));
         row(&mut t, "  shared (not charged)", &|f| format!("{} K", field(&f.memory, "shared_bytes") / 1024));
@@ -150,7 +155,11 @@ impl Bench {
         );
         let ours_bytes = fills.first().map_or(0, |f| field(&f.memory, "memory_bytes") + field(&f.memory, "hv_bytes"));
         if lx_bytes > 0 && ours_bytes > 0 {
-            let _ = write!(t, "\n  memory per idle echo: ours {ours_bytes} B vs linux {lx_bytes} B ({:.1}x less)", lx_bytes as f64 / ours_bytes as f64);
+            let _ = write!(
+                t,
+                "\n  memory per idle echo: ours {ours_bytes} B vs linux {lx_bytes} B ({:.1}x less)",
+                lx_bytes as f64 / ours_bytes as f64
+            );
         }
         t += "\n\n  goals: >= 10,000 idle echo guests per GiB (<= 100 KiB each); 10,000 starts in < 1 s of hypervisor time; \
               idle CPU <= 1%; 100% of memory back.\n";
@@ -199,15 +208,16 @@ impl Bench {
         let mut listening = 0;
         // (A machine line also comes once the guests are created; only the
         // one after `stats` counts.)
-        let (_, probe) = b.ours_live(&format!("{PROBE} idle echo guests in {mib} MiB (probe)"), echo_entry(PROBE), Duration::from_secs(300), |l| {
-            if l.contains("| echo: listening") {
-                listening += 1;
-                if listening == PROBE {
-                    return linux::Reply::Type(b"stats\n".to_vec());
+        let (_, probe) =
+            b.ours_live(&format!("{PROBE} idle echo guests in {mib} MiB (probe)"), echo_entry(PROBE), Duration::from_secs(300), |l| {
+                if l.contains("| echo: listening") {
+                    listening += 1;
+                    if listening == PROBE {
+                        return linux::Reply::Type(b"stats\n".to_vec());
+                    }
                 }
-            }
-            if listening >= PROBE && l.starts_with(r#"{"event":"machine""#) { linux::Reply::Stop } else { linux::Reply::Continue }
-        })?;
+                if listening >= PROBE && l.starts_with(r#"{"event":"machine""#) { linux::Reply::Stop } else { linux::Reply::Continue }
+            })?;
         let text = probe.text();
         let per_guest = text
             .lines()
@@ -216,7 +226,8 @@ impl Bench {
             .map(|v| field(&v, "memory_bytes") + field(&v, "hv_bytes"))
             .max()
             .context("the probe boot printed no guest_stats")?;
-        let machine = text.lines().rev().filter_map(parse_json).find(|v| v["event"] == "machine").context("the probe printed no machine line")?;
+        let machine =
+            text.lines().rev().filter_map(parse_json).find(|v| v["event"] == "machine").context("the probe printed no machine line")?;
         let room = field(&machine, "free_bytes") + PROBE as u64 * per_guest - (2 << 20);
         let guests = ((room as f64 * 0.97) / per_guest as f64) as usize;
         progress(&format!("  an idle echo guest costs {per_guest} B: {guests} fit in {mib} MiB"));
@@ -267,8 +278,11 @@ impl Bench {
         if machines < 3 {
             bail!("the fill boot ended early ({listening} of {guests} listening, checker done: {checked}):\n{}", console.tail(30));
         }
-        let stats: Vec<Value> =
-            text.lines().filter_map(parse_json).filter(|v| v["event"] == "guest_stats" && v["guest"].as_str().is_some_and(|g| g.starts_with("e-"))).collect();
+        let stats: Vec<Value> = text
+            .lines()
+            .filter_map(parse_json)
+            .filter(|v| v["event"] == "guest_stats" && v["guest"].as_str().is_some_and(|g| g.starts_with("e-")))
+            .collect();
         let col = |k: &str| -> Vec<u64> { stats.iter().map(|v| field(v, k)).collect() };
         let med = |k: &str| quantile(&mut col(k), 0.5);
         let memory = json!({

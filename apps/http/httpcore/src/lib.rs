@@ -474,8 +474,7 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
 /// year 9999 show 9999-12-31 23:59:59.
 pub fn imf_fixdate(unix_secs: u64) -> [u8; 29] {
     const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
-    const MONTHS: [&[u8; 3]; 12] =
-        [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
+    const MONTHS: [&[u8; 3]; 12] = [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
     let secs = unix_secs.min(253_402_300_799);
     let days = (secs / 86_400) as i64;
     let sod = secs % 86_400;

@@ -131,4 +131,3 @@ pub fn arm(deadline: u64) {
     let ticks = ((delta as u128 * TICKS_PER_TSC.load(Ordering::Relaxed) as u128) >> 32).clamp(1, u32::MAX as u128);
     write(REG_INITIAL, ticks as u32);
 }
-

@@ -73,6 +73,5 @@ pub fn wall_clock_ns() -> u64 {
         19..=99 => d(r[6]),
         _ => 20,
     };
-    hypervisor::time::unix_seconds(century * 100 + d(r[5]), d(r[4]), d(r[3]), hour, d(r[1]), d(r[0]))
-        .map_or(0, |s| s * 1_000_000_000)
+    hypervisor::time::unix_seconds(century * 100 + d(r[5]), d(r[4]), d(r[3]), hour, d(r[1]), d(r[0])).map_or(0, |s| s * 1_000_000_000)
 }

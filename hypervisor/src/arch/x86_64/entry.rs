@@ -46,9 +46,9 @@ struct PerCpu {
     iret: [u64; 5],
 }
 
-static mut PERCPU: [PerCpu; super::smp::MAX_CPUS] =
-    [const { PerCpu { this: 0, kernel_rsp: 0, regs: 0, user_rsp: 0, fpu: 0, index: 0, scratch: 0, scratch2: 0, guest_cr3: 0, iret: [0; 5] } };
-        super::smp::MAX_CPUS];
+static mut PERCPU: [PerCpu; super::smp::MAX_CPUS] = [const {
+    PerCpu { this: 0, kernel_rsp: 0, regs: 0, user_rsp: 0, fpu: 0, index: 0, scratch: 0, scratch2: 0, guest_cr3: 0, iret: [0; 5] }
+}; super::smp::MAX_CPUS];
 
 fn percpu() -> *mut PerCpu {
     let p: u64;
@@ -57,7 +57,6 @@ fn percpu() -> *mut PerCpu {
     unsafe { asm!("mov {}, gs:[0]", out(reg) p, options(nostack, readonly, preserves_flags)) };
     p as *mut PerCpu
 }
-
 
 /// Page-table isolation: guests run on tables that map the hypervisor's
 /// image and the local APIC but not the direct map (all RAM, every tenant's
@@ -155,7 +154,10 @@ pub fn init_cpu(cpu: usize) {
     // block is its own; the MSR values follow the GDT layout (gdt.rs) and
     // the entry code below.
     unsafe {
-        lidt(&DescriptorTablePointer { limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16, base: VirtAddr::new(&raw const IDT as u64) });
+        lidt(&DescriptorTablePointer {
+            limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16,
+            base: VirtAddr::new(&raw const IDT as u64),
+        });
         let percpu = &raw mut PERCPU[cpu];
         (*percpu).this = percpu as u64;
         (*percpu).index = cpu as u64;

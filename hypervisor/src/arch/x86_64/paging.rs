@@ -7,10 +7,10 @@
 //! read-execute, rodata read-only, data read-write no-execute). The lower
 //! half is left empty for guests; each guest's PML4 copies the upper half.
 
+use core::ops::Range;
 use hypervisor::mm::frames::{self, FrameAllocator};
 use hypervisor::mm::paging::{self, Pte};
 use hypervisor::mm::{FRAME_SIZE, PhysAddr, PhysMem};
-use core::ops::Range;
 use spin::Mutex;
 
 /// Where all of physical memory is mapped.

@@ -44,11 +44,7 @@ impl Function {
             return None; // an I/O BAR
         }
         let base = (lo & !0xf) as u64;
-        if (lo >> 1) & 3 == 2 {
-            Some(base | (self.read32(0x14 + 4 * n) as u64) << 32)
-        } else {
-            Some(base)
-        }
+        if (lo >> 1) & 3 == 2 { Some(base | (self.read32(0x14 + 4 * n) as u64) << 32) } else { Some(base) }
     }
 }
 
