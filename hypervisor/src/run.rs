@@ -682,12 +682,8 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
             }
         }
     }
-    if started > 0 {
-        println!(
-            "[hv] created {started} guests in {} ms of hypervisor time ({} us each)",
-            create_ns / 1_000_000,
-            create_ns / 1000 / started
-        );
+    if let Some(each_us) = (create_ns / 1000).checked_div(started) {
+        println!("[hv] created {started} guests in {} ms of hypervisor time ({each_us} us each)", create_ns / 1_000_000);
     }
     // Where the machine stands with every guest created (the hostile
     // tests compare the hypervisor heap at the end with this).

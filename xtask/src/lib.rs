@@ -14,6 +14,7 @@ pub mod bench;
 mod build;
 mod cmd;
 pub mod ctl;
+pub mod lint;
 pub mod linux;
 pub mod manifest;
 pub mod pack;

@@ -40,6 +40,8 @@ enum Command {
         #[command(subcommand)]
         what: Ctl,
     },
+    /// Check formatting and run clippy (-D warnings) on every crate, host and freestanding.
+    Lint,
     /// Run the host tests and the QEMU integration tests (`cargo test`).
     Test {
         /// Arguments for `cargo test`, e.g. `-- -p xtask -- --nocapture`.
@@ -244,6 +246,7 @@ impl Command {
                     Ctl::Shutdown => inst.shutdown()?,
                 }
             }
+            Command::Lint => xtask::lint::lint()?,
             Command::Test { args } => {
                 xtask::ensure_qemu()?;
                 let start = Instant::now();

@@ -40,12 +40,15 @@ static mut IST_STACKS: [[IstStack; 4]; super::smp::MAX_CPUS] = [const { [const {
 pub fn init(cpu: usize) {
     let tss = TSS[cpu].call_once(|| {
         let mut tss = TaskStateSegment::new();
-        for i in 0..4 {
+        // The TSS is packed, so its table is copied out, filled and copied back.
+        let mut ist = tss.interrupt_stack_table;
+        for (i, entry) in ist.iter_mut().enumerate().take(4) {
             // SAFETY: only its address is taken; CPU `cpu`'s stacks are used
             // by CPU `cpu` alone, through its TSS.
             let stack = unsafe { &raw mut IST_STACKS[cpu][i] } as u64;
-            tss.interrupt_stack_table[i] = VirtAddr::new(stack + IST_SIZE as u64);
+            *entry = VirtAddr::new(stack + IST_SIZE as u64);
         }
+        tss.interrupt_stack_table = ist;
         tss
     });
     let gdt = GDT[cpu].call_once(|| {
