@@ -319,6 +319,61 @@ pub mod testing {
             self.0.borrow_mut()[offset..offset + src.len()].copy_from_slice(src);
         }
     }
+
+    /// A ring in ordinary memory that threads may share: the hypervisor's
+    /// back-end tests deliver to it from several threads while another
+    /// plays the guest. Every access is bounds-checked (a bad offset
+    /// panics the test); bytes are read and written one by one, index
+    /// words as one atomic access each.
+    pub struct SharedRing(alloc::boxed::Box<[core::sync::atomic::AtomicU32]>);
+
+    impl SharedRing {
+        /// A zeroed ring region of `slots` slots.
+        pub fn new(slots: u32) -> Self {
+            Self((0..ring_bytes(slots) / 4).map(|_| core::sync::atomic::AtomicU32::new(0)).collect())
+        }
+
+        /// The size of its region.
+        pub fn bytes(&self) -> usize {
+            self.0.len() * 4
+        }
+
+        fn byte(&self, at: usize) -> u8 {
+            (self.0[at / 4].load(core::sync::atomic::Ordering::Acquire) >> (8 * (at % 4))) as u8
+        }
+
+        fn set_byte(&self, at: usize, v: u8) {
+            let shift = 8 * (at % 4);
+            let word = &self.0[at / 4];
+            let _ = word.fetch_update(core::sync::atomic::Ordering::AcqRel, core::sync::atomic::Ordering::Acquire, |w| {
+                Some(w & !(0xff << shift) | u32::from(v) << shift)
+            });
+        }
+    }
+
+    // SAFETY: index words are single 4-byte atomics (acquire/release, the
+    // offset asserted aligned); every access is bounds-checked by slice
+    // indexing, so an access outside the region panics, never corrupts.
+    unsafe impl RingMemory for SharedRing {
+        fn load(&self, offset: usize) -> u32 {
+            assert!(offset.is_multiple_of(4));
+            self.0[offset / 4].load(core::sync::atomic::Ordering::Acquire)
+        }
+        fn store(&self, offset: usize, v: u32) {
+            assert!(offset.is_multiple_of(4));
+            self.0[offset / 4].store(v, core::sync::atomic::Ordering::Release)
+        }
+        fn read(&self, offset: usize, dst: &mut [u8]) {
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = self.byte(offset + i);
+            }
+        }
+        fn write(&self, offset: usize, src: &[u8]) {
+            for (i, &s) in src.iter().enumerate() {
+                self.set_byte(offset + i, s);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,403 @@
+//! The vNICs' back end: every guest's port, the switch between them, and
+//! the uplink to the host.
+//!
+//! A guest's TX ring is drained when it blocks, yields, is preempted, ends
+//! or kicks ([`Net::drain`]): each frame's length is read once (checked),
+//! its first [`INSPECT_BYTES`] copied privately, the sender's rate limits
+//! checked, the switch decides on that private copy, and the frame is
+//! copied once, from the sender's TX slot straight into every receiver's
+//! RX slot (to the uplink through a buffer). Each receiver then gets
+//! `events::NET_RX` and is woken if it sleeps. A guest that breaks the
+//! ring protocol (an index beyond the ring, or moved backwards) is to be
+//! disconnected; a bad length only loses that frame (`ring_errors`).
+//!
+//! Frames from the host ([`Net::poll_uplink`]) for a guest whose RX ring
+//! is full wait in that guest's own bounded queue
+//! (`net::uplink_queue`), never in front of other guests' frames.
+//!
+//! The back end is generic over the guests' ring memory and event pages
+//! ([`GuestRing`], [`GuestEvents`]: the arch layer's direct map in the
+//! hypervisor, ordinary memory in the host tests) and over the uplink
+//! ([`UplinkDevice`]: the virtio-net driver, or a fake).
+//!
+//! Lock order, everywhere, `disconnect` included:
+//!
+//! 1. the uplink's held frames (`held`; only `poll_uplink` and
+//!    `disconnect` take it),
+//! 2. a sender's TX lock,
+//! 3. the switch,
+//! 4. a receiver's RX lock (its gate),
+//! 5. the uplink device,
+//! 6. the capture.
+//!
+//! Taking a guest's RX lock before the switch once deadlocked two CPUs (a
+//! drain delivering to a guest that another CPU disconnected); the host
+//! test `the_lock_order_holds_under_drains_polls_and_disconnects` runs
+//! that race.
+
+use super::capture::{Capture, CaptureTarget};
+use super::port::{GuestEvents, GuestRing, Port};
+use super::switch::{INSPECT_BYTES, PortId, Switch, Verdict, is_multicast};
+use super::uplink_queue::{Bounds, Offered, UplinkQueue};
+use abi::ring::{MTU_FRAME, Producer, RingError};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use spin::{Mutex, Once};
+
+#[cfg(test)]
+mod tests;
+
+/// The switch's port to the host: a device that sends and receives
+/// Ethernet frames.
+pub trait UplinkDevice: Send {
+    /// Sends one frame to the host; false if it had no room (dropped).
+    fn send(&mut self, frame: &[u8]) -> bool;
+    /// Copies the next frame from the host into `buf`; its length, or
+    /// `None` when none is waiting.
+    fn receive(&mut self, buf: &mut [u8; MTU_FRAME]) -> Option<usize>;
+    /// Tells the device about the receive buffers given back since the
+    /// last call (once per batch).
+    fn notify_rx(&mut self);
+}
+
+/// Frames taken from the uplink per poll.
+pub const UPLINK_BATCH: usize = 32;
+
+/// Why a guest's vNIC must be disconnected: it broke its TX ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingBroken(pub RingError);
+
+impl core::fmt::Display for RingBroken {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "vNIC TX ring: {}", self.0)
+    }
+}
+
+/// All vNICs, the switch and the uplink.
+pub struct Net<R, E, U> {
+    pub switch: Mutex<Switch>,
+    /// The port to the host, and its driver.
+    pub uplink: Option<(PortId, Mutex<U>)>,
+    /// Ports by guest id (room for every guest id there will be; a port is
+    /// set once, when its guest is created).
+    pub ports: Vec<Once<Port<R, E>>>,
+    /// Guest id by switch port slot (`usize::MAX`: none).
+    pub guest_of_slot: Vec<AtomicUsize>,
+    /// Frames from the host waiting for room in a guest's RX ring, per
+    /// guest id (see `poll_uplink`). First in the lock order.
+    pub held: Mutex<UplinkQueue<usize>>,
+    /// When (monotonic ns) a frame last came from the host.
+    pub uplink_rx_ns: AtomicU64,
+    /// A packet capture in progress (`ctl capture`), if `capturing`.
+    pub capture: Mutex<Capture>,
+    pub capturing: AtomicBool,
+}
+
+impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
+    /// No ports yet, room for `guests` guests (and their switch ports).
+    pub fn new(guests: usize) -> Self {
+        Self {
+            switch: Mutex::new(Switch::new()),
+            uplink: None,
+            ports: (0..guests).map(|_| Once::new()).collect(),
+            guest_of_slot: (0..guests + 1).map(|_| AtomicUsize::new(usize::MAX)).collect(),
+            held: Mutex::new(UplinkQueue::new(Bounds::UPLINK)),
+            uplink_rx_ns: AtomicU64::new(0),
+            capture: Mutex::new(Default::default()),
+            capturing: AtomicBool::new(false),
+        }
+    }
+
+    /// Guest `id`'s port, if it has one.
+    pub fn port(&self, id: usize) -> Option<&Port<R, E>> {
+        self.ports.get(id).and_then(Once::get)
+    }
+
+    /// Records a frame for the capture, if one runs and wants it.
+    fn tap(&self, now_ns: u64, wants: impl Fn(CaptureTarget) -> bool, fill: impl FnOnce(&mut [u8; MTU_FRAME]) -> usize) {
+        if self.capturing.load(Ordering::Relaxed) {
+            self.capture.lock().tap(now_ns, wants, fill);
+        }
+    }
+
+    /// Forwards every frame waiting in `guest`'s TX ring. Calls `wake` for
+    /// each guest that received frames (with its event page). Returns why
+    /// the guest must be disconnected, if it broke the ring protocol.
+    pub fn drain(&self, guest: usize, now_ns: u64, wake: &mut impl FnMut(usize, &E)) -> Result<(), RingBroken> {
+        let Some(port) = self.port(guest) else { return Ok(()) };
+        if port.rx.is_closed() {
+            return Ok(());
+        }
+        let ring = &port.tx_ring;
+        let mut tx = port.tx.lock();
+        let mut woken: Vec<usize> = Vec::new();
+        let result = loop {
+            match tx.ring.peek(ring) {
+                Ok(Some((at, len))) => {
+                    // Decide on a private copy of the header and the length
+                    // read once; then copy the frame slot to slot.
+                    let mut header = [0u8; INSPECT_BYTES];
+                    let hl = len.min(INSPECT_BYTES);
+                    ring.read(at, &mut header[..hl]);
+                    if !tx.allows(now_ns, &header, len) {
+                        let _ = tx.ring.skip(ring);
+                        continue;
+                    }
+                    self.tap(
+                        now_ns,
+                        |t| t == CaptureTarget::Guest(guest) || t == CaptureTarget::Tenant(port.tenant),
+                        |buf| {
+                            ring.read(at, &mut buf[..len]);
+                            len
+                        },
+                    );
+                    let mut switch = self.switch.lock();
+                    let verdict = switch.forward_header(port.switch_port, &header[..hl], len, now_ns, &mut |dest| {
+                        self.deliver_from(dest, ring, at, &header[..hl], len, &mut woken, now_ns)
+                    });
+                    drop(switch);
+                    if let Verdict::Dropped(why) = verdict
+                        && why.is_spoof()
+                    {
+                        port.spoofed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = tx.ring.skip(ring);
+                }
+                Ok(None) => break Ok(()),
+                Err(RingError::BadLength { .. }) => {
+                    port.count_ring_error();
+                    let _ = tx.ring.skip(ring);
+                }
+                Err(e @ RingError::BadIndex { .. }) => break Err(RingBroken(e)),
+            }
+        };
+        tx.ring.release(ring);
+        drop(tx);
+        self.wake_all(woken, &mut |g, p| wake(g, &p.events));
+        result
+    }
+
+    /// Raises `NET_RX` for each guest in `woken` (once each) and calls
+    /// `wake` for those whose port is still open.
+    fn wake_all(&self, mut woken: Vec<usize>, wake: &mut impl FnMut(usize, &Port<R, E>)) {
+        woken.sort_unstable();
+        woken.dedup();
+        for g in woken {
+            if let Some(p) = self.port(g)
+                && p.notify(abi::time::events::NET_RX)
+            {
+                wake(g, p);
+            }
+        }
+    }
+
+    /// Copies the `len`-byte frame at `at` in the sender's TX ring `src`
+    /// straight into the RX ring behind `dest` (one copy), with the checked
+    /// `header` (its first `header.len()` bytes, at most `len`) in front; to
+    /// the uplink through a buffer. Returns whether it fit.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_from(&self, dest: PortId, src: &R, at: usize, header: &[u8], len: usize, woken: &mut Vec<usize>, now_ns: u64) -> bool {
+        let hl = header.len();
+        if self.uplink.as_ref().is_some_and(|(p, _)| *p == dest) {
+            let mut frame = [0u8; MTU_FRAME];
+            frame[..hl].copy_from_slice(header);
+            src.read(at + hl, &mut frame[hl..len]);
+            return self.deliver(dest, &frame[..len], woken, now_ns);
+        }
+        self.to_guest(dest, woken, now_ns, |rx, ring| {
+            let Some(dst) = rx.reserve(ring, len)? else { return Ok(false) };
+            ring.write(dst, header);
+            src.copy_to(at + hl, ring, dst + hl, len - hl);
+            rx.commit(ring, len);
+            Ok(true)
+        })
+    }
+
+    /// Runs `fill` on the RX ring of the live guest behind switch port
+    /// `dest` (under its lock), publishes and notes the guest if it put a
+    /// frame there. Returns whether it did.
+    fn to_guest(&self, dest: PortId, woken: &mut Vec<usize>, now_ns: u64, fill: impl FnOnce(&mut Producer, &R) -> Result<bool, RingError>) -> bool {
+        let Some((g, p)) = self.guest_at(dest) else { return false };
+        let (mut rx, open) = p.rx.lock();
+        if !open {
+            return false;
+        }
+        let ring = &p.rx_ring;
+        match fill(&mut rx, ring) {
+            Ok(true) => {
+                // The frame just committed, read back from its slot.
+                let at = abi::ring::slot_offset(rx.index().wrapping_sub(1), rx.slots());
+                self.tap(
+                    now_ns,
+                    |t| t == CaptureTarget::Guest(g),
+                    |buf| {
+                        let mut len = [0u8; 2];
+                        ring.read(at, &mut len);
+                        let len = (u16::from_le_bytes(len) as usize).min(MTU_FRAME);
+                        ring.read(at + 2, &mut buf[..len]);
+                        len
+                    },
+                );
+                rx.publish(ring);
+                woken.push(g);
+                true
+            }
+            Ok(false) => false,
+            Err(_) => {
+                // The guest moved its RX consumer index somewhere impossible.
+                p.count_ring_error();
+                false
+            }
+        }
+    }
+
+    /// Copies a frame into the RX ring of the guest behind switch port
+    /// `dest`, or sends it to the host; returns whether it fit.
+    fn deliver(&self, dest: PortId, frame: &[u8], woken: &mut Vec<usize>, now_ns: u64) -> bool {
+        if let Some((port, up)) = &self.uplink
+            && *port == dest
+        {
+            return up.lock().send(frame);
+        }
+        self.to_guest(dest, woken, now_ns, |rx, ring| rx.push(ring, frame))
+    }
+
+    /// The guest (id and port) behind switch port `dest`, if any.
+    fn guest_at(&self, dest: PortId) -> Option<(usize, &Port<R, E>)> {
+        let g = self.guest_of_slot.get(dest.slot())?.load(Ordering::Acquire);
+        Some((g, self.port(g)?))
+    }
+
+    /// Switches the frames the host sent to the guests; calls `wake` for
+    /// each guest that received some.
+    ///
+    /// Flow control, per guest: a frame for one guest alone (unicast to a
+    /// MAC the switch knows) whose RX ring is full waits in that guest's
+    /// own queue, and the ones after it for that guest wait behind it; the
+    /// queues are retried first on every poll, bounded in frames and bytes,
+    /// and a frame that waited `Bounds::UPLINK.max_wait_ns` is dropped.
+    /// Broadcast and flooded frames go to whoever has room. So frames for
+    /// other guests never wait, and up to [`UPLINK_BATCH`] frames are taken
+    /// from the device on every poll.
+    pub fn poll_uplink(&self, now_ns: u64, wake: &mut impl FnMut(usize)) {
+        let Some((port, up)) = &self.uplink else { return };
+        let mut held = self.held.lock();
+        let mut woken = Vec::new();
+        let mut next = held.next_waiting(None);
+        while let Some(g) = next {
+            self.retry_held(&mut held, g, now_ns, &mut woken);
+            next = held.next_waiting(Some(g));
+        }
+        let mut frame = [0u8; MTU_FRAME];
+        let mut took = 0;
+        while took < UPLINK_BATCH {
+            // One frame at a time, the uplink unlocked while it is
+            // switched (the lock order is switch -> uplink).
+            let Some(len) = up.lock().receive(&mut frame) else { break };
+            took += 1;
+            self.switch_host_frame(&mut held, *port, &frame[..len.min(MTU_FRAME)], now_ns, &mut woken);
+        }
+        up.lock().notify_rx();
+        drop(held);
+        if took > 0 {
+            self.uplink_rx_ns.store(now_ns, Ordering::Relaxed);
+        }
+        self.wake_all(woken, &mut |g, _| wake(g));
+    }
+
+    /// Switches one frame from the host (see `poll_uplink`).
+    fn switch_host_frame(&self, held: &mut UplinkQueue<usize>, uplink: PortId, f: &[u8], now_ns: u64, woken: &mut Vec<usize>) {
+        let mut switch = self.switch.lock();
+        let tenant = switch.tenant_of(uplink);
+        self.tap(
+            now_ns,
+            |t| Some(t) == tenant.map(CaptureTarget::Tenant),
+            |buf| {
+                buf[..f.len()].copy_from_slice(f);
+                f.len()
+            },
+        );
+        // The one port it is for, if the switch will not flood it (a frame
+        // too short to name one is the switch's to refuse).
+        let dst: Option<[u8; 6]> = f.get(..6).and_then(|d| d.try_into().ok());
+        let one = match (dst, tenant) {
+            (Some(dst), Some(t)) if !is_multicast(&dst) => switch.lookup(t, dst, now_ns),
+            _ => None,
+        };
+        switch.forward(uplink, f, now_ns, &mut |dest| {
+            let Some((g, p)) = self.guest_at(dest) else { return false };
+            if Some(dest) == one {
+                match held.offer(g, f, now_ns, |f| self.to_guest(dest, woken, now_ns, |rx, ring| rx.push(ring, f))) {
+                    Offered::Delivered => true,
+                    Offered::Held => false,
+                    Offered::Dropped(_) => {
+                        p.count_uplink_drops(1);
+                        false
+                    }
+                }
+            } else {
+                let ok = self.deliver(dest, f, woken, now_ns);
+                p.count_uplink_drops(usize::from(!ok));
+                ok
+            }
+        });
+    }
+
+    /// Retries the frames waiting for guest `g` (in order, under its RX
+    /// lock), dropping those that waited too long.
+    fn retry_held(&self, held: &mut UplinkQueue<usize>, g: usize, now_ns: u64, woken: &mut Vec<usize>) {
+        let Some(p) = self.port(g) else {
+            held.remove(g);
+            return;
+        };
+        let (mut rx, open) = p.rx.lock();
+        if !open {
+            // `disconnect` frees the queue; this only makes sure.
+            p.count_uplink_drops(held.remove(g));
+            return;
+        }
+        let ring = &p.rx_ring;
+        let done = held.retry(g, now_ns, |f| match rx.push(ring, f) {
+            Ok(true) => {
+                // Recorded now that it went in, once (not while it waited).
+                self.tap(
+                    now_ns,
+                    |t| t == CaptureTarget::Guest(g),
+                    |buf| {
+                        buf[..f.len()].copy_from_slice(f);
+                        f.len()
+                    },
+                );
+                true
+            }
+            Ok(false) => false,
+            Err(_) => {
+                // The guest moved its RX consumer index somewhere impossible.
+                p.count_ring_error();
+                false
+            }
+        });
+        if done.delivered > 0 {
+            rx.publish(ring);
+            woken.push(g);
+        }
+        p.count_uplink_drops(done.expired);
+    }
+
+    /// Disconnects `guest`'s vNIC (it ended or lied): nothing is delivered
+    /// to its rings any more, so their pages may be freed; the host's
+    /// frames waiting for it are freed (and counted as dropped).
+    pub fn disconnect(&self, guest: usize) {
+        let Some(p) = self.port(guest) else { return };
+        // The module's lock order: held frames, TX, the switch, then RX
+        // (inside `close`). Closing before taking the switch once
+        // deadlocked against a drain delivering to this guest.
+        let mut held = self.held.lock();
+        let _tx = p.tx.lock();
+        let mut switch = self.switch.lock();
+        if p.rx.close() {
+            switch.remove_port(p.switch_port);
+        }
+        p.count_uplink_drops(held.remove(guest));
+    }
+}

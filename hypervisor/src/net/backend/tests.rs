@@ -1,0 +1,364 @@
+//! The back end over rings in ordinary memory (`abi::ring::testing::
+//! SharedRing`), event pages that notice a write after their guest is
+//! gone, and a fake uplink; the guests' side is played with `abi::ring`'s
+//! own producer and consumer.
+
+use super::*;
+use crate::net::switch::{Ipv4, Mac};
+use abi::ring::testing::SharedRing;
+use abi::ring::{Consumer, PROD_OFFSET, Producer, RingMemory, SLOTS_OFFSET};
+use abi::time::events::NET_RX;
+use alloc::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+impl GuestRing for SharedRing {
+    fn copy_to(&self, from: usize, dst: &Self, to: usize, len: usize) {
+        let mut buf = alloc::vec![0u8; len];
+        self.read(from, &mut buf);
+        dst.write(to, &buf);
+    }
+    fn slot_bytes(&self) -> u64 {
+        (self.bytes() - SLOTS_OFFSET) as u64
+    }
+    fn record_bytes(&self) -> u64 {
+        self.bytes() as u64
+    }
+}
+
+/// An event page that counts the writes it gets after its guest is gone.
+#[derive(Default)]
+struct Events {
+    bits: AtomicU64,
+    freed: AtomicBool,
+    late: AtomicU64,
+}
+
+impl GuestEvents for Events {
+    fn raise(&self, bits: u64) {
+        if self.freed.load(Ordering::Acquire) {
+            self.late.fetch_add(1, Ordering::Relaxed);
+        }
+        self.bits.fetch_or(bits, Ordering::AcqRel);
+    }
+    fn pending(&self) -> u64 {
+        self.bits.load(Ordering::Acquire)
+    }
+}
+
+/// The host behind the uplink: frames it will send, frames it got.
+#[derive(Default)]
+struct FakeUplink {
+    from_host: VecDeque<Vec<u8>>,
+    to_host: Vec<Vec<u8>>,
+    notified: usize,
+}
+
+impl UplinkDevice for FakeUplink {
+    fn send(&mut self, frame: &[u8]) -> bool {
+        self.to_host.push(frame.to_vec());
+        true
+    }
+    fn receive(&mut self, buf: &mut [u8; MTU_FRAME]) -> Option<usize> {
+        let f = self.from_host.pop_front()?;
+        buf[..f.len()].copy_from_slice(&f);
+        Some(f.len())
+    }
+    fn notify_rx(&mut self) {
+        self.notified += 1;
+    }
+}
+
+type TestNet = Net<SharedRing, Events, FakeUplink>;
+
+const HOST_MAC: Mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+/// An EtherType the switch passes uninspected within a tenant.
+const EXPERIMENTAL: [u8; 2] = [0x88, 0xb5];
+
+fn mac(guest: usize) -> Mac {
+    [2, 0, 0, 0, guest as u8, 0]
+}
+
+fn ip(guest: usize) -> Ipv4 {
+    [10, 0, 0, 10 + guest as u8]
+}
+
+/// A 60-byte frame from `src` to `dst` carrying `seq`.
+fn frame(src: Mac, dst: Mac, seq: u32) -> Vec<u8> {
+    let mut f = alloc::vec![0u8; 60];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&EXPERIMENTAL);
+    f[14..18].copy_from_slice(&seq.to_le_bytes());
+    f
+}
+
+fn seq(f: &[u8]) -> u32 {
+    u32::from_le_bytes(f[14..18].try_into().unwrap())
+}
+
+/// A network with room for `guests` guests and an uplink in tenant 0.
+fn net(guests: usize) -> TestNet {
+    let mut net = TestNet::new(guests);
+    let port = net.switch.lock().add_uplink(0).unwrap();
+    net.uplink = Some((port, Mutex::new(FakeUplink::default())));
+    net
+}
+
+/// Gives guest `id` a vNIC in `tenant` with rings of `slots` slots, as
+/// guest creation does.
+fn attach(net: &TestNet, id: usize, tenant: u32, slots: u32, limits: abi::bundle::Limits) {
+    let sp = net.switch.lock().add_port(tenant, mac(id), ip(id)).unwrap();
+    net.guest_of_slot[sp.slot()].store(id, Ordering::Release);
+    net.ports[id].call_once(|| Port::new(sp, tenant, slots, &limits, SharedRing::new(slots), SharedRing::new(slots), Events::default()));
+}
+
+const UNLIMITED: abi::bundle::Limits =
+    abi::bundle::Limits { nic_packets: 0, nic_bytes: 0, nic_broadcasts: 0, console_bytes: 0, notifications: 0 };
+
+/// Guest `id` queues `frames` in its TX ring (as its driver does).
+fn send(net: &TestNet, id: usize, producer: &mut Producer, frames: &[Vec<u8>]) {
+    let ring = &net.port(id).unwrap().tx_ring;
+    for f in frames {
+        assert_eq!(producer.push(ring, f), Ok(true), "guest {id}'s TX ring is full");
+    }
+    producer.publish(ring);
+}
+
+/// Everything waiting in guest `id`'s RX ring.
+fn receive(net: &TestNet, id: usize, consumer: &mut Consumer) -> Vec<Vec<u8>> {
+    let ring = &net.port(id).unwrap().rx_ring;
+    let mut buf = [0u8; MTU_FRAME];
+    let mut got = Vec::new();
+    while let Some(n) = consumer.pop(ring, &mut buf).unwrap() {
+        got.push(buf[..n].to_vec());
+    }
+    consumer.release(ring);
+    got
+}
+
+fn host_sends(net: &TestNet, frames: impl IntoIterator<Item = Vec<u8>>) {
+    net.uplink.as_ref().unwrap().1.lock().from_host.extend(frames);
+}
+
+#[test]
+fn a_frame_crosses_once_to_its_receiver_and_wakes_it() {
+    let net = net(3);
+    attach(&net, 1, 0, 4, UNLIMITED);
+    attach(&net, 2, 0, 4, UNLIMITED);
+    let mut tx = Producer::new(4);
+    send(&net, 1, &mut tx, &[frame(mac(1), mac(2), 7), frame(mac(1), mac(2), 8)]);
+    let mut woken = Vec::new();
+    net.drain(1, 0, &mut |g, e: &Events| woken.push((g, e.pending()))).unwrap();
+    assert_eq!(woken, [(2, NET_RX)]);
+    let mut c2 = Consumer::new(4);
+    let got = receive(&net, 2, &mut c2);
+    assert_eq!(got, [frame(mac(1), mac(2), 7), frame(mac(1), mac(2), 8)]);
+    // To a MAC the switch does not know: flooded, to guest 2 and the host.
+    send(&net, 1, &mut tx, &[frame(mac(1), HOST_MAC, 9)]);
+    net.drain(1, 0, &mut |_, _| {}).unwrap();
+    assert_eq!(net.uplink.as_ref().unwrap().1.lock().to_host, [frame(mac(1), HOST_MAC, 9)]);
+    assert_eq!(receive(&net, 2, &mut c2), [frame(mac(1), HOST_MAC, 9)]);
+    assert_eq!(got.len(), 2);
+}
+
+#[test]
+fn a_bad_length_costs_one_frame_and_a_bad_index_disconnects() {
+    let net = net(3);
+    attach(&net, 1, 0, 4, UNLIMITED);
+    attach(&net, 2, 0, 4, UNLIMITED);
+    let ring = &net.port(1).unwrap().tx_ring;
+    let mut tx = Producer::new(4);
+    send(&net, 1, &mut tx, &[frame(mac(1), mac(2), 1), frame(mac(1), mac(2), 2)]);
+    // The guest rewrites the first slot's length to something impossible.
+    ring.write(SLOTS_OFFSET, &9000u16.to_le_bytes());
+    net.drain(1, 0, &mut |_, _| {}).unwrap();
+    assert_eq!(net.port(1).unwrap().ring_errors.load(Ordering::Relaxed), 1);
+    assert_eq!(receive(&net, 2, &mut Consumer::new(4)).iter().map(|f| seq(f)).collect::<Vec<_>>(), [2]);
+    // Now it claims 100 frames in a 4-slot ring.
+    ring.store(PROD_OFFSET, 102);
+    let err = net.drain(1, 0, &mut |_, _| {}).unwrap_err();
+    assert!(matches!(err.0, RingError::BadIndex { prod: 102, .. }), "{err}");
+}
+
+#[test]
+fn rate_limits_and_spoofing_are_counted_at_the_sender() {
+    let net = net(3);
+    let limits = abi::bundle::Limits { nic_packets: 3, ..UNLIMITED };
+    attach(&net, 1, 0, 8, limits);
+    attach(&net, 2, 0, 8, UNLIMITED);
+    let mut tx = Producer::new(8);
+    let frames: Vec<_> = (0..5).map(|i| frame(mac(1), mac(2), i)).collect();
+    send(&net, 1, &mut tx, &frames);
+    net.drain(1, 0, &mut |_, _| {}).unwrap();
+    assert_eq!(net.port(1).unwrap().limited(), 2);
+    assert_eq!(receive(&net, 2, &mut Consumer::new(8)).len(), 3);
+    // A second later the bucket is full again; guest 1 claims guest 2's MAC.
+    send(&net, 1, &mut tx, &[frame(mac(2), HOST_MAC, 0)]);
+    net.drain(1, 1_000_000_000, &mut |_, _| {}).unwrap();
+    assert_eq!(net.port(1).unwrap().spoofed.load(Ordering::Relaxed), 1);
+    assert!(net.uplink.as_ref().unwrap().1.lock().to_host.is_empty());
+}
+
+/// The host's frames for a guest whose ring is full wait (in order, in its
+/// own queue, never in front of other guests' frames), then the queue's
+/// bound drops the rest, then waiting too long drops the waiting ones;
+/// every frame lost is in the guest's `uplink_dropped`.
+#[test]
+fn a_full_receiver_stalls_the_host_s_frames_then_drops_them_counted() {
+    let net = net(4);
+    attach(&net, 1, 0, 4, UNLIMITED);
+    attach(&net, 2, 0, 4, UNLIMITED);
+    let bound = Bounds::UPLINK.guest_frames;
+    let total = 4 + bound + 14;
+    // Guest 2 gets a frame after every tenth of guest 1's.
+    let mut from_host = Vec::new();
+    for i in 0..total as u32 {
+        from_host.push(frame(HOST_MAC, mac(1), i));
+        if i % 10 == 9 {
+            from_host.push(frame(HOST_MAC, mac(2), 1000 + i));
+        }
+    }
+    host_sends(&net, from_host);
+    let mut woken = Vec::new();
+    // Enough polls to take everything; guest 1 never empties its ring.
+    for t in 0..4 {
+        net.poll_uplink(t * 1000, &mut |g| woken.push(g));
+    }
+    let p1 = net.port(1).unwrap();
+    assert_eq!(net.held.lock().waiting(1), bound, "a stalled guest holds at most its bound");
+    assert_eq!(p1.uplink_dropped(), (total - 4 - bound) as u64);
+    // Guest 2's frames never waited behind guest 1's; its fifth waits in
+    // its own queue for room.
+    let mut c2 = Consumer::new(4);
+    assert_eq!(receive(&net, 2, &mut c2).iter().map(|f| seq(f)).collect::<Vec<_>>(), [1009, 1019, 1029, 1039]);
+    assert_eq!(net.held.lock().waiting(2), 1);
+    net.poll_uplink(5000, &mut |_| {});
+    assert_eq!(receive(&net, 2, &mut c2).iter().map(|f| seq(f)).collect::<Vec<_>>(), [1049]);
+    assert_eq!(net.port(2).unwrap().uplink_dropped(), 0);
+    // Guest 1 drains its ring: its frames arrive in order, the ones that
+    // waited next.
+    let mut c1 = Consumer::new(4);
+    let mut seen: Vec<u32> = receive(&net, 1, &mut c1).iter().map(|f| seq(f)).collect();
+    net.poll_uplink(10_000, &mut |g| woken.push(g));
+    seen.extend(receive(&net, 1, &mut c1).iter().map(|f| seq(f)));
+    assert_eq!(seen, (0..8).collect::<Vec<_>>());
+    assert_eq!(net.held.lock().waiting(1), bound - 4);
+    // The rest waited too long.
+    net.poll_uplink(10_000 + Bounds::UPLINK.max_wait_ns, &mut |_| {});
+    assert_eq!(net.held.lock().waiting(1), 0);
+    assert_eq!(p1.uplink_dropped(), (total - 8) as u64);
+    assert!(woken.contains(&1) && woken.contains(&2));
+    assert_eq!(p1.events.pending() & NET_RX, NET_RX);
+}
+
+/// A guest capture records each frame from the host once, when it goes
+/// into the guest's ring; frames waiting behind a stalled one are not
+/// recorded again on every poll. A tenant capture records each once, as it
+/// comes from the host.
+#[test]
+fn frames_waiting_for_a_stalled_guest_are_captured_once_when_they_go_in() {
+    let net = net(3);
+    attach(&net, 1, 0, 4, UNLIMITED);
+    let start = |target| {
+        *net.capture.lock() = Capture { target: Some(target), max: 1000, until_ns: u64::MAX, ..Default::default() };
+        net.capturing.store(true, Ordering::Release);
+    };
+    start(CaptureTarget::Guest(1));
+    host_sends(&net, (0..12).map(|i| frame(HOST_MAC, mac(1), i)));
+    for t in 0..10 {
+        net.poll_uplink(t, &mut |_| {});
+    }
+    let captured = |net: &TestNet| net.capture.lock().frames.iter().map(|(_, f)| seq(f)).collect::<Vec<_>>();
+    assert_eq!(captured(&net), [0, 1, 2, 3], "only what went into the ring, once");
+    let mut c1 = Consumer::new(4);
+    for round in 0..2 {
+        receive(&net, 1, &mut c1);
+        net.poll_uplink(20 + round, &mut |_| {});
+        net.poll_uplink(30 + round, &mut |_| {});
+    }
+    assert_eq!(captured(&net), (0..12).collect::<Vec<_>>());
+    assert_eq!(net.capture.lock().dropped, 0);
+    // A tenant capture: at intake, whether or not the guest has room.
+    start(CaptureTarget::Tenant(0));
+    host_sends(&net, (100..110).map(|i| frame(HOST_MAC, mac(1), i)));
+    for t in 0..5 {
+        net.poll_uplink(100 + t, &mut |_| {});
+    }
+    assert_eq!(captured(&net), (100..110).collect::<Vec<_>>());
+}
+
+/// Lock order (TX -> switch -> RX -> uplink, held frames first) under every
+/// path at once, and a guest disconnected while other threads deliver to
+/// it: guests 1 and 2 send to each other and to the host from their own
+/// threads, a third thread polls the uplink, which sends to both; the main
+/// thread disconnects guest 2 mid-flight and then "frees" its pages. A
+/// broken order deadlocks (the watchdog fails the test); a delivery after
+/// `disconnect` returned changes guest 2's RX ring or event page.
+#[test]
+fn the_lock_order_holds_under_drains_polls_and_disconnects() {
+    const SLOTS: u32 = 8;
+    for round in 0..40u64 {
+        let net = Arc::new(net(3));
+        attach(&net, 1, 0, SLOTS, UNLIMITED);
+        attach(&net, 2, 0, SLOTS, UNLIMITED);
+        let stop = Arc::new(AtomicBool::new(false));
+        let delivered = Arc::new(AtomicU64::new(0));
+        let guest = |me: usize, other: usize| {
+            let (net, stop, delivered) = (net.clone(), stop.clone(), delivered.clone());
+            std::thread::spawn(move || {
+                let (mut tx, mut rx) = (Producer::new(SLOTS), Consumer::new(SLOTS));
+                let ring = &net.port(me).unwrap().tx_ring;
+                let mut i = 0u32;
+                while !stop.load(Ordering::Acquire) {
+                    let to = if i % 4 == 0 { HOST_MAC } else { mac(other) };
+                    if tx.push(ring, &frame(mac(me), to, i)) == Ok(true) {
+                        tx.publish(ring);
+                    }
+                    i = i.wrapping_add(1);
+                    let _ = net.drain(me, u64::from(i), &mut |_, _| {});
+                    if me == 1 || !net.port(2).unwrap().rx.is_closed() {
+                        delivered.fetch_add(receive(&net, me, &mut rx).len() as u64, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        let threads = [guest(1, 2), guest(2, 1), {
+            let (net, stop) = (net.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u32;
+                while !stop.load(Ordering::Acquire) {
+                    host_sends(&net, [frame(HOST_MAC, mac(1 + i as usize % 2), i)]);
+                    net.poll_uplink(u64::from(i), &mut |_| {});
+                    i = i.wrapping_add(1);
+                }
+            })
+        }];
+        let watchdog = Instant::now() + Duration::from_secs(20);
+        let wait_for = |n: u64| {
+            while delivered.load(Ordering::Relaxed) < n {
+                assert!(Instant::now() < watchdog, "round {round}: deadlock (nothing delivered for 20 s)");
+                std::thread::yield_now();
+            }
+        };
+        wait_for(5 + round % 13 * 7);
+        net.disconnect(2);
+        // Guest 2 is destroyed: from now on its pages are someone else's.
+        let p2 = net.port(2).unwrap();
+        p2.events.freed.store(true, Ordering::Release);
+        let prod = p2.rx_ring.load(PROD_OFFSET);
+        let more = delivered.load(Ordering::Relaxed) + 20;
+        wait_for(more);
+        stop.store(true, Ordering::Release);
+        for t in threads {
+            while !t.is_finished() {
+                assert!(Instant::now() < watchdog, "round {round}: deadlock (a thread never stopped)");
+                std::thread::yield_now();
+            }
+            t.join().unwrap();
+        }
+        assert_eq!(p2.rx_ring.load(PROD_OFFSET), prod, "round {round}: a frame went into a disconnected guest's ring");
+        assert_eq!(p2.events.late.load(Ordering::Relaxed), 0, "round {round}: an event was raised after disconnect");
+        assert!(net.held.lock().waiting(2) == 0, "round {round}: frames still held for a disconnected guest");
+    }
+}

@@ -1,0 +1,161 @@
+//! One guest's vNIC as the back end holds it: the memory of its two rings
+//! and its event page, the TX ring's consumer with the sender's rate
+//! limits, the RX ring's producer behind a gate, and its counters.
+//!
+//! Rules:
+//! - The ring memory ([`GuestRing`]) and the event page ([`GuestEvents`])
+//!   are the guest's own pages, made by the arch layer from frames it
+//!   allocated or the guest's creation mapped; nothing here can name a
+//!   physical address.
+//! - Every access to the RX ring and every event raised for a delivery
+//!   runs under the RX gate ([`Gate`]) while it is open; the back end's
+//!   `disconnect` closes it before the guest's pages may be freed.
+//! - The TX ring is reached only under the TX lock, the RX ring only under
+//!   the RX gate's lock; the lock order is the back end's
+//!   (`net::backend`): TX, then the switch, then RX.
+//! - A guest that moves an index somewhere impossible is counted in
+//!   `ring_errors`; the back end disconnects it when it is the TX side.
+
+use super::gate::Gate;
+use super::switch::{INSPECT_BYTES, PortId, is_multicast};
+use crate::limit::TokenBucket;
+use abi::ring::{Consumer, Producer, RingMemory};
+use core::sync::atomic::{AtomicU64, Ordering};
+use spin::Mutex;
+
+/// The memory of one of a guest's rings (its index block in the guest's
+/// event page, its slots in pages of their own), as [`RingMemory`]
+/// addresses it, plus the one copy between two guests' rings.
+pub trait GuestRing: RingMemory + Send + Sync {
+    /// Copies `len` bytes at `from` in this ring to `to` in `dst` (both at
+    /// or above `SLOTS_OFFSET`, inside their rings): the packet's one copy
+    /// from a sender's TX slot into a receiver's RX slot.
+    fn copy_to(&self, from: usize, dst: &Self, to: usize, len: usize);
+    /// Bytes of the pages that hold its slots (charged to the guest).
+    fn slot_bytes(&self) -> u64;
+    /// Bytes the hypervisor's heap holds for it beyond its own size.
+    fn record_bytes(&self) -> u64;
+}
+
+/// A guest's event page: the bits the guest waits on (`abi::time::events`).
+pub trait GuestEvents: Send + Sync {
+    /// Sets `bits` atomically (other CPUs set bits at the same time, and
+    /// the guest clears them with an atomic AND).
+    fn raise(&self, bits: u64);
+    /// The bits pending now.
+    fn pending(&self) -> u64;
+}
+
+/// A vNIC's TX side: the ring's consumer and the sender's rate limits.
+pub(super) struct Tx {
+    pub(super) ring: Consumer,
+    packets: TokenBucket,
+    bytes: TokenBucket,
+    broadcasts: TokenBucket,
+    /// Frames dropped for being over a limit.
+    limited: u64,
+}
+
+impl Tx {
+    /// Whether the sender's limits let this frame through now (if not, it
+    /// is counted and dropped).
+    pub(super) fn allows(&mut self, now_ns: u64, header: &[u8; INSPECT_BYTES], len: usize) -> bool {
+        let mut dst = [0u8; 6];
+        dst.copy_from_slice(&header[..6]);
+        let ok = self.packets.take(now_ns, 1) && self.bytes.take(now_ns, len as u64) && (!is_multicast(&dst) || self.broadcasts.take(now_ns, 1));
+        self.limited += u64::from(!ok);
+        ok
+    }
+}
+
+/// One guest's vNIC back end, over its ring memory `R` and event page `E`.
+pub struct Port<R, E> {
+    pub switch_port: PortId,
+    pub tenant: u32,
+    /// The TX ring (the guest produces) and the RX ring (the back end
+    /// produces); their pages stay the guest's while the port is open.
+    pub(super) tx_ring: R,
+    pub(super) rx_ring: R,
+    /// The guest's event page.
+    pub events: E,
+    pub(super) tx: Mutex<Tx>,
+    /// The RX producer behind a gate (`net::gate`): closed by
+    /// `disconnect` before the guest's pages may be freed, and every
+    /// delivery and event runs under it while it is open.
+    pub(super) rx: Gate<Producer>,
+    pub ring_errors: AtomicU64,
+    /// Frames from the host for this guest that its full RX ring never
+    /// took: flooded ones it had no room for, and ones that found its
+    /// queue full, waited too long, or were waiting when its vNIC went.
+    uplink_dropped: AtomicU64,
+    /// Frames the switch dropped as spoofed (`DropReason::is_spoof`),
+    /// counted from its verdicts here so that the count outlives the
+    /// switch port.
+    pub spoofed: AtomicU64,
+}
+
+impl<R: GuestRing, E: GuestEvents> Port<R, E> {
+    /// A port over rings of `slots` slots in `tx_ring` and `rx_ring`, and
+    /// the guest's event page `events`.
+    pub fn new(switch_port: PortId, tenant: u32, slots: u32, limits: &abi::bundle::Limits, tx_ring: R, rx_ring: R, events: E) -> Self {
+        Self {
+            switch_port,
+            tenant,
+            tx_ring,
+            rx_ring,
+            events,
+            tx: Mutex::new(Tx {
+                ring: Consumer::new(slots),
+                packets: TokenBucket::new(limits.nic_packets),
+                bytes: TokenBucket::new(limits.nic_bytes),
+                broadcasts: TokenBucket::new(limits.nic_broadcasts),
+                limited: 0,
+            }),
+            rx: Gate::new(Producer::new(slots)),
+            ring_errors: AtomicU64::new(0),
+            uplink_dropped: AtomicU64::new(0),
+            spoofed: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets event bits in the guest's event page, unless the port is closed.
+    /// Its guest may have ended and its event page be free again (or a
+    /// page table by now): `disconnect` closes the RX gate before the guest
+    /// is destroyed, so the page stays the guest's while the gate is open
+    /// (the gate's host test destroys a receiver under delivering threads).
+    pub fn notify(&self, bits: u64) -> bool {
+        self.rx.with(|_| self.events.raise(bits)).is_some()
+    }
+
+    /// Bytes of the guest's ring slots (both rings).
+    pub fn ring_bytes(&self) -> u64 {
+        self.tx_ring.slot_bytes() + self.rx_ring.slot_bytes()
+    }
+
+    /// Frames dropped for being over the sender's rate limits.
+    pub fn limited(&self) -> u64 {
+        self.tx.lock().limited
+    }
+
+    /// Frames from the host lost to this guest's full RX ring.
+    pub fn uplink_dropped(&self) -> u64 {
+        self.uplink_dropped.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn count_uplink_drops(&self, n: usize) {
+        if n > 0 {
+            self.uplink_dropped.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a ring the guest broke (an index moved somewhere impossible,
+    /// a bad length).
+    pub(super) fn count_ring_error(&self) {
+        self.ring_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bytes the hypervisor holds for this port.
+    pub fn record_bytes(&self) -> u64 {
+        core::mem::size_of::<Self>() as u64 + self.tx_ring.record_bytes() + self.rx_ring.record_bytes()
+    }
+}
