@@ -1,26 +1,47 @@
 //! The driver side of a virtio 1.0 split virtqueue, over [`PhysMem`].
 //!
-//! Descriptor table, available ring and used ring each sit in a frame of
+//! Descriptor table, available ring and used ring each sit in a page of
 //! their own (a queue of at most [`MAX_SIZE`] entries fits). Buffers are
-//! whole frames handed to the device by physical address. Everything read
+//! whole pages handed to the device by physical address. Everything read
 //! back from the device (used ring entries) is checked before it is used:
 //! a descriptor id out of range or a length beyond the buffer is refused.
 
 use crate::mm::{FRAME_SIZE, PhysAddr, PhysMem};
 use alloc::vec::Vec;
 
-/// Largest queue we set up (all three parts then fit in one frame each).
+/// Largest queue we set up (all three parts then fit in one page each).
 pub const MAX_SIZE: u16 = 256;
 
-const DESC_F_WRITE: u16 = 2;
+/// The split virtqueue's memory layout (virtio 1.0 §2.4), shared with
+/// the device.
+pub mod layout {
+    use core::ops::Range;
+    /// A descriptor: buffer address, length, flags, next.
+    pub const DESC_BYTES: usize = 16;
+    pub const DESC_ADDR: Range<usize> = 0..8;
+    pub const DESC_LEN: Range<usize> = 8..12;
+    pub const DESC_FLAGS: Range<usize> = 12..14;
+    /// Descriptor flag: the device writes the buffer (else it reads it).
+    pub const DESC_F_WRITE: u16 = 2;
+    /// The available and used rings: flags (u16), then the index (u16),
+    /// then the entries.
+    pub const RING_IDX: usize = 2;
+    pub const RING_ENTRIES: usize = 4;
+    /// An available entry: a descriptor id (u16).
+    pub const AVAIL_ENTRY_BYTES: usize = 2;
+    /// A used entry: a descriptor id (u32) and the bytes written (u32).
+    pub const USED_ENTRY_BYTES: usize = 8;
+}
 
-/// A split virtqueue whose every descriptor owns one buffer frame.
+use layout::*;
+
+/// A split virtqueue whose every descriptor owns one buffer page.
 pub struct Virtq {
     pub size: u16,
     pub desc: PhysAddr,
     pub avail: PhysAddr,
     pub used: PhysAddr,
-    /// Buffer frame of each descriptor.
+    /// Buffer page of each descriptor.
     buffers: Vec<PhysAddr>,
     /// Descriptors not handed to the device.
     free: Vec<u16>,
@@ -39,13 +60,16 @@ pub struct Used {
 /// The device broke the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VirtqError {
+    /// A used entry names a descriptor out of range or not the device's.
     BadUsedId(u32),
-    BadUsedLen(u32),
+    /// A used entry for descriptor `id` claims more bytes than its buffer
+    /// (the descriptor is the driver's again).
+    BadUsedLen { id: u16, len: u32 },
 }
 
 impl Virtq {
     /// Allocates a queue of `size` entries (a power of two, at most
-    /// [`MAX_SIZE`]) with one buffer frame per descriptor.
+    /// [`MAX_SIZE`]) with one buffer page per descriptor.
     pub fn new(mem: &mut impl PhysMem, size: u16) -> Option<Self> {
         let size = size.clamp(1, MAX_SIZE);
         if !size.is_power_of_two() {
@@ -64,7 +88,7 @@ impl Virtq {
         Some(Self { size, desc, avail, used, buffers, free: (0..size).rev().collect(), avail_idx: 0, last_used: 0 })
     }
 
-    /// The buffer frame of descriptor `id`.
+    /// The buffer page of descriptor `id`.
     pub fn buffer(&self, id: u16) -> PhysAddr {
         self.buffers[id as usize]
     }
@@ -80,25 +104,25 @@ impl Virtq {
         let flags = if device_writes { DESC_F_WRITE } else { 0 };
         write_desc(mem, self.desc, id, self.buffers[id as usize], len.min(FRAME_SIZE as u32), flags);
         let slot = (self.avail_idx % self.size) as usize;
-        mem.write(self.avail, 4 + 2 * slot, &id.to_le_bytes());
+        mem.write(self.avail, RING_ENTRIES + AVAIL_ENTRY_BYTES * slot, &id.to_le_bytes());
         self.avail_idx = self.avail_idx.wrapping_add(1);
         // The device must see the ring entry before the index (x86 keeps
         // stores in order; this stops the compiler reordering them).
         core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
-        mem.write(self.avail, 2, &self.avail_idx.to_le_bytes());
+        mem.write(self.avail, RING_IDX, &self.avail_idx.to_le_bytes());
     }
 
     /// The next buffer the device finished with, checked.
     pub fn pop_used(&mut self, mem: &mut impl PhysMem) -> Result<Option<Used>, VirtqError> {
         let mut idx = [0u8; 2];
-        mem.read(self.used, 2, &mut idx);
+        mem.read(self.used, RING_IDX, &mut idx);
         if u16::from_le_bytes(idx) == self.last_used {
             return Ok(None);
         }
         core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
         let slot = (self.last_used % self.size) as usize;
-        let mut e = [0u8; 8];
-        mem.read(self.used, 4 + 8 * slot, &mut e);
+        let mut e = [0u8; USED_ENTRY_BYTES];
+        mem.read(self.used, RING_ENTRIES + USED_ENTRY_BYTES * slot, &mut e);
         self.last_used = self.last_used.wrapping_add(1);
         let id = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
         let len = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
@@ -106,7 +130,7 @@ impl Virtq {
             return Err(VirtqError::BadUsedId(id));
         }
         if len > FRAME_SIZE as u32 {
-            return Err(VirtqError::BadUsedLen(len));
+            return Err(VirtqError::BadUsedLen { id: id as u16, len });
         }
         Ok(Some(Used { id: id as u16, len }))
     }
@@ -120,11 +144,11 @@ impl Virtq {
 }
 
 fn write_desc(mem: &mut impl PhysMem, table: PhysAddr, id: u16, addr: PhysAddr, len: u32, flags: u16) {
-    let mut d = [0u8; 16];
-    d[0..8].copy_from_slice(&addr.to_le_bytes());
-    d[8..12].copy_from_slice(&len.to_le_bytes());
-    d[12..14].copy_from_slice(&flags.to_le_bytes());
-    mem.write(table, 16 * id as usize, &d);
+    let mut d = [0u8; DESC_BYTES];
+    d[DESC_ADDR].copy_from_slice(&addr.to_le_bytes());
+    d[DESC_LEN].copy_from_slice(&len.to_le_bytes());
+    d[DESC_FLAGS].copy_from_slice(&flags.to_le_bytes());
+    mem.write(table, DESC_BYTES * id as usize, &d);
 }
 
 #[cfg(test)]
@@ -202,7 +226,7 @@ mod tests {
         // A length beyond the buffer.
         mem.write(q.used, 20, &[id as u8, 0, 0, 0, 1, 0x10, 0, 0]);
         mem.write(q.used, 2, &3u16.to_le_bytes());
-        assert_eq!(q.pop_used(&mut mem), Err(VirtqError::BadUsedLen(0x1001)));
+        assert_eq!(q.pop_used(&mut mem), Err(VirtqError::BadUsedLen { id, len: 0x1001 }));
         assert!(Virtq::new(&mut mem, 6).is_none(), "size must be a power of two");
     }
 }

@@ -1,0 +1,270 @@
+//! The driver against a fake virtio-net device over simulated memory: the
+//! bring-up handshake, frames both ways through the descriptors, and a
+//! device that lies in its used ring.
+
+use super::*;
+use crate::mm::PhysAddr;
+use crate::mm::testmem::TestMem;
+use crate::net::virtq::layout::*;
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+
+const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+#[derive(Default, Clone, Copy)]
+struct Queue {
+    size: u16,
+    desc: PhysAddr,
+    avail: PhysAddr,
+    used: PhysAddr,
+    enabled: bool,
+    /// Available entries taken, used entries written.
+    seen: u16,
+    used_idx: u16,
+}
+
+/// A virtio-net device as the spec has it, with registers, two queues over
+/// the driver's memory, and the host's side of the wire.
+struct FakeDevice {
+    mem: TestMem,
+    status: u8,
+    offered: u64,
+    feature_select: u64,
+    driver_features: u64,
+    accept_features: bool,
+    resets: bool,
+    selected: usize,
+    queues: [Queue; 2],
+    notifies: [u32; 2],
+    /// Frames the host sent, not yet given to the driver.
+    from_host: VecDeque<Vec<u8>>,
+    /// Frames the driver sent.
+    to_host: Vec<Vec<u8>>,
+}
+
+impl FakeDevice {
+    fn new() -> Self {
+        Self {
+            mem: TestMem::new(1000),
+            status: 0x7f,
+            offered: feature::VERSION_1 | feature::NET_MAC | 1 << 16,
+            feature_select: 0,
+            driver_features: 0,
+            accept_features: true,
+            resets: true,
+            selected: 0,
+            queues: [Queue { size: 256, ..Default::default() }; 2],
+            notifies: [0; 2],
+            from_host: VecDeque::new(),
+            to_host: Vec::new(),
+        }
+    }
+
+    fn rd16(&self, pa: PhysAddr, off: usize) -> u16 {
+        let mut b = [0u8; 2];
+        self.mem.read(pa, off, &mut b);
+        u16::from_le_bytes(b)
+    }
+
+    /// The next available descriptor of queue `q`: its id, buffer, length
+    /// and flags.
+    fn take_avail(&mut self, q: usize) -> Option<(u16, PhysAddr, u32, u16)> {
+        let queue = self.queues[q];
+        if self.rd16(queue.avail, RING_IDX) == queue.seen {
+            return None;
+        }
+        let id = self.rd16(queue.avail, RING_ENTRIES + AVAIL_ENTRY_BYTES * (queue.seen % queue.size) as usize);
+        let mut d = [0u8; DESC_BYTES];
+        self.mem.read(queue.desc, DESC_BYTES * id as usize, &mut d);
+        self.queues[q].seen = queue.seen.wrapping_add(1);
+        Some((
+            id,
+            u64::from_le_bytes(d[DESC_ADDR].try_into().unwrap()),
+            u32::from_le_bytes(d[DESC_LEN].try_into().unwrap()),
+            u16::from_le_bytes(d[DESC_FLAGS].try_into().unwrap()),
+        ))
+    }
+
+    /// Writes a used entry (any id and length: the device may lie).
+    fn put_used(&mut self, q: usize, id: u32, len: u32) {
+        let queue = self.queues[q];
+        let mut e = [0u8; USED_ENTRY_BYTES];
+        e[..4].copy_from_slice(&id.to_le_bytes());
+        e[4..].copy_from_slice(&len.to_le_bytes());
+        self.mem.write(queue.used, RING_ENTRIES + USED_ENTRY_BYTES * (queue.used_idx % queue.size) as usize, &e);
+        self.queues[q].used_idx = queue.used_idx.wrapping_add(1);
+        self.mem.write(queue.used, RING_IDX, &self.queues[q].used_idx.to_le_bytes());
+    }
+
+    /// Puts the host's frames into the receive buffers the driver made
+    /// available.
+    fn deliver(&mut self) {
+        while !self.from_host.is_empty() {
+            let Some((id, buf, len, flags)) = self.take_avail(0) else { return };
+            assert_eq!(flags, DESC_F_WRITE, "a receive buffer the device may not write");
+            let f = self.from_host.pop_front().unwrap();
+            assert!(NET_HDR_BYTES + f.len() <= len as usize);
+            self.mem.write(buf, 0, &[0; NET_HDR_BYTES]);
+            self.mem.write(buf, NET_HDR_BYTES, &f);
+            self.put_used(0, id.into(), (NET_HDR_BYTES + f.len()) as u32);
+        }
+    }
+}
+
+impl Transport for FakeDevice {
+    type Dma = TestMem;
+    fn read(&mut self, reg: CommonCfg) -> u64 {
+        let q = &self.queues[self.selected];
+        match reg {
+            CommonCfg::DeviceFeature => (self.offered >> (32 * self.feature_select)) & 0xffff_ffff,
+            CommonCfg::DeviceStatus => self.status.into(),
+            CommonCfg::QueueSize => q.size.into(),
+            CommonCfg::QueueNotifyOff => self.selected as u64,
+            CommonCfg::QueueEnable => q.enabled.into(),
+            other => panic!("the driver read {other:?}"),
+        }
+    }
+    fn write(&mut self, reg: CommonCfg, v: u64) {
+        let q = &mut self.queues[self.selected];
+        match reg {
+            CommonCfg::DeviceFeatureSelect => self.feature_select = v,
+            CommonCfg::DriverFeatureSelect => self.feature_select = v,
+            CommonCfg::DriverFeature => self.driver_features |= v << (32 * self.feature_select),
+            CommonCfg::DeviceStatus if v == 0 => self.status = if self.resets { 0 } else { self.status },
+            CommonCfg::DeviceStatus => {
+                let mut s = v as u8;
+                if s & status::FEATURES_OK != 0 && (!self.accept_features || self.driver_features & !self.offered != 0) {
+                    s &= !status::FEATURES_OK;
+                }
+                self.status = s;
+            }
+            CommonCfg::QueueSelect => self.selected = v as usize,
+            CommonCfg::QueueSize => q.size = v as u16,
+            CommonCfg::QueueDesc => q.desc = v,
+            CommonCfg::QueueDriver => q.avail = v,
+            CommonCfg::QueueDevice => q.used = v,
+            CommonCfg::QueueEnable => q.enabled = v == 1,
+            other => panic!("the driver wrote {other:?}"),
+        }
+    }
+    fn device_config(&mut self, offset: usize) -> u8 {
+        MAC[offset]
+    }
+    fn notify(&mut self, queue: u16, notify_off: u16) {
+        assert_eq!(queue, notify_off, "the notify offset the device gave for this queue");
+        self.notifies[queue as usize] += 1;
+        if queue == 1 {
+            while let Some((id, buf, len, flags)) = self.take_avail(1) {
+                assert_eq!(flags, 0, "a transmit buffer the device would write");
+                let mut f = alloc::vec![0u8; len as usize - NET_HDR_BYTES];
+                self.mem.read(buf, NET_HDR_BYTES, &mut f);
+                self.to_host.push(f);
+                self.put_used(1, id.into(), len);
+            }
+        }
+    }
+    fn dma(&mut self) -> &mut TestMem {
+        &mut self.mem
+    }
+}
+
+fn frame(n: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| n.wrapping_add(i as u8)).collect()
+}
+
+#[test]
+fn it_starts_with_version_1_and_the_mac_and_offers_every_receive_buffer() {
+    let up = VirtioNet::start(FakeDevice::new()).unwrap();
+    let d = &up.transport;
+    assert_eq!(up.mac, MAC);
+    assert_eq!(d.status, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+    assert_eq!(d.driver_features, feature::VERSION_1 | feature::NET_MAC, "only what we use, of what it offers");
+    for q in d.queues {
+        assert!(q.enabled && q.size == QUEUE_SIZE);
+    }
+    assert_eq!(d.rd16(d.queues[0].avail, RING_IDX), QUEUE_SIZE, "every receive buffer offered");
+    assert_eq!(d.notifies, [1, 0]);
+    // A device offering 100 entries gets 64 (a power of two).
+    let mut small = FakeDevice::new();
+    small.queues = [Queue { size: 100, ..Default::default() }; 2];
+    assert_eq!(VirtioNet::start(small).unwrap().transport.queues[1].size, 64);
+}
+
+#[test]
+fn a_device_that_will_not_start_is_refused_not_waited_for() {
+    let refuse = |f: fn(&mut FakeDevice)| {
+        let mut d = FakeDevice::new();
+        f(&mut d);
+        VirtioNet::start(d).err()
+    };
+    assert_eq!(refuse(|d| d.resets = false), Some(VirtioError::ResetTimeout));
+    assert_eq!(refuse(|d| d.offered = feature::NET_MAC), Some(VirtioError::NoVersion1));
+    assert_eq!(refuse(|d| d.accept_features = false), Some(VirtioError::FeaturesRefused));
+    assert_eq!(refuse(|d| d.queues[1].size = 0), Some(VirtioError::QueueMissing(1)));
+    assert_eq!(refuse(|d| d.mem.limit = 10), Some(VirtioError::OutOfMemory));
+}
+
+#[test]
+fn frames_cross_both_ways_through_many_wraps() {
+    let mut up = VirtioNet::start(FakeDevice::new()).unwrap();
+    let mut buf = [0u8; MTU_FRAME];
+    for round in 0..1000u32 {
+        let len = MIN_FRAME + (round as usize * 37) % (MTU_FRAME - MIN_FRAME + 1);
+        assert!(up.send(&frame(round as u8, len)));
+        assert_eq!(up.transport.to_host.pop(), Some(frame(round as u8, len)));
+        up.transport.from_host.push_back(frame(round as u8 ^ 0x55, len));
+        up.transport.from_host.push_back(frame(round as u8 ^ 0xaa, MTU_FRAME));
+        up.transport.deliver();
+        assert_eq!(up.receive(&mut buf), Some(len));
+        assert_eq!(&buf[..len], frame(round as u8 ^ 0x55, len));
+        assert_eq!(up.receive(&mut buf), Some(MTU_FRAME));
+        assert_eq!(up.receive(&mut buf), None);
+        up.notify_rx();
+    }
+    assert_eq!((up.tx_frames, up.rx_frames, up.dropped), (1000, 2000, 0));
+    assert_eq!(up.transport.notifies, [1001, 1000], "receive buffers announced once per batch");
+}
+
+/// Used entries naming descriptors out of range or not the device's,
+/// lengths beyond the buffer, lengths too short for a header or too long
+/// for a frame, and an index far ahead: each costs at most a frame, one
+/// receive looks at a bounded number of entries, and the driver keeps
+/// working when the device behaves again.
+#[test]
+fn a_device_that_lies_in_its_used_ring_costs_frames_never_a_panic() {
+    let mut up = VirtioNet::start(FakeDevice::new()).unwrap();
+    let mut buf = [0u8; MTU_FRAME];
+    let d = &mut up.transport;
+    let (id, ..) = d.take_avail(0).unwrap();
+    let lies =
+        [(9999, 60), (id.into(), 0), (id.into(), 5), (id.into(), (NET_HDR_BYTES + MTU_FRAME + 1) as u32), (id.into(), 100_000), (u32::MAX, 60)];
+    for (id, len) in lies {
+        d.put_used(0, id, len);
+    }
+    let mut calls = 0;
+    while up.receive(&mut buf).is_some() || calls < lies.len() {
+        calls += 1;
+        assert!(calls < 100, "receive never ran dry");
+    }
+    assert!(up.dropped >= lies.len() as u64 - 1, "every lie costs a frame: {}", up.dropped);
+    // An index a whole ring ahead: one receive looks at a queue's worth.
+    let d = &mut up.transport;
+    let used = d.queues[0].used;
+    d.queues[0].used_idx = d.queues[0].used_idx.wrapping_add(60_000);
+    d.mem.write(used, RING_IDX, &d.queues[0].used_idx.to_le_bytes());
+    for _ in 0..10 {
+        let _ = up.receive(&mut buf);
+    }
+    // The transmit side: a used entry for a descriptor never sent, and one
+    // with a length beyond its buffer.
+    let d = &mut up.transport;
+    d.put_used(1, 3, 60);
+    assert!(up.send(&frame(1, 60)));
+    let d = &mut up.transport;
+    d.put_used(1, 0, 1 << 20);
+    for i in 0..300 {
+        up.send(&frame(i as u8, 60));
+    }
+    assert!(up.transport.to_host.len() >= 2);
+    assert!(!up.send(&[0u8; 5]) && !up.send(&alloc::vec![0u8; MTU_FRAME + 1]), "lengths the switch never passes are refused");
+}
