@@ -14,8 +14,6 @@ extern crate alloc;
 mod arch;
 mod console;
 mod run;
-mod uplink;
-mod vnic;
 
 use arch::x86_64::{apic, clock, cpu, entry, gdt, paging, pvh, serial, smp};
 use core::sync::atomic::{AtomicU64, Ordering};

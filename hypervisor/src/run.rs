@@ -12,10 +12,11 @@
 //! REASON`, guests' own output as `NAME| TEXT`, and one JSON accounting line
 //! per guest when it ends (and for every guest when `stats` is typed).
 
+use crate::arch::x86_64::guest_pages::{DirectRing, EventPage, RingAllocError};
+use crate::arch::x86_64::net::{Net, Port};
 use crate::arch::x86_64::paging::{Mem, free_frames, phys_to_virt, total_frames};
 use crate::arch::x86_64::{apic, cpu, entry, serial};
 use crate::println;
-use crate::vnic::{self, Net, Port};
 use abi::bundle::{Bundle, FLAG_EXIT_WHEN_IDLE};
 use abi::time::{TimeInfo, events};
 use alloc::boxed::Box;
@@ -27,6 +28,7 @@ use hermit_entry::boot_info::{BootInfo, HardwareInfo, LoadInfo, PlatformInfo, Ra
 use hypervisor::guest::{Guest, LoadedImage, Step};
 use hypervisor::image::Image;
 use hypervisor::mm::PhysMem;
+use hypervisor::net::capture::{Capture, CaptureTarget};
 use hypervisor::sched::{Scheduler, Stop};
 use spin::{Mutex, Once};
 
@@ -73,8 +75,8 @@ struct Host {
     scheds: Vec<Mutex<Scheduler>>,
     /// The CPU whose scheduler holds each guest.
     home: Vec<AtomicUsize>,
-    /// Each guest's event page frame (for raising events from any CPU).
-    event_frames: Vec<AtomicU64>,
+    /// Each guest's event page (for raising events from any CPU).
+    event_frames: Vec<Once<EventPage>>,
     net: Net,
     /// Guests not yet ended.
     live: AtomicUsize,
@@ -296,7 +298,9 @@ impl Host {
                 (s.pick(now), s.next_timer())
             };
             for id in timed_out.drain(..) {
-                vnic::raise(self.event_frames[id].load(Ordering::Acquire), events::TIMER);
+                if let Some(e) = self.event_frames[id].get() {
+                    e.raise(events::TIMER);
+                }
             }
             let Some((id, slice)) = pick else {
                 if self.balance(me, 1) {
@@ -360,7 +364,7 @@ impl Host {
             // raiser sets the bit before it looks, so look again now. The
             // same for `ctl stop`, which sets the kill flag before it wakes.
             if matches!(stop, Stop::Blocked { .. })
-                && (vnic::pending(self.event_frames[id].load(Ordering::Acquire)) != 0 || board.kill.load(Ordering::Acquire))
+                && (self.event_frames[id].get().is_some_and(|e| e.pending() != 0) || board.kill.load(Ordering::Acquire))
             {
                 self.scheds[me].lock().wake(id);
             }
@@ -482,7 +486,7 @@ fn stats_line(g: &Guest, state: &str, port: Option<&Port>) -> String {
     let hv_bytes = g.record_bytes()
         + (core::mem::size_of::<Option<Box<Guest>>>()
             + core::mem::size_of::<AtomicUsize>()
-            + core::mem::size_of::<u64>()
+            + core::mem::size_of::<Once<EventPage>>()
             + core::mem::size_of::<Option<Port>>()
             + Scheduler::BYTES_PER_GUEST) as u64
         + port.map_or(0, |p| p.record_bytes() + hypervisor::net::switch::Switch::BYTES_PER_PORT as u64);
@@ -555,7 +559,7 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
     let cap = boot_guests + if control { SPARE_GUESTS } else { 0 };
     let mut net = Net::new(cap);
     let free_before_uplink = free_frames();
-    match crate::uplink::Uplink::probe(kernel_root) {
+    match crate::arch::x86_64::virtio_pci::probe(kernel_root) {
         Ok(Some(up)) => {
             // The host reaches the first tenant (tenant 0) through it.
             if let Ok(port) = net.switch.lock().add_uplink(0) {
@@ -615,7 +619,7 @@ pub fn run(kernel_root: u64, time: TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
         guests: Mutex::new((0..cap).map(|_| None).collect()),
         scheds: (0..cpus).map(|_| Mutex::new(Scheduler::new())).collect(),
         home: (0..cap).map(|_| AtomicUsize::new(0)).collect(),
-        event_frames: (0..cap).map(|_| AtomicU64::new(0)).collect(),
+        event_frames: (0..cap).map(|_| Once::new()).collect(),
         net,
         live: AtomicUsize::new(0),
         exited: AtomicU32::new(0),
@@ -830,7 +834,7 @@ impl Host {
             },
             None => None,
         };
-        let events = g.memory.space.translate(&mem, abi::layout::EVENT_PAGE).map(|(pa, _)| pa).expect("create maps the event page");
+        let events = EventPage::of(&g).expect("create maps the event page");
         g.stats.created_ns = created_ns;
         g.console_limit = hypervisor::limit::TokenBucket::new(st.limits.console_bytes);
         g.kick_limit = hypervisor::limit::TokenBucket::new(st.limits.notifications);
@@ -854,7 +858,7 @@ impl Host {
         if let Some(p) = port {
             self.net.ports[id].call_once(|| p);
         }
-        self.event_frames[id].store(events, Ordering::Release);
+        self.event_frames[id].call_once(|| events);
         self.board[id].call_once(|| Board {
             name: name.into(),
             tenant: nic.as_ref().map(|_| st.tenant),
@@ -880,26 +884,25 @@ impl Host {
 /// memory) and a port on the switch.
 fn attach_nic(g: &mut Guest, net: &Net, st: &abi::bundle::Settings, info: &abi::NicInfo, id: usize) -> Result<Port, String> {
     let tenant = st.tenant;
-    use abi::ring::{slots_bytes, valid_slots};
+    use abi::ring::valid_slots;
     use hypervisor::mm::{FRAME_SIZE, paging::Pte};
     let slots = info.ring_slots;
     if !valid_slots(slots) {
         return Err(format!("ring_slots {slots} is not a power of two between {} and {}", abi::ring::SLOTS_MIN, abi::ring::SLOTS_MAX));
     }
+    let events = EventPage::of(g).ok_or("no event page")?;
     let mut mem = Mem;
-    let pages = slots_bytes(slots) / FRAME_SIZE as usize;
-    let mut rings: [Vec<u64>; 2] = [Vec::with_capacity(pages), Vec::with_capacity(pages)];
-    for (ring, base) in rings.iter_mut().zip([abi::layout::NIC_TX_RING, abi::layout::NIC_RX_RING]) {
-        for i in 0..pages {
-            let f = mem.alloc().ok_or("the machine is out of memory")?;
-            let va = base + i as u64 * FRAME_SIZE;
-            g.memory.map_private(&mut mem, va, f, Pte::WRITABLE | Pte::NO_EXECUTE).map_err(|e| {
-                mem.free(f);
-                format!("vNIC rings: {e}")
-            })?;
-            ring.push(f);
-        }
-    }
+    let mut ring = |indices: u64, base: u64| {
+        DirectRing::alloc(&events, indices, slots, |i, page| {
+            g.memory.map_private(&mut mem, base + i as u64 * FRAME_SIZE, page, Pte::WRITABLE | Pte::NO_EXECUTE)
+        })
+        .map_err(|e| match e {
+            RingAllocError::NoMemory => String::from("the machine is out of memory"),
+            RingAllocError::Map(e) => format!("vNIC rings: {e}"),
+        })
+    };
+    let tx = ring(abi::layout::NIC_TX_INDICES, abi::layout::NIC_TX_RING)?;
+    let rx = ring(abi::layout::NIC_RX_INDICES, abi::layout::NIC_RX_RING)?;
     let mac = [info.mac[0], info.mac[1], info.mac[2], info.mac[3], info.mac[4], info.mac[5]];
     let port = net.switch.lock().add_port(tenant, mac, info.ipv4).map_err(|e| format!("switch: {e:?}"))?;
     match net.guest_of_slot.get(port.slot()) {
@@ -909,9 +912,7 @@ fn attach_nic(g: &mut Guest, net: &Net, st: &abi::bundle::Settings, info: &abi::
             return Err("no room for another vNIC".into());
         }
     }
-    let events = g.memory.space.translate(&mem, abi::layout::EVENT_PAGE).map(|(pa, _)| pa).ok_or("no event page")?;
-    let [tx, rx] = rings;
-    Ok(Port::new(port, tenant, slots, &st.limits, tx.into_boxed_slice(), rx.into_boxed_slice(), events))
+    Ok(Port::new(port, tenant, slots, &st.limits, tx, rx, events))
 }
 
 /// Puts hermit-entry's `RawBootInfo` at the start of the guest's start page.
@@ -1010,11 +1011,11 @@ impl hypervisor::control::ControlHost for Host {
 
     fn capture(&self, what: &str, count: u32, secs: u32) -> Result<(), String> {
         let target = match what.strip_prefix("tenant:") {
-            Some(t) => t.parse().ok().map(vnic::CaptureTarget::Tenant),
-            None => self.find(what).map(vnic::CaptureTarget::Guest),
+            Some(t) => t.parse().ok().map(CaptureTarget::Tenant),
+            None => self.find(what).map(CaptureTarget::Guest),
         };
         let t = target.ok_or_else(|| format!("no guest or tenant {what}"))?;
-        *self.net.capture.lock() = vnic::Capture {
+        *self.net.capture.lock() = Capture {
             target: Some(t),
             max: count,
             until_ns: self.now().saturating_add(u64::from(secs) * 1_000_000_000),

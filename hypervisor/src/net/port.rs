@@ -62,7 +62,8 @@ impl Tx {
     pub(super) fn allows(&mut self, now_ns: u64, header: &[u8; INSPECT_BYTES], len: usize) -> bool {
         let mut dst = [0u8; 6];
         dst.copy_from_slice(&header[..6]);
-        let ok = self.packets.take(now_ns, 1) && self.bytes.take(now_ns, len as u64) && (!is_multicast(&dst) || self.broadcasts.take(now_ns, 1));
+        let ok =
+            self.packets.take(now_ns, 1) && self.bytes.take(now_ns, len as u64) && (!is_multicast(&dst) || self.broadcasts.take(now_ns, 1));
         self.limited += u64::from(!ok);
         ok
     }

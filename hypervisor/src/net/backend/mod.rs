@@ -216,7 +216,13 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
     /// Runs `fill` on the RX ring of the live guest behind switch port
     /// `dest` (under its lock), publishes and notes the guest if it put a
     /// frame there. Returns whether it did.
-    fn to_guest(&self, dest: PortId, woken: &mut Vec<usize>, now_ns: u64, fill: impl FnOnce(&mut Producer, &R) -> Result<bool, RingError>) -> bool {
+    fn to_guest(
+        &self,
+        dest: PortId,
+        woken: &mut Vec<usize>,
+        now_ns: u64,
+        fill: impl FnOnce(&mut Producer, &R) -> Result<bool, RingError>,
+    ) -> bool {
         let Some((g, p)) = self.guest_at(dest) else { return false };
         let (mut rx, open) = p.rx.lock();
         if !open {

@@ -311,7 +311,7 @@ fn the_lock_order_holds_under_drains_polls_and_disconnects() {
                 let ring = &net.port(me).unwrap().tx_ring;
                 let mut i = 0u32;
                 while !stop.load(Ordering::Acquire) {
-                    let to = if i % 4 == 0 { HOST_MAC } else { mac(other) };
+                    let to = if i.is_multiple_of(4) { HOST_MAC } else { mac(other) };
                     if tx.push(ring, &frame(mac(me), to, i)) == Ok(true) {
                         tx.publish(ring);
                     }

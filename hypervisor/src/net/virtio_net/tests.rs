@@ -236,8 +236,14 @@ fn a_device_that_lies_in_its_used_ring_costs_frames_never_a_panic() {
     let mut buf = [0u8; MTU_FRAME];
     let d = &mut up.transport;
     let (id, ..) = d.take_avail(0).unwrap();
-    let lies =
-        [(9999, 60), (id.into(), 0), (id.into(), 5), (id.into(), (NET_HDR_BYTES + MTU_FRAME + 1) as u32), (id.into(), 100_000), (u32::MAX, 60)];
+    let lies = [
+        (9999, 60),
+        (id.into(), 0),
+        (id.into(), 5),
+        (id.into(), (NET_HDR_BYTES + MTU_FRAME + 1) as u32),
+        (id.into(), 100_000),
+        (u32::MAX, 60),
+    ];
     for (id, len) in lies {
         d.put_used(0, id, len);
     }

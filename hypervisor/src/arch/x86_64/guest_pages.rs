@@ -1,0 +1,201 @@
+//! The pages a guest shares with the hypervisor, reached through the
+//! direct map: its event page and its vNIC rings.
+//!
+//! Both are newtypes that only this file can make, from memory a guest
+//! owns: [`EventPage::of`] takes the page guest creation mapped at
+//! `layout::EVENT_PAGE` in the guest's own tables, and
+//! [`DirectRing::alloc`] takes its slot pages from the frame allocator and
+//! hands each to the caller to map into the guest. Nothing else can name
+//! a physical address to write to.
+//!
+//! Lifetime: the pages are the guest's until it is destroyed. The back end
+//! reaches a port's rings and event page only while the port's RX gate is
+//! open or under its TX lock (`hypervisor::net::backend`), and
+//! `disconnect` closes the gate under those locks before the guest is
+//! destroyed. The run loop raises timer events only for a guest its own
+//! CPU's scheduler holds (alive).
+
+use super::paging::{Mem, phys_to_virt};
+use abi::ring::{INDEX_BYTES, RingMemory, SLOTS_OFFSET, slots_bytes};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use hypervisor::guest::Guest;
+use hypervisor::mm::{FRAME_SIZE, PhysAddr, PhysMem};
+use hypervisor::net::port::{GuestEvents, GuestRing};
+
+const PAGE: usize = FRAME_SIZE as usize;
+
+/// A guest's event page: the event bits (`abi::time::events`) at offset 0,
+/// the vNIC rings' index blocks further on.
+#[derive(Clone, Debug)]
+pub struct EventPage(PhysAddr);
+
+impl EventPage {
+    /// The event page of `g`, which its creation mapped to a frame of its
+    /// own (`None` if it is not mapped, which creation rules out).
+    pub fn of(g: &Guest) -> Option<Self> {
+        g.memory.space.translate(&Mem, abi::layout::EVENT_PAGE).map(|(pa, _)| Self(pa & !(FRAME_SIZE - 1)))
+    }
+
+    fn bits(&self) -> &AtomicU64 {
+        // SAFETY: the guest's event page, a frame it owns (see `of`),
+        // direct-mapped; offset 0 is 8-byte aligned; the guest and other
+        // CPUs reach the word only atomically.
+        unsafe { &*(phys_to_virt(self.0) as *const AtomicU64) }
+    }
+
+    /// Sets event bits (atomically: other CPUs may set bits at the same
+    /// time, and the guest clears them with an atomic AND). Only for a
+    /// guest known to be alive; deliveries go through `Port::notify`.
+    pub fn raise(&self, bits: u64) {
+        self.bits().fetch_or(bits, Ordering::AcqRel);
+    }
+
+    /// The event bits pending.
+    pub fn pending(&self) -> u64 {
+        self.bits().load(Ordering::Acquire)
+    }
+}
+
+impl GuestEvents for EventPage {
+    fn raise(&self, bits: u64) {
+        EventPage::raise(self, bits)
+    }
+    fn pending(&self) -> u64 {
+        EventPage::pending(self)
+    }
+}
+
+/// One of a guest's vNIC rings through the direct map: its index block in
+/// the guest's event page, its slots in pages of their own.
+pub struct DirectRing {
+    /// Physical address of the index block.
+    indices: PhysAddr,
+    /// The slot pages, in ring order.
+    pages: Box<[PhysAddr]>,
+}
+
+/// Why a ring could not be made.
+#[derive(Debug)]
+pub enum RingAllocError<E> {
+    /// The machine is out of memory.
+    NoMemory,
+    /// The caller could not map a page (the page was freed).
+    Map(E),
+}
+
+impl DirectRing {
+    /// A ring of `slots` slots whose index block is at `index_offset` in
+    /// `events`: takes its slot pages from the frame allocator and hands
+    /// each, with its index, to `map`, which maps it into the guest (so
+    /// the guest's teardown frees it). A page `map` refuses is freed here;
+    /// pages mapped before a failure stay the guest's.
+    pub fn alloc<E>(
+        events: &EventPage,
+        index_offset: u64,
+        slots: u32,
+        mut map: impl FnMut(usize, PhysAddr) -> Result<(), E>,
+    ) -> Result<Self, RingAllocError<E>> {
+        assert!(index_offset.is_multiple_of(4) && index_offset as usize + INDEX_BYTES <= PAGE);
+        let n = slots_bytes(slots).div_ceil(PAGE);
+        let mut pages = Vec::with_capacity(n);
+        let mut mem = Mem;
+        for i in 0..n {
+            let page = mem.alloc().ok_or(RingAllocError::NoMemory)?;
+            if let Err(e) = map(i, page) {
+                mem.free(page);
+                return Err(RingAllocError::Map(e));
+            }
+            pages.push(page);
+        }
+        Ok(Self { indices: events.0 + index_offset, pages: pages.into_boxed_slice() })
+    }
+
+    fn bytes(&self) -> usize {
+        SLOTS_OFFSET + self.pages.len() * PAGE
+    }
+
+    /// The direct-map address of slot-area `offset` (at or above
+    /// SLOTS_OFFSET, inside the ring: callers check).
+    fn at(&self, offset: usize) -> u64 {
+        let o = offset - SLOTS_OFFSET;
+        phys_to_virt(self.pages[o / PAGE]) + (o % PAGE) as u64
+    }
+
+    /// The index at `offset` of the index block.
+    fn index(&self, offset: usize) -> &AtomicU32 {
+        assert!(offset.is_multiple_of(4) && offset + 4 <= INDEX_BYTES);
+        // SAFETY: inside the index block (asserted; `alloc` checked that it
+        // lies in the event page), a frame the guest owns, direct-mapped;
+        // 4-byte aligned.
+        unsafe { &*((phys_to_virt(self.indices) + offset as u64) as *const AtomicU32) }
+    }
+
+    /// Runs `f` on each piece of `[offset, offset + len)` that lies in one
+    /// page: its direct-map address and its range in the caller's buffer.
+    fn pieces(&self, offset: usize, len: usize, mut f: impl FnMut(u64, core::ops::Range<usize>)) {
+        assert!(offset >= SLOTS_OFFSET && offset + len <= self.bytes());
+        let mut done = 0;
+        while done < len {
+            let o = offset + done;
+            let n = (PAGE - o % PAGE).min(len - done);
+            f(self.at(o), done..done + n);
+            done += n;
+        }
+    }
+}
+
+// SAFETY: the pages are the guest's event page and ring pages, which stay
+// its own while its port is open (see the module documentation); offsets
+// are bounds-checked against the index block and the slots; index
+// accesses are 4-byte aligned atomics with the contract's orderings.
+unsafe impl RingMemory for DirectRing {
+    fn load(&self, offset: usize) -> u32 {
+        self.index(offset).load(Ordering::Acquire)
+    }
+    fn store(&self, offset: usize, v: u32) {
+        self.index(offset).store(v, Ordering::Release)
+    }
+    fn read(&self, offset: usize, dst: &mut [u8]) {
+        self.pieces(offset, dst.len(), |va, r| {
+            let d = &mut dst[r];
+            // SAFETY: inside one of the ring's pages (split by `pieces`);
+            // the guest may write concurrently, which only changes the
+            // copied bytes.
+            unsafe { core::ptr::copy_nonoverlapping(va as *const u8, d.as_mut_ptr(), d.len()) }
+        });
+    }
+    fn write(&self, offset: usize, src: &[u8]) {
+        self.pieces(offset, src.len(), |va, r| {
+            let s = &src[r];
+            // SAFETY: as in read.
+            unsafe { core::ptr::copy_nonoverlapping(s.as_ptr(), va as *mut u8, s.len()) }
+        });
+    }
+}
+
+impl GuestRing for DirectRing {
+    fn copy_to(&self, from: usize, dst: &Self, to: usize, len: usize) {
+        assert!(from >= SLOTS_OFFSET && to >= SLOTS_OFFSET && from + len <= self.bytes() && to + len <= dst.bytes());
+        let mut done = 0;
+        while done < len {
+            let (s, d) = (from + done, to + done);
+            let n = (PAGE - s % PAGE).min(PAGE - d % PAGE).min(len - done);
+            // SAFETY: both ranges lie inside one page each (split above),
+            // of different guests' rings (a sender's TX, a receiver's RX),
+            // so they do not overlap; a guest writing its TX slot meanwhile
+            // only changes the bytes copied.
+            unsafe { core::ptr::copy_nonoverlapping(self.at(s) as *const u8, dst.at(d) as *mut u8, n) };
+            done += n;
+        }
+    }
+
+    fn slot_bytes(&self) -> u64 {
+        (self.pages.len() * PAGE) as u64
+    }
+
+    fn record_bytes(&self) -> u64 {
+        (self.pages.len() * core::mem::size_of::<PhysAddr>()) as u64
+    }
+}
