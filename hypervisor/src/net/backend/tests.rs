@@ -342,7 +342,16 @@ fn the_lock_order_holds_under_drains_polls_and_disconnects() {
             }
         };
         wait_for(5 + round % 13 * 7);
-        net.disconnect(2);
+        // From another thread, so that a deadlock in it meets the watchdog.
+        let disconnect = {
+            let net = net.clone();
+            std::thread::spawn(move || net.disconnect(2))
+        };
+        while !disconnect.is_finished() {
+            assert!(Instant::now() < watchdog, "round {round}: deadlock (disconnect never returned)");
+            std::thread::yield_now();
+        }
+        disconnect.join().unwrap();
         // Guest 2 is destroyed: from now on its pages are someone else's.
         let p2 = net.port(2).unwrap();
         p2.events.freed.store(true, Ordering::Release);
