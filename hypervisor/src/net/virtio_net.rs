@@ -19,8 +19,8 @@
 //!   its order (`net::backend`).
 
 use super::backend::UplinkDevice;
-use super::virtq::{Virtq, VirtqError};
-use crate::mm::{FRAME_SIZE, PhysMem};
+use super::virtq::{BUFFER_BYTES, Virtq, VirtqError};
+use crate::mm::PhysMem;
 use abi::ring::{MIN_FRAME, MTU_FRAME};
 use core::sync::atomic::{Ordering, fence};
 
@@ -198,7 +198,7 @@ impl<T: Transport> VirtioNet<T> {
         let mut up =
             Self { transport: t, rx, tx, rx_notify_off, tx_notify_off, mac, rx_frames: 0, tx_frames: 0, dropped: 0, rx_returned: false };
         while let Some(id) = up.rx.take() {
-            up.rx.submit(up.transport.dma(), id, FRAME_SIZE as u32, true);
+            up.rx.submit(up.transport.dma(), id, BUFFER_BYTES, true);
         }
         up.transport.notify(RX_QUEUE, up.rx_notify_off);
         Ok(up)
@@ -275,7 +275,7 @@ impl<T: Transport> VirtioNet<T> {
                     } else {
                         self.dropped += 1;
                     }
-                    self.rx.submit(mem, u.id, FRAME_SIZE as u32, true);
+                    self.rx.submit(mem, u.id, BUFFER_BYTES, true);
                     self.rx_returned = true;
                     if good {
                         return Some(len);
@@ -285,7 +285,7 @@ impl<T: Transport> VirtioNet<T> {
                 Err(VirtqError::BadUsedLen { id, .. }) => {
                     // Its buffer is ours again: back to the device.
                     self.dropped += 1;
-                    self.rx.submit(mem, id, FRAME_SIZE as u32, true);
+                    self.rx.submit(mem, id, BUFFER_BYTES, true);
                     self.rx_returned = true;
                 }
                 Err(VirtqError::BadUsedId(_)) => {

@@ -9,6 +9,9 @@
 use crate::mm::{FRAME_SIZE, PhysAddr, PhysMem};
 use alloc::vec::Vec;
 
+/// Bytes of each descriptor's buffer: one page.
+pub const BUFFER_BYTES: u32 = FRAME_SIZE as u32;
+
 /// Largest queue we set up (all three parts then fit in one page each).
 pub const MAX_SIZE: u16 = 256;
 
@@ -102,7 +105,7 @@ impl Virtq {
     /// the device writes (`device_writes`, RX) or reads (TX).
     pub fn submit(&mut self, mem: &mut impl PhysMem, id: u16, len: u32, device_writes: bool) {
         let flags = if device_writes { DESC_F_WRITE } else { 0 };
-        write_desc(mem, self.desc, id, self.buffers[id as usize], len.min(FRAME_SIZE as u32), flags);
+        write_desc(mem, self.desc, id, self.buffers[id as usize], len.min(BUFFER_BYTES), flags);
         let slot = (self.avail_idx % self.size) as usize;
         mem.write(self.avail, RING_ENTRIES + AVAIL_ENTRY_BYTES * slot, &id.to_le_bytes());
         self.avail_idx = self.avail_idx.wrapping_add(1);
@@ -129,7 +132,7 @@ impl Virtq {
         if id >= self.size as u32 || self.free.contains(&(id as u16)) {
             return Err(VirtqError::BadUsedId(id));
         }
-        if len > FRAME_SIZE as u32 {
+        if len > BUFFER_BYTES {
             return Err(VirtqError::BadUsedLen { id: id as u16, len });
         }
         Ok(Some(Used { id: id as u16, len }))

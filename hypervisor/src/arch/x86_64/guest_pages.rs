@@ -32,14 +32,14 @@ const PAGE: usize = FRAME_SIZE as usize;
 pub struct EventPage(PhysAddr);
 
 impl EventPage {
-    /// The event page of `g`, which its creation mapped to a frame of its
+    /// The event page of `g`, which its creation mapped to a page of its
     /// own (`None` if it is not mapped, which creation rules out).
     pub fn of(g: &Guest) -> Option<Self> {
         g.memory.space.translate(&Mem, abi::layout::EVENT_PAGE).map(|(pa, _)| Self(pa & !(FRAME_SIZE - 1)))
     }
 
     fn bits(&self) -> &AtomicU64 {
-        // SAFETY: the guest's event page, a frame it owns (see `of`),
+        // SAFETY: the guest's event page, a page it owns (see `of`),
         // direct-mapped; offset 0 is 8-byte aligned; the guest and other
         // CPUs reach the word only atomically.
         unsafe { &*(phys_to_virt(self.0) as *const AtomicU64) }
@@ -127,7 +127,7 @@ impl DirectRing {
     fn index(&self, offset: usize) -> &AtomicU32 {
         assert!(offset.is_multiple_of(4) && offset + 4 <= INDEX_BYTES);
         // SAFETY: inside the index block (asserted; `alloc` checked that it
-        // lies in the event page), a frame the guest owns, direct-mapped;
+        // lies in the event page), a page the guest owns, direct-mapped;
         // 4-byte aligned.
         unsafe { &*((phys_to_virt(self.indices) + offset as u64) as *const AtomicU32) }
     }
