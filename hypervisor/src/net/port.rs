@@ -160,3 +160,49 @@ impl<R: GuestRing, E: GuestEvents> Port<R, E> {
         core::mem::size_of::<Self>() as u64 + self.tx_ring.record_bytes() + self.rx_ring.record_bytes()
     }
 }
+
+/// A guest's pages in ordinary memory, for host tests of the back end and
+/// of what drives it.
+#[cfg(test)]
+pub mod testing {
+    use super::*;
+    use abi::ring::SLOTS_OFFSET;
+    use abi::ring::testing::SharedRing;
+    use core::sync::atomic::AtomicBool;
+
+    impl GuestRing for SharedRing {
+        fn copy_to(&self, from: usize, dst: &Self, to: usize, len: usize) {
+            let mut buf = alloc::vec![0u8; len];
+            self.read(from, &mut buf);
+            dst.write(to, &buf);
+        }
+        fn slot_bytes(&self) -> u64 {
+            (self.bytes() - SLOTS_OFFSET) as u64
+        }
+        fn record_bytes(&self) -> u64 {
+            self.bytes() as u64
+        }
+    }
+
+    /// An event page that counts the writes it gets after its guest is gone.
+    #[derive(Default)]
+    pub struct Events {
+        pub bits: AtomicU64,
+        /// Set when its guest is gone.
+        pub freed: AtomicBool,
+        /// Events raised after `freed`.
+        pub late: AtomicU64,
+    }
+
+    impl GuestEvents for Events {
+        fn raise(&self, bits: u64) {
+            if self.freed.load(Ordering::Acquire) {
+                self.late.fetch_add(1, Ordering::Relaxed);
+            }
+            self.bits.fetch_or(bits, Ordering::AcqRel);
+        }
+        fn pending(&self) -> u64 {
+            self.bits.load(Ordering::Acquire)
+        }
+    }
+}

@@ -407,3 +407,33 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         p.count_uplink_drops(held.remove(guest));
     }
 }
+
+/// A fake uplink, for host tests of the back end and of what drives it.
+#[cfg(test)]
+pub mod testing {
+    use super::*;
+    use alloc::collections::VecDeque;
+
+    /// The host behind the uplink: frames it will send, frames it got.
+    #[derive(Default)]
+    pub struct FakeUplink {
+        pub from_host: VecDeque<Vec<u8>>,
+        pub to_host: Vec<Vec<u8>>,
+        pub notified: usize,
+    }
+
+    impl UplinkDevice for FakeUplink {
+        fn send(&mut self, frame: &[u8]) -> bool {
+            self.to_host.push(frame.to_vec());
+            true
+        }
+        fn receive(&mut self, buf: &mut [u8; MTU_FRAME]) -> Option<usize> {
+            let f = self.from_host.pop_front()?;
+            buf[..f.len()].copy_from_slice(&f);
+            Some(f.len())
+        }
+        fn notify_rx(&mut self) {
+            self.notified += 1;
+        }
+    }
+}

@@ -3,71 +3,15 @@
 //! gone, and a fake uplink; the guests' side is played with `abi::ring`'s
 //! own producer and consumer.
 
+use super::testing::FakeUplink;
 use super::*;
+use crate::net::port::testing::Events;
 use crate::net::switch::{Ipv4, Mac};
 use abi::ring::testing::SharedRing;
 use abi::ring::{Consumer, PROD_OFFSET, Producer, RingMemory, SLOTS_OFFSET};
 use abi::time::events::NET_RX;
-use alloc::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-impl GuestRing for SharedRing {
-    fn copy_to(&self, from: usize, dst: &Self, to: usize, len: usize) {
-        let mut buf = alloc::vec![0u8; len];
-        self.read(from, &mut buf);
-        dst.write(to, &buf);
-    }
-    fn slot_bytes(&self) -> u64 {
-        (self.bytes() - SLOTS_OFFSET) as u64
-    }
-    fn record_bytes(&self) -> u64 {
-        self.bytes() as u64
-    }
-}
-
-/// An event page that counts the writes it gets after its guest is gone.
-#[derive(Default)]
-struct Events {
-    bits: AtomicU64,
-    freed: AtomicBool,
-    late: AtomicU64,
-}
-
-impl GuestEvents for Events {
-    fn raise(&self, bits: u64) {
-        if self.freed.load(Ordering::Acquire) {
-            self.late.fetch_add(1, Ordering::Relaxed);
-        }
-        self.bits.fetch_or(bits, Ordering::AcqRel);
-    }
-    fn pending(&self) -> u64 {
-        self.bits.load(Ordering::Acquire)
-    }
-}
-
-/// The host behind the uplink: frames it will send, frames it got.
-#[derive(Default)]
-struct FakeUplink {
-    from_host: VecDeque<Vec<u8>>,
-    to_host: Vec<Vec<u8>>,
-    notified: usize,
-}
-
-impl UplinkDevice for FakeUplink {
-    fn send(&mut self, frame: &[u8]) -> bool {
-        self.to_host.push(frame.to_vec());
-        true
-    }
-    fn receive(&mut self, buf: &mut [u8; MTU_FRAME]) -> Option<usize> {
-        let f = self.from_host.pop_front()?;
-        buf[..f.len()].copy_from_slice(&f);
-        Some(f.len())
-    }
-    fn notify_rx(&mut self) {
-        self.notified += 1;
-    }
-}
 
 type TestNet = Net<SharedRing, Events, FakeUplink>;
 
