@@ -144,6 +144,30 @@ fn rate_limits_and_spoofing_are_counted_at_the_sender() {
     assert!(net.uplink.as_ref().unwrap().1.lock().to_host.is_empty());
 }
 
+/// After `disconnect` nothing reaches the guest's pages: no frame from a
+/// neighbour or the host, no frame that waited for it, no event.
+#[test]
+fn a_disconnected_guest_gets_no_frames_and_no_events() {
+    let net = net(3);
+    attach(&net, 1, 0, 4, UNLIMITED);
+    attach(&net, 2, 0, 2, UNLIMITED);
+    host_sends(&net, (0..4).map(|i| frame(HOST_MAC, mac(2), i)));
+    net.poll_uplink(0, &mut |_| {});
+    assert_eq!(net.held.lock().waiting(2), 2);
+    let p2 = net.port(2).unwrap();
+    p2.events.bits.store(0, Ordering::Relaxed);
+    net.disconnect(2);
+    assert_eq!(p2.uplink_dropped(), 2, "the frames that waited for it are dropped and counted");
+    let prod = p2.rx_ring.load(PROD_OFFSET);
+    send(&net, 1, &mut Producer::new(4), &[frame(mac(1), mac(2), 9)]);
+    net.drain(1, 1, &mut |_, _| {}).unwrap();
+    host_sends(&net, [frame(HOST_MAC, mac(2), 10)]);
+    net.poll_uplink(2, &mut |_| {});
+    assert!(!p2.notify(NET_RX));
+    assert_eq!((p2.rx_ring.load(PROD_OFFSET), p2.events.pending()), (prod, 0));
+    assert_eq!(net.drain(2, 3, &mut |_, _| {}), Ok(()), "its own drain does nothing");
+}
+
 /// The host's frames for a guest whose ring is full wait (in order, in its
 /// own queue, never in front of other guests' frames), then the queue's
 /// bound drops the rest, then waiting too long drops the waiting ones;
