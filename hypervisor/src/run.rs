@@ -17,6 +17,9 @@ use crate::arch::x86_64::{apic, cpu, entry, serial};
 use crate::println;
 use crate::vnic::{self, Net, Port};
 use abi::bundle::{Bundle, FLAG_EXIT_WHEN_IDLE};
+use abi::control::Response;
+use abi::report::{GuestState, GuestStats, MachineStats};
+use abi::stop::StopReason;
 use abi::time::{TimeInfo, events};
 use alloc::boxed::Box;
 use alloc::format;
@@ -24,6 +27,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use hermit_entry::boot_info::{BootInfo, HardwareInfo, LoadInfo, PlatformInfo, RawBootInfo};
+use hypervisor::control::json_line;
 use hypervisor::guest::{Guest, LoadedImage, Step};
 use hypervisor::image::Image;
 use hypervisor::mm::PhysMem;
@@ -104,7 +108,7 @@ struct Host {
 struct Board {
     name: String,
     tenant: Option<u32>,
-    /// [`STATE_NAMES`] index.
+    /// [`STATES`] index.
     state: core::sync::atomic::AtomicU8,
     cpu_ns: AtomicU64,
     memory_bytes: AtomicU64,
@@ -112,7 +116,7 @@ struct Board {
     kill: core::sync::atomic::AtomicBool,
 }
 
-const STATE_NAMES: [&str; 4] = ["waiting", "running", "exited", "stopped"];
+const STATES: [GuestState; 4] = [GuestState::Waiting, GuestState::Running, GuestState::Exited, GuestState::Stopped];
 const WAITING: u8 = 0;
 const RUNNING: u8 = 1;
 const EXITED: u8 = 2;
@@ -246,7 +250,7 @@ impl Host {
     }
 
     /// Reports and frees a guest that ended.
-    fn finish(&self, id: usize, mut g: Box<Guest>, how: Result<i32, String>) {
+    fn finish(&self, id: usize, mut g: Box<Guest>, how: Result<i32, StopReason>) {
         g.flush_console(&mut |l| println!("{l}"));
         match &how {
             Ok(code) => println!("[hv] guest {} exited with code {code}", g.name),
@@ -257,7 +261,10 @@ impl Host {
                 }
             }
         }
-        println!("{}", stats_line(&g, if how.is_ok() { "exited" } else { "stopped" }, self.net.port(id)));
+        let state = if how.is_ok() { GuestState::Exited } else { GuestState::Stopped };
+        let mut stats = guest_stats(&g, state, self.net.port(id));
+        (stats.exit_code, stats.stop_reason) = (how.as_ref().ok().copied(), how.as_ref().err().cloned());
+        println!("{}", json_line(&stats));
         match how {
             Ok(_) => self.exited.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.stopped.fetch_add(1, Ordering::Relaxed),
@@ -326,7 +333,7 @@ impl Host {
             if board.kill.load(Ordering::Acquire) {
                 self.scheds[me].lock().remove(id);
                 self.net.disconnect(id);
-                self.finish(id, g, Err("stopped by the operator (ctl stop)".into()));
+                self.finish(id, g, Err(StopReason::Operator));
                 continue;
             }
             board.state.store(RUNNING, Ordering::Relaxed);
@@ -395,7 +402,7 @@ impl Host {
                     Some(f) => Ok(f),
                     None if c.taken >= c.max || self.now() >= c.until_ns => {
                         self.net.capturing.store(false, Ordering::Release);
-                        let end = format!(r#"{{"captured":{},"dropped":{}}}"#, c.taken, c.dropped);
+                        let end = json_line(&Response::Captured { captured: c.taken.into(), dropped: c.dropped.into() });
                         *c = Default::default();
                         Err(Some(end))
                     }
@@ -404,12 +411,8 @@ impl Host {
             };
             match next {
                 Ok((ns, frame)) => {
-                    let mut hex = String::with_capacity(frame.len() * 2);
-                    for b in &frame {
-                        let _ = core::fmt::Write::write_fmt(&mut hex, format_args!("{b:02x}"));
-                    }
                     let wall = self.time.boot_wall_ns.saturating_add(ns);
-                    serial::control_write_line(&format!(r#"{{"wall_ns":{wall},"frame":"{hex}"}}"#));
+                    serial::control_write_line(&json_line(&Response::frame(wall, &frame)));
                 }
                 Err(end) => {
                     if let Some(end) = end {
@@ -421,29 +424,34 @@ impl Host {
         }
     }
 
-    /// One JSON line about the whole machine: memory (frames, the
-    /// hypervisor's heap) and how long each CPU has been idle.
-    fn machine_line(&self) -> String {
+    /// The record of the whole machine: memory (frames, the hypervisor's
+    /// heap) and how long each CPU has been idle.
+    fn machine_stats(&self) -> MachineStats {
         let (heap, heap_used) = crate::heap_usage();
-        let idle: Vec<String> = self.idle_ns.iter().map(|a| format!("{}", a.load(Ordering::Relaxed))).collect();
-        format!(
-            r#"{{"event":"machine","uptime_ns":{},"live":{},"exited":{},"stopped":{},"total_bytes":{},"free_bytes":{},"hv_heap_bytes":{heap},"hv_heap_used_bytes":{heap_used},"cpu_idle_ns":[{}]}}"#,
-            self.now(),
-            self.live.load(Ordering::Relaxed),
-            self.exited.load(Ordering::Relaxed),
-            self.stopped.load(Ordering::Relaxed),
-            total_frames() as u64 * 4096,
-            free_frames() as u64 * 4096,
-            idle.join(",")
-        )
+        MachineStats {
+            uptime_ns: self.now(),
+            live: self.live.load(Ordering::Relaxed) as u64,
+            exited: self.exited.load(Ordering::Relaxed) as u64,
+            stopped: self.stopped.load(Ordering::Relaxed) as u64,
+            total_bytes: total_frames() as u64 * 4096,
+            free_bytes: free_frames() as u64 * 4096,
+            hv_heap_bytes: heap as u64,
+            hv_heap_used_bytes: heap_used as u64,
+            cpu_idle_ns: self.idle_ns.iter().map(|a| a.load(Ordering::Relaxed)).collect(),
+        }
     }
 
-    /// Guest `id`'s accounting line if it is waiting in the table (not on
+    /// The machine's record as a console line.
+    fn machine_line(&self) -> String {
+        json_line(&self.machine_stats())
+    }
+
+    /// Guest `id`'s accounting record if it is waiting in the table (not on
     /// a CPU, not ended). The table's lock is held for this one guest only,
     /// so a listing of thousands does not keep every CPU from its guests.
-    fn waiting_stats_line(&self, id: usize) -> Option<String> {
+    fn waiting_stats(&self, id: usize) -> Option<GuestStats> {
         let guests = self.guests.lock();
-        Some(stats_line(guests.get(id)?.as_ref()?, "running", self.net.port(id)))
+        Some(guest_stats(guests.get(id)?.as_ref()?, GuestState::Running, self.net.port(id)))
     }
 
     /// Reads console input: `stats` prints every waiting guest's accounting
@@ -453,8 +461,8 @@ impl Host {
             match b {
                 b'\r' | b'\n' => {
                     if line.trim() == "stats" {
-                        for line in (0..self.count.load(Ordering::Acquire)).filter_map(|id| self.waiting_stats_line(id)) {
-                            println!("{line}");
+                        for stats in (0..self.count.load(Ordering::Acquire)).filter_map(|id| self.waiting_stats(id)) {
+                            println!("{}", json_line(&stats));
                         }
                         println!("{}", self.machine_line());
                     } else if line.trim() == "machine" {
@@ -469,16 +477,10 @@ impl Host {
     }
 }
 
-/// One JSON line with what a guest has cost. Memory: `memory_bytes` is
-/// what is charged against its limit (`private_bytes`, which includes its
-/// `ring_bytes`, plus `table_bytes`); `shared_bytes` is mapped but shared
-/// with other guests; `hv_bytes` is what the hypervisor holds for it
-/// outside its pages.
-fn stats_line(g: &Guest, state: &str, port: Option<&Port>) -> String {
+/// What a guest has cost ([`GuestStats`] says what each field counts).
+fn guest_stats(g: &Guest, state: GuestState, port: Option<&Port>) -> GuestStats {
     let s = &g.stats;
     let m = &g.memory;
-    let per_cpu: Vec<String> = s.cpu_ns_per_cpu.iter().map(|n| format!("{n}")).collect();
-    let ring_bytes = port.map_or(0, Port::ring_bytes);
     let hv_bytes = g.record_bytes()
         + (core::mem::size_of::<Option<Box<Guest>>>()
             + core::mem::size_of::<AtomicUsize>()
@@ -486,30 +488,34 @@ fn stats_line(g: &Guest, state: &str, port: Option<&Port>) -> String {
             + core::mem::size_of::<Option<Port>>()
             + Scheduler::BYTES_PER_GUEST) as u64
         + port.map_or(0, |p| p.record_bytes() + hypervisor::net::switch::Switch::BYTES_PER_PORT as u64);
-    format!(
-        r#"{{"event":"guest_stats","guest":"{}","state":"{state}","cpu_ns":{},"cpu_ns_per_cpu":[{}],"wakeups":{},"preemptions":{},"yields":{},"hypercalls":{},"memory_bytes":{},"memory_limit":{},"private_bytes":{},"ring_bytes":{ring_bytes},"table_bytes":{},"shared_bytes":{},"hv_bytes":{hv_bytes},"console_dropped":{},"kicks_ignored":{},"nic_limited":{},"ring_errors":{},"uplink_dropped":{},"spoofed_frames":{},"created_ns":{},"create_ns":{},"first_entry_ns":{}}}"#,
-        g.name,
-        s.cpu_ns,
-        per_cpu.join(","),
-        s.wakeups,
-        s.preemptions,
-        s.yields,
-        s.hypercalls,
-        m.charged_bytes(),
-        m.limit_bytes(),
-        m.private_bytes(),
-        m.table_bytes(),
-        m.shared_bytes(),
-        g.console_limit.refused,
-        g.kick_limit.refused,
-        port.map_or(0, Port::limited),
-        port.map_or(0, |p| p.ring_errors.load(Ordering::Relaxed)),
-        port.map_or(0, Port::uplink_dropped),
-        port.map_or(0, |p| p.spoofed.load(Ordering::Relaxed)),
-        s.created_ns,
-        s.create_ns,
-        s.first_entry_ns
-    )
+    GuestStats {
+        guest: g.name.clone(),
+        state,
+        cpu_ns: s.cpu_ns,
+        cpu_ns_per_cpu: s.cpu_ns_per_cpu.clone(),
+        wakeups: s.wakeups,
+        preemptions: s.preemptions,
+        yields: s.yields,
+        hypercalls: s.hypercalls,
+        memory_bytes: m.charged_bytes(),
+        memory_limit: m.limit_bytes(),
+        private_bytes: m.private_bytes(),
+        ring_bytes: port.map_or(0, Port::ring_bytes),
+        table_bytes: m.table_bytes(),
+        shared_bytes: m.shared_bytes(),
+        hv_bytes,
+        console_dropped: g.console_limit.refused,
+        kicks_ignored: g.kick_limit.refused,
+        nic_limited: port.map_or(0, Port::limited),
+        ring_errors: port.map_or(0, |p| p.ring_errors.load(Ordering::Relaxed)),
+        uplink_dropped: port.map_or(0, Port::uplink_dropped),
+        spoofed_frames: port.map_or(0, |p| p.spoofed.load(Ordering::Relaxed)),
+        created_ns: s.created_ns,
+        create_ns: s.create_ns,
+        first_entry_ns: s.first_entry_ns,
+        exit_code: None,
+        stop_reason: None,
+    }
 }
 
 /// An application processor: waits for the boot CPU to create the guests,
@@ -993,7 +999,7 @@ impl hypervisor::control::ControlHost for Host {
             row(hypervisor::control::Row {
                 name: &b.name,
                 tenant: b.tenant,
-                state: STATE_NAMES[b.state.load(Ordering::Relaxed) as usize],
+                state: STATES[b.state.load(Ordering::Relaxed) as usize],
                 cpu_ns: b.cpu_ns.load(Ordering::Relaxed),
                 memory_bytes: b.memory_bytes.load(Ordering::Relaxed),
                 // The switch counts what it received from the port (the
@@ -1004,8 +1010,8 @@ impl hypervisor::control::ControlHost for Host {
         }
     }
 
-    fn stats(&self) -> (Vec<String>, String) {
-        ((0..self.count.load(Ordering::Acquire)).filter_map(|id| self.waiting_stats_line(id)).collect(), self.machine_line())
+    fn stats(&self) -> (Vec<GuestStats>, MachineStats) {
+        ((0..self.count.load(Ordering::Acquire)).filter_map(|id| self.waiting_stats(id)).collect(), self.machine_stats())
     }
 
     fn capture(&self, what: &str, count: u32, secs: u32) -> Result<(), String> {

@@ -18,10 +18,15 @@ extern crate alloc;
 
 pub mod backtrace;
 pub mod bundle;
+#[cfg(feature = "alloc")]
+pub mod control;
 pub mod layout;
 pub mod note;
+#[cfg(feature = "alloc")]
+pub mod report;
 #[allow(unsafe_code)] // the one `unsafe trait`, see ring.rs
 pub mod ring;
+pub mod stop;
 pub mod time;
 
 /// Version of this contract. Images carry the version they were built
