@@ -34,6 +34,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
+use abi::report::{GUEST_STATS_PREFIX, GuestStats};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
@@ -1190,29 +1191,10 @@ pub fn tsc_ghz(console: &str) -> Option<f64> {
     console.lines().find_map(|l| l.trim().strip_prefix("[hv] TSC ")?.split_once(" GHz")?.0.parse().ok())
 }
 
-/// The timestamps of one guest's `guest_stats` line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GuestStats {
-    pub guest: String,
-    pub state: String,
-    pub created_ns: u64,
-    pub first_entry_ns: u64,
-}
-
-/// Every `{"event":"guest_stats",...}` line on our console.
+/// Every `guest_stats` record on our console (the hypervisor's own lines:
+/// a guest's always begin with its `NAME| `).
 pub fn guest_stats(console: &str) -> Vec<GuestStats> {
-    json_lines(console)
-        .into_iter()
-        .filter(|(who, v)| who.is_none() && v["event"] == "guest_stats")
-        .filter_map(|(_, v)| {
-            Some(GuestStats {
-                guest: v["guest"].as_str()?.to_string(),
-                state: v["state"].as_str()?.to_string(),
-                created_ns: v["created_ns"].as_u64()?,
-                first_entry_ns: v["first_entry_ns"].as_u64()?,
-            })
-        })
-        .collect()
+    console.lines().map(str::trim).filter(|l| l.starts_with(GUEST_STATS_PREFIX)).filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 /// Each guest's `{"bench":"first","ns":...}` line: (guest, monotonic ns at main).
@@ -1358,6 +1340,8 @@ mod guest_hist;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use abi::report::GuestState;
+    use abi::stop::StopReason;
 
     const OURS: &str = "\
 [hv] hypervisor 0.1.0 booting\r
@@ -1370,9 +1354,9 @@ b-1| {\"bench\":\"first\",\"tsc\":869719751,\"ns\":4000}
 b-1| {not json
 b-2| {\"bench\":\"hypercall\",\"iterations\":1000,\"rounds\":3,\"cycles_per_call\":3398.5,\"min_cycles_per_call\":3075.1}
 [hv] guest b-0 exited with code 0
-{\"event\":\"guest_stats\",\"guest\":\"b-0\",\"state\":\"exited\",\"cpu_ns\":1018460,\"cpu_ns_per_cpu\":[1018460],\"wakeups\":0,\"created_ns\":1000,\"first_entry_ns\":2000}
-{\"event\":\"guest_stats\",\"guest\":\"b-1\",\"state\":\"exited\",\"cpu_ns\":1,\"created_ns\":1500,\"first_entry_ns\":3500}
-{\"event\":\"guest_stats\",\"guest\":\"b-2\",\"state\":\"stopped\",\"cpu_ns\":1,\"created_ns\":3000,\"first_entry_ns\":9000}
+{\"event\":\"guest_stats\",\"guest\":\"b-0\",\"state\":\"exited\",\"cpu_ns\":1018460,\"cpu_ns_per_cpu\":[1018460],\"wakeups\":0,\"preemptions\":0,\"yields\":0,\"hypercalls\":0,\"memory_bytes\":0,\"memory_limit\":0,\"private_bytes\":0,\"ring_bytes\":0,\"table_bytes\":0,\"shared_bytes\":0,\"hv_bytes\":0,\"console_dropped\":0,\"kicks_ignored\":0,\"nic_limited\":0,\"ring_errors\":0,\"uplink_dropped\":0,\"spoofed_frames\":0,\"created_ns\":1000,\"create_ns\":0,\"first_entry_ns\":2000,\"exit_code\":0,\"stop_reason\":null}
+{\"event\":\"guest_stats\",\"guest\":\"b-1\",\"state\":\"exited\",\"cpu_ns\":1,\"cpu_ns_per_cpu\":[1],\"wakeups\":0,\"preemptions\":0,\"yields\":0,\"hypercalls\":0,\"memory_bytes\":0,\"memory_limit\":0,\"private_bytes\":0,\"ring_bytes\":0,\"table_bytes\":0,\"shared_bytes\":0,\"hv_bytes\":0,\"console_dropped\":0,\"kicks_ignored\":0,\"nic_limited\":0,\"ring_errors\":0,\"uplink_dropped\":0,\"spoofed_frames\":0,\"created_ns\":1500,\"create_ns\":0,\"first_entry_ns\":3500,\"exit_code\":0,\"stop_reason\":null}
+{\"event\":\"guest_stats\",\"guest\":\"b-2\",\"state\":\"stopped\",\"cpu_ns\":1,\"cpu_ns_per_cpu\":[1],\"wakeups\":0,\"preemptions\":0,\"yields\":0,\"hypercalls\":0,\"memory_bytes\":0,\"memory_limit\":0,\"private_bytes\":0,\"ring_bytes\":0,\"table_bytes\":0,\"shared_bytes\":0,\"hv_bytes\":0,\"console_dropped\":0,\"kicks_ignored\":0,\"nic_limited\":0,\"ring_errors\":0,\"uplink_dropped\":0,\"spoofed_frames\":0,\"created_ns\":3000,\"create_ns\":0,\"first_entry_ns\":9000,\"exit_code\":null,\"stop_reason\":\"operator\"}
 [hv] no guests left: 3 exited, 0 stopped, 0 not started; 456220 KiB free
 ";
 
@@ -1405,7 +1389,9 @@ b-2| {\"bench\":\"hypercall\",\"iterations\":1000,\"rounds\":3,\"cycles_per_call
     fn boot_figures_from_guest_stats() {
         let stats = guest_stats(OURS);
         assert_eq!(stats.len(), 3);
-        assert_eq!(stats[2], GuestStats { guest: "b-2".into(), state: "stopped".into(), created_ns: 3000, first_entry_ns: 9000 });
+        let b2 = &stats[2];
+        assert_eq!((b2.guest.as_str(), b2.state, b2.created_ns, b2.first_entry_ns), ("b-2", GuestState::Stopped, 3000, 9000));
+        assert_eq!(b2.stop_reason, Some(StopReason::Operator));
         let mains = guest_mains(OURS);
         assert_eq!(mains, [("b-0".to_string(), 2500), ("b-1".to_string(), 4000)]);
         let f = boot_figures(&stats, &mains).unwrap();
