@@ -6,6 +6,8 @@
 //! timeout or when the test ends.
 #![forbid(unsafe_code)]
 
+pub mod records;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

@@ -24,10 +24,11 @@ pub const GUEST_STATS_PREFIX: &str = r#"{"event":"guest_stats","#;
 pub const MACHINE_PREFIX: &str = r#"{"event":"machine","#;
 
 /// Where a guest is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(rename_all = "snake_case"))]
 pub enum GuestState {
     /// In the table, waiting for a CPU (or asleep).
+    #[default]
     Waiting,
     /// On a CPU (`guest_stats` of a live guest says `running` too).
     Running,
@@ -87,12 +88,6 @@ pub struct GuestStats {
     /// Why it was stopped, once it has been (protocol 2).
     #[cfg_attr(feature = "serde", serde(default))]
     pub stop_reason: Option<StopReason>,
-}
-
-impl Default for GuestState {
-    fn default() -> Self {
-        Self::Waiting
-    }
 }
 
 /// The whole machine: guests, memory, idle time.

@@ -42,7 +42,6 @@ impl TimeInfo {
         let ticks = (ns as u128 * self.tsc_hz as u128) / NS_PER_SEC as u128;
         (self.tsc_base as u128 + ticks).min(u64::MAX as u128) as u64
     }
-
 }
 
 /// Event bits in the per-guest event page at [`crate::layout::EVENT_PAGE`]
