@@ -402,7 +402,7 @@ impl Host {
                     Some(f) => Ok(f),
                     None if c.taken >= c.max || self.now() >= c.until_ns => {
                         self.net.capturing.store(false, Ordering::Release);
-                        let end = json_line(&Response::Captured { captured: c.taken.into(), dropped: c.dropped.into() });
+                        let end = json_line(&Response::Captured { captured: c.taken.into(), dropped: c.dropped });
                         *c = Default::default();
                         Err(Some(end))
                     }

@@ -115,8 +115,7 @@ fn stopped_for(inst: &xtask::ctl::Instance, guest: &str) -> StopReason {
             .lines()
             .filter(|l| l.starts_with(GUEST_STATS_PREFIX))
             .map(|l| serde_json::from_str::<GuestStats>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .filter(|s| s.guest == guest && s.state == GuestState::Stopped)
-            .last();
+            .rfind(|s| s.guest == guest && s.state == GuestState::Stopped);
         if let Some(reason) = ended.and_then(|s| s.stop_reason) {
             return reason;
         }
