@@ -1197,6 +1197,16 @@ pub fn guest_stats(console: &str) -> Vec<GuestStats> {
     console.lines().map(str::trim).filter(|l| l.starts_with(GUEST_STATS_PREFIX)).filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
+/// Every `machine` record on our console, in order.
+pub fn machine_stats(console: &str) -> Vec<abi::report::MachineStats> {
+    console
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with(abi::report::MACHINE_PREFIX))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 /// Each guest's `{"bench":"first","ns":...}` line: (guest, monotonic ns at main).
 pub fn guest_mains(console: &str) -> Vec<(String, u64)> {
     json_lines(console)
@@ -1383,6 +1393,16 @@ b-2| {\"bench\":\"hypercall\",\"iterations\":1000,\"rounds\":3,\"cycles_per_call
     fn tsc_rate_from_the_boot_line() {
         assert_eq!(tsc_ghz(OURS), Some(2.454));
         assert_eq!(tsc_ghz("[hv] booting\n"), None);
+    }
+
+    #[test]
+    fn machine_records_are_read_typed_and_guests_cannot_forge_them() {
+        let m = r#"{"event":"machine","uptime_ns":5,"live":1,"exited":0,"stopped":0,"total_bytes":8,"free_bytes":4,"hv_heap_bytes":2,"hv_heap_used_bytes":1,"cpu_idle_ns":[3,4]}"#;
+        let console = format!("[hv] booting\r\n{m}\r\nb-0| {m}\n");
+        let got = machine_stats(&console);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!((got[0].uptime_ns, got[0].free_bytes, got[0].cpu_idle_ns.as_slice()), (5, 4, &[3, 4][..]));
+        assert!(guest_stats(&console).is_empty());
     }
 
     #[test]
