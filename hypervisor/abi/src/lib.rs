@@ -6,7 +6,11 @@
 //! virtual memory layout ([`layout`]), the start-info page ([`StartInfo`]),
 //! the ELF note that stamps an image with the ABI it was built for
 //! ([`note`]), and the bundle that carries the manifest and the images into
-//! the hypervisor at boot ([`bundle`]).
+//! the hypervisor at boot ([`bundle`]). Why a guest was stopped is a
+//! [`stop::StopReason`]. With the `alloc` feature: the control protocol
+//! (`control`: requests, answers, errors) and the records the hypervisor
+//! prints for programs (`report`), serializable with the `serde` feature.
+//! `docs/abi.md` and `docs/control.md` describe them for people.
 //!
 //! The crate is `no_std` and tested on the host; its only `unsafe` is the
 //! `RingMemory` trait, whose implementors promise to stay in bounds.
