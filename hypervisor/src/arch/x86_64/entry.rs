@@ -1,11 +1,11 @@
 //! Entering and leaving guests: `syscall` entry, the 256 interrupt and
 //! exception stubs, and `enter_guest`.
 //!
-//! The model is a vCPU run loop, as in KVM's `KVM_RUN`: the hypervisor calls
-//! [`run`] with a guest's saved registers; the guest runs in ring 3 until it
+//! The model is a vCPU loop, as in KVM's `KVM_RUN`: the hypervisor calls
+//! [`enter`] with a guest's saved registers; the guest runs in ring 3 until it
 //! makes a hypercall or takes an exception or interrupt; the entry code
 //! saves every guest register into the same [`Regs`] (with the vector that
-//! ended the run) and returns from [`run`] as if from a function call. There
+//! ended the entry) and returns from [`enter`] as if from a function call. There
 //! is one hypervisor stack per CPU and no per-guest kernel stack, which keeps
 //! a guest's hypervisor-side cost to its `Regs` and FPU area.
 
@@ -71,7 +71,7 @@ static KERNEL_CR3: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64
 
 /// Turns page-table isolation on: from now on guests must be created on
 /// the isolated upper half (`paging::isolated_upper`) and entered with
-/// their root in [`run`]. Call before any guest runs.
+/// their root in [`enter`]. Call before any guest runs.
 pub fn isolate(kernel_root: u64) {
     KERNEL_CR3.store(kernel_root, core::sync::atomic::Ordering::Relaxed);
     ISOLATE.store(1, core::sync::atomic::Ordering::Release);
@@ -174,7 +174,7 @@ pub fn init_cpu(cpu: usize) {
 /// `regs.vector` says why it stopped. `root` is the guest's page-table root:
 /// with isolation the return path switches to it last; without, the caller
 /// has loaded it.
-pub fn run(regs: &mut Regs, fpu: &mut FpuState, sysret: bool, root: u64) {
+pub fn enter(regs: &mut Regs, fpu: &mut FpuState, sysret: bool, root: u64) {
     regs.rflags = regs.entry_rflags();
     debug_assert!(regs.rip < abi::layout::USER_END);
     // SAFETY: `regs` and `fpu` outlive the call and are reached only through

@@ -12,6 +12,7 @@ pub mod entry;
 pub mod gdt;
 pub mod paging;
 pub mod pci;
+pub mod platform;
 pub mod pvh;
 pub mod serial;
 pub mod smp;
