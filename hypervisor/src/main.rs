@@ -220,9 +220,9 @@ extern "C" fn ap_main(cpu: u32) -> ! {
 /// (guests cannot read descriptor-table addresses) and global pages.
 fn harden(f: &cpu::Features) {
     let mut cr4 = cpu::read_cr4();
-    for (on, bit) in [(f.smep, 20), (f.smap, 21), (f.umip, 11), (f.pge, 7)] {
+    for (on, bit) in [(f.smep, cpu::cr4::SMEP), (f.smap, cpu::cr4::SMAP), (f.umip, cpu::cr4::UMIP), (f.pge, cpu::cr4::PGE)] {
         if on {
-            cr4 |= 1 << bit;
+            cr4 |= bit;
         }
     }
     // SAFETY: only features CPUID reports are enabled; the hypervisor never

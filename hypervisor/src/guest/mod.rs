@@ -18,7 +18,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use console::LineBuffer;
-use regs::{FpuState, Regs, VECTOR_SYSCALL};
+use regs::{FpuState, Regs, VECTOR_FIRST_INTERRUPT, VECTOR_PAGE_FAULT, VECTOR_SYSCALL};
 
 /// One page of a loaded image.
 #[derive(Clone, Copy, Debug)]
@@ -288,7 +288,7 @@ impl Guest {
         self.via_sysret = r.vector == VECTOR_SYSCALL;
         let step = match r.vector {
             VECTOR_SYSCALL => self.hypercall(mem, out),
-            14 if r.error & 1 == 0 => match self.memory.fault_in(mem, r.cr2) {
+            VECTOR_PAGE_FAULT if r.error & regs::pf::PRESENT == 0 => match self.memory.fault_in(mem, r.cr2) {
                 Ok(_) => Step::Resume,
                 Err(Fault::OutOfMemory { limit }) => {
                     Step::Stopped(format!("out of memory: touched {:#x} beyond its {} KiB limit", r.cr2, limit / 1024))
@@ -296,7 +296,7 @@ impl Guest {
                 Err(Fault::MachineOutOfMemory) => Step::Stopped("the machine is out of memory".into()),
                 Err(_) => self.fault_step(mem),
             },
-            0..=31 => self.fault_step(mem),
+            0..VECTOR_FIRST_INTERRUPT => self.fault_step(mem),
             // External interrupts: the guest was preempted.
             _ => {
                 self.stats.preemptions += 1;

@@ -108,7 +108,7 @@ impl Platform for Fake {
         match exit {
             Act::Busy(ns) => {
                 self.clock.fetch_add(ns, Ordering::SeqCst);
-                g.regs.vector = 32;
+                g.regs.vector = crate::guest::regs::VECTOR_FIRST_INTERRUPT;
             }
             Act::Block(deadline) => call(g, Hypercall::Block, deadline),
             Act::Exit(code) => call(g, Hypercall::Exit, code as u64),

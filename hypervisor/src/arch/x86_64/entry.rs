@@ -13,7 +13,7 @@ use super::cpu::{self, MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_SFMASK, M
 use super::gdt::{IST_DOUBLE_FAULT, IST_EXCEPTION, IST_MACHINE_CHECK, IST_NMI, KERNEL_CS, KERNEL_DS};
 use core::arch::{asm, global_asm};
 use core::mem::offset_of;
-use hypervisor::guest::regs::{FpuState, Regs};
+use hypervisor::guest::regs::{FpuState, Regs, VECTOR_FIRST_INTERRUPT, VECTOR_SYSCALL};
 use x86_64::VirtAddr;
 use x86_64::instructions::tables::lidt;
 use x86_64::structures::DescriptorTablePointer;
@@ -101,6 +101,14 @@ pub fn clear_buffers_on_entry(on: bool) {
 #[unsafe(no_mangle)]
 static KERNEL_MXCSR: u32 = 0x1f80;
 
+/// The exceptions that run on a stack of their own (see `gdt`).
+const VECTOR_NMI: usize = 2;
+const VECTOR_DOUBLE_FAULT: usize = 8;
+const VECTOR_MACHINE_CHECK: usize = 18;
+/// A gate's attributes: present, DPL 0 (so `int n` from ring 3 is a #GP),
+/// 64-bit interrupt gate (interrupts off on entry).
+const GATE_INTERRUPT_DPL0: u8 = 0x8e;
+
 #[derive(Clone, Copy)]
 #[repr(C)]
 struct Gate {
@@ -128,17 +136,16 @@ pub fn init_idt() {
     for v in 0..256usize {
         let addr = stubs + 16 * v as u64;
         let ist = match v {
-            2 => IST_NMI,
-            8 => IST_DOUBLE_FAULT,
-            18 => IST_MACHINE_CHECK,
+            VECTOR_NMI => IST_NMI,
+            VECTOR_DOUBLE_FAULT => IST_DOUBLE_FAULT,
+            VECTOR_MACHINE_CHECK => IST_MACHINE_CHECK,
             _ => IST_EXCEPTION,
         };
         let gate = Gate {
             offset_low: addr as u16,
             selector: KERNEL_CS,
             ist: ist as u8,
-            // Present, DPL 0 (so `int n` from ring 3 is a #GP), interrupt gate.
-            attributes: 0x8e,
+            attributes: GATE_INTERRUPT_DPL0,
             offset_mid: (addr >> 16) as u16,
             offset_high: (addr >> 32) as u32,
             reserved: 0,
@@ -302,8 +309,8 @@ exception_common:
        vector then stays in service for good. 255 is the spurious vector
        (no EOI). */
     movq 8(%rsp), %rax
-    subq $32, %rax
-    cmpq $(255 - 32), %rax
+    subq ${first_interrupt}, %rax
+    cmpq $({spurious} - {first_interrupt}), %rax
     jae 4f
     movl $0, {apic_eoi}
 4:
@@ -340,7 +347,7 @@ exception_common:
     movq %rbx, {cr2}(%rax)
     jmp guest_exit
 1:
-    cmpq $32, (%rsp)
+    cmpq ${first_interrupt}, (%rsp)
     jae 3f
     movq %rsp, %rdi
     subq $8, %rsp
@@ -349,7 +356,7 @@ exception_common:
 3:
     /* An interrupt in the hypervisor (only while idle in cpu::idle):
        acknowledge it unless spurious, and return. */
-    cmpq $255, (%rsp)
+    cmpq ${spurious}, (%rsp)
     je 5f
     movl $0, {apic_eoi}
 5:
@@ -385,7 +392,7 @@ syscall_entry:
     movq %r11, {rflags}(%rsp)
     movq %gs:{user_rsp}, %rax
     movq %rax, {rsp}(%rsp)
-    movq $256, {vector}(%rsp)
+    movq ${syscall_vector}, {vector}(%rsp)
     movq $0, {error}(%rsp)
 
 guest_exit:
@@ -503,6 +510,9 @@ enter_guest:
     guest_cr3 = const offset_of!(PerCpu, guest_cr3),
     iret_end = const offset_of!(PerCpu, iret) + 5 * 8,
     apic_eoi = const super::apic::EOI_VA,
+    first_interrupt = const VECTOR_FIRST_INTERRUPT,
+    spurious = const super::apic::SPURIOUS_VECTOR,
+    syscall_vector = const VECTOR_SYSCALL,
     user_ds = const super::gdt::USER_DS,
     user_cs = const super::gdt::USER_CS,
     options(att_syntax)
