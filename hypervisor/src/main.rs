@@ -150,10 +150,11 @@ fn start_machine(kernel_root: u64, time: abi::time::TimeInfo, cpus: usize, bundl
     m.set_ready();
     m.cpu_loop(0);
 
-    m.shut_down(not_started);
+    // Every guest has ended: nothing runs on the isolated tables any more.
     if guest_upper != kernel_root {
         paging::free_isolated_upper(guest_upper);
     }
+    m.shut_down(not_started);
     if exit_when_idle {
         cpu::debug_exit(abi::debug_exit::SUCCESS);
     }

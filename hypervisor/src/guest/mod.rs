@@ -134,7 +134,7 @@ pub struct Guest {
     console: LineBuffer,
     pub stats: Stats,
     /// The monotonic clock (ns) at the latest exit, for the rate limits;
-    /// the run loop sets it.
+    /// the per-CPU loop (`machine`) sets it.
     pub now_ns: u64,
     /// Console bytes per second.
     pub console_limit: crate::limit::TokenBucket,

@@ -112,7 +112,7 @@ impl<P: Platform, N: Network> Machine<P, N> {
         }
         status.state.store(RUNNING, Ordering::Relaxed);
         let slice = if me == 0 && self.control_flowing(now) { slice.min(CONTROL_SLICE_NS) } else { slice };
-        let (step, ran) = self.run_slice(id, &mut g, me, slice, next_timer);
+        let (step, ran) = self.give_slice(id, &mut g, me, slice, next_timer);
         status.cpu_ns.store(g.stats.cpu_ns, Ordering::Relaxed);
         status.memory_bytes.store(g.memory.charged_bytes(), Ordering::Relaxed);
         status.state.store(WAITING, Ordering::Relaxed);
@@ -192,10 +192,10 @@ impl<P: Platform, N: Network> Machine<P, N> {
         }
     }
 
-    /// Runs guest `id` (taken out of the table) on CPU `me` for at most
+    /// Gives guest `id` (taken out of the table) CPU `me` for at most
     /// `slice_ns`, or until the next sleeper is due; returns why it left
     /// and how long it ran.
-    fn run_slice(&self, id: usize, g: &mut Guest, me: usize, slice_ns: u64, next_timer: Option<u64>) -> (Step, u64) {
+    fn give_slice(&self, id: usize, g: &mut Guest, me: usize, slice_ns: u64, next_timer: Option<u64>) -> (Step, u64) {
         let mut mem = self.platform.mem();
         let start = self.now();
         // Preempt at the end of the slice, or earlier if a sleeper is due.

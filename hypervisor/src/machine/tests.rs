@@ -394,3 +394,49 @@ fn busy_cpus_even_out_but_do_not_bounce_one_guest() {
     m.step(0, &mut CpuState::default());
     assert_eq!((on(0), on(1)), (3, 2), "one guest more on a CPU moved");
 }
+
+#[test]
+fn two_cpus_on_two_threads_run_every_guest_to_its_end() {
+    let m = &machine(2);
+    let before = m.platform.mem.lock().live;
+    for i in 0..12 {
+        let sleep = 1_000_000_000 + (i as u64 + 1) * 3_000_000;
+        guest(m, &format!("g{i}"), &[Act::Busy(2_000_000), Act::Block(sleep), Act::Busy(1_000_000), Act::Block(u64::MAX), Act::Exit(i)]);
+    }
+    // Every guest also sleeps without a deadline once: the other CPU
+    // delivers to it while both CPUs run, balance and steal.
+    std::thread::scope(|s| {
+        let cpus: Vec<_> = (0..2).map(|cpu| s.spawn(move || steps(m, cpu, &mut CpuState::default(), 100_000))).collect();
+        let mut rounds = 0;
+        while m.live.load(Ordering::SeqCst) > 0 && rounds < 100_000 {
+            for id in 0..12 {
+                // Only for a guest still alive (the network back end's
+                // gate does this for real deliveries).
+                let alive = m.status(id).state.load(Ordering::SeqCst) < EXITED;
+                if alive && state(m, id) == Some(State::Blocked { deadline: u64::MAX }) {
+                    deliver(m, id, 1);
+                }
+            }
+            rounds += 1;
+            std::thread::yield_now();
+        }
+        for cpu in cpus {
+            assert_eq!(cpu.join().unwrap(), Pass::Done, "a CPU never finished");
+        }
+    });
+    for i in 0..12 {
+        assert_eq!(lines(m, &format!("[hv] guest g{i} exited with code {i}")), 1);
+    }
+    assert_eq!(m.platform.mem.lock().live, before, "every frame of every guest is freed");
+}
+
+#[test]
+fn shutting_down_returns_the_images_and_the_time_page() {
+    let m = machine(1);
+    guest(&m, "a", &[Act::Exit(3)]);
+    assert_eq!(steps(&m, 0, &mut CpuState::default(), 10), Pass::Done);
+    m.shut_down(2);
+    assert_eq!(m.platform.mem.lock().live, 1, "only the test's own root frame is left");
+    let last = m.platform.lines.lock().last().cloned().unwrap();
+    assert!(last.starts_with("[hv] no guests left: 1 exited, 0 stopped, 2 not started; "), "{last}");
+}
