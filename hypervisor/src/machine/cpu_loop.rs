@@ -246,7 +246,7 @@ impl<P: Platform, N: Network> Machine<P, N> {
                 }
             }
         }
-        out(&self.stats_line(id, &g, if how.is_ok() { "exited" } else { "stopped" }));
+        out(&self.stats_line(&g, if how.is_ok() { "exited" } else { "stopped" }, self.net.port_stats(id)));
         match how {
             Ok(_) => self.exited.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.stopped.fetch_add(1, Ordering::Relaxed),

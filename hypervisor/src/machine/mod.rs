@@ -10,9 +10,11 @@
 //!   scheduler entry lives in the scheduler of its home CPU (`home[id]`),
 //!   which only that CPU's balancing changes, under both schedulers' locks
 //!   in turn.
-//! - Locks are never nested except scheduler then nothing: the table, a
-//!   scheduler, `images` and `creating` are each taken alone (creation
-//!   holds `creating` then `images`, and takes the others one at a time).
+//! - No lock of the machine is held while another lock is taken, except
+//!   in creation, which holds `creating` then `images` while it takes the
+//!   table, a scheduler and the network's locks one at a time. The
+//!   network is called with no lock of the machine held, and calls back
+//!   ([`Machine::wake`]) only into the schedulers.
 //! - Any CPU may wake any guest ([`Machine::wake`]): an event is raised in
 //!   its event word first and the scheduler asked second, and the CPU that
 //!   puts a guest to sleep looks at its event word after the put (the

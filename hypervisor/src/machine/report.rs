@@ -7,6 +7,7 @@
 //! version; numbers as JSON numbers, names escaped by nothing (guest names
 //! are `[a-z0-9_-]+`).
 
+use super::network::PortStats;
 use super::{Machine, Network, Platform};
 use crate::guest::Guest;
 use crate::sched::Scheduler;
@@ -28,8 +29,7 @@ impl<P: Platform, N: Network> Machine<P, N> {
     /// `table_bytes`); `shared_bytes` is mapped but shared with other
     /// guests; `hv_bytes` is what the hypervisor holds for it outside its
     /// pages.
-    pub(super) fn stats_line(&self, id: usize, g: &Guest, state: &str) -> String {
-        let port = self.net.port_stats(id);
+    pub(super) fn stats_line(&self, g: &Guest, state: &str, port: Option<PortStats>) -> String {
         let s = &g.stats;
         let m = &g.memory;
         let per_cpu: Vec<String> = s.cpu_ns_per_cpu.iter().map(|n| format!("{n}")).collect();
@@ -71,8 +71,10 @@ impl<P: Platform, N: Network> Machine<P, N> {
     /// a CPU, not ended). The table's lock is held for this one guest only,
     /// so a listing of thousands does not keep every CPU from its guests.
     pub(super) fn waiting_stats_line(&self, id: usize) -> Option<String> {
+        // The port's counters first: no other lock under the table's.
+        let port = self.net.port_stats(id);
         let guests = self.guests.lock();
-        Some(self.stats_line(id, guests.get(id)?.as_ref()?, "running"))
+        Some(self.stats_line(guests.get(id)?.as_ref()?, "running", port))
     }
 
     /// The accounting lines of every waiting guest.
