@@ -41,7 +41,7 @@ const QUIET_ABOVE: u32 = 100;
 #[derive(Default)]
 pub(super) struct Creating {
     /// Guests with a vNIC so far, per tenant (see abi::guest_ipv4).
-    next_host: Vec<u32>,
+    pub(super) next_host: Vec<u32>,
 }
 
 /// A guest just created.
@@ -222,7 +222,7 @@ impl<P: Platform, N: Network> Machine<P, N> {
 impl Creating {
     /// The vNIC record of guest `id` (`st.tenant` is not `TENANT_NONE`):
     /// its MAC and the next address of its tenant.
-    fn address(&mut self, id: usize, st: &Settings) -> Result<abi::NicInfo, String> {
+    pub(super) fn address(&mut self, id: usize, st: &Settings) -> Result<abi::NicInfo, String> {
         // Tenant numbers come from the bundle and the control channel:
         // bounded before anything is sized by them.
         if st.tenant >= abi::MAX_TENANTS {

@@ -440,3 +440,32 @@ fn shutting_down_returns_the_images_and_the_time_page() {
     let last = m.platform.lines.lock().last().cloned().unwrap();
     assert!(last.starts_with("[hv] no guests left: 1 exited, 0 stopped, 2 not started; "), "{last}");
 }
+
+#[test]
+fn addresses_are_per_tenant_and_bounded() {
+    let mut c = create::Creating::default();
+    let st = |tenant| abi::bundle::Settings { tenant, ..Default::default() };
+    let a = c.address(7, &st(1)).unwrap();
+    let b = c.address(8, &st(1)).unwrap();
+    let other = c.address(9, &st(2)).unwrap();
+    assert_eq!((a.ipv4, b.ipv4, other.ipv4), (abi::guest_ipv4(1, 0), abi::guest_ipv4(1, 1), abi::guest_ipv4(2, 0)));
+    assert_eq!(a.mac[..6], [0x02, 0, 0, 0, 7, 1], "the MAC names the guest id and the tenant");
+    assert_eq!(a.gateway, abi::gateway_ipv4(1));
+    assert!(c.address(10, &st(abi::MAX_TENANTS)).is_err(), "a tenant number beyond the table is refused");
+    assert_eq!(c.next_host.len(), 3, "a refused tenant sizes nothing");
+    c.next_host[3 - 1] = abi::MAX_TENANT_HOSTS;
+    assert!(c.address(11, &st(2)).is_err(), "a full tenant has no address left");
+}
+
+#[test]
+fn a_guest_whose_vnic_cannot_be_attached_is_destroyed_whole() {
+    let m = machine(1);
+    let before = m.platform.mem.lock().live;
+    let st = abi::bundle::Settings { memory: 1 << 20, tenant: 1, ..Default::default() };
+    let e = m.create_guest("n", 0, &st, &[]).err().expect("the network refuses the port");
+    assert_eq!(e, "no network");
+    assert_eq!(m.platform.mem.lock().live, before, "its pages, tables and ring frames are all freed");
+    assert_eq!(m.count.load(Ordering::SeqCst), 0, "no id is used up");
+    // Its address was taken all the same (as before: addresses are not reused).
+    assert_eq!(m.creating.lock().next_host, [0, 1]);
+}
