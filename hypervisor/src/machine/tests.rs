@@ -205,6 +205,11 @@ fn image() -> Image {
 
 /// A machine of `cpus` CPUs at 1 s on its clock, with one image.
 fn machine(cpus: usize) -> TestMachine {
+    machine_on(cpus, NoNetwork)
+}
+
+/// The same over network back end `net`.
+fn machine_on<N: Network>(cpus: usize, net: N) -> Machine<Fake, N> {
     let mut mem = TestMem::new(100_000);
     let upper = mem.alloc().unwrap();
     let img = LoadedImage::load(&mut mem, "t", &image()).unwrap();
@@ -222,7 +227,7 @@ fn machine(cpus: usize) -> TestMachine {
     };
     let config =
         Config { cpus, capacity: 16, guest_upper: upper, time: TimeInfo::new(1_000_000_000, 0, 0), control: false, keep_running: false };
-    Machine::new(fake, NoNetwork, config, vec![("t".into(), Ok(img))])
+    Machine::new(fake, net, config, vec![("t".into(), Ok(img))])
 }
 
 /// Creates guest `name` (ids in order; guest `id` starts on CPU
@@ -468,4 +473,70 @@ fn a_guest_whose_vnic_cannot_be_attached_is_destroyed_whole() {
     assert_eq!(m.count.load(Ordering::SeqCst), 0, "no id is used up");
     // Its address was taken all the same (as before: addresses are not reused).
     assert_eq!(m.creating.lock().next_host, [0, 1]);
+}
+
+/// A port as [`Ports`] was given it.
+struct Given {
+    guest: usize,
+    tenant: u32,
+    ipv4: [u8; 4],
+    tx: Vec<PhysAddr>,
+    rx: Vec<PhysAddr>,
+    events: PhysAddr,
+}
+
+/// A back end that takes every port and remembers what it was given.
+#[derive(Default)]
+struct Ports(Mutex<Vec<Given>>);
+
+impl Network for Ports {
+    fn attach(&self, a: Attach<'_>) -> Result<(), String> {
+        let given =
+            Given { guest: a.guest, tenant: a.tenant, ipv4: a.ipv4, tx: a.tx_frames.into(), rx: a.rx_frames.into(), events: a.event_page };
+        self.0.lock().push(given);
+        Ok(())
+    }
+    fn drain(&self, _: usize, _: u64, _: &mut dyn FnMut(usize)) -> Result<(), String> {
+        Ok(())
+    }
+    fn poll_uplink(&self, _: u64, _: &mut dyn FnMut(usize)) {}
+    fn uplink_rx_ns(&self) -> Option<u64> {
+        None
+    }
+    fn disconnect(&self, _: usize) {}
+    fn port_stats(&self, _: usize) -> Option<PortStats> {
+        None
+    }
+    fn bytes_per_guest(&self) -> u64 {
+        0
+    }
+    fn start_capture(&self, _: CaptureTarget, _: u32, _: u64) {}
+    fn capturing(&self) -> bool {
+        false
+    }
+    fn next_captured(&self, _: u64) -> Option<Captured> {
+        None
+    }
+}
+
+#[test]
+fn a_vnic_is_rings_mapped_into_the_guest_and_a_port_with_its_address() {
+    let m = machine_on(1, Ports::default());
+    let st = abi::bundle::Settings { memory: 1 << 20, tenant: 3, ring_slots: 4, ..Default::default() };
+    let c = m.create_guest("n", 0, &st, &[]).unwrap();
+    assert_eq!(c.ip, Some(abi::guest_ipv4(3, 0)));
+    assert!(c.describe.ends_with("tenant 3"), "{}", c.describe);
+    let ports = m.net.0.lock();
+    let Given { guest, tenant, ipv4, tx, rx, events } = &ports[0];
+    assert_eq!((*guest, *tenant, Some(*ipv4)), (0, 3, c.ip));
+    let pages = abi::ring::slots_bytes(4) / 4096;
+    assert_eq!((tx.len(), rx.len()), (pages, pages));
+    let guests = m.guests.lock();
+    let g = guests[0].as_ref().unwrap();
+    let mem = m.platform.mem();
+    let at = |va| g.memory.space.translate(&mem, va).map(|(pa, _)| pa);
+    assert_eq!(at(abi::layout::NIC_TX_RING), Some(tx[0]), "the TX ring's first frame is the guest's");
+    assert_eq!(at(abi::layout::NIC_RX_RING + 4096 * (pages as u64 - 1)), Some(rx[pages - 1]));
+    assert_eq!(at(abi::layout::EVENT_PAGE), Some(*events));
+    assert!(g.memory.private_bytes() >= 2 * pages as u64 * 4096, "the rings are charged to the guest");
 }
