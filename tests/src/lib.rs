@@ -74,11 +74,10 @@ pub fn temp_file(name: &str, data: &[u8]) -> PathBuf {
 }
 
 /// A QEMU running in the background (for tests that talk to guests from
-/// the host); killed when dropped.
+/// the host), on xtask's runner ([`xtask::runner::Qemu`]): killed when
+/// dropped, also when the test panics.
 pub struct Live {
-    child: std::process::Child,
-    stdin: Option<std::process::ChildStdin>,
-    lines: std::sync::mpsc::Receiver<String>,
+    qemu: xtask::runner::Qemu,
     /// Everything the console printed so far.
     pub console: String,
     _prepared: xtask::Prepared,
@@ -99,56 +98,28 @@ impl Live {
             cfg.memory = m.to_string();
         }
         let prepared = xtask::prepare(&cfg).unwrap_or_else(|e| panic!("could not prepare: {e:#}"));
-        let mut child = xtask::qemu_command(&prepared)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("starting QEMU");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stdin = child.stdin.take();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Live { child, stdin, lines, console: String::new(), _prepared: prepared }
+        let options = xtask::runner::Options { input: xtask::runner::Input::Piped, ..Default::default() };
+        let qemu = xtask::runner::Qemu::spawn(&prepared.qemu_args, options).expect("starting QEMU");
+        Live { qemu, console: String::new(), _prepared: prepared }
     }
 
     /// Types `text` on the hypervisor's console (e.g. `"stats\n"`).
     pub fn send(&mut self, text: &str) {
-        use std::io::Write;
-        let stdin = self.stdin.as_mut().expect("QEMU's stdin");
-        stdin.write_all(text.as_bytes()).and_then(|()| stdin.flush()).expect("writing to QEMU's console");
+        self.qemu.send(text.as_bytes()).expect("writing to QEMU's console");
     }
 
     /// Waits until a console line contains `needle`; false after `timeout`.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.console.push_str(&line);
-                    self.console.push('\n');
-                    if line.contains(needle) {
-                        return true;
-                    }
-                }
-                Err(_) => return false,
-            }
-        }
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let console = &mut self.console;
+        let found = self.qemu.wait_for(
+            |line| {
+                console.push_str(line);
+                console.push('\n');
+                line.contains(needle)
+            },
+            timeout,
+        );
+        found.is_some()
     }
 }
 

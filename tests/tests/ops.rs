@@ -30,21 +30,9 @@ fn run_gdb_starts_paused_with_a_gdbstub_and_says_how_to_attach() {
     assert!(prepared.summary.contains(&format!("target remote 127.0.0.1:{port}")), "{}", prepared.summary);
     assert!(prepared.summary.contains("add-symbol-file ") && prepared.summary.contains("release/hello"), "{}", prepared.summary);
 
-    let mut qemu = xtask::qemu_command(&prepared)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = qemu.stdout.take().unwrap();
-    let (tx, console) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
+    let mut qemu = xtask::runner::Qemu::spawn(&prepared.qemu_args, xtask::runner::Options::default()).unwrap();
     // Paused: the hypervisor prints nothing until a debugger continues it.
-    assert!(console.recv_timeout(Duration::from_secs(2)).is_err(), "the machine ran before gdb attached");
+    assert!(qemu.next_line(Duration::from_secs(2)).is_none(), "the machine ran before gdb attached");
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut gdb = loop {
         match TcpStream::connect(("127.0.0.1", port)) {
@@ -67,11 +55,8 @@ fn run_gdb_starts_paused_with_a_gdbstub_and_says_how_to_attach() {
     assert!(reply.contains("$T") || reply.contains("$S"), "not a stop reply: {reply:?}");
     // Nothing ran yet; continuing boots the hypervisor and its guest.
     gdb.write_all(&packet("c")).unwrap();
-    let ran =
-        std::iter::from_fn(|| console.recv_timeout(Duration::from_secs(60)).ok()).any(|l| l == "[hv] guest hello-0 exited with code 0");
+    let ran = qemu.wait_for(|l| l == "[hv] guest hello-0 exited with code 0", Duration::from_secs(120)).is_some();
     assert!(ran, "the machine did not run after continue");
-    let _ = qemu.kill();
-    let _ = qemu.wait();
 }
 
 /// A hypervisor detached with `manifest` (2 CPUs) in its own directory

@@ -19,6 +19,7 @@ pub mod linux;
 pub mod manifest;
 pub mod pack;
 mod qemu;
+pub mod runner;
 pub mod symbolize;
 
 use std::path::Path;
@@ -28,9 +29,10 @@ pub use anyhow::{Error, Result};
 pub use build::{GUEST_RUSTFLAGS, TARGET, app_elf, apps, build_apps, build_hypervisor, hypervisor_rustflags};
 pub use cmd::{cargo, echo, run};
 pub use qemu::{
-    Accel, MAX_SMP, ManifestSource, Prepared, QEMU, RunConfig, RunOutput, check_exit, ensure_qemu, host_has_hardware_virtualization,
-    prepare, qemu_command, run_captured, run_captured_with_input, run_interactive,
+    Accel, MAX_SMP, ManifestSource, Prepared, QEMU, RunConfig, check_exit, ensure_qemu, host_has_hardware_virtualization, prepare,
+    run_captured, run_captured_with_input, run_interactive,
 };
+pub use runner::RunOutput;
 
 /// The workspace root (the directory above `xtask/`).
 pub fn workspace_root() -> &'static Path {
