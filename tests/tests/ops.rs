@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use integration_tests::{free_port, workspace_root};
+use integration_tests::{Guest, Manifest, free_port, workspace_root};
 
 /// A GDB remote-protocol packet: `$data#checksum`.
 fn packet(data: &str) -> Vec<u8> {
@@ -18,10 +18,7 @@ fn run_gdb_starts_paused_with_a_gdbstub_and_says_how_to_attach() {
     xtask::ensure_qemu().unwrap();
     let port = free_port();
     let cfg = xtask::RunConfig {
-        manifest: xtask::ManifestSource::Text {
-            text: "[[guest]]\nname = \"hello\"\napp = \"hello\"\n".into(),
-            base_dir: workspace_root().to_path_buf(),
-        },
+        manifest: xtask::ManifestSource::Built(Manifest::new([Guest::app("hello", "hello")])),
         exit_when_idle: true,
         gdb: Some(port),
         ..xtask::RunConfig::default()
@@ -64,12 +61,12 @@ fn run_gdb_starts_paused_with_a_gdbstub_and_says_how_to_attach() {
 struct Detached(xtask::ctl::Instance);
 
 impl Detached {
-    fn start(name: &str, manifest: String) -> (Detached, std::path::PathBuf) {
+    fn start(name: &str, manifest: Manifest) -> (Detached, std::path::PathBuf) {
         xtask::ensure_qemu().unwrap();
         let dir = workspace_root().join(format!("target/itest/detached-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = xtask::RunConfig {
-            manifest: xtask::ManifestSource::Text { text: manifest, base_dir: workspace_root().to_path_buf() },
+            manifest: xtask::ManifestSource::Built(manifest),
             smp: 2,
             bundle: Some(dir.join("bundle.bin")),
             detach: Some(dir.clone()),
@@ -101,11 +98,7 @@ fn a_detached_hypervisor_is_listed_measured_and_stopped_guest_by_guest_through_c
     let port = free_port();
     let (inst, dir) = Detached::start(
         "ctl",
-        format!(
-            "[[guest]]\nname = \"a\"\napp = \"echo\"\ntenant = \"a\"\nports = [\"{port}:7\"]\n\n\
-                 [[guest]]\nname = \"b\"\napp = \"echo\"\ntenant = \"b\"\n\n\
-                 [[guest]]\nname = \"h\"\napp = \"hello\"\n"
-        ),
+        Manifest::new([Guest::app("a", "echo").tenant("a").port(port, 7), Guest::app("b", "echo").tenant("b"), Guest::app("h", "hello")]),
     );
     let ctl = |req: &str| inst.0.request(req);
     let guest = |list: &serde_json::Value, name: &str| {
@@ -176,7 +169,7 @@ fn a_detached_hypervisor_is_listed_measured_and_stopped_guest_by_guest_through_c
 
 #[test]
 fn guests_started_on_a_running_hypervisor_serve_their_tenant_and_bad_starts_are_refused() {
-    let (inst, _dir) = Detached::start("start", "[[guest]]\nname = \"h\"\napp = \"hello\"\n".into());
+    let (inst, _dir) = Detached::start("start", Manifest::new([Guest::app("h", "hello")]));
     let echo_image = xtask::build_apps(&["echo"]).unwrap().remove(0);
     let elf = xtask::app_elf("echo");
     let start = |name: &str, tenant: &str, args: &[&str]| {
@@ -248,8 +241,7 @@ fn guests_started_on_a_running_hypervisor_serve_their_tenant_and_bad_starts_are_
 fn a_quiet_or_lying_control_client_costs_nothing_and_is_answered() {
     use std::os::unix::net::UnixStream;
     // The ticker is guest 0: it lives on CPU 0, the one that reads the channel.
-    let (inst, _dir) =
-        Detached::start("quiet", "[[guest]]\nname = \"tick\"\napp = \"worker\"\nargs = [\"tick\", \"10\", \"1200\"]\n".into());
+    let (inst, _dir) = Detached::start("quiet", Manifest::new([Guest::app("tick", "worker").args(["tick", "10", "1200"])]));
     let mut s = UnixStream::connect(inst.0.socket()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut lines = BufReader::new(s.try_clone().unwrap()).lines();

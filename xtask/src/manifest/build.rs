@@ -130,8 +130,18 @@ impl Guest {
 
     /// Host TCP port `host` on 127.0.0.1 forwarded to its port `guest`
     /// (a vNIC in the default tenant if it has none yet).
-    pub fn port(mut self, host: u16, guest: u16) -> Guest {
-        self.ports.push(Forward { udp: false, host, guest });
+    pub fn port(self, host: u16, guest: u16) -> Guest {
+        self.forward(Forward { udp: false, host, guest })
+    }
+
+    /// Host UDP port `host` forwarded to its port `guest` (needs an
+    /// unrestricted uplink: [`Manifest::restrict`] false).
+    pub fn udp_port(self, host: u16, guest: u16) -> Guest {
+        self.forward(Forward { udp: true, host, guest })
+    }
+
+    fn forward(mut self, f: Forward) -> Guest {
+        self.ports.push(f);
         if self.tenant.is_none() { self.net() } else { self }
     }
 }
