@@ -4,6 +4,9 @@
 //! The library half is what the integration tests use to boot machines:
 //! [`prepare`] builds and packs everything a [`RunConfig`] names, and
 //! [`run_captured`] boots it with a timeout and returns the console text.
+//! Every QEMU (ours, the benchmarks' Linux peer, detached or not) runs
+//! through [`runner::Qemu`], whose module doc states the kill and timeout
+//! rules.
 //!
 //! Every external command is echoed as `$ cmd args` on stderr before it runs.
 //! Nested cargo calls run in the workspace root with the outer cargo's
