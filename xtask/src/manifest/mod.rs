@@ -31,6 +31,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+pub use abi::bundle::Limits;
 use abi::layout::{NAME_MAX, START_STRINGS_MAX};
 use serde::Deserialize;
 use toml::Spanned;
