@@ -7,7 +7,7 @@
 //! CPU 0 on every pass of its scheduling loop and on its idle tick), not
 //! interrupt-driven.
 
-use crate::arch::x86_64::paging::{Mem, map_device};
+use crate::arch::x86_64::paging::{DirectMap, map_device};
 use crate::arch::x86_64::pci;
 use abi::ring::{MIN_FRAME, MTU_FRAME};
 use hypervisor::mm::PhysMem;
@@ -136,7 +136,7 @@ impl Uplink {
         if rd::<u8>(c + DEVICE_STATUS) & STATUS_FEATURES_OK == 0 {
             return Err("virtio-net refused our features");
         }
-        let mut mem = Mem;
+        let mut mem = DirectMap;
         let mut queue = |index: u16| -> Result<(Virtq, u64), &'static str> {
             wr::<u16>(c + QUEUE_SELECT, index);
             let max = rd::<u16>(c + QUEUE_SIZE_REG);
@@ -170,7 +170,7 @@ impl Uplink {
 
     /// Sends one frame to the host; returns false if the queue is full.
     pub fn send(&mut self, frame: &[u8]) -> bool {
-        let mut mem = Mem;
+        let mut mem = DirectMap;
         while let Ok(Some(u)) = self.tx.pop_used(&mut mem) {
             self.tx.give_back(u.id);
         }
@@ -193,7 +193,7 @@ impl Uplink {
     /// returns its length, or `None` when none is waiting. Frames of a bad
     /// length are skipped and counted.
     pub fn receive(&mut self, buf: &mut [u8; MTU_FRAME]) -> Option<usize> {
-        let mut mem = Mem;
+        let mut mem = DirectMap;
         for _ in 0..self.rx.size {
             match self.rx.pop_used(&mut mem) {
                 Ok(Some(u)) => {

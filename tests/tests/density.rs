@@ -3,7 +3,7 @@
 
 use abi::report::MACHINE_PREFIX;
 use abi::stop::StopReason;
-use integration_tests::{Live, boot_smp, records};
+use integration_tests::{Guest, KIB, Live, MIB, Manifest, boot_smp, records};
 use std::time::Duration;
 
 fn lines_with<'a>(console: &'a str, needle: &'a str) -> impl Iterator<Item = &'a str> + 'a {
@@ -25,10 +25,10 @@ fn free_at_boot_kib(console: &str) -> u64 {
 #[test]
 fn two_thousand_echo_guests_boot_share_their_image_and_a_sample_answers() {
     const N: u64 = 2000;
-    let manifest = format!(
-        "[[guest]]\nname = \"e\"\napp = \"echo\"\ncount = {N}\nmemory = \"160 KiB\"\nring_slots = 4\nnet = true\n\n\
-         [[guest]]\nname = \"check\"\napp = \"echo\"\nmemory = \"1 MiB\"\nnet = true\nargs = [\"check\", \"{N}\", \"10\"]\n"
-    );
+    let manifest = Manifest::new([
+        Guest::app("e", "echo").count(N as u32).memory(160 * KIB).ring_slots(4).net(),
+        Guest::app("check", "echo").memory(MIB).net().args(["check".to_string(), N.to_string(), "10".into()]),
+    ]);
     let mut live = Live::start_with_memory(&manifest, 2, Some("1G"));
     assert!(live.wait_for("check-0| check: ", Duration::from_secs(240)), "the checker never reported:\n{}", live.console);
     let report = lines_with(&live.console, "check-0| check: ").next().unwrap().to_string();

@@ -5,9 +5,9 @@
 
 use abi::report::{GUEST_STATS_PREFIX, GuestState, GuestStats, MACHINE_PREFIX, MachineStats};
 use abi::stop::{Access, HypercallError as H, Instruction as I, StopReason as R};
-use integration_tests::Live;
-use std::fmt::Write as _;
+use integration_tests::{Guest, KIB, Live, MIB, Manifest};
 use std::time::Duration;
+use xtask::manifest::Limits;
 
 /// Attacks that must get the attacker stopped, and the reason it must be
 /// stopped for (matched on the `stop_reason` of its `guest_stats` record,
@@ -56,22 +56,25 @@ const STOPPED: &[(&str, fn(&R) -> bool)] = &[
     ("df-noncanonical", |r| matches!(r, R::GeneralProtection { .. })),
 ];
 
+/// An attacker's rate limits, from the defaults.
+type LimitsOf = fn(Limits) -> Limits;
+
 /// Attacks the hypervisor contains without stopping the attacker (it exits
-/// 0 by itself), with a vNIC in the victims' tenant where `net`, and
-/// manifest extras.
-const CONTAINED: &[(&str, bool, &str)] = &[
-    ("ring-lie", true, ""),
-    ("ring-rewind", true, ""),
-    ("ring-bad-length", true, ""),
+/// 0 by itself), with a vNIC in the victims' tenant where `net`, and its
+/// rate limits.
+const CONTAINED: &[(&str, bool, LimitsOf)] = &[
+    ("ring-lie", true, |l| l),
+    ("ring-rewind", true, |l| l),
+    ("ring-bad-length", true, |l| l),
     // Limits set low enough that a flood exceeds them however slow the host
     // makes it (the defaults are tested in the host tests of `limit`).
-    ("nic-flood", true, "limits = { nic_broadcasts = 100 }\n"),
-    ("kick-storm", true, "limits = { notifications = 1000 }\n"),
-    ("console-flood", false, "limits = { console_bytes = \"8 KiB\" }\n"),
-    ("mov-ss-syscall", false, ""),
+    ("nic-flood", true, |l| Limits { nic_broadcasts: 100, ..l }),
+    ("kick-storm", true, |l| Limits { notifications: 1000, ..l }),
+    ("console-flood", false, |l| Limits { console_bytes: 8 * KIB, ..l }),
+    ("mov-ss-syscall", false, |l| l),
     // Each checks that every fresh page it was given reads zero.
-    ("df-resume", false, ""),
-    ("df-forge", false, ""),
+    ("df-resume", false, |l| l),
+    ("df-forge", false, |l| l),
 ];
 
 /// Attacks that never end; they must only cost their share of the CPU.
@@ -84,29 +87,32 @@ fn record<T: serde::de::DeserializeOwned>(line: &str) -> T {
 #[test]
 fn every_attack_is_stopped_or_contained_while_the_victims_keep_serving() {
     // Victims first: the echo server is 10.0.0.2 in tenant "v".
-    let mut m = String::from(
-        "[[guest]]\nname = \"echo\"\napp = \"echo\"\ntenant = \"v\"\nmemory = \"4 MiB\"\nargs = [\"serve\", \"7\"]\n\n\
-         [[guest]]\nname = \"client\"\napp = \"echo\"\ntenant = \"v\"\nmemory = \"4 MiB\"\nargs = [\"client\", \"10.0.0.2\", \"2000\"]\n\n\
-         [[guest]]\nname = \"tick\"\napp = \"worker\"\nmemory = \"1 MiB\"\nargs = [\"tick\", \"10\", \"500\"]\n\n\
-         [[guest]]\nname = \"secret\"\napp = \"hostile\"\nmemory = \"1 MiB\"\nargs = [\"keep-secret\", \"15\"]\n\n",
-    );
+    let mut guests = vec![
+        Guest::app("echo", "echo").tenant("v").memory(4 * MIB).args(["serve", "7"]),
+        Guest::app("client", "echo").tenant("v").memory(4 * MIB).args(["client", "10.0.0.2", "2000"]),
+        Guest::app("tick", "worker").memory(MIB).args(["tick", "10", "500"]),
+        Guest::app("secret", "hostile").memory(MIB).args(["keep-secret", "15"]),
+    ];
+    let attacker = |attack: &str| Guest::app(&format!("a-{attack}"), "hostile").args([attack]);
     for (attack, _) in STOPPED {
         // Enough memory that the stack reaches its guard page before the limit.
-        let memory = if *attack == "stack" { "2 MiB" } else { "256 KiB" };
-        writeln!(m, "[[guest]]\nname = \"a-{attack}\"\napp = \"hostile\"\nmemory = \"{memory}\"\nargs = [\"{attack}\"]\n").unwrap();
+        let memory = if *attack == "stack" { 2 * MIB } else { 256 * KIB };
+        guests.push(attacker(attack).memory(memory));
     }
-    for (attack, net, extra) in CONTAINED {
-        let tenant = if *net { "tenant = \"v\"\n" } else { "" };
+    for (attack, net, limits) in CONTAINED {
         // The flag attacks fault in a megabyte of fresh pages.
-        let memory = if attack.starts_with("df-") { "2 MiB" } else { "1 MiB" };
-        writeln!(m, "[[guest]]\nname = \"a-{attack}\"\napp = \"hostile\"\nmemory = \"{memory}\"\n{tenant}{extra}args = [\"{attack}\"]\n")
-            .unwrap();
+        let mut g = attacker(attack).memory(if attack.starts_with("df-") { 2 * MIB } else { MIB });
+        if *net {
+            g = g.tenant("v");
+        }
+        g.limits = limits(g.limits);
+        guests.push(g);
     }
     for attack in FOREVER {
-        writeln!(m, "[[guest]]\nname = \"a-{attack}\"\napp = \"hostile\"\nmemory = \"256 KiB\"\nargs = [\"{attack}\"]\n").unwrap();
+        guests.push(attacker(attack).memory(256 * KIB));
     }
 
-    let mut live = Live::start(&m, 2);
+    let mut live = Live::start(Manifest::new(guests), 2);
     let wait = |live: &mut Live, needle: &str| {
         let seen = live.console.contains(needle) || live.wait_for(needle, Duration::from_secs(240));
         assert!(seen, "no {needle:?} in:\n{}", live.console);

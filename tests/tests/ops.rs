@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use abi::control::{ControlError, RequestError, Response};
 use abi::report::{GUEST_STATS_PREFIX, GuestRow, GuestState, GuestStats};
 use abi::stop::StopReason;
-use integration_tests::{free_port, workspace_root};
+use integration_tests::{Guest, Manifest, free_port, workspace_root};
 
 /// A GDB remote-protocol packet: `$data#checksum`.
 fn packet(data: &str) -> Vec<u8> {
@@ -21,10 +21,7 @@ fn run_gdb_starts_paused_with_a_gdbstub_and_says_how_to_attach() {
     xtask::ensure_qemu().unwrap();
     let port = free_port();
     let cfg = xtask::RunConfig {
-        manifest: xtask::ManifestSource::Text {
-            text: "[[guest]]\nname = \"hello\"\napp = \"hello\"\n".into(),
-            base_dir: workspace_root().to_path_buf(),
-        },
+        manifest: xtask::ManifestSource::Built(Manifest::new([Guest::app("hello", "hello")])),
         exit_when_idle: true,
         gdb: Some(port),
         ..xtask::RunConfig::default()
@@ -33,21 +30,9 @@ fn run_gdb_starts_paused_with_a_gdbstub_and_says_how_to_attach() {
     assert!(prepared.summary.contains(&format!("target remote 127.0.0.1:{port}")), "{}", prepared.summary);
     assert!(prepared.summary.contains("add-symbol-file ") && prepared.summary.contains("release/hello"), "{}", prepared.summary);
 
-    let mut qemu = xtask::qemu_command(&prepared)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = qemu.stdout.take().unwrap();
-    let (tx, console) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
+    let mut qemu = xtask::runner::Qemu::spawn(&prepared.qemu_args, xtask::runner::Options::default()).unwrap();
     // Paused: the hypervisor prints nothing until a debugger continues it.
-    assert!(console.recv_timeout(Duration::from_secs(2)).is_err(), "the machine ran before gdb attached");
+    assert!(qemu.next_line(Duration::from_secs(2)).is_none(), "the machine ran before gdb attached");
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut gdb = loop {
         match TcpStream::connect(("127.0.0.1", port)) {
@@ -70,11 +55,8 @@ fn run_gdb_starts_paused_with_a_gdbstub_and_says_how_to_attach() {
     assert!(reply.contains("$T") || reply.contains("$S"), "not a stop reply: {reply:?}");
     // Nothing ran yet; continuing boots the hypervisor and its guest.
     gdb.write_all(&packet("c")).unwrap();
-    let ran =
-        std::iter::from_fn(|| console.recv_timeout(Duration::from_secs(60)).ok()).any(|l| l == "[hv] guest hello-0 exited with code 0");
+    let ran = qemu.wait_for(|l| l == "[hv] guest hello-0 exited with code 0", Duration::from_secs(120)).is_some();
     assert!(ran, "the machine did not run after continue");
-    let _ = qemu.kill();
-    let _ = qemu.wait();
 }
 
 /// A hypervisor detached with `manifest` (2 CPUs) in its own directory
@@ -82,12 +64,12 @@ fn run_gdb_starts_paused_with_a_gdbstub_and_says_how_to_attach() {
 struct Detached(xtask::ctl::Instance);
 
 impl Detached {
-    fn start(name: &str, manifest: String) -> (Detached, std::path::PathBuf) {
+    fn start(name: &str, manifest: Manifest) -> (Detached, std::path::PathBuf) {
         xtask::ensure_qemu().unwrap();
         let dir = workspace_root().join(format!("target/itest/detached-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = xtask::RunConfig {
-            manifest: xtask::ManifestSource::Text { text: manifest, base_dir: workspace_root().to_path_buf() },
+            manifest: xtask::ManifestSource::Built(manifest),
             smp: 2,
             bundle: Some(dir.join("bundle.bin")),
             detach: Some(dir.clone()),
@@ -138,11 +120,7 @@ fn a_detached_hypervisor_is_listed_measured_and_stopped_guest_by_guest_through_c
     let port = free_port();
     let (inst, dir) = Detached::start(
         "ctl",
-        format!(
-            "[[guest]]\nname = \"a\"\napp = \"echo\"\ntenant = \"a\"\nports = [\"{port}:7\"]\n\n\
-                 [[guest]]\nname = \"b\"\napp = \"echo\"\ntenant = \"b\"\n\n\
-                 [[guest]]\nname = \"h\"\napp = \"hello\"\n"
-        ),
+        Manifest::new([Guest::app("a", "echo").tenant("a").port(port, 7), Guest::app("b", "echo").tenant("b"), Guest::app("h", "hello")]),
     );
     let ctl = |req: &str| inst.0.request(req);
     let guest =
@@ -215,7 +193,7 @@ fn a_detached_hypervisor_is_listed_measured_and_stopped_guest_by_guest_through_c
 
 #[test]
 fn guests_started_on_a_running_hypervisor_serve_their_tenant_and_bad_starts_are_refused() {
-    let (inst, _dir) = Detached::start("start", "[[guest]]\nname = \"h\"\napp = \"hello\"\n".into());
+    let (inst, _dir) = Detached::start("start", Manifest::new([Guest::app("h", "hello")]));
     let echo_image = xtask::build_apps(&["echo"]).unwrap().remove(0);
     let elf = xtask::app_elf("echo");
     let start = |name: &str, tenant: &str, args: &[&str]| {
@@ -284,8 +262,7 @@ fn guests_started_on_a_running_hypervisor_serve_their_tenant_and_bad_starts_are_
 fn a_quiet_or_lying_control_client_costs_nothing_and_is_answered() {
     use std::os::unix::net::UnixStream;
     // The ticker is guest 0: it lives on CPU 0, the one that reads the channel.
-    let (inst, _dir) =
-        Detached::start("quiet", "[[guest]]\nname = \"tick\"\napp = \"worker\"\nargs = [\"tick\", \"10\", \"1200\"]\n".into());
+    let (inst, _dir) = Detached::start("quiet", Manifest::new([Guest::app("tick", "worker").args(["tick", "10", "1200"])]));
     let mut s = UnixStream::connect(inst.0.socket()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut lines = BufReader::new(s.try_clone().unwrap()).lines();

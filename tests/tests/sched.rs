@@ -2,7 +2,7 @@
 //! timers, and many guests at once.
 
 use abi::report::{GuestState, GuestStats};
-use integration_tests::{RunOutput, boot, boot_smp, records};
+use integration_tests::{Guest, Manifest, RunOutput, boot, boot_smp, records};
 
 /// The first `guest_stats` record of `guest`.
 fn stats(out: &RunOutput, guest: &str) -> GuestStats {
@@ -18,11 +18,9 @@ fn busy_window(out: &RunOutput, guest: &str) -> u64 {
 
 #[test]
 fn spinning_and_storming_guests_cannot_starve_workers() {
-    let mut manifest = String::new();
-    for attack in ["spin", "yield-storm", "block-storm"] {
-        manifest.push_str(&format!("[[guest]]\nname = \"{attack}\"\napp = \"hostile\"\nargs = [\"{attack}\"]\n"));
-    }
-    manifest.push_str("[[guest]]\nname = \"worker\"\napp = \"worker\"\ncount = 3\nargs = [\"count\", \"20000000\"]\n");
+    let mut guests: Vec<Guest> = ["spin", "yield-storm", "block-storm"].iter().map(|&a| Guest::app(a, "hostile").args([a])).collect();
+    guests.push(Guest::app("worker", "worker").count(3).args(["count", "20000000"]));
+    let manifest = Manifest::new(guests);
     // The attackers never end, so QEMU is stopped by the timeout; by then
     // every worker must have finished.
     let out = boot(&manifest, 25);
@@ -146,10 +144,9 @@ fn the_stats_command_prints_a_json_line_per_waiting_guest() {
 
 #[test]
 fn fpu_state_survives_preemption_and_migration() {
-    let mut manifest = String::new();
-    for seed in 1..=4 {
-        manifest.push_str(&format!("[[guest]]\nname = \"f{seed}\"\napp = \"worker\"\nargs = [\"fpu\", \"{seed}\", \"3000000\"]\n"));
-    }
+    let manifest = Manifest::new(
+        (1..=4).map(|seed| Guest::app(&format!("f{seed}"), "worker").args(["fpu".to_string(), seed.to_string(), "3000000".into()])),
+    );
     let out = integration_tests::boot_smp(&manifest, 180, 2);
     assert!(out.success(), "{}", out.console);
     for seed in 1..=4 {

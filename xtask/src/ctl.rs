@@ -12,7 +12,6 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use abi::control::{Request, Response, from_hex};
@@ -20,7 +19,8 @@ use abi::report::GuestRow;
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::qemu::{Prepared, QEMU};
+use crate::qemu::Prepared;
+use crate::runner::{self, Options, Qemu, alive};
 
 /// A captured frame: wall-clock ns and the bytes.
 pub type Frame = (u64, Vec<u8>);
@@ -67,10 +67,6 @@ pub fn default_dir() -> PathBuf {
 pub struct Instance {
     pub dir: PathBuf,
     pub pid: u32,
-}
-
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists() && fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
 impl Instance {
@@ -204,27 +200,23 @@ impl Instance {
         crate::pack::write_atomically(&path, serde_json::to_string_pretty(&v)?.as_bytes())
     }
 
-    /// Stops QEMU.
+    /// Stops QEMU ([`runner::terminate`]).
     pub fn shutdown(&self) -> Result<()> {
-        crate::run(Command::new("kill").arg(self.pid.to_string()))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while alive(self.pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        runner::terminate(self.pid)
     }
 }
 
-/// Starts `p` (prepared with `detach: Some(dir)`) in the background.
+/// Starts `p` (prepared with `detach: Some(dir)`) in the background, and
+/// gives its QEMU away ([`Qemu::detach`]) once the hypervisor answers; if
+/// it never does, QEMU is killed.
 pub fn detach(p: &Prepared, dir: &Path) -> Result<Instance> {
     if let Ok(old) = Instance::open(dir) {
         bail!("a detached hypervisor already runs (QEMU pid {}); `cargo xtask ctl shutdown` stops it", old.pid);
     }
     let _ = fs::remove_file(dir.join("control.sock"));
-    let err = fs::File::create(dir.join("qemu.err"))?;
-    let child =
-        Command::new(QEMU).args(&p.qemu_args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(err).spawn().context("starting QEMU")?;
-    let inst = Instance { dir: dir.to_path_buf(), pid: child.id() };
+    let errors = runner::errors_file(&dir.join("qemu.err"))?;
+    let qemu = Qemu::spawn(&p.qemu_args, Options { errors, no_console: true, ..Options::default() })?;
+    let inst = Instance { dir: dir.to_path_buf(), pid: qemu.pid() };
     let info = serde_json::json!({
         "pid": inst.pid,
         "control": inst.socket(),
@@ -237,7 +229,10 @@ pub fn detach(p: &Prepared, dir: &Path) -> Result<Instance> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match inst.request("list") {
-            Ok(_) => return Ok(inst),
+            Ok(_) => {
+                qemu.detach();
+                return Ok(inst);
+            }
             Err(_) if Instant::now() < deadline && alive(inst.pid) => std::thread::sleep(Duration::from_millis(200)),
             Err(e) => {
                 bail!("the detached hypervisor does not answer: {e:#}\n{}", fs::read_to_string(dir.join("qemu.err")).unwrap_or_default())

@@ -19,7 +19,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use console::LineBuffer;
-use regs::{FpuState, Regs, VECTOR_SYSCALL};
+use regs::{FpuState, Regs, VECTOR_FIRST_INTERRUPT, VECTOR_PAGE_FAULT, VECTOR_SYSCALL};
 
 /// One page of a loaded image.
 #[derive(Clone, Copy, Debug)]
@@ -135,7 +135,7 @@ pub struct Guest {
     console: LineBuffer,
     pub stats: Stats,
     /// The monotonic clock (ns) at the latest exit, for the rate limits;
-    /// the run loop sets it.
+    /// the per-CPU loop (`machine`) sets it.
     pub now_ns: u64,
     /// Console bytes per second.
     pub console_limit: crate::limit::TokenBucket,
@@ -289,13 +289,13 @@ impl Guest {
         self.via_sysret = r.vector == VECTOR_SYSCALL;
         let step = match r.vector {
             VECTOR_SYSCALL => self.hypercall(mem, out),
-            14 if r.error & 1 == 0 => match self.memory.fault_in(mem, r.cr2) {
+            VECTOR_PAGE_FAULT if r.error & regs::pf::PRESENT == 0 => match self.memory.fault_in(mem, r.cr2) {
                 Ok(_) => Step::Resume,
                 Err(Fault::OutOfMemory { limit }) => Step::Stopped(StopReason::OutOfMemory { address: r.cr2, limit_bytes: limit }),
                 Err(Fault::MachineOutOfMemory) => Step::Stopped(StopReason::MachineOutOfMemory),
                 Err(_) => self.fault_step(mem),
             },
-            0..=31 => self.fault_step(mem),
+            0..VECTOR_FIRST_INTERRUPT => self.fault_step(mem),
             // External interrupts: the guest was preempted.
             _ => {
                 self.stats.preemptions += 1;

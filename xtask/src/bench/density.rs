@@ -32,8 +32,8 @@ const LINUX_PROCESSES: usize = 1000;
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
 
 /// An idle echo guest: the smallest rings and a limit with room to serve.
-fn echo_entry(count: usize) -> String {
-    format!("[[guest]]\nname = \"e\"\napp = \"echo\"\ncount = {count}\nmemory = \"160 KiB\"\nring_slots = 4\nnet = true\n")
+fn echo_entry(count: usize) -> Guest {
+    Guest::app("e", "echo").count(count as u32).memory(160 * KIB).ring_slots(4).net()
 }
 
 fn field(v: &Value, k: &str) -> u64 {
@@ -100,7 +100,7 @@ impl Bench {
         let at = Bench { machine: Machine { memory_mib: 1024, ..self.machine }, quick: self.quick, append: self.append.clone() };
         let run = at.ours(
             &format!("{cycle} networked guests created, run and destroyed"),
-            format!("[[guest]]\nname = \"c\"\napp = \"hello\"\ncount = {cycle}\nmemory = \"128 KiB\"\nring_slots = 2\nnet = true\n"),
+            Manifest::new([Guest::app("c", "hello").count(cycle as u32).memory(128 * KIB).ring_slots(2).net()]),
             Duration::from_secs(600),
         )?;
         let (cycle_created, cycle_ms) = created_line(&run.out.console).context("no `created` line in the create/destroy boot")?;
@@ -209,17 +209,21 @@ impl Bench {
         let mut listening = 0;
         // (A machine line also comes once the guests are created; only the
         // one after `stats` counts.)
-        let (_, probe) =
-            b.ours_live(&format!("{PROBE} idle echo guests in {mib} MiB (probe)"), echo_entry(PROBE), Duration::from_secs(300), |l| {
+        let (_, probe) = b.ours_live(
+            &format!("{PROBE} idle echo guests in {mib} MiB (probe)"),
+            Manifest::new([echo_entry(PROBE)]),
+            Duration::from_secs(300),
+            |l| {
                 if l.contains("| echo: listening") {
                     listening += 1;
                     if listening == PROBE {
-                        return linux::Reply::Type(b"stats\n".to_vec());
+                        return Reply::Type(b"stats\n".to_vec());
                     }
                 }
-                if listening >= PROBE && l.starts_with(MACHINE_PREFIX) { linux::Reply::Stop } else { linux::Reply::Continue }
-            })?;
-        let text = probe.text();
+                if listening >= PROBE && l.starts_with(MACHINE_PREFIX) { Reply::Stop } else { Reply::Continue }
+            },
+        )?;
+        let text = probe.console.clone();
         let per_guest =
             guest_stats(&text).iter().map(|s| s.memory_bytes + s.hv_bytes).max().context("the probe boot printed no guest_stats")?;
         let machine = machine_stats(&text).pop().context("the probe printed no machine line")?;
@@ -228,10 +232,14 @@ impl Bench {
         progress(&format!("  an idle echo guest costs {per_guest} B: {guests} fit in {mib} MiB"));
 
         // Fill.
-        let manifest = format!(
-            "[[guest]]\nname = \"check\"\napp = \"echo\"\nmemory = \"1 MiB\"\nnet = true\nargs = [\"check\", \"{guests}\", \"{SAMPLES}\", \"7\", \"1\"]\n\n{}",
-            echo_entry(guests)
-        );
+        let checker = Guest::app("check", "echo").memory(MIB).net().args([
+            "check".to_string(),
+            guests.to_string(),
+            SAMPLES.to_string(),
+            "7".into(),
+            "1".into(),
+        ]);
+        let manifest = Manifest::new([checker, echo_entry(guests)]);
         let (mut listening, mut checked, mut machines, mut asked) = (0usize, false, 0, false);
         let start = Instant::now();
         let (args, console) = b.ours_live(
@@ -252,24 +260,24 @@ impl Bench {
                 if asked && l.starts_with(MACHINE_PREFIX) {
                     machines += 1;
                     return match machines {
-                        1 => linux::Reply::Type(b"machine\n".to_vec()),
+                        1 => Reply::Type(b"machine\n".to_vec()),
                         2 => {
                             std::thread::sleep(IDLE_WINDOW);
-                            linux::Reply::Type(b"machine\n".to_vec())
+                            Reply::Type(b"machine\n".to_vec())
                         }
-                        _ => linux::Reply::Stop,
+                        _ => Reply::Stop,
                     };
                 }
                 if !asked && checked && listening == guests {
                     asked = true;
                     // Let the last ones settle, then take everyone's accounting.
                     std::thread::sleep(Duration::from_secs(2));
-                    return linux::Reply::Type(b"stats\n".to_vec());
+                    return Reply::Type(b"stats\n".to_vec());
                 }
-                linux::Reply::Continue
+                Reply::Continue
             },
         )?;
-        let text = console.text();
+        let text = console.console.clone();
         if machines < 3 {
             bail!("the fill boot ended early ({listening} of {guests} listening, checker done: {checked}):\n{}", console.tail(30));
         }
