@@ -15,10 +15,10 @@
 //! |---|---|---|
 //! | [`image`] | `Image::parse`, `LoadedImage::load`, `Guest::create` | the load plan is sane; loading and creating a guest leak no frame |
 //! | [`manifest`] | `xtask::manifest::parse`, `parse_size`, `parse_forward` | accepted manifests obey every documented bound; errors point at a real line |
-//! | [`hypercall`] | `Guest::handle_exit` with arbitrary registers | never resumes at a non-canonical ip; charges stay under the limit; destroying returns every frame |
+//! | [`hypercall`] | `Guest::handle_exit` with arbitrary registers | never resumes at a non-canonical ip; charges stay under the limit; a stop reason reads back from its JSON; destroying returns every frame |
 //! | [`ring`] | `abi::ring::Consumer` (and `Producer`) over a lying peer | no access outside the ring; lengths checked; indices move only as documented |
 //! | [`switch`] | `net::switch::Switch` operations and frames | never delivers across tenants or back to the sender; counters add up |
-//! | [`control`] | `control::Session` bytes and requests, over real image loading and guest creation | every answer is one JSON line; uploads stay within the room offered; stopping and unloading everything returns every frame |
+//! | [`control`] | `control::Session` bytes and requests, over real image loading and guest creation | every answer is one line that reads back as an `abi::control::Response` and prints back the same; uploads stay within the room offered; stopping and unloading everything returns every frame |
 //! | [`gzip`] | `Image::parse_within` (64 KiB to 16 MiB budgets) over gzip files with fuzz-written deflate streams and trailers | never allocates past the budget; refuses with the error the sizes call for |
 
 pub mod deflate;

@@ -10,9 +10,10 @@ pub mod control;
 pub mod guest;
 pub mod image;
 pub mod limit;
+pub mod machine;
 pub mod mm;
 pub mod net;
+pub mod rtc;
 pub mod sched;
 #[cfg(test)]
 pub mod testutil;
-pub mod time;

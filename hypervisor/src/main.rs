@@ -2,10 +2,12 @@
 //!
 //! Boot order: PVH entry (`arch::x86_64::boot`) → [`kernel_main`]: serial
 //! console, CPU features, real page tables, frame allocator and heap, GDT,
-//! IDT and `syscall` → the bundle from the PVH module → [`run::run`], which
-//! loads the images, starts the guests and schedules them until none is left.
+//! IDT and `syscall`, the other CPUs (`smp`) → the bundle from the PVH
+//! module → [`start_machine`], which loads the images, starts the guests and
+//! schedules them on every CPU (`hypervisor::machine`) until none is left.
 //!
-//! Assumes one CPU in ring 0 with interrupts off while hypervisor code runs.
+//! Assumes ring 0 on every CPU, with interrupts off while hypervisor code
+//! runs (guests run with them on).
 #![no_std]
 #![no_main]
 
@@ -13,10 +15,17 @@ extern crate alloc;
 
 mod arch;
 mod console;
-mod run;
 
+use abi::bundle::{Bundle, FLAG_EXIT_WHEN_IDLE, FLAG_FORCE_MITIGATIONS};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use arch::x86_64::net::Net;
+use arch::x86_64::platform::{self, X86_64};
 use arch::x86_64::{apic, clock, cpu, entry, gdt, paging, pvh, serial, smp};
 use core::sync::atomic::{AtomicU64, Ordering};
+use hypervisor::machine::{self, Config, Machine};
+use spin::Once;
 use talc::{ErrOnOom, Span, Talc, Talck};
 
 #[global_allocator]
@@ -101,7 +110,71 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     // SAFETY: the module is reserved RAM that nothing writes, direct-mapped.
     let bundle =
         unsafe { core::slice::from_raw_parts(paging::phys_to_virt(module.start) as *const u8, (module.end - module.start) as usize) };
-    run::run(kernel_root, time, cpus, bundle)
+    start_machine(kernel_root, time, cpus, bundle)
+}
+
+/// The hypervisor's state, shared by every CPU.
+static MACHINE: Once<Machine<X86_64, Net>> = Once::new();
+
+/// TSC ticks an application processor halts between looks for the machine
+/// (a few ms at any clock rate).
+const AP_WAIT_TSC: u64 = 10_000_000;
+
+/// The boot CPU: loads the images, creates the guests, schedules with the
+/// others, and reports the end.
+fn start_machine(kernel_root: u64, time: abi::time::TimeInfo, cpus: usize, bundle: &[u8]) -> ! {
+    let bundle = match Bundle::parse(bundle) {
+        Ok(b) => b,
+        Err(e) => panic!("bad bundle: {e}"),
+    };
+    let x86 = X86_64 { kernel_root, time };
+    let images: Vec<(String, Result<_, String>)> =
+        bundle.images().map(|img| (img.name.into(), machine::load_image(&x86, img.name, img.data))).collect();
+    let boot_guests: usize = bundle.guests().map(|g| g.count as usize).sum();
+    let control = serial::init_control();
+    // Room for guests started later through the control channel.
+    let capacity = boot_guests + if control { machine::SPARE_GUESTS } else { 0 };
+    let mut net = Net::new(capacity);
+    attach_uplink(&mut net, kernel_root);
+    let exit_when_idle = bundle.flags & FLAG_EXIT_WHEN_IDLE != 0;
+    let guest_upper = platform::mitigate(kernel_root, bundle.flags & FLAG_FORCE_MITIGATIONS != 0);
+    let config = Config { cpus, capacity, guest_upper, time, control, keep_running: control && !exit_when_idle };
+    let m = MACHINE.call_once(|| Machine::new(x86, net, config, images));
+    let not_started = m.start_bundle(&bundle);
+    // Where the machine stands with every guest created (the hostile
+    // tests compare the hypervisor heap at the end with this).
+    println!("{}", m.machine_line());
+    m.set_ready();
+    m.cpu_loop(0);
+
+    // Every guest has ended: nothing runs on the isolated tables any more.
+    if guest_upper != kernel_root {
+        paging::free_isolated_upper(guest_upper);
+    }
+    m.shut_down(not_started);
+    if exit_when_idle {
+        cpu::debug_exit(abi::debug_exit::SUCCESS);
+    }
+    println!("[hv] idle; halting");
+    cpu::halt_forever()
+}
+
+/// Probes for the virtio-net uplink and gives it a port on the switch:
+/// the host reaches the first tenant (tenant 0) through it.
+fn attach_uplink(net: &mut Net, kernel_root: u64) {
+    let free_before = paging::free_frames();
+    match arch::x86_64::virtio_pci::probe(kernel_root) {
+        Ok(Some(up)) => {
+            if let Ok(port) = net.switch.lock().add_uplink(0) {
+                let m = up.mac;
+                let mac = format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]);
+                println!("[hv] uplink: virtio-net {mac}, tenant 0, {} KiB of queues", (free_before - paging::free_frames()) * 4);
+                net.uplink = Some((port, spin::Mutex::new(up)));
+            }
+        }
+        Ok(None) => {}
+        Err(why) => println!("[hv] uplink: {why}; guests can reach each other but not the host"),
+    }
 }
 
 /// The hypervisor's PML4, for the application processors.
@@ -123,7 +196,21 @@ extern "C" fn ap_main(cpu: u32) -> ! {
     harden(&cpu::features());
     apic::init_ap();
     apic::register(cpu);
-    run::ap_entry(cpu)
+    // Halt (not spin) while the boot CPU creates the guests: under
+    // emulation a spinning CPU takes a host core from the one working.
+    let m = loop {
+        if let Some(m) = MACHINE.get().filter(|m| m.is_ready()) {
+            break m;
+        }
+        apic::arm(cpu::rdtsc().saturating_add(AP_WAIT_TSC));
+        cpu::idle();
+    };
+    // Decided by the boot CPU before the machine was ready.
+    if entry::isolated() {
+        cpu::disable_global_pages();
+    }
+    m.cpu_loop(cpu);
+    cpu::halt_forever()
 }
 
 /// Turns on the protections the CPU has: SMEP and SMAP (the hypervisor
@@ -131,9 +218,9 @@ extern "C" fn ap_main(cpu: u32) -> ! {
 /// (guests cannot read descriptor-table addresses) and global pages.
 fn harden(f: &cpu::Features) {
     let mut cr4 = cpu::read_cr4();
-    for (on, bit) in [(f.smep, 20), (f.smap, 21), (f.umip, 11), (f.pge, 7)] {
+    for (on, bit) in [(f.smep, cpu::cr4::SMEP), (f.smap, cpu::cr4::SMAP), (f.umip, cpu::cr4::UMIP), (f.pge, cpu::cr4::PGE)] {
         if on {
-            cr4 |= 1 << bit;
+            cr4 |= bit;
         }
     }
     // SAFETY: only features CPUID reports are enabled; the hypervisor never

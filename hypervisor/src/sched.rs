@@ -40,9 +40,9 @@ pub enum State {
     },
 }
 
-/// Why a guest stopped running.
+/// Why a guest left the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stop {
+pub enum Leave {
     /// Its slice ended or an interrupt came.
     Preempted,
     /// It gave up the CPU.
@@ -192,7 +192,7 @@ impl Scheduler {
     }
 
     /// Returns a running guest after it ran `ran_ns`, for the reason `why`.
-    pub fn put(&mut self, id: Id, now: u64, ran_ns: u64, why: Stop) {
+    pub fn put(&mut self, id: Id, now: u64, ran_ns: u64, why: Leave) {
         let next_vruntime = self.runnable.first().map(|&(v, _)| v);
         let Some(e) = self.ents.get_mut(id).and_then(Option::as_mut) else { return };
         debug_assert_eq!(e.state, State::Running);
@@ -200,7 +200,7 @@ impl Scheduler {
         e.used_in_period = e.used_in_period.saturating_add(ran_ns);
         if let Some(budget) = e.budget
             && e.used_in_period >= budget
-            && !matches!(why, Stop::Blocked { .. })
+            && !matches!(why, Leave::Blocked { .. })
         {
             let until = e.period_start.saturating_add(CAP_PERIOD_NS).max(now);
             e.state = State::Throttled { until };
@@ -208,8 +208,8 @@ impl Scheduler {
             return;
         }
         match why {
-            Stop::Preempted => self.make_runnable(id, false),
-            Stop::Yielded => {
+            Leave::Preempted => self.make_runnable(id, false),
+            Leave::Yielded => {
                 // Behind every other runnable guest, so yielding in a loop
                 // hands the CPU to them instead of spinning on it.
                 if let Some(v) = next_vruntime {
@@ -217,7 +217,7 @@ impl Scheduler {
                 }
                 self.make_runnable(id, false);
             }
-            Stop::Blocked { deadline } => {
+            Leave::Blocked { deadline } => {
                 e.state = State::Blocked { deadline };
                 if deadline != u64::MAX {
                     self.timers.insert((deadline, id));
@@ -275,7 +275,7 @@ mod tests {
                 Some((id, slice)) => {
                     now += slice;
                     got[id] += slice;
-                    s.put(id, now, slice, Stop::Preempted);
+                    s.put(id, now, slice, Leave::Preempted);
                 }
                 None => now = s.next_timer().unwrap(),
             }
@@ -316,7 +316,7 @@ mod tests {
                 Some((id, slice)) => {
                     now += slice;
                     used += slice;
-                    s.put(id, now, slice, Stop::Preempted);
+                    s.put(id, now, slice, Leave::Preempted);
                 }
                 None => now = s.next_timer().unwrap(),
             }
@@ -337,7 +337,7 @@ mod tests {
                     let ran = slice + 1_000_000;
                     now += ran;
                     used += ran;
-                    s.put(id, now, ran, Stop::Preempted);
+                    s.put(id, now, ran, Leave::Preempted);
                 }
                 None => now = s.next_timer().unwrap(),
             }
@@ -366,11 +366,11 @@ mod tests {
             let (id, slice) = s.pick(now).unwrap();
             if id == 0 {
                 now += 1_000;
-                s.put(0, now, 1_000, Stop::Yielded);
+                s.put(0, now, 1_000, Leave::Yielded);
             } else {
                 now += slice;
                 busy += slice;
-                s.put(1, now, slice, Stop::Preempted);
+                s.put(1, now, slice, Leave::Preempted);
             }
         }
         assert!(busy as f64 / now as f64 > 0.99, "busy got {busy} of {now}");
@@ -382,11 +382,11 @@ mod tests {
         for id in 0..3 {
             s.add(id, DEFAULT_WEIGHT, None, 0);
             let (got, _) = s.pick(0).unwrap();
-            s.put(got, 0, 0, Stop::Blocked { deadline: [300, 100, 200][got] });
+            s.put(got, 0, 0, Leave::Blocked { deadline: [300, 100, 200][got] });
         }
         s.add(3, DEFAULT_WEIGHT, None, 0);
         let (id, _) = s.pick(0).unwrap();
-        s.put(id, 10, 10, Stop::Blocked { deadline: u64::MAX });
+        s.put(id, 10, 10, Leave::Blocked { deadline: u64::MAX });
         assert_eq!(s.pick(50), None, "nothing runnable before the first deadline");
         assert_eq!(s.next_timer(), Some(100));
         let mut woken = Vec::new();
@@ -402,7 +402,7 @@ mod tests {
         let mut s = Scheduler::new();
         s.add(0, DEFAULT_WEIGHT, None, 0);
         let (id, _) = s.pick(1_000).unwrap();
-        s.put(id, 1_000, 0, Stop::Blocked { deadline: 5 });
+        s.put(id, 1_000, 0, Leave::Blocked { deadline: 5 });
         let mut woken = Vec::new();
         s.expire(1_000, |id| woken.push(id));
         assert_eq!(woken, [0]);
@@ -415,13 +415,13 @@ mod tests {
         s.add(0, DEFAULT_WEIGHT, None, 0);
         s.add(1, DEFAULT_WEIGHT, None, 0);
         let (a, _) = s.pick(0).unwrap();
-        s.put(a, 0, 0, Stop::Blocked { deadline: u64::MAX });
+        s.put(a, 0, 0, Leave::Blocked { deadline: u64::MAX });
         // The other runs alone for a long time.
         let mut now = 0;
         for _ in 0..1000 {
             let (b, slice) = s.pick(now).unwrap();
             now += slice;
-            s.put(b, now, slice, Stop::Preempted);
+            s.put(b, now, slice, Leave::Preempted);
         }
         s.wake(a);
         // The sleeper runs next, but then they alternate: it cannot bank its sleep.
@@ -429,7 +429,7 @@ mod tests {
             .map(|_| {
                 let (id, slice) = s.pick(now).unwrap();
                 now += slice;
-                s.put(id, now, slice, Stop::Preempted);
+                s.put(id, now, slice, Leave::Preempted);
                 id
             })
             .collect();
@@ -448,7 +448,7 @@ mod tests {
         for _ in 0..10 {
             let (id, slice) = a.pick(now).unwrap();
             now += slice;
-            a.put(id, now, slice, Stop::Preempted);
+            a.put(id, now, slice, Leave::Preempted);
         }
         assert_eq!(a.runnable_len(), 2);
         let (id, m) = a.take_migrant().unwrap();
@@ -466,7 +466,7 @@ mod tests {
         s.add(0, DEFAULT_WEIGHT, None, 0);
         s.add(1, DEFAULT_WEIGHT, None, 0);
         let (id, _) = s.pick(0).unwrap();
-        s.put(id, 0, 0, Stop::Blocked { deadline: 100 });
+        s.put(id, 0, 0, Leave::Blocked { deadline: 100 });
         s.remove(0);
         s.remove(1);
         assert_eq!(s.pick(1_000), None);

@@ -1,20 +1,8 @@
 //! Raw hypercalls: `syscall` with the number in `rax`, arguments in `rdi`,
 //! `rsi`, `rdx`, `r10`, `r8`, `r9`, the result in `rax` (see `abi::Hypercall`).
 
+use crate::sys::{event_word, hypercall2};
 use abi::Hypercall;
-use core::arch::asm;
-
-#[inline(always)]
-fn hypercall2(nr: Hypercall, a0: u64, a1: u64) -> i64 {
-    let ret: i64;
-    // SAFETY: `syscall` enters the hypervisor, which validates every
-    // argument; it clobbers rcx and r11 and preserves everything else.
-    unsafe {
-        asm!("syscall", inlateout("rax") nr as u64 => ret, in("rdi") a0, in("rsi") a1,
-             lateout("rcx") _, lateout("r11") _, options(nostack));
-    }
-    ret
-}
 
 /// Writes bytes to the guest's console (split into chunks the hypervisor accepts).
 pub fn console_write(bytes: &[u8]) {
@@ -53,10 +41,7 @@ pub fn block(deadline_ns: u64) -> u64 {
 
 /// Clears `bits` in this guest's event page; returns the bits that were set.
 pub fn take_events(bits: u64) -> u64 {
-    // SAFETY: the event page is mapped read-write at this fixed address for
-    // the guest's whole life; the hypervisor only ORs bits into it.
-    let page = unsafe { &*(abi::layout::EVENT_PAGE as *const core::sync::atomic::AtomicU64) };
-    page.fetch_and(!bits, core::sync::atomic::Ordering::AcqRel) & bits
+    event_word().fetch_and(!bits, core::sync::atomic::Ordering::AcqRel) & bits
 }
 
 /// Stops this guest with `code`.

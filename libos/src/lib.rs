@@ -18,6 +18,7 @@ mod heap;
 pub mod hypercall;
 pub mod net;
 mod rt;
+mod sys;
 pub mod task;
 pub mod time;
 

@@ -7,9 +7,10 @@
 //! costs no CPU. Sockets wake the tasks waiting on them through smoltcp's
 //! wakers.
 
+use crate::sys::{MappedRing, nic_info};
 use crate::time::Instant;
-use abi::ring::{INDEX_BYTES, RingMemory, SLOTS_OFFSET, ring_bytes, valid_slots};
-use abi::{NIC_MAGIC, NicInfo, layout};
+use abi::ring::valid_slots;
+use abi::{NIC_MAGIC, layout};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::future::poll_fn;
@@ -22,58 +23,6 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpo
 use spin::Mutex;
 
 pub use smoltcp::wire::Ipv4Address as Ipv4;
-
-/// A ring mapped at fixed addresses of this guest: its index block in the
-/// shared page, its slots in pages of their own.
-struct MappedRing {
-    indices: u64,
-    slots: u64,
-    bytes: usize,
-}
-
-impl MappedRing {
-    fn new(indices: u64, slots_at: u64, slots: u32) -> Self {
-        Self { indices: layout::EVENT_PAGE + indices, slots: slots_at, bytes: ring_bytes(slots) }
-    }
-
-    fn index(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset.is_multiple_of(4) && offset + 4 <= INDEX_BYTES);
-        // SAFETY: the shared page is mapped read-write for the guest's whole
-        // life; the index block lies inside it (abi::layout checks this at
-        // compile time) and the offset inside the block (asserted), aligned.
-        unsafe { &*((self.indices + offset as u64) as *const AtomicU32) }
-    }
-
-    /// The address of slot-area `offset`, checked for `len` bytes.
-    fn slot_addr(&self, offset: usize, len: usize) -> u64 {
-        assert!(offset >= SLOTS_OFFSET && offset + len <= self.bytes);
-        self.slots + (offset - SLOTS_OFFSET) as u64
-    }
-}
-
-// SAFETY: the hypervisor maps both rings' slots read-write at their fixed
-// addresses for the guest's whole life (NicInfo's magic says so), sized
-// for the slot count it announces; every access is bounds-checked, and
-// index loads/stores are 4-byte aligned atomics.
-unsafe impl RingMemory for MappedRing {
-    fn load(&self, offset: usize) -> u32 {
-        self.index(offset).load(Ordering::Acquire)
-    }
-    fn store(&self, offset: usize, v: u32) {
-        self.index(offset).store(v, Ordering::Release)
-    }
-    fn read(&self, offset: usize, dst: &mut [u8]) {
-        let at = self.slot_addr(offset, dst.len());
-        // SAFETY: in bounds (checked) of the mapped slots; the hypervisor may
-        // write concurrently, which only changes the bytes we copy.
-        unsafe { core::ptr::copy_nonoverlapping(at as *const u8, dst.as_mut_ptr(), dst.len()) }
-    }
-    fn write(&self, offset: usize, src: &[u8]) {
-        let at = self.slot_addr(offset, src.len());
-        // SAFETY: as in read.
-        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), at as *mut u8, src.len()) }
-    }
-}
 
 struct Stack {
     dev: RingDevice<MappedRing>,
@@ -93,9 +42,7 @@ fn now() -> smoltcp::time::Instant {
 
 /// Brings the interface up if the hypervisor gave this guest a vNIC.
 pub(crate) fn init() {
-    // SAFETY: the start page is mapped read-only for the guest's life; the
-    // NicInfo record lies inside it (abi::layout checks this at compile time).
-    let info: NicInfo = unsafe { core::ptr::read_volatile((layout::START_PAGE + layout::NIC_INFO_OFFSET) as *const NicInfo) };
+    let info = nic_info();
     if info.magic != NIC_MAGIC || !valid_slots(info.ring_slots) {
         return;
     }

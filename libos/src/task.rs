@@ -4,15 +4,18 @@
 //! When no task is ready, the executor blocks in the hypervisor until the
 //! earliest timer is due or an event arrives; it never busy-polls.
 
+use crate::sys::OneThread;
 use crate::time::{Instant, block_until};
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::rc::Rc;
+use alloc::sync::Arc;
+use alloc::task::Wake;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::future::Future;
 use core::pin::Pin;
-use core::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
+use core::task::{Context, Poll, Waker};
 use core::time::Duration;
 use spin::Mutex;
 
@@ -27,37 +30,32 @@ static TIMER_SEQ: Mutex<u64> = Mutex::new(0);
 
 struct Executor {
     tasks: Vec<Option<Task>>,
+    /// Task slot `i`'s waker, made once per slot (a reused slot keeps it:
+    /// a stale wake-up only polls the new task once more).
+    wakers: Vec<Waker>,
     free: Vec<usize>,
 }
 
 /// Tasks spawned but not yet handed to the running executor.
-static SPAWNED: Mutex<Vec<SendTask>> = Mutex::new(Vec::new());
+static SPAWNED: Mutex<Vec<OneThread<Task>>> = Mutex::new(Vec::new());
 
-/// A task handed over through `SPAWNED`. Guests are single-threaded, so the
-/// `!Send` future never crosses a thread.
-struct SendTask(Task);
-// SAFETY: a guest has exactly one thread; `SPAWNED` is only a hand-over
-// list inside it.
-unsafe impl Send for SendTask {}
+/// Wakes task `.0`: puts its id on the ready queue.
+struct TaskWaker(usize);
 
-const VTABLE: RawWakerVTable = RawWakerVTable::new(
-    |data| RawWaker::new(data, &VTABLE),
-    |data| READY.lock().push_back(data as usize),
-    |data| READY.lock().push_back(data as usize),
-    |_| {},
-);
-
-fn waker(id: usize) -> Waker {
-    // SAFETY: the vtable's functions treat `data` as a plain task id and
-    // never dereference it; they are all thread-safe (a spin mutex).
-    unsafe { Waker::from_raw(RawWaker::new(id as *const (), &VTABLE)) }
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        READY.lock().push_back(self.0);
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        READY.lock().push_back(self.0);
+    }
 }
 
 /// Runs `main` (and every task it spawns) to completion of `main`.
 pub fn block_on<T: 'static>(main: impl Future<Output = T> + 'static) -> T {
     let out: Rc<RefCell<Option<T>>> = Rc::new(RefCell::new(None));
     let slot = out.clone();
-    let mut ex = Executor { tasks: Vec::new(), free: Vec::new() };
+    let mut ex = Executor { tasks: Vec::new(), wakers: Vec::new(), free: Vec::new() };
     ex.add(Box::pin(async move {
         *slot.borrow_mut() = Some(main.await);
     }));
@@ -100,6 +98,7 @@ impl Executor {
             }
             None => {
                 self.tasks.push(Some(task));
+                self.wakers.push(Waker::from(Arc::new(TaskWaker(self.tasks.len() - 1))));
                 self.tasks.len() - 1
             }
         };
@@ -107,7 +106,7 @@ impl Executor {
     }
 
     fn adopt_spawned(&mut self) {
-        let spawned: Vec<SendTask> = core::mem::take(&mut *SPAWNED.lock());
+        let spawned: Vec<OneThread<Task>> = core::mem::take(&mut *SPAWNED.lock());
         for t in spawned {
             self.add(t.0);
         }
@@ -115,8 +114,7 @@ impl Executor {
 
     fn poll(&mut self, id: usize) {
         let Some(Some(task)) = self.tasks.get_mut(id) else { return };
-        let w = waker(id);
-        if task.as_mut().poll(&mut Context::from_waker(&w)).is_ready() {
+        if task.as_mut().poll(&mut Context::from_waker(&self.wakers[id])).is_ready() {
             self.tasks[id] = None;
             self.free.push(id);
         }
@@ -176,7 +174,7 @@ pub fn spawn<T: 'static>(fut: impl Future<Output = T> + 'static) -> JoinHandle<T
             w.wake();
         }
     });
-    SPAWNED.lock().push(SendTask(task));
+    SPAWNED.lock().push(OneThread(task));
     JoinHandle { state }
 }
 

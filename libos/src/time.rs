@@ -1,19 +1,10 @@
 //! Time without hypercalls: the TSC and the hypervisor's read-only time
 //! page (`abi::time::TimeInfo`), plus sleeping through `block`.
 
-use abi::time::TimeInfo;
+/// The time-stamp counter (cycles; `Instant` converts it to nanoseconds).
+pub use crate::sys::rdtsc;
+use crate::sys::time_info as info;
 use core::time::Duration;
-
-fn info() -> TimeInfo {
-    // SAFETY: the hypervisor maps the time page read-only at this fixed
-    // address before the first instruction and never changes it.
-    unsafe { core::ptr::read_volatile(abi::layout::TIME_PAGE as *const TimeInfo) }
-}
-
-fn rdtsc() -> u64 {
-    // SAFETY: RDTSC is allowed in ring 3 (CR4.TSD is clear) and has no side effects.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
 
 /// A point on the monotonic clock (nanoseconds since the hypervisor booted).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -6,40 +6,75 @@
 //! timeout or when the test ends.
 #![forbid(unsafe_code)]
 
+pub mod records;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+pub use xtask::manifest::{Guest, KIB, MIB, Manifest};
 pub use xtask::{Result, RunOutput, workspace_root};
 
-/// Boots the guests of `manifest_toml` (exit when idle, 1 CPU, 512 MiB,
+/// A manifest for the boot helpers: TOML text (`image` paths relative to
+/// the workspace root; for tests of what the parser refuses, or written
+/// out as a file would be) or one built with the manifest types
+/// ([`Guest::app`]).
+pub trait ToManifest {
+    fn to_source(self) -> xtask::ManifestSource;
+}
+
+impl ToManifest for &str {
+    fn to_source(self) -> xtask::ManifestSource {
+        xtask::ManifestSource::Text { text: self.to_string(), base_dir: workspace_root().to_path_buf() }
+    }
+}
+
+impl ToManifest for &String {
+    fn to_source(self) -> xtask::ManifestSource {
+        self.as_str().to_source()
+    }
+}
+
+impl ToManifest for Manifest {
+    fn to_source(self) -> xtask::ManifestSource {
+        xtask::ManifestSource::Built(self)
+    }
+}
+
+impl ToManifest for &Manifest {
+    fn to_source(self) -> xtask::ManifestSource {
+        xtask::ManifestSource::Built(self.clone())
+    }
+}
+
+/// Boots the guests of `manifest` (exit when idle, 1 CPU, 512 MiB,
 /// KVM only where it can run us, else TCG) and returns what happened.
 /// `image` paths in the manifest are relative to the workspace root.
 /// Panics if the manifest is refused or something fails to build.
-pub fn boot(manifest_toml: &str, timeout_secs: u64) -> RunOutput {
-    try_boot(manifest_toml, timeout_secs).unwrap_or_else(|e| panic!("could not boot: {e:#}"))
+pub fn boot(manifest: impl ToManifest, timeout_secs: u64) -> RunOutput {
+    try_boot(manifest, timeout_secs).unwrap_or_else(|e| panic!("could not boot: {e:#}"))
 }
 
 /// Like [`boot`], but returns refusals (a bad manifest, a failed build) as
 /// errors; `format!("{e:#}")` gives the whole message.
-pub fn try_boot(manifest_toml: &str, timeout_secs: u64) -> Result<RunOutput> {
-    try_boot_smp(manifest_toml, timeout_secs, 1)
+pub fn try_boot(manifest: impl ToManifest, timeout_secs: u64) -> Result<RunOutput> {
+    try_boot_smp(manifest, timeout_secs, 1)
 }
 
 /// Like [`boot`], typing `input` on the hypervisor's console two seconds
 /// after QEMU starts.
-pub fn boot_with_input(manifest_toml: &str, timeout_secs: u64, input: &str) -> RunOutput {
+pub fn boot_with_input(manifest: impl ToManifest, timeout_secs: u64, input: &str) -> RunOutput {
     let run = || -> Result<RunOutput> {
         xtask::ensure_qemu()?;
-        let prepared = xtask::prepare(&config(manifest_toml, 1))?;
+        let prepared = xtask::prepare(&config(manifest, 1))?;
         xtask::run_captured_with_input(&prepared, Duration::from_secs(timeout_secs), input.as_bytes(), Duration::from_secs(2))
     };
     run().unwrap_or_else(|e| panic!("could not boot: {e:#}"))
 }
 
-fn config(manifest_toml: &str, cpus: u32) -> xtask::RunConfig {
+fn config(manifest: impl ToManifest, cpus: u32) -> xtask::RunConfig {
     xtask::RunConfig {
-        manifest: xtask::ManifestSource::Text { text: manifest_toml.to_string(), base_dir: workspace_root().to_path_buf() },
+        manifest: manifest.to_source(),
         exit_when_idle: true,
         smp: cpus,
         // The speculation mitigations' path runs in every test, although
@@ -50,13 +85,13 @@ fn config(manifest_toml: &str, cpus: u32) -> xtask::RunConfig {
 }
 
 /// Like [`boot`], on a machine with `cpus` CPUs.
-pub fn boot_smp(manifest_toml: &str, timeout_secs: u64, cpus: u32) -> RunOutput {
-    try_boot_smp(manifest_toml, timeout_secs, cpus).unwrap_or_else(|e| panic!("could not boot: {e:#}"))
+pub fn boot_smp(manifest: impl ToManifest, timeout_secs: u64, cpus: u32) -> RunOutput {
+    try_boot_smp(manifest, timeout_secs, cpus).unwrap_or_else(|e| panic!("could not boot: {e:#}"))
 }
 
-fn try_boot_smp(manifest_toml: &str, timeout_secs: u64, cpus: u32) -> Result<RunOutput> {
+fn try_boot_smp(manifest: impl ToManifest, timeout_secs: u64, cpus: u32) -> Result<RunOutput> {
     xtask::ensure_qemu()?;
-    let prepared = xtask::prepare(&config(manifest_toml, cpus))?;
+    let prepared = xtask::prepare(&config(manifest, cpus))?;
     xtask::run_captured(&prepared, Duration::from_secs(timeout_secs))
 }
 
@@ -74,81 +109,52 @@ pub fn temp_file(name: &str, data: &[u8]) -> PathBuf {
 }
 
 /// A QEMU running in the background (for tests that talk to guests from
-/// the host); killed when dropped.
+/// the host), on xtask's runner ([`xtask::runner::Qemu`]): killed when
+/// dropped, also when the test panics.
 pub struct Live {
-    child: std::process::Child,
-    stdin: Option<std::process::ChildStdin>,
-    lines: std::sync::mpsc::Receiver<String>,
+    qemu: xtask::runner::Qemu,
     /// Everything the console printed so far.
     pub console: String,
     _prepared: xtask::Prepared,
 }
 
 impl Live {
-    /// Boots `manifest_toml` on `cpus` CPUs and returns at once.
-    pub fn start(manifest_toml: &str, cpus: u32) -> Live {
-        Self::start_with_memory(manifest_toml, cpus, None)
+    /// Boots `manifest` on `cpus` CPUs and returns at once.
+    pub fn start(manifest: impl ToManifest, cpus: u32) -> Live {
+        Self::start_with_memory(manifest, cpus, None)
     }
 
     /// Like [`Live::start`], with `memory` (e.g. `"1G"`) instead of the default.
-    pub fn start_with_memory(manifest_toml: &str, cpus: u32, memory: Option<&str>) -> Live {
+    pub fn start_with_memory(manifest: impl ToManifest, cpus: u32, memory: Option<&str>) -> Live {
         xtask::ensure_qemu().expect("QEMU");
-        let mut cfg = config(manifest_toml, cpus);
+        let mut cfg = config(manifest, cpus);
         cfg.exit_when_idle = false;
         if let Some(m) = memory {
             cfg.memory = m.to_string();
         }
         let prepared = xtask::prepare(&cfg).unwrap_or_else(|e| panic!("could not prepare: {e:#}"));
-        let mut child = xtask::qemu_command(&prepared)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("starting QEMU");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stdin = child.stdin.take();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Live { child, stdin, lines, console: String::new(), _prepared: prepared }
+        let options = xtask::runner::Options { input: xtask::runner::Input::Piped, ..Default::default() };
+        let qemu = xtask::runner::Qemu::spawn(&prepared.qemu_args, options).expect("starting QEMU");
+        Live { qemu, console: String::new(), _prepared: prepared }
     }
 
     /// Types `text` on the hypervisor's console (e.g. `"stats\n"`).
     pub fn send(&mut self, text: &str) {
-        use std::io::Write;
-        let stdin = self.stdin.as_mut().expect("QEMU's stdin");
-        stdin.write_all(text.as_bytes()).and_then(|()| stdin.flush()).expect("writing to QEMU's console");
+        self.qemu.send(text.as_bytes()).expect("writing to QEMU's console");
     }
 
     /// Waits until a console line contains `needle`; false after `timeout`.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.console.push_str(&line);
-                    self.console.push('\n');
-                    if line.contains(needle) {
-                        return true;
-                    }
-                }
-                Err(_) => return false,
-            }
-        }
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let console = &mut self.console;
+        let found = self.qemu.wait_for(
+            |line| {
+                console.push_str(line);
+                console.push('\n');
+                line.contains(needle)
+            },
+            timeout,
+        );
+        found.is_some()
     }
 }
 

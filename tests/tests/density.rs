@@ -1,13 +1,10 @@
 //! Density: thousands of networked guests on one machine, what each costs,
 //! and that memory comes back.
 
-use integration_tests::{Live, boot_smp};
+use abi::report::MACHINE_PREFIX;
+use abi::stop::StopReason;
+use integration_tests::{Guest, KIB, Live, MIB, Manifest, boot_smp, records};
 use std::time::Duration;
-
-/// The JSON object on a console line that starts with `{`.
-fn json(line: &str) -> serde_json::Value {
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
-}
 
 fn lines_with<'a>(console: &'a str, needle: &'a str) -> impl Iterator<Item = &'a str> + 'a {
     console.lines().filter(move |l| l.contains(needle))
@@ -28,10 +25,10 @@ fn free_at_boot_kib(console: &str) -> u64 {
 #[test]
 fn two_thousand_echo_guests_boot_share_their_image_and_a_sample_answers() {
     const N: u64 = 2000;
-    let manifest = format!(
-        "[[guest]]\nname = \"e\"\napp = \"echo\"\ncount = {N}\nmemory = \"160 KiB\"\nring_slots = 4\nnet = true\n\n\
-         [[guest]]\nname = \"check\"\napp = \"echo\"\nmemory = \"1 MiB\"\nnet = true\nargs = [\"check\", \"{N}\", \"10\"]\n"
-    );
+    let manifest = Manifest::new([
+        Guest::app("e", "echo").count(N as u32).memory(160 * KIB).ring_slots(4).net(),
+        Guest::app("check", "echo").memory(MIB).net().args(["check".to_string(), N.to_string(), "10".into()]),
+    ]);
     let mut live = Live::start_with_memory(&manifest, 2, Some("1G"));
     assert!(live.wait_for("check-0| check: ", Duration::from_secs(240)), "the checker never reported:\n{}", live.console);
     let report = lines_with(&live.console, "check-0| check: ").next().unwrap().to_string();
@@ -39,29 +36,25 @@ fn two_thousand_echo_guests_boot_share_their_image_and_a_sample_answers() {
     assert!(lines_with(&live.console, "created 2001 guests").next().is_some(), "{}", live.console);
 
     live.send("stats\n");
-    assert!(live.wait_for(r#"{"event":"machine""#, Duration::from_secs(60)), "no machine line after stats:\n{}", live.console);
-    let stats: Vec<serde_json::Value> = lines_with(&live.console, r#""event":"guest_stats""#)
-        .map(json)
-        .filter(|v| v["guest"].as_str().unwrap().starts_with("e-"))
-        .collect();
+    assert!(live.wait_for(MACHINE_PREFIX, Duration::from_secs(60)), "no machine line after stats:\n{}", live.console);
+    let stats: Vec<_> = records::guest_stats(&live.console).into_iter().filter(|s| s.guest.starts_with("e-")).collect();
     // `stats` lists the guests waiting at that moment: all, less any that
     // another CPU is running right then.
     assert!(stats.len() as u64 >= N - 1, "every echo guest is alive and waiting: {} listed", stats.len());
-    let field = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"));
-    let charged: u64 = stats.iter().map(|v| field(v, "memory_bytes")).sum();
+    let charged: u64 = stats.iter().map(|v| v.memory_bytes).sum();
     for v in &stats {
         // What an idle echo guest costs (README "Density"): well under 100 KiB.
-        assert!(field(v, "memory_bytes") <= 100 * 1024, "{v}");
-        assert_eq!(field(v, "memory_bytes"), field(v, "private_bytes") + field(v, "table_bytes"), "{v}");
-        assert_eq!(field(v, "ring_bytes"), 2 * 4 * 2048, "{v}");
+        assert!(v.memory_bytes <= 100 * 1024, "{v:?}");
+        assert_eq!(v.memory_bytes, v.private_bytes + v.table_bytes, "{v:?}");
+        assert_eq!(v.ring_bytes, 2 * 4 * 2048, "{v:?}");
         // The image's read-only pages and the time page are mapped, not charged.
-        assert!(field(v, "shared_bytes") >= 64 * 1024, "{v}");
+        assert!(v.shared_bytes >= 64 * 1024, "{v:?}");
     }
     // Shared means shared: the machine's used memory is the guests' charges
     // plus one copy of the image, not one per guest.
-    let machine = json(lines_with(&live.console, r#"{"event":"machine""#).last().unwrap());
-    let used = field(&machine, "total_bytes") - field(&machine, "free_bytes");
-    let shared = field(&stats[0], "shared_bytes");
+    let machine = records::machine_stats(&live.console).pop().expect("a machine record");
+    let used = machine.total_bytes - machine.free_bytes;
+    let shared = stats[0].shared_bytes;
     assert!(used >= charged, "used {used} < charged {charged}");
     assert!(used <= charged + 4 * shared + (4 << 20), "used {used} bytes for {charged} charged: the image is not shared");
 }
@@ -77,10 +70,9 @@ fn a_guest_that_allocates_without_bound_is_stopped_while_its_neighbours_answer()
     );
     let c = &out.console;
     assert!(out.success(), "{c}");
-    let stopped = lines_with(c, "[hv] guest hog-0 stopped: ").next().unwrap_or_else(|| panic!("hog not stopped:\n{c}"));
-    assert!(stopped.contains("out of memory") && stopped.contains("4096 KiB limit"), "{stopped}");
-    let hog = json(lines_with(c, r#""guest":"hog-0""#).next().unwrap());
-    assert!(hog["memory_bytes"].as_u64().unwrap() <= 4 << 20, "{hog}");
+    let hog = records::first_guest_stats(c, "hog-0").unwrap_or_else(|| panic!("no record of hog:\n{c}"));
+    assert!(matches!(hog.stop_reason, Some(StopReason::OutOfMemory { limit_bytes: 0x40_0000, .. })), "{hog:?}");
+    assert!(hog.memory_bytes <= 4 << 20, "{hog:?}");
     assert!(lines_with(c, "check-0| check: 5/5 answered").next().is_some(), "{c}");
     assert!(lines_with(c, "[hv] guest echo-0 exited with code 0").next().is_some(), "{c}");
     let last = lines_with(c, "[hv] no guests left: ").next().unwrap();

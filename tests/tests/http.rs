@@ -6,15 +6,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant, SystemTime};
 
-use integration_tests::{Live, free_port};
+use integration_tests::{Guest, Live, MIB, Manifest, free_port};
 
 /// Boots an http guest with `args` behind host port `port` and waits until
 /// it listens.
-fn boot(port: u16, args: &str, memory: &str) -> Live {
-    let mut live = Live::start(
-        &format!("[[guest]]\nname = \"http\"\napp = \"http\"\nmemory = \"{memory}\"\nargs = [{args}]\nports = [\"{port}:80\"]\n"),
-        2,
-    );
+fn boot(port: u16, args: &[&str], memory: u64) -> Live {
+    let mut live = Live::start(Manifest::new([Guest::app("http", "http").memory(memory).args(args).port(port, 80)]), 2);
     assert!(live.wait_for("http-0| http: listening on 10.0.0.2:80", Duration::from_secs(90)), "{}", live.console);
     live
 }
@@ -162,7 +159,8 @@ fn check_ok(r: &Response, body_len: usize) {
 fn http_guest_answers_get_head_health_keep_alive_pipelining_and_bad_requests() {
     const BODY: usize = 5000; // more than one segment
     let port = free_port();
-    let mut live = boot(port, &format!("\"80\", \"{BODY}\""), "16 MiB");
+    let body = BODY.to_string();
+    let mut live = boot(port, &["80", &body], 16 * MIB);
     with_console(&mut live, || {
         let host = "Host: test\r\n";
 
@@ -245,7 +243,8 @@ fn http_guest_keeps_serving_beside_idle_slowloris_garbage_and_abrupt_clients() {
     const IDLE: usize = 200;
     const BODY: usize = 100_000;
     let port = free_port();
-    let mut live = boot(port, &format!("\"80\", \"{BODY}\", \"--idle-timeout\", \"120\", \"--header-timeout\", \"8\""), "64 MiB");
+    let body = BODY.to_string();
+    let mut live = boot(port, &["80", &body, "--idle-timeout", "120", "--header-timeout", "8"], 64 * MIB);
     with_console(&mut live, || {
         let host = "Host: test\r\n";
         let started = Instant::now();

@@ -1,7 +1,7 @@
 //! Networking between guests: the shared-ring vNICs, the switch, smoltcp in
 //! the libos, and the echo guest.
 
-use integration_tests::boot_smp;
+use integration_tests::{Guest, MIB, Manifest, boot_smp};
 
 /// The two boots here each run guests on two CPUs and the uplink; run them
 /// one at a time so that neither is starved of host CPU.
@@ -83,14 +83,11 @@ fn a_host_client_reaches_the_echo_guest_through_a_forwarded_port() {
     use std::io::{Read, Write};
     use std::time::Duration;
     let port = integration_tests::free_port();
-    let mut live = integration_tests::Live::start(
-        &format!(
-            // QEMU's restricted network drops the guests' UDP, the echo's
-            // answers included: UDP forwards need it open.
-            "[host]\nrestrict = false\n\n[[guest]]\nname = \"echo\"\napp = \"echo\"\ntenant = \"a\"\nmemory = \"4 MiB\"\nports = [\"{port}:7\", \"{port}:7/udp\"]\n"
-        ),
-        2,
-    );
+    let mut manifest = Manifest::new([Guest::app("echo", "echo").tenant("a").memory(4 * MIB).port(port, 7).udp_port(port, 7)]);
+    // QEMU's restricted network drops the guests' UDP, the echo's answers
+    // included: UDP forwards need it open.
+    manifest.restrict = false;
+    let mut live = integration_tests::Live::start(manifest, 2);
     assert!(live.wait_for("echo-0| echo: listening on 10.0.0.2:7", Duration::from_secs(90)), "{}", live.console);
     assert!(live.console.contains("[hv] uplink: virtio-net"), "{}", live.console);
 

@@ -5,7 +5,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use integration_tests::{free_port, workspace_root};
+use abi::control::{ControlError, RequestError, Response};
+use abi::report::{GUEST_STATS_PREFIX, GuestRow, GuestState, GuestStats};
+use abi::stop::StopReason;
+use integration_tests::{Guest, Manifest, free_port, workspace_root};
 
 /// A GDB remote-protocol packet: `$data#checksum`.
 fn packet(data: &str) -> Vec<u8> {
@@ -18,10 +21,7 @@ fn run_gdb_starts_paused_with_a_gdbstub_and_says_how_to_attach() {
     xtask::ensure_qemu().unwrap();
     let port = free_port();
     let cfg = xtask::RunConfig {
-        manifest: xtask::ManifestSource::Text {
-            text: "[[guest]]\nname = \"hello\"\napp = \"hello\"\n".into(),
-            base_dir: workspace_root().to_path_buf(),
-        },
+        manifest: xtask::ManifestSource::Built(Manifest::new([Guest::app("hello", "hello")])),
         exit_when_idle: true,
         gdb: Some(port),
         ..xtask::RunConfig::default()
@@ -30,21 +30,9 @@ fn run_gdb_starts_paused_with_a_gdbstub_and_says_how_to_attach() {
     assert!(prepared.summary.contains(&format!("target remote 127.0.0.1:{port}")), "{}", prepared.summary);
     assert!(prepared.summary.contains("add-symbol-file ") && prepared.summary.contains("release/hello"), "{}", prepared.summary);
 
-    let mut qemu = xtask::qemu_command(&prepared)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = qemu.stdout.take().unwrap();
-    let (tx, console) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
+    let mut qemu = xtask::runner::Qemu::spawn(&prepared.qemu_args, xtask::runner::Options::default()).unwrap();
     // Paused: the hypervisor prints nothing until a debugger continues it.
-    assert!(console.recv_timeout(Duration::from_secs(2)).is_err(), "the machine ran before gdb attached");
+    assert!(qemu.next_line(Duration::from_secs(2)).is_none(), "the machine ran before gdb attached");
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut gdb = loop {
         match TcpStream::connect(("127.0.0.1", port)) {
@@ -67,11 +55,8 @@ fn run_gdb_starts_paused_with_a_gdbstub_and_says_how_to_attach() {
     assert!(reply.contains("$T") || reply.contains("$S"), "not a stop reply: {reply:?}");
     // Nothing ran yet; continuing boots the hypervisor and its guest.
     gdb.write_all(&packet("c")).unwrap();
-    let ran =
-        std::iter::from_fn(|| console.recv_timeout(Duration::from_secs(60)).ok()).any(|l| l == "[hv] guest hello-0 exited with code 0");
+    let ran = qemu.wait_for(|l| l == "[hv] guest hello-0 exited with code 0", Duration::from_secs(120)).is_some();
     assert!(ran, "the machine did not run after continue");
-    let _ = qemu.kill();
-    let _ = qemu.wait();
 }
 
 /// A hypervisor detached with `manifest` (2 CPUs) in its own directory
@@ -79,12 +64,12 @@ fn run_gdb_starts_paused_with_a_gdbstub_and_says_how_to_attach() {
 struct Detached(xtask::ctl::Instance);
 
 impl Detached {
-    fn start(name: &str, manifest: String) -> (Detached, std::path::PathBuf) {
+    fn start(name: &str, manifest: Manifest) -> (Detached, std::path::PathBuf) {
         xtask::ensure_qemu().unwrap();
         let dir = workspace_root().join(format!("target/itest/detached-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = xtask::RunConfig {
-            manifest: xtask::ManifestSource::Text { text: manifest, base_dir: workspace_root().to_path_buf() },
+            manifest: xtask::ManifestSource::Built(manifest),
             smp: 2,
             bundle: Some(dir.join("bundle.bin")),
             detach: Some(dir.clone()),
@@ -102,6 +87,25 @@ impl Drop for Detached {
     }
 }
 
+/// Why `guest` was stopped: the `stop_reason` of its last `guest_stats`
+/// record on the console (printed when it ends; waited for).
+fn stopped_for(inst: &xtask::ctl::Instance, guest: &str) -> StopReason {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let console = std::fs::read_to_string(inst.console()).unwrap_or_default();
+        let ended = console
+            .lines()
+            .filter(|l| l.starts_with(GUEST_STATS_PREFIX))
+            .map(|l| serde_json::from_str::<GuestStats>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .rfind(|s| s.guest == guest && s.state == GuestState::Stopped);
+        if let Some(reason) = ended.and_then(|s| s.stop_reason) {
+            return reason;
+        }
+        assert!(Instant::now() < deadline, "no record of {guest} stopped in:\n{console}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn echo(port: u16, msg: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the forwarded port");
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -116,26 +120,20 @@ fn a_detached_hypervisor_is_listed_measured_and_stopped_guest_by_guest_through_c
     let port = free_port();
     let (inst, dir) = Detached::start(
         "ctl",
-        format!(
-            "[[guest]]\nname = \"a\"\napp = \"echo\"\ntenant = \"a\"\nports = [\"{port}:7\"]\n\n\
-                 [[guest]]\nname = \"b\"\napp = \"echo\"\ntenant = \"b\"\n\n\
-                 [[guest]]\nname = \"h\"\napp = \"hello\"\n"
-        ),
+        Manifest::new([Guest::app("a", "echo").tenant("a").port(port, 7), Guest::app("b", "echo").tenant("b"), Guest::app("h", "hello")]),
     );
     let ctl = |req: &str| inst.0.request(req);
-    let guest = |list: &serde_json::Value, name: &str| {
-        list["guests"].as_array().unwrap().iter().find(|g| g["name"] == name).cloned().unwrap_or_else(|| panic!("no {name} in {list}"))
-    };
+    let guest =
+        |list: &[GuestRow], name: &str| list.iter().find(|g| g.name == name).cloned().unwrap_or_else(|| panic!("no {name} in {list:?}"));
 
-    let list = ctl("list").unwrap();
-    assert_eq!(list["guests"].as_array().unwrap().len(), 3, "{list}");
-    assert_eq!((guest(&list, "a-0")["tenant"].clone(), guest(&list, "b-0")["tenant"].clone()), (0.into(), 1.into()), "{list}");
+    let list = inst.0.list().unwrap();
+    assert_eq!(list.len(), 3, "{list:?}");
+    assert_eq!((guest(&list, "a-0").tenant, guest(&list, "b-0").tenant), (Some(0), Some(1)), "{list:?}");
 
     // Traffic flows to a-0 from the host, and its counters move.
     assert_eq!(echo(port, b"hello through the uplink"), b"hello through the uplink");
-    let list = ctl("list").unwrap();
-    let a = guest(&list, "a-0");
-    assert!(a["sent_frames"].as_u64().unwrap() > 0 && a["received_frames"].as_u64().unwrap() > 0, "{a}");
+    let a = guest(&inst.0.list().unwrap(), "a-0");
+    assert!(a.sent_frames > 0 && a.received_frames > 0, "{a:?}");
     // A capture of a-0 while the host talks to it: a real pcap reader
     // finds the TCP segments to port 7 with our payload in them.
     let capture = {
@@ -166,32 +164,36 @@ fn a_detached_hypervisor_is_listed_measured_and_stopped_guest_by_guest_through_c
     assert!(to_port_7 >= 3 && from_port_7 >= 3 && payload, "{to_port_7} to, {from_port_7} from port 7, payload {payload}");
     assert!(ctl("capture nope 1 1").unwrap_err().to_string().contains("no guest or tenant nope"));
 
-    let stats = ctl("stats").unwrap();
-    assert!(stats["machine"]["total_bytes"].as_u64().unwrap() > 0, "{stats}");
+    let Response::Stats { guests, machine } = ctl("stats").unwrap().0 else { panic!("stats answered otherwise") };
+    assert!(machine.total_bytes > 0 && machine.live >= 2, "{machine:?}");
+    // Every guest waiting in the table has its record (h-0 has ended).
+    assert!(guests.iter().all(|g| g.guest != "h-0" && g.memory_bytes > 0), "{guests:?}");
+    assert_eq!(*ctl("version").unwrap(), Response::Version { protocol: abi::control::PROTOCOL_VERSION, abi: abi::ABI_VERSION });
 
     // Bad requests are refused with a reason, and nothing else happens.
     assert_eq!(ctl("stop nope").unwrap_err().to_string(), "no guest nope");
     assert_eq!(ctl("stop h-0").unwrap_err().to_string(), "guest h-0 has already ended");
-    assert!(ctl("format c:").unwrap_err().to_string().starts_with("unknown request"));
+    assert_eq!(ctl("format c:").unwrap_err().to_string(), RequestError::Unknown.to_string());
 
     // Stop b-0; a-0 keeps serving.
-    assert_eq!(ctl("stop b-0").unwrap()["stopped"], "b-0");
+    assert_eq!(*ctl("stop b-0").unwrap(), Response::Stopped { stopped: "b-0".into() });
     let deadline = Instant::now() + Duration::from_secs(20);
-    while guest(&ctl("list").unwrap(), "b-0")["state"] != "stopped" {
+    while guest(&inst.0.list().unwrap(), "b-0").state != GuestState::Stopped {
         assert!(Instant::now() < deadline, "b-0 was not stopped");
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(echo(port, b"still here"), b"still here");
-    assert_eq!(guest(&ctl("list").unwrap(), "a-0")["state"], "waiting");
+    assert_eq!(guest(&inst.0.list().unwrap(), "a-0").state, GuestState::Waiting);
+    assert_eq!(stopped_for(&inst.0, "b-0"), StopReason::Operator);
     let logs = xtask::ctl::logs(&inst.0, "b-0").unwrap();
     assert!(logs.contains("b-0| echo: listening on 10.1.0.2:7"), "{logs}");
-    assert!(logs.contains("[hv] guest b-0 stopped: stopped by the operator (ctl stop)"), "{logs}");
+    assert!(logs.contains(&format!("[hv] guest b-0 stopped: {}", StopReason::Operator)), "{logs}");
     assert!(logs.contains("libos::rt::start at "), "the stop's crash report is symbolized: {logs}");
 }
 
 #[test]
 fn guests_started_on_a_running_hypervisor_serve_their_tenant_and_bad_starts_are_refused() {
-    let (inst, _dir) = Detached::start("start", "[[guest]]\nname = \"h\"\napp = \"hello\"\n".into());
+    let (inst, _dir) = Detached::start("start", Manifest::new([Guest::app("h", "hello")]));
     let echo_image = xtask::build_apps(&["echo"]).unwrap().remove(0);
     let elf = xtask::app_elf("echo");
     let start = |name: &str, tenant: &str, args: &[&str]| {
@@ -214,17 +216,15 @@ fn guests_started_on_a_running_hypervisor_serve_their_tenant_and_bad_starts_are_
     // The hello guest of the manifest has come and gone; the hypervisor
     // keeps running for more.
     wait_line("[hv] guest h-0 exited with code 0");
-    let a = start("a", "x", &[]).unwrap();
-    assert_eq!((a["started"].clone(), a["ip"].clone()), ("a".into(), "10.0.0.2".into()), "{a}");
-    let b = start("b", "y", &[]).unwrap();
-    assert_eq!(b["ip"], "10.1.0.2", "{b}");
+    assert_eq!(*start("a", "x", &[]).unwrap(), Response::Started { started: "a".into(), ip: Some("10.0.0.2".into()) });
+    assert_eq!(*start("b", "y", &[]).unwrap(), Response::Started { started: "b".into(), ip: Some("10.1.0.2".into()) });
     // A checker in a's tenant echoes with it through the switch.
     start("c", "x", &["check", "1", "3"]).unwrap();
     wait_line("c| check: 3/3 answered");
     wait_line("[hv] guest c exited with code 0");
-    let list = inst.0.request("list").unwrap();
-    let names: Vec<&str> = list["guests"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["h-0", "a", "b", "c"], "{list}");
+    let list = inst.0.list().unwrap();
+    let names: Vec<&str> = list.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["h-0", "a", "b", "c"], "{list:?}");
 
     // Bad starts: a duplicate name, an image that fails validation, more
     // memory than the machine has. Each is refused with the reason.
@@ -249,8 +249,7 @@ fn guests_started_on_a_running_hypervisor_serve_their_tenant_and_bad_starts_are_
     inst.0.request("stop a").unwrap();
     start("d", "y", &["check", "1", "3"]).unwrap();
     wait_line("d| check: 3/3 answered");
-    let logs = xtask::ctl::logs(&inst.0, "a").unwrap();
-    assert!(logs.contains("[hv] guest a stopped: stopped by the operator (ctl stop)"), "{logs}");
+    assert_eq!(stopped_for(&inst.0, "a"), StopReason::Operator);
 }
 
 /// A control client that sends half a request, or begins an upload and
@@ -263,35 +262,37 @@ fn guests_started_on_a_running_hypervisor_serve_their_tenant_and_bad_starts_are_
 fn a_quiet_or_lying_control_client_costs_nothing_and_is_answered() {
     use std::os::unix::net::UnixStream;
     // The ticker is guest 0: it lives on CPU 0, the one that reads the channel.
-    let (inst, _dir) =
-        Detached::start("quiet", "[[guest]]\nname = \"tick\"\napp = \"worker\"\nargs = [\"tick\", \"10\", \"1200\"]\n".into());
+    let (inst, _dir) = Detached::start("quiet", Manifest::new([Guest::app("tick", "worker").args(["tick", "10", "1200"])]));
     let mut s = UnixStream::connect(inst.0.socket()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut lines = BufReader::new(s.try_clone().unwrap()).lines();
-    let mut answer = || -> serde_json::Value { serde_json::from_str(&lines.next().expect("an answer").unwrap()).unwrap() };
+    let mut answer = || -> Response { serde_json::from_str(&lines.next().expect("an answer").unwrap()).unwrap() };
+    let error = |e: ControlError| Response::from(e);
 
     let t = Instant::now();
     s.write_all(b"lis").unwrap();
-    let a = answer();
-    assert!(a["error"].as_str().unwrap().starts_with("request timed out"), "{a}");
+    assert_eq!(answer(), error(ControlError::RequestTimedOut));
     assert!(t.elapsed() >= Duration::from_secs(5), "dropped too early");
 
     s.write_all(b"image-begin x.hermit 100000\n").unwrap();
-    assert_eq!(answer()["receiving"], "x.hermit");
+    assert_eq!(answer(), Response::Receiving { receiving: "x.hermit".into() });
     s.write_all(b"image-data 00ff\n").unwrap();
-    let a = answer();
-    assert!(a["error"].as_str().unwrap().starts_with("upload timed out"), "{a}");
+    assert_eq!(answer(), error(ControlError::UploadTimedOut));
     s.write_all(b"image-end\n").unwrap();
-    assert!(answer()["error"].as_str().unwrap().contains("no upload in progress"));
+    assert_eq!(answer(), error(ControlError::NoUpload));
 
-    for bad in ["start x hello.hermit 4096 4000000000", "start x hello.hermit 0 1", "image-begin y 99999999999", "capture x 99999999999 1"]
-    {
+    for (bad, why) in [
+        ("start x hello.hermit 4096 4000000000", RequestError::StartTenant),
+        ("start x hello.hermit 0 1", RequestError::StartMemory),
+        ("image-begin y 99999999999", RequestError::ImageBeginLength),
+        ("capture x 99999999999 1", RequestError::CaptureUsage),
+    ] {
         s.write_all(format!("{bad}\n").as_bytes()).unwrap();
-        let a = answer();
-        assert!(a["error"].is_string(), "{bad}: {a}");
+        assert_eq!(answer(), error(ControlError::Request(why)), "{bad}");
     }
     s.write_all(b"list\n").unwrap();
-    assert_eq!(answer()["guests"][0]["name"], "tick-0");
+    let Response::Guests { guests } = answer() else { panic!("list answered otherwise") };
+    assert_eq!(guests[0].name, "tick-0");
     drop(s);
 
     // The ticker kept its period through all of it.

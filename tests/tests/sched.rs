@@ -1,20 +1,12 @@
 //! CPU and time: preemption, fair shares with weights and caps, blocking,
 //! timers, and many guests at once.
 
-use integration_tests::{RunOutput, boot, boot_smp};
+use abi::report::{GuestState, GuestStats};
+use integration_tests::{Guest, Manifest, RunOutput, boot, boot_smp, records};
 
-/// The `guest_stats` JSON line of `guest`, as (field, value) lookups.
-fn stats<'a>(out: &'a RunOutput, guest: &str) -> &'a str {
-    let needle = format!(r#""guest":"{guest}""#);
-    out.console
-        .lines()
-        .find(|l| l.starts_with(r#"{"event":"guest_stats""#) && l.contains(&needle))
-        .unwrap_or_else(|| panic!("no stats line for {guest}:\n{}", out.console))
-}
-
-fn field(line: &str, key: &str) -> u64 {
-    let at = line.find(&format!(r#""{key}":"#)).unwrap_or_else(|| panic!("no {key} in {line}")) + key.len() + 3;
-    line[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+/// The first `guest_stats` record of `guest`.
+fn stats(out: &RunOutput, guest: &str) -> GuestStats {
+    records::first_guest_stats(&out.console, guest).unwrap_or_else(|| panic!("no stats record for {guest}:\n{}", out.console))
 }
 
 /// The window a `worker busy` guest measured for itself, in ns.
@@ -26,11 +18,9 @@ fn busy_window(out: &RunOutput, guest: &str) -> u64 {
 
 #[test]
 fn spinning_and_storming_guests_cannot_starve_workers() {
-    let mut manifest = String::new();
-    for attack in ["spin", "yield-storm", "block-storm"] {
-        manifest.push_str(&format!("[[guest]]\nname = \"{attack}\"\napp = \"hostile\"\nargs = [\"{attack}\"]\n"));
-    }
-    manifest.push_str("[[guest]]\nname = \"worker\"\napp = \"worker\"\ncount = 3\nargs = [\"count\", \"20000000\"]\n");
+    let mut guests: Vec<Guest> = ["spin", "yield-storm", "block-storm"].iter().map(|&a| Guest::app(a, "hostile").args([a])).collect();
+    guests.push(Guest::app("worker", "worker").count(3).args(["count", "20000000"]));
+    let manifest = Manifest::new(guests);
     // The attackers never end, so QEMU is stopped by the timeout; by then
     // every worker must have finished.
     let out = boot(&manifest, 25);
@@ -56,18 +46,18 @@ fn weights_two_to_one_share_the_cpu_two_to_one() {
         120,
     );
     assert!(out.success(), "{}", out.console);
-    let heavy = field(stats(&out, "heavy-0"), "cpu_ns") as f64;
-    let light = field(stats(&out, "light-0"), "cpu_ns") as f64;
+    let heavy = stats(&out, "heavy-0").cpu_ns as f64;
+    let light = stats(&out, "light-0").cpu_ns as f64;
     let ratio = heavy / light;
     assert!((ratio - 2.0).abs() <= 0.2, "CPU shares heavy {heavy} / light {light} = {ratio}, not within 10% of 2");
-    assert!(field(stats(&out, "heavy-0"), "preemptions") > 10, "busy guests must be preempted");
+    assert!(stats(&out, "heavy-0").preemptions > 10, "busy guests must be preempted");
 }
 
 #[test]
 fn a_capped_guest_stays_at_or_below_its_cap_on_an_idle_machine() {
     let out = boot("[[guest]]\nname = \"capped\"\napp = \"worker\"\ncap = 25\nargs = [\"busy\", \"2000\"]\n", 120);
     assert!(out.success(), "{}", out.console);
-    let cpu = field(stats(&out, "capped-0"), "cpu_ns") as f64;
+    let cpu = stats(&out, "capped-0").cpu_ns as f64;
     let window = busy_window(&out, "capped-0") as f64;
     let share = cpu / window;
     // cpu_ns also counts start-up before the window. The allowance of one
@@ -101,7 +91,7 @@ fn timers_sleep_and_tasks_complete_in_deadline_order() {
         .unwrap();
     assert!((100_000_000..150_000_000).contains(&slept), "asked for 100 ms, slept {slept} ns");
     // The sleeper woke once, by its timer, not by polling.
-    assert!(field(stats(&out, "sleep-0"), "wakeups") <= 2, "{}", stats(&out, "sleep-0"));
+    assert!(stats(&out, "sleep-0").wakeups <= 2, "{:?}", stats(&out, "sleep-0"));
     // A guest blocked with no deadline and no event source sleeps until
     // woken, costing nothing; the storm of past deadlines keeps returning.
     assert!(out.timed_out, "block-forever and block-storm never end:\n{}", out.console);
@@ -127,10 +117,8 @@ fn guests_run_on_every_cpu() {
     assert!(out.console.contains("[hv] 2 CPUs"), "{}", out.console);
     let mut per_cpu = [0u64; 2];
     for i in 0..4 {
-        let line = stats(&out, &format!("b-{i}"));
-        let list = line.split(r#""cpu_ns_per_cpu":["#).nth(1).unwrap().split(']').next().unwrap();
-        for (cpu, ns) in list.split(',').enumerate() {
-            per_cpu[cpu] += ns.parse::<u64>().unwrap();
+        for (cpu, ns) in stats(&out, &format!("b-{i}")).cpu_ns_per_cpu.iter().enumerate() {
+            per_cpu[cpu] += ns;
         }
     }
     // Four busy guests on two CPUs: each CPU does a good part of the work.
@@ -149,23 +137,21 @@ fn the_stats_command_prints_a_json_line_per_waiting_guest() {
     );
     assert!(out.timed_out, "blocked guests never end:\n{}", out.console);
     for g in ["idle-0", "idle-1"] {
-        let line = stats(&out, g);
-        assert!(line.contains(r#""state":"running""#), "{line}");
-        assert!(field(line, "memory_bytes") > 0, "{line}");
+        let s = stats(&out, g);
+        assert!(s.state == GuestState::Running && s.memory_bytes > 0, "{s:?}");
     }
 }
 
 #[test]
 fn fpu_state_survives_preemption_and_migration() {
-    let mut manifest = String::new();
-    for seed in 1..=4 {
-        manifest.push_str(&format!("[[guest]]\nname = \"f{seed}\"\napp = \"worker\"\nargs = [\"fpu\", \"{seed}\", \"3000000\"]\n"));
-    }
+    let manifest = Manifest::new(
+        (1..=4).map(|seed| Guest::app(&format!("f{seed}"), "worker").args(["fpu".to_string(), seed.to_string(), "3000000".into()])),
+    );
     let out = integration_tests::boot_smp(&manifest, 180, 2);
     assert!(out.success(), "{}", out.console);
     for seed in 1..=4 {
         assert!(out.console.contains(&format!("f{seed}-0| fpu ok ")), "guest f{seed} lost FPU state:\n{}", out.console);
-        assert!(field(stats(&out, &format!("f{seed}-0")), "preemptions") > 5, "f{seed} was not preempted enough to prove anything");
+        assert!(stats(&out, &format!("f{seed}-0")).preemptions > 5, "f{seed} was not preempted enough to prove anything");
     }
 }
 

@@ -2,8 +2,7 @@
 //! ring 3, and stops every hostile guest and rejects every malformed image
 //! while the well-behaved guests of the same manifest run to completion.
 
-use integration_tests::{RunOutput, boot, boot_smp, temp_file, try_boot};
-use std::fmt::Write;
+use integration_tests::{Guest, MIB, Manifest, RunOutput, boot, boot_smp, temp_file, try_boot};
 use std::io::Read as _;
 
 /// Asserts that the console has a line equal to `line`.
@@ -116,13 +115,13 @@ fn bad_images() -> Vec<(&'static str, Vec<u8>, &'static str)> {
 #[test]
 fn bad_images_are_rejected_while_hello_guests_finish() {
     // The attack guests run in tests/tests/hostile.rs, beside victims.
-    let mut manifest = String::from("[[guest]]\nname = \"hello\"\napp = \"hello\"\ncount = 2\nmemory = \"1 MiB\"\n");
+    let mut guests = vec![Guest::app("hello", "hello").count(2).memory(MIB)];
     let images = bad_images();
     for (i, (name, bytes, _)) in images.iter().enumerate() {
-        let path = temp_file(name, bytes);
-        write!(manifest, "[[guest]]\nname = \"bad{i}\"\nimage = \"{}\"\n", path.display()).unwrap();
+        guests.push(Guest::image(&format!("bad{i}"), &temp_file(name, bytes)));
     }
-    manifest.push_str("[[guest]]\nname = \"last\"\napp = \"hello\"\nargs = [\"still\", \"here\"]\n");
+    guests.push(Guest::app("last", "hello").args(["still", "here"]));
+    let manifest = Manifest::new(guests);
 
     let out = boot(&manifest, 240);
     assert!(out.success(), "the hypervisor itself failed: {:?}\n{}", out.status, out.console);

@@ -12,10 +12,6 @@ use std::time::{Duration, Instant};
 /// the host's connections need, even under TCG.
 const ATTACK_SECS: u64 = 30;
 
-fn json(line: &str) -> serde_json::Value {
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
-}
-
 /// One TCP connection to the host's forward: 1 KiB out, the same back.
 fn echo_through_forward(port: u16, n: u32) -> Result<(), String> {
     let data: Vec<u8> = (0..1024u32).map(|i| (i * 7 + n) as u8).collect();
@@ -72,10 +68,9 @@ fn arp_and_ip_spoofers_intercept_nothing_in_a_tenant_or_through_the_uplink() {
     let c = live.console.clone();
     let line = |needle: &str| c.lines().find(|l| l.contains(needle)).unwrap_or("(none)");
     let client = line("client-0| client: ");
-    let stats = |g: &str| {
-        c.lines().find(|l| l.contains(&format!(r#""guest":"{g}","state":"exited""#))).map(json).unwrap_or(serde_json::Value::Null)
-    };
-    let spoofed = |g: &str| stats(g)["spoofed_frames"].as_u64();
+    let records = integration_tests::records::guest_stats(&c);
+    let stats = |g: &str| records.iter().find(|s| s.guest == g && s.state == abi::report::GuestState::Exited);
+    let spoofed = |g: &str| stats(g).map(|s| s.spoofed_frames);
     let report = |g: &str| line(&format!("{g}| {g}: arp-spoof sent "));
     // Frames the attacker received that were addressed to its victim.
     let intercepted = |g: &str| -> Option<u64> {
@@ -91,9 +86,8 @@ fn arp_and_ip_spoofers_intercept_nothing_in_a_tenant_or_through_the_uplink() {
     };
     // Every forgery was dropped by the switch as spoofed (or, had there
     // been a burst, by the sender's rate limits before it).
-    let all_dropped = |g: &str| {
-        sent(g).is_some_and(|n| n > 0 && Some(n) == Some(spoofed(g).unwrap_or(0) + stats(g)["nic_limited"].as_u64().unwrap_or(0)))
-    };
+    let all_dropped =
+        |g: &str| sent(g).is_some_and(|n| n > 0 && Some(n) == Some(spoofed(g).unwrap_or(0) + stats(g).map_or(0, |s| s.nic_limited)));
     let at = |needle: &str| c.find(needle).unwrap_or(usize::MAX);
     let summary = format!(
         "forward connections (done {forward_during:?} after boot, attack ended first: {attack_ended_first}): {forward:?}\nclient: {client}\n\

@@ -32,10 +32,9 @@ fn probe(port: u16, n: u32) -> Result<Duration, String> {
     Ok(start.elapsed())
 }
 
-/// The last `guest_stats` line of `guest`.
-fn stats(console: &str, guest: &str) -> serde_json::Value {
-    let l = console.lines().rev().find(|l| l.starts_with(r#"{"event":"guest_stats""#) && l.contains(&format!(r#""guest":"{guest}""#)));
-    serde_json::from_str(l.unwrap_or_else(|| panic!("no stats for {guest}:\n{console}"))).unwrap()
+/// The last `guest_stats` record of `guest`.
+fn stats(console: &str, guest: &str) -> abi::report::GuestStats {
+    integration_tests::records::last_guest_stats(console, guest).unwrap_or_else(|| panic!("no stats for {guest}:\n{console}"))
 }
 
 #[test]
@@ -97,11 +96,11 @@ fn a_guest_with_a_full_rx_ring_does_not_stall_the_hosts_traffic_to_its_neighbour
     // What the attacker's full ring could not take was dropped and counted
     // against it; the echo guest lost nothing.
     wait(&mut live, r#""guest":"stall-0""#);
-    let dropped = stats(&live.console, "stall-0")["uplink_dropped"].as_u64().expect("uplink_dropped");
+    let dropped = stats(&live.console, "stall-0").uplink_dropped;
     assert!(dropped > 0, "the attacker's frames were not dropped");
     live.send("stats\n");
     assert!(live.wait_for(r#""guest":"echo-0""#, Duration::from_secs(30)), "no stats:\n{}", live.console);
-    assert_eq!(stats(&live.console, "echo-0")["uplink_dropped"], 0);
+    assert_eq!(stats(&live.console, "echo-0").uplink_dropped, 0);
     println!("the attacker's full ring cost it {dropped} frames");
 }
 

@@ -5,22 +5,57 @@
 //! console), `control.sock` (the hypervisor's control channel, COM2, as a
 //! Unix socket), `bundle.bin`, and `instance.json` (QEMU's pid and the
 //! paths). `ctl` sends one request line on the socket and reads one JSON
-//! line back (the protocol is in `hypervisor/src/control.rs`).
+//! line back: an `abi::control::Response` (the protocol is in
+//! `docs/control.md`, its types in `abi::control`).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use abi::control::{Request, Response, from_hex};
+use abi::report::GuestRow;
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::qemu::{Prepared, QEMU};
+use crate::qemu::Prepared;
+use crate::runner::{self, Options, Qemu, alive};
 
 /// A captured frame: wall-clock ns and the bytes.
 pub type Frame = (u64, Vec<u8>);
+
+/// An answer of the hypervisor: the typed [`Response`] (through `Deref`),
+/// printed as the JSON line it came as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer(pub Response);
+
+impl std::ops::Deref for Answer {
+    type Target = Response;
+    fn deref(&self) -> &Response {
+        &self.0
+    }
+}
+
+impl AsRef<Response> for Answer {
+    fn as_ref(&self) -> &Response {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&serde_json::to_string(&self.0).map_err(|_| std::fmt::Error)?)
+    }
+}
+
+/// Reads one answer line; an `error` answer becomes an error.
+pub fn answer(line: &str) -> Result<Answer> {
+    match serde_json::from_str(line.trim()).with_context(|| format!("not an answer of the control protocol: {line:?}"))? {
+        Response::Error { error } => bail!("{error}"),
+        r => Ok(Answer(r)),
+    }
+}
 
 /// The default instance directory.
 pub fn default_dir() -> PathBuf {
@@ -32,10 +67,6 @@ pub fn default_dir() -> PathBuf {
 pub struct Instance {
     pub dir: PathBuf,
     pub pid: u32,
-}
-
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists() && fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
 impl Instance {
@@ -59,19 +90,23 @@ impl Instance {
         self.dir.join("console.log")
     }
 
-    /// Sends one request and returns the JSON answer; `{"error":..}`
+    /// Sends one request line and returns the answer; `{"error":..}`
     /// answers become errors.
-    pub fn request(&self, line: &str) -> Result<Value> {
+    pub fn request(&self, line: &str) -> Result<Answer> {
         let mut s = UnixStream::connect(self.socket()).with_context(|| format!("connecting to {}", self.socket().display()))?;
         s.set_read_timeout(Some(Duration::from_secs(20)))?;
         s.write_all(format!("{line}\n").as_bytes())?;
-        let mut answer = String::new();
-        BufReader::new(&s).read_line(&mut answer).context("no answer from the hypervisor")?;
-        let v: Value = serde_json::from_str(answer.trim()).with_context(|| format!("answer is not JSON: {answer:?}"))?;
-        if let Some(e) = v["error"].as_str() {
-            bail!("{e}");
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).context("no answer from the hypervisor")?;
+        answer(&line)
+    }
+
+    /// The guests, as `list` answers.
+    pub fn list(&self) -> Result<Vec<GuestRow>> {
+        match self.request(&Request::List.to_string())?.0 {
+            Response::Guests { guests } => Ok(guests),
+            other => bail!("list was answered {other:?}"),
         }
-        Ok(v)
     }
 
     /// Captures up to `count` frames of `what` (a guest, or `tenant:N`)
@@ -80,20 +115,15 @@ impl Instance {
     pub fn capture(&self, what: &str, count: u32, secs: u32) -> Result<(Vec<Frame>, u64)> {
         let mut s = UnixStream::connect(self.socket()).with_context(|| format!("connecting to {}", self.socket().display()))?;
         s.set_read_timeout(Some(Duration::from_secs(u64::from(secs) + 30)))?;
-        s.write_all(format!("capture {what} {count} {secs}\n").as_bytes())?;
+        s.write_all(format!("{}\n", Request::Capture { what, count, secs }).as_bytes())?;
         let mut frames = Vec::new();
         for line in BufReader::new(&s).lines() {
-            let line = line.context("the capture ended early")?;
-            let v: Value = serde_json::from_str(line.trim()).with_context(|| format!("not JSON: {line:?}"))?;
-            if let Some(e) = v["error"].as_str() {
-                bail!("{e}");
-            }
-            if let (Some(ns), Some(hex)) = (v["wall_ns"].as_u64(), v["frame"].as_str()) {
-                let bytes: Option<Vec<u8>> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect();
-                frames.push((ns, bytes.context("a frame is not hex")?));
-            }
-            if v.get("captured").is_some() {
-                return Ok((frames, v["dropped"].as_u64().unwrap_or(0)));
+            match answer(&line.context("the capture ended early")?)?.0 {
+                Response::Frame { wall_ns, frame } => {
+                    frames.push((wall_ns, from_hex(&frame, usize::MAX / 2).context("a frame is not hex")?))
+                }
+                Response::Captured { dropped, .. } => return Ok((frames, dropped)),
+                _ => {}
             }
         }
         bail!("the capture ended early")
@@ -101,7 +131,7 @@ impl Instance {
 
     /// Sends requests on one connection and returns each answer (an empty
     /// answer where `answered` says the request gets none).
-    fn requests(&self, lines: &[(String, bool)]) -> Result<Vec<Value>> {
+    fn requests(&self, lines: &[(String, bool)]) -> Result<Vec<Answer>> {
         let mut s = UnixStream::connect(self.socket()).with_context(|| format!("connecting to {}", self.socket().display()))?;
         s.set_read_timeout(Some(Duration::from_secs(60)))?;
         let mut reader = BufReader::new(s.try_clone()?);
@@ -109,13 +139,9 @@ impl Instance {
         for (line, answered) in lines {
             s.write_all(format!("{line}\n").as_bytes())?;
             if *answered {
-                let mut answer = String::new();
-                reader.read_line(&mut answer).context("no answer from the hypervisor")?;
-                let v: Value = serde_json::from_str(answer.trim()).with_context(|| format!("answer is not JSON: {answer:?}"))?;
-                if let Some(e) = v["error"].as_str() {
-                    bail!("{e}");
-                }
-                out.push(v);
+                let mut line = String::new();
+                reader.read_line(&mut line).context("no answer from the hypervisor")?;
+                out.push(answer(&line)?);
             }
         }
         Ok(out)
@@ -125,21 +151,23 @@ impl Instance {
     /// the hypervisor does not have an image of that file name yet) with
     /// `memory` bytes, in `tenant` (none: no vNIC), with `args`; `elf`
     /// (if known) symbolizes its backtraces in `ctl logs`. Returns the answer.
-    pub fn start(&self, name: &str, image: &Path, elf: Option<&Path>, memory: u64, tenant: Option<u32>, args: &[String]) -> Result<Value> {
+    pub fn start(&self, name: &str, image: &Path, elf: Option<&Path>, memory: u64, tenant: Option<u32>, args: &[String]) -> Result<Answer> {
         let file = image.file_name().map(|n| n.to_string_lossy().into_owned()).context("the image has no file name")?;
-        let loaded = self.request("images")?;
-        if !loaded["images"].as_array().into_iter().flatten().any(|n| n == file.as_str()) {
+        let loaded = match self.request(&Request::Images.to_string())?.0 {
+            Response::Images { images } => images,
+            other => bail!("images was answered {other:?}"),
+        };
+        if !loaded.contains(&file) {
             let data = fs::read(image).with_context(|| format!("reading {}", image.display()))?;
-            let mut lines = vec![(format!("image-begin {file} {}", data.len()), true)];
-            for chunk in data.chunks(4096) {
-                let hex: String = chunk.iter().map(|b| format!("{b:02x}")).collect();
-                lines.push((format!("image-data {hex}"), false));
+            let mut lines = vec![(Request::ImageBegin { name: &file, len: data.len() }.to_string(), true)];
+            for chunk in data.chunks(abi::control::CHUNK_MAX) {
+                lines.push((Request::ImageData(chunk.to_vec()).to_string(), false));
             }
-            lines.push(("image-end".into(), true));
+            lines.push((Request::ImageEnd.to_string(), true));
             self.requests(&lines).with_context(|| format!("sending {file}"))?;
         }
-        let tenant = tenant.map_or("none".to_string(), |t| t.to_string());
-        let answer = self.request(&format!("start {name} {file} {memory} {tenant} {}", args.join(" ")))?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let answer = self.request(&Request::Start { name, image: &file, memory, tenant, args }.to_string())?;
         if let Some(elf) = elf {
             self.update(|v| v["elfs"][name] = Value::from(elf.display().to_string()))?;
         }
@@ -172,27 +200,23 @@ impl Instance {
         crate::pack::write_atomically(&path, serde_json::to_string_pretty(&v)?.as_bytes())
     }
 
-    /// Stops QEMU.
+    /// Stops QEMU ([`runner::terminate`]).
     pub fn shutdown(&self) -> Result<()> {
-        crate::run(Command::new("kill").arg(self.pid.to_string()))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while alive(self.pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        runner::terminate(self.pid)
     }
 }
 
-/// Starts `p` (prepared with `detach: Some(dir)`) in the background.
+/// Starts `p` (prepared with `detach: Some(dir)`) in the background, and
+/// gives its QEMU away ([`Qemu::detach`]) once the hypervisor answers; if
+/// it never does, QEMU is killed.
 pub fn detach(p: &Prepared, dir: &Path) -> Result<Instance> {
     if let Ok(old) = Instance::open(dir) {
         bail!("a detached hypervisor already runs (QEMU pid {}); `cargo xtask ctl shutdown` stops it", old.pid);
     }
     let _ = fs::remove_file(dir.join("control.sock"));
-    let err = fs::File::create(dir.join("qemu.err"))?;
-    let child =
-        Command::new(QEMU).args(&p.qemu_args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(err).spawn().context("starting QEMU")?;
-    let inst = Instance { dir: dir.to_path_buf(), pid: child.id() };
+    let errors = runner::errors_file(&dir.join("qemu.err"))?;
+    let qemu = Qemu::spawn(&p.qemu_args, Options { errors, no_console: true, ..Options::default() })?;
+    let inst = Instance { dir: dir.to_path_buf(), pid: qemu.pid() };
     let info = serde_json::json!({
         "pid": inst.pid,
         "control": inst.socket(),
@@ -205,7 +229,10 @@ pub fn detach(p: &Prepared, dir: &Path) -> Result<Instance> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match inst.request("list") {
-            Ok(_) => return Ok(inst),
+            Ok(_) => {
+                qemu.detach();
+                return Ok(inst);
+            }
             Err(_) if Instant::now() < deadline && alive(inst.pid) => std::thread::sleep(Duration::from_millis(200)),
             Err(e) => {
                 bail!("the detached hypervisor does not answer: {e:#}\n{}", fs::read_to_string(dir.join("qemu.err")).unwrap_or_default())
@@ -236,20 +263,26 @@ pub fn pcap(frames: &[Frame]) -> Vec<u8> {
     out
 }
 
-/// `ctl list -o table`: one row per guest.
-pub fn table(list: &Value) -> String {
+/// `ctl list -o table`: one row per guest of a `list` answer.
+pub fn table(list: impl AsRef<Response>) -> String {
     let mut out =
         format!("{:<24} {:>6} {:<8} {:>12} {:>12} {:>10} {:>10}\n", "NAME", "TENANT", "STATE", "CPU ms", "MEMORY KiB", "SENT", "RECEIVED");
-    for g in list["guests"].as_array().into_iter().flatten() {
+    let guests = match list.as_ref() {
+        Response::Guests { guests } => &guests[..],
+        _ => &[],
+    };
+    for g in guests {
+        // The state as it is on the wire (`waiting`, `running`, ...).
+        let state = serde_json::to_value(g.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
         out += &format!(
             "{:<24} {:>6} {:<8} {:>12.1} {:>12} {:>10} {:>10}\n",
-            g["name"].as_str().unwrap_or("?"),
-            g["tenant"].as_u64().map_or("-".to_string(), |t| t.to_string()),
-            g["state"].as_str().unwrap_or("?"),
-            g["cpu_ns"].as_u64().unwrap_or(0) as f64 / 1e6,
-            g["memory_bytes"].as_u64().unwrap_or(0) / 1024,
-            g["sent_frames"].as_u64().unwrap_or(0),
-            g["received_frames"].as_u64().unwrap_or(0),
+            g.name,
+            g.tenant.map_or("-".to_string(), |t| t.to_string()),
+            state,
+            g.cpu_ns as f64 / 1e6,
+            g.memory_bytes / 1024,
+            g.sent_frames,
+            g.received_frames,
         );
     }
     out
@@ -289,8 +322,17 @@ mod tests {
     }
 
     #[test]
+    fn answers_are_typed_and_errors_are_errors() {
+        let a = answer("{\"started\":\"w\",\"ip\":\"10.7.0.2\"}\n").unwrap();
+        assert_eq!(*a, Response::Started { started: "w".into(), ip: Some("10.7.0.2".into()) });
+        assert_eq!(a.to_string(), r#"{"started":"w","ip":"10.7.0.2"}"#, "printed as it came");
+        assert_eq!(answer(r#"{"error":"no guest w"}"#).unwrap_err().to_string(), "no guest w");
+        assert!(answer("[hv] not an answer").is_err());
+    }
+
+    #[test]
     fn the_table_has_a_row_per_guest() {
-        let v: Value = serde_json::from_str(
+        let v: Answer = answer(
             r#"{"guests":[{"name":"a-0","tenant":0,"state":"waiting","cpu_ns":1500000,"memory_bytes":90112,"sent_frames":3,"received_frames":4},
                           {"name":"h-0","tenant":null,"state":"exited","cpu_ns":0,"memory_bytes":0,"sent_frames":0,"received_frames":0}]}"#,
         )

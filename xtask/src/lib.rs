@@ -4,6 +4,9 @@
 //! The library half is what the integration tests use to boot machines:
 //! [`prepare`] builds and packs everything a [`RunConfig`] names, and
 //! [`run_captured`] boots it with a timeout and returns the console text.
+//! Every QEMU (ours, the benchmarks' Linux peer, detached or not) runs
+//! through [`runner::Qemu`], whose module doc states the kill and timeout
+//! rules.
 //!
 //! Every external command is echoed as `$ cmd args` on stderr before it runs.
 //! Nested cargo calls run in the workspace root with the outer cargo's
@@ -19,6 +22,7 @@ pub mod linux;
 pub mod manifest;
 pub mod pack;
 mod qemu;
+pub mod runner;
 pub mod symbolize;
 
 use std::path::Path;
@@ -28,9 +32,10 @@ pub use anyhow::{Error, Result};
 pub use build::{GUEST_RUSTFLAGS, TARGET, app_elf, apps, build_apps, build_hypervisor, hypervisor_rustflags};
 pub use cmd::{cargo, echo, run};
 pub use qemu::{
-    Accel, MAX_SMP, ManifestSource, Prepared, QEMU, RunConfig, RunOutput, check_exit, ensure_qemu, host_has_hardware_virtualization,
-    prepare, qemu_command, run_captured, run_captured_with_input, run_interactive,
+    Accel, MAX_SMP, ManifestSource, Prepared, QEMU, RunConfig, check_exit, ensure_qemu, host_has_hardware_virtualization, prepare,
+    run_captured, run_captured_with_input, run_interactive,
 };
+pub use runner::RunOutput;
 
 /// The workspace root (the directory above `xtask/`).
 pub fn workspace_root() -> &'static Path {

@@ -1,15 +1,16 @@
-//! The `cargo xtask` command line.
+//! The `cargo xtask` command line: the clap definitions and the dispatch;
+//! each subcommand's work is in its file under `commands/` (or, for `bench`
+//! and `lint`, in the library).
 #![forbid(unsafe_code)]
 
-mod fuzz;
+mod commands;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use xtask::{Accel, ManifestSource, RunConfig};
+use xtask::Accel;
 
 /// Build, boot and test the hypervisor and its guests.
 #[derive(Parser)]
@@ -34,7 +35,7 @@ enum Command {
     /// Benchmark the hypervisor against a Linux peer VM on the same QEMU machine.
     Bench(xtask::bench::BenchArgs),
     /// Fuzz the parsers of guest- and tenant-supplied bytes with libFuzzer (see fuzz/README.md).
-    Fuzz(fuzz::FuzzArgs),
+    Fuzz(commands::fuzz::FuzzArgs),
     /// Talk to the hypervisor that `run --detach` started.
     Ctl {
         #[command(subcommand)]
@@ -169,95 +170,13 @@ impl Command {
     fn run(self) -> Result<()> {
         match self {
             Command::Build => println!("{}", xtask::build_hypervisor()?.display()),
-            Command::BuildApp { apps } => {
-                let names: Vec<&str> = apps.iter().map(String::as_str).collect();
-                for path in xtask::build_apps(&names)? {
-                    println!("{}", path.display());
-                }
-            }
-            Command::Run(args) => {
-                xtask::ensure_qemu()?;
-                let cfg = RunConfig {
-                    manifest: args.manifest.map_or(ManifestSource::Default, ManifestSource::File),
-                    exit_when_idle: args.exit_when_idle,
-                    accel: args.accel,
-                    smp: args.smp,
-                    memory: args.memory,
-                    bundle: Some(xtask::workspace_root().join("target/run/bundle.bin")),
-                    gdb: args.gdb,
-                    detach: None,
-                    force_mitigations: args.force_mitigations,
-                };
-                if args.detach {
-                    let dir = xtask::ctl::default_dir();
-                    std::fs::create_dir_all(&dir)?;
-                    let cfg = RunConfig { bundle: Some(dir.join("bundle.bin")), detach: Some(dir.clone()), ..cfg };
-                    let prepared = xtask::prepare(&cfg)?;
-                    eprintln!("{}", prepared.summary);
-                    let inst = xtask::ctl::detach(&prepared, &dir)?;
-                    println!(
-                        "detached: QEMU pid {}, console {}; `cargo xtask ctl list|stats|top|stop NAME|logs NAME|shutdown`",
-                        inst.pid,
-                        inst.console().display()
-                    );
-                    return Ok(());
-                }
-                let prepared = xtask::prepare(&cfg)?;
-                eprintln!("{}", prepared.summary);
-                xtask::run_interactive(&prepared, args.timeout.map(Duration::from_secs))?;
-            }
+            Command::BuildApp { apps } => commands::build_app::run(&apps)?,
+            Command::Run(args) => commands::run::run(args)?,
             Command::Bench(args) => xtask::bench::run(&args)?,
-            Command::Fuzz(args) => fuzz::run(&args)?,
-            Command::Ctl { what } => {
-                let inst = xtask::ctl::Instance::open(&xtask::ctl::default_dir())?;
-                match what {
-                    Ctl::List { output: Format::Json } => println!("{}", inst.request("list")?),
-                    Ctl::List { output: Format::Table } => print!("{}", xtask::ctl::table(&inst.request("list")?)),
-                    Ctl::Stats => println!("{}", inst.request("stats")?),
-                    Ctl::Top { count } => {
-                        for i in 0.. {
-                            if count.is_some_and(|c| i >= c) {
-                                break;
-                            }
-                            let t = xtask::ctl::table(&inst.request("list")?);
-                            // Clear the screen and home the cursor, then the table.
-                            print!("\x1b[2J\x1b[H{t}");
-                            std::io::Write::flush(&mut std::io::stdout())?;
-                            std::thread::sleep(Duration::from_secs(1));
-                        }
-                    }
-                    Ctl::Start { name, app, image, tenant, memory, args } => {
-                        let memory = xtask::manifest::parse_size(&memory).map_err(|e| anyhow::anyhow!("--memory {memory:?}: {e}"))?;
-                        let (image, elf) = match (app, image) {
-                            (Some(app), _) => (xtask::build_apps(&[app.as_str()])?.remove(0), Some(xtask::app_elf(&app))),
-                            (None, Some(image)) => (image, None),
-                            (None, None) => anyhow::bail!("--app or --image"),
-                        };
-                        let tenant = tenant.map(|t| inst.tenant(&t)).transpose()?;
-                        println!("{}", inst.start(&name, &image, elf.as_deref(), memory, tenant, &args)?);
-                    }
-                    Ctl::Stop { name } => println!("{}", inst.request(&format!("stop {name}"))?),
-                    Ctl::Logs { name } => print!("{}", xtask::ctl::logs(&inst, &name)?),
-                    Ctl::Capture { what, write, count, seconds } => {
-                        let (frames, dropped) = inst.capture(&what, count, seconds)?;
-                        std::fs::write(&write, xtask::ctl::pcap(&frames)).with_context(|| format!("writing {}", write.display()))?;
-                        eprintln!("{} frames of {what} written to {} ({dropped} dropped)", frames.len(), write.display());
-                    }
-                    Ctl::Shutdown => inst.shutdown()?,
-                }
-            }
+            Command::Fuzz(args) => commands::fuzz::run(&args)?,
+            Command::Ctl { what } => commands::ctl::run(what)?,
             Command::Lint => xtask::lint::lint()?,
-            Command::Test { args } => {
-                xtask::ensure_qemu()?;
-                let start = Instant::now();
-                let result = xtask::run(xtask::cargo().arg("test").args(&args));
-                let secs = start.elapsed().as_secs_f64();
-                match &result {
-                    Ok(()) => eprintln!("xtask test: all tests passed ({secs:.1} s)"),
-                    Err(_) => eprintln!("xtask test: FAILED ({secs:.1} s)"),
-                }
-                result?;
-            }
+            Command::Test { args } => commands::test::run(&args)?,
         }
         Ok(())
     }

@@ -1,14 +1,16 @@
 //! Booting the hypervisor and a manifest of guests under QEMU, interactively
-//! (`cargo xtask run`) or with the console captured (integration tests).
+//! (`cargo xtask run`) or with the console captured (integration tests):
+//! [`prepare`] builds and packs what a [`RunConfig`] names and assembles
+//! QEMU's command line; [`run_interactive`] and [`run_captured`] boot it
+//! through the one QEMU runner ([`crate::runner`]), whose kill and timeout
+//! rules they share.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use abi::debug_exit::{FAILURE, SUCCESS, qemu_status};
 use anyhow::{Context as _, Result, bail};
@@ -16,6 +18,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::build::{apps, build_apps, build_hypervisor};
 use crate::cmd::{echo, run};
 use crate::manifest::{self, DEFAULT_MANIFEST, MIB, Source, format_size, parse_size};
+use crate::runner::{Errors, Input, Options, Qemu, Reply, RunOutput};
 use crate::{pack, workspace_root};
 
 /// The QEMU binary.
@@ -108,6 +111,9 @@ pub enum ManifestSource {
     File(PathBuf),
     /// Text (e.g. from a test); `image` paths are relative to `base_dir`.
     Text { text: String, base_dir: PathBuf },
+    /// Built in code ([`manifest::Guest::app`]); validated as its text
+    /// ([`manifest::Manifest::to_toml`]) would be.
+    Built(manifest::Manifest),
 }
 
 /// Most CPUs `run` gives QEMU (QEMU's `pc` machine with xAPIC takes up to
@@ -211,6 +217,7 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
             (text, path.display().to_string(), dir.to_path_buf())
         }
         ManifestSource::Text { text, base_dir } => (text.clone(), "<manifest>".to_string(), base_dir.clone()),
+        ManifestSource::Built(m) => (m.to_toml(), "<built manifest>".to_string(), root.to_path_buf()),
     };
     let known_apps = apps()?;
     let cx = manifest::Context { file: &file, base_dir: &base_dir, apps: &known_apps, machine_memory };
@@ -371,13 +378,6 @@ fn uplink_args(m: &manifest::Manifest) -> (Vec<String>, String) {
     (args.into(), reach)
 }
 
-/// The QEMU command for `p` (stdio not set up).
-pub fn qemu_command(p: &Prepared) -> Command {
-    let mut cmd = Command::new(QEMU);
-    cmd.args(&p.qemu_args);
-    cmd
-}
-
 /// Maps QEMU's exit status to a result: the hypervisor's
 /// [`SUCCESS`] is `Ok`; its [`FAILURE`], any other status, or death by a
 /// signal (`None`) is an error saying which.
@@ -392,86 +392,33 @@ pub fn check_exit(status: Option<i32>) -> Result<()> {
     }
 }
 
-/// A QEMU process that is killed when this is dropped.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Waits for the child until `timeout`, killing it then; `None` if killed.
-fn wait_until(child: &mut KillOnDrop, timeout: Option<Duration>) -> Result<Option<ExitStatus>> {
-    let deadline = timeout.map(|t| Instant::now() + t);
-    loop {
-        if let Some(status) = child.0.try_wait().context("waiting for QEMU")? {
-            return Ok(Some(status));
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            let _ = child.0.kill();
-            let _ = child.0.wait();
-            return Ok(None);
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Boots `p` with the console on this process's stdout (the `run` command)
-/// and maps QEMU's exit with [`check_exit`]. With a `timeout`, QEMU is
-/// stopped after that long, which is an error.
+/// Boots `p` with the console on this process's stdout and the user's
+/// keyboard on its input (the `run` command), and maps QEMU's exit with
+/// [`check_exit`]. With a `timeout`, QEMU is stopped after that long,
+/// which is an error.
 pub fn run_interactive(p: &Prepared, timeout: Option<Duration>) -> Result<()> {
-    let mut cmd = qemu_command(p);
-    cmd.stdout(Stdio::piped());
-    echo(&cmd);
-    let mut child = KillOnDrop(cmd.spawn().context("starting QEMU")?);
+    let options = Options { input: Input::Inherit, errors: Errors::Inherit, timeout, stream: true, ..Options::default() };
+    let qemu = Qemu::spawn(&p.qemu_args, options)?;
     // The console goes through us so that backtraces get their symbols.
-    let stdout = child.0.stdout.take().expect("piped stdout");
     let mut sym = p.symbolizer();
-    let printer = thread::spawn(move || {
-        use std::io::{BufRead, Write};
-        let mut out = std::io::stdout();
-        for line in std::io::BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-            let _ = writeln!(out, "{line}");
-            for extra in sym.annotate(&line) {
-                let _ = writeln!(out, "{extra}");
-            }
+    let mut out = std::io::stdout();
+    let end = qemu.drive(|_, line| {
+        use std::io::Write;
+        let _ = writeln!(out, "{line}");
+        for extra in sym.annotate(line) {
+            let _ = writeln!(out, "{extra}");
         }
-    });
-    let status = wait_until(&mut child, timeout)?;
-    // The console's last lines are still on their way through the printer.
-    if status.is_some() {
-        let _ = printer.join();
+        Reply::Continue
+    })?;
+    if end.timed_out {
+        bail!("stopped QEMU after the {} s timeout", timeout.unwrap_or_default().as_secs());
     }
-    match status {
-        Some(status) => check_exit(status.code()),
-        None => bail!("stopped QEMU after the {} s timeout", timeout.unwrap_or_default().as_secs()),
-    }
+    check_exit(end.status)
 }
 
-/// What a captured QEMU run produced.
-#[derive(Clone, Debug)]
-pub struct RunOutput {
-    /// QEMU's exit code; `None` if it was killed (on timeout or by a signal).
-    pub status: Option<i32>,
-    /// Everything the machine wrote to its serial console.
-    pub console: String,
-    /// QEMU's own messages (errors about its command line, ...).
-    pub stderr: String,
-    /// QEMU was killed because it ran longer than the timeout.
-    pub timed_out: bool,
-}
-
-impl RunOutput {
-    /// True if the hypervisor reported success through `isa-debug-exit`.
-    pub fn success(&self) -> bool {
-        self.status == Some(qemu_status(SUCCESS))
-    }
-}
-
-/// Boots `p` with stdin closed and stdout (the console) and stderr captured.
-/// QEMU is killed after `timeout`, and also if this function unwinds.
+/// Boots `p` with stdin closed and the console and QEMU's messages
+/// captured; QEMU is killed after `timeout` (and if this function unwinds).
+/// Guests' backtraces on the console are symbolized.
 pub fn run_captured(p: &Prepared, timeout: Duration) -> Result<RunOutput> {
     run_captured_with_input(p, timeout, b"", Duration::ZERO)
 }
@@ -479,37 +426,16 @@ pub fn run_captured(p: &Prepared, timeout: Duration) -> Result<RunOutput> {
 /// Like [`run_captured`], typing `input` on the console `after` the start
 /// (bytes typed before the hypervisor set up its UART would be lost).
 pub fn run_captured_with_input(p: &Prepared, timeout: Duration, input: &[u8], after: Duration) -> Result<RunOutput> {
-    let mut cmd = qemu_command(p);
-    cmd.stdin(if input.is_empty() { Stdio::null() } else { Stdio::piped() }).stdout(Stdio::piped()).stderr(Stdio::piped());
-    echo(&cmd);
-    let mut child = KillOnDrop(cmd.spawn().context("starting QEMU (is qemu-system-x86 installed?)")?);
-    if let Some(mut stdin) = child.0.stdin.take() {
-        let input = input.to_vec();
-        thread::spawn(move || {
-            use std::io::Write;
-            thread::sleep(after);
-            let _ = stdin.write_all(&input);
-        });
+    let input_mode = if input.is_empty() { Input::None } else { Input::Piped };
+    let mut qemu = Qemu::spawn(&p.qemu_args, Options { input: input_mode, timeout: Some(timeout), ..Options::default() })?;
+    if !input.is_empty() {
+        // Lines are taken meanwhile; QEMU may also have ended by then.
+        let _ = qemu.wait_for(|_| false, after);
+        let _ = qemu.send(input);
     }
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut buf);
-            }
-            String::from_utf8_lossy(&buf).into_owned()
-        })
-    };
-    let stdout = drain(child.0.stdout.take().map(|s| Box::new(s) as _));
-    let stderr = drain(child.0.stderr.take().map(|s| Box::new(s) as _));
-    let status = wait_until(&mut child, Some(timeout))?;
-    drop(child);
-    Ok(RunOutput {
-        status: status.and_then(|s| s.code()),
-        console: p.symbolizer().annotate_all(&stdout.join().unwrap_or_default()),
-        stderr: stderr.join().unwrap_or_default(),
-        timed_out: status.is_none(),
-    })
+    let mut out = qemu.finish()?;
+    out.console = p.symbolizer().annotate_all(&out.console);
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -25,14 +25,7 @@ use libos::println;
 
 libos::main!(main);
 
-/// The time-stamp counter.
-#[allow(unsafe_code)]
-#[inline(always)]
-fn rdtsc() -> u64 {
-    // SAFETY: RDTSC is allowed in ring 3 (the hypervisor leaves CR4.TSD
-    // clear), reads a counter and has no other effect.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
+use libos::time::rdtsc;
 
 fn number(arg: Option<&str>, what: &str) -> u64 {
     match arg.and_then(|a| a.parse().ok()) {

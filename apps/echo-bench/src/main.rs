@@ -24,7 +24,7 @@
 //! round trips also pay for translating the code); `duration_ms` runs from
 //! the start until the last connection finished its last round trip. A round trip's latency is from just before its write to
 //! the end of its echo (`libos::time::Instant`), kept in a log-linear
-//! histogram (`hist.rs`), not sample by sample. `bytes_per_sec` counts
+//! histogram (`loadgen::Histogram`), not sample by sample. `bytes_per_sec` counts
 //! payload bytes echoed (each crosses the network twice). An error is a
 //! connection that could not be made, ended early, echoed different bytes,
 //! or was still stuck 10 s after the end; it stops that connection only.
@@ -34,20 +34,16 @@
 
 extern crate alloc;
 
-mod hist;
-mod length;
-use length::{Length, Until};
-
 use alloc::rc::Rc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::time::Duration;
-use hist::Histogram;
 use libos::net::{Ipv4, TcpStream};
 use libos::println;
 use libos::task::{sleep, spawn};
 use libos::time::Instant;
+use loadgen::{Histogram, Length};
 
 libos::main!(async main);
 
@@ -59,9 +55,9 @@ struct Stats {
     last_end: Option<Instant>,
 }
 
-/// The connections, by id; a phase takes them out and puts back those
-/// that are still good.
-type Slots = Rc<RefCell<Vec<Option<TcpStream>>>>;
+/// The connections, by id ([`loadgen::Slots`]).
+type Slots = loadgen::Slots<TcpStream>;
+type Until = loadgen::Until<Instant>;
 
 /// Connects, retrying while the server is not yet there (refused) for up to `patience`.
 async fn connect(ip: Ipv4, port: u16, patience: Duration) -> Option<TcpStream> {
@@ -109,7 +105,7 @@ async fn connection(mut conn: TcpStream, id: usize, len: usize, until: Until, st
     };
     let mut s = stats.borrow_mut();
     if ok {
-        slots.borrow_mut()[id] = Some(conn);
+        slots.put_back(id, conn);
     } else {
         s.errors += 1; // and `conn` is dropped, which closes it
     }
@@ -129,8 +125,7 @@ async fn phase(slots: &Slots, len: usize, length: Length) -> Phase {
     let stats = Rc::new(RefCell::new(Stats::default()));
     let start = Instant::now();
     let until = length.until(start);
-    let conns: Vec<(usize, TcpStream)> =
-        slots.borrow_mut().iter_mut().enumerate().filter_map(|(id, slot)| Some((id, slot.take()?))).collect();
+    let conns = slots.take_all();
     let running = conns.len();
     for (id, conn) in conns {
         spawn(connection(conn, id, len, until, stats.clone(), slots.clone()));
@@ -149,13 +144,13 @@ async fn phase(slots: &Slots, len: usize, length: Length) -> Phase {
 async fn run(ip: Ipv4, port: u16, connections: usize, len: usize, length: Length, warmup_ms: u64) {
     // Connect everything first, concurrently.
     let connecting: Vec<_> = (0..connections).map(|_| spawn(connect(ip, port, Duration::from_secs(10)))).collect();
-    let slots: Slots = Rc::new(RefCell::new(libos::task::join_all(connecting).await));
-    let mut errors = slots.borrow().iter().filter(|c| c.is_none()).count() as u64;
+    let slots = Slots::new(libos::task::join_all(connecting).await);
+    let mut errors = slots.empty() as u64;
     if warmup_ms > 0 {
         errors += phase(&slots, len, Length::Millis(warmup_ms)).await.errors;
     }
     let Phase { hist, errors: phase_errors, secs } = phase(&slots, len, length).await;
-    slots.borrow_mut().clear(); // closes them
+    slots.clear(); // closes them
     let trips = hist.count();
     let per_sec = |x: f64| if secs > 0.0 { x / secs } else { 0.0 };
     println!(

@@ -22,7 +22,7 @@
 //! the server is not yet listening) before the clock starts, and with
 //! `WARMUP_MS` they first run that long unmeasured. A request's
 //! latency runs from just before its write to the last byte of its
-//! response, kept in a log-linear histogram (`../echo-bench/src/hist.rs`).
+//! response, kept in a log-linear histogram (`loadgen::Histogram`).
 //! `bytes_per_sec` counts response bytes (headers and bodies). A response
 //! with `Connection: close` makes the connection reconnect (counted in
 //! `reconnects`, not an error). An error is a connection that could not be
@@ -36,12 +36,6 @@
 
 extern crate alloc;
 
-#[path = "../../echo-bench/src/hist.rs"]
-mod hist;
-#[path = "../../echo-bench/src/length.rs"]
-mod length;
-use length::{Length, Until};
-
 use alloc::format;
 use alloc::rc::Rc;
 use alloc::string::String;
@@ -49,11 +43,11 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::time::Duration;
-use hist::Histogram;
 use libos::net::{Ipv4, TcpStream};
 use libos::println;
 use libos::task::{sleep, spawn};
 use libos::time::Instant;
+use loadgen::{Histogram, Length};
 
 libos::main!(async main);
 
@@ -163,9 +157,9 @@ async fn exchange(conn: &mut TcpStream, request: &[u8], buf: &mut [u8], have: &m
     Some((head, total))
 }
 
-/// The connections, by id; a phase takes them out and puts back those
-/// that are still good.
-type Slots = Rc<RefCell<Vec<Option<TcpStream>>>>;
+/// The connections, by id ([`loadgen::Slots`]).
+type Slots = loadgen::Slots<TcpStream>;
+type Until = loadgen::Until<Instant>;
 
 /// Where a connection's requests go.
 #[derive(Clone)]
@@ -223,7 +217,7 @@ async fn connection(mut conn: TcpStream, id: usize, target: Target, until: Until
     };
     // (No request is outstanding, so nothing is left in `buf`.)
     if alive {
-        slots.borrow_mut()[id] = Some(conn);
+        slots.put_back(id, conn);
     }
     let mut s = stats.borrow_mut();
     s.finished += 1;
@@ -236,8 +230,7 @@ async fn phase(slots: &Slots, target: &Target, length: Length) -> (Stats, f64) {
     let stats = Rc::new(RefCell::new(Stats::default()));
     let start = Instant::now();
     let until = length.until(start);
-    let conns: Vec<(usize, TcpStream)> =
-        slots.borrow_mut().iter_mut().enumerate().filter_map(|(id, slot)| Some((id, slot.take()?))).collect();
+    let conns = slots.take_all();
     let running = conns.len();
     for (id, conn) in conns {
         spawn(connection(conn, id, target.clone(), until, stats.clone(), slots.clone()));
@@ -259,13 +252,13 @@ async fn run(ip: Ipv4, port: u16, path: &str, connections: usize, length: Length
     let request = format!("GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nUser-Agent: http-load\r\n\r\n");
     let target = Target { ip, port, request: Rc::new(request.into_bytes()) };
     let connecting: Vec<_> = (0..connections).map(|_| spawn(connect(ip, port, Duration::from_secs(10)))).collect();
-    let slots: Slots = Rc::new(RefCell::new(libos::task::join_all(connecting).await));
-    let mut errors = slots.borrow().iter().filter(|c| c.is_none()).count() as u64;
+    let slots = Slots::new(libos::task::join_all(connecting).await);
+    let mut errors = slots.empty() as u64;
     if warmup_ms > 0 {
         errors += phase(&slots, &target, Length::Millis(warmup_ms)).await.0.errors;
     }
     let (s, secs) = phase(&slots, &target, length).await;
-    slots.borrow_mut().clear(); // closes them
+    slots.clear(); // closes them
     let per_sec = |x: f64| if secs > 0.0 { x / secs } else { 0.0 };
     let status: Vec<String> = s.status.iter().map(|(st, n)| format!("\"{st}\":{n}")).collect();
     let requests = s.hist.count();

@@ -5,12 +5,15 @@
 //! `LoadedImage::load`, guests are created by `Guest::create` and
 //! destroyed on `stop`, all over simulated memory of bounded size.
 //!
-//! Invariants: no panic; every answer is one line holding one JSON object;
+//! Invariants: no panic; every answer is one line holding one
+//! `abi::control::Response` (the typed answer reads back from its JSON);
 //! an upload holds at most what the host said it had room for; stopping
 //! every guest and unloading every image gives every frame back.
 
 use std::cell::RefCell;
 
+use abi::control::{Request, Response};
+use abi::report::{GuestState, GuestStats, MachineStats};
 use hypervisor::control::{ControlHost, Row, STALL_NS, Session};
 use hypervisor::guest::{Guest, LoadedImage};
 use hypervisor::image::Image;
@@ -83,7 +86,7 @@ impl ControlHost for FuzzHost {
             row(Row {
                 name: n,
                 tenant: None,
-                state: "waiting",
+                state: GuestState::Waiting,
                 cpu_ns: 0,
                 memory_bytes: g.memory.charged_bytes(),
                 sent_frames: 0,
@@ -91,10 +94,14 @@ impl ControlHost for FuzzHost {
             });
         }
     }
-    fn stats(&self) -> (Vec<String>, String) {
+    fn stats(&self) -> (Vec<GuestStats>, MachineStats) {
         let st = self.0.borrow();
-        let guests = st.guests.iter().map(|(n, g)| format!(r#"{{"guest":"{n}","memory_bytes":{}}}"#, g.memory.charged_bytes())).collect();
-        (guests, format!(r#"{{"event":"machine","live_frames":{}}}"#, st.mem.live))
+        let guests = st
+            .guests
+            .iter()
+            .map(|(n, g)| GuestStats { guest: n.clone(), memory_bytes: g.memory.charged_bytes(), ..Default::default() })
+            .collect();
+        (guests, MachineStats { live: st.guests.len() as u64, total_bytes: (FRAMES * 4096) as u64, ..Default::default() })
     }
     fn capture(&self, what: &str, _count: u32, _secs: u32) -> Result<(), String> {
         let st = self.0.borrow();
@@ -180,16 +187,20 @@ fn run(data: &[u8]) -> Vec<String> {
             }
             // A well-formed request with fuzz-chosen words and numbers.
             1..=3 => {
-                let req = match inp.u8() % 9 {
-                    0 => "list".to_string(),
-                    1 => "stats".into(),
-                    2 => "images".into(),
-                    3 => format!("stop {}", name(&mut inp)),
+                let req = match inp.u8() % 10 {
+                    0 => Request::List.to_string(),
+                    1 => Request::Stats.to_string(),
+                    2 => Request::Images.to_string(),
+                    3 => Request::Stop(name(&mut inp)).to_string(),
                     4 => format!("start {} {} {} {}", name(&mut inp), name(&mut inp), number(&mut inp), number(&mut inp)),
-                    5 => format!("start {} x.hermit {} none a b", name(&mut inp), [65536u64, 1 << 20, 4 << 20][inp.below(3)]),
+                    5 => {
+                        let (name, memory) = (name(&mut inp), [65536u64, 1 << 20, 4 << 20][inp.below(3)]);
+                        Request::Start { name, image: "x.hermit", memory, tenant: None, args: vec!["a", "b"] }.to_string()
+                    }
                     6 => format!("capture {} {} {}", name(&mut inp), number(&mut inp), number(&mut inp)),
                     7 => format!("image-begin {} {}", name(&mut inp), number(&mut inp)),
-                    _ => "image-end".into(),
+                    8 => Request::Version.to_string(),
+                    _ => Request::ImageEnd.to_string(),
                 };
                 bytes.extend_from_slice(req.as_bytes());
                 bytes.push(if inp.u8() < 240 { b'\n' } else { b'\r' });
@@ -225,8 +236,8 @@ fn run(data: &[u8]) -> Vec<String> {
         let mut it = bytes.into_iter();
         session.poll(&host, now, &mut || it.next(), &mut |a| {
             assert!(!a.contains('\n'), "an answer of more than one line: {a:?}");
-            let v: serde_json::Value = serde_json::from_str(a).unwrap_or_else(|e| panic!("answer is not JSON ({e}): {a:?}"));
-            assert!(v.is_object(), "answer is not a JSON object: {a:?}");
+            let typed: Response = serde_json::from_str(a).unwrap_or_else(|e| panic!("answer is not a Response ({e}): {a:?}"));
+            assert_eq!(serde_json::to_string(&typed).unwrap(), a, "the answer does not print back the same");
             out.push(a.to_string());
         });
         assert!(session.held_bytes() <= ROOM, "an upload holds {} bytes, more than the {ROOM} offered", session.held_bytes());

@@ -181,7 +181,13 @@ pub fn hypercall(data: &[u8]) {
         assert!(g.memory.limit_bytes() <= limit);
         assert_eq!(g.via_sysret, vector == VECTOR_SYSCALL);
         match &step {
-            Step::Stopped(why) => assert!(!why.is_empty() && !why.contains('\n'), "bad reason {why:?}"),
+            Step::Stopped(why) => {
+                // The sentence is one line, and the record reads back as the same reason.
+                let text = why.to_string();
+                assert!(!text.is_empty() && !text.contains('\n'), "bad reason {why:?}");
+                let json = serde_json::to_string(why).unwrap();
+                assert_eq!(&serde_json::from_str::<abi::stop::StopReason>(&json).unwrap(), why, "{json}");
+            }
             Step::Exited(_) => {}
             // Every other step enters the guest again, sooner or later.
             _ => assert!(g.regs.rip < USER_END, "resumed at non-canonical {:#x} after {step:?}", g.regs.rip),

@@ -4,7 +4,7 @@
 //! Little-endian, length-prefixed, no padding:
 //!
 //! ```text
-//! magic    8 bytes  "HVBNDL04"
+//! magic    8 bytes  "HVBNDL05" (MAGIC)
 //! flags    u32      FLAG_*
 //! images   u32 count, then per image: name (str), data (bytes)
 //! guests   u32 count, then per guest: name (str), image index (u32),

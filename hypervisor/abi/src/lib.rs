@@ -6,7 +6,11 @@
 //! virtual memory layout ([`layout`]), the start-info page ([`StartInfo`]),
 //! the ELF note that stamps an image with the ABI it was built for
 //! ([`note`]), and the bundle that carries the manifest and the images into
-//! the hypervisor at boot ([`bundle`]).
+//! the hypervisor at boot ([`bundle`]). Why a guest was stopped is a
+//! [`stop::StopReason`]. With the `alloc` feature: the control protocol
+//! (`control`: requests, answers, errors) and the records the hypervisor
+//! prints for programs (`report`), serializable with the `serde` feature.
+//! `docs/abi.md` and `docs/control.md` describe them for people.
 //!
 //! The crate is `no_std` and tested on the host; its only `unsafe` is the
 //! `RingMemory` trait, whose implementors promise to stay in bounds.
@@ -18,10 +22,16 @@ extern crate alloc;
 
 pub mod backtrace;
 pub mod bundle;
+#[cfg(feature = "alloc")]
+pub mod control;
 pub mod layout;
 pub mod note;
+mod record;
+#[cfg(feature = "alloc")]
+pub mod report;
 #[allow(unsafe_code)] // the one `unsafe trait`, see ring.rs
 pub mod ring;
+pub mod stop;
 pub mod time;
 
 /// Version of this contract. Images carry the version they were built
@@ -145,37 +155,20 @@ pub struct StartInfo {
     pub memory_limit: u64,
 }
 
-impl StartInfo {
-    /// Size of the record in bytes.
-    pub const SIZE: usize = core::mem::size_of::<StartInfo>();
-
-    /// The record's bytes, exactly as `#[repr(C)]` lays it out (little
-    /// endian, no padding), for the hypervisor to copy into the start page.
-    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
-        let mut out = [0u8; Self::SIZE];
-        let fields: [&[u8]; 13] = [
-            &self.magic.to_le_bytes(),
-            &self.abi_version.to_le_bytes(),
-            &self.argc.to_le_bytes(),
-            &self.name_addr.to_le_bytes(),
-            &self.name_len.to_le_bytes(),
-            &self.args_addr.to_le_bytes(),
-            &self.args_len.to_le_bytes(),
-            &self.heap_start.to_le_bytes(),
-            &self.heap_len.to_le_bytes(),
-            &self.stack_bottom.to_le_bytes(),
-            &self.stack_top.to_le_bytes(),
-            &self.memory_limit.to_le_bytes(),
-            &[],
-        ];
-        let mut at = 0;
-        for f in fields {
-            out[at..at + f.len()].copy_from_slice(f);
-            at += f.len();
-        }
-        out
-    }
-}
+record::shared_record!(StartInfo {
+    magic,
+    abi_version,
+    argc,
+    name_addr,
+    name_len,
+    args_addr,
+    args_len,
+    heap_start,
+    heap_len,
+    stack_bottom,
+    stack_top,
+    memory_limit,
+});
 
 /// The guest's network configuration, in the start page at
 /// [`layout::NIC_INFO_OFFSET`] (all zero when the guest has no vNIC). The
@@ -220,20 +213,7 @@ pub const fn gateway_ipv4(tenant: u32) -> [u8; 4] {
     [10, tenant as u8, 0, 1]
 }
 
-impl NicInfo {
-    pub const SIZE: usize = core::mem::size_of::<NicInfo>();
-
-    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
-        let mut b = [0u8; Self::SIZE];
-        b[0..4].copy_from_slice(&self.magic.to_le_bytes());
-        b[4..8].copy_from_slice(&self.prefix.to_le_bytes());
-        b[8..16].copy_from_slice(&self.mac);
-        b[16..20].copy_from_slice(&self.ipv4);
-        b[20..24].copy_from_slice(&self.gateway);
-        b[24..28].copy_from_slice(&self.ring_slots.to_le_bytes());
-        b
-    }
-}
+record::shared_record!(NicInfo { magic, prefix, mac, ipv4, gateway, ring_slots, reserved });
 
 /// Value of [`StartInfo::magic`].
 pub const START_MAGIC: u64 = u64::from_le_bytes(*b"HVSTART1");
@@ -276,18 +256,87 @@ mod tests {
         assert_eq!(Hypercall::try_from(u64::MAX), Err(u64::MAX));
     }
 
+    /// Reads the `u64` at `at` of `b`.
+    fn u64_at(b: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+    }
+
+    fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+    }
+
+    /// The offsets are the ABI: guests built against it read these bytes.
     #[test]
-    fn start_info_bytes_follow_the_repr_c_layout() {
+    fn start_info_offsets_are_pinned_and_its_bytes_follow_them() {
         use core::mem::offset_of;
-        let si = StartInfo { magic: 1, abi_version: 2, argc: 3, name_addr: 4, memory_limit: 12, ..Default::default() };
-        let b = si.to_bytes();
-        let at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
         assert_eq!(StartInfo::SIZE, 88);
-        assert_eq!(at(offset_of!(StartInfo, magic)), 1);
-        assert_eq!(u32::from_le_bytes(b[8..12].try_into().unwrap()), 2);
-        assert_eq!(u32::from_le_bytes(b[offset_of!(StartInfo, argc)..][..4].try_into().unwrap()), 3);
-        assert_eq!(at(offset_of!(StartInfo, name_addr)), 4);
-        assert_eq!(at(offset_of!(StartInfo, memory_limit)), 12);
+        let offsets = [
+            offset_of!(StartInfo, magic),
+            offset_of!(StartInfo, abi_version),
+            offset_of!(StartInfo, argc),
+            offset_of!(StartInfo, name_addr),
+            offset_of!(StartInfo, name_len),
+            offset_of!(StartInfo, args_addr),
+            offset_of!(StartInfo, args_len),
+            offset_of!(StartInfo, heap_start),
+            offset_of!(StartInfo, heap_len),
+            offset_of!(StartInfo, stack_bottom),
+            offset_of!(StartInfo, stack_top),
+            offset_of!(StartInfo, memory_limit),
+        ];
+        assert_eq!(offsets, [0, 8, 12, 16, 24, 32, 40, 48, 56, 64, 72, 80]);
+        let si = StartInfo {
+            magic: 1,
+            abi_version: 2,
+            argc: 3,
+            name_addr: 4,
+            name_len: 5,
+            args_addr: 6,
+            args_len: 7,
+            heap_start: 8,
+            heap_len: 9,
+            stack_bottom: 10,
+            stack_top: 11,
+            memory_limit: 12,
+        };
+        let b = si.to_bytes();
+        assert_eq!((u64_at(&b, 0), u32_at(&b, 8), u32_at(&b, 12)), (1, 2, 3));
+        for (i, at) in offsets[3..].iter().enumerate() {
+            assert_eq!(u64_at(&b, *at), 4 + i as u64, "field at {at}");
+        }
+    }
+
+    #[test]
+    fn nic_info_offsets_are_pinned_and_its_bytes_follow_them() {
+        use core::mem::offset_of;
+        assert_eq!(NicInfo::SIZE, 32);
+        assert_eq!(
+            [
+                offset_of!(NicInfo, magic),
+                offset_of!(NicInfo, prefix),
+                offset_of!(NicInfo, mac),
+                offset_of!(NicInfo, ipv4),
+                offset_of!(NicInfo, gateway),
+                offset_of!(NicInfo, ring_slots),
+                offset_of!(NicInfo, reserved),
+            ],
+            [0, 4, 8, 16, 20, 24, 28]
+        );
+        let n = NicInfo {
+            magic: NIC_MAGIC,
+            prefix: 16,
+            mac: [2, 0, 0, 0, 0, 9, 0, 0],
+            ipv4: [10, 1, 0, 2],
+            gateway: [10, 1, 0, 1],
+            ring_slots: 32,
+            reserved: 7,
+        };
+        let b = n.to_bytes();
+        assert_eq!(&b[0..4], b"NIC1");
+        assert_eq!(u32_at(&b, 4), 16);
+        assert_eq!(&b[8..16], &[2, 0, 0, 0, 0, 9, 0, 0]);
+        assert_eq!((&b[16..20], &b[20..24]), (&[10, 1, 0, 2][..], &[10, 1, 0, 1][..]));
+        assert_eq!((u32_at(&b, 24), u32_at(&b, 28)), (32, 7));
     }
 
     #[test]

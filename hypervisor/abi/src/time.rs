@@ -17,6 +17,8 @@ pub struct TimeInfo {
     pub boot_wall_ns: u64,
 }
 
+crate::record::shared_record!(TimeInfo { magic, tsc_hz, tsc_base, boot_wall_ns });
+
 pub const TIME_MAGIC: u64 = u64::from_le_bytes(*b"HVTIME01");
 pub const NS_PER_SEC: u64 = 1_000_000_000;
 
@@ -39,15 +41,6 @@ impl TimeInfo {
     pub fn tsc(&self, ns: u64) -> u64 {
         let ticks = (ns as u128 * self.tsc_hz as u128) / NS_PER_SEC as u128;
         (self.tsc_base as u128 + ticks).min(u64::MAX as u128) as u64
-    }
-
-    /// The record's bytes as `#[repr(C)]` lays them out.
-    pub fn to_bytes(&self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        for (i, v) in [self.magic, self.tsc_hz, self.tsc_base, self.boot_wall_ns].iter().enumerate() {
-            out[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
-        }
-        out
     }
 }
 
@@ -81,11 +74,19 @@ mod tests {
         assert!(t.ns(u64::MAX) > 0);
     }
 
+    /// The offsets are the ABI: guests read the time page through them.
     #[test]
-    fn bytes_follow_the_layout() {
+    fn offsets_are_pinned_and_the_bytes_follow_them() {
+        use core::mem::offset_of;
+        assert_eq!(TimeInfo::SIZE, 32);
+        assert_eq!(
+            [offset_of!(TimeInfo, magic), offset_of!(TimeInfo, tsc_hz), offset_of!(TimeInfo, tsc_base), offset_of!(TimeInfo, boot_wall_ns)],
+            [0, 8, 16, 24]
+        );
         let t = TimeInfo::new(1_000_000_000, 7, 9);
         let b = t.to_bytes();
-        assert_eq!(b.len(), core::mem::size_of::<TimeInfo>());
+        assert_eq!(&b[0..8], b"HVTIME01");
+        assert_eq!(u64::from_le_bytes(b[8..16].try_into().unwrap()), 1_000_000_000);
         assert_eq!(u64::from_le_bytes(b[16..24].try_into().unwrap()), 7);
         assert_eq!(u64::from_le_bytes(b[24..32].try_into().unwrap()), 9);
     }

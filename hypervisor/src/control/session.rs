@@ -10,8 +10,9 @@
 //! and a half line or an upload quiet for [`STALL_NS`] is dropped with an
 //! error. Nothing here waits for a byte.
 
-use super::{LineReader, Request, STALL_NS, json_str, parse};
-use alloc::format;
+use super::{LineReader, STALL_NS, json_line};
+use abi::control::{ControlError, Request, Response, parse};
+use abi::report::{GuestRow, GuestState, GuestStats, MachineStats};
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -20,12 +21,25 @@ use alloc::vec::Vec;
 pub struct Row<'a> {
     pub name: &'a str,
     pub tenant: Option<u32>,
-    /// `waiting`, `running`, `exited` or `stopped`.
-    pub state: &'a str,
+    pub state: GuestState,
     pub cpu_ns: u64,
     pub memory_bytes: u64,
     pub sent_frames: u64,
     pub received_frames: u64,
+}
+
+impl From<Row<'_>> for GuestRow {
+    fn from(r: Row<'_>) -> Self {
+        GuestRow {
+            name: r.name.into(),
+            tenant: r.tenant,
+            state: r.state,
+            cpu_ns: r.cpu_ns,
+            memory_bytes: r.memory_bytes,
+            sent_frames: r.sent_frames,
+            received_frames: r.received_frames,
+        }
+    }
 }
 
 /// What the control channel needs from the hypervisor.
@@ -44,9 +58,8 @@ pub trait ControlHost {
     fn stop(&self, name: &str) -> Result<(), String>;
     /// Calls `row` for every guest created so far.
     fn list(&self, row: &mut dyn FnMut(Row<'_>));
-    /// The accounting records of the waiting guests and the machine's
-    /// record, each a JSON object.
-    fn stats(&self) -> (Vec<String>, String);
+    /// The accounting records of the waiting guests and the machine's.
+    fn stats(&self) -> (Vec<GuestStats>, MachineStats);
     /// Starts capturing the frames of guest `what` or `tenant:N`.
     fn capture(&self, what: &str, count: u32, secs: u32) -> Result<(), String>;
 }
@@ -68,10 +81,6 @@ struct Upload {
 pub struct Session {
     reader: LineReader,
     upload: Option<Upload>,
-}
-
-fn error(why: &str) -> String {
-    format!(r#"{{"error":{}}}"#, json_str(why))
 }
 
 impl Session {
@@ -102,27 +111,34 @@ impl Session {
             n += 1;
             let Some(line) = self.reader.push(b, now_ns) else { continue };
             if let Some(a) = self.handle(host, now_ns, line.as_deref().map_err(|e| *e)) {
-                answer(&a);
+                answer(&json_line(&a));
             }
         }
         if self.reader.stalled(now_ns) {
             self.reader.clear();
-            answer(&error("request timed out: no end of line within 5 s"));
+            answer(&json_line(&Response::from(ControlError::RequestTimedOut)));
         }
         if self.upload.as_ref().is_some_and(|u| now_ns.saturating_sub(u.last_ns) > STALL_NS) {
             self.upload = None;
-            answer(&error("upload timed out: no image-data within 5 s; begin again"));
+            answer(&json_line(&Response::from(ControlError::UploadTimedOut)));
         }
         n
     }
 
     /// The answer to one request line; `None` for upload chunks, which are
     /// not answered (`image-end` says how the upload went).
-    fn handle(&mut self, host: &dyn ControlHost, now_ns: u64, line: Result<&str, &'static str>) -> Option<String> {
+    fn handle(&mut self, host: &dyn ControlHost, now_ns: u64, line: Result<&str, abi::control::RequestError>) -> Option<Response> {
         let req = match line.and_then(parse) {
             Ok(r) => r,
-            Err(e) => return Some(error(e)),
+            Err(e) => return Some(ControlError::Request(e).into()),
         };
+        Some(match self.answer(host, now_ns, req)? {
+            Ok(answer) => answer,
+            Err(e) => e.into(),
+        })
+    }
+
+    fn answer(&mut self, host: &dyn ControlHost, now_ns: u64, req: Request<'_>) -> Option<Result<Response, ControlError>> {
         Some(match req {
             Request::ImageData(bytes) => {
                 match &mut self.upload {
@@ -139,67 +155,46 @@ impl Session {
             Request::ImageBegin { name, len } => {
                 self.upload = None;
                 if !host.image_slot_free() {
-                    error("no room for another image (the most are loaded already)")
+                    Err(ControlError::NoImageSlot)
                 } else if len > host.upload_room() {
-                    error("the hypervisor's heap has no room for that image now")
+                    Err(ControlError::NoHeapRoom)
                 } else {
                     let mut data = Vec::new();
                     match data.try_reserve_exact(len) {
                         Ok(()) => {
                             self.upload = Some(Upload { name: name.into(), len, data, last_ns: now_ns, overflowed: false });
-                            format!(r#"{{"receiving":{}}}"#, json_str(name))
+                            Ok(Response::Receiving { receiving: name.into() })
                         }
-                        Err(_) => error("the hypervisor's heap has no room for that image now"),
+                        Err(_) => Err(ControlError::NoHeapRoom),
                     }
                 }
             }
             Request::ImageEnd => match self.upload.take() {
                 Some(Upload { name, len, data, overflowed: false, .. }) if data.len() == len => match host.add_image(&name, &data) {
-                    Ok(()) => format!(r#"{{"image":{}}}"#, json_str(&name)),
-                    Err(why) => error(&format!("image {name} rejected: {why}")),
+                    Ok(()) => Ok(Response::Image { image: name }),
+                    Err(why) => Err(ControlError::ImageRejected { name, why }),
                 },
-                Some(_) => error("the upload did not match its length"),
-                None => error("no upload in progress (image-begin first)"),
+                Some(_) => Err(ControlError::UploadLength),
+                None => Err(ControlError::NoUpload),
             },
-            Request::Images => {
-                let names: Vec<String> = host.image_names().iter().map(|n| json_str(n)).collect();
-                format!(r#"{{"images":[{}]}}"#, names.join(","))
+            Request::Images => Ok(Response::Images { images: host.image_names() }),
+            Request::Start { name, image, memory, tenant, args } => {
+                host.start(name, image, memory, tenant, &args).map(|ip| Response::started(name, ip)).map_err(ControlError::Refused)
             }
-            Request::Start { name, image, memory, tenant, args } => match host.start(name, image, memory, tenant, &args) {
-                Ok(ip) => {
-                    let ip = ip.map_or("null".into(), |a| format!(r#""{}.{}.{}.{}""#, a[0], a[1], a[2], a[3]));
-                    format!(r#"{{"started":{},"ip":{ip}}}"#, json_str(name))
-                }
-                Err(e) => error(&e),
-            },
-            Request::Stop(name) => match host.stop(name) {
-                Ok(()) => format!(r#"{{"stopped":{}}}"#, json_str(name)),
-                Err(e) => error(&e),
-            },
+            Request::Stop(name) => host.stop(name).map(|()| Response::Stopped { stopped: name.into() }).map_err(ControlError::Refused),
             Request::List => {
-                let mut rows = Vec::new();
-                host.list(&mut |r| {
-                    rows.push(format!(
-                        r#"{{"name":{},"tenant":{},"state":{},"cpu_ns":{},"memory_bytes":{},"sent_frames":{},"received_frames":{}}}"#,
-                        json_str(r.name),
-                        r.tenant.map_or("null".into(), |t| format!("{t}")),
-                        json_str(r.state),
-                        r.cpu_ns,
-                        r.memory_bytes,
-                        r.sent_frames,
-                        r.received_frames
-                    ))
-                });
-                format!(r#"{{"guests":[{}]}}"#, rows.join(","))
+                let mut guests = Vec::new();
+                host.list(&mut |r| guests.push(GuestRow::from(r)));
+                Ok(Response::Guests { guests })
             }
             Request::Stats => {
                 let (guests, machine) = host.stats();
-                format!(r#"{{"guests":[{}],"machine":{machine}}}"#, guests.join(","))
+                Ok(Response::Stats { guests, machine })
             }
-            Request::Capture { what, count, secs } => match host.capture(what, count, secs) {
-                Ok(()) => format!(r#"{{"capturing":{}}}"#, json_str(what)),
-                Err(e) => error(&e),
-            },
+            Request::Capture { what, count, secs } => {
+                host.capture(what, count, secs).map(|()| Response::Capturing { capturing: what.into() }).map_err(ControlError::Refused)
+            }
+            Request::Version => Ok(Response::version()),
         })
     }
 }
@@ -249,11 +244,19 @@ mod tests {
         }
         fn list(&self, row: &mut dyn FnMut(Row<'_>)) {
             for n in self.guests.borrow().iter() {
-                row(Row { name: n, tenant: None, state: "waiting", cpu_ns: 1, memory_bytes: 2, sent_frames: 3, received_frames: 4 });
+                row(Row {
+                    name: n,
+                    tenant: None,
+                    state: GuestState::Waiting,
+                    cpu_ns: 1,
+                    memory_bytes: 2,
+                    sent_frames: 3,
+                    received_frames: 4,
+                });
             }
         }
-        fn stats(&self) -> (Vec<String>, String) {
-            (vec!["{}".into()], r#"{"event":"machine"}"#.into())
+        fn stats(&self) -> (Vec<GuestStats>, MachineStats) {
+            (vec![GuestStats { guest: "w".into(), ..Default::default() }], MachineStats { live: 1, ..Default::default() })
         }
         fn capture(&self, _: &str, _: u32, _: u32) -> Result<(), String> {
             Ok(())
@@ -286,7 +289,10 @@ mod tests {
             ]
         );
         assert_eq!(send(&mut s, &host, 5, b"stop w\nstop w\n"), [r#"{"stopped":"w"}"#, r#"{"error":"no guest w"}"#]);
-        assert_eq!(send(&mut s, &host, 6, b"stats\n"), [r#"{"guests":[{}],"machine":{"event":"machine"}}"#]);
+        let stats = send(&mut s, &host, 6, b"stats\n");
+        let Ok(Response::Stats { guests, machine }) = serde_json::from_str(&stats[0]) else { panic!("{stats:?}") };
+        assert_eq!((guests[0].guest.as_str(), machine.live), ("w", 1));
+        assert_eq!(send(&mut s, &host, 7, b"version\n"), [r#"{"protocol":2,"abi":3}"#]);
     }
 
     #[test]
@@ -315,7 +321,7 @@ mod tests {
         assert!(send(&mut s, &host, 21 + STALL_NS, b"")[0].contains("request timed out"));
         assert_eq!(
             send(&mut s, &host, 22 + STALL_NS, b"t\n"),
-            [r#"{"error":"unknown request (list, stats, stop, capture, images, image-begin, image-data, image-end, start)"}"#]
+            [r#"{"error":"unknown request (list, stats, stop, capture, images, image-begin, image-data, image-end, start, version)"}"#]
         );
         assert!(send(&mut s, &host, 0, b"image-end\n")[0].contains("no upload in progress"));
     }

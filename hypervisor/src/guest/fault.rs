@@ -1,11 +1,11 @@
-//! Turning a CPU exception taken in a guest into a stop reason a person can
-//! act on: which fault, at which address, doing what.
+//! Turning a CPU exception taken in a guest into a [`StopReason`]: which
+//! fault, at which address, doing what (its `Display` is the sentence a
+//! person reads).
 
-use alloc::format;
-use alloc::string::String;
+use abi::stop::{Access, Instruction, StopReason};
 
-/// Names the privileged or I/O instruction at the start of `insn`, if any.
-pub fn privileged_insn(insn: &[u8]) -> Option<&'static str> {
+/// The privileged or I/O instruction at the start of `insn`, if any.
+pub fn privileged_insn(insn: &[u8]) -> Option<Instruction> {
     // Skip legacy and REX prefixes.
     let mut i = 0;
     while let Some(&b) = insn.get(i) {
@@ -17,24 +17,25 @@ pub fn privileged_insn(insn: &[u8]) -> Option<&'static str> {
     }
     let op = *insn.get(i)?;
     let next = insn.get(i + 1).copied();
+    use Instruction as I;
     Some(match (op, next) {
-        (0xf4, _) => "hlt",
-        (0xfa, _) => "cli",
-        (0xfb, _) => "sti",
-        (0xe4..=0xe7 | 0xec..=0xef, _) => "in/out (port I/O)",
-        (0x6c..=0x6f, _) => "ins/outs (port I/O)",
-        (0xcd, _) => "int n",
-        (0x0f, Some(0x30)) => "wrmsr",
-        (0x0f, Some(0x32)) => "rdmsr",
-        (0x0f, Some(0x22)) => "mov to control register",
-        (0x0f, Some(0x20)) => "mov from control register",
-        (0x0f, Some(0x23 | 0x21)) => "mov debug register",
-        (0x0f, Some(0x01)) => "system table instruction (lgdt/lidt/...)",
-        (0x0f, Some(0x00)) => "system segment instruction (lldt/ltr/...)",
-        (0x0f, Some(0x06)) => "clts",
-        (0x0f, Some(0x08 | 0x09)) => "invd/wbinvd",
-        (0x0f, Some(0x35)) => "sysexit",
-        (0x0f, Some(0x07)) => "sysret",
+        (0xf4, _) => I::Hlt,
+        (0xfa, _) => I::Cli,
+        (0xfb, _) => I::Sti,
+        (0xe4..=0xe7 | 0xec..=0xef, _) => I::PortIo,
+        (0x6c..=0x6f, _) => I::StringPortIo,
+        (0xcd, _) => I::IntN,
+        (0x0f, Some(0x30)) => I::Wrmsr,
+        (0x0f, Some(0x32)) => I::Rdmsr,
+        (0x0f, Some(0x22)) => I::MovToControlRegister,
+        (0x0f, Some(0x20)) => I::MovFromControlRegister,
+        (0x0f, Some(0x23 | 0x21)) => I::MovDebugRegister,
+        (0x0f, Some(0x01)) => I::SystemTable,
+        (0x0f, Some(0x00)) => I::SystemSegment,
+        (0x0f, Some(0x06)) => I::Clts,
+        (0x0f, Some(0x08 | 0x09)) => I::Invd,
+        (0x0f, Some(0x35)) => I::Sysexit,
+        (0x0f, Some(0x07)) => I::Sysret,
         _ => return None,
     })
 }
@@ -51,17 +52,10 @@ pub struct FaultInfo<'a> {
     pub stack_guard: bool,
 }
 
-/// A one-line reason for stopping a guest after a CPU exception.
-pub fn describe(f: &FaultInfo<'_>) -> String {
-    let at = f.rip;
+/// Why a guest that took exception `f.vector` (0 to 31) is stopped.
+pub fn reason(f: &FaultInfo<'_>) -> StopReason {
+    let ip = f.rip;
     match f.vector {
-        0 => format!("divide error at ip {at:#x}"),
-        1 => format!("debug trap at ip {at:#x}"),
-        3 => format!("breakpoint (int3) at ip {at:#x}"),
-        4 => format!("overflow (into) at ip {at:#x}"),
-        5 => format!("bound range exceeded at ip {at:#x}"),
-        6 => format!("invalid opcode at ip {at:#x}"),
-        7 => format!("device not available at ip {at:#x}"),
         13 => {
             if f.error & 2 != 0 {
                 // The gate's vector: from the instruction where it can be read
@@ -73,34 +67,29 @@ pub fn describe(f: &FaultInfo<'_>) -> String {
                     [0xf1, ..] => 1,
                     _ => f.error >> 3,
                 };
-                format!("int {vector:#x} is not allowed (general protection fault at ip {at:#x})")
-            } else if let Some(name) = privileged_insn(f.insn) {
-                format!("privileged instruction {name} at ip {at:#x}")
+                StopReason::InterruptNotAllowed { vector, ip }
+            } else if let Some(instruction) = privileged_insn(f.insn) {
+                StopReason::PrivilegedInstruction { instruction, ip }
             } else {
-                format!("general protection fault (error {:#x}) at ip {at:#x}", f.error)
+                StopReason::GeneralProtection { error: f.error, ip }
             }
         }
         14 => {
             let access = if f.error & 16 != 0 {
-                "execute"
+                Access::Execute
             } else if f.error & 2 != 0 {
-                "write"
+                Access::Write
             } else {
-                "read"
+                Access::Read
             };
             if f.stack_guard {
-                format!("stack overflow: {access} at {:#x} (guard page) at ip {at:#x}", f.cr2)
-            } else if f.error & 1 != 0 {
-                format!("page fault: {access} to protected address {:#x} at ip {at:#x}", f.cr2)
+                StopReason::StackOverflow { access, address: f.cr2, ip }
             } else {
-                format!("page fault: {access} to unmapped address {:#x} at ip {at:#x}", f.cr2)
+                StopReason::PageFault { access, address: f.cr2, protected: f.error & 1 != 0, ip }
             }
         }
-        12 => format!("stack-segment fault at ip {at:#x}"),
-        16 => format!("x87 floating-point exception at ip {at:#x}"),
-        17 => format!("alignment check at ip {at:#x}"),
-        19 => format!("SIMD floating-point exception at ip {at:#x}"),
-        v => format!("CPU exception {v} (error {:#x}) at ip {at:#x}", f.error),
+        // Exits with a vector above 31 are interrupts, never faults.
+        v => StopReason::Exception { vector: v.min(255) as u8, error: f.error, ip },
     }
 }
 
@@ -108,8 +97,11 @@ pub fn describe(f: &FaultInfo<'_>) -> String {
 mod tests {
     use super::*;
 
+    use alloc::string::{String, ToString};
+
+    /// The sentence a person reads for the fault.
     fn d(vector: u64, error: u64, cr2: u64, insn: &[u8]) -> String {
-        describe(&FaultInfo { vector, error, cr2, rip: 0x401000, insn, stack_guard: false })
+        reason(&FaultInfo { vector, error, cr2, rip: 0x401000, insn, stack_guard: false }).to_string()
     }
 
     #[test]
@@ -134,7 +126,14 @@ mod tests {
         assert_eq!(d(14, 0b10101, 0x5000, &[]), "page fault: execute to protected address 0x5000 at ip 0x401000");
         assert_eq!(d(0, 0, 0, &[]), "divide error at ip 0x401000");
         assert_eq!(d(6, 0, 0, &[]), "invalid opcode at ip 0x401000");
-        let so = describe(&FaultInfo { vector: 14, error: 0b110, cr2: 0x7ffe_ffef_fff8, rip: 1, insn: &[], stack_guard: true });
-        assert!(so.starts_with("stack overflow"), "{so}");
+        let so = reason(&FaultInfo { vector: 14, error: 0b110, cr2: 0x7ffe_ffef_fff8, rip: 1, insn: &[], stack_guard: true });
+        assert_eq!(so, StopReason::StackOverflow { access: Access::Write, address: 0x7ffe_ffef_fff8, ip: 1 });
+        assert_eq!(so.to_string(), "stack overflow: write at 0x7ffeffeffff8 (guard page) at ip 0x1");
+        assert_eq!(d(17, 0, 0, &[]), "alignment check at ip 0x401000");
+        assert_eq!(d(21, 4, 0, &[]), "CPU exception 21 (error 0x4) at ip 0x401000");
+        assert_eq!(
+            reason(&FaultInfo { vector: 13, error: 0, cr2: 0, rip: 5, insn: &[0x0f, 0x30], stack_guard: false }),
+            StopReason::PrivilegedInstruction { instruction: Instruction::Wrmsr, ip: 5 }
+        );
     }
 }

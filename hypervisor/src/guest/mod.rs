@@ -12,13 +12,14 @@ use crate::mm::paging::Pte;
 use crate::mm::user::{Fault, GuestMemory};
 use crate::mm::{FRAME_SIZE, PhysAddr, PhysMem, paging::AddressSpace};
 use abi::layout::{self, HEAP_LEN, HEAP_START, PAGE_SIZE, STACK_MAX, STACK_TOP, START_PAGE};
+use abi::stop::{HypercallError, MemoryError, StopReason};
 use abi::{CONSOLE_WRITE_MAX, Hypercall, StartInfo};
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use console::LineBuffer;
-use regs::{FpuState, Regs, VECTOR_SYSCALL};
+use regs::{FpuState, Regs, VECTOR_FIRST_INTERRUPT, VECTOR_PAGE_FAULT, VECTOR_SYSCALL};
 
 /// One page of a loaded image.
 #[derive(Clone, Copy, Debug)]
@@ -117,7 +118,7 @@ pub enum Step {
     /// It called `exit(code)`.
     Exited(i32),
     /// It is stopped for the given reason (fault, bad hypercall, limit).
-    Stopped(String),
+    Stopped(StopReason),
 }
 
 /// A running guest instance.
@@ -134,7 +135,7 @@ pub struct Guest {
     console: LineBuffer,
     pub stats: Stats,
     /// The monotonic clock (ns) at the latest exit, for the rate limits;
-    /// the run loop sets it.
+    /// the per-CPU loop (`machine`) sets it.
     pub now_ns: u64,
     /// Console bytes per second.
     pub console_limit: crate::limit::TokenBucket,
@@ -288,15 +289,13 @@ impl Guest {
         self.via_sysret = r.vector == VECTOR_SYSCALL;
         let step = match r.vector {
             VECTOR_SYSCALL => self.hypercall(mem, out),
-            14 if r.error & 1 == 0 => match self.memory.fault_in(mem, r.cr2) {
+            VECTOR_PAGE_FAULT if r.error & regs::pf::PRESENT == 0 => match self.memory.fault_in(mem, r.cr2) {
                 Ok(_) => Step::Resume,
-                Err(Fault::OutOfMemory { limit }) => {
-                    Step::Stopped(format!("out of memory: touched {:#x} beyond its {} KiB limit", r.cr2, limit / 1024))
-                }
-                Err(Fault::MachineOutOfMemory) => Step::Stopped("the machine is out of memory".into()),
+                Err(Fault::OutOfMemory { limit }) => Step::Stopped(StopReason::OutOfMemory { address: r.cr2, limit_bytes: limit }),
+                Err(Fault::MachineOutOfMemory) => Step::Stopped(StopReason::MachineOutOfMemory),
                 Err(_) => self.fault_step(mem),
             },
-            0..=31 => self.fault_step(mem),
+            0..VECTOR_FIRST_INTERRUPT => self.fault_step(mem),
             // External interrupts: the guest was preempted.
             _ => {
                 self.stats.preemptions += 1;
@@ -308,7 +307,7 @@ impl Guest {
         {
             // Only a `syscall` in the last bytes of the guest half can get
             // here; never `sysret`/`iret` to a non-canonical address.
-            return Step::Stopped(format!("return address {:#x} is not canonical (syscall at the end of the guest half)", self.regs.rip));
+            return Step::Stopped(StopReason::NonCanonicalReturn { ip: self.regs.rip });
         }
         step
     }
@@ -412,7 +411,7 @@ impl Guest {
         let mut insn = [0u8; 4];
         let n = (0..insn.len()).take_while(|&i| self.memory.read(mem, r.rip + i as u64, &mut insn[i..i + 1]).is_ok()).count();
         let guard = STACK_TOP - STACK_MAX - PAGE_SIZE..STACK_TOP - STACK_MAX;
-        Step::Stopped(fault::describe(&fault::FaultInfo {
+        Step::Stopped(fault::reason(&fault::FaultInfo {
             vector: r.vector,
             error: r.error,
             cr2: r.cr2,
@@ -426,17 +425,17 @@ impl Guest {
         let (nr, a0, a1) = (self.regs.rax, self.regs.rdi, self.regs.rsi);
         self.stats.hypercalls += 1;
         let Ok(hc) = Hypercall::try_from(nr) else {
-            return Step::Stopped(format!("bad hypercall: unknown number {nr:#x}"));
+            return bad(HypercallError::UnknownNumber { number: nr });
         };
         match hc {
             Hypercall::ConsoleWrite => {
                 if a1 > CONSOLE_WRITE_MAX as u64 {
-                    return Step::Stopped(format!("bad hypercall console_write: length {a1:#x} exceeds {CONSOLE_WRITE_MAX}"));
+                    return bad(HypercallError::ConsoleWriteLength { length: a1, max: CONSOLE_WRITE_MAX as u64 });
                 }
                 let mut buf = [0u8; CONSOLE_WRITE_MAX];
                 let buf = &mut buf[..a1 as usize];
                 if let Err(e) = self.memory.read(mem, a0, buf) {
-                    return Step::Stopped(format!("bad hypercall console_write: buffer {a0:#x}+{a1:#x}: {e}"));
+                    return bad(HypercallError::ConsoleWriteBuffer { address: a0, length: a1, error: memory_error(e) });
                 }
                 self.regs.rax = a1;
                 if !self.console_limit.take(self.now_ns, a1) {
@@ -468,7 +467,7 @@ impl Guest {
             }
             Hypercall::Discard => {
                 if !self.memory.is_discardable(a0, a1) {
-                    return Step::Stopped(format!("bad hypercall discard: {a0:#x}+{a1:#x} is not whole pages inside the heap"));
+                    return bad(HypercallError::Discard { address: a0, length: a1 });
                 }
                 let pages = self.memory.discard(mem, a0, a0 + a1);
                 self.regs.rax = pages * PAGE_SIZE;
@@ -490,6 +489,22 @@ impl Guest {
     /// Returns every frame the guest owns to `mem`.
     pub fn destroy(self, mem: &mut impl PhysMem) -> usize {
         self.memory.destroy(mem)
+    }
+}
+
+/// A guest stopped for a bad hypercall.
+fn bad(e: HypercallError) -> Step {
+    Step::Stopped(StopReason::BadHypercall(e))
+}
+
+/// A failed access to guest memory, as a stop reason tells it.
+pub fn memory_error(f: Fault) -> MemoryError {
+    match f {
+        Fault::Unmapped(address) => MemoryError::Unmapped { address },
+        Fault::Protection(address) => MemoryError::NotWritable { address },
+        Fault::OutOfRange { addr, len } => MemoryError::OutOfRange { address: addr, length: len },
+        Fault::OutOfMemory { limit } => MemoryError::OutOfMemory { limit_bytes: limit },
+        Fault::MachineOutOfMemory => MemoryError::MachineOutOfMemory,
     }
 }
 

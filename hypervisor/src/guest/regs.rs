@@ -34,6 +34,23 @@ pub struct Regs {
 
 /// `Regs::vector` after a `syscall` (outside the CPU's vector space).
 pub const VECTOR_SYSCALL: u64 = 256;
+/// The page-fault exception (`Regs::cr2` holds the address).
+pub const VECTOR_PAGE_FAULT: u64 = 14;
+/// Vectors below this are CPU exceptions; from it on, interrupts (the
+/// timer, IPIs), which only take the CPU from the guest.
+pub const VECTOR_FIRST_INTERRUPT: u64 = 32;
+
+/// Page-fault error-code bits (`Regs::error` after [`VECTOR_PAGE_FAULT`]).
+pub mod pf {
+    /// The page was present (a protection violation, not a missing page).
+    pub const PRESENT: u64 = 1 << 0;
+    /// The access was a write.
+    pub const WRITE: u64 = 1 << 1;
+    /// The access came from ring 3.
+    pub const USER: u64 = 1 << 2;
+    /// The access was an instruction fetch.
+    pub const FETCH: u64 = 1 << 4;
+}
 
 /// RFLAGS bits a guest may control: the arithmetic flags and DF.
 pub const RFLAGS_USER: u64 = 0x0cd5;

@@ -1,6 +1,8 @@
 use super::*;
 use crate::image::{Image, Perms, Segment};
 use crate::mm::testmem::TestMem;
+use abi::stop::Access;
+use alloc::string::ToString;
 
 /// An image with one page of text (0x401000) and one page of data (0x402000).
 fn image() -> Image {
@@ -157,11 +159,18 @@ fn bad_hypercalls_stop_the_guest() {
         }
     };
     let cw = Hypercall::ConsoleWrite as u64;
-    assert!(stop(&mut g, cw, 0xffff_ffff_8000_0000, 16).contains("leaves the guest's half"));
-    assert!(stop(&mut g, cw, u64::MAX - 8, 64).contains("leaves the guest's half"));
-    assert!(stop(&mut g, cw, 0x1000, 16).contains("not mapped"));
-    assert!(stop(&mut g, cw, 0x401000, 1 << 40).contains("exceeds"));
-    assert_eq!(stop(&mut g, 0xdead, 0, 0), "bad hypercall: unknown number 0xdead");
+    let buffer = |address, length, error| StopReason::BadHypercall(HypercallError::ConsoleWriteBuffer { address, length, error });
+    let k = 0xffff_ffff_8000_0000;
+    assert_eq!(stop(&mut g, cw, k, 16), buffer(k, 16, MemoryError::OutOfRange { address: k, length: 16 }));
+    assert_eq!(stop(&mut g, cw, u64::MAX - 8, 64), buffer(u64::MAX - 8, 64, MemoryError::OutOfRange { address: u64::MAX - 8, length: 64 }));
+    assert_eq!(stop(&mut g, cw, 0x1000, 16), buffer(0x1000, 16, MemoryError::Unmapped { address: 0x1000 }));
+    assert_eq!(
+        stop(&mut g, cw, 0x401000, 1 << 40),
+        StopReason::BadHypercall(HypercallError::ConsoleWriteLength { length: 1 << 40, max: 4096 })
+    );
+    let unknown = stop(&mut g, 0xdead, 0, 0);
+    assert_eq!(unknown, StopReason::BadHypercall(HypercallError::UnknownNumber { number: 0xdead }));
+    assert_eq!(unknown.to_string(), "bad hypercall: unknown number 0xdead");
 }
 
 #[test]
@@ -175,10 +184,10 @@ fn faults_stop_with_reasons_and_demand_zero_resumes() {
     g.regs = Regs { vector: 14, error: 0b110, cr2: 0x7000_dead_0000, rip: 0x401000, ..Regs::default() };
     assert_eq!(
         g.handle_exit(&mut mem, &mut |_| {}),
-        Step::Stopped("page fault: write to unmapped address 0x7000dead0000 at ip 0x401000".into())
+        Step::Stopped(StopReason::PageFault { access: Access::Write, address: 0x7000_dead_0000, protected: false, ip: 0x401000 })
     );
     g.regs = Regs { vector: 14, error: 0b110, cr2: STACK_TOP - STACK_MAX - 8, rip: 0x401000, ..Regs::default() };
-    assert!(matches!(g.handle_exit(&mut mem, &mut |_| {}), Step::Stopped(s) if s.starts_with("stack overflow")));
+    assert!(matches!(g.handle_exit(&mut mem, &mut |_| {}), Step::Stopped(StopReason::StackOverflow { access: Access::Write, .. })));
     // Touching the heap beyond the limit.
     let mut i = 0;
     let step = loop {
@@ -188,7 +197,7 @@ fn faults_stop_with_reasons_and_demand_zero_resumes() {
             other => break other,
         }
     };
-    assert!(matches!(step, Step::Stopped(s) if s.starts_with("out of memory")));
+    assert!(matches!(step, Step::Stopped(StopReason::OutOfMemory { limit_bytes: 65536, .. })), "{step:?}");
     assert!(g.memory.charged_bytes() <= 64 * 1024);
 }
 
@@ -198,7 +207,7 @@ fn a_syscall_at_the_end_of_the_guest_half_is_never_returned_to() {
     let mut g = create(&mut mem, k, &li, "g-0", &[], 1 << 20).unwrap();
     syscall(&mut g, Hypercall::Yield as u64, 0, 0);
     g.regs.rip = layout::USER_END;
-    assert!(matches!(g.handle_exit(&mut mem, &mut |_| {}), Step::Stopped(s) if s.contains("not canonical")));
+    assert_eq!(g.handle_exit(&mut mem, &mut |_| {}), Step::Stopped(StopReason::NonCanonicalReturn { ip: layout::USER_END }));
 }
 
 #[test]

@@ -46,6 +46,15 @@ pub trait GuestEvents: Send + Sync {
     fn pending(&self) -> u64;
 }
 
+/// Why a guest's ring could not be made.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RingAllocError<E> {
+    /// The machine is out of memory.
+    NoMemory,
+    /// The caller could not map a page into the guest (the page was freed).
+    Map(E),
+}
+
 /// A vNIC's TX side: the ring's consumer and the sender's rate limits.
 pub(super) struct Tx {
     pub(super) ring: Consumer,

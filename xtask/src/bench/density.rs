@@ -18,6 +18,7 @@
 //! process from MemAvailable, PSS and RSS).
 
 use super::*;
+use abi::report::{MACHINE_PREFIX, MachineStats};
 
 /// Idle echo guests in the probe boot.
 const PROBE: usize = 200;
@@ -31,8 +32,8 @@ const LINUX_PROCESSES: usize = 1000;
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
 
 /// An idle echo guest: the smallest rings and a limit with room to serve.
-fn echo_entry(count: usize) -> String {
-    format!("[[guest]]\nname = \"e\"\napp = \"echo\"\ncount = {count}\nmemory = \"160 KiB\"\nring_slots = 4\nnet = true\n")
+fn echo_entry(count: usize) -> Guest {
+    Guest::app("e", "echo").count(count as u32).memory(160 * KIB).ring_slots(4).net()
 }
 
 fn field(v: &Value, k: &str) -> u64 {
@@ -99,7 +100,7 @@ impl Bench {
         let at = Bench { machine: Machine { memory_mib: 1024, ..self.machine }, quick: self.quick, append: self.append.clone() };
         let run = at.ours(
             &format!("{cycle} networked guests created, run and destroyed"),
-            format!("[[guest]]\nname = \"c\"\napp = \"hello\"\ncount = {cycle}\nmemory = \"128 KiB\"\nring_slots = 2\nnet = true\n"),
+            Manifest::new([Guest::app("c", "hello").count(cycle as u32).memory(128 * KIB).ring_slots(2).net()]),
             Duration::from_secs(600),
         )?;
         let (cycle_created, cycle_ms) = created_line(&run.out.console).context("no `created` line in the create/destroy boot")?;
@@ -208,35 +209,37 @@ impl Bench {
         let mut listening = 0;
         // (A machine line also comes once the guests are created; only the
         // one after `stats` counts.)
-        let (_, probe) =
-            b.ours_live(&format!("{PROBE} idle echo guests in {mib} MiB (probe)"), echo_entry(PROBE), Duration::from_secs(300), |l| {
+        let (_, probe) = b.ours_live(
+            &format!("{PROBE} idle echo guests in {mib} MiB (probe)"),
+            Manifest::new([echo_entry(PROBE)]),
+            Duration::from_secs(300),
+            |l| {
                 if l.contains("| echo: listening") {
                     listening += 1;
                     if listening == PROBE {
-                        return linux::Reply::Type(b"stats\n".to_vec());
+                        return Reply::Type(b"stats\n".to_vec());
                     }
                 }
-                if listening >= PROBE && l.starts_with(r#"{"event":"machine""#) { linux::Reply::Stop } else { linux::Reply::Continue }
-            })?;
-        let text = probe.text();
-        let per_guest = text
-            .lines()
-            .filter_map(parse_json)
-            .filter(|v| v["event"] == "guest_stats")
-            .map(|v| field(&v, "memory_bytes") + field(&v, "hv_bytes"))
-            .max()
-            .context("the probe boot printed no guest_stats")?;
-        let machine =
-            text.lines().rev().filter_map(parse_json).find(|v| v["event"] == "machine").context("the probe printed no machine line")?;
-        let room = field(&machine, "free_bytes") + PROBE as u64 * per_guest - (2 << 20);
+                if listening >= PROBE && l.starts_with(MACHINE_PREFIX) { Reply::Stop } else { Reply::Continue }
+            },
+        )?;
+        let text = probe.console.clone();
+        let per_guest =
+            guest_stats(&text).iter().map(|s| s.memory_bytes + s.hv_bytes).max().context("the probe boot printed no guest_stats")?;
+        let machine = machine_stats(&text).pop().context("the probe printed no machine line")?;
+        let room = machine.free_bytes + PROBE as u64 * per_guest - (2 << 20);
         let guests = ((room as f64 * 0.97) / per_guest as f64) as usize;
         progress(&format!("  an idle echo guest costs {per_guest} B: {guests} fit in {mib} MiB"));
 
         // Fill.
-        let manifest = format!(
-            "[[guest]]\nname = \"check\"\napp = \"echo\"\nmemory = \"1 MiB\"\nnet = true\nargs = [\"check\", \"{guests}\", \"{SAMPLES}\", \"7\", \"1\"]\n\n{}",
-            echo_entry(guests)
-        );
+        let checker = Guest::app("check", "echo").memory(MIB).net().args([
+            "check".to_string(),
+            guests.to_string(),
+            SAMPLES.to_string(),
+            "7".into(),
+            "1".into(),
+        ]);
+        let manifest = Manifest::new([checker, echo_entry(guests)]);
         let (mut listening, mut checked, mut machines, mut asked) = (0usize, false, 0, false);
         let start = Instant::now();
         let (args, console) = b.ours_live(
@@ -254,62 +257,58 @@ impl Bench {
                     checked = true;
                     progress(&format!("  {l}"));
                 }
-                if asked && l.starts_with(r#"{"event":"machine""#) {
+                if asked && l.starts_with(MACHINE_PREFIX) {
                     machines += 1;
                     return match machines {
-                        1 => linux::Reply::Type(b"machine\n".to_vec()),
+                        1 => Reply::Type(b"machine\n".to_vec()),
                         2 => {
                             std::thread::sleep(IDLE_WINDOW);
-                            linux::Reply::Type(b"machine\n".to_vec())
+                            Reply::Type(b"machine\n".to_vec())
                         }
-                        _ => linux::Reply::Stop,
+                        _ => Reply::Stop,
                     };
                 }
                 if !asked && checked && listening == guests {
                     asked = true;
                     // Let the last ones settle, then take everyone's accounting.
                     std::thread::sleep(Duration::from_secs(2));
-                    return linux::Reply::Type(b"stats\n".to_vec());
+                    return Reply::Type(b"stats\n".to_vec());
                 }
-                linux::Reply::Continue
+                Reply::Continue
             },
         )?;
-        let text = console.text();
+        let text = console.console.clone();
         if machines < 3 {
             bail!("the fill boot ended early ({listening} of {guests} listening, checker done: {checked}):\n{}", console.tail(30));
         }
-        let stats: Vec<Value> = text
-            .lines()
-            .filter_map(parse_json)
-            .filter(|v| v["event"] == "guest_stats" && v["guest"].as_str().is_some_and(|g| g.starts_with("e-")))
-            .collect();
-        let col = |k: &str| -> Vec<u64> { stats.iter().map(|v| field(v, k)).collect() };
-        let med = |k: &str| quantile(&mut col(k), 0.5);
+        let stats: Vec<GuestStats> = guest_stats(&text).into_iter().filter(|s| s.guest.starts_with("e-")).collect();
+        let col = |k: fn(&GuestStats) -> u64| -> Vec<u64> { stats.iter().map(k).collect() };
+        let med = |k: fn(&GuestStats) -> u64| quantile(&mut col(k), 0.5);
         let memory = json!({
-            "memory_bytes": med("memory_bytes"),
-            "private_bytes": med("private_bytes"),
-            "ring_bytes": med("ring_bytes"),
-            "table_bytes": med("table_bytes"),
-            "shared_bytes": med("shared_bytes"),
-            "hv_bytes": med("hv_bytes"),
+            "memory_bytes": med(|s| s.memory_bytes),
+            "private_bytes": med(|s| s.private_bytes),
+            "ring_bytes": med(|s| s.ring_bytes),
+            "table_bytes": med(|s| s.table_bytes),
+            "shared_bytes": med(|s| s.shared_bytes),
+            "hv_bytes": med(|s| s.hv_bytes),
         });
         // The last three: after `stats`, then the two `machine` requests.
-        let machines: Vec<Value> = text.lines().filter_map(parse_json).filter(|v| v["event"] == "machine").collect();
+        let machines = machine_stats(&text);
         let (m0, m1) = (&machines[machines.len() - 2], &machines[machines.len() - 1]);
-        let idle = |m: &Value| m["cpu_idle_ns"].as_array().map_or(0, |a| a.iter().filter_map(Value::as_u64).sum::<u64>());
-        let cpus = m1["cpu_idle_ns"].as_array().map_or(1, Vec::len) as f64;
-        let busy = 1.0 - (idle(m1) - idle(m0)) as f64 / ((field(m1, "uptime_ns") - field(m0, "uptime_ns")) as f64 * cpus);
+        let idle = |m: &MachineStats| m.cpu_idle_ns.iter().sum::<u64>();
+        let cpus = m1.cpu_idle_ns.len().max(1) as f64;
+        let busy = 1.0 - (idle(m1) - idle(m0)) as f64 / ((m1.uptime_ns - m0.uptime_ns) as f64 * cpus);
         let check = text.lines().find(|l| l.starts_with("check-0| check: ")).unwrap_or("").trim_start_matches("check-0| ").to_string();
         let answered = check.split_whitespace().nth(1).and_then(|s| s.split_once('/')).and_then(|(a, _)| a.parse().ok()).unwrap_or(0);
-        let created: Vec<u64> = col("created_ns");
-        let entered = col("first_entry_ns");
+        let created: Vec<u64> = col(|s| s.created_ns);
+        let entered = col(|s| s.first_entry_ns);
         let fill = Fill {
             memory_mib: mib,
             guests,
             started: listening,
             created_ms: created_line(&text).map_or(0, |(_, ms)| ms),
-            create_us: (quantile(&mut col("create_ns"), 0.5) / 1000, quantile(&mut col("create_ns"), 0.99) / 1000),
-            boot_cpu_us: (quantile(&mut col("cpu_ns"), 0.5) / 1000, quantile(&mut col("cpu_ns"), 0.99) / 1000),
+            create_us: (quantile(&mut col(|s| s.create_ns), 0.5) / 1000, quantile(&mut col(|s| s.create_ns), 0.99) / 1000),
+            boot_cpu_us: (quantile(&mut col(|s| s.cpu_ns), 0.5) / 1000, quantile(&mut col(|s| s.cpu_ns), 0.99) / 1000),
             all_entered_ms: (entered.iter().max().unwrap_or(&0) - created.iter().min().unwrap_or(&0)) / 1_000_000,
             memory,
             check,

@@ -19,7 +19,7 @@
  * Latencies are read with rdtsc (converted with a rate calibrated against
  * CLOCK_MONOTONIC), not clock_gettime, so the clock source the kernel
  * picked under TCG does not add to them; the run's duration is
- * CLOCK_MONOTONIC. The histogram is the guests' (apps/echo-bench/src/hist.rs):
+ * CLOCK_MONOTONIC. The histogram is the guests' (libs/loadgen/src/hist.rs):
  * log-linear, 32 buckets per power of two.
  */
 #define _GNU_SOURCE
@@ -71,7 +71,7 @@ static void calibrate(void) {
     signal(SIGPIPE, SIG_IGN);
 }
 
-/* ---- histogram (apps/echo-bench/src/hist.rs) ---- */
+/* ---- histogram (libs/loadgen/src/hist.rs) ---- */
 
 #define SUB_BITS 5
 #define SUB (1 << SUB_BITS)

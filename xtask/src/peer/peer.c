@@ -1,6 +1,6 @@
 /*
  * The Linux peer's benchmark program for `cargo xtask bench` (see
- * xtask/src/linux.rs). Compiled on the host with `gcc -static -O2` and put
+ * xtask/src/linux/). Compiled on the host with `gcc -static -O2` and put
  * into the peer's initramfs as /bin/peer; /init runs it. Every result is one
  * JSON line on stdout (the serial console).
  *

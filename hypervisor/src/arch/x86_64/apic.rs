@@ -7,7 +7,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// Where the APIC's registers are mapped (uncached), see `paging::map_mmio`.
 pub const APIC_VA: u64 = 0xffff_ffff_fee0_0000;
 /// Vector of the timer interrupt.
-pub const TIMER_VECTOR: u8 = 32;
+pub const TIMER_VECTOR: u8 = hypervisor::guest::regs::VECTOR_FIRST_INTERRUPT as u8;
 /// Vector for spurious interrupts (needs no EOI).
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
@@ -22,6 +22,22 @@ const REG_LVT_TIMER: u64 = 0x320;
 const REG_INITIAL: u64 = 0x380;
 const REG_CURRENT: u64 = 0x390;
 const REG_DIVIDE: u64 = 0x3e0;
+/// IA32_APIC_BASE: the APIC is enabled; the base address bits.
+const APIC_BASE_ENABLE: u64 = 1 << 11;
+const APIC_BASE_ADDRESS: u64 = 0x000f_ffff_ffff_f000;
+/// Spurious-vector register: the APIC is software-enabled.
+const SVR_ENABLE: u32 = 1 << 8;
+/// Interrupt command register: the IPI is not yet delivered; the
+/// "all excluding self" destination shorthand.
+const ICR_PENDING: u32 = 1 << 12;
+const ICR_ALL_BUT_SELF: u32 = 0b11 << 18;
+/// LVT timer: masked; TSC-deadline mode (one-shot is 0).
+const LVT_MASKED: u32 = 1 << 16;
+const LVT_TSC_DEADLINE: u32 = 0b10 << 17;
+/// Divide configuration: by 16.
+const DIVIDE_BY_16: u32 = 0b0011;
+/// Where the APIC id sits in the ID register and in the ICR's high half.
+const ID_SHIFT: u32 = 24;
 
 /// The EOI register's address, for the interrupt stubs (entry.rs), which
 /// acknowledge every interrupt they take; as an `i64` because the stubs use
@@ -37,15 +53,15 @@ static IDS: [core::sync::atomic::AtomicU32; super::smp::MAX_CPUS] = [const { cor
 
 /// Records this CPU's APIC id under its index.
 pub fn register(cpu: usize) {
-    IDS[cpu].store(read(REG_ID) >> 24, Ordering::Relaxed);
+    IDS[cpu].store(read(REG_ID) >> ID_SHIFT, Ordering::Relaxed);
 }
 
 /// Interrupts CPU `cpu` with the wake-up vector (it leaves `hlt`, or its
 /// guest exits, and it looks at its run queue again).
 pub fn wake_cpu(cpu: usize) {
-    write(REG_ICR_HIGH, IDS[cpu].load(Ordering::Relaxed) << 24);
+    write(REG_ICR_HIGH, IDS[cpu].load(Ordering::Relaxed) << ID_SHIFT);
     write(REG_ICR_LOW, WAKE_VECTOR as u32);
-    while read(REG_ICR_LOW) & (1 << 12) != 0 {
+    while read(REG_ICR_LOW) & ICR_PENDING != 0 {
         core::hint::spin_loop();
     }
 }
@@ -65,13 +81,13 @@ fn write(reg: u64, v: u32) {
 
 /// The APIC's physical base address.
 pub fn base() -> u64 {
-    cpu::rdmsr(MSR_APIC_BASE) & 0x000f_ffff_ffff_f000
+    cpu::rdmsr(MSR_APIC_BASE) & APIC_BASE_ADDRESS
 }
 
 fn enable() {
     // SAFETY: sets the global-enable bit of IA32_APIC_BASE, keeping the base.
-    unsafe { cpu::wrmsr(MSR_APIC_BASE, cpu::rdmsr(MSR_APIC_BASE) | (1 << 11)) };
-    write(REG_SVR, 0x100 | SPURIOUS_VECTOR as u32);
+    unsafe { cpu::wrmsr(MSR_APIC_BASE, cpu::rdmsr(MSR_APIC_BASE) | APIC_BASE_ENABLE) };
+    write(REG_SVR, SVR_ENABLE | SPURIOUS_VECTOR as u32);
 }
 
 /// Enables an application processor's APIC with the boot CPU's timer
@@ -79,9 +95,9 @@ fn enable() {
 pub fn init_ap() {
     enable();
     if TSC_DEADLINE.load(Ordering::Relaxed) {
-        write(REG_LVT_TIMER, (0b10 << 17) | TIMER_VECTOR as u32);
+        write(REG_LVT_TIMER, LVT_TSC_DEADLINE | TIMER_VECTOR as u32);
     } else {
-        write(REG_DIVIDE, 0b0011);
+        write(REG_DIVIDE, DIVIDE_BY_16);
         write(REG_LVT_TIMER, TIMER_VECTOR as u32);
     }
 }
@@ -90,8 +106,8 @@ pub fn init_ap() {
 /// delivery mode and vector) and waits until it is delivered.
 pub fn ipi_all_others(low: u32) {
     write(REG_ICR_HIGH, 0);
-    write(REG_ICR_LOW, low | (0b11 << 18));
-    while read(REG_ICR_LOW) & (1 << 12) != 0 {
+    write(REG_ICR_LOW, low | ICR_ALL_BUT_SELF);
+    while read(REG_ICR_LOW) & ICR_PENDING != 0 {
         core::hint::spin_loop();
     }
 }
@@ -102,12 +118,12 @@ pub fn init(tsc_hz: u64) {
     let deadline = cpu::has_tsc_deadline();
     TSC_DEADLINE.store(deadline, Ordering::Relaxed);
     if deadline {
-        write(REG_LVT_TIMER, (0b10 << 17) | TIMER_VECTOR as u32);
+        write(REG_LVT_TIMER, LVT_TSC_DEADLINE | TIMER_VECTOR as u32);
         return;
     }
     // Count APIC ticks over 10 ms of TSC.
-    write(REG_DIVIDE, 0b0011); // divide by 16
-    write(REG_LVT_TIMER, (1 << 16) | TIMER_VECTOR as u32); // masked while measuring
+    write(REG_DIVIDE, DIVIDE_BY_16);
+    write(REG_LVT_TIMER, LVT_MASKED | TIMER_VECTOR as u32); // while measuring
     let window = tsc_hz / 100;
     let start = cpu::rdtsc();
     write(REG_INITIAL, u32::MAX);

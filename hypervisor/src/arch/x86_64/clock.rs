@@ -64,7 +64,7 @@ pub fn wall_clock_ns() -> u64 {
     }
     let b = cmos(0x0b);
     let binary = b & 0x04 != 0;
-    let d = |v| hypervisor::time::from_bcd(v, binary);
+    let d = |v| hypervisor::rtc::from_bcd(v, binary);
     let mut hour = d(r[2] & 0x7f);
     if b & 0x02 == 0 && r[2] & 0x80 != 0 {
         hour = (hour % 12) + 12; // 12-hour clock, PM
@@ -73,5 +73,5 @@ pub fn wall_clock_ns() -> u64 {
         19..=99 => d(r[6]),
         _ => 20,
     };
-    hypervisor::time::unix_seconds(century * 100 + d(r[5]), d(r[4]), d(r[3]), hour, d(r[1]), d(r[0])).map_or(0, |s| s * 1_000_000_000)
+    hypervisor::rtc::unix_seconds(century * 100 + d(r[5]), d(r[4]), d(r[3]), hour, d(r[1]), d(r[0])).map_or(0, |s| s * 1_000_000_000)
 }

@@ -9,6 +9,31 @@ pub const MSR_SFMASK: u32 = 0xc000_0084;
 pub const MSR_GS_BASE: u32 = 0xc000_0101;
 pub const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 
+/// CR4 bits the hypervisor turns on (or off).
+pub mod cr4 {
+    /// Global pages.
+    pub const PGE: u64 = 1 << 7;
+    /// User-mode instruction prevention (`sgdt`, `sidt`, ... fault in ring 3).
+    pub const UMIP: u64 = 1 << 11;
+    /// Supervisor-mode execution prevention.
+    pub const SMEP: u64 = 1 << 20;
+    /// Supervisor-mode access prevention.
+    pub const SMAP: u64 = 1 << 21;
+}
+
+/// CPUID feature bits: leaf 1 EDX, leaf 7 EBX/ECX/EDX, leaf 0x8000_0001 EDX.
+mod cpuid {
+    pub const L1_EDX_PGE: u32 = 1 << 13;
+    pub const L7_EBX_SMEP: u32 = 1 << 7;
+    pub const L7_EBX_SMAP: u32 = 1 << 20;
+    pub const L7_ECX_UMIP: u32 = 1 << 2;
+    pub const L7_EDX_MD_CLEAR: u32 = 1 << 10;
+    pub const L7_EDX_ARCH_CAPABILITIES: u32 = 1 << 29;
+    pub const E1_EDX_NX: u32 = 1 << 20;
+    pub const E1_EDX_PDPE1GB: u32 = 1 << 26;
+    pub const L1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+}
+
 /// The features the hypervisor uses or hardens with, read once at boot.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Features {
@@ -23,12 +48,12 @@ pub struct Features {
 pub fn features() -> Features {
     let (l1, l7, e1) = (__cpuid_count(1, 0), __cpuid_count(7, 0), __cpuid_count(0x8000_0001, 0));
     Features {
-        nx: e1.edx & (1 << 20) != 0,
-        pdpe1gb: e1.edx & (1 << 26) != 0,
-        pge: l1.edx & (1 << 13) != 0,
-        smep: l7.ebx & (1 << 7) != 0,
-        smap: l7.ebx & (1 << 20) != 0,
-        umip: l7.ecx & (1 << 2) != 0,
+        nx: e1.edx & cpuid::E1_EDX_NX != 0,
+        pdpe1gb: e1.edx & cpuid::E1_EDX_PDPE1GB != 0,
+        pge: l1.edx & cpuid::L1_EDX_PGE != 0,
+        smep: l7.ebx & cpuid::L7_EBX_SMEP != 0,
+        smap: l7.ebx & cpuid::L7_EBX_SMAP != 0,
+        umip: l7.ecx & cpuid::L7_ECX_UMIP != 0,
     }
 }
 
@@ -58,11 +83,11 @@ pub fn speculation() -> Speculation {
     let l0 = __cpuid_count(0, 0);
     let intel = (l0.ebx, l0.edx, l0.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e); // "GenuineIntel"
     let l7 = __cpuid_count(7, 0);
-    let caps = if l7.edx & (1 << 29) != 0 { rdmsr(MSR_ARCH_CAPABILITIES) } else { 0 };
+    let caps = if l7.edx & cpuid::L7_EDX_ARCH_CAPABILITIES != 0 { rdmsr(MSR_ARCH_CAPABILITIES) } else { 0 };
     Speculation {
         meltdown: intel && caps & ARCH_CAP_RDCL_NO == 0,
         mds: intel && caps & (ARCH_CAP_MDS_NO | ARCH_CAP_TAA_NO) != (ARCH_CAP_MDS_NO | ARCH_CAP_TAA_NO),
-        md_clear: l7.edx & (1 << 10) != 0,
+        md_clear: l7.edx & cpuid::L7_EDX_MD_CLEAR != 0,
     }
 }
 
@@ -80,7 +105,7 @@ pub fn rdmsr(msr: u32) -> u64 {
 
 /// Whether the APIC timer has TSC-deadline mode.
 pub fn has_tsc_deadline() -> bool {
-    __cpuid_count(1, 0).ecx & (1 << 24) != 0
+    __cpuid_count(1, 0).ecx & cpuid::L1_ECX_TSC_DEADLINE != 0
 }
 
 /// Reads the time-stamp counter.
@@ -130,7 +155,7 @@ pub unsafe fn write_cr4(v: u64) {
 /// outlive a switch to a guest's tables.
 pub fn disable_global_pages() {
     // SAFETY: clearing CR4.PGE only stops global TLB entries.
-    unsafe { write_cr4(read_cr4() & !(1 << 7)) };
+    unsafe { write_cr4(read_cr4() & !cr4::PGE) };
 }
 
 /// Switches to the page tables rooted at `pml4`.

@@ -1,11 +1,11 @@
 //! Entering and leaving guests: `syscall` entry, the 256 interrupt and
 //! exception stubs, and `enter_guest`.
 //!
-//! The model is a vCPU run loop, as in KVM's `KVM_RUN`: the hypervisor calls
-//! [`run`] with a guest's saved registers; the guest runs in ring 3 until it
+//! The model is a vCPU loop, as in KVM's `KVM_RUN`: the hypervisor calls
+//! [`enter`] with a guest's saved registers; the guest runs in ring 3 until it
 //! makes a hypercall or takes an exception or interrupt; the entry code
 //! saves every guest register into the same [`Regs`] (with the vector that
-//! ended the run) and returns from [`run`] as if from a function call. There
+//! ended the entry) and returns from [`enter`] as if from a function call. There
 //! is one hypervisor stack per CPU and no per-guest kernel stack, which keeps
 //! a guest's hypervisor-side cost to its `Regs` and FPU area.
 
@@ -13,7 +13,7 @@ use super::cpu::{self, MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_SFMASK, M
 use super::gdt::{IST_DOUBLE_FAULT, IST_EXCEPTION, IST_MACHINE_CHECK, IST_NMI, KERNEL_CS, KERNEL_DS};
 use core::arch::{asm, global_asm};
 use core::mem::offset_of;
-use hypervisor::guest::regs::{FpuState, Regs};
+use hypervisor::guest::regs::{FpuState, Regs, VECTOR_FIRST_INTERRUPT, VECTOR_SYSCALL};
 use x86_64::VirtAddr;
 use x86_64::instructions::tables::lidt;
 use x86_64::structures::DescriptorTablePointer;
@@ -71,7 +71,7 @@ static KERNEL_CR3: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64
 
 /// Turns page-table isolation on: from now on guests must be created on
 /// the isolated upper half (`paging::isolated_upper`) and entered with
-/// their root in [`run`]. Call before any guest runs.
+/// their root in [`enter`]. Call before any guest runs.
 pub fn isolate(kernel_root: u64) {
     KERNEL_CR3.store(kernel_root, core::sync::atomic::Ordering::Relaxed);
     ISOLATE.store(1, core::sync::atomic::Ordering::Release);
@@ -101,6 +101,14 @@ pub fn clear_buffers_on_entry(on: bool) {
 #[unsafe(no_mangle)]
 static KERNEL_MXCSR: u32 = 0x1f80;
 
+/// The exceptions that run on a stack of their own (see `gdt`).
+const VECTOR_NMI: usize = 2;
+const VECTOR_DOUBLE_FAULT: usize = 8;
+const VECTOR_MACHINE_CHECK: usize = 18;
+/// A gate's attributes: present, DPL 0 (so `int n` from ring 3 is a #GP),
+/// 64-bit interrupt gate (interrupts off on entry).
+const GATE_INTERRUPT_DPL0: u8 = 0x8e;
+
 #[derive(Clone, Copy)]
 #[repr(C)]
 struct Gate {
@@ -128,17 +136,16 @@ pub fn init_idt() {
     for v in 0..256usize {
         let addr = stubs + 16 * v as u64;
         let ist = match v {
-            2 => IST_NMI,
-            8 => IST_DOUBLE_FAULT,
-            18 => IST_MACHINE_CHECK,
+            VECTOR_NMI => IST_NMI,
+            VECTOR_DOUBLE_FAULT => IST_DOUBLE_FAULT,
+            VECTOR_MACHINE_CHECK => IST_MACHINE_CHECK,
             _ => IST_EXCEPTION,
         };
         let gate = Gate {
             offset_low: addr as u16,
             selector: KERNEL_CS,
             ist: ist as u8,
-            // Present, DPL 0 (so `int n` from ring 3 is a #GP), interrupt gate.
-            attributes: 0x8e,
+            attributes: GATE_INTERRUPT_DPL0,
             offset_mid: (addr >> 16) as u16,
             offset_high: (addr >> 32) as u32,
             reserved: 0,
@@ -174,7 +181,7 @@ pub fn init_cpu(cpu: usize) {
 /// `regs.vector` says why it stopped. `root` is the guest's page-table root:
 /// with isolation the return path switches to it last; without, the caller
 /// has loaded it.
-pub fn run(regs: &mut Regs, fpu: &mut FpuState, sysret: bool, root: u64) {
+pub fn enter(regs: &mut Regs, fpu: &mut FpuState, sysret: bool, root: u64) {
     regs.rflags = regs.entry_rflags();
     debug_assert!(regs.rip < abi::layout::USER_END);
     // SAFETY: `regs` and `fpu` outlive the call and are reached only through
@@ -302,8 +309,8 @@ exception_common:
        vector then stays in service for good. 255 is the spurious vector
        (no EOI). */
     movq 8(%rsp), %rax
-    subq $32, %rax
-    cmpq $(255 - 32), %rax
+    subq ${first_interrupt}, %rax
+    cmpq $({spurious} - {first_interrupt}), %rax
     jae 4f
     movl $0, {apic_eoi}
 4:
@@ -340,7 +347,7 @@ exception_common:
     movq %rbx, {cr2}(%rax)
     jmp guest_exit
 1:
-    cmpq $32, (%rsp)
+    cmpq ${first_interrupt}, (%rsp)
     jae 3f
     movq %rsp, %rdi
     subq $8, %rsp
@@ -349,7 +356,7 @@ exception_common:
 3:
     /* An interrupt in the hypervisor (only while idle in cpu::idle):
        acknowledge it unless spurious, and return. */
-    cmpq $255, (%rsp)
+    cmpq ${spurious}, (%rsp)
     je 5f
     movl $0, {apic_eoi}
 5:
@@ -385,7 +392,7 @@ syscall_entry:
     movq %r11, {rflags}(%rsp)
     movq %gs:{user_rsp}, %rax
     movq %rax, {rsp}(%rsp)
-    movq $256, {vector}(%rsp)
+    movq ${syscall_vector}, {vector}(%rsp)
     movq $0, {error}(%rsp)
 
 guest_exit:
@@ -503,6 +510,9 @@ enter_guest:
     guest_cr3 = const offset_of!(PerCpu, guest_cr3),
     iret_end = const offset_of!(PerCpu, iret) + 5 * 8,
     apic_eoi = const super::apic::EOI_VA,
+    first_interrupt = const VECTOR_FIRST_INTERRUPT,
+    spurious = const super::apic::SPURIOUS_VECTOR,
+    syscall_vector = const VECTOR_SYSCALL,
     user_ds = const super::gdt::USER_DS,
     user_cs = const super::gdt::USER_CS,
     options(att_syntax)

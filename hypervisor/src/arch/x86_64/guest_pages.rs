@@ -15,14 +15,14 @@
 //! destroyed. The run loop raises timer events only for a guest its own
 //! CPU's scheduler holds (alive).
 
-use super::paging::{Mem, phys_to_virt};
+use super::paging::{DirectMap, phys_to_virt};
 use abi::ring::{INDEX_BYTES, RingMemory, SLOTS_OFFSET, slots_bytes};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use hypervisor::guest::Guest;
 use hypervisor::mm::{FRAME_SIZE, PhysAddr, PhysMem};
-use hypervisor::net::port::{GuestEvents, GuestRing};
+use hypervisor::net::port::{GuestEvents, GuestRing, RingAllocError};
 
 const PAGE: usize = FRAME_SIZE as usize;
 
@@ -35,7 +35,7 @@ impl EventPage {
     /// The event page of `g`, which its creation mapped to a page of its
     /// own (`None` if it is not mapped, which creation rules out).
     pub fn of(g: &Guest) -> Option<Self> {
-        g.memory.space.translate(&Mem, abi::layout::EVENT_PAGE).map(|(pa, _)| Self(pa & !(FRAME_SIZE - 1)))
+        g.memory.space.translate(&DirectMap, abi::layout::EVENT_PAGE).map(|(pa, _)| Self(pa & !(FRAME_SIZE - 1)))
     }
 
     fn bits(&self) -> &AtomicU64 {
@@ -76,15 +76,6 @@ pub struct DirectRing {
     pages: Box<[PhysAddr]>,
 }
 
-/// Why a ring could not be made.
-#[derive(Debug)]
-pub enum RingAllocError<E> {
-    /// The machine is out of memory.
-    NoMemory,
-    /// The caller could not map a page (the page was freed).
-    Map(E),
-}
-
 impl DirectRing {
     /// A ring of `slots` slots whose index block is at `index_offset` in
     /// `events`: takes its slot pages from the frame allocator and hands
@@ -100,7 +91,7 @@ impl DirectRing {
         assert!(index_offset.is_multiple_of(4) && index_offset as usize + INDEX_BYTES <= PAGE);
         let n = slots_bytes(slots).div_ceil(PAGE);
         let mut pages = Vec::with_capacity(n);
-        let mut mem = Mem;
+        let mut mem = DirectMap;
         for i in 0..n {
             let page = mem.alloc().ok_or(RingAllocError::NoMemory)?;
             if let Err(e) = map(i, page) {

@@ -1,8 +1,12 @@
 //! The x86_64 layer: everything that needs a privileged instruction, each
 //! hardware concept in its own file, each `unsafe` block with its reason.
 //!
-//! Assumes: ring 0, long mode entered by `boot`, one CPU, interrupts off
+//! Assumes: ring 0, long mode entered by `boot`, up to `smp::MAX_CPUS`
+//! CPUs each with its own GDT, TSS, per-CPU block and APIC, interrupts off
 //! whenever hypervisor code runs (guests run with them on).
+//!
+//! `platform` is what the library's per-CPU loop (`hypervisor::machine`)
+//! runs on: it owns the CR3 writes, the timer, the halts and the IPIs.
 
 pub mod apic;
 pub mod boot;
@@ -14,6 +18,7 @@ pub mod guest_pages;
 pub mod net;
 pub mod paging;
 pub mod pci;
+pub mod platform;
 pub mod pvh;
 pub mod serial;
 pub mod smp;

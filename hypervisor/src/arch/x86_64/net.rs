@@ -8,5 +8,3 @@ use super::virtio_pci::Uplink;
 
 /// All vNICs, the switch and the uplink.
 pub type Net = hypervisor::net::backend::Net<DirectRing, EventPage, Uplink>;
-/// One guest's vNIC back end.
-pub type Port = hypervisor::net::port::Port<DirectRing, EventPage>;

@@ -142,7 +142,7 @@ pub unsafe fn init(ram: &[Range<PhysAddr>], features: &super::cpu::Features) -> 
 /// the hypervisor's half, which every guest's PML4 shares.
 pub fn map_mmio(root: PhysAddr, va: u64, pa: PhysAddr) {
     let flags = Pte::WRITABLE | Pte::NO_CACHE | Pte::WRITE_THROUGH | Pte::NO_EXECUTE;
-    paging::map(&mut Mem, root, va, pa, flags, 1, Pte::WRITABLE).expect("mapping device registers");
+    paging::map(&mut DirectMap, root, va, pa, flags, 1, Pte::WRITABLE).expect("mapping device registers");
 }
 
 /// A PML4 whose upper half is all a guest's tables map of the hypervisor
@@ -154,7 +154,7 @@ pub fn map_mmio(root: PhysAddr, va: u64, pa: PhysAddr) {
 /// root copy these entries; its three tables are shared by every guest and
 /// freed with [`free_isolated_upper`] once none is left.
 pub fn isolated_upper(kernel_root: PhysAddr) -> Option<PhysAddr> {
-    let mut mem = Mem;
+    let mut mem = DirectMap;
     let top = mem.read_pte(kernel_root, 511);
     let kernel_pdpt = top & paging::ADDR_MASK;
     let apic_gib = mem.read_pte(kernel_pdpt, 511);
@@ -173,7 +173,7 @@ pub fn isolated_upper(kernel_root: PhysAddr) -> Option<PhysAddr> {
 /// Frees what [`isolated_upper`] made (its three tables; the image's and
 /// the APIC's tables are the kernel's), once no guest uses it.
 pub fn free_isolated_upper(root: PhysAddr) {
-    let mut mem = Mem;
+    let mut mem = DirectMap;
     let pdpt = mem.read_pte(root, 511) & paging::ADDR_MASK;
     let pd = mem.read_pte(pdpt, 511) & paging::ADDR_MASK;
     for t in [pd, pdpt, root] {
@@ -214,7 +214,7 @@ pub fn total_frames() -> usize {
 /// Physical memory through the direct map; frames from the shared
 /// allocator. A handle with no state, so every CPU can hold one.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Mem;
+pub struct DirectMap;
 
 fn direct(pa: PhysAddr) -> *mut u8 {
     (PHYS_OFFSET + pa) as *mut u8
@@ -276,7 +276,7 @@ mod heapless_ranges {
     }
 }
 
-impl PhysMem for Mem {
+impl PhysMem for DirectMap {
     fn alloc(&mut self) -> Option<PhysAddr> {
         let pa = FRAMES.lock().as_mut()?.alloc()?;
         // SAFETY: a free frame from the allocator, mapped by the direct map.

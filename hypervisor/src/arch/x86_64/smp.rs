@@ -122,7 +122,7 @@ fn sym(s: &u8) -> u64 {
 /// Starts every other CPU; returns how many CPUs run (the boot CPU
 /// included). `kernel_root` is the hypervisor's PML4.
 pub fn start_aps(kernel_root: u64, tsc_hz: u64) -> usize {
-    let mut mem = paging::Mem;
+    let mut mem = paging::DirectMap;
     // The APs' page table: the kernel's upper half plus an identity map
     // of the first 2 MiB (the trampoline switches paging on from there).
     let Some(root) = mem.alloc() else { return 1 };

@@ -3,9 +3,9 @@
 //! maps the common, notify and device configuration structures its
 //! capabilities point at (uncached), and reaches them with volatile
 //! accesses of each register's width. DMA memory is the direct map's
-//! ([`Mem`]): the device sees physical addresses.
+//! ([`DirectMap`]): the device sees physical addresses.
 
-use super::paging::{Mem, map_device};
+use super::paging::{DirectMap, map_device};
 use super::pci;
 use hypervisor::net::virtio_net::{CommonCfg, Transport, VIRTIO_NET_DEVICES, VIRTIO_VENDOR, VirtioError, VirtioNet};
 
@@ -37,7 +37,7 @@ pub struct PciTransport {
     notify: u64,
     notify_mult: u32,
     device: u64,
-    mem: Mem,
+    mem: DirectMap,
 }
 
 fn read<T: Copy>(va: u64) -> T {
@@ -83,7 +83,7 @@ fn transport(f: pci::Function, root: u64) -> Option<PciTransport> {
         }
         ptr = f.read8(ptr.wrapping_add(pci::CAP_NEXT)) & !3;
     }
-    Some(PciTransport { common: common?, notify: notify?, notify_mult, device: device?, mem: Mem })
+    Some(PciTransport { common: common?, notify: notify?, notify_mult, device: device?, mem: DirectMap })
 }
 
 /// Finds and starts QEMU's virtio-net, if there is one.
@@ -95,7 +95,7 @@ pub fn probe(kernel_root: u64) -> Result<Option<Uplink>, VirtioError> {
 }
 
 impl Transport for PciTransport {
-    type Dma = Mem;
+    type Dma = DirectMap;
 
     fn read(&mut self, reg: CommonCfg) -> u64 {
         let va = self.common + reg.offset() as u64;
@@ -125,7 +125,7 @@ impl Transport for PciTransport {
         write::<u16>(self.notify + u64::from(notify_off) * u64::from(self.notify_mult), queue);
     }
 
-    fn dma(&mut self) -> &mut Mem {
+    fn dma(&mut self) -> &mut DirectMap {
         &mut self.mem
     }
 }

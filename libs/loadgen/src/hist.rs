@@ -6,12 +6,7 @@
 //! bucket holding that rank (never above the exact maximum, which is kept
 //! apart).
 //!
-//! Shared by `apps/echo-bench` and `apps/http-load` (`#[path]`), and tested
-//! on the host by `xtask` (`bench::tests`); `xtask/src/peer/net.c` has the
-//! same buckets for the Linux peer.
-
-// Declared here too, so that the file also compiles as a module of a std crate.
-extern crate alloc;
+//! `xtask/src/peer/net.c` has the same buckets for the Linux peer.
 
 use alloc::format;
 use alloc::string::String;
@@ -111,5 +106,56 @@ impl Histogram {
             us(self.max),
             us(self.mean())
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_contiguous_and_cover_every_u64() {
+        assert_eq!(index(0), 0);
+        assert_eq!(index(63), 63);
+        assert_eq!(index(64), 64);
+        assert_eq!(index(u64::MAX), BUCKETS - 1);
+        let mut next = 0u64;
+        for i in 0..BUCKETS {
+            let (low, width) = bucket(i);
+            assert_eq!(low, next, "bucket {i}");
+            assert_eq!(index(low), i);
+            assert_eq!(index(low + (width - 1)), i);
+            // At most 1/32 of the value wide.
+            assert!(width == 1 || width * 32 <= low, "bucket {i}: {low} + {width}");
+            next = low.wrapping_add(width);
+        }
+        assert_eq!(next, 0, "the last bucket ends at u64::MAX");
+    }
+
+    #[test]
+    fn quantiles_are_within_a_bucket_and_never_above_the_maximum() {
+        let mut h = Histogram::new();
+        assert_eq!(h.quantile(0.5), 0);
+        for us in 1..=1000u64 {
+            h.record(us * 1000);
+        }
+        assert_eq!(h.count(), 1000);
+        assert_eq!(h.mean(), 500_500);
+        let within = |got: u64, want: u64| got.abs_diff(want) * 32 <= want;
+        assert!(within(h.quantile(0.5), 500_000), "{}", h.quantile(0.5));
+        assert!(within(h.quantile(0.99), 990_000), "{}", h.quantile(0.99));
+        assert_eq!(h.quantile(1.0), 1_000_000, "never above the maximum");
+        let json = h.json_us();
+        let p90 = h.quantile(0.9);
+        assert!((870_000..930_000).contains(&p90), "{p90}");
+        assert_eq!(
+            json,
+            format!(
+                "{{\"p50\":{:.1},\"p90\":{:.1},\"p99\":{:.1},\"max\":1000.0,\"mean\":500.5}}",
+                h.quantile(0.5) as f64 / 1000.0,
+                p90 as f64 / 1000.0,
+                h.quantile(0.99) as f64 / 1000.0
+            )
+        );
     }
 }

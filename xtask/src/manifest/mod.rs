@@ -31,9 +31,12 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+pub use abi::bundle::Limits;
 use abi::layout::{NAME_MAX, START_STRINGS_MAX};
 use serde::Deserialize;
 use toml::Spanned;
+
+mod build;
 
 /// The manifest `cargo xtask run` uses when no `--manifest` is given.
 pub const DEFAULT_MANIFEST: &str = r#"# Three hello guests, and an echo server the host reaches on TCP port 8007.

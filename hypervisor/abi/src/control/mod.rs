@@ -1,0 +1,149 @@
+//! The control channel's protocol: the requests a client sends, one line
+//! each ([`Request`], read by [`parse`]), and the one-line JSON answers the
+//! hypervisor sends back ([`Response`]). `docs/control.md` describes it for
+//! people; this module is the contract the hypervisor writes and xtask, the
+//! tests and any other client read.
+//!
+//! Errors: a request refused is answered `{"error":"SENTENCE"}`, the
+//! `Display` of a [`ControlError`]. Clients show the sentence; none of them
+//! may depend on its words.
+
+mod request;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+pub use request::{Request, RequestError, from_hex, good_name, parse, write_hex};
+
+use crate::report::{GuestRow, GuestStats, MachineStats};
+
+#[cfg(feature = "serde")]
+use serde::{Deserialize, Serialize};
+
+/// Version of this protocol, answered by `version` beside
+/// [`crate::ABI_VERSION`]. 1 was the protocol before it had a number;
+/// 2 added `version` and the `exit_code` and `stop_reason` of
+/// `guest_stats`.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Longest request line (an `image-data` line of [`CHUNK_MAX`] bytes in hex
+/// fits); longer ones are refused whole.
+pub const LINE_MAX: usize = 8448;
+/// Most bytes one `image-data` line carries.
+pub const CHUNK_MAX: usize = 4096;
+/// Most arguments `start` passes.
+pub const ARGS_MAX: usize = 16;
+/// Largest image an upload may announce (64 MiB).
+pub const IMAGE_BYTES_MAX: usize = 64 << 20;
+/// A request line, or an upload, quiet for this long is dropped.
+pub const STALL_NS: u64 = 5_000_000_000;
+
+/// Why the hypervisor refused a request; the `Display` is the sentence of
+/// the `error` answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControlError {
+    /// The line is not a valid request.
+    Request(RequestError),
+    /// Half a line, then nothing for [`STALL_NS`].
+    RequestTimedOut,
+    /// An upload with no `image-data` for [`STALL_NS`].
+    UploadTimedOut,
+    /// As many images are loaded as the hypervisor holds.
+    NoImageSlot,
+    /// The hypervisor's heap has no room for the announced length.
+    NoHeapRoom,
+    /// `image-end` after more or fewer bytes than `image-begin` announced.
+    UploadLength,
+    /// `image-end` with no upload.
+    NoUpload,
+    /// The uploaded image is not one the hypervisor can run.
+    ImageRejected { name: String, why: String },
+    /// The hypervisor refused `start`, `stop` or `capture`, for the reason
+    /// given (no such guest, no memory, ...).
+    Refused(String),
+}
+
+impl From<RequestError> for ControlError {
+    fn from(e: RequestError) -> Self {
+        Self::Request(e)
+    }
+}
+
+impl fmt::Display for ControlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Request(e) => write!(f, "{e}"),
+            Self::RequestTimedOut => f.write_str("request timed out: no end of line within 5 s"),
+            Self::UploadTimedOut => f.write_str("upload timed out: no image-data within 5 s; begin again"),
+            Self::NoImageSlot => f.write_str("no room for another image (the most are loaded already)"),
+            Self::NoHeapRoom => f.write_str("the hypervisor's heap has no room for that image now"),
+            Self::UploadLength => f.write_str("the upload did not match its length"),
+            Self::NoUpload => f.write_str("no upload in progress (image-begin first)"),
+            Self::ImageRejected { name, why } => write!(f, "image {name} rejected: {why}"),
+            Self::Refused(why) => f.write_str(why),
+        }
+    }
+}
+
+/// One answer line. Each kind has its own keys (the JSON carries no tag),
+/// so a reader knows an answer by them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(untagged))]
+pub enum Response {
+    /// `version`: `{"protocol":2,"abi":3}`.
+    Version { protocol: u32, abi: u32 },
+    /// `stats`: every guest not on a CPU at that instant, and the machine.
+    Stats { guests: Vec<GuestStats>, machine: MachineStats },
+    /// `list`: every guest created so far.
+    Guests { guests: Vec<GuestRow> },
+    /// `images`: the images loaded (the bundle's, then uploads).
+    Images { images: Vec<String> },
+    /// `image-begin`: the upload may go on.
+    Receiving { receiving: String },
+    /// `image-end`: the image is validated and loaded.
+    Image { image: String },
+    /// `start`: the guest is created and runnable; its IPv4 address
+    /// (`"10.T.0.N"`) if it has a vNIC.
+    Started { started: String, ip: Option<String> },
+    /// `stop`: the guest is marked; it ends at its next exit.
+    Stopped { stopped: String },
+    /// `capture`: frames follow.
+    Capturing { capturing: String },
+    /// A captured frame (hex), with the wall-clock time it passed.
+    Frame { wall_ns: u64, frame: String },
+    /// The capture ended: frames sent, and dropped past the backlog.
+    Captured { captured: u64, dropped: u64 },
+    /// Any refused request: a [`ControlError`]'s sentence.
+    Error { error: String },
+}
+
+impl From<ControlError> for Response {
+    fn from(e: ControlError) -> Self {
+        use alloc::string::ToString;
+        Response::Error { error: e.to_string() }
+    }
+}
+
+impl Response {
+    /// The answer to `version`.
+    pub const fn version() -> Self {
+        Response::Version { protocol: PROTOCOL_VERSION, abi: crate::ABI_VERSION }
+    }
+
+    /// A frame answer for `bytes` seen at `wall_ns`.
+    pub fn frame(wall_ns: u64, bytes: &[u8]) -> Self {
+        let mut frame = String::with_capacity(2 * bytes.len());
+        let _ = write_hex(&mut frame, bytes);
+        Response::Frame { wall_ns, frame }
+    }
+
+    /// A `started` answer; `ip` is the guest's address if it has a vNIC.
+    pub fn started(name: &str, ip: Option<[u8; 4]>) -> Self {
+        let ip = ip.map(|a| alloc::format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3]));
+        Response::Started { started: name.into(), ip }
+    }
+}
+
+#[cfg(all(test, feature = "serde"))]
+mod tests;

@@ -1,0 +1,126 @@
+use super::*;
+use alloc::string::{String, ToString};
+use alloc::vec;
+
+#[test]
+fn requests_parse_and_garbage_is_refused() {
+    assert_eq!(parse("list"), Ok(Request::List));
+    assert_eq!(parse(" stats "), Ok(Request::Stats));
+    assert_eq!(parse("version"), Ok(Request::Version));
+    assert_eq!(parse("stop echo-0"), Ok(Request::Stop("echo-0")));
+    assert_eq!(parse("capture tenant:1 10 5"), Ok(Request::Capture { what: "tenant:1", count: 10, secs: 5 }));
+    assert_eq!(parse("image-begin echo.hermit 1234"), Ok(Request::ImageBegin { name: "echo.hermit", len: 1234 }));
+    assert_eq!(parse("image-data 00ff7f"), Ok(Request::ImageData(vec![0, 0xff, 0x7f])));
+    assert_eq!(parse("image-data 0g"), Err(RequestError::ImageDataHex));
+    assert_eq!(parse("image-data 123"), Err(RequestError::ImageDataHex));
+    assert_eq!(parse("image-begin ../x 1"), Err(RequestError::ImageBeginUsage));
+    assert_eq!(
+        parse("start web-1 echo.hermit 1048576 2 serve 7"),
+        Ok(Request::Start { name: "web-1", image: "echo.hermit", memory: 1 << 20, tenant: Some(2), args: vec!["serve", "7"] })
+    );
+    assert_eq!(parse("start w x 4096 none").map(|r| matches!(r, Request::Start { tenant: None, .. })), Ok(true));
+    assert_eq!(parse("start W x 4096 0"), Err(RequestError::StartName));
+    assert_eq!(parse("start w x lots 0"), Err(RequestError::StartMemory));
+    assert_eq!(parse("start w x 1 t"), Err(RequestError::StartTenant));
+    assert_eq!(parse("start w"), Err(RequestError::StartUsage));
+    assert_eq!(parse("start w x 1 1 a b c d e f g h i j k l m n o p q"), Err(RequestError::StartArgs));
+    assert!(parse("capture a 0 5").is_err() && parse("capture a 10").is_err() && parse("capture a x 1").is_err());
+    assert_eq!(parse("stop"), Err(RequestError::StopNeedsName));
+    assert_eq!(parse(""), Err(RequestError::Empty));
+    assert_eq!(parse("rm -rf /"), Err(RequestError::Unknown));
+    assert_eq!(parse("list x"), Err(RequestError::Unknown));
+    assert_eq!(parse("stop a b"), Err(RequestError::TooManyWords));
+}
+
+#[test]
+fn numbers_are_range_checked() {
+    // A tenant of 4 billion once made the hypervisor size a table by it.
+    assert!(parse("start w x 4096 4000000000").is_err());
+    assert!(parse("start w x 4096 256").is_err());
+    assert!(matches!(parse("start w x 4096 255"), Ok(Request::Start { tenant: Some(255), .. })));
+    assert!(parse("start w x 0 1").is_err() && parse("start w x 18446744073709551616 1").is_err());
+    assert!(
+        parse("image-begin x 0").is_err()
+            && parse("image-begin x 67108865").is_err()
+            && parse("image-begin x 99999999999999999999999").is_err()
+    );
+    assert_eq!(parse("image-begin x 67108864"), Ok(Request::ImageBegin { name: "x", len: 67_108_864 }));
+    assert_eq!(IMAGE_BYTES_MAX, 67_108_864, "the error sentence names it");
+    assert!(parse("capture a 4294967296 1").is_err());
+}
+
+/// A small deterministic generator (xorshift), so the property test needs
+/// no crate and fails the same way every time.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// A word of 1 to 64 bytes from `alphabet`.
+    fn word(&mut self, alphabet: &[u8]) -> String {
+        let n = 1 + self.below(64) as usize;
+        (0..n).map(|_| alphabet[self.below(alphabet.len() as u64) as usize] as char).collect()
+    }
+}
+
+const NAME: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789_-";
+const ANY: &[u8] = b"abcXYZ019_-.:/\"\\{}";
+
+/// Builds a random valid request in `words` (the strings it borrows).
+fn request<'a>(rng: &mut Rng, words: &'a [String]) -> Request<'a> {
+    match rng.below(10) {
+        0 => Request::List,
+        1 => Request::Stats,
+        2 => Request::Version,
+        3 => Request::Stop(&words[0]),
+        4 => {
+            Request::Capture { what: &words[1], count: 1 + rng.below(u32::MAX as u64) as u32, secs: 1 + rng.below(u32::MAX as u64) as u32 }
+        }
+        5 => Request::Images,
+        6 => Request::ImageBegin { name: &words[2], len: 1 + rng.below(IMAGE_BYTES_MAX as u64) as usize },
+        7 => Request::ImageData((0..1 + rng.below(CHUNK_MAX as u64)).map(|_| rng.next() as u8).collect()),
+        8 => Request::ImageEnd,
+        _ => Request::Start {
+            name: &words[2],
+            image: &words[3],
+            memory: 1 + rng.below(u64::MAX - 1),
+            tenant: if rng.below(4) == 0 { None } else { Some(rng.below(MAX_TENANTS as u64) as u32) },
+            args: words[4..4 + rng.below(ARGS_MAX as u64 + 1) as usize].iter().map(String::as_str).collect(),
+        },
+    }
+}
+
+#[test]
+fn every_request_prints_as_the_line_that_parses_back_to_it() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..20_000 {
+        let mut words = vec![rng.word(ANY), rng.word(ANY), rng.word(NAME), rng.word(ANY)];
+        words.extend((0..ARGS_MAX).map(|_| rng.word(ANY)));
+        let req = request(&mut rng, &words);
+        let line = req.to_string();
+        assert_eq!(parse(&line).as_ref(), Ok(&req), "{line}");
+        // The line fits the channel's limit.
+        assert!(line.len() <= super::super::LINE_MAX || matches!(req, Request::Start { .. }), "{}", line.len());
+    }
+}
+
+#[test]
+fn every_error_has_its_sentence() {
+    assert_eq!(RequestError::TooLong.to_string(), "request too long");
+    assert_eq!(RequestError::NotUtf8.to_string(), "request is not UTF-8");
+    // The unknown-request sentence lists every request there is.
+    let unknown = RequestError::Unknown.to_string();
+    for line in
+        ["list", "stats", "stop a", "capture a 1 1", "images", "image-begin a 1", "image-data 00", "image-end", "start a b 1 1", "version"]
+    {
+        let w = line.split(' ').next().unwrap();
+        assert!(unknown.contains(w) && parse(line).is_ok(), "{line}");
+    }
+}

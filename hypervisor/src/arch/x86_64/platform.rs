@@ -1,0 +1,167 @@
+//! The x86_64 [`Platform`] under the per-CPU loop (`hypervisor::machine`):
+//! the TSC as the clock, the local APIC's timer and IPIs, `hlt`, CR3 and
+//! the entry code.
+//!
+//! Rules: without page-table isolation the hypervisor runs on a guest's
+//! own tables from [`Platform::begin_guest`] to [`Platform::end_guest`]
+//! (they map its half too); with it, `entry::enter` switches to them last
+//! and back first, so the CR3 writes here are skipped. The APIC's vectors
+//! and EOIs stay in `apic` and `entry`; nothing here decides anything.
+
+use super::guest_pages::{DirectRing, EventPage};
+use super::paging::{DirectMap, free_frames, phys_to_virt, total_frames};
+use super::{apic, cpu, entry, serial};
+use abi::time::TimeInfo;
+use hermit_entry::boot_info::RawBootInfo;
+use hypervisor::guest::Guest;
+use hypervisor::machine::Platform;
+use hypervisor::mm::PhysAddr;
+use hypervisor::net::port::RingAllocError;
+
+/// The machine the hypervisor boots on.
+pub struct X86_64 {
+    /// The hypervisor's own page-table root.
+    pub kernel_root: PhysAddr,
+    /// TSC <-> ns.
+    pub time: TimeInfo,
+}
+
+impl Platform for X86_64 {
+    type Mem<'a> = DirectMap;
+    type Events = EventPage;
+    type Ring = DirectRing;
+
+    fn mem(&self) -> DirectMap {
+        DirectMap
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.time.ns(cpu::rdtsc())
+    }
+
+    fn arm_timer(&self, deadline_ns: u64) {
+        apic::arm(self.time.tsc(deadline_ns));
+    }
+
+    fn idle(&self) {
+        cpu::idle();
+    }
+
+    fn wake_cpu(&self, cpu: usize) {
+        apic::wake_cpu(cpu);
+    }
+
+    fn begin_guest(&self, root: PhysAddr) {
+        if !entry::isolated() {
+            // SAFETY: the guest's PML4 maps the hypervisor's half like every
+            // other address space (copied from the kernel root at creation).
+            unsafe { cpu::write_cr3(root) };
+        }
+    }
+
+    fn enter(&self, g: &mut Guest) {
+        let root = g.memory.space.root();
+        entry::enter(&mut g.regs, &mut g.fpu, g.via_sysret, root);
+    }
+
+    fn flush_tlb(&self, root: PhysAddr) {
+        // With isolation every entry loads the guest's root, which flushes
+        // the TLB anyway.
+        if !entry::isolated() {
+            // SAFETY: reloading the guest's own root (the one it runs on)
+            // only flushes the TLB after it gave pages back.
+            unsafe { cpu::write_cr3(root) }
+        }
+    }
+
+    fn end_guest(&self) {
+        if !entry::isolated() {
+            // SAFETY: back to the hypervisor's own tables: the guest may move
+            // to another CPU and end there, freeing the tables it ran on.
+            unsafe { cpu::write_cr3(self.kernel_root) };
+        }
+    }
+
+    fn events_of(&self, g: &Guest) -> Option<EventPage> {
+        EventPage::of(g)
+    }
+
+    fn ring<E>(
+        &self,
+        events: &EventPage,
+        index_offset: u64,
+        slots: u32,
+        map: impl FnMut(usize, PhysAddr) -> Result<(), E>,
+    ) -> Result<DirectRing, RingAllocError<E>> {
+        DirectRing::alloc(events, index_offset, slots, map)
+    }
+
+    fn write_boot_info(&self, frame: PhysAddr, info: RawBootInfo) {
+        // SAFETY: `frame` is a fresh frame of the guest's start page,
+        // direct-mapped and not yet visible to the guest; RawBootInfo fits
+        // before START_INFO_OFFSET (checked at compile time in
+        // `hypervisor::machine`).
+        unsafe { core::ptr::write_unaligned(phys_to_virt(frame) as *mut RawBootInfo, info) };
+    }
+
+    fn console_line(&self, line: &str) {
+        crate::println!("{line}");
+    }
+
+    fn console_read(&self) -> Option<u8> {
+        serial::try_read()
+    }
+
+    fn control_read(&self) -> Option<u8> {
+        serial::control_read()
+    }
+
+    fn control_write_line(&self, line: &str) {
+        serial::control_write_line(line);
+    }
+
+    fn heap_usage(&self) -> (usize, usize) {
+        crate::heap_usage()
+    }
+
+    fn frames(&self) -> (usize, usize) {
+        (free_frames(), total_frames())
+    }
+}
+
+/// Decides the guest-entry mitigations before any guest runs, and says so
+/// on the console: VERW on every entry where the CPU has MDS and the
+/// microcode to clear, page-table isolation where it reads supervisor
+/// pages from ring 3 speculatively (or both when `forced`). Returns the
+/// root whose upper half guests' tables map: `kernel_root`, or with
+/// isolation the reduced tables that map the image and the APIC, not the
+/// direct map.
+pub fn mitigate(kernel_root: PhysAddr, forced: bool) -> PhysAddr {
+    let spec = cpu::speculation();
+    let verw = (spec.mds && spec.md_clear) || forced;
+    entry::clear_buffers_on_entry(verw);
+    let guest_upper = match (spec.meltdown || forced).then(|| super::paging::isolated_upper(kernel_root)) {
+        Some(Some(upper)) => {
+            cpu::disable_global_pages();
+            entry::isolate(kernel_root);
+            upper
+        }
+        Some(None) => panic!("no memory for the isolated page tables"),
+        None => kernel_root,
+    };
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let how = |needed: bool, on: bool| match (needed, on) {
+        (true, true) => "yes",
+        (false, true) => "yes (forced)",
+        (_, false) => "no",
+    };
+    crate::println!(
+        "[hv] speculation: meltdown {}, mds {}{}; page-table isolation: {}; buffers cleared on every guest entry: {}",
+        yes(spec.meltdown),
+        yes(spec.mds),
+        if spec.mds && !spec.md_clear { " (NOT mitigated: no MD_CLEAR microcode)" } else { "" },
+        how(spec.meltdown, entry::isolated()),
+        how(spec.mds, verw)
+    );
+    guest_upper
+}

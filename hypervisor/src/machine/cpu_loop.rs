@@ -1,0 +1,265 @@
+//! The loop each CPU runs: pick a guest, enter it, account for it, put it
+//! back, and between guests wake sleepers, balance, steal, idle.
+//!
+//! Rules:
+//! - One pass of the loop is [`Machine::step`]; [`Machine::cpu_loop`] only
+//!   repeats it. Nothing blocks inside a pass but [`Platform::idle`].
+//! - The lost-wake-up rule: an event for a guest is raised in its event
+//!   word before its scheduler is asked to wake it, and a guest put to
+//!   sleep has its event word (and its stop request) looked at again after
+//!   the put. A raiser that came between the guest's own check (in the
+//!   `block` hypercall) and the put found it running and could not wake
+//!   it; this second look does.
+//! - A guest leaves the CPU with its TX drained and the hypervisor back on
+//!   its own tables ([`Platform::end_guest`]) before any other CPU can take
+//!   it.
+//! - An idle CPU takes a runnable guest from the busiest other CPU (margin
+//!   1); every `IDLE_TICK_NS` a CPU evens out with margin 2, so that one
+//!   waiting guest does not bounce between two busy CPUs.
+
+use super::{EXITED, Machine, Network, Platform, RUNNING, STOPPED, WAITING};
+use crate::control::{Session, json_line};
+use crate::guest::{Guest, Step};
+use crate::net::port::GuestEvents as _;
+use crate::sched::Leave;
+use abi::report::GuestState;
+use abi::stop::StopReason;
+use abi::time::events;
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+
+/// An idle CPU wakes at least this often to look for work and for the end.
+pub const IDLE_TICK_NS: u64 = 10_000_000;
+/// How often an idle CPU 0 polls the uplink for frames from the host ...
+const UPLINK_POLL_NS: u64 = 500_000;
+/// ... for this long after the host last sent a frame; then every
+/// IDLE_TICK_NS (the first frame after a quiet second waits up to that).
+const UPLINK_ACTIVE_NS: u64 = 1_000_000_000;
+/// How often an idle CPU 0 looks at the control channel while bytes are
+/// arriving (the UART holds 16 and does not interrupt).
+pub(super) const CONTROL_POLL_NS: u64 = 50_000;
+/// The longest CPU 0 runs a guest while control bytes are arriving.
+const CONTROL_SLICE_NS: u64 = 200_000;
+/// Bytes count as arriving for this long after the last one.
+const CONTROL_FLOWING_NS: u64 = 2_000_000;
+
+/// What one CPU keeps between passes of its loop.
+#[derive(Default)]
+pub struct CpuState {
+    timed_out: Vec<usize>,
+    console_in: String,
+    control_in: Session,
+    last_balance: u64,
+}
+
+/// Whether the loop goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    Again,
+    /// No guest is left and none can come: the CPU is done.
+    Done,
+}
+
+impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> {
+    /// The scheduling loop of CPU `me`; returns when no guest is left.
+    pub fn cpu_loop(&self, me: usize) {
+        let mut st = CpuState::default();
+        while self.step(me, &mut st) == Pass::Again {}
+    }
+
+    /// Whether control bytes are arriving (CPU 0 then looks every
+    /// [`CONTROL_POLL_NS`], and runs guests for short slices).
+    fn control_flowing(&self, now: u64) -> bool {
+        self.control && now.saturating_sub(self.control_rx_ns.load(Ordering::Relaxed)) < CONTROL_FLOWING_NS
+    }
+
+    /// One pass of CPU `me`'s loop.
+    pub fn step(&self, me: usize, st: &mut CpuState) -> Pass {
+        if me == 0 {
+            self.poll_console(&mut st.console_in);
+            if self.control {
+                self.poll_control(&mut st.control_in);
+            }
+            let now = self.now();
+            self.net.poll_uplink(now, &mut |g| self.wake(g, me));
+        }
+        if self.live.load(Ordering::Acquire) == 0 && !self.keep_running {
+            return Pass::Done;
+        }
+        let now = self.now();
+        if now.saturating_sub(st.last_balance) >= IDLE_TICK_NS {
+            st.last_balance = now;
+            self.balance(me, 2);
+        }
+        let (pick, next_timer) = {
+            let mut s = self.scheds[me].lock();
+            s.expire(now, |id| st.timed_out.push(id));
+            (s.pick(now), s.next_timer())
+        };
+        for id in st.timed_out.drain(..) {
+            if let Some(e) = self.event_pages[id].get() {
+                e.raise(events::TIMER);
+            }
+        }
+        let Some((id, slice)) = pick else {
+            if !self.balance(me, 1) {
+                self.idle(me, now, next_timer);
+            }
+            return Pass::Again;
+        };
+        let Some(mut g) = self.guests.lock()[id].take() else { return Pass::Again };
+        let status = self.status(id);
+        if status.stop_requested.load(Ordering::Acquire) {
+            self.finish(me, id, g, Err(StopReason::Operator));
+            return Pass::Again;
+        }
+        status.state.store(RUNNING, Ordering::Relaxed);
+        let slice = if me == 0 && self.control_flowing(now) { slice.min(CONTROL_SLICE_NS) } else { slice };
+        let (step, ran) = self.give_slice(id, &mut g, me, slice, next_timer);
+        status.cpu_ns.store(g.stats.cpu_ns, Ordering::Relaxed);
+        status.memory_bytes.store(g.memory.charged_bytes(), Ordering::Relaxed);
+        status.state.store(WAITING, Ordering::Relaxed);
+        let now = self.now();
+        let leave = match step {
+            Step::Resume | Step::Preempted | Step::NetKick | Step::FlushTlb => Leave::Preempted,
+            Step::Yield => Leave::Yielded,
+            Step::Block { deadline } => Leave::Blocked { deadline },
+            Step::Exited(code) => {
+                self.finish(me, id, g, Ok(code));
+                return Pass::Again;
+            }
+            Step::Stopped(why) => {
+                self.finish(me, id, g, Err(why));
+                return Pass::Again;
+            }
+        };
+        self.guests.lock()[id] = Some(g);
+        self.scheds[me].lock().put(id, now, ran, leave);
+        // The lost-wake-up rule (module doc): an event raised by another
+        // CPU while this guest was on its way to sleep found it not yet
+        // blocked and could not wake it: the raiser sets the bit before it
+        // looks, so look again now. The same for `ctl stop`, which sets
+        // the stop request before it wakes.
+        if matches!(leave, Leave::Blocked { .. })
+            && (self.event_pages[id].get().is_some_and(|e| e.pending() != 0) || status.stop_requested.load(Ordering::Acquire))
+        {
+            self.scheds[me].lock().wake(id);
+        }
+        Pass::Again
+    }
+
+    /// Nothing runnable here: halt until the next deadline, or a tick to
+    /// look for work and for the end. CPU 0 polls the uplink, so it looks
+    /// more often while the host has been sending (an idle machine wakes
+    /// 100 times a second, not 2000), and the control channel while bytes
+    /// arrive.
+    fn idle(&self, me: usize, now: u64, next_timer: Option<u64>) {
+        let busy_uplink = self.net.uplink_rx_ns().is_some_and(|rx| now.saturating_sub(rx) < UPLINK_ACTIVE_NS);
+        let tick = match me {
+            0 if self.control_flowing(now) => CONTROL_POLL_NS,
+            0 if busy_uplink => UPLINK_POLL_NS,
+            _ => IDLE_TICK_NS,
+        };
+        self.platform.arm_timer(next_timer.unwrap_or(u64::MAX).min(now + tick));
+        let halted = self.now();
+        self.platform.idle();
+        self.idle_ns[me].fetch_add(self.now().saturating_sub(halted), Ordering::Relaxed);
+    }
+
+    fn busiest_other(&self, me: usize) -> Option<(usize, usize)> {
+        (0..self.scheds.len()).filter(|&c| c != me).map(|c| (c, self.scheds[c].lock().runnable_len())).max_by_key(|&(_, n)| n)
+    }
+
+    /// Takes a runnable guest from the busiest other CPU if it has at
+    /// least `margin` more waiting than this one; returns whether one moved.
+    fn balance(&self, me: usize, margin: usize) -> bool {
+        let mine = self.scheds[me].lock().runnable_len();
+        let Some((other, theirs)) = self.busiest_other(me) else { return false };
+        if theirs < mine + margin {
+            return false;
+        }
+        let Some((id, migrant)) = self.scheds[other].lock().take_migrant() else { return false };
+        self.scheds[me].lock().add_migrant(id, migrant);
+        self.home[id].store(me, Ordering::Release);
+        true
+    }
+
+    /// Forwards the frames guest `id` (named `name`) queued; disconnects
+    /// its vNIC if it lied in its ring.
+    fn drain(&self, id: usize, name: &str, me: usize) {
+        let now = self.now();
+        if let Err(why) = self.net.drain(id, now, &mut |g| self.wake(g, me)) {
+            self.net.disconnect(id);
+            self.platform.console_line(&alloc::format!("[hv] guest {name} vNIC disconnected: {why}"));
+        }
+    }
+
+    /// Gives guest `id` (taken out of the table) CPU `me` for at most
+    /// `slice_ns`, or until the next sleeper is due; returns why it left
+    /// and how long it ran.
+    fn give_slice(&self, id: usize, g: &mut Guest, me: usize, slice_ns: u64, next_timer: Option<u64>) -> (Step, u64) {
+        let mut mem = self.platform.mem();
+        let start = self.now();
+        // Preempt at the end of the slice, or earlier if a sleeper is due.
+        self.platform.arm_timer(start.saturating_add(slice_ns).min(next_timer.unwrap_or(u64::MAX)));
+        g.wake_from_block(&mut mem);
+        if g.stats.first_entry_ns == 0 {
+            g.stats.first_entry_ns = start.max(1);
+        }
+        let root = g.memory.space.root();
+        self.platform.begin_guest(root);
+        let step = loop {
+            self.platform.enter(g);
+            g.now_ns = self.now();
+            let step = g.handle_exit(&mut mem, &mut |l| self.platform.console_line(l));
+            match step {
+                Step::Resume => {}
+                Step::FlushTlb => self.platform.flush_tlb(root),
+                Step::NetKick => self.drain(id, &g.name, me),
+                step => break step,
+            }
+        };
+        // Whatever it queued goes out now that it leaves the CPU.
+        self.drain(id, &g.name, me);
+        self.platform.end_guest();
+        let ran = self.now().saturating_sub(start);
+        g.stats.cpu_ns += ran;
+        if g.stats.cpu_ns_per_cpu.len() <= me {
+            g.stats.cpu_ns_per_cpu.resize(me + 1, 0);
+        }
+        g.stats.cpu_ns_per_cpu[me] += ran;
+        (step, ran)
+    }
+
+    /// Ends guest `id` on CPU `me`: out of the scheduler and the network,
+    /// reported, freed. `how` is its exit code, or why it was stopped.
+    fn finish(&self, me: usize, id: usize, mut g: Box<Guest>, how: Result<i32, StopReason>) {
+        self.scheds[me].lock().remove(id);
+        self.net.disconnect(id);
+        let out = |l: &str| self.platform.console_line(l);
+        g.flush_console(&mut |l| out(l));
+        let mut mem = self.platform.mem();
+        match &how {
+            Ok(code) => out(&alloc::format!("[hv] guest {} exited with code {code}", g.name)),
+            Err(why) => {
+                out(&alloc::format!("[hv] guest {} stopped: {why}", g.name));
+                for line in g.crash_report(&mut mem) {
+                    out(&alloc::format!("[hv] guest {} {line}", g.name));
+                }
+            }
+        }
+        let state = if how.is_ok() { GuestState::Exited } else { GuestState::Stopped };
+        let mut stats = self.guest_stats(&g, state, self.net.port_stats(id));
+        (stats.exit_code, stats.stop_reason) = (how.as_ref().ok().copied(), how.as_ref().err().cloned());
+        out(&json_line(&stats));
+        match how {
+            Ok(_) => self.exited.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.stopped.fetch_add(1, Ordering::Relaxed),
+        };
+        self.status(id).state.store(if how.is_ok() { EXITED } else { STOPPED }, Ordering::Relaxed);
+        g.destroy(&mut mem);
+        self.live.fetch_sub(1, Ordering::Release);
+    }
+}

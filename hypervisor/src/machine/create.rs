@@ -1,0 +1,319 @@
+//! Making guests: loading images, creating guests from them (addresses,
+//! vNIC, the boot record), and starting the bundle's guests at boot.
+//!
+//! Rules:
+//! - Nothing a bundle or a control client asks for is trusted: a tenant
+//!   number is bounded before anything is sized by it, an image is parsed
+//!   within what the heap can spare, a guest is not created unless the
+//!   heap keeps [`HEAP_HEADROOM`] free.
+//! - A guest is published tables first, its scheduler last: once it can
+//!   run, everything any CPU looks up about it is there.
+//! - A guest that cannot be finished is destroyed whole (every frame it
+//!   got, its ring pages too, goes back).
+//! - Addresses: guest `id` of tenant `t` gets MAC `02:id(4 bytes):t` and
+//!   the `n`th address of its tenant (`abi::guest_ipv4`).
+
+use super::report::sizes;
+use super::{GuestStatus, Machine, Network, Platform, WAITING};
+use crate::guest::{Guest, LoadedImage};
+use crate::image::Image;
+use crate::machine::network::Attach;
+use crate::mm::{FRAME_SIZE, PhysMem, paging::Pte};
+use crate::net::port::RingAllocError;
+use abi::bundle::{Bundle, Settings, TENANT_NONE};
+use abi::time::TimeInfo;
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use hermit_entry::boot_info::{BootInfo, HardwareInfo, LoadInfo, PlatformInfo, RawBootInfo};
+
+const _: () = assert!(core::mem::size_of::<RawBootInfo>() as u64 <= abi::layout::START_INFO_OFFSET);
+
+/// A guest is not started unless the hypervisor's heap keeps this much free
+/// (its records, the switch, the schedulers grow with every guest).
+pub const HEAP_HEADROOM: usize = 1 << 20;
+/// Guest entries with more instances than this get progress lines instead
+/// of one line per guest.
+const QUIET_ABOVE: u32 = 100;
+
+/// What creating guests needs to keep between them.
+#[derive(Default)]
+pub(super) struct Creating {
+    /// Guests with a vNIC so far, per tenant (see abi::guest_ipv4).
+    pub(super) next_host: Vec<u32>,
+}
+
+/// A guest just created.
+pub(super) struct Created {
+    pub create_ns: u64,
+    pub ip: Option<[u8; 4]>,
+    /// For the `started` line: image, memory, address, tenant.
+    pub describe: String,
+}
+
+/// Bytes an image may take while it is parsed: what the heap can spare
+/// beside the guests' headroom.
+pub(super) fn image_budget((heap, heap_used): (usize, usize)) -> usize {
+    heap.saturating_sub(heap_used).saturating_sub(2 * HEAP_HEADROOM)
+}
+
+/// Validates and loads one image, saying so on the console.
+///
+/// Parsing may use what the hypervisor's heap can spare beside the guests'
+/// headroom, and no more: a gzip bomb (from the bundle or an upload) is
+/// refused by its declared size before anything that size is allocated.
+pub fn load_image<P: Platform>(platform: &P, name: &str, data: &[u8]) -> Result<LoadedImage, String> {
+    let loaded = match Image::parse_within(data, image_budget(platform.heap_usage())) {
+        Ok(parsed) => LoadedImage::load(&mut platform.mem(), name, &parsed).ok_or_else(|| String::from("the machine is out of memory")),
+        Err(e) => Err(format!("{e}")),
+    };
+    platform.console_line(&match &loaded {
+        Ok(l) => format!(
+            "[hv] image {name} loaded: entry {:#x}, {} shared, {} private per guest",
+            l.entry,
+            sizes(l.shared_bytes()),
+            sizes(l.private_bytes())
+        ),
+        Err(why) => format!("[hv] image {name} rejected: {why}"),
+    });
+    loaded
+}
+
+impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> {
+    /// Creates the bundle's guests, saying so on the console; returns how
+    /// many could not be started.
+    pub fn start_bundle(&self, bundle: &Bundle<'_>) -> u32 {
+        let out = |l: &str| self.platform.console_line(l);
+        let mut not_started = 0u32;
+        let (mut started, mut create_ns) = (0u64, 0u64);
+        for entry in bundle.guests() {
+            let mut nic_range: (Option<[u8; 4]>, Option<[u8; 4]>) = (None, None);
+            let manifest_args: Vec<&str> = entry.args().collect();
+            let st = entry.settings;
+            for i in 0..entry.count {
+                let name = format!("{}-{i}", entry.name);
+                match self.create_guest(&name, entry.image as usize, &st, &manifest_args) {
+                    Ok(c) => {
+                        create_ns += c.create_ns;
+                        started += 1;
+                        if let Some(ip) = c.ip {
+                            nic_range.0.get_or_insert(ip);
+                            nic_range.1 = Some(ip);
+                        }
+                        // A line per guest, except in the middle of a big entry:
+                        // there, progress every 1000 and a summary at the end.
+                        if entry.count <= QUIET_ABOVE || i < 3 {
+                            out(&format!("[hv] guest {name} started ({})", c.describe));
+                        } else if (i + 1) % 1000 == 0 {
+                            out(&format!("[hv] {}: {}/{} guests created", entry.name, i + 1, entry.count));
+                        }
+                    }
+                    Err(e) => {
+                        out(&format!("[hv] guest {name} not started: {e}"));
+                        not_started += 1;
+                    }
+                }
+            }
+            if entry.count > QUIET_ABOVE {
+                let last = nic_range.1.unwrap_or([0; 4]);
+                out(&match nic_range.0 {
+                    Some(a) => format!(
+                        "[hv] guests {0}-0..{0}-{1} created (ips {2}.{3}.{4}.{5}..{6}.{7}.{8}.{9}, tenant {10})",
+                        entry.name,
+                        entry.count - 1,
+                        a[0],
+                        a[1],
+                        a[2],
+                        a[3],
+                        last[0],
+                        last[1],
+                        last[2],
+                        last[3],
+                        st.tenant
+                    ),
+                    None => format!("[hv] guests {0}-0..{0}-{1} created", entry.name, entry.count - 1),
+                });
+            }
+        }
+        if let Some(each_us) = (create_ns / 1000).checked_div(started) {
+            out(&format!("[hv] created {started} guests in {} ms of hypervisor time ({each_us} us each)", create_ns / 1_000_000));
+        }
+        not_started
+    }
+
+    /// Creates guest `name` from image `image` and makes it runnable (at
+    /// boot, and for `start` on the control channel).
+    pub(super) fn create_guest(&self, name: &str, image: usize, st: &Settings, args: &[&str]) -> Result<Created, String> {
+        let mut mem = self.platform.mem();
+        let mut creating = self.creating.lock();
+        let images = self.images.lock();
+        let Some((_, img)) = images.get(image) else { return Err(format!("there is no image {image}")) };
+        let img = img.as_ref().map_err(|_| String::from("its image was rejected"))?;
+        let args: Vec<&str> = if args.is_empty() { img.app_args.iter().map(String::as_str).collect() } else { args.to_vec() };
+        let (heap, heap_used) = self.platform.heap_usage();
+        if heap - heap_used < HEAP_HEADROOM {
+            return Err(format!("the hypervisor's heap is full ({} used)", sizes(heap_used as u64)));
+        }
+        let id = self.count.load(Ordering::Relaxed);
+        if id >= self.status.len() {
+            return Err(format!("no room for more guests ({} at most)", self.status.len()));
+        }
+        let created_ns = self.now();
+        let nic = if st.tenant == TENANT_NONE { None } else { Some(creating.address(id, st)?) };
+        let time = &self.time;
+        let mut g = Guest::create(&mut mem, self.guest_upper, self.time_page, img, name, &args, st.memory, |m, page| {
+            self.platform.write_boot_info(page, boot_info(img, st.memory, time));
+            if let Some(info) = &nic {
+                m.write(page, abi::layout::NIC_INFO_OFFSET as usize, &info.to_bytes());
+            }
+        })
+        .map_err(|e| format!("{e}"))?;
+        let Some(events) = self.platform.events_of(&g) else {
+            g.destroy(&mut mem);
+            return Err("its event page is not mapped".into());
+        };
+        if let Some(info) = &nic
+            && let Err(e) = attach_nic(&self.platform, &mut g, &mut mem, &self.net, st, info, id, &events)
+        {
+            // Every frame it got so far (ring pages too) goes back.
+            g.destroy(&mut mem);
+            return Err(e);
+        }
+        g.stats.created_ns = created_ns;
+        g.console_limit = crate::limit::TokenBucket::new(st.limits.console_bytes);
+        g.kick_limit = crate::limit::TokenBucket::new(st.limits.notifications);
+        g.stats.create_ns = self.now() - created_ns;
+        let describe = match &nic {
+            Some(n) => format!(
+                "image {}, memory {}, ip {}.{}.{}.{}, tenant {}",
+                img.name,
+                sizes(st.memory),
+                n.ipv4[0],
+                n.ipv4[1],
+                n.ipv4[2],
+                n.ipv4[3],
+                st.tenant
+            ),
+            None => format!("image {}, memory {}", img.name, sizes(st.memory)),
+        };
+        let created = Created { create_ns: g.stats.create_ns, ip: nic.as_ref().map(|n| n.ipv4), describe };
+        // Publish it: tables first, the scheduler last.
+        self.guests.lock()[id] = Some(Box::new(g));
+        self.event_pages[id].call_once(|| events);
+        self.status[id].call_once(|| GuestStatus {
+            name: name.into(),
+            tenant: nic.as_ref().map(|_| st.tenant),
+            state: AtomicU8::new(WAITING),
+            cpu_ns: AtomicU64::new(0),
+            memory_bytes: AtomicU64::new(0),
+            stop_requested: AtomicBool::new(false),
+        });
+        self.count.store(id + 1, Ordering::Release);
+        self.live.fetch_add(1, Ordering::AcqRel);
+        // Spread new guests over the CPUs; balancing evens out the rest.
+        let cpu = id % self.cpus;
+        self.home[id].store(cpu, Ordering::Release);
+        self.scheds[cpu].lock().add(id, st.weight, (st.cap != 0).then_some(st.cap), created_ns);
+        if cpu != 0 {
+            self.platform.wake_cpu(cpu);
+        }
+        Ok(created)
+    }
+}
+
+impl Creating {
+    /// The vNIC record of guest `id` (`st.tenant` is not `TENANT_NONE`):
+    /// its MAC and the next address of its tenant.
+    pub(super) fn address(&mut self, id: usize, st: &Settings) -> Result<abi::NicInfo, String> {
+        // Tenant numbers come from the bundle and the control channel:
+        // bounded before anything is sized by them.
+        if st.tenant >= abi::MAX_TENANTS {
+            return Err(format!("tenant {} is not below {}", st.tenant, abi::MAX_TENANTS));
+        }
+        let t = st.tenant as usize;
+        if self.next_host.len() <= t {
+            self.next_host.resize(t + 1, 0);
+        }
+        let n = self.next_host[t];
+        if n >= abi::MAX_TENANT_HOSTS {
+            return Err(format!("tenant {} has no address left ({} guests with a vNIC at most)", st.tenant, abi::MAX_TENANT_HOSTS));
+        }
+        self.next_host[t] += 1;
+        Ok(abi::NicInfo {
+            magic: abi::NIC_MAGIC,
+            prefix: abi::GUEST_PREFIX,
+            mac: [0x02, (id >> 24) as u8, (id >> 16) as u8, (id >> 8) as u8, id as u8, st.tenant as u8, 0, 0],
+            ipv4: abi::guest_ipv4(st.tenant, n),
+            gateway: abi::gateway_ipv4(st.tenant),
+            ring_slots: st.ring_slots,
+            reserved: 0,
+        })
+    }
+}
+
+/// Gives a new guest its vNIC: ring pages mapped into it (charged to its
+/// memory) and a port on the network.
+#[allow(clippy::too_many_arguments)]
+fn attach_nic<P: Platform>(
+    platform: &P,
+    g: &mut Guest,
+    mem: &mut impl PhysMem,
+    net: &impl Network<Ring = P::Ring, Events = P::Events>,
+    st: &Settings,
+    info: &abi::NicInfo,
+    id: usize,
+    events: &P::Events,
+) -> Result<(), String> {
+    use abi::ring::valid_slots;
+    let slots = info.ring_slots;
+    if !valid_slots(slots) {
+        return Err(format!("ring_slots {slots} is not a power of two between {} and {}", abi::ring::SLOTS_MIN, abi::ring::SLOTS_MAX));
+    }
+    let mut ring = |indices: u64, base: u64| {
+        platform
+            .ring(events, indices, slots, |i, page| {
+                g.memory.map_private(mem, base + i as u64 * FRAME_SIZE, page, Pte::WRITABLE | Pte::NO_EXECUTE)
+            })
+            .map_err(|e| match e {
+                RingAllocError::NoMemory => String::from("the machine is out of memory"),
+                RingAllocError::Map(e) => format!("vNIC rings: {e}"),
+            })
+    };
+    let tx = ring(abi::layout::NIC_TX_INDICES, abi::layout::NIC_TX_RING)?;
+    let rx = ring(abi::layout::NIC_RX_INDICES, abi::layout::NIC_RX_RING)?;
+    let mac = [info.mac[0], info.mac[1], info.mac[2], info.mac[3], info.mac[4], info.mac[5]];
+    net.attach(Attach {
+        guest: id,
+        tenant: st.tenant,
+        mac,
+        ipv4: info.ipv4,
+        ring_slots: slots,
+        limits: &st.limits,
+        tx,
+        rx,
+        events: events.clone(),
+    })
+}
+
+/// hermit-entry's boot record for a guest of `image` with `memory` bytes.
+fn boot_info(image: &LoadedImage, memory: u64, time: &TimeInfo) -> RawBootInfo {
+    let boot_time = time::OffsetDateTime::from_unix_timestamp_nanos(time.boot_wall_ns as i128).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let info = BootInfo {
+        hardware_info: HardwareInfo {
+            phys_addr_range: abi::layout::HEAP_START..abi::layout::HEAP_START + memory,
+            serial_port_base: None,
+            device_tree: None,
+        },
+        load_info: LoadInfo { kernel_image_addr_range: image.vaddr_range.clone(), tls_info: None },
+        platform_info: PlatformInfo::Uhyve {
+            has_pci: false,
+            // Each guest has one virtual CPU.
+            num_cpus: core::num::NonZeroU64::MIN,
+            cpu_freq: core::num::NonZeroU32::new((time.tsc_hz / 1000) as u32),
+            boot_time,
+        },
+    };
+    RawBootInfo::from(info)
+}

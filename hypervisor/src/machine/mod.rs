@@ -1,0 +1,234 @@
+//! The machine: the guest table, one scheduler per CPU, and the loop each
+//! CPU runs over them, generic over the [`Platform`] it runs on and the
+//! [`Network`] back end (as Tock's `kernel_loop_operation` is generic over
+//! its `KernelResources<C: Chip>`), so that the host tests drive it with a
+//! fake platform and a scripted clock.
+//!
+//! Rules:
+//! - A guest is in exactly one place: in the table (`guests[id]`, waiting),
+//!   or taken out by the one CPU running it, or ended (freed). Its
+//!   scheduler entry lives in the scheduler of its home CPU (`home[id]`),
+//!   which only that CPU's balancing changes, under both schedulers' locks
+//!   in turn.
+//! - No lock of the machine is held while another lock is taken, except
+//!   in creation, which holds `creating` then `images` while it takes the
+//!   table, a scheduler and the network's locks one at a time. The
+//!   network is called with no lock of the machine held, and calls back
+//!   ([`Machine::wake`]) only into the schedulers.
+//! - Any CPU may wake any guest ([`Machine::wake`]): an event is raised in
+//!   its event word first and the scheduler asked second, and the CPU that
+//!   puts a guest to sleep looks at its event word after the put (the
+//!   lost-wake-up rule, see `cpu_loop`).
+//! - The per-guest tables have room for every guest id there will be (the
+//!   boot guests, and `SPARE_GUESTS` more with a control channel), so that
+//!   guests created while others run never move them; ids below `count`
+//!   are in use.
+//!
+//! Files: `cpu_loop` (pick, enter, account, wake, balance, idle,
+//! migrate), `create` (images, guests, addresses, vNIC attach, the boot
+//! guests), `control_host` (the control channel's and the console's
+//! requests), `report` (the JSON records and sizes).
+
+mod control_host;
+mod cpu_loop;
+mod create;
+pub mod network;
+pub mod platform;
+mod report;
+#[cfg(test)]
+mod tests;
+
+pub use cpu_loop::{CpuState, Pass};
+pub use create::load_image;
+pub use network::Network;
+pub use platform::Platform;
+
+use crate::guest::{Guest, LoadedImage};
+use crate::sched::Scheduler;
+use abi::report::GuestState;
+use abi::time::TimeInfo;
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use spin::{Mutex, Once};
+
+/// Most images loaded at once (the bundle's and uploads).
+pub const MAX_IMAGES: usize = 256;
+/// Room for guests started after boot through the control channel.
+pub const SPARE_GUESTS: usize = 1024;
+
+/// How a machine is set up (the boot CPU decides, before any guest).
+pub struct Config {
+    /// CPUs that run guests.
+    pub cpus: usize,
+    /// Guest ids there will ever be.
+    pub capacity: usize,
+    /// The root whose upper half guests' tables map (the hypervisor's own,
+    /// or with page-table isolation the reduced one).
+    pub guest_upper: u64,
+    pub time: TimeInfo,
+    /// Whether there is a control channel.
+    pub control: bool,
+    /// Keep running with no guest left (a control channel may start more).
+    pub keep_running: bool,
+}
+
+/// The hypervisor's own state, shared by all CPUs.
+pub struct Machine<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> {
+    pub platform: P,
+    pub net: N,
+    guest_upper: u64,
+    time: TimeInfo,
+    /// The frame of the time page mapped into every guest.
+    time_page: u64,
+    cpus: usize,
+    /// Guests by id; `None` while a CPU runs it (or after it ended).
+    guests: Mutex<Vec<Option<Box<Guest>>>>,
+    /// One scheduler per CPU.
+    scheds: Vec<Mutex<Scheduler>>,
+    /// The CPU whose scheduler holds each guest.
+    home: Vec<AtomicUsize>,
+    /// Each guest's event page (for raising events from any CPU), set
+    /// once when it is created (ids are never reused).
+    event_pages: Vec<Once<P::Events>>,
+    /// Guests not yet ended.
+    live: AtomicUsize,
+    exited: AtomicU32,
+    stopped: AtomicU32,
+    /// Time each CPU spent halted with nothing to run.
+    idle_ns: Vec<AtomicU64>,
+    /// What the control channel reports of every guest, by id.
+    status: Vec<Once<GuestStatus>>,
+    /// Guest ids handed out.
+    count: AtomicUsize,
+    control: bool,
+    /// When the last control byte arrived.
+    control_rx_ns: AtomicU64,
+    keep_running: bool,
+    /// Set once the boot guests are created; the other CPUs wait for it.
+    ready: AtomicBool,
+    /// Images by index: the bundle's, then those sent on the control channel.
+    images: Mutex<Vec<(String, Result<LoadedImage, String>)>>,
+    creating: Mutex<create::Creating>,
+}
+
+/// A guest as the control channel sees it, whichever CPU has it.
+pub struct GuestStatus {
+    name: String,
+    tenant: Option<u32>,
+    /// [`STATES`] index.
+    state: AtomicU8,
+    cpu_ns: AtomicU64,
+    memory_bytes: AtomicU64,
+    /// Set by `ctl stop`; the CPU that next takes the guest ends it.
+    stop_requested: AtomicBool,
+}
+
+/// The states the control channel names (`ctl list`): waiting for a CPU
+/// or for an event, on a CPU, ended by itself, ended by the hypervisor
+/// (a fault, a limit, the operator).
+const STATES: [GuestState; 4] = [GuestState::Waiting, GuestState::Running, GuestState::Exited, GuestState::Stopped];
+const WAITING: u8 = 0;
+const RUNNING: u8 = 1;
+const EXITED: u8 = 2;
+const STOPPED: u8 = 3;
+
+impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> {
+    /// A machine with no guest yet: `images` are the bundle's (loaded with
+    /// [`Machine::load_image`] before), the time page is allocated here.
+    pub fn new(platform: P, net: N, config: Config, images: Vec<(String, Result<LoadedImage, String>)>) -> Self {
+        let time_page = {
+            use crate::mm::PhysMem;
+            let mut mem = platform.mem();
+            let page = mem.alloc().expect("a frame for the time page");
+            mem.write(page, 0, &config.time.to_bytes());
+            page
+        };
+        let Config { cpus, capacity, guest_upper, time, control, keep_running } = config;
+        Self {
+            platform,
+            net,
+            guest_upper,
+            time,
+            time_page,
+            cpus,
+            guests: Mutex::new((0..capacity).map(|_| None).collect()),
+            scheds: (0..cpus).map(|_| Mutex::new(Scheduler::new())).collect(),
+            home: (0..capacity).map(|_| AtomicUsize::new(0)).collect(),
+            event_pages: (0..capacity).map(|_| Once::new()).collect(),
+            live: AtomicUsize::new(0),
+            exited: AtomicU32::new(0),
+            stopped: AtomicU32::new(0),
+            idle_ns: (0..cpus).map(|_| AtomicU64::new(0)).collect(),
+            status: (0..capacity).map(|_| Once::new()).collect(),
+            count: AtomicUsize::new(0),
+            control,
+            control_rx_ns: AtomicU64::new(0),
+            keep_running,
+            ready: AtomicBool::new(false),
+            images: Mutex::new(images),
+            creating: Mutex::new(create::Creating::default()),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.platform.now_ns()
+    }
+
+    /// Lets the other CPUs in (the boot guests are created).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Whether the boot CPU has created the boot guests.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Guest `id`'s status (set before the guest can be scheduled).
+    fn status(&self, id: usize) -> &GuestStatus {
+        self.status[id].get().expect("a created guest has a status")
+    }
+
+    /// The id of the guest called `name`.
+    fn find(&self, name: &str) -> Option<usize> {
+        self.statuses().find(|(_, b)| b.name == name).map(|(id, _)| id)
+    }
+
+    /// The status of every guest created so far, with their ids.
+    fn statuses(&self) -> impl Iterator<Item = (usize, &GuestStatus)> {
+        self.status[..self.count.load(Ordering::Acquire)].iter().enumerate().filter_map(|(id, b)| Some((id, b.get()?)))
+    }
+
+    /// Wakes guest `id` if it is blocked (an event arrived for it: its bits
+    /// are raised already), and interrupts its CPU if that is another one.
+    pub fn wake(&self, id: usize, me: usize) {
+        let home = self.home[id].load(Ordering::Acquire);
+        // A guest that is moving between CPUs was runnable: nothing to wake.
+        if self.scheds[home].lock().wake(id) && home != me {
+            self.platform.wake_cpu(home);
+        }
+    }
+
+    /// Frees what the machine holds beyond its guests (every guest has
+    /// ended): the images and the time page; then prints the machine line
+    /// and the end's summary.
+    pub fn shut_down(&self, not_started: u32) {
+        use crate::mm::PhysMem;
+        let mut mem = self.platform.mem();
+        for (_, img) in core::mem::take(&mut *self.images.lock()) {
+            if let Ok(img) = img {
+                img.unload(&mut mem);
+            }
+        }
+        mem.free(self.time_page);
+        self.platform.console_line(&self.machine_line());
+        self.platform.console_line(&alloc::format!(
+            "[hv] no guests left: {} exited, {} stopped, {not_started} not started; {} KiB free",
+            self.exited.load(Ordering::Relaxed),
+            self.stopped.load(Ordering::Relaxed),
+            self.platform.frames().0 as u64 * 4
+        ));
+    }
+}

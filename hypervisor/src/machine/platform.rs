@@ -1,0 +1,87 @@
+//! What the per-CPU loop needs of the machine it runs on.
+//!
+//! Rules: every method is called on the CPU it concerns (the timer, the
+//! halt, the guest's address space are that CPU's own), except
+//! [`Platform::wake_cpu`] and the [`Platform::Events`] handles, which any
+//! CPU may use for any guest that is alive. Nothing here decides anything: the loop
+//! (`machine::cpu_loop`) decides, the platform does what it is told. Times
+//! are monotonic nanoseconds since boot, the clock the guests see.
+//!
+//! The x86_64 implementation (`arch::x86_64::platform` in the binary)
+//! writes CR3, arms the local APIC timer, halts, sends IPIs and enters
+//! guests through `arch::x86_64::entry`; the host tests implement it over
+//! simulated memory and a scripted clock.
+
+use crate::guest::Guest;
+use crate::mm::{PhysAddr, PhysMem};
+use crate::net::port::{GuestEvents, GuestRing, RingAllocError};
+use hermit_entry::boot_info::RawBootInfo;
+
+/// The machine under the per-CPU loop.
+pub trait Platform: Sync {
+    /// Physical memory (frames, page tables, guests' pages).
+    type Mem<'a>: PhysMem
+    where
+        Self: 'a;
+    fn mem(&self) -> Self::Mem<'_>;
+
+    /// The monotonic clock (ns since boot).
+    fn now_ns(&self) -> u64;
+    /// Arms this CPU's one-shot timer for `deadline_ns` (an interrupt then
+    /// takes the CPU from a guest, or ends [`Platform::idle`]).
+    fn arm_timer(&self, deadline_ns: u64);
+    /// Halts this CPU until an interrupt: the armed timer or a
+    /// [`Platform::wake_cpu`] from another CPU.
+    fn idle(&self);
+    /// Interrupts CPU `cpu` (it has work: a guest woke or arrived there).
+    fn wake_cpu(&self, cpu: usize);
+
+    /// Makes this CPU ready to enter the guest whose page tables are at
+    /// `root` (with page-table isolation every entry switches instead).
+    fn begin_guest(&self, root: PhysAddr);
+    /// Runs `g` until its next exit; `g.regs` then say why it left.
+    fn enter(&self, g: &mut Guest);
+    /// Flushes this CPU's TLB for `root` after the guest gave pages back.
+    fn flush_tlb(&self, root: PhysAddr);
+    /// Back on the hypervisor's own tables: the guest may now move to
+    /// another CPU, or end and have its tables freed.
+    fn end_guest(&self);
+
+    /// A guest's event page, through which any CPU raises its events.
+    type Events: GuestEvents + Clone;
+    /// One of a guest's vNIC rings.
+    type Ring: GuestRing;
+    /// The event page `g`'s creation mapped (`None` if it has none, which
+    /// creation rules out). The only way to reach a guest's event word:
+    /// nothing here takes a physical address to write to.
+    fn events_of(&self, g: &Guest) -> Option<Self::Events>;
+    /// A ring of `slots` slots whose index block is at `index_offset` in
+    /// `events`: its slot pages come from the frame allocator and are
+    /// handed, with their index, to `map`, which maps each into the guest
+    /// (whose teardown then frees them); a page `map` refuses is freed.
+    fn ring<E>(
+        &self,
+        events: &Self::Events,
+        index_offset: u64,
+        slots: u32,
+        map: impl FnMut(usize, PhysAddr) -> Result<(), E>,
+    ) -> Result<Self::Ring, RingAllocError<E>>;
+
+    /// Writes hermit-entry's boot record at the start of a new guest's
+    /// start page (`frame`, not yet visible to the guest).
+    fn write_boot_info(&self, frame: PhysAddr, info: RawBootInfo);
+
+    /// Prints one line on the hypervisor's console.
+    fn console_line(&self, line: &str);
+    /// The next byte typed on the console, if one is waiting.
+    fn console_read(&self) -> Option<u8>;
+    /// The next byte from the control channel, if one is waiting.
+    fn control_read(&self) -> Option<u8>;
+    /// Writes one answer line to the control channel.
+    fn control_write_line(&self, line: &str);
+
+    /// The hypervisor heap's size and the bytes allocated from it now.
+    fn heap_usage(&self) -> (usize, usize);
+    /// Frames free for guests now, and all the frames of the machine.
+    fn frames(&self) -> (usize, usize);
+}

@@ -1,0 +1,587 @@
+//! The per-CPU loop driven on the host: a fake platform over simulated
+//! memory with a scripted clock, guests whose exits are scripted, and
+//! threads standing in for CPUs where a race needs one CPU held at an
+//! exact point while another acts.
+
+use super::network::{Attach, CaptureTarget, Captured, PortStats};
+use super::*;
+use crate::control::ControlHost;
+use crate::guest::regs::VECTOR_SYSCALL;
+use crate::image::{Image, Perms, Segment};
+use crate::mm::testmem::TestMem;
+use crate::mm::{PhysAddr, PhysMem};
+use crate::net::port::{GuestEvents, RingAllocError};
+use crate::sched::State;
+use abi::Hypercall;
+use abi::ring::testing::SharedRing;
+use abi::time::events;
+use hermit_entry::boot_info::RawBootInfo;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
+
+/// What a scripted guest does each time it is entered.
+#[derive(Clone, Copy, Debug)]
+enum Act {
+    /// Computes for `ns`, then the timer interrupt takes the CPU.
+    Busy(u64),
+    /// `block(deadline)`.
+    Block(u64),
+    /// `exit(code)`.
+    Exit(i32),
+}
+
+/// Simulated physical memory shared by every CPU (each access locks it).
+struct Shared<'a>(&'a Mutex<TestMem>);
+
+/// A guest's event page in the simulated memory.
+#[derive(Clone)]
+struct FakeEvents {
+    mem: Arc<Mutex<TestMem>>,
+    page: PhysAddr,
+}
+
+impl GuestEvents for FakeEvents {
+    fn raise(&self, bits: u64) {
+        let mut mem = self.mem.lock();
+        let mut b = [0u8; 8];
+        mem.read(self.page, 0, &mut b);
+        mem.write(self.page, 0, &(u64::from_le_bytes(b) | bits).to_le_bytes());
+    }
+    fn pending(&self) -> u64 {
+        let mut b = [0u8; 8];
+        self.mem.lock().read(self.page, 0, &mut b);
+        u64::from_le_bytes(b)
+    }
+}
+
+impl PhysMem for Shared<'_> {
+    fn alloc(&mut self) -> Option<PhysAddr> {
+        self.0.lock().alloc()
+    }
+    fn free(&mut self, frame: PhysAddr) {
+        self.0.lock().free(frame)
+    }
+    fn read_pte(&self, table: PhysAddr, index: usize) -> u64 {
+        self.0.lock().read_pte(table, index)
+    }
+    fn write_pte(&mut self, table: PhysAddr, index: usize, value: u64) {
+        self.0.lock().write_pte(table, index, value)
+    }
+    fn write(&mut self, frame: PhysAddr, offset: usize, src: &[u8]) {
+        self.0.lock().write(frame, offset, src)
+    }
+    fn read(&self, frame: PhysAddr, offset: usize, dst: &mut [u8]) {
+        self.0.lock().read(frame, offset, dst)
+    }
+}
+
+std::thread_local! {
+    /// The guest this thread (CPU) entered last.
+    static ON_CPU: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// The fake platform: one clock for all CPUs, advanced by what guests do
+/// and by idling to the armed timer.
+struct Fake {
+    mem: Arc<Mutex<TestMem>>,
+    /// The pages of every ring `ring` made, in order.
+    rings: Mutex<Vec<Vec<PhysAddr>>>,
+    clock: AtomicU64,
+    armed: AtomicU64,
+    idles: AtomicUsize,
+    lines: Mutex<Vec<String>>,
+    scripts: Mutex<HashMap<String, VecDeque<Act>>>,
+    /// CPUs interrupted with `wake_cpu`.
+    woken: Mutex<Vec<usize>>,
+    /// The guest whose CPU stops in `end_guest` (once): between the
+    /// guest's own look at its events and the scheduler's put.
+    hold: Mutex<Option<String>>,
+    held: Mutex<Option<Sender<()>>>,
+    release: Mutex<Option<Receiver<()>>>,
+}
+
+impl Platform for Fake {
+    type Mem<'a> = Shared<'a>;
+
+    type Events = FakeEvents;
+    type Ring = SharedRing;
+
+    fn mem(&self) -> Shared<'_> {
+        Shared(&self.mem)
+    }
+    fn events_of(&self, g: &Guest) -> Option<FakeEvents> {
+        let page = g.memory.space.translate(&self.mem(), abi::layout::EVENT_PAGE)?.0;
+        Some(FakeEvents { mem: self.mem.clone(), page })
+    }
+    fn ring<E>(
+        &self,
+        _events: &FakeEvents,
+        _index_offset: u64,
+        slots: u32,
+        mut map: impl FnMut(usize, PhysAddr) -> Result<(), E>,
+    ) -> Result<SharedRing, RingAllocError<E>> {
+        let mut pages = Vec::new();
+        for i in 0..abi::ring::slots_bytes(slots) / 4096 {
+            let page = self.mem.lock().alloc().ok_or(RingAllocError::NoMemory)?;
+            if let Err(e) = map(i, page) {
+                self.mem.lock().free(page);
+                return Err(RingAllocError::Map(e));
+            }
+            pages.push(page);
+        }
+        self.rings.lock().push(pages);
+        Ok(SharedRing::new(slots))
+    }
+    fn now_ns(&self) -> u64 {
+        self.clock.load(Ordering::SeqCst)
+    }
+    fn arm_timer(&self, deadline_ns: u64) {
+        self.armed.store(deadline_ns, Ordering::SeqCst);
+    }
+    fn idle(&self) {
+        self.idles.fetch_add(1, Ordering::SeqCst);
+        self.clock.fetch_max(self.armed.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+    fn wake_cpu(&self, cpu: usize) {
+        self.woken.lock().push(cpu);
+    }
+    fn begin_guest(&self, _root: PhysAddr) {}
+    fn enter(&self, g: &mut Guest) {
+        ON_CPU.with(|c| *c.borrow_mut() = g.name.clone());
+        let exit = self.scripts.lock().get_mut(&g.name).and_then(VecDeque::pop_front).unwrap_or(Act::Busy(1_000_000));
+        let call = |g: &mut Guest, nr: Hypercall, a0: u64| {
+            g.regs.vector = VECTOR_SYSCALL;
+            g.regs.rax = nr as u64;
+            g.regs.rdi = a0;
+        };
+        self.clock.fetch_add(1_000, Ordering::SeqCst);
+        match exit {
+            Act::Busy(ns) => {
+                self.clock.fetch_add(ns, Ordering::SeqCst);
+                g.regs.vector = crate::guest::regs::VECTOR_FIRST_INTERRUPT;
+            }
+            Act::Block(deadline) => call(g, Hypercall::Block, deadline),
+            Act::Exit(code) => call(g, Hypercall::Exit, code as u64),
+        }
+    }
+    fn flush_tlb(&self, _root: PhysAddr) {}
+    fn end_guest(&self) {
+        let me = ON_CPU.with(|c| c.borrow().clone());
+        let hold = self.hold.lock().take_if(|h| *h == me).is_some();
+        if hold {
+            self.held.lock().take().expect("a hold has its channels").send(()).unwrap();
+            self.release.lock().take().expect("a hold has its channels").recv().unwrap();
+        }
+    }
+    fn write_boot_info(&self, _frame: PhysAddr, _info: RawBootInfo) {}
+    fn console_line(&self, line: &str) {
+        self.lines.lock().push(line.into());
+    }
+    fn console_read(&self) -> Option<u8> {
+        None
+    }
+    fn control_read(&self) -> Option<u8> {
+        None
+    }
+    fn control_write_line(&self, _line: &str) {}
+    fn heap_usage(&self) -> (usize, usize) {
+        (64 << 20, 0)
+    }
+    fn frames(&self) -> (usize, usize) {
+        let m = self.mem.lock();
+        (m.limit - m.live, m.limit)
+    }
+}
+
+/// A machine without vNICs: none of these guests has one.
+struct NoNetwork;
+
+impl Network for NoNetwork {
+    type Ring = SharedRing;
+    type Events = FakeEvents;
+    fn attach(&self, _: Attach<'_, SharedRing, FakeEvents>) -> Result<(), String> {
+        Err("no network".into())
+    }
+    fn drain(&self, _: usize, _: u64, _: &mut dyn FnMut(usize)) -> Result<(), String> {
+        Ok(())
+    }
+    fn poll_uplink(&self, _: u64, _: &mut dyn FnMut(usize)) {}
+    fn uplink_rx_ns(&self) -> Option<u64> {
+        None
+    }
+    fn disconnect(&self, _: usize) {}
+    fn port_stats(&self, _: usize) -> Option<PortStats> {
+        None
+    }
+    fn bytes_per_guest(&self) -> u64 {
+        0
+    }
+    fn start_capture(&self, _: CaptureTarget, _: u32, _: u64) {}
+    fn capturing(&self) -> bool {
+        false
+    }
+    fn next_captured(&self, _: u64) -> Option<Captured> {
+        None
+    }
+}
+
+type TestMachine = Machine<Fake, NoNetwork>;
+
+/// An image with one page of text and one of data.
+fn image() -> Image {
+    let mut elf = vec![0u8; 0x2000];
+    elf[0..4].copy_from_slice(b"TEXT");
+    Image {
+        elf,
+        entry: 0x401000,
+        segments: vec![
+            Segment { vaddr: 0x401000, mem_size: 0x1000, file_offset: 0, file_size: 0x1000, perms: Perms::READ | Perms::EXECUTE },
+            Segment { vaddr: 0x402000, mem_size: 0x1000, file_offset: 0x1000, file_size: 4, perms: Perms::READ | Perms::WRITE },
+        ],
+        tls: None,
+        app_args: vec![],
+        kernel_name: "k".into(),
+    }
+}
+
+/// A machine of `cpus` CPUs at 1 s on its clock, with one image.
+fn machine(cpus: usize) -> TestMachine {
+    machine_on(cpus, NoNetwork)
+}
+
+/// The same over network back end `net`.
+fn machine_on<N: Network<Ring = SharedRing, Events = FakeEvents>>(cpus: usize, net: N) -> Machine<Fake, N> {
+    let mut mem = TestMem::new(100_000);
+    let upper = mem.alloc().unwrap();
+    let img = LoadedImage::load(&mut mem, "t", &image()).unwrap();
+    let fake = Fake {
+        mem: Arc::new(Mutex::new(mem)),
+        rings: Mutex::new(Vec::new()),
+        clock: AtomicU64::new(1_000_000_000),
+        armed: AtomicU64::new(0),
+        idles: AtomicUsize::new(0),
+        lines: Mutex::new(Vec::new()),
+        scripts: Mutex::new(HashMap::new()),
+        woken: Mutex::new(Vec::new()),
+        hold: Mutex::new(None),
+        held: Mutex::new(None),
+        release: Mutex::new(None),
+    };
+    let config =
+        Config { cpus, capacity: 16, guest_upper: upper, time: TimeInfo::new(1_000_000_000, 0, 0), control: false, keep_running: false };
+    Machine::new(fake, net, config, vec![("t".into(), Ok(img))])
+}
+
+/// Creates guest `name` (ids in order; guest `id` starts on CPU
+/// `id % cpus`) that does `script`, then computes forever.
+fn guest(m: &TestMachine, name: &str, script: &[Act]) -> usize {
+    m.platform.scripts.lock().insert(name.into(), script.iter().copied().collect());
+    m.create_guest(name, 0, &abi::bundle::Settings { memory: 1 << 20, ..Default::default() }, &[]).unwrap();
+    m.find(name).unwrap()
+}
+
+fn state(m: &TestMachine, id: usize) -> Option<State> {
+    m.scheds[m.home[id].load(Ordering::SeqCst)].lock().state(id)
+}
+
+/// What another CPU does to deliver an event: raise it, then wake.
+fn deliver(m: &TestMachine, id: usize, from: usize) {
+    m.event_pages[id].get().expect("a live guest has its event page").raise(events::NET_RX);
+    m.wake(id, from);
+}
+
+/// Runs one pass of CPU `me` on another thread and holds it when `name`
+/// leaves the CPU; `between` runs while it is held (as another CPU).
+fn hold_while(m: &TestMachine, me: usize, name: &str, between: impl FnOnce()) {
+    let (held_tx, held_rx) = channel();
+    let (release_tx, release_rx) = channel();
+    *m.platform.hold.lock() = Some(name.into());
+    *m.platform.held.lock() = Some(held_tx);
+    *m.platform.release.lock() = Some(release_rx);
+    std::thread::scope(|s| {
+        let cpu = s.spawn(|| m.step(me, &mut CpuState::default()));
+        held_rx.recv().expect("the guest left the CPU");
+        between();
+        release_tx.send(()).unwrap();
+        assert_eq!(cpu.join().unwrap(), Pass::Again);
+    });
+}
+
+/// Steps CPU `me` until it is done or `max` passes went by.
+fn steps(m: &TestMachine, me: usize, st: &mut CpuState, max: usize) -> Pass {
+    for _ in 0..max {
+        if m.step(me, st) == Pass::Done {
+            return Pass::Done;
+        }
+    }
+    Pass::Again
+}
+
+fn lines(m: &TestMachine, what: &str) -> usize {
+    m.platform.lines.lock().iter().filter(|l| l.contains(what)).count()
+}
+
+#[test]
+fn an_event_raised_while_a_guest_goes_to_sleep_wakes_it() {
+    let m = machine(1);
+    let a = guest(&m, "a", &[Act::Block(u64::MAX), Act::Exit(0)]);
+    // The guest looked at its events (none), asked to block, and left the
+    // CPU; before CPU 0 puts it to sleep, CPU 1 delivers. The wake finds
+    // it running and can do nothing: only CPU 0's second look saves it.
+    hold_while(&m, 0, "a", || {
+        deliver(&m, a, 1);
+        assert_eq!(state(&m, a), Some(State::Running));
+    });
+    assert_eq!(state(&m, a), Some(State::Runnable), "the event was lost: the guest sleeps with NET_RX pending");
+    assert_eq!(steps(&m, 0, &mut CpuState::default(), 10), Pass::Done);
+    assert_eq!(lines(&m, "[hv] guest a exited with code 0"), 1);
+}
+
+#[test]
+fn a_stop_requested_while_a_guest_goes_to_sleep_ends_it() {
+    let m = machine(1);
+    let a = guest(&m, "a", &[Act::Block(u64::MAX), Act::Block(u64::MAX)]);
+    hold_while(&m, 0, "a", || assert_eq!(m.stop("a"), Ok(())));
+    assert_eq!(state(&m, a), Some(State::Runnable), "the stop request was lost: the guest sleeps");
+    assert_eq!(steps(&m, 0, &mut CpuState::default(), 10), Pass::Done);
+    assert_eq!(lines(&m, "[hv] guest a stopped: stopped by the operator (ctl stop)"), 1);
+}
+
+#[test]
+fn ctl_stop_ends_a_blocked_guest() {
+    let m = machine(1);
+    let before = m.platform.mem.lock().live;
+    let a = guest(&m, "a", &[Act::Block(u64::MAX), Act::Block(u64::MAX)]);
+    let mut cpu = CpuState::default();
+    m.step(0, &mut cpu);
+    assert_eq!(state(&m, a), Some(State::Blocked { deadline: u64::MAX }));
+    assert_eq!(m.stop("a"), Ok(()));
+    assert_eq!(steps(&m, 0, &mut cpu, 10), Pass::Done, "a blocked guest must be woken to be stopped");
+    assert_eq!(lines(&m, "[hv] guest a stopped: stopped by the operator (ctl stop)"), 1);
+    assert_eq!(m.stopped.load(Ordering::SeqCst), 1);
+    assert_eq!(m.platform.mem.lock().live, before, "every frame of the guest is freed");
+    assert!(m.stop("a").is_err(), "an ended guest cannot be stopped again");
+}
+
+#[test]
+fn a_guest_stopped_while_deliveries_keep_waking_it_ends_once() {
+    // The guest blocks, and every time it does another CPU delivers to it
+    // and wakes it: it never sleeps long, but the stop still ends it.
+    let m = machine(2);
+    let before = m.platform.mem.lock().live;
+    let a = guest(&m, "a", &[Act::Block(u64::MAX); 64]);
+    let mut cpu0 = CpuState::default();
+    m.step(0, &mut cpu0);
+    assert_eq!(m.stop("a"), Ok(()));
+    for _ in 0..20 {
+        if m.live.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        deliver(&m, a, 1);
+        m.step(0, &mut cpu0);
+    }
+    assert_eq!(m.live.load(Ordering::SeqCst), 0, "the stop was never honoured");
+    assert_eq!(lines(&m, "[hv] guest a stopped"), 1);
+    assert_eq!(m.platform.mem.lock().live, before, "every frame of the guest is freed");
+    // A late wake for the ended guest finds nothing to wake.
+    m.wake(a, 1);
+    assert_eq!(state(&m, a), None);
+}
+
+#[test]
+fn an_idle_cpu_steals_a_guest_and_wakes_reach_it_there() {
+    let m = machine(2);
+    let a = guest(&m, "a", &[]);
+    let b = guest(&m, "b", &[Act::Exit(0)]);
+    let c = guest(&m, "c", &[]);
+    let mut cpu1 = CpuState::default();
+    m.step(1, &mut cpu1);
+    assert_eq!(lines(&m, "[hv] guest b exited"), 1);
+    assert_eq!(state(&m, b), None);
+    // CPU 1 has nothing left; CPU 0 has two waiting: CPU 1 takes one
+    // instead of idling.
+    m.step(1, &mut cpu1);
+    assert_eq!(m.platform.idles.load(Ordering::SeqCst), 0, "CPU 1 idled beside a CPU with two waiting");
+    let moved = [a, c].into_iter().find(|&g| m.home[g].load(Ordering::SeqCst) == 1).expect("a guest moved to CPU 1");
+    assert_eq!(m.scheds[0].lock().state(moved), None);
+    // It runs there, blocks there, and a delivery from CPU 0 wakes it there.
+    m.platform.scripts.lock().get_mut(if moved == a { "a" } else { "c" }).unwrap().push_back(Act::Block(u64::MAX));
+    m.step(1, &mut cpu1);
+    assert_eq!(state(&m, moved), Some(State::Blocked { deadline: u64::MAX }));
+    let ran = m.guests.lock()[moved].as_ref().unwrap().stats.cpu_ns_per_cpu.clone();
+    assert!(ran.len() == 2 && ran[1] > 0, "it ran on CPU 1: {ran:?}");
+    m.platform.woken.lock().clear();
+    deliver(&m, moved, 0);
+    assert_eq!(m.scheds[1].lock().state(moved), Some(State::Runnable), "the wake went to the guest's old CPU");
+    assert_eq!(*m.platform.woken.lock(), [1], "CPU 1 is interrupted to run it");
+}
+
+#[test]
+fn busy_cpus_even_out_but_do_not_bounce_one_guest() {
+    let m = machine(2);
+    // CPU 0: g0 g2 g4 g6; CPU 1: g1, and g3 g5 g7, which exit at once.
+    for i in 0..8 {
+        guest(&m, &format!("g{i}"), if i % 2 == 1 && i > 1 { &[Act::Exit(0)] } else { &[] });
+    }
+    let mut cpu1 = CpuState::default();
+    for _ in 0..4 {
+        m.step(1, &mut cpu1);
+    }
+    assert_eq!(lines(&m, "exited with code 0"), 3);
+    assert_eq!((m.scheds[0].lock().runnable_len(), m.scheds[1].lock().runnable_len()), (4, 1));
+    // Past the balance tick CPU 1 takes one (4 >= 1 + 2) ...
+    m.platform.clock.fetch_add(cpu_loop::IDLE_TICK_NS, Ordering::SeqCst);
+    m.step(1, &mut cpu1);
+    let on = |cpu| (0..8).filter(|&g| m.home[g].load(Ordering::SeqCst) == cpu && state(&m, g).is_some()).count();
+    assert_eq!((on(0), on(1)), (3, 2), "CPU 1 did not take a guest from the busier CPU 0");
+    // ... and at 3 against 2 nobody moves.
+    m.platform.clock.fetch_add(cpu_loop::IDLE_TICK_NS, Ordering::SeqCst);
+    m.step(1, &mut cpu1);
+    m.platform.clock.fetch_add(cpu_loop::IDLE_TICK_NS, Ordering::SeqCst);
+    m.step(0, &mut CpuState::default());
+    assert_eq!((on(0), on(1)), (3, 2), "one guest more on a CPU moved");
+}
+
+#[test]
+fn two_cpus_on_two_threads_run_every_guest_to_its_end() {
+    let m = &machine(2);
+    let before = m.platform.mem.lock().live;
+    for i in 0..12 {
+        let sleep = 1_000_000_000 + (i as u64 + 1) * 3_000_000;
+        guest(m, &format!("g{i}"), &[Act::Busy(2_000_000), Act::Block(sleep), Act::Busy(1_000_000), Act::Block(u64::MAX), Act::Exit(i)]);
+    }
+    // Every guest also sleeps without a deadline once: the other CPU
+    // delivers to it while both CPUs run, balance and steal.
+    std::thread::scope(|s| {
+        let cpus: Vec<_> = (0..2).map(|cpu| s.spawn(move || steps(m, cpu, &mut CpuState::default(), 100_000))).collect();
+        let mut rounds = 0;
+        while m.live.load(Ordering::SeqCst) > 0 && rounds < 100_000 {
+            for id in 0..12 {
+                // Only for a guest still alive (the network back end's
+                // gate does this for real deliveries).
+                let alive = m.status(id).state.load(Ordering::SeqCst) < EXITED;
+                if alive && state(m, id) == Some(State::Blocked { deadline: u64::MAX }) {
+                    deliver(m, id, 1);
+                }
+            }
+            rounds += 1;
+            std::thread::yield_now();
+        }
+        for cpu in cpus {
+            assert_eq!(cpu.join().unwrap(), Pass::Done, "a CPU never finished");
+        }
+    });
+    for i in 0..12 {
+        assert_eq!(lines(m, &format!("[hv] guest g{i} exited with code {i}")), 1);
+    }
+    assert_eq!(m.platform.mem.lock().live, before, "every frame of every guest is freed");
+}
+
+#[test]
+fn shutting_down_returns_the_images_and_the_time_page() {
+    let m = machine(1);
+    guest(&m, "a", &[Act::Exit(3)]);
+    assert_eq!(steps(&m, 0, &mut CpuState::default(), 10), Pass::Done);
+    m.shut_down(2);
+    assert_eq!(m.platform.mem.lock().live, 1, "only the test's own root frame is left");
+    let last = m.platform.lines.lock().last().cloned().unwrap();
+    assert!(last.starts_with("[hv] no guests left: 1 exited, 0 stopped, 2 not started; "), "{last}");
+}
+
+#[test]
+fn addresses_are_per_tenant_and_bounded() {
+    let mut c = create::Creating::default();
+    let st = |tenant| abi::bundle::Settings { tenant, ..Default::default() };
+    let a = c.address(7, &st(1)).unwrap();
+    let b = c.address(8, &st(1)).unwrap();
+    let other = c.address(9, &st(2)).unwrap();
+    assert_eq!((a.ipv4, b.ipv4, other.ipv4), (abi::guest_ipv4(1, 0), abi::guest_ipv4(1, 1), abi::guest_ipv4(2, 0)));
+    assert_eq!(a.mac[..6], [0x02, 0, 0, 0, 7, 1], "the MAC names the guest id and the tenant");
+    assert_eq!(a.gateway, abi::gateway_ipv4(1));
+    assert!(c.address(10, &st(abi::MAX_TENANTS)).is_err(), "a tenant number beyond the table is refused");
+    assert_eq!(c.next_host.len(), 3, "a refused tenant sizes nothing");
+    c.next_host[3 - 1] = abi::MAX_TENANT_HOSTS;
+    assert!(c.address(11, &st(2)).is_err(), "a full tenant has no address left");
+}
+
+#[test]
+fn a_guest_whose_vnic_cannot_be_attached_is_destroyed_whole() {
+    let m = machine(1);
+    let before = m.platform.mem.lock().live;
+    let st = abi::bundle::Settings { memory: 1 << 20, tenant: 1, ..Default::default() };
+    let e = m.create_guest("n", 0, &st, &[]).err().expect("the network refuses the port");
+    assert_eq!(e, "no network");
+    assert_eq!(m.platform.mem.lock().live, before, "its pages, tables and ring frames are all freed");
+    assert_eq!(m.count.load(Ordering::SeqCst), 0, "no id is used up");
+    // Its address was taken all the same (as before: addresses are not reused).
+    assert_eq!(m.creating.lock().next_host, [0, 1]);
+}
+
+/// A port as [`Ports`] was given it.
+struct Given {
+    guest: usize,
+    tenant: u32,
+    ipv4: [u8; 4],
+    events: PhysAddr,
+}
+
+/// A back end that takes every port and remembers what it was given.
+#[derive(Default)]
+struct Ports(Mutex<Vec<Given>>);
+
+impl Network for Ports {
+    type Ring = SharedRing;
+    type Events = FakeEvents;
+    fn attach(&self, a: Attach<'_, SharedRing, FakeEvents>) -> Result<(), String> {
+        let given = Given { guest: a.guest, tenant: a.tenant, ipv4: a.ipv4, events: a.events.page };
+        self.0.lock().push(given);
+        Ok(())
+    }
+    fn drain(&self, _: usize, _: u64, _: &mut dyn FnMut(usize)) -> Result<(), String> {
+        Ok(())
+    }
+    fn poll_uplink(&self, _: u64, _: &mut dyn FnMut(usize)) {}
+    fn uplink_rx_ns(&self) -> Option<u64> {
+        None
+    }
+    fn disconnect(&self, _: usize) {}
+    fn port_stats(&self, _: usize) -> Option<PortStats> {
+        None
+    }
+    fn bytes_per_guest(&self) -> u64 {
+        0
+    }
+    fn start_capture(&self, _: CaptureTarget, _: u32, _: u64) {}
+    fn capturing(&self) -> bool {
+        false
+    }
+    fn next_captured(&self, _: u64) -> Option<Captured> {
+        None
+    }
+}
+
+#[test]
+fn a_vnic_is_rings_mapped_into_the_guest_and_a_port_with_its_address() {
+    let m = machine_on(1, Ports::default());
+    let st = abi::bundle::Settings { memory: 1 << 20, tenant: 3, ring_slots: 4, ..Default::default() };
+    let c = m.create_guest("n", 0, &st, &[]).unwrap();
+    assert_eq!(c.ip, Some(abi::guest_ipv4(3, 0)));
+    assert!(c.describe.ends_with("tenant 3"), "{}", c.describe);
+    let ports = m.net.0.lock();
+    let Given { guest, tenant, ipv4, events } = &ports[0];
+    let rings = m.platform.rings.lock();
+    let [tx, rx] = &rings[..] else { panic!("two rings, not {}", rings.len()) };
+    assert_eq!((*guest, *tenant, Some(*ipv4)), (0, 3, c.ip));
+    let pages = abi::ring::slots_bytes(4) / 4096;
+    assert_eq!((tx.len(), rx.len()), (pages, pages));
+    let guests = m.guests.lock();
+    let g = guests[0].as_ref().unwrap();
+    let mem = m.platform.mem();
+    let at = |va| g.memory.space.translate(&mem, va).map(|(pa, _)| pa);
+    assert_eq!(at(abi::layout::NIC_TX_RING), Some(tx[0]), "the TX ring's first frame is the guest's");
+    assert_eq!(at(abi::layout::NIC_RX_RING + 4096 * (pages as u64 - 1)), Some(rx[pages - 1]));
+    assert_eq!(at(abi::layout::EVENT_PAGE), Some(*events));
+    assert!(g.memory.private_bytes() >= 2 * pages as u64 * 4096, "the rings are charged to the guest");
+}

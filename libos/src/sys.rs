@@ -1,0 +1,128 @@
+//! The libos's machine layer: everything the compiler cannot check about the
+//! guest's world, in one file. Besides the start-up (`rt.rs`, the entry
+//! point in `main!`) and the heap, this is the only `unsafe` code of the
+//! libos; the rest is safe code over these functions.
+//!
+//! The facts relied on, all given by the hypervisor's ABI (`abi::layout`):
+//! - `syscall` enters the hypervisor, which checks every argument, clobbers
+//!   `rcx` and `r11` and preserves every other register;
+//! - the start page, the time page and the shared (event + ring index) page
+//!   are mapped at fixed addresses before the first instruction and stay
+//!   mapped for the guest's whole life; the start and time pages read-only;
+//! - the vNIC's ring slots are mapped read-write at fixed addresses, sized
+//!   for the slot count the start page's `NicInfo` announces;
+//! - RDTSC is allowed in ring 3 (CR4.TSD is clear);
+//! - a guest has exactly one thread.
+
+use abi::Hypercall;
+use abi::ring::{INDEX_BYTES, RingMemory, SLOTS_OFFSET, ring_bytes};
+use abi::time::TimeInfo;
+use abi::{NicInfo, layout};
+use core::arch::asm;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// A hypercall with two arguments; returns `rax`.
+#[inline(always)]
+pub fn hypercall2(nr: Hypercall, a0: u64, a1: u64) -> i64 {
+    let ret: i64;
+    // SAFETY: `syscall` enters the hypervisor, which validates every
+    // argument; it clobbers rcx and r11 and preserves everything else.
+    unsafe {
+        asm!("syscall", inlateout("rax") nr as u64 => ret, in("rdi") a0, in("rsi") a1,
+             lateout("rcx") _, lateout("r11") _, options(nostack));
+    }
+    ret
+}
+
+/// This guest's event word (the first 8 bytes of the shared page), into
+/// which the hypervisor ORs `abi::time::events` bits.
+pub fn event_word() -> &'static AtomicU64 {
+    // SAFETY: the shared page is mapped read-write at this fixed, 8-byte
+    // aligned address for the guest's whole life; the hypervisor only ORs
+    // bits into the word, atomically.
+    unsafe { &*(layout::EVENT_PAGE as *const AtomicU64) }
+}
+
+/// The hypervisor's time page.
+pub fn time_info() -> TimeInfo {
+    // SAFETY: the hypervisor maps the time page read-only at this fixed
+    // address before the first instruction and never changes it.
+    unsafe { core::ptr::read_volatile(layout::TIME_PAGE as *const TimeInfo) }
+}
+
+/// The time-stamp counter.
+#[inline(always)]
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC is allowed in ring 3 (CR4.TSD is clear) and has no side effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// The start page's vNIC record (its magic says whether there is a vNIC).
+pub fn nic_info() -> NicInfo {
+    // SAFETY: the start page is mapped read-only for the guest's life; the
+    // NicInfo record lies inside it (abi::layout checks this at compile time).
+    unsafe { core::ptr::read_volatile((layout::START_PAGE + layout::NIC_INFO_OFFSET) as *const NicInfo) }
+}
+
+/// A ring mapped at fixed addresses of this guest: its index block in the
+/// shared page, its slots in pages of their own.
+pub struct MappedRing {
+    indices: u64,
+    slots: u64,
+    bytes: usize,
+}
+
+impl MappedRing {
+    /// The ring whose index block is at `indices` in the shared page and
+    /// whose `slots` slots start at `slots_at`; the two rings of the vNIC
+    /// `nic_info` announced are the only ones (`abi::layout::NIC_*`).
+    pub fn new(indices: u64, slots_at: u64, slots: u32) -> Self {
+        Self { indices: layout::EVENT_PAGE + indices, slots: slots_at, bytes: ring_bytes(slots) }
+    }
+
+    fn index(&self, offset: usize) -> &AtomicU32 {
+        assert!(offset.is_multiple_of(4) && offset + 4 <= INDEX_BYTES);
+        // SAFETY: the shared page is mapped read-write for the guest's whole
+        // life; the index block lies inside it (abi::layout checks this at
+        // compile time) and the offset inside the block (asserted), aligned.
+        unsafe { &*((self.indices + offset as u64) as *const AtomicU32) }
+    }
+
+    /// The address of slot-area `offset`, checked for `len` bytes.
+    fn slot_addr(&self, offset: usize, len: usize) -> u64 {
+        assert!(offset >= SLOTS_OFFSET && offset + len <= self.bytes);
+        self.slots + (offset - SLOTS_OFFSET) as u64
+    }
+}
+
+// SAFETY: the hypervisor maps both rings' slots read-write at their fixed
+// addresses for the guest's whole life (NicInfo's magic says so), sized
+// for the slot count it announces; every access is bounds-checked, and
+// index loads/stores are 4-byte aligned atomics.
+unsafe impl RingMemory for MappedRing {
+    fn load(&self, offset: usize) -> u32 {
+        self.index(offset).load(Ordering::Acquire)
+    }
+    fn store(&self, offset: usize, v: u32) {
+        self.index(offset).store(v, Ordering::Release)
+    }
+    fn read(&self, offset: usize, dst: &mut [u8]) {
+        let at = self.slot_addr(offset, dst.len());
+        // SAFETY: in bounds (checked) of the mapped slots; the hypervisor may
+        // write concurrently, which only changes the bytes we copy.
+        unsafe { core::ptr::copy_nonoverlapping(at as *const u8, dst.as_mut_ptr(), dst.len()) }
+    }
+    fn write(&self, offset: usize, src: &[u8]) {
+        let at = self.slot_addr(offset, src.len());
+        // SAFETY: as in read.
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), at as *mut u8, src.len()) }
+    }
+}
+
+/// A value that a `static` may hold though it is not `Send`: a guest has
+/// exactly one thread, so nothing in it is ever shared between threads.
+pub struct OneThread<T>(pub T);
+
+// SAFETY: a guest has exactly one thread (the hypervisor starts it on one
+// vCPU and offers no way to start another), so `T` never crosses threads.
+unsafe impl<T> Send for OneThread<T> {}

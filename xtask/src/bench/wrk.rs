@@ -1,0 +1,159 @@
+//! The host's `wrk` against a forwarded port, and its output parsed.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::net::Measured;
+#[cfg(test)]
+use super::net::rate_of;
+
+/// A duration as wrk prints it (`207.00us`, `1.23ms`, `2.00s`, `1.00m`), in µs.
+fn wrk_us(s: &str) -> Option<f64> {
+    let (num, scale) = if let Some(n) = s.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1e6)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60e6)
+    } else {
+        return None;
+    };
+    num.parse::<f64>().ok().map(|v| v * scale)
+}
+
+/// The figures in `wrk --latency` output: requests, requests/s, latency
+/// (mean, p50, p75, p90, p99, max, in µs), socket errors and non-2xx/3xx
+/// responses. `None` without a `Requests/sec:` line.
+pub fn parse_wrk(out: &str) -> Option<Value> {
+    let mut rps = None;
+    let mut requests = None;
+    let mut lat = serde_json::Map::new();
+    let mut socket_errors = 0u64;
+    let mut non_2xx = 0u64;
+    for line in out.lines() {
+        let l = line.trim();
+        let words: Vec<&str> = l.split_whitespace().collect();
+        if let Some(v) = l.strip_prefix("Requests/sec:") {
+            rps = v.trim().parse::<f64>().ok();
+        } else if l.contains(" requests in ") {
+            requests = words.first().and_then(|w| w.parse::<u64>().ok());
+        } else if words.first() == Some(&"Latency") && words.len() >= 4 {
+            if let (Some(mean), Some(max)) = (wrk_us(words[1]), wrk_us(words[3])) {
+                lat.insert("mean".into(), json!(mean));
+                lat.insert("max".into(), json!(max));
+            }
+        } else if words.len() == 2
+            && let Some(p) = words[0].strip_suffix('%')
+            && let Some(us) = wrk_us(words[1])
+        {
+            let p = p.split('.').next().unwrap_or(p);
+            lat.insert(format!("p{p}"), json!(us));
+        } else if let Some(rest) = l.strip_prefix("Socket errors:") {
+            socket_errors = rest.split(',').filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok()).sum();
+        } else if let Some(rest) = l.strip_prefix("Non-2xx or 3xx responses:") {
+            non_2xx = rest.trim().parse().unwrap_or(0);
+        }
+    }
+    Some(json!({
+        "bench": "wrk",
+        "requests": requests,
+        "requests_per_sec": rps?,
+        "latency_us": lat,
+        "socket_errors": socket_errors,
+        "non_2xx_3xx": non_2xx,
+        "errors": socket_errors + non_2xx,
+    }))
+}
+
+/// Waits (up to `patience`) until 127.0.0.1:`port` answers `GET /` with a
+/// status line (QEMU's forward accepts connections before anything listens
+/// behind it).
+fn wait_for_http(port: u16, patience: Duration) -> std::result::Result<(), String> {
+    use std::io::{Read as _, Write as _};
+    let give_up = Instant::now() + patience;
+    let mut last = String::new();
+    while Instant::now() < give_up {
+        let attempt = || -> std::io::Result<bool> {
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            c.set_read_timeout(Some(Duration::from_secs(3)))?;
+            c.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+            let mut buf = [0u8; 16];
+            let n = c.read(&mut buf)?;
+            Ok(buf[..n].starts_with(b"HTTP/1."))
+        };
+        match attempt() {
+            Ok(true) => return Ok(()),
+            Ok(false) => last = "no HTTP status line".into(),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Err(format!("127.0.0.1:{port} did not answer HTTP within {} s ({last})", patience.as_secs()))
+}
+
+/// `wrk` on the host against 127.0.0.1:`port`, after a 1 s warm-up run
+/// whose figures are dropped.
+pub(super) fn host_wrk(wrk: &std::path::Path, port: u16, connections: usize, secs: u64) -> Measured {
+    wait_for_http(port, Duration::from_secs(30))?;
+    let wrk_for = |secs: u64| {
+        let mut cmd = Command::new(wrk);
+        cmd.args([
+            "-t1".to_string(),
+            format!("-c{connections}"),
+            format!("-d{secs}s"),
+            "--latency".into(),
+            "--timeout".into(),
+            "5s".into(),
+            format!("http://127.0.0.1:{port}/"),
+        ]);
+        crate::cmd::echo(&cmd);
+        cmd.output().map_err(|e| format!("running wrk: {e}"))
+    };
+    wrk_for(1)?;
+    let out = wrk_for(secs)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_wrk(&text).ok_or_else(|| format!("wrk printed no figures: {}{}", text.trim(), String::from_utf8_lossy(&out.stderr).trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_output_is_parsed() {
+        let out = "Running 2s test @ http://127.0.0.1:18080/
+  1 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   227.24us  180.87us   4.49ms   97.50%
+    Req/Sec    36.75k     7.06k   53.43k    65.00%
+  Latency Distribution
+     50%  207.00us
+     75%  255.00us
+     90%    1.31ms
+     99%    2.00s
+  72893 requests in 2.00s, 87.80MB read
+  Socket errors: connect 0, read 2, write 1, timeout 4
+  Non-2xx or 3xx responses: 5
+Requests/sec:  36441.16
+Transfer/sec:     43.89MB
+";
+        let v = parse_wrk(out).unwrap();
+        assert_eq!(v["requests"], 72893);
+        assert_eq!(v["requests_per_sec"], 36441.16);
+        let lat = &v["latency_us"];
+        assert_eq!(lat["p50"], 207.0);
+        assert_eq!(lat["p90"], 1310.0);
+        assert_eq!(lat["p99"], 2e6);
+        assert_eq!(lat["mean"], 227.24);
+        assert_eq!(lat["max"], 4490.0);
+        assert_eq!(v["socket_errors"], 7);
+        assert_eq!(v["non_2xx_3xx"], 5);
+        assert_eq!(v["errors"], 12);
+        assert_eq!(rate_of(&v), Some(36441.16));
+        assert!(parse_wrk("unable to connect to 127.0.0.1:1 Connection refused").is_none());
+    }
+}

@@ -1,0 +1,8 @@
+//! One file per subcommand of `cargo xtask` (the clap definitions are in
+//! `main.rs`; `bench` and `lint` live in the library).
+
+pub mod build_app;
+pub mod ctl;
+pub mod fuzz;
+pub mod run;
+pub mod test;
