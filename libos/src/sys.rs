@@ -95,11 +95,12 @@ impl MappedRing {
     }
 }
 
-// SAFETY: the hypervisor maps both rings' slots read-write at their fixed
-// addresses for the guest's whole life (NicInfo's magic says so), sized
-// for the slot count it announces; every access is bounds-checked, and
-// index loads/stores are 4-byte aligned atomics.
-unsafe impl RingMemory for MappedRing {
+// The hypervisor maps both rings' slots read-write at their fixed addresses
+// for the guest's whole life (NicInfo's magic says so), sized for the slot
+// count it announces; every access is bounds-checked (`index`,
+// `slot_addr`) before its unsafe block, and index loads/stores are 4-byte
+// aligned atomics.
+impl RingMemory for MappedRing {
     fn load(&self, offset: usize) -> u32 {
         self.index(offset).load(Ordering::Acquire)
     }

@@ -72,9 +72,9 @@ impl FuzzRing {
     }
 }
 
-// SAFETY: single-threaded memory; every access is checked against the
-// region (an access outside it panics, which is the bug the target looks for).
-unsafe impl RingMemory for FuzzRing {
+// Single-threaded memory; every access is checked against the region (an
+// access outside it panics, which is the bug the target looks for).
+impl RingMemory for FuzzRing {
     fn load(&self, offset: usize) -> u32 {
         self.access(offset, 4);
         self.peek_u32(offset)

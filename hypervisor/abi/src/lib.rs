@@ -15,7 +15,7 @@
 //! The crate is `no_std` and tested on the host; its only `unsafe` is the
 //! `RingMemory` trait, whose implementors promise to stay in bounds.
 #![no_std]
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
@@ -29,7 +29,6 @@ pub mod note;
 mod record;
 #[cfg(feature = "alloc")]
 pub mod report;
-#[allow(unsafe_code)] // the one `unsafe trait`, see ring.rs
 pub mod ring;
 pub mod stop;
 pub mod time;

@@ -65,11 +65,14 @@ pub const fn ring_bytes(slots: u32) -> usize {
 
 /// Access to one ring's shared region.
 ///
-/// # Safety
-/// Implementations must make `load`/`store` single 4-byte atomic accesses
-/// with acquire/release ordering, and must keep every access inside the
-/// region (`offset + len <= ring_bytes(slots)`) or fail.
-pub unsafe trait RingMemory {
+/// Implementations make `load`/`store` single 4-byte atomic accesses with
+/// acquire/release ordering, and keep every access inside the region
+/// (`offset + len <= ring_bytes(slots)`) or panic. [`Consumer`] and
+/// [`Producer`] never rely on that for memory safety (they are safe code
+/// and check every index and length they read from the region), so the
+/// trait is safe; an implementation that reaches raw memory does so in its
+/// own `unsafe` blocks, which check the bounds themselves.
+pub trait RingMemory {
     /// Atomically loads the `u32` at `offset` (acquire).
     fn load(&self, offset: usize) -> u32;
     /// Atomically stores `v` at `offset` (release).
@@ -80,8 +83,8 @@ pub unsafe trait RingMemory {
     fn write(&self, offset: usize, src: &[u8]);
 }
 
-// SAFETY: forwards to `T`, which upholds the contract.
-unsafe impl<T: RingMemory + ?Sized> RingMemory for &T {
+// Forwards to `T`.
+impl<T: RingMemory + ?Sized> RingMemory for &T {
     fn load(&self, offset: usize) -> u32 {
         (**self).load(offset)
     }
@@ -303,9 +306,9 @@ pub mod testing {
         }
     }
 
-    // SAFETY: single-threaded test memory; every access is bounds-checked
-    // by slice indexing (a bad offset panics the test, never corrupts).
-    unsafe impl RingMemory for VecRing {
+    // Single-threaded test memory; every access is bounds-checked by
+    // slice indexing (a bad offset panics the test, never corrupts).
+    impl RingMemory for VecRing {
         fn load(&self, offset: usize) -> u32 {
             u32::from_le_bytes(self.0.borrow()[offset..offset + 4].try_into().unwrap())
         }
@@ -351,10 +354,10 @@ pub mod testing {
         }
     }
 
-    // SAFETY: index words are single 4-byte atomics (acquire/release, the
-    // offset asserted aligned); every access is bounds-checked by slice
-    // indexing, so an access outside the region panics, never corrupts.
-    unsafe impl RingMemory for SharedRing {
+    // Index words are single 4-byte atomics (acquire/release, the offset
+    // asserted aligned); every access is bounds-checked by slice indexing,
+    // so an access outside the region panics, never corrupts.
+    impl RingMemory for SharedRing {
         fn load(&self, offset: usize) -> u32 {
             assert!(offset.is_multiple_of(4));
             self.0[offset / 4].load(core::sync::atomic::Ordering::Acquire)

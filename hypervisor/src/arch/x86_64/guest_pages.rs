@@ -137,11 +137,12 @@ impl DirectRing {
     }
 }
 
-// SAFETY: the pages are the guest's event page and ring pages, which stay
-// its own while its port is open (see the module documentation); offsets
-// are bounds-checked against the index block and the slots; index
-// accesses are 4-byte aligned atomics with the contract's orderings.
-unsafe impl RingMemory for DirectRing {
+// The pages are the guest's event page and ring pages, which stay its own
+// while its port is open (see the module documentation); offsets are
+// bounds-checked against the index block and the slots (`index`, `pieces`)
+// before each unsafe block; index accesses are 4-byte aligned atomics with
+// the contract's orderings.
+impl RingMemory for DirectRing {
     fn load(&self, offset: usize) -> u32 {
         self.index(offset).load(Ordering::Acquire)
     }
