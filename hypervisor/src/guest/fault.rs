@@ -2,6 +2,7 @@
 //! fault, at which address, doing what (its `Display` is the sentence a
 //! person reads).
 
+use super::regs::{GP_IDT, VECTOR_GENERAL_PROTECTION, VECTOR_PAGE_FAULT, pf};
 use abi::stop::{Access, Instruction, StopReason};
 
 /// The privileged or I/O instruction at the start of `insn`, if any.
@@ -56,8 +57,8 @@ pub struct FaultInfo<'a> {
 pub fn reason(f: &FaultInfo<'_>) -> StopReason {
     let ip = f.rip;
     match f.vector {
-        13 => {
-            if f.error & 2 != 0 {
+        VECTOR_GENERAL_PROTECTION => {
+            if f.error & GP_IDT != 0 {
                 // The gate's vector: from the instruction where it can be read
                 // (QEMU's error code scales the IDT index by 16, not 8).
                 let vector = match f.insn {
@@ -74,10 +75,10 @@ pub fn reason(f: &FaultInfo<'_>) -> StopReason {
                 StopReason::GeneralProtection { error: f.error, ip }
             }
         }
-        14 => {
-            let access = if f.error & 16 != 0 {
+        VECTOR_PAGE_FAULT => {
+            let access = if f.error & pf::FETCH != 0 {
                 Access::Execute
-            } else if f.error & 2 != 0 {
+            } else if f.error & pf::WRITE != 0 {
                 Access::Write
             } else {
                 Access::Read
@@ -85,7 +86,7 @@ pub fn reason(f: &FaultInfo<'_>) -> StopReason {
             if f.stack_guard {
                 StopReason::StackOverflow { access, address: f.cr2, ip }
             } else {
-                StopReason::PageFault { access, address: f.cr2, protected: f.error & 1 != 0, ip }
+                StopReason::PageFault { access, address: f.cr2, protected: f.error & pf::PRESENT != 0, ip }
             }
         }
         // Exits with a vector above 31 are interrupts, never faults.

@@ -36,6 +36,11 @@ pub struct Regs {
 pub const VECTOR_SYSCALL: u64 = 256;
 /// The page-fault exception (`Regs::cr2` holds the address).
 pub const VECTOR_PAGE_FAULT: u64 = 14;
+/// #GP: general protection.
+pub const VECTOR_GENERAL_PROTECTION: u64 = 13;
+/// #GP error-code bit: the fault is about an IDT gate (an `int n` the
+/// guest may not use), not a segment.
+pub const GP_IDT: u64 = 1 << 1;
 /// Vectors below this are CPU exceptions; from it on, interrupts (the
 /// timer, IPIs), which only take the CPU from the guest.
 pub const VECTOR_FIRST_INTERRUPT: u64 = 32;

@@ -87,17 +87,6 @@ pub const BROADCAST: Mac = [0xff; 6];
 /// header's source address (bytes 26..30) and a VLAN tag (12..16).
 pub const INSPECT_BYTES: usize = 42;
 
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_ARP: u16 = 0x0806;
-/// 802.1Q, 802.1ad and the older pre-standard QinQ tag.
-const ETHERTYPE_TAGS: [u16; 3] = [0x8100, 0x88a8, 0x9100];
-/// Shortest IPv4 frame: Ethernet header and a 20-byte IPv4 header.
-const MIN_IPV4_FRAME: usize = 14 + 20;
-/// Shortest ARP frame: Ethernet header and a 28-byte Ethernet/IPv4 ARP body.
-const MIN_ARP_FRAME: usize = 14 + 28;
-/// ARP's htype (Ethernet), ptype (IPv4), hlen and plen, as they appear.
-const ARP_ETHERNET_IPV4: [u8; 6] = [0, 1, 0x08, 0x00, 6, 4];
-
 /// Multicast (and broadcast) MACs have the group bit set.
 pub fn is_multicast(mac: &Mac) -> bool {
     mac[0] & 1 != 0
@@ -531,7 +520,9 @@ impl Switch {
         }
         // A header shorter than an Ethernet header is a runt too, whatever
         // `len` claims.
-        let (Some(dst), Some(src), true) = (mac_at(header, 0), mac_at(header, 6), header.len() >= MIN_FRAME) else {
+        let (Some(dst), Some(src), true) =
+            (inspect::mac_at(header, inspect::ETH_DST), inspect::mac_at(header, inspect::ETH_SRC), header.len() >= MIN_FRAME)
+        else {
             return self.drop(Some(from), DropReason::Runt);
         };
         if is_multicast(&src) {
@@ -605,41 +596,6 @@ impl Switch {
         Verdict::Forwarded { copies }
     }
 
-    /// Whether `mac` is the own MAC of a guest of `tenant`.
-    fn is_guest_mac(&self, tenant: u32, mac: &Mac) -> bool {
-        self.table.get(&(tenant, *mac)).is_some_and(|e| e.seen_ns.is_none())
-    }
-
-    /// Rule 3 of the module documentation: the addresses an IPv4 or ARP
-    /// frame claims for its sender, from the private `header` copy.
-    fn inspect(&self, tenant: u32, kind: Kind, header: &[u8], len: usize) -> Result<(), DropReason> {
-        let Some(ethertype) = u16_at(header, 12) else { return Err(DropReason::Runt) };
-        match ethertype {
-            ETHERTYPE_IPV4 => {
-                let whole = len >= MIN_IPV4_FRAME && header.get(14).is_some_and(|&b| b >> 4 == 4 && b & 0xf >= 5);
-                let ok = match (whole, ipv4_at(header, 26), kind) {
-                    (true, Some(src), Kind::Guest { ip, .. }) => src == ip,
-                    (true, Some(src), Kind::Uplink) => !self.ips.contains_key(&(tenant, src)),
-                    _ => false,
-                };
-                if ok { Ok(()) } else { Err(DropReason::SpoofedIp) }
-            }
-            ETHERTYPE_ARP => {
-                let whole = len >= MIN_ARP_FRAME && header.get(14..20) == Some(&ARP_ETHERNET_IPV4[..]);
-                let ok = match (whole, mac_at(header, 22), ipv4_at(header, 28), kind) {
-                    (true, Some(sha), Some(spa), Kind::Guest { mac, ip }) => sha == mac && spa == ip,
-                    (true, Some(sha), Some(spa), Kind::Uplink) => {
-                        !self.is_guest_mac(tenant, &sha) && !self.ips.contains_key(&(tenant, spa))
-                    }
-                    _ => false,
-                };
-                if ok { Ok(()) } else { Err(DropReason::SpoofedArp) }
-            }
-            t if ETHERTYPE_TAGS.contains(&t) && matches!(kind, Kind::Guest { .. }) => Err(DropReason::Tagged),
-            _ => Ok(()),
-        }
-    }
-
     fn drop(&mut self, from: Option<PortId>, why: DropReason) -> Verdict {
         if let Some(p) = from.and_then(|id| port_in(&mut self.slots, id)) {
             p.stats.count_drop(why);
@@ -651,19 +607,6 @@ impl Switch {
 
 fn port_in(slots: &mut [Slot], id: PortId) -> Option<&mut Port> {
     slots.get_mut(id.slot as usize).filter(|s| s.generation == id.generation)?.port.as_mut()
-}
-
-fn mac_at(header: &[u8], at: usize) -> Option<Mac> {
-    header.get(at..at.checked_add(6)?)?.try_into().ok()
-}
-
-fn ipv4_at(header: &[u8], at: usize) -> Option<Ipv4> {
-    header.get(at..at.checked_add(4)?)?.try_into().ok()
-}
-
-fn u16_at(header: &[u8], at: usize) -> Option<u16> {
-    let b: [u8; 2] = header.get(at..at.checked_add(2)?)?.try_into().ok()?;
-    Some(u16::from_be_bytes(b))
 }
 
 /// Hands a frame to `to` (a live port) and counts it; `false` if there is
@@ -683,5 +626,6 @@ fn deliver(slots: &mut [Slot], totals: &mut Stats, to: PortId, bytes: u64, out: 
     true
 }
 
+mod inspect;
 #[cfg(test)]
 mod tests;

@@ -166,7 +166,7 @@ pub fn nginx_conf(body_bytes: usize) -> (String, Option<Vec<u8>>) {
 }
 
 /// Adds nginx (with its libraries), its configuration and the files and
-/// directories it needs (DESIGN.md, "The Linux peer") to `tree`.
+/// directories it needs (docs/ARCHITECTURE.md, the Linux peer) to `tree`.
 pub fn add_nginx(tree: &mut Tree, nginx: &Path, body_bytes: usize) -> Result<()> {
     tree.dynamic_program(nginx)?;
     tree.symlink("bin/nginx", &nginx.display().to_string());

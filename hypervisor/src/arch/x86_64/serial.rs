@@ -6,28 +6,63 @@ use x86_64::instructions::port::Port;
 const COM1: u16 = 0x3f8;
 const COM2: u16 = 0x2f8;
 
+/// Register offsets from a UART's base port (16550).
+mod reg {
+    /// Receive buffer (read) / transmit holding (write); divisor low byte
+    /// while DLAB is set.
+    pub const DATA: u16 = 0;
+    /// Interrupt enable; divisor high byte while DLAB is set.
+    pub const IER: u16 = 1;
+    /// FIFO control (write).
+    pub const FCR: u16 = 2;
+    /// Line control.
+    pub const LCR: u16 = 3;
+    /// Modem control.
+    pub const MCR: u16 = 4;
+    /// Line status.
+    pub const LSR: u16 = 5;
+    /// Scratch: keeps what is written, if the UART exists.
+    pub const SCRATCH: u16 = 7;
+}
+
+/// Line control: 8 data bits, no parity, 1 stop bit; the divisor latch.
+const LCR_8N1: u8 = 0x03;
+const LCR_DLAB: u8 = 0x80;
+/// FIFO control: enable, clear both FIFOs, 14-byte receive trigger.
+const FCR_ENABLE_CLEAR_14: u8 = 0xc7;
+/// Modem control: DTR and RTS.
+const MCR_DTR_RTS: u8 = 0x03;
+/// Line status: a received byte is waiting; the transmit holding register
+/// is empty.
+const LSR_DATA_READY: u8 = 0x01;
+const LSR_THR_EMPTY: u8 = 0x20;
+/// Divisor of the 115,200 baud base clock for 115,200 baud.
+const DIVISOR_115200: u8 = 1;
+
 pub struct Serial;
 
 fn outb(port: u16, v: u8) {
-    // SAFETY: COM1's registers are owned by the hypervisor; writing them
-    // has no effect on memory.
+    // SAFETY: `port` is a register of COM1 or COM2, which the hypervisor
+    // owns (nothing else drives them); port I/O to a UART does not touch
+    // memory.
     unsafe { Port::new(port).write(v) }
 }
 
 fn inb(port: u16) -> u8 {
-    // SAFETY: as for `outb`; reading LSR has no side effects.
+    // SAFETY: as for `outb`; reading a UART register does not touch
+    // memory (reading DATA takes the received byte, which is the point).
     unsafe { Port::new(port).read() }
 }
 
 /// 115200 8N1, FIFOs on, interrupts off.
 fn setup(base: u16) {
-    outb(base + 1, 0x00);
-    outb(base + 3, 0x80);
-    outb(base, 0x01);
-    outb(base + 1, 0x00);
-    outb(base + 3, 0x03);
-    outb(base + 2, 0xc7);
-    outb(base + 4, 0x03);
+    outb(base + reg::IER, 0x00);
+    outb(base + reg::LCR, LCR_DLAB);
+    outb(base + reg::DATA, DIVISOR_115200);
+    outb(base + reg::IER, 0x00);
+    outb(base + reg::LCR, LCR_8N1);
+    outb(base + reg::FCR, FCR_ENABLE_CLEAR_14);
+    outb(base + reg::MCR, MCR_DTR_RTS);
 }
 
 pub fn init() {
@@ -37,8 +72,8 @@ pub fn init() {
 /// Sets up COM2 if there is one (its scratch register keeps a value; an
 /// absent port reads back all ones). Returns whether it is there.
 pub fn init_control() -> bool {
-    outb(COM2 + 7, 0x5a);
-    if inb(COM2 + 7) != 0x5a {
+    outb(COM2 + reg::SCRATCH, 0x5a);
+    if inb(COM2 + reg::SCRATCH) != 0x5a {
         return false;
     }
     setup(COM2);
@@ -47,16 +82,16 @@ pub fn init_control() -> bool {
 
 /// A byte from the control channel, if one is waiting.
 pub fn control_read() -> Option<u8> {
-    (inb(COM2 + 5) & 1 != 0).then(|| inb(COM2))
+    (inb(COM2 + reg::LSR) & LSR_DATA_READY != 0).then(|| inb(COM2 + reg::DATA))
 }
 
 /// Writes a line to the control channel.
 pub fn control_write_line(s: &str) {
     for b in s.bytes().chain(core::iter::once(b'\n')) {
-        while inb(COM2 + 5) & 0x20 == 0 {
+        while inb(COM2 + reg::LSR) & LSR_THR_EMPTY == 0 {
             core::hint::spin_loop();
         }
-        outb(COM2, b);
+        outb(COM2 + reg::DATA, b);
     }
 }
 
@@ -74,12 +109,12 @@ impl core::fmt::Write for Serial {
 
 /// A byte typed on the console, if one is waiting.
 pub fn try_read() -> Option<u8> {
-    (inb(COM1 + 5) & 1 != 0).then(|| inb(COM1))
+    (inb(COM1 + reg::LSR) & LSR_DATA_READY != 0).then(|| inb(COM1 + reg::DATA))
 }
 
 fn put(b: u8) {
-    while inb(COM1 + 5) & 0x20 == 0 {
+    while inb(COM1 + reg::LSR) & LSR_THR_EMPTY == 0 {
         core::hint::spin_loop();
     }
-    outb(COM1, b);
+    outb(COM1 + reg::DATA, b);
 }
