@@ -52,7 +52,7 @@ impl std::fmt::Display for Answer {
 /// Reads one answer line; an `error` answer becomes an error.
 pub fn answer(line: &str) -> Result<Answer> {
     match serde_json::from_str(line.trim()).with_context(|| format!("not an answer of the control protocol: {line:?}"))? {
-        Response::Error { error } => bail!("{error}"),
+        Response::Error { error, .. } => bail!("{error}"),
         r => Ok(Answer(r)),
     }
 }

@@ -106,6 +106,8 @@ enum Ctl {
     },
     /// Stop the detached hypervisor (QEMU).
     Shutdown,
+    /// The control protocol's and the guest ABI's versions, as JSON.
+    Version,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

@@ -84,7 +84,7 @@ impl LineReader {
 /// keys and no float, so serializing cannot fail; if it ever did, the line
 /// says so instead of being cut.
 pub fn json_line(value: &impl serde::Serialize) -> alloc::string::String {
-    serde_json::to_string(value).unwrap_or_else(|_| alloc::string::String::from(r#"{"error":"unserializable record"}"#))
+    serde_json::to_string(value).unwrap_or_else(|_| alloc::string::String::from(r#"{"error":"unserializable record","kind":"internal"}"#))
 }
 
 #[cfg(test)]

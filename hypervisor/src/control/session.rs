@@ -288,11 +288,11 @@ mod tests {
                 r#"{"images":["a.hermit"]}"#
             ]
         );
-        assert_eq!(send(&mut s, &host, 5, b"stop w\nstop w\n"), [r#"{"stopped":"w"}"#, r#"{"error":"no guest w"}"#]);
+        assert_eq!(send(&mut s, &host, 5, b"stop w\nstop w\n"), [r#"{"stopped":"w"}"#, r#"{"error":"no guest w","kind":"refused"}"#]);
         let stats = send(&mut s, &host, 6, b"stats\n");
         let Ok(Response::Stats { guests, machine }) = serde_json::from_str(&stats[0]) else { panic!("{stats:?}") };
         assert_eq!((guests[0].guest.as_str(), machine.live), ("w", 1));
-        assert_eq!(send(&mut s, &host, 7, b"version\n"), [r#"{"protocol":2,"abi":3}"#]);
+        assert_eq!(send(&mut s, &host, 7, b"version\n"), [r#"{"protocol":3,"abi":3}"#]);
     }
 
     #[test]
@@ -304,13 +304,13 @@ mod tests {
         assert_eq!(s.held_bytes(), 0);
         // More data than announced.
         send(&mut s, &host, 0, b"image-begin a 2\nimage-data 010203\n");
-        assert_eq!(send(&mut s, &host, 0, b"image-end\n"), [r#"{"error":"the upload did not match its length"}"#]);
+        assert_eq!(send(&mut s, &host, 0, b"image-end\n"), [r#"{"error":"the upload did not match its length","kind":"upload_length"}"#]);
         // Less.
         send(&mut s, &host, 0, b"image-begin a 2\nimage-data 01\n");
-        assert_eq!(send(&mut s, &host, 0, b"image-end\n"), [r#"{"error":"the upload did not match its length"}"#]);
+        assert_eq!(send(&mut s, &host, 0, b"image-end\n"), [r#"{"error":"the upload did not match its length","kind":"upload_length"}"#]);
         // Rejected by the host, with its reason.
         send(&mut s, &host, 0, b"image-begin a 1\nimage-data 00\n");
-        assert_eq!(send(&mut s, &host, 0, b"image-end\n"), [r#"{"error":"image a rejected: not an image"}"#]);
+        assert_eq!(send(&mut s, &host, 0, b"image-end\n"), [r#"{"error":"image a rejected: not an image","kind":"image_rejected"}"#]);
         // Quiet for too long: dropped with an error, and its buffer freed.
         send(&mut s, &host, 10, b"image-begin a 50\nimage-data 01\n");
         assert_eq!(send(&mut s, &host, 10 + STALL_NS, b""), Vec::<String>::new());
@@ -321,7 +321,9 @@ mod tests {
         assert!(send(&mut s, &host, 21 + STALL_NS, b"")[0].contains("request timed out"));
         assert_eq!(
             send(&mut s, &host, 22 + STALL_NS, b"t\n"),
-            [r#"{"error":"unknown request (list, stats, stop, capture, images, image-begin, image-data, image-end, start, version)"}"#]
+            [
+                r#"{"error":"unknown request (list, stats, stop, capture, images, image-begin, image-data, image-end, start, version)","kind":"bad_request"}"#
+            ]
         );
         assert!(send(&mut s, &host, 0, b"image-end\n")[0].contains("no upload in progress"));
     }

@@ -44,6 +44,7 @@ pub fn run(what: Ctl) -> Result<()> {
             eprintln!("{} frames of {what} written to {} ({dropped} dropped)", frames.len(), write.display());
         }
         Ctl::Shutdown => inst.shutdown()?,
+        Ctl::Version => println!("{}", inst.request("version")?),
     }
     Ok(())
 }

@@ -4,9 +4,10 @@
 //! people; this module is the contract the hypervisor writes and xtask, the
 //! tests and any other client read.
 //!
-//! Errors: a request refused is answered `{"error":"SENTENCE"}`, the
-//! `Display` of a [`ControlError`]. Clients show the sentence; none of them
-//! may depend on its words.
+//! Errors: a request refused is answered
+//! `{"error":"SENTENCE","kind":"KIND"}`: the `Display` of a
+//! [`ControlError`] for people, and its [`ErrorKind`] for programs, which
+//! decide on the kind and never on the sentence's words.
 
 mod request;
 
@@ -24,8 +25,8 @@ use serde::{Deserialize, Serialize};
 /// Version of this protocol, answered by `version` beside
 /// [`crate::ABI_VERSION`]. 1 was the protocol before it had a number;
 /// 2 added `version` and the `exit_code` and `stop_reason` of
-/// `guest_stats`.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// `guest_stats`; 3 added the `kind` of error answers.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Longest request line (an `image-data` line of [`CHUNK_MAX`] bytes in hex
 /// fits); longer ones are refused whole.
@@ -62,6 +63,43 @@ pub enum ControlError {
     /// The hypervisor refused `start`, `stop` or `capture`, for the reason
     /// given (no such guest, no memory, ...).
     Refused(String),
+}
+
+/// What kind of refusal an error answer is (its `kind` on the wire, in
+/// snake case): the part of a [`ControlError`] a program decides on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(rename_all = "snake_case"))]
+pub enum ErrorKind {
+    /// [`ControlError::Request`]: the line is not a valid request.
+    BadRequest,
+    RequestTimedOut,
+    UploadTimedOut,
+    NoImageSlot,
+    NoHeapRoom,
+    UploadLength,
+    NoUpload,
+    ImageRejected,
+    /// [`ControlError::Refused`]: `start`, `stop` or `capture` refused.
+    Refused,
+    /// The hypervisor could not write its answer (a bug; never expected).
+    Internal,
+}
+
+impl ControlError {
+    /// Its kind, for programs.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Request(_) => ErrorKind::BadRequest,
+            Self::RequestTimedOut => ErrorKind::RequestTimedOut,
+            Self::UploadTimedOut => ErrorKind::UploadTimedOut,
+            Self::NoImageSlot => ErrorKind::NoImageSlot,
+            Self::NoHeapRoom => ErrorKind::NoHeapRoom,
+            Self::UploadLength => ErrorKind::UploadLength,
+            Self::NoUpload => ErrorKind::NoUpload,
+            Self::ImageRejected { .. } => ErrorKind::ImageRejected,
+            Self::Refused(_) => ErrorKind::Refused,
+        }
+    }
 }
 
 impl From<RequestError> for ControlError {
@@ -114,14 +152,14 @@ pub enum Response {
     Frame { wall_ns: u64, frame: String },
     /// The capture ended: frames sent, and dropped past the backlog.
     Captured { captured: u64, dropped: u64 },
-    /// Any refused request: a [`ControlError`]'s sentence.
-    Error { error: String },
+    /// Any refused request: a [`ControlError`]'s sentence and kind.
+    Error { error: String, kind: ErrorKind },
 }
 
 impl From<ControlError> for Response {
     fn from(e: ControlError) -> Self {
         use alloc::string::ToString;
-        Response::Error { error: e.to_string() }
+        Response::Error { error: e.to_string(), kind: e.kind() }
     }
 }
 

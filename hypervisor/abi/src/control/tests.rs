@@ -17,7 +17,7 @@ fn answers_print_as_they_always_did_and_read_back() {
         received_frames: 4,
     };
     let cases: &[(Response, &str)] = &[
-        (Response::version(), r#"{"protocol":2,"abi":3}"#),
+        (Response::version(), r#"{"protocol":3,"abi":3}"#),
         (
             Response::Guests { guests: vec![row] },
             r#"{"guests":[{"name":"w","tenant":7,"state":"stopped","cpu_ns":1,"memory_bytes":2,"sent_frames":3,"received_frames":4}]}"#,
@@ -32,8 +32,8 @@ fn answers_print_as_they_always_did_and_read_back() {
         (Response::Capturing { capturing: "tenant:1".into() }, r#"{"capturing":"tenant:1"}"#),
         (Response::frame(5, &[0, 0xab]), r#"{"wall_ns":5,"frame":"00ab"}"#),
         (Response::Captured { captured: 3, dropped: 1 }, r#"{"captured":3,"dropped":1}"#),
-        (ControlError::NoUpload.into(), r#"{"error":"no upload in progress (image-begin first)"}"#),
-        (ControlError::Refused("a \"quoted\"\nname".into()).into(), r#"{"error":"a \"quoted\"\nname"}"#),
+        (ControlError::NoUpload.into(), r#"{"error":"no upload in progress (image-begin first)","kind":"no_upload"}"#),
+        (ControlError::Refused("a \"quoted\"\nname".into()).into(), r#"{"error":"a \"quoted\"\nname","kind":"refused"}"#),
     ];
     for (answer, wire) in cases {
         assert_eq!(serde_json::to_string(answer).unwrap(), *wire);
