@@ -326,6 +326,8 @@ mod tests {
         let a = answer("{\"started\":\"w\",\"ip\":\"10.7.0.2\"}\n").unwrap();
         assert_eq!(*a, Response::Started { started: "w".into(), ip: Some("10.7.0.2".into()) });
         assert_eq!(a.to_string(), r#"{"started":"w","ip":"10.7.0.2"}"#, "printed as it came");
+        assert_eq!(answer(r#"{"error":"no guest w","kind":"refused"}"#).unwrap_err().to_string(), "no guest w");
+        // A protocol 2 hypervisor sends no kind: still an error.
         assert_eq!(answer(r#"{"error":"no guest w"}"#).unwrap_err().to_string(), "no guest w");
         assert!(answer("[hv] not an answer").is_err());
     }

@@ -98,40 +98,45 @@ pub fn reason(f: &FaultInfo<'_>) -> StopReason {
 mod tests {
     use super::*;
 
-    use alloc::string::{String, ToString};
+    use Instruction as I;
+    use StopReason as R;
 
-    /// The sentence a person reads for the fault.
-    fn d(vector: u64, error: u64, cr2: u64, insn: &[u8]) -> String {
-        reason(&FaultInfo { vector, error, cr2, rip: 0x401000, insn, stack_guard: false }).to_string()
+    /// Why a guest at ip 0x401000 that took `vector` is stopped.
+    fn d(vector: u64, error: u64, cr2: u64, insn: &[u8]) -> StopReason {
+        reason(&FaultInfo { vector, error, cr2, rip: 0x401000, insn, stack_guard: false })
     }
+
+    const IP: u64 = 0x401000;
 
     #[test]
     fn names_privileged_instructions() {
-        assert_eq!(d(13, 0, 0, &[0xf4]), "privileged instruction hlt at ip 0x401000");
-        assert_eq!(d(13, 0, 0, &[0xfa]), "privileged instruction cli at ip 0x401000");
-        assert_eq!(d(13, 0, 0, &[0x0f, 0x30]), "privileged instruction wrmsr at ip 0x401000");
-        assert_eq!(d(13, 0, 0, &[0x0f, 0x22, 0xd8]), "privileged instruction mov to control register at ip 0x401000");
-        assert_eq!(d(13, 0, 0, &[0xee]), "privileged instruction in/out (port I/O) at ip 0x401000");
-        assert_eq!(d(13, 0, 0, &[0x66, 0xec]), "privileged instruction in/out (port I/O) at ip 0x401000");
-        assert_eq!(d(13, 0, 0, &[0x0f, 0x01, 0x10]), "privileged instruction system table instruction (lgdt/lidt/...) at ip 0x401000");
-        assert_eq!(d(13, 0x80 << 4 | 2, 0, &[0xcd, 0x80]), "int 0x80 is not allowed (general protection fault at ip 0x401000)");
-        assert_eq!(d(13, 0x21 << 3 | 2, 0, &[]), "int 0x21 is not allowed (general protection fault at ip 0x401000)");
-        assert_eq!(d(13, 0, 0, &[0x90]), "general protection fault (error 0x0) at ip 0x401000");
-        assert_eq!(d(13, 0, 0, &[]), "general protection fault (error 0x0) at ip 0x401000");
+        let privileged = |instruction| R::PrivilegedInstruction { instruction, ip: IP };
+        assert_eq!(d(13, 0, 0, &[0xf4]), privileged(I::Hlt));
+        assert_eq!(d(13, 0, 0, &[0xfa]), privileged(I::Cli));
+        assert_eq!(d(13, 0, 0, &[0x0f, 0x30]), privileged(I::Wrmsr));
+        assert_eq!(d(13, 0, 0, &[0x0f, 0x22, 0xd8]), privileged(I::MovToControlRegister));
+        assert_eq!(d(13, 0, 0, &[0xee]), privileged(I::PortIo));
+        assert_eq!(d(13, 0, 0, &[0x66, 0xec]), privileged(I::PortIo));
+        assert_eq!(d(13, 0, 0, &[0x0f, 0x01, 0x10]), privileged(I::SystemTable));
+        assert_eq!(d(13, 0x80 << 4 | 2, 0, &[0xcd, 0x80]), R::InterruptNotAllowed { vector: 0x80, ip: IP });
+        assert_eq!(d(13, 0x21 << 3 | 2, 0, &[]), R::InterruptNotAllowed { vector: 0x21, ip: IP });
+        assert_eq!(d(13, 0, 0, &[0x90]), R::GeneralProtection { error: 0, ip: IP });
+        assert_eq!(d(13, 0, 0, &[]), R::GeneralProtection { error: 0, ip: IP });
     }
 
     #[test]
     fn describes_page_faults_and_arithmetic() {
-        assert_eq!(d(14, 0b110, 0xdead0000, &[]), "page fault: write to unmapped address 0xdead0000 at ip 0x401000");
-        assert_eq!(d(14, 0b111, 0x401000, &[]), "page fault: write to protected address 0x401000 at ip 0x401000");
-        assert_eq!(d(14, 0b10101, 0x5000, &[]), "page fault: execute to protected address 0x5000 at ip 0x401000");
-        assert_eq!(d(0, 0, 0, &[]), "divide error at ip 0x401000");
-        assert_eq!(d(6, 0, 0, &[]), "invalid opcode at ip 0x401000");
+        let pf = |access, address, protected| R::PageFault { access, address, protected, ip: IP };
+        assert_eq!(d(14, 0b110, 0xdead0000, &[]), pf(Access::Write, 0xdead0000, false));
+        assert_eq!(d(14, 0b111, 0x401000, &[]), pf(Access::Write, 0x401000, true));
+        assert_eq!(d(14, 0b10101, 0x5000, &[]), pf(Access::Execute, 0x5000, true));
+        assert_eq!(d(14, 0b100, 0x5000, &[]), pf(Access::Read, 0x5000, false));
+        assert_eq!(d(0, 0, 0, &[]), R::Exception { vector: 0, error: 0, ip: IP });
+        assert_eq!(d(6, 0, 0, &[]), R::Exception { vector: 6, error: 0, ip: IP });
         let so = reason(&FaultInfo { vector: 14, error: 0b110, cr2: 0x7ffe_ffef_fff8, rip: 1, insn: &[], stack_guard: true });
         assert_eq!(so, StopReason::StackOverflow { access: Access::Write, address: 0x7ffe_ffef_fff8, ip: 1 });
-        assert_eq!(so.to_string(), "stack overflow: write at 0x7ffeffeffff8 (guard page) at ip 0x1");
-        assert_eq!(d(17, 0, 0, &[]), "alignment check at ip 0x401000");
-        assert_eq!(d(21, 4, 0, &[]), "CPU exception 21 (error 0x4) at ip 0x401000");
+        assert_eq!(d(17, 0, 0, &[]), R::Exception { vector: 17, error: 0, ip: IP });
+        assert_eq!(d(21, 4, 0, &[]), R::Exception { vector: 21, error: 4, ip: IP });
         assert_eq!(
             reason(&FaultInfo { vector: 13, error: 0, cr2: 0, rip: 5, insn: &[0x0f, 0x30], stack_guard: false }),
             StopReason::PrivilegedInstruction { instruction: Instruction::Wrmsr, ip: 5 }

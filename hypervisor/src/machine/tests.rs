@@ -346,7 +346,7 @@ fn a_stop_requested_while_a_guest_goes_to_sleep_ends_it() {
     hold_while(&m, 0, "a", || assert_eq!(m.stop("a"), Ok(())));
     assert_eq!(state(&m, a), Some(State::Runnable), "the stop request was lost: the guest sleeps");
     assert_eq!(steps(&m, 0, &mut CpuState::default(), 10), Pass::Done);
-    assert_eq!(lines(&m, "[hv] guest a stopped: stopped by the operator (ctl stop)"), 1);
+    assert_eq!(lines(&m, &format!("[hv] guest a stopped: {}", abi::stop::StopReason::Operator)), 1);
 }
 
 #[test]
@@ -359,7 +359,7 @@ fn ctl_stop_ends_a_blocked_guest() {
     assert_eq!(state(&m, a), Some(State::Blocked { deadline: u64::MAX }));
     assert_eq!(m.stop("a"), Ok(()));
     assert_eq!(steps(&m, 0, &mut cpu, 10), Pass::Done, "a blocked guest must be woken to be stopped");
-    assert_eq!(lines(&m, "[hv] guest a stopped: stopped by the operator (ctl stop)"), 1);
+    assert_eq!(lines(&m, &format!("[hv] guest a stopped: {}", abi::stop::StopReason::Operator)), 1);
     assert_eq!(m.stopped.load(Ordering::SeqCst), 1);
     assert_eq!(m.platform.mem.lock().live, before, "every frame of the guest is freed");
     assert!(m.stop("a").is_err(), "an ended guest cannot be stopped again");

@@ -67,9 +67,13 @@ pub enum ControlError {
 
 /// What kind of refusal an error answer is (its `kind` on the wire, in
 /// snake case): the part of a [`ControlError`] a program decides on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(rename_all = "snake_case"))]
 pub enum ErrorKind {
+    /// No kind given: the answer of a protocol 2 hypervisor, which sends
+    /// only the sentence (ours always sends a kind).
+    #[default]
+    Unspecified,
     /// [`ControlError::Request`]: the line is not a valid request.
     BadRequest,
     RequestTimedOut,
@@ -153,7 +157,11 @@ pub enum Response {
     /// The capture ended: frames sent, and dropped past the backlog.
     Captured { captured: u64, dropped: u64 },
     /// Any refused request: a [`ControlError`]'s sentence and kind.
-    Error { error: String, kind: ErrorKind },
+    Error {
+        error: String,
+        #[cfg_attr(feature = "serde", serde(default))]
+        kind: ErrorKind,
+    },
 }
 
 impl From<ControlError> for Response {
