@@ -195,39 +195,7 @@ impl Platform for Fake {
     }
 }
 
-/// A machine without vNICs: none of these guests has one.
-struct NoNetwork;
-
-impl Network for NoNetwork {
-    type Ring = SharedRing;
-    type Events = FakeEvents;
-    fn attach(&self, _: Attach<'_, SharedRing, FakeEvents>) -> Result<(), String> {
-        Err("no network".into())
-    }
-    fn drain(&self, _: usize, _: u64, _: &mut dyn FnMut(usize)) -> Result<(), String> {
-        Ok(())
-    }
-    fn poll_uplink(&self, _: u64, _: &mut dyn FnMut(usize)) {}
-    fn uplink_rx_ns(&self) -> Option<u64> {
-        None
-    }
-    fn disconnect(&self, _: usize) {}
-    fn port_stats(&self, _: usize) -> Option<PortStats> {
-        None
-    }
-    fn bytes_per_guest(&self) -> u64 {
-        0
-    }
-    fn start_capture(&self, _: CaptureTarget, _: u32, _: u64) {}
-    fn capturing(&self) -> bool {
-        false
-    }
-    fn next_captured(&self, _: u64) -> Option<Captured> {
-        None
-    }
-}
-
-type TestMachine = Machine<Fake, NoNetwork>;
+type TestMachine = Machine<Fake, Ports>;
 
 /// An image with one page of text and one of data.
 fn image() -> Image {
@@ -248,7 +216,7 @@ fn image() -> Image {
 
 /// A machine of `cpus` CPUs at 1 s on its clock, with one image.
 fn machine(cpus: usize) -> TestMachine {
-    machine_on(cpus, NoNetwork)
+    machine_on(cpus, Ports::refusing())
 }
 
 /// The same over network back end `net`.
@@ -527,16 +495,29 @@ struct Given {
     events: PhysAddr,
 }
 
-/// A back end that takes every port and remembers what it was given.
+/// A back end that remembers every port it was given, or refuses them all
+/// (a machine whose guests have no vNIC).
 #[derive(Default)]
-struct Ports(Mutex<Vec<Given>>);
+struct Ports {
+    given: Mutex<Vec<Given>>,
+    refuse: bool,
+}
+
+impl Ports {
+    fn refusing() -> Self {
+        Self { refuse: true, ..Default::default() }
+    }
+}
 
 impl Network for Ports {
     type Ring = SharedRing;
     type Events = FakeEvents;
     fn attach(&self, a: Attach<'_, SharedRing, FakeEvents>) -> Result<(), String> {
+        if self.refuse {
+            return Err("no network".into());
+        }
         let given = Given { guest: a.guest, tenant: a.tenant, ipv4: a.ipv4, events: a.events.page };
-        self.0.lock().push(given);
+        self.given.lock().push(given);
         Ok(())
     }
     fn drain(&self, _: usize, _: u64, _: &mut dyn FnMut(usize)) -> Result<(), String> {
@@ -569,7 +550,7 @@ fn a_vnic_is_rings_mapped_into_the_guest_and_a_port_with_its_address() {
     let c = m.create_guest("n", 0, &st, &[]).unwrap();
     assert_eq!(c.ip, Some(abi::guest_ipv4(3, 0)));
     assert!(c.describe.ends_with("tenant 3"), "{}", c.describe);
-    let ports = m.net.0.lock();
+    let ports = m.net.given.lock();
     let Given { guest, tenant, ipv4, events } = &ports[0];
     let rings = m.platform.rings.lock();
     let [tx, rx] = &rings[..] else { panic!("two rings, not {}", rings.len()) };
