@@ -38,9 +38,16 @@ fn two_thousand_echo_guests_boot_share_their_image_and_a_sample_answers() {
     live.send("stats\n");
     assert!(live.wait_for(MACHINE_PREFIX, Duration::from_secs(60)), "no machine line after stats:\n{}", live.console);
     let stats: Vec<_> = records::guest_stats(&live.console).into_iter().filter(|s| s.guest.starts_with("e-")).collect();
-    // `stats` lists the guests waiting at that moment: all, less any that
-    // another CPU is running right then.
-    assert!(stats.len() as u64 >= N - 1, "every echo guest is alive and waiting: {} listed", stats.len());
+    // `stats` lists the guests waiting as it passes each one's slot (a lock
+    // per guest, not one snapshot): a guest on the other CPU at that
+    // instant is left out, and the checker's ten probes keep a few busy,
+    // so a few may be missing. That none ended is checked on the console.
+    assert!(stats.len() as u64 >= N - 10, "every echo guest is alive and waiting: {} listed", stats.len());
+    assert!(
+        !live.console.lines().any(|l| l.starts_with("[hv] guest e-") && (l.contains(" stopped: ") || l.contains(" exited "))),
+        "an echo guest ended:\n{}",
+        live.console
+    );
     let charged: u64 = stats.iter().map(|v| v.memory_bytes).sum();
     for v in &stats {
         // What an idle echo guest costs (README "Density"): well under 100 KiB.
