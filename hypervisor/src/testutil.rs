@@ -1,5 +1,26 @@
 //! Helpers shared by the host tests.
 
+use crate::image::{Image, Perms, Segment};
+
+/// An image with one page of text (0x401000, starting `TEXT`) and one page
+/// of data (0x402000, starting `DATA`).
+pub fn two_page_image() -> Image {
+    let mut elf = alloc::vec![0u8; 0x2000];
+    elf[0..4].copy_from_slice(b"TEXT");
+    elf[0x1000..0x1004].copy_from_slice(b"DATA");
+    Image {
+        elf,
+        entry: 0x401000,
+        segments: alloc::vec![
+            Segment { vaddr: 0x401000, mem_size: 0x1000, file_offset: 0, file_size: 0x1000, perms: Perms::READ | Perms::EXECUTE },
+            Segment { vaddr: 0x402000, mem_size: 0x1000, file_offset: 0x1000, file_size: 4, perms: Perms::READ | Perms::WRITE },
+        ],
+        tls: None,
+        app_args: alloc::vec![],
+        kernel_name: "k".into(),
+    }
+}
+
 /// A deterministic xorshift64 generator, for mutation and model tests.
 pub struct Rng(pub u64);
 

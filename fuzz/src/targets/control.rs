@@ -13,8 +13,8 @@
 use std::cell::RefCell;
 
 use abi::control::{Request, Response};
-use abi::report::{GuestState, GuestStats, MachineStats};
-use hypervisor::control::{ControlHost, Row, STALL_NS, Session};
+use abi::report::{GuestRow, GuestState, GuestStats, MachineStats};
+use hypervisor::control::{ControlHost, STALL_NS, Session};
 use hypervisor::guest::{Guest, LoadedImage};
 use hypervisor::image::Image;
 use hypervisor::mm::PhysMem;
@@ -81,18 +81,17 @@ impl ControlHost for FuzzHost {
         g.destroy(&mut st.mem);
         Ok(())
     }
-    fn list(&self, row: &mut dyn FnMut(Row<'_>)) {
-        for (n, g) in &self.0.borrow().guests {
-            row(Row {
-                name: n,
-                tenant: None,
-                state: GuestState::Waiting,
-                cpu_ns: 0,
-                memory_bytes: g.memory.charged_bytes(),
-                sent_frames: 0,
-                received_frames: 0,
-            });
-        }
+    fn list(&self) -> Vec<GuestRow> {
+        let row = |(n, g): &(String, Guest)| GuestRow {
+            name: n.clone(),
+            tenant: None,
+            state: GuestState::Waiting,
+            cpu_ns: 0,
+            memory_bytes: g.memory.charged_bytes(),
+            sent_frames: 0,
+            received_frames: 0,
+        };
+        self.0.borrow().guests.iter().map(row).collect()
     }
     fn stats(&self) -> (Vec<GuestStats>, MachineStats) {
         let st = self.0.borrow();

@@ -19,7 +19,7 @@ mod session;
 
 use abi::control::RequestError;
 pub use abi::control::{ARGS_MAX, CHUNK_MAX, LINE_MAX, Request, Response, STALL_NS, parse};
-pub use session::{ControlHost, Row, Session};
+pub use session::{ControlHost, Session};
 
 /// Collects request lines from the bytes of the channel.
 #[derive(Default)]

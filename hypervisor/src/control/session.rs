@@ -12,35 +12,9 @@
 
 use super::{LineReader, STALL_NS, json_line};
 use abi::control::{ControlError, Request, Response, parse};
-use abi::report::{GuestRow, GuestState, GuestStats, MachineStats};
+use abi::report::{GuestRow, GuestStats, MachineStats};
 use alloc::string::String;
 use alloc::vec::Vec;
-
-/// A guest as `list` shows it.
-#[derive(Clone, Copy, Debug)]
-pub struct Row<'a> {
-    pub name: &'a str,
-    pub tenant: Option<u32>,
-    pub state: GuestState,
-    pub cpu_ns: u64,
-    pub memory_bytes: u64,
-    pub sent_frames: u64,
-    pub received_frames: u64,
-}
-
-impl From<Row<'_>> for GuestRow {
-    fn from(r: Row<'_>) -> Self {
-        GuestRow {
-            name: r.name.into(),
-            tenant: r.tenant,
-            state: r.state,
-            cpu_ns: r.cpu_ns,
-            memory_bytes: r.memory_bytes,
-            sent_frames: r.sent_frames,
-            received_frames: r.received_frames,
-        }
-    }
-}
 
 /// What the control channel needs from the hypervisor.
 pub trait ControlHost {
@@ -56,8 +30,8 @@ pub trait ControlHost {
     fn start(&self, name: &str, image: &str, memory: u64, tenant: Option<u32>, args: &[&str]) -> Result<Option<[u8; 4]>, String>;
     /// Marks a guest to be stopped.
     fn stop(&self, name: &str) -> Result<(), String>;
-    /// Calls `row` for every guest created so far.
-    fn list(&self, row: &mut dyn FnMut(Row<'_>));
+    /// A row for every guest created so far.
+    fn list(&self) -> Vec<GuestRow>;
     /// The accounting records of the waiting guests and the machine's.
     fn stats(&self) -> (Vec<GuestStats>, MachineStats);
     /// Starts capturing the frames of guest `what` or `tenant:N`.
@@ -182,11 +156,7 @@ impl Session {
                 host.start(name, image, memory, tenant, &args).map(|ip| Response::started(name, ip)).map_err(ControlError::Refused)
             }
             Request::Stop(name) => host.stop(name).map(|()| Response::Stopped { stopped: name.into() }).map_err(ControlError::Refused),
-            Request::List => {
-                let mut guests = Vec::new();
-                host.list(&mut |r| guests.push(GuestRow::from(r)));
-                Ok(Response::Guests { guests })
-            }
+            Request::List => Ok(Response::Guests { guests: host.list() }),
             Request::Stats => {
                 let (guests, machine) = host.stats();
                 Ok(Response::Stats { guests, machine })
@@ -202,6 +172,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use abi::report::GuestState;
     use core::cell::RefCell;
 
     /// A host that keeps images and guests by name and records the calls.
@@ -242,18 +213,17 @@ mod tests {
             g.remove(i);
             Ok(())
         }
-        fn list(&self, row: &mut dyn FnMut(Row<'_>)) {
-            for n in self.guests.borrow().iter() {
-                row(Row {
-                    name: n,
-                    tenant: None,
-                    state: GuestState::Waiting,
-                    cpu_ns: 1,
-                    memory_bytes: 2,
-                    sent_frames: 3,
-                    received_frames: 4,
-                });
-            }
+        fn list(&self) -> Vec<GuestRow> {
+            let row = |n: &String| GuestRow {
+                name: n.clone(),
+                tenant: None,
+                state: GuestState::Waiting,
+                cpu_ns: 1,
+                memory_bytes: 2,
+                sent_frames: 3,
+                received_frames: 4,
+            };
+            self.guests.borrow().iter().map(row).collect()
         }
         fn stats(&self) -> (Vec<GuestStats>, MachineStats) {
             (vec![GuestStats { guest: "w".into(), ..Default::default() }], MachineStats { live: 1, ..Default::default() })

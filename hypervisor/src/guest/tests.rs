@@ -1,26 +1,9 @@
 use super::*;
-use crate::image::{Image, Perms, Segment};
 use crate::mm::testmem::TestMem;
 use abi::stop::Access;
 use alloc::string::ToString;
 
-/// An image with one page of text (0x401000) and one page of data (0x402000).
-fn image() -> Image {
-    let mut elf = vec![0u8; 0x2000];
-    elf[0..4].copy_from_slice(b"TEXT");
-    elf[0x1000..0x1004].copy_from_slice(b"DATA");
-    Image {
-        elf,
-        entry: 0x401000,
-        segments: vec![
-            Segment { vaddr: 0x401000, mem_size: 0x1000, file_offset: 0, file_size: 0x1000, perms: Perms::READ | Perms::EXECUTE },
-            Segment { vaddr: 0x402000, mem_size: 0x1000, file_offset: 0x1000, file_size: 4, perms: Perms::READ | Perms::WRITE },
-        ],
-        tls: None,
-        app_args: vec![],
-        kernel_name: "k".into(),
-    }
-}
+use crate::testutil::two_page_image as image;
 
 /// Simulated memory, a kernel root and a time page, and the loaded image.
 fn setup() -> (TestMem, (PhysAddr, PhysAddr), LoadedImage) {

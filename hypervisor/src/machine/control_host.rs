@@ -10,9 +10,9 @@
 use super::create::{image_budget, load_image};
 use super::network::{CaptureTarget, Captured};
 use super::report::sizes;
-use super::{EXITED, MAX_IMAGES, Machine, Network, Platform, STATES};
-use crate::control::{ControlHost, Row, Session, json_line};
-use abi::report::{GuestStats, MachineStats};
+use super::{EXITED, GuestStatus, MAX_IMAGES, Machine, Network, Platform, STATES};
+use crate::control::{ControlHost, Session, json_line};
+use abi::report::{GuestRow, GuestStats, MachineStats};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -119,19 +119,20 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
         Ok(())
     }
 
-    fn list(&self, row: &mut dyn FnMut(Row<'_>)) {
-        for (id, b) in self.statuses() {
+    fn list(&self) -> Vec<GuestRow> {
+        let row = |(id, b): (usize, &GuestStatus)| {
             let st = self.net.port_stats(id).unwrap_or_default();
-            row(Row {
-                name: &b.name,
+            GuestRow {
+                name: b.name.clone(),
                 tenant: b.tenant,
                 state: STATES[b.state.load(Ordering::Relaxed) as usize],
                 cpu_ns: b.cpu_ns.load(Ordering::Relaxed),
                 memory_bytes: b.memory_bytes.load(Ordering::Relaxed),
                 sent_frames: st.sent_frames,
                 received_frames: st.received_frames,
-            });
-        }
+            }
+        };
+        self.statuses().map(row).collect()
     }
 
     fn stats(&self) -> (Vec<GuestStats>, MachineStats) {

@@ -7,7 +7,6 @@ use super::network::{Attach, CaptureTarget, Captured, PortStats};
 use super::*;
 use crate::control::ControlHost;
 use crate::guest::regs::VECTOR_SYSCALL;
-use crate::image::{Image, Perms, Segment};
 use crate::mm::testmem::TestMem;
 use crate::mm::{PhysAddr, PhysMem};
 use crate::net::port::{GuestEvents, RingAllocError};
@@ -197,22 +196,7 @@ impl Platform for Fake {
 
 type TestMachine = Machine<Fake, Ports>;
 
-/// An image with one page of text and one of data.
-fn image() -> Image {
-    let mut elf = vec![0u8; 0x2000];
-    elf[0..4].copy_from_slice(b"TEXT");
-    Image {
-        elf,
-        entry: 0x401000,
-        segments: vec![
-            Segment { vaddr: 0x401000, mem_size: 0x1000, file_offset: 0, file_size: 0x1000, perms: Perms::READ | Perms::EXECUTE },
-            Segment { vaddr: 0x402000, mem_size: 0x1000, file_offset: 0x1000, file_size: 4, perms: Perms::READ | Perms::WRITE },
-        ],
-        tls: None,
-        app_args: vec![],
-        kernel_name: "k".into(),
-    }
-}
+use crate::testutil::two_page_image as image;
 
 /// A machine of `cpus` CPUs at 1 s on its clock, with one image.
 fn machine(cpus: usize) -> TestMachine {
