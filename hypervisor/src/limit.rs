@@ -29,6 +29,12 @@ impl TokenBucket {
         self.rate
     }
 
+    /// [`TokenBucket::take`] at the time `clock` tells, read only if this
+    /// bucket has a limit.
+    pub fn take_by(&mut self, clock: impl FnOnce() -> u64, n: u64) -> bool {
+        self.rate == 0 || self.take(clock(), n)
+    }
+
     /// Takes `n` tokens at time `now_ns` if there are enough; otherwise
     /// takes none, counts them as refused and returns false.
     pub fn take(&mut self, now_ns: u64, n: u64) -> bool {

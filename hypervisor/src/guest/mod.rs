@@ -134,9 +134,6 @@ pub struct Guest {
     blocked: bool,
     console: LineBuffer,
     pub stats: Stats,
-    /// The monotonic clock (ns) at the latest exit, for the rate limits;
-    /// the per-CPU loop (`machine`) sets it.
-    pub now_ns: u64,
     /// Console bytes per second.
     pub console_limit: crate::limit::TokenBucket,
     /// `net_kick`s per second.
@@ -275,7 +272,6 @@ impl Guest {
             blocked: false,
             console: LineBuffer::default(),
             stats: Stats::default(),
-            now_ns: 0,
             console_limit: crate::limit::TokenBucket::new(0),
             kick_limit: crate::limit::TokenBucket::new(0),
             text: image.text_range(),
@@ -283,12 +279,14 @@ impl Guest {
     }
 
     /// Decides what follows an exit. Console output goes to `out` as whole
-    /// lines prefixed with the guest's name.
-    pub fn handle_exit(&mut self, mem: &mut impl PhysMem, out: &mut impl FnMut(&str)) -> Step {
+    /// lines prefixed with the guest's name. `clock` is the monotonic clock
+    /// (ns), read only when a rate limit is consulted (a console write, a
+    /// kick): most exits need no time at all.
+    pub fn handle_exit(&mut self, mem: &mut impl PhysMem, clock: &impl Fn() -> u64, out: &mut impl FnMut(&str)) -> Step {
         let r = &self.regs;
         self.via_sysret = r.vector == VECTOR_SYSCALL;
         let step = match r.vector {
-            VECTOR_SYSCALL => self.hypercall(mem, out),
+            VECTOR_SYSCALL => self.hypercall(mem, clock, out),
             VECTOR_PAGE_FAULT if r.error & regs::pf::PRESENT == 0 => match self.memory.fault_in(mem, r.cr2) {
                 Ok(_) => Step::Resume,
                 Err(Fault::OutOfMemory { limit }) => Step::Stopped(StopReason::OutOfMemory { address: r.cr2, limit_bytes: limit }),
@@ -421,7 +419,7 @@ impl Guest {
         }))
     }
 
-    fn hypercall(&mut self, mem: &mut impl PhysMem, out: &mut impl FnMut(&str)) -> Step {
+    fn hypercall(&mut self, mem: &mut impl PhysMem, clock: &impl Fn() -> u64, out: &mut impl FnMut(&str)) -> Step {
         let (nr, a0, a1) = (self.regs.rax, self.regs.rdi, self.regs.rsi);
         self.stats.hypercalls += 1;
         let Ok(hc) = Hypercall::try_from(nr) else {
@@ -438,7 +436,7 @@ impl Guest {
                     return bad(HypercallError::ConsoleWriteBuffer { address: a0, length: a1, error: memory_error(e) });
                 }
                 self.regs.rax = a1;
-                if !self.console_limit.take(self.now_ns, a1) {
+                if !self.console_limit.take_by(clock, a1) {
                     // Over its rate: dropped and counted; said the first time.
                     if self.console_limit.refused == a1 {
                         out(&format!("[hv] guest {} console over its limit of {} bytes/s: dropping", self.name, self.console_limit.rate()));
@@ -463,7 +461,7 @@ impl Guest {
                 self.regs.rax = 0;
                 // Past its rate a kick does nothing: its frames still go out
                 // when it blocks, yields or is preempted.
-                if self.kick_limit.take(self.now_ns, 1) { Step::NetKick } else { Step::Resume }
+                if self.kick_limit.take_by(clock, 1) { Step::NetKick } else { Step::Resume }
             }
             Hypercall::Discard => {
                 if !self.memory.is_discardable(a0, a1) {

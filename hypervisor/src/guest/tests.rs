@@ -71,15 +71,15 @@ fn hypercalls_write_lines_yield_and_exit() {
     g.memory.write(&mut mem, HEAP_START, b"hi\nthere").unwrap();
     let mut out = Vec::new();
     syscall(&mut g, Hypercall::ConsoleWrite as u64, HEAP_START, 8);
-    assert_eq!(g.handle_exit(&mut mem, &mut |l| out.push(l.to_string())), Step::Resume);
+    assert_eq!(g.handle_exit(&mut mem, &|| 0, &mut |l| out.push(l.to_string())), Step::Resume);
     assert_eq!(g.regs.rax, 8);
     assert!(g.via_sysret);
     g.flush_console(&mut |l| out.push(l.to_string()));
     assert_eq!(out, ["g-0| hi", "g-0| there"]);
     syscall(&mut g, Hypercall::Yield as u64, 0, 0);
-    assert_eq!(g.handle_exit(&mut mem, &mut |_| {}), Step::Yield);
+    assert_eq!(g.handle_exit(&mut mem, &|| 0, &mut |_| {}), Step::Yield);
     syscall(&mut g, Hypercall::Exit as u64, (-3i32) as u32 as u64, 0);
-    assert_eq!(g.handle_exit(&mut mem, &mut |_| {}), Step::Exited(-3));
+    assert_eq!(g.handle_exit(&mut mem, &|| 0, &mut |_| {}), Step::Exited(-3));
 }
 
 #[test]
@@ -92,7 +92,7 @@ fn console_and_kicks_past_their_rates_are_dropped_and_counted() {
     let mut out = Vec::new();
     for _ in 0..3 {
         syscall(&mut g, Hypercall::ConsoleWrite as u64, HEAP_START, 4);
-        assert_eq!(g.handle_exit(&mut mem, &mut |l| out.push(l.to_string())), Step::Resume);
+        assert_eq!(g.handle_exit(&mut mem, &|| 0, &mut |l| out.push(l.to_string())), Step::Resume);
         assert_eq!(g.regs.rax, 4, "the guest is told all was taken");
     }
     g.flush_console(&mut |l| out.push(l.to_string()));
@@ -101,14 +101,13 @@ fn console_and_kicks_past_their_rates_are_dropped_and_counted() {
     let steps: Vec<Step> = (0..3)
         .map(|_| {
             syscall(&mut g, Hypercall::NetKick as u64, 0, 0);
-            g.handle_exit(&mut mem, &mut |_| {})
+            g.handle_exit(&mut mem, &|| 0, &mut |_| {})
         })
         .collect();
     assert_eq!(steps, [Step::NetKick, Step::NetKick, Step::Resume]);
     // A second later the rates are back.
-    g.now_ns = 1_000_000_000;
     syscall(&mut g, Hypercall::NetKick as u64, 0, 0);
-    assert_eq!(g.handle_exit(&mut mem, &mut |_| {}), Step::NetKick);
+    assert_eq!(g.handle_exit(&mut mem, &|| 1_000_000_000, &mut |_| {}), Step::NetKick);
 }
 
 #[test]
@@ -116,13 +115,13 @@ fn block_returns_at_once_with_pending_events_and_otherwise_sleeps() {
     let (mut mem, k, li) = setup();
     let mut g = create(&mut mem, k, &li, "g-0", &[], 1 << 20).unwrap();
     syscall(&mut g, Hypercall::Block as u64, 5_000, 0);
-    assert_eq!(g.handle_exit(&mut mem, &mut |_| {}), Step::Block { deadline: 5_000 });
+    assert_eq!(g.handle_exit(&mut mem, &|| 0, &mut |_| {}), Step::Block { deadline: 5_000 });
     g.raise_events(&mut mem, abi::time::events::TIMER);
     g.wake_from_block(&mut mem);
     assert_eq!(g.regs.rax, abi::time::events::TIMER);
     // The event is still pending (the guest clears it), so the next block returns at once.
     syscall(&mut g, Hypercall::Block as u64, u64::MAX, 0);
-    assert_eq!(g.handle_exit(&mut mem, &mut |_| {}), Step::Resume);
+    assert_eq!(g.handle_exit(&mut mem, &|| 0, &mut |_| {}), Step::Resume);
     assert_eq!(g.regs.rax, abi::time::events::TIMER);
     // The time page is shared and read-only.
     let mut b = [0u8; 1];
@@ -136,7 +135,7 @@ fn bad_hypercalls_stop_the_guest() {
     let mut g = create(&mut mem, k, &li, "g-0", &[], 1 << 20).unwrap();
     let mut stop = |g: &mut Guest, nr, a0, a1| {
         syscall(g, nr, a0, a1);
-        match g.handle_exit(&mut mem, &mut |_| {}) {
+        match g.handle_exit(&mut mem, &|| 0, &mut |_| {}) {
             Step::Stopped(why) => why,
             other => panic!("not stopped: {other:?}"),
         }
@@ -161,20 +160,20 @@ fn faults_stop_with_reasons_and_demand_zero_resumes() {
     let mut g = create(&mut mem, k, &li, "g-0", &[], 64 * 1024).unwrap();
     // First touch of the stack: not present, in a zero-fill region.
     g.regs = Regs { vector: 14, error: 0b110, cr2: STACK_TOP - 16, rip: 0x401000, ..Regs::default() };
-    assert_eq!(g.handle_exit(&mut mem, &mut |_| {}), Step::Resume);
+    assert_eq!(g.handle_exit(&mut mem, &|| 0, &mut |_| {}), Step::Resume);
     assert!(!g.via_sysret, "after a fault every register is restored with iret");
     g.regs = Regs { vector: 14, error: 0b110, cr2: 0x7000_dead_0000, rip: 0x401000, ..Regs::default() };
     assert_eq!(
-        g.handle_exit(&mut mem, &mut |_| {}),
+        g.handle_exit(&mut mem, &|| 0, &mut |_| {}),
         Step::Stopped(StopReason::PageFault { access: Access::Write, address: 0x7000_dead_0000, protected: false, ip: 0x401000 })
     );
     g.regs = Regs { vector: 14, error: 0b110, cr2: STACK_TOP - STACK_MAX - 8, rip: 0x401000, ..Regs::default() };
-    assert!(matches!(g.handle_exit(&mut mem, &mut |_| {}), Step::Stopped(StopReason::StackOverflow { access: Access::Write, .. })));
+    assert!(matches!(g.handle_exit(&mut mem, &|| 0, &mut |_| {}), Step::Stopped(StopReason::StackOverflow { access: Access::Write, .. })));
     // Touching the heap beyond the limit.
     let mut i = 0;
     let step = loop {
         g.regs = Regs { vector: 14, error: 0b110, cr2: HEAP_START + i * 4096, rip: 0x401000, ..Regs::default() };
-        match g.handle_exit(&mut mem, &mut |_| {}) {
+        match g.handle_exit(&mut mem, &|| 0, &mut |_| {}) {
             Step::Resume => i += 1,
             other => break other,
         }
@@ -189,7 +188,7 @@ fn a_syscall_at_the_end_of_the_guest_half_is_never_returned_to() {
     let mut g = create(&mut mem, k, &li, "g-0", &[], 1 << 20).unwrap();
     syscall(&mut g, Hypercall::Yield as u64, 0, 0);
     g.regs.rip = layout::USER_END;
-    assert_eq!(g.handle_exit(&mut mem, &mut |_| {}), Step::Stopped(StopReason::NonCanonicalReturn { ip: layout::USER_END }));
+    assert_eq!(g.handle_exit(&mut mem, &|| 0, &mut |_| {}), Step::Stopped(StopReason::NonCanonicalReturn { ip: layout::USER_END }));
 }
 
 #[test]
@@ -200,4 +199,39 @@ fn creation_refuses_too_little_memory_and_long_args() {
     let long = "x".repeat(5000);
     assert!(matches!(create(&mut mem, k, &li, "g", &[&long], 1 << 20), Err(CreateError::ArgsTooLong)));
     assert_eq!(mem.live, live, "a failed creation leaks nothing");
+}
+
+#[test]
+fn only_rate_limited_hypercalls_read_the_clock() {
+    let (mut mem, k, li) = setup();
+    let mut g = create(&mut mem, k, &li, "g-0", &[], 1 << 20).unwrap();
+    let never = || -> u64 { panic!("the clock was read on an exit that consults no limit") };
+    let mut exit = |g: &mut Guest, regs: Regs| {
+        g.regs = Regs { rip: 0x401000, ..regs };
+        g.handle_exit(&mut mem, &never, &mut |_| {})
+    };
+    let call = |nr: Hypercall, a0: u64| Regs { vector: VECTOR_SYSCALL, rax: nr as u64, rdi: a0, ..Regs::default() };
+    assert_eq!(exit(&mut g, call(Hypercall::Nop, 0)), Step::Resume);
+    assert_eq!(exit(&mut g, call(Hypercall::Yield, 0)), Step::Yield);
+    assert_eq!(exit(&mut g, call(Hypercall::Block, 7)), Step::Block { deadline: 7 });
+    assert_eq!(exit(&mut g, Regs { vector: 32, ..Regs::default() }), Step::Preempted);
+    assert_eq!(exit(&mut g, Regs { vector: 14, error: 0b110, cr2: STACK_TOP - 16, ..Regs::default() }), Step::Resume);
+    // A kick consults its limit, so it reads the clock once.
+    let reads = core::cell::Cell::new(0);
+    g.kick_limit = crate::limit::TokenBucket::new(2);
+    g.regs = Regs { rip: 0x401000, ..call(Hypercall::NetKick, 0) };
+    assert_eq!(g.handle_exit(&mut mem, &|| reads.replace(reads.get() + 1), &mut |_| {}), Step::NetKick);
+    assert_eq!(reads.get(), 1);
+}
+
+#[test]
+fn unlimited_guests_never_read_the_clock() {
+    let (mut mem, k, li) = setup();
+    let mut g = create(&mut mem, k, &li, "g-0", &[], 1 << 20).unwrap();
+    g.memory.write(&mut mem, HEAP_START, b"hi\n").unwrap();
+    let never = || -> u64 { panic!("the clock was read without a limit to consult") };
+    syscall(&mut g, Hypercall::ConsoleWrite as u64, HEAP_START, 3);
+    assert_eq!(g.handle_exit(&mut mem, &never, &mut |_| {}), Step::Resume);
+    syscall(&mut g, Hypercall::NetKick as u64, 0, 0);
+    assert_eq!(g.handle_exit(&mut mem, &never, &mut |_| {}), Step::NetKick);
 }

@@ -212,8 +212,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         self.platform.begin_guest(root);
         let step = loop {
             self.platform.enter(g);
-            g.now_ns = self.now();
-            let step = g.handle_exit(&mut mem, &mut |l| self.platform.console_line(l));
+            let step = g.handle_exit(&mut mem, &|| self.now(), &mut |l| self.platform.console_line(l));
             match step {
                 Step::Resume => {}
                 Step::FlushTlb => self.platform.flush_tlb(root),
