@@ -5,7 +5,9 @@
 //!
 //! The facts relied on, all given by the hypervisor's ABI (`abi::layout`):
 //! - `syscall` enters the hypervisor, which checks every argument, clobbers
-//!   `rcx` and `r11` and preserves every other register;
+//!   `rcx`, `r11`, the vector registers and the x87 stack (as a call does:
+//!   the stubs say `clobber_abi("C")`) and preserves every other register,
+//!   MXCSR and the x87 control word (ABI 4);
 //! - the start page, the time page and the shared (event + ring index) page
 //!   are mapped at fixed addresses before the first instruction and stay
 //!   mapped for the guest's whole life; the start and time pages read-only;
@@ -26,10 +28,12 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 pub fn hypercall2(nr: Hypercall, a0: u64, a1: u64) -> i64 {
     let ret: i64;
     // SAFETY: `syscall` enters the hypervisor, which validates every
-    // argument; it clobbers rcx and r11 and preserves everything else.
+    // argument; it clobbers rcx, r11 and the vector and x87 registers
+    // (declared with the C ABI's caller-saved set, which contains them)
+    // and preserves everything else.
     unsafe {
         asm!("syscall", inlateout("rax") nr as u64 => ret, in("rdi") a0, in("rsi") a1,
-             lateout("rcx") _, lateout("r11") _, options(nostack));
+             lateout("rcx") _, lateout("r11") _, clobber_abi("C"), options(nostack));
     }
     ret
 }

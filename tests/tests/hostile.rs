@@ -75,6 +75,13 @@ const CONTAINED: &[(&str, bool, LimitsOf)] = &[
     // Each checks that every fresh page it was given reads zero.
     ("df-resume", false, |l| l),
     ("df-forge", false, |l| l),
+    // Hypercalls with vector registers full and control words changed:
+    // after each, every register is zero or the caller's own value and
+    // both control words are kept; interrupts keep everything.
+    ("fpu-clobber", false, |l| l),
+    // Hypercalls with every SSE and x87 exception unmasked and one
+    // pending: the hypervisor must not fault.
+    ("fpu-unmasked", false, |l| l),
 ];
 
 /// Attacks that never end; they must only cost their share of the CPU.

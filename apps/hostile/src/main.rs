@@ -41,6 +41,7 @@
 extern crate alloc;
 
 mod flags;
+mod fpu;
 
 use core::arch::asm;
 use libos::println;
@@ -336,6 +337,9 @@ fn recurse(depth: u64) -> u64 {
 fn main() -> i32 {
     let attack = libos::args().next().unwrap_or("");
     println!("{}: trying {attack}", libos::name());
+    if attack.starts_with("fpu-") {
+        return fpu::run(attack);
+    }
     if attack.starts_with("df-") || attack == "keep-secret" {
         return flags::run(attack, libos::args().nth(1));
     }

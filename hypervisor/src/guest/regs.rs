@@ -80,9 +80,30 @@ impl Default for FpuState {
     /// MXCSR 0x1f80).
     fn default() -> Self {
         let mut s = [0u8; 512];
-        s[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
-        s[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        s[FPU_FCW_OFFSET..FPU_FCW_OFFSET + 2].copy_from_slice(&0x037fu16.to_le_bytes());
+        s[FPU_MXCSR_OFFSET..FPU_MXCSR_OFFSET + 4].copy_from_slice(&0x1f80u32.to_le_bytes());
         Self(s)
+    }
+}
+
+/// Where `fxsave64` keeps the x87 control word and MXCSR.
+pub const FPU_FCW_OFFSET: usize = 0;
+pub const FPU_MXCSR_OFFSET: usize = 24;
+
+impl FpuState {
+    /// The state a guest resumes with, on any CPU, after it left the CPU
+    /// at a hypercall: the hypercall ABI clobbers the vector registers and
+    /// the x87 stack as a function call does, and keeps the x87 control
+    /// word and MXCSR (saved at the exit), so everything else is as after
+    /// `fninit`, every register zero: nothing of another guest's or the
+    /// hypervisor's, and nothing stale of its own.
+    pub fn clobber_for_hypercall(&mut self) {
+        let fcw = FPU_FCW_OFFSET..FPU_FCW_OFFSET + 2;
+        let mxcsr = FPU_MXCSR_OFFSET..FPU_MXCSR_OFFSET + 4;
+        let mut clean = [0u8; 512];
+        clean[fcw.clone()].copy_from_slice(&self.0[fcw]);
+        clean[mxcsr.clone()].copy_from_slice(&self.0[mxcsr]);
+        self.0 = clean;
     }
 }
 
@@ -100,5 +121,16 @@ mod tests {
         assert_eq!(f & (1 << 17), 0, "VM");
         assert_eq!(f & (1 << 18), 0, "AC");
         assert_ne!(f & (1 << 9), 0, "IF");
+    }
+
+    #[test]
+    fn a_hypercall_keeps_the_control_words_and_clears_every_register() {
+        let mut f = FpuState([0xa5; 512]);
+        f.0[0..2].copy_from_slice(&0x0272u16.to_le_bytes());
+        f.0[24..28].copy_from_slice(&0x0040u32.to_le_bytes());
+        f.clobber_for_hypercall();
+        assert_eq!(u16::from_le_bytes([f.0[0], f.0[1]]), 0x0272, "FCW");
+        assert_eq!(u32::from_le_bytes(f.0[24..28].try_into().unwrap()), 0x0040, "MXCSR");
+        assert!(f.0[2..24].iter().chain(&f.0[28..]).all(|&b| b == 0), "status, tags, x87 and XMM registers");
     }
 }

@@ -10,9 +10,12 @@
 //!   the put. A raiser that came between the guest's own check (in the
 //!   `block` hypercall) and the put found it running and could not wake
 //!   it; this second look does.
-//! - A guest leaves the CPU with its TX drained and the hypervisor back on
-//!   its own tables ([`Platform::end_guest`]) before any other CPU can take
-//!   it.
+//! - A guest leaves the CPU with its TX drained and its FPU state out of
+//!   the CPU ([`Platform::end_guest`]) before any other CPU can take it.
+//!   The CPU stays on its tables until it enters the next guest (one
+//!   switch of tables per guest switch) or idles; a guest's tables are
+//!   released on every CPU ([`Platform::release_tables`]) before they are
+//!   freed.
 //! - An idle CPU takes a runnable guest from the busiest other CPU (margin
 //!   1); every `IDLE_TICK_NS` a CPU evens out with margin 2, so that one
 //!   waiting guest does not bounce between two busy CPUs.
@@ -164,7 +167,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         };
         self.platform.arm_timer(next_timer.unwrap_or(u64::MAX).min(now + tick));
         let halted = self.now();
-        self.platform.idle();
+        self.platform.idle(me);
         self.idle_ns[me].fetch_add(self.now().saturating_sub(halted), Ordering::Relaxed);
     }
 
@@ -209,7 +212,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             g.stats.first_entry_ns = start.max(1);
         }
         let root = g.memory.space.root();
-        self.platform.begin_guest(root);
+        self.platform.begin_guest(me, root);
         let step = loop {
             self.platform.enter(g);
             let step = g.handle_exit(&mut mem, &|| self.now(), &mut |l| self.platform.console_line(l));
@@ -222,7 +225,12 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         };
         // Whatever it queued goes out now that it leaves the CPU.
         self.drain(id, &g.name, me);
-        self.platform.end_guest();
+        self.platform.end_guest(&mut g.fpu);
+        if g.via_sysret {
+            // It left at a hypercall, which saved only its control words
+            // (the ABI clobbers the rest): it resumes with clean registers.
+            g.fpu.clobber_for_hypercall();
+        }
         let ran = self.now().saturating_sub(start);
         g.stats.cpu_ns += ran;
         if g.stats.cpu_ns_per_cpu.len() <= me {
@@ -258,6 +266,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             Err(_) => self.stopped.fetch_add(1, Ordering::Relaxed),
         };
         self.status(id).state.store(if how.is_ok() { EXITED } else { STOPPED }, Ordering::Relaxed);
+        self.platform.release_tables(me, g.memory.space.root());
         g.destroy(&mut mem);
         self.live.fetch_sub(1, Ordering::Release);
     }

@@ -13,6 +13,7 @@
 //! simulated memory and a scripted clock.
 
 use crate::guest::Guest;
+use crate::guest::regs::FpuState;
 use crate::mm::{PhysAddr, PhysMem};
 use crate::net::port::{GuestEvents, GuestRing, RingAllocError};
 use hermit_entry::boot_info::RawBootInfo;
@@ -31,21 +32,37 @@ pub trait Platform: Sync {
     /// takes the CPU from a guest, or ends [`Platform::idle`]).
     fn arm_timer(&self, deadline_ns: u64);
     /// Halts this CPU until an interrupt: the armed timer or a
-    /// [`Platform::wake_cpu`] from another CPU.
-    fn idle(&self);
+    /// [`Platform::wake_cpu`] from another CPU. It halts on the
+    /// hypervisor's own tables, never a guest's. `cpu` is this CPU.
+    fn idle(&self, cpu: usize);
     /// Interrupts CPU `cpu` (it has work: a guest woke or arrived there).
     fn wake_cpu(&self, cpu: usize);
 
     /// Makes this CPU ready to enter the guest whose page tables are at
-    /// `root` (with page-table isolation every entry switches instead).
-    fn begin_guest(&self, root: PhysAddr);
+    /// `root`: one switch of tables, straight from whichever this CPU ran
+    /// on (the hypervisor's half is mapped in every guest's tables); with
+    /// page-table isolation every entry switches instead. `cpu` is this
+    /// CPU.
+    fn begin_guest(&self, cpu: usize, root: PhysAddr);
     /// Runs `g` until its next exit; `g.regs` then say why it left.
     fn enter(&self, g: &mut Guest);
     /// Flushes this CPU's TLB for `root` after the guest gave pages back.
     fn flush_tlb(&self, root: PhysAddr);
-    /// Back on the hypervisor's own tables: the guest may now move to
-    /// another CPU, or end and have its tables freed.
-    fn end_guest(&self);
+    /// The guest whose FPU area is `fpu` leaves this CPU: its FPU state
+    /// is out of the CPU (after a hypercall exit, which saved only MXCSR,
+    /// its x87 control word is stored in `fpu`), and no later entry here
+    /// takes the light return. The CPU may stay on the guest's tables
+    /// until the next [`Platform::begin_guest`], [`Platform::idle`] or
+    /// [`Platform::release_tables`]: the guest may move to another CPU.
+    fn end_guest(&self, fpu: &mut FpuState);
+    /// Before the tables at `root` are freed (their guest has ended, on
+    /// CPU `cpu`, this one): no CPU runs on them any more once this
+    /// returns. This CPU switches to the hypervisor's own tables (whatever
+    /// it ran on, so that no CPU waiting here holds a guest's tables);
+    /// another CPU still on them is between two guests and switches soon
+    /// without waiting for anything, so this waits for it. Call holding no
+    /// lock.
+    fn release_tables(&self, cpu: usize, root: PhysAddr);
 
     /// A guest's event page, through which any CPU raises its events.
     type Events: GuestEvents + Clone;

@@ -6,7 +6,7 @@
 use super::network::{Attach, CaptureTarget, Captured, PortStats};
 use super::*;
 use crate::control::ControlHost;
-use crate::guest::regs::VECTOR_SYSCALL;
+use crate::guest::regs::{FpuState, VECTOR_SYSCALL};
 use crate::mm::testmem::TestMem;
 use crate::mm::{PhysAddr, PhysMem};
 use crate::net::port::{GuestEvents, RingAllocError};
@@ -32,7 +32,9 @@ enum Act {
 }
 
 /// Simulated physical memory shared by every CPU (each access locks it).
-struct Shared<'a>(&'a Mutex<TestMem>);
+/// The simulated memory, and the page-table root each CPU runs
+/// on: freeing a frame some CPU still runs on fails the test.
+struct Shared<'a>(&'a Mutex<TestMem>, &'a Mutex<HashMap<usize, PhysAddr>>);
 
 /// A guest's event page in the simulated memory.
 #[derive(Clone)]
@@ -60,6 +62,7 @@ impl PhysMem for Shared<'_> {
         self.0.lock().alloc()
     }
     fn free(&mut self, frame: PhysAddr) {
+        assert!(!self.1.lock().values().any(|&root| root == frame), "freed the page tables a CPU runs on: {frame:#x}");
         self.0.lock().free(frame)
     }
     fn read_pte(&self, table: PhysAddr, index: usize) -> u64 {
@@ -97,6 +100,8 @@ struct Fake {
     /// The guest whose CPU stops in `end_guest` (once): between the
     /// guest's own look at its events and the scheduler's put.
     hold: Mutex<Option<String>>,
+    /// The tables each CPU runs on, as `begin_guest` left them.
+    loaded: Mutex<HashMap<usize, PhysAddr>>,
     held: Mutex<Option<Sender<()>>>,
     release: Mutex<Option<Receiver<()>>>,
 }
@@ -108,7 +113,7 @@ impl Platform for Fake {
     type Ring = SharedRing;
 
     fn mem(&self) -> Shared<'_> {
-        Shared(&self.mem)
+        Shared(&self.mem, &self.loaded)
     }
     fn events_of(&self, g: &Guest) -> Option<FakeEvents> {
         let page = g.memory.space.translate(&self.mem(), abi::layout::EVENT_PAGE)?.0;
@@ -139,14 +144,28 @@ impl Platform for Fake {
     fn arm_timer(&self, deadline_ns: u64) {
         self.armed.store(deadline_ns, Ordering::SeqCst);
     }
-    fn idle(&self) {
+    fn idle(&self, cpu: usize) {
+        self.loaded.lock().remove(&cpu);
         self.idles.fetch_add(1, Ordering::SeqCst);
         self.clock.fetch_max(self.armed.load(Ordering::SeqCst), Ordering::SeqCst);
     }
     fn wake_cpu(&self, cpu: usize) {
         self.woken.lock().push(cpu);
     }
-    fn begin_guest(&self, _root: PhysAddr) {}
+    fn begin_guest(&self, cpu: usize, root: PhysAddr) {
+        self.loaded.lock().insert(cpu, root);
+    }
+    fn release_tables(&self, me: usize, root: PhysAddr) {
+        self.loaded.lock().remove(&me);
+        // Another CPU (thread) still on them switches at its next entry or
+        // idle; a test that drives every CPU from one thread never gets
+        // there, so the wait is bounded.
+        let start = std::time::Instant::now();
+        while self.loaded.lock().iter().any(|(&cpu, &r)| cpu != me && r == root) {
+            assert!(start.elapsed() < std::time::Duration::from_secs(5), "CPU {me} waits for another CPU to leave {root:#x}");
+            std::thread::yield_now();
+        }
+    }
     fn enter(&self, g: &mut Guest) {
         ON_CPU.with(|c| *c.borrow_mut() = g.name.clone());
         let exit = self.scripts.lock().get_mut(&g.name).and_then(VecDeque::pop_front).unwrap_or(Act::Busy(1_000_000));
@@ -166,7 +185,7 @@ impl Platform for Fake {
         }
     }
     fn flush_tlb(&self, _root: PhysAddr) {}
-    fn end_guest(&self) {
+    fn end_guest(&self, _fpu: &mut FpuState) {
         let me = ON_CPU.with(|c| c.borrow().clone());
         let hold = self.hold.lock().take_if(|h| *h == me).is_some();
         if hold {
@@ -220,6 +239,7 @@ fn machine_on<N: Network<Ring = SharedRing, Events = FakeEvents>>(cpus: usize, n
         hold: Mutex::new(None),
         held: Mutex::new(None),
         release: Mutex::new(None),
+        loaded: Mutex::new(HashMap::new()),
     };
     let config =
         Config { cpus, capacity: 16, guest_upper: upper, time: TimeInfo::new(1_000_000_000, 0, 0), control: false, keep_running: false };

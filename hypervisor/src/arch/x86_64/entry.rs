@@ -13,7 +13,7 @@ use super::cpu::{self, MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_SFMASK, M
 use super::gdt::{IST_DOUBLE_FAULT, IST_EXCEPTION, IST_MACHINE_CHECK, IST_NMI, KERNEL_CS, KERNEL_DS};
 use core::arch::{asm, global_asm};
 use core::mem::offset_of;
-use hypervisor::guest::regs::{FpuState, Regs, VECTOR_FIRST_INTERRUPT, VECTOR_SYSCALL};
+use hypervisor::guest::regs::{FPU_FCW_OFFSET, FPU_MXCSR_OFFSET, FpuState, Regs, VECTOR_FIRST_INTERRUPT, VECTOR_SYSCALL};
 use x86_64::VirtAddr;
 use x86_64::instructions::tables::lidt;
 use x86_64::structures::DescriptorTablePointer;
@@ -40,6 +40,11 @@ struct PerCpu {
     /// The running guest's page-table root (switched to last, with
     /// page-table isolation).
     guest_cr3: u64,
+    /// The FPU area of the guest whose x87 registers this CPU still holds
+    /// after a hypercall exit (0: none). Set by `syscall_entry`, cleared by
+    /// every entry and by [`forget_fpu`]: a return through the light path
+    /// below is possible only while it names the guest's own area.
+    fpu_live: u64,
     /// The frame `iretq` returns to the guest with: here rather than on the
     /// hypervisor's stack, which a guest's tables do not map under
     /// page-table isolation.
@@ -47,7 +52,19 @@ struct PerCpu {
 }
 
 static mut PERCPU: [PerCpu; super::smp::MAX_CPUS] = [const {
-    PerCpu { this: 0, kernel_rsp: 0, regs: 0, user_rsp: 0, fpu: 0, index: 0, scratch: 0, scratch2: 0, guest_cr3: 0, iret: [0; 5] }
+    PerCpu {
+        this: 0,
+        kernel_rsp: 0,
+        regs: 0,
+        user_rsp: 0,
+        fpu: 0,
+        index: 0,
+        scratch: 0,
+        scratch2: 0,
+        guest_cr3: 0,
+        fpu_live: 0,
+        iret: [0; 5],
+    }
 }; super::smp::MAX_CPUS];
 
 fn percpu() -> *mut PerCpu {
@@ -127,6 +144,7 @@ unsafe extern "C" {
     fn interrupt_stubs();
     fn syscall_entry();
     fn enter_guest(regs: *mut Regs, sysret: u64);
+    fn fpu_leave(fpu: *mut FpuState);
 }
 
 /// Fills the shared IDT (once, on the boot CPU).
@@ -198,6 +216,17 @@ pub fn enter(regs: &mut Regs, fpu: &mut FpuState, sysret: bool, root: u64) {
     // the guest's DF or AC to everything after this.
     let flags = cpu::rflags();
     assert!(flags & (cpu::RFLAGS_DF | cpu::RFLAGS_AC) == 0, "guest exit with RFLAGS {flags:#x}: DF or AC leaked into the hypervisor");
+}
+
+/// The guest whose FPU area is `fpu` leaves this CPU: if a hypercall exit
+/// left its x87 state here, its control word goes into `fpu` (the rest is
+/// clobbered by the ABI), and the next entry of any guest here restores a
+/// whole saved state (so a new guest whose area lands at the same address
+/// cannot inherit registers).
+pub fn leave_fpu(fpu: &mut FpuState) {
+    // SAFETY: `fpu_leave` reads this CPU's block and writes at most the
+    // two control-word bytes of `fpu`, which is ours for the call.
+    unsafe { fpu_leave(fpu) };
 }
 
 /// Interrupt frame as the stub leaves it for [`kernel_fault`].
@@ -394,18 +423,30 @@ syscall_entry:
     movq %rax, {rsp}(%rsp)
     movq ${syscall_vector}, {vector}(%rsp)
     movq $0, {error}(%rsp)
+    /* A hypercall clobbers the vector registers and the x87 stack, as a
+       call does (docs/abi.md), so only the guest's MXCSR is saved (its x87
+       control word only if it leaves the CPU: `fpu_leave`), and the hypervisor's code (the precompiled core uses
+       SSE) gets a MXCSR with every exception masked. The hypervisor never
+       runs an x87 instruction (`cargo xtask lint` checks), so the x87
+       state stays the guest's, a pending exception included; the return
+       zeroes every XMM register (`enter_guest`), or, once the guest left
+       the CPU, `FpuState::clobber_for_hypercall` clears the saved area. */
+    movq %gs:{fpu}, %rax
+    stmxcsr {fpu_mxcsr}(%rax)
+    movq %rax, %gs:{fpu_live}
+    ldmxcsr KERNEL_MXCSR(%rip)
+    jmp hypervisor_resume
 
 guest_exit:
-    /* Save the guest's x87/SSE state and give the hypervisor's code (the
-       precompiled core uses SSE) a MXCSR with every exception masked. The
-       x87 state is reset below. */
+    /* An interrupt or exception: save the guest's whole x87/SSE state and
+       give the hypervisor's code a MXCSR with every exception masked. */
     movq %gs:{fpu}, %rax
     fxsave64 (%rax)
     /* fninit: a known x87 control word and no pending x87 exception (the
-       guest may have unmasked one; fxsave does not clear it, and the next
-       waiting x87 instruction would raise #MF in ring 0). */
+       guest may have unmasked one; fxsave does not clear it). */
     fninit
     ldmxcsr KERNEL_MXCSR(%rip)
+hypervisor_resume:
     movq %gs:{kernel_rsp}, %rsp
     popq %r15
     popq %r14
@@ -413,6 +454,16 @@ guest_exit:
     popq %r12
     popq %rbp
     popq %rbx
+    ret
+
+    /* rdi: the FPU area of the guest leaving this CPU (`leave_fpu`). */
+    .global fpu_leave
+fpu_leave:
+    cmpq %rdi, %gs:{fpu_live}
+    jne 8f
+    fnstcw {fpu_fcw}(%rdi)
+8:
+    movq $0, %gs:{fpu_live}
     ret
 
     .global enter_guest
@@ -426,7 +477,37 @@ enter_guest:
     movq %rsp, %gs:{kernel_rsp}
     movq %rdi, %gs:{regs}
     movq %gs:{fpu}, %rax
+    /* Back from a hypercall on the CPU that still holds the guest's x87
+       state (nothing else entered since): its MXCSR, and every XMM
+       register zeroed, so that nothing of the hypervisor's (or of a guest
+       whose frames it just copied) is left in them. Otherwise the whole
+       saved state. */
+    testq %rsi, %rsi
+    jz 6f
+    cmpq %rax, %gs:{fpu_live}
+    jne 6f
+    xorps %xmm0, %xmm0
+    xorps %xmm1, %xmm1
+    xorps %xmm2, %xmm2
+    xorps %xmm3, %xmm3
+    xorps %xmm4, %xmm4
+    xorps %xmm5, %xmm5
+    xorps %xmm6, %xmm6
+    xorps %xmm7, %xmm7
+    xorps %xmm8, %xmm8
+    xorps %xmm9, %xmm9
+    xorps %xmm10, %xmm10
+    xorps %xmm11, %xmm11
+    xorps %xmm12, %xmm12
+    xorps %xmm13, %xmm13
+    xorps %xmm14, %xmm14
+    xorps %xmm15, %xmm15
+    ldmxcsr {fpu_mxcsr}(%rax)
+    jmp 7f
+6:
     fxrstor64 (%rax)
+7:
+    movq $0, %gs:{fpu_live}
     testq %rsi, %rsi
     jnz 2f
     /* iretq: the frame goes in this CPU's block (mapped in every guest's
@@ -508,6 +589,9 @@ enter_guest:
     scratch = const offset_of!(PerCpu, scratch),
     scratch2 = const offset_of!(PerCpu, scratch2),
     guest_cr3 = const offset_of!(PerCpu, guest_cr3),
+    fpu_live = const offset_of!(PerCpu, fpu_live),
+    fpu_fcw = const FPU_FCW_OFFSET,
+    fpu_mxcsr = const FPU_MXCSR_OFFSET,
     iret_end = const offset_of!(PerCpu, iret) + 5 * 8,
     apic_eoi = const super::apic::EOI_VA,
     first_interrupt = const VECTOR_FIRST_INTERRUPT,

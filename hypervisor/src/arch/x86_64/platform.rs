@@ -10,13 +10,35 @@
 
 use super::guest_pages::{DirectRing, EventPage};
 use super::paging::{DirectMap, free_frames, phys_to_virt, total_frames};
+use super::smp::MAX_CPUS;
 use super::{apic, cpu, entry, serial};
 use abi::time::TimeInfo;
+use core::sync::atomic::{AtomicU64, Ordering};
 use hermit_entry::boot_info::RawBootInfo;
 use hypervisor::guest::Guest;
+use hypervisor::guest::regs::FpuState;
 use hypervisor::machine::Platform;
 use hypervisor::mm::PhysAddr;
 use hypervisor::net::port::RingAllocError;
+
+/// The page-table root each CPU runs on (without page-table isolation):
+/// between two guests a CPU stays on the first one's tables, which map the
+/// hypervisor's half too, so that a guest switch is one CR3 write; it goes
+/// back to the hypervisor's own before it halts and before the tables are
+/// freed ([`Platform::release_tables`], which reads the other CPUs' too).
+static LOADED_TABLES: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Switches this CPU to the tables at `root` (a guest's, whose PML4 maps
+/// the hypervisor's half like every address space, or the hypervisor's).
+fn load_tables(cpu: usize, root: PhysAddr) {
+    // SAFETY: `root` is a live PML4 that maps the hypervisor's half (a
+    // guest's copies it at creation, and is freed only after
+    // `release_tables`); the direct map and this code stay mapped.
+    unsafe { cpu::write_cr3(root) };
+    // After the write: a CPU that reads another root here no longer uses
+    // the old one.
+    LOADED_TABLES[cpu].store(root, Ordering::Release);
+}
 
 /// The machine the hypervisor boots on.
 pub struct X86_64 {
@@ -43,7 +65,10 @@ impl Platform for X86_64 {
         apic::arm(self.time.tsc(deadline_ns));
     }
 
-    fn idle(&self) {
+    fn idle(&self, me: usize) {
+        if !entry::isolated() && LOADED_TABLES[me].load(Ordering::Relaxed) != self.kernel_root {
+            load_tables(me, self.kernel_root);
+        }
         cpu::idle();
     }
 
@@ -51,11 +76,9 @@ impl Platform for X86_64 {
         apic::wake_cpu(cpu);
     }
 
-    fn begin_guest(&self, root: PhysAddr) {
+    fn begin_guest(&self, cpu: usize, root: PhysAddr) {
         if !entry::isolated() {
-            // SAFETY: the guest's PML4 maps the hypervisor's half like every
-            // other address space (copied from the kernel root at creation).
-            unsafe { cpu::write_cr3(root) };
+            load_tables(cpu, root);
         }
     }
 
@@ -74,11 +97,24 @@ impl Platform for X86_64 {
         }
     }
 
-    fn end_guest(&self) {
-        if !entry::isolated() {
-            // SAFETY: back to the hypervisor's own tables: the guest may move
-            // to another CPU and end there, freeing the tables it ran on.
-            unsafe { cpu::write_cr3(self.kernel_root) };
+    fn end_guest(&self, fpu: &mut FpuState) {
+        entry::leave_fpu(fpu);
+    }
+
+    fn release_tables(&self, me: usize, root: PhysAddr) {
+        if entry::isolated() {
+            // Every exit switched back to the hypervisor's tables already.
+            return;
+        }
+        if LOADED_TABLES[me].load(Ordering::Relaxed) != self.kernel_root {
+            load_tables(me, self.kernel_root);
+        }
+        for (cpu, loaded) in LOADED_TABLES.iter().enumerate() {
+            // That CPU is between two guests: it switches at its next entry
+            // or idle, waiting for nothing this CPU holds.
+            while cpu != me && loaded.load(Ordering::Acquire) == root {
+                core::hint::spin_loop();
+            }
         }
     }
 
