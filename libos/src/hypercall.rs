@@ -39,6 +39,12 @@ pub fn block(deadline_ns: u64) -> u64 {
     hypercall2(Hypercall::Block, deadline_ns, 0) as u64
 }
 
+/// Sets `bits` in this guest's own event page, as if the hypervisor had
+/// raised them: the next `block` returns at once.
+pub fn raise_own_events(bits: u64) {
+    event_word().fetch_or(bits, core::sync::atomic::Ordering::AcqRel);
+}
+
 /// Clears `bits` in this guest's event page; returns the bits that were set.
 pub fn take_events(bits: u64) -> u64 {
     event_word().fetch_and(!bits, core::sync::atomic::Ordering::AcqRel) & bits

@@ -3,15 +3,17 @@
 //!
 //! | arguments             | prints                                                             |
 //! |-----------------------|--------------------------------------------------------------------|
-//! | `hypercall N [ROUNDS]` | `{"bench":"hypercall","iterations":N,"rounds":R,"cycles_per_call":X,"min_cycles_per_call":Y,"round_cycles_per_call":[...]}` |
+//! | `hypercall N [ROUNDS]` | three lines `{"bench":B,"iterations":N,"rounds":R,"cycles_per_call":X,"min_cycles_per_call":Y,"round_cycles_per_call":[...]}`, B = `hypercall` (`nop`), `block_pending` (`block` with an event pending), `clock` (`Instant::now`) |
 //! | `first`               | `{"bench":"first","tsc":T,"ns":NS}`: the TSC at the first line of main, and the monotonic clock just after |
 //!
-//! `hypercall`: a warm-up of max(N/10, 1000) `nop` hypercalls, then ROUNDS
-//! (default 7) rounds of N, each timed with `rdtsc` around the loop.
+//! `hypercall`: for each of the three calls, a warm-up of max(N/10, 1000)
+//! calls, then ROUNDS (default 7) rounds of N, each timed with `rdtsc`
+//! around the loop.
 //! `cycles_per_call` is the **median** of the rounds' cycles per call (a
 //! round hit by a timer interrupt or by QEMU's translator does not move it);
 //! the minimum is reported too. The Linux peer (`xtask/src/peer/peer.c`)
-//! measures `getppid` the same way.
+//! measures `getppid`, `poll` on a readable eventfd and `clock_gettime`
+//! the same way.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -27,6 +29,10 @@ libos::main!(main);
 
 use libos::time::rdtsc;
 
+/// The event bit the `block_pending` row keeps set (one the libos leaves
+/// alone: not a timer or the NIC).
+const EVENT: u64 = 1 << 63;
+
 fn number(arg: Option<&str>, what: &str) -> u64 {
     match arg.and_then(|a| a.parse().ok()) {
         Some(n) if n > 0 => n,
@@ -34,15 +40,18 @@ fn number(arg: Option<&str>, what: &str) -> u64 {
     }
 }
 
-fn hypercall(n: u64, rounds: u64) {
+/// A warm-up of max(N/10, 1000) calls of `call`, then `rounds` rounds of
+/// `n`, each timed with rdtsc; prints `{"bench":NAME,...}` with the
+/// median and the minimum of the rounds' cycles per call.
+fn time_calls(name: &str, n: u64, rounds: u64, call: impl Fn()) {
     for _ in 0..(n / 10).max(1000) {
-        libos::hypercall::nop();
+        call();
     }
     let mut per_call: Vec<f64> = (0..rounds)
         .map(|_| {
             let start = rdtsc();
             for _ in 0..n {
-                libos::hypercall::nop();
+                call();
             }
             (rdtsc() - start) as f64 / n as f64
         })
@@ -52,10 +61,27 @@ fn hypercall(n: u64, rounds: u64) {
     let mid = per_call.len() / 2;
     let median = if per_call.len() % 2 == 1 { per_call[mid] } else { (per_call[mid - 1] + per_call[mid]) / 2.0 };
     println!(
-        r#"{{"bench":"hypercall","iterations":{n},"rounds":{rounds},"cycles_per_call":{median:.1},"min_cycles_per_call":{:.1},"round_cycles_per_call":[{}]}}"#,
+        r#"{{"bench":"{name}","iterations":{n},"rounds":{rounds},"cycles_per_call":{median:.1},"min_cycles_per_call":{:.1},"round_cycles_per_call":[{}]}}"#,
         per_call[0],
         each.join(",")
     );
+}
+
+/// The three rows of `bench hypercall`: a null hypercall, a `block` that
+/// returns at once because an event is pending, and a read of the clock
+/// (the time page: no hypercall at all).
+fn hypercall(n: u64, rounds: u64) {
+    time_calls("hypercall", n, rounds, libos::hypercall::nop);
+    // An event bit set by the guest itself stays pending (`block` returns
+    // the bits without clearing them), so every `block` returns at once.
+    libos::hypercall::raise_own_events(EVENT);
+    time_calls("block_pending", n, rounds, || {
+        core::hint::black_box(libos::hypercall::block(u64::MAX));
+    });
+    libos::hypercall::take_events(EVENT);
+    time_calls("clock", n, rounds, || {
+        core::hint::black_box(libos::time::Instant::now());
+    });
 }
 
 fn main() -> i32 {

@@ -8,6 +8,10 @@
  *                          calls after a warm-up, timed with rdtsc; reports
  *                          the median (and the minimum) of the rounds'
  *                          cycles per call
+ *   peer poll-ready N ROUNDS  the same for poll() on an eventfd that is
+ *                          always readable (returns at once)
+ *   peer clock N ROUNDS    the same for clock_gettime(CLOCK_MONOTONIC)
+ *                          (the vDSO: no system call)
  *   peer spawn K           fork + exec of this static binary (`peer exit`)
  *                          + waitpid, K times after a warm-up, timed with
  *                          CLOCK_MONOTONIC; median wall time and spawns/s
@@ -37,6 +41,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/io.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
@@ -77,26 +83,47 @@ static long number(const char *s, const char *what) {
     return v;
 }
 
-static int bench_getppid(long n, int rounds) {
+/* ROUNDS rounds of N calls of `call` after a warm-up, timed with rdtsc;
+ * prints {"bench":NAME,...} with the median and minimum cycles per call. */
+static int time_calls(const char *name, void (*call)(void), long n, int rounds) {
     long warm = n / 10 < 1000 ? 1000 : n / 10;
     for (long i = 0; i < warm; i++)
-        syscall(SYS_getppid);
+        call();
     double *per_call = calloc(rounds, sizeof *per_call);
     for (int r = 0; r < rounds; r++) {
         uint64_t t0 = __rdtsc();
         for (long i = 0; i < n; i++)
-            syscall(SYS_getppid);
+            call();
         uint64_t t1 = __rdtsc();
         per_call[r] = (double)(t1 - t0) / (double)n;
     }
-    printf("{\"bench\":\"getppid\",\"iterations\":%ld,\"rounds\":%d,\"round_cycles_per_call\":[",
-           n, rounds);
+    printf("{\"bench\":\"%s\",\"iterations\":%ld,\"rounds\":%d,\"round_cycles_per_call\":[",
+           name, n, rounds);
     for (int r = 0; r < rounds; r++)
         printf("%s%.1f", r ? "," : "", per_call[r]);
     double med = median(per_call, rounds);
     printf("],\"cycles_per_call\":%.1f,\"min_cycles_per_call\":%.1f}\n", med, per_call[0]);
     fflush(stdout);
+    free(per_call);
     return 0;
+}
+
+static void call_getppid(void) { syscall(SYS_getppid); }
+
+/* An eventfd that is always readable: poll() on it returns at once, the
+ * peer of a `block` hypercall with an event pending. */
+static int ready_fd = -1;
+static void call_poll_ready(void) {
+    struct pollfd p = {.fd = ready_fd, .events = POLLIN};
+    if (poll(&p, 1, -1) != 1)
+        abort();
+}
+
+/* The vDSO's clock_gettime, the peer of the libos's `Instant::now`. */
+static void call_clock(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    __asm__ volatile("" : : "r"(&t) : "memory");
 }
 
 /* One fork + exec + wait; returns its wall time in ns, or -1. */
@@ -573,9 +600,21 @@ int main(int argc, char **argv) {
     const char *cmd = argc > 1 ? argv[1] : "";
     if (!strcmp(cmd, "exit"))
         _exit(0);
-    if (!strcmp(cmd, "getppid"))
-        return bench_getppid(number(argc > 2 ? argv[2] : NULL, "N"),
-                             (int)number(argc > 3 ? argv[3] : NULL, "ROUNDS"));
+    if (!strcmp(cmd, "getppid") || !strcmp(cmd, "poll-ready") || !strcmp(cmd, "clock")) {
+        long n = number(argc > 2 ? argv[2] : NULL, "N");
+        int rounds = (int)number(argc > 3 ? argv[3] : NULL, "ROUNDS");
+        if (!strcmp(cmd, "getppid"))
+            return time_calls("getppid", call_getppid, n, rounds);
+        if (!strcmp(cmd, "clock"))
+            return time_calls("clock_gettime", call_clock, n, rounds);
+        uint64_t one = 1;
+        ready_fd = eventfd(0, 0);
+        if (ready_fd < 0 || write(ready_fd, &one, sizeof one) != sizeof one) {
+            perror("peer: eventfd");
+            return 1;
+        }
+        return time_calls("poll_ready", call_poll_ready, n, rounds);
+    }
     if (!strcmp(cmd, "spawn"))
         return bench_spawn("/bin/peer", number(argc > 2 ? argv[2] : NULL, "K"));
     if (!strcmp(cmd, "density"))
