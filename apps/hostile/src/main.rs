@@ -34,6 +34,7 @@
 //! | `bad-stack`   | points `rsp` at nothing and pushes                    |
 //! | `direct-map-write` | writes where the hypervisor maps all RAM (other guests' memory) |
 //! | `df-*`, `keep-secret` | exits taken with RFLAGS.DF and AC set, and a victim for them: see `flags.rs` |
+//! | `fpu-clobber`, `fpu-unmasked` | hypercalls with every vector register full, changed control words, every FPU exception unmasked and one pending: see `fpu.rs` |
 //! | `arp-spoof IP SECS` | (needs a vNIC) claims IPv4 address IP with its own MAC for SECS seconds: every 20 ms gratuitous ARP (broadcast), ARP requests for hosts .1 to .9 of its /24 "from" IP (broadcast), ARP replies to every neighbour it has heard (unicast) and a UDP datagram from IP; answers every ARP request for IP at once; counts the frames it receives, and the IPv4 ones addressed to IP (intercepted); exits 0 |
 #![no_std]
 #![no_main]
