@@ -15,6 +15,25 @@ use libos::println;
 
 type Vectors = [[u64; 2]; 16];
 
+/// XMM0-15 from the 256 bytes at `{i}`.
+macro_rules! load_vectors {
+    () => {
+        "movdqu xmm0, [{i}]; movdqu xmm1, [{i} + 16]; movdqu xmm2, [{i} + 32]; movdqu xmm3, [{i} + 48];
+         movdqu xmm4, [{i} + 64]; movdqu xmm5, [{i} + 80]; movdqu xmm6, [{i} + 96]; movdqu xmm7, [{i} + 112];
+         movdqu xmm8, [{i} + 128]; movdqu xmm9, [{i} + 144]; movdqu xmm10, [{i} + 160]; movdqu xmm11, [{i} + 176];
+         movdqu xmm12, [{i} + 192]; movdqu xmm13, [{i} + 208]; movdqu xmm14, [{i} + 224]; movdqu xmm15, [{i} + 240]"
+    };
+}
+/// XMM0-15 into the 256 bytes at `{o}`.
+macro_rules! store_vectors {
+    () => {
+        "movdqu [{o}], xmm0; movdqu [{o} + 16], xmm1; movdqu [{o} + 32], xmm2; movdqu [{o} + 48], xmm3;
+         movdqu [{o} + 64], xmm4; movdqu [{o} + 80], xmm5; movdqu [{o} + 96], xmm6; movdqu [{o} + 112], xmm7;
+         movdqu [{o} + 128], xmm8; movdqu [{o} + 144], xmm9; movdqu [{o} + 160], xmm10; movdqu [{o} + 176], xmm11;
+         movdqu [{o} + 192], xmm12; movdqu [{o} + 208], xmm13; movdqu [{o} + 224], xmm14; movdqu [{o} + 240], xmm15"
+    };
+}
+
 /// MXCSR with every exception masked, rounding down, flush-to-zero.
 const MXCSR: u32 = 0x1f80 | (1 << 13) | (1 << 15);
 /// x87 control word: every exception masked, double precision.
@@ -45,15 +64,9 @@ fn call_with_vectors(nr: u64, a0: u64, a1: u64, inp: &Vectors, out: &mut Vectors
             "sub rsp, 8",
             "ldmxcsr [{m}]",
             "fldcw [{f}]",
-            "movdqu xmm0, [{i}]", "movdqu xmm1, [{i} + 16]", "movdqu xmm2, [{i} + 32]", "movdqu xmm3, [{i} + 48]",
-            "movdqu xmm4, [{i} + 64]", "movdqu xmm5, [{i} + 80]", "movdqu xmm6, [{i} + 96]", "movdqu xmm7, [{i} + 112]",
-            "movdqu xmm8, [{i} + 128]", "movdqu xmm9, [{i} + 144]", "movdqu xmm10, [{i} + 160]", "movdqu xmm11, [{i} + 176]",
-            "movdqu xmm12, [{i} + 192]", "movdqu xmm13, [{i} + 208]", "movdqu xmm14, [{i} + 224]", "movdqu xmm15, [{i} + 240]",
+            load_vectors!(),
             "syscall",
-            "movdqu [{o}], xmm0", "movdqu [{o} + 16], xmm1", "movdqu [{o} + 32], xmm2", "movdqu [{o} + 48], xmm3",
-            "movdqu [{o} + 64], xmm4", "movdqu [{o} + 80], xmm5", "movdqu [{o} + 96], xmm6", "movdqu [{o} + 112], xmm7",
-            "movdqu [{o} + 128], xmm8", "movdqu [{o} + 144], xmm9", "movdqu [{o} + 160], xmm10", "movdqu [{o} + 176], xmm11",
-            "movdqu [{o} + 192], xmm12", "movdqu [{o} + 208], xmm13", "movdqu [{o} + 224], xmm14", "movdqu [{o} + 240], xmm15",
+            store_vectors!(),
             "stmxcsr [{m}]",
             "fnstcw [{f}]",
             "mov dword ptr [rsp], 0x1f80",
@@ -70,8 +83,7 @@ fn call_with_vectors(nr: u64, a0: u64, a1: u64, inp: &Vectors, out: &mut Vectors
             in("rsi") a1,
             out("rcx") _,
             out("r11") _,
-            out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _, out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
-            out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _, out("xmm12") _, out("xmm13") _, out("xmm14") _, out("xmm15") _,
+            clobber_abi("C"),
         );
     }
     (mxcsr, fcw)
@@ -84,27 +96,20 @@ fn spin_with_vectors(until: u64, inp: &Vectors, out: &mut Vectors) {
     // clobbers rax and rdx.
     unsafe {
         asm!(
-            "movdqu xmm0, [{i}]", "movdqu xmm1, [{i} + 16]", "movdqu xmm2, [{i} + 32]", "movdqu xmm3, [{i} + 48]",
-            "movdqu xmm4, [{i} + 64]", "movdqu xmm5, [{i} + 80]", "movdqu xmm6, [{i} + 96]", "movdqu xmm7, [{i} + 112]",
-            "movdqu xmm8, [{i} + 128]", "movdqu xmm9, [{i} + 144]", "movdqu xmm10, [{i} + 160]", "movdqu xmm11, [{i} + 176]",
-            "movdqu xmm12, [{i} + 192]", "movdqu xmm13, [{i} + 208]", "movdqu xmm14, [{i} + 224]", "movdqu xmm15, [{i} + 240]",
+            load_vectors!(),
             "2:",
             "rdtsc",
             "shl rdx, 32",
             "or rax, rdx",
             "cmp rax, {u}",
             "jb 2b",
-            "movdqu [{o}], xmm0", "movdqu [{o} + 16], xmm1", "movdqu [{o} + 32], xmm2", "movdqu [{o} + 48], xmm3",
-            "movdqu [{o} + 64], xmm4", "movdqu [{o} + 80], xmm5", "movdqu [{o} + 96], xmm6", "movdqu [{o} + 112], xmm7",
-            "movdqu [{o} + 128], xmm8", "movdqu [{o} + 144], xmm9", "movdqu [{o} + 160], xmm10", "movdqu [{o} + 176], xmm11",
-            "movdqu [{o} + 192], xmm12", "movdqu [{o} + 208], xmm13", "movdqu [{o} + 224], xmm14", "movdqu [{o} + 240], xmm15",
+            store_vectors!(),
             i = in(reg) inp.as_ptr(),
             o = in(reg) out.as_mut_ptr(),
             u = in(reg) until,
             out("rax") _,
             out("rdx") _,
-            out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _, out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
-            out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _, out("xmm12") _, out("xmm13") _, out("xmm14") _, out("xmm15") _,
+            clobber_abi("C"),
         );
     }
 }

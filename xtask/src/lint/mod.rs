@@ -47,26 +47,21 @@ pub fn lint() -> Result<()> {
     }
     guests.args(["--target", TARGET, "--target-dir", "target/guest", "--", "-D", "warnings"]).env("RUSTFLAGS", GUEST_RUSTFLAGS);
     check("clippy on libos and the apps", &mut guests);
-    match unsafe_outside_allowed(root) {
+    let mut scan = |what: &str, found: Result<Vec<String>>| match found {
         Ok(found) if found.is_empty() => {}
         Ok(found) => {
             for f in &found {
                 eprintln!("{f}");
             }
-            failed.push(format!("`unsafe` outside the places allowed for it ({} found)", found.len()));
+            failed.push(format!("{what} ({} found)", found.len()));
         }
-        Err(e) => failed.push(format!("scanning for `unsafe`: {e:#}")),
-    }
-    match crate::build_hypervisor().and_then(|elf| fpu::x87_outside_entry(&elf)) {
-        Ok(found) if found.is_empty() => {}
-        Ok(found) => {
-            for f in &found {
-                eprintln!("{f}");
-            }
-            failed.push(format!("x87/MMX instructions in the hypervisor outside its entry code ({} found)", found.len()));
-        }
-        Err(e) => failed.push(format!("checking the hypervisor for x87 instructions: {e:#}")),
-    }
+        Err(e) => failed.push(format!("{what}: could not check: {e:#}")),
+    };
+    scan("`unsafe` outside the places allowed for it", unsafe_outside_allowed(root));
+    scan(
+        "x87/MMX instructions in the hypervisor outside its entry code",
+        crate::build_hypervisor().and_then(|elf| fpu::x87_outside_entry(&elf)),
+    );
     if !failed.is_empty() {
         bail!("lint failed: {}", failed.join("; "));
     }
