@@ -5,7 +5,7 @@
 //! |-----------------------|--------------------------------------------------------------------|
 //! | `hypercall N [ROUNDS]` | `{"bench":"hypercall","iterations":N,"rounds":R,"cycles_per_call":X,"min_cycles_per_call":Y,"round_cycles_per_call":[...]}` |
 //! | `first`               | `{"bench":"first","tsc":T,"ns":NS}`: the TSC at the first line of main, and the monotonic clock just after |
-//! | `sleep-lateness N PERIOD_US` | `{"bench":"sleep-lateness","iterations":N,"period_us":P,"lateness_us":{"p50":..,"p99":..,"max":..,"mean":..}}` (see `latency`) |
+//! | `sleep-lateness N PERIOD_US` | `{"bench":"sleep-lateness","iterations":N,"warmup":W,"period_us":P,"lateness_us":{"p50":..,"p99":..,"max":..,"mean":..}}` (see `latency`) |
 //! | `spin`                | nothing: computes forever                                          |
 //!
 //! `hypercall`: a warm-up of max(N/10, 1000) `nop` hypercalls, then ROUNDS

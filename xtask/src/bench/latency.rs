@@ -6,9 +6,9 @@
 //! Linux: `peer spinning K sleep-lateness N PERIOD_US` (a relative
 //! `clock_nanosleep` loop beside K spinning processes), then `peer
 //! echo-pair` (`bench net`'s echo server and client over `lo`) alone and
-//! under `peer spinning K`. Both sides measure a sleep the same way: read
-//! the monotonic clock, sleep the period, read it again; lateness is the
-//! wake time less (start + period).
+//! under `peer spinning K`. Both sides measure a sleep the same way, after
+//! max(N/10, 10) unmeasured ones: read the monotonic clock, sleep the
+//! period, read it again; lateness is the wake time less (start + period).
 
 use super::net::{NetSettings, measured_json};
 use super::*;
@@ -36,7 +36,7 @@ impl LatencySettings {
 
     fn json(&self) -> Value {
         json!({
-            "sleep": { "iterations": self.iterations, "period_us": self.period_us },
+            "sleep": { "iterations": self.iterations, "warmup": (self.iterations / 10).max(10), "period_us": self.period_us },
             "spinners": self.spinners,
             "echo": {
                 "connections": 1,
@@ -144,8 +144,8 @@ impl Bench {
         report["qemu_args"]["ours_echo_spinners"] = json!(echo_spin_args);
         report["settings"] = st.json();
         report["method"] = json!(
-            "sleep: each of N sleeps reads the monotonic clock, sleeps the period, reads it again; lateness = wake - \
-             (start + period), nearest-rank quantiles. ours: apps/bench sleep-lateness (libos sleep: the block \
+            "sleep: after max(N/10, 10) unmeasured sleeps, each of N sleeps reads the monotonic clock, sleeps the \
+             period, reads it again; lateness = wake - (start + period), nearest-rank quantiles. ours: apps/bench sleep-lateness (libos sleep: the block \
              hypercall with a deadline) beside apps/bench spin guests; linux: peer sleep-lateness (relative \
              clock_nanosleep on CLOCK_MONOTONIC) beside peer spin processes. echo: bench net's pair (ours: \
              apps/echo-bench -> apps/echo in one tenant; linux: peer echo-client -> peer echo-server over lo), \

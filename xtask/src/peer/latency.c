@@ -2,13 +2,14 @@
  * The latency workloads of /bin/peer for `cargo xtask bench latency`
  * (declared in latency.h; peer.c dispatches to them):
  *
- *   peer sleep-lateness N PERIOD_US   N times: read CLOCK_MONOTONIC, sleep
- *                          PERIOD_US with a relative clock_nanosleep, read it
- *                          again; lateness = wake time - (start + period).
- *                          Prints {"bench":"sleep-lateness","iterations":N,
- *                          "period_us":P,"lateness_us":{"p50","p99","max",
- *                          "mean"}} (nearest-rank quantiles), as apps/bench
- *                          sleep-lateness does for our guests
+ *   peer sleep-lateness N PERIOD_US   max(N/10, 10) unmeasured times, then
+ *                          N times: read CLOCK_MONOTONIC, sleep PERIOD_US with
+ *                          a relative clock_nanosleep, read it again;
+ *                          lateness = wake time - (start + period). Prints
+ *                          {"bench":"sleep-lateness","iterations":N,
+ *                          "warmup":W,"period_us":P,"lateness_us":{"p50",
+ *                          "p99","max","mean"}} (nearest-rank quantiles), as
+ *                          apps/bench sleep-lateness does for our guests
  *   peer spin              computes forever (a CPU-bound neighbour)
  *   peer spinning K CMD... forks K `spin` processes, runs `peer CMD...`
  *                          beside them, kills them; exits with CMD's status
@@ -45,24 +46,32 @@ static long long rank(const long long *v, long n, double q) {
     return v[i < 0 ? 0 : i >= n ? n - 1 : i];
 }
 
+/* One sleep of period_us; returns its lateness in ns. */
+static long long sleep_once(long period_us) {
+    struct timespec period = {.tv_sec = period_us / 1000000, .tv_nsec = (period_us % 1000000) * 1000};
+    long long start = mono_ns();
+    while (clock_nanosleep(CLOCK_MONOTONIC, 0, &period, NULL) != 0) {
+    }
+    long long l = mono_ns() - (start + period_us * 1000LL);
+    return l < 0 ? 0 : l;
+}
+
 int sleep_lateness(long n, long period_us) {
     long long *late = calloc((size_t)n, sizeof *late);
     if (!late)
         return 1;
-    struct timespec period = {.tv_sec = period_us / 1000000, .tv_nsec = (period_us % 1000000) * 1000};
+    long warmup = n / 10 < 10 ? 10 : n / 10;
+    for (long i = 0; i < warmup; i++)
+        sleep_once(period_us);
     double sum = 0;
     for (long i = 0; i < n; i++) {
-        long long start = mono_ns();
-        while (clock_nanosleep(CLOCK_MONOTONIC, 0, &period, NULL) != 0) {
-        }
-        long long l = mono_ns() - (start + period_us * 1000LL);
-        late[i] = l < 0 ? 0 : l;
+        late[i] = sleep_once(period_us);
         sum += (double)late[i];
     }
     qsort(late, (size_t)n, sizeof *late, cmp_ll);
-    printf("{\"bench\":\"sleep-lateness\",\"iterations\":%ld,\"period_us\":%ld,"
+    printf("{\"bench\":\"sleep-lateness\",\"iterations\":%ld,\"warmup\":%ld,\"period_us\":%ld,"
            "\"lateness_us\":{\"p50\":%.1f,\"p99\":%.1f,\"max\":%.1f,\"mean\":%.1f}}\n",
-           n, period_us, rank(late, n, 0.5) / 1e3, rank(late, n, 0.99) / 1e3, late[n - 1] / 1e3, sum / (double)n / 1e3);
+           n, warmup, period_us, rank(late, n, 0.5) / 1e3, rank(late, n, 0.99) / 1e3, late[n - 1] / 1e3, sum / (double)n / 1e3);
     fflush(stdout);
     free(late);
     return 0;
