@@ -8,6 +8,19 @@
 //! Blocked guests cost nothing: they sit in the timer set (if they have a
 //! deadline) or nowhere at all until an event wakes them.
 //!
+//! Wake-up preemption (as CFS's `wakeup_gran` or Xen credit2's
+//! `ratelimit`): a guest woken by an event or its deadline is placed at
+//! most [`WAKE_CREDIT_NS`] behind the queue's minimum, and it takes the CPU
+//! from the running guest at once only if its virtual runtime is more than
+//! [`WAKEUP_GRANULARITY_NS`] (scaled by its weight) behind the running
+//! guest's, and it has cap budget left ([`Scheduler::wake`] says so; the
+//! machine then interrupts that CPU). A guest interrupted before its slice
+//! ended (a wake-up IPI, a sleeper's deadline) gets the rest of its slice
+//! back unless a runnable guest beats it by the same rule
+//! ([`Scheduler::pick`]). Both rules only choose *when* a guest runs, never
+//! how much: every nanosecond still advances the virtual runtime, so a guest
+//! that blocks and wakes in a storm gets its share and no more.
+//!
 //! Pure policy over nanosecond timestamps: the hypervisor supplies the clock
 //! and the timer; the tests here supply numbers.
 
@@ -24,7 +37,16 @@ pub const SLICE_NS: u64 = 4_000_000;
 pub const CAP_PERIOD_NS: u64 = 20_000_000;
 /// How far behind the fairest guest a waking guest is placed: a little
 /// credit for having slept, but never enough to monopolise the CPU.
-const WAKE_CREDIT_NS: u64 = SLICE_NS / 2;
+pub const WAKE_CREDIT_NS: u64 = SLICE_NS / 2;
+/// How far (in virtual ns of a default-weight guest) a woken guest must be
+/// behind the running one to take the CPU from it before its slice ends:
+/// less than [`WAKE_CREDIT_NS`], so that a sleeper beside CPU-bound guests
+/// always does; more than nothing, so that two guests waking each other do
+/// not trade the CPU on every event.
+pub const WAKEUP_GRANULARITY_NS: u64 = 1_000_000;
+/// An interrupted guest gets the rest of its slice back only if at least
+/// this much is left (less is not worth an entry).
+const MIN_RESUME_NS: u64 = 100_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
@@ -62,6 +84,28 @@ struct Entity {
     used_in_period: u64,
 }
 
+/// What waking a guest did ([`Scheduler::wake`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// It was not blocked: nothing changed.
+    NotBlocked,
+    /// It is runnable, and the guest running on this CPU keeps the CPU
+    /// until its slice ends or it leaves: no need to interrupt it.
+    Queued,
+    /// It is runnable and should take the CPU from the running guest now.
+    Preempt,
+    /// It is runnable and this CPU runs no guest (it may be halted).
+    Idle,
+}
+
+/// The guest on the CPU now.
+#[derive(Clone, Copy, Debug)]
+struct Current {
+    id: Id,
+    since: u64,
+    slice_end: u64,
+}
+
 /// A runnable guest moving from one CPU's scheduler to another's: its
 /// standing relative to its old queue carries over to the new one.
 #[derive(Debug)]
@@ -78,6 +122,10 @@ pub struct Scheduler {
     /// Deadlines of blocked guests and ends of throttling.
     timers: BTreeSet<(u64, Id)>,
     min_vruntime: u64,
+    current: Option<Current>,
+    /// The guest last put back before its slice ended, and when that slice
+    /// was to end: it may get the rest.
+    interrupted: Option<(Id, u64)>,
 }
 
 impl Scheduler {
@@ -114,6 +162,9 @@ impl Scheduler {
     }
 
     fn unlink(&mut self, id: Id, e: &Entity) {
+        if self.current.is_some_and(|c| c.id == id) {
+            self.current = None;
+        }
         match e.state {
             State::Runnable => {
                 self.runnable.remove(&(e.vruntime, id));
@@ -132,14 +183,27 @@ impl Scheduler {
         self.ents.get(id)?.as_ref().map(|e| e.state)
     }
 
-    /// Wakes a blocked guest (an event arrived). Returns whether it was
-    /// blocked.
-    pub fn wake(&mut self, id: Id) -> bool {
-        let Some(e) = self.ents.get(id).and_then(Option::as_ref) else { return false };
-        let State::Blocked { deadline } = e.state else { return false };
+    /// Wakes a blocked guest (an event arrived at `now`), and says whether
+    /// it should take the CPU from the guest running here (module doc).
+    pub fn wake(&mut self, id: Id, now: u64) -> Wake {
+        let Some(e) = self.ents.get(id).and_then(Option::as_ref) else { return Wake::NotBlocked };
+        let State::Blocked { deadline } = e.state else { return Wake::NotBlocked };
         self.timers.remove(&(deadline, id));
         self.make_runnable(id, true);
-        true
+        let Some(cur) = self.current else { return Wake::Idle };
+        let Some(c) = self.ents.get(cur.id).and_then(Option::as_ref) else { return Wake::Idle };
+        let ran = now.saturating_sub(cur.since);
+        let cur_vruntime = c.vruntime.saturating_add(ran.saturating_mul(DEFAULT_WEIGHT as u64) / c.weight);
+        if self.beats(id, cur_vruntime, now) { Wake::Preempt } else { Wake::Queued }
+    }
+
+    /// Whether runnable guest `id` should run before a guest whose virtual
+    /// runtime is `vruntime`: it is more than the wake-up granularity (in
+    /// its own weight) behind, and has cap budget left at `now`.
+    fn beats(&self, id: Id, vruntime: u64, now: u64) -> bool {
+        let Some(e) = self.ents.get(id).and_then(Option::as_ref) else { return false };
+        let granularity = WAKEUP_GRANULARITY_NS * DEFAULT_WEIGHT as u64 / e.weight;
+        e.vruntime.saturating_add(granularity) < vruntime && budget_left(e, now) > 0
     }
 
     fn make_runnable(&mut self, id: Id, waking: bool) {
@@ -169,11 +233,20 @@ impl Scheduler {
         }
     }
 
-    /// Takes the next guest to run and how long it may run (ns).
+    /// Takes the next guest to run and how long it may run (ns): the guest
+    /// with the least virtual runtime, or the guest interrupted last for
+    /// the rest of its slice if none beats it (module doc).
     pub fn pick(&mut self, now: u64) -> Option<(Id, u64)> {
         self.expire(now, |_| {});
-        let (v, id) = self.runnable.pop_first()?;
-        self.min_vruntime = self.min_vruntime.max(v);
+        let &(first_v, first) = self.runnable.first()?;
+        let resume = self.interrupted.take().and_then(|(id, end)| {
+            let e = self.ents.get(id)?.as_ref()?;
+            let keep = e.state == State::Runnable && now < end && (first == id || !self.beats(first, e.vruntime, now));
+            keep.then_some((e.vruntime, id, end.saturating_sub(now)))
+        });
+        let (v, id, most) = resume.unwrap_or((first_v, first, SLICE_NS));
+        self.runnable.remove(&(v, id));
+        self.min_vruntime = self.min_vruntime.max(v.min(first_v));
         let e = self.ents[id].as_mut()?;
         e.state = State::Running;
         if now >= e.period_start.saturating_add(CAP_PERIOD_NS) {
@@ -185,15 +258,23 @@ impl Scheduler {
             e.used_in_period = e.used_in_period.saturating_sub(budget.saturating_mul(periods));
         }
         let slice = match e.budget {
-            Some(b) => SLICE_NS.min(b.saturating_sub(e.used_in_period)).max(1),
-            None => SLICE_NS,
+            Some(b) => most.min(b.saturating_sub(e.used_in_period)).max(1),
+            None => most,
         };
+        self.current = Some(Current { id, since: now, slice_end: now.saturating_add(slice) });
         Some((id, slice))
     }
 
     /// Returns a running guest after it ran `ran_ns`, for the reason `why`.
     pub fn put(&mut self, id: Id, now: u64, ran_ns: u64, why: Leave) {
         let next_vruntime = self.runnable.first().map(|&(v, _)| v);
+        let slice_end = match self.current.take() {
+            Some(c) if c.id == id => c.slice_end,
+            other => {
+                self.current = other;
+                0
+            }
+        };
         let Some(e) = self.ents.get_mut(id).and_then(Option::as_mut) else { return };
         debug_assert_eq!(e.state, State::Running);
         e.vruntime = e.vruntime.saturating_add(ran_ns.saturating_mul(DEFAULT_WEIGHT as u64) / e.weight);
@@ -208,7 +289,12 @@ impl Scheduler {
             return;
         }
         match why {
-            Leave::Preempted => self.make_runnable(id, false),
+            Leave::Preempted => {
+                if now.saturating_add(MIN_RESUME_NS) < slice_end {
+                    self.interrupted = Some((id, slice_end));
+                }
+                self.make_runnable(id, false)
+            }
             Leave::Yielded => {
                 // Behind every other runnable guest, so yielding in a loop
                 // hands the CPU to them instead of spinning on it.
@@ -259,6 +345,18 @@ impl Scheduler {
     pub fn has_runnable(&self) -> bool {
         !self.runnable.is_empty()
     }
+}
+
+/// What is left of `e`'s cap budget at `now` (a new period starts with
+/// all of it, less what the last one overran); `u64::MAX` without a cap.
+fn budget_left(e: &Entity, now: u64) -> u64 {
+    let Some(budget) = e.budget else { return u64::MAX };
+    let mut used = e.used_in_period;
+    if now >= e.period_start.saturating_add(CAP_PERIOD_NS) {
+        let periods = (now - e.period_start) / CAP_PERIOD_NS;
+        used = used.saturating_sub(budget.saturating_mul(periods));
+    }
+    budget.saturating_sub(used)
 }
 
 #[cfg(test)]
@@ -393,8 +491,8 @@ mod tests {
         s.expire(250, |id| woken.push(id));
         assert_eq!(woken, [1, 2]);
         assert_eq!(s.state(3), Some(State::Blocked { deadline: u64::MAX }), "no deadline: waits for an event");
-        assert!(s.wake(3));
-        assert!(!s.wake(3), "waking a runnable guest is a no-op");
+        assert_eq!(s.wake(3, 250), Wake::Idle, "nothing runs: the CPU may be halted");
+        assert_eq!(s.wake(3, 250), Wake::NotBlocked, "waking a runnable guest is a no-op");
     }
 
     #[test]
@@ -423,7 +521,7 @@ mod tests {
             now += slice;
             s.put(b, now, slice, Leave::Preempted);
         }
-        s.wake(a);
+        s.wake(a, now);
         // The sleeper runs next, but then they alternate: it cannot bank its sleep.
         let order: Vec<_> = (0..6)
             .map(|_| {
@@ -471,5 +569,104 @@ mod tests {
         s.remove(1);
         assert_eq!(s.pick(1_000), None);
         assert_eq!(s.next_timer(), None);
+    }
+
+    #[test]
+    fn a_woken_guest_preempts_only_when_far_enough_behind_and_within_its_cap() {
+        const MS: u64 = 1_000_000;
+        let mut s = Scheduler::new();
+        s.add(0, DEFAULT_WEIGHT, None, 0); // sleeps
+        s.add(1, DEFAULT_WEIGHT, None, 0); // computes
+        let (a, _) = s.pick(0).unwrap();
+        s.put(a, 0, 0, Leave::Blocked { deadline: u64::MAX });
+        assert_eq!(s.pick(0), Some((1, SLICE_NS)));
+        // Half a millisecond ahead is within the granularity: no preemption ...
+        assert_eq!(s.wake(0, MS / 2), Wake::Queued);
+        // ... and an interrupt that came anyway gives the runner the rest of its slice.
+        s.put(1, MS / 2, MS / 2, Leave::Preempted);
+        assert_eq!(s.pick(MS / 2), Some((1, SLICE_NS - MS / 2)), "the woken guest does not beat it");
+        s.put(1, SLICE_NS, SLICE_NS - MS / 2, Leave::Preempted);
+        assert_eq!(s.pick(SLICE_NS).map(|p| p.0), Some(0), "at the end of the slice, the one owed most");
+        s.put(0, SLICE_NS, 0, Leave::Blocked { deadline: u64::MAX });
+        let (b, _) = s.pick(SLICE_NS).unwrap();
+        // Two milliseconds into the next slice the sleeper is far enough behind.
+        assert_eq!(s.wake(0, SLICE_NS + 2 * MS), Wake::Preempt);
+        s.put(b, SLICE_NS + 2 * MS, 2 * MS, Leave::Preempted);
+        assert_eq!(s.pick(SLICE_NS + 2 * MS).map(|p| p.0), Some(0), "the interrupted guest is beaten");
+
+        // A light guest needs to be further behind (its granularity is in its weight) ...
+        let mut s = Scheduler::new();
+        s.add(0, DEFAULT_WEIGHT / 10, None, 0);
+        s.add(1, DEFAULT_WEIGHT, None, 0);
+        let (a, _) = s.pick(0).unwrap();
+        s.put(a, 0, 0, Leave::Blocked { deadline: u64::MAX });
+        s.pick(0).unwrap();
+        assert_eq!(s.wake(0, 3 * MS), Wake::Queued);
+        // ... and a capped guest with its budget spent waits for its turn.
+        let mut s = Scheduler::new();
+        s.add(0, DEFAULT_WEIGHT, Some(5), 0); // 1 ms per 20 ms
+        s.add(1, DEFAULT_WEIGHT, None, 0);
+        let (a, slice) = s.pick(0).unwrap();
+        assert_eq!((a, slice), (0, MS));
+        s.put(a, MS, MS, Leave::Blocked { deadline: u64::MAX });
+        let (b, _) = s.pick(MS).unwrap();
+        assert_eq!(s.wake(0, 4 * MS), Wake::Queued, "no budget left in this period");
+        s.put(b, 4 * MS, 3 * MS, Leave::Preempted);
+        assert_eq!(s.pick(4 * MS).map(|p| p.0), Some(b), "resumed: the capped guest cannot beat it");
+    }
+
+    /// Runs the storm guest 0 (each time it runs: computes `burst` ns, then
+    /// blocks until `nap` ns later) beside busy guests, with the machine's
+    /// rules: a sleeper's deadline interrupts the running guest, which
+    /// goes back to the scheduler; returns the CPU time each got, and how
+    /// often the storm guest ran within 100 us of a deadline of its own.
+    fn storm(weights: &[u32], burst: u64, nap: u64, total: u64) -> (Vec<u64>, u64, u64) {
+        let mut s = Scheduler::new();
+        for (id, &w) in weights.iter().enumerate() {
+            s.add(id, w, None, 0);
+        }
+        let (mut got, mut now, mut woke, mut prompt) = (vec![0; weights.len()], 0, None, 0);
+        while now < total {
+            let Some((id, slice)) = s.pick(now) else {
+                now = s.next_timer().unwrap();
+                continue;
+            };
+            if id == 0
+                && let Some(deadline) = woke.take()
+            {
+                prompt += u64::from(now <= deadline + 100_000);
+            }
+            let stop = (now + slice).min(s.next_timer().unwrap_or(u64::MAX));
+            let ran = if id == 0 { burst.min(stop - now) } else { stop - now };
+            now += ran;
+            got[id] += ran;
+            if id == 0 && ran == burst {
+                woke = Some(now + nap);
+                s.put(0, now, ran, Leave::Blocked { deadline: now + nap });
+            } else {
+                s.put(id, now, ran, Leave::Preempted);
+            }
+        }
+        (got, now, prompt)
+    }
+
+    #[test]
+    fn a_guest_that_blocks_and_wakes_in_a_storm_gets_its_share_and_no_more() {
+        const MS: u64 = 1_000_000;
+        // (burst, nap): deadlines in the past, short naps between long
+        // bursts, and the other way round.
+        for (burst, nap) in [(20_000, 0), (3 * MS, 100_000), (2 * MS, 500_000), (200_000, MS), (SLICE_NS, 1)] {
+            for weights in [&[100, 100, 100][..], &[100, 200, 100], &[300, 100]] {
+                let (got, now, _) = storm(weights, burst, nap, 2_000_000_000);
+                let share = weights[0] as f64 / weights.iter().sum::<u32>() as f64;
+                let storm = got[0] as f64 / now as f64;
+                assert!(storm <= share + 0.01, "burst {burst} nap {nap} weights {weights:?}: {storm:.3} of the CPU, share {share:.3}");
+            }
+        }
+        // A storm guest that uses less than its share runs as soon as it wakes.
+        let (got, now, prompt) = storm(&[100, 100, 100], 300_000, MS, 1_000_000_000);
+        let wakes = got[0] / 300_000;
+        assert!(got[0] as f64 / now as f64 <= 1.0 / 3.0, "{got:?}");
+        assert!(prompt + 2 >= wakes, "{prompt} of {wakes} wake-ups ran within 100 us");
     }
 }

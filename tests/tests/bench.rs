@@ -216,3 +216,24 @@ fn load_generators_count_round_trips_and_requests_without_errors() {
         assert_eq!(nf["errors"], 0, "{nf}");
     }
 }
+
+#[test]
+fn latency_benchmark_measures_both_sides_and_writes_json() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let l = run(Which::Latency);
+    assert_eq!(l["bench"], "latency");
+    assert_eq!(l["settings"]["spinners"], 2, "2 spinners per CPU, 1 CPU");
+    for side in ["ours", "linux"] {
+        let sleep = &l[side]["sleep"];
+        assert_eq!((sleep["bench"].as_str(), sleep["iterations"].as_u64()), (Some("sleep-lateness"), Some(200)), "{side}: {sleep}");
+        let (p50, p99, max) = (&sleep["lateness_us"]["p50"], &sleep["lateness_us"]["p99"], &sleep["lateness_us"]["max"]);
+        let (p50, p99, max) = (p50.as_f64().unwrap(), p99.as_f64().unwrap(), max.as_f64().unwrap());
+        assert!(0.0 <= p50 && p50 <= p99 && p99 <= max, "{side}: lateness quantiles out of order: {sleep}");
+        for echo in ["echo", "echo_spinners"] {
+            check_load(&l[side][echo], "round_trips_per_sec", &format!("{side} {echo}"));
+        }
+    }
+    let goal = &l["goal"]["lateness_p99_at_most_linux"];
+    assert_eq!(goal["met"].as_bool(), Some(goal["ours_us"].as_f64() <= goal["linux_us"].as_f64()), "{goal}");
+}

@@ -193,3 +193,31 @@ fn an_ipi_flood_leaves_every_cpu_timer_ticking() {
     let late_us = ticked("quiet-0", 800);
     assert!(late_us < 500_000, "quiet-0 was {late_us} us late");
 }
+
+/// Wake-up preemption lets a woken guest take the CPU at once, but only
+/// within its share: a guest that naps 50 µs and computes 500 µs in a loop
+/// (every nap a wake-up that may preempt) gets no more CPU than a busy
+/// guest of the same weight, half what one of twice the weight gets; and a
+/// ticker beside them still wakes close to its deadlines.
+#[test]
+fn a_wake_storm_gets_its_share_and_no_more_and_a_ticker_stays_on_time() {
+    let out = boot(
+        "[[guest]]\nname = \"storm\"\napp = \"hostile\"\nargs = [\"wake-storm\", \"3000\"]\n\
+         [[guest]]\nname = \"heavy\"\napp = \"worker\"\nweight = 200\nargs = [\"busy\", \"3000\"]\n\
+         [[guest]]\nname = \"light\"\napp = \"worker\"\nargs = [\"busy\", \"3000\"]\n\
+         [[guest]]\nname = \"tick\"\napp = \"worker\"\nargs = [\"tick\", \"1\", \"1000\"]\n",
+        120,
+    );
+    assert!(out.success(), "{}", out.console);
+    let (storm, heavy, light) = (stats(&out, "storm-0"), stats(&out, "heavy-0"), stats(&out, "light-0"));
+    assert!(out.console.contains("storm-0| storm-0: wake-storm: "), "{}", out.console);
+    assert!(storm.wakeups > 200, "the storm guest hardly napped: {storm:?}");
+    let (s, h, l) = (storm.cpu_ns as f64, heavy.cpu_ns as f64, light.cpu_ns as f64);
+    assert!(s <= l * 1.15, "the storm guest got {s} ns of CPU, a busy guest of its weight {l} ns");
+    assert!(h >= s * 1.6, "a guest of twice the weight got {h} ns, the storm guest {s} ns");
+    // Loose: the figures are `cargo xtask bench latency`'s.
+    let tick =
+        out.console.lines().find_map(|l| l.strip_prefix("tick-0| ticked 1000 times, late by at most ")).expect("the ticker finished");
+    let late_us: u64 = tick.trim_end_matches(" us").parse().unwrap();
+    assert!(late_us < 100_000, "the ticker was {late_us} us late beside the busy guests and the storm");
+}

@@ -5,6 +5,8 @@
 //! |-----------------------|--------------------------------------------------------------------|
 //! | `hypercall N [ROUNDS]` | three lines `{"bench":B,"iterations":N,"rounds":R,"cycles_per_call":X,"min_cycles_per_call":Y,"round_cycles_per_call":[...]}`, B = `hypercall` (`nop`), `block_pending` (`block` with an event pending), `clock` (`Instant::now`) |
 //! | `first`               | `{"bench":"first","tsc":T,"ns":NS}`: the TSC at the first line of main, and the monotonic clock just after |
+//! | `sleep-lateness N PERIOD_US` | `{"bench":"sleep-lateness","iterations":N,"warmup":W,"period_us":P,"lateness_us":{"p50":..,"p99":..,"max":..,"mean":..}}` (see `latency`) |
+//! | `spin`                | nothing: computes forever                                          |
 //!
 //! `hypercall`: for each of the three calls, a warm-up of max(N/10, 1000)
 //! calls, then ROUNDS (default 7) rounds of N, each timed with `rdtsc`
@@ -19,6 +21,8 @@
 #![deny(unsafe_code)]
 
 extern crate alloc;
+
+mod latency;
 
 use alloc::format;
 use alloc::string::String;
@@ -97,8 +101,10 @@ fn main() -> i32 {
             let rounds = args.get(2).map_or(7, |r| number(Some(r), "ROUNDS"));
             hypercall(n, rounds);
         }
+        Some("sleep-lateness") => latency::sleep_lateness(number(args.get(1).copied(), "N"), number(args.get(2).copied(), "PERIOD_US")),
+        Some("spin") => latency::spin(),
         other => {
-            println!("unknown benchmark {other:?} (expected `hypercall N [ROUNDS]` or `first`)");
+            println!("unknown benchmark {other:?} (expected `hypercall N [ROUNDS]`, `first`, `sleep-lateness N PERIOD_US` or `spin`)");
             return 2;
         }
     }

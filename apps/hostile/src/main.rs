@@ -19,6 +19,7 @@
 //! | `spin`        | spins forever (`loop {}`)                             |
 //! | `yield-storm` | yields in a tight loop, forever                       |
 //! | `block-storm` | blocks with a deadline in the past in a tight loop    |
+//! | `wake-storm MS` | naps 50 µs and computes 500 µs in a loop for MS ms, exits 0 (see `storm.rs`) |
 //! | `block-forever` | blocks with no deadline and no event source          |
 //! | `ring-lie`    | (needs a vNIC) claims 1000 frames in its TX ring and kicks |
 //! | `ring-rewind` | (needs a vNIC) sends two frames, then moves its producer index back |
@@ -43,6 +44,7 @@ extern crate alloc;
 
 mod flags;
 mod fpu;
+mod storm;
 
 use core::arch::asm;
 use libos::println;
@@ -343,6 +345,9 @@ fn main() -> i32 {
     }
     if attack.starts_with("df-") || attack == "keep-secret" {
         return flags::run(attack, libos::args().nth(1));
+    }
+    if attack == "wake-storm" {
+        return storm::run(libos::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(3_000));
     }
     if attack == "arp-spoof" {
         let mut args = libos::args().skip(1);

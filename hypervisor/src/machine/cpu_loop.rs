@@ -120,6 +120,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         }
         status.state.store(RUNNING, Ordering::Relaxed);
         let slice = if me == 0 && self.control_flowing(now) { slice.min(CONTROL_SLICE_NS) } else { slice };
+        self.preempt[me].store(false, Ordering::Relaxed);
         let (step, ran) = self.give_slice(id, &mut g, me, slice, next_timer);
         status.cpu_ns.store(g.stats.cpu_ns, Ordering::Relaxed);
         status.memory_bytes.store(g.memory.charged_bytes(), Ordering::Relaxed);
@@ -148,7 +149,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         if matches!(leave, Leave::Blocked { .. })
             && (self.event_pages[id].get().is_some_and(|e| e.pending() != 0) || status.stop_requested.load(Ordering::Acquire))
         {
-            self.scheds[me].lock().wake(id);
+            self.scheds[me].lock().wake(id, now);
         }
         Pass::Again
     }
@@ -219,7 +220,13 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             match step {
                 Step::Resume => {}
                 Step::FlushTlb => self.platform.flush_tlb(root),
-                Step::NetKick => self.drain(id, &g.name, me),
+                Step::NetKick => {
+                    self.drain(id, &g.name, me);
+                    // A guest it woke here should run now (`Machine::wake`).
+                    if self.preempt[me].swap(false, Ordering::Relaxed) {
+                        break Step::Preempted;
+                    }
+                }
                 step => break step,
             }
         };

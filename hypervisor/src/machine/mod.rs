@@ -44,7 +44,7 @@ pub use network::Network;
 pub use platform::Platform;
 
 use crate::guest::{Guest, LoadedImage};
-use crate::sched::Scheduler;
+use crate::sched::{Scheduler, Wake};
 use abi::report::GuestState;
 use abi::time::TimeInfo;
 use alloc::boxed::Box;
@@ -89,6 +89,9 @@ pub struct Machine<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> 
     scheds: Vec<Mutex<Scheduler>>,
     /// The CPU whose scheduler holds each guest.
     home: Vec<AtomicUsize>,
+    /// Per CPU: a guest woken by this CPU itself should take the CPU from
+    /// the one running (`wake`); the running guest leaves at its next exit.
+    preempt: Vec<AtomicBool>,
     /// Each guest's event page (for raising events from any CPU), set
     /// once when it is created (ids are never reused).
     event_pages: Vec<Once<P::Events>>,
@@ -156,6 +159,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             guests: Mutex::new((0..capacity).map(|_| None).collect()),
             scheds: (0..cpus).map(|_| Mutex::new(Scheduler::new())).collect(),
             home: (0..capacity).map(|_| AtomicUsize::new(0)).collect(),
+            preempt: (0..cpus).map(|_| AtomicBool::new(false)).collect(),
             event_pages: (0..capacity).map(|_| Once::new()).collect(),
             live: AtomicUsize::new(0),
             exited: AtomicU32::new(0),
@@ -202,12 +206,18 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
     }
 
     /// Wakes guest `id` if it is blocked (an event arrived for it: its bits
-    /// are raised already), and interrupts its CPU if that is another one.
+    /// are raised already) on CPU `me`. Its CPU is interrupted only if it
+    /// runs no guest (it may be halted) or the woken guest should preempt
+    /// the one it runs ([`Wake`]): an IPI to another CPU, or for `me`
+    /// itself a flag that ends the running guest's slice at its next exit.
     pub fn wake(&self, id: usize, me: usize) {
         let home = self.home[id].load(Ordering::Acquire);
         // A guest that is moving between CPUs was runnable: nothing to wake.
-        if self.scheds[home].lock().wake(id) && home != me {
-            self.platform.wake_cpu(home);
+        let woke = self.scheds[home].lock().wake(id, self.now());
+        match woke {
+            Wake::Preempt if home == me => self.preempt[me].store(true, Ordering::Relaxed),
+            Wake::Preempt | Wake::Idle if home != me => self.platform.wake_cpu(home),
+            _ => {}
         }
     }
 

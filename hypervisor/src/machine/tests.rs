@@ -10,7 +10,7 @@ use crate::guest::regs::{FpuState, VECTOR_SYSCALL};
 use crate::mm::testmem::TestMem;
 use crate::mm::{PhysAddr, PhysMem};
 use crate::net::port::{GuestEvents, RingAllocError};
-use crate::sched::State;
+use crate::sched::{self, State};
 use abi::Hypercall;
 use abi::ring::testing::SharedRing;
 use abi::time::events;
@@ -25,8 +25,14 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 enum Act {
     /// Computes for `ns`, then the timer interrupt takes the CPU.
     Busy(u64),
+    /// Computes until the armed timer (or a wake-up IPI) takes the CPU.
+    Spin,
     /// `block(deadline)`.
     Block(u64),
+    /// `block(now + ns)`: sleeps `ns` from the moment it asks.
+    Sleep(u64),
+    /// `net_kick()` (the network back end may wake a guest, see [`Ports`]).
+    Kick,
     /// `exit(code)`.
     Exit(i32),
 }
@@ -97,6 +103,8 @@ struct Fake {
     scripts: Mutex<HashMap<String, VecDeque<Act>>>,
     /// CPUs interrupted with `wake_cpu`.
     woken: Mutex<Vec<usize>>,
+    /// Every entry into a guest: its name and the clock then.
+    entries: Mutex<Vec<(String, u64)>>,
     /// The guest whose CPU stops in `end_guest` (once): between the
     /// guest's own look at its events and the scheduler's put.
     hold: Mutex<Option<String>>,
@@ -168,6 +176,7 @@ impl Platform for Fake {
     }
     fn enter(&self, g: &mut Guest) {
         ON_CPU.with(|c| *c.borrow_mut() = g.name.clone());
+        self.entries.lock().push((g.name.clone(), self.now_ns()));
         let exit = self.scripts.lock().get_mut(&g.name).and_then(VecDeque::pop_front).unwrap_or(Act::Busy(1_000_000));
         let call = |g: &mut Guest, nr: Hypercall, a0: u64| {
             g.regs.vector = VECTOR_SYSCALL;
@@ -180,7 +189,18 @@ impl Platform for Fake {
                 self.clock.fetch_add(ns, Ordering::SeqCst);
                 g.regs.vector = crate::guest::regs::VECTOR_FIRST_INTERRUPT;
             }
+            Act::Spin => {
+                self.clock.fetch_max(self.armed.load(Ordering::SeqCst), Ordering::SeqCst);
+                g.regs.vector = crate::guest::regs::VECTOR_FIRST_INTERRUPT;
+            }
             Act::Block(deadline) => call(g, Hypercall::Block, deadline),
+            Act::Sleep(ns) => {
+                // As the libos does: take what woke it last, then block.
+                let page = self.events_of(g).expect("a guest has its event page").page;
+                self.mem.lock().write(page, 0, &[0; 8]);
+                call(g, Hypercall::Block, self.now_ns() + ns)
+            }
+            Act::Kick => call(g, Hypercall::NetKick, 0),
             Act::Exit(code) => call(g, Hypercall::Exit, code as u64),
         }
     }
@@ -236,6 +256,7 @@ fn machine_on<N: Network<Ring = SharedRing, Events = FakeEvents>>(cpus: usize, n
         lines: Mutex::new(Vec::new()),
         scripts: Mutex::new(HashMap::new()),
         woken: Mutex::new(Vec::new()),
+        entries: Mutex::new(Vec::new()),
         hold: Mutex::new(None),
         held: Mutex::new(None),
         release: Mutex::new(None),
@@ -505,6 +526,9 @@ struct Given {
 struct Ports {
     given: Mutex<Vec<Given>>,
     refuse: bool,
+    /// (sender, receiver): the next drain of the sender's TX wakes the
+    /// receiver (as a frame between them would), once.
+    deliveries: Mutex<Vec<(usize, usize)>>,
 }
 
 impl Ports {
@@ -524,7 +548,14 @@ impl Network for Ports {
         self.given.lock().push(given);
         Ok(())
     }
-    fn drain(&self, _: usize, _: u64, _: &mut dyn FnMut(usize)) -> Result<(), String> {
+    fn drain(&self, id: usize, _: u64, wake: &mut dyn FnMut(usize)) -> Result<(), String> {
+        let due: Vec<usize> = {
+            let mut d = self.deliveries.lock();
+            let due = d.iter().filter(|&&(from, _)| from == id).map(|&(_, to)| to).collect();
+            d.retain(|&(from, _)| from != id);
+            due
+        };
+        due.into_iter().for_each(wake);
         Ok(())
     }
     fn poll_uplink(&self, _: u64, _: &mut dyn FnMut(usize)) {}
@@ -569,4 +600,100 @@ fn a_vnic_is_rings_mapped_into_the_guest_and_a_port_with_its_address() {
     assert_eq!(at(abi::layout::NIC_RX_RING + 4096 * (pages as u64 - 1)), Some(rx[pages - 1]));
     assert_eq!(at(abi::layout::EVENT_PAGE), Some(*events));
     assert!(g.memory.private_bytes() >= 2 * pages as u64 * 4096, "the rings are charged to the guest");
+}
+
+/// The entries into guest `name`, by the clock.
+fn entries(m: &TestMachine, name: &str) -> Vec<u64> {
+    m.platform.entries.lock().iter().filter(|(n, _)| n == name).map(|&(_, t)| t).collect()
+}
+
+#[test]
+fn a_wake_interrupts_a_busy_cpu_only_when_it_should_preempt() {
+    let m = machine(2);
+    // CPU 1 holds b and f, which sleep, and d, which computes.
+    let names = ["a", "b", "c", "d", "e", "f"];
+    let ids: Vec<usize> = names.iter().map(|n| guest(&m, n, if ["b", "f"].contains(n) { &[Act::Block(u64::MAX)] } else { &[] })).collect();
+    let (b, d, f) = (ids[1], ids[3], ids[5]);
+    let mut cpu1 = CpuState::default();
+    while state(&m, b) != Some(State::Blocked { deadline: u64::MAX }) || state(&m, f) != Some(State::Blocked { deadline: u64::MAX }) {
+        m.step(1, &mut cpu1);
+    }
+    // CPU 1 enters d (as far as its scheduler knows) ...
+    let now = m.now();
+    while m.scheds[1].lock().pick(now).map(|p| p.0) != Some(d) {}
+    m.platform.woken.lock().clear();
+    // ... and an event for b comes at once: b is not far enough behind d
+    // to take the CPU from it, so d is not interrupted.
+    deliver(&m, b, 0);
+    assert_eq!(state(&m, b), Some(State::Runnable));
+    assert_eq!(*m.platform.woken.lock(), [0usize; 0], "CPU 1 was interrupted for a guest that waits its turn");
+    // Five milliseconds later d is far ahead of f: an event for f interrupts CPU 1.
+    m.platform.clock.fetch_add(5_000_000, Ordering::SeqCst);
+    deliver(&m, f, 0);
+    assert_eq!(*m.platform.woken.lock(), [1], "f should preempt d");
+}
+
+#[test]
+fn a_guest_woken_on_its_own_cpu_preempts_the_one_that_woke_it() {
+    let m = machine_on(1, Ports::refusing());
+    let w = guest(&m, "w", &[Act::Block(u64::MAX), Act::Exit(0)]);
+    let k = guest(&m, "k", &[Act::Busy(3_000_000), Act::Kick, Act::Spin, Act::Spin]);
+    let mut cpu = CpuState::default();
+    m.step(0, &mut cpu);
+    assert_eq!(state(&m, w), Some(State::Blocked { deadline: u64::MAX }));
+    m.step(0, &mut cpu);
+    assert_eq!(entries(&m, "k").len(), 1, "k computed 3 ms, then an interrupt came");
+    m.net.deliveries.lock().push((k, w));
+    while lines(&m, "[hv] guest w exited") == 0 {
+        m.step(0, &mut cpu);
+        assert!(m.now() < 2_000_000_000, "w never ran");
+    }
+    // k kicked its frame to w 3 ms into its slice; w, 3 ms behind it, runs
+    // at its kick instead of at the end of k's slice.
+    let kick = entries(&m, "k")[1];
+    assert_eq!(entries(&m, "w")[1], kick + 1_000, "w ran {} ns after the kick", entries(&m, "w")[1] - kick);
+}
+
+#[test]
+fn a_ticker_beside_spinners_runs_at_its_deadlines() {
+    let m = machine(1);
+    guest(&m, "tick", &[Act::Sleep(1_000_000); 300]);
+    for i in 0..2 {
+        guest(&m, &format!("spin{i}"), &[Act::Spin; 10_000]);
+    }
+    let mut cpu = CpuState::default();
+    while !m.platform.scripts.lock()["tick"].is_empty() {
+        m.step(0, &mut cpu);
+    }
+    let ticks = entries(&m, "tick");
+    // After the first (all three start level), every sleep of 1 ms ends
+    // 1 ms after it began (each entry costs the fake clock 1 us).
+    let late: Vec<u64> = ticks.windows(2).skip(2).map(|w| w[1] - w[0] - 1_001_000).collect();
+    assert!(late.iter().all(|&l| l <= 1_000), "late by {:?} ns", late.iter().max());
+    // The spinners still share the rest evenly.
+    let cpu_ns = |n: &str| m.guests.lock()[m.find(n).unwrap()].as_ref().unwrap().stats.cpu_ns;
+    let (a, b) = (cpu_ns("spin0"), cpu_ns("spin1"));
+    assert!(a.abs_diff(b) <= sched::SLICE_NS, "{a} vs {b}");
+}
+
+#[test]
+fn a_guest_that_naps_and_computes_in_a_storm_gets_its_share_and_no_more() {
+    let m = machine(1);
+    // Naps 100 us, then computes a whole slice, again and again: every
+    // wake-up preempts a spinner, but its time still counts.
+    let script: Vec<Act> = (0..2_000).flat_map(|_| [Act::Sleep(100_000), Act::Spin]).collect();
+    guest(&m, "storm", &script);
+    for i in 0..2 {
+        guest(&m, &format!("spin{i}"), &[Act::Spin; 10_000]);
+    }
+    let start = m.now();
+    let mut cpu = CpuState::default();
+    while m.now() < start + 2_000_000_000 {
+        m.step(0, &mut cpu);
+    }
+    let cpu_ns = |n: &str| m.guests.lock()[m.find(n).unwrap()].as_ref().unwrap().stats.cpu_ns;
+    let total = m.now() - start;
+    let storm = cpu_ns("storm") as f64 / total as f64;
+    assert!(storm <= 1.0 / 3.0 + 0.01, "the storm guest got {storm:.3} of the CPU");
+    assert!(storm >= 1.0 / 3.0 - 0.05, "the storm guest got only {storm:.3} of the CPU");
 }

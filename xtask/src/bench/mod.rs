@@ -1,4 +1,4 @@
-//! `cargo xtask bench hypercall|boot|net|density`: our hypervisor and a Linux peer VM
+//! `cargo xtask bench hypercall|boot|net|density|latency`: our hypervisor and a Linux peer VM
 //! ([`crate::linux`]) measured in the same invocation, on the same QEMU
 //! machine (`-machine pc -cpu max -accel A -smp N -m M`). Each prints a
 //! table and writes `target/bench/<name>.json`.
@@ -20,13 +20,19 @@
 //!   ([`linux::net_init_script`]). A part that cannot run is reported as
 //!   not measured, with the reason, and the rest still runs.
 //!
+//! - `latency`: how late a 1 ms sleeper wakes beside 2 spinners per CPU,
+//!   and echo round-trip p99 alone and beside them. Ours: `apps/bench
+//!   sleep-lateness` and `spin`, `bench net`'s echo pair. Linux: `peer
+//!   spinning K sleep-lateness ...` and `peer echo-pair` (see [`latency`]).
+//!
 //! - `density`: idle echo guests per GiB of machine, bytes and start time
 //!   per guest, the idle machine's CPU, memory back after creating and
 //!   destroying 10,000 guests; Linux: idle busybox `nc` echo processes
 //!   (`peer density N`). See [`density`].
 //!
 //! One file per benchmark ([`hypercall`], [`boot`], [`net`] with its
-//! Linux side [`net_linux`] and the host's [`wrk`], [`density`]); the
+//! Linux side [`net_linux`] and the host's [`wrk`], [`density`],
+//! [`latency`]); the
 //! console parsing in [`console`] and the report's common parts in
 //! [`report`] are host-tested there. Both machines boot through the one QEMU
 //! runner ([`crate::runner`]).
@@ -49,6 +55,7 @@ mod boot;
 pub mod console;
 mod density;
 mod hypercall;
+mod latency;
 mod net;
 mod net_linux;
 pub mod report;
@@ -58,6 +65,7 @@ pub use abi::report::GuestStats;
 pub use boot::{BootFigures, boot_figures};
 pub use console::{GUEST_LINE_MAX, GuestLines, guest_json, guest_mains, guest_stats, json_lines, machine_stats, tsc_ghz};
 use console::{guest_ended, parse_json};
+pub use latency::LatencySettings;
 pub use net::{Measured, NetSettings};
 use net::{NetSide, describe_result};
 use report::{build_info, qemu_version, round_floats};
@@ -77,6 +85,9 @@ pub enum Which {
     /// Idle echo guests per GiB, bytes and start time per guest, idle CPU,
     /// memory back after create/destroy, vs. idle busybox nc processes.
     Density,
+    /// Lateness of a 1 ms sleeper beside 2 spinners per CPU, and echo
+    /// round-trip p99 alone and beside them, vs. a Linux VM.
+    Latency,
 }
 
 impl Which {
@@ -86,6 +97,7 @@ impl Which {
             Which::Boot => "boot",
             Which::Net => "net",
             Which::Density => "density",
+            Which::Latency => "latency",
         }
     }
 }
@@ -136,6 +148,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Which::Boot => bench.boot()?,
         Which::Net => bench.net()?,
         Which::Density => bench.density()?,
+        Which::Latency => bench.latency()?,
     };
     let path = report_path(args.which);
     fs::create_dir_all(path.parent().unwrap()).context("creating target/bench")?;

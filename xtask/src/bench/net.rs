@@ -116,23 +116,28 @@ pub(super) fn describe_result(v: &Value) -> String {
 }
 
 impl Bench {
-    /// echo-bench → echo in one tenant.
-    fn ours_echo(&self, st: &NetSettings) -> Result<(Vec<String>, Vec<Measured>)> {
+    /// echo-bench → echo in one tenant, beside `neighbours` (e.g. the
+    /// spinners of `bench latency`).
+    pub(super) fn ours_echo(&self, st: &NetSettings, neighbours: &[Guest]) -> Result<(Vec<String>, Vec<Measured>)> {
         let most = st.echo_connections.iter().copied().max().unwrap_or(1);
         let memory = 16 + most / 8;
         let port = linux::ECHO_PORT;
         let entry = |name: &str, app: &str| Guest::app(name, app).tenant("bench").memory(memory as u64 * MIB).ring_slots(32);
-        let manifest = Manifest::new([
-            entry("echo", "echo").args(["serve".to_string(), port.to_string()]),
-            entry("echo-bench", "echo-bench").args([
-                "10.0.0.2".to_string(),
-                port.to_string(),
-                st.echo_list(),
-                st.message_bytes.to_string(),
-                st.echo_ms.to_string(),
-                st.warmup_ms.to_string(),
-            ]),
-        ]);
+        let manifest = Manifest::new(
+            [
+                entry("echo", "echo").args(["serve".to_string(), port.to_string()]),
+                entry("echo-bench", "echo-bench").args([
+                    "10.0.0.2".to_string(),
+                    port.to_string(),
+                    st.echo_list(),
+                    st.message_bytes.to_string(),
+                    st.echo_ms.to_string(),
+                    st.warmup_ms.to_string(),
+                ]),
+            ]
+            .into_iter()
+            .chain(neighbours.iter().cloned()),
+        );
         let runs = st.echo_connections.len() as u64;
         let timeout = Duration::from_secs(120 + runs * (st.echo_ms / 1000 + 25));
         let mut lines = GuestLines::default();
@@ -225,7 +230,7 @@ impl Bench {
         let (nginx, wrk) = (nginx.as_deref(), wrk.as_deref());
         let wrk = wrk.map_err(String::as_str);
 
-        let (ours_echo_args, ours_echo) = self.ours_echo(&st)?;
+        let (ours_echo_args, ours_echo) = self.ours_echo(&st, &[])?;
         let has_http = crate::build::apps()?.iter().any(|a| a == "http");
         let (ours_http_args, ours_http, ours_host) = if has_http {
             match self.ours_http(&st, wrk) {

@@ -1,4 +1,4 @@
-//! The peer's programs and scripts: `peer/peer.c` and `peer/net.c`
+//! The peer's programs and scripts: `peer/peer.c`, `peer/net.c` and `peer/latency.c`
 //! compiled static ([`build_peer_program`]), the `/init` scripts of the
 //! benchmarks ([`init_script`], [`net_init_script`]), and nginx with its
 //! configuration and the virtio-net modules for `bench net`.
@@ -18,9 +18,9 @@ use crate::cmd::run;
 use crate::workspace_root;
 
 /// The peer's benchmark program, compiled into `target/bench/peer`.
-const PEER_SOURCES: &[&str] = &["xtask/src/peer/peer.c", "xtask/src/peer/net.c"];
+const PEER_SOURCES: &[&str] = &["xtask/src/peer/peer.c", "xtask/src/peer/net.c", "xtask/src/peer/latency.c"];
 
-/// Compiles `peer/peer.c` and `peer/net.c` into `target/bench/peer` (`gcc -static -O2`)
+/// Compiles `peer/peer.c`, `peer/net.c` and `peer/latency.c` into `target/bench/peer` (`gcc -static -O2`)
 /// and checks that the result is static.
 pub fn build_peer_program() -> Result<PathBuf> {
     let root = workspace_root();

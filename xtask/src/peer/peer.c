@@ -25,6 +25,8 @@
  *                          QEMU exits with status (CODE << 1) | 1
  *   peer echo-server PORT, peer echo-client ..., peer http-load ...
  *                          the network workloads of `bench net` (net.c)
+ *   peer sleep-lateness N PERIOD_US, peer spin, peer spinning K CMD...,
+ *   peer echo-pair PORT ...  the workloads of `bench latency` (latency.c)
  *
  * The method (warm-up, rounds, median) is the same as apps/bench's, so the
  * two columns of the table measure the same thing.
@@ -54,6 +56,7 @@
 #include <unistd.h>
 #include <x86intrin.h>
 
+#include "latency.h"
 #include "net.h"
 
 static int cmp_double(const void *a, const void *b) {
@@ -251,7 +254,7 @@ static int cpu_jiffies(unsigned long long *busy, unsigned long long *total) {
 }
 
 /* Brings the loopback interface up (/init does not). */
-static int loopback_up(void) {
+int loopback_up(void) {
     int s = socket(AF_INET, SOCK_DGRAM, 0);
     if (s < 0)
         return -1;
@@ -598,6 +601,14 @@ static int bench_density(long n) {
 
 int main(int argc, char **argv) {
     const char *cmd = argc > 1 ? argv[1] : "";
+    if (!strcmp(cmd, "spinning") && argc > 3)
+        return spinning(number(argv[2], "K"), argc - 2, argv + 2, main);
+    if (!strcmp(cmd, "spin"))
+        return spin();
+    if (!strcmp(cmd, "sleep-lateness"))
+        return sleep_lateness(number(argc > 2 ? argv[2] : NULL, "N"), number(argc > 3 ? argv[3] : NULL, "PERIOD_US"));
+    if (!strcmp(cmd, "echo-pair") && argc > 2)
+        return echo_pair((int)number(argv[2], "PORT"), argc - 3, argv + 3);
     if (!strcmp(cmd, "exit"))
         _exit(0);
     if (!strcmp(cmd, "getppid") || !strcmp(cmd, "poll-ready") || !strcmp(cmd, "clock")) {
@@ -636,6 +647,7 @@ int main(int argc, char **argv) {
         return http_load(argc - 2, argv + 2);
     fprintf(stderr, "usage: peer getppid N ROUNDS | spawn K | exit | density N | debug-exit CODE | echo-server PORT |\n"
                     "       echo-client IP PORT CONNECTIONS MESSAGE_BYTES DURATION_MS|COUNTx |\n"
-                    "       http-load IP PORT PATH CONNECTIONS DURATION_MS|COUNTx\n");
+                    "       http-load IP PORT PATH CONNECTIONS DURATION_MS|COUNTx |\n"
+                    "       sleep-lateness N PERIOD_US | spin | spinning K CMD... | echo-pair PORT ECHO-CLIENT-ARGS...\n");
     return 2;
 }
