@@ -130,6 +130,10 @@ pub struct Guest {
     /// Whether the next entry may use `sysret` (the last exit was a
     /// `syscall`); otherwise `iretq` restores every register.
     pub via_sysret: bool,
+    /// The CPU it ran on last (`None` before its first run): the per-CPU
+    /// loop keeps its tables loaded, without a TLB flush, when it runs
+    /// again on that CPU with nothing run there in between.
+    pub last_cpu: Option<usize>,
     /// In a `block` hypercall: on resume it returns the pending events.
     blocked: bool,
     console: LineBuffer,
@@ -275,6 +279,7 @@ impl Guest {
             regs,
             fpu: Box::default(),
             via_sysret: false,
+            last_cpu: None,
             blocked: false,
             console: LineBuffer::default(),
             stats: Stats::default(),

@@ -213,7 +213,9 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             g.stats.first_entry_ns = start.max(1);
         }
         let root = g.memory.space.root();
-        self.platform.begin_guest(me, root);
+        // Its tables may have changed on another CPU since it last ran here.
+        let moved = g.last_cpu.replace(me) != Some(me);
+        self.platform.begin_guest(me, root, moved);
         let step = loop {
             self.platform.enter(g);
             let step = g.handle_exit(&mut mem, &|| self.now(), &mut |l| self.platform.console_line(l));

@@ -40,10 +40,12 @@ pub trait Platform: Sync {
 
     /// Makes this CPU ready to enter the guest whose page tables are at
     /// `root`: one switch of tables, straight from whichever this CPU ran
-    /// on (the hypervisor's half is mapped in every guest's tables); with
-    /// page-table isolation every entry switches instead. `cpu` is this
-    /// CPU.
-    fn begin_guest(&self, cpu: usize, root: PhysAddr);
+    /// on (the hypervisor's half is mapped in every guest's tables), or
+    /// none if this CPU is still on `root` and the guest has not `moved`
+    /// (run on another CPU since it last ran here, where its tables may
+    /// have changed under this CPU's TLB). With page-table isolation every
+    /// entry switches instead. `cpu` is this CPU.
+    fn begin_guest(&self, cpu: usize, root: PhysAddr, moved: bool);
     /// Runs `g` until its next exit; `g.regs` then say why it left.
     fn enter(&self, g: &mut Guest);
     /// Flushes this CPU's TLB for `root` after the guest gave pages back.

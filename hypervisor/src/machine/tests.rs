@@ -110,6 +110,8 @@ struct Fake {
     hold: Mutex<Option<String>>,
     /// The tables each CPU runs on, as `begin_guest` left them.
     loaded: Mutex<HashMap<usize, PhysAddr>>,
+    /// Every `begin_guest`: the CPU, and whether the guest had moved.
+    begins: Mutex<Vec<(usize, bool)>>,
     held: Mutex<Option<Sender<()>>>,
     release: Mutex<Option<Receiver<()>>>,
 }
@@ -160,7 +162,8 @@ impl Platform for Fake {
     fn wake_cpu(&self, cpu: usize) {
         self.woken.lock().push(cpu);
     }
-    fn begin_guest(&self, cpu: usize, root: PhysAddr) {
+    fn begin_guest(&self, cpu: usize, root: PhysAddr, moved: bool) {
+        self.begins.lock().push((cpu, moved));
         self.loaded.lock().insert(cpu, root);
     }
     fn release_tables(&self, me: usize, root: PhysAddr) {
@@ -261,6 +264,7 @@ fn machine_on<N: Network<Ring = SharedRing, Events = FakeEvents>>(cpus: usize, n
         held: Mutex::new(None),
         release: Mutex::new(None),
         loaded: Mutex::new(HashMap::new()),
+        begins: Mutex::new(Vec::new()),
     };
     let config =
         Config { cpus, capacity: 16, guest_upper: upper, time: TimeInfo::new(1_000_000_000, 0, 0), control: false, keep_running: false };
@@ -696,4 +700,26 @@ fn a_guest_that_naps_and_computes_in_a_storm_gets_its_share_and_no_more() {
     let storm = cpu_ns("storm") as f64 / total as f64;
     assert!(storm <= 1.0 / 3.0 + 0.01, "the storm guest got {storm:.3} of the CPU");
     assert!(storm >= 1.0 / 3.0 - 0.05, "the storm guest got only {storm:.3} of the CPU");
+}
+
+#[test]
+fn a_guest_that_stays_on_its_cpu_keeps_its_tables_and_one_that_moved_does_not() {
+    let m = machine(2);
+    let a = guest(&m, "a", &[]);
+    let (mut cpu0, mut cpu1) = (CpuState::default(), CpuState::default());
+    m.step(0, &mut cpu0);
+    m.step(0, &mut cpu0);
+    // CPU 1 has nothing: it takes `a` and runs it; then CPU 0 takes it back.
+    m.step(1, &mut cpu1);
+    assert_eq!(m.home[a].load(Ordering::SeqCst), 1);
+    m.step(1, &mut cpu1);
+    m.step(0, &mut cpu0);
+    assert_eq!(m.home[a].load(Ordering::SeqCst), 0);
+    m.step(0, &mut cpu0);
+    m.step(0, &mut cpu0);
+    assert_eq!(
+        *m.platform.begins.lock(),
+        [(0, true), (0, false), (1, true), (0, true), (0, false)],
+        "a first run and every run after a move must reload the tables (the TLB may hold what changed elsewhere)"
+    );
 }

@@ -76,8 +76,12 @@ impl Platform for X86_64 {
         apic::wake_cpu(cpu);
     }
 
-    fn begin_guest(&self, cpu: usize, root: PhysAddr) {
-        if !entry::isolated() {
+    fn begin_guest(&self, cpu: usize, root: PhysAddr, moved: bool) {
+        // Still on its tables, and nobody changed them elsewhere: its TLB
+        // entries here are good (a guest alone on a CPU keeps them from
+        // slice to slice).
+        let current = !moved && LOADED_TABLES[cpu].load(Ordering::Relaxed) == root;
+        if !entry::isolated() && !current {
             load_tables(cpu, root);
         }
     }
