@@ -32,6 +32,53 @@ const DIST_BASE: [u16; 30] = [
 ];
 const DIST_EXTRA: [u8; 30] = [0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13];
 
+/// The fixed literal/length code of every symbol 0..=287 (RFC 1951
+/// 3.2.6), bit-reversed for writing least significant bit first, and its
+/// length.
+const FIXED_LITLEN: [(u16, u8); 288] = {
+    let mut t = [(0u16, 0u8); 288];
+    let mut s = 0;
+    while s < 288 {
+        let (code, len) = match s {
+            0..=143 => (0x30 + s, 8),
+            144..=255 => (0x190 + s - 144, 9),
+            256..=279 => (s - 256, 7),
+            _ => (0xc0 + s - 280, 8),
+        };
+        t[s as usize] = (((code as u32).reverse_bits() >> (32 - len)) as u16, len as u8);
+        s += 1;
+    }
+    t
+};
+
+/// The length code's index for every length 3..=258 (a table: the fuzz
+/// loop encodes millions of matches, and a search costs a comparison the
+/// fuzzer traces per step).
+const LEN_INDEX: [u8; 259] = {
+    let mut t = [0u8; 259];
+    let mut len = 3;
+    while len <= 258 {
+        let mut i = 28;
+        while LEN_BASE[i] > len as u16 {
+            i -= 1;
+        }
+        t[len] = i as u8;
+        len += 1;
+    }
+    t
+};
+
+/// The distance code's index for `dist` (1..=32768): two codes per power
+/// of two from 4 on, the second for the upper half.
+fn dist_index(dist: u16) -> usize {
+    let d = u32::from(dist - 1);
+    if d < 4 {
+        return d as usize;
+    }
+    let bit = 31 - d.leading_zeros();
+    (2 * bit + ((d >> (bit - 1)) & 1)) as usize
+}
+
 /// A deflate stream being written, and the bytes it inflates to.
 pub struct Encoder {
     bytes: Vec<u8>,
@@ -80,10 +127,10 @@ impl Encoder {
         debug_assert!(count <= 32);
         self.bit_buf |= u64::from(value) << self.bit_count;
         self.bit_count += count;
-        while self.bit_count >= 8 {
-            self.bytes.push(self.bit_buf as u8);
-            self.bit_buf >>= 8;
-            self.bit_count -= 8;
+        if self.bit_count >= 32 {
+            self.bytes.extend_from_slice(&(self.bit_buf as u32).to_le_bytes());
+            self.bit_buf >>= 32;
+            self.bit_count -= 32;
         }
     }
 
@@ -92,10 +139,12 @@ impl Encoder {
         self.bits(code.reverse_bits() >> (32 - len), len);
     }
 
+    /// Pads to a byte boundary and writes out every whole byte.
     fn align(&mut self) {
-        if self.bit_count > 0 {
-            self.bits(0, 8 - self.bit_count);
-        }
+        let bytes = self.bit_count.div_ceil(8);
+        self.bytes.extend_from_slice(&self.bit_buf.to_le_bytes()[..bytes as usize]);
+        self.bit_buf = 0;
+        self.bit_count = 0;
     }
 
     fn block_header(&mut self, last: bool, btype: u32) {
@@ -105,12 +154,8 @@ impl Encoder {
 
     /// Literal/length symbol `s` (0..=287) in the fixed code.
     fn litlen(&mut self, s: u32) {
-        match s {
-            0..=143 => self.code(0x30 + s, 8),
-            144..=255 => self.code(0x190 + s - 144, 9),
-            256..=279 => self.code(s - 256, 7),
-            _ => self.code(0xc0 + s - 280, 8),
-        }
+        let (bits, len) = FIXED_LITLEN[s as usize];
+        self.bits(u32::from(bits), u32::from(len));
     }
 
     /// Appends `sym` (a `Match` reaching before the start of the output is
@@ -127,10 +172,10 @@ impl Encoder {
             Sym::Match { len, dist } => {
                 let len = len.clamp(3, 258);
                 let dist = dist.max(1);
-                let li = if len == 258 { 28 } else { LEN_BASE.iter().rposition(|&b| b <= len).unwrap_or(0) };
+                let li = usize::from(LEN_INDEX[usize::from(len)]);
                 self.litlen(257 + li as u32);
                 self.bits(u32::from(len - LEN_BASE[li]), u32::from(LEN_EXTRA[li]));
-                let di = DIST_BASE.iter().rposition(|&b| b <= dist).unwrap_or(0);
+                let di = dist_index(dist);
                 self.code(di as u32, 5);
                 self.bits(u32::from(dist - DIST_BASE[di]), u32::from(DIST_EXTRA[di]));
                 self.copy(usize::from(len), usize::from(dist));

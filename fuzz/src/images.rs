@@ -156,19 +156,7 @@ pub fn hermit_tar(toml: &[u8], elf: &[u8]) -> Vec<u8> {
 
 /// The CRC-32 (IEEE) of `data`, as gzip uses it.
 pub fn crc32(data: &[u8]) -> u32 {
-    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (i, e) in t.iter_mut().enumerate() {
-            let mut c = i as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
-            }
-            *e = c;
-        }
-        t
-    });
-    !data.iter().fold(!0u32, |c, &b| table[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8))
+    crc32fast::hash(data)
 }
 
 pub const FHCRC: u8 = 2;
