@@ -42,7 +42,7 @@ struct PerCpu {
     guest_cr3: u64,
     /// The FPU area of the guest whose x87 registers this CPU still holds
     /// after a hypercall exit (0: none). Set by `syscall_entry`, cleared by
-    /// every entry and by [`forget_fpu`]: a return through the light path
+    /// every entry and by [`leave_fpu`]: a return through the light path
     /// below is possible only while it names the guest's own area.
     fpu_live: u64,
     /// The frame `iretq` returns to the guest with: here rather than on the
@@ -425,12 +425,13 @@ syscall_entry:
     movq $0, {error}(%rsp)
     /* A hypercall clobbers the vector registers and the x87 stack, as a
        call does (docs/abi.md), so only the guest's MXCSR is saved (its x87
-       control word only if it leaves the CPU: `fpu_leave`), and the hypervisor's code (the precompiled core uses
-       SSE) gets a MXCSR with every exception masked. The hypervisor never
-       runs an x87 instruction (`cargo xtask lint` checks), so the x87
-       state stays the guest's, a pending exception included; the return
-       zeroes every XMM register (`enter_guest`), or, once the guest left
-       the CPU, `FpuState::clobber_for_hypercall` clears the saved area. */
+       control word only if it leaves the CPU: `fpu_leave`), and the
+       hypervisor's code (the precompiled core uses SSE) gets a MXCSR with
+       every exception masked. The hypervisor never runs an x87
+       instruction (`cargo xtask lint` checks), so the x87 state stays the
+       guest's, a pending exception included; the return zeroes every XMM
+       register (`enter_guest`), or, once the guest left the CPU,
+       `FpuState::clobber_for_hypercall` clears the saved area. */
     movq %gs:{fpu}, %rax
     stmxcsr {fpu_mxcsr}(%rax)
     movq %rax, %gs:{fpu_live}
