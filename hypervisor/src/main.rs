@@ -18,7 +18,6 @@ mod console;
 
 use abi::bundle::{Bundle, FLAG_EXIT_WHEN_IDLE, FLAG_FORCE_MITIGATIONS};
 use alloc::format;
-use alloc::string::String;
 use alloc::vec::Vec;
 use arch::x86_64::net::Net;
 use arch::x86_64::platform::{self, X86_64};
@@ -128,8 +127,7 @@ fn start_machine(kernel_root: u64, time: abi::time::TimeInfo, cpus: usize, bundl
         Err(e) => panic!("bad bundle: {e}"),
     };
     let x86 = X86_64 { kernel_root, time };
-    let images: Vec<(String, Result<_, String>)> =
-        bundle.images().map(|img| (img.name.into(), machine::load_image(&x86, img.name, img.data))).collect();
+    let images: Vec<_> = bundle.images().map(|img| machine::ImageEntry::load(&x86, img.name, img.data)).collect();
     let boot_guests: usize = bundle.guests().map(|g| g.count as usize).sum();
     let control = serial::init_control();
     // Room for guests started later through the control channel.

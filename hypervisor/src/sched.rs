@@ -138,6 +138,12 @@ impl Scheduler {
     }
 
     /// Adds a runnable guest. `cap` is a percentage of one CPU.
+    /// Guest `id`'s weight and budget per cap period (for tests).
+    #[cfg(test)]
+    pub fn weight_budget(&self, id: Id) -> Option<(u64, Option<u64>)> {
+        self.ents.get(id)?.as_ref().map(|e| (e.weight, e.budget))
+    }
+
     pub fn add(&mut self, id: Id, weight: u32, cap: Option<u32>, now: u64) {
         if self.ents.len() <= id {
             self.ents.resize_with(id + 1, || None);

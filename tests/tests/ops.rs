@@ -9,6 +9,12 @@ use abi::control::{ControlError, RequestError, Response};
 use abi::report::{GUEST_STATS_PREFIX, GuestRow, GuestState, GuestStats};
 use abi::stop::StopReason;
 use integration_tests::{Guest, Manifest, free_port, workspace_root};
+use xtask::ctl::StartSpec;
+
+/// A guest of `image` with no vNIC and no arguments.
+fn spec<'a>(name: &'a str, image: &'a std::path::Path, memory: u64) -> StartSpec<'a> {
+    StartSpec { name, image, elf: None, memory, tenant: None, options: Default::default(), args: &[] }
+}
 
 /// A GDB remote-protocol packet: `$data#checksum`.
 fn packet(data: &str) -> Vec<u8> {
@@ -197,9 +203,16 @@ fn guests_started_on_a_running_hypervisor_serve_their_tenant_and_bad_starts_are_
     let echo_image = xtask::build_apps(&["echo"]).unwrap().remove(0);
     let elf = xtask::app_elf("echo");
     let start = |name: &str, tenant: &str, args: &[&str]| {
-        let t = inst.0.tenant(tenant).unwrap();
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        inst.0.start(name, &echo_image, Some(&elf), 2 << 20, Some(t), &args)
+        inst.0.start(&StartSpec {
+            name,
+            image: &echo_image,
+            elf: Some(&elf),
+            memory: 2 << 20,
+            tenant: Some(tenant),
+            options: Default::default(),
+            args: &args,
+        })
     };
     let wait_line = |needle: &str| {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -216,8 +229,8 @@ fn guests_started_on_a_running_hypervisor_serve_their_tenant_and_bad_starts_are_
     // The hello guest of the manifest has come and gone; the hypervisor
     // keeps running for more.
     wait_line("[hv] guest h-0 exited with code 0");
-    assert_eq!(*start("a", "x", &[]).unwrap(), Response::Started { started: "a".into(), ip: Some("10.0.0.2".into()) });
-    assert_eq!(*start("b", "y", &[]).unwrap(), Response::Started { started: "b".into(), ip: Some("10.1.0.2".into()) });
+    assert_eq!(*start("a", "x", &[]).unwrap(), Response::Started { started: "a".into(), ip: Some("10.0.0.2".into()), tenant: Some(0) });
+    assert_eq!(*start("b", "y", &[]).unwrap(), Response::Started { started: "b".into(), ip: Some("10.1.0.2".into()), tenant: Some(1) });
     // A checker in a's tenant echoes with it through the switch.
     start("c", "x", &["check", "1", "3"]).unwrap();
     wait_line("c| check: 3/3 answered");
@@ -230,7 +243,7 @@ fn guests_started_on_a_running_hypervisor_serve_their_tenant_and_bad_starts_are_
     // memory than the machine has. Each is refused with the reason.
     assert_eq!(start("a", "x", &[]).unwrap_err().to_string(), "a guest named a exists already");
     let junk = integration_tests::temp_file("junk.hermit", b"not a hermit image");
-    let e = inst.0.start("j", &junk, None, 2 << 20, None, &[]).unwrap_err();
+    let e = inst.0.start(&spec("j", &junk, 2 << 20)).unwrap_err();
     assert!(format!("{e:#}").contains("rejected: not a tar archive"), "{e:#}");
     // A gzip bomb (60 MiB of zeros, about 60 KB uploaded) is refused by its
     // declared size; it once took the hypervisor down with every guest.
@@ -240,9 +253,9 @@ fn guests_started_on_a_running_hypervisor_serve_their_tenant_and_bad_starts_are_
         gz.write_all(&vec![0u8; 60 << 20]).unwrap();
         integration_tests::temp_file("bomb.hermit", &gz.finish().unwrap())
     };
-    let e = inst.0.start("bomb", &bomb, None, 2 << 20, None, &[]).unwrap_err();
+    let e = inst.0.start(&spec("bomb", &bomb, 2 << 20)).unwrap_err();
     assert!(format!("{e:#}").contains("rejected: the hypervisor has no room to unpack it"), "{e:#}");
-    let e = inst.0.start("big", &echo_image, Some(&elf), 64 << 30, None, &[]).unwrap_err();
+    let e = inst.0.start(&spec("big", &echo_image, 64 << 30)).unwrap_err();
     assert!(e.to_string().contains("guest big not started"), "{e}");
 
     // Stop a; b keeps serving its own tenant.
@@ -307,4 +320,117 @@ fn a_quiet_or_lying_control_client_costs_nothing_and_is_answered() {
     };
     let late_us: u64 = line.rsplit("most ").next().unwrap().trim_end_matches(" us").parse().unwrap();
     assert!(late_us < 500_000, "the ticker was {late_us} us late beside a quiet control client: {line}");
+}
+
+/// Protocol 4 end to end on a running hypervisor: images named by digest
+/// (loaded once, a rebuilt one never mistaken for the old, removed when no
+/// guest runs it), a start with options that streams the guest's console
+/// and its exit code to the client, `wait`, `events`, and tenants the
+/// hypervisor keeps by name (the manifest's too).
+#[test]
+fn images_by_digest_watched_starts_waits_and_named_tenants() {
+    use abi::control::{EventKind, GuestEvent, StartOptions};
+    let port = free_port();
+    let (inst, dir) = Detached::start("proto4", Manifest::new([Guest::app("e", "echo").tenant("acme").port(port, 7)]));
+    let inst = &inst.0;
+    let hello = xtask::build_apps(&["hello"]).unwrap().remove(0);
+    let echo_img = xtask::build_apps(&["echo"]).unwrap().remove(0);
+    let loaded = || match inst.request("images").unwrap().0 {
+        Response::Images { loaded, .. } => loaded,
+        other => panic!("{other:?}"),
+    };
+    let before = loaded().len();
+
+    // A watched start: the greeting and the end come on the same
+    // connection, the exit code with it.
+    let args = ["one".to_string(), "exit=7".to_string()];
+    let watched = StartSpec {
+        args: &args,
+        options: StartOptions { watch: true, weight: Some(300), cap: Some(50), ..Default::default() },
+        ..spec("w", &hello, 2 << 20)
+    };
+    let digest = inst.ensure_image(&hello).unwrap();
+    assert_eq!(digest, xtask::ctl::digest(&std::fs::read(&hello).unwrap()));
+    let (mut lines, mut end) = (Vec::new(), None);
+    inst.stream(&[xtask::ctl::Instance::start_line(&watched, &digest).unwrap()], |r| {
+        Ok(match r {
+            Response::Console { console, line } if console == "w" => {
+                lines.push(line.clone());
+                false
+            }
+            Response::Event(e) if e.guest == "w" && e.event == EventKind::Ended => {
+                end = Some(e.clone());
+                true
+            }
+            _ => false,
+        })
+    })
+    .unwrap();
+    assert!(lines.iter().any(|l| l == r#"Hello from w! args: ["one", "exit=7"]"#), "{lines:?}");
+    assert_eq!(end.map(|e| (e.state, e.exit_code)), Some((GuestState::Exited, Some(7))));
+    // `wait` on an ended guest answers at once.
+    assert_eq!(inst.wait("w").unwrap().exit_code, Some(7));
+
+    // The same image again is not sent again; a rebuilt one with the same
+    // file name is loaded beside it, under its digest.
+    inst.start(&spec("w2", &hello, 2 << 20)).unwrap();
+    assert_eq!(loaded().len(), before + 1, "{:?}", loaded());
+    // "Rebuilt": the same kernel, whose hermit.toml now gives default
+    // arguments that make it exit 4 (the old image's exit 0).
+    let rebuilt = {
+        let elf = std::fs::read(xtask::app_elf("hello")).unwrap();
+        let toml = "version = \"1\"\nkernel = \"hello\"\n\n[input]\nkernel_args = []\napp_args = [\"rebuilt\", \"exit=4\"]\n";
+        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+        for (name, data) in [("hermit.toml", toml.as_bytes()), ("hello", &elf[..])] {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            tar.append_data(&mut h, name, data).unwrap();
+        }
+        tar.into_inner().unwrap().finish().unwrap()
+    };
+    let rebuilt_path = dir.join("hello.hermit");
+    std::fs::write(&rebuilt_path, &rebuilt).unwrap();
+    inst.start(&spec("w3", &rebuilt_path, 2 << 20)).unwrap();
+    // Answered when it ends, or at once if it has.
+    let end3 = inst.wait("w3").unwrap();
+    assert_eq!(end3.exit_code, Some(4), "the rebuilt image ran, not the old one");
+    let images = loaded();
+    let new = images.iter().find(|i| i.digest == xtask::ctl::digest(&rebuilt)).expect("the rebuilt image is loaded");
+    assert!(new.name.starts_with("hello-") && new.name.ends_with(".hermit"), "{images:?}");
+    assert_eq!(
+        inst.request(&format!("image-remove {}", new.digest)).unwrap().0,
+        Response::ImageRemoved { image_removed: new.name.clone() }
+    );
+    assert_eq!(loaded().len(), before + 1);
+
+    // An image in use is not removed.
+    let e = inst.request("image-remove echo.hermit").unwrap_err().to_string();
+    assert!(e.contains("in use by 1 guest"), "{e}");
+
+    // Tenants: the manifest's `acme` is tenant 0 by name; a guest started in
+    // it reaches e-0 through the switch; `tenants` counts both.
+    let checker = ["check".to_string(), "1".to_string(), "3".to_string()];
+    let a = inst.start(&StartSpec { tenant: Some("acme"), args: &checker, ..spec("c", &echo_img, 4 << 20) }).unwrap();
+    assert_eq!(*a, Response::Started { started: "c".into(), ip: Some("10.0.0.3".into()), tenant: Some(0) });
+    let end = inst.wait("c").unwrap();
+    assert_eq!((end.state, end.exit_code), (GuestState::Exited, Some(0)), "{end:?}");
+    let Response::Tenants { tenants } = inst.request("tenants").unwrap().0 else { panic!() };
+    assert_eq!(tenants[0], abi::control::TenantRow { name: Some("acme".into()), id: 0, guests: 1 });
+    assert!(inst.request("tenant-remove acme").unwrap_err().to_string().contains("still has 1 guest"));
+
+    // Events: a start and an end, pushed as they happen.
+    let mut seen: Vec<GuestEvent> = Vec::new();
+    let start_line = xtask::ctl::Instance::start_line(&spec("ev", &hello, 2 << 20), &digest).unwrap();
+    inst.stream(&["events".to_string(), start_line], |r| {
+        if let Response::Event(e) = r {
+            seen.push(e.clone());
+        }
+        Ok(seen.iter().any(|e| e.guest == "ev" && e.event == EventKind::Ended))
+    })
+    .unwrap();
+    let ev: Vec<_> = seen.iter().filter(|e| e.guest == "ev").map(|e| e.event).collect();
+    assert_eq!(ev, [EventKind::Started, EventKind::Ended]);
+    // The echo guest kept serving through all of it.
+    assert_eq!(echo(port, b"still serving"), b"still serving");
 }

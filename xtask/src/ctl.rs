@@ -6,7 +6,8 @@
 //! Unix socket), `bundle.bin`, and `instance.json` (QEMU's pid and the
 //! paths). `ctl` sends one request line on the socket and reads one JSON
 //! line back: an `abi::control::Response` (the protocol is in
-//! `docs/control.md`, its types in `abi::control`).
+//! `docs/control.md`, its types in `abi::control`), skipping the records
+//! the hypervisor pushes on its own (`Response::is_pushed`).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -14,7 +15,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use abi::control::{Request, Response, from_hex};
+use abi::control::{GuestEvent, Request, Response, StartOptions, Tenant, from_hex, good_tenant_name};
 use abi::report::GuestRow;
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
@@ -57,6 +58,58 @@ pub fn answer(line: &str) -> Result<Answer> {
     }
 }
 
+/// Reads lines until an answer (skipping pushed records); an `error`
+/// answer becomes an error.
+fn read_answer(reader: &mut impl BufRead) -> Result<Answer> {
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).context("no answer from the hypervisor")? == 0 {
+            bail!("the hypervisor's channel closed before it answered");
+        }
+        let a = answer(&line)?;
+        if !a.is_pushed() {
+            return Ok(a);
+        }
+    }
+}
+
+/// `sha256:` and the SHA-256 of `data` in hex: how the hypervisor names
+/// an image.
+pub fn digest(data: &[u8]) -> String {
+    use sha2::Digest;
+    let mut s = String::from("sha256:");
+    let _ = abi::control::write_hex(&mut s, &sha2::Sha256::digest(data));
+    s
+}
+
+/// The tenant a `--tenant` word names: `none`, a number below 256, or a
+/// name (`[A-Za-z0-9_-]`, the manifest's or a new one).
+pub fn tenant(word: &str) -> Result<Tenant<'_>> {
+    Ok(match word {
+        "none" => Tenant::None,
+        w if good_tenant_name(w) => Tenant::Named(w),
+        w => match w.parse() {
+            Ok(t) if t < abi::MAX_TENANTS => Tenant::Number(t),
+            _ => bail!("tenant {w:?}: a number below {}, a name of [A-Za-z0-9_-], or none", abi::MAX_TENANTS),
+        },
+    })
+}
+
+/// What `ctl start` asks for.
+#[derive(Clone, Debug)]
+pub struct StartSpec<'a> {
+    pub name: &'a str,
+    /// The Hermit image file (uploaded unless its digest is loaded).
+    pub image: &'a Path,
+    /// The ELF inside it, if known: symbolizes backtraces in `ctl logs`.
+    pub elf: Option<&'a Path>,
+    pub memory: u64,
+    /// `--tenant` ([`tenant`]); `None`: no vNIC.
+    pub tenant: Option<&'a str>,
+    pub options: StartOptions,
+    pub args: &'a [String],
+}
+
 /// The default instance directory.
 pub fn default_dir() -> PathBuf {
     crate::workspace_root().join("target/run/detached")
@@ -96,9 +149,38 @@ impl Instance {
         let mut s = UnixStream::connect(self.socket()).with_context(|| format!("connecting to {}", self.socket().display()))?;
         s.set_read_timeout(Some(Duration::from_secs(20)))?;
         s.write_all(format!("{line}\n").as_bytes())?;
-        let mut line = String::new();
-        BufReader::new(&s).read_line(&mut line).context("no answer from the hypervisor")?;
-        answer(&line)
+        read_answer(&mut BufReader::new(&s))
+    }
+
+    /// Sends `lines` on one connection and hands every answer and pushed
+    /// record to `on` until it returns true (no timeout: a stream lasts as
+    /// long as what it follows).
+    pub fn stream(&self, lines: &[String], mut on: impl FnMut(&Response) -> Result<bool>) -> Result<()> {
+        let mut s = UnixStream::connect(self.socket()).with_context(|| format!("connecting to {}", self.socket().display()))?;
+        for l in lines {
+            s.write_all(format!("{l}\n").as_bytes())?;
+        }
+        for line in BufReader::new(&s).lines() {
+            if on(&answer(&line.context("reading the control channel")?)?.0)? {
+                return Ok(());
+            }
+        }
+        bail!("the hypervisor's channel closed")
+    }
+
+    /// Waits for guest `name` to end and returns how it did.
+    pub fn wait(&self, name: &str) -> Result<GuestEvent> {
+        let mut end = None;
+        self.stream(&[Request::Wait(name).to_string()], |r| {
+            Ok(match r {
+                Response::Event(e) if e.guest == name && e.event == abi::control::EventKind::Ended => {
+                    end = Some(e.clone());
+                    true
+                }
+                _ => false,
+            })
+        })?;
+        end.context("no end record")
     }
 
     /// The guests, as `list` answers.
@@ -119,6 +201,8 @@ impl Instance {
         let mut frames = Vec::new();
         for line in BufReader::new(&s).lines() {
             match answer(&line.context("the capture ended early")?)?.0 {
+                // Pushed records for what another client watches.
+                Response::Event(_) | Response::Console { .. } | Response::LinesDropped { .. } => {}
                 Response::Frame { wall_ns, frame } => {
                     frames.push((wall_ns, from_hex(&frame, usize::MAX / 2).context("a frame is not hex")?))
                 }
@@ -139,58 +223,61 @@ impl Instance {
         for (line, answered) in lines {
             s.write_all(format!("{line}\n").as_bytes())?;
             if *answered {
-                let mut line = String::new();
-                reader.read_line(&mut line).context("no answer from the hypervisor")?;
-                out.push(answer(&line)?);
+                out.push(read_answer(&mut reader)?);
             }
         }
         Ok(out)
     }
 
-    /// Starts guest `name` from the Hermit image at `image` (sent first if
-    /// the hypervisor does not have an image of that file name yet) with
-    /// `memory` bytes, in `tenant` (none: no vNIC), with `args`; `elf`
-    /// (if known) symbolizes its backtraces in `ctl logs`. Returns the answer.
-    pub fn start(&self, name: &str, image: &Path, elf: Option<&Path>, memory: u64, tenant: Option<u32>, args: &[String]) -> Result<Answer> {
-        let file = image.file_name().map(|n| n.to_string_lossy().into_owned()).context("the image has no file name")?;
+    /// Makes sure the hypervisor has the Hermit image at `path` (uploaded
+    /// unless an image with its digest is loaded, under its file name, or
+    /// with the digest in the name if another image has that name) and
+    /// returns its digest.
+    pub fn ensure_image(&self, path: &Path) -> Result<String> {
+        let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let sum = digest(&data);
         let loaded = match self.request(&Request::Images.to_string())?.0 {
-            Response::Images { images } => images,
+            Response::Images { loaded, .. } => loaded,
             other => bail!("images was answered {other:?}"),
         };
-        if !loaded.contains(&file) {
-            let data = fs::read(image).with_context(|| format!("reading {}", image.display()))?;
-            let mut lines = vec![(Request::ImageBegin { name: &file, len: data.len() }.to_string(), true)];
-            for chunk in data.chunks(abi::control::CHUNK_MAX) {
-                lines.push((Request::ImageData(chunk.to_vec()).to_string(), false));
-            }
-            lines.push((Request::ImageEnd.to_string(), true));
-            self.requests(&lines).with_context(|| format!("sending {file}"))?;
+        if loaded.iter().any(|i| i.digest == sum) {
+            return Ok(sum);
         }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let answer = self.request(&Request::Start { name, image: &file, memory, tenant, args }.to_string())?;
-        if let Some(elf) = elf {
-            self.update(|v| v["elfs"][name] = Value::from(elf.display().to_string()))?;
+        let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).context("the image has no file name")?;
+        let name = if loaded.iter().any(|i| i.name == file) {
+            let stem = file.strip_suffix(".hermit").unwrap_or(&file);
+            format!("{stem}-{}.hermit", &sum[7..19])
+        } else {
+            file
+        };
+        let mut lines = vec![(Request::ImageBegin { name: &name, len: data.len() }.to_string(), true)];
+        for chunk in data.chunks(abi::control::CHUNK_MAX) {
+            lines.push((Request::ImageData(chunk.to_vec()).to_string(), false));
         }
-        Ok(answer)
+        lines.push((Request::ImageEnd.to_string(), true));
+        let answers = self.requests(&lines).with_context(|| format!("sending {}", path.display()))?;
+        match answers.last().map(|a| &a.0) {
+            Some(Response::Image { digest: Some(d), .. }) if *d == sum => Ok(sum),
+            other => bail!("the upload of {} was answered {other:?}", path.display()),
+        }
     }
 
-    /// The tenant numbered for `name` (the manifest's, in order of first
-    /// appearance, then those `start` added), adding it if it is new.
-    pub fn tenant(&self, name: &str) -> Result<u32> {
-        let mut n = 0;
-        self.update(|v| {
-            let list = v["tenants"].as_array().cloned().unwrap_or_default();
-            n = match list.iter().position(|t| t == name) {
-                Some(i) => i as u32,
-                None => {
-                    let mut list = list;
-                    list.push(Value::from(name));
-                    v["tenants"] = Value::from(list.clone());
-                    list.len() as u32 - 1
-                }
-            };
-        })?;
-        Ok(n)
+    /// The `start` request line for `spec` (its image given by `digest`).
+    pub fn start_line(spec: &StartSpec<'_>, digest: &str) -> Result<String> {
+        let tenant = spec.tenant.map(tenant).transpose()?.unwrap_or(Tenant::None);
+        let args: Vec<&str> = spec.args.iter().map(String::as_str).collect();
+        Ok(Request::Start { name: spec.name, image: digest, memory: spec.memory, tenant, options: spec.options, args }.to_string())
+    }
+
+    /// Starts a guest as `spec` says (its image sent first if the
+    /// hypervisor does not have it). Returns the answer.
+    pub fn start(&self, spec: &StartSpec<'_>) -> Result<Answer> {
+        let digest = self.ensure_image(spec.image)?;
+        let answer = self.request(&Self::start_line(spec, &digest)?)?;
+        if let Some(elf) = spec.elf {
+            self.update(|v| v["elfs"][spec.name] = Value::from(elf.display().to_string()))?;
+        }
+        Ok(answer)
     }
 
     fn update(&self, f: impl FnOnce(&mut Value)) -> Result<()> {
@@ -222,7 +309,6 @@ pub fn detach(p: &Prepared, dir: &Path) -> Result<Instance> {
         "control": inst.socket(),
         "console": inst.console(),
         "elfs": p.elfs.iter().map(|(n, e)| (n.clone(), e.display().to_string())).collect::<std::collections::BTreeMap<_, _>>(),
-        "tenants": p.tenants,
     });
     crate::pack::write_atomically(&dir.join("instance.json"), serde_json::to_string_pretty(&info)?.as_bytes())?;
     // Wait until the hypervisor answers (QEMU makes the socket at once).
@@ -323,13 +409,38 @@ mod tests {
 
     #[test]
     fn answers_are_typed_and_errors_are_errors() {
-        let a = answer("{\"started\":\"w\",\"ip\":\"10.7.0.2\"}\n").unwrap();
-        assert_eq!(*a, Response::Started { started: "w".into(), ip: Some("10.7.0.2".into()) });
-        assert_eq!(a.to_string(), r#"{"started":"w","ip":"10.7.0.2"}"#, "printed as it came");
+        let a = answer("{\"started\":\"w\",\"ip\":\"10.7.0.2\",\"tenant\":7}\n").unwrap();
+        assert_eq!(*a, Response::Started { started: "w".into(), ip: Some("10.7.0.2".into()), tenant: Some(7) });
+        assert_eq!(a.to_string(), r#"{"started":"w","ip":"10.7.0.2","tenant":7}"#, "printed as it came");
         assert_eq!(answer(r#"{"error":"no guest w","kind":"refused"}"#).unwrap_err().to_string(), "no guest w");
         // A protocol 2 hypervisor sends no kind: still an error.
         assert_eq!(answer(r#"{"error":"no guest w"}"#).unwrap_err().to_string(), "no guest w");
         assert!(answer("[hv] not an answer").is_err());
+    }
+
+    #[test]
+    fn pushed_records_are_skipped_while_waiting_for_an_answer() {
+        let wire = concat!(
+            r#"{"console":"w","line":"{\"stopped\":\"x\"}"}"#,
+            "\n",
+            r#"{"event":"started","guest":"w","state":"waiting","exit_code":null,"stop_reason":null}"#,
+            "\n",
+            r#"{"stopped":"x"}"#,
+            "\n"
+        );
+        let a = read_answer(&mut std::io::Cursor::new(wire)).unwrap();
+        assert_eq!(*a, Response::Stopped { stopped: "x".into() });
+        assert!(read_answer(&mut std::io::Cursor::new(r#"{"lines_dropped":1}"#)).is_err(), "no answer: an error, not a hang");
+    }
+
+    #[test]
+    fn tenants_are_words_numbers_or_none() {
+        assert_eq!(tenant("acme").unwrap(), Tenant::Named("acme"));
+        assert_eq!(tenant("Bench-2").unwrap(), Tenant::Named("Bench-2"));
+        assert_eq!(tenant("7").unwrap(), Tenant::Number(7));
+        assert_eq!(tenant("none").unwrap(), Tenant::None);
+        assert!(tenant("256").is_err() && tenant("a.b").is_err() && tenant("").is_err());
+        assert_eq!(digest(b"abc"), "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]

@@ -76,20 +76,50 @@ enum Ctl {
         /// ... or a Hermit image file.
         #[arg(long, value_name = "FILE")]
         image: Option<PathBuf>,
-        /// Its tenant (a vNIC in that broadcast domain); none: no vNIC.
+        /// Its tenant (a vNIC in that broadcast domain): a manifest's tenant
+        /// or a new one by name, or a number; none: no vNIC.
         #[arg(long)]
         tenant: Option<String>,
         /// Its memory limit, e.g. "2 MiB".
         #[arg(long, default_value = "2 MiB")]
         memory: String,
+        /// CPU share relative to other guests, 1..=10000 (default 100).
+        #[arg(long)]
+        weight: Option<u32>,
+        /// At most this percent of one CPU, 1..=100 (default: no cap).
+        #[arg(long)]
+        cap: Option<u32>,
+        /// Frames each vNIC ring holds: a power of two, 2..=128 (default 16).
+        #[arg(long)]
+        ring_slots: Option<u32>,
+        /// Follow its console until it ends, and exit with its exit code
+        /// (125 if the hypervisor stopped it).
+        #[arg(long)]
+        attach: bool,
         /// Application arguments.
         #[arg(last = true)]
         args: Vec<String>,
     },
     /// Stop a guest; the others keep running.
     Stop { name: String },
+    /// Wait for a guest to end; print how (JSON) and exit with its exit
+    /// code (125 if the hypervisor stopped it).
+    Wait { name: String },
     /// A guest's console lines and the hypervisor's lines about it.
-    Logs { name: String },
+    Logs {
+        name: String,
+        /// Then follow them until it ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Every guest's start and end as it happens (JSON lines, until Ctrl-C).
+    Events,
+    /// The images loaded: name, digest, size, guests running each.
+    Images,
+    /// Unload an image (by name or digest) that no guest runs.
+    ImageRm { image: String },
+    /// The tenants: name, number, guests.
+    Tenants,
     /// Capture frames of a guest (sent and received) or of `tenant:N`
     /// (sent by its guests, and the host's for tenant 0) into a pcap file.
     Capture {

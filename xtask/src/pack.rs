@@ -77,6 +77,11 @@ pub fn bundle(manifest: &Manifest, app_images: &HashMap<String, PathBuf>, flags:
         };
         writer.guest(&guest.name, image, guest.count, &settings, &guest.args);
     }
+    // The hypervisor keeps the names, so that `ctl start --tenant NAME`
+    // reaches a manifest's tenant.
+    for t in &tenants {
+        writer.tenant(t);
+    }
     Ok(writer.finish())
 }
 

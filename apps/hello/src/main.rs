@@ -1,5 +1,6 @@
 //! The smallest useful guest: prints a greeting with its instance name and
-//! its arguments, then exits 0.
+//! its arguments, then exits 0, or N if an argument is `exit=N` (so that
+//! tests can see an exit code travel).
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -14,4 +15,7 @@ libos::main!(main);
 fn main() {
     let args: Vec<&str> = libos::args().collect();
     println!("Hello from {}! args: {:?}", libos::name(), args);
+    if let Some(code) = args.iter().find_map(|a| a.strip_prefix("exit=")?.parse().ok()) {
+        libos::exit(code);
+    }
 }

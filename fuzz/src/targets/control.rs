@@ -12,7 +12,7 @@
 
 use std::cell::RefCell;
 
-use abi::control::{Request, Response};
+use abi::control::{GuestEvent, ImageInfo, Request, Response, StartOptions, Tenant, TenantRow};
 use abi::report::{GuestRow, GuestState, GuestStats, MachineStats};
 use hypervisor::control::{ControlHost, STALL_NS, Session};
 use hypervisor::guest::{Guest, LoadedImage};
@@ -37,8 +37,16 @@ struct State {
     mem: FuzzMem,
     kernel_root: u64,
     time_page: u64,
-    images: Vec<(String, LoadedImage)>,
+    images: Vec<(String, [u8; 32], LoadedImage)>,
     guests: Vec<(String, Guest)>,
+    /// Named tenants, by number.
+    tenants: Vec<String>,
+}
+
+fn digest_string(d: &[u8; 32]) -> String {
+    let mut s = String::from("sha256:");
+    let _ = abi::control::write_hex(&mut s, d);
+    s
 }
 
 struct FuzzHost(RefCell<State>);
@@ -50,17 +58,42 @@ impl ControlHost for FuzzHost {
     fn image_slot_free(&self) -> bool {
         self.0.borrow().images.len() < 4
     }
-    fn image_names(&self) -> Vec<String> {
-        self.0.borrow().images.iter().map(|(n, _)| n.clone()).collect()
+    fn images(&self) -> Vec<ImageInfo> {
+        let info =
+            |(n, d, _): &(String, [u8; 32], LoadedImage)| ImageInfo { name: n.clone(), digest: digest_string(d), bytes: 0, guests: 0 };
+        self.0.borrow().images.iter().map(info).collect()
     }
-    fn add_image(&self, name: &str, data: &[u8]) -> Result<(), String> {
+    fn add_image(&self, name: &str, data: &[u8]) -> Result<(String, String), String> {
+        let d = hypervisor::machine::digest(data);
+        if let Some((n, d, _)) = self.0.borrow().images.iter().find(|(_, x, _)| *x == d) {
+            return Ok((n.clone(), digest_string(d)));
+        }
         let parsed = Image::parse_within(data, PARSE_BUDGET).map_err(|e| e.to_string())?;
         let st = &mut *self.0.borrow_mut();
         let loaded = LoadedImage::load(&mut st.mem, name, &parsed).ok_or("the machine is out of memory")?;
-        st.images.push((name.into(), loaded));
-        Ok(())
+        st.images.push((name.into(), d, loaded));
+        Ok((name.into(), digest_string(&d)))
     }
-    fn start(&self, name: &str, image: &str, memory: u64, _tenant: Option<u32>, args: &[&str]) -> Result<Option<[u8; 4]>, String> {
+    fn remove_image(&self, which: &str) -> Result<String, String> {
+        let st = &mut *self.0.borrow_mut();
+        let i =
+            st.images.iter().position(|(n, d, _)| n == which || digest_string(d) == which).ok_or_else(|| format!("no image {which}"))?;
+        if !st.guests.is_empty() {
+            return Err(format!("image {which} may be in use"));
+        }
+        let (name, _, img) = st.images.remove(i);
+        img.unload(&mut st.mem);
+        Ok(name)
+    }
+    fn start(
+        &self,
+        name: &str,
+        image: &str,
+        memory: u64,
+        tenant: Tenant<'_>,
+        _: &StartOptions,
+        args: &[&str],
+    ) -> Result<(Option<[u8; 4]>, Option<u32>), String> {
         let st = &mut *self.0.borrow_mut();
         if st.guests.iter().any(|(n, _)| n == name) {
             return Err(format!("a guest named {name} exists already"));
@@ -69,10 +102,43 @@ impl ControlHost for FuzzHost {
         if memory > machine {
             return Err(format!("memory {memory} is more than the machine's {machine}"));
         }
-        let img = st.images.iter().find(|(n, _)| n == image).map(|(_, i)| i).ok_or_else(|| format!("no image {image}"))?;
+        if let Tenant::Named(t) = tenant
+            && !st.tenants.iter().any(|n| n == t)
+        {
+            if st.tenants.len() >= abi::MAX_TENANTS as usize {
+                return Err(format!("no tenant number left for {t}"));
+            }
+            st.tenants.push(t.into());
+        }
+        let img = st
+            .images
+            .iter()
+            .find(|(n, d, _)| n == image || digest_string(d) == image)
+            .map(|(_, _, i)| i)
+            .ok_or_else(|| format!("no image {image}"))?;
         let g = Guest::create(&mut st.mem, st.kernel_root, st.time_page, img, name, args, memory, |_, _| {}).map_err(|e| e.to_string())?;
         st.guests.push((name.into(), g));
-        Ok(None)
+        Ok((None, None))
+    }
+    fn tenants(&self) -> Vec<TenantRow> {
+        let row = |(i, n): (usize, &String)| TenantRow { name: Some(n.clone()), id: i as u32, guests: 0 };
+        self.0.borrow().tenants.iter().enumerate().map(row).collect()
+    }
+    fn remove_tenant(&self, name: &str) -> Result<(), String> {
+        let st = &mut *self.0.borrow_mut();
+        let i = st.tenants.iter().position(|n| n == name).ok_or_else(|| format!("no tenant {name}"))?;
+        st.tenants.remove(i);
+        Ok(())
+    }
+    fn wait(&self, name: &str) -> Result<Option<GuestEvent>, String> {
+        self.watch_console(name).map(|()| None)
+    }
+    fn watch_events(&self) {}
+    fn watch_console(&self, name: &str) -> Result<(), String> {
+        match self.0.borrow().guests.iter().any(|(n, _)| n == name) {
+            true => Ok(()),
+            false => Err(format!("no guest {name}")),
+        }
     }
     fn stop(&self, name: &str) -> Result<(), String> {
         let st = &mut *self.0.borrow_mut();
@@ -164,7 +230,7 @@ fn run(data: &[u8]) -> Vec<String> {
     let mut mem = FuzzMem::new(FRAMES);
     let kernel_root = mem.alloc().unwrap();
     let time_page = mem.alloc().unwrap();
-    let host = FuzzHost(RefCell::new(State { mem, kernel_root, time_page, images: Vec::new(), guests: Vec::new() }));
+    let host = FuzzHost(RefCell::new(State { mem, kernel_root, time_page, images: Vec::new(), guests: Vec::new(), tenants: Vec::new() }));
     let (image, image_hex) = IMAGE.get_or_init(|| {
         let image = valid_image();
         let hex = image.iter().flat_map(|&b| HEX[usize::from(b)]).collect();
@@ -186,7 +252,7 @@ fn run(data: &[u8]) -> Vec<String> {
             }
             // A well-formed request with fuzz-chosen words and numbers.
             1..=3 => {
-                let req = match inp.u8() % 10 {
+                let req = match inp.u8() % 16 {
                     0 => Request::List.to_string(),
                     1 => Request::Stats.to_string(),
                     2 => Request::Images.to_string(),
@@ -194,8 +260,26 @@ fn run(data: &[u8]) -> Vec<String> {
                     4 => format!("start {} {} {} {}", name(&mut inp), name(&mut inp), number(&mut inp), number(&mut inp)),
                     5 => {
                         let (name, memory) = (name(&mut inp), [65536u64, 1 << 20, 4 << 20][inp.below(3)]);
-                        Request::Start { name, image: "x.hermit", memory, tenant: None, args: vec!["a", "b"] }.to_string()
+                        let tenant = match inp.u8() % 3 {
+                            0 => Tenant::None,
+                            1 => Tenant::Number(inp.u8().into()),
+                            _ => Tenant::Named(NAMES[inp.below(4)]),
+                        };
+                        let options = StartOptions {
+                            weight: inp.bool().then(|| 1 + inp.below(10_000) as u32),
+                            cap: inp.bool().then(|| 1 + inp.below(100) as u32),
+                            ring_slots: inp.bool().then(|| 2 << inp.below(7)),
+                            limits: [inp.bool().then(|| inp.u32().into()), None, None, inp.bool().then(|| inp.u32().into()), None],
+                            watch: inp.bool(),
+                        };
+                        Request::Start { name, image: "x.hermit", memory, tenant, options, args: vec!["a", "--"] }.to_string()
                     }
+                    10 => format!("image-remove {}", name(&mut inp)),
+                    11 => Request::Tenants.to_string(),
+                    12 => format!("tenant-remove {}", name(&mut inp)),
+                    13 => format!("wait {}", name(&mut inp)),
+                    14 => Request::Events.to_string(),
+                    15 => format!("console {} {}", name(&mut inp), name(&mut inp)),
                     6 => format!("capture {} {} {}", name(&mut inp), number(&mut inp), number(&mut inp)),
                     7 => format!("image-begin {} {}", name(&mut inp), number(&mut inp)),
                     8 => Request::Version.to_string(),
@@ -247,7 +331,7 @@ fn run(data: &[u8]) -> Vec<String> {
         host.stop(&n).unwrap();
     }
     let mut st = host.0.into_inner();
-    for (_, img) in st.images.drain(..) {
+    for (_, _, img) in st.images.drain(..) {
         img.unload(&mut st.mem);
     }
     assert_eq!(st.mem.live, 2, "frames leaked: {} live beyond the kernel root and time page", st.mem.live - 2);

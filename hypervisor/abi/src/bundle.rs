@@ -14,6 +14,8 @@
 //!          limits per second (u64 each: NIC packets, NIC bytes, NIC
 //!          broadcasts, console bytes, notifications; 0 = none);
 //!          then argc (u32), args (str each)
+//! tenants  u32 count (at most MAX_TENANTS), then each tenant's name (str),
+//!          tenant T's at index T
 //! str      = u32 length + UTF-8 bytes;  bytes = u64 length + bytes
 //! ```
 //!
@@ -25,7 +27,7 @@
 use core::fmt;
 
 /// First bytes of every bundle.
-pub const MAGIC: &[u8; 8] = b"HVBNDL05";
+pub const MAGIC: &[u8; 8] = b"HVBNDL06";
 /// Power QEMU off (via `isa-debug-exit`) once no guest is left.
 pub const FLAG_EXIT_WHEN_IDLE: u32 = 1 << 0;
 /// Run guests on isolated page tables and clear the CPU's buffers (VERW)
@@ -136,6 +138,8 @@ pub struct Bundle<'a> {
     images: &'a [u8],
     guest_count: u32,
     guests: &'a [u8],
+    tenant_count: u32,
+    tenants: &'a [u8],
 }
 
 /// Why a bundle did not decode.
@@ -257,10 +261,19 @@ impl<'a> Bundle<'a> {
             }
         }
         let guests = &guests[..guests.len() - r.buf.len()];
+        let tenant_count = r.u32()?;
+        if tenant_count > crate::MAX_TENANTS {
+            return Err(Error::TooMany("tenants"));
+        }
+        let tenants = r.buf;
+        for _ in 0..tenant_count {
+            r.str()?;
+        }
+        let tenants = &tenants[..tenants.len() - r.buf.len()];
         if !r.buf.is_empty() {
             return Err(Error::TrailingBytes);
         }
-        Ok(Bundle { flags, image_count, images, guest_count, guests })
+        Ok(Bundle { flags, image_count, images, guest_count, guests, tenant_count, tenants })
     }
 
     /// The images, in bundle order (a guest's `image` indexes this).
@@ -278,6 +291,12 @@ impl<'a> Bundle<'a> {
     pub fn image_count(&self) -> u32 {
         self.image_count
     }
+
+    /// The manifest's tenant names, tenant 0's first.
+    pub fn tenants(&self) -> impl Iterator<Item = &'a str> + 'a {
+        let mut r = Reader { buf: self.tenants };
+        (0..self.tenant_count).map_while(move |_| r.str().ok())
+    }
 }
 
 /// Builds a bundle (used by `xtask`).
@@ -289,10 +308,18 @@ pub struct Writer {
     image_count: u32,
     guests: alloc::vec::Vec<u8>,
     guest_count: u32,
+    tenants: alloc::vec::Vec<u8>,
+    tenant_count: u32,
 }
 
 #[cfg(feature = "alloc")]
 impl Writer {
+    /// Names the next tenant (the first call names tenant 0).
+    pub fn tenant(&mut self, name: &str) {
+        put_str(&mut self.tenants, name);
+        self.tenant_count += 1;
+    }
+
     pub fn new(flags: u32) -> Self {
         Self { flags, ..Self::default() }
     }
@@ -335,6 +362,8 @@ impl Writer {
         out.extend_from_slice(&self.images);
         out.extend_from_slice(&self.guest_count.to_le_bytes());
         out.extend_from_slice(&self.guests);
+        out.extend_from_slice(&self.tenant_count.to_le_bytes());
+        out.extend_from_slice(&self.tenants);
         out
     }
 }
@@ -364,6 +393,8 @@ mod tests {
             &["a", "b c"],
         );
         w.guest("evil", evil, 1, &Settings { memory: 1 << 20, ..Settings::default() }, &[] as &[&str]);
+        w.tenant("default");
+        w.tenant("Acme-2");
         w.finish()
     }
 
@@ -384,6 +415,7 @@ mod tests {
         assert_eq!(guests[1].settings.tenant, TENANT_NONE);
         assert_eq!(guests[0].args().collect::<Vec<_>>(), ["a", "b c"]);
         assert_eq!(guests[1].args().count(), 0);
+        assert_eq!(b.tenants().collect::<Vec<_>>(), ["default", "Acme-2"]);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! error. Nothing here waits for a byte.
 
 use super::{LineReader, STALL_NS, json_line};
-use abi::control::{ControlError, Request, Response, parse};
+use abi::control::{ControlError, GuestEvent, ImageInfo, Request, Response, StartOptions, Tenant, TenantRow, parse};
 use abi::report::{GuestRow, GuestStats, MachineStats};
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -22,12 +22,26 @@ pub trait ControlHost {
     fn upload_room(&self) -> usize;
     /// Whether one more image may be loaded.
     fn image_slot_free(&self) -> bool;
-    /// The names of the images loaded (the bundle's, then uploads).
-    fn image_names(&self) -> Vec<String>;
-    /// Validates and loads an uploaded image; the reason if it is refused.
-    fn add_image(&self, name: &str, data: &[u8]) -> Result<(), String>;
-    /// Creates and starts a guest; its IPv4 address if it has a vNIC.
-    fn start(&self, name: &str, image: &str, memory: u64, tenant: Option<u32>, args: &[&str]) -> Result<Option<[u8; 4]>, String>;
+    /// The images loaded (the bundle's, then uploads).
+    fn images(&self) -> Vec<ImageInfo>;
+    /// Validates and loads an uploaded image, unless the same bytes are
+    /// loaded already; the name and digest it is loaded under, or the
+    /// reason it is refused.
+    fn add_image(&self, name: &str, data: &[u8]) -> Result<(String, String), String>;
+    /// Unloads the image `which` names (a name or a digest) if no guest
+    /// runs it; the name it had.
+    fn remove_image(&self, which: &str) -> Result<String, String>;
+    /// Creates and starts a guest; its IPv4 address if it has a vNIC, and
+    /// its tenant's number.
+    fn start(
+        &self,
+        name: &str,
+        image: &str,
+        memory: u64,
+        tenant: Tenant<'_>,
+        options: &StartOptions,
+        args: &[&str],
+    ) -> Result<(Option<[u8; 4]>, Option<u32>), String>;
     /// Marks a guest to be stopped.
     fn stop(&self, name: &str) -> Result<(), String>;
     /// A row for every guest created so far.
@@ -36,6 +50,17 @@ pub trait ControlHost {
     fn stats(&self) -> (Vec<GuestStats>, MachineStats);
     /// Starts capturing the frames of guest `what` or `tenant:N`.
     fn capture(&self, what: &str, count: u32, secs: u32) -> Result<(), String>;
+    /// Every tenant with a name or a guest.
+    fn tenants(&self) -> Vec<TenantRow>;
+    /// Forgets tenant `name` if none of its guests is left.
+    fn remove_tenant(&self, name: &str) -> Result<(), String>;
+    /// How guest `name` ended, if it has; otherwise its end will be pushed
+    /// when it comes.
+    fn wait(&self, name: &str) -> Result<Option<GuestEvent>, String>;
+    /// Pushes every guest's start and end from now on.
+    fn watch_events(&self);
+    /// Pushes guest `name`'s console lines, then its end.
+    fn watch_console(&self, name: &str) -> Result<(), String>;
 }
 
 /// An image arriving in `image-data` chunks.
@@ -145,15 +170,39 @@ impl Session {
             }
             Request::ImageEnd => match self.upload.take() {
                 Some(Upload { name, len, data, overflowed: false, .. }) if data.len() == len => match host.add_image(&name, &data) {
-                    Ok(()) => Ok(Response::Image { image: name }),
+                    Ok((image, digest)) => Ok(Response::Image { image, digest: Some(digest) }),
                     Err(why) => Err(ControlError::ImageRejected { name, why }),
                 },
                 Some(_) => Err(ControlError::UploadLength),
                 None => Err(ControlError::NoUpload),
             },
-            Request::Images => Ok(Response::Images { images: host.image_names() }),
-            Request::Start { name, image, memory, tenant, args } => {
-                host.start(name, image, memory, tenant, &args).map(|ip| Response::started(name, ip)).map_err(ControlError::Refused)
+            Request::Images => {
+                let loaded = host.images();
+                Ok(Response::Images { images: loaded.iter().map(|i| i.name.clone()).collect(), loaded })
+            }
+            Request::ImageRemove(which) => {
+                host.remove_image(which).map(|image_removed| Response::ImageRemoved { image_removed }).map_err(ControlError::Refused)
+            }
+            Request::Start { name, image, memory, tenant, options, args } => host
+                .start(name, image, memory, tenant, &options, &args)
+                .map(|(ip, tenant)| Response::started(name, ip, tenant))
+                .map_err(ControlError::Refused),
+            Request::Tenants => Ok(Response::Tenants { tenants: host.tenants() }),
+            Request::TenantRemove(name) => {
+                host.remove_tenant(name).map(|()| Response::TenantRemoved { tenant_removed: name.into() }).map_err(ControlError::Refused)
+            }
+            Request::Wait(name) => match host.wait(name) {
+                Ok(Some(end)) => Ok(Response::Event(end)),
+                // Answered when it ends (`ControlHost::wait`).
+                Ok(None) => return None,
+                Err(why) => Err(ControlError::Refused(why)),
+            },
+            Request::Events => {
+                host.watch_events();
+                Ok(Response::Watching { watching: "events".into() })
+            }
+            Request::Console(name) => {
+                host.watch_console(name).map(|()| Response::Watching { watching: name.into() }).map_err(ControlError::Refused)
             }
             Request::Stop(name) => host.stop(name).map(|()| Response::Stopped { stopped: name.into() }).map_err(ControlError::Refused),
             Request::List => Ok(Response::Guests { guests: host.list() }),
@@ -181,6 +230,8 @@ mod tests {
         images: RefCell<Vec<(String, usize)>>,
         guests: RefCell<Vec<String>>,
         room: usize,
+        /// The last guest waited for or watched.
+        waited: RefCell<Option<String>>,
     }
 
     impl ControlHost for Books {
@@ -190,22 +241,62 @@ mod tests {
         fn image_slot_free(&self) -> bool {
             self.images.borrow().len() < 2
         }
-        fn image_names(&self) -> Vec<String> {
-            self.images.borrow().iter().map(|(n, _)| n.clone()).collect()
+        fn images(&self) -> Vec<ImageInfo> {
+            let info =
+                |(n, len): &(String, usize)| ImageInfo { name: n.clone(), digest: format!("sha256:{len}"), bytes: *len as u64, guests: 0 };
+            self.images.borrow().iter().map(info).collect()
         }
-        fn add_image(&self, name: &str, data: &[u8]) -> Result<(), String> {
+        fn add_image(&self, name: &str, data: &[u8]) -> Result<(String, String), String> {
             if data.first() == Some(&0) {
                 return Err("not an image".into());
             }
             self.images.borrow_mut().push((name.into(), data.len()));
-            Ok(())
+            Ok((name.into(), format!("sha256:{}", data.len())))
         }
-        fn start(&self, name: &str, image: &str, _: u64, tenant: Option<u32>, _: &[&str]) -> Result<Option<[u8; 4]>, String> {
+        fn remove_image(&self, which: &str) -> Result<String, String> {
+            let mut images = self.images.borrow_mut();
+            let i = images.iter().position(|(n, _)| n == which).ok_or(format!("no image {which}"))?;
+            Ok(images.remove(i).0)
+        }
+        fn start(
+            &self,
+            name: &str,
+            image: &str,
+            _: u64,
+            tenant: Tenant<'_>,
+            options: &StartOptions,
+            _: &[&str],
+        ) -> Result<(Option<[u8; 4]>, Option<u32>), String> {
             if !self.images.borrow().iter().any(|(n, _)| n == image) {
                 return Err(format!("no image {image}"));
             }
             self.guests.borrow_mut().push(name.into());
-            Ok(tenant.map(|t| [10, t as u8, 0, 2]))
+            if options.watch {
+                *self.waited.borrow_mut() = Some(name.into());
+            }
+            let t = match tenant {
+                Tenant::Number(t) => Some(t),
+                Tenant::Named(_) => Some(9),
+                Tenant::None => None,
+            };
+            Ok((t.map(|t| [10, t as u8, 0, 2]), t))
+        }
+        fn tenants(&self) -> Vec<TenantRow> {
+            vec![TenantRow { name: Some("acme".into()), id: 9, guests: self.guests.borrow().len() as u32 }]
+        }
+        fn remove_tenant(&self, name: &str) -> Result<(), String> {
+            if name == "acme" { Ok(()) } else { Err(format!("no tenant {name}")) }
+        }
+        fn wait(&self, name: &str) -> Result<Option<GuestEvent>, String> {
+            if self.guests.borrow().iter().any(|n| n == name) {
+                *self.waited.borrow_mut() = Some(name.into());
+                return Ok(None);
+            }
+            Err(format!("no guest {name}"))
+        }
+        fn watch_events(&self) {}
+        fn watch_console(&self, name: &str) -> Result<(), String> {
+            self.wait(name).map(|_| ())
         }
         fn stop(&self, name: &str) -> Result<(), String> {
             let mut g = self.guests.borrow_mut();
@@ -248,21 +339,54 @@ mod tests {
         assert_eq!(send(&mut s, &host, 0, b"image-begin a.hermit 3\n"), [r#"{"receiving":"a.hermit"}"#]);
         assert!(s.busy() && s.held_bytes() >= 3);
         assert_eq!(send(&mut s, &host, 1, b"image-data 0102\nimage-data 03\n"), Vec::<String>::new());
-        assert_eq!(send(&mut s, &host, 2, b"image-end\n"), [r#"{"image":"a.hermit"}"#]);
+        assert_eq!(send(&mut s, &host, 2, b"image-end\n"), [r#"{"image":"a.hermit","digest":"sha256:3"}"#]);
         assert!(!s.busy());
-        assert_eq!(send(&mut s, &host, 3, b"start w a.hermit 4096 7\n"), [r#"{"started":"w","ip":"10.7.0.2"}"#]);
+        assert_eq!(send(&mut s, &host, 3, b"start w a.hermit 4096 7\n"), [r#"{"started":"w","ip":"10.7.0.2","tenant":7}"#]);
         assert_eq!(
             send(&mut s, &host, 4, b"list\nimages\n"),
             [
                 r#"{"guests":[{"name":"w","tenant":null,"state":"waiting","cpu_ns":1,"memory_bytes":2,"sent_frames":3,"received_frames":4}]}"#,
-                r#"{"images":["a.hermit"]}"#
+                r#"{"images":["a.hermit"],"loaded":[{"name":"a.hermit","digest":"sha256:3","bytes":3,"guests":0}]}"#
             ]
         );
         assert_eq!(send(&mut s, &host, 5, b"stop w\nstop w\n"), [r#"{"stopped":"w"}"#, r#"{"error":"no guest w","kind":"refused"}"#]);
         let stats = send(&mut s, &host, 6, b"stats\n");
         let Ok(Response::Stats { guests, machine }) = serde_json::from_str(&stats[0]) else { panic!("{stats:?}") };
         assert_eq!((guests[0].guest.as_str(), machine.live), ("w", 1));
-        assert_eq!(send(&mut s, &host, 7, b"version\n"), [r#"{"protocol":3,"abi":4}"#]);
+        assert_eq!(send(&mut s, &host, 7, b"version\n"), [r#"{"protocol":4,"abi":4}"#]);
+    }
+
+    #[test]
+    fn protocol_4_requests_reach_the_host() {
+        let host = Books { room: 1 << 20, ..Default::default() };
+        let mut s = Session::default();
+        send(&mut s, &host, 0, b"image-begin a.hermit 1\nimage-data 01\nimage-end\n");
+        assert_eq!(
+            send(&mut s, &host, 1, b"start w sha256:1 4096 acme weight=5 watch -- x\n"),
+            [r#"{"error":"no image sha256:1","kind":"refused"}"#],
+            "the host decides what names an image"
+        );
+        assert_eq!(
+            send(&mut s, &host, 1, b"start w a.hermit 4096 acme weight=5 watch -- x\n"),
+            [r#"{"started":"w","ip":"10.9.0.2","tenant":9}"#]
+        );
+        assert_eq!(host.waited.borrow_mut().take().as_deref(), Some("w"), "watch reached the host");
+        // A wait is not answered now; the host pushes the end later.
+        assert_eq!(send(&mut s, &host, 2, b"wait w\n"), Vec::<String>::new());
+        assert_eq!(send(&mut s, &host, 2, b"wait nobody\n"), [r#"{"error":"no guest nobody","kind":"refused"}"#]);
+        assert_eq!(send(&mut s, &host, 3, b"console w\nevents\n"), [r#"{"watching":"w"}"#, r#"{"watching":"events"}"#]);
+        assert_eq!(send(&mut s, &host, 4, b"tenants\n"), [r#"{"tenants":[{"name":"acme","id":9,"guests":1}]}"#]);
+        assert_eq!(send(&mut s, &host, 5, b"tenant-remove acme\n"), [r#"{"tenant_removed":"acme"}"#]);
+        assert_eq!(
+            send(&mut s, &host, 6, b"image-remove a.hermit\nimages\n"),
+            [r#"{"image_removed":"a.hermit"}"#, r#"{"images":[],"loaded":[]}"#]
+        );
+        assert_eq!(
+            send(&mut s, &host, 7, b"start w a.hermit 4096 0 weight=0 --\n"),
+            [
+                r#"{"error":"start: options before -- are weight=1..10000, cap=1..100, ring_slots=2..128 (a power of two), nic_packets=, nic_bytes=, nic_broadcasts=, console_bytes=, notifications= (per second, 0: none), watch","kind":"bad_request"}"#
+            ]
+        );
     }
 
     #[test]
@@ -292,7 +416,7 @@ mod tests {
         assert_eq!(
             send(&mut s, &host, 22 + STALL_NS, b"t\n"),
             [
-                r#"{"error":"unknown request (list, stats, stop, capture, images, image-begin, image-data, image-end, start, version)","kind":"bad_request"}"#
+                r#"{"error":"unknown request (list, stats, stop, capture, images, image-begin, image-data, image-end, image-remove, start, tenants, tenant-remove, wait, events, console, version)","kind":"bad_request"}"#
             ]
         );
         assert!(send(&mut s, &host, 0, b"image-end\n")[0].contains("no upload in progress"));

@@ -24,7 +24,7 @@ mod elf;
 mod gzip;
 mod tar;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;

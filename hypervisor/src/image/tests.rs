@@ -227,6 +227,14 @@ fn image(elf: &[u8]) -> Vec<u8> {
     tar(&[("hermit.toml", TOML.as_bytes()), ("hello", elf)])
 }
 
+/// A valid image file (plain tar) whose text holds `tag`: images with
+/// different tags have different digests (for the machine's tests).
+pub(crate) fn valid_image_file(tag: u8) -> Vec<u8> {
+    let mut elf = ElfSpec::valid().build();
+    elf[0x1100] = tag;
+    image(&elf)
+}
+
 fn parse_elf(elf: &[u8]) -> Result<Image, ImageError> {
     Image::parse(&image(elf))
 }

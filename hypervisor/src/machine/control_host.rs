@@ -7,11 +7,13 @@
 //! other CPUs from their guests. A stop request sets the guest's flag and
 //! wakes it: the CPU that takes it next ends it (see `cpu_loop`).
 
-use super::create::{image_budget, load_image};
+use super::create::{ImageEntry, digest, image_budget};
 use super::network::{CaptureTarget, Captured};
 use super::report::sizes;
 use super::{EXITED, GuestStatus, MAX_IMAGES, Machine, Network, Platform, STATES};
 use crate::control::{ControlHost, Session, json_line};
+use abi::bundle::Settings;
+use abi::control::{GuestEvent, ImageInfo, StartOptions, Tenant, TenantRow};
 use abi::report::{GuestRow, GuestStats, MachineStats};
 use alloc::format;
 use alloc::string::String;
@@ -34,6 +36,20 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         if self.net.capturing() {
             self.drain_capture();
         }
+        // Records pushed by any CPU, in the order they were queued; one at
+        // a time, so the lock is never held while the line is written.
+        while let Some(record) = self.next_pushed() {
+            self.platform.control_write_line(&record);
+        }
+    }
+
+    fn next_pushed(&self) -> Option<String> {
+        self.watch.lock().next()
+    }
+
+    /// Guests not yet ended that run image `index`.
+    fn image_users(&self, index: usize) -> u32 {
+        self.statuses().filter(|(_, s)| s.image == index && s.state.load(Ordering::Relaxed) < EXITED).count() as u32
     }
 
     /// Hands the captured frames to the control channel; the capture's end
@@ -82,17 +98,67 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
         self.images.lock().len() < MAX_IMAGES
     }
 
-    fn image_names(&self) -> Vec<String> {
-        self.images.lock().iter().filter(|(_, i)| i.is_ok()).map(|(n, _)| n.clone()).collect()
+    fn images(&self) -> Vec<ImageInfo> {
+        let images = self.images.lock();
+        let info = |(i, e): (usize, &ImageEntry)| ImageInfo {
+            name: e.name.clone(),
+            digest: e.digest_string(),
+            bytes: e.bytes,
+            guests: self.image_users(i),
+        };
+        images.iter().enumerate().filter(|(_, e)| !e.is_free() && e.image.is_ok()).map(info).collect()
     }
 
-    fn add_image(&self, name: &str, data: &[u8]) -> Result<(), String> {
-        let img = load_image(&self.platform, name, data)?;
-        self.images.lock().push((name.into(), Ok(img)));
-        Ok(())
+    fn add_image(&self, name: &str, data: &[u8]) -> Result<(String, String), String> {
+        let sum = digest(data);
+        {
+            let images = self.images.lock();
+            if let Some(e) = images.iter().find(|e| !e.is_free() && e.image.is_ok() && e.digest == sum) {
+                return Ok((e.name.clone(), e.digest_string()));
+            }
+            if images.iter().any(|e| !e.is_free() && e.image.is_ok() && e.name == name) {
+                return Err(format!("another image named {name} is loaded (image-remove it first, or use another name)"));
+            }
+        }
+        // Parsed and loaded with no lock held: it may take a while.
+        let entry = ImageEntry::load(&self.platform, name, data);
+        entry.image.as_ref().map_err(String::clone)?;
+        let answer = (entry.name.clone(), entry.digest_string());
+        let mut images = self.images.lock();
+        match images.iter().position(ImageEntry::is_free) {
+            Some(i) => images[i] = entry,
+            None => images.push(entry),
+        }
+        Ok(answer)
     }
 
-    fn start(&self, name: &str, image: &str, memory: u64, tenant: Option<u32>, args: &[&str]) -> Result<Option<[u8; 4]>, String> {
+    fn remove_image(&self, which: &str) -> Result<String, String> {
+        let mut images = self.images.lock();
+        // Guests are created under this lock: none can start on it meanwhile.
+        let i =
+            images.iter().position(|e| e.answers_to(which) && e.image.is_ok()).ok_or_else(|| format!("no image {which} (see images)"))?;
+        match self.image_users(i) {
+            0 => {}
+            n => return Err(format!("image {which} is in use by {n} guest(s)")),
+        }
+        let entry = core::mem::replace(&mut images[i], ImageEntry::free());
+        drop(images);
+        if let Ok(img) = entry.image {
+            img.unload(&mut self.platform.mem());
+        }
+        self.platform.console_line(&format!("[hv] image {} removed", entry.name));
+        Ok(entry.name)
+    }
+
+    fn start(
+        &self,
+        name: &str,
+        image: &str,
+        memory: u64,
+        tenant: Tenant<'_>,
+        options: &StartOptions,
+        args: &[&str],
+    ) -> Result<(Option<[u8; 4]>, Option<u32>), String> {
         if self.find(name).is_some() {
             return Err(format!("a guest named {name} exists already"));
         }
@@ -101,12 +167,29 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
         if memory > machine {
             return Err(format!("guest {name} not started: memory {} is more than the machine's {}", sizes(memory), sizes(machine)));
         }
-        let index =
-            self.images.lock().iter().position(|(n, i)| n == image && i.is_ok()).ok_or_else(|| format!("no image {image} (see images)"))?;
-        let st = abi::bundle::Settings { memory, tenant: tenant.unwrap_or(abi::bundle::TENANT_NONE), ..Default::default() };
-        let c = self.create_guest(name, index, &st, args).map_err(|e| format!("guest {name} not started: {e}"))?;
+        let index = self
+            .images
+            .lock()
+            .iter()
+            .position(|e| e.answers_to(image) && e.image.is_ok())
+            .ok_or_else(|| format!("no image {image} (see images)"))?;
+        let tenant = match tenant {
+            Tenant::None => abi::bundle::TENANT_NONE,
+            Tenant::Number(t) => t,
+            Tenant::Named(t) => self.creating.lock().tenant_named(t, true)?,
+        };
+        let defaults = Settings::default();
+        let st = Settings {
+            memory,
+            tenant,
+            weight: options.weight.unwrap_or(defaults.weight),
+            cap: options.cap.unwrap_or(defaults.cap),
+            ring_slots: options.ring_slots.unwrap_or(defaults.ring_slots),
+            limits: options.apply_limits(defaults.limits),
+        };
+        let c = self.create_guest(name, index, &st, args, options.watch).map_err(|e| format!("guest {name} not started: {e}"))?;
         self.platform.console_line(&format!("[hv] guest {name} started ({})", c.describe));
-        Ok(c.ip)
+        Ok((c.ip, c.ip.map(|_| tenant)))
     }
 
     fn stop(&self, name: &str) -> Result<(), String> {
@@ -137,6 +220,66 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
 
     fn stats(&self) -> (Vec<GuestStats>, MachineStats) {
         (self.waiting_stats_all(), self.machine_stats())
+    }
+
+    fn tenants(&self) -> Vec<TenantRow> {
+        let mut rows: Vec<TenantRow> = {
+            let c = self.creating.lock();
+            let n = c.names.len().max(c.next_host.len());
+            (0..n)
+                .filter(|&t| c.names.get(t).is_some_and(Option::is_some) || c.next_host.get(t).is_some_and(|&h| h > 0))
+                .map(|t| TenantRow { name: c.names.get(t).cloned().flatten(), id: t as u32, guests: 0 })
+                .collect()
+        };
+        for (_, s) in self.statuses() {
+            if let Some(t) = s.tenant
+                && s.state.load(Ordering::Relaxed) < EXITED
+                && let Some(row) = rows.iter_mut().find(|r| r.id == t)
+            {
+                row.guests += 1;
+            }
+        }
+        rows
+    }
+
+    fn remove_tenant(&self, name: &str) -> Result<(), String> {
+        let mut c = self.creating.lock();
+        let t = c.tenant_named(name, false)?;
+        // Guests are created under this lock: none can join it meanwhile.
+        let n = self.statuses().filter(|(_, s)| s.tenant == Some(t) && s.state.load(Ordering::Relaxed) < EXITED).count();
+        if n > 0 {
+            return Err(format!("tenant {name} still has {n} guest(s)"));
+        }
+        c.names[t as usize] = None;
+        Ok(())
+    }
+
+    fn wait(&self, name: &str) -> Result<Option<GuestEvent>, String> {
+        let id = self.find(name).ok_or_else(|| format!("no guest {name}"))?;
+        // Under the watch lock: `finish` records the end before it takes
+        // the lock, so either the end is seen here or the wait is there.
+        let mut watch = self.watch.lock();
+        match self.status(id).end.get() {
+            Some(end) => Ok(Some(end.clone())),
+            None => {
+                watch.wait_for(id);
+                Ok(None)
+            }
+        }
+    }
+
+    fn watch_events(&self) {
+        self.watch.lock().watch_events();
+    }
+
+    fn watch_console(&self, name: &str) -> Result<(), String> {
+        let id = self.find(name).ok_or_else(|| format!("no guest {name}"))?;
+        let status = self.status(id);
+        if status.end.is_completed() {
+            return Err(format!("guest {name} has already ended"));
+        }
+        status.watched.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     fn capture(&self, what: &str, count: u32, secs: u32) -> Result<(), String> {

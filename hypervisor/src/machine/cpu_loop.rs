@@ -216,9 +216,10 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         // Its tables may have changed on another CPU since it last ran here.
         let moved = g.last_cpu.replace(me) != Some(me);
         self.platform.begin_guest(me, root, moved);
+        let watched = self.status(id).watched.load(Ordering::Relaxed);
         let step = loop {
             self.platform.enter(g);
-            let step = g.handle_exit(&mut mem, &|| self.now(), &mut |l| self.platform.console_line(l));
+            let step = g.handle_exit(&mut mem, &|| self.now(), &mut |l| self.console_out(id, watched, l));
             match step {
                 Step::Resume => {}
                 Step::FlushTlb => self.platform.flush_tlb(root),
@@ -249,12 +250,26 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         (step, ran)
     }
 
+    /// A console line about guest `id` (its own, `NAME| ...`, or the
+    /// hypervisor's, `[hv] guest NAME ...`): to the console, and to the
+    /// control channel too if it is `watched`.
+    fn console_out(&self, id: usize, watched: bool, line: &str) {
+        self.platform.console_line(line);
+        if watched {
+            let name = &self.status(id).name;
+            // Its own lines lose the console's prefix; the hypervisor's keep theirs.
+            let own = line.strip_prefix(name.as_str()).and_then(|l| l.strip_prefix("| "));
+            self.watch.lock().console(name, own.unwrap_or(line));
+        }
+    }
+
     /// Ends guest `id` on CPU `me`: out of the scheduler and the network,
     /// reported, freed. `how` is its exit code, or why it was stopped.
     fn finish(&self, me: usize, id: usize, mut g: Box<Guest>, how: Result<i32, StopReason>) {
         self.scheds[me].lock().remove(id);
         self.net.disconnect(id);
-        let out = |l: &str| self.platform.console_line(l);
+        let watched = self.status(id).watched.load(Ordering::Relaxed);
+        let out = |l: &str| self.console_out(id, watched, l);
         g.flush_console(&mut |l| out(l));
         let mut mem = self.platform.mem();
         match &how {
@@ -269,12 +284,25 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         let state = if how.is_ok() { GuestState::Exited } else { GuestState::Stopped };
         let mut stats = self.guest_stats(&g, state, self.net.port_stats(id));
         (stats.exit_code, stats.stop_reason) = (how.as_ref().ok().copied(), how.as_ref().err().cloned());
-        out(&json_line(&stats));
+        self.platform.console_line(&json_line(&stats));
+        let event = abi::control::GuestEvent {
+            event: abi::control::EventKind::Ended,
+            guest: g.name.clone(),
+            state,
+            exit_code: stats.exit_code,
+            stop_reason: stats.stop_reason,
+        };
+        // Recorded before it is queued: a `wait` that finds no end yet is
+        // registered under the same lock this takes, so it is answered
+        // either way.
+        let status = self.status(id);
+        let event = status.end.call_once(|| event);
+        self.watch.lock().ended(id, event, watched);
         match how {
             Ok(_) => self.exited.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.stopped.fetch_add(1, Ordering::Relaxed),
         };
-        self.status(id).state.store(if how.is_ok() { EXITED } else { STOPPED }, Ordering::Relaxed);
+        status.state.store(if how.is_ok() { EXITED } else { STOPPED }, Ordering::Relaxed);
         self.platform.release_tables(me, g.memory.space.root());
         g.destroy(&mut mem);
         self.live.fetch_sub(1, Ordering::Release);

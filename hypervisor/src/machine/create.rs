@@ -43,6 +43,55 @@ const QUIET_ABOVE: u32 = 100;
 pub(super) struct Creating {
     /// Guests with a vNIC so far, per tenant (see abi::guest_ipv4).
     pub(super) next_host: Vec<u32>,
+    /// Tenants' names, by number (the manifest's, and those `start` named).
+    pub(super) names: Vec<Option<String>>,
+}
+
+/// An image the machine holds: loaded, or refused with the reason (a
+/// bundle's refused image keeps its index, so its entries stay numbered),
+/// or a free entry (`name` empty) an `image-remove` left.
+pub struct ImageEntry {
+    pub name: String,
+    /// SHA-256 of the image file: `images` and `start` name it by this.
+    pub digest: [u8; 32],
+    /// The image file's size.
+    pub bytes: u64,
+    pub image: Result<LoadedImage, String>,
+}
+
+impl ImageEntry {
+    /// Validates and loads the image file `data` (see [`load_image`]).
+    pub fn load<P: Platform>(platform: &P, name: &str, data: &[u8]) -> Self {
+        Self { name: name.into(), digest: digest(data), bytes: data.len() as u64, image: load_image(platform, name, data) }
+    }
+
+    /// `sha256:` and the digest in lowercase hex.
+    pub fn digest_string(&self) -> String {
+        let mut s = String::from("sha256:");
+        let _ = abi::control::write_hex(&mut s, &self.digest);
+        s
+    }
+
+    /// A free entry.
+    pub(super) fn free() -> Self {
+        Self { name: String::new(), digest: [0; 32], bytes: 0, image: Err(String::new()) }
+    }
+
+    /// Whether `which` (a name or a `sha256:` digest) names this image.
+    pub fn answers_to(&self, which: &str) -> bool {
+        !self.is_free() && (self.name == which || self.digest_string() == which)
+    }
+
+    /// Whether `image-remove` left this entry for reuse.
+    pub fn is_free(&self) -> bool {
+        self.name.is_empty()
+    }
+}
+
+/// The SHA-256 of `data`.
+pub fn digest(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
 }
 
 /// A guest just created.
@@ -86,6 +135,8 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
     /// many could not be started.
     pub fn start_bundle(&self, bundle: &Bundle<'_>) -> u32 {
         let out = |l: &str| self.platform.console_line(l);
+        // The manifest's tenant names (those the control channel can name).
+        self.creating.lock().names = bundle.tenants().map(|t| abi::control::good_tenant_name(t).then(|| t.into())).collect();
         let mut not_started = 0u32;
         let (mut started, mut create_ns) = (0u64, 0u64);
         for entry in bundle.guests() {
@@ -94,7 +145,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             let st = entry.settings;
             for i in 0..entry.count {
                 let name = format!("{}-{i}", entry.name);
-                match self.create_guest(&name, entry.image as usize, &st, &manifest_args) {
+                match self.create_guest(&name, entry.image as usize, &st, &manifest_args, false) {
                     Ok(c) => {
                         create_ns += c.create_ns;
                         started += 1;
@@ -145,12 +196,13 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
 
     /// Creates guest `name` from image `image` and makes it runnable (at
     /// boot, and for `start` on the control channel).
-    pub(super) fn create_guest(&self, name: &str, image: usize, st: &Settings, args: &[&str]) -> Result<Created, String> {
+    /// `watch`: its console lines and end go to the control channel.
+    pub(super) fn create_guest(&self, name: &str, image: usize, st: &Settings, args: &[&str], watch: bool) -> Result<Created, String> {
         let mut mem = self.platform.mem();
         let mut creating = self.creating.lock();
         let images = self.images.lock();
-        let Some((_, img)) = images.get(image) else { return Err(format!("there is no image {image}")) };
-        let img = img.as_ref().map_err(|_| String::from("its image was rejected"))?;
+        let Some(entry) = images.get(image).filter(|e| !e.is_free()) else { return Err(format!("there is no image {image}")) };
+        let img = entry.image.as_ref().map_err(|_| String::from("its image was rejected"))?;
         let args: Vec<&str> = if args.is_empty() { img.app_args.iter().map(String::as_str).collect() } else { args.to_vec() };
         let (heap, heap_used) = self.platform.heap_usage();
         if heap - heap_used < HEAP_HEADROOM {
@@ -209,8 +261,12 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             cpu_ns: AtomicU64::new(0),
             memory_bytes: AtomicU64::new(0),
             stop_requested: AtomicBool::new(false),
+            image,
+            watched: AtomicBool::new(watch),
+            end: spin::Once::new(),
         });
         self.count.store(id + 1, Ordering::Release);
+        self.watch.lock().started(name);
         self.live.fetch_add(1, Ordering::AcqRel);
         // Spread new guests over the CPUs; balancing evens out the rest.
         let cpu = id % self.cpus;
@@ -224,6 +280,24 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
 }
 
 impl Creating {
+    /// The number of tenant `name`: its own, or (if `create`) the lowest
+    /// that has neither a name nor had a guest.
+    pub(super) fn tenant_named(&mut self, name: &str, create: bool) -> Result<u32, String> {
+        if let Some(t) = self.names.iter().position(|n| n.as_deref() == Some(name)) {
+            return Ok(t as u32);
+        }
+        if !create {
+            return Err(format!("no tenant {name}"));
+        }
+        let used = |t: usize| self.names.get(t).is_some_and(Option::is_some) || self.next_host.get(t).is_some_and(|&n| n > 0);
+        let t = (0..abi::MAX_TENANTS as usize).find(|&t| !used(t)).ok_or_else(|| format!("no tenant number left for {name}"))?;
+        if self.names.len() <= t {
+            self.names.resize(t + 1, None);
+        }
+        self.names[t] = Some(name.into());
+        Ok(t as u32)
+    }
+
     /// The vNIC record of guest `id` (`st.tenant` is not `TENANT_NONE`):
     /// its MAC and the next address of its tenant.
     pub(super) fn address(&mut self, id: usize, st: &Settings) -> Result<abi::NicInfo, String> {

@@ -37,13 +37,14 @@ pub mod platform;
 mod report;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 pub use cpu_loop::{CpuState, Pass};
-pub use create::load_image;
+pub use create::{ImageEntry, digest, load_image};
 pub use network::Network;
 pub use platform::Platform;
 
-use crate::guest::{Guest, LoadedImage};
+use crate::guest::Guest;
 use crate::sched::{Scheduler, Wake};
 use abi::report::GuestState;
 use abi::time::TimeInfo;
@@ -111,9 +112,12 @@ pub struct Machine<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> 
     keep_running: bool,
     /// Set once the boot guests are created; the other CPUs wait for it.
     ready: AtomicBool,
-    /// Images by index: the bundle's, then those sent on the control channel.
-    images: Mutex<Vec<(String, Result<LoadedImage, String>)>>,
+    /// Images by index: the bundle's, then those sent on the control
+    /// channel (a removed one leaves a free entry, so indices never move).
+    images: Mutex<Vec<ImageEntry>>,
     creating: Mutex<create::Creating>,
+    /// What the control channel watches, and the records waiting for it.
+    watch: Mutex<watch::Watch>,
 }
 
 /// A guest as the control channel sees it, whichever CPU has it.
@@ -126,6 +130,13 @@ pub struct GuestStatus {
     memory_bytes: AtomicU64,
     /// Set by `ctl stop`; the CPU that next takes the guest ends it.
     stop_requested: AtomicBool,
+    /// Its image's index in `images` (counted while it has not ended).
+    image: usize,
+    /// Its console lines go to the control channel (`console`, `start
+    /// ... watch`).
+    watched: AtomicBool,
+    /// How it ended, once it has.
+    end: Once<abi::control::GuestEvent>,
 }
 
 /// The states the control channel names (`ctl list`): waiting for a CPU
@@ -140,7 +151,7 @@ const STOPPED: u8 = 3;
 impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> {
     /// A machine with no guest yet: `images` are the bundle's (loaded with
     /// [`Machine::load_image`] before), the time page is allocated here.
-    pub fn new(platform: P, net: N, config: Config, images: Vec<(String, Result<LoadedImage, String>)>) -> Self {
+    pub fn new(platform: P, net: N, config: Config, images: Vec<ImageEntry>) -> Self {
         let time_page = {
             use crate::mm::PhysMem;
             let mut mem = platform.mem();
@@ -173,6 +184,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             ready: AtomicBool::new(false),
             images: Mutex::new(images),
             creating: Mutex::new(create::Creating::default()),
+            watch: Mutex::new(watch::Watch::default()),
         }
     }
 
@@ -227,8 +239,8 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
     pub fn shut_down(&self, not_started: u32) {
         use crate::mm::PhysMem;
         let mut mem = self.platform.mem();
-        for (_, img) in core::mem::take(&mut *self.images.lock()) {
-            if let Ok(img) = img {
+        for entry in core::mem::take(&mut *self.images.lock()) {
+            if let Ok(img) = entry.image {
                 img.unload(&mut mem);
             }
         }

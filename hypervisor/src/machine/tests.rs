@@ -112,6 +112,8 @@ struct Fake {
     loaded: Mutex<HashMap<usize, PhysAddr>>,
     /// Every `begin_guest`: the CPU, and whether the guest had moved.
     begins: Mutex<Vec<(usize, bool)>>,
+    /// Lines written to the control channel.
+    control: Mutex<Vec<String>>,
     held: Mutex<Option<Sender<()>>>,
     release: Mutex<Option<Receiver<()>>>,
 }
@@ -226,7 +228,9 @@ impl Platform for Fake {
     fn control_read(&self) -> Option<u8> {
         None
     }
-    fn control_write_line(&self, _line: &str) {}
+    fn control_write_line(&self, line: &str) {
+        self.control.lock().push(line.into());
+    }
     fn heap_usage(&self) -> (usize, usize) {
         (64 << 20, 0)
     }
@@ -249,7 +253,7 @@ fn machine(cpus: usize) -> TestMachine {
 fn machine_on<N: Network<Ring = SharedRing, Events = FakeEvents>>(cpus: usize, net: N) -> Machine<Fake, N> {
     let mut mem = TestMem::new(100_000);
     let upper = mem.alloc().unwrap();
-    let img = LoadedImage::load(&mut mem, "t", &image()).unwrap();
+    let img = crate::guest::LoadedImage::load(&mut mem, "t", &image()).unwrap();
     let fake = Fake {
         mem: Arc::new(Mutex::new(mem)),
         rings: Mutex::new(Vec::new()),
@@ -265,17 +269,19 @@ fn machine_on<N: Network<Ring = SharedRing, Events = FakeEvents>>(cpus: usize, n
         release: Mutex::new(None),
         loaded: Mutex::new(HashMap::new()),
         begins: Mutex::new(Vec::new()),
+        control: Mutex::new(Vec::new()),
     };
     let config =
         Config { cpus, capacity: 16, guest_upper: upper, time: TimeInfo::new(1_000_000_000, 0, 0), control: false, keep_running: false };
-    Machine::new(fake, net, config, vec![("t".into(), Ok(img))])
+    let entry = super::ImageEntry { name: "t".into(), digest: [7; 32], bytes: 1, image: Ok(img) };
+    Machine::new(fake, net, config, vec![entry])
 }
 
 /// Creates guest `name` (ids in order; guest `id` starts on CPU
 /// `id % cpus`) that does `script`, then computes forever.
 fn guest(m: &TestMachine, name: &str, script: &[Act]) -> usize {
     m.platform.scripts.lock().insert(name.into(), script.iter().copied().collect());
-    m.create_guest(name, 0, &abi::bundle::Settings { memory: 1 << 20, ..Default::default() }, &[]).unwrap();
+    m.create_guest(name, 0, &abi::bundle::Settings { memory: 1 << 20, ..Default::default() }, &[], false).unwrap();
     m.find(name).unwrap()
 }
 
@@ -508,7 +514,7 @@ fn a_guest_whose_vnic_cannot_be_attached_is_destroyed_whole() {
     let m = machine(1);
     let before = m.platform.mem.lock().live;
     let st = abi::bundle::Settings { memory: 1 << 20, tenant: 1, ..Default::default() };
-    let e = m.create_guest("n", 0, &st, &[]).err().expect("the network refuses the port");
+    let e = m.create_guest("n", 0, &st, &[], false).err().expect("the network refuses the port");
     assert_eq!(e, "no network");
     assert_eq!(m.platform.mem.lock().live, before, "its pages, tables and ring frames are all freed");
     assert_eq!(m.count.load(Ordering::SeqCst), 0, "no id is used up");
@@ -586,7 +592,7 @@ impl Network for Ports {
 fn a_vnic_is_rings_mapped_into_the_guest_and_a_port_with_its_address() {
     let m = machine_on(1, Ports::default());
     let st = abi::bundle::Settings { memory: 1 << 20, tenant: 3, ring_slots: 4, ..Default::default() };
-    let c = m.create_guest("n", 0, &st, &[]).unwrap();
+    let c = m.create_guest("n", 0, &st, &[], false).unwrap();
     assert_eq!(c.ip, Some(abi::guest_ipv4(3, 0)));
     assert!(c.describe.ends_with("tenant 3"), "{}", c.describe);
     let ports = m.net.given.lock();
@@ -722,4 +728,115 @@ fn a_guest_that_stays_on_its_cpu_keeps_its_tables_and_one_that_moved_does_not() 
         [(0, true), (0, false), (1, true), (0, true), (0, false)],
         "a first run and every run after a move must reload the tables (the TLB may hold what changed elsewhere)"
     );
+}
+
+/// What the control channel was sent since the last call.
+fn control_lines(m: &TestMachine) -> Vec<String> {
+    m.poll_control(&mut crate::control::Session::default());
+    core::mem::take(&mut *m.platform.control.lock())
+}
+
+fn watched() -> abi::control::StartOptions {
+    abi::control::StartOptions { watch: true, ..Default::default() }
+}
+
+#[test]
+fn a_wait_and_a_watch_are_answered_with_the_end_after_the_last_line() {
+    use abi::control::Tenant;
+    let m = machine(1);
+    m.platform.scripts.lock().insert("a".into(), [Act::Exit(3)].into());
+    m.platform.scripts.lock().insert("b".into(), [Act::Block(u64::MAX)].into());
+    assert_eq!(m.start("a", "t", 1 << 20, Tenant::None, &Default::default(), &[]), Ok((None, None)));
+    assert_eq!(
+        m.start("b", "sha256:0707070707070707070707070707070707070707070707070707070707070707", 1 << 20, Tenant::None, &watched(), &[]),
+        Ok((None, None)),
+        "started by digest"
+    );
+    assert_eq!(m.wait("a"), Ok(None), "not ended yet: answered when it ends");
+    assert!(m.wait("nobody").is_err());
+    let mut cpu = CpuState::default();
+    steps(&m, 0, &mut cpu, 10);
+    m.stop("b").unwrap();
+    assert_eq!(steps(&m, 0, &mut cpu, 10), Pass::Done);
+    let out = control_lines(&m);
+    let ended = |name: &str, state: &str, code: &str, why: &str| {
+        format!(r#"{{"event":"ended","guest":"{name}","state":"{state}","exit_code":{code},"stop_reason":{why}}}"#)
+    };
+    // a's wait; then b's console (the hypervisor's lines about it: why it
+    // stopped, its registers, ...) and its end; a's console is not watched.
+    assert_eq!(out[0], ended("a", "exited", "3", "null"));
+    assert_eq!(out[1], r#"{"console":"b","line":"[hv] guest b stopped: stopped by the operator (ctl stop)"}"#);
+    assert!(out[2..out.len() - 1].iter().all(|l| l.starts_with(r#"{"console":"b","line":"[hv] guest b "#)), "{out:?}");
+    assert_eq!(out[out.len() - 1], ended("b", "stopped", "null", r#""operator""#));
+    // A wait on an ended guest is answered at once, and once.
+    assert_eq!(m.wait("a").map(|e| e.map(|e| e.exit_code)), Ok(Some(Some(3))));
+    assert_eq!(control_lines(&m), Vec::<String>::new());
+    assert!(m.watch_console("a").is_err(), "an ended guest has no console to watch");
+}
+
+#[test]
+fn events_report_every_start_and_end() {
+    let m = machine(1);
+    m.watch_events();
+    guest(&m, "a", &[Act::Exit(0)]);
+    assert_eq!(steps(&m, 0, &mut CpuState::default(), 10), Pass::Done);
+    let out = control_lines(&m);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(out[0].starts_with(r#"{"event":"started","guest":"a""#) && out[1].starts_with(r#"{"event":"ended","guest":"a""#), "{out:?}");
+}
+
+#[test]
+fn images_are_named_by_digest_loaded_once_and_removed_when_unused() {
+    use crate::image::tests::valid_image_file;
+    let m = machine(1);
+    let free = m.platform.mem.lock().live;
+    let (name, digest) = m.add_image("u.hermit", &valid_image_file(1)).unwrap();
+    assert_eq!(name, "u.hermit");
+    assert!(digest.starts_with("sha256:") && digest.len() == 7 + 64, "{digest}");
+    // The same bytes under another name: loaded once, under its first name.
+    assert_eq!(m.add_image("v.hermit", &valid_image_file(1)), Ok((name.clone(), digest.clone())));
+    // Other bytes under a loaded name: refused, so a rebuilt image never
+    // silently runs the old code.
+    assert!(m.add_image("u.hermit", &valid_image_file(2)).unwrap_err().contains("another image named u.hermit"));
+    assert!(m.add_image("x.hermit", b"not an image").is_err());
+    let listed: Vec<_> = m.images().into_iter().map(|i| (i.name, i.guests)).collect();
+    assert_eq!(listed, [("t".to_string(), 0), ("u.hermit".to_string(), 0)]);
+
+    m.platform.scripts.lock().insert("g".into(), [Act::Block(u64::MAX)].into());
+    m.start("g", &digest, 1 << 20, abi::control::Tenant::None, &Default::default(), &[]).unwrap();
+    assert_eq!(m.images()[1].guests, 1);
+    assert!(m.remove_image(&digest).unwrap_err().contains("in use by 1 guest"));
+    m.stop("g").unwrap();
+    assert_eq!(steps(&m, 0, &mut CpuState::default(), 10), Pass::Done);
+    assert_eq!(m.remove_image(&digest), Ok(name));
+    assert_eq!(m.images().len(), 1);
+    assert_eq!(m.platform.mem.lock().live, free, "the image's frames went back");
+    assert!(
+        m.remove_image("u.hermit").is_err()
+            && m.start("h", "u.hermit", 1 << 20, abi::control::Tenant::None, &Default::default(), &[]).is_err()
+    );
+    // Its entry is reused.
+    m.add_image("w.hermit", &valid_image_file(3)).unwrap();
+    assert_eq!(m.images.lock().len(), 2);
+}
+
+#[test]
+fn named_tenants_are_numbered_kept_and_removed_when_empty() {
+    use abi::control::Tenant;
+    let m = machine_on(1, Ports::default());
+    // Tenant 0 has had a guest: a name gets the next number.
+    guest(&m, "boot", &[Act::Exit(0)]);
+    m.create_guest("boot2", 0, &abi::bundle::Settings { memory: 1 << 20, tenant: 0, ..Default::default() }, &[], false).unwrap();
+    let opts = abi::control::StartOptions { weight: Some(300), cap: Some(20), ..Default::default() };
+    assert_eq!(m.start("w", "t", 1 << 20, Tenant::Named("acme"), &opts, &[]).map(|(ip, t)| (ip.is_some(), t)), Ok((true, Some(1))));
+    assert_eq!(m.start("v", "t", 1 << 20, Tenant::Named("acme"), &opts, &[]).map(|(_, t)| t), Ok(Some(1)));
+    assert_eq!(m.start("z", "t", 1 << 20, Tenant::Named("zed"), &opts, &[]).map(|(_, t)| t), Ok(Some(2)));
+    let rows: Vec<_> = m.tenants().into_iter().map(|r| (r.name, r.id, r.guests)).collect();
+    assert_eq!(rows, [(None, 0, 1), (Some("acme".into()), 1, 2), (Some("zed".into()), 2, 1)]);
+    assert!(m.remove_tenant("acme").unwrap_err().contains("still has 2 guest"));
+    assert!(m.remove_tenant("nobody").is_err());
+    let w = m.find("w").unwrap();
+    // The options reached the scheduler: a 20% cap is a fifth of its period.
+    let budget = Some(sched::CAP_PERIOD_NS / 5);
+    assert_eq!(m.scheds[m.home[w].load(Ordering::SeqCst)].lock().weight_budget(w), Some((300, budget)));
 }

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 
+use abi::control::{GuestEvent, Request, Response, StartOptions};
+use xtask::ctl::{Instance, StartSpec};
+
 use crate::{Ctl, Format};
 
 /// Sends what `what` asks to the detached hypervisor and prints the answer.
@@ -26,18 +29,63 @@ pub fn run(what: Ctl) -> Result<()> {
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
-        Ctl::Start { name, app, image, tenant, memory, args } => {
+        Ctl::Start { name, app, image, tenant, memory, weight, cap, ring_slots, attach, args } => {
             let memory = xtask::manifest::parse_size(&memory).map_err(|e| anyhow::anyhow!("--memory {memory:?}: {e}"))?;
             let (image, elf) = match (app, image) {
                 (Some(app), _) => (xtask::build_apps(&[app.as_str()])?.remove(0), Some(xtask::app_elf(&app))),
                 (None, Some(image)) => (image, None),
                 (None, None) => anyhow::bail!("--app or --image"),
             };
-            let tenant = tenant.map(|t| inst.tenant(&t)).transpose()?;
-            println!("{}", inst.start(&name, &image, elf.as_deref(), memory, tenant, &args)?);
+            let options = StartOptions { weight, cap, ring_slots, watch: attach, ..Default::default() };
+            let spec =
+                StartSpec { name: &name, image: &image, elf: elf.as_deref(), memory, tenant: tenant.as_deref(), options, args: &args };
+            if !attach {
+                println!("{}", inst.start(&spec)?);
+                return Ok(());
+            }
+            // One connection: the start, then its console and its end.
+            let digest = inst.ensure_image(&image)?;
+            let mut end = None;
+            inst.stream(&[Instance::start_line(&spec, &digest)?], |r| follow(r, &name, &mut end))?;
+            exit_as(end)?;
         }
         Ctl::Stop { name } => println!("{}", inst.request(&format!("stop {name}"))?),
-        Ctl::Logs { name } => print!("{}", xtask::ctl::logs(&inst, &name)?),
+        Ctl::Wait { name } => {
+            let end = inst.wait(&name)?;
+            println!("{}", serde_json::to_string(&end)?);
+            exit_as(Some(end))?;
+        }
+        Ctl::Logs { name, follow: false } => print!("{}", xtask::ctl::logs(&inst, &name)?),
+        Ctl::Logs { name, follow: true } => {
+            print!("{}", xtask::ctl::logs(&inst, &name)?);
+            let mut end = None;
+            inst.stream(&[Request::Console(&name).to_string()], |r| follow(r, &name, &mut end))?;
+        }
+        Ctl::Events => inst.stream(&[Request::Events.to_string()], |r| {
+            if let Response::Event(e) = r {
+                println!("{}", serde_json::to_string(e)?);
+            }
+            Ok(false)
+        })?,
+        Ctl::Images => match inst.request("images")?.0 {
+            Response::Images { loaded, .. } => {
+                println!("{:<32} {:<71} {:>10} {:>6}", "NAME", "DIGEST", "BYTES", "GUESTS");
+                for i in loaded {
+                    println!("{:<32} {:<71} {:>10} {:>6}", i.name, i.digest, i.bytes, i.guests);
+                }
+            }
+            other => anyhow::bail!("images was answered {other:?}"),
+        },
+        Ctl::ImageRm { image } => println!("{}", inst.request(&Request::ImageRemove(&image).to_string())?),
+        Ctl::Tenants => match inst.request("tenants")?.0 {
+            Response::Tenants { tenants } => {
+                println!("{:<24} {:>6} {:>7}", "NAME", "NUMBER", "GUESTS");
+                for t in tenants {
+                    println!("{:<24} {:>6} {:>7}", t.name.as_deref().unwrap_or("-"), t.id, t.guests);
+                }
+            }
+            other => anyhow::bail!("tenants was answered {other:?}"),
+        },
         Ctl::Capture { what, write, count, seconds } => {
             let (frames, dropped) = inst.capture(&what, count, seconds)?;
             std::fs::write(&write, xtask::ctl::pcap(&frames)).with_context(|| format!("writing {}", write.display()))?;
@@ -47,4 +95,30 @@ pub fn run(what: Ctl) -> Result<()> {
         Ctl::Version => println!("{}", inst.request("version")?),
     }
     Ok(())
+}
+
+/// Prints guest `name`'s console records; true (and its end in `end`) once
+/// it has ended.
+fn follow(r: &Response, name: &str, end: &mut Option<GuestEvent>) -> Result<bool> {
+    match r {
+        Response::Started { .. } | Response::Watching { .. } => {}
+        Response::Console { console, line } if console == name => println!("{line}"),
+        Response::LinesDropped { lines_dropped } => eprintln!("({lines_dropped} console lines dropped: the channel fell behind)"),
+        Response::Event(e) if e.guest == name && e.event == abi::control::EventKind::Ended => {
+            *end = Some(e.clone());
+            return Ok(true);
+        }
+        _ => {}
+    }
+    Ok(false)
+}
+
+/// Exits with the guest's exit code (125 if the hypervisor stopped it),
+/// as `docker run` does.
+fn exit_as(end: Option<GuestEvent>) -> Result<()> {
+    let end = end.context("the guest's end was not reported")?;
+    if let Some(why) = &end.stop_reason {
+        eprintln!("guest {} stopped: {why}", end.guest);
+    }
+    std::process::exit(end.exit_code.unwrap_or(125) & 0xff)
 }

@@ -15,9 +15,10 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-pub use request::{Request, RequestError, from_hex, good_name, parse, write_hex};
+pub use request::{Request, RequestError, StartOptions, Tenant, from_hex, good_name, good_tenant_name, parse, write_hex};
 
-use crate::report::{GuestRow, GuestStats, MachineStats};
+use crate::report::{GuestRow, GuestState, GuestStats, MachineStats};
+use crate::stop::StopReason;
 
 #[cfg(feature = "serde")]
 use serde::{Deserialize, Serialize};
@@ -25,8 +26,15 @@ use serde::{Deserialize, Serialize};
 /// Version of this protocol, answered by `version` beside
 /// [`crate::ABI_VERSION`]. 1 was the protocol before it had a number;
 /// 2 added `version` and the `exit_code` and `stop_reason` of
-/// `guest_stats`; 3 added the `kind` of error answers.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// `guest_stats`; 3 added the `kind` of error answers; 4 added image
+/// digests and `image-remove`, `start` options and named tenants,
+/// `tenants`, `tenant-remove`, `wait`, `events` and `console`.
+pub const PROTOCOL_VERSION: u32 = 4;
+
+/// Most console lines waiting for the channel; past it lines are dropped
+/// and counted (a `lines_dropped` record says how many). `event` records
+/// are never dropped.
+pub const PUSHED_LINES_MAX: usize = 1024;
 
 /// Longest request line (an `image-data` line of [`CHUNK_MAX`] bytes in hex
 /// fits); longer ones are refused whole.
@@ -139,15 +147,47 @@ pub enum Response {
     Stats { guests: Vec<GuestStats>, machine: MachineStats },
     /// `list`: every guest created so far.
     Guests { guests: Vec<GuestRow> },
-    /// `images`: the images loaded (the bundle's, then uploads).
-    Images { images: Vec<String> },
+    /// `images`: the names of the images loaded (the bundle's, then
+    /// uploads), and (protocol 4) each with its digest and users.
+    Images {
+        images: Vec<String>,
+        #[cfg_attr(feature = "serde", serde(default))]
+        loaded: Vec<ImageInfo>,
+    },
     /// `image-begin`: the upload may go on.
     Receiving { receiving: String },
-    /// `image-end`: the image is validated and loaded.
-    Image { image: String },
+    /// `image-end`: the image is validated and loaded, or was already
+    /// (under this name and digest: an upload of bytes already loaded
+    /// loads nothing).
+    Image {
+        image: String,
+        #[cfg_attr(feature = "serde", serde(default))]
+        digest: Option<String>,
+    },
+    /// `image-remove`: the image is unloaded.
+    ImageRemoved { image_removed: String },
     /// `start`: the guest is created and runnable; its IPv4 address
-    /// (`"10.T.0.N"`) if it has a vNIC.
-    Started { started: String, ip: Option<String> },
+    /// (`"10.T.0.N"`) if it has a vNIC, and (protocol 4) its tenant.
+    Started {
+        started: String,
+        ip: Option<String>,
+        #[cfg_attr(feature = "serde", serde(default))]
+        tenant: Option<u32>,
+    },
+    /// `tenants`: every tenant that has a name or has had a guest.
+    Tenants { tenants: Vec<TenantRow> },
+    /// `tenant-remove`: the name is forgotten (its number is not reused).
+    TenantRemoved { tenant_removed: String },
+    /// `events` or `console NAME`: records follow as things happen.
+    Watching { watching: String },
+    /// A guest started or ended (for `events`, `wait`, `console` and
+    /// `start ... watch`).
+    Event(GuestEvent),
+    /// A line guest `console` wrote (for `console` and `start ... watch`),
+    /// without the console's `NAME| ` prefix.
+    Console { console: String, line: String },
+    /// Console lines dropped because the channel fell behind.
+    LinesDropped { lines_dropped: u64 },
     /// `stop`: the guest is marked; it ends at its next exit.
     Stopped { stopped: String },
     /// `capture`: frames follow.
@@ -185,10 +225,67 @@ impl Response {
     }
 
     /// A `started` answer; `ip` is the guest's address if it has a vNIC.
-    pub fn started(name: &str, ip: Option<[u8; 4]>) -> Self {
+    pub fn started(name: &str, ip: Option<[u8; 4]>, tenant: Option<u32>) -> Self {
         let ip = ip.map(|a| alloc::format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3]));
-        Response::Started { started: name.into(), ip }
+        Response::Started { started: name.into(), ip, tenant }
     }
+
+    /// Whether this is a record the hypervisor pushes on its own (an
+    /// `event`, `console`, `lines_dropped` or captured `frame` record),
+    /// rather than the answer to a request: a client waiting for an
+    /// answer skips these (or handles them) and reads on.
+    pub fn is_pushed(&self) -> bool {
+        matches!(self, Response::Event(_) | Response::Console { .. } | Response::LinesDropped { .. } | Response::Frame { .. })
+    }
+}
+
+/// A loaded image (`images`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct ImageInfo {
+    pub name: String,
+    /// `sha256:` and the SHA-256 of the image file, in lowercase hex.
+    pub digest: String,
+    /// The image file's size.
+    pub bytes: u64,
+    /// Guests not yet ended that run it.
+    pub guests: u32,
+}
+
+/// A tenant (`tenants`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct TenantRow {
+    /// Its name, if it has one (the manifest's tenants and those `start`
+    /// named have one).
+    pub name: Option<String>,
+    /// Its number: the `T` of its guests' addresses `10.T.0.N`.
+    pub id: u32,
+    /// Guests not yet ended in it.
+    pub guests: u32,
+}
+
+/// What happened to a guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(rename_all = "snake_case"))]
+pub enum EventKind {
+    Started,
+    Ended,
+}
+
+/// An `event` record: `{"event":"ended","guest":"web","state":"exited",
+/// "exit_code":0,"stop_reason":null}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct GuestEvent {
+    pub event: EventKind,
+    pub guest: String,
+    /// `waiting` when it started; `exited` or `stopped` when it ended.
+    pub state: GuestState,
+    /// Its exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// Why the hypervisor stopped it, if it did.
+    pub stop_reason: Option<StopReason>,
 }
 
 #[cfg(all(test, feature = "serde"))]

@@ -12,6 +12,7 @@ use core::fmt;
 
 use super::{ARGS_MAX, CHUNK_MAX, IMAGE_BYTES_MAX};
 use crate::MAX_TENANTS;
+use crate::bundle::Limits;
 
 /// A parsed request; its strings borrow from the line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,10 +33,120 @@ pub enum Request<'a> {
     ImageData(Vec<u8>),
     /// `image-end`
     ImageEnd,
-    /// `start NAME IMAGE MEMORY TENANT [ARG...]` (`TENANT` is `none` for no vNIC)
-    Start { name: &'a str, image: &'a str, memory: u64, tenant: Option<u32>, args: Vec<&'a str> },
+    /// `start NAME IMAGE MEMORY TENANT [OPTION... --] [ARG...]`
+    Start { name: &'a str, image: &'a str, memory: u64, tenant: Tenant<'a>, options: StartOptions, args: Vec<&'a str> },
     /// `version`
     Version,
+    /// `image-remove IMAGE` (a name or a digest)
+    ImageRemove(&'a str),
+    /// `tenants`
+    Tenants,
+    /// `tenant-remove NAME`
+    TenantRemove(&'a str),
+    /// `wait NAME`
+    Wait(&'a str),
+    /// `events`
+    Events,
+    /// `console NAME`
+    Console(&'a str),
+}
+
+/// The tenant `start` puts a guest in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tenant<'a> {
+    /// `none`: no vNIC.
+    None,
+    /// A tenant by number, below [`MAX_TENANTS`].
+    Number(u32),
+    /// A tenant by name (1 to 64 of `[a-z0-9_-]`, starting with a letter):
+    /// the manifest's, or a new one the hypervisor numbers.
+    Named(&'a str),
+}
+
+/// What `start` may set beside memory and tenant, as `KEY=VALUE` words
+/// before a `--` (the manifest's keys and ranges); unset ones take the
+/// manifest's defaults.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StartOptions {
+    /// `weight=N`: CPU share, 1..=10000.
+    pub weight: Option<u32>,
+    /// `cap=P`: at most P percent of one CPU, 1..=100.
+    pub cap: Option<u32>,
+    /// `ring_slots=N`: slots in each vNIC ring (a power of two, 2..=128).
+    pub ring_slots: Option<u32>,
+    /// `nic_packets=`, `nic_bytes=`, `nic_broadcasts=`, `console_bytes=`,
+    /// `notifications=`: rate limits per second (0: none), in the order of
+    /// [`StartOptions::LIMITS`].
+    pub limits: [Option<u64>; 5],
+    /// `watch`: this client gets the guest's console lines and its end
+    /// (as `console` and `event` records) from its first instruction on.
+    pub watch: bool,
+}
+
+impl StartOptions {
+    /// The names of the rate-limit options, in the order of `limits`.
+    pub const LIMITS: [&'static str; 5] = ["nic_packets", "nic_bytes", "nic_broadcasts", "console_bytes", "notifications"];
+
+    /// `limits` with these options applied.
+    pub fn apply_limits(&self, mut limits: Limits) -> Limits {
+        let fields = [
+            &mut limits.nic_packets,
+            &mut limits.nic_bytes,
+            &mut limits.nic_broadcasts,
+            &mut limits.console_bytes,
+            &mut limits.notifications,
+        ];
+        for (field, value) in fields.into_iter().zip(self.limits) {
+            if let Some(v) = value {
+                *field = v;
+            }
+        }
+        limits
+    }
+
+    /// Reads one `KEY=VALUE` (or `watch`) word.
+    fn set(&mut self, word: &str) -> Result<(), RequestError> {
+        if word == "watch" {
+            self.watch = true;
+            return Ok(());
+        }
+        let (key, value) = word.split_once('=').ok_or(RequestError::StartOption)?;
+        let number =
+            |range: core::ops::RangeInclusive<u32>| value.parse().ok().filter(|v| range.contains(v)).ok_or(RequestError::StartOption);
+        match key {
+            "weight" => self.weight = Some(number(1..=10_000)?),
+            "cap" => self.cap = Some(number(1..=100)?),
+            "ring_slots" => {
+                self.ring_slots =
+                    Some(number(2..=128).and_then(|n| if n.is_power_of_two() { Ok(n) } else { Err(RequestError::StartOption) })?)
+            }
+            _ => {
+                let i = Self::LIMITS.iter().position(|&k| k == key).ok_or(RequestError::StartOption)?;
+                self.limits[i] = Some(value.parse().map_err(|_| RequestError::StartOption)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for StartOptions {
+    /// The option words, each followed by a space.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (key, value) in [("weight", self.weight), ("cap", self.cap), ("ring_slots", self.ring_slots)] {
+            if let Some(v) = value {
+                write!(f, "{key}={v} ")?;
+            }
+        }
+        for (key, value) in Self::LIMITS.iter().zip(self.limits) {
+            if let Some(v) = value {
+                write!(f, "{key}={v} ")?;
+            }
+        }
+        if self.watch {
+            f.write_str("watch ")?;
+        }
+        Ok(())
+    }
 }
 
 /// Why a request line was refused; the `Display` is the `error` answer.
@@ -60,14 +171,19 @@ pub enum RequestError {
     StartTenant,
     StartName,
     StartArgs,
+    StartOption,
     CaptureUsage,
+    NeedsName,
 }
 
 impl fmt::Display for RequestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Empty => "empty request",
-            Self::Unknown => "unknown request (list, stats, stop, capture, images, image-begin, image-data, image-end, start, version)",
+            Self::Unknown => {
+                "unknown request (list, stats, stop, capture, images, image-begin, image-data, image-end, image-remove, start, \
+                 tenants, tenant-remove, wait, events, console, version)"
+            }
             Self::TooManyWords => "too many words",
             Self::TooLong => "request too long",
             Self::NotUtf8 => "request is not UTF-8",
@@ -77,9 +193,14 @@ impl fmt::Display for RequestError {
             Self::ImageDataHex => "image-data needs at most 4096 bytes in hex",
             Self::StartUsage => "start needs NAME IMAGE MEMORY TENANT [ARG...]",
             Self::StartMemory => "start: MEMORY must be a number of bytes above 0",
-            Self::StartTenant => "start: TENANT must be a number below 256, or none",
+            Self::StartTenant => "start: TENANT must be a number below 256, a name ([A-Za-z0-9_-], not only digits), or none",
             Self::StartName => "start: NAME must be 1 to 64 of [a-z0-9_-]",
             Self::StartArgs => "start: at most 16 arguments",
+            Self::StartOption => {
+                "start: options before -- are weight=1..10000, cap=1..100, ring_slots=2..128 (a power of two), \
+                 nic_packets=, nic_bytes=, nic_broadcasts=, console_bytes=, notifications= (per second, 0: none), watch"
+            }
+            Self::NeedsName => "image-remove, tenant-remove, wait and console need one name",
             Self::CaptureUsage => "capture needs a guest or tenant:N, a frame count and seconds, both above 0",
         })
     }
@@ -91,6 +212,16 @@ pub fn good_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= crate::layout::NAME_MAX
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b))
+}
+
+/// Whether `name` may name a tenant: 1 to 64 of `[A-Za-z0-9_-]` (the
+/// manifest's tenant names), not only digits (those are numbers) and not
+/// `none`.
+pub fn good_tenant_name(name: &str) -> bool {
+    (1..=crate::layout::NAME_MAX).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && !name.bytes().all(|b| b.is_ascii_digit())
+        && name != "none"
 }
 
 /// The bytes of `s`, two lowercase or uppercase hex digits each, if it
@@ -132,19 +263,37 @@ pub fn parse(line: &str) -> Result<Request<'_>, RequestError> {
             let image = words.next().ok_or(E::StartUsage)?;
             let memory = words.next().and_then(|w| w.parse().ok()).filter(|&m| m > 0).ok_or(E::StartMemory)?;
             let tenant = match words.next() {
-                Some("none") => None,
-                Some(t) => Some(t.parse().ok().filter(|&t| t < MAX_TENANTS).ok_or(E::StartTenant)?),
+                Some("none") => Tenant::None,
+                Some(t) if good_tenant_name(t) => Tenant::Named(t),
+                Some(t) => Tenant::Number(t.parse().ok().filter(|&t| t < MAX_TENANTS).ok_or(E::StartTenant)?),
                 None => return Err(E::StartUsage),
             };
-            let args: Vec<&str> = words.by_ref().collect();
+            let rest: Vec<&str> = words.by_ref().collect();
+            // Options only before a `--`; without one every word is an
+            // argument (protocol 3's form).
+            let mut options = StartOptions::default();
+            let args = match rest.iter().position(|&w| w == "--") {
+                Some(i) => {
+                    rest[..i].iter().try_for_each(|w| options.set(w))?;
+                    rest[i + 1..].to_vec()
+                }
+                None => rest,
+            };
             if !good_name(name) || name.contains('.') {
                 return Err(E::StartName);
             }
             if args.len() > ARGS_MAX {
                 return Err(E::StartArgs);
             }
-            return Ok(Request::Start { name, image, memory, tenant, args });
+            return Ok(Request::Start { name, image, memory, tenant, options, args });
         }
+        (Some("image-remove"), Some(w)) => Request::ImageRemove(w),
+        (Some("tenants"), None) => Request::Tenants,
+        (Some("tenant-remove"), Some(w)) => Request::TenantRemove(w),
+        (Some("wait"), Some(w)) => Request::Wait(w),
+        (Some("events"), None) => Request::Events,
+        (Some("console"), Some(w)) => Request::Console(w),
+        (Some("image-remove" | "tenant-remove" | "wait" | "console"), None) => return Err(E::NeedsName),
         (Some("capture"), Some(what)) => {
             let mut num = || words.next().and_then(|w| w.parse::<u32>().ok()).filter(|&n| n > 0);
             match (num(), num()) {
@@ -178,14 +327,31 @@ impl fmt::Display for Request<'_> {
                 write_hex(f, bytes)
             }
             Self::ImageEnd => f.write_str("image-end"),
-            Self::Start { name, image, memory, tenant, args } => {
-                write!(f, "start {name} {image} {memory} ")?;
-                match tenant {
-                    Some(t) => write!(f, "{t}")?,
-                    None => f.write_str("none")?,
+            Self::Start { name, image, memory, tenant, options, args } => {
+                write!(f, "start {name} {image} {memory} {tenant}")?;
+                // A `--` whenever it is needed: options, or an argument
+                // that is itself `--`.
+                if *options != StartOptions::default() || args.contains(&"--") {
+                    write!(f, " {options}--")?;
                 }
                 args.iter().try_for_each(|a| write!(f, " {a}"))
             }
+            Self::ImageRemove(w) => write!(f, "image-remove {w}"),
+            Self::Tenants => f.write_str("tenants"),
+            Self::TenantRemove(w) => write!(f, "tenant-remove {w}"),
+            Self::Wait(w) => write!(f, "wait {w}"),
+            Self::Events => f.write_str("events"),
+            Self::Console(w) => write!(f, "console {w}"),
+        }
+    }
+}
+
+impl fmt::Display for Tenant<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => f.write_str("none"),
+            Self::Number(t) => write!(f, "{t}"),
+            Self::Named(n) => f.write_str(n),
         }
     }
 }

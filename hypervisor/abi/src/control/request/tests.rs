@@ -16,12 +16,30 @@ fn requests_parse_and_garbage_is_refused() {
     assert_eq!(parse("image-begin ../x 1"), Err(RequestError::ImageBeginUsage));
     assert_eq!(
         parse("start web-1 echo.hermit 1048576 2 serve 7"),
-        Ok(Request::Start { name: "web-1", image: "echo.hermit", memory: 1 << 20, tenant: Some(2), args: vec!["serve", "7"] })
+        Ok(Request::Start {
+            name: "web-1",
+            image: "echo.hermit",
+            memory: 1 << 20,
+            tenant: Tenant::Number(2),
+            options: StartOptions::default(),
+            args: vec!["serve", "7"]
+        })
     );
-    assert_eq!(parse("start w x 4096 none").map(|r| matches!(r, Request::Start { tenant: None, .. })), Ok(true));
+    assert_eq!(parse("start w x 4096 none").map(|r| matches!(r, Request::Start { tenant: Tenant::None, .. })), Ok(true));
     assert_eq!(parse("start W x 4096 0"), Err(RequestError::StartName));
     assert_eq!(parse("start w x lots 0"), Err(RequestError::StartMemory));
-    assert_eq!(parse("start w x 1 t"), Err(RequestError::StartTenant));
+    assert_eq!(parse("start w x 1 a.b"), Err(RequestError::StartTenant));
+    assert_eq!(parse("start w x 1 256"), Err(RequestError::StartTenant));
+    assert_eq!(parse("start w x 1 1t").map(|r| matches!(r, Request::Start { tenant: Tenant::Named("1t"), .. })), Ok(true));
+    assert_eq!(parse("start w x 1 acme").map(|r| matches!(r, Request::Start { tenant: Tenant::Named("acme"), .. })), Ok(true));
+    assert_eq!(parse("image-remove sha256:ab"), Ok(Request::ImageRemove("sha256:ab")));
+    assert_eq!(parse("tenants"), Ok(Request::Tenants));
+    assert_eq!(parse("tenant-remove acme"), Ok(Request::TenantRemove("acme")));
+    assert_eq!(parse("wait w"), Ok(Request::Wait("w")));
+    assert_eq!(parse("events"), Ok(Request::Events));
+    assert_eq!(parse("console w"), Ok(Request::Console("w")));
+    assert_eq!(parse("wait"), Err(RequestError::NeedsName));
+    assert_eq!(parse("wait a b"), Err(RequestError::TooManyWords));
     assert_eq!(parse("start w"), Err(RequestError::StartUsage));
     assert_eq!(parse("start w x 1 1 a b c d e f g h i j k l m n o p q"), Err(RequestError::StartArgs));
     assert!(parse("capture a 0 5").is_err() && parse("capture a 10").is_err() && parse("capture a x 1").is_err());
@@ -37,7 +55,7 @@ fn numbers_are_range_checked() {
     // A tenant of 4 billion once made the hypervisor size a table by it.
     assert!(parse("start w x 4096 4000000000").is_err());
     assert!(parse("start w x 4096 256").is_err());
-    assert!(matches!(parse("start w x 4096 255"), Ok(Request::Start { tenant: Some(255), .. })));
+    assert!(matches!(parse("start w x 4096 255"), Ok(Request::Start { tenant: Tenant::Number(255), .. })));
     assert!(parse("start w x 0 1").is_err() && parse("start w x 18446744073709551616 1").is_err());
     assert!(
         parse("image-begin x 0").is_err()
@@ -47,6 +65,24 @@ fn numbers_are_range_checked() {
     assert_eq!(parse("image-begin x 67108864"), Ok(Request::ImageBegin { name: "x", len: 67_108_864 }));
     assert_eq!(IMAGE_BYTES_MAX, 67_108_864, "the error sentence names it");
     assert!(parse("capture a 4294967296 1").is_err());
+}
+
+#[test]
+fn start_options_come_before_a_double_dash() {
+    let Ok(Request::Start { options, args, .. }) =
+        parse("start w x 4096 0 weight=200 cap=50 ring_slots=4 console_bytes=0 watch -- serve weight=1")
+    else {
+        panic!()
+    };
+    let want =
+        StartOptions { weight: Some(200), cap: Some(50), ring_slots: Some(4), limits: [None, None, None, Some(0), None], watch: true };
+    assert_eq!((options, args), (want, vec!["serve", "weight=1"]));
+    assert_eq!(options.apply_limits(crate::bundle::Limits::default()).console_bytes, 0);
+    // Without `--`, every word is an argument (protocol 3).
+    assert!(matches!(parse("start w x 4096 0 weight=200"), Ok(Request::Start { options: StartOptions { weight: None, .. }, .. })));
+    for bad in ["weight=0", "weight=10001", "cap=101", "cap=0", "ring_slots=3", "ring_slots=256", "colour=red", "nic_bytes=-1", "watch=1"] {
+        assert_eq!(parse(&alloc::format!("start w x 4096 0 {bad} --")), Err(RequestError::StartOption), "{bad}");
+    }
 }
 
 /// A small deterministic generator (xorshift), so the property test needs
@@ -75,7 +111,7 @@ const ANY: &[u8] = b"abcXYZ019_-.:/\"\\{}";
 
 /// Builds a random valid request in `words` (the strings it borrows).
 fn request<'a>(rng: &mut Rng, words: &'a [String]) -> Request<'a> {
-    match rng.below(10) {
+    match rng.below(16) {
         0 => Request::List,
         1 => Request::Stats,
         2 => Request::Version,
@@ -87,13 +123,34 @@ fn request<'a>(rng: &mut Rng, words: &'a [String]) -> Request<'a> {
         6 => Request::ImageBegin { name: &words[2], len: 1 + rng.below(IMAGE_BYTES_MAX as u64) as usize },
         7 => Request::ImageData((0..1 + rng.below(CHUNK_MAX as u64)).map(|_| rng.next() as u8).collect()),
         8 => Request::ImageEnd,
-        _ => Request::Start {
+        9 => Request::Start {
             name: &words[2],
             image: &words[3],
             memory: 1 + rng.below(u64::MAX - 1),
-            tenant: if rng.below(4) == 0 { None } else { Some(rng.below(MAX_TENANTS as u64) as u32) },
+            tenant: match rng.below(4) {
+                0 => Tenant::None,
+                1 => Tenant::Named("acme-1"),
+                _ => Tenant::Number(rng.below(MAX_TENANTS as u64) as u32),
+            },
+            options: if rng.below(2) == 0 {
+                StartOptions::default()
+            } else {
+                StartOptions {
+                    weight: Some(1 + rng.below(10_000) as u32),
+                    cap: rng.below(2).checked_mul(1 + rng.below(100)).filter(|&c| c > 0).map(|c| c as u32),
+                    ring_slots: Some(2 << rng.below(7)),
+                    limits: [Some(rng.next()), None, Some(0), None, Some(rng.next())],
+                    watch: rng.below(2) == 0,
+                }
+            },
             args: words[4..4 + rng.below(ARGS_MAX as u64 + 1) as usize].iter().map(String::as_str).collect(),
         },
+        10 => Request::ImageRemove(&words[1]),
+        11 => Request::Tenants,
+        12 => Request::TenantRemove(&words[1]),
+        13 => Request::Wait(&words[1]),
+        14 => Request::Events,
+        _ => Request::Console(&words[1]),
     }
 }
 
@@ -102,6 +159,8 @@ fn every_request_prints_as_the_line_that_parses_back_to_it() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for _ in 0..20_000 {
         let mut words = vec![rng.word(ANY), rng.word(ANY), rng.word(NAME), rng.word(ANY)];
+        // An argument may be `--` itself.
+        words.push("--".into());
         words.extend((0..ARGS_MAX).map(|_| rng.word(ANY)));
         let req = request(&mut rng, &words);
         let line = req.to_string();
@@ -117,9 +176,24 @@ fn every_error_has_its_sentence() {
     assert_eq!(RequestError::NotUtf8.to_string(), "request is not UTF-8");
     // The unknown-request sentence lists every request there is.
     let unknown = RequestError::Unknown.to_string();
-    for line in
-        ["list", "stats", "stop a", "capture a 1 1", "images", "image-begin a 1", "image-data 00", "image-end", "start a b 1 1", "version"]
-    {
+    for line in [
+        "list",
+        "stats",
+        "stop a",
+        "capture a 1 1",
+        "images",
+        "image-begin a 1",
+        "image-data 00",
+        "image-end",
+        "image-remove a",
+        "start a b 1 1",
+        "tenants",
+        "tenant-remove a",
+        "wait a",
+        "events",
+        "console a",
+        "version",
+    ] {
         let w = line.split(' ').next().unwrap();
         assert!(unknown.contains(w) && parse(line).is_ok(), "{line}");
     }
