@@ -109,7 +109,7 @@ pub fn build_apps(names: &[&str]) -> Result<Vec<PathBuf>> {
         for app in missing {
             let elf_path = app_elf(app);
             let elf = fs::read(&elf_path).with_context(|| format!("reading {}", elf_path.display()))?;
-            let image = pack::hermit_image(app, &elf).with_context(|| format!("packing {app}"))?;
+            let image = pack::hermit_image(app, &elf, &[]).with_context(|| format!("packing {app}"))?;
             let path = root.join("target/guests").join(format!("{app}.hermit"));
             pack::write_atomically(&path, &image)?;
             built.insert(app.to_string(), path);
