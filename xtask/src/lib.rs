@@ -29,7 +29,9 @@ use std::path::Path;
 
 pub use anyhow::{Error, Result};
 
-pub use build::{GUEST_RUSTFLAGS, TARGET, app_elf, apps, build_apps, build_hypervisor, hypervisor_rustflags};
+pub use build::{
+    App, GUEST_RUSTFLAGS, TARGET, app_elf, apps, build_app, build_apps, build_external, build_hypervisor, hypervisor_rustflags,
+};
 pub use cmd::{cargo, echo, run};
 pub use qemu::{
     Accel, MAX_SMP, ManifestSource, Prepared, QEMU, RunConfig, check_exit, ensure_qemu, host_has_hardware_virtualization, prepare,

@@ -27,8 +27,12 @@ enum Command {
     /// Build apps under apps/ into Hermit images (target/guests/<app>.hermit).
     BuildApp {
         /// App names (directories under apps/).
-        #[arg(required = true)]
+        #[arg(required_unless_present = "path", conflicts_with = "path")]
         apps: Vec<String>,
+        /// Instead, the guest crate in DIR, outside this workspace (built
+        /// into target/ext/<name>; <name> is its package name).
+        #[arg(long, value_name = "DIR")]
+        path: Option<PathBuf>,
     },
     /// Boot the hypervisor and a manifest of guests under QEMU.
     Run(RunArgs),
@@ -172,7 +176,7 @@ impl Command {
     fn run(self) -> Result<()> {
         match self {
             Command::Build => println!("{}", xtask::build_hypervisor()?.display()),
-            Command::BuildApp { apps } => commands::build_app::run(&apps)?,
+            Command::BuildApp { apps, path } => commands::build_app::run(&apps, path.as_deref())?,
             Command::Run(args) => commands::run::run(args)?,
             Command::Bench(args) => xtask::bench::run(&args)?,
             Command::Fuzz(args) => commands::fuzz::run(&args)?,
@@ -183,3 +187,4 @@ impl Command {
         Ok(())
     }
 }
+
