@@ -20,6 +20,7 @@ pub mod ctl;
 pub mod lint;
 pub mod linux;
 pub mod manifest;
+pub mod oci;
 pub mod pack;
 mod qemu;
 pub mod runner;
