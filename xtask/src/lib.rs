@@ -17,6 +17,7 @@ pub mod bench;
 mod build;
 mod cmd;
 pub mod ctl;
+pub mod install;
 pub mod lint;
 pub mod linux;
 pub mod manifest;
@@ -34,6 +35,7 @@ pub use build::{
     App, GUEST_RUSTFLAGS, TARGET, app_elf, apps, build_app, build_apps, build_external, build_hypervisor, hypervisor_rustflags,
 };
 pub use cmd::{cargo, echo, run};
+pub use install::ensure_containerd;
 pub use qemu::{
     Accel, MAX_SMP, ManifestSource, Prepared, QEMU, RunConfig, check_exit, ensure_qemu, host_has_hardware_virtualization, prepare,
     run_captured, run_captured_with_input, run_interactive,
