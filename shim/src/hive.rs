@@ -1,0 +1,251 @@
+//! The running hypervisor the shim drives: found through `HIVE_DIR` (its
+//! instance directory, as `cargo xtask run --detach` makes it: `control.sock`,
+//! `qmp.sock`, `instance.json`), reached through one multiplexed
+//! [`Channel`] that is made on first use and again after it closed.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use abi::control::{ErrorKind, ImageInfo, PROTOCOL_VERSION, Request, Response};
+use abi::report::{GuestRow, MachineStats};
+use sha2::{Digest as _, Sha256};
+
+use crate::channel::{Channel, ChannelError, Pushed};
+
+/// The environment variable that names the hypervisor's instance directory.
+pub const HIVE_DIR: &str = "HIVE_DIR";
+
+/// How long the hypervisor may take to answer a request (an `image-end`
+/// validates a whole image).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a new connection waits for the answer to `version`: the
+/// channel takes one client at a time, and another one holding it looks
+/// like a hypervisor that does not answer.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `sha256:` and the SHA-256 of `data` in hex: how the hypervisor names
+/// an image.
+pub fn digest(data: &[u8]) -> String {
+    let mut s = String::from("sha256:");
+    let _ = abi::control::write_hex(&mut s, &Sha256::digest(data));
+    s
+}
+
+/// The name an image is uploaded under: its digest's first 16 hex digits
+/// (so two images never share one).
+pub fn upload_name(digest: &str) -> String {
+    format!("oci-{}.hermit", digest.strip_prefix("sha256:").unwrap_or(digest).get(..16).unwrap_or("image"))
+}
+
+/// The instance directory from the environment, or why there is none.
+pub fn dir_from_env() -> Result<PathBuf, String> {
+    match std::env::var_os(HIVE_DIR) {
+        Some(d) if !d.is_empty() => Ok(PathBuf::from(d)),
+        _ => Err(format!(
+            "{HIVE_DIR} is not set: the hive runtime needs the instance directory of a running hypervisor \
+             (`cargo xtask run --detach` makes target/run/detached) in containerd's environment"
+        )),
+    }
+}
+
+type OnPushed = Arc<dyn Fn(Pushed) + Send + Sync>;
+
+/// The hypervisor in `dir`.
+pub struct Hive {
+    dir: Result<PathBuf, String>,
+    channel: Mutex<Option<Arc<Channel>>>,
+    on_pushed: OnPushed,
+    hello_timeout: Duration,
+}
+
+impl Hive {
+    /// The hypervisor `dir` names (an error: why none can be used);
+    /// `on_pushed` gets every pushed record of every connection, and
+    /// [`Pushed::Closed`] when one ends. It runs on the reader thread and
+    /// must not make requests itself.
+    pub fn new(dir: Result<PathBuf, String>, on_pushed: OnPushed) -> Hive {
+        Hive { dir, channel: Mutex::new(None), on_pushed, hello_timeout: HELLO_TIMEOUT }
+    }
+
+    /// The instance directory.
+    pub fn dir(&self) -> Result<&Path, String> {
+        self.dir.as_deref().map_err(Clone::clone)
+    }
+
+    /// QEMU's pid, from `instance.json` (0 if it cannot be read).
+    pub fn qemu_pid(&self) -> u32 {
+        let Ok(dir) = self.dir() else { return 0 };
+        std::fs::read_to_string(dir.join("instance.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["pid"].as_u64())
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or(0)
+    }
+
+    /// QEMU's monitor socket.
+    pub fn qmp_socket(&self) -> Result<PathBuf, String> {
+        Ok(self.dir()?.join("qmp.sock"))
+    }
+
+    /// The connection, made now if there is none or it closed.
+    pub fn channel(&self) -> Result<Arc<Channel>, String> {
+        let mut slot = self.channel.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(ch.clone());
+        }
+        let ch = Arc::new(self.connect()?);
+        *slot = Some(ch.clone());
+        Ok(ch)
+    }
+
+    fn connect(&self) -> Result<Channel, String> {
+        let dir = self.dir()?;
+        let socket = dir.join("control.sock");
+        let where_ = || format!("the hypervisor's control channel {} ({HIVE_DIR}={})", socket.display(), dir.display());
+        let stream = UnixStream::connect(&socket)
+            .map_err(|e| format!("cannot reach {} ({e}): is it running? (`cargo xtask run --detach`)", where_()))?;
+        // Say hello on the raw stream first, with a deadline.
+        stream.set_read_timeout(Some(self.hello_timeout)).map_err(|e| e.to_string())?;
+        let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+        writeln!(writer, "{}", Request::Version).map_err(|e| format!("writing to {}: {e}", where_()))?;
+        let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+        let protocol = loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) => return Err(format!("{} closed the connection", where_())),
+                Err(_) => {
+                    return Err(format!(
+                        "{} does not answer within {:.1} s (does another client, such as `ctl logs -f` or another shim, hold it?)",
+                        where_(),
+                        self.hello_timeout.as_secs_f32()
+                    ));
+                }
+                Ok(_) => {}
+            }
+            match serde_json::from_str::<Response>(line.trim()) {
+                Ok(Response::Version { protocol, .. }) => break protocol,
+                Ok(r) if r.is_pushed() => (self.on_pushed)(Pushed::Record(r)),
+                Ok(Response::Error { error, .. }) => return Err(format!("{} answered version with: {error}", where_())),
+                _ => {}
+            }
+        };
+        if protocol < PROTOCOL_VERSION {
+            return Err(format!("{} speaks control protocol {protocol}; the shim needs {PROTOCOL_VERSION}", where_()));
+        }
+        stream.set_read_timeout(None).map_err(|e| e.to_string())?;
+        let closer = stream.try_clone().map_err(|e| e.to_string())?;
+        let on_pushed = self.on_pushed.clone();
+        log::info!("connected to {}", where_());
+        Ok(Channel::new(
+            reader,
+            writer,
+            move || {
+                let _ = closer.shutdown(std::net::Shutdown::Both);
+            },
+            ANSWER_TIMEOUT,
+            move |p| on_pushed(p),
+        ))
+    }
+
+    /// Sends `req` on the connection.
+    pub fn request(&self, req: &Request<'_>) -> Result<Response, String> {
+        self.channel()?.request(req).map_err(|e| e.to_string())
+    }
+
+    /// Makes sure the hypervisor has the image `data` (uploaded unless one
+    /// with its digest is loaded) and returns its digest. An image the
+    /// hypervisor rejects (not a Hermit image, another ABI) is an error
+    /// with its reason.
+    pub fn ensure_image(&self, data: &[u8]) -> Result<String, String> {
+        let sum = digest(data);
+        let ch = self.channel()?;
+        let loaded = self.loaded(&ch)?;
+        if loaded.iter().any(|i| i.digest == sum) {
+            return Ok(sum);
+        }
+        let name = upload_name(&sum);
+        let got = match ch.upload(&name, data) {
+            // Every image slot is taken: unload the shim's own uploads that
+            // no guest runs, then try once more.
+            Err(ChannelError::Refused { kind: ErrorKind::NoImageSlot, .. }) => {
+                for old in self.loaded(&ch)?.iter().filter(|i| i.guests == 0 && i.name.starts_with("oci-")) {
+                    let _ = ch.request(&Request::ImageRemove(&old.digest));
+                }
+                ch.upload(&name, data)
+            }
+            other => other,
+        };
+        match got {
+            Ok(Some(d)) if d == sum => Ok(sum),
+            Ok(other) => Err(format!("the hypervisor loaded the upload as {other:?}, not {sum}")),
+            Err(ChannelError::Refused { sentence, .. }) => Err(sentence),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn loaded(&self, ch: &Channel) -> Result<Vec<ImageInfo>, String> {
+        match ch.request(&Request::Images).map_err(|e| e.to_string())? {
+            Response::Images { loaded, .. } => Ok(loaded),
+            other => Err(format!("images was answered {other:?}")),
+        }
+    }
+
+    /// Every guest, as `list` answers.
+    pub fn list(&self) -> Result<Vec<GuestRow>, String> {
+        match self.request(&Request::List)? {
+            Response::Guests { guests } => Ok(guests),
+            other => Err(format!("list was answered {other:?}")),
+        }
+    }
+
+    /// The machine's record, as `stats` answers.
+    pub fn machine(&self) -> Result<MachineStats, String> {
+        match self.request(&Request::Stats)? {
+            Response::Stats { machine, .. } => Ok(machine),
+            other => Err(format!("stats was answered {other:?}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_and_upload_names() {
+        let d = digest(b"abc");
+        assert_eq!(d, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        let n = upload_name(&d);
+        assert_eq!(n, "oci-ba7816bf8f01cfea.hermit");
+        assert!(abi::control::good_name(&n));
+    }
+
+    #[test]
+    fn no_dir_and_no_hypervisor_are_clear_errors() {
+        let hive = Hive::new(Err("HIVE_DIR is not set".into()), Arc::new(|_| {}));
+        assert_eq!(hive.channel().err().unwrap(), "HIVE_DIR is not set");
+        assert_eq!(hive.qemu_pid(), 0);
+        let hive = Hive::new(Ok(PathBuf::from("/nonexistent/hive")), Arc::new(|_| {}));
+        let e = hive.channel().err().unwrap();
+        assert!(e.contains("/nonexistent/hive/control.sock") && e.contains("run --detach"), "{e}");
+    }
+
+    #[test]
+    fn a_channel_held_by_another_client_is_named_as_such() {
+        // A socket that accepts and never answers, like QEMU's while
+        // another client holds the channel.
+        let dir = std::env::temp_dir().join(format!("hive-shim-busy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = std::fs::remove_file(dir.join("control.sock"));
+        let _listener = std::os::unix::net::UnixListener::bind(dir.join("control.sock")).unwrap();
+        let mut hive = Hive::new(Ok(dir.clone()), Arc::new(|_| {}));
+        hive.hello_timeout = Duration::from_millis(300);
+        let e = hive.channel().err().unwrap();
+        assert!(e.contains("does not answer") && e.contains("another client"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
