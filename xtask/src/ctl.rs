@@ -3,7 +3,8 @@
 //! `cargo xtask run --detach` boots QEMU in the background with its files
 //! in one instance directory (`target/run/detached/`): `console.log` (the
 //! console), `control.sock` (the hypervisor's control channel, COM2, as a
-//! Unix socket), `bundle.bin`, and `instance.json` (QEMU's pid and the
+//! Unix socket), `qmp.sock` (QEMU's monitor, for host port forwards added
+//! at run time), `bundle.bin`, and `instance.json` (QEMU's pid and the
 //! paths). `ctl` sends one request line on the socket and reads one JSON
 //! line back: an `abi::control::Response` (the protocol is in
 //! `docs/control.md`, its types in `abi::control`), skipping the records
@@ -301,6 +302,7 @@ pub fn detach(p: &Prepared, dir: &Path) -> Result<Instance> {
         bail!("a detached hypervisor already runs (QEMU pid {}); `cargo xtask ctl shutdown` stops it", old.pid);
     }
     let _ = fs::remove_file(dir.join("control.sock"));
+    let _ = fs::remove_file(dir.join("qmp.sock"));
     let errors = runner::errors_file(&dir.join("qemu.err"))?;
     let qemu = Qemu::spawn(&p.qemu_args, Options { errors, no_console: true, ..Options::default() })?;
     let inst = Instance { dir: dir.to_path_buf(), pid: qemu.pid() };

@@ -102,8 +102,9 @@ pub struct RunConfig {
     pub bundle: Option<PathBuf>,
     /// Start paused with QEMU's gdbstub on this port of 127.0.0.1.
     pub gdb: Option<u16>,
-    /// Run detached: the console goes to `DIR/console.log` and the control
-    /// channel (COM2) is the Unix socket `DIR/control.sock` (see `ctl`).
+    /// Run detached: the console goes to `DIR/console.log`, the control
+    /// channel (COM2) is the Unix socket `DIR/control.sock` (see `ctl`), and
+    /// QEMU's monitor (QMP) is `DIR/qmp.sock`.
     pub detach: Option<PathBuf>,
     /// Isolate guests' page tables and clear CPU buffers on every return
     /// to a guest even where the CPU does not need it (the speculation
@@ -235,6 +236,10 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
             format!("socket,id=ctl,path={},server=on,wait=off", dir.join("control.sock").display()),
             "-serial".to_string(),
             "chardev:ctl".to_string(),
+            // QEMU's monitor, for host port forwards added while it runs
+            // (the hive shim, `ctl start --port`).
+            "-qmp".to_string(),
+            format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()),
         ]);
     }
     for (flag, path) in [("-kernel", &kernel), ("-initrd", &bundle)] {
