@@ -76,7 +76,9 @@ impl containerd_shim::Shim for Shim {
         if std::fs::create_dir_all(&dir).is_ok() && std::env::set_current_dir(&dir).is_ok() {
             let _ = containerd_shim::synchronous::util::write_address(&self.socket);
         }
-        log::info!("serving {} for namespace {} (pid {})", RUNTIME, self.namespace, std::process::id());
+        // (A `start` finding a server at the address gets here too, and
+        // leaves without serving.)
+        log::debug!("task service of {RUNTIME} for namespace {} (pid {})", self.namespace, std::process::id());
         service::Service::new(&self.namespace, publisher, self.exit.clone())
     }
 }

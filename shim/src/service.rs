@@ -13,6 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -113,6 +114,9 @@ pub struct Shared {
     hive: Hive,
     jobs: Mutex<Sender<Job>>,
     exit: Arc<ExitSignal>,
+    /// `Create`s under way (their task is not in the table yet): the
+    /// shim does not shut down under them.
+    creating: AtomicUsize,
 }
 
 /// The task service containerd talks to.
@@ -138,6 +142,7 @@ impl Service {
                 hive: Hive::new(crate::hive::dir_from_env(), on_pushed),
                 jobs: Mutex::new(jobs),
                 exit,
+                creating: AtomicUsize::new(0),
             }
         });
         let qmp = shared.hive.qmp_socket();
@@ -293,6 +298,18 @@ impl Shared {
         let fifo = |path: &str| -> Result<Option<File>, (Code, String)> {
             if path.is_empty() {
                 return Ok(None);
+            }
+            // `ctr run --log-uri file:///PATH`: the output goes to a file.
+            if let Some(file) = path.strip_prefix("file://") {
+                return OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(file)
+                    .map(Some)
+                    .map_err(|e| (Code::INVALID_ARGUMENT, format!("opening the log file {file}: {e}")));
+            }
+            if path.contains("://") {
+                return Err((Code::INVALID_ARGUMENT, format!("log URI {path}: the hive runtime writes to FIFOs and file:// URIs only")));
             }
             // Read and write, non-blocking: opening never waits for a
             // reader, and a full FIFO drops lines instead of blocking.
@@ -479,6 +496,22 @@ impl Shared {
     }
 }
 
+/// One `Create` under way, for as long as it lives.
+struct Creating<'a>(&'a AtomicUsize);
+
+impl<'a> Creating<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::AcqRel);
+        Creating(n)
+    }
+}
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A `(code, message)` error to ttrpc's.
 fn rpc<T>(r: Result<T, (Code, String)>) -> TtrpcResult<T> {
     r.map_err(|(code, msg)| {
@@ -506,6 +539,8 @@ impl containerd_shim::Task for Service {
         if self.0.tasks().by_id.contains_key(&req.id) {
             return Err(error(Code::ALREADY_EXISTS, format!("task {} exists already", req.id)));
         }
+        // Counted until the task is in the table (or refused).
+        let _creating = Creating::new(&self.0.creating);
         let task = rpc(self.0.create(&req))?;
         let pid = task.pid;
         if let Kind::Guest { name, digest, plan } = &task.kind {
@@ -608,7 +643,7 @@ impl containerd_shim::Task for Service {
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
         // One shim serves every container: it ends with the last.
-        if self.0.tasks().by_id.is_empty() {
+        if self.0.tasks().by_id.is_empty() && self.0.creating.load(Ordering::Acquire) == 0 {
             log::info!("no container left: shutting down");
             self.0.exit.signal();
         }
