@@ -65,6 +65,24 @@ pub fn build_hypervisor() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The containerd shim's binary name (`shim/`): containerd finds the
+/// runtime `io.containerd.hive.v1` on `PATH` by it.
+pub const SHIM_BINARY: &str = "containerd-shim-hive-v1";
+
+/// Builds the containerd shim (a host binary, debug profile) and returns
+/// its path (`target/debug/containerd-shim-hive-v1`).
+pub fn build_shim() -> Result<PathBuf> {
+    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut built = lock(&BUILT);
+    if let Some(path) = &*built {
+        return Ok(path.clone());
+    }
+    run(cargo().args(["build", "-p", "shim", "--bin", SHIM_BINARY]))?;
+    let path = workspace_root().join("target/debug").join(SHIM_BINARY);
+    *built = Some(path.clone());
+    Ok(path)
+}
+
 /// The apps under `apps/` (directories with a Cargo.toml), sorted.
 pub fn apps() -> Result<Vec<String>> {
     let dir = workspace_root().join("apps");

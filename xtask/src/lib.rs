@@ -32,7 +32,8 @@ use std::path::Path;
 pub use anyhow::{Error, Result};
 
 pub use build::{
-    App, GUEST_RUSTFLAGS, TARGET, app_elf, apps, build_app, build_apps, build_external, build_hypervisor, hypervisor_rustflags,
+    App, GUEST_RUSTFLAGS, SHIM_BINARY, TARGET, app_elf, apps, build_app, build_apps, build_external, build_hypervisor, build_shim,
+    hypervisor_rustflags,
 };
 pub use cmd::{cargo, echo, run};
 pub use install::ensure_containerd;
