@@ -3,14 +3,15 @@
 //! `qmp.sock`, `instance.json`), reached through one multiplexed
 //! [`Channel`] that is made on first use and again after it closed.
 
+use std::collections::HashSet;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use abi::control::{ErrorKind, ImageInfo, PROTOCOL_VERSION, Request, Response};
-use abi::report::{GuestRow, MachineStats};
+use abi::report::GuestRow;
 use sha2::{Digest as _, Sha256};
 
 use crate::channel::{Channel, ChannelError, Pushed};
@@ -53,10 +54,28 @@ pub fn dir_from_env() -> Result<PathBuf, String> {
 
 type OnPushed = Arc<dyn Fn(Pushed) + Send + Sync>;
 
+/// What the shim knows of the hypervisor without asking again, learnt
+/// when a connection is made (`list`, `stats`: each as long as the guests
+/// are many). While the shim holds the channel no other client can start
+/// a guest, so the names it adds itself keep the set complete.
+#[derive(Clone, Debug, Default)]
+struct Known {
+    /// Every guest name the hypervisor has (it keeps ended guests').
+    names: HashSet<String>,
+    /// Its memory for guests (`stats`'s `total_bytes`).
+    guest_bytes: u64,
+}
+
+/// How long a `list` answers `Stats` requests: the kubelet asks for every
+/// container's at once, and each `list` is as long as the guests are many.
+const LIST_FRESH: Duration = Duration::from_secs(1);
+
 /// The hypervisor in `dir`.
 pub struct Hive {
     dir: Result<PathBuf, String>,
     channel: Mutex<Option<Arc<Channel>>>,
+    known: Mutex<Known>,
+    rows: Mutex<Option<(Instant, Arc<Vec<GuestRow>>)>>,
     on_pushed: OnPushed,
     hello_timeout: Duration,
 }
@@ -67,7 +86,14 @@ impl Hive {
     /// [`Pushed::Closed`] when one ends. It runs on the reader thread and
     /// must not make requests itself.
     pub fn new(dir: Result<PathBuf, String>, on_pushed: OnPushed) -> Hive {
-        Hive { dir, channel: Mutex::new(None), on_pushed, hello_timeout: HELLO_TIMEOUT }
+        Hive {
+            dir,
+            channel: Mutex::new(None),
+            known: Mutex::new(Known::default()),
+            rows: Mutex::new(None),
+            on_pushed,
+            hello_timeout: HELLO_TIMEOUT,
+        }
     }
 
     /// The instance directory.
@@ -98,8 +124,34 @@ impl Hive {
             return Ok(ch.clone());
         }
         let ch = Arc::new(self.connect()?);
+        let names = match ch.request(&Request::List).map_err(|e| e.to_string())? {
+            Response::Guests { guests } => guests.into_iter().map(|g| g.name).collect(),
+            other => return Err(format!("list was answered {other:?}")),
+        };
+        let guest_bytes = match ch.request(&Request::Stats).map_err(|e| e.to_string())? {
+            Response::Stats { machine, .. } => machine.total_bytes,
+            other => return Err(format!("stats was answered {other:?}")),
+        };
+        *lock(&self.known) = Known { names, guest_bytes };
         *slot = Some(ch.clone());
         Ok(ch)
+    }
+
+    /// The hypervisor's memory for guests: no guest may have a larger limit.
+    pub fn guest_bytes(&self) -> Result<u64, String> {
+        self.channel()?;
+        Ok(lock(&self.known).guest_bytes)
+    }
+
+    /// A name for a new guest: `base`, or the first of `base-2`, `base-3`,
+    /// ... that no guest has had ([`crate::plan::numbered`]); taken from
+    /// then on.
+    pub fn new_name(&self, base: &str) -> Result<String, String> {
+        self.channel()?;
+        let mut known = lock(&self.known);
+        let name = (0..).map(|n| crate::plan::numbered(base, n)).find(|n| !known.names.contains(n)).ok_or("no free name")?;
+        known.names.insert(name.clone());
+        Ok(name)
     }
 
     fn connect(&self) -> Result<Channel, String> {
@@ -194,21 +246,24 @@ impl Hive {
         }
     }
 
-    /// Every guest, as `list` answers.
-    pub fn list(&self) -> Result<Vec<GuestRow>, String> {
-        match self.request(&Request::List)? {
-            Response::Guests { guests } => Ok(guests),
-            other => Err(format!("list was answered {other:?}")),
+    /// Every guest, as `list` answered at most [`LIST_FRESH`] ago.
+    pub fn list(&self) -> Result<Arc<Vec<GuestRow>>, String> {
+        if let Some((at, rows)) = lock(&self.rows).as_ref()
+            && at.elapsed() < LIST_FRESH
+        {
+            return Ok(rows.clone());
         }
+        let rows = match self.request(&Request::List)? {
+            Response::Guests { guests } => Arc::new(guests),
+            other => return Err(format!("list was answered {other:?}")),
+        };
+        *lock(&self.rows) = Some((Instant::now(), rows.clone()));
+        Ok(rows)
     }
+}
 
-    /// The machine's record, as `stats` answers.
-    pub fn machine(&self) -> Result<MachineStats, String> {
-        match self.request(&Request::Stats)? {
-            Response::Stats { machine, .. } => Ok(machine),
-            other => Err(format!("stats was answered {other:?}")),
-        }
-    }
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -272,11 +272,11 @@ impl Shared {
         let (kind, pid) = match plan {
             Plan::Sandbox { tenant } => (Kind::Sandbox { tenant }, std::process::id()),
             Plan::Guest(plan) => {
-                let machine = self.hive.machine().map_err(bad)?;
-                if plan.memory > machine.total_bytes {
+                let guest_bytes = self.hive.guest_bytes().map_err(bad)?;
+                if plan.memory > guest_bytes {
                     return Err(bad(format!(
-                        "memory limit {} bytes is more than the hypervisor's {} bytes for guests",
-                        plan.memory, machine.total_bytes
+                        "memory limit {} bytes is more than the hypervisor's {guest_bytes} bytes for guests",
+                        plan.memory
                     )));
                 }
                 let mounts: Vec<rootfs::Mount> = req
@@ -286,12 +286,7 @@ impl Shared {
                     .collect();
                 let image = rootfs::read_image(&mounts, bundle).map_err(bad)?;
                 let digest = self.hive.ensure_image(&image).map_err(|e| bad(format!("the hypervisor refused the image: {e}")))?;
-                let taken: Vec<String> = self.hive.list().map_err(bad)?.into_iter().map(|g| g.name).collect();
-                let base = plan::guest_name(&req.id);
-                let tasks = self.tasks();
-                let name =
-                    (0..).map(|n| plan::numbered(&base, n)).find(|n| !taken.contains(n) && !tasks.by_guest.contains_key(n)).unwrap_or(base);
-                drop(tasks);
+                let name = self.hive.new_name(&plan::guest_name(&req.id)).map_err(bad)?;
                 (Kind::Guest { name, digest, plan }, self.hive.qemu_pid())
             }
         };
@@ -436,6 +431,8 @@ impl Shared {
             return Err((Code::FAILED_PRECONDITION, format!("task {id} is running: kill it first")));
         }
         let t = tasks.by_id.remove(id).expect("looked up above");
+        // A waiter on a task deleted before it ran hears it is gone.
+        self.ended.notify_all();
         let tenant = match &t.kind {
             Kind::Guest { name, .. } => {
                 tasks.by_guest.remove(name);
@@ -474,7 +471,7 @@ impl Shared {
             }
         };
         let row = match &name {
-            Some(n) => self.hive.list().map_err(|e| (Code::UNAVAILABLE, e))?.into_iter().find(|g| &g.name == n),
+            Some(n) => self.hive.list().map_err(|e| (Code::UNAVAILABLE, e))?.iter().find(|g| &g.name == n).cloned(),
             None => None,
         };
         let (cpu_ns, memory) = row.map_or((0, 0), |r| (r.cpu_ns, r.memory_bytes));
