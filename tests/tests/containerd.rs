@@ -240,6 +240,23 @@ fn containers_run_as_guests_of_one_hypervisor_through_one_shim() {
     assert!(!out.status.success() && err.contains("more than the hypervisor's"), "{}", fail(&format!("huge: {err}")));
     assert_eq!(echo(port, b"and still").unwrap(), b"and still");
 
+    // A pod: its sandbox runs no guest and stays RUNNING; a container of
+    // it joins the pod's tenant (a vNIC); killing the sandbox ends it.
+    let sandbox = ["--annotation", "io.kubernetes.cri.container-type=sandbox"];
+    ctrd.ctr_ok(&[&["run", "-d", "--runtime", RUNTIME][..], &sandbox, &[&hello, "pod1"]].concat()).unwrap();
+    assert!(tasks(&ctrd).contains(&("pod1".into(), "RUNNING".into())), "{:?}", tasks(&ctrd));
+    let member = ["--annotation", "io.kubernetes.cri.container-type=container", "--annotation", "io.kubernetes.cri.sandbox-id=pod1"];
+    let out = ctrd.ctr(&[&["run", "--rm", "--runtime", RUNTIME][..], &member, &[&hello, "member1"]].concat()).unwrap();
+    assert!(out.status.success(), "{}", fail(&format!("pod member: {}", String::from_utf8_lossy(&out.stderr))));
+    let started = console().lines().find(|l| l.starts_with("[hv] guest member1 started")).map(str::to_string);
+    assert!(started.as_deref().is_some_and(|l| l.contains(", tenant 1)")), "{}", fail(&format!("member1: {started:?}")));
+    assert!(!console().contains("guest pod1 "), "a sandbox runs no guest");
+    ctrd.ctr_ok(&["task", "kill", "pod1"]).unwrap();
+    until("pod1 STOPPED", 30, || tasks(&ctrd).contains(&("pod1".into(), "STOPPED".into())).then_some(()));
+    let _ = ctrd.ctr(&["task", "delete", "pod1"]).unwrap();
+    ctrd.ctr_ok(&["containers", "delete", "pod1"]).unwrap();
+    assert_eq!(shim_servers(&shim), servers, "one shim serves every container");
+
     // Kill: the guest is stopped, the console and its log say so, its
     // forward is gone, its exit status is a kill's.
     ctrd.ctr_ok(&["task", "kill", "web"]).unwrap();
