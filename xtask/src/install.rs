@@ -62,6 +62,16 @@ pub fn ensure_containerd() -> Result<()> {
     ensure(&[CONTAINERD, CTR], "containerd")
 }
 
+/// The Protocol Buffers compiler, from Debian's `protobuf-compiler`.
+pub const PROTOC: &str = "protoc";
+
+/// Makes sure `protoc` is installed (Debian's `protobuf-compiler`): the
+/// CRI test's client (`k8s-cri`) generates its code with it when the
+/// tests are built, so `test` and `lint` (clippy on every target) need it.
+pub fn ensure_protoc() -> Result<()> {
+    ensure(&[PROTOC], "protobuf-compiler")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,10 +5,12 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-/// Runs `cargo test ARGS` after making sure QEMU and containerd are there.
+/// Runs `cargo test ARGS` after making sure QEMU, containerd and protoc
+/// (which the CRI test's client is built with) are there.
 pub fn run(args: &[String]) -> Result<()> {
     xtask::ensure_qemu()?;
     xtask::ensure_containerd()?;
+    xtask::ensure_protoc()?;
     let start = Instant::now();
     let result = xtask::run(xtask::cargo().arg("test").args(args));
     let secs = start.elapsed().as_secs_f64();

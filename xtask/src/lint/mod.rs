@@ -25,6 +25,8 @@ mod fpu;
 /// Runs every check, all of them even when one fails, and fails if any did.
 pub fn lint() -> Result<()> {
     let root = workspace_root();
+    // clippy builds the tests, whose CRI client is generated with protoc.
+    crate::ensure_protoc()?;
     let mut failed = Vec::new();
     let mut check = |what: &str, cmd: &mut std::process::Command| {
         if crate::run(cmd).is_err() {
