@@ -2,14 +2,15 @@
 //! directory of the test's, beside (never touching) the host's containerd.
 //!
 //! [`Containerd::start`] writes `DIR/config.toml` (the CRI plugin
-//! disabled), starts `containerd` with its log in `DIR/containerd.log`,
-//! and returns once it answers `ctr version`. [`Containerd::ctr`] runs
-//! `ctr` against it. Dropping it stops containerd (SIGTERM, then SIGKILL
-//! after 10 s), unmounts whatever is still mounted under `DIR` (image
-//! mounts, snapshots, containers' rootfs) and removes its root and state,
-//! keeping the config and the log. Processes containerd started (shims)
-//! outlive it, as they would a restart: a test that starts containers
-//! stops them itself.
+//! disabled; [`Containerd::start_cri`] enables it, see [`Cri`]), starts
+//! `containerd` with its log in `DIR/containerd.log`, and returns once it
+//! answers `ctr version`. [`Containerd::ctr`] runs `ctr` against it.
+//! Dropping it stops containerd (SIGTERM, then SIGKILL after 10 s),
+//! unmounts whatever is still mounted under `DIR` (image mounts,
+//! snapshots, containers' rootfs, pods' `/dev/shm`) and removes its root
+//! and state, keeping the config and the log. Processes containerd
+//! started (shims) outlive it, as they would a restart: a test that starts
+//! containers stops them itself.
 //!
 //! containerd needs root (it mounts snapshots); `cargo xtask test` runs the
 //! tests as root and installs containerd like QEMU
@@ -42,6 +43,25 @@ pub struct Options {
     pub env: Vec<(OsString, OsString)>,
 }
 
+/// The CRI plugin's settings ([`Containerd::start_cri`]). Everything it
+/// keeps (its root and state: pods' files, containers' FIFOs) is under
+/// containerd's directory; CNI's configuration and plugin directories are
+/// `DIR/cni/conf` and `DIR/cni/bin`, empty: only pods in the node's
+/// network namespace can run (CNI is never called for them; the runtime
+/// status says the network is not ready).
+#[derive(Clone, Debug)]
+pub struct Cri {
+    /// The pod sandbox image: an image the test imports into the `k8s.io`
+    /// namespace (there is no network to pull `pause` from).
+    pub sandbox_image: String,
+    /// Runtime handlers beside the default `runc`: (the handler a pod
+    /// names, its `runtime_type`), e.g. `("hive", "io.containerd.hive.v1")`.
+    pub runtimes: Vec<(String, String)>,
+}
+
+/// The CRI plugin's namespace in containerd: its images and containers.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
 /// A running private containerd; see the module doc.
 pub struct Containerd {
     child: Child,
@@ -58,34 +78,109 @@ impl Containerd {
 
     /// Like [`Containerd::start`], with `options` in containerd's environment.
     pub fn start_with(dir: &Path, options: Options) -> Result<Containerd> {
+        Self::start_config(dir, &options, None)
+    }
+
+    /// Like [`Containerd::start_with`], with the CRI plugin (the
+    /// kubelet's API, on the same socket) set up as `cri` says.
+    pub fn start_cri(dir: &Path, options: Options, cri: Cri) -> Result<Containerd> {
+        Self::start_config(dir, &options, Some(&cri))
+    }
+
+    fn start_config(dir: &Path, options: &Options, cri: Option<&Cri>) -> Result<Containerd> {
         xtask::ensure_containerd()?;
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
-        let socket = dir.join("containerd.sock");
         let ttrpc = dir.join("containerd.sock.ttrpc");
         if ttrpc.as_os_str().len() > MAX_SOCKET_PATH {
             bail!("{}: too long for a Unix socket's path; give containerd a shorter directory", ttrpc.display());
         }
+        let log = dir.join("containerd.log");
+        fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut ctrd = Self::spawn(&dir, options, cri, "overlayfs")?;
+        // The overlayfs snapshotter (ctr's default) needs overlay mounts
+        // on the root's file system; where containerd skipped it, use the
+        // native one (copies instead of mounts). The CRI plugin reads its
+        // snapshotter from the configuration: start again with it there.
+        let plugins = ctrd.ctr_ok(&["plugins", "ls"])?;
+        let overlay_ok = plugins.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 4 && f[0] == "io.containerd.snapshotter.v1" && f[1] == "overlayfs" && f[3] == "ok"
+        });
+        if !overlay_ok {
+            eprintln!("containerd: the overlayfs snapshotter is not usable here; using native");
+            if cri.is_some() {
+                drop(ctrd);
+                ctrd = Self::spawn(&dir, options, cri, "native")?;
+            }
+            ctrd.snapshotter = "native".to_string();
+        }
+        Ok(ctrd)
+    }
+
+    /// The configuration for `dir` (see the module doc).
+    fn config(dir: &Path, cri: Option<&Cri>, snapshotter: &str) -> String {
         let quote = |p: &Path| serde_json::to_string(&p.to_string_lossy()).expect("a string serializes");
-        let config = dir.join("config.toml");
-        let text = format!(
-            "version = 2\nroot = {}\nstate = {}\n\
-             # Only what ctr needs: no CRI (it would also want CNI), the host's\n\
-             # containerd and kubelet untouched.\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\n\
+        let plugins = match cri {
+            None => "# Only what ctr needs: no CRI (it would also want CNI), the host's\n\
+                     # containerd and kubelet untouched.\n\
+                     disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"
+                .to_string(),
+            Some(_) => String::new(),
+        };
+        let mut text = format!(
+            "version = 2\nroot = {}\nstate = {}\n{plugins}\n\
              [grpc]\n  address = {}\n\n[ttrpc]\n  address = {}\n\n[debug]\n  level = \"info\"\n\n\
              [plugins.\"io.containerd.internal.v1.opt\"]\n  path = {}\n",
             quote(&dir.join("root")),
             quote(&dir.join("state")),
-            quote(&socket),
-            quote(&ttrpc),
+            quote(&dir.join("containerd.sock")),
+            quote(&dir.join("containerd.sock.ttrpc")),
             quote(&dir.join("opt")),
         );
-        fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
+        if let Some(cri) = cri {
+            let string = |s: &str| serde_json::to_string(s).expect("a string serializes");
+            text += &format!(
+                "\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = {}\n  \
+                 stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = {}\n  conf_dir = {}\n\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = {}\n",
+                string(&cri.sandbox_image),
+                quote(&dir.join("cni/bin")),
+                quote(&dir.join("cni/conf")),
+                string(snapshotter),
+            );
+            // Runtimes given in the configuration replace the default's
+            // list, in which `runc` is the default runtime: keep it, as on
+            // a node (nothing here runs it).
+            let runc = ("runc".to_string(), "io.containerd.runc.v2".to_string());
+            for (handler, runtime_type) in std::iter::once(&runc).chain(&cri.runtimes) {
+                text += &format!(
+                    "\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{}]\n  runtime_type = {}\n",
+                    string(handler),
+                    string(runtime_type)
+                );
+            }
+        }
+        text
+    }
+
+    /// Writes the configuration and starts containerd; returns once it
+    /// answers.
+    fn spawn(dir: &Path, options: &Options, cri: Option<&Cri>, snapshotter: &str) -> Result<Containerd> {
+        let socket = dir.join("containerd.sock");
+        let config = dir.join("config.toml");
+        fs::write(&config, Self::config(dir, cri, snapshotter)).with_context(|| format!("writing {}", config.display()))?;
+        if cri.is_some() {
+            for sub in ["cni/bin", "cni/conf"] {
+                fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.join(sub).display()))?;
+            }
+        }
         let _ = fs::remove_file(&socket);
 
         let log_path = dir.join("containerd.log");
-        let log = fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let log =
+            fs::OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("opening {}", log_path.display()))?;
         let mut cmd = Command::new(xtask::install::CONTAINERD);
         cmd.arg("--config").arg(&config).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         if !options.path.is_empty() {
@@ -96,7 +191,7 @@ impl Containerd {
         cmd.envs(options.env.iter().map(|(k, v)| (k, v)));
         xtask::echo(&cmd);
         let child = cmd.spawn().context("starting containerd")?;
-        let mut ctrd = Containerd { child, dir, socket, snapshotter: "overlayfs".to_string() };
+        let mut ctrd = Containerd { child, dir: dir.to_path_buf(), socket, snapshotter: snapshotter.to_string() };
 
         // Wait for the socket (ctr waits 10 s on one that is not there yet),
         // then for an answer.
@@ -108,7 +203,7 @@ impl Containerd {
             if ctrd.socket.exists() {
                 let out = ctrd.ctr(&["--connect-timeout", "5s", "version"])?;
                 if out.status.success() {
-                    break;
+                    return Ok(ctrd);
                 }
             }
             if Instant::now() > deadline {
@@ -116,20 +211,6 @@ impl Containerd {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-
-        // The overlayfs snapshotter (ctr's default) needs overlay mounts
-        // on the root's file system; where containerd skipped it, use the
-        // native one (copies instead of mounts).
-        let plugins = ctrd.ctr_ok(&["plugins", "ls"])?;
-        let overlay_ok = plugins.lines().any(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() >= 4 && f[0] == "io.containerd.snapshotter.v1" && f[1] == "overlayfs" && f[3] == "ok"
-        });
-        if !overlay_ok {
-            eprintln!("containerd: the overlayfs snapshotter is not usable here; using native");
-            ctrd.snapshotter = "native".to_string();
-        }
-        Ok(ctrd)
     }
 
     /// containerd's gRPC socket (`ctr --address`).
@@ -268,6 +349,28 @@ impl Drop for Containerd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cri_plugin_is_configured_only_when_asked_for() {
+        let dir = Path::new("/t/my \"dir\"");
+        let plain: toml::Table = toml::from_str(&Containerd::config(dir, None, "overlayfs")).unwrap();
+        assert_eq!(plain["disabled_plugins"].as_array().unwrap()[0].as_str(), Some("io.containerd.grpc.v1.cri"));
+        assert_eq!(plain["root"].as_str(), Some("/t/my \"dir\"/root"));
+        assert!(!plain["plugins"].as_table().unwrap().contains_key("io.containerd.grpc.v1.cri"));
+
+        let cri =
+            Cri { sandbox_image: "localhost/hive/hello:latest".into(), runtimes: vec![("hive".into(), "io.containerd.hive.v1".into())] };
+        let text: toml::Table = toml::from_str(&Containerd::config(dir, Some(&cri), "native")).unwrap();
+        assert!(!text.contains_key("disabled_plugins"));
+        let plugin = &text["plugins"]["io.containerd.grpc.v1.cri"];
+        assert_eq!(plugin["sandbox_image"].as_str(), Some("localhost/hive/hello:latest"));
+        assert_eq!(plugin["cni"]["conf_dir"].as_str(), Some("/t/my \"dir\"/cni/conf"));
+        assert_eq!(plugin["containerd"]["snapshotter"].as_str(), Some("native"));
+        let runtimes = &plugin["containerd"]["runtimes"];
+        assert_eq!(runtimes["hive"]["runtime_type"].as_str(), Some("io.containerd.hive.v1"));
+        // The default runtime stays declared, or the plugin refuses to load.
+        assert_eq!(runtimes["runc"]["runtime_type"].as_str(), Some("io.containerd.runc.v2"));
+    }
 
     #[test]
     fn mountinfo_escapes() {
