@@ -276,6 +276,8 @@ fn a_pod_runs_through_the_cri_as_a_guest() {
     let running = status(&k);
     assert_eq!(running.state, i32::from(ContainerState::ContainerRunning), "{}", fail(&format!("{running:?}")));
     assert!(running.started_at > 0, "{running:?}");
+    // One shim process serves the sandbox and the container.
+    assert_eq!(shim_servers(&shim).len(), 1, "{}", fail("more than one shim server"));
     let log_path = PathBuf::from(&running.log_path);
     assert_eq!(log_path, logs.join("echo/0.log"));
 
