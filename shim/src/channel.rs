@@ -111,6 +111,12 @@ impl Channel {
         self.exchange(&mut inner, req)
     }
 
+    /// Sends `req`, which gets no answer (`wait`, `image-data`).
+    pub fn notify(&self, req: &Request<'_>) -> Result<(), ChannelError> {
+        let mut inner = self.lock();
+        self.send(&mut inner, req)
+    }
+
     /// Uploads `data` as image `name` (`image-begin`, `image-data`...,
     /// `image-end`, with no other request between) and returns the
     /// `image-end` answer's digest.
