@@ -386,7 +386,11 @@ impl Shared {
             }
             Kind::Guest { name, digest, plan } => (name.clone(), digest.clone(), plan.clone()),
         };
-        // Route its records from its first instruction on.
+        // Route its records from its first instruction on (and refuse a
+        // second Start while the first waits for its answer).
+        if tasks.by_guest.contains_key(&name) {
+            return Err((Code::FAILED_PRECONDITION, format!("task {id} is being started")));
+        }
         tasks.by_guest.insert(name.clone(), id.to_string());
         drop(tasks);
 
