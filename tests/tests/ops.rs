@@ -431,6 +431,23 @@ fn images_by_digest_watched_starts_waits_and_named_tenants() {
     .unwrap();
     let ev: Vec<_> = seen.iter().filter(|e| e.guest == "ev").map(|e| e.event).collect();
     assert_eq!(ev, [EventKind::Started, EventKind::Ended]);
+    // Several clients at once (a port each): one waits on the first
+    // socket, taking no lock, while `ctl` starts the guest it waits for
+    // through another; a third streams events meanwhile.
+    let waiter = std::os::unix::net::UnixStream::connect(inst.socket()).unwrap();
+    (&waiter).write_all(b"events\n").unwrap();
+    let mut lines = BufReader::new(&waiter).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), r#"{"watching":"events"}"#);
+    let args5 = ["exit=5".to_string()];
+    inst.start(&StartSpec { args: &args5, ..spec("w5", &hello, 2 << 20) }).unwrap();
+    assert_eq!(inst.wait("w5").unwrap().exit_code, Some(5));
+    let seen: Vec<GuestEvent> = lines.by_ref().take(2).map(|l| serde_json::from_str(&l.unwrap()).unwrap()).collect();
+    assert_eq!(
+        seen.iter().map(|e| (e.guest.as_str(), e.event, e.exit_code)).collect::<Vec<_>>(),
+        [("w5", EventKind::Started, None), ("w5", EventKind::Ended, Some(5))]
+    );
+    drop(lines);
+    drop(waiter);
     // The echo guest kept serving through all of it.
     assert_eq!(echo(port, b"still serving"), b"still serving");
 }

@@ -87,6 +87,7 @@ impl ControlHost for FuzzHost {
     }
     fn start(
         &self,
+        _: usize,
         name: &str,
         image: &str,
         memory: u64,
@@ -130,11 +131,11 @@ impl ControlHost for FuzzHost {
         st.tenants.remove(i);
         Ok(())
     }
-    fn wait(&self, name: &str) -> Result<Option<GuestEvent>, String> {
-        self.watch_console(name).map(|()| None)
+    fn wait(&self, client: usize, name: &str) -> Result<Option<GuestEvent>, String> {
+        self.watch_console(client, name).map(|()| None)
     }
-    fn watch_events(&self) {}
-    fn watch_console(&self, name: &str) -> Result<(), String> {
+    fn watch_events(&self, _: usize) {}
+    fn watch_console(&self, _: usize, name: &str) -> Result<(), String> {
         match self.0.borrow().guests.iter().any(|(n, _)| n == name) {
             true => Ok(()),
             false => Err(format!("no guest {name}")),
@@ -168,7 +169,7 @@ impl ControlHost for FuzzHost {
             .collect();
         (guests, MachineStats { live: st.guests.len() as u64, total_bytes: (FRAMES * 4096) as u64, ..Default::default() })
     }
-    fn capture(&self, what: &str, _count: u32, _secs: u32) -> Result<(), String> {
+    fn capture(&self, _: usize, what: &str, _count: u32, _secs: u32) -> Result<(), String> {
         let st = self.0.borrow();
         match what.strip_prefix("tenant:") {
             Some(t) => t.parse::<u32>().map(|_| ()).map_err(|_| format!("no tenant {t}")),
@@ -316,13 +317,18 @@ fn run(data: &[u8]) -> Vec<String> {
             _ if inp.u8() < 8 => bytes.resize(hypervisor::control::LINE_MAX + inp.below(16), b'a'),
             _ => bytes.extend_from_slice(b"image-data 00\n"),
         }
-        let mut it = bytes.into_iter();
-        session.poll(&host, now, &mut || it.next(), &mut |a| {
-            assert!(!a.contains('\n'), "an answer of more than one line: {a:?}");
-            let typed: Response = serde_json::from_str(a).unwrap_or_else(|e| panic!("answer is not a Response ({e}): {a:?}"));
-            assert_eq!(serde_json::to_string(&typed).unwrap(), a, "the answer does not print back the same");
-            out.push(a.to_string());
-        });
+        // In pieces as a transport hands them over: a UART's 16 bytes, a
+        // virtio buffer's page, or all at once.
+        let piece = [16, 4096, usize::MAX][usize::from(inp.u8() % 3)];
+        let chunks: Vec<&[u8]> = if bytes.is_empty() { vec![&[]] } else { bytes.chunks(piece.min(bytes.len())).collect() };
+        for chunk in chunks {
+            session.poll(&host, now, chunk, &mut |a| {
+                assert!(!a.contains('\n'), "an answer of more than one line: {a:?}");
+                let typed: Response = serde_json::from_str(a).unwrap_or_else(|e| panic!("answer is not a Response ({e}): {a:?}"));
+                assert_eq!(serde_json::to_string(&typed).unwrap(), a, "the answer does not print back the same");
+                out.push(a.to_string());
+            });
+        }
         assert!(session.held_bytes() <= ROOM, "an upload holds {} bytes, more than the {ROOM} offered", session.held_bytes());
     }
     // Everything goes back: guests stopped, images unloaded.

@@ -1,0 +1,307 @@
+//! The control channel over a virtio 1.0 console device (virtio-serial,
+//! virtio 1.0 §5.3) with the multiport feature: one port per client, so
+//! that several clients are served at once, each with its own session,
+//! and bytes move a page at a time instead of at a UART's pace.
+//!
+//! Queues: control receive 2 and transmit 3; port `p` (1 and up) receive
+//! `2p + 2` and transmit `2p + 3`. Port 0 (the legacy console) is not
+//! used. Control messages (`virtio_console_control`: id u32, event u16,
+//! value u16): the driver says DEVICE_READY; the device adds each port
+//! (DEVICE_ADD), the driver answers PORT_READY; the device says PORT_OPEN
+//! 1 when a client connects to the port's host side and 0 when it leaves,
+//! and the driver opens its side (PORT_OPEN 1) in return.
+//!
+//! Rules:
+//! - The device is not trusted (`crate::virtio`): port ids are bounded,
+//!   lengths checked, one poll looks at a queue's worth of entries at
+//!   most, and a write waits a bounded number of polls for room.
+//! - Clients are numbered 0.. in port order ([`Input`]); a port's client
+//!   is new each time it opens, so the caller starts a fresh session.
+//! - Called by CPU 0 only, between guests.
+
+pub use super::Input;
+use crate::mm::PhysMem;
+use crate::net::virtq::{BUFFER_BYTES, Virtq, VirtqError};
+use crate::virtio::{CommonCfg, Transport, VirtioError, feature::VERSION_1, status};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::sync::atomic::{Ordering, fence};
+
+/// The transitional and the modern virtio-console PCI device ids.
+pub const VIRTIO_CONSOLE_DEVICES: [u16; 2] = [0x1003, 0x1043];
+/// Feature bit: several ports, and the control queues (virtio 1.0 §5.3.3).
+pub const MULTIPORT: u64 = 1 << 1;
+/// Ports (clients at once) driven at most; the device may have fewer.
+pub const MAX_PORTS: usize = abi::control::CLIENTS_MAX;
+/// Entries of each port's receive queue (a page each: 128 KiB in flight).
+const RX_SIZE: u16 = 32;
+/// Entries of each transmit queue.
+const TX_SIZE: u16 = 16;
+/// Entries of each control queue.
+const CONTROL_SIZE: u16 = 8;
+const CONTROL_RX: u16 = 2;
+const CONTROL_TX: u16 = 3;
+/// Polls of a full transmit queue before the rest of a write is dropped.
+const WRITE_POLLS: u32 = 1_000_000;
+/// `virtio_console_control`: id (u32), event (u16), value (u16).
+const CONTROL_BYTES: usize = 8;
+
+/// Control events (virtio 1.0 §5.3.6.2).
+mod event {
+    pub const DEVICE_READY: u16 = 0;
+    pub const DEVICE_ADD: u16 = 1;
+    pub const DEVICE_REMOVE: u16 = 2;
+    pub const PORT_READY: u16 = 3;
+    pub const PORT_OPEN: u16 = 6;
+}
+
+struct Port {
+    rx: Virtq,
+    rx_notify: u16,
+    tx: Virtq,
+    tx_notify: u16,
+    /// The device added it (DEVICE_ADD).
+    added: bool,
+    /// A client is connected.
+    open: bool,
+}
+
+/// A started virtio console.
+pub struct VirtioConsole<T> {
+    transport: T,
+    control_rx: Virtq,
+    control_rx_notify: u16,
+    control_tx: Virtq,
+    control_tx_notify: u16,
+    ports: Vec<Port>,
+    /// A receive buffer's bytes, handed to the caller.
+    buf: Vec<u8>,
+    /// Bytes dropped: written to a port with no client or a queue that
+    /// stayed full, or a bad used entry from the device.
+    pub dropped: u64,
+}
+
+impl<T: Transport> VirtioConsole<T> {
+    /// Resets and starts the device: every port's queues and the control
+    /// queues, then DEVICE_READY.
+    pub fn start(mut t: T) -> Result<Self, VirtioError> {
+        let agreed = crate::virtio::negotiate(&mut t, |_| VERSION_1 | MULTIPORT)?;
+        if agreed & MULTIPORT == 0 {
+            return Err(VirtioError::FeaturesRefused);
+        }
+        // `max_nr_ports` (u32 at offset 4), port 0 included.
+        let max = u32::from_le_bytes([t.device_config(4), t.device_config(5), t.device_config(6), t.device_config(7)]);
+        let n = (max.saturating_sub(1) as usize).min(MAX_PORTS);
+        let (control_rx, control_rx_notify) = crate::virtio::queue(&mut t, CONTROL_RX, CONTROL_SIZE)?;
+        let (control_tx, control_tx_notify) = crate::virtio::queue(&mut t, CONTROL_TX, CONTROL_SIZE)?;
+        let mut ports = Vec::with_capacity(n);
+        for p in 1..=n as u16 {
+            let (rx, rx_notify) = crate::virtio::queue(&mut t, 2 * p + 2, RX_SIZE)?;
+            let (tx, tx_notify) = crate::virtio::queue(&mut t, 2 * p + 3, TX_SIZE)?;
+            ports.push(Port { rx, rx_notify, tx, tx_notify, added: false, open: false });
+        }
+        t.write(CommonCfg::DeviceStatus, u64::from(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK));
+        let mut c = Self {
+            transport: t,
+            control_rx,
+            control_rx_notify,
+            control_tx,
+            control_tx_notify,
+            ports,
+            buf: vec![0; BUFFER_BYTES as usize],
+            dropped: 0,
+        };
+        let mem = c.transport.dma();
+        while let Some(id) = c.control_rx.take() {
+            c.control_rx.submit(mem, id, BUFFER_BYTES, true);
+        }
+        for p in &mut c.ports {
+            while let Some(id) = p.rx.take() {
+                p.rx.submit(mem, id, BUFFER_BYTES, true);
+            }
+        }
+        fence(Ordering::SeqCst);
+        c.transport.notify(CONTROL_RX, c.control_rx_notify);
+        for (i, p) in c.ports.iter().enumerate() {
+            c.transport.notify(2 * (i as u16 + 1) + 2, p.rx_notify);
+        }
+        c.control(0, event::DEVICE_READY, 1);
+        Ok(c)
+    }
+
+    /// How many clients it can serve at once.
+    pub fn ports(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// The transport (the host tests' fake device).
+    pub fn transport(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    /// Handles what the device has done since the last poll: control
+    /// messages (clients coming and going) and bytes clients sent, each
+    /// handed to `on` in order. Never waits.
+    pub fn poll(&mut self, on: &mut dyn FnMut(Input<'_>)) {
+        self.poll_control(on);
+        for i in 0..self.ports.len() {
+            let p = &mut self.ports[i];
+            let mem = self.transport.dma();
+            let mut returned = false;
+            for _ in 0..p.rx.size {
+                match p.rx.pop_used(mem) {
+                    Ok(Some(u)) => {
+                        let len = u.len as usize;
+                        mem.read(p.rx.buffer(u.id), 0, &mut self.buf[..len]);
+                        p.rx.submit(mem, u.id, BUFFER_BYTES, true);
+                        returned = true;
+                        if p.open && len > 0 {
+                            on(Input::Bytes(i, &self.buf[..len]));
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(VirtqError::BadUsedLen { id, .. }) => {
+                        self.dropped += 1;
+                        p.rx.submit(mem, id, BUFFER_BYTES, true);
+                        returned = true;
+                    }
+                    Err(VirtqError::BadUsedId(_)) => {
+                        self.dropped += 1;
+                        break;
+                    }
+                }
+            }
+            if returned {
+                fence(Ordering::SeqCst);
+                self.transport.notify(2 * (i as u16 + 1) + 2, p.rx_notify);
+            }
+        }
+    }
+
+    fn poll_control(&mut self, on: &mut dyn FnMut(Input<'_>)) {
+        let mut msgs: Vec<(u32, u16, u16)> = Vec::new();
+        let mem = self.transport.dma();
+        let mut returned = false;
+        for _ in 0..self.control_rx.size {
+            match self.control_rx.pop_used(mem) {
+                Ok(Some(u)) => {
+                    let mut m = [0u8; CONTROL_BYTES];
+                    if u.len as usize >= CONTROL_BYTES {
+                        mem.read(self.control_rx.buffer(u.id), 0, &mut m);
+                        let id = u32::from_le_bytes([m[0], m[1], m[2], m[3]]);
+                        msgs.push((id, u16::from_le_bytes([m[4], m[5]]), u16::from_le_bytes([m[6], m[7]])));
+                    }
+                    self.control_rx.submit(mem, u.id, BUFFER_BYTES, true);
+                    returned = true;
+                }
+                Ok(None) => break,
+                Err(VirtqError::BadUsedLen { id, .. }) => {
+                    self.dropped += 1;
+                    self.control_rx.submit(mem, id, BUFFER_BYTES, true);
+                    returned = true;
+                }
+                Err(VirtqError::BadUsedId(_)) => {
+                    self.dropped += 1;
+                    break;
+                }
+            }
+        }
+        if returned {
+            fence(Ordering::SeqCst);
+            self.transport.notify(CONTROL_RX, self.control_rx_notify);
+        }
+        for (id, ev, value) in msgs {
+            // Port `id` is ours if 1..=ports; others are refused.
+            let port = (id as usize).checked_sub(1).filter(|&i| i < self.ports.len());
+            match (ev, port) {
+                (event::DEVICE_ADD, Some(i)) => {
+                    self.ports[i].added = true;
+                    self.control(id, event::PORT_READY, 1);
+                }
+                (event::DEVICE_ADD, None) => self.control(id, event::PORT_READY, 0),
+                (event::DEVICE_REMOVE, Some(i)) => {
+                    self.ports[i].added = false;
+                    if core::mem::take(&mut self.ports[i].open) {
+                        on(Input::Closed(i));
+                    }
+                }
+                (event::PORT_OPEN, Some(i)) if self.ports[i].added => {
+                    let was = self.ports[i].open;
+                    self.ports[i].open = value != 0;
+                    match (was, value != 0) {
+                        (false, true) => {
+                            self.control(id, event::PORT_OPEN, 1);
+                            on(Input::Opened(i));
+                        }
+                        (true, false) => on(Input::Closed(i)),
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends a control message.
+    fn control(&mut self, id: u32, ev: u16, value: u16) {
+        let mut m = [0u8; CONTROL_BYTES];
+        m[..4].copy_from_slice(&id.to_le_bytes());
+        m[4..6].copy_from_slice(&ev.to_le_bytes());
+        m[6..].copy_from_slice(&value.to_le_bytes());
+        let Self { transport, control_tx, control_tx_notify, dropped, .. } = self;
+        if !send(transport, control_tx, CONTROL_TX, *control_tx_notify, &m) {
+            *dropped += 1;
+        }
+    }
+
+    /// Writes `line` and a newline to client `client`; dropped (and
+    /// counted) if it has gone or its queue stays full.
+    pub fn write_line(&mut self, client: usize, line: &str) {
+        let Some(p) = self.ports.get_mut(client).filter(|p| p.open) else {
+            self.dropped += line.len() as u64 + 1;
+            return;
+        };
+        let q = 2 * (client as u16 + 1) + 3;
+        let mut data = Vec::with_capacity(line.len() + 1);
+        data.extend_from_slice(line.as_bytes());
+        data.push(b'\n');
+        for (i, c) in data.chunks(BUFFER_BYTES as usize).enumerate() {
+            if !send(&mut self.transport, &mut p.tx, q, p.tx_notify, c) {
+                self.dropped += (data.len() - i * BUFFER_BYTES as usize) as u64;
+                return;
+            }
+        }
+    }
+}
+
+/// Puts `bytes` (at most a page) in a transmit buffer of `tx` and tells
+/// the device; waits a bounded number of polls for a free buffer.
+fn send<T: Transport>(t: &mut T, tx: &mut Virtq, queue: u16, notify: u16, bytes: &[u8]) -> bool {
+    let mut polls = 0;
+    let id = loop {
+        loop {
+            match tx.pop_used(t.dma()) {
+                Ok(Some(u)) => tx.give_back(u.id),
+                Err(VirtqError::BadUsedLen { id, .. }) => tx.give_back(id),
+                Ok(None) | Err(VirtqError::BadUsedId(_)) => break,
+            }
+        }
+        if let Some(id) = tx.take() {
+            break id;
+        }
+        polls += 1;
+        if polls >= WRITE_POLLS {
+            return false;
+        }
+        core::hint::spin_loop();
+    };
+    let mem = t.dma();
+    mem.write(tx.buffer(id), 0, bytes);
+    tx.submit(mem, id, bytes.len() as u32, false);
+    fence(Ordering::SeqCst);
+    t.notify(queue, notify);
+    true
+}
+
+#[cfg(test)]
+mod tests;
