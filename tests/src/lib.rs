@@ -1,11 +1,13 @@
 //! Helpers shared by the integration tests in `tests/tests/`: boot a
-//! manifest under QEMU and look at what the console says.
+//! manifest under QEMU and look at what the console says; run a private
+//! containerd ([`containerd::Containerd`]).
 //!
 //! Images are built once per test binary however many tests boot them;
 //! every boot gets its own bundle file and its own QEMU, killed at the
 //! timeout or when the test ends.
 #![forbid(unsafe_code)]
 
+pub mod containerd;
 pub mod records;
 
 use std::path::PathBuf;

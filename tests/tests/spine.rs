@@ -83,7 +83,7 @@ fn bad_images() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     let phnum = u16::from_le_bytes(high[56..58].try_into().unwrap()) as usize;
     let load = (0..phnum).map(|i| phoff + i * 56).find(|&p| high[p..p + 4] == 1u32.to_le_bytes()).unwrap();
     high[load + 16..load + 24].copy_from_slice(&0xffff_8000_0000_0000u64.to_le_bytes());
-    let high = xtask::pack::hermit_image("hello", &high).unwrap();
+    let high = xtask::pack::hermit_image("hello", &high, &[]).unwrap();
 
     // A gzip bomb: 60 MiB of zeros in a tar, about 60 KB compressed (it
     // once aborted the hypervisor with a failed 30 MiB allocation; the

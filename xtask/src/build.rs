@@ -109,7 +109,7 @@ pub fn build_apps(names: &[&str]) -> Result<Vec<PathBuf>> {
         for app in missing {
             let elf_path = app_elf(app);
             let elf = fs::read(&elf_path).with_context(|| format!("reading {}", elf_path.display()))?;
-            let image = pack::hermit_image(app, &elf).with_context(|| format!("packing {app}"))?;
+            let image = pack::hermit_image(app, &elf, &[]).with_context(|| format!("packing {app}"))?;
             let path = root.join("target/guests").join(format!("{app}.hermit"));
             pack::write_atomically(&path, &image)?;
             built.insert(app.to_string(), path);
@@ -121,4 +121,81 @@ pub fn build_apps(names: &[&str]) -> Result<Vec<PathBuf>> {
 /// The ELF `build_apps` built for `app` (with its DWARF, for symbolizing).
 pub fn app_elf(app: &str) -> PathBuf {
     workspace_root().join("target/guest").join(TARGET).join("release").join(app)
+}
+
+/// A guest crate to build: an app under `apps/`, or a crate outside this
+/// workspace (`--path DIR`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum App {
+    Workspace(String),
+    Path(PathBuf),
+}
+
+/// Builds `app` into its Hermit image; returns its name and the image's
+/// path (`target/guests/<name>.hermit`).
+pub fn build_app(app: &App) -> Result<(String, PathBuf)> {
+    match app {
+        App::Workspace(name) => Ok((name.clone(), build_apps(&[name.as_str()])?.remove(0))),
+        App::Path(dir) => build_external(dir),
+    }
+}
+
+/// Builds the guest crate in `dir`, which lies outside this workspace (its
+/// own `Cargo.toml`, depending on `libos` by path or git), with the flags
+/// and target of the apps under `apps/`, into `target/ext/<name>`, and
+/// packs it into `target/guests/<name>.hermit`, where `<name>` is its
+/// package name. Returns the name and the image's path.
+///
+/// cargo runs in `dir`, so the crate's own `.cargo/config.toml` and lock
+/// file count, not ours. What such a crate needs is in README's "A guest in
+/// its own repository".
+pub fn build_external(dir: &Path) -> Result<(String, PathBuf)> {
+    if !dir.join("Cargo.toml").is_file() {
+        bail!("{}: no Cargo.toml there (--path takes the directory of a guest crate)", dir.display());
+    }
+    // Absolute: cargo runs in `dir`.
+    let dir = &fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
+    let manifest = dir.join("Cargo.toml");
+    let text = fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let toml: toml::Table = text.parse().with_context(|| format!("parsing {}", manifest.display()))?;
+    let Some(name) = toml.get("package").and_then(|p| p.get("name")).and_then(|n| n.as_str()) else {
+        bail!("{}: no [package] name (--path takes a guest crate, not a workspace)", manifest.display());
+    };
+    let name = name.to_string();
+    if apps()?.contains(&name) {
+        bail!(
+            "{}: package `{name}` has the name of this workspace's apps/{name}, whose image is also \
+             target/guests/{name}.hermit; rename the package",
+            manifest.display()
+        );
+    }
+    let root = workspace_root();
+    let target_dir = root.join("target/ext").join(&name);
+    let mut cmd = cargo();
+    cmd.current_dir(dir)
+        .args(["build", "--release", "--manifest-path"])
+        .arg(&manifest)
+        .args(["--bin", &name, "--target", TARGET, "--target-dir"])
+        .arg(&target_dir)
+        .env("RUSTFLAGS", GUEST_RUSTFLAGS);
+    if let Err(e) = run(&mut cmd) {
+        // The two things a crate outside the workspace most likely lacks.
+        let mut hints = String::new();
+        let above = dir.ancestors().skip(1).find(|a| a.join("Cargo.toml").is_file());
+        if let (false, Some(above)) = (toml.contains_key("workspace"), above) {
+            hints +=
+                &format!("\n  hint: it has no [workspace] table, so cargo takes it for a member of {}", above.join("Cargo.toml").display());
+        }
+        let panic = toml.get("profile").and_then(|p| p.get("release")).and_then(|r| r.get("panic")).and_then(|p| p.as_str());
+        if panic != Some("abort") {
+            hints += "\n  hint: it does not set panic = \"abort\" in [profile.release]; the libos has no unwinder";
+        }
+        bail!("building the guest crate {}: {e:#}{hints}", manifest.display());
+    }
+    let elf_path = target_dir.join(TARGET).join("release").join(&name);
+    let elf = fs::read(&elf_path).with_context(|| format!("reading {}", elf_path.display()))?;
+    let image = pack::hermit_image(&name, &elf, &[]).with_context(|| format!("packing {name}"))?;
+    let path = root.join("target/guests").join(format!("{name}.hermit"));
+    pack::write_atomically(&path, &image)?;
+    Ok((name, path))
 }

@@ -17,9 +17,11 @@ pub mod bench;
 mod build;
 mod cmd;
 pub mod ctl;
+pub mod install;
 pub mod lint;
 pub mod linux;
 pub mod manifest;
+pub mod oci;
 pub mod pack;
 mod qemu;
 pub mod runner;
@@ -29,8 +31,11 @@ use std::path::Path;
 
 pub use anyhow::{Error, Result};
 
-pub use build::{GUEST_RUSTFLAGS, TARGET, app_elf, apps, build_apps, build_hypervisor, hypervisor_rustflags};
+pub use build::{
+    App, GUEST_RUSTFLAGS, TARGET, app_elf, apps, build_app, build_apps, build_external, build_hypervisor, hypervisor_rustflags,
+};
 pub use cmd::{cargo, echo, run};
+pub use install::ensure_containerd;
 pub use qemu::{
     Accel, MAX_SMP, ManifestSource, Prepared, QEMU, RunConfig, check_exit, ensure_qemu, host_has_hardware_virtualization, prepare,
     run_captured, run_captured_with_input, run_interactive,

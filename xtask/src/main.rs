@@ -27,8 +27,33 @@ enum Command {
     /// Build apps under apps/ into Hermit images (target/guests/<app>.hermit).
     BuildApp {
         /// App names (directories under apps/).
-        #[arg(required = true)]
+        #[arg(required_unless_present = "path", conflicts_with = "path")]
         apps: Vec<String>,
+        /// Instead, the guest crate in DIR, outside this workspace (built
+        /// into target/ext/<name>; <name> is its package name).
+        #[arg(long, value_name = "DIR")]
+        path: Option<PathBuf>,
+    },
+    /// Package a guest: its Hermit image, and with --oci an OCI image
+    /// (layout tarball) for `ctr image import`, skopeo or a registry.
+    Pkg {
+        /// The app (a directory under apps/) ...
+        #[arg(required_unless_present = "path", conflicts_with = "path")]
+        app: Option<String>,
+        /// ... or the guest crate in DIR, outside this workspace.
+        #[arg(long, value_name = "DIR")]
+        path: Option<PathBuf>,
+        /// Write the OCI image layout tarball here.
+        #[arg(long, value_name = "FILE")]
+        oci: Option<PathBuf>,
+        /// The image's reference (default localhost/hive/<app>:latest; no
+        /// tag means :latest).
+        #[arg(long = "ref", value_name = "NAME:TAG", requires = "oci")]
+        reference: Option<String>,
+        /// The guest's arguments: written into the image's hermit.toml
+        /// (app_args) and the config's Cmd (default: hermit.toml's).
+        #[arg(last = true, requires = "oci")]
+        args: Option<Vec<String>>,
     },
     /// Boot the hypervisor and a manifest of guests under QEMU.
     Run(RunArgs),
@@ -202,7 +227,15 @@ impl Command {
     fn run(self) -> Result<()> {
         match self {
             Command::Build => println!("{}", xtask::build_hypervisor()?.display()),
-            Command::BuildApp { apps } => commands::build_app::run(&apps)?,
+            Command::BuildApp { apps, path } => commands::build_app::run(&apps, path.as_deref())?,
+            Command::Pkg { app, path, oci, reference, args } => {
+                let app = match (app, path) {
+                    (_, Some(dir)) => xtask::App::Path(dir),
+                    (Some(name), None) => xtask::App::Workspace(name),
+                    (None, None) => unreachable!("clap requires one"),
+                };
+                commands::pkg::run(app, oci, reference, args)?
+            }
             Command::Run(args) => commands::run::run(args)?,
             Command::Bench(args) => xtask::bench::run(&args)?,
             Command::Fuzz(args) => commands::fuzz::run(&args)?,
@@ -211,5 +244,37 @@ impl Command {
             Command::Test { args } => commands::test::run(&args)?,
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(["cargo xtask"].iter().chain(args)).map(|c| c.command)
+    }
+
+    #[test]
+    fn pkg_takes_an_app_or_a_path_and_arguments_only_with_oci() {
+        let Ok(Command::Pkg { app, path, oci, reference, args }) = parse(&["pkg", "echo", "--oci", "e.tar", "--", "serve", "7"]) else {
+            panic!("not parsed as pkg")
+        };
+        assert_eq!((app.as_deref(), path, reference), (Some("echo"), None, None));
+        assert_eq!(oci, Some(PathBuf::from("e.tar")));
+        assert_eq!(args, Some(vec!["serve".to_string(), "7".to_string()]));
+
+        let Ok(Command::Pkg { app, path, .. }) = parse(&["pkg", "--path", "../svc", "--oci", "s.tar", "--ref", "r/s:1"]) else {
+            panic!("not parsed as pkg")
+        };
+        assert_eq!((app, path), (None, Some(PathBuf::from("../svc"))));
+
+        assert!(parse(&["pkg"]).is_err(), "neither app nor --path");
+        assert!(parse(&["pkg", "hello", "--path", "d"]).is_err(), "both");
+        assert!(parse(&["pkg", "hello", "--ref", "a:b"]).is_err(), "--ref without --oci");
+        assert!(parse(&["pkg", "hello", "--", "x"]).is_err(), "arguments without --oci");
+        assert!(parse(&["build-app"]).is_err());
+        assert!(parse(&["build-app", "hello", "--path", "d"]).is_err());
+        assert!(matches!(parse(&["build-app", "--path", "d"]), Ok(Command::BuildApp { apps, path: Some(_) }) if apps.is_empty()));
     }
 }

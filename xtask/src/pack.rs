@@ -12,17 +12,21 @@ use flate2::write::GzEncoder;
 
 use crate::manifest::{Manifest, Source};
 
-/// The `hermit.toml` of an image whose kernel ELF is the file `app`.
-pub fn hermit_toml(app: &str) -> String {
-    format!("version = \"1\"\nkernel = \"{app}\"\n\n[input]\nkernel_args = []\napp_args = []\n")
+/// The `hermit.toml` of an image whose kernel ELF is the file `app`, with
+/// `app_args` (the guest's arguments when its manifest entry or `ctl start`
+/// gives none, and an OCI image's `Cmd`).
+pub fn hermit_toml(app: &str, app_args: &[String]) -> String {
+    let quoted: Vec<String> = app_args.iter().map(|a| toml::Value::String(a.clone()).to_string()).collect();
+    format!("version = \"1\"\nkernel = \"{app}\"\n\n[input]\nkernel_args = []\napp_args = [{}]\n", quoted.join(", "))
 }
 
 /// Packs a Hermit image (hermit-entry 0.10): a gzip-compressed tar holding
-/// `hermit.toml` and the ELF as a file named `app`. The output depends only on
-/// the inputs (no timestamps, owners or modes from the host).
-pub fn hermit_image(app: &str, elf: &[u8]) -> io::Result<Vec<u8>> {
+/// `hermit.toml` (see [`hermit_toml`]) and the ELF as a file named `app`. The
+/// output depends only on the inputs (no timestamps, owners or modes from
+/// the host).
+pub fn hermit_image(app: &str, elf: &[u8], app_args: &[String]) -> io::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::best()));
-    for (name, data, mode) in [("hermit.toml", hermit_toml(app).as_bytes(), 0o644), (app, elf, 0o755)] {
+    for (name, data, mode) in [("hermit.toml", hermit_toml(app, app_args).as_bytes(), 0o644), (app, elf, 0o755)] {
         let mut header = tar::Header::new_ustar();
         header.set_size(data.len() as u64);
         header.set_mode(mode);
@@ -131,9 +135,9 @@ mod tests {
     #[test]
     fn hermit_image_parses_with_hermit_entry() {
         let elf = b"\x7fELF pretend".repeat(100);
-        let gz = hermit_image("hello", &elf).unwrap();
+        let gz = hermit_image("hello", &elf, &[]).unwrap();
         assert_eq!(&gz[..2], b"\x1f\x8b", "not gzip");
-        assert_eq!(gz, hermit_image("hello", &elf).unwrap(), "not deterministic");
+        assert_eq!(gz, hermit_image("hello", &elf, &[]).unwrap(), "not deterministic");
         let mut tar = Vec::new();
         flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut tar).unwrap();
         let parsed = hermit_entry::config::parse_tar(&tar).unwrap();
@@ -141,6 +145,16 @@ mod tests {
         let hermit_entry::config::Config::V1 { kernel, input, .. } = parsed.config;
         assert_eq!(kernel, "hello");
         assert!(input.app_args.is_empty() && input.kernel_args.is_empty());
+    }
+
+    #[test]
+    fn hermit_toml_carries_app_args_quoted() {
+        let args: Vec<String> = ["serve", "7", "a \"quoted\" \\ one", "tab\there", "\u{7f}"].map(String::from).into();
+        let gz = hermit_image("echo", b"\x7fELF pretend", &args).unwrap();
+        let mut tar = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut tar).unwrap();
+        let hermit_entry::config::Config::V1 { input, .. } = hermit_entry::config::parse_tar(&tar).unwrap().config;
+        assert_eq!(input.app_args.iter().map(|a| a.to_string()).collect::<Vec<_>>(), args);
     }
 
     #[test]

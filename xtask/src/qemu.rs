@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -16,7 +15,6 @@ use abi::debug_exit::{FAILURE, SUCCESS, qemu_status};
 use anyhow::{Context as _, Result, bail};
 
 use crate::build::{apps, build_apps, build_hypervisor};
-use crate::cmd::{echo, run};
 use crate::manifest::{self, DEFAULT_MANIFEST, MIB, Source, format_size, parse_size};
 use crate::runner::{Errors, Input, Options, Qemu, Reply, RunOutput};
 use crate::{pack, workspace_root};
@@ -67,39 +65,7 @@ pub fn host_has_hardware_virtualization() -> bool {
 /// Makes sure QEMU is installed: as root, installs it with apt-get;
 /// otherwise fails with the command to run.
 pub fn ensure_qemu() -> Result<()> {
-    if on_path(QEMU) {
-        return Ok(());
-    }
-    let mut id = Command::new("id");
-    id.arg("-u");
-    echo(&id);
-    let uid = id.output().context("running `id -u`")?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        bail!("{QEMU} is not installed; install it with:\n    sudo apt-get install -y qemu-system-x86");
-    }
-    eprintln!("{QEMU} is not installed; installing it");
-    let apt = || {
-        let mut cmd = Command::new("apt-get");
-        cmd.env("DEBIAN_FRONTEND", "noninteractive");
-        cmd
-    };
-    let install = || run(apt().args(["install", "-y", "qemu-system-x86"]));
-    if install().is_err() {
-        run(apt().arg("update"))?;
-        install()?;
-    }
-    if !on_path(QEMU) {
-        bail!("installed qemu-system-x86 but {QEMU} is still not on PATH");
-    }
-    Ok(())
-}
-
-fn on_path(program: &str) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .filter_map(|dir| fs::metadata(dir.join(program)).ok())
-        .any(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    crate::install::ensure(&[QEMU], "qemu-system-x86")
 }
 
 /// Where the manifest comes from.

@@ -6,7 +6,8 @@
 //! virtual memory layout ([`layout`]), the start-info page ([`StartInfo`]),
 //! the ELF note that stamps an image with the ABI it was built for
 //! ([`note`]), and the bundle that carries the manifest and the images into
-//! the hypervisor at boot ([`bundle`]). Why a guest was stopped is a
+//! the hypervisor at boot ([`bundle`]), and the names a guest packaged as
+//! an OCI image carries for the containerd runtime ([`oci`]). Why a guest was stopped is a
 //! [`stop::StopReason`]. With the `alloc` feature: the control protocol
 //! (`control`: requests, answers, errors) and the records the hypervisor
 //! prints for programs (`report`), serializable with the `serde` feature.
@@ -26,6 +27,7 @@ pub mod bundle;
 pub mod control;
 pub mod layout;
 pub mod note;
+pub mod oci;
 mod record;
 #[cfg(feature = "alloc")]
 pub mod report;

@@ -4,5 +4,6 @@
 pub mod build_app;
 pub mod ctl;
 pub mod fuzz;
+pub mod pkg;
 pub mod run;
 pub mod test;

@@ -5,9 +5,10 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-/// Runs `cargo test ARGS` after making sure QEMU is there.
+/// Runs `cargo test ARGS` after making sure QEMU and containerd are there.
 pub fn run(args: &[String]) -> Result<()> {
     xtask::ensure_qemu()?;
+    xtask::ensure_containerd()?;
     let start = Instant::now();
     let result = xtask::run(xtask::cargo().arg("test").args(args));
     let secs = start.elapsed().as_secs_f64();

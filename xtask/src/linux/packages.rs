@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use super::initramfs::BUSYBOX;
 use super::kernel::Kernel;
 use crate::cmd::run;
+use crate::install::on_path;
 
 fn is_root() -> Result<bool> {
     let out = Command::new("id").arg("-u").output().context("running `id -u`")?;
@@ -79,11 +80,6 @@ pub fn ensure_packages() -> Result<()> {
         bail!("{BUSYBOX} is not a static executable even after installing busybox-static");
     }
     Ok(())
-}
-
-fn on_path(program: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
 }
 
 /// nginx (Debian's `nginx-light`) and `wrk` for the network benchmark.
