@@ -170,6 +170,39 @@ fn a_detached_hypervisor_is_listed_measured_and_stopped_guest_by_guest_through_c
     assert!(to_port_7 >= 3 && from_port_7 >= 3 && payload, "{to_port_7} to, {from_port_7} from port 7, payload {payload}");
     assert!(ctl("capture nope 1 1").unwrap_err().to_string().contains("no guest or tenant nope"));
 
+    // Metrics: served as Prometheus text, and they move with traffic.
+    let metrics = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let inst = inst.0.clone();
+        std::thread::spawn(move || xtask::metrics::serve_on(&inst, listener));
+        move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut text = String::new();
+            s.read_to_string(&mut text).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(head.starts_with("HTTP/1.1 200") && head.contains(xtask::metrics::CONTENT_TYPE), "{head}");
+            let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text");
+            let sample = |name: &str, guest: &str| {
+                scrape.samples.iter().find(|s| s.metric == name && s.labels.get("guest") == Some(guest)).map(|s| match s.value {
+                    prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                    _ => f64::NAN,
+                })
+            };
+            (
+                sample("hive_guest_sent_frames_total", "a-0"),
+                sample("hive_guest_memory_bytes", "a-0"),
+                sample("hive_guest_cpu_seconds_total", "a-0"),
+            )
+        }
+    };
+    let (sent_before, memory, cpu) = metrics();
+    assert!(memory.is_some_and(|m| m > 0.0) && cpu.is_some_and(|c| c > 0.0), "{memory:?} {cpu:?}");
+    assert_eq!(echo(port, b"counted"), b"counted");
+    let (sent_after, _, _) = metrics();
+    assert!(sent_after.unwrap() > sent_before.unwrap(), "{sent_before:?} -> {sent_after:?}");
+
     let Response::Stats { guests, machine } = ctl("stats").unwrap().0 else { panic!("stats answered otherwise") };
     assert!(machine.total_bytes > 0 && machine.live >= 2, "{machine:?}");
     // Every guest waiting in the table has its record (h-0 has ended).
