@@ -308,7 +308,7 @@ fn guests_started_on_a_running_hypervisor_serve_their_tenant_and_bad_starts_are_
 fn a_quiet_or_lying_control_client_costs_nothing_and_is_answered() {
     use std::os::unix::net::UnixStream;
     // The ticker is guest 0: it lives on CPU 0, the one that reads the channel.
-    let (inst, _dir) = Detached::start("quiet", Manifest::new([Guest::app("tick", "worker").args(["tick", "10", "1200"])]));
+    let (inst, dir) = Detached::start("quiet", Manifest::new([Guest::app("tick", "worker").args(["tick", "10", "1200"])]));
     let mut s = UnixStream::connect(inst.0.socket()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut lines = BufReader::new(s.try_clone().unwrap()).lines();
@@ -336,6 +336,12 @@ fn a_quiet_or_lying_control_client_costs_nothing_and_is_answered() {
         s.write_all(format!("{bad}\n").as_bytes()).unwrap();
         assert_eq!(answer(), error(ControlError::Request(why)), "{bad}");
     }
+    // A client on another port that asks and never reads its answers:
+    // they wait in its port, then are dropped; nobody else waits for it.
+    let mut deaf = UnixStream::connect(dir.join("control-3.sock")).unwrap();
+    for _ in 0..3000 {
+        deaf.write_all(b"stats\n").unwrap();
+    }
     s.write_all(b"list\n").unwrap();
     let Response::Guests { guests } = answer() else { panic!("list answered otherwise") };
     assert_eq!(guests[0].name, "tick-0");
@@ -353,6 +359,7 @@ fn a_quiet_or_lying_control_client_costs_nothing_and_is_answered() {
     };
     let late_us: u64 = line.rsplit("most ").next().unwrap().trim_end_matches(" us").parse().unwrap();
     assert!(late_us < 500_000, "the ticker was {late_us} us late beside a quiet control client: {line}");
+    drop(deaf);
 }
 
 /// Protocol 4 end to end on a running hypervisor: images named by digest

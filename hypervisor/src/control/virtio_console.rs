@@ -14,7 +14,11 @@
 //! Rules:
 //! - The device is not trusted (`crate::virtio`): port ids are bounded,
 //!   lengths checked, one poll looks at a queue's worth of entries at
-//!   most, and a write waits a bounded number of polls for room.
+//!   most.
+//! - Nothing waits for a client: what the device has no buffer for yet
+//!   waits in the port's pending bytes (at most [`PENDING_MAX`], then
+//!   lines are dropped and counted) and goes out as the device frees
+//!   buffers, at the next write or poll.
 //! - Clients are numbered 0.. in port order ([`Input`]); a port's client
 //!   is new each time it opens, so the caller starts a fresh session.
 //! - Called by CPU 0 only, between guests.
@@ -41,8 +45,10 @@ const TX_SIZE: u16 = 16;
 const CONTROL_SIZE: u16 = 8;
 const CONTROL_RX: u16 = 2;
 const CONTROL_TX: u16 = 3;
-/// Polls of a full transmit queue before the rest of a write is dropped.
-const WRITE_POLLS: u32 = 1_000_000;
+/// Bytes written to a client and not yet taken by the device, at most
+/// (a client that does not read its answers fills it; then its lines are
+/// dropped and counted).
+pub const PENDING_MAX: usize = 1 << 20;
 /// `virtio_console_control`: id (u32), event (u16), value (u16).
 const CONTROL_BYTES: usize = 8;
 
@@ -64,6 +70,8 @@ struct Port {
     added: bool,
     /// A client is connected.
     open: bool,
+    /// Written, waiting for a free transmit buffer.
+    pending: alloc::collections::VecDeque<u8>,
 }
 
 /// A started virtio console.
@@ -98,7 +106,7 @@ impl<T: Transport> VirtioConsole<T> {
         for p in 1..=n as u16 {
             let (rx, rx_notify) = crate::virtio::queue(&mut t, 2 * p + 2, RX_SIZE)?;
             let (tx, tx_notify) = crate::virtio::queue(&mut t, 2 * p + 3, TX_SIZE)?;
-            ports.push(Port { rx, rx_notify, tx, tx_notify, added: false, open: false });
+            ports.push(Port { rx, rx_notify, tx, tx_notify, added: false, open: false, pending: Default::default() });
         }
         t.write(CommonCfg::DeviceStatus, u64::from(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK));
         let mut c = Self {
@@ -144,6 +152,9 @@ impl<T: Transport> VirtioConsole<T> {
     /// handed to `on` in order. Never waits.
     pub fn poll(&mut self, on: &mut dyn FnMut(Input<'_>)) {
         self.poll_control(on);
+        for i in 0..self.ports.len() {
+            self.flush(i);
+        }
         for i in 0..self.ports.len() {
             let p = &mut self.ports[i];
             let mem = self.transport.dma();
@@ -221,6 +232,7 @@ impl<T: Transport> VirtioConsole<T> {
                 (event::DEVICE_ADD, None) => self.control(id, event::PORT_READY, 0),
                 (event::DEVICE_REMOVE, Some(i)) => {
                     self.ports[i].added = false;
+                    self.ports[i].pending.clear();
                     if core::mem::take(&mut self.ports[i].open) {
                         on(Input::Closed(i));
                     }
@@ -233,7 +245,10 @@ impl<T: Transport> VirtioConsole<T> {
                             self.control(id, event::PORT_OPEN, 1);
                             on(Input::Opened(i));
                         }
-                        (true, false) => on(Input::Closed(i)),
+                        (true, false) => {
+                            self.ports[i].pending.clear();
+                            on(Input::Closed(i));
+                        }
                         _ => {}
                     }
                 }
@@ -254,47 +269,66 @@ impl<T: Transport> VirtioConsole<T> {
         }
     }
 
-    /// Writes `line` and a newline to client `client`; dropped (and
-    /// counted) if it has gone or its queue stays full.
+    /// Writes `line` and a newline to client `client` (dropped and
+    /// counted if it has gone, or has [`PENDING_MAX`] bytes unread).
     pub fn write_line(&mut self, client: usize, line: &str) {
-        let Some(p) = self.ports.get_mut(client).filter(|p| p.open) else {
+        let Some(p) = self.ports.get_mut(client).filter(|p| p.open && p.pending.len() + line.len() < PENDING_MAX) else {
             self.dropped += line.len() as u64 + 1;
             return;
         };
+        p.pending.extend(line.as_bytes());
+        p.pending.push_back(b'\n');
+        self.flush(client);
+    }
+
+    /// Moves client `client`'s pending bytes into the transmit buffers the
+    /// device has finished with (a page each) and tells it; never waits.
+    fn flush(&mut self, client: usize) {
         let q = 2 * (client as u16 + 1) + 3;
-        let mut data = Vec::with_capacity(line.len() + 1);
-        data.extend_from_slice(line.as_bytes());
-        data.push(b'\n');
-        for (i, c) in data.chunks(BUFFER_BYTES as usize).enumerate() {
-            if !send(&mut self.transport, &mut p.tx, q, p.tx_notify, c) {
-                self.dropped += (data.len() - i * BUFFER_BYTES as usize) as u64;
-                return;
+        let Self { transport, ports, .. } = self;
+        let p = &mut ports[client];
+        let mut sent = false;
+        while !p.pending.is_empty() {
+            loop {
+                match p.tx.pop_used(transport.dma()) {
+                    Ok(Some(u)) => p.tx.give_back(u.id),
+                    Err(VirtqError::BadUsedLen { id, .. }) => p.tx.give_back(id),
+                    Ok(None) | Err(VirtqError::BadUsedId(_)) => break,
+                }
             }
+            let Some(id) = p.tx.take() else { break };
+            let n = p.pending.len().min(BUFFER_BYTES as usize);
+            let (a, b) = p.pending.as_slices();
+            let mem = transport.dma();
+            let buf = p.tx.buffer(id);
+            let first = a.len().min(n);
+            mem.write(buf, 0, &a[..first]);
+            if n > first {
+                mem.write(buf, first, &b[..n - first]);
+            }
+            p.pending.drain(..n);
+            p.tx.submit(mem, id, n as u32, false);
+            sent = true;
+        }
+        if sent {
+            fence(Ordering::SeqCst);
+            transport.notify(q, p.tx_notify);
         }
     }
 }
 
 /// Puts `bytes` (at most a page) in a transmit buffer of `tx` and tells
-/// the device; waits a bounded number of polls for a free buffer.
+/// the device, if a buffer is free (control messages: a few, and the
+/// device answers each at once).
 fn send<T: Transport>(t: &mut T, tx: &mut Virtq, queue: u16, notify: u16, bytes: &[u8]) -> bool {
-    let mut polls = 0;
-    let id = loop {
-        loop {
-            match tx.pop_used(t.dma()) {
-                Ok(Some(u)) => tx.give_back(u.id),
-                Err(VirtqError::BadUsedLen { id, .. }) => tx.give_back(id),
-                Ok(None) | Err(VirtqError::BadUsedId(_)) => break,
-            }
+    loop {
+        match tx.pop_used(t.dma()) {
+            Ok(Some(u)) => tx.give_back(u.id),
+            Err(VirtqError::BadUsedLen { id, .. }) => tx.give_back(id),
+            Ok(None) | Err(VirtqError::BadUsedId(_)) => break,
         }
-        if let Some(id) = tx.take() {
-            break id;
-        }
-        polls += 1;
-        if polls >= WRITE_POLLS {
-            return false;
-        }
-        core::hint::spin_loop();
-    };
+    }
+    let Some(id) = tx.take() else { return false };
     let mem = t.dma();
     mem.write(tx.buffer(id), 0, bytes);
     tx.submit(mem, id, bytes.len() as u32, false);

@@ -253,3 +253,28 @@ fn a_device_without_multiport_is_refused() {
     d.offered = VERSION_1;
     assert!(VirtioConsole::start(d).is_err());
 }
+
+#[test]
+fn a_client_that_does_not_read_never_holds_the_hypervisor() {
+    let mut c = started();
+    // The device takes nothing (its socket's reader is stuck): 16 pages go
+    // into the queue, then lines wait in the port, then they are dropped.
+    let line = "y".repeat(1000);
+    let lines = 2 * PENDING_MAX / 1000;
+    for _ in 0..lines {
+        c.write_line(0, &line);
+    }
+    assert!(c.dropped > 0 && c.dropped < (lines as u64) * 1001, "{}", c.dropped);
+    // The reader wakes up: what waited goes out, in order, whole lines.
+    let mut out = Vec::new();
+    loop {
+        let got = c.transport().taken(5);
+        if got.is_empty() {
+            break;
+        }
+        out.extend(got.concat());
+        poll(&mut c);
+    }
+    assert!(out.len() >= PENDING_MAX - 1001 && out.len() % 1001 == 0, "{}", out.len());
+    assert!(out.split(|&b| b == b'\n').all(|l| l.is_empty() || l == line.as_bytes()));
+}
