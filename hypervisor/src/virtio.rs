@@ -169,3 +169,59 @@ pub fn queue<T: Transport>(t: &mut T, index: u16, size: u16) -> Result<(Virtq, u
     t.write(QueueEnable, 1);
     Ok((q, notify_off))
 }
+
+/// The device's side of a split virtqueue, for the drivers' host tests.
+#[cfg(test)]
+pub mod testing {
+    use crate::mm::testmem::TestMem;
+    use crate::mm::{PhysAddr, PhysMem};
+    use crate::net::virtq::layout::*;
+
+    /// A queue as the driver set it up, and how far the device got.
+    #[derive(Default, Clone, Copy)]
+    pub struct FakeQueue {
+        pub size: u16,
+        pub desc: PhysAddr,
+        pub avail: PhysAddr,
+        pub used: PhysAddr,
+        pub enabled: bool,
+        /// Available entries taken, used entries written.
+        pub seen: u16,
+        pub used_idx: u16,
+    }
+
+    pub fn rd16(mem: &TestMem, pa: PhysAddr, off: usize) -> u16 {
+        let mut b = [0u8; 2];
+        mem.read(pa, off, &mut b);
+        u16::from_le_bytes(b)
+    }
+
+    impl FakeQueue {
+        /// The next available descriptor: its id, buffer, length and flags.
+        pub fn take_avail(&mut self, mem: &TestMem) -> Option<(u16, PhysAddr, u32, u16)> {
+            if rd16(mem, self.avail, RING_IDX) == self.seen {
+                return None;
+            }
+            let id = rd16(mem, self.avail, RING_ENTRIES + AVAIL_ENTRY_BYTES * (self.seen % self.size) as usize);
+            let mut d = [0u8; DESC_BYTES];
+            mem.read(self.desc, DESC_BYTES * id as usize, &mut d);
+            self.seen = self.seen.wrapping_add(1);
+            Some((
+                id,
+                u64::from_le_bytes(d[DESC_ADDR].try_into().unwrap()),
+                u32::from_le_bytes(d[DESC_LEN].try_into().unwrap()),
+                u16::from_le_bytes(d[DESC_FLAGS].try_into().unwrap()),
+            ))
+        }
+
+        /// Writes a used entry (any id and length: the device may lie).
+        pub fn put_used(&mut self, mem: &mut TestMem, id: u32, len: u32) {
+            let mut e = [0u8; USED_ENTRY_BYTES];
+            e[..4].copy_from_slice(&id.to_le_bytes());
+            e[4..].copy_from_slice(&len.to_le_bytes());
+            mem.write(self.used, RING_ENTRIES + USED_ENTRY_BYTES * (self.used_idx % self.size) as usize, &e);
+            self.used_idx = self.used_idx.wrapping_add(1);
+            mem.write(self.used, RING_IDX, &self.used_idx.to_le_bytes());
+        }
+    }
+}

@@ -157,31 +157,12 @@ impl<T: Transport> VirtioConsole<T> {
         }
         for i in 0..self.ports.len() {
             let p = &mut self.ports[i];
-            let mem = self.transport.dma();
-            let mut returned = false;
-            for _ in 0..p.rx.size {
-                match p.rx.pop_used(mem) {
-                    Ok(Some(u)) => {
-                        let len = u.len as usize;
-                        mem.read(p.rx.buffer(u.id), 0, &mut self.buf[..len]);
-                        p.rx.submit(mem, u.id, BUFFER_BYTES, true);
-                        returned = true;
-                        if p.open && len > 0 {
-                            on(Input::Bytes(i, &self.buf[..len]));
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(VirtqError::BadUsedLen { id, .. }) => {
-                        self.dropped += 1;
-                        p.rx.submit(mem, id, BUFFER_BYTES, true);
-                        returned = true;
-                    }
-                    Err(VirtqError::BadUsedId(_)) => {
-                        self.dropped += 1;
-                        break;
-                    }
+            let open = p.open;
+            let returned = receive(self.transport.dma(), &mut p.rx, &mut self.buf, &mut self.dropped, &mut |bytes| {
+                if open && !bytes.is_empty() {
+                    on(Input::Bytes(i, bytes));
                 }
-            }
+            });
             if returned {
                 fence(Ordering::SeqCst);
                 self.transport.notify(2 * (i as u16 + 1) + 2, p.rx_notify);
@@ -191,32 +172,12 @@ impl<T: Transport> VirtioConsole<T> {
 
     fn poll_control(&mut self, on: &mut dyn FnMut(Input<'_>)) {
         let mut msgs: Vec<(u32, u16, u16)> = Vec::new();
-        let mem = self.transport.dma();
-        let mut returned = false;
-        for _ in 0..self.control_rx.size {
-            match self.control_rx.pop_used(mem) {
-                Ok(Some(u)) => {
-                    let mut m = [0u8; CONTROL_BYTES];
-                    if u.len as usize >= CONTROL_BYTES {
-                        mem.read(self.control_rx.buffer(u.id), 0, &mut m);
-                        let id = u32::from_le_bytes([m[0], m[1], m[2], m[3]]);
-                        msgs.push((id, u16::from_le_bytes([m[4], m[5]]), u16::from_le_bytes([m[6], m[7]])));
-                    }
-                    self.control_rx.submit(mem, u.id, BUFFER_BYTES, true);
-                    returned = true;
-                }
-                Ok(None) => break,
-                Err(VirtqError::BadUsedLen { id, .. }) => {
-                    self.dropped += 1;
-                    self.control_rx.submit(mem, id, BUFFER_BYTES, true);
-                    returned = true;
-                }
-                Err(VirtqError::BadUsedId(_)) => {
-                    self.dropped += 1;
-                    break;
-                }
+        let returned = receive(self.transport.dma(), &mut self.control_rx, &mut self.buf, &mut self.dropped, &mut |m| {
+            if let Some(m) = m.first_chunk::<CONTROL_BYTES>() {
+                let id = u32::from_le_bytes([m[0], m[1], m[2], m[3]]);
+                msgs.push((id, u16::from_le_bytes([m[4], m[5]]), u16::from_le_bytes([m[6], m[7]])));
             }
-        }
+        });
         if returned {
             fence(Ordering::SeqCst);
             self.transport.notify(CONTROL_RX, self.control_rx_notify);
@@ -315,6 +276,36 @@ impl<T: Transport> VirtioConsole<T> {
             transport.notify(q, p.tx_notify);
         }
     }
+}
+
+/// Takes what the device put in `rx` (at most a queue's worth), hands each
+/// buffer's bytes to `each` (through `buf`) and gives the buffers back;
+/// a bad used entry is counted in `dropped`. Returns whether any buffer
+/// went back (the device is then to be told).
+fn receive(mem: &mut impl PhysMem, rx: &mut Virtq, buf: &mut [u8], dropped: &mut u64, each: &mut dyn FnMut(&[u8])) -> bool {
+    let mut returned = false;
+    for _ in 0..rx.size {
+        match rx.pop_used(mem) {
+            Ok(Some(u)) => {
+                let len = u.len as usize;
+                mem.read(rx.buffer(u.id), 0, &mut buf[..len]);
+                rx.submit(mem, u.id, BUFFER_BYTES, true);
+                returned = true;
+                each(&buf[..len]);
+            }
+            Ok(None) => break,
+            Err(VirtqError::BadUsedLen { id, .. }) => {
+                *dropped += 1;
+                rx.submit(mem, id, BUFFER_BYTES, true);
+                returned = true;
+            }
+            Err(VirtqError::BadUsedId(_)) => {
+                *dropped += 1;
+                break;
+            }
+        }
+    }
+    returned
 }
 
 /// Puts `bytes` (at most a page) in a transmit buffer of `tx` and tells

@@ -8,16 +8,7 @@ use crate::mm::testmem::TestMem;
 use crate::net::virtq::layout::*;
 use alloc::vec::Vec;
 
-#[derive(Default, Clone, Copy)]
-struct Queue {
-    size: u16,
-    desc: PhysAddr,
-    avail: PhysAddr,
-    used: PhysAddr,
-    enabled: bool,
-    seen: u16,
-    used_idx: u16,
-}
+use crate::virtio::testing::FakeQueue as Queue;
 
 /// Port 0 and two more (`max_nr_ports` 3), as QEMU's virtio-serial-pci
 /// with two `virtserialport`s.
@@ -46,38 +37,13 @@ impl FakeDevice {
         }
     }
 
-    fn rd16(&self, pa: PhysAddr, off: usize) -> u16 {
-        let mut b = [0u8; 2];
-        self.mem.read(pa, off, &mut b);
-        u16::from_le_bytes(b)
-    }
-
     fn take_avail(&mut self, q: usize) -> Option<(u16, PhysAddr, u32, u16)> {
-        let queue = self.queues[q];
-        assert!(queue.enabled, "queue {q} used before it was enabled");
-        if self.rd16(queue.avail, RING_IDX) == queue.seen {
-            return None;
-        }
-        let id = self.rd16(queue.avail, RING_ENTRIES + AVAIL_ENTRY_BYTES * (queue.seen % queue.size) as usize);
-        let mut d = [0u8; DESC_BYTES];
-        self.mem.read(queue.desc, DESC_BYTES * id as usize, &mut d);
-        self.queues[q].seen = queue.seen.wrapping_add(1);
-        Some((
-            id,
-            u64::from_le_bytes(d[DESC_ADDR].try_into().unwrap()),
-            u32::from_le_bytes(d[DESC_LEN].try_into().unwrap()),
-            u16::from_le_bytes(d[DESC_FLAGS].try_into().unwrap()),
-        ))
+        self.queues[q].take_avail(&self.mem)
     }
 
+    /// Writes a used entry (any id and length: the device may lie).
     fn put_used(&mut self, q: usize, id: u32, len: u32) {
-        let queue = self.queues[q];
-        let mut e = [0u8; USED_ENTRY_BYTES];
-        e[..4].copy_from_slice(&id.to_le_bytes());
-        e[4..].copy_from_slice(&len.to_le_bytes());
-        self.mem.write(queue.used, RING_ENTRIES + USED_ENTRY_BYTES * (queue.used_idx % queue.size) as usize, &e);
-        self.queues[q].used_idx = queue.used_idx.wrapping_add(1);
-        self.mem.write(queue.used, RING_IDX, &self.queues[q].used_idx.to_le_bytes());
+        self.queues[q].put_used(&mut self.mem, id, len);
     }
 
     /// Bytes into the next receive buffer of queue `q`.
