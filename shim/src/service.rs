@@ -386,6 +386,7 @@ impl Shared {
             }
             Kind::Guest { name, digest, plan } => (name.clone(), digest.clone(), plan.clone()),
         };
+        let mut name = name;
         // Route its records from its first instruction on (and refuse a
         // second Start while the first waits for its answer).
         if tasks.by_guest.contains_key(&name) {
@@ -396,8 +397,30 @@ impl Shared {
 
         let options = StartOptions { weight: plan.weight, cap: plan.cap, watch: true, ..StartOptions::default() };
         let args: Vec<&str> = plan.args.iter().map(String::as_str).collect();
-        let req = Request::Start { name: &name, image: &digest, memory: plan.memory, tenant: plan.tenant.as_tenant(), options, args };
-        let started = self.hive.request(&req);
+        let start = |name: &str| {
+            let req =
+                Request::Start { name, image: &digest, memory: plan.memory, tenant: plan.tenant.as_tenant(), options, args: args.clone() };
+            self.hive.channel().map_err(ChannelError::Connect).and_then(|ch| ch.request(&req))
+        };
+        let mut started = start(&name);
+        // Another client may have taken the name since the shim learnt
+        // the names: once, with a fresh one.
+        if let Err(e @ ChannelError::Refused { .. }) = &started
+            && self.hive.name_taken(&name).unwrap_or(false)
+        {
+            log::info!("guest name {name} was taken ({e}); trying another");
+            let base = plan::guest_name(id);
+            let fresh = self.hive.new_name(&base).map_err(|e| (Code::FAILED_PRECONDITION, e))?;
+            let mut tasks = self.tasks();
+            tasks.by_guest.remove(&name);
+            tasks.by_guest.insert(fresh.clone(), id.to_string());
+            if let Some(Task { kind: Kind::Guest { name: n, .. }, .. }) = tasks.by_id.get_mut(id) {
+                n.clone_from(&fresh);
+            }
+            drop(tasks);
+            name = fresh;
+            started = start(&name);
+        }
         let ip = match started {
             Ok(Response::Started { ip, .. }) => ip,
             Ok(other) => Err((Code::INTERNAL, format!("start was answered {other:?}")))?,
