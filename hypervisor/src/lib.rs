@@ -17,3 +17,4 @@ pub mod rtc;
 pub mod sched;
 #[cfg(test)]
 pub mod testutil;
+pub mod virtio;

@@ -129,7 +129,7 @@ fn start_machine(kernel_root: u64, time: abi::time::TimeInfo, cpus: usize, bundl
     let x86 = X86_64 { kernel_root, time };
     let images: Vec<_> = bundle.images().map(|img| machine::ImageEntry::load(&x86, img.name, img.data)).collect();
     let boot_guests: usize = bundle.guests().map(|g| g.count as usize).sum();
-    let control = serial::init_control();
+    let control = platform::init_control(kernel_root);
     // Room for guests started later through the control channel.
     let capacity = boot_guests + if control { machine::SPARE_GUESTS } else { 0 };
     let mut net = Net::new(capacity);

@@ -1,8 +1,9 @@
 //! One connection to the hypervisor's control channel, shared by every
 //! container the shim serves.
 //!
-//! The channel takes one client at a time, so the shim keeps one
-//! connection and multiplexes it: one request at a time (a request line,
+//! The hypervisor serves a few clients at once (a socket each), far
+//! fewer than containers, so the shim keeps one connection and
+//! multiplexes it: one request at a time (a request line,
 //! then the next line that is not a pushed record is its answer), while a
 //! reader thread hands every pushed record (`console`, `event`,
 //! `lines_dropped`: [`Response::is_pushed`]) to a callback, whatever
@@ -47,6 +48,8 @@ pub enum ChannelError {
     TooLong,
     /// Writing the request failed.
     Io(String),
+    /// No connection could be made (why).
+    Connect(String),
 }
 
 impl fmt::Display for ChannelError {
@@ -57,6 +60,7 @@ impl fmt::Display for ChannelError {
             Self::TimedOut => f.write_str("the hypervisor did not answer in time; the control connection was closed"),
             Self::TooLong => write!(f, "the request is longer than the {LINE_MAX} bytes the control channel reads"),
             Self::Io(e) => write!(f, "writing to the control channel: {e}"),
+            Self::Connect(e) => f.write_str(e),
         }
     }
 }
@@ -109,6 +113,12 @@ impl Channel {
     pub fn request(&self, req: &Request<'_>) -> Result<Response, ChannelError> {
         let mut inner = self.lock();
         self.exchange(&mut inner, req)
+    }
+
+    /// Sends `req`, which gets no answer (`wait`, `image-data`).
+    pub fn notify(&self, req: &Request<'_>) -> Result<(), ChannelError> {
+        let mut inner = self.lock();
+        self.send(&mut inner, req)
     }
 
     /// Uploads `data` as image `name` (`image-begin`, `image-data`...,

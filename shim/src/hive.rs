@@ -4,6 +4,7 @@
 //! [`Channel`] that is made on first use and again after it closed.
 
 use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -16,15 +17,22 @@ use sha2::{Digest as _, Sha256};
 
 use crate::channel::{Channel, ChannelError, Pushed};
 
+/// The control sockets of the hypervisor in `dir`, as `run --detach`
+/// makes them: `control.sock`, then `control-1.sock`, ... (a port each
+/// of its virtio console; a hypervisor on COM2 has the first only).
+pub fn control_sockets(dir: &Path) -> Vec<PathBuf> {
+    (0..abi::control::CLIENTS_MAX).map(|i| dir.join(if i == 0 { "control.sock".into() } else { format!("control-{i}.sock") })).collect()
+}
+
 /// The environment variable that names the hypervisor's instance directory.
 pub const HIVE_DIR: &str = "HIVE_DIR";
 
 /// How long the hypervisor may take to answer a request (an `image-end`
 /// validates a whole image).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a new connection waits for the answer to `version`: the
-/// channel takes one client at a time, and another one holding it looks
-/// like a hypervisor that does not answer.
+/// How long a new connection waits for the answer to `version`: a socket
+/// takes one client at a time, and one that takes no lock file holding it
+/// looks like a hypervisor that does not answer.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// `sha256:` and the SHA-256 of `data` in hex: how the hypervisor names
@@ -56,8 +64,9 @@ type OnPushed = Arc<dyn Fn(Pushed) + Send + Sync>;
 
 /// What the shim knows of the hypervisor without asking again, learnt
 /// when a connection is made (`list`, `stats`: each as long as the guests
-/// are many). While the shim holds the channel no other client can start
-/// a guest, so the names it adds itself keep the set complete.
+/// are many). The names the shim hands out are added; another client
+/// (`ctl start`) may take one meanwhile, which a refused `start` finds
+/// out ([`Hive::name_taken`]).
 #[derive(Clone, Debug, Default)]
 struct Known {
     /// Every guest name the hypervisor has (it keeps ended guests').
@@ -73,7 +82,8 @@ const LIST_FRESH: Duration = Duration::from_secs(1);
 /// The hypervisor in `dir`.
 pub struct Hive {
     dir: Result<PathBuf, String>,
-    channel: Mutex<Option<Arc<Channel>>>,
+    /// The connection, and the lock file that says its socket is taken.
+    channel: Mutex<Option<(Arc<Channel>, File)>>,
     known: Mutex<Known>,
     rows: Mutex<Option<(Instant, Arc<Vec<GuestRow>>)>>,
     on_pushed: OnPushed,
@@ -120,10 +130,13 @@ impl Hive {
     /// The connection, made now if there is none or it closed.
     pub fn channel(&self) -> Result<Arc<Channel>, String> {
         let mut slot = self.channel.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ch) = slot.as_ref().filter(|c| !c.is_closed()) {
+        if let Some((ch, _)) = slot.as_ref().filter(|(c, _)| !c.is_closed()) {
             return Ok(ch.clone());
         }
-        let ch = Arc::new(self.connect()?);
+        // The old socket's lock goes with the old connection.
+        *slot = None;
+        let (ch, held) = self.connect()?;
+        let ch = Arc::new(ch);
         let names = match ch.request(&Request::List).map_err(|e| e.to_string())? {
             Response::Guests { guests } => guests.into_iter().map(|g| g.name).collect(),
             other => return Err(format!("list was answered {other:?}")),
@@ -133,8 +146,20 @@ impl Hive {
             other => return Err(format!("stats was answered {other:?}")),
         };
         *lock(&self.known) = Known { names, guest_bytes };
-        *slot = Some(ch.clone());
+        *slot = Some((ch.clone(), held));
         Ok(ch)
+    }
+
+    /// Learns the guests' names again (a `start` was refused: another
+    /// client may have taken the name); returns whether `name` is taken.
+    pub fn name_taken(&self, name: &str) -> Result<bool, String> {
+        let names: HashSet<String> = match self.request(&Request::List)? {
+            Response::Guests { guests } => guests.into_iter().map(|g| g.name).collect(),
+            other => return Err(format!("list was answered {other:?}")),
+        };
+        let taken = names.contains(name);
+        lock(&self.known).names.extend(names);
+        Ok(taken)
     }
 
     /// The hypervisor's memory for guests: no guest may have a larger limit.
@@ -154,9 +179,38 @@ impl Hive {
         Ok(name)
     }
 
-    fn connect(&self) -> Result<Channel, String> {
+    /// A control socket no cooperating client holds, locked: like `ctl`,
+    /// the numbered ports first so `control.sock` stays free for clients
+    /// that take no lock; a hypervisor on COM2 has `control.sock` only.
+    fn free_socket(dir: &Path) -> Result<(PathBuf, File), String> {
+        let sockets = control_sockets(dir);
+        let mut seen = false;
+        for socket in sockets.iter().skip(1).chain(sockets.first()) {
+            if !socket.exists() {
+                continue;
+            }
+            seen = true;
+            let path = socket.with_extension("lock");
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| format!("opening {}: {e}", path.display()))?;
+            if file.try_lock().is_ok() {
+                return Ok((socket.clone(), file));
+            }
+        }
+        Err(if seen {
+            format!("every control socket in {} is held by another client ({HIVE_DIR})", dir.display())
+        } else {
+            format!("no hypervisor's control socket in {} ({HIVE_DIR}): is it running? (`cargo xtask run --detach`)", dir.display())
+        })
+    }
+
+    fn connect(&self) -> Result<(Channel, File), String> {
         let dir = self.dir()?;
-        let socket = dir.join("control.sock");
+        let (socket, held) = Self::free_socket(dir)?;
         let where_ = || format!("the hypervisor's control channel {} ({HIVE_DIR}={})", socket.display(), dir.display());
         let stream = UnixStream::connect(&socket)
             .map_err(|e| format!("cannot reach {} ({e}): is it running? (`cargo xtask run --detach`)", where_()))?;
@@ -171,7 +225,7 @@ impl Hive {
                 Ok(0) => return Err(format!("{} closed the connection", where_())),
                 Err(_) => {
                     return Err(format!(
-                        "{} does not answer within {:.1} s (does another client, such as `ctl logs -f` or another shim, hold it?)",
+                        "{} does not answer within {:.1} s (does another client that takes no lock file, such as socat, hold it?)",
                         where_(),
                         self.hello_timeout.as_secs_f32()
                     ));
@@ -192,7 +246,7 @@ impl Hive {
         let closer = stream.try_clone().map_err(|e| e.to_string())?;
         let on_pushed = self.on_pushed.clone();
         log::info!("connected to {}", where_());
-        Ok(Channel::new(
+        let ch = Channel::new(
             reader,
             writer,
             move || {
@@ -200,7 +254,8 @@ impl Hive {
             },
             ANSWER_TIMEOUT,
             move |p| on_pushed(p),
-        ))
+        );
+        Ok((ch, held))
     }
 
     /// Sends `req` on the connection.
@@ -286,7 +341,7 @@ mod tests {
         assert_eq!(hive.qemu_pid(), 0);
         let hive = Hive::new(Ok(PathBuf::from("/nonexistent/hive")), Arc::new(|_| {}));
         let e = hive.channel().err().unwrap();
-        assert!(e.contains("/nonexistent/hive/control.sock") && e.contains("run --detach"), "{e}");
+        assert!(e.contains("/nonexistent/hive") && e.contains("run --detach"), "{e}");
     }
 
     #[test]
@@ -301,6 +356,19 @@ mod tests {
         hive.hello_timeout = Duration::from_millis(300);
         let e = hive.channel().err().unwrap();
         assert!(e.contains("does not answer") && e.contains("another client"), "{e}");
+
+        // A numbered port is taken first, unless a cooperating client
+        // holds its lock; with every one locked, nothing is tried.
+        let _one = std::os::unix::net::UnixListener::bind(dir.join("control-1.sock")).unwrap();
+        assert_eq!(Hive::free_socket(&dir).unwrap().0, dir.join("control-1.sock"));
+        let held = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("control-1.lock")).unwrap();
+        held.lock().unwrap();
+        let (socket, zero) = Hive::free_socket(&dir).unwrap();
+        assert_eq!(socket, dir.join("control.sock"));
+        let e = Hive::free_socket(&dir).err().unwrap();
+        assert!(e.contains("held by another client"), "{e}");
+        drop(zero);
+        assert_eq!(Hive::free_socket(&dir).unwrap().0, dir.join("control.sock"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -267,7 +267,8 @@ pub enum Ending {
     Killed,
     /// The hypervisor stopped it for a fault or a bad hypercall.
     Faulted,
-    /// The hypervisor went away (its channel closed) before it ended.
+    /// The hypervisor went away before it ended (its channel closed and
+    /// a new connection does not find the guest).
     Lost,
 }
 

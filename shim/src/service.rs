@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use abi::control::{EventKind, Request, Response, StartOptions};
+use abi::control::{ErrorKind, EventKind, Request, Response, StartOptions};
 use containerd_shim::api;
 use containerd_shim::protos::cgroups::metrics::{CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat};
 use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
@@ -29,7 +29,7 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Context, ExitSignal, TtrpcContext, TtrpcResult};
 use oci_spec::runtime::Spec;
 
-use crate::channel::Pushed;
+use crate::channel::{ChannelError, Pushed};
 use crate::hive::Hive;
 use crate::plan::{self, Ending, GuestPlan, Plan, Port};
 use crate::{qmp, rootfs};
@@ -98,6 +98,8 @@ enum Job {
     Publish(Event),
     /// Remove these host port forwards (the guest ended).
     Unforward(Vec<Port>),
+    /// The connection closed: follow the running guests on a new one.
+    Resubscribe,
 }
 
 enum Event {
@@ -147,6 +149,7 @@ impl Service {
         });
         let qmp = shared.hive.qmp_socket();
         let namespace = namespace.to_string();
+        let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
             .name("hive-events".into())
             .spawn(move || {
@@ -159,6 +162,11 @@ impl Service {
                                 {
                                     log::warn!("removing the forward of host port {}: {e}", p.host);
                                 }
+                            }
+                        }
+                        Job::Resubscribe => {
+                            if let Some(s) = weak.upgrade() {
+                                s.resubscribe();
                             }
                         }
                     }
@@ -249,16 +257,44 @@ impl Shared {
             }
             Pushed::Record(_) => {}
             Pushed::Closed => {
-                log::warn!("the hypervisor's control channel closed; its running guests are taken as ended");
-                let running: Vec<String> = tasks
-                    .by_id
-                    .iter()
-                    .filter(|(_, t)| matches!(t.kind, Kind::Guest { .. }) && t.status == Status::Running)
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                for id in running {
-                    self.end(&mut tasks, &id, Ending::Lost);
-                }
+                // Records pushed while no client is connected are lost:
+                // connect again and ask for the running guests' anew.
+                log::warn!("the hypervisor's control channel closed");
+                self.job(Job::Resubscribe);
+            }
+        }
+    }
+
+    /// After the connection closed: a new one follows every running
+    /// guest's console and end again (`console`, `wait`); a guest the
+    /// hypervisor does not know (it restarted), or every one when it
+    /// cannot be reached, is taken as ended ([`Ending::Lost`]).
+    fn resubscribe(&self) {
+        let running: Vec<(String, String)> = self
+            .tasks()
+            .by_id
+            .iter()
+            .filter(|(_, t)| t.status == Status::Running)
+            .filter_map(|(id, t)| match &t.kind {
+                Kind::Guest { name, .. } => Some((id.clone(), name.clone())),
+                Kind::Sandbox { .. } => None,
+            })
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        // Not in a tight loop if the new connection closes at once too.
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let ch = self.hive.channel();
+        for (id, name) in running {
+            let followed = ch.as_ref().map_err(Clone::clone).and_then(|ch| {
+                ch.request(&Request::Console(&name)).map_err(|e| e.to_string())?;
+                // At once if it ended meanwhile.
+                ch.notify(&Request::Wait(&name)).map_err(|e| e.to_string())
+            });
+            if let Err(e) = followed {
+                log::warn!("guest {name} of container {id} is taken as ended: {e}");
+                self.end(&mut self.tasks(), &id, Ending::Lost);
             }
         }
     }
@@ -350,14 +386,41 @@ impl Shared {
             }
             Kind::Guest { name, digest, plan } => (name.clone(), digest.clone(), plan.clone()),
         };
-        // Route its records from its first instruction on.
+        let mut name = name;
+        // Route its records from its first instruction on (and refuse a
+        // second Start while the first waits for its answer).
+        if tasks.by_guest.contains_key(&name) {
+            return Err((Code::FAILED_PRECONDITION, format!("task {id} is being started")));
+        }
         tasks.by_guest.insert(name.clone(), id.to_string());
         drop(tasks);
 
         let options = StartOptions { weight: plan.weight, cap: plan.cap, watch: true, ..StartOptions::default() };
         let args: Vec<&str> = plan.args.iter().map(String::as_str).collect();
-        let req = Request::Start { name: &name, image: &digest, memory: plan.memory, tenant: plan.tenant.as_tenant(), options, args };
-        let started = self.hive.request(&req);
+        let start = |name: &str| {
+            let req =
+                Request::Start { name, image: &digest, memory: plan.memory, tenant: plan.tenant.as_tenant(), options, args: args.clone() };
+            self.hive.channel().map_err(ChannelError::Connect).and_then(|ch| ch.request(&req))
+        };
+        let mut started = start(&name);
+        // Another client may have taken the name since the shim learnt
+        // the names: once, with a fresh one.
+        if let Err(e @ ChannelError::Refused { .. }) = &started
+            && self.hive.name_taken(&name).unwrap_or(false)
+        {
+            log::info!("guest name {name} was taken ({e}); trying another");
+            let base = plan::guest_name(id);
+            let fresh = self.hive.new_name(&base).map_err(|e| (Code::FAILED_PRECONDITION, e))?;
+            let mut tasks = self.tasks();
+            tasks.by_guest.remove(&name);
+            tasks.by_guest.insert(fresh.clone(), id.to_string());
+            if let Some(Task { kind: Kind::Guest { name: n, .. }, .. }) = tasks.by_id.get_mut(id) {
+                n.clone_from(&fresh);
+            }
+            drop(tasks);
+            name = fresh;
+            started = start(&name);
+        }
         let ip = match started {
             Ok(Response::Started { ip, .. }) => ip,
             Ok(other) => Err((Code::INTERNAL, format!("start was answered {other:?}")))?,
@@ -416,10 +479,12 @@ impl Shared {
             }
         };
         drop(tasks);
-        match self.hive.request(&Request::Stop(&name)) {
+        let ch = self.hive.channel().map_err(|e| (Code::UNAVAILABLE, e))?;
+        match ch.request(&Request::Stop(&name)) {
             Ok(_) => Ok(()),
-            // It ended meanwhile: its event says how.
-            Err(e) if e.contains("has already ended") => Ok(()),
+            // Refused: it ended meanwhile (its event says how), the one
+            // way a guest the shim started and saw no end of can be.
+            Err(ChannelError::Refused { kind: ErrorKind::Refused, .. }) => Ok(()),
             Err(e) => Err((Code::FAILED_PRECONDITION, format!("stopping guest {name}: {e}"))),
         }
     }

@@ -217,6 +217,12 @@ fn containers_run_as_guests_of_one_hypervisor_through_one_shim() {
     let used = value("memory.usage_in_bytes");
     assert!(used > 0 && used < 8 << 20, "{metrics}");
 
+    // ctl still reaches the hypervisor beside the shim (another socket):
+    // web is a guest of tenant 0 (its forward's), weighted by its shares.
+    let list = hv.0.list().unwrap();
+    let web = list.iter().find(|g| g.name == "web").unwrap_or_else(|| panic!("no guest web in {list:?}"));
+    assert_eq!(web.tenant, Some(0), "{web:?}");
+
     // hello with arguments: its greeting on ctr's stdout, its exit code
     // as ctr's, served by the same shim.
     let out = ctrd.ctr(&["run", "--rm", "--runtime", RUNTIME, &hello, "hello1", "greet", "me"]).unwrap();

@@ -170,6 +170,39 @@ fn a_detached_hypervisor_is_listed_measured_and_stopped_guest_by_guest_through_c
     assert!(to_port_7 >= 3 && from_port_7 >= 3 && payload, "{to_port_7} to, {from_port_7} from port 7, payload {payload}");
     assert!(ctl("capture nope 1 1").unwrap_err().to_string().contains("no guest or tenant nope"));
 
+    // Metrics: served as Prometheus text, and they move with traffic.
+    let metrics = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let inst = inst.0.clone();
+        std::thread::spawn(move || xtask::metrics::serve_on(&inst, listener));
+        move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut text = String::new();
+            s.read_to_string(&mut text).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(head.starts_with("HTTP/1.1 200") && head.contains(xtask::metrics::CONTENT_TYPE), "{head}");
+            let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text");
+            let sample = |name: &str, guest: &str| {
+                scrape.samples.iter().find(|s| s.metric == name && s.labels.get("guest") == Some(guest)).map(|s| match s.value {
+                    prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                    _ => f64::NAN,
+                })
+            };
+            (
+                sample("hive_guest_sent_frames_total", "a-0"),
+                sample("hive_guest_memory_bytes", "a-0"),
+                sample("hive_guest_cpu_seconds_total", "a-0"),
+            )
+        }
+    };
+    let (sent_before, memory, cpu) = metrics();
+    assert!(memory.is_some_and(|m| m > 0.0) && cpu.is_some_and(|c| c > 0.0), "{memory:?} {cpu:?}");
+    assert_eq!(echo(port, b"counted"), b"counted");
+    let (sent_after, _, _) = metrics();
+    assert!(sent_after.unwrap() > sent_before.unwrap(), "{sent_before:?} -> {sent_after:?}");
+
     let Response::Stats { guests, machine } = ctl("stats").unwrap().0 else { panic!("stats answered otherwise") };
     assert!(machine.total_bytes > 0 && machine.live >= 2, "{machine:?}");
     // Every guest waiting in the table has its record (h-0 has ended).
@@ -275,7 +308,7 @@ fn guests_started_on_a_running_hypervisor_serve_their_tenant_and_bad_starts_are_
 fn a_quiet_or_lying_control_client_costs_nothing_and_is_answered() {
     use std::os::unix::net::UnixStream;
     // The ticker is guest 0: it lives on CPU 0, the one that reads the channel.
-    let (inst, _dir) = Detached::start("quiet", Manifest::new([Guest::app("tick", "worker").args(["tick", "10", "1200"])]));
+    let (inst, dir) = Detached::start("quiet", Manifest::new([Guest::app("tick", "worker").args(["tick", "10", "1200"])]));
     let mut s = UnixStream::connect(inst.0.socket()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut lines = BufReader::new(s.try_clone().unwrap()).lines();
@@ -303,6 +336,12 @@ fn a_quiet_or_lying_control_client_costs_nothing_and_is_answered() {
         s.write_all(format!("{bad}\n").as_bytes()).unwrap();
         assert_eq!(answer(), error(ControlError::Request(why)), "{bad}");
     }
+    // A client on another port that asks and never reads its answers:
+    // they wait in its port, then are dropped; nobody else waits for it.
+    let mut deaf = UnixStream::connect(dir.join("control-3.sock")).unwrap();
+    for _ in 0..3000 {
+        deaf.write_all(b"stats\n").unwrap();
+    }
     s.write_all(b"list\n").unwrap();
     let Response::Guests { guests } = answer() else { panic!("list answered otherwise") };
     assert_eq!(guests[0].name, "tick-0");
@@ -320,6 +359,7 @@ fn a_quiet_or_lying_control_client_costs_nothing_and_is_answered() {
     };
     let late_us: u64 = line.rsplit("most ").next().unwrap().trim_end_matches(" us").parse().unwrap();
     assert!(late_us < 500_000, "the ticker was {late_us} us late beside a quiet control client: {line}");
+    drop(deaf);
 }
 
 /// Protocol 4 end to end on a running hypervisor: images named by digest
@@ -431,6 +471,23 @@ fn images_by_digest_watched_starts_waits_and_named_tenants() {
     .unwrap();
     let ev: Vec<_> = seen.iter().filter(|e| e.guest == "ev").map(|e| e.event).collect();
     assert_eq!(ev, [EventKind::Started, EventKind::Ended]);
+    // Several clients at once (a port each): one waits on the first
+    // socket, taking no lock, while `ctl` starts the guest it waits for
+    // through another; a third streams events meanwhile.
+    let waiter = std::os::unix::net::UnixStream::connect(inst.socket()).unwrap();
+    (&waiter).write_all(b"events\n").unwrap();
+    let mut lines = BufReader::new(&waiter).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), r#"{"watching":"events"}"#);
+    let args5 = ["exit=5".to_string()];
+    inst.start(&StartSpec { args: &args5, ..spec("w5", &hello, 2 << 20) }).unwrap();
+    assert_eq!(inst.wait("w5").unwrap().exit_code, Some(5));
+    let seen: Vec<GuestEvent> = lines.by_ref().take(2).map(|l| serde_json::from_str(&l.unwrap()).unwrap()).collect();
+    assert_eq!(
+        seen.iter().map(|e| (e.guest.as_str(), e.event, e.exit_code)).collect::<Vec<_>>(),
+        [("w5", EventKind::Started, None), ("w5", EventKind::Ended, Some(5))]
+    );
+    drop(lines);
+    drop(waiter);
     // The echo guest kept serving through all of it.
     assert_eq!(echo(port, b"still serving"), b"still serving");
 }

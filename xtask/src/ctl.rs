@@ -111,6 +111,19 @@ pub struct StartSpec<'a> {
     pub args: &'a [String],
 }
 
+/// A connection to one of the control sockets, held until dropped.
+pub struct Connection {
+    pub stream: UnixStream,
+    /// The socket's lock (see [`Instance::connect`]).
+    _lock: fs::File,
+}
+
+/// The control sockets of the hypervisor detached in `dir`, one per
+/// client at once: `control.sock`, `control-1.sock`, ...
+pub fn control_sockets(dir: &Path) -> Vec<PathBuf> {
+    (0..abi::control::CLIENTS_MAX).map(|i| dir.join(if i == 0 { "control.sock".into() } else { format!("control-{i}.sock") })).collect()
+}
+
 /// The default instance directory.
 pub fn default_dir() -> PathBuf {
     crate::workspace_root().join("target/run/detached")
@@ -136,8 +149,47 @@ impl Instance {
         Ok(Instance { dir: dir.to_path_buf(), pid })
     }
 
+    /// The first control socket (any client may use it).
     pub fn socket(&self) -> PathBuf {
         self.dir.join("control.sock")
+    }
+
+    /// A connection to a control socket no other cooperating client holds
+    /// (each is a port of its own on the hypervisor's virtio console; a
+    /// lock file beside each says who has it): the other ports first, so
+    /// that `control.sock` stays free for clients that take no lock; if
+    /// every port is taken, waits for `control-1.sock`'s.
+    pub fn connect(&self) -> Result<Connection> {
+        let sockets = control_sockets(&self.dir);
+        let order: Vec<usize> = (1..sockets.len()).chain([0]).collect();
+        let lock = |i: usize| -> Result<fs::File> {
+            let path = sockets[i].with_extension("lock");
+            fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))
+        };
+        let mut held = None;
+        for &i in &order {
+            let f = lock(i)?;
+            if f.try_lock().is_ok() {
+                held = Some((i, f));
+                break;
+            }
+        }
+        let (i, f) = match held {
+            Some(h) => h,
+            None => {
+                let i = order[0];
+                let f = lock(i)?;
+                f.lock().context("waiting for a control socket")?;
+                (i, f)
+            }
+        };
+        let stream = UnixStream::connect(&sockets[i]).with_context(|| format!("connecting to {}", sockets[i].display()))?;
+        Ok(Connection { stream, _lock: f })
     }
 
     pub fn console(&self) -> PathBuf {
@@ -147,21 +199,23 @@ impl Instance {
     /// Sends one request line and returns the answer; `{"error":..}`
     /// answers become errors.
     pub fn request(&self, line: &str) -> Result<Answer> {
-        let mut s = UnixStream::connect(self.socket()).with_context(|| format!("connecting to {}", self.socket().display()))?;
+        let conn = self.connect()?;
+        let mut s = &conn.stream;
         s.set_read_timeout(Some(Duration::from_secs(20)))?;
         s.write_all(format!("{line}\n").as_bytes())?;
-        read_answer(&mut BufReader::new(&s))
+        read_answer(&mut BufReader::new(s))
     }
 
     /// Sends `lines` on one connection and hands every answer and pushed
     /// record to `on` until it returns true (no timeout: a stream lasts as
     /// long as what it follows).
     pub fn stream(&self, lines: &[String], mut on: impl FnMut(&Response) -> Result<bool>) -> Result<()> {
-        let mut s = UnixStream::connect(self.socket()).with_context(|| format!("connecting to {}", self.socket().display()))?;
+        let conn = self.connect()?;
+        let mut s = &conn.stream;
         for l in lines {
             s.write_all(format!("{l}\n").as_bytes())?;
         }
-        for line in BufReader::new(&s).lines() {
+        for line in BufReader::new(s).lines() {
             if on(&answer(&line.context("reading the control channel")?)?.0)? {
                 return Ok(());
             }
@@ -196,11 +250,12 @@ impl Instance {
     /// for at most `secs` seconds: (wall-clock ns, frame) each, and how many
     /// the hypervisor had to drop.
     pub fn capture(&self, what: &str, count: u32, secs: u32) -> Result<(Vec<Frame>, u64)> {
-        let mut s = UnixStream::connect(self.socket()).with_context(|| format!("connecting to {}", self.socket().display()))?;
+        let conn = self.connect()?;
+        let mut s = &conn.stream;
         s.set_read_timeout(Some(Duration::from_secs(u64::from(secs) + 30)))?;
         s.write_all(format!("{}\n", Request::Capture { what, count, secs }).as_bytes())?;
         let mut frames = Vec::new();
-        for line in BufReader::new(&s).lines() {
+        for line in BufReader::new(s).lines() {
             match answer(&line.context("the capture ended early")?)?.0 {
                 // Pushed records for what another client watches.
                 Response::Event(_) | Response::Console { .. } | Response::LinesDropped { .. } => {}
@@ -217,7 +272,8 @@ impl Instance {
     /// Sends requests on one connection and returns each answer (an empty
     /// answer where `answered` says the request gets none).
     fn requests(&self, lines: &[(String, bool)]) -> Result<Vec<Answer>> {
-        let mut s = UnixStream::connect(self.socket()).with_context(|| format!("connecting to {}", self.socket().display()))?;
+        let conn = self.connect()?;
+        let mut s = &conn.stream;
         s.set_read_timeout(Some(Duration::from_secs(60)))?;
         let mut reader = BufReader::new(s.try_clone()?);
         let mut out = Vec::new();

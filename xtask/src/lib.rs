@@ -21,6 +21,7 @@ pub mod install;
 pub mod lint;
 pub mod linux;
 pub mod manifest;
+pub mod metrics;
 pub mod oci;
 pub mod pack;
 mod qemu;

@@ -145,6 +145,16 @@ enum Ctl {
     ImageRm { image: String },
     /// The tenants: name, number, guests.
     Tenants,
+    /// Serve Prometheus (OpenMetrics text) metrics on GET /metrics: per
+    /// guest CPU, memory, frames, drops; per machine memory, heap, idle.
+    Metrics {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        listen: String,
+        /// Print them once and exit instead.
+        #[arg(long)]
+        once: bool,
+    },
     /// Capture frames of a guest (sent and received) or of `tenant:N`
     /// (sent by its guests, and the host's for tenant 0) into a pcap file.
     Capture {

@@ -103,7 +103,8 @@ pub struct RunConfig {
     /// Start paused with QEMU's gdbstub on this port of 127.0.0.1.
     pub gdb: Option<u16>,
     /// Run detached: the console goes to `DIR/console.log`, the control
-    /// channel (COM2) is the Unix socket `DIR/control.sock` (see `ctl`), and
+    /// channel is a virtio console whose ports are the Unix sockets
+    /// `DIR/control.sock`, `DIR/control-1.sock`, ... (see `ctl`), and
     /// QEMU's monitor (QMP) is `DIR/qmp.sock`.
     pub detach: Option<PathBuf>,
     /// Isolate guests' page tables and clear CPU buffers on every return
@@ -228,19 +229,22 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
     .map(String::from)
     .collect();
     if let Some(dir) = &cfg.detach {
-        // COM1 (the console) to a file instead of stdio, COM2 a socket.
+        // COM1 (the console) to a file instead of stdio; the control
+        // channel a virtio console with a port (a socket) per client.
         let at = qemu_args.iter().position(|a| a == "stdio").expect("-serial stdio");
         qemu_args[at] = format!("file:{}", dir.join("console.log").display());
-        qemu_args.extend([
-            "-chardev".to_string(),
-            format!("socket,id=ctl,path={},server=on,wait=off", dir.join("control.sock").display()),
-            "-serial".to_string(),
-            "chardev:ctl".to_string(),
-            // QEMU's monitor, for host port forwards added while it runs
-            // (the hive shim, `ctl start --port`).
-            "-qmp".to_string(),
-            format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()),
-        ]);
+        qemu_args.extend(["-device".to_string(), format!("virtio-serial-pci,id=ctl,max_ports={}", abi::control::CLIENTS_MAX + 1)]);
+        for (i, path) in crate::ctl::control_sockets(dir).iter().enumerate() {
+            qemu_args.extend([
+                "-chardev".to_string(),
+                format!("socket,id=ctl{i},path={},server=on,wait=off", path.display()),
+                "-device".to_string(),
+                format!("virtserialport,bus=ctl.0,nr={},chardev=ctl{i},name=org.hive.control.{i}", i + 1),
+            ]);
+        }
+        // QEMU's monitor, for host port forwards added while it runs
+        // (the hive shim's `hive.ports`).
+        qemu_args.extend(["-qmp".to_string(), format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display())]);
     }
     for (flag, path) in [("-kernel", &kernel), ("-initrd", &bundle)] {
         qemu_args.extend([flag.to_string(), path.display().to_string()]);

@@ -87,6 +87,7 @@ impl ControlHost for FuzzHost {
     }
     fn start(
         &self,
+        _: usize,
         name: &str,
         image: &str,
         memory: u64,
@@ -130,11 +131,11 @@ impl ControlHost for FuzzHost {
         st.tenants.remove(i);
         Ok(())
     }
-    fn wait(&self, name: &str) -> Result<Option<GuestEvent>, String> {
-        self.watch_console(name).map(|()| None)
+    fn wait(&self, client: usize, name: &str) -> Result<Option<GuestEvent>, String> {
+        self.watch_console(client, name).map(|()| None)
     }
-    fn watch_events(&self) {}
-    fn watch_console(&self, name: &str) -> Result<(), String> {
+    fn watch_events(&self, _: usize) {}
+    fn watch_console(&self, _: usize, name: &str) -> Result<(), String> {
         match self.0.borrow().guests.iter().any(|(n, _)| n == name) {
             true => Ok(()),
             false => Err(format!("no guest {name}")),
@@ -168,7 +169,7 @@ impl ControlHost for FuzzHost {
             .collect();
         (guests, MachineStats { live: st.guests.len() as u64, total_bytes: (FRAMES * 4096) as u64, ..Default::default() })
     }
-    fn capture(&self, what: &str, _count: u32, _secs: u32) -> Result<(), String> {
+    fn capture(&self, _: usize, what: &str, _count: u32, _secs: u32) -> Result<(), String> {
         let st = self.0.borrow();
         match what.strip_prefix("tenant:") {
             Some(t) => t.parse::<u32>().map(|_| ()).map_err(|_| format!("no tenant {t}")),
@@ -239,7 +240,7 @@ fn run(data: &[u8]) -> Vec<String> {
     let mut session = Session::default();
     let mut now = 0u64;
     let mut uploads = 0;
-    for _ in 0..MAX_OPS {
+    for op in 0..MAX_OPS {
         if inp.is_empty() {
             break;
         }
@@ -260,6 +261,11 @@ fn run(data: &[u8]) -> Vec<String> {
                     4 => format!("start {} {} {} {}", name(&mut inp), name(&mut inp), number(&mut inp), number(&mut inp)),
                     5 => {
                         let (name, memory) = (name(&mut inp), [65536u64, 1 << 20, 4 << 20][inp.below(3)]);
+                        let (tenant, options) = (Tenant::None, StartOptions::default());
+                        Request::Start { name, image: "x.hermit", memory, tenant, options, args: vec!["a", "b"] }.to_string()
+                    }
+                    10 => {
+                        let (name, memory) = (name(&mut inp), [65536u64, 1 << 20, 4 << 20][inp.below(3)]);
                         let tenant = match inp.u8() % 3 {
                             0 => Tenant::None,
                             1 => Tenant::Number(inp.u8().into()),
@@ -274,12 +280,12 @@ fn run(data: &[u8]) -> Vec<String> {
                         };
                         Request::Start { name, image: "x.hermit", memory, tenant, options, args: vec!["a", "--"] }.to_string()
                     }
-                    10 => format!("image-remove {}", name(&mut inp)),
-                    11 => Request::Tenants.to_string(),
-                    12 => format!("tenant-remove {}", name(&mut inp)),
-                    13 => format!("wait {}", name(&mut inp)),
-                    14 => Request::Events.to_string(),
-                    15 => format!("console {} {}", name(&mut inp), name(&mut inp)),
+                    11 => format!("image-remove {}", name(&mut inp)),
+                    12 => Request::Tenants.to_string(),
+                    13 => format!("tenant-remove {}", name(&mut inp)),
+                    14 => format!("wait {}", name(&mut inp)),
+                    15 if inp.bool() => Request::Events.to_string(),
+                    15 => format!("console {}", name(&mut inp)),
                     6 => format!("capture {} {} {}", name(&mut inp), number(&mut inp), number(&mut inp)),
                     7 => format!("image-begin {} {}", name(&mut inp), number(&mut inp)),
                     8 => Request::Version.to_string(),
@@ -316,13 +322,18 @@ fn run(data: &[u8]) -> Vec<String> {
             _ if inp.u8() < 8 => bytes.resize(hypervisor::control::LINE_MAX + inp.below(16), b'a'),
             _ => bytes.extend_from_slice(b"image-data 00\n"),
         }
-        let mut it = bytes.into_iter();
-        session.poll(&host, now, &mut || it.next(), &mut |a| {
-            assert!(!a.contains('\n'), "an answer of more than one line: {a:?}");
-            let typed: Response = serde_json::from_str(a).unwrap_or_else(|e| panic!("answer is not a Response ({e}): {a:?}"));
-            assert_eq!(serde_json::to_string(&typed).unwrap(), a, "the answer does not print back the same");
-            out.push(a.to_string());
-        });
+        // In pieces as a transport hands them over: a UART's 16 bytes, a
+        // virtio buffer's page, or all at once.
+        let piece = [usize::MAX, 16, 4096][op % 3];
+        let chunks: Vec<&[u8]> = if bytes.is_empty() { vec![&[]] } else { bytes.chunks(piece.min(bytes.len())).collect() };
+        for chunk in chunks {
+            session.poll(&host, now, chunk, &mut |a| {
+                assert!(!a.contains('\n'), "an answer of more than one line: {a:?}");
+                let typed: Response = serde_json::from_str(a).unwrap_or_else(|e| panic!("answer is not a Response ({e}): {a:?}"));
+                assert_eq!(serde_json::to_string(&typed).unwrap(), a, "the answer does not print back the same");
+                out.push(a.to_string());
+            });
+        }
         assert!(session.held_bytes() <= ROOM, "an upload holds {} bytes, more than the {ROOM} offered", session.held_bytes());
     }
     // Everything goes back: guests stopped, images unloaded.
@@ -359,9 +370,10 @@ mod tests {
     #[test]
     fn the_first_seed_uploads_starts_lists_and_stops() {
         let answers = super::run(&super::seeds()[0]);
-        assert_eq!(answers[..2], [r#"{"receiving":"x.hermit"}"#, r#"{"image":"x.hermit"}"#], "{answers:?}");
-        assert!(answers.contains(&r#"{"started":"a","ip":null}"#.to_string()), "{answers:?}");
-        assert!(answers.contains(&r#"{"started":"b","ip":null}"#.to_string()), "{answers:?}");
+        assert_eq!(answers[0], r#"{"receiving":"x.hermit"}"#, "{answers:?}");
+        assert!(answers[1].starts_with(r#"{"image":"x.hermit","digest":"sha256:"#), "{answers:?}");
+        assert!(answers.contains(&r#"{"started":"a","ip":null,"tenant":null}"#.to_string()), "{answers:?}");
+        assert!(answers.contains(&r#"{"started":"b","ip":null,"tenant":null}"#.to_string()), "{answers:?}");
         assert!(answers.iter().any(|a| a.starts_with(r#"{"guests":[{"name":"a""#)), "{answers:?}");
         assert!(answers.contains(&r#"{"stopped":"a"}"#.to_string()), "{answers:?}");
     }

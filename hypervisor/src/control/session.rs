@@ -32,9 +32,12 @@ pub trait ControlHost {
     /// runs it; the name it had.
     fn remove_image(&self, which: &str) -> Result<String, String>;
     /// Creates and starts a guest; its IPv4 address if it has a vNIC, and
-    /// its tenant's number.
+    /// its tenant's number. (The words of a `start` request, one argument
+    /// each.)
+    #[allow(clippy::too_many_arguments)]
     fn start(
         &self,
+        client: usize,
         name: &str,
         image: &str,
         memory: u64,
@@ -48,19 +51,20 @@ pub trait ControlHost {
     fn list(&self) -> Vec<GuestRow>;
     /// The accounting records of the waiting guests and the machine's.
     fn stats(&self) -> (Vec<GuestStats>, MachineStats);
-    /// Starts capturing the frames of guest `what` or `tenant:N`.
-    fn capture(&self, what: &str, count: u32, secs: u32) -> Result<(), String>;
+    /// Starts capturing the frames of guest `what` or `tenant:N` for
+    /// `client`.
+    fn capture(&self, client: usize, what: &str, count: u32, secs: u32) -> Result<(), String>;
     /// Every tenant with a name or a guest.
     fn tenants(&self) -> Vec<TenantRow>;
     /// Forgets tenant `name` if none of its guests is left.
     fn remove_tenant(&self, name: &str) -> Result<(), String>;
     /// How guest `name` ended, if it has; otherwise its end will be pushed
-    /// when it comes.
-    fn wait(&self, name: &str) -> Result<Option<GuestEvent>, String>;
-    /// Pushes every guest's start and end from now on.
-    fn watch_events(&self);
-    /// Pushes guest `name`'s console lines, then its end.
-    fn watch_console(&self, name: &str) -> Result<(), String>;
+    /// to `client` when it comes.
+    fn wait(&self, client: usize, name: &str) -> Result<Option<GuestEvent>, String>;
+    /// Pushes every guest's start and end to `client` from now on.
+    fn watch_events(&self, client: usize);
+    /// Pushes guest `name`'s console lines, then its end, to `client`.
+    fn watch_console(&self, client: usize, name: &str) -> Result<(), String>;
 }
 
 /// An image arriving in `image-data` chunks.
@@ -75,14 +79,21 @@ struct Upload {
     overflowed: bool,
 }
 
-/// One client's session (the channel has one end).
+/// One client's session.
 #[derive(Default)]
 pub struct Session {
+    /// The client's number (what it watches is pushed to it).
+    client: usize,
     reader: LineReader,
     upload: Option<Upload>,
 }
 
 impl Session {
+    /// A fresh session for client `client`.
+    pub fn new(client: usize) -> Self {
+        Self { client, ..Self::default() }
+    }
+
     /// Whether a request or an upload is under way (the caller then looks
     /// at the channel again soon).
     pub fn busy(&self) -> bool {
@@ -94,21 +105,13 @@ impl Session {
         self.upload.as_ref().map_or(0, |u| u.data.capacity())
     }
 
-    /// Handles the bytes `read` yields (what the channel holds now; it
-    /// must not wait for more) and then any request gone quiet at `now_ns`;
-    /// every answer goes to `answer`, one JSON line each. Returns the
-    /// number of bytes read.
-    pub fn poll(
-        &mut self,
-        host: &dyn ControlHost,
-        now_ns: u64,
-        read: &mut dyn FnMut() -> Option<u8>,
-        answer: &mut dyn FnMut(&str),
-    ) -> usize {
-        let mut n = 0;
-        while let Some(b) = read() {
-            n += 1;
-            let Some(line) = self.reader.push(b, now_ns) else { continue };
+    /// Handles `input` (what the channel holds now) and then any request
+    /// gone quiet at `now_ns`; every answer goes to `answer`, one JSON line
+    /// each. Returns the number of bytes read.
+    pub fn poll(&mut self, host: &dyn ControlHost, now_ns: u64, input: &[u8], answer: &mut dyn FnMut(&str)) -> usize {
+        let mut lines = Vec::new();
+        self.reader.push_slice(input, now_ns, &mut |l| lines.push(l));
+        for line in lines {
             if let Some(a) = self.handle(host, now_ns, line.as_deref().map_err(|e| *e)) {
                 answer(&json_line(&a));
             }
@@ -121,7 +124,7 @@ impl Session {
             self.upload = None;
             answer(&json_line(&Response::from(ControlError::UploadTimedOut)));
         }
-        n
+        input.len()
     }
 
     /// The answer to one request line; `None` for upload chunks, which are
@@ -184,25 +187,25 @@ impl Session {
                 host.remove_image(which).map(|image_removed| Response::ImageRemoved { image_removed }).map_err(ControlError::Refused)
             }
             Request::Start { name, image, memory, tenant, options, args } => host
-                .start(name, image, memory, tenant, &options, &args)
+                .start(self.client, name, image, memory, tenant, &options, &args)
                 .map(|(ip, tenant)| Response::started(name, ip, tenant))
                 .map_err(ControlError::Refused),
             Request::Tenants => Ok(Response::Tenants { tenants: host.tenants() }),
             Request::TenantRemove(name) => {
                 host.remove_tenant(name).map(|()| Response::TenantRemoved { tenant_removed: name.into() }).map_err(ControlError::Refused)
             }
-            Request::Wait(name) => match host.wait(name) {
+            Request::Wait(name) => match host.wait(self.client, name) {
                 Ok(Some(end)) => Ok(Response::Event(end)),
                 // Answered when it ends (`ControlHost::wait`).
                 Ok(None) => return None,
                 Err(why) => Err(ControlError::Refused(why)),
             },
             Request::Events => {
-                host.watch_events();
+                host.watch_events(self.client);
                 Ok(Response::Watching { watching: "events".into() })
             }
             Request::Console(name) => {
-                host.watch_console(name).map(|()| Response::Watching { watching: name.into() }).map_err(ControlError::Refused)
+                host.watch_console(self.client, name).map(|()| Response::Watching { watching: name.into() }).map_err(ControlError::Refused)
             }
             Request::Stop(name) => host.stop(name).map(|()| Response::Stopped { stopped: name.into() }).map_err(ControlError::Refused),
             Request::List => Ok(Response::Guests { guests: host.list() }),
@@ -210,9 +213,10 @@ impl Session {
                 let (guests, machine) = host.stats();
                 Ok(Response::Stats { guests, machine })
             }
-            Request::Capture { what, count, secs } => {
-                host.capture(what, count, secs).map(|()| Response::Capturing { capturing: what.into() }).map_err(ControlError::Refused)
-            }
+            Request::Capture { what, count, secs } => host
+                .capture(self.client, what, count, secs)
+                .map(|()| Response::Capturing { capturing: what.into() })
+                .map_err(ControlError::Refused),
             Request::Version => Ok(Response::version()),
         })
     }
@@ -260,6 +264,7 @@ mod tests {
         }
         fn start(
             &self,
+            _: usize,
             name: &str,
             image: &str,
             _: u64,
@@ -287,16 +292,16 @@ mod tests {
         fn remove_tenant(&self, name: &str) -> Result<(), String> {
             if name == "acme" { Ok(()) } else { Err(format!("no tenant {name}")) }
         }
-        fn wait(&self, name: &str) -> Result<Option<GuestEvent>, String> {
+        fn wait(&self, _: usize, name: &str) -> Result<Option<GuestEvent>, String> {
             if self.guests.borrow().iter().any(|n| n == name) {
                 *self.waited.borrow_mut() = Some(name.into());
                 return Ok(None);
             }
             Err(format!("no guest {name}"))
         }
-        fn watch_events(&self) {}
-        fn watch_console(&self, name: &str) -> Result<(), String> {
-            self.wait(name).map(|_| ())
+        fn watch_events(&self, _: usize) {}
+        fn watch_console(&self, client: usize, name: &str) -> Result<(), String> {
+            self.wait(client, name).map(|_| ())
         }
         fn stop(&self, name: &str) -> Result<(), String> {
             let mut g = self.guests.borrow_mut();
@@ -319,16 +324,15 @@ mod tests {
         fn stats(&self) -> (Vec<GuestStats>, MachineStats) {
             (vec![GuestStats { guest: "w".into(), ..Default::default() }], MachineStats { live: 1, ..Default::default() })
         }
-        fn capture(&self, _: &str, _: u32, _: u32) -> Result<(), String> {
+        fn capture(&self, _: usize, _: &str, _: u32, _: u32) -> Result<(), String> {
             Ok(())
         }
     }
 
     /// Sends `bytes` at `now`; returns the answers.
     fn send(s: &mut Session, host: &Books, now: u64, bytes: &[u8]) -> Vec<String> {
-        let mut it = bytes.iter().copied();
         let mut out = Vec::new();
-        s.poll(host, now, &mut || it.next(), &mut |a| out.push(a.to_string()));
+        s.poll(host, now, bytes, &mut |a| out.push(a.to_string()));
         out
     }
 

@@ -11,7 +11,7 @@ use super::create::{ImageEntry, digest, image_budget};
 use super::network::{CaptureTarget, Captured};
 use super::report::sizes;
 use super::{EXITED, GuestStatus, MAX_IMAGES, Machine, Network, Platform, STATES};
-use crate::control::{ControlHost, Session, json_line};
+use crate::control::{ControlHost, Input, Session, json_line};
 use abi::bundle::Settings;
 use abi::control::{GuestEvent, ImageInfo, StartOptions, Tenant, TenantRow};
 use abi::report::{GuestRow, GuestStats, MachineStats};
@@ -21,13 +21,34 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> {
-    /// Answers the requests waiting on the control channel (`Session`
-    /// reads and bounds them, and never waits for a byte). While bytes are
-    /// arriving CPU 0 looks again soon (see `cpu_loop`), which is what
-    /// keeps uploads fast with the UART's 16-byte FIFO and no interrupt.
-    pub(super) fn poll_control(&self, session: &mut Session) {
+    /// Answers the requests waiting on the control channel: each client
+    /// has its own session (`Session` reads and bounds its requests, and
+    /// never waits for a byte). While bytes are arriving CPU 0 looks again
+    /// soon (see `cpu_loop`), which is what keeps uploads fast through a
+    /// UART's 16-byte FIFO.
+    pub(super) fn poll_control(&self, sessions: &mut Vec<Session>) {
+        if sessions.is_empty() {
+            *sessions = (0..crate::control::MAX_CLIENTS).map(Session::new).collect();
+        }
         let now = self.now();
-        let read = session.poll(self, now, &mut || self.platform.control_read(), &mut |a| self.platform.control_write_line(a));
+        let mut read = 0;
+        self.platform.control_poll(&mut |input| match input {
+            Input::Opened(c) | Input::Closed(c) => {
+                if let Some(s) = sessions.get_mut(c) {
+                    *s = Session::new(c);
+                    self.client_gone(c);
+                }
+            }
+            Input::Bytes(c, bytes) => {
+                if let Some(s) = sessions.get_mut(c) {
+                    read += s.poll(self, now, bytes, &mut |a| self.platform.control_write_line(c, a));
+                }
+            }
+        });
+        // Requests and uploads gone quiet.
+        for (c, s) in sessions.iter_mut().enumerate() {
+            s.poll(self, now, &[], &mut |a| self.platform.control_write_line(c, a));
+        }
         // Only bytes that arrive count: a client that went quiet half-way
         // gets no faster polling, just its timeout.
         if read > 0 {
@@ -37,14 +58,27 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             self.drain_capture();
         }
         // Records pushed by any CPU, in the order they were queued; one at
-        // a time, so the lock is never held while the line is written.
-        while let Some(record) = self.next_pushed() {
-            self.platform.control_write_line(&record);
+        // a time, so the lock is never held while a line is written.
+        for c in 0..crate::control::MAX_CLIENTS {
+            while let Some(record) = self.next_pushed(c) {
+                self.platform.control_write_line(c, &record);
+            }
         }
     }
 
-    fn next_pushed(&self) -> Option<String> {
-        self.watch.lock().next()
+    fn next_pushed(&self, client: usize) -> Option<String> {
+        self.watch.lock().get_mut(client)?.next()
+    }
+
+    /// Client `client` left (or a new one took its place): it watches
+    /// nothing any more.
+    fn client_gone(&self, client: usize) {
+        if let Some(w) = self.watch.lock().get_mut(client) {
+            *w = Default::default();
+        }
+        for (_, s) in self.statuses() {
+            s.watched.fetch_and(!(1 << client), Ordering::Relaxed);
+        }
     }
 
     /// Guests not yet ended that run image `index`.
@@ -55,11 +89,12 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
     /// Hands the captured frames to the control channel; the capture's end
     /// line when it has its count or its time is up.
     fn drain_capture(&self) {
+        let client = self.capture_client.load(Ordering::Relaxed);
         while let Some(c) = self.net.next_captured(self.now()) {
             match c {
-                Captured::Frame(ns, frame) => self.platform.control_write_line(&self.captured_frame_line(ns, &frame)),
+                Captured::Frame(ns, frame) => self.platform.control_write_line(client, &self.captured_frame_line(ns, &frame)),
                 Captured::End { taken, dropped } => {
-                    self.platform.control_write_line(&Self::capture_end_line(taken, dropped));
+                    self.platform.control_write_line(client, &Self::capture_end_line(taken, dropped));
                     return;
                 }
             }
@@ -152,6 +187,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
 
     fn start(
         &self,
+        client: usize,
         name: &str,
         image: &str,
         memory: u64,
@@ -187,7 +223,8 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
             ring_slots: options.ring_slots.unwrap_or(defaults.ring_slots),
             limits: options.apply_limits(defaults.limits),
         };
-        let c = self.create_guest(name, index, &st, args, options.watch).map_err(|e| format!("guest {name} not started: {e}"))?;
+        let watch = if options.watch { 1 << client } else { 0 };
+        let c = self.create_guest(name, index, &st, args, watch).map_err(|e| format!("guest {name} not started: {e}"))?;
         self.platform.console_line(&format!("[hv] guest {name} started ({})", c.describe));
         Ok((c.ip, c.ip.map(|_| tenant)))
     }
@@ -254,7 +291,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
         Ok(())
     }
 
-    fn wait(&self, name: &str) -> Result<Option<GuestEvent>, String> {
+    fn wait(&self, client: usize, name: &str) -> Result<Option<GuestEvent>, String> {
         let id = self.find(name).ok_or_else(|| format!("no guest {name}"))?;
         // Under the watch lock: `finish` records the end before it takes
         // the lock, so either the end is seen here or the wait is there.
@@ -262,32 +299,37 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
         match self.status(id).end.get() {
             Some(end) => Ok(Some(end.clone())),
             None => {
-                watch.wait_for(id);
+                if let Some(w) = watch.get_mut(client) {
+                    w.wait_for(id);
+                }
                 Ok(None)
             }
         }
     }
 
-    fn watch_events(&self) {
-        self.watch.lock().watch_events();
+    fn watch_events(&self, client: usize) {
+        if let Some(w) = self.watch.lock().get_mut(client) {
+            w.watch_events();
+        }
     }
 
-    fn watch_console(&self, name: &str) -> Result<(), String> {
+    fn watch_console(&self, client: usize, name: &str) -> Result<(), String> {
         let id = self.find(name).ok_or_else(|| format!("no guest {name}"))?;
         let status = self.status(id);
         if status.end.is_completed() {
             return Err(format!("guest {name} has already ended"));
         }
-        status.watched.store(true, Ordering::Relaxed);
+        status.watched.fetch_or(1 << client, Ordering::Relaxed);
         Ok(())
     }
 
-    fn capture(&self, what: &str, count: u32, secs: u32) -> Result<(), String> {
+    fn capture(&self, client: usize, what: &str, count: u32, secs: u32) -> Result<(), String> {
         let target = match what.strip_prefix("tenant:") {
             Some(t) => t.parse().ok().map(CaptureTarget::Tenant),
             None => self.find(what).map(CaptureTarget::Guest),
         };
         let t = target.ok_or_else(|| format!("no guest or tenant {what}"))?;
+        self.capture_client.store(client, Ordering::Relaxed);
         self.net.start_capture(t, count, self.now().saturating_add(u64::from(secs) * 1_000_000_000));
         Ok(())
     }

@@ -53,7 +53,8 @@ const CONTROL_FLOWING_NS: u64 = 2_000_000;
 pub struct CpuState {
     timed_out: Vec<usize>,
     console_in: String,
-    control_in: Session,
+    /// A session per control client.
+    control_in: Vec<Session>,
     last_balance: u64,
 }
 
@@ -252,14 +253,18 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
 
     /// A console line about guest `id` (its own, `NAME| ...`, or the
     /// hypervisor's, `[hv] guest NAME ...`): to the console, and to the
-    /// control channel too if it is `watched`.
-    fn console_out(&self, id: usize, watched: bool, line: &str) {
+    /// control clients in `watched` (a bit each).
+    fn console_out(&self, id: usize, watched: u32, line: &str) {
         self.platform.console_line(line);
-        if watched {
+        if watched != 0 {
             let name = &self.status(id).name;
             // Its own lines lose the console's prefix; the hypervisor's keep theirs.
-            let own = line.strip_prefix(name.as_str()).and_then(|l| l.strip_prefix("| "));
-            self.watch.lock().console(name, own.unwrap_or(line));
+            let own = line.strip_prefix(name.as_str()).and_then(|l| l.strip_prefix("| ")).unwrap_or(line);
+            for (c, w) in self.watch.lock().iter_mut().enumerate() {
+                if watched & (1 << c) != 0 {
+                    w.console(name, own);
+                }
+            }
         }
     }
 
@@ -297,7 +302,9 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         // either way.
         let status = self.status(id);
         let event = status.end.call_once(|| event);
-        self.watch.lock().ended(id, event, watched);
+        for (c, w) in self.watch.lock().iter_mut().enumerate() {
+            w.ended(id, event, watched & (1 << c) != 0);
+        }
         match how {
             Ok(_) => self.exited.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.stopped.fetch_add(1, Ordering::Relaxed),

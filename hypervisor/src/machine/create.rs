@@ -26,7 +26,7 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use hermit_entry::boot_info::{BootInfo, HardwareInfo, LoadInfo, PlatformInfo, RawBootInfo};
 
 const _: () = assert!(core::mem::size_of::<RawBootInfo>() as u64 <= abi::layout::START_INFO_OFFSET);
@@ -145,7 +145,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             let st = entry.settings;
             for i in 0..entry.count {
                 let name = format!("{}-{i}", entry.name);
-                match self.create_guest(&name, entry.image as usize, &st, &manifest_args, false) {
+                match self.create_guest(&name, entry.image as usize, &st, &manifest_args, 0) {
                     Ok(c) => {
                         create_ns += c.create_ns;
                         started += 1;
@@ -196,8 +196,9 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
 
     /// Creates guest `name` from image `image` and makes it runnable (at
     /// boot, and for `start` on the control channel).
-    /// `watch`: its console lines and end go to the control channel.
-    pub(super) fn create_guest(&self, name: &str, image: usize, st: &Settings, args: &[&str], watch: bool) -> Result<Created, String> {
+    /// `watch`: the control clients (a bit each) its console lines and end
+    /// go to.
+    pub(super) fn create_guest(&self, name: &str, image: usize, st: &Settings, args: &[&str], watch: u32) -> Result<Created, String> {
         let mut mem = self.platform.mem();
         let mut creating = self.creating.lock();
         let images = self.images.lock();
@@ -262,11 +263,11 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             memory_bytes: AtomicU64::new(0),
             stop_requested: AtomicBool::new(false),
             image,
-            watched: AtomicBool::new(watch),
+            watched: AtomicU32::new(watch),
             end: spin::Once::new(),
         });
         self.count.store(id + 1, Ordering::Release);
-        self.watch.lock().started(name);
+        self.watch.lock().iter_mut().for_each(|w| w.started(name));
         self.live.fetch_add(1, Ordering::AcqRel);
         // Spread new guests over the CPUs; balancing evens out the rest.
         let cpu = id % self.cpus;

@@ -116,8 +116,10 @@ pub struct Machine<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> 
     /// channel (a removed one leaves a free entry, so indices never move).
     images: Mutex<Vec<ImageEntry>>,
     creating: Mutex<create::Creating>,
-    /// What the control channel watches, and the records waiting for it.
-    watch: Mutex<watch::Watch>,
+    /// What each control client watches, and the records waiting for it.
+    watch: Mutex<Vec<watch::Watch>>,
+    /// The control client a capture goes to.
+    capture_client: AtomicUsize,
 }
 
 /// A guest as the control channel sees it, whichever CPU has it.
@@ -132,9 +134,9 @@ pub struct GuestStatus {
     stop_requested: AtomicBool,
     /// Its image's index in `images` (counted while it has not ended).
     image: usize,
-    /// Its console lines go to the control channel (`console`, `start
-    /// ... watch`).
-    watched: AtomicBool,
+    /// The control clients (a bit each) its console lines go to
+    /// (`console`, `start ... watch`).
+    watched: AtomicU32,
     /// How it ended, once it has.
     end: Once<abi::control::GuestEvent>,
 }
@@ -184,7 +186,8 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             ready: AtomicBool::new(false),
             images: Mutex::new(images),
             creating: Mutex::new(create::Creating::default()),
-            watch: Mutex::new(watch::Watch::default()),
+            watch: Mutex::new((0..crate::control::MAX_CLIENTS).map(|_| watch::Watch::default()).collect()),
+            capture_client: AtomicUsize::new(0),
         }
     }
 

@@ -94,10 +94,13 @@ pub trait Platform: Sync {
     fn console_line(&self, line: &str);
     /// The next byte typed on the console, if one is waiting.
     fn console_read(&self) -> Option<u8>;
-    /// The next byte from the control channel, if one is waiting.
-    fn control_read(&self) -> Option<u8>;
-    /// Writes one answer line to the control channel.
-    fn control_write_line(&self, line: &str);
+    /// Polls the control channel: clients connecting and leaving and the
+    /// bytes they sent, in order, each to `on`. Never waits. `on` answers
+    /// through [`Platform::control_write_line`]: no lock that takes may be
+    /// held while it runs.
+    fn control_poll(&self, on: &mut dyn FnMut(crate::control::Input<'_>));
+    /// Writes one line to control client `client` (dropped if it has gone).
+    fn control_write_line(&self, client: usize, line: &str);
 
     /// The hypervisor heap's size and the bytes allocated from it now.
     fn heap_usage(&self) -> (usize, usize);

@@ -112,8 +112,10 @@ struct Fake {
     loaded: Mutex<HashMap<usize, PhysAddr>>,
     /// Every `begin_guest`: the CPU, and whether the guest had moved.
     begins: Mutex<Vec<(usize, bool)>>,
-    /// Lines written to the control channel.
+    /// Lines written to the control channel, `CLIENT:LINE`.
     control: Mutex<Vec<String>>,
+    /// What control clients send next: bytes, or `None` for a new client.
+    inputs: Mutex<Vec<(usize, Option<Vec<u8>>)>>,
     held: Mutex<Option<Sender<()>>>,
     release: Mutex<Option<Receiver<()>>>,
 }
@@ -225,11 +227,16 @@ impl Platform for Fake {
     fn console_read(&self) -> Option<u8> {
         None
     }
-    fn control_read(&self) -> Option<u8> {
-        None
+    fn control_poll(&self, on: &mut dyn FnMut(crate::control::Input<'_>)) {
+        for (client, bytes) in core::mem::take(&mut *self.inputs.lock()) {
+            match bytes {
+                Some(b) => on(crate::control::Input::Bytes(client, &b)),
+                None => on(crate::control::Input::Opened(client)),
+            }
+        }
     }
-    fn control_write_line(&self, line: &str) {
-        self.control.lock().push(line.into());
+    fn control_write_line(&self, client: usize, line: &str) {
+        self.control.lock().push(format!("{client}:{line}"));
     }
     fn heap_usage(&self) -> (usize, usize) {
         (64 << 20, 0)
@@ -270,6 +277,7 @@ fn machine_on<N: Network<Ring = SharedRing, Events = FakeEvents>>(cpus: usize, n
         loaded: Mutex::new(HashMap::new()),
         begins: Mutex::new(Vec::new()),
         control: Mutex::new(Vec::new()),
+        inputs: Mutex::new(Vec::new()),
     };
     let config =
         Config { cpus, capacity: 16, guest_upper: upper, time: TimeInfo::new(1_000_000_000, 0, 0), control: false, keep_running: false };
@@ -281,7 +289,7 @@ fn machine_on<N: Network<Ring = SharedRing, Events = FakeEvents>>(cpus: usize, n
 /// `id % cpus`) that does `script`, then computes forever.
 fn guest(m: &TestMachine, name: &str, script: &[Act]) -> usize {
     m.platform.scripts.lock().insert(name.into(), script.iter().copied().collect());
-    m.create_guest(name, 0, &abi::bundle::Settings { memory: 1 << 20, ..Default::default() }, &[], false).unwrap();
+    m.create_guest(name, 0, &abi::bundle::Settings { memory: 1 << 20, ..Default::default() }, &[], 0).unwrap();
     m.find(name).unwrap()
 }
 
@@ -514,7 +522,7 @@ fn a_guest_whose_vnic_cannot_be_attached_is_destroyed_whole() {
     let m = machine(1);
     let before = m.platform.mem.lock().live;
     let st = abi::bundle::Settings { memory: 1 << 20, tenant: 1, ..Default::default() };
-    let e = m.create_guest("n", 0, &st, &[], false).err().expect("the network refuses the port");
+    let e = m.create_guest("n", 0, &st, &[], 0).err().expect("the network refuses the port");
     assert_eq!(e, "no network");
     assert_eq!(m.platform.mem.lock().live, before, "its pages, tables and ring frames are all freed");
     assert_eq!(m.count.load(Ordering::SeqCst), 0, "no id is used up");
@@ -592,7 +600,7 @@ impl Network for Ports {
 fn a_vnic_is_rings_mapped_into_the_guest_and_a_port_with_its_address() {
     let m = machine_on(1, Ports::default());
     let st = abi::bundle::Settings { memory: 1 << 20, tenant: 3, ring_slots: 4, ..Default::default() };
-    let c = m.create_guest("n", 0, &st, &[], false).unwrap();
+    let c = m.create_guest("n", 0, &st, &[], 0).unwrap();
     assert_eq!(c.ip, Some(abi::guest_ipv4(3, 0)));
     assert!(c.describe.ends_with("tenant 3"), "{}", c.describe);
     let ports = m.net.given.lock();
@@ -732,8 +740,8 @@ fn a_guest_that_stays_on_its_cpu_keeps_its_tables_and_one_that_moved_does_not() 
 
 /// What the control channel was sent since the last call.
 fn control_lines(m: &TestMachine) -> Vec<String> {
-    m.poll_control(&mut crate::control::Session::default());
-    core::mem::take(&mut *m.platform.control.lock())
+    m.poll_control(&mut Vec::new());
+    core::mem::take(&mut *m.platform.control.lock()).into_iter().map(|l| l.strip_prefix("0:").map(String::from).unwrap_or(l)).collect()
 }
 
 fn watched() -> abi::control::StartOptions {
@@ -746,14 +754,14 @@ fn a_wait_and_a_watch_are_answered_with_the_end_after_the_last_line() {
     let m = machine(1);
     m.platform.scripts.lock().insert("a".into(), [Act::Exit(3)].into());
     m.platform.scripts.lock().insert("b".into(), [Act::Block(u64::MAX)].into());
-    assert_eq!(m.start("a", "t", 1 << 20, Tenant::None, &Default::default(), &[]), Ok((None, None)));
+    assert_eq!(m.start(0, "a", "t", 1 << 20, Tenant::None, &Default::default(), &[]), Ok((None, None)));
     assert_eq!(
-        m.start("b", "sha256:0707070707070707070707070707070707070707070707070707070707070707", 1 << 20, Tenant::None, &watched(), &[]),
+        m.start(0, "b", "sha256:0707070707070707070707070707070707070707070707070707070707070707", 1 << 20, Tenant::None, &watched(), &[]),
         Ok((None, None)),
         "started by digest"
     );
-    assert_eq!(m.wait("a"), Ok(None), "not ended yet: answered when it ends");
-    assert!(m.wait("nobody").is_err());
+    assert_eq!(m.wait(0, "a"), Ok(None), "not ended yet: answered when it ends");
+    assert!(m.wait(0, "nobody").is_err());
     let mut cpu = CpuState::default();
     steps(&m, 0, &mut cpu, 10);
     m.stop("b").unwrap();
@@ -769,15 +777,15 @@ fn a_wait_and_a_watch_are_answered_with_the_end_after_the_last_line() {
     assert!(out[2..out.len() - 1].iter().all(|l| l.starts_with(r#"{"console":"b","line":"[hv] guest b "#)), "{out:?}");
     assert_eq!(out[out.len() - 1], ended("b", "stopped", "null", r#""operator""#));
     // A wait on an ended guest is answered at once, and once.
-    assert_eq!(m.wait("a").map(|e| e.map(|e| e.exit_code)), Ok(Some(Some(3))));
+    assert_eq!(m.wait(0, "a").map(|e| e.map(|e| e.exit_code)), Ok(Some(Some(3))));
     assert_eq!(control_lines(&m), Vec::<String>::new());
-    assert!(m.watch_console("a").is_err(), "an ended guest has no console to watch");
+    assert!(m.watch_console(0, "a").is_err(), "an ended guest has no console to watch");
 }
 
 #[test]
 fn events_report_every_start_and_end() {
     let m = machine(1);
-    m.watch_events();
+    m.watch_events(0);
     guest(&m, "a", &[Act::Exit(0)]);
     assert_eq!(steps(&m, 0, &mut CpuState::default(), 10), Pass::Done);
     let out = control_lines(&m);
@@ -803,7 +811,7 @@ fn images_are_named_by_digest_loaded_once_and_removed_when_unused() {
     assert_eq!(listed, [("t".to_string(), 0), ("u.hermit".to_string(), 0)]);
 
     m.platform.scripts.lock().insert("g".into(), [Act::Block(u64::MAX)].into());
-    m.start("g", &digest, 1 << 20, abi::control::Tenant::None, &Default::default(), &[]).unwrap();
+    m.start(0, "g", &digest, 1 << 20, abi::control::Tenant::None, &Default::default(), &[]).unwrap();
     assert_eq!(m.images()[1].guests, 1);
     assert!(m.remove_image(&digest).unwrap_err().contains("in use by 1 guest"));
     m.stop("g").unwrap();
@@ -813,7 +821,7 @@ fn images_are_named_by_digest_loaded_once_and_removed_when_unused() {
     assert_eq!(m.platform.mem.lock().live, free, "the image's frames went back");
     assert!(
         m.remove_image("u.hermit").is_err()
-            && m.start("h", "u.hermit", 1 << 20, abi::control::Tenant::None, &Default::default(), &[]).is_err()
+            && m.start(0, "h", "u.hermit", 1 << 20, abi::control::Tenant::None, &Default::default(), &[]).is_err()
     );
     // Its entry is reused.
     m.add_image("w.hermit", &valid_image_file(3)).unwrap();
@@ -826,11 +834,11 @@ fn named_tenants_are_numbered_kept_and_removed_when_empty() {
     let m = machine_on(1, Ports::default());
     // Tenant 0 has had a guest: a name gets the next number.
     guest(&m, "boot", &[Act::Exit(0)]);
-    m.create_guest("boot2", 0, &abi::bundle::Settings { memory: 1 << 20, tenant: 0, ..Default::default() }, &[], false).unwrap();
+    m.create_guest("boot2", 0, &abi::bundle::Settings { memory: 1 << 20, tenant: 0, ..Default::default() }, &[], 0).unwrap();
     let opts = abi::control::StartOptions { weight: Some(300), cap: Some(20), ..Default::default() };
-    assert_eq!(m.start("w", "t", 1 << 20, Tenant::Named("acme"), &opts, &[]).map(|(ip, t)| (ip.is_some(), t)), Ok((true, Some(1))));
-    assert_eq!(m.start("v", "t", 1 << 20, Tenant::Named("acme"), &opts, &[]).map(|(_, t)| t), Ok(Some(1)));
-    assert_eq!(m.start("z", "t", 1 << 20, Tenant::Named("zed"), &opts, &[]).map(|(_, t)| t), Ok(Some(2)));
+    assert_eq!(m.start(0, "w", "t", 1 << 20, Tenant::Named("acme"), &opts, &[]).map(|(ip, t)| (ip.is_some(), t)), Ok((true, Some(1))));
+    assert_eq!(m.start(0, "v", "t", 1 << 20, Tenant::Named("acme"), &opts, &[]).map(|(_, t)| t), Ok(Some(1)));
+    assert_eq!(m.start(0, "z", "t", 1 << 20, Tenant::Named("zed"), &opts, &[]).map(|(_, t)| t), Ok(Some(2)));
     let rows: Vec<_> = m.tenants().into_iter().map(|r| (r.name, r.id, r.guests)).collect();
     assert_eq!(rows, [(None, 0, 1), (Some("acme".into()), 1, 2), (Some("zed".into()), 2, 1)]);
     assert!(m.remove_tenant("acme").unwrap_err().contains("still has 2 guest"));
@@ -839,4 +847,33 @@ fn named_tenants_are_numbered_kept_and_removed_when_empty() {
     // The options reached the scheduler: a 20% cap is a fifth of its period.
     let budget = Some(sched::CAP_PERIOD_NS / 5);
     assert_eq!(m.scheds[m.home[w].load(Ordering::SeqCst)].lock().weight_budget(w), Some((300, budget)));
+}
+
+#[test]
+fn each_client_has_its_own_session_and_watches_until_it_goes() {
+    let m = machine(1);
+    let mut sessions = Vec::new();
+    let send = |client: usize, bytes: Option<&[u8]>, sessions: &mut Vec<crate::control::Session>| {
+        m.platform.inputs.lock().push((client, bytes.map(<[u8]>::to_vec)));
+        m.poll_control(sessions);
+        core::mem::take(&mut *m.platform.control.lock())
+    };
+    // Client 1 watches events and has half a request under way; client 0
+    // asks for the version meanwhile.
+    assert_eq!(send(1, Some(b"events\nver"), &mut sessions), [r#"1:{"watching":"events"}"#]);
+    assert_eq!(send(0, Some(b"version\n"), &mut sessions), [r#"0:{"protocol":4,"abi":4}"#]);
+    assert_eq!(send(1, Some(b"sion\n"), &mut sessions), [r#"1:{"protocol":4,"abi":4}"#], "its half line was its own");
+    guest(&m, "a", &[Act::Exit(0)]);
+    assert_eq!(steps(&m, 0, &mut CpuState::default(), 10), Pass::Done);
+    let out = send(0, None, &mut Vec::new());
+    assert!(out.len() == 2 && out.iter().all(|l| l.starts_with(r#"1:{"event":"#)), "only client 1 watches: {out:?}");
+    // A new client on port 1 watches nothing of the old one's.
+    assert_eq!(send(1, None, &mut sessions), Vec::<String>::new());
+    guest(&m, "b", &[Act::Exit(0)]);
+    assert_eq!(steps(&m, 0, &mut CpuState::default(), 10), Pass::Done);
+    assert_eq!(send(1, Some(b"ver"), &mut sessions), Vec::<String>::new());
+    // Nor its half line.
+    send(1, None, &mut sessions);
+    let out = send(1, Some(b"list\n"), &mut sessions);
+    assert!(out.len() == 1 && out[0].starts_with(r#"1:{"guests":"#), "{out:?}");
 }

@@ -21,11 +21,10 @@
 use super::backend::UplinkDevice;
 use super::virtq::{BUFFER_BYTES, Virtq, VirtqError};
 use crate::mm::PhysMem;
+pub use crate::virtio::{CommonCfg, Transport, VIRTIO_VENDOR, VirtioError, status};
 use abi::ring::{MIN_FRAME, MTU_FRAME};
 use core::sync::atomic::{Ordering, fence};
 
-/// PCI vendor of virtio devices.
-pub const VIRTIO_VENDOR: u16 = 0x1af4;
 /// The transitional and the modern virtio-net PCI device ids.
 pub const VIRTIO_NET_DEVICES: [u16; 2] = [0x1000, 0x1041];
 /// `virtio_net_hdr` (virtio 1.0 §5.1.6, no mergeable buffers), before each
@@ -35,113 +34,12 @@ pub const NET_HDR_BYTES: usize = 12;
 const QUEUE_SIZE: u16 = 128;
 const RX_QUEUE: u16 = 0;
 const TX_QUEUE: u16 = 1;
-/// Reads of the status register before a reset counts as failed.
-const RESET_POLLS: u32 = 1_000_000;
 
-/// `device_status` bits (virtio 1.0 §2.1).
-pub mod status {
-    pub const ACKNOWLEDGE: u8 = 1;
-    pub const DRIVER: u8 = 2;
-    pub const DRIVER_OK: u8 = 4;
-    pub const FEATURES_OK: u8 = 8;
-}
-
-/// Feature bits (virtio 1.0 §5.1.3, §6).
+/// Feature bits (virtio 1.0 §5.1.3).
 pub mod feature {
     /// The device has a MAC address in its configuration space.
     pub const NET_MAC: u64 = 1 << 5;
-    /// The device complies with virtio 1.0.
-    pub const VERSION_1: u64 = 1 << 32;
-}
-
-/// The registers of `virtio_pci_common_cfg` (virtio 1.0 §4.1.4.3) we use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CommonCfg {
-    DeviceFeatureSelect,
-    DeviceFeature,
-    DriverFeatureSelect,
-    DriverFeature,
-    DeviceStatus,
-    QueueSelect,
-    QueueSize,
-    QueueEnable,
-    QueueNotifyOff,
-    QueueDesc,
-    QueueDriver,
-    QueueDevice,
-}
-
-impl CommonCfg {
-    /// Its offset in the structure.
-    pub const fn offset(self) -> usize {
-        match self {
-            Self::DeviceFeatureSelect => 0x00,
-            Self::DeviceFeature => 0x04,
-            Self::DriverFeatureSelect => 0x08,
-            Self::DriverFeature => 0x0c,
-            Self::DeviceStatus => 0x14,
-            Self::QueueSelect => 0x16,
-            Self::QueueSize => 0x18,
-            Self::QueueEnable => 0x1c,
-            Self::QueueNotifyOff => 0x1e,
-            Self::QueueDesc => 0x20,
-            Self::QueueDriver => 0x28,
-            Self::QueueDevice => 0x30,
-        }
-    }
-
-    /// Its width in bytes (1, 2, 4 or 8).
-    pub const fn width(self) -> usize {
-        match self {
-            Self::DeviceStatus => 1,
-            Self::QueueSelect | Self::QueueSize | Self::QueueEnable | Self::QueueNotifyOff => 2,
-            Self::DeviceFeatureSelect | Self::DeviceFeature | Self::DriverFeatureSelect | Self::DriverFeature => 4,
-            Self::QueueDesc | Self::QueueDriver | Self::QueueDevice => 8,
-        }
-    }
-}
-
-/// How the driver reaches its device.
-pub trait Transport {
-    /// Memory the device reaches by physical address (queues, buffers).
-    type Dma: PhysMem;
-    /// Reads a common configuration register (at its width).
-    fn read(&mut self, reg: CommonCfg) -> u64;
-    /// Writes a common configuration register (at its width).
-    fn write(&mut self, reg: CommonCfg, value: u64);
-    /// Reads byte `offset` of the device-specific configuration.
-    fn device_config(&mut self, offset: usize) -> u8;
-    /// Tells the device that `queue` (whose `queue_notify_off` is
-    /// `notify_off`) has new buffers.
-    fn notify(&mut self, queue: u16, notify_off: u16);
-    /// The DMA memory.
-    fn dma(&mut self) -> &mut Self::Dma;
-}
-
-/// Why the device could not be started.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VirtioError {
-    /// The transport found no virtio 1.0 interface (PCI: capabilities).
-    NoModernInterface,
-    /// The device did not finish its reset.
-    ResetTimeout,
-    NoVersion1,
-    FeaturesRefused,
-    QueueMissing(u16),
-    OutOfMemory,
-}
-
-impl core::fmt::Display for VirtioError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::NoModernInterface => f.write_str("virtio-net has no modern (virtio 1.0) interface"),
-            Self::ResetTimeout => f.write_str("virtio-net did not reset"),
-            Self::NoVersion1 => f.write_str("virtio-net does not offer VIRTIO_F_VERSION_1"),
-            Self::FeaturesRefused => f.write_str("virtio-net refused our features"),
-            Self::QueueMissing(_) => f.write_str("virtio-net queue missing"),
-            Self::OutOfMemory => f.write_str("out of memory for virtqueues"),
-        }
-    }
+    pub use crate::virtio::feature::VERSION_1;
 }
 
 /// A started virtio-net device.
@@ -166,30 +64,9 @@ impl<T: Transport> VirtioNet<T> {
     /// Resets and starts the device behind `transport` (virtio 1.0 §3.1.1).
     pub fn start(mut t: T) -> Result<Self, VirtioError> {
         use CommonCfg::*;
-        t.write(DeviceStatus, 0);
-        if !(0..RESET_POLLS).any(|_| t.read(DeviceStatus) == 0) {
-            return Err(VirtioError::ResetTimeout);
-        }
-        t.write(DeviceStatus, u64::from(status::ACKNOWLEDGE | status::DRIVER));
-        let mut features = 0u64;
-        for sel in 0..2 {
-            t.write(DeviceFeatureSelect, sel);
-            features |= (t.read(DeviceFeature) & 0xffff_ffff) << (32 * sel);
-        }
-        if features & feature::VERSION_1 == 0 {
-            return Err(VirtioError::NoVersion1);
-        }
-        let want = feature::VERSION_1 | (features & feature::NET_MAC);
-        for sel in 0..2 {
-            t.write(DriverFeatureSelect, sel);
-            t.write(DriverFeature, (want >> (32 * sel)) & 0xffff_ffff);
-        }
-        t.write(DeviceStatus, u64::from(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK));
-        if t.read(DeviceStatus) & u64::from(status::FEATURES_OK) == 0 {
-            return Err(VirtioError::FeaturesRefused);
-        }
-        let (rx, rx_notify_off) = Self::queue(&mut t, RX_QUEUE)?;
-        let (tx, tx_notify_off) = Self::queue(&mut t, TX_QUEUE)?;
+        crate::virtio::negotiate(&mut t, |offered| feature::VERSION_1 | (offered & feature::NET_MAC))?;
+        let (rx, rx_notify_off) = crate::virtio::queue(&mut t, RX_QUEUE, QUEUE_SIZE)?;
+        let (tx, tx_notify_off) = crate::virtio::queue(&mut t, TX_QUEUE, QUEUE_SIZE)?;
         let mut mac = [0u8; 6];
         for (i, b) in mac.iter_mut().enumerate() {
             *b = t.device_config(i);
@@ -202,26 +79,6 @@ impl<T: Transport> VirtioNet<T> {
         }
         up.transport.notify(RX_QUEUE, up.rx_notify_off);
         Ok(up)
-    }
-
-    /// Sets up queue `index`: the largest power of two up to
-    /// [`QUEUE_SIZE`] the device allows. Returns it and its notify offset.
-    fn queue(t: &mut T, index: u16) -> Result<(Virtq, u16), VirtioError> {
-        use CommonCfg::*;
-        t.write(QueueSelect, u64::from(index));
-        let max = t.read(QueueSize) as u16;
-        if max == 0 {
-            return Err(VirtioError::QueueMissing(index));
-        }
-        let size = QUEUE_SIZE.min(1 << (15 - max.leading_zeros()));
-        let q = Virtq::new(t.dma(), size).ok_or(VirtioError::OutOfMemory)?;
-        t.write(QueueSize, u64::from(q.size));
-        t.write(QueueDesc, q.desc);
-        t.write(QueueDriver, q.avail);
-        t.write(QueueDevice, q.used);
-        let notify_off = t.read(QueueNotifyOff) as u16;
-        t.write(QueueEnable, 1);
-        Ok((q, notify_off))
     }
 
     /// The transport (the host tests' fake device).

@@ -172,3 +172,20 @@ fn lines_that_are_not_the_protocol_are_skipped_and_long_requests_refused() {
     };
     assert_eq!(ch.request(&req).unwrap_err(), ChannelError::TooLong);
 }
+
+#[test]
+fn unanswered_requests_do_not_wait_and_their_records_reach_the_callback() {
+    let (ch, mut from_shim, mut to_shim, pushed) = pair(Duration::from_secs(10));
+    ch.notify(&Request::Wait("w")).unwrap();
+    assert_eq!(read_line(&mut from_shim), "wait w\n");
+    writeln!(to_shim, "{}", ended("w", 7)).unwrap();
+    assert!(matches!(pushed.recv_timeout(Duration::from_secs(5)).unwrap(), Pushed::Record(Response::Event(e)) if e.exit_code == Some(7)));
+    // The next request still gets its own answer.
+    let hv = std::thread::spawn(move || {
+        assert_eq!(read_line(&mut from_shim), "images\n");
+        writeln!(to_shim, r#"{{"images":[],"loaded":[]}}"#).unwrap();
+        (from_shim, to_shim)
+    });
+    assert_eq!(ch.request(&Request::Images).unwrap(), Response::Images { images: vec![], loaded: vec![] });
+    let _keep = hv.join().unwrap();
+}

@@ -77,6 +77,8 @@ pub fn run(what: Ctl) -> Result<()> {
             other => anyhow::bail!("images was answered {other:?}"),
         },
         Ctl::ImageRm { image } => println!("{}", inst.request(&Request::ImageRemove(&image).to_string())?),
+        Ctl::Metrics { once: true, .. } => print!("{}", xtask::metrics::Exporter::default().scrape(&inst)?),
+        Ctl::Metrics { listen, once: false } => xtask::metrics::serve(&inst, &listen)?,
         Ctl::Tenants => match inst.request("tenants")?.0 {
             Response::Tenants { tenants } => {
                 println!("{:<24} {:>6} {:>7}", "NAME", "NUMBER", "GUESTS");

@@ -31,6 +31,11 @@ use serde::{Deserialize, Serialize};
 /// `tenants`, `tenant-remove`, `wait`, `events` and `console`.
 pub const PROTOCOL_VERSION: u32 = 4;
 
+/// Clients a hypervisor serves at once on a virtio console (a port each:
+/// `run --detach` makes the sockets `control.sock`, `control-1.sock`, ...);
+/// a UART channel serves one.
+pub const CLIENTS_MAX: usize = 4;
+
 /// Most console lines waiting for the channel; past it lines are dropped
 /// and counted (a `lines_dropped` record says how many). `event` records
 /// are never dropped.

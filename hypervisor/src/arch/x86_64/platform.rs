@@ -41,6 +41,33 @@ fn load_tables(cpu: usize, root: PhysAddr) {
 }
 
 /// The machine the hypervisor boots on.
+/// The control channel's transport, chosen once at boot ([`init_control`]).
+pub enum Control {
+    /// A virtio console: a client per port, several at once.
+    Console(alloc::boxed::Box<spin::Mutex<super::virtio_pci::ControlConsole>>),
+    /// COM2: one client.
+    Uart,
+}
+
+static CONTROL: spin::Once<Control> = spin::Once::new();
+
+/// Finds the control channel: a virtio console if there is one, else COM2
+/// if there is one. Returns whether there is a channel.
+pub fn init_control(kernel_root: u64) -> bool {
+    let c = match super::virtio_pci::probe_console(kernel_root) {
+        Ok(Some(c)) => {
+            crate::println!("[hv] control channel: virtio console, {} clients at once", c.ports());
+            Some(Control::Console(alloc::boxed::Box::new(spin::Mutex::new(c))))
+        }
+        Ok(None) => serial::init_control().then_some(Control::Uart),
+        Err(why) => {
+            crate::println!("[hv] control channel: virtio console: {why}");
+            serial::init_control().then_some(Control::Uart)
+        }
+    };
+    c.map(|c| CONTROL.call_once(|| c)).is_some()
+}
+
 pub struct X86_64 {
     /// The hypervisor's own page-table root.
     pub kernel_root: PhysAddr,
@@ -152,12 +179,44 @@ impl Platform for X86_64 {
         serial::try_read()
     }
 
-    fn control_read(&self) -> Option<u8> {
-        serial::control_read()
+    fn control_poll(&self, on: &mut dyn FnMut(hypervisor::control::Input<'_>)) {
+        use hypervisor::control::Input;
+        match CONTROL.get() {
+            Some(Control::Console(c)) => {
+                // `on` answers through `control_write_line`, which takes the
+                // device's lock: collect first, hand over with it released.
+                let mut got: alloc::vec::Vec<(usize, u8, alloc::vec::Vec<u8>)> = alloc::vec::Vec::new();
+                c.lock().poll(&mut |i| match i {
+                    Input::Opened(p) => got.push((p, 0, alloc::vec::Vec::new())),
+                    Input::Closed(p) => got.push((p, 1, alloc::vec::Vec::new())),
+                    Input::Bytes(p, b) => got.push((p, 2, b.to_vec())),
+                });
+                for (p, kind, bytes) in got {
+                    on(match kind {
+                        0 => Input::Opened(p),
+                        1 => Input::Closed(p),
+                        _ => Input::Bytes(p, &bytes),
+                    });
+                }
+            }
+            Some(Control::Uart) => {
+                // The UART holds 16 bytes: take what is there.
+                let mut buf = [0u8; 16];
+                let n = buf.iter_mut().map_while(|b| serial::control_read().map(|v| *b = v)).count();
+                if n > 0 {
+                    on(Input::Bytes(0, &buf[..n]));
+                }
+            }
+            None => {}
+        }
     }
 
-    fn control_write_line(&self, line: &str) {
-        serial::control_write_line(line);
+    fn control_write_line(&self, client: usize, line: &str) {
+        match CONTROL.get() {
+            Some(Control::Console(c)) => c.lock().write_line(client, line),
+            Some(Control::Uart) if client == 0 => serial::control_write_line(line),
+            _ => {}
+        }
     }
 
     fn heap_usage(&self) -> (usize, usize) {

@@ -85,12 +85,25 @@ pub fn control_read() -> Option<u8> {
     (inb(COM2 + reg::LSR) & LSR_DATA_READY != 0).then(|| inb(COM2 + reg::DATA))
 }
 
-/// Writes a line to the control channel.
+/// Reads of a busy transmitter before a control line is given up (a
+/// client that stopped reading must not hold CPU 0).
+const CONTROL_TX_POLLS: u32 = 100_000;
+
+/// Set when a control line was given up: later lines wait for nothing
+/// until the transmitter is free again.
+static CONTROL_STUCK: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Writes a line to the control channel; drops the rest of it if the
+/// transmitter stays busy (the client does not read).
 pub fn control_write_line(s: &str) {
+    use core::sync::atomic::Ordering::Relaxed;
     for b in s.bytes().chain(core::iter::once(b'\n')) {
-        while inb(COM2 + reg::LSR) & LSR_THR_EMPTY == 0 {
-            core::hint::spin_loop();
+        let polls = if CONTROL_STUCK.load(Relaxed) { 1 } else { CONTROL_TX_POLLS };
+        if !(0..polls).any(|_| inb(COM2 + reg::LSR) & LSR_THR_EMPTY != 0) {
+            CONTROL_STUCK.store(true, Relaxed);
+            return;
         }
+        CONTROL_STUCK.store(false, Relaxed);
         outb(COM2 + reg::DATA, b);
     }
 }

@@ -7,10 +7,13 @@
 
 use super::paging::{DirectMap, map_device};
 use super::pci;
+use hypervisor::control::virtio_console::{VIRTIO_CONSOLE_DEVICES, VirtioConsole};
 use hypervisor::net::virtio_net::{CommonCfg, Transport, VIRTIO_NET_DEVICES, VIRTIO_VENDOR, VirtioError, VirtioNet};
 
 /// The uplink: virtio-net over PCI.
 pub type Uplink = VirtioNet<PciTransport>;
+/// The control channel: a virtio console (virtio-serial) over PCI.
+pub type ControlConsole = VirtioConsole<PciTransport>;
 
 /// A virtio vendor-specific PCI capability (`virtio_pci_cap`, §4.1.4):
 /// offsets of its fields from the capability's start.
@@ -86,12 +89,22 @@ fn transport(f: pci::Function, root: u64) -> Option<PciTransport> {
     Some(PciTransport { common: common?, notify: notify?, notify_mult, device: device?, mem: DirectMap })
 }
 
+/// The transport of the first virtio device of one of `devices`, with
+/// memory decoding and bus mastering on.
+fn find(kernel_root: u64, devices: &[u16]) -> Result<Option<PciTransport>, VirtioError> {
+    let Some(f) = pci::find(VIRTIO_VENDOR, devices) else { return Ok(None) };
+    f.write32(pci::COMMAND, f.read32(pci::COMMAND) | pci::COMMAND_MEMORY | pci::COMMAND_BUS_MASTER);
+    transport(f, kernel_root).ok_or(VirtioError::NoModernInterface).map(Some)
+}
+
 /// Finds and starts QEMU's virtio-net, if there is one.
 pub fn probe(kernel_root: u64) -> Result<Option<Uplink>, VirtioError> {
-    let Some(f) = pci::find(VIRTIO_VENDOR, &VIRTIO_NET_DEVICES) else { return Ok(None) };
-    f.write32(pci::COMMAND, f.read32(pci::COMMAND) | pci::COMMAND_MEMORY | pci::COMMAND_BUS_MASTER);
-    let t = transport(f, kernel_root).ok_or(VirtioError::NoModernInterface)?;
-    VirtioNet::start(t).map(Some)
+    find(kernel_root, &VIRTIO_NET_DEVICES)?.map(VirtioNet::start).transpose()
+}
+
+/// Finds and starts a virtio console (the control channel), if there is one.
+pub fn probe_console(kernel_root: u64) -> Result<Option<ControlConsole>, VirtioError> {
+    find(kernel_root, &VIRTIO_CONSOLE_DEVICES)?.map(VirtioConsole::start).transpose()
 }
 
 impl Transport for PciTransport {

@@ -11,17 +11,7 @@ use alloc::vec::Vec;
 
 const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
 
-#[derive(Default, Clone, Copy)]
-struct Queue {
-    size: u16,
-    desc: PhysAddr,
-    avail: PhysAddr,
-    used: PhysAddr,
-    enabled: bool,
-    /// Available entries taken, used entries written.
-    seen: u16,
-    used_idx: u16,
-}
+use crate::virtio::testing::FakeQueue as Queue;
 
 /// A virtio-net device as the spec has it, with registers, two queues over
 /// the driver's memory, and the host's side of the wire.
@@ -69,31 +59,12 @@ impl FakeDevice {
     /// The next available descriptor of queue `q`: its id, buffer, length
     /// and flags.
     fn take_avail(&mut self, q: usize) -> Option<(u16, PhysAddr, u32, u16)> {
-        let queue = self.queues[q];
-        if self.rd16(queue.avail, RING_IDX) == queue.seen {
-            return None;
-        }
-        let id = self.rd16(queue.avail, RING_ENTRIES + AVAIL_ENTRY_BYTES * (queue.seen % queue.size) as usize);
-        let mut d = [0u8; DESC_BYTES];
-        self.mem.read(queue.desc, DESC_BYTES * id as usize, &mut d);
-        self.queues[q].seen = queue.seen.wrapping_add(1);
-        Some((
-            id,
-            u64::from_le_bytes(d[DESC_ADDR].try_into().unwrap()),
-            u32::from_le_bytes(d[DESC_LEN].try_into().unwrap()),
-            u16::from_le_bytes(d[DESC_FLAGS].try_into().unwrap()),
-        ))
+        self.queues[q].take_avail(&self.mem)
     }
 
     /// Writes a used entry (any id and length: the device may lie).
     fn put_used(&mut self, q: usize, id: u32, len: u32) {
-        let queue = self.queues[q];
-        let mut e = [0u8; USED_ENTRY_BYTES];
-        e[..4].copy_from_slice(&id.to_le_bytes());
-        e[4..].copy_from_slice(&len.to_le_bytes());
-        self.mem.write(queue.used, RING_ENTRIES + USED_ENTRY_BYTES * (queue.used_idx % queue.size) as usize, &e);
-        self.queues[q].used_idx = queue.used_idx.wrapping_add(1);
-        self.mem.write(queue.used, RING_IDX, &self.queues[q].used_idx.to_le_bytes());
+        self.queues[q].put_used(&mut self.mem, id, len);
     }
 
     /// Puts the host's frames into the receive buffers the driver made
