@@ -15,6 +15,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use abi::control::{Request, Response};
 use abi::report::GuestState;
 use hyper_util::rt::TokioIo;
 use integration_tests::containerd::{CRI_NAMESPACE, Containerd, Cri, Options};
@@ -288,6 +289,23 @@ fn a_pod_runs_through_the_cri_as_a_guest() {
         console().lines().find(|l| l.starts_with(&format!("[hv] guest {id} started"))).map(str::to_string)
     });
     assert!(started.contains("memory 8 MiB") && started.contains(", tenant "), "{started}");
+    // The hypervisor's side, through a control socket of ctl's beside the
+    // shim's: the guest lives in the pod's tenant (named by the shim), with
+    // the container's memory limit.
+    let guests = hv.0.list().unwrap_or_else(|e| panic!("{}", fail(&format!("list: {e:#}"))));
+    let row = guests.iter().find(|g| g.name == id).unwrap_or_else(|| panic!("no guest {id} in {guests:?}"));
+    assert!(matches!(row.state, GuestState::Waiting | GuestState::Running), "{row:?}");
+    let tenants = match hv.0.request(&Request::Tenants.to_string()).map(|a| a.0) {
+        Ok(Response::Tenants { tenants }) => tenants,
+        other => panic!("tenants: {other:?}"),
+    };
+    let tenant = tenants.iter().find(|t| Some(t.id) == row.tenant).and_then(|t| t.name.clone());
+    assert!(tenant.as_deref().is_some_and(|n| n.starts_with(&format!("pod-{}", &sandbox[..16]))), "{row:?} in {tenants:?}");
+    let limit = match hv.0.request(&Request::Stats.to_string()).map(|a| a.0) {
+        Ok(Response::Stats { guests, .. }) => guests.iter().find(|g| g.guest == id).map(|g| g.memory_limit),
+        other => panic!("stats: {other:?}"),
+    };
+    assert_eq!(limit, Some(memory));
     let planned = ctrd.log().lines().find(|l| l.contains(&format!("container {id} is guest {id}:"))).map(str::to_string);
     let planned = planned.unwrap_or_else(|| panic!("{}", fail("the shim's plan is not in containerd's log")));
     let planned = planned.replace('\\', "");
