@@ -129,11 +129,29 @@ pub fn default_dir() -> PathBuf {
     crate::workspace_root().join("target/run/detached")
 }
 
-/// A detached instance: where its files are.
+/// A detached instance: where its files are, and the connection its
+/// requests share.
 #[derive(Clone, Debug)]
 pub struct Instance {
     pub dir: PathBuf,
     pub pid: u32,
+    /// One connection for every `request` of this instance (and its
+    /// clones): a client that connects anew for each request churns its
+    /// port, and QEMU was seen to miss a client that reconnects at once
+    /// (under investigation), so requests reuse one connection.
+    shared: std::sync::Arc<std::sync::Mutex<Option<Shared>>>,
+}
+
+/// The connection `Instance::request` reuses.
+struct Shared {
+    conn: Connection,
+    reader: BufReader<UnixStream>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared")
+    }
 }
 
 impl Instance {
@@ -146,7 +164,7 @@ impl Instance {
         if !alive(pid) {
             bail!("the detached hypervisor (QEMU pid {pid}) is no longer running; its console is {}", dir.join("console.log").display());
         }
-        Ok(Instance { dir: dir.to_path_buf(), pid })
+        Ok(Instance { dir: dir.to_path_buf(), pid, shared: Default::default() })
     }
 
     /// The first control socket (any client may use it).
@@ -199,11 +217,28 @@ impl Instance {
     /// Sends one request line and returns the answer; `{"error":..}`
     /// answers become errors.
     pub fn request(&self, line: &str) -> Result<Answer> {
-        let conn = self.connect()?;
-        let mut s = &conn.stream;
-        s.set_read_timeout(Some(Duration::from_secs(20)))?;
-        s.write_all(format!("{line}\n").as_bytes())?;
-        read_answer(&mut BufReader::new(s))
+        self.with_shared(|conn, reader| {
+            (&conn.stream).write_all(format!("{line}\n").as_bytes())?;
+            read_answer(reader)
+        })
+    }
+
+    /// Runs `f` on the shared connection (made if there is none); a
+    /// failure drops it, so the next request connects again.
+    fn with_shared<T>(&self, f: impl FnOnce(&Connection, &mut BufReader<UnixStream>) -> Result<T>) -> Result<T> {
+        let mut shared = self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if shared.is_none() {
+            let conn = self.connect()?;
+            conn.stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+            let reader = BufReader::new(conn.stream.try_clone()?);
+            *shared = Some(Shared { conn, reader });
+        }
+        let Some(sh) = shared.as_mut() else { bail!("no connection") };
+        let out = f(&sh.conn, &mut sh.reader);
+        if out.as_ref().is_err_and(|e| e.downcast_ref::<std::io::Error>().is_some() || e.to_string().contains("no answer")) {
+            *shared = None;
+        }
+        out
     }
 
     /// Sends `lines` on one connection and hands every answer and pushed
@@ -272,18 +307,16 @@ impl Instance {
     /// Sends requests on one connection and returns each answer (an empty
     /// answer where `answered` says the request gets none).
     fn requests(&self, lines: &[(String, bool)]) -> Result<Vec<Answer>> {
-        let conn = self.connect()?;
-        let mut s = &conn.stream;
-        s.set_read_timeout(Some(Duration::from_secs(60)))?;
-        let mut reader = BufReader::new(s.try_clone()?);
-        let mut out = Vec::new();
-        for (line, answered) in lines {
-            s.write_all(format!("{line}\n").as_bytes())?;
-            if *answered {
-                out.push(read_answer(&mut reader)?);
+        self.with_shared(|conn, reader| {
+            let mut out = Vec::new();
+            for (line, answered) in lines {
+                (&conn.stream).write_all(format!("{line}\n").as_bytes())?;
+                if *answered {
+                    out.push(read_answer(reader)?);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Makes sure the hypervisor has the Hermit image at `path` (uploaded
@@ -361,7 +394,7 @@ pub fn detach(p: &Prepared, dir: &Path) -> Result<Instance> {
     let _ = fs::remove_file(dir.join("qmp.sock"));
     let errors = runner::errors_file(&dir.join("qemu.err"))?;
     let qemu = Qemu::spawn(&p.qemu_args, Options { errors, no_console: true, ..Options::default() })?;
-    let inst = Instance { dir: dir.to_path_buf(), pid: qemu.pid() };
+    let inst = Instance { dir: dir.to_path_buf(), pid: qemu.pid(), shared: Default::default() };
     let info = serde_json::json!({
         "pid": inst.pid,
         "control": inst.socket(),
