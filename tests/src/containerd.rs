@@ -346,6 +346,45 @@ impl Drop for Containerd {
     }
 }
 
+/// The pids of the shim processes that serve (not those running `start`
+/// or `delete` for containerd, which end at once).
+pub fn shim_servers(binary: &Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.first().is_some_and(|a| Path::new(a) == binary) && !args.iter().any(|a| a == "start" || a == "delete") {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Kills the shim servers of `binary` still running when dropped (a test
+/// that failed half-way; containerd's children outlive it).
+pub struct Reap(pub PathBuf);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for pid in shim_servers(&self.0) {
+            let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// `f`'s first `Some`, polled every 300 ms; fails the test after `secs`.
+pub fn until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

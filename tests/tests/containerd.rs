@@ -5,9 +5,9 @@
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use integration_tests::containerd::{Containerd, Options};
+use integration_tests::containerd::{Containerd, Options, Reap, shim_servers, until};
 use integration_tests::{Guest, Manifest, free_port, workspace_root};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
@@ -100,44 +100,6 @@ fn tasks(ctrd: &Containerd) -> Vec<(String, String)> {
             Some((f.first()?.to_string(), f.last()?.to_string()))
         })
         .collect()
-}
-
-/// The pids of the shim processes that serve (not those running `start`
-/// or `delete` for containerd, which end at once).
-fn shim_servers(binary: &Path) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if args.first().is_some_and(|a| Path::new(a) == binary) && !args.iter().any(|a| a == "start" || a == "delete") {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// Kills the shim servers of `binary` still running when dropped (a test
-/// that failed half-way; containerd's children outlive it).
-struct Reap(PathBuf);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        for pid in shim_servers(&self.0) {
-            let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-        }
-    }
-}
-
-fn until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 #[test]

@@ -13,12 +13,11 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use abi::control::{Request, Response};
 use abi::report::GuestState;
 use hyper_util::rt::TokioIo;
-use integration_tests::containerd::{CRI_NAMESPACE, Containerd, Cri, Options};
+use integration_tests::containerd::{CRI_NAMESPACE, Containerd, Cri, Options, Reap, shim_servers, until};
 use integration_tests::{Guest, Manifest, workspace_root};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -53,44 +52,6 @@ fn pkg(app: &str, dir: &Path, args: Option<&[&str]>) -> (String, PathBuf) {
     let args: Option<Vec<String>> = args.map(|a| a.iter().map(|s| s.to_string()).collect());
     let p = xtask::oci::pkg(&App::Workspace(app.into()), args.as_deref(), Some(&out), None).unwrap_or_else(|e| panic!("pkg {app}: {e:#}"));
     (p.oci.expect("an OCI image").reference, out)
-}
-
-/// The pids of the shim processes that serve (not those running `start`
-/// or `delete` for containerd, which end at once).
-fn shim_servers(binary: &Path) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if args.first().is_some_and(|a| Path::new(a) == binary) && !args.iter().any(|a| a == "start" || a == "delete") {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// Kills the shim servers of `binary` still running when dropped (a test
-/// that failed half-way; containerd's children outlive it).
-struct Reap(PathBuf);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        for pid in shim_servers(&self.0) {
-            let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-        }
-    }
-}
-
-fn until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 /// The kubelet's end: CRI v1 clients on containerd's socket, each call
