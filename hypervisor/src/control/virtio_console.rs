@@ -41,8 +41,12 @@ pub const MAX_PORTS: usize = abi::control::CLIENTS_MAX;
 const RX_SIZE: u16 = 32;
 /// Entries of each transmit queue.
 const TX_SIZE: u16 = 16;
-/// Entries of each control queue.
-const CONTROL_SIZE: u16 = 8;
+/// Entries of the control receive queue (QEMU drops a control message it has no
+/// buffer for, and a lost `PORT_OPEN` would strand a client: room for 16
+/// clients coming and going between two polls).
+const CONTROL_RX_SIZE: u16 = 32;
+/// Entries of the control transmit queue (the device takes each at once).
+const CONTROL_TX_SIZE: u16 = 8;
 const CONTROL_RX: u16 = 2;
 const CONTROL_TX: u16 = 3;
 /// Bytes written to a client and not yet taken by the device, at most
@@ -100,8 +104,8 @@ impl<T: Transport> VirtioConsole<T> {
         // `max_nr_ports` (u32 at offset 4), port 0 included.
         let max = u32::from_le_bytes([t.device_config(4), t.device_config(5), t.device_config(6), t.device_config(7)]);
         let n = (max.saturating_sub(1) as usize).min(MAX_PORTS);
-        let (control_rx, control_rx_notify) = crate::virtio::queue(&mut t, CONTROL_RX, CONTROL_SIZE)?;
-        let (control_tx, control_tx_notify) = crate::virtio::queue(&mut t, CONTROL_TX, CONTROL_SIZE)?;
+        let (control_rx, control_rx_notify) = crate::virtio::queue(&mut t, CONTROL_RX, CONTROL_RX_SIZE)?;
+        let (control_tx, control_tx_notify) = crate::virtio::queue(&mut t, CONTROL_TX, CONTROL_TX_SIZE)?;
         let mut ports = Vec::with_capacity(n);
         for p in 1..=n as u16 {
             let (rx, rx_notify) = crate::virtio::queue(&mut t, 2 * p + 2, RX_SIZE)?;
@@ -150,29 +154,56 @@ impl<T: Transport> VirtioConsole<T> {
     /// Handles what the device has done since the last poll: control
     /// messages (clients coming and going) and bytes clients sent, each
     /// handed to `on` in order. Never waits.
+    ///
+    /// Bytes and control messages come in different queues, so which
+    /// client sent a port's bytes follows from QEMU's order: it queues a
+    /// client's `PORT_OPEN 1` before it reads a byte from that client, and
+    /// every byte it read from a client before that client's `PORT_OPEN 0`.
+    /// So each port's received buffers are counted first, then the control
+    /// messages read and handled, then the counted bytes handed over: a
+    /// counted byte's client is one whose open is here by then. A leaving
+    /// client's counted bytes go to its own session before it ends (unless
+    /// the port's next open is here too: a client reads its answers before
+    /// it leaves, so those bytes are the newcomer's), and bytes on a port
+    /// closed here wait in its queue for the open that QEMU sent first.
     pub fn poll(&mut self, on: &mut dyn FnMut(Input<'_>)) {
-        self.poll_control(on);
+        let mut counted = [0u16; MAX_PORTS];
+        for (n, p) in counted.iter_mut().zip(&self.ports) {
+            *n = p.rx.used_count(self.transport.dma());
+        }
+        fence(Ordering::SeqCst);
+        self.poll_control(&mut counted, on);
         for i in 0..self.ports.len() {
             self.flush(i);
         }
-        for i in 0..self.ports.len() {
-            let p = &mut self.ports[i];
-            let open = p.open;
-            let returned = receive(self.transport.dma(), &mut p.rx, &mut self.buf, &mut self.dropped, &mut |bytes| {
-                if open && !bytes.is_empty() {
-                    on(Input::Bytes(i, bytes));
-                }
-            });
-            if returned {
-                fence(Ordering::SeqCst);
-                self.transport.notify(2 * (i as u16 + 1) + 2, p.rx_notify);
+        for (i, &n) in counted.iter().enumerate().take(self.ports.len()) {
+            if self.ports[i].open {
+                self.receive(i, n, on);
             }
         }
     }
 
-    fn poll_control(&mut self, on: &mut dyn FnMut(Input<'_>)) {
+    /// Hands port `i`'s first `n` received buffers to `on` as its client's
+    /// bytes and gives the buffers back to the device.
+    fn receive(&mut self, i: usize, n: u16, on: &mut dyn FnMut(Input<'_>)) {
+        let p = &mut self.ports[i];
+        let returned = receive(self.transport.dma(), &mut p.rx, n, &mut self.buf, &mut self.dropped, &mut |bytes| {
+            if !bytes.is_empty() {
+                on(Input::Bytes(i, bytes));
+            }
+        });
+        if returned {
+            fence(Ordering::SeqCst);
+            self.transport.notify(2 * (i as u16 + 1) + 2, p.rx_notify);
+        }
+    }
+
+    /// Handles the control messages; a leaving client's `counted` buffers
+    /// go to its session first.
+    fn poll_control(&mut self, counted: &mut [u16; MAX_PORTS], on: &mut dyn FnMut(Input<'_>)) {
         let mut msgs: Vec<(u32, u16, u16)> = Vec::new();
-        let returned = receive(self.transport.dma(), &mut self.control_rx, &mut self.buf, &mut self.dropped, &mut |m| {
+        let size = self.control_rx.size;
+        let returned = receive(self.transport.dma(), &mut self.control_rx, size, &mut self.buf, &mut self.dropped, &mut |m| {
             if let Some(m) = m.first_chunk::<CONTROL_BYTES>() {
                 let id = u32::from_le_bytes([m[0], m[1], m[2], m[3]]);
                 msgs.push((id, u16::from_le_bytes([m[4], m[5]]), u16::from_le_bytes([m[6], m[7]])));
@@ -182,7 +213,7 @@ impl<T: Transport> VirtioConsole<T> {
             fence(Ordering::SeqCst);
             self.transport.notify(CONTROL_RX, self.control_rx_notify);
         }
-        for (id, ev, value) in msgs {
+        for (n, &(id, ev, value)) in msgs.iter().enumerate() {
             // Port `id` is ours if 1..=ports; others are refused.
             let port = (id as usize).checked_sub(1).filter(|&i| i < self.ports.len());
             match (ev, port) {
@@ -198,21 +229,23 @@ impl<T: Transport> VirtioConsole<T> {
                         on(Input::Closed(i));
                     }
                 }
-                (event::PORT_OPEN, Some(i)) if self.ports[i].added => {
-                    let was = self.ports[i].open;
-                    self.ports[i].open = value != 0;
-                    match (was, value != 0) {
-                        (false, true) => {
-                            self.control(id, event::PORT_OPEN, 1);
-                            on(Input::Opened(i));
-                        }
-                        (true, false) => {
-                            self.ports[i].pending.clear();
-                            on(Input::Closed(i));
-                        }
-                        _ => {}
+                (event::PORT_OPEN, Some(i)) if self.ports[i].added => match (self.ports[i].open, value != 0) {
+                    (false, true) => {
+                        self.ports[i].open = true;
+                        self.control(id, event::PORT_OPEN, 1);
+                        on(Input::Opened(i));
                     }
-                }
+                    (true, false) => {
+                        let reopened = msgs[n + 1..].iter().any(|&(o, e, v)| o == id && e == event::PORT_OPEN && v != 0);
+                        if !reopened {
+                            self.receive(i, core::mem::take(&mut counted[i]), on);
+                        }
+                        self.ports[i].open = false;
+                        self.ports[i].pending.clear();
+                        on(Input::Closed(i));
+                    }
+                    _ => {}
+                },
                 _ => {}
             }
         }
@@ -278,13 +311,13 @@ impl<T: Transport> VirtioConsole<T> {
     }
 }
 
-/// Takes what the device put in `rx` (at most a queue's worth), hands each
+/// Takes what the device put in `rx` (at most `n` buffers), hands each
 /// buffer's bytes to `each` (through `buf`) and gives the buffers back;
 /// a bad used entry is counted in `dropped`. Returns whether any buffer
 /// went back (the device is then to be told).
-fn receive(mem: &mut impl PhysMem, rx: &mut Virtq, buf: &mut [u8], dropped: &mut u64, each: &mut dyn FnMut(&[u8])) -> bool {
+fn receive(mem: &mut impl PhysMem, rx: &mut Virtq, n: u16, buf: &mut [u8], dropped: &mut u64, each: &mut dyn FnMut(&[u8])) -> bool {
     let mut returned = false;
-    for _ in 0..rx.size {
+    for _ in 0..n.min(rx.size) {
         match rx.pop_used(mem) {
             Ok(Some(u)) => {
                 let len = u.len as usize;

@@ -115,6 +115,14 @@ impl Virtq {
         mem.write(self.avail, RING_IDX, &self.avail_idx.to_le_bytes());
     }
 
+    /// How many buffers the device has finished with and not yet popped
+    /// (at most the queue's size: a device that claims more is lying).
+    pub fn used_count(&self, mem: &mut impl PhysMem) -> u16 {
+        let mut idx = [0u8; 2];
+        mem.read(self.used, RING_IDX, &mut idx);
+        u16::from_le_bytes(idx).wrapping_sub(self.last_used).min(self.size)
+    }
+
     /// The next buffer the device finished with, checked.
     pub fn pop_used(&mut self, mem: &mut impl PhysMem) -> Result<Option<Used>, VirtqError> {
         let mut idx = [0u8; 2];

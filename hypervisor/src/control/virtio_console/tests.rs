@@ -193,9 +193,8 @@ fn clients_come_and_go_and_bytes_flow_both_ways() {
 #[test]
 fn a_lying_device_costs_only_what_it_sent() {
     let mut c = started();
-    // Bytes for a port with no client, a used entry naming no buffer, a
-    // control message that is too short, events for ports not ours.
-    c.transport().give(6, b"nobody listens\n");
+    // A used entry naming no buffer, a control message that is too short,
+    // events for ports not ours.
     c.transport().put_used(4, 999, 3);
     c.transport().give(2, &[1, 0]);
     c.transport().control_in(0, event::PORT_OPEN, 1);
@@ -211,6 +210,48 @@ fn a_lying_device_costs_only_what_it_sent() {
     assert_eq!(poll(&mut c), [('c', 0, Vec::new())]);
     c.transport().control_in(1, event::PORT_OPEN, 1);
     assert_eq!(poll(&mut c), [], "a removed port does not open");
+}
+
+/// QEMU's order for a port: the client's `PORT_OPEN 1` is queued before a
+/// byte of it is read, and all of a leaving client's bytes before its
+/// `PORT_OPEN 0`; control and bytes come in different queues, so the
+/// driver sees a client's bytes before its open, or a leaver's after its
+/// close. Every byte still goes to the session of the client that sent it.
+#[test]
+fn each_byte_goes_to_the_client_that_sent_it_when_clients_churn() {
+    let mut c = started();
+    // Client A (port 1) leaves; the driver sees that. Client B connects
+    // and sends at once: its bytes are in the port's queue before its open
+    // is in the control queue the driver reads.
+    c.transport().control_in(1, event::PORT_OPEN, 0);
+    assert_eq!(poll(&mut c), [('c', 0, Vec::new())]);
+    c.transport().give(4, b"version\n");
+    assert_eq!(poll(&mut c), [], "no session for bytes whose client has not opened yet");
+    c.transport().control_in(1, event::PORT_OPEN, 1);
+    assert_eq!(poll(&mut c), [('o', 0, Vec::new()), ('b', 0, b"version\n".to_vec())], "they wait for B");
+    c.write_line(0, "answer");
+    assert_eq!(c.transport().taken(5), [b"answer\n".to_vec()]);
+    // B sends its last request and leaves before the driver looked: the
+    // request is B's (its session runs it), then B's session ends.
+    c.transport().give(4, b"stop x\n");
+    c.transport().control_in(1, event::PORT_OPEN, 0);
+    assert_eq!(poll(&mut c), [('b', 0, b"stop x\n".to_vec()), ('c', 0, Vec::new())]);
+    // C leaves and D arrives between two looks: what is in the queue then
+    // is D's (C read its answers before leaving).
+    c.transport().control_in(1, event::PORT_OPEN, 1);
+    assert_eq!(poll(&mut c), [('o', 0, Vec::new())]);
+    c.transport().control_in(1, event::PORT_OPEN, 0);
+    c.transport().control_in(1, event::PORT_OPEN, 1);
+    c.transport().give(4, b"list\n");
+    assert_eq!(poll(&mut c), [('c', 0, Vec::new()), ('o', 0, Vec::new()), ('b', 0, b"list\n".to_vec())]);
+    // Sixteen clients come and go between two looks: no open is lost.
+    for _ in 0..16 {
+        c.transport().control_in(1, event::PORT_OPEN, 0);
+        c.transport().control_in(1, event::PORT_OPEN, 1);
+    }
+    let got = poll(&mut c);
+    assert_eq!(got.len(), 32);
+    assert_eq!(got.last(), Some(&('o', 0, Vec::new())));
 }
 
 #[test]
