@@ -136,9 +136,8 @@ pub struct Instance {
     pub dir: PathBuf,
     pub pid: u32,
     /// One connection for every `request` of this instance (and its
-    /// clones): a client that connects anew for each request churns its
-    /// port, and QEMU was seen to miss a client that reconnects at once
-    /// (under investigation), so requests reuse one connection.
+    /// clones), so that a program making many requests holds one port
+    /// instead of taking and leaving one per request.
     shared: std::sync::Arc<std::sync::Mutex<Option<Shared>>>,
 }
 
@@ -221,6 +220,12 @@ impl Instance {
             (&conn.stream).write_all(format!("{line}\n").as_bytes())?;
             read_answer(reader)
         })
+    }
+
+    /// Closes the shared connection, freeing its port (the next request
+    /// connects again).
+    pub fn disconnect(&self) {
+        *self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
     /// Runs `f` on the shared connection (made if there is none); a
