@@ -15,6 +15,7 @@ pub mod mm;
 pub mod net;
 pub mod rtc;
 pub mod sched;
+pub mod slot;
 #[cfg(test)]
 pub mod testutil;
 pub mod virtio;

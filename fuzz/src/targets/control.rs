@@ -131,6 +131,13 @@ impl ControlHost for FuzzHost {
         st.tenants.remove(i);
         Ok(())
     }
+    fn remove_guest(&self, name: &str) -> Result<(), String> {
+        // Its guests are live until stopped, which forgets them.
+        match self.0.borrow().guests.iter().any(|(n, _)| n == name) {
+            true => Err(format!("guest {name} has not ended (stop it first)")),
+            false => Err(format!("no guest {name}")),
+        }
+    }
     fn wait(&self, client: usize, name: &str) -> Result<Option<GuestEvent>, String> {
         self.watch_console(client, name).map(|()| None)
     }

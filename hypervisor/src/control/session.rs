@@ -47,7 +47,8 @@ pub trait ControlHost {
     ) -> Result<(Option<[u8; 4]>, Option<u32>), String>;
     /// Marks a guest to be stopped.
     fn stop(&self, name: &str) -> Result<(), String>;
-    /// A row for every guest created so far.
+    /// A row for every guest not forgotten (live, and ended ones whose
+    /// records are kept), in the order they were created.
     fn list(&self) -> Vec<GuestRow>;
     /// The accounting records of the waiting guests and the machine's.
     fn stats(&self) -> (Vec<GuestStats>, MachineStats);
@@ -58,6 +59,8 @@ pub trait ControlHost {
     fn tenants(&self) -> Vec<TenantRow>;
     /// Forgets tenant `name` if none of its guests is left.
     fn remove_tenant(&self, name: &str) -> Result<(), String>;
+    /// Forgets ended guest `name`'s record (its name and room are free).
+    fn remove_guest(&self, name: &str) -> Result<(), String>;
     /// How guest `name` ended, if it has; otherwise its end will be pushed
     /// to `client` when it comes.
     fn wait(&self, client: usize, name: &str) -> Result<Option<GuestEvent>, String>;
@@ -208,6 +211,9 @@ impl Session {
                 host.watch_console(self.client, name).map(|()| Response::Watching { watching: name.into() }).map_err(ControlError::Refused)
             }
             Request::Stop(name) => host.stop(name).map(|()| Response::Stopped { stopped: name.into() }).map_err(ControlError::Refused),
+            Request::Remove(name) => {
+                host.remove_guest(name).map(|()| Response::Removed { removed: name.into() }).map_err(ControlError::Refused)
+            }
             Request::List => Ok(Response::Guests { guests: host.list() }),
             Request::Stats => {
                 let (guests, machine) = host.stats();
@@ -292,6 +298,12 @@ mod tests {
         fn remove_tenant(&self, name: &str) -> Result<(), String> {
             if name == "acme" { Ok(()) } else { Err(format!("no tenant {name}")) }
         }
+        fn remove_guest(&self, name: &str) -> Result<(), String> {
+            let mut g = self.guests.borrow_mut();
+            let i = g.iter().position(|n| n == name).ok_or_else(|| format!("no guest {name}"))?;
+            g.remove(i);
+            Ok(())
+        }
         fn wait(&self, _: usize, name: &str) -> Result<Option<GuestEvent>, String> {
             if self.guests.borrow().iter().any(|n| n == name) {
                 *self.waited.borrow_mut() = Some(name.into());
@@ -357,7 +369,7 @@ mod tests {
         let stats = send(&mut s, &host, 6, b"stats\n");
         let Ok(Response::Stats { guests, machine }) = serde_json::from_str(&stats[0]) else { panic!("{stats:?}") };
         assert_eq!((guests[0].guest.as_str(), machine.live), ("w", 1));
-        assert_eq!(send(&mut s, &host, 7, b"version\n"), [r#"{"protocol":4,"abi":4}"#]);
+        assert_eq!(send(&mut s, &host, 7, b"version\n"), [r#"{"protocol":5,"abi":4}"#]);
     }
 
     #[test]
@@ -420,7 +432,7 @@ mod tests {
         assert_eq!(
             send(&mut s, &host, 22 + STALL_NS, b"t\n"),
             [
-                r#"{"error":"unknown request (list, stats, stop, capture, images, image-begin, image-data, image-end, image-remove, start, tenants, tenant-remove, wait, events, console, version)","kind":"bad_request"}"#
+                r#"{"error":"unknown request (list, stats, stop, remove, capture, images, image-begin, image-data, image-end, image-remove, start, tenants, tenant-remove, wait, events, console, version)","kind":"bad_request"}"#
             ]
         );
         assert!(send(&mut s, &host, 0, b"image-end\n")[0].contains("no upload in progress"));

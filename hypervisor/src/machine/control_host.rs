@@ -17,6 +17,7 @@ use abi::control::{GuestEvent, ImageInfo, StartOptions, Tenant, TenantRow};
 use abi::report::{GuestRow, GuestStats, MachineStats};
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
@@ -240,7 +241,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
     }
 
     fn list(&self) -> Vec<GuestRow> {
-        let row = |(id, b): (usize, &GuestStatus)| {
+        let row = |(id, b): (usize, Arc<GuestStatus>)| {
             let st = self.net.port_stats(id).unwrap_or_default();
             GuestRow {
                 name: b.name.clone(),
@@ -252,7 +253,9 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
                 received_frames: st.received_frames,
             }
         };
-        self.statuses().map(row).collect()
+        let mut all: Vec<_> = self.statuses().collect();
+        all.sort_unstable_by_key(|(_, s)| s.seq);
+        all.into_iter().map(row).collect()
     }
 
     fn stats(&self) -> (Vec<GuestStats>, MachineStats) {
@@ -288,6 +291,22 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
             return Err(format!("tenant {name} still has {n} guest(s)"));
         }
         c.names[t as usize] = None;
+        Ok(())
+    }
+
+    fn remove_guest(&self, name: &str) -> Result<(), String> {
+        let mut c = self.creating.lock();
+        self.take_ended(&mut c);
+        let id = self.find(name).ok_or_else(|| format!("no guest {name}"))?;
+        let Some(i) = c.kept.iter().position(|&k| k == id) else {
+            return Err(match self.status(id).end.is_completed() {
+                true => format!("guest {name} is still ending (try again)"),
+                false => format!("guest {name} has not ended (stop it first)"),
+            });
+        };
+        c.kept.remove(i);
+        self.forget(id);
+        c.free.push(id);
         Ok(())
     }
 

@@ -313,5 +313,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         self.platform.release_tables(me, g.memory.space.root());
         g.destroy(&mut mem);
         self.live.fetch_sub(1, Ordering::Release);
+        // Done with it: its id may be reused from now on.
+        self.ended.lock().push(id);
     }
 }

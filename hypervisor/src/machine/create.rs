@@ -11,7 +11,9 @@
 //! - A guest that cannot be finished is destroyed whole (every frame it
 //!   got, its ring pages too, goes back).
 //! - Addresses: guest `id` of tenant `t` gets MAC `02:id(4 bytes):t` and
-//!   the `n`th address of its tenant (`abi::guest_ipv4`).
+//!   the `n`th address of its tenant (`abi::guest_ipv4`). Addresses are
+//!   never given twice (a peer's ARP cache never points a reused address
+//!   at another guest); MACs are unique among the guests that exist.
 
 use super::report::sizes;
 use super::{GuestStatus, Machine, Network, Platform, WAITING};
@@ -23,6 +25,7 @@ use crate::net::port::RingAllocError;
 use abi::bundle::{Bundle, Settings, TENANT_NONE};
 use abi::time::TimeInfo;
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -45,6 +48,12 @@ pub(super) struct Creating {
     pub(super) next_host: Vec<u32>,
     /// Tenants' names, by number (the manifest's, and those `start` named).
     pub(super) names: Vec<Option<String>>,
+    /// Ids given before and free again (their records were forgotten).
+    pub(super) free: Vec<usize>,
+    /// Ended guests whose records are kept, the longest ended first.
+    pub(super) kept: VecDeque<usize>,
+    /// Guests created so far.
+    pub(super) created: u64,
 }
 
 /// An image the machine holds: loaded, or refused with the reason (a
@@ -199,7 +208,6 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
     /// `watch`: the control clients (a bit each) its console lines and end
     /// go to.
     pub(super) fn create_guest(&self, name: &str, image: usize, st: &Settings, args: &[&str], watch: u32) -> Result<Created, String> {
-        let mut mem = self.platform.mem();
         let mut creating = self.creating.lock();
         let images = self.images.lock();
         let Some(entry) = images.get(image).filter(|e| !e.is_free()) else { return Err(format!("there is no image {image}")) };
@@ -209,14 +217,62 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         if heap - heap_used < HEAP_HEADROOM {
             return Err(format!("the hypervisor's heap is full ({} used)", sizes(heap_used as u64)));
         }
-        let id = self.count.load(Ordering::Relaxed);
-        if id >= self.status.len() {
-            return Err(format!("no room for more guests ({} at most)", self.status.len()));
+        let Some(id) = self.take_id(&mut creating) else {
+            return Err(format!("no room for more guests ({} at most at once)", self.status.len()));
+        };
+        let created = self.create_as(id, &mut creating, name, img, image, st, &args, watch);
+        if created.is_err() {
+            creating.free.push(id);
         }
+        created
+    }
+
+    /// An id for a new guest: a free one, else one never given, else that
+    /// of the guest that ended longest ago (its record is forgotten).
+    fn take_id(&self, c: &mut Creating) -> Option<usize> {
+        self.take_ended(c);
+        if let Some(id) = c.free.pop() {
+            return Some(id);
+        }
+        let high = self.high.load(Ordering::Relaxed);
+        if high < self.status.len() {
+            return Some(high);
+        }
+        let id = c.kept.pop_front()?;
+        self.forget(id);
+        Some(id)
+    }
+
+    /// Moves the guests whose end is complete into `c.kept`.
+    pub(super) fn take_ended(&self, c: &mut Creating) {
+        c.kept.extend(self.ended.lock().drain(..));
+    }
+
+    /// Empties ended guest `id`'s entries: its id may be given again.
+    pub(super) fn forget(&self, id: usize) {
+        self.status[id].take();
+        self.event_pages[id].take();
+        self.net.release(id);
+    }
+
+    /// Creates guest `name` as id `id` (see `create_guest`).
+    #[allow(clippy::too_many_arguments)]
+    fn create_as(
+        &self,
+        id: usize,
+        creating: &mut Creating,
+        name: &str,
+        img: &LoadedImage,
+        image: usize,
+        st: &Settings,
+        args: &[&str],
+        watch: u32,
+    ) -> Result<Created, String> {
+        let mut mem = self.platform.mem();
         let created_ns = self.now();
         let nic = if st.tenant == TENANT_NONE { None } else { Some(creating.address(id, st)?) };
         let time = &self.time;
-        let mut g = Guest::create(&mut mem, self.guest_upper, self.time_page, img, name, &args, st.memory, |m, page| {
+        let mut g = Guest::create(&mut mem, self.guest_upper, self.time_page, img, name, args, st.memory, |m, page| {
             self.platform.write_boot_info(page, boot_info(img, st.memory, time));
             if let Some(info) = &nic {
                 m.write(page, abi::layout::NIC_INFO_OFFSET as usize, &info.to_bytes());
@@ -254,8 +310,8 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         let created = Created { create_ns: g.stats.create_ns, ip: nic.as_ref().map(|n| n.ipv4), describe };
         // Publish it: tables first, the scheduler last.
         self.guests.lock()[id] = Some(Box::new(g));
-        self.event_pages[id].call_once(|| events);
-        self.status[id].call_once(|| GuestStatus {
+        self.event_pages[id].set(events);
+        self.status[id].set(GuestStatus {
             name: name.into(),
             tenant: nic.as_ref().map(|_| st.tenant),
             state: AtomicU8::new(WAITING),
@@ -263,10 +319,12 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             memory_bytes: AtomicU64::new(0),
             stop_requested: AtomicBool::new(false),
             image,
+            seq: creating.created,
             watched: AtomicU32::new(watch),
             end: spin::Once::new(),
         });
-        self.count.store(id + 1, Ordering::Release);
+        self.high.fetch_max(id + 1, Ordering::Release);
+        creating.created += 1;
         self.watch.lock().iter_mut().for_each(|w| w.started(name));
         self.live.fetch_add(1, Ordering::AcqRel);
         // Spread new guests over the CPUs; balancing evens out the rest.

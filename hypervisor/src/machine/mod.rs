@@ -19,10 +19,17 @@
 //!   its event word first and the scheduler asked second, and the CPU that
 //!   puts a guest to sleep looks at its event word after the put (the
 //!   lost-wake-up rule, see `cpu_loop`).
-//! - The per-guest tables have room for every guest id there will be (the
-//!   boot guests, and `SPARE_GUESTS` more with a control channel), so that
-//!   guests created while others run never move them; ids below `count`
-//!   are in use.
+//! - The per-guest tables have room for every guest there may be at once
+//!   (the boot guests, and `SPARE_GUESTS` more with a control channel), so
+//!   that guests created while others run never move them. An ended
+//!   guest's record (its status: `list`, `wait`) stays until `remove`
+//!   forgets it or its id is needed for a new guest (the record that ended
+//!   longest ago goes first); then its entries are emptied (`Slot`) and
+//!   the id is given again. Whatever still holds an old entry keeps it
+//!   alive and sees the old guest; a stale id (a wake-up, a port lookup)
+//!   reaches at most the new guest's scheduler entry (a spurious wake-up:
+//!   it finds nothing to do), and frames find a guest only through its
+//!   switch port, which is never reused.
 //!
 //! Files: `cpu_loop` (pick, enter, account, wake, balance, idle,
 //! migrate), `create` (images, guests, addresses, vNIC attach, the boot
@@ -46,24 +53,27 @@ pub use platform::Platform;
 
 use crate::guest::Guest;
 use crate::sched::{Scheduler, Wake};
+use crate::slot::Slot;
 use abi::report::GuestState;
 use abi::time::TimeInfo;
 use alloc::boxed::Box;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use spin::{Mutex, Once};
 
 /// Most images loaded at once (the bundle's and uploads).
 pub const MAX_IMAGES: usize = 256;
-/// Room for guests started after boot through the control channel.
+/// Room for guests started after boot through the control channel (at
+/// once: an ended guest's id is given again).
 pub const SPARE_GUESTS: usize = 1024;
 
 /// How a machine is set up (the boot CPU decides, before any guest).
 pub struct Config {
     /// CPUs that run guests.
     pub cpus: usize,
-    /// Guest ids there will ever be.
+    /// Guests there may be at once (live, and ended ones not yet forgotten).
     pub capacity: usize,
     /// The root whose upper half guests' tables map (the hypervisor's own,
     /// or with page-table isolation the reduced one).
@@ -94,8 +104,8 @@ pub struct Machine<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> 
     /// the one running (`wake`); the running guest leaves at its next exit.
     preempt: Vec<AtomicBool>,
     /// Each guest's event page (for raising events from any CPU), set
-    /// once when it is created (ids are never reused).
-    event_pages: Vec<Once<P::Events>>,
+    /// when it is created.
+    event_pages: Vec<Slot<P::Events>>,
     /// Guests not yet ended.
     live: AtomicUsize,
     exited: AtomicU32,
@@ -103,9 +113,12 @@ pub struct Machine<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> 
     /// Time each CPU spent halted with nothing to run.
     idle_ns: Vec<AtomicU64>,
     /// What the control channel reports of every guest, by id.
-    status: Vec<Once<GuestStatus>>,
-    /// Guest ids handed out.
-    count: AtomicUsize,
+    status: Vec<Slot<GuestStatus>>,
+    /// Ids below this have been given out (they are in use, or free).
+    high: AtomicUsize,
+    /// Guests whose end is complete (`finish` is done with them), for
+    /// creation to take into `Creating` (their ids may then be reused).
+    ended: Mutex<Vec<usize>>,
     control: bool,
     /// When the last control byte arrived.
     control_rx_ns: AtomicU64,
@@ -134,6 +147,8 @@ pub struct GuestStatus {
     stop_requested: AtomicBool,
     /// Its image's index in `images` (counted while it has not ended).
     image: usize,
+    /// Guests created before it (ids are reused: this orders `list`).
+    seq: u64,
     /// The control clients (a bit each) its console lines go to
     /// (`console`, `start ... watch`).
     watched: AtomicU32,
@@ -173,13 +188,14 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             scheds: (0..cpus).map(|_| Mutex::new(Scheduler::new())).collect(),
             home: (0..capacity).map(|_| AtomicUsize::new(0)).collect(),
             preempt: (0..cpus).map(|_| AtomicBool::new(false)).collect(),
-            event_pages: (0..capacity).map(|_| Once::new()).collect(),
+            event_pages: (0..capacity).map(|_| Slot::default()).collect(),
             live: AtomicUsize::new(0),
             exited: AtomicU32::new(0),
             stopped: AtomicU32::new(0),
             idle_ns: (0..cpus).map(|_| AtomicU64::new(0)).collect(),
-            status: (0..capacity).map(|_| Once::new()).collect(),
-            count: AtomicUsize::new(0),
+            status: (0..capacity).map(|_| Slot::default()).collect(),
+            high: AtomicUsize::new(0),
+            ended: Mutex::new(Vec::new()),
             control,
             control_rx_ns: AtomicU64::new(0),
             keep_running,
@@ -205,8 +221,9 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Guest `id`'s status (set before the guest can be scheduled).
-    fn status(&self, id: usize) -> &GuestStatus {
+    /// Guest `id`'s status (set before the guest can be scheduled, and
+    /// kept until its id is reused, which its end must have preceded).
+    fn status(&self, id: usize) -> Arc<GuestStatus> {
         self.status[id].get().expect("a created guest has a status")
     }
 
@@ -215,9 +232,10 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         self.statuses().find(|(_, b)| b.name == name).map(|(id, _)| id)
     }
 
-    /// The status of every guest created so far, with their ids.
-    fn statuses(&self) -> impl Iterator<Item = (usize, &GuestStatus)> {
-        self.status[..self.count.load(Ordering::Acquire)].iter().enumerate().filter_map(|(id, b)| Some((id, b.get()?)))
+    /// The status of every guest (live, and ended and not forgotten),
+    /// with their ids.
+    fn statuses(&self) -> impl Iterator<Item = (usize, Arc<GuestStatus>)> {
+        self.status[..self.high.load(Ordering::Acquire)].iter().enumerate().filter_map(|(id, b)| Some((id, b.get()?)))
     }
 
     /// Wakes guest `id` if it is blocked (an event arrived for it: its bits

@@ -58,6 +58,9 @@ pub enum Captured {
     End { taken: u32, dropped: u64 },
 }
 
+/// The two counters in front of a value behind an `Arc`.
+const ARC_COUNTS: u64 = 2 * core::mem::size_of::<usize>() as u64;
+
 /// The network back end.
 pub trait Network: Sync {
     /// A guest's ring, as the platform makes it.
@@ -78,6 +81,8 @@ pub trait Network: Sync {
     fn uplink_rx_ns(&self) -> Option<u64>;
     /// Nothing is delivered to `guest` any more (it ended or lied).
     fn disconnect(&self, guest: usize);
+    /// Forgets `guest`'s port (disconnected before): its id may be reused.
+    fn release(&self, guest: usize);
     /// Guest `guest`'s port's counters, if it has a port.
     fn port_stats(&self, guest: usize) -> Option<PortStats>;
     /// What the back end holds per guest whether it has a port or not.
@@ -107,8 +112,16 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice + Send> Network for Net<R, E,
             }
         }
         let p = Port::new(port, a.tenant, a.ring_slots, a.limits, a.tx, a.rx, a.events);
-        self.ports[a.guest].call_once(|| p);
-        Ok(())
+        match self.ports.get(a.guest) {
+            Some(slot) => {
+                slot.set(p);
+                Ok(())
+            }
+            None => {
+                self.switch.lock().remove_port(p.switch_port);
+                Err("no room for another vNIC".into())
+            }
+        }
     }
 
     fn drain(&self, guest: usize, now_ns: u64, wake: &mut dyn FnMut(usize)) -> Result<(), String> {
@@ -127,6 +140,10 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice + Send> Network for Net<R, E,
         Net::disconnect(self, guest)
     }
 
+    fn release(&self, guest: usize) {
+        Net::release(self, guest)
+    }
+
     fn port_stats(&self, guest: usize) -> Option<PortStats> {
         let p = self.port(guest)?;
         let st = self.switch.lock().stats(p.switch_port).unwrap_or_default();
@@ -136,7 +153,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice + Send> Network for Net<R, E,
             sent_frames: st.rx_frames,
             received_frames: st.tx_frames,
             ring_bytes: p.ring_bytes(),
-            record_bytes: p.record_bytes() + Switch::BYTES_PER_PORT as u64,
+            record_bytes: p.record_bytes() + Switch::BYTES_PER_PORT as u64 + ARC_COUNTS,
             limited: p.limited(),
             ring_errors: p.ring_errors.load(Ordering::Relaxed),
             uplink_dropped: p.uplink_dropped(),
@@ -145,7 +162,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice + Send> Network for Net<R, E,
     }
 
     fn bytes_per_guest(&self) -> u64 {
-        (core::mem::size_of::<spin::Once<Port<R, E>>>() + core::mem::size_of::<core::sync::atomic::AtomicUsize>()) as u64
+        (crate::slot::Slot::<Port<R, E>>::BYTES + core::mem::size_of::<core::sync::atomic::AtomicUsize>()) as u64
     }
 
     fn start_capture(&self, target: CaptureTarget, max: u32, until_ns: u64) {

@@ -7,10 +7,11 @@
 //! (`docs/abi.md`), never renamed without its version.
 
 use super::network::PortStats;
-use super::{Machine, Network, Platform};
+use super::{GuestStatus, Machine, Network, Platform};
 use crate::control::json_line;
 use crate::guest::Guest;
 use crate::sched::Scheduler;
+use crate::slot::Slot;
 use abi::control::Response;
 use abi::report::{GuestState, GuestStats, MachineStats};
 use alloc::boxed::Box;
@@ -29,10 +30,13 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
     pub(super) fn guest_stats(&self, g: &Guest, state: GuestState, port: Option<PortStats>) -> GuestStats {
         let s = &g.stats;
         let m = &g.memory;
+        // Each `Slot`'s value sits behind two reference counts.
+        let counted = |value: usize| Slot::<()>::BYTES + value + 2 * core::mem::size_of::<usize>();
         let hv_bytes = g.record_bytes()
             + (core::mem::size_of::<Option<Box<Guest>>>()
                 + core::mem::size_of::<AtomicUsize>()
-                + core::mem::size_of::<spin::Once<P::Events>>()
+                + counted(core::mem::size_of::<P::Events>())
+                + counted(core::mem::size_of::<GuestStatus>() + g.name.len())
                 + Scheduler::BYTES_PER_GUEST) as u64
             + self.net.bytes_per_guest()
             + port.map_or(0, |p| p.record_bytes);
@@ -79,7 +83,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
 
     /// The accounting records of every waiting guest.
     pub(super) fn waiting_stats_all(&self) -> Vec<GuestStats> {
-        (0..self.count.load(Ordering::Acquire)).filter_map(|id| self.waiting_stats(id)).collect()
+        (0..self.high.load(Ordering::Acquire)).filter_map(|id| self.waiting_stats(id)).collect()
     }
 
     /// The record of the whole machine: memory (frames, the hypervisor's

@@ -525,7 +525,7 @@ fn a_guest_whose_vnic_cannot_be_attached_is_destroyed_whole() {
     let e = m.create_guest("n", 0, &st, &[], 0).err().expect("the network refuses the port");
     assert_eq!(e, "no network");
     assert_eq!(m.platform.mem.lock().live, before, "its pages, tables and ring frames are all freed");
-    assert_eq!(m.count.load(Ordering::SeqCst), 0, "no id is used up");
+    assert_eq!((m.high.load(Ordering::SeqCst), m.creating.lock().free.as_slice()), (0, &[0][..]), "no id is used up");
     // Its address was taken all the same (as before: addresses are not reused).
     assert_eq!(m.creating.lock().next_host, [0, 1]);
 }
@@ -547,6 +547,9 @@ struct Ports {
     /// (sender, receiver): the next drain of the sender's TX wakes the
     /// receiver (as a frame between them would), once.
     deliveries: Mutex<Vec<(usize, usize)>>,
+    /// Guests disconnected, and released, in order.
+    disconnected: Mutex<Vec<usize>>,
+    released: Mutex<Vec<usize>>,
 }
 
 impl Ports {
@@ -580,7 +583,13 @@ impl Network for Ports {
     fn uplink_rx_ns(&self) -> Option<u64> {
         None
     }
-    fn disconnect(&self, _: usize) {}
+    fn disconnect(&self, id: usize) {
+        self.disconnected.lock().push(id);
+    }
+    fn release(&self, id: usize) {
+        assert!(self.disconnected.lock().contains(&id), "guest {id}'s port released before it was disconnected");
+        self.released.lock().push(id);
+    }
     fn port_stats(&self, _: usize) -> Option<PortStats> {
         None
     }
@@ -861,8 +870,8 @@ fn each_client_has_its_own_session_and_watches_until_it_goes() {
     // Client 1 watches events and has half a request under way; client 0
     // asks for the version meanwhile.
     assert_eq!(send(1, Some(b"events\nver"), &mut sessions), [r#"1:{"watching":"events"}"#]);
-    assert_eq!(send(0, Some(b"version\n"), &mut sessions), [r#"0:{"protocol":4,"abi":4}"#]);
-    assert_eq!(send(1, Some(b"sion\n"), &mut sessions), [r#"1:{"protocol":4,"abi":4}"#], "its half line was its own");
+    assert_eq!(send(0, Some(b"version\n"), &mut sessions), [r#"0:{"protocol":5,"abi":4}"#]);
+    assert_eq!(send(1, Some(b"sion\n"), &mut sessions), [r#"1:{"protocol":5,"abi":4}"#], "its half line was its own");
     guest(&m, "a", &[Act::Exit(0)]);
     assert_eq!(steps(&m, 0, &mut CpuState::default(), 10), Pass::Done);
     let out = send(0, None, &mut Vec::new());
@@ -876,4 +885,48 @@ fn each_client_has_its_own_session_and_watches_until_it_goes() {
     send(1, None, &mut sessions);
     let out = send(1, Some(b"list\n"), &mut sessions);
     assert!(out.len() == 1 && out[0].starts_with(r#"1:{"guests":"#), "{out:?}");
+}
+
+/// A hypervisor starts guests for as long as it runs: an ended guest's
+/// record stays (listed, waited for) until `remove` forgets it or its room
+/// is needed, the longest ended first; an id given again carries nothing
+/// of the guest it was (its port is released, after its disconnection;
+/// its event page and status are the new guest's).
+#[test]
+fn ended_guests_make_room_for_new_ones_the_longest_ended_first() {
+    let m = machine_on(1, Ports::default());
+    for i in 0..16 {
+        guest(&m, &format!("g{i}"), &[Act::Exit(i)]);
+    }
+    assert_eq!(steps(&m, 0, &mut CpuState::default(), 100), Pass::Done);
+    let rows = m.list();
+    assert_eq!(rows.len(), 16);
+    assert!(rows.iter().all(|r| r.state == GuestState::Exited), "{rows:?}");
+    assert_eq!(m.wait(0, "g3").map(|e| e.and_then(|e| e.exit_code)), Ok(Some(3)), "an ended guest's record is kept");
+
+    // The room is full of records: a new guest takes that of the guest
+    // that ended first, g0 (one CPU runs them in order).
+    let new = guest(&m, "new", &[Act::Block(u64::MAX)]);
+    assert_eq!(new, 0);
+    assert!(m.find("g0").is_none() && m.wait(0, "g0").is_err(), "g0's record is forgotten");
+    let names: Vec<String> = m.list().into_iter().map(|r| r.name).collect();
+    assert_eq!((names.len(), names[0].as_str(), names[15].as_str()), (16, "g1", "new"), "listed in the order they were created");
+    let page = m.guests.lock()[0].as_deref().and_then(|g| m.platform.events_of(g)).unwrap().page;
+    assert_eq!(m.event_pages[0].get().unwrap().page, page, "the id's event page is the new guest's");
+    assert_eq!(m.status(0).name, "new");
+    assert_eq!(*m.net.released.lock(), [0]);
+
+    // `remove` forgets an ended guest's record at once, its name is free
+    // again, and its id is the next one given; a live guest is refused.
+    assert!(m.remove_guest("new").unwrap_err().contains("has not ended"));
+    assert!(m.remove_guest("nobody").is_err());
+    m.remove_guest("g5").unwrap();
+    assert!(m.find("g5").is_none());
+    m.wake(5, 0);
+    assert_eq!(guest(&m, "g5", &[Act::Exit(55)]), 5, "the name and the id are given again");
+    assert_eq!(*m.net.released.lock(), [0, 5]);
+    steps(&m, 0, &mut CpuState::default(), 20);
+    assert_eq!(m.wait(0, "g5").map(|e| e.and_then(|e| e.exit_code)), Ok(Some(55)), "the new g5's end, not the old one's");
+    assert_eq!(m.list().len(), 16);
+    assert_eq!(m.statuses().filter(|(_, s)| s.state.load(Ordering::Relaxed) < EXITED).count(), 1, "only `new` is live");
 }

@@ -28,8 +28,10 @@ use serde::{Deserialize, Serialize};
 /// 2 added `version` and the `exit_code` and `stop_reason` of
 /// `guest_stats`; 3 added the `kind` of error answers; 4 added image
 /// digests and `image-remove`, `start` options and named tenants,
-/// `tenants`, `tenant-remove`, `wait`, `events` and `console`.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// `tenants`, `tenant-remove`, `wait`, `events` and `console`; 5: `remove`
+/// (an ended guest's record is kept until removed, or until its room is
+/// needed: guest names and room are reused).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Clients a hypervisor serves at once on a virtio console (a port each:
 /// `run --detach` makes the sockets `control.sock`, `control-1.sock`, ...);
@@ -195,6 +197,8 @@ pub enum Response {
     LinesDropped { lines_dropped: u64 },
     /// `stop`: the guest is marked; it ends at its next exit.
     Stopped { stopped: String },
+    /// `remove`: the ended guest's record is forgotten (its name is free).
+    Removed { removed: String },
     /// `capture`: frames follow.
     Capturing { capturing: String },
     /// A captured frame (hex), with the wall-clock time it passed.

@@ -49,6 +49,8 @@ pub enum Request<'a> {
     Events,
     /// `console NAME`
     Console(&'a str),
+    /// `remove NAME` (protocol 5): forget an ended guest's record.
+    Remove(&'a str),
 }
 
 /// The tenant `start` puts a guest in.
@@ -181,8 +183,8 @@ impl fmt::Display for RequestError {
         f.write_str(match self {
             Self::Empty => "empty request",
             Self::Unknown => {
-                "unknown request (list, stats, stop, capture, images, image-begin, image-data, image-end, image-remove, start, \
-                 tenants, tenant-remove, wait, events, console, version)"
+                "unknown request (list, stats, stop, remove, capture, images, image-begin, image-data, image-end, image-remove, \
+                 start, tenants, tenant-remove, wait, events, console, version)"
             }
             Self::TooManyWords => "too many words",
             Self::TooLong => "request too long",
@@ -200,7 +202,7 @@ impl fmt::Display for RequestError {
                 "start: options before -- are weight=1..10000, cap=1..100, ring_slots=2..128 (a power of two), \
                  nic_packets=, nic_bytes=, nic_broadcasts=, console_bytes=, notifications= (per second, 0: none), watch"
             }
-            Self::NeedsName => "image-remove, tenant-remove, wait and console need one name",
+            Self::NeedsName => "image-remove, tenant-remove, wait, console and remove need one name",
             Self::CaptureUsage => "capture needs a guest or tenant:N, a frame count and seconds, both above 0",
         })
     }
@@ -299,7 +301,8 @@ pub fn parse(line: &str) -> Result<Request<'_>, RequestError> {
         (Some("wait"), Some(w)) => Request::Wait(w),
         (Some("events"), None) => Request::Events,
         (Some("console"), Some(w)) => Request::Console(w),
-        (Some("image-remove" | "tenant-remove" | "wait" | "console"), None) => return Err(E::NeedsName),
+        (Some("remove"), Some(w)) => Request::Remove(w),
+        (Some("image-remove" | "tenant-remove" | "wait" | "console" | "remove"), None) => return Err(E::NeedsName),
         (Some("capture"), Some(what)) => {
             let mut num = || words.next().and_then(|w| w.parse::<u32>().ok()).filter(|&n| n > 0);
             match (num(), num()) {
@@ -345,6 +348,7 @@ impl fmt::Display for Request<'_> {
             Self::ImageRemove(w) => write!(f, "image-remove {w}"),
             Self::Tenants => f.write_str("tenants"),
             Self::TenantRemove(w) => write!(f, "tenant-remove {w}"),
+            Self::Remove(w) => write!(f, "remove {w}"),
             Self::Wait(w) => write!(f, "wait {w}"),
             Self::Events => f.write_str("events"),
             Self::Console(w) => write!(f, "console {w}"),

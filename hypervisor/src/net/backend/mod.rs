@@ -39,10 +39,12 @@ use super::capture::{Capture, CaptureTarget};
 use super::port::{GuestEvents, GuestRing, Port};
 use super::switch::{INSPECT_BYTES, PortId, Switch, Verdict, is_multicast};
 use super::uplink_queue::{Bounds, Offered, UplinkQueue};
+use crate::slot::Slot;
 use abi::ring::{MTU_FRAME, Producer, RingError};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use spin::{Mutex, Once};
+use spin::Mutex;
 
 #[cfg(test)]
 mod tests;
@@ -78,9 +80,10 @@ pub struct Net<R, E, U> {
     pub switch: Mutex<Switch>,
     /// The port to the host, and its driver.
     pub uplink: Option<(PortId, Mutex<U>)>,
-    /// Ports by guest id (room for every guest id there will be; a port is
-    /// set once, when its guest is created).
-    pub ports: Vec<Once<Port<R, E>>>,
+    /// Ports by guest id (room for every guest id there may be at once):
+    /// set when a guest is created, emptied when its id is reused, so a
+    /// port is found by its switch port (`guest_at`), never by id alone.
+    pub ports: Vec<Slot<Port<R, E>>>,
     /// Guest id by switch port slot (`usize::MAX`: none).
     pub guest_of_slot: Vec<AtomicUsize>,
     /// Frames from the host waiting for room in a guest's RX ring, per
@@ -99,7 +102,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         Self {
             switch: Mutex::new(Switch::new()),
             uplink: None,
-            ports: (0..guests).map(|_| Once::new()).collect(),
+            ports: (0..guests).map(|_| Slot::default()).collect(),
             guest_of_slot: (0..guests + 1).map(|_| AtomicUsize::new(usize::MAX)).collect(),
             held: Mutex::new(UplinkQueue::new(Bounds::UPLINK)),
             uplink_rx_ns: AtomicU64::new(0),
@@ -109,8 +112,16 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
     }
 
     /// Guest `id`'s port, if it has one.
-    pub fn port(&self, id: usize) -> Option<&Port<R, E>> {
-        self.ports.get(id).and_then(Once::get)
+    pub fn port(&self, id: usize) -> Option<Arc<Port<R, E>>> {
+        self.ports.get(id).and_then(Slot::get)
+    }
+
+    /// Forgets guest `id`'s port (disconnected before): its id may be
+    /// given to another guest.
+    pub fn release(&self, id: usize) {
+        if let Some(slot) = self.ports.get(id) {
+            slot.take();
+        }
     }
 
     /// Records a frame for the capture, if one runs and wants it.
@@ -186,7 +197,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             if let Some(p) = self.port(g)
                 && p.notify(abi::time::events::NET_RX)
             {
-                wake(g, p);
+                wake(g, &p);
             }
         }
     }
@@ -268,10 +279,12 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         self.to_guest(dest, woken, now_ns, |rx, ring| rx.push(ring, frame))
     }
 
-    /// The guest (id and port) behind switch port `dest`, if any.
-    fn guest_at(&self, dest: PortId) -> Option<(usize, &Port<R, E>)> {
+    /// The guest (id and port) behind switch port `dest`, if any: the
+    /// port must be that switch port (a slot's guest, or a guest id, may
+    /// have been given to another since `dest` was looked up).
+    fn guest_at(&self, dest: PortId) -> Option<(usize, Arc<Port<R, E>>)> {
         let g = self.guest_of_slot.get(dest.slot())?.load(Ordering::Acquire);
-        Some((g, self.port(g)?))
+        self.port(g).filter(|p| p.switch_port == dest).map(|p| (g, p))
     }
 
     /// Switches the frames the host sent to the guests; calls `wake` for

@@ -54,7 +54,7 @@ fn net(guests: usize) -> TestNet {
 fn attach(net: &TestNet, id: usize, tenant: u32, slots: u32, limits: abi::bundle::Limits) {
     let sp = net.switch.lock().add_port(tenant, mac(id), ip(id)).unwrap();
     net.guest_of_slot[sp.slot()].store(id, Ordering::Release);
-    net.ports[id].call_once(|| Port::new(sp, tenant, slots, &limits, SharedRing::new(slots), SharedRing::new(slots), Events::default()));
+    net.ports[id].set(Port::new(sp, tenant, slots, &limits, SharedRing::new(slots), SharedRing::new(slots), Events::default()));
 }
 
 const UNLIMITED: abi::bundle::Limits =
@@ -338,4 +338,31 @@ fn the_lock_order_holds_under_drains_polls_and_disconnects() {
         assert_eq!(p2.events.late.load(Ordering::Relaxed), 0, "round {round}: an event was raised after disconnect");
         assert!(net.held.lock().waiting(2) == 0, "round {round}: frames still held for a disconnected guest");
     }
+}
+
+/// A guest id given again (its guest ended and its record was forgotten)
+/// carries nothing across: the old switch port finds no guest (even where
+/// the switch gives its slot again), and frames for the old guest's MAC
+/// reach no one in the new guest's tenant.
+#[test]
+fn a_reused_guest_id_gets_nothing_meant_for_the_guest_it_was() {
+    let net = net(3);
+    attach(&net, 1, 0, 4, UNLIMITED);
+    attach(&net, 2, 0, 4, UNLIMITED);
+    let old = net.port(2).unwrap().switch_port;
+    net.disconnect(2);
+    net.release(2);
+    assert!(net.port(2).is_none());
+    // Guest id 2 again, in tenant 1, with another MAC.
+    let sp = net.switch.lock().add_port(1, [2, 0, 0, 0, 9, 1], [10, 1, 0, 2]).unwrap();
+    net.guest_of_slot[sp.slot()].store(2, Ordering::Release);
+    net.ports[2].set(Port::new(sp, 1, 4, &UNLIMITED, SharedRing::new(4), SharedRing::new(4), Events::default()));
+    assert!(net.guest_at(old).is_none(), "the old switch port finds no guest");
+    assert_eq!(net.guest_at(sp).map(|(g, _)| g), Some(2));
+    let mut tx = Producer::new(4);
+    send(&net, 1, &mut tx, &[frame(mac(1), mac(2), 1)]);
+    let mut woken = Vec::new();
+    net.drain(1, 0, &mut |g, _| woken.push(g)).unwrap();
+    assert_eq!(woken, Vec::<usize>::new());
+    assert_eq!(receive(&net, 2, &mut Consumer::new(4)), Vec::<Vec<u8>>::new());
 }
