@@ -179,6 +179,19 @@ impl Hive {
         Ok(name)
     }
 
+    /// Has the hypervisor forget ended guest `name` (its record, its room,
+    /// its name: a container id used again gets its own name back). A
+    /// guest that never started, or is gone already, is no error.
+    pub fn forget(&self, name: &str) -> Result<(), String> {
+        match self.request(&Request::Remove(name)) {
+            Ok(_) => {}
+            Err(e) if e.contains("no guest") => {}
+            Err(e) => return Err(e),
+        }
+        lock(&self.known).names.remove(name);
+        Ok(())
+    }
+
     /// A control socket no cooperating client holds, locked: like `ctl`,
     /// the numbered ports first so `control.sock` stays free for clients
     /// that take no lock; a hypervisor on COM2 has `control.sock` only.

@@ -498,14 +498,20 @@ impl Shared {
         let t = tasks.by_id.remove(id).expect("looked up above");
         // A waiter on a task deleted before it ran hears it is gone.
         self.ended.notify_all();
-        let tenant = match &t.kind {
+        let (tenant, guest) = match &t.kind {
             Kind::Guest { name, .. } => {
                 tasks.by_guest.remove(name);
-                None
+                (None, Some(name.clone()))
             }
-            Kind::Sandbox { tenant } => Some(tenant.clone()),
+            Kind::Sandbox { tenant } => (Some(tenant.clone()), None),
         };
         drop(tasks);
+        if let Some(name) = guest
+            && let Err(e) = self.hive.forget(&name)
+        {
+            // Its record stays until the hypervisor needs the room.
+            log::warn!("guest {name} not forgotten: {e}");
+        }
         if !t.forwards.is_empty() {
             self.job(Job::Unforward(t.forwards.clone()));
         }

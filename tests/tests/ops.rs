@@ -405,6 +405,46 @@ fn clients_that_come_and_go_at_once_are_each_answered_with_their_own_answer() {
     assert!(matches!(*inst.0.request("version").unwrap(), Response::Version { .. }));
 }
 
+/// A hypervisor is not used up by the guests it ran: more guests than it
+/// has room for start and end one after another (the records of ended
+/// guests give way, the longest ended first), and `rm` forgets an ended
+/// guest at once so that its name can be used again.
+#[test]
+fn more_guests_than_there_is_room_for_come_and_go_and_removed_names_are_free() {
+    // The room a detached hypervisor has beyond its manifest's guests
+    // (`hypervisor::machine::SPARE_GUESTS`).
+    const ROOM: usize = 1024;
+    const GUESTS: usize = ROOM + 76;
+    let (inst, _dir) = Detached::start("reuse", Manifest::new([Guest::app("h", "hello")]));
+    let hello = xtask::build_apps(&["hello"]).unwrap().remove(0);
+    let digest = inst.0.ensure_image(&hello).unwrap();
+    let start = |name: &str| {
+        let line = xtask::ctl::Instance::start_line(&spec(name, &hello, 1 << 20), &digest).unwrap();
+        inst.0.request(&line)
+    };
+    let t = Instant::now();
+    for i in 0..GUESTS {
+        let name = format!("g{i}");
+        start(&name).unwrap_or_else(|e| panic!("guest {i} of {GUESTS} not started: {e:#}"));
+        assert_eq!(inst.0.wait(&name).unwrap().exit_code, Some(0), "{name}");
+    }
+    eprintln!("{GUESTS} guests started and ended one after another in {:.1} s", t.elapsed().as_secs_f64());
+    let names: Vec<String> = inst.0.list().unwrap().into_iter().map(|g| g.name).collect();
+    assert!(names.len() <= ROOM + 1, "{} records kept", names.len());
+    assert!(!names.contains(&"h-0".to_string()) && !names.contains(&"g0".to_string()), "the longest ended gave way first");
+    assert_eq!(names.last().map(String::as_str), Some(format!("g{}", GUESTS - 1).as_str()));
+
+    // `remove`: an ended guest is forgotten, and its name is free again; a
+    // name nobody has is refused.
+    let last = format!("g{}", GUESTS - 1);
+    assert!(start(&last).unwrap_err().to_string().contains("exists already"));
+    assert_eq!(*inst.0.request(&format!("remove {last}")).unwrap(), Response::Removed { removed: last.clone() });
+    assert!(inst.0.request(&format!("wait {last}")).unwrap_err().to_string().contains("no guest"));
+    start(&last).unwrap();
+    assert_eq!(inst.0.wait(&last).unwrap().exit_code, Some(0));
+    assert!(inst.0.request("remove nobody").unwrap_err().to_string().contains("no guest nobody"));
+}
+
 /// Protocol 4 end to end on a running hypervisor: images named by digest
 /// (loaded once, a rebuilt one never mistaken for the old, removed when no
 /// guest runs it), a start with options that streams the guest's console

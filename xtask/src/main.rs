@@ -127,6 +127,10 @@ enum Ctl {
     },
     /// Stop a guest; the others keep running.
     Stop { name: String },
+    /// Forget an ended guest (its record, in `list` and for `wait`): its
+    /// name and room are free again. Without it, the record stays until
+    /// the room is needed for a new guest (the longest ended first).
+    Rm { name: String },
     /// Wait for a guest to end; print how (JSON) and exit with its exit
     /// code (125 if the hypervisor stopped it).
     Wait { name: String },

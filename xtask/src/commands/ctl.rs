@@ -50,6 +50,7 @@ pub fn run(what: Ctl) -> Result<()> {
             exit_as(end)?;
         }
         Ctl::Stop { name } => println!("{}", inst.request(&format!("stop {name}"))?),
+        Ctl::Rm { name } => println!("{}", inst.request(&Request::Remove(&name).to_string())?),
         Ctl::Wait { name } => {
             let end = inst.wait(&name)?;
             println!("{}", serde_json::to_string(&end)?);
