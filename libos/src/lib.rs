@@ -22,7 +22,7 @@ mod sys;
 pub mod task;
 pub mod time;
 
-pub use rt::{args, exit, name, start_info};
+pub use rt::{args, exit, name, start_info, var, vars};
 
 #[doc(hidden)]
 pub mod __private {

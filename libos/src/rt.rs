@@ -29,6 +29,20 @@ pub fn args() -> impl Iterator<Item = &'static str> {
     start_str(si.args_addr, si.args_len).split(|&b| b == 0).take(si.argc as usize).map(|a| core::str::from_utf8(a).unwrap_or("?"))
 }
 
+/// The environment the guest was started with (`ctl start --env`, a
+/// container's `process.env`): `KEY=VALUE` each, split at the first `=`.
+/// Empty under a hypervisor from before environments (its zero bytes).
+pub fn vars() -> impl Iterator<Item = (&'static str, &'static str)> {
+    let si = start_info();
+    let bytes = if si.envc == 0 { &[][..] } else { start_str(si.env_addr, si.env_len) };
+    bytes.split(|&b| b == 0).take(si.envc as usize).filter_map(|v| core::str::from_utf8(v).ok()).filter_map(|v| v.split_once('='))
+}
+
+/// The value of environment variable `key`, if the guest was given it.
+pub fn var(key: &str) -> Option<&'static str> {
+    vars().find(|&(k, _)| k == key).map(|(_, v)| v)
+}
+
 /// Stops this guest with exit code `code`.
 pub fn exit(code: i32) -> ! {
     crate::hypercall::exit(code)
@@ -62,6 +76,7 @@ pub unsafe fn start(_boot: &'static RawBootInfo, _cpu_id: u32, main: impl FnOnce
         || si.abi_version != abi::ABI_VERSION
         || !inside(si.name_addr, si.name_len)
         || !inside(si.args_addr, si.args_len)
+        || (si.envc != 0 && !inside(si.env_addr, si.env_len))
     {
         exit(127);
     }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use abi::control::{ARGS_MAX, Tenant, good_name, good_tenant_name};
+use abi::control::{ARGS_MAX, ENV_MAX, Tenant, good_name, good_tenant_name};
 use oci_spec::runtime::Spec;
 use sha2::{Digest, Sha256};
 
@@ -60,6 +60,8 @@ pub struct GuestPlan {
     pub cap: Option<u32>,
     /// The guest's arguments (none: the image's `hermit.toml` `app_args`).
     pub args: Vec<String>,
+    /// Its environment, `KEY=VALUE` each (`process.env`).
+    pub env: Vec<String>,
     /// Host port forwards (TCP on 127.0.0.1).
     pub ports: Vec<Port>,
 }
@@ -145,7 +147,8 @@ pub fn plan(id: &str, spec: &Spec) -> Result<Plan, PlanError> {
     };
 
     let args = guest_args(spec.process().as_ref().and_then(|p| p.args().as_deref()).unwrap_or(&[]))?;
-    Ok(Plan::Guest(GuestPlan { memory, tenant, weight, cap, args, ports }))
+    let env = guest_env(spec.process().as_ref().and_then(|p| p.env().as_deref()).unwrap_or(&[]))?;
+    Ok(Plan::Guest(GuestPlan { memory, tenant, weight, cap, args, env, ports }))
 }
 
 /// CPU shares to a weight: 1024 shares are weight 100, clamped to 1..=10000.
@@ -162,8 +165,8 @@ pub fn cap_from_quota(quota: Option<i64>, period: Option<u64>) -> Option<u32> {
 }
 
 /// `process.args` to the guest's arguments: argv\[0\] is dropped when it is
-/// the image's path (the OCI image's entrypoint); each argument must be one
-/// word (the control protocol separates them with whitespace).
+/// the image's path (the OCI image's entrypoint). Spaces and any other
+/// characters travel (escaped); an empty argument or a NUL cannot.
 pub fn guest_args(argv: &[String]) -> Result<Vec<String>, PlanError> {
     let rest = match argv.first().map(String::as_str) {
         Some(a) if a == abi::oci::IMAGE_PATH || a == abi::oci::IMAGE_LAYER_PATH => &argv[1..],
@@ -173,11 +176,31 @@ pub fn guest_args(argv: &[String]) -> Result<Vec<String>, PlanError> {
         return err(format!("{} arguments: a guest takes at most {ARGS_MAX}", rest.len()));
     }
     for a in rest {
-        if a.is_empty() || a.chars().any(char::is_whitespace) {
-            return err(format!("argument {a:?}: a guest's arguments are words without whitespace"));
+        if a.is_empty() || a.contains('\0') {
+            return err(format!("argument {a:?}: a guest's arguments are not empty and hold no NUL"));
         }
     }
     Ok(rest.to_vec())
+}
+
+/// `process.env` to the guest's environment: each `KEY=VALUE` with a key
+/// and no NUL, at most [`ENV_MAX`] (they share the guest's start page with
+/// its arguments, which the hypervisor checks: the kubelet's service
+/// variables for a namespace with many services may not fit, see
+/// `enableServiceLinks`).
+pub fn guest_env(env: &[String]) -> Result<Vec<String>, PlanError> {
+    if env.len() > ENV_MAX {
+        return err(format!(
+            "{} environment variables: a guest takes at most {ENV_MAX} (a pod's enableServiceLinks: false drops the kubelet's)",
+            env.len()
+        ));
+    }
+    for v in env {
+        if v.find('=').is_none_or(|k| k == 0) || v.contains('\0') {
+            return err(format!("environment variable {v:?}: each is KEY=VALUE with a KEY, and holds no NUL"));
+        }
+    }
+    Ok(env.to_vec())
 }
 
 /// `hive.ports`: `HOST:GUEST[,HOST:GUEST...]`, each port 1..=65535,

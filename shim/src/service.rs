@@ -396,10 +396,10 @@ impl Shared {
         drop(tasks);
 
         let options = StartOptions { weight: plan.weight, cap: plan.cap, watch: true, ..StartOptions::default() };
-        let args: Vec<&str> = plan.args.iter().map(String::as_str).collect();
         let start = |name: &str| {
-            let req =
-                Request::Start { name, image: &digest, memory: plan.memory, tenant: plan.tenant.as_tenant(), options, args: args.clone() };
+            let args = plan.args.iter().map(|s| s.as_str().into()).collect();
+            let env = plan.env.iter().map(|s| s.as_str().into()).collect();
+            let req = Request::Start { name, image: &digest, memory: plan.memory, tenant: plan.tenant.as_tenant(), options, args, env };
             self.hive.channel().map_err(ChannelError::Connect).and_then(|ch| ch.request(&req))
         };
         let mut started = start(&name);

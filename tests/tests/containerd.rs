@@ -195,9 +195,12 @@ fn containers_run_as_guests_of_one_hypervisor_through_one_shim() {
     assert_eq!(out.status.code(), Some(3), "{}", fail(&format!("ctr run hello exit=3: {}", String::from_utf8_lossy(&out.stderr))));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Hello from hello2!"));
     // The same container id again: `--rm` deleted the first, whose guest
-    // the hypervisor forgot, so the guest has its name again.
-    let out = ctrd.ctr(&["run", "--rm", "--runtime", RUNTIME, &hello, "hello1", "again"]).unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains(r#"Hello from hello1! args: ["again"]"#), "{}", fail("hello1 again"));
+    // the hypervisor forgot, so the guest has its name again. Its
+    // environment and an argument with spaces reach it.
+    let out = ctrd.ctr(&["run", "--rm", "--runtime", RUNTIME, "--env", "GREETING=hi there", &hello, "hello1", "once again"]).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(r#"Hello from hello1! args: ["once again"]"#), "{}", fail(&format!("hello1 again: {stdout}")));
+    assert!(stdout.contains(r#""GREETING=hi there""#), "{}", fail(&format!("hello1's environment: {stdout}")));
     assert_eq!(console().matches("[hv] guest hello1 started").count(), 2, "{}", fail("hello1 was not started as hello1 twice"));
     assert_eq!(shim_servers(&shim), servers, "one shim serves every container");
 

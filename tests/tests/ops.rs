@@ -13,7 +13,7 @@ use xtask::ctl::StartSpec;
 
 /// A guest of `image` with no vNIC and no arguments.
 fn spec<'a>(name: &'a str, image: &'a std::path::Path, memory: u64) -> StartSpec<'a> {
-    StartSpec { name, image, elf: None, memory, tenant: None, options: Default::default(), args: &[] }
+    StartSpec { name, image, elf: None, memory, tenant: None, options: Default::default(), args: &[], env: &[] }
 }
 
 /// A GDB remote-protocol packet: `$data#checksum`.
@@ -245,6 +245,7 @@ fn guests_started_on_a_running_hypervisor_serve_their_tenant_and_bad_starts_are_
             tenant: Some(tenant),
             options: Default::default(),
             args: &args,
+            env: &[],
         })
     };
     let wait_line = |needle: &str| {
@@ -466,9 +467,12 @@ fn images_by_digest_watched_starts_waits_and_named_tenants() {
 
     // A watched start: the greeting and the end come on the same
     // connection, the exit code with it.
-    let args = ["one".to_string(), "exit=7".to_string()];
+    // Arguments and variables with spaces and `%` travel escaped.
+    let args = ["one".to_string(), "two words".to_string(), "100%".to_string(), "exit=7".to_string()];
+    let env = ["GREETING=hello world".to_string(), "EMPTY=".to_string()];
     let watched = StartSpec {
         args: &args,
+        env: &env,
         options: StartOptions { watch: true, weight: Some(300), cap: Some(50), ..Default::default() },
         ..spec("w", &hello, 2 << 20)
     };
@@ -489,7 +493,8 @@ fn images_by_digest_watched_starts_waits_and_named_tenants() {
         })
     })
     .unwrap();
-    assert!(lines.iter().any(|l| l == r#"Hello from w! args: ["one", "exit=7"]"#), "{lines:?}");
+    assert!(lines.iter().any(|l| l == r#"Hello from w! args: ["one", "two words", "100%", "exit=7"]"#), "{lines:?}");
+    assert!(lines.iter().any(|l| l == r#"env: ["GREETING=hello world", "EMPTY="]"#), "{lines:?}");
     assert_eq!(end.map(|e| (e.state, e.exit_code)), Some((GuestState::Exited, Some(7))));
     // `wait` on an ended guest answers at once.
     assert_eq!(inst.wait("w").unwrap().exit_code, Some(7));

@@ -109,6 +109,8 @@ pub struct StartSpec<'a> {
     pub tenant: Option<&'a str>,
     pub options: StartOptions,
     pub args: &'a [String],
+    /// Environment variables, `KEY=VALUE` each.
+    pub env: &'a [String],
 }
 
 /// A connection to one of the control sockets, held until dropped.
@@ -360,8 +362,9 @@ impl Instance {
     /// The `start` request line for `spec` (its image given by `digest`).
     pub fn start_line(spec: &StartSpec<'_>, digest: &str) -> Result<String> {
         let tenant = spec.tenant.map(tenant).transpose()?.unwrap_or(Tenant::None);
-        let args: Vec<&str> = spec.args.iter().map(String::as_str).collect();
-        Ok(Request::Start { name: spec.name, image: digest, memory: spec.memory, tenant, options: spec.options, args }.to_string())
+        let args = spec.args.iter().map(|s| std::borrow::Cow::Borrowed(s.as_str())).collect();
+        let env = spec.env.iter().map(|s| std::borrow::Cow::Borrowed(s.as_str())).collect();
+        Ok(Request::Start { name: spec.name, image: digest, memory: spec.memory, tenant, options: spec.options, args, env }.to_string())
     }
 
     /// Starts a guest as `spec` says (its image sent first if the

@@ -117,6 +117,9 @@ enum Ctl {
         /// Frames each vNIC ring holds: a power of two, 2..=128 (default 16).
         #[arg(long)]
         ring_slots: Option<u32>,
+        /// An environment variable for it, KEY=VALUE (repeatable).
+        #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+        env: Vec<String>,
         /// Follow its console until it ends, and exit with its exit code
         /// (125 if the hypervisor stopped it).
         #[arg(long)]

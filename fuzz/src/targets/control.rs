@@ -94,6 +94,7 @@ impl ControlHost for FuzzHost {
         tenant: Tenant<'_>,
         _: &StartOptions,
         args: &[&str],
+        env: &[&str],
     ) -> Result<(Option<[u8; 4]>, Option<u32>), String> {
         let st = &mut *self.0.borrow_mut();
         if st.guests.iter().any(|(n, _)| n == name) {
@@ -117,7 +118,8 @@ impl ControlHost for FuzzHost {
             .find(|(n, d, _)| n == image || digest_string(d) == image)
             .map(|(_, _, i)| i)
             .ok_or_else(|| format!("no image {image}"))?;
-        let g = Guest::create(&mut st.mem, st.kernel_root, st.time_page, img, name, args, memory, |_, _| {}).map_err(|e| e.to_string())?;
+        let g =
+            Guest::create(&mut st.mem, st.kernel_root, st.time_page, img, name, args, env, memory, |_, _| {}).map_err(|e| e.to_string())?;
         st.guests.push((name.into(), g));
         Ok((None, None))
     }
@@ -269,7 +271,8 @@ fn run(data: &[u8]) -> Vec<String> {
                     5 => {
                         let (name, memory) = (name(&mut inp), [65536u64, 1 << 20, 4 << 20][inp.below(3)]);
                         let (tenant, options) = (Tenant::None, StartOptions::default());
-                        Request::Start { name, image: "x.hermit", memory, tenant, options, args: vec!["a", "b"] }.to_string()
+                        let args = vec!["a".into(), "b".into()];
+                        Request::Start { name, image: "x.hermit", memory, tenant, options, args, env: Vec::new() }.to_string()
                     }
                     10 => {
                         let (name, memory) = (name(&mut inp), [65536u64, 1 << 20, 4 << 20][inp.below(3)]);
@@ -285,7 +288,12 @@ fn run(data: &[u8]) -> Vec<String> {
                             limits: [inp.bool().then(|| inp.u32().into()), None, None, inp.bool().then(|| inp.u32().into()), None],
                             watch: inp.bool(),
                         };
-                        Request::Start { name, image: "x.hermit", memory, tenant, options, args: vec!["a", "--"] }.to_string()
+                        // Arguments and variables that need escaping (spaces,
+                        // `%`, non-ASCII), and a `--` among the arguments.
+                        let odd = ["", "x y", "100%", "ü\t", "=v"][inp.below(5)];
+                        let args = vec!["a".into(), odd.into(), "--".into()];
+                        let env = (0..inp.below(3)).map(|i| format!("K{i}={odd}").into()).collect();
+                        Request::Start { name, image: "x.hermit", memory, tenant, options, args, env }.to_string()
                     }
                     11 => format!("image-remove {}", name(&mut inp)),
                     12 => Request::Tenants.to_string(),

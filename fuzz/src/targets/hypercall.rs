@@ -96,7 +96,7 @@ pub fn hypercall(data: &[u8]) {
     };
     let base = mem.live;
     let name = "fz-0";
-    let mut g = match Guest::create(&mut mem, kernel_root, time_page, &loaded, name, &["a", "b"], limit, |_, _| {}) {
+    let mut g = match Guest::create(&mut mem, kernel_root, time_page, &loaded, name, &["a", "b"], &["K=v"], limit, |_, _| {}) {
         Ok(g) => g,
         Err(_) => {
             assert_eq!(mem.live, base, "a failed creation leaked frames");

@@ -154,6 +154,14 @@ pub struct StartInfo {
     pub stack_top: u64,
     /// The guest's memory limit in bytes (image, heap, stack and page tables).
     pub memory_limit: u64,
+    /// Environment variables, `KEY=VALUE` each, NUL-terminated, after the
+    /// arguments in the same page. Added within ABI 4: a hypervisor from
+    /// before leaves these zero (no environment), which the page's zero
+    /// fill means.
+    pub env_addr: u64,
+    pub env_len: u64,
+    pub envc: u32,
+    pub reserved: u32,
 }
 
 record::shared_record!(StartInfo {
@@ -169,6 +177,10 @@ record::shared_record!(StartInfo {
     stack_bottom,
     stack_top,
     memory_limit,
+    env_addr,
+    env_len,
+    envc,
+    reserved,
 });
 
 /// The guest's network configuration, in the start page at
@@ -270,7 +282,9 @@ mod tests {
     #[test]
     fn start_info_offsets_are_pinned_and_its_bytes_follow_them() {
         use core::mem::offset_of;
-        assert_eq!(StartInfo::SIZE, 88);
+        // 88 bytes until the environment was added (within ABI 4: an older
+        // hypervisor leaves those bytes zero, which reads as no environment).
+        assert_eq!(StartInfo::SIZE, 112);
         let offsets = [
             offset_of!(StartInfo, magic),
             offset_of!(StartInfo, abi_version),
@@ -284,8 +298,11 @@ mod tests {
             offset_of!(StartInfo, stack_bottom),
             offset_of!(StartInfo, stack_top),
             offset_of!(StartInfo, memory_limit),
+            offset_of!(StartInfo, env_addr),
+            offset_of!(StartInfo, env_len),
         ];
-        assert_eq!(offsets, [0, 8, 12, 16, 24, 32, 40, 48, 56, 64, 72, 80]);
+        assert_eq!(offsets, [0, 8, 12, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96]);
+        assert_eq!((offset_of!(StartInfo, envc), offset_of!(StartInfo, reserved), StartInfo::SIZE), (104, 108, 112));
         let si = StartInfo {
             magic: 1,
             abi_version: 2,
@@ -299,9 +316,14 @@ mod tests {
             stack_bottom: 10,
             stack_top: 11,
             memory_limit: 12,
+            env_addr: 13,
+            env_len: 14,
+            envc: 15,
+            reserved: 16,
         };
         let b = si.to_bytes();
         assert_eq!((u64_at(&b, 0), u32_at(&b, 8), u32_at(&b, 12)), (1, 2, 3));
+        assert_eq!((u32_at(&b, 104), u32_at(&b, 108)), (15, 16));
         for (i, at) in offsets[3..].iter().enumerate() {
             assert_eq!(u64_at(&b, *at), 4 + i as u64, "field at {at}");
         }

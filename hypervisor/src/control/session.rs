@@ -44,6 +44,7 @@ pub trait ControlHost {
         tenant: Tenant<'_>,
         options: &StartOptions,
         args: &[&str],
+        env: &[&str],
     ) -> Result<(Option<[u8; 4]>, Option<u32>), String>;
     /// Marks a guest to be stopped.
     fn stop(&self, name: &str) -> Result<(), String>;
@@ -189,8 +190,8 @@ impl Session {
             Request::ImageRemove(which) => {
                 host.remove_image(which).map(|image_removed| Response::ImageRemoved { image_removed }).map_err(ControlError::Refused)
             }
-            Request::Start { name, image, memory, tenant, options, args } => host
-                .start(self.client, name, image, memory, tenant, &options, &args)
+            Request::Start { name, image, memory, tenant, options, args, env } => host
+                .start(self.client, name, image, memory, tenant, &options, &strs(&args), &strs(&env))
                 .map(|(ip, tenant)| Response::started(name, ip, tenant))
                 .map_err(ControlError::Refused),
             Request::Tenants => Ok(Response::Tenants { tenants: host.tenants() }),
@@ -226,6 +227,11 @@ impl Session {
             Request::Version => Ok(Response::version()),
         })
     }
+}
+
+/// The strings of `v`, borrowed.
+fn strs<'a>(v: &'a [alloc::borrow::Cow<'_, str>]) -> Vec<&'a str> {
+    v.iter().map(|s| s.as_ref()).collect()
 }
 
 #[cfg(test)]
@@ -276,6 +282,7 @@ mod tests {
             _: u64,
             tenant: Tenant<'_>,
             options: &StartOptions,
+            _: &[&str],
             _: &[&str],
         ) -> Result<(Option<[u8; 4]>, Option<u32>), String> {
             if !self.images.borrow().iter().any(|(n, _)| n == image) {

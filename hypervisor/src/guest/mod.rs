@@ -173,7 +173,8 @@ pub struct Stats {
 pub enum CreateError {
     /// The memory limit is below what the image needs to start.
     TooSmall { needed: u64, limit: u64 },
-    /// Name and arguments do not fit in the start page.
+    /// Name, arguments and environment do not fit in the start page, or
+    /// one has a NUL byte, or a variable no `=`.
     ArgsTooLong,
     /// The machine has no frames left.
     MachineOutOfMemory,
@@ -185,7 +186,11 @@ impl core::fmt::Display for CreateError {
             CreateError::TooSmall { needed, limit } => {
                 write!(f, "memory {} KiB is too small: the image needs at least {} KiB", limit / 1024, needed.div_ceil(1024))
             }
-            CreateError::ArgsTooLong => f.write_str("name and arguments do not fit in the start page"),
+            CreateError::ArgsTooLong => write!(
+                f,
+                "name, arguments and environment take more than {} bytes, or one holds a NUL byte (or a variable has no '=')",
+                layout::START_STRINGS_MAX
+            ),
             CreateError::MachineOutOfMemory => f.write_str("the machine is out of memory"),
         }
     }
@@ -205,6 +210,7 @@ impl Guest {
         image: &LoadedImage,
         name: &str,
         args: &[&str],
+        env: &[&str],
         memory_limit: u64,
         write_boot_info: impl FnOnce(&mut M, PhysAddr),
     ) -> Result<Self, CreateError> {
@@ -213,7 +219,7 @@ impl Guest {
         if memory_limit < needed {
             return Err(CreateError::TooSmall { needed, limit: memory_limit });
         }
-        let strings = start_strings(name, args).ok_or(CreateError::ArgsTooLong)?;
+        let strings = start_strings(name, args, env).ok_or(CreateError::ArgsTooLong)?;
         let space = AddressSpace::new(mem, kernel_root).ok_or(CreateError::MachineOutOfMemory)?;
         let heap = HEAP_START..HEAP_START + HEAP_LEN;
         let stack = STACK_TOP - STACK_MAX..STACK_TOP;
@@ -237,14 +243,19 @@ impl Guest {
             memory.map_private(mem, layout::EVENT_PAGE, events, Pte::WRITABLE | Pte::NO_EXECUTE).inspect_err(|_| mem.free(events))?;
             event_frame = events;
             let page = mem.alloc().ok_or(Fault::MachineOutOfMemory)?;
+            let strings_at = START_PAGE + layout::START_STRINGS_OFFSET;
             let si = StartInfo {
                 magic: abi::START_MAGIC,
                 abi_version: abi::ABI_VERSION,
                 argc: args.len() as u32,
-                name_addr: START_PAGE + layout::START_STRINGS_OFFSET,
+                name_addr: strings_at,
                 name_len: name.len() as u64,
-                args_addr: START_PAGE + layout::START_STRINGS_OFFSET + name.len() as u64 + 1,
-                args_len: (strings.len() - name.len() - 1) as u64,
+                args_addr: strings_at + strings.args.start as u64,
+                args_len: strings.args.len() as u64,
+                env_addr: strings_at + strings.env.start as u64,
+                env_len: strings.env.len() as u64,
+                envc: env.len() as u32,
+                reserved: 0,
                 heap_start: heap.start,
                 heap_len: heap.end - heap.start,
                 stack_bottom: stack.start,
@@ -252,7 +263,7 @@ impl Guest {
                 memory_limit,
             };
             mem.write(page, layout::START_INFO_OFFSET as usize, &si.to_bytes());
-            mem.write(page, layout::START_STRINGS_OFFSET as usize, &strings);
+            mem.write(page, layout::START_STRINGS_OFFSET as usize, &strings.bytes);
             write_boot_info(mem, page);
             memory.map_private(mem, START_PAGE, page, Pte::NO_EXECUTE).inspect_err(|_| mem.free(page))
         })();
@@ -519,13 +530,33 @@ pub fn memory_error(f: Fault) -> MemoryError {
 
 /// The start page's string area: the name, NUL, then each argument and a
 /// NUL. `None` if it does not fit.
-fn start_strings(name: &str, args: &[&str]) -> Option<Vec<u8>> {
-    let mut s = Vec::new();
-    for part in core::iter::once(&name).chain(args) {
-        s.extend_from_slice(part.as_bytes());
-        s.push(0);
-    }
-    (s.len() as u64 <= layout::START_STRINGS_MAX && name.len() <= layout::NAME_MAX).then_some(s)
+/// The start page's strings: the name, the arguments, the environment,
+/// each NUL-terminated (where each list lies in `bytes`).
+struct StartStrings {
+    bytes: Vec<u8>,
+    args: core::ops::Range<usize>,
+    env: core::ops::Range<usize>,
+}
+
+/// The start page's strings, if they fit, hold no NUL byte, and every
+/// variable is `KEY=VALUE` with a key.
+fn start_strings(name: &str, args: &[&str], env: &[&str]) -> Option<StartStrings> {
+    let mut bytes = Vec::new();
+    let mut put = |parts: &[&str]| {
+        let start = bytes.len();
+        for p in parts {
+            bytes.extend_from_slice(p.as_bytes());
+            bytes.push(0);
+        }
+        start..bytes.len()
+    };
+    put(&[name]);
+    let args_at = put(args);
+    let env_at = put(env);
+    let clean = core::iter::once(&name).chain(args).chain(env).all(|p| !p.contains('\0'));
+    let vars = env.iter().all(|v| v.find('=').is_some_and(|i| i > 0));
+    let fits = bytes.len() as u64 <= layout::START_STRINGS_MAX && name.len() <= layout::NAME_MAX;
+    (clean && vars && fits).then_some(StartStrings { bytes, args: args_at, env: env_at })
 }
 
 #[cfg(test)]

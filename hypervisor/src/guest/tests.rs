@@ -22,7 +22,7 @@ fn create(
     args: &[&str],
     limit: u64,
 ) -> Result<Guest, CreateError> {
-    Guest::create(mem, k, t, li, name, args, limit, |_, _| {})
+    Guest::create(mem, k, t, li, name, args, &[], limit, |_, _| {})
 }
 
 fn syscall(g: &mut Guest, nr: u64, a0: u64, a1: u64) {
@@ -198,7 +198,32 @@ fn creation_refuses_too_little_memory_and_long_args() {
     assert!(matches!(create(&mut mem, k, &li, "g", &[], 8192), Err(CreateError::TooSmall { .. })));
     let long = "x".repeat(5000);
     assert!(matches!(create(&mut mem, k, &li, "g", &[&long], 1 << 20), Err(CreateError::ArgsTooLong)));
+    let (k2, t2) = k;
+    let with_env = |mem: &mut TestMem, env: &[&str]| Guest::create(mem, k2, t2, &li, "g", &["a"], env, 1 << 20, |_, _| {}).err();
+    for bad in [&["NOKEY"][..], &["=v"], &["K=a\0b"], &[long.as_str()]] {
+        assert_eq!(with_env(&mut mem, bad), Some(CreateError::ArgsTooLong), "{:?}", &bad[0][..bad[0].len().min(8)]);
+    }
     assert_eq!(mem.live, live, "a failed creation leaks nothing");
+}
+
+/// The start page: the name, the arguments and the environment, each
+/// list NUL-separated where the start record says (what the libos reads).
+#[test]
+fn the_start_page_holds_the_name_arguments_and_environment() {
+    let (mut mem, (k, t), li) = setup();
+    let g = Guest::create(&mut mem, k, t, &li, "g-0", &["two words", "b"], &["PATH=/bin", "EMPTY="], 1 << 20, |_, _| {}).unwrap();
+    let page = g.memory.space.translate(&mem, layout::START_PAGE).unwrap().0;
+    let mut buf = [0u8; 4096];
+    mem.read(page, 0, &mut buf);
+    let si = &buf[layout::START_INFO_OFFSET as usize..];
+    let field = |name_off: usize| u64::from_le_bytes(si[name_off..name_off + 8].try_into().unwrap());
+    let at = |addr: u64, len: u64| &buf[(addr - layout::START_PAGE) as usize..][..len as usize];
+    use core::mem::offset_of;
+    assert_eq!(at(field(offset_of!(StartInfo, name_addr)), field(offset_of!(StartInfo, name_len))), b"g-0");
+    assert_eq!(at(field(offset_of!(StartInfo, args_addr)), field(offset_of!(StartInfo, args_len))), b"two words\0b\0");
+    assert_eq!(at(field(offset_of!(StartInfo, env_addr)), field(offset_of!(StartInfo, env_len))), b"PATH=/bin\0EMPTY=\0");
+    let envc = u32::from_le_bytes(si[offset_of!(StartInfo, envc)..][..4].try_into().unwrap());
+    assert_eq!(envc, 2);
 }
 
 #[test]

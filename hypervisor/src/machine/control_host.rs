@@ -195,6 +195,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
         tenant: Tenant<'_>,
         options: &StartOptions,
         args: &[&str],
+        env: &[&str],
     ) -> Result<(Option<[u8; 4]>, Option<u32>), String> {
         if self.find(name).is_some() {
             return Err(format!("a guest named {name} exists already"));
@@ -225,7 +226,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
             limits: options.apply_limits(defaults.limits),
         };
         let watch = if options.watch { 1 << client } else { 0 };
-        let c = self.create_guest(name, index, &st, args, watch).map_err(|e| format!("guest {name} not started: {e}"))?;
+        let c = self.create_guest(name, index, &st, args, env, watch).map_err(|e| format!("guest {name} not started: {e}"))?;
         self.platform.console_line(&format!("[hv] guest {name} started ({})", c.describe));
         Ok((c.ip, c.ip.map(|_| tenant)))
     }

@@ -154,7 +154,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             let st = entry.settings;
             for i in 0..entry.count {
                 let name = format!("{}-{i}", entry.name);
-                match self.create_guest(&name, entry.image as usize, &st, &manifest_args, 0) {
+                match self.create_guest(&name, entry.image as usize, &st, &manifest_args, &[], 0) {
                     Ok(c) => {
                         create_ns += c.create_ns;
                         started += 1;
@@ -207,7 +207,16 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
     /// boot, and for `start` on the control channel).
     /// `watch`: the control clients (a bit each) its console lines and end
     /// go to.
-    pub(super) fn create_guest(&self, name: &str, image: usize, st: &Settings, args: &[&str], watch: u32) -> Result<Created, String> {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn create_guest(
+        &self,
+        name: &str,
+        image: usize,
+        st: &Settings,
+        args: &[&str],
+        env: &[&str],
+        watch: u32,
+    ) -> Result<Created, String> {
         let mut creating = self.creating.lock();
         let images = self.images.lock();
         let Some(entry) = images.get(image).filter(|e| !e.is_free()) else { return Err(format!("there is no image {image}")) };
@@ -220,7 +229,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         let Some(id) = self.take_id(&mut creating) else {
             return Err(format!("no room for more guests ({} at most at once)", self.status.len()));
         };
-        let created = self.create_as(id, &mut creating, name, img, image, st, &args, watch);
+        let created = self.create_as(id, &mut creating, name, img, image, st, &args, env, watch);
         if created.is_err() {
             creating.free.push(id);
         }
@@ -266,13 +275,14 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         image: usize,
         st: &Settings,
         args: &[&str],
+        env: &[&str],
         watch: u32,
     ) -> Result<Created, String> {
         let mut mem = self.platform.mem();
         let created_ns = self.now();
         let nic = if st.tenant == TENANT_NONE { None } else { Some(creating.address(id, st)?) };
         let time = &self.time;
-        let mut g = Guest::create(&mut mem, self.guest_upper, self.time_page, img, name, args, st.memory, |m, page| {
+        let mut g = Guest::create(&mut mem, self.guest_upper, self.time_page, img, name, args, env, st.memory, |m, page| {
             self.platform.write_boot_info(page, boot_info(img, st.memory, time));
             if let Some(info) = &nic {
                 m.write(page, abi::layout::NIC_INFO_OFFSET as usize, &info.to_bytes());

@@ -289,7 +289,7 @@ fn machine_on<N: Network<Ring = SharedRing, Events = FakeEvents>>(cpus: usize, n
 /// `id % cpus`) that does `script`, then computes forever.
 fn guest(m: &TestMachine, name: &str, script: &[Act]) -> usize {
     m.platform.scripts.lock().insert(name.into(), script.iter().copied().collect());
-    m.create_guest(name, 0, &abi::bundle::Settings { memory: 1 << 20, ..Default::default() }, &[], 0).unwrap();
+    m.create_guest(name, 0, &abi::bundle::Settings { memory: 1 << 20, ..Default::default() }, &[], &[], 0).unwrap();
     m.find(name).unwrap()
 }
 
@@ -522,7 +522,7 @@ fn a_guest_whose_vnic_cannot_be_attached_is_destroyed_whole() {
     let m = machine(1);
     let before = m.platform.mem.lock().live;
     let st = abi::bundle::Settings { memory: 1 << 20, tenant: 1, ..Default::default() };
-    let e = m.create_guest("n", 0, &st, &[], 0).err().expect("the network refuses the port");
+    let e = m.create_guest("n", 0, &st, &[], &[], 0).err().expect("the network refuses the port");
     assert_eq!(e, "no network");
     assert_eq!(m.platform.mem.lock().live, before, "its pages, tables and ring frames are all freed");
     assert_eq!((m.high.load(Ordering::SeqCst), m.creating.lock().free.as_slice()), (0, &[0][..]), "no id is used up");
@@ -609,7 +609,7 @@ impl Network for Ports {
 fn a_vnic_is_rings_mapped_into_the_guest_and_a_port_with_its_address() {
     let m = machine_on(1, Ports::default());
     let st = abi::bundle::Settings { memory: 1 << 20, tenant: 3, ring_slots: 4, ..Default::default() };
-    let c = m.create_guest("n", 0, &st, &[], 0).unwrap();
+    let c = m.create_guest("n", 0, &st, &[], &[], 0).unwrap();
     assert_eq!(c.ip, Some(abi::guest_ipv4(3, 0)));
     assert!(c.describe.ends_with("tenant 3"), "{}", c.describe);
     let ports = m.net.given.lock();
@@ -763,9 +763,18 @@ fn a_wait_and_a_watch_are_answered_with_the_end_after_the_last_line() {
     let m = machine(1);
     m.platform.scripts.lock().insert("a".into(), [Act::Exit(3)].into());
     m.platform.scripts.lock().insert("b".into(), [Act::Block(u64::MAX)].into());
-    assert_eq!(m.start(0, "a", "t", 1 << 20, Tenant::None, &Default::default(), &[]), Ok((None, None)));
+    assert_eq!(m.start(0, "a", "t", 1 << 20, Tenant::None, &Default::default(), &[], &[]), Ok((None, None)));
     assert_eq!(
-        m.start(0, "b", "sha256:0707070707070707070707070707070707070707070707070707070707070707", 1 << 20, Tenant::None, &watched(), &[]),
+        m.start(
+            0,
+            "b",
+            "sha256:0707070707070707070707070707070707070707070707070707070707070707",
+            1 << 20,
+            Tenant::None,
+            &watched(),
+            &[],
+            &[]
+        ),
         Ok((None, None)),
         "started by digest"
     );
@@ -820,7 +829,7 @@ fn images_are_named_by_digest_loaded_once_and_removed_when_unused() {
     assert_eq!(listed, [("t".to_string(), 0), ("u.hermit".to_string(), 0)]);
 
     m.platform.scripts.lock().insert("g".into(), [Act::Block(u64::MAX)].into());
-    m.start(0, "g", &digest, 1 << 20, abi::control::Tenant::None, &Default::default(), &[]).unwrap();
+    m.start(0, "g", &digest, 1 << 20, abi::control::Tenant::None, &Default::default(), &[], &[]).unwrap();
     assert_eq!(m.images()[1].guests, 1);
     assert!(m.remove_image(&digest).unwrap_err().contains("in use by 1 guest"));
     m.stop("g").unwrap();
@@ -830,7 +839,7 @@ fn images_are_named_by_digest_loaded_once_and_removed_when_unused() {
     assert_eq!(m.platform.mem.lock().live, free, "the image's frames went back");
     assert!(
         m.remove_image("u.hermit").is_err()
-            && m.start(0, "h", "u.hermit", 1 << 20, abi::control::Tenant::None, &Default::default(), &[]).is_err()
+            && m.start(0, "h", "u.hermit", 1 << 20, abi::control::Tenant::None, &Default::default(), &[], &[]).is_err()
     );
     // Its entry is reused.
     m.add_image("w.hermit", &valid_image_file(3)).unwrap();
@@ -843,11 +852,11 @@ fn named_tenants_are_numbered_kept_and_removed_when_empty() {
     let m = machine_on(1, Ports::default());
     // Tenant 0 has had a guest: a name gets the next number.
     guest(&m, "boot", &[Act::Exit(0)]);
-    m.create_guest("boot2", 0, &abi::bundle::Settings { memory: 1 << 20, tenant: 0, ..Default::default() }, &[], 0).unwrap();
+    m.create_guest("boot2", 0, &abi::bundle::Settings { memory: 1 << 20, tenant: 0, ..Default::default() }, &[], &[], 0).unwrap();
     let opts = abi::control::StartOptions { weight: Some(300), cap: Some(20), ..Default::default() };
-    assert_eq!(m.start(0, "w", "t", 1 << 20, Tenant::Named("acme"), &opts, &[]).map(|(ip, t)| (ip.is_some(), t)), Ok((true, Some(1))));
-    assert_eq!(m.start(0, "v", "t", 1 << 20, Tenant::Named("acme"), &opts, &[]).map(|(_, t)| t), Ok(Some(1)));
-    assert_eq!(m.start(0, "z", "t", 1 << 20, Tenant::Named("zed"), &opts, &[]).map(|(_, t)| t), Ok(Some(2)));
+    assert_eq!(m.start(0, "w", "t", 1 << 20, Tenant::Named("acme"), &opts, &[], &[]).map(|(ip, t)| (ip.is_some(), t)), Ok((true, Some(1))));
+    assert_eq!(m.start(0, "v", "t", 1 << 20, Tenant::Named("acme"), &opts, &[], &[]).map(|(_, t)| t), Ok(Some(1)));
+    assert_eq!(m.start(0, "z", "t", 1 << 20, Tenant::Named("zed"), &opts, &[], &[]).map(|(_, t)| t), Ok(Some(2)));
     let rows: Vec<_> = m.tenants().into_iter().map(|r| (r.name, r.id, r.guests)).collect();
     assert_eq!(rows, [(None, 0, 1), (Some("acme".into()), 1, 2), (Some("zed".into()), 2, 1)]);
     assert!(m.remove_tenant("acme").unwrap_err().contains("still has 2 guest"));

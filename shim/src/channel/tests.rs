@@ -168,7 +168,8 @@ fn lines_that_are_not_the_protocol_are_skipped_and_long_requests_refused() {
         memory: 1,
         tenant: Tenant::None,
         options: StartOptions::default(),
-        args: vec![long.as_str()],
+        args: vec![long.as_str().into()],
+        env: Vec::new(),
     };
     assert_eq!(ch.request(&req).unwrap_err(), ChannelError::TooLong);
 }

@@ -44,6 +44,7 @@ fn a_plain_container_is_a_guest_without_a_vnic_with_the_defaults() {
             weight: None,
             cap: None,
             args: vec!["serve".into(), "7".into()],
+            env: vec![],
             ports: vec![]
         }
     );
@@ -85,8 +86,9 @@ fn args_drop_the_image_path_and_must_be_words() {
     assert_eq!(guest_args(&s(&["/hive/image.hermit", "a", "exit=3"])).unwrap(), s(&["a", "exit=3"]));
     assert_eq!(guest_args(&s(&["/hive/image.hermit"])).unwrap(), s(&[]), "none: the image's own app_args");
     assert_eq!(guest_args(&s(&["serve", "7"])).unwrap(), s(&["serve", "7"]), "argv[0] is kept when it is not the image");
-    assert!(guest_args(&s(&["/hive/image.hermit", "two words"])).is_err());
+    assert_eq!(guest_args(&s(&["/hive/image.hermit", "two words"])).unwrap(), s(&["two words"]), "spaces travel escaped");
     assert!(guest_args(&s(&["/hive/image.hermit", ""])).is_err());
+    assert!(guest_args(&s(&["/hive/image.hermit", "a\0b"])).is_err());
     assert!(guest_args(&vec!["x".to_string(); ARGS_MAX + 1]).is_err());
     assert_eq!(guest_args(&vec!["x".to_string(); ARGS_MAX]).unwrap().len(), ARGS_MAX);
 }
@@ -158,4 +160,16 @@ fn exit_statuses() {
     assert_eq!(Ending::of(&ended(GuestState::Stopped, None, Some(StopReason::MachineOutOfMemory))).exit_status(), 255);
     assert_eq!(Ending::of(&ended(GuestState::Stopped, None, None)).exit_status(), 255);
     assert_eq!(Ending::Lost.exit_status(), 255);
+}
+
+#[test]
+fn the_environment_goes_to_the_guest_checked() {
+    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let with_env = spec(serde_json::json!({ "process": { "env": ["PATH=/bin", "GREETING=hello world", "EMPTY="] } }));
+    assert_eq!(guest(plan("web", &with_env)).env, s(&["PATH=/bin", "GREETING=hello world", "EMPTY="]));
+    assert!(guest_env(&s(&["NOKEY"])).is_err());
+    assert!(guest_env(&s(&["=v"])).is_err());
+    assert!(guest_env(&s(&["K=a\0b"])).is_err());
+    let many: Vec<String> = (0..=ENV_MAX).map(|i| format!("K{i}=v")).collect();
+    assert!(guest_env(&many).unwrap_err().0.contains("enableServiceLinks"));
 }

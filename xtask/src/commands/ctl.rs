@@ -29,7 +29,7 @@ pub fn run(what: Ctl) -> Result<()> {
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
-        Ctl::Start { name, app, image, tenant, memory, weight, cap, ring_slots, attach, args } => {
+        Ctl::Start { name, app, image, tenant, memory, weight, cap, ring_slots, env, attach, args } => {
             let memory = xtask::manifest::parse_size(&memory).map_err(|e| anyhow::anyhow!("--memory {memory:?}: {e}"))?;
             let (image, elf) = match (app, image) {
                 (Some(app), _) => (xtask::build_apps(&[app.as_str()])?.remove(0), Some(xtask::app_elf(&app))),
@@ -37,8 +37,8 @@ pub fn run(what: Ctl) -> Result<()> {
                 (None, None) => anyhow::bail!("--app or --image"),
             };
             let options = StartOptions { weight, cap, ring_slots, watch: attach, ..Default::default() };
-            let spec =
-                StartSpec { name: &name, image: &image, elf: elf.as_deref(), memory, tenant: tenant.as_deref(), options, args: &args };
+            let tenant = tenant.as_deref();
+            let spec = StartSpec { name: &name, image: &image, elf: elf.as_deref(), memory, tenant, options, args: &args, env: &env };
             if !attach {
                 println!("{}", inst.start(&spec)?);
                 return Ok(());

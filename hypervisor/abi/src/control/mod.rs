@@ -50,6 +50,9 @@ pub const LINE_MAX: usize = 8448;
 pub const CHUNK_MAX: usize = 4096;
 /// Most arguments `start` passes.
 pub const ARGS_MAX: usize = 16;
+/// Most environment variables a `start` may give a guest (`env=` options;
+/// all of them share the start page with the name and arguments).
+pub const ENV_MAX: usize = 64;
 /// Largest image an upload may announce (64 MiB).
 pub const IMAGE_BYTES_MAX: usize = 64 << 20;
 /// A request line, or an upload, quiet for this long is dropped.

@@ -7,10 +7,12 @@
 //! most [`CHUNK_MAX`]), and range-checks every number before anything
 //! else sees it.
 
+use alloc::borrow::Cow;
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use super::{ARGS_MAX, CHUNK_MAX, IMAGE_BYTES_MAX};
+use super::{ARGS_MAX, CHUNK_MAX, ENV_MAX, IMAGE_BYTES_MAX};
 use crate::MAX_TENANTS;
 use crate::bundle::Limits;
 
@@ -33,8 +35,18 @@ pub enum Request<'a> {
     ImageData(Vec<u8>),
     /// `image-end`
     ImageEnd,
-    /// `start NAME IMAGE MEMORY TENANT [OPTION... --] [ARG...]`
-    Start { name: &'a str, image: &'a str, memory: u64, tenant: Tenant<'a>, options: StartOptions, args: Vec<&'a str> },
+    /// `start NAME IMAGE MEMORY TENANT [OPTION... --] [ARG...]`; the
+    /// options `env=KEY=VALUE` (percent-escaped) give `env`, and `escaped`
+    /// says the arguments are percent-escaped (protocol 5).
+    Start {
+        name: &'a str,
+        image: &'a str,
+        memory: u64,
+        tenant: Tenant<'a>,
+        options: StartOptions,
+        args: Vec<Cow<'a, str>>,
+        env: Vec<Cow<'a, str>>,
+    },
     /// `version`
     Version,
     /// `image-remove IMAGE` (a name or a digest)
@@ -173,6 +185,8 @@ pub enum RequestError {
     StartTenant,
     StartName,
     StartArgs,
+    StartEnv,
+    StartEscape,
     StartOption,
     CaptureUsage,
     NeedsName,
@@ -198,6 +212,8 @@ impl fmt::Display for RequestError {
             Self::StartTenant => "start: TENANT must be a number below 256, a name ([A-Za-z0-9_-], not only digits), or none",
             Self::StartName => "start: NAME must be 1 to 64 of [a-z0-9_-]",
             Self::StartArgs => "start: at most 16 arguments",
+            Self::StartEnv => "start: env=KEY=VALUE needs a KEY, and at most 64 of them",
+            Self::StartEscape => "start: a %XX escape is malformed, or decodes to a NUL byte or not to UTF-8",
             Self::StartOption => {
                 "start: options before -- are weight=1..10000, cap=1..100, ring_slots=2..128 (a power of two), \
                  nic_packets=, nic_bytes=, nic_broadcasts=, console_bytes=, notifications= (per second, 0: none), watch"
@@ -241,6 +257,44 @@ pub fn from_hex(s: &str, max: usize) -> Option<Vec<u8>> {
     s.as_bytes().chunks_exact(2).map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?)).collect()
 }
 
+/// Whether `s` cannot travel as one word as it is: empty, or with a byte
+/// outside printable ASCII, or a `%`.
+pub fn needs_escape(s: &str) -> bool {
+    s.is_empty() || s.bytes().any(|b| !b.is_ascii_graphic() || b == b'%')
+}
+
+/// Writes `s` with every byte outside printable ASCII, and `%`, as `%XX`.
+pub fn write_escaped(f: &mut impl fmt::Write, s: &str) -> fmt::Result {
+    for b in s.bytes() {
+        match b.is_ascii_graphic() && b != b'%' {
+            true => f.write_char(b as char)?,
+            false => write!(f, "%{b:02X}")?,
+        }
+    }
+    Ok(())
+}
+
+/// `s` with its `%XX` escapes decoded, if each is two hex digits and the
+/// result is UTF-8 without a NUL byte (borrowed when it has none).
+pub fn unescape(s: &str) -> Option<Cow<'_, str>> {
+    if !s.contains('%') {
+        return Some(Cow::Borrowed(s));
+    }
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                out.extend(from_hex(core::str::from_utf8(&hex).ok()?, 1)?);
+            }
+            b => out.push(b),
+        }
+    }
+    let s = String::from_utf8(out).ok()?;
+    (!s.contains('\0')).then_some(Cow::Owned(s))
+}
+
 /// Writes `bytes` as lowercase hex.
 pub fn write_hex(f: &mut impl fmt::Write, bytes: &[u8]) -> fmt::Result {
     for b in bytes {
@@ -280,12 +334,25 @@ pub fn parse(line: &str) -> Result<Request<'_>, RequestError> {
             // Options only before a `--`; without one every word is an
             // argument (protocol 3's form).
             let mut options = StartOptions::default();
+            let (mut env, mut escaped) = (Vec::new(), false);
             let args = match rest.iter().position(|&w| w == "--") {
                 Some(i) => {
-                    rest[..i].iter().try_for_each(|w| options.set(w))?;
-                    rest[i + 1..].to_vec()
+                    for &w in &rest[..i] {
+                        match (w, w.strip_prefix("env=")) {
+                            (_, Some(var)) => {
+                                let var = unescape(var).ok_or(E::StartEscape)?;
+                                if env.len() == ENV_MAX || var.find('=').is_none_or(|k| k == 0) {
+                                    return Err(E::StartEnv);
+                                }
+                                env.push(var);
+                            }
+                            ("escaped", None) => escaped = true,
+                            _ => options.set(w)?,
+                        }
+                    }
+                    &rest[i + 1..]
                 }
-                None => rest,
+                None => &rest[..],
             };
             if !good_name(name) || name.contains('.') {
                 return Err(E::StartName);
@@ -293,7 +360,11 @@ pub fn parse(line: &str) -> Result<Request<'_>, RequestError> {
             if args.len() > ARGS_MAX {
                 return Err(E::StartArgs);
             }
-            return Ok(Request::Start { name, image, memory, tenant, options, args });
+            let args = match escaped {
+                true => args.iter().map(|a| unescape(a).ok_or(E::StartEscape)).collect::<Result<_, _>>()?,
+                false => args.iter().map(|&a| Cow::Borrowed(a)).collect(),
+            };
+            return Ok(Request::Start { name, image, memory, tenant, options, args, env });
         }
         (Some("image-remove"), Some(w)) => Request::ImageRemove(w),
         (Some("tenants"), None) => Request::Tenants,
@@ -336,14 +407,30 @@ impl fmt::Display for Request<'_> {
                 write_hex(f, bytes)
             }
             Self::ImageEnd => f.write_str("image-end"),
-            Self::Start { name, image, memory, tenant, options, args } => {
+            Self::Start { name, image, memory, tenant, options, args, env } => {
                 write!(f, "start {name} {image} {memory} {tenant}")?;
-                // A `--` whenever it is needed: options, or an argument
-                // that is itself `--`.
-                if *options != StartOptions::default() || args.contains(&"--") {
-                    write!(f, " {options}--")?;
+                // Arguments are escaped if one needs it; a `--` whenever
+                // it is needed: options, or an argument that is itself `--`.
+                let escaped = args.iter().any(|a| needs_escape(a));
+                if *options != StartOptions::default() || !env.is_empty() || escaped || args.iter().any(|a| a == "--") {
+                    f.write_str(" ")?;
+                    for var in env {
+                        f.write_str("env=")?;
+                        write_escaped(f, var)?;
+                        f.write_str(" ")?;
+                    }
+                    if escaped {
+                        f.write_str("escaped ")?;
+                    }
+                    write!(f, "{options}--")?;
                 }
-                args.iter().try_for_each(|a| write!(f, " {a}"))
+                args.iter().try_for_each(|a| {
+                    f.write_str(" ")?;
+                    match escaped {
+                        true => write_escaped(f, a),
+                        false => f.write_str(a),
+                    }
+                })
             }
             Self::ImageRemove(w) => write!(f, "image-remove {w}"),
             Self::Tenants => f.write_str("tenants"),

@@ -22,7 +22,8 @@ fn requests_parse_and_garbage_is_refused() {
             memory: 1 << 20,
             tenant: Tenant::Number(2),
             options: StartOptions::default(),
-            args: vec!["serve", "7"]
+            args: vec!["serve".into(), "7".into()],
+            env: vec![],
         })
     );
     assert_eq!(parse("start w x 4096 none").map(|r| matches!(r, Request::Start { tenant: Tenant::None, .. })), Ok(true));
@@ -76,13 +77,33 @@ fn start_options_come_before_a_double_dash() {
     };
     let want =
         StartOptions { weight: Some(200), cap: Some(50), ring_slots: Some(4), limits: [None, None, None, Some(0), None], watch: true };
-    assert_eq!((options, args), (want, vec!["serve", "weight=1"]));
+    assert_eq!((options, args), (want, vec![Cow::from("serve"), "weight=1".into()]));
     assert_eq!(options.apply_limits(crate::bundle::Limits::default()).console_bytes, 0);
     // Without `--`, every word is an argument (protocol 3).
     assert!(matches!(parse("start w x 4096 0 weight=200"), Ok(Request::Start { options: StartOptions { weight: None, .. }, .. })));
     for bad in ["weight=0", "weight=10001", "cap=101", "cap=0", "ring_slots=3", "ring_slots=256", "colour=red", "nic_bytes=-1", "watch=1"] {
         assert_eq!(parse(&alloc::format!("start w x 4096 0 {bad} --")), Err(RequestError::StartOption), "{bad}");
     }
+}
+
+/// Arguments and variables with spaces, `%`, any other character but NUL
+/// travel escaped (protocol 5); a malformed escape is refused.
+#[test]
+fn arguments_and_variables_travel_escaped() {
+    let Ok(Request::Start { args, env, .. }) =
+        parse("start w x 4096 0 env=GREETING=hello%20world env=EMPTY= escaped -- two%20words 100%25 %C3%BC plain")
+    else {
+        panic!()
+    };
+    assert_eq!(args, ["two words", "100%", "ü", "plain"]);
+    assert_eq!(env, ["GREETING=hello world", "EMPTY="]);
+    // Without `escaped`, arguments are as they are (protocol 4).
+    assert!(matches!(parse("start w x 4096 0 -- 100%25"), Ok(Request::Start { args, .. }) if args == ["100%25"]));
+    for bad in ["env=NOKEY --", "env==v --", "env=K=%zz --", "env=K=%0 --", "escaped -- %00", "escaped -- %C3", "env=K=%FF --"] {
+        assert!(parse(&alloc::format!("start w x 4096 0 {bad}")).is_err(), "{bad}");
+    }
+    let many: String = (0..=ENV_MAX).map(|i| alloc::format!("env=K{i}=v ")).collect();
+    assert_eq!(parse(&alloc::format!("start w x 4096 0 {many}--")), Err(RequestError::StartEnv));
 }
 
 /// A small deterministic generator (xorshift), so the property test needs
@@ -108,6 +129,9 @@ impl Rng {
 
 const NAME: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789_-";
 const ANY: &[u8] = b"abcXYZ019_-.:/\"\\{}";
+/// Bytes an argument may hold that need escaping (ASCII: `word` makes a
+/// char of each).
+const ODD: &[u8] = b"ab %=\t\x7f\x01";
 
 /// Builds a random valid request in `words` (the strings it borrows).
 fn request<'a>(rng: &mut Rng, words: &'a [String]) -> Request<'a> {
@@ -143,7 +167,8 @@ fn request<'a>(rng: &mut Rng, words: &'a [String]) -> Request<'a> {
                     watch: rng.below(2) == 0,
                 }
             },
-            args: words[4..4 + rng.below(ARGS_MAX as u64 + 1) as usize].iter().map(String::as_str).collect(),
+            args: words[4..4 + rng.below(ARGS_MAX as u64 + 1) as usize].iter().map(|w| Cow::Borrowed(w.as_str())).collect(),
+            env: (0..rng.below(3)).map(|i| Cow::Owned(alloc::format!("K{i}={}", words[4 + i as usize]))).collect(),
         },
         10 => Request::ImageRemove(&words[1]),
         11 => Request::Tenants,
@@ -159,9 +184,9 @@ fn every_request_prints_as_the_line_that_parses_back_to_it() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for _ in 0..20_000 {
         let mut words = vec![rng.word(ANY), rng.word(ANY), rng.word(NAME), rng.word(ANY)];
-        // An argument may be `--` itself.
+        // An argument may be `--` itself, or need escaping.
         words.push("--".into());
-        words.extend((0..ARGS_MAX).map(|_| rng.word(ANY)));
+        words.extend((0..ARGS_MAX).map(|i| rng.word(if i % 3 == 0 { ODD } else { ANY })));
         let req = request(&mut rng, &words);
         let line = req.to_string();
         assert_eq!(parse(&line).as_ref(), Ok(&req), "{line}");
@@ -192,6 +217,7 @@ fn every_error_has_its_sentence() {
         "wait a",
         "events",
         "console a",
+        "remove a",
         "version",
     ] {
         let w = line.split(' ').next().unwrap();
