@@ -23,7 +23,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use abi::control::{CHUNK_MAX, ErrorKind, LINE_MAX, Request, Response};
+use abi::control::{CHUNK_MAX, ErrorKind, LINE_MAX, Reason, Request, Response};
 
 /// What the reader hands the callback.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,8 +38,8 @@ pub enum Pushed {
 /// Why a request failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChannelError {
-    /// The hypervisor refused it: its sentence and kind.
-    Refused { sentence: String, kind: ErrorKind },
+    /// The hypervisor refused it: its sentence, kind and reason.
+    Refused { sentence: String, kind: ErrorKind, reason: Option<Reason> },
     /// The connection is gone (or went now).
     Closed,
     /// No answer in time; the connection was closed.
@@ -132,7 +132,11 @@ impl Channel {
         }
         match self.exchange(&mut inner, &Request::ImageEnd)? {
             Response::Image { digest, .. } => Ok(digest),
-            other => Err(ChannelError::Refused { sentence: format!("image-end was answered {other:?}"), kind: ErrorKind::Unspecified }),
+            other => Err(ChannelError::Refused {
+                sentence: format!("image-end was answered {other:?}"),
+                kind: ErrorKind::Unspecified,
+                reason: None,
+            }),
         }
     }
 
@@ -168,7 +172,7 @@ impl Channel {
         while inner.answers.try_recv().is_ok() {}
         self.send(inner, req)?;
         match inner.answers.recv_timeout(self.timeout) {
-            Ok(Response::Error { error, kind }) => Err(ChannelError::Refused { sentence: error, kind }),
+            Ok(Response::Error { error, kind, reason }) => Err(ChannelError::Refused { sentence: error, kind, reason }),
             Ok(r) => Ok(r),
             Err(RecvTimeoutError::Timeout) => {
                 self.close();

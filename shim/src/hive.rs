@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use abi::control::{ErrorKind, ImageInfo, PROTOCOL_VERSION, Request, Response};
+use abi::control::{ErrorKind, ImageInfo, PROTOCOL_VERSION, Reason, Request, Response};
 use abi::report::GuestRow;
 use sha2::{Digest as _, Sha256};
 
@@ -183,10 +183,9 @@ impl Hive {
     /// its name: a container id used again gets its own name back). A
     /// guest that never started, or is gone already, is no error.
     pub fn forget(&self, name: &str) -> Result<(), String> {
-        match self.request(&Request::Remove(name)) {
-            Ok(_) => {}
-            Err(e) if e.contains("no guest") => {}
-            Err(e) => return Err(e),
+        match self.channel()?.request(&Request::Remove(name)) {
+            Ok(_) | Err(ChannelError::Refused { reason: Some(Reason::NotFound), .. }) => {}
+            Err(e) => return Err(e.to_string()),
         }
         lock(&self.known).names.remove(name);
         Ok(())

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use abi::control::{ErrorKind, EventKind, Request, Response, StartOptions};
+use abi::control::{EventKind, Reason, Request, Response, StartOptions};
 use containerd_shim::api;
 use containerd_shim::protos::cgroups::metrics::{CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat};
 use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
@@ -405,9 +405,8 @@ impl Shared {
         let mut started = start(&name);
         // Another client may have taken the name since the shim learnt
         // the names: once, with a fresh one.
-        if let Err(e @ ChannelError::Refused { .. }) = &started
-            && self.hive.name_taken(&name).unwrap_or(false)
-        {
+        if let Err(e @ ChannelError::Refused { reason: Some(Reason::Exists), .. }) = &started {
+            self.hive.name_taken(&name).ok();
             log::info!("guest name {name} was taken ({e}); trying another");
             let base = plan::guest_name(id);
             let fresh = self.hive.new_name(&base).map_err(|e| (Code::FAILED_PRECONDITION, e))?;
@@ -482,9 +481,9 @@ impl Shared {
         let ch = self.hive.channel().map_err(|e| (Code::UNAVAILABLE, e))?;
         match ch.request(&Request::Stop(&name)) {
             Ok(_) => Ok(()),
-            // Refused: it ended meanwhile (its event says how), the one
-            // way a guest the shim started and saw no end of can be.
-            Err(ChannelError::Refused { kind: ErrorKind::Refused, .. }) => Ok(()),
+            // It ended meanwhile (its event says how), the one way a
+            // guest the shim started and saw no end of can be refused.
+            Err(ChannelError::Refused { reason: Some(Reason::Ended), .. }) => Ok(()),
             Err(e) => Err((Code::FAILED_PRECONDITION, format!("stopping guest {name}: {e}"))),
         }
     }

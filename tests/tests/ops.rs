@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use abi::control::{ControlError, RequestError, Response};
+use abi::control::{ControlError, Reason, RequestError, Response};
 use abi::report::{GUEST_STATS_PREFIX, GuestRow, GuestState, GuestStats};
 use abi::stop::StopReason;
 use integration_tests::{Guest, Manifest, free_port, workspace_root};
@@ -438,12 +438,15 @@ fn more_guests_than_there_is_room_for_come_and_go_and_removed_names_are_free() {
     // `remove`: an ended guest is forgotten, and its name is free again; a
     // name nobody has is refused.
     let last = format!("g{}", GUESTS - 1);
-    assert!(start(&last).unwrap_err().to_string().contains("exists already"));
+    let reason = |e: anyhow::Error| e.downcast_ref::<xtask::ctl::Refused>().and_then(|r| r.reason);
+    assert_eq!(start(&last).map_err(reason).unwrap_err(), Some(Reason::Exists));
     assert_eq!(*inst.0.request(&format!("remove {last}")).unwrap(), Response::Removed { removed: last.clone() });
-    assert!(inst.0.request(&format!("wait {last}")).unwrap_err().to_string().contains("no guest"));
+    assert_eq!(inst.0.request(&format!("wait {last}")).map_err(reason).unwrap_err(), Some(Reason::NotFound));
     start(&last).unwrap();
     assert_eq!(inst.0.wait(&last).unwrap().exit_code, Some(0));
-    assert!(inst.0.request("remove nobody").unwrap_err().to_string().contains("no guest nobody"));
+    let e = inst.0.request("remove nobody").unwrap_err();
+    assert_eq!(e.to_string(), "no guest nobody");
+    assert_eq!(reason(e), Some(Reason::NotFound));
 }
 
 /// Protocol 4 end to end on a running hypervisor: images named by digest

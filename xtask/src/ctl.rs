@@ -54,10 +54,27 @@ impl std::fmt::Display for Answer {
 /// Reads one answer line; an `error` answer becomes an error.
 pub fn answer(line: &str) -> Result<Answer> {
     match serde_json::from_str(line.trim()).with_context(|| format!("not an answer of the control protocol: {line:?}"))? {
-        Response::Error { error, .. } => bail!("{error}"),
+        Response::Error { error, kind, reason } => Err(Refused { error, kind, reason }.into()),
         r => Ok(Answer(r)),
     }
 }
+
+/// An `error` answer, as the error of a request (`anyhow`'s
+/// `downcast_ref` finds it): its sentence, kind and reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub error: String,
+    pub kind: abi::control::ErrorKind,
+    pub reason: Option<abi::control::Reason>,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)
+    }
+}
+
+impl std::error::Error for Refused {}
 
 /// Reads lines until an answer (skipping pushed records); an `error`
 /// answer becomes an error.

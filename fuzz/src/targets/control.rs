@@ -12,7 +12,7 @@
 
 use std::cell::RefCell;
 
-use abi::control::{GuestEvent, ImageInfo, Request, Response, StartOptions, Tenant, TenantRow};
+use abi::control::{GuestEvent, ImageInfo, Refusal, Request, Response, StartOptions, Tenant, TenantRow};
 use abi::report::{GuestRow, GuestState, GuestStats, MachineStats};
 use hypervisor::control::{ControlHost, STALL_NS, Session};
 use hypervisor::guest::{Guest, LoadedImage};
@@ -74,12 +74,15 @@ impl ControlHost for FuzzHost {
         st.images.push((name.into(), d, loaded));
         Ok((name.into(), digest_string(&d)))
     }
-    fn remove_image(&self, which: &str) -> Result<String, String> {
+    fn remove_image(&self, which: &str) -> Result<String, Refusal> {
         let st = &mut *self.0.borrow_mut();
-        let i =
-            st.images.iter().position(|(n, d, _)| n == which || digest_string(d) == which).ok_or_else(|| format!("no image {which}"))?;
+        let i = st
+            .images
+            .iter()
+            .position(|(n, d, _)| n == which || digest_string(d) == which)
+            .ok_or_else(|| Refusal::from(format!("no image {which}")))?;
         if !st.guests.is_empty() {
-            return Err(format!("image {which} may be in use"));
+            return Err(Refusal::from(format!("image {which} may be in use")));
         }
         let (name, _, img) = st.images.remove(i);
         img.unload(&mut st.mem);
@@ -95,20 +98,20 @@ impl ControlHost for FuzzHost {
         _: &StartOptions,
         args: &[&str],
         env: &[&str],
-    ) -> Result<(Option<[u8; 4]>, Option<u32>), String> {
+    ) -> Result<(Option<[u8; 4]>, Option<u32>), Refusal> {
         let st = &mut *self.0.borrow_mut();
         if st.guests.iter().any(|(n, _)| n == name) {
-            return Err(format!("a guest named {name} exists already"));
+            return Err(Refusal::from(format!("a guest named {name} exists already")));
         }
         let machine = (FRAMES * 4096) as u64;
         if memory > machine {
-            return Err(format!("memory {memory} is more than the machine's {machine}"));
+            return Err(Refusal::from(format!("memory {memory} is more than the machine's {machine}")));
         }
         if let Tenant::Named(t) = tenant
             && !st.tenants.iter().any(|n| n == t)
         {
             if st.tenants.len() >= abi::MAX_TENANTS as usize {
-                return Err(format!("no tenant number left for {t}"));
+                return Err(Refusal::from(format!("no tenant number left for {t}")));
             }
             st.tenants.push(t.into());
         }
@@ -117,9 +120,9 @@ impl ControlHost for FuzzHost {
             .iter()
             .find(|(n, d, _)| n == image || digest_string(d) == image)
             .map(|(_, _, i)| i)
-            .ok_or_else(|| format!("no image {image}"))?;
-        let g =
-            Guest::create(&mut st.mem, st.kernel_root, st.time_page, img, name, args, env, memory, |_, _| {}).map_err(|e| e.to_string())?;
+            .ok_or_else(|| Refusal::from(format!("no image {image}")))?;
+        let g = Guest::create(&mut st.mem, st.kernel_root, st.time_page, img, name, args, env, memory, |_, _| {})
+            .map_err(|e| Refusal::from(e.to_string()))?;
         st.guests.push((name.into(), g));
         Ok((None, None))
     }
@@ -127,32 +130,32 @@ impl ControlHost for FuzzHost {
         let row = |(i, n): (usize, &String)| TenantRow { name: Some(n.clone()), id: i as u32, guests: 0 };
         self.0.borrow().tenants.iter().enumerate().map(row).collect()
     }
-    fn remove_tenant(&self, name: &str) -> Result<(), String> {
+    fn remove_tenant(&self, name: &str) -> Result<(), Refusal> {
         let st = &mut *self.0.borrow_mut();
-        let i = st.tenants.iter().position(|n| n == name).ok_or_else(|| format!("no tenant {name}"))?;
+        let i = st.tenants.iter().position(|n| n == name).ok_or_else(|| Refusal::from(format!("no tenant {name}")))?;
         st.tenants.remove(i);
         Ok(())
     }
-    fn remove_guest(&self, name: &str) -> Result<(), String> {
+    fn remove_guest(&self, name: &str) -> Result<(), Refusal> {
         // Its guests are live until stopped, which forgets them.
         match self.0.borrow().guests.iter().any(|(n, _)| n == name) {
-            true => Err(format!("guest {name} has not ended (stop it first)")),
-            false => Err(format!("no guest {name}")),
+            true => Err(format!("guest {name} has not ended (stop it first)").into()),
+            false => Err(format!("no guest {name}").into()),
         }
     }
-    fn wait(&self, client: usize, name: &str) -> Result<Option<GuestEvent>, String> {
+    fn wait(&self, client: usize, name: &str) -> Result<Option<GuestEvent>, Refusal> {
         self.watch_console(client, name).map(|()| None)
     }
     fn watch_events(&self, _: usize) {}
-    fn watch_console(&self, _: usize, name: &str) -> Result<(), String> {
+    fn watch_console(&self, _: usize, name: &str) -> Result<(), Refusal> {
         match self.0.borrow().guests.iter().any(|(n, _)| n == name) {
             true => Ok(()),
-            false => Err(format!("no guest {name}")),
+            false => Err(format!("no guest {name}").into()),
         }
     }
-    fn stop(&self, name: &str) -> Result<(), String> {
+    fn stop(&self, name: &str) -> Result<(), Refusal> {
         let st = &mut *self.0.borrow_mut();
-        let i = st.guests.iter().position(|(n, _)| n == name).ok_or_else(|| format!("no guest {name}"))?;
+        let i = st.guests.iter().position(|(n, _)| n == name).ok_or_else(|| Refusal::from(format!("no guest {name}")))?;
         let (_, g) = st.guests.remove(i);
         g.destroy(&mut st.mem);
         Ok(())
@@ -178,12 +181,12 @@ impl ControlHost for FuzzHost {
             .collect();
         (guests, MachineStats { live: st.guests.len() as u64, total_bytes: (FRAMES * 4096) as u64, ..Default::default() })
     }
-    fn capture(&self, _: usize, what: &str, _count: u32, _secs: u32) -> Result<(), String> {
+    fn capture(&self, _: usize, what: &str, _count: u32, _secs: u32) -> Result<(), Refusal> {
         let st = self.0.borrow();
         match what.strip_prefix("tenant:") {
-            Some(t) => t.parse::<u32>().map(|_| ()).map_err(|_| format!("no tenant {t}")),
+            Some(t) => t.parse::<u32>().map(|_| ()).map_err(|_| Refusal::from(format!("no tenant {t}"))),
             None if st.guests.iter().any(|(n, _)| n == what) => Ok(()),
-            None => Err(format!("no guest or tenant {what}")),
+            None => Err(format!("no guest or tenant {what}").into()),
         }
     }
 }

@@ -11,7 +11,7 @@
 //! error. Nothing here waits for a byte.
 
 use super::{LineReader, STALL_NS, json_line};
-use abi::control::{ControlError, GuestEvent, ImageInfo, Request, Response, StartOptions, Tenant, TenantRow, parse};
+use abi::control::{ControlError, GuestEvent, ImageInfo, Refusal, Request, Response, StartOptions, Tenant, TenantRow, parse};
 use abi::report::{GuestRow, GuestStats, MachineStats};
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -30,7 +30,7 @@ pub trait ControlHost {
     fn add_image(&self, name: &str, data: &[u8]) -> Result<(String, String), String>;
     /// Unloads the image `which` names (a name or a digest) if no guest
     /// runs it; the name it had.
-    fn remove_image(&self, which: &str) -> Result<String, String>;
+    fn remove_image(&self, which: &str) -> Result<String, Refusal>;
     /// Creates and starts a guest; its IPv4 address if it has a vNIC, and
     /// its tenant's number. (The words of a `start` request, one argument
     /// each.)
@@ -45,9 +45,9 @@ pub trait ControlHost {
         options: &StartOptions,
         args: &[&str],
         env: &[&str],
-    ) -> Result<(Option<[u8; 4]>, Option<u32>), String>;
+    ) -> Result<(Option<[u8; 4]>, Option<u32>), Refusal>;
     /// Marks a guest to be stopped.
-    fn stop(&self, name: &str) -> Result<(), String>;
+    fn stop(&self, name: &str) -> Result<(), Refusal>;
     /// A row for every guest not forgotten (live, and ended ones whose
     /// records are kept), in the order they were created.
     fn list(&self) -> Vec<GuestRow>;
@@ -55,20 +55,20 @@ pub trait ControlHost {
     fn stats(&self) -> (Vec<GuestStats>, MachineStats);
     /// Starts capturing the frames of guest `what` or `tenant:N` for
     /// `client`.
-    fn capture(&self, client: usize, what: &str, count: u32, secs: u32) -> Result<(), String>;
+    fn capture(&self, client: usize, what: &str, count: u32, secs: u32) -> Result<(), Refusal>;
     /// Every tenant with a name or a guest.
     fn tenants(&self) -> Vec<TenantRow>;
     /// Forgets tenant `name` if none of its guests is left.
-    fn remove_tenant(&self, name: &str) -> Result<(), String>;
+    fn remove_tenant(&self, name: &str) -> Result<(), Refusal>;
     /// Forgets ended guest `name`'s record (its name and room are free).
-    fn remove_guest(&self, name: &str) -> Result<(), String>;
+    fn remove_guest(&self, name: &str) -> Result<(), Refusal>;
     /// How guest `name` ended, if it has; otherwise its end will be pushed
     /// to `client` when it comes.
-    fn wait(&self, client: usize, name: &str) -> Result<Option<GuestEvent>, String>;
+    fn wait(&self, client: usize, name: &str) -> Result<Option<GuestEvent>, Refusal>;
     /// Pushes every guest's start and end to `client` from now on.
     fn watch_events(&self, client: usize);
     /// Pushes guest `name`'s console lines, then its end, to `client`.
-    fn watch_console(&self, client: usize, name: &str) -> Result<(), String>;
+    fn watch_console(&self, client: usize, name: &str) -> Result<(), Refusal>;
 }
 
 /// An image arriving in `image-data` chunks.
@@ -269,7 +269,7 @@ mod tests {
             self.images.borrow_mut().push((name.into(), data.len()));
             Ok((name.into(), format!("sha256:{}", data.len())))
         }
-        fn remove_image(&self, which: &str) -> Result<String, String> {
+        fn remove_image(&self, which: &str) -> Result<String, Refusal> {
             let mut images = self.images.borrow_mut();
             let i = images.iter().position(|(n, _)| n == which).ok_or(format!("no image {which}"))?;
             Ok(images.remove(i).0)
@@ -284,9 +284,9 @@ mod tests {
             options: &StartOptions,
             _: &[&str],
             _: &[&str],
-        ) -> Result<(Option<[u8; 4]>, Option<u32>), String> {
+        ) -> Result<(Option<[u8; 4]>, Option<u32>), Refusal> {
             if !self.images.borrow().iter().any(|(n, _)| n == image) {
-                return Err(format!("no image {image}"));
+                return Err(format!("no image {image}").into());
             }
             self.guests.borrow_mut().push(name.into());
             if options.watch {
@@ -302,27 +302,27 @@ mod tests {
         fn tenants(&self) -> Vec<TenantRow> {
             vec![TenantRow { name: Some("acme".into()), id: 9, guests: self.guests.borrow().len() as u32 }]
         }
-        fn remove_tenant(&self, name: &str) -> Result<(), String> {
-            if name == "acme" { Ok(()) } else { Err(format!("no tenant {name}")) }
+        fn remove_tenant(&self, name: &str) -> Result<(), Refusal> {
+            if name == "acme" { Ok(()) } else { Err(format!("no tenant {name}").into()) }
         }
-        fn remove_guest(&self, name: &str) -> Result<(), String> {
+        fn remove_guest(&self, name: &str) -> Result<(), Refusal> {
             let mut g = self.guests.borrow_mut();
             let i = g.iter().position(|n| n == name).ok_or_else(|| format!("no guest {name}"))?;
             g.remove(i);
             Ok(())
         }
-        fn wait(&self, _: usize, name: &str) -> Result<Option<GuestEvent>, String> {
+        fn wait(&self, _: usize, name: &str) -> Result<Option<GuestEvent>, Refusal> {
             if self.guests.borrow().iter().any(|n| n == name) {
                 *self.waited.borrow_mut() = Some(name.into());
                 return Ok(None);
             }
-            Err(format!("no guest {name}"))
+            Err(format!("no guest {name}").into())
         }
         fn watch_events(&self, _: usize) {}
-        fn watch_console(&self, client: usize, name: &str) -> Result<(), String> {
+        fn watch_console(&self, client: usize, name: &str) -> Result<(), Refusal> {
             self.wait(client, name).map(|_| ())
         }
-        fn stop(&self, name: &str) -> Result<(), String> {
+        fn stop(&self, name: &str) -> Result<(), Refusal> {
             let mut g = self.guests.borrow_mut();
             let i = g.iter().position(|n| n == name).ok_or(format!("no guest {name}"))?;
             g.remove(i);
@@ -343,7 +343,7 @@ mod tests {
         fn stats(&self) -> (Vec<GuestStats>, MachineStats) {
             (vec![GuestStats { guest: "w".into(), ..Default::default() }], MachineStats { live: 1, ..Default::default() })
         }
-        fn capture(&self, _: usize, _: &str, _: u32, _: u32) -> Result<(), String> {
+        fn capture(&self, _: usize, _: &str, _: u32, _: u32) -> Result<(), Refusal> {
             Ok(())
         }
     }

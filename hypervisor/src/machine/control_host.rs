@@ -13,7 +13,8 @@ use super::report::sizes;
 use super::{EXITED, GuestStatus, MAX_IMAGES, Machine, Network, Platform, STATES};
 use crate::control::{ControlHost, Input, Session, json_line};
 use abi::bundle::Settings;
-use abi::control::{GuestEvent, ImageInfo, StartOptions, Tenant, TenantRow};
+use abi::control::Reason::{Ended, Exists, InUse, NotEnded, NotFound};
+use abi::control::{GuestEvent, ImageInfo, Refusal, StartOptions, Tenant, TenantRow};
 use abi::report::{GuestRow, GuestStats, MachineStats};
 use alloc::format;
 use alloc::string::String;
@@ -168,14 +169,16 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
         Ok(answer)
     }
 
-    fn remove_image(&self, which: &str) -> Result<String, String> {
+    fn remove_image(&self, which: &str) -> Result<String, Refusal> {
         let mut images = self.images.lock();
         // Guests are created under this lock: none can start on it meanwhile.
-        let i =
-            images.iter().position(|e| e.answers_to(which) && e.image.is_ok()).ok_or_else(|| format!("no image {which} (see images)"))?;
+        let i = images
+            .iter()
+            .position(|e| e.answers_to(which) && e.image.is_ok())
+            .ok_or_else(|| Refusal::new(NotFound, format!("no image {which} (see images)")))?;
         match self.image_users(i) {
             0 => {}
-            n => return Err(format!("image {which} is in use by {n} guest(s)")),
+            n => return Err(Refusal::new(InUse, format!("image {which} is in use by {n} guest(s)"))),
         }
         let entry = core::mem::replace(&mut images[i], ImageEntry::free());
         drop(images);
@@ -196,21 +199,25 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
         options: &StartOptions,
         args: &[&str],
         env: &[&str],
-    ) -> Result<(Option<[u8; 4]>, Option<u32>), String> {
+    ) -> Result<(Option<[u8; 4]>, Option<u32>), Refusal> {
         if self.find(name).is_some() {
-            return Err(format!("a guest named {name} exists already"));
+            return Err(Refusal::new(Exists, format!("a guest named {name} exists already")));
         }
         // A limit the machine could never honour is a mistake (as in a manifest).
         let machine = self.platform.frames().1 as u64 * 4096;
         if memory > machine {
-            return Err(format!("guest {name} not started: memory {} is more than the machine's {}", sizes(memory), sizes(machine)));
+            return Err(Refusal::from(format!(
+                "guest {name} not started: memory {} is more than the machine's {}",
+                sizes(memory),
+                sizes(machine)
+            )));
         }
         let index = self
             .images
             .lock()
             .iter()
             .position(|e| e.answers_to(image) && e.image.is_ok())
-            .ok_or_else(|| format!("no image {image} (see images)"))?;
+            .ok_or_else(|| Refusal::new(NotFound, format!("no image {image} (see images)")))?;
         let tenant = match tenant {
             Tenant::None => abi::bundle::TENANT_NONE,
             Tenant::Number(t) => t,
@@ -226,15 +233,17 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
             limits: options.apply_limits(defaults.limits),
         };
         let watch = if options.watch { 1 << client } else { 0 };
-        let c = self.create_guest(name, index, &st, args, env, watch).map_err(|e| format!("guest {name} not started: {e}"))?;
+        let c = self
+            .create_guest(name, index, &st, args, env, watch)
+            .map_err(|e| Refusal { why: format!("guest {name} not started: {e}"), reason: e.reason })?;
         self.platform.console_line(&format!("[hv] guest {name} started ({})", c.describe));
         Ok((c.ip, c.ip.map(|_| tenant)))
     }
 
-    fn stop(&self, name: &str) -> Result<(), String> {
-        let id = self.find(name).ok_or_else(|| format!("no guest {name}"))?;
+    fn stop(&self, name: &str) -> Result<(), Refusal> {
+        let id = self.find(name).ok_or_else(|| not_found(name))?;
         if self.status(id).state.load(Ordering::Relaxed) >= EXITED {
-            return Err(format!("guest {name} has already ended"));
+            return Err(Refusal::new(Ended, format!("guest {name} has already ended")));
         }
         self.status(id).stop_requested.store(true, Ordering::Release);
         self.wake(id, 0);
@@ -283,27 +292,28 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
         rows
     }
 
-    fn remove_tenant(&self, name: &str) -> Result<(), String> {
+    fn remove_tenant(&self, name: &str) -> Result<(), Refusal> {
         let mut c = self.creating.lock();
-        let t = c.tenant_named(name, false)?;
+        let t = c.tenant_named(name, false).map_err(|e| Refusal::new(NotFound, e))?;
         // Guests are created under this lock: none can join it meanwhile.
         let n = self.statuses().filter(|(_, s)| s.tenant == Some(t) && s.state.load(Ordering::Relaxed) < EXITED).count();
         if n > 0 {
-            return Err(format!("tenant {name} still has {n} guest(s)"));
+            return Err(Refusal::new(InUse, format!("tenant {name} still has {n} guest(s)")));
         }
         c.names[t as usize] = None;
         Ok(())
     }
 
-    fn remove_guest(&self, name: &str) -> Result<(), String> {
+    fn remove_guest(&self, name: &str) -> Result<(), Refusal> {
         let mut c = self.creating.lock();
         self.take_ended(&mut c);
-        let id = self.find(name).ok_or_else(|| format!("no guest {name}"))?;
+        let id = self.find(name).ok_or_else(|| not_found(name))?;
         let Some(i) = c.kept.iter().position(|&k| k == id) else {
-            return Err(match self.status(id).end.is_completed() {
+            let why = match self.status(id).end.is_completed() {
                 true => format!("guest {name} is still ending (try again)"),
                 false => format!("guest {name} has not ended (stop it first)"),
-            });
+            };
+            return Err(Refusal::new(NotEnded, why));
         };
         c.kept.remove(i);
         self.forget(id);
@@ -311,8 +321,8 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
         Ok(())
     }
 
-    fn wait(&self, client: usize, name: &str) -> Result<Option<GuestEvent>, String> {
-        let id = self.find(name).ok_or_else(|| format!("no guest {name}"))?;
+    fn wait(&self, client: usize, name: &str) -> Result<Option<GuestEvent>, Refusal> {
+        let id = self.find(name).ok_or_else(|| not_found(name))?;
         // Under the watch lock: `finish` records the end before it takes
         // the lock, so either the end is seen here or the wait is there.
         let mut watch = self.watch.lock();
@@ -333,24 +343,29 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
         }
     }
 
-    fn watch_console(&self, client: usize, name: &str) -> Result<(), String> {
-        let id = self.find(name).ok_or_else(|| format!("no guest {name}"))?;
+    fn watch_console(&self, client: usize, name: &str) -> Result<(), Refusal> {
+        let id = self.find(name).ok_or_else(|| not_found(name))?;
         let status = self.status(id);
         if status.end.is_completed() {
-            return Err(format!("guest {name} has already ended"));
+            return Err(Refusal::new(Ended, format!("guest {name} has already ended")));
         }
         status.watched.fetch_or(1 << client, Ordering::Relaxed);
         Ok(())
     }
 
-    fn capture(&self, client: usize, what: &str, count: u32, secs: u32) -> Result<(), String> {
+    fn capture(&self, client: usize, what: &str, count: u32, secs: u32) -> Result<(), Refusal> {
         let target = match what.strip_prefix("tenant:") {
             Some(t) => t.parse().ok().map(CaptureTarget::Tenant),
             None => self.find(what).map(CaptureTarget::Guest),
         };
-        let t = target.ok_or_else(|| format!("no guest or tenant {what}"))?;
+        let t = target.ok_or_else(|| Refusal::new(NotFound, format!("no guest or tenant {what}")))?;
         self.capture_client.store(client, Ordering::Relaxed);
         self.net.start_capture(t, count, self.now().saturating_add(u64::from(secs) * 1_000_000_000));
         Ok(())
     }
+}
+
+/// `no guest NAME`.
+fn not_found(name: &str) -> Refusal {
+    Refusal::new(NotFound, format!("no guest {name}"))
 }

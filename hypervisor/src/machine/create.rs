@@ -23,6 +23,8 @@ use crate::machine::network::Attach;
 use crate::mm::{FRAME_SIZE, PhysMem, paging::Pte};
 use crate::net::port::RingAllocError;
 use abi::bundle::{Bundle, Settings, TENANT_NONE};
+use abi::control::Reason::{NoRoom, NotFound};
+use abi::control::Refusal;
 use abi::time::TimeInfo;
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -216,24 +218,26 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         args: &[&str],
         env: &[&str],
         watch: u32,
-    ) -> Result<Created, String> {
+    ) -> Result<Created, Refusal> {
         let mut creating = self.creating.lock();
         let images = self.images.lock();
-        let Some(entry) = images.get(image).filter(|e| !e.is_free()) else { return Err(format!("there is no image {image}")) };
+        let Some(entry) = images.get(image).filter(|e| !e.is_free()) else {
+            return Err(Refusal::new(NotFound, format!("there is no image {image}")));
+        };
         let img = entry.image.as_ref().map_err(|_| String::from("its image was rejected"))?;
         let args: Vec<&str> = if args.is_empty() { img.app_args.iter().map(String::as_str).collect() } else { args.to_vec() };
         let (heap, heap_used) = self.platform.heap_usage();
         if heap - heap_used < HEAP_HEADROOM {
-            return Err(format!("the hypervisor's heap is full ({} used)", sizes(heap_used as u64)));
+            return Err(Refusal::new(NoRoom, format!("the hypervisor's heap is full ({} used)", sizes(heap_used as u64))));
         }
         let Some(id) = self.take_id(&mut creating) else {
-            return Err(format!("no room for more guests ({} at most at once)", self.status.len()));
+            return Err(Refusal::new(NoRoom, format!("no room for more guests ({} at most at once)", self.status.len())));
         };
         let created = self.create_as(id, &mut creating, name, img, image, st, &args, env, watch);
         if created.is_err() {
             creating.free.push(id);
         }
-        created
+        created.map_err(Refusal::from)
     }
 
     /// An id for a new guest: a free one, else one never given, else that

@@ -523,7 +523,7 @@ fn a_guest_whose_vnic_cannot_be_attached_is_destroyed_whole() {
     let before = m.platform.mem.lock().live;
     let st = abi::bundle::Settings { memory: 1 << 20, tenant: 1, ..Default::default() };
     let e = m.create_guest("n", 0, &st, &[], &[], 0).err().expect("the network refuses the port");
-    assert_eq!(e, "no network");
+    assert_eq!(e.why, "no network");
     assert_eq!(m.platform.mem.lock().live, before, "its pages, tables and ring frames are all freed");
     assert_eq!((m.high.load(Ordering::SeqCst), m.creating.lock().free.as_slice()), (0, &[0][..]), "no id is used up");
     // Its address was taken all the same (as before: addresses are not reused).
@@ -831,7 +831,7 @@ fn images_are_named_by_digest_loaded_once_and_removed_when_unused() {
     m.platform.scripts.lock().insert("g".into(), [Act::Block(u64::MAX)].into());
     m.start(0, "g", &digest, 1 << 20, abi::control::Tenant::None, &Default::default(), &[], &[]).unwrap();
     assert_eq!(m.images()[1].guests, 1);
-    assert!(m.remove_image(&digest).unwrap_err().contains("in use by 1 guest"));
+    assert_eq!(m.remove_image(&digest).unwrap_err().reason, Some(abi::control::Reason::InUse));
     m.stop("g").unwrap();
     assert_eq!(steps(&m, 0, &mut CpuState::default(), 10), Pass::Done);
     assert_eq!(m.remove_image(&digest), Ok(name));
@@ -859,7 +859,8 @@ fn named_tenants_are_numbered_kept_and_removed_when_empty() {
     assert_eq!(m.start(0, "z", "t", 1 << 20, Tenant::Named("zed"), &opts, &[], &[]).map(|(_, t)| t), Ok(Some(2)));
     let rows: Vec<_> = m.tenants().into_iter().map(|r| (r.name, r.id, r.guests)).collect();
     assert_eq!(rows, [(None, 0, 1), (Some("acme".into()), 1, 2), (Some("zed".into()), 2, 1)]);
-    assert!(m.remove_tenant("acme").unwrap_err().contains("still has 2 guest"));
+    let e = m.remove_tenant("acme").unwrap_err();
+    assert!(e.why.contains("still has 2 guest") && e.reason == Some(abi::control::Reason::InUse), "{e:?}");
     assert!(m.remove_tenant("nobody").is_err());
     let w = m.find("w").unwrap();
     // The options reached the scheduler: a 20% cap is a fifth of its period.
@@ -927,8 +928,9 @@ fn ended_guests_make_room_for_new_ones_the_longest_ended_first() {
 
     // `remove` forgets an ended guest's record at once, its name is free
     // again, and its id is the next one given; a live guest is refused.
-    assert!(m.remove_guest("new").unwrap_err().contains("has not ended"));
-    assert!(m.remove_guest("nobody").is_err());
+    assert_eq!(m.remove_guest("new").unwrap_err().reason, Some(abi::control::Reason::NotEnded));
+    assert_eq!(m.remove_guest("nobody").unwrap_err().reason, Some(abi::control::Reason::NotFound));
+    assert_eq!(m.stop("g3").unwrap_err().reason, Some(abi::control::Reason::Ended));
     m.remove_guest("g5").unwrap();
     assert!(m.find("g5").is_none());
     m.wake(5, 0);

@@ -2,7 +2,7 @@
 //! Unix socket pair.
 
 use super::*;
-use abi::control::{EventKind, GuestEvent, StartOptions, Tenant};
+use abi::control::{EventKind, GuestEvent, Reason, StartOptions, Tenant};
 use abi::report::GuestState;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::Receiver;
@@ -50,12 +50,12 @@ fn answers_go_to_the_request_and_pushed_records_to_the_callback() {
         writeln!(to_shim, r#"{{"protocol":5,"abi":4}}"#).unwrap();
         assert_eq!(read_line(&mut from_shim), "stop nobody\n");
         writeln!(to_shim, r#"{{"lines_dropped":2}}"#).unwrap();
-        writeln!(to_shim, r#"{{"error":"no guest nobody","kind":"refused"}}"#).unwrap();
+        writeln!(to_shim, r#"{{"error":"no guest nobody","kind":"refused","reason":"not_found"}}"#).unwrap();
         (from_shim, to_shim)
     });
     assert_eq!(ch.request(&Request::Version).unwrap(), Response::Version { protocol: 5, abi: 4 });
     let e = ch.request(&Request::Stop("nobody")).unwrap_err();
-    assert_eq!(e, ChannelError::Refused { sentence: "no guest nobody".into(), kind: ErrorKind::Refused });
+    assert_eq!(e, ChannelError::Refused { sentence: "no guest nobody".into(), kind: ErrorKind::Refused, reason: Some(Reason::NotFound) });
     let _keep = hv.join().unwrap();
     assert_eq!(pushed.recv().unwrap(), Pushed::Record(Response::Console { console: "a".into(), line: r#"{"protocol":9,"abi":9}"#.into() }));
     assert!(matches!(pushed.recv().unwrap(), Pushed::Record(Response::Event(e)) if e.guest == "a" && e.exit_code == Some(3)));

@@ -80,7 +80,54 @@ pub enum ControlError {
     ImageRejected { name: String, why: String },
     /// The hypervisor refused `start`, `stop` or `capture`, for the reason
     /// given (no such guest, no memory, ...).
-    Refused(String),
+    Refused(Refusal),
+}
+
+/// A refused request: the sentence, and (protocol 5) what it was about,
+/// for programs, where one of the [`Reason`]s says it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub why: String,
+    pub reason: Option<Reason>,
+}
+
+impl Refusal {
+    pub fn new(reason: Reason, why: String) -> Self {
+        Self { why, reason: Some(reason) }
+    }
+}
+
+impl From<String> for Refusal {
+    fn from(why: String) -> Self {
+        Self { why, reason: None }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+/// What a refusal was about (an error answer's `reason`, in snake case;
+/// absent where none of these says it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(rename_all = "snake_case"))]
+pub enum Reason {
+    /// No guest, image or tenant of that name.
+    NotFound,
+    /// A guest of that name exists (live, or ended and not removed).
+    Exists,
+    /// The guest has ended (`stop`, `console`).
+    Ended,
+    /// The guest has not ended yet (`remove`).
+    NotEnded,
+    /// Guests use it (`image-remove`, `tenant-remove`), or another image
+    /// has that name (`image-end`).
+    InUse,
+    /// No room: for another guest, in the hypervisor's heap, or for an
+    /// address or a tenant number.
+    NoRoom,
 }
 
 /// What kind of refusal an error answer is (its `kind` on the wire, in
@@ -141,7 +188,7 @@ impl fmt::Display for ControlError {
             Self::UploadLength => f.write_str("the upload did not match its length"),
             Self::NoUpload => f.write_str("no upload in progress (image-begin first)"),
             Self::ImageRejected { name, why } => write!(f, "image {name} rejected: {why}"),
-            Self::Refused(why) => f.write_str(why),
+            Self::Refused(r) => f.write_str(&r.why),
         }
     }
 }
@@ -213,13 +260,21 @@ pub enum Response {
         error: String,
         #[cfg_attr(feature = "serde", serde(default))]
         kind: ErrorKind,
+        /// What a `refused` answer was about (protocol 5), if a [`Reason`]
+        /// says it.
+        #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
+        reason: Option<Reason>,
     },
 }
 
 impl From<ControlError> for Response {
     fn from(e: ControlError) -> Self {
         use alloc::string::ToString;
-        Response::Error { error: e.to_string(), kind: e.kind() }
+        let reason = match &e {
+            ControlError::Refused(r) => r.reason,
+            _ => None,
+        };
+        Response::Error { error: e.to_string(), kind: e.kind(), reason }
     }
 }
 

@@ -68,7 +68,11 @@ fn answers_print_as_they_always_did_and_read_back() {
         (Response::frame(5, &[0, 0xab]), r#"{"wall_ns":5,"frame":"00ab"}"#),
         (Response::Captured { captured: 3, dropped: 1 }, r#"{"captured":3,"dropped":1}"#),
         (ControlError::NoUpload.into(), r#"{"error":"no upload in progress (image-begin first)","kind":"no_upload"}"#),
-        (ControlError::Refused("a \"quoted\"\nname".into()).into(), r#"{"error":"a \"quoted\"\nname","kind":"refused"}"#),
+        (ControlError::Refused(String::from("a \"quoted\"\nname").into()).into(), r#"{"error":"a \"quoted\"\nname","kind":"refused"}"#),
+        (
+            ControlError::Refused(Refusal::new(Reason::NotFound, "no guest x".into())).into(),
+            r#"{"error":"no guest x","kind":"refused","reason":"not_found"}"#,
+        ),
     ];
     for (answer, wire) in cases {
         assert_eq!(serde_json::to_string(answer).unwrap(), *wire);
