@@ -449,6 +449,39 @@ fn more_guests_than_there_is_room_for_come_and_go_and_removed_names_are_free() {
     assert_eq!(reason(e), Some(Reason::NotFound));
 }
 
+/// `ctl start --port`: a guest started at run time serves a host port
+/// through QEMU's monitor; when it has ended its forward goes (and its host
+/// port is free for the next guest); a port QEMU cannot forward is an
+/// error, and the guest is not left half-started.
+#[test]
+fn host_ports_forward_to_guests_started_at_run_time_until_they_end() {
+    let (inst, _dir) = Detached::start("ports", Manifest::new([Guest::app("h", "hello")]));
+    let echo_image = xtask::build_apps(&["echo"]).unwrap().remove(0);
+    let port = free_port();
+    let start = |name: &str| {
+        let started = inst.0.start(&StartSpec { tenant: Some("0"), ..spec(name, &echo_image, 4 << 20) }).unwrap();
+        let Response::Started { ip: Some(ip), .. } = &*started else { panic!("{started:?}") };
+        ip.clone()
+    };
+    let ip = start("e1");
+    inst.0.forward("e1", &ip, &[(port, 7)]).unwrap();
+    assert_eq!(echo(port, b"through the forward"), b"through the forward");
+    // The same host port again: QEMU refuses, nothing is recorded.
+    let e = inst.0.forward("e2", "10.0.0.9", &[(port, 7)]).unwrap_err();
+    assert!(format!("{e:#}").contains("Could not set up host forwarding"), "{e:#}");
+
+    inst.0.request("stop e1").unwrap();
+    inst.0.wait("e1").unwrap();
+    inst.0.unforward_ended().unwrap();
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "the forward of an ended guest is gone");
+    let ip = start("e2");
+    inst.0.forward("e2", &ip, &[(port, 7)]).unwrap();
+    assert_eq!(echo(port, b"the port again"), b"the port again");
+    let recorded = std::fs::read_to_string(inst.0.dir.join("forwards.json")).unwrap();
+    let recorded: Vec<xtask::ctl::Forward> = serde_json::from_str(&recorded).unwrap();
+    assert_eq!(recorded, [xtask::ctl::Forward { guest: "e2".into(), host: port, ip, port: 7 }]);
+}
+
 /// Protocol 4 end to end on a running hypervisor: images named by digest
 /// (loaded once, a rebuilt one never mistaken for the old, removed when no
 /// guest runs it), a start with options that streams the guest's console

@@ -24,6 +24,24 @@ use serde_json::Value;
 use crate::qemu::Prepared;
 use crate::runner::{self, Options, Qemu, alive};
 
+/// A host port forward `ctl start --port` added: 127.0.0.1:`host` (TCP)
+/// to guest `guest` at `ip`:`port`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Forward {
+    pub guest: String,
+    pub host: u16,
+    pub ip: String,
+    pub port: u16,
+}
+
+/// `HOST:GUEST`: a TCP host port and a guest port, 1 to 65535 each.
+pub fn parse_port(s: &str) -> Result<(u16, u16)> {
+    let port = |p: &str| p.parse::<u16>().ok().filter(|&p| p > 0);
+    s.split_once(':')
+        .and_then(|(h, g)| Some((port(h)?, port(g.strip_suffix("/tcp").unwrap_or(g))?)))
+        .with_context(|| format!("--port {s:?}: HOST:GUEST, TCP ports 1 to 65535"))
+}
+
 /// A captured frame: wall-clock ns and the bytes.
 pub type Frame = (u64, Vec<u8>);
 
@@ -305,6 +323,76 @@ impl Instance {
         }
     }
 
+    /// QEMU's monitor socket.
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+
+    /// Runs `f` on the host port forwards `ctl start --port` recorded (in
+    /// `forwards.json`, under `forwards.lock`: several `ctl`s may run at
+    /// once) and records what it leaves.
+    fn with_forwards<T>(&self, f: impl FnOnce(&mut Vec<Forward>) -> Result<T>) -> Result<T> {
+        let lock = fs::File::options().create(true).truncate(false).write(true).open(self.dir.join("forwards.lock"))?;
+        lock.lock().context("waiting for forwards.lock")?;
+        let path = self.dir.join("forwards.json");
+        let mut forwards: Vec<Forward> = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let out = f(&mut forwards);
+        crate::pack::write_atomically(&path, serde_json::to_string_pretty(&forwards)?.as_bytes())?;
+        out
+    }
+
+    /// Forwards each host port (127.0.0.1, TCP) of `ports` to its guest
+    /// port at `ip`, guest `guest`'s address: all, or none and an error.
+    pub fn forward(&self, guest: &str, ip: &str, ports: &[(u16, u16)]) -> Result<()> {
+        let qmp = self.qmp_socket();
+        self.with_forwards(|recorded| {
+            let mut added: Vec<u16> = Vec::new();
+            for &(host, port) in ports {
+                if let Err(e) = crate::qmp::human(&qmp, &crate::qmp::add_command(host, ip, port)) {
+                    for h in added {
+                        let _ = crate::qmp::human(&qmp, &crate::qmp::remove_command(h));
+                    }
+                    recorded.retain(|f| f.guest != guest);
+                    bail!("forwarding host port {host} to guest {guest}: {e}");
+                }
+                added.push(host);
+                recorded.push(Forward { guest: guest.to_string(), host, ip: ip.to_string(), port });
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes the forwards of guests that have ended (or are gone): QEMU
+    /// keeps a forward, and its host port, until it is removed. Every
+    /// `ctl` that talks to the instance does this first, so a guest's
+    /// forwards go when it ends, or at the next `ctl` after that.
+    pub fn unforward_ended(&self) -> Result<()> {
+        if !self.dir.join("forwards.json").exists() {
+            return Ok(());
+        }
+        let live: std::collections::HashSet<String> = self
+            .list()?
+            .into_iter()
+            .filter(|g| matches!(g.state, abi::report::GuestState::Waiting | abi::report::GuestState::Running))
+            .map(|g| g.name)
+            .collect();
+        let qmp = self.qmp_socket();
+        self.with_forwards(|recorded| {
+            recorded.retain(|f| {
+                let keep = live.contains(&f.guest);
+                if !keep {
+                    let _ = crate::qmp::human(&qmp, &crate::qmp::remove_command(f.host));
+                }
+                keep
+            });
+            Ok(())
+        })
+    }
+
     /// Captures up to `count` frames of `what` (a guest, or `tenant:N`)
     /// for at most `secs` seconds: (wall-clock ns, frame) each, and how many
     /// the hypervisor had to drop.
@@ -417,6 +505,8 @@ pub fn detach(p: &Prepared, dir: &Path) -> Result<Instance> {
     }
     let _ = fs::remove_file(dir.join("control.sock"));
     let _ = fs::remove_file(dir.join("qmp.sock"));
+    // A new QEMU has none of the old one's forwards.
+    let _ = fs::remove_file(dir.join("forwards.json"));
     let errors = runner::errors_file(&dir.join("qemu.err"))?;
     let qemu = Qemu::spawn(&p.qemu_args, Options { errors, no_console: true, ..Options::default() })?;
     let inst = Instance { dir: dir.to_path_buf(), pid: qemu.pid(), shared: Default::default() };

@@ -25,6 +25,10 @@ pub mod metrics;
 pub mod oci;
 pub mod pack;
 mod qemu;
+/// QEMU's monitor, for host port forwards: the shim's own module, one copy
+/// for both.
+#[path = "../../shim/src/qmp.rs"]
+pub mod qmp;
 pub mod runner;
 pub mod symbolize;
 

@@ -117,6 +117,11 @@ enum Ctl {
         /// Frames each vNIC ring holds: a power of two, 2..=128 (default 16).
         #[arg(long)]
         ring_slots: Option<u32>,
+        /// Forward a host port (127.0.0.1, TCP) to a guest port, HOST:GUEST
+        /// (repeatable); the guest goes into tenant 0, the uplink's. Removed
+        /// when the guest has ended, by the next ctl.
+        #[arg(long = "port", short = 'p', value_name = "HOST:GUEST")]
+        port: Vec<String>,
         /// An environment variable for it, KEY=VALUE (repeatable).
         #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
         env: Vec<String>,

@@ -249,7 +249,7 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
     for (flag, path) in [("-kernel", &kernel), ("-initrd", &bundle)] {
         qemu_args.extend([flag.to_string(), path.display().to_string()]);
     }
-    let (netdev, reach) = uplink_args(&manifest);
+    let (netdev, reach) = uplink_args(&manifest, cfg.detach.is_some());
     qemu_args.extend(netdev);
     let mut gdb_help = String::new();
     if let Some(port) = cfg.gdb {
@@ -316,9 +316,10 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
 /// on the host's loopback through the gateway and the outside network.
 /// No `guestfwd`: QEMU's shares one host connection among all the guests.
 /// Returns the arguments and the lines telling where each forwarded
-/// service is.
-fn uplink_args(m: &manifest::Manifest) -> (Vec<String>, String) {
-    if m.guests.iter().all(|g| g.tenant.is_none()) {
+/// service is. A `detached` hypervisor always has one: guests started at
+/// run time may join tenant 0 and have host ports forwarded to them.
+fn uplink_args(m: &manifest::Manifest, detached: bool) -> (Vec<String>, String) {
+    if m.guests.iter().all(|g| g.tenant.is_none()) && !detached {
         return (Vec::new(), String::new());
     }
     let first = m.guests.iter().find_map(|g| g.tenant.clone());
@@ -444,18 +445,19 @@ mod tests {
 
     #[test]
     fn the_uplink_is_restricted_unless_the_manifest_opts_out() {
-        let (args, _) = uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7\", \"8008:8\"]\n"));
+        let (args, _) = uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7\", \"8008:8\"]\n"), false);
         assert_eq!(
             args[1],
             "user,id=uplink,net=10.0.0.0/16,host=10.0.0.1,dhcpstart=10.0.255.100,restrict=on,\
              hostfwd=tcp:127.0.0.1:8007-10.0.0.2:7,hostfwd=tcp:127.0.0.1:8008-10.0.0.2:8"
         );
-        let (args, reach) = uplink_args(&manifest("[host]\nrestrict = true\n[[guest]]\nname = \"e\"\napp = \"echo\"\ntenant = \"t\"\n"));
+        let (args, reach) =
+            uplink_args(&manifest("[host]\nrestrict = true\n[[guest]]\nname = \"e\"\napp = \"echo\"\ntenant = \"t\"\n"), false);
         assert!(args[1].ends_with(",restrict=on"), "{}", args[1]);
         assert!(!reach.contains("unrestricted"), "{reach}");
         // Open only when the manifest says so (UDP forwards need it).
         let (args, reach) =
-            uplink_args(&manifest("[host]\nrestrict = false\n[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7/udp\"]\n"));
+            uplink_args(&manifest("[host]\nrestrict = false\n[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7/udp\"]\n"), false);
         assert!(args[1].contains(",restrict=off,hostfwd=udp:127.0.0.1:8007-10.0.0.2:7"), "{}", args[1]);
         assert!(
             reach.contains("unrestricted uplink ([host] restrict = false): tenant default's guests reach the host's loopback and the outside network through 10.0.0.1"),
@@ -464,7 +466,8 @@ mod tests {
         // Never a guestfwd: QEMU's shares one host connection among the guests.
         assert!(!args[1].contains("guestfwd"), "{}", args[1]);
         // No vNIC, no network at all.
-        assert!(uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\n")).0.is_empty());
+        assert!(uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\n"), false).0.is_empty());
+        assert!(!uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\n"), true).0.is_empty(), "detached: always");
     }
 
     #[test]

@@ -13,6 +13,11 @@ use crate::{Ctl, Format};
 /// Sends what `what` asks to the detached hypervisor and prints the answer.
 pub fn run(what: Ctl) -> Result<()> {
     let inst = xtask::ctl::Instance::open(&xtask::ctl::default_dir())?;
+    // Forwards of guests that ended since the last ctl go first (a stream
+    // runs for long; shutdown takes QEMU and its forwards).
+    if !matches!(what, Ctl::Events | Ctl::Logs { follow: true, .. } | Ctl::Metrics { .. } | Ctl::Shutdown) {
+        inst.unforward_ended()?;
+    }
     match what {
         Ctl::List { output: Format::Json } => println!("{}", inst.request("list")?),
         Ctl::List { output: Format::Table } => print!("{}", xtask::ctl::table(&inst.request("list")?)),
@@ -29,7 +34,15 @@ pub fn run(what: Ctl) -> Result<()> {
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
-        Ctl::Start { name, app, image, tenant, memory, weight, cap, ring_slots, env, attach, args } => {
+        Ctl::Start { name, app, image, tenant, memory, weight, cap, ring_slots, port, env, attach, args } => {
+            let ports = port.iter().map(|p| xtask::ctl::parse_port(p)).collect::<Result<Vec<_>>>()?;
+            // The host's frames reach tenant 0, the uplink's, only.
+            let tenant = match (ports.is_empty(), tenant) {
+                (true, t) => t,
+                (false, None) => Some("0".to_string()),
+                (false, Some(t)) if t == "0" => Some(t),
+                (false, Some(t)) => anyhow::bail!("--port: host ports reach guests of tenant 0 (the uplink's), not --tenant {t}"),
+            };
             let memory = xtask::manifest::parse_size(&memory).map_err(|e| anyhow::anyhow!("--memory {memory:?}: {e}"))?;
             let (image, elf) = match (app, image) {
                 (Some(app), _) => (xtask::build_apps(&[app.as_str()])?.remove(0), Some(xtask::app_elf(&app))),
@@ -39,20 +52,40 @@ pub fn run(what: Ctl) -> Result<()> {
             let options = StartOptions { weight, cap, ring_slots, watch: attach, ..Default::default() };
             let tenant = tenant.as_deref();
             let spec = StartSpec { name: &name, image: &image, elf: elf.as_deref(), memory, tenant, options, args: &args, env: &env };
+            // A guest whose ports cannot be forwarded is stopped: half a
+            // service is not started.
+            let forward = |r: &Response| -> Result<()> {
+                match r {
+                    Response::Started { ip: Some(ip), .. } if !ports.is_empty() => inst.forward(&name, ip, &ports).inspect_err(|_| {
+                        let _ = inst.request(&Request::Stop(&name).to_string());
+                    }),
+                    _ => Ok(()),
+                }
+            };
             if !attach {
-                println!("{}", inst.start(&spec)?);
+                let started = inst.start(&spec)?;
+                forward(&started)?;
+                println!("{started}");
+                for (host, port) in &ports {
+                    println!("forwarding 127.0.0.1:{host} to {name}:{port}");
+                }
                 return Ok(());
             }
             // One connection: the start, then its console and its end.
             let digest = inst.ensure_image(&image)?;
             let mut end = None;
-            inst.stream(&[Instance::start_line(&spec, &digest)?], |r| follow(r, &name, &mut end))?;
+            inst.stream(&[Instance::start_line(&spec, &digest)?], |r| {
+                forward(r)?;
+                follow(r, &name, &mut end)
+            })?;
+            inst.unforward_ended()?;
             exit_as(end)?;
         }
         Ctl::Stop { name } => println!("{}", inst.request(&format!("stop {name}"))?),
         Ctl::Rm { name } => println!("{}", inst.request(&Request::Remove(&name).to_string())?),
         Ctl::Wait { name } => {
             let end = inst.wait(&name)?;
+            inst.unforward_ended()?;
             println!("{}", serde_json::to_string(&end)?);
             exit_as(Some(end))?;
         }
