@@ -62,6 +62,10 @@ pub trait UplinkDevice: Send {
     fn notify_rx(&mut self);
 }
 
+/// The guests frames went to (id and the port they went into), to be
+/// told once the locks are dropped.
+type Woken<R, E> = Vec<(usize, Arc<Port<R, E>>)>;
+
 /// Frames taken from the uplink per poll.
 pub const UPLINK_BATCH: usize = 32;
 
@@ -141,7 +145,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         }
         let ring = &port.tx_ring;
         let mut tx = port.tx.lock();
-        let mut woken: Vec<usize> = Vec::new();
+        let mut woken: Woken<R, E> = Vec::new();
         let result = loop {
             match tx.ring.peek(ring) {
                 Ok(Some((at, len))) => {
@@ -188,15 +192,15 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         result
     }
 
-    /// Raises `NET_RX` for each guest in `woken` (once each) and calls
-    /// `wake` for those whose port is still open.
-    fn wake_all(&self, mut woken: Vec<usize>, wake: &mut impl FnMut(usize, &Port<R, E>)) {
-        woken.sort_unstable();
-        woken.dedup();
-        for g in woken {
-            if let Some(p) = self.port(g)
-                && p.notify(abi::time::events::NET_RX)
-            {
+    /// Raises `NET_RX` for each port in `woken` (once each) and calls
+    /// `wake` for those still open. The ports are those the frames went
+    /// into, not looked up again by guest id: an id given to another
+    /// guest meanwhile gets no event meant for the one before.
+    fn wake_all(&self, mut woken: Woken<R, E>, wake: &mut impl FnMut(usize, &Port<R, E>)) {
+        woken.sort_unstable_by_key(|(g, _)| *g);
+        woken.dedup_by(|a, b| a.0 == b.0 && Arc::ptr_eq(&a.1, &b.1));
+        for (g, p) in woken {
+            if p.notify(abi::time::events::NET_RX) {
                 wake(g, &p);
             }
         }
@@ -207,7 +211,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
     /// `header` (its first `header.len()` bytes, at most `len`) in front; to
     /// the uplink through a buffer. Returns whether it fit.
     #[allow(clippy::too_many_arguments)]
-    fn deliver_from(&self, dest: PortId, src: &R, at: usize, header: &[u8], len: usize, woken: &mut Vec<usize>, now_ns: u64) -> bool {
+    fn deliver_from(&self, dest: PortId, src: &R, at: usize, header: &[u8], len: usize, woken: &mut Woken<R, E>, now_ns: u64) -> bool {
         let hl = header.len();
         if self.uplink.as_ref().is_some_and(|(p, _)| *p == dest) {
             let mut frame = [0u8; MTU_FRAME];
@@ -230,7 +234,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
     fn to_guest(
         &self,
         dest: PortId,
-        woken: &mut Vec<usize>,
+        woken: &mut Woken<R, E>,
         now_ns: u64,
         fill: impl FnOnce(&mut Producer, &R) -> Result<bool, RingError>,
     ) -> bool {
@@ -256,7 +260,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
                     },
                 );
                 rx.publish(ring);
-                woken.push(g);
+                woken.push((g, p.clone()));
                 true
             }
             Ok(false) => false,
@@ -270,7 +274,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
 
     /// Copies a frame into the RX ring of the guest behind switch port
     /// `dest`, or sends it to the host; returns whether it fit.
-    fn deliver(&self, dest: PortId, frame: &[u8], woken: &mut Vec<usize>, now_ns: u64) -> bool {
+    fn deliver(&self, dest: PortId, frame: &[u8], woken: &mut Woken<R, E>, now_ns: u64) -> bool {
         if let Some((port, up)) = &self.uplink
             && *port == dest
         {
@@ -301,7 +305,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
     pub fn poll_uplink(&self, now_ns: u64, wake: &mut impl FnMut(usize)) {
         let Some((port, up)) = &self.uplink else { return };
         let mut held = self.held.lock();
-        let mut woken = Vec::new();
+        let mut woken: Woken<R, E> = Vec::new();
         let mut next = held.next_waiting(None);
         while let Some(g) = next {
             self.retry_held(&mut held, g, now_ns, &mut woken);
@@ -325,7 +329,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
     }
 
     /// Switches one frame from the host (see `poll_uplink`).
-    fn switch_host_frame(&self, held: &mut UplinkQueue<usize>, uplink: PortId, f: &[u8], now_ns: u64, woken: &mut Vec<usize>) {
+    fn switch_host_frame(&self, held: &mut UplinkQueue<usize>, uplink: PortId, f: &[u8], now_ns: u64, woken: &mut Woken<R, E>) {
         let mut switch = self.switch.lock();
         let tenant = switch.tenant_of(uplink);
         self.tap(
@@ -364,7 +368,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
 
     /// Retries the frames waiting for guest `g` (in order, under its RX
     /// lock), dropping those that waited too long.
-    fn retry_held(&self, held: &mut UplinkQueue<usize>, g: usize, now_ns: u64, woken: &mut Vec<usize>) {
+    fn retry_held(&self, held: &mut UplinkQueue<usize>, g: usize, now_ns: u64, woken: &mut Woken<R, E>) {
         let Some(p) = self.port(g) else {
             held.remove(g);
             return;
@@ -398,7 +402,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         });
         if done.delivered > 0 {
             rx.publish(ring);
-            woken.push(g);
+            woken.push((g, p.clone()));
         }
         p.count_uplink_drops(done.expired);
     }
