@@ -379,7 +379,8 @@ fn clients_that_come_and_go_at_once_are_each_answered_with_their_own_answer() {
     let (inst, dir) = Detached::start("churn", Manifest::new([busy("a"), busy("b")]));
     // Every port is the test's: ctl's own connection goes.
     inst.0.disconnect();
-    let sockets = [inst.0.socket(), dir.join("control-1.sock"), dir.join("control-2.sock"), dir.join("control-3.sock")];
+    let sockets = xtask::ctl::control_sockets(&dir);
+    assert_eq!(sockets.len(), abi::control::CLIENTS_MAX);
     let clients: Vec<_> = sockets
         .into_iter()
         .map(|path| {

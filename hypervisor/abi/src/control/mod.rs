@@ -35,8 +35,10 @@ pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Clients a hypervisor serves at once on a virtio console (a port each:
 /// `run --detach` makes the sockets `control.sock`, `control-1.sock`, ...);
-/// a UART channel serves one.
-pub const CLIENTS_MAX: usize = 4;
+/// a UART channel serves one. Eight: a node's shim, a metrics scraper,
+/// `ctl events`, `ctl logs -f` and the operator's own `ctl` leave room.
+/// Each port costs the hypervisor 192 KiB of queue buffers.
+pub const CLIENTS_MAX: usize = 8;
 
 /// Most console lines waiting for the channel; past it lines are dropped
 /// and counted (a `lines_dropped` record says how many). `event` records
