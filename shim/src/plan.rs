@@ -16,11 +16,16 @@ use sha2::{Digest, Sha256};
 pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// The CRI's annotation naming the pod sandbox a container belongs to.
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// The CRI's annotation with the container's name in its pod.
+pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
 /// Our annotation: the tenant of a container outside a pod (a name,
 /// a number below 256, or `none`).
 pub const TENANT: &str = "hive.tenant";
 /// Our annotation: host port forwards, `HOST:GUEST[,HOST:GUEST...]`
 /// (TCP, on 127.0.0.1); the guest goes into tenant 0, the uplink's.
+/// `hive.ports.NAME` is for the container named NAME in its pod only: a
+/// pod's annotations reach each of its containers (containerd's
+/// `pod_annotations`), and a host port can be forwarded once.
 pub const PORTS: &str = "hive.ports";
 
 /// A guest's memory limit when the spec sets none (`linux.resources.memory.limit`).
@@ -131,7 +136,8 @@ pub fn plan(id: &str, spec: &Spec) -> Result<Plan, PlanError> {
     let weight = cpu.and_then(|c| c.shares()).map(weight_from_shares);
     let cap = cpu.and_then(|c| cap_from_quota(c.quota(), c.period()));
 
-    let ports = match annotations.get(PORTS) {
+    let named = annotations.get(CONTAINER_NAME).and_then(|n| annotations.get(&format!("{PORTS}.{n}")));
+    let ports = match named.or(annotations.get(PORTS)) {
         Some(text) => parse_ports(text)?,
         None => Vec::new(),
     };

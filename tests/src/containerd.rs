@@ -57,6 +57,9 @@ pub struct Cri {
     /// Runtime handlers beside the default `runc`: (the handler a pod
     /// names, its `runtime_type`), e.g. `("hive", "io.containerd.hive.v1")`.
     pub runtimes: Vec<(String, String)>,
+    /// The pod annotations (globs) those runtimes get in their containers'
+    /// specs (`pod_annotations`), e.g. `hive.*`.
+    pub pod_annotations: Vec<String>,
 }
 
 /// The CRI plugin's namespace in containerd: its images and containers.
@@ -160,6 +163,10 @@ impl Containerd {
                     string(handler),
                     string(runtime_type)
                 );
+                if *handler != runc.0 && !cri.pod_annotations.is_empty() {
+                    let globs: Vec<String> = cri.pod_annotations.iter().map(|g| string(g)).collect();
+                    text += &format!("  pod_annotations = [{}]\n", globs.join(", "));
+                }
             }
         }
         text
@@ -397,8 +404,11 @@ mod tests {
         assert_eq!(plain["root"].as_str(), Some("/t/my \"dir\"/root"));
         assert!(!plain["plugins"].as_table().unwrap().contains_key("io.containerd.grpc.v1.cri"));
 
-        let cri =
-            Cri { sandbox_image: "localhost/hive/hello:latest".into(), runtimes: vec![("hive".into(), "io.containerd.hive.v1".into())] };
+        let cri = Cri {
+            sandbox_image: "localhost/hive/hello:latest".into(),
+            runtimes: vec![("hive".into(), "io.containerd.hive.v1".into())],
+            pod_annotations: vec!["hive.*".into()],
+        };
         let text: toml::Table = toml::from_str(&Containerd::config(dir, Some(&cri), "native")).unwrap();
         assert!(!text.contains_key("disabled_plugins"));
         let plugin = &text["plugins"]["io.containerd.grpc.v1.cri"];
@@ -407,6 +417,7 @@ mod tests {
         assert_eq!(plugin["containerd"]["snapshotter"].as_str(), Some("native"));
         let runtimes = &plugin["containerd"]["runtimes"];
         assert_eq!(runtimes["hive"]["runtime_type"].as_str(), Some("io.containerd.hive.v1"));
+        assert_eq!(runtimes["hive"]["pod_annotations"][0].as_str(), Some("hive.*"));
         // The default runtime stays declared, or the plugin refuses to load.
         assert_eq!(runtimes["runc"]["runtime_type"].as_str(), Some("io.containerd.runc.v2"));
     }

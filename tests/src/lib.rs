@@ -164,3 +164,15 @@ impl Live {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
+
+/// Sends `msg` to 127.0.0.1:`port` (a forward to an echo guest) and
+/// returns as many bytes as come back, waiting at most 20 s.
+pub fn echo(port: u16, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.write_all(msg)?;
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back)?;
+    Ok(back)
+}

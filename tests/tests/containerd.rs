@@ -2,13 +2,10 @@
 //! (`containerd-shim-hive-v1`) on its `PATH` runs OCI images of our apps
 //! on a detached hypervisor, through `ctr`.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use integration_tests::containerd::{Containerd, Options, Reap, shim_servers, until};
-use integration_tests::{Guest, Manifest, free_port, workspace_root};
+use integration_tests::{Guest, Manifest, echo, free_port, workspace_root};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use xtask::App;
@@ -78,16 +75,6 @@ fn junk_image(reference: &str, junk: &[u8], out: &Path) {
         (&mf, &manifest),
     ]);
     std::fs::write(out, layout).unwrap();
-}
-
-/// Sends `msg` to the host port and returns what comes back.
-fn echo(port: u16, msg: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    s.write_all(msg)?;
-    let mut back = vec![0u8; msg.len()];
-    s.read_exact(&mut back)?;
-    Ok(back)
 }
 
 /// `ctr task ls`: (task, status) pairs.

@@ -147,7 +147,7 @@ fn a_pod_runs_through_the_cri_as_a_guest() {
     let ctrd = Containerd::start_cri(
         &dir.join("containerd"),
         Options { path: vec![bin.clone()], env: vec![("HIVE_DIR".into(), hv_dir.clone().into())] },
-        Cri { sandbox_image: hello.clone(), runtimes: vec![(HANDLER.into(), RUNTIME.into())] },
+        Cri { sandbox_image: hello.clone(), runtimes: vec![(HANDLER.into(), RUNTIME.into())], pod_annotations: vec!["hive.*".into()] },
     )
     .unwrap_or_else(|e| panic!("{e:#}"));
     for tar in [&hello_tar, &echo_tar] {
@@ -170,12 +170,16 @@ fn a_pod_runs_through_the_cri_as_a_guest() {
 
     // The pod: in the node's network namespace (no CNI), on the hive handler.
     let logs = dir.join("pods/default_echo-pod_uid-1");
+    let port = integration_tests::free_port();
     std::fs::create_dir_all(logs.join("echo")).unwrap();
     let pod = PodSandboxConfig {
         metadata: Some(PodSandboxMetadata { name: "echo-pod".into(), uid: "uid-1".into(), namespace: "default".into(), attempt: 0 }),
         hostname: "echo-pod".into(),
         log_directory: logs.to_string_lossy().into_owned(),
         labels: HashMap::from([("app".into(), "echo".into())]),
+        // Host port `port` to the pod's container `web` (containerd hands
+        // `hive.*` pod annotations to the runtime: `pod_annotations`).
+        annotations: HashMap::from([("hive.ports.web".into(), format!("{port}:7"))]),
         linux: Some(LinuxPodSandboxConfig {
             security_context: Some(LinuxSandboxSecurityContext {
                 namespace_options: Some(NamespaceOption {
@@ -295,6 +299,34 @@ fn a_pod_runs_through_the_cri_as_a_guest() {
     let working_set = stats.memory.and_then(|m| m.working_set_bytes).map(|v| v.value);
     assert!(working_set.is_some_and(|w| w > 0 && w < memory), "{}", fail(&format!("working set {working_set:?}")));
     assert!(stats.cpu.and_then(|c| c.usage_core_nano_seconds).is_some_and(|v| v.value > 0), "no CPU time");
+
+    // A second container, the one the pod's `hive.ports.web` names: its
+    // guest is in tenant 0 (the uplink's) and serves the host through the
+    // forwarded port while `echo` keeps its pod's tenant.
+    std::fs::create_dir_all(logs.join("web")).unwrap();
+    let web = ContainerConfig {
+        metadata: Some(ContainerMetadata { name: "web".into(), attempt: 0 }),
+        image: Some(ImageSpec { image: echo_ref.clone(), ..Default::default() }),
+        args: vec!["serve".into(), "7".into()],
+        log_path: "web/0.log".into(),
+        ..Default::default()
+    };
+    let web = k
+        .call(k.runtime().create_container(CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(web),
+            sandbox_config: Some(pod.clone()),
+        }))
+        .unwrap_or_else(|e| panic!("{}", fail(&format!("CreateContainer web: {e}"))))
+        .container_id;
+    k.call(k.runtime().start_container(StartContainerRequest { container_id: web.clone() }))
+        .unwrap_or_else(|e| panic!("{}", fail(&format!("StartContainer web: {e}"))));
+    let back = until("the echo through the pod's forwarded port", 60, || integration_tests::echo(port, b"hello, pod").ok());
+    assert_eq!(back, b"hello, pod");
+    k.call(k.runtime().stop_container(StopContainerRequest { container_id: web.clone(), timeout: 10 }))
+        .unwrap_or_else(|e| panic!("{}", fail(&format!("StopContainer web: {e}"))));
+    k.call(k.runtime().remove_container(RemoveContainerRequest { container_id: web.clone() }))
+        .unwrap_or_else(|e| panic!("{}", fail(&format!("RemoveContainer web: {e}"))));
 
     // StopContainer: the guest is stopped; the container has exited as a
     // killed process does.

@@ -113,12 +113,7 @@ fn stopped_for(inst: &xtask::ctl::Instance, guest: &str) -> StopReason {
 }
 
 fn echo(port: u16, msg: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the forwarded port");
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(msg).unwrap();
-    let mut back = vec![0u8; msg.len()];
-    s.read_exact(&mut back).expect("the echo");
-    back
+    integration_tests::echo(port, msg).expect("the echo through the forwarded port")
 }
 
 #[test]

@@ -173,3 +173,23 @@ fn the_environment_goes_to_the_guest_checked() {
     let many: Vec<String> = (0..=ENV_MAX).map(|i| format!("K{i}=v")).collect();
     assert!(guest_env(&many).unwrap_err().0.contains("enableServiceLinks"));
 }
+
+#[test]
+fn a_pods_port_annotation_names_its_container() {
+    let pod = |name: &str| {
+        spec(serde_json::json!({ "annotations": {
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.sandbox-id": "abc",
+            "io.kubernetes.cri.container-name": name,
+            "hive.ports.web": "8080:7",
+        }}))
+    };
+    let web = guest(plan("c1", &pod("web")));
+    assert_eq!((web.ports, web.tenant), (vec![Port { host: 8080, guest: 7 }], TenantChoice::Number(0)));
+    let other = guest(plan("c2", &pod("db")));
+    assert_eq!(
+        (other.ports, other.tenant),
+        (vec![], TenantChoice::Named(tenant_name("abc"))),
+        "the pod's other containers keep its tenant"
+    );
+}
