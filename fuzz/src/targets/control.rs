@@ -300,7 +300,8 @@ fn run(data: &[u8]) -> Vec<String> {
                     }
                     11 => format!("image-remove {}", name(&mut inp)),
                     12 => Request::Tenants.to_string(),
-                    13 => format!("tenant-remove {}", name(&mut inp)),
+                    13 if inp.bool() => format!("tenant-remove {}", name(&mut inp)),
+                    13 => format!("remove {}", name(&mut inp)),
                     14 => format!("wait {}", name(&mut inp)),
                     15 if inp.bool() => Request::Events.to_string(),
                     15 => format!("console {}", name(&mut inp)),
