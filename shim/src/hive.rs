@@ -21,7 +21,7 @@ use crate::channel::{Channel, ChannelError, Pushed};
 /// makes them: `control.sock`, then `control-1.sock`, ... (a port each
 /// of its virtio console; a hypervisor on COM2 has the first only).
 pub fn control_sockets(dir: &Path) -> Vec<PathBuf> {
-    (0..abi::control::CLIENTS_MAX).map(|i| dir.join(if i == 0 { "control.sock".into() } else { format!("control-{i}.sock") })).collect()
+    (0..abi::control::CLIENTS_MAX).map(|i| dir.join(abi::control::socket_name(i))).collect()
 }
 
 /// The environment variable that names the hypervisor's instance directory.

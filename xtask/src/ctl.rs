@@ -158,7 +158,7 @@ pub struct Connection {
 /// The control sockets of the hypervisor detached in `dir`, one per
 /// client at once: `control.sock`, `control-1.sock`, ...
 pub fn control_sockets(dir: &Path) -> Vec<PathBuf> {
-    (0..abi::control::CLIENTS_MAX).map(|i| dir.join(if i == 0 { "control.sock".into() } else { format!("control-{i}.sock") })).collect()
+    (0..abi::control::CLIENTS_MAX).map(|i| dir.join(abi::control::socket_name(i))).collect()
 }
 
 /// The default instance directory.

@@ -40,6 +40,17 @@ pub const PROTOCOL_VERSION: u32 = 5;
 /// Each port costs the hypervisor 192 KiB of queue buffers.
 pub const CLIENTS_MAX: usize = 8;
 
+/// The file name of control socket `i` (below [`CLIENTS_MAX`]) in a
+/// detached hypervisor's directory, as `run --detach` makes them:
+/// `control.sock`, then `control-1.sock`, ... (a hypervisor on COM2 has
+/// the first only).
+pub fn socket_name(i: usize) -> String {
+    match i {
+        0 => String::from("control.sock"),
+        i => alloc::format!("control-{i}.sock"),
+    }
+}
+
 /// Most console lines waiting for the channel; past it lines are dropped
 /// and counted (a `lines_dropped` record says how many). `event` records
 /// are never dropped.
