@@ -302,6 +302,12 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         // either way.
         let status = self.status(id);
         let event = status.end.call_once(|| event);
+        // Nothing below looks the id up again (`status` is held, the rest
+        // is the guest's own): its room may be given to another guest from
+        // now on. Before its end is queued, so that a client told of the
+        // end (the shim, which then removes the guest) always finds it
+        // removable.
+        self.ended.lock().push(id);
         for (c, w) in self.watch.lock().iter_mut().enumerate() {
             w.ended(id, event, watched & (1 << c) != 0);
         }
@@ -313,7 +319,5 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         self.platform.release_tables(me, g.memory.space.root());
         g.destroy(&mut mem);
         self.live.fetch_sub(1, Ordering::Release);
-        // Done with it: its id may be reused from now on.
-        self.ended.lock().push(id);
     }
 }

@@ -116,8 +116,9 @@ pub struct Machine<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> 
     status: Vec<Slot<GuestStatus>>,
     /// Ids below this have been given out (they are in use, or free).
     high: AtomicUsize,
-    /// Guests whose end is complete (`finish` is done with them), for
-    /// creation to take into `Creating` (their ids may then be reused).
+    /// Guests whose end is recorded and whose ids `finish` no longer looks
+    /// up, for creation to take into `Creating` (their ids may then be
+    /// reused).
     ended: Mutex<Vec<usize>>,
     control: bool,
     /// When the last control byte arrived.
