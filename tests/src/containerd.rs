@@ -380,6 +380,27 @@ impl Drop for Reap {
     }
 }
 
+/// `cargo xtask pkg APP --oci DIR/APP.tar [-- ARGS]`: the image's
+/// reference and the tarball.
+pub fn pkg(app: &str, dir: &Path, args: Option<&[&str]>) -> (String, PathBuf) {
+    let out = dir.join(format!("{app}.tar"));
+    let args: Option<Vec<String>> = args.map(|a| a.iter().map(|s| s.to_string()).collect());
+    let p = xtask::oci::pkg(&xtask::App::Workspace(app.into()), args.as_deref(), Some(&out), None)
+        .unwrap_or_else(|e| panic!("pkg {app}: {e:#}"));
+    (p.oci.expect("an OCI image").reference, out)
+}
+
+/// The shim, built and alone in `DIR/bin` (the directory to put on
+/// containerd's `PATH`): that directory, and the shim's path in a [`Reap`]
+/// that kills its servers when dropped.
+pub fn shim_on_path(dir: &Path) -> (PathBuf, Reap) {
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let shim = bin.join(xtask::SHIM_BINARY);
+    fs::copy(xtask::build_shim().unwrap(), &shim).unwrap();
+    (bin, Reap(shim))
+}
+
 /// `f`'s first `Some`, polled every 300 ms; fails the test after `secs`.
 pub fn until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);

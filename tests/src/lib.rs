@@ -10,7 +10,7 @@
 pub mod containerd;
 pub mod records;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -175,4 +175,32 @@ pub fn echo(port: u16, msg: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut back = vec![0u8; msg.len()];
     s.read_exact(&mut back)?;
     Ok(back)
+}
+
+/// A hypervisor `run --detach` booted, shut down when dropped.
+pub struct Detached(pub xtask::ctl::Instance);
+
+impl Detached {
+    /// Boots `manifest` detached (2 CPUs) with its files in `dir`;
+    /// `force_mitigations` as `run --force-mitigations`. Returns once the
+    /// hypervisor answers.
+    pub fn start(dir: &Path, manifest: Manifest, force_mitigations: bool) -> Detached {
+        xtask::ensure_qemu().unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        let cfg = xtask::RunConfig {
+            manifest: xtask::ManifestSource::Built(manifest),
+            smp: 2,
+            bundle: Some(dir.join("bundle.bin")),
+            detach: Some(dir.to_path_buf()),
+            force_mitigations,
+            ..xtask::RunConfig::default()
+        };
+        Detached(xtask::ctl::detach(&xtask::prepare(&cfg).unwrap(), dir).unwrap())
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown();
+    }
 }

@@ -2,32 +2,14 @@
 //! (`containerd-shim-hive-v1`) on its `PATH` runs OCI images of our apps
 //! on a detached hypervisor, through `ctr`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use integration_tests::containerd::{Containerd, Options, Reap, shim_servers, until};
-use integration_tests::{Guest, Manifest, echo, free_port, workspace_root};
+use integration_tests::containerd::{Containerd, Options, pkg, shim_on_path, shim_servers, until};
+use integration_tests::{Detached, Guest, Manifest, echo, free_port, workspace_root};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
-use xtask::App;
 
 const RUNTIME: &str = "io.containerd.hive.v1";
-
-/// A detached hypervisor, shut down when dropped.
-struct Detached(xtask::ctl::Instance);
-
-impl Drop for Detached {
-    fn drop(&mut self) {
-        let _ = self.0.shutdown();
-    }
-}
-
-/// `cargo xtask pkg APP --oci DIR/APP.tar [-- ARGS]`; returns the reference.
-fn pkg(app: &str, dir: &Path, args: Option<&[&str]>) -> (String, PathBuf) {
-    let out = dir.join(format!("{app}.tar"));
-    let args: Option<Vec<String>> = args.map(|a| a.iter().map(|s| s.to_string()).collect());
-    let p = xtask::oci::pkg(&App::Workspace(app.into()), args.as_deref(), Some(&out), None).unwrap_or_else(|e| panic!("pkg {app}: {e:#}"));
-    (p.oci.expect("an OCI image").reference, out)
-}
 
 fn sha(data: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(data))
@@ -99,24 +81,11 @@ fn containers_run_as_guests_of_one_hypervisor_through_one_shim() {
     let (echo_ref, echo_tar) = pkg("echo", &dir, Some(&["serve", "7"]));
     let bad_tar = dir.join("bad.tar");
     junk_image("localhost/hive/bad:latest", b"this is no Hermit image", &bad_tar);
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let shim = bin.join(xtask::SHIM_BINARY);
-    std::fs::copy(xtask::build_shim().unwrap(), &shim).unwrap();
-    let _reap = Reap(shim.clone());
+    let (bin, shim) = shim_on_path(&dir);
 
     // A hypervisor with the uplink (a guest in tenant 0) for forwards.
-    xtask::ensure_qemu().unwrap();
     let hv_dir = dir.join("hv");
-    std::fs::create_dir_all(&hv_dir).unwrap();
-    let cfg = xtask::RunConfig {
-        manifest: xtask::ManifestSource::Built(Manifest::new([Guest::app("base", "echo").tenant("base")])),
-        smp: 2,
-        bundle: Some(hv_dir.join("bundle.bin")),
-        detach: Some(hv_dir.clone()),
-        ..xtask::RunConfig::default()
-    };
-    let hv = Detached(xtask::ctl::detach(&xtask::prepare(&cfg).unwrap(), &hv_dir).unwrap());
+    let hv = Detached::start(&hv_dir, Manifest::new([Guest::app("base", "echo").tenant("base")]), false);
     let console = || std::fs::read_to_string(hv.0.console()).unwrap_or_default();
 
     let ctrd = Containerd::start_with(
@@ -154,7 +123,7 @@ fn containers_run_as_guests_of_one_hypervisor_through_one_shim() {
     let back = until("the echo through the forwarded port", 120, || echo(port, b"hello, guest").ok());
     assert_eq!(back, b"hello, guest");
     assert!(tasks(&ctrd).contains(&("web".into(), "RUNNING".into())), "{:?}", tasks(&ctrd));
-    let servers = shim_servers(&shim);
+    let servers = shim_servers(&shim.0);
     assert_eq!(servers.len(), 1, "{}", fail(&format!("shim servers: {servers:?}")));
 
     // Its memory and CPU, as cgroups v1 metrics.
@@ -189,7 +158,7 @@ fn containers_run_as_guests_of_one_hypervisor_through_one_shim() {
     assert!(stdout.contains(r#"Hello from hello1! args: ["once again"]"#), "{}", fail(&format!("hello1 again: {stdout}")));
     assert!(stdout.contains(r#""GREETING=hi there""#), "{}", fail(&format!("hello1's environment: {stdout}")));
     assert_eq!(console().matches("[hv] guest hello1 started").count(), 2, "{}", fail("hello1 was not started as hello1 twice"));
-    assert_eq!(shim_servers(&shim), servers, "one shim serves every container");
+    assert_eq!(shim_servers(&shim.0), servers, "one shim serves every container");
 
     // A layer with junk where the Hermit image should be: Create fails
     // with the hypervisor's reason, and the echo server keeps serving.
@@ -218,7 +187,7 @@ fn containers_run_as_guests_of_one_hypervisor_through_one_shim() {
     until("pod1 STOPPED", 30, || tasks(&ctrd).contains(&("pod1".into(), "STOPPED".into())).then_some(()));
     let _ = ctrd.ctr(&["task", "delete", "pod1"]).unwrap();
     ctrd.ctr_ok(&["containers", "delete", "pod1"]).unwrap();
-    assert_eq!(shim_servers(&shim), servers, "one shim serves every container");
+    assert_eq!(shim_servers(&shim.0), servers, "one shim serves every container");
 
     // Kill: the guest is stopped, the console and its log say so, its
     // forward is gone, its exit status is a kill's.
@@ -238,7 +207,7 @@ fn containers_run_as_guests_of_one_hypervisor_through_one_shim() {
     assert_eq!(tasks(&ctrd), vec![]);
     let containers = ctrd.ctr_ok(&["containers", "ls", "-q"]).unwrap();
     assert!(containers.trim().is_empty(), "{containers}");
-    until("the shim to end with its last container", 30, || shim_servers(&shim).is_empty().then_some(()));
+    until("the shim to end with its last container", 30, || shim_servers(&shim.0).is_empty().then_some(()));
     // containerd-shim logs this once a server serves (a `start` that
     // finds one serving leaves before).
     let serving = ctrd.log().matches("Shim successfully started").count();

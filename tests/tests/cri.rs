@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use abi::control::{Request, Response};
 use abi::report::GuestState;
 use hyper_util::rt::TokioIo;
-use integration_tests::containerd::{CRI_NAMESPACE, Containerd, Cri, Options, Reap, shim_servers, until};
-use integration_tests::{Guest, Manifest, workspace_root};
+use integration_tests::containerd::{CRI_NAMESPACE, Containerd, Cri, Options, pkg, shim_on_path, shim_servers, until};
+use integration_tests::{Detached, Guest, Manifest, workspace_root};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
@@ -31,28 +31,10 @@ use k8s_cri::v1::{
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
-use xtask::App;
 
 /// The runtime handler a pod names (a RuntimeClass's `handler`).
 const HANDLER: &str = "hive";
 const RUNTIME: &str = "io.containerd.hive.v1";
-
-/// A detached hypervisor, shut down when dropped.
-struct Detached(xtask::ctl::Instance);
-
-impl Drop for Detached {
-    fn drop(&mut self) {
-        let _ = self.0.shutdown();
-    }
-}
-
-/// `cargo xtask pkg APP --oci DIR/APP.tar [-- ARGS]`; returns the reference.
-fn pkg(app: &str, dir: &Path, args: Option<&[&str]>) -> (String, PathBuf) {
-    let out = dir.join(format!("{app}.tar"));
-    let args: Option<Vec<String>> = args.map(|a| a.iter().map(|s| s.to_string()).collect());
-    let p = xtask::oci::pkg(&App::Workspace(app.into()), args.as_deref(), Some(&out), None).unwrap_or_else(|e| panic!("pkg {app}: {e:#}"));
-    (p.oci.expect("an OCI image").reference, out)
-}
 
 /// The kubelet's end: CRI v1 clients on containerd's socket, each call
 /// run to completion on a single-threaded runtime.
@@ -125,23 +107,10 @@ fn a_pod_runs_through_the_cri_as_a_guest() {
     // the shim alone in a directory for containerd's PATH.
     let (hello, hello_tar) = pkg("hello", &dir, None);
     let (echo_ref, echo_tar) = pkg("echo", &dir, Some(&["serve", "9"]));
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let shim = bin.join(xtask::SHIM_BINARY);
-    std::fs::copy(xtask::build_shim().unwrap(), &shim).unwrap();
-    let _reap = Reap(shim.clone());
+    let (bin, shim) = shim_on_path(&dir);
 
-    xtask::ensure_qemu().unwrap();
     let hv_dir = dir.join("hv");
-    std::fs::create_dir_all(&hv_dir).unwrap();
-    let cfg = xtask::RunConfig {
-        manifest: xtask::ManifestSource::Built(Manifest::new([Guest::app("base", "echo").tenant("base")])),
-        smp: 2,
-        bundle: Some(hv_dir.join("bundle.bin")),
-        detach: Some(hv_dir.clone()),
-        ..xtask::RunConfig::default()
-    };
-    let hv = Detached(xtask::ctl::detach(&xtask::prepare(&cfg).unwrap(), &hv_dir).unwrap());
+    let hv = Detached::start(&hv_dir, Manifest::new([Guest::app("base", "echo").tenant("base")]), false);
     let console = || std::fs::read_to_string(hv.0.console()).unwrap_or_default();
 
     let ctrd = Containerd::start_cri(
@@ -223,16 +192,22 @@ fn a_pod_runs_through_the_cri_as_a_guest() {
         }),
         ..Default::default()
     };
-    let id = k
-        .call(k.runtime().create_container(CreateContainerRequest {
-            pod_sandbox_id: sandbox.clone(),
-            config: Some(container),
-            sandbox_config: Some(pod.clone()),
-        }))
-        .unwrap_or_else(|e| panic!("{}", fail(&format!("CreateContainer: {e}"))))
-        .container_id;
-    k.call(k.runtime().start_container(StartContainerRequest { container_id: id.clone() }))
-        .unwrap_or_else(|e| panic!("{}", fail(&format!("StartContainer: {e}"))));
+    // CreateContainer in the pod, then StartContainer; its id.
+    let run = |config: ContainerConfig| -> String {
+        let name = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let id = k
+            .call(k.runtime().create_container(CreateContainerRequest {
+                pod_sandbox_id: sandbox.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.clone()),
+            }))
+            .unwrap_or_else(|e| panic!("{}", fail(&format!("CreateContainer {name}: {e}"))))
+            .container_id;
+        k.call(k.runtime().start_container(StartContainerRequest { container_id: id.clone() }))
+            .unwrap_or_else(|e| panic!("{}", fail(&format!("StartContainer {name}: {e}"))));
+        id
+    };
+    let id = run(container);
     let status = |k: &Kubelet| -> ContainerStatus {
         k.call(k.runtime().container_status(ContainerStatusRequest { container_id: id.clone(), verbose: false }))
             .unwrap_or_else(|e| panic!("{}", fail(&format!("ContainerStatus: {e}"))))
@@ -243,7 +218,7 @@ fn a_pod_runs_through_the_cri_as_a_guest() {
     assert_eq!(running.state, i32::from(ContainerState::ContainerRunning), "{}", fail(&format!("{running:?}")));
     assert!(running.started_at > 0, "{running:?}");
     // One shim process serves the sandbox and the container.
-    assert_eq!(shim_servers(&shim).len(), 1, "{}", fail("more than one shim server"));
+    assert_eq!(shim_servers(&shim.0).len(), 1, "{}", fail("more than one shim server"));
     let log_path = PathBuf::from(&running.log_path);
     assert_eq!(log_path, logs.join("echo/0.log"));
 
@@ -311,16 +286,7 @@ fn a_pod_runs_through_the_cri_as_a_guest() {
         log_path: "web/0.log".into(),
         ..Default::default()
     };
-    let web = k
-        .call(k.runtime().create_container(CreateContainerRequest {
-            pod_sandbox_id: sandbox.clone(),
-            config: Some(web),
-            sandbox_config: Some(pod.clone()),
-        }))
-        .unwrap_or_else(|e| panic!("{}", fail(&format!("CreateContainer web: {e}"))))
-        .container_id;
-    k.call(k.runtime().start_container(StartContainerRequest { container_id: web.clone() }))
-        .unwrap_or_else(|e| panic!("{}", fail(&format!("StartContainer web: {e}"))));
+    let web = run(web);
     let back = until("the echo through the pod's forwarded port", 60, || integration_tests::echo(port, b"hello, pod").ok());
     assert_eq!(back, b"hello, pod");
     k.call(k.runtime().stop_container(StopContainerRequest { container_id: web.clone(), timeout: 10 }))
@@ -360,7 +326,7 @@ fn a_pod_runs_through_the_cri_as_a_guest() {
     assert!(pods.is_empty(), "{pods:?}");
     let tasks = ctrd.ctr_ok(&["-n", CRI_NAMESPACE, "tasks", "ls", "-q"]).unwrap();
     assert!(tasks.trim().is_empty(), "{tasks}");
-    until("the shim to end with its last container", 30, || shim_servers(&shim).is_empty().then_some(()));
+    until("the shim to end with its last container", 30, || shim_servers(&shim.0).is_empty().then_some(()));
     // The control channel is free again: `list` answers.
     let guests = hv.0.list().unwrap_or_else(|e| panic!("{}", fail(&format!("list: {e:#}"))));
     assert!(console().contains(&format!("[hv] guest {id} stopped: stopped by the operator")), "{}", fail("the guest was not stopped"));

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use abi::control::{ControlError, Reason, RequestError, Response};
 use abi::report::{GUEST_STATS_PREFIX, GuestRow, GuestState, GuestStats};
 use abi::stop::StopReason;
-use integration_tests::{Guest, Manifest, free_port, workspace_root};
+use integration_tests::{Detached, Guest, Manifest, free_port, workspace_root};
 use xtask::ctl::StartSpec;
 
 /// A guest of `image` with no vNIC and no arguments.
@@ -65,32 +65,12 @@ fn run_gdb_starts_paused_with_a_gdbstub_and_says_how_to_attach() {
     assert!(ran, "the machine did not run after continue");
 }
 
-/// A hypervisor detached with `manifest` (2 CPUs) in its own directory
-/// `target/itest/detached-NAME-PID`, shut down when dropped.
-struct Detached(xtask::ctl::Instance);
-
-impl Detached {
-    fn start(name: &str, manifest: Manifest) -> (Detached, std::path::PathBuf) {
-        xtask::ensure_qemu().unwrap();
-        let dir = workspace_root().join(format!("target/itest/detached-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cfg = xtask::RunConfig {
-            manifest: xtask::ManifestSource::Built(manifest),
-            smp: 2,
-            bundle: Some(dir.join("bundle.bin")),
-            detach: Some(dir.clone()),
-            force_mitigations: true,
-            ..xtask::RunConfig::default()
-        };
-        let prepared = xtask::prepare(&cfg).unwrap();
-        (Detached(xtask::ctl::detach(&prepared, &dir).unwrap()), dir)
-    }
-}
-
-impl Drop for Detached {
-    fn drop(&mut self) {
-        let _ = self.0.shutdown();
-    }
+/// A hypervisor detached with `manifest` (2 CPUs, mitigations forced) in
+/// its own directory `target/itest/detached-NAME-PID`, shut down when
+/// dropped.
+fn detached(name: &str, manifest: Manifest) -> (Detached, std::path::PathBuf) {
+    let dir = workspace_root().join(format!("target/itest/detached-{name}-{}", std::process::id()));
+    (Detached::start(&dir, manifest, true), dir)
 }
 
 /// Why `guest` was stopped: the `stop_reason` of its last `guest_stats`
@@ -119,7 +99,7 @@ fn echo(port: u16, msg: &[u8]) -> Vec<u8> {
 #[test]
 fn a_detached_hypervisor_is_listed_measured_and_stopped_guest_by_guest_through_ctl() {
     let port = free_port();
-    let (inst, dir) = Detached::start(
+    let (inst, dir) = detached(
         "ctl",
         Manifest::new([Guest::app("a", "echo").tenant("a").port(port, 7), Guest::app("b", "echo").tenant("b"), Guest::app("h", "hello")]),
     );
@@ -227,7 +207,7 @@ fn a_detached_hypervisor_is_listed_measured_and_stopped_guest_by_guest_through_c
 
 #[test]
 fn guests_started_on_a_running_hypervisor_serve_their_tenant_and_bad_starts_are_refused() {
-    let (inst, _dir) = Detached::start("start", Manifest::new([Guest::app("h", "hello")]));
+    let (inst, _dir) = detached("start", Manifest::new([Guest::app("h", "hello")]));
     let echo_image = xtask::build_apps(&["echo"]).unwrap().remove(0);
     let elf = xtask::app_elf("echo");
     let start = |name: &str, tenant: &str, args: &[&str]| {
@@ -304,7 +284,7 @@ fn guests_started_on_a_running_hypervisor_serve_their_tenant_and_bad_starts_are_
 fn a_quiet_or_lying_control_client_costs_nothing_and_is_answered() {
     use std::os::unix::net::UnixStream;
     // The ticker is guest 0: it lives on CPU 0, the one that reads the channel.
-    let (inst, dir) = Detached::start("quiet", Manifest::new([Guest::app("tick", "worker").args(["tick", "10", "1200"])]));
+    let (inst, dir) = detached("quiet", Manifest::new([Guest::app("tick", "worker").args(["tick", "10", "1200"])]));
     let mut s = UnixStream::connect(inst.0.socket()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut lines = BufReader::new(s.try_clone().unwrap()).lines();
@@ -371,7 +351,7 @@ fn clients_that_come_and_go_at_once_are_each_answered_with_their_own_answer() {
     // Guests that keep both CPUs busy: CPU 0 then looks at the channel
     // between their slices, not in a tight idle loop, as on a full host.
     let busy = |name| Guest::app(name, "worker").args(["busy", "600000"]);
-    let (inst, dir) = Detached::start("churn", Manifest::new([busy("a"), busy("b")]));
+    let (inst, dir) = detached("churn", Manifest::new([busy("a"), busy("b")]));
     // Every port is the test's: ctl's own connection goes.
     inst.0.disconnect();
     let sockets = xtask::ctl::control_sockets(&dir);
@@ -412,7 +392,7 @@ fn more_guests_than_there_is_room_for_come_and_go_and_removed_names_are_free() {
     // (`hypervisor::machine::SPARE_GUESTS`).
     const ROOM: usize = 1024;
     const GUESTS: usize = ROOM + 76;
-    let (inst, _dir) = Detached::start("reuse", Manifest::new([Guest::app("h", "hello")]));
+    let (inst, _dir) = detached("reuse", Manifest::new([Guest::app("h", "hello")]));
     let hello = xtask::build_apps(&["hello"]).unwrap().remove(0);
     let digest = inst.0.ensure_image(&hello).unwrap();
     let start = |name: &str| {
@@ -451,7 +431,7 @@ fn more_guests_than_there_is_room_for_come_and_go_and_removed_names_are_free() {
 /// error, and the guest is not left half-started.
 #[test]
 fn host_ports_forward_to_guests_started_at_run_time_until_they_end() {
-    let (inst, _dir) = Detached::start("ports", Manifest::new([Guest::app("h", "hello")]));
+    let (inst, _dir) = detached("ports", Manifest::new([Guest::app("h", "hello")]));
     let echo_image = xtask::build_apps(&["echo"]).unwrap().remove(0);
     let port = free_port();
     let start = |name: &str| {
@@ -487,7 +467,7 @@ fn host_ports_forward_to_guests_started_at_run_time_until_they_end() {
 fn images_by_digest_watched_starts_waits_and_named_tenants() {
     use abi::control::{EventKind, GuestEvent, StartOptions};
     let port = free_port();
-    let (inst, dir) = Detached::start("proto4", Manifest::new([Guest::app("e", "echo").tenant("acme").port(port, 7)]));
+    let (inst, dir) = detached("proto4", Manifest::new([Guest::app("e", "echo").tenant("acme").port(port, 7)]));
     let inst = &inst.0;
     let hello = xtask::build_apps(&["hello"]).unwrap().remove(0);
     let echo_img = xtask::build_apps(&["echo"]).unwrap().remove(0);
