@@ -65,8 +65,8 @@ type OnPushed = Arc<dyn Fn(Pushed) + Send + Sync>;
 /// What the shim knows of the hypervisor without asking again, learnt
 /// when a connection is made (`list`, `stats`: each as long as the guests
 /// are many). The names the shim hands out are added; another client
-/// (`ctl start`) may take one meanwhile, which a refused `start` finds
-/// out ([`Hive::name_taken`]).
+/// (`ctl start`) may take one meanwhile, which a `start` refused for it
+/// says ([`Hive::learn_names`]).
 #[derive(Clone, Debug, Default)]
 struct Known {
     /// Every guest name the hypervisor has (it keeps ended guests').
@@ -150,16 +150,15 @@ impl Hive {
         Ok(ch)
     }
 
-    /// Learns the guests' names again (a `start` was refused: another
-    /// client may have taken the name); returns whether `name` is taken.
-    pub fn name_taken(&self, name: &str) -> Result<bool, String> {
-        let names: HashSet<String> = match self.request(&Request::List)? {
-            Response::Guests { guests } => guests.into_iter().map(|g| g.name).collect(),
+    /// Learns the guests' names again (a `start` was refused because
+    /// another client took the name).
+    pub fn learn_names(&self) -> Result<(), String> {
+        let names = match self.request(&Request::List)? {
+            Response::Guests { guests } => guests.into_iter().map(|g| g.name),
             other => return Err(format!("list was answered {other:?}")),
         };
-        let taken = names.contains(name);
         lock(&self.known).names.extend(names);
-        Ok(taken)
+        Ok(())
     }
 
     /// The hypervisor's memory for guests: no guest may have a larger limit.

@@ -406,7 +406,9 @@ impl Shared {
         // Another client may have taken the name since the shim learnt
         // the names: once, with a fresh one.
         if let Err(e @ ChannelError::Refused { reason: Some(Reason::Exists), .. }) = &started {
-            self.hive.name_taken(&name).ok();
+            // Without the names, the fresh one may be taken too: then
+            // that start is refused as well.
+            self.hive.learn_names().ok();
             log::info!("guest name {name} was taken ({e}); trying another");
             let base = plan::guest_name(id);
             let fresh = self.hive.new_name(&base).map_err(|e| (Code::FAILED_PRECONDITION, e))?;
