@@ -23,11 +23,6 @@ impl<T> Slot<T> {
         self.0.read().clone()
     }
 
-    /// Whether it holds something.
-    pub fn is_set(&self) -> bool {
-        self.0.read().is_some()
-    }
-
     /// Fills it (replacing what it held); returns the new value.
     pub fn set(&self, value: T) -> Arc<T> {
         let v = Arc::new(value);
@@ -56,7 +51,7 @@ mod tests {
         s.set(1u32);
         let held = s.get().unwrap();
         assert_eq!(s.take().as_deref(), Some(&1));
-        assert!(!s.is_set());
+        assert!(s.get().is_none());
         s.set(2);
         assert_eq!((*held, *s.get().unwrap()), (1, 2));
     }
