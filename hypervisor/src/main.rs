@@ -18,11 +18,13 @@ mod console;
 
 use abi::bundle::{Bundle, FLAG_EXIT_WHEN_IDLE, FLAG_FORCE_MITIGATIONS};
 use alloc::format;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use arch::x86_64::net::Net;
 use arch::x86_64::platform::{self, X86_64};
-use arch::x86_64::{apic, clock, cpu, entry, gdt, paging, pvh, serial, smp};
+use arch::x86_64::{apic, boot, clock, cpu, entry, gdt, multiboot2, paging, pvh, serial, smp};
 use core::sync::atomic::{AtomicU64, Ordering};
+use hypervisor::bootinfo::BootError;
 use hypervisor::machine::{self, Config, Machine};
 use spin::Once;
 use talc::{ErrOnOom, Span, Talc, Talck};
@@ -37,13 +39,20 @@ pub fn heap_usage() -> (usize, usize) {
     (c.claimed_bytes, c.allocated_bytes)
 }
 
-/// Entered from the boot stub with the physical address of the PVH start info.
+/// Entered from the boot stub with the physical address of the loader's
+/// information and which entry it came through (`boot::ENTERED_*`).
 #[unsafe(no_mangle)]
-extern "C" fn kernel_main(start_info: u32) -> ! {
+extern "C" fn kernel_main(info: u32, entered: u32) -> ! {
     serial::init();
     println!("[hv] hypervisor {} booting", env!("CARGO_PKG_VERSION"));
-    // SAFETY: still on the boot tables, which identity-map low memory.
-    let boot = match unsafe { pvh::read(start_info as u64) } {
+    let boot = match entered {
+        // SAFETY: still on the boot tables, which identity-map the first 4 GiB.
+        boot::ENTERED_PVH => unsafe { pvh::read(info as u64) }.map_err(String::from),
+        // SAFETY: as above.
+        boot::ENTERED_MULTIBOOT2 => unsafe { multiboot2::read(info) }.map_err(|e| e.to_string()),
+        _ => Err(BootError::BadMagic.to_string()),
+    };
+    let boot = match boot {
         Ok(b) => b,
         Err(e) => panic!("{e}"),
     };
@@ -51,18 +60,19 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     if !features.nx {
         panic!("this CPU has no NX (no-execute) bit; the hypervisor needs it to keep guests' data from running");
     }
-    let mut ram_buf = [const { 0..0 }; pvh::MAX_MEMMAP];
-    let mut n = 0;
-    for e in boot.memmap().iter().filter(|e| e.kind == pvh::RAM) {
-        ram_buf[n] = e.addr..e.addr.saturating_add(e.size);
-        n += 1;
-    }
-    let ram = &ram_buf[..n];
+    let ram = boot.memory.ram();
     // SAFETY: called once, on the boot tables.
     let kernel_root = unsafe { paging::init(ram, &features) };
     harden(&features);
+    if boot.memory.lost_bytes > 0 {
+        println!(
+            "[hv] memory map: {} entries too fragmented to keep; {} KiB of RAM left unused",
+            boot.memory.entries,
+            boot.memory.lost_bytes >> 10
+        );
+    }
 
-    let module = boot.module.map(|(pa, len)| pa..pa + len);
+    let module = boot.module.clone();
     let reserved = [0..0x10_0000, paging::kernel_image(), module.clone().unwrap_or(0..0)];
     let total: u64 = ram.iter().map(|r| r.end - r.start).sum();
     let heap_size = (total / 16).clamp(8 << 20, 256 << 20) & !0xfff;
@@ -73,6 +83,9 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     unsafe {
         let base = paging::phys_to_virt(heap.start) as *mut u8;
         HEAP.lock().claim(Span::from_base_size(base, (heap.end - heap.start) as usize)).expect("heap claim");
+    }
+    if !gdt::prepare(0, kernel_root) {
+        panic!("no memory for the boot CPU's interrupt stacks");
     }
     gdt::init(0);
     entry::init_idt();
@@ -92,7 +105,13 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     );
 
     KERNEL_ROOT.store(kernel_root, Ordering::Release);
-    let cpus = smp::start_aps(kernel_root, tsc_hz);
+    let cpus = match boot.memory.low_page(&[module.clone().unwrap_or(0..0)]) {
+        Some(trampoline) => smp::start_aps(kernel_root, tsc_hz, trampoline, None),
+        None => {
+            println!("[hv] no free page of RAM below 1 MiB for the other CPUs' start-up code; running on one CPU");
+            1
+        }
+    };
     println!(
         "[hv] {} CPU{}, {} MiB RAM, {} KiB free for guests; nx={} smep={} smap={} umip={}",
         cpus,

@@ -51,19 +51,36 @@ static TSC_DEADLINE: AtomicBool = AtomicBool::new(false);
 /// APIC ids by CPU index, for IPIs.
 static IDS: [core::sync::atomic::AtomicU32; super::smp::MAX_CPUS] = [const { core::sync::atomic::AtomicU32::new(0) }; super::smp::MAX_CPUS];
 
+/// Interrupt command register: delivery modes INIT and start-up, and the
+/// level bit INIT needs.
+pub const ICR_INIT: u32 = 0b101 << 8;
+pub const ICR_STARTUP: u32 = 0b110 << 8;
+pub const ICR_ASSERT: u32 = 1 << 14;
+
+/// This CPU's APIC id.
+pub fn id() -> u32 {
+    read(REG_ID) >> ID_SHIFT
+}
+
 /// Records this CPU's APIC id under its index.
 pub fn register(cpu: usize) {
-    IDS[cpu].store(read(REG_ID) >> ID_SHIFT, Ordering::Relaxed);
+    IDS[cpu].store(id(), Ordering::Relaxed);
+}
+
+/// Sends an IPI to APIC id `dest` (`low` holds the delivery mode and
+/// vector) and waits until it is delivered.
+pub fn ipi(dest: u32, low: u32) {
+    write(REG_ICR_HIGH, dest << ID_SHIFT);
+    write(REG_ICR_LOW, low);
+    while read(REG_ICR_LOW) & ICR_PENDING != 0 {
+        core::hint::spin_loop();
+    }
 }
 
 /// Interrupts CPU `cpu` with the wake-up vector (it leaves `hlt`, or its
 /// guest exits, and it looks at its run queue again).
 pub fn wake_cpu(cpu: usize) {
-    write(REG_ICR_HIGH, IDS[cpu].load(Ordering::Relaxed) << ID_SHIFT);
-    write(REG_ICR_LOW, WAKE_VECTOR as u32);
-    while read(REG_ICR_LOW) & ICR_PENDING != 0 {
-        core::hint::spin_loop();
-    }
+    ipi(IDS[cpu].load(Ordering::Relaxed), WAKE_VECTOR as u32);
 }
 /// APIC timer ticks (divide by 16) per 2^32 TSC ticks.
 static TICKS_PER_TSC: AtomicU64 = AtomicU64::new(0);
@@ -139,6 +156,12 @@ pub fn init(tsc_hz: u64) {
 /// Arms the timer to fire at TSC value `deadline` (at once if it passed).
 pub fn arm(deadline: u64) {
     if TSC_DEADLINE.load(Ordering::Relaxed) {
+        // The write to IA32_TSC_DEADLINE is not ordered after earlier
+        // stores to the memory-mapped APIC (the LVT write that chose
+        // deadline mode, an EOI): the SDM (10.5.4.1) asks for a fence,
+        // as Linux does (`weak_wrmsr_fence`).
+        // SAFETY: fences only order memory accesses.
+        unsafe { core::arch::asm!("mfence", "lfence", options(nostack, preserves_flags)) };
         // SAFETY: IA32_TSC_DEADLINE exists (CPUID checked in init).
         unsafe { cpu::wrmsr(MSR_TSC_DEADLINE, deadline.max(1)) };
         return;

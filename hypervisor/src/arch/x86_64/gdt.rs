@@ -1,6 +1,7 @@
 //! Segments: the GDT, the TSS with its interrupt stacks, and the selectors
 //! that `syscall`/`sysret` derive from `STAR`.
 
+use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Once;
 use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
@@ -28,13 +29,26 @@ const IST_SIZE: usize = 16 * 1024;
 static TSS: [Once<TaskStateSegment>; super::smp::MAX_CPUS] = [const { Once::new() }; super::smp::MAX_CPUS];
 static GDT: [Once<GlobalDescriptorTable>; super::smp::MAX_CPUS] = [const { Once::new() }; super::smp::MAX_CPUS];
 
-#[repr(C, align(16))]
-struct IstStack([u8; IST_SIZE]);
+/// The interrupt stacks' tops, by CPU. They are mapped in the image's
+/// part of the address space rather than reached through the direct map:
+/// with page-table isolation a guest's tables map the image but not the
+/// direct map, and the CPU pushes an interrupt's frame before any code can
+/// switch tables. Mapped for each CPU that is started, not for every CPU
+/// there could be.
+static IST_TOPS: [[AtomicU64; 4]; super::smp::MAX_CPUS] = [const { [const { AtomicU64::new(0) }; 4] }; super::smp::MAX_CPUS];
 
-/// The interrupt stacks, in the image rather than the heap: with page-table
-/// isolation a guest's tables map the image but not the direct map, and the
-/// CPU pushes an interrupt's frame before any code can switch tables.
-static mut IST_STACKS: [[IstStack; 4]; super::smp::MAX_CPUS] = [const { [const { IstStack([0; IST_SIZE]) }; 4] }; super::smp::MAX_CPUS];
+/// Maps CPU `cpu`'s interrupt stacks (each with an unmapped guard page
+/// below it); false if memory ran out. Run by the boot CPU, before `cpu`
+/// starts.
+pub fn prepare(cpu: usize, kernel_root: u64) -> bool {
+    for top in &IST_TOPS[cpu] {
+        match super::paging::map_image_stack(kernel_root, IST_SIZE as u64) {
+            Some(t) => top.store(t, Ordering::Relaxed),
+            None => return false,
+        }
+    }
+    true
+}
 
 /// Loads CPU `cpu`'s GDT and TSS.
 pub fn init(cpu: usize) {
@@ -42,11 +56,10 @@ pub fn init(cpu: usize) {
         let mut tss = TaskStateSegment::new();
         // The TSS is packed, so its table is copied out, filled and copied back.
         let mut ist = tss.interrupt_stack_table;
-        for (i, entry) in ist.iter_mut().enumerate().take(4) {
-            // SAFETY: only its address is taken; CPU `cpu`'s stacks are used
-            // by CPU `cpu` alone, through its TSS.
-            let stack = unsafe { &raw mut IST_STACKS[cpu][i] } as u64;
-            *entry = VirtAddr::new(stack + IST_SIZE as u64);
+        for (entry, top) in ist.iter_mut().zip(&IST_TOPS[cpu]) {
+            let top = top.load(Ordering::Relaxed);
+            assert!(top != 0, "CPU {cpu}'s interrupt stacks were not prepared");
+            *entry = VirtAddr::new(top);
         }
         tss.interrupt_stack_table = ist;
         tss

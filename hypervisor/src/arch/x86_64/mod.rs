@@ -15,6 +15,7 @@ pub mod cpu;
 pub mod entry;
 pub mod gdt;
 pub mod guest_pages;
+pub mod multiboot2;
 pub mod net;
 pub mod paging;
 pub mod pci;

@@ -181,6 +181,35 @@ pub fn free_isolated_upper(root: PhysAddr) {
     }
 }
 
+/// Next free address for stacks mapped in the image's GiB (which a
+/// guest's tables share under page-table isolation), above the image.
+static IMAGE_STACKS_NEXT: Mutex<u64> = Mutex::new(KERNEL_VMA + 0x2000_0000);
+/// The end of that window: the image's GiB.
+const IMAGE_STACKS_END: u64 = KERNEL_VMA + 0x4000_0000;
+
+/// Maps a zeroed stack of `size` bytes (whole pages) in the image's GiB,
+/// with an unmapped guard page below it; returns its top, or `None` when
+/// memory or the window ran out.
+pub fn map_image_stack(root: PhysAddr, size: u64) -> Option<u64> {
+    let size = size.next_multiple_of(FRAME_SIZE);
+    let mut next = IMAGE_STACKS_NEXT.lock();
+    let base = *next + FRAME_SIZE;
+    if base + size > IMAGE_STACKS_END {
+        return None;
+    }
+    let mut mem = DirectMap;
+    for va in (base..base + size).step_by(FRAME_SIZE as usize) {
+        let frame = mem.alloc()?;
+        let flags = Pte::WRITABLE | Pte::NO_EXECUTE | Pte::GLOBAL;
+        if paging::map(&mut mem, root, va, frame, flags, 1, Pte::WRITABLE).is_err() {
+            mem.free(frame);
+            return None;
+        }
+    }
+    *next = base + size;
+    Some(base + size)
+}
+
 /// Next free address in the window for device registers.
 static MMIO_NEXT: Mutex<u64> = Mutex::new(0xffff_ffff_f000_0000);
 

@@ -1,11 +1,10 @@
 //! The PVH start info (`hvm_start_info`, Xen's `arch-x86/hvm/start_info.h`)
-//! that QEMU hands over in `%ebx`: memory map, modules, command line.
+//! that QEMU hands over in `%ebx`: memory map, modules, ACPI root pointer.
+
+use hypervisor::bootinfo::{BootInfo, Protocol, Rsdp};
 
 /// `hvm_start_info.magic`.
 const MAGIC: u32 = 0x336e_c578;
-pub const MAX_MEMMAP: usize = 128;
-/// E820 type of usable RAM.
-pub const RAM: u32 = 1;
 
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
@@ -24,11 +23,11 @@ struct StartInfo {
 
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
-pub struct MemmapEntry {
-    pub addr: u64,
-    pub size: u64,
-    pub kind: u32,
-    pub reserved: u32,
+struct MemmapEntry {
+    addr: u64,
+    size: u64,
+    kind: u32,
+    reserved: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -40,25 +39,15 @@ struct ModlistEntry {
     reserved: u64,
 }
 
-/// What the hypervisor needs from the start info, copied out of low memory.
-pub struct BootInfo {
-    pub memmap: [MemmapEntry; MAX_MEMMAP],
-    pub memmap_len: usize,
-    /// The first module: the bundle (physical range).
-    pub module: Option<(u64, u64)>,
-}
-
-impl BootInfo {
-    pub fn memmap(&self) -> &[MemmapEntry] {
-        &self.memmap[..self.memmap_len]
-    }
-}
+/// Most memory-map entries read (a guard against a wild count; QEMU
+/// gives a handful).
+const MAX_ENTRIES: u32 = 4096;
 
 /// Reads the start info at physical `pa`.
 ///
 /// # Safety
-/// Must run on the boot page tables, which identity-map the first GiB where
-/// QEMU puts the start info, its memory map and module list.
+/// Must run on the boot page tables, which identity-map the first 4 GiB
+/// where QEMU puts the start info, its memory map and module list.
 pub unsafe fn read(pa: u64) -> Result<BootInfo, &'static str> {
     // SAFETY: identity-mapped and written by QEMU's PVH option ROM (caller).
     let si = unsafe { core::ptr::read_unaligned(pa as *const StartInfo) };
@@ -68,17 +57,23 @@ pub unsafe fn read(pa: u64) -> Result<BootInfo, &'static str> {
     if si.version < 1 || si.memmap_entries == 0 {
         return Err("the PVH start info has no memory map (version 0)");
     }
-    let mut info = BootInfo { memmap: [MemmapEntry::default(); MAX_MEMMAP], memmap_len: 0, module: None };
-    let n = (si.memmap_entries as usize).min(MAX_MEMMAP);
-    for i in 0..n {
-        // SAFETY: the table holds memmap_entries entries (caller).
-        info.memmap[i] = unsafe { core::ptr::read_unaligned((si.memmap_paddr as *const MemmapEntry).add(i)) };
+    if si.memmap_entries > MAX_ENTRIES {
+        return Err("the PVH start info claims more than 4096 memory-map entries");
     }
-    info.memmap_len = n;
+    let mut info = BootInfo::new(Protocol::Pvh);
+    for i in 0..si.memmap_entries as usize {
+        // SAFETY: the table holds memmap_entries entries (caller).
+        let e = unsafe { core::ptr::read_unaligned((si.memmap_paddr as *const MemmapEntry).add(i)) };
+        info.memory.add(e.addr, e.size, e.kind);
+    }
     if si.nr_modules > 0 {
         // SAFETY: the list holds nr_modules entries (caller).
         let m = unsafe { core::ptr::read_unaligned(si.modlist_paddr as *const ModlistEntry) };
-        info.module = Some((m.paddr, m.size));
+        info.module = Some(m.paddr..m.paddr.saturating_add(m.size));
+        info.extra_modules = si.nr_modules as usize - 1;
+    }
+    if si.rsdp_paddr != 0 {
+        info.rsdp = Rsdp::At(si.rsdp_paddr);
     }
     Ok(info)
 }
