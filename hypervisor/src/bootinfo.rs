@@ -260,14 +260,14 @@ pub fn multiboot2(info: &[u8]) -> Result<BootInfo, BootError> {
                 }
                 boot.add_module(start..end);
             }
-            tag::ACPI_OLD | tag::ACPI_NEW if body.len() >= 20 => {
-                // The newer tag wins over the older.
-                if kind == tag::ACPI_NEW || !matches!(boot.rsdp, Rsdp::Copy(_, n) if n > 20) {
-                    let n = body.len().min(36);
-                    let mut copy = [0; 36];
-                    copy[..n].copy_from_slice(&body[..n]);
-                    boot.rsdp = Rsdp::Copy(copy, n);
-                }
+            // The newer tag wins over the older, whatever their order.
+            tag::ACPI_OLD | tag::ACPI_NEW
+                if body.len() >= 20 && (kind == tag::ACPI_NEW || !matches!(boot.rsdp, Rsdp::Copy(_, n) if n > 20)) =>
+            {
+                let n = body.len().min(36);
+                let mut copy = [0; 36];
+                copy[..n].copy_from_slice(&body[..n]);
+                boot.rsdp = Rsdp::Copy(copy, n);
             }
             _ => {}
         }

@@ -23,11 +23,18 @@ pub fn on_path(program: &str) -> bool {
         .any(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Makes sure every one of `programs` is on `PATH`: as root, installs
-/// `package` with apt-get (running `apt-get update` first if the install
-/// fails); otherwise fails with the command to run.
+/// True if `what` is there: a program on `PATH`, or (with a `/`) a file
+/// or directory.
+fn present(what: &str) -> bool {
+    if what.contains('/') { std::path::Path::new(what).exists() } else { on_path(what) }
+}
+
+/// Makes sure every one of `programs` is there (a program on `PATH`, or a
+/// path such as a firmware file): as root, installs `package` (one or more
+/// Debian packages, space-separated) with apt-get (running `apt-get update`
+/// first if the install fails); otherwise fails with the command to run.
 pub fn ensure(programs: &[&str], package: &str) -> Result<()> {
-    let missing: Vec<&str> = programs.iter().copied().filter(|p| !on_path(p)).collect();
+    let missing: Vec<&str> = programs.iter().copied().filter(|p| !present(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -45,12 +52,12 @@ pub fn ensure(programs: &[&str], package: &str) -> Result<()> {
         cmd.env("DEBIAN_FRONTEND", "noninteractive");
         cmd
     };
-    let install = || run(apt().args(["install", "-y", package]));
+    let install = || run(apt().args(["install", "-y"]).args(package.split_whitespace()));
     if install().is_err() {
         run(apt().arg("update"))?;
         install()?;
     }
-    if let Some(still) = programs.iter().find(|p| !on_path(p)) {
+    if let Some(still) = programs.iter().find(|p| !present(p)) {
         bail!("installed {package} but {still} is still not on PATH");
     }
     Ok(())
@@ -81,5 +88,7 @@ mod tests {
         assert!(on_path("sh"));
         assert!(!on_path("no-such-program-here"));
         assert!(ensure(&["sh"], "dash").is_ok(), "nothing to install");
+        assert!(ensure(&["sh", "/bin"], "dash").is_ok(), "paths count as present");
+        assert!(!present("/no/such/firmware.fd"));
     }
 }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use xtask::Accel;
+use xtask::{Accel, Boot, Chipset};
 
 /// Build, boot and test the hypervisor and its guests.
 #[derive(Parser)]
@@ -57,6 +57,19 @@ enum Command {
     },
     /// Boot the hypervisor and a manifest of guests under QEMU.
     Run(RunArgs),
+    /// Build a bootable ISO of the hypervisor and a manifest's guests:
+    /// GRUB from BIOS or UEFI, for QEMU or a real machine (a USB stick).
+    Image {
+        /// Manifest (TOML) of the guests to boot (default: run's).
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+        /// Write the ISO here.
+        #[arg(long, value_name = "FILE")]
+        iso: PathBuf,
+        /// The machine's memory the manifest is checked against.
+        #[arg(long, value_name = "SIZE", default_value = "512M")]
+        memory: String,
+    },
     /// Benchmark the hypervisor against a Linux peer VM on the same QEMU machine.
     Bench(xtask::bench::BenchArgs),
     /// Fuzz the parsers of guest- and tenant-supplied bytes with libFuzzer (see fuzz/README.md).
@@ -233,6 +246,13 @@ struct RunArgs {
     /// run this way).
     #[arg(long)]
     force_mitigations: bool,
+    /// How the machine starts the hypervisor: pvh (QEMU loads it; the
+    /// fastest), bios or uefi (an ISO through the firmware and GRUB).
+    #[arg(long, value_enum, default_value_t = Boot::Pvh)]
+    boot: Boot,
+    /// QEMU's chipset.
+    #[arg(long, value_enum, default_value_t = Chipset::Pc)]
+    machine: Chipset,
 }
 
 fn main() -> ExitCode {
@@ -259,6 +279,7 @@ impl Command {
                 commands::pkg::run(app, oci, reference, args)?
             }
             Command::Run(args) => commands::run::run(args)?,
+            Command::Image { manifest, iso, memory } => commands::run::image(manifest, &iso, memory)?,
             Command::Bench(args) => xtask::bench::run(&args)?,
             Command::Fuzz(args) => commands::fuzz::run(&args)?,
             Command::Ctl { what } => commands::ctl::run(what)?,

@@ -68,6 +68,37 @@ pub fn ensure_qemu() -> Result<()> {
     crate::install::ensure(&[QEMU], "qemu-system-x86")
 }
 
+/// How the machine starts the hypervisor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Boot {
+    /// QEMU loads it directly (`-kernel`, the PVH entry): the fastest.
+    #[default]
+    Pvh,
+    /// From an ISO, through SeaBIOS and GRUB (Multiboot2).
+    Bios,
+    /// From an ISO, through OVMF (UEFI) and GRUB (Multiboot2).
+    Uefi,
+}
+
+/// QEMU's chipset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Chipset {
+    /// i440FX and PIIX: PCI through I/O ports, no PCI Express.
+    #[default]
+    Pc,
+    /// Q35 and ICH9: PCI Express (ECAM, from the ACPI MCFG table).
+    Q35,
+}
+
+impl Chipset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Chipset::Pc => "pc",
+            Chipset::Q35 => "q35",
+        }
+    }
+}
+
 /// Where the manifest comes from.
 #[derive(Clone, Debug)]
 pub enum ManifestSource {
@@ -111,6 +142,10 @@ pub struct RunConfig {
     /// to a guest even where the CPU does not need it (the speculation
     /// mitigations' paths, tested here).
     pub force_mitigations: bool,
+    /// How the machine starts the hypervisor.
+    pub boot: Boot,
+    /// QEMU's chipset.
+    pub machine: Chipset,
 }
 
 impl Default for RunConfig {
@@ -125,6 +160,8 @@ impl Default for RunConfig {
             memory: "512M".into(),
             bundle: None,
             force_mitigations: false,
+            boot: Boot::Pvh,
+            machine: Chipset::Pc,
         }
     }
 }
@@ -134,8 +171,10 @@ impl Default for RunConfig {
 pub struct Prepared {
     /// The hypervisor ELF (`-kernel`).
     pub kernel: PathBuf,
-    /// The bundle (`-initrd`).
+    /// The bundle (`-initrd`, or the ISO's module).
     pub bundle: PathBuf,
+    /// The bootable ISO (`--boot bios|uefi`), beside the bundle.
+    pub iso: Option<PathBuf>,
     /// QEMU's arguments (without the program name).
     pub qemu_args: Vec<String>,
     /// A few lines for humans: guests, machine, what happens next.
@@ -160,6 +199,9 @@ impl Drop for Prepared {
     fn drop(&mut self) {
         if self.remove_bundle {
             let _ = fs::remove_file(&self.bundle);
+            if let Some(iso) = &self.iso {
+                let _ = fs::remove_file(iso);
+            }
         }
     }
 }
@@ -219,8 +261,9 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
     let accel = cfg.accel.resolve();
     // Paths go in as separate arguments: they may contain spaces.
     let mut qemu_args: Vec<String> = format!(
-        "-machine pc -cpu max -accel {} -smp {} -m {}M -nodefaults -display none -no-reboot \
+        "-machine {} -cpu max -accel {} -smp {} -m {}M -nodefaults -display none -no-reboot \
          -serial stdio -monitor none -device isa-debug-exit,iobase=0xf4,iosize=0x04",
+        cfg.machine.as_str(),
         accel.as_str(),
         cfg.smp,
         machine_memory / MIB
@@ -246,9 +289,24 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
         // (the hive shim's `hive.ports`).
         qemu_args.extend(["-qmp".to_string(), format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display())]);
     }
-    for (flag, path) in [("-kernel", &kernel), ("-initrd", &bundle)] {
-        qemu_args.extend([flag.to_string(), path.display().to_string()]);
-    }
+    let iso = match cfg.boot {
+        Boot::Pvh => {
+            for (flag, path) in [("-kernel", &kernel), ("-initrd", &bundle)] {
+                qemu_args.extend([flag.to_string(), path.display().to_string()]);
+            }
+            None
+        }
+        Boot::Bios | Boot::Uefi => {
+            let iso = bundle.with_extension("iso");
+            crate::iso::build(&kernel, &bundle, &iso)?;
+            if cfg.boot == Boot::Uefi {
+                crate::iso::ensure_ovmf()?;
+                qemu_args.extend(["-bios".to_string(), crate::iso::OVMF.to_string()]);
+            }
+            qemu_args.extend(["-cdrom".to_string(), iso.display().to_string()]);
+            Some(iso)
+        }
+    };
     let (netdev, reach) = uplink_args(&manifest, cfg.detach.is_some());
     qemu_args.extend(netdev);
     let mut gdb_help = String::new();
@@ -283,8 +341,14 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
         "console follows; Ctrl-C stops QEMU"
     };
     let summary = format!(
-        "guests: {}\nmachine: {}, {cpus}, {}{reach}{gdb_help}\n{next}",
+        "guests: {}\nmachine: {} {}, {}, {cpus}, {}{reach}{gdb_help}\n{next}",
         guests.join(", "),
+        cfg.machine.as_str(),
+        match cfg.boot {
+            Boot::Pvh => "(PVH)",
+            Boot::Bios => "(BIOS, GRUB)",
+            Boot::Uefi => "(UEFI, GRUB)",
+        },
         accel.as_str(),
         format_size(machine_memory)
     );
@@ -303,7 +367,7 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
             tenants.push(t);
         }
     }
-    Ok(Prepared { kernel, bundle, qemu_args, summary, accel, elfs, tenants, remove_bundle })
+    Ok(Prepared { kernel, bundle, iso, qemu_args, summary, accel, elfs, tenants, remove_bundle })
 }
 
 /// QEMU's NIC and user-mode network for a manifest whose guests have vNICs:

@@ -153,12 +153,12 @@ fn the_trampoline_page_is_free_low_ram() {
     m.add(0, 0x9fc00, RAM);
     m.add(0x10_0000, 0x100_0000, RAM);
     assert_eq!(m.low_page(&[]), Some(0x1000));
-    assert_eq!(m.low_page(&[0..0x8000]), Some(0x8000));
+    assert_eq!(m.low_page(std::slice::from_ref(&(0..0x8000))), Some(0x8000));
     assert_eq!(m.low_page(&[0x1000..0x2000, 0x2000..0x5800]), Some(0x6000));
     // Nothing below 1 MiB but the real-mode interrupt table's page.
     let mut high = MemoryMap::default();
     high.add(0, 0x1000, RAM);
     high.add(0x10_0000, 0x100_0000, RAM);
     assert_eq!(high.low_page(&[]), None);
-    assert_eq!(m.low_page(&[0..0x10_0000]), None);
+    assert_eq!(m.low_page(std::slice::from_ref(&(0..0x10_0000))), None);
 }

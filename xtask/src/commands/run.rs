@@ -22,6 +22,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         gdb: args.gdb,
         detach: None,
         force_mitigations: args.force_mitigations,
+        boot: args.boot,
+        machine: args.machine,
     };
     if args.detach {
         let dir = xtask::ctl::default_dir();
@@ -40,4 +42,24 @@ pub fn run(args: RunArgs) -> Result<()> {
     let prepared = xtask::prepare(&cfg)?;
     eprintln!("{}", prepared.summary);
     xtask::run_interactive(&prepared, args.timeout.map(Duration::from_secs))
+}
+
+/// `cargo xtask image`: the hypervisor and `manifest`'s guests as a
+/// bootable ISO at `iso`.
+pub fn image(manifest: Option<std::path::PathBuf>, iso: &std::path::Path, memory: String) -> Result<()> {
+    let cfg = RunConfig { manifest: manifest.map_or(ManifestSource::Default, ManifestSource::File), memory, ..RunConfig::default() };
+    let prepared = xtask::prepare(&cfg)?;
+    xtask::iso::build(&prepared.kernel, &prepared.bundle, iso)?;
+    let size = std::fs::metadata(iso)?.len();
+    println!(
+        "{}: {} KiB, boots from BIOS or UEFI (GRUB, Multiboot2); in QEMU:\n  \
+         qemu-system-x86_64 -machine q35 -m 512M -smp 2 -serial stdio -display none -cdrom {} \\\n    \
+         -netdev user,id=n,hostfwd=tcp:127.0.0.1:8007-10.0.0.2:7 -device virtio-net-pci,netdev=n\n\
+         (add -bios {} for UEFI); on a machine: write it to a USB stick (dd) and boot it, console on COM1",
+        iso.display(),
+        size >> 10,
+        iso.display(),
+        xtask::iso::OVMF
+    );
+    Ok(())
 }
