@@ -128,12 +128,20 @@ impl Live {
 
     /// Like [`Live::start`], with `memory` (e.g. `"1G"`) instead of the default.
     pub fn start_with_memory(manifest: impl ToManifest, cpus: u32, memory: Option<&str>) -> Live {
+        Self::start_with(manifest, cpus, |cfg| {
+            if let Some(m) = memory {
+                cfg.memory = m.to_string();
+            }
+        })
+    }
+
+    /// Like [`Live::start`], with the machine's settings changed by `set`
+    /// (e.g. how it boots, its chipset).
+    pub fn start_with(manifest: impl ToManifest, cpus: u32, set: impl FnOnce(&mut xtask::RunConfig)) -> Live {
         xtask::ensure_qemu().expect("QEMU");
         let mut cfg = config(manifest, cpus);
         cfg.exit_when_idle = false;
-        if let Some(m) = memory {
-            cfg.memory = m.to_string();
-        }
+        set(&mut cfg);
         let prepared = xtask::prepare(&cfg).unwrap_or_else(|e| panic!("could not prepare: {e:#}"));
         let options = xtask::runner::Options { input: xtask::runner::Input::Piped, ..Default::default() };
         let qemu = xtask::runner::Qemu::spawn(&prepared.qemu_args, options).expect("starting QEMU");

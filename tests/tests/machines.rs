@@ -1,0 +1,81 @@
+//! The machines the hypervisor boots on: QEMU's two chipsets, each started
+//! three ways (QEMU's PVH loader; an ISO through SeaBIOS and GRUB; the same
+//! ISO through OVMF's UEFI and GRUB), and CPU counts from one to many. In
+//! every cell the echo guest answers a host client through a forwarded
+//! port, and every CPU runs guests.
+
+use integration_tests::{Live, echo, free_port, records};
+use std::time::Duration;
+use xtask::{Boot, Chipset};
+
+/// Boots an echo guest and `cpus` busy workers on `machine`, started by
+/// `boot`; checks the echo from the host and that every CPU ran workers.
+fn cell(boot: Boot, machine: Chipset, cpus: u32) {
+    let what = format!("{machine:?} {boot:?} -smp {cpus}");
+    let port = free_port();
+    let manifest = format!(
+        "[[guest]]\nname = \"echo\"\napp = \"echo\"\ntenant = \"a\"\nmemory = \"4 MiB\"\nargs = [\"serve\", \"7\"]\nports = [\"{port}:7\"]\n\n\
+         [[guest]]\nname = \"worker\"\napp = \"worker\"\ncount = {}\nmemory = \"1 MiB\"\nargs = [\"busy\", \"300\"]\n",
+        2 * cpus
+    );
+    let mut live = Live::start_with(&manifest, cpus, |cfg| {
+        cfg.boot = boot;
+        cfg.machine = machine;
+    });
+    // Firmware and GRUB under emulation take a while before the hypervisor.
+    let boot_time = Duration::from_secs(240);
+    let cpus_line = if cpus == 1 { "[hv] 1 CPU,".to_string() } else { format!("[hv] {cpus} CPUs,") };
+    assert!(live.wait_for(&cpus_line, boot_time), "{what}: no {cpus_line:?} in:\n{}", live.console);
+    assert!(live.wait_for("echo-0| echo: listening on 10.0.0.2:7", boot_time), "{what}: echo did not start:\n{}", live.console);
+
+    let msg = format!("hello from the host to {what}\n");
+    let back = echo(port, msg.as_bytes()).unwrap_or_else(|e| panic!("{what}: echo through 127.0.0.1:{port}: {e}\n{}", live.console));
+    assert_eq!(back, msg.as_bytes(), "{what}");
+
+    for i in 0..2 * cpus {
+        let exited = format!("[hv] guest worker-{i} exited with code 0");
+        assert!(live.console.contains(&exited) || live.wait_for(&exited, boot_time), "{what}: no {exited:?} in:\n{}", live.console);
+    }
+    let mut per_cpu = vec![0u64; cpus as usize];
+    for s in records::guest_stats(&live.console).iter().filter(|s| s.guest.starts_with("worker-")) {
+        for (cpu, ns) in s.cpu_ns_per_cpu.iter().enumerate() {
+            per_cpu[cpu] += ns;
+        }
+    }
+    assert!(per_cpu.iter().all(|&ns| ns > 0), "{what}: a CPU ran no worker: {per_cpu:?} ns by CPU\n{}", live.console);
+}
+
+#[test]
+fn pc_pvh() {
+    cell(Boot::Pvh, Chipset::Pc, 2);
+}
+
+#[test]
+fn q35_pvh() {
+    cell(Boot::Pvh, Chipset::Q35, 2);
+}
+
+#[test]
+fn pc_bios() {
+    cell(Boot::Bios, Chipset::Pc, 2);
+}
+
+#[test]
+fn q35_bios() {
+    cell(Boot::Bios, Chipset::Q35, 2);
+}
+
+#[test]
+fn pc_uefi() {
+    cell(Boot::Uefi, Chipset::Pc, 2);
+}
+
+#[test]
+fn q35_uefi() {
+    cell(Boot::Uefi, Chipset::Q35, 2);
+}
+
+#[test]
+fn one_cpu() {
+    cell(Boot::Pvh, Chipset::Q35, 1);
+}
