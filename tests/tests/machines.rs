@@ -6,12 +6,17 @@
 
 use integration_tests::{Live, echo, free_port, records};
 use std::time::Duration;
-use xtask::{Boot, Chipset};
+use xtask::{Accel, Boot, Chipset};
 
 /// Boots an echo guest and `cpus` busy workers on `machine`, started by
 /// `boot`; checks the echo from the host and that every CPU ran workers.
 fn cell(boot: Boot, machine: Chipset, cpus: u32) {
-    let what = format!("{machine:?} {boot:?} -smp {cpus}");
+    cell_on(boot, machine, cpus, Accel::Tcg);
+}
+
+/// Like [`cell`], with QEMU's accelerator `accel`; returns the console.
+fn cell_on(boot: Boot, machine: Chipset, cpus: u32, accel: Accel) -> String {
+    let what = format!("{machine:?} {boot:?} -smp {cpus} ({accel:?})");
     let port = free_port();
     let manifest = format!(
         "[[guest]]\nname = \"echo\"\napp = \"echo\"\ntenant = \"a\"\nmemory = \"4 MiB\"\nargs = [\"serve\", \"7\"]\nports = [\"{port}:7\"]\n\n\
@@ -21,6 +26,7 @@ fn cell(boot: Boot, machine: Chipset, cpus: u32) {
     let mut live = Live::start_with(&manifest, cpus, |cfg| {
         cfg.boot = boot;
         cfg.machine = machine;
+        cfg.accel = accel;
     });
     // Firmware and GRUB under emulation take a while before the hypervisor.
     let boot_time = Duration::from_secs(240);
@@ -43,6 +49,7 @@ fn cell(boot: Boot, machine: Chipset, cpus: u32) {
         }
     }
     assert!(per_cpu.iter().all(|&ns| ns > 0), "{what}: a CPU ran no worker: {per_cpu:?} ns by CPU\n{}", live.console);
+    live.console
 }
 
 #[test]
@@ -78,4 +85,16 @@ fn q35_uefi() {
 #[test]
 fn one_cpu() {
     cell(Boot::Pvh, Chipset::Q35, 1);
+}
+
+/// Under KVM the CPU has the TSC-deadline timer that QEMU's TCG lacks,
+/// and the hypervisor uses it. Needs VT-x or AMD-V on this host.
+#[test]
+fn kvm_uefi_with_the_tsc_deadline_timer() {
+    if !xtask::host_has_hardware_virtualization() {
+        println!("SKIPPED kvm_uefi_with_the_tsc_deadline_timer: this host has no VT-x/AMD-V (no vmx or svm in /proc/cpuinfo, or no /dev/kvm)");
+        return;
+    }
+    let console = cell_on(Boot::Uefi, Chipset::Q35, 4, Accel::Kvm);
+    assert!(console.contains("APIC timer in TSC-deadline mode"), "KVM without the TSC-deadline timer:\n{console}");
 }
