@@ -6,6 +6,7 @@
 
 extern crate alloc;
 
+pub mod acpi;
 pub mod control;
 pub mod guest;
 pub mod image;
