@@ -31,12 +31,11 @@ pub struct SleepType {
 /// whole, header included; error offsets are into the table.
 pub fn find_s5(table: &[u8]) -> Result<SleepType, ErrorKind> {
     let aml = table.get(HEADER_LEN..).unwrap_or_default();
-    let name_at = aml.windows(4).enumerate().find_map(|(i, w)| {
-        let before = |n| i.checked_sub(n).and_then(|j| aml.get(j).copied());
-        let named = before(1) == Some(NAME_OP) || before(1) == Some(ROOT_CHAR) && before(2) == Some(NAME_OP);
-        (w == b"_S5_" && named).then_some(i)
-    });
-    let i = name_at.ok_or(ErrorKind::NoS5)?;
+    let named = |i: usize| {
+        let before = aml.get(..i).unwrap_or_default();
+        before.ends_with(&[NAME_OP]) || before.ends_with(&[NAME_OP, ROOT_CHAR])
+    };
+    let (i, _) = aml.windows(4).enumerate().find(|&(i, w)| w == b"_S5_" && named(i)).ok_or(ErrorKind::NoS5)?;
     package(aml, i + 4).ok_or(ErrorKind::BadS5 { offset: HEADER_LEN + i })
 }
 

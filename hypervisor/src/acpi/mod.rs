@@ -414,6 +414,10 @@ fn read_checked(fw: &impl Firmware, pa: u64, length: u32, min: u32, max: u32) ->
         return Err(ErrorKind::TooLong { length: length.into(), max: max.into() });
     }
     let len = length as usize;
+    // Before allocating: is the last byte there at all?
+    if !pa.checked_add(u64::from(length) - 1).is_some_and(|last| fw.read(last, &mut [0])) {
+        return Err(ErrorKind::NotReadable { pa, len: len as u64 });
+    }
     let mut buf = Vec::new();
     buf.try_reserve_exact(len).map_err(|_: TryReserveError| ErrorKind::OutOfMemory { len: len as u64 })?;
     buf.resize(len, 0);
@@ -454,10 +458,26 @@ pub fn find_rsdp_in_bios(fw: &impl Firmware) -> Option<u64> {
     let mut segment = [0; 2];
     let ebda = if fw.read(0x40e, &mut segment) { u64::from(u16::from_le_bytes(segment)) << 4 } else { 0 };
     let ebda = (ebda >= 0x400).then_some(ebda..ebda + 0x400);
-    ebda.into_iter().chain(Some(0xe0000..0x100000)).flat_map(|r| r.step_by(16)).find(|&pa| {
-        let mut signature = [0; 8];
-        fw.read(pa, &mut signature) && &signature == rsdp::SIGNATURE && read_rsdp(fw, pa).is_ok()
-    })
+    const CHUNK: usize = 1024;
+    let mut chunk = [0; CHUNK];
+    for area in ebda.into_iter().chain(Some(0xe0000..0x100000)) {
+        for base in area.step_by(CHUNK) {
+            // A KiB at a time; where that is not all readable, 8 bytes at a time.
+            let whole = fw.read(base, &mut chunk);
+            for off in (0..CHUNK).step_by(16) {
+                let pa = base + off as u64;
+                let mut signature = [0; 8];
+                let candidate = match whole {
+                    true => chunk.get(off..off + 8) == Some(rsdp::SIGNATURE),
+                    false => fw.read(pa, &mut signature) && &signature == rsdp::SIGNATURE,
+                };
+                if candidate && read_rsdp(fw, pa).is_ok() {
+                    return Some(pa);
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Reads the ACPI tables from the RSDP at `rsdp_pa`: the root table (the
