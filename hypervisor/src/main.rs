@@ -22,9 +22,10 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use arch::x86_64::net::Net;
 use arch::x86_64::platform::{self, X86_64};
-use arch::x86_64::{apic, boot, clock, cpu, entry, gdt, multiboot2, paging, pvh, serial, smp};
+use arch::x86_64::{apic, boot, clock, cpu, entry, firmware, gdt, multiboot2, paging, power, pvh, serial, smp};
 use core::sync::atomic::{AtomicU64, Ordering};
-use hypervisor::bootinfo::BootError;
+use hypervisor::acpi::AddressSpace;
+use hypervisor::bootinfo::{BootError, Protocol};
 use hypervisor::machine::{self, Config, Machine};
 use spin::Once;
 use talc::{ErrOnOom, Span, Talc, Talck};
@@ -92,36 +93,88 @@ extern "C" fn kernel_main(info: u32, entered: u32) -> ! {
     entry::init_cpu(0);
     cpu::mask_pic();
     paging::map_mmio(kernel_root, apic::APIC_VA, apic::base());
-    let tsc_hz = clock::calibrate_tsc();
+
+    let acpi = match firmware::acpi_tables(kernel_root, &boot.rsdp) {
+        Ok(t) => {
+            for p in &t.problems {
+                println!("[hv] ACPI: ignored: {p}");
+            }
+            Some(t)
+        }
+        Err(e) => {
+            println!("[hv] ACPI: {e}; finding CPUs by broadcast, PCI through I/O ports");
+            None
+        }
+    };
+    let power = power::init(acpi.as_ref());
+    let pm_timer = acpi.as_ref().and_then(|t| t.fadt.pm_timer).and_then(|t| {
+        let port = (t.block.space == AddressSpace::SystemIo).then_some(t.block.address)?;
+        Some(clock::PmTimer { port: u16::try_from(port).ok()?, bits32: t.bits == 32 })
+    });
+    let (tsc_hz, tsc_source) = clock::tsc_hz(pm_timer);
     let time = abi::time::TimeInfo::new(tsc_hz, cpu::rdtsc(), clock::wall_clock_ns());
     apic::init(tsc_hz);
     apic::register(0);
     println!(
-        "[hv] TSC {}.{:03} GHz, APIC timer in {} mode, wall clock {} s since the epoch",
+        "[hv] TSC {}.{:03} GHz ({}), APIC timer in {} mode, wall clock {} s since the epoch",
         tsc_hz / 1_000_000_000,
         tsc_hz / 1_000_000 % 1000,
+        tsc_source.describe(),
         if cpu::has_tsc_deadline() { "TSC-deadline" } else { "one-shot" },
         time.boot_wall_ns / 1_000_000_000
     );
 
     KERNEL_ROOT.store(kernel_root, Ordering::Release);
+    // The CPUs the MADT lists (enabled ones: online-capable ones are not
+    // there yet); xAPIC reaches ids up to 254.
+    let apic_ids: Option<Vec<u32>> = acpi.as_ref().map(|t| {
+        let (ids, beyond): (Vec<u32>, Vec<u32>) =
+            t.madt.processors.iter().filter(|p| p.enabled).map(|p| p.apic_id).partition(|&id| id < apic::BROADCAST_ID);
+        if !beyond.is_empty() {
+            println!("[hv] {} CPUs have APIC ids past 254, which need x2APIC mode; they stay off", beyond.len());
+        }
+        ids
+    });
     let cpus = match boot.memory.low_page(&[module.clone().unwrap_or(0..0)]) {
-        Some(trampoline) => smp::start_aps(kernel_root, tsc_hz, trampoline, None),
+        Some(trampoline) => smp::start_aps(kernel_root, tsc_hz, trampoline, apic_ids.as_deref()),
         None => {
             println!("[hv] no free page of RAM below 1 MiB for the other CPUs' start-up code; running on one CPU");
             1
         }
     };
     println!(
-        "[hv] {} CPU{}, {} MiB RAM, {} KiB free for guests; nx={} smep={} smap={} umip={}",
+        "[hv] {} CPU{}{}, {} MiB RAM, {} KiB free for guests; nx={} smep={} smap={} umip={}",
         cpus,
         if cpus == 1 { "" } else { "s" },
+        match &apic_ids {
+            Some(ids) => format!(" of {} in the MADT", ids.len().max(1)),
+            None => String::new(),
+        },
         total >> 20,
         paging::free_frames() as u64 * 4,
         features.nx,
         features.smep,
         features.smap,
         features.umip
+    );
+    println!(
+        "[hv] booted by {}; ACPI {}; powers off by {}",
+        match boot.protocol {
+            Protocol::Pvh => "PVH",
+            Protocol::Multiboot2 => "Multiboot2",
+        },
+        match &acpi {
+            Some(t) => format!(
+                "{}.0 ({}), {} ECAM region{}, PM timer {}",
+                if t.rsdp_revision >= 2 { 2 } else { 1 },
+                if t.xsdt { "XSDT" } else { "RSDT" },
+                t.mcfg.len(),
+                if t.mcfg.len() == 1 { "" } else { "s" },
+                if pm_timer.is_some() { "yes" } else { "no" }
+            ),
+            None => "not found".to_string(),
+        },
+        power.describe()
     );
 
     let Some(module) = module else { panic!("no bundle: boot with -initrd <bundle>") };
@@ -170,7 +223,7 @@ fn start_machine(kernel_root: u64, time: abi::time::TimeInfo, cpus: usize, bundl
     }
     m.shut_down(not_started);
     if exit_when_idle {
-        cpu::debug_exit(abi::debug_exit::SUCCESS);
+        power::off(abi::debug_exit::SUCCESS);
     }
     println!("[hv] idle; halting");
     cpu::halt_forever()
@@ -250,8 +303,7 @@ fn harden(f: &cpu::Features) {
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     // Not through the console lock: the panic may have happened while it was held.
     let _ = core::fmt::Write::write_fmt(&mut serial::Serial, format_args!("[hv] PANIC: {info}\n"));
-    cpu::debug_exit(abi::debug_exit::FAILURE);
-    cpu::halt_forever()
+    power::off(abi::debug_exit::FAILURE)
 }
 
 // Linked for `core`; see the memfns crate.

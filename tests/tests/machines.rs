@@ -30,7 +30,8 @@ fn cell_on(boot: Boot, machine: Chipset, cpus: u32, accel: Accel) -> String {
     });
     // Firmware and GRUB under emulation take a while before the hypervisor.
     let boot_time = Duration::from_secs(240);
-    let cpus_line = if cpus == 1 { "[hv] 1 CPU,".to_string() } else { format!("[hv] {cpus} CPUs,") };
+    // Every CPU QEMU gives is found in the ACPI MADT and started.
+    let cpus_line = format!("[hv] {cpus} CPU{} of {cpus} in the MADT,", if cpus == 1 { "" } else { "s" });
     assert!(live.wait_for(&cpus_line, boot_time), "{what}: no {cpus_line:?} in:\n{}", live.console);
     assert!(live.wait_for("echo-0| echo: listening on 10.0.0.2:7", boot_time), "{what}: echo did not start:\n{}", live.console);
 
@@ -92,9 +93,44 @@ fn one_cpu() {
 #[test]
 fn kvm_uefi_with_the_tsc_deadline_timer() {
     if !xtask::host_has_hardware_virtualization() {
-        println!("SKIPPED kvm_uefi_with_the_tsc_deadline_timer: this host has no VT-x/AMD-V (no vmx or svm in /proc/cpuinfo, or no /dev/kvm)");
+        println!(
+            "SKIPPED kvm_uefi_with_the_tsc_deadline_timer: this host has no VT-x/AMD-V (no vmx or svm in /proc/cpuinfo, or no /dev/kvm)"
+        );
         return;
     }
     let console = cell_on(Boot::Uefi, Chipset::Q35, 4, Accel::Kvm);
     assert!(console.contains("APIC timer in TSC-deadline mode"), "KVM without the TSC-deadline timer:\n{console}");
+}
+
+/// Thirty-two CPUs, each found in the ACPI MADT and started by its APIC
+/// id (the broadcast start-up prepares 16), all running guests.
+#[test]
+fn q35_32_cpus_from_the_madt() {
+    cell(Boot::Pvh, Chipset::Q35, 32);
+}
+
+/// Without QEMU's debug-exit device (a QEMU started by hand, or a real
+/// machine) the hypervisor powers off through ACPI when its guests are
+/// done, and QEMU ends by itself.
+#[test]
+fn acpi_power_off_without_the_debug_exit_device() {
+    for machine in [Chipset::Pc, Chipset::Q35] {
+        let cfg = xtask::RunConfig {
+            manifest: xtask::ManifestSource::Text {
+                text: "[[guest]]\nname = \"hello\"\napp = \"hello\"\n".into(),
+                base_dir: integration_tests::workspace_root().to_path_buf(),
+            },
+            exit_when_idle: true,
+            machine,
+            ..xtask::RunConfig::default()
+        };
+        let mut prepared = xtask::prepare(&cfg).unwrap();
+        let at = prepared.qemu_args.iter().position(|a| a.starts_with("isa-debug-exit")).expect("the debug-exit device") - 1;
+        prepared.qemu_args.drain(at..at + 2);
+        let out = xtask::run_captured(&prepared, Duration::from_secs(120)).unwrap();
+        assert!(!out.timed_out, "{machine:?}: QEMU did not power off:\n{}", out.console);
+        assert_eq!(out.status, Some(0), "{machine:?}:\n{}", out.console);
+        assert!(out.console.contains("powers off by ACPI soft-off (S5)"), "{machine:?}:\n{}", out.console);
+        assert!(out.console.contains("[hv] guest hello-0 exited with code 0"), "{machine:?}:\n{}", out.console);
+    }
 }

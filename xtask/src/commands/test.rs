@@ -15,7 +15,9 @@ pub fn run(args: &[String]) -> Result<()> {
     xtask::iso::ensure_grub()?;
     xtask::iso::ensure_ovmf()?;
     if !xtask::host_has_hardware_virtualization() {
-        eprintln!("xtask test: no VT-x/AMD-V here (no vmx/svm in /proc/cpuinfo, or no /dev/kvm): the KVM cells (machines::kvm_*) skip themselves");
+        eprintln!(
+            "xtask test: no VT-x/AMD-V here (no vmx/svm in /proc/cpuinfo, or no /dev/kvm): the KVM cells (machines::kvm_*) skip themselves"
+        );
     }
     let start = Instant::now();
     let result = xtask::run(xtask::cargo().arg("test").args(args));

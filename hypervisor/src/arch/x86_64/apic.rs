@@ -57,6 +57,9 @@ pub const ICR_INIT: u32 = 0b101 << 8;
 pub const ICR_STARTUP: u32 = 0b110 << 8;
 pub const ICR_ASSERT: u32 = 1 << 14;
 
+/// The xAPIC destination that means every CPU: ids stop below it.
+pub const BROADCAST_ID: u32 = 0xff;
+
 /// This CPU's APIC id.
 pub fn id() -> u32 {
     read(REG_ID) >> ID_SHIFT

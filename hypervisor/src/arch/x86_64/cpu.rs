@@ -45,6 +45,11 @@ pub struct Features {
     pub pge: bool,
 }
 
+/// Physical address bits (CPUID 0x80000008; 36 where the leaf is missing).
+pub fn physical_address_bits() -> u32 {
+    if __cpuid_count(0x8000_0000, 0).eax >= 0x8000_0008 { __cpuid_count(0x8000_0008, 0).eax & 0xff } else { 36 }
+}
+
 pub fn features() -> Features {
     let (l1, l7, e1) = (__cpuid_count(1, 0), __cpuid_count(7, 0), __cpuid_count(0x8000_0001, 0));
     Features {

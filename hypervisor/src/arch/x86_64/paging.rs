@@ -181,6 +181,29 @@ pub fn free_isolated_upper(root: PhysAddr) {
     }
 }
 
+/// Points the one-page window at `va` to physical `page` (read-only,
+/// no-execute) and flushes its old translation: for reading firmware
+/// memory outside the direct map. The first call builds its tables.
+pub fn map_window(root: PhysAddr, va: u64, page: PhysAddr) {
+    let mut mem = DirectMap;
+    let flags = Pte::PRESENT | Pte::NO_EXECUTE;
+    let mut table = root;
+    for level in (2..=4).rev() {
+        let index = ((va >> (12 + 9 * (level - 1))) & 0x1ff) as usize;
+        let e = mem.read_pte(table, index);
+        table = if e & Pte::PRESENT.bits() != 0 {
+            e & paging::ADDR_MASK
+        } else {
+            let t = mem.alloc().expect("a page table for the firmware window");
+            mem.write_pte(table, index, t | (Pte::PRESENT | Pte::WRITABLE).bits());
+            t
+        };
+    }
+    mem.write_pte(table, ((va >> 12) & 0x1ff) as usize, page | flags.bits());
+    // SAFETY: invalidates one translation of the hypervisor's own window.
+    unsafe { core::arch::asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) };
+}
+
 /// Next free address for stacks mapped in the image's GiB (which a
 /// guest's tables share under page-table isolation), above the image.
 static IMAGE_STACKS_NEXT: Mutex<u64> = Mutex::new(KERNEL_VMA + 0x2000_0000);
