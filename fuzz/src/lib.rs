@@ -19,6 +19,7 @@
 //! | [`ring`] | `abi::ring::Consumer` (and `Producer`) over a lying peer | no access outside the ring; lengths checked; indices move only as documented |
 //! | [`switch`] | `net::switch::Switch` operations and frames | never delivers across tenants or back to the sender; counters add up |
 //! | [`control`] | `control::Session` bytes and requests, over real image loading and guest creation | every answer is one line that reads back as an `abi::control::Response` and prints back the same; uploads stay within the room offered; stopping and unloading everything returns every frame |
+//! | [`acpi`] | `acpi::parse` and `find_rsdp_in_bios` over tables laid out behind a harness-written RSDP and root (checksums fixed up on request), or a raw BIOS area | no panic; processors capped, enabled or online-capable, no APIC ID twice; MCFG regions ordered and aligned; every error one line naming its table |
 //! | [`gzip`] | `Image::parse_within` (64 KiB to 16 MiB budgets) over gzip files with fuzz-written deflate streams and trailers | never allocates past the budget; refuses with the error the sizes call for |
 
 pub mod deflate;
@@ -29,6 +30,7 @@ pub mod mem;
 pub mod mutate;
 mod targets;
 
+pub use targets::acpi::acpi;
 pub use targets::control::control;
 pub use targets::gzip::gzip;
 pub use targets::hypercall::hypercall;
@@ -49,6 +51,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("switch", switch),
     ("control", control),
     ("gzip", gzip),
+    ("acpi", acpi),
 ];
 
 /// The target called `name`.
@@ -67,6 +70,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         "switch" => targets::switch::seeds(),
         "control" => targets::control::seeds(),
         "gzip" => targets::gzip::seeds(),
+        "acpi" => targets::acpi::seeds(),
         _ => Vec::new(),
     }
 }

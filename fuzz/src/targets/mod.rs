@@ -1,5 +1,6 @@
 //! The targets' bodies and their seeds.
 
+pub mod acpi;
 pub mod control;
 pub mod gzip;
 pub mod hypercall;
