@@ -197,6 +197,8 @@ pub trait Registers {
 /// Why the device could not be started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum E1000eError {
+    /// The PCI function has no memory BAR0 (the transport's finding).
+    NoRegisters,
     /// CTRL.RST did not clear.
     ResetTimeout,
     /// Neither RAL0/RAH0 nor the EEPROM gave a MAC address.
@@ -208,6 +210,7 @@ pub enum E1000eError {
 impl core::fmt::Display for E1000eError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
+            Self::NoRegisters => f.write_str("the e1000e has no register window (BAR0)"),
             Self::ResetTimeout => f.write_str("the e1000e did not reset"),
             Self::NoMac => f.write_str("the e1000e has no MAC address"),
             Self::OutOfMemory => f.write_str("out of memory for e1000e rings"),
