@@ -5,7 +5,9 @@
 //! one transmit ring of [`RING`] 16-byte descriptors, each ring in one
 //! page, each descriptor owning a [`BUFFER_BYTES`] buffer (two per page),
 //! all allocated once at start: a frame is copied into or out of a buffer,
-//! never allocated. The device is polled like virtio-net (by CPU 0), with
+//! never allocated. The receiver is promiscuous, as QEMU's virtio-net
+//! is: the host's frames are addressed to the guests behind the switch.
+//! The device is polled like virtio-net (by CPU 0), with
 //! every interrupt cause masked; [`E1000e::enable_interrupts`] and
 //! [`E1000e::take_interrupt_causes`] are there for interrupt delivery
 //! (MSI-X) when it comes.
@@ -96,6 +98,10 @@ pub mod ctrl {
 /// RCTL bits.
 pub mod rctl {
     pub const EN: u32 = 1 << 1;
+    /// Unicast and multicast promiscuous: the uplink is a switch port, and
+    /// the host's frames are for the guests' MACs, not the NIC's.
+    pub const UPE: u32 = 1 << 3;
+    pub const MPE: u32 = 1 << 4;
     /// Accept broadcast.
     pub const BAM: u32 = 1 << 15;
     /// BSIZE (bits 16-17) and BSEX (bit 25) clear: 2048-byte buffers.
@@ -332,7 +338,8 @@ impl<R: Registers> E1000e<R> {
             regs.write32(base + (RDH - RDBAL), 0);
             regs.write32(base + (RDT - RDBAL), 0);
         }
-        // Our MAC only: no multicast, no receive checksum offload.
+        // Promiscuous (RCTL below), so no multicast table; no receive
+        // checksum offload.
         for w in 0..MTA_WORDS {
             regs.write32(MTA + 4 * w, 0);
         }
@@ -340,7 +347,7 @@ impl<R: Registers> E1000e<R> {
         regs.write32(TIPG, TIPG_COPPER);
         regs.write32(TCTL, tctl::EN | tctl::PSP | tctl::CT | tctl::COLD);
         let r = regs.read32(RCTL) & !rctl::BSIZE_MASK;
-        regs.write32(RCTL, r | rctl::EN | rctl::BAM | rctl::SECRC);
+        regs.write32(RCTL, r | rctl::EN | rctl::UPE | rctl::MPE | rctl::BAM | rctl::SECRC);
         // Every receive descriptor but the gap before descriptor 0.
         regs.write32(RDT, u32::from(RING - 1));
         Ok(Self {

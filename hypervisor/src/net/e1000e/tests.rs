@@ -241,7 +241,8 @@ fn it_resets_masks_interrupts_and_sets_up_both_rings() {
     assert_eq!(d.reg(reg::RDT), u32::from(RING - 1), "every receive descriptor but one to the device");
     assert_eq!(d.reg(reg::TDT), 0, "nothing to send");
     let rctl = d.reg(reg::RCTL);
-    assert_eq!(rctl & (rctl::EN | rctl::BAM | rctl::SECRC), rctl::EN | rctl::BAM | rctl::SECRC);
+    let want = rctl::EN | rctl::UPE | rctl::MPE | rctl::BAM | rctl::SECRC;
+    assert_eq!(rctl & want, want, "on, promiscuous (frames are for the guests' MACs), CRC stripped");
     assert_eq!(rctl & rctl::BSIZE_MASK, 0, "2048-byte buffers");
     assert_eq!(d.reg(reg::TCTL), tctl::EN | tctl::PSP | tctl::CT | tctl::COLD);
     assert_eq!(d.reg(reg::TIPG), TIPG_COPPER);
