@@ -128,12 +128,21 @@ impl Live {
 
     /// Like [`Live::start`], with `memory` (e.g. `"1G"`) instead of the default.
     pub fn start_with_memory(manifest: impl ToManifest, cpus: u32, memory: Option<&str>) -> Live {
-        xtask::ensure_qemu().expect("QEMU");
         let mut cfg = config(manifest, cpus);
-        cfg.exit_when_idle = false;
         if let Some(m) = memory {
             cfg.memory = m.to_string();
         }
+        Self::start_config(cfg)
+    }
+
+    /// Like [`Live::start`], with `nic` as the uplink's NIC.
+    pub fn start_with_nic(manifest: impl ToManifest, cpus: u32, nic: xtask::Nic) -> Live {
+        Self::start_config(xtask::RunConfig { nic, ..config(manifest, cpus) })
+    }
+
+    fn start_config(mut cfg: xtask::RunConfig) -> Live {
+        xtask::ensure_qemu().expect("QEMU");
+        cfg.exit_when_idle = false;
         let prepared = xtask::prepare(&cfg).unwrap_or_else(|e| panic!("could not prepare: {e:#}"));
         let options = xtask::runner::Options { input: xtask::runner::Input::Piped, ..Default::default() };
         let qemu = xtask::runner::Qemu::spawn(&prepared.qemu_args, options).expect("starting QEMU");

@@ -209,6 +209,7 @@ impl Bench {
             detach: None,
             // Measure what this CPU needs, no more.
             force_mitigations: false,
+            nic: crate::qemu::Nic::Virtio,
         }
     }
 

@@ -22,6 +22,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         gdb: args.gdb,
         detach: None,
         force_mitigations: args.force_mitigations,
+        nic: args.nic,
     };
     if args.detach {
         let dir = xtask::ctl::default_dir();
