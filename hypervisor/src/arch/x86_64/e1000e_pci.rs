@@ -31,7 +31,7 @@ impl Registers for Mmio {
     type Dma = DirectMap;
 
     fn read32(&mut self, offset: u32) -> u32 {
-        assert!(u64::from(offset) + 4 <= BAR0_BYTES && offset % 4 == 0);
+        assert!(u64::from(offset) + 4 <= BAR0_BYTES && offset.is_multiple_of(4));
         // SAFETY: `base` is BAR0's window of BAR0_BYTES, mapped uncached by
         // `map_device`; the offset is an aligned register inside it
         // (checked above).
@@ -39,7 +39,7 @@ impl Registers for Mmio {
     }
 
     fn write32(&mut self, offset: u32, value: u32) {
-        assert!(u64::from(offset) + 4 <= BAR0_BYTES && offset % 4 == 0);
+        assert!(u64::from(offset) + 4 <= BAR0_BYTES && offset.is_multiple_of(4));
         // SAFETY: as in `read32`.
         unsafe { ((self.base + u64::from(offset)) as *mut u32).write_volatile(value) }
     }

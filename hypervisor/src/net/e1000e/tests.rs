@@ -234,7 +234,7 @@ fn it_resets_masks_interrupts_and_sets_up_both_rings() {
     assert_eq!(d.reg(reg::CTRL) & ctrl::RST, 0);
     for (bal, len, head) in [(reg::RDBAL, reg::RDLEN, reg::RDH), (reg::TDBAL, reg::TDLEN, reg::TDH)] {
         let base = d.ring(bal);
-        assert!(base != 0 && base % FRAME_SIZE == 0, "a ring in a page of its own");
+        assert!(base != 0 && base.is_multiple_of(FRAME_SIZE), "a ring in a page of its own");
         assert_eq!(d.reg(len), 4096, "256 descriptors");
         assert_eq!(d.reg(head), 0);
     }
@@ -254,7 +254,7 @@ fn it_resets_masks_interrupts_and_sets_up_both_rings() {
     addrs.sort_unstable();
     addrs.dedup();
     assert_eq!(addrs.len(), RING as usize);
-    assert!(addrs.iter().all(|a| a % BUFFER_BYTES as u64 == 0));
+    assert!(addrs.iter().all(|a| a.is_multiple_of(BUFFER_BYTES as u64)));
     // Rings and buffers: two descriptor pages, 256 buffer pages.
     assert_eq!(d.mem.live, 2 + 2 * RING as usize / 2);
 }
