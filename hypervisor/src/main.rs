@@ -229,16 +229,17 @@ fn start_machine(kernel_root: u64, time: abi::time::TimeInfo, cpus: usize, bundl
     cpu::halt_forever()
 }
 
-/// Probes for the virtio-net uplink and gives it a port on the switch:
-/// the host reaches the first tenant (tenant 0) through it.
+/// Probes for the uplink (virtio-net, else e1000e) and gives it a port on
+/// the switch: the host reaches the first tenant (tenant 0) through it.
 fn attach_uplink(net: &mut Net, kernel_root: u64) {
     let free_before = paging::free_frames();
-    match arch::x86_64::virtio_pci::probe(kernel_root) {
+    match arch::x86_64::net::probe(kernel_root) {
         Ok(Some(up)) => {
             if let Ok(port) = net.switch.lock().add_uplink(0) {
-                let m = up.mac;
+                let m = up.mac();
                 let mac = format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]);
-                println!("[hv] uplink: virtio-net {mac}, tenant 0, {} KiB of queues", (free_before - paging::free_frames()) * 4);
+                let kib = (free_before - paging::free_frames()) * 4;
+                println!("[hv] uplink: {} {mac}, tenant 0, {kib} KiB of queues", up.name());
                 net.uplink = Some((port, spin::Mutex::new(up)));
             }
         }

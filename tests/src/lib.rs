@@ -135,6 +135,11 @@ impl Live {
         })
     }
 
+    /// Like [`Live::start`], with `nic` as the uplink's NIC.
+    pub fn start_with_nic(manifest: impl ToManifest, cpus: u32, nic: xtask::Nic) -> Live {
+        Self::start_with(manifest, cpus, |cfg| cfg.nic = nic)
+    }
+
     /// Like [`Live::start`], with the machine's settings changed by `set`
     /// (e.g. how it boots, its chipset).
     pub fn start_with(manifest: impl ToManifest, cpus: u32, set: impl FnOnce(&mut xtask::RunConfig)) -> Live {

@@ -44,8 +44,8 @@ pub use build::{
 pub use cmd::{cargo, echo, run};
 pub use install::{ensure_containerd, ensure_protoc};
 pub use qemu::{
-    Accel, Boot, Chipset, MAX_SMP, ManifestSource, Prepared, QEMU, RunConfig, check_exit, ensure_qemu, host_has_hardware_virtualization,
-    prepare, run_captured, run_captured_with_input, run_interactive,
+    Accel, Boot, Chipset, MAX_SMP, ManifestSource, Nic, Prepared, QEMU, RunConfig, check_exit, ensure_qemu,
+    host_has_hardware_virtualization, prepare, run_captured, run_captured_with_input, run_interactive,
 };
 pub use runner::RunOutput;
 

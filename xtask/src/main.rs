@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use xtask::{Accel, Boot, Chipset};
+use xtask::{Accel, Boot, Chipset, Nic};
 
 /// Build, boot and test the hypervisor and its guests.
 #[derive(Parser)]
@@ -224,6 +224,9 @@ struct RunArgs {
     /// QEMU accelerator; auto picks kvm only if the CPU has vmx/svm.
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
     accel: Accel,
+    /// The uplink's NIC: virtio-net or an Intel 82574L (e1000e).
+    #[arg(long, value_enum, default_value_t = Nic::Virtio)]
+    nic: Nic,
     /// Number of CPUs (the hypervisor drives up to 16 and parks the rest).
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=xtask::MAX_SMP as i64))]
     smp: u32,

@@ -53,6 +53,27 @@ impl Accel {
     }
 }
 
+/// The NIC QEMU gives the machine for the uplink; the hypervisor drives
+/// whichever it finds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Nic {
+    /// virtio-net (modern PCI interface only).
+    #[default]
+    Virtio,
+    /// An Intel 82574L (`-device e1000e`).
+    E1000e,
+}
+
+impl Nic {
+    /// QEMU's `-device` for it, on the `uplink` netdev.
+    fn device(self) -> &'static str {
+        match self {
+            Nic::Virtio => "virtio-net-pci,netdev=uplink,disable-legacy=on",
+            Nic::E1000e => "e1000e,netdev=uplink",
+        }
+    }
+}
+
 /// True if /proc/cpuinfo shows `vmx` or `svm` and /dev/kvm exists. (A
 /// /dev/kvm alone is not enough: without those flags KVM cannot run our
 /// ring-0 code natively.)
@@ -147,6 +168,8 @@ pub struct RunConfig {
     pub boot: Boot,
     /// QEMU's chipset.
     pub machine: Chipset,
+    /// The uplink's NIC (when the manifest needs one).
+    pub nic: Nic,
 }
 
 impl Default for RunConfig {
@@ -163,6 +186,7 @@ impl Default for RunConfig {
             force_mitigations: false,
             boot: Boot::Pvh,
             machine: Chipset::Pc,
+            nic: Nic::Virtio,
         }
     }
 }
@@ -308,7 +332,7 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
             Some(iso)
         }
     };
-    let (netdev, reach) = uplink_args(&manifest, cfg.detach.is_some());
+    let (netdev, reach) = uplink_args(&manifest, cfg.detach.is_some(), cfg.nic);
     qemu_args.extend(netdev);
     let mut gdb_help = String::new();
     if let Some(port) = cfg.gdb {
@@ -383,7 +407,7 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
 /// Returns the arguments and the lines telling where each forwarded
 /// service is. A `detached` hypervisor always has one: guests started at
 /// run time may join tenant 0 and have host ports forwarded to them.
-fn uplink_args(m: &manifest::Manifest, detached: bool) -> (Vec<String>, String) {
+fn uplink_args(m: &manifest::Manifest, detached: bool, nic: Nic) -> (Vec<String>, String) {
     if m.guests.iter().all(|g| g.tenant.is_none()) && !detached {
         return (Vec::new(), String::new());
     }
@@ -415,7 +439,7 @@ fn uplink_args(m: &manifest::Manifest, detached: bool) -> (Vec<String>, String) 
         }
         n += g.count;
     }
-    let args = ["-netdev".into(), netdev, "-device".into(), "virtio-net-pci,netdev=uplink,disable-legacy=on".into()];
+    let args = ["-netdev".into(), netdev, "-device".into(), nic.device().into()];
     (args.into(), reach)
 }
 
@@ -510,19 +534,26 @@ mod tests {
 
     #[test]
     fn the_uplink_is_restricted_unless_the_manifest_opts_out() {
-        let (args, _) = uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7\", \"8008:8\"]\n"), false);
+        let (args, _) =
+            uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7\", \"8008:8\"]\n"), false, Nic::Virtio);
         assert_eq!(
             args[1],
             "user,id=uplink,net=10.0.0.0/16,host=10.0.0.1,dhcpstart=10.0.255.100,restrict=on,\
              hostfwd=tcp:127.0.0.1:8007-10.0.0.2:7,hostfwd=tcp:127.0.0.1:8008-10.0.0.2:8"
         );
-        let (args, reach) =
-            uplink_args(&manifest("[host]\nrestrict = true\n[[guest]]\nname = \"e\"\napp = \"echo\"\ntenant = \"t\"\n"), false);
+        let (args, reach) = uplink_args(
+            &manifest("[host]\nrestrict = true\n[[guest]]\nname = \"e\"\napp = \"echo\"\ntenant = \"t\"\n"),
+            false,
+            Nic::Virtio,
+        );
         assert!(args[1].ends_with(",restrict=on"), "{}", args[1]);
         assert!(!reach.contains("unrestricted"), "{reach}");
         // Open only when the manifest says so (UDP forwards need it).
-        let (args, reach) =
-            uplink_args(&manifest("[host]\nrestrict = false\n[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7/udp\"]\n"), false);
+        let (args, reach) = uplink_args(
+            &manifest("[host]\nrestrict = false\n[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7/udp\"]\n"),
+            false,
+            Nic::Virtio,
+        );
         assert!(args[1].contains(",restrict=off,hostfwd=udp:127.0.0.1:8007-10.0.0.2:7"), "{}", args[1]);
         assert!(
             reach.contains("unrestricted uplink ([host] restrict = false): tenant default's guests reach the host's loopback and the outside network through 10.0.0.1"),
@@ -531,8 +562,15 @@ mod tests {
         // Never a guestfwd: QEMU's shares one host connection among the guests.
         assert!(!args[1].contains("guestfwd"), "{}", args[1]);
         // No vNIC, no network at all.
-        assert!(uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\n"), false).0.is_empty());
-        assert!(!uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\n"), true).0.is_empty(), "detached: always");
+        assert!(uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\n"), false, Nic::Virtio).0.is_empty());
+        assert!(!uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\n"), true, Nic::Virtio).0.is_empty(), "detached: always");
+    }
+
+    #[test]
+    fn the_uplink_nic_is_the_one_asked_for() {
+        let m = manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7\"]\n");
+        assert_eq!(uplink_args(&m, false, Nic::Virtio).0[2..], ["-device", "virtio-net-pci,netdev=uplink,disable-legacy=on"]);
+        assert_eq!(uplink_args(&m, false, Nic::E1000e).0[2..], ["-device", "e1000e,netdev=uplink"]);
     }
 
     #[test]

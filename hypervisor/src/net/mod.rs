@@ -19,7 +19,9 @@
 //! - [`uplink_queue`]: the host's frames waiting for a guest's full ring;
 //! - [`capture`]: `ctl capture`'s target and bounded backlog;
 //! - [`virtio_net`] over [`virtq`]: the driver for the host uplink, over a
-//!   transport trait (the x86 PCI transport is `arch/x86_64/virtio_pci.rs`).
+//!   transport trait (the x86 PCI transport is `arch/x86_64/virtio_pci.rs`);
+//! - [`e1000e`]: the other uplink driver, Intel 82574L, over a register
+//!   trait (its x86 PCI side is `arch/x86_64/e1000e_pci.rs`).
 //!
 //! Each guest's vNIC is a pair of rings ([`abi::ring`]) in pages shared with
 //! the hypervisor, which the arch layer reaches through its direct map
@@ -50,6 +52,7 @@
 
 pub mod backend;
 pub mod capture;
+pub mod e1000e;
 pub mod gate;
 pub mod port;
 pub mod switch;

@@ -24,6 +24,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         force_mitigations: args.force_mitigations,
         boot: args.boot,
         machine: args.machine,
+        nic: args.nic,
     };
     if args.detach {
         let dir = xtask::ctl::default_dir();

@@ -12,6 +12,7 @@ pub mod apic;
 pub mod boot;
 pub mod clock;
 pub mod cpu;
+pub mod e1000e_pci;
 pub mod entry;
 pub mod firmware;
 pub mod gdt;

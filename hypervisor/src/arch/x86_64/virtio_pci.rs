@@ -10,8 +10,6 @@ use super::pci;
 use hypervisor::control::virtio_console::{VIRTIO_CONSOLE_DEVICES, VirtioConsole};
 use hypervisor::net::virtio_net::{CommonCfg, Transport, VIRTIO_NET_DEVICES, VIRTIO_VENDOR, VirtioError, VirtioNet};
 
-/// The uplink: virtio-net over PCI.
-pub type Uplink = VirtioNet<PciTransport>;
 /// The control channel: a virtio console (virtio-serial) over PCI.
 pub type ControlConsole = VirtioConsole<PciTransport>;
 
@@ -98,7 +96,7 @@ fn find(kernel_root: u64, devices: &[u16]) -> Result<Option<PciTransport>, Virti
 }
 
 /// Finds and starts QEMU's virtio-net, if there is one.
-pub fn probe(kernel_root: u64) -> Result<Option<Uplink>, VirtioError> {
+pub fn probe(kernel_root: u64) -> Result<Option<VirtioNet<PciTransport>>, VirtioError> {
     find(kernel_root, &VIRTIO_NET_DEVICES)?.map(VirtioNet::start).transpose()
 }
 
