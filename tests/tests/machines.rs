@@ -42,6 +42,9 @@ fn cell_on(boot: Boot, machine: Chipset, cpus: u32, accel: Accel) -> String {
     for i in 0..2 * cpus {
         let exited = format!("[hv] guest worker-{i} exited with code 0");
         assert!(live.console.contains(&exited) || live.wait_for(&exited, boot_time), "{what}: no {exited:?} in:\n{}", live.console);
+        // Its record follows the line.
+        let record = format!("{{\"event\":\"guest_stats\",\"guest\":\"worker-{i}\"");
+        assert!(live.console.contains(&record) || live.wait_for(&record, boot_time), "{what}: no stats for worker-{i}:\n{}", live.console);
     }
     let mut per_cpu = vec![0u64; cpus as usize];
     for s in records::guest_stats(&live.console).iter().filter(|s| s.guest.starts_with("worker-")) {

@@ -55,7 +55,7 @@ pub fn image(manifest: Option<std::path::PathBuf>, iso: &std::path::Path, memory
     println!(
         "{}: {} KiB, boots from BIOS or UEFI (GRUB, Multiboot2); in QEMU:\n  \
          qemu-system-x86_64 -machine q35 -m 512M -smp 2 -serial stdio -display none -cdrom {} \\\n    \
-         -netdev user,id=n,hostfwd=tcp:127.0.0.1:8007-10.0.0.2:7 -device virtio-net-pci,netdev=n\n\
+         -netdev user,id=n,net=10.0.0.0/16,host=10.0.0.1,hostfwd=tcp:127.0.0.1:8007-10.0.0.2:7 -device e1000e,netdev=n\n\
          (add -bios {} for UEFI); on a machine: write it to a USB stick (dd) and boot it, console on COM1",
         iso.display(),
         size >> 10,
