@@ -22,7 +22,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use arch::x86_64::net::Net;
 use arch::x86_64::platform::{self, X86_64};
-use arch::x86_64::{apic, boot, clock, cpu, entry, firmware, gdt, multiboot2, paging, power, pvh, serial, smp};
+use arch::x86_64::{apic, boot, clock, cpu, entry, firmware, gdt, multiboot2, paging, pci, power, pvh, serial, smp};
 use core::sync::atomic::{AtomicU64, Ordering};
 use hypervisor::acpi::AddressSpace;
 use hypervisor::bootinfo::{BootError, Protocol};
@@ -107,6 +107,7 @@ extern "C" fn kernel_main(info: u32, entered: u32) -> ! {
         }
     };
     let power = power::init(acpi.as_ref());
+    pci::init(kernel_root, acpi.as_ref().map_or(&[], |t| &t.mcfg[..]));
     let pm_timer = acpi.as_ref().and_then(|t| t.fadt.pm_timer).and_then(|t| {
         let port = (t.block.space == AddressSpace::SystemIo).then_some(t.block.address)?;
         Some(clock::PmTimer { port: u16::try_from(port).ok()?, bits32: t.bits == 32 })

@@ -137,3 +137,45 @@ fn acpi_power_off_without_the_debug_exit_device() {
         assert!(out.console.contains("[hv] guest hello-0 exited with code 0"), "{machine:?}:\n{}", out.console);
     }
 }
+
+/// On q35 the NIC sits behind a PCI Express root port (a bridge, bus 1
+/// as the firmware numbered it), reached through the ECAM window the ACPI
+/// MCFG gives: both NICs are found there and serve the host.
+#[test]
+fn q35_nics_behind_a_pcie_root_port() {
+    for nic in ["virtio-net-pci,netdev=uplink,disable-legacy=on", "e1000e,netdev=uplink"] {
+        let port = free_port();
+        let manifest = format!(
+            "[[guest]]\nname = \"echo\"\napp = \"echo\"\ntenant = \"a\"\nmemory = \"4 MiB\"\nargs = [\"serve\", \"7\"]\nports = [\"{port}:7\"]\n"
+        );
+        let cfg = xtask::RunConfig {
+            manifest: xtask::ManifestSource::Text { text: manifest, base_dir: integration_tests::workspace_root().to_path_buf() },
+            machine: Chipset::Q35,
+            ..xtask::RunConfig::default()
+        };
+        let mut prepared = xtask::prepare(&cfg).unwrap();
+        let at = prepared.qemu_args.iter().position(|a| a.starts_with("virtio-net-pci,netdev=uplink")).expect("the uplink NIC");
+        // The root port must come before the device that names it.
+        prepared.qemu_args[at] = format!("{nic},bus=rp1");
+        prepared.qemu_args.splice(at - 1..at - 1, ["-device".to_string(), "pcie-root-port,id=rp1,bus=pcie.0,chassis=1".to_string()]);
+        let options = xtask::runner::Options { input: xtask::runner::Input::Piped, ..Default::default() };
+        let mut qemu = xtask::runner::Qemu::spawn(&prepared.qemu_args, options).unwrap();
+        let mut console = String::new();
+        let mut wait = |needle: &str| {
+            let found = qemu.wait_for(
+                |line| {
+                    console.push_str(line);
+                    console.push('\n');
+                    line.contains(needle)
+                },
+                Duration::from_secs(120),
+            );
+            assert!(found.is_some(), "{nic}: no {needle:?} in:\n{console}");
+        };
+        wait("1 ECAM region");
+        wait("[hv] uplink: ");
+        wait("echo-0| echo: listening on 10.0.0.2:7");
+        let msg = format!("through a root port to {nic}\n");
+        assert_eq!(echo(port, msg.as_bytes()).unwrap(), msg.as_bytes(), "{nic}");
+    }
+}
