@@ -106,6 +106,20 @@ extern "C" fn kernel_main(info: u32, entered: u32) -> ! {
             None
         }
     };
+    // The firmware's console, if it names a 16550 in I/O space (interface
+    // 0 or 1) other than COM1.
+    if let Some(spcr) = acpi.as_ref().and_then(|t| t.spcr)
+        && spcr.interface_type <= 1
+        && spcr.base.space == AddressSpace::SystemIo
+        && let Ok(port) = u16::try_from(spcr.base.address)
+        && port != 0
+        && port != 0x3f8
+    {
+        println!("[hv] console: moving to the serial port at {port:#x} (the ACPI SPCR's)");
+        if !serial::use_console(port) {
+            println!("[hv] console: not moved: {port:#x} is the control channel's port");
+        }
+    }
     let power = power::init(acpi.as_ref());
     pci::init(kernel_root, acpi.as_ref().map_or(&[], |t| &t.mcfg[..]));
     let pm_timer = acpi.as_ref().and_then(|t| t.fadt.pm_timer).and_then(|t| {

@@ -1,5 +1,6 @@
-//! The 16550 UARTs: COM1 is the hypervisor's console, COM2 (when QEMU
-//! gives one) the control channel (`hypervisor::control`).
+//! The 16550 UARTs: COM1 (or the port the firmware's SPCR table names) is
+//! the hypervisor's console, COM2 (when QEMU gives one) the control
+//! channel (`hypervisor::control`).
 
 use x86_64::instructions::port::Port;
 
@@ -65,8 +66,27 @@ fn setup(base: u16) {
     outb(base + reg::MCR, MCR_DTR_RTS);
 }
 
+/// The console's UART: COM1 unless the firmware's SPCR names another.
+static CONSOLE: core::sync::atomic::AtomicU16 = core::sync::atomic::AtomicU16::new(COM1);
+
+fn console() -> u16 {
+    CONSOLE.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn init() {
     setup(COM1);
+}
+
+/// Moves the console to the 16550 at I/O port `base` (the one the
+/// firmware's SPCR table names); false (and no move) for COM2, which is
+/// the control channel's.
+pub fn use_console(base: u16) -> bool {
+    if base == COM2 {
+        return false;
+    }
+    setup(base);
+    CONSOLE.store(base, core::sync::atomic::Ordering::Relaxed);
+    true
 }
 
 /// Sets up COM2 if there is one (its scratch register keeps a value; an
@@ -122,12 +142,14 @@ impl core::fmt::Write for Serial {
 
 /// A byte typed on the console, if one is waiting.
 pub fn try_read() -> Option<u8> {
-    (inb(COM1 + reg::LSR) & LSR_DATA_READY != 0).then(|| inb(COM1 + reg::DATA))
+    let port = console();
+    (inb(port + reg::LSR) & LSR_DATA_READY != 0).then(|| inb(port + reg::DATA))
 }
 
 fn put(b: u8) {
-    while inb(COM1 + reg::LSR) & LSR_THR_EMPTY == 0 {
+    let port = console();
+    while inb(port + reg::LSR) & LSR_THR_EMPTY == 0 {
         core::hint::spin_loop();
     }
-    outb(COM1 + reg::DATA, b);
+    outb(port + reg::DATA, b);
 }
