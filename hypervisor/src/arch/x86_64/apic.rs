@@ -46,6 +46,9 @@ pub const EOI_VA: i64 = (APIC_VA + REG_EOI) as i64;
 
 /// Vector of the wake-up IPI (a guest on that CPU became runnable).
 pub const WAKE_VECTOR: u8 = 0xf0;
+/// Vector of the uplink's interrupts (MSI-X, to CPU 0): the first device
+/// vector, which the stubs note for the loop (`entry::take_device_interrupt`).
+pub const UPLINK_VECTOR: u8 = super::entry::DEVICE_VECTOR_FIRST;
 
 static TSC_DEADLINE: AtomicBool = AtomicBool::new(false);
 /// APIC ids by CPU index, for IPIs.
@@ -54,6 +57,12 @@ static IDS: [core::sync::atomic::AtomicU32; super::smp::MAX_CPUS] = [const { cor
 /// Records this CPU's APIC id under its index.
 pub fn register(cpu: usize) {
     IDS[cpu].store(read(REG_ID) >> ID_SHIFT, Ordering::Relaxed);
+}
+
+/// CPU `cpu`'s local APIC id (as registered), the destination of
+/// interrupts meant for it (MSI-X messages, IPIs).
+pub fn id(cpu: usize) -> u32 {
+    IDS[cpu].load(Ordering::Relaxed)
 }
 
 /// Interrupts CPU `cpu` with the wake-up vector (it leaves `hlt`, or its

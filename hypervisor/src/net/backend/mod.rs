@@ -301,16 +301,14 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
     /// and a frame that waited `Bounds::UPLINK.max_wait_ns` is dropped.
     /// Broadcast and flooded frames go to whoever has room. So frames for
     /// other guests never wait, and up to [`UPLINK_BATCH`] frames are taken
-    /// from the device on every poll.
-    pub fn poll_uplink(&self, now_ns: u64, wake: &mut impl FnMut(usize)) {
-        let Some((port, up)) = &self.uplink else { return };
+    /// from the device on every poll. Returns true if it took a whole
+    /// batch: more may be waiting in the device (an interrupt-driven
+    /// caller polls again without waiting for another interrupt).
+    pub fn poll_uplink(&self, now_ns: u64, wake: &mut impl FnMut(usize)) -> bool {
+        let Some((port, up)) = &self.uplink else { return false };
         let mut held = self.held.lock();
         let mut woken: Woken<R, E> = Vec::new();
-        let mut next = held.next_waiting(None);
-        while let Some(g) = next {
-            self.retry_held(&mut held, g, now_ns, &mut woken);
-            next = held.next_waiting(Some(g));
-        }
+        self.retry_all_held(&mut held, now_ns, &mut woken);
         let mut frame = [0u8; MTU_FRAME];
         let mut took = 0;
         while took < UPLINK_BATCH {
@@ -326,6 +324,33 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             self.uplink_rx_ns.store(now_ns, Ordering::Relaxed);
         }
         self.wake_all(woken, &mut |g, _| wake(g));
+        took == UPLINK_BATCH
+    }
+
+    /// Retries the host's frames waiting for room in guests' rings (as
+    /// `poll_uplink` does first), without touching the device; calls
+    /// `wake` for each guest that received some. Returns whether frames
+    /// still wait.
+    pub fn retry_uplink_held(&self, now_ns: u64, wake: &mut impl FnMut(usize)) -> bool {
+        let mut held = self.held.lock();
+        if held.next_waiting(None).is_none() {
+            return false;
+        }
+        let mut woken: Woken<R, E> = Vec::new();
+        self.retry_all_held(&mut held, now_ns, &mut woken);
+        let waiting = held.next_waiting(None).is_some();
+        drop(held);
+        self.wake_all(woken, &mut |g, _| wake(g));
+        waiting
+    }
+
+    /// Retries every guest's waiting frames, in guest order.
+    fn retry_all_held(&self, held: &mut UplinkQueue<usize>, now_ns: u64, woken: &mut Woken<R, E>) {
+        let mut next = held.next_waiting(None);
+        while let Some(g) = next {
+            self.retry_held(held, g, now_ns, woken);
+            next = held.next_waiting(Some(g));
+        }
     }
 
     /// Switches one frame from the host (see `poll_uplink`).
