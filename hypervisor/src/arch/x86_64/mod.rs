@@ -15,6 +15,7 @@ pub mod cpu;
 pub mod entry;
 pub mod gdt;
 pub mod guest_pages;
+pub mod msix;
 pub mod net;
 pub mod paging;
 pub mod pci;
