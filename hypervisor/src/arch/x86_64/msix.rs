@@ -10,8 +10,12 @@
 //! 2. [`Msix::route`] each entry it uses to a vector (for the uplink
 //!    `apic::UPLINK_VECTOR`, to CPU 0), then [`Msix::enable`];
 //! 3. tell the device which entry each of its interrupt sources uses (a
-//!    device-specific register), and [`super::net::set_uplink_interrupts`]
-//!    once it takes them.
+//!    device-specific register: virtio's `queue_msix_vector`, an e1000e's
+//!    IVAR) and unmask its receive cause, and
+//!    [`super::net::set_uplink_interrupts`] once it takes them. CPU 0 then
+//!    calls `UplinkDevice::receive` until `None` after each interrupt and
+//!    then `UplinkDevice::rearm_interrupt`, where a device whose cause
+//!    masks itself when it fires unmasks it.
 //!
 //! The stubs (`entry`) acknowledge a device vector's interrupt and note
 //! it for the loop; nothing here runs at interrupt time.

@@ -60,6 +60,12 @@ pub trait UplinkDevice: Send {
     /// Tells the device about the receive buffers given back since the
     /// last call (once per batch).
     fn notify_rx(&mut self);
+    /// Called after a poll that emptied the device (`receive` said
+    /// `None`): a device whose interrupt masks itself when it fires (an
+    /// e1000e's auto-mask) unmasks it here, and one already pending fires
+    /// at once, so no frame waits without an interrupt. Virtio-net's never
+    /// masks itself: nothing to do.
+    fn rearm_interrupt(&mut self) {}
 }
 
 /// The guests frames went to (id and the port they went into), to be
@@ -318,7 +324,13 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             took += 1;
             self.switch_host_frame(&mut held, *port, &frame[..len.min(MTU_FRAME)], now_ns, &mut woken);
         }
-        up.lock().notify_rx();
+        {
+            let mut up = up.lock();
+            up.notify_rx();
+            if took < UPLINK_BATCH {
+                up.rearm_interrupt();
+            }
+        }
         drop(held);
         if took > 0 {
             self.uplink_rx_ns.store(now_ns, Ordering::Relaxed);
@@ -462,6 +474,7 @@ pub mod testing {
         pub from_host: VecDeque<Vec<u8>>,
         pub to_host: Vec<Vec<u8>>,
         pub notified: usize,
+        pub rearmed: usize,
     }
 
     impl UplinkDevice for FakeUplink {
@@ -476,6 +489,9 @@ pub mod testing {
         }
         fn notify_rx(&mut self) {
             self.notified += 1;
+        }
+        fn rearm_interrupt(&mut self) {
+            self.rearmed += 1;
         }
     }
 }

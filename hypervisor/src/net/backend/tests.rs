@@ -377,7 +377,9 @@ fn a_poll_says_when_the_device_may_hold_more_and_held_frames_are_retried_alone()
     assert!(!net.retry_uplink_held(0, &mut |_| {}), "nothing held");
     host_sends(&net, (0..UPLINK_BATCH as u32 + 3).map(|i| frame(HOST_MAC, mac(1), i)));
     assert!(net.poll_uplink(0, &mut |_| {}), "a whole batch: poll again");
+    assert_eq!(net.uplink.as_ref().unwrap().1.lock().rearmed, 0, "not emptied: its interrupt stays as it is");
     assert!(!net.poll_uplink(1, &mut |_| {}), "the device is empty");
+    assert_eq!(net.uplink.as_ref().unwrap().1.lock().rearmed, 1, "emptied: its interrupt is re-armed");
     // Guest 1's ring took 4; the rest wait for it (up to its bound).
     let waiting = net.held.lock().waiting(1);
     assert!(waiting > 0);
