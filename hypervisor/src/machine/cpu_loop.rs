@@ -115,7 +115,9 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             }
         }
         let Some((id, slice)) = pick else {
-            if !self.balance(me, 1) {
+            // The device may still hold frames (its last poll stopped at
+            // its batch): take them now rather than halt.
+            if !self.balance(me, 1) && !st.uplink_more {
                 self.idle(me, now, next_timer, st);
             }
             return Pass::Again;
@@ -195,14 +197,15 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
     /// arrive; it polls an uplink without interrupts often while the host
     /// has been sending (an idle machine wakes 100 times a second, not
     /// 2000), and retries frames held for a full ring often while some
-    /// wait; an uplink with interrupts wakes CPU 0 itself. Otherwise every
-    /// [`IDLE_TICK_NS`], to look for work and for the end.
+    /// wait; an uplink with interrupts wakes CPU 0 itself (and one whose
+    /// last poll stopped at its batch is polled again before any halt).
+    /// Otherwise every [`IDLE_TICK_NS`], to look for work and for the end.
     fn idle_tick(&self, me: usize, now: u64, st: &CpuState) -> u64 {
         if me != 0 {
             return IDLE_TICK_NS;
         }
         let busy_uplink = if self.platform.uplink_interrupts() {
-            st.uplink_held || st.uplink_more
+            st.uplink_held
         } else {
             self.net.uplink_rx_ns().is_some_and(|rx| now.saturating_sub(rx) < UPLINK_ACTIVE_NS)
         };

@@ -1036,12 +1036,13 @@ fn a_full_batch_is_followed_by_polls_until_the_device_is_empty() {
     let mut st = CpuState::default();
     m.step(0, &mut st); // the guest goes to sleep
     // Three full batches, then a short one: four polls for one interrupt,
-    // and while more may wait an idle CPU 0 comes back soon.
+    // one per pass, and while more may wait an idle CPU 0 does not halt.
     m.net.full_batches.store(3, Ordering::SeqCst);
     m.platform.uplink_interrupt();
-    let now = m.platform.now_ns();
-    m.step(0, &mut st);
-    assert_eq!(m.platform.armed.load(Ordering::SeqCst), now + UPLINK_POLL_NS);
+    let idles = m.platform.idles.load(Ordering::SeqCst);
+    steps(&m, 0, &mut st, 4);
+    assert_eq!(m.net.polls.lock().len(), 4);
+    assert_eq!(m.platform.idles.load(Ordering::SeqCst), idles + 1, "halted only after the device was empty");
     steps(&m, 0, &mut st, 10);
     assert_eq!(m.net.polls.lock().len(), 4);
     assert_eq!(m.machine_stats().uplink_polls, 0, "polls after a full batch are the interrupt's");
