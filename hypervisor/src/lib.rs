@@ -15,6 +15,7 @@ pub mod limit;
 pub mod machine;
 pub mod mm;
 pub mod net;
+pub mod pci;
 pub mod rtc;
 pub mod sched;
 pub mod slot;

@@ -15,6 +15,9 @@ use crate::net::virtq::Virtq;
 pub const VIRTIO_VENDOR: u16 = 0x1af4;
 /// Reads of the status register before a reset counts as failed.
 const RESET_POLLS: u32 = 1_000_000;
+/// `msix_config` / `queue_msix_vector`: no interrupt (virtio 1.0 §4.1.5.1.2);
+/// also what the device answers when it refuses an entry.
+pub const NO_VECTOR: u16 = 0xffff;
 
 /// `device_status` bits (virtio 1.0 §2.1).
 pub mod status {
@@ -37,9 +40,13 @@ pub enum CommonCfg {
     DeviceFeature,
     DriverFeatureSelect,
     DriverFeature,
+    /// The MSI-X table entry for configuration changes (PCI only).
+    MsixConfig,
     DeviceStatus,
     QueueSelect,
     QueueSize,
+    /// The MSI-X table entry for the selected queue (PCI only).
+    QueueMsixVector,
     QueueEnable,
     QueueNotifyOff,
     QueueDesc,
@@ -55,9 +62,11 @@ impl CommonCfg {
             Self::DeviceFeature => 0x04,
             Self::DriverFeatureSelect => 0x08,
             Self::DriverFeature => 0x0c,
+            Self::MsixConfig => 0x10,
             Self::DeviceStatus => 0x14,
             Self::QueueSelect => 0x16,
             Self::QueueSize => 0x18,
+            Self::QueueMsixVector => 0x1a,
             Self::QueueEnable => 0x1c,
             Self::QueueNotifyOff => 0x1e,
             Self::QueueDesc => 0x20,
@@ -70,7 +79,7 @@ impl CommonCfg {
     pub const fn width(self) -> usize {
         match self {
             Self::DeviceStatus => 1,
-            Self::QueueSelect | Self::QueueSize | Self::QueueEnable | Self::QueueNotifyOff => 2,
+            Self::MsixConfig | Self::QueueSelect | Self::QueueSize | Self::QueueMsixVector | Self::QueueEnable | Self::QueueNotifyOff => 2,
             Self::DeviceFeatureSelect | Self::DeviceFeature | Self::DriverFeatureSelect | Self::DriverFeature => 4,
             Self::QueueDesc | Self::QueueDriver | Self::QueueDevice => 8,
         }
@@ -168,6 +177,22 @@ pub fn queue<T: Transport>(t: &mut T, index: u16, size: u16) -> Result<(Virtq, u
     let notify_off = t.read(QueueNotifyOff) as u16;
     t.write(QueueEnable, 1);
     Ok((q, notify_off))
+}
+
+/// Routes the device's configuration-change interrupt to MSI-X table
+/// entry `entry` (`NO_VECTOR`: none); returns whether the device took it
+/// (it answers `NO_VECTOR` when it refuses).
+pub fn config_vector<T: Transport>(t: &mut T, entry: u16) -> bool {
+    t.write(CommonCfg::MsixConfig, u64::from(entry));
+    t.read(CommonCfg::MsixConfig) == u64::from(entry)
+}
+
+/// Routes queue `index`'s interrupt to MSI-X table entry `entry`
+/// (`NO_VECTOR`: none); returns whether the device took it.
+pub fn queue_vector<T: Transport>(t: &mut T, index: u16, entry: u16) -> bool {
+    t.write(CommonCfg::QueueSelect, u64::from(index));
+    t.write(CommonCfg::QueueMsixVector, u64::from(entry));
+    t.read(CommonCfg::QueueMsixVector) == u64::from(entry)
 }
 
 /// The device's side of a split virtqueue, for the drivers' host tests.

@@ -105,6 +105,30 @@ fn a_guest_with_a_full_rx_ring_does_not_stall_the_hosts_traffic_to_its_neighbour
     println!("the attacker's full ring cost it {dropped} frames");
 }
 
+#[test]
+fn the_uplink_interrupts_and_is_never_polled_without_an_interrupt() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let port = integration_tests::free_port();
+    let mut live = Live::start(
+        &format!("[[guest]]\nname = \"echo\"\napp = \"echo\"\nmemory = \"4 MiB\"\nargs = [\"serve\", \"7\"]\nports = [\"{port}:7\"]\n"),
+        2,
+    );
+    let seen = live.wait_for("echo-0| echo: listening on 10.0.0.2:7", Duration::from_secs(120));
+    assert!(seen, "the echo guest did not listen:\n{}", live.console);
+    assert!(live.console.contains("[hv] uplink interrupts: MSI-X"), "the uplink is not interrupt-driven:\n{}", live.console);
+    for n in 0..5 {
+        probe(port, n).unwrap_or_else(|e| panic!("probe {n}: {e}\n{}", live.console));
+    }
+    live.send("stats\n");
+    assert!(live.wait_for(abi::report::MACHINE_PREFIX, Duration::from_secs(30)), "no machine record:\n{}", live.console);
+    let m = integration_tests::records::machine_stats(&live.console).pop().unwrap();
+    println!("after 5 echoes: {} uplink interrupts, {} polls without one", m.uplink_interrupts, m.uplink_polls);
+    // Each probe's frames from the host came with an interrupt; CPU 0 never
+    // looked at the device on its own.
+    assert!(m.uplink_interrupts >= 5, "{m:?}");
+    assert_eq!(m.uplink_polls, 0, "{m:?}");
+}
+
 /// A TCP echo service on the host's 127.0.0.1; returns its port and the
 /// count of connections it accepted.
 fn host_echo_service() -> (u16, Arc<AtomicUsize>) {

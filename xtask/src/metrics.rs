@@ -145,6 +145,8 @@ impl Exporter {
         };
         reg.register("machine_guests_exited", "Guests that exited", ended(machine.exited));
         reg.register("machine_guests_stopped", "Guests the hypervisor stopped", ended(machine.stopped));
+        reg.register("machine_uplink_interrupts", "Interrupts the uplink raised (MSI-X)", ended(machine.uplink_interrupts));
+        reg.register("machine_uplink_polls", "Polls of the uplink no interrupt prompted", ended(machine.uplink_polls));
         let uptime = Counter::<f64>::default();
         uptime.inc_by(machine.uptime_ns as f64 / 1e9);
         reg.register("machine_uptime_seconds", "Time since the hypervisor booted", uptime);
@@ -240,8 +242,14 @@ mod tests {
             hypercalls: 9,
             ..Default::default()
         };
-        let machine =
-            MachineStats { total_bytes: 1 << 30, free_bytes: 1 << 29, cpu_idle_ns: vec![1_500_000_000, 0], live: 2, ..Default::default() };
+        let machine = MachineStats {
+            total_bytes: 1 << 30,
+            free_bytes: 1 << 29,
+            cpu_idle_ns: vec![1_500_000_000, 0],
+            live: 2,
+            uplink_interrupts: 7,
+            ..Default::default()
+        };
         let list = [row("web", Some(0), GuestState::Waiting, 2_000_000_000, 10), row("h", None, GuestState::Exited, 1, 0)];
         let t = e.render(&list, std::slice::from_ref(&stats), &machine);
         assert!(t.ends_with("# EOF\n"), "{t}");
@@ -252,6 +260,8 @@ mod tests {
         assert_eq!(value(&t, r#"hive_guest_state{guest="h",tenant="none",state="exited"}"#), 1.0);
         assert_eq!(value(&t, r#"hive_machine_cpu_idle_seconds_total{cpu="0"}"#), 1.5);
         assert_eq!(value(&t, "hive_machine_memory_free_bytes "), (1 << 29) as f64);
+        assert_eq!(value(&t, "hive_machine_uplink_interrupts_total "), 7.0);
+        assert_eq!(value(&t, "hive_machine_uplink_polls_total "), 0.0);
         // Next scrape: web is on a CPU (no stats record): its details stay.
         let list = [row("web", Some(0), GuestState::Running, 3_000_000_000, 12)];
         let t = e.render(&list, &[], &machine);

@@ -107,6 +107,13 @@ pub struct MachineStats {
     pub hv_heap_used_bytes: u64,
     /// Time each CPU has spent halted, by CPU index.
     pub cpu_idle_ns: Vec<u64>,
+    /// Interrupts the uplink's device raised (MSI-X; 0 while it is polled).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub uplink_interrupts: u64,
+    /// Polls of the uplink's device that no interrupt prompted: one per
+    /// pass of CPU 0's loop while it is polled, 0 once it interrupts.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub uplink_polls: u64,
 }
 
 /// One guest in the control channel's `list` answer.
@@ -188,14 +195,22 @@ mod tests {
             hv_heap_bytes: 7,
             hv_heap_used_bytes: 8,
             cpu_idle_ns: vec![9, 10],
+            uplink_interrupts: 11,
+            uplink_polls: 12,
         };
         let line = serde_json::to_string(&m).unwrap();
         assert_eq!(
             line,
-            r#"{"event":"machine","uptime_ns":1,"live":2,"exited":3,"stopped":4,"total_bytes":5,"free_bytes":6,"hv_heap_bytes":7,"hv_heap_used_bytes":8,"cpu_idle_ns":[9,10]}"#
+            r#"{"event":"machine","uptime_ns":1,"live":2,"exited":3,"stopped":4,"total_bytes":5,"free_bytes":6,"hv_heap_bytes":7,"hv_heap_used_bytes":8,"cpu_idle_ns":[9,10],"uplink_interrupts":11,"uplink_polls":12}"#
         );
         assert!(line.starts_with(MACHINE_PREFIX));
         assert_eq!(serde_json::from_str::<MachineStats>(&line).unwrap(), m);
+        // A line from before the uplink's counters reads as zeros.
+        let old = line.replace(r#","uplink_interrupts":11,"uplink_polls":12"#, "");
+        assert_eq!(
+            serde_json::from_str::<MachineStats>(&old).unwrap(),
+            MachineStats { uplink_interrupts: 0, uplink_polls: 0, ..m.clone() }
+        );
         // A record is not mistaken for another.
         assert!(serde_json::from_str::<MachineStats>(OLD_GUEST_STATS).is_err());
         assert!(serde_json::from_str::<GuestStats>(&line).is_err());

@@ -35,10 +35,13 @@ use core::sync::atomic::Ordering;
 
 /// An idle CPU wakes at least this often to look for work and for the end.
 pub const IDLE_TICK_NS: u64 = 10_000_000;
-/// How often an idle CPU 0 polls the uplink for frames from the host ...
-const UPLINK_POLL_NS: u64 = 500_000;
+/// How often an idle CPU 0 polls an uplink without interrupts for frames
+/// from the host ...
+pub(super) const UPLINK_POLL_NS: u64 = 500_000;
 /// ... for this long after the host last sent a frame; then every
 /// IDLE_TICK_NS (the first frame after a quiet second waits up to that).
+/// An uplink that interrupts is never polled on a timer: only frames held
+/// for a guest's full ring are retried every UPLINK_POLL_NS while they wait.
 const UPLINK_ACTIVE_NS: u64 = 1_000_000_000;
 /// How often an idle CPU 0 looks at the control channel while bytes are
 /// arriving (the UART holds 16 and does not interrupt).
@@ -56,6 +59,11 @@ pub struct CpuState {
     /// A session per control client.
     control_in: Vec<Session>,
     last_balance: u64,
+    /// CPU 0, uplink with interrupts: the last poll stopped at its batch,
+    /// so the device may hold more (poll again without an interrupt).
+    uplink_more: bool,
+    /// CPU 0: frames from the host wait for room in a guest's ring.
+    uplink_held: bool,
 }
 
 /// Whether the loop goes on.
@@ -86,8 +94,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             if self.control {
                 self.poll_control(&mut st.control_in);
             }
-            let now = self.now();
-            self.net.poll_uplink(now, &mut |g| self.wake(g, me));
+            self.service_uplink(me, st);
         }
         if self.live.load(Ordering::Acquire) == 0 && !self.keep_running {
             return Pass::Done;
@@ -108,8 +115,10 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             }
         }
         let Some((id, slice)) = pick else {
-            if !self.balance(me, 1) {
-                self.idle(me, now, next_timer);
+            // The device may still hold frames (its last poll stopped at
+            // its batch): take them now rather than halt.
+            if !self.balance(me, 1) && !st.uplink_more {
+                self.idle(me, now, next_timer, st);
             }
             return Pass::Again;
         };
@@ -155,18 +164,64 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         Pass::Again
     }
 
-    /// Nothing runnable here: halt until the next deadline, or a tick to
-    /// look for work and for the end. CPU 0 polls the uplink, so it looks
-    /// more often while the host has been sending (an idle machine wakes
-    /// 100 times a second, not 2000), and the control channel while bytes
-    /// arrive.
-    fn idle(&self, me: usize, now: u64, next_timer: Option<u64>) {
-        let busy_uplink = self.net.uplink_rx_ns().is_some_and(|rx| now.saturating_sub(rx) < UPLINK_ACTIVE_NS);
-        let tick = match me {
-            0 if self.control_flowing(now) => CONTROL_POLL_NS,
-            0 if busy_uplink => UPLINK_POLL_NS,
-            _ => IDLE_TICK_NS,
+    /// CPU 0's look at the uplink, once per pass. With interrupts, the
+    /// device is polled only when its interrupt came (the flag is taken
+    /// before the poll, so a frame that arrives during the poll interrupts
+    /// again: no lost wake-up) or the last poll stopped at its batch (the
+    /// device may hold more, and will not interrupt for frames it already
+    /// announced); otherwise only frames held for a guest's full ring are
+    /// retried. Without interrupts it is polled on every pass, and each
+    /// such poll is counted in `uplink_polls`.
+    fn service_uplink(&self, me: usize, st: &mut CpuState) {
+        let now = self.now();
+        let wake = &mut |g| self.wake(g, me);
+        if !self.platform.uplink_interrupts() {
+            if self.net.uplink_rx_ns().is_some() {
+                self.uplink_polls.fetch_add(1, Ordering::Relaxed);
+            }
+            self.net.poll_uplink(now, wake);
+            return;
+        }
+        if self.platform.take_uplink_interrupt() | core::mem::take(&mut st.uplink_more) {
+            st.uplink_more = self.net.poll_uplink(now, wake);
+            // It may have held frames for a full ring: look below.
+            st.uplink_held = true;
+        }
+        if st.uplink_held {
+            st.uplink_held = self.net.retry_uplink_held(now, wake);
+        }
+    }
+
+    /// How long an idle CPU `me` may halt at most, whatever its guests'
+    /// deadlines: CPU 0 looks at the control channel often while bytes
+    /// arrive; it polls an uplink without interrupts often while the host
+    /// has been sending (an idle machine wakes 100 times a second, not
+    /// 2000), and retries frames held for a full ring often while some
+    /// wait; an uplink with interrupts wakes CPU 0 itself (and one whose
+    /// last poll stopped at its batch is polled again before any halt).
+    /// Otherwise every [`IDLE_TICK_NS`], to look for work and for the end.
+    fn idle_tick(&self, me: usize, now: u64, st: &CpuState) -> u64 {
+        if me != 0 {
+            return IDLE_TICK_NS;
+        }
+        let busy_uplink = if self.platform.uplink_interrupts() {
+            st.uplink_held
+        } else {
+            self.net.uplink_rx_ns().is_some_and(|rx| now.saturating_sub(rx) < UPLINK_ACTIVE_NS)
         };
+        if self.control_flowing(now) {
+            CONTROL_POLL_NS
+        } else if busy_uplink {
+            UPLINK_POLL_NS
+        } else {
+            IDLE_TICK_NS
+        }
+    }
+
+    /// Nothing runnable here: halt until the next deadline, or the tick
+    /// ([`Self::idle_tick`]).
+    fn idle(&self, me: usize, now: u64, next_timer: Option<u64>, st: &CpuState) {
+        let tick = self.idle_tick(me, now, st);
         self.platform.arm_timer(next_timer.unwrap_or(u64::MAX).min(now + tick));
         let halted = self.now();
         self.platform.idle(me);

@@ -74,9 +74,14 @@ pub trait Network: Sync {
     /// Returns why the guest must be disconnected, if it broke the ring
     /// protocol.
     fn drain(&self, guest: usize, now_ns: u64, wake: &mut dyn FnMut(usize)) -> Result<(), String>;
-    /// Takes frames from the host, if there is an uplink; calls `wake` as
-    /// [`Network::drain`] does.
-    fn poll_uplink(&self, now_ns: u64, wake: &mut dyn FnMut(usize));
+    /// Takes frames from the host, if there is an uplink (after retrying
+    /// those waiting for room in a guest's ring); calls `wake` as
+    /// [`Network::drain`] does. Returns true if it stopped at its batch
+    /// with frames perhaps still waiting in the device: poll again soon.
+    fn poll_uplink(&self, now_ns: u64, wake: &mut dyn FnMut(usize)) -> bool;
+    /// Retries only the host's frames waiting for room in guests' rings,
+    /// without touching the device; returns whether some still wait.
+    fn retry_uplink_held(&self, now_ns: u64, wake: &mut dyn FnMut(usize)) -> bool;
     /// When a frame last came from the host, if there is an uplink.
     fn uplink_rx_ns(&self) -> Option<u64>;
     /// Nothing is delivered to `guest` any more (it ended or lied).
@@ -128,8 +133,12 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice + Send> Network for Net<R, E,
         Net::drain(self, guest, now_ns, &mut |g, _| wake(g)).map_err(|e| alloc::format!("{e}"))
     }
 
-    fn poll_uplink(&self, now_ns: u64, wake: &mut dyn FnMut(usize)) {
+    fn poll_uplink(&self, now_ns: u64, wake: &mut dyn FnMut(usize)) -> bool {
         Net::poll_uplink(self, now_ns, &mut |g| wake(g))
+    }
+
+    fn retry_uplink_held(&self, now_ns: u64, wake: &mut dyn FnMut(usize)) -> bool {
+        Net::retry_uplink_held(self, now_ns, &mut |g| wake(g))
     }
 
     fn uplink_rx_ns(&self) -> Option<u64> {

@@ -38,6 +38,18 @@ pub trait Platform: Sync {
     /// Interrupts CPU `cpu` (it has work: a guest woke or arrived there).
     fn wake_cpu(&self, cpu: usize);
 
+    /// Whether the uplink's device interrupts CPU 0 when frames arrive
+    /// (MSI-X), so that CPU 0 polls it only when told; else it is polled.
+    /// Decided before the machine runs and never changed.
+    fn uplink_interrupts(&self) -> bool;
+    /// Takes the uplink's "interrupted" flag: whether its interrupt came
+    /// since the last call. The interrupt sets the flag, wakes a halted
+    /// CPU 0 and takes CPU 0 from its guest, so a set flag is seen on
+    /// CPU 0's next pass. Called on CPU 0 only.
+    fn take_uplink_interrupt(&self) -> bool;
+    /// Interrupts the uplink has raised since boot.
+    fn uplink_interrupt_count(&self) -> u64;
+
     /// Makes this CPU ready to enter the guest whose page tables are at
     /// `root`: one switch of tables, straight from whichever this CPU ran
     /// on (the hypervisor's half is mapped in every guest's tables), or

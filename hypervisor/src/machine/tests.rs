@@ -3,6 +3,7 @@
 //! threads standing in for CPUs where a race needs one CPU held at an
 //! exact point while another acts.
 
+use super::cpu_loop::{IDLE_TICK_NS, UPLINK_POLL_NS};
 use super::network::{Attach, CaptureTarget, Captured, PortStats};
 use super::*;
 use crate::control::ControlHost;
@@ -118,6 +119,18 @@ struct Fake {
     inputs: Mutex<Vec<(usize, Option<Vec<u8>>)>>,
     held: Mutex<Option<Sender<()>>>,
     release: Mutex<Option<Receiver<()>>>,
+    /// The uplink interrupts (else it is polled); its flag and count.
+    uplink_irq: AtomicBool,
+    uplink_pending: AtomicBool,
+    uplink_count: AtomicU64,
+}
+
+impl Fake {
+    /// The uplink's interrupt, as the x86 stubs take it.
+    fn uplink_interrupt(&self) {
+        self.uplink_pending.store(true, Ordering::SeqCst);
+        self.uplink_count.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 impl Platform for Fake {
@@ -165,6 +178,15 @@ impl Platform for Fake {
     }
     fn wake_cpu(&self, cpu: usize) {
         self.woken.lock().push(cpu);
+    }
+    fn uplink_interrupts(&self) -> bool {
+        self.uplink_irq.load(Ordering::SeqCst)
+    }
+    fn take_uplink_interrupt(&self) -> bool {
+        self.uplink_pending.swap(false, Ordering::SeqCst)
+    }
+    fn uplink_interrupt_count(&self) -> u64 {
+        self.uplink_count.load(Ordering::SeqCst)
     }
     fn begin_guest(&self, cpu: usize, root: PhysAddr, moved: bool) {
         self.begins.lock().push((cpu, moved));
@@ -278,6 +300,9 @@ fn machine_on<N: Network<Ring = SharedRing, Events = FakeEvents>>(cpus: usize, n
         begins: Mutex::new(Vec::new()),
         control: Mutex::new(Vec::new()),
         inputs: Mutex::new(Vec::new()),
+        uplink_irq: AtomicBool::new(false),
+        uplink_pending: AtomicBool::new(false),
+        uplink_count: AtomicU64::new(0),
     };
     let config =
         Config { cpus, capacity: 16, guest_upper: upper, time: TimeInfo::new(1_000_000_000, 0, 0), control: false, keep_running: false };
@@ -550,6 +575,14 @@ struct Ports {
     /// Guests disconnected, and released, in order.
     disconnected: Mutex<Vec<usize>>,
     released: Mutex<Vec<usize>>,
+    /// There is an uplink: the clock at each poll of its device and at
+    /// each retry of its held frames; polls left that end at a full batch;
+    /// retries left that find frames still held.
+    uplink: bool,
+    polls: Mutex<Vec<u64>>,
+    retries: Mutex<Vec<u64>>,
+    full_batches: AtomicUsize,
+    still_held: AtomicUsize,
 }
 
 impl Ports {
@@ -579,9 +612,19 @@ impl Network for Ports {
         due.into_iter().for_each(wake);
         Ok(())
     }
-    fn poll_uplink(&self, _: u64, _: &mut dyn FnMut(usize)) {}
+    fn poll_uplink(&self, now: u64, _: &mut dyn FnMut(usize)) -> bool {
+        if !self.uplink {
+            return false;
+        }
+        self.polls.lock().push(now);
+        self.full_batches.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+    }
+    fn retry_uplink_held(&self, now: u64, _: &mut dyn FnMut(usize)) -> bool {
+        self.retries.lock().push(now);
+        self.still_held.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+    }
     fn uplink_rx_ns(&self) -> Option<u64> {
-        None
+        self.uplink.then_some(0)
     }
     fn disconnect(&self, id: usize) {
         self.disconnected.lock().push(id);
@@ -940,4 +983,87 @@ fn ended_guests_make_room_for_new_ones_the_longest_ended_first() {
     assert_eq!(m.wait(0, "g5").map(|e| e.and_then(|e| e.exit_code)), Ok(Some(55)), "the new g5's end, not the old one's");
     assert_eq!(m.list().len(), 16);
     assert_eq!(m.statuses().filter(|(_, s)| s.state.load(Ordering::Relaxed) < EXITED).count(), 1, "only `new` is live");
+}
+
+/// A machine with an uplink (its host last sent at 0 on the clock) that
+/// interrupts if `irq`, and one guest that sleeps for good.
+fn uplink_machine(irq: bool) -> Machine<Fake, Ports> {
+    let m = machine_on(1, Ports { uplink: true, ..Default::default() });
+    m.platform.uplink_irq.store(irq, Ordering::SeqCst);
+    m.platform.scripts.lock().insert("s".into(), [Act::Block(u64::MAX)].into_iter().collect());
+    m.create_guest("s", 0, &abi::bundle::Settings { memory: 1 << 20, ..Default::default() }, &[], &[], 0).unwrap();
+    m
+}
+
+#[test]
+fn a_polled_uplink_is_polled_every_pass_and_each_poll_is_counted() {
+    let m = uplink_machine(false);
+    let mut st = CpuState::default();
+    steps(&m, 0, &mut st, 5);
+    assert_eq!(m.net.polls.lock().len(), 5);
+    let stats = m.machine_stats();
+    assert_eq!((stats.uplink_interrupts, stats.uplink_polls), (0, 5));
+    // Idle within a second of the host's last frame: a short tick.
+    m.platform.clock.store(500_000_000, Ordering::SeqCst);
+    m.step(0, &mut st);
+    assert_eq!(m.platform.armed.load(Ordering::SeqCst), 500_000_000 + UPLINK_POLL_NS);
+}
+
+#[test]
+fn an_uplink_with_interrupts_is_polled_only_when_it_interrupted() {
+    let m = uplink_machine(true);
+    let mut st = CpuState::default();
+    steps(&m, 0, &mut st, 3);
+    assert!(m.net.polls.lock().is_empty(), "polled without an interrupt");
+    // The idle CPU 0 sleeps a whole tick: no timer to poll, however recent the host's frame.
+    let now = m.platform.now_ns();
+    m.step(0, &mut st);
+    assert_eq!(m.platform.armed.load(Ordering::SeqCst), now + IDLE_TICK_NS);
+
+    m.platform.uplink_interrupt();
+    m.step(0, &mut st);
+    assert_eq!(m.net.polls.lock().len(), 1);
+    // The flag was taken: the next passes do not poll.
+    steps(&m, 0, &mut st, 3);
+    assert_eq!(m.net.polls.lock().len(), 1);
+    let stats = m.machine_stats();
+    assert_eq!((stats.uplink_interrupts, stats.uplink_polls), (1, 0));
+}
+
+#[test]
+fn a_full_batch_is_followed_by_polls_until_the_device_is_empty() {
+    let m = uplink_machine(true);
+    let mut st = CpuState::default();
+    m.step(0, &mut st); // the guest goes to sleep
+    // Three full batches, then a short one: four polls for one interrupt,
+    // one per pass, and while more may wait an idle CPU 0 does not halt.
+    m.net.full_batches.store(3, Ordering::SeqCst);
+    m.platform.uplink_interrupt();
+    let idles = m.platform.idles.load(Ordering::SeqCst);
+    steps(&m, 0, &mut st, 4);
+    assert_eq!(m.net.polls.lock().len(), 4);
+    assert_eq!(m.platform.idles.load(Ordering::SeqCst), idles + 1, "halted only after the device was empty");
+    steps(&m, 0, &mut st, 10);
+    assert_eq!(m.net.polls.lock().len(), 4);
+    assert_eq!(m.machine_stats().uplink_polls, 0, "polls after a full batch are the interrupt's");
+}
+
+#[test]
+fn frames_held_for_a_full_ring_are_retried_without_polling_the_device() {
+    let m = uplink_machine(true);
+    let mut st = CpuState::default();
+    // The poll after the interrupt held frames; they wait two more retries.
+    m.net.still_held.store(2, Ordering::SeqCst);
+    m.platform.uplink_interrupt();
+    m.step(0, &mut st);
+    assert_eq!(m.net.retries.lock().len(), 1);
+    let now = m.platform.now_ns();
+    m.step(0, &mut st);
+    assert_eq!(m.platform.armed.load(Ordering::SeqCst), now + UPLINK_POLL_NS, "held frames are retried soon");
+    steps(&m, 0, &mut st, 5);
+    assert_eq!(m.net.retries.lock().len(), 3, "retried until none was held, then left alone");
+    assert_eq!(m.net.polls.lock().len(), 1);
+    let now = m.platform.now_ns();
+    m.step(0, &mut st);
+    assert_eq!(m.platform.armed.load(Ordering::SeqCst), now + IDLE_TICK_NS);
 }

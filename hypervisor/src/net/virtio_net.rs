@@ -3,8 +3,13 @@
 //!
 //! Two split virtqueues (receive 0, transmit 1, see `net::virtq`), each
 //! buffer a page holding the 12-byte virtio-net header and then the
-//! Ethernet frame. The device is polled (by CPU 0 on every pass of its
-//! scheduling loop and on its idle tick), not interrupt-driven.
+//! Ethernet frame. Interrupts: started with [`MsixEntries`] (the PCI
+//! transport's owner set up MSI-X), the device is asked to signal the
+//! receive queue's used buffers and configuration changes through them,
+//! and CPU 0 polls it when one comes (`machine::cpu_loop`); the transmit
+//! queue's interrupts are suppressed (`AVAIL_F_NO_INTERRUPT`), since
+//! `send` reaps finished buffers itself. Without them, or when the device
+//! refuses an entry, it is polled on every pass of CPU 0's loop.
 //!
 //! Rules:
 //! - The transport does register access, DMA memory and notifications;
@@ -42,6 +47,24 @@ pub mod feature {
     pub use crate::virtio::feature::VERSION_1;
 }
 
+/// MSI-X table entries for the device's interrupts (virtio 1.0
+/// §4.1.5.1.2); several may share one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsixEntries {
+    pub config: u16,
+    pub rx: u16,
+    pub tx: u16,
+}
+
+impl MsixEntries {
+    /// Entries 0, 1 and 2 for configuration, receive and transmit if the
+    /// table has three (QEMU's virtio-net-pci has `2 * queue pairs + 1`),
+    /// else entry 0 for all.
+    pub fn for_table(entries: u16) -> Self {
+        if entries >= 3 { Self { config: 0, rx: 1, tx: 2 } } else { Self { config: 0, rx: 0, tx: 0 } }
+    }
+}
+
 /// A started virtio-net device.
 pub struct VirtioNet<T> {
     transport: T,
@@ -58,22 +81,56 @@ pub struct VirtioNet<T> {
     pub dropped: u64,
     /// Receive buffers given back since the device was last told.
     rx_returned: bool,
+    /// The device took our MSI-X entries: it interrupts when frames come.
+    pub interrupts: bool,
 }
 
 impl<T: Transport> VirtioNet<T> {
-    /// Resets and starts the device behind `transport` (virtio 1.0 §3.1.1).
-    pub fn start(mut t: T) -> Result<Self, VirtioError> {
+    /// Resets and starts the device behind `transport` (virtio 1.0 §3.1.1),
+    /// polled.
+    pub fn start(t: T) -> Result<Self, VirtioError> {
+        Self::start_with(t, None)
+    }
+
+    /// The same, with its interrupts through MSI-X table entries `msix`
+    /// if given (and the device takes them: see [`Self::interrupts`]).
+    pub fn start_with(mut t: T, msix: Option<MsixEntries>) -> Result<Self, VirtioError> {
+        use crate::virtio::{NO_VECTOR, config_vector, queue_vector};
         use CommonCfg::*;
         crate::virtio::negotiate(&mut t, |offered| feature::VERSION_1 | (offered & feature::NET_MAC))?;
-        let (rx, rx_notify_off) = crate::virtio::queue(&mut t, RX_QUEUE, QUEUE_SIZE)?;
-        let (tx, tx_notify_off) = crate::virtio::queue(&mut t, TX_QUEUE, QUEUE_SIZE)?;
+        // Every entry read back: a device that refuses one (answers
+        // NO_VECTOR) is polled, with no vector at all.
+        let interrupts = msix.is_some_and(|e| {
+            let ok = config_vector(&mut t, e.config) & queue_vector(&mut t, RX_QUEUE, e.rx) & queue_vector(&mut t, TX_QUEUE, e.tx);
+            if !ok {
+                config_vector(&mut t, NO_VECTOR);
+                queue_vector(&mut t, RX_QUEUE, NO_VECTOR);
+                queue_vector(&mut t, TX_QUEUE, NO_VECTOR);
+            }
+            ok
+        });
+        let (mut rx, rx_notify_off) = crate::virtio::queue(&mut t, RX_QUEUE, QUEUE_SIZE)?;
+        let (mut tx, tx_notify_off) = crate::virtio::queue(&mut t, TX_QUEUE, QUEUE_SIZE)?;
+        rx.set_interrupts(t.dma(), interrupts);
+        tx.set_interrupts(t.dma(), false);
         let mut mac = [0u8; 6];
         for (i, b) in mac.iter_mut().enumerate() {
             *b = t.device_config(i);
         }
         t.write(DeviceStatus, u64::from(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK));
-        let mut up =
-            Self { transport: t, rx, tx, rx_notify_off, tx_notify_off, mac, rx_frames: 0, tx_frames: 0, dropped: 0, rx_returned: false };
+        let mut up = Self {
+            transport: t,
+            rx,
+            tx,
+            rx_notify_off,
+            tx_notify_off,
+            mac,
+            rx_frames: 0,
+            tx_frames: 0,
+            dropped: 0,
+            rx_returned: false,
+            interrupts,
+        };
         while let Some(id) = up.rx.take() {
             up.rx.submit(up.transport.dma(), id, BUFFER_BYTES, true);
         }

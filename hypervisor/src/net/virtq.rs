@@ -28,7 +28,11 @@ pub mod layout {
     pub const DESC_F_WRITE: u16 = 2;
     /// The available and used rings: flags (u16), then the index (u16),
     /// then the entries.
+    pub const RING_FLAGS: usize = 0;
     pub const RING_IDX: usize = 2;
+    /// Available ring flag: the device need not interrupt when it uses a
+    /// buffer (without VIRTIO_F_EVENT_IDX, which we do not negotiate).
+    pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
     pub const RING_ENTRIES: usize = 4;
     /// An available entry: a descriptor id (u16).
     pub const AVAIL_ENTRY_BYTES: usize = 2;
@@ -113,6 +117,13 @@ impl Virtq {
         // stores in order; this stops the compiler reordering them).
         core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
         mem.write(self.avail, RING_IDX, &self.avail_idx.to_le_bytes());
+    }
+
+    /// Asks the device to interrupt, or not, when it finishes with a
+    /// buffer of this queue (a hint: it may interrupt anyway).
+    pub fn set_interrupts(&mut self, mem: &mut impl PhysMem, on: bool) {
+        let flags = if on { 0 } else { AVAIL_F_NO_INTERRUPT };
+        mem.write(self.avail, RING_FLAGS, &flags.to_le_bytes());
     }
 
     /// How many buffers the device has finished with and not yet popped

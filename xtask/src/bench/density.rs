@@ -83,6 +83,9 @@ struct Fill {
     check: String,
     checked: (usize, usize),
     idle_pct: f64,
+    /// Over the idle window: the uplink's interrupts, and its polls that
+    /// no interrupt prompted (CPU 0's loop passes while it is polled).
+    uplink: (u64, u64),
     wall_s: f64,
 }
 
@@ -141,6 +144,7 @@ impl Bench {
         row(&mut t, "all entered after", &|f| format!("{} ms", f.all_entered_ms));
         row(&mut t, "sample answered echo", &|f| format!("{}/{}", f.checked.0, f.checked.1));
         row(&mut t, "idle machine CPU", &|f| format!("{:.2} %", f.idle_pct));
+        row(&mut t, "  uplink interrupts / polls", &|f| format!("{} / {}", f.uplink.0, f.uplink.1));
         let _ = write!(
             t,
             "\n\n  ours: {cycle_created} networked guests created in {cycle_ms} ms of hypervisor time, run and destroyed; \
@@ -181,6 +185,8 @@ impl Bench {
                 "sample": { "answered": f.checked.0, "tried": f.checked.1 },
                 "idle_cpu_pct": f.idle_pct,
                 "idle_window_s": IDLE_WINDOW.as_secs(),
+                "idle_uplink_interrupts": f.uplink.0,
+                "idle_uplink_polls": f.uplink.1,
                 "wall_s": f.wall_s,
             })).collect::<Vec<_>>(),
             "create_destroy": {
@@ -196,7 +202,8 @@ impl Bench {
             "ours: a probe boot of 200 idle echo guests (160 KiB limit, 4-slot rings) gives the charged memory per guest; \
              the fill boot starts 97% of what fits, a checker guest echoes with 20 random ones through the switch, \
              `stats` gives each guest's guest_stats line (medians here), and two `machine` lines 10 s apart give idle CPU \
-             = 1 - (idle time delta / (uptime delta * CPUs)). create/destroy: 10,000 hello guests with vNICs created, run \
+             = 1 - (idle time delta / (uptime delta * CPUs)), and the uplink's interrupts and polls no interrupt prompted \
+             over the same window. create/destroy: 10,000 hello guests with vNICs created, run \
              and ended in one boot; free memory at boot (less the uplink's queues) vs. at the end. linux: `peer density 1000`."
         );
         Ok((t, report))
@@ -314,6 +321,7 @@ impl Bench {
             check,
             checked: (answered, SAMPLES),
             idle_pct: busy.max(0.0) * 100.0,
+            uplink: (m1.uplink_interrupts.saturating_sub(m0.uplink_interrupts), m1.uplink_polls.saturating_sub(m0.uplink_polls)),
             wall_s: start.elapsed().as_secs_f64(),
         };
         Ok((args, fill))

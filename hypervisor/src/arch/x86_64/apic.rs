@@ -46,6 +46,9 @@ pub const EOI_VA: i64 = (APIC_VA + REG_EOI) as i64;
 
 /// Vector of the wake-up IPI (a guest on that CPU became runnable).
 pub const WAKE_VECTOR: u8 = 0xf0;
+/// Vector of the uplink's interrupts (MSI-X, to CPU 0): the first device
+/// vector, which the stubs note for the loop (`entry::take_device_interrupt`).
+pub const UPLINK_VECTOR: u8 = super::entry::DEVICE_VECTOR_FIRST;
 
 static TSC_DEADLINE: AtomicBool = AtomicBool::new(false);
 /// APIC ids by CPU index, for IPIs.
@@ -80,10 +83,16 @@ pub fn ipi(dest: u32, low: u32) {
     }
 }
 
+/// CPU `cpu`'s local APIC id (as registered), the destination of
+/// interrupts meant for it (MSI-X messages, IPIs).
+pub fn id_of(cpu: usize) -> u32 {
+    IDS[cpu].load(Ordering::Relaxed)
+}
+
 /// Interrupts CPU `cpu` with the wake-up vector (it leaves `hlt`, or its
 /// guest exits, and it looks at its run queue again).
 pub fn wake_cpu(cpu: usize) {
-    ipi(IDS[cpu].load(Ordering::Relaxed), WAKE_VECTOR as u32);
+    ipi(id_of(cpu), WAKE_VECTOR as u32);
 }
 /// APIC timer ticks (divide by 16) per 2^32 TSC ticks.
 static TICKS_PER_TSC: AtomicU64 = AtomicU64::new(0);

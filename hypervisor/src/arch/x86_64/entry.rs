@@ -13,6 +13,7 @@ use super::cpu::{self, MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_SFMASK, M
 use super::gdt::{IST_DOUBLE_FAULT, IST_EXCEPTION, IST_MACHINE_CHECK, IST_NMI, KERNEL_CS, KERNEL_DS};
 use core::arch::{asm, global_asm};
 use core::mem::offset_of;
+use core::sync::atomic::{AtomicU64, Ordering};
 use hypervisor::guest::regs::{FPU_FCW_OFFSET, FPU_MXCSR_OFFSET, FpuState, Regs, VECTOR_FIRST_INTERRUPT, VECTOR_SYSCALL};
 use x86_64::VirtAddr;
 use x86_64::instructions::tables::lidt;
@@ -117,6 +118,39 @@ pub fn clear_buffers_on_entry(on: bool) {
 /// MXCSR for the hypervisor's own code (all exceptions masked).
 #[unsafe(no_mangle)]
 static KERNEL_MXCSR: u32 = 0x1f80;
+
+/// Device interrupts (MSI-X): vectors `DEVICE_VECTOR_FIRST` and the
+/// `DEVICE_VECTORS - 1` after it. The stubs note each one they take, from
+/// a guest or in the idle halt alike, in [`DEVICE_PENDING`] (a bit per
+/// vector) and count it in [`DEVICE_INTERRUPTS`], after the EOI; the loop
+/// takes the bit with [`take_device_interrupt`]. The interrupt itself ends
+/// the halt or takes the CPU from its guest (an exit like the timer's).
+pub const DEVICE_VECTOR_FIRST: u8 = 0x40;
+pub const DEVICE_VECTORS: usize = 16;
+#[unsafe(no_mangle)]
+static DEVICE_PENDING: AtomicU64 = AtomicU64::new(0);
+#[unsafe(no_mangle)]
+static DEVICE_INTERRUPTS: [AtomicU64; DEVICE_VECTORS] = [const { AtomicU64::new(0) }; DEVICE_VECTORS];
+
+/// Index of device vector `vector` in the tables above.
+fn device_index(vector: u8) -> usize {
+    let i = vector.wrapping_sub(DEVICE_VECTOR_FIRST) as usize;
+    assert!(i < DEVICE_VECTORS, "vector {vector:#x} is not a device vector");
+    i
+}
+
+/// Whether device vector `vector` was taken since the last call (the bit
+/// is cleared before the caller polls the device: a later interrupt sets
+/// it again).
+pub fn take_device_interrupt(vector: u8) -> bool {
+    let bit = 1 << device_index(vector);
+    DEVICE_PENDING.fetch_and(!bit, Ordering::AcqRel) & bit != 0
+}
+
+/// Interrupts taken on device vector `vector` since boot.
+pub fn device_interrupts(vector: u8) -> u64 {
+    DEVICE_INTERRUPTS[device_index(vector)].load(Ordering::Relaxed)
+}
 
 /// The exceptions that run on a stack of their own (see `gdt`).
 const VECTOR_NMI: usize = 2;
@@ -306,6 +340,20 @@ interrupt_stubs:
     movq %gs:{scratch2}, %rdi
     .endm
 
+    /* A device's vector (rax free, the vector at 8(%rsp)): note it for
+       the loop and count it (`take_device_interrupt`). The tables are in
+       the image, in the top 2 GiB (code-model kernel), so an absolute
+       32-bit address with an index reaches them. */
+    .macro note_device
+    movq 8(%rsp), %rax
+    subq ${device_first}, %rax
+    cmpq ${device_vectors}, %rax
+    jae 83f
+    lock btsq %rax, DEVICE_PENDING(%rip)
+    lock incq DEVICE_INTERRUPTS(,%rax,8)
+83:
+    .endm
+
     /* Last before the return, after every load of hypervisor memory:
        clear the CPU's buffers where that is needed (VERW changes only ZF;
        iretq and sysretq load the guest's flags). */
@@ -342,6 +390,7 @@ exception_common:
     cmpq $({spurious} - {first_interrupt}), %rax
     jae 4f
     movl $0, {apic_eoi}
+    note_device
 4:
     movq %gs:{regs}, %rax
     movq %rbx, {rbx}(%rax)
@@ -384,10 +433,13 @@ exception_common:
     ud2
 3:
     /* An interrupt in the hypervisor (only while idle in cpu::idle):
-       acknowledge it unless spurious, and return. */
+       acknowledge it unless spurious, note a device's, and return. */
     cmpq ${spurious}, (%rsp)
     je 5f
     movl $0, {apic_eoi}
+    pushq %rax
+    note_device
+    popq %rax
 5:
     addq $16, %rsp
     iretq
@@ -597,6 +649,8 @@ enter_guest:
     apic_eoi = const super::apic::EOI_VA,
     first_interrupt = const VECTOR_FIRST_INTERRUPT,
     spurious = const super::apic::SPURIOUS_VECTOR,
+    device_first = const DEVICE_VECTOR_FIRST,
+    device_vectors = const DEVICE_VECTORS,
     syscall_vector = const VECTOR_SYSCALL,
     user_ds = const super::gdt::USER_DS,
     user_cs = const super::gdt::USER_CS,

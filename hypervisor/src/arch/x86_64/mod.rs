@@ -17,6 +17,7 @@ pub mod entry;
 pub mod firmware;
 pub mod gdt;
 pub mod guest_pages;
+pub mod msix;
 pub mod multiboot2;
 pub mod net;
 pub mod paging;

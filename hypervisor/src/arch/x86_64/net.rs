@@ -2,7 +2,8 @@
 //! guests' rings and event pages through the direct map
 //! ([`super::guest_pages`]), the uplink over whichever NIC PCI enumeration
 //! finds: virtio-net ([`super::virtio_pci`]) first, else an Intel 82574L
-//! ([`super::e1000e_pci`]).
+//! ([`super::e1000e_pci`]); interrupt-driven through MSI-X
+//! ([`super::msix`]) where the device has it.
 
 use super::e1000e_pci::{self, Mmio};
 use super::guest_pages::{DirectRing, EventPage};
@@ -82,4 +83,26 @@ impl UplinkDevice for Uplink {
             Self::E1000e(up) => up.notify_rx(),
         }
     }
+    fn rearm_interrupt(&mut self) {
+        match self {
+            Self::Virtio(up) => up.rearm_interrupt(),
+            Self::E1000e(up) => up.rearm_interrupt(),
+        }
+    }
+}
+
+/// Whether the uplink's device interrupts CPU 0 on `apic::UPLINK_VECTOR`
+/// (set once at boot by whoever started it, before the machine runs).
+static UPLINK_INTERRUPTS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// The uplink's driver routed its device's interrupts to
+/// `apic::UPLINK_VECTOR` on CPU 0 and the device took them: CPU 0 polls
+/// it only when one comes. Call before the machine runs.
+pub fn set_uplink_interrupts() {
+    UPLINK_INTERRUPTS.store(true, core::sync::atomic::Ordering::Release);
+}
+
+/// Whether the uplink interrupts (else CPU 0 polls it on every pass).
+pub fn uplink_interrupts() -> bool {
+    UPLINK_INTERRUPTS.load(core::sync::atomic::Ordering::Acquire)
 }

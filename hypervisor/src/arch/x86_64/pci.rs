@@ -157,6 +157,17 @@ impl Function {
     }
 }
 
+/// Configuration space for the library's capability walk and MSI-X
+/// logic (`hypervisor::pci`).
+impl hypervisor::pci::ConfigSpace for Function {
+    fn read32(&self, offset: u8) -> u32 {
+        Function::read32(*self, offset)
+    }
+    fn write32(&self, offset: u8, value: u32) {
+        Function::write32(*self, offset, value)
+    }
+}
+
 /// Finds the first function with `vendor` and one of `devices`, on bus 0
 /// or any bus behind a bridge.
 pub fn find(vendor: u16, devices: &[u16]) -> Option<Function> {

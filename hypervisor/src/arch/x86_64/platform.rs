@@ -103,6 +103,18 @@ impl Platform for X86_64 {
         apic::wake_cpu(cpu);
     }
 
+    fn uplink_interrupts(&self) -> bool {
+        super::net::uplink_interrupts()
+    }
+
+    fn take_uplink_interrupt(&self) -> bool {
+        entry::take_device_interrupt(apic::UPLINK_VECTOR)
+    }
+
+    fn uplink_interrupt_count(&self) -> u64 {
+        entry::device_interrupts(apic::UPLINK_VECTOR)
+    }
+
     fn begin_guest(&self, cpu: usize, root: PhysAddr, moved: bool) {
         // Still on its tables, and nobody changed them elsewhere: its TLB
         // entries here are good (a guest alone on a CPU keeps them from

@@ -5,10 +5,11 @@
 //! accesses of each register's width. DMA memory is the direct map's
 //! ([`DirectMap`]): the device sees physical addresses.
 
+use super::msix::Msix;
 use super::paging::{DirectMap, map_device};
-use super::pci;
+use super::{apic, pci};
 use hypervisor::control::virtio_console::{VIRTIO_CONSOLE_DEVICES, VirtioConsole};
-use hypervisor::net::virtio_net::{CommonCfg, Transport, VIRTIO_NET_DEVICES, VIRTIO_VENDOR, VirtioError, VirtioNet};
+use hypervisor::net::virtio_net::{CommonCfg, MsixEntries, Transport, VIRTIO_NET_DEVICES, VIRTIO_VENDOR, VirtioError, VirtioNet};
 
 /// The control channel: a virtio console (virtio-serial) over PCI.
 pub type ControlConsole = VirtioConsole<PciTransport>;
@@ -91,13 +92,58 @@ fn transport(f: pci::Function, root: u64) -> Option<PciTransport> {
 /// memory decoding and bus mastering on.
 fn find(kernel_root: u64, devices: &[u16]) -> Result<Option<PciTransport>, VirtioError> {
     let Some(f) = pci::find(VIRTIO_VENDOR, devices) else { return Ok(None) };
-    f.write32(pci::COMMAND, f.read32(pci::COMMAND) | pci::COMMAND_MEMORY | pci::COMMAND_BUS_MASTER);
-    transport(f, kernel_root).ok_or(VirtioError::NoModernInterface).map(Some)
+    start_function(f, kernel_root).map(Some)
 }
 
-/// Finds and starts QEMU's virtio-net, if there is one.
+/// Turns memory decoding and bus mastering on for `f` and maps its
+/// virtio structures.
+fn start_function(f: pci::Function, kernel_root: u64) -> Result<PciTransport, VirtioError> {
+    f.write32(pci::COMMAND, f.read32(pci::COMMAND) | pci::COMMAND_MEMORY | pci::COMMAND_BUS_MASTER);
+    transport(f, kernel_root).ok_or(VirtioError::NoModernInterface)
+}
+
+/// Finds and starts QEMU's virtio-net, if there is one: with its
+/// interrupts through MSI-X to CPU 0 on `apic::UPLINK_VECTOR` where the
+/// function has MSI-X and the device takes the entries (then the uplink
+/// is marked interrupt-driven, `net::set_uplink_interrupts`), else polled.
 pub fn probe(kernel_root: u64) -> Result<Option<VirtioNet<PciTransport>>, VirtioError> {
-    find(kernel_root, &VIRTIO_NET_DEVICES)?.map(VirtioNet::start).transpose()
+    let Some(f) = pci::find(VIRTIO_VENDOR, &VIRTIO_NET_DEVICES) else { return Ok(None) };
+    let t = start_function(f, kernel_root)?;
+    let msix = Msix::setup(f, kernel_root).and_then(|m| {
+        let entries = MsixEntries::for_table(m.entries());
+        // The configuration's, the receive queue's and the transmit
+        // queue's entries all raise the one uplink vector.
+        let cpu0 = apic::id_of(0) as u8;
+        [entries.config, entries.rx, entries.tx].iter().all(|&e| m.route(e, cpu0, apic::UPLINK_VECTOR)).then(|| {
+            m.enable();
+            (m, entries)
+        })
+    });
+    let up = VirtioNet::start_with(t, msix.as_ref().map(|&(_, e)| e))?;
+    match msix {
+        // A reset of the device leaves the function's MSI-X as it was;
+        // checked anyway, as interrupts that never come would leave the
+        // host's frames unread.
+        Some((m, e)) if up.interrupts && m.is_enabled() => {
+            super::net::set_uplink_interrupts();
+            crate::println!(
+                "[hv] uplink interrupts: MSI-X entries {}/{}/{} of {} (configuration/receive/transmit), vector {:#x} to CPU 0",
+                e.config,
+                e.rx,
+                e.tx,
+                m.entries(),
+                apic::UPLINK_VECTOR
+            );
+        }
+        Some((m, _)) => {
+            for e in 0..m.entries() {
+                m.mask(e);
+            }
+            crate::println!("[hv] uplink interrupts: none, the device refused its MSI-X entries; CPU 0 polls it");
+        }
+        None => crate::println!("[hv] uplink interrupts: none, no usable MSI-X; CPU 0 polls it"),
+    }
+    Ok(Some(up))
 }
 
 /// Finds and starts a virtio console (the control channel), if there is one.

@@ -60,6 +60,12 @@ pub trait UplinkDevice: Send {
     /// Tells the device about the receive buffers given back since the
     /// last call (once per batch).
     fn notify_rx(&mut self);
+    /// Called after a poll that emptied the device (`receive` said
+    /// `None`): a device whose interrupt masks itself when it fires (an
+    /// e1000e's auto-mask) unmasks it here, and one already pending fires
+    /// at once, so no frame waits without an interrupt. Virtio-net's never
+    /// masks itself: nothing to do.
+    fn rearm_interrupt(&mut self) {}
 }
 
 /// The guests frames went to (id and the port they went into), to be
@@ -301,16 +307,14 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
     /// and a frame that waited `Bounds::UPLINK.max_wait_ns` is dropped.
     /// Broadcast and flooded frames go to whoever has room. So frames for
     /// other guests never wait, and up to [`UPLINK_BATCH`] frames are taken
-    /// from the device on every poll.
-    pub fn poll_uplink(&self, now_ns: u64, wake: &mut impl FnMut(usize)) {
-        let Some((port, up)) = &self.uplink else { return };
+    /// from the device on every poll. Returns true if it took a whole
+    /// batch: more may be waiting in the device (an interrupt-driven
+    /// caller polls again without waiting for another interrupt).
+    pub fn poll_uplink(&self, now_ns: u64, wake: &mut impl FnMut(usize)) -> bool {
+        let Some((port, up)) = &self.uplink else { return false };
         let mut held = self.held.lock();
         let mut woken: Woken<R, E> = Vec::new();
-        let mut next = held.next_waiting(None);
-        while let Some(g) = next {
-            self.retry_held(&mut held, g, now_ns, &mut woken);
-            next = held.next_waiting(Some(g));
-        }
+        self.retry_all_held(&mut held, now_ns, &mut woken);
         let mut frame = [0u8; MTU_FRAME];
         let mut took = 0;
         while took < UPLINK_BATCH {
@@ -320,12 +324,45 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             took += 1;
             self.switch_host_frame(&mut held, *port, &frame[..len.min(MTU_FRAME)], now_ns, &mut woken);
         }
-        up.lock().notify_rx();
+        {
+            let mut up = up.lock();
+            up.notify_rx();
+            if took < UPLINK_BATCH {
+                up.rearm_interrupt();
+            }
+        }
         drop(held);
         if took > 0 {
             self.uplink_rx_ns.store(now_ns, Ordering::Relaxed);
         }
         self.wake_all(woken, &mut |g, _| wake(g));
+        took == UPLINK_BATCH
+    }
+
+    /// Retries the host's frames waiting for room in guests' rings (as
+    /// `poll_uplink` does first), without touching the device; calls
+    /// `wake` for each guest that received some. Returns whether frames
+    /// still wait.
+    pub fn retry_uplink_held(&self, now_ns: u64, wake: &mut impl FnMut(usize)) -> bool {
+        let mut held = self.held.lock();
+        if held.next_waiting(None).is_none() {
+            return false;
+        }
+        let mut woken: Woken<R, E> = Vec::new();
+        self.retry_all_held(&mut held, now_ns, &mut woken);
+        let waiting = held.next_waiting(None).is_some();
+        drop(held);
+        self.wake_all(woken, &mut |g, _| wake(g));
+        waiting
+    }
+
+    /// Retries every guest's waiting frames, in guest order.
+    fn retry_all_held(&self, held: &mut UplinkQueue<usize>, now_ns: u64, woken: &mut Woken<R, E>) {
+        let mut next = held.next_waiting(None);
+        while let Some(g) = next {
+            self.retry_held(held, g, now_ns, woken);
+            next = held.next_waiting(Some(g));
+        }
     }
 
     /// Switches one frame from the host (see `poll_uplink`).
@@ -437,6 +474,7 @@ pub mod testing {
         pub from_host: VecDeque<Vec<u8>>,
         pub to_host: Vec<Vec<u8>>,
         pub notified: usize,
+        pub rearmed: usize,
     }
 
     impl UplinkDevice for FakeUplink {
@@ -451,6 +489,9 @@ pub mod testing {
         }
         fn notify_rx(&mut self) {
             self.notified += 1;
+        }
+        fn rearm_interrupt(&mut self) {
+            self.rearmed += 1;
         }
     }
 }

@@ -366,3 +366,30 @@ fn a_reused_guest_id_gets_nothing_meant_for_the_guest_it_was() {
     assert_eq!(woken, Vec::<usize>::new());
     assert_eq!(receive(&net, 2, &mut Consumer::new(4)), Vec::<Vec<u8>>::new());
 }
+
+/// What an interrupt-driven caller relies on: a poll that took a whole
+/// batch says more may wait, one that emptied the device says not; held
+/// frames are retried without the device, and say whether some still wait.
+#[test]
+fn a_poll_says_when_the_device_may_hold_more_and_held_frames_are_retried_alone() {
+    let net = net(3);
+    attach(&net, 1, 0, 4, UNLIMITED);
+    assert!(!net.retry_uplink_held(0, &mut |_| {}), "nothing held");
+    host_sends(&net, (0..UPLINK_BATCH as u32 + 3).map(|i| frame(HOST_MAC, mac(1), i)));
+    assert!(net.poll_uplink(0, &mut |_| {}), "a whole batch: poll again");
+    assert_eq!(net.uplink.as_ref().unwrap().1.lock().rearmed, 0, "not emptied: its interrupt stays as it is");
+    assert!(!net.poll_uplink(1, &mut |_| {}), "the device is empty");
+    assert_eq!(net.uplink.as_ref().unwrap().1.lock().rearmed, 1, "emptied: its interrupt is re-armed");
+    // Guest 1's ring took 4; the rest wait for it (up to its bound).
+    let waiting = net.held.lock().waiting(1);
+    assert!(waiting > 0);
+    let before = net.uplink.as_ref().unwrap().1.lock().notified;
+    assert!(net.retry_uplink_held(2, &mut |_| {}), "its ring is still full");
+    let mut c1 = Consumer::new(4);
+    assert_eq!(receive(&net, 1, &mut c1).len(), 4);
+    let mut woken = Vec::new();
+    assert!(net.retry_uplink_held(3, &mut |g| woken.push(g)));
+    assert_eq!(woken, [1]);
+    assert_eq!(net.held.lock().waiting(1), waiting - 4);
+    assert_eq!(net.uplink.as_ref().unwrap().1.lock().notified, before, "the device was not touched");
+}

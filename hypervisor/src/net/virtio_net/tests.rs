@@ -30,6 +30,11 @@ struct FakeDevice {
     from_host: VecDeque<Vec<u8>>,
     /// Frames the driver sent.
     to_host: Vec<Vec<u8>>,
+    /// MSI-X table entries it has; the entry for configuration changes and
+    /// for each queue (NO_VECTOR: none).
+    msix_entries: u16,
+    config_vector: u16,
+    queue_vectors: [u16; 2],
 }
 
 impl FakeDevice {
@@ -47,6 +52,9 @@ impl FakeDevice {
             notifies: [0; 2],
             from_host: VecDeque::new(),
             to_host: Vec::new(),
+            msix_entries: 3,
+            config_vector: crate::virtio::NO_VECTOR,
+            queue_vectors: [crate::virtio::NO_VECTOR; 2],
         }
     }
 
@@ -92,6 +100,8 @@ impl Transport for FakeDevice {
             CommonCfg::QueueSize => q.size.into(),
             CommonCfg::QueueNotifyOff => self.selected as u64,
             CommonCfg::QueueEnable => q.enabled.into(),
+            CommonCfg::MsixConfig => self.config_vector.into(),
+            CommonCfg::QueueMsixVector => self.queue_vectors[self.selected].into(),
             other => panic!("the driver read {other:?}"),
         }
     }
@@ -115,6 +125,13 @@ impl Transport for FakeDevice {
             CommonCfg::QueueDriver => q.avail = v,
             CommonCfg::QueueDevice => q.used = v,
             CommonCfg::QueueEnable => q.enabled = v == 1,
+            // As QEMU: an entry beyond the table is refused (NO_VECTOR).
+            CommonCfg::MsixConfig => {
+                self.config_vector = if v < u64::from(self.msix_entries) { v as u16 } else { crate::virtio::NO_VECTOR }
+            }
+            CommonCfg::QueueMsixVector => {
+                self.queue_vectors[self.selected] = if v < u64::from(self.msix_entries) { v as u16 } else { crate::virtio::NO_VECTOR }
+            }
             other => panic!("the driver wrote {other:?}"),
         }
     }
@@ -244,4 +261,36 @@ fn a_device_that_lies_in_its_used_ring_costs_frames_never_a_panic() {
     }
     assert!(up.transport.to_host.len() >= 2);
     assert!(!up.send(&[0u8; 5]) && !up.send(&alloc::vec![0u8; MTU_FRAME + 1]), "lengths the switch never passes are refused");
+}
+
+#[test]
+fn with_msix_entries_receive_interrupts_and_transmit_does_not() {
+    use crate::virtio::NO_VECTOR;
+    let up = VirtioNet::start_with(FakeDevice::new(), Some(MsixEntries::for_table(3))).unwrap();
+    let d = &up.transport;
+    assert!(up.interrupts);
+    assert_eq!((d.config_vector, d.queue_vectors), (0, [1, 2]));
+    assert_eq!(d.rd16(d.queues[0].avail, RING_FLAGS), 0, "receive interrupts on");
+    assert_eq!(d.rd16(d.queues[1].avail, RING_FLAGS), AVAIL_F_NO_INTERRUPT, "send reaps its own buffers");
+
+    // A table of one entry: everything shares it.
+    let mut one = FakeDevice::new();
+    one.msix_entries = 1;
+    let up = VirtioNet::start_with(one, Some(MsixEntries::for_table(1))).unwrap();
+    assert!(up.interrupts);
+    assert_eq!((up.transport.config_vector, up.transport.queue_vectors), (0, [0, 0]));
+
+    // A device that refuses an entry is polled, with no vector left set.
+    let mut refusing = FakeDevice::new();
+    refusing.msix_entries = 2;
+    let up = VirtioNet::start_with(refusing, Some(MsixEntries::for_table(3))).unwrap();
+    let d = &up.transport;
+    assert!(!up.interrupts);
+    assert_eq!((d.config_vector, d.queue_vectors), (NO_VECTOR, [NO_VECTOR; 2]));
+    assert_eq!(d.rd16(d.queues[0].avail, RING_FLAGS), AVAIL_F_NO_INTERRUPT);
+
+    // Without entries: polled, and the vectors never touched.
+    let up = VirtioNet::start(FakeDevice::new()).unwrap();
+    assert!(!up.interrupts);
+    assert_eq!(up.transport.queue_vectors, [NO_VECTOR; 2]);
 }
