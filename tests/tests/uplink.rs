@@ -229,4 +229,13 @@ fn the_uplink_runs_on_an_e1000e_when_the_machine_has_one() {
     let back = echo_big(port, big.clone()).expect("1 MiB through the forwarded port");
     assert!(back == big, "the 1 MiB echo differs");
     println!("{uplink}\n1 MiB echoed through the e1000e in {} ms", started.elapsed().as_millis());
+
+    // Its frames came with MSI-X interrupts; CPU 0 never polled it.
+    assert!(live.console.contains("[hv] uplink interrupts: MSI-X entry 0 of "), "{}", live.console);
+    live.send("stats\n");
+    assert!(live.wait_for(abi::report::MACHINE_PREFIX, Duration::from_secs(30)), "no machine record:\n{}", live.console);
+    let m = integration_tests::records::machine_stats(&live.console).pop().unwrap();
+    println!("{} uplink interrupts, {} polls without one", m.uplink_interrupts, m.uplink_polls);
+    assert!(m.uplink_interrupts >= 10, "{m:?}");
+    assert_eq!(m.uplink_polls, 0, "{m:?}");
 }

@@ -64,6 +64,11 @@ pub mod reg {
     /// Interrupt mask set and clear.
     pub const IMS: u32 = 0x00d0;
     pub const IMC: u32 = 0x00d8;
+    /// Extended interrupt auto-clear: these causes clear once their
+    /// MSI-X message is sent.
+    pub const EIAC: u32 = 0x00dc;
+    /// Interrupt vector allocation: which MSI-X entry each cause raises.
+    pub const IVAR: u32 = 0x00e4;
     pub const RCTL: u32 = 0x0100;
     pub const TCTL: u32 = 0x0400;
     pub const TIPG: u32 = 0x0410;
@@ -298,6 +303,10 @@ pub struct E1000e<R> {
     pub dropped: u64,
     /// Receive buffers given back since the device was last told.
     rx_returned: bool,
+    /// The causes routed to MSI-X, which the device masks each time it
+    /// sends their message (EIAC without CTRL_EXT.IAME) and
+    /// `rearm_interrupt` unmasks.
+    msix_causes: u32,
 }
 
 impl<R: Registers> E1000e<R> {
@@ -363,6 +372,7 @@ impl<R: Registers> E1000e<R> {
             tx_frames: 0,
             dropped: 0,
             rx_returned: false,
+            msix_causes: 0,
         })
     }
 
@@ -375,6 +385,21 @@ impl<R: Registers> E1000e<R> {
     /// interrupts are delivered (MSI-X). Nothing calls it yet.
     pub fn enable_interrupts(&mut self, causes: u32) {
         self.regs.write32(reg::IMS, causes);
+    }
+
+    /// Routes the receive queue's interrupt to MSI-X entry `entry` (IVAR)
+    /// and unmasks it. The cause clears itself once its message is sent
+    /// (EIAC), so no read of ICR is needed between two, and masks itself
+    /// too: [`UplinkDevice::rearm_interrupt`] unmasks it once a poll has
+    /// emptied the ring (a frame that came meanwhile fires at once).
+    /// Transmit completions raise nothing: `send` reclaims finished
+    /// descriptors.
+    pub fn route_rx_to_msix(&mut self, entry: u8) {
+        const VALID: u32 = 1 << 3;
+        self.regs.write32(reg::IVAR, u32::from(entry & 7) | VALID);
+        self.regs.write32(reg::EIAC, icr::RXQ0);
+        self.msix_causes = icr::RXQ0;
+        self.enable_interrupts(icr::RXQ0);
     }
 
     /// Masks interrupt causes again.
@@ -528,6 +553,11 @@ impl<R: Registers + Send> UplinkDevice for E1000e<R> {
     }
     fn notify_rx(&mut self) {
         E1000e::notify_rx(self)
+    }
+    fn rearm_interrupt(&mut self) {
+        if self.msix_causes != 0 {
+            self.enable_interrupts(self.msix_causes);
+        }
     }
 }
 

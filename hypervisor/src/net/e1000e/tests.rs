@@ -407,3 +407,20 @@ fn interrupt_causes_can_be_enabled_read_and_acknowledged() {
     up.disable_interrupts(icr::ALL);
     assert_eq!(up.regs().reg(reg::IMS), 0);
 }
+
+#[test]
+fn msix_routes_the_receive_queue_and_rearm_unmasks_it() {
+    let mut up = started();
+    // Polled: re-arming touches nothing.
+    UplinkDevice::rearm_interrupt(&mut up);
+    assert_eq!(up.regs().reg(reg::IMS), 0);
+    up.route_rx_to_msix(2);
+    assert_eq!(up.regs().reg(reg::IVAR), 2 | 1 << 3, "receive queue 0 to entry 2, valid");
+    assert_eq!(up.regs().reg(reg::EIAC), icr::RXQ0, "cleared once its message is sent");
+    assert_eq!(up.regs().reg(reg::IMS), icr::RXQ0);
+    // The device masks the cause when it sends the message (EIAC without
+    // IAME); a poll that emptied the ring unmasks it.
+    up.disable_interrupts(icr::RXQ0);
+    UplinkDevice::rearm_interrupt(&mut up);
+    assert_eq!(up.regs().reg(reg::IMS), icr::RXQ0);
+}
