@@ -130,6 +130,9 @@ extern "C" fn kernel_main(info: u32, entered: u32) -> ! {
     let time = abi::time::TimeInfo::new(tsc_hz, cpu::rdtsc(), clock::wall_clock_ns());
     apic::init(tsc_hz);
     apic::register(0);
+    if apic::was_x2apic() {
+        println!("[hv] the firmware left the APIC in x2APIC mode; switched to xAPIC, which the hypervisor drives");
+    }
     println!(
         "[hv] TSC {}.{:03} GHz ({}), APIC timer in {} mode, wall clock {} s since the epoch",
         tsc_hz / 1_000_000_000,

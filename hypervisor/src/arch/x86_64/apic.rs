@@ -113,7 +113,34 @@ pub fn base() -> u64 {
     cpu::rdmsr(MSR_APIC_BASE) & APIC_BASE_ADDRESS
 }
 
+/// IA32_APIC_BASE: x2APIC mode (EXTD).
+const APIC_BASE_X2APIC: u64 = 1 << 10;
+/// Set when the firmware left an APIC in x2APIC mode and it was switched
+/// back to xAPIC.
+static LEFT_IN_X2APIC: AtomicBool = AtomicBool::new(false);
+
+/// Whether the firmware had left an APIC in x2APIC mode (and it was
+/// switched to xAPIC, which the hypervisor drives).
+pub fn was_x2apic() -> bool {
+    LEFT_IN_X2APIC.load(Ordering::Relaxed)
+}
+
 fn enable() {
+    let base = cpu::rdmsr(MSR_APIC_BASE);
+    if base & APIC_BASE_X2APIC != 0 {
+        // Firmware on large machines may hand over in x2APIC mode, where
+        // the memory-mapped registers are gone. The only way back to xAPIC
+        // is through disabled (SDM 10.12.5); the APIC ids the MADT gives
+        // fit xAPIC (ids past 254 are not started).
+        // SAFETY: disables, then re-enables the APIC in xAPIC mode at the
+        // same base; interrupts are off and nothing is pending that matters
+        // before the hypervisor programs it below.
+        unsafe {
+            cpu::wrmsr(MSR_APIC_BASE, base & !(APIC_BASE_ENABLE | APIC_BASE_X2APIC));
+            cpu::wrmsr(MSR_APIC_BASE, base & !APIC_BASE_X2APIC);
+        }
+        LEFT_IN_X2APIC.store(true, Ordering::Relaxed);
+    }
     // SAFETY: sets the global-enable bit of IA32_APIC_BASE, keeping the base.
     unsafe { cpu::wrmsr(MSR_APIC_BASE, cpu::rdmsr(MSR_APIC_BASE) | APIC_BASE_ENABLE) };
     write(REG_SVR, SVR_ENABLE | SPURIOUS_VECTOR as u32);
