@@ -125,6 +125,30 @@ pub enum Rsdp {
     Copy([u8; 36], usize),
 }
 
+/// What the command line asks for: `maxcpus=N` (drive at most N CPUs,
+/// the boot CPU included; the others stay parked). Words it does not know
+/// are counted, for a console line; a path (a loader may pass the file's
+/// own name first) is not a word.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    pub max_cpus: Option<usize>,
+    pub unknown: usize,
+}
+
+impl Options {
+    pub fn parse(line: &[u8]) -> Options {
+        let mut o = Options::default();
+        for word in line.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty() && w[0] != b'/') {
+            let n = word.strip_prefix(b"maxcpus=").and_then(|v| core::str::from_utf8(v).ok()).and_then(|v| v.parse::<usize>().ok());
+            match n {
+                Some(n) if n >= 1 => o.max_cpus = Some(n),
+                _ => o.unknown += 1,
+            }
+        }
+        o
+    }
+}
+
 /// Which protocol started the hypervisor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -142,11 +166,39 @@ pub struct BootInfo {
     /// Modules beyond the first (ignored, but reported).
     pub extra_modules: usize,
     pub rsdp: Rsdp,
+    /// The hypervisor's command line (`-append`, GRUB's `multiboot2` line
+    /// after the file name), cut at [`CMDLINE_MAX`] bytes.
+    cmdline: [u8; CMDLINE_MAX],
+    cmdline_len: usize,
 }
+
+/// Longest command line kept.
+pub const CMDLINE_MAX: usize = 256;
 
 impl BootInfo {
     pub fn new(protocol: Protocol) -> Self {
-        BootInfo { protocol, memory: MemoryMap::default(), module: None, extra_modules: 0, rsdp: Rsdp::Unknown }
+        BootInfo {
+            protocol,
+            memory: MemoryMap::default(),
+            module: None,
+            extra_modules: 0,
+            rsdp: Rsdp::Unknown,
+            cmdline: [0; CMDLINE_MAX],
+            cmdline_len: 0,
+        }
+    }
+
+    /// Keeps `bytes` (up to a NUL) as the command line.
+    pub fn set_cmdline(&mut self, bytes: &[u8]) {
+        let bytes = bytes.split(|&b| b == 0).next().unwrap_or_default();
+        let n = bytes.len().min(CMDLINE_MAX);
+        self.cmdline[..n].copy_from_slice(&bytes[..n]);
+        self.cmdline_len = n;
+    }
+
+    /// The command line's options.
+    pub fn options(&self) -> Options {
+        Options::parse(&self.cmdline[..self.cmdline_len])
     }
 
     fn add_module(&mut self, r: Range<u64>) {
@@ -190,6 +242,7 @@ impl core::fmt::Display for BootError {
 /// Multiboot2 information tag types (Multiboot2 spec 3.6).
 mod tag {
     pub const END: u16 = 0;
+    pub const CMDLINE: u16 = 1;
     pub const MODULE: u16 = 3;
     pub const MMAP: u16 = 6;
     pub const ACPI_OLD: u16 = 14;
@@ -253,6 +306,7 @@ pub fn multiboot2(info: &[u8]) -> Result<BootInfo, BootError> {
                     boot.memory.add(u64_at(e, 0), u64_at(e, 8), u32_at(e, 16));
                 }
             }
+            tag::CMDLINE => boot.set_cmdline(body),
             tag::MODULE if body.len() >= 8 => {
                 let (start, end) = (u32_at(body, 0) as u64, u32_at(body, 4) as u64);
                 if end < start {

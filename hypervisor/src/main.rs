@@ -153,8 +153,12 @@ extern "C" fn kernel_main(info: u32, entered: u32) -> ! {
         }
         ids
     });
+    let options = boot.options();
+    if options.unknown > 0 {
+        println!("[hv] command line: {} word(s) not understood (known: maxcpus=N)", options.unknown);
+    }
     let cpus = match boot.memory.low_page(&[module.clone().unwrap_or(0..0)]) {
-        Some(trampoline) => smp::start_aps(kernel_root, tsc_hz, trampoline, apic_ids.as_deref()),
+        Some(trampoline) => smp::start_aps(kernel_root, tsc_hz, trampoline, apic_ids.as_deref(), options.max_cpus),
         None => {
             println!("[hv] no free page of RAM below 1 MiB for the other CPUs' start-up code; running on one CPU");
             1

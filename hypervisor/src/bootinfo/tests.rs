@@ -162,3 +162,21 @@ fn the_trampoline_page_is_free_low_ram() {
     assert_eq!(high.low_page(&[]), None);
     assert_eq!(m.low_page(std::slice::from_ref(&(0..0x10_0000))), None);
 }
+
+#[test]
+fn the_command_line_comes_from_its_tag_and_gives_maxcpus() {
+    let boot = multiboot2(&info(&[pc_map(), (tag::CMDLINE, b"/boot/hypervisor maxcpus=16 quiet\0".to_vec())])).unwrap();
+    assert_eq!(boot.options(), Options { max_cpus: Some(16), unknown: 1 });
+    assert_eq!(multiboot2(&info(&[pc_map()])).unwrap().options(), Options::default());
+    for bad in [&b"maxcpus=0"[..], b"maxcpus=", b"maxcpus=x", b"maxcpus=99999999999999999999999"] {
+        assert_eq!(Options::parse(bad), Options { max_cpus: None, unknown: 1 }, "{bad:?}");
+    }
+    // Cut at its NUL and at the room kept.
+    let mut b = BootInfo::new(Protocol::Pvh);
+    b.set_cmdline(b"maxcpus=2\0maxcpus=3");
+    assert_eq!(b.options().max_cpus, Some(2));
+    let mut long = vec![b'x'; 300];
+    long.extend_from_slice(b" maxcpus=4");
+    b.set_cmdline(&long);
+    assert_eq!(b.options(), Options { max_cpus: None, unknown: 1 });
+}

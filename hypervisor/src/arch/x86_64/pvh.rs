@@ -72,6 +72,12 @@ pub unsafe fn read(pa: u64) -> Result<BootInfo, &'static str> {
         info.module = Some(m.paddr..m.paddr.saturating_add(m.size));
         info.extra_modules = si.nr_modules as usize - 1;
     }
+    if si.cmdline_paddr != 0 && si.cmdline_paddr < 1 << 32 {
+        // SAFETY: the command line QEMU wrote (NUL-terminated), below
+        // 4 GiB, identity-mapped (caller); at most CMDLINE_MAX bytes are read.
+        let line = unsafe { core::ptr::read_unaligned(si.cmdline_paddr as *const [u8; hypervisor::bootinfo::CMDLINE_MAX]) };
+        info.set_cmdline(&line);
+    }
     if si.rsdp_paddr != 0 {
         info.rsdp = Rsdp::At(si.rsdp_paddr);
     }

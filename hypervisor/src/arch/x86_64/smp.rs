@@ -150,15 +150,20 @@ fn sym(s: &u8) -> u64 {
 /// (`apic_ids`, the boot CPU's own id among them or not), else by a
 /// broadcast to whatever CPUs there are (up to [`BROADCAST_CPUS`] are
 /// given stacks; the rest park). The start-up code goes to the free low
-/// page `trampoline`. Returns how many CPUs run (the boot CPU included).
-/// `kernel_root` is the hypervisor's PML4.
-pub fn start_aps(kernel_root: u64, tsc_hz: u64, trampoline: u64, apic_ids: Option<&[u32]>) -> usize {
+/// page `trampoline`. With `max_cpus` (the `maxcpus=N` boot option) only
+/// that many are given stacks. Returns how many CPUs run (the boot CPU
+/// included). `kernel_root` is the hypervisor's PML4.
+pub fn start_aps(kernel_root: u64, tsc_hz: u64, trampoline: u64, apic_ids: Option<&[u32]>, max_cpus: Option<usize>) -> usize {
     let own = apic::id();
-    let expected = match apic_ids {
+    let listed = match apic_ids {
         Some(ids) => ids.iter().filter(|&&id| id != own).count().min(MAX_CPUS - 1),
         None => BROADCAST_CPUS - 1,
     };
-    if expected == 0 {
+    // Every listed CPU is still started (to park it in the trampoline
+    // rather than leave it in the firmware's hands), but only `prepared`
+    // get a stack.
+    let expected = listed.min(max_cpus.unwrap_or(MAX_CPUS).saturating_sub(1));
+    if listed == 0 {
         return 1;
     }
     let mut mem = paging::DirectMap;
@@ -232,7 +237,7 @@ pub fn start_aps(kernel_root: u64, tsc_hz: u64, trampoline: u64, apic_ids: Optio
     // 100 ms (TCG is slow to start them; a listed CPU may be dead).
     let mut seen = AP_NEXT.load(Ordering::Acquire);
     loop {
-        if apic_ids.is_some() && seen as usize > expected {
+        if apic_ids.is_some() && seen as usize > listed {
             break;
         }
         wait(100_000);
