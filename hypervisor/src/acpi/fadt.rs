@@ -12,6 +12,8 @@ use super::{ErrorKind, GenericAddress, header, u32_at, u64_at};
 pub const MIN_LEN: usize = FLAGS + 4;
 
 const DSDT: usize = 40;
+const SMI_CMD: usize = 48;
+const ACPI_ENABLE: usize = 52;
 const PM1A_CNT_BLK: usize = 64;
 const PM1B_CNT_BLK: usize = 68;
 const PM_TMR_BLK: usize = 76;
@@ -51,6 +53,11 @@ pub struct Fadt {
     pub century: Option<u8>,
     /// Physical address of the DSDT (`X_DSDT` if set, else `DSDT`).
     pub dsdt: Option<u64>,
+    /// Where firmware that booted in legacy mode is asked to hand the
+    /// fixed hardware over (SCI_EN), and what to write there: the
+    /// `SMI_CMD` port and `ACPI_ENABLE`. `None` when the machine is always
+    /// in ACPI mode (both zero).
+    pub acpi_enable: Option<(u16, u8)>,
 }
 
 /// The ACPI PM timer.
@@ -90,6 +97,10 @@ pub fn parse(t: &[u8]) -> Result<Fadt, ErrorKind> {
         hw_reduced: flags & HW_REDUCED_ACPI != 0,
         century: Some(byte(CENTURY)).filter(|&c| c != 0),
         dsdt: x_dsdt.or(u32_at(t, DSDT).filter(|&a| a != 0).map(u64::from)),
+        acpi_enable: match (u32_at(t, SMI_CMD).and_then(|p| u16::try_from(p).ok()), byte(ACPI_ENABLE)) {
+            (Some(port), value) if port != 0 && value != 0 => Some((port, value)),
+            _ => None,
+        },
     })
 }
 

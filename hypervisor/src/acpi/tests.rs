@@ -225,6 +225,7 @@ fn qemu_pc_through_its_own_rsdp_and_rsdt() {
     assert!(!f.hw_reduced);
     assert_eq!(f.century, Some(0x32));
     assert_eq!(f.dsdt, Some(DSDT_PA));
+    assert_eq!(f.acpi_enable, Some((0xb2, 0xf1)), "PIIX4's APM port and enable command");
 
     assert_eq!(t.s5, Some(SleepType { a: 0, b: 0 }));
     assert_eq!(t.hpet, Some(Hpet { base: 0xfed0_0000, block_id: 0x8086_a201, number: 0, min_tick: 0 }));
@@ -248,6 +249,7 @@ fn qemu_q35_through_its_own_rsdp_and_rsdt() {
     assert_eq!(f.pm1a_control.map(|g| g.address), Some(0x604));
     assert_eq!(f.reset, Some(ResetRegister { register: io(0xcf9, 8), value: 0x0f }));
     assert_eq!(f.dsdt, Some(DSDT_PA));
+    assert_eq!(f.acpi_enable, Some((0xb2, 0x02)), "ICH9's APM port and enable command");
     assert_eq!(t.s5, Some(SleepType { a: 0, b: 0 }));
     assert_eq!(t.hpet.map(|h| h.base), Some(0xfed0_0000));
 }
