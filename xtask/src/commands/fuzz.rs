@@ -127,6 +127,13 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// Longest input libFuzzer makes for `target`: firmware tables need room
+/// for a whole DSDT (QEMU q35's alone is 11 KB); the rest stay small,
+/// which keeps them fast.
+fn max_len(target: &str) -> u32 {
+    if target == "acpi" { 32 * 1024 } else { 8192 }
+}
+
 /// Runs one target; returns what libFuzzer reported.
 fn campaign(dir: &Path, root: &Path, target: &str, runs: Option<u64>, time: Option<u64>) -> Result<Outcome> {
     let bin = dir.join(format!("build/{HOST}/release/fuzz_{target}"));
@@ -147,7 +154,11 @@ fn campaign(dir: &Path, root: &Path, target: &str, runs: Option<u64>, time: Opti
     prefix.push("/");
     let mut artifact_prefix = std::ffi::OsString::from("-artifact_prefix=");
     artifact_prefix.push(prefix);
-    cmd.arg(artifact_prefix).arg("-print_final_stats=1").arg("-timeout=10").arg("-rss_limit_mb=2048").arg("-max_len=8192");
+    cmd.arg(artifact_prefix)
+        .arg("-print_final_stats=1")
+        .arg("-timeout=10")
+        .arg("-rss_limit_mb=2048")
+        .arg(format!("-max_len={}", max_len(target)));
     if let Some(n) = runs {
         cmd.arg(format!("-runs={n}"));
     }
