@@ -24,7 +24,6 @@ use arch::x86_64::net::Net;
 use arch::x86_64::platform::{self, X86_64};
 use arch::x86_64::{apic, boot, clock, cpu, entry, firmware, gdt, multiboot2, paging, pci, power, pvh, serial, smp};
 use core::sync::atomic::{AtomicU64, Ordering};
-use hypervisor::acpi::AddressSpace;
 use hypervisor::bootinfo::{BootError, Protocol};
 use hypervisor::machine::{self, Config, Machine};
 use spin::Once;
@@ -110,9 +109,7 @@ extern "C" fn kernel_main(info: u32, entered: u32) -> ! {
     // 0 or 1) other than COM1.
     if let Some(spcr) = acpi.as_ref().and_then(|t| t.spcr)
         && spcr.interface_type <= 1
-        && spcr.base.space == AddressSpace::SystemIo
-        && let Ok(port) = u16::try_from(spcr.base.address)
-        && port != 0
+        && let Some(port) = spcr.base.io_port()
         && port != 0x3f8
     {
         println!("[hv] console: moving to the serial port at {port:#x} (the ACPI SPCR's)");
@@ -122,10 +119,8 @@ extern "C" fn kernel_main(info: u32, entered: u32) -> ! {
     }
     let power = power::init(acpi.as_ref());
     pci::init(kernel_root, acpi.as_ref().map_or(&[], |t| &t.mcfg[..]));
-    let pm_timer = acpi.as_ref().and_then(|t| t.fadt.pm_timer).and_then(|t| {
-        let port = (t.block.space == AddressSpace::SystemIo).then_some(t.block.address)?;
-        Some(clock::PmTimer { port: u16::try_from(port).ok()?, bits32: t.bits == 32 })
-    });
+    let pm_timer =
+        acpi.as_ref().and_then(|t| t.fadt.pm_timer).and_then(|t| Some(clock::PmTimer { port: t.block.io_port()?, bits32: t.bits == 32 }));
     let (tsc_hz, tsc_source) = clock::tsc_hz(pm_timer);
     let time = abi::time::TimeInfo::new(tsc_hz, cpu::rdtsc(), clock::wall_clock_ns());
     apic::init(tsc_hz);

@@ -293,6 +293,11 @@ impl GenericAddress {
     /// Size of the structure in a table.
     pub const LEN: usize = 12;
 
+    /// The I/O port this names, if it is a nonzero port in I/O space.
+    pub fn io_port(&self) -> Option<u16> {
+        (self.space == AddressSpace::SystemIo && self.address != 0).then(|| u16::try_from(self.address).ok()).flatten()
+    }
+
     /// Decodes the structure at `offset` of `table`, if it lies within it.
     pub fn at(table: &[u8], offset: usize) -> Option<Self> {
         let b: [u8; Self::LEN] = bytes(table, offset)?;

@@ -756,3 +756,11 @@ fn memimage_reads_across_adjacent_regions_and_not_past_them() {
     assert!(!m.read(u64::MAX - 3, &mut b));
     assert!(m.read(0, &mut []));
 }
+
+#[test]
+fn an_io_port_is_a_nonzero_16_bit_address_in_io_space() {
+    assert_eq!(io(0x604, 16).io_port(), Some(0x604));
+    assert_eq!(io(0, 16).io_port(), None);
+    assert_eq!(io(0x1_0000, 16).io_port(), None);
+    assert_eq!(GenericAddress { space: AddressSpace::SystemMemory, ..io(0x604, 16) }.io_port(), None);
+}

@@ -8,7 +8,7 @@
 //! as 0, an unclaimed port (real hardware, or a QEMU started without the
 //! device) as all ones.
 
-use hypervisor::acpi::{AddressSpace, GenericAddress, Tables};
+use hypervisor::acpi::Tables;
 use spin::Once;
 use x86_64::instructions::port::Port;
 
@@ -34,10 +34,6 @@ const SCI_EN: u16 = 1 << 0;
 /// mode (the ACPI spec allows it a while; each read is a port access).
 const SCI_EN_READS: u32 = 10_000_000;
 
-fn io_port(g: &GenericAddress) -> Option<u16> {
-    (g.space == AddressSpace::SystemIo && g.address != 0).then_some(g.address).and_then(|a| u16::try_from(a).ok())
-}
-
 /// Finds out how to power off, from the ACPI tables (if any were read).
 pub fn init(acpi: Option<&Tables>) -> &'static Power {
     POWER.call_once(|| {
@@ -46,8 +42,8 @@ pub fn init(acpi: Option<&Tables>) -> &'static Power {
         let debug_exit = unsafe { Port::<u8>::new(abi::debug_exit::PORT).read() } == 0;
         let s5 = acpi.and_then(|t| {
             let s5 = t.s5?;
-            let a = io_port(t.fadt.pm1a_control.as_ref()?)?;
-            let b = t.fadt.pm1b_control.as_ref().and_then(io_port).unwrap_or(0);
+            let a = t.fadt.pm1a_control?.io_port()?;
+            let b = t.fadt.pm1b_control.and_then(|g| g.io_port()).unwrap_or(0);
             Some([(a, (s5.a as u16) << SLP_TYP_SHIFT | SLP_EN), (b, (s5.b as u16) << SLP_TYP_SHIFT | SLP_EN)])
         });
         let acpi_enable = acpi.and_then(|t| t.fadt.acpi_enable);
