@@ -143,11 +143,23 @@ impl Live {
     /// Like [`Live::start`], with the machine's settings changed by `set`
     /// (e.g. how it boots, its chipset).
     pub fn start_with(manifest: impl ToManifest, cpus: u32, set: impl FnOnce(&mut xtask::RunConfig)) -> Live {
+        Self::start_edited(manifest, cpus, set, |_| {})
+    }
+
+    /// Like [`Live::start_with`], with QEMU's arguments then changed by
+    /// `edit` (a device xtask's command line does not offer).
+    pub fn start_edited(
+        manifest: impl ToManifest,
+        cpus: u32,
+        set: impl FnOnce(&mut xtask::RunConfig),
+        edit: impl FnOnce(&mut Vec<String>),
+    ) -> Live {
         xtask::ensure_qemu().expect("QEMU");
         let mut cfg = config(manifest, cpus);
         cfg.exit_when_idle = false;
         set(&mut cfg);
-        let prepared = xtask::prepare(&cfg).unwrap_or_else(|e| panic!("could not prepare: {e:#}"));
+        let mut prepared = xtask::prepare(&cfg).unwrap_or_else(|e| panic!("could not prepare: {e:#}"));
+        edit(&mut prepared.qemu_args);
         let options = xtask::runner::Options { input: xtask::runner::Input::Piped, ..Default::default() };
         let qemu = xtask::runner::Qemu::spawn(&prepared.qemu_args, options).expect("starting QEMU");
         Live { qemu, console: String::new(), _prepared: prepared }

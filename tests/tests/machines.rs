@@ -148,33 +148,24 @@ fn q35_nics_behind_a_pcie_root_port() {
         let manifest = format!(
             "[[guest]]\nname = \"echo\"\napp = \"echo\"\ntenant = \"a\"\nmemory = \"4 MiB\"\nargs = [\"serve\", \"7\"]\nports = [\"{port}:7\"]\n"
         );
-        let cfg = xtask::RunConfig {
-            manifest: xtask::ManifestSource::Text { text: manifest, base_dir: integration_tests::workspace_root().to_path_buf() },
-            machine: Chipset::Q35,
-            ..xtask::RunConfig::default()
-        };
-        let mut prepared = xtask::prepare(&cfg).unwrap();
-        let at = prepared.qemu_args.iter().position(|a| a.starts_with("virtio-net-pci,netdev=uplink")).expect("the uplink NIC");
-        // The root port must come before the device that names it.
-        prepared.qemu_args[at] = format!("{nic},bus=rp1");
-        prepared.qemu_args.splice(at - 1..at - 1, ["-device".to_string(), "pcie-root-port,id=rp1,bus=pcie.0,chassis=1".to_string()]);
-        let options = xtask::runner::Options { input: xtask::runner::Input::Piped, ..Default::default() };
-        let mut qemu = xtask::runner::Qemu::spawn(&prepared.qemu_args, options).unwrap();
-        let mut console = String::new();
-        let mut wait = |needle: &str| {
-            let found = qemu.wait_for(
-                |line| {
-                    console.push_str(line);
-                    console.push('\n');
-                    line.contains(needle)
-                },
-                Duration::from_secs(120),
+        let mut live = Live::start_edited(
+            &manifest,
+            1,
+            |cfg| cfg.machine = Chipset::Q35,
+            |args| {
+                let at = args.iter().position(|a| a.starts_with("virtio-net-pci,netdev=uplink")).expect("the uplink NIC");
+                // The root port must come before the device that names it.
+                args[at] = format!("{nic},bus=rp1");
+                args.splice(at - 1..at - 1, ["-device".to_string(), "pcie-root-port,id=rp1,bus=pcie.0,chassis=1".to_string()]);
+            },
+        );
+        for needle in ["1 ECAM region", "[hv] uplink: ", "echo-0| echo: listening on 10.0.0.2:7"] {
+            assert!(
+                live.console.contains(needle) || live.wait_for(needle, Duration::from_secs(120)),
+                "{nic}: no {needle:?} in:\n{}",
+                live.console
             );
-            assert!(found.is_some(), "{nic}: no {needle:?} in:\n{console}");
-        };
-        wait("1 ECAM region");
-        wait("[hv] uplink: ");
-        wait("echo-0| echo: listening on 10.0.0.2:7");
+        }
         let msg = format!("through a root port to {nic}\n");
         assert_eq!(echo(port, msg.as_bytes()).unwrap(), msg.as_bytes(), "{nic}");
     }
