@@ -65,6 +65,11 @@ fn arp_and_ip_spoofers_intercept_nothing_in_a_tenant_or_through_the_uplink() {
     let client_done = wait(&mut live, "client-0| client: ", 240);
     let attackers_done =
         ["spoof-h-0", "spoof-v-0"].map(|g| wait(&mut live, &format!(r#""guest":"{g}","state":"exited""#), ATTACK_SECS + 120));
+    if !client_done {
+        // What the stuck pair was doing: their counters, for the report.
+        live.send("stats\n");
+        live.wait_for(r#""event":"machine""#, Duration::from_secs(20));
+    }
     let c = live.console.clone();
     let line = |needle: &str| c.lines().find(|l| l.contains(needle)).unwrap_or("(none)");
     let client = line("client-0| client: ");
