@@ -52,6 +52,11 @@ pub mod events {
     pub const TIMER: u64 = 1 << 0;
     /// Frames arrived in the vNIC's RX ring.
     pub const NET_RX: u64 = 1 << 1;
+    /// The hypervisor took frames from a vNIC TX ring that was full: there
+    /// is room again (a guest that found its ring full may block until
+    /// this, rather than spin; its head frame may have waited for a full
+    /// receiver, see docs/abi.md).
+    pub const NET_TX: u64 = 1 << 2;
 }
 
 #[cfg(test)]

@@ -64,6 +64,10 @@ pub struct CpuState {
     uplink_more: bool,
     /// CPU 0: frames from the host wait for room in a guest's ring.
     uplink_held: bool,
+    /// CPU 0: when senders waiting for a full receiver are next due for a
+    /// retry (`Network::retry_waiting`), if some wait: an idle CPU 0 wakes
+    /// for it.
+    waiting_until: Option<u64>,
 }
 
 /// Whether the loop goes on.
@@ -95,6 +99,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
                 self.poll_control(&mut st.control_in);
             }
             self.service_uplink(me, st);
+            self.service_waiting(me, st);
         }
         if self.live.load(Ordering::Acquire) == 0 && !self.keep_running {
             return Pass::Done;
@@ -192,6 +197,26 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         }
     }
 
+    /// CPU 0's look at the senders whose frames wait for a full receiver
+    /// (`net::backend`): those waiting for the uplink, for a receiver that
+    /// is gone or past their bounded wait are retried when due.
+    fn service_waiting(&self, me: usize, st: &mut CpuState) {
+        let now = self.now();
+        let (next, broken) = self.net.retry_waiting(now, &mut |g| self.wake(g, me));
+        st.waiting_until = next;
+        self.disconnect_broken(broken);
+    }
+
+    /// Disconnects the vNICs of senders found lying in their TX ring while
+    /// another guest's turn drained them.
+    fn disconnect_broken(&self, broken: Vec<(usize, String)>) {
+        for (id, why) in broken {
+            self.net.disconnect(id);
+            let name = &self.status(id).name;
+            self.platform.console_line(&alloc::format!("[hv] guest {name} vNIC disconnected: {why}"));
+        }
+    }
+
     /// How long an idle CPU `me` may halt at most, whatever its guests'
     /// deadlines: CPU 0 looks at the control channel often while bytes
     /// arrive; it polls an uplink without interrupts often while the host
@@ -209,13 +234,15 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         } else {
             self.net.uplink_rx_ns().is_some_and(|rx| now.saturating_sub(rx) < UPLINK_ACTIVE_NS)
         };
-        if self.control_flowing(now) {
+        let tick = if self.control_flowing(now) {
             CONTROL_POLL_NS
         } else if busy_uplink {
             UPLINK_POLL_NS
         } else {
             IDLE_TICK_NS
-        }
+        };
+        // Senders waiting for a full receiver are retried when due.
+        st.waiting_until.map_or(tick, |at| tick.min(at.saturating_sub(now).max(UPLINK_POLL_NS)))
     }
 
     /// Nothing runnable here: halt until the next deadline, or the tick
@@ -247,13 +274,16 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
     }
 
     /// Forwards the frames guest `id` (named `name`) queued; disconnects
-    /// its vNIC if it lied in its ring.
+    /// its vNIC if it lied in its ring. Then the senders waiting for room
+    /// in its RX ring, which it may have emptied, try again.
     fn drain(&self, id: usize, name: &str, me: usize) {
         let now = self.now();
         if let Err(why) = self.net.drain(id, now, &mut |g| self.wake(g, me)) {
             self.net.disconnect(id);
             self.platform.console_line(&alloc::format!("[hv] guest {name} vNIC disconnected: {why}"));
         }
+        let broken = self.net.receiver_ran(id, now, &mut |g| self.wake(g, me));
+        self.disconnect_broken(broken);
     }
 
     /// Gives guest `id` (taken out of the table) CPU `me` for at most

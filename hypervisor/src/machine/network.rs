@@ -47,6 +47,10 @@ pub struct PortStats {
     pub ring_errors: u64,
     pub uplink_dropped: u64,
     pub spoofed: u64,
+    /// Times a frame it sent waited for a full receiver; frames from other
+    /// guests its full ring refused.
+    pub tx_waits: u64,
+    pub rx_full_drops: u64,
 }
 
 /// The next thing a capture hands out.
@@ -74,6 +78,14 @@ pub trait Network: Sync {
     /// Returns why the guest must be disconnected, if it broke the ring
     /// protocol.
     fn drain(&self, guest: usize, now_ns: u64, wake: &mut dyn FnMut(usize)) -> Result<(), String>;
+    /// Guest `guest` left a CPU (it may have taken frames from its RX
+    /// ring): senders whose frames wait for room in it try again. Returns
+    /// the senders that broke their TX ring meanwhile, and why.
+    fn receiver_ran(&self, guest: usize, now_ns: u64, wake: &mut dyn FnMut(usize)) -> Vec<(usize, String)>;
+    /// Retries senders waiting for the uplink's queue, for a receiver that
+    /// is gone, or past their bounded wait. Returns when to call it next
+    /// (`None`: nobody waits) and the senders that broke their TX ring.
+    fn retry_waiting(&self, now_ns: u64, wake: &mut dyn FnMut(usize)) -> (Option<u64>, Vec<(usize, String)>);
     /// Takes frames from the host, if there is an uplink (after retrying
     /// those waiting for room in a guest's ring); calls `wake` as
     /// [`Network::drain`] does. Returns true if it stopped at its batch
@@ -133,6 +145,16 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice + Send> Network for Net<R, E,
         Net::drain(self, guest, now_ns, &mut |g, _| wake(g)).map_err(|e| alloc::format!("{e}"))
     }
 
+    fn receiver_ran(&self, guest: usize, now_ns: u64, wake: &mut dyn FnMut(usize)) -> Vec<(usize, String)> {
+        let broken = Net::receiver_ran(self, guest, now_ns, &mut |g, _| wake(g));
+        broken.into_iter().map(|(g, e)| (g, alloc::format!("{e}"))).collect()
+    }
+
+    fn retry_waiting(&self, now_ns: u64, wake: &mut dyn FnMut(usize)) -> (Option<u64>, Vec<(usize, String)>) {
+        let (next, broken) = Net::retry_waiting(self, now_ns, &mut |g, _| wake(g));
+        (next, broken.into_iter().map(|(g, e)| (g, alloc::format!("{e}"))).collect())
+    }
+
     fn poll_uplink(&self, now_ns: u64, wake: &mut dyn FnMut(usize)) -> bool {
         Net::poll_uplink(self, now_ns, &mut |g| wake(g))
     }
@@ -167,6 +189,8 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice + Send> Network for Net<R, E,
             ring_errors: p.ring_errors.load(Ordering::Relaxed),
             uplink_dropped: p.uplink_dropped(),
             spoofed: p.spoofed.load(Ordering::Relaxed),
+            tx_waits: p.tx_waits(),
+            rx_full_drops: p.rx_full_drops(),
         })
     }
 

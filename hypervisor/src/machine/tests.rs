@@ -612,6 +612,12 @@ impl Network for Ports {
         due.into_iter().for_each(wake);
         Ok(())
     }
+    fn receiver_ran(&self, _: usize, _: u64, _: &mut dyn FnMut(usize)) -> Vec<(usize, String)> {
+        Vec::new()
+    }
+    fn retry_waiting(&self, _: u64, _: &mut dyn FnMut(usize)) -> (Option<u64>, Vec<(usize, String)>) {
+        (None, Vec::new())
+    }
     fn poll_uplink(&self, now: u64, _: &mut dyn FnMut(usize)) -> bool {
         if !self.uplink {
             return false;

@@ -439,6 +439,12 @@ impl<R: Registers> E1000e<R> {
 
     /// Sends one frame to the host; returns false if the ring is full or
     /// the frame's length is out of bounds (dropped).
+    /// Whether [`Self::send`] would find a free transmit descriptor now.
+    pub fn has_room(&mut self) -> bool {
+        self.reclaim_tx();
+        self.tx_in_flight() < RING - 1
+    }
+
     pub fn send(&mut self, frame: &[u8]) -> bool {
         self.reclaim_tx();
         if !(MIN_FRAME..=MTU_FRAME).contains(&frame.len()) || self.tx_in_flight() == RING - 1 {
@@ -547,6 +553,9 @@ fn read_mac(regs: &mut impl Registers) -> Option<[u8; 6]> {
 impl<R: Registers + Send> UplinkDevice for E1000e<R> {
     fn send(&mut self, frame: &[u8]) -> bool {
         E1000e::send(self, frame)
+    }
+    fn has_room(&mut self) -> bool {
+        E1000e::has_room(self)
     }
     fn receive(&mut self, buf: &mut [u8; MTU_FRAME]) -> Option<usize> {
         E1000e::receive(self, buf)

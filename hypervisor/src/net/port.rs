@@ -20,7 +20,7 @@ use super::gate::Gate;
 use super::switch::{INSPECT_BYTES, PortId, is_multicast};
 use crate::limit::TokenBucket;
 use abi::ring::{Consumer, Producer, RingMemory};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::Mutex;
 
 /// The memory of one of a guest's rings (its index block in the guest's
@@ -55,6 +55,14 @@ pub enum RingAllocError<E> {
     Map(E),
 }
 
+/// The frame at the head of a TX ring waits for room in the ring of its
+/// one receiver (`dest`), since `since_ns` (see `net::backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Wait {
+    pub(super) dest: PortId,
+    pub(super) since_ns: u64,
+}
+
 /// A vNIC's TX side: the ring's consumer and the sender's rate limits.
 pub(super) struct Tx {
     pub(super) ring: Consumer,
@@ -63,6 +71,10 @@ pub(super) struct Tx {
     broadcasts: TokenBucket,
     /// Frames dropped for being over a limit.
     limited: u64,
+    /// The head frame's wait for a full receiver, if it waits.
+    pub(super) wait: Option<Wait>,
+    /// Times the head frame began to wait.
+    pub(super) waits: u64,
 }
 
 impl Tx {
@@ -102,6 +114,15 @@ pub struct Port<R, E> {
     /// counted from its verdicts here so that the count outlives the
     /// switch port.
     pub spoofed: AtomicU64,
+    /// Frames from other guests its full RX ring refused: flooded ones it
+    /// had no room for, and unicast ones whose sender's bounded wait ran
+    /// out or that came while it was stalled.
+    rx_full_drops: AtomicU64,
+    /// Its RX ring stayed full past a sender's bounded wait: frames for it
+    /// are dropped at once while its ring is full, until one fits again.
+    pub(super) stalled: AtomicBool,
+    /// It is in the back end's list of senders waiting for a receiver.
+    pub(super) listed: AtomicBool,
 }
 
 impl<R: GuestRing, E: GuestEvents> Port<R, E> {
@@ -120,11 +141,16 @@ impl<R: GuestRing, E: GuestEvents> Port<R, E> {
                 bytes: TokenBucket::new(limits.nic_bytes),
                 broadcasts: TokenBucket::new(limits.nic_broadcasts),
                 limited: 0,
+                wait: None,
+                waits: 0,
             }),
             rx: Gate::new(Producer::new(slots)),
             ring_errors: AtomicU64::new(0),
             uplink_dropped: AtomicU64::new(0),
             spoofed: AtomicU64::new(0),
+            rx_full_drops: AtomicU64::new(0),
+            stalled: AtomicBool::new(false),
+            listed: AtomicBool::new(false),
         }
     }
 
@@ -145,6 +171,20 @@ impl<R: GuestRing, E: GuestEvents> Port<R, E> {
     /// Frames dropped for being over the sender's rate limits.
     pub fn limited(&self) -> u64 {
         self.tx.lock().limited
+    }
+
+    /// Times its TX ring's head frame waited for a full receiver.
+    pub fn tx_waits(&self) -> u64 {
+        self.tx.lock().waits
+    }
+
+    /// Frames from other guests lost to its full RX ring.
+    pub fn rx_full_drops(&self) -> u64 {
+        self.rx_full_drops.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn count_rx_full_drop(&self) {
+        self.rx_full_drops.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Frames from the host lost to this guest's full RX ring.
@@ -177,7 +217,6 @@ pub mod testing {
     use super::*;
     use abi::ring::SLOTS_OFFSET;
     use abi::ring::testing::SharedRing;
-    use core::sync::atomic::AtomicBool;
 
     impl GuestRing for SharedRing {
         fn copy_to(&self, from: usize, dst: &Self, to: usize, len: usize) {

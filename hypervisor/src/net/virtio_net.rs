@@ -144,7 +144,8 @@ impl<T: Transport> VirtioNet<T> {
     }
 
     /// Sends one frame to the host; returns false if the queue is full.
-    pub fn send(&mut self, frame: &[u8]) -> bool {
+    /// Takes back the TX buffers the device is done with.
+    fn reap_tx(&mut self) {
         loop {
             match self.tx.pop_used(self.transport.dma()) {
                 Ok(Some(u)) => self.tx.give_back(u.id),
@@ -152,6 +153,16 @@ impl<T: Transport> VirtioNet<T> {
                 Ok(None) | Err(VirtqError::BadUsedId(_)) => break,
             }
         }
+    }
+
+    /// Whether [`Self::send`] would find a free TX buffer now.
+    pub fn has_room(&mut self) -> bool {
+        self.reap_tx();
+        self.tx.free_count() > 0
+    }
+
+    pub fn send(&mut self, frame: &[u8]) -> bool {
+        self.reap_tx();
         if !(MIN_FRAME..=MTU_FRAME).contains(&frame.len()) {
             self.dropped += 1;
             return false;
@@ -224,6 +235,9 @@ impl<T: Transport> VirtioNet<T> {
 impl<T: Transport + Send> UplinkDevice for VirtioNet<T> {
     fn send(&mut self, frame: &[u8]) -> bool {
         VirtioNet::send(self, frame)
+    }
+    fn has_room(&mut self) -> bool {
+        VirtioNet::has_room(self)
     }
     fn receive(&mut self, buf: &mut [u8; MTU_FRAME]) -> Option<usize> {
         VirtioNet::receive(self, buf)

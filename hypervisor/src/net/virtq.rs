@@ -100,6 +100,11 @@ impl Virtq {
         self.buffers[id as usize]
     }
 
+    /// Descriptors free for [`Self::take`].
+    pub fn free_count(&self) -> usize {
+        self.free.len()
+    }
+
     /// Takes a free descriptor (its buffer is then the caller's to fill).
     pub fn take(&mut self) -> Option<u16> {
         self.free.pop()

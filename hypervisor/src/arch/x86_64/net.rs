@@ -71,6 +71,12 @@ impl UplinkDevice for Uplink {
             Self::E1000e(up) => up.send(frame),
         }
     }
+    fn has_room(&mut self) -> bool {
+        match self {
+            Self::Virtio(up) => up.has_room(),
+            Self::E1000e(up) => up.has_room(),
+        }
+    }
     fn receive(&mut self, buf: &mut [u8; MTU_FRAME]) -> Option<usize> {
         match self {
             Self::Virtio(up) => up.receive(buf),

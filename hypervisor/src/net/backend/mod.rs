@@ -54,6 +54,11 @@ mod tests;
 pub trait UplinkDevice: Send {
     /// Sends one frame to the host; false if it had no room (dropped).
     fn send(&mut self, frame: &[u8]) -> bool;
+    /// Whether `send` would find room for a frame now (a sender's frame
+    /// for the host waits in its TX ring while this says no).
+    fn has_room(&mut self) -> bool {
+        true
+    }
     /// Copies the next frame from the host into `buf`; its length, or
     /// `None` when none is waiting.
     fn receive(&mut self, buf: &mut [u8; MTU_FRAME]) -> Option<usize>;
@@ -74,6 +79,34 @@ type Woken<R, E> = Vec<(usize, Arc<Port<R, E>>)>;
 
 /// Frames taken from the uplink per poll.
 pub const UPLINK_BATCH: usize = 32;
+
+/// The longest a frame for one receiver waits at the head of its sender's
+/// TX ring for room in the receiver's RX ring (or the uplink's queue);
+/// then it is dropped and counted, the receiver is marked stalled (frames
+/// for it are dropped at once while its ring stays full), and the sender
+/// goes on. Longer than a receiver that is merely busy or descheduled
+/// needs (Xen's netback waits 10 s before it calls a frontend stalled).
+pub const MAX_WAIT_NS: u64 = 5_000_000_000;
+
+/// How often senders waiting for the uplink's queue are retried (the
+/// device does not interrupt when it finishes sending).
+pub const UPLINK_WAIT_RETRY_NS: u64 = 500_000;
+
+/// A sender whose head frame waits for room at `dest`.
+struct Waiter<R, E> {
+    sender: usize,
+    port: Arc<Port<R, E>>,
+    dest: PortId,
+    since_ns: u64,
+}
+
+/// What became of a drain.
+enum Drained {
+    /// The TX ring is empty (or the guest broke it).
+    Done(Result<(), RingBroken>),
+    /// Its head frame, `len` bytes, waits for room at `dest`.
+    Waiting { dest: PortId, len: usize, since_ns: u64 },
+}
 
 /// Why a guest's vNIC must be disconnected: it broke its TX ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +137,15 @@ pub struct Net<R, E, U> {
     /// A packet capture in progress (`ctl capture`), if `capturing`.
     pub capture: Mutex<Capture>,
     pub capturing: AtomicBool,
+    /// Senders whose head frame waits for room in one receiver's ring
+    /// (`drain`): retried when that receiver leaves a CPU
+    /// (`receiver_ran`), or by `retry_waiting` for the uplink, a receiver
+    /// that is gone and at the end of the bounded wait. Taken with no other
+    /// lock held, and it takes none but the slots' (looking up a port).
+    waiters: Mutex<Vec<Waiter<R, E>>>,
+    waiter_count: AtomicUsize,
+    /// The uplink's queue stayed full past a sender's bounded wait.
+    uplink_stalled: AtomicBool,
 }
 
 impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
@@ -118,6 +160,9 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             uplink_rx_ns: AtomicU64::new(0),
             capture: Mutex::new(Default::default()),
             capturing: AtomicBool::new(false),
+            waiters: Mutex::new(Vec::new()),
+            waiter_count: AtomicUsize::new(0),
+            uplink_stalled: AtomicBool::new(false),
         }
     }
 
@@ -144,14 +189,43 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
     /// Forwards every frame waiting in `guest`'s TX ring. Calls `wake` for
     /// each guest that received frames (with its event page). Returns why
     /// the guest must be disconnected, if it broke the ring protocol.
+    ///
+    /// Backpressure: a frame for one receiver (unicast to a port the
+    /// switch knows) whose RX ring is full stays at the head of the TX
+    /// ring, and the drain stops there; the sender is listed as waiting,
+    /// and is drained again when the receiver leaves a CPU
+    /// (`receiver_ran`), when it drains itself, or at the end of the
+    /// bounded wait ([`MAX_WAIT_NS`], `retry_waiting`). The same for a
+    /// frame for the host while the uplink's queue is full. A sender whose
+    /// full TX ring this drain made room in gets `events::NET_TX`.
     pub fn drain(&self, guest: usize, now_ns: u64, wake: &mut impl FnMut(usize, &E)) -> Result<(), RingBroken> {
         let Some(port) = self.port(guest) else { return Ok(()) };
+        loop {
+            match self.drain_once(guest, &port, now_ns, wake) {
+                Drained::Done(result) => return result,
+                Drained::Waiting { dest, len, since_ns } => {
+                    self.list_waiter(guest, &port, dest, since_ns);
+                    // The receiver may have made room and left its CPU
+                    // before the sender was listed: look once more.
+                    if self.room_for(dest, len) != Some(false) {
+                        continue;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn drain_once(&self, guest: usize, port: &Arc<Port<R, E>>, now_ns: u64, wake: &mut impl FnMut(usize, &E)) -> Drained {
         if port.rx.is_closed() {
-            return Ok(());
+            return Drained::Done(Ok(()));
         }
         let ring = &port.tx_ring;
         let mut tx = port.tx.lock();
         let mut woken: Woken<R, E> = Vec::new();
+        let was_full = tx.ring.pending(ring).is_ok_and(|n| n == tx.ring.slots());
+        let mut moved = 0u32;
+        let mut waiting = None;
         let result = loop {
             match tx.ring.peek(ring) {
                 Ok(Some((at, len))) => {
@@ -160,7 +234,17 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
                     let mut header = [0u8; INSPECT_BYTES];
                     let hl = len.min(INSPECT_BYTES);
                     ring.read(at, &mut header[..hl]);
+                    let mut switch = self.switch.lock();
+                    if let Some(dest) = Self::sole_receiver(&switch, port, &header[..hl], now_ns)
+                        && let Some(since_ns) = self.must_wait(&mut tx, dest, len, now_ns)
+                    {
+                        waiting = Some((dest, len, since_ns));
+                        break Ok(());
+                    }
+                    tx.wait = None;
+                    moved += 1;
                     if !tx.allows(now_ns, &header, len) {
+                        drop(switch);
                         let _ = tx.ring.skip(ring);
                         continue;
                     }
@@ -172,7 +256,6 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
                             len
                         },
                     );
-                    let mut switch = self.switch.lock();
                     let verdict = switch.forward_header(port.switch_port, &header[..hl], len, now_ns, &mut |dest| {
                         self.deliver_from(dest, ring, at, &header[..hl], len, &mut woken, now_ns)
                     });
@@ -187,6 +270,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
                 Ok(None) => break Ok(()),
                 Err(RingError::BadLength { .. }) => {
                     port.count_ring_error();
+                    moved += 1;
                     let _ = tx.ring.skip(ring);
                 }
                 Err(e @ RingError::BadIndex { .. }) => break Err(RingBroken(e)),
@@ -195,7 +279,170 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         tx.ring.release(ring);
         drop(tx);
         self.wake_all(woken, &mut |g, p| wake(g, &p.events));
-        result
+        // It found its ring full and may wait for room: tell it.
+        if was_full && moved > 0 && port.notify(abi::time::events::NET_TX) {
+            wake(guest, &port.events);
+        }
+        match (result, waiting) {
+            (Ok(()), Some((dest, len, since_ns))) => Drained::Waiting { dest, len, since_ns },
+            (result, _) => Drained::Done(result),
+        }
+    }
+
+    /// The one port a frame with `header` from `port` goes to, if the
+    /// switch will not flood it: unicast to a MAC it knows in the sender's
+    /// tenant, not the sender's own. (The switch still decides; a frame it
+    /// will drop may wait first, which costs nothing but the wait.)
+    fn sole_receiver(switch: &Switch, port: &Port<R, E>, header: &[u8], now_ns: u64) -> Option<PortId> {
+        let dst: [u8; 6] = header.get(..6)?.try_into().ok()?;
+        if is_multicast(&dst) {
+            return None;
+        }
+        switch.lookup(port.tenant, dst, now_ns).filter(|&to| to != port.switch_port)
+    }
+
+    /// Whether `dest` has room for a `len`-byte frame now: `None` if it is
+    /// no live receiver (the switch drops the frame).
+    fn room_for(&self, dest: PortId, len: usize) -> Option<bool> {
+        if let Some((up_port, up)) = &self.uplink
+            && *up_port == dest
+        {
+            return Some(up.lock().has_room());
+        }
+        let (_, p) = self.guest_at(dest)?;
+        let (rx, open) = p.rx.lock();
+        if !open {
+            return None;
+        }
+        let _ = len;
+        // An impossible consumer index is the delivery's to count.
+        Some(rx.space(&p.rx_ring).map_or(true, |n| n > 0))
+    }
+
+    /// Under the sender's TX lock and the switch: whether the head frame
+    /// for `dest` must wait (and since when), or goes on to the switch
+    /// (delivered, or dropped and counted if the ring is still full).
+    fn must_wait(&self, tx: &mut super::port::Tx, dest: PortId, len: usize, now_ns: u64) -> Option<u64> {
+        if self.room_for(dest, len) != Some(false) {
+            return None;
+        }
+        let since_ns = tx.wait.filter(|w| w.dest == dest).map_or(now_ns, |w| w.since_ns);
+        if self.is_stalled(dest) || now_ns.saturating_sub(since_ns) >= MAX_WAIT_NS {
+            // Waited long enough: this frame goes to be dropped, and the
+            // ones after it for this receiver do not wait while it is full.
+            self.set_stalled(dest);
+            return None;
+        }
+        if since_ns == now_ns && tx.wait.is_none_or(|w| w.dest != dest) {
+            tx.waits += 1;
+        }
+        tx.wait = Some(super::port::Wait { dest, since_ns });
+        Some(since_ns)
+    }
+
+    fn is_stalled(&self, dest: PortId) -> bool {
+        if self.uplink.as_ref().is_some_and(|(p, _)| *p == dest) {
+            return self.uplink_stalled.load(Ordering::Relaxed);
+        }
+        self.guest_at(dest).is_some_and(|(_, p)| p.stalled.load(Ordering::Relaxed))
+    }
+
+    fn set_stalled(&self, dest: PortId) {
+        if self.uplink.as_ref().is_some_and(|(p, _)| *p == dest) {
+            self.uplink_stalled.store(true, Ordering::Relaxed);
+        } else if let Some((_, p)) = self.guest_at(dest) {
+            p.stalled.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Lists `sender` as waiting for `dest` (once; a sender already listed
+    /// now waits for `dest`).
+    fn list_waiter(&self, sender: usize, port: &Arc<Port<R, E>>, dest: PortId, since_ns: u64) {
+        let mut waiters = self.waiters.lock();
+        match waiters.iter_mut().find(|w| w.sender == sender && Arc::ptr_eq(&w.port, port)) {
+            Some(w) => {
+                w.dest = dest;
+                w.since_ns = since_ns;
+            }
+            None => {
+                port.listed.store(true, Ordering::Relaxed);
+                waiters.push(Waiter { sender, port: port.clone(), dest, since_ns });
+                self.waiter_count.store(waiters.len(), Ordering::Release);
+            }
+        }
+    }
+
+    /// Takes the waiters `pick` chooses out of the list.
+    fn take_waiters(&self, mut pick: impl FnMut(&Waiter<R, E>) -> bool) -> Vec<Waiter<R, E>> {
+        if self.waiter_count.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
+        let mut waiters = self.waiters.lock();
+        let mut taken = Vec::new();
+        let mut i = 0;
+        while i < waiters.len() {
+            if pick(&waiters[i]) {
+                let w = waiters.swap_remove(i);
+                w.port.listed.store(false, Ordering::Relaxed);
+                taken.push(w);
+            } else {
+                i += 1;
+            }
+        }
+        self.waiter_count.store(waiters.len(), Ordering::Release);
+        taken
+    }
+
+    /// Drains each of `waiters` again (each may be listed again); returns
+    /// the senders that broke their TX ring.
+    fn redrain(&self, waiters: Vec<Waiter<R, E>>, now_ns: u64, wake: &mut impl FnMut(usize, &E)) -> Vec<(usize, RingBroken)> {
+        let mut broken = Vec::new();
+        for w in waiters {
+            // Its id may belong to another guest by now.
+            if self.port(w.sender).is_some_and(|p| Arc::ptr_eq(&p, &w.port))
+                && let Err(e) = self.drain(w.sender, now_ns, wake)
+            {
+                broken.push((w.sender, e));
+            }
+        }
+        broken
+    }
+
+    /// Guest `guest` left a CPU, having perhaps taken frames from its RX
+    /// ring: the senders waiting for room in it try again. Returns the
+    /// senders that broke their TX ring meanwhile (to be disconnected).
+    pub fn receiver_ran(&self, guest: usize, now_ns: u64, wake: &mut impl FnMut(usize, &E)) -> Vec<(usize, RingBroken)> {
+        if self.waiter_count.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
+        let Some(me) = self.port(guest).map(|p| p.switch_port) else { return Vec::new() };
+        let waiters = self.take_waiters(|w| w.dest == me);
+        self.redrain(waiters, now_ns, wake)
+    }
+
+    /// Retries the senders waiting for the uplink's queue (it does not
+    /// interrupt when it has room again), for a receiver that is gone, or
+    /// past their bounded wait. Returns when to call it next (`None`:
+    /// nobody waits) and the senders that broke their TX ring.
+    pub fn retry_waiting(&self, now_ns: u64, wake: &mut impl FnMut(usize, &E)) -> (Option<u64>, Vec<(usize, RingBroken)>) {
+        if self.waiter_count.load(Ordering::Acquire) == 0 {
+            return (None, Vec::new());
+        }
+        let uplink = self.uplink.as_ref().map(|(p, _)| *p);
+        let waiters = self.take_waiters(|w| {
+            Some(w.dest) == uplink
+                || now_ns.saturating_sub(w.since_ns) >= MAX_WAIT_NS
+                || self.guest_at(w.dest).is_none_or(|(_, p)| p.rx.is_closed())
+        });
+        let broken = self.redrain(waiters, now_ns, wake);
+        let next = {
+            let waiters = self.waiters.lock();
+            waiters
+                .iter()
+                .map(|w| if Some(w.dest) == uplink { now_ns + UPLINK_WAIT_RETRY_NS } else { w.since_ns + MAX_WAIT_NS })
+                .min()
+        };
+        (next, broken)
     }
 
     /// Raises `NET_RX` for each port in `woken` (once each) and calls
@@ -225,13 +472,17 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             src.read(at + hl, &mut frame[hl..len]);
             return self.deliver(dest, &frame[..len], woken, now_ns);
         }
-        self.to_guest(dest, woken, now_ns, |rx, ring| {
+        let delivered = self.to_guest(dest, woken, now_ns, |rx, ring| {
             let Some(dst) = rx.reserve(ring, len)? else { return Ok(false) };
             ring.write(dst, header);
             src.copy_to(at + hl, ring, dst + hl, len - hl);
             rx.commit(ring, len);
             Ok(true)
-        })
+        });
+        if !delivered && let Some((_, p)) = self.guest_at(dest) {
+            p.count_rx_full_drop();
+        }
+        delivered
     }
 
     /// Runs `fill` on the RX ring of the live guest behind switch port
@@ -252,6 +503,9 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         let ring = &p.rx_ring;
         match fill(&mut rx, ring) {
             Ok(true) => {
+                if p.stalled.load(Ordering::Relaxed) {
+                    p.stalled.store(false, Ordering::Relaxed);
+                }
                 // The frame just committed, read back from its slot.
                 let at = abi::ring::slot_offset(rx.index().wrapping_sub(1), rx.slots());
                 self.tap(
@@ -284,7 +538,11 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         if let Some((port, up)) = &self.uplink
             && *port == dest
         {
-            return up.lock().send(frame);
+            let sent = up.lock().send(frame);
+            if sent && self.uplink_stalled.load(Ordering::Relaxed) {
+                self.uplink_stalled.store(false, Ordering::Relaxed);
+            }
+            return sent;
         }
         self.to_guest(dest, woken, now_ns, |rx, ring| rx.push(ring, frame))
     }
@@ -410,6 +668,9 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             held.remove(g);
             return;
         };
+        // Under the switch, as every other delivery: a drain that found
+        // room in this ring keeps it until it delivers.
+        let _switch = self.switch.lock();
         let (mut rx, open) = p.rx.lock();
         if !open {
             // `disconnect` frees the queue; this only makes sure.
@@ -459,6 +720,12 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             switch.remove_port(p.switch_port);
         }
         p.count_uplink_drops(held.remove(guest));
+        drop((held, _tx, switch));
+        // It waits for nobody any more (senders waiting for it are
+        // retried by `retry_waiting`: their receiver is gone).
+        if p.listed.load(Ordering::Relaxed) {
+            self.take_waiters(|w| Arc::ptr_eq(&w.port, &p));
+        }
     }
 }
 
@@ -475,12 +742,20 @@ pub mod testing {
         pub to_host: Vec<Vec<u8>>,
         pub notified: usize,
         pub rearmed: usize,
+        /// Its send queue is full: it takes nothing.
+        pub full: bool,
     }
 
     impl UplinkDevice for FakeUplink {
         fn send(&mut self, frame: &[u8]) -> bool {
+            if self.full {
+                return false;
+            }
             self.to_host.push(frame.to_vec());
             true
+        }
+        fn has_room(&mut self) -> bool {
+            !self.full
         }
         fn receive(&mut self, buf: &mut [u8; MTU_FRAME]) -> Option<usize> {
             let f = self.from_host.pop_front()?;

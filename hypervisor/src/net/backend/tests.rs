@@ -393,3 +393,139 @@ fn a_poll_says_when_the_device_may_hold_more_and_held_frames_are_retried_alone()
     assert_eq!(net.held.lock().waiting(1), waiting - 4);
     assert_eq!(net.uplink.as_ref().unwrap().1.lock().notified, before, "the device was not touched");
 }
+
+fn seqs(frames: &[Vec<u8>]) -> Vec<u32> {
+    frames.iter().map(|f| seq(f)).collect()
+}
+
+fn tx_pending(net: &TestNet, id: usize) -> u32 {
+    let p = net.port(id).unwrap();
+    p.tx.lock().ring.pending(&p.tx_ring).unwrap()
+}
+
+/// Backpressure: a frame for a receiver whose ring is full stays in the
+/// sender's TX ring; the receiver's turn on a CPU (after it read) sends it
+/// on, in order, nothing lost; the sender hears that its full ring has room.
+#[test]
+fn a_full_receiver_holds_the_sender_s_frames_until_it_has_read() {
+    let net = net(4);
+    attach(&net, 1, 1, 4, UNLIMITED);
+    attach(&net, 2, 1, 4, UNLIMITED);
+    let mut tx = Producer::new(4);
+    let mut rx = Consumer::new(4);
+    send(&net, 1, &mut tx, &(0..4).map(|i| frame(mac(1), mac(2), i)).collect::<Vec<_>>());
+    net.drain(1, 0, &mut |_, _| {}).unwrap();
+    send(&net, 1, &mut tx, &(4..8).map(|i| frame(mac(1), mac(2), i)).collect::<Vec<_>>());
+    let p1 = net.port(1).unwrap();
+    p1.events.bits.store(0, Ordering::Relaxed);
+    net.drain(1, 10, &mut |_, _| {}).unwrap();
+    assert_eq!(tx_pending(&net, 1), 4, "the frames wait in the sender's ring");
+    assert_eq!(p1.tx_waits(), 1);
+    assert_eq!(p1.events.pending(), 0, "its ring is still full");
+    // Draining it again (it blocked) changes nothing and is not a new wait.
+    net.drain(1, 20, &mut |_, _| {}).unwrap();
+    assert_eq!((tx_pending(&net, 1), p1.tx_waits()), (4, 1));
+    // The receiver reads, then leaves its CPU.
+    assert_eq!(seqs(&receive(&net, 2, &mut rx)), [0, 1, 2, 3]);
+    let mut woken = Vec::new();
+    assert!(net.receiver_ran(2, 30, &mut |g, e: &Events| woken.push((g, e.pending()))).is_empty());
+    assert_eq!(seqs(&receive(&net, 2, &mut rx)), [4, 5, 6, 7]);
+    assert_eq!(tx_pending(&net, 1), 0);
+    assert!(woken.contains(&(2, NET_RX)) && woken.contains(&(1, abi::time::events::NET_TX)), "{woken:?}");
+    let p2 = net.port(2).unwrap();
+    assert_eq!((p2.rx_full_drops(), net.switch.lock().totals().tx_full), (0, 0), "nothing was lost");
+    assert_eq!(net.switch.lock().stats(p1.switch_port).unwrap().rx_frames, 8, "each frame counted once");
+    assert_eq!(net.waiter_count.load(Ordering::Relaxed), 0);
+}
+
+/// A receiver that never reads costs each sender one bounded wait: then
+/// the frame is dropped and counted, the receiver is stalled (later frames
+/// for it are dropped at once), and the sender's other traffic goes on.
+/// Other senders are never held up by it.
+#[test]
+fn a_receiver_that_never_reads_costs_the_sender_only_the_bounded_wait() {
+    let net = net(5);
+    for g in 1..=4 {
+        attach(&net, g, 1, 4, UNLIMITED);
+    }
+    let mut tx1 = Producer::new(4);
+    send(&net, 1, &mut tx1, &(0..4).map(|i| frame(mac(1), mac(2), i)).collect::<Vec<_>>());
+    net.drain(1, 0, &mut |_, _| {}).unwrap();
+    send(&net, 1, &mut tx1, &[frame(mac(1), mac(2), 4), frame(mac(1), mac(3), 5)]);
+    net.drain(1, 1_000, &mut |_, _| {}).unwrap();
+    assert_eq!(tx_pending(&net, 1), 2, "the frame for 3 waits behind the one for 2");
+    // Another sender's traffic to another guest is not held up.
+    let mut tx4 = Producer::new(4);
+    send(&net, 4, &mut tx4, &[frame(mac(4), mac(3), 40)]);
+    net.drain(4, 2_000, &mut |_, _| {}).unwrap();
+    let mut c3 = Consumer::new(4);
+    assert_eq!(seqs(&receive(&net, 3, &mut c3)), [40]);
+    // Before the bound nothing moves; the machine is told when to retry.
+    let (next, broken) = net.retry_waiting(MAX_WAIT_NS, &mut |_, _| {});
+    assert!(broken.is_empty());
+    assert_eq!(next, Some(1_000 + MAX_WAIT_NS));
+    assert_eq!(tx_pending(&net, 1), 2);
+    // At the bound the frame is dropped and counted; the next goes on.
+    let (next, _) = net.retry_waiting(1_000 + MAX_WAIT_NS, &mut |_, _| {});
+    assert_eq!(next, None);
+    assert_eq!(tx_pending(&net, 1), 0);
+    let p2 = net.port(2).unwrap();
+    assert_eq!(p2.rx_full_drops(), 1);
+    assert_eq!(seqs(&receive(&net, 3, &mut c3)), [5]);
+    // Stalled: frames for it are dropped at once, not waited for.
+    send(&net, 1, &mut tx1, &[frame(mac(1), mac(2), 6), frame(mac(1), mac(3), 7)]);
+    net.drain(1, 2_000 + MAX_WAIT_NS, &mut |_, _| {}).unwrap();
+    assert_eq!((tx_pending(&net, 1), p2.rx_full_drops(), net.port(1).unwrap().tx_waits()), (0, 2, 1));
+    assert_eq!(seqs(&receive(&net, 3, &mut c3)), [7]);
+    // Once it reads, frames reach it again and it is no longer stalled.
+    assert_eq!(seqs(&receive(&net, 2, &mut Consumer::new(4))), [0, 1, 2, 3]);
+    send(&net, 1, &mut tx1, &[frame(mac(1), mac(2), 8)]);
+    net.drain(1, 3_000 + MAX_WAIT_NS, &mut |_, _| {}).unwrap();
+    assert!(!p2.stalled.load(Ordering::Relaxed));
+    assert_eq!(p2.rx_full_drops(), 2);
+}
+
+/// A frame for the host waits while the uplink's queue is full, is
+/// retried every `UPLINK_WAIT_RETRY_NS`, and goes out once there is room.
+#[test]
+fn a_frame_for_the_host_waits_for_room_in_the_uplink() {
+    let net = net(3);
+    attach(&net, 1, 0, 4, UNLIMITED);
+    // The switch learns the host's MAC from a frame of its own.
+    host_sends(&net, [frame(HOST_MAC, mac(1), 0)]);
+    net.poll_uplink(0, &mut |_| {});
+    net.uplink.as_ref().unwrap().1.lock().full = true;
+    send(&net, 1, &mut Producer::new(4), &[frame(mac(1), HOST_MAC, 1), frame(mac(1), HOST_MAC, 2)]);
+    net.drain(1, 10, &mut |_, _| {}).unwrap();
+    assert_eq!(tx_pending(&net, 1), 2);
+    let (next, _) = net.retry_waiting(20, &mut |_, _| {});
+    assert_eq!(next, Some(20 + UPLINK_WAIT_RETRY_NS));
+    net.uplink.as_ref().unwrap().1.lock().full = false;
+    let (next, _) = net.retry_waiting(30, &mut |_, _| {});
+    assert_eq!(next, None);
+    assert_eq!(seqs(&net.uplink.as_ref().unwrap().1.lock().to_host), [1, 2]);
+}
+
+/// A waiting sender that goes leaves the list; a sender waiting for a
+/// receiver that goes moves on at the next retry (its frame dropped).
+#[test]
+fn waiters_and_receivers_that_go_leave_nothing_behind() {
+    let net = net(4);
+    for g in 1..=3 {
+        attach(&net, g, 1, 2, UNLIMITED);
+    }
+    let (mut tx1, mut tx3) = (Producer::new(2), Producer::new(2));
+    send(&net, 1, &mut tx1, &[frame(mac(1), mac(2), 0), frame(mac(1), mac(2), 1)]);
+    net.drain(1, 0, &mut |_, _| {}).unwrap();
+    send(&net, 1, &mut tx1, &[frame(mac(1), mac(2), 2)]);
+    send(&net, 3, &mut tx3, &[frame(mac(3), mac(2), 3)]);
+    net.drain(1, 1, &mut |_, _| {}).unwrap();
+    net.drain(3, 1, &mut |_, _| {}).unwrap();
+    assert_eq!(net.waiter_count.load(Ordering::Relaxed), 2);
+    net.disconnect(1);
+    assert_eq!(net.waiter_count.load(Ordering::Relaxed), 1);
+    net.disconnect(2);
+    let (next, broken) = net.retry_waiting(2, &mut |_, _| {});
+    assert_eq!((next, broken.len()), (None, 0));
+    assert_eq!(tx_pending(&net, 3), 0, "its frame for the gone receiver was dropped");
+}
