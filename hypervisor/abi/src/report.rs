@@ -88,6 +88,21 @@ pub struct GuestStats {
     /// Why it was stopped, once it has been (protocol 2).
     #[cfg_attr(feature = "serde", serde(default))]
     pub stop_reason: Option<StopReason>,
+    /// Times a frame it sent waited at the head of its TX ring for room in
+    /// a full receiver (backpressure; ABI 6).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub tx_waits: u64,
+    /// Frames from other guests its full RX ring refused (ABI 6).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub rx_full_drops: u64,
+    /// A live guest waiting in the table: it sleeps in a `block` hypercall
+    /// (else it is runnable), and the event bits pending for it as the
+    /// hypervisor last saw them (`abi::time::events`). A guest blocked with
+    /// events pending for long is a lost wake-up (ABI 6).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub blocked: bool,
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub events_pending: u64,
 }
 
 /// The whole machine: guests, memory, idle time.
@@ -168,8 +183,9 @@ mod tests {
         let s = stats();
         let line = serde_json::to_string(&s).unwrap();
         assert!(line.starts_with(GUEST_STATS_PREFIX), "{line}");
-        // Today's line is yesterday's plus the two new fields.
-        assert_eq!(line, OLD_GUEST_STATS.replace("}", r#","exit_code":null,"stop_reason":null}"#));
+        // Today's line is yesterday's plus the new fields.
+        let new = r#","exit_code":null,"stop_reason":null,"tx_waits":0,"rx_full_drops":0,"blocked":false,"events_pending":0}"#;
+        assert_eq!(line, OLD_GUEST_STATS.replace("}", new));
         assert_eq!(serde_json::from_str::<GuestStats>(OLD_GUEST_STATS).unwrap(), s);
         let stopped = GuestStats {
             state: GuestState::Stopped,
@@ -177,9 +193,9 @@ mod tests {
             ..s
         };
         let line = serde_json::to_string(&stopped).unwrap();
-        assert!(
-            line.ends_with(r#""exit_code":null,"stop_reason":{"page_fault":{"access":"write","address":8,"protected":false,"ip":9}}}"#)
-        );
+        assert!(line.ends_with(
+            r#""exit_code":null,"stop_reason":{"page_fault":{"access":"write","address":8,"protected":false,"ip":9}},"tx_waits":0,"rx_full_drops":0,"blocked":false,"events_pending":0}"#
+        ));
         assert_eq!(serde_json::from_str::<GuestStats>(&line).unwrap(), stopped);
     }
 

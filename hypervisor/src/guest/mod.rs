@@ -347,6 +347,11 @@ impl Guest {
         mem.write(self.event_frame, 0, &now.to_le_bytes());
     }
 
+    /// Whether it sleeps in a `block` hypercall.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked
+    }
+
     /// Call before entering the guest: completes a `block` hypercall it
     /// is in, which returns the pending event bits.
     pub fn wake_from_block(&mut self, mem: &mut impl PhysMem) {

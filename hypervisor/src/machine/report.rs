@@ -10,6 +10,7 @@ use super::network::PortStats;
 use super::{GuestStatus, Machine, Network, Platform};
 use crate::control::json_line;
 use crate::guest::Guest;
+use crate::net::port::GuestEvents as _;
 use crate::sched::Scheduler;
 use crate::slot::Slot;
 use abi::control::Response;
@@ -62,6 +63,10 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             ring_errors: port.map_or(0, |p| p.ring_errors),
             uplink_dropped: port.map_or(0, |p| p.uplink_dropped),
             spoofed_frames: port.map_or(0, |p| p.spoofed),
+            tx_waits: port.map_or(0, |p| p.tx_waits),
+            rx_full_drops: port.map_or(0, |p| p.rx_full_drops),
+            blocked: g.is_blocked(),
+            events_pending: 0,
             created_ns: s.created_ns,
             create_ns: s.create_ns,
             first_entry_ns: s.first_entry_ns,
@@ -77,8 +82,11 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
     pub(super) fn waiting_stats(&self, id: usize) -> Option<GuestStats> {
         // The port's counters first: no other lock under the table's.
         let port = self.net.port_stats(id);
+        let events = self.event_pages.get(id).and_then(|e| e.get()).map_or(0, |e| e.pending());
         let guests = self.guests.lock();
-        Some(self.guest_stats(guests.get(id)?.as_ref()?, GuestState::Running, port))
+        let mut stats = self.guest_stats(guests.get(id)?.as_ref()?, GuestState::Running, port);
+        stats.events_pending = events;
+        Some(stats)
     }
 
     /// The accounting records of every waiting guest.
