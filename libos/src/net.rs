@@ -96,6 +96,13 @@ pub(crate) fn poll_at() -> Option<Instant> {
     Some(Instant::from_nanos(at.total_micros().max(0) as u64 * 1000))
 }
 
+/// Whether the vNIC's TX ring was full at the last poll: the stack's "poll
+/// now" then means "when there is room", which the hypervisor announces
+/// with `events::NET_TX` (see `task::block_on`).
+pub(crate) fn tx_stalled() -> bool {
+    STACK.lock().as_ref().is_some_and(|s| s.dev.stats.tx_stalled())
+}
+
 /// Asks the hypervisor to forward what was queued, if anything was, for a
 /// guest that keeps running instead of blocking.
 pub(crate) fn kick() {
@@ -120,6 +127,8 @@ pub enum Error {
     ConnectionClosed,
     /// The local port is in use or invalid.
     AddressInUse,
+    /// A datagram that cannot be sent there (no such address, too big).
+    Unaddressable,
 }
 
 fn new_tcp() -> tcp::Socket<'static> {
@@ -306,6 +315,28 @@ impl UdpSocket {
                         sock.register_recv_waker(cx.waker());
                         Poll::Pending
                     }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Queues a datagram, waiting for room in the send buffer (so a full
+    /// vNIC, and the hypervisor's backpressure behind it, slows the sender
+    /// down instead of losing datagrams).
+    pub async fn send(&mut self, buf: &[u8], addr: Ipv4Address, port: u16) -> Result<(), Error> {
+        poll_fn(|cx| match STACK.lock().as_mut() {
+            None => Poll::Ready(Err(Error::NoNetwork)),
+            Some(s) => {
+                let sock = s.sockets.get_mut::<udp::Socket>(self.handle);
+                match sock.send_slice(buf, IpEndpoint::new(IpAddress::Ipv4(addr), port)) {
+                    Ok(()) => Poll::Ready(Ok(())),
+                    Err(udp::SendError::BufferFull) => {
+                        sock.register_send_waker(cx.waker());
+                        Poll::Pending
+                    }
+                    // Too big for the buffer, or no route to the address.
+                    Err(udp::SendError::Unaddressable) => Poll::Ready(Err(Error::Unaddressable)),
                 }
             }
         })

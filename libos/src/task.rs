@@ -81,7 +81,12 @@ pub fn block_on<T: 'static>(main: impl Future<Output = T> + 'static) -> T {
         // hypervisor forwards our queued frames when we block.
         let mut deadline = TIMERS.lock().first_key_value().map_or(Instant::MAX, |(k, _)| k.0);
         if let Some(at) = crate::net::poll_at() {
-            deadline = deadline.min(at);
+            // With the TX ring full, "poll now" means "once there is room":
+            // the hypervisor drains the ring as we block and raises
+            // `events::NET_TX` when it made room, so block rather than spin.
+            if at > Instant::now() || !crate::net::tx_stalled() {
+                deadline = deadline.min(at);
+            }
         }
         if deadline > Instant::now() {
             block_until(deadline);
@@ -239,4 +244,18 @@ pub fn sleep(d: Duration) -> Sleep {
 /// Completes at `deadline`.
 pub fn sleep_until(deadline: Instant) -> Sleep {
     Sleep { deadline, key: None }
+}
+
+/// Runs `fut` for at most `d`: its output, or `None` if `d` passed first
+/// (`fut` is then dropped).
+pub async fn timeout<T>(d: Duration, fut: impl Future<Output = T>) -> Option<T> {
+    let mut fut = core::pin::pin!(fut);
+    let mut limit = core::pin::pin!(sleep(d));
+    core::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        limit.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }

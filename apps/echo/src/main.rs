@@ -5,12 +5,16 @@
 //! | (none) or `serve [PORT] [N]`  | echoes TCP connections and UDP datagrams on PORT (7); with N, exits 0 once N connections have come and gone |
 //! | `client IP N [PORT]`          | sends N messages of mixed sizes over TCP, checks each echo byte for byte, prints the result |
 //! | `probe IP [PORT]`             | tries one TCP connection for 2 s; prints `reachable` or `unreachable` |
+//! | `udp-burst PORT IP:N [IP:N ...]` | sends N numbered 512-byte datagrams to each IP:PORT in turn, waiting for room (never dropping); prints `udp-burst: sent N to IP in T ms` each |
+//! | `udp-sink PORT N PAUSE_MS`    | after the first datagram reads nothing for PAUSE_MS (its vNIC ring fills), then counts to N (or 10 s of silence); prints `udp-sink: received K of N, in order` or `with gaps`; exits 0 if all came in order |
 //! | `check N SAMPLES [PORT] [FIRST]` | echoes with SAMPLES random guests among N of its tenant from its FIRST-th (0: `10.T.0.2`); exits 0 if all answered |
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
+
+mod udp;
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -235,6 +239,28 @@ async fn main() -> i32 {
         Some("probe") => match args.get(1).and_then(|a| parse_ip(a)) {
             Some(ip) => probe(ip, port(2)).await,
             None => 2,
+        },
+        Some("udp-burst") => {
+            let targets: Option<Vec<(Ipv4, u32)>> = args
+                .get(2..)
+                .unwrap_or_default()
+                .iter()
+                .map(|t| t.split_once(':').and_then(|(ip, n)| Some((parse_ip(ip)?, n.parse().ok()?))))
+                .collect();
+            match (args.get(1).and_then(|p| p.parse().ok()), targets) {
+                (Some(port), Some(t)) if !t.is_empty() => udp::burst(port, &t).await,
+                _ => {
+                    println!("usage: udp-burst PORT IP:N [IP:N ...]");
+                    2
+                }
+            }
+        }
+        Some("udp-sink") => match (args.get(1).and_then(|a| a.parse().ok()), args.get(2).and_then(|a| a.parse().ok())) {
+            (Some(p), Some(n)) => udp::sink(p, n, args.get(3).and_then(|a| a.parse().ok()).unwrap_or(0)).await,
+            _ => {
+                println!("usage: udp-sink PORT N PAUSE_MS");
+                2
+            }
         },
         Some(other) => {
             println!("unknown mode {other:?}");

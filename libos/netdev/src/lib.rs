@@ -24,8 +24,19 @@ pub struct Stats {
     pub tx_frames: u64,
     /// Frames smoltcp wanted to send while the TX ring was full.
     pub tx_full: u64,
+    /// The last look at the TX ring found it full.
+    tx_stalled: bool,
     /// Ring protocol violations seen (bad index or length).
     pub ring_errors: u64,
+}
+
+impl Stats {
+    /// Whether smoltcp last found the TX ring full (cleared when it finds
+    /// room): the guest may then block until the hypervisor says there is
+    /// room (`events::NET_TX`) instead of polling for it.
+    pub fn tx_stalled(&self) -> bool {
+        self.tx_stalled
+    }
 }
 
 /// A vNIC: the TX ring (we produce) and the RX ring (we consume).
@@ -90,13 +101,15 @@ impl<M: RingMemory> RingDevice<M> {
     }
 
     fn tx_space(&mut self) -> bool {
-        match self.tx.space(&self.tx_mem) {
+        let room = match self.tx.space(&self.tx_mem) {
             Ok(n) => n > 0,
             Err(_) => {
                 self.stats.ring_errors += 1;
                 false
             }
-        }
+        };
+        self.stats.tx_stalled = !room;
+        room
     }
 }
 
@@ -126,7 +139,10 @@ impl<M: RingMemory> phy::TxToken for TxToken<'_, M> {
                 self.tx.publish(self.mem);
                 self.stats.tx_frames += 1;
             }
-            Ok(false) => self.stats.tx_full += 1,
+            Ok(false) => {
+                self.stats.tx_full += 1;
+                self.stats.tx_stalled = true;
+            }
             Err(_) => self.stats.ring_errors += 1,
         }
         r
