@@ -290,8 +290,10 @@ pub struct E1000e<R> {
     rx_next: u16,
     /// Inside a frame spread over several descriptors (being dropped).
     rx_discarding: bool,
-    /// The next transmit descriptor to fill (our TDT).
+    /// The next transmit descriptor to fill.
     tx_next: u16,
+    /// The tail last written to TDT (`flush`).
+    tx_tail: u16,
     /// The oldest transmit descriptor handed to the device.
     tx_clean: u16,
     pub mac: [u8; 6],
@@ -366,6 +368,7 @@ impl<R: Registers> E1000e<R> {
             rx_next: 0,
             rx_discarding: false,
             tx_next: 0,
+            tx_tail: 0,
             tx_clean: 0,
             mac,
             rx_frames: 0,
@@ -458,11 +461,19 @@ impl<R: Registers> E1000e<R> {
         let cmd = desc::TX_CMD_EOP | desc::TX_CMD_IFCS | desc::TX_CMD_RS;
         self.tx.write(mem, i, frame.len() as u16, cmd);
         self.tx_next = next(i);
-        // The descriptor before the tail that publishes it.
-        fence(Ordering::SeqCst);
-        self.regs.write32(reg::TDT, self.tx_next.into());
         self.tx_frames += 1;
         true
+    }
+
+    /// Hands the device the descriptors [`Self::send`] filled since the
+    /// last call (one TDT write per batch: each is an exit in a VM).
+    pub fn flush(&mut self) {
+        if self.tx_tail != self.tx_next {
+            // The descriptors before the tail that publishes them.
+            fence(Ordering::SeqCst);
+            self.regs.write32(reg::TDT, self.tx_next.into());
+            self.tx_tail = self.tx_next;
+        }
     }
 
     /// Copies the next frame the host sent into `buf` and gives its buffer
@@ -556,6 +567,9 @@ impl<R: Registers + Send> UplinkDevice for E1000e<R> {
     }
     fn has_room(&mut self) -> bool {
         E1000e::has_room(self)
+    }
+    fn flush(&mut self) {
+        E1000e::flush(self)
     }
     fn receive(&mut self, buf: &mut [u8; MTU_FRAME]) -> Option<usize> {
         E1000e::receive(self, buf)

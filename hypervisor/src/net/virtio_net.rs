@@ -81,6 +81,8 @@ pub struct VirtioNet<T> {
     pub dropped: u64,
     /// Receive buffers given back since the device was last told.
     rx_returned: bool,
+    /// Frames queued to send since the device was last told.
+    tx_unnotified: bool,
     /// The device took our MSI-X entries: it interrupts when frames come.
     pub interrupts: bool,
 }
@@ -129,6 +131,7 @@ impl<T: Transport> VirtioNet<T> {
             tx_frames: 0,
             dropped: 0,
             rx_returned: false,
+            tx_unnotified: false,
             interrupts,
         };
         while let Some(id) = up.rx.take() {
@@ -176,8 +179,7 @@ impl<T: Transport> VirtioNet<T> {
         mem.write(buf, 0, &[0u8; NET_HDR_BYTES]);
         mem.write(buf, NET_HDR_BYTES, frame);
         self.tx.submit(mem, id, (NET_HDR_BYTES + frame.len()) as u32, false);
-        fence(Ordering::SeqCst);
-        self.transport.notify(TX_QUEUE, self.tx_notify_off);
+        self.tx_unnotified = true;
         self.tx_frames += 1;
         true
     }
@@ -222,6 +224,15 @@ impl<T: Transport> VirtioNet<T> {
         None
     }
 
+    /// Tells the device about the frames [`Self::send`] queued (once per
+    /// batch: each notification is an exit to the device's emulation).
+    pub fn flush(&mut self) {
+        if core::mem::take(&mut self.tx_unnotified) {
+            fence(Ordering::SeqCst);
+            self.transport.notify(TX_QUEUE, self.tx_notify_off);
+        }
+    }
+
     /// Tells the device about the buffers [`Self::receive`] gave back
     /// (once per batch, not per frame: each notification is an exit).
     pub fn notify_rx(&mut self) {
@@ -238,6 +249,9 @@ impl<T: Transport + Send> UplinkDevice for VirtioNet<T> {
     }
     fn has_room(&mut self) -> bool {
         VirtioNet::has_room(self)
+    }
+    fn flush(&mut self) {
+        VirtioNet::flush(self)
     }
     fn receive(&mut self, buf: &mut [u8; MTU_FRAME]) -> Option<usize> {
         VirtioNet::receive(self, buf)

@@ -77,6 +77,12 @@ impl UplinkDevice for Uplink {
             Self::E1000e(up) => up.has_room(),
         }
     }
+    fn flush(&mut self) {
+        match self {
+            Self::Virtio(up) => up.flush(),
+            Self::E1000e(up) => up.flush(),
+        }
+    }
     fn receive(&mut self, buf: &mut [u8; MTU_FRAME]) -> Option<usize> {
         match self {
             Self::Virtio(up) => up.receive(buf),

@@ -54,6 +54,9 @@ mod tests;
 pub trait UplinkDevice: Send {
     /// Sends one frame to the host; false if it had no room (dropped).
     fn send(&mut self, frame: &[u8]) -> bool;
+    /// Tells the device about the frames `send` queued since the last call
+    /// (the back end calls it once per drain or poll that sent some).
+    fn flush(&mut self) {}
     /// Whether `send` would find room for a frame now (a sender's frame
     /// for the host waits in its TX ring while this says no).
     fn has_room(&mut self) -> bool {
@@ -146,6 +149,9 @@ pub struct Net<R, E, U> {
     waiter_count: AtomicUsize,
     /// The uplink's queue stayed full past a sender's bounded wait.
     uplink_stalled: AtomicBool,
+    /// Frames were sent to the uplink and the device not yet told
+    /// (`flush_uplink`).
+    uplink_unflushed: AtomicBool,
 }
 
 impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
@@ -163,6 +169,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             waiters: Mutex::new(Vec::new()),
             waiter_count: AtomicUsize::new(0),
             uplink_stalled: AtomicBool::new(false),
+            uplink_unflushed: AtomicBool::new(false),
         }
     }
 
@@ -278,6 +285,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         };
         tx.ring.release(ring);
         drop(tx);
+        self.flush_uplink();
         self.wake_all(woken, &mut |g, p| wake(g, &p.events));
         // It found its ring full and may wait for room: tell it.
         if was_full && moved > 0 && port.notify(abi::time::events::NET_TX) {
@@ -286,6 +294,18 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         match (result, waiting) {
             (Ok(()), Some((dest, len, since_ns))) => Drained::Waiting { dest, len, since_ns },
             (result, _) => Drained::Done(result),
+        }
+    }
+
+    /// Tells the uplink's device about the frames sent to it since the last
+    /// flush, if any (by whichever CPU: a frame is in the device's queue
+    /// before the flag that asks for its flush is set).
+    fn flush_uplink(&self) {
+        if self.uplink_unflushed.load(Ordering::Relaxed)
+            && self.uplink_unflushed.swap(false, Ordering::AcqRel)
+            && let Some((_, up)) = &self.uplink
+        {
+            up.lock().flush();
         }
     }
 
@@ -539,8 +559,11 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             && *port == dest
         {
             let sent = up.lock().send(frame);
-            if sent && self.uplink_stalled.load(Ordering::Relaxed) {
-                self.uplink_stalled.store(false, Ordering::Relaxed);
+            if sent {
+                self.uplink_unflushed.store(true, Ordering::Release);
+                if self.uplink_stalled.load(Ordering::Relaxed) {
+                    self.uplink_stalled.store(false, Ordering::Relaxed);
+                }
             }
             return sent;
         }
@@ -590,6 +613,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             }
         }
         drop(held);
+        self.flush_uplink();
         if took > 0 {
             self.uplink_rx_ns.store(now_ns, Ordering::Relaxed);
         }
@@ -744,6 +768,8 @@ pub mod testing {
         pub rearmed: usize,
         /// Its send queue is full: it takes nothing.
         pub full: bool,
+        /// Times it was told about frames sent (`flush`).
+        pub flushed: usize,
     }
 
     impl UplinkDevice for FakeUplink {
@@ -756,6 +782,9 @@ pub mod testing {
         }
         fn has_room(&mut self) -> bool {
             !self.full
+        }
+        fn flush(&mut self) {
+            self.flushed += 1;
         }
         fn receive(&mut self, buf: &mut [u8; MTU_FRAME]) -> Option<usize> {
             let f = self.from_host.pop_front()?;

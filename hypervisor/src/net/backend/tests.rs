@@ -495,7 +495,8 @@ fn a_frame_for_the_host_waits_for_room_in_the_uplink() {
     host_sends(&net, [frame(HOST_MAC, mac(1), 0)]);
     net.poll_uplink(0, &mut |_| {});
     net.uplink.as_ref().unwrap().1.lock().full = true;
-    send(&net, 1, &mut Producer::new(4), &[frame(mac(1), HOST_MAC, 1), frame(mac(1), HOST_MAC, 2)]);
+    let mut tx = Producer::new(4);
+    send(&net, 1, &mut tx, &[frame(mac(1), HOST_MAC, 1), frame(mac(1), HOST_MAC, 2)]);
     net.drain(1, 10, &mut |_, _| {}).unwrap();
     assert_eq!(tx_pending(&net, 1), 2);
     let (next, _) = net.retry_waiting(20, &mut |_, _| {});
@@ -503,7 +504,15 @@ fn a_frame_for_the_host_waits_for_room_in_the_uplink() {
     net.uplink.as_ref().unwrap().1.lock().full = false;
     let (next, _) = net.retry_waiting(30, &mut |_, _| {});
     assert_eq!(next, None);
-    assert_eq!(seqs(&net.uplink.as_ref().unwrap().1.lock().to_host), [1, 2]);
+    let up = net.uplink.as_ref().unwrap();
+    assert_eq!(seqs(&up.1.lock().to_host), [1, 2]);
+    // The device is told once per drain that sent it frames, not per frame.
+    let flushed = up.1.lock().flushed;
+    send(&net, 1, &mut tx, &[frame(mac(1), HOST_MAC, 3), frame(mac(1), HOST_MAC, 4)]);
+    net.drain(1, 40, &mut |_, _| {}).unwrap();
+    assert_eq!(up.1.lock().flushed, flushed + 1);
+    net.drain(1, 50, &mut |_, _| {}).unwrap();
+    assert_eq!(up.1.lock().flushed, flushed + 1, "nothing sent, nothing told");
 }
 
 /// A waiting sender that goes leaves the list; a sender waiting for a

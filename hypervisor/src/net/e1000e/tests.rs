@@ -281,9 +281,14 @@ fn a_device_that_stays_in_reset_is_refused() {
 #[test]
 fn frames_go_both_ways_and_the_tail_moves_once_per_batch() {
     let mut up = started();
+    let tail_writes = up.regs().writes_to(reg::TDT);
     assert!(up.send(&frame(1, 60)));
     assert!(up.send(&frame(2, MTU_FRAME)));
+    assert!(up.regs().to_host.is_empty(), "not handed over before the flush");
+    up.flush();
+    up.flush();
     assert_eq!(up.regs().to_host, [frame(1, 60), frame(2, MTU_FRAME)]);
+    assert_eq!(up.regs().writes_to(reg::TDT), tail_writes + 1, "one tail write for the batch");
     assert_eq!(up.tx_frames, 2);
 
     let before = up.regs().writes_to(reg::RDT);
@@ -304,6 +309,7 @@ fn buffers_go_round_both_rings_many_times() {
     for round in 0..2000u32 {
         let len = MIN_FRAME + (round as usize * 7) % (MTU_FRAME - MIN_FRAME + 1);
         assert!(up.send(&frame(round as u8, len)), "round {round}");
+        up.flush();
         let sent = up.regs().to_host.pop().unwrap();
         assert_eq!(sent, frame(round as u8, len));
         // A few frames at a time from the host.
@@ -325,6 +331,8 @@ fn a_full_transmit_ring_refuses_the_frame_until_the_device_catches_up() {
     for n in 0..RING - 1 {
         assert!(up.send(&frame(n as u8, 100)), "descriptor {n}");
     }
+    up.flush();
+    assert!(!up.has_room());
     assert!(!up.send(&frame(0, 100)), "the ring is full");
     assert_eq!(up.dropped, 1);
     assert_eq!(up.regs().reg(reg::TDT), u32::from(RING - 1), "the tail never catches the head");
@@ -333,8 +341,10 @@ fn a_full_transmit_ring_refuses_the_frame_until_the_device_catches_up() {
     up.regs().tx_paused = false;
     up.regs().transmit();
     assert_eq!(up.regs().to_host.len(), RING as usize - 1);
+    assert!(up.has_room());
     for n in 0..RING - 1 {
         assert!(up.send(&frame(n as u8, 100)), "descriptor {n} after the wrap");
+        up.flush();
     }
     assert_eq!(up.regs().to_host.len(), 2 * (RING as usize - 1));
     assert_eq!(up.regs().to_host.last().unwrap(), &frame((RING - 2) as u8, 100));
@@ -400,6 +410,7 @@ fn interrupt_causes_can_be_enabled_read_and_acknowledged() {
     up.enable_interrupts(icr::UPLINK);
     assert_eq!(up.regs().reg(reg::IMS), icr::UPLINK);
     assert!(up.send(&frame(1, 60)));
+    up.flush();
     up.regs().from_host.push_back(frame(2, 60));
     up.regs().deliver();
     assert_eq!(up.take_interrupt_causes(), icr::TXDW | icr::RXT0);

@@ -199,6 +199,7 @@ fn frames_cross_both_ways_through_many_wraps() {
     for round in 0..1000u32 {
         let len = MIN_FRAME + (round as usize * 37) % (MTU_FRAME - MIN_FRAME + 1);
         assert!(up.send(&frame(round as u8, len)));
+        up.flush();
         assert_eq!(up.transport.to_host.pop(), Some(frame(round as u8, len)));
         up.transport.from_host.push_back(frame(round as u8 ^ 0x55, len));
         up.transport.from_host.push_back(frame(round as u8 ^ 0xaa, MTU_FRAME));
@@ -254,10 +255,12 @@ fn a_device_that_lies_in_its_used_ring_costs_frames_never_a_panic() {
     let d = &mut up.transport;
     d.put_used(1, 3, 60);
     assert!(up.send(&frame(1, 60)));
+    up.flush();
     let d = &mut up.transport;
     d.put_used(1, 0, 1 << 20);
     for i in 0..300 {
         up.send(&frame(i as u8, 60));
+        up.flush();
     }
     assert!(up.transport.to_host.len() >= 2);
     assert!(!up.send(&[0u8; 5]) && !up.send(&alloc::vec![0u8; MTU_FRAME + 1]), "lengths the switch never passes are refused");
