@@ -7,7 +7,7 @@
 //! | `first`               | `{"bench":"first","tsc":T,"ns":NS}`: the TSC at the first line of main, and the monotonic clock just after |
 //! | `sleep-lateness N PERIOD_US` | `{"bench":"sleep-lateness","iterations":N,"warmup":W,"period_us":P,"lateness_us":{"p50":..,"p99":..,"max":..,"mean":..}}` (see `latency`) |
 //! | `spin`                | nothing: computes forever                                          |
-//! | `memcpy SIZE[,...] MS` | per size, `{"bench":"memcpy","bytes":S,"copies":N,"duration_ms":T,"gbytes_per_sec":G}`: one buffer of SIZE bytes copied to another (both stay in cache) over and over for MS ms, the yardstick of `bench net`'s switch row |
+//! | `memcpy SIZE[,...] MS` | per size, `{"bench":"memcpy","bytes":S,"copies":N,"duration_ms":T,"copies_per_sec":C,"gbytes_per_sec":G}`: one buffer of SIZE bytes copied to another (both stay in cache) over and over for MS ms, the yardstick of `bench net`'s switch row |
 //!
 //! `hypercall`: for each of the three calls, a warm-up of max(N/10, 1000)
 //! calls, then ROUNDS (default 7) rounds of N, each timed with `rdtsc`
@@ -106,8 +106,9 @@ fn memcpy(size: usize, ms: u64) {
     }
     let secs = start.elapsed().as_nanos() as f64 / 1e9;
     println!(
-        r#"{{"bench":"memcpy","bytes":{size},"copies":{copies},"duration_ms":{:.1},"gbytes_per_sec":{:.4}}}"#,
+        r#"{{"bench":"memcpy","bytes":{size},"copies":{copies},"duration_ms":{:.1},"copies_per_sec":{:.1},"gbytes_per_sec":{:.4}}}"#,
         secs * 1e3,
+        copies as f64 / secs,
         (copies * size as u64) as f64 / secs / 1e9
     );
 }

@@ -68,9 +68,16 @@ pub async fn run(sizes: &[usize], ms: u64, warmup_ms: u64) -> i32 {
     };
     for (phase, &size) in sizes.iter().enumerate() {
         let phase = phase as u8;
-        if size < HEADER.max(60) || size > nic.max_frame() {
+        let refused = if size > nic.max_frame() {
+            Some("larger than the vNIC's largest frame")
+        } else if size < HEADER.max(60) {
+            Some("shorter than 60 bytes")
+        } else {
+            None
+        };
+        if let Some(why) = refused {
             println!(
-                "{{\"bench\":\"switch-send\",\"phase\":{phase},\"frame_bytes\":{size},\"refused\":\"the vNIC carries frames of 60..={} bytes\"}}",
+                "{{\"bench\":\"switch-send\",\"phase\":{phase},\"frame_bytes\":{size},\"max_frame\":{},\"refused\":\"{why}\"}}",
                 nic.max_frame()
             );
             continue;

@@ -313,8 +313,8 @@ impl Bench {
         let mut not_measured = Vec::new();
         let mut notes = Vec::new();
         for row in &rows {
-            if let Some(heading) = row.heading {
-                let _ = writeln!(t, "{heading}");
+            if let Some((title, theirs)) = row.heading {
+                let _ = writeln!(t, "{title:<44}{:>14} {theirs:>14}", "ours");
             }
             let value = |m: &Measured| m.as_ref().ok().and_then(row.value);
             let (o, l) = (value(row.ours), value(row.linux));
@@ -367,7 +367,8 @@ impl Bench {
              ours: echo-bench → echo (echo, bulk → sink, raw frames → raw-sink) and http-load → http guests, one tenant, \
              over the hypervisor's switch\n\
              linux: peer echo-client → echo-server, bulk-send → bulk-sink, http-load → nginx, over lo\n\
-             switch: raw Ethernet frames (EtherType 0x88b5) guest → guest vs. memcpy of the same size in a guest\n\
+             bulk: the MiB of a run split evenly over its connections\n\
+             switch: raw Ethernet frames (EtherType 0x88b5) guest → guest vs. memcpy of the same size in a guest (frames/s: copies/s)\n\
              host: wrk -t1 through QEMU's user-net port forward (ours: to the http guest; linux: to nginx on eth0)"
         );
 
@@ -425,8 +426,8 @@ impl Bench {
 /// (or, for the switch rows, of the memcpy yardstick), and a detail line.
 struct Row<'a> {
     key: String,
-    /// A line printed before the row (a new section).
-    heading: Option<&'static str>,
+    /// A section starting at this row: its title and whose the second column is.
+    heading: Option<(&'static str, &'static str)>,
     label: String,
     unit: &'static str,
     decimals: usize,
@@ -516,13 +517,13 @@ fn net_rows<'a>(st: &NetSettings, ours: &'a NetSide, linux: &'a NetSide, switch:
     for (i, &size) in st.switch_frame_bytes.iter().enumerate() {
         rows.push(Row {
             key: format!("switch_{size}"),
-            heading: (i == 0).then_some("switch ceiling (raw frames)                           ours         memcpy"),
+            heading: (i == 0).then_some(("switch ceiling (raw frames)", "memcpy")),
             label: format!("switch, {} frames", frame_size(size)),
             unit: "GB/s",
             decimals: 3,
             value: |v| v["gbytes_per_sec"].as_f64(),
             detail_unit: "frames/s",
-            detail: |v| v["frames_per_sec"].as_f64().map(|f| format!("{f:.0}")),
+            detail: |v| v["frames_per_sec"].as_f64().or(v["copies_per_sec"].as_f64()).map(|f| format!("{f:.0}")),
             ours: &switch[i],
             linux: &memcpy[i],
             linux_side: "memcpy",

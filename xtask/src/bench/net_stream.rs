@@ -79,7 +79,7 @@ impl Bench {
                     sink.push(v);
                 } else if who == "echo-bench-0" && v["bench"] == "switch-send" {
                     if let Some(why) = v["refused"].as_str() {
-                        progress(&format!("  ours switch, {} B frames: refused ({why})", v["frame_bytes"]));
+                        progress(&format!("  ours switch, {} B frames: refused ({why}, {} bytes)", v["frame_bytes"], v["max_frame"]));
                     }
                     sender.push(v);
                 }
@@ -100,8 +100,13 @@ impl Bench {
         let results = (0..st.switch_frame_bytes.len())
             .map(|phase| {
                 let sent = sender.iter().find(|v| v["phase"].as_u64() == Some(phase as u64));
-                if let Some(why) = sent.and_then(|v| v["refused"].as_str()) {
-                    return Err(format!("the vNIC ring refuses frames of {} bytes: {why}", st.switch_frame_bytes[phase]));
+                if let Some(v) = sent.filter(|v| v["refused"].is_string()) {
+                    return Err(format!(
+                        "echo-bench raw-send refused {}-byte frames: {} ({} bytes)",
+                        st.switch_frame_bytes[phase],
+                        v["refused"].as_str().unwrap_or(""),
+                        v["max_frame"]
+                    ));
                 }
                 let mut got = sink.iter().find(|v| v["phase"].as_u64() == Some(phase as u64)).cloned().ok_or_else(|| ended.clone())?;
                 got["sender"] = sent.cloned().unwrap_or(Value::Null);
