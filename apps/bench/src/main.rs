@@ -136,7 +136,9 @@ fn main() -> i32 {
             }
         }
         other => {
-            println!("unknown benchmark {other:?} (expected `hypercall N [ROUNDS]`, `first`, `sleep-lateness N PERIOD_US`, `spin` or `memcpy SIZE[,...] MS`)");
+            println!(
+                "unknown benchmark {other:?} (expected `hypercall N [ROUNDS]`, `first`, `sleep-lateness N PERIOD_US`, `spin` or `memcpy SIZE[,...] MS`)"
+            );
             return 2;
         }
     }

@@ -284,8 +284,7 @@ impl Bench {
             let why = format!("{what} could not be booted: {e:#}");
             (Vec::new(), (0..n).map(|_| Err(why.clone())).collect::<Vec<Measured>>())
         };
-        let (ours_bulk_args, ours_bulk) =
-            self.ours_bulk(&st).unwrap_or_else(|e| failed("the bulk guests", e, st.bulk_connections.len()));
+        let (ours_bulk_args, ours_bulk) = self.ours_bulk(&st).unwrap_or_else(|e| failed("the bulk guests", e, st.bulk_connections.len()));
         let (ours_switch_args, switch) =
             self.ours_switch(&st).unwrap_or_else(|e| failed("the raw-frame guests", e, st.switch_frame_bytes.len()));
         let (memcpy_args, memcpy) = self.ours_memcpy(&st).unwrap_or_else(|e| failed("the memcpy guest", e, st.switch_frame_bytes.len()));
@@ -320,9 +319,8 @@ impl Bench {
             let (o, l) = (value(row.ours), value(row.linux));
             let ratio = o.zip(l).filter(|(_, l)| *l > 0.0).map(|(o, l)| o / l);
             let cell = |v: Option<f64>| v.map_or(format!("{:>14}", "n/m"), |v| format!("{v:>14.*}", row.decimals));
-            let goal = row.goal.map_or(String::new(), |g| {
-                format!("   goal >= {g}x{}", if ratio.is_some_and(|r| r >= g) { " (met)" } else { "" })
-            });
+            let goal =
+                row.goal.map_or(String::new(), |g| format!("   goal >= {g}x{}", if ratio.is_some_and(|r| r >= g) { " (met)" } else { "" }));
             let _ = writeln!(
                 t,
                 "{:<29}{:>15}{} {} {:>8}{goal}",

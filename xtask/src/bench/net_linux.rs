@@ -107,8 +107,7 @@ impl Bench {
         ));
         let runs = st.echo_connections.len() as u64;
         let bulk_runs = st.bulk_connections.len() as u64;
-        let timeout =
-            Duration::from_secs(180 + runs * (st.echo_ms / 1000 + 25) + bulk_runs * 60 + st.http_ms / 1000 + st.host_secs + 60);
+        let timeout = Duration::from_secs(180 + runs * (st.echo_ms / 1000 + 25) + bulk_runs * 60 + st.http_ms / 1000 + st.host_secs + 60);
         let mut echo: Vec<Value> = Vec::new();
         let mut bulk: Vec<Value> = Vec::new();
         let mut http: Option<Value> = None;

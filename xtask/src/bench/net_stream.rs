@@ -72,26 +72,27 @@ impl Bench {
         let timeout = Duration::from_secs(120 + sizes.len() as u64 * ((st.switch_ms + st.warmup_ms) / 1000 + 20));
         let mut lines = GuestLines::default();
         let (mut sink, mut sender) = (Vec::new(), Vec::new());
-        let (args, console) = self.ours_live(&format!("raw frames {} B through the switch", sizes.join(", ")), manifest, timeout, |line| {
-            if let Some((who, v)) = lines.push_json(line) {
-                if who == "echo-0" && v["bench"] == "switch" {
-                    progress(&format!("  ours switch, {} B frames: {}", v["frame_bytes"], describe_switch(&v)));
-                    sink.push(v);
-                } else if who == "echo-bench-0" && v["bench"] == "switch-send" {
-                    if let Some(why) = v["refused"].as_str() {
-                        progress(&format!("  ours switch, {} B frames: refused ({why}, {} bytes)", v["frame_bytes"], v["max_frame"]));
+        let (args, console) =
+            self.ours_live(&format!("raw frames {} B through the switch", sizes.join(", ")), manifest, timeout, |line| {
+                if let Some((who, v)) = lines.push_json(line) {
+                    if who == "echo-0" && v["bench"] == "switch" {
+                        progress(&format!("  ours switch, {} B frames: {}", v["frame_bytes"], describe_switch(&v)));
+                        sink.push(v);
+                    } else if who == "echo-bench-0" && v["bench"] == "switch-send" {
+                        if let Some(why) = v["refused"].as_str() {
+                            progress(&format!("  ours switch, {} B frames: refused ({why}, {} bytes)", v["frame_bytes"], v["max_frame"]));
+                        }
+                        sender.push(v);
                     }
-                    sender.push(v);
                 }
-            }
-            // The sink ends when the sender says it is done; a sender that
-            // failed ends without that.
-            if guest_ended(line, "echo-0") || guest_ended(line, "echo-bench-0") && sender.len() < st.switch_frame_bytes.len() {
-                Reply::Stop
-            } else {
-                Reply::Continue
-            }
-        })?;
+                // The sink ends when the sender says it is done; a sender that
+                // failed ends without that.
+                if guest_ended(line, "echo-0") || (guest_ended(line, "echo-bench-0") && sender.len() < st.switch_frame_bytes.len()) {
+                    Reply::Stop
+                } else {
+                    Reply::Continue
+                }
+            })?;
         let ended = format!(
             "the raw sink printed no count for it{}; console tail:\n{}",
             if console.timed_out { " (timed out)" } else { "" },
@@ -119,9 +120,11 @@ impl Bench {
     /// `bench memcpy` in one guest: per switch frame size, GB/s.
     pub(super) fn ours_memcpy(&self, st: &NetSettings) -> Result<(Vec<String>, Vec<Measured>)> {
         let sizes: Vec<String> = st.switch_frame_bytes.iter().map(|s| s.to_string()).collect();
-        let manifest = Manifest::new([Guest::app("memcpy", "bench")
-            .memory(st.stream_memory_mib * MIB)
-            .args(["memcpy".to_string(), sizes.join(","), st.memcpy_ms.to_string()])]);
+        let manifest = Manifest::new([Guest::app("memcpy", "bench").memory(st.stream_memory_mib * MIB).args([
+            "memcpy".to_string(),
+            sizes.join(","),
+            st.memcpy_ms.to_string(),
+        ])]);
         let timeout = Duration::from_secs(120 + sizes.len() as u64 * (st.memcpy_ms / 1000 + 5));
         let ours = self.ours(&format!("memcpy of {} B", sizes.join(", ")), manifest, timeout)?;
         let got: Vec<Value> = guest_json(&ours.out.console).into_iter().filter(|(_, v)| v["bench"] == "memcpy").map(|(_, v)| v).collect();
