@@ -187,11 +187,15 @@ fn numbers(list: &str) -> Option<Vec<usize>> {
 async fn main() -> i32 {
     let args: Vec<&str> = libos::args().collect();
     match args[..] {
-        ["bulk", ip, port, conns, total, ref chunk @ ..] if chunk.len() <= 1 => {
-            let chunk = chunk.first().map_or(Some(256 * 1024), |c| c.parse().ok().filter(|&c| c > 0));
-            let (Ok(ip), Ok(port), Some(conns), Ok(total), Some(chunk)) =
+        ["bulk", ref rest @ ..] => {
+            let parsed = match *rest {
+                [ip, port, conns, total] => Some((ip, port, conns, total, Some(256 * 1024))),
+                [ip, port, conns, total, chunk] => Some((ip, port, conns, total, chunk.parse().ok().filter(|&c| c > 0))),
+                _ => None,
+            };
+            let Some((Ok(ip), Ok(port), Some(conns), Ok(total @ 1..), Some(chunk))) = parsed.map(|(ip, port, conns, total, chunk)| {
                 (ip.parse::<Ipv4>(), port.parse::<u16>(), numbers(conns), total.parse::<u64>(), chunk)
-            else {
+            }) else {
                 println!("usage: echo-bench bulk IP PORT CONNECTIONS[,CONNECTIONS...] TOTAL_BYTES [CHUNK_BYTES]");
                 return 2;
             };
@@ -200,9 +204,15 @@ async fn main() -> i32 {
             }
             return 0;
         }
-        ["raw-send", sizes, ms, ref warmup @ ..] if warmup.len() <= 1 => {
-            let warmup = warmup.first().map_or(Some(0), |w| w.parse().ok());
-            let (Some(sizes), Ok(ms @ 1..), Some(warmup)) = (numbers(sizes), ms.parse::<u64>(), warmup) else {
+        ["raw-send", ref rest @ ..] => {
+            let parsed = match *rest {
+                [sizes, ms] => Some((sizes, ms, Some(0))),
+                [sizes, ms, warmup] => Some((sizes, ms, warmup.parse().ok())),
+                _ => None,
+            };
+            let Some((Some(sizes), Ok(ms @ 1..), Some(warmup))) =
+                parsed.map(|(sizes, ms, warmup)| (numbers(sizes), ms.parse::<u64>(), warmup))
+            else {
                 println!("usage: echo-bench raw-send FRAME_BYTES[,FRAME_BYTES...] DURATION_MS [WARMUP_MS]");
                 return 2;
             };
