@@ -5,7 +5,8 @@
 //! whenever it runs and blocks in the hypervisor until the stack's next
 //! deadline or an `events::NET_RX` wake-up, so an idle networked guest
 //! costs no CPU. Sockets wake the tasks waiting on them through smoltcp's
-//! wakers.
+//! wakers. [`raw`] takes the vNIC away from the stack for a guest that
+//! sends and receives Ethernet frames itself.
 
 use crate::sys::{MappedRing, nic_info};
 use crate::time::Instant;
@@ -23,6 +24,8 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpo
 use spin::Mutex;
 
 pub use smoltcp::wire::Ipv4Address as Ipv4;
+
+pub mod raw;
 
 struct Stack {
     dev: RingDevice<MappedRing>,
@@ -73,7 +76,7 @@ pub fn ipv4() -> Option<Ipv4Address> {
 /// Returns whether anything happened.
 pub(crate) fn poll() -> bool {
     let mut guard = STACK.lock();
-    let Some(s) = guard.as_mut() else { return false };
+    let Some(s) = guard.as_mut() else { return raw::poll() };
     let changed = s.iface.poll(now(), &mut s.dev, &mut s.sockets) != smoltcp::iface::PollResult::None;
     let Stack { sockets, closing, .. } = s;
     closing.retain(|&h| {

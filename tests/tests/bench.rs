@@ -114,6 +114,23 @@ fn net_benchmark_measures_our_guests_and_the_linux_peer_and_writes_json() {
             }
         }
     }
+    // The streaming rows: a figure or a reason, on every side and setting.
+    for (side, key) in [("ours", "bulk"), ("linux", "bulk"), ("ours", "switch"), ("ours", "memcpy")] {
+        let rows = n[side][key].as_array().unwrap_or_else(|| panic!("{side}.{key} is a list"));
+        assert!(!rows.is_empty(), "{side}.{key}");
+        for m in rows {
+            match m.get("not_measured") {
+                Some(why) => assert!(not_measured.iter().any(|x| x["reason"] == *why), "{side} {key}: {why} is missing from not_measured"),
+                None => {
+                    let rate = m["mbytes_per_sec"].as_f64().or(m["gbytes_per_sec"].as_f64());
+                    assert!(rate.is_some_and(|r| r > 0.0), "{side} {key}: {m}");
+                }
+            }
+        }
+    }
+    for goal in ["bulk_1_conn", "switch_65536", "host_http_p99", "host_http_max"] {
+        assert!(n["goal"][goal].is_object(), "goal {goal}: {}", n["goal"]);
+    }
     // Ratios are ours / linux where both were measured.
     let ours = n["ours"]["echo"][0]["round_trips_per_sec"].as_f64().unwrap();
     if let Some(linux) = n["linux"]["echo"][0]["round_trips_per_sec"].as_f64() {
@@ -214,6 +231,112 @@ fn load_generators_count_round_trips_and_requests_without_errors() {
         let nf = lines.iter().find(|(g, _)| g == "load404-0").map(|(_, v)| v).unwrap_or_else(|| panic!("{c}"));
         assert_eq!(nf["status"]["404"], 40, "{nf}");
         assert_eq!(nf["errors"], 0, "{nf}");
+    }
+}
+
+/// The streaming guests of `bench net` (bulk TCP, raw frames through the
+/// switch, memcpy): every byte is counted and accounted for, a frame size
+/// the vNIC does not carry is refused, and a misused mode says how to use it.
+#[test]
+fn bulk_raw_frame_and_memcpy_guests_account_for_every_byte() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let max = abi::ring::MTU_FRAME;
+    let too_big = 64 << 10;
+    let manifest = format!(
+        r#"
+        [[guest]]
+        name = "sink"
+        app = "echo"
+        tenant = "bulk"
+        memory = "32 MiB"
+        ring_slots = 64
+        args = ["sink", "9", "65536"]
+
+        [[guest]]
+        name = "bulk"
+        app = "echo-bench"
+        tenant = "bulk"
+        memory = "32 MiB"
+        ring_slots = 64
+        args = ["bulk", "10.0.0.2", "9", "1,3", "3000000", "100000"]
+
+        [[guest]]
+        name = "rawsink"
+        app = "echo"
+        tenant = "raw"
+        memory = "16 MiB"
+        args = ["raw-sink"]
+
+        [[guest]]
+        name = "rawsend"
+        app = "echo-bench"
+        tenant = "raw"
+        memory = "16 MiB"
+        args = ["raw-send", "{max},{too_big},60", "300", "100"]
+
+        [[guest]]
+        name = "memcpy"
+        app = "bench"
+        memory = "16 MiB"
+        args = ["memcpy", "1514,65536", "50"]
+
+        [[guest]]
+        name = "usage"
+        app = "echo-bench"
+        args = ["bulk", "10.0.0.2"]
+        "#
+    );
+    let mut live = integration_tests::Live::start(manifest.as_str(), 2);
+    let ends = ["bulk-0", "rawsink-0", "rawsend-0", "memcpy-0", "usage-0"];
+    while !ends.iter().all(|g| live.console.contains(&format!("[hv] guest {g} exited with code"))) {
+        assert!(live.wait_for("[hv] guest ", Duration::from_secs(180)), "timed out:\n{}", live.console);
+    }
+    let c = &live.console;
+    for g in ["bulk-0", "rawsink-0", "rawsend-0", "memcpy-0"] {
+        assert!(c.contains(&format!("[hv] guest {g} exited with code 0")), "{g}:\n{c}");
+    }
+    assert!(c.contains("usage-0| usage: echo-bench bulk IP PORT"), "{c}");
+    let lines = guest_json(c);
+    let of = |who: &str, bench: &str| -> Vec<Value> {
+        lines.iter().filter(|(g, v)| g == who && v["bench"] == bench).map(|(_, v)| v.clone()).collect()
+    };
+    // Bulk: 3,000,000 bytes per run, split over the connections, each
+    // connection's count confirmed by the sink.
+    let bulk = of("bulk-0", "bulk");
+    assert_eq!(bulk.len(), 2, "{c}");
+    for (v, conns) in bulk.iter().zip([1u64, 3]) {
+        assert_eq!(v["connections"], conns, "{v}");
+        assert_eq!(v["errors"], 0, "{v}");
+        assert_eq!(v["bytes"], 3_000_000, "{v}");
+        assert_eq!(v["bytes_per_connection"], 3_000_000 / conns, "{v}");
+        positive(&v["mbytes_per_sec"], "bulk MB/s");
+        let (mb, gbit) = (v["mbytes_per_sec"].as_f64().unwrap(), v["gbits_per_sec"].as_f64().unwrap());
+        assert!((gbit - mb * 8.0 / 1e3).abs() < 1e-3 + 1e-3 * gbit, "{v}");
+    }
+    // Raw frames: what arrived plus what was lost is what was sent; the
+    // oversized size is refused, the rest measured.
+    let sent = of("rawsend-0", "switch-send");
+    let got = of("rawsink-0", "switch");
+    assert_eq!(sent.len(), 3, "{c}");
+    assert_eq!(sent[1]["frame_bytes"], too_big);
+    assert_eq!(sent[1]["max_frame"], max);
+    assert!(sent[1]["refused"].is_string(), "{}", sent[1]);
+    assert_eq!(got.len(), 2, "{c}");
+    for (s, g) in [(&sent[0], &got[0]), (&sent[2], &got[1])] {
+        assert_eq!(g["phase"], s["phase"], "{g}");
+        assert_eq!(g["frame_bytes"], s["frame_bytes"], "{g}");
+        assert_eq!(g["sent"], s["frames"], "{g} {s}");
+        let frames = positive(&g["frames"], "raw frames received") as u64;
+        assert_eq!(frames + g["lost"].as_u64().unwrap(), s["frames"].as_u64().unwrap(), "{g}");
+        assert_eq!(g["bytes"].as_u64().unwrap(), frames * s["frame_bytes"].as_u64().unwrap(), "{g}");
+        assert_eq!(g["ring_errors"], 0, "{g}");
+    }
+    let memcpy = of("memcpy-0", "memcpy");
+    assert_eq!(memcpy.iter().map(|v| v["bytes"].as_u64().unwrap()).collect::<Vec<_>>(), [1514, 65536], "{c}");
+    for v in &memcpy {
+        positive(&v["gbytes_per_sec"], "memcpy GB/s");
+        positive(&v["copies"], "memcpy copies");
     }
 }
 

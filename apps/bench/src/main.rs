@@ -7,6 +7,7 @@
 //! | `first`               | `{"bench":"first","tsc":T,"ns":NS}`: the TSC at the first line of main, and the monotonic clock just after |
 //! | `sleep-lateness N PERIOD_US` | `{"bench":"sleep-lateness","iterations":N,"warmup":W,"period_us":P,"lateness_us":{"p50":..,"p99":..,"max":..,"mean":..}}` (see `latency`) |
 //! | `spin`                | nothing: computes forever                                          |
+//! | `memcpy SIZE[,...] MS` | per size, `{"bench":"memcpy","bytes":S,"copies":N,"duration_ms":T,"copies_per_sec":C,"gbytes_per_sec":G}`: one buffer of SIZE bytes copied to another (both stay in cache) over and over for MS ms, the yardstick of `bench net`'s switch row |
 //!
 //! `hypercall`: for each of the three calls, a warm-up of max(N/10, 1000)
 //! calls, then ROUNDS (default 7) rounds of N, each timed with `rdtsc`
@@ -88,6 +89,30 @@ fn hypercall(n: u64, rounds: u64) {
     });
 }
 
+/// `memcpy`: copies `size` bytes from one buffer to another, again and
+/// again for `ms` milliseconds (the clock read every 16 copies).
+fn memcpy(size: usize, ms: u64) {
+    let src: Vec<u8> = (0..size).map(|i| i as u8).collect();
+    let mut dst = alloc::vec![0u8; size];
+    let start = libos::time::Instant::now();
+    let end = start.saturating_add(core::time::Duration::from_millis(ms));
+    let mut copies = 0u64;
+    while libos::time::Instant::now() < end {
+        for _ in 0..16 {
+            dst.copy_from_slice(core::hint::black_box(&src));
+            core::hint::black_box(&mut dst);
+        }
+        copies += 16;
+    }
+    let secs = start.elapsed().as_nanos() as f64 / 1e9;
+    println!(
+        r#"{{"bench":"memcpy","bytes":{size},"copies":{copies},"duration_ms":{:.1},"copies_per_sec":{:.1},"gbytes_per_sec":{:.4}}}"#,
+        secs * 1e3,
+        copies as f64 / secs,
+        (copies * size as u64) as f64 / secs / 1e9
+    );
+}
+
 fn main() -> i32 {
     let tsc = rdtsc();
     let args: Vec<&str> = libos::args().collect();
@@ -103,8 +128,17 @@ fn main() -> i32 {
         }
         Some("sleep-lateness") => latency::sleep_lateness(number(args.get(1).copied(), "N"), number(args.get(2).copied(), "PERIOD_US")),
         Some("spin") => latency::spin(),
+        Some("memcpy") => {
+            let sizes = args.get(1).map(|s| s.split(',').map(|n| number(Some(n), "SIZE")).collect::<Vec<_>>());
+            let ms = number(args.get(2).copied(), "MS");
+            for size in sizes.unwrap_or_default() {
+                memcpy(size as usize, ms);
+            }
+        }
         other => {
-            println!("unknown benchmark {other:?} (expected `hypercall N [ROUNDS]`, `first`, `sleep-lateness N PERIOD_US` or `spin`)");
+            println!(
+                "unknown benchmark {other:?} (expected `hypercall N [ROUNDS]`, `first`, `sleep-lateness N PERIOD_US`, `spin` or `memcpy SIZE[,...] MS`)"
+            );
             return 2;
         }
     }

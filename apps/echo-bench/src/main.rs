@@ -1,4 +1,12 @@
-//! Load generator for the echo guest (`apps/echo`): `CONNECTIONS` TCP
+//! Load generators for the echo guest (`apps/echo`):
+//!
+//! | arguments | what it does |
+//! |-----------|--------------|
+//! | `IP PORT CONNECTIONS MESSAGE_BYTES DURATION [WARMUP_MS]` | round trips against `echo serve` (below) |
+//! | `bulk IP PORT CONNECTIONS[,...] TOTAL_BYTES [CHUNK_BYTES]` | streams TOTAL_BYTES to `echo sink`, split over the connections, in writes of CHUNK_BYTES (256 KiB); prints `{"bench":"bulk","connections":C,"bytes":B,"duration_ms":T,"mbytes_per_sec":M,"gbits_per_sec":G,"errors":E}` per setting (see `bulk`) |
+//! | `raw-send FRAME_BYTES[,...] DURATION_MS [WARMUP_MS]` | raw Ethernet frames to `echo raw-sink` as fast as the TX ring allows, per size; prints `{"bench":"switch-send",...}` per size, or `"refused"` for a size the vNIC does not carry (see `raw`) |
+//!
+//! Round trips: `CONNECTIONS` TCP
 //! connections, a task each, each sending a `MESSAGE_BYTES` message and
 //! waiting for all of its echo (checked byte for byte) before the next one,
 //! round after round, for `DURATION` (milliseconds, e.g. `10000`) or for a
@@ -33,6 +41,9 @@
 #![forbid(unsafe_code)]
 
 extern crate alloc;
+
+mod bulk;
+mod raw;
 
 use alloc::rc::Rc;
 use alloc::vec;
@@ -169,8 +180,46 @@ fn usage() -> i32 {
     2
 }
 
+fn numbers(list: &str) -> Option<Vec<usize>> {
+    list.split(',').map(|c| c.parse().ok().filter(|&c| c > 0)).collect()
+}
+
 async fn main() -> i32 {
     let args: Vec<&str> = libos::args().collect();
+    match args[..] {
+        ["bulk", ref rest @ ..] => {
+            let parsed = match *rest {
+                [ip, port, conns, total] => Some((ip, port, conns, total, Some(256 * 1024))),
+                [ip, port, conns, total, chunk] => Some((ip, port, conns, total, chunk.parse().ok().filter(|&c| c > 0))),
+                _ => None,
+            };
+            let Some((Ok(ip), Ok(port), Some(conns), Ok(total @ 1..), Some(chunk))) = parsed.map(|(ip, port, conns, total, chunk)| {
+                (ip.parse::<Ipv4>(), port.parse::<u16>(), numbers(conns), total.parse::<u64>(), chunk)
+            }) else {
+                println!("usage: echo-bench bulk IP PORT CONNECTIONS[,CONNECTIONS...] TOTAL_BYTES [CHUNK_BYTES]");
+                return 2;
+            };
+            for c in conns {
+                bulk::run(ip, port, c, total, chunk).await;
+            }
+            return 0;
+        }
+        ["raw-send", ref rest @ ..] => {
+            let parsed = match *rest {
+                [sizes, ms] => Some((sizes, ms, Some(0))),
+                [sizes, ms, warmup] => Some((sizes, ms, warmup.parse().ok())),
+                _ => None,
+            };
+            let Some((Some(sizes), Ok(ms @ 1..), Some(warmup))) =
+                parsed.map(|(sizes, ms, warmup)| (numbers(sizes), ms.parse::<u64>(), warmup))
+            else {
+                println!("usage: echo-bench raw-send FRAME_BYTES[,FRAME_BYTES...] DURATION_MS [WARMUP_MS]");
+                return 2;
+            };
+            return raw::run(&sizes, ms, warmup).await;
+        }
+        _ => {}
+    }
     let (ip, port, conns, len, duration, warmup) = match args[..] {
         [ip, port, conns, len, duration] => (ip, port, conns, len, duration, "0"),
         [ip, port, conns, len, duration, warmup] => (ip, port, conns, len, duration, warmup),
@@ -181,7 +230,7 @@ async fn main() -> i32 {
         return usage();
     };
     let length = Length::parse(duration);
-    let counts: Option<Vec<usize>> = conns.split(',').map(|c| c.parse().ok().filter(|&c| c > 0)).collect();
+    let counts = numbers(conns);
     let (Some(length), Some(counts)) = (length, counts) else { return usage() };
     if len == 0 {
         return usage();

@@ -8,12 +8,15 @@
 //! | `udp-burst PORT IP:N [IP:N ...]` | sends N numbered 512-byte datagrams to each IP:PORT in turn, waiting for room (never dropping); prints `udp-burst: sent N to IP in T ms` each |
 //! | `udp-sink PORT N PAUSE_MS`    | after the first datagram reads nothing for PAUSE_MS (its vNIC ring fills), then counts to N (or 10 s of silence); prints `udp-sink: received K of N, in order` or `with gaps`; exits 0 if all came in order |
 //! | `check N SAMPLES [PORT] [FIRST]` | echoes with SAMPLES random guests among N of its tenant from its FIRST-th (0: `10.T.0.2`); exits 0 if all answered |
+//! | `raw-sink`                    | the switch benchmark's receiver (`echo-bench raw-send`): takes the vNIC from the stack, counts raw frames and bytes per phase, prints `{"bench":"switch","frame_bytes":S,"frames":N,"bytes":B,"sent":S,"lost":L,"duration_ms":T,"frames_per_sec":F,"gbytes_per_sec":G,...}` per phase; exits 0 when the sender is done (see `raw`) |
+//! | `sink [PORT] [BUFFER_BYTES]` | the bulk benchmark's receiver (`echo-bench bulk`): reads each TCP connection on PORT (7) into a BUFFER_BYTES (256 KiB) buffer, counting bytes, until the sender finishes; answers the count as 8 bytes (little-endian) and closes; runs forever |
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
+mod raw;
 mod udp;
 
 use alloc::vec;
@@ -74,6 +77,36 @@ async fn serve(port: u16, max_connections: Option<usize>) -> i32 {
                     // Serving forever: finished connections need no handle.
                     served.clear();
                 }
+            }
+            Err(e) => {
+                println!("accept failed: {e:?}");
+                return 1;
+            }
+        }
+    }
+}
+
+/// `sink`: every connection is read to its end into one big buffer (the
+/// bytes are counted, not looked at), then answered with the count so that
+/// the sender's clock stops when the last byte has arrived.
+async fn sink(port: u16, buffer: usize) -> i32 {
+    let Ok(mut listener) = TcpListener::bind(port, 16) else {
+        println!("cannot listen on port {port}");
+        return 1;
+    };
+    println!("echo: sink on port {port}, reads of {buffer} bytes");
+    loop {
+        match listener.accept().await {
+            Ok(mut conn) => {
+                spawn(async move {
+                    let mut buf = vec![0u8; buffer];
+                    let mut bytes = 0u64;
+                    while let Ok(n @ 1..) = conn.read(&mut buf).await {
+                        bytes += n as u64;
+                    }
+                    let _ = conn.write_all(&bytes.to_le_bytes()).await;
+                    conn.shutdown();
+                });
             }
             Err(e) => {
                 println!("accept failed: {e:?}");
@@ -233,6 +266,14 @@ async fn main() -> i32 {
             (Some(n @ 1..), Some(samples)) => check(n, samples, port(3), args.get(4).and_then(|a| a.parse().ok()).unwrap_or(0)).await,
             _ => {
                 println!("usage: check N SAMPLES [PORT] [FIRST]");
+                2
+            }
+        },
+        Some("raw-sink") => raw::run().await,
+        Some("sink") => match args.get(2).map_or(Some(256 * 1024), |b| b.parse().ok()) {
+            Some(buffer @ 1..) => sink(port(1), buffer).await,
+            _ => {
+                println!("usage: sink [PORT] [BUFFER_BYTES]");
                 2
             }
         },

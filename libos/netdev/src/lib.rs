@@ -8,6 +8,8 @@
 //! code) and handed to smoltcp. A hypervisor that broke the ring protocol is
 //! counted and treated as an empty ring: the guest never trusts shared memory.
 //!
+//! [`RawDevice`] is the same rings without smoltcp, frame by frame.
+//!
 //! Pure logic over `abi::ring::RingMemory`, so the tests below run two
 //! smoltcp stacks against each other on the host.
 #![no_std]
@@ -16,6 +18,9 @@
 use abi::ring::{Consumer, MTU_FRAME, Producer, RingError, RingMemory};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
+
+mod raw;
+pub use raw::{RawDevice, SendError};
 
 /// What the device has seen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! What the load-generator guests (`apps/echo-bench`, `apps/http-load`)
 //! share: the latency [`Histogram`], how long a run lasts ([`Length`],
-//! [`Until`]) and the connection [`Slots`] a run's phases take their
-//! connections from. `no_std` with `alloc`, free of the libos, so it is
+//! [`Until`]), the connection [`Slots`] a run's phases take their
+//! connections from, and the switch benchmark's frames ([`rawframe`]). `no_std` with `alloc`, free of the libos, so it is
 //! tested on the host (`cargo test -p loadgen`); the Linux peer's C load
 //! generators (`xtask/src/peer/net.c`) have the same histogram buckets.
 #![no_std]
@@ -11,6 +11,7 @@ extern crate alloc;
 
 pub mod hist;
 pub mod length;
+pub mod rawframe;
 pub mod slots;
 
 pub use hist::Histogram;

@@ -11,14 +11,18 @@
 //!   `apps/bench first`, each timed by the hypervisor's `guest_stats`
 //!   (`created_ns`, `first_entry_ns`). Linux: fork + exec + wait of a static
 //!   binary (`peer spawn K`).
-//! - `net`: echo round trips/s and HTTP requests/s ([`NetSettings`]). Ours:
-//!   `apps/echo-bench` → `apps/echo` and `apps/http-load` → `apps/http` in
-//!   one tenant (two boots, each stopped once its load guest is done), and
-//!   the host's `wrk` through the forwarded port. Linux: one boot whose
-//!   `/init` runs `peer echo-client` → `peer echo-server` and `peer
-//!   http-load` → nginx over `lo`, then serves the host's `wrk` on `eth0`
-//!   ([`linux::net_init_script`]). A part that cannot run is reported as
-//!   not measured, with the reason, and the rest still runs.
+//! - `net`: echo round trips/s, bulk TCP MB/s, HTTP requests/s, the
+//!   switch's ceiling with raw frames, and the host's wrk (requests/s, p99,
+//!   max) ([`NetSettings`]). Ours: `apps/echo-bench` → `apps/echo` (echo,
+//!   `bulk` → `sink`, `raw-send` → `raw-sink`) and `apps/http-load` →
+//!   `apps/http` in one tenant (a boot each, stopped once its load guest is
+//!   done), `apps/bench memcpy` as the switch's yardstick, and the host's
+//!   `wrk` through the forwarded port. Linux: one boot whose `/init` runs
+//!   `peer echo-client` → `peer echo-server`, `peer bulk-send` → `peer
+//!   bulk-sink` and `peer http-load` → nginx over `lo`, then serves the
+//!   host's `wrk` on `eth0` ([`linux::net_init_script`]). A part that
+//!   cannot run is reported as not measured, with the reason, and the rest
+//!   still runs.
 //!
 //! - `latency`: how late a 1 ms sleeper wakes beside 2 spinners per CPU,
 //!   and echo round-trip p99 alone and beside them. Ours: `apps/bench
@@ -58,6 +62,7 @@ mod hypercall;
 mod latency;
 mod net;
 mod net_linux;
+mod net_stream;
 pub mod report;
 mod wrk;
 
@@ -79,8 +84,9 @@ pub enum Which {
     Hypercall,
     /// Guests started per second and start latency vs. Linux fork+exec.
     Boot,
-    /// Echo round trips/s and HTTP requests/s, guest to guest and from the
-    /// host, vs. a Linux VM over its loopback and through its NIC.
+    /// Echo round trips/s, bulk TCP MB/s and HTTP requests/s guest to
+    /// guest, and the host's wrk, vs. a Linux VM over its loopback and
+    /// through its NIC; the switch's raw-frame ceiling vs. memcpy.
     Net,
     /// Idle echo guests per GiB, bytes and start time per guest, idle CPU,
     /// memory back after create/destroy, vs. idle busybox nc processes.

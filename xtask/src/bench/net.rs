@@ -1,8 +1,11 @@
-//! `bench net`: echo round trips/s and HTTP requests/s ([`NetSettings`]).
-//! Ours: `apps/echo-bench` → `apps/echo` and `apps/http-load` →
-//! `apps/http` in one tenant (two boots, each stopped once its load guest is
-//! done), and the host's `wrk` through the forwarded port. The Linux side is
-//! in [`super::net_linux`]. A part that cannot run is reported as not
+//! `bench net`: echo round trips/s, bulk TCP MB/s, HTTP requests/s, the
+//! switch's ceiling with raw frames, and the host's wrk ([`NetSettings`]).
+//! Ours: `apps/echo-bench` → `apps/echo` (echo, bulk, raw frames) and
+//! `apps/http-load` → `apps/http` in one tenant (a boot each, stopped once
+//! its load guest is done; the streaming ones in [`super::net_stream`]),
+//! and the host's `wrk` through the forwarded port. The Linux side is in
+//! [`super::net_linux`]; the switch row's yardstick is a memcpy loop in
+//! one of our guests, not Linux. A part that cannot run is reported as not
 //! measured, with the reason, and the rest still runs.
 
 use super::wrk::host_wrk;
@@ -23,8 +26,22 @@ pub struct NetSettings {
     pub host_connections: usize,
     pub host_secs: u64,
     /// Every run starts with this long unmeasured on its connections (a
-    /// separate 1 s wrk run for the host's).
+    /// separate 1 s wrk run for the host's; each raw frame size too).
     pub warmup_ms: u64,
+    /// Bulk runs, one per connection count: each streams `bulk_bytes` in
+    /// all, split evenly over its connections.
+    pub bulk_connections: Vec<usize>,
+    pub bulk_bytes: u64,
+    /// Raw frame sizes through the switch (only what the vNIC ring carries
+    /// is measured; the rest is reported as refused), each for `switch_ms`,
+    /// and the memcpy yardstick of the same sizes for `memcpy_ms`.
+    pub switch_frame_bytes: Vec<usize>,
+    pub switch_ms: u64,
+    pub memcpy_ms: u64,
+    /// The bulk and switch guests' vNIC ring slots and memory (bigger
+    /// frames and socket buffers need both).
+    pub stream_ring_slots: u32,
+    pub stream_memory_mib: u64,
 }
 
 impl NetSettings {
@@ -41,7 +58,19 @@ impl NetSettings {
             host_connections: 16,
             host_secs: ms / 1000,
             warmup_ms: if quick { 500 } else { 1000 },
+            bulk_connections: vec![1, 4],
+            bulk_bytes: if quick { 32 << 20 } else { 256 << 20 },
+            switch_frame_bytes: vec![1514, 64 << 10],
+            switch_ms: if quick { 1_000 } else { 5_000 },
+            memcpy_ms: if quick { 500 } else { 2_000 },
+            stream_ring_slots: 128,
+            stream_memory_mib: 64,
         }
+    }
+
+    pub(super) fn bulk_list(&self) -> String {
+        let list: Vec<String> = self.bulk_connections.iter().map(|c| c.to_string()).collect();
+        list.join(",")
     }
 
     pub(super) fn echo_list(&self) -> String {
@@ -64,6 +93,24 @@ impl NetSettings {
                 "duration_ms": self.http_ms,
                 "port": linux::HTTP_PORT,
             },
+            "bulk": {
+                "connections": self.bulk_connections,
+                "bytes_per_run": self.bulk_bytes,
+                "split": "bytes_per_run / connections each",
+                "chunk_bytes": 256 << 10,
+                "port": linux::BULK_PORT,
+            },
+            "switch": {
+                "frame_bytes": self.switch_frame_bytes,
+                "duration_ms": self.switch_ms,
+                "ethertype": "0x88b5",
+                "memcpy_duration_ms": self.memcpy_ms,
+            },
+            "stream_guests": {
+                "ring_slots": self.stream_ring_slots,
+                "memory_mib": self.stream_memory_mib,
+                "nic_limits": "none",
+            },
             "host": {
                 "client": "wrk -t1 --latency --timeout 5s",
                 "connections": self.host_connections,
@@ -83,6 +130,8 @@ pub type Measured = std::result::Result<Value, String>;
 pub(super) struct NetSide {
     /// One per [`NetSettings::echo_connections`].
     pub(super) echo: Vec<Measured>,
+    /// One per [`NetSettings::bulk_connections`].
+    pub(super) bulk: Vec<Measured>,
     pub(super) http: Measured,
     pub(super) host: Measured,
 }
@@ -231,6 +280,14 @@ impl Bench {
         let wrk = wrk.map_err(String::as_str);
 
         let (ours_echo_args, ours_echo) = self.ours_echo(&st, &[])?;
+        let failed = |what: &str, e: anyhow::Error, n: usize| {
+            let why = format!("{what} could not be booted: {e:#}");
+            (Vec::new(), (0..n).map(|_| Err(why.clone())).collect::<Vec<Measured>>())
+        };
+        let (ours_bulk_args, ours_bulk) = self.ours_bulk(&st).unwrap_or_else(|e| failed("the bulk guests", e, st.bulk_connections.len()));
+        let (ours_switch_args, switch) =
+            self.ours_switch(&st).unwrap_or_else(|e| failed("the raw-frame guests", e, st.switch_frame_bytes.len()));
+        let (memcpy_args, memcpy) = self.ours_memcpy(&st).unwrap_or_else(|e| failed("the memcpy guest", e, st.switch_frame_bytes.len()));
         let has_http = crate::build::apps()?.iter().any(|a| a == "http");
         let (ours_http_args, ours_http, ours_host) = if has_http {
             match self.ours_http(&st, wrk) {
@@ -244,46 +301,10 @@ impl Bench {
             let why = "apps/http does not exist".to_string();
             (Vec::new(), Err(why.clone()), Err(why))
         };
-        let ours = NetSide { echo: ours_echo, http: ours_http, host: ours_host };
+        let ours = NetSide { echo: ours_echo, bulk: ours_bulk, http: ours_http, host: ours_host };
         let (linux, linux_info) = self.linux_net(&st, nginx.map_err(String::as_str), wrk);
 
-        // The table.
-        struct Row<'a> {
-            key: String,
-            label: String,
-            unit: &'static str,
-            ours: &'a Measured,
-            linux: &'a Measured,
-            goal: bool,
-        }
-        let mut rows = Vec::new();
-        for (i, &c) in st.echo_connections.iter().enumerate() {
-            rows.push(Row {
-                key: format!("echo_{c}_conn{}", if c == 1 { "" } else { "s" }),
-                label: format!("echo, {c} conn{}, {} B", if c == 1 { "" } else { "s" }, st.message_bytes),
-                unit: "round trips/s",
-                ours: &ours.echo[i],
-                linux: &linux.echo[i],
-                goal: true,
-            });
-        }
-        rows.push(Row {
-            key: "http".into(),
-            label: format!("http, {} conns, {} B body", st.http_connections, st.body_bytes),
-            unit: "requests/s",
-            ours: &ours.http,
-            linux: &linux.http,
-            goal: true,
-        });
-        rows.push(Row {
-            key: "host_http".into(),
-            label: format!("host wrk, {} conns", st.host_connections),
-            unit: "requests/s",
-            ours: &ours.host,
-            linux: &linux.host,
-            goal: false,
-        });
-
+        let rows = net_rows(&st, &ours, &linux, &switch, &memcpy);
         let mut t = self.header("net");
         let _ = writeln!(t, "\n{:<44}{:>14} {:>14} {:>8}", "", "ours", "linux", "ratio");
         let mut ratios = serde_json::Map::new();
@@ -291,15 +312,15 @@ impl Bench {
         let mut not_measured = Vec::new();
         let mut notes = Vec::new();
         for row in &rows {
-            let rate = |m: &Measured| m.as_ref().ok().and_then(rate_of);
-            let (o, l) = (rate(row.ours), rate(row.linux));
+            if let Some((title, theirs)) = row.heading {
+                let _ = writeln!(t, "{title:<44}{:>14} {theirs:>14}", "ours");
+            }
+            let value = |m: &Measured| m.as_ref().ok().and_then(row.value);
+            let (o, l) = (value(row.ours), value(row.linux));
             let ratio = o.zip(l).filter(|(_, l)| *l > 0.0).map(|(o, l)| o / l);
-            let cell = |v: Option<f64>| v.map_or(format!("{:>14}", "n/m"), |v| format!("{v:>14.0}"));
-            let goal = if row.goal {
-                ratio.map_or("   goal >= 2x".to_string(), |r| format!("   goal >= 2x{}", if r >= 2.0 { " (met)" } else { "" }))
-            } else {
-                String::new()
-            };
+            let cell = |v: Option<f64>| v.map_or(format!("{:>14}", "n/m"), |v| format!("{v:>14.*}", row.decimals));
+            let goal =
+                row.goal.map_or(String::new(), |g| format!("   goal >= {g}x{}", if ratio.is_some_and(|r| r >= g) { " (met)" } else { "" }));
             let _ = writeln!(
                 t,
                 "{:<29}{:>15}{} {} {:>8}{goal}",
@@ -309,18 +330,19 @@ impl Bench {
                 cell(l),
                 ratio.map_or("-".into(), |r| format!("{r:.2}x"))
             );
-            let lat = |m: &Measured| {
-                m.as_ref().ok().map_or(format!("{:>14}", "-"), |v| {
-                    let l = &v["latency_us"];
-                    format!("{:>14}", format!("{:.0} / {:.0}", l["p50"].as_f64().unwrap_or(0.0), l["p99"].as_f64().unwrap_or(0.0)))
-                })
-            };
-            let _ = writeln!(t, "{:<29}{:>15}{} {}", "", "p50 / p99 µs", lat(row.ours), lat(row.linux));
+            let detail = |m: &Measured| format!("{:>14}", m.as_ref().ok().and_then(row.detail).unwrap_or_else(|| "-".into()));
+            let _ = writeln!(t, "{:<29}{:>15}{} {}", "", row.detail_unit, detail(row.ours), detail(row.linux));
             ratios.insert(row.key.clone(), json!(ratio));
-            if row.goal {
-                goals.insert(row.key.clone(), json!({ "ratio_at_least": 2.0, "met": ratio.map(|r| r >= 2.0) }));
+            if let Some(g) = row.goal {
+                goals.insert(row.key.clone(), json!({ "ratio_at_least": g, "ratio": ratio, "met": ratio.map(|r| r >= g) }));
             }
-            for (side, m) in [("ours", row.ours), ("linux", row.linux)] {
+            if row.key == "host_http" {
+                let host = host_goals(row.ours, row.linux);
+                let _ = writeln!(t, "{:<44}{}", "", host.line);
+                goals.insert("host_http_p99".into(), host.p99);
+                goals.insert("host_http_max".into(), host.max);
+            }
+            for (side, m) in [("ours", row.ours), (row.linux_side, row.linux)] {
                 match m {
                     Err(why) => {
                         let first = why.lines().next().unwrap_or("");
@@ -339,9 +361,12 @@ impl Bench {
         }
         let _ = write!(
             t,
-            "ratio = ours / linux (higher is better for us); n/m = not measured\n\
-             ours: echo-bench → echo and http-load → http guests, one tenant, over the hypervisor's switch\n\
-             linux: peer echo-client → peer echo-server, peer http-load → nginx, over lo\n\
+            "ratio = ours / linux (higher is better for us); n/m = not measured; MB = 10^6 bytes, GB = 10^9\n\
+             ours: echo-bench → echo (echo, bulk → sink, raw frames → raw-sink) and http-load → http guests, one tenant, \
+             over the hypervisor's switch\n\
+             linux: peer echo-client → echo-server, bulk-send → bulk-sink, http-load → nginx, over lo\n\
+             bulk: the MiB of a run split evenly over its connections\n\
+             switch: raw Ethernet frames (EtherType 0x88b5) guest → guest vs. memcpy of the same size in a guest (frames/s: copies/s)\n\
              host: wrk -t1 through QEMU's user-net port forward (ours: to the http guest; linux: to nginx on eth0)"
         );
 
@@ -356,22 +381,34 @@ impl Bench {
                        outstanding per connection), all driven by one thread or executor; a latency \
                        runs from the write to the last byte of the answer; rates are completed round \
                        trips or responses per second of the run (connections made before the clock starts). \
+                       bulk: the bytes are split over the connections; the clock runs from when all are \
+                       made until the sink has answered every connection's byte count. \
+                       switch: the sender queues raw frames as fast as its TX ring allows (kicking the \
+                       hypervisor when it is full); the sink counts frames and bytes from its first frame \
+                       to its last; memcpy: one buffer of the frame's size copied to another in a loop. \
                        ours: apps/echo-bench -> apps/echo, apps/http-load -> apps/http, guests in one tenant. \
-                       linux: xtask/src/peer/net.c (echo-client -> echo-server, http-load -> nginx) over lo. \
-                       host: wrk through QEMU's user-net port forward.",
+                       linux: xtask/src/peer/net.c (echo-client -> echo-server, bulk-send -> bulk-sink, \
+                       http-load -> nginx) over lo. host: wrk through QEMU's user-net port forward.",
             "qemu_args": {
                 "ours_echo": ours_echo_args,
+                "ours_bulk": ours_bulk_args,
+                "ours_switch": ours_switch_args,
+                "ours_memcpy": memcpy_args,
                 "ours_http": ours_http_args,
                 "linux": linux_info["qemu_args"].clone(),
             },
             "linux_kernel": linux_info,
             "ours": {
                 "echo": ours.echo.iter().map(measured_json).collect::<Vec<_>>(),
+                "bulk": ours.bulk.iter().map(measured_json).collect::<Vec<_>>(),
+                "switch": switch.iter().map(measured_json).collect::<Vec<_>>(),
+                "memcpy": memcpy.iter().map(measured_json).collect::<Vec<_>>(),
                 "http": measured_json(&ours.http),
                 "host_http": measured_json(&ours.host),
             },
             "linux": {
                 "echo": linux.echo.iter().map(measured_json).collect::<Vec<_>>(),
+                "bulk": linux.bulk.iter().map(measured_json).collect::<Vec<_>>(),
                 "http": measured_json(&linux.http),
                 "host_http": measured_json(&linux.host),
             },
@@ -383,6 +420,149 @@ impl Bench {
     }
 }
 
+/// One row of `bench net`'s table: a figure of ours against one of Linux's
+/// (or, for the switch rows, of the memcpy yardstick), and a detail line.
+struct Row<'a> {
+    key: String,
+    /// A section starting at this row: its title and whose the second column is.
+    heading: Option<(&'static str, &'static str)>,
+    label: String,
+    unit: &'static str,
+    decimals: usize,
+    value: fn(&Value) -> Option<f64>,
+    detail_unit: &'static str,
+    detail: fn(&Value) -> Option<String>,
+    ours: &'a Measured,
+    linux: &'a Measured,
+    /// Who the second column is (`linux` or `memcpy`).
+    linux_side: &'static str,
+    /// Ours / theirs at least this.
+    goal: Option<f64>,
+}
+
+fn latency_detail(v: &Value) -> Option<String> {
+    let l = &v["latency_us"];
+    Some(format!("{:.0} / {:.0}", l["p50"].as_f64()?, l["p99"].as_f64()?))
+}
+
+/// The rows in table order.
+fn net_rows<'a>(st: &NetSettings, ours: &'a NetSide, linux: &'a NetSide, switch: &'a [Measured], memcpy: &'a [Measured]) -> Vec<Row<'a>> {
+    let conns = |c: usize| format!("{c} conn{}", if c == 1 { "" } else { "s" });
+    let mut rows = Vec::new();
+    for (i, &c) in st.echo_connections.iter().enumerate() {
+        rows.push(Row {
+            key: format!("echo_{c}_conn{}", if c == 1 { "" } else { "s" }),
+            heading: None,
+            label: format!("echo, {}, {} B", conns(c), st.message_bytes),
+            unit: "round trips/s",
+            decimals: 0,
+            value: rate_of,
+            detail_unit: "p50 / p99 µs",
+            detail: latency_detail,
+            ours: &ours.echo[i],
+            linux: &linux.echo[i],
+            linux_side: "linux",
+            goal: Some(2.0),
+        });
+    }
+    for (i, &c) in st.bulk_connections.iter().enumerate() {
+        rows.push(Row {
+            key: format!("bulk_{c}_conn{}", if c == 1 { "" } else { "s" }),
+            heading: None,
+            label: format!("bulk, {}, {} MiB", conns(c), st.bulk_bytes >> 20),
+            unit: "MB/s",
+            decimals: 1,
+            value: |v| v["mbytes_per_sec"].as_f64(),
+            detail_unit: "Gbit/s",
+            detail: |v| Some(format!("{:.3}", v["gbits_per_sec"].as_f64()?)),
+            ours: &ours.bulk[i],
+            linux: &linux.bulk[i],
+            linux_side: "linux",
+            goal: (c == 1).then_some(1.0),
+        });
+    }
+    rows.push(Row {
+        key: "http".into(),
+        heading: None,
+        label: format!("http, {}, {} B body", conns(st.http_connections), st.body_bytes),
+        unit: "requests/s",
+        decimals: 0,
+        value: rate_of,
+        detail_unit: "p50 / p99 µs",
+        detail: latency_detail,
+        ours: &ours.http,
+        linux: &linux.http,
+        linux_side: "linux",
+        goal: Some(2.0),
+    });
+    rows.push(Row {
+        key: "host_http".into(),
+        heading: None,
+        label: format!("host wrk, {}", conns(st.host_connections)),
+        unit: "requests/s",
+        decimals: 0,
+        value: rate_of,
+        detail_unit: "p99 / max ms",
+        detail: |v| {
+            let l = &v["latency_us"];
+            Some(format!("{:.1} / {:.1}", l["p99"].as_f64()? / 1e3, l["max"].as_f64()? / 1e3))
+        },
+        ours: &ours.host,
+        linux: &linux.host,
+        linux_side: "linux",
+        goal: None,
+    });
+    for (i, &size) in st.switch_frame_bytes.iter().enumerate() {
+        rows.push(Row {
+            key: format!("switch_{size}"),
+            heading: (i == 0).then_some(("switch ceiling (raw frames)", "memcpy")),
+            label: format!("switch, {} frames", frame_size(size)),
+            unit: "GB/s",
+            decimals: 3,
+            value: |v| v["gbytes_per_sec"].as_f64(),
+            detail_unit: "frames/s",
+            detail: |v| v["frames_per_sec"].as_f64().or(v["copies_per_sec"].as_f64()).map(|f| format!("{f:.0}")),
+            ours: &switch[i],
+            linux: &memcpy[i],
+            linux_side: "memcpy",
+            goal: (size >= 64 << 10).then_some(0.5),
+        });
+    }
+    rows
+}
+
+/// `1514 B` or `64 KiB`.
+fn frame_size(bytes: usize) -> String {
+    if bytes >= 1024 && bytes.is_multiple_of(1024) { format!("{} KiB", bytes / 1024) } else { format!("{bytes} B") }
+}
+
+/// The host row's latency goals: p99 at most 2x Linux's, no request over
+/// 200 ms.
+struct HostGoals {
+    line: String,
+    p99: Value,
+    max: Value,
+}
+
+/// The host path's latency goals, from the two sides' wrk figures.
+fn host_goals(ours: &Measured, linux: &Measured) -> HostGoals {
+    let lat = |m: &Measured, q: &str| m.as_ref().ok().and_then(|v| v["latency_us"][q].as_f64());
+    let (p99, linux_p99, max) = (lat(ours, "p99"), lat(linux, "p99"), lat(ours, "max"));
+    let ratio = p99.zip(linux_p99).filter(|(_, l)| *l > 0.0).map(|(o, l)| o / l);
+    let p99_met = ratio.map(|r| r <= 2.0);
+    let max_met = max.map(|m| m <= 200e3);
+    let said = |met: Option<bool>| match met {
+        Some(true) => " (met)",
+        Some(false) => " (not met)",
+        None => " (n/m)",
+    };
+    HostGoals {
+        line: format!("goal p99 <= 2x linux{}, max <= 200 ms{}", said(p99_met), said(max_met)),
+        p99: json!({ "p99_ratio_at_most": 2.0, "ratio": ratio, "met": p99_met }),
+        max: json!({ "max_ms_at_most": 200.0, "max_ms": max.map(|m| m / 1e3), "met": max_met }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,13 +571,79 @@ mod tests {
     fn net_settings_fit_the_time_budget() {
         for quick in [false, true] {
             let st = NetSettings::new(quick);
-            let secs = (st.echo_connections.len() as u64 * (st.echo_ms + st.warmup_ms) + st.http_ms + st.warmup_ms) / 1000 * 2
-                + 2 * (st.host_secs + 1);
-            // Measurement time on both sides; boots and builds come on top.
-            assert!(secs < if quick { 30 } else { 150 }, "{secs} s");
+            let timed = (st.echo_connections.len() as u64 * (st.echo_ms + st.warmup_ms) + st.http_ms + st.warmup_ms) * 2
+                + 2 * (st.host_secs + 1) * 1000
+                + st.switch_frame_bytes.len() as u64 * (st.switch_ms + st.warmup_ms + st.memcpy_ms);
+            // Measurement time on both sides; boots and builds come on top,
+            // and the bulk runs take what their bytes take.
+            let secs = timed / 1000;
+            assert!(secs < if quick { 40 } else { 200 }, "{secs} s");
+            // Bulk: the bytes split evenly over every connection count.
+            for &c in &st.bulk_connections {
+                assert_eq!(st.bulk_bytes % c as u64, 0, "{c} connections");
+            }
+            assert!(st.bulk_bytes <= if quick { 32 << 20 } else { 256 << 20 });
+            // The stream guests' rings are valid and their memory holds them.
+            assert!(abi::ring::valid_slots(st.stream_ring_slots));
+            assert!(2 * abi::ring::ring_bytes(st.stream_ring_slots) as u64 * 8 < st.stream_memory_mib * MIB);
         }
         let st = NetSettings::new(false);
         assert_eq!(st.echo_list(), "1,16");
-        assert_eq!(st.json()["http"]["body_bytes"], 1024);
+        assert_eq!(st.bulk_list(), "1,4");
+        assert_eq!(st.bulk_bytes, 256 << 20);
+        assert_eq!(st.switch_frame_bytes, [1514, 65536]);
+        assert!(st.stream_ring_slots >= 64);
+        let j = st.json();
+        assert_eq!(j["http"]["body_bytes"], 1024);
+        assert_eq!(j["bulk"]["bytes_per_run"], 256 << 20);
+        assert_eq!(j["switch"]["frame_bytes"][1], 65536);
+        assert_eq!(j["stream_guests"]["ring_slots"], 128);
+    }
+
+    fn wrk(p99_us: f64, max_us: f64) -> Measured {
+        Ok(json!({ "requests_per_sec": 1000.0, "latency_us": { "p50": 100.0, "p99": p99_us, "max": max_us }, "errors": 0 }))
+    }
+
+    #[test]
+    fn host_latency_goals_are_judged_from_p99_and_max() {
+        let g = host_goals(&wrk(1900.0, 150e3), &wrk(1000.0, 5e3));
+        assert_eq!(g.p99["met"], true);
+        assert_eq!(g.max["met"], true);
+        assert_eq!(g.max["max_ms"], 150.0);
+        assert_eq!(g.line, "goal p99 <= 2x linux (met), max <= 200 ms (met)");
+        let g = host_goals(&wrk(2100.0, 201e3), &wrk(1000.0, 5e3));
+        assert_eq!((g.p99["met"].clone(), g.max["met"].clone()), (json!(false), json!(false)));
+        let g = host_goals(&wrk(2100.0, 10e3), &Err("no wrk".into()));
+        assert_eq!(g.p99["met"], Value::Null);
+        assert_eq!(g.line, "goal p99 <= 2x linux (n/m), max <= 200 ms (met)");
+    }
+
+    #[test]
+    fn every_row_has_both_sides_and_the_goals_of_the_brief() {
+        let st = NetSettings::new(true);
+        let none = || Err::<Value, String>("x".into());
+        let side = || NetSide {
+            echo: st.echo_connections.iter().map(|_| none()).collect(),
+            bulk: st.bulk_connections.iter().map(|_| none()).collect(),
+            http: none(),
+            host: none(),
+        };
+        let (ours, linux) = (side(), side());
+        let switch: Vec<Measured> = st.switch_frame_bytes.iter().map(|_| none()).collect();
+        let rows = net_rows(&st, &ours, &linux, &switch, &switch);
+        let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["echo_1_conn", "echo_16_conns", "bulk_1_conn", "bulk_4_conns", "http", "host_http", "switch_1514", "switch_65536"]
+        );
+        let goal = |k: &str| rows.iter().find(|r| r.key == k).unwrap().goal;
+        assert_eq!(goal("bulk_1_conn"), Some(1.0));
+        assert_eq!(goal("bulk_4_conns"), None);
+        assert_eq!(goal("switch_65536"), Some(0.5));
+        assert_eq!(goal("switch_1514"), None);
+        assert_eq!(rows[7].label, "switch, 64 KiB frames");
+        let bulk = json!({ "mbytes_per_sec": 12.5, "gbits_per_sec": 0.1 });
+        assert_eq!((rows[2].value)(&bulk), Some(12.5));
+        assert_eq!((rows[2].detail)(&bulk).as_deref(), Some("0.100"));
     }
 }

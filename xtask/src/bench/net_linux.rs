@@ -1,5 +1,6 @@
 //! The Linux side of `bench net`: one boot whose `/init` runs `peer
-//! echo-client` → `peer echo-server` and `peer http-load` → nginx over
+//! echo-client` → `peer echo-server`, `peer bulk-send` → `peer bulk-sink`
+//! and `peer http-load` → nginx over
 //! `lo`, then serves the host's `wrk` on `eth0`
 //! ([`linux::net_init_script`]).
 
@@ -21,6 +22,7 @@ impl Bench {
             (
                 NetSide {
                     echo: st.echo_connections.iter().map(|_| Err(why.clone())).collect(),
+                    bulk: st.bulk_connections.iter().map(|_| Err(why.clone())).collect(),
                     http: Err(why.clone()),
                     host: Err(why.clone()),
                 },
@@ -58,6 +60,8 @@ impl Bench {
             http_length: st.http_ms.to_string(),
             body_bytes: st.body_bytes,
             warmup_ms: st.warmup_ms,
+            bulk_connections: st.bulk_list(),
+            bulk_bytes: st.bulk_bytes,
             nic: host_why.is_none(),
         };
         let build = |plan: &linux::NetPlan| {
@@ -102,8 +106,10 @@ impl Bench {
             if plan.nic { ", virtio-net" } else { "" }
         ));
         let runs = st.echo_connections.len() as u64;
-        let timeout = Duration::from_secs(180 + runs * (st.echo_ms / 1000 + 25) + st.http_ms / 1000 + st.host_secs + 60);
+        let bulk_runs = st.bulk_connections.len() as u64;
+        let timeout = Duration::from_secs(180 + runs * (st.echo_ms / 1000 + 25) + bulk_runs * 60 + st.http_ms / 1000 + st.host_secs + 60);
         let mut echo: Vec<Value> = Vec::new();
+        let mut bulk: Vec<Value> = Vec::new();
         let mut http: Option<Value> = None;
         let mut host: Measured = Err(host_why.clone().unwrap_or_else(|| "the peer never said it was serving".into()));
         let mut failed: Vec<String> = Vec::new();
@@ -118,6 +124,9 @@ impl Bench {
             } else if v["bench"] == "echo" {
                 progress(&format!("  linux echo, {} conns: {}", v["connections"], describe_result(&v)));
                 echo.push(v);
+            } else if v["bench"] == "bulk" {
+                progress(&format!("  linux bulk, {} conns: {}", v["connections"], super::net_stream::describe_bulk(&v)));
+                bulk.push(v);
             } else if v["bench"] == "http" {
                 progress(&format!("  linux http: {}", describe_result(&v)));
                 http = Some(v);
@@ -158,6 +167,7 @@ impl Bench {
             .iter()
             .map(|&c| echo.iter().find(|v| v["connections"].as_u64() == Some(c as u64)).cloned().ok_or_else(|| why("echo-client", &ended)))
             .collect();
+        let bulk = super::net_stream::by_connections(&st.bulk_connections, &bulk, &why("bulk-send", &ended));
         let http = match (http, http_why) {
             (Some(v), _) => Ok(v),
             (None, Some(w)) => Err(w),
@@ -180,6 +190,6 @@ impl Bench {
             "qemu_args": qemu_args,
             "nginx": plan.nginx.then_some(linux::NGINX),
         });
-        (NetSide { echo: echo_results, http, host }, info)
+        (NetSide { echo: echo_results, bulk, http, host }, info)
     }
 }

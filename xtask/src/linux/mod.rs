@@ -41,7 +41,8 @@ pub use initramfs::{BUSYBOX, Cpio, Tree, initramfs, initramfs_with, ldd_paths};
 pub use kernel::{Kernel, VIRTIO_NET_MODULES};
 pub use packages::{NGINX, ensure_net_tools, ensure_packages, is_static_elf};
 pub use peer::{
-    ECHO_PORT, HTTP_PORT, NetPlan, add_nginx, add_virtio_net, build_peer_program, init_script, net_init_script, nginx_conf, nic_args,
+    BULK_PORT, ECHO_PORT, HTTP_PORT, NetPlan, add_nginx, add_virtio_net, build_peer_program, init_script, net_init_script, nginx_conf,
+    nic_args,
 };
 
 /// The kernel command line the peer boots with.

@@ -63,7 +63,7 @@ poweroff -f
 }
 
 /// What the Linux peer of `bench net` runs, in order: the echo server and
-/// client over loopback, then nginx and the HTTP load over loopback, then
+/// client over loopback, the bulk sink and sender over loopback, then nginx and the HTTP load over loopback, then
 /// (with `nic`) eth0 up with nginx serving the host until a line is typed
 /// on the console.
 #[derive(Clone, Debug)]
@@ -80,6 +80,10 @@ pub struct NetPlan {
     pub body_bytes: usize,
     /// Unmeasured round trips or requests before each run, in ms.
     pub warmup_ms: u64,
+    /// `peer bulk-send` settings: connections (e.g. "1,4") and the bytes
+    /// each run streams, split over its connections.
+    pub bulk_connections: String,
+    pub bulk_bytes: u64,
     /// Insmod virtio-net, bring eth0 up as 10.0.2.15/24, serve the host.
     pub nic: bool,
 }
@@ -87,9 +91,11 @@ pub struct NetPlan {
 /// The port the peer's echo server and nginx listen on (as our guests).
 pub const ECHO_PORT: u16 = 7;
 pub const HTTP_PORT: u16 = 80;
+/// The port the bulk sinks listen on (ours: `echo sink`; the peer's: `peer bulk-sink`).
+pub const BULK_PORT: u16 = 9;
 
 /// `/init` for `bench net`. Every result is a JSON line: `{"peer":"up",...}`,
-/// the clients' `{"bench":"echo"|"http",...}`, `{"peer":"failed","command":C}`
+/// the clients' `{"bench":"echo"|"bulk"|"http",...}`, `{"peer":"failed","command":C}`
 /// for a part that did not work (the rest still runs),
 /// `{"peer":"serving","ip":"10.0.2.15","port":80}` when the host may start
 /// its load (the host then types a line), `{"peer":"done","status":16}`.
@@ -116,6 +122,12 @@ ip link set lo up || failed "ip link set lo up"
          /bin/peer echo-client 127.0.0.1 {ECHO_PORT} {} {} {} {} || failed echo-client\n\
          kill $echo_server\n",
         plan.echo_connections, plan.message_bytes, plan.echo_length, plan.warmup_ms
+    );
+    s += &format!(
+        "/bin/peer bulk-sink {BULK_PORT} &\nbulk_sink=$!\n\
+         /bin/peer bulk-send 127.0.0.1 {BULK_PORT} {} {} || failed bulk-send\n\
+         kill $bulk_sink\n",
+        plan.bulk_connections, plan.bulk_bytes
     );
     if plan.nginx {
         s += &format!(
@@ -218,6 +230,8 @@ mod tests {
             http_length: "10000".into(),
             body_bytes: 1024,
             warmup_ms: 1000,
+            bulk_connections: "1,4".into(),
+            bulk_bytes: 256 << 20,
             nic: true,
         };
         let s = net_init_script(&plan);
@@ -225,6 +239,8 @@ mod tests {
         assert!(s.contains("ip link set lo up"));
         assert!(s.contains("/bin/peer echo-server 7 &"));
         assert!(s.contains("/bin/peer echo-client 127.0.0.1 7 1,16 64 10000 1000 || failed echo-client"));
+        assert!(s.contains("/bin/peer bulk-sink 9 &"));
+        assert!(s.contains("/bin/peer bulk-send 127.0.0.1 9 1,4 268435456 || failed bulk-send"));
         assert!(s.contains("if nginx -c /etc/nginx/nginx.conf; then"));
         assert!(s.contains("/bin/peer http-load 127.0.0.1 80 / 16 10000 1000 || failed http-load"));
         assert!(s.contains("insmod /lib/modules/virtio_ring.ko && insmod /lib/modules/virtio.ko"));

@@ -128,6 +128,11 @@ impl Guest {
         Guest { ring_slots: slots, ..self }
     }
 
+    /// Its rate limits (per second; 0: none).
+    pub fn limits(self, limits: abi::bundle::Limits) -> Guest {
+        Guest { limits, ..self }
+    }
+
     /// Host TCP port `host` on 127.0.0.1 forwarded to its port `guest`
     /// (a vNIC in the default tenant if it has none yet).
     pub fn port(self, host: u16, guest: u16) -> Guest {
@@ -166,6 +171,12 @@ mod tests {
         let m = Manifest::new([
             Guest::app("http", "http").memory(34 * MIB).tenant("bench").ring_slots(32).args(["80", "1024"]).port(18080, 80),
             Guest::app("e", "echo").count(200).memory(160 * 1024).ring_slots(4).net(),
+            Guest::app("s", "echo").tenant("bench").ring_slots(128).limits(abi::bundle::Limits {
+                nic_packets: 0,
+                nic_bytes: 0,
+                notifications: 0,
+                ..Default::default()
+            }),
             Guest::app("q", "echo").args(["say \"hi\"", "back\\slash", ""]),
         ]);
         assert_eq!(read_back(&m), m);

@@ -14,6 +14,14 @@
  *   peer http-load IP PORT PATH CONNECTIONS[,...] DURATION_MS|COUNTx [WARMUP_MS]
  *       like apps/http-load: keep-alive GET requests back to back, parsing
  *       status and Content-Length; prints {"bench":"http",...} per setting.
+ *   peer bulk-sink PORT
+ *       like `echo sink`: reads each connection to its end into a 256 KiB
+ *       buffer, counting bytes, answers the count (8 bytes, little-endian)
+ *       and closes; one thread, epoll; runs until killed.
+ *   peer bulk-send IP PORT CONNECTIONS[,...] TOTAL_BYTES [CHUNK_BYTES]
+ *       like `echo-bench bulk`: TOTAL_BYTES split over the connections,
+ *       written in CHUNK_BYTES (256 KiB), each finished and its count
+ *       checked; prints {"bench":"bulk",...} per setting.
  *   With WARMUP_MS, the connections first run that long unmeasured.
  *
  * Latencies are read with rdtsc (converted with a rate calibrated against
@@ -702,5 +710,182 @@ int http_load(int argc, char **argv) {
             return 2;
         http_run(argv[0], port, path, conns, ms, count, warmup);
     }
+    return 0;
+}
+
+/* ---- bulk: one-way streams (apps/echo-bench bulk -> apps/echo sink) ---- */
+
+#define BULK_BUFFER (256 * 1024)
+
+struct bulk_conn {
+    int fd;
+    uint64_t bytes; /* sink: read so far; sender: left to write */
+    int state;      /* sender: 0 writing, 1 waiting for the count, 2 done */
+    unsigned char count[8];
+    int got;
+};
+
+/* Reads each connection to its end into one 256 KiB buffer, counting the
+   bytes, then answers the count (8 bytes, little-endian) and closes. One
+   thread, epoll; runs until killed. */
+int bulk_sink(int port) {
+    signal(SIGPIPE, SIG_IGN);
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    if (bind(l, (struct sockaddr *)&a, sizeof a) || listen(l, 1024)) {
+        perror("peer bulk-sink: bind/listen");
+        return 1;
+    }
+    fcntl(l, F_SETFL, fcntl(l, F_GETFL) | O_NONBLOCK);
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+    epoll_ctl(ep, EPOLL_CTL_ADD, l, &ev);
+    static unsigned char buf[BULK_BUFFER];
+    struct epoll_event evs[64];
+    for (;;) {
+        int n = epoll_wait(ep, evs, 64, -1);
+        for (int i = 0; i < n; i++) {
+            struct bulk_conn *c = evs[i].data.ptr;
+            if (!c) {
+                int fd;
+                while ((fd = accept4(l, NULL, NULL, SOCK_NONBLOCK)) >= 0) {
+                    struct bulk_conn *nc = calloc(1, sizeof *nc);
+                    nc->fd = fd;
+                    struct epoll_event e = {.events = EPOLLIN, .data.ptr = nc};
+                    epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e);
+                }
+                continue;
+            }
+            for (;;) {
+                ssize_t r = read(c->fd, buf, sizeof buf);
+                if (r > 0) {
+                    c->bytes += (uint64_t)r;
+                    continue;
+                }
+                if (r < 0 && errno == EAGAIN)
+                    break;
+                if (r == 0) {
+                    unsigned char count[8];
+                    for (int b = 0; b < 8; b++)
+                        count[b] = (unsigned char)(c->bytes >> (8 * b));
+                    /* An empty send buffer takes 8 bytes at once. */
+                    if (write(c->fd, count, sizeof count) != sizeof count)
+                        fprintf(stderr, "peer bulk-sink: could not answer the count\n");
+                }
+                close(c->fd);
+                free(c);
+                break;
+            }
+        }
+    }
+}
+
+/* CONNECTIONS connections streaming TOTAL bytes (TOTAL / CONNECTIONS
+   each) in writes of CHUNK, each then finished (SHUT_WR) and answered by
+   the sink's count; one thread, epoll. The clock runs from when every
+   connection is made until the last count is back. */
+static void bulk_run(const char *ip, int port, int conns, uint64_t total, size_t chunk) {
+    struct bulk_conn *cs = calloc((size_t)conns, sizeof *cs);
+    unsigned char *buf = malloc(chunk);
+    for (size_t i = 0; i < chunk; i++)
+        buf[i] = (unsigned char)(i * 7);
+    uint64_t each = total / (uint64_t)conns;
+    long errors;
+    int ep = epoll_create1(0), running = 0;
+    for (int i = 0; i < conns; i++) {
+        cs[i].fd = connect_to(ip, port, 10000);
+        cs[i].bytes = each;
+        if (cs[i].fd < 0)
+            continue;
+        struct epoll_event e = {.events = EPOLLOUT, .data.ptr = &cs[i]};
+        epoll_ctl(ep, EPOLL_CTL_ADD, cs[i].fd, &e);
+        running++;
+    }
+    int ok = 0;
+    double start = mono_ns();
+    struct epoll_event evs[64];
+    while (running > 0) {
+        int n = epoll_wait(ep, evs, 64, 20000);
+        if (n <= 0)
+            break; /* stuck for 20 s */
+        for (int i = 0; i < n; i++) {
+            struct bulk_conn *c = evs[i].data.ptr;
+            while (c->state == 0 && c->bytes > 0) {
+                size_t want = c->bytes < chunk ? (size_t)c->bytes : chunk;
+                ssize_t w = write(c->fd, buf, want);
+                if (w > 0)
+                    c->bytes -= (uint64_t)w;
+                else if (w < 0 && errno == EAGAIN)
+                    break;
+                else
+                    c->state = 2;
+            }
+            if (c->state == 0 && c->bytes == 0) {
+                shutdown(c->fd, SHUT_WR);
+                c->state = 1;
+                struct epoll_event e = {.events = EPOLLIN, .data.ptr = c};
+                epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &e);
+            }
+            while (c->state == 1) {
+                ssize_t r = read(c->fd, c->count + c->got, sizeof c->count - (size_t)c->got);
+                if (r > 0) {
+                    c->got += (int)r;
+                    if (c->got == sizeof c->count) {
+                        uint64_t v = 0;
+                        for (int b = 0; b < 8; b++)
+                            v |= (uint64_t)c->count[b] << (8 * b);
+                        c->state = 2;
+                        ok += v == each;
+                    }
+                } else if (r < 0 && errno == EAGAIN) {
+                    break;
+                } else {
+                    c->state = 2;
+                }
+            }
+            if (c->state == 2 && c->fd >= 0) {
+                running--;
+                drop_conn(&c->fd);
+            }
+        }
+    }
+    double secs = (mono_ns() - start) / 1e9;
+    errors = conns - ok; /* not made, failed, wrong count or stuck */
+    uint64_t bytes = each * (uint64_t)ok;
+    double per_sec = secs > 0 ? (double)bytes / secs : 0;
+    printf("{\"bench\":\"bulk\",\"connections\":%d,\"bytes\":%llu,\"bytes_per_connection\":%llu,\"chunk_bytes\":%zu,"
+           "\"duration_ms\":%.1f,\"mbytes_per_sec\":%.2f,\"gbits_per_sec\":%.4f,\"errors\":%ld}\n",
+           conns, (unsigned long long)bytes, (unsigned long long)each, chunk, secs * 1e3, per_sec / 1e6,
+           per_sec * 8 / 1e9, errors);
+    fflush(stdout);
+    for (int i = 0; i < conns; i++)
+        drop_conn(&cs[i].fd);
+    free(cs);
+    free(buf);
+}
+
+int bulk_send(int argc, char **argv) {
+    if (argc != 4 && argc != 5) {
+        fprintf(stderr, "usage: peer bulk-send IP PORT CONNECTIONS[,...] TOTAL_BYTES [CHUNK_BYTES]\n");
+        return 2;
+    }
+    int port = atoi(argv[1]);
+    long long total = atoll(argv[3]);
+    long long chunk = argc == 5 ? atoll(argv[4]) : BULK_BUFFER;
+    if (port <= 0 || total <= 0 || chunk <= 0) {
+        fprintf(stderr, "peer bulk-send: bad arguments\n");
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    char *list = strdup(argv[2]), *save = NULL;
+    for (char *c = strtok_r(list, ",", &save); c; c = strtok_r(NULL, ",", &save)) {
+        int conns = atoi(c);
+        if (conns <= 0)
+            return 2;
+        bulk_run(argv[0], port, conns, (uint64_t)total, (size_t)chunk);
+    }
+    free(list);
     return 0;
 }

@@ -6,4 +6,7 @@ int echo_server(int port);
 int echo_client(int argc, char **argv);
 /* argv: IP PORT PATH CONNECTIONS DURATION */
 int http_load(int argc, char **argv);
+/* bulk-sink PORT; bulk-send argv: IP PORT CONNECTIONS TOTAL_BYTES [CHUNK_BYTES] */
+int bulk_sink(int port);
+int bulk_send(int argc, char **argv);
 #endif

@@ -23,7 +23,8 @@
  *                          a sample, an echo through a random sample of 10
  *   peer debug-exit CODE   ends QEMU through isa-debug-exit (port 0xf4):
  *                          QEMU exits with status (CODE << 1) | 1
- *   peer echo-server PORT, peer echo-client ..., peer http-load ...
+ *   peer echo-server PORT, peer echo-client ..., peer http-load ...,
+ *   peer bulk-sink PORT, peer bulk-send ...
  *                          the network workloads of `bench net` (net.c)
  *   peer sleep-lateness N PERIOD_US, peer spin, peer spinning K CMD...,
  *   peer echo-pair PORT ...  the workloads of `bench latency` (latency.c)
@@ -645,9 +646,14 @@ int main(int argc, char **argv) {
         return echo_client(argc - 2, argv + 2);
     if (!strcmp(cmd, "http-load"))
         return http_load(argc - 2, argv + 2);
+    if (!strcmp(cmd, "bulk-sink"))
+        return bulk_sink((int)number(argc > 2 ? argv[2] : NULL, "PORT"));
+    if (!strcmp(cmd, "bulk-send"))
+        return bulk_send(argc - 2, argv + 2);
     fprintf(stderr, "usage: peer getppid N ROUNDS | spawn K | exit | density N | debug-exit CODE | echo-server PORT |\n"
                     "       echo-client IP PORT CONNECTIONS MESSAGE_BYTES DURATION_MS|COUNTx |\n"
                     "       http-load IP PORT PATH CONNECTIONS DURATION_MS|COUNTx |\n"
+                    "       bulk-sink PORT | bulk-send IP PORT CONNECTIONS TOTAL_BYTES [CHUNK_BYTES] |\n"
                     "       sleep-lateness N PERIOD_US | spin | spinning K CMD... | echo-pair PORT ECHO-CLIENT-ARGS...\n");
     return 2;
 }

@@ -1,0 +1,210 @@
+//! [`RawDevice`]: the vNIC's rings without a network stack, for a guest
+//! that sends and receives whole Ethernet frames itself (the switch
+//! benchmark of `bench net`). Made from a [`RingDevice`] with
+//! [`RingDevice::into_raw`], so it continues the rings where the stack left
+//! them. The same checks as the stack's device: a frame the ring cannot
+//! hold is refused before anything is written, a received length outside
+//! the ring's bounds is counted and the frame skipped, and a broken index
+//! reads as an empty ring.
+
+use abi::ring::{Consumer, MIN_FRAME, MTU_FRAME, Producer, RingError, RingMemory};
+
+use crate::{RingDevice, Stats};
+
+/// Why a frame was not sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// Its length is outside `MIN_FRAME..=max` (the ring's frame bounds).
+    Size { len: usize, min: usize, max: usize },
+    /// The hypervisor broke the ring protocol (counted in `ring_errors`).
+    Ring,
+}
+
+/// A vNIC's TX and RX rings, used frame by frame.
+pub struct RawDevice<M: RingMemory> {
+    tx_mem: M,
+    tx: Producer,
+    rx_mem: M,
+    rx: Consumer,
+    pub stats: Stats,
+}
+
+impl<M: RingMemory> RingDevice<M> {
+    /// The same rings as a [`RawDevice`], continuing from their indices
+    /// (whatever the stack had queued stays queued).
+    pub fn into_raw(self) -> RawDevice<M> {
+        RawDevice { tx_mem: self.tx_mem, tx: self.tx, rx_mem: self.rx_mem, rx: self.rx, stats: self.stats }
+    }
+}
+
+impl<M: RingMemory> RawDevice<M> {
+    /// The largest frame the rings carry.
+    pub const fn max_frame(&self) -> usize {
+        MTU_FRAME
+    }
+
+    /// Slots per ring.
+    pub fn slots(&self) -> u32 {
+        self.tx.slots()
+    }
+
+    /// Copies `frame` into the next TX slot and publishes it: `Ok(false)`
+    /// (nothing written) when the ring is full. The hypervisor forwards it
+    /// when the guest blocks, yields, is preempted or kicks.
+    pub fn send(&mut self, frame: &[u8]) -> Result<bool, SendError> {
+        if !(MIN_FRAME..=self.max_frame()).contains(&frame.len()) {
+            return Err(SendError::Size { len: frame.len(), min: MIN_FRAME, max: self.max_frame() });
+        }
+        match self.tx.push(&self.tx_mem, frame) {
+            Ok(true) => {
+                self.tx.publish(&self.tx_mem);
+                self.stats.tx_frames += 1;
+                Ok(true)
+            }
+            Ok(false) => {
+                self.stats.tx_full += 1;
+                Ok(false)
+            }
+            Err(_) => {
+                self.stats.ring_errors += 1;
+                Err(SendError::Ring)
+            }
+        }
+    }
+
+    /// Free TX slots (0 if the hypervisor broke the ring).
+    pub fn tx_space(&mut self) -> u32 {
+        self.tx.space(&self.tx_mem).unwrap_or_else(|_| {
+            self.stats.ring_errors += 1;
+            0
+        })
+    }
+
+    /// Frames sent so far (the TX producer index).
+    pub fn tx_index(&self) -> u32 {
+        self.tx.index()
+    }
+
+    /// Whether a received frame is waiting.
+    pub fn rx_pending(&self) -> bool {
+        matches!(self.rx.pending(&self.rx_mem), Ok(n) if n > 0)
+    }
+
+    /// Copies the next received frame into `buf` (which must hold
+    /// [`RawDevice::max_frame`] bytes) and gives its slot back; its
+    /// length, or `None` when none is waiting. A frame with a bad length
+    /// is counted and skipped.
+    pub fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
+        loop {
+            match self.rx.pop(&self.rx_mem, buf) {
+                Ok(Some(n)) => {
+                    self.rx.release(&self.rx_mem);
+                    self.stats.rx_frames += 1;
+                    return Some(n);
+                }
+                Ok(None) => return None,
+                Err(RingError::BadLength { .. }) => {
+                    self.stats.ring_errors += 1;
+                    let _ = self.rx.skip(&self.rx_mem);
+                    self.rx.release(&self.rx_mem);
+                }
+                Err(RingError::BadIndex { .. }) => {
+                    self.stats.ring_errors += 1;
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate alloc;
+    extern crate std;
+
+    use super::*;
+    use abi::ring::testing::VecRing;
+    use abi::ring::{PROD_OFFSET, SLOTS_DEFAULT, slot_offset};
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    fn frame(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    #[test]
+    fn frames_cross_a_wire_in_order_until_the_ring_is_full() {
+        let (ab, ba) = (VecRing::default(), VecRing::default());
+        let mut a = RingDevice::new(&ab, &ba, SLOTS_DEFAULT).into_raw();
+        let mut b = RingDevice::new(&ba, &ab, SLOTS_DEFAULT).into_raw();
+        let sizes: Vec<usize> = (0..SLOTS_DEFAULT as usize).map(|i| MIN_FRAME + i * 97).collect();
+        for (i, &len) in sizes.iter().enumerate() {
+            assert_eq!(a.send(&frame(len, i as u8)), Ok(true));
+        }
+        assert_eq!(a.tx_space(), 0);
+        assert_eq!(a.send(&frame(64, 0)), Ok(false), "a full ring takes nothing");
+        assert_eq!(a.stats.tx_full, 1);
+        assert!(b.rx_pending());
+        let mut buf = vec![0u8; b.max_frame()];
+        for (i, &len) in sizes.iter().enumerate() {
+            assert_eq!(b.recv(&mut buf), Some(len));
+            assert_eq!(buf[..len], frame(len, i as u8)[..]);
+        }
+        assert_eq!(b.recv(&mut buf), None);
+        assert!(!b.rx_pending());
+        assert_eq!(a.tx_space(), SLOTS_DEFAULT, "received slots are given back");
+        assert_eq!((a.stats.tx_frames, b.stats.rx_frames), (SLOTS_DEFAULT as u64, SLOTS_DEFAULT as u64));
+    }
+
+    #[test]
+    fn frames_outside_the_bounds_are_refused_before_writing() {
+        let (ab, ba) = (VecRing::default(), VecRing::default());
+        let mut a = RingDevice::new(&ab, &ba, SLOTS_DEFAULT).into_raw();
+        let max = a.max_frame();
+        for len in [0, MIN_FRAME - 1, max + 1, 65536] {
+            assert_eq!(a.send(&vec![0; len]), Err(SendError::Size { len, min: MIN_FRAME, max }));
+        }
+        assert_eq!(a.tx_index(), 0);
+        assert_eq!(a.send(&vec![7; max]), Ok(true));
+    }
+
+    #[test]
+    fn a_lying_producer_costs_a_frame_or_reads_as_empty() {
+        let (ab, ba) = (VecRing::default(), VecRing::default());
+        let mut a = RingDevice::new(&ab, &ba, SLOTS_DEFAULT).into_raw();
+        let mut b = RingDevice::new(&ba, &ab, SLOTS_DEFAULT).into_raw();
+        assert_eq!(a.send(&frame(60, 1)), Ok(true));
+        assert_eq!(a.send(&frame(61, 2)), Ok(true));
+        // The first slot's length is rewritten beyond the ring's bound.
+        ab.write(slot_offset(0, SLOTS_DEFAULT), &u16::MAX.to_le_bytes());
+        let mut buf = vec![0u8; b.max_frame()];
+        assert_eq!(b.recv(&mut buf), Some(61));
+        assert_eq!(b.stats.ring_errors, 1);
+        // A producer index far ahead: nothing is read.
+        ab.store(PROD_OFFSET, 10_000);
+        assert_eq!(b.recv(&mut buf), None);
+        assert!(!b.rx_pending());
+        assert_eq!(b.stats.ring_errors, 2);
+    }
+
+    #[test]
+    fn the_raw_device_continues_where_the_stack_left_off() {
+        let (ab, ba) = (VecRing::default(), VecRing::default());
+        let mut a = RingDevice::new(&ab, &ba, SLOTS_DEFAULT);
+        let mut b = RingDevice::new(&ba, &ab, SLOTS_DEFAULT).into_raw();
+        // Three frames through the smoltcp device first.
+        for _ in 0..3 {
+            let tx = smoltcp::phy::Device::transmit(&mut a, smoltcp::time::Instant::ZERO).unwrap();
+            smoltcp::phy::TxToken::consume(tx, 60, |b| b.fill(1));
+        }
+        let mut buf = vec![0u8; b.max_frame()];
+        for _ in 0..3 {
+            assert_eq!(b.recv(&mut buf), Some(60));
+        }
+        let mut a = a.into_raw();
+        assert_eq!(a.tx_index(), 3);
+        assert_eq!(a.send(&frame(70, 9)), Ok(true));
+        assert_eq!(b.recv(&mut buf), Some(70));
+        assert_eq!(buf[..70], frame(70, 9)[..]);
+    }
+}

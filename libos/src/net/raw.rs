@@ -1,0 +1,119 @@
+//! Raw Ethernet frames on the vNIC, without smoltcp: [`take`] hands the
+//! device to the caller for good (sockets answer `NoNetwork` from then
+//! on), and [`RawNic`] sends and receives whole frames on its rings
+//! (`netdev::RawDevice`). Receiving waits in the executor like a socket
+//! does: the task sleeps until the hypervisor raises `NET_RX`.
+//!
+//! The switch still applies its rules to every frame: the source MAC must
+//! be the guest's own ([`RawNic::mac`]), IPv4 and ARP frames must carry
+//! its own addresses, and frames stay within its tenant. Any other
+//! EtherType (e.g. the local experimental `0x88b5`) is forwarded
+//! uninspected.
+
+use super::{Error, STACK};
+use crate::sys::MappedRing;
+use abi::layout;
+use abi::ring::{CONS_OFFSET, PROD_OFFSET, RingMemory};
+use core::future::poll_fn;
+use core::task::{Poll, Waker};
+use netdev::RawDevice;
+pub use netdev::{SendError, Stats};
+use spin::Mutex;
+
+/// The RX ring and the task waiting for a frame on it, if one is.
+static WAITING: Mutex<Option<(MappedRing, Waker)>> = Mutex::new(None);
+
+/// This guest's vNIC, frame by frame.
+pub struct RawNic {
+    dev: RawDevice<MappedRing>,
+    mac: [u8; 6],
+}
+
+/// Takes the vNIC away from the network stack. `NoNetwork` if the guest
+/// has none or it was taken already.
+pub fn take() -> Result<RawNic, Error> {
+    let stack = STACK.lock().take().ok_or(Error::NoNetwork)?;
+    let smoltcp::wire::HardwareAddress::Ethernet(mac) = stack.iface.hardware_addr();
+    Ok(RawNic { dev: stack.dev.into_raw(), mac: mac.0 })
+}
+
+/// Wakes the task waiting in [`RawNic::recv`] if a frame has arrived
+/// (called by the executor's loop); returns whether it did.
+pub(crate) fn poll() -> bool {
+    let mut waiting = WAITING.lock();
+    let arrived = waiting.as_ref().is_some_and(|(ring, _)| ring.load(PROD_OFFSET) != ring.load(CONS_OFFSET));
+    if arrived && let Some((_, waker)) = waiting.take() {
+        waker.wake();
+    }
+    arrived
+}
+
+impl RawNic {
+    /// The MAC address frames must come from.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// The largest frame the vNIC carries.
+    pub fn max_frame(&self) -> usize {
+        self.dev.max_frame()
+    }
+
+    /// Slots per ring.
+    pub fn slots(&self) -> u32 {
+        self.dev.slots()
+    }
+
+    /// What the device counted.
+    pub fn stats(&self) -> Stats {
+        self.dev.stats
+    }
+
+    /// Queues `frame` if the TX ring has room (`Ok(false)` if not); the
+    /// hypervisor forwards it when this guest blocks, yields, is preempted
+    /// or kicks.
+    pub fn try_send(&mut self, frame: &[u8]) -> Result<bool, SendError> {
+        self.dev.send(frame)
+    }
+
+    /// Queues `frame`, making room first if the TX ring is full: asks the
+    /// hypervisor to forward what is queued (which lets a receiver it
+    /// woke run first), and gives up the CPU while that leaves no room.
+    pub fn send(&mut self, frame: &[u8]) -> Result<(), SendError> {
+        loop {
+            if self.dev.send(frame)? {
+                return Ok(());
+            }
+            crate::hypercall::net_kick();
+            if self.dev.tx_space() == 0 {
+                crate::hypercall::yield_now();
+            }
+        }
+    }
+
+    /// Asks the hypervisor to forward the queued frames now.
+    pub fn kick(&self) {
+        crate::hypercall::net_kick();
+    }
+
+    /// Copies the next received frame into `buf` (at least
+    /// [`RawNic::max_frame`] bytes) without waiting; its length, or `None`.
+    pub fn try_recv(&mut self, buf: &mut [u8]) -> Option<usize> {
+        self.dev.recv(buf)
+    }
+
+    /// Waits for the next received frame and copies it into `buf` (at
+    /// least [`RawNic::max_frame`] bytes); returns its length.
+    pub async fn recv(&mut self, buf: &mut [u8]) -> usize {
+        let slots = self.dev.slots();
+        poll_fn(|cx| match self.dev.recv(buf) {
+            Some(n) => Poll::Ready(n),
+            None => {
+                let ring = MappedRing::new(layout::NIC_RX_INDICES, layout::NIC_RX_RING, slots);
+                *WAITING.lock() = Some((ring, cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
