@@ -23,6 +23,7 @@
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
+use abi::ring::MTU_FRAME;
 use core::ops::Bound;
 
 /// How much may wait, and for how long.
@@ -57,6 +58,8 @@ pub enum Refused {
     TotalFull,
     /// The heap had no room for it.
     NoMemory,
+    /// Longer than a frame from the host can be.
+    TooBig,
 }
 
 /// What became of an offered frame.
@@ -82,12 +85,20 @@ pub struct Retried {
 
 struct Held {
     since_ns: u64,
-    frame: Box<[u8]>,
+    buf: Buffer,
+    len: usize,
 }
+
+/// A buffer for one frame from the host.
+type Buffer = Box<[u8; MTU_FRAME]>;
 
 /// Per-guest queues of frames from the host, keyed by guest `K`.
 pub struct UplinkQueue<K> {
     queues: BTreeMap<K, VecDeque<Held>>,
+    /// Buffers of frames that went on, kept for the next ones: a frame is
+    /// held without a heap allocation once as many have waited at once
+    /// before (at most `total_frames` buffers ever).
+    spare: Vec<Buffer>,
     frames: usize,
     bytes: usize,
     bounds: Bounds,
@@ -95,7 +106,7 @@ pub struct UplinkQueue<K> {
 
 impl<K: Ord + Copy> UplinkQueue<K> {
     pub const fn new(bounds: Bounds) -> Self {
-        Self { queues: BTreeMap::new(), frames: 0, bytes: 0, bounds }
+        Self { queues: BTreeMap::new(), spare: Vec::new(), frames: 0, bytes: 0, bounds }
     }
 
     /// Whether frames for `k` are waiting.
@@ -140,6 +151,9 @@ impl<K: Ord + Copy> UplinkQueue<K> {
     }
 
     fn hold(&mut self, k: K, frame: &[u8], now_ns: u64) -> Result<(), Refused> {
+        if frame.len() > MTU_FRAME {
+            return Err(Refused::TooBig);
+        }
         if self.waiting(k) >= self.bounds.guest_frames {
             return Err(Refused::GuestFull);
         }
@@ -148,17 +162,24 @@ impl<K: Ord + Copy> UplinkQueue<K> {
         }
         // Fallible allocations: a full heap costs the frame, not the
         // hypervisor.
-        let mut copy = Vec::new();
-        copy.try_reserve_exact(frame.len()).map_err(|_| Refused::NoMemory)?;
-        copy.extend_from_slice(frame);
+        // Room to give a buffer back later without allocating.
+        if self.spare.try_reserve(self.frames + 1).is_err() {
+            return Err(Refused::NoMemory);
+        }
+        let mut buf = match self.spare.pop() {
+            Some(b) => b,
+            None => new_buffer().ok_or(Refused::NoMemory)?,
+        };
         let queue = self.queues.entry(k).or_default();
         if queue.try_reserve(1).is_err() {
             if queue.is_empty() {
                 self.queues.remove(&k);
             }
+            self.spare.push(buf);
             return Err(Refused::NoMemory);
         }
-        queue.push_back(Held { since_ns: now_ns, frame: copy.into_boxed_slice() });
+        buf[..frame.len()].copy_from_slice(frame);
+        queue.push_back(Held { since_ns: now_ns, buf, len: frame.len() });
         self.frames += 1;
         self.bytes += frame.len();
         Ok(())
@@ -172,7 +193,7 @@ impl<K: Ord + Copy> UplinkQueue<K> {
         let mut done = Retried::default();
         while let Some(h) = queue.front() {
             let old = now_ns.saturating_sub(h.since_ns) >= self.bounds.max_wait_ns;
-            if !old && !deliver(&h.frame) {
+            if !old && !deliver(&h.buf[..h.len]) {
                 break;
             }
             if old {
@@ -183,7 +204,9 @@ impl<K: Ord + Copy> UplinkQueue<K> {
             }
             let h = queue.pop_front().expect("front exists");
             self.frames -= 1;
-            self.bytes -= h.frame.len();
+            self.bytes -= h.len;
+            // `hold` reserved room for it.
+            self.spare.push(h.buf);
         }
         if queue.is_empty() {
             self.queues.remove(&k);
@@ -195,10 +218,22 @@ impl<K: Ord + Copy> UplinkQueue<K> {
     /// held (count them as dropped).
     pub fn remove(&mut self, k: K) -> usize {
         let Some(queue) = self.queues.remove(&k) else { return 0 };
-        self.frames -= queue.len();
-        self.bytes -= queue.iter().map(|h| h.frame.len()).sum::<usize>();
-        queue.len()
+        let n = queue.len();
+        self.frames -= n;
+        for h in queue {
+            self.bytes -= h.len;
+            self.spare.push(h.buf);
+        }
+        n
     }
+}
+
+/// A zeroed frame buffer, allocated fallibly (the heap may be full).
+fn new_buffer() -> Option<Buffer> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(MTU_FRAME).ok()?;
+    v.resize(MTU_FRAME, 0u8);
+    v.into_boxed_slice().try_into().ok()
 }
 
 #[cfg(test)]
@@ -347,5 +382,24 @@ mod tests {
         }
         assert_eq!(q.remove(2) + q.remove(3), 4);
         assert_eq!((q.frames(), q.bytes(), q.next_waiting(None)), (0, 0, None));
+    }
+
+    /// Buffers are kept and reused: holding frames again costs no heap
+    /// allocation, and no more buffers exist than ever waited at once.
+    #[test]
+    fn buffers_are_reused_not_allocated_per_frame() {
+        let mut q = UplinkQueue::new(B);
+        let mut a = Ring::default();
+        for round in 0..50u8 {
+            for t in 0..3 {
+                assert_eq!(q.offer(1, &frame(t, 60 + round as usize), 0, |f| a.deliver(f)), Offered::Held);
+            }
+            assert!(q.spare.is_empty(), "round {round}: every spare buffer in use");
+            a.room = 3;
+            assert_eq!(q.retry(1, 1, |f| a.deliver(f)).delivered, 3);
+            assert_eq!(q.spare.len(), 3, "round {round}");
+            assert!(q.spare.capacity() >= 3);
+        }
+        assert_eq!(q.offer(2, &vec![0u8; MTU_FRAME + 1], 0, |_| false), Offered::Dropped(Refused::TooBig));
     }
 }
