@@ -46,7 +46,7 @@ struct StateLabels {
 struct DropLabels {
     guest: String,
     tenant: String,
-    /// `rate_limit`, `ring_error`, `uplink_full` or `spoofed`.
+    /// `rate_limit`, `ring_error`, `uplink_full`, `spoofed` or `rx_full`.
     reason: String,
 }
 
@@ -121,6 +121,7 @@ impl Exporter {
                 ("ring_error", st.ring_errors),
                 ("uplink_full", st.uplink_dropped),
                 ("spoofed", st.spoofed_frames),
+                ("rx_full", st.rx_full_drops),
             ] {
                 drops.get_or_create(&DropLabels { guest: l.guest.clone(), tenant: l.tenant.clone(), reason: reason.into() }).inc_by(n);
             }
