@@ -76,6 +76,19 @@ impl Tx {
         self.limited += u64::from(!ok);
         ok
     }
+
+    /// Charges `extra` more copies of a `len`-byte frame that `allows` let
+    /// through (the copies of a flood past the first): taken whether or
+    /// not the buckets hold that much, the sender's next frames wait until
+    /// its rate has paid them off. So over any time a guest makes the
+    /// hypervisor copy at most its limits' worth of frames and bytes, plus
+    /// one flood.
+    pub(super) fn charge_copies(&mut self, now_ns: u64, extra: u32, len: usize) {
+        if extra > 0 {
+            self.packets.charge(now_ns, u64::from(extra));
+            self.bytes.charge(now_ns, u64::from(extra).saturating_mul(len as u64));
+        }
+    }
 }
 
 /// One guest's vNIC back end, over its ring memory `R` and event page `E`.
