@@ -172,7 +172,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice + Send> Network for Net<R, E,
             ring_errors: p.ring_errors.load(Ordering::Relaxed),
             uplink_dropped: p.uplink_dropped(),
             spoofed: p.spoofed.load(Ordering::Relaxed),
-            arp_answered: st.arp_answered,
+            arp_answered: p.arp_answered.load(Ordering::Relaxed),
         })
     }
 

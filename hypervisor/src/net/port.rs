@@ -115,6 +115,9 @@ pub struct Port<R, E> {
     /// counted from its verdicts here so that the count outlives the
     /// switch port.
     pub spoofed: AtomicU64,
+    /// Its ARP requests the switch answered itself, counted from its
+    /// verdicts here likewise.
+    pub arp_answered: AtomicU64,
 }
 
 impl<R: GuestRing, E: GuestEvents> Port<R, E> {
@@ -138,6 +141,7 @@ impl<R: GuestRing, E: GuestEvents> Port<R, E> {
             ring_errors: AtomicU64::new(0),
             uplink_dropped: AtomicU64::new(0),
             spoofed: AtomicU64::new(0),
+            arp_answered: AtomicU64::new(0),
         }
     }
 

@@ -184,10 +184,14 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
                         Out::Reply(reply) => self.deliver(dest, reply, &mut woken, now_ns),
                     });
                     drop(switch);
-                    if let Verdict::Dropped(why) = verdict
-                        && why.is_spoof()
-                    {
-                        port.spoofed.fetch_add(1, Ordering::Relaxed);
+                    match verdict {
+                        Verdict::Dropped(why) if why.is_spoof() => {
+                            port.spoofed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Verdict::Answered => {
+                            port.arp_answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {}
                     }
                     // Every copy past the first costs the sender a frame
                     // of its budget too (`allows` took the first).

@@ -184,6 +184,7 @@ fn an_arp_request_is_answered_into_the_requesters_ring_and_wakes_nobody_else() {
     net.drain(1, 0, &mut |g, _| woken.push(g)).unwrap();
     assert_eq!(woken, [1]);
     assert_eq!(receive(&net, 1, &mut rx[1]), [arp_reply(mac(2), ip(2), mac(1), ip(1))]);
+    assert_eq!(net.port(1).unwrap().arp_answered.load(Ordering::Relaxed), 1);
     assert!(receive(&net, 2, &mut rx[2]).is_empty());
     assert_eq!(net.port(2).unwrap().events.pending(), 0, "guest 2 got no event");
     // Guest 3's address is tenant 1's: not answered, to the host only.

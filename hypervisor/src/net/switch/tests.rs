@@ -797,7 +797,9 @@ impl Model {
         // the tenant's uplink only.
         if (f[12], f[13]) == (0x08, 0x06) {
             let request = f[20..22] == [0, 1];
-            if request && self.ips.iter().any(|&(id, a)| a == f[38..42] && id != from && self.ports.iter().any(|p| p.0 == id && p.1 == tenant)) {
+            if request
+                && self.ips.iter().any(|&(id, a)| a == f[38..42] && id != from && self.ports.iter().any(|p| p.0 == id && p.1 == tenant))
+            {
                 return (Verdict::Answered, vec![from]);
             }
             if request || (own.is_some() && dst[0] & 1 == 1) {
