@@ -147,7 +147,11 @@ impl Exporter {
         reg.register("machine_guests_stopped", "Guests the hypervisor stopped", ended(machine.stopped));
         reg.register("machine_uplink_interrupts", "Interrupts the uplink raised (MSI-X)", ended(machine.uplink_interrupts));
         reg.register("machine_uplink_polls", "Polls of the uplink no interrupt prompted", ended(machine.uplink_polls));
-        reg.register("machine_arp_answered", "ARP requests the switch answered itself (guests' and the host's)", ended(machine.arp_answered));
+        reg.register(
+            "machine_arp_answered",
+            "ARP requests the switch answered itself (guests' and the host's)",
+            ended(machine.arp_answered),
+        );
         let uptime = Counter::<f64>::default();
         uptime.inc_by(machine.uptime_ns as f64 / 1e9);
         reg.register("machine_uptime_seconds", "Time since the hypervisor booted", uptime);
