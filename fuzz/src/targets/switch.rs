@@ -298,14 +298,19 @@ pub fn switch(data: &[u8]) {
                         assert_eq!(*to, from, "the reply went elsewhere");
                         // From the guest asked for, to the requester.
                         assert_eq!(r.len(), ARP_REPLY_LEN);
-                        assert!(r[..6] == seen[6..12] && r[32..38] == seen[22..28] && r[38..42] == seen[28..32] && r[28..32] == seen[38..42]);
+                        assert!(
+                            r[..6] == seen[6..12] && r[32..38] == seen[22..28] && r[38..42] == seen[28..32] && r[28..32] == seen[38..42]
+                        );
                         assert!(guest_mac(&live, tenant, r[6..12].try_into().unwrap()) && r[6..12] == r[22..28]);
                     }
                     Verdict::Forwarded { copies } => {
                         assert_eq!(copies as usize, got.len());
                         assert_ne!(rule5, Rule5::Answer, "the model would have answered {seen:02x?}");
                         if rule5 == Rule5::UplinkOnly {
-                            assert!(got.iter().all(|to| live.get(to).is_some_and(|p| p.1 == Kind::Uplink)), "unanswered ARP reached a guest");
+                            assert!(
+                                got.iter().all(|to| live.get(to).is_some_and(|p| p.1 == Kind::Uplink)),
+                                "unanswered ARP reached a guest"
+                            );
                         }
                         let (tenant, kind) = sender.expect("a dead port's frame was forwarded");
                         assert!((MIN_FRAME..=MTU_FRAME).contains(&len));
