@@ -12,6 +12,8 @@ pub struct TokenBucket {
     rate: u64,
     /// Tokens × 1e9 (so each nanosecond refills `rate` units).
     units: u128,
+    /// Units owed by [`TokenBucket::charge`]: refills pay them first.
+    debt: u128,
     last_ns: u64,
     /// Tokens refused so far.
     pub refused: u64,
@@ -22,7 +24,7 @@ const SCALE: u128 = 1_000_000_000;
 impl TokenBucket {
     /// A full bucket of `rate` tokens per second (0: unlimited).
     pub const fn new(rate: u64) -> Self {
-        Self { rate, units: rate as u128 * SCALE, last_ns: 0, refused: 0 }
+        Self { rate, units: rate as u128 * SCALE, debt: 0, last_ns: 0, refused: 0 }
     }
 
     pub fn rate(&self) -> u64 {
@@ -41,12 +43,7 @@ impl TokenBucket {
         if self.rate == 0 {
             return true;
         }
-        let full = self.rate as u128 * SCALE;
-        if now_ns > self.last_ns {
-            let refill = ((now_ns - self.last_ns) as u128).saturating_mul(self.rate as u128);
-            self.units = self.units.saturating_add(refill).min(full);
-            self.last_ns = now_ns;
-        }
+        self.refill(now_ns);
         let want = (n as u128).saturating_mul(SCALE);
         if self.units >= want {
             self.units -= want;
@@ -54,6 +51,33 @@ impl TokenBucket {
         } else {
             self.refused += n;
             false
+        }
+    }
+
+    /// Takes `n` tokens at time `now_ns` whether or not there are enough:
+    /// what is missing becomes a debt that the refill pays off before the
+    /// bucket gives anything again (for work already done that must still
+    /// be paid for, such as a flood's copies).
+    pub fn charge(&mut self, now_ns: u64, n: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        self.refill(now_ns);
+        let want = (n as u128).saturating_mul(SCALE);
+        let paid = want.min(self.units);
+        self.units -= paid;
+        self.debt = self.debt.saturating_add(want - paid);
+    }
+
+    fn refill(&mut self, now_ns: u64) {
+        if now_ns > self.last_ns {
+            let full = self.rate as u128 * SCALE;
+            let mut refill = ((now_ns - self.last_ns) as u128).saturating_mul(self.rate as u128);
+            let repaid = refill.min(self.debt);
+            self.debt -= repaid;
+            refill -= repaid;
+            self.units = self.units.saturating_add(refill).min(full);
+            self.last_ns = now_ns;
         }
     }
 }
@@ -91,6 +115,25 @@ mod tests {
         assert!((990..=1000).contains(&got), "{got}");
         // A long pause refills to the burst, not beyond.
         assert!(b.take(1000 * S, 100) && !b.take(1000 * S, 1));
+    }
+
+    #[test]
+    fn a_charge_beyond_the_tokens_is_a_debt_paid_before_anything_else() {
+        let mut b = TokenBucket::new(100);
+        assert!(b.take(0, 1));
+        // 1,000 tokens' worth of work done: 99 paid, 901 owed.
+        b.charge(0, 1000);
+        assert!(!b.take(0, 1));
+        // 9 s refill 900: still owing one token's worth.
+        assert!(!b.take(9 * S, 1));
+        assert!(!b.take(9 * S + S / 100, 1), "the debt is paid first");
+        assert!(b.take(9 * S + 2 * S / 100, 1));
+        // A charge within the tokens is a plain take; unlimited owes nothing.
+        b.charge(20 * S, 100);
+        assert!(!b.take(20 * S, 1));
+        let mut u = TokenBucket::new(0);
+        u.charge(0, u64::MAX);
+        assert!(u.take(0, u64::MAX));
     }
 
     #[test]

@@ -148,6 +148,11 @@ impl Exporter {
         reg.register("machine_guests_stopped", "Guests the hypervisor stopped", ended(machine.stopped));
         reg.register("machine_uplink_interrupts", "Interrupts the uplink raised (MSI-X)", ended(machine.uplink_interrupts));
         reg.register("machine_uplink_polls", "Polls of the uplink no interrupt prompted", ended(machine.uplink_polls));
+        reg.register(
+            "machine_arp_answered",
+            "ARP requests the switch answered itself (guests' and the host's)",
+            ended(machine.arp_answered),
+        );
         let uptime = Counter::<f64>::default();
         uptime.inc_by(machine.uptime_ns as f64 / 1e9);
         reg.register("machine_uptime_seconds", "Time since the hypervisor booted", uptime);
@@ -249,6 +254,7 @@ mod tests {
             cpu_idle_ns: vec![1_500_000_000, 0],
             live: 2,
             uplink_interrupts: 7,
+            arp_answered: 5,
             ..Default::default()
         };
         let list = [row("web", Some(0), GuestState::Waiting, 2_000_000_000, 10), row("h", None, GuestState::Exited, 1, 0)];
@@ -263,6 +269,7 @@ mod tests {
         assert_eq!(value(&t, "hive_machine_memory_free_bytes "), (1 << 29) as f64);
         assert_eq!(value(&t, "hive_machine_uplink_interrupts_total "), 7.0);
         assert_eq!(value(&t, "hive_machine_uplink_polls_total "), 0.0);
+        assert_eq!(value(&t, "hive_machine_arp_answered_total "), 5.0);
         // Next scrape: web is on a CPU (no stats record): its details stay.
         let list = [row("web", Some(0), GuestState::Running, 3_000_000_000, 12)];
         let t = e.render(&list, &[], &machine);

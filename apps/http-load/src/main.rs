@@ -6,7 +6,13 @@
 //!
 //! ```text
 //! http-load IP PORT PATH CONNECTIONS DURATION [WARMUP_MS]
+//! http-load each N ROUNDS PORT PATH [FIRST]
 //! ```
+//!
+//! | arguments | what it does |
+//! |-----------|--------------|
+//! | `IP PORT PATH CONNECTIONS DURATION [WARMUP_MS]` | keep-alive load on one server (below) |
+//! | `each N ROUNDS PORT PATH [FIRST]` | one request to each of the N guests of its own tenant from the FIRST-th (0: `10.T.0.2`, as `abi::guest_ipv4` numbers them) in turn, a new TCP connection each time, ROUNDS rounds; N = 1 is the same load on one guest. Prints `{"bench":"each","guests":N,"rounds":R,...}` with the fields below (`connections` 1, no `reconnects`) |
 //!
 //! Prints one JSON line, then exits 0 (errors are counted in the line):
 //!
@@ -276,13 +282,82 @@ async fn run(ip: Ipv4, port: u16, path: &str, connections: usize, length: Length
     );
 }
 
+/// `each`: one request per guest in turn, a new connection each (so each
+/// is an ARP lookup, a handshake and an idle guest's wake-up), `rounds`
+/// times over `n` guests of this tenant from its `first`-th. A request's
+/// latency runs from the connect to the last byte of the response; an
+/// error is a connection not made within 10 s or a response not whole.
+async fn each(n: u32, rounds: u32, port: u16, path: &str, first: u32) -> i32 {
+    let Some(me) = libos::net::ipv4() else {
+        println!("each: no network");
+        return 2;
+    };
+    let t = me.octets()[1];
+    let mut s = Stats::default();
+    let mut buf = vec![0u8; HEAD_MAX];
+    let start = Instant::now();
+    for _ in 0..rounds {
+        for i in 0..n {
+            let h = first + i + 2;
+            let ip = Ipv4::from([10, t, (h >> 8) as u8, h as u8]);
+            let request = format!("GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nUser-Agent: http-load\r\n\r\n");
+            let t0 = Instant::now();
+            let Some(mut conn) = connect(ip, port, Duration::from_secs(10)).await else {
+                s.errors += 1;
+                continue;
+            };
+            let mut have = 0;
+            match exchange(&mut conn, request.as_bytes(), &mut buf, &mut have).await {
+                Some((head, bytes)) => {
+                    s.hist.record(t0.elapsed().as_nanos() as u64);
+                    s.bytes += bytes as u64;
+                    match s.status.iter_mut().find(|(st, _)| *st == head.status) {
+                        Some((_, k)) => *k += 1,
+                        None => s.status.push((head.status, 1)),
+                    }
+                }
+                None => s.errors += 1,
+            }
+            drop(conn);
+        }
+    }
+    let secs = start.elapsed().as_nanos() as f64 / 1e9;
+    let per_sec = |x: f64| if secs > 0.0 { x / secs } else { 0.0 };
+    let status: Vec<String> = s.status.iter().map(|(st, k)| format!("\"{st}\":{k}")).collect();
+    let requests = s.hist.count();
+    println!(
+        "{{\"bench\":\"each\",\"guests\":{n},\"rounds\":{rounds},\"connections\":1,\"path\":\"{}\",\"duration_ms\":{:.1},\"requests\":{requests},\
+         \"requests_per_sec\":{:.1},\"bytes_per_sec\":{:.1},\"latency_us\":{},\"status\":{{{}}},\"errors\":{}}}",
+        path.escape_default(),
+        secs * 1e3,
+        per_sec(requests as f64),
+        per_sec(s.bytes as f64),
+        s.hist.json_us(),
+        status.join(","),
+        s.errors
+    );
+    0
+}
+
 fn usage() -> i32 {
     println!("usage: http-load IP PORT PATH CONNECTIONS[,CONNECTIONS...] DURATION_MS|COUNTx [WARMUP_MS]");
+    println!("       http-load each N ROUNDS PORT PATH [FIRST]");
     2
 }
 
 async fn main() -> i32 {
     let args: Vec<&str> = libos::args().collect();
+    if let ["each", n, rounds, port, path, rest @ ..] = &args[..] {
+        let first = rest.first().copied().unwrap_or("0");
+        let (Ok(n), Ok(rounds), Ok(port), Ok(first)) = (n.parse::<u32>(), rounds.parse::<u32>(), port.parse::<u16>(), first.parse::<u32>())
+        else {
+            return usage();
+        };
+        if n == 0 || rest.len() > 1 || !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
+            return usage();
+        }
+        return each(n, rounds, port, path, first).await;
+    }
     let (ip, port, path, conns, duration, warmup) = match args[..] {
         [ip, port, path, conns, duration] => (ip, port, path, conns, duration, "0"),
         [ip, port, path, conns, duration, warmup] => (ip, port, path, conns, duration, warmup),

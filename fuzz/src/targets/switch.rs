@@ -9,14 +9,19 @@
 //! sender, never twice; a dropped frame reaches nobody; the verdict's
 //! copies match the hand-overs; spoofed guest frames are dropped; the
 //! address inspection (IPv4 source, ARP sender, VLAN tags) decides on the
-//! header copy exactly as a model of its rules does; a unicast frame to a
-//! guest's own MAC in its tenant reaches exactly that guest; ports come
-//! and go as the model says; the totals add up.
+//! header copy exactly as a model of its rules does; an ARP request for a
+//! neighbour's address is answered exactly when the model says, with one
+//! reply to the sender only; other ARP requests and a guest's
+//! group-addressed ARP reach the tenant's uplink only; a unicast frame
+//! (not such ARP) to a guest's own MAC in its tenant reaches exactly that
+//! guest; ports come and go as the model says; the totals add up.
 
 use std::collections::BTreeMap;
 
 use abi::ring::{MIN_FRAME, MTU_FRAME};
-use hypervisor::net::switch::{BROADCAST, DropReason, Ipv4, Mac, PortError, PortId, Switch, Verdict, is_multicast, is_unicast_ipv4};
+use hypervisor::net::switch::{
+    ARP_REPLY_LEN, BROADCAST, DropReason, Ipv4, Mac, Out, PortError, PortId, Switch, Verdict, is_multicast, is_unicast_ipv4,
+};
 
 use crate::input::Input;
 
@@ -249,8 +254,12 @@ pub fn switch(data: &[u8]) {
                 let header_only = op & 0x80 != 0;
                 let refuse = inp.u8();
                 let mut got: Vec<PortId> = Vec::new();
-                let mut out = |to: PortId| {
-                    got.push(to);
+                let mut replies: Vec<(PortId, Vec<u8>)> = Vec::new();
+                let mut out = |to: PortId, what: Out<'_>| {
+                    match what {
+                        Out::Frame => got.push(to),
+                        Out::Reply(r) => replies.push((to, r.to_vec())),
+                    }
                     // Sometimes the receiver's ring is full.
                     (to.slot() as u8 ^ refuse) & 7 != 0
                 };
@@ -264,7 +273,8 @@ pub fn switch(data: &[u8]) {
                 };
                 let seen = &frame[..hl];
                 forwarded += 1;
-                handovers += got.len() as u64;
+                handovers += (got.len() + replies.len()) as u64;
+                let rule5 = sender.map_or(Rule5::None, |(tenant, kind)| rule5(&live, tenant, kind, from, seen));
 
                 for (i, to) in got.iter().enumerate() {
                     assert_ne!(*to, from, "frame sent back to its sender");
@@ -273,9 +283,35 @@ pub fn switch(data: &[u8]) {
                     assert_eq!(*t, st, "frame crossed from tenant {st} to tenant {t}");
                     assert!(!got[..i].contains(to), "frame delivered twice to {to:?}");
                 }
+                if verdict != Verdict::Answered {
+                    assert!(replies.is_empty(), "a reply for {verdict:?}");
+                }
                 match verdict {
+                    Verdict::Answered => {
+                        let (tenant, kind) = sender.expect("a dead port's frame was answered");
+                        assert_eq!(rule5, Rule5::Answer, "answered, but the model would not: {kind:?} {seen:02x?}");
+                        let why = inspection(kind, |a| guest_ip(&live, tenant, a), |m| guest_mac(&live, tenant, m), seen, len);
+                        assert_eq!(why, None, "answered, but rule 3 says drop: {kind:?} {seen:02x?} len {len}");
+                        assert!(got.is_empty(), "an answered request went on");
+                        assert_eq!(replies.len(), 1);
+                        let (to, r) = &replies[0];
+                        assert_eq!(*to, from, "the reply went elsewhere");
+                        // From the guest asked for, to the requester.
+                        assert_eq!(r.len(), ARP_REPLY_LEN);
+                        assert!(
+                            r[..6] == seen[6..12] && r[32..38] == seen[22..28] && r[38..42] == seen[28..32] && r[28..32] == seen[38..42]
+                        );
+                        assert!(guest_mac(&live, tenant, r[6..12].try_into().unwrap()) && r[6..12] == r[22..28]);
+                    }
                     Verdict::Forwarded { copies } => {
                         assert_eq!(copies as usize, got.len());
+                        assert_ne!(rule5, Rule5::Answer, "the model would have answered {seen:02x?}");
+                        if rule5 == Rule5::UplinkOnly {
+                            assert!(
+                                got.iter().all(|to| live.get(to).is_some_and(|p| p.1 == Kind::Uplink)),
+                                "unanswered ARP reached a guest"
+                            );
+                        }
                         let (tenant, kind) = sender.expect("a dead port's frame was forwarded");
                         assert!((MIN_FRAME..=MTU_FRAME).contains(&len));
                         assert!(!is_multicast(&src));
@@ -287,6 +323,7 @@ pub fn switch(data: &[u8]) {
                         assert_eq!(why, None, "forwarded, but rule 3 says drop: {kind:?} {seen:02x?} len {len}");
                         // A unicast to a live guest of the tenant reaches exactly it.
                         if let Some((&to, _)) = live.iter().find(|&(_, &(t, k))| t == tenant && matches!(k, Kind::Guest(g, _) if g == dst))
+                            && rule5 == Rule5::None
                         {
                             if to != from {
                                 assert_eq!(got, [to], "unicast to a guest's MAC went elsewhere");
@@ -322,6 +359,30 @@ pub fn switch(data: &[u8]) {
     let t = sw.totals();
     assert_eq!(t.rx_frames + t.dropped(), forwarded, "every frame is accepted or dropped once: {t:?}");
     assert_eq!(t.tx_frames + t.tx_full, handovers, "every hand-over is counted once: {t:?}");
+}
+
+/// What rule 5 (proxy ARP) does with an accepted frame, by the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rule5 {
+    /// A request for another live guest's address of the tenant.
+    Answer,
+    /// Another request, or a guest's group-addressed ARP: the tenant's
+    /// uplink only.
+    UplinkOnly,
+    /// Not ARP, or an ARP the switch switches as any frame.
+    None,
+}
+
+fn rule5(live: &BTreeMap<PortId, (u32, Kind)>, tenant: u32, kind: Kind, from: PortId, seen: &[u8]) -> Rule5 {
+    if seen.len() < 42 || seen[12..14] != [0x08, 0x06] || seen[14..20] != [0, 1, 8, 0, 6, 4] {
+        return Rule5::None;
+    }
+    let request = seen[20..22] == [0, 1];
+    let tpa: Ipv4 = seen[38..42].try_into().unwrap();
+    if request && live.iter().any(|(&id, &(t, k))| id != from && t == tenant && matches!(k, Kind::Guest(_, a) if a == tpa)) {
+        return Rule5::Answer;
+    }
+    if request || (matches!(kind, Kind::Guest(..)) && seen[0] & 1 == 1) { Rule5::UplinkOnly } else { Rule5::None }
 }
 
 /// Whether `a` is the address of a live guest of `tenant`.

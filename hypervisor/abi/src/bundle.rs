@@ -84,12 +84,13 @@ impl Default for Settings {
 /// next blocks or is preempted); a second's worth may come in a burst.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Frames it sends.
+    /// Frames it sends, each copy of a flooded frame counted (a broadcast
+    /// to a tenant of N ports costs N - 1).
     pub nic_packets: u64,
-    /// Bytes of frames it sends.
+    /// Bytes of frames it sends, counted per copy likewise.
     pub nic_bytes: u64,
     /// Broadcast and multicast frames it sends (each reaches every guest of
-    /// its tenant).
+    /// its tenant; an ARP request the switch answers reaches none).
     pub nic_broadcasts: u64,
     /// Bytes it writes to its console.
     pub console_bytes: u64,

@@ -89,20 +89,29 @@ pub struct GuestStats {
     #[cfg_attr(feature = "serde", serde(default))]
     pub stop_reason: Option<StopReason>,
     /// Times a frame it sent waited at the head of its TX ring for room in
-    /// a full receiver (backpressure; ABI 6).
+    /// a full receiver (backpressure).
     #[cfg_attr(feature = "serde", serde(default))]
     pub tx_waits: u64,
-    /// Frames from other guests its full RX ring refused (ABI 6).
+    /// Frames from other guests its full RX ring refused.
     #[cfg_attr(feature = "serde", serde(default))]
     pub rx_full_drops: u64,
     /// A live guest waiting in the table: it sleeps in a `block` hypercall
     /// (else it is runnable), and the event bits pending for it as the
     /// hypervisor last saw them (`abi::time::events`). A guest blocked with
-    /// events pending for long is a lost wake-up (ABI 6).
+    /// events pending for long is a lost wake-up.
     #[cfg_attr(feature = "serde", serde(default))]
     pub blocked: bool,
     #[cfg_attr(feature = "serde", serde(default))]
     pub events_pending: u64,
+    /// Frames it sent that the switch accepted, and frames the switch
+    /// handed to it (ARP replies the switch made included).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub sent_frames: u64,
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub received_frames: u64,
+    /// Its ARP requests the switch answered itself (proxy ARP).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub arp_answered: u64,
 }
 
 /// The whole machine: guests, memory, idle time.
@@ -129,6 +138,12 @@ pub struct MachineStats {
     /// pass of CPU 0's loop while it is polled, 0 once it interrupts.
     #[cfg_attr(feature = "serde", serde(default))]
     pub uplink_polls: u64,
+    /// ARP requests the switch answered itself, from guests and the host,
+    /// and of those the host's (QEMU asking for a guest's MAC).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub arp_answered: u64,
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub uplink_arp_answered: u64,
 }
 
 /// One guest in the control channel's `list` answer.
@@ -184,7 +199,7 @@ mod tests {
         let line = serde_json::to_string(&s).unwrap();
         assert!(line.starts_with(GUEST_STATS_PREFIX), "{line}");
         // Today's line is yesterday's plus the new fields.
-        let new = r#","exit_code":null,"stop_reason":null,"tx_waits":0,"rx_full_drops":0,"blocked":false,"events_pending":0}"#;
+        let new = r#","exit_code":null,"stop_reason":null,"tx_waits":0,"rx_full_drops":0,"blocked":false,"events_pending":0,"sent_frames":0,"received_frames":0,"arp_answered":0}"#;
         assert_eq!(line, OLD_GUEST_STATS.replace("}", new));
         assert_eq!(serde_json::from_str::<GuestStats>(OLD_GUEST_STATS).unwrap(), s);
         let stopped = GuestStats {
@@ -194,7 +209,7 @@ mod tests {
         };
         let line = serde_json::to_string(&stopped).unwrap();
         assert!(line.ends_with(
-            r#""exit_code":null,"stop_reason":{"page_fault":{"access":"write","address":8,"protected":false,"ip":9}},"tx_waits":0,"rx_full_drops":0,"blocked":false,"events_pending":0}"#
+            r#""exit_code":null,"stop_reason":{"page_fault":{"access":"write","address":8,"protected":false,"ip":9}},"tx_waits":0,"rx_full_drops":0,"blocked":false,"events_pending":0,"sent_frames":0,"received_frames":0,"arp_answered":0}"#
         ));
         assert_eq!(serde_json::from_str::<GuestStats>(&line).unwrap(), stopped);
     }
@@ -213,19 +228,21 @@ mod tests {
             cpu_idle_ns: vec![9, 10],
             uplink_interrupts: 11,
             uplink_polls: 12,
+            arp_answered: 13,
+            uplink_arp_answered: 14,
         };
         let line = serde_json::to_string(&m).unwrap();
         assert_eq!(
             line,
-            r#"{"event":"machine","uptime_ns":1,"live":2,"exited":3,"stopped":4,"total_bytes":5,"free_bytes":6,"hv_heap_bytes":7,"hv_heap_used_bytes":8,"cpu_idle_ns":[9,10],"uplink_interrupts":11,"uplink_polls":12}"#
+            r#"{"event":"machine","uptime_ns":1,"live":2,"exited":3,"stopped":4,"total_bytes":5,"free_bytes":6,"hv_heap_bytes":7,"hv_heap_used_bytes":8,"cpu_idle_ns":[9,10],"uplink_interrupts":11,"uplink_polls":12,"arp_answered":13,"uplink_arp_answered":14}"#
         );
         assert!(line.starts_with(MACHINE_PREFIX));
         assert_eq!(serde_json::from_str::<MachineStats>(&line).unwrap(), m);
         // A line from before the uplink's counters reads as zeros.
-        let old = line.replace(r#","uplink_interrupts":11,"uplink_polls":12"#, "");
+        let old = line.replace(r#","uplink_interrupts":11,"uplink_polls":12,"arp_answered":13,"uplink_arp_answered":14"#, "");
         assert_eq!(
             serde_json::from_str::<MachineStats>(&old).unwrap(),
-            MachineStats { uplink_interrupts: 0, uplink_polls: 0, ..m.clone() }
+            MachineStats { uplink_interrupts: 0, uplink_polls: 0, arp_answered: 0, uplink_arp_answered: 0, ..m.clone() }
         );
         // A record is not mistaken for another.
         assert!(serde_json::from_str::<MachineStats>(OLD_GUEST_STATS).is_err());

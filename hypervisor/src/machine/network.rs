@@ -51,6 +51,8 @@ pub struct PortStats {
     /// guests its full ring refused.
     pub tx_waits: u64,
     pub rx_full_drops: u64,
+    /// Its ARP requests the switch answered itself.
+    pub arp_answered: u64,
 }
 
 /// The next thing a capture hands out.
@@ -102,6 +104,9 @@ pub trait Network: Sync {
     fn release(&self, guest: usize);
     /// Guest `guest`'s port's counters, if it has a port.
     fn port_stats(&self, guest: usize) -> Option<PortStats>;
+    /// ARP requests the switch answered itself: all of them, and the
+    /// host's (through the uplink).
+    fn arp_answered(&self) -> (u64, u64);
     /// What the back end holds per guest whether it has a port or not.
     fn bytes_per_guest(&self) -> u64;
     /// Starts a capture of at most `max` frames, until `until_ns`.
@@ -191,7 +196,14 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice + Send> Network for Net<R, E,
             spoofed: p.spoofed.load(Ordering::Relaxed),
             tx_waits: p.tx_waits(),
             rx_full_drops: p.rx_full_drops(),
+            arp_answered: p.arp_answered.load(Ordering::Relaxed),
         })
+    }
+
+    fn arp_answered(&self) -> (u64, u64) {
+        let switch = self.switch.lock();
+        let host = switch.uplink().and_then(|up| switch.stats(up)).map_or(0, |s| s.arp_answered);
+        (switch.totals().arp_answered, host)
     }
 
     fn bytes_per_guest(&self) -> u64 {

@@ -67,6 +67,9 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             rx_full_drops: port.map_or(0, |p| p.rx_full_drops),
             blocked: g.is_blocked(),
             events_pending: 0,
+            sent_frames: port.map_or(0, |p| p.sent_frames),
+            received_frames: port.map_or(0, |p| p.received_frames),
+            arp_answered: port.map_or(0, |p| p.arp_answered),
             created_ns: s.created_ns,
             create_ns: s.create_ns,
             first_entry_ns: s.first_entry_ns,
@@ -99,6 +102,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
     pub fn machine_stats(&self) -> MachineStats {
         let (heap, heap_used) = self.platform.heap_usage();
         let (free, total) = self.platform.frames();
+        let (arp_answered, uplink_arp_answered) = self.net.arp_answered();
         MachineStats {
             uptime_ns: self.now(),
             live: self.live.load(Ordering::Relaxed) as u64,
@@ -111,6 +115,8 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             cpu_idle_ns: self.idle_ns.iter().map(|a| a.load(Ordering::Relaxed)).collect(),
             uplink_interrupts: self.platform.uplink_interrupt_count(),
             uplink_polls: self.uplink_polls.load(Ordering::Relaxed),
+            arp_answered,
+            uplink_arp_answered,
         }
     }
 

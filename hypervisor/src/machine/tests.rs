@@ -642,6 +642,9 @@ impl Network for Ports {
     fn port_stats(&self, _: usize) -> Option<PortStats> {
         None
     }
+    fn arp_answered(&self) -> (u64, u64) {
+        (0, 0)
+    }
     fn bytes_per_guest(&self) -> u64 {
         0
     }

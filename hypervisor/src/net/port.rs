@@ -88,6 +88,19 @@ impl Tx {
         self.limited += u64::from(!ok);
         ok
     }
+
+    /// Charges `extra` more copies of a `len`-byte frame that `allows` let
+    /// through (the copies of a flood past the first): taken whether or
+    /// not the buckets hold that much, the sender's next frames wait until
+    /// its rate has paid them off. So over any time a guest makes the
+    /// hypervisor copy at most its limits' worth of frames and bytes, plus
+    /// one flood.
+    pub(super) fn charge_copies(&mut self, now_ns: u64, extra: u32, len: usize) {
+        if extra > 0 {
+            self.packets.charge(now_ns, u64::from(extra));
+            self.bytes.charge(now_ns, u64::from(extra).saturating_mul(len as u64));
+        }
+    }
 }
 
 /// One guest's vNIC back end, over its ring memory `R` and event page `E`.
@@ -123,6 +136,9 @@ pub struct Port<R, E> {
     pub(super) stalled: AtomicBool,
     /// It is in the back end's list of senders waiting for a receiver.
     pub(super) listed: AtomicBool,
+    /// Its ARP requests the switch answered itself, counted from its
+    /// verdicts here likewise.
+    pub arp_answered: AtomicU64,
 }
 
 impl<R: GuestRing, E: GuestEvents> Port<R, E> {
@@ -151,6 +167,7 @@ impl<R: GuestRing, E: GuestEvents> Port<R, E> {
             rx_full_drops: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
             listed: AtomicBool::new(false),
+            arp_answered: AtomicU64::new(0),
         }
     }
 

@@ -38,23 +38,49 @@
 //!      reads a tagged frame.
 //!    - Every other EtherType (IPv6 included: no guest is given an IPv6
 //!      address and the libos has no IPv6) is forwarded within the tenant
-//!      uninspected, under rules 1, 2, 4 and 5 only.
+//!      uninspected, under rules 1, 2, 4 and 6 only.
 //!
 //!    A forged frame is dropped before it can teach the table anything.
 //! 4. Learning: the uplink's source MACs are learned per tenant with a
 //!    timestamp and forgotten [`AGE_NS`] after they were last seen. A
 //!    guest's own MAC is known from the moment the port is added and never
 //!    ages, so a guest's frames teach the switch nothing new.
-//! 5. Delivery, within the sender's tenant only and never back out of the
+//! 5. Proxy ARP: the switch knows every guest's MAC and address, so it
+//!    answers ARP itself (the request is [`Verdict::Answered`]; the
+//!    sender's tenant only; counted at the sender):
+//!    - A request (op 1, broadcast or unicast) for the address of a guest
+//!      of the sender's tenant other than the sender is answered: a reply
+//!      from that guest's MAC and address to the request's source MAC and
+//!      sender address (both checked by rule 3) goes to the requesting
+//!      port only ([`Out::Reply`], `arp_answered`). Nothing is flooded and
+//!      the target guest is not woken. The uplink's requests (QEMU asking
+//!      for a guest) are answered the same way, through the uplink.
+//!    - Any other request from a guest (an address no guest of the tenant
+//!      has, or its own: an announcement or gratuitous ARP), and any ARP
+//!      from a guest to a group address (a gratuitous reply), goes to the
+//!      tenant's uplink only, where the host may own the address (QEMU's
+//!      gateway) or cache the announcement; in a tenant without an uplink
+//!      every address is the hypervisor's to assign, so it is dropped
+//!      (`arp_unknown`; `unrouted`). No guest needs another's
+//!      announcement: the switch answers for every guest, and a guest's
+//!      binding never changes while its port exists.
+//!    - A request from the uplink the switch cannot answer (not a guest's
+//!      address: an announcement of the host's, a probe for a free one)
+//!      is dropped the same way: only the switch speaks for the tenant.
+//!    - Unicast ARP replies are switched as any frame (rule 6).
+//! 6. Delivery, within the sender's tenant only and never back out of the
 //!    port the frame came in on: broadcast and multicast go to every other
 //!    port of the tenant (the uplink included if it is the tenant's);
 //!    a known unicast destination goes to its port; an unknown (or aged)
 //!    one floods like a broadcast. The MAC table is keyed by
 //!    `(tenant, MAC)`, so the same MAC in two tenants names two different
-//!    stations and a lookup can never find another tenant's port.
+//!    stations and a lookup can never find another tenant's port. The
+//!    verdict says how many ports the frame was handed to, so that the
+//!    back end charges a guest's flood to its rate limits copy by copy.
 //!
 //! Cost: a frame costs a few `BTreeMap` lookups plus one callback per
-//! receiver; flooding walks the tenant's own port list, never all ports.
+//! receiver; flooding walks the tenant's own port list, never all ports;
+//! an answered ARP request costs one lookup and one 60-byte reply.
 //! Adding and removing a guest port is `O(log n)`; removing the uplink
 //! walks the MAC table once. Nothing is allocated per frame.
 //!
@@ -173,19 +199,49 @@ pub enum Verdict {
     Forwarded {
         copies: u32,
     },
+    /// An ARP request the switch answered itself (rule 5): the frame went
+    /// nowhere; the reply was handed back to the requesting port.
+    Answered,
     Dropped(DropReason),
 }
+
+impl Verdict {
+    /// How many frames the switch handed to ports for it: the copies of a
+    /// forwarded frame, the reply to an answered request.
+    pub fn handed(self) -> u32 {
+        match self {
+            Self::Forwarded { copies } => copies,
+            Self::Answered => 1,
+            Self::Dropped(_) => 0,
+        }
+    }
+}
+
+/// What [`Switch::forward`]'s `out` hands a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Out<'a> {
+    /// The frame being switched: the caller copies it from the sender.
+    Frame,
+    /// A whole frame the switch made: the reply to an ARP request, for the
+    /// port that asked.
+    Reply(&'a [u8]),
+}
+
+/// The length of the ARP replies the switch makes: an Ethernet/IPv4 ARP
+/// (42 bytes) padded with zeros to Ethernet's shortest frame.
+pub const ARP_REPLY_LEN: usize = 60;
 
 /// Counters of one port, or of the whole switch ([`Switch::totals`]).
 ///
 /// For every frame handed to [`Switch::forward`] exactly one of
 /// `rx_frames` (accepted) and the eight `drop_*` counters goes up, at the
 /// sending port and in the totals (`drop_unknown_port` only in the totals:
-/// there is no port). An accepted frame is handed to zero or more ports;
-/// if zero, `unrouted` goes up as well. Each hand-over bumps, at the
-/// receiving port, `tx_frames`/`tx_bytes` if the receiver took it or
-/// `tx_full` if its ring was full. The totals are the sums over all ports
-/// that ever existed.
+/// there is no port). An accepted frame is either an ARP request the
+/// switch answered (`arp_answered`; its reply is handed to the sender) or
+/// handed to zero or more ports; if zero, `unrouted` goes up as well. Each
+/// hand-over, replies included, bumps, at the receiving port,
+/// `tx_frames`/`tx_bytes` if the receiver took it or `tx_full` if its ring
+/// was full. The totals are the sums over all ports that ever existed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Frames (and their bytes) accepted from this port.
@@ -200,6 +256,12 @@ pub struct Stats {
     pub unrouted: u64,
     /// Source MACs the uplink sent that the full table could not learn.
     pub learn_full: u64,
+    /// ARP requests from this port that the switch answered itself.
+    pub arp_answered: u64,
+    /// ARP requests (and group-addressed ARP) from this port that the
+    /// switch could not answer: for an address no guest of the tenant has,
+    /// or announcements; sent to the uplink only, or nowhere (rule 5).
+    pub arp_unknown: u64,
     pub drop_runt: u64,
     pub drop_oversize: u64,
     pub drop_bad_source: u64,
@@ -481,11 +543,13 @@ impl Switch {
         gone
     }
 
-    /// Switches one frame that `from` sent at `now_ns`: calls `out(port)`
-    /// once for each port that should receive it, in no particular order.
-    /// `out` copies the frame into that port's receive ring (or the
-    /// uplink's transmit queue) and returns `false` if there was no room.
-    pub fn forward(&mut self, from: PortId, frame: &[u8], now_ns: u64, out: &mut impl FnMut(PortId) -> bool) -> Verdict {
+    /// Switches one frame that `from` sent at `now_ns`: calls
+    /// `out(port, Out::Frame)` once for each port that should receive it,
+    /// in no particular order, or, for an ARP request it answers,
+    /// `out(from, Out::Reply(reply))` once. `out` copies the frame (or the
+    /// reply) into that port's receive ring (or the uplink's transmit
+    /// queue) and returns `false` if there was no room.
+    pub fn forward(&mut self, from: PortId, frame: &[u8], now_ns: u64, out: &mut impl FnMut(PortId, Out<'_>) -> bool) -> Verdict {
         self.forward_header(from, frame, frame.len(), now_ns, out)
     }
 
@@ -503,7 +567,7 @@ impl Switch {
         header: &[u8],
         len: usize,
         now_ns: u64,
-        out: &mut impl FnMut(PortId) -> bool,
+        out: &mut impl FnMut(PortId, Out<'_>) -> bool,
     ) -> Verdict {
         if now_ns >= self.next_sweep_ns {
             self.expire(now_ns);
@@ -562,6 +626,36 @@ impl Switch {
         self.totals.rx_frames += 1;
         self.totals.rx_bytes += bytes;
 
+        // Rule 5: ARP the switch answers, or sends to the uplink only.
+        let mut only_uplink = false;
+        if let Some(arp) = inspect::arp_of(header) {
+            let target = (arp.op == inspect::ARP_REQUEST)
+                .then(|| self.ips.get(&(tenant, arp.tpa)).copied())
+                .flatten()
+                .filter(|&t| t != from)
+                .and_then(|t| match self.port(t)?.kind {
+                    Kind::Guest { mac, ip } => Some((mac, ip)),
+                    Kind::Uplink => None,
+                });
+            if let Some((mac, ip)) = target {
+                let reply = inspect::arp_reply(mac, ip, src, arp.sha, arp.spa);
+                if let Some(p) = port_in(&mut self.slots, from) {
+                    p.stats.arp_answered += 1;
+                }
+                self.totals.arp_answered += 1;
+                deliver(&mut self.slots, &mut self.totals, from, reply.len() as u64, Out::Reply(&reply), out);
+                return Verdict::Answered;
+            }
+            let guest = matches!(kind, Kind::Guest { .. });
+            if arp.op == inspect::ARP_REQUEST || (guest && is_multicast(&dst)) {
+                if let Some(p) = port_in(&mut self.slots, from) {
+                    p.stats.arp_unknown += 1;
+                }
+                self.totals.arp_unknown += 1;
+                only_uplink = true;
+            }
+        }
+
         let unicast_to = if is_multicast(&dst) {
             None
         } else {
@@ -573,16 +667,25 @@ impl Switch {
                 .filter(|&to| self.port(to).is_some_and(|p| p.tenant == tenant))
         };
         let mut copies = 0u32;
-        match unicast_to {
-            Some(to) => {
-                if to != from && deliver(&mut self.slots, &mut self.totals, to, bytes, out) {
-                    copies = 1;
-                }
+        if only_uplink {
+            // The tenant's uplink, if it has one and did not send it.
+            if let Some(up) = self.uplink.filter(|&up| up != from && self.port(up).is_some_and(|p| p.tenant == tenant))
+                && deliver(&mut self.slots, &mut self.totals, up, bytes, Out::Frame, out)
+            {
+                copies = 1;
             }
-            None => {
-                for &to in self.tenants.get(&tenant).map(Vec::as_slice).unwrap_or_default() {
-                    if to != from && deliver(&mut self.slots, &mut self.totals, to, bytes, out) {
-                        copies += 1;
+        } else {
+            match unicast_to {
+                Some(to) => {
+                    if to != from && deliver(&mut self.slots, &mut self.totals, to, bytes, Out::Frame, out) {
+                        copies = 1;
+                    }
+                }
+                None => {
+                    for &to in self.tenants.get(&tenant).map(Vec::as_slice).unwrap_or_default() {
+                        if to != from && deliver(&mut self.slots, &mut self.totals, to, bytes, Out::Frame, out) {
+                            copies += 1;
+                        }
                     }
                 }
             }
@@ -609,11 +712,18 @@ fn port_in(slots: &mut [Slot], id: PortId) -> Option<&mut Port> {
     slots.get_mut(id.slot as usize).filter(|s| s.generation == id.generation)?.port.as_mut()
 }
 
-/// Hands a frame to `to` (a live port) and counts it; `false` if there is
-/// no such port and nothing was handed over.
-fn deliver(slots: &mut [Slot], totals: &mut Stats, to: PortId, bytes: u64, out: &mut impl FnMut(PortId) -> bool) -> bool {
+/// Hands a frame (`what`, of `bytes`) to `to` (a live port) and counts
+/// it; `false` if there is no such port and nothing was handed over.
+fn deliver(
+    slots: &mut [Slot],
+    totals: &mut Stats,
+    to: PortId,
+    bytes: u64,
+    what: Out<'_>,
+    out: &mut impl FnMut(PortId, Out<'_>) -> bool,
+) -> bool {
     let Some(p) = port_in(slots, to) else { return false };
-    let took = out(to);
+    let took = out(to, what);
     if took {
         p.stats.tx_frames += 1;
         p.stats.tx_bytes += bytes;

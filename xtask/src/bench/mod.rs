@@ -29,6 +29,10 @@
 //!   sleep-lateness` and `spin`, `bench net`'s echo pair. Linux: `peer
 //!   spinning K sleep-lateness ...` and `peer echo-pair` (see [`latency`]).
 //!
+//! - `hosting`: one HTTP request to each of 10,000 `apps/http` guests in
+//!   one tenant in turn (a new connection each), three rounds, against as
+//!   many to one guest; ours only. See [`hosting`].
+//!
 //! - `density`: idle echo guests per GiB of machine, bytes and start time
 //!   per guest, the idle machine's CPU, memory back after creating and
 //!   destroying 10,000 guests; Linux: idle busybox `nc` echo processes
@@ -58,6 +62,7 @@ use crate::workspace_root;
 mod boot;
 pub mod console;
 mod density;
+mod hosting;
 mod hypercall;
 mod latency;
 mod net;
@@ -94,6 +99,9 @@ pub enum Which {
     /// Lateness of a 1 ms sleeper beside 2 spinners per CPU, and echo
     /// round-trip p99 alone and beside them, vs. a Linux VM.
     Latency,
+    /// One HTTP request to each of 10,000 http guests in one tenant, a new
+    /// connection each, three rounds, vs. as many to one guest (no Linux side).
+    Hosting,
 }
 
 impl Which {
@@ -104,6 +112,7 @@ impl Which {
             Which::Net => "net",
             Which::Density => "density",
             Which::Latency => "latency",
+            Which::Hosting => "hosting",
         }
     }
 }
@@ -142,7 +151,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let machine = Machine { accel: args.accel.resolve(), smp: args.smp, memory_mib: memory / MIB };
     crate::qemu::ensure_qemu()?;
-    linux::ensure_packages()?;
+    if args.which != Which::Hosting {
+        linux::ensure_packages()?;
+    }
     let append = match &args.linux_append {
         Some(extra) => format!("{} {extra}", linux::CMDLINE),
         None => linux::CMDLINE.to_string(),
@@ -155,6 +166,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Which::Net => bench.net()?,
         Which::Density => bench.density()?,
         Which::Latency => bench.latency()?,
+        Which::Hosting => bench.hosting()?,
     };
     let path = report_path(args.which);
     fs::create_dir_all(path.parent().unwrap()).context("creating target/bench")?;

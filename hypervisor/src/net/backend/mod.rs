@@ -7,7 +7,13 @@
 //! checked, the switch decides on that private copy, and the frame is
 //! copied once, from the sender's TX slot straight into every receiver's
 //! RX slot (to the uplink through a buffer). Each receiver then gets
-//! `events::NET_RX` and is woken if it sleeps. A guest that breaks the
+//! `events::NET_RX` and is woken if it sleeps. Every copy past the first
+//! is charged to the sender's frame and byte limits after the switch has
+//! decided (a broadcast to a tenant of 10,000 ports costs 9,999 more
+//! frames), so a guest cannot make the hypervisor copy more than its own
+//! limits' worth; an ARP request the switch answers (`net::switch`, rule
+//! 5) costs the one frame, and its reply goes back into the sender's own
+//! RX ring. A guest that breaks the
 //! ring protocol (an index beyond the ring, or moved backwards) is to be
 //! disconnected; a bad length only loses that frame (`ring_errors`).
 //!
@@ -37,7 +43,7 @@
 
 use super::capture::{Capture, CaptureTarget};
 use super::port::{GuestEvents, GuestRing, Port};
-use super::switch::{INSPECT_BYTES, PortId, Switch, Verdict, is_multicast};
+use super::switch::{INSPECT_BYTES, Out, PortId, Switch, Verdict, is_multicast};
 use super::uplink_queue::{Bounds, Offered, UplinkQueue};
 use crate::slot::Slot;
 use abi::ring::{MTU_FRAME, Producer, RingError};
@@ -263,15 +269,23 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
                             len
                         },
                     );
-                    let verdict = switch.forward_header(port.switch_port, &header[..hl], len, now_ns, &mut |dest| {
-                        self.deliver_from(dest, ring, at, &header[..hl], len, &mut woken, now_ns)
+                    let verdict = switch.forward_header(port.switch_port, &header[..hl], len, now_ns, &mut |dest, what| match what {
+                        Out::Frame => self.deliver_from(dest, ring, at, &header[..hl], len, &mut woken, now_ns),
+                        Out::Reply(reply) => self.deliver(dest, reply, &mut woken, now_ns),
                     });
                     drop(switch);
-                    if let Verdict::Dropped(why) = verdict
-                        && why.is_spoof()
-                    {
-                        port.spoofed.fetch_add(1, Ordering::Relaxed);
+                    match verdict {
+                        Verdict::Dropped(why) if why.is_spoof() => {
+                            port.spoofed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Verdict::Answered => {
+                            port.arp_answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {}
                     }
+                    // Every copy past the first costs the sender a frame
+                    // of its budget too (`allows` took the first).
+                    tx.charge_copies(now_ns, verdict.handed().saturating_sub(1), len);
                     let _ = tx.ring.skip(ring);
                 }
                 Ok(None) => break Ok(()),
@@ -315,7 +329,8 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
     /// will drop may wait first, which costs nothing but the wait.)
     fn sole_receiver(switch: &Switch, port: &Port<R, E>, header: &[u8], now_ns: u64) -> Option<PortId> {
         let dst: [u8; 6] = header.get(..6)?.try_into().ok()?;
-        if is_multicast(&dst) {
+        // ARP is the switch's to answer (proxy ARP), never a receiver's.
+        if is_multicast(&dst) || header.get(12..14) == Some(&[0x08, 0x06]) {
             return None;
         }
         switch.lookup(port.tenant, dst, now_ns).filter(|&to| to != port.switch_port)
@@ -666,7 +681,12 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             (Some(dst), Some(t)) if !is_multicast(&dst) => switch.lookup(t, dst, now_ns),
             _ => None,
         };
-        switch.forward(uplink, f, now_ns, &mut |dest| {
+        switch.forward(uplink, f, now_ns, &mut |dest, what| {
+            if let Out::Reply(reply) = what {
+                // The switch's answer to the host's ARP request, back out
+                // through the uplink.
+                return self.deliver(dest, reply, woken, now_ns);
+            }
             let Some((g, p)) = self.guest_at(dest) else { return false };
             if Some(dest) == one {
                 match held.offer(g, f, now_ns, |f| self.to_guest(dest, woken, now_ns, |rx, ring| rx.push(ring, f))) {

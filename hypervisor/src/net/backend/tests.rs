@@ -6,7 +6,7 @@
 use super::testing::FakeUplink;
 use super::*;
 use crate::net::port::testing::Events;
-use crate::net::switch::{Ipv4, Mac};
+use crate::net::switch::{BROADCAST, Ipv4, Mac};
 use abi::ring::testing::SharedRing;
 use abi::ring::{Consumer, PROD_OFFSET, Producer, RingMemory, SLOTS_OFFSET};
 use abi::time::events::NET_RX;
@@ -142,6 +142,129 @@ fn rate_limits_and_spoofing_are_counted_at_the_sender() {
     net.drain(1, 1_000_000_000, &mut |_, _| {}).unwrap();
     assert_eq!(net.port(1).unwrap().spoofed.load(Ordering::Relaxed), 1);
     assert!(net.uplink.as_ref().unwrap().1.lock().to_host.is_empty());
+}
+
+/// An Ethernet/IPv4 ARP request (42 bytes) from `sha`/`spa` for `tpa`.
+fn arp_request(dst: Mac, sha: Mac, spa: Ipv4, tpa: Ipv4) -> Vec<u8> {
+    let mut f = alloc::vec![0u8; 42];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&sha);
+    f[12..22].copy_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f[22..28].copy_from_slice(&sha);
+    f[28..32].copy_from_slice(&spa);
+    f[38..42].copy_from_slice(&tpa);
+    f
+}
+
+/// The reply the switch makes: `mac` at `ip`, to `to` at `to_ip`.
+fn arp_reply(mac: Mac, ip: Ipv4, to: Mac, to_ip: Ipv4) -> Vec<u8> {
+    let mut f = alloc::vec![0u8; 60];
+    f[..6].copy_from_slice(&to);
+    f[6..12].copy_from_slice(&mac);
+    f[12..22].copy_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 2]);
+    f[22..28].copy_from_slice(&mac);
+    f[28..32].copy_from_slice(&ip);
+    f[32..38].copy_from_slice(&to);
+    f[38..42].copy_from_slice(&to_ip);
+    f
+}
+
+#[test]
+fn an_arp_request_is_answered_into_the_requesters_ring_and_wakes_nobody_else() {
+    let net = net(5);
+    for g in 1..=4 {
+        attach(&net, g, if g <= 2 { 0 } else { 1 }, 8, UNLIMITED);
+    }
+    let mut tx1 = Producer::new(8);
+    let mut rx: Vec<Consumer> = (0..5).map(|_| Consumer::new(8)).collect();
+    // Guest 1 asks who has guest 2's address: the answer is in its own
+    // ring, it alone is woken, and guest 2 hears nothing.
+    send(&net, 1, &mut tx1, &[arp_request(BROADCAST, mac(1), ip(1), ip(2))]);
+    let mut woken = Vec::new();
+    net.drain(1, 0, &mut |g, _| woken.push(g)).unwrap();
+    assert_eq!(woken, [1]);
+    assert_eq!(receive(&net, 1, &mut rx[1]), [arp_reply(mac(2), ip(2), mac(1), ip(1))]);
+    assert_eq!(net.port(1).unwrap().arp_answered.load(Ordering::Relaxed), 1);
+    assert!(receive(&net, 2, &mut rx[2]).is_empty());
+    assert_eq!(net.port(2).unwrap().events.pending(), 0, "guest 2 got no event");
+    // Guest 3's address is tenant 1's: not answered, to the host only.
+    send(&net, 1, &mut tx1, &[arp_request(BROADCAST, mac(1), ip(1), ip(3))]);
+    woken.clear();
+    net.drain(1, 0, &mut |g, _| woken.push(g)).unwrap();
+    assert!(woken.is_empty());
+    assert_eq!(net.uplink.as_ref().unwrap().1.lock().to_host, [arp_request(BROADCAST, mac(1), ip(1), ip(3))]);
+    // In tenant 1 (no uplink) guest 3 asks for guest 4, then for an
+    // address nobody has: answered, then dropped.
+    let mut tx3 = Producer::new(8);
+    send(&net, 3, &mut tx3, &[arp_request(BROADCAST, mac(3), ip(3), ip(4)), arp_request(BROADCAST, mac(3), ip(3), [10, 0, 0, 99])]);
+    net.drain(3, 0, &mut |_, _| {}).unwrap();
+    assert_eq!(receive(&net, 3, &mut rx[3]), [arp_reply(mac(4), ip(4), mac(3), ip(3))]);
+    assert!(receive(&net, 4, &mut rx[4]).is_empty());
+    let st = net.switch.lock().stats(net.port(3).unwrap().switch_port).unwrap();
+    assert_eq!((st.arp_answered, st.arp_unknown, st.unrouted, st.tx_frames), (1, 1, 1, 1));
+    // The host asks for guest 2: the switch answers through the uplink,
+    // and no guest is woken.
+    net.uplink.as_ref().unwrap().1.lock().to_host.clear();
+    host_sends(&net, [arp_request(BROADCAST, HOST_MAC, [10, 0, 0, 1], ip(2))]);
+    let mut woken = Vec::new();
+    net.poll_uplink(0, &mut |g| woken.push(g));
+    assert!(woken.is_empty());
+    assert_eq!(net.uplink.as_ref().unwrap().1.lock().to_host, [arp_reply(mac(2), ip(2), HOST_MAC, [10, 0, 0, 1])]);
+    assert!((1..=4).all(|g| receive(&net, g, &mut rx[g]).is_empty()));
+    // A guest's forged request is dropped and answered by nobody.
+    send(&net, 1, &mut tx1, &[arp_request(BROADCAST, mac(1), ip(2), ip(2))]);
+    net.drain(1, 0, &mut |_, _| {}).unwrap();
+    assert_eq!(net.port(1).unwrap().spoofed.load(Ordering::Relaxed), 1);
+    assert!(receive(&net, 1, &mut rx[1]).is_empty());
+    assert_eq!(net.uplink.as_ref().unwrap().1.lock().to_host.len(), 1);
+}
+
+#[test]
+fn a_flood_costs_the_sender_a_frame_of_its_limit_per_copy() {
+    const MS: u64 = 1_000_000;
+    let net = net(11);
+    // 25 frames a second: one token every 40 ms.
+    let limits = abi::bundle::Limits { nic_packets: 25, ..UNLIMITED };
+    attach(&net, 1, 0, 8, limits);
+    for g in 2..=10 {
+        attach(&net, g, 0, 8, UNLIMITED);
+    }
+    let mut tx = Producer::new(8);
+    let mut rx2 = Consumer::new(8);
+    // Each broadcast reaches 9 guests and the host: 10 frames of budget.
+    // The first two fit, the third runs 5 into debt, the rest wait.
+    let floods: Vec<_> = (0..5).map(|i| frame(mac(1), BROADCAST, i)).collect();
+    send(&net, 1, &mut tx, &floods);
+    net.drain(1, 0, &mut |_, _| {}).unwrap();
+    assert_eq!(receive(&net, 2, &mut rx2).len(), 3);
+    assert_eq!(net.port(1).unwrap().limited(), 2);
+    assert_eq!(net.uplink.as_ref().unwrap().1.lock().to_host.len(), 3);
+    // 200 ms refill 5 tokens: the debt, nothing more.
+    send(&net, 1, &mut tx, &[frame(mac(1), mac(2), 9)]);
+    net.drain(1, 200 * MS, &mut |_, _| {}).unwrap();
+    assert!(receive(&net, 2, &mut rx2).is_empty());
+    assert_eq!(net.port(1).unwrap().limited(), 3);
+    // 40 ms later a token: one unicast frame, one copy.
+    send(&net, 1, &mut tx, &[frame(mac(1), mac(2), 10), frame(mac(1), mac(2), 11)]);
+    net.drain(1, 240 * MS, &mut |_, _| {}).unwrap();
+    assert_eq!(receive(&net, 2, &mut rx2), [frame(mac(1), mac(2), 10)]);
+    assert_eq!(net.port(1).unwrap().limited(), 4);
+    // Over 10 s the guest's frames made at most its limit's worth of
+    // copies (plus the one flood that ran into debt).
+    let mut copies = 0usize;
+    let mut rxs: Vec<Consumer> = (0..11).map(|_| Consumer::new(8)).collect();
+    rxs[2] = rx2;
+    for (g, rx) in rxs.iter_mut().enumerate().skip(3) {
+        assert_eq!(receive(&net, g, rx).len(), 3, "the first floods");
+    }
+    for ms in (250..10_250).step_by(50) {
+        send(&net, 1, &mut tx, &[frame(mac(1), BROADCAST, 0)]);
+        net.drain(1, ms * MS, &mut |_, _| {}).unwrap();
+        copies += (2..=10).map(|g| receive(&net, g, &mut rxs[g]).len()).sum::<usize>();
+    }
+    let to_host = core::mem::take(&mut net.uplink.as_ref().unwrap().1.lock().to_host).len() - 3;
+    let copies = copies + to_host;
+    assert!((240..=260).contains(&copies), "{copies} copies in 10 s at 25 frames/s");
 }
 
 /// After `disconnect` nothing reaches the guest's pages: no frame from a

@@ -1,9 +1,9 @@
 //! Rule 3 of the switch (see its module documentation): the addresses an
 //! IPv4 or ARP frame claims for its sender, checked on the switch's private
 //! copy of the frame's first [`INSPECT_BYTES`](super::INSPECT_BYTES) bytes,
-//! through named field offsets.
+//! through named field offsets; and the ARP replies of rule 5.
 
-use super::{DropReason, Ipv4, Kind, Mac, Switch};
+use super::{ARP_REPLY_LEN, DropReason, Ipv4, Kind, Mac, Switch};
 
 /// Ethernet header fields: destination, source, EtherType.
 pub(super) const ETH_DST: usize = 0;
@@ -14,8 +14,14 @@ const IPV4_VERSION_IHL: usize = 14;
 const IPV4_SRC: usize = 26;
 /// The ARP body's htype/ptype/hlen/plen, sender MAC and sender IPv4.
 const ARP_KINDS: core::ops::Range<usize> = 14..20;
+const ARP_OP: usize = 20;
 const ARP_SHA: usize = 22;
 const ARP_SPA: usize = 28;
+const ARP_THA: usize = 32;
+const ARP_TPA: usize = 38;
+/// ARP's operations.
+pub(super) const ARP_REQUEST: u16 = 1;
+const ARP_REPLY: u16 = 2;
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_ARP: u16 = 0x0806;
@@ -63,6 +69,39 @@ impl Switch {
             _ => Ok(()),
         }
     }
+}
+
+/// The fields of an Ethernet/IPv4 ARP frame that rule 5 needs.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Arp {
+    pub op: u16,
+    pub sha: Mac,
+    pub spa: Ipv4,
+    pub tpa: Ipv4,
+}
+
+/// The ARP fields of `header`, if it is a whole Ethernet/IPv4 ARP frame.
+pub(super) fn arp_of(header: &[u8]) -> Option<Arp> {
+    if u16_at(header, ETH_TYPE)? != ETHERTYPE_ARP || header.get(ARP_KINDS)? != ARP_ETHERNET_IPV4 {
+        return None;
+    }
+    Some(Arp { op: u16_at(header, ARP_OP)?, sha: mac_at(header, ARP_SHA)?, spa: ipv4_at(header, ARP_SPA)?, tpa: ipv4_at(header, ARP_TPA)? })
+}
+
+/// The reply to an ARP request: `mac` is at `ip`, from `mac` to the
+/// requester's Ethernet source `to`, its sender MAC `tha` and address `tpa`.
+pub(super) fn arp_reply(mac: Mac, ip: Ipv4, to: Mac, tha: Mac, tpa: Ipv4) -> [u8; ARP_REPLY_LEN] {
+    let mut f = [0u8; ARP_REPLY_LEN];
+    f[ETH_DST..ETH_DST + 6].copy_from_slice(&to);
+    f[ETH_SRC..ETH_SRC + 6].copy_from_slice(&mac);
+    f[ETH_TYPE..ETH_TYPE + 2].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+    f[ARP_KINDS].copy_from_slice(&ARP_ETHERNET_IPV4);
+    f[ARP_OP..ARP_OP + 2].copy_from_slice(&ARP_REPLY.to_be_bytes());
+    f[ARP_SHA..ARP_SHA + 6].copy_from_slice(&mac);
+    f[ARP_SPA..ARP_SPA + 4].copy_from_slice(&ip);
+    f[ARP_THA..ARP_THA + 6].copy_from_slice(&tha);
+    f[ARP_TPA..ARP_TPA + 4].copy_from_slice(&tpa);
+    f
 }
 
 pub(super) fn mac_at(header: &[u8], at: usize) -> Option<Mac> {

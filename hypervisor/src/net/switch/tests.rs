@@ -65,14 +65,29 @@ fn arp(dst: Mac, src: Mac, op: u8, sha: Mac, spa: Ipv4, tpa: Ipv4, len: usize) -
     f
 }
 
-/// Sends a frame; returns the verdict and the receivers, sorted.
+/// Sends a frame; returns the verdict and the receivers (of the frame,
+/// or of the switch's reply), sorted.
 fn send(sw: &mut Switch, from: PortId, f: &[u8], now: u64) -> (Verdict, Vec<PortId>) {
     let mut got = Vec::new();
-    let v = sw.forward(from, f, now, &mut |p| {
+    let v = sw.forward(from, f, now, &mut |p, _| {
         got.push(p);
         true
     });
     got.sort();
+    (v, got)
+}
+
+/// Sends a frame; returns the verdict and the replies the switch made
+/// (with the port each went to); panics if the frame itself went anywhere.
+fn ask(sw: &mut Switch, from: PortId, f: &[u8], now: u64) -> (Verdict, Vec<(PortId, Vec<u8>)>) {
+    let mut got = Vec::new();
+    let v = sw.forward(from, f, now, &mut |p, what| {
+        match what {
+            Out::Reply(r) => got.push((p, r.to_vec())),
+            Out::Frame => panic!("{p:?} got the frame"),
+        }
+        true
+    });
     (v, got)
 }
 
@@ -264,13 +279,97 @@ fn forged_arp_senders_are_dropped_and_legitimate_arp_passes() {
     let s = sw.stats(m).unwrap();
     assert_eq!((s.drop_spoofed_arp, s.spoofed(), s.rx_frames), (6, 6, 0));
     assert_eq!((sw.stats(a).unwrap().tx_frames, sw.stats(up).unwrap().tx_frames), (0, 0));
-    // The real thing: A asks for M (broadcast), M answers (unicast), and
-    // announces itself (gratuitous).
-    assert_eq!(send(&mut sw, a, &arp(BROADCAST, mac(1), 1, mac(1), ip(1), ip(2), 42), 0), (fwd(2), sorted(vec![up, m])));
+    // The real thing: A asks for M (broadcast; the switch answers), M
+    // answers A anyway (unicast), and announces itself (gratuitous: to the
+    // host only).
+    assert_eq!(send(&mut sw, a, &arp(BROADCAST, mac(1), 1, mac(1), ip(1), ip(2), 42), 0), (Verdict::Answered, vec![a]));
     assert_eq!(send(&mut sw, m, &arp(mac(1), mac(2), 2, mac(2), ip(2), ip(1), 42), 0), (fwd(1), vec![a]));
-    assert_eq!(send(&mut sw, m, &arp(BROADCAST, mac(2), 2, mac(2), ip(2), ip(2), 60), 0), (fwd(2), sorted(vec![up, a])));
+    assert_eq!(send(&mut sw, m, &arp(BROADCAST, mac(2), 2, mac(2), ip(2), ip(2), 60), 0), (fwd(1), vec![up]));
     assert_eq!(sw.totals().drop_spoofed_arp, 6);
     assert_eq!(sw.totals().rx_frames, 3);
+}
+
+/// Checks every field of the switch's ARP reply: `mac` is at `at`, to
+/// the requester `to` (its Ethernet source and sender MAC) at `to_ip`.
+fn assert_reply(r: &[u8], mac: Mac, at: Ipv4, to: Mac, to_ip: Ipv4) {
+    assert_eq!(r.len(), 60, "padded to Ethernet's shortest frame");
+    assert_eq!(&r[0..6], &to, "Ethernet destination: the requester");
+    assert_eq!(&r[6..12], &mac, "Ethernet source: the guest asked for");
+    assert_eq!(&r[12..14], &[0x08, 0x06], "EtherType ARP");
+    assert_eq!(&r[14..20], &[0, 1, 0x08, 0x00, 6, 4], "Ethernet/IPv4");
+    assert_eq!(&r[20..22], &[0, 2], "a reply");
+    assert_eq!((&r[22..28], &r[28..32]), (&mac[..], &at[..]), "sender: the guest asked for");
+    assert_eq!((&r[32..38], &r[38..42]), (&to[..], &to_ip[..]), "target: the requester");
+    assert!(r[42..].iter().all(|&b| b == 0), "zero padding");
+}
+
+#[test]
+fn the_switch_answers_arp_for_the_tenants_guests_to_the_requester_only() {
+    let mut sw = Switch::new();
+    let up = sw.add_uplink(0).unwrap();
+    let a = sw.add_port(0, mac(1), ip(1)).unwrap();
+    let b = sw.add_port(0, mac(2), ip(2)).unwrap();
+    let c = sw.add_port(1, mac(3), ip(3)).unwrap();
+    let d = sw.add_port(1, mac(4), ip(4)).unwrap();
+    let q = outside(1);
+    // A asks for B, broadcast and unicast (a cache refresh): answered to A
+    // only, B never sees it.
+    for dst in [BROADCAST, mac(2)] {
+        let (v, replies) = ask(&mut sw, a, &arp(dst, mac(1), 1, mac(1), ip(1), ip(2), 42), 0);
+        assert_eq!(v, Verdict::Answered);
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0].0, a);
+        assert_reply(&replies[0].1, mac(2), ip(2), mac(1), ip(1));
+    }
+    let (sa, sb) = (sw.stats(a).unwrap(), sw.stats(b).unwrap());
+    assert_eq!((sa.arp_answered, sa.rx_frames, sa.tx_frames, sa.tx_bytes, sa.unrouted), (2, 2, 2, 120, 0));
+    assert_eq!((sb.rx_frames, sb.tx_frames, sb.arp_answered), (0, 0, 0), "B is not woken");
+    assert_eq!(sw.stats(up).unwrap().tx_frames, 0, "nothing for the host either");
+    // QEMU asks for A (with a sender MAC of its own): the reply goes back
+    // out through the uplink, to its Ethernet source.
+    let (v, replies) = ask(&mut sw, up, &arp(BROADCAST, q, 1, outside(2), outside_ip(1), ip(1), 60), 0);
+    assert_eq!((v, replies.len(), replies[0].0), (Verdict::Answered, 1, up));
+    assert_eq!(&replies[0].1[0..6], &q);
+    assert_eq!(&replies[0].1[32..38], &outside(2));
+    assert_reply(&[&q[..], &replies[0].1[6..32], &q[..], &replies[0].1[38..]].concat(), mac(1), ip(1), q, outside_ip(1));
+    assert_eq!(sw.stats(up).unwrap().arp_answered, 1);
+    assert_eq!(sw.stats(a).unwrap().tx_frames, 2, "A did not hear QEMU's request");
+    // A asks for C's address, which is another tenant's: not answered, to
+    // the host only (the address may be out there).
+    assert_eq!(send(&mut sw, a, &arp(BROADCAST, mac(1), 1, mac(1), ip(1), ip(3), 42), 0), (fwd(1), vec![up]));
+    assert_eq!(send(&mut sw, a, &arp(BROADCAST, mac(1), 1, mac(1), ip(1), outside_ip(1), 42), 0), (fwd(1), vec![up]));
+    assert_eq!(sw.stats(a).unwrap().arp_unknown, 2);
+    // In tenant 1 (no uplink), C asks for D: answered; for A's address or
+    // any other: nobody can have it, dropped and counted.
+    let (v, replies) = ask(&mut sw, c, &arp(BROADCAST, mac(3), 1, mac(3), ip(3), ip(4), 42), 0);
+    assert_eq!((v, replies[0].0), (Verdict::Answered, c));
+    assert_reply(&replies[0].1, mac(4), ip(4), mac(3), ip(3));
+    assert_eq!(send(&mut sw, c, &arp(BROADCAST, mac(3), 1, mac(3), ip(3), ip(1), 42), 0), (fwd(0), vec![]));
+    assert_eq!(send(&mut sw, c, &arp(BROADCAST, mac(3), 1, mac(3), ip(3), outside_ip(1), 42), 0), (fwd(0), vec![]));
+    let sc = sw.stats(c).unwrap();
+    assert_eq!((sc.arp_answered, sc.arp_unknown, sc.unrouted), (1, 2, 2));
+    assert_eq!((sw.stats(a).unwrap().tx_frames, sw.stats(d).unwrap().tx_frames), (2, 0));
+    // Announcements: a guest's gratuitous request or reply goes to the
+    // host only, or nowhere; the host's request for an address no guest
+    // has (its own announcement, a probe) reaches no guest.
+    assert_eq!(send(&mut sw, b, &arp(BROADCAST, mac(2), 1, mac(2), ip(2), ip(2), 42), 0), (fwd(1), vec![up]));
+    assert_eq!(send(&mut sw, b, &arp(BROADCAST, mac(2), 2, mac(2), ip(2), ip(2), 42), 0), (fwd(1), vec![up]));
+    assert_eq!(send(&mut sw, d, &arp(BROADCAST, mac(4), 1, mac(4), ip(4), ip(4), 42), 0), (fwd(0), vec![]));
+    assert_eq!(send(&mut sw, up, &arp(BROADCAST, q, 1, q, outside_ip(1), outside_ip(1), 60), 0), (fwd(0), vec![]));
+    assert_eq!(send(&mut sw, up, &arp(BROADCAST, q, 1, q, [0; 4], outside_ip(7), 60), 0), (fwd(0), vec![]));
+    // The host's ARP replies (to a guest's question) still reach the guest.
+    assert_eq!(send(&mut sw, up, &arp(mac(1), q, 2, q, outside_ip(1), ip(1), 60), 0), (fwd(1), vec![a]));
+    // Forged requests are still dropped, and answer nothing.
+    let drop = (Verdict::Dropped(DropReason::SpoofedArp), vec![]);
+    assert_eq!(send(&mut sw, a, &arp(BROADCAST, mac(1), 1, mac(1), ip(2), ip(2), 42), 0), drop);
+    assert_eq!(send(&mut sw, a, &arp(BROADCAST, mac(1), 1, mac(2), ip(1), ip(2), 42), 0), drop);
+    assert_eq!(send(&mut sw, up, &arp(BROADCAST, q, 1, q, ip(2), ip(1), 60), 0), drop);
+    assert_eq!(send(&mut sw, a, &arp(BROADCAST, mac(1), 1, mac(1), ip(1), ip(2), 41), 0), drop, "truncated");
+    // A removed guest's address is answered no more.
+    sw.remove_port(b).unwrap();
+    assert_eq!(send(&mut sw, a, &arp(BROADCAST, mac(1), 1, mac(1), ip(1), ip(2), 42), 0), (fwd(1), vec![up]));
+    let t = sw.totals();
+    assert_eq!((t.arp_answered, t.arp_unknown, t.drop_spoofed_arp), (4, 10, 4));
 }
 
 #[test]
@@ -351,8 +450,9 @@ fn the_uplink_cannot_claim_a_local_guests_address() {
     assert_eq!((s.drop_spoofed_ip, s.drop_spoofed_arp, s.rx_frames), (2, 3, 0));
     assert_eq!(sw.lookup(0, q, 0), None, "a forged frame teaches the table nothing");
     assert_eq!((sw.stats(a).unwrap().tx_frames, sw.stats(b).unwrap().tx_frames), (0, 0));
-    // QEMU as itself: its ARP request for B, then IPv4 from the outside.
-    assert_eq!(send(&mut sw, up, &arp(BROADCAST, q, 1, q, outside_ip(1), ip(2), 60), 0), (fwd(2), sorted(vec![a, b])));
+    // QEMU as itself: its ARP request for B (the switch answers), then
+    // IPv4 from the outside.
+    assert_eq!(send(&mut sw, up, &arp(BROADCAST, q, 1, q, outside_ip(1), ip(2), 60), 0), (Verdict::Answered, vec![up]));
     assert_eq!(send(&mut sw, up, &ipv4(mac(2), q, outside_ip(9), 1000), 0), (fwd(1), vec![b]));
     assert_eq!(sw.lookup(0, q, 0), Some(up));
     // Another tenant's guest is no local guest of the uplink's tenant.
@@ -415,7 +515,7 @@ fn forward_header_decides_on_the_private_header_and_length() {
     let b = sw.add_port(0, mac(2), ip(2)).unwrap();
     let hdr = frame(mac(2), mac(1), 14);
     let mut got = Vec::new();
-    let mut out = |p| {
+    let mut out = |p: PortId, _: Out<'_>| {
         got.push(p);
         true
     };
@@ -460,7 +560,7 @@ fn a_full_receive_ring_is_counted_at_the_receiver() {
     let a = sw.add_port(0, mac(1), ip(1)).unwrap();
     let b = sw.add_port(0, mac(2), ip(2)).unwrap();
     let c = sw.add_port(0, mac(3), ip(3)).unwrap();
-    let v = sw.forward(a, &frame(BROADCAST, mac(1), 100), 0, &mut |p| p != b);
+    let v = sw.forward(a, &frame(BROADCAST, mac(1), 100), 0, &mut |p, _| p != b);
     assert_eq!(v, fwd(2), "handed to both; B's ring was full");
     assert_eq!((sw.stats(b).unwrap().tx_full, sw.stats(b).unwrap().tx_frames), (1, 0));
     assert_eq!((sw.stats(c).unwrap().tx_full, sw.stats(c).unwrap().tx_frames), (0, 1));
@@ -599,7 +699,7 @@ fn ten_thousand_ports_in_a_hundred_tenants() {
     let mut copies = 0u64;
     for i in 0..PORTS {
         let next = (i + TENANTS) % PORTS;
-        let mut count = |_| {
+        let mut count = |_: PortId, _: Out<'_>| {
             copies += 1;
             true
         };
@@ -692,6 +792,21 @@ impl Model {
                 None => self.learned.push((tenant, src, from, now)),
             }
         }
+        // Proxy ARP: a request for a neighbour's address is answered to the
+        // sender; other requests and a guest's group-addressed ARP go to
+        // the tenant's uplink only.
+        if (f[12], f[13]) == (0x08, 0x06) {
+            let request = f[20..22] == [0, 1];
+            if request
+                && self.ips.iter().any(|&(id, a)| a == f[38..42] && id != from && self.ports.iter().any(|p| p.0 == id && p.1 == tenant))
+            {
+                return (Verdict::Answered, vec![from]);
+            }
+            if request || (own.is_some() && dst[0] & 1 == 1) {
+                let up: Vec<PortId> = self.ports.iter().filter(|p| p.1 == tenant && p.2.is_none() && p.0 != from).map(|p| p.0).collect();
+                return (fwd(up.len() as u32), up);
+            }
+        }
         let known = if dst[0] & 1 == 1 {
             None
         } else {
@@ -729,6 +844,8 @@ fn add_stats(a: &mut Stats, b: &Stats) {
     a.tx_full += b.tx_full;
     a.unrouted += b.unrouted;
     a.learn_full += b.learn_full;
+    a.arp_answered += b.arp_answered;
+    a.arp_unknown += b.arp_unknown;
     a.drop_runt += b.drop_runt;
     a.drop_oversize += b.drop_oversize;
     a.drop_bad_source += b.drop_bad_source;
@@ -768,7 +885,7 @@ fn random_frames_never_panic_match_the_model_and_counters_add_up() {
     let up = sw.add_uplink(0).unwrap();
     model.add(up, 0, None);
 
-    let (mut verdicts, mut handed, mut took, mut rx_bytes, mut tx_bytes) = ([0u64; 7], 0u64, 0u64, 0u64, 0u64);
+    let (mut verdicts, mut handed, mut took, mut rx_bytes, mut tx_bytes, mut answered) = ([0u64; 7], 0u64, 0u64, 0u64, 0u64, 0u64);
     // Accepted IPv4 and ARP frames, from guests and from the uplink.
     let mut passed = [[0u64; 2]; 2];
     let mut buf = [0u8; 2100];
@@ -877,6 +994,12 @@ fn random_frames_never_panic_match_the_model_and_counters_add_up() {
                 };
                 buf[22..28].copy_from_slice(&sha);
                 buf[28..32].copy_from_slice(&pick_ip(&mut rng));
+                // Mostly requests, for a neighbour's address or any.
+                if !rng.one_in(4) {
+                    buf[20..22].copy_from_slice(&[0, 1 + rng.below(2) as u8]);
+                }
+                let tpa = if rng.one_in(2) { ip(rng.below(macs as usize) as u32) } else { pick_ip(&mut rng) };
+                buf[38..42].copy_from_slice(&tpa);
             }
             6 => buf[12..14].copy_from_slice(&[[0x81, 0x00], [0x88, 0xa8], [0x91, 0x00]][rng.below(3)]),
             _ => {}
@@ -885,21 +1008,35 @@ fn random_frames_never_panic_match_the_model_and_counters_add_up() {
 
         let want = model.expect(from, f, now);
         got.clear();
-        let v = sw.forward(from, f, now, &mut |p| {
+        let mut replies = 0;
+        let v = sw.forward(from, f, now, &mut |p, what| {
             got.push(p);
+            let bytes = match what {
+                Out::Frame => len,
+                Out::Reply(r) => {
+                    replies += 1;
+                    // From the neighbour asked for, to the asker.
+                    assert!(r.len() == ARP_REPLY_LEN && r[..6] == f[6..12] && r[38..42] == f[28..32] && r[28..32] == f[38..42]);
+                    r.len()
+                }
+            };
             let ok = !rng.one_in(16);
             if ok {
                 took += 1;
-                tx_bytes += len as u64;
+                tx_bytes += bytes as u64;
             }
             ok
         });
+        assert_eq!(replies, u32::from(v == Verdict::Answered), "a reply exactly for an answered request");
         got.sort();
         assert_eq!((v, &got), (want.0, &want.1), "frame from {from:?} len {len} dst {dst:x?} src {src:x?}");
         got.dedup();
         assert_eq!(got.len(), want.1.len(), "no port gets a frame twice");
         let tenant = sw.tenant_of(from);
-        assert!(got.iter().all(|&p| p != from && sw.tenant_of(p) == tenant), "never across tenants");
+        assert!(
+            got.iter().all(|&p| (p != from || v == Verdict::Answered) && sw.tenant_of(p) == tenant),
+            "never across tenants, never back but an ARP reply"
+        );
 
         handed += got.len() as u64;
         let slot = match v {
@@ -909,6 +1046,11 @@ fn random_frames_never_panic_match_the_model_and_counters_add_up() {
                     passed[usize::from(own.is_none())][usize::from(kind >= 3)] += 1;
                 }
                 if copies == 0 { 5 } else { 0 }
+            }
+            Verdict::Answered => {
+                rx_bytes += len as u64;
+                answered += 1;
+                0
             }
             Verdict::Dropped(DropReason::UnknownPort) => 1,
             Verdict::Dropped(DropReason::Runt) => 2,
@@ -924,6 +1066,7 @@ fn random_frames_never_panic_match_the_model_and_counters_add_up() {
     assert_eq!(t.rx_frames + t.dropped(), FRAMES);
     assert_eq!(t.rx_frames, routed + unrouted);
     assert_eq!(t.unrouted, unrouted);
+    assert_eq!(t.arp_answered, answered);
     assert_eq!((t.drop_unknown_port, t.drop_runt, t.drop_oversize), (unknown, runt, oversize));
     assert_eq!(t.drop_bad_source + t.drop_spoofed, bad_or_spoofed);
     assert_eq!(t.drop_spoofed_ip + t.drop_spoofed_arp + t.drop_tagged, inspected);
@@ -946,5 +1089,6 @@ fn random_frames_never_panic_match_the_model_and_counters_add_up() {
     assert!(t.drop_spoofed > 100 && t.drop_bad_source > 100 && t.tx_full > 100, "{t:?}");
     assert!(t.drop_spoofed_ip > 100 && t.drop_spoofed_arp > 100 && t.drop_tagged > 100, "{t:?}");
     assert!(passed.iter().flatten().all(|&n| n > 100), "{passed:?}");
+    assert!(t.arp_answered > 100 && t.arp_unknown > 100, "{t:?}");
     assert!(!dead.is_empty());
 }
