@@ -269,6 +269,27 @@ impl TcpStream {
         Ok(())
     }
 
+    /// One line on the connection for a person reading a log: its TCP
+    /// state, bytes queued each way, the room left in its receive buffer,
+    /// and the vNIC's counters (frames lost to a full TX ring among them).
+    pub fn describe(&self) -> alloc::string::String {
+        let mut guard = STACK.lock();
+        let Some(s) = guard.as_mut() else { return "no network".into() };
+        let sock = s.sockets.get::<tcp::Socket>(self.handle);
+        let d = s.dev.stats;
+        alloc::format!(
+            "tcp {} (send queue {}, receive queue {} of {}); vnic rx {} tx {} tx_full {} ring_errors {}",
+            sock.state(),
+            sock.send_queue(),
+            sock.recv_queue(),
+            sock.recv_capacity(),
+            d.rx_frames,
+            d.tx_frames,
+            d.tx_full,
+            d.ring_errors
+        )
+    }
+
     /// Finishes sending (the peer reads end of stream).
     pub fn shutdown(&mut self) {
         let _ = with(|s| s.sockets.get_mut::<tcp::Socket>(self.handle).close());

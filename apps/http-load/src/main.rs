@@ -302,12 +302,20 @@ async fn each(n: u32, rounds: u32, port: u16, path: &str, first: u32) -> i32 {
             let ip = Ipv4::from([10, t, (h >> 8) as u8, h as u8]);
             let request = format!("GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nUser-Agent: http-load\r\n\r\n");
             let t0 = Instant::now();
-            let Some(mut conn) = connect(ip, port, Duration::from_secs(10)).await else {
+            // A connection and its exchange get 10 s each: a guest that
+            // never answers is an error, not a hang of the whole run.
+            let Some(Some(mut conn)) = libos::task::timeout(Duration::from_secs(10), connect(ip, port, Duration::from_secs(10))).await
+            else {
                 s.errors += 1;
+                println!("each: no connection to {ip} within 10 s");
                 continue;
             };
             let mut have = 0;
-            match exchange(&mut conn, request.as_bytes(), &mut buf, &mut have).await {
+            let answer = libos::task::timeout(Duration::from_secs(10), exchange(&mut conn, request.as_bytes(), &mut buf, &mut have)).await;
+            if answer.is_none() {
+                println!("each: no whole answer from {ip} within 10 s: {}", conn.describe());
+            }
+            match answer.flatten() {
                 Some((head, bytes)) => {
                     s.hist.record(t0.elapsed().as_nanos() as u64);
                     s.bytes += bytes as u64;
