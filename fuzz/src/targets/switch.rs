@@ -14,7 +14,8 @@
 //! reply to the sender only; other ARP requests and a guest's
 //! group-addressed ARP reach the tenant's uplink only; a unicast frame
 //! (not such ARP) to a guest's own MAC in its tenant reaches exactly that
-//! guest; ports come and go as the model says; the totals add up.
+//! guest, and no unicast reaches a guest whose MAC it is not (an unknown
+//! one goes to the uplink only); ports come and go as the model says; the totals add up.
 
 use std::collections::BTreeMap;
 
@@ -321,6 +322,16 @@ pub fn switch(data: &[u8]) {
                         assert!(seen.len() >= MIN_FRAME, "forwarded on a header copy of {} bytes", seen.len());
                         let why = inspection(kind, |a| guest_ip(&live, tenant, a), |m| guest_mac(&live, tenant, m), seen, len);
                         assert_eq!(why, None, "forwarded, but rule 3 says drop: {kind:?} {seen:02x?} len {len}");
+                        // A unicast reaches no guest but the one with its MAC
+                        // (an unknown one goes to the uplink only).
+                        if !is_multicast(&dst) {
+                            assert!(
+                                got.iter().all(|to| live
+                                    .get(to)
+                                    .is_some_and(|p| matches!(p.1, Kind::Uplink) || matches!(p.1, Kind::Guest(m, _) if m == dst))),
+                                "a unicast to {dst:02x?} reached another guest: {got:?}"
+                            );
+                        }
                         // A unicast to a live guest of the tenant reaches exactly it.
                         if let Some((&to, _)) = live.iter().find(|&(_, &(t, k))| t == tenant && matches!(k, Kind::Guest(g, _) if g == dst))
                             && rule5 == Rule5::None

@@ -20,10 +20,10 @@
 //! Pure data: the caller's `deliver` closures do the copying into rings,
 //! so this is tested on the host.
 
+use abi::ring::MTU_FRAME;
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
-use abi::ring::MTU_FRAME;
 use core::ops::Bound;
 
 /// How much may wait, and for how long.

@@ -472,10 +472,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         let broken = self.redrain(waiters, now_ns, wake);
         let next = {
             let waiters = self.waiters.lock();
-            waiters
-                .iter()
-                .map(|w| if Some(w.dest) == uplink { now_ns + UPLINK_WAIT_RETRY_NS } else { w.since_ns + MAX_WAIT_NS })
-                .min()
+            waiters.iter().map(|w| if Some(w.dest) == uplink { now_ns + UPLINK_WAIT_RETRY_NS } else { w.since_ns + MAX_WAIT_NS }).min()
         };
         (next, broken)
     }

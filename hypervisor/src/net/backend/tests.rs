@@ -98,11 +98,11 @@ fn a_frame_crosses_once_to_its_receiver_and_wakes_it() {
     let mut c2 = Consumer::new(4);
     let got = receive(&net, 2, &mut c2);
     assert_eq!(got, [frame(mac(1), mac(2), 7), frame(mac(1), mac(2), 8)]);
-    // To a MAC the switch does not know: flooded, to guest 2 and the host.
+    // To a MAC the switch does not know: the host's side only, never guest 2.
     send(&net, 1, &mut tx, &[frame(mac(1), HOST_MAC, 9)]);
     net.drain(1, 0, &mut |_, _| {}).unwrap();
     assert_eq!(net.uplink.as_ref().unwrap().1.lock().to_host, [frame(mac(1), HOST_MAC, 9)]);
-    assert_eq!(receive(&net, 2, &mut c2), [frame(mac(1), HOST_MAC, 9)]);
+    assert!(receive(&net, 2, &mut c2).is_empty());
     assert_eq!(got.len(), 2);
 }
 

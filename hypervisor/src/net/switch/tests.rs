@@ -120,8 +120,9 @@ fn learning_floods_first_then_unicasts_both_ways() {
     let a = sw.add_port(0, mac(1), ip(1)).unwrap();
     let b = sw.add_port(0, mac(2), ip(2)).unwrap();
     let x = outside(9);
-    // A guest asks for an outside station nobody has seen: flood in the tenant.
-    assert_eq!(send(&mut sw, a, &frame(x, mac(1), 60), SEC), (fwd(2), sorted(vec![up, b])));
+    // A guest sends to an outside station nobody has seen: to the uplink
+    // only (no guest has that MAC: the switch knows all of theirs).
+    assert_eq!(send(&mut sw, a, &frame(x, mac(1), 60), SEC), (fwd(1), vec![up]));
     assert_eq!(sw.lookup(0, x, SEC), None);
     // The reply comes in on the uplink, unicast to A; X is learned.
     assert_eq!(send(&mut sw, up, &frame(mac(1), x, 60), 2 * SEC), (fwd(1), vec![a]));
@@ -132,7 +133,7 @@ fn learning_floods_first_then_unicasts_both_ways() {
         assert_eq!(send(&mut sw, a, &frame(x, mac(1), 100), t * SEC), (fwd(1), vec![up]));
         assert_eq!(send(&mut sw, up, &frame(mac(1), x, 100), t * SEC), (fwd(1), vec![a]));
     }
-    assert_eq!(sw.stats(b).unwrap().tx_frames, 1, "B saw only the first, flooded frame");
+    assert_eq!(sw.stats(b).unwrap().tx_frames, 0, "B saw none of it");
 }
 
 #[test]
@@ -145,8 +146,8 @@ fn learned_entries_age_out_and_flood_again() {
     let t0 = 5 * SEC;
     send(&mut sw, up, &frame(BROADCAST, x, 60), t0);
     assert_eq!(send(&mut sw, a, &frame(x, mac(1), 60), t0 + AGE_NS - 1), (fwd(1), vec![up]));
-    // Aged: floods again (to the uplink and to B).
-    assert_eq!(send(&mut sw, a, &frame(x, mac(1), 60), t0 + AGE_NS), (fwd(2), sorted(vec![up, b])));
+    // Aged: unknown again, so to the uplink alone (never to B).
+    assert_eq!(send(&mut sw, a, &frame(x, mac(1), 60), t0 + AGE_NS), (fwd(1), vec![up]));
     assert_eq!(sw.lookup(0, x, t0 + AGE_NS), None);
     // Seen again: learned again, and each sighting restarts the clock.
     let t1 = t0 + AGE_NS + SEC;
@@ -186,12 +187,13 @@ fn tenants_are_separate_broadcast_domains() {
     assert_eq!(send(&mut sw, a1, &frame(BROADCAST, mac(1), 60), 0), (fwd(1), vec![a2]));
     assert_eq!(send(&mut sw, a1, &frame(MCAST, mac(1), 60), 0), (fwd(1), vec![a2]));
     assert_eq!(send(&mut sw, b1, &frame(BROADCAST, mac(3), 60), 0), (fwd(1), vec![b2]));
-    // Unknown unicast floods in the tenant only.
-    assert_eq!(send(&mut sw, a1, &frame(mac(99), mac(1), 60), 0), (fwd(1), vec![a2]));
+    // Unknown unicast goes nowhere in a tenant without an uplink: every
+    // MAC there is a guest's, and the switch knows them.
+    assert_eq!(send(&mut sw, a1, &frame(mac(99), mac(1), 60), 0), (fwd(0), vec![]));
     // Unicast to a MAC of the other tenant (that B knows) is unknown in A's tenant.
-    assert_eq!(send(&mut sw, a1, &frame(mac(3), mac(1), 60), 0), (fwd(1), vec![a2]));
-    assert_eq!(send(&mut sw, b1, &frame(mac(1), mac(3), 60), 0), (fwd(1), vec![b2]));
-    assert_eq!((sw.stats(b1).unwrap().tx_frames, sw.stats(b2).unwrap().tx_frames), (0, 2), "only B's frames");
+    assert_eq!(send(&mut sw, a1, &frame(mac(3), mac(1), 60), 0), (fwd(0), vec![]));
+    assert_eq!(send(&mut sw, b1, &frame(mac(1), mac(3), 60), 0), (fwd(0), vec![]));
+    assert_eq!((sw.stats(b1).unwrap().tx_frames, sw.stats(b2).unwrap().tx_frames), (0, 1), "only B's broadcast");
     // The same MAC in two tenants is two stations.
     let a3 = sw.add_port(1, mac(7), ip(7)).unwrap();
     let b3 = sw.add_port(2, mac(7), ip(7)).unwrap();
@@ -206,7 +208,7 @@ fn tenants_are_separate_broadcast_domains() {
     // An outside station learned in the uplink's tenant is unknown in the other.
     let up = sw.add_uplink(1).unwrap();
     send(&mut sw, up, &frame(BROADCAST, outside(1), 60), 0);
-    assert_eq!(send(&mut sw, b1, &frame(outside(1), mac(3), 60), 0), (fwd(2), sorted(vec![b2, b3])));
+    assert_eq!(send(&mut sw, b1, &frame(outside(1), mac(3), 60), 0), (fwd(0), vec![]));
     assert_eq!(sw.stats(up).unwrap().tx_frames, 0);
 }
 
@@ -579,8 +581,8 @@ fn a_removed_port_gets_nothing_and_its_entries_are_gone() {
     assert_eq!(last.tx_frames, 1, "its final counters");
     assert_eq!(sw.remove_port(b), None, "only once");
     assert_eq!(sw.lookup(0, mac(2), 0), None);
-    // Its MAC is unknown now: floods, to everyone but B.
-    assert_eq!(send(&mut sw, a, &frame(mac(2), mac(1), 60), 0), (fwd(2), sorted(vec![up, c])));
+    // Its MAC is unknown now: to the uplink only, never to B or C.
+    assert_eq!(send(&mut sw, a, &frame(mac(2), mac(1), 60), 0), (fwd(1), vec![up]));
     assert_eq!(send(&mut sw, a, &frame(BROADCAST, mac(1), 60), 0), (fwd(2), sorted(vec![up, c])));
     // Its id is dead, even once its slot is reused.
     let d = sw.add_port(0, mac(2), ip(2)).unwrap();
@@ -596,7 +598,7 @@ fn a_removed_port_gets_nothing_and_its_entries_are_gone() {
     assert_eq!(sw.learned_count(), 2);
     sw.remove_port(up).unwrap();
     assert_eq!((sw.learned_count(), sw.lookup(0, outside(1), 0), sw.uplink()), (0, None, None));
-    assert_eq!(send(&mut sw, a, &frame(outside(1), mac(1), 60), 0), (fwd(2), sorted(vec![c, d])));
+    assert_eq!(send(&mut sw, a, &frame(outside(1), mac(1), 60), 0), (fwd(0), vec![]), "no uplink: nowhere");
     // Everything gone: the tables are empty.
     for p in [a, c, d] {
         sw.remove_port(p).unwrap();
@@ -815,7 +817,9 @@ impl Model {
         };
         let to: Vec<PortId> = match known {
             Some(p) => vec![p],
-            None => self.ports.iter().filter(|p| p.1 == tenant).map(|p| p.0).collect(),
+            // Group-addressed: the tenant; an unknown unicast: its uplink.
+            None if dst[0] & 1 == 1 => self.ports.iter().filter(|p| p.1 == tenant).map(|p| p.0).collect(),
+            None => self.ports.iter().filter(|p| p.1 == tenant && p.2.is_none()).map(|p| p.0).collect(),
         };
         let to = sorted(to.into_iter().filter(|&p| p != from).collect());
         (fwd(to.len() as u32), to)
