@@ -104,7 +104,18 @@ impl Bench {
         let requests = u64::from(http_guests) * u64::from(rounds);
         let timeout = Duration::from_secs(300 + u64::from(http_guests) / 2 + requests / 5);
         let start = Instant::now();
+        let mut listening = 0u32;
         let (args, console) = b.ours_live(&format!("{http_guests} http guests, {requests} requests"), manifest, timeout, |line| {
+            // Progress: guests up (every 100th), and what the load guest
+            // says about a request that failed.
+            if line.contains(": listening on ") {
+                listening += 1;
+                if listening % 100 == 0 || listening == http_guests {
+                    progress(&format!("  {listening} of {http_guests} http guests listening ({:.0} s)", start.elapsed().as_secs_f64()));
+                }
+            } else if line.starts_with("load-0| each: ") {
+                progress(&format!("  {line}"));
+            }
             if let Some((who, v)) = lines.push_json(line)
                 && who == "load-0"
                 && v["bench"] == "each"
