@@ -46,7 +46,8 @@ struct StateLabels {
 struct DropLabels {
     guest: String,
     tenant: String,
-    /// `rate_limit`, `ring_error`, `uplink_full` or `spoofed`.
+    /// `rate_limit`, `ring_error`, `uplink_full`, `spoofed`, `oversize` or
+    /// `bad_checksum`.
     reason: String,
 }
 
@@ -121,6 +122,8 @@ impl Exporter {
                 ("ring_error", st.ring_errors),
                 ("uplink_full", st.uplink_dropped),
                 ("spoofed", st.spoofed_frames),
+                ("oversize", st.oversize_frames),
+                ("bad_checksum", st.bad_checksums),
             ] {
                 drops.get_or_create(&DropLabels { guest: l.guest.clone(), tenant: l.tenant.clone(), reason: reason.into() }).inc_by(n);
             }

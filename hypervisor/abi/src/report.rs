@@ -88,6 +88,15 @@ pub struct GuestStats {
     /// Why it was stopped, once it has been (protocol 2).
     #[cfg_attr(feature = "serde", serde(default))]
     pub stop_reason: Option<StopReason>,
+    /// Frames it sent too large for a receiver (over the uplink's 1514
+    /// bytes, or the receiving guest's MTU), dropped for that receiver
+    /// (ABI 5).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub oversize_frames: u64,
+    /// Frames from the host for it with a wrong IPv4, TCP, UDP or ICMP
+    /// checksum (or a malformed IPv4 header), dropped (ABI 5).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub bad_checksums: u64,
 }
 
 /// The whole machine: guests, memory, idle time.
@@ -169,7 +178,7 @@ mod tests {
         let line = serde_json::to_string(&s).unwrap();
         assert!(line.starts_with(GUEST_STATS_PREFIX), "{line}");
         // Today's line is yesterday's plus the two new fields.
-        assert_eq!(line, OLD_GUEST_STATS.replace("}", r#","exit_code":null,"stop_reason":null}"#));
+        assert_eq!(line, OLD_GUEST_STATS.replace("}", r#","exit_code":null,"stop_reason":null,"oversize_frames":0,"bad_checksums":0}"#));
         assert_eq!(serde_json::from_str::<GuestStats>(OLD_GUEST_STATS).unwrap(), s);
         let stopped = GuestStats {
             state: GuestState::Stopped,
@@ -178,7 +187,7 @@ mod tests {
         };
         let line = serde_json::to_string(&stopped).unwrap();
         assert!(
-            line.ends_with(r#""exit_code":null,"stop_reason":{"page_fault":{"access":"write","address":8,"protected":false,"ip":9}}}"#)
+            line.ends_with(r#""exit_code":null,"stop_reason":{"page_fault":{"access":"write","address":8,"protected":false,"ip":9}},"oversize_frames":0,"bad_checksums":0}"#)
         );
         assert_eq!(serde_json::from_str::<GuestStats>(&line).unwrap(), stopped);
     }

@@ -47,6 +47,10 @@ pub struct PortStats {
     pub ring_errors: u64,
     pub uplink_dropped: u64,
     pub spoofed: u64,
+    /// Frames it sent too large for a receiver; frames from the host for
+    /// it with a bad checksum.
+    pub oversize: u64,
+    pub bad_checksums: u64,
 }
 
 /// The next thing a capture hands out.
@@ -167,6 +171,8 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice + Send> Network for Net<R, E,
             ring_errors: p.ring_errors.load(Ordering::Relaxed),
             uplink_dropped: p.uplink_dropped(),
             spoofed: p.spoofed.load(Ordering::Relaxed),
+            oversize: p.oversize.load(Ordering::Relaxed),
+            bad_checksums: p.bad_checksums.load(Ordering::Relaxed),
         })
     }
 
@@ -185,7 +191,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice + Send> Network for Net<R, E,
 
     fn next_captured(&self, now_ns: u64) -> Option<Captured> {
         let mut c = self.capture.lock();
-        match c.frames.pop_front() {
+        match c.pop() {
             Some((ns, frame)) => Some(Captured::Frame(ns, frame)),
             None if c.taken >= c.max || now_ns >= c.until_ns => {
                 self.capturing.store(false, Ordering::Release);

@@ -62,6 +62,8 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             ring_errors: port.map_or(0, |p| p.ring_errors),
             uplink_dropped: port.map_or(0, |p| p.uplink_dropped),
             spoofed_frames: port.map_or(0, |p| p.spoofed),
+            oversize_frames: port.map_or(0, |p| p.oversize),
+            bad_checksums: port.map_or(0, |p| p.bad_checksums),
             created_ns: s.created_ns,
             create_ns: s.create_ns,
             first_entry_ns: s.first_entry_ns,

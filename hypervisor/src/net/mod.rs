@@ -18,6 +18,8 @@
 //! - [`switch`]: the learning bridge with tenants and anti-spoofing;
 //! - [`uplink_queue`]: the host's frames waiting for a guest's full ring;
 //! - [`capture`]: `ctl capture`'s target and bounded backlog;
+//! - [`csum`]: the checksums filled for frames to the host and verified
+//!   for frames from it (guests compute none);
 //! - [`virtio_net`] over [`virtq`]: the driver for the host uplink, over a
 //!   transport trait (the x86 PCI transport is `arch/x86_64/virtio_pci.rs`);
 //! - [`e1000e`]: the other uplink driver, Intel 82574L, over a register
@@ -52,6 +54,7 @@
 
 pub mod backend;
 pub mod capture;
+pub mod csum;
 pub mod e1000e;
 pub mod gate;
 pub mod port;

@@ -102,6 +102,13 @@ pub struct Port<R, E> {
     /// counted from its verdicts here so that the count outlives the
     /// switch port.
     pub spoofed: AtomicU64,
+    /// Frames it sent that a receiver could not take for their size (over
+    /// the uplink's `MTU_FRAME`, or the receiver ring's `max_frame`),
+    /// dropped for that receiver.
+    pub oversize: AtomicU64,
+    /// Frames from the host for it with a wrong checksum (or a malformed
+    /// IPv4 header), dropped (`net::csum::verify`).
+    pub bad_checksums: AtomicU64,
 }
 
 impl<R: GuestRing, E: GuestEvents> Port<R, E> {
@@ -125,6 +132,8 @@ impl<R: GuestRing, E: GuestEvents> Port<R, E> {
             ring_errors: AtomicU64::new(0),
             uplink_dropped: AtomicU64::new(0),
             spoofed: AtomicU64::new(0),
+            oversize: AtomicU64::new(0),
+            bad_checksums: AtomicU64::new(0),
         }
     }
 
@@ -156,6 +165,11 @@ impl<R: GuestRing, E: GuestEvents> Port<R, E> {
         if n > 0 {
             self.uplink_dropped.fetch_add(n as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a frame it sent that a receiver could not take for its size.
+    pub(super) fn count_oversize(&self) {
+        self.oversize.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a ring the guest broke (an index moved somewhere impossible,

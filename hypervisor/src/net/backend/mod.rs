@@ -2,18 +2,26 @@
 //! the uplink to the host.
 //!
 //! A guest's TX ring is drained when it blocks, yields, is preempted, ends
-//! or kicks ([`Net::drain`]): each frame's length is read once (checked),
+//! or kicks ([`Net::drain`]): each frame's header is read once (checked),
 //! its first [`INSPECT_BYTES`] copied privately, the sender's rate limits
-//! checked, the switch decides on that private copy, and the frame is
-//! copied once, from the sender's TX slot straight into every receiver's
-//! RX slot (to the uplink through a buffer). Each receiver then gets
-//! `events::NET_RX` and is woken if it sleeps. A guest that breaks the
-//! ring protocol (an index beyond the ring, or moved backwards) is to be
-//! disconnected; a bad length only loses that frame (`ring_errors`).
+//! checked, the switch decides on that private copy, and the frame (up to
+//! 64 KiB) is copied once, from the sender's TX span straight into every
+//! receiver's RX span, flagged `RX_CSUM_OK` (between guests no checksum
+//! is needed). A frame larger than a receiver takes (the receiver ring's
+//! `max_frame`, the uplink's `MTU_FRAME`) is dropped for it and counted
+//! on the sender (`oversize`). To the uplink it goes through a buffer,
+//! where its checksums are filled if the guest left them blank
+//! (`net::csum::fill`). Each receiver then gets `events::NET_RX` and is
+//! woken if it sleeps. A guest that breaks the ring protocol (an index
+//! beyond the ring, or moved backwards) is to be disconnected; a lying
+//! header only loses what it published (`ring_errors`).
 //!
-//! Frames from the host ([`Net::poll_uplink`]) for a guest whose RX ring
-//! is full wait in that guest's own bounded queue
-//! (`net::uplink_queue`), never in front of other guests' frames.
+//! Frames from the host ([`Net::poll_uplink`]) have their checksums
+//! verified (`net::csum::verify`; a bad one is dropped and counted on the
+//! guest it was for, `bad_checksums`) and go to guests flagged
+//! `RX_CSUM_OK`. One for a guest whose RX ring is full waits in that
+//! guest's own bounded queue (`net::uplink_queue`), never in front of
+//! other guests' frames.
 //!
 //! The back end is generic over the guests' ring memory and event pages
 //! ([`GuestRing`], [`GuestEvents`]: the arch layer's direct map in the
@@ -36,11 +44,12 @@
 //! that race.
 
 use super::capture::{Capture, CaptureTarget};
+use super::csum;
 use super::port::{GuestEvents, GuestRing, Port};
 use super::switch::{INSPECT_BYTES, PortId, Switch, Verdict, is_multicast};
 use super::uplink_queue::{Bounds, Offered, UplinkQueue};
 use crate::slot::Slot;
-use abi::ring::{MTU_FRAME, Producer, RingError};
+use abi::ring::{MTU_FRAME, Producer, RingError, flags};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -134,10 +143,11 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         }
     }
 
-    /// Records a frame for the capture, if one runs and wants it.
-    fn tap(&self, now_ns: u64, wants: impl Fn(CaptureTarget) -> bool, fill: impl FnOnce(&mut [u8; MTU_FRAME]) -> usize) {
+    /// Records a `len`-byte frame (which `fill` writes) for the capture,
+    /// if one runs and wants it.
+    fn tap(&self, now_ns: u64, wants: impl Fn(CaptureTarget) -> bool, len: usize, fill: impl FnOnce(&mut [u8])) {
         if self.capturing.load(Ordering::Relaxed) {
-            self.capture.lock().tap(now_ns, wants, fill);
+            self.capture.lock().tap(now_ns, wants, len, fill);
         }
     }
 
@@ -154,9 +164,10 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         let mut woken: Woken<R, E> = Vec::new();
         let result = loop {
             match tx.ring.peek(ring) {
-                Ok(Some((at, len))) => {
+                Ok(Some(frame)) => {
                     // Decide on a private copy of the header and the length
-                    // read once; then copy the frame slot to slot.
+                    // read once; then copy the frame span to span.
+                    let (at, len) = (frame.at, frame.len);
                     let mut header = [0u8; INSPECT_BYTES];
                     let hl = len.min(INSPECT_BYTES);
                     ring.read(at, &mut header[..hl]);
@@ -167,14 +178,12 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
                     self.tap(
                         now_ns,
                         |t| t == CaptureTarget::Guest(guest) || t == CaptureTarget::Tenant(port.tenant),
-                        |buf| {
-                            ring.read(at, &mut buf[..len]);
-                            len
-                        },
+                        len,
+                        |buf| ring.read(at, buf),
                     );
                     let mut switch = self.switch.lock();
                     let verdict = switch.forward_header(port.switch_port, &header[..hl], len, now_ns, &mut |dest| {
-                        self.deliver_from(dest, ring, at, &header[..hl], len, &mut woken, now_ns)
+                        self.deliver_from(dest, &port, ring, at, &header[..hl], len, frame.flags, &mut woken, now_ns)
                     });
                     drop(switch);
                     if let Verdict::Dropped(why) = verdict
@@ -213,25 +222,56 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
     }
 
     /// Copies the `len`-byte frame at `at` in the sender's TX ring `src`
-    /// straight into the RX ring behind `dest` (one copy), with the checked
-    /// `header` (its first `header.len()` bytes, at most `len`) in front; to
-    /// the uplink through a buffer. Returns whether it fit.
+    /// (of port `from`, its header flags `tx_flags`) straight into the RX
+    /// ring behind `dest` (one copy), with the checked `header` (its first
+    /// `header.len()` bytes, at most `len`) in front; to the uplink through
+    /// a buffer, its checksums filled if the sender left them blank.
+    /// Returns whether it fit; one too large for `dest` is counted on
+    /// `from` (`oversize`).
     #[allow(clippy::too_many_arguments)]
-    fn deliver_from(&self, dest: PortId, src: &R, at: usize, header: &[u8], len: usize, woken: &mut Woken<R, E>, now_ns: u64) -> bool {
+    fn deliver_from(
+        &self,
+        dest: PortId,
+        from: &Port<R, E>,
+        src: &R,
+        at: usize,
+        header: &[u8],
+        len: usize,
+        tx_flags: u16,
+        woken: &mut Woken<R, E>,
+        now_ns: u64,
+    ) -> bool {
         let hl = header.len();
         if self.uplink.as_ref().is_some_and(|(p, _)| *p == dest) {
+            if len > MTU_FRAME {
+                from.count_oversize();
+                return false;
+            }
             let mut frame = [0u8; MTU_FRAME];
             frame[..hl].copy_from_slice(header);
             src.read(at + hl, &mut frame[hl..len]);
-            return self.deliver(dest, &frame[..len], woken, now_ns);
+            if tx_flags & flags::TX_CSUM_BLANK != 0 {
+                // Unparseable frames go unchanged (`net::csum`).
+                let _ = csum::fill(&mut frame[..len]);
+            }
+            return self.deliver(dest, &frame[..len], 0, woken, now_ns);
         }
-        self.to_guest(dest, woken, now_ns, |rx, ring| {
+        let mut oversize = false;
+        let took = self.to_guest(dest, woken, now_ns, |rx, ring| {
+            if len > rx.max_frame() {
+                oversize = true;
+                return Ok(false);
+            }
             let Some(dst) = rx.reserve(ring, len)? else { return Ok(false) };
             ring.write(dst, header);
             src.copy_to(at + hl, ring, dst + hl, len - hl);
-            rx.commit(ring, len);
+            rx.commit(ring, len, flags::RX_CSUM_OK);
             Ok(true)
-        })
+        });
+        if oversize {
+            from.count_oversize();
+        }
+        took
     }
 
     /// Runs `fill` on the RX ring of the live guest behind switch port
@@ -252,19 +292,10 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         let ring = &p.rx_ring;
         match fill(&mut rx, ring) {
             Ok(true) => {
-                // The frame just committed, read back from its slot.
-                let at = abi::ring::slot_offset(rx.index().wrapping_sub(1), rx.slots());
-                self.tap(
-                    now_ns,
-                    |t| t == CaptureTarget::Guest(g),
-                    |buf| {
-                        let mut len = [0u8; 2];
-                        ring.read(at, &mut len);
-                        let len = (u16::from_le_bytes(len) as usize).min(MTU_FRAME);
-                        ring.read(at + 2, &mut buf[..len]);
-                        len
-                    },
-                );
+                // The frame just committed, read back from its span.
+                if let Some(f) = rx.last() {
+                    self.tap(now_ns, |t| t == CaptureTarget::Guest(g), f.len, |buf| ring.read(f.at, buf));
+                }
                 rx.publish(ring);
                 woken.push((g, p.clone()));
                 true
@@ -279,14 +310,15 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
     }
 
     /// Copies a frame into the RX ring of the guest behind switch port
-    /// `dest`, or sends it to the host; returns whether it fit.
-    fn deliver(&self, dest: PortId, frame: &[u8], woken: &mut Woken<R, E>, now_ns: u64) -> bool {
+    /// `dest` (with header flags `rx_flags`), or sends it to the host;
+    /// returns whether it fit.
+    fn deliver(&self, dest: PortId, frame: &[u8], rx_flags: u16, woken: &mut Woken<R, E>, now_ns: u64) -> bool {
         if let Some((port, up)) = &self.uplink
             && *port == dest
         {
             return up.lock().send(frame);
         }
-        self.to_guest(dest, woken, now_ns, |rx, ring| rx.push(ring, frame))
+        self.to_guest(dest, woken, now_ns, |rx, ring| rx.push(ring, frame, rx_flags))
     }
 
     /// The guest (id and port) behind switch port `dest`, if any: the
@@ -369,14 +401,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
     fn switch_host_frame(&self, held: &mut UplinkQueue<usize>, uplink: PortId, f: &[u8], now_ns: u64, woken: &mut Woken<R, E>) {
         let mut switch = self.switch.lock();
         let tenant = switch.tenant_of(uplink);
-        self.tap(
-            now_ns,
-            |t| Some(t) == tenant.map(CaptureTarget::Tenant),
-            |buf| {
-                buf[..f.len()].copy_from_slice(f);
-                f.len()
-            },
-        );
+        self.tap(now_ns, |t| Some(t) == tenant.map(CaptureTarget::Tenant), f.len(), |buf| buf.copy_from_slice(f));
         // The one port it is for, if the switch will not flood it (a frame
         // too short to name one is the switch's to refuse).
         let dst: Option<[u8; 6]> = f.get(..6).and_then(|d| d.try_into().ok());
@@ -384,10 +409,22 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             (Some(dst), Some(t)) if !is_multicast(&dst) => switch.lookup(t, dst, now_ns),
             _ => None,
         };
+        // Guests verify no checksum: a wrong one is dropped here, counted
+        // on the guest it was for (if one alone).
+        let rx_flags = match csum::verify(f) {
+            csum::Check::Good => flags::RX_CSUM_OK,
+            csum::Check::Fragment => 0,
+            csum::Check::Bad => {
+                if let Some((_, p)) = one.and_then(|d| self.guest_at(d)) {
+                    p.bad_checksums.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+        };
         switch.forward(uplink, f, now_ns, &mut |dest| {
             let Some((g, p)) = self.guest_at(dest) else { return false };
             if Some(dest) == one {
-                match held.offer(g, f, now_ns, |f| self.to_guest(dest, woken, now_ns, |rx, ring| rx.push(ring, f))) {
+                match held.offer(g, f, now_ns, |f| self.to_guest(dest, woken, now_ns, |rx, ring| rx.push(ring, f, rx_flags))) {
                     Offered::Delivered => true,
                     Offered::Held => false,
                     Offered::Dropped(_) => {
@@ -396,7 +433,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
                     }
                 }
             } else {
-                let ok = self.deliver(dest, f, woken, now_ns);
+                let ok = self.deliver(dest, f, rx_flags, woken, now_ns);
                 p.count_uplink_drops(usize::from(!ok));
                 ok
             }
@@ -417,17 +454,10 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             return;
         }
         let ring = &p.rx_ring;
-        let done = held.retry(g, now_ns, |f| match rx.push(ring, f) {
+        let done = held.retry(g, now_ns, |f| match rx.push(ring, f, csum::host_rx_flags(f)) {
             Ok(true) => {
                 // Recorded now that it went in, once (not while it waited).
-                self.tap(
-                    now_ns,
-                    |t| t == CaptureTarget::Guest(g),
-                    |buf| {
-                        buf[..f.len()].copy_from_slice(f);
-                        f.len()
-                    },
-                );
+                self.tap(now_ns, |t| t == CaptureTarget::Guest(g), f.len(), |buf| buf.copy_from_slice(f));
                 true
             }
             Ok(false) => false,
