@@ -122,12 +122,14 @@ pub enum Error {
     AddressInUse,
 }
 
-/// Bytes of a TCP socket's receive and of its send buffer: 256 KiB (smoltcp
-/// then scales its window), or a 32nd of the guest's memory limit if that
-/// is less, never below 16 KiB. An idle socket costs nothing: buffers this
-/// big are runs of untouched demand-zero pages (`heap`), charged only as a
-/// transfer writes them (a long one writes them all).
-fn tcp_buffer_bytes() -> usize {
+/// Bytes of a socket's receive and of its send buffer (TCP; UDP's hold
+/// the datagrams' bytes): 256 KiB (smoltcp then scales the TCP window,
+/// and a UDP datagram of 64 KiB, one frame between guests with large
+/// rings, fits), or a 32nd of the guest's memory limit if that is less,
+/// never below 16 KiB. An idle socket costs nothing: buffers this big are
+/// runs of untouched demand-zero pages (`heap`), charged only as traffic
+/// writes them (a long transfer writes them all).
+fn buffer_bytes() -> usize {
     const MAX: usize = 256 * 1024;
     const MIN: usize = 16 * 1024;
     let limit = crate::rt::start_info().memory_limit as usize;
@@ -135,7 +137,7 @@ fn tcp_buffer_bytes() -> usize {
 }
 
 fn new_tcp() -> tcp::Socket<'static> {
-    let n = tcp_buffer_bytes();
+    let n = buffer_bytes();
     tcp::Socket::new(tcp::SocketBuffer::new(vec![0; n]), tcp::SocketBuffer::new(vec![0; n]))
 }
 
@@ -295,7 +297,7 @@ pub struct UdpSocket {
 
 impl UdpSocket {
     pub fn bind(port: u16) -> Result<Self, Error> {
-        let buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 32], vec![0; 32 * 1024]);
+        let buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 32], vec![0; buffer_bytes()]);
         let handle = with(|s| {
             let mut sock = udp::Socket::new(buf(), buf());
             sock.bind(port).map_err(|_| Error::AddressInUse)?;

@@ -5,6 +5,7 @@
 //! | (none) or `serve [PORT] [N]`  | echoes TCP connections and UDP datagrams on PORT (7); with N, exits 0 once N connections have come and gone |
 //! | `client IP N [PORT]`          | sends N messages of mixed sizes over TCP, checks each echo byte for byte, prints the result |
 //! | `probe IP [PORT]`             | tries one TCP connection for 2 s; prints `reachable` or `unreachable` |
+//! | `udp-big IP SIZE N [PORT]`    | sends one UDP datagram of SIZE bytes and checks its echo byte for byte (a datagram is one frame: no IP fragments), then does what `client IP N` does |
 //! | `check N SAMPLES [PORT] [FIRST]` | echoes with SAMPLES random guests among N of its tenant from its FIRST-th (0: `10.T.0.2`); exits 0 if all answered |
 #![no_std]
 #![no_main]
@@ -38,7 +39,7 @@ async fn serve(port: u16, max_connections: Option<usize>) -> i32 {
     };
     if let Ok(mut udp) = UdpSocket::bind(port) {
         spawn(async move {
-            let mut buf = vec![0u8; 2048];
+            let mut buf = vec![0u8; 65536];
             while let Ok((n, ip, p)) = udp.recv_from(&mut buf).await {
                 let _ = udp.send_to(&buf[..n], ip, p);
             }
@@ -117,6 +118,32 @@ async fn client(ip: Ipv4, n: u32, port: u16) -> i32 {
     conn.shutdown();
     println!("client: {n} messages, {bytes} bytes echoed byte-exact in {} ms", start.elapsed().as_millis());
     0
+}
+
+/// Sends one `size`-byte datagram to the echo at `ip` and checks that it
+/// comes back whole (between guests nothing is lost: smoltcp holds the
+/// datagram until ARP answers); then echoes `messages` over TCP as
+/// `client` does.
+async fn udp_big(ip: Ipv4, size: usize, messages: u32, port: u16) -> i32 {
+    let Ok(mut udp) = UdpSocket::bind(40_000) else {
+        println!("udp-big: cannot bind");
+        return 1;
+    };
+    let msg: Vec<u8> = (0..size).map(|i| (i * 7 + i / 253) as u8).collect();
+    let mut back = vec![0u8; 65536];
+    let _ = udp.send_to(&msg, ip, port);
+    match udp.recv_from(&mut back).await {
+        Ok((n, _, _)) if back[..n] == msg[..] => println!("udp-big: {size} bytes echoed whole in one datagram"),
+        Ok((n, _, _)) => {
+            println!("udp-big: the echo differs ({n} bytes)");
+            return 1;
+        }
+        Err(e) => {
+            println!("udp-big: {e:?}");
+            return 1;
+        }
+    }
+    client(ip, messages, port).await
 }
 
 async fn probe(ip: Ipv4, port: u16) -> i32 {
@@ -229,6 +256,17 @@ async fn main() -> i32 {
             (Some(n @ 1..), Some(samples)) => check(n, samples, port(3), args.get(4).and_then(|a| a.parse().ok()).unwrap_or(0)).await,
             _ => {
                 println!("usage: check N SAMPLES [PORT] [FIRST]");
+                2
+            }
+        },
+        Some("udp-big") => match (
+            args.get(1).and_then(|a| parse_ip(a)),
+            args.get(2).and_then(|a| a.parse().ok()),
+            args.get(3).and_then(|a| a.parse().ok()),
+        ) {
+            (Some(ip), Some(size @ 1..=65_507), Some(n)) => udp_big(ip, size, n, port(4)).await,
+            _ => {
+                println!("usage: udp-big IP SIZE N [PORT]");
                 2
             }
         },

@@ -28,15 +28,17 @@
 //! Each guest's vNIC is a pair of rings ([`abi::ring`]) in pages shared with
 //! the hypervisor, which the arch layer reaches through its direct map
 //! (`arch/x86_64/guest_pages.rs`). When a guest kicks its TX ring, or
-//! blocks, yields or is preempted, the back end reads each frame's length
+//! blocks, yields or is preempted, the back end reads each frame's header
 //! once (checked) and copies its first [`switch::INSPECT_BYTES`] (the
 //! Ethernet header and enough for the IPv4 source or the ARP sender) into a
 //! private buffer; the switch ([`switch::Switch::forward_header`]) decides
 //! on that private copy only, so a guest rewriting its slot cannot change
 //! the decision (no double fetch). For each receiver the back end writes
 //! the checked header and copies the rest straight from the sender's TX
-//! slot into the receiver's RX slot: one copy per packet per receiver.
-//! Frames to and from the uplink go through a buffer. A full RX ring drops
+//! span into the receiver's RX span (frames of up to 64 KiB): one copy per
+//! packet per receiver. Frames to and from the uplink (1514 bytes at most)
+//! go through a buffer, where [`csum`] fills the checksums guests leave
+//! blank and verifies the host's. A full RX ring drops
 //! the frame for that receiver only (the switch counts it) and never blocks
 //! the sender; a frame from the host for one guest may instead wait a
 //! little in that guest's own bounded queue ([`uplink_queue`]).
