@@ -147,18 +147,17 @@ fn header(inp: &mut Input<'_>, slots: u32) -> [u8; HEADER] {
 }
 
 /// Checks a frame the consumer returned against the ring it read.
-fn check_frame(f: abi::ring::Frame, slots: u32, size: usize, snapshot: Option<&[u8]>, cons: u32) {
+fn check_frame(f: abi::ring::Frame, slots: u32, size: usize, snapshot: Option<&[u8]>) {
     assert!((MIN_FRAME..=max_frame(slots)).contains(&f.len), "a {}-byte frame", f.len);
     let start = f.at - HEADER;
     assert!(start >= SLOTS_OFFSET && (start - SLOTS_OFFSET).is_multiple_of(SLOT_SIZE), "frame at {:#x}", f.at);
     assert!(f.at + f.len <= size, "frame {:#x}+{} past the ring's end", f.at, f.len);
-    assert_eq!(span(f.len) as usize * SLOT_SIZE <= size - start, true);
+    assert!(span(f.len) as usize * SLOT_SIZE <= size - start);
     if let Some(b) = snapshot {
         assert_eq!(u16::from_le_bytes([b[start], b[start + 1]]) as usize, f.len);
         assert_eq!(u16::from_le_bytes([b[start + 2], b[start + 3]]), f.flags);
         assert_eq!(f.flags & flags::PAD, 0, "padding returned as a frame");
     }
-    let _ = cons;
 }
 
 pub fn ring(data: &[u8]) {
@@ -244,7 +243,7 @@ pub fn ring(data: &[u8]) {
                 peeked_prod = Some(prod).filter(|_| calm && last_was_peek);
                 match result {
                     Ok(Some((f, popped))) => {
-                        check_frame(f, slots, size, calm.then_some(&snapshot[..]), cons);
+                        check_frame(f, slots, size, calm.then_some(&snapshot[..]));
                         if popped && calm {
                             assert_eq!(slot_of(consumer.index().wrapping_sub(span(f.len)), slots) + HEADER, f.at);
                         }

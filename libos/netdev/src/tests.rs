@@ -17,10 +17,6 @@ struct Host<'r> {
     sockets: SocketSet<'static>,
 }
 
-fn host<'r>(tx: &'r VecRing, rx: &'r VecRing, n: u8) -> Host<'r> {
-    host_with(tx, rx, n, abi::ring::SLOTS_DEFAULT)
-}
-
 fn host_with<'r>(tx: &'r VecRing, rx: &'r VecRing, n: u8, slots: u32) -> Host<'r> {
     let mut dev = RingDevice::new(tx, rx, slots);
     let config = Config::new(HardwareAddress::Ethernet(EthernetAddress([0x02, 0, 0, 0, 0, n])));
