@@ -47,7 +47,7 @@ fn answers_go_to_the_request_and_pushed_records_to_the_callback() {
         // Records pushed before and between the answer's bytes' line.
         writeln!(to_shim, r#"{{"console":"a","line":"{{\"protocol\":9,\"abi\":9}}"}}"#).unwrap();
         writeln!(to_shim, "{}", ended("a", 3)).unwrap();
-        writeln!(to_shim, r#"{{"protocol":5,"abi":5}}"#).unwrap();
+        writeln!(to_shim, r#"{{"protocol":5,"abi":4}}"#).unwrap();
         assert_eq!(read_line(&mut from_shim), "stop nobody\n");
         writeln!(to_shim, r#"{{"lines_dropped":2}}"#).unwrap();
         writeln!(to_shim, r#"{{"error":"no guest nobody","kind":"refused","reason":"not_found"}}"#).unwrap();
