@@ -20,6 +20,7 @@
 //! | [`switch`] | `net::switch::Switch` operations and frames | never delivers across tenants or back to the sender; counters add up |
 //! | [`control`] | `control::Session` bytes and requests, over real image loading and guest creation | every answer is one line that reads back as an `abi::control::Response` and prints back the same; uploads stay within the room offered; stopping and unloading everything returns every frame |
 //! | [`acpi`] | `acpi::parse` and `find_rsdp_in_bios` over tables laid out behind a harness-written RSDP and root (checksums fixed up on request), or a raw BIOS area | no panic; processors capped, enabled or online-capable, no APIC ID twice; MCFG regions ordered and aligned; every error one line naming its table |
+//! | [`csum`] | `net::csum::fill` and `verify` over IPv4 frames with fuzz-written fields, overlays and cuts | no panic; `fill` touches only checksum fields and what it fills verifies; malformed frames stay unchanged |
 //! | [`gzip`] | `Image::parse_within` (64 KiB to 16 MiB budgets) over gzip files with fuzz-written deflate streams and trailers | never allocates past the budget; refuses with the error the sizes call for |
 
 pub mod deflate;
@@ -32,6 +33,7 @@ mod targets;
 
 pub use targets::acpi::acpi;
 pub use targets::control::control;
+pub use targets::csum::csum;
 pub use targets::gzip::gzip;
 pub use targets::hypercall::hypercall;
 pub use targets::image::image;
@@ -52,6 +54,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("control", control),
     ("gzip", gzip),
     ("acpi", acpi),
+    ("csum", csum),
 ];
 
 /// The target called `name`.
@@ -71,6 +74,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         "control" => targets::control::seeds(),
         "gzip" => targets::gzip::seeds(),
         "acpi" => targets::acpi::seeds(),
+        "csum" => targets::csum::seeds(),
         _ => Vec::new(),
     }
 }

@@ -45,6 +45,11 @@ fn switch() {
     run("switch");
 }
 
+#[test]
+fn csum() {
+    run("csum");
+}
+
 /// Fewer: its inputs inflate to up to 1.25 MiB, and the hypervisor's
 /// CRC-32 over that (and the TOML parse of a hostile hermit.toml) takes a
 /// while unoptimised: about 3 ms an input on average, four times the image
@@ -70,7 +75,7 @@ fn acpi() {
 #[test]
 fn every_target_has_a_short_run() {
     let names: Vec<&str> = fuzz::TARGETS.iter().map(|(n, _)| *n).collect();
-    assert_eq!(names, ["image", "manifest", "hypercall", "ring", "switch", "control", "gzip", "acpi"]);
+    assert_eq!(names, ["image", "manifest", "hypercall", "ring", "switch", "control", "gzip", "acpi", "csum"]);
 }
 
 #[test]

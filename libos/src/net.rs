@@ -52,7 +52,7 @@ pub(crate) fn init() {
     let slots = info.ring_slots;
     let tx = MappedRing::new(layout::NIC_TX_INDICES, layout::NIC_TX_RING, slots);
     let rx = MappedRing::new(layout::NIC_RX_INDICES, layout::NIC_RX_RING, slots);
-    let mut dev = RingDevice::new(tx, rx, slots);
+    let mut dev = RingDevice::new(tx, rx, slots).with_mtu(info.mtu as usize);
     let mac = EthernetAddress([info.mac[0], info.mac[1], info.mac[2], info.mac[3], info.mac[4], info.mac[5]]);
     let mut config = Config::new(HardwareAddress::Ethernet(mac));
     config.random_seed = Instant::now().as_nanos() ^ u64::from_le_bytes(info.mac);
@@ -81,7 +81,7 @@ pub(crate) fn poll() -> bool {
     let Stack { sockets, closing, .. } = s;
     closing.retain(|&h| {
         // TimeWait only guards against stray segments of an old connection;
-        // a guest does not keep 32 KiB of buffers for that.
+        // a guest does not keep its buffers for that.
         let done = matches!(sockets.get::<tcp::Socket>(h).state(), tcp::State::Closed | tcp::State::TimeWait);
         if done {
             sockets.remove(h);
@@ -134,8 +134,23 @@ pub enum Error {
     Unaddressable,
 }
 
+/// Bytes of a socket's receive and of its send buffer (TCP; UDP's hold
+/// the datagrams' bytes): 256 KiB (smoltcp then scales the TCP window,
+/// and a UDP datagram of 64 KiB, one frame between guests with large
+/// rings, fits), or a 32nd of the guest's memory limit if that is less,
+/// never below 16 KiB. An idle socket costs nothing: buffers this big are
+/// runs of untouched demand-zero pages (`heap`), charged only as traffic
+/// writes them (a long transfer writes them all).
+fn buffer_bytes() -> usize {
+    const MAX: usize = 256 * 1024;
+    const MIN: usize = 16 * 1024;
+    let limit = crate::rt::start_info().memory_limit as usize;
+    (limit / 32).clamp(MIN, MAX).next_multiple_of(abi::layout::PAGE_SIZE as usize)
+}
+
 fn new_tcp() -> tcp::Socket<'static> {
-    tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 16 * 1024]), tcp::SocketBuffer::new(vec![0; 16 * 1024]))
+    let n = buffer_bytes();
+    tcp::Socket::new(tcp::SocketBuffer::new(vec![0; n]), tcp::SocketBuffer::new(vec![0; n]))
 }
 
 /// A TCP listening port with a backlog of sockets waiting for connections.
@@ -315,7 +330,7 @@ pub struct UdpSocket {
 
 impl UdpSocket {
     pub fn bind(port: u16) -> Result<Self, Error> {
-        let buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 32], vec![0; 32 * 1024]);
+        let buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 32], vec![0; buffer_bytes()]);
         let handle = with(|s| {
             let mut sock = udp::Socket::new(buf(), buf());
             sock.bind(port).map_err(|_| Error::AddressInUse)?;

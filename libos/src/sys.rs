@@ -17,7 +17,7 @@
 //! - a guest has exactly one thread.
 
 use abi::Hypercall;
-use abi::ring::{INDEX_BYTES, RingMemory, SLOTS_OFFSET, ring_bytes};
+use abi::ring::{INDEX_BYTES, RingMemory, RingSlices, SLOTS_OFFSET, ring_bytes};
 use abi::time::TimeInfo;
 use abi::{NicInfo, layout};
 use core::arch::asm;
@@ -121,6 +121,32 @@ impl RingMemory for MappedRing {
         let at = self.slot_addr(offset, src.len());
         // SAFETY: as in read.
         unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), at as *mut u8, src.len()) }
+    }
+}
+
+// Lends the slots in place to the ring code (netdev hands them to smoltcp
+// without a copy).
+impl RingSlices for MappedRing {
+    fn with_slice<R>(&self, offset: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+        let at = self.slot_addr(offset, len);
+        // SAFETY: in bounds (checked) of the slots, mapped read-write for
+        // the guest's life. The only callers lend a frame the consumer
+        // peeked and has not released, and by the ring protocol the
+        // hypervisor writes no RX slot between `cons` and `prod` (it
+        // produces only into released slots), so the bytes do not change
+        // while the shared borrow lives. The guest has one thread, and
+        // nothing else in it reaches the slots during `f`.
+        f(unsafe { core::slice::from_raw_parts(at as *const u8, len) })
+    }
+    fn with_slice_mut<R>(&self, offset: usize, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        let at = self.slot_addr(offset, len);
+        // SAFETY: in bounds (checked) of the slots, mapped read-write for
+        // the guest's life. The only callers lend TX slots the producer
+        // reserved and has not published: the hypervisor reads no TX slot
+        // at or past `prod` and never writes TX slots, so nothing else
+        // reads or writes them while this exclusive borrow lives (the
+        // guest has one thread).
+        f(unsafe { core::slice::from_raw_parts_mut(at as *mut u8, len) })
     }
 }
 

@@ -122,3 +122,54 @@ fn a_host_client_reaches_the_echo_guest_through_a_forwarded_port() {
     });
     assert_eq!(got.map(|n| &buf[..n]), Some(&b"datagram via the uplink"[..]));
 }
+
+/// Guests whose rings take 64 KiB frames (`ring_slots = 64`) exchange a
+/// 60 KiB UDP datagram (one frame: the libos does not fragment) and TCP
+/// segments larger than an Ethernet frame, with no checksum computed by
+/// either; a guest with the default rings (16 KiB frames) talks TCP with
+/// both.
+#[test]
+fn a_60_kib_datagram_crosses_between_guests_in_one_frame() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = boot_smp(
+        r#"
+        [[guest]]
+        name = "echo"
+        app = "echo"
+        memory = "8 MiB"
+        net = true
+        ring_slots = 64
+        args = ["serve", "7", "2"]
+
+        [[guest]]
+        name = "big"
+        app = "echo"
+        memory = "8 MiB"
+        net = true
+        ring_slots = 64
+        args = ["udp-big", "10.0.0.2", "61440", "300"]
+
+        [[guest]]
+        name = "small"
+        app = "echo"
+        memory = "8 MiB"
+        net = true
+        args = ["client", "10.0.0.2", "300"]
+        "#,
+        150,
+        2,
+    );
+    let c = &out.console;
+    assert!(line(c, "big-0| udp-big: 61440 bytes echoed whole in one datagram").is_some(), "{c}");
+    assert!(line(c, "big-0| client: 300 messages").is_some(), "{c}");
+    assert!(line(c, "small-0| client: 300 messages").is_some(), "{c}");
+    assert!(line(c, "echo-0| echo: served 2 connections").is_some(), "{c}");
+    let stats = |g: &str| {
+        let l = c.lines().find(|l| l.starts_with(abi::report::GUEST_STATS_PREFIX) && l.contains(&format!(r#""guest":"{g}""#))).unwrap();
+        serde_json::from_str::<abi::report::GuestStats>(l).unwrap()
+    };
+    for g in ["echo-0", "big-0", "small-0"] {
+        let s = stats(g);
+        assert_eq!((s.ring_errors, s.oversize_frames, s.bad_checksums), (0, 0, 0), "{g}: {s:?}");
+    }
+}

@@ -46,7 +46,8 @@ struct StateLabels {
 struct DropLabels {
     guest: String,
     tenant: String,
-    /// `rate_limit`, `ring_error`, `uplink_full`, `spoofed` or `rx_full`.
+    /// `rate_limit`, `ring_error`, `uplink_full`, `spoofed`, `rx_full`,
+    /// `oversize` or `bad_checksum`.
     reason: String,
 }
 
@@ -122,6 +123,8 @@ impl Exporter {
                 ("uplink_full", st.uplink_dropped),
                 ("spoofed", st.spoofed_frames),
                 ("rx_full", st.rx_full_drops),
+                ("oversize", st.oversize_frames),
+                ("bad_checksum", st.bad_checksums),
             ] {
                 drops.get_or_create(&DropLabels { guest: l.guest.clone(), tenant: l.tenant.clone(), reason: reason.into() }).inc_by(n);
             }

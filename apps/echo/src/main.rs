@@ -7,6 +7,7 @@
 //! | `probe IP [PORT]`             | tries one TCP connection for 2 s; prints `reachable` or `unreachable` |
 //! | `udp-burst PORT IP:N [IP:N ...]` | sends N numbered 512-byte datagrams to each IP:PORT in turn, waiting for room (never dropping); prints `udp-burst: sent N to IP in T ms` each |
 //! | `udp-sink PORT N PAUSE_MS`    | after the first datagram reads nothing for PAUSE_MS (its vNIC ring fills), then counts to N (or 10 s of silence); prints `udp-sink: received K of N, in order` or `with gaps`; exits 0 if all came in order |
+//! | `udp-big IP SIZE N [PORT]`    | sends one UDP datagram of SIZE bytes and checks its echo byte for byte (a datagram is one frame: no IP fragments), then does what `client IP N` does |
 //! | `check N SAMPLES [PORT] [FIRST]` | echoes with SAMPLES random guests among N of its tenant from its FIRST-th (0: `10.T.0.2`); exits 0 if all answered |
 //! | `raw-sink`                    | the switch benchmark's receiver (`echo-bench raw-send`): takes the vNIC from the stack, counts raw frames and bytes per phase, prints `{"bench":"switch","frame_bytes":S,"frames":N,"bytes":B,"sent":S,"lost":L,"duration_ms":T,"frames_per_sec":F,"gbytes_per_sec":G,...}` per phase; exits 0 when the sender is done (see `raw`) |
 //! | `sink [PORT] [BUFFER_BYTES]` | the bulk benchmark's receiver (`echo-bench bulk`): reads each TCP connection on PORT (7) into a BUFFER_BYTES (256 KiB) buffer, counting bytes, until the sender finishes; answers the count as 8 bytes (little-endian) and closes; runs forever |
@@ -45,7 +46,7 @@ async fn serve(port: u16, max_connections: Option<usize>) -> i32 {
     };
     if let Ok(mut udp) = UdpSocket::bind(port) {
         spawn(async move {
-            let mut buf = vec![0u8; 2048];
+            let mut buf = vec![0u8; 65536];
             while let Ok((n, ip, p)) = udp.recv_from(&mut buf).await {
                 let _ = udp.send_to(&buf[..n], ip, p);
             }
@@ -154,6 +155,32 @@ async fn client(ip: Ipv4, n: u32, port: u16) -> i32 {
     conn.shutdown();
     println!("client: {n} messages, {bytes} bytes echoed byte-exact in {} ms", start.elapsed().as_millis());
     0
+}
+
+/// Sends one `size`-byte datagram to the echo at `ip` and checks that it
+/// comes back whole (between guests nothing is lost: smoltcp holds the
+/// datagram until ARP answers); then echoes `messages` over TCP as
+/// `client` does.
+async fn udp_big(ip: Ipv4, size: usize, messages: u32, port: u16) -> i32 {
+    let Ok(mut udp) = UdpSocket::bind(40_000) else {
+        println!("udp-big: cannot bind");
+        return 1;
+    };
+    let msg: Vec<u8> = (0..size).map(|i| (i * 7 + i / 253) as u8).collect();
+    let mut back = vec![0u8; 65536];
+    let _ = udp.send_to(&msg, ip, port);
+    match udp.recv_from(&mut back).await {
+        Ok((n, _, _)) if back[..n] == msg[..] => println!("udp-big: {size} bytes echoed whole in one datagram"),
+        Ok((n, _, _)) => {
+            println!("udp-big: the echo differs ({n} bytes)");
+            return 1;
+        }
+        Err(e) => {
+            println!("udp-big: {e:?}");
+            return 1;
+        }
+    }
+    client(ip, messages, port).await
 }
 
 async fn probe(ip: Ipv4, port: u16) -> i32 {
@@ -274,6 +301,17 @@ async fn main() -> i32 {
             Some(buffer @ 1..) => sink(port(1), buffer).await,
             _ => {
                 println!("usage: sink [PORT] [BUFFER_BYTES]");
+                2
+            }
+        },
+        Some("udp-big") => match (
+            args.get(1).and_then(|a| parse_ip(a)),
+            args.get(2).and_then(|a| a.parse().ok()),
+            args.get(3).and_then(|a| a.parse().ok()),
+        ) {
+            (Some(ip), Some(size @ 1..=65_507), Some(n)) => udp_big(ip, size, n, port(4)).await,
+            _ => {
+                println!("usage: udp-big IP SIZE N [PORT]");
                 2
             }
         },

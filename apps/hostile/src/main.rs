@@ -102,22 +102,32 @@ impl RawNic {
         (abi::layout::EVENT_PAGE + abi::layout::NIC_RX_INDICES + offset as u64) as *mut u32
     }
 
-    /// Copies the next received frame into `buf` and returns its length
-    /// (0 for a length out of range), or `None` if none is waiting.
+    /// Copies the next received frame (its first `MTU_FRAME` bytes) into
+    /// `buf` and returns its length (0 for a length out of range), or
+    /// `None` if none is waiting. Padding entries are passed over.
     fn recv(&mut self, buf: &mut [u8; abi::ring::MTU_FRAME]) -> Option<usize> {
         // SAFETY: the shared page is mapped read-write; aligned u32s.
         let prod = unsafe { core::ptr::read_volatile(Self::rx_index(abi::ring::PROD_OFFSET)) };
         if prod == self.rx_cons {
             return None;
         }
-        let slot = abi::layout::NIC_RX_RING + u64::from(self.rx_cons % self.slots) * abi::ring::SLOT_SIZE as u64;
+        let pos = self.rx_cons % self.slots;
+        let slot = abi::layout::NIC_RX_RING + u64::from(pos) * abi::ring::SLOT_SIZE as u64;
         // SAFETY: the slot lies in the RX ring, mapped read-write; the
-        // length is checked before the copy.
-        let len = usize::from(unsafe { core::ptr::read_volatile(slot as *const u16) });
-        let len = if (abi::ring::MIN_FRAME..=abi::ring::MTU_FRAME).contains(&len) { len } else { 0 };
-        // SAFETY: as above; at most MTU_FRAME bytes after the length field.
-        unsafe { core::ptr::copy_nonoverlapping((slot + 2) as *const u8, buf.as_mut_ptr(), len) };
-        self.rx_cons = self.rx_cons.wrapping_add(1);
+        // header's fields are checked before the copy.
+        let (len, flags) = unsafe { (core::ptr::read_volatile(slot as *const u16), core::ptr::read_volatile((slot + 2) as *const u16)) };
+        let (len, span) = if flags & abi::ring::flags::PAD != 0 {
+            (0, self.slots - pos)
+        } else {
+            let len = usize::from(len);
+            let ok = (abi::ring::MIN_FRAME..=abi::ring::max_frame(self.slots)).contains(&len) && abi::ring::span(len) <= self.slots - pos;
+            if ok { (len, abi::ring::span(len)) } else { (0, 1) }
+        };
+        let copy = len.min(abi::ring::MTU_FRAME);
+        // SAFETY: as above; `copy` bytes after the header lie in the
+        // entry's span, inside the ring (checked).
+        unsafe { core::ptr::copy_nonoverlapping((slot + abi::ring::HEADER as u64) as *const u8, buf.as_mut_ptr(), copy) };
+        self.rx_cons = self.rx_cons.wrapping_add(span);
         // SAFETY: as above.
         unsafe { core::ptr::write_volatile(Self::rx_index(abi::ring::CONS_OFFSET), self.rx_cons) };
         Some(len)
@@ -141,13 +151,17 @@ impl RawNic {
         self.send_len(f.len() as u16, f);
     }
 
-    /// Writes `f` into the next slot with length field `len` and publishes it.
+    /// Writes `f` (at most `MTU_FRAME` bytes: one slot) into the next slot
+    /// with length field `len` and publishes it.
     fn send_len(&mut self, len: u16, f: &[u8]) {
         let slot = abi::layout::NIC_TX_RING + u64::from(self.prod % self.slots) * abi::ring::SLOT_SIZE as u64;
-        // SAFETY: the slot lies in the TX ring, mapped read-write.
+        let f = &f[..f.len().min(abi::ring::MTU_FRAME)];
+        // SAFETY: the slot lies in the TX ring, mapped read-write; the
+        // header and at most MTU_FRAME bytes fit in one slot.
         unsafe {
             core::ptr::write_volatile(slot as *mut u16, len);
-            core::ptr::copy_nonoverlapping(f.as_ptr(), (slot + 2) as *mut u8, f.len());
+            core::ptr::write_volatile((slot + 2) as *mut u16, 0);
+            core::ptr::copy_nonoverlapping(f.as_ptr(), (slot + abi::ring::HEADER as u64) as *mut u8, f.len());
         }
         self.set_prod(self.prod.wrapping_add(1));
     }
@@ -431,7 +445,9 @@ fn main() -> i32 {
             }
             "ring-bad-length" => {
                 let mut nic = RawNic::new();
+                // One per drain: a lying header costs what it published.
                 nic.send_len(0xffff, &frame(nic.mac, [0xff; 6], 60));
+                libos::hypercall::net_kick();
                 nic.send_len(3, &frame(nic.mac, [0xff; 6], 60));
                 libos::hypercall::net_kick();
                 println!("{}: bad lengths sent", libos::name());

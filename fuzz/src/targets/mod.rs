@@ -2,6 +2,7 @@
 
 pub mod acpi;
 pub mod control;
+pub mod csum;
 pub mod gzip;
 pub mod hypercall;
 pub mod image;

@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 
-use abi::ring::{MIN_FRAME, MTU_FRAME};
+use abi::ring::{MAX_FRAME, MIN_FRAME};
 use hypervisor::net::switch::{
     ARP_REPLY_LEN, BROADCAST, DropReason, Ipv4, Mac, Out, PortError, PortId, Switch, Verdict, is_multicast, is_unicast_ipv4,
 };
@@ -213,7 +213,7 @@ pub fn switch(data: &[u8]) {
                 };
                 let len = match inp.u8() % 5 {
                     0 => inp.below(MIN_FRAME + 1),
-                    1 => MTU_FRAME + inp.below(3),
+                    1 => MAX_FRAME - 1 + inp.below(3),
                     2 => inp.u16() as usize,
                     _ => MIN_FRAME + inp.below(100),
                 };
@@ -249,7 +249,7 @@ pub fn switch(data: &[u8]) {
                     6 => start.extend_from_slice(&[[0x81, 0x00], [0x88, 0xa8], [0x91, 0x00]][inp.below(3)]),
                     _ => start.extend_from_slice(inp.bytes(2)),
                 }
-                let mut frame = vec![0u8; len.min(MTU_FRAME + 2)];
+                let mut frame = vec![0u8; len.min(MAX_FRAME + 2)];
                 let h = frame.len().min(start.len());
                 frame[..h].copy_from_slice(&start[..h]);
                 let header_only = op & 0x80 != 0;
@@ -314,7 +314,7 @@ pub fn switch(data: &[u8]) {
                             );
                         }
                         let (tenant, kind) = sender.expect("a dead port's frame was forwarded");
-                        assert!((MIN_FRAME..=MTU_FRAME).contains(&len));
+                        assert!((MIN_FRAME..=MAX_FRAME).contains(&len));
                         assert!(!is_multicast(&src));
                         if let Kind::Guest(own, _) = kind {
                             assert_eq!(src, own, "a spoofed guest frame was forwarded");

@@ -37,7 +37,7 @@ pub mod time;
 
 /// Version of this contract. Images carry the version they were built
 /// against in an ELF note ([`note`]); the hypervisor refuses any other.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Hypercall numbers, passed in `rax` to `syscall`.
 ///
@@ -199,7 +199,9 @@ pub struct NicInfo {
     pub gateway: [u8; 4],
     /// Slots in each ring (`ring::valid_slots`).
     pub ring_slots: u32,
-    pub reserved: u32,
+    /// The largest frame (Ethernet header included, no FCS) the guest may
+    /// send and will receive: `ring::max_frame(ring_slots)`.
+    pub mtu: u32,
 }
 
 pub const NIC_MAGIC: u32 = u32::from_le_bytes(*b"NIC1");
@@ -226,7 +228,7 @@ pub const fn gateway_ipv4(tenant: u32) -> [u8; 4] {
     [10, tenant as u8, 0, 1]
 }
 
-record::shared_record!(NicInfo { magic, prefix, mac, ipv4, gateway, ring_slots, reserved });
+record::shared_record!(NicInfo { magic, prefix, mac, ipv4, gateway, ring_slots, mtu });
 
 /// Value of [`StartInfo::magic`].
 pub const START_MAGIC: u64 = u64::from_le_bytes(*b"HVSTART1");
@@ -341,7 +343,7 @@ mod tests {
                 offset_of!(NicInfo, ipv4),
                 offset_of!(NicInfo, gateway),
                 offset_of!(NicInfo, ring_slots),
-                offset_of!(NicInfo, reserved),
+                offset_of!(NicInfo, mtu),
             ],
             [0, 4, 8, 16, 20, 24, 28]
         );
@@ -352,7 +354,7 @@ mod tests {
             ipv4: [10, 1, 0, 2],
             gateway: [10, 1, 0, 1],
             ring_slots: 32,
-            reserved: 7,
+            mtu: 7,
         };
         let b = n.to_bytes();
         assert_eq!(&b[0..4], b"NIC1");

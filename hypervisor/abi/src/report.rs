@@ -112,6 +112,15 @@ pub struct GuestStats {
     /// Its ARP requests the switch answered itself (proxy ARP).
     #[cfg_attr(feature = "serde", serde(default))]
     pub arp_answered: u64,
+    /// Frames it sent too large for a receiver (over the uplink's 1514
+    /// bytes, or the receiving guest's MTU), dropped for that receiver
+    /// (ABI 5).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub oversize_frames: u64,
+    /// Frames from the host for it with a wrong IPv4, TCP, UDP or ICMP
+    /// checksum (or a malformed IPv4 header), dropped (ABI 5).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub bad_checksums: u64,
 }
 
 /// The whole machine: guests, memory, idle time.
@@ -199,7 +208,7 @@ mod tests {
         let line = serde_json::to_string(&s).unwrap();
         assert!(line.starts_with(GUEST_STATS_PREFIX), "{line}");
         // Today's line is yesterday's plus the new fields.
-        let new = r#","exit_code":null,"stop_reason":null,"tx_waits":0,"rx_full_drops":0,"blocked":false,"events_pending":0,"sent_frames":0,"received_frames":0,"arp_answered":0}"#;
+        let new = r#","exit_code":null,"stop_reason":null,"tx_waits":0,"rx_full_drops":0,"blocked":false,"events_pending":0,"sent_frames":0,"received_frames":0,"arp_answered":0,"oversize_frames":0,"bad_checksums":0}"#;
         assert_eq!(line, OLD_GUEST_STATS.replace("}", new));
         assert_eq!(serde_json::from_str::<GuestStats>(OLD_GUEST_STATS).unwrap(), s);
         let stopped = GuestStats {
@@ -209,7 +218,7 @@ mod tests {
         };
         let line = serde_json::to_string(&stopped).unwrap();
         assert!(line.ends_with(
-            r#""exit_code":null,"stop_reason":{"page_fault":{"access":"write","address":8,"protected":false,"ip":9}},"tx_waits":0,"rx_full_drops":0,"blocked":false,"events_pending":0,"sent_frames":0,"received_frames":0,"arp_answered":0}"#
+            r#""exit_code":null,"stop_reason":{"page_fault":{"access":"write","address":8,"protected":false,"ip":9}},"tx_waits":0,"rx_full_drops":0,"blocked":false,"events_pending":0,"sent_frames":0,"received_frames":0,"arp_answered":0,"oversize_frames":0,"bad_checksums":0}"#
         ));
         assert_eq!(serde_json::from_str::<GuestStats>(&line).unwrap(), stopped);
     }

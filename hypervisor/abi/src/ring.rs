@@ -4,18 +4,33 @@
 //! guest and the hypervisor: TX (guest produces frames, hypervisor consumes)
 //! and RX (hypervisor produces, guest consumes). Each ring has `slots`
 //! fixed slots of [`SLOT_SIZE`] bytes (a power of two up to [`SLOTS_MAX`],
-//! chosen per guest and told it in `NicInfo`); slot `i % slots` holds the
-//! frame of index `i`, and its first two bytes hold the frame's length. A
-//! slot has no address in it, so a guest cannot point the hypervisor
-//! anywhere: the worst it can say is a wrong length, which is checked.
+//! chosen per guest and told it in `NicInfo`).
 //!
-//! Indices are free-running `u32`s as in Xen's `io/ring.h`: the producer
-//! owns `prod`, the consumer owns `cons`, `prod - cons` (wrapping) is the
-//! number of frames in flight, and anything above `slots` means the peer
-//! lies. Each side keeps a private copy of its own index and reads the
-//! peer's index once per batch; the producer writes the slot before
-//! publishing `prod` (release), the consumer reads `prod` (acquire) before
-//! the slot, and copies the length out of shared memory before checking it.
+//! An entry starts at a slot with a [`HEADER`] of 4 bytes (`u16` LE length,
+//! `u16` LE [`flags`]); a frame's bytes follow the header and run on
+//! contiguously into the following slots, so a frame of `len` bytes takes
+//! [`span`]`(len)` = ceil((4 + len) / SLOT_SIZE) slots. An entry never
+//! wraps past the ring's end: when a frame does not fit before the end,
+//! the producer first writes a padding entry ([`flags::PAD`], length 0)
+//! that takes every slot up to the end, and the consumer skips it. The
+//! largest frame a ring carries is [`max_frame`]`(slots)` (half the ring's
+//! bytes less the header, at most [`MAX_FRAME`]), so two of them are in
+//! flight at once. An entry has no address in it, so a guest cannot point
+//! the hypervisor anywhere: the worst it can say is a wrong length, which
+//! is checked.
+//!
+//! Indices are free-running `u32`s counting slots, as in Xen's
+//! `io/ring.h`: the producer owns `prod`, the consumer owns `cons`,
+//! `prod - cons` (wrapping) is the number of slots in flight, and
+//! anything above `slots` means the peer lies. Each side keeps a private
+//! copy of its own index and reads the peer's index once per look; the
+//! producer writes the entry before publishing `prod` (release), the
+//! consumer reads `prod` (acquire) before the entry, and copies the header
+//! out of shared memory once before checking it. A header that lies (a
+//! length outside `MIN_FRAME..=max_frame`, or an entry that runs past
+//! `prod` or the ring's end) cannot say where the next entry starts, so
+//! the consumer drops everything published up to the `prod` it read
+//! (`RingError::BadLength`; the caller counts it and skips).
 //!
 //! Memory access goes through [`RingMemory`], so the same code runs over raw
 //! pointers in the guest, over physical frames in the hypervisor, and over a
@@ -30,15 +45,33 @@ pub const SLOTS_MAX: u32 = 128;
 pub const SLOTS_MIN: u32 = 2;
 /// Slots per ring unless the manifest says otherwise.
 pub const SLOTS_DEFAULT: u32 = 16;
-/// Bytes per slot: a 2-byte length, then the frame.
+/// Bytes per slot.
 pub const SLOT_SIZE: usize = 2048;
-/// Largest Ethernet frame carried (no FCS): 1500 bytes of payload + header.
+/// Bytes of an entry's header: `u16` LE length, `u16` LE flags.
+pub const HEADER: usize = 4;
+/// Largest frame any ring carries (its length is a `u16`).
+pub const MAX_FRAME: usize = 65535;
+/// Largest frame on an Ethernet wire (no FCS): 1500 bytes of payload and
+/// the header. What the uplink sends and receives; every ring carries it.
 pub const MTU_FRAME: usize = 1514;
 /// Smallest frame: an Ethernet header.
 pub const MIN_FRAME: usize = 14;
 
+/// The flags of an entry's header. Unknown bits are ignored.
+pub mod flags {
+    /// TX: the guest left the IPv4 header, TCP, UDP and ICMP checksums
+    /// unfilled; the hypervisor fills them for frames that leave the
+    /// machine (frames between guests need none).
+    pub const TX_CSUM_BLANK: u16 = 1 << 0;
+    /// RX: the frame's checksums need not be checked: it never left the
+    /// machine, or the hypervisor verified them (frames from the host).
+    pub const RX_CSUM_OK: u16 = 1 << 1;
+    /// A padding entry: no frame, it takes every slot to the ring's end.
+    pub const PAD: u16 = 1 << 15;
+}
+
 const _: () = assert!(valid_slots(SLOTS_DEFAULT) && valid_slots(SLOTS_MAX) && valid_slots(SLOTS_MIN));
-const _: () = assert!(2 + MTU_FRAME <= SLOT_SIZE);
+const _: () = assert!(max_frame(SLOTS_MIN) >= MTU_FRAME && max_frame(SLOTS_MAX) == MAX_FRAME);
 
 /// Offsets of the ring's fields within its region. `prod` and `cons` sit on
 /// separate cache lines; the slots start at the next page.
@@ -63,6 +96,34 @@ pub const fn ring_bytes(slots: u32) -> usize {
     SLOTS_OFFSET + slots_bytes(slots)
 }
 
+/// The largest frame a ring of `slots` slots carries (the guest's MTU,
+/// Ethernet header included, told it in `NicInfo::mtu`): half the ring's
+/// bytes less the header, at most [`MAX_FRAME`]. 16 slots: 16380 bytes;
+/// 64 slots and more: 64 KiB less 4 (65532) and 65535.
+pub const fn max_frame(slots: u32) -> usize {
+    let half = (slots_bytes(slots) / 2).saturating_sub(HEADER);
+    if half < MAX_FRAME { half } else { MAX_FRAME }
+}
+
+/// Whether a producer at index `prod`, its consumer at `cons`, has room
+/// in a ring of `slots` for a frame of `len` bytes, padding included:
+/// [`Producer::fits`], for the consumer's side to tell when its producer
+/// was out of room (false for an impossible pair of indices).
+pub const fn fits_between(prod: u32, cons: u32, slots: u32, len: usize) -> bool {
+    let used = prod.wrapping_sub(cons);
+    if len < MIN_FRAME || len > max_frame(slots) || used > slots {
+        return false;
+    }
+    let (n, to_end) = (span(len), slots - (prod & (slots - 1)));
+    let need = if n > to_end { to_end + n } else { n };
+    slots - used >= need
+}
+
+/// Slots an entry holding a frame of `len` bytes takes.
+pub const fn span(len: usize) -> u32 {
+    (HEADER + len).div_ceil(SLOT_SIZE) as u32
+}
+
 /// Access to one ring's shared region.
 ///
 /// Implementations make `load`/`store` single 4-byte atomic accesses with
@@ -83,6 +144,18 @@ pub trait RingMemory {
     fn write(&self, offset: usize, src: &[u8]);
 }
 
+/// A ring whose bytes can be lent in place (the guest's, and the tests'):
+/// a frame is read where it lies in the RX slots and written where it
+/// will lie in the TX slots, with no copy. The ring protocol is what makes
+/// lending sound: the slots of a peeked entry are the consumer's until it
+/// releases them, and reserved slots the producer's until it publishes.
+pub trait RingSlices: RingMemory {
+    /// Calls `f` on the `len` bytes at `offset` (inside the slots).
+    fn with_slice<R>(&self, offset: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> R;
+    /// Calls `f` on the `len` bytes at `offset` (inside the slots), to write.
+    fn with_slice_mut<R>(&self, offset: usize, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R;
+}
+
 // Forwards to `T`.
 impl<T: RingMemory + ?Sized> RingMemory for &T {
     fn load(&self, offset: usize) -> u32 {
@@ -99,13 +172,26 @@ impl<T: RingMemory + ?Sized> RingMemory for &T {
     }
 }
 
+// Forwards to `T`.
+impl<T: RingSlices + ?Sized> RingSlices for &T {
+    fn with_slice<R>(&self, offset: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+        (**self).with_slice(offset, len, f)
+    }
+    fn with_slice_mut<R>(&self, offset: usize, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        (**self).with_slice_mut(offset, len, f)
+    }
+}
+
 /// How a peer broke the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RingError {
     /// The peer's index is more than `slots` ahead of ours (or behind:
     /// an index moved backwards wraps to a huge distance).
     BadIndex { prod: u32, cons: u32, slots: u32 },
-    /// A slot's length is below [`MIN_FRAME`] or above [`MTU_FRAME`].
+    /// An entry's header lies: its length is below [`MIN_FRAME`] or above
+    /// the ring's [`max_frame`], or the entry runs past `prod` or the
+    /// ring's end (or, for a producer, a frame it was asked to write is
+    /// such).
     BadLength { index: u32, len: u16 },
 }
 
@@ -116,15 +202,32 @@ impl core::fmt::Display for RingError {
                 write!(f, "producer index {prod} is not within {slots} of consumer index {cons}")
             }
             RingError::BadLength { index, len } => {
-                write!(f, "frame {index} has length {len}, outside {MIN_FRAME}..={MTU_FRAME}")
+                write!(f, "entry at slot index {index} has length {len}, outside the ring's frames or past its end")
             }
         }
     }
 }
 
-/// Where in a ring of `slots` slots frame `index` lives (its length field).
+/// Where in a ring of `slots` slots the slot of index `index` starts.
 pub fn slot_offset(index: u32, slots: u32) -> usize {
     SLOTS_OFFSET + (index & (slots - 1)) as usize * SLOT_SIZE
+}
+
+/// An entry's header bytes.
+fn header(len: usize, flags: u16) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..2].copy_from_slice(&(len as u16).to_le_bytes());
+    h[2..].copy_from_slice(&flags.to_le_bytes());
+    h
+}
+
+/// A frame in a ring: where its bytes are, how many, and its header's flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Offset of its first byte in the ring's region (after the header).
+    pub at: usize,
+    pub len: usize,
+    pub flags: u16,
 }
 
 /// The producing side of a ring.
@@ -133,6 +236,8 @@ pub struct Producer {
     /// Our `prod`, never read back from shared memory.
     prod: u32,
     slots: u32,
+    /// The last frame committed (for a capture to read it back).
+    last: Option<Frame>,
 }
 
 impl Producer {
@@ -142,7 +247,7 @@ impl Producer {
     /// If `slots` is not [`valid_slots`] (callers check what they are told).
     pub const fn new(slots: u32) -> Self {
         assert!(valid_slots(slots));
-        Self { prod: 0, slots }
+        Self { prod: 0, slots, last: None }
     }
 
     /// Free slots, from the consumer's index as it is now.
@@ -155,39 +260,73 @@ impl Producer {
         Ok(self.slots - used)
     }
 
-    /// Writes `frame` into the next slot without publishing it; returns
-    /// `false` (and writes nothing) when the ring is full. Call
+    /// The largest frame this ring carries ([`max_frame`]).
+    pub fn max_frame(&self) -> usize {
+        max_frame(self.slots)
+    }
+
+    /// Whether a frame of `len` bytes fits now, padding included (what
+    /// [`Producer::reserve`] would say, without writing anything).
+    pub fn fits(&self, m: &impl RingMemory, len: usize) -> Result<bool, RingError> {
+        let cons = m.load(CONS_OFFSET);
+        if self.prod.wrapping_sub(cons) > self.slots {
+            return Err(RingError::BadIndex { prod: self.prod, cons, slots: self.slots });
+        }
+        Ok(fits_between(self.prod, cons, self.slots, len))
+    }
+
+    /// Slots from our index to the ring's end.
+    fn to_end(&self) -> u32 {
+        self.slots - (self.prod & (self.slots - 1))
+    }
+
+    /// Writes `frame` (with header `flags`) into the next slots without
+    /// publishing it; returns `false` (and writes nothing but maybe a
+    /// padding entry) when the ring has no room. Call
     /// [`Producer::publish`] after a batch.
-    pub fn push(&mut self, m: &impl RingMemory, frame: &[u8]) -> Result<bool, RingError> {
-        if frame.len() < MIN_FRAME || frame.len() > MTU_FRAME {
-            return Err(RingError::BadLength { index: self.prod, len: frame.len().min(u16::MAX as usize) as u16 });
-        }
-        if self.space(m)? == 0 {
-            return Ok(false);
-        }
-        let at = slot_offset(self.prod, self.slots);
-        m.write(at, &(frame.len() as u16).to_le_bytes());
-        m.write(at + 2, frame);
-        self.prod = self.prod.wrapping_add(1);
+    pub fn push(&mut self, m: &impl RingMemory, frame: &[u8], flags: u16) -> Result<bool, RingError> {
+        let Some(at) = self.reserve(m, frame.len())? else { return Ok(false) };
+        m.write(at, frame);
+        self.commit(m, frame.len(), flags);
         Ok(true)
     }
 
-    /// Reserves the next slot for a frame of `len` bytes that the caller
-    /// writes itself at the returned offset (for copying straight from
-    /// another ring); `None` when the ring is full. Finish with
-    /// [`Producer::commit`].
-    pub fn reserve(&self, m: &impl RingMemory, len: usize) -> Result<Option<usize>, RingError> {
-        if !(MIN_FRAME..=MTU_FRAME).contains(&len) {
+    /// Reserves the next slots for a frame of `len` bytes that the caller
+    /// writes itself at the returned offset (straight from another ring,
+    /// or in place); `None` when the ring has no room now. When the frame
+    /// does not fit before the ring's end, a padding entry is written (not
+    /// published) first, whether or not it then fits. Finish with
+    /// [`Producer::commit`] of at most `len` bytes.
+    pub fn reserve(&mut self, m: &impl RingMemory, len: usize) -> Result<Option<usize>, RingError> {
+        if !(MIN_FRAME..=self.max_frame()).contains(&len) {
             return Err(RingError::BadLength { index: self.prod, len: len.min(u16::MAX as usize) as u16 });
         }
-        Ok((self.space(m)? > 0).then(|| slot_offset(self.prod, self.slots) + 2))
+        let n = span(len);
+        let mut free = self.space(m)?;
+        let to_end = self.to_end();
+        if n > to_end {
+            if free < to_end {
+                return Ok(None);
+            }
+            m.write(slot_offset(self.prod, self.slots), &header(0, flags::PAD));
+            self.prod = self.prod.wrapping_add(to_end);
+            free -= to_end;
+        }
+        Ok((free >= n).then(|| slot_offset(self.prod, self.slots) + HEADER))
     }
 
-    /// Completes a [`Producer::reserve`]d slot holding `len` bytes (not yet
-    /// published).
-    pub fn commit(&mut self, m: &impl RingMemory, len: usize) {
-        m.write(slot_offset(self.prod, self.slots), &(len as u16).to_le_bytes());
-        self.prod = self.prod.wrapping_add(1);
+    /// Completes a [`Producer::reserve`]d entry holding `len` bytes (at
+    /// most what was reserved) with header `flags` (not yet published).
+    pub fn commit(&mut self, m: &impl RingMemory, len: usize, flags: u16) {
+        let at = slot_offset(self.prod, self.slots);
+        m.write(at, &header(len, flags & !flags::PAD));
+        self.last = Some(Frame { at: at + HEADER, len, flags });
+        self.prod = self.prod.wrapping_add(span(len));
+    }
+
+    /// The frame committed last, if any.
+    pub fn last(&self) -> Option<Frame> {
+        self.last
     }
 
     /// Makes every pushed frame visible to the consumer.
@@ -195,7 +334,7 @@ impl Producer {
         m.store(PROD_OFFSET, self.prod);
     }
 
-    /// Frames pushed so far (our private index).
+    /// Slots used so far (our private index).
     pub fn index(&self) -> u32 {
         self.prod
     }
@@ -212,6 +351,9 @@ pub struct Consumer {
     /// Our `cons`, never read back from shared memory.
     cons: u32,
     slots: u32,
+    /// Slots the entry (or the bad entries) [`Consumer::peek`] saw last
+    /// take: what [`Consumer::skip`] passes over. 0: nothing peeked.
+    peeked: u32,
 }
 
 impl Consumer {
@@ -221,7 +363,7 @@ impl Consumer {
     /// If `slots` is not [`valid_slots`].
     pub const fn new(slots: u32) -> Self {
         assert!(valid_slots(slots));
-        Self { cons: 0, slots }
+        Self { cons: 0, slots, peeked: 0 }
     }
 
     /// Slots in this ring.
@@ -229,7 +371,13 @@ impl Consumer {
         self.slots
     }
 
-    /// Frames waiting, from the producer's index as it is now.
+    /// The largest frame this ring carries ([`max_frame`]).
+    pub fn max_frame(&self) -> usize {
+        max_frame(self.slots)
+    }
+
+    /// Slots in flight (frames and padding), from the producer's index as
+    /// it is now.
     pub fn pending(&self, m: &impl RingMemory) -> Result<u32, RingError> {
         let prod = m.load(PROD_OFFSET);
         let n = prod.wrapping_sub(self.cons);
@@ -239,51 +387,77 @@ impl Consumer {
         Ok(n)
     }
 
-    /// Copies the next frame into `buf` (at least [`MTU_FRAME`] bytes) and
-    /// returns its length, or `None` if the ring is empty. The slot is not
-    /// released until [`Consumer::release`]. The length is copied out of
-    /// shared memory once and checked before use.
-    pub fn pop(&mut self, m: &impl RingMemory, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
-        let Some((at, n)) = self.peek(m)? else { return Ok(None) };
-        if n > buf.len() {
-            return Err(RingError::BadLength { index: self.cons, len: n as u16 });
+    /// Copies the next frame into `buf` and returns it (its `at` is where
+    /// it lay in the ring), or `None` if the ring is empty. Its slots are
+    /// not released until [`Consumer::release`]. A frame longer than `buf`
+    /// is `BadLength` (skip it).
+    pub fn pop(&mut self, m: &impl RingMemory, buf: &mut [u8]) -> Result<Option<Frame>, RingError> {
+        let Some(f) = self.peek(m)? else { return Ok(None) };
+        if f.len > buf.len() {
+            return Err(RingError::BadLength { index: self.cons, len: f.len as u16 });
         }
-        m.read(at, &mut buf[..n]);
-        self.cons = self.cons.wrapping_add(1);
-        Ok(Some(n))
+        m.read(f.at, &mut buf[..f.len]);
+        self.skip(m)?;
+        Ok(Some(f))
     }
 
-    /// The next frame without copying it: the offset of its bytes in the
-    /// ring and its length (read once and checked), or `None` if the ring is
-    /// empty. The frame stays in place until [`Consumer::skip`].
-    pub fn peek(&self, m: &impl RingMemory) -> Result<Option<(usize, usize)>, RingError> {
-        if self.pending(m)? == 0 {
-            return Ok(None);
+    /// The next frame without copying it, or `None` if the ring is empty;
+    /// padding before it is passed over. Its header is read once and
+    /// checked; the frame stays in place until [`Consumer::skip`]. On
+    /// `BadLength` a `skip` drops every slot published so far.
+    pub fn peek(&mut self, m: &impl RingMemory) -> Result<Option<Frame>, RingError> {
+        self.peeked = 0;
+        let mut avail = self.pending(m)?;
+        loop {
+            if avail == 0 {
+                return Ok(None);
+            }
+            let at = slot_offset(self.cons, self.slots);
+            let mut h = [0u8; HEADER];
+            m.read(at, &mut h);
+            let len = u16::from_le_bytes([h[0], h[1]]);
+            let flags = u16::from_le_bytes([h[2], h[3]]);
+            let to_end = self.slots - (self.cons & (self.slots - 1));
+            if flags & flags::PAD != 0 && to_end <= avail {
+                self.cons = self.cons.wrapping_add(to_end);
+                avail -= to_end;
+                continue;
+            }
+            let n = span(len as usize);
+            if flags & flags::PAD != 0 || !(MIN_FRAME..=self.max_frame()).contains(&(len as usize)) || n > to_end || n > avail {
+                self.peeked = avail;
+                return Err(RingError::BadLength { index: self.cons, len });
+            }
+            self.peeked = n;
+            return Ok(Some(Frame { at: at + HEADER, len: len as usize, flags }));
         }
-        let at = slot_offset(self.cons, self.slots);
-        let mut len = [0u8; 2];
-        m.read(at, &mut len);
-        let len = u16::from_le_bytes(len);
-        if !(MIN_FRAME..=MTU_FRAME).contains(&(len as usize)) {
-            return Err(RingError::BadLength { index: self.cons, len });
-        }
-        Ok(Some((at + 2, len as usize)))
     }
 
-    /// Skips the next frame (after a bad length), if there is one.
+    /// Passes over the frame [`Consumer::peek`] returned (or, after a
+    /// `BadLength`, everything published up to then); without a peek
+    /// before, over the next frame, if there is one.
     pub fn skip(&mut self, m: &impl RingMemory) -> Result<(), RingError> {
-        if self.pending(m)? > 0 {
-            self.cons = self.cons.wrapping_add(1);
+        if self.peeked == 0 {
+            match self.peek(m) {
+                Ok(_) | Err(RingError::BadLength { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
+        self.cons = self.cons.wrapping_add(self.peeked);
+        self.peeked = 0;
         Ok(())
     }
 
-    /// Gives every popped slot back to the producer.
+    /// Gives every slot passed over back to the producer.
     pub fn release(&self, m: &impl RingMemory) {
         m.store(CONS_OFFSET, self.cons);
     }
-}
 
+    /// Slots consumed so far (our private index).
+    pub fn index(&self) -> u32 {
+        self.cons
+    }
+}
 /// A ring in an ordinary byte buffer, for tests on both sides.
 #[cfg(any(test, feature = "alloc"))]
 pub mod testing {
@@ -320,6 +494,17 @@ pub mod testing {
         }
         fn write(&self, offset: usize, src: &[u8]) {
             self.0.borrow_mut()[offset..offset + src.len()].copy_from_slice(src);
+        }
+    }
+
+    // Lends the bytes under a `RefCell` borrow (bounds-checked by slice
+    // indexing).
+    impl RingSlices for VecRing {
+        fn with_slice<R>(&self, offset: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+            f(&self.0.borrow()[offset..offset + len])
+        }
+        fn with_slice_mut<R>(&self, offset: usize, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+            f(&mut self.0.borrow_mut()[offset..offset + len])
         }
     }
 
@@ -383,34 +568,116 @@ pub mod testing {
 mod tests {
     use super::testing::VecRing;
     use super::*;
+    use alloc::vec::Vec;
 
     const SLOTS: u32 = SLOTS_DEFAULT;
     const RING_BYTES: usize = ring_bytes(SLOTS);
 
-    fn frame(i: u32, len: usize) -> alloc::vec::Vec<u8> {
+    fn frame(i: u32, len: usize) -> Vec<u8> {
         (0..len).map(|j| (i as usize * 31 + j) as u8).collect()
+    }
+
+    /// Frame `i`'s length in the wrap tests: small, one slot, a few, the largest.
+    fn len_of(i: u32) -> usize {
+        match i % 5 {
+            0 => 60,
+            1 => 14 + (i as usize * 37) % 2000,
+            2 => 3000 + (i as usize * 101) % 6000,
+            3 => max_frame(SLOTS),
+            _ => MTU_FRAME,
+        }
+    }
+
+    #[test]
+    fn the_largest_frames_follow_the_ring_size() {
+        assert_eq!([max_frame(2), max_frame(16), max_frame(64), max_frame(128)], [2044, 16380, 65532, 65535]);
+        assert_eq!([span(14), span(2044), span(2045), span(65535)], [1, 1, 2, 33]);
+        for slots in [2, 4, 16, 64, 128] {
+            assert!(span(max_frame(slots)) <= slots / 2, "two of the largest fit in {slots} slots");
+        }
     }
 
     #[test]
     fn frames_cross_in_order_through_many_wraps() {
         let m = VecRing::default();
         let (mut p, mut c) = (Producer::new(SLOTS), Consumer::new(SLOTS));
-        let mut buf = [0u8; MTU_FRAME];
-        let mut next_expected = 0u32;
-        for round in 0..1000u32 {
-            let batch = round % (SLOTS + 1);
-            let mut sent = 0;
-            while sent < batch && p.push(&m, &frame(p.index(), 60 + (p.index() as usize % 1400))).unwrap() {
+        let mut buf = alloc::vec![0u8; MAX_FRAME];
+        let (mut sent, mut next_expected) = (0u32, 0u32);
+        for round in 0..2000u32 {
+            let batch = round % 5;
+            for _ in 0..batch {
+                if !p.push(&m, &frame(sent, len_of(sent)), (sent % 3) as u16).unwrap() {
+                    break;
+                }
                 sent += 1;
             }
             p.publish(&m);
-            while let Some(n) = c.pop(&m, &mut buf).unwrap() {
-                assert_eq!(&buf[..n], &frame(next_expected, 60 + (next_expected as usize % 1400))[..]);
+            while let Some(f) = c.pop(&m, &mut buf).unwrap() {
+                assert_eq!(&buf[..f.len], &frame(next_expected, len_of(next_expected))[..]);
+                assert_eq!(f.flags, (next_expected % 3) as u16);
                 next_expected += 1;
             }
             c.release(&m);
         }
-        assert_eq!(next_expected, p.index());
+        assert_eq!(next_expected, sent);
+        assert!(p.index() > 20 * SLOTS, "the ring wrapped many times");
+    }
+
+    #[test]
+    fn a_frame_that_does_not_fit_before_the_end_goes_after_padding() {
+        let m = VecRing::default();
+        let (mut p, mut c) = (Producer::new(SLOTS), Consumer::new(SLOTS));
+        // 13 one-slot frames, consumed: the producer is 3 slots from the end.
+        for i in 0..13 {
+            assert!(p.push(&m, &frame(i, 100), 0).unwrap());
+        }
+        p.publish(&m);
+        while c.peek(&m).unwrap().is_some() {
+            c.skip(&m).unwrap();
+        }
+        c.release(&m);
+        // A 5-slot frame: padding over slots 13..16, the frame at slot 0.
+        let big = frame(99, 4 * SLOT_SIZE);
+        assert_eq!(span(big.len()), 5);
+        assert!(p.push(&m, &big, flags::RX_CSUM_OK).unwrap());
+        p.publish(&m);
+        assert_eq!(p.index(), 13 + 3 + 5);
+        let mut hdr = [0u8; HEADER];
+        m.read(slot_offset(13, SLOTS), &mut hdr);
+        assert_eq!(u16::from_le_bytes([hdr[2], hdr[3]]), flags::PAD);
+        let f = c.peek(&m).unwrap().unwrap();
+        assert_eq!((f.at, f.len, f.flags), (SLOTS_OFFSET + HEADER, big.len(), flags::RX_CSUM_OK));
+        let mut got = alloc::vec![0u8; f.len];
+        m.read(f.at, &mut got);
+        assert_eq!(got, big);
+        c.skip(&m).unwrap();
+        assert_eq!((c.index(), c.pending(&m)), (21, Ok(0)));
+    }
+
+    #[test]
+    fn padding_is_written_even_when_the_frame_then_waits() {
+        let m = VecRing::new(4);
+        let (mut p, mut c) = (Producer::new(4), Consumer::new(4));
+        assert_eq!(max_frame(4), 4092);
+        assert!(p.push(&m, &frame(0, 100), 0).unwrap());
+        assert!(p.push(&m, &frame(1, 100), 0).unwrap());
+        assert!(p.push(&m, &frame(2, 100), 0).unwrap());
+        p.publish(&m);
+        // One slot to the end, one free: a 2-slot frame pads and waits.
+        assert!(!p.fits(&m, 4000).unwrap());
+        assert!(!p.push(&m, &frame(3, 4000), 0).unwrap());
+        assert_eq!(p.index(), 4, "the padding took the last slot");
+        let mut buf = [0u8; 4096];
+        for _ in 0..3 {
+            assert!(c.pop(&m, &mut buf).unwrap().is_some());
+        }
+        c.release(&m);
+        assert!(p.fits(&m, 4000).unwrap());
+        assert!(p.push(&m, &frame(3, 4000), 0).unwrap());
+        p.publish(&m);
+        let f = c.pop(&m, &mut buf).unwrap().unwrap();
+        assert_eq!(&buf[..f.len], &frame(3, 4000)[..]);
+        assert_eq!(c.index(), 6);
     }
 
     #[test]
@@ -418,27 +685,30 @@ mod tests {
         let (a, b) = (VecRing::default(), VecRing::default());
         let (mut pa, mut ca) = (Producer::new(SLOTS), Consumer::new(SLOTS));
         let (mut pb, mut cb) = (Producer::new(SLOTS), Consumer::new(SLOTS));
-        let mut buf = [0u8; MTU_FRAME];
-        for i in 0..100u32 {
-            let f = frame(i, 14 + (i as usize * 37) % 1500);
-            assert!(pa.push(&a, &f).unwrap());
+        let mut buf = alloc::vec![0u8; MAX_FRAME];
+        for i in 0..200u32 {
+            let f = frame(i, len_of(i));
+            assert!(pa.push(&a, &f, flags::TX_CSUM_BLANK).unwrap());
             pa.publish(&a);
-            let (off, len) = ca.peek(&a).unwrap().unwrap();
-            assert_eq!(len, f.len());
-            let dst = pb.reserve(&b, len).unwrap().unwrap();
-            let mut tmp = alloc::vec![0u8; len];
-            a.read(off, &mut tmp);
+            let got = ca.peek(&a).unwrap().unwrap();
+            assert_eq!((got.len, got.flags), (f.len(), flags::TX_CSUM_BLANK));
+            let dst = pb.reserve(&b, got.len).unwrap().unwrap();
+            let mut tmp = alloc::vec![0u8; got.len];
+            a.read(got.at, &mut tmp);
             b.write(dst, &tmp);
-            pb.commit(&b, len);
+            pb.commit(&b, got.len, flags::RX_CSUM_OK);
+            assert_eq!(pb.last(), Some(Frame { at: dst, len: got.len, flags: flags::RX_CSUM_OK }));
             pb.publish(&b);
             ca.skip(&a).unwrap();
             ca.release(&a);
-            assert_eq!(cb.pop(&b, &mut buf).unwrap(), Some(f.len()));
+            let out = cb.pop(&b, &mut buf).unwrap().unwrap();
+            assert_eq!((out.len, out.flags), (f.len(), flags::RX_CSUM_OK));
             assert_eq!(&buf[..f.len()], &f[..]);
             cb.release(&b);
         }
         assert_eq!(ca.peek(&a), Ok(None));
         assert!(matches!(pb.reserve(&b, 5), Err(RingError::BadLength { .. })));
+        assert!(matches!(pb.reserve(&b, max_frame(SLOTS) + 1), Err(RingError::BadLength { .. })));
     }
 
     #[test]
@@ -446,15 +716,16 @@ mod tests {
         let m = VecRing::default();
         let (mut p, mut c) = (Producer::new(SLOTS), Consumer::new(SLOTS));
         for i in 0..SLOTS {
-            assert!(p.push(&m, &frame(i, 64)).unwrap());
+            assert!(p.push(&m, &frame(i, 64), 0).unwrap());
         }
-        assert!(!p.push(&m, &frame(99, 64)).unwrap(), "full");
+        assert!(!p.push(&m, &frame(99, 64), 0).unwrap(), "full");
+        assert!(!p.fits(&m, 64).unwrap());
         p.publish(&m);
         let mut buf = [0u8; MTU_FRAME];
-        assert_eq!(c.pop(&m, &mut buf).unwrap(), Some(64));
-        assert!(!p.push(&m, &frame(99, 64)).unwrap(), "still full until released");
+        assert_eq!(c.pop(&m, &mut buf).unwrap().map(|f| f.len), Some(64));
+        assert!(!p.push(&m, &frame(99, 64), 0).unwrap(), "still full until released");
         c.release(&m);
-        assert!(p.push(&m, &frame(99, 64)).unwrap());
+        assert!(p.push(&m, &frame(99, 64), 0).unwrap());
     }
 
     #[test]
@@ -463,43 +734,103 @@ mod tests {
         let start = u32::MAX - 5;
         m.store(PROD_OFFSET, start);
         m.store(CONS_OFFSET, start);
-        let (mut p, mut c) = (Producer { prod: start, slots: SLOTS }, Consumer { cons: start, slots: SLOTS });
-        let mut buf = [0u8; MTU_FRAME];
+        let mut p = Producer { prod: start, slots: SLOTS, last: None };
+        let mut c = Consumer { cons: start, slots: SLOTS, peeked: 0 };
+        let mut buf = alloc::vec![0u8; MAX_FRAME];
         for i in 0..20 {
-            assert!(p.push(&m, &frame(i, 100)).unwrap());
+            assert!(p.push(&m, &frame(i, len_of(i)), 0).unwrap());
             p.publish(&m);
-            assert_eq!(c.pop(&m, &mut buf).unwrap(), Some(100));
+            let f = c.pop(&m, &mut buf).unwrap().unwrap();
+            assert_eq!(&buf[..f.len], &frame(i, len_of(i))[..]);
             c.release(&m);
         }
-        assert_eq!(p.index(), 14u32);
+        assert_eq!(p.index(), c.index());
+        assert!(p.index() < start, "wrapped");
+    }
+
+    /// A ring whose producer published `prod` with the header `len`/`flags`
+    /// written at slot `at`.
+    fn lying(at: u32, len: u16, fl: u16, prod: u32) -> (VecRing, Consumer) {
+        let m = VecRing::default();
+        m.write(slot_offset(at, SLOTS), &header(len as usize, fl));
+        m.store(PROD_OFFSET, prod);
+        m.store(CONS_OFFSET, at);
+        (m, Consumer { cons: at, slots: SLOTS, peeked: 0 })
     }
 
     #[test]
     fn a_lying_producer_is_caught() {
         let m = VecRing::default();
         let mut c = Consumer::new(SLOTS);
-        let mut buf = [0u8; MTU_FRAME];
+        let mut buf = alloc::vec![0u8; MAX_FRAME];
         // prod beyond the ring size.
         m.store(PROD_OFFSET, SLOTS + 1);
         assert_eq!(c.pop(&m, &mut buf), Err(RingError::BadIndex { prod: SLOTS + 1, cons: 0, slots: SLOTS }));
         // prod moved backwards (wraps to a huge distance).
         m.store(PROD_OFFSET, u32::MAX);
         assert!(matches!(c.pop(&m, &mut buf), Err(RingError::BadIndex { .. })));
-        // Bad lengths: zero, a runt, oversized, bigger than our buffer.
-        for len in [0u16, 13, (MTU_FRAME + 1) as u16, u16::MAX] {
-            let m = VecRing::default();
-            m.write(SLOTS_OFFSET, &len.to_le_bytes());
-            m.store(PROD_OFFSET, 1);
-            let mut c = Consumer::new(SLOTS);
+        // Bad lengths: zero, a runt, over the ring's largest frame.
+        for len in [0u16, 13, (max_frame(SLOTS) + 1) as u16, u16::MAX] {
+            let (m, mut c) = lying(0, len, 0, 3);
             assert_eq!(c.pop(&m, &mut buf), Err(RingError::BadLength { index: 0, len }));
             c.skip(&m).unwrap();
-            assert_eq!(c.pending(&m), Ok(0), "a bad frame can be skipped");
+            assert_eq!(c.pending(&m), Ok(0), "everything published is dropped");
         }
-        let m = VecRing::default();
-        m.write(SLOTS_OFFSET, &100u16.to_le_bytes());
-        m.store(PROD_OFFSET, 1);
+        // A frame that runs past `prod`: 3000 bytes take 2 slots, 1 published.
+        let (m, mut c) = lying(0, 3000, 0, 1);
+        assert_eq!(c.peek(&m), Err(RingError::BadLength { index: 0, len: 3000 }));
+        c.skip(&m).unwrap();
+        assert_eq!((c.index(), c.pending(&m)), (1, Ok(0)));
+        // A frame that runs past the ring's end (from its last slot).
+        let (m, mut c) = lying(SLOTS - 1, 3000, 0, SLOTS + 3);
+        assert_eq!(c.peek(&m), Err(RingError::BadLength { index: SLOTS - 1, len: 3000 }));
+        c.skip(&m).unwrap();
+        assert_eq!(c.index(), SLOTS + 3);
+        // Padding that runs past `prod`: 3 slots to the end, 2 published.
+        let (m, mut c) = lying(SLOTS - 3, 0, flags::PAD, SLOTS - 1);
+        assert!(matches!(c.peek(&m), Err(RingError::BadLength { .. })));
+        c.skip(&m).unwrap();
+        assert_eq!(c.pending(&m), Ok(0));
+        // A frame bigger than the caller's buffer is its own to skip.
+        let (m, mut c) = lying(0, 100, 0, 1);
         let mut small = [0u8; 50];
-        assert!(matches!(Consumer::new(SLOTS).pop(&m, &mut small), Err(RingError::BadLength { .. })));
+        assert!(matches!(c.pop(&m, &mut small), Err(RingError::BadLength { .. })));
+        c.skip(&m).unwrap();
+        assert_eq!(c.index(), 1);
+    }
+
+    #[test]
+    fn every_flipped_header_bit_is_caught_or_harmless() {
+        for byte in 0..HEADER {
+            for bit in 0..8 {
+                let m = VecRing::default();
+                let mut p = Producer::new(SLOTS);
+                // A 3-slot frame, then a 1-slot one.
+                assert!(p.push(&m, &frame(1, 5000), 0).unwrap());
+                assert!(p.push(&m, &frame(2, 100), 0).unwrap());
+                p.publish(&m);
+                let mut h = [0u8; 1];
+                m.read(SLOTS_OFFSET + byte, &mut h);
+                m.write(SLOTS_OFFSET + byte, &[h[0] ^ (1 << bit)]);
+                let mut c = Consumer::new(SLOTS);
+                let mut seen = 0;
+                loop {
+                    match c.peek(&m) {
+                        Ok(Some(f)) => {
+                            assert!((MIN_FRAME..=max_frame(SLOTS)).contains(&f.len) && f.at + f.len <= RING_BYTES);
+                            seen += 1;
+                        }
+                        Ok(None) => break,
+                        Err(RingError::BadLength { .. }) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                    c.skip(&m).unwrap();
+                    assert!(c.index() <= 4, "never past prod");
+                }
+                assert_eq!(c.index(), 4, "byte {byte} bit {bit}: the consumer ends at prod");
+                assert!(seen <= 2);
+            }
+        }
     }
 
     #[test]
@@ -508,16 +839,18 @@ mod tests {
         let mut p = Producer::new(SLOTS);
         // cons ahead of prod (moved past what was produced).
         m.store(CONS_OFFSET, 5);
-        assert!(matches!(p.push(&m, &frame(0, 64)), Err(RingError::BadIndex { .. })));
+        assert!(matches!(p.push(&m, &frame(0, 64), 0), Err(RingError::BadIndex { .. })));
         assert!(matches!(p.space(&m), Err(RingError::BadIndex { .. })));
+        assert!(matches!(p.fits(&m, 64), Err(RingError::BadIndex { .. })));
     }
 
     #[test]
     fn producers_refuse_bad_frames() {
         let m = VecRing::default();
         let mut p = Producer::new(SLOTS);
-        assert!(matches!(p.push(&m, &[0; 10]), Err(RingError::BadLength { .. })));
-        assert!(matches!(p.push(&m, &[0; MTU_FRAME + 1]), Err(RingError::BadLength { .. })));
+        assert!(matches!(p.push(&m, &[0; 10], 0), Err(RingError::BadLength { .. })));
+        assert!(matches!(p.push(&m, &alloc::vec![0; max_frame(SLOTS) + 1], 0), Err(RingError::BadLength { .. })));
+        assert!(!p.fits(&m, max_frame(SLOTS) + 1).unwrap());
         assert_eq!(p.index(), 0);
     }
 
@@ -530,17 +863,17 @@ mod tests {
             x ^= x << 17;
             x
         };
-        let mut buf = [0u8; MTU_FRAME];
+        let mut buf = alloc::vec![0u8; MAX_FRAME];
         for _ in 0..2000 {
             let m = VecRing::default();
             for _ in 0..64 {
                 let at = (next() as usize) % (RING_BYTES - 4);
                 m.store(at & !3, next() as u32);
             }
-            let mut c = Consumer { cons: next() as u32 % 64, slots: SLOTS };
+            let mut c = Consumer { cons: next() as u32 % 64, slots: SLOTS, peeked: 0 };
             for _ in 0..40 {
                 match c.pop(&m, &mut buf) {
-                    Ok(Some(n)) => assert!((MIN_FRAME..=MTU_FRAME).contains(&n)),
+                    Ok(Some(f)) => assert!((MIN_FRAME..=max_frame(SLOTS)).contains(&f.len) && f.at + f.len <= RING_BYTES),
                     Ok(None) => break,
                     Err(RingError::BadLength { .. }) => c.skip(&m).unwrap_or(()),
                     Err(RingError::BadIndex { .. }) => break,

@@ -395,7 +395,7 @@ impl Creating {
             ipv4: abi::guest_ipv4(st.tenant, n),
             gateway: abi::gateway_ipv4(st.tenant),
             ring_slots: st.ring_slots,
-            reserved: 0,
+            mtu: abi::ring::max_frame(st.ring_slots) as u32,
         })
     }
 }

@@ -53,6 +53,10 @@ pub struct PortStats {
     pub rx_full_drops: u64,
     /// Its ARP requests the switch answered itself.
     pub arp_answered: u64,
+    /// Frames it sent too large for a receiver; frames from the host for
+    /// it with a bad checksum.
+    pub oversize: u64,
+    pub bad_checksums: u64,
 }
 
 /// The next thing a capture hands out.
@@ -197,6 +201,8 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice + Send> Network for Net<R, E,
             tx_waits: p.tx_waits(),
             rx_full_drops: p.rx_full_drops(),
             arp_answered: p.arp_answered.load(Ordering::Relaxed),
+            oversize: p.oversize.load(Ordering::Relaxed),
+            bad_checksums: p.bad_checksums.load(Ordering::Relaxed),
         })
     }
 
@@ -221,7 +227,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice + Send> Network for Net<R, E,
 
     fn next_captured(&self, now_ns: u64) -> Option<Captured> {
         let mut c = self.capture.lock();
-        match c.frames.pop_front() {
+        match c.pop() {
             Some((ns, frame)) => Some(Captured::Frame(ns, frame)),
             None if c.taken >= c.max || now_ns >= c.until_ns => {
                 self.capturing.store(false, Ordering::Release);

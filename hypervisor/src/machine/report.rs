@@ -70,6 +70,8 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             sent_frames: port.map_or(0, |p| p.sent_frames),
             received_frames: port.map_or(0, |p| p.received_frames),
             arp_answered: port.map_or(0, |p| p.arp_answered),
+            oversize_frames: port.map_or(0, |p| p.oversize),
+            bad_checksums: port.map_or(0, |p| p.bad_checksums),
             created_ns: s.created_ns,
             create_ns: s.create_ns,
             first_entry_ns: s.first_entry_ns,

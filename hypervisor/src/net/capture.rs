@@ -5,9 +5,10 @@
 //! - A capture is a target ([`CaptureTarget`]: a guest's frames both ways,
 //!   or what a tenant's guests send and the host's frames for tenant 0),
 //!   a count and a deadline.
-//! - Its backlog is bounded ([`CAPTURE_BACKLOG`] frames): the control
-//!   channel is slow, and a frame that finds the backlog full is counted
-//!   in `dropped`, never waited for.
+//! - Its backlog is bounded ([`CAPTURE_BACKLOG`] frames and
+//!   [`CAPTURE_BACKLOG_BYTES`] bytes: a frame between guests may be 64
+//!   KiB): the control channel is slow, and a frame that finds the backlog
+//!   full is counted in `dropped`, never waited for.
 //! - A frame is recorded once, where it crosses the back end: when a
 //!   guest's TX drain takes it, when it is put into a guest's RX ring, or
 //!   when it comes from the host. A frame from the host that waits for
@@ -17,7 +18,7 @@
 //!   the back end looks at the `capturing` flag first and takes the lock
 //!   only while a capture runs.
 
-use abi::ring::MTU_FRAME;
+use abi::ring::MAX_FRAME;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
@@ -32,6 +33,8 @@ pub enum CaptureTarget {
 
 /// Frames a capture holds before it drops (the control channel is slow).
 pub const CAPTURE_BACKLOG: usize = 256;
+/// Bytes of frames a capture holds before it drops.
+pub const CAPTURE_BACKLOG_BYTES: usize = 1 << 20;
 
 /// A capture: its target, the frames taken and not yet handed out.
 #[derive(Default)]
@@ -45,6 +48,8 @@ pub struct Capture {
     pub until_ns: u64,
     /// Frames taken that found the backlog full.
     pub dropped: u64,
+    /// Bytes of the frames in `frames`.
+    pub bytes: usize,
 }
 
 impl Capture {
@@ -54,23 +59,42 @@ impl Capture {
         if self.target.is_none() || self.taken >= self.max {
             return;
         }
-        self.taken += 1;
-        if self.frames.len() >= CAPTURE_BACKLOG {
-            self.dropped += 1;
-        } else {
+        if self.has_room(frame.len()) {
+            self.bytes += frame.len();
             self.frames.push_back((now_ns, frame.to_vec()));
         }
     }
 
-    /// Takes the frame `fill` writes (returning its length) if the capture
-    /// wants frames for a target that `wants` says yes to; `fill` runs only
+    /// Counts a frame taken; whether the backlog has room for `len` bytes
+    /// more (if not, it is counted as dropped).
+    fn has_room(&mut self, len: usize) -> bool {
+        self.taken += 1;
+        let room = self.frames.len() < CAPTURE_BACKLOG && self.bytes + len <= CAPTURE_BACKLOG_BYTES;
+        self.dropped += u64::from(!room);
+        room
+    }
+
+    /// Takes the `len`-byte frame `fill` writes if the capture wants frames
+    /// for a target that `wants` says yes to and has room; `fill` runs only
     /// then.
-    pub fn tap(&mut self, now_ns: u64, wants: impl Fn(CaptureTarget) -> bool, fill: impl FnOnce(&mut [u8; MTU_FRAME]) -> usize) {
-        if self.target.is_some_and(wants) {
-            let mut buf = [0u8; MTU_FRAME];
-            let n = fill(&mut buf).min(MTU_FRAME);
-            self.push(now_ns, &buf[..n]);
+    pub fn tap(&mut self, now_ns: u64, wants: impl Fn(CaptureTarget) -> bool, len: usize, fill: impl FnOnce(&mut [u8])) {
+        if self.target.is_none_or(|t| !wants(t)) || self.taken >= self.max {
+            return;
         }
+        let len = len.min(MAX_FRAME);
+        if self.has_room(len) {
+            let mut buf = alloc::vec![0u8; len];
+            fill(&mut buf);
+            self.bytes += len;
+            self.frames.push_back((now_ns, buf));
+        }
+    }
+
+    /// The next frame taken, if any.
+    pub fn pop(&mut self) -> Option<(u64, Vec<u8>)> {
+        let f = self.frames.pop_front()?;
+        self.bytes -= f.1.len();
+        Some(f)
     }
 }
 
@@ -90,6 +114,19 @@ mod tests {
     }
 
     #[test]
+    fn the_backlog_is_bounded_in_bytes_too() {
+        let mut c = Capture { target: Some(CaptureTarget::Guest(1)), max: 1000, ..Default::default() };
+        for i in 0..20 {
+            c.tap(i, |_| true, 65_000, |b| b[0] = i as u8);
+        }
+        assert_eq!((c.frames.len(), c.dropped, c.bytes), (16, 4, 16 * 65_000));
+        assert_eq!(c.pop().map(|(t, f)| (t, f.len(), f[0])), Some((0, 65_000, 0)));
+        assert_eq!(c.bytes, 15 * 65_000);
+        c.tap(99, |_| true, 1000, |_| {});
+        assert_eq!(c.frames.len(), 16);
+    }
+
+    #[test]
     fn a_capture_stops_at_its_count_and_takes_only_its_target() {
         let mut c = Capture { target: Some(CaptureTarget::Tenant(2)), max: 3, ..Default::default() };
         let mut filled = 0;
@@ -97,10 +134,10 @@ mod tests {
             c.tap(
                 7,
                 |x| x == t,
+                14,
                 |buf| {
                     filled += 1;
-                    buf[..14].fill(1);
-                    14
+                    buf.fill(1);
                 },
             );
         }

@@ -18,6 +18,8 @@
 //! - [`switch`]: the learning bridge with tenants and anti-spoofing;
 //! - [`uplink_queue`]: the host's frames waiting for a guest's full ring;
 //! - [`capture`]: `ctl capture`'s target and bounded backlog;
+//! - [`csum`]: the checksums filled for frames to the host and verified
+//!   for frames from it (guests compute none);
 //! - [`virtio_net`] over [`virtq`]: the driver for the host uplink, over a
 //!   transport trait (the x86 PCI transport is `arch/x86_64/virtio_pci.rs`);
 //! - [`e1000e`]: the other uplink driver, Intel 82574L, over a register
@@ -26,15 +28,17 @@
 //! Each guest's vNIC is a pair of rings ([`abi::ring`]) in pages shared with
 //! the hypervisor, which the arch layer reaches through its direct map
 //! (`arch/x86_64/guest_pages.rs`). When a guest kicks its TX ring, or
-//! blocks, yields or is preempted, the back end reads each frame's length
+//! blocks, yields or is preempted, the back end reads each frame's header
 //! once (checked) and copies its first [`switch::INSPECT_BYTES`] (the
 //! Ethernet header and enough for the IPv4 source or the ARP sender) into a
 //! private buffer; the switch ([`switch::Switch::forward_header`]) decides
 //! on that private copy only, so a guest rewriting its slot cannot change
 //! the decision (no double fetch). For each receiver the back end writes
 //! the checked header and copies the rest straight from the sender's TX
-//! slot into the receiver's RX slot: one copy per packet per receiver.
-//! Frames to and from the uplink go through a buffer. A full RX ring drops
+//! span into the receiver's RX span (frames of up to 64 KiB): one copy per
+//! packet per receiver. Frames to and from the uplink (1514 bytes at most)
+//! go through a buffer, where [`csum`] fills the checksums guests leave
+//! blank and verifies the host's. A full RX ring drops
 //! the frame for that receiver only (the switch counts it) and never blocks
 //! the sender; a frame from the host for one guest may instead wait a
 //! little in that guest's own bounded queue ([`uplink_queue`]).
@@ -52,6 +56,7 @@
 
 pub mod backend;
 pub mod capture;
+pub mod csum;
 pub mod e1000e;
 pub mod gate;
 pub mod port;

@@ -139,6 +139,13 @@ pub struct Port<R, E> {
     /// Its ARP requests the switch answered itself, counted from its
     /// verdicts here likewise.
     pub arp_answered: AtomicU64,
+    /// Frames it sent that a receiver could not take for their size (over
+    /// the uplink's `MTU_FRAME`, or the receiver ring's `max_frame`),
+    /// dropped for that receiver.
+    pub oversize: AtomicU64,
+    /// Frames from the host for it with a wrong checksum (or a malformed
+    /// IPv4 header), dropped (`net::csum::verify`).
+    pub bad_checksums: AtomicU64,
 }
 
 impl<R: GuestRing, E: GuestEvents> Port<R, E> {
@@ -168,6 +175,8 @@ impl<R: GuestRing, E: GuestEvents> Port<R, E> {
             stalled: AtomicBool::new(false),
             listed: AtomicBool::new(false),
             arp_answered: AtomicU64::new(0),
+            oversize: AtomicU64::new(0),
+            bad_checksums: AtomicU64::new(0),
         }
     }
 
@@ -213,6 +222,11 @@ impl<R: GuestRing, E: GuestEvents> Port<R, E> {
         if n > 0 {
             self.uplink_dropped.fetch_add(n as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a frame it sent that a receiver could not take for its size.
+    pub(super) fn count_oversize(&self) {
+        self.oversize.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a ring the guest broke (an index moved somewhere impossible,

@@ -12,7 +12,8 @@
 //!
 //! For each frame handed to [`Switch::forward`]:
 //! 1. The sending port must exist ([`DropReason::UnknownPort`]); the frame
-//!    must be [`MIN_FRAME`]`..=`[`MTU_FRAME`] bytes (`Runt`, `Oversize`);
+//!    must be [`MIN_FRAME`]`..=`[`MAX_FRAME`] bytes (`Runt`, `Oversize`;
+//!    whether a receiver takes a frame of its size is the back end's);
 //!    its source MAC must be unicast (`BadSource`).
 //! 2. Source-MAC enforcement: a guest port may send only with its own MAC;
 //!    the uplink may send with any MAC except a guest's of its tenant (the
@@ -89,7 +90,7 @@
 //! them. Everything is counted: per port and in totals that
 //! survive removed ports (see [`Stats`] for the invariants).
 
-use abi::ring::{MIN_FRAME, MTU_FRAME};
+use abi::ring::{MAX_FRAME, MIN_FRAME};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
@@ -164,7 +165,7 @@ pub enum DropReason {
     UnknownPort,
     /// Shorter than an Ethernet header ([`MIN_FRAME`]).
     Runt,
-    /// Longer than [`MTU_FRAME`].
+    /// Longer than [`MAX_FRAME`].
     Oversize,
     /// The source MAC is multicast or broadcast.
     BadSource,
@@ -579,7 +580,7 @@ impl Switch {
         if len < MIN_FRAME {
             return self.drop(Some(from), DropReason::Runt);
         }
-        if len > MTU_FRAME {
+        if len > MAX_FRAME {
             return self.drop(Some(from), DropReason::Oversize);
         }
         // A header shorter than an Ethernet header is a runt too, whatever

@@ -1,22 +1,34 @@
 //! The guest side of a vNIC: [`RingDevice`], a `smoltcp::phy::Device` over
 //! the TX and RX rings of `abi::ring`.
 //!
-//! Transmit: smoltcp builds the frame in a local buffer, which is copied into
-//! the next TX slot and published at once (a store, no hypercall); the
-//! hypervisor drains the ring when the guest blocks, yields or kicks.
-//! Receive: the next RX slot is copied out (its length checked by the ring
-//! code) and handed to smoltcp. A hypervisor that broke the ring protocol is
-//! counted and treated as an empty ring: the guest never trusts shared memory.
+//! No copies of its own: smoltcp builds a frame in place in the next TX
+//! span ([`Producer::reserve`]), then the header is written and the frame
+//! published at once (a store, no hypercall); the hypervisor drains the
+//! ring when the guest blocks, yields or kicks. A received frame is handed
+//! to smoltcp where it lies in the RX span, and its slots are released
+//! after smoltcp is done with it. A hypervisor that broke the ring
+//! protocol is counted and treated as an empty ring: the guest never
+//! trusts shared memory with its own memory safety.
+//!
+//! Frames are up to the ring's `max_frame` (`NicInfo::mtu`; 16 KiB with
+//! the default 16 slots, 64 KiB from 64). No checksum is computed or
+//! verified here (`ChecksumCapabilities::ignored`): every TX frame says
+//! so (`flags::TX_CSUM_BLANK`), and the hypervisor fills them for frames
+//! that leave the machine and verifies the host's before they arrive
+//! (`flags::RX_CSUM_OK`); between guests the hypervisor copies the bytes
+//! itself.
 //!
 //! [`RawDevice`] is the same rings without smoltcp, frame by frame.
 //!
-//! Pure logic over `abi::ring::RingMemory`, so the tests below run two
+//! Pure logic over `abi::ring::RingSlices`, so the tests below run two
 //! smoltcp stacks against each other on the host.
 #![no_std]
 #![forbid(unsafe_code)]
 
-use abi::ring::{Consumer, MTU_FRAME, Producer, RingError, RingMemory};
-use smoltcp::phy::{self, DeviceCapabilities, Medium};
+extern crate alloc;
+
+use abi::ring::{Consumer, MTU_FRAME, Producer, RingError, RingSlices, flags};
+use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
 mod raw;
@@ -27,49 +39,62 @@ pub use raw::{RawDevice, SendError};
 pub struct Stats {
     pub rx_frames: u64,
     pub tx_frames: u64,
-    /// Frames smoltcp wanted to send while the TX ring was full.
+    /// Bytes of the frames sent.
+    pub tx_bytes: u64,
+    /// Frames smoltcp wanted to send while the TX ring was full, or larger
+    /// than it carries (dropped).
     pub tx_full: u64,
-    /// The last look at the TX ring found it full.
-    tx_stalled: bool,
-    /// Ring protocol violations seen (bad index or length).
+    /// Ring protocol violations seen (bad index or header).
     pub ring_errors: u64,
+    /// Frames received without `RX_CSUM_OK` (IPv4 fragments from the
+    /// host, which smoltcp drops here anyway).
+    pub rx_unchecked: u64,
+    /// The last look at the TX ring found no room for a frame of the MTU.
+    tx_stalled: bool,
 }
 
 impl Stats {
-    /// Whether smoltcp last found the TX ring full (cleared when it finds
-    /// room): the guest may then block until the hypervisor says there is
-    /// room (`events::NET_TX`) instead of polling for it.
+    /// Whether smoltcp last found no room in the TX ring (cleared when it
+    /// finds room): the guest may then block until the hypervisor says
+    /// there is room (`events::NET_TX`) instead of polling for it.
     pub fn tx_stalled(&self) -> bool {
         self.tx_stalled
     }
 }
 
 /// A vNIC: the TX ring (we produce) and the RX ring (we consume).
-pub struct RingDevice<M: RingMemory> {
+pub struct RingDevice<M: RingSlices> {
     tx_mem: M,
     tx: Producer,
     rx_mem: M,
     rx: Consumer,
-    rx_buf: [u8; MTU_FRAME],
-    tx_buf: [u8; MTU_FRAME],
+    /// The largest frame we send and expect.
+    mtu: usize,
     pub stats: Stats,
 }
 
-impl<M: RingMemory> RingDevice<M> {
-    /// A device over fresh rings (both indices 0) of `slots` slots each.
+impl<M: RingSlices> RingDevice<M> {
+    /// A device over fresh rings (both indices 0) of `slots` slots each,
+    /// its MTU the largest frame they carry (`abi::ring::max_frame`).
     ///
     /// # Panics
     /// If `slots` is not `abi::ring::valid_slots`.
     pub fn new(tx_mem: M, rx_mem: M, slots: u32) -> Self {
-        Self {
-            tx_mem,
-            tx: Producer::new(slots),
-            rx_mem,
-            rx: Consumer::new(slots),
-            rx_buf: [0; MTU_FRAME],
-            tx_buf: [0; MTU_FRAME],
-            stats: Stats::default(),
-        }
+        let tx = Producer::new(slots);
+        let mtu = tx.max_frame();
+        Self { tx_mem, tx, rx_mem, rx: Consumer::new(slots), mtu, stats: Stats::default() }
+    }
+
+    /// Lowers the MTU to `mtu` (what `NicInfo::mtu` says), never below the
+    /// Ethernet's [`MTU_FRAME`] nor above what the rings carry.
+    pub fn with_mtu(mut self, mtu: usize) -> Self {
+        self.mtu = mtu.clamp(MTU_FRAME, self.tx.max_frame());
+        self
+    }
+
+    /// The largest frame sent and received.
+    pub fn mtu(&self) -> usize {
+        self.mtu
     }
 
     /// Whether a received frame is waiting (for the executor: poll the
@@ -78,18 +103,21 @@ impl<M: RingMemory> RingDevice<M> {
         matches!(self.rx.pending(&self.rx_mem), Ok(n) if n > 0)
     }
 
-    /// Frames sent so far (the TX producer index).
+    /// TX slots used so far (the TX producer index): it moves when a frame
+    /// is sent.
     pub fn tx_index(&self) -> u32 {
         self.tx.index()
     }
 
-    fn pop(&mut self) -> Option<usize> {
+    /// The next received frame, in place; lying headers are counted and
+    /// skipped.
+    fn peek(&mut self) -> Option<abi::ring::Frame> {
         loop {
-            match self.rx.pop(&self.rx_mem, &mut self.rx_buf) {
-                Ok(Some(n)) => {
-                    self.rx.release(&self.rx_mem);
+            match self.rx.peek(&self.rx_mem) {
+                Ok(Some(f)) => {
                     self.stats.rx_frames += 1;
-                    return Some(n);
+                    self.stats.rx_unchecked += u64::from(f.flags & flags::RX_CSUM_OK == 0);
+                    return Some(f);
                 }
                 Ok(None) => return None,
                 Err(RingError::BadLength { .. }) => {
@@ -105,9 +133,11 @@ impl<M: RingMemory> RingDevice<M> {
         }
     }
 
+    /// Whether the TX ring has room for a frame of the MTU (so a token's
+    /// frame, whatever its size, goes in).
     fn tx_space(&mut self) -> bool {
-        let room = match self.tx.space(&self.tx_mem) {
-            Ok(n) => n > 0,
+        let room = match self.tx.fits(&self.tx_mem, self.mtu) {
+            Ok(room) => room,
             Err(_) => {
                 self.stats.ring_errors += 1;
                 false
@@ -118,45 +148,62 @@ impl<M: RingMemory> RingDevice<M> {
     }
 }
 
-pub struct RxToken<'a> {
-    frame: &'a [u8],
+/// A received frame where it lies in the RX ring; its slots are released
+/// once smoltcp has consumed it.
+pub struct RxToken<'a, M: RingSlices> {
+    mem: &'a M,
+    rx: &'a mut Consumer,
+    frame: abi::ring::Frame,
 }
 
-pub struct TxToken<'a, M: RingMemory> {
+/// The next TX span, for smoltcp to write a frame into.
+pub struct TxToken<'a, M: RingSlices> {
     mem: &'a M,
     tx: &'a mut Producer,
-    buf: &'a mut [u8; MTU_FRAME],
+    mtu: usize,
     stats: &'a mut Stats,
 }
 
-impl phy::RxToken for RxToken<'_> {
+impl<M: RingSlices> phy::RxToken for RxToken<'_, M> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(self.frame)
-    }
-}
-
-impl<M: RingMemory> phy::TxToken for TxToken<'_, M> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let len = len.min(MTU_FRAME);
-        let r = f(&mut self.buf[..len]);
-        match self.tx.push(self.mem, &self.buf[..len]) {
-            Ok(true) => {
-                self.tx.publish(self.mem);
-                self.stats.tx_frames += 1;
-            }
-            Ok(false) => {
-                self.stats.tx_full += 1;
-                self.stats.tx_stalled = true;
-            }
-            Err(_) => self.stats.ring_errors += 1,
-        }
+        let r = self.mem.with_slice(self.frame.at, self.frame.len, f);
+        let _ = self.rx.skip(self.mem);
+        self.rx.release(self.mem);
         r
     }
 }
 
-impl<M: RingMemory> phy::Device for RingDevice<M> {
+impl<M: RingSlices> phy::TxToken for TxToken<'_, M> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let reserved = if len > self.mtu { Ok(None) } else { self.tx.reserve(self.mem, len) };
+        let at = match reserved {
+            Ok(Some(at)) => at,
+            other => {
+                // No room (a token handed out with a received frame), or a
+                // frame over the MTU: smoltcp writes it into scratch memory
+                // and it is dropped, as a full NIC would.
+                match other {
+                    Err(RingError::BadIndex { .. }) => self.stats.ring_errors += 1,
+                    _ => {
+                        self.stats.tx_full += 1;
+                        self.stats.tx_stalled = true;
+                    }
+                }
+                return f(&mut alloc::vec![0u8; len]);
+            }
+        };
+        let r = self.mem.with_slice_mut(at, len, f);
+        self.tx.commit(self.mem, len, flags::TX_CSUM_BLANK);
+        self.tx.publish(self.mem);
+        self.stats.tx_frames += 1;
+        self.stats.tx_bytes += len as u64;
+        r
+    }
+}
+
+impl<M: RingSlices> phy::Device for RingDevice<M> {
     type RxToken<'a>
-        = RxToken<'a>
+        = RxToken<'a, M>
     where
         Self: 'a;
     type TxToken<'a>
@@ -164,10 +211,10 @@ impl<M: RingMemory> phy::Device for RingDevice<M> {
     where
         Self: 'a;
 
-    fn receive(&mut self, _: Instant) -> Option<(RxToken<'_>, TxToken<'_, M>)> {
-        let n = self.pop()?;
-        let rx = RxToken { frame: &self.rx_buf[..n] };
-        let tx = TxToken { mem: &self.tx_mem, tx: &mut self.tx, buf: &mut self.tx_buf, stats: &mut self.stats };
+    fn receive(&mut self, _: Instant) -> Option<(RxToken<'_, M>, TxToken<'_, M>)> {
+        let frame = self.peek()?;
+        let rx = RxToken { mem: &self.rx_mem, rx: &mut self.rx, frame };
+        let tx = TxToken { mem: &self.tx_mem, tx: &mut self.tx, mtu: self.mtu, stats: &mut self.stats };
         Some((rx, tx))
     }
 
@@ -175,14 +222,15 @@ impl<M: RingMemory> phy::Device for RingDevice<M> {
         if !self.tx_space() {
             return None;
         }
-        Some(TxToken { mem: &self.tx_mem, tx: &mut self.tx, buf: &mut self.tx_buf, stats: &mut self.stats })
+        Some(TxToken { mem: &self.tx_mem, tx: &mut self.tx, mtu: self.mtu, stats: &mut self.stats })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = MTU_FRAME;
+        caps.max_transmission_unit = self.mtu;
         caps.max_burst_size = Some(self.tx.slots() as usize);
+        caps.checksum = ChecksumCapabilities::ignored();
         caps
     }
 }

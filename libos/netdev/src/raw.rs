@@ -7,7 +7,7 @@
 //! the ring's bounds is counted and the frame skipped, and a broken index
 //! reads as an empty ring.
 
-use abi::ring::{Consumer, MIN_FRAME, MTU_FRAME, Producer, RingError, RingMemory};
+use abi::ring::{Consumer, MIN_FRAME, Producer, RingError, RingSlices};
 
 use crate::{RingDevice, Stats};
 
@@ -21,26 +21,28 @@ pub enum SendError {
 }
 
 /// A vNIC's TX and RX rings, used frame by frame.
-pub struct RawDevice<M: RingMemory> {
+pub struct RawDevice<M: RingSlices> {
     tx_mem: M,
     tx: Producer,
     rx_mem: M,
     rx: Consumer,
+    /// The largest frame sent and received (the stack's MTU).
+    mtu: usize,
     pub stats: Stats,
 }
 
-impl<M: RingMemory> RingDevice<M> {
+impl<M: RingSlices> RingDevice<M> {
     /// The same rings as a [`RawDevice`], continuing from their indices
     /// (whatever the stack had queued stays queued).
     pub fn into_raw(self) -> RawDevice<M> {
-        RawDevice { tx_mem: self.tx_mem, tx: self.tx, rx_mem: self.rx_mem, rx: self.rx, stats: self.stats }
+        RawDevice { tx_mem: self.tx_mem, tx: self.tx, rx_mem: self.rx_mem, rx: self.rx, mtu: self.mtu, stats: self.stats }
     }
 }
 
-impl<M: RingMemory> RawDevice<M> {
-    /// The largest frame the rings carry.
-    pub const fn max_frame(&self) -> usize {
-        MTU_FRAME
+impl<M: RingSlices> RawDevice<M> {
+    /// The largest frame the rings carry (`NicInfo::mtu`).
+    pub fn max_frame(&self) -> usize {
+        self.mtu
     }
 
     /// Slots per ring.
@@ -48,14 +50,15 @@ impl<M: RingMemory> RawDevice<M> {
         self.tx.slots()
     }
 
-    /// Copies `frame` into the next TX slot and publishes it: `Ok(false)`
-    /// (nothing written) when the ring is full. The hypervisor forwards it
+    /// Copies `frame` into the next TX slots and publishes it: `Ok(false)`
+    /// (nothing written) when the ring has no room for it. Raw frames
+    /// carry their own checksums, if any (no `TX_CSUM_BLANK`). The hypervisor forwards it
     /// when the guest blocks, yields, is preempted or kicks.
     pub fn send(&mut self, frame: &[u8]) -> Result<bool, SendError> {
         if !(MIN_FRAME..=self.max_frame()).contains(&frame.len()) {
             return Err(SendError::Size { len: frame.len(), min: MIN_FRAME, max: self.max_frame() });
         }
-        match self.tx.push(&self.tx_mem, frame) {
+        match self.tx.push(&self.tx_mem, frame, 0) {
             Ok(true) => {
                 self.tx.publish(&self.tx_mem);
                 self.stats.tx_frames += 1;
@@ -72,11 +75,12 @@ impl<M: RingMemory> RawDevice<M> {
         }
     }
 
-    /// Free TX slots (0 if the hypervisor broke the ring).
-    pub fn tx_space(&mut self) -> u32 {
-        self.tx.space(&self.tx_mem).unwrap_or_else(|_| {
+    /// Whether a frame of `len` bytes fits in the TX ring now (false if
+    /// the hypervisor broke the ring).
+    pub fn tx_fits(&mut self, len: usize) -> bool {
+        self.tx.fits(&self.tx_mem, len).unwrap_or_else(|_| {
             self.stats.ring_errors += 1;
-            0
+            false
         })
     }
 
@@ -97,10 +101,10 @@ impl<M: RingMemory> RawDevice<M> {
     pub fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
         loop {
             match self.rx.pop(&self.rx_mem, buf) {
-                Ok(Some(n)) => {
+                Ok(Some(f)) => {
                     self.rx.release(&self.rx_mem);
                     self.stats.rx_frames += 1;
-                    return Some(n);
+                    return Some(f.len);
                 }
                 Ok(None) => return None,
                 Err(RingError::BadLength { .. }) => {
@@ -124,7 +128,7 @@ mod tests {
 
     use super::*;
     use abi::ring::testing::VecRing;
-    use abi::ring::{PROD_OFFSET, SLOTS_DEFAULT, slot_offset};
+    use abi::ring::{PROD_OFFSET, RingMemory, SLOTS_DEFAULT, slot_offset};
     use alloc::vec;
     use alloc::vec::Vec;
 
@@ -137,11 +141,12 @@ mod tests {
         let (ab, ba) = (VecRing::default(), VecRing::default());
         let mut a = RingDevice::new(&ab, &ba, SLOTS_DEFAULT).into_raw();
         let mut b = RingDevice::new(&ba, &ab, SLOTS_DEFAULT).into_raw();
+        // One slot each (header and frame within 2048 bytes).
         let sizes: Vec<usize> = (0..SLOTS_DEFAULT as usize).map(|i| MIN_FRAME + i * 97).collect();
         for (i, &len) in sizes.iter().enumerate() {
             assert_eq!(a.send(&frame(len, i as u8)), Ok(true));
         }
-        assert_eq!(a.tx_space(), 0);
+        assert!(!a.tx_fits(MIN_FRAME));
         assert_eq!(a.send(&frame(64, 0)), Ok(false), "a full ring takes nothing");
         assert_eq!(a.stats.tx_full, 1);
         assert!(b.rx_pending());
@@ -152,7 +157,7 @@ mod tests {
         }
         assert_eq!(b.recv(&mut buf), None);
         assert!(!b.rx_pending());
-        assert_eq!(a.tx_space(), SLOTS_DEFAULT, "received slots are given back");
+        assert!(a.tx_fits(a.max_frame()), "received slots are given back");
         assert_eq!((a.stats.tx_frames, b.stats.rx_frames), (SLOTS_DEFAULT as u64, SLOTS_DEFAULT as u64));
     }
 
@@ -175,11 +180,15 @@ mod tests {
         let mut b = RingDevice::new(&ba, &ab, SLOTS_DEFAULT).into_raw();
         assert_eq!(a.send(&frame(60, 1)), Ok(true));
         assert_eq!(a.send(&frame(61, 2)), Ok(true));
-        // The first slot's length is rewritten beyond the ring's bound.
+        // The first entry's length is rewritten beyond the ring's bound:
+        // where the next entry starts is unknown, so everything published
+        // is passed over (counted once), and the ring goes on after it.
         ab.write(slot_offset(0, SLOTS_DEFAULT), &u16::MAX.to_le_bytes());
         let mut buf = vec![0u8; b.max_frame()];
-        assert_eq!(b.recv(&mut buf), Some(61));
+        assert_eq!(b.recv(&mut buf), None);
         assert_eq!(b.stats.ring_errors, 1);
+        assert_eq!(a.send(&frame(62, 3)), Ok(true));
+        assert_eq!(b.recv(&mut buf), Some(62));
         // A producer index far ahead: nothing is read.
         ab.store(PROD_OFFSET, 10_000);
         assert_eq!(b.recv(&mut buf), None);

@@ -2,6 +2,7 @@ extern crate alloc;
 extern crate std;
 
 use super::*;
+use abi::ring::RingMemory;
 use abi::ring::testing::VecRing;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -16,8 +17,8 @@ struct Host<'r> {
     sockets: SocketSet<'static>,
 }
 
-fn host<'r>(tx: &'r VecRing, rx: &'r VecRing, n: u8) -> Host<'r> {
-    let mut dev = RingDevice::new(tx, rx, abi::ring::SLOTS_DEFAULT);
+fn host_with<'r>(tx: &'r VecRing, rx: &'r VecRing, n: u8, slots: u32) -> Host<'r> {
+    let mut dev = RingDevice::new(tx, rx, slots);
     let config = Config::new(HardwareAddress::Ethernet(EthernetAddress([0x02, 0, 0, 0, 0, n])));
     let mut iface = Interface::new(config, &mut dev, Instant::ZERO);
     iface.update_ip_addrs(|a| a.push(IpCidr::new(IpAddress::v4(10, 0, 0, n), 24)).unwrap());
@@ -29,17 +30,64 @@ impl Host<'_> {
         self.iface.poll(now, &mut self.dev, &mut self.sockets);
     }
     fn tcp(&mut self) -> SocketHandle {
-        let s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 16384]), tcp::SocketBuffer::new(vec![0; 16384]));
+        self.tcp_sized(16384)
+    }
+    fn tcp_sized(&mut self, bytes: usize) -> SocketHandle {
+        let s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; bytes]), tcp::SocketBuffer::new(vec![0; bytes]));
+        self.sockets.add(s)
+    }
+    fn udp(&mut self, port: u16, bytes: usize) -> SocketHandle {
+        let buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; bytes]);
+        let mut s = udp::Socket::new(buf(), buf());
+        s.bind(port).unwrap();
         self.sockets.add(s)
     }
 }
 
 /// Two stacks on one wire (A's TX ring is B's RX ring and back).
 fn with_pair(f: impl FnOnce(&mut Host<'_>, &mut Host<'_>)) {
-    let (ab, ba) = (VecRing::default(), VecRing::default());
-    let mut a = host(&ab, &ba, 1);
-    let mut b = host(&ba, &ab, 2);
+    with_pair_of(abi::ring::SLOTS_DEFAULT, f)
+}
+
+/// Two stacks on one wire of rings of `slots` slots.
+fn with_pair_of(slots: u32, f: impl FnOnce(&mut Host<'_>, &mut Host<'_>)) {
+    let (ab, ba) = (VecRing::new(slots), VecRing::new(slots));
+    let mut a = host_with(&ab, &ba, 1, slots);
+    let mut b = host_with(&ba, &ab, 2, slots);
     f(&mut a, &mut b);
+}
+
+/// Sends `message` from A to B over TCP (B's socket buffers `buffer`
+/// bytes each way); returns what B received.
+fn tcp_transfer(a: &mut Host<'_>, b: &mut Host<'_>, message: &[u8], buffer: usize) -> Vec<u8> {
+    let server = b.tcp_sized(buffer);
+    b.sockets.get_mut::<tcp::Socket>(server).listen(7).unwrap();
+    let client = a.tcp_sized(buffer);
+    let cx = a.iface.context();
+    a.sockets.get_mut::<tcp::Socket>(client).connect(cx, (IpAddress::v4(10, 0, 0, 2), 7), 49152).unwrap();
+    let (mut sent, mut got) = (0, Vec::new());
+    let mut now = Instant::ZERO;
+    for _ in 0..100_000 {
+        now += smoltcp::time::Duration::from_millis(1);
+        a.poll(now);
+        b.poll(now);
+        let c = a.sockets.get_mut::<tcp::Socket>(client);
+        if c.may_send() && sent < message.len() {
+            sent += c.send_slice(&message[sent..]).unwrap();
+        }
+        let s = b.sockets.get_mut::<tcp::Socket>(server);
+        if s.can_recv() {
+            s.recv(|d| {
+                got.extend_from_slice(d);
+                (d.len(), ())
+            })
+            .unwrap();
+        }
+        if got.len() == message.len() {
+            break;
+        }
+    }
+    got
 }
 
 #[test]
@@ -93,13 +141,7 @@ fn tcp_echo_of_mixed_sizes_is_byte_exact() {
 #[test]
 fn udp_datagrams_cross_in_both_directions() {
     with_pair(|a, b| {
-        let udp = |h: &mut Host<'_>, port| {
-            let buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; 16384]);
-            let mut s = udp::Socket::new(buf(), buf());
-            s.bind(port).unwrap();
-            h.sockets.add(s)
-        };
-        let (ua, ub) = (udp(a, 5000), udp(b, 7));
+        let (ua, ub) = (a.udp(5000, 16384), b.udp(7, 16384));
         let to_b = IpEndpoint::new(IpAddress::v4(10, 0, 0, 2), 7);
         a.sockets.get_mut::<udp::Socket>(ua).send_slice(b"ping over the ring", to_b).unwrap();
         let mut now = Instant::ZERO;
@@ -126,7 +168,7 @@ fn udp_datagrams_cross_in_both_directions() {
 fn a_lying_hypervisor_is_counted_not_trusted() {
     let (tx, rx) = (VecRing::default(), VecRing::default());
     let mut dev = RingDevice::new(&tx, &rx, abi::ring::SLOTS_DEFAULT);
-    // A slot with a runt length, then an index far beyond the ring.
+    // An entry with a runt length, then an index far beyond the ring.
     rx.write(abi::ring::SLOTS_OFFSET, &3u16.to_le_bytes());
     rx.store(abi::ring::PROD_OFFSET, 1);
     assert!(phy::Device::receive(&mut dev, Instant::ZERO).is_none());
@@ -138,4 +180,94 @@ fn a_lying_hypervisor_is_counted_not_trusted() {
     tx.store(abi::ring::CONS_OFFSET, 77);
     assert!(phy::Device::transmit(&mut dev, Instant::ZERO).is_none());
     assert_eq!(dev.stats.ring_errors, 3);
+}
+
+#[test]
+fn the_mtu_follows_the_rings_and_no_checksum_is_computed() {
+    for (slots, mtu) in [(2, 2044), (16, 16380), (64, 65532), (128, 65535)] {
+        let (tx, rx) = (VecRing::new(slots), VecRing::new(slots));
+        let dev = RingDevice::new(&tx, &rx, slots);
+        let caps = phy::Device::capabilities(&dev);
+        assert_eq!((dev.mtu(), caps.max_transmission_unit), (mtu, mtu));
+        assert!(!caps.checksum.ipv4.tx() && !caps.checksum.ipv4.rx() && !caps.checksum.tcp.rx() && !caps.checksum.udp.tx());
+        assert_eq!(RingDevice::new(&tx, &rx, slots).with_mtu(100).mtu(), 1514);
+        assert_eq!(RingDevice::new(&tx, &rx, slots).with_mtu(1 << 20).mtu(), mtu);
+    }
+}
+
+#[test]
+fn a_60_kib_udp_datagram_crosses_in_one_frame() {
+    with_pair_of(64, |a, b| {
+        let (ua, ub) = (a.udp(5000, 128 << 10), b.udp(7, 128 << 10));
+        let data: Vec<u8> = (0..60 * 1024u32).map(|i| (i * 13 + i / 509) as u8).collect();
+        let to_b = IpEndpoint::new(IpAddress::v4(10, 0, 0, 2), 7);
+        let mut now = Instant::ZERO;
+        // ARP first, then the datagram.
+        a.sockets.get_mut::<udp::Socket>(ua).send_slice(b"hello", to_b).unwrap();
+        let mut got = Vec::new();
+        for i in 0..200 {
+            now += smoltcp::time::Duration::from_millis(10);
+            if i == 50 {
+                a.sockets.get_mut::<udp::Socket>(ua).send_slice(&data, to_b).unwrap();
+            }
+            a.poll(now);
+            b.poll(now);
+            while let Ok((d, _)) = b.sockets.get_mut::<udp::Socket>(ub).recv() {
+                got.push(d.to_vec());
+            }
+        }
+        assert_eq!(got.len(), 2, "the greeting and the datagram");
+        assert!(got[1] == data, "the datagram arrived whole");
+        assert_eq!(a.dev.stats.tx_frames, 3, "ARP request, greeting, one frame for 60 KiB");
+        assert_eq!(a.dev.stats.tx_bytes as usize, 42 + (14 + 20 + 8 + 5) + (14 + 20 + 8 + data.len()));
+        assert_eq!(a.dev.stats.ring_errors + b.dev.stats.ring_errors, 0);
+    });
+}
+
+#[test]
+fn a_tcp_stream_uses_frames_as_large_as_the_mtu() {
+    with_pair_of(64, |a, b| {
+        let message: Vec<u8> = (0..4_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let got = tcp_transfer(a, b, &message, 256 << 10);
+        assert_eq!(got.len(), message.len());
+        assert!(got == message, "stream differs");
+        let avg = a.dev.stats.tx_bytes / a.dev.stats.tx_frames;
+        assert!(avg > 30_000, "{} frames of {avg} bytes on average", a.dev.stats.tx_frames);
+        assert_eq!(a.dev.stats.ring_errors + b.dev.stats.ring_errors, 0);
+    });
+}
+
+#[test]
+fn small_rings_refuse_frames_larger_than_they_carry_cleanly() {
+    with_pair_of(2, |a, b| {
+        assert_eq!(a.dev.mtu(), 2044);
+        // TCP keeps its segments to the MTU.
+        let message: Vec<u8> = (0..300_000u32).map(|i| (i * 3) as u8).collect();
+        let got = tcp_transfer(a, b, &message, 16 << 10);
+        assert!(got == message, "stream differs");
+        assert!(a.dev.stats.tx_bytes / a.dev.stats.tx_frames > 1514, "frames over the Ethernet MTU");
+        // A UDP datagram over the MTU is not sent; the next one is.
+        let (ua, ub) = (a.udp(5000, 16 << 10), b.udp(8, 16 << 10));
+        let to_b = IpEndpoint::new(IpAddress::v4(10, 0, 0, 2), 8);
+        a.sockets.get_mut::<udp::Socket>(ua).send_slice(&[7u8; 3000], to_b).unwrap();
+        a.sockets.get_mut::<udp::Socket>(ua).send_slice(&[8u8; 2000], to_b).unwrap();
+        let mut now = Instant::from_secs(1000);
+        let mut got = Vec::new();
+        for _ in 0..50 {
+            now += smoltcp::time::Duration::from_millis(10);
+            a.poll(now);
+            b.poll(now);
+            while let Ok((d, _)) = b.sockets.get_mut::<udp::Socket>(ub).recv() {
+                got.push(d.to_vec());
+            }
+        }
+        assert_eq!(got, [vec![8u8; 2000]]);
+        assert_eq!(a.dev.stats.ring_errors + b.dev.stats.ring_errors, 0);
+        // And a frame too large for the ring is refused by the ring itself.
+        let (tx, rx) = (VecRing::new(2), VecRing::new(2));
+        let mut dev = RingDevice::new(&tx, &rx, 2);
+        let token = phy::Device::transmit(&mut dev, Instant::ZERO).unwrap();
+        phy::TxToken::consume(token, 3000, |buf| buf.fill(1));
+        assert_eq!((dev.stats.tx_full, dev.stats.tx_frames, dev.tx_index()), (1, 0, 0));
+    });
 }

@@ -85,7 +85,7 @@ impl RawNic {
                 return Ok(());
             }
             crate::hypercall::net_kick();
-            if self.dev.tx_space() == 0 {
+            if !self.dev.tx_fits(frame.len()) {
                 crate::hypercall::yield_now();
             }
         }

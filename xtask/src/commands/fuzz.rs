@@ -25,7 +25,7 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, bail};
 
 /// The fuzz targets (the `fuzz` crate's `fuzz_<name>` binaries).
-pub const TARGETS: &[&str] = &["image", "manifest", "hypercall", "ring", "switch", "control", "gzip", "acpi"];
+pub const TARGETS: &[&str] = &["image", "manifest", "hypercall", "ring", "switch", "control", "gzip", "acpi", "csum"];
 
 /// SanitizerCoverage as cargo-fuzz sets it up, minus the nightly-only parts.
 pub const RUSTFLAGS: &str = "-Cpasses=sancov-module \
@@ -39,7 +39,7 @@ const HOST: &str = "x86_64-unknown-linux-gnu";
 
 #[derive(clap::Args)]
 pub struct FuzzArgs {
-    /// A target (image, manifest, hypercall, ring, switch, control, gzip, acpi) or `all`.
+    /// A target (image, manifest, hypercall, ring, switch, control, gzip, acpi, csum) or `all`.
     pub target: String,
     /// Stop each target after this many inputs.
     #[arg(long, value_name = "N")]

@@ -2,24 +2,32 @@
 //! the uplink to the host.
 //!
 //! A guest's TX ring is drained when it blocks, yields, is preempted, ends
-//! or kicks ([`Net::drain`]): each frame's length is read once (checked),
+//! or kicks ([`Net::drain`]): each frame's header is read once (checked),
 //! its first [`INSPECT_BYTES`] copied privately, the sender's rate limits
-//! checked, the switch decides on that private copy, and the frame is
-//! copied once, from the sender's TX slot straight into every receiver's
-//! RX slot (to the uplink through a buffer). Each receiver then gets
-//! `events::NET_RX` and is woken if it sleeps. Every copy past the first
-//! is charged to the sender's frame and byte limits after the switch has
-//! decided (a broadcast to a tenant of 10,000 ports costs 9,999 more
-//! frames), so a guest cannot make the hypervisor copy more than its own
-//! limits' worth; an ARP request the switch answers (`net::switch`, rule
-//! 5) costs the one frame, and its reply goes back into the sender's own
-//! RX ring. A guest that breaks the
-//! ring protocol (an index beyond the ring, or moved backwards) is to be
-//! disconnected; a bad length only loses that frame (`ring_errors`).
+//! checked, the switch decides on that private copy, and the frame (up to
+//! 64 KiB) is copied once, from the sender's TX span straight into every
+//! receiver's RX span, flagged `RX_CSUM_OK` (between guests no checksum
+//! is needed). A frame larger than a receiver takes (the receiver ring's
+//! `max_frame`, the uplink's `MTU_FRAME`) is dropped for it and counted
+//! on the sender (`oversize`). To the uplink it goes through a buffer,
+//! where its checksums are filled if the guest left them blank
+//! (`net::csum::fill`). Each receiver then gets `events::NET_RX` and is
+//! woken if it sleeps. Every copy past the first is charged to the
+//! sender's frame and byte limits after the switch has decided (a
+//! broadcast to a tenant of 10,000 ports costs 9,999 more frames), so a
+//! guest cannot make the hypervisor copy more than its own limits' worth;
+//! an ARP request the switch answers (`net::switch`, rule 5) costs the one
+//! frame, and its reply goes back into the sender's own RX ring. A guest
+//! that breaks the ring protocol (an index beyond the ring, or moved
+//! backwards) is to be disconnected; a lying header only loses what it
+//! published (`ring_errors`).
 //!
-//! Frames from the host ([`Net::poll_uplink`]) for a guest whose RX ring
-//! is full wait in that guest's own bounded queue
-//! (`net::uplink_queue`), never in front of other guests' frames.
+//! Frames from the host ([`Net::poll_uplink`]) have their checksums
+//! verified (`net::csum::verify`; a bad one is dropped and counted on the
+//! guest it was for, `bad_checksums`) and go to guests flagged
+//! `RX_CSUM_OK`. One for a guest whose RX ring is full waits in that
+//! guest's own bounded queue (`net::uplink_queue`), never in front of
+//! other guests' frames.
 //!
 //! The back end is generic over the guests' ring memory and event pages
 //! ([`GuestRing`], [`GuestEvents`]: the arch layer's direct map in the
@@ -42,11 +50,12 @@
 //! that race.
 
 use super::capture::{Capture, CaptureTarget};
+use super::csum;
 use super::port::{GuestEvents, GuestRing, Port};
 use super::switch::{INSPECT_BYTES, Out, PortId, Switch, Verdict, is_multicast};
 use super::uplink_queue::{Bounds, Offered, UplinkQueue};
 use crate::slot::Slot;
-use abi::ring::{MTU_FRAME, Producer, RingError};
+use abi::ring::{MTU_FRAME, Producer, RingError, flags};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -192,10 +201,11 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         }
     }
 
-    /// Records a frame for the capture, if one runs and wants it.
-    fn tap(&self, now_ns: u64, wants: impl Fn(CaptureTarget) -> bool, fill: impl FnOnce(&mut [u8; MTU_FRAME]) -> usize) {
+    /// Records a `len`-byte frame (which `fill` writes) for the capture,
+    /// if one runs and wants it.
+    fn tap(&self, now_ns: u64, wants: impl Fn(CaptureTarget) -> bool, len: usize, fill: impl FnOnce(&mut [u8])) {
         if self.capturing.load(Ordering::Relaxed) {
-            self.capture.lock().tap(now_ns, wants, fill);
+            self.capture.lock().tap(now_ns, wants, len, fill);
         }
     }
 
@@ -236,14 +246,19 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         let ring = &port.tx_ring;
         let mut tx = port.tx.lock();
         let mut woken: Woken<R, E> = Vec::new();
-        let was_full = tx.ring.pending(ring).is_ok_and(|n| n == tx.ring.slots());
+        // Whether the guest found no room for a frame of its MTU (what its
+        // driver waits on before it sends): then it may block until
+        // `NET_TX`, which a drain that takes frames raises.
+        let slots = tx.ring.slots();
+        let was_full = !abi::ring::fits_between(ring.load(abi::ring::PROD_OFFSET), tx.ring.index(), slots, abi::ring::max_frame(slots));
         let mut moved = 0u32;
         let mut waiting = None;
         let result = loop {
             match tx.ring.peek(ring) {
-                Ok(Some((at, len))) => {
+                Ok(Some(frame)) => {
                     // Decide on a private copy of the header and the length
-                    // read once; then copy the frame slot to slot.
+                    // read once; then copy the frame span to span.
+                    let (at, len) = (frame.at, frame.len);
                     let mut header = [0u8; INSPECT_BYTES];
                     let hl = len.min(INSPECT_BYTES);
                     ring.read(at, &mut header[..hl]);
@@ -264,14 +279,12 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
                     self.tap(
                         now_ns,
                         |t| t == CaptureTarget::Guest(guest) || t == CaptureTarget::Tenant(port.tenant),
-                        |buf| {
-                            ring.read(at, &mut buf[..len]);
-                            len
-                        },
+                        len,
+                        |buf| ring.read(at, buf),
                     );
                     let verdict = switch.forward_header(port.switch_port, &header[..hl], len, now_ns, &mut |dest, what| match what {
-                        Out::Frame => self.deliver_from(dest, ring, at, &header[..hl], len, &mut woken, now_ns),
-                        Out::Reply(reply) => self.deliver(dest, reply, &mut woken, now_ns),
+                        Out::Frame => self.deliver_from(dest, port, ring, at, &header[..hl], len, frame.flags, &mut woken, now_ns),
+                        Out::Reply(reply) => self.deliver(dest, reply, flags::RX_CSUM_OK, &mut woken, now_ns),
                     });
                     drop(switch);
                     match verdict {
@@ -338,20 +351,22 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
 
     /// Whether `dest` has room for a `len`-byte frame now: `None` if it is
     /// no live receiver (the switch drops the frame).
+    /// A frame the receiver can never take (larger than its ring's
+    /// `max_frame`, or the uplink's `MTU_FRAME`) has no room to wait for:
+    /// `None`, and the delivery drops and counts it.
     fn room_for(&self, dest: PortId, len: usize) -> Option<bool> {
         if let Some((up_port, up)) = &self.uplink
             && *up_port == dest
         {
-            return Some(up.lock().has_room());
+            return (len <= MTU_FRAME).then(|| up.lock().has_room());
         }
         let (_, p) = self.guest_at(dest)?;
         let (rx, open) = p.rx.lock();
-        if !open {
+        if !open || len > rx.max_frame() {
             return None;
         }
-        let _ = len;
         // An impossible consumer index is the delivery's to count.
-        Some(rx.space(&p.rx_ring).map_or(true, |n| n > 0))
+        Some(rx.fits(&p.rx_ring, len).unwrap_or(true))
     }
 
     /// Under the sender's TX lock and the switch: whether the head frame
@@ -492,26 +507,55 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
     }
 
     /// Copies the `len`-byte frame at `at` in the sender's TX ring `src`
-    /// straight into the RX ring behind `dest` (one copy), with the checked
-    /// `header` (its first `header.len()` bytes, at most `len`) in front; to
-    /// the uplink through a buffer. Returns whether it fit.
+    /// (of port `from`, its header flags `tx_flags`) straight into the RX
+    /// ring behind `dest` (one copy), with the checked `header` (its first
+    /// `header.len()` bytes, at most `len`) in front; to the uplink through
+    /// a buffer, its checksums filled if the sender left them blank.
+    /// Returns whether it fit; one too large for `dest` is counted on
+    /// `from` (`oversize`).
     #[allow(clippy::too_many_arguments)]
-    fn deliver_from(&self, dest: PortId, src: &R, at: usize, header: &[u8], len: usize, woken: &mut Woken<R, E>, now_ns: u64) -> bool {
+    fn deliver_from(
+        &self,
+        dest: PortId,
+        from: &Port<R, E>,
+        src: &R,
+        at: usize,
+        header: &[u8],
+        len: usize,
+        tx_flags: u16,
+        woken: &mut Woken<R, E>,
+        now_ns: u64,
+    ) -> bool {
         let hl = header.len();
         if self.uplink.as_ref().is_some_and(|(p, _)| *p == dest) {
+            if len > MTU_FRAME {
+                from.count_oversize();
+                return false;
+            }
             let mut frame = [0u8; MTU_FRAME];
             frame[..hl].copy_from_slice(header);
             src.read(at + hl, &mut frame[hl..len]);
-            return self.deliver(dest, &frame[..len], woken, now_ns);
+            if tx_flags & flags::TX_CSUM_BLANK != 0 {
+                // Unparseable frames go unchanged (`net::csum`).
+                let _ = csum::fill(&mut frame[..len]);
+            }
+            return self.deliver(dest, &frame[..len], 0, woken, now_ns);
         }
+        let mut oversize = false;
         let delivered = self.to_guest(dest, woken, now_ns, |rx, ring| {
+            if len > rx.max_frame() {
+                oversize = true;
+                return Ok(false);
+            }
             let Some(dst) = rx.reserve(ring, len)? else { return Ok(false) };
             ring.write(dst, header);
             src.copy_to(at + hl, ring, dst + hl, len - hl);
-            rx.commit(ring, len);
+            rx.commit(ring, len, flags::RX_CSUM_OK);
             Ok(true)
         });
-        if !delivered && let Some((_, p)) = self.guest_at(dest) {
+        if oversize {
+            from.count_oversize();
+        } else if !delivered && let Some((_, p)) = self.guest_at(dest) {
             p.count_rx_full_drop();
         }
         delivered
@@ -538,19 +582,10 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
                 if p.stalled.load(Ordering::Relaxed) {
                     p.stalled.store(false, Ordering::Relaxed);
                 }
-                // The frame just committed, read back from its slot.
-                let at = abi::ring::slot_offset(rx.index().wrapping_sub(1), rx.slots());
-                self.tap(
-                    now_ns,
-                    |t| t == CaptureTarget::Guest(g),
-                    |buf| {
-                        let mut len = [0u8; 2];
-                        ring.read(at, &mut len);
-                        let len = (u16::from_le_bytes(len) as usize).min(MTU_FRAME);
-                        ring.read(at + 2, &mut buf[..len]);
-                        len
-                    },
-                );
+                // The frame just committed, read back from its span.
+                if let Some(f) = rx.last() {
+                    self.tap(now_ns, |t| t == CaptureTarget::Guest(g), f.len, |buf| ring.read(f.at, buf));
+                }
                 rx.publish(ring);
                 woken.push((g, p.clone()));
                 true
@@ -565,8 +600,9 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
     }
 
     /// Copies a frame into the RX ring of the guest behind switch port
-    /// `dest`, or sends it to the host; returns whether it fit.
-    fn deliver(&self, dest: PortId, frame: &[u8], woken: &mut Woken<R, E>, now_ns: u64) -> bool {
+    /// `dest` (with header flags `rx_flags`), or sends it to the host;
+    /// returns whether it fit.
+    fn deliver(&self, dest: PortId, frame: &[u8], rx_flags: u16, woken: &mut Woken<R, E>, now_ns: u64) -> bool {
         if let Some((port, up)) = &self.uplink
             && *port == dest
         {
@@ -579,7 +615,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             }
             return sent;
         }
-        self.to_guest(dest, woken, now_ns, |rx, ring| rx.push(ring, frame))
+        self.to_guest(dest, woken, now_ns, |rx, ring| rx.push(ring, frame, rx_flags))
     }
 
     /// The guest (id and port) behind switch port `dest`, if any: the
@@ -663,14 +699,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
     fn switch_host_frame(&self, held: &mut UplinkQueue<usize>, uplink: PortId, f: &[u8], now_ns: u64, woken: &mut Woken<R, E>) {
         let mut switch = self.switch.lock();
         let tenant = switch.tenant_of(uplink);
-        self.tap(
-            now_ns,
-            |t| Some(t) == tenant.map(CaptureTarget::Tenant),
-            |buf| {
-                buf[..f.len()].copy_from_slice(f);
-                f.len()
-            },
-        );
+        self.tap(now_ns, |t| Some(t) == tenant.map(CaptureTarget::Tenant), f.len(), |buf| buf.copy_from_slice(f));
         // The one port it is for, if the switch will not flood it (a frame
         // too short to name one is the switch's to refuse).
         let dst: Option<[u8; 6]> = f.get(..6).and_then(|d| d.try_into().ok());
@@ -678,15 +707,27 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             (Some(dst), Some(t)) if !is_multicast(&dst) => switch.lookup(t, dst, now_ns),
             _ => None,
         };
+        // Guests verify no checksum: a wrong one is dropped here, counted
+        // on the guest it was for (if one alone).
+        let rx_flags = match csum::verify(f) {
+            csum::Check::Good => flags::RX_CSUM_OK,
+            csum::Check::Fragment => 0,
+            csum::Check::Bad => {
+                if let Some((_, p)) = one.and_then(|d| self.guest_at(d)) {
+                    p.bad_checksums.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+        };
         switch.forward(uplink, f, now_ns, &mut |dest, what| {
             if let Out::Reply(reply) = what {
                 // The switch's answer to the host's ARP request, back out
                 // through the uplink.
-                return self.deliver(dest, reply, woken, now_ns);
+                return self.deliver(dest, reply, 0, woken, now_ns);
             }
             let Some((g, p)) = self.guest_at(dest) else { return false };
             if Some(dest) == one {
-                match held.offer(g, f, now_ns, |f| self.to_guest(dest, woken, now_ns, |rx, ring| rx.push(ring, f))) {
+                match held.offer(g, f, now_ns, |f| self.to_guest(dest, woken, now_ns, |rx, ring| rx.push(ring, f, rx_flags))) {
                     Offered::Delivered => true,
                     Offered::Held => false,
                     Offered::Dropped(_) => {
@@ -695,7 +736,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
                     }
                 }
             } else {
-                let ok = self.deliver(dest, f, woken, now_ns);
+                let ok = self.deliver(dest, f, rx_flags, woken, now_ns);
                 p.count_uplink_drops(usize::from(!ok));
                 ok
             }
@@ -719,17 +760,10 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             return;
         }
         let ring = &p.rx_ring;
-        let done = held.retry(g, now_ns, |f| match rx.push(ring, f) {
+        let done = held.retry(g, now_ns, |f| match rx.push(ring, f, csum::host_rx_flags(f)) {
             Ok(true) => {
                 // Recorded now that it went in, once (not while it waited).
-                self.tap(
-                    now_ns,
-                    |t| t == CaptureTarget::Guest(g),
-                    |buf| {
-                        buf[..f.len()].copy_from_slice(f);
-                        f.len()
-                    },
-                );
+                self.tap(now_ns, |t| t == CaptureTarget::Guest(g), f.len(), |buf| buf.copy_from_slice(f));
                 true
             }
             Ok(false) => false,

@@ -8,7 +8,7 @@ use super::*;
 use crate::net::port::testing::Events;
 use crate::net::switch::{BROADCAST, Ipv4, Mac};
 use abi::ring::testing::SharedRing;
-use abi::ring::{Consumer, PROD_OFFSET, Producer, RingMemory, SLOTS_OFFSET};
+use abi::ring::{Consumer, MAX_FRAME, PROD_OFFSET, Producer, RingMemory, SLOTS_OFFSET, max_frame};
 use abi::time::events::NET_RX;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,18 +64,23 @@ const UNLIMITED: abi::bundle::Limits =
 fn send(net: &TestNet, id: usize, producer: &mut Producer, frames: &[Vec<u8>]) {
     let ring = &net.port(id).unwrap().tx_ring;
     for f in frames {
-        assert_eq!(producer.push(ring, f), Ok(true), "guest {id}'s TX ring is full");
+        assert_eq!(producer.push(ring, f, 0), Ok(true), "guest {id}'s TX ring is full");
     }
     producer.publish(ring);
 }
 
 /// Everything waiting in guest `id`'s RX ring.
 fn receive(net: &TestNet, id: usize, consumer: &mut Consumer) -> Vec<Vec<u8>> {
+    receive_flagged(net, id, consumer).into_iter().map(|(f, _)| f).collect()
+}
+
+/// Everything waiting in guest `id`'s RX ring, with each frame's flags.
+fn receive_flagged(net: &TestNet, id: usize, consumer: &mut Consumer) -> Vec<(Vec<u8>, u16)> {
     let ring = &net.port(id).unwrap().rx_ring;
-    let mut buf = [0u8; MTU_FRAME];
+    let mut buf = alloc::vec![0u8; MAX_FRAME];
     let mut got = Vec::new();
-    while let Some(n) = consumer.pop(ring, &mut buf).unwrap() {
-        got.push(buf[..n].to_vec());
+    while let Some(f) = consumer.pop(ring, &mut buf).unwrap() {
+        got.push((buf[..f.len].to_vec(), f.flags));
     }
     consumer.release(ring);
     got
@@ -107,18 +112,26 @@ fn a_frame_crosses_once_to_its_receiver_and_wakes_it() {
 }
 
 #[test]
-fn a_bad_length_costs_one_frame_and_a_bad_index_disconnects() {
+fn a_lying_header_costs_what_was_published_and_a_bad_index_disconnects() {
     let net = net(3);
     attach(&net, 1, 0, 4, UNLIMITED);
     attach(&net, 2, 0, 4, UNLIMITED);
     let ring = &net.port(1).unwrap().tx_ring;
     let mut tx = Producer::new(4);
     send(&net, 1, &mut tx, &[frame(mac(1), mac(2), 1), frame(mac(1), mac(2), 2)]);
-    // The guest rewrites the first slot's length to something impossible.
+    // The guest rewrites the first slot's length to something impossible:
+    // where the next frame starts is unknown, so both are lost.
     ring.write(SLOTS_OFFSET, &9000u16.to_le_bytes());
     net.drain(1, 0, &mut |_, _| {}).unwrap();
     assert_eq!(net.port(1).unwrap().ring_errors.load(Ordering::Relaxed), 1);
-    assert_eq!(receive(&net, 2, &mut Consumer::new(4)).iter().map(|f| seq(f)).collect::<Vec<_>>(), [2]);
+    assert_eq!(receive(&net, 2, &mut Consumer::new(4)), Vec::<Vec<u8>>::new());
+    // What it sends next crosses.
+    send(&net, 1, &mut tx, &[frame(mac(1), mac(2), 3)]);
+    net.drain(1, 0, &mut |_, _| {}).unwrap();
+    let p2 = net.port(2).unwrap();
+    let mut c2 = Consumer::new(4);
+    assert_eq!(receive(&net, 2, &mut c2).iter().map(|f| seq(f)).collect::<Vec<_>>(), [3]);
+    assert_eq!(p2.ring_errors.load(Ordering::Relaxed), 0);
     // Now it claims 100 frames in a 4-slot ring.
     ring.store(PROD_OFFSET, 102);
     let err = net.drain(1, 0, &mut |_, _| {}).unwrap_err();
@@ -403,7 +416,7 @@ fn the_lock_order_holds_under_drains_polls_and_disconnects() {
                 let mut i = 0u32;
                 while !stop.load(Ordering::Acquire) {
                     let to = if i.is_multiple_of(4) { HOST_MAC } else { mac(other) };
-                    if tx.push(ring, &frame(mac(me), to, i)) == Ok(true) {
+                    if tx.push(ring, &frame(mac(me), to, i), 0) == Ok(true) {
                         tx.publish(ring);
                     }
                     i = i.wrapping_add(1);
@@ -660,4 +673,93 @@ fn waiters_and_receivers_that_go_leave_nothing_behind() {
     let (next, broken) = net.retry_waiting(2, &mut |_, _| {});
     assert_eq!((next, broken.len()), (None, 0));
     assert_eq!(tx_pending(&net, 3), 0, "its frame for the gone receiver was dropped");
+}
+
+/// A UDP/IPv4 frame of `len` bytes from guest `from` (its MAC and
+/// address) to `dst`, every checksum blank.
+fn udp_frame(src: Mac, src_ip: Ipv4, dst: Mac, len: usize) -> Vec<u8> {
+    let mut f = alloc::vec![0u8; len];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip_len = len - 14;
+    f[14..24].copy_from_slice(&[0x45, 0, (ip_len >> 8) as u8, ip_len as u8, 0, 1, 0x40, 0, 64, 17]);
+    f[26..30].copy_from_slice(&src_ip);
+    f[30..34].copy_from_slice(&[10, 0, 0, 1]);
+    let udp_len = ip_len - 20;
+    f[34..40].copy_from_slice(&[0x13, 0x88, 0x00, 0x07, (udp_len >> 8) as u8, udp_len as u8]);
+    for (i, b) in f[42..].iter_mut().enumerate() {
+        *b = (i * 7) as u8;
+    }
+    f
+}
+
+/// A frame of 60,000 bytes crosses between guests whose rings take it, in
+/// one piece, flagged as needing no checksum; a receiver whose ring is too
+/// small for it, and the uplink, drop it and the sender counts it.
+#[test]
+fn a_large_frame_crosses_whole_and_one_too_large_for_a_receiver_is_counted() {
+    let net = net(4);
+    attach(&net, 1, 0, 64, UNLIMITED);
+    attach(&net, 2, 0, 64, UNLIMITED);
+    attach(&net, 3, 0, 16, UNLIMITED);
+    assert_eq!((max_frame(64), max_frame(16)), (65532, 16380));
+    let big = udp_frame(mac(1), ip(1), mac(2), 60_000);
+    let ring = &net.port(1).unwrap().tx_ring;
+    let mut tx = Producer::new(64);
+    let mut c2 = Consumer::new(64);
+    // Five times round both rings (two such frames fill one, with padding).
+    for _ in 0..10 {
+        assert_eq!(tx.push(ring, &big, abi::ring::flags::TX_CSUM_BLANK), Ok(true));
+        tx.publish(ring);
+        net.drain(1, 0, &mut |_, _| {}).unwrap();
+        assert_eq!(receive_flagged(&net, 2, &mut c2), [(big.clone(), abi::ring::flags::RX_CSUM_OK)]);
+    }
+    assert_eq!(net.port(1).unwrap().oversize.load(Ordering::Relaxed), 0);
+    // Broadcast: guest 2 takes it, guest 3's 16-slot ring and the uplink cannot.
+    let mut bcast = big.clone();
+    bcast[..6].fill(0xff);
+    assert_eq!(tx.push(ring, &bcast, 0), Ok(true));
+    tx.publish(ring);
+    net.drain(1, 0, &mut |_, _| {}).unwrap();
+    assert_eq!(receive(&net, 2, &mut c2), [bcast]);
+    assert_eq!(receive(&net, 3, &mut Consumer::new(16)), Vec::<Vec<u8>>::new());
+    assert!(net.uplink.as_ref().unwrap().1.lock().to_host.is_empty());
+    assert_eq!(net.port(1).unwrap().oversize.load(Ordering::Relaxed), 2);
+    assert_eq!(net.port(3).unwrap().ring_errors.load(Ordering::Relaxed), 0);
+}
+
+/// Frames to the host get their checksums filled when the guest left them
+/// blank (and only then); the host's frames are verified: a wrong one is
+/// dropped and counted, a right one arrives flagged.
+#[test]
+fn checksums_are_filled_for_the_host_and_verified_from_it() {
+    let net = net(3);
+    attach(&net, 1, 0, 16, UNLIMITED);
+    let ring = &net.port(1).unwrap().tx_ring;
+    let mut tx = Producer::new(16);
+    let blank = udp_frame(mac(1), ip(1), HOST_MAC, 1514);
+    assert_eq!(tx.push(ring, &blank, abi::ring::flags::TX_CSUM_BLANK), Ok(true));
+    assert_eq!(tx.push(ring, &blank, 0), Ok(true));
+    tx.publish(ring);
+    net.drain(1, 0, &mut |_, _| {}).unwrap();
+    let sent = core::mem::take(&mut net.uplink.as_ref().unwrap().1.lock().to_host);
+    assert_eq!(sent.len(), 2);
+    assert_eq!(crate::net::csum::verify(&sent[0]), crate::net::csum::Check::Good);
+    assert_ne!(sent[0], blank);
+    assert_eq!(sent[1], blank, "filled only when the guest says it left them blank");
+    // From the host: the filled one, then it with a byte changed.
+    let mut good = sent[0].clone();
+    good[..6].copy_from_slice(&mac(1));
+    good[6..12].copy_from_slice(&HOST_MAC);
+    good[26..30].copy_from_slice(&[10, 0, 0, 1]);
+    good[30..34].copy_from_slice(&ip(1));
+    crate::net::csum::fill(&mut good);
+    let mut bad = good.clone();
+    bad[1000] ^= 4;
+    host_sends(&net, [good.clone(), bad]);
+    net.poll_uplink(0, &mut |_| {});
+    let got = receive_flagged(&net, 1, &mut Consumer::new(16));
+    assert_eq!(got, [(good, abi::ring::flags::RX_CSUM_OK)]);
+    assert_eq!(net.port(1).unwrap().bad_checksums.load(Ordering::Relaxed), 1);
 }

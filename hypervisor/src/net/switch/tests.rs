@@ -490,24 +490,24 @@ fn runts_oversized_and_group_sources_are_dropped_and_counted() {
     for len in [0, 1, 6, 12, 13] {
         assert_eq!(send(&mut sw, a, &frame(mac(2), mac(1), len), 0), drop(DropReason::Runt), "{len}");
     }
-    for len in [MTU_FRAME + 1, 2048, 9000, 70_000] {
+    for len in [MAX_FRAME + 1, 70_000, 1 << 20] {
         assert_eq!(send(&mut sw, a, &frame(mac(2), mac(1), len), 0), drop(DropReason::Oversize), "{len}");
     }
     assert_eq!(send(&mut sw, a, &frame(mac(2), BROADCAST, 60), 0), drop(DropReason::BadSource));
     assert_eq!(send(&mut sw, a, &frame(mac(2), MCAST, 60), 0), drop(DropReason::BadSource));
     // The limits themselves pass.
     assert_eq!(send(&mut sw, a, &frame(mac(2), mac(1), MIN_FRAME), 0), (fwd(1), vec![b]));
-    assert_eq!(send(&mut sw, a, &frame(mac(2), mac(1), MTU_FRAME), 0), (fwd(1), vec![b]));
+    assert_eq!(send(&mut sw, a, &frame(mac(2), mac(1), MAX_FRAME), 0), (fwd(1), vec![b]));
     let s = sw.stats(a).unwrap();
-    assert_eq!((s.drop_runt, s.drop_oversize, s.drop_bad_source, s.drop_spoofed), (5, 4, 2, 0));
-    assert_eq!((s.rx_frames, s.rx_bytes), (2, (MIN_FRAME + MTU_FRAME) as u64));
-    assert_eq!(sw.stats(b).unwrap().tx_bytes, (MIN_FRAME + MTU_FRAME) as u64);
+    assert_eq!((s.drop_runt, s.drop_oversize, s.drop_bad_source, s.drop_spoofed), (5, 3, 2, 0));
+    assert_eq!((s.rx_frames, s.rx_bytes), (2, (MIN_FRAME + MAX_FRAME) as u64));
+    assert_eq!(sw.stats(b).unwrap().tx_bytes, (MIN_FRAME + MAX_FRAME) as u64);
     // A port that does not exist.
     let ghost = PortId { slot: 77, generation: 0 };
     assert_eq!(send(&mut sw, ghost, &frame(mac(2), mac(1), 60), 0), drop(DropReason::UnknownPort));
     let t = sw.totals();
-    assert_eq!((t.drop_runt, t.drop_oversize, t.drop_bad_source, t.drop_unknown_port), (5, 4, 2, 1));
-    assert_eq!(t.dropped(), 12);
+    assert_eq!((t.drop_runt, t.drop_oversize, t.drop_bad_source, t.drop_unknown_port), (5, 3, 2, 1));
+    assert_eq!(t.dropped(), 11);
 }
 
 #[test]
@@ -524,7 +524,7 @@ fn forward_header_decides_on_the_private_header_and_length() {
     assert_eq!(sw.forward_header(a, &hdr, 1000, 0, &mut out), fwd(1));
     assert_eq!(sw.forward_header(a, &hdr[..13], 1000, 0, &mut out), Verdict::Dropped(DropReason::Runt));
     assert_eq!(sw.forward_header(a, &hdr, 13, 0, &mut out), Verdict::Dropped(DropReason::Runt));
-    assert_eq!(sw.forward_header(a, &hdr, 1515, 0, &mut out), Verdict::Dropped(DropReason::Oversize));
+    assert_eq!(sw.forward_header(a, &hdr, 65_536, 0, &mut out), Verdict::Dropped(DropReason::Oversize));
     // ARP and IPv4 are decided on the first INSPECT_BYTES of the copy;
     // a copy too short to show the sender's addresses is dropped.
     let arp_hdr = arp(mac(2), mac(1), 2, mac(1), ip(1), ip(2), INSPECT_BYTES);
@@ -744,7 +744,7 @@ impl Model {
         if f.len() < 14 {
             return drop(DropReason::Runt);
         }
-        if f.len() > 1514 {
+        if f.len() > 65_535 {
             return drop(DropReason::Oversize);
         }
         let dst: Mac = f[..6].try_into().unwrap();
@@ -892,7 +892,7 @@ fn random_frames_never_panic_match_the_model_and_counters_add_up() {
     let (mut verdicts, mut handed, mut took, mut rx_bytes, mut tx_bytes, mut answered) = ([0u64; 7], 0u64, 0u64, 0u64, 0u64, 0u64);
     // Accepted IPv4 and ARP frames, from guests and from the uplink.
     let mut passed = [[0u64; 2]; 2];
-    let mut buf = [0u8; 2100];
+    let mut buf = vec![0u8; 66_000];
     let mut got: Vec<PortId> = Vec::new();
     let mut now = 0u64;
     for _ in 0..FRAMES {
@@ -946,8 +946,8 @@ fn random_frames_never_panic_match_the_model_and_counters_add_up() {
         let len = match rng.below(10) {
             0 => rng.below(buf.len()),
             1 => rng.below(14),
-            2 => [0, 13, 14, 15, MTU_FRAME - 1, MTU_FRAME, MTU_FRAME + 1][rng.below(7)],
-            _ => 14 + rng.below(MTU_FRAME - 13),
+            2 => [0, 13, 14, 15, 1513, 1514, 1515, MAX_FRAME, MAX_FRAME + 1][rng.below(9)],
+            _ => 14 + rng.below(1514 - 13),
         };
         let some_guest = |rng: &mut Rng| mac(rng.below(macs as usize) as u32);
         let pick = |rng: &mut Rng| match rng.below(8) {
