@@ -110,7 +110,7 @@ impl Bench {
             // says about a request that failed.
             if line.contains(": listening on ") {
                 listening += 1;
-                if listening % 100 == 0 || listening == http_guests {
+                if listening.is_multiple_of(100) || listening == http_guests {
                     progress(&format!("  {listening} of {http_guests} http guests listening ({:.0} s)", start.elapsed().as_secs_f64()));
                 }
             } else if line.starts_with("load-0| each: ") {
