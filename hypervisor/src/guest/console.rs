@@ -5,12 +5,19 @@
 
 use alloc::vec::Vec;
 
-/// Longest line kept before it is printed anyway.
+/// Longest line kept before it is printed anyway. A printed piece of
+/// exactly this many bytes says that the line goes on in the next one
+/// (readers join them: `xtask::bench::GuestLines`); a line whose length is
+/// a multiple of it ends with an empty piece, so that it is not taken for
+/// the start of a longer one.
 pub const LINE_MAX: usize = 200;
 
 #[derive(Debug, Default)]
 pub struct LineBuffer {
     line: Vec<u8>,
+    /// The last piece printed was a full `LINE_MAX` and the line it
+    /// belongs to has not ended yet.
+    continued: bool,
 }
 
 impl LineBuffer {
@@ -31,15 +38,25 @@ impl LineBuffer {
                     let printable = b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80;
                     self.line.push(if printable { b } else { b'.' });
                     if self.line.len() >= LINE_MAX {
-                        self.flush(emit);
+                        self.emit_piece(emit);
+                        self.continued = true;
                     }
                 }
             }
         }
     }
 
-    /// Emits what is left (at exit).
+    /// Ends the line (a newline, or the guest's exit): emits what is left,
+    /// or an empty piece if the line ended exactly at a break.
     pub fn flush(&mut self, emit: &mut impl FnMut(&str)) {
+        if self.line.is_empty() && self.continued {
+            emit("");
+        }
+        self.emit_piece(emit);
+        self.continued = false;
+    }
+
+    fn emit_piece(&mut self, emit: &mut impl FnMut(&str)) {
         if !self.line.is_empty() {
             let text: alloc::string::String =
                 alloc::string::String::from_utf8_lossy(&self.line).chars().map(|c| if is_control(c) { '.' } else { c }).collect();
@@ -90,5 +107,17 @@ mod tests {
         let l = lines(&[&long]);
         assert_eq!(l.len(), 3);
         assert!(l.iter().all(|s| s.len() <= LINE_MAX));
+        // A line of exactly LINE_MAX (or twice) ends with an empty piece, so
+        // a reader does not take it for the start of a longer line; one
+        // byte less or more needs none.
+        for (n, pieces) in [(LINE_MAX - 1, 1), (LINE_MAX, 2), (LINE_MAX + 1, 2), (2 * LINE_MAX, 3)] {
+            let mut line = vec![b'b'; n];
+            line.push(b'\n');
+            let l = lines(&[&line, b"next\n"]);
+            assert_eq!(l.len(), pieces + 1, "{n} bytes: {l:?}");
+            assert_eq!(l.last().map(String::as_str), Some("next"));
+            assert_eq!(l[..pieces].concat().len(), n);
+            assert!(l[pieces - 1].len() < LINE_MAX, "{n} bytes: the last piece is short");
+        }
     }
 }

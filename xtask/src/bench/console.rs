@@ -138,6 +138,19 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A line of exactly GUEST_LINE_MAX bytes ends with an empty piece
+    /// (`NAME| `), which completes it: it is not lost waiting for more.
+    #[test]
+    fn a_line_that_fills_a_piece_exactly_is_joined_by_the_empty_one() {
+        let body = format!(r#"{{"bench":"x","pad":"{}"}}"#, "p".repeat(GUEST_LINE_MAX - 22));
+        assert_eq!(body.len(), GUEST_LINE_MAX);
+        let console = format!("g-0| {body}\ng-0| \ng-0| {{\"bench\":\"y\"}}\n");
+        let got = guest_json(&console);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].1["bench"], "x");
+        assert_eq!(got[1].1["bench"], "y");
+    }
+
     #[test]
     fn json_lines_know_who_printed_them() {
         let lines = json_lines(OURS);
