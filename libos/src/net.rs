@@ -5,8 +5,10 @@
 //! whenever it runs and blocks in the hypervisor until the stack's next
 //! deadline or an `events::NET_RX` wake-up, so an idle networked guest
 //! costs no CPU. Sockets wake the tasks waiting on them through smoltcp's
-//! wakers. [`raw`] takes the vNIC away from the stack for a guest that
-//! sends and receives Ethernet frames itself.
+//! wakers. A socket pointed at a neighbour asks for its MAC at once
+//! (`netdev::arp`), not at smoltcp's pace of one address per second.
+//! [`raw`] takes the vNIC away from the stack for a guest that sends and
+//! receives Ethernet frames itself.
 
 use crate::sys::{MappedRing, nic_info};
 use crate::time::Instant;
@@ -18,6 +20,7 @@ use core::future::poll_fn;
 use core::sync::atomic::{AtomicU32, Ordering};
 use core::task::Poll;
 use netdev::RingDevice;
+use netdev::arp::{self, Asker};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address};
@@ -35,6 +38,22 @@ struct Stack {
     closing: Vec<SocketHandle>,
     kicked_at: u32,
     ip: Ipv4Address,
+    mac: EthernetAddress,
+    /// Whom we asked for lately (`netdev::arp`: smoltcp asks for one
+    /// address per second at most).
+    asker: Asker,
+}
+
+impl Stack {
+    /// Asks for `addr`'s MAC now if it is on the link and was not asked
+    /// for lately, and has the hypervisor forward the request at once, so
+    /// that the switch's answer is waiting when smoltcp next polls.
+    fn ask_ahead(&mut self, addr: Ipv4Address) {
+        if self.asker.should_ask(addr, now()) && self.dev.send_frame(&arp::request(self.mac, self.ip, addr)) {
+            self.kicked_at = self.dev.tx_index();
+            crate::hypercall::net_kick();
+        }
+    }
 }
 
 static STACK: Mutex<Option<Stack>> = Mutex::new(None);
@@ -58,13 +77,15 @@ pub(crate) fn init() {
     config.random_seed = Instant::now().as_nanos() ^ u64::from_le_bytes(info.mac);
     let mut iface = Interface::new(config, &mut dev, now());
     let ip = Ipv4Address::from(info.ipv4);
+    let prefix = info.prefix.min(32) as u8;
     iface.update_ip_addrs(|a| {
-        let _ = a.push(IpCidr::new(IpAddress::Ipv4(ip), info.prefix.min(32) as u8));
+        let _ = a.push(IpCidr::new(IpAddress::Ipv4(ip), prefix));
     });
     if info.gateway != [0; 4] {
         let _ = iface.routes_mut().add_default_ipv4_route(Ipv4Address::from(info.gateway));
     }
-    *STACK.lock() = Some(Stack { dev, iface, sockets: SocketSet::new(vec![]), closing: Vec::new(), kicked_at: 0, ip });
+    let asker = Asker::new(ip, prefix);
+    *STACK.lock() = Some(Stack { dev, iface, sockets: SocketSet::new(vec![]), closing: Vec::new(), kicked_at: 0, ip, mac, asker });
 }
 
 /// This guest's IPv4 address, if it has a vNIC.
@@ -210,6 +231,7 @@ impl TcpStream {
     pub async fn connect(addr: Ipv4Address, port: u16) -> Result<Self, Error> {
         let local = 49152 + (NEXT_PORT.fetch_add(1, Ordering::Relaxed) % 16384) as u16;
         let handle = with(|s| {
+            s.ask_ahead(addr);
             let mut sock = new_tcp();
             let cx = s.iface.context();
             sock.connect(cx, IpEndpoint::new(IpAddress::Ipv4(addr), port), local).map_err(|_| Error::ConnectionClosed)?;
@@ -369,7 +391,10 @@ impl UdpSocket {
             Some(s) => {
                 let sock = s.sockets.get_mut::<udp::Socket>(self.handle);
                 match sock.send_slice(buf, IpEndpoint::new(IpAddress::Ipv4(addr), port)) {
-                    Ok(()) => Poll::Ready(Ok(())),
+                    Ok(()) => {
+                        s.ask_ahead(addr);
+                        Poll::Ready(Ok(()))
+                    }
                     Err(udp::SendError::BufferFull) => {
                         sock.register_send_waker(cx.waker());
                         Poll::Pending
@@ -386,7 +411,9 @@ impl UdpSocket {
     pub fn send_to(&mut self, buf: &[u8], addr: Ipv4Address, port: u16) -> Result<(), Error> {
         with(|s| {
             let sock = s.sockets.get_mut::<udp::Socket>(self.handle);
-            let _ = sock.send_slice(buf, IpEndpoint::new(IpAddress::Ipv4(addr), port));
+            if sock.send_slice(buf, IpEndpoint::new(IpAddress::Ipv4(addr), port)).is_ok() {
+                s.ask_ahead(addr);
+            }
         })
     }
 }

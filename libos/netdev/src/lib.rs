@@ -31,6 +31,7 @@ use abi::ring::{Consumer, MTU_FRAME, Producer, RingError, RingSlices, flags};
 use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
+pub mod arp;
 mod raw;
 pub use raw::{RawDevice, SendError};
 
@@ -107,6 +108,24 @@ impl<M: RingSlices> RingDevice<M> {
     /// is sent.
     pub fn tx_index(&self) -> u32 {
         self.tx.index()
+    }
+
+    /// Queues a frame the caller built (an ARP request of [`arp`]) beside
+    /// smoltcp's, if the TX ring has room for it; whether it was queued.
+    pub fn send_frame(&mut self, frame: &[u8]) -> bool {
+        match self.tx.push(&self.tx_mem, frame, 0) {
+            Ok(true) => {
+                self.tx.publish(&self.tx_mem);
+                self.stats.tx_frames += 1;
+                self.stats.tx_bytes += frame.len() as u64;
+                true
+            }
+            Ok(false) => false,
+            Err(_) => {
+                self.stats.ring_errors += 1;
+                false
+            }
+        }
     }
 
     /// The next received frame, in place; lying headers are counted and

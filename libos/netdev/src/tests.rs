@@ -271,3 +271,86 @@ fn small_rings_refuse_frames_larger_than_they_carry_cleanly() {
         assert_eq!((dev.stats.tx_full, dev.stats.tx_frames, dev.tx_index()), (1, 0, 0));
     });
 }
+
+/// Steps both stacks 1 ms at a time until A's `client` may send; the
+/// virtual milliseconds that took (`None` after 3 s).
+fn handshake_ms(a: &mut Host<'_>, b: &mut Host<'_>, client: SocketHandle, mut now: Instant) -> Option<i64> {
+    let start = now;
+    for _ in 0..3000 {
+        now += smoltcp::time::Duration::from_millis(1);
+        a.poll(now);
+        b.poll(now);
+        if a.sockets.get_mut::<tcp::Socket>(client).may_send() {
+            return Some((now - start).total_millis() as i64);
+        }
+    }
+    None
+}
+
+/// A connects to B right after smoltcp asked for someone else (which
+/// silences its ARP for a second), asking ahead for B or not.
+fn connect_after_another_request(ask_ahead: bool) -> Option<i64> {
+    let mut took = None;
+    with_pair(|a, b| {
+        let server = b.tcp();
+        b.sockets.get_mut::<tcp::Socket>(server).listen(7).unwrap();
+        // A datagram for 10.0.0.9, which nobody has: smoltcp's request.
+        let u = a.udp(5000, 4096);
+        a.sockets.get_mut::<udp::Socket>(u).send_slice(b"x", IpEndpoint::new(IpAddress::v4(10, 0, 0, 9), 9)).unwrap();
+        let now = Instant::from_secs(10);
+        a.poll(now);
+        b.poll(now);
+        // (Gone, or it would ask for 10.0.0.9 again whenever the silence
+        // ends, before the connection's turn.)
+        a.sockets.remove(u);
+        let b_ip = smoltcp::wire::Ipv4Address::new(10, 0, 0, 2);
+        let mut asker = arp::Asker::new(smoltcp::wire::Ipv4Address::new(10, 0, 0, 1), 24);
+        if ask_ahead && asker.should_ask(b_ip, now) {
+            let mac = EthernetAddress([0x02, 0, 0, 0, 0, 1]);
+            assert!(a.dev.send_frame(&arp::request(mac, smoltcp::wire::Ipv4Address::new(10, 0, 0, 1), b_ip)));
+        }
+        let client = a.tcp();
+        let cx = a.iface.context();
+        a.sockets.get_mut::<tcp::Socket>(client).connect(cx, (IpAddress::Ipv4(b_ip), 7), 49152).unwrap();
+        took = handshake_ms(a, b, client, now);
+    });
+    took
+}
+
+#[test]
+fn asking_ahead_does_not_wait_out_smoltcps_arp_silence() {
+    let plain = connect_after_another_request(false).expect("connected");
+    let ahead = connect_after_another_request(true).expect("connected");
+    // smoltcp alone waits out its second of silence; asked ahead, the
+    // handshake takes a few polls.
+    assert!(plain >= 990, "smoltcp's own request came after {plain} ms");
+    assert!(ahead <= 5, "asked ahead, the handshake took {ahead} ms");
+}
+
+#[test]
+fn the_asker_asks_for_on_link_unicast_addresses_once_per_period() {
+    let ip = |d| smoltcp::wire::Ipv4Address::new(10, 0, 0, d);
+    let mut asker = arp::Asker::new(ip(5), 24);
+    let t0 = Instant::from_secs(100);
+    // Not on the link, ourselves, the network and broadcast addresses.
+    for other in [smoltcp::wire::Ipv4Address::new(10, 0, 1, 2), ip(5), ip(0), ip(255), smoltcp::wire::Ipv4Address::new(224, 0, 0, 1)] {
+        assert!(!asker.should_ask(other, t0), "{other}");
+    }
+    assert!(asker.should_ask(ip(2), t0));
+    assert!(!asker.should_ask(ip(2), t0 + smoltcp::time::Duration::from_secs(4)));
+    assert!(asker.should_ask(ip(2), t0 + arp::Asker::REASK));
+    // More neighbours than it remembers: the oldest is asked for again.
+    for d in 10..10 + arp::Asker::RECENT as u8 {
+        assert!(asker.should_ask(ip(d), t0 + arp::Asker::REASK));
+    }
+    assert!(asker.should_ask(ip(2), t0 + arp::Asker::REASK));
+    // A request parses as one, from us, for the target.
+    let frame = arp::request(EthernetAddress([2, 0, 0, 0, 0, 5]), ip(5), ip(2));
+    let eth = smoltcp::wire::EthernetFrame::new_checked(&frame[..]).unwrap();
+    assert_eq!(eth.dst_addr(), EthernetAddress::BROADCAST);
+    let repr = smoltcp::wire::ArpRepr::parse(&smoltcp::wire::ArpPacket::new_checked(eth.payload()).unwrap()).unwrap();
+    let smoltcp::wire::ArpRepr::EthernetIpv4 { operation, source_protocol_addr, target_protocol_addr, .. } = repr else {
+        panic!("not IPv4 ARP")
+    };
+    assert_eq!((operation, source_protocol_addr, target_protocol_addr), (smoltcp::wire::ArpOperation::Request, ip(5), ip(2)));
+}
