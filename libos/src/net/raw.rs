@@ -91,6 +91,21 @@ impl RawNic {
         }
     }
 
+    /// Builds a frame of `len` bytes in place in the TX ring (`fill`
+    /// writes what matters; the rest holds what the ring held), making
+    /// room first as [`RawNic::send`] does. Nothing is copied.
+    pub fn send_with(&mut self, len: usize, mut fill: impl FnMut(&mut [u8])) -> Result<(), SendError> {
+        loop {
+            if self.dev.send_with(len, &mut fill)? {
+                return Ok(());
+            }
+            crate::hypercall::net_kick();
+            if !self.dev.tx_fits(len) {
+                crate::hypercall::yield_now();
+            }
+        }
+    }
+
     /// Asks the hypervisor to forward the queued frames now.
     pub fn kick(&self) {
         crate::hypercall::net_kick();
@@ -100,6 +115,27 @@ impl RawNic {
     /// [`RawNic::max_frame`] bytes) without waiting; its length, or `None`.
     pub fn try_recv(&mut self, buf: &mut [u8]) -> Option<usize> {
         self.dev.recv(buf)
+    }
+
+    /// Hands the next received frame, where it lies in the RX ring, to `f`
+    /// without waiting; `f`'s answer, or `None`.
+    pub fn try_recv_with<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        self.dev.recv_with(f)
+    }
+
+    /// Waits for the next received frame and hands it, where it lies in
+    /// the RX ring, to `f`; `f`'s answer.
+    pub async fn recv_with<R>(&mut self, mut f: impl FnMut(&[u8]) -> R) -> R {
+        let slots = self.dev.slots();
+        poll_fn(|cx| match self.dev.recv_with(&mut f) {
+            Some(r) => Poll::Ready(r),
+            None => {
+                let ring = MappedRing::new(layout::NIC_RX_INDICES, layout::NIC_RX_RING, slots);
+                *WAITING.lock() = Some((ring, cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Waits for the next received frame and copies it into `buf` (at

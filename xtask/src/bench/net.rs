@@ -385,9 +385,10 @@ impl Bench {
                        trips or responses per second of the run (connections made before the clock starts). \
                        bulk: the bytes are split over the connections; the clock runs from when all are \
                        made until the sink has answered every connection's byte count. \
-                       switch: the sender queues raw frames as fast as its TX ring allows (kicking the \
-                       hypervisor when it is full); the sink counts frames and bytes from its first frame \
-                       to its last; memcpy: one buffer of the frame's size copied to another in a loop. \
+                       switch: the sender builds raw frames in place in its TX ring (writing only their \
+                       headers) as fast as the ring allows (kicking the hypervisor when it is full); the \
+                       sink reads each frame's header where it lies and counts frames and bytes from its \
+                       first frame to its last, so the one copy is the switch's; memcpy: one buffer of the frame's size copied to another in a loop. \
                        ours: apps/echo-bench -> apps/echo, apps/http-load -> apps/http, guests in one tenant. \
                        linux: xtask/src/peer/net.c (echo-client -> echo-server, bulk-send -> bulk-sink, \
                        http-load -> nginx) over lo. host: wrk through QEMU's user-net port forward.",
