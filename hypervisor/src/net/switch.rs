@@ -53,9 +53,12 @@
 //!      of the sender's tenant other than the sender is answered: a reply
 //!      from that guest's MAC and address to the request's source MAC and
 //!      sender address (both checked by rule 3) goes to the requesting
-//!      port only ([`Out::Reply`], `arp_answered`). Nothing is flooded and
-//!      the target guest is not woken. The uplink's requests (QEMU asking
-//!      for a guest) are answered the same way, through the uplink.
+//!      port ([`Out::Reply`], `arp_answered`), and the request itself to
+//!      the guest asked for only ([`Out::Frame`]): as on a wire, it learns
+//!      the asker from the request and need not ask back before it
+//!      answers, and it is woken only by a station about to talk to it.
+//!      Nothing is flooded. The uplink's requests (QEMU asking for a
+//!      guest) are answered the same way, through the uplink.
 //!    - Any other request from a guest (an address no guest of the tenant
 //!      has, or its own: an announcement or gratuitous ARP), and any ARP
 //!      from a guest to a group address (a gratuitous reply), goes to the
@@ -200,19 +203,20 @@ pub enum Verdict {
     Forwarded {
         copies: u32,
     },
-    /// An ARP request the switch answered itself (rule 5): the frame went
-    /// nowhere; the reply was handed back to the requesting port.
+    /// An ARP request the switch answered itself (rule 5): the reply was
+    /// handed back to the requesting port, and the request to the guest it
+    /// asked for.
     Answered,
     Dropped(DropReason),
 }
 
 impl Verdict {
     /// How many frames the switch handed to ports for it: the copies of a
-    /// forwarded frame, the reply to an answered request.
+    /// forwarded frame; the reply to an answered request and the request.
     pub fn handed(self) -> u32 {
         match self {
             Self::Forwarded { copies } => copies,
-            Self::Answered => 1,
+            Self::Answered => 2,
             Self::Dropped(_) => 0,
         }
     }
@@ -635,16 +639,21 @@ impl Switch {
                 .flatten()
                 .filter(|&t| t != from)
                 .and_then(|t| match self.port(t)?.kind {
-                    Kind::Guest { mac, ip } => Some((mac, ip)),
+                    Kind::Guest { mac, ip } => Some((t, mac, ip)),
                     Kind::Uplink => None,
                 });
-            if let Some((mac, ip)) = target {
+            if let Some((to, mac, ip)) = target {
                 let reply = inspect::arp_reply(mac, ip, src, arp.sha, arp.spa);
                 if let Some(p) = port_in(&mut self.slots, from) {
                     p.stats.arp_answered += 1;
                 }
                 self.totals.arp_answered += 1;
                 deliver(&mut self.slots, &mut self.totals, from, reply.len() as u64, Out::Reply(&reply), out);
+                // The guest asked for hears the request, as on a wire, and
+                // learns the asker from it: it need not ask back before it
+                // answers (smoltcp asks for one address per second, so a
+                // server with many new clients would wait).
+                deliver(&mut self.slots, &mut self.totals, to, bytes, Out::Frame, out);
                 return Verdict::Answered;
             }
             let guest = matches!(kind, Kind::Guest { .. });

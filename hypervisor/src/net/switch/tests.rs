@@ -77,18 +77,18 @@ fn send(sw: &mut Switch, from: PortId, f: &[u8], now: u64) -> (Verdict, Vec<Port
     (v, got)
 }
 
-/// Sends a frame; returns the verdict and the replies the switch made
-/// (with the port each went to); panics if the frame itself went anywhere.
-fn ask(sw: &mut Switch, from: PortId, f: &[u8], now: u64) -> (Verdict, Vec<(PortId, Vec<u8>)>) {
-    let mut got = Vec::new();
+/// Sends an ARP request; returns the verdict, the replies the switch
+/// made (with the port each went to) and the ports the request went to.
+fn ask(sw: &mut Switch, from: PortId, f: &[u8], now: u64) -> (Verdict, Vec<(PortId, Vec<u8>)>, Vec<PortId>) {
+    let (mut got, mut told) = (Vec::new(), Vec::new());
     let v = sw.forward(from, f, now, &mut |p, what| {
         match what {
             Out::Reply(r) => got.push((p, r.to_vec())),
-            Out::Frame => panic!("{p:?} got the frame"),
+            Out::Frame => told.push(p),
         }
         true
     });
-    (v, got)
+    (v, got, told)
 }
 
 fn sorted(mut v: Vec<PortId>) -> Vec<PortId> {
@@ -281,10 +281,10 @@ fn forged_arp_senders_are_dropped_and_legitimate_arp_passes() {
     let s = sw.stats(m).unwrap();
     assert_eq!((s.drop_spoofed_arp, s.spoofed(), s.rx_frames), (6, 6, 0));
     assert_eq!((sw.stats(a).unwrap().tx_frames, sw.stats(up).unwrap().tx_frames), (0, 0));
-    // The real thing: A asks for M (broadcast; the switch answers), M
-    // answers A anyway (unicast), and announces itself (gratuitous: to the
-    // host only).
-    assert_eq!(send(&mut sw, a, &arp(BROADCAST, mac(1), 1, mac(1), ip(1), ip(2), 42), 0), (Verdict::Answered, vec![a]));
+    // The real thing: A asks for M (broadcast; the switch answers A and
+    // tells M), M answers A anyway (unicast), and announces itself
+    // (gratuitous: to the host only).
+    assert_eq!(send(&mut sw, a, &arp(BROADCAST, mac(1), 1, mac(1), ip(1), ip(2), 42), 0), (Verdict::Answered, vec![a, m]));
     assert_eq!(send(&mut sw, m, &arp(mac(1), mac(2), 2, mac(2), ip(2), ip(1), 42), 0), (fwd(1), vec![a]));
     assert_eq!(send(&mut sw, m, &arp(BROADCAST, mac(2), 2, mac(2), ip(2), ip(2), 60), 0), (fwd(1), vec![up]));
     assert_eq!(sw.totals().drop_spoofed_arp, 6);
@@ -314,28 +314,28 @@ fn the_switch_answers_arp_for_the_tenants_guests_to_the_requester_only() {
     let c = sw.add_port(1, mac(3), ip(3)).unwrap();
     let d = sw.add_port(1, mac(4), ip(4)).unwrap();
     let q = outside(1);
-    // A asks for B, broadcast and unicast (a cache refresh): answered to A
-    // only, B never sees it.
+    // A asks for B, broadcast and unicast (a cache refresh): answered to A,
+    // and the request goes to B only (B learns A from it).
     for dst in [BROADCAST, mac(2)] {
-        let (v, replies) = ask(&mut sw, a, &arp(dst, mac(1), 1, mac(1), ip(1), ip(2), 42), 0);
-        assert_eq!(v, Verdict::Answered);
+        let (v, replies, told) = ask(&mut sw, a, &arp(dst, mac(1), 1, mac(1), ip(1), ip(2), 42), 0);
+        assert_eq!((v, told), (Verdict::Answered, vec![b]));
         assert_eq!(replies.len(), 1);
         assert_eq!(replies[0].0, a);
         assert_reply(&replies[0].1, mac(2), ip(2), mac(1), ip(1));
     }
     let (sa, sb) = (sw.stats(a).unwrap(), sw.stats(b).unwrap());
     assert_eq!((sa.arp_answered, sa.rx_frames, sa.tx_frames, sa.tx_bytes, sa.unrouted), (2, 2, 2, 120, 0));
-    assert_eq!((sb.rx_frames, sb.tx_frames, sb.arp_answered), (0, 0, 0), "B is not woken");
-    assert_eq!(sw.stats(up).unwrap().tx_frames, 0, "nothing for the host either");
+    assert_eq!((sb.rx_frames, sb.tx_frames, sb.tx_bytes, sb.arp_answered), (0, 2, 84, 0), "B heard both requests");
+    assert_eq!(sw.stats(up).unwrap().tx_frames, 0, "nothing for the host");
     // QEMU asks for A (with a sender MAC of its own): the reply goes back
     // out through the uplink, to its Ethernet source.
-    let (v, replies) = ask(&mut sw, up, &arp(BROADCAST, q, 1, outside(2), outside_ip(1), ip(1), 60), 0);
-    assert_eq!((v, replies.len(), replies[0].0), (Verdict::Answered, 1, up));
+    let (v, replies, told) = ask(&mut sw, up, &arp(BROADCAST, q, 1, outside(2), outside_ip(1), ip(1), 60), 0);
+    assert_eq!((v, replies.len(), replies[0].0, told), (Verdict::Answered, 1, up, vec![a]));
     assert_eq!(&replies[0].1[0..6], &q);
     assert_eq!(&replies[0].1[32..38], &outside(2));
     assert_reply(&[&q[..], &replies[0].1[6..32], &q[..], &replies[0].1[38..]].concat(), mac(1), ip(1), q, outside_ip(1));
     assert_eq!(sw.stats(up).unwrap().arp_answered, 1);
-    assert_eq!(sw.stats(a).unwrap().tx_frames, 2, "A did not hear QEMU's request");
+    assert_eq!(sw.stats(a).unwrap().tx_frames, 3, "A heard QEMU's request");
     // A asks for C's address, which is another tenant's: not answered, to
     // the host only (the address may be out there).
     assert_eq!(send(&mut sw, a, &arp(BROADCAST, mac(1), 1, mac(1), ip(1), ip(3), 42), 0), (fwd(1), vec![up]));
@@ -343,14 +343,14 @@ fn the_switch_answers_arp_for_the_tenants_guests_to_the_requester_only() {
     assert_eq!(sw.stats(a).unwrap().arp_unknown, 2);
     // In tenant 1 (no uplink), C asks for D: answered; for A's address or
     // any other: nobody can have it, dropped and counted.
-    let (v, replies) = ask(&mut sw, c, &arp(BROADCAST, mac(3), 1, mac(3), ip(3), ip(4), 42), 0);
-    assert_eq!((v, replies[0].0), (Verdict::Answered, c));
+    let (v, replies, told) = ask(&mut sw, c, &arp(BROADCAST, mac(3), 1, mac(3), ip(3), ip(4), 42), 0);
+    assert_eq!((v, replies[0].0, told), (Verdict::Answered, c, vec![d]));
     assert_reply(&replies[0].1, mac(4), ip(4), mac(3), ip(3));
     assert_eq!(send(&mut sw, c, &arp(BROADCAST, mac(3), 1, mac(3), ip(3), ip(1), 42), 0), (fwd(0), vec![]));
     assert_eq!(send(&mut sw, c, &arp(BROADCAST, mac(3), 1, mac(3), ip(3), outside_ip(1), 42), 0), (fwd(0), vec![]));
     let sc = sw.stats(c).unwrap();
     assert_eq!((sc.arp_answered, sc.arp_unknown, sc.unrouted), (1, 2, 2));
-    assert_eq!((sw.stats(a).unwrap().tx_frames, sw.stats(d).unwrap().tx_frames), (2, 0));
+    assert_eq!((sw.stats(a).unwrap().tx_frames, sw.stats(d).unwrap().tx_frames), (3, 1));
     // Announcements: a guest's gratuitous request or reply goes to the
     // host only, or nowhere; the host's request for an address no guest
     // has (its own announcement, a probe) reaches no guest.
@@ -454,7 +454,7 @@ fn the_uplink_cannot_claim_a_local_guests_address() {
     assert_eq!((sw.stats(a).unwrap().tx_frames, sw.stats(b).unwrap().tx_frames), (0, 0));
     // QEMU as itself: its ARP request for B (the switch answers), then
     // IPv4 from the outside.
-    assert_eq!(send(&mut sw, up, &arp(BROADCAST, q, 1, q, outside_ip(1), ip(2), 60), 0), (Verdict::Answered, vec![up]));
+    assert_eq!(send(&mut sw, up, &arp(BROADCAST, q, 1, q, outside_ip(1), ip(2), 60), 0), (Verdict::Answered, vec![up, b]));
     assert_eq!(send(&mut sw, up, &ipv4(mac(2), q, outside_ip(9), 1000), 0), (fwd(1), vec![b]));
     assert_eq!(sw.lookup(0, q, 0), Some(up));
     // Another tenant's guest is no local guest of the uplink's tenant.
@@ -795,14 +795,15 @@ impl Model {
             }
         }
         // Proxy ARP: a request for a neighbour's address is answered to the
-        // sender; other requests and a guest's group-addressed ARP go to
-        // the tenant's uplink only.
+        // sender and goes on to the neighbour; other requests and a guest's
+        // group-addressed ARP go to the tenant's uplink only.
         if (f[12], f[13]) == (0x08, 0x06) {
             let request = f[20..22] == [0, 1];
             if request
-                && self.ips.iter().any(|&(id, a)| a == f[38..42] && id != from && self.ports.iter().any(|p| p.0 == id && p.1 == tenant))
+                && let Some(&(to, _)) =
+                    self.ips.iter().find(|&&(id, a)| a == f[38..42] && id != from && self.ports.iter().any(|p| p.0 == id && p.1 == tenant))
             {
-                return (Verdict::Answered, vec![from]);
+                return (Verdict::Answered, sorted(vec![from, to]));
             }
             if request || (own.is_some() && dst[0] & 1 == 1) {
                 let up: Vec<PortId> = self.ports.iter().filter(|p| p.1 == tenant && p.2.is_none() && p.0 != from).map(|p| p.0).collect();
