@@ -131,8 +131,14 @@ pub struct Port<R, E> {
     /// had no room for, and unicast ones whose sender's bounded wait ran
     /// out or that came while it was stalled.
     rx_full_drops: AtomicU64,
-    /// Its RX ring stayed full past a sender's bounded wait: frames for it
-    /// are dropped at once while its ring is full, until one fits again.
+    /// Since when (ns; 0: not) its RX ring has been short of room: set
+    /// when a sender first has to wait for it, cleared by a delivery that
+    /// leaves room for a frame of its MTU (it has caught up). The bounded
+    /// wait runs from here, so a receiver that frees a slot now and then
+    /// cannot hold its senders one bound per frame.
+    pub(super) full_since_ns: AtomicU64,
+    /// Its RX ring stayed short of room past the bounded wait: frames for
+    /// it are dropped at once when they do not fit, until it catches up.
     pub(super) stalled: AtomicBool,
     /// It is in the back end's list of senders waiting for a receiver.
     pub(super) listed: AtomicBool,
@@ -172,6 +178,7 @@ impl<R: GuestRing, E: GuestEvents> Port<R, E> {
             uplink_dropped: AtomicU64::new(0),
             spoofed: AtomicU64::new(0),
             rx_full_drops: AtomicU64::new(0),
+            full_since_ns: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
             listed: AtomicBool::new(false),
             arp_answered: AtomicU64::new(0),

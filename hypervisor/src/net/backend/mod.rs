@@ -101,9 +101,13 @@ pub const UPLINK_BATCH: usize = 32;
 /// The longest a frame for one receiver waits at the head of its sender's
 /// TX ring for room in the receiver's RX ring (or the uplink's queue);
 /// then it is dropped and counted, the receiver is marked stalled (frames
-/// for it are dropped at once while its ring stays full), and the sender
-/// goes on. Longer than a receiver that is merely busy or descheduled
-/// needs (Xen's netback waits 10 s before it calls a frontend stalled).
+/// for it are dropped at once when they do not fit, until it has caught
+/// up: room for a frame of its MTU), and the sender goes on. For a guest
+/// receiver the bound runs from when it first fell short
+/// (`Port::full_since_ns`), so one that frees a slot now and then cannot
+/// hold a sender one bound per frame. Longer than a receiver that is
+/// merely busy or descheduled needs (Xen's netback waits 10 s before it
+/// calls a frontend stalled).
 pub const MAX_WAIT_NS: u64 = 5_000_000_000;
 
 /// How often senders waiting for the uplink's queue are retried (the
@@ -377,7 +381,10 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             return None;
         }
         let since_ns = tx.wait.filter(|w| w.dest == dest).map_or(now_ns, |w| w.since_ns);
-        if self.is_stalled(dest) || now_ns.saturating_sub(since_ns) >= MAX_WAIT_NS {
+        // The bound runs from when the receiver first fell short, if that
+        // was earlier (a receiver freeing a slot now and then).
+        let bound_from = since_ns.min(self.full_since(dest, now_ns));
+        if self.is_stalled(dest) || now_ns.saturating_sub(bound_from) >= MAX_WAIT_NS {
             // Waited long enough: this frame goes to be dropped, and the
             // ones after it for this receiver do not wait while it is full.
             self.set_stalled(dest);
@@ -387,7 +394,18 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             tx.waits += 1;
         }
         tx.wait = Some(super::port::Wait { dest, since_ns });
-        Some(since_ns)
+        Some(bound_from)
+    }
+
+    /// Since when guest receiver `dest` has been short of room, noting
+    /// `now_ns` if it was not (`Port::full_since_ns`); `now_ns` for the
+    /// uplink, whose frames each wait their own bound.
+    fn full_since(&self, dest: PortId, now_ns: u64) -> u64 {
+        let Some((_, p)) = self.guest_at(dest) else { return now_ns };
+        match p.full_since_ns.compare_exchange(0, now_ns.max(1), Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => now_ns,
+            Err(since) => since,
+        }
     }
 
     fn is_stalled(&self, dest: PortId) -> bool {
@@ -579,7 +597,11 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         let ring = &p.rx_ring;
         match fill(&mut rx, ring) {
             Ok(true) => {
-                if p.stalled.load(Ordering::Relaxed) {
+                // Caught up once a frame of its MTU would still fit.
+                if (p.full_since_ns.load(Ordering::Relaxed) != 0 || p.stalled.load(Ordering::Relaxed))
+                    && rx.fits(ring, rx.max_frame()).unwrap_or(false)
+                {
+                    p.full_since_ns.store(0, Ordering::Relaxed);
                     p.stalled.store(false, Ordering::Relaxed);
                 }
                 // The frame just committed, read back from its span.
