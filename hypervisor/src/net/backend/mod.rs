@@ -227,20 +227,25 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
     /// full TX ring this drain made room in gets `events::NET_TX`.
     pub fn drain(&self, guest: usize, now_ns: u64, wake: &mut impl FnMut(usize, &E)) -> Result<(), RingBroken> {
         let Some(port) = self.port(guest) else { return Ok(()) };
-        loop {
+        // A pass takes at most what the ring held when it began: the
+        // consumer index is given back at its end, so a sender refilling
+        // on another CPU cannot keep this one here. One more pass at most.
+        for pass in 0..2 {
             match self.drain_once(guest, &port, now_ns, wake) {
                 Drained::Done(result) => return result,
                 Drained::Waiting { dest, len, since_ns } => {
                     self.list_waiter(guest, &port, dest, since_ns);
                     // The receiver may have made room and left its CPU
-                    // before the sender was listed: look once more.
-                    if self.room_for(dest, len) != Some(false) {
+                    // before the sender was listed: look once more (after
+                    // that, listed, the receiver's next turn drains it).
+                    if pass == 0 && self.room_for(dest, len) != Some(false) {
                         continue;
                     }
                     return Ok(());
                 }
             }
         }
+        Ok(())
     }
 
     fn drain_once(&self, guest: usize, port: &Arc<Port<R, E>>, now_ns: u64, wake: &mut impl FnMut(usize, &E)) -> Drained {
