@@ -18,9 +18,14 @@ fn cell(boot: Boot, machine: Chipset, cpus: u32) {
 fn cell_on(boot: Boot, machine: Chipset, cpus: u32, accel: Accel) -> String {
     let what = format!("{machine:?} {boot:?} -smp {cpus} ({accel:?})");
     let port = free_port();
+    // Each CPU is given two workers. With many CPUs, CPU 0 is still
+    // creating guests (under TCG, 32 vCPUs share the host's 2 cores) when
+    // the others finish theirs, and they may take CPU 0's before it runs
+    // them: workers long enough to outlast the start keep CPU 0's its own.
+    let busy_ms = if cpus > 8 { 3000 } else { 300 };
     let manifest = format!(
         "[[guest]]\nname = \"echo\"\napp = \"echo\"\ntenant = \"a\"\nmemory = \"4 MiB\"\nargs = [\"serve\", \"7\"]\nports = [\"{port}:7\"]\n\n\
-         [[guest]]\nname = \"worker\"\napp = \"worker\"\ncount = {}\nmemory = \"1 MiB\"\nargs = [\"busy\", \"300\"]\n",
+         [[guest]]\nname = \"worker\"\napp = \"worker\"\ncount = {}\nmemory = \"1 MiB\"\nargs = [\"busy\", \"{busy_ms}\"]\n",
         2 * cpus
     );
     let mut live = Live::start_with(&manifest, cpus, |cfg| {
