@@ -70,7 +70,7 @@ pub(crate) fn init() {
     }
     let slots = info.ring_slots;
     let tx = MappedRing::new(layout::NIC_TX_INDICES, layout::NIC_TX_RING, slots);
-    let rx = MappedRing::new(layout::NIC_RX_INDICES, layout::NIC_RX_RING, slots);
+    let rx = MappedRing::new(layout::NIC_RX_INDICES, layout::nic_rx_ring(slots), slots);
     let mut dev = RingDevice::new(tx, rx, slots).with_mtu(info.mtu as usize);
     let mac = EthernetAddress([info.mac[0], info.mac[1], info.mac[2], info.mac[3], info.mac[4], info.mac[5]]);
     let mut config = Config::new(HardwareAddress::Ethernet(mac));

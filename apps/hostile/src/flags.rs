@@ -37,7 +37,7 @@ const PAGE: u64 = abi::layout::PAGE_SIZE;
 /// A 1 GiB-aligned region `n` GiB into the heap, far from anything the
 /// libos allocator hands out (it grows from the heap's start).
 fn region(n: u64) -> u64 {
-    (abi::layout::HEAP_START + n * GIB).next_multiple_of(GIB)
+    (libos::start_info().heap_start + n * GIB).next_multiple_of(GIB)
 }
 
 fn rdtsc() -> u64 {

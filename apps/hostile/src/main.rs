@@ -112,7 +112,7 @@ impl RawNic {
             return None;
         }
         let pos = self.rx_cons % self.slots;
-        let slot = abi::layout::NIC_RX_RING + u64::from(pos) * abi::ring::SLOT_SIZE as u64;
+        let slot = abi::layout::nic_rx_ring(self.slots) + u64::from(pos) * abi::ring::SLOT_SIZE as u64;
         // SAFETY: the slot lies in the RX ring, mapped read-write; the
         // header's fields are checked before the copy.
         let (len, flags) = unsafe { (core::ptr::read_volatile(slot as *const u16), core::ptr::read_volatile((slot + 2) as *const u16)) };

@@ -121,8 +121,9 @@ impl ControlHost for FuzzHost {
             .find(|(n, d, _)| n == image || digest_string(d) == image)
             .map(|(_, _, i)| i)
             .ok_or_else(|| Refusal::from(format!("no image {image}")))?;
-        let g = Guest::create(&mut st.mem, st.kernel_root, st.time_page, img, name, args, env, memory, |_, _| {})
-            .map_err(|e| Refusal::from(e.to_string()))?;
+        let g =
+            Guest::create(&mut st.mem, st.kernel_root, st.time_page, img, name, args, env, memory, abi::layout::heap_start(0), |_, _| {})
+                .map_err(|e| Refusal::from(e.to_string()))?;
         st.guests.push((name.into(), g));
         Ok((None, None))
     }

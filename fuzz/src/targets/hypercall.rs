@@ -10,7 +10,10 @@
 //! image.
 
 use abi::Hypercall;
-use abi::layout::{self, HEAP_START, NIC_TX_RING, PAGE_SIZE, STACK_MAX, STACK_TOP, USER_END};
+use abi::layout::{self, NIC_TX_RING, PAGE_SIZE, STACK_MAX, STACK_TOP, USER_END};
+
+/// Where the heap of a guest without a vNIC starts.
+const HEAP_START: u64 = layout::heap_start(0);
 use hypervisor::guest::regs::{Regs, VECTOR_SYSCALL};
 use hypervisor::guest::{Guest, LoadedImage, Step};
 use hypervisor::image::{Image, Perms, Segment};
@@ -96,7 +99,7 @@ pub fn hypercall(data: &[u8]) {
     };
     let base = mem.live;
     let name = "fz-0";
-    let mut g = match Guest::create(&mut mem, kernel_root, time_page, &loaded, name, &["a", "b"], &["K=v"], limit, |_, _| {}) {
+    let mut g = match Guest::create(&mut mem, kernel_root, time_page, &loaded, name, &["a", "b"], &["K=v"], limit, HEAP_START, |_, _| {}) {
         Ok(g) => g,
         Err(_) => {
             assert_eq!(mem.live, base, "a failed creation leaked frames");

@@ -95,7 +95,9 @@ fn check(file: &[u8], knobs: u8) {
     // An instance with the image's own arguments and a fuzz-chosen limit.
     let limit = [64 << 10, 128 << 10, 256 << 10, 1 << 20][(knobs >> 6) as usize];
     let args: Vec<&str> = img.app_args.iter().map(String::as_str).collect();
-    if let Ok(mut g) = Guest::create(&mut mem, kernel_root, time_page, &loaded, "fuzz-0", &args, &[], limit, |_, _| {}) {
+    if let Ok(mut g) =
+        Guest::create(&mut mem, kernel_root, time_page, &loaded, "fuzz-0", &args, &[], limit, abi::layout::heap_start(0), |_, _| {})
+    {
         assert!(g.memory.charged_bytes() <= limit, "creation charged beyond the limit");
         let mut b = [0u8; 1];
         assert!(g.memory.read(&mut mem, img.entry, &mut b).is_ok(), "entry point not readable");

@@ -162,7 +162,7 @@ fn check_frame(f: abi::ring::Frame, slots: u32, size: usize, snapshot: Option<&[
 
 pub fn ring(data: &[u8]) {
     let mut inp = Input::new(data);
-    let slots = 2u32 << inp.below(7); // 2..=128
+    let slots = 2u32 << inp.below(9); // 2..=512
     let tx = FuzzRing::new(slots);
     let rx = FuzzRing::new(slots);
     let size = tx.size();

@@ -4,11 +4,16 @@
 //! the hypervisor's, mapped supervisor-only in every address space.
 //!
 //! Everything a guest gets besides its image lies in one 2 MiB window
-//! (`WINDOW`) in the first GiB, and the heap starts inside it, so a small
-//! guest's whole address space needs five or six page tables: the PML4,
-//! one PDPT, one page directory, one page table for the image, one for the
-//! window, and one more once it touches a big heap block (the libos keeps
-//! those `HEAP_BIG_OFFSET` into the heap, still in the first GiB).
+//! (`WINDOW`) in the first GiB, and the heap starts inside it (for rings
+//! up to [`WINDOW_SLOTS`] slots), so a small guest's whole address space
+//! needs five or six page tables: the PML4, one PDPT, one page directory,
+//! one page table for the image, one for the window, and one more once it
+//! touches a big heap block (the libos keeps those `HEAP_BIG_OFFSET` into
+//! the heap, still in the first GiB). The rings take the room their
+//! `slots` need and the heap follows them ([`nic_rx_ring`],
+//! [`heap_start`]): an idle guest's 4-slot rings leave the window nearly
+//! free, and a streaming guest may have rings of up to `ring::SLOTS_MAX`
+//! slots (1 MiB each).
 //!
 //! ```text
 //! 0x0000_0000_0001_0000  image segments, where the ELF puts them (< IMAGE_END)
@@ -17,9 +22,9 @@
 //! 0x0000_0000_2010_1000  start page, read-only: RawBootInfo + StartInfo + NicInfo + strings
 //! 0x0000_0000_2010_2000  time page, read-only, the same for all guests (time::TimeInfo)
 //! 0x0000_0000_2010_3000  shared page, read-write, the guest's own: event bits, vNIC ring indices
-//! 0x0000_0000_2010_4000  vNIC TX ring slots (up to ring::SLOTS_MAX), then RX ring slots
-//! 0x0000_0000_2018_4000  heap (HEAP_LEN of address space), zero-filled on first touch
-//! 0x0000_0100_2018_4000  end of the heap
+//! 0x0000_0000_2010_4000  vNIC TX ring slots (ring_slots of them), then RX ring slots
+//! heap_start(ring_slots) heap (HEAP_LEN of address space), zero-filled on first touch
+//!                        (0x2010_4000 without a vNIC, 0x2010_8000 with 4-slot rings)
 //! 0x0000_8000_0000_0000  end of the guest half (USER_END)
 //! ```
 //!
@@ -51,12 +56,22 @@ pub const EVENT_PAGE: u64 = TIME_PAGE + PAGE_SIZE;
 /// `prod` at +0, `cons` at +64: `ring::PROD_OFFSET`, `ring::CONS_OFFSET`).
 pub const NIC_TX_INDICES: u64 = 0x100;
 pub const NIC_RX_INDICES: u64 = 0x200;
-/// The vNIC's TX ring slots (guest produces) and RX ring slots (hypervisor
-/// produces), each `ring::slots_bytes(slots)` long.
+/// The vNIC's TX ring slots (guest produces), `ring::slots_bytes(slots)`
+/// long; the RX ring's (hypervisor produces) follow at [`nic_rx_ring`].
 pub const NIC_TX_RING: u64 = EVENT_PAGE + PAGE_SIZE;
-pub const NIC_RX_RING: u64 = NIC_TX_RING + crate::ring::slots_bytes(crate::ring::SLOTS_MAX) as u64;
-/// Start of the heap region, right after the largest rings.
-pub const HEAP_START: u64 = NIC_RX_RING + crate::ring::slots_bytes(crate::ring::SLOTS_MAX) as u64;
+/// Where the RX ring's slots start, for rings of `slots` slots (the guest
+/// reads `slots` from `NicInfo::ring_slots`).
+pub const fn nic_rx_ring(slots: u32) -> u64 {
+    NIC_TX_RING + crate::ring::slots_bytes(slots) as u64
+}
+/// Start of the heap region, right after the rings of a guest whose rings
+/// have `slots` slots (0: a guest without a vNIC). The guest is told it
+/// (`StartInfo::heap_start`).
+pub const fn heap_start(slots: u32) -> u64 {
+    NIC_TX_RING + 2 * crate::ring::slots_bytes(slots) as u64
+}
+/// Rings up to this many slots leave the heap starting inside the window.
+pub const WINDOW_SLOTS: u32 = 128;
 /// Address space given to the heap (1 TiB; memory is what the limit allows).
 pub const HEAP_LEN: u64 = 1 << 40;
 /// Where in the heap the libos starts its runs of whole pages for big
@@ -83,10 +98,11 @@ const _: () = {
     assert!(USER_MIN < IMAGE_END);
     assert!(WINDOW.is_multiple_of(2 << 20));
     assert!(STACK_TOP - STACK_MAX - PAGE_SIZE == WINDOW);
-    assert!(HEAP_START < WINDOW + (2 << 20), "the heap starts inside the window");
-    assert!(HEAP_START.is_multiple_of(PAGE_SIZE));
-    assert!(HEAP_START + HEAP_LEN <= USER_END);
-    assert!((HEAP_START + HEAP_BIG_OFFSET) >> 30 == WINDOW >> 30, "big blocks start in the window's GiB");
+    assert!(heap_start(WINDOW_SLOTS) < WINDOW + (2 << 20), "the heap starts inside the window");
+    assert!(heap_start(0).is_multiple_of(PAGE_SIZE) && heap_start(crate::ring::SLOTS_MIN).is_multiple_of(PAGE_SIZE));
+    assert!(crate::ring::slots_bytes(crate::ring::SLOTS_MIN).is_multiple_of(PAGE_SIZE as usize), "ring sizes are whole pages");
+    assert!(heap_start(crate::ring::SLOTS_MAX) + HEAP_LEN <= USER_END);
+    assert!((heap_start(crate::ring::SLOTS_MAX) + HEAP_BIG_OFFSET) >> 30 == WINDOW >> 30, "big blocks start in the window's GiB");
     assert!(NIC_TX_INDICES >= 8 && NIC_TX_INDICES + crate::ring::CONS_OFFSET as u64 + 4 <= NIC_RX_INDICES);
     assert!(NIC_RX_INDICES + crate::ring::CONS_OFFSET as u64 + 4 <= PAGE_SIZE);
     assert!(NIC_INFO_OFFSET >= START_INFO_OFFSET + core::mem::size_of::<crate::StartInfo>() as u64);

@@ -11,7 +11,7 @@ use crate::image::Image;
 use crate::mm::paging::Pte;
 use crate::mm::user::{Fault, GuestMemory};
 use crate::mm::{FRAME_SIZE, PhysAddr, PhysMem, paging::AddressSpace};
-use abi::layout::{self, HEAP_LEN, HEAP_START, PAGE_SIZE, STACK_MAX, STACK_TOP, START_PAGE};
+use abi::layout::{self, HEAP_LEN, PAGE_SIZE, STACK_MAX, STACK_TOP, START_PAGE};
 use abi::stop::{HypercallError, MemoryError, StopReason};
 use abi::{CONSOLE_WRITE_MAX, Hypercall, StartInfo};
 use alloc::boxed::Box;
@@ -200,8 +200,10 @@ impl Guest {
     /// Builds an instance of `image`: its own address space with the
     /// image's read-only pages shared, its writable pages copied, demand-zero
     /// heap and stack, the shared time page (`time_page`, read-only), its
-    /// event page, and the start page. `write_boot_info` puts hermit-entry's
-    /// `RawBootInfo` at the start of the start page's frame.
+    /// event page, and the start page. The heap begins at `heap_start`
+    /// (after the vNIC rings it will have: `layout::heap_start`).
+    /// `write_boot_info` puts hermit-entry's `RawBootInfo` at the start of
+    /// the start page's frame.
     #[allow(clippy::too_many_arguments)]
     pub fn create<M: PhysMem>(
         mem: &mut M,
@@ -212,6 +214,7 @@ impl Guest {
         args: &[&str],
         env: &[&str],
         memory_limit: u64,
+        heap_start: u64,
         write_boot_info: impl FnOnce(&mut M, PhysAddr),
     ) -> Result<Self, CreateError> {
         // Image copies, start and event pages, and a handful of page tables.
@@ -221,7 +224,7 @@ impl Guest {
         }
         let strings = start_strings(name, args, env).ok_or(CreateError::ArgsTooLong)?;
         let space = AddressSpace::new(mem, kernel_root).ok_or(CreateError::MachineOutOfMemory)?;
-        let heap = HEAP_START..HEAP_START + HEAP_LEN;
+        let heap = heap_start..heap_start + HEAP_LEN;
         let stack = STACK_TOP - STACK_MAX..STACK_TOP;
         let mut memory = GuestMemory::new(space, heap.clone(), stack.clone(), memory_limit);
 

@@ -5,6 +5,9 @@ use alloc::string::ToString;
 
 use crate::testutil::two_page_image as image;
 
+/// Where the heap of these guests (no vNIC) starts.
+const HEAP_START: u64 = layout::heap_start(0);
+
 /// Simulated memory, a kernel root and a time page, and the loaded image.
 fn setup() -> (TestMem, (PhysAddr, PhysAddr), LoadedImage) {
     let mut mem = TestMem::new(10_000);
@@ -22,7 +25,7 @@ fn create(
     args: &[&str],
     limit: u64,
 ) -> Result<Guest, CreateError> {
-    Guest::create(mem, k, t, li, name, args, &[], limit, |_, _| {})
+    Guest::create(mem, k, t, li, name, args, &[], limit, HEAP_START, |_, _| {})
 }
 
 fn syscall(g: &mut Guest, nr: u64, a0: u64, a1: u64) {
@@ -199,7 +202,8 @@ fn creation_refuses_too_little_memory_and_long_args() {
     let long = "x".repeat(5000);
     assert!(matches!(create(&mut mem, k, &li, "g", &[&long], 1 << 20), Err(CreateError::ArgsTooLong)));
     let (k2, t2) = k;
-    let with_env = |mem: &mut TestMem, env: &[&str]| Guest::create(mem, k2, t2, &li, "g", &["a"], env, 1 << 20, |_, _| {}).err();
+    let with_env =
+        |mem: &mut TestMem, env: &[&str]| Guest::create(mem, k2, t2, &li, "g", &["a"], env, 1 << 20, HEAP_START, |_, _| {}).err();
     for bad in [&["NOKEY"][..], &["=v"], &["K=a\0b"], &[long.as_str()]] {
         assert_eq!(with_env(&mut mem, bad), Some(CreateError::ArgsTooLong), "{:?}", &bad[0][..bad[0].len().min(8)]);
     }
@@ -211,7 +215,8 @@ fn creation_refuses_too_little_memory_and_long_args() {
 #[test]
 fn the_start_page_holds_the_name_arguments_and_environment() {
     let (mut mem, (k, t), li) = setup();
-    let g = Guest::create(&mut mem, k, t, &li, "g-0", &["two words", "b"], &["PATH=/bin", "EMPTY="], 1 << 20, |_, _| {}).unwrap();
+    let g =
+        Guest::create(&mut mem, k, t, &li, "g-0", &["two words", "b"], &["PATH=/bin", "EMPTY="], 1 << 20, HEAP_START, |_, _| {}).unwrap();
     let page = g.memory.space.translate(&mem, layout::START_PAGE).unwrap().0;
     let mut buf = [0u8; 4096];
     mem.read(page, 0, &mut buf);

@@ -286,8 +286,14 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         let created_ns = self.now();
         let nic = if st.tenant == TENANT_NONE { None } else { Some(creating.address(id, st)?) };
         let time = &self.time;
-        let mut g = Guest::create(&mut mem, self.guest_upper, self.time_page, img, name, args, env, st.memory, |m, page| {
-            self.platform.write_boot_info(page, boot_info(img, st.memory, time));
+        let slots = nic.as_ref().map_or(0, |i| i.ring_slots);
+        if nic.is_some() && !abi::ring::valid_slots(slots) {
+            return Err(format!("ring_slots {slots} is not a power of two between {} and {}", abi::ring::SLOTS_MIN, abi::ring::SLOTS_MAX));
+        }
+        // The heap follows the rings.
+        let heap_start = abi::layout::heap_start(slots);
+        let mut g = Guest::create(&mut mem, self.guest_upper, self.time_page, img, name, args, env, st.memory, heap_start, |m, page| {
+            self.platform.write_boot_info(page, boot_info(img, heap_start, st.memory, time));
             if let Some(info) = &nic {
                 m.write(page, abi::layout::NIC_INFO_OFFSET as usize, &info.to_bytes());
             }
@@ -413,11 +419,8 @@ fn attach_nic<P: Platform>(
     id: usize,
     events: &P::Events,
 ) -> Result<(), String> {
-    use abi::ring::valid_slots;
+    // (Checked by `create_as`.)
     let slots = info.ring_slots;
-    if !valid_slots(slots) {
-        return Err(format!("ring_slots {slots} is not a power of two between {} and {}", abi::ring::SLOTS_MIN, abi::ring::SLOTS_MAX));
-    }
     let mut ring = |indices: u64, base: u64| {
         platform
             .ring(events, indices, slots, |i, page| {
@@ -429,7 +432,7 @@ fn attach_nic<P: Platform>(
             })
     };
     let tx = ring(abi::layout::NIC_TX_INDICES, abi::layout::NIC_TX_RING)?;
-    let rx = ring(abi::layout::NIC_RX_INDICES, abi::layout::NIC_RX_RING)?;
+    let rx = ring(abi::layout::NIC_RX_INDICES, abi::layout::nic_rx_ring(slots))?;
     let mac = [info.mac[0], info.mac[1], info.mac[2], info.mac[3], info.mac[4], info.mac[5]];
     net.attach(Attach {
         guest: id,
@@ -444,15 +447,12 @@ fn attach_nic<P: Platform>(
     })
 }
 
-/// hermit-entry's boot record for a guest of `image` with `memory` bytes.
-fn boot_info(image: &LoadedImage, memory: u64, time: &TimeInfo) -> RawBootInfo {
+/// hermit-entry's boot record for a guest of `image` with `memory` bytes
+/// and its heap at `heap_start`.
+fn boot_info(image: &LoadedImage, heap_start: u64, memory: u64, time: &TimeInfo) -> RawBootInfo {
     let boot_time = time::OffsetDateTime::from_unix_timestamp_nanos(time.boot_wall_ns as i128).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let info = BootInfo {
-        hardware_info: HardwareInfo {
-            phys_addr_range: abi::layout::HEAP_START..abi::layout::HEAP_START + memory,
-            serial_port_base: None,
-            device_tree: None,
-        },
+        hardware_info: HardwareInfo { phys_addr_range: heap_start..heap_start + memory, serial_port_base: None, device_tree: None },
         load_info: LoadInfo { kernel_image_addr_range: image.vaddr_range.clone(), tls_info: None },
         platform_info: PlatformInfo::Uhyve {
             has_pci: false,

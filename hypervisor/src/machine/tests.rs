@@ -676,9 +676,14 @@ fn a_vnic_is_rings_mapped_into_the_guest_and_a_port_with_its_address() {
     let mem = m.platform.mem();
     let at = |va| g.memory.space.translate(&mem, va).map(|(pa, _)| pa);
     assert_eq!(at(abi::layout::NIC_TX_RING), Some(tx[0]), "the TX ring's first frame is the guest's");
-    assert_eq!(at(abi::layout::NIC_RX_RING + 4096 * (pages as u64 - 1)), Some(rx[pages - 1]));
+    assert_eq!(at(abi::layout::nic_rx_ring(4)), Some(rx[0]), "the RX ring follows the TX ring's 4 slots");
+    assert_eq!(at(abi::layout::nic_rx_ring(4) + 4096 * (pages as u64 - 1)), Some(rx[pages - 1]));
     assert_eq!(at(abi::layout::EVENT_PAGE), Some(*events));
     assert!(g.memory.private_bytes() >= 2 * pages as u64 * 4096, "the rings are charged to the guest");
+    // And the heap follows the rings.
+    let heap = abi::layout::heap_start(4);
+    assert_eq!((heap, at(heap)), (abi::layout::nic_rx_ring(4) + 4096 * pages as u64, None), "untouched: demand-zero");
+    assert!(g.memory.is_zero_fill(heap) && !g.memory.is_zero_fill(heap - 1), "the heap starts there, not in the RX ring");
 }
 
 /// The entries into guest `name`, by the clock.
@@ -932,8 +937,8 @@ fn each_client_has_its_own_session_and_watches_until_it_goes() {
     // Client 1 watches events and has half a request under way; client 0
     // asks for the version meanwhile.
     assert_eq!(send(1, Some(b"events\nver"), &mut sessions), [r#"1:{"watching":"events"}"#]);
-    assert_eq!(send(0, Some(b"version\n"), &mut sessions), [r#"0:{"protocol":5,"abi":5}"#]);
-    assert_eq!(send(1, Some(b"sion\n"), &mut sessions), [r#"1:{"protocol":5,"abi":5}"#], "its half line was its own");
+    assert_eq!(send(0, Some(b"version\n"), &mut sessions), [r#"0:{"protocol":5,"abi":6}"#]);
+    assert_eq!(send(1, Some(b"sion\n"), &mut sessions), [r#"1:{"protocol":5,"abi":6}"#], "its half line was its own");
     guest(&m, "a", &[Act::Exit(0)]);
     assert_eq!(steps(&m, 0, &mut CpuState::default(), 10), Pass::Done);
     let out = send(0, None, &mut Vec::new());

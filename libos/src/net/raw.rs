@@ -130,7 +130,7 @@ impl RawNic {
         poll_fn(|cx| match self.dev.recv_with(&mut f) {
             Some(r) => Poll::Ready(r),
             None => {
-                let ring = MappedRing::new(layout::NIC_RX_INDICES, layout::NIC_RX_RING, slots);
+                let ring = MappedRing::new(layout::NIC_RX_INDICES, layout::nic_rx_ring(slots), slots);
                 *WAITING.lock() = Some((ring, cx.waker().clone()));
                 Poll::Pending
             }
@@ -145,7 +145,7 @@ impl RawNic {
         poll_fn(|cx| match self.dev.recv(buf) {
             Some(n) => Poll::Ready(n),
             None => {
-                let ring = MappedRing::new(layout::NIC_RX_INDICES, layout::NIC_RX_RING, slots);
+                let ring = MappedRing::new(layout::NIC_RX_INDICES, layout::nic_rx_ring(slots), slots);
                 *WAITING.lock() = Some((ring, cx.waker().clone()));
                 Poll::Pending
             }

@@ -211,7 +211,7 @@ impl fmt::Display for ControlError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(untagged))]
 pub enum Response {
-    /// `version`: `{"protocol":3,"abi":5}`.
+    /// `version`: `{"protocol":5,"abi":6}`.
     Version { protocol: u32, abi: u32 },
     /// `stats`: every guest not on a CPU at that instant, and the machine.
     Stats { guests: Vec<GuestStats>, machine: MachineStats },

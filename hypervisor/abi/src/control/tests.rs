@@ -17,7 +17,7 @@ fn answers_print_as_they_always_did_and_read_back() {
         received_frames: 4,
     };
     let cases: &[(Response, &str)] = &[
-        (Response::version(), r#"{"protocol":5,"abi":5}"#),
+        (Response::version(), r#"{"protocol":5,"abi":6}"#),
         (
             Response::Guests { guests: vec![row] },
             r#"{"guests":[{"name":"w","tenant":7,"state":"stopped","cpu_ns":1,"memory_bytes":2,"sent_frames":3,"received_frames":4}]}"#,
