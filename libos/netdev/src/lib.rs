@@ -131,25 +131,7 @@ impl<M: RingSlices> RingDevice<M> {
     /// The next received frame, in place; lying headers are counted and
     /// skipped.
     fn peek(&mut self) -> Option<abi::ring::Frame> {
-        loop {
-            match self.rx.peek(&self.rx_mem) {
-                Ok(Some(f)) => {
-                    self.stats.rx_frames += 1;
-                    self.stats.rx_unchecked += u64::from(f.flags & flags::RX_CSUM_OK == 0);
-                    return Some(f);
-                }
-                Ok(None) => return None,
-                Err(RingError::BadLength { .. }) => {
-                    self.stats.ring_errors += 1;
-                    let _ = self.rx.skip(&self.rx_mem);
-                    self.rx.release(&self.rx_mem);
-                }
-                Err(RingError::BadIndex { .. }) => {
-                    self.stats.ring_errors += 1;
-                    return None;
-                }
-            }
-        }
+        next_frame(&mut self.rx, &self.rx_mem, &mut self.stats)
     }
 
     /// Whether the TX ring has room for a frame of the MTU (so a token's
@@ -164,6 +146,31 @@ impl<M: RingSlices> RingDevice<M> {
         };
         self.stats.tx_stalled = !room;
         room
+    }
+}
+
+/// The next frame in an RX ring, in place (counted), passing over and
+/// counting entries with lying headers; `None` when the ring is empty or
+/// its producer broke the index.
+fn next_frame<M: RingSlices>(rx: &mut Consumer, mem: &M, stats: &mut Stats) -> Option<abi::ring::Frame> {
+    loop {
+        match rx.peek(mem) {
+            Ok(Some(f)) => {
+                stats.rx_frames += 1;
+                stats.rx_unchecked += u64::from(f.flags & flags::RX_CSUM_OK == 0);
+                return Some(f);
+            }
+            Ok(None) => return None,
+            Err(RingError::BadLength { .. }) => {
+                stats.ring_errors += 1;
+                let _ = rx.skip(mem);
+                rx.release(mem);
+            }
+            Err(RingError::BadIndex { .. }) => {
+                stats.ring_errors += 1;
+                return None;
+            }
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! the ring's bounds is counted and the frame skipped, and a broken index
 //! reads as an empty ring.
 
-use abi::ring::{Consumer, MIN_FRAME, Producer, RingError, RingSlices};
+use abi::ring::{Consumer, MIN_FRAME, Producer, RingSlices};
 
 use crate::{RingDevice, Stats};
 
@@ -55,24 +55,7 @@ impl<M: RingSlices> RawDevice<M> {
     /// carry their own checksums, if any (no `TX_CSUM_BLANK`). The hypervisor forwards it
     /// when the guest blocks, yields, is preempted or kicks.
     pub fn send(&mut self, frame: &[u8]) -> Result<bool, SendError> {
-        if !(MIN_FRAME..=self.max_frame()).contains(&frame.len()) {
-            return Err(SendError::Size { len: frame.len(), min: MIN_FRAME, max: self.max_frame() });
-        }
-        match self.tx.push(&self.tx_mem, frame, 0) {
-            Ok(true) => {
-                self.tx.publish(&self.tx_mem);
-                self.stats.tx_frames += 1;
-                Ok(true)
-            }
-            Ok(false) => {
-                self.stats.tx_full += 1;
-                Ok(false)
-            }
-            Err(_) => {
-                self.stats.ring_errors += 1;
-                Err(SendError::Ring)
-            }
-        }
+        self.send_with(frame.len(), |buf| buf.copy_from_slice(frame))
     }
 
     /// Builds a frame of `len` bytes in place: `fill` gets its span in the
@@ -124,56 +107,26 @@ impl<M: RingSlices> RawDevice<M> {
     }
 
     /// Copies the next received frame into `buf` (which must hold
-    /// [`RawDevice::max_frame`] bytes) and gives its slot back; its
-    /// length, or `None` when none is waiting. A frame with a bad length
-    /// is counted and skipped.
+    /// [`RawDevice::max_frame`] bytes; a longer frame is cut to it) and
+    /// gives its slots back; its length, or `None` when none is waiting. A
+    /// frame with a bad length is counted and skipped.
     pub fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
-        loop {
-            match self.rx.pop(&self.rx_mem, buf) {
-                Ok(Some(f)) => {
-                    self.rx.release(&self.rx_mem);
-                    self.stats.rx_frames += 1;
-                    return Some(f.len);
-                }
-                Ok(None) => return None,
-                Err(RingError::BadLength { .. }) => {
-                    self.stats.ring_errors += 1;
-                    let _ = self.rx.skip(&self.rx_mem);
-                    self.rx.release(&self.rx_mem);
-                }
-                Err(RingError::BadIndex { .. }) => {
-                    self.stats.ring_errors += 1;
-                    return None;
-                }
-            }
-        }
+        self.recv_with(|f| {
+            let n = f.len().min(buf.len());
+            buf[..n].copy_from_slice(&f[..n]);
+            f.len()
+        })
     }
 
     /// Hands the next received frame, where it lies in the RX ring, to
     /// `f`, then gives its slots back; `f`'s answer, or `None` when no
     /// frame is waiting. A frame with a bad length is counted and skipped.
     pub fn recv_with<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
-        loop {
-            match self.rx.peek(&self.rx_mem) {
-                Ok(Some(frame)) => {
-                    let r = self.rx_mem.with_slice(frame.at, frame.len, f);
-                    let _ = self.rx.skip(&self.rx_mem);
-                    self.rx.release(&self.rx_mem);
-                    self.stats.rx_frames += 1;
-                    return Some(r);
-                }
-                Ok(None) => return None,
-                Err(RingError::BadLength { .. }) => {
-                    self.stats.ring_errors += 1;
-                    let _ = self.rx.skip(&self.rx_mem);
-                    self.rx.release(&self.rx_mem);
-                }
-                Err(RingError::BadIndex { .. }) => {
-                    self.stats.ring_errors += 1;
-                    return None;
-                }
-            }
-        }
+        let frame = crate::next_frame(&mut self.rx, &self.rx_mem, &mut self.stats)?;
+        let r = self.rx_mem.with_slice(frame.at, frame.len, f);
+        let _ = self.rx.skip(&self.rx_mem);
+        self.rx.release(&self.rx_mem);
+        Some(r)
     }
 }
 
