@@ -276,6 +276,9 @@ impl<T: Transport + Send> UplinkDevice for VirtioNet<T> {
     fn notify_rx(&mut self) {
         VirtioNet::notify_rx(self)
     }
+    fn notifies(&self) -> u64 {
+        self.notifies
+    }
 }
 
 #[cfg(test)]
