@@ -31,6 +31,9 @@ pub mod status {
 pub mod feature {
     /// The device complies with virtio 1.0.
     pub const VERSION_1: u64 = 1 << 32;
+    /// The rings' event indexes, `used_event` and `avail_event`, say when
+    /// to notify (virtio 1.x §2.7.10; `net::virtq`).
+    pub const RING_EVENT_IDX: u64 = 1 << 29;
 }
 
 /// The registers of `virtio_pci_common_cfg` (virtio 1.0 §4.1.4.3) we use.
@@ -213,6 +216,8 @@ pub mod testing {
         /// Available entries taken, used entries written.
         pub seen: u16,
         pub used_idx: u16,
+        /// VIRTIO_F_EVENT_IDX was negotiated.
+        pub event_idx: bool,
     }
 
     pub fn rd16(mem: &TestMem, pa: PhysAddr, off: usize) -> u16 {
@@ -223,7 +228,7 @@ pub mod testing {
 
     impl FakeQueue {
         /// The next available descriptor: its id, buffer, length and flags.
-        pub fn take_avail(&mut self, mem: &TestMem) -> Option<(u16, PhysAddr, u32, u16)> {
+        pub fn take_avail(&mut self, mem: &mut TestMem) -> Option<(u16, PhysAddr, u32, u16)> {
             if rd16(mem, self.avail, RING_IDX) == self.seen {
                 return None;
             }
@@ -231,6 +236,11 @@ pub mod testing {
             let mut d = [0u8; DESC_BYTES];
             mem.read(self.desc, DESC_BYTES * id as usize, &mut d);
             self.seen = self.seen.wrapping_add(1);
+            if self.event_idx {
+                // As QEMU's `virtqueue_pop`: be told when there is more
+                // than what was taken.
+                mem.write(self.used, avail_event(self.size), &self.seen.to_le_bytes());
+            }
             Some((
                 id,
                 u64::from_le_bytes(d[DESC_ADDR].try_into().unwrap()),
@@ -239,14 +249,23 @@ pub mod testing {
             ))
         }
 
-        /// Writes a used entry (any id and length: the device may lie).
-        pub fn put_used(&mut self, mem: &mut TestMem, id: u32, len: u32) {
+        /// Writes a used entry (any id and length: the device may lie);
+        /// returns whether the driver asked to be interrupted for it
+        /// (virtio 1.x §2.7.10: its `used_event` just passed, or without
+        /// the event index, no `AVAIL_F_NO_INTERRUPT`).
+        pub fn put_used(&mut self, mem: &mut TestMem, id: u32, len: u32) -> bool {
             let mut e = [0u8; USED_ENTRY_BYTES];
             e[..4].copy_from_slice(&id.to_le_bytes());
             e[4..].copy_from_slice(&len.to_le_bytes());
             mem.write(self.used, RING_ENTRIES + USED_ENTRY_BYTES * (self.used_idx % self.size) as usize, &e);
+            let old = self.used_idx;
             self.used_idx = self.used_idx.wrapping_add(1);
             mem.write(self.used, RING_IDX, &self.used_idx.to_le_bytes());
+            if self.event_idx {
+                crate::net::virtq::need_event(rd16(mem, self.avail, used_event(self.size)), self.used_idx, old)
+            } else {
+                rd16(mem, self.avail, RING_FLAGS) & AVAIL_F_NO_INTERRUPT == 0
+            }
         }
     }
 }

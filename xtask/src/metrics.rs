@@ -152,6 +152,11 @@ impl Exporter {
         reg.register("machine_uplink_interrupts", "Interrupts the uplink raised (MSI-X)", ended(machine.uplink_interrupts));
         reg.register("machine_uplink_polls", "Polls of the uplink no interrupt prompted", ended(machine.uplink_polls));
         reg.register(
+            "machine_uplink_notifies",
+            "Notifications the uplink's driver sent its device (each an exit in a VM)",
+            ended(machine.uplink_notifies),
+        );
+        reg.register(
             "machine_arp_answered",
             "ARP requests the switch answered itself (guests' and the host's)",
             ended(machine.arp_answered),
@@ -258,6 +263,7 @@ mod tests {
             live: 2,
             uplink_interrupts: 7,
             arp_answered: 5,
+            uplink_notifies: 6,
             ..Default::default()
         };
         let list = [row("web", Some(0), GuestState::Waiting, 2_000_000_000, 10), row("h", None, GuestState::Exited, 1, 0)];
@@ -272,6 +278,7 @@ mod tests {
         assert_eq!(value(&t, "hive_machine_memory_free_bytes "), (1 << 29) as f64);
         assert_eq!(value(&t, "hive_machine_uplink_interrupts_total "), 7.0);
         assert_eq!(value(&t, "hive_machine_uplink_polls_total "), 0.0);
+        assert_eq!(value(&t, "hive_machine_uplink_notifies_total "), 6.0);
         assert_eq!(value(&t, "hive_machine_arp_answered_total "), 5.0);
         // Next scrape: web is on a CPU (no stats record): its details stay.
         let list = [row("web", Some(0), GuestState::Running, 3_000_000_000, 12)];

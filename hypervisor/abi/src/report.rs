@@ -153,6 +153,10 @@ pub struct MachineStats {
     pub arp_answered: u64,
     #[cfg_attr(feature = "serde", serde(default))]
     pub uplink_arp_answered: u64,
+    /// Notifications the uplink's driver sent its device (virtio's queue
+    /// notifications, the 82574L's tail writes; each an exit in a VM).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub uplink_notifies: u64,
 }
 
 /// One guest in the control channel's `list` answer.
@@ -239,19 +243,28 @@ mod tests {
             uplink_polls: 12,
             arp_answered: 13,
             uplink_arp_answered: 14,
+            uplink_notifies: 15,
         };
         let line = serde_json::to_string(&m).unwrap();
         assert_eq!(
             line,
-            r#"{"event":"machine","uptime_ns":1,"live":2,"exited":3,"stopped":4,"total_bytes":5,"free_bytes":6,"hv_heap_bytes":7,"hv_heap_used_bytes":8,"cpu_idle_ns":[9,10],"uplink_interrupts":11,"uplink_polls":12,"arp_answered":13,"uplink_arp_answered":14}"#
+            r#"{"event":"machine","uptime_ns":1,"live":2,"exited":3,"stopped":4,"total_bytes":5,"free_bytes":6,"hv_heap_bytes":7,"hv_heap_used_bytes":8,"cpu_idle_ns":[9,10],"uplink_interrupts":11,"uplink_polls":12,"arp_answered":13,"uplink_arp_answered":14,"uplink_notifies":15}"#
         );
         assert!(line.starts_with(MACHINE_PREFIX));
         assert_eq!(serde_json::from_str::<MachineStats>(&line).unwrap(), m);
         // A line from before the uplink's counters reads as zeros.
-        let old = line.replace(r#","uplink_interrupts":11,"uplink_polls":12,"arp_answered":13,"uplink_arp_answered":14"#, "");
+        let old = line
+            .replace(r#","uplink_interrupts":11,"uplink_polls":12,"arp_answered":13,"uplink_arp_answered":14,"uplink_notifies":15"#, "");
         assert_eq!(
             serde_json::from_str::<MachineStats>(&old).unwrap(),
-            MachineStats { uplink_interrupts: 0, uplink_polls: 0, arp_answered: 0, uplink_arp_answered: 0, ..m.clone() }
+            MachineStats {
+                uplink_interrupts: 0,
+                uplink_polls: 0,
+                arp_answered: 0,
+                uplink_arp_answered: 0,
+                uplink_notifies: 0,
+                ..m.clone()
+            }
         );
         // A record is not mistaken for another.
         assert!(serde_json::from_str::<MachineStats>(OLD_GUEST_STATS).is_err());

@@ -111,6 +111,8 @@ pub trait Network: Sync {
     /// ARP requests the switch answered itself: all of them, and the
     /// host's (through the uplink).
     fn arp_answered(&self) -> (u64, u64);
+    /// Notifications the uplink's driver sent its device (0 without one).
+    fn uplink_notifies(&self) -> u64;
     /// What the back end holds per guest whether it has a port or not.
     fn bytes_per_guest(&self) -> u64;
     /// Starts a capture of at most `max` frames, until `until_ns`.
@@ -210,6 +212,10 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice + Send> Network for Net<R, E,
         let switch = self.switch.lock();
         let host = switch.uplink().and_then(|up| switch.stats(up)).map_or(0, |s| s.arp_answered);
         (switch.totals().arp_answered, host)
+    }
+
+    fn uplink_notifies(&self) -> u64 {
+        Net::uplink_notifies(self)
     }
 
     fn bytes_per_guest(&self) -> u64 {

@@ -119,6 +119,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             uplink_polls: self.uplink_polls.load(Ordering::Relaxed),
             arp_answered,
             uplink_arp_answered,
+            uplink_notifies: self.net.uplink_notifies(),
         }
     }
 

@@ -645,6 +645,9 @@ impl Network for Ports {
     fn arp_answered(&self) -> (u64, u64) {
         (0, 0)
     }
+    fn uplink_notifies(&self) -> u64 {
+        0
+    }
     fn bytes_per_guest(&self) -> u64 {
         0
     }

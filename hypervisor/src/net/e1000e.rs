@@ -303,6 +303,8 @@ pub struct E1000e<R> {
     /// Frames lost: no room to send, a bad length from either side, or a
     /// receive error, a spread frame or a bad length from the device.
     pub dropped: u64,
+    /// Tail writes (TDT and RDT) telling the device of new descriptors.
+    pub notifies: u64,
     /// Receive buffers given back since the device was last told.
     rx_returned: bool,
     /// The causes routed to MSI-X, which the device masks each time it
@@ -374,6 +376,7 @@ impl<R: Registers> E1000e<R> {
             rx_frames: 0,
             tx_frames: 0,
             dropped: 0,
+            notifies: 0,
             rx_returned: false,
             msix_causes: 0,
         })
@@ -473,6 +476,7 @@ impl<R: Registers> E1000e<R> {
             fence(Ordering::SeqCst);
             self.regs.write32(reg::TDT, self.tx_next.into());
             self.tx_tail = self.tx_next;
+            self.notifies += 1;
         }
     }
 
@@ -532,6 +536,7 @@ impl<R: Registers> E1000e<R> {
             fence(Ordering::SeqCst);
             // The tail goes onto the gap: the descriptor before `rx_next`.
             self.regs.write32(reg::RDT, ((self.rx_next + RING - 1) % RING).into());
+            self.notifies += 1;
         }
     }
 }
@@ -581,6 +586,9 @@ impl<R: Registers + Send> UplinkDevice for E1000e<R> {
         if self.msix_causes != 0 {
             self.enable_interrupts(self.msix_causes);
         }
+    }
+    fn notifies(&self) -> u64 {
+        self.notifies
     }
 }
 

@@ -7,9 +7,18 @@
 //! transport's owner set up MSI-X), the device is asked to signal the
 //! receive queue's used buffers and configuration changes through them,
 //! and CPU 0 polls it when one comes (`machine::cpu_loop`); the transmit
-//! queue's interrupts are suppressed (`AVAIL_F_NO_INTERRUPT`), since
-//! `send` reaps finished buffers itself. Without them, or when the device
-//! refuses an entry, it is polled on every pass of CPU 0's loop.
+//! queue's interrupts are suppressed, since `send` reaps finished buffers
+//! itself. Without them, or when the device refuses an entry, it is polled
+//! on every pass of CPU 0's loop.
+//!
+//! Notifications: with `VIRTIO_F_EVENT_IDX` (QEMU offers it) the device is
+//! notified of a batch of sent frames or given-back receive buffers only
+//! when its `avail_event` asks for it, and it interrupts for the first
+//! frame after a poll that emptied the receive queue, not for every frame
+//! (`net::virtq`). Without it, it is notified once per batch and the
+//! transmit queue's interrupts are suppressed with `AVAIL_F_NO_INTERRUPT`.
+//! Each notification is an exit in a VM: [`VirtioNet::notifies`] counts
+//! them.
 //!
 //! Rules:
 //! - The transport does register access, DMA memory and notifications;
@@ -28,7 +37,6 @@ use super::virtq::{BUFFER_BYTES, Virtq, VirtqError};
 use crate::mm::PhysMem;
 pub use crate::virtio::{CommonCfg, Transport, VIRTIO_VENDOR, VirtioError, status};
 use abi::ring::{MIN_FRAME, MTU_FRAME};
-use core::sync::atomic::{Ordering, fence};
 
 /// The transitional and the modern virtio-net PCI device ids.
 pub const VIRTIO_NET_DEVICES: [u16; 2] = [0x1000, 0x1041];
@@ -44,7 +52,7 @@ const TX_QUEUE: u16 = 1;
 pub mod feature {
     /// The device has a MAC address in its configuration space.
     pub const NET_MAC: u64 = 1 << 5;
-    pub use crate::virtio::feature::VERSION_1;
+    pub use crate::virtio::feature::{RING_EVENT_IDX, VERSION_1};
 }
 
 /// MSI-X table entries for the device's interrupts (virtio 1.0
@@ -79,12 +87,12 @@ pub struct VirtioNet<T> {
     /// Frames lost: no room to send, or a bad length or used entry from
     /// the device.
     pub dropped: u64,
-    /// Receive buffers given back since the device was last told.
-    rx_returned: bool,
-    /// Frames queued to send since the device was last told.
-    tx_unnotified: bool,
+    /// Notifications sent to the device (both queues).
+    pub notifies: u64,
     /// The device took our MSI-X entries: it interrupts when frames come.
     pub interrupts: bool,
+    /// VIRTIO_F_EVENT_IDX was negotiated.
+    pub event_idx: bool,
 }
 
 impl<T: Transport> VirtioNet<T> {
@@ -99,7 +107,9 @@ impl<T: Transport> VirtioNet<T> {
     pub fn start_with(mut t: T, msix: Option<MsixEntries>) -> Result<Self, VirtioError> {
         use crate::virtio::{NO_VECTOR, config_vector, queue_vector};
         use CommonCfg::*;
-        crate::virtio::negotiate(&mut t, |offered| feature::VERSION_1 | (offered & feature::NET_MAC))?;
+        let agreed =
+            crate::virtio::negotiate(&mut t, |offered| feature::VERSION_1 | (offered & (feature::NET_MAC | feature::RING_EVENT_IDX)))?;
+        let event_idx = agreed & feature::RING_EVENT_IDX != 0;
         // Every entry read back: a device that refuses one (answers
         // NO_VECTOR) is polled, with no vector at all.
         let interrupts = msix.is_some_and(|e| {
@@ -113,6 +123,10 @@ impl<T: Transport> VirtioNet<T> {
         });
         let (mut rx, rx_notify_off) = crate::virtio::queue(&mut t, RX_QUEUE, QUEUE_SIZE)?;
         let (mut tx, tx_notify_off) = crate::virtio::queue(&mut t, TX_QUEUE, QUEUE_SIZE)?;
+        if event_idx {
+            rx.use_event_idx();
+            tx.use_event_idx();
+        }
         rx.set_interrupts(t.dma(), interrupts);
         tx.set_interrupts(t.dma(), false);
         let mut mac = [0u8; 6];
@@ -130,14 +144,14 @@ impl<T: Transport> VirtioNet<T> {
             rx_frames: 0,
             tx_frames: 0,
             dropped: 0,
-            rx_returned: false,
-            tx_unnotified: false,
+            notifies: 0,
             interrupts,
+            event_idx,
         };
         while let Some(id) = up.rx.take() {
             up.rx.submit(up.transport.dma(), id, BUFFER_BYTES, true);
         }
-        up.transport.notify(RX_QUEUE, up.rx_notify_off);
+        up.notify_rx();
         Ok(up)
     }
 
@@ -179,14 +193,14 @@ impl<T: Transport> VirtioNet<T> {
         mem.write(buf, 0, &[0u8; NET_HDR_BYTES]);
         mem.write(buf, NET_HDR_BYTES, frame);
         self.tx.submit(mem, id, (NET_HDR_BYTES + frame.len()) as u32, false);
-        self.tx_unnotified = true;
         self.tx_frames += 1;
         true
     }
 
     /// Copies the next frame the host sent into `buf` and gives its
     /// buffer back to the device (announced by [`Self::notify_rx`]);
-    /// returns its length, or `None` when none is waiting. Frames of a bad
+    /// returns its length, or `None` when none is waiting (then, with
+    /// interrupts, the device interrupts for the next one). Frames of a bad
     /// length are skipped and counted; at most a queue's worth of used
     /// entries is looked at.
     pub fn receive(&mut self, buf: &mut [u8; MTU_FRAME]) -> Option<usize> {
@@ -203,7 +217,6 @@ impl<T: Transport> VirtioNet<T> {
                         self.dropped += 1;
                     }
                     self.rx.submit(mem, u.id, BUFFER_BYTES, true);
-                    self.rx_returned = true;
                     if good {
                         return Some(len);
                     }
@@ -213,32 +226,36 @@ impl<T: Transport> VirtioNet<T> {
                     // Its buffer is ours again: back to the device.
                     self.dropped += 1;
                     self.rx.submit(mem, id, BUFFER_BYTES, true);
-                    self.rx_returned = true;
                 }
                 Err(VirtqError::BadUsedId(_)) => {
                     self.dropped += 1;
-                    return None;
+                    break;
                 }
             }
         }
+        // Given up on a lying device with entries perhaps left behind: the
+        // next poll waits for its next used entry to interrupt.
+        self.rx.interrupt_at_next(self.transport.dma());
         None
     }
 
     /// Tells the device about the frames [`Self::send`] queued (once per
-    /// batch: each notification is an exit to the device's emulation).
+    /// batch, and with the event index only if it asked: each notification
+    /// is an exit to the device's emulation).
     pub fn flush(&mut self) {
-        if core::mem::take(&mut self.tx_unnotified) {
-            fence(Ordering::SeqCst);
+        if self.tx.kick_prepare(self.transport.dma()) {
             self.transport.notify(TX_QUEUE, self.tx_notify_off);
+            self.notifies += 1;
         }
     }
 
     /// Tells the device about the buffers [`Self::receive`] gave back
-    /// (once per batch, not per frame: each notification is an exit).
+    /// (once per batch, not per frame, and with the event index only if it
+    /// asked: with buffers still in hand it does not).
     pub fn notify_rx(&mut self) {
-        if core::mem::take(&mut self.rx_returned) {
-            fence(Ordering::SeqCst);
+        if self.rx.kick_prepare(self.transport.dma()) {
             self.transport.notify(RX_QUEUE, self.rx_notify_off);
+            self.notifies += 1;
         }
     }
 }
@@ -258,6 +275,9 @@ impl<T: Transport + Send> UplinkDevice for VirtioNet<T> {
     }
     fn notify_rx(&mut self) {
         VirtioNet::notify_rx(self)
+    }
+    fn notifies(&self) -> u64 {
+        self.notifies
     }
 }
 

@@ -1,10 +1,22 @@
 //! The driver side of a virtio 1.0 split virtqueue, over [`PhysMem`].
 //!
 //! Descriptor table, available ring and used ring each sit in a page of
-//! their own (a queue of at most [`MAX_SIZE`] entries fits). Buffers are
-//! whole pages handed to the device by physical address. Everything read
-//! back from the device (used ring entries) is checked before it is used:
-//! a descriptor id out of range or a length beyond the buffer is refused.
+//! their own (a queue of at most [`MAX_SIZE`] entries fits, with the
+//! event index after each ring). Buffers are whole pages handed to the
+//! device by physical address. Everything read back from the device (used
+//! ring entries) is checked before it is used: a descriptor id out of
+//! range or a length beyond the buffer is refused.
+//!
+//! Notifications (virtio 1.x §2.7.7, §2.7.10): without
+//! `VIRTIO_F_EVENT_IDX` the driver notifies once per batch it published
+//! ([`Virtq::kick_prepare`]) and asks for interrupts, or not, with the
+//! available ring's flag. With it ([`Virtq::use_event_idx`]) the driver
+//! notifies only when the device's `avail_event` lies among the entries
+//! just published ([`need_event`]), and its `used_event` asks for an
+//! interrupt at the next used entry after the last it took, or (no
+//! interrupts wanted) one a whole wrap of the index away; a
+//! [`Virtq::pop_used`] that finds the ring empty sets it and looks again,
+//! so a used entry never waits for an interrupt that will not come.
 
 use crate::mm::{FRAME_SIZE, PhysAddr, PhysMem};
 use alloc::vec::Vec;
@@ -31,13 +43,40 @@ pub mod layout {
     pub const RING_FLAGS: usize = 0;
     pub const RING_IDX: usize = 2;
     /// Available ring flag: the device need not interrupt when it uses a
-    /// buffer (without VIRTIO_F_EVENT_IDX, which we do not negotiate).
+    /// buffer (without VIRTIO_F_EVENT_IDX; with it the flags are 0).
     pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
     pub const RING_ENTRIES: usize = 4;
     /// An available entry: a descriptor id (u16).
     pub const AVAIL_ENTRY_BYTES: usize = 2;
     /// A used entry: a descriptor id (u32) and the bytes written (u32).
     pub const USED_ENTRY_BYTES: usize = 8;
+
+    /// With VIRTIO_F_EVENT_IDX: the driver's `used_event` (u16), after
+    /// the available ring's `size` entries: the device interrupts once the
+    /// used index passes it.
+    pub const fn used_event(size: u16) -> usize {
+        RING_ENTRIES + AVAIL_ENTRY_BYTES * size as usize
+    }
+    /// With VIRTIO_F_EVENT_IDX: the device's `avail_event` (u16), after
+    /// the used ring's `size` entries: the driver notifies once the
+    /// available index passes it.
+    pub const fn avail_event(size: u16) -> usize {
+        RING_ENTRIES + USED_ENTRY_BYTES * size as usize
+    }
+}
+
+// Each part, event index included, fits in its page at the largest size
+// (and the pages' alignment is beyond the 16, 2 and 4 bytes §2.6 asks).
+const _: () = assert!(DESC_BYTES * MAX_SIZE as usize <= FRAME_SIZE as usize);
+const _: () = assert!(layout::used_event(MAX_SIZE) + 2 <= FRAME_SIZE as usize);
+const _: () = assert!(layout::avail_event(MAX_SIZE) + 2 <= FRAME_SIZE as usize);
+
+/// Whether the side that asked to be told at index `event` must be, now
+/// that the index moved from `old` to `new` (virtio 1.x §2.7.10,
+/// `vring_need_event`): whether `event` is one of `old..new`, in wrapping
+/// u16 arithmetic.
+pub const fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
 use layout::*;
@@ -54,6 +93,15 @@ pub struct Virtq {
     free: Vec<u16>,
     avail_idx: u16,
     last_used: u16,
+    /// The available index when the device was last notified, or found
+    /// not to need it ([`Self::kick_prepare`]).
+    kicked_idx: u16,
+    /// VIRTIO_F_EVENT_IDX was negotiated: the event indexes rule.
+    event_idx: bool,
+    /// Whether the driver asked for interrupts ([`Self::set_interrupts`]).
+    interrupts: bool,
+    /// The `used_event` last written (with `event_idx`).
+    used_event: u16,
 }
 
 /// A completed buffer: the descriptor and the bytes the device wrote (RX)
@@ -92,7 +140,27 @@ impl Virtq {
         for (i, &b) in buffers.iter().enumerate() {
             write_desc(mem, desc, i as u16, b, 0, 0);
         }
-        Some(Self { size, desc, avail, used, buffers, free: (0..size).rev().collect(), avail_idx: 0, last_used: 0 })
+        Some(Self {
+            size,
+            desc,
+            avail,
+            used,
+            buffers,
+            free: (0..size).rev().collect(),
+            avail_idx: 0,
+            last_used: 0,
+            kicked_idx: 0,
+            event_idx: false,
+            interrupts: true,
+            used_event: 0,
+        })
+    }
+
+    /// VIRTIO_F_EVENT_IDX was negotiated: from now on notifications go by
+    /// the event indexes (call before [`Self::set_interrupts`], which
+    /// writes `used_event`).
+    pub fn use_event_idx(&mut self) {
+        self.event_idx = true;
     }
 
     /// The buffer page of descriptor `id`.
@@ -124,26 +192,100 @@ impl Virtq {
         mem.write(self.avail, RING_IDX, &self.avail_idx.to_le_bytes());
     }
 
+    /// Whether the device must be notified of the entries [`Self::submit`]
+    /// published since the last call (call once per batch; the caller then
+    /// notifies). Without the event index: whenever there are some. With
+    /// it: only if the device's `avail_event`, read once after a full
+    /// fence (the device may be stopping at the old index as we publish;
+    /// as Linux's `virtqueue_kick_prepare`), is among them.
+    pub fn kick_prepare(&mut self, mem: &mut impl PhysMem) -> bool {
+        let (old, new) = (self.kicked_idx, self.avail_idx);
+        if old == new {
+            return false;
+        }
+        self.kicked_idx = new;
+        // The index store before the device's event index is looked at.
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        if !self.event_idx {
+            return true;
+        }
+        let mut event = [0u8; 2];
+        mem.read(self.used, avail_event(self.size), &mut event);
+        need_event(u16::from_le_bytes(event), new, old)
+    }
+
     /// Asks the device to interrupt, or not, when it finishes with a
     /// buffer of this queue (a hint: it may interrupt anyway).
     pub fn set_interrupts(&mut self, mem: &mut impl PhysMem, on: bool) {
-        let flags = if on { 0 } else { AVAIL_F_NO_INTERRUPT };
-        mem.write(self.avail, RING_FLAGS, &flags.to_le_bytes());
+        self.interrupts = on;
+        if self.event_idx {
+            // §2.7.10: the flags are 0; `used_event` says it instead.
+            mem.write(self.avail, RING_FLAGS, &0u16.to_le_bytes());
+            self.used_event = self.wanted_used_event();
+            mem.write(self.avail, used_event(self.size), &self.used_event.to_le_bytes());
+        } else {
+            let flags = if on { 0 } else { AVAIL_F_NO_INTERRUPT };
+            mem.write(self.avail, RING_FLAGS, &flags.to_le_bytes());
+        }
+    }
+
+    /// The `used_event` for what the driver wants: an interrupt at the
+    /// next used entry after the last one taken, or none until the used
+    /// index runs a whole wrap past it (the device holds at most `size`
+    /// buffers, and this moves on with every `pop_used` that empties the
+    /// ring, so it never gets there).
+    fn wanted_used_event(&self) -> u16 {
+        if self.interrupts { self.last_used } else { self.last_used.wrapping_sub(1) }
+    }
+
+    /// With the event index, on finding the used ring empty: moves
+    /// `used_event` on to what the driver wants, if it is not there yet,
+    /// and, when interrupts are wanted, looks at the used index again after
+    /// a full fence: an entry the device wrote before it could see the new
+    /// `used_event` would not interrupt. Returns whether one is there.
+    fn rearm(&mut self, mem: &mut impl PhysMem) -> bool {
+        let want = self.wanted_used_event();
+        if !self.event_idx || want == self.used_event {
+            return false;
+        }
+        self.used_event = want;
+        mem.write(self.avail, used_event(self.size), &want.to_le_bytes());
+        if !self.interrupts {
+            return false;
+        }
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        self.used_idx(mem) != self.last_used
+    }
+
+    /// With the event index and interrupts wanted: asks for one at the
+    /// device's next used entry, wherever its used index is now (read
+    /// once), even past entries the driver has not taken (it gave up on
+    /// them: a lying device); without, nothing to do.
+    pub fn interrupt_at_next(&mut self, mem: &mut impl PhysMem) {
+        if self.event_idx && self.interrupts {
+            self.used_event = self.used_idx(mem);
+            mem.write(self.avail, used_event(self.size), &self.used_event.to_le_bytes());
+        }
+    }
+
+    /// The device's used index (read once).
+    fn used_idx(&self, mem: &mut impl PhysMem) -> u16 {
+        let mut idx = [0u8; 2];
+        mem.read(self.used, RING_IDX, &mut idx);
+        u16::from_le_bytes(idx)
     }
 
     /// How many buffers the device has finished with and not yet popped
     /// (at most the queue's size: a device that claims more is lying).
     pub fn used_count(&self, mem: &mut impl PhysMem) -> u16 {
-        let mut idx = [0u8; 2];
-        mem.read(self.used, RING_IDX, &mut idx);
-        u16::from_le_bytes(idx).wrapping_sub(self.last_used).min(self.size)
+        self.used_idx(mem).wrapping_sub(self.last_used).min(self.size)
     }
 
-    /// The next buffer the device finished with, checked.
+    /// The next buffer the device finished with, checked. With the event
+    /// index, `None` comes only after `used_event` was set (see
+    /// [`Self::rearm`]).
     pub fn pop_used(&mut self, mem: &mut impl PhysMem) -> Result<Option<Used>, VirtqError> {
-        let mut idx = [0u8; 2];
-        mem.read(self.used, RING_IDX, &mut idx);
-        if u16::from_le_bytes(idx) == self.last_used {
+        if self.used_idx(mem) == self.last_used && !self.rearm(mem) {
             return Ok(None);
         }
         core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
@@ -234,6 +376,100 @@ mod tests {
             q.give_back(u.id);
             assert_eq!(q.pop_used(&mut mem), Ok(None));
         }
+    }
+
+    #[test]
+    fn need_event_is_whether_the_event_is_among_the_new_entries_in_wrapping_u16() {
+        // Index moved 10 -> 15: entries 10..15 are new.
+        assert!(need_event(10, 15, 10) && need_event(14, 15, 10));
+        assert!(!need_event(15, 15, 10) && !need_event(9, 15, 10) && !need_event(200, 15, 10));
+        // Across the wrap: 65530 -> 4 is 65530..=65535, 0..4.
+        for e in [65530, 65535, 0, 3] {
+            assert!(need_event(e, 4, 65530), "{e}");
+        }
+        for e in [65529, 4, 5, 30000] {
+            assert!(!need_event(e, 4, 65530), "{e}");
+        }
+        // Nothing new: never; all but one index new: all but that one.
+        assert!(!need_event(7, 7, 7));
+        assert!((0..=u16::MAX).all(|e| need_event(e, 9, 10) == (e != 9)));
+        // Against the event's distance past `old`, counted without
+        // wrapping, over a spread of events, starts and lengths.
+        for old in [0u16, 1, 100, 32767, 65000, 65535] {
+            for n in [0u16, 1, 2, 17, 256, 40000] {
+                let new = old.wrapping_add(n);
+                for e in (0..=u16::MAX).step_by(7).chain([old, new, old.wrapping_sub(1), new.wrapping_sub(1)]) {
+                    let among = (u32::from(e) + 65536 - u32::from(old)) % 65536 < u32::from(n);
+                    assert_eq!(need_event(e, new, old), among, "event {e}, {old} -> {new}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_event_indexes_sit_after_each_rings_entries_in_its_page() {
+        assert_eq!((layout::used_event(8), layout::avail_event(8)), (4 + 2 * 8, 4 + 8 * 8));
+        assert_eq!((layout::used_event(MAX_SIZE), layout::avail_event(MAX_SIZE)), (516, 2052));
+        assert!(layout::avail_event(MAX_SIZE) + 2 <= FRAME_SIZE as usize);
+        // They are what the driver writes and reads: `used_event` in the
+        // available ring's page, `avail_event` in the used ring's.
+        let mut mem = TestMem::new(100);
+        let mut q = Virtq::new(&mut mem, 8).unwrap();
+        q.use_event_idx();
+        q.set_interrupts(&mut mem, false);
+        assert_eq!(rd16(&mem, q.avail, 20), u16::MAX);
+        q.set_interrupts(&mut mem, true);
+        assert_eq!(rd16(&mem, q.avail, 20), 0);
+        let id = q.take().unwrap();
+        q.submit(&mut mem, id, 60, false);
+        mem.write(q.used, 68, &1u16.to_le_bytes());
+        assert!(!q.kick_prepare(&mut mem), "the device asked at index 1, not 0");
+    }
+
+    /// A batch of N frames is N available entries and at most one
+    /// notification, only when the device's `avail_event` is among them,
+    /// through the wrap of the 16-bit index.
+    #[test]
+    fn with_the_event_index_a_batch_kicks_at_most_once_and_only_when_asked() {
+        use crate::virtio::testing::FakeQueue;
+        let mut mem = TestMem::new(300);
+        let mut q = Virtq::new(&mut mem, 256).unwrap();
+        q.use_event_idx();
+        q.set_interrupts(&mut mem, false);
+        let mut dev =
+            FakeQueue { size: 256, desc: q.desc, avail: q.avail, used: q.used, enabled: true, event_idx: true, ..Default::default() };
+        let (mut kicks, mut published) = (0u32, 0u32);
+        const ROUNDS: u32 = 2100;
+        for round in 0..ROUNDS {
+            let n = 1 + round % 64;
+            let before = rd16(&mem, q.avail, RING_IDX);
+            for _ in 0..n {
+                let id = q.take().expect("the device gave every buffer back");
+                q.submit(&mut mem, id, 60, false);
+            }
+            published += n;
+            assert_eq!(rd16(&mem, q.avail, RING_IDX), before.wrapping_add(n as u16), "one entry per frame");
+            // Every third batch the device is still busy with the last one
+            // (it will look at the index past it by itself): no kick then.
+            let busy = round % 3 == 1;
+            if busy {
+                mem.write(q.used, avail_event(256), &before.wrapping_add(n as u16).to_le_bytes());
+            }
+            let kick = q.kick_prepare(&mut mem);
+            assert_eq!(kick, !busy, "round {round}");
+            assert!(!q.kick_prepare(&mut mem), "nothing new, nothing to say");
+            kicks += u32::from(kick);
+            // The device takes them all (and says where it would be told
+            // next), uses them, and never interrupts.
+            while let Some((id, ..)) = dev.take_avail(&mut mem) {
+                assert!(!dev.put_used(&mut mem, id.into(), 60), "asked for an interrupt");
+            }
+            while let Some(u) = q.pop_used(&mut mem).unwrap() {
+                q.give_back(u.id);
+            }
+        }
+        assert!(published > 65536, "the index wrapped: {published}");
+        assert_eq!(kicks, (0..ROUNDS).filter(|r| r % 3 != 1).count() as u32);
     }
 
     #[test]

@@ -101,6 +101,12 @@ impl UplinkDevice for Uplink {
             Self::E1000e(up) => up.rearm_interrupt(),
         }
     }
+    fn notifies(&self) -> u64 {
+        match self {
+            Self::Virtio(up) => up.notifies,
+            Self::E1000e(up) => up.notifies,
+        }
+    }
 }
 
 /// Whether the uplink's device interrupts CPU 0 on `apic::UPLINK_VECTOR`

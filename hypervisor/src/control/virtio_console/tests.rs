@@ -38,7 +38,7 @@ impl FakeDevice {
     }
 
     fn take_avail(&mut self, q: usize) -> Option<(u16, PhysAddr, u32, u16)> {
-        self.queues[q].take_avail(&self.mem)
+        self.queues[q].take_avail(&mut self.mem)
     }
 
     /// Writes a used entry (any id and length: the device may lie).

@@ -87,8 +87,14 @@ pub trait UplinkDevice: Send {
     /// `None`): a device whose interrupt masks itself when it fires (an
     /// e1000e's auto-mask) unmasks it here, and one already pending fires
     /// at once, so no frame waits without an interrupt. Virtio-net's never
-    /// masks itself: nothing to do.
+    /// masks itself: nothing to do (with the event index it asks for the
+    /// next interrupt in `receive`, before it says `None`).
     fn rearm_interrupt(&mut self) {}
+    /// Notifications sent to the device so far (`flush`, `notify_rx`):
+    /// each an exit in a VM.
+    fn notifies(&self) -> u64 {
+        0
+    }
 }
 
 /// The guests frames went to (id and the port they went into), to be
@@ -331,6 +337,12 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             (Ok(()), Some((dest, len, since_ns))) => Drained::Waiting { dest, len, since_ns },
             (result, _) => Drained::Done(result),
         }
+    }
+
+    /// Notifications the uplink's driver sent its device (0 without an
+    /// uplink). Takes the uplink's lock alone.
+    pub fn uplink_notifies(&self) -> u64 {
+        self.uplink.as_ref().map_or(0, |(_, up)| up.lock().notifies())
     }
 
     /// Tells the uplink's device about the frames sent to it since the last
@@ -874,6 +886,9 @@ pub mod testing {
         }
         fn rearm_interrupt(&mut self) {
             self.rearmed += 1;
+        }
+        fn notifies(&self) -> u64 {
+            (self.flushed + self.notified) as u64
         }
     }
 }

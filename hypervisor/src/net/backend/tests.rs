@@ -701,6 +701,8 @@ fn a_frame_for_the_host_waits_for_room_in_the_uplink() {
     assert_eq!(up.1.lock().flushed, flushed + 1);
     net.drain(1, 50, &mut |_, _| {}).unwrap();
     assert_eq!(up.1.lock().flushed, flushed + 1, "nothing sent, nothing told");
+    let told = up.1.lock().notified + flushed + 1;
+    assert_eq!(net.uplink_notifies(), told as u64, "the device's count, for the machine record");
 }
 
 /// A waiting sender that goes leaves the list; a sender waiting for a

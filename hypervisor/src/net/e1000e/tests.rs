@@ -301,6 +301,7 @@ fn frames_go_both_ways_and_the_tail_moves_once_per_batch() {
     up.notify_rx();
     assert_eq!(up.regs().writes_to(reg::RDT), before + 1, "nothing given back, nothing told");
     assert_eq!(up.dropped, 0);
+    assert_eq!(up.notifies, 2, "the two tail writes since the start, counted");
 }
 
 #[test]

@@ -26,6 +26,9 @@ struct FakeDevice {
     selected: usize,
     queues: [Queue; 2],
     notifies: [u32; 2],
+    /// Interrupts the driver asked for, per queue (sent through the
+    /// queue's MSI-X vector, if it has one).
+    interrupts: [u32; 2],
     /// Frames the host sent, not yet given to the driver.
     from_host: VecDeque<Vec<u8>>,
     /// Frames the driver sent.
@@ -42,7 +45,8 @@ impl FakeDevice {
         Self {
             mem: TestMem::new(1000),
             status: 0x7f,
-            offered: feature::VERSION_1 | feature::NET_MAC | 1 << 16,
+            // As QEMU's virtio-net-pci: the event index too.
+            offered: feature::VERSION_1 | feature::NET_MAC | feature::RING_EVENT_IDX | 1 << 16,
             feature_select: 0,
             driver_features: 0,
             accept_features: true,
@@ -50,6 +54,7 @@ impl FakeDevice {
             selected: 0,
             queues: [Queue { size: 256, ..Default::default() }; 2],
             notifies: [0; 2],
+            interrupts: [0; 2],
             from_host: VecDeque::new(),
             to_host: Vec::new(),
             msix_entries: 3,
@@ -67,12 +72,15 @@ impl FakeDevice {
     /// The next available descriptor of queue `q`: its id, buffer, length
     /// and flags.
     fn take_avail(&mut self, q: usize) -> Option<(u16, PhysAddr, u32, u16)> {
-        self.queues[q].take_avail(&self.mem)
+        self.queues[q].take_avail(&mut self.mem)
     }
 
-    /// Writes a used entry (any id and length: the device may lie).
+    /// Writes a used entry (any id and length: the device may lie), and
+    /// interrupts if the driver asked.
     fn put_used(&mut self, q: usize, id: u32, len: u32) {
-        self.queues[q].put_used(&mut self.mem, id, len);
+        if self.queues[q].put_used(&mut self.mem, id, len) {
+            self.interrupts[q] += 1;
+        }
     }
 
     /// Puts the host's frames into the receive buffers the driver made
@@ -116,6 +124,9 @@ impl Transport for FakeDevice {
                 let mut s = v as u8;
                 if s & status::FEATURES_OK != 0 && (!self.accept_features || self.driver_features & !self.offered != 0) {
                     s &= !status::FEATURES_OK;
+                }
+                for q in &mut self.queues {
+                    q.event_idx = self.driver_features & feature::RING_EVENT_IDX != 0;
                 }
                 self.status = s;
             }
@@ -166,7 +177,8 @@ fn it_starts_with_version_1_and_the_mac_and_offers_every_receive_buffer() {
     let d = &up.transport;
     assert_eq!(up.mac, MAC);
     assert_eq!(d.status, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
-    assert_eq!(d.driver_features, feature::VERSION_1 | feature::NET_MAC, "only what we use, of what it offers");
+    assert_eq!(d.driver_features, feature::VERSION_1 | feature::NET_MAC | feature::RING_EVENT_IDX, "only what we use, of what it offers");
+    assert!(up.event_idx);
     for q in d.queues {
         assert!(q.enabled && q.size == QUEUE_SIZE);
     }
@@ -176,6 +188,16 @@ fn it_starts_with_version_1_and_the_mac_and_offers_every_receive_buffer() {
     let mut small = FakeDevice::new();
     small.queues = [Queue { size: 100, ..Default::default() }; 2];
     assert_eq!(VirtioNet::start(small).unwrap().transport.queues[1].size, 64);
+    // A device without the event index: none asked for.
+    let up = VirtioNet::start(without_event_idx()).unwrap();
+    assert_eq!(up.transport.driver_features, feature::VERSION_1 | feature::NET_MAC);
+    assert!(!up.event_idx);
+}
+
+fn without_event_idx() -> FakeDevice {
+    let mut d = FakeDevice::new();
+    d.offered &= !feature::RING_EVENT_IDX;
+    d
 }
 
 #[test]
@@ -194,7 +216,17 @@ fn a_device_that_will_not_start_is_refused_not_waited_for() {
 
 #[test]
 fn frames_cross_both_ways_through_many_wraps() {
-    let mut up = VirtioNet::start(FakeDevice::new()).unwrap();
+    // With the event index the device, holding plenty of receive buffers,
+    // never asks to hear of more: one notification at the start.
+    for (d, rx_notifies) in [(without_event_idx(), 1001), (FakeDevice::new(), 1)] {
+        let up = frames_cross_both_ways(d);
+        assert_eq!(up.transport.notifies, [rx_notifies, 1000], "at most one notification per batch");
+        assert_eq!(up.notifies, u64::from(rx_notifies + 1000));
+    }
+}
+
+fn frames_cross_both_ways(d: FakeDevice) -> VirtioNet<FakeDevice> {
+    let mut up = VirtioNet::start(d).unwrap();
     let mut buf = [0u8; MTU_FRAME];
     for round in 0..1000u32 {
         let len = MIN_FRAME + (round as usize * 37) % (MTU_FRAME - MIN_FRAME + 1);
@@ -211,7 +243,7 @@ fn frames_cross_both_ways_through_many_wraps() {
         up.notify_rx();
     }
     assert_eq!((up.tx_frames, up.rx_frames, up.dropped), (1000, 2000, 0));
-    assert_eq!(up.transport.notifies, [1001, 1000], "receive buffers announced once per batch");
+    up
 }
 
 /// Used entries naming descriptors out of range or not the device's,
@@ -269,12 +301,18 @@ fn a_device_that_lies_in_its_used_ring_costs_frames_never_a_panic() {
 #[test]
 fn with_msix_entries_receive_interrupts_and_transmit_does_not() {
     use crate::virtio::NO_VECTOR;
-    let up = VirtioNet::start_with(FakeDevice::new(), Some(MsixEntries::for_table(3))).unwrap();
+    let up = VirtioNet::start_with(without_event_idx(), Some(MsixEntries::for_table(3))).unwrap();
     let d = &up.transport;
     assert!(up.interrupts);
     assert_eq!((d.config_vector, d.queue_vectors), (0, [1, 2]));
     assert_eq!(d.rd16(d.queues[0].avail, RING_FLAGS), 0, "receive interrupts on");
     assert_eq!(d.rd16(d.queues[1].avail, RING_FLAGS), AVAIL_F_NO_INTERRUPT, "send reaps its own buffers");
+    // With the event index the flags are 0 and `used_event` says it.
+    let up = VirtioNet::start_with(FakeDevice::new(), Some(MsixEntries::for_table(3))).unwrap();
+    let d = &up.transport;
+    assert_eq!((d.rd16(d.queues[0].avail, RING_FLAGS), d.rd16(d.queues[1].avail, RING_FLAGS)), (0, 0));
+    assert_eq!(d.rd16(d.queues[0].avail, used_event(QUEUE_SIZE)), 0, "at the first frame");
+    assert_eq!(d.rd16(d.queues[1].avail, used_event(QUEUE_SIZE)), u16::MAX, "a whole wrap away");
 
     // A table of one entry: everything shares it.
     let mut one = FakeDevice::new();
@@ -284,7 +322,7 @@ fn with_msix_entries_receive_interrupts_and_transmit_does_not() {
     assert_eq!((up.transport.config_vector, up.transport.queue_vectors), (0, [0, 0]));
 
     // A device that refuses an entry is polled, with no vector left set.
-    let mut refusing = FakeDevice::new();
+    let mut refusing = without_event_idx();
     refusing.msix_entries = 2;
     let up = VirtioNet::start_with(refusing, Some(MsixEntries::for_table(3))).unwrap();
     let d = &up.transport;
@@ -296,4 +334,106 @@ fn with_msix_entries_receive_interrupts_and_transmit_does_not() {
     let up = VirtioNet::start(FakeDevice::new()).unwrap();
     assert!(!up.interrupts);
     assert_eq!(up.transport.queue_vectors, [NO_VECTOR; 2]);
+}
+
+/// Frames from the host, `n` of them, received until `receive` says none.
+fn receive_all(up: &mut VirtioNet<FakeDevice>, n: u8) -> usize {
+    let mut buf = [0u8; MTU_FRAME];
+    for i in 0..n {
+        up.transport.from_host.push_back(frame(i, 60));
+    }
+    up.transport.deliver();
+    let mut got = 0;
+    while up.receive(&mut buf).is_some() {
+        got += 1;
+    }
+    up.notify_rx();
+    got
+}
+
+/// With the event index the device interrupts for the first frame after
+/// a poll that emptied the receive queue, not for each, and never for the
+/// transmit queue; without it, for every frame.
+#[test]
+fn with_the_event_index_a_poll_costs_one_interrupt_not_one_per_frame() {
+    for (d, per_frame) in [(without_event_idx(), true), (FakeDevice::new(), false)] {
+        let mut up = VirtioNet::start_with(d, Some(MsixEntries::for_table(3))).unwrap();
+        let mut expected = 0;
+        for round in 0..300u32 {
+            let n = 1 + (round % 20) as u8;
+            assert_eq!(receive_all(&mut up, n), n as usize);
+            expected += if per_frame { u32::from(n) } else { 1 };
+            assert_eq!(up.transport.interrupts[0], expected, "round {round}");
+            for i in 0..n {
+                assert!(up.send(&frame(i, 60)));
+            }
+            up.flush();
+        }
+        assert_eq!(up.transport.interrupts[1], 0, "send reaps its own buffers");
+        assert_eq!(up.rx_frames, (0..300).map(|r| 1 + r % 20).sum::<u64>());
+    }
+
+    // A frame while a poll is under way (it stopped before the end, at
+    // its batch): no second interrupt; the poll goes on and takes it.
+    let mut up = VirtioNet::start_with(FakeDevice::new(), Some(MsixEntries::for_table(3))).unwrap();
+    let mut buf = [0u8; MTU_FRAME];
+    up.transport.from_host.extend([frame(1, 60), frame(2, 60)]);
+    up.transport.deliver();
+    assert_eq!(up.receive(&mut buf), Some(60));
+    up.transport.from_host.push_back(frame(3, 60));
+    up.transport.deliver();
+    assert_eq!(up.transport.interrupts[0], 1);
+    assert_eq!((up.receive(&mut buf), up.receive(&mut buf), up.receive(&mut buf)), (Some(60), Some(60), None));
+    // Emptied: the next frame interrupts.
+    up.transport.from_host.push_back(frame(4, 60));
+    up.transport.deliver();
+    assert_eq!(up.transport.interrupts[0], 2);
+
+    // Polled (no MSI-X): the device is never asked to interrupt, through
+    // a wrap of the indexes (82,500 frames each way).
+    let mut up = VirtioNet::start(FakeDevice::new()).unwrap();
+    for round in 0..5000u32 {
+        let n = 1 + (round % 32) as u8;
+        assert_eq!(receive_all(&mut up, n), n as usize);
+        for i in 0..n {
+            assert!(up.send(&frame(i, 60)));
+        }
+        up.flush();
+    }
+    assert_eq!(up.transport.interrupts, [0, 0]);
+}
+
+/// With the event index a batch of sent frames is one notification, and
+/// only if the device's `avail_event` asks for it (a device still working
+/// through the queue does not need one).
+#[test]
+fn with_the_event_index_a_batch_is_one_notification_and_only_when_asked() {
+    let mut up = VirtioNet::start(FakeDevice::new()).unwrap();
+    let tx_avail_event = |up: &mut VirtioNet<FakeDevice>, at: u16| {
+        let used = up.transport.queues[1].used;
+        up.transport.mem.write(used, avail_event(QUEUE_SIZE), &at.to_le_bytes());
+    };
+    for i in 0..20 {
+        assert!(up.send(&frame(i, 60)));
+    }
+    up.flush();
+    let d = &up.transport;
+    assert_eq!((d.rd16(d.queues[1].avail, RING_IDX), d.notifies[1], d.to_host.len()), (20, 1, 20));
+    // The device says it will look again at index 30: 5 frames are no
+    // reason to tell it, 10 more are.
+    tx_avail_event(&mut up, 30);
+    for i in 0..5 {
+        assert!(up.send(&frame(i, 60)));
+    }
+    up.flush();
+    assert_eq!((up.transport.notifies[1], up.transport.to_host.len()), (1, 20));
+    for i in 0..10 {
+        assert!(up.send(&frame(i, 60)));
+    }
+    up.flush();
+    assert_eq!((up.transport.notifies[1], up.transport.to_host.len()), (2, 35));
+    // A flush with nothing sent tells it nothing.
+    up.flush();
+    assert_eq!(up.transport.notifies[1], 2);
+    assert_eq!(up.notifies, 3, "the receive queue's one at the start, and two");
 }
