@@ -421,9 +421,9 @@ fn a_peer_sending_past_the_scaled_window_does_not_crash_the_guest() {
     let now = Instant::from_secs(1);
     b.poll(now);
     let mut buf = vec![0u8; abi::ring::MAX_FRAME];
-    let mut f = rx.pop(&from_b, &mut buf).unwrap().expect("an ARP reply");
+    rx.pop(&from_b, &mut buf).unwrap().expect("an ARP reply");
     assert_eq!(&buf[12..14], &[0x08, 0x06]);
-    f = rx.pop(&from_b, &mut buf).unwrap().expect("a SYN-ACK");
+    let f = rx.pop(&from_b, &mut buf).unwrap().expect("a SYN-ACK");
     rx.release(&from_b);
     let eth = EthernetFrame::new_checked(&buf[..f.len]).unwrap();
     let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();

@@ -77,9 +77,12 @@ fn send(sw: &mut Switch, from: PortId, f: &[u8], now: u64) -> (Verdict, Vec<Port
     (v, got)
 }
 
-/// Sends an ARP request; returns the verdict, the replies the switch
-/// made (with the port each went to) and the ports the request went to.
-fn ask(sw: &mut Switch, from: PortId, f: &[u8], now: u64) -> (Verdict, Vec<(PortId, Vec<u8>)>, Vec<PortId>) {
+/// What [`ask`] saw: the verdict, the replies the switch made (with the
+/// port each went to) and the ports the request itself went to.
+type Asked = (Verdict, Vec<(PortId, Vec<u8>)>, Vec<PortId>);
+
+/// Sends an ARP request; what happened to it.
+fn ask(sw: &mut Switch, from: PortId, f: &[u8], now: u64) -> Asked {
     let (mut got, mut told) = (Vec::new(), Vec::new());
     let v = sw.forward(from, f, now, &mut |p, what| {
         match what {
