@@ -275,6 +275,22 @@ impl Producer {
         Ok(fits_between(self.prod, cons, self.slots, len))
     }
 
+    /// [`Producer::fits`] for a producer that waits for the consumer's
+    /// signal when the answer is no (`events::NET_TX` for a guest's TX
+    /// ring): a "no" is asked again after a full fence, so the index this
+    /// producer published is visible to a consumer that gives slots back
+    /// and then looks ([`Consumer::release_and_look`]). Either this
+    /// producer sees the slots given back, or that consumer sees the ring
+    /// it found full and signals: the store-then-load on each side needs
+    /// the fence on both.
+    pub fn fits_before_wait(&self, m: &impl RingMemory, len: usize) -> Result<bool, RingError> {
+        if self.fits(m, len)? {
+            return Ok(true);
+        }
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        self.fits(m, len)
+    }
+
     /// Slots from our index to the ring's end.
     fn to_end(&self) -> u32 {
         self.slots - (self.prod & (self.slots - 1))
@@ -451,6 +467,17 @@ impl Consumer {
     /// Gives every slot passed over back to the producer.
     pub fn release(&self, m: &impl RingMemory) {
         m.store(CONS_OFFSET, self.cons);
+    }
+
+    /// Gives every slot passed over back to the producer, then (after a
+    /// full fence) reads the producer's index: the pair of
+    /// [`Producer::fits_before_wait`]. A producer that found the ring full
+    /// before this release and waits for a signal had published the index
+    /// this returns.
+    pub fn release_and_look(&self, m: &impl RingMemory) -> u32 {
+        self.release(m);
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        m.load(PROD_OFFSET)
     }
 
     /// Slots consumed so far (our private index).

@@ -135,9 +135,11 @@ impl<M: RingSlices> RingDevice<M> {
     }
 
     /// Whether the TX ring has room for a frame of the MTU (so a token's
-    /// frame, whatever its size, goes in).
+    /// frame, whatever its size, goes in). A "no" makes the guest wait for
+    /// `events::NET_TX` (`tx_stalled`), so it is asked the way that cannot
+    /// miss the hypervisor's drain (`Producer::fits_before_wait`).
     fn tx_space(&mut self) -> bool {
-        let room = match self.tx.fits(&self.tx_mem, self.mtu) {
+        let room = match self.tx.fits_before_wait(&self.tx_mem, self.mtu) {
             Ok(room) => room,
             Err(_) => {
                 self.stats.ring_errors += 1;

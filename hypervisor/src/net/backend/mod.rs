@@ -261,11 +261,9 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         let ring = &port.tx_ring;
         let mut tx = port.tx.lock();
         let mut woken: Woken<R, E> = Vec::new();
-        // Whether the guest found no room for a frame of its MTU (what its
-        // driver waits on before it sends): then it may block until
-        // `NET_TX`, which a drain that takes frames raises.
-        let slots = tx.ring.slots();
-        let was_full = !abi::ring::fits_between(ring.load(abi::ring::PROD_OFFSET), tx.ring.index(), slots, abi::ring::max_frame(slots));
+        // The consumer index the guest saw last (published by the drain
+        // before this one).
+        let seen = tx.ring.index();
         let mut moved = 0u32;
         let mut waiting = None;
         let result = loop {
@@ -325,7 +323,14 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
                 Err(e @ RingError::BadIndex { .. }) => break Err(RingBroken(e)),
             }
         };
-        tx.ring.release(ring);
+        // Whether the guest may have found no room for a frame of its MTU
+        // against `seen` (its driver then blocks until `NET_TX`): looked at
+        // after the slots are given back, so that a guest filling its ring
+        // while this drain ran is seen too (a look before would miss it,
+        // and the guest would wait with room in its ring).
+        let prod = tx.ring.release_and_look(ring);
+        let slots = tx.ring.slots();
+        let was_full = !abi::ring::fits_between(prod, seen, slots, abi::ring::max_frame(slots));
         drop(tx);
         self.flush_uplink();
         self.wake_all(woken, &mut |g, p| wake(g, &p.events));

@@ -817,3 +817,71 @@ fn checksums_are_filled_for_the_host_and_verified_from_it() {
     assert_eq!(got, [(good, abi::ring::flags::RX_CSUM_OK)]);
     assert_eq!(net.port(1).unwrap().bad_checksums.load(Ordering::Relaxed), 1);
 }
+
+/// A sender that found its TX ring full and waits for `NET_TX` always
+/// hears it once room is made, however its filling and the drains that
+/// make room (its own as it blocks, and a receiver's `receiver_ran` on
+/// another CPU) interleave: the drain looks at the ring after giving its
+/// slots back. Played by threads; a lost wake-up leaves the sender waiting
+/// with room in its ring.
+#[test]
+fn a_sender_waiting_for_room_is_never_left_waiting() {
+    const SLOTS: u32 = 8;
+    const FRAMES: u32 = 20_000;
+    // A lost wake-up shows in about one round of ten.
+    for _ in 0..30 {
+        a_sender_waits_for_room_once(SLOTS, FRAMES);
+    }
+}
+
+fn a_sender_waits_for_room_once(slots: u32, frames: u32) {
+    let net = Arc::new(net(3));
+    attach(&net, 1, 0, slots, UNLIMITED);
+    attach(&net, 2, 0, slots, UNLIMITED);
+    let start = Instant::now();
+    let now = move || start.elapsed().as_nanos() as u64;
+    let receiver = {
+        let net = net.clone();
+        std::thread::spawn(move || {
+            let mut rx = Consumer::new(slots);
+            let mut next = 0u32;
+            while next < frames {
+                for f in receive(&net, 2, &mut rx) {
+                    assert_eq!(seq(&f), next, "frames arrive once each, in order");
+                    next += 1;
+                }
+                // It leaves its CPU: the senders waiting for it go on.
+                assert!(net.receiver_ran(2, now(), &mut |_, _| {}).is_empty());
+                assert!(start.elapsed() < Duration::from_secs(60), "the receiver starved at frame {next}");
+            }
+        })
+    };
+    let p1 = net.port(1).unwrap();
+    let mut tx = Producer::new(slots);
+    let (mut i, mut waits) = (0u32, 0u32);
+    while i < frames {
+        // The guest's driver: queue while a frame of its MTU fits.
+        while i < frames && tx.fits_before_wait(&p1.tx_ring, max_frame(slots)) == Ok(true) {
+            assert_eq!(tx.push(&p1.tx_ring, &frame(mac(1), mac(2), i), 0), Ok(true));
+            tx.publish(&p1.tx_ring);
+            i += 1;
+        }
+        if i == frames {
+            break;
+        }
+        // Full: it blocks (its ring is drained as it leaves the CPU) and
+        // waits for NET_TX alone, as the libos does.
+        net.drain(1, now(), &mut |_, _| {}).unwrap();
+        let waited = Instant::now();
+        while p1.events.bits.fetch_and(!abi::time::events::NET_TX, Ordering::AcqRel) & abi::time::events::NET_TX == 0 {
+            let room = tx.fits(&p1.tx_ring, max_frame(slots)) == Ok(true);
+            assert!(waited.elapsed() < Duration::from_secs(5), "lost wake-up at frame {i} (room now: {room})");
+            std::thread::yield_now();
+        }
+        waits += 1;
+    }
+    net.drain(1, now(), &mut |_, _| {}).unwrap();
+    receiver.join().unwrap();
+    assert!(waits > 0, "the sender never found its ring full: the test tested nothing");
+    assert_eq!(net.port(2).unwrap().rx_full_drops(), 0);
+}
