@@ -30,6 +30,14 @@ pub trait PhysMem {
     fn write(&mut self, frame: PhysAddr, offset: usize, src: &[u8]);
     /// Copies from `frame` at `offset` into `dst` (`offset + dst.len() <= 4096`).
     fn read(&self, frame: PhysAddr, offset: usize, dst: &mut [u8]);
+    /// Copies frame `src` whole into frame `dst`.
+    fn copy_frame(&mut self, dst: PhysAddr, src: PhysAddr) {
+        let mut buf = [0u8; 512];
+        for off in (0..FRAME_SIZE as usize).step_by(buf.len()) {
+            self.read(src, off, &mut buf);
+            self.write(dst, off, &buf);
+        }
+    }
 }
 
 #[cfg(test)]

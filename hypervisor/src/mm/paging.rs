@@ -23,6 +23,10 @@ bitflags::bitflags! {
         /// Software bit: the frame is shared (image text), not owned by
         /// this address space, and must not be freed with it.
         const SHARED = 1 << 9;
+        /// Software bit: a copy-on-write page (with `SHARED`, mapped
+        /// read-only): its frame belongs to a frozen set several guests
+        /// share (`user::Frozen`), and the first write maps a private copy.
+        const COW = 1 << 10;
         const NO_EXECUTE = 1 << 63;
     }
 }
@@ -118,6 +122,31 @@ pub fn translate(mem: &impl PhysMem, root: PhysAddr, va: u64) -> Option<(PhysAdd
     None
 }
 
+/// Calls `f` with every present 4 KiB leaf of the guest half of the tree
+/// at `root`; where it returns flags, the leaf takes them (same frame).
+fn walk_leaves<M: PhysMem>(mem: &mut M, root: PhysAddr, f: &mut impl FnMut(&mut M, u64, PhysAddr, Pte) -> Option<Pte>) {
+    fn walk<M: PhysMem>(mem: &mut M, table: PhysAddr, level: u32, base: u64, f: &mut impl FnMut(&mut M, u64, PhysAddr, Pte) -> Option<Pte>) {
+        let span = FRAME_SIZE << (9 * (level - 1));
+        // The PML4's upper half is the hypervisor's.
+        let entries = if level == 4 { 256 } else { 512 };
+        for i in 0..entries {
+            let e = mem.read_pte(table, i);
+            if e & Pte::PRESENT.bits() == 0 {
+                continue;
+            }
+            let (va, pa) = (base + i as u64 * span, e & ADDR_MASK);
+            if level == 1 {
+                if let Some(flags) = f(mem, va, pa, Pte::from_bits_retain(e & !ADDR_MASK)) {
+                    mem.write_pte(table, i, pa | (flags | Pte::PRESENT).bits());
+                }
+            } else if e & Pte::HUGE.bits() == 0 {
+                walk(mem, pa, level - 1, va, f);
+            }
+        }
+    }
+    walk(mem, root, 4, 0, f);
+}
+
 /// A guest's address space: its own PML4 with the hypervisor's half shared.
 #[derive(Debug)]
 pub struct AddressSpace {
@@ -162,6 +191,47 @@ impl AddressSpace {
             return None;
         }
         translate(mem, self.root, va)
+    }
+
+    /// Calls `f` with every present 4 KiB leaf of the guest half (its
+    /// address, frame and flags), in address order.
+    pub fn each_user_page<M: PhysMem>(&self, mem: &mut M, f: &mut impl FnMut(&mut M, u64, PhysAddr, Pte)) {
+        walk_leaves(mem, self.root, &mut |mem, va, pa, fl| {
+            f(mem, va, pa, fl);
+            None
+        });
+    }
+
+    /// [`AddressSpace::each_user_page`], where `f` may return new flags
+    /// for the leaf (it keeps its frame). The caller flushes the TLB if any
+    /// changed.
+    pub fn rewrite_user_pages<M: PhysMem>(&mut self, mem: &mut M, f: &mut impl FnMut(&mut M, u64, PhysAddr, Pte) -> Option<Pte>) {
+        walk_leaves(mem, self.root, f);
+    }
+
+    /// Points the present leaf of `va` at `pa` with `flags` (`USER` and
+    /// `PRESENT` added); returns the frame and flags it had, or `None`
+    /// (and changes nothing) if `va` has no 4 KiB leaf. The caller flushes
+    /// the TLB.
+    pub fn remap_user(&mut self, mem: &mut impl PhysMem, va: u64, pa: PhysAddr, flags: Pte) -> Option<(PhysAddr, Pte)> {
+        if va >= abi::layout::USER_END || !va.is_multiple_of(FRAME_SIZE) {
+            return None;
+        }
+        let mut table = self.root;
+        for level in (2..=4).rev() {
+            let e = mem.read_pte(table, index(va, level));
+            if e & Pte::PRESENT.bits() == 0 || e & Pte::HUGE.bits() != 0 {
+                return None;
+            }
+            table = e & ADDR_MASK;
+        }
+        let i = index(va, 1);
+        let e = mem.read_pte(table, i);
+        if e & Pte::PRESENT.bits() == 0 {
+            return None;
+        }
+        mem.write_pte(table, i, pa | (flags | Pte::USER | Pte::PRESENT).bits());
+        Some((e & ADDR_MASK, Pte::from_bits_retain(e & !ADDR_MASK)))
     }
 
     /// Unmaps every page mapped in `[start, end)` of the guest half

@@ -11,6 +11,8 @@
 use super::paging::{AddressSpace, MapError, Pte};
 use super::{FRAME_SIZE, PhysAddr, PhysMem};
 use abi::layout::{USER_END, page_down};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::ops::Range;
 
 /// Why a guest memory access failed.
@@ -40,6 +42,26 @@ impl core::fmt::Display for Fault {
     }
 }
 
+/// Pages a guest owned once and froze to be shared copy-on-write with its
+/// clones (and itself): read-only to all of them, freed with the last one
+/// (`GuestMemory::destroy`).
+#[derive(Debug)]
+pub struct Frozen {
+    frames: Vec<PhysAddr>,
+}
+
+impl Frozen {
+    /// Frames in the set.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Whether the set holds no frame.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+}
+
 /// A guest's memory: address space, demand-zero regions, and accounting.
 #[derive(Debug)]
 pub struct GuestMemory {
@@ -48,14 +70,18 @@ pub struct GuestMemory {
     zero_fill: [Range<u64>; 2],
     /// Frames the guest owns (not counting page tables).
     private: u64,
-    /// Frames mapped that other guests share (image text, the time page).
+    /// Frames mapped that other guests share (image text, the time page,
+    /// frozen pages).
     shared: u64,
     limit_frames: u64,
+    /// The frozen sets its copy-on-write pages belong to (one per freeze
+    /// of it or of a guest it was cloned from).
+    frozen: Vec<Arc<Frozen>>,
 }
 
 impl GuestMemory {
     pub fn new(space: AddressSpace, heap: Range<u64>, stack: Range<u64>, limit_bytes: u64) -> Self {
-        Self { space, zero_fill: [heap, stack], private: 0, shared: 0, limit_frames: limit_bytes / FRAME_SIZE }
+        Self { space, zero_fill: [heap, stack], private: 0, shared: 0, limit_frames: limit_bytes / FRAME_SIZE, frozen: Vec::new() }
     }
 
     fn charged(&self) -> u64 {
@@ -140,9 +166,10 @@ impl GuestMemory {
     }
 
     /// The frame behind the guest page at `va`, checked for `write` access,
-    /// faulting in demand-zero pages.
+    /// faulting in demand-zero pages and copying copy-on-write ones.
     fn page(&mut self, mem: &mut impl PhysMem, va: u64, write: bool) -> Result<PhysAddr, Fault> {
         match self.space.translate(mem, va) {
+            Some((_, fl)) if write && fl.contains(Pte::COW) => self.copy_on_write(mem, va)?.ok_or(Fault::Protection(va)),
             Some((pa, fl)) => {
                 if !fl.contains(Pte::USER) || (write && !fl.contains(Pte::WRITABLE)) {
                     return Err(Fault::Protection(va));
@@ -151,6 +178,97 @@ impl GuestMemory {
             }
             None => self.fault_in(mem, va).map(page_down),
         }
+    }
+
+    /// Resolves a write to the copy-on-write page at `va`: copies its
+    /// frozen frame into a frame of the guest's own, charged, and maps
+    /// that writable in its place. `Ok(None)` if `va` is no copy-on-write
+    /// page (the fault is the guest's); the caller flushes the TLB.
+    pub fn copy_on_write(&mut self, mem: &mut impl PhysMem, va: u64) -> Result<Option<PhysAddr>, Fault> {
+        let va = page_down(va);
+        let Some((src, flags)) = self.space.translate(mem, va).filter(|(_, f)| f.contains(Pte::COW)) else {
+            return Ok(None);
+        };
+        if self.charged() + 1 > self.limit_frames {
+            return Err(Fault::OutOfMemory { limit: self.limit_bytes() });
+        }
+        let frame = mem.alloc().ok_or(Fault::MachineOutOfMemory)?;
+        mem.copy_frame(frame, page_down(src));
+        let own = (flags - Pte::COW - Pte::SHARED - Pte::ACCESSED - Pte::DIRTY) | Pte::WRITABLE;
+        self.space.remap_user(mem, va, frame, own);
+        self.private += 1;
+        self.shared -= 1;
+        Ok(Some(frame))
+    }
+
+    /// Freezes every page the guest owns outside `keep(va)` (its own
+    /// per-instance pages: start page, shared page, rings): each becomes
+    /// read-only, shared, and (if it was writable) copy-on-write, in one
+    /// new frozen set. The guest is charged for them no more; a write
+    /// copies the page back (`copy_on_write`). Returns how many pages
+    /// froze. Nothing changes if the list of them cannot be allocated.
+    /// The caller flushes the TLB (the guest is on no CPU).
+    pub fn freeze(&mut self, mem: &mut impl PhysMem, keep: &impl Fn(u64) -> bool) -> Result<usize, Fault> {
+        let mut n = 0usize;
+        self.space.each_user_page(mem, &mut |_, va, _, fl| {
+            n += usize::from(!fl.contains(Pte::SHARED) && !keep(va));
+        });
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut frames = Vec::new();
+        frames.try_reserve_exact(n).map_err(|_| Fault::MachineOutOfMemory)?;
+        self.frozen.try_reserve(1).map_err(|_| Fault::MachineOutOfMemory)?;
+        self.space.rewrite_user_pages(mem, &mut |_, va, pa, fl| {
+            if fl.contains(Pte::SHARED) || keep(va) || frames.len() == n {
+                return None;
+            }
+            frames.push(pa);
+            let cow = if fl.contains(Pte::WRITABLE) { Pte::COW } else { Pte::empty() };
+            Some((fl - Pte::WRITABLE) | Pte::SHARED | cow)
+        });
+        let frozen = frames.len();
+        self.private -= frozen as u64;
+        self.shared += frozen as u64;
+        self.frozen.push(Arc::new(Frozen { frames }));
+        Ok(frozen)
+    }
+
+    /// A new guest memory over a fresh address space (`kernel_root`'s upper
+    /// half) that maps every page this one shares (image text, time page,
+    /// frozen pages: `freeze` first) where this one has it, with the same
+    /// rights, except the pages `keep(va)` picks (the clone maps its own
+    /// there). It owns nothing but its page tables, charged against
+    /// `limit_bytes`, and holds this one's frozen sets.
+    pub fn clone_shared(&self, mem: &mut impl PhysMem, kernel_root: PhysAddr, limit_bytes: u64, keep: &impl Fn(u64) -> bool) -> Result<Self, Fault> {
+        let space = AddressSpace::new(mem, kernel_root).ok_or(Fault::MachineOutOfMemory)?;
+        let mut copy = Self::new(space, self.zero_fill[0].clone(), self.zero_fill[1].clone(), limit_bytes);
+        let mut frozen = Vec::new();
+        if frozen.try_reserve_exact(self.frozen.len()).is_err() {
+            copy.destroy(mem);
+            return Err(Fault::MachineOutOfMemory);
+        }
+        frozen.extend(self.frozen.iter().cloned());
+        copy.frozen = frozen;
+        let mut failed = None;
+        self.space.each_user_page(mem, &mut |mem, va, pa, fl| {
+            if failed.is_some() || !fl.contains(Pte::SHARED) || keep(va) {
+                return;
+            }
+            if let Err(e) = copy.map(mem, va, pa, fl - Pte::ACCESSED - Pte::DIRTY - Pte::USER, 0) {
+                failed = Some(e);
+            }
+        });
+        if let Some(e) = failed {
+            copy.destroy(mem);
+            return Err(e);
+        }
+        Ok(copy)
+    }
+
+    /// Frames in the frozen sets it holds (shared with its clones).
+    pub fn frozen_frames(&self) -> usize {
+        self.frozen.iter().map(|f| f.len()).sum()
     }
 
     /// Checks a guest range for wrap-around and for staying in the guest half.
@@ -200,14 +318,18 @@ impl GuestMemory {
     /// freed and the pages read as zero on the next touch. Returns how many
     /// pages were given back; the caller flushes the TLB if any were.
     pub fn discard(&mut self, mem: &mut impl PhysMem, start: u64, end: u64) -> u64 {
-        let mut freed = 0;
+        let (mut freed, mut unshared) = (0, 0);
         self.space.unmap_user_range(mem, start, end, &mut |mem, pa, flags| {
-            if !flags.contains(Pte::SHARED) {
+            if flags.contains(Pte::SHARED) {
+                // A frozen page (its set keeps the frame).
+                unshared += 1;
+            } else {
                 mem.free(pa);
                 freed += 1;
             }
         });
         self.private -= freed;
+        self.shared -= unshared;
         freed
     }
 
@@ -219,10 +341,19 @@ impl GuestMemory {
             && start.checked_add(len).is_some_and(|end| heap.start <= start && end <= heap.end)
     }
 
-    /// Frees everything the guest owns. Returns the frames freed.
+    /// Frees everything the guest owns, and the frozen sets it was the
+    /// last to hold. Returns the frames freed.
     pub fn destroy(self, mem: &mut impl PhysMem) -> usize {
         let tables = self.space.table_frames();
-        self.space.destroy(mem) + tables
+        let mut freed = self.space.destroy(mem) + tables;
+        for set in self.frozen {
+            // Exactly one of the holders dropping theirs at once gets it.
+            if let Some(set) = Arc::into_inner(set) {
+                freed += set.frames.len();
+                set.frames.into_iter().for_each(|f| mem.free(f));
+            }
+        }
+        freed
     }
 }
 
@@ -305,5 +436,103 @@ mod tests {
         assert!(!g.is_discardable(0x40_0000, 0x1000) && !g.is_discardable(!0xfff, 0x2000));
         g.destroy(&mut mem);
         assert_eq!(mem.live, k_live + 1, "only the second kernel root is left");
+    }
+
+    /// A template's pages frozen and shared by clones: each reads the
+    /// template's bytes, a write copies the page for the writer alone and
+    /// charges it, the per-instance pages `keep` picks are left out, and
+    /// the frozen frames go back with the last holder, whichever order
+    /// they end in.
+    #[test]
+    fn clones_share_frozen_pages_and_copy_on_write() {
+        for template_ends_first in [true, false] {
+            let mut mem = TestMem::new(1000);
+            let k = mem.alloc().unwrap();
+            let base = mem.live;
+            let mut t = guest(&mut mem, 1 << 20);
+            let text = mem.alloc().unwrap();
+            t.map_shared(&mut mem, 0x40_0000, text, Pte::empty()).unwrap();
+            t.write(&mut mem, 0x10_0000, b"heap of the template").unwrap();
+            t.write(&mut mem, 0x7000_0ff8, b"stack!!!").unwrap();
+            let own = mem.alloc().unwrap();
+            t.map_private(&mut mem, 0x50_0000, own, Pte::WRITABLE).unwrap();
+            let keep = |va: u64| va == 0x50_0000;
+            let before = (t.private_bytes(), t.shared_bytes());
+            assert_eq!(t.freeze(&mut mem, &keep), Ok(2));
+            assert_eq!((t.private_bytes(), t.shared_bytes()), (before.0 - 2 * 4096, before.1 + 2 * 4096));
+            assert_eq!(t.frozen_frames(), 2);
+            assert_eq!(t.freeze(&mut mem, &keep), Ok(0), "nothing left to freeze");
+
+            let mut a = t.clone_shared(&mut mem, k, 1 << 20, &keep).unwrap();
+            let mut b = t.clone_shared(&mut mem, k, 1 << 20, &keep).unwrap();
+            assert_eq!((a.private_bytes(), a.shared_bytes()), (0, 3 * 4096), "text and two frozen pages");
+            assert!(a.space.translate(&mem, 0x50_0000).is_none(), "a kept page is the clone's to map");
+            let mut buf = [0u8; 20];
+            a.read(&mut mem, 0x10_0000, &mut buf).unwrap();
+            assert_eq!(&buf, b"heap of the template");
+            // A write by the hypervisor on a clone's behalf copies too.
+            a.write(&mut mem, 0x10_0000, b"heap of clone a").unwrap();
+            assert_eq!(a.private_bytes(), 4096);
+            b.read(&mut mem, 0x10_0000, &mut buf).unwrap();
+            assert_eq!(&buf, b"heap of the template", "b still sees the frozen page");
+            // The guest's own write fault: only copy-on-write pages copy.
+            assert!(b.copy_on_write(&mut mem, 0x7000_0ffc).unwrap().is_some());
+            assert_eq!(b.copy_on_write(&mut mem, 0x7000_0ffc), Ok(None), "already its own");
+            assert_eq!(b.copy_on_write(&mut mem, 0x40_0000), Ok(None), "text is never copied");
+            assert_eq!(b.write(&mut mem, 0x40_0000, b"x"), Err(Fault::Protection(0x40_0000)));
+            let mut st = [0u8; 8];
+            b.read(&mut mem, 0x7000_0ff8, &mut st).unwrap();
+            assert_eq!(&st, b"stack!!!");
+            // Giving a frozen heap page back unmaps it, frees nothing shared.
+            let live = mem.live;
+            assert_eq!(b.discard(&mut mem, 0x10_0000, 0x10_1000), 0);
+            assert_eq!((mem.live, b.shared_bytes()), (live, 4096), "text only: its stack page is its own copy");
+            b.read(&mut mem, 0x10_0000, &mut buf).unwrap();
+            assert_eq!(buf, [0; 20], "a discarded page reads as zero");
+
+            let (first, mut second) = if template_ends_first { (t, a) } else { (a, t) };
+            first.destroy(&mut mem);
+            let mut four = [0u8; 4];
+            second.read(&mut mem, 0x10_0000, &mut four).unwrap();
+            assert_eq!(&four, b"heap", "what is left reads on");
+            second.destroy(&mut mem);
+            b.destroy(&mut mem);
+            mem.free(text);
+            assert_eq!(mem.live, base + 1, "every frame is back but the kernel root the template had");
+        }
+    }
+
+    /// A clone that writes to every page it shares is charged for each
+    /// copy and stops at its limit; its siblings and the template keep
+    /// their pages.
+    #[test]
+    fn copies_are_charged_against_the_clone_s_limit() {
+        let mut mem = TestMem::new(1000);
+        let k = mem.alloc().unwrap();
+        let mut t = guest(&mut mem, 1 << 20);
+        for i in 0..32u64 {
+            t.write(&mut mem, 0x10_0000 + i * 4096, &[i as u8 + 1]).unwrap();
+        }
+        t.freeze(&mut mem, &|_| false).unwrap();
+        let mut c = t.clone_shared(&mut mem, k, 16 * 4096, &|_| false).unwrap();
+        let mut copied = 0;
+        let err = loop {
+            match c.write(&mut mem, 0x10_0000 + copied * 4096, &[0xff]) {
+                Ok(()) => copied += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err, Fault::OutOfMemory { limit: 16 * 4096 });
+        assert!(c.charged_bytes() <= 16 * 4096 && copied >= 8, "{copied} copied");
+        let mut b = [0u8; 1];
+        t.read(&mut mem, 0x10_0000, &mut b).unwrap();
+        assert_eq!(b, [1], "the template's page is untouched");
+        let mut d = t.clone_shared(&mut mem, k, 1 << 20, &|_| false).unwrap();
+        d.read(&mut mem, 0x10_0000 + 31 * 4096, &mut b).unwrap();
+        assert_eq!(b, [32]);
+        for g in [c, d, t] {
+            g.destroy(&mut mem);
+        }
+        assert_eq!(mem.live, 2, "only the two kernel roots are left");
     }
 }

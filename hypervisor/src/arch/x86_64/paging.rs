@@ -360,4 +360,9 @@ impl PhysMem for DirectMap {
         // SAFETY: inside one direct-mapped frame (checked above).
         unsafe { core::ptr::copy_nonoverlapping(direct(frame).add(offset), dst.as_mut_ptr(), dst.len()) }
     }
+    fn copy_frame(&mut self, dst: PhysAddr, src: PhysAddr) {
+        assert!(dst.is_multiple_of(FRAME_SIZE) && src.is_multiple_of(FRAME_SIZE) && dst != src);
+        // SAFETY: two distinct whole direct-mapped frames (checked above).
+        unsafe { core::ptr::copy_nonoverlapping(direct(src), direct(dst), FRAME_SIZE as usize) }
+    }
 }
