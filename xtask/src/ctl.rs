@@ -555,6 +555,22 @@ pub fn pcap(frames: &[Frame]) -> Vec<u8> {
     out
 }
 
+/// Pauses guest `name` and waits (10 s at most) until `list` says it has
+/// (it pauses at its next exit); the answer to `pause`.
+pub fn pause(inst: &Instance, name: &str) -> Result<Answer> {
+    let asked = inst.request(&Request::Pause(name).to_string())?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let Response::Guests { guests } = inst.request(&Request::List.to_string())?.0 else { bail!("list was not answered with guests") };
+        match guests.iter().find(|g| g.name == name).map(|g| g.state) {
+            Some(abi::report::GuestState::Paused) => return Ok(asked),
+            Some(_) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Some(state) => bail!("guest {name} did not pause within 10 s (it is {state:?})"),
+            None => bail!("guest {name} is gone"),
+        }
+    }
+}
+
 /// `ctl list -o table`: one row per guest of a `list` answer.
 pub fn table(list: impl AsRef<Response>) -> String {
     let mut out =

@@ -148,6 +148,21 @@ enum Ctl {
     },
     /// Stop a guest; the others keep running.
     Stop { name: String },
+    /// Pause a guest: it leaves the CPUs at its next exit and stays, with
+    /// its memory, until `resume` (or `stop`). Waits until it has paused.
+    Pause { name: String },
+    /// Let a paused guest run again.
+    Resume { name: String },
+    /// Make copy-on-write clones of a guest, paused first if it is not:
+    /// they share its pages until they write them, and each gets its own
+    /// name (NAME, or NAME-0 .. NAME-(N-1) with --count), MAC, address and
+    /// fresh randomness, and goes on where the template was.
+    Clone {
+        template: String,
+        name: String,
+        #[arg(long)]
+        count: Option<u32>,
+    },
     /// Forget an ended guest (its record, in `list` and for `wait`): its
     /// name and room are free again. Without it, the record stays until
     /// the room is needed for a new guest (the longest ended first).

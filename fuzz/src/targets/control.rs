@@ -41,6 +41,8 @@ struct State {
     guests: Vec<(String, Guest)>,
     /// Named tenants, by number.
     tenants: Vec<String>,
+    /// The guests paused (`pause`), which `clone` may copy.
+    paused: Vec<String>,
 }
 
 fn digest_string(d: &[u8; 32]) -> String {
@@ -159,7 +161,58 @@ impl ControlHost for FuzzHost {
         let i = st.guests.iter().position(|(n, _)| n == name).ok_or_else(|| Refusal::from(format!("no guest {name}")))?;
         let (_, g) = st.guests.remove(i);
         g.destroy(&mut st.mem);
+        st.paused.retain(|n| n != name);
         Ok(())
+    }
+    fn pause(&self, name: &str) -> Result<(), Refusal> {
+        let st = &mut *self.0.borrow_mut();
+        if !st.guests.iter().any(|(n, _)| n == name) {
+            return Err(Refusal::from(format!("no guest {name}")));
+        }
+        if !st.paused.iter().any(|n| n == name) {
+            st.paused.push(name.into());
+        }
+        Ok(())
+    }
+    fn resume(&self, name: &str) -> Result<(), Refusal> {
+        let st = &mut *self.0.borrow_mut();
+        let i = st.paused.iter().position(|n| n == name).ok_or_else(|| Refusal::from(format!("guest {name} is not paused")))?;
+        st.paused.remove(i);
+        Ok(())
+    }
+    fn clone_guest(&self, template: &str, name: &str, count: Option<u32>) -> Result<hypervisor::control::Cloned, Refusal> {
+        let st = &mut *self.0.borrow_mut();
+        if !st.paused.iter().any(|n| n == template) {
+            return Err(Refusal::from(format!("guest {template} is not paused")));
+        }
+        let mut made = hypervisor::control::Cloned::default();
+        // Bounded: every clone costs the fuzzer a page walk.
+        for i in 0..count.unwrap_or(1).min(4) {
+            let nm = if count.is_some() { format!("{name}-{i}") } else { name.into() };
+            if st.guests.iter().any(|(n, _)| *n == nm) {
+                made.error = Some(format!("a guest named {nm} exists already"));
+                break;
+            }
+            let State { mem, kernel_root, guests, .. } = st;
+            let Some(t) = guests.iter_mut().find(|(n, _)| n == template).map(|(_, g)| g) else { break };
+            match Guest::clone_from(t, mem, *kernel_root, &nm, abi::layout::heap_start(0), |_, _| {}) {
+                Ok(g) => {
+                    guests.push((nm.clone(), g));
+                    if made.count == 0 {
+                        made.first = nm;
+                    }
+                    made.count += 1;
+                }
+                Err(e) => {
+                    made.error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if made.count == 0 {
+            return Err(Refusal::from(made.error.unwrap_or_default()));
+        }
+        Ok(made)
     }
     fn list(&self) -> Vec<GuestRow> {
         let row = |(n, g): &(String, Guest)| GuestRow {
@@ -244,7 +297,15 @@ fn run(data: &[u8]) -> Vec<String> {
     let mut mem = FuzzMem::new(FRAMES);
     let kernel_root = mem.alloc().unwrap();
     let time_page = mem.alloc().unwrap();
-    let host = FuzzHost(RefCell::new(State { mem, kernel_root, time_page, images: Vec::new(), guests: Vec::new(), tenants: Vec::new() }));
+    let host = FuzzHost(RefCell::new(State {
+        mem,
+        kernel_root,
+        time_page,
+        images: Vec::new(),
+        guests: Vec::new(),
+        tenants: Vec::new(),
+        paused: Vec::new(),
+    }));
     let (image, image_hex) = IMAGE.get_or_init(|| {
         let image = valid_image();
         let hex = image.iter().flat_map(|&b| HEX[usize::from(b)]).collect();
@@ -266,7 +327,11 @@ fn run(data: &[u8]) -> Vec<String> {
             }
             // A well-formed request with fuzz-chosen words and numbers.
             1..=3 => {
-                let req = match inp.u8() % 16 {
+                let req = match inp.u8() % 19 {
+                    16 => format!("pause {}", name(&mut inp)),
+                    17 => format!("resume {}", name(&mut inp)),
+                    18 if inp.bool() => format!("clone {} {}", name(&mut inp), name(&mut inp)),
+                    18 => format!("clone {} {} {}", name(&mut inp), name(&mut inp), number(&mut inp)),
                     0 => Request::List.to_string(),
                     1 => Request::Stats.to_string(),
                     2 => Request::Images.to_string(),

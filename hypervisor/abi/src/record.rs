@@ -6,13 +6,18 @@
 //! `#[repr(C)]` struct, so the two sides cannot disagree on a layout.
 
 /// A field of a shared record: its little-endian bytes.
-pub trait Field {
+pub trait Field: Sized {
     fn put(&self, out: &mut [u8]);
+    /// The field read back from the start of `bytes`.
+    fn get(bytes: &[u8]) -> Self;
 }
 
 impl Field for u32 {
     fn put(&self, out: &mut [u8]) {
         out[..4].copy_from_slice(&self.to_le_bytes());
+    }
+    fn get(bytes: &[u8]) -> Self {
+        Self::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
     }
 }
 
@@ -20,11 +25,21 @@ impl Field for u64 {
     fn put(&self, out: &mut [u8]) {
         out[..8].copy_from_slice(&self.to_le_bytes());
     }
+    fn get(bytes: &[u8]) -> Self {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[..8]);
+        Self::from_le_bytes(b)
+    }
 }
 
 impl<const N: usize> Field for [u8; N] {
     fn put(&self, out: &mut [u8]) {
         out[..N].copy_from_slice(self);
+    }
+    fn get(bytes: &[u8]) -> Self {
+        let mut b = [0u8; N];
+        b.copy_from_slice(&bytes[..N]);
+        b
     }
 }
 
@@ -42,6 +57,11 @@ macro_rules! shared_record {
                 let mut out = [0u8; Self::SIZE];
                 $( $crate::record::Field::put(&self.$field, &mut out[core::mem::offset_of!($ty, $field)..]); )*
                 out
+            }
+
+            /// The record `to_bytes` wrote as `bytes`.
+            pub fn from_bytes(bytes: &[u8; Self::SIZE]) -> Self {
+                Self { $( $field: $crate::record::Field::get(&bytes[core::mem::offset_of!($ty, $field)..]), )* }
             }
         }
     };

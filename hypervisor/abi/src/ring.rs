@@ -355,6 +355,12 @@ impl Producer {
         self.prod
     }
 
+    /// A producer going on from index `prod` of a ring of `slots` slots
+    /// (a copy of a ring whose producer was there).
+    pub fn at(slots: u32, prod: u32) -> Self {
+        Self { prod, ..Self::new(slots) }
+    }
+
     /// Slots in this ring.
     pub fn slots(&self) -> u32 {
         self.slots
@@ -483,6 +489,12 @@ impl Consumer {
     /// Slots consumed so far (our private index).
     pub fn index(&self) -> u32 {
         self.cons
+    }
+
+    /// A consumer going on from index `cons` of a ring of `slots` slots
+    /// (a copy of a ring whose consumer was there).
+    pub fn at(slots: u32, cons: u32) -> Self {
+        Self { cons, ..Self::new(slots) }
     }
 }
 /// A ring in an ordinary byte buffer, for tests on both sides.

@@ -22,7 +22,7 @@ pub mod virtio_console;
 
 use abi::control::RequestError;
 pub use abi::control::{ARGS_MAX, CHUNK_MAX, LINE_MAX, Request, Response, STALL_NS, parse};
-pub use session::{ControlHost, Session};
+pub use session::{Cloned, ControlHost, Session};
 
 /// Clients served at once (a virtio console's ports; a UART is one).
 pub const MAX_CLIENTS: usize = virtio_console::MAX_PORTS;

@@ -17,6 +17,17 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 /// What the control channel needs from the hypervisor.
+/// What a `clone` made.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cloned {
+    pub count: u32,
+    pub first: String,
+    pub ip: Option<[u8; 4]>,
+    pub tenant: Option<u32>,
+    /// Why fewer than asked were made.
+    pub error: Option<String>,
+}
+
 pub trait ControlHost {
     /// Bytes an upload may reserve now (the heap's room, less headroom).
     fn upload_room(&self) -> usize;
@@ -48,6 +59,14 @@ pub trait ControlHost {
     ) -> Result<(Option<[u8; 4]>, Option<u32>), Refusal>;
     /// Marks a guest to be stopped.
     fn stop(&self, name: &str) -> Result<(), Refusal>;
+    /// Marks a guest to be paused at its next exit.
+    fn pause(&self, name: &str) -> Result<(), Refusal>;
+    /// Makes a paused (or pausing) guest runnable again.
+    fn resume(&self, name: &str) -> Result<(), Refusal>;
+    /// Makes `count` clones of paused guest `template` (`name`, or
+    /// `name-0`.. with a count): how many, the first's name, address and
+    /// tenant, and why it stopped short, if it did.
+    fn clone_guest(&self, template: &str, name: &str, count: Option<u32>) -> Result<Cloned, Refusal>;
     /// A row for every guest not forgotten (live, and ended ones whose
     /// records are kept), in the order they were created.
     fn list(&self) -> Vec<GuestRow>;
@@ -212,6 +231,18 @@ impl Session {
                 host.watch_console(self.client, name).map(|()| Response::Watching { watching: name.into() }).map_err(ControlError::Refused)
             }
             Request::Stop(name) => host.stop(name).map(|()| Response::Stopped { stopped: name.into() }).map_err(ControlError::Refused),
+            Request::Pause(name) => host.pause(name).map(|()| Response::Pausing { pausing: name.into() }).map_err(ControlError::Refused),
+            Request::Resume(name) => host.resume(name).map(|()| Response::Resumed { resumed: name.into() }).map_err(ControlError::Refused),
+            Request::Clone { template, name, count } => host
+                .clone_guest(template, name, count)
+                .map(|c| Response::Cloned {
+                    cloned: c.count,
+                    first: c.first,
+                    ip: c.ip.map(|a| alloc::format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])),
+                    tenant: c.tenant,
+                    error: c.error,
+                })
+                .map_err(ControlError::Refused),
             Request::Remove(name) => {
                 host.remove_guest(name).map(|()| Response::Removed { removed: name.into() }).map_err(ControlError::Refused)
             }
@@ -248,6 +279,12 @@ mod tests {
         room: usize,
         /// The last guest waited for or watched.
         waited: RefCell<Option<String>>,
+    }
+
+    impl Books {
+        fn find(&self, name: &str) -> Result<(), Refusal> {
+            if self.guests.borrow().iter().any(|n| n == name) { Ok(()) } else { Err(format!("no guest {name}").into()) }
+        }
     }
 
     impl ControlHost for Books {
@@ -322,6 +359,19 @@ mod tests {
         fn watch_console(&self, client: usize, name: &str) -> Result<(), Refusal> {
             self.wait(client, name).map(|_| ())
         }
+        fn pause(&self, name: &str) -> Result<(), Refusal> {
+            self.find(name)
+        }
+        fn resume(&self, name: &str) -> Result<(), Refusal> {
+            self.find(name)
+        }
+        fn clone_guest(&self, template: &str, name: &str, count: Option<u32>) -> Result<Cloned, Refusal> {
+            self.find(template)?;
+            let n = count.unwrap_or(1);
+            let first = if count.is_some() { format!("{name}-0") } else { name.into() };
+            (0..n).for_each(|i| self.guests.borrow_mut().push(if count.is_some() { format!("{name}-{i}") } else { name.into() }));
+            Ok(Cloned { count: n, first, ip: Some([10, 0, 0, 9]), tenant: Some(0), error: None })
+        }
         fn stop(&self, name: &str) -> Result<(), Refusal> {
             let mut g = self.guests.borrow_mut();
             let i = g.iter().position(|n| n == name).ok_or(format!("no guest {name}"))?;
@@ -376,7 +426,7 @@ mod tests {
         let stats = send(&mut s, &host, 6, b"stats\n");
         let Ok(Response::Stats { guests, machine }) = serde_json::from_str(&stats[0]) else { panic!("{stats:?}") };
         assert_eq!((guests[0].guest.as_str(), machine.live), ("w", 1));
-        assert_eq!(send(&mut s, &host, 7, b"version\n"), [r#"{"protocol":5,"abi":6}"#]);
+        assert_eq!(send(&mut s, &host, 7, b"version\n"), [r#"{"protocol":6,"abi":7}"#]);
     }
 
     #[test]
@@ -439,7 +489,7 @@ mod tests {
         assert_eq!(
             send(&mut s, &host, 22 + STALL_NS, b"t\n"),
             [
-                r#"{"error":"unknown request (list, stats, stop, remove, capture, images, image-begin, image-data, image-end, image-remove, start, tenants, tenant-remove, wait, events, console, version)","kind":"bad_request"}"#
+                r#"{"error":"unknown request (list, stats, stop, remove, pause, resume, clone, capture, images, image-begin, image-data, image-end, image-remove, start, tenants, tenant-remove, wait, events, console, version)","kind":"bad_request"}"#
             ]
         );
         assert!(send(&mut s, &host, 0, b"image-end\n")[0].contains("no upload in progress"));

@@ -245,29 +245,7 @@ impl Guest {
             let events = mem.alloc().ok_or(Fault::MachineOutOfMemory)?;
             memory.map_private(mem, layout::EVENT_PAGE, events, Pte::WRITABLE | Pte::NO_EXECUTE).inspect_err(|_| mem.free(events))?;
             event_frame = events;
-            let page = mem.alloc().ok_or(Fault::MachineOutOfMemory)?;
-            let strings_at = START_PAGE + layout::START_STRINGS_OFFSET;
-            let si = StartInfo {
-                magic: abi::START_MAGIC,
-                abi_version: abi::ABI_VERSION,
-                argc: args.len() as u32,
-                name_addr: strings_at,
-                name_len: name.len() as u64,
-                args_addr: strings_at + strings.args.start as u64,
-                args_len: strings.args.len() as u64,
-                env_addr: strings_at + strings.env.start as u64,
-                env_len: strings.env.len() as u64,
-                envc: env.len() as u32,
-                reserved: 0,
-                heap_start: heap.start,
-                heap_len: heap.end - heap.start,
-                stack_bottom: stack.start,
-                stack_top: stack.end,
-                memory_limit,
-            };
-            mem.write(page, layout::START_INFO_OFFSET as usize, &si.to_bytes());
-            mem.write(page, layout::START_STRINGS_OFFSET as usize, &strings.bytes);
-            write_boot_info(mem, page);
+            let page = start_page(mem, &strings, heap.clone(), stack.clone(), memory_limit, write_boot_info)?;
             memory.map_private(mem, START_PAGE, page, Pte::NO_EXECUTE).inspect_err(|_| mem.free(page))
         })();
         if let Err(e) = built {
@@ -304,6 +282,126 @@ impl Guest {
         })
     }
 
+    /// Whether `va` is one of the pages each instance has of its own (a
+    /// clone gets its own, never its template's): the start page (its
+    /// identity), the shared page (its events and ring indices) and the
+    /// vNIC's ring slots, which the hypervisor writes through their
+    /// frames, not through the guest's tables.
+    fn own_page(va: u64, heap_start: u64) -> bool {
+        va == START_PAGE || va == layout::EVENT_PAGE || (layout::NIC_TX_RING..heap_start).contains(&va)
+    }
+
+    /// Makes a copy of `template` (paused: on no CPU) named `name` that
+    /// goes on where the template is: its registers and FPU state, and
+    /// every page it owns, frozen and shared copy-on-write (`GuestMemory::
+    /// freeze`; the template's own writes copy too from now on). Its own
+    /// pages are new: a start page with `name` and the template's
+    /// arguments and environment (`write_boot_info` writes the boot record
+    /// and the vNIC record into it), and a shared page copied from the
+    /// template's, with `events::CLONED` raised and the generation word
+    /// one past the template's. The caller maps the vNIC ring slots
+    /// (`heap_start` says where they end) and copies them.
+    pub fn clone_from<M: PhysMem>(
+        template: &mut Guest,
+        mem: &mut M,
+        kernel_root: PhysAddr,
+        name: &str,
+        heap_start: u64,
+        write_boot_info: impl FnOnce(&mut M, PhysAddr),
+    ) -> Result<Self, CreateError> {
+        let limit = template.memory.limit_bytes();
+        let si = template.start_info(mem);
+        let (args, env) = template.start_strings(mem, &si).ok_or(CreateError::ArgsTooLong)?;
+        let (args, env): (Vec<&str>, Vec<&str>) = (args.iter().map(String::as_str).collect(), env.iter().map(String::as_str).collect());
+        let strings = start_strings(name, &args, &env).ok_or(CreateError::ArgsTooLong)?;
+        let keep = |va| Self::own_page(va, heap_start);
+        if template.memory.freeze(mem, &keep).map_err(|_| CreateError::MachineOutOfMemory)? > 0 {
+            // Its pages are read-only now: no CPU may keep its writable
+            // translations for its next run (`last_cpu` skips the flush).
+            template.last_cpu = None;
+        }
+        let mut memory = template.memory.clone_shared(mem, kernel_root, limit, &keep).map_err(|e| match e {
+            Fault::OutOfMemory { limit } => CreateError::TooSmall { needed: limit + 1, limit },
+            _ => CreateError::MachineOutOfMemory,
+        })?;
+        let mut event_frame = 0;
+        let built = (|| {
+            let events = mem.alloc().ok_or(Fault::MachineOutOfMemory)?;
+            mem.copy_frame(events, template.event_frame);
+            let mut word = [0u8; 8];
+            mem.read(events, 0, &mut word);
+            mem.write(events, 0, &(u64::from_le_bytes(word) | abi::time::events::CLONED).to_le_bytes());
+            let at = layout::EVENT_GENERATION_OFFSET as usize;
+            mem.read(events, at, &mut word);
+            mem.write(events, at, &u64::from_le_bytes(word).wrapping_add(1).to_le_bytes());
+            memory.map_private(mem, layout::EVENT_PAGE, events, Pte::WRITABLE | Pte::NO_EXECUTE).inspect_err(|_| mem.free(events))?;
+            event_frame = events;
+            let heap = si.heap_start..si.heap_start + si.heap_len;
+            let page = start_page(mem, &strings, heap, si.stack_bottom..si.stack_top, limit, write_boot_info)?;
+            memory.map_private(mem, START_PAGE, page, Pte::NO_EXECUTE).inspect_err(|_| mem.free(page))
+        })();
+        if let Err(e) = built {
+            memory.destroy(mem);
+            return Err(match e {
+                Fault::OutOfMemory { limit } => CreateError::TooSmall { needed: limit + 1, limit },
+                _ => CreateError::MachineOutOfMemory,
+            });
+        }
+        Ok(Self {
+            name: name.into(),
+            memory,
+            regs: template.regs.clone(),
+            fpu: template.fpu.clone(),
+            via_sysret: template.via_sysret,
+            last_cpu: None,
+            blocked: template.blocked,
+            console: LineBuffer::default(),
+            stats: Stats::default(),
+            console_limit: crate::limit::TokenBucket::new(0),
+            kick_limit: crate::limit::TokenBucket::new(0),
+            text: template.text.clone(),
+            event_frame,
+        })
+    }
+
+    /// The vNIC indices the hypervisor last published in its shared page:
+    /// the TX ring's consumer index and the RX ring's producer index
+    /// (where a clone's back end goes on from: its copied rings hold what
+    /// these say).
+    pub fn published_ring_indices(&self, mem: &impl PhysMem) -> (u32, u32) {
+        let word = |at: u64| {
+            let mut b = [0u8; 4];
+            mem.read(self.event_frame, at as usize, &mut b);
+            u32::from_le_bytes(b)
+        };
+        (word(layout::NIC_TX_INDICES + abi::ring::CONS_OFFSET as u64), word(layout::NIC_RX_INDICES + abi::ring::PROD_OFFSET as u64))
+    }
+
+    /// The start-info record of its start page (written by the hypervisor
+    /// and read-only to the guest; all zero if the page is missing).
+    fn start_info(&mut self, mem: &mut impl PhysMem) -> StartInfo {
+        let mut b = [0u8; core::mem::size_of::<StartInfo>()];
+        let _ = self.memory.read(mem, abi::layout::START_INFO, &mut b);
+        StartInfo::from_bytes(&b)
+    }
+
+    /// Its arguments and environment, as its start page holds them.
+    fn start_strings(&mut self, mem: &mut impl PhysMem, si: &StartInfo) -> Option<(Vec<String>, Vec<String>)> {
+        let mut read = |addr: u64, len: u64, count: u32| -> Option<Vec<String>> {
+            if len > layout::START_STRINGS_MAX {
+                return None;
+            }
+            let mut b = alloc::vec![0u8; len as usize];
+            self.memory.read(mem, addr, &mut b).ok()?;
+            let mut v: Vec<String> = Vec::new();
+            for part in b.split(|&c| c == 0).take(count as usize) {
+                v.push(String::from(core::str::from_utf8(part).ok()?));
+            }
+            (v.len() == count as usize).then_some(v)
+        };
+        Some((read(si.args_addr, si.args_len, si.argc)?, read(si.env_addr, si.env_len, si.envc)?))
+    }
+
     /// Decides what follows an exit. Console output goes to `out` as whole
     /// lines prefixed with the guest's name. `clock` is the monotonic clock
     /// (ns), read only when a rate limit is consulted (a console write, a
@@ -319,6 +417,24 @@ impl Guest {
                 Err(Fault::MachineOutOfMemory) => Step::Stopped(StopReason::MachineOutOfMemory),
                 Err(_) => self.fault_step(mem),
             },
+            // A write to a present page: copy-on-write, or the guest's fault.
+            VECTOR_PAGE_FAULT
+                if r.error & (regs::pf::PRESENT | regs::pf::WRITE | regs::pf::FETCH) == regs::pf::PRESENT | regs::pf::WRITE =>
+            {
+                match self.memory.copy_on_write(mem, r.cr2) {
+                    // The old read-only entry may be cached: flush it.
+                    Ok(Some(_)) => Step::FlushTlb,
+                    // Writable by now (copied on the hypervisor's write for
+                    // it): the TLB held the old entry.
+                    Ok(None) if self.memory.space.translate(mem, r.cr2).is_some_and(|(_, f)| f.contains(Pte::WRITABLE | Pte::USER)) => {
+                        Step::FlushTlb
+                    }
+                    Ok(None) => self.fault_step(mem),
+                    Err(Fault::OutOfMemory { limit }) => Step::Stopped(StopReason::OutOfMemory { address: r.cr2, limit_bytes: limit }),
+                    Err(Fault::MachineOutOfMemory) => Step::Stopped(StopReason::MachineOutOfMemory),
+                    Err(_) => self.fault_step(mem),
+                }
+            }
             0..VECTOR_FIRST_INTERRUPT => self.fault_step(mem),
             // External interrupts: the guest was preempted.
             _ => {
@@ -536,14 +652,54 @@ pub fn memory_error(f: Fault) -> MemoryError {
     }
 }
 
+/// A start page (a new frame) for a guest with `strings`, its heap, its
+/// stack and its memory limit; `write_boot_info` adds the boot record
+/// (and the vNIC record).
+fn start_page<M: PhysMem>(
+    mem: &mut M,
+    strings: &StartStrings,
+    heap: core::ops::Range<u64>,
+    stack: core::ops::Range<u64>,
+    memory_limit: u64,
+    write_boot_info: impl FnOnce(&mut M, PhysAddr),
+) -> Result<PhysAddr, Fault> {
+    let page = mem.alloc().ok_or(Fault::MachineOutOfMemory)?;
+    let strings_at = START_PAGE + layout::START_STRINGS_OFFSET;
+    let si = StartInfo {
+        magic: abi::START_MAGIC,
+        abi_version: abi::ABI_VERSION,
+        argc: strings.argc,
+        name_addr: strings_at,
+        name_len: strings.name_len as u64,
+        args_addr: strings_at + strings.args.start as u64,
+        args_len: strings.args.len() as u64,
+        env_addr: strings_at + strings.env.start as u64,
+        env_len: strings.env.len() as u64,
+        envc: strings.envc,
+        reserved: 0,
+        heap_start: heap.start,
+        heap_len: heap.end - heap.start,
+        stack_bottom: stack.start,
+        stack_top: stack.end,
+        memory_limit,
+    };
+    mem.write(page, layout::START_INFO_OFFSET as usize, &si.to_bytes());
+    mem.write(page, layout::START_STRINGS_OFFSET as usize, &strings.bytes);
+    write_boot_info(mem, page);
+    Ok(page)
+}
+
 /// The start page's string area: the name, NUL, then each argument and a
 /// NUL. `None` if it does not fit.
 /// The start page's strings: the name, the arguments, the environment,
 /// each NUL-terminated (where each list lies in `bytes`).
 struct StartStrings {
     bytes: Vec<u8>,
+    name_len: usize,
     args: core::ops::Range<usize>,
+    argc: u32,
     env: core::ops::Range<usize>,
+    envc: u32,
 }
 
 /// The start page's strings, if they fit, hold no NUL byte, and every
@@ -564,7 +720,14 @@ fn start_strings(name: &str, args: &[&str], env: &[&str]) -> Option<StartStrings
     let clean = core::iter::once(&name).chain(args).chain(env).all(|p| !p.contains('\0'));
     let vars = env.iter().all(|v| v.find('=').is_some_and(|i| i > 0));
     let fits = bytes.len() as u64 <= layout::START_STRINGS_MAX && name.len() <= layout::NAME_MAX;
-    (clean && vars && fits).then_some(StartStrings { bytes, args: args_at, env: env_at })
+    (clean && vars && fits).then_some(StartStrings {
+        bytes,
+        name_len: name.len(),
+        args: args_at,
+        argc: args.len() as u32,
+        env: env_at,
+        envc: env.len() as u32,
+    })
 }
 
 #[cfg(test)]

@@ -1022,10 +1022,13 @@ fn wrong_abi_or_hermit_notes() {
 
     let e = err(parse_spec(ElfSpec::valid().with(|s| {
         s.notes = hermit_note();
-        s.notes.extend(abi_note(7));
+        s.notes.extend(abi_note(abi::ABI_VERSION - 1));
     })));
-    assert_eq!(e, ImageError::AbiVersion(7));
-    assert_eq!(e.to_string(), format!("image was built for hypervisor ABI v7; this hypervisor speaks v{}", abi::ABI_VERSION));
+    assert_eq!(e, ImageError::AbiVersion(abi::ABI_VERSION - 1));
+    assert_eq!(
+        e.to_string(),
+        format!("image was built for hypervisor ABI v{}; this hypervisor speaks v{}", abi::ABI_VERSION - 1, abi::ABI_VERSION)
+    );
 
     let e = err(parse_spec(ElfSpec::valid().with(|s| {
         s.notes = note(abi::note::HERMIT_NAME, abi::note::HERMIT_TYPE, &[3]);

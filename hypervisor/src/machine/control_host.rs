@@ -10,10 +10,10 @@
 use super::create::{ImageEntry, digest, image_budget};
 use super::network::{CaptureTarget, Captured};
 use super::report::sizes;
-use super::{EXITED, GuestStatus, MAX_IMAGES, Machine, Network, Platform, STATES};
-use crate::control::{ControlHost, Input, Session, json_line};
+use super::{EXITED, GuestStatus, MAX_IMAGES, Machine, Network, PAUSED, Platform, STATES, WAITING};
+use crate::control::{Cloned, ControlHost, Input, Session, json_line};
 use abi::bundle::Settings;
-use abi::control::Reason::{Ended, Exists, InUse, NotEnded, NotFound};
+use abi::control::Reason::{Ended, Exists, InUse, NotEnded, NotFound, NotPaused};
 use abi::control::{GuestEvent, ImageInfo, Refusal, StartOptions, Tenant, TenantRow};
 use abi::report::{GuestRow, GuestStats, MachineStats};
 use alloc::format;
@@ -248,6 +248,39 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
         self.status(id).stop_requested.store(true, Ordering::Release);
         self.wake(id, 0);
         Ok(())
+    }
+
+    fn pause(&self, name: &str) -> Result<(), Refusal> {
+        let id = self.find(name).ok_or_else(|| not_found(name))?;
+        let status = self.status(id);
+        if status.state.load(Ordering::Relaxed) >= EXITED {
+            return Err(Refusal::new(Ended, format!("guest {name} has already ended")));
+        }
+        status.pause_requested.store(true, Ordering::Release);
+        // A guest asleep is woken to be parked (`cpu_loop`).
+        self.wake(id, 0);
+        Ok(())
+    }
+
+    fn resume(&self, name: &str) -> Result<(), Refusal> {
+        let id = self.find(name).ok_or_else(|| not_found(name))?;
+        let status = self.status(id);
+        if status.state.load(Ordering::Relaxed) >= EXITED {
+            return Err(Refusal::new(Ended, format!("guest {name} has already ended")));
+        }
+        if !status.pause_requested.swap(false, Ordering::AcqRel) {
+            return Err(Refusal::new(NotPaused, format!("guest {name} is not paused")));
+        }
+        // Parked: runnable again (one still on its way to its park sees the
+        // request gone and wakes itself, `cpu_loop`).
+        if status.state.compare_exchange(PAUSED, WAITING, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            self.wake(id, 0);
+        }
+        Ok(())
+    }
+
+    fn clone_guest(&self, template: &str, name: &str, count: Option<u32>) -> Result<Cloned, Refusal> {
+        self.clone_guests(template, name, count)
     }
 
     fn list(&self) -> Vec<GuestRow> {

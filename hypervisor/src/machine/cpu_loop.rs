@@ -20,7 +20,7 @@
 //!   1); every `IDLE_TICK_NS` a CPU evens out with margin 2, so that one
 //!   waiting guest does not bounce between two busy CPUs.
 
-use super::{EXITED, Machine, Network, Platform, RUNNING, STOPPED, WAITING};
+use super::{EXITED, Machine, Network, PAUSED, Platform, RUNNING, STOPPED, WAITING};
 use crate::control::{Session, json_line};
 use crate::guest::{Guest, Step};
 use crate::net::port::GuestEvents as _;
@@ -127,10 +127,33 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             }
             return Pass::Again;
         };
-        let Some(mut g) = self.guests.lock()[id].take() else { return Pass::Again };
+        let Some(mut g) = self.guests.lock()[id].take() else {
+            // Out of the table: a paused template being cloned. Parked as
+            // if paused; woken again at once if it is not paused (any
+            // more), to be picked once it is back.
+            self.scheds[me].lock().put(id, now, 0, Leave::Blocked { deadline: u64::MAX });
+            if self.status[id].get().is_some_and(|s| !s.pause_requested.load(Ordering::Acquire)) {
+                self.scheds[me].lock().wake(id, now);
+            }
+            return Pass::Again;
+        };
         let status = self.status(id);
         if status.stop_requested.load(Ordering::Acquire) {
             self.finish(me, id, g, Err(StopReason::Operator));
+            return Pass::Again;
+        }
+        if status.pause_requested.load(Ordering::Acquire) {
+            // Parked: asleep with no deadline, out of every run queue;
+            // an event wakes it only to be parked again here, `resume`
+            // clears the request and wakes it for good.
+            status.state.store(PAUSED, Ordering::Release);
+            self.guests.lock()[id] = Some(g);
+            self.scheds[me].lock().put(id, now, 0, Leave::Blocked { deadline: u64::MAX });
+            // `resume` may have cleared the request before it saw PAUSED.
+            if !status.pause_requested.load(Ordering::Acquire) {
+                status.state.store(WAITING, Ordering::Release);
+                self.scheds[me].lock().wake(id, now);
+            }
             return Pass::Again;
         }
         status.state.store(RUNNING, Ordering::Relaxed);
@@ -162,7 +185,9 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         // looks, so look again now. The same for `ctl stop`, which sets
         // the stop request before it wakes.
         if matches!(leave, Leave::Blocked { .. })
-            && (self.event_pages[id].get().is_some_and(|e| e.pending() != 0) || status.stop_requested.load(Ordering::Acquire))
+            && (self.event_pages[id].get().is_some_and(|e| e.pending() != 0)
+                || status.stop_requested.load(Ordering::Acquire)
+                || status.pause_requested.load(Ordering::Acquire))
         {
             self.scheds[me].lock().wake(id, now);
         }

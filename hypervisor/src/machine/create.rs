@@ -242,7 +242,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
 
     /// An id for a new guest: a free one, else one never given, else that
     /// of the guest that ended longest ago (its record is forgotten).
-    fn take_id(&self, c: &mut Creating) -> Option<usize> {
+    pub(super) fn take_id(&self, c: &mut Creating) -> Option<usize> {
         self.take_ended(c);
         if let Some(id) = c.free.pop() {
             return Some(id);
@@ -304,7 +304,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             return Err("its event page is not mapped".into());
         };
         if let Some(info) = &nic
-            && let Err(e) = attach_nic(&self.platform, &mut g, &mut mem, &self.net, st, info, id, &events)
+            && let Err(e) = attach_nic(&self.platform, &mut g, &mut mem, &self.net, st, info, id, &events, None, (0, 0))
         {
             // Every frame it got so far (ring pages too) goes back.
             g.destroy(&mut mem);
@@ -328,16 +328,38 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             None => format!("image {}, memory {}", img.name, sizes(st.memory)),
         };
         let created = Created { create_ns: g.stats.create_ns, ip: nic.as_ref().map(|n| n.ipv4), describe };
-        // Publish it: tables first, the scheduler last.
+        self.publish(id, g, events, name, nic.is_some(), st, image, watch, creating);
+        Ok(created)
+    }
+
+    /// Makes new guest `g` (id `id`, with its event page `events`) known
+    /// and runnable: tables first, the scheduler last, so that once it can
+    /// run everything any CPU looks up about it is there.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn publish(
+        &self,
+        id: usize,
+        g: Guest,
+        events: P::Events,
+        name: &str,
+        has_nic: bool,
+        st: &Settings,
+        image: usize,
+        watch: u32,
+        creating: &mut Creating,
+    ) {
+        let created_ns = g.stats.created_ns;
         self.guests.lock()[id] = Some(Box::new(g));
         self.event_pages[id].set(events);
         self.status[id].set(GuestStatus {
             name: name.into(),
-            tenant: nic.as_ref().map(|_| st.tenant),
+            tenant: has_nic.then_some(st.tenant),
             state: AtomicU8::new(WAITING),
             cpu_ns: AtomicU64::new(0),
             memory_bytes: AtomicU64::new(0),
             stop_requested: AtomicBool::new(false),
+            pause_requested: AtomicBool::new(false),
+            settings: *st,
             image,
             seq: creating.created,
             watched: AtomicU32::new(watch),
@@ -354,7 +376,6 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         if cpu != 0 {
             self.platform.wake_cpu(cpu);
         }
-        Ok(created)
     }
 }
 
@@ -407,9 +428,10 @@ impl Creating {
 }
 
 /// Gives a new guest its vNIC: ring pages mapped into it (charged to its
-/// memory) and a port on the network.
+/// memory; with `copy`, a copy of that guest's slots, see `clone`) and a
+/// port on the network, whose own indices start at `at`.
 #[allow(clippy::too_many_arguments)]
-fn attach_nic<P: Platform>(
+pub(super) fn attach_nic<P: Platform>(
     platform: &P,
     g: &mut Guest,
     mem: &mut impl PhysMem,
@@ -418,13 +440,45 @@ fn attach_nic<P: Platform>(
     info: &abi::NicInfo,
     id: usize,
     events: &P::Events,
+    copy: Option<&mut Guest>,
+    at: (u32, u32),
 ) -> Result<(), String> {
+    let (tx, rx) = nic_rings(platform, g, mem, info, events, copy)?;
+    let mac = [info.mac[0], info.mac[1], info.mac[2], info.mac[3], info.mac[4], info.mac[5]];
+    net.attach(Attach {
+        guest: id,
+        tenant: st.tenant,
+        mac,
+        ipv4: info.ipv4,
+        ring_slots: info.ring_slots,
+        limits: &st.limits,
+        tx,
+        rx,
+        events: events.clone(),
+        at,
+    })
+}
+
+/// A new guest's two vNIC rings: slot pages mapped into `g` (charged to
+/// its memory), each a copy of `copy`'s page at the same address if given.
+fn nic_rings<P: Platform>(
+    platform: &P,
+    g: &mut Guest,
+    mem: &mut impl PhysMem,
+    info: &abi::NicInfo,
+    events: &P::Events,
+    mut copy: Option<&mut Guest>,
+) -> Result<(P::Ring, P::Ring), String> {
     // (Checked by `create_as`.)
     let slots = info.ring_slots;
     let mut ring = |indices: u64, base: u64| {
         platform
             .ring(events, indices, slots, |i, page| {
-                g.memory.map_private(mem, base + i as u64 * FRAME_SIZE, page, Pte::WRITABLE | Pte::NO_EXECUTE)
+                let va = base + i as u64 * FRAME_SIZE;
+                if let Some(from) = copy.as_deref_mut().and_then(|t| t.memory.space.translate(mem, va)) {
+                    mem.copy_frame(page, from.0);
+                }
+                g.memory.map_private(mem, va, page, Pte::WRITABLE | Pte::NO_EXECUTE)
             })
             .map_err(|e| match e {
                 RingAllocError::NoMemory => String::from("the machine is out of memory"),
@@ -433,23 +487,12 @@ fn attach_nic<P: Platform>(
     };
     let tx = ring(abi::layout::NIC_TX_INDICES, abi::layout::NIC_TX_RING)?;
     let rx = ring(abi::layout::NIC_RX_INDICES, abi::layout::nic_rx_ring(slots))?;
-    let mac = [info.mac[0], info.mac[1], info.mac[2], info.mac[3], info.mac[4], info.mac[5]];
-    net.attach(Attach {
-        guest: id,
-        tenant: st.tenant,
-        mac,
-        ipv4: info.ipv4,
-        ring_slots: slots,
-        limits: &st.limits,
-        tx,
-        rx,
-        events: events.clone(),
-    })
+    Ok((tx, rx))
 }
 
 /// hermit-entry's boot record for a guest of `image` with `memory` bytes
 /// and its heap at `heap_start`.
-fn boot_info(image: &LoadedImage, heap_start: u64, memory: u64, time: &TimeInfo) -> RawBootInfo {
+pub(super) fn boot_info(image: &LoadedImage, heap_start: u64, memory: u64, time: &TimeInfo) -> RawBootInfo {
     let boot_time = time::OffsetDateTime::from_unix_timestamp_nanos(time.boot_wall_ns as i128).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let info = BootInfo {
         hardware_info: HardwareInfo { phys_addr_range: heap_start..heap_start + memory, serial_port_base: None, device_tree: None },

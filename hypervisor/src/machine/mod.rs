@@ -36,6 +36,7 @@
 //! guests), `control_host` (the control channel's and the console's
 //! requests), `report` (the JSON records and sizes).
 
+mod clone;
 mod control_host;
 mod cpu_loop;
 mod create;
@@ -148,6 +149,11 @@ pub struct GuestStatus {
     memory_bytes: AtomicU64,
     /// Set by `ctl stop`; the CPU that next takes the guest ends it.
     stop_requested: AtomicBool,
+    /// Set by `ctl pause`, cleared by `ctl resume`; the CPU that next
+    /// takes the guest parks it instead of running it ([`PAUSED`]).
+    pause_requested: AtomicBool,
+    /// What it was created with (its clones are made with the same).
+    settings: abi::bundle::Settings,
     /// Its image's index in `images` (counted while it has not ended).
     image: usize,
     /// Guests created before it (ids are reused: this orders `list`).
@@ -160,13 +166,15 @@ pub struct GuestStatus {
 }
 
 /// The states the control channel names (`ctl list`): waiting for a CPU
-/// or for an event, on a CPU, ended by itself, ended by the hypervisor
-/// (a fault, a limit, the operator).
-const STATES: [GuestState; 4] = [GuestState::Waiting, GuestState::Running, GuestState::Exited, GuestState::Stopped];
+/// or for an event, on a CPU, taken off the CPUs by `pause`, ended by
+/// itself, ended by the hypervisor (a fault, a limit, the operator). The
+/// ended ones come last: `< EXITED` is "live".
+const STATES: [GuestState; 5] = [GuestState::Waiting, GuestState::Running, GuestState::Paused, GuestState::Exited, GuestState::Stopped];
 const WAITING: u8 = 0;
 const RUNNING: u8 = 1;
-const EXITED: u8 = 2;
-const STOPPED: u8 = 3;
+const PAUSED: u8 = 2;
+const EXITED: u8 = 3;
+const STOPPED: u8 = 4;
 
 impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> {
     /// A machine with no guest yet: `images` are the bundle's (loaded with

@@ -29,6 +29,9 @@ pub struct Attach<'a, R, E> {
     pub rx: R,
     /// The guest's event page (its ring indices live there too).
     pub events: E,
+    /// Where the back end's own indices start: its TX consumer's and its
+    /// RX producer's (0, 0 for a new guest; a clone's template's).
+    pub at: (u32, u32),
 }
 
 /// What a guest's port has seen, for the accounting line and the listing.
@@ -139,7 +142,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice + Send> Network for Net<R, E,
                 return Err("no room for another vNIC".into());
             }
         }
-        let p = Port::new(port, a.tenant, a.ring_slots, a.limits, a.tx, a.rx, a.events);
+        let p = Port::new(port, a.tenant, a.ring_slots, a.limits, a.tx, a.rx, a.events).starting_at(a.at);
         match self.ports.get(a.guest) {
             Some(slot) => {
                 slot.set(p);

@@ -125,7 +125,13 @@ pub fn translate(mem: &impl PhysMem, root: PhysAddr, va: u64) -> Option<(PhysAdd
 /// Calls `f` with every present 4 KiB leaf of the guest half of the tree
 /// at `root`; where it returns flags, the leaf takes them (same frame).
 fn walk_leaves<M: PhysMem>(mem: &mut M, root: PhysAddr, f: &mut impl FnMut(&mut M, u64, PhysAddr, Pte) -> Option<Pte>) {
-    fn walk<M: PhysMem>(mem: &mut M, table: PhysAddr, level: u32, base: u64, f: &mut impl FnMut(&mut M, u64, PhysAddr, Pte) -> Option<Pte>) {
+    fn walk<M: PhysMem>(
+        mem: &mut M,
+        table: PhysAddr,
+        level: u32,
+        base: u64,
+        f: &mut impl FnMut(&mut M, u64, PhysAddr, Pte) -> Option<Pte>,
+    ) {
         let span = FRAME_SIZE << (9 * (level - 1));
         // The PML4's upper half is the hypervisor's.
         let entries = if level == 4 { 256 } else { 512 };

@@ -240,7 +240,13 @@ impl GuestMemory {
     /// rights, except the pages `keep(va)` picks (the clone maps its own
     /// there). It owns nothing but its page tables, charged against
     /// `limit_bytes`, and holds this one's frozen sets.
-    pub fn clone_shared(&self, mem: &mut impl PhysMem, kernel_root: PhysAddr, limit_bytes: u64, keep: &impl Fn(u64) -> bool) -> Result<Self, Fault> {
+    pub fn clone_shared(
+        &self,
+        mem: &mut impl PhysMem,
+        kernel_root: PhysAddr,
+        limit_bytes: u64,
+        keep: &impl Fn(u64) -> bool,
+    ) -> Result<Self, Fault> {
         let space = AddressSpace::new(mem, kernel_root).ok_or(Fault::MachineOutOfMemory)?;
         let mut copy = Self::new(space, self.zero_fill[0].clone(), self.zero_fill[1].clone(), limit_bytes);
         let mut frozen = Vec::new();

@@ -187,6 +187,16 @@ impl<R: GuestRing, E: GuestEvents> Port<R, E> {
         }
     }
 
+    /// This port with the back end's indices at `(tx, rx)`: its TX
+    /// consumer's and RX producer's (a clone's, which go on from its
+    /// template's; the guest's own indices in its copied heap match).
+    pub fn starting_at(self, (tx, rx): (u32, u32)) -> Self {
+        let slots = self.tx.lock().ring.slots();
+        self.tx.lock().ring = Consumer::at(slots, tx);
+        *self.rx.lock().0 = Producer::at(slots, rx);
+        self
+    }
+
     /// Sets event bits in the guest's event page, unless the port is closed.
     /// Its guest may have ended and its event page be free again (or a
     /// page table by now): `disconnect` closes the RX gate before the guest

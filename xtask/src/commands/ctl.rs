@@ -83,6 +83,12 @@ pub fn run(what: Ctl) -> Result<()> {
         }
         Ctl::Stop { name } => println!("{}", inst.request(&format!("stop {name}"))?),
         Ctl::Rm { name } => println!("{}", inst.request(&Request::Remove(&name).to_string())?),
+        Ctl::Pause { name } => println!("{}", xtask::ctl::pause(&inst, &name)?),
+        Ctl::Resume { name } => println!("{}", inst.request(&Request::Resume(&name).to_string())?),
+        Ctl::Clone { template, name, count } => {
+            xtask::ctl::pause(&inst, &template)?;
+            println!("{}", inst.request(&Request::Clone { template: &template, name: &name, count }.to_string())?);
+        }
         Ctl::Wait { name } => {
             let end = inst.wait(&name)?;
             inst.unforward_ended()?;
