@@ -52,6 +52,11 @@ pub const TIME_PAGE: u64 = START_PAGE + PAGE_SIZE;
 /// `time::events`), the vNIC rings' indices at [`NIC_TX_INDICES`] and
 /// [`NIC_RX_INDICES`].
 pub const EVENT_PAGE: u64 = TIME_PAGE + PAGE_SIZE;
+/// Offset in the shared page of the generation word (`u64`, ABI 7): 0
+/// for a guest that booted, one more than its template's for a clone
+/// (`time::events::CLONED`). Written by the hypervisor only while the
+/// guest is on no CPU.
+pub const EVENT_GENERATION_OFFSET: u64 = 8;
 /// Offsets in the shared page of the TX and RX rings' index blocks (each
 /// `prod` at +0, `cons` at +64: `ring::PROD_OFFSET`, `ring::CONS_OFFSET`).
 pub const NIC_TX_INDICES: u64 = 0x100;
@@ -103,7 +108,7 @@ const _: () = {
     assert!(crate::ring::slots_bytes(crate::ring::SLOTS_MIN).is_multiple_of(PAGE_SIZE as usize), "ring sizes are whole pages");
     assert!(heap_start(crate::ring::SLOTS_MAX) + HEAP_LEN <= USER_END);
     assert!((heap_start(crate::ring::SLOTS_MAX) + HEAP_BIG_OFFSET) >> 30 == WINDOW >> 30, "big blocks start in the window's GiB");
-    assert!(NIC_TX_INDICES >= 8 && NIC_TX_INDICES + crate::ring::CONS_OFFSET as u64 + 4 <= NIC_RX_INDICES);
+    assert!(NIC_TX_INDICES >= EVENT_GENERATION_OFFSET + 8 && NIC_TX_INDICES + crate::ring::CONS_OFFSET as u64 + 4 <= NIC_RX_INDICES);
     assert!(NIC_RX_INDICES + crate::ring::CONS_OFFSET as u64 + 4 <= PAGE_SIZE);
     assert!(NIC_INFO_OFFSET >= START_INFO_OFFSET + core::mem::size_of::<crate::StartInfo>() as u64);
     assert!(NIC_INFO_OFFSET + core::mem::size_of::<crate::NicInfo>() as u64 <= START_STRINGS_OFFSET);

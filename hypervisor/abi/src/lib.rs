@@ -37,7 +37,7 @@ pub mod time;
 
 /// Version of this contract. Images carry the version they were built
 /// against in an ELF note ([`note`]); the hypervisor refuses any other.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// Hypercall numbers, passed in `rax` to `syscall`.
 ///

@@ -32,6 +32,8 @@ pub enum GuestState {
     Waiting,
     /// On a CPU (`guest_stats` of a live guest says `running` too).
     Running,
+    /// Taken off the CPUs by `pause` until `resume` (a clone template).
+    Paused,
     /// It called `exit`.
     Exited,
     /// The hypervisor stopped it ([`GuestStats::stop_reason`] says why).

@@ -30,8 +30,9 @@ use serde::{Deserialize, Serialize};
 /// digests and `image-remove`, `start` options and named tenants,
 /// `tenants`, `tenant-remove`, `wait`, `events` and `console`; 5: `remove`
 /// (an ended guest's record is kept until removed, or until its room is
-/// needed: guest names and room are reused).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// needed: guest names and room are reused); 6: `pause`, `resume`,
+/// `clone` and the `paused` state.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Clients a hypervisor serves at once on a virtio console (a port each:
 /// `run --detach` makes the sockets `control.sock`, `control-1.sock`, ...);
@@ -135,6 +136,9 @@ pub enum Reason {
     Ended,
     /// The guest has not ended yet (`remove`).
     NotEnded,
+    /// The guest is not paused (`clone`'s template, `resume`), or not
+    /// yet: a pause takes effect at its next exit.
+    NotPaused,
     /// Guests use it (`image-remove`, `tenant-remove`), or another image
     /// has that name (`image-end`).
     InUse,
@@ -262,6 +266,23 @@ pub enum Response {
     Stopped { stopped: String },
     /// `remove`: the ended guest's record is forgotten (its name is free).
     Removed { removed: String },
+    /// `pause`: the guest is marked; it leaves the CPUs at its next exit
+    /// (`list` says `paused` once it has).
+    Pausing { pausing: String },
+    /// `resume`: the paused guest is runnable again.
+    Resumed { resumed: String },
+    /// `clone`: `cloned` guests were made, named `first` (and, for a
+    /// count, on: `NAME-0` .. `NAME-(cloned-1)`), their addresses
+    /// following `ip` in the tenant's order; `error` says why fewer than
+    /// asked were made, if so.
+    Cloned {
+        cloned: u32,
+        first: String,
+        ip: Option<String>,
+        tenant: Option<u32>,
+        #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
+        error: Option<String>,
+    },
     /// `capture`: frames follow.
     Capturing { capturing: String },
     /// A captured frame (hex), with the wall-clock time it passed.

@@ -63,7 +63,19 @@ pub enum Request<'a> {
     Console(&'a str),
     /// `remove NAME` (protocol 5): forget an ended guest's record.
     Remove(&'a str),
+    /// `pause NAME` (protocol 6): take a guest off the CPUs at its next
+    /// exit, until `resume`.
+    Pause(&'a str),
+    /// `resume NAME` (protocol 6): a paused guest runs again.
+    Resume(&'a str),
+    /// `clone TEMPLATE NAME [COUNT]` (protocol 6): guests that share the
+    /// paused guest TEMPLATE's pages copy-on-write; NAME, or NAME-0 ..
+    /// NAME-(COUNT-1) when COUNT is given.
+    Clone { template: &'a str, name: &'a str, count: Option<u32> },
 }
+
+/// Most clones one `clone` request makes.
+pub const CLONES_MAX: u32 = 65_536;
 
 /// The tenant `start` puts a guest in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,6 +204,7 @@ pub enum RequestError {
     StartOption,
     CaptureUsage,
     NeedsName,
+    CloneUsage,
 }
 
 impl fmt::Display for RequestError {
@@ -199,8 +212,8 @@ impl fmt::Display for RequestError {
         f.write_str(match self {
             Self::Empty => "empty request",
             Self::Unknown => {
-                "unknown request (list, stats, stop, remove, capture, images, image-begin, image-data, image-end, image-remove, \
-                 start, tenants, tenant-remove, wait, events, console, version)"
+                "unknown request (list, stats, stop, remove, pause, resume, clone, capture, images, image-begin, image-data, \
+                 image-end, image-remove, start, tenants, tenant-remove, wait, events, console, version)"
             }
             Self::TooManyWords => "too many words",
             Self::TooLong => "request too long",
@@ -220,7 +233,8 @@ impl fmt::Display for RequestError {
                 "start: options before -- are weight=1..10000, cap=1..100, ring_slots=2..512 (a power of two), \
                  nic_packets=, nic_bytes=, nic_broadcasts=, console_bytes=, notifications= (per second, 0: none), watch"
             }
-            Self::NeedsName => "image-remove, tenant-remove, wait, console and remove need one name",
+            Self::NeedsName => "image-remove, tenant-remove, wait, console, remove, pause and resume need one name",
+            Self::CloneUsage => "clone needs TEMPLATE NAME [COUNT]: NAME 1 to 64 of [a-z0-9_-], COUNT 1 to 65536",
             Self::CaptureUsage => "capture needs a guest or tenant:N, a frame count and seconds, both above 0",
         })
     }
@@ -375,7 +389,18 @@ pub fn parse(line: &str) -> Result<Request<'_>, RequestError> {
         (Some("events"), None) => Request::Events,
         (Some("console"), Some(w)) => Request::Console(w),
         (Some("remove"), Some(w)) => Request::Remove(w),
-        (Some("image-remove" | "tenant-remove" | "wait" | "console" | "remove"), None) => return Err(E::NeedsName),
+        (Some("pause"), Some(w)) => Request::Pause(w),
+        (Some("resume"), Some(w)) => Request::Resume(w),
+        (Some("image-remove" | "tenant-remove" | "wait" | "console" | "remove" | "pause" | "resume"), None) => return Err(E::NeedsName),
+        (Some("clone"), Some(template)) => {
+            let name = words.next().filter(|n| good_name(n) && !n.contains('.')).ok_or(E::CloneUsage)?;
+            let count = match words.next() {
+                Some(w) => Some(w.parse().ok().filter(|n| (1..=CLONES_MAX).contains(n)).ok_or(E::CloneUsage)?),
+                None => None,
+            };
+            Request::Clone { template, name, count }
+        }
+        (Some("clone"), None) => return Err(E::CloneUsage),
         (Some("capture"), Some(what)) => {
             let mut num = || words.next().and_then(|w| w.parse::<u32>().ok()).filter(|&n| n > 0);
             match (num(), num()) {
@@ -438,6 +463,10 @@ impl fmt::Display for Request<'_> {
             Self::Tenants => f.write_str("tenants"),
             Self::TenantRemove(w) => write!(f, "tenant-remove {w}"),
             Self::Remove(w) => write!(f, "remove {w}"),
+            Self::Pause(w) => write!(f, "pause {w}"),
+            Self::Resume(w) => write!(f, "resume {w}"),
+            Self::Clone { template, name, count: None } => write!(f, "clone {template} {name}"),
+            Self::Clone { template, name, count: Some(n) } => write!(f, "clone {template} {name} {n}"),
             Self::Wait(w) => write!(f, "wait {w}"),
             Self::Events => f.write_str("events"),
             Self::Console(w) => write!(f, "console {w}"),
