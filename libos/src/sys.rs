@@ -15,7 +15,8 @@
 //!   clone (ABI 7) only while it is on no CPU, before it runs as a clone;
 //! - the vNIC's ring slots are mapped read-write at fixed addresses, sized
 //!   for the slot count the start page's `NicInfo` announces;
-//! - RDTSC is allowed in ring 3 (CR4.TSD is clear);
+//! - RDTSC is allowed in ring 3 (CR4.TSD is clear), and so are CPUID and,
+//!   where CPUID announces it, RDRAND;
 //! - a guest has exactly one thread.
 
 use abi::Hypercall;
@@ -59,6 +60,25 @@ pub fn generation() -> u64 {
     // writes it only while the guest is on no CPU.
     let word = unsafe { &*((layout::EVENT_PAGE + layout::EVENT_GENERATION_OFFSET) as *const AtomicU64) };
     word.load(Ordering::Acquire)
+}
+
+/// A random number from the CPU's RDRAND, if it has the instruction
+/// (CPUID.1:ECX bit 30) and it delivered within a few tries.
+pub fn rdrand() -> Option<u64> {
+    const RDRAND: u32 = 1 << 30;
+    if core::arch::x86_64::__cpuid(1).ecx & RDRAND == 0 {
+        return None;
+    }
+    for _ in 0..10 {
+        let (v, ok): (u64, u8);
+        // SAFETY: CPUID said the CPU has RDRAND, which is allowed in ring 3;
+        // it writes the register and the carry flag, nothing else.
+        unsafe { asm!("rdrand {v}", "setc {ok}", v = out(reg) v, ok = out(reg_byte) ok, options(nomem, nostack)) };
+        if ok != 0 {
+            return Some(v);
+        }
+    }
+    None
 }
 
 /// The hypervisor's time page.

@@ -95,6 +95,11 @@ impl<M: RingSlices> RingDevice<M> {
         self
     }
 
+    /// Slots per ring.
+    pub fn slots(&self) -> u32 {
+        self.tx.slots()
+    }
+
     /// The largest frame sent and received.
     pub fn mtu(&self) -> usize {
         self.mtu
