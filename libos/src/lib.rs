@@ -23,6 +23,7 @@ pub mod task;
 pub mod time;
 
 pub use rt::{args, exit, name, start_info, var, vars};
+pub use sys::generation;
 
 #[doc(hidden)]
 pub mod __private {

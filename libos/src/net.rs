@@ -9,8 +9,26 @@
 //! (`netdev::arp`), not at smoltcp's pace of one address per second.
 //! [`raw`] takes the vNIC away from the stack for a guest that sends and
 //! receives Ethernet frames itself.
+//!
+//! A clone of a paused guest (ABI 7) resumes with its template's stack:
+//! the same interface, sockets and random state. The hypervisor gives it
+//! a new start page (name, MAC, address) and grows the generation word of
+//! the shared page; the `CLONED` event bit may be taken by any waiter, so
+//! the word is what counts. Every use of the stack (each poll, kick,
+//! socket call, [`raw::take`]) first compares that word with the one it
+//! last saw, one load, and on a change takes the new identity before
+//! anything else (`netdev::clone`): a new smoltcp interface with the new
+//! MAC, address and default route and a fresh random seed (RDRAND where
+//! the CPU has it, the TSC, the MAC, the generation; so no initial
+//! sequence number repeats the template's or a sibling's), which also
+//! forgets the neighbour cache; the first ephemeral port re-drawn; the
+//! template's TCP connections closed without a segment (reads see the
+//! end, writes fail: they belong to the template's peers, and a RST would
+//! carry the old address); listeners, and UDP sockets emptied of the
+//! template's datagrams, kept at the new address. A listener's backlog
+//! socket that was closed listens again at the next `accept`.
 
-use crate::sys::{MappedRing, nic_info};
+use crate::sys::{self, MappedRing, nic_info};
 use crate::time::Instant;
 use abi::ring::valid_slots;
 use abi::{NIC_MAGIC, layout};
@@ -21,9 +39,10 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use core::task::Poll;
 use netdev::RingDevice;
 use netdev::arp::{self, Asker};
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use netdev::clone::{self, Generation, Identity};
+use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address};
+use smoltcp::wire::{EthernetAddress, IpAddress, IpEndpoint, Ipv4Address};
 use spin::Mutex;
 
 pub use smoltcp::wire::Ipv4Address as Ipv4;
@@ -42,9 +61,33 @@ struct Stack {
     /// Whom we asked for lately (`netdev::arp`: smoltcp asks for one
     /// address per second at most).
     asker: Asker,
+    /// The generation word when the stack last looked (`lock`).
+    generation: Generation,
 }
 
 impl Stack {
+    /// Takes the identity the hypervisor gave this clone (see the module
+    /// documentation): a new interface, the template's sockets adopted.
+    /// False if the clone has no vNIC (its stack must go).
+    #[cold]
+    fn reidentify(&mut self) -> bool {
+        let info = nic_info();
+        if info.magic != NIC_MAGIC || info.ring_slots != self.dev.slots() {
+            return false;
+        }
+        let id = identity(&info);
+        let seed = fresh_seed(&id, self.generation.get());
+        self.iface = clone::interface(&id, seed, &mut self.dev, now());
+        clone::adopt_sockets(&mut self.sockets, self.ip, id.ip, new_tcp);
+        self.ip = id.ip;
+        self.mac = id.mac;
+        self.asker = Asker::new(id.ip, id.prefix);
+        // What the template queued and did not see forwarded is not ours
+        // to push.
+        self.kicked_at = self.dev.tx_index();
+        true
+    }
+
     /// Asks for `addr`'s MAC now if it is on the link and was not asked
     /// for lately, and has the hypervisor forward the request at once, so
     /// that the switch's answer is waiting when smoltcp next polls.
@@ -72,31 +115,68 @@ pub(crate) fn init() {
     let tx = MappedRing::new(layout::NIC_TX_INDICES, layout::NIC_TX_RING, slots);
     let rx = MappedRing::new(layout::NIC_RX_INDICES, layout::nic_rx_ring(slots), slots);
     let mut dev = RingDevice::new(tx, rx, slots).with_mtu(info.mtu as usize);
-    let mac = EthernetAddress([info.mac[0], info.mac[1], info.mac[2], info.mac[3], info.mac[4], info.mac[5]]);
-    let mut config = Config::new(HardwareAddress::Ethernet(mac));
-    config.random_seed = Instant::now().as_nanos() ^ u64::from_le_bytes(info.mac);
-    let mut iface = Interface::new(config, &mut dev, now());
-    let ip = Ipv4Address::from(info.ipv4);
-    let prefix = info.prefix.min(32) as u8;
-    iface.update_ip_addrs(|a| {
-        let _ = a.push(IpCidr::new(IpAddress::Ipv4(ip), prefix));
+    let mut generation = Generation::new();
+    generation.changed(sys::generation());
+    let id = identity(&info);
+    let iface = clone::interface(&id, fresh_seed(&id, generation.get()), &mut dev, now());
+    let asker = Asker::new(id.ip, id.prefix);
+    *STACK.lock() = Some(Stack {
+        dev,
+        iface,
+        sockets: SocketSet::new(vec![]),
+        closing: Vec::new(),
+        kicked_at: 0,
+        ip: id.ip,
+        mac: id.mac,
+        asker,
+        generation,
     });
-    if info.gateway != [0; 4] {
-        let _ = iface.routes_mut().add_default_ipv4_route(Ipv4Address::from(info.gateway));
+}
+
+/// What the start page's vNIC record says this interface is.
+fn identity(info: &abi::NicInfo) -> Identity {
+    let m = info.mac;
+    Identity::new([m[0], m[1], m[2], m[3], m[4], m[5]], info.ipv4, info.prefix, info.gateway)
+}
+
+/// A seed for smoltcp's randomness (and the first ephemeral port, which
+/// it also sets): RDRAND where the CPU has it, the TSC, the MAC and the
+/// generation, so that neither a reboot nor a clone repeats another's.
+fn fresh_seed(id: &Identity, generation: u64) -> u64 {
+    let mut mac = [0u8; 8];
+    mac[..6].copy_from_slice(&id.mac.0);
+    let tsc = sys::rdtsc();
+    let seed = match sys::rdrand() {
+        Some(r) => clone::seed(&[r, tsc, u64::from_le_bytes(mac), generation]),
+        None => clone::seed(&[tsc, u64::from_le_bytes(mac), generation, crate::time::wall_clock_ns()]),
+    };
+    NEXT_PORT.store((seed >> 32) as u32, Ordering::Relaxed);
+    seed
+}
+
+/// The stack, after it took a clone's new identity if the generation word
+/// changed since it last looked: every use of the stack goes through here,
+/// so nothing is sent or made with the template's identity.
+fn lock() -> spin::MutexGuard<'static, Option<Stack>> {
+    let mut guard = STACK.lock();
+    if let Some(s) = guard.as_mut()
+        && s.generation.changed(sys::generation())
+        && !s.reidentify()
+    {
+        *guard = None;
     }
-    let asker = Asker::new(ip, prefix);
-    *STACK.lock() = Some(Stack { dev, iface, sockets: SocketSet::new(vec![]), closing: Vec::new(), kicked_at: 0, ip, mac, asker });
+    guard
 }
 
 /// This guest's IPv4 address, if it has a vNIC.
 pub fn ipv4() -> Option<Ipv4Address> {
-    STACK.lock().as_ref().map(|s| s.ip)
+    lock().as_ref().map(|s| s.ip)
 }
 
 /// Runs the stack: takes received frames, sends what sockets queued.
 /// Returns whether anything happened.
 pub(crate) fn poll() -> bool {
-    let mut guard = STACK.lock();
+    let mut guard = lock();
     let Some(s) = guard.as_mut() else { return raw::poll() };
     let changed = s.iface.poll(now(), &mut s.dev, &mut s.sockets) != smoltcp::iface::PollResult::None;
     let Stack { sockets, closing, .. } = s;
@@ -114,7 +194,7 @@ pub(crate) fn poll() -> bool {
 
 /// When the stack next needs polling (retransmits, delayed ACKs), if ever.
 pub(crate) fn poll_at() -> Option<Instant> {
-    let mut guard = STACK.lock();
+    let mut guard = lock();
     let s = guard.as_mut()?;
     let at = s.iface.poll_at(now(), &s.sockets)?;
     Some(Instant::from_nanos(at.total_micros().max(0) as u64 * 1000))
@@ -124,13 +204,13 @@ pub(crate) fn poll_at() -> Option<Instant> {
 /// now" then means "when there is room", which the hypervisor announces
 /// with `events::NET_TX` (see `task::block_on`).
 pub(crate) fn tx_stalled() -> bool {
-    STACK.lock().as_ref().is_some_and(|s| s.dev.stats.tx_stalled())
+    lock().as_ref().is_some_and(|s| s.dev.stats.tx_stalled())
 }
 
 /// Asks the hypervisor to forward what was queued, if anything was, for a
 /// guest that keeps running instead of blocking.
 pub(crate) fn kick() {
-    let mut guard = STACK.lock();
+    let mut guard = lock();
     let Some(s) = guard.as_mut() else { return };
     if s.dev.tx_index() != s.kicked_at {
         s.kicked_at = s.dev.tx_index();
@@ -139,7 +219,7 @@ pub(crate) fn kick() {
 }
 
 fn with<R>(f: impl FnOnce(&mut Stack) -> R) -> Result<R, Error> {
-    STACK.lock().as_mut().map(f).ok_or(Error::NoNetwork)
+    lock().as_mut().map(f).ok_or(Error::NoNetwork)
 }
 
 /// Socket errors.
@@ -201,10 +281,16 @@ impl TcpListener {
     /// Waits for the next connection.
     pub async fn accept(&mut self) -> Result<TcpStream, Error> {
         let handle = poll_fn(|cx| {
-            let mut guard = STACK.lock();
+            let mut guard = lock();
             let Some(s) = guard.as_mut() else { return Poll::Ready(Err(Error::NoNetwork)) };
             for (i, &h) in self.waiting.iter().enumerate() {
                 let sock = s.sockets.get_mut::<tcp::Socket>(h);
+                if sock.state() == tcp::State::Closed {
+                    // Reset before it was accepted, or a connection of
+                    // the template this clone closed: listen again.
+                    *sock = new_tcp();
+                    let _ = sock.listen(self.port);
+                }
                 if sock.may_send() || sock.may_recv() {
                     return Poll::Ready(Ok(i));
                 }
@@ -255,7 +341,7 @@ impl TcpStream {
     }
 
     fn socket<R>(&self, f: impl FnOnce(&mut tcp::Socket<'static>) -> Poll<Result<R, Error>>) -> Poll<Result<R, Error>> {
-        match STACK.lock().as_mut() {
+        match lock().as_mut() {
             Some(s) => f(s.sockets.get_mut::<tcp::Socket>(self.handle)),
             None => Poll::Ready(Err(Error::NoNetwork)),
         }
@@ -310,7 +396,7 @@ impl TcpStream {
     /// state, bytes queued each way, the room left in its receive buffer,
     /// and the vNIC's counters (frames lost to a full TX ring among them).
     pub fn describe(&self) -> alloc::string::String {
-        let mut guard = STACK.lock();
+        let mut guard = lock();
         let Some(s) = guard.as_mut() else { return "no network".into() };
         let sock = s.sockets.get::<tcp::Socket>(self.handle);
         let d = s.dev.stats;
@@ -363,7 +449,7 @@ impl UdpSocket {
 
     /// Waits for a datagram; returns its length and sender.
     pub async fn recv_from(&mut self, buf: &mut [u8]) -> Result<(usize, Ipv4Address, u16), Error> {
-        poll_fn(|cx| match STACK.lock().as_mut() {
+        poll_fn(|cx| match lock().as_mut() {
             None => Poll::Ready(Err(Error::NoNetwork)),
             Some(s) => {
                 let sock = s.sockets.get_mut::<udp::Socket>(self.handle);
@@ -386,7 +472,7 @@ impl UdpSocket {
     /// vNIC, and the hypervisor's backpressure behind it, slows the sender
     /// down instead of losing datagrams).
     pub async fn send(&mut self, buf: &[u8], addr: Ipv4Address, port: u16) -> Result<(), Error> {
-        poll_fn(|cx| match STACK.lock().as_mut() {
+        poll_fn(|cx| match lock().as_mut() {
             None => Poll::Ready(Err(Error::NoNetwork)),
             Some(s) => {
                 let sock = s.sockets.get_mut::<udp::Socket>(self.handle);

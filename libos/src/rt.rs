@@ -3,39 +3,82 @@
 use abi::{START_MAGIC, StartInfo, layout};
 use hermit_entry::boot_info::RawBootInfo;
 
-/// The start page the hypervisor wrote before entering us.
+/// The start page the hypervisor wrote before entering us (or, in a
+/// clone, the clone's: ABI 7).
 pub fn start_info() -> &'static StartInfo {
     // SAFETY: the hypervisor maps the start page read-only at this fixed
-    // address before the first instruction and never unmaps or changes it;
-    // `start` checks the magic before anything else runs.
+    // address before the first instruction and never unmaps it; it changes
+    // it only to make a clone (ABI 7), while the guest is on no CPU, and
+    // only its plain integers; `start` checks the magic before anything
+    // else runs.
     unsafe { &*(layout::START_INFO as *const StartInfo) }
 }
 
 fn start_str(addr: u64, len: u64) -> &'static [u8] {
-    // SAFETY: the hypervisor places the strings inside the read-only start
-    // page (checked in `start`), which lives for the whole run.
+    // SAFETY: the hypervisor places the strings inside the start page
+    // (checked in `start`), which stays mapped for the whole run. Its
+    // bytes change only when the guest is cloned (ABI 7), while it is on
+    // no CPU; `strings` copies them before handing them out.
     unsafe { core::slice::from_raw_parts(addr as *const u8, len as usize) }
 }
 
-/// This instance's name, e.g. `hello-0`.
-pub fn name() -> &'static str {
+/// The start page's name, arguments and environment, as of generation
+/// `generation` (ABI 7: a clone's start page names the clone).
+#[derive(Clone, Copy)]
+struct Strings {
+    generation: u64,
+    name: &'static [u8],
+    args: &'static [u8],
+    argc: u32,
+    env: &'static [u8],
+    envc: u32,
+}
+
+static STRINGS: spin::Mutex<Option<Strings>> = spin::Mutex::new(None);
+
+/// This generation's strings. They are copied to the heap, once per
+/// generation (a clone's are new): the `&'static str`s handed out must
+/// not change under their holders when a clone's start page is
+/// rewritten. A guest without a heap reads them in place.
+fn strings() -> Strings {
+    let generation = crate::sys::generation();
+    let mut cached = STRINGS.lock();
+    if let Some(s) = *cached
+        && s.generation == generation
+    {
+        return s;
+    }
     let si = start_info();
-    core::str::from_utf8(start_str(si.name_addr, si.name_len)).unwrap_or("?")
+    let keep = |b: &'static [u8]| -> &'static [u8] { if si.heap_len > 0 { alloc::boxed::Box::leak(b.into()) } else { b } };
+    let s = Strings {
+        generation,
+        name: keep(start_str(si.name_addr, si.name_len)),
+        args: keep(start_str(si.args_addr, si.args_len)),
+        argc: si.argc,
+        env: if si.envc == 0 { &[] } else { keep(start_str(si.env_addr, si.env_len)) },
+        envc: si.envc,
+    };
+    *cached = Some(s);
+    s
+}
+
+/// This instance's name, e.g. `hello-0` (a clone's own name once cloned).
+pub fn name() -> &'static str {
+    core::str::from_utf8(strings().name).unwrap_or("?")
 }
 
 /// The application arguments from the manifest (or the image's hermit.toml).
 pub fn args() -> impl Iterator<Item = &'static str> {
-    let si = start_info();
-    start_str(si.args_addr, si.args_len).split(|&b| b == 0).take(si.argc as usize).map(|a| core::str::from_utf8(a).unwrap_or("?"))
+    let s = strings();
+    s.args.split(|&b| b == 0).take(s.argc as usize).map(|a| core::str::from_utf8(a).unwrap_or("?"))
 }
 
 /// The environment the guest was started with (`ctl start --env`, a
 /// container's `process.env`): `KEY=VALUE` each, split at the first `=`.
 /// Empty under a hypervisor from before environments (its zero bytes).
 pub fn vars() -> impl Iterator<Item = (&'static str, &'static str)> {
-    let si = start_info();
-    let bytes = if si.envc == 0 { &[][..] } else { start_str(si.env_addr, si.env_len) };
-    bytes.split(|&b| b == 0).take(si.envc as usize).filter_map(|v| core::str::from_utf8(v).ok()).filter_map(|v| v.split_once('='))
+    let s = strings();
+    s.env.split(|&b| b == 0).take(s.envc as usize).filter_map(|v| core::str::from_utf8(v).ok()).filter_map(|v| v.split_once('='))
 }
 
 /// The value of environment variable `key`, if the guest was given it.

@@ -11,9 +11,12 @@
 //! - the start page, the time page and the shared (event + ring index) page
 //!   are mapped at fixed addresses before the first instruction and stay
 //!   mapped for the guest's whole life; the start and time pages read-only;
+//! - the hypervisor rewrites the start page and the generation word of a
+//!   clone (ABI 7) only while it is on no CPU, before it runs as a clone;
 //! - the vNIC's ring slots are mapped read-write at fixed addresses, sized
 //!   for the slot count the start page's `NicInfo` announces;
-//! - RDTSC is allowed in ring 3 (CR4.TSD is clear);
+//! - RDTSC is allowed in ring 3 (CR4.TSD is clear), and so are CPUID and,
+//!   where CPUID announces it, RDRAND;
 //! - a guest has exactly one thread.
 
 use abi::Hypercall;
@@ -45,6 +48,37 @@ pub fn event_word() -> &'static AtomicU64 {
     // aligned address for the guest's whole life; the hypervisor only ORs
     // bits into the word, atomically.
     unsafe { &*(layout::EVENT_PAGE as *const AtomicU64) }
+}
+
+/// The generation word (ABI 7): 0 for a guest that booted, one more than
+/// its template's for a clone. One load: it is read before every poll.
+#[inline(always)]
+pub fn generation() -> u64 {
+    // SAFETY: the shared page is mapped read-write at this fixed address
+    // for the guest's whole life, and the word lies inside it, 8-byte
+    // aligned (abi::layout checks this at compile time); the hypervisor
+    // writes it only while the guest is on no CPU.
+    let word = unsafe { &*((layout::EVENT_PAGE + layout::EVENT_GENERATION_OFFSET) as *const AtomicU64) };
+    word.load(Ordering::Acquire)
+}
+
+/// A random number from the CPU's RDRAND, if it has the instruction
+/// (CPUID.1:ECX bit 30) and it delivered within a few tries.
+pub fn rdrand() -> Option<u64> {
+    const RDRAND: u32 = 1 << 30;
+    if core::arch::x86_64::__cpuid(1).ecx & RDRAND == 0 {
+        return None;
+    }
+    for _ in 0..10 {
+        let (v, ok): (u64, u8);
+        // SAFETY: CPUID said the CPU has RDRAND, which is allowed in ring 3;
+        // it writes the register and the carry flag, nothing else.
+        unsafe { asm!("rdrand {v}", "setc {ok}", v = out(reg) v, ok = out(reg_byte) ok, options(nomem, nostack)) };
+        if ok != 0 {
+            return Some(v);
+        }
+    }
+    None
 }
 
 /// The hypervisor's time page.

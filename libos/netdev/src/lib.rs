@@ -19,6 +19,7 @@
 //! itself.
 //!
 //! [`RawDevice`] is the same rings without smoltcp, frame by frame.
+//! [`clone`] gives a clone of a paused guest its new identity.
 //!
 //! Pure logic over `abi::ring::RingSlices`, so the tests below run two
 //! smoltcp stacks against each other on the host.
@@ -32,6 +33,7 @@ use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
 pub mod arp;
+pub mod clone;
 mod raw;
 pub use raw::{RawDevice, SendError};
 
@@ -91,6 +93,11 @@ impl<M: RingSlices> RingDevice<M> {
     pub fn with_mtu(mut self, mtu: usize) -> Self {
         self.mtu = mtu.clamp(MTU_FRAME, self.tx.max_frame());
         self
+    }
+
+    /// Slots per ring.
+    pub fn slots(&self) -> u32 {
+        self.tx.slots()
     }
 
     /// The largest frame sent and received.

@@ -455,3 +455,96 @@ fn a_peer_sending_past_the_scaled_window_does_not_crash_the_guest() {
     assert_eq!(s.state(), tcp::State::Established);
     assert_eq!(s.recv_queue(), buffer, "every byte that fit was taken in");
 }
+
+#[test]
+fn the_generation_changes_once_per_new_word_and_seeds_depend_on_every_source() {
+    let mut g = clone::Generation::new();
+    assert!(!g.changed(0), "a booted guest is generation 0");
+    assert!(g.changed(1));
+    assert!(!g.changed(1));
+    assert!(g.changed(2));
+    assert_eq!(g.get(), 2);
+
+    let base = [0x1234_5678_9abc_def0, 42, 0x0200_0000_0003, 1];
+    let s = clone::seed(&base);
+    // Flipping any one bit of any source changes many bits of the seed.
+    for i in 0..base.len() {
+        for bit in [0, 17, 63] {
+            let mut other = base;
+            other[i] ^= 1 << bit;
+            let d = (clone::seed(&other) ^ s).count_ones();
+            assert!((12..=52).contains(&d), "source {i} bit {bit}: {d} bits differ");
+        }
+    }
+    // A source left out (no RDRAND) still leaves a seed that differs.
+    assert_ne!(clone::seed(&base[1..]), s);
+    assert_ne!(clone::seed(&[]), clone::seed(&[0]));
+}
+
+/// A template (A, 10.0.0.1) with a connection to B, a listener and a UDP
+/// socket is cloned: the clone (10.0.0.3) says nothing on the template's
+/// connection, and its listener and UDP socket work at the new address.
+#[test]
+fn a_clone_drops_its_templates_connections_silently_and_serves_at_its_new_address() {
+    with_pair(|a, b| {
+        let server = b.tcp();
+        b.sockets.get_mut::<tcp::Socket>(server).listen(7).unwrap();
+        let conn = a.tcp();
+        let cx = a.iface.context();
+        a.sockets.get_mut::<tcp::Socket>(conn).connect(cx, (IpAddress::v4(10, 0, 0, 2), 7), 49152).unwrap();
+        let listener = a.tcp();
+        a.sockets.get_mut::<tcp::Socket>(listener).listen(80).unwrap();
+        let ua = a.udp(53, 4096);
+        let mut now = Instant::ZERO;
+        for _ in 0..100 {
+            now += smoltcp::time::Duration::from_millis(10);
+            a.poll(now);
+            b.poll(now);
+        }
+        assert_eq!(a.sockets.get::<tcp::Socket>(conn).state(), tcp::State::Established);
+        // Queued by the template but not sent when it was paused.
+        a.sockets.get_mut::<tcp::Socket>(conn).send_slice(b"the template's").unwrap();
+        a.sockets.get_mut::<udp::Socket>(ua).send_slice(b"the template's", (IpAddress::v4(10, 0, 0, 2), 9)).unwrap();
+
+        let old = smoltcp::wire::Ipv4Address::new(10, 0, 0, 1);
+        let id = clone::Identity::new([0x02, 0, 0, 0, 0, 3], [10, 0, 0, 3], 24, [0; 4]);
+        a.iface = clone::interface(&id, clone::seed(&[1, 2, 3]), &mut a.dev, now);
+        let new_tcp = || tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 16384]), tcp::SocketBuffer::new(vec![0; 16384]));
+        let done = clone::adopt_sockets(&mut a.sockets, old, id.ip, new_tcp);
+        assert_eq!(done, clone::Adopted { closed: 1, relistened: 0, rebound: 1 });
+        assert_eq!(a.sockets.get::<tcp::Socket>(conn).state(), tcp::State::Closed);
+        assert!(!a.sockets.get::<tcp::Socket>(conn).may_recv());
+        assert_eq!(a.sockets.get::<tcp::Socket>(listener).state(), tcp::State::Listen);
+
+        // Seconds pass: no RST, data, retransmission or datagram leaves.
+        let before = a.dev.stats.tx_frames;
+        for _ in 0..100 {
+            now += smoltcp::time::Duration::from_millis(100);
+            a.poll(now);
+        }
+        assert_eq!(a.dev.stats.tx_frames, before, "the clone sent frames of the template's");
+
+        // B reaches the clone's listener at the new address.
+        let client = b.tcp();
+        let cx = b.iface.context();
+        b.sockets.get_mut::<tcp::Socket>(client).connect(cx, (IpAddress::v4(10, 0, 0, 3), 80), 49153).unwrap();
+        let ub = b.udp(9, 4096);
+        b.sockets.get_mut::<udp::Socket>(ub).send_slice(b"to the clone", (IpAddress::v4(10, 0, 0, 3), 53)).unwrap();
+        let mut got = None;
+        for _ in 0..300 {
+            now += smoltcp::time::Duration::from_millis(10);
+            a.poll(now);
+            b.poll(now);
+            if let Ok((data, meta)) = a.sockets.get_mut::<udp::Socket>(ua).recv() {
+                got = Some((data.to_vec(), meta.endpoint.addr));
+            }
+        }
+        let l = a.sockets.get::<tcp::Socket>(listener);
+        assert_eq!(l.state(), tcp::State::Established);
+        assert_eq!(l.local_endpoint().map(|e| e.addr), Some(IpAddress::v4(10, 0, 0, 3)));
+        assert_eq!(b.sockets.get::<tcp::Socket>(client).state(), tcp::State::Established);
+        assert_eq!(got, Some((b"to the clone".to_vec(), IpAddress::v4(10, 0, 0, 2))));
+        // Nothing B received came from the template's address after the clone.
+        assert_eq!(b.sockets.get::<udp::Socket>(ub).recv_queue(), 0);
+    });
+}

@@ -10,7 +10,7 @@
 //! EtherType (e.g. the local experimental `0x88b5`) is forwarded
 //! uninspected.
 
-use super::{Error, STACK};
+use super::Error;
 use crate::sys::MappedRing;
 use abi::layout;
 use abi::ring::{CONS_OFFSET, PROD_OFFSET, RingMemory};
@@ -26,15 +26,15 @@ static WAITING: Mutex<Option<(MappedRing, Waker)>> = Mutex::new(None);
 /// This guest's vNIC, frame by frame.
 pub struct RawNic {
     dev: RawDevice<MappedRing>,
-    mac: [u8; 6],
 }
 
 /// Takes the vNIC away from the network stack. `NoNetwork` if the guest
 /// has none or it was taken already.
 pub fn take() -> Result<RawNic, Error> {
-    let stack = STACK.lock().take().ok_or(Error::NoNetwork)?;
-    let smoltcp::wire::HardwareAddress::Ethernet(mac) = stack.iface.hardware_addr();
-    Ok(RawNic { dev: stack.dev.into_raw(), mac: mac.0 })
+    // (`lock` takes a clone's identity first, closing the template's
+    // connections.)
+    let stack = super::lock().take().ok_or(Error::NoNetwork)?;
+    Ok(RawNic { dev: stack.dev.into_raw() })
 }
 
 /// Wakes the task waiting in [`RawNic::recv`] if a frame has arrived
@@ -49,9 +49,13 @@ pub(crate) fn poll() -> bool {
 }
 
 impl RawNic {
-    /// The MAC address frames must come from.
+    /// The MAC address frames must come from, read from the start page
+    /// each time: a clone (ABI 7) has a new one. A guest that builds its
+    /// frames itself notices a clone by [`crate::generation`] changing,
+    /// and then takes its new MAC from here.
     pub fn mac(&self) -> [u8; 6] {
-        self.mac
+        let m = crate::sys::nic_info().mac;
+        [m[0], m[1], m[2], m[3], m[4], m[5]]
     }
 
     /// The largest frame the vNIC carries.
