@@ -5,6 +5,7 @@
 //! | (none) or `serve [PORT] [N]`  | echoes TCP connections and UDP datagrams on PORT (7); with N, exits 0 once N connections have come and gone |
 //! | `client IP N [PORT]`          | sends N messages of mixed sizes over TCP, checks each echo byte for byte, prints the result |
 //! | `probe IP [PORT]`             | tries one TCP connection for 2 s; prints `reachable` or `unreachable` |
+//! | `later MS MODE [ARG...]`      | sleeps MS milliseconds (time to pause and clone it), prints `later: NAME at IP, generation G` (in a clone: the clone's own), then does what `MODE ARG...` does |
 //! | `udp-burst PORT IP:N [IP:N ...]` | sends N numbered 512-byte datagrams to each IP:PORT in turn, waiting for room (never dropping); prints `udp-burst: sent N to IP in T ms` each |
 //! | `udp-sink PORT N PAUSE_MS`    | after the first datagram reads nothing for PAUSE_MS (its vNIC ring fills), then counts to N (or 10 s of silence); prints `udp-sink: received K of N, in order` or `with gaps`; exits 0 if all came in order |
 //! | `udp-big IP SIZE N [PORT]`    | sends one UDP datagram of SIZE bytes and checks its echo byte for byte (a datagram is one frame: no IP fragments), then does what `client IP N` does |
@@ -278,7 +279,22 @@ async fn check(n: u32, samples: u32, port: u16, first: u32) -> i32 {
 }
 
 async fn main() -> i32 {
-    let args: Vec<&str> = libos::args().collect();
+    let all: Vec<&str> = libos::args().collect();
+    let args: Vec<&str> = match (all.first().copied(), all.get(1).and_then(|s| s.parse::<u64>().ok())) {
+        // The time to pause and clone it (`ctl clone`): what runs after
+        // the sleep runs in each clone, under the clone's own identity.
+        (Some("later"), Some(ms)) => {
+            libos::task::sleep(Duration::from_millis(ms)).await;
+            let ip = libos::net::ipv4().map_or(alloc::string::String::from("none"), |ip| alloc::format!("{ip}"));
+            println!("later: {} at {ip}, generation {}", libos::name(), libos::generation());
+            all[2..].to_vec()
+        }
+        (Some("later"), _) => {
+            println!("usage: later MS MODE [ARG...]");
+            return 2;
+        }
+        _ => all,
+    };
     let port = |i: usize| args.get(i).and_then(|p| p.parse().ok()).unwrap_or(7);
     match args.first().copied() {
         None | Some("serve") => serve(port(1), args.get(2).and_then(|n| n.parse().ok())).await,
