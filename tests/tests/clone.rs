@@ -90,3 +90,48 @@ fn clones_of_a_paused_guest_go_on_under_their_own_identity() {
         (Some(GuestState::Exited), Some(GuestState::Exited), Some(GuestState::Stopped))
     );
 }
+
+/// `warm = true`: instance 0 boots and pauses when it first blocks (its
+/// server listening), the others are its clones, then it goes on; every
+/// instance answers echo at its own address. `from`: clones of another
+/// entry's instance 0, which stays paused; a machine that ends when idle
+/// stops it once nothing else is left.
+#[test]
+fn a_warm_entry_starts_as_one_boot_and_clones_that_all_serve() {
+    use integration_tests::Live;
+    // check 10.0.0.2; e-0 .3 (the template) and e-1..e-19 .4...
+    let manifest = Manifest::new([
+        Guest::app("check", "echo").tenant("t").args(["check", "20", "20", "7", "1"]),
+        Guest::app("e", "echo").tenant("t").memory(256 * 1024).ring_slots(4).count(20).warm(),
+    ]);
+    let mut live = Live::start(manifest, 2);
+    assert!(live.wait_for("check-0| check: ", Duration::from_secs(120)), "{}", live.console);
+    let c = &live.console;
+    assert!(c.contains("check-0| check: 20/20 answered"), "{c}");
+    assert!(c.contains("[hv] guest e-1 cloned from e-0 (image echo.hermit, ip 10.0.0.4, tenant 0)"), "{c}");
+    assert!(c.contains("[hv] 19 clones of e-0 made in "), "{c}");
+    assert_eq!(c.matches("| echo: listening").count(), 1, "the clones booted instead of going on from e-0:\n{c}");
+    // The template went on: `stats` lists it among the waiting, not paused.
+    live.send("stats\n");
+    assert!(live.wait_for("\"event\":\"machine\"", Duration::from_secs(30)));
+    let zero = integration_tests::records::guest_stats(&live.console).into_iter().rev().find(|s| s.guest == "e-0");
+    let zero = zero.unwrap_or_else(|| panic!("no stats for e-0:\n{}", live.console));
+    assert!(zero.shared_bytes > zero.private_bytes, "e-0's pages are shared with its clones: {zero:?}");
+
+    // Clones of a client: each runs it once, under its own name; the
+    // template stays paused and is stopped at the end.
+    let manifest = Manifest::new([
+        Guest::app("srv", "echo").tenant("t").args(["serve", "7", "2"]),
+        Guest::app("tpl", "echo").tenant("t").args(["later", "500", "client", "10.0.0.2", "5"]),
+    ]);
+    let tpl = manifest.guests[1].clone();
+    let manifest = Manifest::new(manifest.guests.into_iter().chain([Guest::clones("c", &tpl, 2)]));
+    let out = integration_tests::boot_smp(manifest, 120, 2);
+    let c = &out.console;
+    for g in ["c-0", "c-1"] {
+        assert!(c.contains(&format!("{g}| later: {g} at ")), "{c}");
+        assert!(c.contains(&format!("[hv] guest {g} exited with code 0")), "{c}");
+    }
+    assert!(!c.contains("tpl-0| later"), "the template went on:\n{c}");
+    assert!(c.contains("[hv] guest tpl-0 stopped: stopped by the operator"), "{c}");
+}

@@ -79,7 +79,18 @@ pub fn bundle(manifest: &Manifest, app_images: &HashMap<String, PathBuf>, flags:
             ring_slots: guest.ring_slots,
             limits: guest.limits,
         };
-        writer.guest(&guest.name, image, guest.count, &settings, &guest.args);
+        let start = match (&guest.from, guest.warm) {
+            (Some(t), _) => abi::bundle::Start::From(
+                manifest
+                    .guests
+                    .iter()
+                    .position(|g| g.name == *t)
+                    .ok_or_else(|| anyhow!("guest '{}' clones '{t}', which is not in the manifest", guest.name))? as u32,
+            ),
+            (None, true) => abi::bundle::Start::Warm,
+            (None, false) => abi::bundle::Start::Boot,
+        };
+        writer.guest(&guest.name, image, guest.count, &settings, &guest.args, start);
     }
     // The hypervisor keeps the names, so that `ctl start --tenant NAME`
     // reaches a manifest's tenant.
@@ -128,6 +139,8 @@ mod tests {
             ring_slots: abi::ring::SLOTS_DEFAULT,
             limits: abi::bundle::Limits::default(),
             ports: Vec::new(),
+            warm: false,
+            from: None,
             line: 1,
         }
     }

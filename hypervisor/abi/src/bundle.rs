@@ -13,7 +13,12 @@
 //!          tenant (u32, TENANT_NONE for no vNIC), ring slots (u32),
 //!          limits per second (u64 each: NIC packets, NIC bytes, NIC
 //!          broadcasts, console bytes, notifications; 0 = none);
-//!          then argc (u32), args (str each)
+//!          then argc (u32), args (str each), then how the instances
+//!          start (u32: 0 each boots, 1 warm: the first boots and pauses
+//!          when it first blocks, the others are its clones, then it
+//!          goes on; 2 each is a clone of the first instance of the
+//!          earlier entry whose index follows (u32), which pauses when it
+//!          first blocks and stays paused), and that index (u32, 0 unless 2)
 //! tenants  u32 count (at most MAX_TENANTS), then each tenant's name (str),
 //!          tenant T's at index T
 //! str      = u32 length + UTF-8 bytes;  bytes = u64 length + bytes
@@ -27,7 +32,7 @@
 use core::fmt;
 
 /// First bytes of every bundle.
-pub const MAGIC: &[u8; 8] = b"HVBNDL06";
+pub const MAGIC: &[u8; 8] = b"HVBNDL07";
 /// Power QEMU off (via `isa-debug-exit`) once no guest is left.
 pub const FLAG_EXIT_WHEN_IDLE: u32 = 1 << 0;
 /// Run guests on isolated page tables and clear the CPU's buffers (VERW)
@@ -106,6 +111,21 @@ impl Default for Limits {
     }
 }
 
+/// How an entry's instances start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Start {
+    /// Each boots.
+    #[default]
+    Boot,
+    /// The first boots and pauses when it first blocks; the others are
+    /// made as its clones, then it goes on (`warm = true`).
+    Warm,
+    /// Each is a clone of the first instance of the earlier entry with
+    /// this index, which pauses when it first blocks and stays paused
+    /// (`from = "NAME"`).
+    From(u32),
+}
+
 /// A guest entry of the manifest: `count` instances of `image`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Guest<'a> {
@@ -113,6 +133,7 @@ pub struct Guest<'a> {
     pub image: u32,
     pub count: u32,
     pub settings: Settings,
+    pub start: Start,
     args: &'a [u8],
     argc: u32,
 }
@@ -150,8 +171,18 @@ pub enum Error {
     Truncated,
     NotUtf8,
     TooMany(&'static str),
-    BadImageIndex { guest: u32, image: u32 },
+    BadImageIndex {
+        guest: u32,
+        image: u32,
+    },
     TrailingBytes,
+    /// An entry's start is none of the known ones.
+    BadStart,
+    /// An entry clones from an entry that is not before it.
+    BadTemplate {
+        guest: u32,
+        template: u32,
+    },
 }
 
 impl fmt::Display for Error {
@@ -165,6 +196,10 @@ impl fmt::Display for Error {
                 write!(f, "guest entry {guest} names image {image}, which is not in the bundle")
             }
             Error::TrailingBytes => f.write_str("bundle has trailing bytes"),
+            Error::BadStart => f.write_str("bundle holds a guest entry whose start is unknown"),
+            Error::BadTemplate { guest, template } => {
+                write!(f, "guest entry {guest} clones entry {template}, which does not come before it")
+            }
         }
     }
 }
@@ -229,7 +264,13 @@ impl<'a> Reader<'a> {
             self.str()?;
         }
         let args = &start[..start.len() - self.buf.len()];
-        Ok(Guest { name, image, count, settings, args, argc })
+        let start = match (self.u32()?, self.u32()?) {
+            (0, 0) => Start::Boot,
+            (1, 0) => Start::Warm,
+            (2, entry) => Start::From(entry),
+            _ => return Err(Error::BadStart),
+        };
+        Ok(Guest { name, image, count, settings, start, args, argc })
     }
 }
 
@@ -259,6 +300,13 @@ impl<'a> Bundle<'a> {
             let g = r.guest()?;
             if g.image >= image_count {
                 return Err(Error::BadImageIndex { guest: i, image: g.image });
+            }
+            // A template is an earlier entry (the hypervisor refuses one
+            // that does not boot an instance, with the entry's name).
+            if let Start::From(t) = g.start
+                && t >= i
+            {
+                return Err(Error::BadTemplate { guest: i, template: t });
             }
         }
         let guests = &guests[..guests.len() - r.buf.len()];
@@ -335,7 +383,7 @@ impl Writer {
     }
 
     /// Adds a guest entry.
-    pub fn guest<S: AsRef<str>>(&mut self, name: &str, image: u32, count: u32, settings: &Settings, args: &[S]) {
+    pub fn guest<S: AsRef<str>>(&mut self, name: &str, image: u32, count: u32, settings: &Settings, args: &[S], start: Start) {
         put_str(&mut self.guests, name);
         self.guests.extend_from_slice(&image.to_le_bytes());
         self.guests.extend_from_slice(&count.to_le_bytes());
@@ -352,6 +400,13 @@ impl Writer {
         for a in args {
             put_str(&mut self.guests, a.as_ref());
         }
+        let (tag, entry) = match start {
+            Start::Boot => (0u32, 0u32),
+            Start::Warm => (1, 0),
+            Start::From(e) => (2, e),
+        };
+        self.guests.extend_from_slice(&tag.to_le_bytes());
+        self.guests.extend_from_slice(&entry.to_le_bytes());
         self.guest_count += 1;
     }
 
@@ -392,8 +447,9 @@ mod tests {
             3,
             &Settings { memory: 2 << 20, weight: 200, cap: 25, tenant: 7, ring_slots: 8, limits: LIMITS },
             &["a", "b c"],
+            Start::Warm,
         );
-        w.guest("evil", evil, 1, &Settings { memory: 1 << 20, ..Settings::default() }, &[] as &[&str]);
+        w.guest("evil", evil, 1, &Settings { memory: 1 << 20, ..Settings::default() }, &[] as &[&str], Start::From(0));
         w.tenant("default");
         w.tenant("Acme-2");
         w.finish()
@@ -416,6 +472,7 @@ mod tests {
         assert_eq!(guests[1].settings.tenant, TENANT_NONE);
         assert_eq!(guests[0].args().collect::<Vec<_>>(), ["a", "b c"]);
         assert_eq!(guests[1].args().count(), 0);
+        assert_eq!((guests[0].start, guests[1].start), (Start::Warm, Start::From(0)));
         assert_eq!(b.tenants().collect::<Vec<_>>(), ["default", "Acme-2"]);
     }
 
@@ -438,8 +495,20 @@ mod tests {
         assert_eq!(Bundle::parse(&buf).unwrap_err(), Error::TrailingBytes);
 
         let mut w = Writer::new(0);
-        w.guest("x", 5, 1, &Settings { memory: 4096, ..Settings::default() }, &[] as &[&str]);
+        w.guest("x", 5, 1, &Settings { memory: 4096, ..Settings::default() }, &[] as &[&str], Start::Boot);
         assert_eq!(Bundle::parse(&w.finish()).unwrap_err(), Error::BadImageIndex { guest: 0, image: 5 });
+
+        // A clone of itself or of a later entry; a start no one knows.
+        let mut w = Writer::new(0);
+        let i = w.image("i", b"");
+        w.guest("x", i, 1, &Settings::default(), &[] as &[&str], Start::From(0));
+        assert_eq!(Bundle::parse(&w.finish()).unwrap_err(), Error::BadTemplate { guest: 0, template: 0 });
+        let mut buf = sample();
+        // The last entry's start tag (before its index and the tenants).
+        let tenants = 4 + (4 + 7) + (4 + 6);
+        let at = buf.len() - tenants - 8;
+        buf[at] = 3;
+        assert_eq!(Bundle::parse(&buf).unwrap_err(), Error::BadStart);
     }
 
     #[test]

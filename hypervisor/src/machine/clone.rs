@@ -22,7 +22,7 @@ use crate::control::Cloned;
 use crate::guest::Guest;
 use crate::mm::PhysMem;
 use abi::bundle::{Settings, TENANT_NONE};
-use abi::control::Reason::{Exists, NoRoom, NotFound, NotPaused};
+use abi::control::Reason::{Exists, NoRoom, NotPaused};
 use abi::control::Refusal;
 use alloc::format;
 use alloc::string::String;
@@ -31,13 +31,26 @@ use core::sync::atomic::Ordering;
 /// Clones made with a line each on the console; past them, a summary.
 const QUIET_AFTER: u32 = 3;
 
+/// Clones the manifest asks for (`warm`, `from`), made once their
+/// template first blocks and is parked.
+pub(super) struct CloneJob {
+    pub template: usize,
+    /// The entry's name: clones `name-first` ..
+    pub name: String,
+    pub first: u32,
+    pub count: u32,
+    /// The template goes on afterwards (`warm`).
+    pub resume: bool,
+}
+
 impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> {
-    /// Makes `count` clones of paused guest `template` (`name`, or
-    /// `name-0` .. `name-(count-1)` when a count is given), as many as fit:
-    /// stops at the first that cannot be made and says why.
-    pub(super) fn clone_guests(&self, template: &str, name: &str, count: Option<u32>) -> Result<Cloned, Refusal> {
-        let tid = self.find(template).ok_or_else(|| Refusal::new(NotFound, format!("no guest {template}")))?;
+    /// Makes clones of paused guest `tid`: one named `name`, or with
+    /// `numbered` = (first, count) `count` of them named `name-first` ..
+    /// `name-(first+count-1)`; as many as fit: stops at the first that
+    /// cannot be made and says why.
+    pub(super) fn clone_guests(&self, tid: usize, name: &str, numbered: Option<(u32, u32)>) -> Result<Cloned, Refusal> {
         let status = self.status(tid);
+        let template = status.name.as_str();
         if status.state.load(Ordering::Acquire) != PAUSED {
             return Err(Refusal::new(
                 NotPaused,
@@ -45,16 +58,16 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             ));
         }
         let (st, image) = (status.settings, status.image);
-        let n = count.unwrap_or(1);
-        let name_of = |i: u32| if count.is_some() { format!("{name}-{i}") } else { String::from(name) };
+        let (first, n) = numbered.unwrap_or((0, 1));
+        let name_of = |i: u32| if numbered.is_some() { format!("{name}-{}", first + i) } else { String::from(name) };
         // One look at every name (not one per clone).
-        let clash = |nm: &str| match count {
+        let clash = |nm: &str| match numbered {
             None => nm == name,
             Some(_) => nm
                 .strip_prefix(name)
                 .and_then(|r| r.strip_prefix('-'))
-                .and_then(|i| i.parse::<u32>().ok().filter(|&i| i < n && nm == name_of(i)))
-                .is_some(),
+                .and_then(|i| i.parse::<u32>().ok())
+                .is_some_and(|i| (first..first.saturating_add(n)).contains(&i) && nm == format!("{name}-{i}")),
         };
         if let Some((_, taken)) = self.statuses().find(|(_, s)| clash(&s.name)) {
             return Err(Refusal::new(Exists, format!("a guest named {} exists already", taken.name)));
@@ -174,5 +187,49 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         };
         let created = Created { create_ns: g.stats.create_ns, ip: nic.as_ref().map(|n| n.ipv4), describe };
         Ok((g, events, created))
+    }
+}
+
+impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> {
+    /// Makes the manifest's clones of `template` (just parked; named
+    /// `name`), if it is their template, then lets it go on if one of the
+    /// entries was warm.
+    pub(super) fn run_clone_jobs(&self, template: usize, name: &str) {
+        let jobs: alloc::vec::Vec<CloneJob> = {
+            let mut all = self.clone_jobs.lock();
+            if all.is_empty() {
+                return;
+            }
+            let (mine, rest) = core::mem::take(&mut *all).into_iter().partition(|j| j.template == template);
+            *all = rest;
+            mine
+        };
+        let mut resume = false;
+        for job in jobs {
+            resume |= job.resume;
+            if let Err(why) = self.clone_guests(template, &job.name, Some((job.first, job.count))) {
+                self.platform.console_line(&format!("[hv] guests {}-*: not cloned from {name}: {}", job.name, why.why));
+            }
+        }
+        if resume {
+            let _ = crate::control::ControlHost::resume(self, name);
+        }
+    }
+
+    /// Forgets the clones still to be made of `template` (named `name`),
+    /// which ended before it first blocked, saying so.
+    pub(super) fn drop_clone_jobs(&self, template: usize, name: &str) {
+        let mut all = self.clone_jobs.lock();
+        if all.is_empty() {
+            return;
+        }
+        all.retain(|j| {
+            let mine = j.template == template;
+            if mine {
+                self.platform
+                    .console_line(&format!("[hv] guests {}-*: not cloned: their template {name} ended before it first blocked", j.name));
+            }
+            !mine
+        });
     }
 }

@@ -274,13 +274,15 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
         // Parked: runnable again (one still on its way to its park sees the
         // request gone and wakes itself, `cpu_loop`).
         if status.state.compare_exchange(PAUSED, WAITING, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            self.paused.fetch_sub(1, Ordering::AcqRel);
             self.wake(id, 0);
         }
         Ok(())
     }
 
     fn clone_guest(&self, template: &str, name: &str, count: Option<u32>) -> Result<Cloned, Refusal> {
-        self.clone_guests(template, name, count)
+        let tid = self.find(template).ok_or_else(|| not_found(template))?;
+        self.clone_guests(tid, name, count.map(|n| (0, n)))
     }
 
     fn list(&self) -> Vec<GuestRow> {

@@ -101,8 +101,16 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             self.service_uplink(me, st);
             self.service_waiting(me, st);
         }
-        if self.live.load(Ordering::Acquire) == 0 && !self.keep_running {
-            return Pass::Done;
+        if !self.keep_running {
+            let live = self.live.load(Ordering::Acquire);
+            if live == 0 {
+                return Pass::Done;
+            }
+            // Only templates are left, paused for good: a machine that
+            // ends when idle stops them.
+            if me == 0 && live == self.paused.load(Ordering::Acquire) {
+                self.stop_paused();
+            }
         }
         let now = self.now();
         if now.saturating_sub(st.last_balance) >= IDLE_TICK_NS {
@@ -146,14 +154,20 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             // Parked: asleep with no deadline, out of every run queue;
             // an event wakes it only to be parked again here, `resume`
             // clears the request and wakes it for good.
-            status.state.store(PAUSED, Ordering::Release);
+            if status.state.swap(PAUSED, Ordering::AcqRel) != PAUSED {
+                self.paused.fetch_add(1, Ordering::AcqRel);
+            }
             self.guests.lock()[id] = Some(g);
             self.scheds[me].lock().put(id, now, 0, Leave::Blocked { deadline: u64::MAX });
             // `resume` may have cleared the request before it saw PAUSED.
             if !status.pause_requested.load(Ordering::Acquire) {
-                status.state.store(WAITING, Ordering::Release);
+                if status.state.compare_exchange(PAUSED, WAITING, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                    self.paused.fetch_sub(1, Ordering::AcqRel);
+                }
                 self.scheds[me].lock().wake(id, now);
             }
+            // The manifest's clones of it, if it was their template.
+            self.run_clone_jobs(id, &status.name);
             return Pass::Again;
         }
         status.state.store(RUNNING, Ordering::Relaxed);
@@ -167,7 +181,14 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         let leave = match step {
             Step::Resume | Step::Preempted | Step::NetKick | Step::FlushTlb => Leave::Preempted,
             Step::Yield => Leave::Yielded,
-            Step::Block { deadline } => Leave::Blocked { deadline },
+            Step::Block { deadline } => {
+                // A manifest template pauses here, initialised and idle
+                // (parked on its next pick: the wake below).
+                if status.pause_at_block.swap(false, Ordering::AcqRel) {
+                    status.pause_requested.store(true, Ordering::Release);
+                }
+                Leave::Blocked { deadline }
+            }
             Step::Exited(code) => {
                 self.finish(me, id, g, Ok(code));
                 return Pass::Again;
@@ -192,6 +213,15 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             self.scheds[me].lock().wake(id, now);
         }
         Pass::Again
+    }
+
+    /// Stops every paused guest (once each).
+    fn stop_paused(&self) {
+        for (id, s) in self.statuses() {
+            if s.state.load(Ordering::Acquire) == PAUSED && !s.stop_requested.swap(true, Ordering::AcqRel) {
+                self.wake(id, 0);
+            }
+        }
     }
 
     /// CPU 0's look at the uplink, once per pass. With interrupts, the
@@ -425,9 +455,13 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             Ok(_) => self.exited.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.stopped.fetch_add(1, Ordering::Relaxed),
         };
-        status.state.store(if how.is_ok() { EXITED } else { STOPPED }, Ordering::Relaxed);
+        if status.state.swap(if how.is_ok() { EXITED } else { STOPPED }, Ordering::AcqRel) == PAUSED {
+            self.paused.fetch_sub(1, Ordering::AcqRel);
+        }
         self.platform.release_tables(me, g.memory.space.root());
         g.destroy(&mut mem);
+        drop(mem);
         self.live.fetch_sub(1, Ordering::Release);
+        self.drop_clone_jobs(id, &status.name);
     }
 }

@@ -150,11 +150,37 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         self.creating.lock().names = bundle.tenants().map(|t| abi::control::good_tenant_name(t).then(|| t.into())).collect();
         let mut not_started = 0u32;
         let (mut started, mut create_ns) = (0u64, 0u64);
+        // Each entry's instance 0, if it booted (a template for `from`).
+        let mut firsts: Vec<Option<usize>> = Vec::new();
         for entry in bundle.guests() {
             let mut nic_range: (Option<[u8; 4]>, Option<[u8; 4]>) = (None, None);
             let manifest_args: Vec<&str> = entry.args().collect();
             let st = entry.settings;
-            for i in 0..entry.count {
+            let first = self.high.load(Ordering::Relaxed);
+            if let abi::bundle::Start::From(t) = entry.start {
+                // Made once their template has started and first blocked.
+                firsts.push(None);
+                match firsts.get(t as usize).copied().flatten() {
+                    Some(tid) => {
+                        self.status(tid).pause_at_block.store(true, Ordering::Release);
+                        self.clone_jobs.lock().push(super::clone::CloneJob {
+                            template: tid,
+                            name: entry.name.into(),
+                            first: 0,
+                            count: entry.count,
+                            resume: false,
+                        });
+                    }
+                    None => {
+                        out(&format!("[hv] guests {}-*: not started: the entry they clone started no instance to clone", entry.name));
+                        not_started += entry.count;
+                    }
+                }
+                continue;
+            }
+            let warm = entry.start == abi::bundle::Start::Warm;
+            let booted = if warm { entry.count.min(1) } else { entry.count };
+            for i in 0..booted {
                 let name = format!("{}-{i}", entry.name);
                 match self.create_guest(&name, entry.image as usize, &st, &manifest_args, &[], 0) {
                     Ok(c) => {
@@ -176,6 +202,24 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
                         out(&format!("[hv] guest {name} not started: {e}"));
                         not_started += 1;
                     }
+                }
+            }
+            // Instance 0, if it is the one just made.
+            let zero = self.find(&format!("{}-0", entry.name)).filter(|&id| id >= first);
+            firsts.push(zero);
+            if warm && entry.count > 1 {
+                match zero {
+                    Some(tid) => {
+                        self.status(tid).pause_at_block.store(true, Ordering::Release);
+                        self.clone_jobs.lock().push(super::clone::CloneJob {
+                            template: tid,
+                            name: entry.name.into(),
+                            first: 1,
+                            count: entry.count - 1,
+                            resume: true,
+                        });
+                    }
+                    None => not_started += entry.count - 1,
                 }
             }
             if entry.count > QUIET_ABOVE {
@@ -359,6 +403,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             memory_bytes: AtomicU64::new(0),
             stop_requested: AtomicBool::new(false),
             pause_requested: AtomicBool::new(false),
+            pause_at_block: AtomicBool::new(false),
             settings: *st,
             image,
             seq: creating.created,

@@ -137,6 +137,11 @@ pub struct Machine<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> 
     watch: Mutex<Vec<watch::Watch>>,
     /// The control client a capture goes to.
     capture_client: AtomicUsize,
+    /// Guests parked now ([`PAUSED`]): once every live guest is, a machine
+    /// that ends when idle stops them.
+    paused: AtomicUsize,
+    /// The manifest's clones to make once their templates pause.
+    clone_jobs: Mutex<Vec<clone::CloneJob>>,
 }
 
 /// A guest as the control channel sees it, whichever CPU has it.
@@ -152,6 +157,9 @@ pub struct GuestStatus {
     /// Set by `ctl pause`, cleared by `ctl resume`; the CPU that next
     /// takes the guest parks it instead of running it ([`PAUSED`]).
     pause_requested: AtomicBool,
+    /// A manifest template (`warm`, `from`): it pauses when it first
+    /// blocks, and its clones are made then (`clone::CloneJob`).
+    pause_at_block: AtomicBool,
     /// What it was created with (its clones are made with the same).
     settings: abi::bundle::Settings,
     /// Its image's index in `images` (counted while it has not ended).
@@ -216,6 +224,8 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             creating: Mutex::new(create::Creating::default()),
             watch: Mutex::new((0..crate::control::MAX_CLIENTS).map(|_| watch::Watch::default()).collect()),
             capture_client: AtomicUsize::new(0),
+            paused: AtomicUsize::new(0),
+            clone_jobs: Mutex::new(Vec::new()),
         }
     }
 

@@ -25,6 +25,10 @@ impl Manifest {
         for g in &self.guests {
             out += "[[guest]]\n";
             let _ = writeln!(out, "name = {}", quote(&g.name));
+            if let Some(from) = &g.from {
+                let _ = writeln!(out, "from = {}\ncount = {}\n", quote(from), g.count);
+                continue;
+            }
             match &g.source {
                 Source::App(app) => {
                     let _ = writeln!(out, "app = {}", quote(app));
@@ -53,6 +57,9 @@ impl Manifest {
                 "limits = {{ nic_packets = {}, nic_bytes = {}, nic_broadcasts = {}, console_bytes = {}, notifications = {} }}",
                 l.nic_packets, l.nic_bytes, l.nic_broadcasts, l.console_bytes, l.notifications
             );
+            if g.warm {
+                out += "warm = true\n";
+            }
             if !g.ports.is_empty() {
                 let ports: Vec<String> =
                     g.ports.iter().map(|f| quote(&format!("{}:{}{}", f.host, f.guest, if f.udp { "/udp" } else { "" }))).collect();
@@ -94,8 +101,30 @@ impl Guest {
             ring_slots: abi::ring::SLOTS_DEFAULT,
             limits: abi::bundle::Limits::default(),
             ports: Vec::new(),
+            warm: false,
+            from: None,
             line: 0,
         }
+    }
+
+    /// `count` clones of `template`'s instance 0, named `name-0`, ... (its
+    /// other settings are the template's).
+    pub fn clones(name: &str, template: &Guest, count: u32) -> Guest {
+        Guest {
+            name: name.to_string(),
+            count,
+            ports: Vec::new(),
+            warm: false,
+            from: Some(template.name.clone()),
+            line: 0,
+            ..template.clone()
+        }
+    }
+
+    /// Instance 0 boots and pauses when it first blocks; the others are its
+    /// clones (`warm = true`).
+    pub fn warm(self) -> Guest {
+        Guest { warm: true, ..self }
     }
 
     /// `count` instances.

@@ -17,6 +17,16 @@
 //! limits = { nic_packets = 200000, nic_bytes = "256 MiB", nic_broadcasts = 1000, console_bytes = "64 KiB", notifications = 200000 }
 //!                         # per second, 0 = none; each key optional, defaults as shown
 //! ports = ["8080:7"]      # host 127.0.0.1:8080 -> this guest's port 7 ("HOST:GUEST[/udp]"); count 1, first tenant only
+//! warm = true             # instance 0 boots and pauses when it first blocks (initialised, idle); the others
+//!                         # are its copy-on-write clones, each with its own name, addresses and randomness;
+//!                         # then instance 0 goes on (default false)
+//!
+//! [[guest]]
+//! name = "more"
+//! from = "hello"          # each instance a copy-on-write clone of an earlier entry's instance 0, which
+//! count = 100             # pauses when it first blocks and stays paused as their template; the clones
+//!                         # take its app, memory, arguments, tenant, rings and limits (give only name,
+//!                         # count and from)
 //!
 //! [host]
 //! restrict = true         # QEMU's restrict=on (default): the first tenant's guests reach nothing of the
@@ -112,6 +122,12 @@ pub struct Guest {
     pub limits: abi::bundle::Limits,
     /// Host ports forwarded to it: (protocol, host port, guest port).
     pub ports: Vec<Forward>,
+    /// Instance 0 boots and pauses when it first blocks; the others are
+    /// its clones (`warm = true`).
+    pub warm: bool,
+    /// Each instance is a clone of this earlier entry's instance 0
+    /// (`from = "NAME"`); its other settings are that entry's.
+    pub from: Option<String>,
     /// Line of the entry in the manifest (for later messages).
     pub line: usize,
 }
@@ -210,6 +226,8 @@ struct RawGuest {
     ring_slots: Option<Spanned<i64>>,
     limits: Option<Spanned<RawLimits>>,
     ports: Option<Spanned<Vec<String>>>,
+    warm: Option<bool>,
+    from: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -275,6 +293,59 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
         }
         if let Some(first) = guests.iter().find(|o| o.name == *name) {
             return Err(name_err(format!("duplicate guest name '{name}' (first used on line {})", first.line)));
+        }
+
+        // Clones of an earlier entry: everything but their names is the
+        // template's.
+        if let Some(from) = &g.from {
+            let ferr = |m: String| err(Some(from.span()), m);
+            let own = [
+                g.app.is_some(),
+                g.image.is_some(),
+                g.memory.is_some(),
+                g.args.is_some(),
+                g.weight.is_some(),
+                g.cap.is_some(),
+                g.net.is_some(),
+                g.tenant.is_some(),
+                g.ring_slots.is_some(),
+                g.limits.is_some(),
+                g.ports.is_some(),
+                g.warm.is_some(),
+            ];
+            if own.into_iter().any(|b| b) {
+                return Err(ferr(format!(
+                    "guest '{name}' clones '{}': its app, memory, arguments, tenant, rings and limits are the template's; give only name, count and from",
+                    from.get_ref()
+                )));
+            }
+            let Some(t) = guests.iter().find(|o| o.name == *from.get_ref()) else {
+                return Err(ferr(format!("from = \"{}\" names no guest entry before this one", from.get_ref())));
+            };
+            if t.from.is_some() {
+                return Err(ferr(format!("'{}' is itself made of clones; a template boots", t.name)));
+            }
+            if let Some(tn) = &t.tenant {
+                let at = tenant_hosts.iter().position(|(n, _)| n == tn).unwrap_or(0);
+                tenant_hosts[at].1 += u64::from(count);
+                if tenant_hosts[at].1 > u64::from(abi::MAX_TENANT_HOSTS) {
+                    return Err(ferr(format!(
+                        "tenant '{tn}' has more than {} guests with a vNIC (its /16 has no more addresses)",
+                        abi::MAX_TENANT_HOSTS
+                    )));
+                }
+            }
+            let clones = Guest {
+                name: name.clone(),
+                count,
+                ports: Vec::new(),
+                warm: false,
+                from: Some(t.name.clone()),
+                line: line_of(text, entry_span.start),
+                ..t.clone()
+            };
+            guests.push(clones);
+            continue;
         }
 
         let source = match (&g.app, &g.image) {
@@ -468,6 +539,8 @@ pub fn parse(text: &str, cx: &Context<'_>) -> Result<Manifest, Error> {
             ring_slots,
             limits,
             ports,
+            warm: g.warm.unwrap_or(false),
+            from: None,
             line: line_of(text, entry_span.start),
         });
     }

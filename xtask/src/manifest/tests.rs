@@ -39,6 +39,8 @@ fn default_manifest_parses() {
             ring_slots: abi::ring::SLOTS_DEFAULT,
             limits: abi::bundle::Limits::default(),
             ports: Vec::new(),
+            warm: false,
+            from: None,
             line: 2,
         }]
     );
@@ -259,4 +261,29 @@ fn size_formatting() {
     assert_eq!(format_size(2 * GIB), "2 GiB");
     assert_eq!(format_size(100), "100 bytes");
     assert_eq!(format_size(0), "0 bytes");
+}
+
+#[test]
+fn warm_entries_and_clones_of_an_earlier_entry() {
+    let m = check(
+        "[[guest]]\nname = \"e\"\napp = \"echo\"\ncount = 100\nmemory = \"160 KiB\"\ntenant = \"t\"\nwarm = true\n\n\
+         [[guest]]\nname = \"c\"\nfrom = \"e\"\ncount = 5\n",
+    )
+    .unwrap();
+    assert!(m.guests[0].warm && m.guests[0].from.is_none());
+    let c = &m.guests[1];
+    assert_eq!((c.from.as_deref(), c.count, c.memory, c.tenant.as_deref(), c.warm), (Some("e"), 5, 160 * 1024, Some("t"), false));
+    // Written and read back the same (but for line numbers).
+    let lineless = |m: Manifest| m.guests.into_iter().map(|g| Guest { line: 0, ..g }).collect::<Vec<_>>();
+    assert_eq!(lineless(check(&m.to_toml()).unwrap()), lineless(m));
+    // A clone entry gives only name, count and from; its template comes first and boots.
+    let e = check("[[guest]]\nname = \"c\"\nfrom = \"e\"\n\n[[guest]]\nname = \"e\"\napp = \"echo\"\n").unwrap_err();
+    assert!(e.to_string().contains("from = \"e\" names no guest entry before this one"), "{e}");
+    let e = check("[[guest]]\nname = \"e\"\napp = \"echo\"\n\n[[guest]]\nname = \"c\"\nfrom = \"e\"\nmemory = \"1 MiB\"\n").unwrap_err();
+    assert!(e.to_string().contains("give only name, count and from"), "{e}");
+    let e = check(
+        "[[guest]]\nname = \"e\"\napp = \"echo\"\n\n[[guest]]\nname = \"c\"\nfrom = \"e\"\n\n[[guest]]\nname = \"d\"\nfrom = \"c\"\n",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("'c' is itself made of clones"), "{e}");
 }

@@ -17,7 +17,17 @@ fn answers_print_as_they_always_did_and_read_back() {
         received_frames: 4,
     };
     let cases: &[(Response, &str)] = &[
-        (Response::version(), r#"{"protocol":5,"abi":6}"#),
+        (Response::version(), r#"{"protocol":6,"abi":7}"#),
+        (Response::Pausing { pausing: "t".into() }, r#"{"pausing":"t"}"#),
+        (Response::Resumed { resumed: "t".into() }, r#"{"resumed":"t"}"#),
+        (
+            Response::Cloned { cloned: 2, first: "c-0".into(), ip: Some("10.0.0.4".into()), tenant: Some(0), error: None },
+            r#"{"cloned":2,"first":"c-0","ip":"10.0.0.4","tenant":0}"#,
+        ),
+        (
+            Response::Cloned { cloned: 1, first: "c".into(), ip: None, tenant: None, error: Some("out of memory".into()) },
+            r#"{"cloned":1,"first":"c","ip":null,"tenant":null,"error":"out of memory"}"#,
+        ),
         (
             Response::Guests { guests: vec![row] },
             r#"{"guests":[{"name":"w","tenant":7,"state":"stopped","cpu_ns":1,"memory_bytes":2,"sent_frames":3,"received_frames":4}]}"#,

@@ -49,6 +49,15 @@ fn requests_parse_and_garbage_is_refused() {
     assert_eq!(parse("rm -rf /"), Err(RequestError::Unknown));
     assert_eq!(parse("list x"), Err(RequestError::Unknown));
     assert_eq!(parse("stop a b"), Err(RequestError::TooManyWords));
+    assert_eq!(parse("pause t"), Ok(Request::Pause("t")));
+    assert_eq!(parse("resume t"), Ok(Request::Resume("t")));
+    assert_eq!(parse("pause"), Err(RequestError::NeedsName));
+    assert_eq!(parse("clone t c"), Ok(Request::Clone { template: "t", name: "c", count: None }));
+    assert_eq!(parse("clone t c 10000"), Ok(Request::Clone { template: "t", name: "c", count: Some(10_000) }));
+    for bad in ["clone", "clone t", "clone t c 0", "clone t c 65537", "clone t c.d", "clone t C", "clone t c x"] {
+        assert_eq!(parse(bad), Err(RequestError::CloneUsage), "{bad}");
+    }
+    assert_eq!(parse("clone t c 1 2"), Err(RequestError::TooManyWords));
 }
 
 #[test]
