@@ -5,7 +5,7 @@
 //! | (none) or `serve [PORT] [N]`  | echoes TCP connections and UDP datagrams on PORT (7); with N, exits 0 once N connections have come and gone |
 //! | `client IP N [PORT]`          | sends N messages of mixed sizes over TCP, checks each echo byte for byte, prints the result |
 //! | `probe IP [PORT]`             | tries one TCP connection for 2 s; prints `reachable` or `unreachable` |
-//! | `later MS MODE [ARG...]`      | sleeps MS milliseconds (time to pause and clone it), prints `later: NAME at IP, generation G` (in a clone: the clone's own), then does what `MODE ARG...` does |
+//! | `later MS [MODE ARG...]`      | sleeps MS milliseconds (time to pause and clone it), prints `later: NAME at IP, generation G` (in a clone: the clone's own), then does what `MODE ARG...` does (without a MODE: exits 0) |
 //! | `udp-burst PORT IP:N [IP:N ...]` | sends N numbered 512-byte datagrams to each IP:PORT in turn, waiting for room (never dropping); prints `udp-burst: sent N to IP in T ms` each |
 //! | `udp-sink PORT N PAUSE_MS`    | after the first datagram reads nothing for PAUSE_MS (its vNIC ring fills), then counts to N (or 10 s of silence); prints `udp-sink: received K of N, in order` or `with gaps`; exits 0 if all came in order |
 //! | `udp-big IP SIZE N [PORT]`    | sends one UDP datagram of SIZE bytes and checks its echo byte for byte (a datagram is one frame: no IP fragments), then does what `client IP N` does |
@@ -287,6 +287,10 @@ async fn main() -> i32 {
             libos::task::sleep(Duration::from_millis(ms)).await;
             let ip = libos::net::ipv4().map_or(alloc::string::String::from("none"), |ip| alloc::format!("{ip}"));
             println!("later: {} at {ip}, generation {}", libos::name(), libos::generation());
+            if all.len() == 2 {
+                // Nothing more: a clone that comes and goes.
+                return 0;
+            }
             all[2..].to_vec()
         }
         (Some("later"), _) => {

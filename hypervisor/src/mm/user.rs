@@ -77,11 +77,22 @@ pub struct GuestMemory {
     /// The frozen sets its copy-on-write pages belong to (one per freeze
     /// of it or of a guest it was cloned from).
     frozen: Vec<Arc<Frozen>>,
+    /// Its own pages are those of the last freeze: none came since (a
+    /// template cloned again and again walks its tables once).
+    unchanged_since_freeze: bool,
 }
 
 impl GuestMemory {
     pub fn new(space: AddressSpace, heap: Range<u64>, stack: Range<u64>, limit_bytes: u64) -> Self {
-        Self { space, zero_fill: [heap, stack], private: 0, shared: 0, limit_frames: limit_bytes / FRAME_SIZE, frozen: Vec::new() }
+        Self {
+            space,
+            zero_fill: [heap, stack],
+            private: 0,
+            shared: 0,
+            limit_frames: limit_bytes / FRAME_SIZE,
+            frozen: Vec::new(),
+            unchanged_since_freeze: false,
+        }
     }
 
     fn charged(&self) -> u64 {
@@ -132,6 +143,7 @@ impl GuestMemory {
             Ok(()) => {
                 self.private += cost;
                 self.shared += 1 - cost;
+                self.unchanged_since_freeze &= cost == 0;
                 Ok(())
             }
             Err(MapError::OutOfMemory) => Err(Fault::MachineOutOfMemory),
@@ -198,6 +210,7 @@ impl GuestMemory {
         self.space.remap_user(mem, va, frame, own);
         self.private += 1;
         self.shared -= 1;
+        self.unchanged_since_freeze = false;
         Ok(Some(frame))
     }
 
@@ -209,11 +222,15 @@ impl GuestMemory {
     /// froze. Nothing changes if the list of them cannot be allocated.
     /// The caller flushes the TLB (the guest is on no CPU).
     pub fn freeze(&mut self, mem: &mut impl PhysMem, keep: &impl Fn(u64) -> bool) -> Result<usize, Fault> {
+        if self.unchanged_since_freeze {
+            return Ok(0);
+        }
         let mut n = 0usize;
         self.space.each_user_page(mem, &mut |_, va, _, fl| {
             n += usize::from(!fl.contains(Pte::SHARED) && !keep(va));
         });
         if n == 0 {
+            self.unchanged_since_freeze = true;
             return Ok(0);
         }
         let mut frames = Vec::new();
@@ -231,6 +248,7 @@ impl GuestMemory {
         self.private -= frozen as u64;
         self.shared += frozen as u64;
         self.frozen.push(Arc::new(Frozen { frames }));
+        self.unchanged_since_freeze = true;
         Ok(frozen)
     }
 
@@ -479,6 +497,15 @@ mod tests {
             // A write by the hypervisor on a clone's behalf copies too.
             a.write(&mut mem, 0x10_0000, b"heap of clone a").unwrap();
             assert_eq!(a.private_bytes(), 4096);
+            // Its copy is its own until it is frozen in turn (a clone of a).
+            let mut aa = {
+                assert_eq!(a.freeze(&mut mem, &keep), Ok(1));
+                a.clone_shared(&mut mem, k, 1 << 20, &keep).unwrap()
+            };
+            aa.read(&mut mem, 0x10_0000, &mut buf[..15]).unwrap();
+            assert_eq!(&buf[..15], b"heap of clone a");
+            aa.write(&mut mem, 0x10_0000, b"x").unwrap();
+            aa.destroy(&mut mem);
             b.read(&mut mem, 0x10_0000, &mut buf).unwrap();
             assert_eq!(&buf, b"heap of the template", "b still sees the frozen page");
             // The guest's own write fault: only copy-on-write pages copy.

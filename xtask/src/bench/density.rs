@@ -124,6 +124,27 @@ impl Bench {
         )?;
         let (cycle_created, cycle_ms) = created_line(&run.out.console).context("no `created` line in the create/destroy boot")?;
         let (free_before, free_after) = free_before_after(&run.out.console).context("no free-memory lines in the create/destroy boot")?;
+        // The same with clones: a template that blocks at once, cloned
+        // `cycle` times; each clone wakes, prints its name and exits.
+        let template = Guest::app("t", "echo").memory(128 * KIB).ring_slots(2).net().args(["later", "1"]);
+        let clones = Guest::clones("c", &template, cycle as u32);
+        let cloned = at.ours(
+            &format!("{cycle} clones of a paused guest made, run and destroyed"),
+            Manifest::new([template, clones]),
+            Duration::from_secs(600),
+        )?;
+        let (clone_count, clone_us) = cloned
+            .out
+            .console
+            .lines()
+            .find_map(|l| {
+                let rest = l.strip_prefix("[hv] ")?.split_once(" clones of t-0 made in ")?;
+                Some((rest.0.parse::<u64>().ok()?, rest.1.split_whitespace().next()?.parse::<u64>().ok()?))
+            })
+            .context("no clone line in the clone/destroy boot")?;
+        let clone_ran = cloned.out.console.matches("| later: c-").count();
+        let (clone_free_before, clone_free_after) =
+            free_before_after(&cloned.out.console).context("no free-memory lines in the clone/destroy boot")?;
 
         let linux = at.linux(&[format!("density {LINUX_PROCESSES}")], Duration::from_secs(900))?;
         let lx = linux.result("density")?.clone();
@@ -167,6 +188,14 @@ impl Bench {
              free {free_before} KiB before, {free_after} KiB after ({:.2}% back)",
             free_after as f64 * 100.0 / free_before as f64
         );
+        let _ = write!(
+            t,
+            "\n  ours: {clone_count} clones of a paused guest made in {} ms of hypervisor time ({} us each), {clone_ran} ran and ended; \
+             free {clone_free_before} KiB before, {clone_free_after} KiB after ({:.2}% back)",
+            clone_us / 1000,
+            clone_us / clone_count.max(1),
+            clone_free_after as f64 * 100.0 / clone_free_before as f64
+        );
         let lx_bytes = field(&lx, "bytes_per_process");
         let _ = write!(
             t,
@@ -207,6 +236,14 @@ impl Bench {
                 "idle_uplink_polls": f.uplink.1,
                 "wall_s": f.wall_s,
             })).collect::<Vec<_>>(),
+            "clone_destroy": {
+                "clones": clone_count,
+                "ran": clone_ran,
+                "cloned_us_hypervisor": clone_us,
+                "free_kib_before": clone_free_before,
+                "free_kib_after": clone_free_after,
+                "wall_s": cloned.wall.as_secs_f64(),
+            },
             "create_destroy": {
                 "guests": cycle_created,
                 "created_ms_hypervisor": cycle_ms,
@@ -222,7 +259,9 @@ impl Bench {
              `stats` gives each guest's guest_stats line (medians here), and two `machine` lines 10 s apart give idle CPU \
              = 1 - (idle time delta / (uptime delta * CPUs)), and the uplink's interrupts and polls no interrupt prompted \
              over the same window. create/destroy: 10,000 hello guests with vNICs created, run \
-             and ended in one boot; free memory at boot (less the uplink's queues) vs. at the end. linux: `peer density 1000`."
+             and ended in one boot; free memory at boot (less the uplink's queues) vs. at the end. clones: the same fill with \
+             the echo entry warm (instance 0 boots, the rest are its copy-on-write clones), and a boot of 10,000 clones of a \
+             paused guest that each wake, print and exit (free memory before and after). linux: `peer density 1000`."
         );
         Ok((t, report))
     }
