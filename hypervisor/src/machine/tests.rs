@@ -1084,3 +1084,70 @@ fn frames_held_for_a_full_ring_are_retried_without_polling_the_device() {
     m.step(0, &mut st);
     assert_eq!(m.platform.armed.load(Ordering::SeqCst), now + IDLE_TICK_NS);
 }
+
+/// `pause` parks a sleeping guest (woken for it); `clone` refuses a guest
+/// that is not paused and copies one that is; the clones run on their
+/// own, the template stays paused until a machine that ends when idle
+/// stops it, and every frame comes back.
+#[test]
+fn a_paused_guest_is_cloned_and_everything_ends_with_its_memory_back() {
+    use abi::control::Reason;
+    let m = machine(1);
+    let before = m.platform.mem.lock().live;
+    let t = guest(&m, "t", &[Act::Block(u64::MAX), Act::Exit(3)]);
+    // Another guest keeps the machine from ending (it ends when only
+    // paused guests are left).
+    let w = guest(&m, "w", &[Act::Block(u64::MAX), Act::Exit(0)]);
+    let mut cpu = CpuState::default();
+    m.step(0, &mut cpu);
+    m.step(0, &mut cpu);
+    assert_eq!(state(&m, t), Some(State::Blocked { deadline: u64::MAX }));
+    assert_eq!(m.clone_guest("t", "c", None).unwrap_err().reason, Some(Reason::NotPaused));
+    assert_eq!(m.resume("t").unwrap_err().reason, Some(Reason::NotPaused));
+    m.pause("t").unwrap();
+    m.step(0, &mut cpu);
+    assert_eq!(m.status(t).state.load(Ordering::SeqCst), PAUSED, "a sleeping guest is woken to be parked");
+    assert_eq!(state(&m, t), Some(State::Blocked { deadline: u64::MAX }));
+    // An event for a paused guest wakes it only to be parked again.
+    deliver(&m, t, 0);
+    m.step(0, &mut cpu);
+    assert_eq!(m.status(t).state.load(Ordering::SeqCst), PAUSED);
+
+    for c in ["c-0", "c-1"] {
+        m.platform.scripts.lock().insert(c.into(), [Act::Exit(0)].into_iter().collect());
+    }
+    let made = m.clone_guest("t", "c", Some(2)).unwrap();
+    assert_eq!((made.count, made.first.as_str(), made.error), (2, "c-0", None));
+    assert_eq!(m.clone_guest("t", "c", Some(1)).unwrap_err().reason, Some(Reason::Exists));
+    assert_eq!(steps(&m, 0, &mut cpu, 20), Pass::Again);
+    assert_eq!(lines(&m, "[hv] guest t stopped: "), 0, "w still lives");
+    deliver(&m, w, 0);
+    assert_eq!(steps(&m, 0, &mut cpu, 50), Pass::Done, "the paused template is stopped once nothing else is live");
+    for l in ["[hv] guest c-0 exited with code 0", "[hv] guest c-1 exited with code 0", "[hv] guest t stopped: "] {
+        assert_eq!(lines(&m, l), 1, "{l}: {:?}", m.platform.lines.lock());
+    }
+    assert_eq!(lines(&m, "[hv] guest t exited"), 0, "the template never ran again");
+    assert_eq!(m.paused.load(Ordering::SeqCst), 0);
+    assert_eq!(m.platform.mem.lock().live, before, "every frame is back, the frozen ones too");
+}
+
+/// `resume` lets a paused guest go on where it was.
+#[test]
+fn a_resumed_guest_goes_on() {
+    let m = machine(1);
+    let t = guest(&m, "t", &[Act::Block(u64::MAX), Act::Exit(3)]);
+    guest(&m, "w", &[Act::Busy(1_000_000), Act::Exit(0)]);
+    let mut cpu = CpuState::default();
+    m.step(0, &mut cpu);
+    m.pause("t").unwrap();
+    for _ in 0..5 {
+        if m.status(t).state.load(Ordering::SeqCst) != PAUSED {
+            m.step(0, &mut cpu);
+        }
+    }
+    assert_eq!(m.status(t).state.load(Ordering::SeqCst), PAUSED);
+    m.resume("t").unwrap();
+    assert_eq!(m.paused.load(Ordering::SeqCst), 0);
+    assert_eq!(steps(&m, 0, &mut cpu, 10), Pass::Done);
+    assert_eq!(lines(&m, "[hv] guest t exited with code 3"), 1);
+}
