@@ -377,7 +377,7 @@ impl Instance {
         let live: std::collections::HashSet<String> = self
             .list()?
             .into_iter()
-            .filter(|g| matches!(g.state, abi::report::GuestState::Waiting | abi::report::GuestState::Running))
+            .filter(|g| !matches!(g.state, abi::report::GuestState::Exited | abi::report::GuestState::Stopped))
             .map(|g| g.name)
             .collect();
         let qmp = self.qmp_socket();

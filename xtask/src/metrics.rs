@@ -102,7 +102,7 @@ impl Exporter {
         let drops = Family::<DropLabels, Counter>::default();
         reg.register("guest_dropped_frames", "Frames of the guest dropped, by reason", drops.clone());
         let state = Family::<StateLabels, Gauge>::default();
-        reg.register("guest_state", "1 for the guest's state (waiting, running, exited, stopped)", state.clone());
+        reg.register("guest_state", "1 for the guest's state (waiting, running, paused, exited, stopped)", state.clone());
 
         for g in list {
             let l = GuestLabels { guest: g.name.clone(), tenant: g.tenant.map_or("none".into(), |t| t.to_string()) };
