@@ -241,21 +241,14 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
     }
 
     fn stop(&self, name: &str) -> Result<(), Refusal> {
-        let id = self.find(name).ok_or_else(|| not_found(name))?;
-        if self.status(id).state.load(Ordering::Relaxed) >= EXITED {
-            return Err(Refusal::new(Ended, format!("guest {name} has already ended")));
-        }
-        self.status(id).stop_requested.store(true, Ordering::Release);
+        let (id, status) = self.live_guest(name)?;
+        status.stop_requested.store(true, Ordering::Release);
         self.wake(id, 0);
         Ok(())
     }
 
     fn pause(&self, name: &str) -> Result<(), Refusal> {
-        let id = self.find(name).ok_or_else(|| not_found(name))?;
-        let status = self.status(id);
-        if status.state.load(Ordering::Relaxed) >= EXITED {
-            return Err(Refusal::new(Ended, format!("guest {name} has already ended")));
-        }
+        let (id, status) = self.live_guest(name)?;
         status.pause_requested.store(true, Ordering::Release);
         // A guest asleep is woken to be parked (`cpu_loop`).
         self.wake(id, 0);
@@ -263,11 +256,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
     }
 
     fn resume(&self, name: &str) -> Result<(), Refusal> {
-        let id = self.find(name).ok_or_else(|| not_found(name))?;
-        let status = self.status(id);
-        if status.state.load(Ordering::Relaxed) >= EXITED {
-            return Err(Refusal::new(Ended, format!("guest {name} has already ended")));
-        }
+        let (id, status) = self.live_guest(name)?;
         if !status.pause_requested.swap(false, Ordering::AcqRel) {
             return Err(Refusal::new(NotPaused, format!("guest {name} is not paused")));
         }
@@ -401,6 +390,18 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
 }
 
 /// `no guest NAME`.
+impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> {
+    /// Guest `name`'s id and status, if it has not ended.
+    fn live_guest(&self, name: &str) -> Result<(usize, Arc<GuestStatus>), Refusal> {
+        let id = self.find(name).ok_or_else(|| not_found(name))?;
+        let status = self.status(id);
+        if status.state.load(Ordering::Relaxed) >= EXITED {
+            return Err(Refusal::new(Ended, format!("guest {name} has already ended")));
+        }
+        Ok((id, status))
+    }
+}
+
 fn not_found(name: &str) -> Refusal {
     Refusal::new(NotFound, format!("no guest {name}"))
 }

@@ -161,16 +161,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
                 // Made once their template has started and first blocked.
                 firsts.push(None);
                 match firsts.get(t as usize).copied().flatten() {
-                    Some(tid) => {
-                        self.status(tid).pause_at_block.store(true, Ordering::Release);
-                        self.clone_jobs.lock().push(super::clone::CloneJob {
-                            template: tid,
-                            name: entry.name.into(),
-                            first: 0,
-                            count: entry.count,
-                            resume: false,
-                        });
-                    }
+                    Some(tid) => self.plan_clones(tid, entry.name, 0, entry.count, false),
                     None => {
                         out(&format!("[hv] guests {}-*: not started: the entry they clone started no instance to clone", entry.name));
                         not_started += entry.count;
@@ -209,16 +200,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             firsts.push(zero);
             if warm && entry.count > 1 {
                 match zero {
-                    Some(tid) => {
-                        self.status(tid).pause_at_block.store(true, Ordering::Release);
-                        self.clone_jobs.lock().push(super::clone::CloneJob {
-                            template: tid,
-                            name: entry.name.into(),
-                            first: 1,
-                            count: entry.count - 1,
-                            resume: true,
-                        });
-                    }
+                    Some(tid) => self.plan_clones(tid, entry.name, 1, entry.count - 1, true),
                     None => not_started += entry.count - 1,
                 }
             }
@@ -247,6 +229,13 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             out(&format!("[hv] created {started} guests in {} ms of hypervisor time ({each_us} us each)", create_ns / 1_000_000));
         }
         not_started
+    }
+
+    /// Has guest `tid` pause when it first blocks, and then be cloned
+    /// `count` times as `name-first`, ...; with `resume`, it goes on after.
+    fn plan_clones(&self, tid: usize, name: &str, first: u32, count: u32, resume: bool) {
+        self.status(tid).pause_at_block.store(true, Ordering::Release);
+        self.clone_jobs.lock().push(super::clone::CloneJob { template: tid, name: name.into(), first, count, resume });
     }
 
     /// Creates guest `name` from image `image` and makes it runnable (at
