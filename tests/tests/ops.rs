@@ -437,6 +437,13 @@ fn host_ports_forward_to_guests_started_at_run_time_until_they_end() {
     let start = |name: &str| {
         let started = inst.0.start(&StartSpec { tenant: Some("0"), ..spec(name, &echo_image, 4 << 20) }).unwrap();
         let Response::Started { ip: Some(ip), .. } = &*started else { panic!("{started:?}") };
+        // A connection before it listens is refused (reset), as anywhere.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let listening = format!("{name}| echo: listening");
+        while !std::fs::read_to_string(inst.0.console()).unwrap_or_default().contains(&listening) {
+            assert!(Instant::now() < deadline, "{name} never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         ip.clone()
     };
     let ip = start("e1");
