@@ -180,6 +180,17 @@ pub enum CreateError {
     MachineOutOfMemory,
 }
 
+impl CreateError {
+    /// Why a guest that needs `needed` bytes could not be built, from the
+    /// fault that stopped it: its limit, or the machine's memory.
+    fn from_fault(e: Fault, needed: u64) -> Self {
+        match e {
+            Fault::OutOfMemory { limit } => CreateError::TooSmall { needed, limit },
+            _ => CreateError::MachineOutOfMemory,
+        }
+    }
+}
+
 impl core::fmt::Display for CreateError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
@@ -250,10 +261,7 @@ impl Guest {
         })();
         if let Err(e) = built {
             memory.destroy(mem);
-            return Err(match e {
-                Fault::OutOfMemory { limit } => CreateError::TooSmall { needed, limit },
-                _ => CreateError::MachineOutOfMemory,
-            });
+            return Err(CreateError::from_fault(e, needed));
         }
 
         let regs = Regs {
@@ -320,10 +328,8 @@ impl Guest {
             // translations for its next run (`last_cpu` skips the flush).
             template.last_cpu = None;
         }
-        let mut memory = template.memory.clone_shared(mem, kernel_root, limit, &keep).map_err(|e| match e {
-            Fault::OutOfMemory { limit } => CreateError::TooSmall { needed: limit + 1, limit },
-            _ => CreateError::MachineOutOfMemory,
-        })?;
+        // A clone's limit is its template's; one that does not fit needs more.
+        let mut memory = template.memory.clone_shared(mem, kernel_root, limit, &keep).map_err(|e| CreateError::from_fault(e, limit + 1))?;
         let mut event_frame = 0;
         let built = (|| {
             let events = mem.alloc().ok_or(Fault::MachineOutOfMemory)?;
@@ -342,10 +348,7 @@ impl Guest {
         })();
         if let Err(e) = built {
             memory.destroy(mem);
-            return Err(match e {
-                Fault::OutOfMemory { limit } => CreateError::TooSmall { needed: limit + 1, limit },
-                _ => CreateError::MachineOutOfMemory,
-            });
+            return Err(CreateError::from_fault(e, limit + 1));
         }
         Ok(Self {
             name: name.into(),

@@ -27,9 +27,20 @@ use abi::control::Refusal;
 use alloc::format;
 use alloc::string::String;
 use core::sync::atomic::Ordering;
+use hermit_entry::boot_info::RawBootInfo;
 
 /// Clones made with a line each on the console; past them, a summary.
 const QUIET_AFTER: u32 = 3;
+
+/// What every clone of one `clone_guests` call shares: the template's
+/// settings and image, and the boot record made from them.
+struct Batch {
+    st: Settings,
+    image: usize,
+    image_name: String,
+    boot: RawBootInfo,
+    heap_start: u64,
+}
 
 /// Clones the manifest asks for (`warm`, `from`), made once their
 /// template first blocks and is parked.
@@ -72,12 +83,29 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         if let Some((_, taken)) = self.statuses().find(|(_, s)| clash(&s.name)) {
             return Err(Refusal::new(Exists, format!("a guest named {} exists already", taken.name)));
         }
+        // What every clone of the batch starts with: its heap after the
+        // rings its settings give, its boot record.
+        let heap_start = abi::layout::heap_start(if st.tenant == TENANT_NONE { 0 } else { st.ring_slots });
+        let batch = {
+            let images = self.images.lock();
+            let img = images
+                .get(image)
+                .and_then(|e| e.image.as_ref().ok())
+                .ok_or_else(|| Refusal::new(NoRoom, String::from("its template's image is gone")))?;
+            Batch {
+                st,
+                image,
+                image_name: img.name.clone(),
+                boot: super::create::boot_info(img, heap_start, st.memory, &self.time),
+                heap_start,
+            }
+        };
         let out = |l: &str| self.platform.console_line(l);
         let mut made = Cloned { first: name_of(0), tenant: (st.tenant != TENANT_NONE).then_some(st.tenant), ..Cloned::default() };
         let mut create_ns = 0;
         for i in 0..n {
             let nm = name_of(i);
-            match self.clone_one(tid, &nm, &st, image) {
+            match self.clone_one(tid, &nm, &batch) {
                 Ok(c) => {
                     made.count += 1;
                     create_ns += c.create_ns;
@@ -108,17 +136,17 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
     }
 
     /// Makes one clone of guest `tid` named `name`.
-    fn clone_one(&self, tid: usize, name: &str, st: &Settings, image: usize) -> Result<Created, String> {
+    fn clone_one(&self, tid: usize, name: &str, batch: &Batch) -> Result<Created, String> {
         let mut creating = self.creating.lock();
         let (heap, heap_used) = self.platform.heap_usage();
         if heap - heap_used < super::create::HEAP_HEADROOM {
             return Err(format!("the hypervisor's heap is full ({} used)", sizes(heap_used as u64)));
         }
         let id = self.take_id(&mut creating).ok_or_else(|| format!("no room for more guests ({} at most at once)", self.status.len()))?;
-        let made = self.clone_as(id, &mut creating, tid, name, st, image);
+        let made = self.clone_as(id, &mut creating, tid, name, batch);
         match made {
             Ok((g, events, created)) => {
-                self.publish(id, g, events, name, created.ip.is_some(), st, image, 0, &mut creating);
+                self.publish(id, g, events, name, created.ip.is_some(), &batch.st, batch.image, 0, &mut creating);
                 Ok(created)
             }
             Err(e) => {
@@ -136,17 +164,11 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         creating: &mut super::create::Creating,
         tid: usize,
         name: &str,
-        st: &Settings,
-        image: usize,
+        batch: &Batch,
     ) -> Result<(Guest, P::Events, Created), String> {
+        let (st, heap_start) = (&batch.st, batch.heap_start);
         let created_ns = self.now();
         let nic = if st.tenant == TENANT_NONE { None } else { Some(creating.address(id, st)?) };
-        let heap_start = abi::layout::heap_start(nic.as_ref().map_or(0, |i| i.ring_slots));
-        let (image_name, boot) = {
-            let images = self.images.lock();
-            let img = images.get(image).and_then(|e| e.image.as_ref().ok()).ok_or("its template's image is gone")?;
-            (img.name.clone(), super::create::boot_info(img, heap_start, st.memory, &self.time))
-        };
         let mut mem = self.platform.mem();
         // The template out of the table while its pages are shared and its
         // rings copied: no CPU runs or ends it meanwhile.
@@ -155,7 +177,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         };
         let made = (|| {
             let mut g = Guest::clone_from(&mut template, &mut mem, self.guest_upper, name, heap_start, |m, page| {
-                self.platform.write_boot_info(page, boot);
+                self.platform.write_boot_info(page, batch.boot);
                 if let Some(info) = &nic {
                     m.write(page, abi::layout::NIC_INFO_OFFSET as usize, &info.to_bytes());
                 }
@@ -167,7 +189,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             };
             if let Some(info) = &nic {
                 let at = g.published_ring_indices(&mem);
-                if let Err(e) = attach_nic(&self.platform, &mut g, &mut mem, &self.net, st, info, id, &events, Some(&mut template), at) {
+                if let Err(e) = attach_nic(&self.platform, &mut g, &mut mem, &self.net, st, info, id, &events, Some(&template), at) {
                     g.destroy(&mut mem);
                     return Err(e);
                 }
@@ -181,11 +203,12 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         g.console_limit = crate::limit::TokenBucket::new(st.limits.console_bytes);
         g.kick_limit = crate::limit::TokenBucket::new(st.limits.notifications);
         g.stats.create_ns = self.now() - created_ns;
+        let image_name = &batch.image_name;
         let describe = match &nic {
             Some(n) => format!("image {image_name}, ip {}.{}.{}.{}, tenant {}", n.ipv4[0], n.ipv4[1], n.ipv4[2], n.ipv4[3], st.tenant),
             None => format!("image {image_name}"),
         };
-        let created = Created { create_ns: g.stats.create_ns, ip: nic.as_ref().map(|n| n.ipv4), describe };
+        let created = Created { id, create_ns: g.stats.create_ns, ip: nic.as_ref().map(|n| n.ipv4), describe };
         Ok((g, events, created))
     }
 }

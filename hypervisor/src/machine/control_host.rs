@@ -10,7 +10,7 @@
 use super::create::{ImageEntry, digest, image_budget};
 use super::network::{CaptureTarget, Captured};
 use super::report::sizes;
-use super::{EXITED, GuestStatus, MAX_IMAGES, Machine, Network, PAUSED, Platform, STATES, WAITING};
+use super::{EXITED, GuestStatus, MAX_IMAGES, Machine, Network, Platform, STATES};
 use crate::control::{Cloned, ControlHost, Input, Session, json_line};
 use abi::bundle::Settings;
 use abi::control::Reason::{Ended, Exists, InUse, NotEnded, NotFound, NotPaused};
@@ -262,8 +262,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
         }
         // Parked: runnable again (one still on its way to its park sees the
         // request gone and wakes itself, `cpu_loop`).
-        if status.state.compare_exchange(PAUSED, WAITING, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-            self.paused.fetch_sub(1, Ordering::AcqRel);
+        if self.unpark(&status) {
             self.wake(id, 0);
         }
         Ok(())

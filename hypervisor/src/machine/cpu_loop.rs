@@ -161,9 +161,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             self.scheds[me].lock().put(id, now, 0, Leave::Blocked { deadline: u64::MAX });
             // `resume` may have cleared the request before it saw PAUSED.
             if !status.pause_requested.load(Ordering::Acquire) {
-                if status.state.compare_exchange(PAUSED, WAITING, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-                    self.paused.fetch_sub(1, Ordering::AcqRel);
-                }
+                self.unpark(&status);
                 self.scheds[me].lock().wake(id, now);
             }
             // The manifest's clones of it, if it was their template.

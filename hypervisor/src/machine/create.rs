@@ -107,6 +107,7 @@ pub fn digest(data: &[u8]) -> [u8; 32] {
 
 /// A guest just created.
 pub(super) struct Created {
+    pub id: usize,
     pub create_ns: u64,
     pub ip: Option<[u8; 4]>,
     /// For the `started` line: image, memory, address, tenant.
@@ -156,7 +157,6 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             let mut nic_range: (Option<[u8; 4]>, Option<[u8; 4]>) = (None, None);
             let manifest_args: Vec<&str> = entry.args().collect();
             let st = entry.settings;
-            let first = self.high.load(Ordering::Relaxed);
             if let abi::bundle::Start::From(t) = entry.start {
                 // Made once their template has started and first blocked.
                 firsts.push(None);
@@ -171,10 +171,15 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             }
             let warm = entry.start == abi::bundle::Start::Warm;
             let booted = if warm { entry.count.min(1) } else { entry.count };
+            // Instance 0, if it started.
+            let mut zero = None;
             for i in 0..booted {
                 let name = format!("{}-{i}", entry.name);
                 match self.create_guest(&name, entry.image as usize, &st, &manifest_args, &[], 0) {
                     Ok(c) => {
+                        if i == 0 {
+                            zero = Some(c.id);
+                        }
                         create_ns += c.create_ns;
                         started += 1;
                         if let Some(ip) = c.ip {
@@ -195,8 +200,6 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
                     }
                 }
             }
-            // Instance 0, if it is the one just made.
-            let zero = self.find(&format!("{}-0", entry.name)).filter(|&id| id >= first);
             firsts.push(zero);
             if warm && entry.count > 1 {
                 match zero {
@@ -360,7 +363,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             ),
             None => format!("image {}, memory {}", img.name, sizes(st.memory)),
         };
-        let created = Created { create_ns: g.stats.create_ns, ip: nic.as_ref().map(|n| n.ipv4), describe };
+        let created = Created { id, create_ns: g.stats.create_ns, ip: nic.as_ref().map(|n| n.ipv4), describe };
         self.publish(id, g, events, name, nic.is_some(), st, image, watch, creating);
         Ok(created)
     }
@@ -474,7 +477,7 @@ pub(super) fn attach_nic<P: Platform>(
     info: &abi::NicInfo,
     id: usize,
     events: &P::Events,
-    copy: Option<&mut Guest>,
+    copy: Option<&Guest>,
     at: (u32, u32),
 ) -> Result<(), String> {
     let (tx, rx) = nic_rings(platform, g, mem, info, events, copy)?;
@@ -501,7 +504,7 @@ fn nic_rings<P: Platform>(
     mem: &mut impl PhysMem,
     info: &abi::NicInfo,
     events: &P::Events,
-    mut copy: Option<&mut Guest>,
+    copy: Option<&Guest>,
 ) -> Result<(P::Ring, P::Ring), String> {
     // (Checked by `create_as`.)
     let slots = info.ring_slots;
@@ -509,7 +512,7 @@ fn nic_rings<P: Platform>(
         platform
             .ring(events, indices, slots, |i, page| {
                 let va = base + i as u64 * FRAME_SIZE;
-                if let Some(from) = copy.as_deref_mut().and_then(|t| t.memory.space.translate(mem, va)) {
+                if let Some(from) = copy.and_then(|t| t.memory.space.translate(mem, va)) {
                     mem.copy_frame(page, from.0);
                 }
                 g.memory.map_private(mem, va, page, Pte::WRITABLE | Pte::NO_EXECUTE)

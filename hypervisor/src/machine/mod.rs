@@ -249,6 +249,16 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         self.status[id].get().expect("a created guest has a status")
     }
 
+    /// A parked guest's state back to waiting (counted); whether it was
+    /// parked.
+    fn unpark(&self, status: &GuestStatus) -> bool {
+        let was = status.state.compare_exchange(PAUSED, WAITING, Ordering::AcqRel, Ordering::Relaxed).is_ok();
+        if was {
+            self.paused.fetch_sub(1, Ordering::AcqRel);
+        }
+        was
+    }
+
     /// The id of the guest called `name`.
     fn find(&self, name: &str) -> Option<usize> {
         self.statuses().find(|(_, b)| b.name == name).map(|(id, _)| id)
