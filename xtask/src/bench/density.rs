@@ -38,13 +38,13 @@ fn echo_entry(count: usize, warm: bool) -> Guest {
     if warm { g.warm() } else { g }
 }
 
-/// `[hv] N clones of e-0 made in X us of hypervisor time (Y ns each)`: (N, X).
-fn clones_line(console: &str) -> Option<(u64, u64)> {
-    let l = console.lines().find(|l| l.starts_with("[hv] ") && l.contains(" clones of e-0 made in "))?;
-    let mut w = l.split_whitespace();
-    let n = w.nth(1)?.parse().ok()?;
-    let us = w.nth(5)?.parse().ok()?;
-    Some((n, us))
+/// `[hv] N clones of TEMPLATE made in X us of hypervisor time (...)`: (N, X).
+fn clones_line(console: &str, template: &str) -> Option<(u64, u64)> {
+    let made = format!(" clones of {template} made in ");
+    console.lines().find_map(|l| {
+        let (n, rest) = l.strip_prefix("[hv] ")?.split_once(&made)?;
+        Some((n.parse().ok()?, rest.split_whitespace().next()?.parse().ok()?))
+    })
 }
 
 fn field(v: &Value, k: &str) -> u64 {
@@ -133,15 +133,7 @@ impl Bench {
             Manifest::new([template, clones]),
             Duration::from_secs(600),
         )?;
-        let (clone_count, clone_us) = cloned
-            .out
-            .console
-            .lines()
-            .find_map(|l| {
-                let rest = l.strip_prefix("[hv] ")?.split_once(" clones of t-0 made in ")?;
-                Some((rest.0.parse::<u64>().ok()?, rest.1.split_whitespace().next()?.parse::<u64>().ok()?))
-            })
-            .context("no clone line in the clone/destroy boot")?;
+        let (clone_count, clone_us) = clones_line(&cloned.out.console, "t-0").context("no clone line in the clone/destroy boot")?;
         let clone_ran = cloned.out.console.matches("| later: c-").count();
         let (clone_free_before, clone_free_after) =
             free_before_after(&cloned.out.console).context("no free-memory lines in the clone/destroy boot")?;
@@ -281,13 +273,16 @@ impl Bench {
             Duration::from_secs(300),
             |l| {
                 // Clones go on from a template that was listening.
-                let all = if warm { clones_line(l).is_some() } else { l.contains("| echo: listening") };
-                if all || l.contains("| echo: listening") {
-                    listening += if all && warm { PROBE - 1 } else { 1 };
-                    if listening == PROBE {
-                        std::thread::sleep(Duration::from_secs(1));
-                        return Reply::Type(b"stats\n".to_vec());
-                    }
+                let before = listening;
+                if l.contains("| echo: listening") {
+                    listening += 1;
+                }
+                if let Some((n, _)) = clones_line(l, "e-0") {
+                    listening += n as usize;
+                }
+                if before < PROBE && listening >= PROBE {
+                    std::thread::sleep(Duration::from_secs(1));
+                    return Reply::Type(b"stats\n".to_vec());
                 }
                 if listening >= PROBE && l.starts_with(MACHINE_PREFIX) { Reply::Stop } else { Reply::Continue }
             },
@@ -318,7 +313,7 @@ impl Bench {
             manifest,
             Duration::from_secs(900 + guests as u64 / 10),
             |l| {
-                if warm && let Some((n, _)) = clones_line(l) {
+                if let Some((n, _)) = clones_line(l, "e-0") {
                     listening += n as usize;
                     progress(&format!("  {l}"));
                 }
@@ -382,7 +377,7 @@ impl Bench {
             warm,
             guests,
             started: listening,
-            created_ms: created_line(&text).map_or(0, |(_, ms)| ms) + clones_line(&text).map_or(0, |(_, us)| us / 1000),
+            created_ms: created_line(&text).map_or(0, |(_, ms)| ms) + clones_line(&text, "e-0").map_or(0, |(_, us)| us / 1000),
             create_us: (quantile(&mut col(|s| s.create_ns), 0.5) / 1000, quantile(&mut col(|s| s.create_ns), 0.99) / 1000),
             boot_cpu_us: (quantile(&mut col(|s| s.cpu_ns), 0.5) / 1000, quantile(&mut col(|s| s.cpu_ns), 0.99) / 1000),
             all_entered_ms: (entered.iter().max().unwrap_or(&0) - created.iter().min().unwrap_or(&0)) / 1_000_000,
@@ -406,8 +401,11 @@ mod tests {
         let c = "[hv] 2 CPUs, 1023 MiB RAM, 980108 KiB free for guests; nx=true\n\
                  [hv] uplink: virtio-net 52:54:00:12:34:56, tenant 0, 1052 KiB of queues\n\
                  [hv] created 2000 guests in 593 ms of hypervisor time (296 us each)\n\
+                 [hv] 1999 clones of e-0 made in 91234 us of hypervisor time (45640 ns each)\n\
                  [hv] no guests left: 2000 exited, 0 stopped, 0 not started; 979056 KiB free\n";
         assert_eq!(created_line(c), Some((2000, 593)));
+        assert_eq!(clones_line(c, "e-0"), Some((1999, 91234)));
+        assert_eq!(clones_line(c, "t-0"), None);
         assert_eq!(free_before_after(c), Some((979056, 979056)));
         assert_eq!(quantile(&mut [5, 1, 3, 2, 4], 0.5), 3);
         assert_eq!(quantile(&mut [5, 1, 3, 2, 4], 0.99), 5);
