@@ -118,9 +118,25 @@ async fn sink(port: u16, buffer: usize) -> i32 {
     }
 }
 
+/// How long a client waits for a server that is still starting (its
+/// connection refused) before it gives up.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Connects, retrying every 100 ms while the server refuses (it may not
+/// listen yet: guests of one machine start in any order) for [`PATIENCE`].
+async fn connect(ip: Ipv4, port: u16) -> Result<TcpStream, libos::net::Error> {
+    let give_up = Instant::now() + PATIENCE;
+    loop {
+        match TcpStream::connect(ip, port).await {
+            Err(_) if Instant::now() < give_up => libos::task::sleep(Duration::from_millis(100)).await,
+            done => return done,
+        }
+    }
+}
+
 async fn client(ip: Ipv4, n: u32, port: u16) -> i32 {
     let start = Instant::now();
-    let mut conn = match TcpStream::connect(ip, port).await {
+    let mut conn = match connect(ip, port).await {
         Ok(c) => c,
         Err(e) => {
             println!("client: cannot connect: {e:?}");
@@ -160,7 +176,8 @@ async fn client(ip: Ipv4, n: u32, port: u16) -> i32 {
 
 /// Sends one `size`-byte datagram to the echo at `ip` and checks that it
 /// comes back whole (between guests nothing is lost: smoltcp holds the
-/// datagram until ARP answers); then echoes `messages` over TCP as
+/// datagram until ARP answers; it is sent again while the server is not
+/// there yet); then echoes `messages` over TCP as
 /// `client` does.
 async fn udp_big(ip: Ipv4, size: usize, messages: u32, port: u16) -> i32 {
     let Ok(mut udp) = UdpSocket::bind(40_000) else {
@@ -169,8 +186,21 @@ async fn udp_big(ip: Ipv4, size: usize, messages: u32, port: u16) -> i32 {
     };
     let msg: Vec<u8> = (0..size).map(|i| (i * 7 + i / 253) as u8).collect();
     let mut back = vec![0u8; 65536];
-    let _ = udp.send_to(&msg, ip, port);
-    match udp.recv_from(&mut back).await {
+    // Sent again every 500 ms until the echo comes: the server may not
+    // have bound its port yet (guests of one machine start in any order).
+    let give_up = Instant::now() + PATIENCE;
+    let answer = loop {
+        let _ = udp.send_to(&msg, ip, port);
+        match libos::task::timeout(Duration::from_millis(500), udp.recv_from(&mut back)).await {
+            Some(answer) => break answer,
+            None if Instant::now() < give_up => {}
+            None => {
+                println!("udp-big: no echo in {} s", PATIENCE.as_secs());
+                return 1;
+            }
+        }
+    };
+    match answer {
         Ok((n, _, _)) if back[..n] == msg[..] => println!("udp-big: {size} bytes echoed whole in one datagram"),
         Ok((n, _, _)) => {
             println!("udp-big: the echo differs ({n} bytes)");
