@@ -517,17 +517,37 @@ pub fn detach(p: &Prepared, dir: &Path) -> Result<Instance> {
         "elfs": p.elfs.iter().map(|(n, e)| (n.clone(), e.display().to_string())).collect::<std::collections::BTreeMap<_, _>>(),
     });
     crate::pack::write_atomically(&dir.join("instance.json"), serde_json::to_string_pretty(&info)?.as_bytes())?;
-    // Wait until the hypervisor answers (QEMU makes the socket at once).
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Wait until the hypervisor answers (QEMU makes the socket at once,
+    // and holds what a client writes until the hypervisor's driver is up).
+    // Each try is a fresh connection given 10 s, so one lost request
+    // cannot use up the whole wait; a retry is said, being a sign of one.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let probe = || -> Result<()> {
+        let conn = inst.connect()?;
+        conn.stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        (&conn.stream).write_all(b"list\n")?;
+        read_answer(&mut BufReader::new(&conn.stream)).map(drop)
+    };
+    let mut attempt = 0;
     loop {
-        match inst.request("list") {
-            Ok(_) => {
+        attempt += 1;
+        match probe() {
+            Ok(()) => {
+                if attempt > 1 {
+                    eprintln!("note: the detached hypervisor answered at try {attempt}");
+                }
                 qemu.detach();
                 return Ok(inst);
             }
             Err(_) if Instant::now() < deadline && alive(inst.pid) => std::thread::sleep(Duration::from_millis(200)),
             Err(e) => {
-                bail!("the detached hypervisor does not answer: {e:#}\n{}", fs::read_to_string(dir.join("qemu.err")).unwrap_or_default())
+                let console = fs::read_to_string(inst.console()).unwrap_or_default();
+                let tail: Vec<&str> = console.lines().rev().take(20).collect();
+                bail!(
+                    "the detached hypervisor does not answer (try {attempt}): {e:#}\n{}\nits console ends:\n{}",
+                    fs::read_to_string(dir.join("qemu.err")).unwrap_or_default(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
             }
         }
     }
