@@ -57,6 +57,13 @@ pub const EVENT_PAGE: u64 = TIME_PAGE + PAGE_SIZE;
 /// (`time::events::CLONED`). Written by the hypervisor only while the
 /// guest is on no CPU.
 pub const EVENT_GENERATION_OFFSET: u64 = 8;
+/// Offset in the shared page of the clock offset (`i64` ns, ABI 8): the
+/// guest's monotonic clock is the time page's plus this. 0 for a guest
+/// that booted here; a guest restored from a snapshot goes on from the
+/// clock it had when it was saved (`snapshot`), on any hypervisor, so its
+/// timers are durations. `block` deadlines are on the guest's clock.
+/// Written by the hypervisor only while the guest is on no CPU.
+pub const EVENT_CLOCK_OFFSET: u64 = 16;
 /// Offsets in the shared page of the TX and RX rings' index blocks (each
 /// `prod` at +0, `cons` at +64: `ring::PROD_OFFSET`, `ring::CONS_OFFSET`).
 pub const NIC_TX_INDICES: u64 = 0x100;
@@ -108,7 +115,7 @@ const _: () = {
     assert!(crate::ring::slots_bytes(crate::ring::SLOTS_MIN).is_multiple_of(PAGE_SIZE as usize), "ring sizes are whole pages");
     assert!(heap_start(crate::ring::SLOTS_MAX) + HEAP_LEN <= USER_END);
     assert!((heap_start(crate::ring::SLOTS_MAX) + HEAP_BIG_OFFSET) >> 30 == WINDOW >> 30, "big blocks start in the window's GiB");
-    assert!(NIC_TX_INDICES >= EVENT_GENERATION_OFFSET + 8 && NIC_TX_INDICES + crate::ring::CONS_OFFSET as u64 + 4 <= NIC_RX_INDICES);
+    assert!(NIC_TX_INDICES >= EVENT_CLOCK_OFFSET + 8 && EVENT_CLOCK_OFFSET >= EVENT_GENERATION_OFFSET + 8 && NIC_TX_INDICES + crate::ring::CONS_OFFSET as u64 + 4 <= NIC_RX_INDICES);
     assert!(NIC_RX_INDICES + crate::ring::CONS_OFFSET as u64 + 4 <= PAGE_SIZE);
     assert!(NIC_INFO_OFFSET >= START_INFO_OFFSET + core::mem::size_of::<crate::StartInfo>() as u64);
     assert!(NIC_INFO_OFFSET + core::mem::size_of::<crate::NicInfo>() as u64 <= START_STRINGS_OFFSET);

@@ -32,12 +32,13 @@ mod record;
 #[cfg(feature = "alloc")]
 pub mod report;
 pub mod ring;
+pub mod snapshot;
 pub mod stop;
 pub mod time;
 
 /// Version of this contract. Images carry the version they were built
 /// against in an ELF note ([`note`]); the hypervisor refuses any other.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// Hypercall numbers, passed in `rax` to `syscall`.
 ///

@@ -31,8 +31,9 @@ use serde::{Deserialize, Serialize};
 /// `tenants`, `tenant-remove`, `wait`, `events` and `console`; 5: `remove`
 /// (an ended guest's record is kept until removed, or until its room is
 /// needed: guest names and room are reused); 6: `pause`, `resume`,
-/// `clone` and the `paused` state.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// `clone` and the `paused` state; 7: `snapshot`, `restore-begin`,
+/// `restore-end` (`crate::snapshot`).
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Clients a hypervisor serves at once on a virtio console (a port each:
 /// `run --detach` makes the sockets `control.sock`, `control-1.sock`, ...);
@@ -69,6 +70,9 @@ pub const ARGS_MAX: usize = 16;
 pub const ENV_MAX: usize = 64;
 /// Largest image an upload may announce (64 MiB).
 pub const IMAGE_BYTES_MAX: usize = 64 << 20;
+/// Largest snapshot a `restore-begin` may announce (1 GiB; the
+/// hypervisor's heap must also have room for it).
+pub const SNAPSHOT_BYTES_MAX: usize = 1 << 30;
 /// A request line, or an upload, quiet for this long is dropped.
 pub const STALL_NS: u64 = 5_000_000_000;
 
@@ -92,6 +96,9 @@ pub enum ControlError {
     NoUpload,
     /// The uploaded image is not one the hypervisor can run.
     ImageRejected { name: String, why: String },
+    /// The uploaded snapshot (protocol 7) was refused: malformed, altered,
+    /// of another ABI, for an image not loaded, or no room for the guest.
+    SnapshotRejected { name: String, why: String },
     /// The hypervisor refused `start`, `stop` or `capture`, for the reason
     /// given (no such guest, no memory, ...).
     Refused(Refusal),
@@ -165,6 +172,7 @@ pub enum ErrorKind {
     UploadLength,
     NoUpload,
     ImageRejected,
+    SnapshotRejected,
     /// [`ControlError::Refused`]: `start`, `stop` or `capture` refused.
     Refused,
     /// The hypervisor could not write its answer (a bug; never expected).
@@ -183,6 +191,7 @@ impl ControlError {
             Self::UploadLength => ErrorKind::UploadLength,
             Self::NoUpload => ErrorKind::NoUpload,
             Self::ImageRejected { .. } => ErrorKind::ImageRejected,
+            Self::SnapshotRejected { .. } => ErrorKind::SnapshotRejected,
             Self::Refused(_) => ErrorKind::Refused,
         }
     }
@@ -203,8 +212,9 @@ impl fmt::Display for ControlError {
             Self::NoImageSlot => f.write_str("no room for another image (the most are loaded already)"),
             Self::NoHeapRoom => f.write_str("the hypervisor's heap has no room for that image now"),
             Self::UploadLength => f.write_str("the upload did not match its length"),
-            Self::NoUpload => f.write_str("no upload in progress (image-begin first)"),
+            Self::NoUpload => f.write_str("no upload in progress (image-begin or restore-begin first)"),
             Self::ImageRejected { name, why } => write!(f, "image {name} rejected: {why}"),
+            Self::SnapshotRejected { name, why } => write!(f, "snapshot for {name} rejected: {why}"),
             Self::Refused(r) => f.write_str(&r.why),
         }
     }
@@ -283,6 +293,15 @@ pub enum Response {
         #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
         error: Option<String>,
     },
+    /// `snapshot` (protocol 7): the paused guest's state, `bytes` long
+    /// with this SHA-256 (`sha256:HEX`), follows in `snapshot_data`
+    /// records, in order.
+    Snapshot { snapshot: String, bytes: u64, digest: String },
+    /// The next part of a snapshot, in hex (at most [`CHUNK_MAX`] bytes).
+    SnapshotData { snapshot_data: String },
+    /// `restore-end` (protocol 7): the guest is created from the snapshot
+    /// and runnable; its address if it has a vNIC, and its tenant.
+    Restored { restored: String, ip: Option<String>, tenant: Option<u32> },
     /// `capture`: frames follow.
     Capturing { capturing: String },
     /// A captured frame (hex), with the wall-clock time it passed.
@@ -336,7 +355,10 @@ impl Response {
     /// rather than the answer to a request: a client waiting for an
     /// answer skips these (or handles them) and reads on.
     pub fn is_pushed(&self) -> bool {
-        matches!(self, Response::Event(_) | Response::Console { .. } | Response::LinesDropped { .. } | Response::Frame { .. })
+        matches!(
+            self,
+            Response::Event(_) | Response::Console { .. } | Response::LinesDropped { .. } | Response::Frame { .. } | Response::SnapshotData { .. }
+        )
     }
 }
 

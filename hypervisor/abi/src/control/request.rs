@@ -12,7 +12,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use super::{ARGS_MAX, CHUNK_MAX, ENV_MAX, IMAGE_BYTES_MAX};
+use super::{ARGS_MAX, CHUNK_MAX, ENV_MAX, IMAGE_BYTES_MAX, SNAPSHOT_BYTES_MAX};
 use crate::MAX_TENANTS;
 use crate::bundle::Limits;
 
@@ -72,6 +72,14 @@ pub enum Request<'a> {
     /// paused guest TEMPLATE's pages copy-on-write; NAME, or NAME-0 ..
     /// NAME-(COUNT-1) when COUNT is given.
     Clone { template: &'a str, name: &'a str, count: Option<u32> },
+    /// `snapshot NAME` (protocol 7): the paused guest's state, streamed.
+    Snapshot(&'a str),
+    /// `restore-begin NAME LEN [TENANT]` (protocol 7): an upload of a
+    /// snapshot of LEN bytes from which guest NAME is made (in TENANT, or
+    /// the snapshot's), its chunks `image-data` lines.
+    RestoreBegin { name: &'a str, len: usize, tenant: Option<Tenant<'a>> },
+    /// `restore-end`
+    RestoreEnd,
 }
 
 /// Most clones one `clone` request makes.
@@ -205,6 +213,7 @@ pub enum RequestError {
     CaptureUsage,
     NeedsName,
     CloneUsage,
+    RestoreUsage,
 }
 
 impl fmt::Display for RequestError {
@@ -212,8 +221,8 @@ impl fmt::Display for RequestError {
         f.write_str(match self {
             Self::Empty => "empty request",
             Self::Unknown => {
-                "unknown request (list, stats, stop, remove, pause, resume, clone, capture, images, image-begin, image-data, \
-                 image-end, image-remove, start, tenants, tenant-remove, wait, events, console, version)"
+                "unknown request (list, stats, stop, remove, pause, resume, clone, snapshot, restore-begin, restore-end, capture, images, \
+                 image-begin, image-data, image-end, image-remove, start, tenants, tenant-remove, wait, events, console, version)"
             }
             Self::TooManyWords => "too many words",
             Self::TooLong => "request too long",
@@ -233,8 +242,12 @@ impl fmt::Display for RequestError {
                 "start: options before -- are weight=1..10000, cap=1..100, ring_slots=2..512 (a power of two), \
                  nic_packets=, nic_bytes=, nic_broadcasts=, console_bytes=, notifications= (per second, 0: none), watch"
             }
-            Self::NeedsName => "image-remove, tenant-remove, wait, console, remove, pause and resume need one name",
+            Self::NeedsName => "image-remove, tenant-remove, wait, console, remove, pause, resume and snapshot need one name",
             Self::CloneUsage => "clone needs TEMPLATE NAME [COUNT]: NAME 1 to 64 of [a-z0-9_-], COUNT 1 to 65536",
+            Self::RestoreUsage => {
+                "restore-begin needs NAME LEN [TENANT]: NAME 1 to 64 of [a-z0-9_-], LEN 1 to 1073741824, TENANT a number below 256, \
+                 a name or none"
+            }
             Self::CaptureUsage => "capture needs a guest or tenant:N, a frame count and seconds, both above 0",
         })
     }
@@ -319,6 +332,16 @@ pub fn write_hex(f: &mut impl fmt::Write, bytes: &[u8]) -> fmt::Result {
     Ok(())
 }
 
+/// The tenant a word names: `none`, a number below [`MAX_TENANTS`], or a
+/// name.
+fn tenant(word: &str) -> Option<Tenant<'_>> {
+    match word {
+        "none" => Some(Tenant::None),
+        t if good_tenant_name(t) => Some(Tenant::Named(t)),
+        t => t.parse().ok().filter(|&t| t < MAX_TENANTS).map(Tenant::Number),
+    }
+}
+
 /// Parses one request line (without its newline).
 pub fn parse(line: &str) -> Result<Request<'_>, RequestError> {
     use RequestError as E;
@@ -340,12 +363,7 @@ pub fn parse(line: &str) -> Result<Request<'_>, RequestError> {
         (Some("start"), Some(name)) => {
             let image = words.next().ok_or(E::StartUsage)?;
             let memory = words.next().and_then(|w| w.parse().ok()).filter(|&m| m > 0).ok_or(E::StartMemory)?;
-            let tenant = match words.next() {
-                Some("none") => Tenant::None,
-                Some(t) if good_tenant_name(t) => Tenant::Named(t),
-                Some(t) => Tenant::Number(t.parse().ok().filter(|&t| t < MAX_TENANTS).ok_or(E::StartTenant)?),
-                None => return Err(E::StartUsage),
-            };
+            let tenant = tenant(words.next().ok_or(E::StartUsage)?).ok_or(E::StartTenant)?;
             let rest: Vec<&str> = words.by_ref().collect();
             // Options only before a `--`; without one every word is an
             // argument (protocol 3's form).
@@ -391,7 +409,23 @@ pub fn parse(line: &str) -> Result<Request<'_>, RequestError> {
         (Some("remove"), Some(w)) => Request::Remove(w),
         (Some("pause"), Some(w)) => Request::Pause(w),
         (Some("resume"), Some(w)) => Request::Resume(w),
-        (Some("image-remove" | "tenant-remove" | "wait" | "console" | "remove" | "pause" | "resume"), None) => return Err(E::NeedsName),
+        (Some("snapshot"), Some(w)) => Request::Snapshot(w),
+        (Some("restore-begin"), Some(name)) => {
+            let len = words.next().and_then(|w| w.parse().ok()).filter(|l| (1..=SNAPSHOT_BYTES_MAX).contains(l));
+            let tenant = match words.next() {
+                Some(w) => Some(tenant(w).ok_or(E::RestoreUsage)?),
+                None => None,
+            };
+            match len {
+                Some(len) if good_name(name) && !name.contains('.') => Request::RestoreBegin { name, len, tenant },
+                _ => return Err(E::RestoreUsage),
+            }
+        }
+        (Some("restore-begin"), None) => return Err(E::RestoreUsage),
+        (Some("restore-end"), None) => Request::RestoreEnd,
+        (Some("image-remove" | "tenant-remove" | "wait" | "console" | "remove" | "pause" | "resume" | "snapshot"), None) => {
+            return Err(E::NeedsName);
+        }
         (Some("clone"), Some(template)) => {
             let name = words.next().filter(|n| good_name(n) && !n.contains('.')).ok_or(E::CloneUsage)?;
             let count = match words.next() {
@@ -470,6 +504,10 @@ impl fmt::Display for Request<'_> {
             Self::Wait(w) => write!(f, "wait {w}"),
             Self::Events => f.write_str("events"),
             Self::Console(w) => write!(f, "console {w}"),
+            Self::Snapshot(w) => write!(f, "snapshot {w}"),
+            Self::RestoreBegin { name, len, tenant: None } => write!(f, "restore-begin {name} {len}"),
+            Self::RestoreBegin { name, len, tenant: Some(t) } => write!(f, "restore-begin {name} {len} {t}"),
+            Self::RestoreEnd => f.write_str("restore-end"),
         }
     }
 }

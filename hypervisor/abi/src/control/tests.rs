@@ -17,7 +17,20 @@ fn answers_print_as_they_always_did_and_read_back() {
         received_frames: 4,
     };
     let cases: &[(Response, &str)] = &[
-        (Response::version(), r#"{"protocol":6,"abi":7}"#),
+        (Response::version(), r#"{"protocol":7,"abi":8}"#),
+        (
+            Response::Snapshot { snapshot: "e".into(), bytes: 9, digest: "sha256:ab".into() },
+            r#"{"snapshot":"e","bytes":9,"digest":"sha256:ab"}"#,
+        ),
+        (Response::SnapshotData { snapshot_data: "00ff".into() }, r#"{"snapshot_data":"00ff"}"#),
+        (
+            Response::Restored { restored: "e2".into(), ip: Some("10.1.0.2".into()), tenant: Some(1) },
+            r#"{"restored":"e2","ip":"10.1.0.2","tenant":1}"#,
+        ),
+        (
+            ControlError::SnapshotRejected { name: "e2".into(), why: "the snapshot is truncated".into() }.into(),
+            r#"{"error":"snapshot for e2 rejected: the snapshot is truncated","kind":"snapshot_rejected"}"#,
+        ),
         (Response::Pausing { pausing: "t".into() }, r#"{"pausing":"t"}"#),
         (Response::Resumed { resumed: "t".into() }, r#"{"resumed":"t"}"#),
         (
@@ -77,7 +90,7 @@ fn answers_print_as_they_always_did_and_read_back() {
         (Response::Capturing { capturing: "tenant:1".into() }, r#"{"capturing":"tenant:1"}"#),
         (Response::frame(5, &[0, 0xab]), r#"{"wall_ns":5,"frame":"00ab"}"#),
         (Response::Captured { captured: 3, dropped: 1 }, r#"{"captured":3,"dropped":1}"#),
-        (ControlError::NoUpload.into(), r#"{"error":"no upload in progress (image-begin first)","kind":"no_upload"}"#),
+        (ControlError::NoUpload.into(), r#"{"error":"no upload in progress (image-begin or restore-begin first)","kind":"no_upload"}"#),
         (ControlError::Refused(String::from("a \"quoted\"\nname").into()).into(), r#"{"error":"a \"quoted\"\nname","kind":"refused"}"#),
         (
             ControlError::Refused(Refusal::new(Reason::NotFound, "no guest x".into())).into(),
