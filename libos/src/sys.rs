@@ -62,6 +62,17 @@ pub fn generation() -> u64 {
     word.load(Ordering::Acquire)
 }
 
+/// The clock offset (ABI 8, ns): the guest's monotonic clock is the time
+/// page's plus this; not 0 only in a guest restored from a snapshot.
+#[inline(always)]
+pub fn clock_offset() -> i64 {
+    // SAFETY: as for `generation`: the word lies inside the shared page,
+    // 8-byte aligned (abi::layout checks it), and the hypervisor writes it
+    // only while the guest is on no CPU.
+    let word = unsafe { &*((layout::EVENT_PAGE + layout::EVENT_CLOCK_OFFSET) as *const AtomicU64) };
+    word.load(Ordering::Relaxed) as i64
+}
+
 /// A random number from the CPU's RDRAND, if it has the instruction
 /// (CPUID.1:ECX bit 30) and it delivered within a few tries.
 pub fn rdrand() -> Option<u64> {

@@ -6,7 +6,9 @@ pub use crate::sys::rdtsc;
 use crate::sys::time_info as info;
 use core::time::Duration;
 
-/// A point on the monotonic clock (nanoseconds since the hypervisor booted).
+/// A point on the guest's monotonic clock: nanoseconds since the
+/// hypervisor booted, or for a guest restored from a snapshot, going on
+/// from its clock when it was saved (`abi::layout::EVENT_CLOCK_OFFSET`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Instant(u64);
 
@@ -15,15 +17,15 @@ impl Instant {
     pub const MAX: Instant = Instant(u64::MAX);
 
     pub fn now() -> Self {
-        Instant(info().ns(rdtsc()))
+        Instant(info().ns(rdtsc()).saturating_add_signed(crate::sys::clock_offset()))
     }
 
-    /// The point `ns` nanoseconds after the hypervisor booted.
+    /// The point `ns` nanoseconds into the guest's clock.
     pub const fn from_nanos(ns: u64) -> Instant {
         Instant(ns)
     }
 
-    /// Nanoseconds since the hypervisor booted.
+    /// Nanoseconds on the guest's clock.
     pub fn as_nanos(self) -> u64 {
         self.0
     }

@@ -43,6 +43,8 @@ struct State {
     tenants: Vec<String>,
     /// The guests paused (`pause`), which `clone` may copy.
     paused: Vec<String>,
+    /// The last snapshot taken (`snapshot`), which a restore op uploads.
+    snapshot: Option<Vec<u8>>,
 }
 
 fn digest_string(d: &[u8; 32]) -> String {
@@ -235,6 +237,39 @@ impl ControlHost for FuzzHost {
             .collect();
         (guests, MachineStats { live: st.guests.len() as u64, total_bytes: (FRAMES * 4096) as u64, ..Default::default() })
     }
+    fn snapshot(&self, name: &str) -> Result<(Vec<u8>, String), Refusal> {
+        let st = &mut *self.0.borrow_mut();
+        if !st.paused.iter().any(|n| n == name) {
+            return Err(Refusal::from(format!("guest {name} is not paused")));
+        }
+        let State { mem, guests, images, snapshot, .. } = st;
+        let Some(g) = guests.iter_mut().find(|(n, _)| n == name).map(|(_, g)| g) else {
+            return Err(Refusal::from(format!("no guest {name}")));
+        };
+        // The fuzz host's guests all run its first image.
+        let (_, digest, img) = images.first().ok_or_else(|| Refusal::from(String::from("its image is gone")))?;
+        let data = g.snapshot(mem, img, *digest, &abi::bundle::Settings::default(), 0).map_err(Refusal::from)?;
+        abi::snapshot::Snapshot::parse(&data).unwrap_or_else(|e| panic!("a snapshot the hypervisor wrote does not parse: {e}"));
+        *snapshot = Some(data.clone());
+        let sum = digest_string(&hypervisor::machine::digest(&data));
+        Ok((data, sum))
+    }
+    fn restore(&self, _: usize, name: &str, _: Option<Tenant<'_>>, data: &[u8]) -> Result<(Option<[u8; 4]>, Option<u32>), String> {
+        let snap = abi::snapshot::Snapshot::parse(data).map_err(|e| e.to_string())?;
+        let st = &mut *self.0.borrow_mut();
+        if st.guests.iter().any(|(n, _)| n == name) {
+            return Err(format!("a guest named {name} exists already"));
+        }
+        if snap.state.settings.tenant != abi::bundle::TENANT_NONE {
+            return Err(String::from("the fuzz host has no network"));
+        }
+        let State { mem, guests, images, kernel_root, time_page, .. } = st;
+        let img = images.iter().find(|(_, d, _)| *d == snap.state.image_digest).map(|(_, _, i)| i).ok_or("its image is not loaded")?;
+        let heap_start = abi::layout::heap_start(0);
+        let g = Guest::restore(mem, *kernel_root, *time_page, img, &snap, name, heap_start, 0..0, 0, |_, _| {})?;
+        guests.push((name.into(), g));
+        Ok((None, None))
+    }
     fn capture(&self, _: usize, what: &str, _count: u32, _secs: u32) -> Result<(), Refusal> {
         let st = self.0.borrow();
         match what.strip_prefix("tenant:") {
@@ -305,6 +340,7 @@ fn run(data: &[u8]) -> Vec<String> {
         guests: Vec::new(),
         tenants: Vec::new(),
         paused: Vec::new(),
+        snapshot: None,
     }));
     let (image, image_hex) = IMAGE.get_or_init(|| {
         let image = valid_image();
@@ -327,7 +363,8 @@ fn run(data: &[u8]) -> Vec<String> {
             }
             // A well-formed request with fuzz-chosen words and numbers.
             1..=3 => {
-                let req = match inp.u8() % 19 {
+                let req = match inp.u8() % 20 {
+                    19 => format!("snapshot {}", name(&mut inp)),
                     16 => format!("pause {}", name(&mut inp)),
                     17 => format!("resume {}", name(&mut inp)),
                     18 if inp.bool() => format!("clone {} {}", name(&mut inp), name(&mut inp)),
@@ -399,6 +436,28 @@ fn run(data: &[u8]) -> Vec<String> {
                     bytes.extend_from_slice(b"image-end\n");
                 }
             }
+            // The last snapshot restored, perhaps corrupted (and resealed,
+            // so that the checks behind the digest are reached), cut or
+            // padded.
+            7 if inp.bool() && uploads < MAX_UPLOADS && host.0.borrow().snapshot.is_some() => {
+                uploads += 1;
+                let mut snap = host.0.borrow().snapshot.clone().unwrap_or_default();
+                if inp.bool() {
+                    let at = inp.below(snap.len());
+                    snap[at] ^= inp.u8() | 1;
+                    if inp.bool() {
+                        snap = reseal(snap);
+                    }
+                }
+                let len = if inp.u8() < 32 { inp.below(snap.len() + 64) } else { snap.len() };
+                bytes.extend_from_slice(format!("restore-begin {} {len}\n", name(&mut inp)).as_bytes());
+                for chunk in snap.chunks(1 + inp.below(4096)) {
+                    bytes.extend_from_slice(b"image-data ");
+                    chunk.iter().for_each(|&b| bytes.extend_from_slice(&HEX[usize::from(b)]));
+                    bytes.push(b'\n');
+                }
+                bytes.extend_from_slice(b"restore-end\n");
+            }
             // Time passes: a little, or past the stall deadline.
             5 => now += if inp.bool() { STALL_NS + 1 } else { inp.u32() as u64 },
             // A line end alone, or a very long line.
@@ -411,13 +470,16 @@ fn run(data: &[u8]) -> Vec<String> {
         // virtio buffer's page, or all at once.
         let piece = [usize::MAX, 16, 4096][op % 3];
         let chunks: Vec<&[u8]> = if bytes.is_empty() { vec![&[]] } else { bytes.chunks(piece.min(bytes.len())).collect() };
+        let mut check = |a: &str| {
+            assert!(!a.contains('\n'), "an answer of more than one line: {a:?}");
+            let typed: Response = serde_json::from_str(a).unwrap_or_else(|e| panic!("answer is not a Response ({e}): {a:?}"));
+            assert_eq!(serde_json::to_string(&typed).unwrap(), a, "the answer does not print back the same");
+            out.push(a.to_string());
+        };
         for chunk in chunks {
-            session.poll(&host, now, chunk, &mut |a| {
-                assert!(!a.contains('\n'), "an answer of more than one line: {a:?}");
-                let typed: Response = serde_json::from_str(a).unwrap_or_else(|e| panic!("answer is not a Response ({e}): {a:?}"));
-                assert_eq!(serde_json::to_string(&typed).unwrap(), a, "the answer does not print back the same");
-                out.push(a.to_string());
-            });
+            session.poll(&host, now, chunk, &mut check);
+            // A snapshot goes out in as many looks as the client's room takes.
+            session.pump([usize::MAX, 9000, 20_000][op % 3], &mut check);
         }
         assert!(session.held_bytes() <= ROOM, "an upload holds {} bytes, more than the {ROOM} offered", session.held_bytes());
     }
@@ -432,6 +494,19 @@ fn run(data: &[u8]) -> Vec<String> {
     }
     assert_eq!(st.mem.live, 2, "frames leaked: {} live beyond the kernel root and time page", st.mem.live - 2);
     out
+}
+
+/// `snap` with its length and digest made right again.
+fn reseal(mut snap: Vec<u8>) -> Vec<u8> {
+    if snap.len() < 56 {
+        return snap;
+    }
+    let len = snap.len() as u64;
+    snap[16..24].copy_from_slice(&len.to_le_bytes());
+    let body = snap.len() - 32;
+    let d = hypervisor::machine::digest(&snap[..body]);
+    snap[body..].copy_from_slice(&d);
+    snap
 }
 
 pub fn seeds() -> Vec<Vec<u8>> {

@@ -115,7 +115,11 @@ const _: () = {
     assert!(crate::ring::slots_bytes(crate::ring::SLOTS_MIN).is_multiple_of(PAGE_SIZE as usize), "ring sizes are whole pages");
     assert!(heap_start(crate::ring::SLOTS_MAX) + HEAP_LEN <= USER_END);
     assert!((heap_start(crate::ring::SLOTS_MAX) + HEAP_BIG_OFFSET) >> 30 == WINDOW >> 30, "big blocks start in the window's GiB");
-    assert!(NIC_TX_INDICES >= EVENT_CLOCK_OFFSET + 8 && EVENT_CLOCK_OFFSET >= EVENT_GENERATION_OFFSET + 8 && NIC_TX_INDICES + crate::ring::CONS_OFFSET as u64 + 4 <= NIC_RX_INDICES);
+    assert!(
+        NIC_TX_INDICES >= EVENT_CLOCK_OFFSET + 8
+            && EVENT_CLOCK_OFFSET >= EVENT_GENERATION_OFFSET + 8
+            && NIC_TX_INDICES + crate::ring::CONS_OFFSET as u64 + 4 <= NIC_RX_INDICES
+    );
     assert!(NIC_RX_INDICES + crate::ring::CONS_OFFSET as u64 + 4 <= PAGE_SIZE);
     assert!(NIC_INFO_OFFSET >= START_INFO_OFFSET + core::mem::size_of::<crate::StartInfo>() as u64);
     assert!(NIC_INFO_OFFSET + core::mem::size_of::<crate::NicInfo>() as u64 <= START_STRINGS_OFFSET);

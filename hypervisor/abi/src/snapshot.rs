@@ -53,8 +53,8 @@ pub const PAGE_WRITABLE: u32 = 1 << 0;
 pub const PAGE_EXECUTABLE: u32 = 1 << 1;
 /// The saved registers, in file order.
 pub const REGISTERS: [&str; 21] = [
-    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rsp", "rflags", "vector",
-    "error", "cr2",
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rsp", "rflags",
+    "vector", "error", "cr2",
 ];
 /// Index of `rip` in the registers.
 pub const RIP: usize = 15;
@@ -274,7 +274,8 @@ impl<'a> Snapshot<'a> {
             return Err(Error::BadRip(regs[RIP]));
         }
         let fpu = *r.array::<FPU_BYTES>()?;
-        let mxcsr = u32::from_le_bytes([fpu[FPU_MXCSR_OFFSET], fpu[FPU_MXCSR_OFFSET + 1], fpu[FPU_MXCSR_OFFSET + 2], fpu[FPU_MXCSR_OFFSET + 3]]);
+        let mxcsr =
+            u32::from_le_bytes([fpu[FPU_MXCSR_OFFSET], fpu[FPU_MXCSR_OFFSET + 1], fpu[FPU_MXCSR_OFFSET + 2], fpu[FPU_MXCSR_OFFSET + 3]]);
         if mxcsr >> 16 != 0 {
             return Err(Error::BadFpu);
         }
@@ -384,7 +385,17 @@ impl Writer {
     /// The bytes a snapshot with these strings and `pages` pages takes.
     pub fn size(image_name: &str, name: &str, args: &[&str], env: &[&str], pages: u32) -> usize {
         let strs = |v: &[&str]| 4 + v.iter().map(|s| 4 + s.len()).sum::<usize>();
-        8 + 4 + 4 + 8 + 32 + (4 + image_name.len()) + (4 + name.len()) + (8 + 4 * 4 + 5 * 8) + 8 + 4 + 21 * 8 + FPU_BYTES
+        8 + 4
+            + 4
+            + 8
+            + 32
+            + (4 + image_name.len())
+            + (4 + name.len())
+            + (8 + 4 * 4 + 5 * 8)
+            + 8
+            + 4
+            + 21 * 8
+            + FPU_BYTES
             + strs(args)
             + strs(env)
             + 4

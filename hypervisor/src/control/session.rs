@@ -88,11 +88,34 @@ pub trait ControlHost {
     fn watch_events(&self, client: usize);
     /// Pushes guest `name`'s console lines, then its end, to `client`.
     fn watch_console(&self, client: usize, name: &str) -> Result<(), Refusal>;
+    /// The snapshot file of paused guest `name` (`abi::snapshot`) and its
+    /// digest (`sha256:HEX`).
+    fn snapshot(&self, name: &str) -> Result<(Vec<u8>, String), Refusal>;
+    /// Creates and starts guest `name` from snapshot file `data`, in
+    /// `tenant` (`None`: the snapshot's); its address and tenant, or why
+    /// the snapshot is refused.
+    fn restore(&self, client: usize, name: &str, tenant: Option<Tenant<'_>>, data: &[u8])
+    -> Result<(Option<[u8; 4]>, Option<u32>), String>;
 }
 
-/// An image arriving in `image-data` chunks.
+/// What an upload is for.
+enum Purpose {
+    /// An image (`image-begin`).
+    Image,
+    /// A guest made from a snapshot (`restore-begin`): its tenant word.
+    Restore { tenant: Option<String> },
+}
+
+/// A snapshot going out in `snapshot_data` records as the client reads.
+struct Download {
+    data: Vec<u8>,
+    sent: usize,
+}
+
+/// An image or a snapshot arriving in `image-data` chunks.
 struct Upload {
     name: String,
+    purpose: Purpose,
     /// Its announced length; `data` has exactly that capacity.
     len: usize,
     data: Vec<u8>,
@@ -109,6 +132,7 @@ pub struct Session {
     client: usize,
     reader: LineReader,
     upload: Option<Upload>,
+    download: Option<Download>,
 }
 
 impl Session {
@@ -117,15 +141,41 @@ impl Session {
         Self { client, ..Self::default() }
     }
 
-    /// Whether a request or an upload is under way (the caller then looks
-    /// at the channel again soon).
+    /// Whether a request, an upload or a download is under way (the
+    /// caller then looks at the channel again soon).
     pub fn busy(&self) -> bool {
-        self.reader.in_progress() || self.upload.is_some()
+        self.reader.in_progress() || self.upload.is_some() || self.download.is_some()
     }
 
-    /// Bytes held for the client (its unfinished line and upload).
+    /// Bytes held for the client (its unfinished line, upload and
+    /// download).
     pub fn held_bytes(&self) -> usize {
-        self.upload.as_ref().map_or(0, |u| u.data.capacity())
+        self.upload.as_ref().map_or(0, |u| u.data.capacity()) + self.download.as_ref().map_or(0, |d| d.data.capacity())
+    }
+
+    /// Whether a snapshot is going out.
+    pub fn downloading(&self) -> bool {
+        self.download.is_some()
+    }
+
+    /// Writes the next `snapshot_data` records of a snapshot going out,
+    /// while they fit in `room` bytes (what the client's channel takes
+    /// now without holding more); frees it once all is out.
+    pub fn pump(&mut self, mut room: usize, answer: &mut dyn FnMut(&str)) {
+        let Some(d) = &mut self.download else { return };
+        while d.sent < d.data.len() {
+            let n = (d.data.len() - d.sent).min(abi::control::CHUNK_MAX);
+            let line_bytes = 2 * n + 24;
+            if line_bytes > room {
+                return;
+            }
+            room -= line_bytes;
+            let mut hex = String::with_capacity(2 * n);
+            let _ = abi::control::write_hex(&mut hex, &d.data[d.sent..d.sent + n]);
+            answer(&json_line(&Response::SnapshotData { snapshot_data: hex }));
+            d.sent += n;
+        }
+        self.download = None;
     }
 
     /// Handles `input` (what the channel holds now) and then any request
@@ -163,6 +213,25 @@ impl Session {
         })
     }
 
+    /// Reserves room for an upload of `len` bytes (within what the host
+    /// has room for), or says why not.
+    fn begin_upload(
+        &mut self,
+        host: &dyn ControlHost,
+        now_ns: u64,
+        name: &str,
+        len: usize,
+        purpose: Purpose,
+    ) -> Result<Response, ControlError> {
+        if len > host.upload_room() {
+            return Err(ControlError::NoHeapRoom);
+        }
+        let mut data = Vec::new();
+        data.try_reserve_exact(len).map_err(|_| ControlError::NoHeapRoom)?;
+        self.upload = Some(Upload { name: name.into(), purpose, len, data, last_ns: now_ns, overflowed: false });
+        Ok(Response::Receiving { receiving: name.into() })
+    }
+
     fn answer(&mut self, host: &dyn ControlHost, now_ns: u64, req: Request<'_>) -> Option<Result<Response, ControlError>> {
         Some(match req {
             Request::ImageData(bytes) => {
@@ -181,26 +250,51 @@ impl Session {
                 self.upload = None;
                 if !host.image_slot_free() {
                     Err(ControlError::NoImageSlot)
-                } else if len > host.upload_room() {
-                    Err(ControlError::NoHeapRoom)
                 } else {
-                    let mut data = Vec::new();
-                    match data.try_reserve_exact(len) {
-                        Ok(()) => {
-                            self.upload = Some(Upload { name: name.into(), len, data, last_ns: now_ns, overflowed: false });
-                            Ok(Response::Receiving { receiving: name.into() })
-                        }
-                        Err(_) => Err(ControlError::NoHeapRoom),
-                    }
+                    self.begin_upload(host, now_ns, name, len, Purpose::Image)
                 }
             }
+            Request::RestoreBegin { name, len, tenant } => {
+                self.upload = None;
+                let tenant = tenant.map(|t| alloc::format!("{t}"));
+                self.begin_upload(host, now_ns, name, len, Purpose::Restore { tenant })
+            }
             Request::ImageEnd => match self.upload.take() {
-                Some(Upload { name, len, data, overflowed: false, .. }) if data.len() == len => match host.add_image(&name, &data) {
-                    Ok((image, digest)) => Ok(Response::Image { image, digest: Some(digest) }),
-                    Err(why) => Err(ControlError::ImageRejected { name, why }),
-                },
-                Some(_) => Err(ControlError::UploadLength),
+                Some(Upload { purpose: Purpose::Image, name, len, data, overflowed: false, .. }) if data.len() == len => {
+                    match host.add_image(&name, &data) {
+                        Ok((image, digest)) => Ok(Response::Image { image, digest: Some(digest) }),
+                        Err(why) => Err(ControlError::ImageRejected { name, why }),
+                    }
+                }
+                Some(Upload { purpose: Purpose::Image, .. }) => Err(ControlError::UploadLength),
+                Some(u) => {
+                    self.upload = Some(u);
+                    Err(ControlError::NoUpload)
+                }
                 None => Err(ControlError::NoUpload),
+            },
+            Request::RestoreEnd => match self.upload.take() {
+                Some(Upload { purpose: Purpose::Restore { tenant }, name, len, data, overflowed: false, .. }) if data.len() == len => {
+                    let tenant = tenant.as_deref().and_then(abi::control::parse_tenant);
+                    match host.restore(self.client, &name, tenant, &data) {
+                        Ok((ip, tenant)) => Ok(Response::restored(&name, ip, tenant)),
+                        Err(why) => Err(ControlError::SnapshotRejected { name, why }),
+                    }
+                }
+                Some(Upload { purpose: Purpose::Restore { .. }, .. }) => Err(ControlError::UploadLength),
+                Some(u) => {
+                    self.upload = Some(u);
+                    Err(ControlError::NoUpload)
+                }
+                None => Err(ControlError::NoUpload),
+            },
+            Request::Snapshot(name) => match host.snapshot(name) {
+                Ok((data, digest)) => {
+                    let bytes = data.len() as u64;
+                    self.download = Some(Download { data, sent: 0 });
+                    Ok(Response::Snapshot { snapshot: name.into(), bytes, digest })
+                }
+                Err(why) => Err(ControlError::Refused(why)),
             },
             Request::Images => {
                 let loaded = host.images();
@@ -396,6 +490,21 @@ mod tests {
         fn capture(&self, _: usize, _: &str, _: u32, _: u32) -> Result<(), Refusal> {
             Ok(())
         }
+        fn snapshot(&self, name: &str) -> Result<(Vec<u8>, String), Refusal> {
+            self.find(name)?;
+            Ok(((0..10_000u32).map(|i| i as u8).collect(), "sha256:x".into()))
+        }
+        fn restore(&self, _: usize, name: &str, tenant: Option<Tenant<'_>>, data: &[u8]) -> Result<(Option<[u8; 4]>, Option<u32>), String> {
+            if data.first() != Some(&b'S') {
+                return Err("not a snapshot".into());
+            }
+            self.guests.borrow_mut().push(name.into());
+            let t = match tenant {
+                Some(Tenant::Number(t)) => t,
+                _ => 1,
+            };
+            Ok((Some([10, t as u8, 0, 2]), Some(t)))
+        }
     }
 
     /// Sends `bytes` at `now`; returns the answers.
@@ -463,6 +572,48 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_goes_out_as_the_client_reads_and_a_restore_comes_in() {
+        let host = Books { room: 1 << 20, ..Default::default() };
+        let mut s = Session::default();
+        host.guests.borrow_mut().push("e".into());
+        assert_eq!(send(&mut s, &host, 0, b"snapshot e\n"), [r#"{"snapshot":"e","bytes":10000,"digest":"sha256:x"}"#]);
+        assert!(s.downloading() && s.busy());
+        // Room for one record at a time: three looks for 10,000 bytes.
+        let mut data = Vec::new();
+        for look in 0..3 {
+            let mut out = Vec::new();
+            s.pump(2 * abi::control::CHUNK_MAX + 64, &mut |a| out.push(a.to_string()));
+            assert_eq!(out.len(), 1, "look {look}");
+            let Ok(Response::SnapshotData { snapshot_data }) = serde_json::from_str(&out[0]) else { panic!("{out:?}") };
+            data.extend(abi::control::from_hex(&snapshot_data, abi::control::CHUNK_MAX).unwrap());
+        }
+        assert!(!s.downloading() && !s.busy());
+        assert_eq!(data, (0..10_000u32).map(|i| i as u8).collect::<Vec<_>>());
+        // No room: nothing goes out, and it waits.
+        send(&mut s, &host, 1, b"snapshot e\n");
+        s.pump(100, &mut |a| panic!("{a}"));
+        assert!(s.downloading());
+        assert!(send(&mut s, &host, 1, b"snapshot nobody\n")[0].contains("no guest nobody"));
+
+        assert_eq!(send(&mut s, &host, 2, b"restore-begin f 2 7\n"), [r#"{"receiving":"f"}"#]);
+        assert_eq!(send(&mut s, &host, 2, b"image-data 5300\n"), Vec::<String>::new());
+        assert_eq!(
+            send(&mut s, &host, 2, b"image-end\n")[0],
+            r#"{"error":"no upload in progress (image-begin or restore-begin first)","kind":"no_upload"}"#,
+            "an image-end does not end a restore"
+        );
+        assert_eq!(send(&mut s, &host, 2, b"restore-end\n"), [r#"{"restored":"f","ip":"10.7.0.2","tenant":7}"#]);
+        send(&mut s, &host, 3, b"restore-begin g 1\nimage-data 00\n");
+        assert_eq!(
+            send(&mut s, &host, 3, b"restore-end\n"),
+            [r#"{"error":"snapshot for g rejected: not a snapshot","kind":"snapshot_rejected"}"#]
+        );
+        send(&mut s, &host, 3, b"restore-begin g 2\nimage-data 53\n");
+        assert!(send(&mut s, &host, 3, b"restore-end\n")[0].contains("upload_length"));
+        assert!(send(&mut s, &host, 3, b"restore-begin g 2000000\n")[0].contains("no_heap_room"));
+    }
+
+    #[test]
     fn uploads_that_lie_or_stall_are_refused_and_hold_nothing() {
         let host = Books { room: 100, ..Default::default() };
         let mut s = Session::default();
@@ -489,7 +640,7 @@ mod tests {
         assert_eq!(
             send(&mut s, &host, 22 + STALL_NS, b"t\n"),
             [
-                r#"{"error":"unknown request (list, stats, stop, remove, pause, resume, clone, capture, images, image-begin, image-data, image-end, image-remove, start, tenants, tenant-remove, wait, events, console, version)","kind":"bad_request"}"#
+                r#"{"error":"unknown request (list, stats, stop, remove, pause, resume, clone, snapshot, restore-begin, restore-end, capture, images, image-begin, image-data, image-end, image-remove, start, tenants, tenant-remove, wait, events, console, version)","kind":"bad_request"}"#
             ]
         );
         assert!(send(&mut s, &host, 0, b"image-end\n")[0].contains("no upload in progress"));

@@ -263,6 +263,11 @@ impl<T: Transport> VirtioConsole<T> {
         }
     }
 
+    /// Bytes written to client `client` that wait for the device.
+    pub fn backlog(&self, client: usize) -> usize {
+        self.ports.get(client).map_or(0, |p| p.pending.len())
+    }
+
     /// Writes `line` and a newline to client `client` (dropped and
     /// counted if it has gone, or has [`PENDING_MAX`] bytes unread).
     pub fn write_line(&mut self, client: usize, line: &str) {

@@ -6,6 +6,7 @@
 pub mod console;
 pub mod fault;
 pub mod regs;
+mod snapshot;
 
 use crate::image::Image;
 use crate::mm::paging::Pte;
@@ -148,6 +149,11 @@ pub struct Guest {
     /// creation to destruction (nothing a guest asks for unmaps it): the
     /// `block` path reads the event word here, without a page walk.
     event_frame: PhysAddr,
+    /// Its clock minus the hypervisor's (ns; `layout::EVENT_CLOCK_OFFSET`):
+    /// 0 unless it was restored from a snapshot. Its `block` deadlines
+    /// are on its clock. This copy is the hypervisor's; the guest's own
+    /// in its shared page changes nothing here.
+    clock_offset: i64,
 }
 
 /// What a guest has cost, for the accounting lines.
@@ -287,6 +293,7 @@ impl Guest {
             kick_limit: crate::limit::TokenBucket::new(0),
             text: image.text_range(),
             event_frame,
+            clock_offset: 0,
         })
     }
 
@@ -364,6 +371,7 @@ impl Guest {
             kick_limit: crate::limit::TokenBucket::new(0),
             text: template.text.clone(),
             event_frame,
+            clock_offset: template.clock_offset,
         })
     }
 
@@ -453,6 +461,20 @@ impl Guest {
             return Step::Stopped(StopReason::NonCanonicalReturn { ip: self.regs.rip });
         }
         step
+    }
+
+    /// Time `ns` on the guest's clock, on the hypervisor's (`u64::MAX`,
+    /// no deadline, stays; a time before the hypervisor's zero is 0).
+    fn host_clock(&self, ns: u64) -> u64 {
+        if ns == u64::MAX {
+            return ns;
+        }
+        (i128::from(ns) - i128::from(self.clock_offset)).clamp(0, i128::from(u64::MAX)) as u64
+    }
+
+    /// The guest's clock when the hypervisor's reads `now`.
+    pub fn guest_clock(&self, now: u64) -> u64 {
+        (i128::from(now) + i128::from(self.clock_offset)).clamp(0, i128::from(u64::MAX)) as u64
     }
 
     /// The guest's pending event bits (read once from its event page).
@@ -627,7 +649,7 @@ impl Guest {
                     Step::Resume
                 } else {
                     self.blocked = true;
-                    Step::Block { deadline: a0 }
+                    Step::Block { deadline: self.host_clock(a0) }
                 }
             }
         }

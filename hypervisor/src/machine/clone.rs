@@ -15,7 +15,7 @@
 //!   Shared pages are reported as shared; the frozen ones are freed with
 //!   the last guest that holds them, template or clone.
 
-use super::create::{Created, attach_nic};
+use super::create::{Created, RingFill, attach_nic};
 use super::report::sizes;
 use super::{Machine, Network, PAUSED, Platform};
 use crate::control::Cloned;
@@ -189,7 +189,9 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             };
             if let Some(info) = &nic {
                 let at = g.published_ring_indices(&mem);
-                if let Err(e) = attach_nic(&self.platform, &mut g, &mut mem, &self.net, st, info, id, &events, Some(&template), at) {
+                if let Err(e) =
+                    attach_nic(&self.platform, &mut g, &mut mem, &self.net, st, info, id, &events, RingFill::Guest(&template), at)
+                {
                     g.destroy(&mut mem);
                     return Err(e);
                 }

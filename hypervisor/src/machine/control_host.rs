@@ -47,13 +47,19 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
                 }
             }
         });
-        // Requests and uploads gone quiet.
+        // Requests and uploads gone quiet; snapshots going out, as fast as
+        // each client reads (`Platform::control_room`).
+        let mut downloading = false;
         for (c, s) in sessions.iter_mut().enumerate() {
             s.poll(self, now, &[], &mut |a| self.platform.control_write_line(c, a));
+            if s.downloading() {
+                s.pump(self.platform.control_room(c), &mut |a| self.platform.control_write_line(c, a));
+                downloading |= s.downloading();
+            }
         }
         // Only bytes that arrive count: a client that went quiet half-way
         // gets no faster polling, just its timeout.
-        if read > 0 {
+        if read > 0 || downloading {
             self.control_rx_ns.store(now, Ordering::Relaxed);
         }
         if self.net.capturing() {
@@ -374,6 +380,23 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
         }
         status.watched.fetch_or(1 << client, Ordering::Relaxed);
         Ok(())
+    }
+
+    fn snapshot(&self, name: &str) -> Result<(Vec<u8>, String), Refusal> {
+        let (data, sum) = self.snapshot_guest(name)?;
+        let mut digest = String::from("sha256:");
+        let _ = abi::control::write_hex(&mut digest, &sum);
+        Ok((data, digest))
+    }
+
+    fn restore(
+        &self,
+        _client: usize,
+        name: &str,
+        tenant: Option<Tenant<'_>>,
+        data: &[u8],
+    ) -> Result<(Option<[u8; 4]>, Option<u32>), String> {
+        self.restore_guest(name, tenant, data)
     }
 
     fn capture(&self, client: usize, what: &str, count: u32, secs: u32) -> Result<(), Refusal> {

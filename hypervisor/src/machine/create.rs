@@ -340,7 +340,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             return Err("its event page is not mapped".into());
         };
         if let Some(info) = &nic
-            && let Err(e) = attach_nic(&self.platform, &mut g, &mut mem, &self.net, st, info, id, &events, None, (0, 0))
+            && let Err(e) = attach_nic(&self.platform, &mut g, &mut mem, &self.net, st, info, id, &events, RingFill::Zero, (0, 0))
         {
             // Every frame it got so far (ring pages too) goes back.
             g.destroy(&mut mem);
@@ -464,9 +464,20 @@ impl Creating {
     }
 }
 
+/// What a new guest's ring slots hold.
+pub(super) enum RingFill<'a> {
+    /// Nothing yet (a new guest).
+    Zero,
+    /// A copy of this guest's (a clone's template).
+    Guest(&'a Guest),
+    /// The pages of this snapshot at their addresses (zero where it has
+    /// none).
+    Snapshot(&'a abi::snapshot::Snapshot<'a>),
+}
+
 /// Gives a new guest its vNIC: ring pages mapped into it (charged to its
-/// memory; with `copy`, a copy of that guest's slots, see `clone`) and a
-/// port on the network, whose own indices start at `at`.
+/// memory; filled as `fill` says) and a port on the network, whose own
+/// indices start at `at`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attach_nic<P: Platform>(
     platform: &P,
@@ -477,10 +488,10 @@ pub(super) fn attach_nic<P: Platform>(
     info: &abi::NicInfo,
     id: usize,
     events: &P::Events,
-    copy: Option<&Guest>,
+    fill: RingFill<'_>,
     at: (u32, u32),
 ) -> Result<(), String> {
-    let (tx, rx) = nic_rings(platform, g, mem, info, events, copy)?;
+    let (tx, rx) = nic_rings(platform, g, mem, info, events, &fill)?;
     let mac = [info.mac[0], info.mac[1], info.mac[2], info.mac[3], info.mac[4], info.mac[5]];
     net.attach(Attach {
         guest: id,
@@ -497,14 +508,14 @@ pub(super) fn attach_nic<P: Platform>(
 }
 
 /// A new guest's two vNIC rings: slot pages mapped into `g` (charged to
-/// its memory), each a copy of `copy`'s page at the same address if given.
+/// its memory), filled as `fill` says.
 fn nic_rings<P: Platform>(
     platform: &P,
     g: &mut Guest,
     mem: &mut impl PhysMem,
     info: &abi::NicInfo,
     events: &P::Events,
-    copy: Option<&Guest>,
+    fill: &RingFill<'_>,
 ) -> Result<(P::Ring, P::Ring), String> {
     // (Checked by `create_as`.)
     let slots = info.ring_slots;
@@ -512,8 +523,18 @@ fn nic_rings<P: Platform>(
         platform
             .ring(events, indices, slots, |i, page| {
                 let va = base + i as u64 * FRAME_SIZE;
-                if let Some(from) = copy.and_then(|t| t.memory.space.translate(mem, va)) {
-                    mem.copy_frame(page, from.0);
+                match fill {
+                    RingFill::Zero => {}
+                    RingFill::Guest(t) => {
+                        if let Some((from, _)) = t.memory.space.translate(mem, va) {
+                            mem.copy_frame(page, from);
+                        }
+                    }
+                    RingFill::Snapshot(s) => {
+                        if let Some(p) = s.page(va) {
+                            mem.write(page, 0, p.data);
+                        }
+                    }
                 }
                 g.memory.map_private(mem, va, page, Pte::WRITABLE | Pte::NO_EXECUTE)
             })

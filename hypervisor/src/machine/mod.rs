@@ -43,6 +43,7 @@ mod create;
 pub mod network;
 pub mod platform;
 mod report;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 mod watch;

@@ -113,6 +113,12 @@ pub trait Platform: Sync {
     fn control_poll(&self, on: &mut dyn FnMut(crate::control::Input<'_>));
     /// Writes one line to control client `client` (dropped if it has gone).
     fn control_write_line(&self, client: usize, line: &str);
+    /// Bytes that may be written to control client `client` now without
+    /// holding more than the channel should (a snapshot going out is
+    /// written as the client reads it).
+    fn control_room(&self, _client: usize) -> usize {
+        usize::MAX
+    }
 
     /// The hypervisor heap's size and the bytes allocated from it now.
     fn heap_usage(&self) -> (usize, usize);

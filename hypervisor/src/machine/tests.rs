@@ -1151,3 +1151,109 @@ fn a_resumed_guest_goes_on() {
     assert_eq!(steps(&m, 0, &mut cpu, 10), Pass::Done);
     assert_eq!(lines(&m, "[hv] guest t exited with code 3"), 1);
 }
+
+/// `bytes` (a snapshot) with its length and digest made right again.
+fn resealed(mut bytes: Vec<u8>) -> Vec<u8> {
+    let len = bytes.len() as u64;
+    bytes[16..24].copy_from_slice(&len.to_le_bytes());
+    let body = bytes.len() - 32;
+    let d = super::create::digest(&bytes[..body]);
+    bytes[body..].copy_from_slice(&d);
+    bytes
+}
+
+/// A paused guest saved and made again from its snapshot: the copy has
+/// its pages, registers and arguments, a new address in the tenant asked
+/// for, `CLONED` and the next generation, and a clock that goes on from
+/// the saved one; files that are cut, altered or for an image not loaded
+/// are refused and cost nothing; everything ends with its memory back.
+#[test]
+fn a_guest_saved_and_restored_goes_on_with_its_pages_and_a_new_identity() {
+    use abi::control::{Reason, Tenant};
+    let m = machine_on(1, Ports::default());
+    let before = m.platform.mem.lock().live;
+    let st = abi::bundle::Settings { memory: 1 << 20, tenant: 3, ring_slots: 4, ..Default::default() };
+    m.platform.scripts.lock().insert("t".into(), [Act::Block(u64::MAX), Act::Exit(3)].into_iter().collect());
+    m.create_guest("t", 0, &st, &["a", "b"], &["K=V"], 0).unwrap();
+    let t = m.find("t").unwrap();
+    let w = guest(&m, "w", &[Act::Block(u64::MAX), Act::Exit(0)]);
+    let mut cpu = CpuState::default();
+    m.step(0, &mut cpu);
+    m.step(0, &mut cpu);
+    let heap = abi::layout::heap_start(4);
+    {
+        let mut guests = m.guests.lock();
+        let g = guests[t].as_mut().unwrap();
+        g.memory.write(&mut m.platform.mem(), heap + 100, b"kept across").unwrap();
+    }
+    assert_eq!(m.snapshot("t").unwrap_err().reason, Some(Reason::NotPaused));
+    m.pause("t").unwrap();
+    m.step(0, &mut cpu);
+    assert_eq!(m.status(t).state.load(Ordering::SeqCst), PAUSED);
+    let (data, digest) = m.snapshot("t").unwrap();
+    assert_eq!(digest, format!("sha256:{}", data_hex(&super::create::digest(&data))));
+    let snap = abi::snapshot::Snapshot::parse(&data).unwrap();
+    assert_eq!((snap.name, snap.image_name, snap.state.blocked, snap.state.settings), ("t", "t", true, st));
+    assert_eq!(snap.args().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(snap.state.image_digest, [7; 32]);
+    assert!(snap.page(abi::layout::START_PAGE).is_none() && snap.page(abi::layout::TIME_PAGE).is_none());
+    assert!(snap.page(abi::layout::EVENT_PAGE).is_some() && snap.page(abi::layout::NIC_TX_RING).is_some());
+    assert_eq!(&snap.page(heap).unwrap().data[100..111], b"kept across");
+    assert!(snap.page(heap + 4096).is_none(), "untouched heap is not saved");
+    let saved_clock = snap.state.clock_ns;
+
+    // Restored into another tenant, at a later time on this clock.
+    m.platform.clock.fetch_add(5_000_000_000, Ordering::SeqCst);
+    m.platform.scripts.lock().insert("r".into(), [Act::Exit(0)].into_iter().collect());
+    let (ip, tenant) = m.restore(0, "r", Some(Tenant::Named("moved")), &data).unwrap();
+    let tenant = tenant.unwrap();
+    assert_ne!(tenant, 3);
+    assert_eq!(ip, Some(abi::guest_ipv4(tenant, 0)));
+    let r = m.find("r").unwrap();
+    let live = m.platform.mem.lock().live;
+    {
+        let mut guests = m.guests.lock();
+        let [Some(tg), Some(rg)] = guests.get_disjoint_mut([t, r]).unwrap() else { panic!("both in the table") };
+        let mut mem = m.platform.mem();
+        let mut b = [0u8; 11];
+        rg.memory.read(&mut mem, heap + 100, &mut b).unwrap();
+        assert_eq!(&b, b"kept across");
+        assert_eq!((&rg.regs, rg.is_blocked()), (&tg.regs, true));
+        assert_eq!(rg.fpu.0, tg.fpu.0);
+        let word = |g: &mut Box<Guest>, mem: &mut _, at: u64| {
+            let mut b = [0u8; 8];
+            g.memory.read(mem, abi::layout::EVENT_PAGE + at, &mut b).unwrap();
+            u64::from_le_bytes(b)
+        };
+        assert_ne!(word(rg, &mut mem, 0) & events::CLONED, 0);
+        assert_eq!(word(rg, &mut mem, abi::layout::EVENT_GENERATION_OFFSET), 1);
+        let now = m.platform.clock.load(Ordering::SeqCst);
+        assert_eq!(word(rg, &mut mem, abi::layout::EVENT_CLOCK_OFFSET) as i64, saved_clock as i64 - now as i64);
+        assert_eq!(rg.guest_clock(now), saved_clock, "its clock goes on from the saved one");
+        assert!(rg.memory.charged_bytes() >= 4 * 4096, "its pages are its own and charged");
+    }
+    // Refused, each for its reason, without a frame taken.
+    assert!(m.restore(0, "r", None, &data).unwrap_err().contains("exists already"));
+    assert!(m.restore(0, "x", None, &data[..data.len() - 1]).unwrap_err().contains("truncated"));
+    let mut flipped = data.clone();
+    flipped[300] ^= 1;
+    assert!(m.restore(0, "x", None, &flipped).unwrap_err().contains("altered"));
+    let mut other = data.clone();
+    other[24] ^= 1;
+    assert!(m.restore(0, "x", None, &resealed(other)).unwrap_err().contains("is not loaded here"));
+    assert!(m.restore(0, "x", Some(Tenant::None), &data).unwrap_err().contains("has a vNIC"));
+    assert_eq!(m.platform.mem.lock().live, live, "a refused snapshot takes nothing");
+    assert!(m.find("x").is_none());
+
+    // Everything ends: the restored guest exits, the paused one is stopped.
+    deliver(&m, w, 0);
+    assert_eq!(steps(&m, 0, &mut cpu, 50), Pass::Done);
+    assert_eq!(lines(&m, "[hv] guest r exited with code 0"), 1, "{:?}", m.platform.lines.lock());
+    assert_eq!(m.platform.mem.lock().live, before, "every frame is back");
+}
+
+fn data_hex(d: &[u8]) -> String {
+    let mut s = String::new();
+    abi::control::write_hex(&mut s, d).unwrap();
+    s
+}

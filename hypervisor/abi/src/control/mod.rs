@@ -15,7 +15,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-pub use request::{Request, RequestError, StartOptions, Tenant, from_hex, good_name, good_tenant_name, parse, write_hex};
+pub use request::{Request, RequestError, StartOptions, Tenant, from_hex, good_name, good_tenant_name, parse, parse_tenant, write_hex};
 
 use crate::report::{GuestRow, GuestState, GuestStats, MachineStats};
 use crate::stop::StopReason;
@@ -350,6 +350,12 @@ impl Response {
         Response::Started { started: name.into(), ip, tenant }
     }
 
+    /// A `restored` answer; `ip` is the guest's address if it has a vNIC.
+    pub fn restored(name: &str, ip: Option<[u8; 4]>, tenant: Option<u32>) -> Self {
+        let ip = ip.map(|a| alloc::format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3]));
+        Response::Restored { restored: name.into(), ip, tenant }
+    }
+
     /// Whether this is a record the hypervisor pushes on its own (an
     /// `event`, `console`, `lines_dropped` or captured `frame` record),
     /// rather than the answer to a request: a client waiting for an
@@ -357,7 +363,11 @@ impl Response {
     pub fn is_pushed(&self) -> bool {
         matches!(
             self,
-            Response::Event(_) | Response::Console { .. } | Response::LinesDropped { .. } | Response::Frame { .. } | Response::SnapshotData { .. }
+            Response::Event(_)
+                | Response::Console { .. }
+                | Response::LinesDropped { .. }
+                | Response::Frame { .. }
+                | Response::SnapshotData { .. }
         )
     }
 }

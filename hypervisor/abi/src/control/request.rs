@@ -333,8 +333,8 @@ pub fn write_hex(f: &mut impl fmt::Write, bytes: &[u8]) -> fmt::Result {
 }
 
 /// The tenant a word names: `none`, a number below [`MAX_TENANTS`], or a
-/// name.
-fn tenant(word: &str) -> Option<Tenant<'_>> {
+/// name (what `Tenant`'s `Display` writes).
+pub fn parse_tenant(word: &str) -> Option<Tenant<'_>> {
     match word {
         "none" => Some(Tenant::None),
         t if good_tenant_name(t) => Some(Tenant::Named(t)),
@@ -363,7 +363,7 @@ pub fn parse(line: &str) -> Result<Request<'_>, RequestError> {
         (Some("start"), Some(name)) => {
             let image = words.next().ok_or(E::StartUsage)?;
             let memory = words.next().and_then(|w| w.parse().ok()).filter(|&m| m > 0).ok_or(E::StartMemory)?;
-            let tenant = tenant(words.next().ok_or(E::StartUsage)?).ok_or(E::StartTenant)?;
+            let tenant = parse_tenant(words.next().ok_or(E::StartUsage)?).ok_or(E::StartTenant)?;
             let rest: Vec<&str> = words.by_ref().collect();
             // Options only before a `--`; without one every word is an
             // argument (protocol 3's form).
@@ -413,7 +413,7 @@ pub fn parse(line: &str) -> Result<Request<'_>, RequestError> {
         (Some("restore-begin"), Some(name)) => {
             let len = words.next().and_then(|w| w.parse().ok()).filter(|l| (1..=SNAPSHOT_BYTES_MAX).contains(l));
             let tenant = match words.next() {
-                Some(w) => Some(tenant(w).ok_or(E::RestoreUsage)?),
+                Some(w) => Some(parse_tenant(w).ok_or(E::RestoreUsage)?),
                 None => None,
             };
             match len {

@@ -231,6 +231,16 @@ impl Platform for X86_64 {
         }
     }
 
+    fn control_room(&self, client: usize) -> usize {
+        match CONTROL.get() {
+            // At most 256 KiB waiting for the device.
+            Some(Control::Console(c)) => (256usize << 10).saturating_sub(c.lock().backlog(client)),
+            // The UART is written byte by byte, waiting: a line per look.
+            Some(Control::Uart) => 2 * abi::control::CHUNK_MAX + 64,
+            None => 0,
+        }
+    }
+
     fn heap_usage(&self) -> (usize, usize) {
         crate::heap_usage()
     }

@@ -64,7 +64,14 @@ fn requests_parse_and_garbage_is_refused() {
     assert_eq!(parse("restore-begin e 100 acme"), Ok(Request::RestoreBegin { name: "e", len: 100, tenant: Some(Tenant::Named("acme")) }));
     assert_eq!(parse("restore-begin e 1073741824 none"), Ok(Request::RestoreBegin { name: "e", len: 1 << 30, tenant: Some(Tenant::None) }));
     assert_eq!(parse("restore-end"), Ok(Request::RestoreEnd));
-    for bad in ["restore-begin", "restore-begin e", "restore-begin e 0", "restore-begin e 1073741825", "restore-begin e.x 5", "restore-begin e 5 256"] {
+    for bad in [
+        "restore-begin",
+        "restore-begin e",
+        "restore-begin e 0",
+        "restore-begin e 1073741825",
+        "restore-begin e.x 5",
+        "restore-begin e 5 256",
+    ] {
         assert_eq!(parse(bad), Err(RequestError::RestoreUsage), "{bad}");
     }
     for r in [Request::Snapshot("e"), Request::RestoreBegin { name: "e", len: 7, tenant: Some(Tenant::Number(3)) }, Request::RestoreEnd] {
