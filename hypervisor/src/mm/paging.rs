@@ -282,6 +282,67 @@ impl AddressSpace {
         walk(mem, self.root, 4, 0, start, end, f)
     }
 
+    /// A new space over `kernel_root`'s upper half whose guest half has
+    /// this one's tables, copied a table at a time, holding those of its
+    /// `SHARED` leaves that `keep(va, flags)` gives flags for (with those
+    /// flags; never an owned frame: the copy would free it). Every other
+    /// leaf is absent. `None` if memory runs out (nothing is left taken).
+    /// The count of leaves copied is returned too.
+    pub fn copy_shared(
+        &self,
+        mem: &mut impl PhysMem,
+        kernel_root: PhysAddr,
+        keep: &impl Fn(u64, Pte) -> Option<Pte>,
+    ) -> Option<(Self, usize)> {
+        /// Copies table `table` (level `level`, covering from `base`) into
+        /// `into`; counts tables made and leaves kept; false if memory ran out.
+        fn copy<M: PhysMem>(
+            mem: &mut M,
+            table: PhysAddr,
+            into: PhysAddr,
+            level: u32,
+            base: u64,
+            entries: usize,
+            keep: &impl Fn(u64, Pte) -> Option<Pte>,
+            counts: &mut (usize, usize),
+        ) -> bool {
+            let span = FRAME_SIZE << (9 * (level - 1));
+            for i in 0..entries {
+                let v = mem.read_pte(table, i);
+                if v & Pte::PRESENT.bits() == 0 {
+                    continue;
+                }
+                let (va, pa, fl) = (base + i as u64 * span, v & ADDR_MASK, Pte::from_bits_retain(v & !ADDR_MASK));
+                if level == 1 {
+                    if let Some(f) = keep(va, fl).filter(|_| fl.contains(Pte::SHARED)) {
+                        mem.write_pte(into, i, pa | (f | Pte::SHARED | Pte::USER | Pte::PRESENT).bits());
+                        counts.1 += 1;
+                    }
+                } else if !fl.contains(Pte::HUGE) {
+                    let Some(child) = mem.alloc() else { return false };
+                    counts.0 += 1;
+                    // Linked before it is filled: a failure below frees it
+                    // with the rest of the copy.
+                    mem.write_pte(into, i, child | (v & !ADDR_MASK));
+                    if !copy(mem, pa, child, level - 1, va, 512, keep, counts) {
+                        return false;
+                    }
+                }
+            }
+            true
+        }
+        let mut space = Self::new(mem, kernel_root)?;
+        let mut counts = (0, 0);
+        // The PML4's lower half; its upper half is the kernel's, as `new` made it.
+        let ok = copy(mem, self.root, space.root, 4, 0, 256, keep, &mut counts);
+        space.tables += counts.0;
+        if !ok {
+            space.destroy(mem);
+            return None;
+        }
+        Some((space, counts.1))
+    }
+
     /// Frees every page table and every owned (non-`SHARED`) frame of the
     /// guest half, and the PML4. Returns the number of owned data frames
     /// freed.
@@ -346,6 +407,37 @@ mod tests {
         let tables = a.table_frames();
         assert_eq!(a.destroy(&mut mem) + tables, 1 + 4, "the data frame and every table");
         assert_eq!(mem.live, live - 2, "only the kernel's frames remain");
+    }
+
+    #[test]
+    fn a_shared_copy_has_the_shared_leaves_it_keeps_and_nothing_else() {
+        let mut mem = TestMem::new(100);
+        let k = kernel_root(&mut mem);
+        let mut a = AddressSpace::new(&mut mem, k).unwrap();
+        let (s1, s2, own) = (mem.alloc().unwrap(), mem.alloc().unwrap(), mem.alloc().unwrap());
+        a.map_user(&mut mem, 0x40_0000, s1, Pte::SHARED | Pte::NO_EXECUTE | Pte::ACCESSED).unwrap();
+        a.map_user(&mut mem, 0x40_1000, s2, Pte::SHARED | Pte::COW).unwrap();
+        a.map_user(&mut mem, 0x8000_0000, own, Pte::WRITABLE).unwrap();
+        a.map_user(&mut mem, 0x8000_1000, s2, Pte::SHARED).unwrap();
+        let keep = |va: u64, fl: Pte| (va != 0x8000_1000).then(|| fl - Pte::ACCESSED);
+        let (b, n) = a.copy_shared(&mut mem, k, &keep).unwrap();
+        assert_eq!(n, 2);
+        let mut leaves = Vec::new();
+        b.each_user_page(&mut mem, &mut |_, va, pa, fl| leaves.push((va, pa, fl)));
+        let user = Pte::USER | Pte::PRESENT | Pte::SHARED;
+        assert_eq!(leaves, [(0x40_0000, s1, user | Pte::NO_EXECUTE), (0x40_1000, s2, user | Pte::COW)]);
+        assert_eq!(b.table_frames(), a.table_frames(), "the same tables, copied");
+        assert_eq!(b.translate(&mem, 0xffff_ffff_8000_0000), a.translate(&mem, 0xffff_ffff_8000_0000), "the kernel half");
+        let live = mem.live;
+        let tables = b.table_frames();
+        assert_eq!(b.destroy(&mut mem), 0, "a copy owns no data frame");
+        assert_eq!(mem.live, live - tables);
+        // Out of memory half-way: nothing stays taken.
+        for limit in live - tables..live {
+            mem.limit = limit;
+            assert!(a.copy_shared(&mut mem, k, &keep).is_none(), "limit {limit}");
+            assert_eq!(mem.live, live - tables, "limit {limit}");
+        }
     }
 
     #[test]

@@ -265,28 +265,19 @@ impl GuestMemory {
         limit_bytes: u64,
         keep: &impl Fn(u64) -> bool,
     ) -> Result<Self, Fault> {
-        let space = AddressSpace::new(mem, kernel_root).ok_or(Fault::MachineOutOfMemory)?;
+        // Its tables copied a table at a time, with only the shared leaves.
+        let leaf = |va, fl: Pte| (!keep(va)).then(|| fl - Pte::ACCESSED - Pte::DIRTY);
+        let (space, shared) = self.space.copy_shared(mem, kernel_root, &leaf).ok_or(Fault::MachineOutOfMemory)?;
         let mut copy = Self::new(space, self.zero_fill[0].clone(), self.zero_fill[1].clone(), limit_bytes);
+        copy.shared = shared as u64;
         let mut frozen = Vec::new();
-        if frozen.try_reserve_exact(self.frozen.len()).is_err() {
+        if copy.charged() > copy.limit_frames || frozen.try_reserve_exact(self.frozen.len()).is_err() {
+            let full = copy.charged() > copy.limit_frames;
             copy.destroy(mem);
-            return Err(Fault::MachineOutOfMemory);
+            return Err(if full { Fault::OutOfMemory { limit: limit_bytes } } else { Fault::MachineOutOfMemory });
         }
         frozen.extend(self.frozen.iter().cloned());
         copy.frozen = frozen;
-        let mut failed = None;
-        self.space.each_user_page(mem, &mut |mem, va, pa, fl| {
-            if failed.is_some() || !fl.contains(Pte::SHARED) || keep(va) {
-                return;
-            }
-            if let Err(e) = copy.map(mem, va, pa, fl - Pte::ACCESSED - Pte::DIRTY - Pte::USER, 0) {
-                failed = Some(e);
-            }
-        });
-        if let Some(e) = failed {
-            copy.destroy(mem);
-            return Err(e);
-        }
         Ok(copy)
     }
 
