@@ -339,8 +339,7 @@ impl Guest {
         let mut memory = template.memory.clone_shared(mem, kernel_root, limit, &keep).map_err(|e| CreateError::from_fault(e, limit + 1))?;
         let mut event_frame = 0;
         let built = (|| {
-            let events = mem.alloc().ok_or(Fault::MachineOutOfMemory)?;
-            mem.copy_frame(events, template.event_frame);
+            let events = mem.alloc_copy(template.event_frame).ok_or(Fault::MachineOutOfMemory)?;
             let mut word = [0u8; 8];
             mem.read(events, 0, &mut word);
             mem.write(events, 0, &(u64::from_le_bytes(word) | abi::time::events::CLONED).to_le_bytes());

@@ -189,8 +189,7 @@ impl Guest {
             // snapshot this hypervisor wrote): fresh copies, as at boot.
             for p in image.pages.iter().filter(|p| p.writable) {
                 if memory.space.translate(mem, p.vaddr).is_none() {
-                    let f = mem.alloc().ok_or_else(|| why(Fault::MachineOutOfMemory))?;
-                    mem.copy_frame(f, p.frame);
+                    let f = mem.alloc_copy(p.frame).ok_or_else(|| why(Fault::MachineOutOfMemory))?;
                     memory.map_private(mem, p.vaddr, f, p.flags).inspect_err(|_| mem.free(f)).map_err(why)?;
                 }
             }

@@ -30,6 +30,13 @@ pub trait PhysMem {
     fn write(&mut self, frame: PhysAddr, offset: usize, src: &[u8]);
     /// Copies from `frame` at `offset` into `dst` (`offset + dst.len() <= 4096`).
     fn read(&self, frame: PhysAddr, offset: usize, dst: &mut [u8]);
+    /// A new frame holding a copy of frame `src` (not zeroed first: the
+    /// copy overwrites it whole), or `None` when memory is exhausted.
+    fn alloc_copy(&mut self, src: PhysAddr) -> Option<PhysAddr> {
+        let f = self.alloc()?;
+        self.copy_frame(f, src);
+        Some(f)
+    }
     /// Copies frame `src` whole into frame `dst`.
     fn copy_frame(&mut self, dst: PhysAddr, src: PhysAddr) {
         let mut buf = [0u8; 512];

@@ -204,8 +204,7 @@ impl GuestMemory {
         if self.charged() + 1 > self.limit_frames {
             return Err(Fault::OutOfMemory { limit: self.limit_bytes() });
         }
-        let frame = mem.alloc().ok_or(Fault::MachineOutOfMemory)?;
-        mem.copy_frame(frame, page_down(src));
+        let frame = mem.alloc_copy(page_down(src)).ok_or(Fault::MachineOutOfMemory)?;
         let own = (flags - Pte::COW - Pte::SHARED - Pte::ACCESSED - Pte::DIRTY) | Pte::WRITABLE;
         self.space.remap_user(mem, va, frame, own);
         self.private += 1;

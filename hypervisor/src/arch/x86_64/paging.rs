@@ -335,6 +335,15 @@ impl PhysMem for DirectMap {
         unsafe { core::ptr::write_bytes(direct(pa), 0, FRAME_SIZE as usize) };
         Some(pa)
     }
+    fn alloc_copy(&mut self, src: PhysAddr) -> Option<PhysAddr> {
+        assert!(src.is_multiple_of(FRAME_SIZE));
+        let pa = FRAMES.lock().as_mut()?.alloc()?;
+        // SAFETY: a free frame from the allocator (so not `src`, which is
+        // in use), and `src`, both whole direct-mapped frames; the copy
+        // overwrites every byte of the new one.
+        unsafe { core::ptr::copy_nonoverlapping(direct(src), direct(pa), FRAME_SIZE as usize) };
+        Some(pa)
+    }
     fn free(&mut self, frame: PhysAddr) {
         if !FRAMES.lock().as_mut().is_some_and(|f| f.free(frame)) {
             panic!("freeing frame {frame:#x} that is not in use");
