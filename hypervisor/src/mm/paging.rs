@@ -302,11 +302,12 @@ impl AddressSpace {
             into: PhysAddr,
             level: u32,
             base: u64,
-            entries: usize,
             keep: &impl Fn(u64, Pte) -> Option<Pte>,
             counts: &mut (usize, usize),
         ) -> bool {
             let span = FRAME_SIZE << (9 * (level - 1));
+            // The PML4's upper half is the kernel's (as `new` made it).
+            let entries = if level == 4 { 256 } else { 512 };
             for i in 0..entries {
                 let v = mem.read_pte(table, i);
                 if v & Pte::PRESENT.bits() == 0 {
@@ -324,7 +325,7 @@ impl AddressSpace {
                     // Linked before it is filled: a failure below frees it
                     // with the rest of the copy.
                     mem.write_pte(into, i, child | (v & !ADDR_MASK));
-                    if !copy(mem, pa, child, level - 1, va, 512, keep, counts) {
+                    if !copy(mem, pa, child, level - 1, va, keep, counts) {
                         return false;
                     }
                 }
@@ -333,8 +334,7 @@ impl AddressSpace {
         }
         let mut space = Self::new(mem, kernel_root)?;
         let mut counts = (0, 0);
-        // The PML4's lower half; its upper half is the kernel's, as `new` made it.
-        let ok = copy(mem, self.root, space.root, 4, 0, 256, keep, &mut counts);
+        let ok = copy(mem, self.root, space.root, 4, 0, keep, &mut counts);
         space.tables += counts.0;
         if !ok {
             space.destroy(mem);
