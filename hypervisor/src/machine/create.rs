@@ -20,7 +20,7 @@ use super::{GuestStatus, Machine, Network, Platform, WAITING};
 use crate::guest::{Guest, LoadedImage};
 use crate::image::Image;
 use crate::machine::network::Attach;
-use crate::mm::{FRAME_SIZE, PhysMem, paging::Pte};
+use crate::mm::{FRAME_SIZE, PhysAddr, PhysMem, paging::Pte};
 use crate::net::port::RingAllocError;
 use abi::bundle::{Bundle, Settings, TENANT_NONE};
 use abi::control::Reason::{NoRoom, NotFound};
@@ -520,24 +520,28 @@ fn nic_rings<P: Platform>(
     // (Checked by `create_as`.)
     let slots = info.ring_slots;
     let mut ring = |indices: u64, base: u64| {
+        let va = |i: usize| base + i as u64 * FRAME_SIZE;
+        // A template's slots are copied as each page is taken.
+        let copy = |i: usize| match fill {
+            RingFill::Guest(t) => t.memory.space.translate(&*mem, va(i)).map(|(pa, _)| pa),
+            _ => None,
+        };
+        let copy: Vec<Option<PhysAddr>> = (0..abi::ring::slots_bytes(slots).div_ceil(FRAME_SIZE as usize)).map(copy).collect();
         platform
-            .ring(events, indices, slots, |i, page| {
-                let va = base + i as u64 * FRAME_SIZE;
-                match fill {
-                    RingFill::Zero => {}
-                    RingFill::Guest(t) => {
-                        if let Some((from, _)) = t.memory.space.translate(mem, va) {
-                            mem.copy_frame(page, from);
-                        }
+            .ring(
+                events,
+                indices,
+                slots,
+                |i| copy.get(i).copied().flatten(),
+                |i, page| {
+                    if let RingFill::Snapshot(s) = fill
+                        && let Some(p) = s.page(va(i))
+                    {
+                        mem.write(page, 0, p.data);
                     }
-                    RingFill::Snapshot(s) => {
-                        if let Some(p) = s.page(va) {
-                            mem.write(page, 0, p.data);
-                        }
-                    }
-                }
-                g.memory.map_private(mem, va, page, Pte::WRITABLE | Pte::NO_EXECUTE)
-            })
+                    g.memory.map_private(mem, va(i), page, Pte::WRITABLE | Pte::NO_EXECUTE)
+                },
+            )
             .map_err(|e| match e {
                 RingAllocError::NoMemory => String::from("the machine is out of memory"),
                 RingAllocError::Map(e) => format!("vNIC rings: {e}"),

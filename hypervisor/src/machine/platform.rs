@@ -87,14 +87,16 @@ pub trait Platform: Sync {
     /// nothing here takes a physical address to write to.
     fn events_of(&self, g: &Guest) -> Option<Self::Events>;
     /// A ring of `slots` slots whose index block is at `index_offset` in
-    /// `events`: its slot pages come from the frame allocator and are
-    /// handed, with their index, to `map`, which maps each into the guest
-    /// (whose teardown then frees them); a page `map` refuses is freed.
+    /// `events`: its slot pages come from the frame allocator (zeroed, or
+    /// a copy of the frame `copy(index)` names) and are handed, with their
+    /// index, to `map`, which maps each into the guest (whose teardown then
+    /// frees them); a page `map` refuses is freed.
     fn ring<E>(
         &self,
         events: &Self::Events,
         index_offset: u64,
         slots: u32,
+        copy: impl Fn(usize) -> Option<PhysAddr>,
         map: impl FnMut(usize, PhysAddr) -> Result<(), E>,
     ) -> Result<Self::Ring, RingAllocError<E>>;
 

@@ -151,11 +151,16 @@ impl Platform for Fake {
         _events: &FakeEvents,
         _index_offset: u64,
         slots: u32,
+        copy: impl Fn(usize) -> Option<PhysAddr>,
         mut map: impl FnMut(usize, PhysAddr) -> Result<(), E>,
     ) -> Result<SharedRing, RingAllocError<E>> {
         let mut pages = Vec::new();
         for i in 0..abi::ring::slots_bytes(slots) / 4096 {
-            let page = self.mem.lock().alloc().ok_or(RingAllocError::NoMemory)?;
+            let page = match copy(i) {
+                Some(src) => self.mem.lock().alloc_copy(src),
+                None => self.mem.lock().alloc(),
+            };
+            let page = page.ok_or(RingAllocError::NoMemory)?;
             if let Err(e) = map(i, page) {
                 self.mem.lock().free(page);
                 return Err(RingAllocError::Map(e));

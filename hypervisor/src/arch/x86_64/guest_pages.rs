@@ -86,6 +86,7 @@ impl DirectRing {
         events: &EventPage,
         index_offset: u64,
         slots: u32,
+        copy: impl Fn(usize) -> Option<PhysAddr>,
         mut map: impl FnMut(usize, PhysAddr) -> Result<(), E>,
     ) -> Result<Self, RingAllocError<E>> {
         assert!(index_offset.is_multiple_of(4) && index_offset as usize + INDEX_BYTES <= PAGE);
@@ -93,7 +94,11 @@ impl DirectRing {
         let mut pages = Vec::with_capacity(n);
         let mut mem = DirectMap;
         for i in 0..n {
-            let page = mem.alloc().ok_or(RingAllocError::NoMemory)?;
+            let page = match copy(i) {
+                Some(src) => mem.alloc_copy(src),
+                None => mem.alloc(),
+            };
+            let page = page.ok_or(RingAllocError::NoMemory)?;
             if let Err(e) = map(i, page) {
                 mem.free(page);
                 return Err(RingAllocError::Map(e));

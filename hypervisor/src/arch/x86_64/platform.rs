@@ -170,9 +170,10 @@ impl Platform for X86_64 {
         events: &EventPage,
         index_offset: u64,
         slots: u32,
+        copy: impl Fn(usize) -> Option<PhysAddr>,
         map: impl FnMut(usize, PhysAddr) -> Result<(), E>,
     ) -> Result<DirectRing, RingAllocError<E>> {
-        DirectRing::alloc(events, index_offset, slots, map)
+        DirectRing::alloc(events, index_offset, slots, copy, map)
     }
 
     fn write_boot_info(&self, frame: PhysAddr, info: RawBootInfo) {
