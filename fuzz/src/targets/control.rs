@@ -182,7 +182,13 @@ impl ControlHost for FuzzHost {
         st.paused.remove(i);
         Ok(())
     }
-    fn clone_guest(&self, template: &str, name: &str, count: Option<u32>) -> Result<hypervisor::control::Cloned, Refusal> {
+    fn clone_guest(
+        &self,
+        template: &str,
+        name: &str,
+        count: Option<u32>,
+        args: Option<&[&str]>,
+    ) -> Result<hypervisor::control::Cloned, Refusal> {
         let st = &mut *self.0.borrow_mut();
         if !st.paused.iter().any(|n| n == template) {
             return Err(Refusal::from(format!("guest {template} is not paused")));
@@ -197,7 +203,7 @@ impl ControlHost for FuzzHost {
             }
             let State { mem, kernel_root, guests, .. } = st;
             let Some(t) = guests.iter_mut().find(|(n, _)| n == template).map(|(_, g)| g) else { break };
-            match Guest::clone_from(t, mem, *kernel_root, &nm, abi::layout::heap_start(0), |_, _| {}) {
+            match Guest::clone_from(t, mem, *kernel_root, &nm, args, abi::layout::heap_start(0), |_, _| {}) {
                 Ok(g) => {
                     guests.push((nm.clone(), g));
                     if made.count == 0 {
@@ -254,7 +260,14 @@ impl ControlHost for FuzzHost {
         let sum = digest_string(&hypervisor::machine::digest(&data));
         Ok((data, sum))
     }
-    fn restore(&self, _: usize, name: &str, _: Option<Tenant<'_>>, data: &[u8]) -> Result<(Option<[u8; 4]>, Option<u32>), String> {
+    fn restore(
+        &self,
+        _: usize,
+        name: &str,
+        _: Option<Tenant<'_>>,
+        args: Option<&[&str]>,
+        data: &[u8],
+    ) -> Result<(Option<[u8; 4]>, Option<u32>), String> {
         let snap = abi::snapshot::Snapshot::parse(data).map_err(|e| e.to_string())?;
         let st = &mut *self.0.borrow_mut();
         if st.guests.iter().any(|(n, _)| n == name) {
@@ -266,7 +279,7 @@ impl ControlHost for FuzzHost {
         let State { mem, guests, images, kernel_root, time_page, .. } = st;
         let img = images.iter().find(|(_, d, _)| *d == snap.state.image_digest).map(|(_, _, i)| i).ok_or("its image is not loaded")?;
         let heap_start = abi::layout::heap_start(0);
-        let g = Guest::restore(mem, *kernel_root, *time_page, img, &snap, name, heap_start, 0..0, 0, |_, _| {})?;
+        let g = Guest::restore(mem, *kernel_root, *time_page, img, &snap, name, args, heap_start, 0..0, 0, |_, _| {})?;
         guests.push((name.into(), g));
         Ok((None, None))
     }
@@ -368,6 +381,7 @@ fn run(data: &[u8]) -> Vec<String> {
                     16 => format!("pause {}", name(&mut inp)),
                     17 => format!("resume {}", name(&mut inp)),
                     18 if inp.bool() => format!("clone {} {}", name(&mut inp), name(&mut inp)),
+                    18 if inp.bool() => format!("clone {} {} -- x%20y {}", name(&mut inp), name(&mut inp), number(&mut inp)),
                     18 => format!("clone {} {} {}", name(&mut inp), name(&mut inp), number(&mut inp)),
                     0 => Request::List.to_string(),
                     1 => Request::Stats.to_string(),

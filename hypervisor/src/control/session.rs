@@ -66,7 +66,8 @@ pub trait ControlHost {
     /// Makes `count` clones of paused guest `template` (`name`, or
     /// `name-0`.. with a count): how many, the first's name, address and
     /// tenant, and why it stopped short, if it did.
-    fn clone_guest(&self, template: &str, name: &str, count: Option<u32>) -> Result<Cloned, Refusal>;
+    /// With `args`, the clones get them instead of the template's.
+    fn clone_guest(&self, template: &str, name: &str, count: Option<u32>, args: Option<&[&str]>) -> Result<Cloned, Refusal>;
     /// A row for every guest not forgotten (live, and ended ones whose
     /// records are kept), in the order they were created.
     fn list(&self) -> Vec<GuestRow>;
@@ -92,18 +93,25 @@ pub trait ControlHost {
     /// digest (`sha256:HEX`).
     fn snapshot(&self, name: &str) -> Result<(Vec<u8>, String), Refusal>;
     /// Creates and starts guest `name` from snapshot file `data`, in
-    /// `tenant` (`None`: the snapshot's); its address and tenant, or why
-    /// the snapshot is refused.
-    fn restore(&self, client: usize, name: &str, tenant: Option<Tenant<'_>>, data: &[u8])
-    -> Result<(Option<[u8; 4]>, Option<u32>), String>;
+    /// `tenant` (`None`: the snapshot's), with `args` (`None`: the saved
+    /// ones); its address and tenant, or why the snapshot is refused.
+    fn restore(
+        &self,
+        client: usize,
+        name: &str,
+        tenant: Option<Tenant<'_>>,
+        args: Option<&[&str]>,
+        data: &[u8],
+    ) -> Result<(Option<[u8; 4]>, Option<u32>), String>;
 }
 
 /// What an upload is for.
 enum Purpose {
     /// An image (`image-begin`).
     Image,
-    /// A guest made from a snapshot (`restore-begin`): its tenant word.
-    Restore { tenant: Option<String> },
+    /// A guest made from a snapshot (`restore-begin`): its tenant word and
+    /// arguments.
+    Restore { tenant: Option<String>, args: Option<Vec<String>> },
 }
 
 /// A snapshot going out in `snapshot_data` records as the client reads.
@@ -254,10 +262,11 @@ impl Session {
                     self.begin_upload(host, now_ns, name, len, Purpose::Image)
                 }
             }
-            Request::RestoreBegin { name, len, tenant } => {
+            Request::RestoreBegin { name, len, tenant, args } => {
                 self.upload = None;
                 let tenant = tenant.map(|t| alloc::format!("{t}"));
-                self.begin_upload(host, now_ns, name, len, Purpose::Restore { tenant })
+                let args = args.map(|v| v.into_iter().map(|a| a.into_owned()).collect());
+                self.begin_upload(host, now_ns, name, len, Purpose::Restore { tenant, args })
             }
             Request::ImageEnd => match self.upload.take() {
                 Some(Upload { purpose: Purpose::Image, name, len, data, overflowed: false, .. }) if data.len() == len => {
@@ -274,9 +283,12 @@ impl Session {
                 None => Err(ControlError::NoUpload),
             },
             Request::RestoreEnd => match self.upload.take() {
-                Some(Upload { purpose: Purpose::Restore { tenant }, name, len, data, overflowed: false, .. }) if data.len() == len => {
+                Some(Upload { purpose: Purpose::Restore { tenant, args }, name, len, data, overflowed: false, .. })
+                    if data.len() == len =>
+                {
                     let tenant = tenant.as_deref().and_then(abi::control::parse_tenant);
-                    match host.restore(self.client, &name, tenant, &data) {
+                    let args: Option<Vec<&str>> = args.as_ref().map(|v| v.iter().map(String::as_str).collect());
+                    match host.restore(self.client, &name, tenant, args.as_deref(), &data) {
                         Ok((ip, tenant)) => Ok(Response::restored(&name, ip, tenant)),
                         Err(why) => Err(ControlError::SnapshotRejected { name, why }),
                     }
@@ -327,8 +339,8 @@ impl Session {
             Request::Stop(name) => host.stop(name).map(|()| Response::Stopped { stopped: name.into() }).map_err(ControlError::Refused),
             Request::Pause(name) => host.pause(name).map(|()| Response::Pausing { pausing: name.into() }).map_err(ControlError::Refused),
             Request::Resume(name) => host.resume(name).map(|()| Response::Resumed { resumed: name.into() }).map_err(ControlError::Refused),
-            Request::Clone { template, name, count } => host
-                .clone_guest(template, name, count)
+            Request::Clone { template, name, count, args } => host
+                .clone_guest(template, name, count, args.as_deref().map(strs).as_deref())
                 .map(|c| Response::Cloned {
                     cloned: c.count,
                     first: c.first,
@@ -459,7 +471,7 @@ mod tests {
         fn resume(&self, name: &str) -> Result<(), Refusal> {
             self.find(name)
         }
-        fn clone_guest(&self, template: &str, name: &str, count: Option<u32>) -> Result<Cloned, Refusal> {
+        fn clone_guest(&self, template: &str, name: &str, count: Option<u32>, _: Option<&[&str]>) -> Result<Cloned, Refusal> {
             self.find(template)?;
             let n = count.unwrap_or(1);
             let first = if count.is_some() { format!("{name}-0") } else { name.into() };
@@ -494,7 +506,14 @@ mod tests {
             self.find(name)?;
             Ok(((0..10_000u32).map(|i| i as u8).collect(), "sha256:x".into()))
         }
-        fn restore(&self, _: usize, name: &str, tenant: Option<Tenant<'_>>, data: &[u8]) -> Result<(Option<[u8; 4]>, Option<u32>), String> {
+        fn restore(
+            &self,
+            _: usize,
+            name: &str,
+            tenant: Option<Tenant<'_>>,
+            _: Option<&[&str]>,
+            data: &[u8],
+        ) -> Result<(Option<[u8; 4]>, Option<u32>), String> {
             if data.first() != Some(&b'S') {
                 return Err("not a snapshot".into());
             }

@@ -311,7 +311,7 @@ impl Guest {
     /// every page it owns, frozen and shared copy-on-write (`GuestMemory::
     /// freeze`; the template's own writes copy too from now on). Its own
     /// pages are new: a start page with `name` and the template's
-    /// arguments and environment (`write_boot_info` writes the boot record
+    /// arguments (or `args`) and environment (`write_boot_info` writes the boot record
     /// and the vNIC record into it), and a shared page copied from the
     /// template's, with `events::CLONED` raised and the generation word
     /// one past the template's. The caller maps the vNIC ring slots
@@ -321,13 +321,18 @@ impl Guest {
         mem: &mut M,
         kernel_root: PhysAddr,
         name: &str,
+        args: Option<&[&str]>,
         heap_start: u64,
         write_boot_info: impl FnOnce(&mut M, PhysAddr),
     ) -> Result<Self, CreateError> {
         let limit = template.memory.limit_bytes();
         let si = template.start_info(mem);
-        let (args, env) = template.start_strings(mem, &si).ok_or(CreateError::ArgsTooLong)?;
-        let (args, env): (Vec<&str>, Vec<&str>) = (args.iter().map(String::as_str).collect(), env.iter().map(String::as_str).collect());
+        let (own_args, env) = template.start_strings(mem, &si).ok_or(CreateError::ArgsTooLong)?;
+        let env: Vec<&str> = env.iter().map(String::as_str).collect();
+        let args: Vec<&str> = match args {
+            Some(a) => a.to_vec(),
+            None => own_args.iter().map(String::as_str).collect(),
+        };
         let strings = start_strings(name, &args, &env).ok_or(CreateError::ArgsTooLong)?;
         let keep = |va| Self::own_page(va, heap_start);
         if template.memory.freeze(mem, &keep).map_err(|_| CreateError::MachineOutOfMemory)? > 0 {

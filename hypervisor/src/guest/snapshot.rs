@@ -125,7 +125,8 @@ impl Guest {
     }
 
     /// A guest made from snapshot `snap` of a guest of `image`, named
-    /// `name`, with a new start page (`write_boot_info` writes the boot
+    /// `name` (with `args` if given, else the saved arguments), with a new
+    /// start page (`write_boot_info` writes the boot
     /// and vNIC records into it), at `now` on the hypervisor's clock. The
     /// pages in `rings` (its vNIC's ring slots) are left to the caller,
     /// who maps them from the snapshot with its rings.
@@ -137,6 +138,7 @@ impl Guest {
         image: &LoadedImage,
         snap: &Snapshot<'_>,
         name: &str,
+        args: Option<&[&str]>,
         heap_start: u64,
         rings: Range<u64>,
         now: u64,
@@ -144,7 +146,10 @@ impl Guest {
     ) -> Result<Self, String> {
         let st = &snap.state;
         let limit = st.settings.memory;
-        let args: Vec<&str> = snap.args().collect();
+        let args: Vec<&str> = match args {
+            Some(a) => a.to_vec(),
+            None => snap.args().collect(),
+        };
         let env: Vec<&str> = snap.env().collect();
         let strings = start_strings(name, &args, &env).ok_or_else(|| format!("{}", CreateError::ArgsTooLong))?;
         let space = AddressSpace::new(mem, kernel_root).ok_or_else(|| format!("{}", CreateError::MachineOutOfMemory))?;

@@ -34,12 +34,14 @@ const QUIET_AFTER: u32 = 3;
 
 /// What every clone of one `clone_guests` call shares: the template's
 /// settings and image, and the boot record made from them.
-struct Batch {
+struct Batch<'a> {
     st: Settings,
     image: usize,
     image_name: String,
     boot: RawBootInfo,
     heap_start: u64,
+    /// The clones' arguments, if not the template's.
+    args: Option<&'a [&'a str]>,
 }
 
 /// Clones the manifest asks for (`warm`, `from`), made once their
@@ -59,7 +61,14 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
     /// `numbered` = (first, count) `count` of them named `name-first` ..
     /// `name-(first+count-1)`; as many as fit: stops at the first that
     /// cannot be made and says why.
-    pub(super) fn clone_guests(&self, tid: usize, name: &str, numbered: Option<(u32, u32)>) -> Result<Cloned, Refusal> {
+    /// With `args`, the clones get them instead of the template's.
+    pub(super) fn clone_guests(
+        &self,
+        tid: usize,
+        name: &str,
+        numbered: Option<(u32, u32)>,
+        args: Option<&[&str]>,
+    ) -> Result<Cloned, Refusal> {
         let status = self.status(tid);
         let template = status.name.as_str();
         if status.state.load(Ordering::Acquire) != PAUSED {
@@ -98,6 +107,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
                 image_name: img.name.clone(),
                 boot: super::create::boot_info(img, heap_start, st.memory, &self.time),
                 heap_start,
+                args,
             }
         };
         let out = |l: &str| self.platform.console_line(l);
@@ -136,7 +146,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
     }
 
     /// Makes one clone of guest `tid` named `name`.
-    fn clone_one(&self, tid: usize, name: &str, batch: &Batch) -> Result<Created, String> {
+    fn clone_one(&self, tid: usize, name: &str, batch: &Batch<'_>) -> Result<Created, String> {
         let mut creating = self.creating.lock();
         let (heap, heap_used) = self.platform.heap_usage();
         if heap - heap_used < super::create::HEAP_HEADROOM {
@@ -164,7 +174,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         creating: &mut super::create::Creating,
         tid: usize,
         name: &str,
-        batch: &Batch,
+        batch: &Batch<'_>,
     ) -> Result<(Guest, P::Events, Created), String> {
         let (st, heap_start) = (&batch.st, batch.heap_start);
         let created_ns = self.now();
@@ -176,7 +186,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             return Err(String::from("its template is busy on a CPU; try again"));
         };
         let made = (|| {
-            let mut g = Guest::clone_from(&mut template, &mut mem, self.guest_upper, name, heap_start, |m, page| {
+            let mut g = Guest::clone_from(&mut template, &mut mem, self.guest_upper, name, batch.args, heap_start, |m, page| {
                 self.platform.write_boot_info(page, batch.boot);
                 if let Some(info) = &nic {
                     m.write(page, abi::layout::NIC_INFO_OFFSET as usize, &info.to_bytes());
@@ -232,7 +242,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         let mut resume = false;
         for job in jobs {
             resume |= job.resume;
-            if let Err(why) = self.clone_guests(template, &job.name, Some((job.first, job.count))) {
+            if let Err(why) = self.clone_guests(template, &job.name, Some((job.first, job.count)), None) {
                 self.platform.console_line(&format!("[hv] guests {}-*: not cloned from {name}: {}", job.name, why.why));
             }
         }

@@ -274,9 +274,9 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
         Ok(())
     }
 
-    fn clone_guest(&self, template: &str, name: &str, count: Option<u32>) -> Result<Cloned, Refusal> {
+    fn clone_guest(&self, template: &str, name: &str, count: Option<u32>, args: Option<&[&str]>) -> Result<Cloned, Refusal> {
         let tid = self.find(template).ok_or_else(|| not_found(template))?;
-        self.clone_guests(tid, name, count.map(|n| (0, n)))
+        self.clone_guests(tid, name, count.map(|n| (0, n)), args)
     }
 
     fn list(&self) -> Vec<GuestRow> {
@@ -394,9 +394,10 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
         _client: usize,
         name: &str,
         tenant: Option<Tenant<'_>>,
+        args: Option<&[&str]>,
         data: &[u8],
     ) -> Result<(Option<[u8; 4]>, Option<u32>), String> {
-        self.restore_guest(name, tenant, data)
+        self.restore_guest(name, tenant, args, data)
     }
 
     fn capture(&self, client: usize, what: &str, count: u32, secs: u32) -> Result<(), Refusal> {

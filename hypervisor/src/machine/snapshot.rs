@@ -66,12 +66,13 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
     }
 
     /// Creates guest `name` from snapshot file `data` in `tenant` (`None`:
-    /// the snapshot's), for control client `client`; its address and
-    /// tenant.
+    /// the snapshot's), with `args` (`None`: the saved ones); its address
+    /// and tenant.
     pub(super) fn restore_guest(
         &self,
         name: &str,
         tenant: Option<Tenant<'_>>,
+        args: Option<&[&str]>,
         data: &[u8],
     ) -> Result<(Option<[u8; 4]>, Option<u32>), String> {
         let snap = Snapshot::parse(data).map_err(|e| format!("{e}"))?;
@@ -128,13 +129,24 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         let boot = super::create::boot_info(img, heap_start, st.memory, &self.time);
         let mut mem = self.platform.mem();
         let made = (|| {
-            let mut g =
-                Guest::restore(&mut mem, self.guest_upper, self.time_page, img, &snap, name, heap_start, rings, started, |m, page| {
+            let mut g = Guest::restore(
+                &mut mem,
+                self.guest_upper,
+                self.time_page,
+                img,
+                &snap,
+                name,
+                args,
+                heap_start,
+                rings,
+                started,
+                |m, page| {
                     self.platform.write_boot_info(page, boot);
                     if let Some(info) = &nic {
                         m.write(page, abi::layout::NIC_INFO_OFFSET as usize, &info.to_bytes());
                     }
-                })?;
+                },
+            )?;
             let Some(events) = self.platform.events_of(&g) else {
                 g.destroy(&mut mem);
                 return Err(String::from("its event page is not mapped"));

@@ -1107,7 +1107,7 @@ fn a_paused_guest_is_cloned_and_everything_ends_with_its_memory_back() {
     m.step(0, &mut cpu);
     m.step(0, &mut cpu);
     assert_eq!(state(&m, t), Some(State::Blocked { deadline: u64::MAX }));
-    assert_eq!(m.clone_guest("t", "c", None).unwrap_err().reason, Some(Reason::NotPaused));
+    assert_eq!(m.clone_guest("t", "c", None, None).unwrap_err().reason, Some(Reason::NotPaused));
     assert_eq!(m.resume("t").unwrap_err().reason, Some(Reason::NotPaused));
     m.pause("t").unwrap();
     m.step(0, &mut cpu);
@@ -1121,9 +1121,9 @@ fn a_paused_guest_is_cloned_and_everything_ends_with_its_memory_back() {
     for c in ["c-0", "c-1"] {
         m.platform.scripts.lock().insert(c.into(), [Act::Exit(0)].into_iter().collect());
     }
-    let made = m.clone_guest("t", "c", Some(2)).unwrap();
+    let made = m.clone_guest("t", "c", Some(2), None).unwrap();
     assert_eq!((made.count, made.first.as_str(), made.error), (2, "c-0", None));
-    assert_eq!(m.clone_guest("t", "c", Some(1)).unwrap_err().reason, Some(Reason::Exists));
+    assert_eq!(m.clone_guest("t", "c", Some(1), None).unwrap_err().reason, Some(Reason::Exists));
     assert_eq!(steps(&m, 0, &mut cpu, 20), Pass::Again);
     assert_eq!(lines(&m, "[hv] guest t stopped: "), 0, "w still lives");
     deliver(&m, w, 0);
@@ -1210,7 +1210,7 @@ fn a_guest_saved_and_restored_goes_on_with_its_pages_and_a_new_identity() {
     // Restored into another tenant, at a later time on this clock.
     m.platform.clock.fetch_add(5_000_000_000, Ordering::SeqCst);
     m.platform.scripts.lock().insert("r".into(), [Act::Exit(0)].into_iter().collect());
-    let (ip, tenant) = m.restore(0, "r", Some(Tenant::Named("moved")), &data).unwrap();
+    let (ip, tenant) = m.restore(0, "r", Some(Tenant::Named("moved")), Some(&["new", "args"]), &data).unwrap();
     let tenant = tenant.unwrap();
     assert_ne!(tenant, 3);
     assert_eq!(ip, Some(abi::guest_ipv4(tenant, 0)));
@@ -1236,17 +1236,24 @@ fn a_guest_saved_and_restored_goes_on_with_its_pages_and_a_new_identity() {
         assert_eq!(word(rg, &mut mem, abi::layout::EVENT_CLOCK_OFFSET) as i64, saved_clock as i64 - now as i64);
         assert_eq!(rg.guest_clock(now), saved_clock, "its clock goes on from the saved one");
         assert!(rg.memory.charged_bytes() >= 4 * 4096, "its pages are its own and charged");
+        // Its start page is new: its name and the arguments it was given.
+        let mut b = [0u8; core::mem::size_of::<abi::StartInfo>()];
+        rg.memory.read(&mut mem, abi::layout::START_INFO, &mut b).unwrap();
+        let si = abi::StartInfo::from_bytes(&b);
+        let mut s = vec![0u8; si.args_len as usize];
+        rg.memory.read(&mut mem, si.args_addr, &mut s).unwrap();
+        assert_eq!((si.argc, &s[..]), (2, &b"new\0args\0"[..]));
     }
     // Refused, each for its reason, without a frame taken.
-    assert!(m.restore(0, "r", None, &data).unwrap_err().contains("exists already"));
-    assert!(m.restore(0, "x", None, &data[..data.len() - 1]).unwrap_err().contains("truncated"));
+    assert!(m.restore(0, "r", None, None, &data).unwrap_err().contains("exists already"));
+    assert!(m.restore(0, "x", None, None, &data[..data.len() - 1]).unwrap_err().contains("truncated"));
     let mut flipped = data.clone();
     flipped[300] ^= 1;
-    assert!(m.restore(0, "x", None, &flipped).unwrap_err().contains("altered"));
+    assert!(m.restore(0, "x", None, None, &flipped).unwrap_err().contains("altered"));
     let mut other = data.clone();
     other[24] ^= 1;
-    assert!(m.restore(0, "x", None, &resealed(other)).unwrap_err().contains("is not loaded here"));
-    assert!(m.restore(0, "x", Some(Tenant::None), &data).unwrap_err().contains("has a vNIC"));
+    assert!(m.restore(0, "x", None, None, &resealed(other)).unwrap_err().contains("is not loaded here"));
+    assert!(m.restore(0, "x", Some(Tenant::None), None, &data).unwrap_err().contains("has a vNIC"));
     assert_eq!(m.platform.mem.lock().live, live, "a refused snapshot takes nothing");
     assert!(m.find("x").is_none());
 

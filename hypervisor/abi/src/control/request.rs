@@ -71,13 +71,16 @@ pub enum Request<'a> {
     /// `clone TEMPLATE NAME [COUNT]` (protocol 6): guests that share the
     /// paused guest TEMPLATE's pages copy-on-write; NAME, or NAME-0 ..
     /// NAME-(COUNT-1) when COUNT is given.
-    Clone { template: &'a str, name: &'a str, count: Option<u32> },
+    /// With `-- ARG...` (protocol 7) they get those arguments instead of
+    /// the template's.
+    Clone { template: &'a str, name: &'a str, count: Option<u32>, args: Option<Vec<Cow<'a, str>>> },
     /// `snapshot NAME` (protocol 7): the paused guest's state, streamed.
     Snapshot(&'a str),
-    /// `restore-begin NAME LEN [TENANT]` (protocol 7): an upload of a
-    /// snapshot of LEN bytes from which guest NAME is made (in TENANT, or
-    /// the snapshot's), its chunks `image-data` lines.
-    RestoreBegin { name: &'a str, len: usize, tenant: Option<Tenant<'a>> },
+    /// `restore-begin NAME LEN [TENANT] [-- ARG...]` (protocol 7): an
+    /// upload of a snapshot of LEN bytes from which guest NAME is made (in
+    /// TENANT, or the snapshot's; with ARGs instead of the saved
+    /// arguments), its chunks `image-data` lines.
+    RestoreBegin { name: &'a str, len: usize, tenant: Option<Tenant<'a>>, args: Option<Vec<Cow<'a, str>>> },
     /// `restore-end`
     RestoreEnd,
 }
@@ -235,18 +238,18 @@ impl fmt::Display for RequestError {
             Self::StartMemory => "start: MEMORY must be a number of bytes above 0",
             Self::StartTenant => "start: TENANT must be a number below 256, a name ([A-Za-z0-9_-], not only digits), or none",
             Self::StartName => "start: NAME must be 1 to 64 of [a-z0-9_-]",
-            Self::StartArgs => "start: at most 16 arguments",
+            Self::StartArgs => "start, clone, restore-begin: at most 16 arguments",
             Self::StartEnv => "start: env=KEY=VALUE needs a KEY, and at most 64 of them",
-            Self::StartEscape => "start: a %XX escape is malformed, or decodes to a NUL byte or not to UTF-8",
+            Self::StartEscape => "start, clone, restore-begin: a %XX escape is malformed, or decodes to a NUL byte or not to UTF-8",
             Self::StartOption => {
                 "start: options before -- are weight=1..10000, cap=1..100, ring_slots=2..512 (a power of two), \
                  nic_packets=, nic_bytes=, nic_broadcasts=, console_bytes=, notifications= (per second, 0: none), watch"
             }
             Self::NeedsName => "image-remove, tenant-remove, wait, console, remove, pause, resume and snapshot need one name",
-            Self::CloneUsage => "clone needs TEMPLATE NAME [COUNT]: NAME 1 to 64 of [a-z0-9_-], COUNT 1 to 65536",
+            Self::CloneUsage => "clone needs TEMPLATE NAME [COUNT] [-- ARG...]: NAME 1 to 64 of [a-z0-9_-], COUNT 1 to 65536",
             Self::RestoreUsage => {
-                "restore-begin needs NAME LEN [TENANT]: NAME 1 to 64 of [a-z0-9_-], LEN 1 to 1073741824, TENANT a number below 256, \
-                 a name or none"
+                "restore-begin needs NAME LEN [TENANT] [-- ARG...]: NAME 1 to 64 of [a-z0-9_-], LEN 1 to 1073741824, TENANT a number \
+                 below 256, a name or none"
             }
             Self::CaptureUsage => "capture needs a guest or tenant:N, a frame count and seconds, both above 0",
         })
@@ -332,6 +335,31 @@ pub fn write_hex(f: &mut impl fmt::Write, bytes: &[u8]) -> fmt::Result {
     Ok(())
 }
 
+/// The arguments after a `--` that `words` has just passed (each
+/// percent-escaped, at most [`ARGS_MAX`]); `None` if the line has no `--`.
+fn escaped_args<'a>(words: &mut impl Iterator<Item = &'a str>, line: &str) -> Result<Option<Vec<Cow<'a, str>>>, RequestError> {
+    if !line.split_whitespace().any(|w| w == "--") {
+        return Ok(None);
+    }
+    let args: Vec<&str> = words.collect();
+    if args.len() > ARGS_MAX {
+        return Err(RequestError::StartArgs);
+    }
+    args.into_iter().map(|a| unescape(a).ok_or(RequestError::StartEscape)).collect::<Result<_, _>>().map(Some)
+}
+
+/// Writes ` -- ARG...` (each percent-escaped) if there are arguments to give.
+fn write_args(f: &mut fmt::Formatter<'_>, args: &Option<Vec<Cow<'_, str>>>) -> fmt::Result {
+    if let Some(args) = args {
+        f.write_str(" --")?;
+        for a in args {
+            f.write_str(" ")?;
+            write_escaped(f, a)?;
+        }
+    }
+    Ok(())
+}
+
 /// The tenant a word names: `none`, a number below [`MAX_TENANTS`], or a
 /// name (what `Tenant`'s `Display` writes).
 pub fn parse_tenant(word: &str) -> Option<Tenant<'_>> {
@@ -412,12 +440,17 @@ pub fn parse(line: &str) -> Result<Request<'_>, RequestError> {
         (Some("snapshot"), Some(w)) => Request::Snapshot(w),
         (Some("restore-begin"), Some(name)) => {
             let len = words.next().and_then(|w| w.parse().ok()).filter(|l| (1..=SNAPSHOT_BYTES_MAX).contains(l));
-            let tenant = match words.next() {
+            let mut rest = words.by_ref().take_while(|&w| w != "--");
+            let tenant = match rest.next() {
                 Some(w) => Some(parse_tenant(w).ok_or(E::RestoreUsage)?),
                 None => None,
             };
+            if rest.next().is_some() {
+                return Err(E::RestoreUsage);
+            }
+            let args = escaped_args(&mut words, line)?;
             match len {
-                Some(len) if good_name(name) && !name.contains('.') => Request::RestoreBegin { name, len, tenant },
+                Some(len) if good_name(name) && !name.contains('.') => return Ok(Request::RestoreBegin { name, len, tenant, args }),
                 _ => return Err(E::RestoreUsage),
             }
         }
@@ -428,11 +461,16 @@ pub fn parse(line: &str) -> Result<Request<'_>, RequestError> {
         }
         (Some("clone"), Some(template)) => {
             let name = words.next().filter(|n| good_name(n) && !n.contains('.')).ok_or(E::CloneUsage)?;
-            let count = match words.next() {
+            let mut rest = words.by_ref().take_while(|&w| w != "--");
+            let count = match rest.next() {
                 Some(w) => Some(w.parse().ok().filter(|n| (1..=CLONES_MAX).contains(n)).ok_or(E::CloneUsage)?),
                 None => None,
             };
-            Request::Clone { template, name, count }
+            if rest.next().is_some() {
+                return Err(E::TooManyWords);
+            }
+            let args = escaped_args(&mut words, line)?;
+            return Ok(Request::Clone { template, name, count, args });
         }
         (Some("clone"), None) => return Err(E::CloneUsage),
         (Some("capture"), Some(what)) => {
@@ -499,14 +537,24 @@ impl fmt::Display for Request<'_> {
             Self::Remove(w) => write!(f, "remove {w}"),
             Self::Pause(w) => write!(f, "pause {w}"),
             Self::Resume(w) => write!(f, "resume {w}"),
-            Self::Clone { template, name, count: None } => write!(f, "clone {template} {name}"),
-            Self::Clone { template, name, count: Some(n) } => write!(f, "clone {template} {name} {n}"),
+            Self::Clone { template, name, count, args } => {
+                write!(f, "clone {template} {name}")?;
+                if let Some(n) = count {
+                    write!(f, " {n}")?;
+                }
+                write_args(f, args)
+            }
             Self::Wait(w) => write!(f, "wait {w}"),
             Self::Events => f.write_str("events"),
             Self::Console(w) => write!(f, "console {w}"),
             Self::Snapshot(w) => write!(f, "snapshot {w}"),
-            Self::RestoreBegin { name, len, tenant: None } => write!(f, "restore-begin {name} {len}"),
-            Self::RestoreBegin { name, len, tenant: Some(t) } => write!(f, "restore-begin {name} {len} {t}"),
+            Self::RestoreBegin { name, len, tenant, args } => {
+                write!(f, "restore-begin {name} {len}")?;
+                if let Some(t) = tenant {
+                    write!(f, " {t}")?;
+                }
+                write_args(f, args)
+            }
             Self::RestoreEnd => f.write_str("restore-end"),
         }
     }

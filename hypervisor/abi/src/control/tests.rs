@@ -117,7 +117,7 @@ fn a_stats_answer_holds_the_console_records() {
 
 #[test]
 fn errors_read_as_they_always_did() {
-    assert_eq!(ControlError::Request(RequestError::StartArgs).to_string(), "start: at most 16 arguments");
+    assert_eq!(ControlError::Request(RequestError::StartArgs).to_string(), "start, clone, restore-begin: at most 16 arguments");
     assert_eq!(ControlError::RequestTimedOut.to_string(), "request timed out: no end of line within 5 s");
     assert_eq!(ControlError::UploadTimedOut.to_string(), "upload timed out: no image-data within 5 s; begin again");
     assert_eq!(ControlError::ImageRejected { name: "a".into(), why: "not an image".into() }.to_string(), "image a rejected: not an image");

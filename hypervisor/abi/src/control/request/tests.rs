@@ -52,17 +52,34 @@ fn requests_parse_and_garbage_is_refused() {
     assert_eq!(parse("pause t"), Ok(Request::Pause("t")));
     assert_eq!(parse("resume t"), Ok(Request::Resume("t")));
     assert_eq!(parse("pause"), Err(RequestError::NeedsName));
-    assert_eq!(parse("clone t c"), Ok(Request::Clone { template: "t", name: "c", count: None }));
-    assert_eq!(parse("clone t c 10000"), Ok(Request::Clone { template: "t", name: "c", count: Some(10_000) }));
+    assert_eq!(parse("clone t c"), Ok(Request::Clone { template: "t", name: "c", count: None, args: None }));
+    assert_eq!(parse("clone t c 10000"), Ok(Request::Clone { template: "t", name: "c", count: Some(10_000), args: None }));
+    assert_eq!(
+        parse("clone t c 2 -- a%20b --"),
+        Ok(Request::Clone { template: "t", name: "c", count: Some(2), args: Some(vec!["a b".into(), "--".into()]) })
+    );
+    assert_eq!(parse("clone t c --"), Ok(Request::Clone { template: "t", name: "c", count: None, args: Some(vec![]) }));
+    assert_eq!(parse("clone t c -- %zz"), Err(RequestError::StartEscape));
     for bad in ["clone", "clone t", "clone t c 0", "clone t c 65537", "clone t c.d", "clone t C", "clone t c x"] {
         assert_eq!(parse(bad), Err(RequestError::CloneUsage), "{bad}");
     }
     assert_eq!(parse("clone t c 1 2"), Err(RequestError::TooManyWords));
     assert_eq!(parse("snapshot e"), Ok(Request::Snapshot("e")));
     assert_eq!(parse("snapshot"), Err(RequestError::NeedsName));
-    assert_eq!(parse("restore-begin e 100"), Ok(Request::RestoreBegin { name: "e", len: 100, tenant: None }));
-    assert_eq!(parse("restore-begin e 100 acme"), Ok(Request::RestoreBegin { name: "e", len: 100, tenant: Some(Tenant::Named("acme")) }));
-    assert_eq!(parse("restore-begin e 1073741824 none"), Ok(Request::RestoreBegin { name: "e", len: 1 << 30, tenant: Some(Tenant::None) }));
+    assert_eq!(parse("restore-begin e 100"), Ok(Request::RestoreBegin { name: "e", len: 100, tenant: None, args: None }));
+    assert_eq!(
+        parse("restore-begin e 100 acme"),
+        Ok(Request::RestoreBegin { name: "e", len: 100, tenant: Some(Tenant::Named("acme")), args: None })
+    );
+    assert_eq!(
+        parse("restore-begin e 1073741824 none"),
+        Ok(Request::RestoreBegin { name: "e", len: 1 << 30, tenant: Some(Tenant::None), args: None })
+    );
+    assert_eq!(
+        parse("restore-begin e 100 -- x y"),
+        Ok(Request::RestoreBegin { name: "e", len: 100, tenant: None, args: Some(vec!["x".into(), "y".into()]) })
+    );
+    assert_eq!(parse("restore-begin e 100 1 2"), Err(RequestError::RestoreUsage));
     assert_eq!(parse("restore-end"), Ok(Request::RestoreEnd));
     for bad in [
         "restore-begin",
@@ -74,7 +91,13 @@ fn requests_parse_and_garbage_is_refused() {
     ] {
         assert_eq!(parse(bad), Err(RequestError::RestoreUsage), "{bad}");
     }
-    for r in [Request::Snapshot("e"), Request::RestoreBegin { name: "e", len: 7, tenant: Some(Tenant::Number(3)) }, Request::RestoreEnd] {
+    for r in [
+        Request::Snapshot("e"),
+        Request::RestoreBegin { name: "e", len: 7, tenant: Some(Tenant::Number(3)), args: None },
+        Request::RestoreBegin { name: "e", len: 7, tenant: None, args: Some(vec!["a b%".into(), "--".into()]) },
+        Request::Clone { template: "t", name: "c", count: None, args: Some(vec!["ü".into()]) },
+        Request::RestoreEnd,
+    ] {
         assert_eq!(parse(&r.to_string()), Ok(r.clone()), "{r}");
     }
 }
