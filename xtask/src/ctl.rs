@@ -1,7 +1,8 @@
 //! A detached hypervisor and `cargo xtask ctl`, which talks to it.
 //!
 //! `cargo xtask run --detach` boots QEMU in the background with its files
-//! in one instance directory (`target/run/detached/`): `console.log` (the
+//! in one instance directory (`target/run/detached/`, or `--dir DIR`, so
+//! that several run side by side; `ctl --dir DIR`): `console.log` (the
 //! console), `control.sock` (the hypervisor's control channel, COM2, as a
 //! Unix socket), `qmp.sock` (QEMU's monitor, for host port forwards added
 //! at run time), `bundle.bin`, and `instance.json` (QEMU's pid and the
@@ -166,6 +167,15 @@ pub fn default_dir() -> PathBuf {
     crate::workspace_root().join("target/run/detached")
 }
 
+/// `cargo xtask ctl`, with `--dir DIR` unless `dir` is the default: how a
+/// person talks to the hypervisor detached in `dir`.
+pub fn ctl_command(dir: &Path) -> String {
+    match dir == default_dir() {
+        true => "cargo xtask ctl".to_string(),
+        false => format!("cargo xtask ctl --dir {}", dir.display()),
+    }
+}
+
 /// A detached instance: where its files are, and the connection its
 /// requests share.
 #[derive(Clone, Debug)]
@@ -193,8 +203,10 @@ impl std::fmt::Debug for Shared {
 impl Instance {
     /// The instance recorded in `dir`, if its QEMU still runs.
     pub fn open(dir: &Path) -> Result<Instance> {
-        let text = fs::read_to_string(dir.join("instance.json"))
-            .with_context(|| format!("no detached hypervisor in {} (start one with `cargo xtask run --detach`)", dir.display()))?;
+        let text = fs::read_to_string(dir.join("instance.json")).with_context(|| {
+            let with = if dir == default_dir() { String::new() } else { format!(" --dir {}", dir.display()) };
+            format!("no detached hypervisor in {} (start one with `cargo xtask run --detach{with}`)", dir.display())
+        })?;
         let v: Value = serde_json::from_str(&text).context("instance.json is not JSON")?;
         let pid = v["pid"].as_u64().context("instance.json has no pid")? as u32;
         if !alive(pid) {
@@ -501,7 +513,7 @@ impl Instance {
 /// it never does, QEMU is killed.
 pub fn detach(p: &Prepared, dir: &Path) -> Result<Instance> {
     if let Ok(old) = Instance::open(dir) {
-        bail!("a detached hypervisor already runs (QEMU pid {}); `cargo xtask ctl shutdown` stops it", old.pid);
+        bail!("a detached hypervisor already runs in {} (QEMU pid {}); `{} shutdown` stops it", dir.display(), old.pid, ctl_command(dir));
     }
     let _ = fs::remove_file(dir.join("control.sock"));
     let _ = fs::remove_file(dir.join("qmp.sock"));

@@ -76,6 +76,10 @@ enum Command {
     Fuzz(commands::fuzz::FuzzArgs),
     /// Talk to the hypervisor that `run --detach` started.
     Ctl {
+        /// The detached hypervisor's directory, as given to `run --detach
+        /// --dir` (default target/run/detached).
+        #[arg(long, value_name = "DIR", global = true)]
+        dir: Option<PathBuf>,
         #[command(subcommand)]
         what: Ctl,
     },
@@ -255,6 +259,11 @@ struct RunArgs {
     /// then use `cargo xtask ctl`.
     #[arg(long, conflicts_with_all = ["exit_when_idle", "gdb", "timeout"])]
     detach: bool,
+    /// With --detach: the instance's files (console, control sockets) in
+    /// DIR instead of target/run/detached, so that several run side by
+    /// side; `cargo xtask ctl --dir DIR` talks to it.
+    #[arg(long, value_name = "DIR", requires = "detach")]
+    dir: Option<PathBuf>,
     /// Start paused, with QEMU's gdbstub on 127.0.0.1:PORT, and print how
     /// to attach gdb to the hypervisor and to the guests.
     #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "1234")]
@@ -300,7 +309,7 @@ impl Command {
             Command::Image { manifest, iso, memory } => commands::run::image(manifest, &iso, memory)?,
             Command::Bench(args) => xtask::bench::run(&args)?,
             Command::Fuzz(args) => commands::fuzz::run(&args)?,
-            Command::Ctl { what } => commands::ctl::run(what)?,
+            Command::Ctl { dir, what } => commands::ctl::run(dir, what)?,
             Command::Lint => xtask::lint::lint()?,
             Command::Test { args } => commands::test::run(&args)?,
         }
@@ -337,5 +346,22 @@ mod tests {
         assert!(parse(&["build-app"]).is_err());
         assert!(parse(&["build-app", "hello", "--path", "d"]).is_err());
         assert!(matches!(parse(&["build-app", "--path", "d"]), Ok(Command::BuildApp { apps, path: Some(_) }) if apps.is_empty()));
+    }
+
+    #[test]
+    fn a_detached_run_takes_a_dir_and_ctl_talks_to_it() {
+        let Ok(Command::Run(args)) = parse(&["run", "--detach", "--dir", "target/b"]) else { panic!("not parsed as run") };
+        assert!(args.detach);
+        assert_eq!(args.dir, Some(PathBuf::from("target/b")));
+        let Ok(Command::Run(args)) = parse(&["run", "--detach"]) else { panic!("not parsed as run") };
+        assert_eq!(args.dir, None, "the default directory");
+        assert!(parse(&["run", "--dir", "target/b"]).is_err(), "--dir without --detach");
+
+        // Before or after the subcommand.
+        for argv in [&["ctl", "--dir", "d", "list"][..], &["ctl", "list", "--dir", "d"]] {
+            let Ok(Command::Ctl { dir, what: Ctl::List { .. } }) = parse(argv) else { panic!("{argv:?} not parsed as ctl list") };
+            assert_eq!(dir, Some(PathBuf::from("d")), "{argv:?}");
+        }
+        assert!(matches!(parse(&["ctl", "list"]), Ok(Command::Ctl { dir: None, .. })));
     }
 }

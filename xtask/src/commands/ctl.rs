@@ -1,6 +1,7 @@
 //! `cargo xtask ctl`: talk to the hypervisor that `run --detach` started
 //! (the instance and the protocol are in `xtask::ctl`).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -10,9 +11,14 @@ use xtask::ctl::{Instance, StartSpec};
 
 use crate::{Ctl, Format};
 
-/// Sends what `what` asks to the detached hypervisor and prints the answer.
-pub fn run(what: Ctl) -> Result<()> {
-    let inst = xtask::ctl::Instance::open(&xtask::ctl::default_dir())?;
+/// Sends what `what` asks to the hypervisor detached in `dir` (default
+/// `xtask::ctl::default_dir()`) and prints the answer.
+pub fn run(dir: Option<PathBuf>, what: Ctl) -> Result<()> {
+    let dir = match dir {
+        Some(d) => std::path::absolute(&d).with_context(|| format!("--dir {}", d.display()))?,
+        None => xtask::ctl::default_dir(),
+    };
+    let inst = xtask::ctl::Instance::open(&dir)?;
     // Forwards of guests that ended since the last ctl go first (a stream
     // runs for long; shutdown takes QEMU and its forwards).
     if !matches!(what, Ctl::Events | Ctl::Logs { follow: true, .. } | Ctl::Metrics { .. } | Ctl::Shutdown) {
