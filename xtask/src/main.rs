@@ -167,6 +167,28 @@ enum Ctl {
         #[arg(long)]
         count: Option<u32>,
     },
+    /// Save a guest's state to FILE: it is paused first (and stays paused:
+    /// resume or stop it), and can be restored here or on another
+    /// hypervisor that has its image.
+    Snapshot {
+        name: String,
+        /// Where to write the snapshot.
+        file: PathBuf,
+    },
+    /// Make guest NAME from a snapshot FILE: it goes on where the saved
+    /// guest was, with a new address. Its image is uploaded first if the
+    /// hypervisor has not loaded it (from --image, or target/guests/).
+    Restore {
+        file: PathBuf,
+        name: String,
+        /// Its tenant (as for start; default: the snapshot's).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The snapshot's image file, if the hypervisor may lack it and it
+        /// is not in target/guests/.
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
+    },
     /// Forget an ended guest (its record, in `list` and for `wait`): its
     /// name and room are free again. Without it, the record stays until
     /// the room is needed for a new guest (the longest ended first).
@@ -363,5 +385,29 @@ mod tests {
             assert_eq!(dir, Some(PathBuf::from("d")), "{argv:?}");
         }
         assert!(matches!(parse(&["ctl", "list"]), Ok(Command::Ctl { dir: None, .. })));
+    }
+
+    #[test]
+    fn snapshot_takes_a_guest_and_a_file_and_restore_a_file_and_a_name() {
+        let Ok(Command::Ctl { what: Ctl::Snapshot { name, file }, .. }) = parse(&["ctl", "snapshot", "c", "c.snap"]) else {
+            panic!("not parsed as ctl snapshot")
+        };
+        assert_eq!((name.as_str(), file), ("c", PathBuf::from("c.snap")));
+        assert!(parse(&["ctl", "snapshot", "c"]).is_err(), "no file");
+
+        let Ok(Command::Ctl { dir, what: Ctl::Restore { file, name, tenant, image } }) =
+            parse(&["ctl", "--dir", "b", "restore", "c.snap", "c2", "--tenant", "acme"])
+        else {
+            panic!("not parsed as ctl restore")
+        };
+        assert_eq!((file, name.as_str(), tenant.as_deref(), image), (PathBuf::from("c.snap"), "c2", Some("acme"), None));
+        assert_eq!(dir, Some(PathBuf::from("b")));
+        let Ok(Command::Ctl { what: Ctl::Restore { tenant: None, image: Some(image), .. }, .. }) =
+            parse(&["ctl", "restore", "c.snap", "c2", "--image", "w.hermit"])
+        else {
+            panic!("not parsed as ctl restore")
+        };
+        assert_eq!(image, PathBuf::from("w.hermit"));
+        assert!(parse(&["ctl", "restore", "c.snap"]).is_err(), "no name");
     }
 }

@@ -2,7 +2,7 @@
 //! (the instance and the protocol are in `xtask::ctl`).
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
@@ -95,6 +95,32 @@ pub fn run(dir: Option<PathBuf>, what: Ctl) -> Result<()> {
             xtask::ctl::pause(&inst, &template)?;
             println!("{}", inst.request(&Request::Clone { template: &template, name: &name, count }.to_string())?);
         }
+        Ctl::Snapshot { name, file } => {
+            let t = Instant::now();
+            let data = xtask::ctl::snapshot(&inst, &name)?;
+            xtask::pack::write_atomically(&file, &data)?;
+            let ctl = xtask::ctl::ctl_command(&dir);
+            println!(
+                "{name}: {} saved to {} in {:.1} s; it stays paused (`{ctl} resume {name}` or `{ctl} stop {name}`)",
+                size(data.len()),
+                file.display(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        Ctl::Restore { file, name, tenant, image } => {
+            let t = Instant::now();
+            let data = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let images: Vec<&std::path::Path> = image.as_deref().into_iter().collect();
+            let r = xtask::ctl::restore_with(&inst, &data, &name, tenant.as_deref(), &images)?;
+            println!(
+                "restored {} from {}: ip {}, tenant {}, in {:.1} s",
+                r.name,
+                file.display(),
+                r.ip.as_deref().unwrap_or("none"),
+                r.tenant.map_or("none".to_string(), |t| t.to_string()),
+                t.elapsed().as_secs_f64()
+            );
+        }
         Ctl::Wait { name } => {
             let end = inst.wait(&name)?;
             inst.unforward_ended()?;
@@ -169,4 +195,13 @@ fn exit_as(end: Option<GuestEvent>) -> Result<()> {
         eprintln!("guest {} stopped: {why}", end.guest);
     }
     std::process::exit(end.exit_code.unwrap_or(125) & 0xff)
+}
+
+/// A byte count for people: bytes, KiB or MiB.
+fn size(bytes: usize) -> String {
+    match bytes {
+        b if b < 1 << 10 => format!("{b} bytes"),
+        b if b < 1 << 20 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
+    }
 }
