@@ -433,9 +433,10 @@ impl Instance {
         bail!("the capture ended early")
     }
 
-    /// Sends requests on one connection and returns each answer (an empty
-    /// answer where `answered` says the request gets none).
-    fn requests(&self, lines: &[(String, bool)]) -> Result<Vec<Answer>> {
+    /// Sends requests on one connection and returns the answers of those
+    /// `answered` says get one (`image-data` lines get none); the first
+    /// `error` answer becomes the error.
+    pub fn requests(&self, lines: &[(String, bool)]) -> Result<Vec<Answer>> {
         self.with_shared(|conn, reader| {
             let mut out = Vec::new();
             for (line, answered) in lines {
