@@ -283,7 +283,8 @@ struct RunArgs {
     detach: bool,
     /// With --detach: the instance's files (console, control sockets) in
     /// DIR instead of target/run/detached, so that several run side by
-    /// side; `cargo xtask ctl --dir DIR` talks to it.
+    /// side (with different host ports); `cargo xtask ctl --dir DIR`
+    /// talks to it.
     #[arg(long, value_name = "DIR", requires = "detach")]
     dir: Option<PathBuf>,
     /// Start paused, with QEMU's gdbstub on 127.0.0.1:PORT, and print how
