@@ -101,10 +101,10 @@ pub fn run(dir: Option<PathBuf>, what: Ctl) -> Result<()> {
             xtask::pack::write_atomically(&file, &data)?;
             let ctl = xtask::ctl::ctl_command(&dir);
             println!(
-                "{name}: {} saved to {} in {:.1} s; it stays paused (`{ctl} resume {name}` or `{ctl} stop {name}`)",
+                "{name}: {} saved to {} in {}; it stays paused (`{ctl} resume {name}` or `{ctl} stop {name}`)",
                 size(data.len()),
                 file.display(),
-                t.elapsed().as_secs_f64()
+                took(t.elapsed())
             );
         }
         Ctl::Restore { file, name, tenant, image } => {
@@ -113,12 +113,12 @@ pub fn run(dir: Option<PathBuf>, what: Ctl) -> Result<()> {
             let images: Vec<&std::path::Path> = image.as_deref().into_iter().collect();
             let r = xtask::ctl::restore_with(&inst, &data, &name, tenant.as_deref(), &images)?;
             println!(
-                "restored {} from {}: ip {}, tenant {}, in {:.1} s",
+                "restored {} from {}: ip {}, tenant {}, in {}",
                 r.name,
                 file.display(),
                 r.ip.as_deref().unwrap_or("none"),
                 r.tenant.map_or("none".to_string(), |t| t.to_string()),
-                t.elapsed().as_secs_f64()
+                took(t.elapsed())
             );
         }
         Ctl::Wait { name } => {
@@ -195,6 +195,14 @@ fn exit_as(end: Option<GuestEvent>) -> Result<()> {
         eprintln!("guest {} stopped: {why}", end.guest);
     }
     std::process::exit(end.exit_code.unwrap_or(125) & 0xff)
+}
+
+/// A time taken, for people: ms below a second.
+fn took(d: Duration) -> String {
+    match d.as_millis() {
+        ms @ 0..1000 => format!("{ms} ms"),
+        _ => format!("{:.1} s", d.as_secs_f64()),
+    }
 }
 
 /// A byte count for people: bytes, KiB or MiB.
