@@ -21,6 +21,7 @@
 //! | [`control`] | `control::Session` bytes and requests, over real image loading and guest creation | every answer is one line that reads back as an `abi::control::Response` and prints back the same; uploads stay within the room offered; stopping and unloading everything returns every frame |
 //! | [`acpi`] | `acpi::parse` and `find_rsdp_in_bios` over tables laid out behind a harness-written RSDP and root (checksums fixed up on request), or a raw BIOS area | no panic; processors capped, enabled or online-capable, no APIC ID twice; MCFG regions ordered and aligned; every error one line naming its table |
 //! | [`csum`] | `net::csum::fill` and `verify` over IPv4 frames with fuzz-written fields, overlays and cuts | no panic; `fill` touches only checksum fields and what it fills verifies; malformed frames stay unchanged |
+//! | [`snapshot`] | `abi::snapshot::Snapshot::parse` over raw, resealed (length and digest made right) and `Writer`-built files | no panic; a resealed file is never "altered"; what is accepted is within every bound, `page` finds exactly its pages, and it writes back byte for byte |
 //! | [`gzip`] | `Image::parse_within` (64 KiB to 16 MiB budgets) over gzip files with fuzz-written deflate streams and trailers | never allocates past the budget; refuses with the error the sizes call for |
 
 pub mod deflate;
@@ -39,6 +40,7 @@ pub use targets::hypercall::hypercall;
 pub use targets::image::image;
 pub use targets::manifest::manifest;
 pub use targets::ring::ring;
+pub use targets::snapshot::snapshot;
 pub use targets::switch::switch;
 
 /// A fuzz target: consumes one input, panics on a bug.
@@ -55,6 +57,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("gzip", gzip),
     ("acpi", acpi),
     ("csum", csum),
+    ("snapshot", snapshot),
 ];
 
 /// The target called `name`.
@@ -75,6 +78,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         "gzip" => targets::gzip::seeds(),
         "acpi" => targets::acpi::seeds(),
         "csum" => targets::csum::seeds(),
+        "snapshot" => targets::snapshot::seeds(),
         _ => Vec::new(),
     }
 }

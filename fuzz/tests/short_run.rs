@@ -60,6 +60,11 @@ fn gzip() {
 }
 
 #[test]
+fn snapshot() {
+    run("snapshot");
+}
+
+#[test]
 fn control() {
     run("control");
 }
@@ -75,7 +80,7 @@ fn acpi() {
 #[test]
 fn every_target_has_a_short_run() {
     let names: Vec<&str> = fuzz::TARGETS.iter().map(|(n, _)| *n).collect();
-    assert_eq!(names, ["image", "manifest", "hypercall", "ring", "switch", "control", "gzip", "acpi", "csum"]);
+    assert_eq!(names, ["image", "manifest", "hypercall", "ring", "switch", "control", "gzip", "acpi", "csum", "snapshot"]);
 }
 
 #[test]

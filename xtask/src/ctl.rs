@@ -1,7 +1,8 @@
 //! A detached hypervisor and `cargo xtask ctl`, which talks to it.
 //!
 //! `cargo xtask run --detach` boots QEMU in the background with its files
-//! in one instance directory (`target/run/detached/`): `console.log` (the
+//! in one instance directory (`target/run/detached/`, or `--dir DIR`, so
+//! that several run side by side; `ctl --dir DIR`): `console.log` (the
 //! console), `control.sock` (the hypervisor's control channel, COM2, as a
 //! Unix socket), `qmp.sock` (QEMU's monitor, for host port forwards added
 //! at run time), `bundle.bin`, and `instance.json` (QEMU's pid and the
@@ -9,6 +10,11 @@
 //! line back: an `abi::control::Response` (the protocol is in
 //! `docs/control.md`, its types in `abi::control`), skipping the records
 //! the hypervisor pushes on its own (`Response::is_pushed`).
+//!
+//! [`snapshot`] and [`restore`] move a guest between hypervisors: a
+//! snapshot streams back as `snapshot_data` records, a restore goes up
+//! in `image-data` chunks as an image upload does (`abi::snapshot` is
+//! the file).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -166,6 +172,15 @@ pub fn default_dir() -> PathBuf {
     crate::workspace_root().join("target/run/detached")
 }
 
+/// `cargo xtask ctl`, with `--dir DIR` unless `dir` is the default: how a
+/// person talks to the hypervisor detached in `dir`.
+pub fn ctl_command(dir: &Path) -> String {
+    match dir == default_dir() {
+        true => "cargo xtask ctl".to_string(),
+        false => format!("cargo xtask ctl --dir {}", dir.display()),
+    }
+}
+
 /// A detached instance: where its files are, and the connection its
 /// requests share.
 #[derive(Clone, Debug)]
@@ -193,8 +208,10 @@ impl std::fmt::Debug for Shared {
 impl Instance {
     /// The instance recorded in `dir`, if its QEMU still runs.
     pub fn open(dir: &Path) -> Result<Instance> {
-        let text = fs::read_to_string(dir.join("instance.json"))
-            .with_context(|| format!("no detached hypervisor in {} (start one with `cargo xtask run --detach`)", dir.display()))?;
+        let text = fs::read_to_string(dir.join("instance.json")).with_context(|| {
+            let with = if dir == default_dir() { String::new() } else { format!(" --dir {}", dir.display()) };
+            format!("no detached hypervisor in {} (start one with `cargo xtask run --detach{with}`)", dir.display())
+        })?;
         let v: Value = serde_json::from_str(&text).context("instance.json is not JSON")?;
         let pid = v["pid"].as_u64().context("instance.json has no pid")? as u32;
         if !alive(pid) {
@@ -416,9 +433,10 @@ impl Instance {
         bail!("the capture ended early")
     }
 
-    /// Sends requests on one connection and returns each answer (an empty
-    /// answer where `answered` says the request gets none).
-    fn requests(&self, lines: &[(String, bool)]) -> Result<Vec<Answer>> {
+    /// Sends requests on one connection and returns the answers of those
+    /// `answered` says get one (`image-data` lines get none); the first
+    /// `error` answer becomes the error.
+    pub fn requests(&self, lines: &[(String, bool)]) -> Result<Vec<Answer>> {
         self.with_shared(|conn, reader| {
             let mut out = Vec::new();
             for (line, answered) in lines {
@@ -501,7 +519,7 @@ impl Instance {
 /// it never does, QEMU is killed.
 pub fn detach(p: &Prepared, dir: &Path) -> Result<Instance> {
     if let Ok(old) = Instance::open(dir) {
-        bail!("a detached hypervisor already runs (QEMU pid {}); `cargo xtask ctl shutdown` stops it", old.pid);
+        bail!("a detached hypervisor already runs in {} (QEMU pid {}); `{} shutdown` stops it", dir.display(), old.pid, ctl_command(dir));
     }
     let _ = fs::remove_file(dir.join("control.sock"));
     let _ = fs::remove_file(dir.join("qmp.sock"));
@@ -589,6 +607,162 @@ pub fn pause(inst: &Instance, name: &str) -> Result<Answer> {
             None => bail!("guest {name} is gone"),
         }
     }
+}
+
+/// How long `snapshot` and `restore` wait for any one line of the
+/// hypervisor: it builds a snapshot, or a guest from one, before it
+/// answers, which for a large guest takes a while under TCG.
+const SNAPSHOT_LINE_WAIT: Duration = Duration::from_secs(120);
+
+/// Pauses guest `name` (waiting until it has), then has the hypervisor
+/// send its snapshot (`snapshot NAME`: the answer, then `snapshot_data`
+/// records until its `bytes` have come, on the one connection) and checks
+/// it against the digest the hypervisor gave. The guest stays paused.
+/// Errors with the hypervisor's sentence if it refuses.
+pub fn snapshot(inst: &Instance, name: &str) -> Result<Vec<u8>> {
+    pause(inst, name)?;
+    let out = inst.with_shared(|conn, reader| {
+        conn.stream.set_read_timeout(Some(SNAPSHOT_LINE_WAIT))?;
+        (&conn.stream).write_all(format!("{}\n", Request::Snapshot(name)).as_bytes())?;
+        let got = read_snapshot(reader, name);
+        conn.stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        got
+    });
+    // A stream cut short leaves records behind: the next request starts
+    // on a fresh connection.
+    if out.is_err() {
+        inst.disconnect();
+    }
+    out
+}
+
+/// Reads the answer to `snapshot NAME` and the data that follows it.
+fn read_snapshot(reader: &mut impl BufRead, name: &str) -> Result<Vec<u8>> {
+    let (bytes, want) = match read_answer(reader)?.0 {
+        Response::Snapshot { bytes, digest, .. } => (bytes, digest),
+        other => bail!("snapshot {name} was answered {other:?}"),
+    };
+    let len = usize::try_from(bytes).ok().filter(|&b| b <= abi::control::SNAPSHOT_BYTES_MAX);
+    let len = len.with_context(|| format!("the snapshot of {name} is said to be {bytes} bytes, more than a restore takes"))?;
+    let mut data = Vec::with_capacity(len);
+    let mut line = String::new();
+    while data.len() < len {
+        line.clear();
+        if reader.read_line(&mut line).context("reading the snapshot")? == 0 {
+            bail!("the hypervisor's channel closed after {} of the snapshot's {len} bytes", data.len());
+        }
+        match answer(&line)?.0 {
+            Response::SnapshotData { snapshot_data } => {
+                let chunk =
+                    from_hex(&snapshot_data, abi::control::CHUNK_MAX).context("a snapshot_data record is not hex of 4096 bytes at most")?;
+                if data.len() + chunk.len() > len {
+                    bail!("the snapshot of {name} ran past its {len} bytes");
+                }
+                data.extend_from_slice(&chunk);
+            }
+            r if r.is_pushed() => {}
+            other => bail!("the snapshot of {name} broke off after {} of {len} bytes: {other:?}", data.len()),
+        }
+    }
+    let got = digest(&data);
+    if got != want {
+        bail!("the snapshot of {name} arrived altered: its SHA-256 is {got}, the hypervisor said {want}");
+    }
+    Ok(data)
+}
+
+/// What `restore` made: the guest, its address if it has a vNIC, and its
+/// tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restored {
+    pub name: String,
+    pub ip: Option<String>,
+    pub tenant: Option<u32>,
+}
+
+/// Makes guest `name` from `snapshot` (in `tenant`, a `--tenant` word, or
+/// the snapshot's): it goes on where the saved guest was. The file is
+/// checked here first, so a bad one is refused with its reason before
+/// anything is sent; its image is uploaded if the hypervisor has not
+/// loaded it and a local file has its digest (see [`restore_with`]).
+pub fn restore(inst: &Instance, snapshot: &[u8], name: &str, tenant: Option<&str>) -> Result<Restored> {
+    restore_with(inst, snapshot, name, tenant, &[])
+}
+
+/// [`restore`], looking for the snapshot's image among `images` before
+/// `target/guests/` (where `build-app` writes them).
+pub fn restore_with(inst: &Instance, snapshot: &[u8], name: &str, tenant: Option<&str>, images: &[&Path]) -> Result<Restored> {
+    let snap = abi::snapshot::Snapshot::parse(snapshot).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tenant = tenant.map(self::tenant).transpose()?;
+    let mut want = String::from("sha256:");
+    abi::control::write_hex(&mut want, &snap.state.image_digest)?;
+    let loaded = match inst.request(&Request::Images.to_string())?.0 {
+        Response::Images { loaded, .. } => loaded,
+        other => bail!("images was answered {other:?}"),
+    };
+    if !loaded.iter().any(|i| i.digest == want) {
+        let Some(file) = image_file(snap.image_name, &want, images) else {
+            bail!(
+                "the snapshot needs image {} ({want}), which this hypervisor has not loaded and no local file matches (in \
+                 target/guests/); give its file to `cargo xtask ctl restore ... --image FILE`, or load it with `cargo xtask ctl \
+                 start NAME --image FILE`",
+                snap.image_name
+            );
+        };
+        inst.ensure_image(&file)?;
+    }
+    let begin = Request::RestoreBegin { name, len: snapshot.len(), tenant }.to_string();
+    let out = inst.with_shared(|conn, reader| {
+        conn.stream.set_read_timeout(Some(SNAPSHOT_LINE_WAIT))?;
+        let mut s = &conn.stream;
+        s.write_all(format!("{begin}\n").as_bytes())?;
+        match read_answer(reader)?.0 {
+            Response::Receiving { .. } => {}
+            other => bail!("restore-begin was answered {other:?}"),
+        }
+        // The chunks are not answered: stream them, as an image upload.
+        let mut line = String::with_capacity(12 + 2 * abi::control::CHUNK_MAX);
+        for chunk in snapshot.chunks(abi::control::CHUNK_MAX) {
+            line.clear();
+            line.push_str("image-data ");
+            abi::control::write_hex(&mut line, chunk)?;
+            line.push('\n');
+            s.write_all(line.as_bytes())?;
+        }
+        s.write_all(format!("{}\n", Request::RestoreEnd).as_bytes())?;
+        let got = read_answer(reader);
+        conn.stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        got
+    });
+    // An upload refused half-way (it timed out, say) leaves the answer to
+    // `restore-end` behind: the next request starts on a fresh connection.
+    if out.is_err() {
+        inst.disconnect();
+    }
+    match out?.0 {
+        Response::Restored { restored, ip, tenant } => Ok(Restored { name: restored, ip, tenant }),
+        other => bail!("restore-end was answered {other:?}"),
+    }
+}
+
+/// A local Hermit image file whose digest is `want` (`sha256:HEX`):
+/// one of `given`, or in `target/guests/` (`build-app`'s), looked for
+/// under the name the hypervisor gave it first.
+fn image_file(image_name: &str, want: &str, given: &[&Path]) -> Option<PathBuf> {
+    let guests = crate::workspace_root().join("target/guests");
+    let mut candidates: Vec<PathBuf> = given.iter().map(|p| p.to_path_buf()).collect();
+    if abi::control::good_name(image_name) && !image_name.starts_with('.') {
+        candidates.push(guests.join(image_name));
+        // An upload under a taken name carries part of its digest
+        // (`ensure_image`): `echo-0123456789ab.hermit`.
+        if let Some((stem, _)) = image_name.strip_suffix(".hermit").and_then(|s| s.rsplit_once('-')) {
+            candidates.push(guests.join(format!("{stem}.hermit")));
+        }
+    }
+    let mut all: Vec<PathBuf> = fs::read_dir(&guests).into_iter().flatten().filter_map(|e| e.ok().map(|e| e.path())).collect();
+    all.sort();
+    candidates.extend(all.into_iter().filter(|p| p.extension().is_some_and(|e| e == "hermit")));
+    candidates.into_iter().find(|p| p.is_file() && fs::read(p).is_ok_and(|data| digest(&data) == want))
 }
 
 /// `ctl list -o table`: one row per guest of a `list` answer.
@@ -683,6 +857,193 @@ mod tests {
         assert_eq!(tenant("none").unwrap(), Tenant::None);
         assert!(tenant("256").is_err() && tenant("a.b").is_err() && tenant("").is_err());
         assert_eq!(digest(b"abc"), "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    /// A valid snapshot of guest `c` of an image whose file is `image`.
+    fn snapshot_file(image: &[u8], image_name: &str) -> Vec<u8> {
+        use abi::snapshot::{FPU_BYTES, FPU_MXCSR_OFFSET, RIP, State, Writer};
+        use sha2::Digest;
+        let mut fpu = [0u8; FPU_BYTES];
+        fpu[FPU_MXCSR_OFFSET..FPU_MXCSR_OFFSET + 4].copy_from_slice(&0x1f80u32.to_le_bytes());
+        let mut regs = [0u64; 21];
+        regs[RIP] = 0x20_1000;
+        let state = State {
+            abi: abi::ABI_VERSION,
+            image_digest: sha2::Sha256::digest(image).into(),
+            settings: Default::default(),
+            clock_ns: 5_000_000_000,
+            blocked: true,
+            regs,
+            fpu,
+        };
+        let mut w = Writer::new(&state, image_name, "c", &["counter", "100"], &[], 3).unwrap();
+        for (i, va) in [0x20_0000u64, 0x20_1000, 0x30_0000].into_iter().enumerate() {
+            w.page(va, i != 1, i == 1, &[i as u8 + 1; 4096]);
+        }
+        w.finish().unwrap()
+    }
+
+    /// A stand-in hypervisor on `control-1.sock` of a fresh directory (the
+    /// socket `connect` tries first): it answers each request line with
+    /// what `on` returns, and hands back every line it got when the
+    /// client leaves.
+    fn fake_hypervisor(
+        tag: &str,
+        mut on: impl FnMut(&str) -> Vec<String> + Send + 'static,
+    ) -> (Instance, std::thread::JoinHandle<Vec<String>>) {
+        let dir = std::env::temp_dir().join(format!("xtask-ctl-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(dir.join("control-1.sock")).unwrap();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut got = Vec::new();
+            for line in BufReader::new(&stream).lines() {
+                let line = line.unwrap();
+                for answer in on(&line) {
+                    (&stream).write_all(format!("{answer}\n").as_bytes()).unwrap();
+                }
+                got.push(line);
+            }
+            got
+        });
+        (Instance { dir, pid: std::process::id(), shared: Default::default() }, server)
+    }
+
+    #[test]
+    fn a_snapshot_is_paused_for_streamed_and_checked() {
+        let file = snapshot_file(b"an image", "worker.hermit");
+        for (tag, tamper) in [("snap-ok", false), ("snap-bad", true)] {
+            let (sent, sum) = (file.clone(), digest(&file));
+            let (inst, server) = fake_hypervisor(tag, move |line| {
+                match line {
+                "pause c" => vec![r#"{"pausing":"c"}"#.into()],
+                "list" => vec![
+                    r#"{"guests":[{"name":"c","tenant":null,"state":"paused","cpu_ns":1,"memory_bytes":4096,"sent_frames":0,"received_frames":0}]}"#
+                        .into(),
+                ],
+                "snapshot c" => {
+                    let mut out = vec![format!(r#"{{"snapshot":"c","bytes":{},"digest":"{sum}"}}"#, sent.len())];
+                    for (i, chunk) in sent.chunks(abi::control::CHUNK_MAX).enumerate() {
+                        let mut chunk = chunk.to_vec();
+                        if tamper && i == 1 {
+                            chunk[7] ^= 1;
+                        }
+                        let mut hex = String::new();
+                        abi::control::write_hex(&mut hex, &chunk).unwrap();
+                        out.push(format!(r#"{{"snapshot_data":"{hex}"}}"#));
+                        // Another client's pushed records may come between.
+                        out.push(r#"{"console":"x","line":"hello"}"#.into());
+                    }
+                    out
+                }
+                _ => vec![r#"{"error":"no","kind":"refused"}"#.into()],
+            }
+            });
+            let got = snapshot(&inst, "c");
+            inst.disconnect();
+            assert_eq!(server.join().unwrap(), ["pause c", "list", "snapshot c"]);
+            match tamper {
+                false => assert_eq!(got.unwrap(), file),
+                true => assert!(got.unwrap_err().to_string().contains("arrived altered"), "{tag}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_snapshot_says_the_hypervisor_s_reason() {
+        let (inst, server) = fake_hypervisor("snap-refused", |line| {
+            match line {
+            "pause c" => vec![r#"{"pausing":"c"}"#.into()],
+            "list" => vec![
+                r#"{"guests":[{"name":"c","tenant":null,"state":"paused","cpu_ns":1,"memory_bytes":4096,"sent_frames":0,"received_frames":0}]}"#
+                    .into(),
+            ],
+            _ => vec![r#"{"error":"no room for a snapshot of c","kind":"refused","reason":"no_room"}"#.into()],
+        }
+        });
+        let e = snapshot(&inst, "c").unwrap_err();
+        inst.disconnect();
+        server.join().unwrap();
+        assert_eq!(e.to_string(), "no room for a snapshot of c");
+        assert_eq!(e.downcast_ref::<Refused>().and_then(|r| r.reason), Some(abi::control::Reason::NoRoom));
+    }
+
+    #[test]
+    fn a_restore_checks_the_file_then_uploads_it_in_chunks() {
+        let image = b"the worker image".to_vec();
+        let file = snapshot_file(&image, "worker.hermit");
+        let image_digest = digest(&image);
+        let (inst, server) = fake_hypervisor("restore", move |line| match line.split_whitespace().next() {
+            Some("images") => vec![format!(
+                r#"{{"images":["worker.hermit"],"loaded":[{{"name":"worker.hermit","digest":"{image_digest}","bytes":16,"guests":0}}]}}"#
+            )],
+            Some("restore-begin") => vec![r#"{"receiving":"c2"}"#.into()],
+            Some("image-data") => vec![],
+            Some("restore-end") => vec![r#"{"restored":"c2","ip":"10.1.0.2","tenant":1}"#.into()],
+            _ => vec![r#"{"error":"no","kind":"refused"}"#.into()],
+        });
+        let r = restore(&inst, &file, "c2", Some("acme")).unwrap();
+        inst.disconnect();
+        assert_eq!(r, Restored { name: "c2".into(), ip: Some("10.1.0.2".into()), tenant: Some(1) });
+        let got = server.join().unwrap();
+        assert_eq!(got[..2], ["images".to_string(), format!("restore-begin c2 {} acme", file.len())]);
+        assert_eq!(got.last().map(String::as_str), Some("restore-end"));
+        let data: Vec<u8> = got[2..got.len() - 1]
+            .iter()
+            .flat_map(|l| from_hex(l.strip_prefix("image-data ").unwrap(), abi::control::CHUNK_MAX).unwrap())
+            .collect();
+        assert_eq!(data, file, "the file, in order, in chunks of 4096 bytes at most");
+    }
+
+    #[test]
+    fn a_restore_uploads_the_image_first_when_the_hypervisor_lacks_it() {
+        let image = b"a worker image not loaded there".to_vec();
+        let file = snapshot_file(&image, "worker-0123456789ab.hermit");
+        let dir = std::env::temp_dir().join(format!("xtask-ctl-image-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.hermit");
+        fs::write(&path, &image).unwrap();
+        let (image_digest, len) = (digest(&image), image.len());
+        let (inst, server) = fake_hypervisor("restore-upload", move |line| match line.split_whitespace().next() {
+            Some("images") => vec![r#"{"images":[],"loaded":[]}"#.into()],
+            Some("image-begin") => vec![r#"{"receiving":"w.hermit"}"#.into()],
+            Some("image-end") => vec![format!(r#"{{"image":"w.hermit","digest":"{image_digest}"}}"#)],
+            Some("restore-begin") => vec![r#"{"receiving":"c2"}"#.into()],
+            Some("image-data") => vec![],
+            Some("restore-end") => vec![r#"{"restored":"c2","ip":null,"tenant":null}"#.into()],
+            _ => vec![r#"{"error":"no","kind":"refused"}"#.into()],
+        });
+        let r = restore_with(&inst, &file, "c2", None, &[&path]).unwrap();
+        inst.disconnect();
+        assert_eq!(r, Restored { name: "c2".into(), ip: None, tenant: None });
+        let got = server.join().unwrap();
+        let words: Vec<&str> = got.iter().filter_map(|l| l.split_whitespace().next()).filter(|w| *w != "image-data").collect();
+        assert_eq!(words, ["images", "images", "image-begin", "image-end", "restore-begin", "restore-end"]);
+        assert_eq!(got[2], format!("image-begin w.hermit {len}"));
+        assert_eq!(got.iter().find(|l| l.starts_with("restore-begin")).unwrap(), &format!("restore-begin c2 {}", file.len()));
+    }
+
+    #[test]
+    fn a_bad_snapshot_or_one_of_an_unknown_image_is_refused_here() {
+        let file = snapshot_file(b"an image nobody has", "gone.hermit");
+        // Refused before anything is sent: no hypervisor is asked.
+        let nowhere = Instance { dir: std::env::temp_dir().join("xtask-ctl-nowhere"), pid: 0, shared: Default::default() };
+        let e = restore(&nowhere, &file[..file.len() - 1], "c2", None).unwrap_err();
+        assert_eq!(e.to_string(), abi::snapshot::Error::Truncated.to_string());
+        let mut flipped = file.clone();
+        flipped[5000] ^= 1;
+        assert_eq!(restore(&nowhere, &flipped, "c2", None).unwrap_err().to_string(), abi::snapshot::Error::Altered.to_string());
+
+        // Its image is not loaded and no local file has its digest.
+        let (inst, server) = fake_hypervisor("restore-noimage", |line| match line {
+            "images" => vec![r#"{"images":[],"loaded":[]}"#.into()],
+            _ => vec![r#"{"error":"no","kind":"refused"}"#.into()],
+        });
+        let e = restore(&inst, &file, "c2", None).unwrap_err().to_string();
+        inst.disconnect();
+        assert_eq!(server.join().unwrap(), ["images"], "nothing uploaded");
+        assert!(e.starts_with("the snapshot needs image gone.hermit (sha256:") && e.contains("--image FILE"), "{e}");
     }
 
     #[test]

@@ -76,6 +76,10 @@ enum Command {
     Fuzz(commands::fuzz::FuzzArgs),
     /// Talk to the hypervisor that `run --detach` started.
     Ctl {
+        /// The detached hypervisor's directory, as given to `run --detach
+        /// --dir` (default target/run/detached).
+        #[arg(long, value_name = "DIR", global = true)]
+        dir: Option<PathBuf>,
         #[command(subcommand)]
         what: Ctl,
     },
@@ -162,6 +166,28 @@ enum Ctl {
         name: String,
         #[arg(long)]
         count: Option<u32>,
+    },
+    /// Save a guest's state to FILE: it is paused first (and stays paused:
+    /// resume or stop it), and can be restored here or on another
+    /// hypervisor that has its image.
+    Snapshot {
+        name: String,
+        /// Where to write the snapshot.
+        file: PathBuf,
+    },
+    /// Make guest NAME from a snapshot FILE: it goes on where the saved
+    /// guest was, with a new address. Its image is uploaded first if the
+    /// hypervisor has not loaded it (from --image, or target/guests/).
+    Restore {
+        file: PathBuf,
+        name: String,
+        /// Its tenant (as for start; default: the snapshot's).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The snapshot's image file, if the hypervisor may lack it and it
+        /// is not in target/guests/.
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
     },
     /// Forget an ended guest (its record, in `list` and for `wait`): its
     /// name and room are free again. Without it, the record stays until
@@ -255,6 +281,12 @@ struct RunArgs {
     /// then use `cargo xtask ctl`.
     #[arg(long, conflicts_with_all = ["exit_when_idle", "gdb", "timeout"])]
     detach: bool,
+    /// With --detach: the instance's files (console, control sockets) in
+    /// DIR instead of target/run/detached, so that several run side by
+    /// side (with different host ports); `cargo xtask ctl --dir DIR`
+    /// talks to it.
+    #[arg(long, value_name = "DIR", requires = "detach")]
+    dir: Option<PathBuf>,
     /// Start paused, with QEMU's gdbstub on 127.0.0.1:PORT, and print how
     /// to attach gdb to the hypervisor and to the guests.
     #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "1234")]
@@ -300,7 +332,7 @@ impl Command {
             Command::Image { manifest, iso, memory } => commands::run::image(manifest, &iso, memory)?,
             Command::Bench(args) => xtask::bench::run(&args)?,
             Command::Fuzz(args) => commands::fuzz::run(&args)?,
-            Command::Ctl { what } => commands::ctl::run(what)?,
+            Command::Ctl { dir, what } => commands::ctl::run(dir, what)?,
             Command::Lint => xtask::lint::lint()?,
             Command::Test { args } => commands::test::run(&args)?,
         }
@@ -337,5 +369,46 @@ mod tests {
         assert!(parse(&["build-app"]).is_err());
         assert!(parse(&["build-app", "hello", "--path", "d"]).is_err());
         assert!(matches!(parse(&["build-app", "--path", "d"]), Ok(Command::BuildApp { apps, path: Some(_) }) if apps.is_empty()));
+    }
+
+    #[test]
+    fn a_detached_run_takes_a_dir_and_ctl_talks_to_it() {
+        let Ok(Command::Run(args)) = parse(&["run", "--detach", "--dir", "target/b"]) else { panic!("not parsed as run") };
+        assert!(args.detach);
+        assert_eq!(args.dir, Some(PathBuf::from("target/b")));
+        let Ok(Command::Run(args)) = parse(&["run", "--detach"]) else { panic!("not parsed as run") };
+        assert_eq!(args.dir, None, "the default directory");
+        assert!(parse(&["run", "--dir", "target/b"]).is_err(), "--dir without --detach");
+
+        // Before or after the subcommand.
+        for argv in [&["ctl", "--dir", "d", "list"][..], &["ctl", "list", "--dir", "d"]] {
+            let Ok(Command::Ctl { dir, what: Ctl::List { .. } }) = parse(argv) else { panic!("{argv:?} not parsed as ctl list") };
+            assert_eq!(dir, Some(PathBuf::from("d")), "{argv:?}");
+        }
+        assert!(matches!(parse(&["ctl", "list"]), Ok(Command::Ctl { dir: None, .. })));
+    }
+
+    #[test]
+    fn snapshot_takes_a_guest_and_a_file_and_restore_a_file_and_a_name() {
+        let Ok(Command::Ctl { what: Ctl::Snapshot { name, file }, .. }) = parse(&["ctl", "snapshot", "c", "c.snap"]) else {
+            panic!("not parsed as ctl snapshot")
+        };
+        assert_eq!((name.as_str(), file), ("c", PathBuf::from("c.snap")));
+        assert!(parse(&["ctl", "snapshot", "c"]).is_err(), "no file");
+
+        let Ok(Command::Ctl { dir, what: Ctl::Restore { file, name, tenant, image } }) =
+            parse(&["ctl", "--dir", "b", "restore", "c.snap", "c2", "--tenant", "acme"])
+        else {
+            panic!("not parsed as ctl restore")
+        };
+        assert_eq!((file, name.as_str(), tenant.as_deref(), image), (PathBuf::from("c.snap"), "c2", Some("acme"), None));
+        assert_eq!(dir, Some(PathBuf::from("b")));
+        let Ok(Command::Ctl { what: Ctl::Restore { tenant: None, image: Some(image), .. }, .. }) =
+            parse(&["ctl", "restore", "c.snap", "c2", "--image", "w.hermit"])
+        else {
+            panic!("not parsed as ctl restore")
+        };
+        assert_eq!(image, PathBuf::from("w.hermit"));
+        assert!(parse(&["ctl", "restore", "c.snap"]).is_err(), "no name");
     }
 }

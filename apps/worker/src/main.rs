@@ -9,6 +9,7 @@
 //! | `tasks`       | spawns tasks sleeping until 30, 10 and 20 ms from one instant, prints the order they finished |
 //! | `tick MS N`   | wakes every MS ms N times; prints `ticked N times, late by at most US us` |
 //! | `fpu SEED N`  | runs an N-step floating-point recurrence twice and prints whether both agree |
+//! | `counter MS N` | every MS ms prints `counter: K` for K = 1..=N, then exits 0 (a snapshot's test: restored, it goes on from its count) |
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -64,6 +65,19 @@ async fn main() -> i32 {
                 next = next + period;
             }
             println!("ticked {n} times, late by at most {} us", worst.as_micros());
+        }
+        Some("counter") => {
+            // Deadlines advance by the period, as `tick`'s: the count is
+            // all the state there is, so a restored guest shows where it
+            // went on from.
+            let period = Duration::from_millis(number(args.get(1).copied()));
+            let n = number(args.get(2).copied());
+            let mut next = Instant::now() + period;
+            for k in 1..=n {
+                sleep_until(next).await;
+                println!("counter: {k}");
+                next = next + period;
+            }
         }
         Some("tasks") => {
             let start = Instant::now();

@@ -8,4 +8,5 @@ pub mod hypercall;
 pub mod image;
 pub mod manifest;
 pub mod ring;
+pub mod snapshot;
 pub mod switch;

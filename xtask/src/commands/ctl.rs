@@ -1,7 +1,8 @@
 //! `cargo xtask ctl`: talk to the hypervisor that `run --detach` started
 //! (the instance and the protocol are in `xtask::ctl`).
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
@@ -10,9 +11,14 @@ use xtask::ctl::{Instance, StartSpec};
 
 use crate::{Ctl, Format};
 
-/// Sends what `what` asks to the detached hypervisor and prints the answer.
-pub fn run(what: Ctl) -> Result<()> {
-    let inst = xtask::ctl::Instance::open(&xtask::ctl::default_dir())?;
+/// Sends what `what` asks to the hypervisor detached in `dir` (default
+/// `xtask::ctl::default_dir()`) and prints the answer.
+pub fn run(dir: Option<PathBuf>, what: Ctl) -> Result<()> {
+    let dir = match dir {
+        Some(d) => std::path::absolute(&d).with_context(|| format!("--dir {}", d.display()))?,
+        None => xtask::ctl::default_dir(),
+    };
+    let inst = xtask::ctl::Instance::open(&dir)?;
     // Forwards of guests that ended since the last ctl go first (a stream
     // runs for long; shutdown takes QEMU and its forwards).
     if !matches!(what, Ctl::Events | Ctl::Logs { follow: true, .. } | Ctl::Metrics { .. } | Ctl::Shutdown) {
@@ -89,6 +95,32 @@ pub fn run(what: Ctl) -> Result<()> {
             xtask::ctl::pause(&inst, &template)?;
             println!("{}", inst.request(&Request::Clone { template: &template, name: &name, count }.to_string())?);
         }
+        Ctl::Snapshot { name, file } => {
+            let t = Instant::now();
+            let data = xtask::ctl::snapshot(&inst, &name)?;
+            xtask::pack::write_atomically(&file, &data)?;
+            let ctl = xtask::ctl::ctl_command(&dir);
+            println!(
+                "{name}: {} saved to {} in {}; it stays paused (`{ctl} resume {name}` or `{ctl} stop {name}`)",
+                size(data.len()),
+                file.display(),
+                took(t.elapsed())
+            );
+        }
+        Ctl::Restore { file, name, tenant, image } => {
+            let t = Instant::now();
+            let data = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let images: Vec<&std::path::Path> = image.as_deref().into_iter().collect();
+            let r = xtask::ctl::restore_with(&inst, &data, &name, tenant.as_deref(), &images)?;
+            println!(
+                "restored {} from {}: ip {}, tenant {}, in {}",
+                r.name,
+                file.display(),
+                r.ip.as_deref().unwrap_or("none"),
+                r.tenant.map_or("none".to_string(), |t| t.to_string()),
+                took(t.elapsed())
+            );
+        }
         Ctl::Wait { name } => {
             let end = inst.wait(&name)?;
             inst.unforward_ended()?;
@@ -163,4 +195,21 @@ fn exit_as(end: Option<GuestEvent>) -> Result<()> {
         eprintln!("guest {} stopped: {why}", end.guest);
     }
     std::process::exit(end.exit_code.unwrap_or(125) & 0xff)
+}
+
+/// A time taken, for people: ms below a second.
+fn took(d: Duration) -> String {
+    match d.as_millis() {
+        ms @ 0..1000 => format!("{ms} ms"),
+        _ => format!("{:.1} s", d.as_secs_f64()),
+    }
+}
+
+/// A byte count for people: bytes, KiB or MiB.
+fn size(bytes: usize) -> String {
+    match bytes {
+        b if b < 1 << 10 => format!("{b} bytes"),
+        b if b < 1 << 20 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
+    }
 }

@@ -25,7 +25,7 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, bail};
 
 /// The fuzz targets (the `fuzz` crate's `fuzz_<name>` binaries).
-pub const TARGETS: &[&str] = &["image", "manifest", "hypercall", "ring", "switch", "control", "gzip", "acpi", "csum"];
+pub const TARGETS: &[&str] = &["image", "manifest", "hypercall", "ring", "switch", "control", "gzip", "acpi", "csum", "snapshot"];
 
 /// SanitizerCoverage as cargo-fuzz sets it up, minus the nightly-only parts.
 pub const RUSTFLAGS: &str = "-Cpasses=sancov-module \
@@ -39,7 +39,7 @@ const HOST: &str = "x86_64-unknown-linux-gnu";
 
 #[derive(clap::Args)]
 pub struct FuzzArgs {
-    /// A target (image, manifest, hypercall, ring, switch, control, gzip, acpi, csum) or `all`.
+    /// A target (image, manifest, hypercall, ring, switch, control, gzip, acpi, csum, snapshot) or `all`.
     pub target: String,
     /// Stop each target after this many inputs.
     #[arg(long, value_name = "N")]
@@ -128,10 +128,10 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Longest input libFuzzer makes for `target`: firmware tables need room
-/// for a whole DSDT (QEMU q35's alone is 11 KB); the rest stay small,
-/// which keeps them fast.
+/// for a whole DSDT (QEMU q35's alone is 11 KB), snapshots for a few
+/// pages (4 KiB each); the rest stay small, which keeps them fast.
 fn max_len(target: &str) -> u32 {
-    if target == "acpi" { 32 * 1024 } else { 8192 }
+    if matches!(target, "acpi" | "snapshot") { 32 * 1024 } else { 8192 }
 }
 
 /// Runs one target; returns what libFuzzer reported.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use xtask::{ManifestSource, RunConfig};
 
 use crate::RunArgs;
@@ -27,16 +27,20 @@ pub fn run(args: RunArgs) -> Result<()> {
         nic: args.nic,
     };
     if args.detach {
-        let dir = xtask::ctl::default_dir();
-        std::fs::create_dir_all(&dir)?;
+        let dir = match args.dir {
+            Some(d) => std::path::absolute(&d).with_context(|| format!("--dir {}", d.display()))?,
+            None => xtask::ctl::default_dir(),
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let cfg = RunConfig { bundle: Some(dir.join("bundle.bin")), detach: Some(dir.clone()), ..cfg };
         let prepared = xtask::prepare(&cfg)?;
         eprintln!("{}", prepared.summary);
         let inst = xtask::ctl::detach(&prepared, &dir)?;
         println!(
-            "detached: QEMU pid {}, console {}; `cargo xtask ctl list|stats|top|stop NAME|logs NAME|shutdown`",
+            "detached: QEMU pid {}, console {}; `{} list|stats|top|stop NAME|logs NAME|shutdown`",
             inst.pid,
-            inst.console().display()
+            inst.console().display(),
+            xtask::ctl::ctl_command(&dir)
         );
         return Ok(());
     }
