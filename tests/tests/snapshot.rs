@@ -163,7 +163,7 @@ fn an_echo_server_restored_in_a_new_tenant_serves_at_its_new_address() {
 /// (no check, no image upload on the client's side): what the hypervisor
 /// answers `restore-end`.
 fn raw_restore(inst: &Instance, name: &str, file: &[u8]) -> xtask::Result<Response> {
-    let mut lines = vec![(Request::RestoreBegin { name, len: file.len(), tenant: None }.to_string(), true)];
+    let mut lines = vec![(Request::RestoreBegin { name, len: file.len(), tenant: None, args: None }.to_string(), true)];
     for chunk in file.chunks(abi::control::CHUNK_MAX) {
         lines.push((Request::ImageData(chunk.to_vec()).to_string(), false));
     }

@@ -686,12 +686,20 @@ pub struct Restored {
 /// anything is sent; its image is uploaded if the hypervisor has not
 /// loaded it and a local file has its digest (see [`restore_with`]).
 pub fn restore(inst: &Instance, snapshot: &[u8], name: &str, tenant: Option<&str>) -> Result<Restored> {
-    restore_with(inst, snapshot, name, tenant, &[])
+    restore_with(inst, snapshot, name, tenant, None, &[])
 }
 
-/// [`restore`], looking for the snapshot's image among `images` before
+/// [`restore`] with `args` instead of the saved arguments (if given),
+/// looking for the snapshot's image among `images` before
 /// `target/guests/` (where `build-app` writes them).
-pub fn restore_with(inst: &Instance, snapshot: &[u8], name: &str, tenant: Option<&str>, images: &[&Path]) -> Result<Restored> {
+pub fn restore_with(
+    inst: &Instance,
+    snapshot: &[u8],
+    name: &str,
+    tenant: Option<&str>,
+    args: Option<&[String]>,
+    images: &[&Path],
+) -> Result<Restored> {
     let snap = abi::snapshot::Snapshot::parse(snapshot).map_err(|e| anyhow::anyhow!("{e}"))?;
     let tenant = tenant.map(self::tenant).transpose()?;
     let mut want = String::from("sha256:");
@@ -711,7 +719,8 @@ pub fn restore_with(inst: &Instance, snapshot: &[u8], name: &str, tenant: Option
         };
         inst.ensure_image(&file)?;
     }
-    let begin = Request::RestoreBegin { name, len: snapshot.len(), tenant }.to_string();
+    let args = args.map(|a| a.iter().map(|s| s.as_str().into()).collect());
+    let begin = Request::RestoreBegin { name, len: snapshot.len(), tenant, args }.to_string();
     let out = inst.with_shared(|conn, reader| {
         conn.stream.set_read_timeout(Some(SNAPSHOT_LINE_WAIT))?;
         let mut s = &conn.stream;
@@ -1014,7 +1023,7 @@ mod tests {
             Some("restore-end") => vec![r#"{"restored":"c2","ip":null,"tenant":null}"#.into()],
             _ => vec![r#"{"error":"no","kind":"refused"}"#.into()],
         });
-        let r = restore_with(&inst, &file, "c2", None, &[&path]).unwrap();
+        let r = restore_with(&inst, &file, "c2", None, None, &[&path]).unwrap();
         inst.disconnect();
         assert_eq!(r, Restored { name: "c2".into(), ip: None, tenant: None });
         let got = server.join().unwrap();

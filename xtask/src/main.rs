@@ -166,6 +166,9 @@ enum Ctl {
         name: String,
         #[arg(long)]
         count: Option<u32>,
+        /// The clones' arguments (default: the template's).
+        #[arg(last = true)]
+        args: Vec<String>,
     },
     /// Save a guest's state to FILE: it is paused first (and stays paused:
     /// resume or stop it), and can be restored here or on another
@@ -188,6 +191,9 @@ enum Ctl {
         /// is not in target/guests/.
         #[arg(long, value_name = "FILE")]
         image: Option<PathBuf>,
+        /// Its arguments (default: the saved ones).
+        #[arg(last = true)]
+        args: Vec<String>,
     },
     /// Forget an ended guest (its record, in `list` and for `wait`): its
     /// name and room are free again. Without it, the record stays until
@@ -396,7 +402,7 @@ mod tests {
         assert_eq!((name.as_str(), file), ("c", PathBuf::from("c.snap")));
         assert!(parse(&["ctl", "snapshot", "c"]).is_err(), "no file");
 
-        let Ok(Command::Ctl { dir, what: Ctl::Restore { file, name, tenant, image } }) =
+        let Ok(Command::Ctl { dir, what: Ctl::Restore { file, name, tenant, image, .. } }) =
             parse(&["ctl", "--dir", "b", "restore", "c.snap", "c2", "--tenant", "acme"])
         else {
             panic!("not parsed as ctl restore")

@@ -91,9 +91,10 @@ pub fn run(dir: Option<PathBuf>, what: Ctl) -> Result<()> {
         Ctl::Rm { name } => println!("{}", inst.request(&Request::Remove(&name).to_string())?),
         Ctl::Pause { name } => println!("{}", xtask::ctl::pause(&inst, &name)?),
         Ctl::Resume { name } => println!("{}", inst.request(&Request::Resume(&name).to_string())?),
-        Ctl::Clone { template, name, count } => {
+        Ctl::Clone { template, name, count, args } => {
             xtask::ctl::pause(&inst, &template)?;
-            println!("{}", inst.request(&Request::Clone { template: &template, name: &name, count }.to_string())?);
+            let args = (!args.is_empty()).then(|| args.iter().map(|a| a.as_str().into()).collect());
+            println!("{}", inst.request(&Request::Clone { template: &template, name: &name, count, args }.to_string())?);
         }
         Ctl::Snapshot { name, file } => {
             let t = Instant::now();
@@ -107,11 +108,12 @@ pub fn run(dir: Option<PathBuf>, what: Ctl) -> Result<()> {
                 took(t.elapsed())
             );
         }
-        Ctl::Restore { file, name, tenant, image } => {
+        Ctl::Restore { file, name, tenant, image, args } => {
             let t = Instant::now();
             let data = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let images: Vec<&std::path::Path> = image.as_deref().into_iter().collect();
-            let r = xtask::ctl::restore_with(&inst, &data, &name, tenant.as_deref(), &images)?;
+            let args = (!args.is_empty()).then_some(&args[..]);
+            let r = xtask::ctl::restore_with(&inst, &data, &name, tenant.as_deref(), args, &images)?;
             println!(
                 "restored {} from {}: ip {}, tenant {}, in {}",
                 r.name,
