@@ -186,7 +186,7 @@ impl ControlHost for FuzzHost {
         &self,
         template: &str,
         name: &str,
-        count: Option<u32>,
+        numbered: Option<(u32, u32)>,
         args: Option<&[&str]>,
     ) -> Result<hypervisor::control::Cloned, Refusal> {
         let st = &mut *self.0.borrow_mut();
@@ -195,8 +195,9 @@ impl ControlHost for FuzzHost {
         }
         let mut made = hypervisor::control::Cloned::default();
         // Bounded: every clone costs the fuzzer a page walk.
-        for i in 0..count.unwrap_or(1).min(4) {
-            let nm = if count.is_some() { format!("{name}-{i}") } else { name.into() };
+        let (at, count) = numbered.unwrap_or((0, 1));
+        for i in at..at + count.min(4) {
+            let nm = if numbered.is_some() { format!("{name}-{i}") } else { name.into() };
             if st.guests.iter().any(|(n, _)| *n == nm) {
                 made.error = Some(format!("a guest named {nm} exists already"));
                 break;

@@ -66,8 +66,9 @@ pub trait ControlHost {
     /// Makes `count` clones of paused guest `template` (`name`, or
     /// `name-0`.. with a count): how many, the first's name, address and
     /// tenant, and why it stopped short, if it did.
-    /// With `args`, the clones get them instead of the template's.
-    fn clone_guest(&self, template: &str, name: &str, count: Option<u32>, args: Option<&[&str]>) -> Result<Cloned, Refusal>;
+    /// `numbered` = (first, count): `count` of them named `name-first` ..;
+    /// with `args`, the clones get them instead of the template's.
+    fn clone_guest(&self, template: &str, name: &str, numbered: Option<(u32, u32)>, args: Option<&[&str]>) -> Result<Cloned, Refusal>;
     /// A row for every guest not forgotten (live, and ended ones whose
     /// records are kept), in the order they were created.
     fn list(&self) -> Vec<GuestRow>;
@@ -114,6 +115,20 @@ enum Purpose {
     Restore { tenant: Option<String>, args: Option<Vec<String>> },
 }
 
+/// Clones a `clone ... COUNT` request has still to make: a part per look
+/// ([`CLONE_PART`]), so that CPU 0 goes on between them.
+struct Cloning {
+    template: String,
+    name: String,
+    next: u32,
+    end: u32,
+    args: Option<Vec<String>>,
+    made: Cloned,
+}
+
+/// Clones made per look at the channel (a few milliseconds of CPU 0).
+pub const CLONE_PART: u32 = 256;
+
 /// A snapshot going out in `snapshot_data` records as the client reads.
 struct Download {
     data: Vec<u8>,
@@ -141,7 +156,14 @@ pub struct Session {
     reader: LineReader,
     upload: Option<Upload>,
     download: Option<Download>,
+    cloning: Option<Cloning>,
+    /// Request lines not yet handled: those behind a clone under way.
+    queued: alloc::collections::VecDeque<Result<String, abi::control::RequestError>>,
 }
+
+/// Request lines that may wait behind a clone under way, and their bytes.
+pub const QUEUED_MAX: usize = 64;
+pub const QUEUED_BYTES_MAX: usize = 64 << 10;
 
 impl Session {
     /// A fresh session for client `client`.
@@ -152,7 +174,7 @@ impl Session {
     /// Whether a request, an upload or a download is under way (the
     /// caller then looks at the channel again soon).
     pub fn busy(&self) -> bool {
-        self.reader.in_progress() || self.upload.is_some() || self.download.is_some()
+        self.reader.in_progress() || self.upload.is_some() || self.download.is_some() || self.cloning.is_some()
     }
 
     /// Bytes held for the client (its unfinished line, upload and
@@ -189,13 +211,39 @@ impl Session {
     /// Handles `input` (what the channel holds now) and then any request
     /// gone quiet at `now_ns`; every answer goes to `answer`, one JSON line
     /// each. Returns the number of bytes read.
+    ///
+    /// A `clone` of many is made a part per call ([`CLONE_PART`]); the
+    /// requests behind it wait (at most [`QUEUED_MAX`] lines and
+    /// [`QUEUED_BYTES_MAX`] bytes, then they are refused at once with
+    /// `busy`) and are answered after it, in order.
     pub fn poll(&mut self, host: &dyn ControlHost, now_ns: u64, input: &[u8], answer: &mut dyn FnMut(&str)) -> usize {
         let mut lines = Vec::new();
         self.reader.push_slice(input, now_ns, &mut |l| lines.push(l));
         for line in lines {
+            if self.cloning.is_none() && self.queued.is_empty() {
+                if let Some(a) = self.handle(host, now_ns, line.as_deref().map_err(|e| *e)) {
+                    answer(&json_line(&a));
+                }
+            } else if self.queued.len() < QUEUED_MAX
+                && self.queued.iter().map(|l| l.as_ref().map_or(0, String::len)).sum::<usize>() < QUEUED_BYTES_MAX
+            {
+                self.queued.push_back(line);
+            } else {
+                answer(&json_line(&Response::from(ControlError::Busy)));
+            }
+        }
+        loop {
+            if let Some(a) = self.clone_part(host) {
+                answer(&json_line(&a));
+            }
+            if self.cloning.is_some() {
+                break;
+            }
+            let Some(line) = self.queued.pop_front() else { break };
             if let Some(a) = self.handle(host, now_ns, line.as_deref().map_err(|e| *e)) {
                 answer(&json_line(&a));
             }
+            // A clone of many begun: its first part at once (the loop's top).
         }
         if self.reader.stalled(now_ns) {
             self.reader.clear();
@@ -206,6 +254,45 @@ impl Session {
             answer(&json_line(&Response::from(ControlError::UploadTimedOut)));
         }
         input.len()
+    }
+
+    /// Makes the next part of the clones asked for; the answer once they
+    /// are all made, or once one could not be.
+    fn clone_part(&mut self, host: &dyn ControlHost) -> Option<Response> {
+        let c = self.cloning.as_mut()?;
+        let n = (c.end - c.next).min(CLONE_PART);
+        let args: Option<Vec<&str>> = c.args.as_ref().map(|v| v.iter().map(String::as_str).collect());
+        let part = host.clone_guest(&c.template, &c.name, Some((c.next, n)), args.as_deref());
+        let done = match part {
+            Ok(p) => {
+                if c.made.count == 0 {
+                    (c.made.first, c.made.ip, c.made.tenant) = (p.first, p.ip, p.tenant);
+                }
+                c.made.count += p.count;
+                c.made.error = p.error;
+                c.next += n;
+                c.made.error.is_some() || c.next == c.end
+            }
+            Err(why) if c.made.count == 0 => {
+                self.cloning = None;
+                return Some(ControlError::Refused(why).into());
+            }
+            Err(why) => {
+                c.made.error = Some(why.why);
+                true
+            }
+        };
+        if !done {
+            return None;
+        }
+        let c = self.cloning.take()?.made;
+        Some(Response::Cloned {
+            cloned: c.count,
+            first: c.first,
+            ip: c.ip.map(|a| alloc::format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])),
+            tenant: c.tenant,
+            error: c.error,
+        })
     }
 
     /// The answer to one request line; `None` for upload chunks, which are
@@ -339,16 +426,34 @@ impl Session {
             Request::Stop(name) => host.stop(name).map(|()| Response::Stopped { stopped: name.into() }).map_err(ControlError::Refused),
             Request::Pause(name) => host.pause(name).map(|()| Response::Pausing { pausing: name.into() }).map_err(ControlError::Refused),
             Request::Resume(name) => host.resume(name).map(|()| Response::Resumed { resumed: name.into() }).map_err(ControlError::Refused),
-            Request::Clone { template, name, count, args } => host
-                .clone_guest(template, name, count, args.as_deref().map(strs).as_deref())
-                .map(|c| Response::Cloned {
-                    cloned: c.count,
-                    first: c.first,
-                    ip: c.ip.map(|a| alloc::format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])),
-                    tenant: c.tenant,
-                    error: c.error,
-                })
-                .map_err(ControlError::Refused),
+            Request::Clone { template, name, count, args } => {
+                // Made a part per look (`clone_part`); answered at the end.
+                self.cloning = Some(Cloning {
+                    template: template.into(),
+                    name: name.into(),
+                    next: 0,
+                    end: count.unwrap_or(1),
+                    args: args.map(|v| v.into_iter().map(|a| a.into_owned()).collect()),
+                    made: Cloned { first: name.into(), ..Cloned::default() },
+                });
+                if count.is_none() {
+                    // One, named NAME: made at once.
+                    let c = self.cloning.take()?;
+                    let args: Option<Vec<&str>> = c.args.as_ref().map(|v| v.iter().map(String::as_str).collect());
+                    return Some(
+                        host.clone_guest(template, name, None, args.as_deref())
+                            .map(|c| Response::Cloned {
+                                cloned: c.count,
+                                first: c.first,
+                                ip: c.ip.map(|a| alloc::format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])),
+                                tenant: c.tenant,
+                                error: c.error,
+                            })
+                            .map_err(ControlError::Refused),
+                    );
+                }
+                return None;
+            }
             Request::Remove(name) => {
                 host.remove_guest(name).map(|()| Response::Removed { removed: name.into() }).map_err(ControlError::Refused)
             }
@@ -383,6 +488,8 @@ mod tests {
         images: RefCell<Vec<(String, usize)>>,
         guests: RefCell<Vec<String>>,
         room: usize,
+        /// Calls to `clone_guest`.
+        clone_calls: core::cell::Cell<u32>,
         /// The last guest waited for or watched.
         waited: RefCell<Option<String>>,
     }
@@ -471,12 +578,19 @@ mod tests {
         fn resume(&self, name: &str) -> Result<(), Refusal> {
             self.find(name)
         }
-        fn clone_guest(&self, template: &str, name: &str, count: Option<u32>, _: Option<&[&str]>) -> Result<Cloned, Refusal> {
+        fn clone_guest(&self, template: &str, name: &str, numbered: Option<(u32, u32)>, _: Option<&[&str]>) -> Result<Cloned, Refusal> {
             self.find(template)?;
-            let n = count.unwrap_or(1);
-            let first = if count.is_some() { format!("{name}-0") } else { name.into() };
-            (0..n).for_each(|i| self.guests.borrow_mut().push(if count.is_some() { format!("{name}-{i}") } else { name.into() }));
-            Ok(Cloned { count: n, first, ip: Some([10, 0, 0, 9]), tenant: Some(0), error: None })
+            let (at, n) = numbered.unwrap_or((0, 1));
+            let nm = |i: u32| if numbered.is_some() { format!("{name}-{i}") } else { name.into() };
+            // "full" holds 300 at most.
+            let n = if name == "full" { n.min(300u32.saturating_sub(at)) } else { n };
+            (at..at + n).for_each(|i| self.guests.borrow_mut().push(nm(i)));
+            self.clone_calls.set(self.clone_calls.get() + 1);
+            let error = (name == "full" && at + n >= 300).then(|| String::from("out of memory"));
+            if n == 0 {
+                return Err(Refusal::from(String::from("out of memory")));
+            }
+            Ok(Cloned { count: n, first: nm(at), ip: Some([10, 0, 0, 9]), tenant: Some(0), error })
         }
         fn stop(&self, name: &str) -> Result<(), Refusal> {
             let mut g = self.guests.borrow_mut();
@@ -630,6 +744,42 @@ mod tests {
         send(&mut s, &host, 3, b"restore-begin g 2\nimage-data 53\n");
         assert!(send(&mut s, &host, 3, b"restore-end\n")[0].contains("upload_length"));
         assert!(send(&mut s, &host, 3, b"restore-begin g 2000000\n")[0].contains("no_heap_room"));
+    }
+
+    #[test]
+    fn a_clone_of_many_is_made_in_parts_and_what_follows_it_waits_its_turn() {
+        let host = Books { room: 1 << 20, ..Default::default() };
+        let mut s = Session::default();
+        host.guests.borrow_mut().push("t".into());
+        // 1000 clones: a part per look, the list behind them waiting.
+        assert_eq!(send(&mut s, &host, 0, b"clone t c 1000\nlist\n"), Vec::<String>::new());
+        assert_eq!(host.clone_calls.get(), 1, "one part at once");
+        assert!(s.busy());
+        let mut answers = Vec::new();
+        for _ in 0..10 {
+            answers.extend(send(&mut s, &host, 1, b""));
+        }
+        assert_eq!(host.clone_calls.get(), 1000u32.div_ceil(CLONE_PART));
+        assert_eq!(answers[0], r#"{"cloned":1000,"first":"c-0","ip":"10.0.0.9","tenant":0}"#);
+        assert!(answers[1].starts_with(r#"{"guests":[{"name":"t""#) && answers[1].contains(r#""name":"c-999""#), "then the list");
+        assert_eq!(answers.len(), 2);
+        assert!(!s.busy());
+        // One that runs out part-way says how many and why.
+        assert_eq!(send(&mut s, &host, 2, b"clone t full 1000\n"), Vec::<String>::new());
+        let out: Vec<String> = (0..5).flat_map(|_| send(&mut s, &host, 3, b"")).collect();
+        assert_eq!(out, [r#"{"cloned":300,"first":"full-0","ip":"10.0.0.9","tenant":0,"error":"out of memory"}"#]);
+        // A client that sends more than may wait behind one is refused at once.
+        let mut many = b"clone t d 1000\n".to_vec();
+        (0..QUEUED_MAX + 2).for_each(|_| many.extend_from_slice(b"version\n"));
+        let out = send(&mut s, &host, 4, &many);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out.iter().all(|a| a.contains(r#""kind":"busy""#)), "{out:?}");
+        let out: Vec<String> = (0..10).flat_map(|_| send(&mut s, &host, 5, b"")).collect();
+        assert_eq!(out.len(), 1 + QUEUED_MAX, "the clone's answer, then the versions that waited");
+        assert!(out[0].starts_with(r#"{"cloned":1000,"first":"d-0""#));
+        // One named clone is made and answered at once.
+        assert_eq!(send(&mut s, &host, 6, b"clone t e\n"), [r#"{"cloned":1,"first":"e","ip":"10.0.0.9","tenant":0}"#]);
+        assert!(send(&mut s, &host, 6, b"clone nobody e 5\n")[0].contains("no guest nobody"));
     }
 
     #[test]

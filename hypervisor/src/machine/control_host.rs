@@ -274,9 +274,9 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
         Ok(())
     }
 
-    fn clone_guest(&self, template: &str, name: &str, count: Option<u32>, args: Option<&[&str]>) -> Result<Cloned, Refusal> {
+    fn clone_guest(&self, template: &str, name: &str, numbered: Option<(u32, u32)>, args: Option<&[&str]>) -> Result<Cloned, Refusal> {
         let tid = self.find(template).ok_or_else(|| not_found(template))?;
-        self.clone_guests(tid, name, count.map(|n| (0, n)), args)
+        self.clone_guests(tid, name, numbered, args)
     }
 
     fn list(&self) -> Vec<GuestRow> {

@@ -1121,9 +1121,9 @@ fn a_paused_guest_is_cloned_and_everything_ends_with_its_memory_back() {
     for c in ["c-0", "c-1"] {
         m.platform.scripts.lock().insert(c.into(), [Act::Exit(0)].into_iter().collect());
     }
-    let made = m.clone_guest("t", "c", Some(2), None).unwrap();
+    let made = m.clone_guest("t", "c", Some((0, 2)), None).unwrap();
     assert_eq!((made.count, made.first.as_str(), made.error), (2, "c-0", None));
-    assert_eq!(m.clone_guest("t", "c", Some(1), None).unwrap_err().reason, Some(Reason::Exists));
+    assert_eq!(m.clone_guest("t", "c", Some((0, 1)), None).unwrap_err().reason, Some(Reason::Exists));
     assert_eq!(steps(&m, 0, &mut cpu, 20), Pass::Again);
     assert_eq!(lines(&m, "[hv] guest t stopped: "), 0, "w still lives");
     deliver(&m, w, 0);

@@ -99,6 +99,9 @@ pub enum ControlError {
     /// The uploaded snapshot (protocol 7) was refused: malformed, altered,
     /// of another ABI, for an image not loaded, or no room for the guest.
     SnapshotRejected { name: String, why: String },
+    /// Too many requests sent behind a `clone` of many that is still
+    /// being made (protocol 7): this one was not handled.
+    Busy,
     /// The hypervisor refused `start`, `stop` or `capture`, for the reason
     /// given (no such guest, no memory, ...).
     Refused(Refusal),
@@ -173,6 +176,7 @@ pub enum ErrorKind {
     NoUpload,
     ImageRejected,
     SnapshotRejected,
+    Busy,
     /// [`ControlError::Refused`]: `start`, `stop` or `capture` refused.
     Refused,
     /// The hypervisor could not write its answer (a bug; never expected).
@@ -192,6 +196,7 @@ impl ControlError {
             Self::NoUpload => ErrorKind::NoUpload,
             Self::ImageRejected { .. } => ErrorKind::ImageRejected,
             Self::SnapshotRejected { .. } => ErrorKind::SnapshotRejected,
+            Self::Busy => ErrorKind::Busy,
             Self::Refused(_) => ErrorKind::Refused,
         }
     }
@@ -215,6 +220,7 @@ impl fmt::Display for ControlError {
             Self::NoUpload => f.write_str("no upload in progress (image-begin or restore-begin first)"),
             Self::ImageRejected { name, why } => write!(f, "image {name} rejected: {why}"),
             Self::SnapshotRejected { name, why } => write!(f, "snapshot for {name} rejected: {why}"),
+            Self::Busy => f.write_str("busy: 64 requests wait behind a clone being made; this one was not handled"),
             Self::Refused(r) => f.write_str(&r.why),
         }
     }
