@@ -1,9 +1,14 @@
 //! The C memory functions that `core` calls and that a freestanding binary
 //! must supply itself (the hypervisor and every guest link this crate).
 //!
-//! Copies and fills use `rep movsb`/`rep stosb` rather than Rust loops: a
-//! loop could be recognised by the compiler and turned back into a call to
-//! the very function being defined.
+//! Copies and fills are assembly rather than Rust loops: a loop could be
+//! recognised by the compiler and turned back into a call to the very
+//! function being defined. Whole 64-byte blocks go eight registers at a
+//! time in a loop, the rest by `rep movsq`/`rep movsb`: QEMU's TCG runs a
+//! string instruction one element per step (each a trip through its
+//! dispatcher), while a loop of plain moves runs as one translated block,
+//! chained to itself, so a 4 KiB copy costs several times less under
+//! emulation; on hardware the loop keeps up with `rep movsb`.
 #![no_std]
 
 use core::arch::asm;
@@ -12,16 +17,31 @@ use core::arch::asm;
 /// `dst` and `src` are valid for `n` bytes and do not overlap.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    // SAFETY: the caller guarantees both ranges are valid and disjoint.
+    // SAFETY: the caller guarantees both ranges are valid and disjoint;
+    // the block loop reads and writes `n & !63` bytes from the starts, the
+    // string instructions the rest after them.
     unsafe {
-        // Eight bytes at a time, then the rest: as fast as `rep movsb` on
-        // hardware with ERMS, and eight times fewer steps under emulation
-        // (QEMU's TCG runs a string instruction one element per step).
-        // `cld` although the ABI promises DF = 0: a copy that ran backwards
-        // would write below `dst`, so this does not rest on every entry path
+        let (mut d, mut s) = (dst, src);
+        let blocks = n >> 6;
+        if blocks != 0 {
+            asm!(
+                "2:",
+                "mov {a}, [{s}]", "mov {b}, [{s} + 8]", "mov [{d}], {a}", "mov [{d} + 8], {b}",
+                "mov {a}, [{s} + 16]", "mov {b}, [{s} + 24]", "mov [{d} + 16], {a}", "mov [{d} + 24], {b}",
+                "mov {a}, [{s} + 32]", "mov {b}, [{s} + 40]", "mov [{d} + 32], {a}", "mov [{d} + 40], {b}",
+                "mov {a}, [{s} + 48]", "mov {b}, [{s} + 56]", "mov [{d} + 48], {a}", "mov [{d} + 56], {b}",
+                "add {s}, 64", "add {d}, 64", "dec {n}", "jnz 2b",
+                s = inout(reg) s, d = inout(reg) d, n = inout(reg) blocks => _, a = out(reg) _, b = out(reg) _,
+                options(nostack),
+            );
+        }
+        // The rest, eight bytes at a time, then byte by byte. `cld`
+        // although the ABI promises DF = 0: a copy that ran backwards would
+        // write below `dst`, so this does not rest on every entry path
         // getting it right.
-        asm!("cld", "rep movsq", "mov ecx, {rest:e}", "rep movsb",
-             rest = in(reg) n & 7, inout("rcx") n >> 3 => _, inout("rdi") dst => _, inout("rsi") src => _,
+        let rest = n & 63;
+        asm!("cld", "rep movsq", "mov ecx, {bytes:e}", "rep movsb",
+             bytes = in(reg) rest & 7, inout("rcx") rest >> 3 => _, inout("rdi") d => _, inout("rsi") s => _,
              options(nostack));
     }
     dst
@@ -52,14 +72,27 @@ pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut
 /// `dst` is valid for `n` bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
-    // SAFETY: the caller guarantees `dst` is valid for `n` bytes.
+    // SAFETY: the caller guarantees `dst` is valid for `n` bytes; as in
+    // memcpy, the blocks cover `n & !63` of them and the rest follows.
     unsafe {
-        // As in memcpy: eight bytes at a time, then the rest.
-        // As in memcpy: `cld` first, a backwards fill would clear the
-        // memory below `dst` and leave `dst` as it was.
-        asm!("cld", "rep stosq", "mov ecx, {rest:e}", "rep stosb",
-             rest = in(reg) n & 7, inout("rcx") n >> 3 => _, inout("rdi") dst => _,
-             in("rax") (c as u8 as u64).wrapping_mul(0x0101_0101_0101_0101),
+        let fill = (c as u8 as u64).wrapping_mul(0x0101_0101_0101_0101);
+        let mut d = dst;
+        let blocks = n >> 6;
+        if blocks != 0 {
+            asm!(
+                "2:",
+                "mov [{d}], {v}", "mov [{d} + 8], {v}", "mov [{d} + 16], {v}", "mov [{d} + 24], {v}",
+                "mov [{d} + 32], {v}", "mov [{d} + 40], {v}", "mov [{d} + 48], {v}", "mov [{d} + 56], {v}",
+                "add {d}, 64", "dec {n}", "jnz 2b",
+                d = inout(reg) d, n = inout(reg) blocks => _, v = in(reg) fill,
+                options(nostack),
+            );
+        }
+        // As in memcpy: the rest eight bytes at a time, then byte by byte;
+        // `cld` first, a backwards fill would clear the memory below `dst`.
+        let rest = n & 63;
+        asm!("cld", "rep stosq", "mov ecx, {bytes:e}", "rep stosb",
+             bytes = in(reg) rest & 7, inout("rcx") rest >> 3 => _, inout("rdi") d => _, in("rax") fill,
              options(nostack));
     }
     dst
