@@ -29,6 +29,7 @@
 //! Image bytes are not validated here; the hypervisor's image loader does
 //! that per image, so one bad image costs only its own guests.
 
+use crate::wire::{Reader, Short};
 use core::fmt;
 
 /// First bytes of every bundle.
@@ -204,35 +205,21 @@ impl fmt::Display for Error {
     }
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
+impl From<Short> for Error {
+    fn from(_: Short) -> Self {
+        Error::Truncated
+    }
 }
 
+/// The bundle's own fields.
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
-        if n > self.buf.len() {
-            return Err(Error::Truncated);
-        }
-        let (head, tail) = self.buf.split_at(n);
-        self.buf = tail;
-        Ok(head)
-    }
-    fn u32(&mut self) -> Result<u32, Error> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn u64(&mut self) -> Result<u64, Error> {
-        let lo = self.u32()? as u64;
-        let hi = self.u32()? as u64;
-        Ok(lo | (hi << 32))
-    }
     fn str(&mut self) -> Result<&'a str, Error> {
         let n = self.u32()? as usize;
         core::str::from_utf8(self.take(n)?).map_err(|_| Error::NotUtf8)
     }
     fn bytes(&mut self) -> Result<&'a [u8], Error> {
         let n = usize::try_from(self.u64()?).map_err(|_| Error::Truncated)?;
-        self.take(n)
+        Ok(self.take(n)?)
     }
     fn image(&mut self) -> Result<Image<'a>, Error> {
         Ok(Image { name: self.str()?, data: self.bytes()? })

@@ -35,6 +35,7 @@ pub mod ring;
 pub mod snapshot;
 pub mod stop;
 pub mod time;
+mod wire;
 
 /// Version of this contract. Images carry the version they were built
 /// against in an ELF note ([`note`]); the hypervisor refuses any other.

@@ -38,6 +38,7 @@
 
 use crate::bundle::{Limits, Settings, TENANT_NONE};
 use crate::layout::{PAGE_SIZE, START_PAGE, TIME_PAGE, USER_END, USER_MIN};
+use crate::wire::{Reader, Short};
 use core::fmt;
 use sha2::{Digest, Sha256};
 
@@ -162,29 +163,15 @@ pub struct Snapshot<'a> {
     pages: &'a [u8],
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
+impl From<Short> for Error {
+    fn from(_: Short) -> Self {
+        Error::Truncated
+    }
 }
 
+/// The snapshot's own fields.
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
-        if n > self.buf.len() {
-            return Err(Error::Truncated);
-        }
-        let (head, tail) = self.buf.split_at(n);
-        self.buf = tail;
-        Ok(head)
-    }
-    fn array<const N: usize>(&mut self) -> Result<&'a [u8; N], Error> {
-        self.take(N)?.try_into().map_err(|_| Error::Truncated)
-    }
-    fn u32(&mut self) -> Result<u32, Error> {
-        Ok(u32::from_le_bytes(*self.array()?))
-    }
-    fn u64(&mut self) -> Result<u64, Error> {
-        Ok(u64::from_le_bytes(*self.array()?))
-    }
-    fn str(&mut self, max: usize, what: &'static str) -> Result<&'a str, Error> {
+    fn str_at_most(&mut self, max: usize, what: &'static str) -> Result<&'a str, Error> {
         let n = self.u32()? as usize;
         if n > max {
             return Err(Error::TooLong(what));
@@ -199,7 +186,7 @@ impl<'a> Reader<'a> {
         }
         let start = self.buf;
         for _ in 0..count {
-            let s = self.str(PAGE_SIZE as usize, what)?;
+            let s = self.str_at_most(PAGE_SIZE as usize, what)?;
             if s.contains('\0') {
                 return Err(Error::BadSettings(what));
             }
@@ -211,7 +198,7 @@ impl<'a> Reader<'a> {
 /// The strings of a list [`Reader::strs`] checked.
 fn strings(bytes: &[u8], count: u32) -> impl Iterator<Item = &str> {
     let mut r = Reader { buf: bytes };
-    (0..count).map_while(move |_| r.str(usize::MAX, "").ok())
+    (0..count).map_while(move |_| r.str_at_most(usize::MAX, "").ok())
 }
 
 impl<'a> Snapshot<'a> {
@@ -244,8 +231,8 @@ impl<'a> Snapshot<'a> {
         // The digest covers what remains: parse the body only.
         r.buf = body.get(buf.len() - r.buf.len()..).ok_or(Error::Truncated)?;
         let image_digest = *r.array::<32>()?;
-        let image_name = r.str(NAME_MAX, "image name")?;
-        let name = r.str(NAME_MAX, "name")?;
+        let image_name = r.str_at_most(NAME_MAX, "image name")?;
+        let name = r.str_at_most(NAME_MAX, "name")?;
         let settings = Settings {
             memory: r.u64()?,
             weight: r.u32()?,
