@@ -255,7 +255,7 @@ impl ControlHost for FuzzHost {
         };
         // The fuzz host's guests all run its first image.
         let (_, digest, img) = images.first().ok_or_else(|| Refusal::from(String::from("its image is gone")))?;
-        let data = g.snapshot(mem, img, *digest, &abi::bundle::Settings::default(), 0).map_err(Refusal::from)?;
+        let data = g.snapshot(mem, img, *digest, &abi::bundle::Settings::default(), 0, PARSE_BUDGET).map_err(Refusal::from)?;
         abi::snapshot::Snapshot::parse(&data).unwrap_or_else(|e| panic!("a snapshot the hypervisor wrote does not parse: {e}"));
         *snapshot = Some(data.clone());
         let sum = digest_string(&hypervisor::machine::digest(&data));
@@ -494,7 +494,7 @@ fn run(data: &[u8]) -> Vec<String> {
         for chunk in chunks {
             session.poll(&host, now, chunk, &mut check);
             // A snapshot goes out in as many looks as the client's room takes.
-            session.pump([usize::MAX, 9000, 20_000][op % 3], &mut check);
+            session.pump([usize::MAX, 9000, 20_000][op % 3], now, &mut check);
         }
         assert!(session.held_bytes() <= ROOM, "an upload holds {} bytes, more than the {ROOM} offered", session.held_bytes());
     }

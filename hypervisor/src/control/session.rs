@@ -133,6 +133,8 @@ pub const CLONE_PART: u32 = 256;
 struct Download {
     data: Vec<u8>,
     sent: usize,
+    /// When a record last went out (or the request came).
+    last_ns: u64,
 }
 
 /// An image or a snapshot arriving in `image-data` chunks.
@@ -190,16 +192,23 @@ impl Session {
 
     /// Writes the next `snapshot_data` records of a snapshot going out,
     /// while they fit in `room` bytes (what the client's channel takes
-    /// now without holding more); frees it once all is out.
-    pub fn pump(&mut self, mut room: usize, answer: &mut dyn FnMut(&str)) {
+    /// now without holding more); frees it once all is out, or once the
+    /// client has taken nothing for [`STALL_NS`] at `now_ns` (with an
+    /// error: a client that does not read holds no snapshot).
+    pub fn pump(&mut self, mut room: usize, now_ns: u64, answer: &mut dyn FnMut(&str)) {
         let Some(d) = &mut self.download else { return };
         while d.sent < d.data.len() {
             let n = (d.data.len() - d.sent).min(abi::control::CHUNK_MAX);
             let line_bytes = 2 * n + 24;
             if line_bytes > room {
+                if now_ns.saturating_sub(d.last_ns) > STALL_NS {
+                    self.download = None;
+                    answer(&json_line(&Response::from(ControlError::DownloadTimedOut)));
+                }
                 return;
             }
             room -= line_bytes;
+            d.last_ns = now_ns;
             let mut hex = String::with_capacity(2 * n);
             let _ = abi::control::write_hex(&mut hex, &d.data[d.sent..d.sent + n]);
             answer(&json_line(&Response::SnapshotData { snapshot_data: hex }));
@@ -390,7 +399,7 @@ impl Session {
             Request::Snapshot(name) => match host.snapshot(name) {
                 Ok((data, digest)) => {
                     let bytes = data.len() as u64;
-                    self.download = Some(Download { data, sent: 0 });
+                    self.download = Some(Download { data, sent: 0, last_ns: now_ns });
                     Ok(Response::Snapshot { snapshot: name.into(), bytes, digest })
                 }
                 Err(why) => Err(ControlError::Refused(why)),
@@ -715,7 +724,7 @@ mod tests {
         let mut data = Vec::new();
         for look in 0..3 {
             let mut out = Vec::new();
-            s.pump(2 * abi::control::CHUNK_MAX + 64, &mut |a| out.push(a.to_string()));
+            s.pump(2 * abi::control::CHUNK_MAX + 64, 0, &mut |a| out.push(a.to_string()));
             assert_eq!(out.len(), 1, "look {look}");
             let Ok(Response::SnapshotData { snapshot_data }) = serde_json::from_str(&out[0]) else { panic!("{out:?}") };
             data.extend(abi::control::from_hex(&snapshot_data, abi::control::CHUNK_MAX).unwrap());
@@ -724,8 +733,13 @@ mod tests {
         assert_eq!(data, (0..10_000u32).map(|i| i as u8).collect::<Vec<_>>());
         // No room: nothing goes out, and it waits.
         send(&mut s, &host, 1, b"snapshot e\n");
-        s.pump(100, &mut |a| panic!("{a}"));
+        s.pump(100, 1, &mut |a| panic!("{a}"));
         assert!(s.downloading());
+        // Nothing taken for longer than the stall rule: dropped, with an error.
+        let mut out = Vec::new();
+        s.pump(100, 2 + STALL_NS, &mut |a| out.push(a.to_string()));
+        assert!(!s.downloading() && s.held_bytes() == 0);
+        assert_eq!(out, [r#"{"error":"snapshot dropped: the client took none of it for 5 s","kind":"download_timed_out"}"#]);
         assert!(send(&mut s, &host, 1, b"snapshot nobody\n")[0].contains("no guest nobody"));
 
         assert_eq!(send(&mut s, &host, 2, b"restore-begin f 2 7\n"), [r#"{"receiving":"f"}"#]);

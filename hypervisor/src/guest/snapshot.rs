@@ -87,8 +87,10 @@ fn saved(
 impl Guest {
     /// Its state as a snapshot file: `image` is the image it runs (whose
     /// file has SHA-256 `digest`), `settings` its own, `now` the
-    /// hypervisor's clock. For a guest on no CPU. `Err` if the buffer
-    /// cannot be had (the heap) or its start page cannot be read.
+    /// hypervisor's clock. For a guest on no CPU. `Err` if the file would
+    /// take more than `room` bytes of the heap, or the buffer cannot be
+    /// had, or its start page cannot be read.
+    #[allow(clippy::too_many_arguments)]
     pub fn snapshot(
         &mut self,
         mem: &mut impl PhysMem,
@@ -96,6 +98,7 @@ impl Guest {
         digest: [u8; 32],
         settings: &Settings,
         now: u64,
+        room: usize,
     ) -> Result<Vec<u8>, String> {
         let si = self.start_info(mem);
         let (args, env) = self.start_strings(mem, &si).ok_or_else(|| String::from("its start page cannot be read"))?;
@@ -114,6 +117,10 @@ impl Guest {
             regs: self.regs.to_words(),
             fpu: self.fpu.0,
         };
+        let size = Writer::size(&image.name, &self.name, &args, &env, count);
+        if size > room {
+            return Err(format!("its file of {size} bytes is more than the hypervisor's heap has room for ({room} bytes)"));
+        }
         let mut w = Writer::new(&state, &image.name, &self.name, &args, &env, count)
             .ok_or_else(|| format!("the hypervisor's heap has no room for its {} pages", count))?;
         memory.space.each_user_page(mem, &mut |m, va, pa, fl| {

@@ -53,7 +53,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         for (c, s) in sessions.iter_mut().enumerate() {
             s.poll(self, now, &[], &mut |a| self.platform.control_write_line(c, a));
             if s.downloading() {
-                s.pump(self.platform.control_room(c), &mut |a| self.platform.control_write_line(c, a));
+                s.pump(self.platform.control_room(c), now, &mut |a| self.platform.control_write_line(c, a));
                 downloading |= s.downloading();
             }
         }

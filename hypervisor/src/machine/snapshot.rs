@@ -50,7 +50,12 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         let out = {
             let images = self.images.lock();
             match images.get(image).and_then(|e| e.image.as_ref().ok()) {
-                Some(img) => g.snapshot(&mut self.platform.mem(), img, digest, &status.settings, self.now()),
+                Some(img) => {
+                    // Held in the heap while it goes out: within what an
+                    // upload may take, so guests keep their headroom.
+                    let room = super::create::image_budget(self.platform.heap_usage());
+                    g.snapshot(&mut self.platform.mem(), img, digest, &status.settings, self.now(), room)
+                }
                 None => Err(String::from("its image is gone")),
             }
         };

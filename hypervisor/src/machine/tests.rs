@@ -1195,6 +1195,14 @@ fn a_guest_saved_and_restored_goes_on_with_its_pages_and_a_new_identity() {
     m.pause("t").unwrap();
     m.step(0, &mut cpu);
     assert_eq!(m.status(t).state.load(Ordering::SeqCst), PAUSED);
+    {
+        // A file bigger than the heap's room is refused before it is made.
+        let mut guests = m.guests.lock();
+        let images = m.images.lock();
+        let img = images[0].image.as_ref().unwrap();
+        let why = guests[t].as_mut().unwrap().snapshot(&mut m.platform.mem(), img, [7; 32], &st, 0, 4096).unwrap_err();
+        assert!(why.contains("more than the hypervisor's heap has room for (4096 bytes)"), "{why}");
+    }
     let (data, digest) = m.snapshot("t").unwrap();
     assert_eq!(digest, format!("sha256:{}", data_hex(&super::create::digest(&data))));
     let snap = abi::snapshot::Snapshot::parse(&data).unwrap();

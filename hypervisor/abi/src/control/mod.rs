@@ -102,6 +102,9 @@ pub enum ControlError {
     /// Too many requests sent behind a `clone` of many that is still
     /// being made (protocol 7): this one was not handled.
     Busy,
+    /// A snapshot going out was dropped: the client read none of it for
+    /// [`STALL_NS`] (protocol 7).
+    DownloadTimedOut,
     /// The hypervisor refused `start`, `stop` or `capture`, for the reason
     /// given (no such guest, no memory, ...).
     Refused(Refusal),
@@ -177,6 +180,7 @@ pub enum ErrorKind {
     ImageRejected,
     SnapshotRejected,
     Busy,
+    DownloadTimedOut,
     /// [`ControlError::Refused`]: `start`, `stop` or `capture` refused.
     Refused,
     /// The hypervisor could not write its answer (a bug; never expected).
@@ -197,6 +201,7 @@ impl ControlError {
             Self::ImageRejected { .. } => ErrorKind::ImageRejected,
             Self::SnapshotRejected { .. } => ErrorKind::SnapshotRejected,
             Self::Busy => ErrorKind::Busy,
+            Self::DownloadTimedOut => ErrorKind::DownloadTimedOut,
             Self::Refused(_) => ErrorKind::Refused,
         }
     }
@@ -221,6 +226,7 @@ impl fmt::Display for ControlError {
             Self::ImageRejected { name, why } => write!(f, "image {name} rejected: {why}"),
             Self::SnapshotRejected { name, why } => write!(f, "snapshot for {name} rejected: {why}"),
             Self::Busy => f.write_str("busy: 64 requests wait behind a clone being made; this one was not handled"),
+            Self::DownloadTimedOut => f.write_str("snapshot dropped: the client took none of it for 5 s"),
             Self::Refused(r) => f.write_str(&r.why),
         }
     }
