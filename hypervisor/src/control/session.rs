@@ -295,13 +295,7 @@ impl Session {
             return None;
         }
         let c = self.cloning.take()?.made;
-        Some(Response::Cloned {
-            cloned: c.count,
-            first: c.first,
-            ip: c.ip.map(|a| alloc::format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])),
-            tenant: c.tenant,
-            error: c.error,
-        })
+        Some(Response::cloned(c.count, c.first, c.ip, c.tenant, c.error))
     }
 
     /// The answer to one request line; `None` for upload chunks, which are
@@ -435,32 +429,21 @@ impl Session {
             Request::Stop(name) => host.stop(name).map(|()| Response::Stopped { stopped: name.into() }).map_err(ControlError::Refused),
             Request::Pause(name) => host.pause(name).map(|()| Response::Pausing { pausing: name.into() }).map_err(ControlError::Refused),
             Request::Resume(name) => host.resume(name).map(|()| Response::Resumed { resumed: name.into() }).map_err(ControlError::Refused),
-            Request::Clone { template, name, count, args } => {
-                // Made a part per look (`clone_part`); answered at the end.
+            // One, named NAME: made at once.
+            Request::Clone { template, name, count: None, args } => host
+                .clone_guest(template, name, None, args.as_deref().map(strs).as_deref())
+                .map(|c| Response::cloned(c.count, c.first, c.ip, c.tenant, c.error))
+                .map_err(ControlError::Refused),
+            // Many: made a part per look (`clone_part`), answered at the end.
+            Request::Clone { template, name, count: Some(end), args } => {
                 self.cloning = Some(Cloning {
                     template: template.into(),
                     name: name.into(),
                     next: 0,
-                    end: count.unwrap_or(1),
+                    end,
                     args: args.map(|v| v.into_iter().map(|a| a.into_owned()).collect()),
                     made: Cloned { first: name.into(), ..Cloned::default() },
                 });
-                if count.is_none() {
-                    // One, named NAME: made at once.
-                    let c = self.cloning.take()?;
-                    let args: Option<Vec<&str>> = c.args.as_ref().map(|v| v.iter().map(String::as_str).collect());
-                    return Some(
-                        host.clone_guest(template, name, None, args.as_deref())
-                            .map(|c| Response::Cloned {
-                                cloned: c.count,
-                                first: c.first,
-                                ip: c.ip.map(|a| alloc::format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])),
-                                tenant: c.tenant,
-                                error: c.error,
-                            })
-                            .map_err(ControlError::Refused),
-                    );
-                }
                 return None;
             }
             Request::Remove(name) => {

@@ -343,6 +343,11 @@ impl From<ControlError> for Response {
     }
 }
 
+/// An IPv4 address as the answers write it: `10.0.0.2`.
+fn dotted(a: [u8; 4]) -> String {
+    alloc::format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])
+}
+
 impl Response {
     /// The answer to `version`.
     pub const fn version() -> Self {
@@ -358,14 +363,18 @@ impl Response {
 
     /// A `started` answer; `ip` is the guest's address if it has a vNIC.
     pub fn started(name: &str, ip: Option<[u8; 4]>, tenant: Option<u32>) -> Self {
-        let ip = ip.map(|a| alloc::format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3]));
-        Response::Started { started: name.into(), ip, tenant }
+        Response::Started { started: name.into(), ip: ip.map(dotted), tenant }
     }
 
     /// A `restored` answer; `ip` is the guest's address if it has a vNIC.
     pub fn restored(name: &str, ip: Option<[u8; 4]>, tenant: Option<u32>) -> Self {
-        let ip = ip.map(|a| alloc::format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3]));
-        Response::Restored { restored: name.into(), ip, tenant }
+        Response::Restored { restored: name.into(), ip: ip.map(dotted), tenant }
+    }
+
+    /// A `cloned` answer: `count` made, the first named `first` at `ip`
+    /// (if they have a vNIC) in `tenant`, and why fewer than asked, if so.
+    pub fn cloned(count: u32, first: String, ip: Option<[u8; 4]>, tenant: Option<u32>, error: Option<String>) -> Self {
+        Response::Cloned { cloned: count, first, ip: ip.map(dotted), tenant, error }
     }
 
     /// Whether this is a record the hypervisor pushes on its own (an
