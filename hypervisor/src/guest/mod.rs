@@ -247,18 +247,7 @@ impl Guest {
 
         let mut event_frame = 0;
         let built = (|| {
-            let mut buf = Box::new([0u8; 4096]);
-            for p in &image.pages {
-                if p.writable {
-                    let f = mem.alloc().ok_or(Fault::MachineOutOfMemory)?;
-                    mem.read(p.frame, 0, &mut buf[..]);
-                    mem.write(f, 0, &buf[..]);
-                    memory.map_private(mem, p.vaddr, f, p.flags).inspect_err(|_| mem.free(f))?;
-                } else {
-                    memory.map_shared(mem, p.vaddr, p.frame, p.flags)?;
-                }
-            }
-            memory.map_shared(mem, layout::TIME_PAGE, time_page, Pte::NO_EXECUTE)?;
+            map_image(&mut memory, mem, image, time_page, |_| false)?;
             let events = mem.alloc().ok_or(Fault::MachineOutOfMemory)?;
             memory.map_private(mem, layout::EVENT_PAGE, events, Pte::WRITABLE | Pte::NO_EXECUTE).inspect_err(|_| mem.free(events))?;
             event_frame = events;
@@ -663,6 +652,28 @@ impl Guest {
     pub fn destroy(self, mem: &mut impl PhysMem) -> usize {
         self.memory.destroy(mem)
     }
+}
+
+/// Maps `image` and the time page into `memory`: the image's read-only
+/// pages shared, and a copy of each of its writable pages except those
+/// `has_own(va)` says the guest brings itself (a restored guest's saved
+/// ones).
+fn map_image<M: PhysMem>(
+    memory: &mut GuestMemory,
+    mem: &mut M,
+    image: &LoadedImage,
+    time_page: PhysAddr,
+    has_own: impl Fn(u64) -> bool,
+) -> Result<(), Fault> {
+    for p in &image.pages {
+        if !p.writable {
+            memory.map_shared(mem, p.vaddr, p.frame, p.flags)?;
+        } else if !has_own(p.vaddr) {
+            let f = mem.alloc_copy(p.frame).ok_or(Fault::MachineOutOfMemory)?;
+            memory.map_private(mem, p.vaddr, f, p.flags).inspect_err(|_| mem.free(f))?;
+        }
+    }
+    memory.map_shared(mem, layout::TIME_PAGE, time_page, Pte::NO_EXECUTE)
 }
 
 /// A guest stopped for a bad hypercall.

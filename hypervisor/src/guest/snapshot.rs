@@ -21,7 +21,7 @@
 //!   (`layout::EVENT_CLOCK_OFFSET`).
 
 use super::regs::{FpuState, Regs};
-use super::{CreateError, Guest, LoadedImage, Stats, console::LineBuffer, start_page, start_strings};
+use super::{CreateError, Guest, LoadedImage, Stats, console::LineBuffer, map_image, start_page, start_strings};
 use crate::mm::paging::{AddressSpace, Pte};
 use crate::mm::user::{Fault, GuestMemory};
 use crate::mm::{PhysAddr, PhysMem};
@@ -163,7 +163,6 @@ impl Guest {
         let heap = heap_start..heap_start + HEAP_LEN;
         let stack = STACK_TOP - STACK_MAX..STACK_TOP;
         let mut memory = GuestMemory::new(space, heap.clone(), stack.clone(), limit);
-        let shared = image_shared(image);
         let built = (|| -> Result<PhysAddr, String> {
             let mut event_frame = None;
             let why = |e: Fault| match e {
@@ -171,11 +170,9 @@ impl Guest {
                 Fault::MachineOutOfMemory => String::from("the machine is out of memory"),
                 e => format!("a page of it overlaps another: {e}"),
             };
-            for &(va, frame) in &shared {
-                let flags = image.pages.iter().find(|p| p.vaddr == va).map_or(Pte::NO_EXECUTE, |p| p.flags);
-                memory.map_shared(mem, va, frame, flags).map_err(why)?;
-            }
-            memory.map_shared(mem, layout::TIME_PAGE, time_page, Pte::NO_EXECUTE).map_err(why)?;
+            // The image's writable pages it saved are its own (a snapshot
+            // this hypervisor wrote holds them all).
+            map_image(&mut memory, mem, image, time_page, |va| snap.page(va).is_some()).map_err(why)?;
             for p in snap.pages() {
                 if rings.contains(&p.vaddr) {
                     continue;
@@ -197,19 +194,10 @@ impl Guest {
                     event_frame = Some(f);
                 }
             }
-            // The image's writable pages it has not saved (none, from a
-            // snapshot this hypervisor wrote): fresh copies, as at boot.
-            for p in image.pages.iter().filter(|p| p.writable) {
-                if memory.space.translate(mem, p.vaddr).is_none() {
-                    let f = mem.alloc_copy(p.frame).ok_or_else(|| why(Fault::MachineOutOfMemory))?;
-                    memory.map_private(mem, p.vaddr, f, p.flags).inspect_err(|_| mem.free(f)).map_err(why)?;
-                }
-            }
             let events = match event_frame {
                 Some(f) => f,
                 None => {
                     let f = mem.alloc().ok_or_else(|| why(Fault::MachineOutOfMemory))?;
-                    mem.write(f, 0, &[0u8; PAGE_SIZE as usize]);
                     memory
                         .map_private(mem, layout::EVENT_PAGE, f, Pte::WRITABLE | Pte::NO_EXECUTE)
                         .inspect_err(|_| mem.free(f))
