@@ -211,10 +211,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         self.guests.lock()[tid] = Some(template);
         drop(mem);
         let (mut g, events) = made?;
-        g.stats.created_ns = created_ns;
-        g.console_limit = crate::limit::TokenBucket::new(st.limits.console_bytes);
-        g.kick_limit = crate::limit::TokenBucket::new(st.limits.notifications);
-        g.stats.create_ns = self.now() - created_ns;
+        self.settle(&mut g, st, created_ns);
         let image_name = &batch.image_name;
         let describe = match &nic {
             Some(n) => format!("image {image_name}, ip {}.{}.{}.{}, tenant {}", n.ipv4[0], n.ipv4[1], n.ipv4[2], n.ipv4[3], st.tenant),

@@ -224,11 +224,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
             .iter()
             .position(|e| e.answers_to(image) && e.image.is_ok())
             .ok_or_else(|| Refusal::new(NotFound, format!("no image {image} (see images)")))?;
-        let tenant = match tenant {
-            Tenant::None => abi::bundle::TENANT_NONE,
-            Tenant::Number(t) => t,
-            Tenant::Named(t) => self.creating.lock().tenant_named(t, true)?,
-        };
+        let tenant = self.tenant_number(tenant)?;
         let defaults = Settings::default();
         let st = Settings {
             memory,
@@ -384,9 +380,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
 
     fn snapshot(&self, name: &str) -> Result<(Vec<u8>, String), Refusal> {
         let (data, sum) = self.snapshot_guest(name)?;
-        let mut digest = String::from("sha256:");
-        let _ = abi::control::write_hex(&mut digest, &sum);
-        Ok((data, digest))
+        Ok((data, super::create::digest_string(&sum)))
     }
 
     fn restore(

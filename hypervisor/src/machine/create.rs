@@ -78,9 +78,7 @@ impl ImageEntry {
 
     /// `sha256:` and the digest in lowercase hex.
     pub fn digest_string(&self) -> String {
-        let mut s = String::from("sha256:");
-        let _ = abi::control::write_hex(&mut s, &self.digest);
-        s
+        digest_string(&self.digest)
     }
 
     /// A free entry.
@@ -97,6 +95,14 @@ impl ImageEntry {
     pub fn is_free(&self) -> bool {
         self.name.is_empty()
     }
+}
+
+/// `sha256:` and `digest` in lowercase hex: how images and snapshots are
+/// named to clients.
+pub fn digest_string(digest: &[u8; 32]) -> String {
+    let mut s = String::from("sha256:");
+    let _ = abi::control::write_hex(&mut s, digest);
+    s
 }
 
 /// The SHA-256 of `data`.
@@ -346,10 +352,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             g.destroy(&mut mem);
             return Err(e);
         }
-        g.stats.created_ns = created_ns;
-        g.console_limit = crate::limit::TokenBucket::new(st.limits.console_bytes);
-        g.kick_limit = crate::limit::TokenBucket::new(st.limits.notifications);
-        g.stats.create_ns = self.now() - created_ns;
+        self.settle(&mut g, st, created_ns);
         let describe = match &nic {
             Some(n) => format!(
                 "image {}, memory {}, ip {}.{}.{}.{}, tenant {}",
@@ -366,6 +369,25 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         let created = Created { id, create_ns: g.stats.create_ns, ip: nic.as_ref().map(|n| n.ipv4), describe };
         self.publish(id, g, events, name, nic.is_some(), st, image, watch, creating);
         Ok(created)
+    }
+
+    /// Gives new guest `g`, begun at `created_ns`, its rate limits from
+    /// `st` and its creation times.
+    pub(super) fn settle(&self, g: &mut Guest, st: &Settings, created_ns: u64) {
+        g.stats.created_ns = created_ns;
+        g.console_limit = crate::limit::TokenBucket::new(st.limits.console_bytes);
+        g.kick_limit = crate::limit::TokenBucket::new(st.limits.notifications);
+        g.stats.create_ns = self.now() - created_ns;
+    }
+
+    /// The number of the tenant `t` names: `TENANT_NONE` for none, a
+    /// number as it is, a name the manifest's or a new one's.
+    pub(super) fn tenant_number(&self, t: abi::control::Tenant<'_>) -> Result<u32, String> {
+        Ok(match t {
+            abi::control::Tenant::None => TENANT_NONE,
+            abi::control::Tenant::Number(n) => n,
+            abi::control::Tenant::Named(n) => self.creating.lock().tenant_named(n, true)?,
+        })
     }
 
     /// Makes new guest `g` (id `id`, with its event page `events`) known

@@ -91,11 +91,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         }
         // Another tenant, if asked; with a vNIC or without, as it had.
         if let Some(t) = tenant {
-            let t = match t {
-                Tenant::None => TENANT_NONE,
-                Tenant::Number(n) => n,
-                Tenant::Named(n) => self.creating.lock().tenant_named(n, true)?,
-            };
+            let t = self.tenant_number(t)?;
             if (t == TENANT_NONE) != (st.tenant == TENANT_NONE) {
                 return Err(String::from(match t {
                     TENANT_NONE => "it has a vNIC: restore it into a tenant, not none",
@@ -108,9 +104,8 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         let mut creating = self.creating.lock();
         let images = self.images.lock();
         let Some((index, entry)) = images.iter().enumerate().find(|(_, e)| !e.is_free() && e.digest == snap.state.image_digest) else {
-            let mut hex = String::new();
-            let _ = abi::control::write_hex(&mut hex, &snap.state.image_digest);
-            return Err(format!("its image {} (sha256:{hex}) is not loaded here: upload it first", snap.image_name));
+            let digest = super::create::digest_string(&snap.state.image_digest);
+            return Err(format!("its image {} ({digest}) is not loaded here: upload it first", snap.image_name));
         };
         let img = entry.image.as_ref().map_err(|_| String::from("its image was rejected here"))?;
         let (heap, heap_used) = self.platform.heap_usage();
@@ -177,10 +172,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             }
         };
         drop(images);
-        g.stats.created_ns = started;
-        g.console_limit = crate::limit::TokenBucket::new(st.limits.console_bytes);
-        g.kick_limit = crate::limit::TokenBucket::new(st.limits.notifications);
-        g.stats.create_ns = self.now() - started;
+        self.settle(&mut g, &st, started);
         let created = Created { id, create_ns: g.stats.create_ns, ip: nic.as_ref().map(|n| n.ipv4), describe: String::new() };
         let pages = g.memory.private_bytes();
         self.publish(id, g, events, name, nic.is_some(), &st, index, 0, &mut creating);
