@@ -470,16 +470,50 @@ impl Instance {
         } else {
             file
         };
-        let mut lines = vec![(Request::ImageBegin { name: &name, len: data.len() }.to_string(), true)];
-        for chunk in data.chunks(abi::control::CHUNK_MAX) {
-            lines.push((Request::ImageData(chunk.to_vec()).to_string(), false));
-        }
-        lines.push((Request::ImageEnd.to_string(), true));
-        let answers = self.requests(&lines).with_context(|| format!("sending {}", path.display()))?;
-        match answers.last().map(|a| &a.0) {
-            Some(Response::Image { digest: Some(d), .. }) if *d == sum => Ok(sum),
+        let begin = Request::ImageBegin { name: &name, len: data.len() }.to_string();
+        let answer = self
+            .upload(&begin, &data, &Request::ImageEnd.to_string(), Duration::from_secs(60))
+            .with_context(|| format!("sending {}", path.display()))?;
+        match answer.0 {
+            Response::Image { digest: Some(d), .. } if d == sum => Ok(sum),
             other => bail!("the upload of {} was answered {other:?}", path.display()),
         }
+    }
+
+    /// Uploads `data` (an image or a snapshot) on the shared connection:
+    /// `begin`, which must be answered `receiving`, then the chunks as
+    /// `image-data` lines (not answered), streamed a line at a time, then
+    /// `end`; its answer. Each answer is waited for `wait` at most. A
+    /// failure half-way leaves answers behind: the next request connects
+    /// again.
+    fn upload(&self, begin: &str, data: &[u8], end: &str, wait: Duration) -> Result<Answer> {
+        let out = self.with_shared(|conn, reader| {
+            conn.stream.set_read_timeout(Some(wait))?;
+            let got = (|| {
+                let mut s = &conn.stream;
+                s.write_all(format!("{begin}\n").as_bytes())?;
+                match read_answer(reader)?.0 {
+                    Response::Receiving { .. } => {}
+                    other => bail!("{} was answered {other:?}", begin.split(' ').next().unwrap_or(begin)),
+                }
+                let mut line = String::with_capacity(12 + 2 * abi::control::CHUNK_MAX);
+                for chunk in data.chunks(abi::control::CHUNK_MAX) {
+                    line.clear();
+                    line.push_str("image-data ");
+                    abi::control::write_hex(&mut line, chunk)?;
+                    line.push('\n');
+                    s.write_all(line.as_bytes())?;
+                }
+                s.write_all(format!("{end}\n").as_bytes())?;
+                read_answer(reader)
+            })();
+            conn.stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+            got
+        });
+        if out.is_err() {
+            self.disconnect();
+        }
+        out
     }
 
     /// The `start` request line for `spec` (its image given by `digest`).
@@ -721,34 +755,7 @@ pub fn restore_with(
     }
     let args = args.map(|a| a.iter().map(|s| s.as_str().into()).collect());
     let begin = Request::RestoreBegin { name, len: snapshot.len(), tenant, args }.to_string();
-    let out = inst.with_shared(|conn, reader| {
-        conn.stream.set_read_timeout(Some(SNAPSHOT_LINE_WAIT))?;
-        let mut s = &conn.stream;
-        s.write_all(format!("{begin}\n").as_bytes())?;
-        match read_answer(reader)?.0 {
-            Response::Receiving { .. } => {}
-            other => bail!("restore-begin was answered {other:?}"),
-        }
-        // The chunks are not answered: stream them, as an image upload.
-        let mut line = String::with_capacity(12 + 2 * abi::control::CHUNK_MAX);
-        for chunk in snapshot.chunks(abi::control::CHUNK_MAX) {
-            line.clear();
-            line.push_str("image-data ");
-            abi::control::write_hex(&mut line, chunk)?;
-            line.push('\n');
-            s.write_all(line.as_bytes())?;
-        }
-        s.write_all(format!("{}\n", Request::RestoreEnd).as_bytes())?;
-        let got = read_answer(reader);
-        conn.stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-        got
-    });
-    // An upload refused half-way (it timed out, say) leaves the answer to
-    // `restore-end` behind: the next request starts on a fresh connection.
-    if out.is_err() {
-        inst.disconnect();
-    }
-    match out?.0 {
+    match inst.upload(&begin, snapshot, &Request::RestoreEnd.to_string(), SNAPSHOT_LINE_WAIT)?.0 {
         Response::Restored { restored, ip, tenant } => Ok(Restored { name: restored, ip, tenant }),
         other => bail!("restore-end was answered {other:?}"),
     }
