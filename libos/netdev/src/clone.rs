@@ -135,7 +135,9 @@ pub struct Adopted {
 ///   at `new` instead;
 /// - a bound UDP socket is emptied (what it holds was received for, or
 ///   queued by, the template) and bound again to its port, at `new` if
-///   it was bound to `old`, else as it was (usually any address).
+///   it was bound to `old`, else as it was (usually any address); one
+///   with nothing queued and not bound to `old` is left as it is (not
+///   even written: an idle clone then copies no page of it).
 ///
 /// `new_tcp` makes the buffers of a socket that listens again.
 pub fn adopt_sockets(
@@ -180,7 +182,10 @@ pub fn adopt_sockets(
             }
             Socket::Udp(u) => {
                 let ep = u.endpoint();
-                if ep.port != 0 {
+                // One with nothing queued and no address to move is left
+                // untouched: an idle clone copies no page for it.
+                let untouched = u.send_is_empty() && !u.can_recv() && moved(ep.addr) == ep.addr;
+                if ep.port != 0 && !untouched {
                     u.close();
                     let _ = u.bind(IpListenEndpoint { addr: moved(ep.addr), port: ep.port });
                     done.rebound += 1;

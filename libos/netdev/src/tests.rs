@@ -548,3 +548,30 @@ fn a_clone_drops_its_templates_connections_silently_and_serves_at_its_new_addres
         assert_eq!(b.sockets.get::<udp::Socket>(ub).recv_queue(), 0);
     });
 }
+
+/// An idle UDP socket (nothing queued, bound to any address) is left as it
+/// is, so an idle clone copies no page for it; one holding only an empty
+/// datagram of the template's, or bound to the old address, is emptied
+/// and bound again.
+#[test]
+fn a_clone_leaves_an_idle_udp_socket_untouched() {
+    with_pair(|a, _| {
+        let idle = a.udp(53, 4096);
+        let queued = a.udp(54, 4096);
+        a.sockets.get_mut::<udp::Socket>(queued).send_slice(b"", (IpAddress::v4(10, 0, 0, 2), 9)).unwrap();
+        let at_old = a.udp(55, 4096);
+        let old = smoltcp::wire::Ipv4Address::new(10, 0, 0, 1);
+        {
+            let s = a.sockets.get_mut::<udp::Socket>(at_old);
+            s.close();
+            s.bind((IpAddress::Ipv4(old), 55)).unwrap();
+        }
+        let new = smoltcp::wire::Ipv4Address::new(10, 0, 0, 3);
+        let new_tcp = || tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 64]), tcp::SocketBuffer::new(vec![0; 64]));
+        let done = clone::adopt_sockets(&mut a.sockets, old, new, new_tcp);
+        assert_eq!(done, clone::Adopted { closed: 0, relistened: 0, rebound: 2 });
+        assert_eq!(a.sockets.get::<udp::Socket>(idle).endpoint().port, 53);
+        assert!(a.sockets.get::<udp::Socket>(queued).send_is_empty(), "the template's empty datagram was dropped");
+        assert_eq!(a.sockets.get::<udp::Socket>(at_old).endpoint().addr, Some(IpAddress::Ipv4(new)));
+    });
+}

@@ -272,6 +272,13 @@ impl<'a> Socket<'a> {
         !self.rx_buffer.is_empty()
     }
 
+    /// Check whether nothing is queued to send, not even an empty
+    /// datagram (`send_queue` counts payload octets only). Patched in.
+    #[inline]
+    pub fn send_is_empty(&self) -> bool {
+        self.tx_buffer.is_empty()
+    }
+
     /// Return the maximum number packets the socket can receive.
     #[inline]
     pub fn packet_recv_capacity(&self) -> usize {
