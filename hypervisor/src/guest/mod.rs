@@ -415,6 +415,9 @@ impl Guest {
         self.via_sysret = r.vector == VECTOR_SYSCALL;
         let step = match r.vector {
             VECTOR_SYSCALL => self.hypercall(mem, clock, out),
+            // Present by now (made so for it, or a stale translation of a
+            // page table it shared and has since copied): flush.
+            VECTOR_PAGE_FAULT if r.error & regs::pf::PRESENT == 0 && self.memory.space.translate(mem, r.cr2).is_some() => Step::FlushTlb,
             VECTOR_PAGE_FAULT if r.error & regs::pf::PRESENT == 0 => match self.memory.fault_in(mem, r.cr2) {
                 Ok(_) => Step::Resume,
                 Err(Fault::OutOfMemory { limit }) => Step::Stopped(StopReason::OutOfMemory { address: r.cr2, limit_bytes: limit }),
@@ -631,9 +634,15 @@ impl Guest {
                 if !self.memory.is_discardable(a0, a1) {
                     return bad(HypercallError::Discard { address: a0, length: a1 });
                 }
-                let pages = self.memory.discard(mem, a0, a0 + a1);
-                self.regs.rax = pages * PAGE_SIZE;
-                if pages > 0 { Step::FlushTlb } else { Step::Resume }
+                match self.memory.discard(mem, a0, a0 + a1) {
+                    Ok(pages) => {
+                        self.regs.rax = pages * PAGE_SIZE;
+                        if pages > 0 { Step::FlushTlb } else { Step::Resume }
+                    }
+                    // Copying a shared page table it covers in part.
+                    Err(Fault::OutOfMemory { limit }) => Step::Stopped(StopReason::OutOfMemory { address: a0, limit_bytes: limit }),
+                    Err(_) => Step::Stopped(StopReason::MachineOutOfMemory),
+                }
             }
             Hypercall::Block => {
                 let pending = self.pending_events(mem);

@@ -21,7 +21,11 @@ bitflags::bitflags! {
         const HUGE = 1 << 7;
         const GLOBAL = 1 << 8;
         /// Software bit: the frame is shared (image text), not owned by
-        /// this address space, and must not be freed with it.
+        /// this address space, and must not be freed with it. In a
+        /// page-directory entry (where the CPU ignores it): the page table
+        /// it points to is shared (a frozen set's, `user::Frozen`), read by
+        /// several address spaces and written by none; a space copies it
+        /// before changing an entry in it ([`AddressSpace::unshare_table`]).
         const SHARED = 1 << 9;
         /// Software bit: a copy-on-write page (with `SHARED`, mapped
         /// read-only): its frame belongs to a frozen set several guests
@@ -122,14 +126,21 @@ pub fn translate(mem: &impl PhysMem, root: PhysAddr, va: u64) -> Option<(PhysAdd
     None
 }
 
+/// Whether entry `e` of a page directory points to a shared page table.
+fn shared_table(e: u64) -> bool {
+    e & (Pte::PRESENT | Pte::SHARED | Pte::HUGE).bits() == (Pte::PRESENT | Pte::SHARED).bits()
+}
+
 /// Calls `f` with every present 4 KiB leaf of the guest half of the tree
-/// at `root`; where it returns flags, the leaf takes them (same frame).
+/// at `root`; where it returns flags, the leaf takes them (same frame),
+/// except in a shared page table, which is never written.
 fn walk_leaves<M: PhysMem>(mem: &mut M, root: PhysAddr, f: &mut impl FnMut(&mut M, u64, PhysAddr, Pte) -> Option<Pte>) {
     fn walk<M: PhysMem>(
         mem: &mut M,
         table: PhysAddr,
         level: u32,
         base: u64,
+        shared: bool,
         f: &mut impl FnMut(&mut M, u64, PhysAddr, Pte) -> Option<Pte>,
     ) {
         let span = FRAME_SIZE << (9 * (level - 1));
@@ -142,23 +153,35 @@ fn walk_leaves<M: PhysMem>(mem: &mut M, root: PhysAddr, f: &mut impl FnMut(&mut 
             }
             let (va, pa) = (base + i as u64 * span, e & ADDR_MASK);
             if level == 1 {
-                if let Some(flags) = f(mem, va, pa, Pte::from_bits_retain(e & !ADDR_MASK)) {
+                if let Some(flags) = f(mem, va, pa, Pte::from_bits_retain(e & !ADDR_MASK))
+                    && !shared
+                {
                     mem.write_pte(table, i, pa | (flags | Pte::PRESENT).bits());
                 }
             } else if e & Pte::HUGE.bits() == 0 {
-                walk(mem, pa, level - 1, va, f);
+                walk(mem, pa, level - 1, va, level == 2 && shared_table(e), f);
             }
         }
     }
-    walk(mem, root, 4, 0, f);
+    walk(mem, root, 4, 0, false, f);
 }
 
 /// A guest's address space: its own PML4 with the hypervisor's half shared.
+///
+/// A page table whose leaves are all shared may itself be shared with
+/// other spaces (`share_tables`, after a freeze; `copy_shared` links it
+/// instead of copying it): its directory entry says `SHARED`, it is not
+/// this space's to free, and every change to it first makes it this
+/// space's own (`unshare_table`; `map_user` does so itself,
+/// `remap_user` refuses, `unmap_user_range` unlinks one it covers whole).
 #[derive(Debug)]
 pub struct AddressSpace {
     root: PhysAddr,
     /// Page-table frames this space owns (PML4 included).
     tables: usize,
+    /// Shared page tables linked in (not owned), and their present leaves.
+    shared_tables: usize,
+    shared_leaves: usize,
 }
 
 impl AddressSpace {
@@ -169,7 +192,7 @@ impl AddressSpace {
             let e = mem.read_pte(kernel_root, i);
             mem.write_pte(root, i, e);
         }
-        Some(Self { root, tables: 1 })
+        Some(Self { root, tables: 1, shared_tables: 0, shared_leaves: 0 })
     }
 
     /// The value for CR3.
@@ -177,16 +200,112 @@ impl AddressSpace {
         self.root
     }
 
-    /// Page-table frames in use by this space.
+    /// Page-table frames this space owns.
     pub fn table_frames(&self) -> usize {
         self.tables
     }
 
-    /// Maps one user page. `flags` gets `USER` and `PRESENT` added.
+    /// Shared page tables linked into this space (not owned).
+    pub fn shared_table_frames(&self) -> usize {
+        self.shared_tables
+    }
+
+    /// The page-directory entry over `va` (the directory, the index, the
+    /// entry), if the directory exists.
+    fn directory_entry(&self, mem: &impl PhysMem, va: u64) -> Option<(PhysAddr, usize, u64)> {
+        let mut table = self.root;
+        for level in [4, 3] {
+            let e = mem.read_pte(table, index(va, level));
+            if e & Pte::PRESENT.bits() == 0 || e & Pte::HUGE.bits() != 0 {
+                return None;
+            }
+            table = e & ADDR_MASK;
+        }
+        let i = index(va, 2);
+        Some((table, i, mem.read_pte(table, i)))
+    }
+
+    /// Whether the page table over `va` is a shared one.
+    pub fn shares_table_over(&self, mem: &impl PhysMem, va: u64) -> bool {
+        self.directory_entry(mem, va).is_some_and(|(_, _, e)| shared_table(e))
+    }
+
+    /// Makes the page table over `va` this space's own if it is a shared
+    /// one: copies it into a new frame, owned and counted, and points the
+    /// directory at the copy. True if it copied. The caller flushes the
+    /// TLB before the guest relies on the copy's changes (a stale entry
+    /// can only fault again: the copy holds the same leaves or more).
+    pub fn unshare_table(&mut self, mem: &mut impl PhysMem, va: u64) -> Result<bool, MapError> {
+        let Some((dir, i, e)) = self.directory_entry(mem, va).filter(|&(_, _, e)| shared_table(e)) else {
+            return Ok(false);
+        };
+        let copy = mem.alloc_copy(e & ADDR_MASK).ok_or(MapError::OutOfMemory)?;
+        let leaves = (0..512).filter(|&j| mem.read_pte(copy, j) & Pte::PRESENT.bits() != 0).count();
+        mem.write_pte(dir, i, copy | (e & !ADDR_MASK & !Pte::SHARED.bits()));
+        self.tables += 1;
+        self.shared_tables -= 1;
+        self.shared_leaves -= leaves;
+        Ok(true)
+    }
+
+    /// Shares every page table of the guest half (but the PML4's, the
+    /// directories' and directory-pointer tables) whose present leaves are
+    /// all `SHARED`, one at least: marks its directory entry `SHARED` and
+    /// gives its frame to `f` (which keeps it: the space owns it no more).
+    /// Returns how many. Tables shared already stay as they are.
+    pub fn share_tables(&mut self, mem: &mut impl PhysMem, f: &mut impl FnMut(PhysAddr)) -> usize {
+        fn walk<M: PhysMem>(mem: &mut M, table: PhysAddr, level: u32, f: &mut impl FnMut(PhysAddr), counts: &mut (usize, usize)) {
+            let entries = if level == 4 { 256 } else { 512 };
+            for i in 0..entries {
+                let e = mem.read_pte(table, i);
+                if e & Pte::PRESENT.bits() == 0 || e & Pte::HUGE.bits() != 0 {
+                    continue;
+                }
+                let pa = e & ADDR_MASK;
+                if level > 2 {
+                    walk(mem, pa, level - 1, f, counts);
+                    continue;
+                }
+                if shared_table(e) {
+                    continue;
+                }
+                let (mut leaves, mut all_shared) = (0, true);
+                for j in 0..512 {
+                    let l = mem.read_pte(pa, j);
+                    if l & Pte::PRESENT.bits() != 0 {
+                        leaves += 1;
+                        all_shared &= l & Pte::SHARED.bits() != 0;
+                    }
+                }
+                if leaves > 0 && all_shared {
+                    mem.write_pte(table, i, e | Pte::SHARED.bits());
+                    f(pa);
+                    counts.0 += 1;
+                    counts.1 += leaves;
+                }
+            }
+        }
+        let mut counts = (0, 0);
+        walk(mem, self.root, 4, f, &mut counts);
+        self.tables -= counts.0;
+        self.shared_tables += counts.0;
+        self.shared_leaves += counts.1;
+        counts.0
+    }
+
+    /// Maps one user page. `flags` gets `USER` and `PRESENT` added. A
+    /// shared page table in the way is copied first (and counted).
     pub fn map_user(&mut self, mem: &mut impl PhysMem, va: u64, pa: PhysAddr, flags: Pte) -> Result<(), MapError> {
         if va >= abi::layout::USER_END {
             return Err(MapError::BadAddress);
         }
+        if let Some((_, _, e)) = self.directory_entry(mem, va)
+            && shared_table(e)
+            && mem.read_pte(e & ADDR_MASK, index(va, 1)) & Pte::PRESENT.bits() != 0
+        {
+            return Err(MapError::AlreadyMapped);
+        }
+        self.unshare_table(mem, va)?;
         let table_flags = Pte::WRITABLE | Pte::USER;
         self.tables += map(mem, self.root, va, pa, flags | Pte::USER, 1, table_flags)?;
         Ok(())
@@ -217,20 +336,17 @@ impl AddressSpace {
 
     /// Points the present leaf of `va` at `pa` with `flags` (`USER` and
     /// `PRESENT` added); returns the frame and flags it had, or `None`
-    /// (and changes nothing) if `va` has no 4 KiB leaf. The caller flushes
-    /// the TLB.
+    /// (and changes nothing) if `va` has no 4 KiB leaf or its page table
+    /// is shared (`unshare_table` first). The caller flushes the TLB.
     pub fn remap_user(&mut self, mem: &mut impl PhysMem, va: u64, pa: PhysAddr, flags: Pte) -> Option<(PhysAddr, Pte)> {
         if va >= abi::layout::USER_END || !va.is_multiple_of(FRAME_SIZE) {
             return None;
         }
-        let mut table = self.root;
-        for level in (2..=4).rev() {
-            let e = mem.read_pte(table, index(va, level));
-            if e & Pte::PRESENT.bits() == 0 || e & Pte::HUGE.bits() != 0 {
-                return None;
-            }
-            table = e & ADDR_MASK;
+        let (_, _, d) = self.directory_entry(mem, va)?;
+        if d & Pte::PRESENT.bits() == 0 || d & Pte::HUGE.bits() != 0 || shared_table(d) {
+            return None;
         }
+        let table = d & ADDR_MASK;
         let i = index(va, 1);
         let e = mem.read_pte(table, i);
         if e & Pte::PRESENT.bits() == 0 {
@@ -244,8 +360,14 @@ impl AddressSpace {
     /// (page-aligned), calling `f` with each frame and its flags; returns
     /// how many were unmapped. Walks only the tables that exist, so the
     /// cost follows what is mapped, not the size of the range. Page tables
-    /// stay (they are reused by the next touch). The caller flushes the TLB.
+    /// stay (they are reused by the next touch), but a shared one the
+    /// range covers whole is unlinked; one it covers in part is left as it
+    /// is (the caller unshares the range's ends first). The caller flushes
+    /// the TLB.
     pub fn unmap_user_range<M: PhysMem>(&mut self, mem: &mut M, start: u64, end: u64, f: &mut impl FnMut(&mut M, PhysAddr, Pte)) -> usize {
+        /// Counts: leaves unmapped, shared tables unlinked, their leaves.
+        type Counts = (usize, usize, usize);
+        #[allow(clippy::too_many_arguments)]
         fn walk<M: PhysMem>(
             mem: &mut M,
             table: PhysAddr,
@@ -254,40 +376,58 @@ impl AddressSpace {
             start: u64,
             end: u64,
             f: &mut impl FnMut(&mut M, PhysAddr, Pte),
-        ) -> usize {
+            n: &mut Counts,
+        ) {
             let span = FRAME_SIZE << (9 * (level - 1));
             let lo = ((start.max(base) - base) / span) as usize;
             let hi = (((end.min(base + 512 * span)) - 1 - base) / span) as usize;
-            let mut n = 0;
             for i in lo..=hi {
                 let e = mem.read_pte(table, i);
                 if e & Pte::PRESENT.bits() == 0 {
                     continue;
                 }
-                let pa = e & ADDR_MASK;
+                let (pa, va) = (e & ADDR_MASK, base + i as u64 * span);
                 if level == 1 {
                     mem.write_pte(table, i, 0);
                     f(mem, pa, Pte::from_bits_retain(e & !ADDR_MASK));
-                    n += 1;
+                    n.0 += 1;
+                } else if level == 2 && shared_table(e) {
+                    if start <= va && va + span <= end {
+                        mem.write_pte(table, i, 0);
+                        let before = n.0;
+                        for j in 0..512 {
+                            let l = mem.read_pte(pa, j);
+                            if l & Pte::PRESENT.bits() != 0 {
+                                f(mem, l & ADDR_MASK, Pte::from_bits_retain(l & !ADDR_MASK));
+                                n.0 += 1;
+                            }
+                        }
+                        n.1 += 1;
+                        n.2 += n.0 - before;
+                    }
                 } else if e & Pte::HUGE.bits() == 0 {
-                    n += walk(mem, pa, level - 1, base + i as u64 * span, start, end, f);
+                    walk(mem, pa, level - 1, va, start, end, f, n);
                 }
             }
-            n
         }
         let end = end.min(abi::layout::USER_END);
         if start >= end || !start.is_multiple_of(FRAME_SIZE) || !end.is_multiple_of(FRAME_SIZE) {
             return 0;
         }
-        walk(mem, self.root, 4, 0, start, end, f)
+        let mut n = (0, 0, 0);
+        walk(mem, self.root, 4, 0, start, end, f, &mut n);
+        self.shared_tables -= n.1;
+        self.shared_leaves -= n.2;
+        n.0
     }
 
     /// A new space over `kernel_root`'s upper half whose guest half has
     /// this one's tables, copied a table at a time, holding those of its
     /// `SHARED` leaves that `keep(va, flags)` gives flags for (with those
     /// flags; never an owned frame: the copy would free it). Every other
-    /// leaf is absent. `None` if memory runs out (nothing is left taken).
-    /// The count of leaves copied is returned too.
+    /// leaf is absent. Shared page tables are linked, not copied (all
+    /// their leaves kept as they are). `None` if memory runs out (nothing
+    /// is left taken). The count of leaves mapped is returned too.
     pub fn copy_shared(
         &self,
         mem: &mut impl PhysMem,
@@ -319,6 +459,8 @@ impl AddressSpace {
                         mem.write_pte(into, i, pa | (f | Pte::SHARED | Pte::USER | Pte::PRESENT).bits());
                         counts.1 += 1;
                     }
+                } else if level == 2 && shared_table(v) {
+                    mem.write_pte(into, i, v);
                 } else if !fl.contains(Pte::HUGE) {
                     let Some(child) = mem.alloc() else { return false };
                     counts.0 += 1;
@@ -340,12 +482,15 @@ impl AddressSpace {
             space.destroy(mem);
             return None;
         }
-        Some((space, counts.1))
+        // Every shared table of this space is linked in the copy.
+        space.shared_tables = self.shared_tables;
+        space.shared_leaves = self.shared_leaves;
+        Some((space, counts.1 + self.shared_leaves))
     }
 
-    /// Frees every page table and every owned (non-`SHARED`) frame of the
-    /// guest half, and the PML4. Returns the number of owned data frames
-    /// freed.
+    /// Frees every page table it owns and every owned (non-`SHARED`)
+    /// frame of the guest half, and the PML4 (shared page tables are their
+    /// frozen set's). Returns the number of owned data frames freed.
     pub fn destroy(self, mem: &mut impl PhysMem) -> usize {
         fn walk(mem: &mut impl PhysMem, table: PhysAddr, level: u32, range: core::ops::Range<usize>) -> usize {
             let mut freed = 0;
@@ -360,6 +505,8 @@ impl AddressSpace {
                         mem.free(pa);
                         freed += 1;
                     }
+                } else if level == 2 && shared_table(e) {
+                    continue;
                 } else {
                     freed += walk(mem, pa, level - 1, 0..512);
                     mem.free(pa);
@@ -438,6 +585,43 @@ mod tests {
             assert!(a.copy_shared(&mut mem, k, &keep).is_none(), "limit {limit}");
             assert_eq!(mem.live, live - tables, "limit {limit}");
         }
+    }
+
+    /// A shared page table is linked by a copy, never written through: a
+    /// remap refuses, a map to a page it holds fails without copying it,
+    /// a map beside copies it first; destroy leaves it to its owner.
+    #[test]
+    fn a_shared_page_table_is_never_written_through() {
+        let mut mem = TestMem::new(100);
+        let k = kernel_root(&mut mem);
+        let mut a = AddressSpace::new(&mut mem, k).unwrap();
+        let s = mem.alloc().unwrap();
+        a.map_user(&mut mem, 0x40_0000, s, Pte::SHARED | Pte::COW).unwrap();
+        let own = mem.alloc().unwrap();
+        a.map_user(&mut mem, 0x8000_0000, own, Pte::WRITABLE).unwrap();
+        let mut taken = Vec::new();
+        assert_eq!(a.share_tables(&mut mem, &mut |t| taken.push(t)), 1, "only the table of shared leaves");
+        assert_eq!((a.table_frames(), a.shared_table_frames()), (5, 1));
+        assert_eq!(a.share_tables(&mut mem, &mut |t| taken.push(t)), 0, "shared already");
+        let (mut b, leaves) = a.copy_shared(&mut mem, k, &|_, f| Some(f)).unwrap();
+        assert_eq!((leaves, b.table_frames(), b.shared_table_frames()), (1, 5, 1));
+        let table = taken[0];
+        let before = mem.read_pte(table, 0);
+        assert_eq!(b.remap_user(&mut mem, 0x40_0000, own, Pte::WRITABLE), None);
+        let live = mem.live;
+        assert_eq!(b.map_user(&mut mem, 0x40_0000, own, Pte::WRITABLE), Err(MapError::AlreadyMapped));
+        assert_eq!(mem.live, live, "nothing copied for a map that fails");
+        b.map_user(&mut mem, 0x40_1000, own, Pte::SHARED).unwrap();
+        assert_eq!((b.table_frames(), b.shared_table_frames(), mem.live), (6, 0, live + 1));
+        assert_eq!(mem.read_pte(table, 0), before);
+        assert_eq!(mem.read_pte(table, 1), 0, "the shared table is as it was");
+        assert!(a.translate(&mem, 0x40_1000).is_none());
+        assert_eq!(b.remap_user(&mut mem, 0x40_0000, s, Pte::SHARED), Some((s, Pte::SHARED | Pte::COW | Pte::USER | Pte::PRESENT)));
+        b.destroy(&mut mem);
+        assert_eq!(a.destroy(&mut mem), 1, "its own page; the shared table is not its to free");
+        assert_eq!(mem.live, live + 1 - 6 - 5 - 1, "both spaces' tables and a's own page gone");
+        mem.free(table);
+        mem.free(s);
     }
 
     #[test]

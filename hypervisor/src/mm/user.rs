@@ -44,7 +44,8 @@ impl core::fmt::Display for Fault {
 
 /// Pages a guest owned once and froze to be shared copy-on-write with its
 /// clones (and itself): read-only to all of them, freed with the last one
-/// (`GuestMemory::destroy`).
+/// (`GuestMemory::destroy`); and the page tables that held only such
+/// pages (and image pages), shared the same way (`AddressSpace::share_tables`).
 #[derive(Debug)]
 pub struct Frozen {
     frames: Vec<PhysAddr>,
@@ -114,9 +115,10 @@ impl GuestMemory {
         self.space.table_frames() as u64 * FRAME_SIZE
     }
 
-    /// Bytes mapped that are shared with other guests (not charged).
+    /// Bytes mapped that are shared with other guests (not charged), and
+    /// the page tables shared with them.
     pub fn shared_bytes(&self) -> u64 {
-        self.shared * FRAME_SIZE
+        (self.shared + self.space.shared_table_frames() as u64) * FRAME_SIZE
     }
 
     pub fn limit_bytes(&self) -> u64 {
@@ -201,8 +203,13 @@ impl GuestMemory {
         let Some((src, flags)) = self.space.translate(mem, va).filter(|(_, f)| f.contains(Pte::COW)) else {
             return Ok(None);
         };
-        if self.charged() + 1 > self.limit_frames {
+        // Its page table too, if that is shared.
+        let table = self.space.shares_table_over(mem, va);
+        if self.charged() + 1 + u64::from(table) > self.limit_frames {
             return Err(Fault::OutOfMemory { limit: self.limit_bytes() });
+        }
+        if table {
+            self.space.unshare_table(mem, va).map_err(|_| Fault::MachineOutOfMemory)?;
         }
         let frame = mem.alloc_copy(page_down(src)).ok_or(Fault::MachineOutOfMemory)?;
         let own = (flags - Pte::COW - Pte::SHARED - Pte::ACCESSED - Pte::DIRTY) | Pte::WRITABLE;
@@ -216,8 +223,9 @@ impl GuestMemory {
     /// Freezes every page the guest owns outside `keep(va)` (its own
     /// per-instance pages: start page, shared page, rings): each becomes
     /// read-only, shared, and (if it was writable) copy-on-write, in one
-    /// new frozen set. The guest is charged for them no more; a write
-    /// copies the page back (`copy_on_write`). Returns how many pages
+    /// new frozen set, with the page tables left holding only shared
+    /// pages. The guest is charged for them no more; a write copies the
+    /// page (and its table) back (`copy_on_write`). Returns how many pages
     /// froze. Nothing changes if the list of them cannot be allocated.
     /// The caller flushes the TLB (the guest is on no CPU).
     pub fn freeze(&mut self, mem: &mut impl PhysMem, keep: &impl Fn(u64) -> bool) -> Result<usize, Fault> {
@@ -233,7 +241,7 @@ impl GuestMemory {
             return Ok(0);
         }
         let mut frames = Vec::new();
-        frames.try_reserve_exact(n).map_err(|_| Fault::MachineOutOfMemory)?;
+        frames.try_reserve_exact(n + self.space.table_frames()).map_err(|_| Fault::MachineOutOfMemory)?;
         self.frozen.try_reserve(1).map_err(|_| Fault::MachineOutOfMemory)?;
         self.space.rewrite_user_pages(mem, &mut |_, va, pa, fl| {
             if fl.contains(Pte::SHARED) || keep(va) || frames.len() == n {
@@ -246,6 +254,7 @@ impl GuestMemory {
         let frozen = frames.len();
         self.private -= frozen as u64;
         self.shared += frozen as u64;
+        self.space.share_tables(mem, &mut |t| frames.push(t));
         self.frozen.push(Arc::new(Frozen { frames }));
         self.unchanged_since_freeze = true;
         Ok(frozen)
@@ -330,8 +339,24 @@ impl GuestMemory {
     /// Gives back the pages mapped in `[start, end)` of a demand-zero
     /// region (page-aligned; checked by the caller): their frames are
     /// freed and the pages read as zero on the next touch. Returns how many
-    /// pages were given back; the caller flushes the TLB if any were.
-    pub fn discard(&mut self, mem: &mut impl PhysMem, start: u64, end: u64) -> u64 {
+    /// pages were given back; the caller flushes the TLB if any were. A
+    /// shared page table the range covers in part is copied first, which
+    /// may take the guest past its limit.
+    pub fn discard(&mut self, mem: &mut impl PhysMem, start: u64, end: u64) -> Result<u64, Fault> {
+        const TABLE_SPAN: u64 = 512 * FRAME_SIZE;
+        if start >= end {
+            return Ok(0);
+        }
+        for at in [start, end - FRAME_SIZE] {
+            let table = at - at % TABLE_SPAN;
+            let whole = table >= start && table + TABLE_SPAN <= end;
+            if !whole && self.space.shares_table_over(mem, at) {
+                if self.charged() + 1 > self.limit_frames {
+                    return Err(Fault::OutOfMemory { limit: self.limit_bytes() });
+                }
+                self.space.unshare_table(mem, at).map_err(|_| Fault::MachineOutOfMemory)?;
+            }
+        }
         let (mut freed, mut unshared) = (0, 0);
         self.space.unmap_user_range(mem, start, end, &mut |mem, pa, flags| {
             if flags.contains(Pte::SHARED) {
@@ -344,7 +369,7 @@ impl GuestMemory {
         });
         self.private -= freed;
         self.shared -= unshared;
-        freed
+        Ok(freed)
     }
 
     /// Whether `[start, start + len)` is whole pages inside the heap.
@@ -438,7 +463,7 @@ mod tests {
         assert!(touched >= 8);
         // Giving pages back frees them and makes room under the limit again.
         let before = (mem.live, g.charged_bytes());
-        assert_eq!(g.discard(&mut mem, 0x10_0000, 0x10_0000 + 4 * 4096), 4);
+        assert_eq!(g.discard(&mut mem, 0x10_0000, 0x10_0000 + 4 * 4096), Ok(4));
         assert_eq!((mem.live, g.charged_bytes()), (before.0 - 4, before.1 - 4 * 4096));
         let mut z = [1u8; 8];
         g.read(&mut mem, 0x10_0000, &mut z).unwrap();
@@ -473,13 +498,15 @@ mod tests {
             let keep = |va: u64| va == 0x50_0000;
             let before = (t.private_bytes(), t.shared_bytes());
             assert_eq!(t.freeze(&mut mem, &keep), Ok(2));
-            assert_eq!((t.private_bytes(), t.shared_bytes()), (before.0 - 2 * 4096, before.1 + 2 * 4096));
-            assert_eq!(t.frozen_frames(), 2);
+            // The heap's and the stack's page tables held only those two:
+            // they are shared too.
+            assert_eq!((t.private_bytes(), t.shared_bytes()), (before.0 - 2 * 4096, before.1 + 4 * 4096));
+            assert_eq!(t.frozen_frames(), 4);
             assert_eq!(t.freeze(&mut mem, &keep), Ok(0), "nothing left to freeze");
 
             let mut a = t.clone_shared(&mut mem, k, 1 << 20, &keep).unwrap();
             let mut b = t.clone_shared(&mut mem, k, 1 << 20, &keep).unwrap();
-            assert_eq!((a.private_bytes(), a.shared_bytes()), (0, 3 * 4096), "text and two frozen pages");
+            assert_eq!((a.private_bytes(), a.shared_bytes()), (0, 5 * 4096), "text, two frozen pages, their tables");
             assert!(a.space.translate(&mem, 0x50_0000).is_none(), "a kept page is the clone's to map");
             let mut buf = [0u8; 20];
             a.read(&mut mem, 0x10_0000, &mut buf).unwrap();
@@ -508,8 +535,8 @@ mod tests {
             assert_eq!(&st, b"stack!!!");
             // Giving a frozen heap page back unmaps it, frees nothing shared.
             let live = mem.live;
-            assert_eq!(b.discard(&mut mem, 0x10_0000, 0x10_1000), 0);
-            assert_eq!((mem.live, b.shared_bytes()), (live, 4096), "text only: its stack page is its own copy");
+            assert_eq!(b.discard(&mut mem, 0x10_0000, 0x10_1000), Ok(0));
+            assert_eq!((mem.live, b.shared_bytes()), (live + 1, 4096), "text only: its stack page is its own copy");
             b.read(&mut mem, 0x10_0000, &mut buf).unwrap();
             assert_eq!(buf, [0; 20], "a discarded page reads as zero");
 
@@ -522,6 +549,96 @@ mod tests {
             b.destroy(&mut mem);
             mem.free(text);
             assert_eq!(mem.live, base + 1, "every frame is back but the kernel root the template had");
+        }
+    }
+
+    /// Page tables that hold only frozen (and image) pages are shared too:
+    /// a clone owns only the tables over its own pages, and copies a shared
+    /// one (charged) before it changes anything in it: a copy-on-write, a
+    /// demand-zero page, a discard of part of it. A discard of all of it
+    /// unlinks it. The template copies as a clone does. Everything comes
+    /// back, whoever ends first.
+    #[test]
+    fn page_tables_of_frozen_pages_are_shared_and_copied_before_a_change() {
+        const MB2: u64 = 2 << 20;
+        for order in 0..3 {
+            let mut mem = TestMem::new(1000);
+            let k = mem.alloc().unwrap();
+            let base = mem.live;
+            let mut t = {
+                let k = mem.alloc().unwrap();
+                let space = AddressSpace::new(&mut mem, k).unwrap();
+                GuestMemory::new(space, MB2..4 * MB2, 0x7000_0000..0x7001_0000, 1 << 20)
+            };
+            // The heap spans two tables (a page in each), the stack one; the
+            // per-instance page shares the text's table.
+            t.write(&mut mem, MB2, b"first").unwrap();
+            t.write(&mut mem, 2 * MB2 + 4096, b"second").unwrap();
+            t.write(&mut mem, 0x7000_0000, b"stack").unwrap();
+            let text = mem.alloc().unwrap();
+            t.map_shared(&mut mem, 0x1000_1000, text, Pte::empty()).unwrap();
+            let own = mem.alloc().unwrap();
+            t.map_private(&mut mem, 0x1000_0000, own, Pte::WRITABLE).unwrap();
+            let keep = |va: u64| va == 0x1000_0000;
+            let tables = t.space.table_frames();
+            assert_eq!(t.freeze(&mut mem, &keep), Ok(3));
+            assert_eq!((t.space.table_frames(), t.space.shared_table_frames()), (tables - 3, 3), "the heap's two, the stack's");
+            assert_eq!(t.frozen_frames(), 6);
+
+            let live = mem.live;
+            let mut c = t.clone_shared(&mut mem, k, 1 << 20, &keep).unwrap();
+            let mut d = t.clone_shared(&mut mem, k, 1 << 20, &keep).unwrap();
+            // PML4, the directory-pointer table, two directories, the
+            // text's table (without the kept page): 5 tables, no leaf page.
+            assert_eq!((c.charged_bytes(), c.space.shared_table_frames()), (5 * 4096, 3));
+            assert_eq!(mem.live, live + 10, "two clones, five tables each");
+            assert_eq!(c.shared_bytes(), (4 + 3) * 4096, "text, three frozen pages, three tables");
+
+            // A write copies the table (once) and the page, both charged.
+            c.write(&mut mem, MB2, b"C").unwrap();
+            assert_eq!((c.charged_bytes(), c.space.shared_table_frames()), (7 * 4096, 2));
+            c.write(&mut mem, MB2 + 4096, b"new").unwrap();
+            assert_eq!(c.charged_bytes(), 8 * 4096, "a demand-zero page in a table it owns now");
+            // A demand-zero page in a shared table copies it first.
+            assert!(c.fault_in(&mut mem, 2 * MB2 + 3 * 4096).is_ok());
+            assert_eq!((c.charged_bytes(), c.space.shared_table_frames()), (10 * 4096, 1));
+            let mut b5 = [0u8; 5];
+            for g in [&mut t, &mut d] {
+                g.read(&mut mem, MB2, &mut b5).unwrap();
+                assert_eq!(&b5, b"first", "the others still see the frozen page");
+                assert!(g.space.translate(&mem, MB2 + 4096).is_none() && g.space.translate(&mem, 2 * MB2 + 3 * 4096).is_none());
+            }
+            assert_eq!(d.space.shared_table_frames(), 3);
+            c.read(&mut mem, MB2, &mut b5).unwrap();
+            assert_eq!(&b5, b"Cirst");
+
+            // At its limit, a clone cannot copy a table: refused, unchanged.
+            let mut e = t.clone_shared(&mut mem, k, 5 * 4096, &keep).unwrap();
+            assert_eq!(e.write(&mut mem, 0x7000_0000, b"x"), Err(Fault::OutOfMemory { limit: 5 * 4096 }));
+            assert_eq!((e.charged_bytes(), e.space.shared_table_frames()), (5 * 4096, 3));
+            assert_eq!(e.discard(&mut mem, MB2, MB2 + 4096), Err(Fault::OutOfMemory { limit: 5 * 4096 }));
+            // A discard of a whole shared table unlinks it: nothing to copy.
+            let live = mem.live;
+            assert_eq!(e.discard(&mut mem, 2 * MB2, 3 * MB2), Ok(0));
+            assert_eq!((mem.live, e.space.shared_table_frames(), e.shared_bytes()), (live, 2, (3 + 2) * 4096));
+            assert!(e.space.translate(&mem, 2 * MB2 + 4096).is_none(), "demand-zero again");
+            let mut b6 = [0u8; 6];
+            d.read(&mut mem, 2 * MB2 + 4096, &mut b6).unwrap();
+            assert_eq!(&b6, b"second");
+            e.destroy(&mut mem);
+
+            // The template's own write copies too.
+            t.write(&mut mem, 0x7000_0000, b"T").unwrap();
+            assert_eq!(t.space.shared_table_frames(), 2);
+            d.read(&mut mem, 0x7000_0000, &mut b5).unwrap();
+            assert_eq!(&b5, b"stack");
+
+            let mut all = [Some(t), Some(c), Some(d)];
+            for i in [order, (order + 1) % 3, (order + 2) % 3] {
+                all[i].take().unwrap().destroy(&mut mem);
+            }
+            mem.free(text);
+            assert_eq!(mem.live, base + 1, "every frame is back but the template's kernel root");
         }
     }
 
