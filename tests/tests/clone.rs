@@ -135,3 +135,37 @@ fn a_warm_entry_starts_as_one_boot_and_clones_that_all_serve() {
     assert!(!c.contains("tpl-0| later"), "the template went on:\n{c}");
     assert!(c.contains("[hv] guest tpl-0 stopped: stopped by the operator"), "{c}");
 }
+
+/// A clone that writes to every page it shares with its template (and
+/// then allocates without bound) is charged for each copy and stopped
+/// `out of memory` at its limit; a sibling that only reads, and the
+/// template resumed (its own writes copy too), still find every byte as
+/// it was. Every write here lands in a page table the clones share with
+/// the template until it is copied.
+#[test]
+fn a_clone_that_writes_all_it_shares_stops_at_its_limit_alone() {
+    let dir = workspace_root().join(format!("target/itest/detached-cow-{}", std::process::id()));
+    let manifest = Manifest::new([Guest::app("h", "hostile").memory(2 << 20).args(["cow-hog", "5000", "768"])]);
+    let inst = Detached::start(&dir, manifest, false);
+    let inst = &inst.0;
+    wait_line(inst, "h-0| cow-hog: h-0 ready");
+    xtask::ctl::pause(inst, "h-0").unwrap();
+    for name in ["sib", "sib-hog"] {
+        let cloned = inst.request(&format!("clone h-0 {name}")).unwrap();
+        assert!(matches!(&cloned.0, Response::Cloned { cloned: 1, .. }), "{cloned:?}");
+    }
+    inst.request("resume h-0").unwrap();
+    let console = wait_line(inst, "[hv] guest sib-hog stopped: out of memory");
+    assert!(console.contains("sib-hog| cow-hog: sib-hog writes to every page it shares"), "{console}");
+    for g in ["sib", "h-0"] {
+        let console = wait_line(inst, &format!("[hv] guest {g} exited with code "));
+        assert!(console.contains(&format!("{g}| cow-hog: {g} pattern intact")), "{console}");
+        assert!(console.contains(&format!("[hv] guest {g} exited with code 0")), "{console}");
+    }
+    let list = inst.list().unwrap();
+    let state = |n: &str| list.iter().find(|g| g.name == n).map(|g| g.state);
+    assert_eq!(
+        (state("sib-hog"), state("sib"), state("h-0")),
+        (Some(GuestState::Stopped), Some(GuestState::Exited), Some(GuestState::Exited))
+    );
+}

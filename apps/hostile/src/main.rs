@@ -36,6 +36,7 @@
 //! | `direct-map-write` | writes where the hypervisor maps all RAM (other guests' memory) |
 //! | `df-*`, `keep-secret` | exits taken with RFLAGS.DF and AC set, and a victim for them: see `flags.rs` |
 //! | `fpu-clobber`, `fpu-unmasked` | hypercalls with every vector register full, changed control words, every FPU exception unmasked and one pending: see `fpu.rs` |
+//! | `cow-hog MS KIB` | fills KIB of heap with a pattern, prints `cow-hog: NAME ready`, sleeps MS ms (time to pause and clone it); then, as whoever it is by then (a clone has its own name): one named `*-hog` writes to every page of it and allocates without bound (stopped `out of memory` at its limit); any other checks the pattern, prints `cow-hog: NAME pattern intact` (or `changed`), exits 0 (1) |
 //! | `arp-spoof IP SECS` | (needs a vNIC) claims IPv4 address IP with its own MAC for SECS seconds: every 20 ms gratuitous ARP (broadcast), ARP requests for hosts .1 to .9 of its /24 "from" IP (broadcast), ARP replies to every neighbour it has heard (unicast) and a UDP datagram from IP; answers every ARP request for IP at once; counts the frames it receives, and the IPv4 ones addressed to IP (intercepted); exits 0 |
 #![no_std]
 #![no_main]
@@ -344,6 +345,30 @@ fn arp_spoof(victim: [u8; 4], secs: u64) -> i32 {
     0
 }
 
+/// See `cow-hog` in the table above: a clone that writes to all it shares
+/// with its template (and then some) against one that only reads.
+fn cow_hog(ms: u64, kib: usize) -> i32 {
+    let pattern = |i: usize| (i / 4096) as u8 ^ 0x5a;
+    let mut buf = alloc::vec![0u8; kib * 1024];
+    buf.iter_mut().enumerate().for_each(|(i, b)| *b = pattern(i));
+    println!("cow-hog: {} ready", libos::name());
+    libos::time::sleep(core::time::Duration::from_millis(ms));
+    let me = libos::name();
+    if me.ends_with("-hog") {
+        println!("cow-hog: {me} writes to every page it shares");
+        buf.chunks_mut(4096).for_each(|p| p[0] = !p[0]);
+        core::hint::black_box(&buf);
+        println!("cow-hog: {me} allocates without bound");
+        let mut more = alloc::vec::Vec::new();
+        loop {
+            more.push(alloc::vec![1u8; 64 * 1024]);
+        }
+    }
+    let intact = buf.iter().enumerate().all(|(i, &b)| b == pattern(i));
+    println!("cow-hog: {me} pattern {}", if intact { "intact" } else { "changed" });
+    if intact { 0 } else { 1 }
+}
+
 #[allow(unconditional_recursion)]
 fn recurse(depth: u64) -> u64 {
     let big = [depth; 64];
@@ -362,6 +387,14 @@ fn main() -> i32 {
     }
     if attack == "wake-storm" {
         return storm::run(libos::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(3_000));
+    }
+    if attack == "cow-hog" {
+        let mut args = libos::args().skip(1).map(|s| s.parse().ok());
+        let (Some(Some(ms)), Some(Some(kib))) = (args.next(), args.next()) else {
+            println!("usage: cow-hog MS KIB");
+            return 2;
+        };
+        return cow_hog(ms, kib as usize);
     }
     if attack == "arp-spoof" {
         let mut args = libos::args().skip(1);
