@@ -227,6 +227,7 @@ impl Bench {
             detach: None,
             // Measure what this CPU needs, no more.
             force_mitigations: false,
+            prealloc: true,
             ..RunConfig::default()
         }
     }

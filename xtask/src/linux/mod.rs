@@ -59,9 +59,11 @@ pub struct Machine {
 
 impl Machine {
     /// The QEMU arguments both sides share: `-machine pc -cpu max -accel ...
-    /// -smp ... -m ...`.
+    /// -smp ... -m ... -mem-prealloc` (see [`RunConfig::prealloc`]).
+    ///
+    /// [`RunConfig::prealloc`]: crate::qemu::RunConfig::prealloc
     pub fn qemu_args(&self) -> Vec<String> {
-        format!("-machine pc -cpu max -accel {} -smp {} -m {}M", self.accel.as_str(), self.smp, self.memory_mib)
+        format!("-machine pc -cpu max -accel {} -smp {} -m {}M -mem-prealloc", self.accel.as_str(), self.smp, self.memory_mib)
             .split_whitespace()
             .map(String::from)
             .collect()
