@@ -204,7 +204,10 @@ impl ControlHost for FuzzHost {
             }
             let State { mem, kernel_root, guests, .. } = st;
             let Some(t) = guests.iter_mut().find(|(n, _)| n == template).map(|(_, g)| g) else { break };
-            match Guest::clone_from(t, mem, *kernel_root, &nm, args, abi::layout::heap_start(0), |_, _| {}) {
+            let clone = t
+                .clone_base(mem, args)
+                .and_then(|base| Guest::clone_from(t, &base, mem, *kernel_root, &nm, abi::layout::heap_start(0), |_, _| {}));
+            match clone {
                 Ok(g) => {
                     guests.push((nm.clone(), g));
                     if made.count == 0 {

@@ -174,6 +174,15 @@ pub struct Stats {
     pub cpu_ns_per_cpu: Vec<u64>,
 }
 
+/// What every clone of a template made at once starts from: the
+/// template's start record, and the arguments and environment their start
+/// pages get (`Guest::clone_base`).
+pub struct CloneBase {
+    si: StartInfo,
+    args: Vec<String>,
+    env: Vec<String>,
+}
+
 /// Why a guest could not be created.
 #[derive(Debug, PartialEq, Eq)]
 pub enum CreateError {
@@ -295,33 +304,42 @@ impl Guest {
         va == START_PAGE || va == layout::EVENT_PAGE || (layout::NIC_TX_RING..heap_start).contains(&va)
     }
 
+    /// What its clones start from ([`CloneBase`]): read once for a batch
+    /// of them. With `args`, they get those instead of its arguments.
+    pub fn clone_base(&mut self, mem: &mut impl PhysMem, args: Option<&[&str]>) -> Result<CloneBase, CreateError> {
+        let si = self.start_info(mem);
+        let (own_args, env) = self.start_strings(mem, &si).ok_or(CreateError::ArgsTooLong)?;
+        let args = match args {
+            Some(a) => a.iter().map(|&s| String::from(s)).collect(),
+            None => own_args,
+        };
+        Ok(CloneBase { si, args, env })
+    }
+
     /// Makes a copy of `template` (paused: on no CPU) named `name` that
     /// goes on where the template is: its registers and FPU state, and
     /// every page it owns, frozen and shared copy-on-write (`GuestMemory::
     /// freeze`; the template's own writes copy too from now on). Its own
-    /// pages are new: a start page with `name` and the template's
-    /// arguments (or `args`) and environment (`write_boot_info` writes the boot record
-    /// and the vNIC record into it), and a shared page copied from the
-    /// template's, with `events::CLONED` raised and the generation word
-    /// one past the template's. The caller maps the vNIC ring slots
-    /// (`heap_start` says where they end) and copies them.
+    /// pages are new: a start page with `name` and the arguments and
+    /// environment of `base` (the template's `clone_base`;
+    /// `write_boot_info` writes the boot record and the vNIC record into
+    /// it), and a shared page copied from the template's, with
+    /// `events::CLONED` raised and the generation word one past the
+    /// template's. The caller maps the vNIC ring slots (`heap_start` says
+    /// where they end) and copies them.
+    #[allow(clippy::too_many_arguments)]
     pub fn clone_from<M: PhysMem>(
         template: &mut Guest,
+        base: &CloneBase,
         mem: &mut M,
         kernel_root: PhysAddr,
         name: &str,
-        args: Option<&[&str]>,
         heap_start: u64,
         write_boot_info: impl FnOnce(&mut M, PhysAddr),
     ) -> Result<Self, CreateError> {
-        let limit = template.memory.limit_bytes();
-        let si = template.start_info(mem);
-        let (own_args, env) = template.start_strings(mem, &si).ok_or(CreateError::ArgsTooLong)?;
-        let env: Vec<&str> = env.iter().map(String::as_str).collect();
-        let args: Vec<&str> = match args {
-            Some(a) => a.to_vec(),
-            None => own_args.iter().map(String::as_str).collect(),
-        };
+        let (limit, si) = (template.memory.limit_bytes(), &base.si);
+        let args: Vec<&str> = base.args.iter().map(String::as_str).collect();
+        let env: Vec<&str> = base.env.iter().map(String::as_str).collect();
         let strings = start_strings(name, &args, &env).ok_or(CreateError::ArgsTooLong)?;
         let keep = |va| Self::own_page(va, heap_start);
         if template.memory.freeze(mem, &keep).map_err(|_| CreateError::MachineOutOfMemory)? > 0 {

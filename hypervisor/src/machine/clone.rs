@@ -19,7 +19,7 @@ use super::create::{Created, RingFill, attach_nic};
 use super::report::sizes;
 use super::{Machine, Network, PAUSED, Platform};
 use crate::control::Cloned;
-use crate::guest::Guest;
+use crate::guest::{CloneBase, Guest};
 use crate::mm::PhysMem;
 use abi::bundle::{Settings, TENANT_NONE};
 use abi::control::Reason::{Exists, NoRoom, NotPaused};
@@ -33,15 +33,15 @@ use hermit_entry::boot_info::RawBootInfo;
 const QUIET_AFTER: u32 = 3;
 
 /// What every clone of one `clone_guests` call shares: the template's
-/// settings and image, and the boot record made from them.
-struct Batch<'a> {
+/// settings and image, the boot record made from them, and what their
+/// start pages hold but their names.
+struct Batch {
     st: Settings,
     image: usize,
     image_name: String,
     boot: RawBootInfo,
     heap_start: u64,
-    /// The clones' arguments, if not the template's.
-    args: Option<&'a [&'a str]>,
+    base: CloneBase,
 }
 
 /// Clones the manifest asks for (`warm`, `from`), made once their
@@ -95,6 +95,12 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         // What every clone of the batch starts with: its heap after the
         // rings its settings give, its boot record.
         let heap_start = abi::layout::heap_start(if st.tenant == TENANT_NONE { 0 } else { st.ring_slots });
+        let base = {
+            let mut mem = self.platform.mem();
+            let mut guests = self.guests.lock();
+            let t = guests[tid].as_mut().ok_or_else(|| Refusal::new(NoRoom, String::from("its template is busy on a CPU; try again")))?;
+            t.clone_base(&mut mem, args).map_err(|e| Refusal::new(NoRoom, format!("{e}")))?
+        };
         let batch = {
             let images = self.images.lock();
             let img = images
@@ -107,7 +113,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
                 image_name: img.name.clone(),
                 boot: super::create::boot_info(img, heap_start, st.memory, &self.time),
                 heap_start,
-                args,
+                base,
             }
         };
         let out = |l: &str| self.platform.console_line(l);
@@ -115,7 +121,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         let mut create_ns = 0;
         for i in 0..n {
             let nm = name_of(i);
-            match self.clone_one(tid, &nm, &batch) {
+            match self.clone_one(tid, &nm, &batch, i < QUIET_AFTER) {
                 Ok(c) => {
                     made.count += 1;
                     create_ns += c.create_ns;
@@ -145,15 +151,16 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         Ok(made)
     }
 
-    /// Makes one clone of guest `tid` named `name`.
-    fn clone_one(&self, tid: usize, name: &str, batch: &Batch<'_>) -> Result<Created, String> {
+    /// Makes one clone of guest `tid` named `name` (described for the
+    /// console if `describe`).
+    fn clone_one(&self, tid: usize, name: &str, batch: &Batch, describe: bool) -> Result<Created, String> {
         let mut creating = self.creating.lock();
         let (heap, heap_used) = self.platform.heap_usage();
         if heap - heap_used < super::create::HEAP_HEADROOM {
             return Err(format!("the hypervisor's heap is full ({} used)", sizes(heap_used as u64)));
         }
         let id = self.take_id(&mut creating).ok_or_else(|| format!("no room for more guests ({} at most at once)", self.status.len()))?;
-        let made = self.clone_as(id, &mut creating, tid, name, batch);
+        let made = self.clone_as(id, &mut creating, tid, name, batch, describe);
         match made {
             Ok((g, events, created)) => {
                 self.publish(id, g, events, name, created.ip.is_some(), &batch.st, batch.image, 0, &mut creating);
@@ -174,7 +181,8 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         creating: &mut super::create::Creating,
         tid: usize,
         name: &str,
-        batch: &Batch<'_>,
+        batch: &Batch,
+        describe: bool,
     ) -> Result<(Guest, P::Events, Created), String> {
         let (st, heap_start) = (&batch.st, batch.heap_start);
         let created_ns = self.now();
@@ -186,7 +194,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             return Err(String::from("its template is busy on a CPU; try again"));
         };
         let made = (|| {
-            let mut g = Guest::clone_from(&mut template, &mut mem, self.guest_upper, name, batch.args, heap_start, |m, page| {
+            let mut g = Guest::clone_from(&mut template, &batch.base, &mut mem, self.guest_upper, name, heap_start, |m, page| {
                 self.platform.write_boot_info(page, batch.boot);
                 if let Some(info) = &nic {
                     m.write(page, abi::layout::NIC_INFO_OFFSET as usize, &info.to_bytes());
@@ -214,6 +222,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         self.settle(&mut g, st, created_ns);
         let image_name = &batch.image_name;
         let describe = match &nic {
+            _ if !describe => String::new(),
             Some(n) => format!("image {image_name}, ip {}.{}.{}.{}, tenant {}", n.ipv4[0], n.ipv4[1], n.ipv4[2], n.ipv4[3], st.tenant),
             None => format!("image {image_name}"),
         };
