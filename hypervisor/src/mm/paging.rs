@@ -5,6 +5,7 @@
 //! the kernel's top-level entries into each new PML4.
 
 use super::{FRAME_SIZE, PhysAddr, PhysMem};
+use alloc::vec::Vec;
 
 bitflags::bitflags! {
     /// Page-table entry bits.
@@ -488,6 +489,53 @@ impl AddressSpace {
         Some((space, counts.1 + self.shared_leaves))
     }
 
+    /// Where this space's own tables hang, the PML4 first: for each other
+    /// table, the position in this list of the table whose entry points
+    /// to it, and that entry's index; a parent comes before its children.
+    /// What [`AddressSpace::replicate`] follows.
+    pub fn table_plan(&self, mem: &impl PhysMem) -> Vec<(usize, usize)> {
+        fn walk(mem: &impl PhysMem, table: PhysAddr, at: usize, level: u32, plan: &mut Vec<(usize, usize)>) {
+            let entries = if level == 4 { 256 } else { 512 };
+            for i in 0..entries {
+                let e = mem.read_pte(table, i);
+                if e & Pte::PRESENT.bits() == 0 || e & Pte::HUGE.bits() != 0 || (level == 2 && shared_table(e)) {
+                    continue;
+                }
+                plan.push((at, i));
+                if level > 2 {
+                    walk(mem, e & ADDR_MASK, plan.len(), level - 1, plan);
+                }
+            }
+        }
+        let mut plan = Vec::new();
+        walk(mem, self.root, 0, 4, &mut plan);
+        plan
+    }
+
+    /// A copy of this space, table by table as `plan` (its
+    /// [`AddressSpace::table_plan`]) says, without walking it: the same
+    /// leaves and the same kernel half, its own tables but the shared
+    /// ones (linked). Only for a space whose leaves are all `SHARED` (a
+    /// copy must own no frame). `None` if memory runs out (nothing is
+    /// left taken).
+    pub fn replicate(&self, mem: &mut impl PhysMem, plan: &[(usize, usize)]) -> Option<Self> {
+        let mut from = Vec::with_capacity(plan.len() + 1);
+        let mut to = Vec::with_capacity(plan.len() + 1);
+        from.push(self.root);
+        to.push(mem.alloc_copy(self.root)?);
+        for &(parent, i) in plan {
+            let e = mem.read_pte(from[parent], i);
+            let Some(copy) = mem.alloc_copy(e & ADDR_MASK) else {
+                to.into_iter().for_each(|t| mem.free(t));
+                return None;
+            };
+            mem.write_pte(to[parent], i, copy | (e & !ADDR_MASK));
+            from.push(e & ADDR_MASK);
+            to.push(copy);
+        }
+        Some(Self { root: to[0], tables: to.len(), shared_tables: self.shared_tables, shared_leaves: self.shared_leaves })
+    }
+
     /// Frees every page table it owns and every owned (non-`SHARED`)
     /// frame of the guest half, and the PML4 (shared page tables are their
     /// frozen set's). Returns the number of owned data frames freed.
@@ -622,6 +670,51 @@ mod tests {
         assert_eq!(mem.live, live + 1 - 6 - 5 - 1, "both spaces' tables and a's own page gone");
         mem.free(table);
         mem.free(s);
+    }
+
+    /// A replica maps what its source maps, through tables of its own (but
+    /// the shared ones), and a replica that runs out of memory half-way
+    /// leaves nothing taken.
+    #[test]
+    fn a_replica_maps_the_same_through_its_own_tables() {
+        let mut mem = TestMem::new(100);
+        let k = kernel_root(&mut mem);
+        let mut a = AddressSpace::new(&mut mem, k).unwrap();
+        let pages: Vec<(u64, PhysAddr)> =
+            [0x40_0000u64, 0x40_1000, 0x8000_0000, 0x7f00_0000_0000].iter().map(|&va| (va, mem.alloc().unwrap())).collect();
+        for &(va, pa) in &pages {
+            a.map_user(&mut mem, va, pa, Pte::SHARED | Pte::COW).unwrap();
+        }
+        assert_eq!(a.share_tables(&mut mem, &mut |_| {}), 3);
+        let plan = a.table_plan(&mem);
+        assert_eq!(plan.len(), a.table_frames() - 1, "every table but the root");
+        let live = mem.live;
+        let b = a.replicate(&mut mem, &plan).unwrap();
+        assert_eq!((b.table_frames(), b.shared_table_frames()), (a.table_frames(), 3));
+        assert_eq!(mem.live, live + a.table_frames());
+        for &(va, pa) in &pages {
+            assert_eq!(b.translate(&mem, va).map(|t| t.0), Some(pa));
+        }
+        assert_eq!(b.translate(&mem, 0xffff_ffff_8000_0000), None, "the kernel half is not the guest's");
+        assert!(translate(&mem, b.root(), 0xffff_ffff_8000_0000).is_some(), "but is there");
+        let frames = |s: &AddressSpace, mem: &TestMem| {
+            let mut v = Vec::new();
+            let (mut t, va) = (s.root(), 0x8000_0000u64);
+            for level in (2..=4).rev() {
+                v.push(t);
+                t = mem.read_pte(t, index(va, level)) & ADDR_MASK;
+            }
+            v
+        };
+        let (fa, fb) = (frames(&a, &mem), frames(&b, &mem));
+        assert!(fa.iter().all(|t| !fb.contains(t)), "no table of a's in b: {fa:?} {fb:?}");
+        b.destroy(&mut mem);
+        assert_eq!(mem.live, live);
+        for limit in live..live + a.table_frames() {
+            mem.limit = limit;
+            assert!(a.replicate(&mut mem, &plan).is_none());
+            assert_eq!(mem.live, live, "limit {limit}");
+        }
     }
 
     #[test]

@@ -81,6 +81,20 @@ pub struct GuestMemory {
     /// Its own pages are those of the last freeze: none came since (a
     /// template cloned again and again walks its tables once).
     unchanged_since_freeze: bool,
+    /// What its clones' address spaces are copies of, made at its first
+    /// clone since it last changed (`clone_shared`), and gone at its next
+    /// change.
+    prototype: Option<Prototype>,
+}
+
+/// A template's clone as its tables would be, never run: a clone's are
+/// copies of these, table by table (`AddressSpace::replicate`).
+#[derive(Debug)]
+struct Prototype {
+    space: AddressSpace,
+    plan: Vec<(usize, usize)>,
+    /// Leaves it maps (all shared).
+    leaves: u64,
 }
 
 impl GuestMemory {
@@ -93,11 +107,24 @@ impl GuestMemory {
             limit_frames: limit_bytes / FRAME_SIZE,
             frozen: Vec::new(),
             unchanged_since_freeze: false,
+            prototype: None,
         }
     }
 
+    /// Its private pages and page tables, its clones' prototype included.
     fn charged(&self) -> u64 {
-        self.private + self.space.table_frames() as u64
+        self.private + self.table_frames()
+    }
+
+    fn table_frames(&self) -> u64 {
+        (self.space.table_frames() + self.prototype.as_ref().map_or(0, |p| p.space.table_frames())) as u64
+    }
+
+    /// Frees its clones' prototype: it is about to change.
+    fn changing(&mut self, mem: &mut impl PhysMem) {
+        if let Some(p) = self.prototype.take() {
+            p.space.destroy(mem);
+        }
     }
 
     /// Bytes charged to the guest: its private pages and its page tables.
@@ -110,9 +137,9 @@ impl GuestMemory {
         self.private * FRAME_SIZE
     }
 
-    /// Bytes of page tables.
+    /// Bytes of page tables (with a template's prototype for its clones).
     pub fn table_bytes(&self) -> u64 {
-        self.space.table_frames() as u64 * FRAME_SIZE
+        self.table_frames() * FRAME_SIZE
     }
 
     /// Bytes mapped that are shared with other guests (not charged), and
@@ -137,6 +164,7 @@ impl GuestMemory {
     }
 
     fn map(&mut self, mem: &mut impl PhysMem, va: u64, pa: PhysAddr, flags: Pte, cost: u64) -> Result<(), Fault> {
+        self.changing(mem);
         // Worst case three new tables; refuse before touching anything.
         if self.charged() + cost + 3 > self.limit_frames {
             return Err(Fault::OutOfMemory { limit: self.limit_bytes() });
@@ -203,6 +231,7 @@ impl GuestMemory {
         let Some((src, flags)) = self.space.translate(mem, va).filter(|(_, f)| f.contains(Pte::COW)) else {
             return Ok(None);
         };
+        self.changing(mem);
         // Its page table too, if that is shared.
         let table = self.space.shares_table_over(mem, va);
         if self.charged() + 1 + u64::from(table) > self.limit_frames {
@@ -232,6 +261,7 @@ impl GuestMemory {
         if self.unchanged_since_freeze {
             return Ok(0);
         }
+        self.changing(mem);
         let mut n = 0usize;
         self.space.each_user_page(mem, &mut |_, va, _, fl| {
             n += usize::from(!fl.contains(Pte::SHARED) && !keep(va));
@@ -266,18 +296,29 @@ impl GuestMemory {
     /// rights, except the pages `keep(va)` picks (the clone maps its own
     /// there). It owns nothing but its page tables, charged against
     /// `limit_bytes`, and holds this one's frozen sets.
+    ///
+    /// The first clone since this one last changed makes a prototype (its
+    /// tables copied a table at a time, with only the shared leaves:
+    /// `AddressSpace::copy_shared`), charged to this one; every clone's
+    /// tables are copies of the prototype's. So `kernel_root` and `keep`
+    /// must be the same for every clone of it.
     pub fn clone_shared(
-        &self,
+        &mut self,
         mem: &mut impl PhysMem,
         kernel_root: PhysAddr,
         limit_bytes: u64,
         keep: &impl Fn(u64) -> bool,
     ) -> Result<Self, Fault> {
-        // Its tables copied a table at a time, with only the shared leaves.
-        let leaf = |va, fl: Pte| (!keep(va)).then(|| fl - Pte::ACCESSED - Pte::DIRTY);
-        let (space, shared) = self.space.copy_shared(mem, kernel_root, &leaf).ok_or(Fault::MachineOutOfMemory)?;
+        if self.prototype.is_none() {
+            let leaf = |va, fl: Pte| (!keep(va)).then(|| fl - Pte::ACCESSED - Pte::DIRTY);
+            let (space, leaves) = self.space.copy_shared(mem, kernel_root, &leaf).ok_or(Fault::MachineOutOfMemory)?;
+            let plan = space.table_plan(mem);
+            self.prototype = Some(Prototype { space, plan, leaves: leaves as u64 });
+        }
+        let Some(p) = &self.prototype else { return Err(Fault::MachineOutOfMemory) };
+        let space = p.space.replicate(mem, &p.plan).ok_or(Fault::MachineOutOfMemory)?;
         let mut copy = Self::new(space, self.zero_fill[0].clone(), self.zero_fill[1].clone(), limit_bytes);
-        copy.shared = shared as u64;
+        copy.shared = p.leaves;
         let mut frozen = Vec::new();
         if copy.charged() > copy.limit_frames || frozen.try_reserve_exact(self.frozen.len()).is_err() {
             let full = copy.charged() > copy.limit_frames;
@@ -347,6 +388,7 @@ impl GuestMemory {
         if start >= end {
             return Ok(0);
         }
+        self.changing(mem);
         for at in [start, end - FRAME_SIZE] {
             let table = at - at % TABLE_SPAN;
             let whole = table >= start && table + TABLE_SPAN <= end;
@@ -382,8 +424,9 @@ impl GuestMemory {
 
     /// Frees everything the guest owns, and the frozen sets it was the
     /// last to hold. Returns the frames freed.
-    pub fn destroy(self, mem: &mut impl PhysMem) -> usize {
-        let tables = self.space.table_frames();
+    pub fn destroy(mut self, mem: &mut impl PhysMem) -> usize {
+        let tables = self.table_frames() as usize;
+        self.changing(mem);
         let mut freed = self.space.destroy(mem) + tables;
         for set in self.frozen {
             // Exactly one of the holders dropping theirs at once gets it.
@@ -591,7 +634,8 @@ mod tests {
             // PML4, the directory-pointer table, two directories, the
             // text's table (without the kept page): 5 tables, no leaf page.
             assert_eq!((c.charged_bytes(), c.space.shared_table_frames()), (5 * 4096, 3));
-            assert_eq!(mem.live, live + 10, "two clones, five tables each");
+            assert_eq!(mem.live, live + 15, "two clones, five tables each, and the prototype they copy");
+            assert_eq!(t.table_bytes(), (tables - 3 + 5) as u64 * 4096, "the template holds the prototype");
             assert_eq!(c.shared_bytes(), (4 + 3) * 4096, "text, three frozen pages, three tables");
 
             // A write copies the table (once) and the page, both charged.
@@ -627,9 +671,11 @@ mod tests {
             assert_eq!(&b6, b"second");
             e.destroy(&mut mem);
 
-            // The template's own write copies too.
+            // The template's own write copies too, and ends the prototype.
+            let live = mem.live;
             t.write(&mut mem, 0x7000_0000, b"T").unwrap();
             assert_eq!(t.space.shared_table_frames(), 2);
+            assert_eq!((mem.live, t.table_bytes()), (live + 2 - 5, (tables - 3 + 1) as u64 * 4096));
             d.read(&mut mem, 0x7000_0000, &mut b5).unwrap();
             assert_eq!(&b5, b"stack");
 
