@@ -141,8 +141,10 @@ impl Bench {
         let linux = at.linux(&[format!("density {LINUX_PROCESSES}")], Duration::from_secs(900))?;
         let lx = linux.result("density")?.clone();
 
-        let mut t = self.header("density");
-        t += "\n";
+        // The machine sizes are the columns'; the rest of the setting is
+        // the bench's (and `--memory` is not used here).
+        let cpus = if self.machine.smp == 1 { "CPU" } else { "CPUs" };
+        let mut t = format!("bench density ({}, {} {cpus}, memory per column)\n", self.machine.accel.as_str(), self.machine.smp);
         let cols: Vec<String> = fills.iter().map(|f| format!("{} MiB{}", f.memory_mib, if f.warm { ", clones" } else { "" })).collect();
         let row = |t: &mut String, name: &str, f: &dyn Fn(&Fill) -> String| {
             let _ = write!(t, "\n  {name:<34}");
