@@ -202,3 +202,30 @@ pub struct OneThread<T>(pub T);
 // SAFETY: a guest has exactly one thread (the hypervisor starts it on one
 // vCPU and offers no way to start another), so `T` never crosses threads.
 unsafe impl<T> Send for OneThread<T> {}
+
+/// A `static` whose value lives on the heap: the static itself is written
+/// once, when it is first used, and never after (reading it is one load).
+/// For the state a guest writes whenever it runs (locks, queues, the
+/// network stack): in a clone (issue 18) a write copies the page it lands
+/// on, and a heap page is copied alone, while a page of the image's data
+/// is copied with the page table that maps the image, which the clones
+/// otherwise share. Only for use once the heap is up.
+pub struct OnHeap<T: 'static> {
+    value: spin::Once<&'static T>,
+    init: fn() -> T,
+}
+
+impl<T> OnHeap<T> {
+    pub const fn new(init: fn() -> T) -> Self {
+        Self { value: spin::Once::new(), init }
+    }
+}
+
+impl<T> core::ops::Deref for OnHeap<T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        self.value.call_once(|| alloc::boxed::Box::leak(alloc::boxed::Box::new((self.init)())))
+    }
+}

@@ -4,7 +4,7 @@
 //! When no task is ready, the executor blocks in the hypervisor until the
 //! earliest timer is due or an event arrives; it never busy-polls.
 
-use crate::sys::OneThread;
+use crate::sys::{OnHeap, OneThread};
 use crate::time::{Instant, block_until};
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
@@ -23,10 +23,12 @@ type Task = Pin<Box<dyn Future<Output = ()>>>;
 
 /// Tasks ready to be polled, by id. A `Mutex` only because `Waker`s must be
 /// `Send + Sync`; a guest is single-threaded, so it is never contended.
-static READY: Mutex<VecDeque<usize>> = Mutex::new(VecDeque::new());
+/// (This state and the rest the executor writes whenever it runs is on
+/// the heap: `OnHeap`.)
+static READY: OnHeap<Mutex<VecDeque<usize>>> = OnHeap::new(|| Mutex::new(VecDeque::new()));
 /// Pending timers: (deadline, sequence) -> the waker to call.
-static TIMERS: Mutex<BTreeMap<(Instant, u64), Waker>> = Mutex::new(BTreeMap::new());
-static TIMER_SEQ: Mutex<u64> = Mutex::new(0);
+static TIMERS: OnHeap<Mutex<BTreeMap<(Instant, u64), Waker>>> = OnHeap::new(|| Mutex::new(BTreeMap::new()));
+static TIMER_SEQ: OnHeap<Mutex<u64>> = OnHeap::new(|| Mutex::new(0));
 
 struct Executor {
     tasks: Vec<Option<Task>>,
@@ -37,7 +39,13 @@ struct Executor {
 }
 
 /// Tasks spawned but not yet handed to the running executor.
-static SPAWNED: Mutex<Vec<OneThread<Task>>> = Mutex::new(Vec::new());
+static SPAWNED: OnHeap<Mutex<Vec<OneThread<Task>>>> = OnHeap::new(|| Mutex::new(Vec::new()));
+
+/// Makes the executor's state (each `OnHeap` above), all at once so that
+/// it lies together at the start of the heap.
+pub(crate) fn place_state() {
+    let _ = (&*SPAWNED, &*READY, &*TIMER_SEQ, &*TIMERS);
+}
 
 /// Wakes task `.0`: puts its id on the ready queue.
 struct TaskWaker(usize);
