@@ -189,12 +189,18 @@ pub fn build_external(dir: &Path) -> Result<(String, PathBuf)> {
     }
     let root = workspace_root();
     let target_dir = root.join("target/ext").join(&name);
+    // The libos needs our copy of smoltcp (libos/smoltcp/PATCHES.md: a
+    // TCP peer could otherwise crash the guest); a crate outside the
+    // workspace does not see our [patch], so it is given on the command line.
+    let smoltcp = toml::Value::String(root.join("libos/smoltcp").display().to_string());
     let mut cmd = cargo();
     cmd.current_dir(dir)
         .args(["build", "--release", "--manifest-path"])
         .arg(&manifest)
         .args(["--bin", &name, "--target", TARGET, "--target-dir"])
         .arg(&target_dir)
+        .arg("--config")
+        .arg(format!("patch.crates-io.smoltcp.path={smoltcp}"))
         .env("RUSTFLAGS", GUEST_RUSTFLAGS);
     if let Err(e) = run(&mut cmd) {
         // The two things a crate outside the workspace most likely lacks.
