@@ -28,7 +28,7 @@
 //! template's datagrams, kept at the new address. A listener's backlog
 //! socket that was closed listens again at the next `accept`.
 
-use crate::sys::{self, MappedRing, OnHeap, nic_info};
+use crate::sys::{self, InSharedPage, MappedRing, nic_info};
 use crate::time::Instant;
 use abi::ring::valid_slots;
 use abi::{NIC_MAGIC, layout};
@@ -99,15 +99,16 @@ impl Stack {
     }
 }
 
-/// On the heap, as the executor's state is (`OnHeap`): every poll writes it.
-static STACK: OnHeap<Mutex<Option<Stack>>> = OnHeap::new(|| Mutex::new(None));
+/// In the shared page, as the executor's state is (`InSharedPage`): every
+/// poll writes it.
+static STACK: InSharedPage<Mutex<Option<Stack>>> = InSharedPage::new(|| Mutex::new(None));
 
 fn now() -> smoltcp::time::Instant {
     smoltcp::time::Instant::from_micros((Instant::now().as_nanos() / 1000) as i64)
 }
 
-/// Makes the network's state (each `OnHeap`), right after the executor's
-/// (`task::place_state`).
+/// Places the network's state (each `InSharedPage`) at start-up, after the
+/// executor's (`task::place_state`).
 pub(crate) fn place_state() {
     let _ = (&*NEXT_PORT, &*raw::WAITING, &*STACK);
 }
@@ -312,7 +313,7 @@ impl TcpListener {
     }
 }
 
-static NEXT_PORT: OnHeap<AtomicU32> = OnHeap::new(|| AtomicU32::new(0));
+static NEXT_PORT: InSharedPage<AtomicU32> = InSharedPage::new(|| AtomicU32::new(0));
 
 /// A TCP connection.
 pub struct TcpStream {

@@ -127,8 +127,9 @@ pub unsafe fn start(_boot: &'static RawBootInfo, _cpu_id: u32, main: impl FnOnce
         // SAFETY: called once, before any allocation; the heap region is
         // ours alone, zero-filled on first touch.
         unsafe { crate::heap::init(si.heap_start, si.heap_len) };
-        // Their state first, side by side: what a clone writes when it
-        // wakes is then one heap page or two (`sys::OnHeap`).
+        // Their state first, in the shared page: what a clone writes when
+        // it wakes is then that page, its own already, and the top of its
+        // stack (`sys::InSharedPage`).
         crate::task::place_state();
         crate::net::place_state();
     }

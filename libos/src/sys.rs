@@ -203,29 +203,57 @@ pub struct OneThread<T>(pub T);
 // vCPU and offers no way to start another), so `T` never crosses threads.
 unsafe impl<T> Send for OneThread<T> {}
 
-/// A `static` whose value lives on the heap: the static itself is written
-/// once, when it is first used, and never after (reading it is one load).
-/// For the state a guest writes whenever it runs (locks, queues, the
-/// network stack): in a clone (issue 18) a write copies the page it lands
-/// on, and a heap page is copied alone, while a page of the image's data
-/// is copied with the page table that maps the image, which the clones
-/// otherwise share. Only for use once the heap is up.
-pub struct OnHeap<T: 'static> {
+/// A `static` whose value lives in the guest's own part of its shared page
+/// (`layout::EVENT_GUEST_OFFSET` to the page's end; on the heap once that
+/// is full): the static itself is written once, when it is first used,
+/// and never after (reading it is one load). For the state a guest writes
+/// whenever it runs (locks, queues, the network stack): in a clone (issue
+/// 18) a write copies the page it lands on, a page of the image's data
+/// together with the page table that maps the image, which the clones
+/// otherwise share, while the shared page is every guest's own already
+/// (a clone gets a copy of its template's, this state included).
+pub struct InSharedPage<T: 'static> {
     value: spin::Once<&'static T>,
     init: fn() -> T,
 }
 
-impl<T> OnHeap<T> {
+impl<T> InSharedPage<T> {
     pub const fn new(init: fn() -> T) -> Self {
         Self { value: spin::Once::new(), init }
     }
 }
 
-impl<T> core::ops::Deref for OnHeap<T> {
+impl<T> core::ops::Deref for InSharedPage<T> {
     type Target = T;
 
     #[inline]
     fn deref(&self) -> &T {
-        self.value.call_once(|| alloc::boxed::Box::leak(alloc::boxed::Box::new((self.init)())))
+        self.value.call_once(|| place((self.init)()))
+    }
+}
+
+/// Bytes of the guest's part of the shared page handed out so far.
+static PLACED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Moves `v` into the guest's part of its shared page, for good (onto the
+/// heap if it does not fit).
+fn place<T>(v: T) -> &'static T {
+    let start = layout::EVENT_PAGE + layout::EVENT_GUEST_OFFSET;
+    let used = PLACED.load(core::sync::atomic::Ordering::Relaxed);
+    let at = (start + used).next_multiple_of(core::mem::align_of::<T>() as u64);
+    let end = at + core::mem::size_of::<T>() as u64;
+    if end > layout::EVENT_PAGE + layout::PAGE_SIZE {
+        return alloc::boxed::Box::leak(alloc::boxed::Box::new(v));
+    }
+    PLACED.store(end - start, core::sync::atomic::Ordering::Relaxed);
+    let p = at as *mut T;
+    // SAFETY: `[at, end)` lies in the guest's part of its shared page,
+    // mapped read-write for the guest's whole life and never touched by
+    // the hypervisor; it is aligned for `T`, and handed out once (PLACED
+    // moves past it; a guest has one thread, and `InSharedPage` places
+    // each value once). Nothing is there yet to drop.
+    unsafe {
+        p.write(v);
+        &*p
     }
 }

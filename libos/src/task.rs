@@ -4,7 +4,7 @@
 //! When no task is ready, the executor blocks in the hypervisor until the
 //! earliest timer is due or an event arrives; it never busy-polls.
 
-use crate::sys::{OnHeap, OneThread};
+use crate::sys::{InSharedPage, OneThread};
 use crate::time::{Instant, block_until};
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
@@ -23,12 +23,12 @@ type Task = Pin<Box<dyn Future<Output = ()>>>;
 
 /// Tasks ready to be polled, by id. A `Mutex` only because `Waker`s must be
 /// `Send + Sync`; a guest is single-threaded, so it is never contended.
-/// (This state and the rest the executor writes whenever it runs is on
-/// the heap: `OnHeap`.)
-static READY: OnHeap<Mutex<VecDeque<usize>>> = OnHeap::new(|| Mutex::new(VecDeque::new()));
+/// (This state and the rest the executor writes whenever it runs is in the
+/// guest's part of its shared page: `InSharedPage`.)
+static READY: InSharedPage<Mutex<VecDeque<usize>>> = InSharedPage::new(|| Mutex::new(VecDeque::new()));
 /// Pending timers: (deadline, sequence) -> the waker to call.
-static TIMERS: OnHeap<Mutex<BTreeMap<(Instant, u64), Waker>>> = OnHeap::new(|| Mutex::new(BTreeMap::new()));
-static TIMER_SEQ: OnHeap<Mutex<u64>> = OnHeap::new(|| Mutex::new(0));
+static TIMERS: InSharedPage<Mutex<BTreeMap<(Instant, u64), Waker>>> = InSharedPage::new(|| Mutex::new(BTreeMap::new()));
+static TIMER_SEQ: InSharedPage<Mutex<u64>> = InSharedPage::new(|| Mutex::new(0));
 
 struct Executor {
     tasks: Vec<Option<Task>>,
@@ -39,10 +39,10 @@ struct Executor {
 }
 
 /// Tasks spawned but not yet handed to the running executor.
-static SPAWNED: OnHeap<Mutex<Vec<OneThread<Task>>>> = OnHeap::new(|| Mutex::new(Vec::new()));
+static SPAWNED: InSharedPage<Mutex<Vec<OneThread<Task>>>> = InSharedPage::new(|| Mutex::new(Vec::new()));
 
-/// Makes the executor's state (each `OnHeap` above), all at once so that
-/// it lies together at the start of the heap.
+/// Places the executor's state (each `InSharedPage` above) at start-up,
+/// before anything can clone this guest.
 pub(crate) fn place_state() {
     let _ = (&*SPAWNED, &*READY, &*TIMER_SEQ, &*TIMERS);
 }

@@ -64,6 +64,11 @@ pub const EVENT_GENERATION_OFFSET: u64 = 8;
 /// timers are durations. `block` deadlines are on the guest's clock.
 /// Written by the hypervisor only while the guest is on no CPU.
 pub const EVENT_CLOCK_OFFSET: u64 = 16;
+/// Offset in the shared page from which the rest of the page is the
+/// guest's own: the hypervisor neither reads nor writes it (a clone's copy
+/// of the page and a snapshot carry it as it is). The libos keeps there
+/// the state it writes whenever it runs (`libos::sys::InSharedPage`).
+pub const EVENT_GUEST_OFFSET: u64 = 0x800;
 /// Offsets in the shared page of the TX and RX rings' index blocks (each
 /// `prod` at +0, `cons` at +64: `ring::PROD_OFFSET`, `ring::CONS_OFFSET`).
 pub const NIC_TX_INDICES: u64 = 0x100;
@@ -120,7 +125,7 @@ const _: () = {
             && EVENT_CLOCK_OFFSET >= EVENT_GENERATION_OFFSET + 8
             && NIC_TX_INDICES + crate::ring::CONS_OFFSET as u64 + 4 <= NIC_RX_INDICES
     );
-    assert!(NIC_RX_INDICES + crate::ring::CONS_OFFSET as u64 + 4 <= PAGE_SIZE);
+    assert!(NIC_RX_INDICES + crate::ring::CONS_OFFSET as u64 + 4 <= EVENT_GUEST_OFFSET && EVENT_GUEST_OFFSET < PAGE_SIZE);
     assert!(NIC_INFO_OFFSET >= START_INFO_OFFSET + core::mem::size_of::<crate::StartInfo>() as u64);
     assert!(NIC_INFO_OFFSET + core::mem::size_of::<crate::NicInfo>() as u64 <= START_STRINGS_OFFSET);
     assert!(START_STRINGS_OFFSET >= START_INFO_OFFSET + core::mem::size_of::<crate::StartInfo>() as u64);

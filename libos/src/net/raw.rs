@@ -11,7 +11,7 @@
 //! uninspected.
 
 use super::Error;
-use crate::sys::{MappedRing, OnHeap};
+use crate::sys::{InSharedPage, MappedRing};
 use abi::layout;
 use abi::ring::{CONS_OFFSET, PROD_OFFSET, RingMemory};
 use core::future::poll_fn;
@@ -21,7 +21,7 @@ pub use netdev::{SendError, Stats};
 use spin::Mutex;
 
 /// The RX ring and the task waiting for a frame on it, if one is.
-pub(super) static WAITING: OnHeap<Mutex<Option<(MappedRing, Waker)>>> = OnHeap::new(|| Mutex::new(None));
+pub(super) static WAITING: InSharedPage<Mutex<Option<(MappedRing, Waker)>>> = InSharedPage::new(|| Mutex::new(None));
 
 /// This guest's vNIC, frame by frame.
 pub struct RawNic {
