@@ -433,11 +433,10 @@ impl Guest {
         self.via_sysret = r.vector == VECTOR_SYSCALL;
         let step = match r.vector {
             VECTOR_SYSCALL => self.hypercall(mem, clock, out),
-            // Present by now (made so for it, or a stale translation of a
-            // page table it shared and has since copied): flush.
-            VECTOR_PAGE_FAULT if r.error & regs::pf::PRESENT == 0 && self.memory.space.translate(mem, r.cr2).is_some() => Step::FlushTlb,
             VECTOR_PAGE_FAULT if r.error & regs::pf::PRESENT == 0 => match self.memory.fault_in(mem, r.cr2) {
-                Ok(_) => Step::Resume,
+                Ok((_, true)) => Step::Resume,
+                // Present by now: a stale translation.
+                Ok((_, false)) => Step::FlushTlb,
                 Err(Fault::OutOfMemory { limit }) => Step::Stopped(StopReason::OutOfMemory { address: r.cr2, limit_bytes: limit }),
                 Err(Fault::MachineOutOfMemory) => Step::Stopped(StopReason::MachineOutOfMemory),
                 Err(_) => self.fault_step(mem),

@@ -180,9 +180,8 @@ pub struct AddressSpace {
     root: PhysAddr,
     /// Page-table frames this space owns (PML4 included).
     tables: usize,
-    /// Shared page tables linked in (not owned), and their present leaves.
+    /// Shared page tables linked in (not owned).
     shared_tables: usize,
-    shared_leaves: usize,
 }
 
 impl AddressSpace {
@@ -193,7 +192,7 @@ impl AddressSpace {
             let e = mem.read_pte(kernel_root, i);
             mem.write_pte(root, i, e);
         }
-        Some(Self { root, tables: 1, shared_tables: 0, shared_leaves: 0 })
+        Some(Self { root, tables: 1, shared_tables: 0 })
     }
 
     /// The value for CR3.
@@ -237,16 +236,20 @@ impl AddressSpace {
     /// TLB before the guest relies on the copy's changes (a stale entry
     /// can only fault again: the copy holds the same leaves or more).
     pub fn unshare_table(&mut self, mem: &mut impl PhysMem, va: u64) -> Result<bool, MapError> {
-        let Some((dir, i, e)) = self.directory_entry(mem, va).filter(|&(_, _, e)| shared_table(e)) else {
-            return Ok(false);
-        };
+        match self.directory_entry(mem, va) {
+            Some((dir, i, e)) if shared_table(e) => self.unshare_entry(mem, dir, i, e).map(|()| true),
+            _ => Ok(false),
+        }
+    }
+
+    /// [`AddressSpace::unshare_table`] for the shared table that entry `i`
+    /// (`e`) of directory `dir` points to.
+    fn unshare_entry(&mut self, mem: &mut impl PhysMem, dir: PhysAddr, i: usize, e: u64) -> Result<(), MapError> {
         let copy = mem.alloc_copy(e & ADDR_MASK).ok_or(MapError::OutOfMemory)?;
-        let leaves = (0..512).filter(|&j| mem.read_pte(copy, j) & Pte::PRESENT.bits() != 0).count();
         mem.write_pte(dir, i, copy | (e & !ADDR_MASK & !Pte::SHARED.bits()));
         self.tables += 1;
         self.shared_tables -= 1;
-        self.shared_leaves -= leaves;
-        Ok(true)
+        Ok(())
     }
 
     /// Shares every page table of the guest half (but the PML4's, the
@@ -255,7 +258,7 @@ impl AddressSpace {
     /// gives its frame to `f` (which keeps it: the space owns it no more).
     /// Returns how many. Tables shared already stay as they are.
     pub fn share_tables(&mut self, mem: &mut impl PhysMem, f: &mut impl FnMut(PhysAddr)) -> usize {
-        fn walk<M: PhysMem>(mem: &mut M, table: PhysAddr, level: u32, f: &mut impl FnMut(PhysAddr), counts: &mut (usize, usize)) {
+        fn walk<M: PhysMem>(mem: &mut M, table: PhysAddr, level: u32, f: &mut impl FnMut(PhysAddr), shared: &mut usize) {
             let entries = if level == 4 { 256 } else { 512 };
             for i in 0..entries {
                 let e = mem.read_pte(table, i);
@@ -264,7 +267,7 @@ impl AddressSpace {
                 }
                 let pa = e & ADDR_MASK;
                 if level > 2 {
-                    walk(mem, pa, level - 1, f, counts);
+                    walk(mem, pa, level - 1, f, shared);
                     continue;
                 }
                 if shared_table(e) {
@@ -281,17 +284,15 @@ impl AddressSpace {
                 if leaves > 0 && all_shared {
                     mem.write_pte(table, i, e | Pte::SHARED.bits());
                     f(pa);
-                    counts.0 += 1;
-                    counts.1 += leaves;
+                    *shared += 1;
                 }
             }
         }
-        let mut counts = (0, 0);
-        walk(mem, self.root, 4, f, &mut counts);
-        self.tables -= counts.0;
-        self.shared_tables += counts.0;
-        self.shared_leaves += counts.1;
-        counts.0
+        let mut shared = 0;
+        walk(mem, self.root, 4, f, &mut shared);
+        self.tables -= shared;
+        self.shared_tables += shared;
+        shared
     }
 
     /// Maps one user page. `flags` gets `USER` and `PRESENT` added. A
@@ -300,13 +301,14 @@ impl AddressSpace {
         if va >= abi::layout::USER_END {
             return Err(MapError::BadAddress);
         }
-        if let Some((_, _, e)) = self.directory_entry(mem, va)
+        if let Some((dir, i, e)) = self.directory_entry(mem, va)
             && shared_table(e)
-            && mem.read_pte(e & ADDR_MASK, index(va, 1)) & Pte::PRESENT.bits() != 0
         {
-            return Err(MapError::AlreadyMapped);
+            if mem.read_pte(e & ADDR_MASK, index(va, 1)) & Pte::PRESENT.bits() != 0 {
+                return Err(MapError::AlreadyMapped);
+            }
+            self.unshare_entry(mem, dir, i, e)?;
         }
-        self.unshare_table(mem, va)?;
         let table_flags = Pte::WRITABLE | Pte::USER;
         self.tables += map(mem, self.root, va, pa, flags | Pte::USER, 1, table_flags)?;
         Ok(())
@@ -366,8 +368,8 @@ impl AddressSpace {
     /// is (the caller unshares the range's ends first). The caller flushes
     /// the TLB.
     pub fn unmap_user_range<M: PhysMem>(&mut self, mem: &mut M, start: u64, end: u64, f: &mut impl FnMut(&mut M, PhysAddr, Pte)) -> usize {
-        /// Counts: leaves unmapped, shared tables unlinked, their leaves.
-        type Counts = (usize, usize, usize);
+        /// Counts: leaves unmapped, shared tables unlinked.
+        type Counts = (usize, usize);
         #[allow(clippy::too_many_arguments)]
         fn walk<M: PhysMem>(
             mem: &mut M,
@@ -395,7 +397,6 @@ impl AddressSpace {
                 } else if level == 2 && shared_table(e) {
                     if start <= va && va + span <= end {
                         mem.write_pte(table, i, 0);
-                        let before = n.0;
                         for j in 0..512 {
                             let l = mem.read_pte(pa, j);
                             if l & Pte::PRESENT.bits() != 0 {
@@ -404,7 +405,6 @@ impl AddressSpace {
                             }
                         }
                         n.1 += 1;
-                        n.2 += n.0 - before;
                     }
                 } else if e & Pte::HUGE.bits() == 0 {
                     walk(mem, pa, level - 1, va, start, end, f, n);
@@ -415,10 +415,9 @@ impl AddressSpace {
         if start >= end || !start.is_multiple_of(FRAME_SIZE) || !end.is_multiple_of(FRAME_SIZE) {
             return 0;
         }
-        let mut n = (0, 0, 0);
+        let mut n = (0, 0);
         walk(mem, self.root, 4, 0, start, end, f, &mut n);
         self.shared_tables -= n.1;
-        self.shared_leaves -= n.2;
         n.0
     }
 
@@ -462,6 +461,7 @@ impl AddressSpace {
                     }
                 } else if level == 2 && shared_table(v) {
                     mem.write_pte(into, i, v);
+                    counts.1 += (0..512).filter(|&j| mem.read_pte(pa, j) & Pte::PRESENT.bits() != 0).count();
                 } else if !fl.contains(Pte::HUGE) {
                     let Some(child) = mem.alloc() else { return false };
                     counts.0 += 1;
@@ -485,8 +485,7 @@ impl AddressSpace {
         }
         // Every shared table of this space is linked in the copy.
         space.shared_tables = self.shared_tables;
-        space.shared_leaves = self.shared_leaves;
-        Some((space, counts.1 + self.shared_leaves))
+        Some((space, counts.1))
     }
 
     /// Where this space's own tables hang, the PML4 first: for each other
@@ -533,7 +532,7 @@ impl AddressSpace {
             from.push(e & ADDR_MASK);
             to.push(copy);
         }
-        Some(Self { root: to[0], tables: to.len(), shared_tables: self.shared_tables, shared_leaves: self.shared_leaves })
+        Some(Self { root: to[0], tables: to.len(), shared_tables: self.shared_tables })
     }
 
     /// Frees every page table it owns and every owned (non-`SHARED`)

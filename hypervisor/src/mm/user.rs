@@ -186,15 +186,18 @@ impl GuestMemory {
         self.zero_fill.iter().any(|r| r.contains(&va))
     }
 
-    /// Resolves a page fault at `va`: maps a zeroed page if `va` is in a
-    /// demand-zero region and not yet present. Any other fault is the
+    /// Resolves a not-present fault at `va`: maps a zeroed page if `va` is
+    /// in a demand-zero region. Returns the frame, and whether it was mapped
+    /// just now (false: present already, made so for the guest meanwhile or
+    /// seen through a stale translation of a page table it shared and has
+    /// since copied; the caller flushes the TLB). Any other fault is the
     /// guest's and is returned.
-    pub fn fault_in(&mut self, mem: &mut impl PhysMem, va: u64) -> Result<PhysAddr, Fault> {
+    pub fn fault_in(&mut self, mem: &mut impl PhysMem, va: u64) -> Result<(PhysAddr, bool), Fault> {
+        if let Some((pa, _)) = self.space.translate(mem, page_down(va)) {
+            return Ok((pa, false));
+        }
         if !self.is_zero_fill(va) {
             return Err(Fault::Unmapped(va));
-        }
-        if let Some((pa, _)) = self.space.translate(mem, page_down(va)) {
-            return Ok(pa);
         }
         if self.charged() + 4 > self.limit_frames {
             return Err(Fault::OutOfMemory { limit: self.limit_bytes() });
@@ -204,7 +207,7 @@ impl GuestMemory {
             mem.free(frame);
             return Err(e);
         }
-        Ok(frame)
+        Ok((frame, true))
     }
 
     /// The frame behind the guest page at `va`, checked for `write` access,
@@ -218,7 +221,7 @@ impl GuestMemory {
                 }
                 Ok(page_down(pa))
             }
-            None => self.fault_in(mem, va).map(page_down),
+            None => self.fault_in(mem, va).map(|(pa, _)| page_down(pa)),
         }
     }
 
