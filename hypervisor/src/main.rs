@@ -27,16 +27,83 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use hypervisor::bootinfo::{BootError, Protocol};
 use hypervisor::machine::{self, Config, Machine};
 use spin::Once;
-use talc::{ErrOnOom, Span, Talc, Talck};
+use talc::{OomHandler, Span, Talc, Talck};
 
 #[global_allocator]
-static HEAP: Talck<spin::Mutex<()>, ErrOnOom> = Talc::new(ErrOnOom).lock();
+static HEAP: Talck<spin::Mutex<()>, GrowFromFrames> = Talc::new(GrowFromFrames).lock();
+
+/// The heap starts at 1/64 of RAM and grows by runs of free frames (at
+/// least this much at a time) when it runs out, so that it and the guests
+/// share one pool: a machine packed with small guests spends on the
+/// hypervisor's records what they take, not a fixed share.
+const HEAP_GROWTH: usize = 1 << 20;
+
+/// Bytes of frames the heap took as it grew (it keeps them).
+static HEAP_GROWN: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Bytes of frames the heap took from the frame allocator since boot.
+pub fn heap_grown() -> usize {
+    HEAP_GROWN.load(Ordering::Relaxed)
+}
+
+/// Grows the heap by a run of frames when an allocation finds no room.
+struct GrowFromFrames;
+
+impl OomHandler for GrowFromFrames {
+    fn handle_oom(talc: &mut Talc<Self>, layout: core::alloc::Layout) -> Result<(), ()> {
+        // Room for the block, its alignment and the arena's own records.
+        let need = layout.size().saturating_add(layout.align()).saturating_add(256);
+        grow(talc, need.max(HEAP_GROWTH))
+    }
+}
+
+/// Claims a run of at least `bytes` of free frames for the heap.
+fn grow(talc: &mut Talc<GrowFromFrames>, bytes: usize) -> Result<(), ()> {
+    let (pa, frames) = paging::alloc_run(bytes.div_ceil(4096)).ok_or(())?;
+    let span = Span::from_base_size(paging::phys_to_virt(pa) as *mut u8, frames * 4096);
+    // SAFETY: frames just taken from the allocator, so no one else's,
+    // direct-mapped (RAM); the heap keeps them for good.
+    match unsafe { talc.claim(span) } {
+        Ok(_) => {
+            HEAP_GROWN.fetch_add(frames * 4096, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(()) => {
+            paging::free_run(pa, frames);
+            Err(())
+        }
+    }
+}
 
 /// The hypervisor heap's size and the bytes allocated from it now.
 pub fn heap_usage() -> (usize, usize) {
     let h = HEAP.lock();
     let c = h.get_counters();
     (c.claimed_bytes, c.allocated_bytes)
+}
+
+/// Makes sure the heap has `bytes` free, growing it if it must: whether
+/// it has. Free bytes may be split between arenas; the ask is for many
+/// small records, which fit any of them.
+pub fn reserve_heap(bytes: usize) -> bool {
+    let mut h = HEAP.lock();
+    loop {
+        let c = h.get_counters();
+        let free = c.claimed_bytes.saturating_sub(c.allocated_bytes);
+        if free >= bytes {
+            return true;
+        }
+        if grow(&mut h, (bytes - free).max(HEAP_GROWTH)).is_err() {
+            return false;
+        }
+    }
+}
+
+/// Bytes the heap could still hand out: what it holds free and the free
+/// frames it may grow into.
+pub fn heap_room() -> usize {
+    let (claimed, used) = heap_usage();
+    claimed.saturating_sub(used) + paging::free_frames() * 4096
 }
 
 /// Entered from the boot stub with the physical address of the loader's
@@ -75,7 +142,7 @@ extern "C" fn kernel_main(info: u32, entered: u32) -> ! {
     let module = boot.module.clone();
     let reserved = [0..0x10_0000, paging::kernel_image(), module.clone().unwrap_or(0..0)];
     let total: u64 = ram.iter().map(|r| r.end - r.start).sum();
-    let heap_size = (total / 16).clamp(8 << 20, 256 << 20) & !0xfff;
+    let heap_size = (total / 64).clamp(8 << 20, 256 << 20) & !0xfff;
     let Some(heap) = paging::init_frames(ram, &reserved, heap_size) else {
         panic!("not enough memory for the frame bitmap and a {} MiB heap", heap_size >> 20);
     };

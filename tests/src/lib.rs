@@ -186,6 +186,16 @@ impl Live {
 }
 
 /// A TCP port on 127.0.0.1 that nothing listens on right now.
+/// KiB the end's summary (`[hv] no guests left: ...; F KiB free, H KiB
+/// taken by the heap`) says are free or were taken by the hypervisor's
+/// heap as it grew: every frame the guests held is one or the other, so
+/// this equals what was free at boot when none leaked.
+pub fn free_at_end_kib(console: &str) -> Option<u64> {
+    let end = console.lines().find(|l| l.starts_with("[hv] no guests left: "))?;
+    let tail = end.rsplit_once("; ")?.1;
+    tail.split(", ").map(|p| p.split(' ').next()?.parse::<u64>().ok()).sum()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }

@@ -59,11 +59,13 @@ fn the_switch_answers_arp_and_floods_no_request_to_the_tenant() {
         assert_eq!(e.as_deref().ok(), Some(&[b'a' + n as u8; 64][..]), "{summary}");
     }
     // The client asked for "srv" and was answered by the switch, which
-    // passed the request on to "srv" alone: "srv" learned the client's
-    // MAC from it and answered the connection without asking back.
-    // QEMU's question for "fwd" was answered by the switch too.
+    // passed the request on to "srv" alone. "srv" had received nothing
+    // yet, so its ring pages were not made: the request found it full and
+    // woke it to make them, and "srv" asked the switch for the client's
+    // MAC once itself (answered too). QEMU's question for "fwd" was
+    // answered by the switch too.
     assert!(client.arp_answered >= 1, "{summary}");
-    assert_eq!(srv.arp_answered, 0, "{summary}");
+    assert!(srv.arp_answered <= 1, "{summary}");
     assert!(machine.uplink_arp_answered >= 1, "{summary}");
     assert!(machine.arp_answered >= client.arp_answered + machine.uplink_arp_answered, "{summary}");
     // And no request went anywhere else: the guest nobody talks to got no

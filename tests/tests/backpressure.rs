@@ -108,10 +108,12 @@ fn a_receiver_that_never_reads_costs_the_sender_one_bounded_wait() {
     assert!(stuck.ends_with("of 100, with gaps"), "{stuck}");
     let stats = guest_stats(c);
     let of = |g: &str| stats.iter().find(|s| s.guest == g).unwrap_or_else(|| panic!("no record for {g}:\n{c}"));
-    // It waited (once while the sink still read its first datagrams, once
-    // for the bound), not once per frame the full ring refused.
+    // It waited a few times (once per receiver while its ring pages were
+    // made at its first frame, while the sink still read its first
+    // datagrams, once for the bound), not once per frame the full ring
+    // refused.
     let (waits, drops) = (of("burst-0").tx_waits, of("stuck-0").rx_full_drops);
-    assert!(waits >= 1 && drops >= 10 * waits, "{waits} waits, {drops} frames dropped:\n{c}");
+    assert!(waits >= 1 && drops >= 5 * waits, "{waits} waits, {drops} frames dropped:\n{c}");
     assert_eq!(of("sink-0").rx_full_drops, 0, "{c}");
     assert!(c.contains("[hv] guest burst-0 exited with code 0") && c.contains("[hv] guest sink-0 exited with code 0"), "{c}");
 }

@@ -61,14 +61,16 @@ fn two_thousand_echo_guests_boot_share_their_image_and_a_sample_answers() {
     assert!(over <= 10, "{over} guests above 100 KiB, more than the checker probed");
     for v in &stats {
         assert_eq!(v.memory_bytes, v.private_bytes + v.table_bytes, "{v:?}");
-        assert_eq!(v.ring_bytes, 2 * 4 * 2048, "{v:?}");
+        // Made at the first frame: the guests the checker talked to.
+        assert!(v.ring_bytes == 0 || v.ring_bytes == 2 * 4 * 2048, "{v:?}");
         // The image's read-only pages and the time page are mapped, not charged.
         assert!(v.shared_bytes >= 64 * 1024, "{v:?}");
     }
     // Shared means shared: the machine's used memory is the guests' charges
     // plus one copy of the image, not one per guest.
     let machine = records::machine_stats(&live.console).pop().expect("a machine record");
-    let used = machine.total_bytes - machine.free_bytes;
+    // (Less what the hypervisor's heap took from guest memory as it grew.)
+    let used = machine.total_bytes - machine.free_bytes - machine.hv_heap_grown_bytes;
     let shared = stats[0].shared_bytes;
     assert!(used >= charged, "used {used} < charged {charged}");
     assert!(used <= charged + 4 * shared + (4 << 20), "used {used} bytes for {charged} charged: the image is not shared");
@@ -91,7 +93,7 @@ fn a_guest_that_allocates_without_bound_is_stopped_while_its_neighbours_answer()
     assert!(lines_with(c, "check-0| check: 5/5 answered").next().is_some(), "{c}");
     assert!(lines_with(c, "[hv] guest echo-0 exited with code 0").next().is_some(), "{c}");
     let last = lines_with(c, "[hv] no guests left: ").next().unwrap();
-    assert!(last.ends_with(&format!("; {} KiB free", free_at_boot_kib(c))), "memory was not all returned: {last}");
+    assert_eq!(integration_tests::free_at_end_kib(c), Some(free_at_boot_kib(c)), "memory was not all returned: {last}");
 }
 
 #[test]
@@ -103,6 +105,6 @@ fn creating_and_destroying_thousands_of_networked_guests_returns_every_frame() {
     assert!(out.success(), "{}", &c[c.len().saturating_sub(3000)..]);
     let last = lines_with(c, "[hv] no guests left: ").next().unwrap();
     assert!(last.starts_with("[hv] no guests left: 3000 exited, 0 stopped, 0 not started; "), "{last}");
-    assert!(last.ends_with(&format!("; {} KiB free", free_at_boot_kib(c))), "memory was not all returned: {last}");
+    assert_eq!(integration_tests::free_at_end_kib(c), Some(free_at_boot_kib(c)), "memory was not all returned: {last}");
     assert!(lines_with(c, "[hv] h: 3000/3000 guests created").next().is_some(), "progress lines: {}", &c[..c.len().min(3000)]);
 }

@@ -141,6 +141,12 @@ impl Exporter {
         machine_gauge(&mut reg, "machine_memory_free_bytes", "Memory for guests not in use", machine.free_bytes);
         machine_gauge(&mut reg, "machine_heap_bytes", "The hypervisor's own heap", machine.hv_heap_bytes);
         machine_gauge(&mut reg, "machine_heap_used_bytes", "The hypervisor's own heap in use", machine.hv_heap_used_bytes);
+        machine_gauge(
+            &mut reg,
+            "machine_heap_grown_bytes",
+            "Memory for guests the hypervisor's heap took as it grew",
+            machine.hv_heap_grown_bytes,
+        );
         machine_gauge(&mut reg, "machine_guests_live", "Guests created and not yet ended", machine.live);
         let ended = |n: u64| {
             let c = Counter::<u64>::default();

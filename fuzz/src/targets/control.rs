@@ -226,7 +226,7 @@ impl ControlHost for FuzzHost {
         }
         Ok(made)
     }
-    fn list(&self) -> Vec<GuestRow> {
+    fn list(&self) -> Result<Vec<GuestRow>, Refusal> {
         let row = |(n, g): &(String, Guest)| GuestRow {
             name: n.clone(),
             tenant: None,
@@ -236,16 +236,16 @@ impl ControlHost for FuzzHost {
             sent_frames: 0,
             received_frames: 0,
         };
-        self.0.borrow().guests.iter().map(row).collect()
+        Ok(self.0.borrow().guests.iter().map(row).collect())
     }
-    fn stats(&self) -> (Vec<GuestStats>, MachineStats) {
+    fn stats(&self) -> Result<(Vec<GuestStats>, MachineStats), Refusal> {
         let st = self.0.borrow();
         let guests = st
             .guests
             .iter()
             .map(|(n, g)| GuestStats { guest: n.clone(), memory_bytes: g.memory.charged_bytes(), ..Default::default() })
             .collect();
-        (guests, MachineStats { live: st.guests.len() as u64, total_bytes: (FRAMES * 4096) as u64, ..Default::default() })
+        Ok((guests, MachineStats { live: st.guests.len() as u64, total_bytes: (FRAMES * 4096) as u64, ..Default::default() }))
     }
     fn snapshot(&self, name: &str) -> Result<(Vec<u8>, String), Refusal> {
         let st = &mut *self.0.borrow_mut();

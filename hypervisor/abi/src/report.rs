@@ -140,6 +140,11 @@ pub struct MachineStats {
     /// The hypervisor's own heap, all and in use.
     pub hv_heap_bytes: u64,
     pub hv_heap_used_bytes: u64,
+    /// Of `hv_heap_bytes`, what the heap took from the frames of guest
+    /// memory as it grew (it keeps them): `free_bytes` plus this is what
+    /// was free at boot once every guest has ended.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub hv_heap_grown_bytes: u64,
     /// Time each CPU has spent halted, by CPU index.
     pub cpu_idle_ns: Vec<u64>,
     /// Interrupts the uplink's device raised (MSI-X; 0 while it is polled).
@@ -240,6 +245,7 @@ mod tests {
             free_bytes: 6,
             hv_heap_bytes: 7,
             hv_heap_used_bytes: 8,
+            hv_heap_grown_bytes: 16,
             cpu_idle_ns: vec![9, 10],
             uplink_interrupts: 11,
             uplink_polls: 12,
@@ -250,7 +256,7 @@ mod tests {
         let line = serde_json::to_string(&m).unwrap();
         assert_eq!(
             line,
-            r#"{"event":"machine","uptime_ns":1,"live":2,"exited":3,"stopped":4,"total_bytes":5,"free_bytes":6,"hv_heap_bytes":7,"hv_heap_used_bytes":8,"cpu_idle_ns":[9,10],"uplink_interrupts":11,"uplink_polls":12,"arp_answered":13,"uplink_arp_answered":14,"uplink_notifies":15}"#
+            r#"{"event":"machine","uptime_ns":1,"live":2,"exited":3,"stopped":4,"total_bytes":5,"free_bytes":6,"hv_heap_bytes":7,"hv_heap_used_bytes":8,"hv_heap_grown_bytes":16,"cpu_idle_ns":[9,10],"uplink_interrupts":11,"uplink_polls":12,"arp_answered":13,"uplink_arp_answered":14,"uplink_notifies":15}"#
         );
         assert!(line.starts_with(MACHINE_PREFIX));
         assert_eq!(serde_json::from_str::<MachineStats>(&line).unwrap(), m);

@@ -552,12 +552,31 @@ pub mod testing {
     /// plays the guest. Every access is bounds-checked (a bad offset
     /// panics the test); bytes are read and written one by one, index
     /// words as one atomic access each.
-    pub struct SharedRing(alloc::boxed::Box<[core::sync::atomic::AtomicU32]>);
+    pub struct SharedRing(alloc::boxed::Box<[core::sync::atomic::AtomicU32]>, core::sync::atomic::AtomicBool);
 
     impl SharedRing {
         /// A zeroed ring region of `slots` slots.
         pub fn new(slots: u32) -> Self {
-            Self((0..ring_bytes(slots) / 4).map(|_| core::sync::atomic::AtomicU32::new(0)).collect())
+            Self((0..ring_bytes(slots) / 4).map(|_| core::sync::atomic::AtomicU32::new(0)).collect(), true.into())
+        }
+
+        /// A ring whose slot pages are not made yet (the hypervisor's
+        /// deferred rings): the tests' back end must not write its slots
+        /// before [`SharedRing::set_ready`].
+        pub fn deferred(slots: u32) -> Self {
+            let r = Self::new(slots);
+            r.1.store(false, core::sync::atomic::Ordering::Release);
+            r
+        }
+
+        /// Whether its slots are made.
+        pub fn is_ready(&self) -> bool {
+            self.1.load(core::sync::atomic::Ordering::Acquire)
+        }
+
+        /// Its slots are made.
+        pub fn set_ready(&self) {
+            self.1.store(true, core::sync::atomic::Ordering::Release)
         }
 
         /// The size of its region.
@@ -596,6 +615,7 @@ pub mod testing {
             }
         }
         fn write(&self, offset: usize, src: &[u8]) {
+            assert!(offset < SLOTS_OFFSET || self.is_ready(), "a write to slots not made yet");
             for (i, &s) in src.iter().enumerate() {
                 self.set_byte(offset + i, s);
             }

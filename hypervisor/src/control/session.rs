@@ -71,9 +71,11 @@ pub trait ControlHost {
     fn clone_guest(&self, template: &str, name: &str, numbered: Option<(u32, u32)>, args: Option<&[&str]>) -> Result<Cloned, Refusal>;
     /// A row for every guest not forgotten (live, and ended ones whose
     /// records are kept), in the order they were created.
-    fn list(&self) -> Vec<GuestRow>;
-    /// The accounting records of the waiting guests and the machine's.
-    fn stats(&self) -> (Vec<GuestStats>, MachineStats);
+    /// Refused when the heap has no room for the answer.
+    fn list(&self) -> Result<Vec<GuestRow>, Refusal>;
+    /// The accounting records of the waiting guests and the machine's
+    /// (refused when the heap has no room for the answer).
+    fn stats(&self) -> Result<(Vec<GuestStats>, MachineStats), Refusal>;
     /// Starts capturing the frames of guest `what` or `tenant:N` for
     /// `client`.
     fn capture(&self, client: usize, what: &str, count: u32, secs: u32) -> Result<(), Refusal>;
@@ -449,11 +451,8 @@ impl Session {
             Request::Remove(name) => {
                 host.remove_guest(name).map(|()| Response::Removed { removed: name.into() }).map_err(ControlError::Refused)
             }
-            Request::List => Ok(Response::Guests { guests: host.list() }),
-            Request::Stats => {
-                let (guests, machine) = host.stats();
-                Ok(Response::Stats { guests, machine })
-            }
+            Request::List => host.list().map(|guests| Response::Guests { guests }).map_err(ControlError::Refused),
+            Request::Stats => host.stats().map(|(guests, machine)| Response::Stats { guests, machine }).map_err(ControlError::Refused),
             Request::Capture { what, count, secs } => host
                 .capture(self.client, what, count, secs)
                 .map(|()| Response::Capturing { capturing: what.into() })
@@ -590,7 +589,7 @@ mod tests {
             g.remove(i);
             Ok(())
         }
-        fn list(&self) -> Vec<GuestRow> {
+        fn list(&self) -> Result<Vec<GuestRow>, Refusal> {
             let row = |n: &String| GuestRow {
                 name: n.clone(),
                 tenant: None,
@@ -600,10 +599,10 @@ mod tests {
                 sent_frames: 3,
                 received_frames: 4,
             };
-            self.guests.borrow().iter().map(row).collect()
+            Ok(self.guests.borrow().iter().map(row).collect())
         }
-        fn stats(&self) -> (Vec<GuestStats>, MachineStats) {
-            (vec![GuestStats { guest: "w".into(), ..Default::default() }], MachineStats { live: 1, ..Default::default() })
+        fn stats(&self) -> Result<(Vec<GuestStats>, MachineStats), Refusal> {
+            Ok((vec![GuestStats { guest: "w".into(), ..Default::default() }], MachineStats { live: 1, ..Default::default() }))
         }
         fn capture(&self, _: usize, _: &str, _: u32, _: u32) -> Result<(), Refusal> {
             Ok(())

@@ -399,6 +399,19 @@ impl Guest {
         (word(layout::NIC_TX_INDICES + abi::ring::CONS_OFFSET as u64), word(layout::NIC_RX_INDICES + abi::ring::PROD_OFFSET as u64))
     }
 
+    /// Whether its vNIC rings hold no frame in flight, as its shared page
+    /// says (both rings' producer and consumer indices equal): a clone of
+    /// it then needs no copy of its ring pages.
+    pub fn rings_idle(&self, mem: &impl PhysMem) -> bool {
+        let word = |at: u64| {
+            let mut b = [0u8; 4];
+            mem.read(self.event_frame, at as usize, &mut b);
+            u32::from_le_bytes(b)
+        };
+        let (prod, cons) = (abi::ring::PROD_OFFSET as u64, abi::ring::CONS_OFFSET as u64);
+        [layout::NIC_TX_INDICES, layout::NIC_RX_INDICES].iter().all(|&at| word(at + prod) == word(at + cons))
+    }
+
     /// The start-info record of its start page (written by the hypervisor
     /// and read-only to the guest; all zero if the page is missing).
     fn start_info(&mut self, mem: &mut impl PhysMem) -> StartInfo {

@@ -16,7 +16,6 @@
 //!   the last guest that holds them, template or clone.
 
 use super::create::{Created, RingFill, attach_nic};
-use super::report::sizes;
 use super::{Machine, Network, PAUSED, Platform};
 use crate::control::Cloned;
 use crate::guest::{CloneBase, Guest};
@@ -155,10 +154,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
     /// console if `describe`).
     fn clone_one(&self, tid: usize, name: &str, batch: &Batch, describe: bool) -> Result<Created, String> {
         let mut creating = self.creating.lock();
-        let (heap, heap_used) = self.platform.heap_usage();
-        if heap - heap_used < super::create::HEAP_HEADROOM {
-            return Err(format!("the hypervisor's heap is full ({} used)", sizes(heap_used as u64)));
-        }
+        self.heap_headroom()?;
         let id = self.take_id(&mut creating).ok_or_else(|| format!("no room for more guests ({} at most at once)", self.status.len()))?;
         let made = self.clone_as(id, &mut creating, tid, name, batch, describe);
         match made {

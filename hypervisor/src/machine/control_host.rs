@@ -22,6 +22,12 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
+/// Heap bytes an answer to `list` takes per guest: its row and its JSON
+/// (about 150 bytes), with room to spare.
+const LIST_BYTES_PER_GUEST: usize = 512;
+/// The same for `stats` (a record of some 900 bytes of JSON).
+const STATS_BYTES_PER_GUEST: usize = 3 << 10;
+
 impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> {
     /// Answers the requests waiting on the control channel: each client
     /// has its own session (`Session` reads and bounds its requests, and
@@ -109,15 +115,32 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         }
     }
 
+    /// Makes sure the heap has room for an answer of `per_guest` bytes per
+    /// guest (its records and their JSON line), or refuses it: an answer
+    /// that did not fit would end the machine.
+    fn room_to_report(&self, per_guest: usize) -> Result<(), Refusal> {
+        let n = self.high.load(Ordering::Acquire);
+        if self.platform.reserve_heap(n.saturating_mul(per_guest).saturating_add(super::create::HEAP_HEADROOM)) {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            abi::control::Reason::NoRoom,
+            format!("the hypervisor's heap has no room for an answer about {n} guests; the console's `stats` lists them one at a time"),
+        ))
+    }
+
     /// Reads console input: `stats` prints every waiting guest's accounting
-    /// line and the machine line, `machine` only the machine line.
+    /// line and the machine line (one at a time: nothing holds them all),
+    /// `machine` only the machine line.
     pub(super) fn poll_console(&self, line: &mut String) {
         while let Some(b) = self.platform.console_read() {
             match b {
                 b'\r' | b'\n' => {
                     if line.trim() == "stats" {
-                        for l in self.waiting_stats_all().iter().map(json_line) {
-                            self.platform.console_line(&l);
+                        for id in 0..self.high.load(Ordering::Acquire) {
+                            if let Some(s) = self.waiting_stats(id) {
+                                self.platform.console_line(&json_line(&s));
+                            }
                         }
                         self.platform.console_line(&self.machine_line());
                     } else if line.trim() == "machine" {
@@ -134,7 +157,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
 
 impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost for Machine<P, N> {
     fn upload_room(&self) -> usize {
-        image_budget(self.platform.heap_usage())
+        image_budget(self.platform.heap_room())
     }
 
     fn image_slot_free(&self) -> bool {
@@ -275,7 +298,8 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
         self.clone_guests(tid, name, numbered, args)
     }
 
-    fn list(&self) -> Vec<GuestRow> {
+    fn list(&self) -> Result<Vec<GuestRow>, Refusal> {
+        self.room_to_report(LIST_BYTES_PER_GUEST)?;
         let row = |(id, b): (usize, Arc<GuestStatus>)| {
             let st = self.net.port_stats(id).unwrap_or_default();
             GuestRow {
@@ -290,11 +314,12 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> ControlHost fo
         };
         let mut all: Vec<_> = self.statuses().collect();
         all.sort_unstable_by_key(|(_, s)| s.seq);
-        all.into_iter().map(row).collect()
+        Ok(all.into_iter().map(row).collect())
     }
 
-    fn stats(&self) -> (Vec<GuestStats>, MachineStats) {
-        (self.waiting_stats_all(), self.machine_stats())
+    fn stats(&self) -> Result<(Vec<GuestStats>, MachineStats), Refusal> {
+        self.room_to_report(STATS_BYTES_PER_GUEST)?;
+        Ok((self.waiting_stats_all(), self.machine_stats()))
     }
 
     fn tenants(&self) -> Vec<TenantRow> {

@@ -347,6 +347,9 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         let start = self.now();
         // Preempt at the end of the slice, or earlier if a sleeper is due.
         self.platform.arm_timer(start.saturating_add(slice_ns).min(next_timer.unwrap_or(u64::MAX)));
+        if let Err(why) = self.make_rings(id, g, &mut mem) {
+            return (Step::Stopped(why), 0);
+        }
         g.wake_from_block(&mut mem);
         if g.stats.first_entry_ns == 0 {
             g.stats.first_entry_ns = start.max(1);
@@ -359,6 +362,10 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         let step = loop {
             self.platform.enter(g);
             let step = g.handle_exit(&mut mem, &|| self.now(), &mut |l| self.console_out(id, watched, l));
+            if g.memory.take_made_rings() {
+                // Its first touch of them (or a hypercall's) made them.
+                self.rings_made(id, g, &mem);
+            }
             match step {
                 Step::Resume => {}
                 Step::FlushTlb => self.platform.flush_tlb(root),
@@ -387,6 +394,35 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         }
         g.stats.cpu_ns_per_cpu[me] += ran;
         (step, ran)
+    }
+
+    /// Before guest `id` runs: makes its deferred ring pages if a frame
+    /// for it found them missing (the back end then raised `NET_RX`), and
+    /// tells its port of ring pages made since it last ran (by a control
+    /// request that read them). A guest that raises `NET_RX` itself only
+    /// gets its own rings made.
+    fn make_rings(&self, id: usize, g: &mut Guest, mem: &mut P::Mem<'_>) -> Result<(), StopReason> {
+        if g.memory.rings_deferred() && g.pending_events(mem) & events::NET_RX != 0 {
+            g.memory.make_rings(mem).map_err(|e| match e {
+                crate::mm::user::Fault::OutOfMemory { limit } => {
+                    StopReason::OutOfMemory { address: abi::layout::NIC_TX_RING, limit_bytes: limit }
+                }
+                _ => StopReason::MachineOutOfMemory,
+            })?;
+        }
+        if g.memory.take_made_rings() {
+            self.rings_made(id, g, mem);
+        }
+        Ok(())
+    }
+
+    /// Guest `id`'s ring pages were just made: its port learns their
+    /// frames (TX's first: the TX ring's pages come first in its layout,
+    /// and both rings are the same size) before the guest runs on.
+    fn rings_made(&self, id: usize, g: &Guest, mem: &P::Mem<'_>) {
+        let frames = g.memory.ring_frames(mem);
+        let (tx, rx) = frames.split_at(frames.len() / 2);
+        self.net.rings_made(id, tx, rx);
     }
 
     /// A console line about guest `id` (its own, `NAME| ...`, or the

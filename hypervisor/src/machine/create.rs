@@ -20,7 +20,7 @@ use super::{GuestStatus, Machine, Network, Platform, WAITING};
 use crate::guest::{Guest, LoadedImage};
 use crate::image::Image;
 use crate::machine::network::Attach;
-use crate::mm::{FRAME_SIZE, PhysAddr, PhysMem, paging::Pte};
+use crate::mm::{FRAME_SIZE, PhysAddr, PhysMem, paging::Pte, user::Fault};
 use crate::net::port::RingAllocError;
 use abi::bundle::{Bundle, Settings, TENANT_NONE};
 use abi::control::Reason::{NoRoom, NotFound};
@@ -122,8 +122,8 @@ pub(super) struct Created {
 
 /// Bytes an image may take while it is parsed: what the heap can spare
 /// beside the guests' headroom.
-pub(super) fn image_budget((heap, heap_used): (usize, usize)) -> usize {
-    heap.saturating_sub(heap_used).saturating_sub(2 * HEAP_HEADROOM)
+pub(super) fn image_budget(heap_room: usize) -> usize {
+    heap_room.saturating_sub(2 * HEAP_HEADROOM)
 }
 
 /// Validates and loads one image, saying so on the console.
@@ -132,7 +132,7 @@ pub(super) fn image_budget((heap, heap_used): (usize, usize)) -> usize {
 /// headroom, and no more: a gzip bomb (from the bundle or an upload) is
 /// refused by its declared size before anything that size is allocated.
 pub fn load_image<P: Platform>(platform: &P, name: &str, data: &[u8]) -> Result<LoadedImage, String> {
-    let loaded = match Image::parse_within(data, image_budget(platform.heap_usage())) {
+    let loaded = match Image::parse_within(data, image_budget(platform.heap_room())) {
         Ok(parsed) => LoadedImage::load(&mut platform.mem(), name, &parsed).ok_or_else(|| String::from("the machine is out of memory")),
         Err(e) => Err(format!("{e}")),
     };
@@ -268,10 +268,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         };
         let img = entry.image.as_ref().map_err(|_| String::from("its image was rejected"))?;
         let args: Vec<&str> = if args.is_empty() { img.app_args.iter().map(String::as_str).collect() } else { args.to_vec() };
-        let (heap, heap_used) = self.platform.heap_usage();
-        if heap - heap_used < HEAP_HEADROOM {
-            return Err(Refusal::new(NoRoom, format!("the hypervisor's heap is full ({} used)", sizes(heap_used as u64))));
-        }
+        self.heap_headroom().map_err(|e| Refusal::new(NoRoom, e))?;
         let Some(id) = self.take_id(&mut creating) else {
             return Err(Refusal::new(NoRoom, format!("no room for more guests ({} at most at once)", self.status.len())));
         };
@@ -382,6 +379,15 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
 
     /// The number of the tenant `t` names: `TENANT_NONE` for none, a
     /// number as it is, a name the manifest's or a new one's.
+    /// Keeps [`HEAP_HEADROOM`] free in the heap (growing it if it can)
+    /// before a guest is made, or says why not.
+    pub(super) fn heap_headroom(&self) -> Result<(), String> {
+        if self.platform.reserve_heap(HEAP_HEADROOM) {
+            return Ok(());
+        }
+        Err(format!("the hypervisor's heap is full ({} used)", sizes(self.platform.heap_usage().1 as u64)))
+    }
+
     pub(super) fn tenant_number(&self, t: abi::control::Tenant<'_>) -> Result<u32, String> {
         Ok(match t {
             abi::control::Tenant::None => TENANT_NONE,
@@ -530,7 +536,10 @@ pub(super) fn attach_nic<P: Platform>(
 }
 
 /// A new guest's two vNIC rings: slot pages mapped into `g` (charged to
-/// its memory), filled as `fill` says.
+/// its memory), filled as `fill` says; or, when they would hold nothing
+/// (a new guest, a template with no frame in flight, a snapshot without
+/// them), deferred to their first touch, by the guest or by a frame for
+/// it (`GuestMemory::defer_rings`): an idle guest never pays for them.
 fn nic_rings<P: Platform>(
     platform: &P,
     g: &mut Guest,
@@ -541,6 +550,21 @@ fn nic_rings<P: Platform>(
 ) -> Result<(P::Ring, P::Ring), String> {
     // (Checked by `create_as`.)
     let slots = info.ring_slots;
+    let rings = abi::layout::NIC_TX_RING..abi::layout::heap_start(slots);
+    let defer = match fill {
+        RingFill::Zero => true,
+        RingFill::Guest(t) => t.memory.rings_deferred() || t.rings_idle(&*mem),
+        RingFill::Snapshot(s) => rings.clone().step_by(FRAME_SIZE as usize).all(|va| s.page(va).is_none()),
+    };
+    if defer {
+        // Refused now if they could never be made.
+        if !g.memory.has_room_for((rings.end - rings.start) / FRAME_SIZE) {
+            return Err(format!("vNIC rings: {}", Fault::OutOfMemory { limit: g.memory.limit_bytes() }));
+        }
+        g.memory.defer_rings(rings);
+        let tx = platform.deferred_ring(events, abi::layout::NIC_TX_INDICES, slots);
+        return Ok((tx, platform.deferred_ring(events, abi::layout::NIC_RX_INDICES, slots)));
+    }
     let mut ring = |indices: u64, base: u64| {
         let va = |i: usize| base + i as u64 * FRAME_SIZE;
         // A template's slots are copied as each page is taken.

@@ -301,10 +301,11 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         mem.free(self.time_page);
         self.platform.console_line(&self.machine_line());
         self.platform.console_line(&alloc::format!(
-            "[hv] no guests left: {} exited, {} stopped, {not_started} not started; {} KiB free",
+            "[hv] no guests left: {} exited, {} stopped, {not_started} not started; {} KiB free, {} KiB taken by the heap",
             self.exited.load(Ordering::Relaxed),
             self.stopped.load(Ordering::Relaxed),
-            self.platform.frames().0 as u64 * 4
+            self.platform.frames().0 as u64 * 4,
+            self.platform.heap_grown() as u64 / 1024
         ));
     }
 }

@@ -8,6 +8,7 @@
 //! at any time; the back end does its own locking. A back end that finds
 //! a guest lying in its rings says why and the loop disconnects it.
 
+use crate::mm::PhysAddr;
 use crate::net::backend::{Net, UplinkDevice};
 use crate::net::capture::Capture;
 pub use crate::net::capture::CaptureTarget;
@@ -87,6 +88,10 @@ pub trait Network: Sync {
     /// Returns why the guest must be disconnected, if it broke the ring
     /// protocol.
     fn drain(&self, guest: usize, now_ns: u64, wake: &mut dyn FnMut(usize)) -> Result<(), String>;
+    /// Guest `guest`'s deferred ring pages were just made (its memory made
+    /// them at their first touch): its port's rings learn their frames,
+    /// in ring order, and take frames from then on.
+    fn rings_made(&self, guest: usize, tx: &[PhysAddr], rx: &[PhysAddr]);
     /// Guest `guest` left a CPU (it may have taken frames from its RX
     /// ring): senders whose frames wait for room in it try again. Returns
     /// the senders that broke their TX ring meanwhile, and why.
@@ -152,6 +157,12 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice + Send> Network for Net<R, E,
                 self.switch.lock().remove_port(p.switch_port);
                 Err("no room for another vNIC".into())
             }
+        }
+    }
+
+    fn rings_made(&self, guest: usize, tx: &[PhysAddr], rx: &[PhysAddr]) {
+        if let Some(p) = self.port(guest) {
+            p.provide_rings(tx, rx);
         }
     }
 

@@ -99,6 +99,11 @@ pub trait Platform: Sync {
         copy: impl Fn(usize) -> Option<PhysAddr>,
         map: impl FnMut(usize, PhysAddr) -> Result<(), E>,
     ) -> Result<Self::Ring, RingAllocError<E>>;
+    /// A ring as [`Platform::ring`] makes it, its slot pages not made yet:
+    /// the guest's memory makes them at their first touch
+    /// (`GuestMemory::defer_rings`) and the ring learns them then
+    /// (`GuestRing::provide`).
+    fn deferred_ring(&self, events: &Self::Events, index_offset: u64, slots: u32) -> Self::Ring;
 
     /// Writes hermit-entry's boot record at the start of a new guest's
     /// start page (`frame`, not yet visible to the guest).
@@ -124,6 +129,24 @@ pub trait Platform: Sync {
 
     /// The hypervisor heap's size and the bytes allocated from it now.
     fn heap_usage(&self) -> (usize, usize);
+    /// Makes sure the heap has `bytes` free, growing it into free frames
+    /// if it can: whether it has.
+    fn reserve_heap(&self, bytes: usize) -> bool {
+        let (heap, used) = self.heap_usage();
+        heap.saturating_sub(used) >= bytes
+    }
+    /// Bytes of frames the heap took as it grew since boot (it keeps
+    /// them: free frames plus these are what was free at boot, once every
+    /// guest has ended).
+    fn heap_grown(&self) -> usize {
+        0
+    }
+    /// Bytes the heap could still hand out: free in it, and the frames it
+    /// may grow into.
+    fn heap_room(&self) -> usize {
+        let (heap, used) = self.heap_usage();
+        heap.saturating_sub(used)
+    }
     /// Frames free for guests now, and all the frames of the machine.
     fn frames(&self) -> (usize, usize);
 }

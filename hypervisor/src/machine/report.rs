@@ -114,6 +114,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             free_bytes: free as u64 * 4096,
             hv_heap_bytes: heap as u64,
             hv_heap_used_bytes: heap_used as u64,
+            hv_heap_grown_bytes: self.platform.heap_grown() as u64,
             cpu_idle_ns: self.idle_ns.iter().map(|a| a.load(Ordering::Relaxed)).collect(),
             uplink_interrupts: self.platform.uplink_interrupt_count(),
             uplink_polls: self.uplink_polls.load(Ordering::Relaxed),

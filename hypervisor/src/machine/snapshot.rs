@@ -13,7 +13,7 @@
 //!   charged as for any guest. A file refused, or a guest that cannot be
 //!   built, costs nothing: what was taken is freed.
 
-use super::create::{Created, HEAP_HEADROOM, attach_nic};
+use super::create::{Created, attach_nic};
 use super::report::sizes;
 use super::{Machine, Network, PAUSED, Platform};
 use crate::guest::Guest;
@@ -53,7 +53,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
                 Some(img) => {
                     // Held in the heap while it goes out: within what an
                     // upload may take, so guests keep their headroom.
-                    let room = super::create::image_budget(self.platform.heap_usage());
+                    let room = super::create::image_budget(self.platform.heap_room());
                     g.snapshot(&mut self.platform.mem(), img, digest, &status.settings, self.now(), room)
                 }
                 None => Err(String::from("its image is gone")),
@@ -108,10 +108,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             return Err(format!("its image {} ({digest}) is not loaded here: upload it first", snap.image_name));
         };
         let img = entry.image.as_ref().map_err(|_| String::from("its image was rejected here"))?;
-        let (heap, heap_used) = self.platform.heap_usage();
-        if heap - heap_used < HEAP_HEADROOM {
-            return Err(format!("the hypervisor's heap is full ({} used)", sizes(heap_used as u64)));
-        }
+        self.heap_headroom()?;
         let id = self.take_id(&mut creating).ok_or_else(|| format!("no room for more guests ({} at most at once)", self.status.len()))?;
         let nic = match st.tenant {
             TENANT_NONE => None,

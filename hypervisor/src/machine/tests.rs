@@ -36,6 +36,8 @@ enum Act {
     Kick,
     /// `exit(code)`.
     Exit(i32),
+    /// A user-mode write to the page at `va`, not present.
+    Touch(u64),
 }
 
 /// Simulated physical memory shared by every CPU (each access locks it).
@@ -170,6 +172,9 @@ impl Platform for Fake {
         self.rings.lock().push(pages);
         Ok(SharedRing::new(slots))
     }
+    fn deferred_ring(&self, _events: &FakeEvents, _index_offset: u64, slots: u32) -> SharedRing {
+        SharedRing::deferred(slots)
+    }
     fn now_ns(&self) -> u64 {
         self.clock.load(Ordering::SeqCst)
     }
@@ -236,6 +241,11 @@ impl Platform for Fake {
             }
             Act::Kick => call(g, Hypercall::NetKick, 0),
             Act::Exit(code) => call(g, Hypercall::Exit, code as u64),
+            Act::Touch(va) => {
+                g.regs.vector = crate::guest::regs::VECTOR_PAGE_FAULT;
+                g.regs.error = crate::guest::regs::pf::WRITE | crate::guest::regs::pf::USER;
+                g.regs.cr2 = va;
+            }
         }
     }
     fn flush_tlb(&self, _root: PhysAddr) {}
@@ -588,7 +598,12 @@ struct Ports {
     retries: Mutex<Vec<u64>>,
     full_batches: AtomicUsize,
     still_held: AtomicUsize,
+    /// Every `rings_made`.
+    rings_made: Mutex<Vec<RingsMade>>,
 }
+
+/// A `rings_made`: the guest and its TX and RX ring frames.
+type RingsMade = (usize, Vec<PhysAddr>, Vec<PhysAddr>);
 
 impl Ports {
     fn refusing() -> Self {
@@ -616,6 +631,9 @@ impl Network for Ports {
         };
         due.into_iter().for_each(wake);
         Ok(())
+    }
+    fn rings_made(&self, id: usize, tx: &[PhysAddr], rx: &[PhysAddr]) {
+        self.rings_made.lock().push((id, tx.to_vec(), rx.to_vec()));
     }
     fn receiver_ran(&self, _: usize, _: u64, _: &mut dyn FnMut(usize)) -> Vec<(usize, String)> {
         Vec::new()
@@ -665,33 +683,66 @@ impl Network for Ports {
     }
 }
 
+/// A vNIC is a port with the guest's address, and ring pages made at
+/// their first use: a frame for the guest (the back end raised `NET_RX`)
+/// or the guest's own touch. Its port learns their frames before the guest
+/// runs on, and they are charged to it.
 #[test]
-fn a_vnic_is_rings_mapped_into_the_guest_and_a_port_with_its_address() {
+fn a_vnic_is_a_port_with_its_address_and_rings_made_at_their_first_use() {
     let m = machine_on(1, Ports::default());
     let st = abi::bundle::Settings { memory: 1 << 20, tenant: 3, ring_slots: 4, ..Default::default() };
     let c = m.create_guest("n", 0, &st, &[], &[], 0).unwrap();
     assert_eq!(c.ip, Some(abi::guest_ipv4(3, 0)));
     assert!(c.describe.ends_with("tenant 3"), "{}", c.describe);
-    let ports = m.net.given.lock();
-    let Given { guest, tenant, ipv4, events } = &ports[0];
-    let rings = m.platform.rings.lock();
-    let [tx, rx] = &rings[..] else { panic!("two rings, not {}", rings.len()) };
-    assert_eq!((*guest, *tenant, Some(*ipv4)), (0, 3, c.ip));
+    m.platform.scripts.lock().insert("t".into(), [Act::Touch(abi::layout::NIC_TX_RING + 100), Act::Block(u64::MAX)].into_iter().collect());
+    m.create_guest("t", 0, &st, &[], &[], 0).unwrap();
+    let (n, t) = (m.find("n").unwrap(), m.find("t").unwrap());
+    {
+        let ports = m.net.given.lock();
+        let Given { guest, tenant, ipv4, events } = &ports[0];
+        assert_eq!((*guest, *tenant, Some(*ipv4)), (n, 3, c.ip));
+        let guests = m.guests.lock();
+        let at = guests[n].as_ref().unwrap().memory.space.translate(&m.platform.mem(), abi::layout::EVENT_PAGE);
+        assert_eq!(at.map(|(pa, _)| pa), Some(*events));
+    }
+    assert!(m.platform.rings.lock().is_empty(), "no ring page is made with the guest");
     let pages = abi::ring::slots_bytes(4) / 4096;
-    assert_eq!((tx.len(), rx.len()), (pages, pages));
-    let guests = m.guests.lock();
-    let g = guests[0].as_ref().unwrap();
-    let mem = m.platform.mem();
-    let at = |va| g.memory.space.translate(&mem, va).map(|(pa, _)| pa);
-    assert_eq!(at(abi::layout::NIC_TX_RING), Some(tx[0]), "the TX ring's first frame is the guest's");
-    assert_eq!(at(abi::layout::nic_rx_ring(4)), Some(rx[0]), "the RX ring follows the TX ring's 4 slots");
-    assert_eq!(at(abi::layout::nic_rx_ring(4) + 4096 * (pages as u64 - 1)), Some(rx[pages - 1]));
-    assert_eq!(at(abi::layout::EVENT_PAGE), Some(*events));
-    assert!(g.memory.private_bytes() >= 2 * pages as u64 * 4096, "the rings are charged to the guest");
-    // And the heap follows the rings.
-    let heap = abi::layout::heap_start(4);
-    assert_eq!((heap, at(heap)), (abi::layout::nic_rx_ring(4) + 4096 * pages as u64, None), "untouched: demand-zero");
-    assert!(g.memory.is_zero_fill(heap) && !g.memory.is_zero_fill(heap - 1), "the heap starts there, not in the RX ring");
+    let charged = |id: usize| m.guests.lock()[id].as_ref().unwrap().memory.charged_bytes();
+    let before = (charged(n), charged(t));
+    {
+        let guests = m.guests.lock();
+        let g = guests[n].as_ref().unwrap();
+        let mem = m.platform.mem();
+        assert!(g.memory.rings_deferred() && g.memory.space.translate(&mem, abi::layout::NIC_TX_RING).is_none());
+        // The heap follows the rings.
+        let heap = abi::layout::heap_start(4);
+        assert_eq!(heap, abi::layout::nic_rx_ring(4) + 4096 * pages as u64);
+        assert!(g.memory.is_zero_fill(heap) && !g.memory.is_zero_fill(heap - 1), "the heap starts there, not in the RX ring");
+    }
+
+    // n gets a frame, t touches its TX ring: both have their rings, and
+    // their ports learn them, before either runs on.
+    deliver(&m, n, 0);
+    let mut cpu = CpuState::default();
+    for _ in 0..4 {
+        m.step(0, &mut cpu);
+    }
+    let made = m.net.rings_made.lock().clone();
+    assert_eq!(made.iter().map(|(id, ..)| *id).collect::<Vec<_>>().len(), 2, "{made:?}");
+    for (id, tx, rx) in &made {
+        let guests = m.guests.lock();
+        let g = guests[*id].as_ref().unwrap();
+        let mem = m.platform.mem();
+        let at = |va| g.memory.space.translate(&mem, va).map(|(pa, _)| pa);
+        assert_eq!((tx.len(), rx.len()), (pages, pages));
+        assert_eq!(at(abi::layout::NIC_TX_RING), Some(tx[0]), "the TX ring's first frame is the guest's");
+        assert_eq!(at(abi::layout::nic_rx_ring(4)), Some(rx[0]), "the RX ring follows the TX ring's 4 slots");
+        assert_eq!(at(abi::layout::nic_rx_ring(4) + 4096 * (pages as u64 - 1)), Some(rx[pages - 1]));
+        assert!(!g.memory.rings_deferred());
+    }
+    assert_eq!(charged(n) - before.0, 2 * pages as u64 * 4096, "the rings are charged to the guest");
+    assert_eq!(charged(t) - before.1, 2 * pages as u64 * 4096);
+    assert!(m.platform.lines.lock().iter().all(|l| !l.contains("stopped")), "{:?}", m.platform.lines.lock());
 }
 
 /// The entries into guest `name`, by the clock.
@@ -974,7 +1025,7 @@ fn ended_guests_make_room_for_new_ones_the_longest_ended_first() {
         guest(&m, &format!("g{i}"), &[Act::Exit(i)]);
     }
     assert_eq!(steps(&m, 0, &mut CpuState::default(), 100), Pass::Done);
-    let rows = m.list();
+    let rows = m.list().unwrap();
     assert_eq!(rows.len(), 16);
     assert!(rows.iter().all(|r| r.state == GuestState::Exited), "{rows:?}");
     assert_eq!(m.wait(0, "g3").map(|e| e.and_then(|e| e.exit_code)), Ok(Some(3)), "an ended guest's record is kept");
@@ -984,7 +1035,7 @@ fn ended_guests_make_room_for_new_ones_the_longest_ended_first() {
     let new = guest(&m, "new", &[Act::Block(u64::MAX)]);
     assert_eq!(new, 0);
     assert!(m.find("g0").is_none() && m.wait(0, "g0").is_err(), "g0's record is forgotten");
-    let names: Vec<String> = m.list().into_iter().map(|r| r.name).collect();
+    let names: Vec<String> = m.list().unwrap().into_iter().map(|r| r.name).collect();
     assert_eq!((names.len(), names[0].as_str(), names[15].as_str()), (16, "g1", "new"), "listed in the order they were created");
     let page = m.guests.lock()[0].as_deref().and_then(|g| m.platform.events_of(g)).unwrap().page;
     assert_eq!(m.event_pages[0].get().unwrap().page, page, "the id's event page is the new guest's");
@@ -1003,7 +1054,7 @@ fn ended_guests_make_room_for_new_ones_the_longest_ended_first() {
     assert_eq!(*m.net.released.lock(), [0, 5]);
     steps(&m, 0, &mut CpuState::default(), 20);
     assert_eq!(m.wait(0, "g5").map(|e| e.and_then(|e| e.exit_code)), Ok(Some(55)), "the new g5's end, not the old one's");
-    assert_eq!(m.list().len(), 16);
+    assert_eq!(m.list().unwrap().len(), 16);
     assert_eq!(m.statuses().filter(|(_, s)| s.state.load(Ordering::Relaxed) < EXITED).count(), 1, "only `new` is live");
 }
 
@@ -1190,6 +1241,8 @@ fn a_guest_saved_and_restored_goes_on_with_its_pages_and_a_new_identity() {
         let mut guests = m.guests.lock();
         let g = guests[t].as_mut().unwrap();
         g.memory.write(&mut m.platform.mem(), heap + 100, b"kept across").unwrap();
+        // (Which makes its rings: they are saved too.)
+        g.memory.write(&mut m.platform.mem(), abi::layout::NIC_TX_RING + 8, b"in a ring").unwrap();
     }
     assert_eq!(m.snapshot("t").unwrap_err().reason, Some(Reason::NotPaused));
     m.pause("t").unwrap();
@@ -1231,6 +1284,9 @@ fn a_guest_saved_and_restored_goes_on_with_its_pages_and_a_new_identity() {
         let mut b = [0u8; 11];
         rg.memory.read(&mut mem, heap + 100, &mut b).unwrap();
         assert_eq!(&b, b"kept across");
+        let mut b = [0u8; 9];
+        rg.memory.read(&mut mem, abi::layout::NIC_TX_RING + 8, &mut b).unwrap();
+        assert_eq!(&b, b"in a ring");
         assert_eq!((&rg.regs, rg.is_blocked()), (&tg.regs, true));
         assert_eq!(rg.fpu.0, tg.fpu.0);
         let word = |g: &mut Box<Guest>, mem: &mut _, at: u64| {

@@ -88,6 +88,29 @@ impl<'a> FrameAllocator<'a> {
         None
     }
 
+    /// Takes a run of at least `frames` free frames, physically contiguous
+    /// and 256 KiB-aligned: whole words of the bitmap (64 frames each),
+    /// the first run of them all free, searched from the top of memory
+    /// down (single frames are taken from the bottom up, so the two meet
+    /// late). For the hypervisor's heap as it grows. Returns its first
+    /// frame and the frames taken (a multiple of 64).
+    pub fn alloc_run(&mut self, frames: usize) -> Option<(PhysAddr, usize)> {
+        let words = frames.max(1).div_ceil(64);
+        if self.free < words * 64 {
+            return None;
+        }
+        let mut run = 0;
+        for w in (0..self.bits.len()).rev() {
+            run = if self.bits[w] == u64::MAX { run + 1 } else { 0 };
+            if run == words {
+                self.bits[w..w + words].fill(0);
+                self.free -= words * 64;
+                return Some((self.base + (w * 64) as u64 * FRAME_SIZE, words * 64));
+            }
+        }
+        None
+    }
+
     /// Returns a frame. Returns `false` (and changes nothing) for a frame
     /// that is outside the allocator or already free: a caller bug that must
     /// not corrupt the count.
@@ -179,6 +202,24 @@ mod tests {
         assert!(!fa.free(0x9000_0000), "foreign frame must be refused");
         assert_eq!(fa.free_frames(), 14);
         assert_eq!(fa.total_frames(), 14);
+    }
+
+    /// Runs are whole free words, from the top down, and only those: a
+    /// word with one frame taken breaks a run.
+    #[test]
+    fn runs_are_whole_free_words_from_the_top() {
+        let mut bits = [0u64; 4];
+        let mut f = FrameAllocator::new(&mut bits, 0);
+        f.add_free(0..256 * FRAME_SIZE);
+        let (first, n) = f.alloc_run(1).unwrap();
+        assert_eq!((first, n, f.free_frames()), (192 * FRAME_SIZE, 64, 192));
+        assert_eq!(f.alloc(), Some(0), "single frames from the bottom");
+        assert_eq!(f.alloc_run(129), None, "word 0 has a frame taken: two free words are left");
+        assert_eq!(f.alloc_run(65), Some((64 * FRAME_SIZE, 128)));
+        assert_eq!((f.free_frames(), f.alloc_run(1)), (63, None), "63 free frames, no whole word");
+        f.free(0);
+        assert_eq!(f.alloc_run(64), Some((0, 64)));
+        assert_eq!((f.free_frames(), f.alloc_run(1)), (0, None));
     }
 
     #[test]

@@ -69,6 +69,15 @@ pub struct GuestMemory {
     pub space: AddressSpace,
     /// Regions filled with zero pages on first touch (heap, stack).
     zero_fill: [Range<u64>; 2],
+    /// Its vNIC's ring slot pages, while they are not made yet
+    /// (`defer_rings`): all of them are made at the first touch of one, by
+    /// the guest or the hypervisor (`make_rings`).
+    deferred_rings: Option<Range<u64>>,
+    /// Where its deferred ring pages lie, made or not.
+    rings: Range<u64>,
+    /// Ring pages were made since `take_made_rings` last looked: the back
+    /// end must learn their frames before the guest runs on.
+    rings_made: bool,
     /// Frames the guest owns (not counting page tables).
     private: u64,
     /// Frames mapped that other guests share (image text, the time page,
@@ -102,6 +111,9 @@ impl GuestMemory {
         Self {
             space,
             zero_fill: [heap, stack],
+            deferred_rings: None,
+            rings: 0..0,
+            rings_made: false,
             private: 0,
             shared: 0,
             limit_frames: limit_bytes / FRAME_SIZE,
@@ -114,6 +126,13 @@ impl GuestMemory {
     /// Its private pages and page tables, its clones' prototype included.
     fn charged(&self) -> u64 {
         self.private + self.table_frames()
+    }
+
+    /// What its limit holds: what it is charged, and its ring pages not
+    /// made yet with the tables they may need (so that making them never
+    /// finds the limit full).
+    fn committed(&self) -> u64 {
+        self.charged() + self.deferred_rings.as_ref().map_or(0, |r| (r.end - r.start) / FRAME_SIZE + 3)
     }
 
     fn table_frames(&self) -> u64 {
@@ -166,7 +185,7 @@ impl GuestMemory {
     fn map(&mut self, mem: &mut impl PhysMem, va: u64, pa: PhysAddr, flags: Pte, cost: u64) -> Result<(), Fault> {
         self.changing(mem);
         // Worst case three new tables; refuse before touching anything.
-        if self.charged() + cost + 3 > self.limit_frames {
+        if self.committed() + cost + 3 > self.limit_frames {
             return Err(Fault::OutOfMemory { limit: self.limit_bytes() });
         }
         match self.space.map_user(mem, va, pa, flags) {
@@ -179,6 +198,60 @@ impl GuestMemory {
             Err(MapError::OutOfMemory) => Err(Fault::MachineOutOfMemory),
             Err(MapError::AlreadyMapped | MapError::BadAddress) => Err(Fault::Unmapped(va)),
         }
+    }
+
+    /// Whether `frames` more private frames (and three page tables) fit
+    /// under its limit now, beside its ring pages not made yet.
+    pub fn has_room_for(&self, frames: u64) -> bool {
+        self.committed() + frames + 3 <= self.limit_frames
+    }
+
+    /// Leaves the vNIC ring slot pages at `range` unmade until their first
+    /// touch (`make_rings`): an idle guest never pays for them, though its
+    /// limit holds room for them (the caller checked `has_room_for`).
+    pub fn defer_rings(&mut self, range: Range<u64>) {
+        self.deferred_rings = (!range.is_empty()).then(|| range.clone());
+        self.rings = range;
+    }
+
+    /// The frames of its deferred ring pages, once made, in address order.
+    pub fn ring_frames(&self, mem: &impl PhysMem) -> Vec<PhysAddr> {
+        self.rings.clone().step_by(FRAME_SIZE as usize).filter_map(|va| self.space.translate(mem, va).map(|(pa, _)| pa)).collect()
+    }
+
+    /// Whether its ring pages wait to be made.
+    pub fn rings_deferred(&self) -> bool {
+        self.deferred_rings.is_some()
+    }
+
+    /// Makes the deferred ring pages (zeroed, charged; each one not
+    /// mapped yet, so that a call after a failure goes on where it
+    /// stopped). Nothing if none are deferred.
+    pub fn make_rings(&mut self, mem: &mut impl PhysMem) -> Result<(), Fault> {
+        // Out of the reservation while they are charged one by one; back
+        // in if the machine has no frame for one.
+        let Some(range) = self.deferred_rings.take() else { return Ok(()) };
+        for va in range.clone().step_by(FRAME_SIZE as usize) {
+            if self.space.translate(mem, va).is_some() {
+                continue;
+            }
+            let made = match mem.alloc() {
+                Some(frame) => self.map_private(mem, va, frame, Pte::WRITABLE | Pte::NO_EXECUTE).inspect_err(|_| mem.free(frame)),
+                None => Err(Fault::MachineOutOfMemory),
+            };
+            if let Err(e) = made {
+                self.deferred_rings = Some(range);
+                return Err(e);
+            }
+        }
+        self.rings_made = true;
+        Ok(())
+    }
+
+    /// Whether ring pages were made since the last call (the back end must
+    /// learn their frames now).
+    pub fn take_made_rings(&mut self) -> bool {
+        core::mem::take(&mut self.rings_made)
     }
 
     /// Whether `va` lies in a demand-zero region.
@@ -196,10 +269,15 @@ impl GuestMemory {
         if let Some((pa, _)) = self.space.translate(mem, page_down(va)) {
             return Ok((pa, false));
         }
+        if self.deferred_rings.as_ref().is_some_and(|r| r.contains(&va)) {
+            self.make_rings(mem)?;
+            let (pa, _) = self.space.translate(mem, page_down(va)).ok_or(Fault::Unmapped(va))?;
+            return Ok((pa, true));
+        }
         if !self.is_zero_fill(va) {
             return Err(Fault::Unmapped(va));
         }
-        if self.charged() + 4 > self.limit_frames {
+        if self.committed() + 4 > self.limit_frames {
             return Err(Fault::OutOfMemory { limit: self.limit_bytes() });
         }
         let frame = mem.alloc().ok_or(Fault::MachineOutOfMemory)?;
@@ -237,7 +315,7 @@ impl GuestMemory {
         self.changing(mem);
         // Its page table too, if that is shared.
         let table = self.space.shares_table_over(mem, va);
-        if self.charged() + 1 + u64::from(table) > self.limit_frames {
+        if self.committed() + 1 + u64::from(table) > self.limit_frames {
             return Err(Fault::OutOfMemory { limit: self.limit_bytes() });
         }
         if table {
@@ -396,7 +474,7 @@ impl GuestMemory {
             let table = at - at % TABLE_SPAN;
             let whole = table >= start && table + TABLE_SPAN <= end;
             if !whole && self.space.shares_table_over(mem, at) {
-                if self.charged() + 1 > self.limit_frames {
+                if self.committed() + 1 > self.limit_frames {
                     return Err(Fault::OutOfMemory { limit: self.limit_bytes() });
                 }
                 self.space.unshare_table(mem, at).map_err(|_| Fault::MachineOutOfMemory)?;
@@ -521,6 +599,43 @@ mod tests {
         assert!(!g.is_discardable(0x40_0000, 0x1000) && !g.is_discardable(!0xfff, 0x2000));
         g.destroy(&mut mem);
         assert_eq!(mem.live, k_live + 1, "only the second kernel root is left");
+    }
+
+    /// Deferred ring pages: nothing is made or charged until one is
+    /// touched, by a fault or by the hypervisor's copy; then all are, at
+    /// once, charged, and reported once; a guest at its limit is refused.
+    #[test]
+    fn deferred_rings_are_made_whole_at_the_first_touch() {
+        let rings = 0x30_0000..0x30_4000;
+        let mut mem = TestMem::new(1000);
+        let mut g = guest(&mut mem, 32 * 4096);
+        g.defer_rings(rings.clone());
+        let (live, charged) = (mem.live, g.charged_bytes());
+        assert!(g.rings_deferred() && !g.take_made_rings());
+        assert_eq!(g.read(&mut mem, 0x30_0000, &mut [0u8; 4]), Ok(()), "the hypervisor's touch makes them too");
+        assert!(!g.rings_deferred() && g.take_made_rings() && !g.take_made_rings(), "reported once");
+        assert_eq!(g.ring_frames(&mem).len(), 4);
+        assert_eq!(g.charged_bytes() - charged, 4 * 4096 + 4096 * (mem.live - live - 4) as u64);
+        for va in rings.clone().step_by(4096) {
+            assert!(g.space.translate(&mem, va).is_some_and(|(_, f)| f.contains(Pte::WRITABLE | Pte::USER)));
+        }
+        assert_eq!(g.fault_in(&mut mem, 0x30_1000).map(|(_, new)| new), Ok(false), "made already");
+        assert_eq!(g.fault_in(&mut mem, 0x30_4000), Err(Fault::Unmapped(0x30_4000)), "past the rings");
+        g.destroy(&mut mem);
+
+        // The limit holds them before they are made: the heap cannot take
+        // their room, and making them never finds the limit full.
+        let mut g = guest(&mut mem, 16 * 4096);
+        assert!(g.has_room_for(4));
+        g.defer_rings(rings);
+        let mut heap = 0;
+        while g.fault_in(&mut mem, 0x10_0000 + heap * 4096).is_ok() {
+            heap += 1;
+        }
+        assert!(!g.has_room_for(1));
+        assert_eq!(g.fault_in(&mut mem, 0x30_2000).map(|(_, new)| new), Ok(true));
+        assert!(g.charged_bytes() <= 16 * 4096, "{} charged", g.charged_bytes());
+        g.destroy(&mut mem);
     }
 
     /// A template's pages frozen and shared by clones: each reads the

@@ -31,8 +31,18 @@ pub trait GuestRing: RingMemory + Send + Sync {
     /// or above `SLOTS_OFFSET`, inside their rings): the packet's one copy
     /// from a sender's TX slot into a receiver's RX slot.
     fn copy_to(&self, from: usize, dst: &Self, to: usize, len: usize);
-    /// Bytes of the pages that hold its slots (charged to the guest).
+    /// Bytes of the pages that hold its slots (charged to the guest; 0
+    /// while they are not made).
     fn slot_bytes(&self) -> u64;
+    /// Whether its slot pages are made. A ring made without them (its
+    /// guest's first touch makes them: `GuestMemory::defer_rings`) reads
+    /// as zeroes and takes no write; the back end treats its RX ring as
+    /// full and wakes the guest with `NET_RX`, whose CPU then makes them
+    /// before it runs (`Machine::make_rings`).
+    fn ready(&self) -> bool;
+    /// Its slot pages, just made, in ring order (ignored once it is
+    /// ready: a guest's ring pages never change while its port is open).
+    fn provide(&self, pages: &[crate::mm::PhysAddr]);
     /// Bytes the hypervisor's heap holds for it beyond its own size.
     fn record_bytes(&self) -> u64;
 }
@@ -207,6 +217,17 @@ impl<R: GuestRing, E: GuestEvents> Port<R, E> {
     }
 
     /// Bytes of the guest's ring slots (both rings).
+    /// Its rings' slot pages, just made (`GuestRing::provide`).
+    pub fn provide_rings(&self, tx: &[crate::mm::PhysAddr], rx: &[crate::mm::PhysAddr]) {
+        self.tx_ring.provide(tx);
+        self.rx_ring.provide(rx);
+    }
+
+    /// Whether its RX ring's slot pages are made (else it takes nothing).
+    pub fn rx_ready(&self) -> bool {
+        self.rx_ring.ready()
+    }
+
     pub fn ring_bytes(&self) -> u64 {
         self.tx_ring.slot_bytes() + self.rx_ring.slot_bytes()
     }
@@ -273,7 +294,13 @@ pub mod testing {
             dst.write(to, &buf);
         }
         fn slot_bytes(&self) -> u64 {
-            (self.bytes() - SLOTS_OFFSET) as u64
+            if self.is_ready() { (self.bytes() - SLOTS_OFFSET) as u64 } else { 0 }
+        }
+        fn ready(&self) -> bool {
+            self.is_ready()
+        }
+        fn provide(&self, _pages: &[crate::mm::PhysAddr]) {
+            self.set_ready();
         }
         fn record_bytes(&self) -> u64 {
             self.bytes() as u64

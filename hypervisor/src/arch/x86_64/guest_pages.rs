@@ -5,8 +5,10 @@
 //! owns: [`EventPage::of`] takes the page guest creation mapped at
 //! `layout::EVENT_PAGE` in the guest's own tables, and
 //! [`DirectRing::alloc`] takes its slot pages from the frame allocator and
-//! hands each to the caller to map into the guest. Nothing else can name
-//! a physical address to write to.
+//! hands each to the caller to map into the guest; a
+//! [`DirectRing::deferred`] ring learns them (`provide`) from the pages
+//! the guest's memory made at their first touch. Nothing else can name a
+//! physical address to write to.
 //!
 //! Lifetime: the pages are the guest's until it is destroyed. The back end
 //! reaches a port's rings and event page only while the port's RX gate is
@@ -19,7 +21,7 @@ use super::paging::{DirectMap, phys_to_virt};
 use abi::ring::{INDEX_BYTES, RingMemory, SLOTS_OFFSET, slots_bytes};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use hypervisor::guest::Guest;
 use hypervisor::mm::{FRAME_SIZE, PhysAddr, PhysMem};
 use hypervisor::net::port::{GuestEvents, GuestRing, RingAllocError};
@@ -72,8 +74,11 @@ impl GuestEvents for EventPage {
 pub struct DirectRing {
     /// Physical address of the index block.
     indices: PhysAddr,
-    /// The slot pages, in ring order.
-    pages: Box<[PhysAddr]>,
+    /// The slot pages, in ring order (0: not made yet). Set once, before
+    /// `ready`, and fixed from then on.
+    pages: Box<[AtomicU64]>,
+    /// Every page is made.
+    ready: AtomicBool,
 }
 
 impl DirectRing {
@@ -89,11 +94,10 @@ impl DirectRing {
         copy: impl Fn(usize) -> Option<PhysAddr>,
         mut map: impl FnMut(usize, PhysAddr) -> Result<(), E>,
     ) -> Result<Self, RingAllocError<E>> {
-        assert!(index_offset.is_multiple_of(4) && index_offset as usize + INDEX_BYTES <= PAGE);
-        let n = slots_bytes(slots).div_ceil(PAGE);
-        let mut pages = Vec::with_capacity(n);
+        let ring = Self::deferred(events, index_offset, slots);
         let mut mem = DirectMap;
-        for i in 0..n {
+        let mut pages = Vec::with_capacity(ring.pages.len());
+        for i in 0..ring.pages.len() {
             let page = match copy(i) {
                 Some(src) => mem.alloc_copy(src),
                 None => mem.alloc(),
@@ -105,7 +109,17 @@ impl DirectRing {
             }
             pages.push(page);
         }
-        Ok(Self { indices: events.0 + index_offset, pages: pages.into_boxed_slice() })
+        ring.provide(&pages);
+        Ok(ring)
+    }
+
+    /// A ring of `slots` slots whose index block is at `index_offset` in
+    /// `events`, its slot pages not made yet (`provide`).
+    pub fn deferred(events: &EventPage, index_offset: u64, slots: u32) -> Self {
+        assert!(index_offset.is_multiple_of(4) && index_offset as usize + INDEX_BYTES <= PAGE);
+        let n = slots_bytes(slots).div_ceil(PAGE);
+        let pages = (0..n).map(|_| AtomicU64::new(0)).collect();
+        Self { indices: events.0 + index_offset, pages, ready: AtomicBool::new(false) }
     }
 
     fn bytes(&self) -> usize {
@@ -113,10 +127,13 @@ impl DirectRing {
     }
 
     /// The direct-map address of slot-area `offset` (at or above
-    /// SLOTS_OFFSET, inside the ring: callers check).
-    fn at(&self, offset: usize) -> u64 {
+    /// SLOTS_OFFSET, inside the ring: callers check), if its page is made.
+    fn at(&self, offset: usize) -> Option<u64> {
         let o = offset - SLOTS_OFFSET;
-        phys_to_virt(self.pages[o / PAGE]) + (o % PAGE) as u64
+        // Acquire: the page was stored before the guest that touched it
+        // ran on, and before `ready`.
+        let page = self.pages[o / PAGE].load(Ordering::Acquire);
+        (page != 0).then(|| phys_to_virt(page) + (o % PAGE) as u64)
     }
 
     /// The index at `offset` of the index block.
@@ -129,8 +146,9 @@ impl DirectRing {
     }
 
     /// Runs `f` on each piece of `[offset, offset + len)` that lies in one
-    /// page: its direct-map address and its range in the caller's buffer.
-    fn pieces(&self, offset: usize, len: usize, mut f: impl FnMut(u64, core::ops::Range<usize>)) {
+    /// page: its direct-map address (`None`: the page is not made) and its
+    /// range in the caller's buffer.
+    fn pieces(&self, offset: usize, len: usize, mut f: impl FnMut(Option<u64>, core::ops::Range<usize>)) {
         assert!(offset >= SLOTS_OFFSET && offset + len <= self.bytes());
         let mut done = 0;
         while done < len {
@@ -157,6 +175,8 @@ impl RingMemory for DirectRing {
     fn read(&self, offset: usize, dst: &mut [u8]) {
         self.pieces(offset, dst.len(), |va, r| {
             let d = &mut dst[r];
+            // A page not made reads as the zeroes it will start with.
+            let Some(va) = va else { return d.fill(0) };
             // SAFETY: inside one of the ring's pages (split by `pieces`);
             // the guest may write concurrently, which only changes the
             // copied bytes.
@@ -166,6 +186,8 @@ impl RingMemory for DirectRing {
     fn write(&self, offset: usize, src: &[u8]) {
         self.pieces(offset, src.len(), |va, r| {
             let s = &src[r];
+            // The back end writes only to a ready ring (`GuestRing::ready`).
+            let Some(va) = va else { return };
             // SAFETY: as in read.
             unsafe { core::ptr::copy_nonoverlapping(s.as_ptr(), va as *mut u8, s.len()) }
         });
@@ -179,17 +201,40 @@ impl GuestRing for DirectRing {
         while done < len {
             let (s, d) = (from + done, to + done);
             let n = (PAGE - s % PAGE).min(PAGE - d % PAGE).min(len - done);
-            // SAFETY: both ranges lie inside one page each (split above),
-            // of different guests' rings (a sender's TX, a receiver's RX),
-            // so they do not overlap; a guest writing its TX slot meanwhile
-            // only changes the bytes copied.
-            unsafe { core::ptr::copy_nonoverlapping(self.at(s) as *const u8, dst.at(d) as *mut u8, n) };
+            // The back end copies only into a ready ring; from a page not
+            // made, zeroes.
+            if let Some(to) = dst.at(d) {
+                match self.at(s) {
+                    // SAFETY: both ranges lie inside one page each (split
+                    // above), of different guests' rings (a sender's TX, a
+                    // receiver's RX), so they do not overlap; a guest
+                    // writing its TX slot meanwhile only changes the bytes
+                    // copied.
+                    Some(from) => unsafe { core::ptr::copy_nonoverlapping(from as *const u8, to as *mut u8, n) },
+                    // SAFETY: inside one page of the receiver's ring.
+                    None => unsafe { core::ptr::write_bytes(to as *mut u8, 0, n) },
+                }
+            }
             done += n;
         }
     }
 
     fn slot_bytes(&self) -> u64 {
-        (self.pages.len() * PAGE) as u64
+        if self.ready() { (self.pages.len() * PAGE) as u64 } else { 0 }
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn provide(&self, pages: &[PhysAddr]) {
+        if self.ready() || pages.len() != self.pages.len() || pages.contains(&0) {
+            return;
+        }
+        for (slot, &pa) in self.pages.iter().zip(pages) {
+            slot.store(pa, Ordering::Release);
+        }
+        self.ready.store(true, Ordering::Release);
     }
 
     fn record_bytes(&self) -> u64 {

@@ -258,6 +258,22 @@ pub fn free_frames() -> usize {
     FRAMES.lock().as_ref().map_or(0, |f| f.free_frames())
 }
 
+/// Takes a run of at least `frames` contiguous frames for the heap
+/// (`FrameAllocator::alloc_run`): its physical address and its frames.
+pub fn alloc_run(frames: usize) -> Option<(PhysAddr, usize)> {
+    FRAMES.lock().as_mut()?.alloc_run(frames)
+}
+
+/// Gives back a run `alloc_run` took.
+pub fn free_run(start: PhysAddr, frames: usize) {
+    let mut f = FRAMES.lock();
+    if let Some(f) = f.as_mut() {
+        for i in 0..frames as u64 {
+            f.free(start + i * FRAME_SIZE);
+        }
+    }
+}
+
 /// Frames the allocator manages (free or in use).
 pub fn total_frames() -> usize {
     FRAMES.lock().as_ref().map_or(0, |f| f.total_frames())

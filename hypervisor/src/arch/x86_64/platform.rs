@@ -176,6 +176,10 @@ impl Platform for X86_64 {
         DirectRing::alloc(events, index_offset, slots, copy, map)
     }
 
+    fn deferred_ring(&self, events: &EventPage, index_offset: u64, slots: u32) -> DirectRing {
+        DirectRing::deferred(events, index_offset, slots)
+    }
+
     fn write_boot_info(&self, frame: PhysAddr, info: RawBootInfo) {
         // SAFETY: `frame` is a fresh frame of the guest's start page,
         // direct-mapped and not yet visible to the guest; RawBootInfo fits
@@ -244,6 +248,18 @@ impl Platform for X86_64 {
 
     fn heap_usage(&self) -> (usize, usize) {
         crate::heap_usage()
+    }
+
+    fn reserve_heap(&self, bytes: usize) -> bool {
+        crate::reserve_heap(bytes)
+    }
+
+    fn heap_room(&self) -> usize {
+        crate::heap_room()
+    }
+
+    fn heap_grown(&self) -> usize {
+        crate::heap_grown()
     }
 
     fn frames(&self) -> (usize, usize) {

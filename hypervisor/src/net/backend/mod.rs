@@ -332,6 +332,13 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         let slots = tx.ring.slots();
         let was_full = !abi::ring::fits_between(prod, seen, slots, abi::ring::max_frame(slots));
         drop(tx);
+        // A receiver whose slots are not made yet is woken to make them.
+        if let Some((dest, ..)) = waiting
+            && let Some((g, p)) = self.guest_at(dest)
+            && !p.rx_ring.ready()
+        {
+            woken.push((g, p));
+        }
         self.flush_uplink();
         self.wake_all(woken, &mut |g, p| wake(g, &p.events));
         // It found its ring full and may wait for room: tell it.
@@ -369,7 +376,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
     fn sole_receiver(switch: &Switch, port: &Port<R, E>, header: &[u8], now_ns: u64) -> Option<PortId> {
         let dst: [u8; 6] = header.get(..6)?.try_into().ok()?;
         // ARP is the switch's to answer (proxy ARP), never a receiver's.
-        if is_multicast(&dst) || header.get(12..14) == Some(&[0x08, 0x06]) {
+        if is_multicast(&dst) || is_arp(header) {
             return None;
         }
         switch.lookup(port.tenant, dst, now_ns).filter(|&to| to != port.switch_port)
@@ -390,6 +397,11 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         let (rx, open) = p.rx.lock();
         if !open || len > rx.max_frame() {
             return None;
+        }
+        // Slots not made yet: full until its CPU makes them (the sender's
+        // drain wakes it for that).
+        if !p.rx_ring.ready() {
+            return Some(false);
         }
         // An impossible consumer index is the delivery's to count.
         Some(rx.fits(&p.rx_ring, len).unwrap_or(true))
@@ -595,7 +607,10 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         });
         if oversize {
             from.count_oversize();
-        } else if !delivered && let Some((_, p)) = self.guest_at(dest) {
+        } else if !delivered
+            && let Some((_, p)) = self.guest_at(dest)
+            && !unmade_and_arp(&p, header)
+        {
             p.count_rx_full_drop();
         }
         delivered
@@ -617,6 +632,12 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             return false;
         }
         let ring = &p.rx_ring;
+        if !ring.ready() {
+            // Its slots are not made yet: its CPU makes them when it
+            // wakes with `NET_RX`; this frame finds it full.
+            woken.push((g, p.clone()));
+            return false;
+        }
         match fill(&mut rx, ring) {
             Ok(true) => {
                 // Caught up once a frame of its MTU would still fit.
@@ -781,7 +802,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
                 }
             } else {
                 let ok = self.deliver(dest, f, rx_flags, woken, now_ns);
-                p.count_uplink_drops(usize::from(!ok));
+                p.count_uplink_drops(usize::from(!ok && !unmade_and_arp(&p, f)));
                 ok
             }
         });
@@ -804,17 +825,24 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             return;
         }
         let ring = &p.rx_ring;
-        let done = held.retry(g, now_ns, |f| match rx.push(ring, f, csum::host_rx_flags(f)) {
-            Ok(true) => {
-                // Recorded now that it went in, once (not while it waited).
-                self.tap(now_ns, |t| t == CaptureTarget::Guest(g), f.len(), |buf| buf.copy_from_slice(f));
-                true
-            }
-            Ok(false) => false,
-            Err(_) => {
-                // The guest moved its RX consumer index somewhere impossible.
-                p.count_ring_error();
-                false
+        let ready = ring.ready();
+        if !ready {
+            woken.push((g, p.clone()));
+        }
+        let done = held.retry(g, now_ns, |f| {
+            let pushed = if ready { rx.push(ring, f, csum::host_rx_flags(f)) } else { Ok(false) };
+            match pushed {
+                Ok(true) => {
+                    // Recorded now that it went in, once (not while it waited).
+                    self.tap(now_ns, |t| t == CaptureTarget::Guest(g), f.len(), |buf| buf.copy_from_slice(f));
+                    true
+                }
+                Ok(false) => false,
+                Err(_) => {
+                    // The guest moved its RX consumer index somewhere impossible.
+                    p.count_ring_error();
+                    false
+                }
             }
         });
         if done.delivered > 0 {
@@ -846,6 +874,19 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             self.take_waiters(|w| Arc::ptr_eq(&w.port, &p));
         }
     }
+}
+
+/// Whether `frame` (or its first bytes) is ARP.
+fn is_arp(frame: &[u8]) -> bool {
+    frame.get(12..14) == Some(&[0x08, 0x06])
+}
+
+/// An ARP frame that found `p`'s ring pages not made yet (it had received
+/// nothing so far) is no loss to count: the switch answered the request
+/// itself (proxy ARP) and passes it on only so that the target learns the
+/// asker's MAC, which it asks the switch for instead.
+fn unmade_and_arp<R: GuestRing, E: GuestEvents>(p: &Port<R, E>, frame: &[u8]) -> bool {
+    !p.rx_ready() && is_arp(frame)
 }
 
 /// A fake uplink, for host tests of the back end and of what drives it.

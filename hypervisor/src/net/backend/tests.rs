@@ -885,3 +885,65 @@ fn a_sender_waits_for_room_once(slots: u32, frames: u32) {
     assert!(waits > 0, "the sender never found its ring full: the test tested nothing");
     assert_eq!(net.port(2).unwrap().rx_full_drops(), 0);
 }
+
+/// Gives guest `id` a vNIC whose ring slots are not made yet (as guest
+/// creation defers them).
+fn attach_deferred(net: &TestNet, id: usize, slots: u32) {
+    let sp = net.switch.lock().add_port(0, mac(id), ip(id)).unwrap();
+    net.guest_of_slot[sp.slot()].store(id, Ordering::Release);
+    let (tx, rx) = (SharedRing::deferred(slots), SharedRing::deferred(slots));
+    net.ports[id].set(Port::new(sp, 0, slots, &UNLIMITED, tx, rx, Events::default()));
+}
+
+/// A receiver whose ring slots are not made yet is full to every sender
+/// (nothing is written to them: the test ring panics on such a write): a
+/// guest's frame waits and the host's is held, the receiver is woken with
+/// `NET_RX` (its CPU makes the slots), and once they are made both arrive,
+/// in order, nothing lost.
+#[test]
+fn a_receiver_without_ring_slots_is_woken_to_make_them_and_loses_nothing() {
+    let net = net(3);
+    attach(&net, 1, 0, 4, UNLIMITED);
+    attach_deferred(&net, 2, 4);
+    let p2 = net.port(2).unwrap();
+    assert_eq!(p2.ring_bytes(), 0, "nothing charged for slots not made");
+    let mut tx = Producer::new(4);
+    send(&net, 1, &mut tx, &[frame(mac(1), mac(2), 7), frame(mac(1), mac(2), 8)]);
+    let mut woken = Vec::new();
+    net.drain(1, 0, &mut |g, e: &Events| woken.push((g, e.pending()))).unwrap();
+    assert_eq!(woken, [(2, NET_RX)], "woken to make its slots");
+    assert!(net.waiter_count.load(Ordering::Acquire) == 1, "the sender waits");
+    host_sends(&net, [frame(HOST_MAC, mac(2), 9)]);
+    let mut woken = Vec::new();
+    net.poll_uplink(0, &mut |g| woken.push(g));
+    assert_eq!(woken, [2]);
+    assert!(net.retry_uplink_held(1, &mut |_| {}), "the host's frame is held");
+    // Its CPU made them: the waiting frames go in.
+    p2.provide_rings(&[0x1000, 0x2000], &[0x3000, 0x4000]);
+    assert!(p2.rx_ready() && p2.ring_bytes() == 4 * 4096);
+    net.receiver_ran(2, 2, &mut |_, _| {});
+    assert!(!net.retry_uplink_held(3, &mut |_| {}), "the host's frame went in");
+    let mut c2 = Consumer::new(4);
+    let got: Vec<u32> = receive(&net, 2, &mut c2).iter().map(|f| seq(f)).collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got.contains(&9) && got.iter().position(|&s| s == 7) < got.iter().position(|&s| s == 8), "{got:?}");
+    assert_eq!((p2.rx_full_drops(), p2.uplink_dropped()), (0, 0));
+}
+
+/// A flood finds a receiver without ring slots full: dropped there and
+/// counted (the others get it), and it is woken to make them.
+#[test]
+fn a_flood_to_a_receiver_without_ring_slots_is_dropped_and_wakes_it() {
+    let net = net(4);
+    attach(&net, 1, 0, 4, UNLIMITED);
+    attach(&net, 2, 0, 4, UNLIMITED);
+    attach_deferred(&net, 3, 4);
+    let mut tx = Producer::new(4);
+    send(&net, 1, &mut tx, &[frame(mac(1), BROADCAST, 5)]);
+    let mut woken = Vec::new();
+    net.drain(1, 0, &mut |g, _: &Events| woken.push(g)).unwrap();
+    woken.sort();
+    assert_eq!(woken, [2, 3]);
+    assert_eq!(receive(&net, 2, &mut Consumer::new(4)).len(), 1);
+    assert_eq!(net.port(3).unwrap().rx_full_drops(), 1);
+}
