@@ -99,11 +99,15 @@ pub fn reserve_heap(bytes: usize) -> bool {
     }
 }
 
-/// Bytes the heap could still hand out: what it holds free and the free
-/// frames it may grow into.
+/// Bytes the heap could still hand out for a passing need (an image as
+/// it is unpacked, a snapshot going out): what it holds free and the free
+/// frames it may grow into, up to 1/16 of RAM in all. The heap keeps what
+/// it grew into, so a tenant's upload cannot turn more of guests' memory
+/// into heap than that.
 pub fn heap_room() -> usize {
     let (claimed, used) = heap_usage();
-    claimed.saturating_sub(used) + paging::free_frames() * 4096
+    let cap = paging::total_frames() * 4096 / 16;
+    claimed.saturating_sub(used) + (paging::free_frames() * 4096).min(cap.saturating_sub(claimed))
 }
 
 /// Entered from the boot stub with the physical address of the loader's

@@ -377,8 +377,6 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         g.stats.create_ns = self.now() - created_ns;
     }
 
-    /// The number of the tenant `t` names: `TENANT_NONE` for none, a
-    /// number as it is, a name the manifest's or a new one's.
     /// Keeps [`HEAP_HEADROOM`] free in the heap (growing it if it can)
     /// before a guest is made, or says why not.
     pub(super) fn heap_headroom(&self) -> Result<(), String> {
@@ -388,6 +386,8 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         Err(format!("the hypervisor's heap is full ({} used)", sizes(self.platform.heap_usage().1 as u64)))
     }
 
+    /// The number of the tenant `t` names: `TENANT_NONE` for none, a
+    /// number as it is, a name the manifest's or a new one's.
     pub(super) fn tenant_number(&self, t: abi::control::Tenant<'_>) -> Result<u32, String> {
         Ok(match t {
             abi::control::Tenant::None => TENANT_NONE,

@@ -141,8 +141,9 @@ pub trait Platform: Sync {
     fn heap_grown(&self) -> usize {
         0
     }
-    /// Bytes the heap could still hand out: free in it, and the frames it
-    /// may grow into.
+    /// Bytes the heap could still hand out for a passing need (an image
+    /// unpacked, a snapshot going out): free in it, and the frames it may
+    /// grow into for that.
     fn heap_room(&self) -> usize {
         let (heap, used) = self.heap_usage();
         heap.saturating_sub(used)
