@@ -349,10 +349,11 @@ pub struct Switch {
     /// Each tenant's ports, for flooding. A tenant with no port has no
     /// entry.
     tenants: BTreeMap<u32, Vec<PortId>>,
-    /// `(tenant, MAC)` → port.
-    table: BTreeMap<(u32, Mac), Entry>,
-    /// `(tenant, IPv4)` → guest port (the guests' own addresses only).
-    ips: BTreeMap<(u32, Ipv4), PortId>,
+    /// `(tenant, MAC)` → port, keyed by [`mac_key`].
+    table: BTreeMap<u128, Entry>,
+    /// `(tenant, IPv4)` → guest port (the guests' own addresses only),
+    /// keyed by [`ip_key`].
+    ips: BTreeMap<u64, PortId>,
     uplink: Option<PortId>,
     /// Entries with a timestamp (learned from the uplink) in `table`.
     learned: usize,
@@ -407,22 +408,22 @@ impl Switch {
         if !is_unicast_ipv4(&ip) {
             return Err(PortError::BadIpv4);
         }
-        if let Some(e) = self.table.get(&(tenant, mac))
+        if let Some(e) = self.table.get(&mac_key(tenant, mac))
             && e.seen_ns.is_none()
         {
             return Err(PortError::DuplicateMac);
         }
-        if self.ips.contains_key(&(tenant, ip)) {
+        if self.ips.contains_key(&ip_key(tenant, ip)) {
             return Err(PortError::DuplicateIpv4);
         }
         let id = self.insert(tenant, Kind::Guest { mac, ip })?;
         // A guest's MAC overrides the same MAC learned from the outside.
-        if let Some(old) = self.table.insert((tenant, mac), Entry { port: id, seen_ns: None })
+        if let Some(old) = self.table.insert(mac_key(tenant, mac), Entry { port: id, seen_ns: None })
             && old.seen_ns.is_some()
         {
             self.learned = self.learned.saturating_sub(1);
         }
-        self.ips.insert((tenant, ip), id);
+        self.ips.insert(ip_key(tenant, ip), id);
         Ok(id)
     }
 
@@ -480,11 +481,11 @@ impl Switch {
         }
         match port.kind {
             Kind::Guest { mac, ip } => {
-                if self.table.get(&(port.tenant, mac)).is_some_and(|e| e.port == id) {
-                    self.table.remove(&(port.tenant, mac));
+                if self.table.get(&mac_key(port.tenant, mac)).is_some_and(|e| e.port == id) {
+                    self.table.remove(&mac_key(port.tenant, mac));
                 }
-                if self.ips.get(&(port.tenant, ip)) == Some(&id) {
-                    self.ips.remove(&(port.tenant, ip));
+                if self.ips.get(&ip_key(port.tenant, ip)) == Some(&id) {
+                    self.ips.remove(&ip_key(port.tenant, ip));
                 }
             }
             Kind::Uplink => {
@@ -533,7 +534,7 @@ impl Switch {
     /// Where a frame from `tenant` to `mac` would go at `now_ns`, if it
     /// would not flood.
     pub fn lookup(&self, tenant: u32, mac: Mac, now_ns: u64) -> Option<PortId> {
-        self.table.get(&(tenant, mac)).filter(|e| e.live(now_ns)).map(|e| e.port)
+        self.table.get(&mac_key(tenant, mac)).filter(|e| e.live(now_ns)).map(|e| e.port)
     }
 
     /// Forgets every learned MAC not seen for [`AGE_NS`]; returns how many.
@@ -608,10 +609,10 @@ impl Switch {
             return self.drop(Some(from), why);
         }
         if kind == Kind::Uplink {
-            match self.table.get_mut(&(tenant, src)) {
+            match self.table.get_mut(&mac_key(tenant, src)) {
                 Some(e) => *e = Entry { port: from, seen_ns: Some(now_ns) },
                 None if self.learned < self.max_learned => {
-                    self.table.insert((tenant, src), Entry { port: from, seen_ns: Some(now_ns) });
+                    self.table.insert(mac_key(tenant, src), Entry { port: from, seen_ns: Some(now_ns) });
                     self.learned += 1;
                 }
                 None => {
@@ -635,7 +636,7 @@ impl Switch {
         let mut only_uplink = false;
         if let Some(arp) = inspect::arp_of(header) {
             let target = (arp.op == inspect::ARP_REQUEST)
-                .then(|| self.ips.get(&(tenant, arp.tpa)).copied())
+                .then(|| self.ips.get(&ip_key(tenant, arp.tpa)).copied())
                 .flatten()
                 .filter(|&t| t != from)
                 .and_then(|t| match self.port(t)?.kind {
@@ -670,7 +671,7 @@ impl Switch {
             None
         } else {
             self.table
-                .get(&(tenant, dst))
+                .get(&mac_key(tenant, dst))
                 .filter(|e| e.live(now_ns))
                 .map(|e| e.port)
                 // The table is keyed by tenant, so this always holds.
@@ -724,6 +725,19 @@ impl Switch {
         self.totals.count_drop(why);
         Verdict::Dropped(why)
     }
+}
+
+/// The MAC table's key for `mac` in `tenant`: one integer, so that a
+/// lookup compares words, not a tuple and a byte array.
+fn mac_key(tenant: u32, mac: Mac) -> u128 {
+    let mut m = [0u8; 8];
+    m[2..].copy_from_slice(&mac);
+    (u128::from(tenant) << 64) | u128::from(u64::from_be_bytes(m))
+}
+
+/// The address table's key for `ip` in `tenant` (as [`mac_key`]).
+fn ip_key(tenant: u32, ip: Ipv4) -> u64 {
+    (u64::from(tenant) << 32) | u64::from(u32::from_be_bytes(ip))
 }
 
 fn port_in(slots: &mut [Slot], id: PortId) -> Option<&mut Port> {

@@ -37,7 +37,7 @@ const ARP_ETHERNET_IPV4: [u8; 6] = [0, 1, 0x08, 0x00, 6, 4];
 impl Switch {
     /// Whether `mac` is the own MAC of a guest of `tenant`.
     pub(super) fn is_guest_mac(&self, tenant: u32, mac: &Mac) -> bool {
-        self.table.get(&(tenant, *mac)).is_some_and(|e| e.seen_ns.is_none())
+        self.table.get(&super::mac_key(tenant, *mac)).is_some_and(|e| e.seen_ns.is_none())
     }
 
     /// Rule 3 of the module documentation: the addresses an IPv4 or ARP
@@ -49,7 +49,7 @@ impl Switch {
                 let whole = len >= MIN_IPV4_FRAME && header.get(IPV4_VERSION_IHL).is_some_and(|&b| b >> 4 == 4 && b & 0xf >= 5);
                 let ok = match (whole, ipv4_at(header, IPV4_SRC), kind) {
                     (true, Some(src), Kind::Guest { ip, .. }) => src == ip,
-                    (true, Some(src), Kind::Uplink) => !self.ips.contains_key(&(tenant, src)),
+                    (true, Some(src), Kind::Uplink) => !self.ips.contains_key(&super::ip_key(tenant, src)),
                     _ => false,
                 };
                 if ok { Ok(()) } else { Err(DropReason::SpoofedIp) }
@@ -59,7 +59,7 @@ impl Switch {
                 let ok = match (whole, mac_at(header, ARP_SHA), ipv4_at(header, ARP_SPA), kind) {
                     (true, Some(sha), Some(spa), Kind::Guest { mac, ip }) => sha == mac && spa == ip,
                     (true, Some(sha), Some(spa), Kind::Uplink) => {
-                        !self.is_guest_mac(tenant, &sha) && !self.ips.contains_key(&(tenant, spa))
+                        !self.is_guest_mac(tenant, &sha) && !self.ips.contains_key(&super::ip_key(tenant, spa))
                     }
                     _ => false,
                 };
