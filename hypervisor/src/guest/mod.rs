@@ -325,8 +325,9 @@ impl Guest {
     /// `write_boot_info` writes the boot record and the vNIC record into
     /// it), and a shared page copied from the template's, with
     /// `events::CLONED` raised and the generation word one past the
-    /// template's. The caller maps the vNIC ring slots (`heap_start` says
-    /// where they end) and copies them.
+    /// template's. The caller gives it its vNIC rings (`heap_start` says
+    /// where they end): made at first use, or copies of the template's
+    /// when a frame is in flight there.
     #[allow(clippy::too_many_arguments)]
     pub fn clone_from<M: PhysMem>(
         template: &mut Guest,
@@ -768,8 +769,6 @@ fn start_page<M: PhysMem>(
     Ok(page)
 }
 
-/// The start page's string area: the name, NUL, then each argument and a
-/// NUL. `None` if it does not fit.
 /// The start page's strings: the name, the arguments, the environment,
 /// each NUL-terminated (where each list lies in `bytes`).
 struct StartStrings {

@@ -503,9 +503,9 @@ pub(super) enum RingFill<'a> {
     Snapshot(&'a abi::snapshot::Snapshot<'a>),
 }
 
-/// Gives a new guest its vNIC: ring pages mapped into it (charged to its
-/// memory; filled as `fill` says) and a port on the network, whose own
-/// indices start at `at`.
+/// Gives a new guest its vNIC: its ring pages (`nic_rings`: made at
+/// first use, or mapped now, charged, filled as `fill` says) and a port
+/// on the network, whose own indices start at `at`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attach_nic<P: Platform>(
     platform: &P,

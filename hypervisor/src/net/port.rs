@@ -216,7 +216,6 @@ impl<R: GuestRing, E: GuestEvents> Port<R, E> {
         self.rx.with(|_| self.events.raise(bits)).is_some()
     }
 
-    /// Bytes of the guest's ring slots (both rings).
     /// Its rings' slot pages, just made (`GuestRing::provide`).
     pub fn provide_rings(&self, tx: &[crate::mm::PhysAddr], rx: &[crate::mm::PhysAddr]) {
         self.tx_ring.provide(tx);
@@ -228,6 +227,7 @@ impl<R: GuestRing, E: GuestEvents> Port<R, E> {
         self.rx_ring.ready()
     }
 
+    /// Bytes of the guest's ring slots (both rings; 0 until made).
     pub fn ring_bytes(&self) -> u64 {
         self.tx_ring.slot_bytes() + self.rx_ring.slot_bytes()
     }
