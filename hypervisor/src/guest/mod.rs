@@ -392,23 +392,22 @@ impl Guest {
     /// (where a clone's back end goes on from: its copied rings hold what
     /// these say).
     pub fn published_ring_indices(&self, mem: &impl PhysMem) -> (u32, u32) {
-        let word = |at: u64| {
-            let mut b = [0u8; 4];
-            mem.read(self.event_frame, at as usize, &mut b);
-            u32::from_le_bytes(b)
-        };
+        let word = |at| self.shared_word(mem, at);
         (word(layout::NIC_TX_INDICES + abi::ring::CONS_OFFSET as u64), word(layout::NIC_RX_INDICES + abi::ring::PROD_OFFSET as u64))
+    }
+
+    /// The `u32` at offset `at` of its shared page.
+    fn shared_word(&self, mem: &impl PhysMem, at: u64) -> u32 {
+        let mut b = [0u8; 4];
+        mem.read(self.event_frame, at as usize, &mut b);
+        u32::from_le_bytes(b)
     }
 
     /// Whether its vNIC rings hold no frame in flight, as its shared page
     /// says (both rings' producer and consumer indices equal): a clone of
     /// it then needs no copy of its ring pages.
     pub fn rings_idle(&self, mem: &impl PhysMem) -> bool {
-        let word = |at: u64| {
-            let mut b = [0u8; 4];
-            mem.read(self.event_frame, at as usize, &mut b);
-            u32::from_le_bytes(b)
-        };
+        let word = |at| self.shared_word(mem, at);
         let (prod, cons) = (abi::ring::PROD_OFFSET as u64, abi::ring::CONS_OFFSET as u64);
         [layout::NIC_TX_INDICES, layout::NIC_RX_INDICES].iter().all(|&at| word(at + prod) == word(at + cons))
     }

@@ -69,12 +69,12 @@ pub struct GuestMemory {
     pub space: AddressSpace,
     /// Regions filled with zero pages on first touch (heap, stack).
     zero_fill: [Range<u64>; 2],
-    /// Its vNIC's ring slot pages, while they are not made yet
-    /// (`defer_rings`): all of them are made at the first touch of one, by
-    /// the guest or the hypervisor (`make_rings`).
-    deferred_rings: Option<Range<u64>>,
-    /// Where its deferred ring pages lie, made or not.
+    /// Where its vNIC's ring slot pages lie if they were deferred
+    /// (`defer_rings`), made or not.
     rings: Range<u64>,
+    /// They are not made yet: all of them are made at the first touch of
+    /// one, by the guest or the hypervisor (`make_rings`).
+    rings_deferred: bool,
     /// Ring pages were made since `take_made_rings` last looked: the back
     /// end must learn their frames before the guest runs on.
     rings_made: bool,
@@ -111,8 +111,8 @@ impl GuestMemory {
         Self {
             space,
             zero_fill: [heap, stack],
-            deferred_rings: None,
             rings: 0..0,
+            rings_deferred: false,
             rings_made: false,
             private: 0,
             shared: 0,
@@ -132,7 +132,8 @@ impl GuestMemory {
     /// made yet with the tables they may need (so that making them never
     /// finds the limit full).
     fn committed(&self) -> u64 {
-        self.charged() + self.deferred_rings.as_ref().map_or(0, |r| (r.end - r.start) / FRAME_SIZE + 3)
+        let deferred = if self.rings_deferred { (self.rings.end - self.rings.start) / FRAME_SIZE + 3 } else { 0 };
+        self.charged() + deferred
     }
 
     fn table_frames(&self) -> u64 {
@@ -210,7 +211,7 @@ impl GuestMemory {
     /// touch (`make_rings`): an idle guest never pays for them, though its
     /// limit holds room for them (the caller checked `has_room_for`).
     pub fn defer_rings(&mut self, range: Range<u64>) {
-        self.deferred_rings = (!range.is_empty()).then(|| range.clone());
+        self.rings_deferred = !range.is_empty();
         self.rings = range;
     }
 
@@ -221,7 +222,7 @@ impl GuestMemory {
 
     /// Whether its ring pages wait to be made.
     pub fn rings_deferred(&self) -> bool {
-        self.deferred_rings.is_some()
+        self.rings_deferred
     }
 
     /// Makes the deferred ring pages (zeroed, charged; each one not
@@ -230,8 +231,10 @@ impl GuestMemory {
     pub fn make_rings(&mut self, mem: &mut impl PhysMem) -> Result<(), Fault> {
         // Out of the reservation while they are charged one by one; back
         // in if the machine has no frame for one.
-        let Some(range) = self.deferred_rings.take() else { return Ok(()) };
-        for va in range.clone().step_by(FRAME_SIZE as usize) {
+        if !core::mem::take(&mut self.rings_deferred) {
+            return Ok(());
+        }
+        for va in self.rings.clone().step_by(FRAME_SIZE as usize) {
             if self.space.translate(mem, va).is_some() {
                 continue;
             }
@@ -240,7 +243,7 @@ impl GuestMemory {
                 None => Err(Fault::MachineOutOfMemory),
             };
             if let Err(e) = made {
-                self.deferred_rings = Some(range);
+                self.rings_deferred = true;
                 return Err(e);
             }
         }
@@ -269,7 +272,7 @@ impl GuestMemory {
         if let Some((pa, _)) = self.space.translate(mem, page_down(va)) {
             return Ok((pa, false));
         }
-        if self.deferred_rings.as_ref().is_some_and(|r| r.contains(&va)) {
+        if self.rings_deferred && self.rings.contains(&va) {
             self.make_rings(mem)?;
             let (pa, _) = self.space.translate(mem, page_down(va)).ok_or(Fault::Unmapped(va))?;
             return Ok((pa, true));
