@@ -115,12 +115,15 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         }
     }
 
-    /// Makes sure the heap has room for an answer of `per_guest` bytes per
+    /// Whether the heap has room for an answer of `per_guest` bytes per
     /// guest (its records and their JSON line), or refuses it: an answer
-    /// that did not fit would end the machine.
+    /// that did not fit would end the machine. A passing need, like an
+    /// image: it may grow the heap only as far as `heap_room` says (the
+    /// heap keeps what it grows into, so a client asking again and again
+    /// cannot turn more of the guests' memory into heap than that).
     fn room_to_report(&self, per_guest: usize) -> Result<(), Refusal> {
         let n = self.high.load(Ordering::Acquire);
-        if self.platform.reserve_heap(n.saturating_mul(per_guest).saturating_add(super::create::HEAP_HEADROOM)) {
+        if self.platform.heap_room() >= n.saturating_mul(per_guest).saturating_add(super::create::HEAP_HEADROOM) {
             return Ok(());
         }
         Err(Refusal::new(
