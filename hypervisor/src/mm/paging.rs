@@ -128,6 +128,36 @@ pub fn translate(mem: &impl PhysMem, root: PhysAddr, va: u64) -> Option<(PhysAdd
 }
 
 /// Whether entry `e` of a page directory points to a shared page table.
+/// How to build copies of one address space ([`AddressSpace::table_plan`],
+/// [`AddressSpace::replicate`]).
+#[derive(Debug)]
+pub struct TablePlan {
+    /// Its own tables but the PML4, parents first: where each hangs (the
+    /// position in this order of its parent, 0 for the PML4, and 1 + the
+    /// position in `links` for the others; the index of the entry there;
+    /// the entry's flags).
+    links: Vec<PlanEntry>,
+    /// Every other present entry of its own tables (leaves, shared tables,
+    /// the kernel half), by table position and index.
+    entries: Vec<PlanEntry>,
+    /// Shared tables it links.
+    shared_tables: usize,
+}
+
+#[derive(Debug)]
+struct PlanEntry {
+    table: u32,
+    index: u32,
+    value: u64,
+}
+
+impl TablePlan {
+    /// The tables a copy has of its own.
+    pub fn tables(&self) -> usize {
+        self.links.len() + 1
+    }
+}
+
 fn shared_table(e: u64) -> bool {
     e & (Pte::PRESENT | Pte::SHARED | Pte::HUGE).bits() == (Pte::PRESENT | Pte::SHARED).bits()
 }
@@ -488,51 +518,65 @@ impl AddressSpace {
         Some((space, counts.1))
     }
 
-    /// Where this space's own tables hang, the PML4 first: for each other
-    /// table, the position in this list of the table whose entry points
-    /// to it, and that entry's index; a parent comes before its children.
-    /// What [`AddressSpace::replicate`] follows.
-    pub fn table_plan(&self, mem: &impl PhysMem) -> Vec<(usize, usize)> {
-        fn walk(mem: &impl PhysMem, table: PhysAddr, at: usize, level: u32, plan: &mut Vec<(usize, usize)>) {
-            let entries = if level == 4 { 256 } else { 512 };
-            for i in 0..entries {
+    /// What [`AddressSpace::replicate`] builds a copy of this space from,
+    /// without reading it again: its own tables in order, and every
+    /// present entry of each.
+    pub fn table_plan(&self, mem: &impl PhysMem) -> TablePlan {
+        fn walk(mem: &impl PhysMem, table: PhysAddr, at: u32, level: u32, plan: &mut TablePlan) {
+            for i in 0..512 {
                 let e = mem.read_pte(table, i);
-                if e & Pte::PRESENT.bits() == 0 || e & Pte::HUGE.bits() != 0 || (level == 2 && shared_table(e)) {
+                if e & Pte::PRESENT.bits() == 0 {
                     continue;
                 }
-                plan.push((at, i));
-                if level > 2 {
-                    walk(mem, e & ADDR_MASK, plan.len(), level - 1, plan);
+                // The PML4's upper half is the kernel's; below the page
+                // directories, and from a shared table on, entries are
+                // leaves or links kept as they are.
+                let own_table = i < 256 || level != 4;
+                if !own_table || level == 1 || e & Pte::HUGE.bits() != 0 || (level == 2 && shared_table(e)) {
+                    plan.entries.push(PlanEntry { table: at, index: i as u32, value: e });
+                    continue;
                 }
+                plan.links.push(PlanEntry { table: at, index: i as u32, value: e & !ADDR_MASK });
+                walk(mem, e & ADDR_MASK, plan.links.len() as u32, level - 1, plan);
             }
         }
-        let mut plan = Vec::new();
+        let mut plan = TablePlan { links: Vec::new(), entries: Vec::new(), shared_tables: self.shared_tables };
         walk(mem, self.root, 0, 4, &mut plan);
         plan
     }
 
-    /// A copy of this space, table by table as `plan` (its
-    /// [`AddressSpace::table_plan`]) says, without walking it: the same
-    /// leaves and the same kernel half, its own tables but the shared
-    /// ones (linked). Only for a space whose leaves are all `SHARED` (a
-    /// copy must own no frame). `None` if memory runs out (nothing is
+    /// A copy of the space `plan` was made from (its
+    /// [`AddressSpace::table_plan`]): the same leaves and the same kernel
+    /// half, its own tables but the shared ones (linked), each a zeroed
+    /// frame with the plan's entries written in (a few dozen, where a copy
+    /// would move all 512). Only for a space whose leaves are all `SHARED`
+    /// (a copy must own no frame). `None` if memory runs out (nothing is
     /// left taken).
-    pub fn replicate(&self, mem: &mut impl PhysMem, plan: &[(usize, usize)]) -> Option<Self> {
-        let mut from = Vec::with_capacity(plan.len() + 1);
-        let mut to = Vec::with_capacity(plan.len() + 1);
-        from.push(self.root);
-        to.push(mem.alloc_copy(self.root)?);
-        for &(parent, i) in plan {
-            let e = mem.read_pte(from[parent], i);
-            let Some(copy) = mem.alloc_copy(e & ADDR_MASK) else {
-                to.into_iter().for_each(|t| mem.free(t));
+    pub fn replicate(mem: &mut impl PhysMem, plan: &TablePlan) -> Option<Self> {
+        const ON_STACK: usize = 8;
+        let n = plan.links.len() + 1;
+        let (mut few, mut many) = ([0; ON_STACK], Vec::new());
+        let tables: &mut [PhysAddr] = if n <= ON_STACK {
+            &mut few[..n]
+        } else {
+            many.try_reserve_exact(n).ok()?;
+            many.resize(n, 0);
+            &mut many
+        };
+        for k in 0..n {
+            let Some(t) = mem.alloc() else {
+                tables[..k].iter().for_each(|&t| mem.free(t));
                 return None;
             };
-            mem.write_pte(to[parent], i, copy | (e & !ADDR_MASK));
-            from.push(e & ADDR_MASK);
-            to.push(copy);
+            tables[k] = t;
         }
-        Some(Self { root: to[0], tables: to.len(), shared_tables: self.shared_tables })
+        for (k, l) in plan.links.iter().enumerate() {
+            mem.write_pte(tables[l.table as usize], l.index as usize, tables[k + 1] | l.value);
+        }
+        for e in &plan.entries {
+            mem.write_pte(tables[e.table as usize], e.index as usize, e.value);
+        }
+        Some(Self { root: tables[0], tables: n, shared_tables: plan.shared_tables })
     }
 
     /// Frees every page table it owns and every owned (non-`SHARED`)
@@ -686,9 +730,9 @@ mod tests {
         }
         assert_eq!(a.share_tables(&mut mem, &mut |_| {}), 3);
         let plan = a.table_plan(&mem);
-        assert_eq!(plan.len(), a.table_frames() - 1, "every table but the root");
+        assert_eq!(plan.tables(), a.table_frames(), "every table");
         let live = mem.live;
-        let b = a.replicate(&mut mem, &plan).unwrap();
+        let b = AddressSpace::replicate(&mut mem, &plan).unwrap();
         assert_eq!((b.table_frames(), b.shared_table_frames()), (a.table_frames(), 3));
         assert_eq!(mem.live, live + a.table_frames());
         for &(va, pa) in &pages {
@@ -711,7 +755,7 @@ mod tests {
         assert_eq!(mem.live, live);
         for limit in live..live + a.table_frames() {
             mem.limit = limit;
-            assert!(a.replicate(&mut mem, &plan).is_none());
+            assert!(AddressSpace::replicate(&mut mem, &plan).is_none());
             assert_eq!(mem.live, live, "limit {limit}");
         }
     }

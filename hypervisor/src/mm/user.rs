@@ -101,7 +101,7 @@ pub struct GuestMemory {
 #[derive(Debug)]
 struct Prototype {
     space: AddressSpace,
-    plan: Vec<(usize, usize)>,
+    plan: crate::mm::paging::TablePlan,
     /// Leaves it maps (all shared).
     leaves: u64,
 }
@@ -400,7 +400,7 @@ impl GuestMemory {
             self.prototype = Some(Prototype { space, plan, leaves: leaves as u64 });
         }
         let Some(p) = &self.prototype else { return Err(Fault::MachineOutOfMemory) };
-        let space = p.space.replicate(mem, &p.plan).ok_or(Fault::MachineOutOfMemory)?;
+        let space = AddressSpace::replicate(mem, &p.plan).ok_or(Fault::MachineOutOfMemory)?;
         let mut copy = Self::new(space, self.zero_fill[0].clone(), self.zero_fill[1].clone(), limit_bytes);
         copy.shared = p.leaves;
         let mut frozen = Vec::new();
