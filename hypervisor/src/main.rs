@@ -292,7 +292,11 @@ fn start_machine(kernel_root: u64, time: abi::time::TimeInfo, cpus: usize, bundl
     let control = platform::init_control(kernel_root);
     // Room for guests started later through the control channel.
     let capacity = boot_guests + if control { machine::SPARE_GUESTS } else { 0 };
-    let mut net = Net::new(capacity);
+    let (seed, random) = cpu::random_seed();
+    if !random {
+        println!("[hv] no RDRAND: the switch's tables are keyed from the TSC");
+    }
+    let mut net = Net::new(capacity).keyed(seed);
     attach_uplink(&mut net, kernel_root);
     let exit_when_idle = bundle.flags & FLAG_EXIT_WHEN_IDLE != 0;
     let guest_upper = platform::mitigate(kernel_root, bundle.flags & FLAG_FORCE_MITIGATIONS != 0);

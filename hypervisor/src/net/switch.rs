@@ -82,11 +82,15 @@
 //!    verdict says how many ports the frame was handed to, so that the
 //!    back end charges a guest's flood to its rate limits copy by copy.
 //!
-//! Cost: a frame costs a few `BTreeMap` lookups plus one callback per
+//! Cost: a frame costs a few hash-table lookups plus one callback per
 //! receiver; flooding walks the tenant's own port list, never all ports;
 //! an answered ARP request costs one lookup and one 60-byte reply.
-//! Adding and removing a guest port is `O(log n)`; removing the uplink
-//! walks the MAC table once. Nothing is allocated per frame.
+//! Adding and removing a guest port is `O(1)` (amortized: the tables
+//! grow by doubling); removing the uplink walks the MAC table once.
+//! Nothing is allocated per frame. The tables hash with a seed
+//! ([`Switch::keyed`]; the hypervisor draws it at boot), so the outside,
+//! which chooses the MACs the switch learns, cannot aim them at one
+//! bucket.
 //!
 //! Frames are guest-supplied bytes: they are read only through checked
 //! `get`s at fixed offsets; nothing here indexes by them or panics on
@@ -95,6 +99,8 @@
 
 use abi::ring::{MAX_FRAME, MIN_FRAME};
 use alloc::collections::BTreeMap;
+use foldhash::fast::FixedState;
+use hashbrown::HashMap;
 use alloc::vec::Vec;
 
 /// A learned (outside) MAC is forgotten this long after it was last seen.
@@ -350,10 +356,10 @@ pub struct Switch {
     /// entry.
     tenants: BTreeMap<u32, Vec<PortId>>,
     /// `(tenant, MAC)` → port, keyed by [`mac_key`].
-    table: BTreeMap<u128, Entry>,
+    table: HashMap<u128, Entry, FixedState>,
     /// `(tenant, IPv4)` → guest port (the guests' own addresses only),
     /// keyed by [`ip_key`].
-    ips: BTreeMap<u64, PortId>,
+    ips: HashMap<u64, PortId, FixedState>,
     uplink: Option<PortId>,
     /// Entries with a timestamp (learned from the uplink) in `table`.
     learned: usize,
@@ -370,8 +376,8 @@ impl Default for Switch {
 
 impl Switch {
     /// What one guest port costs the switch: its slot, its place in its
-    /// tenant's list, its MAC and its address table entries (B-tree node
-    /// overhead not counted).
+    /// tenant's list, its MAC and its address table entries (the hash
+    /// tables' spare room, up to half of them, not counted).
     pub const BYTES_PER_PORT: usize = core::mem::size_of::<Slot>()
         + core::mem::size_of::<PortId>()
         + core::mem::size_of::<((u32, Mac), Entry)>()
@@ -381,14 +387,22 @@ impl Switch {
         Self::with_max_learned(DEFAULT_MAX_LEARNED)
     }
 
+    /// This switch (with no port yet) hashing its tables with `seed`:
+    /// the hypervisor's is drawn at boot from the CPU's random numbers.
+    pub fn keyed(self, seed: u64) -> Self {
+        debug_assert!(self.slots.is_empty());
+        let state = FixedState::with_seed(seed);
+        Self { table: HashMap::with_hasher(state), ips: HashMap::with_hasher(state), ..self }
+    }
+
     /// A switch that learns at most `max_learned` outside MACs at a time.
     pub fn with_max_learned(max_learned: usize) -> Self {
         Self {
             slots: Vec::new(),
             free: Vec::new(),
             tenants: BTreeMap::new(),
-            table: BTreeMap::new(),
-            ips: BTreeMap::new(),
+            table: HashMap::with_hasher(FixedState::with_seed(0)),
+            ips: HashMap::with_hasher(FixedState::with_seed(0)),
             uplink: None,
             learned: 0,
             max_learned,

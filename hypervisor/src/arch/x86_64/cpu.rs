@@ -32,6 +32,7 @@ mod cpuid {
     pub const E1_EDX_NX: u32 = 1 << 20;
     pub const E1_EDX_PDPE1GB: u32 = 1 << 26;
     pub const L1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+    pub const L1_ECX_RDRAND: u32 = 1 << 30;
 }
 
 /// The features the hypervisor uses or hardens with, read once at boot.
@@ -111,6 +112,22 @@ pub fn rdmsr(msr: u32) -> u64 {
 /// Whether the APIC timer has TSC-deadline mode.
 pub fn has_tsc_deadline() -> bool {
     __cpuid_count(1, 0).ecx & cpuid::L1_ECX_TSC_DEADLINE != 0
+}
+
+/// A random 64-bit seed: RDRAND's where the CPU has it (retried as the
+/// SDM advises: it may briefly run dry), else the time-stamp counter's
+/// low bits mixed (boot timing varies; a weak seed, said at boot).
+pub fn random_seed() -> (u64, bool) {
+    if __cpuid_count(1, 0).ecx & cpuid::L1_ECX_RDRAND != 0 {
+        for _ in 0..10 {
+            let mut v = 0u64;
+            // SAFETY: RDRAND exists (CPUID above) and only writes `v`.
+            if unsafe { core::arch::x86_64::_rdrand64_step(&mut v) } == 1 {
+                return (v, true);
+            }
+        }
+    }
+    (rdtsc().wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29), false)
 }
 
 /// Reads the time-stamp counter.

@@ -180,6 +180,12 @@ pub struct Net<R, E, U> {
 }
 
 impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
+    /// This network (with no port yet) with its switch's tables hashed
+    /// with `seed` ([`Switch::keyed`]).
+    pub fn keyed(self, seed: u64) -> Self {
+        Self { switch: Mutex::new(self.switch.into_inner().keyed(seed)), ..self }
+    }
+
     /// No ports yet, room for `guests` guests (and their switch ports).
     pub fn new(guests: usize) -> Self {
         Self {
