@@ -14,6 +14,21 @@ pub fn start_info() -> &'static StartInfo {
     unsafe { &*(layout::START_INFO as *const StartInfo) }
 }
 
+/// The name the hypervisor wrote in the shared page: its length word,
+/// then its bytes (a length past `NAME_MAX`, which only the guest's own
+/// writes could leave there, is cut to it).
+fn name_in_shared_page() -> &'static [u8] {
+    let at = layout::EVENT_PAGE + layout::EVENT_NAME_OFFSET;
+    // SAFETY: the shared page is mapped read-write for the guest's whole
+    // life and the length word lies inside it, aligned (abi::layout checks
+    // both at compile time).
+    let len = unsafe { core::ptr::read_volatile(at as *const u64) }.min(layout::NAME_MAX as u64);
+    // SAFETY: the bytes lie inside the shared page (NAME_MAX of them after
+    // the word, checked at compile time); `strings` copies them before
+    // handing them out.
+    unsafe { core::slice::from_raw_parts((at + 8) as *const u8, len as usize) }
+}
+
 fn start_str(addr: u64, len: u64) -> &'static [u8] {
     // SAFETY: the hypervisor places the strings inside the start page
     // (checked in `start`), which stays mapped for the whole run. Its
@@ -22,8 +37,9 @@ fn start_str(addr: u64, len: u64) -> &'static [u8] {
     unsafe { core::slice::from_raw_parts(addr as *const u8, len as usize) }
 }
 
-/// The start page's name, arguments and environment, as of generation
-/// `generation` (ABI 7: a clone's start page names the clone).
+/// Our name (from the shared page: ABI 9), arguments and environment
+/// (from the start page), as of generation `generation` (a clone's name
+/// is its own: ABI 7).
 #[derive(Clone, Copy)]
 struct Strings {
     generation: u64,
@@ -52,7 +68,7 @@ fn strings() -> Strings {
     let keep = |b: &'static [u8]| -> &'static [u8] { if si.heap_len > 0 { alloc::boxed::Box::leak(b.into()) } else { b } };
     let s = Strings {
         generation,
-        name: keep(start_str(si.name_addr, si.name_len)),
+        name: keep(name_in_shared_page()),
         args: keep(start_str(si.args_addr, si.args_len)),
         argc: si.argc,
         env: if si.envc == 0 { &[] } else { keep(start_str(si.env_addr, si.env_len)) },
@@ -117,7 +133,6 @@ pub unsafe fn start(_boot: &'static RawBootInfo, _cpu_id: u32, main: impl FnOnce
     let inside = |a: u64, l: u64| a >= strings.start && a.checked_add(l).is_some_and(|e| e <= strings.end);
     if si.magic != START_MAGIC
         || si.abi_version != abi::ABI_VERSION
-        || !inside(si.name_addr, si.name_len)
         || !inside(si.args_addr, si.args_len)
         || (si.envc != 0 && !inside(si.env_addr, si.env_len))
     {

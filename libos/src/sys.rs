@@ -106,11 +106,14 @@ pub fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// The start page's vNIC record (its magic says whether there is a vNIC).
+/// Our vNIC record, in the shared page (ABI 9; its magic says whether
+/// there is a vNIC; a clone's is its own once `generation` grew).
 pub fn nic_info() -> NicInfo {
-    // SAFETY: the start page is mapped read-only for the guest's life; the
-    // NicInfo record lies inside it (abi::layout checks this at compile time).
-    unsafe { core::ptr::read_volatile((layout::START_PAGE + layout::NIC_INFO_OFFSET) as *const NicInfo) }
+    // SAFETY: the shared page is mapped read-write for the guest's life;
+    // the NicInfo record lies inside it, aligned (abi::layout checks this
+    // at compile time); every bit pattern is a valid NicInfo; the
+    // hypervisor writes it only while the guest is on no CPU.
+    unsafe { core::ptr::read_volatile((layout::EVENT_PAGE + layout::EVENT_NIC_OFFSET) as *const NicInfo) }
 }
 
 /// A ring mapped at fixed addresses of this guest: its index block in the

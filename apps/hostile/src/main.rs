@@ -77,9 +77,10 @@ struct RawNic {
 
 impl RawNic {
     fn new() -> Self {
-        // SAFETY: the start page is mapped read-only for the guest's life.
+        // SAFETY: the shared page is mapped for the guest's life and holds
+        // the record, aligned (ABI 9).
         let info: abi::NicInfo =
-            unsafe { core::ptr::read_volatile((abi::layout::START_PAGE + abi::layout::NIC_INFO_OFFSET) as *const abi::NicInfo) };
+            unsafe { core::ptr::read_volatile((abi::layout::EVENT_PAGE + abi::layout::EVENT_NIC_OFFSET) as *const abi::NicInfo) };
         if info.magic != abi::NIC_MAGIC {
             println!("{}: no vNIC", libos::name());
             libos::exit(2);

@@ -19,9 +19,9 @@
 //! 0x0000_0000_0001_0000  image segments, where the ELF puts them (< IMAGE_END)
 //! 0x0000_0000_2000_0000  WINDOW: unmapped guard page below the stack
 //! 0x0000_0000_2000_1000  stack (STACK_MAX), zero-filled on first touch; grows down from STACK_TOP
-//! 0x0000_0000_2010_1000  start page, read-only: RawBootInfo + StartInfo + NicInfo + strings
+//! 0x0000_0000_2010_1000  start page, read-only: RawBootInfo + StartInfo + arguments (a clone's is its template's)
 //! 0x0000_0000_2010_2000  time page, read-only, the same for all guests (time::TimeInfo)
-//! 0x0000_0000_2010_3000  shared page, read-write, the guest's own: event bits, vNIC ring indices
+//! 0x0000_0000_2010_3000  shared page, read-write, the guest's own: event bits, vNIC ring indices, name, NicInfo
 //! 0x0000_0000_2010_4000  vNIC TX ring slots (ring_slots of them), then RX ring slots
 //! heap_start(ring_slots) heap (HEAP_LEN of address space), zero-filled on first touch
 //!                        (0x2010_4000 without a vNIC, 0x2010_8000 with 4-slot rings)
@@ -50,7 +50,8 @@ pub const START_PAGE: u64 = STACK_TOP;
 pub const TIME_PAGE: u64 = START_PAGE + PAGE_SIZE;
 /// The guest's shared page (read-write): the event bits at offset 0 (see
 /// `time::events`), the vNIC rings' indices at [`NIC_TX_INDICES`] and
-/// [`NIC_RX_INDICES`].
+/// [`NIC_RX_INDICES`], its identity at [`EVENT_NIC_OFFSET`] and
+/// [`EVENT_NAME_OFFSET`].
 pub const EVENT_PAGE: u64 = TIME_PAGE + PAGE_SIZE;
 /// Offset in the shared page of the generation word (`u64`, ABI 7): 0
 /// for a guest that booted, one more than its template's for a clone
@@ -64,6 +65,17 @@ pub const EVENT_GENERATION_OFFSET: u64 = 8;
 /// timers are durations. `block` deadlines are on the guest's clock.
 /// Written by the hypervisor only while the guest is on no CPU.
 pub const EVENT_CLOCK_OFFSET: u64 = 16;
+/// Offset in the shared page of the guest's [`crate::NicInfo`] (ABI 9;
+/// all zero without a vNIC). Written by the hypervisor before the guest
+/// first runs and, in a clone or a restored guest, before it goes on
+/// (while it is on no CPU): the identity is the one thing a clone does not
+/// share with its template, so it lives here and not in the start page,
+/// which clones share.
+pub const EVENT_NIC_OFFSET: u64 = 0x300;
+/// Offset in the shared page of the guest's instance name (ABI 9): its
+/// length in bytes (`u64`, at most [`NAME_MAX`]), then the bytes (UTF-8,
+/// zero-padded to `NAME_MAX`). Written as [`EVENT_NIC_OFFSET`] is.
+pub const EVENT_NAME_OFFSET: u64 = 0x340;
 /// Offset in the shared page from which the rest of the page is the
 /// guest's own: the hypervisor neither reads nor writes it (a clone's copy
 /// of the page and a snapshot carry it as it is). The libos keeps there
@@ -94,13 +106,11 @@ pub const HEAP_LEN: u64 = 1 << 40;
 /// Where in the heap the libos starts its runs of whole pages for big
 /// blocks; small blocks live below (so at most this much of them).
 pub const HEAP_BIG_OFFSET: u64 = 256 << 20;
-/// Offset of [`crate::NicInfo`] within the start page.
-pub const NIC_INFO_OFFSET: u64 = 0x180;
 /// Offset of [`crate::StartInfo`] within the start page.
 pub const START_INFO_OFFSET: u64 = 0x100;
 /// Offset of the name and argument strings within the start page.
 pub const START_STRINGS_OFFSET: u64 = 0x200;
-/// Room for the name and the arguments (each NUL-terminated) in the start page.
+/// Room for the arguments and the environment (each NUL-terminated) in the start page.
 pub const START_STRINGS_MAX: u64 = PAGE_SIZE - START_STRINGS_OFFSET;
 /// Address of [`crate::StartInfo`].
 pub const START_INFO: u64 = START_PAGE + START_INFO_OFFSET;
@@ -125,9 +135,9 @@ const _: () = {
             && EVENT_CLOCK_OFFSET >= EVENT_GENERATION_OFFSET + 8
             && NIC_TX_INDICES + crate::ring::CONS_OFFSET as u64 + 4 <= NIC_RX_INDICES
     );
-    assert!(NIC_RX_INDICES + crate::ring::CONS_OFFSET as u64 + 4 <= EVENT_GUEST_OFFSET && EVENT_GUEST_OFFSET < PAGE_SIZE);
-    assert!(NIC_INFO_OFFSET >= START_INFO_OFFSET + core::mem::size_of::<crate::StartInfo>() as u64);
-    assert!(NIC_INFO_OFFSET + core::mem::size_of::<crate::NicInfo>() as u64 <= START_STRINGS_OFFSET);
+    assert!(NIC_RX_INDICES + crate::ring::CONS_OFFSET as u64 + 4 <= EVENT_NIC_OFFSET && EVENT_GUEST_OFFSET < PAGE_SIZE);
+    assert!(EVENT_NIC_OFFSET + core::mem::size_of::<crate::NicInfo>() as u64 <= EVENT_NAME_OFFSET);
+    assert!(EVENT_NAME_OFFSET.is_multiple_of(8) && EVENT_NAME_OFFSET + 8 + NAME_MAX as u64 <= EVENT_GUEST_OFFSET);
     assert!(START_STRINGS_OFFSET >= START_INFO_OFFSET + core::mem::size_of::<crate::StartInfo>() as u64);
 };
 

@@ -39,7 +39,7 @@ mod wire;
 
 /// Version of this contract. Images carry the version they were built
 /// against in an ELF note ([`note`]); the hypervisor refuses any other.
-pub const ABI_VERSION: u32 = 8;
+pub const ABI_VERSION: u32 = 9;
 
 /// Hypercall numbers, passed in `rax` to `syscall`.
 ///
@@ -142,7 +142,9 @@ pub struct StartInfo {
     pub abi_version: u32,
     /// Number of application arguments in the `args` blob.
     pub argc: u32,
-    /// The instance name, e.g. `hello-0`.
+    /// Zero since ABI 9: the instance name (e.g. `hello-0`) is in the
+    /// shared page ([`layout::EVENT_NAME_OFFSET`]), where a clone's own
+    /// is, the start page being its template's.
     pub name_addr: u64,
     pub name_len: u64,
     /// Application arguments, each terminated by a NUL byte.
@@ -185,8 +187,8 @@ record::shared_record!(StartInfo {
     reserved,
 });
 
-/// The guest's network configuration, in the start page at
-/// [`layout::NIC_INFO_OFFSET`] (all zero when the guest has no vNIC). The
+/// The guest's network configuration, in the shared page at
+/// [`layout::EVENT_NIC_OFFSET`] (all zero when the guest has no vNIC). The
 /// rings are at [`layout::NIC_TX_RING`] and [`layout::NIC_RX_RING`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]

@@ -57,8 +57,8 @@ pub mod events {
     /// this, rather than spin; its head frame may have waited for a full
     /// receiver, see docs/abi.md).
     pub const NET_TX: u64 = 1 << 2;
-    /// The guest is a new copy (a clone, ABI 7): its name, addresses and
-    /// arguments in the start page are its own now, and the generation
+    /// The guest is a new copy (a clone, ABI 7): its name and addresses in
+    /// the shared page (ABI 9) are its own now, and the generation
     /// word (`layout::EVENT_GENERATION_OFFSET`) grew. Before it sends
     /// anything it re-reads them and re-keys whatever it drew from a
     /// random seed, which its template drew too (the libos does).

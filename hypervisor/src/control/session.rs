@@ -659,7 +659,7 @@ mod tests {
         let stats = send(&mut s, &host, 6, b"stats\n");
         let Ok(Response::Stats { guests, machine }) = serde_json::from_str(&stats[0]) else { panic!("{stats:?}") };
         assert_eq!((guests[0].guest.as_str(), machine.live), ("w", 1));
-        assert_eq!(send(&mut s, &host, 7, b"version\n"), [r#"{"protocol":7,"abi":8}"#]);
+        assert_eq!(send(&mut s, &host, 7, b"version\n"), [r#"{"protocol":7,"abi":9}"#]);
     }
 
     #[test]

@@ -179,8 +179,9 @@ pub struct Stats {
 /// pages get (`Guest::clone_base`).
 pub struct CloneBase {
     si: StartInfo,
-    args: Vec<String>,
-    env: Vec<String>,
+    /// Other arguments than the template's (with its environment), for a
+    /// start page of each clone's own; `None`: they share the template's.
+    own_start: Option<StartStrings>,
 }
 
 /// Why a guest could not be created.
@@ -260,6 +261,7 @@ impl Guest {
             let events = mem.alloc().ok_or(Fault::MachineOutOfMemory)?;
             memory.map_private(mem, layout::EVENT_PAGE, events, Pte::WRITABLE | Pte::NO_EXECUTE).inspect_err(|_| mem.free(events))?;
             event_frame = events;
+            write_identity(mem, events, name, None);
             let page = start_page(mem, &strings, heap.clone(), stack.clone(), memory_limit, write_boot_info)?;
             memory.map_private(mem, START_PAGE, page, Pte::NO_EXECUTE).inspect_err(|_| mem.free(page))
         })();
@@ -296,38 +298,40 @@ impl Guest {
     }
 
     /// Whether `va` is one of the pages each instance has of its own (a
-    /// clone gets its own, never its template's): the start page (its
-    /// identity), the shared page (its events and ring indices) and the
-    /// vNIC's ring slots, which the hypervisor writes through their
-    /// frames, not through the guest's tables.
+    /// clone gets its own, never its template's): the shared page (its
+    /// events, ring indices and identity) and the vNIC's ring slots, which
+    /// the hypervisor writes through their frames, not through the guest's
+    /// tables. The start page is its template's (ABI 9: the identity is
+    /// not in it), unless the clone is given other arguments.
     fn own_page(va: u64, heap_start: u64) -> bool {
-        va == START_PAGE || va == layout::EVENT_PAGE || (layout::NIC_TX_RING..heap_start).contains(&va)
+        va == layout::EVENT_PAGE || (layout::NIC_TX_RING..heap_start).contains(&va)
     }
 
     /// What its clones start from ([`CloneBase`]): read once for a batch
-    /// of them. With `args`, they get those instead of its arguments.
+    /// of them. With `args`, they get those instead of its arguments (and
+    /// each a start page of its own).
     pub fn clone_base(&mut self, mem: &mut impl PhysMem, args: Option<&[&str]>) -> Result<CloneBase, CreateError> {
         let si = self.start_info(mem);
-        let (own_args, env) = self.start_strings(mem, &si).ok_or(CreateError::ArgsTooLong)?;
-        let args = match args {
-            Some(a) => a.iter().map(|&s| String::from(s)).collect(),
-            None => own_args,
-        };
-        Ok(CloneBase { si, args, env })
+        let Some(args) = args else { return Ok(CloneBase { si, own_start: None }) };
+        let (_, env) = self.start_strings(mem, &si).ok_or(CreateError::ArgsTooLong)?;
+        let env: Vec<&str> = env.iter().map(String::as_str).collect();
+        let strings = start_strings("", args, &env).ok_or(CreateError::ArgsTooLong)?;
+        Ok(CloneBase { si, own_start: Some(strings) })
     }
 
     /// Makes a copy of `template` (paused: on no CPU) named `name` that
     /// goes on where the template is: its registers and FPU state, and
     /// every page it owns, frozen and shared copy-on-write (`GuestMemory::
-    /// freeze`; the template's own writes copy too from now on). Its own
-    /// pages are new: a start page with `name` and the arguments and
-    /// environment of `base` (the template's `clone_base`;
-    /// `write_boot_info` writes the boot record and the vNIC record into
-    /// it), and a shared page copied from the template's, with
-    /// `events::CLONED` raised and the generation word one past the
-    /// template's. The caller gives it its vNIC rings (`heap_start` says
-    /// where they end): made at first use, or copies of the template's
-    /// when a frame is in flight there.
+    /// freeze`; the template's own writes copy too from now on), its start
+    /// page among them. Its own pages are new: a shared page copied from
+    /// the template's, with `name` for its name, no vNIC record (the
+    /// caller gives it its own: [`Guest::set_nic`]), `events::CLONED`
+    /// raised and the generation word one past the template's; and, if
+    /// `base` has other arguments than the template's, a start page with
+    /// them (`write_boot_info` writes the boot record into it). The caller
+    /// gives it its vNIC rings (`heap_start` says where they end): made at
+    /// first use, or copies of the template's when a frame is in flight
+    /// there.
     #[allow(clippy::too_many_arguments)]
     pub fn clone_from<M: PhysMem>(
         template: &mut Guest,
@@ -338,10 +342,10 @@ impl Guest {
         heap_start: u64,
         write_boot_info: impl FnOnce(&mut M, PhysAddr),
     ) -> Result<Self, CreateError> {
+        if !valid_name(name) {
+            return Err(CreateError::ArgsTooLong);
+        }
         let (limit, si) = (template.memory.limit_bytes(), &base.si);
-        let args: Vec<&str> = base.args.iter().map(String::as_str).collect();
-        let env: Vec<&str> = base.env.iter().map(String::as_str).collect();
-        let strings = start_strings(name, &args, &env).ok_or(CreateError::ArgsTooLong)?;
         let keep = |va| Self::own_page(va, heap_start);
         if template.memory.freeze(mem, &keep).map_err(|_| CreateError::MachineOutOfMemory)? > 0 {
             // Its pages are read-only now: no CPU may keep its writable
@@ -359,10 +363,14 @@ impl Guest {
             let at = layout::EVENT_GENERATION_OFFSET as usize;
             mem.read(events, at, &mut word);
             mem.write(events, at, &u64::from_le_bytes(word).wrapping_add(1).to_le_bytes());
+            write_identity(mem, events, name, None);
             memory.map_private(mem, layout::EVENT_PAGE, events, Pte::WRITABLE | Pte::NO_EXECUTE).inspect_err(|_| mem.free(events))?;
             event_frame = events;
+            let Some(strings) = &base.own_start else { return Ok(()) };
+            // Its own arguments: its own start page instead of the template's.
+            memory.discard(mem, START_PAGE, START_PAGE + PAGE_SIZE)?;
             let heap = si.heap_start..si.heap_start + si.heap_len;
-            let page = start_page(mem, &strings, heap, si.stack_bottom..si.stack_top, limit, write_boot_info)?;
+            let page = start_page(mem, strings, heap, si.stack_bottom..si.stack_top, limit, write_boot_info)?;
             memory.map_private(mem, START_PAGE, page, Pte::NO_EXECUTE).inspect_err(|_| mem.free(page))
         })();
         if let Err(e) = built {
@@ -385,6 +393,12 @@ impl Guest {
             event_frame,
             clock_offset: template.clock_offset,
         })
+    }
+
+    /// Gives it its vNIC record (in its shared page, `layout::
+    /// EVENT_NIC_OFFSET`): before it first runs, or while it is on no CPU.
+    pub fn set_nic(&mut self, mem: &mut impl PhysMem, info: &abi::NicInfo) {
+        mem.write(self.event_frame, layout::EVENT_NIC_OFFSET as usize, &info.to_bytes());
     }
 
     /// The vNIC indices the hypervisor last published in its shared page:
@@ -748,8 +762,9 @@ fn start_page<M: PhysMem>(
         magic: abi::START_MAGIC,
         abi_version: abi::ABI_VERSION,
         argc: strings.argc,
-        name_addr: strings_at,
-        name_len: strings.name_len as u64,
+        // The name is in the shared page (ABI 9).
+        name_addr: 0,
+        name_len: 0,
         args_addr: strings_at + strings.args.start as u64,
         args_len: strings.args.len() as u64,
         env_addr: strings_at + strings.env.start as u64,
@@ -768,15 +783,31 @@ fn start_page<M: PhysMem>(
     Ok(page)
 }
 
-/// The start page's strings: the name, the arguments, the environment,
-/// each NUL-terminated (where each list lies in `bytes`).
+/// The start page's strings: the arguments and the environment, each
+/// NUL-terminated (where each list lies in `bytes`).
 struct StartStrings {
     bytes: Vec<u8>,
-    name_len: usize,
     args: core::ops::Range<usize>,
     argc: u32,
     env: core::ops::Range<usize>,
     envc: u32,
+}
+
+/// Whether `name` can be an instance name: at most `layout::NAME_MAX`
+/// bytes, no NUL.
+fn valid_name(name: &str) -> bool {
+    name.len() <= layout::NAME_MAX && !name.contains('\0')
+}
+
+/// Writes a guest's identity into its shared page `events`: its name, and
+/// its vNIC record (`None`: zero, none yet).
+fn write_identity(mem: &mut impl PhysMem, events: PhysAddr, name: &str, nic: Option<&abi::NicInfo>) {
+    let mut slot = [0u8; 8 + layout::NAME_MAX];
+    let name = &name.as_bytes()[..name.len().min(layout::NAME_MAX)];
+    slot[..8].copy_from_slice(&(name.len() as u64).to_le_bytes());
+    slot[8..8 + name.len()].copy_from_slice(name);
+    mem.write(events, layout::EVENT_NAME_OFFSET as usize, &slot);
+    mem.write(events, layout::EVENT_NIC_OFFSET as usize, &nic.copied().unwrap_or_default().to_bytes());
 }
 
 /// The start page's strings, if they fit, hold no NUL byte, and every
@@ -791,21 +822,13 @@ fn start_strings(name: &str, args: &[&str], env: &[&str]) -> Option<StartStrings
         }
         start..bytes.len()
     };
-    put(&[name]);
     let args_at = put(args);
     let env_at = put(env);
     let clean = core::iter::once(&name).chain(args).chain(env).all(|p| !p.contains('\0'));
     let vars = env.iter().all(|v| v.find('=').is_some_and(|i| i > 0));
-    let fits = bytes.len() as u64 <= layout::START_STRINGS_MAX && name.len() <= layout::NAME_MAX;
-    (clean && vars && fits).then_some(StartStrings {
-        bytes,
-        name_len: name.len(),
-        args: args_at,
-        argc: args.len() as u32,
-        env: env_at,
-        envc: env.len() as u32,
-    })
+    let fits = bytes.len() as u64 <= layout::START_STRINGS_MAX && valid_name(name);
+    (clean && vars && fits).then_some(StartStrings { bytes, args: args_at, argc: args.len() as u32, env: env_at, envc: env.len() as u32 })
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

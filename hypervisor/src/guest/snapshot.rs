@@ -21,7 +21,7 @@
 //!   (`layout::EVENT_CLOCK_OFFSET`).
 
 use super::regs::{FpuState, Regs};
-use super::{CreateError, Guest, LoadedImage, Stats, console::LineBuffer, map_image, start_page, start_strings};
+use super::{CreateError, Guest, LoadedImage, Stats, console::LineBuffer, map_image, start_page, start_strings, write_identity};
 use crate::mm::paging::{AddressSpace, Pte};
 use crate::mm::user::{Fault, GuestMemory};
 use crate::mm::{PhysAddr, PhysMem};
@@ -228,6 +228,8 @@ impl Guest {
         mem.write(events, 0, &(pending | abi::time::events::CLONED).to_le_bytes());
         mem.write(events, layout::EVENT_GENERATION_OFFSET as usize, &generation.wrapping_add(1).to_le_bytes());
         mem.write(events, layout::EVENT_CLOCK_OFFSET as usize, &clock_offset.to_le_bytes());
+        // Its own name; its vNIC record is the caller's (`Guest::set_nic`).
+        write_identity(mem, events, name, None);
         Ok(Self {
             name: name.into(),
             memory,

@@ -28,6 +28,14 @@ fn create(
     Guest::create(mem, k, t, li, name, args, &[], limit, HEAP_START, |_, _| {})
 }
 
+/// The name in `g`'s shared page (ABI 9).
+pub(crate) fn name_of(g: &mut Guest, mem: &mut impl PhysMem) -> String {
+    let mut b = [0u8; 8 + layout::NAME_MAX];
+    g.memory.read(mem, layout::EVENT_PAGE + layout::EVENT_NAME_OFFSET, &mut b).unwrap();
+    let len = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    String::from_utf8(b[8..8 + len].to_vec()).unwrap()
+}
+
 fn syscall(g: &mut Guest, nr: u64, a0: u64, a1: u64) {
     g.regs.vector = VECTOR_SYSCALL;
     g.regs.rax = nr;
@@ -51,13 +59,14 @@ fn instances_share_text_and_copy_data() {
     assert_eq!(&buf, b"DATA", "a write in one instance is not seen by another");
     assert_eq!(a.memory.write(&mut mem, 0x401000, b"x"), Err(Fault::Protection(0x401000)));
 
-    // The start page carries the name and arguments.
+    // The start page carries the arguments, the shared page the name.
     let mut si = [0u8; StartInfo::SIZE];
     a.memory.read(&mut mem, abi::layout::START_INFO, &mut si).unwrap();
     assert_eq!(si[..8], abi::START_MAGIC.to_le_bytes());
-    let mut s = [0u8; 6];
+    let mut s = [0u8; 2];
     a.memory.read(&mut mem, START_PAGE + layout::START_STRINGS_OFFSET, &mut s).unwrap();
-    assert_eq!(&s, b"t-0\0x\0");
+    assert_eq!(&s, b"x\0");
+    assert_eq!(name_of(&mut a, &mut mem), "t-0");
     assert_eq!(a.regs.rip, 0x401000);
     assert_eq!(a.regs.rsp % 16, 8);
 
@@ -210,12 +219,13 @@ fn creation_refuses_too_little_memory_and_long_args() {
     assert_eq!(mem.live, live, "a failed creation leaks nothing");
 }
 
-/// The start page: the name, the arguments and the environment, each
-/// list NUL-separated where the start record says (what the libos reads).
+/// The start page: the arguments and the environment, each list
+/// NUL-separated where the start record says (what the libos reads); the
+/// name is in the shared page, where a clone's own is (ABI 9).
 #[test]
-fn the_start_page_holds_the_name_arguments_and_environment() {
+fn the_start_page_holds_the_arguments_and_environment_the_shared_page_the_name() {
     let (mut mem, (k, t), li) = setup();
-    let g =
+    let mut g =
         Guest::create(&mut mem, k, t, &li, "g-0", &["two words", "b"], &["PATH=/bin", "EMPTY="], 1 << 20, HEAP_START, |_, _| {}).unwrap();
     let page = g.memory.space.translate(&mem, layout::START_PAGE).unwrap().0;
     let mut buf = [0u8; 4096];
@@ -224,7 +234,8 @@ fn the_start_page_holds_the_name_arguments_and_environment() {
     let field = |name_off: usize| u64::from_le_bytes(si[name_off..name_off + 8].try_into().unwrap());
     let at = |addr: u64, len: u64| &buf[(addr - layout::START_PAGE) as usize..][..len as usize];
     use core::mem::offset_of;
-    assert_eq!(at(field(offset_of!(StartInfo, name_addr)), field(offset_of!(StartInfo, name_len))), b"g-0");
+    assert_eq!((field(offset_of!(StartInfo, name_addr)), field(offset_of!(StartInfo, name_len))), (0, 0), "the name is not here");
+    assert_eq!(name_of(&mut g, &mut mem), "g-0", "but in the shared page (ABI 9)");
     assert_eq!(at(field(offset_of!(StartInfo, args_addr)), field(offset_of!(StartInfo, args_len))), b"two words\0b\0");
     assert_eq!(at(field(offset_of!(StartInfo, env_addr)), field(offset_of!(StartInfo, env_len))), b"PATH=/bin\0EMPTY=\0");
     let envc = u32::from_le_bytes(si[offset_of!(StartInfo, envc)..][..4].try_into().unwrap());

@@ -19,7 +19,6 @@ use super::create::{Created, RingFill, attach_nic};
 use super::{Machine, Network, PAUSED, Platform};
 use crate::control::Cloned;
 use crate::guest::{CloneBase, Guest};
-use crate::mm::PhysMem;
 use abi::bundle::{Settings, TENANT_NONE};
 use abi::control::Reason::{Exists, NoRoom, NotPaused};
 use abi::control::Refusal;
@@ -190,11 +189,8 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             return Err(String::from("its template is busy on a CPU; try again"));
         };
         let made = (|| {
-            let mut g = Guest::clone_from(&mut template, &batch.base, &mut mem, self.guest_upper, name, heap_start, |m, page| {
+            let mut g = Guest::clone_from(&mut template, &batch.base, &mut mem, self.guest_upper, name, heap_start, |_, page| {
                 self.platform.write_boot_info(page, batch.boot);
-                if let Some(info) = &nic {
-                    m.write(page, abi::layout::NIC_INFO_OFFSET as usize, &info.to_bytes());
-                }
             })
             .map_err(|e| format!("{e}"))?;
             let Some(events) = self.platform.events_of(&g) else {

@@ -331,11 +331,8 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         }
         // The heap follows the rings.
         let heap_start = abi::layout::heap_start(slots);
-        let mut g = Guest::create(&mut mem, self.guest_upper, self.time_page, img, name, args, env, st.memory, heap_start, |m, page| {
+        let mut g = Guest::create(&mut mem, self.guest_upper, self.time_page, img, name, args, env, st.memory, heap_start, |_, page| {
             self.platform.write_boot_info(page, boot_info(img, heap_start, st.memory, time));
-            if let Some(info) = &nic {
-                m.write(page, abi::layout::NIC_INFO_OFFSET as usize, &info.to_bytes());
-            }
         })
         .map_err(|e| format!("{e}"))?;
         let Some(events) = self.platform.events_of(&g) else {
@@ -503,7 +500,8 @@ pub(super) enum RingFill<'a> {
     Snapshot(&'a abi::snapshot::Snapshot<'a>),
 }
 
-/// Gives a new guest its vNIC: its ring pages (`nic_rings`: made at
+/// Gives a new guest its vNIC: its record in its shared page
+/// (`Guest::set_nic`), its ring pages (`nic_rings`: made at
 /// first use, or mapped now, charged, filled as `fill` says) and a port
 /// on the network, whose own indices start at `at`.
 #[allow(clippy::too_many_arguments)]
@@ -519,6 +517,7 @@ pub(super) fn attach_nic<P: Platform>(
     fill: RingFill<'_>,
     at: (u32, u32),
 ) -> Result<(), String> {
+    g.set_nic(mem, info);
     let (tx, rx) = nic_rings(platform, g, mem, info, events, &fill)?;
     let mac = [info.mac[0], info.mac[1], info.mac[2], info.mac[3], info.mac[4], info.mac[5]];
     net.attach(Attach {

@@ -17,7 +17,6 @@ use super::create::{Created, attach_nic};
 use super::report::sizes;
 use super::{Machine, Network, PAUSED, Platform};
 use crate::guest::Guest;
-use crate::mm::PhysMem;
 use abi::bundle::TENANT_NONE;
 use abi::control::Reason::{NotFound, NotPaused};
 use abi::control::{Refusal, Tenant};
@@ -137,12 +136,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
                 heap_start,
                 rings,
                 started,
-                |m, page| {
-                    self.platform.write_boot_info(page, boot);
-                    if let Some(info) = &nic {
-                        m.write(page, abi::layout::NIC_INFO_OFFSET as usize, &info.to_bytes());
-                    }
-                },
+                |_, page| self.platform.write_boot_info(page, boot),
             )?;
             let Some(events) = self.platform.events_of(&g) else {
                 g.destroy(&mut mem);

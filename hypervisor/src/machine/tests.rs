@@ -996,8 +996,8 @@ fn each_client_has_its_own_session_and_watches_until_it_goes() {
     // Client 1 watches events and has half a request under way; client 0
     // asks for the version meanwhile.
     assert_eq!(send(1, Some(b"events\nver"), &mut sessions), [r#"1:{"watching":"events"}"#]);
-    assert_eq!(send(0, Some(b"version\n"), &mut sessions), [r#"0:{"protocol":7,"abi":8}"#]);
-    assert_eq!(send(1, Some(b"sion\n"), &mut sessions), [r#"1:{"protocol":7,"abi":8}"#], "its half line was its own");
+    assert_eq!(send(0, Some(b"version\n"), &mut sessions), [r#"0:{"protocol":7,"abi":9}"#]);
+    assert_eq!(send(1, Some(b"sion\n"), &mut sessions), [r#"1:{"protocol":7,"abi":9}"#], "its half line was its own");
     guest(&m, "a", &[Act::Exit(0)]);
     assert_eq!(steps(&m, 0, &mut CpuState::default(), 10), Pass::Done);
     let out = send(0, None, &mut Vec::new());
@@ -1175,11 +1175,43 @@ fn a_paused_guest_is_cloned_and_everything_ends_with_its_memory_back() {
     let made = m.clone_guest("t", "c", Some((0, 2)), None).unwrap();
     assert_eq!((made.count, made.first.as_str(), made.error), (2, "c-0", None));
     assert_eq!(m.clone_guest("t", "c", Some((0, 1)), None).unwrap_err().reason, Some(Reason::Exists));
+    // Clones share the template's start page (ABI 9); each has its own
+    // name in its own shared page. One given other arguments has a start
+    // page of its own with them.
+    m.platform.scripts.lock().insert("d".into(), [Act::Exit(0)].into_iter().collect());
+    m.clone_guest("t", "d", None, Some(&["other"])).unwrap();
+    {
+        let mut mem = m.platform.mem();
+        let mut guests = m.guests.lock();
+        let mut look = |name: &str| {
+            let g = guests[m.find(name).unwrap()].as_mut().unwrap();
+            let start = g.memory.space.translate(&mem, abi::layout::START_PAGE).unwrap().0;
+            let shared = g.memory.space.translate(&mem, abi::layout::EVENT_PAGE).unwrap().0;
+            let mut si = [0u8; abi::StartInfo::SIZE];
+            g.memory.read(&mut mem, abi::layout::START_INFO, &mut si).unwrap();
+            let si = abi::StartInfo::from_bytes(&si);
+            let mut arg = alloc::vec![0u8; si.args_len as usize];
+            g.memory.read(&mut mem, si.args_addr, &mut arg).unwrap();
+            (start, shared, crate::guest::tests::name_of(g, &mut mem), arg)
+        };
+        let (t_start, t_shared, t_name, t_args) = look("t");
+        let (c0, c1, d) = (look("c-0"), look("c-1"), look("d"));
+        assert_eq!((c0.0, c1.0), (t_start, t_start), "one start page");
+        assert!(t_shared != c0.1 && c0.1 != c1.1 && d.1 != c0.1, "a shared page each");
+        assert_eq!([t_name.as_str(), &c0.2, &c1.2, &d.2], ["t", "c-0", "c-1", "d"]);
+        assert_eq!((c0.3.as_slice(), t_args.as_slice()), (&b""[..], &b""[..]));
+        assert!(d.0 != t_start && d.3 == b"other\0", "{:?}", d.3);
+    }
     assert_eq!(steps(&m, 0, &mut cpu, 20), Pass::Again);
     assert_eq!(lines(&m, "[hv] guest t stopped: "), 0, "w still lives");
     deliver(&m, w, 0);
     assert_eq!(steps(&m, 0, &mut cpu, 50), Pass::Done, "the paused template is stopped once nothing else is live");
-    for l in ["[hv] guest c-0 exited with code 0", "[hv] guest c-1 exited with code 0", "[hv] guest t stopped: "] {
+    for l in [
+        "[hv] guest c-0 exited with code 0",
+        "[hv] guest c-1 exited with code 0",
+        "[hv] guest d exited with code 0",
+        "[hv] guest t stopped: ",
+    ] {
         assert_eq!(lines(&m, l), 1, "{l}: {:?}", m.platform.lines.lock());
     }
     assert_eq!(lines(&m, "[hv] guest t exited"), 0, "the template never ran again");

@@ -99,9 +99,9 @@
 
 use abi::ring::{MAX_FRAME, MIN_FRAME};
 use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
 use foldhash::fast::FixedState;
 use hashbrown::HashMap;
-use alloc::vec::Vec;
 
 /// A learned (outside) MAC is forgotten this long after it was last seen.
 pub const AGE_NS: u64 = 300 * 1_000_000_000;
