@@ -1,6 +1,6 @@
 //! Networking: smoltcp over the vNIC rings, with async TCP and UDP sockets.
 //!
-//! The interface is configured from the start page (`abi::NicInfo`: MAC,
+//! The interface is configured from the shared page (`abi::NicInfo`: MAC,
 //! IPv4 address and prefix, gateway). The executor (`task`) polls the stack
 //! whenever it runs and blocks in the hypervisor until the stack's next
 //! deadline or an `events::NET_RX` wake-up, so an idle networked guest
@@ -11,8 +11,9 @@
 //! receives Ethernet frames itself.
 //!
 //! A clone of a paused guest (ABI 7) resumes with its template's stack:
-//! the same interface, sockets and random state. The hypervisor gives it
-//! a new start page (name, MAC, address) and grows the generation word of
+//! the same interface, sockets and random state. The hypervisor writes its
+//! own identity (name, MAC, address: ABI 9) into its own copy of the
+//! shared page and grows the generation word of
 //! the shared page; the `CLONED` event bit may be taken by any waiter, so
 //! the word is what counts. Every use of the stack (each poll, kick,
 //! socket call, [`raw::take`]) first compares that word with the one it
@@ -141,7 +142,7 @@ pub(crate) fn init() {
     });
 }
 
-/// What the start page's vNIC record says this interface is.
+/// What the shared page's vNIC record says this interface is.
 fn identity(info: &abi::NicInfo) -> Identity {
     let m = info.mac;
     Identity::new([m[0], m[1], m[2], m[3], m[4], m[5]], info.ipv4, info.prefix, info.gateway)

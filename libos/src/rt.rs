@@ -3,13 +3,13 @@
 use abi::{START_MAGIC, StartInfo, layout};
 use hermit_entry::boot_info::RawBootInfo;
 
-/// The start page the hypervisor wrote before entering us (or, in a
-/// clone, the clone's: ABI 7).
+/// The start page the hypervisor wrote before entering us (in a clone,
+/// its template's, shared: ABI 9).
 pub fn start_info() -> &'static StartInfo {
     // SAFETY: the hypervisor maps the start page read-only at this fixed
-    // address before the first instruction and never unmaps it; it changes
-    // it only to make a clone (ABI 7), while the guest is on no CPU, and
-    // only its plain integers; `start` checks the magic before anything
+    // address before the first instruction and never unmaps it; only a
+    // clone given other arguments sees another one (a page of its own),
+    // mapped while it is on no CPU, and it holds only plain integers; `start` checks the magic before anything
     // else runs.
     unsafe { &*(layout::START_INFO as *const StartInfo) }
 }
@@ -32,8 +32,9 @@ fn name_in_shared_page() -> &'static [u8] {
 fn start_str(addr: u64, len: u64) -> &'static [u8] {
     // SAFETY: the hypervisor places the strings inside the start page
     // (checked in `start`), which stays mapped for the whole run. Its
-    // bytes change only when the guest is cloned (ABI 7), while it is on
-    // no CPU; `strings` copies them before handing them out.
+    // bytes change only when the guest is cloned with other arguments,
+    // while it is on no CPU; `strings` copies them before handing them
+    // out.
     unsafe { core::slice::from_raw_parts(addr as *const u8, len as usize) }
 }
 
