@@ -380,8 +380,10 @@ impl Switch {
     /// tables' spare room, up to half of them, not counted).
     pub const BYTES_PER_PORT: usize = core::mem::size_of::<Slot>()
         + core::mem::size_of::<PortId>()
-        + core::mem::size_of::<((u32, Mac), Entry)>()
-        + core::mem::size_of::<((u32, Ipv4), PortId)>();
+        + core::mem::size_of::<(u128, Entry)>()
+        + core::mem::size_of::<(u64, PortId)>()
+        // A control byte per bucket in each table.
+        + 2;
 
     pub fn new() -> Self {
         Self::with_max_learned(DEFAULT_MAX_LEARNED)
