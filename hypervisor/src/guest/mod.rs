@@ -189,8 +189,9 @@ pub struct CloneBase {
 pub enum CreateError {
     /// The memory limit is below what the image needs to start.
     TooSmall { needed: u64, limit: u64 },
-    /// Name, arguments and environment do not fit in the start page, or
-    /// one has a NUL byte, or a variable no `=`.
+    /// Arguments and environment do not fit in the start page, or one
+    /// has a NUL byte, or a variable no `=`; or the name is longer than
+    /// `layout::NAME_MAX` or has a NUL byte.
     ArgsTooLong,
     /// The machine has no frames left.
     MachineOutOfMemory,
@@ -215,8 +216,10 @@ impl core::fmt::Display for CreateError {
             }
             CreateError::ArgsTooLong => write!(
                 f,
-                "name, arguments and environment take more than {} bytes, or one holds a NUL byte (or a variable has no '=')",
-                layout::START_STRINGS_MAX
+                "arguments and environment take more than {} bytes, or one holds a NUL byte (or a variable has no '='), \
+                 or the name is longer than {} bytes or holds a NUL byte",
+                layout::START_STRINGS_MAX,
+                layout::NAME_MAX
             ),
             CreateError::MachineOutOfMemory => f.write_str("the machine is out of memory"),
         }
