@@ -95,8 +95,10 @@ pub struct Limits {
     pub nic_packets: u64,
     /// Bytes of frames it sends, counted per copy likewise.
     pub nic_bytes: u64,
-    /// Broadcast and multicast frames it sends (each reaches every guest of
-    /// its tenant; an ARP request the switch answers reaches none).
+    /// Broadcast and multicast frames it sends but ARP (each may reach
+    /// every guest of its tenant). The switch floods no ARP: it answers a
+    /// request itself or sends it to the uplink only, so ARP counts under
+    /// `nic_packets` alone.
     pub nic_broadcasts: u64,
     /// Bytes it writes to its console.
     pub console_bytes: u64,

@@ -17,7 +17,7 @@
 //!   `ring_errors`; the back end disconnects it when it is the TX side.
 
 use super::gate::Gate;
-use super::switch::{INSPECT_BYTES, PortId, is_multicast};
+use super::switch::{INSPECT_BYTES, PortId, may_flood};
 use crate::limit::TokenBucket;
 use abi::ring::{Consumer, Producer, RingMemory};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -89,12 +89,13 @@ pub(super) struct Tx {
 
 impl Tx {
     /// Whether the sender's limits let this frame through now (if not, it
-    /// is counted and dropped).
+    /// is counted and dropped). Only a frame the switch may flood takes a
+    /// broadcast token: ARP, which it answers or sends to the uplink only,
+    /// is one frame like any other (a client that opens connections to
+    /// many guests asks for each one's MAC).
     pub(super) fn allows(&mut self, now_ns: u64, header: &[u8; INSPECT_BYTES], len: usize) -> bool {
-        let mut dst = [0u8; 6];
-        dst.copy_from_slice(&header[..6]);
         let ok =
-            self.packets.take(now_ns, 1) && self.bytes.take(now_ns, len as u64) && (!is_multicast(&dst) || self.broadcasts.take(now_ns, 1));
+            self.packets.take(now_ns, 1) && self.bytes.take(now_ns, len as u64) && (!may_flood(header) || self.broadcasts.take(now_ns, 1));
         self.limited += u64::from(!ok);
         ok
     }

@@ -128,6 +128,17 @@ pub fn is_multicast(mac: &Mac) -> bool {
     mac[0] & 1 != 0
 }
 
+/// Whether a frame whose first bytes are `header` may be flooded to its
+/// sender's tenant, and so takes one of the sender's broadcast tokens: a
+/// broadcast or multicast that is not ARP (rule 5: the switch answers an
+/// ARP request itself, at the cost of one reply and one copy to the guest
+/// asked for, or sends it to the uplink only; it floods no ARP).
+pub fn may_flood(header: &[u8; INSPECT_BYTES]) -> bool {
+    let mut dst = [0u8; 6];
+    dst.copy_from_slice(&header[..6]);
+    is_multicast(&dst) && inspect::arp_of(header).is_none()
+}
+
 /// A switch port. A slot number plus a generation, so that the id of a
 /// removed port stays dead even after its slot is reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -235,6 +235,40 @@ fn an_arp_request_is_answered_into_the_requesters_ring_and_told_to_the_guest_ask
     assert_eq!(net.uplink.as_ref().unwrap().1.lock().to_host.len(), 1);
 }
 
+/// The broadcast limit bounds floods. ARP is never flooded (the switch
+/// answers a request or sends it to the uplink only), so a client asking
+/// for many guests' MACs is held only to its frame limit; other
+/// broadcasts over the limit are dropped and counted.
+#[test]
+fn arp_requests_take_no_broadcast_tokens_but_floods_do() {
+    let net = net(6);
+    let limits = abi::bundle::Limits { nic_broadcasts: 2, ..UNLIMITED };
+    attach(&net, 1, 0, 16, limits);
+    for g in 2..=5 {
+        attach(&net, g, 0, 16, UNLIMITED);
+    }
+    let mut tx = Producer::new(16);
+    let mut rx1 = Consumer::new(16);
+    // Five requests in the same instant, for four guests and one address
+    // nobody has: all answered or passed to the host.
+    let asks: Vec<_> = (2..=5).map(|g| arp_request(BROADCAST, mac(1), ip(1), ip(g))).collect();
+    send(&net, 1, &mut tx, &asks);
+    send(&net, 1, &mut tx, &[arp_request(BROADCAST, mac(1), ip(1), [10, 0, 0, 99])]);
+    net.drain(1, 0, &mut |_, _| {}).unwrap();
+    let replies: Vec<_> = (2..=5).map(|g| arp_reply(mac(g), ip(g), mac(1), ip(1))).collect();
+    assert_eq!(receive(&net, 1, &mut rx1), replies);
+    assert_eq!(net.port(1).unwrap().limited(), 0);
+    assert_eq!(net.uplink.as_ref().unwrap().1.lock().to_host.len(), 1, "the unknown one to the host");
+    // Four floods in the same instant: two pass, two are over the limit.
+    let floods: Vec<_> = (0..4).map(|i| frame(mac(1), BROADCAST, i)).collect();
+    send(&net, 1, &mut tx, &floods);
+    net.drain(1, 0, &mut |_, _| {}).unwrap();
+    let mut rx2 = Consumer::new(16);
+    let heard: Vec<u32> = receive(&net, 2, &mut rx2).iter().filter(|f| f[12..14] != [0x08, 0x06]).map(|f| seq(f)).collect();
+    assert_eq!(heard, [0, 1]);
+    assert_eq!(net.port(1).unwrap().limited(), 2);
+}
+
 #[test]
 fn a_flood_costs_the_sender_a_frame_of_its_limit_per_copy() {
     const MS: u64 = 1_000_000;
