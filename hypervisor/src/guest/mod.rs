@@ -252,7 +252,7 @@ impl Guest {
         if memory_limit < needed {
             return Err(CreateError::TooSmall { needed, limit: memory_limit });
         }
-        let strings = start_strings(name, args, env).ok_or(CreateError::ArgsTooLong)?;
+        let strings = start_strings(args, env).filter(|_| valid_name(name)).ok_or(CreateError::ArgsTooLong)?;
         let space = AddressSpace::new(mem, kernel_root).ok_or(CreateError::MachineOutOfMemory)?;
         let heap = heap_start..heap_start + HEAP_LEN;
         let stack = STACK_TOP - STACK_MAX..STACK_TOP;
@@ -318,7 +318,7 @@ impl Guest {
         let Some(args) = args else { return Ok(CloneBase { si, own_start: None }) };
         let (_, env) = self.start_strings(mem, &si).ok_or(CreateError::ArgsTooLong)?;
         let env: Vec<&str> = env.iter().map(String::as_str).collect();
-        let strings = start_strings("", args, &env).ok_or(CreateError::ArgsTooLong)?;
+        let strings = start_strings(args, &env).ok_or(CreateError::ArgsTooLong)?;
         Ok(CloneBase { si, own_start: Some(strings) })
     }
 
@@ -814,8 +814,8 @@ fn write_identity(mem: &mut impl PhysMem, events: PhysAddr, name: &str, nic: Opt
 }
 
 /// The start page's strings, if they fit, hold no NUL byte, and every
-/// variable is `KEY=VALUE` with a key.
-fn start_strings(name: &str, args: &[&str], env: &[&str]) -> Option<StartStrings> {
+/// variable is `KEY=VALUE` with a key (the name is apart: `valid_name`).
+fn start_strings(args: &[&str], env: &[&str]) -> Option<StartStrings> {
     let mut bytes = Vec::new();
     let mut put = |parts: &[&str]| {
         let start = bytes.len();
@@ -827,9 +827,9 @@ fn start_strings(name: &str, args: &[&str], env: &[&str]) -> Option<StartStrings
     };
     let args_at = put(args);
     let env_at = put(env);
-    let clean = core::iter::once(&name).chain(args).chain(env).all(|p| !p.contains('\0'));
+    let clean = args.iter().chain(env).all(|p| !p.contains('\0'));
     let vars = env.iter().all(|v| v.find('=').is_some_and(|i| i > 0));
-    let fits = bytes.len() as u64 <= layout::START_STRINGS_MAX && valid_name(name);
+    let fits = bytes.len() as u64 <= layout::START_STRINGS_MAX;
     (clean && vars && fits).then_some(StartStrings { bytes, args: args_at, argc: args.len() as u32, env: env_at, envc: env.len() as u32 })
 }
 

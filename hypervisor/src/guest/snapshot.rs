@@ -21,7 +21,9 @@
 //!   (`layout::EVENT_CLOCK_OFFSET`).
 
 use super::regs::{FpuState, Regs};
-use super::{CreateError, Guest, LoadedImage, Stats, console::LineBuffer, map_image, start_page, start_strings, write_identity};
+use super::{
+    CreateError, Guest, LoadedImage, Stats, console::LineBuffer, map_image, start_page, start_strings, valid_name, write_identity,
+};
 use crate::mm::paging::{AddressSpace, Pte};
 use crate::mm::user::{Fault, GuestMemory};
 use crate::mm::{PhysAddr, PhysMem};
@@ -158,7 +160,7 @@ impl Guest {
             None => snap.args().collect(),
         };
         let env: Vec<&str> = snap.env().collect();
-        let strings = start_strings(name, &args, &env).ok_or_else(|| format!("{}", CreateError::ArgsTooLong))?;
+        let strings = start_strings(&args, &env).filter(|_| valid_name(name)).ok_or_else(|| format!("{}", CreateError::ArgsTooLong))?;
         let space = AddressSpace::new(mem, kernel_root).ok_or_else(|| format!("{}", CreateError::MachineOutOfMemory))?;
         let heap = heap_start..heap_start + HEAP_LEN;
         let stack = STACK_TOP - STACK_MAX..STACK_TOP;
