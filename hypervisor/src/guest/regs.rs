@@ -45,6 +45,14 @@ pub const GP_IDT: u64 = 1 << 1;
 /// timer, IPIs), which only take the CPU from the guest.
 pub const VECTOR_FIRST_INTERRUPT: u64 = 32;
 
+impl Regs {
+    /// Whether the exit was an interrupt (the timer, an IPI, a device's),
+    /// not a fault or a hypercall.
+    pub fn interrupted(&self) -> bool {
+        (VECTOR_FIRST_INTERRUPT..VECTOR_SYSCALL).contains(&self.vector)
+    }
+}
+
 /// Page-fault error-code bits (`Regs::error` after [`VECTOR_PAGE_FAULT`]).
 pub mod pf {
     /// The page was present (a protection violation, not a missing page).

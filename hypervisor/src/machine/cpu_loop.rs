@@ -302,10 +302,41 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
     /// ([`Self::idle_tick`]).
     fn idle(&self, me: usize, now: u64, next_timer: Option<u64>, st: &CpuState) {
         let tick = self.idle_tick(me, now, st);
-        self.platform.arm_timer(next_timer.unwrap_or(u64::MAX).min(now + tick));
+        self.arm(me, next_timer.unwrap_or(u64::MAX).min(now + tick));
         let halted = self.now();
         self.platform.idle(me);
+        self.interrupted(me);
         self.idle_ns[me].fetch_add(self.now().saturating_sub(halted), Ordering::Relaxed);
+    }
+
+    /// Arms CPU `me`'s timer for `deadline_ns`, unless the interrupt it
+    /// armed before is still to come and due no later (Linux's
+    /// `hrtimer_reprogram` likewise reprograms only for an earlier
+    /// expiry): that one takes the CPU first, which then finds a slice not
+    /// over, or nothing due, and arms again. A CPU that switches between
+    /// guests every few microseconds (a sender and its receiver) would
+    /// otherwise reprogram at every switch, which costs a VM exit under
+    /// KVM and wakes QEMU's main loop under TCG.
+    ///
+    /// Every interrupt reaches the loop as a guest's exit to it or the
+    /// end of an idle halt (the hypervisor runs with interrupts off
+    /// elsewhere, so one that comes meanwhile is taken at the next entry);
+    /// both forget what was armed ([`Self::interrupted`]), so an armed
+    /// timer is never counted on after it may have fired.
+    fn arm(&self, me: usize, deadline_ns: u64) {
+        let due = &self.timer_due[me];
+        let armed = due.load(Ordering::Relaxed);
+        if armed != 0 && armed <= deadline_ns {
+            return;
+        }
+        self.platform.arm_timer(deadline_ns);
+        due.store(deadline_ns.max(1), Ordering::Relaxed);
+    }
+
+    /// CPU `me` took an interrupt, perhaps its timer's: nothing is known
+    /// to be armed any more.
+    fn interrupted(&self, me: usize) {
+        self.timer_due[me].store(0, Ordering::Relaxed);
     }
 
     fn busiest_other(&self, me: usize) -> Option<(usize, usize)> {
@@ -346,7 +377,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
         let mut mem = self.platform.mem();
         let start = self.now();
         // Preempt at the end of the slice, or earlier if a sleeper is due.
-        self.platform.arm_timer(start.saturating_add(slice_ns).min(next_timer.unwrap_or(u64::MAX)));
+        self.arm(me, start.saturating_add(slice_ns).min(next_timer.unwrap_or(u64::MAX)));
         if let Err(why) = self.make_rings(id, g, &mut mem) {
             return (Step::Stopped(why), 0);
         }
@@ -379,6 +410,9 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
                 step => break step,
             }
         };
+        if g.regs.interrupted() {
+            self.interrupted(me);
+        }
         // Whatever it queued goes out now that it leaves the CPU.
         self.drain(id, &g.name, me);
         self.platform.end_guest(&mut g.fpu);

@@ -114,6 +114,9 @@ pub struct Machine<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> 
     stopped: AtomicU32,
     /// Time each CPU spent halted with nothing to run.
     idle_ns: Vec<AtomicU64>,
+    /// Per CPU, only that CPU's to touch: when the timer it armed last is
+    /// due (ns), 0 once an interrupt may have been it (`Machine::arm`).
+    timer_due: Vec<AtomicU64>,
     /// Polls of the uplink that no interrupt prompted (`MachineStats`).
     uplink_polls: AtomicU64,
     /// What the control channel reports of every guest, by id.
@@ -213,6 +216,7 @@ impl<P: Platform, N: Network<Ring = P::Ring, Events = P::Events>> Machine<P, N> 
             exited: AtomicU32::new(0),
             stopped: AtomicU32::new(0),
             idle_ns: (0..cpus).map(|_| AtomicU64::new(0)).collect(),
+            timer_due: (0..cpus).map(|_| AtomicU64::new(0)).collect(),
             uplink_polls: AtomicU64::new(0),
             status: (0..capacity).map(|_| Slot::default()).collect(),
             high: AtomicUsize::new(0),

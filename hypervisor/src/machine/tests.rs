@@ -100,7 +100,12 @@ struct Fake {
     /// The pages of every ring `ring` made, in order.
     rings: Mutex<Vec<Vec<PhysAddr>>>,
     clock: AtomicU64,
+    /// The timer: the deadline last armed, whether its interrupt is still
+    /// to come (one-shot: it fires once, then only a new `arm_timer`
+    /// brings another), and how many times it was armed.
     armed: AtomicU64,
+    pending: AtomicBool,
+    arms: AtomicUsize,
     idles: AtomicUsize,
     lines: Mutex<Vec<String>>,
     scripts: Mutex<HashMap<String, VecDeque<Act>>>,
@@ -180,10 +185,15 @@ impl Platform for Fake {
     }
     fn arm_timer(&self, deadline_ns: u64) {
         self.armed.store(deadline_ns, Ordering::SeqCst);
+        self.pending.store(true, Ordering::SeqCst);
+        self.arms.fetch_add(1, Ordering::SeqCst);
     }
     fn idle(&self, cpu: usize) {
         self.loaded.lock().remove(&cpu);
         self.idles.fetch_add(1, Ordering::SeqCst);
+        // Halts until the timer fires: it must be armed (a wake-up IPI
+        // from another CPU aside, which these tests do not idle for).
+        assert!(self.pending.swap(false, Ordering::SeqCst), "CPU {cpu} halts with no timer armed");
         self.clock.fetch_max(self.armed.load(Ordering::SeqCst), Ordering::SeqCst);
     }
     fn wake_cpu(&self, cpu: usize) {
@@ -223,12 +233,23 @@ impl Platform for Fake {
             g.regs.rdi = a0;
         };
         self.clock.fetch_add(1_000, Ordering::SeqCst);
+        // A timer already due interrupts the guest before it does anything.
+        if self.pending.load(Ordering::SeqCst) && self.armed.load(Ordering::SeqCst) <= self.now_ns() {
+            self.pending.store(false, Ordering::SeqCst);
+            self.scripts.lock().get_mut(&g.name).map(|s| s.push_front(exit));
+            g.regs.vector = crate::guest::regs::VECTOR_FIRST_INTERRUPT;
+            return;
+        }
         match exit {
             Act::Busy(ns) => {
                 self.clock.fetch_add(ns, Ordering::SeqCst);
+                if self.armed.load(Ordering::SeqCst) <= self.now_ns() {
+                    self.pending.store(false, Ordering::SeqCst);
+                }
                 g.regs.vector = crate::guest::regs::VECTOR_FIRST_INTERRUPT;
             }
             Act::Spin => {
+                assert!(self.pending.swap(false, Ordering::SeqCst), "{} spins with no timer armed", g.name);
                 self.clock.fetch_max(self.armed.load(Ordering::SeqCst), Ordering::SeqCst);
                 g.regs.vector = crate::guest::regs::VECTOR_FIRST_INTERRUPT;
             }
@@ -303,6 +324,8 @@ fn machine_on<N: Network<Ring = SharedRing, Events = FakeEvents>>(cpus: usize, n
         rings: Mutex::new(Vec::new()),
         clock: AtomicU64::new(1_000_000_000),
         armed: AtomicU64::new(0),
+        pending: AtomicBool::new(false),
+        arms: AtomicUsize::new(0),
         idles: AtomicUsize::new(0),
         lines: Mutex::new(Vec::new()),
         scripts: Mutex::new(HashMap::new()),
@@ -795,6 +818,41 @@ fn a_guest_woken_on_its_own_cpu_preempts_the_one_that_woke_it() {
     // at its kick instead of at the end of k's slice.
     let kick = entries(&m, "k")[1];
     assert_eq!(entries(&m, "w")[1], kick + 1_000, "w ran {} ns after the kick", entries(&m, "w")[1] - kick);
+}
+
+#[test]
+fn guests_that_hand_the_cpu_back_and_forth_arm_the_timer_once_a_slice() {
+    let m = machine(1);
+    // a and b wake each other and block at once (a sender and its
+    // receiver), or sleep a second.
+    let a = guest(&m, "a", &[Act::Sleep(1_000_000_000); 1_000]);
+    let b = guest(&m, "b", &[Act::Sleep(1_000_000_000); 1_000]);
+    let mut cpu = CpuState::default();
+    steps(&m, 0, &mut cpu, 2);
+    let (arms, start) = (m.platform.arms.load(Ordering::SeqCst), m.now());
+    for _ in 0..500 {
+        deliver(&m, a, 0);
+        deliver(&m, b, 0);
+        steps(&m, 0, &mut cpu, 2);
+    }
+    assert_eq!(entries(&m, "a").len() + entries(&m, "b").len(), 1_002);
+    // 1,000 entries in about 1 ms of the fake clock: the slice armed
+    // before them still covers them all (each would have armed a later one).
+    assert!(m.now() - start < sched::SLICE_NS, "the rounds took {} ns", m.now() - start);
+    let armed = m.platform.arms.load(Ordering::SeqCst) - arms;
+    assert!(armed <= 1, "armed {armed} times");
+    // A guest that computes is still preempted at the end of its slice,
+    // however long ago the timer was armed.
+    let c = guest(&m, "c", &[Act::Spin; 3]);
+    deliver(&m, a, 0);
+    while entries(&m, "c").is_empty() {
+        m.step(0, &mut cpu);
+    }
+    while entries(&m, "a").len() < 502 {
+        m.step(0, &mut cpu);
+        assert!(entries(&m, "c").len() <= 3, "c ran on while a waited");
+    }
+    assert_eq!(state(&m, c), Some(State::Runnable));
 }
 
 #[test]
