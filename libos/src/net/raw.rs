@@ -12,9 +12,12 @@
 
 use super::Error;
 use crate::sys::{InSharedPage, MappedRing};
+use crate::time::Instant;
 use abi::layout;
 use abi::ring::{CONS_OFFSET, PROD_OFFSET, RingMemory};
+use abi::time::events;
 use core::future::poll_fn;
+use core::time::Duration;
 use core::task::{Poll, Waker};
 use netdev::RawDevice;
 pub use netdev::{SendError, Stats};
@@ -22,6 +25,12 @@ use spin::Mutex;
 
 /// The RX ring and the task waiting for a frame on it, if one is.
 pub(super) static WAITING: InSharedPage<Mutex<Option<(MappedRing, Waker)>>> = InSharedPage::new(|| Mutex::new(None));
+
+/// Longest a sender with a full TX ring sleeps before it looks again. A
+/// bound only: the hypervisor raises `NET_TX` whenever it takes frames
+/// from a full ring, which it does at the latest when they have waited
+/// their bounded time for a full or gone receiver.
+const ROOM_WAIT: Duration = Duration::from_millis(10);
 
 /// This guest's vNIC, frame by frame.
 pub struct RawNic {
@@ -80,18 +89,30 @@ impl RawNic {
         self.dev.send(frame)
     }
 
-    /// Queues `frame`, making room first if the TX ring is full: asks the
-    /// hypervisor to forward what is queued (which lets a receiver it
-    /// woke run first), and gives up the CPU while that leaves no room.
+    /// Queues `frame`, making room first if the TX ring is full
+    /// ([`RawNic::make_room`]).
     pub fn send(&mut self, frame: &[u8]) -> Result<(), SendError> {
         loop {
             if self.dev.send(frame)? {
                 return Ok(());
             }
-            crate::hypercall::net_kick();
-            if !self.dev.tx_fits(frame.len()) {
-                crate::hypercall::yield_now();
-            }
+            self.make_room(frame.len());
+        }
+    }
+
+    /// For a TX ring with no room for a `len`-byte frame: asks the
+    /// hypervisor to forward what is queued (a receiver it wakes runs
+    /// first), and if that leaves no room, sleeps until it raises
+    /// `NET_TX` (it took frames from the ring: its receiver made room) or
+    /// [`ROOM_WAIT`] passes. A sender that spun through yields instead
+    /// would take the CPU back from its own receiver time and again.
+    fn make_room(&mut self, len: usize) {
+        // Taken before the kick: a `NET_TX` from here on is about room
+        // made after this look.
+        crate::hypercall::take_events(events::NET_TX);
+        crate::hypercall::net_kick();
+        if !self.dev.tx_fits(len) {
+            crate::time::block_until(Instant::now().saturating_add(ROOM_WAIT));
         }
     }
 
@@ -103,10 +124,7 @@ impl RawNic {
             if self.dev.send_with(len, &mut fill)? {
                 return Ok(());
             }
-            crate::hypercall::net_kick();
-            if !self.dev.tx_fits(len) {
-                crate::hypercall::yield_now();
-            }
+            self.make_room(len);
         }
     }
 
