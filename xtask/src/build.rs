@@ -39,6 +39,16 @@ pub const GUEST_RUSTFLAGS: &str = "-C relocation-model=static -C link-arg=-nosta
      -C link-arg=-static -C link-arg=-no-pie -C link-arg=-Wl,-z,max-page-size=4096 \
      -C link-arg=-Wl,-z,separate-code -C link-arg=-Wl,--build-id=none";
 
+/// Cargo options for every bare-metal build (`--release`): the whole
+/// program optimised as one unit (fat LTO, one codegen unit), as
+/// Firecracker builds its releases. Calls across crates (the switch, the
+/// rings, the scheduler; smoltcp and the libos in a guest) are inlined:
+/// the 64 KiB frames of `bench net`'s switch row go through 10% faster
+/// under TCG, where every call and return costs a lookup. Here rather than
+/// in Cargo.toml's release profile, which the host's release builds (the
+/// shim, the fuzzers) share.
+pub const BARE_METAL_PROFILE: [&str; 4] = ["--config", "profile.release.lto=\"fat\"", "--config", "profile.release.codegen-units=1"];
+
 /// Locks `m`, ignoring poisoning (a panicked build left nothing half-cached).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -58,6 +68,7 @@ pub fn build_hypervisor() -> Result<PathBuf> {
     }
     run(cargo()
         .args(["build", "--release", "-p", "hypervisor", "--bin", "hypervisor", "--features", "bare-metal"])
+        .args(BARE_METAL_PROFILE)
         .args(["--target", TARGET, "--target-dir", "target/hv"])
         .env("RUSTFLAGS", hypervisor_rustflags(root)))?;
     let path = root.join("target/hv").join(TARGET).join("release/hypervisor");
@@ -117,7 +128,7 @@ pub fn build_apps(names: &[&str]) -> Result<Vec<PathBuf>> {
     missing.dedup();
     if !missing.is_empty() {
         let mut cmd = cargo();
-        cmd.args(["build", "--release"]);
+        cmd.args(["build", "--release"]).args(BARE_METAL_PROFILE);
         for app in &missing {
             cmd.args(["-p", app]);
         }
@@ -195,7 +206,9 @@ pub fn build_external(dir: &Path) -> Result<(String, PathBuf)> {
     let smoltcp = toml::Value::String(root.join("libos/smoltcp").display().to_string());
     let mut cmd = cargo();
     cmd.current_dir(dir)
-        .args(["build", "--release", "--manifest-path"])
+        .args(["build", "--release"])
+        .args(BARE_METAL_PROFILE)
+        .arg("--manifest-path")
         .arg(&manifest)
         .args(["--bin", &name, "--target", TARGET, "--target-dir"])
         .arg(&target_dir)
