@@ -131,7 +131,7 @@ enum Ctl {
         /// At most this percent of one CPU, 1..=100 (default: no cap).
         #[arg(long)]
         cap: Option<u32>,
-        /// Frames each vNIC ring holds: a power of two, 2..=512 (default 16).
+        /// Frames each vNIC ring holds: a power of two, 2..=2048 (default 16).
         #[arg(long)]
         ring_slots: Option<u32>,
         /// Forward a host port (127.0.0.1, TCP) to a guest port, HOST:GUEST

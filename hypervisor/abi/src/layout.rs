@@ -13,7 +13,7 @@
 //! `slots` need and the heap follows them ([`nic_rx_ring`],
 //! [`heap_start`]): an idle guest's 4-slot rings leave the window nearly
 //! free, and a streaming guest may have rings of up to `ring::SLOTS_MAX`
-//! slots (1 MiB each).
+//! slots (4 MiB each).
 //!
 //! ```text
 //! 0x0000_0000_0001_0000  image segments, where the ELF puts them (< IMAGE_END)

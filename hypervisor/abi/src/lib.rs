@@ -39,7 +39,7 @@ mod wire;
 
 /// Version of this contract. Images carry the version they were built
 /// against in an ELF note ([`note`]); the hypervisor refuses any other.
-pub const ABI_VERSION: u32 = 9;
+pub const ABI_VERSION: u32 = 10;
 
 /// Hypercall numbers, passed in `rax` to `syscall`.
 ///

@@ -40,7 +40,7 @@
 //! their own (`layout::NIC_TX_INDICES`, `layout::NIC_TX_RING`).
 
 /// Most slots a ring may have.
-pub const SLOTS_MAX: u32 = 512;
+pub const SLOTS_MAX: u32 = 2048;
 /// Fewest slots a ring may have.
 pub const SLOTS_MIN: u32 = 2;
 /// Slots per ring unless the manifest says otherwise.

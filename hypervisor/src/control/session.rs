@@ -659,7 +659,7 @@ mod tests {
         let stats = send(&mut s, &host, 6, b"stats\n");
         let Ok(Response::Stats { guests, machine }) = serde_json::from_str(&stats[0]) else { panic!("{stats:?}") };
         assert_eq!((guests[0].guest.as_str(), machine.live), ("w", 1));
-        assert_eq!(send(&mut s, &host, 7, b"version\n"), [r#"{"protocol":7,"abi":9}"#]);
+        assert_eq!(send(&mut s, &host, 7, b"version\n"), [r#"{"protocol":7,"abi":10}"#]);
     }
 
     #[test]
@@ -690,7 +690,7 @@ mod tests {
         assert_eq!(
             send(&mut s, &host, 7, b"start w a.hermit 4096 0 weight=0 --\n"),
             [
-                r#"{"error":"start: options before -- are weight=1..10000, cap=1..100, ring_slots=2..512 (a power of two), nic_packets=, nic_bytes=, nic_broadcasts=, console_bytes=, notifications= (per second, 0: none), watch","kind":"bad_request"}"#
+                r#"{"error":"start: options before -- are weight=1..10000, cap=1..100, ring_slots=2..2048 (a power of two), nic_packets=, nic_bytes=, nic_broadcasts=, console_bytes=, notifications= (per second, 0: none), watch","kind":"bad_request"}"#
             ]
         );
     }

@@ -1054,8 +1054,8 @@ fn each_client_has_its_own_session_and_watches_until_it_goes() {
     // Client 1 watches events and has half a request under way; client 0
     // asks for the version meanwhile.
     assert_eq!(send(1, Some(b"events\nver"), &mut sessions), [r#"1:{"watching":"events"}"#]);
-    assert_eq!(send(0, Some(b"version\n"), &mut sessions), [r#"0:{"protocol":7,"abi":9}"#]);
-    assert_eq!(send(1, Some(b"sion\n"), &mut sessions), [r#"1:{"protocol":7,"abi":9}"#], "its half line was its own");
+    assert_eq!(send(0, Some(b"version\n"), &mut sessions), [r#"0:{"protocol":7,"abi":10}"#]);
+    assert_eq!(send(1, Some(b"sion\n"), &mut sessions), [r#"1:{"protocol":7,"abi":10}"#], "its half line was its own");
     guest(&m, "a", &[Act::Exit(0)]);
     assert_eq!(steps(&m, 0, &mut CpuState::default(), 10), Pass::Done);
     let out = send(0, None, &mut Vec::new());

@@ -65,8 +65,8 @@ impl NetSettings {
             switch_frame_bytes: vec![1514, abi::ring::MAX_FRAME],
             switch_ms: if quick { 1_000 } else { 5_000 },
             memcpy_ms: if quick { 500 } else { 2_000 },
-            stream_ring_slots: 512,
-            stream_memory_mib: 64,
+            stream_ring_slots: abi::ring::SLOTS_MAX,
+            stream_memory_mib: 128,
         }
     }
 
@@ -602,7 +602,7 @@ mod tests {
         assert_eq!(j["http"]["body_bytes"], 1024);
         assert_eq!(j["bulk"]["bytes_per_run"], 256 << 20);
         assert_eq!(j["switch"]["frame_bytes"][1], 65535);
-        assert_eq!(j["stream_guests"]["ring_slots"], 512);
+        assert_eq!(j["stream_guests"]["ring_slots"], 2048);
     }
 
     fn wrk(p99_us: f64, max_us: f64) -> Measured {

@@ -13,7 +13,7 @@
 //! cap = 25                # at most this percent of one CPU, 1..=100, default none
 //! net = true              # give it a vNIC (default false; implied by tenant)
 //! tenant = "acme"         # its broadcast domain; guests of other tenants cannot reach it
-//! ring_slots = 16         # frames each vNIC ring holds: a power of two, 2..=512, default 16 (2 KiB each)
+//! ring_slots = 16         # frames each vNIC ring holds: a power of two, 2..=2048, default 16 (2 KiB each)
 //! limits = { nic_packets = 200000, nic_bytes = "256 MiB", nic_broadcasts = 1000, console_bytes = "64 KiB", notifications = 200000 }
 //!                         # per second, 0 = none; each key optional, defaults as shown
 //! ports = ["8080:7"]      # host 127.0.0.1:8080 -> this guest's port 7 ("HOST:GUEST[/udp]"); count 1, first tenant only

@@ -118,9 +118,11 @@ fn weight_and_cap() {
     assert!(e.to_string().contains("unknown field `colour`"), "{e}");
     let m = check("[[guest]]\nname = \"a\"\napp = \"hello\"\nring_slots = 4\n").unwrap();
     assert_eq!(m.guests[0].ring_slots, 4);
-    for bad in ["3", "1", "1024", "-2"] {
+    let m = check("[[guest]]\nname = \"a\"\napp = \"hello\"\nring_slots = 2048\nmemory = \"16 MiB\"\n").unwrap();
+    assert_eq!(m.guests[0].ring_slots, 2048);
+    for bad in ["3", "1", "4096", "-2"] {
         let e = check(&format!("[[guest]]\nname = \"a\"\napp = \"hello\"\nring_slots = {bad}\n")).unwrap_err();
-        assert_eq!(e.to_string(), format!("manifest.toml:4: ring_slots {bad} is not a power of two between 2 and 512"));
+        assert_eq!(e.to_string(), format!("manifest.toml:4: ring_slots {bad} is not a power of two between 2 and 2048"));
     }
 }
 

@@ -237,7 +237,7 @@ impl fmt::Display for ControlError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(untagged))]
 pub enum Response {
-    /// `version`: `{"protocol":5,"abi":6}`.
+    /// `version`: `{"protocol":7,"abi":10}`.
     Version { protocol: u32, abi: u32 },
     /// `stats`: every guest not on a CPU at that instant, and the machine.
     Stats { guests: Vec<GuestStats>, machine: MachineStats },

@@ -109,7 +109,7 @@ pub struct StartOptions {
     pub weight: Option<u32>,
     /// `cap=P`: at most P percent of one CPU, 1..=100.
     pub cap: Option<u32>,
-    /// `ring_slots=N`: slots in each vNIC ring (a power of two, 2..=512: `ring::SLOTS_MIN..=SLOTS_MAX`).
+    /// `ring_slots=N`: slots in each vNIC ring (a power of two, 2..=2048: `ring::SLOTS_MIN..=SLOTS_MAX`).
     pub ring_slots: Option<u32>,
     /// `nic_packets=`, `nic_bytes=`, `nic_broadcasts=`, `console_bytes=`,
     /// `notifications=`: rate limits per second (0: none), in the order of
@@ -242,7 +242,7 @@ impl fmt::Display for RequestError {
             Self::StartEnv => "start: env=KEY=VALUE needs a KEY, and at most 64 of them",
             Self::StartEscape => "start, clone, restore-begin: a %XX escape is malformed, or decodes to a NUL byte or not to UTF-8",
             Self::StartOption => {
-                "start: options before -- are weight=1..10000, cap=1..100, ring_slots=2..512 (a power of two), \
+                "start: options before -- are weight=1..10000, cap=1..100, ring_slots=2..2048 (a power of two), \
                  nic_packets=, nic_bytes=, nic_broadcasts=, console_bytes=, notifications= (per second, 0: none), watch"
             }
             Self::NeedsName => "image-remove, tenant-remove, wait, console, remove, pause, resume and snapshot need one name",

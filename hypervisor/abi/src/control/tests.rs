@@ -17,7 +17,7 @@ fn answers_print_as_they_always_did_and_read_back() {
         received_frames: 4,
     };
     let cases: &[(Response, &str)] = &[
-        (Response::version(), r#"{"protocol":7,"abi":9}"#),
+        (Response::version(), r#"{"protocol":7,"abi":10}"#),
         (
             Response::Snapshot { snapshot: "e".into(), bytes: 9, digest: "sha256:ab".into() },
             r#"{"snapshot":"e","bytes":9,"digest":"sha256:ab"}"#,

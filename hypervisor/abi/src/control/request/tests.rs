@@ -132,7 +132,7 @@ fn start_options_come_before_a_double_dash() {
     assert_eq!(options.apply_limits(crate::bundle::Limits::default()).console_bytes, 0);
     // Without `--`, every word is an argument (protocol 3).
     assert!(matches!(parse("start w x 4096 0 weight=200"), Ok(Request::Start { options: StartOptions { weight: None, .. }, .. })));
-    for bad in ["weight=0", "weight=10001", "cap=101", "cap=0", "ring_slots=3", "ring_slots=1024", "colour=red", "nic_bytes=-1", "watch=1"]
+    for bad in ["weight=0", "weight=10001", "cap=101", "cap=0", "ring_slots=3", "ring_slots=4096", "colour=red", "nic_bytes=-1", "watch=1"]
     {
         assert_eq!(parse(&alloc::format!("start w x 4096 0 {bad} --")), Err(RequestError::StartOption), "{bad}");
     }
