@@ -95,8 +95,28 @@ fn wait_for_http(port: u16, patience: Duration) -> std::result::Result<(), Strin
     Err(format!("127.0.0.1:{port} did not answer HTTP within {} s ({last})", patience.as_secs()))
 }
 
+/// The host kernel's count of connections that found a listening
+/// socket's accept queue full (`TcpExt: ... ListenOverflows` in
+/// `/proc/net/netstat`, a header line and a value line).
+fn listen_overflows(netstat: &str) -> Option<u64> {
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let i = names.split_whitespace().position(|n| n == "ListenOverflows")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+/// The host's `ListenOverflows` now (`None` off Linux, or unreadable).
+fn host_listen_overflows() -> Option<u64> {
+    listen_overflows(&std::fs::read_to_string("/proc/net/netstat").ok()?)
+}
+
 /// `wrk` on the host against 127.0.0.1:`port`, after a 1 s warm-up run
-/// whose figures are dropped.
+/// whose figures are dropped. The figures carry `listen_overflows`, the
+/// host's count of connections that found a listening socket's queue full
+/// during the run: QEMU's user network listens for a forwarded port with a
+/// backlog of 1 (libslirp's `tcpx_listen`), so of wrk's connections, all
+/// opened at once, some wait for the host kernel to retry their handshake,
+/// and the first request on each waits with them (about 0.2 to 1 s).
 pub(super) fn host_wrk(wrk: &std::path::Path, port: u16, connections: usize, secs: u64) -> Measured {
     wait_for_http(port, Duration::from_secs(30))?;
     let wrk_for = |secs: u64| {
@@ -114,14 +134,31 @@ pub(super) fn host_wrk(wrk: &std::path::Path, port: u16, connections: usize, sec
         cmd.output().map_err(|e| format!("running wrk: {e}"))
     };
     wrk_for(1)?;
+    let before = host_listen_overflows();
     let out = wrk_for(secs)?;
+    let overflows = before.zip(host_listen_overflows()).map(|(b, a)| a.saturating_sub(b));
     let text = String::from_utf8_lossy(&out.stdout);
-    parse_wrk(&text).ok_or_else(|| format!("wrk printed no figures: {}{}", text.trim(), String::from_utf8_lossy(&out.stderr).trim()))
+    let mut v =
+        parse_wrk(&text).ok_or_else(|| format!("wrk printed no figures: {}{}", text.trim(), String::from_utf8_lossy(&out.stderr).trim()))?;
+    v["listen_overflows"] = json!(overflows);
+    Ok(v)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_overflows_are_read_from_netstat() {
+        let netstat = "TcpExt: SyncookiesSent SyncookiesRecv ListenOverflows ListenDrops\n\
+                       TcpExt: 0 0 4454 4460\n\
+                       IpExt: InNoRoutes ListenOverflows\n\
+                       IpExt: 0 9\n";
+        assert_eq!(listen_overflows(netstat), Some(4454));
+        assert_eq!(listen_overflows("TcpExt: SyncookiesSent\nTcpExt: 0\n"), None);
+        assert_eq!(listen_overflows("TcpExt: ListenOverflows\n"), None);
+        assert_eq!(listen_overflows(""), None);
+    }
 
     #[test]
     fn wrk_output_is_parsed() {
