@@ -408,7 +408,7 @@ fn run(data: &[u8]) -> Vec<String> {
                         let options = StartOptions {
                             weight: inp.bool().then(|| 1 + inp.below(10_000) as u32),
                             cap: inp.bool().then(|| 1 + inp.below(100) as u32),
-                            ring_slots: inp.bool().then(|| 2 << inp.below(7)),
+                            ring_slots: inp.bool().then(|| 2 << inp.below(11)),
                             limits: [inp.bool().then(|| inp.u32().into()), None, None, inp.bool().then(|| inp.u32().into()), None],
                             watch: inp.bool(),
                         };

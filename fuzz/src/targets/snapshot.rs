@@ -114,7 +114,7 @@ fn build(inp: &mut Input) -> Vec<u8> {
             1 => TENANT_NONE,
             _ => inp.below(abi::MAX_TENANTS as usize) as u32,
         },
-        ring_slots: if flags & 4 != 0 { inp.u32() } else { 1 << inp.below(10) },
+        ring_slots: if flags & 4 != 0 { inp.u32() } else { 1 << inp.below(12) },
         limits: Limits {
             nic_packets: inp.u64(),
             nic_bytes: inp.u64(),
