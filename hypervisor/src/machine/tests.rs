@@ -236,7 +236,9 @@ impl Platform for Fake {
         // A timer already due interrupts the guest before it does anything.
         if self.pending.load(Ordering::SeqCst) && self.armed.load(Ordering::SeqCst) <= self.now_ns() {
             self.pending.store(false, Ordering::SeqCst);
-            self.scripts.lock().get_mut(&g.name).map(|s| s.push_front(exit));
+            if let Some(script) = self.scripts.lock().get_mut(&g.name) {
+                script.push_front(exit);
+            }
             g.regs.vector = crate::guest::regs::VECTOR_FIRST_INTERRUPT;
             return;
         }

@@ -569,12 +569,7 @@ fn host_goals(ours: &Measured, linux: &Measured) -> HostGoals {
     let mut line = format!("goal p99 <= 2x linux{}, max <= 200 ms{}", said(p99_met), said(max_met));
     if ours_overflows.or(linux_overflows).is_some_and(|n| n > 0) {
         let n = |o: Option<u64>| o.map_or("-".into(), |n| n.to_string());
-        line += &format!(
-            "\n{:<44}listen overflows at QEMU's forward (backlog 1): {} / {}",
-            "",
-            n(ours_overflows),
-            n(linux_overflows)
-        );
+        line += &format!("\n{:<44}listen overflows at QEMU's forward (backlog 1): {} / {}", "", n(ours_overflows), n(linux_overflows));
     }
     HostGoals {
         line,

@@ -138,8 +138,8 @@ pub(super) fn host_wrk(wrk: &std::path::Path, port: u16, connections: usize, sec
     let out = wrk_for(secs)?;
     let overflows = before.zip(host_listen_overflows()).map(|(b, a)| a.saturating_sub(b));
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut v =
-        parse_wrk(&text).ok_or_else(|| format!("wrk printed no figures: {}{}", text.trim(), String::from_utf8_lossy(&out.stderr).trim()))?;
+    let mut v = parse_wrk(&text)
+        .ok_or_else(|| format!("wrk printed no figures: {}{}", text.trim(), String::from_utf8_lossy(&out.stderr).trim()))?;
     v["listen_overflows"] = json!(overflows);
     Ok(v)
 }
