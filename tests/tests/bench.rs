@@ -100,6 +100,11 @@ fn net_benchmark_measures_our_guests_and_the_linux_peer_and_writes_json() {
         if host.get("not_measured").is_none() {
             positive(&host["requests_per_sec"], "host wrk -> ours");
         }
+        let steady = &n["ours"]["host_load"];
+        if steady.get("not_measured").is_none() {
+            positive(&steady["requests_per_sec"], "host client -> ours");
+            assert_eq!(steady["errors"], 0, "host client -> ours: {steady}");
+        }
     }
     // The Linux side: a figure, or a reason in not_measured.
     for (key, m) in [("echo", &n["linux"]["echo"][0]), ("http", &n["linux"]["http"]), ("host_http", &n["linux"]["host_http"])] {
@@ -128,7 +133,7 @@ fn net_benchmark_measures_our_guests_and_the_linux_peer_and_writes_json() {
             }
         }
     }
-    for goal in ["bulk_1_conn", "switch_65535", "host_http_p99", "host_http_max"] {
+    for goal in ["bulk_1_conn", "switch_65535", "host_http_p99", "host_http_max", "host_load_p99", "host_load_max"] {
         assert!(n["goal"][goal].is_object(), "goal {goal}: {}", n["goal"]);
     }
     // Ratios are ours / linux where both were measured.

@@ -62,6 +62,7 @@ use crate::workspace_root;
 mod boot;
 pub mod console;
 mod density;
+mod host_load;
 mod hosting;
 mod hypercall;
 mod latency;

@@ -8,6 +8,7 @@
 //! one of our guests, not Linux. A part that cannot run is reported as not
 //! measured, with the reason, and the rest still runs.
 
+use super::host_load::host_load;
 use super::wrk::host_wrk;
 use super::*;
 
@@ -118,6 +119,7 @@ impl NetSettings {
                 "connections": self.host_connections,
                 "duration_s": self.host_secs,
                 "warmup_s": 1,
+                "then": "host_load: the same connections made one at a time, each answered once, then duration_s of requests, a thread each",
             },
             "warmup_ms": self.warmup_ms,
         })
@@ -135,7 +137,11 @@ pub(super) struct NetSide {
     /// One per [`NetSettings::bulk_connections`].
     pub(super) bulk: Vec<Measured>,
     pub(super) http: Measured,
+    /// The host's wrk through the forwarded port.
     pub(super) host: Measured,
+    /// The host's client that makes its connections one at a time
+    /// (`host_load`), through the same port.
+    pub(super) host_load: Measured,
 }
 
 pub(super) fn measured_json(m: &Measured) -> Value {
@@ -218,8 +224,12 @@ impl Bench {
     }
 
     /// http-load → http in one tenant, then the host's wrk through the
-    /// forwarded port.
-    fn ours_http(&self, st: &NetSettings, wrk: std::result::Result<&std::path::Path, &str>) -> Result<(Vec<String>, Measured, Measured)> {
+    /// forwarded port, then the host's client that connects one at a time.
+    fn ours_http(
+        &self,
+        st: &NetSettings,
+        wrk: std::result::Result<&std::path::Path, &str>,
+    ) -> Result<(Vec<String>, Measured, Measured, Measured)> {
         let host_port = free_port()?;
         let memory = 32 + st.http_connections / 4;
         let port = linux::HTTP_PORT;
@@ -239,6 +249,7 @@ impl Bench {
         let mut lines = GuestLines::default();
         let mut http = Err("http-load printed no result".to_string());
         let mut host = Err("the http guest ended before the host's turn".to_string());
+        let mut host_steady: Option<Measured> = None;
         let (args, console) =
             self.ours_live(&format!("http-load → http, {} connections", st.http_connections), manifest, timeout, |line| {
                 if let Some((who, v)) = lines.push_json(line)
@@ -259,6 +270,10 @@ impl Bench {
                             if let Ok(v) = &r {
                                 progress(&format!("  host → ours: {}", describe_result(v)));
                             }
+                            let steady = host_steady.insert(host_load(host_port, st.host_connections, st.host_secs));
+                            if let Ok(v) = steady {
+                                progress(&format!("  host, connections made one by one → ours: {}", describe_result(v)));
+                            }
                             r
                         }
                         Err(why) => Err(why.to_string()),
@@ -271,7 +286,9 @@ impl Bench {
             let why = if console.timed_out { "timed out" } else { "no result" };
             http = Err(format!("http-load → http: {why}; console tail:\n{}", console.tail(15)));
         }
-        Ok((args, http, host))
+        // Not run: for the reason the wrk run was not.
+        let host_load = host_steady.unwrap_or_else(|| host.clone());
+        Ok((args, http, host, host_load))
     }
 
     /// `bench net`: both sides, the table and the report.
@@ -291,19 +308,19 @@ impl Bench {
             self.ours_switch(&st).unwrap_or_else(|e| failed("the raw-frame guests", e, st.switch_frame_bytes.len()));
         let (memcpy_args, memcpy) = self.ours_memcpy(&st).unwrap_or_else(|e| failed("the memcpy guest", e, st.switch_frame_bytes.len()));
         let has_http = crate::build::apps()?.iter().any(|a| a == "http");
-        let (ours_http_args, ours_http, ours_host) = if has_http {
+        let (ours_http_args, ours_http, ours_host, ours_host_load) = if has_http {
             match self.ours_http(&st, wrk) {
                 Ok(r) => r,
                 Err(e) => {
                     let why = format!("our http guest could not be booted: {e:#}");
-                    (Vec::new(), Err(why.clone()), Err(why))
+                    (Vec::new(), Err(why.clone()), Err(why.clone()), Err(why))
                 }
             }
         } else {
             let why = "apps/http does not exist".to_string();
-            (Vec::new(), Err(why.clone()), Err(why))
+            (Vec::new(), Err(why.clone()), Err(why.clone()), Err(why))
         };
-        let ours = NetSide { echo: ours_echo, bulk: ours_bulk, http: ours_http, host: ours_host };
+        let ours = NetSide { echo: ours_echo, bulk: ours_bulk, http: ours_http, host: ours_host, host_load: ours_host_load };
         let (linux, linux_info) = self.linux_net(&st, nginx.map_err(String::as_str), wrk);
 
         let rows = net_rows(&st, &ours, &linux, &switch, &memcpy);
@@ -338,11 +355,11 @@ impl Bench {
             if let Some(g) = row.goal {
                 goals.insert(row.key.clone(), json!({ "ratio_at_least": g, "ratio": ratio, "met": ratio.map(|r| r >= g) }));
             }
-            if row.key == "host_http" {
+            if row.key == "host_http" || row.key == "host_load" {
                 let host = host_goals(row.ours, row.linux);
                 let _ = writeln!(t, "{:<44}{}", "", host.line);
-                goals.insert("host_http_p99".into(), host.p99);
-                goals.insert("host_http_max".into(), host.max);
+                goals.insert(format!("{}_p99", row.key), host.p99);
+                goals.insert(format!("{}_max", row.key), host.max);
             }
             for (side, m) in [("ours", row.ours), (row.linux_side, row.linux)] {
                 match m {
@@ -369,7 +386,8 @@ impl Bench {
              linux: peer echo-client → echo-server, bulk-send → bulk-sink, http-load → nginx, over lo\n\
              bulk: the MiB of a run split evenly over its connections\n\
              switch: raw Ethernet frames (EtherType 0x88b5) guest → guest vs. memcpy of the same size in a guest (frames/s: copies/s)\n\
-             host: wrk -t1 through QEMU's user-net port forward (ours: to the http guest; linux: to nginx on eth0)"
+             host: wrk -t1 through QEMU's user-net port forward (ours: to the http guest; linux: to nginx on eth0); \
+             then the same port from a client that makes its connections one by one (xtask/src/bench/host_load.rs)"
         );
 
         let report = json!({
@@ -408,12 +426,14 @@ impl Bench {
                 "memcpy": memcpy.iter().map(measured_json).collect::<Vec<_>>(),
                 "http": measured_json(&ours.http),
                 "host_http": measured_json(&ours.host),
+                "host_load": measured_json(&ours.host_load),
             },
             "linux": {
                 "echo": linux.echo.iter().map(measured_json).collect::<Vec<_>>(),
                 "bulk": linux.bulk.iter().map(measured_json).collect::<Vec<_>>(),
                 "http": measured_json(&linux.http),
                 "host_http": measured_json(&linux.host),
+                "host_load": measured_json(&linux.host_load),
             },
             "ratio": ratios,
             "goal": goals,
@@ -515,6 +535,23 @@ fn net_rows<'a>(st: &NetSettings, ours: &'a NetSide, linux: &'a NetSide, switch:
         linux_side: "linux",
         goal: None,
     });
+    rows.push(Row {
+        key: "host_load".into(),
+        heading: None,
+        label: format!("host, {} made one by one", conns(st.host_connections)),
+        unit: "requests/s",
+        decimals: 0,
+        value: rate_of,
+        detail_unit: "p99 / max ms",
+        detail: |v| {
+            let l = &v["latency_us"];
+            Some(format!("{:.1} / {:.1}", l["p99"].as_f64()? / 1e3, l["max"].as_f64()? / 1e3))
+        },
+        ours: &ours.host_load,
+        linux: &linux.host_load,
+        linux_side: "linux",
+        goal: None,
+    });
     for (i, &size) in st.switch_frame_bytes.iter().enumerate() {
         rows.push(Row {
             key: format!("switch_{size}"),
@@ -592,7 +629,7 @@ mod tests {
         for quick in [false, true] {
             let st = NetSettings::new(quick);
             let timed = (st.echo_connections.len() as u64 * (st.echo_ms + st.warmup_ms) + st.http_ms + st.warmup_ms) * 2
-                + 2 * (st.host_secs + 1) * 1000
+                + 2 * (2 * st.host_secs + 1) * 1000
                 + st.switch_frame_bytes.len() as u64 * (st.switch_ms + st.warmup_ms + st.memcpy_ms);
             // Measurement time on both sides; boots and builds come on top,
             // and the bulk runs take what their bytes take.
@@ -653,6 +690,7 @@ mod tests {
             bulk: st.bulk_connections.iter().map(|_| none()).collect(),
             http: none(),
             host: none(),
+            host_load: none(),
         };
         let (ours, linux) = (side(), side());
         let switch: Vec<Measured> = st.switch_frame_bytes.iter().map(|_| none()).collect();
@@ -660,14 +698,24 @@ mod tests {
         let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(
             keys,
-            ["echo_1_conn", "echo_16_conns", "bulk_1_conn", "bulk_4_conns", "http", "host_http", "switch_1514", "switch_65535"]
+            [
+                "echo_1_conn",
+                "echo_16_conns",
+                "bulk_1_conn",
+                "bulk_4_conns",
+                "http",
+                "host_http",
+                "host_load",
+                "switch_1514",
+                "switch_65535"
+            ]
         );
         let goal = |k: &str| rows.iter().find(|r| r.key == k).unwrap().goal;
         assert_eq!(goal("bulk_1_conn"), Some(1.0));
         assert_eq!(goal("bulk_4_conns"), None);
         assert_eq!(goal("switch_65535"), Some(0.5));
         assert_eq!(goal("switch_1514"), None);
-        assert_eq!(rows[7].label, "switch, 64 KiB frames");
+        assert_eq!(rows[8].label, "switch, 64 KiB frames");
         let bulk = json!({ "mbytes_per_sec": 12.5, "gbits_per_sec": 0.1 });
         assert_eq!((rows[2].value)(&bulk), Some(12.5));
         assert_eq!((rows[2].detail)(&bulk).as_deref(), Some("0.100"));

@@ -4,6 +4,7 @@
 //! `lo`, then serves the host's `wrk` on `eth0`
 //! ([`linux::net_init_script`]).
 
+use super::host_load::host_load;
 use super::net::free_port;
 use super::wrk::host_wrk;
 use super::*;
@@ -25,6 +26,7 @@ impl Bench {
                     bulk: st.bulk_connections.iter().map(|_| Err(why.clone())).collect(),
                     http: Err(why.clone()),
                     host: Err(why.clone()),
+                    host_load: Err(why.clone()),
                 },
                 json!({ "not_measured": why }),
             )
@@ -112,6 +114,7 @@ impl Bench {
         let mut bulk: Vec<Value> = Vec::new();
         let mut http: Option<Value> = None;
         let mut host: Measured = Err(host_why.clone().unwrap_or_else(|| "the peer never said it was serving".into()));
+        let mut host_steady: Option<Measured> = None;
         let mut failed: Vec<String> = Vec::new();
         let mut up = Value::Null;
         let console = linux::boot_interactive(&qemu_args, timeout, |t, line| {
@@ -139,6 +142,10 @@ impl Bench {
                     host = host_wrk(wrk, port, st.host_connections, st.host_secs);
                     if let Ok(v) = &host {
                         progress(&format!("  host → linux: {}", describe_result(v)));
+                    }
+                    let steady = host_steady.insert(host_load(port, st.host_connections, st.host_secs));
+                    if let Ok(v) = steady {
+                        progress(&format!("  host, connections made one by one → linux: {}", describe_result(v)));
                     }
                 }
                 return Reply::Type(b"done\n".to_vec());
@@ -190,6 +197,8 @@ impl Bench {
             "qemu_args": qemu_args,
             "nginx": plan.nginx.then_some(linux::NGINX),
         });
-        (NetSide { echo: echo_results, bulk, http, host }, info)
+        // Not run: for the reason the wrk run was not.
+        let host_load = host_steady.unwrap_or_else(|| host.clone());
+        (NetSide { echo: echo_results, bulk, http, host, host_load }, info)
     }
 }
