@@ -518,10 +518,12 @@ fn net_rows<'a>(st: &NetSettings, ours: &'a NetSide, linux: &'a NetSide, switch:
         linux_side: "linux",
         goal: Some(2.0),
     });
-    rows.push(Row {
-        key: "host_http".into(),
+    // The host's two clients through the forwarded port: wrk, and the one
+    // that makes its connections one by one.
+    let host_row = |key: &str, label: String, ours, linux| Row {
+        key: key.into(),
         heading: None,
-        label: format!("host wrk, {}", conns(st.host_connections)),
+        label,
         unit: "requests/s",
         decimals: 0,
         value: rate_of,
@@ -530,28 +532,13 @@ fn net_rows<'a>(st: &NetSettings, ours: &'a NetSide, linux: &'a NetSide, switch:
             let l = &v["latency_us"];
             Some(format!("{:.1} / {:.1}", l["p99"].as_f64()? / 1e3, l["max"].as_f64()? / 1e3))
         },
-        ours: &ours.host,
-        linux: &linux.host,
+        ours,
+        linux,
         linux_side: "linux",
         goal: None,
-    });
-    rows.push(Row {
-        key: "host_load".into(),
-        heading: None,
-        label: format!("host, {} made one by one", conns(st.host_connections)),
-        unit: "requests/s",
-        decimals: 0,
-        value: rate_of,
-        detail_unit: "p99 / max ms",
-        detail: |v| {
-            let l = &v["latency_us"];
-            Some(format!("{:.1} / {:.1}", l["p99"].as_f64()? / 1e3, l["max"].as_f64()? / 1e3))
-        },
-        ours: &ours.host_load,
-        linux: &linux.host_load,
-        linux_side: "linux",
-        goal: None,
-    });
+    };
+    rows.push(host_row("host_http", format!("host wrk, {}", conns(st.host_connections)), &ours.host, &linux.host));
+    rows.push(host_row("host_load", format!("host, {} made one by one", conns(st.host_connections)), &ours.host_load, &linux.host_load));
     for (i, &size) in st.switch_frame_bytes.iter().enumerate() {
         rows.push(Row {
             key: format!("switch_{size}"),

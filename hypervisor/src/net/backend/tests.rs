@@ -235,6 +235,16 @@ fn an_arp_request_is_answered_into_the_requesters_ring_and_told_to_the_guest_ask
     assert_eq!(net.uplink.as_ref().unwrap().1.lock().to_host.len(), 1);
 }
 
+/// Guest 1 with `limits` and guests 2..=`last` without, all in tenant 0
+/// with rings of `slots`; guest 1's TX producer.
+fn limited_sender_among(net: &TestNet, last: usize, slots: u32, limits: abi::bundle::Limits) -> Producer {
+    attach(net, 1, 0, slots, limits);
+    for g in 2..=last {
+        attach(net, g, 0, slots, UNLIMITED);
+    }
+    Producer::new(slots)
+}
+
 /// The broadcast limit bounds floods. ARP is never flooded (the switch
 /// answers a request or sends it to the uplink only), so a client asking
 /// for many guests' MACs is held only to its frame limit; other
@@ -242,12 +252,7 @@ fn an_arp_request_is_answered_into_the_requesters_ring_and_told_to_the_guest_ask
 #[test]
 fn arp_requests_take_no_broadcast_tokens_but_floods_do() {
     let net = net(6);
-    let limits = abi::bundle::Limits { nic_broadcasts: 2, ..UNLIMITED };
-    attach(&net, 1, 0, 16, limits);
-    for g in 2..=5 {
-        attach(&net, g, 0, 16, UNLIMITED);
-    }
-    let mut tx = Producer::new(16);
+    let mut tx = limited_sender_among(&net, 5, 16, abi::bundle::Limits { nic_broadcasts: 2, ..UNLIMITED });
     let mut rx1 = Consumer::new(16);
     // Five requests in the same instant, for four guests and one address
     // nobody has: all answered or passed to the host.
@@ -274,12 +279,7 @@ fn a_flood_costs_the_sender_a_frame_of_its_limit_per_copy() {
     const MS: u64 = 1_000_000;
     let net = net(11);
     // 25 frames a second: one token every 40 ms.
-    let limits = abi::bundle::Limits { nic_packets: 25, ..UNLIMITED };
-    attach(&net, 1, 0, 8, limits);
-    for g in 2..=10 {
-        attach(&net, g, 0, 8, UNLIMITED);
-    }
-    let mut tx = Producer::new(8);
+    let mut tx = limited_sender_among(&net, 10, 8, abi::bundle::Limits { nic_packets: 25, ..UNLIMITED });
     let mut rx2 = Consumer::new(8);
     // Each broadcast reaches 9 guests and the host: 10 frames of budget.
     // The first two fit, the third runs 5 into debt, the rest wait.
