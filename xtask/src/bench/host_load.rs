@@ -19,6 +19,8 @@ use super::net::Measured;
 
 /// Longest wait for one answer before the connection counts as failed.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest body an answer may announce (the bench's is 1 KiB).
+const BODY_MAX: usize = 16 << 20;
 /// Longest time to make all the connections.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -51,6 +53,9 @@ fn response_end(buf: &[u8]) -> Result<Option<usize>, String> {
         }
     }
     let length = length.ok_or("a response without Content-Length")?;
+    if length > BODY_MAX {
+        return Err(format!("Content-Length {length}, over {BODY_MAX}"));
+    }
     Ok(Some(head_len + length))
 }
 
@@ -66,6 +71,11 @@ fn exchange(conn: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> Result<Durat
         {
             // A keep-alive peer sends nothing unasked: more is a fault.
             return if buf.len() == end { Ok(start.elapsed()) } else { Err("bytes past the response".into()) };
+        }
+        // Each read waits at most ANSWER_TIMEOUT; a server that trickles
+        // its answer gets no longer in all.
+        if start.elapsed() > ANSWER_TIMEOUT {
+            return Err(format!("no whole answer within {} s", ANSWER_TIMEOUT.as_secs()));
         }
         match conn.read(&mut chunk) {
             Ok(0) => return Err("the server closed the connection".into()),
@@ -181,6 +191,7 @@ mod tests {
         assert!(response_end(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
         assert!(response_end(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
         assert!(response_end(&[b'a'; 20_000]).is_err());
+        assert!(response_end(b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n").unwrap_err().contains("over"));
     }
 
     #[test]
