@@ -123,6 +123,42 @@ fn a_host_client_reaches_the_echo_guest_through_a_forwarded_port() {
     assert_eq!(got.map(|n| &buf[..n]), Some(&b"datagram via the uplink"[..]));
 }
 
+/// `run --tap`: the uplink on a host tap device (in a network namespace of
+/// its own, see `xtask::tap`). Sixteen clients in that namespace connect to
+/// the echo guest's own address at once (a burst QEMU's user network takes
+/// only two of at a time) and each gets its line back.
+#[test]
+fn host_clients_reach_the_echo_guest_at_its_address_through_a_tap_uplink() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    use std::time::Duration;
+    let mut tap = match xtask::tap::HostTap::create() {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("skipped: the tap uplink test {why}");
+            return;
+        }
+    };
+    let manifest = Manifest::new([Guest::app("echo", "echo").tenant("a").memory(16 * MIB).args(["serve", "7", "16"])]);
+    let name = tap.name().to_string();
+    let mut live = integration_tests::Live::start_with(manifest, 2, |cfg| cfg.tap = Some(name));
+    assert!(live.wait_for("echo-0| echo: listening on 10.0.0.2:7", Duration::from_secs(90)), "{}", live.console);
+    tap.attach().unwrap();
+    // Each client: connect, send its line, read the echo (bash's /dev/tcp).
+    let script = "for i in $(seq 0 15); do \
+           ( exec 3<>/dev/tcp/10.0.0.2/7 && printf 'line %s through the tap\\n' $i >&3 && head -n 1 <&3 ) & \
+         done; wait";
+    let out = tap.command("timeout").args(["60", "bash", "-c", script]).output().expect("running the clients");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for i in 0..16 {
+        assert!(
+            text.lines().any(|l| l == format!("line {i} through the tap")),
+            "client {i}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(live.wait_for("echo-0| echo: served 16 connections", Duration::from_secs(30)), "{}", live.console);
+}
+
 /// Guests whose rings take 64 KiB frames (`ring_slots = 64`) exchange a
 /// 60 KiB UDP datagram (one frame: the libos does not fragment) and TCP
 /// segments larger than an Ethernet frame, with no checksum computed by

@@ -32,6 +32,7 @@ mod qemu;
 pub mod qmp;
 pub mod runner;
 pub mod symbolize;
+pub mod tap;
 
 use std::path::Path;
 

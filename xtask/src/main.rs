@@ -274,6 +274,12 @@ struct RunArgs {
     /// The uplink's NIC: virtio-net or an Intel 82574L (e1000e).
     #[arg(long, value_enum, default_value_t = Nic::Virtio)]
     nic: Nic,
+    /// The uplink on the host's tap device NAME (made beforehand: `ip
+    /// tuntap add dev NAME mode tap`) instead of QEMU's user network: no
+    /// host port forwards; give the host's side 10.0.0.1/16 and reach the
+    /// guests at their addresses (10.0.0.2, ...).
+    #[arg(long, value_name = "NAME")]
+    tap: Option<String>,
     /// Number of CPUs (the hypervisor drives up to 16 and parks the rest).
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=xtask::MAX_SMP as i64))]
     smp: u32,

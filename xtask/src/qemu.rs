@@ -170,6 +170,10 @@ pub struct RunConfig {
     pub machine: Chipset,
     /// The uplink's NIC (when the manifest needs one).
     pub nic: Nic,
+    /// The uplink on this host tap device instead of QEMU's user network
+    /// (see [`crate::tap`]): no port forwards; the host's side reaches the
+    /// guests at their addresses.
+    pub tap: Option<String>,
     /// QEMU touches all guest RAM at start (`-mem-prealloc`). The
     /// benchmarks ask for it: QEMU gets its RAM from the host lazily, and
     /// under TCG the host's fault on a frame's first touch cost from 5 to
@@ -193,6 +197,7 @@ impl Default for RunConfig {
             boot: Boot::Pvh,
             machine: Chipset::Pc,
             nic: Nic::Virtio,
+            tap: None,
             prealloc: false,
         }
     }
@@ -248,6 +253,11 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
     }
     if !(1..=MAX_SMP).contains(&cfg.smp) {
         bail!("--smp must be between 1 and {MAX_SMP}");
+    }
+    if let Some(tap) = &cfg.tap
+        && !crate::tap::valid_ifname(tap)
+    {
+        bail!("--tap {tap:?}: not an interface name (1 to 15 letters, digits, '-', '_' or '.')");
     }
 
     let root = workspace_root();
@@ -342,7 +352,7 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
             Some(iso)
         }
     };
-    let (netdev, reach) = uplink_args(&manifest, cfg.detach.is_some(), cfg.nic);
+    let (netdev, reach) = uplink_args(&manifest, cfg.detach.is_some(), cfg.nic, cfg.tap.as_deref());
     qemu_args.extend(netdev);
     let mut gdb_help = String::new();
     if let Some(port) = cfg.gdb {
@@ -414,10 +424,12 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
 /// their UDP, so UDP forwards need it off). Open, they reach every service
 /// on the host's loopback through the gateway and the outside network.
 /// No `guestfwd`: QEMU's shares one host connection among all the guests.
-/// Returns the arguments and the lines telling where each forwarded
+/// With a `tap` device instead, the host's side of it is the network: no
+/// forwards, no restriction by QEMU; the guests are reached at their
+/// addresses. Returns the arguments and the lines telling where each
 /// service is. A `detached` hypervisor always has one: guests started at
 /// run time may join tenant 0 and have host ports forwarded to them.
-fn uplink_args(m: &manifest::Manifest, detached: bool, nic: Nic) -> (Vec<String>, String) {
+fn uplink_args(m: &manifest::Manifest, detached: bool, nic: Nic, tap: Option<&str>) -> (Vec<String>, String) {
     if m.guests.iter().all(|g| g.tenant.is_none()) && !detached {
         return (Vec::new(), String::new());
     }
@@ -429,7 +441,15 @@ fn uplink_args(m: &manifest::Manifest, detached: bool, nic: Nic) -> (Vec<String>
         if m.restrict { "on" } else { "off" }
     );
     let mut reach = String::new();
-    if !m.restrict {
+    if let Some(tap) = tap {
+        netdev = crate::tap::netdev("uplink", tap);
+        reach.push_str(&format!(
+            "
+uplink: the host's tap device {tap} (give the host's side {a}.{b}.{c}.{d}/{}); tenant {}'s guests are reached at their addresses, no host ports",
+            abi::GUEST_PREFIX,
+            first.as_deref().unwrap_or_default()
+        ));
+    } else if !m.restrict {
         reach.push_str(&format!(
             "\nunrestricted uplink ([host] restrict = false): tenant {}'s guests reach the host's loopback and the outside network through {a}.{b}.{c}.{d}",
             first.as_deref().unwrap_or_default()
@@ -444,6 +464,10 @@ fn uplink_args(m: &manifest::Manifest, detached: bool, nic: Nic) -> (Vec<String>
         let [a, b, c, d] = abi::guest_ipv4(0, n);
         for f in &g.ports {
             let proto = if f.udp { "udp" } else { "tcp" };
+            if tap.is_some() {
+                reach.push_str(&format!("\nreach {}-0 {proto}/{} at {a}.{b}.{c}.{d}:{}", g.name, f.guest, f.guest));
+                continue;
+            }
             netdev.push_str(&format!(",hostfwd={proto}:127.0.0.1:{}-{a}.{b}.{c}.{d}:{}", f.host, f.guest));
             reach.push_str(&format!("\nreach {}-0 {proto}/{} at 127.0.0.1:{}", g.name, f.guest, f.host));
         }
@@ -545,7 +569,7 @@ mod tests {
     #[test]
     fn the_uplink_is_restricted_unless_the_manifest_opts_out() {
         let (args, _) =
-            uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7\", \"8008:8\"]\n"), false, Nic::Virtio);
+            uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7\", \"8008:8\"]\n"), false, Nic::Virtio, None);
         assert_eq!(
             args[1],
             "user,id=uplink,net=10.0.0.0/16,host=10.0.0.1,dhcpstart=10.0.255.100,restrict=on,\
@@ -555,6 +579,7 @@ mod tests {
             &manifest("[host]\nrestrict = true\n[[guest]]\nname = \"e\"\napp = \"echo\"\ntenant = \"t\"\n"),
             false,
             Nic::Virtio,
+            None,
         );
         assert!(args[1].ends_with(",restrict=on"), "{}", args[1]);
         assert!(!reach.contains("unrestricted"), "{reach}");
@@ -563,6 +588,7 @@ mod tests {
             &manifest("[host]\nrestrict = false\n[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7/udp\"]\n"),
             false,
             Nic::Virtio,
+            None,
         );
         assert!(args[1].contains(",restrict=off,hostfwd=udp:127.0.0.1:8007-10.0.0.2:7"), "{}", args[1]);
         assert!(
@@ -572,15 +598,36 @@ mod tests {
         // Never a guestfwd: QEMU's shares one host connection among the guests.
         assert!(!args[1].contains("guestfwd"), "{}", args[1]);
         // No vNIC, no network at all.
-        assert!(uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\n"), false, Nic::Virtio).0.is_empty());
-        assert!(!uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\n"), true, Nic::Virtio).0.is_empty(), "detached: always");
+        assert!(uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\n"), false, Nic::Virtio, None).0.is_empty());
+        assert!(
+            !uplink_args(&manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\n"), true, Nic::Virtio, None).0.is_empty(),
+            "detached: always"
+        );
     }
 
     #[test]
     fn the_uplink_nic_is_the_one_asked_for() {
         let m = manifest("[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7\"]\n");
-        assert_eq!(uplink_args(&m, false, Nic::Virtio).0[2..], ["-device", "virtio-net-pci,netdev=uplink,disable-legacy=on"]);
-        assert_eq!(uplink_args(&m, false, Nic::E1000e).0[2..], ["-device", "e1000e,netdev=uplink"]);
+        assert_eq!(uplink_args(&m, false, Nic::Virtio, None).0[2..], ["-device", "virtio-net-pci,netdev=uplink,disable-legacy=on"]);
+        assert_eq!(uplink_args(&m, false, Nic::E1000e, None).0[2..], ["-device", "e1000e,netdev=uplink"]);
+    }
+
+    #[test]
+    fn a_tap_uplink_has_no_forwards_and_names_the_guests_addresses() {
+        let m = manifest(
+            "[[guest]]\nname = \"e\"\napp = \"echo\"\nports = [\"8007:7\"]\n[[guest]]\nname = \"f\"\napp = \"echo\"\nports = [\"8008:8\"]\n",
+        );
+        let (args, reach) = uplink_args(&m, false, Nic::Virtio, Some("tap7"));
+        assert_eq!(
+            args,
+            ["-netdev", "tap,id=uplink,ifname=tap7,script=no,downscript=no", "-device", "virtio-net-pci,netdev=uplink,disable-legacy=on"]
+        );
+        assert!(reach.contains("the host's tap device tap7 (give the host's side 10.0.0.1/16)"), "{reach}");
+        assert!(reach.contains("reach e-0 tcp/7 at 10.0.0.2:7") && reach.contains("reach f-0 tcp/8 at 10.0.0.3:8"), "{reach}");
+        assert!(!reach.contains("127.0.0.1"), "{reach}");
+        // A name QEMU would read as more options is refused before anything is built.
+        let cfg = RunConfig { tap: Some("t,script=/tmp/x".into()), ..RunConfig::default() };
+        assert!(format!("{:#}", prepare(&cfg).unwrap_err()).contains("not an interface name"));
     }
 
     #[test]

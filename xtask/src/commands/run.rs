@@ -25,6 +25,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         boot: args.boot,
         machine: args.machine,
         nic: args.nic,
+        tap: args.tap,
         prealloc: false,
     };
     if args.detach {
