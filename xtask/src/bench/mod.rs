@@ -337,9 +337,22 @@ impl Bench {
         what: &str,
         manifest: Manifest,
         timeout: Duration,
+        on_line: impl FnMut(&str) -> Reply,
+    ) -> Result<(Vec<String>, RunOutput)> {
+        self.ours_live_with(what, manifest, timeout, |_| {}, on_line)
+    }
+
+    /// [`Self::ours_live`] with the machine's settings changed by `set`.
+    fn ours_live_with(
+        &self,
+        what: &str,
+        manifest: Manifest,
+        timeout: Duration,
+        set: impl FnOnce(&mut RunConfig),
         mut on_line: impl FnMut(&str) -> Reply,
     ) -> Result<(Vec<String>, RunOutput)> {
-        let cfg = self.run_config(manifest, false);
+        let mut cfg = self.run_config(manifest, false);
+        set(&mut cfg);
         let prepared = prepare(&cfg)?;
         progress(&format!("booting our hypervisor: {what}…"));
         let console = linux::boot_interactive(&prepared.qemu_args, timeout, |_, l| on_line(l))?;

@@ -9,8 +9,9 @@
 //! measured, with the reason, and the rest still runs.
 
 use super::host_load::host_load;
-use super::wrk::host_wrk;
+use super::wrk::{Target, host_wrk};
 use super::*;
+use crate::tap::HostTap;
 
 /// The settings of `bench net`.
 #[derive(Clone, Debug)]
@@ -142,6 +143,8 @@ pub(super) struct NetSide {
     /// The host's client that makes its connections one at a time
     /// (`host_load`), through the same port.
     pub(super) host_load: Measured,
+    /// The host's wrk to the server's address through a tap device.
+    pub(super) host_tap: Measured,
 }
 
 pub(super) fn measured_json(m: &Measured) -> Value {
@@ -266,7 +269,7 @@ impl Bench {
                     host = match wrk {
                         Ok(wrk) => {
                             progress(&format!("  host wrk → our http guest (127.0.0.1:{host_port}), {} s…", st.host_secs));
-                            let r = host_wrk(wrk, host_port, st.host_connections, st.host_secs);
+                            let r = host_wrk(wrk, &Target::Forwarded(host_port), st.host_connections, st.host_secs);
                             if let Ok(v) = &r {
                                 progress(&format!("  host → ours: {}", describe_result(v)));
                             }
@@ -289,6 +292,50 @@ impl Bench {
         // Not run: for the reason the wrk run was not.
         let host_load = host_steady.unwrap_or_else(|| host.clone());
         Ok((args, http, host, host_load))
+    }
+
+    /// The http guest alone, the uplink on a tap device
+    /// ([`crate::tap::HostTap`]), and the host's wrk to the guest's
+    /// address from the tap's namespace, once the guest listens.
+    fn ours_tap(&self, st: &NetSettings, wrk: std::result::Result<&std::path::Path, &str>) -> Result<(Vec<String>, Measured)> {
+        let wrk = match wrk {
+            Ok(w) => w,
+            Err(why) => return Ok((Vec::new(), Err(why.to_string()))),
+        };
+        let mut tap = match HostTap::create() {
+            Ok(t) => t,
+            Err(why) => return Ok((Vec::new(), Err(format!("no tap uplink: {why}")))),
+        };
+        let port = linux::HTTP_PORT;
+        let memory = 32 + st.http_connections / 4;
+        let manifest = Manifest::new([Guest::app("http", "http")
+            .tenant("bench")
+            .memory(memory as u64 * MIB)
+            .ring_slots(32)
+            .args([port.to_string(), st.body_bytes.to_string()])]);
+        let timeout = Duration::from_secs(120 + 2 * st.host_secs);
+        let name = tap.name().to_string();
+        let mut host = Err("the http guest never said it was listening".to_string());
+        let (args, _) = self.ours_live_with(
+            "http guest, the uplink on a tap device",
+            manifest,
+            timeout,
+            |cfg| cfg.tap = Some(name),
+            |line| {
+                if line.contains("http-0| http: listening on") {
+                    host = tap.attach().and_then(|()| {
+                        progress(&format!("  host wrk → our http guest through tap {} (10.0.0.2:{port}), {} s…", tap.name(), st.host_secs));
+                        host_wrk(wrk, &Target::Tap(&tap, "10.0.0.2", port), st.host_connections, st.host_secs)
+                    });
+                    if let Ok(v) = &host {
+                        progress(&format!("  host through a tap → ours: {}", describe_result(v)));
+                    }
+                    return Reply::Stop;
+                }
+                if guest_ended(line, "http-0") { Reply::Stop } else { Reply::Continue }
+            },
+        )?;
+        Ok((args, host))
     }
 
     /// `bench net`: both sides, the table and the report.
@@ -320,7 +367,10 @@ impl Bench {
             let why = "apps/http does not exist".to_string();
             (Vec::new(), Err(why.clone()), Err(why.clone()), Err(why))
         };
-        let ours = NetSide { echo: ours_echo, bulk: ours_bulk, http: ours_http, host: ours_host, host_load: ours_host_load };
+        let (ours_tap_args, ours_tap) =
+            self.ours_tap(&st, wrk).unwrap_or_else(|e| (Vec::new(), Err(format!("our http guest could not be booted: {e:#}"))));
+        let ours =
+            NetSide { echo: ours_echo, bulk: ours_bulk, http: ours_http, host: ours_host, host_load: ours_host_load, host_tap: ours_tap };
         let (linux, linux_info) = self.linux_net(&st, nginx.map_err(String::as_str), wrk);
 
         let rows = net_rows(&st, &ours, &linux, &switch, &memcpy);
@@ -355,7 +405,7 @@ impl Bench {
             if let Some(g) = row.goal {
                 goals.insert(row.key.clone(), json!({ "ratio_at_least": g, "ratio": ratio, "met": ratio.map(|r| r >= g) }));
             }
-            if row.key == "host_http" || row.key == "host_load" {
+            if row.key.starts_with("host_") {
                 let host = host_goals(row.ours, row.linux);
                 let _ = writeln!(t, "{:<44}{}", "", host.line);
                 goals.insert(format!("{}_p99", row.key), host.p99);
@@ -387,7 +437,9 @@ impl Bench {
              bulk: the MiB of a run split evenly over its connections\n\
              switch: raw Ethernet frames (EtherType 0x88b5) guest → guest vs. memcpy of the same size in a guest (frames/s: copies/s)\n\
              host: wrk -t1 through QEMU's user-net port forward (ours: to the http guest; linux: to nginx on eth0); \
-             then the same port from a client that makes its connections one by one (xtask/src/bench/host_load.rs)"
+             then the same port from a client that makes its connections one by one (xtask/src/bench/host_load.rs)\n\
+             host via a tap: wrk -t1 from a network namespace holding 10.0.0.1/16 on a tap device that is the machine's NIC \
+             (ours: the uplink, to the http guest at 10.0.0.2; linux: a second NIC, eth1, 10.0.0.2) (xtask/src/tap.rs)"
         );
 
         let report = json!({
@@ -409,13 +461,17 @@ impl Bench {
                        first frame to its last, so the one copy is the switch's; memcpy: one buffer of the frame's size copied to another in a loop. \
                        ours: apps/echo-bench -> apps/echo, apps/http-load -> apps/http, guests in one tenant. \
                        linux: xtask/src/peer/net.c (echo-client -> echo-server, bulk-send -> bulk-sink, \
-                       http-load -> nginx) over lo. host: wrk through QEMU's user-net port forward.",
+                       http-load -> nginx) over lo. host: wrk through QEMU's user-net port forward; \
+                       host_tap: wrk from a network namespace through a tap device that is the machine's NIC \
+                       (no QEMU user network on the path). wrk's latencies are corrected for coordinated \
+                       omission (see xtask/src/bench/wrk.rs).",
             "qemu_args": {
                 "ours_echo": ours_echo_args,
                 "ours_bulk": ours_bulk_args,
                 "ours_switch": ours_switch_args,
                 "ours_memcpy": memcpy_args,
                 "ours_http": ours_http_args,
+                "ours_tap": ours_tap_args,
                 "linux": linux_info["qemu_args"].clone(),
             },
             "linux_kernel": linux_info,
@@ -427,6 +483,7 @@ impl Bench {
                 "http": measured_json(&ours.http),
                 "host_http": measured_json(&ours.host),
                 "host_load": measured_json(&ours.host_load),
+                "host_tap": measured_json(&ours.host_tap),
             },
             "linux": {
                 "echo": linux.echo.iter().map(measured_json).collect::<Vec<_>>(),
@@ -434,6 +491,7 @@ impl Bench {
                 "http": measured_json(&linux.http),
                 "host_http": measured_json(&linux.host),
                 "host_load": measured_json(&linux.host_load),
+                "host_tap": measured_json(&linux.host_tap),
             },
             "ratio": ratios,
             "goal": goals,
@@ -518,8 +576,9 @@ fn net_rows<'a>(st: &NetSettings, ours: &'a NetSide, linux: &'a NetSide, switch:
         linux_side: "linux",
         goal: Some(2.0),
     });
-    // The host's two clients through the forwarded port: wrk, and the one
-    // that makes its connections one by one.
+    // The host's clients: wrk through the forwarded port, the one that
+    // makes its connections one by one through the same port, and wrk
+    // through a tap device.
     let host_row = |key: &str, label: String, ours, linux| Row {
         key: key.into(),
         heading: None,
@@ -539,6 +598,7 @@ fn net_rows<'a>(st: &NetSettings, ours: &'a NetSide, linux: &'a NetSide, switch:
     };
     rows.push(host_row("host_http", format!("host wrk, {}", conns(st.host_connections)), &ours.host, &linux.host));
     rows.push(host_row("host_load", format!("host, {} made one by one", conns(st.host_connections)), &ours.host_load, &linux.host_load));
+    rows.push(host_row("host_tap", format!("host wrk via a tap, {}", conns(st.host_connections)), &ours.host_tap, &linux.host_tap));
     for (i, &size) in st.switch_frame_bytes.iter().enumerate() {
         rows.push(Row {
             key: format!("switch_{size}"),
@@ -678,6 +738,7 @@ mod tests {
             http: none(),
             host: none(),
             host_load: none(),
+            host_tap: none(),
         };
         let (ours, linux) = (side(), side());
         let switch: Vec<Measured> = st.switch_frame_bytes.iter().map(|_| none()).collect();
@@ -693,6 +754,7 @@ mod tests {
                 "http",
                 "host_http",
                 "host_load",
+                "host_tap",
                 "switch_1514",
                 "switch_65535"
             ]
@@ -702,7 +764,8 @@ mod tests {
         assert_eq!(goal("bulk_4_conns"), None);
         assert_eq!(goal("switch_65535"), Some(0.5));
         assert_eq!(goal("switch_1514"), None);
-        assert_eq!(rows[8].label, "switch, 64 KiB frames");
+        assert_eq!(rows[9].label, "switch, 64 KiB frames");
+        assert_eq!(rows[7].label, "host wrk via a tap, 16 conns");
         let bulk = json!({ "mbytes_per_sec": 12.5, "gbits_per_sec": 0.1 });
         assert_eq!((rows[2].value)(&bulk), Some(12.5));
         assert_eq!((rows[2].detail)(&bulk).as_deref(), Some("0.100"));

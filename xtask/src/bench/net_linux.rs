@@ -6,8 +6,9 @@
 
 use super::host_load::host_load;
 use super::net::free_port;
-use super::wrk::host_wrk;
+use super::wrk::{Target, host_wrk};
 use super::*;
+use crate::tap::HostTap;
 
 impl Bench {
     /// The Linux peer of `bench net`: one boot runs the echo and HTTP loads
@@ -27,6 +28,7 @@ impl Bench {
                     http: Err(why.clone()),
                     host: Err(why.clone()),
                     host_load: Err(why.clone()),
+                    host_tap: Err(why.clone()),
                 },
                 json!({ "not_measured": why }),
             )
@@ -53,6 +55,14 @@ impl Bench {
             Ok(p) => p,
             Err(e) => return fail_all(format!("no free port: {e:#}")),
         };
+        // A second NIC on a host tap device, for wrk from the tap's namespace.
+        let (mut tap, mut tap_why) = match &host_why {
+            Some(why) => (None, Some(why.clone())),
+            None => match HostTap::create() {
+                Ok(t) => (Some(t), None),
+                Err(why) => (None, Some(format!("no tap uplink: {why}"))),
+            },
+        };
         let mut plan = linux::NetPlan {
             echo_connections: st.echo_list(),
             message_bytes: st.message_bytes,
@@ -65,6 +75,7 @@ impl Bench {
             bulk_connections: st.bulk_list(),
             bulk_bytes: st.bulk_bytes,
             nic: host_why.is_none(),
+            tap: tap.is_some(),
         };
         let build = |plan: &linux::NetPlan| {
             linux::initramfs_with(&linux::net_init_script(plan), &program, |t| {
@@ -83,9 +94,12 @@ impl Bench {
                 // Leave out what could not be added, keep the echo.
                 let why = format!("assembling the initramfs with nginx failed: {e:#}");
                 http_why.get_or_insert(why.clone());
-                host_why.get_or_insert(why);
+                host_why.get_or_insert(why.clone());
                 plan.nginx = false;
                 plan.nic = false;
+                plan.tap = false;
+                tap = None;
+                tap_why.get_or_insert(why);
                 match build(&plan) {
                     Ok(i) => i,
                     Err(e) => return fail_all(format!("assembling the initramfs failed: {e:#}")),
@@ -98,14 +112,20 @@ impl Bench {
         }
         let mut qemu_args = linux::qemu_args(&self.machine, &kernel.image, &initrd, &self.append);
         if plan.nic {
-            qemu_args.extend(linux::nic_args(port));
+            qemu_args.extend(linux::nic_args(port, tap.as_ref().map(HostTap::name)));
         }
         progress(&format!(
             "booting Linux peer {} ({} KiB initramfs{}{})…",
             kernel.version,
             image.len() / 1024,
             if plan.nginx { ", nginx" } else { "" },
-            if plan.nic { ", virtio-net" } else { "" }
+            if plan.tap {
+                ", virtio-net on QEMU's user network and on a tap"
+            } else if plan.nic {
+                ", virtio-net"
+            } else {
+                ""
+            }
         ));
         let runs = st.echo_connections.len() as u64;
         let bulk_runs = st.bulk_connections.len() as u64;
@@ -115,6 +135,7 @@ impl Bench {
         let mut http: Option<Value> = None;
         let mut host: Measured = Err(host_why.clone().unwrap_or_else(|| "the peer never said it was serving".into()));
         let mut host_steady: Option<Measured> = None;
+        let mut host_tap: Measured = Err(tap_why.unwrap_or_else(|| "the peer never said it was serving".into()));
         let mut failed: Vec<String> = Vec::new();
         let mut up = Value::Null;
         let console = linux::boot_interactive(&qemu_args, timeout, |t, line| {
@@ -139,13 +160,29 @@ impl Bench {
             } else if v["peer"] == "serving" {
                 if let Ok(wrk) = wrk {
                     progress(&format!("  host wrk → Linux nginx (127.0.0.1:{port}), {} s…", st.host_secs));
-                    host = host_wrk(wrk, port, st.host_connections, st.host_secs);
+                    host = host_wrk(wrk, &Target::Forwarded(port), st.host_connections, st.host_secs);
                     if let Ok(v) = &host {
                         progress(&format!("  host → linux: {}", describe_result(v)));
                     }
                     let steady = host_steady.insert(host_load(port, st.host_connections, st.host_secs));
                     if let Ok(v) = steady {
                         progress(&format!("  host, connections made one by one → linux: {}", describe_result(v)));
+                    }
+                    if failed.iter().any(|f| f == "eth1") {
+                        host_tap = Err("eth1 (the NIC on the tap) did not come up in the Linux peer".into());
+                    } else if let Some(tap) = tap.as_mut() {
+                        host_tap = tap.attach().and_then(|()| {
+                            progress(&format!(
+                                "  host wrk → Linux nginx through tap {} (10.0.0.2:{}), {} s…",
+                                tap.name(),
+                                linux::HTTP_PORT,
+                                st.host_secs
+                            ));
+                            host_wrk(wrk, &Target::Tap(tap, "10.0.0.2", linux::HTTP_PORT), st.host_connections, st.host_secs)
+                        });
+                        if let Ok(v) = &host_tap {
+                            progress(&format!("  host through a tap → linux: {}", describe_result(v)));
+                        }
                     }
                 }
                 return Reply::Type(b"done\n".to_vec());
@@ -199,6 +236,6 @@ impl Bench {
         });
         // Not run: for the reason the wrk run was not.
         let host_load = host_steady.unwrap_or_else(|| host.clone());
-        (NetSide { echo: echo_results, bulk, http, host, host_load }, info)
+        (NetSide { echo: echo_results, bulk, http, host, host_load, host_tap }, info)
     }
 }

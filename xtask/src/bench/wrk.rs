@@ -110,17 +110,48 @@ fn host_listen_overflows() -> Option<u64> {
     listen_overflows(&std::fs::read_to_string("/proc/net/netstat").ok()?)
 }
 
-/// `wrk` on the host against 127.0.0.1:`port`, after a 1 s warm-up run
-/// whose figures are dropped. The figures carry `listen_overflows`, the
+/// Where the host's wrk goes: a port QEMU forwards on 127.0.0.1, or a
+/// guest's address through a tap device, from the tap's namespace.
+pub(super) enum Target<'a> {
+    Forwarded(u16),
+    Tap(&'a crate::tap::HostTap, &'static str, u16),
+}
+
+impl Target<'_> {
+    fn url(&self) -> String {
+        match self {
+            Target::Forwarded(port) => format!("http://127.0.0.1:{port}/"),
+            Target::Tap(_, ip, port) => format!("http://{ip}:{port}/"),
+        }
+    }
+
+    fn wrk(&self, wrk: &std::path::Path) -> Command {
+        match self {
+            Target::Forwarded(_) => Command::new(wrk),
+            Target::Tap(tap, ..) => tap.command(wrk),
+        }
+    }
+}
+
+/// `wrk` on the host against `target`, after a 1 s warm-up run whose
+/// figures are dropped.
+///
+/// Through a forwarded port the figures carry `listen_overflows`, the
 /// host's count of connections that found a listening socket's queue full
 /// during the run: QEMU's user network listens for a forwarded port with a
 /// backlog of 1 (libslirp's `tcpx_listen`), so of wrk's connections, all
 /// opened at once, some wait for the host kernel to retry their handshake,
-/// and the first request on each waits with them (about 0.2 to 1 s).
-pub(super) fn host_wrk(wrk: &std::path::Path, port: u16, connections: usize, secs: u64) -> Measured {
-    wait_for_http(port, Duration::from_secs(30))?;
-    let wrk_for = |secs: u64| {
-        let mut cmd = Command::new(wrk);
+/// and the first request on each waits with them (about 0.2 to 3 s).
+///
+/// wrk corrects its latencies for coordinated omission: for each request
+/// slower than twice the mean time between requests on a connection (I,
+/// the run's length over the requests per connection), it adds samples at
+/// I less, 2I less, ... down to I. One stall of S adds about S / I samples,
+/// so the same stall moves the p99 of a fast server (small I) more than a
+/// slow one's.
+pub(super) fn host_wrk(wrk: &std::path::Path, target: &Target, connections: usize, secs: u64) -> Measured {
+    let wrk_for = |secs: u64, connections: usize| {
+        let mut cmd = target.wrk(wrk);
         cmd.args([
             "-t1".to_string(),
             format!("-c{connections}"),
@@ -128,19 +159,40 @@ pub(super) fn host_wrk(wrk: &std::path::Path, port: u16, connections: usize, sec
             "--latency".into(),
             "--timeout".into(),
             "5s".into(),
-            format!("http://127.0.0.1:{port}/"),
+            target.url(),
         ]);
         crate::cmd::echo(&cmd);
         cmd.output().map_err(|e| format!("running wrk: {e}"))
     };
-    wrk_for(1)?;
-    let before = host_listen_overflows();
-    let out = wrk_for(secs)?;
+    match target {
+        Target::Forwarded(port) => wait_for_http(*port, Duration::from_secs(30))?,
+        // From the namespace, wrk itself asks until the server answers.
+        Target::Tap(..) => {
+            let give_up = Instant::now() + Duration::from_secs(30);
+            loop {
+                let out = wrk_for(1, 1)?;
+                let answered = parse_wrk(&String::from_utf8_lossy(&out.stdout)).is_some_and(|v| v["requests"].as_u64() > Some(0));
+                if answered {
+                    break;
+                }
+                if Instant::now() > give_up {
+                    return Err(format!("{} did not answer HTTP within 30 s", target.url()));
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    }
+    wrk_for(1, connections)?;
+    let forwarded = matches!(target, Target::Forwarded(_));
+    let before = host_listen_overflows().filter(|_| forwarded);
+    let out = wrk_for(secs, connections)?;
     let overflows = before.zip(host_listen_overflows()).map(|(b, a)| a.saturating_sub(b));
     let text = String::from_utf8_lossy(&out.stdout);
     let mut v = parse_wrk(&text)
         .ok_or_else(|| format!("wrk printed no figures: {}{}", text.trim(), String::from_utf8_lossy(&out.stderr).trim()))?;
-    v["listen_overflows"] = json!(overflows);
+    if forwarded {
+        v["listen_overflows"] = json!(overflows);
+    }
     Ok(v)
 }
 

@@ -86,6 +86,9 @@ pub struct NetPlan {
     pub bulk_bytes: u64,
     /// Insmod virtio-net, bring eth0 up as 10.0.2.15/24, serve the host.
     pub nic: bool,
+    /// With `nic`: a second NIC, eth1, on the host's tap device, up as
+    /// 10.0.0.2/16 (the address of our first guest behind our uplink).
+    pub tap: bool,
 }
 
 /// The port the peer's echo server and nginx listen on (as our guests).
@@ -139,9 +142,10 @@ ip link set lo up || failed "ip link set lo up"
     }
     if plan.nic {
         let insmods: Vec<String> = VIRTIO_NET_MODULES.iter().map(|m| format!("insmod /lib/modules/{m}.ko")).collect();
+        let tap = if plan.tap { "{ ip addr add 10.0.0.2/16 dev eth1 && ip link set eth1 up; } || failed eth1\n  " } else { "" };
         s += &format!(
             "if {} && ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up; then\n  \
-             printf '{{\"peer\":\"serving\",\"ip\":\"10.0.2.15\",\"port\":{HTTP_PORT}}}\\n'\n  \
+             {tap}printf '{{\"peer\":\"serving\",\"ip\":\"10.0.2.15\",\"port\":{HTTP_PORT}}}\\n'\n  \
              read -r reply\nelse\n  failed eth0\nfi\n",
             insmods.join(" && ")
         );
@@ -204,15 +208,25 @@ pub fn add_virtio_net(tree: &mut Tree, kernel: &Kernel) -> Result<()> {
     Ok(())
 }
 
-/// QEMU's NIC for the peer: virtio-net (modern, as our uplink) on a user
-/// network with host 127.0.0.1:`host_port` forwarded to its port 80.
-pub fn nic_args(host_port: u16) -> Vec<String> {
-    vec![
+/// QEMU's NICs for the peer: virtio-net (modern, as our uplink) on a user
+/// network with host 127.0.0.1:`host_port` forwarded to its port 80 (eth0),
+/// and with `tap` a second on that host tap device (eth1).
+pub fn nic_args(host_port: u16, tap: Option<&str>) -> Vec<String> {
+    let mut args = vec![
         "-netdev".into(),
         format!("user,id=n0,hostfwd=tcp:127.0.0.1:{host_port}-:{HTTP_PORT}"),
         "-device".into(),
         "virtio-net-pci,netdev=n0,disable-legacy=on".into(),
-    ]
+    ];
+    if let Some(tap) = tap {
+        args.extend([
+            "-netdev".into(),
+            crate::tap::netdev("n1", tap),
+            "-device".into(),
+            "virtio-net-pci,netdev=n1,disable-legacy=on".into(),
+        ]);
+    }
+    args
 }
 
 #[cfg(test)]
@@ -233,6 +247,7 @@ mod tests {
             bulk_connections: "1,4".into(),
             bulk_bytes: 256 << 20,
             nic: true,
+            tap: false,
         };
         let s = net_init_script(&plan);
         assert!(s.contains("mount -t tmpfs tmpfs /tmp"));
@@ -246,7 +261,21 @@ mod tests {
         assert!(s.contains("insmod /lib/modules/virtio_ring.ko && insmod /lib/modules/virtio.ko"));
         assert!(s.contains("ip addr add 10.0.2.15/24 dev eth0"));
         assert!(s.contains("read -r reply"));
+        assert!(!s.contains("eth1"));
         assert!(s.ends_with("/bin/peer debug-exit 16\npoweroff -f\n"));
+        plan.tap = true;
+        let s = net_init_script(&plan);
+        assert!(
+            s.contains(
+                "ip link set eth0 up; then\n  { ip addr add 10.0.0.2/16 dev eth1 && ip link set eth1 up; } || failed eth1\n  printf"
+            ),
+            "{s}"
+        );
+        assert_eq!(
+            nic_args(8080, Some("tap9"))[4..],
+            ["-netdev", "tap,id=n1,ifname=tap9,script=no,downscript=no", "-device", "virtio-net-pci,netdev=n1,disable-legacy=on"]
+        );
+        assert_eq!(nic_args(8080, None).len(), 4);
         plan.nginx = false;
         plan.nic = false;
         let s = net_init_script(&plan);
