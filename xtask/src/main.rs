@@ -280,7 +280,8 @@ struct RunArgs {
     /// guests at their addresses (10.0.0.2, ...).
     #[arg(long, value_name = "NAME")]
     tap: Option<String>,
-    /// Number of CPUs (the hypervisor drives up to 16 and parks the rest).
+    /// Number of CPUs (the hypervisor drives those the MADT lists with
+    /// xAPIC ids up to 254, 16 without a MADT, and parks the rest).
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=xtask::MAX_SMP as i64))]
     smp: u32,
     /// Machine memory, e.g. 512M or 1 GiB.

@@ -589,7 +589,7 @@ fn net_rows<'a>(st: &NetSettings, ours: &'a NetSide, linux: &'a NetSide, switch:
         detail_unit: "p99 / max ms",
         detail: |v| {
             let l = &v["latency_us"];
-            Some(format!("{:.1} / {:.1}", l["p99"].as_f64()? / 1e3, l["max"].as_f64()? / 1e3))
+            Some(format!("{} / {}", ms(l["p99"].as_f64()?), ms(l["max"].as_f64()?)))
         },
         ours,
         linux,
@@ -616,6 +616,13 @@ fn net_rows<'a>(st: &NetSettings, ours: &'a NetSide, linux: &'a NetSide, switch:
         });
     }
     rows
+}
+
+/// Microseconds as milliseconds for a table cell: one decimal below
+/// 100 ms, none above (so that seconds still fit the column).
+fn ms(us: f64) -> String {
+    let ms = us / 1e3;
+    if ms < 100.0 { format!("{ms:.1}") } else { format!("{ms:.0}") }
 }
 
 /// `1514 B` or `64 KiB` (also for 65535: the largest frame, 64 KiB less
@@ -766,6 +773,10 @@ mod tests {
         assert_eq!(goal("switch_1514"), None);
         assert_eq!(rows[9].label, "switch, 64 KiB frames");
         assert_eq!(rows[7].label, "host wrk via a tap, 16 conns");
+        let wrk = json!({ "latency_us": { "p99": 2_420_000.0, "max": 3_300_000.0 } });
+        assert_eq!((rows[7].detail)(&wrk).as_deref(), Some("2420 / 3300"));
+        let wrk = json!({ "latency_us": { "p99": 3_420.0, "max": 99_940.0 } });
+        assert_eq!((rows[7].detail)(&wrk).as_deref(), Some("3.4 / 99.9"));
         let bulk = json!({ "mbytes_per_sec": 12.5, "gbits_per_sec": 0.1 });
         assert_eq!((rows[2].value)(&bulk), Some(12.5));
         assert_eq!((rows[2].detail)(&bulk).as_deref(), Some("0.100"));
