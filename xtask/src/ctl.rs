@@ -267,6 +267,13 @@ impl Instance {
         self.dir.join("console.log")
     }
 
+    /// The host tap device its uplink is on (`run --detach --tap NAME`), if
+    /// any: such an uplink has no host port forwards.
+    pub fn uplink_tap(&self) -> Option<String> {
+        let v: Value = serde_json::from_str(&fs::read_to_string(self.dir.join("instance.json")).ok()?).ok()?;
+        v["tap"].as_str().map(String::from)
+    }
+
     /// Sends one request line and returns the answer; `{"error":..}`
     /// answers become errors.
     pub fn request(&self, line: &str) -> Result<Answer> {
@@ -567,6 +574,7 @@ pub fn detach(p: &Prepared, dir: &Path) -> Result<Instance> {
         "control": inst.socket(),
         "console": inst.console(),
         "elfs": p.elfs.iter().map(|(n, e)| (n.clone(), e.display().to_string())).collect::<std::collections::BTreeMap<_, _>>(),
+        "tap": p.tap,
     });
     crate::pack::write_atomically(&dir.join("instance.json"), serde_json::to_string_pretty(&info)?.as_bytes())?;
     // Wait until the hypervisor answers (QEMU makes the socket at once,
@@ -827,6 +835,20 @@ pub fn logs(inst: &Instance, name: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instance_knows_whether_its_uplink_is_a_tap() {
+        let dir = crate::workspace_root().join(format!("target/ctl-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let inst = Instance { dir: dir.clone(), pid: 0, shared: Default::default() };
+        for (json, tap) in
+            [(r#"{"pid":1,"tap":"tap7"}"#, Some("tap7")), (r#"{"pid":1,"tap":null}"#, None), (r#"{"pid":1}"#, None), ("{", None)]
+        {
+            fs::write(dir.join("instance.json"), json).unwrap();
+            assert_eq!(inst.uplink_tap().as_deref(), tap, "{json}");
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn pcap_files_have_the_global_header_and_one_record_per_frame() {

@@ -222,6 +222,8 @@ pub struct Prepared {
     pub elfs: Vec<(String, PathBuf)>,
     /// Tenant names in the order that numbers them (the bundle's order).
     pub tenants: Vec<String>,
+    /// The host tap device the uplink is on (`RunConfig::tap`), if any.
+    pub tap: Option<String>,
     remove_bundle: bool,
 }
 
@@ -412,7 +414,7 @@ pub fn prepare(cfg: &RunConfig) -> Result<Prepared> {
             tenants.push(t);
         }
     }
-    Ok(Prepared { kernel, bundle, iso, qemu_args, summary, accel, elfs, tenants, remove_bundle })
+    Ok(Prepared { kernel, bundle, iso, qemu_args, summary, accel, elfs, tenants, tap: cfg.tap.clone(), remove_bundle })
 }
 
 /// QEMU's NIC and user-mode network for a manifest whose guests have vNICs:

@@ -42,6 +42,12 @@ pub fn run(dir: Option<PathBuf>, what: Ctl) -> Result<()> {
         }
         Ctl::Start { name, app, image, tenant, memory, weight, cap, ring_slots, port, env, attach, args } => {
             let ports = port.iter().map(|p| xtask::ctl::parse_port(p)).collect::<Result<Vec<_>>>()?;
+            if let (false, Some(tap)) = (ports.is_empty(), inst.uplink_tap()) {
+                anyhow::bail!(
+                    "--port: the uplink is the host's tap device {tap} (run --tap), which forwards no host ports; \
+                     the guest is reached at its own address (start prints it)"
+                );
+            }
             // The host's frames reach tenant 0, the uplink's, only.
             let tenant = match (ports.is_empty(), tenant) {
                 (true, t) => t,
