@@ -101,6 +101,35 @@ pub trait UplinkDevice: Send {
 /// told once the locks are dropped.
 type Woken<R, E> = Vec<(usize, Arc<Port<R, E>>)>;
 
+/// Notes guest `g` (port `p`) as woken, once for a run of frames to it.
+fn note_woken<R, E>(woken: &mut Woken<R, E>, g: usize, p: &Arc<Port<R, E>>) {
+    if woken.last().is_none_or(|(w, wp)| *w != g || !Arc::ptr_eq(wp, p)) {
+        woken.push((g, p.clone()));
+    }
+}
+
+/// The guest behind the switch port a drain pass last looked up: a pass
+/// sends most of its frames to one receiver, and the lookup (a slot's
+/// lock and a reference count, twice a frame) cost a small frame as much
+/// as a third of its copy. Kept for one pass only. A receiver that goes
+/// away meanwhile is still found here, but closed: its RX lock says so,
+/// and nothing is put into it.
+struct Receiver<R, E> {
+    at: PortId,
+    guest: usize,
+    port: Arc<Port<R, E>>,
+}
+
+type Receivers<R, E> = Option<Receiver<R, E>>;
+
+/// Where a drain pass notes what a delivery did: the guests to wake, its
+/// last receiver, and the time.
+struct Delivery<'a, R, E> {
+    woken: &'a mut Woken<R, E>,
+    receivers: &'a mut Receivers<R, E>,
+    now_ns: u64,
+}
+
 /// Frames taken from the uplink per poll.
 pub const UPLINK_BATCH: usize = 32;
 
@@ -272,6 +301,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         let seen = tx.ring.index();
         let mut moved = 0u32;
         let mut waiting = None;
+        let mut receivers: Receivers<R, E> = None;
         let result = loop {
             match tx.ring.peek(ring) {
                 Ok(Some(frame)) => {
@@ -283,7 +313,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
                     ring.read(at, &mut header[..hl]);
                     let mut switch = self.switch.lock();
                     if let Some(dest) = Self::sole_receiver(&switch, port, &header[..hl], now_ns)
-                        && let Some(since_ns) = self.must_wait(&mut tx, dest, len, now_ns)
+                        && let Some(since_ns) = self.must_wait(&mut tx, dest, len, now_ns, &mut receivers)
                     {
                         waiting = Some((dest, len, since_ns));
                         break Ok(());
@@ -302,7 +332,10 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
                         |buf| ring.read(at, buf),
                     );
                     let verdict = switch.forward_header(port.switch_port, &header[..hl], len, now_ns, &mut |dest, what| match what {
-                        Out::Frame => self.deliver_from(dest, port, ring, at, &header[..hl], len, frame.flags, &mut woken, now_ns),
+                        Out::Frame => {
+                            let to = Delivery { woken: &mut woken, receivers: &mut receivers, now_ns };
+                            self.deliver_from(dest, port, ring, at, &header[..hl], len, frame.flags, to)
+                        }
                         Out::Reply(reply) => self.deliver(dest, reply, flags::RX_CSUM_OK, &mut woken, now_ns),
                     });
                     drop(switch);
@@ -394,12 +427,17 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
     /// `max_frame`, or the uplink's `MTU_FRAME`) has no room to wait for:
     /// `None`, and the delivery drops and counts it.
     fn room_for(&self, dest: PortId, len: usize) -> Option<bool> {
+        self.room_for_in(dest, len, &mut None)
+    }
+
+    /// [`Self::room_for`], looking `dest` up through `receivers`.
+    fn room_for_in(&self, dest: PortId, len: usize, receivers: &mut Receivers<R, E>) -> Option<bool> {
         if let Some((up_port, up)) = &self.uplink
             && *up_port == dest
         {
             return (len <= MTU_FRAME).then(|| up.lock().has_room());
         }
-        let (_, p) = self.guest_at(dest)?;
+        let (_, p) = self.receiver(dest, receivers)?;
         let (rx, open) = p.rx.lock();
         if !open || len > rx.max_frame() {
             return None;
@@ -416,8 +454,8 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
     /// Under the sender's TX lock and the switch: whether the head frame
     /// for `dest` must wait (and since when), or goes on to the switch
     /// (delivered, or dropped and counted if the ring is still full).
-    fn must_wait(&self, tx: &mut super::port::Tx, dest: PortId, len: usize, now_ns: u64) -> Option<u64> {
-        if self.room_for(dest, len) != Some(false) {
+    fn must_wait(&self, tx: &mut super::port::Tx, dest: PortId, len: usize, now_ns: u64, receivers: &mut Receivers<R, E>) -> Option<u64> {
+        if self.room_for_in(dest, len, receivers) != Some(false) {
             return None;
         }
         let since_ns = tx.wait.filter(|w| w.dest == dest).map_or(now_ns, |w| w.since_ns);
@@ -581,9 +619,9 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         header: &[u8],
         len: usize,
         tx_flags: u16,
-        woken: &mut Woken<R, E>,
-        now_ns: u64,
+        to: Delivery<'_, R, E>,
     ) -> bool {
+        let Delivery { woken, receivers, now_ns } = to;
         let hl = header.len();
         if self.uplink.as_ref().is_some_and(|(p, _)| *p == dest) {
             if len > MTU_FRAME {
@@ -600,7 +638,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
             return self.deliver(dest, &frame[..len], 0, woken, now_ns);
         }
         let mut oversize = false;
-        let delivered = self.to_guest(dest, woken, now_ns, |rx, ring| {
+        let delivered = self.to_guest_in(dest, woken, receivers, now_ns, |rx, ring| {
             if len > rx.max_frame() {
                 oversize = true;
                 return Ok(false);
@@ -632,7 +670,19 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         now_ns: u64,
         fill: impl FnOnce(&mut Producer, &R) -> Result<bool, RingError>,
     ) -> bool {
-        let Some((g, p)) = self.guest_at(dest) else { return false };
+        self.to_guest_in(dest, woken, &mut None, now_ns, fill)
+    }
+
+    /// [`Self::to_guest`], looking `dest` up through `receivers`.
+    fn to_guest_in(
+        &self,
+        dest: PortId,
+        woken: &mut Woken<R, E>,
+        receivers: &mut Receivers<R, E>,
+        now_ns: u64,
+        fill: impl FnOnce(&mut Producer, &R) -> Result<bool, RingError>,
+    ) -> bool {
+        let Some((g, p)) = self.receiver(dest, receivers) else { return false };
         let (mut rx, open) = p.rx.lock();
         if !open {
             return false;
@@ -641,7 +691,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
         if !ring.ready() {
             // Its slots are not made yet: its CPU makes them when it
             // wakes with `NET_RX`; this frame finds it full.
-            woken.push((g, p.clone()));
+            note_woken(woken, g, p);
             return false;
         }
         match fill(&mut rx, ring) {
@@ -658,7 +708,7 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
                     self.tap(now_ns, |t| t == CaptureTarget::Guest(g), f.len, |buf| ring.read(f.at, buf));
                 }
                 rx.publish(ring);
-                woken.push((g, p.clone()));
+                note_woken(woken, g, p);
                 true
             }
             Ok(false) => false,
@@ -695,6 +745,15 @@ impl<R: GuestRing, E: GuestEvents, U: UplinkDevice> Net<R, E, U> {
     fn guest_at(&self, dest: PortId) -> Option<(usize, Arc<Port<R, E>>)> {
         let g = self.guest_of_slot.get(dest.slot())?.load(Ordering::Acquire);
         self.port(g).filter(|p| p.switch_port == dest).map(|p| (g, p))
+    }
+
+    /// [`Self::guest_at`] through a pass's last receiver: looked up only
+    /// when `dest` is another.
+    fn receiver<'c>(&self, dest: PortId, receivers: &'c mut Receivers<R, E>) -> Option<(usize, &'c Arc<Port<R, E>>)> {
+        if receivers.as_ref().is_none_or(|r| r.at != dest) {
+            *receivers = self.guest_at(dest).map(|(guest, port)| Receiver { at: dest, guest, port });
+        }
+        receivers.as_ref().map(|r| (r.guest, &r.port))
     }
 
     /// Switches the frames the host sent to the guests; calls `wake` for

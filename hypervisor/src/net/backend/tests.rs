@@ -513,6 +513,35 @@ fn the_lock_order_holds_under_drains_polls_and_disconnects() {
     }
 }
 
+/// A drain pass's last receiver, looked up once, is still what it holds
+/// when that guest goes mid-pass; it is closed then, and takes nothing:
+/// no room for a frame, no frame put in its ring.
+#[test]
+fn a_receiver_that_goes_mid_pass_takes_nothing_from_the_pass() {
+    let net = net(3);
+    attach(&net, 1, 0, 4, UNLIMITED);
+    attach(&net, 2, 0, 4, UNLIMITED);
+    let dest = net.port(2).unwrap().switch_port;
+    let mut receivers = None;
+    assert_eq!(net.receiver(dest, &mut receivers).map(|(g, _)| g), Some(2));
+    assert_eq!(net.room_for_in(dest, 100, &mut receivers), Some(true));
+    let held = net.port(2).unwrap();
+    let prod = held.rx_ring.load(PROD_OFFSET);
+    net.disconnect(2);
+    net.release(2);
+    // Still the old port, from the pass's own record...
+    assert!(receivers.as_ref().is_some_and(|r| Arc::ptr_eq(&r.port, &held)));
+    // ... which is closed.
+    assert_eq!(net.room_for_in(dest, 100, &mut receivers), None);
+    let mut woken = Vec::new();
+    let put = net.to_guest_in(dest, &mut woken, &mut receivers, 0, |rx, ring| rx.push(ring, &frame(mac(1), mac(2), 1), 0));
+    assert!(!put && woken.is_empty());
+    assert_eq!(held.rx_ring.load(PROD_OFFSET), prod, "a frame went into a disconnected guest's ring");
+    // Another receiver is looked up afresh.
+    let other = net.port(1).unwrap().switch_port;
+    assert_eq!(net.receiver(other, &mut receivers).map(|(g, _)| g), Some(1));
+}
+
 /// A guest id given again (its guest ended and its record was forgotten)
 /// carries nothing across: the old switch port finds no guest (even where
 /// the switch gives its slot again), and frames for the old guest's MAC
