@@ -105,9 +105,26 @@ fn net_benchmark_measures_our_guests_and_the_linux_peer_and_writes_json() {
             positive(&steady["requests_per_sec"], "host client -> ours");
             assert_eq!(steady["errors"], 0, "host client -> ours: {steady}");
         }
+        // Through a tap: a figure, or why not (no root, no /dev/net/tun).
+        let tap = &n["ours"]["host_tap"];
+        match tap.get("not_measured") {
+            Some(why) => assert!(
+                not_measured.iter().any(|x| x["side"] == "ours" && x["what"] == "host_tap" && x["reason"] == *why),
+                "ours host_tap: {why} is missing from not_measured"
+            ),
+            None => {
+                positive(&tap["requests_per_sec"], "host wrk via a tap -> ours");
+                assert_eq!(tap["errors"], 0, "host wrk via a tap -> ours: {tap}");
+            }
+        }
     }
     // The Linux side: a figure, or a reason in not_measured.
-    for (key, m) in [("echo", &n["linux"]["echo"][0]), ("http", &n["linux"]["http"]), ("host_http", &n["linux"]["host_http"])] {
+    for (key, m) in [
+        ("echo", &n["linux"]["echo"][0]),
+        ("http", &n["linux"]["http"]),
+        ("host_http", &n["linux"]["host_http"]),
+        ("host_tap", &n["linux"]["host_tap"]),
+    ] {
         match m.get("not_measured") {
             Some(why) => assert!(
                 not_measured.iter().any(|x| x["side"] == "linux" && x["reason"] == *why),
@@ -133,7 +150,9 @@ fn net_benchmark_measures_our_guests_and_the_linux_peer_and_writes_json() {
             }
         }
     }
-    for goal in ["bulk_1_conn", "switch_65535", "host_http_p99", "host_http_max", "host_load_p99", "host_load_max"] {
+    for goal in
+        ["bulk_1_conn", "switch_65535", "host_http_p99", "host_http_max", "host_load_p99", "host_load_max", "host_tap_p99", "host_tap_max"]
+    {
         assert!(n["goal"][goal].is_object(), "goal {goal}: {}", n["goal"]);
     }
     // Ratios are ours / linux where both were measured.
