@@ -16,11 +16,13 @@
 //!   max) ([`NetSettings`]). Ours: `apps/echo-bench` → `apps/echo` (echo,
 //!   `bulk` → `sink`, `raw-send` → `raw-sink`) and `apps/http-load` →
 //!   `apps/http` in one tenant (a boot each, stopped once its load guest is
-//!   done), `apps/bench memcpy` as the switch's yardstick, and the host's
-//!   `wrk` through the forwarded port. Linux: one boot whose `/init` runs
+//!   done), `apps/bench memcpy` as the switch's yardstick, the host's
+//!   `wrk` through the forwarded port, and (as root) through a tap device
+//!   that is the uplink ([`crate::tap`]). Linux: one boot whose `/init` runs
 //!   `peer echo-client` → `peer echo-server`, `peer bulk-send` → `peer
 //!   bulk-sink` and `peer http-load` → nginx over `lo`, then serves the
-//!   host's `wrk` on `eth0` ([`linux::net_init_script`]). A part that
+//!   host's `wrk` on `eth0` and, on a tap, `eth1`
+//!   ([`linux::net_init_script`]). A part that
 //!   cannot run is reported as not measured, with the reason, and the rest
 //!   still runs.
 //!
