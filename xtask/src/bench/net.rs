@@ -47,6 +47,18 @@ pub struct NetSettings {
 }
 
 impl NetSettings {
+    /// A guest of the HTTP runs (`app`: the http server or its load), in
+    /// the one tenant, with the memory its connections need.
+    fn http_guest(&self, name: &str, app: &str) -> Guest {
+        let memory = 32 + self.http_connections / 4;
+        Guest::app(name, app).tenant("bench").memory(memory as u64 * MIB).ring_slots(32)
+    }
+
+    /// The http guest, answering `GET /` on port 80 with the body.
+    fn http_server(&self) -> Guest {
+        self.http_guest("http", "http").args([linux::HTTP_PORT.to_string(), self.body_bytes.to_string()])
+    }
+
     /// The defaults (10 s per measurement), or 2 s each with `quick`.
     pub fn new(quick: bool) -> Self {
         let ms = if quick { 2_000 } else { 10_000 };
@@ -154,6 +166,19 @@ pub(super) fn measured_json(m: &Measured) -> Value {
     }
 }
 
+/// Moves `tap` into its namespace (its QEMU holds it by now) and runs the
+/// host's wrk from there to `server` (`side`'s) at 10.0.0.2:80.
+pub(super) fn tap_wrk(wrk: &std::path::Path, tap: &mut HostTap, st: &NetSettings, server: &str, side: &str) -> Measured {
+    tap.attach()?;
+    let port = linux::HTTP_PORT;
+    progress(&format!("  host wrk → {server} through tap {} (10.0.0.2:{port}), {} s…", tap.name(), st.host_secs));
+    let r = host_wrk(wrk, &Target::Tap(tap, "10.0.0.2", port), st.host_connections, st.host_secs);
+    if let Ok(v) = &r {
+        progress(&format!("  host through a tap → {side}: {}", describe_result(v)));
+    }
+    r
+}
+
 /// A TCP port on 127.0.0.1 that nothing listens on right now.
 pub(super) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -234,12 +259,10 @@ impl Bench {
         wrk: std::result::Result<&std::path::Path, &str>,
     ) -> Result<(Vec<String>, Measured, Measured, Measured)> {
         let host_port = free_port()?;
-        let memory = 32 + st.http_connections / 4;
         let port = linux::HTTP_PORT;
-        let entry = |name: &str, app: &str| Guest::app(name, app).tenant("bench").memory(memory as u64 * MIB).ring_slots(32);
         let manifest = Manifest::new([
-            entry("http", "http").args([port.to_string(), st.body_bytes.to_string()]).port(host_port, port),
-            entry("http-load", "http-load").args([
+            st.http_server().port(host_port, port),
+            st.http_guest("http-load", "http-load").args([
                 "10.0.0.2".to_string(),
                 port.to_string(),
                 "/".into(),
@@ -306,13 +329,7 @@ impl Bench {
             Ok(t) => t,
             Err(why) => return Ok((Vec::new(), Err(format!("no tap uplink: {why}")))),
         };
-        let port = linux::HTTP_PORT;
-        let memory = 32 + st.http_connections / 4;
-        let manifest = Manifest::new([Guest::app("http", "http")
-            .tenant("bench")
-            .memory(memory as u64 * MIB)
-            .ring_slots(32)
-            .args([port.to_string(), st.body_bytes.to_string()])]);
+        let manifest = Manifest::new([st.http_server()]);
         let timeout = Duration::from_secs(120 + 2 * st.host_secs);
         let name = tap.name().to_string();
         let mut host = Err("the http guest never said it was listening".to_string());
@@ -323,13 +340,7 @@ impl Bench {
             |cfg| cfg.tap = Some(name),
             |line| {
                 if line.contains("http-0| http: listening on") {
-                    host = tap.attach().and_then(|()| {
-                        progress(&format!("  host wrk → our http guest through tap {} (10.0.0.2:{port}), {} s…", tap.name(), st.host_secs));
-                        host_wrk(wrk, &Target::Tap(&tap, "10.0.0.2", port), st.host_connections, st.host_secs)
-                    });
-                    if let Ok(v) = &host {
-                        progress(&format!("  host through a tap → ours: {}", describe_result(v)));
-                    }
+                    host = tap_wrk(wrk, &mut tap, st, "our http guest", "ours");
                     return Reply::Stop;
                 }
                 if guest_ended(line, "http-0") { Reply::Stop } else { Reply::Continue }

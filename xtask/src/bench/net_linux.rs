@@ -5,7 +5,7 @@
 //! ([`linux::net_init_script`]).
 
 use super::host_load::host_load;
-use super::net::free_port;
+use super::net::{free_port, tap_wrk};
 use super::wrk::{Target, host_wrk};
 use super::*;
 use crate::tap::HostTap;
@@ -171,18 +171,7 @@ impl Bench {
                     if failed.iter().any(|f| f == "eth1") {
                         host_tap = Err("eth1 (the NIC on the tap) did not come up in the Linux peer".into());
                     } else if let Some(tap) = tap.as_mut() {
-                        host_tap = tap.attach().and_then(|()| {
-                            progress(&format!(
-                                "  host wrk → Linux nginx through tap {} (10.0.0.2:{}), {} s…",
-                                tap.name(),
-                                linux::HTTP_PORT,
-                                st.host_secs
-                            ));
-                            host_wrk(wrk, &Target::Tap(tap, "10.0.0.2", linux::HTTP_PORT), st.host_connections, st.host_secs)
-                        });
-                        if let Ok(v) = &host_tap {
-                            progress(&format!("  host through a tap → linux: {}", describe_result(v)));
-                        }
+                        host_tap = tap_wrk(wrk, tap, st, "Linux nginx", "linux");
                     }
                 }
                 return Reply::Type(b"done\n".to_vec());
